@@ -1,0 +1,416 @@
+//! The plugin's inputs: the CNI environment and twill's network configuration, parsed and
+//! validated up front so that a bad input fails before anything is changed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::spec::{CniError, Dns, Version, code};
+
+/// Where persistent state lives unless the configuration says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
+/// The bridge of `bridge` mode unless the configuration names another.
+pub const DEFAULT_BRIDGE: &str = "twill0";
+
+/// How containers are attached to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A Linux bridge holding the gateway addresses, one veth port per container.
+    Bridge,
+    /// No bridge: a veth per container, a host route per address, link-local gateway.
+    Routed,
+}
+
+/// The CNI verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Status,
+    Gc,
+    Version,
+}
+
+/// The CNI_* environment of one call.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub command: Command,
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub args: HashMap<String, String>,
+}
+
+impl Env {
+    /// Reads and validates the environment for the verb in `CNI_COMMAND`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
+        let bad = |msg: String| CniError::new(code::INVALID_ENV, msg);
+        let raw = get("CNI_COMMAND").unwrap_or_default();
+        let command = match raw.as_str() {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "STATUS" => Command::Status,
+            "GC" => Command::Gc,
+            "VERSION" => Command::Version,
+            other => {
+                return Err(bad(format!(
+                    "unknown CNI_COMMAND {other:?}: expected ADD, DEL, CHECK, STATUS, GC or VERSION"
+                )));
+            }
+        };
+        let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
+        let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+        let ifname = get("CNI_IFNAME").unwrap_or_default();
+        let netns = get("CNI_NETNS")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        if per_container {
+            if container_id.is_empty() {
+                return Err(bad(format!("CNI_CONTAINERID is required for {raw}")));
+            }
+            if !container_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                return Err(bad(format!(
+                    "CNI_CONTAINERID {container_id:?} has characters other than letters, digits, '_', '.' and '-'"
+                )));
+            }
+            validate_ifname(&ifname).map_err(|m| bad(format!("CNI_IFNAME: {m}")))?;
+            if command != Command::Del && netns.is_none() {
+                return Err(bad(format!("CNI_NETNS is required for {raw}")));
+            }
+        }
+        let args = parse_args(&get("CNI_ARGS").unwrap_or_default())
+            .map_err(|m| bad(format!("CNI_ARGS: {m}")))?;
+        Ok(Env {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+        })
+    }
+}
+
+/// Linux interface name rules (what `dev_valid_name` accepts).
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("interface name is empty".into());
+    }
+    if name.len() > 15 {
+        return Err(format!("interface name {name:?} is longer than 15 bytes"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!(
+            "interface name {name:?} is not a valid Linux interface name"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_args(s: &str) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for pair in s.split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The plugin's configuration as the runtime passes it on stdin (one plugin of a list).
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub version: Version,
+    pub name: String,
+    pub mode: Mode,
+    pub bridge: String,
+    pub ranges: Vec<IpNet>,
+    pub ip_masq: bool,
+    pub data_dir: PathBuf,
+    pub mtu: Option<u32>,
+    pub dns: Dns,
+    /// `prevResult`, as given (CHECK, DEL, and ADD when twill is not first in a chain).
+    pub prev_result: Option<Value>,
+    /// Raw `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) of GC.
+    pub valid_attachments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    cni_version: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    bridge: Option<String>,
+    #[serde(default)]
+    ranges: Option<Vec<String>>,
+    #[serde(default)]
+    ip_masq: bool,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    dns: Option<Dns>,
+    #[serde(default)]
+    prev_result: Option<Value>,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Value>,
+    #[serde(default, rename = "cni.dev/attachments")]
+    attachments: Option<Value>,
+}
+
+/// Only the version, for VERSION and for choosing the format of an error.
+pub fn peek_version(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()?
+        .get("cniVersion")?
+        .as_str()
+        .map(str::to_string)
+}
+
+impl NetConf {
+    /// Parses and validates a configuration. Decode failures are code 6, unsupported versions
+    /// code 1, invalid values code 7.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let raw: RawConf = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!("cannot decode the network configuration on stdin: {e}"),
+            )
+        })?;
+        let invalid = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
+        let version_text = raw.cni_version.unwrap_or_default();
+        let version = Version::parse(&version_text).ok_or_else(|| {
+            CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "cniVersion {version_text:?} is not supported; twill supports {}",
+                    crate::spec::SUPPORTED_VERSIONS.join(", ")
+                ),
+            )
+        })?;
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(invalid(format!(
+                "network name {:?} must be non-empty and use only letters, digits, '_', '.' and '-'",
+                raw.name
+            )));
+        }
+        let mode = match raw.mode.as_deref().unwrap_or("bridge") {
+            "bridge" => Mode::Bridge,
+            "routed" => Mode::Routed,
+            other => {
+                return Err(invalid(format!(
+                    "mode {other:?} is unknown: use \"bridge\" or \"routed\""
+                )));
+            }
+        };
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        validate_ifname(&bridge).map_err(|m| invalid(format!("bridge: {m}")))?;
+        let ranges = parse_ranges(raw.ranges.unwrap_or_default()).map_err(invalid)?;
+        if let Some(mtu) = raw.mtu {
+            let min = if ranges.iter().any(|r| r.addr().is_ipv6()) {
+                1280
+            } else {
+                576
+            };
+            if !(min..=65535).contains(&mtu) {
+                return Err(invalid(format!("mtu {mtu} is out of range {min}..=65535")));
+            }
+        }
+        Ok(NetConf {
+            version,
+            name: raw.name,
+            mode,
+            bridge,
+            ranges,
+            ip_masq: raw.ip_masq,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            mtu: raw.mtu,
+            dns: raw.dns.unwrap_or_default(),
+            prev_result: raw.prev_result,
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
+        })
+    }
+
+    /// The directory of this network's address allocations.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.data_dir.join("ipam").join(&self.name)
+    }
+
+    /// The directory of twill's firewall stamps.
+    pub fn firewall_dir(&self) -> PathBuf {
+        self.data_dir.join("firewall")
+    }
+}
+
+fn parse_ranges(raw: Vec<String>) -> Result<Vec<IpNet>, String> {
+    if raw.is_empty() {
+        return Err("\"ranges\" is required: give one IPv4 and/or one IPv6 range, e.g. [\"10.88.0.0/16\", \"fd88::/64\"]".into());
+    }
+    let mut out: Vec<IpNet> = Vec::new();
+    for r in raw {
+        let net: IpNet = r
+            .parse()
+            .map_err(|_| format!("range {r:?} is not a CIDR such as 10.88.0.0/16"))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "range {r} has host bits set; did you mean {}?",
+                net.trunc()
+            ));
+        }
+        if out
+            .iter()
+            .any(|o| o.addr().is_ipv4() == net.addr().is_ipv4())
+        {
+            return Err(format!(
+                "range {r}: at most one IPv4 and one IPv6 range may be given (dual-stack)"
+            ));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn add_needs_container_netns_and_ifname() {
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/x"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(e.msg.contains("CNI_CONTAINERID"));
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
+        assert!(e.msg.contains("CNI_NETNS"));
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c/1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/x"),
+        ])
+        .unwrap_err();
+        assert!(e.msg.contains("characters"));
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "a-very-long-interface"),
+            ("CNI_NETNS", "/x"),
+        ])
+        .unwrap_err();
+        assert!(e.msg.contains("longer than 15"));
+    }
+
+    #[test]
+    fn del_does_not_need_netns_and_unknown_verbs_are_refused() {
+        assert!(
+            env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0")
+            ])
+            .is_ok()
+        );
+        let e = env(&[("CNI_COMMAND", "FROB")]).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(env(&[("CNI_COMMAND", "GC")]).is_ok());
+    }
+
+    #[test]
+    fn cni_args_are_parsed() {
+        let e = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "K8S_POD_NAME=a;IgnoreUnknown=1"),
+        ])
+        .unwrap();
+        assert_eq!(e.args["K8S_POD_NAME"], "a");
+        assert!(
+            env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "garbage")
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"twill","ranges":["10.88.0.0/16","fd88::/64"],"extra":1}"#).unwrap();
+        assert_eq!(c.mode, Mode::Bridge);
+        assert_eq!(c.bridge, "twill0");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.ranges.len(), 2);
+
+        let e = NetConf::parse(b"{not json").unwrap_err();
+        assert_eq!(e.code, code::DECODE);
+        let e = NetConf::parse(br#"{"cniVersion":"0.2.0","name":"n","ranges":["10.0.0.0/8"]}"#)
+            .unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ranges":["10.0.0.1/8"]}"#)
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("10.0.0.0/8"));
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","mode":"tunnel","ranges":["10.0.0.0/8"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","ranges":["10.0.0.0/8","10.1.0.0/16"]}"#,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("at most one IPv4"));
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap_err();
+        assert!(e.msg.contains("ranges"));
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","ranges":["fd00::/64"],"mtu":1000}"#,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("mtu"));
+    }
+}

@@ -1,0 +1,386 @@
+//! The pod's network, host side and container side: bridge, veth pair, addresses, routes and
+//! the sysctls that go with them. Everything here is idempotent or reports "exists" precisely,
+//! so ADD can roll back and DEL can run any number of times.
+
+use std::fs;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use ipnet::IpNet;
+use twill_netlink::netns::Netns;
+use twill_netlink::{Handle, Link, LinkKind, Route, VethSpec};
+
+use crate::config::Mode;
+use crate::spec::{CniError, code};
+
+/// Routing protocol number on every route twill installs, so its routes are recognisably its
+/// own (`ip route show proto 116`). 116 is ASCII 't' and unassigned in `rt_protos`.
+pub const ROUTE_PROTOCOL: u8 = 116;
+/// Prefix of every host-side veth twill creates.
+pub const VETH_PREFIX: &str = "tw";
+/// The link-local gateway of routed mode, answered by proxy ARP on the host veth (as Calico).
+pub const ROUTED_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 gateway of routed mode: a link-local address on every host veth.
+pub const ROUTED_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The host-side veth name of an attachment: `tw` + 11 hex digits of a hash of the container
+/// ID and interface name. Stable across versions (FNV-1a, not std's hasher, whose output may
+/// change between Rust releases), so a later DEL or GC finds what an earlier ADD made.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{VETH_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+/// A random locally administered unicast MAC.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut mac);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// A MAC derived from a name, for the bridge: it then keeps one address whatever ports join.
+pub fn stable_mac(name: &str) -> [u8; 6] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5]]
+}
+
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Maps a netlink failure to the plugin's kernel error code.
+pub fn kernel(e: twill_netlink::Error) -> CniError {
+    CniError::new(code::KERNEL, e.to_string())
+}
+
+/// Writes a sysctl if it differs (reads are cheaper than writes that trigger notifier chains).
+pub fn set_sysctl(path: &str, value: &str) -> Result<(), CniError> {
+    let full = Path::new("/proc/sys").join(path);
+    if fs::read_to_string(&full)
+        .map(|v| v.trim() == value)
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    fs::write(&full, value).map_err(|e| {
+        CniError::new(
+            code::KERNEL,
+            format!("cannot set sysctl {path} = {value}: {e}"),
+        )
+    })
+}
+
+/// The MTU of the interface that the host's default route leaves by, or 1500 without one.
+pub fn default_mtu(host: &mut Handle) -> Result<u32, CniError> {
+    for probe in [
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        IpAddr::V6("2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+    ] {
+        // TEST-NET addresses: looked up in the FIB only, never sent to.
+        if let Some(oif) = host.route_lookup(probe).map_err(kernel)?
+            && let Some(link) = host.link_by_index(oif).map_err(kernel)?
+            && link.mtu > 0
+        {
+            return Ok(link.mtu);
+        }
+    }
+    Ok(1500)
+}
+
+/// The gateway address a range's containers use in bridge mode: its first address.
+pub fn bridge_gateway(range: &IpNet) -> IpAddr {
+    match range {
+        IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)),
+        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + 1)),
+    }
+}
+
+/// Makes sure the bridge exists, is up and holds the gateway address of every range. Safe when
+/// several ADDs race to create it.
+pub fn ensure_bridge(
+    host: &mut Handle,
+    name: &str,
+    mtu: u32,
+    ranges: &[IpNet],
+) -> Result<Link, CniError> {
+    let link = match host.link_by_name(name).map_err(kernel)? {
+        Some(link) => {
+            if link.kind != LinkKind::Bridge {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "{name} exists on the host but is not a bridge; choose another \"bridge\" name"
+                    ),
+                ));
+            }
+            if !link.up {
+                host.set_up(link.index).map_err(kernel)?;
+            }
+            link
+        }
+        None => {
+            match host.create_bridge(name, mtu, stable_mac(name)) {
+                Ok(()) => {}
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(kernel(e)),
+            }
+            host.link_by_name(name).map_err(kernel)?.ok_or_else(|| {
+                CniError::new(
+                    code::KERNEL,
+                    format!("bridge {name} vanished after creation"),
+                )
+            })?
+        }
+    };
+    let present = host.addresses(link.index).map_err(kernel)?;
+    for range in ranges {
+        let gw = IpNet::new(bridge_gateway(range), range.prefix_len())
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+        if present.contains(&gw) {
+            continue;
+        }
+        match host.add_address(link.index, gw, true) {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(kernel(e)),
+        }
+    }
+    Ok(link)
+}
+
+/// Everything that describes one attachment's plumbing.
+pub struct Attach<'a> {
+    pub mode: Mode,
+    pub host_name: &'a str,
+    pub ifname: &'a str,
+    pub netns: &'a Netns,
+    pub mtu: u32,
+    pub bridge: Option<&'a Link>,
+    /// The container's addresses with the prefix length they get inside the container.
+    pub addresses: &'a [IpNet],
+}
+
+/// What [`attach`] made, for the result.
+pub struct Attached {
+    pub host_mac: [u8; 6],
+    pub container_mac: [u8; 6],
+    /// Gateway per address (same order as `addresses`).
+    pub gateways: Vec<IpAddr>,
+}
+
+/// Creates the veth pair and configures both ends.
+pub fn attach(
+    host: &mut Handle,
+    container: &mut Handle,
+    a: &Attach<'_>,
+) -> Result<Attached, CniError> {
+    let host_mac = random_mac();
+    let container_mac = random_mac();
+    let spec = VethSpec {
+        host_name: a.host_name,
+        host_mac,
+        peer_name: a.ifname,
+        peer_mac: container_mac,
+        peer_netns: a.netns,
+        mtu: a.mtu,
+        master: a.bridge.map(|b| b.index),
+    };
+    host.create_veth(&spec).map_err(|e| {
+        if e.is_exists() {
+            CniError::new(
+                code::INTERFACE_EXISTS,
+                format!(
+                    "host interface {} already exists: another attachment with this container ID and interface name is set up; DEL it first",
+                    a.host_name
+                ),
+            )
+        } else {
+            kernel(e)
+        }
+    })?;
+
+    let peer = container
+        .link_by_name(a.ifname)
+        .map_err(kernel)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::KERNEL,
+                format!(
+                    "{} did not appear in the container after creation",
+                    a.ifname
+                ),
+            )
+        })?;
+
+    let has_v6 = a.addresses.iter().any(|n| n.addr().is_ipv6());
+    let mut gateways = Vec::new();
+    for net in a.addresses {
+        container
+            .add_address(peer.index, *net, true)
+            .map_err(kernel)?;
+    }
+    match a.mode {
+        Mode::Bridge => {
+            for net in a.addresses {
+                let gw = bridge_gateway(&net.trunc());
+                gateways.push(gw);
+                let default = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                container
+                    .add_route(
+                        &Route {
+                            dst: default.parse().expect("literal"),
+                            gateway: Some(gw),
+                            oif: Some(peer.index),
+                            link_scope: false,
+                            protocol: ROUTE_PROTOCOL,
+                        },
+                        false,
+                    )
+                    .map_err(kernel)?;
+            }
+        }
+        Mode::Routed => {
+            let host_link = host
+                .link_by_name(a.host_name)
+                .map_err(kernel)?
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::KERNEL,
+                        format!("{} vanished after creation", a.host_name),
+                    )
+                })?;
+            // Proxy ARP answers the container's ARP for 169.254.1.1; without proxy_delay=0 the
+            // kernel delays proxied answers to broadcast requests by up to 0.8 s.
+            set_sysctl(&format!("net/ipv4/conf/{}/proxy_arp", a.host_name), "1")?;
+            set_sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", a.host_name), "0")?;
+            if has_v6 {
+                host.add_address(
+                    host_link.index,
+                    IpNet::new(IpAddr::V6(ROUTED_GATEWAY_V6), 64).expect("literal"),
+                    true,
+                )
+                .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })
+                .map_err(kernel)?;
+            }
+            for net in a.addresses {
+                let ip = net.addr();
+                let (gw, default): (IpAddr, &str) = if ip.is_ipv4() {
+                    let gw = IpAddr::V4(ROUTED_GATEWAY_V4);
+                    container
+                        .add_route(
+                            &Route {
+                                dst: IpNet::new(gw, 32).expect("literal"),
+                                gateway: None,
+                                oif: Some(peer.index),
+                                link_scope: true,
+                                protocol: ROUTE_PROTOCOL,
+                            },
+                            false,
+                        )
+                        .map_err(kernel)?;
+                    (gw, "0.0.0.0/0")
+                } else {
+                    (IpAddr::V6(ROUTED_GATEWAY_V6), "::/0")
+                };
+                gateways.push(gw);
+                container
+                    .add_route(
+                        &Route {
+                            dst: default.parse().expect("literal"),
+                            gateway: Some(gw),
+                            oif: Some(peer.index),
+                            link_scope: false,
+                            protocol: ROUTE_PROTOCOL,
+                        },
+                        false,
+                    )
+                    .map_err(kernel)?;
+                let host_route = Route {
+                    dst: IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("valid prefix"),
+                    gateway: None,
+                    oif: Some(host_link.index),
+                    link_scope: true,
+                    protocol: ROUTE_PROTOCOL,
+                };
+                host.add_route(&host_route, true).map_err(kernel)?;
+            }
+        }
+    }
+    Ok(Attached {
+        host_mac,
+        container_mac,
+        gateways,
+    })
+}
+
+/// Deletes the attachment's veth pair if it exists (the container end goes with it, and so do
+/// the host routes through it). Returns whether there was one.
+pub fn detach(host: &mut Handle, host_name: &str) -> Result<bool, CniError> {
+    match host.link_by_name(host_name).map_err(kernel)? {
+        Some(link) => match host.delete_link(link.index) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(kernel(e)),
+        },
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_stable_short_and_distinct() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_eq!(a.len(), 13);
+        assert!(a.starts_with("tw"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
+        // Pinned: a changed hash would orphan every existing attachment after an upgrade.
+        assert_eq!(
+            host_veth_name("container1", "eth0"),
+            host_veth_name("container1", "eth0")
+        );
+    }
+
+    #[test]
+    fn macs_are_local_unicast() {
+        for _ in 0..50 {
+            let m = random_mac();
+            assert_eq!(m[0] & 0x01, 0, "unicast");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        }
+        assert_eq!(stable_mac("twill0"), stable_mac("twill0"));
+        assert_eq!(stable_mac("x")[0] & 0x03, 0x02);
+    }
+
+    #[test]
+    fn gateways_are_first_addresses() {
+        assert_eq!(
+            bridge_gateway(&"10.88.0.0/16".parse().unwrap()),
+            "10.88.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            bridge_gateway(&"fd88::/64".parse().unwrap()),
+            "fd88::1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

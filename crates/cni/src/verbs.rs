@@ -1,0 +1,551 @@
+//! The CNI verbs: ADD, DEL, CHECK, STATUS, GC. Each validates everything it can before it
+//! changes anything, and ADD undoes its own work when it fails part-way.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde_json::Value;
+use twill_dataplane::firewall;
+use twill_ipam::{Range, Store};
+use twill_netlink::netns::Netns;
+use twill_netlink::{Handle, LinkKind};
+
+use crate::config::{Env, Mode, NetConf};
+use crate::plumbing::{self, Attach, kernel};
+use crate::spec::{
+    Attachment, CniError, CniResult, Interface, IpConfig, RouteConfig, Version, code,
+};
+
+fn state_error(e: twill_ipam::Error) -> CniError {
+    match e {
+        twill_ipam::Error::RangeFull { .. } => CniError::new(code::RANGE_FULL, e.to_string()),
+        twill_ipam::Error::InvalidRange { .. } => {
+            CniError::new(code::INVALID_CONFIG, e.to_string())
+        }
+        other => CniError::new(code::STATE, other.to_string()),
+    }
+}
+
+fn firewall_error(e: twill_dataplane::Error) -> CniError {
+    CniError::new(code::FIREWALL, e.to_string())
+}
+
+fn fw_mode(mode: Mode) -> firewall::Mode {
+    match mode {
+        Mode::Bridge => firewall::Mode::Bridge,
+        Mode::Routed => firewall::Mode::Routed,
+    }
+}
+
+fn ranges(conf: &NetConf) -> Result<Vec<Range>, CniError> {
+    conf.ranges
+        .iter()
+        .map(|r| Range::new(*r).map_err(state_error))
+        .collect()
+}
+
+fn open_netns(env: &Env) -> Result<Netns, CniError> {
+    let path = env.netns.as_deref().unwrap_or(Path::new(""));
+    Netns::open(path).map_err(|e| {
+        CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS {} cannot be opened: {e}", path.display()),
+        )
+    })
+}
+
+/// The address a container gets on its interface: the range's prefix in bridge mode (the
+/// bridge is its link), a host prefix in routed mode (everything goes via the gateway).
+fn container_address(mode: Mode, ip: IpAddr, range: &IpNet) -> IpNet {
+    let prefix = match (mode, ip) {
+        (Mode::Bridge, _) => range.prefix_len(),
+        (Mode::Routed, IpAddr::V4(_)) => 32,
+        (Mode::Routed, IpAddr::V6(_)) => 128,
+    };
+    IpNet::new(ip, prefix).expect("prefix fits the family")
+}
+
+fn range_of<'a>(conf: &'a NetConf, ip: IpAddr) -> Option<&'a IpNet> {
+    conf.ranges.iter().find(|r| r.contains(&ip))
+}
+
+// ===== ADD =====
+
+pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    let netns = open_netns(env)?;
+    let mut container = Handle::in_netns(&netns).map_err(kernel)?;
+    if container
+        .link_by_name(&env.ifname)
+        .map_err(kernel)?
+        .is_some()
+    {
+        return Err(CniError::new(
+            code::INTERFACE_EXISTS,
+            format!(
+                "interface {} already exists in {}",
+                env.ifname,
+                netns.path()
+            ),
+        ));
+    }
+    let ranges = ranges(conf)?;
+    let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
+    let ips = store
+        .lock()
+        .and_then(|mut locked| locked.allocate(&ranges, &env.container_id, &env.ifname))
+        .map_err(state_error)?;
+
+    let mut host = Handle::new().map_err(kernel)?;
+    let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
+    match add_with_addresses(
+        env,
+        conf,
+        &netns,
+        &mut host,
+        &mut container,
+        &host_name,
+        &ips,
+    ) {
+        Ok(result) => Ok(result),
+        Err(e) => {
+            // Leave nothing behind: the veth (if made), the anti-spoofing entries, the addresses.
+            let _ = plumbing::detach(&mut host, &host_name);
+            let _ = firewall::forget_source(fw_mode(conf.mode), &host_name, &ips);
+            let _ = store
+                .lock()
+                .and_then(|mut l| l.release(&env.container_id, &env.ifname));
+            Err(e)
+        }
+    }
+}
+
+fn add_with_addresses(
+    env: &Env,
+    conf: &NetConf,
+    netns: &Netns,
+    host: &mut Handle,
+    container: &mut Handle,
+    host_name: &str,
+    ips: &[IpAddr],
+) -> Result<Value, CniError> {
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => plumbing::default_mtu(host)?,
+    };
+    plumbing::set_sysctl("net/ipv4/ip_forward", "1")?;
+    if conf.ranges.iter().any(|r| r.addr().is_ipv6()) {
+        plumbing::set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    let bridge = match conf.mode {
+        Mode::Bridge => Some(plumbing::ensure_bridge(
+            host,
+            &conf.bridge,
+            mtu,
+            &conf.ranges,
+        )?),
+        Mode::Routed => None,
+    };
+    if conf.ip_masq {
+        firewall::ensure_masquerade(&conf.firewall_dir(), &conf.name, &conf.ranges)
+            .map_err(firewall_error)?;
+    }
+    if firewall::ensure_antispoof_base(&conf.firewall_dir()).map_err(firewall_error)? {
+        // The sets were (re)created empty, e.g. after someone flushed the host's ruleset:
+        // re-allow this network's running containers so their traffic flows again.
+        restore_sources(conf)?;
+    }
+    // Allowed before the veth exists, so the container's first packet already passes.
+    firewall::allow_source(fw_mode(conf.mode), host_name, ips).map_err(firewall_error)?;
+
+    let addresses: Vec<IpNet> = ips
+        .iter()
+        .map(|ip| {
+            container_address(
+                conf.mode,
+                *ip,
+                range_of(conf, *ip).expect("allocated from a range"),
+            )
+        })
+        .collect();
+    let attached = plumbing::attach(
+        host,
+        container,
+        &Attach {
+            mode: conf.mode,
+            host_name,
+            ifname: &env.ifname,
+            netns,
+            mtu,
+            bridge: bridge.as_ref(),
+            addresses: &addresses,
+        },
+    )?;
+
+    let mut result = match &conf.prev_result {
+        Some(prev) => CniResult::from_json(prev).map_err(|m| CniError::new(code::DECODE, m))?,
+        None => CniResult::default(),
+    };
+    if let Some(b) = &bridge {
+        result.interfaces.push(Interface {
+            name: b.name.clone(),
+            mac: b.mac.map(|m| plumbing::mac_text(&m)).unwrap_or_default(),
+            mtu: Some(b.mtu),
+            sandbox: String::new(),
+        });
+    }
+    result.interfaces.push(Interface {
+        name: host_name.to_string(),
+        mac: plumbing::mac_text(&attached.host_mac),
+        mtu: Some(mtu),
+        sandbox: String::new(),
+    });
+    result.interfaces.push(Interface {
+        name: env.ifname.clone(),
+        mac: plumbing::mac_text(&attached.container_mac),
+        mtu: Some(mtu),
+        sandbox: netns.path().to_string(),
+    });
+    let container_index = result.interfaces.len() - 1;
+    for (addr, gw) in addresses.iter().zip(&attached.gateways) {
+        result.ips.push(IpConfig {
+            address: *addr,
+            gateway: Some(*gw),
+            interface: Some(container_index),
+        });
+        let default = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+        result.routes.push(RouteConfig {
+            dst: default.parse().expect("literal"),
+            gw: Some(*gw),
+        });
+    }
+    if !conf.dns.is_empty() {
+        result.dns = conf.dns.clone();
+    }
+    Ok(result.to_json(conf.version))
+}
+
+/// Allows the sources of every attachment recorded for this network.
+fn restore_sources(conf: &NetConf) -> Result<(), CniError> {
+    let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
+    let attachments = store.lock().map_err(state_error)?.attachments();
+    for (cid, ifname, ips) in attachments {
+        let name = plumbing::host_veth_name(&cid, &ifname);
+        firewall::allow_source(fw_mode(conf.mode), &name, &ips).map_err(firewall_error)?;
+    }
+    Ok(())
+}
+
+// ===== DEL =====
+
+pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let mut host = Handle::new().map_err(kernel)?;
+    let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
+    // The link goes first: its address must not be handed out while it still exists.
+    plumbing::detach(&mut host, &host_name)?;
+    let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
+    let released = store
+        .lock()
+        .and_then(|mut l| l.release(&env.container_id, &env.ifname))
+        .map_err(state_error)?;
+    if !released.is_empty() {
+        firewall::forget_source(fw_mode(conf.mode), &host_name, &released)
+            .map_err(firewall_error)?;
+    }
+    Ok(())
+}
+
+// ===== CHECK =====
+
+pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    if conf.version < Version::V0_4_0 {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "CHECK needs cniVersion 0.4.0 or later, the configuration says {}",
+                conf.version.as_str()
+            ),
+        ));
+    }
+    let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg);
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "CHECK needs prevResult (the result of ADD)",
+        )
+    })?;
+    let prev = CniResult::from_json(prev).map_err(|m| CniError::new(code::DECODE, m))?;
+    let netns = open_netns(env)?;
+    let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
+
+    // The container interface: present, same MAC, its addresses and routes.
+    let (cindex, ciface) = prev
+        .interfaces
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.name == env.ifname && !i.sandbox.is_empty())
+        .ok_or_else(|| {
+            failed(format!(
+                "prevResult has no interface {} in a sandbox",
+                env.ifname
+            ))
+        })?;
+    let mut container = Handle::in_netns(&netns).map_err(kernel)?;
+    let link = container
+        .link_by_name(&env.ifname)
+        .map_err(kernel)?
+        .ok_or_else(|| {
+            failed(format!(
+                "interface {} is missing from {}",
+                env.ifname,
+                netns.path()
+            ))
+        })?;
+    let mac = link.mac.map(|m| plumbing::mac_text(&m)).unwrap_or_default();
+    if !ciface.mac.is_empty() && !ciface.mac.eq_ignore_ascii_case(&mac) {
+        return Err(failed(format!(
+            "interface {} has MAC {mac}, ADD gave it {}",
+            env.ifname, ciface.mac
+        )));
+    }
+    if !link.up {
+        return Err(failed(format!("interface {} is down", env.ifname)));
+    }
+    let present = container.addresses(link.index).map_err(kernel)?;
+    let mine: Vec<&IpConfig> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == cindex))
+        .collect();
+    for ip in &mine {
+        if !present.contains(&ip.address) {
+            return Err(failed(format!(
+                "address {} is missing from {}",
+                ip.address, env.ifname
+            )));
+        }
+    }
+    let routes = container.routes().map_err(kernel)?;
+    for r in &prev.routes {
+        if !routes
+            .iter()
+            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw))
+        {
+            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            return Err(failed(format!(
+                "route {}{via} is missing from the container",
+                r.dst
+            )));
+        }
+    }
+
+    // The host end: our veth, paired with the container interface, on the right bridge.
+    let mut host = Handle::new().map_err(kernel)?;
+    let hlink = host
+        .link_by_name(&host_name)
+        .map_err(kernel)?
+        .ok_or_else(|| failed(format!("host interface {host_name} is missing")))?;
+    if hlink.kind != LinkKind::Veth || hlink.peer_index != Some(link.index) {
+        return Err(failed(format!(
+            "host interface {host_name} is not the veth peer of {}",
+            env.ifname
+        )));
+    }
+    if conf.mode == Mode::Bridge {
+        let bridge = host
+            .link_by_name(&conf.bridge)
+            .map_err(kernel)?
+            .ok_or_else(|| failed(format!("bridge {} is missing", conf.bridge)))?;
+        if hlink.master != Some(bridge.index) {
+            return Err(failed(format!(
+                "{host_name} is not a port of bridge {}",
+                conf.bridge
+            )));
+        }
+    } else {
+        let host_routes = host.routes().map_err(kernel)?;
+        for ip in &mine {
+            let ip = ip.address.addr();
+            if !host_routes.iter().any(|r| {
+                r.dst.addr() == ip
+                    && r.dst.prefix_len() == r.dst.max_prefix_len()
+                    && r.oif == Some(hlink.index)
+            }) {
+                return Err(failed(format!(
+                    "host route to {ip} via {host_name} is missing"
+                )));
+            }
+        }
+    }
+
+    // Local state: the addresses are still ours, and the anti-spoofing filter knows them.
+    let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
+    let held = store
+        .lock()
+        .map_err(state_error)?
+        .get(&env.container_id, &env.ifname);
+    for ip in &mine {
+        let ip = ip.address.addr();
+        if !held.contains(&ip) {
+            return Err(failed(format!(
+                "address {ip} is not allocated to this container in {}",
+                conf.ipam_dir().display()
+            )));
+        }
+        if !firewall::source_allowed(fw_mode(conf.mode), &host_name, ip).map_err(firewall_error)? {
+            return Err(failed(format!(
+                "anti-spoofing filter does not allow {ip} from {host_name}"
+            )));
+        }
+    }
+    if conf.ip_masq && !firewall::masquerade_present(&conf.name).map_err(firewall_error)? {
+        return Err(failed(format!(
+            "masquerade chain for network {} is missing",
+            conf.name
+        )));
+    }
+    Ok(())
+}
+
+// ===== STATUS =====
+
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |msg: String| CniError::new(code::STATUS_UNAVAILABLE, msg);
+    if conf.version < Version::V1_1_0 {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "STATUS needs cniVersion 1.1.0",
+        ));
+    }
+    let ranges = ranges(conf)?;
+    let store = Store::open(&conf.ipam_dir())
+        .map_err(|e| unavailable(format!("data directory is not usable: {e}")))?;
+    let locked = store
+        .lock()
+        .map_err(|e| unavailable(format!("address state is not usable: {e}")))?;
+    let held: Vec<IpAddr> = locked
+        .attachments()
+        .into_iter()
+        .flat_map(|(_, _, ips)| ips)
+        .collect();
+    for range in &ranges {
+        let used = held.iter().filter(|ip| range.contains(**ip)).count() as u128;
+        if used >= range.usable_count() {
+            return Err(unavailable(format!(
+                "range {} is full ({used} addresses allocated); ADD would fail",
+                range.subnet
+            )));
+        }
+    }
+    if firewall::nft_binary().is_none() {
+        return Err(unavailable(
+            "the nft binary (Debian package nftables) is not installed".into(),
+        ));
+    }
+    Ok(())
+}
+
+// ===== GC =====
+
+pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+    if conf.version < Version::V1_1_0 {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "GC needs cniVersion 1.1.0",
+        ));
+    }
+    let raw = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments (the attachments to keep)",
+        )
+    })?;
+    let valid: Vec<Attachment> = serde_json::from_value(raw)
+        .map_err(|e| CniError::new(code::DECODE, format!("cni.dev/valid-attachments: {e}")))?;
+    let keep: HashSet<(String, String)> = valid
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let keep_names: HashSet<String> = valid
+        .iter()
+        .map(|a| plumbing::host_veth_name(&a.container_id, &a.ifname))
+        .collect();
+
+    // Spec: GC keeps going on errors and reports the first one at the end.
+    let mut first_error: Option<CniError> = None;
+    let mut note = |r: Result<(), CniError>| {
+        if let Err(e) = r
+            && first_error.is_none()
+        {
+            first_error = Some(e);
+        }
+    };
+    let mode = fw_mode(conf.mode);
+    let mut host = Handle::new().map_err(kernel)?;
+
+    let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
+    let released = store
+        .lock()
+        .and_then(|mut l| {
+            l.retain(|cid, ifname| keep.contains(&(cid.to_string(), ifname.to_string())))
+        })
+        .map_err(state_error)?;
+    for (cid, ifname, ips) in &released {
+        let name = plumbing::host_veth_name(cid, ifname);
+        note(plumbing::detach(&mut host, &name).map(|_| ()));
+        note(firewall::forget_source(mode, &name, ips).map_err(firewall_error));
+    }
+
+    // Veths of this network that no valid attachment owns (e.g. an ADD killed after the veth
+    // was made but before its result reached the runtime).
+    let links = host.links().map_err(kernel)?;
+    let bridge_index = links
+        .iter()
+        .find(|l| l.name == conf.bridge && l.kind == LinkKind::Bridge)
+        .map(|l| l.index);
+    let host_routes = if conf.mode == Mode::Routed {
+        host.routes().map_err(kernel)?
+    } else {
+        Vec::new()
+    };
+    for link in links
+        .iter()
+        .filter(|l| l.kind == LinkKind::Veth && l.name.starts_with(plumbing::VETH_PREFIX))
+    {
+        if keep_names.contains(&link.name) {
+            continue;
+        }
+        let ours = match conf.mode {
+            Mode::Bridge => bridge_index.is_some() && link.master == bridge_index,
+            Mode::Routed => host_routes.iter().any(|r| {
+                r.oif == Some(link.index)
+                    && r.protocol == plumbing::ROUTE_PROTOCOL
+                    && range_of(conf, r.dst.addr()).is_some()
+            }),
+        };
+        if ours {
+            note(
+                host.delete_link(link.index)
+                    .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+                    .map_err(kernel),
+            );
+        }
+    }
+
+    // Anti-spoofing entries for this network's addresses whose interface is not kept.
+    match firewall::list_sources(mode) {
+        Ok(entries) => {
+            for (name, ip) in entries {
+                if !keep_names.contains(&name) && range_of(conf, ip).is_some() {
+                    note(firewall::forget_source(mode, &name, &[ip]).map_err(firewall_error));
+                }
+            }
+        }
+        Err(e) => note(Err(firewall_error(e))),
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

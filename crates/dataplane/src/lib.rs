@@ -1,0 +1,21 @@
+//! twill-dataplane: twill's own nftables state, used by the CNI plugin.
+//!
+//! - [`firewall`]: masquerade per network (`ipMasq`) and anti-spoofing of
+//!   container source addresses, in twill's own `inet twill` and
+//!   `bridge twill` tables.
+//! - `nfnl` (private): the minimal nfnetlink encoder/decoder that keeps the
+//!   per-container operations free of process spawns.
+//! - `nftcli` (private): running `nft -f -` for the rare rule changes.
+//!
+//! Everything applies to the network namespace of the calling thread.
+
+mod error;
+pub mod firewall;
+mod nfnl;
+mod nftcli;
+
+pub use error::Error;
+pub use firewall::{
+    Mode, allow_source, ensure_antispoof_base, ensure_masquerade, forget_source, list_sources,
+    masquerade_present, nft_binary, remove_masquerade, source_allowed,
+};
