@@ -32,7 +32,10 @@ fn portmap_bandwidth_tuning_chain() {
         );
     }
     let host = Host::new("chain");
-    let twill = host.conf("1.0.0", json!({"ipMasq": true}));
+    // portmap 1.1.1 (Debian 12) CHECKs its IPv4 rules in ip6tables too whenever ip6tables exists
+    // ("could not check ipv6 dnat"), a bug of that version fixed upstream later. Its CHECK is
+    // therefore run with a PATH that offers iptables but no ip6tables, and the list is IPv4.
+    let twill = host.conf("1.0.0", json!({"ipMasq": true, "ranges": ["10.88.0.0/16"]}));
     let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
     let port_rt =
         json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]});
@@ -85,17 +88,25 @@ fn portmap_bandwidth_tuning_chain() {
     let mut check = twill.clone();
     check["prevResult"] = result.clone();
     host.call("twill", "CHECK", id, Some(&pod), &check).ok();
-    host.call(
+    let v4_only = twill_testkit::TempDir::new("v4path");
+    for tool in ["iptables", "iptables-save", "iptables-restore"] {
+        let src = std::fs::canonicalize(std::path::Path::new("/usr/sbin").join(tool)).unwrap();
+        std::os::unix::fs::symlink(src, v4_only.path().join(tool)).unwrap();
+    }
+    let v4_path = format!("{}:/usr/bin:/bin", v4_only.path().display());
+    let portmap_check = plugin_conf(
+        &twill,
+        portmap.clone(),
+        Some(port_rt.clone()),
+        Some(&result),
+    );
+    host.call_with_path(
         "portmap",
         "CHECK",
         id,
         Some(&pod),
-        &plugin_conf(
-            &twill,
-            portmap.clone(),
-            Some(port_rt.clone()),
-            Some(&result),
-        ),
+        &portmap_check,
+        Some(&v4_path),
     )
     .ok();
     host.call(

@@ -207,7 +207,7 @@ fn add_fails_when_interface_exists_and_leaves_nothing() {
         2,
         "dual-stack pod holds two addresses"
     );
-    assert!(pod2.ping(&r["ips"][0]["gateway"].as_str().unwrap().to_string(), 1));
+    assert!(pod2.ping(r["ips"][0]["gateway"].as_str().unwrap(), 1));
 }
 
 #[test]

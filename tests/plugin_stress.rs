@@ -49,6 +49,9 @@ fn parallel_map<T: Sync, R: Send>(
 fn configured_addresses(pods: &[(String, Netns)]) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for (id, pod) in pods {
+        if pod.link("eth0").is_none() {
+            continue;
+        }
         if let Some(a) = pod.addresses("eth0").into_iter().find(|a| a.contains('.')) {
             out.insert(id.clone(), a.split('/').next().unwrap().to_string());
         }
@@ -103,11 +106,15 @@ fn sigkill_during_add_never_double_allocates_and_gc_reclaims() {
         .map(|i| (format!("kill{i:02}"), Netns::new("kill-p")))
         .collect();
     let bin = host.cni.cni_path.join("twill");
+    // One complete ADD first, so the kills land in the steady state (bridge and firewall base
+    // exist) as well as in the first-time set-up.
+    let warm = Netns::new("kill-w");
+    host.add("warm", &warm, &conf).ok();
 
     // Start ADDs and kill each after a different delay: some die before allocating, some
     // between allocation and plumbing, some after finishing.
     parallel_map(&pods, 4, |(id, pod)| {
-        let delay_us = (id[4..].parse::<u64>().unwrap() * 211) % 9000;
+        let delay_us = (id[4..].parse::<u64>().unwrap() * 523) % 40000;
         let mut child = Command::new("ip")
             .args(["netns", "exec", host.ns.name()])
             .arg(&bin)
@@ -180,17 +187,19 @@ fn sigkill_during_add_never_double_allocates_and_gc_reclaims() {
         );
     }
 
-    // GC with only the fresh pods valid reclaims every leak (addresses and veths).
+    // GC with only the fresh (and warm-up) pods valid reclaims every leak (addresses and veths).
     let mut gc = conf.clone();
-    gc["cni.dev/valid-attachments"] = json!(
-        fresh
-            .iter()
-            .map(|(id, _)| json!({"containerID": id, "ifname": "eth0"}))
-            .collect::<Vec<_>>()
-    );
+    let valid: Vec<Value> = fresh
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .chain(["warm"])
+        .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+        .collect();
+    gc["cni.dev/valid-attachments"] = json!(valid);
     host.call("twill", "GC", "", None, &gc).ok();
     let left: HashSet<String> = host.allocations().into_iter().map(|(_, c)| c).collect();
-    let expected: HashSet<String> = fresh.iter().map(|(id, _)| id.clone()).collect();
+    let mut expected: HashSet<String> = fresh.iter().map(|(id, _)| id.clone()).collect();
+    expected.insert("warm".to_string());
     assert_eq!(left, expected);
     let veths = host
         .ns
@@ -198,5 +207,5 @@ fn sigkill_during_add_never_double_allocates_and_gc_reclaims() {
         .into_iter()
         .filter(|n| n.starts_with("tw"))
         .count();
-    assert_eq!(veths, fresh.len(), "leaked veths survived GC");
+    assert_eq!(veths, fresh.len() + 1, "leaked veths survived GC");
 }

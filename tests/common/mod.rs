@@ -51,7 +51,7 @@ impl Host {
             "cniVersion": version,
             "name": "twillnet",
             "type": "twill",
-            "bridge": format!("twb{}", &self.ns.name()[self.ns.name().len() - 6..]),
+            "bridge": format!("tbr{}", &self.ns.name()[self.ns.name().len() - 6..]),
             "ranges": ["10.88.0.0/16", "fd88::/64"],
             "dataDir": self.data.path(),
         });
@@ -69,6 +69,19 @@ impl Host {
         pod: Option<&Netns>,
         conf: &Value,
     ) -> CniOutput {
+        self.call_with_path(plugin, command, id, pod, conf, None)
+    }
+
+    /// Like [`Host::call`] with a `PATH` of the caller's choosing.
+    pub fn call_with_path(
+        &self,
+        plugin: &str,
+        command: &str,
+        id: &str,
+        pod: Option<&Netns>,
+        conf: &Value,
+        search_path: Option<&str>,
+    ) -> CniOutput {
         let path = pod.map(|p| p.path());
         self.cni.call(&Call {
             plugin,
@@ -78,6 +91,7 @@ impl Host {
             ifname: "eth0",
             args: None,
             config: conf,
+            path: search_path,
         })
     }
 

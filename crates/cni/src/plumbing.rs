@@ -228,6 +228,7 @@ pub fn attach(
             )
         })?;
 
+    container.set_up(peer.index).map_err(kernel)?;
     let has_v6 = a.addresses.iter().any(|n| n.addr().is_ipv6());
     let mut gateways = Vec::new();
     for net in a.addresses {

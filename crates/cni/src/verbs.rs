@@ -67,7 +67,7 @@ fn container_address(mode: Mode, ip: IpAddr, range: &IpNet) -> IpNet {
     IpNet::new(ip, prefix).expect("prefix fits the family")
 }
 
-fn range_of<'a>(conf: &'a NetConf, ip: IpAddr) -> Option<&'a IpNet> {
+fn range_of(conf: &NetConf, ip: IpAddr) -> Option<&IpNet> {
     conf.ranges.iter().find(|r| r.contains(&ip))
 }
 

@@ -367,6 +367,10 @@ fn antispoof_rules(mode: Mode) -> Vec<String> {
             ));
         }
         Mode::Routed => {
+            // Only veths: with br_netfilter loaded, bridged packets also traverse inet
+            // prerouting with the *bridge* as input interface, and a bridge named tw*
+            // (the default twill0) must not be checked against per-veth entries here.
+            rules.push("meta iifkind != \"veth\" accept".to_string());
             rules.push(format!(
                 "meta nfproto ipv4 iifname . ip saddr != @{SET4} drop"
             ));

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{Netns, can_run, veth};
+use common::{Netns, require_root, veth};
 use ipnet::IpNet;
 use twill_dataplane::{ensure_masquerade, remove_masquerade};
 
@@ -30,10 +30,9 @@ fn ensure(ns: &Netns, dir: &Path, net: &str, ranges: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn masquerade_chain_lifecycle() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let h = Netns::new("masq");
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
@@ -136,10 +135,9 @@ fn masquerade_chain_lifecycle() {
 /// Real traffic: a container reaches an "outside" host that has no route
 /// back to the container network only once masquerade is in place.
 #[test]
+#[ignore = "needs root"]
 fn masquerade_real_traffic() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let h = Netns::new("mhost");
     let c = Netns::new("mctr");
     let o = Netns::new("mout");

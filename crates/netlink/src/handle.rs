@@ -288,11 +288,11 @@ impl Handle {
         )
     }
 
-    /// Creates a veth pair, both ends up, the peer directly inside `spec.peer_netns`.
+    /// Creates a veth pair, the peer directly inside `spec.peer_netns`. The host end comes up at
+    /// once; the peer must be set up afterwards (the kernel configures it before the pair is
+    /// linked, so asking for it up at creation fails with ENOTCONN).
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<()> {
         let mut peer = LinkMessage::default();
-        peer.header.flags = LinkFlags::Up;
-        peer.header.change_mask = LinkFlags::Up;
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.to_string()));
         peer.attributes

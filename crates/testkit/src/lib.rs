@@ -188,17 +188,19 @@ impl Netns {
             .success()
     }
 
-    /// Starts a long-running process inside the namespace; it dies with the namespace guard.
-    pub fn spawn(&self, cmd: &[&str]) -> std::process::Child {
+    /// Starts a long-running process inside the namespace; it is killed when the returned
+    /// guard drops (and with the namespace, at the latest).
+    pub fn spawn(&self, cmd: &[&str]) -> Background {
         let mut args = vec!["netns", "exec", &self.name];
         args.extend_from_slice(cmd);
-        Command::new("ip")
+        let child = Command::new("ip")
             .args(&args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
-            .expect("spawn in netns")
+            .expect("spawn in netns");
+        Background(child)
     }
 }
 
@@ -216,6 +218,17 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// A background process of a test, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -313,6 +326,8 @@ pub struct Call<'a> {
     pub ifname: &'a str,
     pub args: Option<&'a str>,
     pub config: &'a Value,
+    /// `PATH` for the plugin, when not the usual system one.
+    pub path: Option<&'a str>,
 }
 
 impl Cni {
@@ -351,7 +366,8 @@ impl Cni {
         cmd.env_clear()
             .env(
                 "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                call.path
+                    .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
             )
             .env("CNI_COMMAND", call.command)
             .env("CNI_CONTAINERID", call.container_id)
