@@ -14,14 +14,17 @@
 #   PAR=4      parallel calls in the bulk phase
 #   NPAR=200   ADDs per plugin per repetition in the bulk phase
 #   REPS=3     repetitions of the bulk phase (order twill/reference alternates)
+#   NRSS=3     ADDs per plugin run under /usr/bin/time -f %M for peak RSS
 #   TWILL_BIN  twill binary to test (default target/release/twill; built with
-#              `cargo build --release` only if that default is missing)
-#   bash bench/cni.sh --clean   removes netns left by a run that was killed with SIGKILL
+#              `cargo build --release` only if that default is missing); copied to a
+#              temp dir first, so a concurrent build cannot swap it mid-run
+#   bash bench/cni.sh --clean   removes twb-* netns left by a run killed with SIGKILL
+#                               (not while a benchmark is running)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in
   -h|--help) usage; exit 0 ;;
   --clean)
