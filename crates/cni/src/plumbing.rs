@@ -28,12 +28,15 @@ pub const ROUTED_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 
 /// ID and interface name. Stable across versions (FNV-1a, not std's hasher, whose output may
 /// change between Rust releases), so a later DEL or GC finds what an earlier ADD made.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = fnv1a(container_id.bytes().chain([0]).chain(ifname.bytes()));
     format!("{VETH_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+/// 64-bit FNV-1a: tiny, stable forever, good enough to spread names (not a security hash).
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A random locally administered unicast MAC.
@@ -48,12 +51,7 @@ pub fn random_mac() -> [u8; 6] {
 
 /// A MAC derived from a name, for the bridge: it then keeps one address whatever ports join.
 pub fn stable_mac(name: &str) -> [u8; 6] {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = hash.to_be_bytes();
+    let b = fnv1a(name.bytes()).to_be_bytes();
     [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5]]
 }
 
@@ -236,28 +234,10 @@ pub fn attach(
             .add_address(peer.index, *net, true)
             .map_err(kernel)?;
     }
-    match a.mode {
-        Mode::Bridge => {
-            for net in a.addresses {
-                let gw = bridge_gateway(&net.trunc());
-                gateways.push(gw);
-                let default = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
-                container
-                    .add_route(
-                        &Route {
-                            dst: default.parse().expect("literal"),
-                            gateway: Some(gw),
-                            oif: Some(peer.index),
-                            link_scope: false,
-                            protocol: ROUTE_PROTOCOL,
-                        },
-                        false,
-                    )
-                    .map_err(kernel)?;
-            }
-        }
+    let host_link = match a.mode {
+        Mode::Bridge => None,
         Mode::Routed => {
-            let host_link = host
+            let link = host
                 .link_by_name(a.host_name)
                 .map_err(kernel)?
                 .ok_or_else(|| {
@@ -271,63 +251,66 @@ pub fn attach(
             set_sysctl(&format!("net/ipv4/conf/{}/proxy_arp", a.host_name), "1")?;
             set_sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", a.host_name), "0")?;
             if has_v6 {
-                host.add_address(
-                    host_link.index,
-                    IpNet::new(IpAddr::V6(ROUTED_GATEWAY_V6), 64).expect("literal"),
-                    true,
-                )
-                .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })
-                .map_err(kernel)?;
-            }
-            for net in a.addresses {
-                let ip = net.addr();
-                let (gw, default): (IpAddr, &str) = if ip.is_ipv4() {
-                    let gw = IpAddr::V4(ROUTED_GATEWAY_V4);
-                    container
-                        .add_route(
-                            &Route {
-                                dst: IpNet::new(gw, 32).expect("literal"),
-                                gateway: None,
-                                oif: Some(peer.index),
-                                link_scope: true,
-                                protocol: ROUTE_PROTOCOL,
-                            },
-                            false,
-                        )
-                        .map_err(kernel)?;
-                    (gw, "0.0.0.0/0")
-                } else {
-                    (IpAddr::V6(ROUTED_GATEWAY_V6), "::/0")
-                };
-                gateways.push(gw);
-                container
-                    .add_route(
-                        &Route {
-                            dst: default.parse().expect("literal"),
-                            gateway: Some(gw),
-                            oif: Some(peer.index),
-                            link_scope: false,
-                            protocol: ROUTE_PROTOCOL,
-                        },
-                        false,
-                    )
+                let gw = IpNet::new(IpAddr::V6(ROUTED_GATEWAY_V6), 64).expect("literal");
+                host.add_address(link.index, gw, true)
+                    .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })
                     .map_err(kernel)?;
-                let host_route = Route {
-                    dst: IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("valid prefix"),
-                    gateway: None,
-                    oif: Some(host_link.index),
-                    link_scope: true,
-                    protocol: ROUTE_PROTOCOL,
-                };
-                host.add_route(&host_route, true).map_err(kernel)?;
             }
+            Some(link)
         }
+    };
+    for net in a.addresses {
+        let ip = net.addr();
+        let gw = match (a.mode, ip) {
+            (Mode::Bridge, _) => bridge_gateway(&net.trunc()),
+            (Mode::Routed, IpAddr::V4(_)) => IpAddr::V4(ROUTED_GATEWAY_V4),
+            (Mode::Routed, IpAddr::V6(_)) => IpAddr::V6(ROUTED_GATEWAY_V6),
+        };
+        if a.mode == Mode::Routed && ip.is_ipv4() {
+            // 169.254.1.1 is on no subnet of the container: make it directly reachable.
+            container
+                .add_route(&own_route(host_prefix(gw), None, peer.index), false)
+                .map_err(kernel)?;
+        }
+        let default = IpNet::new(
+            if ip.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        )
+        .expect("prefix 0 fits");
+        container
+            .add_route(&own_route(default, Some(gw), peer.index), false)
+            .map_err(kernel)?;
+        if let Some(link) = &host_link {
+            host.add_route(&own_route(host_prefix(ip), None, link.index), true)
+                .map_err(kernel)?;
+        }
+        gateways.push(gw);
     }
     Ok(Attached {
         host_mac,
         container_mac,
         gateways,
     })
+}
+
+/// A route marked as twill's: via `gateway` if given, else directly on link `oif`.
+fn own_route(dst: IpNet, gateway: Option<IpAddr>, oif: u32) -> Route {
+    Route {
+        dst,
+        gateway,
+        oif: Some(oif),
+        link_scope: gateway.is_none(),
+        protocol: ROUTE_PROTOCOL,
+    }
+}
+
+/// `ip` as a /32 or /128.
+fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix fits")
 }
 
 /// Deletes the attachment's veth pair if it exists (the container end goes with it, and so do
@@ -356,10 +339,9 @@ mod tests {
         assert_ne!(a, host_veth_name("abc", "eth1"));
         assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
         // Pinned: a changed hash would orphan every existing attachment after an upgrade.
-        assert_eq!(
-            host_veth_name("container1", "eth0"),
-            host_veth_name("container1", "eth0")
-        );
+        assert_eq!(host_veth_name("container1", "eth0"), "twcd0187a8420");
+        // The published FNV-1a 64 test vector for "a".
+        assert_eq!(fnv1a("a".bytes()), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]
