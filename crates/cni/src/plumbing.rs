@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 use ipnet::IpNet;
 use twill_netlink::netns::Netns;
@@ -67,21 +66,9 @@ pub fn kernel(e: twill_netlink::Error) -> CniError {
     CniError::new(code::KERNEL, e.to_string())
 }
 
-/// Writes a sysctl if it differs (reads are cheaper than writes that trigger notifier chains).
+/// Sets a sysctl of the current namespace.
 pub fn set_sysctl(path: &str, value: &str) -> Result<(), CniError> {
-    let full = Path::new("/proc/sys").join(path);
-    if fs::read_to_string(&full)
-        .map(|v| v.trim() == value)
-        .unwrap_or(false)
-    {
-        return Ok(());
-    }
-    fs::write(&full, value).map_err(|e| {
-        CniError::new(
-            code::KERNEL,
-            format!("cannot set sysctl {path} = {value}: {e}"),
-        )
-    })
+    twill_netlink::sysctl::set(path, value).map_err(kernel)
 }
 
 /// The MTU of the interface that the host's default route leaves by, or 1500 without one.

@@ -8,9 +8,11 @@
 //! - [`Handle`]: one netlink socket bound to one network namespace, with typed operations for
 //!   links, addresses and routes.
 //! - [`netns`]: running code inside another network namespace on a dedicated thread.
+//! - [`sysctl`]: the namespace's `net.*` sysctls.
 
 mod handle;
 pub mod netns;
+pub mod sysctl;
 
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
 
