@@ -7,7 +7,7 @@ mod common;
 
 use common::{HOST_UPLINK, Host, result_ip};
 use serde_json::{Value, json};
-use twill_testkit::Netns;
+use twill_testkit::{Call, Netns};
 
 fn plugin_conf(base: &Value, plugin: Value, runtime: Option<Value>, prev: Option<&Value>) -> Value {
     let mut c = plugin;
@@ -100,15 +100,19 @@ fn portmap_bandwidth_tuning_chain() {
         Some(port_rt.clone()),
         Some(&result),
     );
-    host.call_with_path(
-        "portmap",
-        "CHECK",
-        id,
-        Some(&pod),
-        &portmap_check,
-        Some(&v4_path),
-    )
-    .ok();
+    let pod_path = pod.path();
+    host.cni
+        .call(&Call {
+            plugin: "portmap",
+            command: "CHECK",
+            container_id: id,
+            netns: Some(&pod_path),
+            ifname: "eth0",
+            args: None,
+            config: &portmap_check,
+            path: Some(&v4_path),
+        })
+        .ok();
     host.call(
         "bandwidth",
         "CHECK",

@@ -69,19 +69,6 @@ impl Host {
         pod: Option<&Netns>,
         conf: &Value,
     ) -> CniOutput {
-        self.call_with_path(plugin, command, id, pod, conf, None)
-    }
-
-    /// Like [`Host::call`] with a `PATH` of the caller's choosing.
-    pub fn call_with_path(
-        &self,
-        plugin: &str,
-        command: &str,
-        id: &str,
-        pod: Option<&Netns>,
-        conf: &Value,
-        search_path: Option<&str>,
-    ) -> CniOutput {
         let path = pod.map(|p| p.path());
         self.cni.call(&Call {
             plugin,
@@ -91,7 +78,7 @@ impl Host {
             ifname: "eth0",
             args: None,
             config: conf,
-            path: search_path,
+            path: None,
         })
     }
 

@@ -441,22 +441,27 @@ fn antispoof_in_place(sock: &mut NfSock, mode: Mode) -> Result<bool, NlError> {
 pub fn ensure_antispoof_base(state_dir: &Path) -> Result<bool, Error> {
     let script = antispoof_script();
     let op = format!("checking the anti-spoofing tables bridge/inet {TABLE}");
-    let sets_present = nfnl::with_sock(|sock| {
-        Ok(nfnl::set_exists(sock, Mode::Bridge.family(), TABLE, SET4)?
-            && nfnl::set_exists(sock, Mode::Routed.family(), TABLE, SET4)?)
-    })
-    .map_err(|e| nl_error(op.clone(), e, ""))?;
-    if sets_present
-        && read_stamp(&state_dir.join(ANTISPOOF_STAMP)).as_deref() == Some(script.as_str())
-    {
-        let present = nfnl::with_sock(|sock| {
+    let check = |f: fn(&mut NfSock) -> Result<bool, NlError>| {
+        nfnl::with_sock(f).map_err(|e| nl_error(op.clone(), e, ""))
+    };
+    if read_stamp(&state_dir.join(ANTISPOOF_STAMP)).as_deref() == Some(script.as_str())
+        && check(|sock| {
             Ok(antispoof_in_place(sock, Mode::Bridge)? && antispoof_in_place(sock, Mode::Routed)?)
-        })
-        .map_err(|e| nl_error(op, e, ""))?;
-        if present {
-            return Ok(false);
-        }
+        })?
+    {
+        return Ok(false);
     }
+    // Slow path only: whether every set survived decides if callers must re-add sources.
+    let sets_present = check(|sock| {
+        for mode in [Mode::Bridge, Mode::Routed] {
+            for set in [SET4, SET6] {
+                if !nfnl::set_exists(sock, mode.family(), TABLE, set)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    })?;
     nftcli::apply(
         &format!(
             "creates the anti-spoofing sets and chains (tables bridge {TABLE} and inet {TABLE})"

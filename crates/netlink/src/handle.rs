@@ -430,16 +430,6 @@ impl Handle {
         )
     }
 
-    /// Deletes a route from the main table.
-    pub fn delete_route(&mut self, route: &Route) -> Result<()> {
-        let msg = route_message(route);
-        self.request(
-            RouteNetlinkMessage::DelRoute(msg),
-            0,
-            &format!("delete route {}", route_text(route)),
-        )
-    }
-
     /// The interface a packet to `dst` would leave by (a FIB lookup; nothing is sent), or `None`
     /// when `dst` is unreachable.
     pub fn route_lookup(&mut self, dst: IpAddr) -> Result<Option<u32>> {

@@ -32,11 +32,6 @@ impl Netns {
         })
     }
 
-    /// The namespace of the calling thread.
-    pub fn current() -> Result<Netns> {
-        Netns::open(Path::new("/proc/thread-self/ns/net"))
-    }
-
     pub fn path(&self) -> &str {
         &self.path
     }
