@@ -1,0 +1,1 @@
+//! twill agent (being written).

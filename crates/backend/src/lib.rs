@@ -1,0 +1,1 @@
+//! twill backend (being written).

@@ -1,0 +1,1 @@
+//! twill lab (being written).

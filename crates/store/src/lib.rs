@@ -1,0 +1,1 @@
+//! twill store (being written).

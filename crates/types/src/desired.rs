@@ -1,0 +1,101 @@
+//! The kernel state a backend wants on one node for a set of peers. The agent's dataplane
+//! diffs this against what the kernel has and applies the difference.
+//!
+//! Everything listed here is twill's own: routes carry [`PEER_ROUTE_PROTOCOL`], and the VXLAN
+//! device (with all its neighbours and FDB entries) is named by twill.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::MacAddr;
+
+/// Routing protocol number of the agent's routes to peers' subnets (`ip route ... proto 117`).
+/// The CNI plugin's per-container routes use 116; the two never mix.
+pub const PEER_ROUTE_PROTOCOL: u8 = 117;
+
+/// A kernel VXLAN device (a VTEP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VxlanDevice {
+    /// Link name, e.g. `twill.1`.
+    pub name: String,
+    pub vni: u32,
+    /// Destination UDP port.
+    pub port: u16,
+    /// Source address of encapsulated packets (the node's underlay address).
+    pub local: Ipv4Addr,
+    /// The underlay link the VTEP sends through.
+    pub underlay: String,
+    /// The VTEP's MAC address (published in the lease, so it must stay stable).
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// The address on the device: the node subnet's network address as /32 (Flannel's scheme).
+    pub address: Ipv4Net,
+}
+
+/// A route to a peer's subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    pub via: Ipv4Addr,
+    /// Output link name.
+    pub dev: String,
+    /// The gateway is not on a connected subnet of `dev` (VXLAN next hops).
+    pub onlink: bool,
+}
+
+/// A permanent ARP entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NeighSpec {
+    pub dev: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// A permanent FDB entry of a VXLAN device: frames for `mac` go to the VTEP at `dst`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FdbSpec {
+    pub dev: String,
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
+}
+
+/// How a peer is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "via", content = "reason")]
+pub enum PeerPath {
+    /// A plain route via the peer's underlay address.
+    Direct,
+    /// Through the VXLAN device.
+    Vxlan,
+    /// Not programmed, with the reason (e.g. host-gw peer on another L2 segment).
+    Skipped(String),
+}
+
+/// One peer in the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPlan {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub path: PeerPath,
+}
+
+/// Everything the node's dataplane should hold for the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    /// The VXLAN device, when the backend uses one.
+    pub vxlan: Option<VxlanDevice>,
+    pub routes: Vec<RouteSpec>,
+    pub neighbours: Vec<NeighSpec>,
+    pub fdb: Vec<FdbSpec>,
+    /// Every peer and how it is (or is not) reached, for status.
+    pub peers: Vec<PeerPlan>,
+}
