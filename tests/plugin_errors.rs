@@ -186,3 +186,34 @@ fn check_before_0_4_0_and_status_gc_before_1_1_0_are_refused() {
         "GC",
     );
 }
+
+/// Cluster mode (no `ranges`): until the agent has written the node file, ADD and CHECK say
+/// "try again later" (11) and STATUS says "unavailable" (50); a corrupt node file is code 7.
+#[test]
+fn cluster_mode_waits_for_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({"cniVersion": "1.1.0", "name": "n", "type": "twill",
+        "dataDir": dir.path().to_str().unwrap()})
+    .to_string();
+    assert_error(plugin(&add_env(), &conf), 11, "twill agent");
+    let mut status_env = add_env();
+    status_env[0] = ("CNI_COMMAND", "STATUS");
+    assert_error(plugin(&status_env, &conf), 50, "node.json");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a refused call must leave nothing behind"
+    );
+
+    std::fs::write(dir.path().join("node.json"), b"{not json").unwrap();
+    assert_error(plugin(&add_env(), &conf), 7, "node file");
+
+    std::fs::write(
+        dir.path().join("node.json"),
+        json!({"node": "n1", "subnet": "10.244.7.0/24", "mtu": 1450, "backend": "vxlan",
+               "clusterNetworks": ["10.244.0.0/16"]})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, v) = plugin(&status_env, &conf);
+    assert_eq!(code, 0, "STATUS with a node file: {v}");
+}

@@ -2,13 +2,14 @@
 //! validated up front so that a bad input fails before anything is changed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::spec::{CniError, Dns, Version, code};
+use twill_types::node::{self, NodeFile};
 
 /// Where persistent state lives unless the configuration says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
@@ -146,6 +147,41 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// Raw `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) of GC.
     pub valid_attachments: Option<Value>,
+    /// Cluster mode: no `ranges` given, the node's subnet comes from the agent's node file.
+    pub cluster: Cluster,
+}
+
+/// Where the network's ranges come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cluster {
+    /// `ranges` were given in the configuration.
+    Off,
+    /// The agent's node file was read; `ranges` holds its subnet.
+    Ready(NodeFile),
+    /// Cluster mode, but the agent has not written the node file yet (the reason says why).
+    Pending(String),
+}
+
+impl NetConf {
+    /// In cluster mode before the agent wrote the node file: code 11 ("try again later").
+    pub fn require_ranges(&self) -> Result<(), CniError> {
+        match &self.cluster {
+            Cluster::Pending(why) => Err(CniError::new(code::TRY_AGAIN_LATER, why.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads the agent's node file. `Ok(None)` when it does not exist yet.
+fn read_node_file(data_dir: &Path) -> Result<Option<NodeFile>, String> {
+    let path = node::node_file(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("node file {} is not valid: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("node file {} cannot be read: {e}", path.display())),
+    }
 }
 
 #[derive(Deserialize)]
@@ -228,7 +264,29 @@ impl NetConf {
         };
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         validate_ifname(&bridge).map_err(|m| invalid(format!("bridge: {m}")))?;
-        let ranges = parse_ranges(raw.ranges.unwrap_or_default()).map_err(invalid)?;
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        // No `ranges` at all means cluster mode: the node agent owns the node's subnet.
+        let (ranges, cluster) = match raw.ranges {
+            Some(list) => (parse_ranges(list).map_err(invalid)?, Cluster::Off),
+            None => match read_node_file(&data_dir).map_err(invalid)? {
+                Some(node) => (vec![IpNet::V4(node.subnet)], Cluster::Ready(node)),
+                None => (
+                    Vec::new(),
+                    Cluster::Pending(format!(
+                        "no \"ranges\" given and the twill agent has not written {} yet: \
+                         start `twill agent` on this node (or give \"ranges\")",
+                        node::node_file(&data_dir).display()
+                    )),
+                ),
+            },
+        };
+        let mtu = match (&cluster, raw.mtu) {
+            (_, Some(m)) => Some(m),
+            (Cluster::Ready(node), None) => Some(node.mtu),
+            _ => None,
+        };
         if let Some(mtu) = raw.mtu {
             let min = if ranges.iter().any(|r| r.addr().is_ipv6()) {
                 1280
@@ -246,13 +304,12 @@ impl NetConf {
             bridge,
             ranges,
             ip_masq: raw.ip_masq,
-            data_dir: raw
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            mtu: raw.mtu,
+            data_dir,
+            mtu,
             dns: raw.dns.unwrap_or_default(),
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
+            cluster,
         })
     }
 
@@ -269,7 +326,7 @@ impl NetConf {
 
 fn parse_ranges(raw: Vec<String>) -> Result<Vec<IpNet>, String> {
     if raw.is_empty() {
-        return Err("\"ranges\" is required: give one IPv4 and/or one IPv6 range, e.g. [\"10.88.0.0/16\", \"fd88::/64\"]".into());
+        return Err("\"ranges\" is empty: give one IPv4 and/or one IPv6 range, e.g. [\"10.88.0.0/16\", \"fd88::/64\"], or leave \"ranges\" out to use the node subnet of the twill agent".into());
     }
     let mut out: Vec<IpNet> = Vec::new();
     for r in raw {

@@ -12,7 +12,7 @@ use twill_ipam::{Range, Store};
 use twill_netlink::netns::Netns;
 use twill_netlink::{Handle, LinkKind};
 
-use crate::config::{Env, Mode, NetConf};
+use crate::config::{Cluster, Env, Mode, NetConf};
 use crate::plumbing::{self, Attach, kernel};
 use crate::spec::{
     Attachment, CniError, CniResult, Interface, IpConfig, RouteConfig, Version, code,
@@ -74,6 +74,7 @@ fn range_of(conf: &NetConf, ip: IpAddr) -> Option<&IpNet> {
 // ===== ADD =====
 
 pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    conf.require_ranges()?;
     let netns = open_netns(env)?;
     let mut container = Handle::in_netns(&netns).map_err(kernel)?;
     if container
@@ -276,6 +277,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             ),
         ));
     }
+    conf.require_ranges()?;
     let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg);
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
@@ -425,6 +427,9 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
             code::INCOMPATIBLE_VERSION,
             "STATUS needs cniVersion 1.1.0",
         ));
+    }
+    if let Cluster::Pending(why) = &conf.cluster {
+        return Err(unavailable(why.clone()));
     }
     let ranges = ranges(conf)?;
     let store = Store::open(&conf.ipam_dir())

@@ -1,0 +1,67 @@
+//! What the agent leaves on local disk for the CNI plugin: the node's subnet and the pod MTU.
+//! The plugin reads it on every call, so it keeps working while the agent restarts.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::BackendKind;
+
+/// File name of the node file inside the data directory (default `/var/lib/twill`).
+pub const NODE_FILE: &str = "node.json";
+/// File name of the agent's status inside the data directory (read by `twill status`).
+pub const STATUS_FILE: &str = "status.json";
+
+/// The node file's path in a data directory.
+pub fn node_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(NODE_FILE)
+}
+
+/// The node's share of the cluster, as the plugin needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFile {
+    pub node: String,
+    /// Pods on this node get addresses from here.
+    pub subnet: Ipv4Net,
+    /// MTU for pod interfaces (the underlay's minus the encapsulation overhead).
+    pub mtu: u32,
+    pub backend: BackendKind,
+    /// All pools of the cluster (traffic to them is never masqueraded).
+    pub cluster_networks: Vec<Ipv4Net>,
+}
+
+/// One peer as the agent last programmed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub public_ip: std::net::Ipv4Addr,
+    pub path: crate::desired::PeerPath,
+    /// Everything this peer needs is in the kernel (false for skipped peers and failures).
+    pub programmed: bool,
+    /// The last programming error for this peer, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The agent's view of its node, written after every reconcile (`status.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub backend: BackendKind,
+    pub public_ip: std::net::Ipv4Addr,
+    /// The store it uses, e.g. `etcd://10.0.0.1:2379`.
+    pub store: String,
+    /// The agent holds a complete, current copy of the cluster's leases.
+    pub in_sync: bool,
+    /// Process id of the agent that wrote this.
+    pub pid: u32,
+    /// Unix time (seconds) of the write.
+    pub updated: u64,
+    pub peers: Vec<PeerStatus>,
+}
