@@ -1,1 +1,87 @@
-//! twill backend (being written).
+//! twill's backends: for one node, what it publishes in its lease and the kernel state
+//! (routes, VXLAN device, neighbours, FDB entries) it wants for its peers. One file per mode:
+//! [`hostgw`], [`vxlan`]. Pure: no kernel, no store, no clock; the agent feeds leases in and
+//! hands the [`DesiredState`] to the dataplane.
+//!
+//! Every backend sees the same peers: sorted by subnet, this node's own lease dropped, and
+//! leases with impossible data (overlapping subnets, this node's underlay address, ...) kept
+//! only as [`PeerPath::Skipped`](twill_types::desired::PeerPath::Skipped) with the reason, so
+//! one bad lease never breaks the others.
+
+use ipnet::Ipv4Net;
+use twill_types::cluster::{BackendKind, ClusterConfig};
+use twill_types::desired::DesiredState;
+use twill_types::lease::Lease;
+
+pub mod hostgw;
+mod screen;
+pub mod vxlan;
+
+pub use hostgw::HostGw;
+pub use vxlan::Vxlan;
+
+/// The node a backend computes for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalNode {
+    pub name: String,
+    /// The node's pod subnet (its lease).
+    pub subnet: Ipv4Net,
+    /// The underlay address with the prefix of its subnet: peers inside it share the node's
+    /// L2 segment.
+    pub public_net: Ipv4Net,
+    /// The underlay link (`eth0`).
+    pub underlay_dev: String,
+    pub underlay_mtu: u32,
+}
+
+/// One mode of carrying traffic between nodes.
+pub trait Backend {
+    /// What this node publishes in its lease besides subnet/public_net (e.g. VTEP MAC).
+    fn local_lease(&self, node: &LocalNode) -> Lease;
+    /// Desired kernel state for these peers (the local node's own lease is ignored if present).
+    fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState;
+    /// MTU pods should use.
+    fn pod_mtu(&self, node: &LocalNode) -> u32;
+}
+
+/// The cluster asks for a backend this build cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnsupportedBackend(pub String);
+
+/// The backend the cluster config selects.
+pub fn for_config(
+    config: &ClusterConfig,
+) -> Result<Box<dyn Backend + Send + Sync>, UnsupportedBackend> {
+    let settings = &config.backend;
+    match settings.kind {
+        BackendKind::HostGw => Ok(Box::new(HostGw)),
+        BackendKind::Vxlan => Ok(Box::new(Vxlan::new(
+            settings.vni,
+            settings.port,
+            settings.direct_routing,
+        )?)),
+        BackendKind::Udp | BackendKind::Ipip => Err(UnsupportedBackend(format!(
+            "{} backend: not implemented yet (issue 4)",
+            settings.kind
+        ))),
+        BackendKind::Wireguard => Err(UnsupportedBackend(
+            "wireguard backend: not implemented yet".into(),
+        )),
+    }
+}
+
+/// The lease a node of this backend publishes (`vtep_mac` only for vxlan).
+fn lease_of(
+    node: &LocalNode,
+    backend: BackendKind,
+    vtep_mac: Option<twill_types::MacAddr>,
+) -> Lease {
+    Lease {
+        node: node.name.clone(),
+        subnet: node.subnet,
+        public_net: node.public_net,
+        backend,
+        vtep_mac,
+    }
+}

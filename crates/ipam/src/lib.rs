@@ -5,6 +5,8 @@
 //!   round-robin choice of the next free address). No I/O.
 //! - [`store`]: the on-disk state under an exclusive flock, written
 //!   atomically, recording which container interface holds which address.
+//! - [`subnets`]: pure choice of a node's subnet from the cluster's pools
+//!   (for the agent, not the plugin).
 //!
 //! Typical use by the plugin:
 //!
@@ -20,6 +22,7 @@
 pub mod error;
 pub mod pool;
 pub mod store;
+pub mod subnets;
 
 pub use error::{Error, Reserved};
 pub use pool::{Range, next_free};

@@ -21,7 +21,11 @@ pub const LEASES_PREFIX: &str = "/twill/leases/";
 
 /// The store key of a node subnet's lease.
 pub fn lease_key(subnet: Ipv4Net) -> String {
-    format!("{LEASES_PREFIX}{}-{}", subnet.network(), subnet.prefix_len())
+    format!(
+        "{LEASES_PREFIX}{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    )
 }
 
 /// The subnet named by a lease key, if the key is one.
@@ -86,6 +90,9 @@ mod tests {
             r#"{"node":"n1","subnet":"10.244.3.0/24","publicNet":"192.168.1.10/24","backend":"vxlan","vtepMac":"02:00:00:00:00:01"}"#
         );
         assert_eq!(serde_json::from_str::<Lease>(&json).unwrap(), lease);
-        assert_eq!(lease.public_ip(), "192.168.1.10".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            lease.public_ip(),
+            "192.168.1.10".parse::<Ipv4Addr>().unwrap()
+        );
     }
 }

@@ -72,7 +72,13 @@ mod tests {
         let m: MacAddr = "0a:1B:2c:3d:4e:5f".parse().unwrap();
         assert_eq!(m.0, [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
         assert_eq!(m.to_string(), "0a:1b:2c:3d:4e:5f");
-        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "0a:1b:2c:3d:4e:zz", "a:1b:2c:3d:4e:5f"] {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:00",
+            "0a:1b:2c:3d:4e:zz",
+            "a:1b:2c:3d:4e:5f",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -1,0 +1,423 @@
+//! Node subnets cut from the cluster's pools: which subnets a pool offers a node, and which one
+//! a joining node tries to lease.
+//!
+//! Pure: the caller passes the subnets already leased (from the store) and a seed; the store's
+//! compare-and-swap on the lease key settles the race when two nodes still pick the same one.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use twill_types::cluster::{ClusterConfig, Pool};
+
+/// Every node subnet of `pool`, from `subnet_min` to `subnet_max` in address order. Lazy: a
+/// /8 cut into /30s is not materialized.
+pub fn candidates(pool: &Pool) -> impl Iterator<Item = Ipv4Net> + use<> {
+    Cut::of(pool)
+        .into_iter()
+        .flat_map(|cut| (0..cut.count).map(move |i| cut.nth(i)))
+}
+
+/// Whether `subnet` is one of `pool`'s [`candidates`].
+pub fn is_candidate(pool: &Pool, subnet: Ipv4Net) -> bool {
+    Cut::of(pool).is_some_and(|c| c.index_of(subnet).is_some())
+}
+
+/// The subnet a joining node should try to lease, or `None` when every pool is full.
+///
+/// `preferred` (typically the subnet the node held before a restart, so its pods keep their
+/// addresses) wins if it is a free candidate of some pool. Otherwise the pools are tried in
+/// order, and within a pool the candidates are visited in a seed-derived order (a random
+/// start and a random stride coprime to the count), so nodes that join together with
+/// different seeds rarely pick the same subnet. The walk stops at the first free candidate:
+/// its cost grows with the taken subnets met on the way, not with the pool's size.
+///
+/// A candidate is free when it overlaps no subnet in `taken`: leases made under an older
+/// config may have another block size.
+pub fn pick_subnet(
+    config: &ClusterConfig,
+    taken: &HashSet<Ipv4Net>,
+    preferred: Option<Ipv4Net>,
+    seed: u64,
+) -> Option<Ipv4Net> {
+    let taken = Taken::new(taken);
+    if let Some(subnet) = preferred
+        && !taken.overlaps(subnet)
+        && config.pools.iter().any(|p| is_candidate(p, subnet))
+    {
+        return Some(subnet);
+    }
+    config.pools.iter().enumerate().find_map(|(i, pool)| {
+        let cut = Cut::of(pool)?;
+        let mixed = mix(seed ^ mix(i as u64));
+        let mut index = mixed % cut.count;
+        let stride = coprime_stride(mix(mixed), cut.count);
+        for _ in 0..cut.count {
+            let subnet = cut.nth(index);
+            if !taken.overlaps(subnet) {
+                return Some(subnet);
+            }
+            index = (index + stride) % cut.count;
+        }
+        None
+    })
+}
+
+/// A pool's candidates as arithmetic: `count` blocks of `2^(32 - block)` addresses from
+/// `first`.
+#[derive(Clone, Copy)]
+struct Cut {
+    first: u64,
+    block: u8,
+    count: u64,
+}
+
+impl Cut {
+    /// `None` for a pool with no candidates (an invalid pool: validated configs have some).
+    fn of(pool: &Pool) -> Option<Cut> {
+        let count = pool.subnet_count();
+        (count > 0 && pool.subnet_min.addr() == pool.subnet_min.network()).then(|| Cut {
+            first: u64::from(u32::from(pool.subnet_min.addr())),
+            block: pool.block_size,
+            count,
+        })
+    }
+
+    fn size(self) -> u64 {
+        1 << (32 - u32::from(self.block))
+    }
+
+    fn nth(self, i: u64) -> Ipv4Net {
+        let addr = u32::try_from(self.first + i * self.size()).expect("inside the pool");
+        Ipv4Net::new(Ipv4Addr::from(addr), self.block).expect("block is a prefix length")
+    }
+
+    fn index_of(self, subnet: Ipv4Net) -> Option<u64> {
+        let addr = u64::from(u32::from(subnet.addr()));
+        let aligned = subnet.addr() == subnet.network();
+        let offset = addr.checked_sub(self.first)?;
+        (subnet.prefix_len() == self.block && aligned && offset / self.size() < self.count)
+            .then_some(offset / self.size())
+    }
+}
+
+/// The taken subnets as sorted, merged address intervals, to test overlap whatever the
+/// prefix lengths.
+struct Taken(Vec<(u64, u64)>);
+
+impl Taken {
+    fn new(taken: &HashSet<Ipv4Net>) -> Taken {
+        let mut ranges: Vec<(u64, u64)> = taken.iter().map(|n| span(*n)).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 + 1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        Taken(merged)
+    }
+
+    fn overlaps(&self, subnet: Ipv4Net) -> bool {
+        let (start, end) = span(subnet);
+        let i = self.0.partition_point(|r| r.1 < start);
+        self.0.get(i).is_some_and(|r| r.0 <= end)
+    }
+}
+
+/// First and last address of `net` (host bits ignored).
+fn span(net: Ipv4Net) -> (u64, u64) {
+    (
+        u64::from(u32::from(net.network())),
+        u64::from(u32::from(net.broadcast())),
+    )
+}
+
+/// A stride in `1..count` (1 when `count` is 1) sharing no factor with `count`, so that
+/// stepping by it visits every index once.
+fn coprime_stride(random: u64, count: u64) -> u64 {
+    if count <= 2 {
+        return 1;
+    }
+    let mut stride = 1 + random % (count - 1);
+    while gcd(stride, count) != 1 {
+        stride = if stride + 1 >= count { 1 } else { stride + 1 };
+    }
+    stride
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// SplitMix64's finalizer: neighbouring seeds (e.g. node indices) give unrelated outputs.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use twill_types::cluster::{Backend, BackendKind};
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn pool(name: &str, cidr: &str, block: u8, min: &str, max: &str) -> Pool {
+        Pool {
+            name: name.into(),
+            cidr: net(cidr),
+            block_size: block,
+            subnet_min: Ipv4Net::new(min.parse().unwrap(), block).unwrap(),
+            subnet_max: Ipv4Net::new(max.parse().unwrap(), block).unwrap(),
+            nat_outgoing: true,
+        }
+    }
+
+    fn config(pools: Vec<Pool>) -> ClusterConfig {
+        let c = ClusterConfig {
+            pools,
+            backend: Backend::with_defaults(BackendKind::Vxlan),
+        };
+        c.validate().unwrap();
+        c
+    }
+
+    fn set(nets: &[&str]) -> HashSet<Ipv4Net> {
+        nets.iter().map(|s| net(s)).collect()
+    }
+
+    #[test]
+    fn candidates_run_from_min_to_max() {
+        let p = pool("a", "10.244.0.0/16", 24, "10.244.1.0", "10.244.4.0");
+        let all: Vec<_> = candidates(&p).map(|n| n.to_string()).collect();
+        assert_eq!(
+            all,
+            [
+                "10.244.1.0/24",
+                "10.244.2.0/24",
+                "10.244.3.0/24",
+                "10.244.4.0/24"
+            ]
+        );
+        assert!(is_candidate(&p, net("10.244.3.0/24")));
+        for not in [
+            "10.244.0.0/24",
+            "10.244.5.0/24",
+            "10.244.3.0/25",
+            "10.244.3.1/24",
+        ] {
+            assert!(!is_candidate(&p, net(not)), "{not}");
+        }
+        // The top of the address space does not overflow.
+        let p = pool(
+            "top",
+            "255.255.255.0/24",
+            30,
+            "255.255.255.4",
+            "255.255.255.252",
+        );
+        assert_eq!(candidates(&p).count(), 63);
+        assert_eq!(candidates(&p).last(), Some(net("255.255.255.252/30")));
+        // A huge pool is lazy.
+        let p = pool("big", "10.0.0.0/8", 30, "10.0.0.4", "10.255.255.252");
+        assert_eq!(candidates(&p).nth(1_000_000), Some(net("10.61.9.4/30")));
+    }
+
+    #[test]
+    fn preferred_wins_when_free_and_valid() {
+        let c = config(vec![pool(
+            "a",
+            "10.244.0.0/16",
+            24,
+            "10.244.1.0",
+            "10.244.255.0",
+        )]);
+        let p = net("10.244.7.0/24");
+        assert_eq!(pick_subnet(&c, &set(&[]), Some(p), 1), Some(p));
+        // Taken, misaligned, outside or below SubnetMin: ignored, another one is picked.
+        for (taken, preferred) in [
+            (set(&["10.244.7.0/24"]), p),
+            (set(&["10.244.0.0/20"]), p),
+            (set(&[]), net("10.244.7.0/25")),
+            (set(&[]), net("10.245.7.0/24")),
+            (set(&[]), net("10.244.0.0/24")),
+        ] {
+            let got = pick_subnet(&c, &taken, Some(preferred), 1).unwrap();
+            assert_ne!(got, preferred);
+            assert!(is_candidate(&c.pools[0], got));
+        }
+    }
+
+    #[test]
+    fn pools_fill_in_order_and_then_none() {
+        let c = config(vec![
+            pool("a", "10.1.0.0/24", 26, "10.1.0.64", "10.1.0.192"),
+            pool("b", "10.2.0.0/24", 26, "10.2.0.64", "10.2.0.192"),
+        ]);
+        let mut taken = HashSet::new();
+        for seed in 0..6 {
+            let got = pick_subnet(&c, &taken, None, seed).unwrap();
+            let expected_pool = if taken.len() < 3 {
+                "10.1.0.0/24"
+            } else {
+                "10.2.0.0/24"
+            };
+            assert!(net(expected_pool).contains(&got), "{got}");
+            assert!(taken.insert(got));
+        }
+        assert_eq!(pick_subnet(&c, &taken, None, 99), None);
+        // A lease from an older config with a larger block blocks what it covers.
+        let taken = set(&["10.1.0.0/24", "10.2.0.0/25"]);
+        assert_eq!(pick_subnet(&c, &taken, None, 5), Some(net("10.2.0.128/26")));
+        assert_eq!(
+            pick_subnet(&c, &taken, None, 6),
+            pick_subnet(&c, &taken, None, 5)
+        );
+    }
+
+    #[test]
+    fn seeds_spread_joining_nodes() {
+        let c = config(vec![pool(
+            "a",
+            "10.244.0.0/16",
+            24,
+            "10.244.1.0",
+            "10.244.255.0",
+        )]);
+        let picks: HashSet<_> = (0..20u64)
+            .map(|seed| pick_subnet(&c, &HashSet::new(), None, seed).unwrap())
+            .collect();
+        // 20 draws from 255 collide about once on average; these seeds do not at all.
+        assert!(picks.len() >= 19, "{}", picks.len());
+        // Deterministic per seed.
+        assert_eq!(
+            pick_subnet(&c, &HashSet::new(), None, 42),
+            pick_subnet(&c, &HashSet::new(), None, 42)
+        );
+    }
+
+    #[test]
+    fn huge_pool_is_sampled_not_enumerated() {
+        let c = config(vec![pool(
+            "a",
+            "10.0.0.0/8",
+            30,
+            "10.0.0.4",
+            "10.255.255.252",
+        )]);
+        let mut taken = HashSet::new();
+        for seed in 0..2000 {
+            let got = pick_subnet(&c, &taken, None, seed).unwrap();
+            assert!(taken.insert(got), "{got} picked twice");
+        }
+    }
+
+    #[test]
+    fn strides_are_coprime() {
+        for count in 1..200 {
+            for random in [0, 1, 7, 12345, u64::MAX] {
+                let s = coprime_stride(random, count);
+                assert!(s >= 1 && (count == 1 || s < count), "{count} {s}");
+                assert_eq!(gcd(s, count), 1, "{count} {s}");
+            }
+        }
+    }
+
+    fn arb_case() -> impl Strategy<Value = (ClusterConfig, HashSet<Ipv4Net>, Option<Ipv4Net>, u64)>
+    {
+        let pool = (26u8..=30, 0u64..64, 0u64..64);
+        (
+            proptest::collection::vec(pool, 1..3),
+            proptest::collection::vec((0u32..1024, 24u8..=30), 0..80),
+            proptest::option::of((0u32..1024, 24u8..=30)),
+            any::<u64>(),
+        )
+            .prop_map(|(pools, taken, preferred, seed)| {
+                // Pool i is 10.0.i.0/24 with a random block and random bounds.
+                let pools = pools
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (block, a, b))| {
+                        let count = 1u64 << (block - 24);
+                        let (lo, hi) = ((a % count).min(b % count), (a % count).max(b % count));
+                        let base = u32::from(Ipv4Addr::new(10, 0, i as u8, 0));
+                        let at = |n: u64| {
+                            let addr = base + (n << (32 - block)) as u32;
+                            Ipv4Net::new(Ipv4Addr::from(addr), block).unwrap()
+                        };
+                        Pool {
+                            name: format!("p{i}"),
+                            cidr: Ipv4Net::new(Ipv4Addr::from(base), 24).unwrap(),
+                            block_size: block,
+                            subnet_min: at(lo),
+                            subnet_max: at(hi),
+                            nat_outgoing: true,
+                        }
+                    })
+                    .collect();
+                // Taken and preferred subnets anywhere in 10.0.0.0/22, of any length.
+                let sub = |(offset, len): (u32, u8)| {
+                    Ipv4Net::new(
+                        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + offset),
+                        len,
+                    )
+                    .unwrap()
+                    .trunc()
+                };
+                (
+                    config(pools),
+                    taken.into_iter().map(sub).collect(),
+                    preferred.map(sub),
+                    seed,
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn picks_a_free_candidate_iff_one_exists((c, taken, preferred, seed) in arb_case()) {
+            let free = |n: Ipv4Net| !taken.iter().any(|t| t.contains(&n.network()) || n.contains(&t.network()));
+            let any_free = c.pools.iter().flat_map(candidates).any(free);
+            match pick_subnet(&c, &taken, preferred, seed) {
+                None => prop_assert!(!any_free),
+                Some(got) => {
+                    prop_assert!(free(got), "{} overlaps a taken subnet", got);
+                    let pool = c.pools.iter().find(|p| is_candidate(p, got));
+                    prop_assert!(pool.is_some(), "{} is no candidate", got);
+                    let pool = pool.unwrap();
+                    prop_assert!(pool.subnet_min.addr() <= got.addr() && got.addr() <= pool.subnet_max.addr());
+                    if let Some(p) = preferred.filter(|p| free(*p) && c.pools.iter().any(|pl| is_candidate(pl, *p))) {
+                        prop_assert_eq!(got, p);
+                    }
+                    // Earlier pools are full.
+                    for earlier in c.pools.iter().take_while(|p| !is_candidate(p, got)) {
+                        if preferred != Some(got) {
+                            prop_assert!(!candidates(earlier).any(free));
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn candidates_match_the_count((c, _, _, _) in arb_case()) {
+            for pool in &c.pools {
+                let all: Vec<_> = candidates(pool).collect();
+                prop_assert_eq!(all.len() as u64, pool.subnet_count());
+                prop_assert_eq!(all.first(), Some(&pool.subnet_min));
+                prop_assert_eq!(all.last(), Some(&pool.subnet_max));
+                prop_assert!(all.iter().all(|n| is_candidate(pool, *n)));
+            }
+        }
+    }
+}
