@@ -1,5 +1,8 @@
-//! twill-dataplane: twill's own nftables state, used by the CNI plugin.
+//! twill-dataplane: twill's own kernel state.
 //!
+//! - [`peers`]: the node agent's routes, VXLAN device, neighbours and FDB entries for the
+//!   other nodes: observe, diff against the desired state, apply (async, over
+//!   [`twill_netlink::AgentHandle`]).
 //! - [`firewall`]: masquerade per network (`ipMasq`) and anti-spoofing of
 //!   container source addresses, in twill's own `inet twill` and
 //!   `bridge twill` tables.
@@ -7,12 +10,14 @@
 //!   per-container operations free of process spawns.
 //! - `nftcli` (private): running `nft -f -` for the rare rule changes.
 //!
-//! Everything applies to the network namespace of the calling thread.
+//! Everything applies to the network namespace of the calling thread (for [`peers`]: the
+//! namespace the netlink handle was created in).
 
 mod error;
 pub mod firewall;
 mod nfnl;
 mod nftcli;
+pub mod peers;
 
 pub use error::Error;
 pub use firewall::{

@@ -1,19 +1,27 @@
-//! twill's synchronous rtnetlink client and network-namespace helpers.
+//! twill's rtnetlink clients and network-namespace helpers.
 //!
-//! This crate is the only place where twill's CNI plugin speaks rtnetlink or switches network
-//! namespaces. It is synchronous on purpose: the plugin is a short-lived process that makes a
-//! handful of requests, and a tokio runtime would cost more to start than the requests take.
-//! (netavark and youki made the same choice over the same packet crates.)
+//! This crate is the only place where twill speaks rtnetlink or switches network namespaces.
+//! The CNI plugin's client is synchronous on purpose: the plugin is a short-lived process that
+//! makes a handful of requests, and a tokio runtime would cost more to start than the requests
+//! take. (netavark and youki made the same choice over the same packet crates.) The node
+//! agent's client is asynchronous, because it programs thousands of objects at once and wants
+//! many requests in flight on one socket.
 //!
 //! - [`Handle`]: one netlink socket bound to one network namespace, with typed operations for
-//!   links, addresses and routes.
+//!   links, addresses and routes (the plugin's).
+//! - [`agent`]: [`AgentHandle`], the agent's async client over `rtnetlink` (links, VXLAN
+//!   devices, IPv4 addresses, routes, neighbours, FDB).
 //! - [`netns`]: running code inside another network namespace on a dedicated thread.
 //! - [`sysctl`]: the namespace's `net.*` sysctls.
 
+pub mod agent;
 mod handle;
 pub mod netns;
 pub mod sysctl;
 
+pub use agent::{
+    AgentHandle, AgentLink, FdbEntry, InterfaceV4, Ipv4Route, Neighbour, VxlanInfo, VxlanSpec,
+};
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
 
 use std::io;

@@ -1,0 +1,215 @@
+//! [`AgentHandle`] against the real kernel, inside a namespace this test creates: every
+//! operation's effect is checked with `ip -j` / `bridge -j`, and deletions are idempotent.
+
+use std::future::Future;
+use std::path::Path;
+
+use twill_netlink::{AgentHandle, FdbEntry, Ipv4Route, Neighbour, VxlanSpec};
+use twill_testkit::{Netns, require_root};
+
+fn with_nl<T: Send, F: Future<Output = T>>(
+    ns: &Netns,
+    f: impl FnOnce(AgentHandle) -> F + Send,
+) -> T {
+    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).expect("open netns");
+    netns
+        .run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async { f(AgentHandle::new().expect("netlink handle")).await })
+        })
+        .expect("enter netns")
+}
+
+const MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 1];
+const PEER_MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 2];
+
+#[test]
+#[ignore = "needs root"]
+fn agent_handle_programs_and_reads_back() {
+    require_root();
+    let ns = Netns::new("agent");
+    ns.ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    for dev in ["eth0", "eth1"] {
+        ns.ok(&["ip", "link", "set", dev, "up"]);
+    }
+    ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    ns.ok(&["ip", "addr", "add", "10.9.0.99/24", "dev", "eth0"]); // secondary
+    ns.ok(&["ip", "addr", "add", "10.8.0.1/24", "dev", "eth1"]);
+    ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.8.0.254",
+        "metric",
+        "200",
+    ]);
+    ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.9.0.254",
+        "metric",
+        "100",
+    ]);
+
+    with_nl(&ns, |nl| async move {
+        // Underlay discovery.
+        let default = nl
+            .default_route_link()
+            .await
+            .unwrap()
+            .expect("default route");
+        assert_eq!(default.name, "eth0", "the lower metric wins");
+        let eth0 = nl.interface_ipv4("eth0").await.unwrap().unwrap();
+        assert_eq!(eth0.address, Some("10.9.0.1/24".parse().unwrap()));
+        assert_eq!(eth0.mtu, 1500);
+        assert_eq!(eth0.index, default.index);
+        assert!(nl.interface_ipv4("nope0").await.unwrap().is_none());
+        assert!(nl.link_by_name("nope0").await.unwrap().is_none());
+
+        // A VXLAN device.
+        let spec = VxlanSpec {
+            name: "twill.9".into(),
+            vni: 9,
+            local: "10.9.0.1".parse().unwrap(),
+            underlay: eth0.index,
+            port: 4789,
+            mac: MAC,
+            mtu: 1450,
+            learning: false,
+            up: true,
+        };
+        let index = nl.create_vxlan(&spec).await.unwrap();
+        let err = nl.create_vxlan(&spec).await.unwrap_err();
+        assert!(err.is_exists(), "{err}");
+        let link = nl.link_by_index(index).await.unwrap().unwrap();
+        assert_eq!(link.name, "twill.9");
+        assert_eq!(link.kind.as_deref(), Some("vxlan"));
+        assert_eq!(link.mac, Some(MAC));
+        assert_eq!(link.mtu, 1450);
+        assert!(link.up);
+        let info = link.vxlan.unwrap();
+        assert_eq!(
+            (
+                info.vni,
+                info.port,
+                info.local,
+                info.underlay,
+                info.learning
+            ),
+            (9, 4789, Some(spec.local), Some(eth0.index), false)
+        );
+        nl.set_link_up(index, false).await.unwrap();
+        nl.set_link_mtu(index, 1400).await.unwrap();
+        nl.set_link_mac(index, PEER_MAC).await.unwrap();
+        let link = nl.link_by_name("twill.9").await.unwrap().unwrap();
+        assert_eq!((link.up, link.mtu, link.mac), (false, 1400, Some(PEER_MAC)));
+        nl.set_link_up(index, true).await.unwrap();
+
+        // Addresses: adding twice is fine, deleting twice too.
+        let addr = "10.244.9.0/32".parse().unwrap();
+        nl.add_ipv4_address(index, addr).await.unwrap();
+        nl.add_ipv4_address(index, addr).await.unwrap();
+        assert_eq!(nl.ipv4_addresses(index).await.unwrap(), vec![addr]);
+        nl.delete_ipv4_address(index, addr).await.unwrap();
+        nl.delete_ipv4_address(index, addr).await.unwrap();
+        assert!(nl.ipv4_addresses(index).await.unwrap().is_empty());
+
+        // Neighbours.
+        let neigh = Neighbour {
+            ip: "10.244.2.0".parse().unwrap(),
+            mac: PEER_MAC,
+        };
+        nl.replace_neighbour(index, neigh).await.unwrap();
+        nl.replace_neighbour(index, neigh).await.unwrap();
+        assert_eq!(nl.permanent_neighbours(index).await.unwrap(), vec![neigh]);
+        assert!(
+            nl.permanent_neighbours(eth0.index)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // FDB: a unicast entry plus two flood (all-zero MAC) remotes, which listing omits.
+        let entry = FdbEntry::new(PEER_MAC, "10.9.0.2".parse().unwrap());
+        nl.replace_fdb(index, &entry).await.unwrap();
+        for dst in ["10.9.0.3", "10.9.0.4"] {
+            nl.append_fdb(index, &FdbEntry::new([0; 6], dst.parse().unwrap()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(nl.fdb_entries(index).await.unwrap(), vec![entry]);
+
+        // Routes.
+        let route = Ipv4Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: Some(neigh.ip),
+            oif: Some(index),
+            onlink: true,
+            protocol: 117,
+            ..Ipv4Route::default()
+        };
+        nl.add_route(&route).await.unwrap();
+        let err = nl.add_route(&route).await.unwrap_err();
+        assert!(err.is_exists(), "{err}");
+        let listed = nl.ipv4_routes(Some(117)).await.unwrap();
+        assert_eq!(
+            listed,
+            vec![Ipv4Route {
+                unicast: true,
+                ..route.clone()
+            }]
+        );
+        let moved = Ipv4Route {
+            gateway: Some("10.9.0.2".parse().unwrap()),
+            oif: Some(eth0.index),
+            onlink: false,
+            ..route.clone()
+        };
+        nl.replace_route(&moved).await.unwrap();
+        let listed = nl.ipv4_routes(Some(117)).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].oif, listed[0].onlink), (Some(eth0.index), false));
+        assert!(nl.ipv4_routes(None).await.unwrap().len() > 1);
+        // Deleting with another protocol leaves the route alone.
+        nl.delete_route(&Ipv4Route {
+            protocol: 4,
+            ..route.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(nl.ipv4_routes(Some(117)).await.unwrap().len(), 1);
+        // ... and so does deleting with another gateway.
+        nl.delete_route(&route).await.unwrap();
+        assert_eq!(nl.ipv4_routes(Some(117)).await.unwrap().len(), 1);
+        nl.delete_route(&moved).await.unwrap();
+        nl.delete_route(&moved).await.unwrap();
+        assert!(nl.ipv4_routes(Some(117)).await.unwrap().is_empty());
+
+        // Deletions are idempotent.
+        for _ in 0..2 {
+            nl.delete_neighbour(index, neigh.ip).await.unwrap();
+            nl.delete_fdb(index, &entry).await.unwrap();
+        }
+        assert!(nl.permanent_neighbours(index).await.unwrap().is_empty());
+        assert!(nl.fdb_entries(index).await.unwrap().is_empty());
+        nl.delete_link(index).await.unwrap();
+        nl.delete_link(index).await.unwrap();
+        assert!(nl.link_by_index(index).await.unwrap().is_none());
+    });
+    // The kernel's own view agrees: nothing of the test's VXLAN device is left.
+    assert!(ns.link("twill.9").is_none());
+    assert_eq!(
+        ns.ip_json(&["route", "show", "proto", "117"]),
+        serde_json::json!([])
+    );
+}
