@@ -1,7 +1,11 @@
 //! The `twill` binary. Started with `CNI_COMMAND` set, it is the CNI plugin of
-//! `"type": "twill"`; otherwise it is the command-line tool.
+//! `"type": "twill"`; otherwise it is the command-line tool: the node agent, cluster and node
+//! administration, status, and the lab.
 
 use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -12,10 +16,97 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where the agent keeps its files and the CNI plugin finds them (its `dataDir`).
+const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Print the CNI spec versions this plugin speaks.
     CniVersions,
+    /// Run the node agent: lease a subnet, publish it, program routes to every peer.
+    Agent {
+        /// `etcd://HOST:PORT[,HOST:PORT...]`, `embedded` or `embedded:PATH`.
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// This node's name, unique in the cluster (default: the host name).
+        #[arg(long, env = "TWILL_NODE_NAME")]
+        node_name: Option<String>,
+        /// The address peers reach this node at (default: the address of --iface).
+        #[arg(long, conflicts_with = "iface")]
+        public_ip: Option<Ipv4Addr>,
+        /// The underlay interface (default: the interface of the default route).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Where the node file for the CNI plugin and the status are written.
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Seconds the node's lease lives without renewal (renewed every third of it).
+        #[arg(long, default_value_t = 86400)]
+        lease_ttl: u64,
+        /// Seconds between full re-reads and repairs of the kernel state.
+        #[arg(long, default_value_t = 60)]
+        resync: u64,
+    },
+    /// Cluster configuration in the store.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+    /// Node membership.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
+    /// This node, its lease, the backend, and every peer with how it is reached.
+    Status {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also count the leases in this store.
+        #[arg(long, env = "TWILL_STORE")]
+        store: Option<String>,
+    },
+    /// A virtual cluster of network namespaces on this machine, with real agents and etcd.
+    Lab {
+        #[command(subcommand)]
+        command: twill_lab::LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Write the cluster config (Flannel net-conf.json, or twill's TOML/YAML pools).
+    Init {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// The config file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Replace a different existing config.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the cluster config as twill normalized it.
+    Show {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Release a node's subnet lease so every peer drops its routes. Given the node's
+    /// --data-dir (on that node, agent stopped), also remove its local twill state.
+    Leave {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        #[arg(long, env = "TWILL_NODE_NAME")]
+        node_name: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -27,7 +118,102 @@ fn main() {
         std::process::exit(code);
     }
     let cli = Cli::parse();
-    match cli.command {
-        Cmd::CniVersions => println!("{}", twill_cni::spec::SUPPORTED_VERSIONS.join(" ")),
+    let code = match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("twill: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    match cmd {
+        Cmd::CniVersions => {
+            println!("{}", twill_cni::spec::SUPPORTED_VERSIONS.join(" "));
+            Ok(0)
+        }
+        Cmd::Lab { command } => {
+            let exe = std::env::current_exe()?;
+            twill_lab::run(command, &exe)
+        }
+        Cmd::Agent {
+            store,
+            node_name,
+            public_ip,
+            iface,
+            data_dir,
+            lease_ttl,
+            resync,
+        } => {
+            init_logging();
+            let opts = twill_agent::AgentOptions {
+                store,
+                node_name: node_name_or_host(node_name)?,
+                public_ip,
+                iface,
+                data_dir,
+                lease_ttl: Duration::from_secs(lease_ttl.max(3)),
+                resync: Duration::from_secs(resync.max(1)),
+            };
+            runtime()?.block_on(twill_agent::run(opts))?;
+            Ok(0)
+        }
+        Cmd::Cluster { command } => runtime()?.block_on(async {
+            match command {
+                ClusterCmd::Init { store, file, force } => {
+                    twill_agent::cli::cluster_init(&store, &file, force).await
+                }
+                ClusterCmd::Show { store } => twill_agent::cli::cluster_show(&store).await,
+            }
+        }),
+        Cmd::Node {
+            command:
+                NodeCmd::Leave {
+                    store,
+                    node_name,
+                    data_dir,
+                },
+        } => {
+            let node = node_name_or_host(node_name)?;
+            runtime()?.block_on(twill_agent::cli::node_leave(
+                &store,
+                &node,
+                data_dir.as_deref(),
+            ))
+        }
+        Cmd::Status {
+            data_dir,
+            json,
+            store,
+        } => runtime()?.block_on(twill_agent::cli::status(&data_dir, json, store.as_deref())),
     }
+}
+
+/// One thread is plenty: the agent waits on the store and netlink, it does not compute much.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn node_name_or_host(name: Option<String>) -> anyhow::Result<String> {
+    match name {
+        Some(n) if !n.is_empty() => Ok(n),
+        _ => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+            Ok(host.trim().to_string())
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }

@@ -1,1 +1,26 @@
-//! twill agent (being written).
+//! twill's node agent.
+//!
+//! It leases a subnet for its node from the cluster's pools, publishes it (with backend data
+//! such as the VTEP MAC) in the store, leaves the node file for the CNI plugin, then mirrors
+//! every node's lease and programs the kernel so that every peer's pods are reachable.
+//!
+//! Data flows one way: store events → the peer map → the backend's pure desired state →
+//! the dataplane's observe/diff/apply → the kernel; the status file is the way back out.
+//! Nothing in the kernel is touched until the mirror is in sync with the store; the first
+//! reconcile then removes twill's stale state (peers that left while the agent was down).
+//! SIGTERM and SIGINT stop the agent and leave the dataplane as it is, so traffic keeps flowing
+//! and a restarted agent finds nothing to change.
+//!
+//! - [`lease`]: acquiring, keeping and releasing the node's subnet lease.
+//! - [`underlay`]: finding the node's underlay interface and address.
+//! - [`files`]: the node file and status file.
+//! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
+
+pub mod cli;
+pub mod files;
+pub mod lease;
+pub mod underlay;
+
+pub mod run;
+
+pub use run::{AgentOptions, run};

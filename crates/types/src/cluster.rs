@@ -765,6 +765,15 @@ fn flannel_backend(
             (BackendKind::Vxlan | BackendKind::Ipip, "directrouting") => {
                 backend.direct_routing = flannel_bool(&name, value)?;
             }
+            // Tools that template net-conf.json often write `"DirectRouting": false` for every
+            // backend; only `true` would ask for something these backends cannot do.
+            (BackendKind::HostGw | BackendKind::Udp | BackendKind::Wireguard, "directrouting") => {
+                if flannel_bool(&name, value)? {
+                    return fail(format!(
+                        "{name} is not available with the {kind} backend: use vxlan or ipip"
+                    ));
+                }
+            }
             // Off is what twill does anyway.
             (BackendKind::Vxlan, "gbp" | "learning") => {
                 if flannel_bool(&name, value)? {

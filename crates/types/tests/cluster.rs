@@ -776,3 +776,13 @@ proptest! {
         let _ = ClusterConfig::parse(&text);
     }
 }
+
+/// Templated net-conf.json files often say `"DirectRouting": false` for every backend.
+#[test]
+fn direct_routing_false_is_accepted_for_host_gw() {
+    let c = twill_types::cluster::ClusterConfig::parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","DirectRouting":false}}"#,
+    )
+    .unwrap();
+    assert!(!c.backend.direct_routing);
+}

@@ -1,0 +1,464 @@
+//! The agent's main loop.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use ipnet::{IpNet, Ipv4Net};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use twill_backend::{Backend, LocalNode};
+use twill_dataplane::peers::{self, AgentHandle, Observed, ObservedFdb, ObservedRoute};
+use twill_store::{MirrorEvent, Store, StoreError};
+use twill_types::cluster::ClusterConfig;
+use twill_types::desired::{DesiredState, PeerPath};
+use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
+use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus};
+
+use crate::lease::{self, Held};
+use crate::{files, underlay};
+
+/// Name of the masquerade chain of the cluster's pools.
+pub const NAT_NETWORK: &str = "cluster";
+
+/// How the agent was started (`twill agent ...`).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `etcd://HOST:PORT[,...]`, `embedded` or `embedded:PATH`.
+    pub store: String,
+    pub node_name: String,
+    pub public_ip: Option<Ipv4Addr>,
+    pub iface: Option<String>,
+    /// Where the node file and status live (the CNI plugin's `dataDir`).
+    pub data_dir: PathBuf,
+    /// TTL of the node's lease; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// How often the kernel state is re-read and repaired even without store events.
+    pub resync: Duration,
+}
+
+/// Runs the agent until SIGTERM/SIGINT (Ok) or a fatal error.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = connect(&opts.store).await;
+    let config = wait_for_config(&store).await?;
+    let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let underlay = underlay::discover(opts.iface.as_deref(), opts.public_ip)?;
+    info!(
+        iface = %underlay.iface, address = %underlay.net, mtu = underlay.mtu,
+        "underlay found"
+    );
+    let mut node = LocalNode {
+        name: opts.node_name.clone(),
+        subnet: Ipv4Net::default(),
+        public_net: underlay.net,
+        underlay_dev: underlay.iface.clone(),
+        underlay_mtu: underlay.mtu,
+    };
+    let node_path = node::node_file(&opts.data_dir);
+    let previous: Option<NodeFile> = files::read_json(&node_path).unwrap_or(None);
+    let previous_subnet = previous
+        .filter(|n| n.node == opts.node_name)
+        .map(|n| n.subnet);
+    let held = lease::acquire(
+        &store,
+        &config,
+        backend.local_lease(&node),
+        previous_subnet,
+        opts.lease_ttl,
+    )
+    .await?;
+    node.subnet = held.lease.subnet;
+    info!(subnet = %node.subnet, key = %held.key, "lease held");
+    let node_file = NodeFile {
+        node: opts.node_name.clone(),
+        subnet: node.subnet,
+        mtu: backend.pod_mtu(&node),
+        backend: config.backend.kind,
+        cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
+    };
+    files::write_json(&node_path, &node_file)?;
+    twill_netlink::sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+
+    let nl = AgentHandle::new().context("opening the agent's netlink socket")?;
+    let mut agent = Agent {
+        opts: opts.clone(),
+        store: store.clone(),
+        config,
+        backend,
+        node,
+        held,
+        peers: BTreeMap::new(),
+        in_sync: false,
+        nl,
+        synced_once: false,
+        started,
+    };
+    agent.main_loop().await
+}
+
+/// Connects to the store, retrying while it is unreachable (the agent may start before etcd).
+async fn connect(url: &str) -> Store {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match Store::connect(url).await {
+            Ok(store) => return store,
+            Err(e) => {
+                warn!("store {url} not usable yet: {e}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Waits until `twill cluster init` has written the cluster config.
+async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
+    let mut warned = false;
+    loop {
+        match store.get(CONFIG_KEY).await {
+            Ok(Some(kv)) => {
+                return ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value)).map_err(
+                    |e| anyhow::anyhow!("the cluster config at {CONFIG_KEY} is invalid: {e}"),
+                );
+            }
+            Ok(None) if !warned => {
+                warn!("no cluster config at {CONFIG_KEY} yet: run `twill cluster init`; waiting");
+                warned = true;
+            }
+            Ok(None) => {}
+            Err(e) => warn!("reading the cluster config: {e}; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Agent {
+    opts: AgentOptions,
+    store: Store,
+    config: ClusterConfig,
+    backend: Box<dyn Backend + Send + Sync>,
+    node: LocalNode,
+    held: Held,
+    /// Every lease in the store, by key (our own included).
+    peers: BTreeMap<String, Lease>,
+    in_sync: bool,
+    nl: AgentHandle,
+    synced_once: bool,
+    started: Instant,
+}
+
+/// What ended the loop.
+enum Exit {
+    Signal,
+    Left,
+}
+
+impl Agent {
+    async fn main_loop(&mut self) -> anyhow::Result<()> {
+        let mut events = twill_store::mirror(self.store.clone(), LEASES_PREFIX.to_string());
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut renew = tokio::time::interval(self.opts.lease_ttl / 3);
+        renew.tick().await;
+        let mut resync = tokio::time::interval(self.opts.resync);
+        resync.tick().await;
+        let exit = loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { bail!("the store mirror stopped") };
+                    let mut dirty = self.on_event(ev).await?;
+                    // Take everything already queued (and what arrives within a few ms) so a
+                    // burst of leases costs one reconcile, not one per lease.
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+                    while let Ok(Some(ev)) =
+                        tokio::time::timeout_at(deadline, next_soon(&mut events)).await
+                    {
+                        dirty |= self.on_event(ev).await?;
+                    }
+                    if self.left().await? {
+                        break Exit::Left;
+                    }
+                    if dirty && self.in_sync {
+                        self.reconcile().await;
+                    }
+                }
+                _ = resync.tick() => if self.in_sync { self.reconcile().await },
+                _ = renew.tick() => self.renew().await?,
+                _ = sigterm.recv() => break Exit::Signal,
+                _ = sigint.recv() => break Exit::Signal,
+            }
+        };
+        match exit {
+            Exit::Signal => {
+                info!("stopping; the dataplane stays as it is");
+                Ok(())
+            }
+            Exit::Left => {
+                info!("this node's lease was removed (twill node leave): clearing local state");
+                clear_local_state(&self.nl, &self.opts.data_dir).await
+            }
+        }
+    }
+
+    /// Applies one store event to the peer map; true when it changed something.
+    async fn on_event(&mut self, ev: MirrorEvent) -> anyhow::Result<bool> {
+        match ev {
+            MirrorEvent::InSync(all) => {
+                let (leases, warnings) = lease::decode_all(&all);
+                for w in warnings {
+                    warn!("{w}");
+                }
+                self.peers = leases.into_iter().collect();
+                if !self.in_sync {
+                    info!(leases = self.peers.len(), "in sync with the store");
+                }
+                self.in_sync = true;
+                Ok(true)
+            }
+            MirrorEvent::Put(kv) => match lease::decode(&kv) {
+                Ok(lease) => Ok(self.peers.insert(kv.key, lease.clone()) != Some(lease)),
+                Err(w) => {
+                    warn!("{w}");
+                    Ok(self.peers.remove(&kv.key).is_some())
+                }
+            },
+            MirrorEvent::Delete(key) => Ok(self.peers.remove(&key).is_some()),
+            MirrorEvent::Lost(why) => {
+                warn!("lost the store ({why}); keeping the dataplane as it is");
+                self.in_sync = false;
+                self.write_status(None);
+                Ok(false)
+            }
+        }
+    }
+
+    /// True when our own lease vanished from the store while our store lease is still alive:
+    /// someone ran `twill node leave`. (An expired store lease is renewed instead.)
+    async fn left(&mut self) -> anyhow::Result<bool> {
+        if !self.in_sync || self.peers.contains_key(&self.held.key) {
+            return Ok(false);
+        }
+        match self.store.keep_alive(self.held.store_lease).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::LeaseNotFound) => {
+                self.reacquire().await?;
+                Ok(false)
+            }
+            Err(e) => {
+                warn!("checking our store lease: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        match self.store.keep_alive(self.held.store_lease).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::LeaseNotFound) => self.reacquire().await,
+            Err(e) => {
+                warn!("renewing the lease failed ({e}); will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// Our store lease expired (e.g. the store was unreachable for longer than the TTL): take
+    /// the same subnet again if it is still free.
+    async fn reacquire(&mut self) -> anyhow::Result<()> {
+        warn!(subnet = %self.node.subnet, "our lease expired; leasing again");
+        let held = lease::acquire(
+            &self.store,
+            &self.config,
+            self.held.lease.clone(),
+            Some(self.node.subnet),
+            self.opts.lease_ttl,
+        )
+        .await?;
+        if held.lease.subnet != self.node.subnet {
+            // Pods already running hold addresses of the old subnet: say so loudly.
+            warn!(
+                old = %self.node.subnet, new = %held.lease.subnet,
+                "the old subnet was taken by another node; new pods use the new one"
+            );
+            self.node.subnet = held.lease.subnet;
+            let mut file: NodeFile = files::read_json(&node::node_file(&self.opts.data_dir))?
+                .context("node file vanished")?;
+            file.subnet = held.lease.subnet;
+            files::write_json(&node::node_file(&self.opts.data_dir), &file)?;
+        }
+        self.peers.insert(held.key.clone(), held.lease.clone());
+        self.held = held;
+        Ok(())
+    }
+
+    /// Computes the desired state from the peer map and makes the kernel match it.
+    async fn reconcile(&mut self) {
+        let peers: Vec<Lease> = self
+            .peers
+            .values()
+            .filter(|l| l.node != self.node.name)
+            .cloned()
+            .collect();
+        let desired = self.backend.desired(&self.node, &peers);
+        let observed = match self.apply(&desired).await {
+            Ok(observed) => Some(observed),
+            Err(e) => {
+                warn!("programming the dataplane: {e:#}");
+                None
+            }
+        };
+        if !self.synced_once {
+            self.synced_once = true;
+            info!(
+                peers = peers.len(),
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "first reconcile done"
+            );
+        }
+        self.write_status(Some((&desired, observed.as_ref())));
+    }
+
+    /// Observes, diffs and applies; returns what the kernel holds afterwards.
+    async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Observed> {
+        let observed = peers::observe(&self.nl, desired).await?;
+        let plan = peers::diff(desired, &observed);
+        for why in &plan.ignored {
+            warn!("not applied: {why}");
+        }
+        let observed = if plan.is_empty() {
+            observed
+        } else {
+            let t = Instant::now();
+            let report = peers::apply(&self.nl, &plan).await?;
+            info!(plan = %plan, took_ms = t.elapsed().as_millis() as u64, "applied");
+            for failure in &report.failures {
+                warn!("{failure}");
+            }
+            peers::observe(&self.nl, desired).await?
+        };
+        self.update_nat()?;
+        Ok(observed)
+    }
+
+    fn update_nat(&self) -> anyhow::Result<()> {
+        let dir = self.opts.data_dir.join("firewall");
+        if self.config.pools.iter().any(|p| p.nat_outgoing) {
+            let ranges: Vec<IpNet> = self
+                .config
+                .pools
+                .iter()
+                .map(|p| IpNet::V4(p.cidr))
+                .collect();
+            twill_dataplane::firewall::ensure_masquerade(&dir, NAT_NETWORK, &ranges)?;
+        } else {
+            twill_dataplane::firewall::remove_masquerade(&dir, NAT_NETWORK)?;
+        }
+        Ok(())
+    }
+
+    /// Writes status.json. `state` None keeps the last peer list and only updates in_sync.
+    fn write_status(&self, state: Option<(&DesiredState, Option<&Observed>)>) {
+        let path = self.opts.data_dir.join(node::STATUS_FILE);
+        let peers = match state {
+            Some((desired, observed)) => peer_status(desired, observed),
+            None => files::read_json::<AgentStatus>(&path)
+                .ok()
+                .flatten()
+                .map(|s| s.peers)
+                .unwrap_or_default(),
+        };
+        let status = AgentStatus {
+            node: self.node.name.clone(),
+            subnet: self.node.subnet,
+            backend: self.config.backend.kind,
+            public_ip: self.node.public_net.addr(),
+            store: self.store.describe(),
+            in_sync: self.in_sync,
+            pid: std::process::id(),
+            updated: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            peers,
+        };
+        if let Err(e) = files::write_json(&path, &status) {
+            warn!("writing {}: {e:#}", path.display());
+        }
+    }
+}
+
+/// Each peer of the desired state, and whether the kernel holds everything it needs.
+fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerStatus> {
+    desired
+        .peers
+        .iter()
+        .map(|p| {
+            let error = match (&p.path, observed) {
+                (PeerPath::Skipped(_), _) => None,
+                (_, None) => Some("the kernel state could not be read".to_string()),
+                (_, Some(obs)) => missing_for_peer(desired, obs, p.subnet),
+            };
+            PeerStatus {
+                node: p.node.clone(),
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+                programmed: !matches!(p.path, PeerPath::Skipped(_)) && error.is_none(),
+                path: p.path.clone(),
+                error,
+            }
+        })
+        .collect()
+}
+
+/// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
+fn missing_for_peer(desired: &DesiredState, obs: &Observed, subnet: Ipv4Net) -> Option<String> {
+    let mut missing = Vec::new();
+    for route in desired.routes.iter().filter(|r| r.dst == subnet) {
+        if !obs.routes.contains(&ObservedRoute::from_spec(route)) {
+            missing.push(format!("route {} via {}", route.dst, route.via));
+        }
+    }
+    for neigh in desired
+        .neighbours
+        .iter()
+        .filter(|n| n.ip == subnet.network())
+    {
+        if !obs.neighbours.contains(neigh) {
+            missing.push(format!("neighbour {}", neigh.ip));
+        }
+        for fdb in desired.fdb.iter().filter(|f| f.mac == neigh.mac) {
+            if !obs.fdb.contains(&ObservedFdb::from_spec(fdb)) {
+                missing.push(format!("fdb {} dst {}", fdb.mac, fdb.dst));
+            }
+        }
+    }
+    (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
+}
+
+/// Waits for the next event only if one is ready (or arrives within 5 ms).
+async fn next_soon(events: &mut mpsc::Receiver<MirrorEvent>) -> Option<MirrorEvent> {
+    if let Ok(ev) = events.try_recv() {
+        return Some(ev);
+    }
+    tokio::time::timeout(Duration::from_millis(5), events.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Removes everything the agent made on this node: peer routes, the VXLAN device, the cluster's
+/// masquerade chain, the node and status files.
+pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let report = peers::remove_all(nl).await?;
+    if !report.failures.is_empty() {
+        anyhow::bail!("removing twill's routes and devices: {report}");
+    }
+    twill_dataplane::firewall::remove_masquerade(&data_dir.join("firewall"), NAT_NETWORK)?;
+    files::remove(&node::node_file(data_dir))?;
+    files::remove(&data_dir.join(node::STATUS_FILE))?;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Finding the node's underlay: the interface, address and prefix peers reach it at.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, bail};
+use ipnet::{IpNet, Ipv4Net};
+use twill_netlink::Handle;
+
+/// The node's underlay link and address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub iface: String,
+    /// Address with the prefix of the underlay subnet.
+    pub net: Ipv4Net,
+    pub mtu: u32,
+}
+
+/// Finds the underlay from `--iface`, `--public-ip`, or else the default route's interface.
+pub fn discover(iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> anyhow::Result<Underlay> {
+    let mut nl = Handle::new().context("opening a netlink socket")?;
+    let link = match (iface, public_ip) {
+        (Some(name), _) => nl
+            .link_by_name(name)?
+            .with_context(|| format!("--iface {name}: no such interface"))?,
+        (None, Some(ip)) => {
+            let mut found = None;
+            for link in nl.links()? {
+                if nl.addresses(link.index)?.iter().any(|a| a.addr() == ip) {
+                    found = Some(link);
+                    break;
+                }
+            }
+            found.with_context(|| format!("--public-ip {ip}: no interface holds this address"))?
+        }
+        (None, None) => {
+            let index = nl
+                .route_lookup(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)))?
+                .context("no default route: give --iface or --public-ip")?;
+            nl.link_by_index(index)?
+                .context("the default route's interface vanished")?
+        }
+    };
+    let v4: Vec<Ipv4Net> = nl
+        .addresses(link.index)?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let net = match public_ip {
+        Some(ip) => v4.iter().find(|n| n.addr() == ip).copied(),
+        None => v4.first().copied(),
+    };
+    let Some(net) = net else {
+        bail!("interface {} has no IPv4 address", link.name);
+    };
+    Ok(Underlay {
+        iface: link.name,
+        net,
+        mtu: link.mtu,
+    })
+}

@@ -1,0 +1,153 @@
+//! Subnet leases against a real etcd (started by the test) and the embedded store: 20 nodes
+//! joining at once get 20 distinct subnets, a restarted node keeps its subnet, `node leave`
+//! frees it for reuse, a full pool is a clear error, and an unrenewed lease expires.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use twill_agent::lease;
+use twill_store::Store;
+use twill_store::testing::EtcdServer;
+use twill_types::cluster::{BackendKind, ClusterConfig};
+use twill_types::lease::{LEASES_PREFIX, Lease};
+
+fn config(text: &str) -> ClusterConfig {
+    ClusterConfig::parse(text).unwrap()
+}
+
+fn wanted(node: &str) -> Lease {
+    Lease {
+        node: node.to_string(),
+        subnet: "0.0.0.0/0".parse().unwrap(),
+        public_net: "192.168.0.10/24".parse().unwrap(),
+        backend: BackendKind::HostGw,
+        vtep_mac: None,
+    }
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+async fn twenty_concurrent_joins(store: Store) {
+    let cfg = config(r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (store, cfg) = (store.clone(), cfg.clone());
+        tasks.push(tokio::spawn(async move {
+            lease::acquire(&store, &cfg, wanted(&format!("node{i}")), None, TTL)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut subnets = HashSet::new();
+    for t in tasks {
+        let held = t.await.unwrap();
+        assert!(cfg.pools[0].cidr.contains(&held.lease.subnet));
+        assert!(
+            subnets.insert(held.lease.subnet),
+            "subnet {} given twice",
+            held.lease.subnet
+        );
+    }
+    let (kvs, _) = store.list(LEASES_PREFIX).await.unwrap();
+    assert_eq!(kvs.len(), 20);
+    let nodes: HashSet<String> = kvs
+        .iter()
+        .map(|kv| lease::decode(kv).unwrap().node)
+        .collect();
+    assert_eq!(nodes.len(), 20, "one lease per node");
+}
+
+async fn restart_reuses_leave_frees_full_errs(store: Store) {
+    // A /28 cut into /30s with SubnetMin/Max defaults: a handful of subnets, quickly full.
+    let cfg = config(r#"{"Network":"10.9.0.0/28","SubnetLen":30,"Backend":{"Type":"host-gw"}}"#);
+    let first = lease::acquire(&store, &cfg, wanted("a"), None, TTL)
+        .await
+        .unwrap();
+    let again = lease::acquire(&store, &cfg, wanted("a"), None, TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.lease.subnet, again.lease.subnet,
+        "a restarted node keeps its subnet"
+    );
+    assert_eq!(first.key, again.key);
+    let mut n = 0;
+    let err = loop {
+        match lease::acquire(&store, &cfg, wanted(&format!("x{n}")), None, TTL).await {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 10, "pool never filled");
+    };
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("no free subnet") && msg.contains("10.9.0.0/28"),
+        "{msg}"
+    );
+    let released = lease::release_node(&store, "a").await.unwrap();
+    assert_eq!(released, vec![first.lease.subnet]);
+    // The freed subnet is the only free one, so the next node must get it.
+    let b = lease::acquire(&store, &cfg, wanted("b"), None, TTL)
+        .await
+        .unwrap();
+    assert_eq!(b.lease.subnet, first.lease.subnet);
+    // A node that comes back after leaving, with its old subnet taken, gets another or an error.
+    assert!(
+        lease::acquire(&store, &cfg, wanted("a"), Some(first.lease.subnet), TTL)
+            .await
+            .is_err()
+    );
+}
+
+async fn unrenewed_lease_expires(store: Store) {
+    let cfg = config(r#"{"Network":"10.7.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
+    let held = lease::acquire(&store, &cfg, wanted("short"), None, Duration::from_secs(2))
+        .await
+        .unwrap();
+    // Renewal keeps it past its TTL...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        store.keep_alive(held.store_lease).await.unwrap();
+    }
+    assert!(store.get(&held.key).await.unwrap().is_some());
+    // ...and without renewal it goes away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.get(&held.key).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The node's preferred (previous) subnet is given back to it when free.
+    let back = lease::acquire(&store, &cfg, wanted("short"), Some(held.lease.subnet), TTL)
+        .await
+        .unwrap();
+    assert_eq!(back.lease.subnet, held.lease.subnet);
+}
+
+#[tokio::test]
+async fn etcd_leases() {
+    let etcd = EtcdServer::start();
+    let store = Store::connect(&etcd.url()).await.unwrap();
+    twenty_concurrent_joins(store.clone()).await;
+    restart_reuses_leave_frees_full_errs(store.clone()).await;
+    unrenewed_lease_expires(store).await;
+}
+
+#[tokio::test]
+async fn embedded_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("store.redb").display());
+    let store = Store::connect(&url).await.unwrap();
+    twenty_concurrent_joins(store.clone()).await;
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = Store::connect(&format!(
+        "embedded:{}",
+        dir2.path().join("s.redb").display()
+    ))
+    .await
+    .unwrap();
+    restart_reuses_leave_frees_full_errs(store2.clone()).await;
+    unrenewed_lease_expires(store2).await;
+}

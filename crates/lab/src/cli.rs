@@ -1,0 +1,409 @@
+//! `twill lab ...`: the subcommands and what they print. Everything here is presentation over
+//! [`Lab`]; the binary only parses the command line and passes its own path.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::lab::{Lab, LabSpec, down};
+use crate::plan::{Backend, DEFAULT_NAME, Underlay};
+use crate::status::AgentStatus;
+use crate::sys;
+
+/// The `twill lab` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a virtual cluster on this machine: an underlay, hosts running the agent, and pods
+    /// attached by the CNI plugin, all in network namespaces; wait until it has converged.
+    Up(UpArgs),
+    /// Show the hosts, their agents, subnets and peer paths, and the pods.
+    Status {
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a host (h1), a pod (h1-p2) or the underlay namespace (underlay).
+    Exec {
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// h<i>, h<i>-p<j> or underlay.
+        target: String,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Ping from every pod to every other pod and print the matrix; exits 1 when a pod cannot
+    /// reach one it should.
+    Ping {
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the lab's agents and etcd and remove all its namespaces and files.
+    Down {
+        #[arg(long, default_value = DEFAULT_NAME)]
+        name: String,
+    },
+}
+
+/// Options of `twill lab up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Number of hosts.
+    #[arg(long)]
+    pub nodes: u32,
+    #[arg(long, value_enum)]
+    pub backend: Backend,
+    /// Route directly to hosts on the same underlay subnet, encapsulate to the others.
+    #[arg(long)]
+    pub direct_routing: bool,
+    /// l2: one bridge, one subnet. routed: two subnets behind a router (odd and even hosts).
+    #[arg(long, value_enum, default_value_t = Underlay::L2)]
+    pub underlay: Underlay,
+    #[arg(long, default_value_t = 2)]
+    pub pods_per_node: u32,
+    #[arg(long, default_value = DEFAULT_NAME)]
+    pub name: String,
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd_bin: PathBuf,
+}
+
+impl UpArgs {
+    pub fn spec(&self) -> LabSpec {
+        LabSpec::new(&self.name)
+            .nodes(self.nodes)
+            .backend(self.backend)
+            .direct_routing(self.direct_routing)
+            .underlay(self.underlay)
+            .pods_per_node(self.pods_per_node)
+            .etcd_bin(&self.etcd_bin)
+    }
+}
+
+/// Runs one `twill lab` subcommand; returns the process exit code.
+pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
+    match cmd {
+        LabCommand::Up(args) => {
+            let lab = Lab::up(&args.spec().verbose(true), twill_exe)?;
+            print!("{}", describe(&lab, &host_statuses(&lab), false));
+            let n = &lab.state().name;
+            println!(
+                "next: twill lab ping --name {n} | twill lab exec --name {n} h1-p1 -- ip addr | twill lab down --name {n}"
+            );
+            Ok(0)
+        }
+        LabCommand::Status { name, json } => {
+            let lab = Lab::load(&name)?;
+            let statuses = host_statuses(&lab);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status_json(&lab, &statuses))?
+                );
+            } else {
+                print!("{}", describe(&lab, &statuses, true));
+            }
+            Ok(0)
+        }
+        LabCommand::Exec { name, target, cmd } => {
+            let lab = Lab::load(&name)?;
+            let ns = lab.target_ns(&target)?;
+            let status = sys::ns_command(&ns).args(&cmd).status()?;
+            Ok(exit_code(status))
+        }
+        LabCommand::Ping { name, json } => {
+            let lab = Lab::load(&name)?;
+            let m = lab.ping_matrix();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m.to_json())?);
+            } else {
+                print!("{}", m.render());
+            }
+            Ok(if m.all_ok() { 0 } else { 1 })
+        }
+        LabCommand::Down { name } => {
+            if down(&name)? {
+                println!("removed lab {name}");
+            } else {
+                println!("no lab named {name}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The shell's convention: a command killed by signal N exits 128 + N.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Each host's `twill status --json`, raw (so `--json` passes through fields the lab does not
+/// know), or why it could not be read.
+fn host_statuses(lab: &Lab) -> Vec<Result<Value, String>> {
+    lab.hosts()
+        .iter()
+        .map(|h| lab.host_status_json(h.index).map_err(|e| format!("{e:#}")))
+        .collect()
+}
+
+/// The human form of `up`'s summary and of `status` (which adds agent liveness and peers).
+fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String {
+    let st = lab.state();
+    let mut out = format!(
+        "lab {}: {} hosts, backend {} (DirectRouting {}), underlay {}, store {}",
+        st.name,
+        st.hosts.len(),
+        st.backend,
+        st.direct_routing,
+        st.underlay,
+        st.store
+    );
+    if let Some(e) = &st.etcd {
+        match e.pid {
+            Some(pid) if lab.etcd_alive() => out += &format!(" (etcd pid {pid} alive)"),
+            Some(pid) => out += &format!(" (etcd pid {pid} DEAD)"),
+            None => out += " (etcd not started)",
+        }
+    }
+    out.push('\n');
+    for (h, status) in st.hosts.iter().zip(statuses) {
+        let parsed = status
+            .as_ref()
+            .ok()
+            .and_then(|v| serde_json::from_value::<AgentStatus>(v.clone()).ok());
+        let subnet = parsed
+            .as_ref()
+            .and_then(|s| s.subnet.clone())
+            .unwrap_or_else(|| "?".into());
+        out += &format!(
+            "{:<4} {:<15} subnet {:<15}",
+            h.node,
+            h.ip.to_string(),
+            subnet
+        );
+        if full {
+            let agent = match h.agent_pid {
+                Some(pid) if lab.agent_alive(h.index) => format!("agent {pid} alive"),
+                Some(pid) => format!("agent {pid} DEAD"),
+                None => "no agent".to_string(),
+            };
+            let sync = match &parsed {
+                Some(s) if s.in_sync => "in sync",
+                Some(_) => "NOT in sync",
+                None => "",
+            };
+            out += &format!("  {agent} {sync}");
+        }
+        out.push('\n');
+        match (status, &parsed) {
+            (Err(e), _) if full => out += &format!("     status: {e}\n"),
+            (Ok(_), None) if full => out += "     status: not in the agent's format\n",
+            _ => {}
+        }
+        match &parsed {
+            Some(s) if full && !s.peers.is_empty() => {
+                let peers: Vec<String> = s
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let mark = match &p.error {
+                            _ if p.programmed || p.path.skipped() => String::new(),
+                            Some(e) => format!(" (NOT programmed: {e})"),
+                            None => " (NOT programmed)".to_string(),
+                        };
+                        format!("{} {}{mark}", p.node, p.path)
+                    })
+                    .collect();
+                out += &format!("     peers: {}\n", peers.join(", "));
+            }
+            Some(s) if !full => out += &skipped_lines(s),
+            _ => {}
+        }
+        let pods: Vec<String> = lab
+            .pods()
+            .iter()
+            .filter(|p| p.host == h.index)
+            .map(|p| format!("{} {}", p.name, p.ip))
+            .collect();
+        if !pods.is_empty() {
+            out += &format!("     pods: {}\n", pods.join(", "));
+        }
+    }
+    out
+}
+
+/// The summary's view of the peers (status lists them all): skipped ones, grouped by reason,
+/// since on a routed underlay every host skips half the others.
+fn skipped_lines(s: &AgentStatus) -> String {
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+    for p in s.skipped() {
+        let reason = p.path.reason.as_deref().unwrap_or("no reason given");
+        match by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, nodes)) => nodes.push(&p.node),
+            None => by_reason.push((reason, vec![&p.node])),
+        }
+    }
+    by_reason
+        .iter()
+        .map(|(reason, nodes)| format!("     skipped: {} ({reason})\n", nodes.join(", ")))
+        .collect()
+}
+
+/// `twill lab status --json`.
+fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
+    let st = lab.state();
+    let hosts: Vec<Value> = st
+        .hosts
+        .iter()
+        .zip(statuses)
+        .map(|(h, s)| {
+            json!({
+                "node": h.node,
+                "netns": h.netns,
+                "ip": h.ip,
+                "bridge": h.bridge,
+                "dataDir": h.data_dir,
+                "agentPid": h.agent_pid,
+                "agentAlive": lab.agent_alive(h.index),
+                "status": s.as_ref().ok(),
+                "statusError": s.as_ref().err(),
+            })
+        })
+        .collect();
+    json!({
+        "name": st.name,
+        "backend": st.backend,
+        "directRouting": st.direct_routing,
+        "underlay": st.underlay,
+        "store": st.store,
+        "etcd": st.etcd.as_ref().map(|e| json!({"pid": e.pid, "alive": lab.etcd_alive()})),
+        "hosts": hosts,
+        "pods": st.pods,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        lab: LabCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<LabCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.lab)
+    }
+
+    #[test]
+    fn up_flags() {
+        let LabCommand::Up(a) = parse(&["up", "--nodes", "5", "--backend", "host-gw"]).unwrap()
+        else {
+            panic!("not up")
+        };
+        assert_eq!(
+            a.spec(),
+            LabSpec::new("lab").nodes(5).backend(Backend::HostGw)
+        );
+        let LabCommand::Up(a) = parse(&[
+            "up",
+            "--nodes",
+            "3",
+            "--backend",
+            "vxlan",
+            "--direct-routing",
+            "--underlay",
+            "routed",
+            "--pods-per-node",
+            "1",
+            "--name",
+            "t1",
+            "--etcd-bin",
+            "/e",
+        ])
+        .unwrap() else {
+            panic!("not up")
+        };
+        assert_eq!(
+            a.spec(),
+            LabSpec::new("t1")
+                .nodes(3)
+                .direct_routing(true)
+                .underlay(Underlay::Routed)
+                .pods_per_node(1)
+                .etcd_bin("/e")
+        );
+        assert!(parse(&["up", "--nodes", "2", "--backend", "geneve"]).is_err());
+        assert!(parse(&["up", "--backend", "udp"]).is_err());
+    }
+
+    #[test]
+    fn exec_takes_the_rest() {
+        let LabCommand::Exec { name, target, cmd } = parse(&[
+            "exec", "--name", "x", "h1-p2", "--", "ping", "-c", "1", "10.0.0.1",
+        ])
+        .unwrap() else {
+            panic!("not exec")
+        };
+        assert_eq!((name.as_str(), target.as_str()), ("x", "h1-p2"));
+        assert_eq!(cmd, ["ping", "-c", "1", "10.0.0.1"]);
+        let LabCommand::Exec { cmd, .. } = parse(&["exec", "underlay", "ip", "-br", "a"]).unwrap()
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(cmd, ["ip", "-br", "a"]);
+        assert!(parse(&["exec", "h1"]).is_err());
+    }
+
+    #[test]
+    fn other_subcommands() {
+        assert!(matches!(
+            parse(&["status", "--json"]).unwrap(),
+            LabCommand::Status { json: true, ref name } if name == "lab"
+        ));
+        assert!(matches!(
+            parse(&["ping", "--name", "q"]).unwrap(),
+            LabCommand::Ping { json: false, ref name } if name == "q"
+        ));
+        assert!(matches!(
+            parse(&["down"]).unwrap(),
+            LabCommand::Down { ref name } if name == "lab"
+        ));
+    }
+
+    #[test]
+    fn skipped_peers_grouped_by_reason() {
+        let s = AgentStatus::parse(
+            r#"{"node":"h1","inSync":true,"peers":[
+              {"node":"h2","path":{"via":"skipped","reason":"other subnet"}},
+              {"node":"h3","path":{"via":"direct"},"programmed":true},
+              {"node":"h4","path":{"via":"skipped","reason":"other subnet"}},
+              {"node":"h5","path":{"via":"skipped"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            skipped_lines(&s),
+            "     skipped: h2, h4 (other subnet)\n     skipped: h5 (no reason given)\n"
+        );
+    }
+
+    #[test]
+    fn exit_codes() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+}

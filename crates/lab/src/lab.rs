@@ -1,0 +1,904 @@
+//! A lab: the virtual cluster itself. [`Lab::up`] builds it step by step (underlay and hosts,
+//! store, cluster config, agents, pods through the real plugin, convergence), recording each
+//! step in `state.json`; any failure removes everything made so far. The other methods are
+//! what `twill lab` subcommands and integration tests do to a running lab.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
+use crate::plan::{self, Backend, Target, Underlay};
+use crate::state::{Etcd, Host, Pod, STATE_VERSION, State};
+use crate::status::AgentStatus;
+use crate::sys;
+
+/// How long `up` waits for etcd to answer, for every agent's lease, and for convergence.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(20);
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A single CLI call (cluster init, plugin, status) that takes longer than this is hung.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Lines of a log quoted in an error.
+const LOG_LINES: usize = 15;
+
+/// What to build; see [`Lab::up`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    pub name: String,
+    pub nodes: u32,
+    pub backend: Backend,
+    pub direct_routing: bool,
+    pub underlay: Underlay,
+    pub pods_per_node: u32,
+    pub etcd_bin: PathBuf,
+    /// Progress lines on stderr (the CLI turns this on).
+    pub verbose: bool,
+}
+
+impl LabSpec {
+    /// Two hosts on an L2 underlay, VXLAN, two pods each.
+    pub fn new(name: impl Into<String>) -> LabSpec {
+        LabSpec {
+            name: name.into(),
+            nodes: 2,
+            backend: Backend::Vxlan,
+            direct_routing: false,
+            underlay: Underlay::L2,
+            pods_per_node: 2,
+            etcd_bin: PathBuf::from("/usr/bin/etcd"),
+            verbose: false,
+        }
+    }
+
+    pub fn nodes(mut self, n: u32) -> LabSpec {
+        self.nodes = n;
+        self
+    }
+
+    pub fn backend(mut self, b: Backend) -> LabSpec {
+        self.backend = b;
+        self
+    }
+
+    pub fn direct_routing(mut self, on: bool) -> LabSpec {
+        self.direct_routing = on;
+        self
+    }
+
+    pub fn underlay(mut self, u: Underlay) -> LabSpec {
+        self.underlay = u;
+        self
+    }
+
+    pub fn pods_per_node(mut self, k: u32) -> LabSpec {
+        self.pods_per_node = k;
+        self
+    }
+
+    pub fn etcd_bin(mut self, path: impl Into<PathBuf>) -> LabSpec {
+        self.etcd_bin = path.into();
+        self
+    }
+
+    pub fn verbose(mut self, on: bool) -> LabSpec {
+        self.verbose = on;
+        self
+    }
+
+    /// Refuses what cannot be built, before anything is made.
+    pub fn validate(&self) -> Result<()> {
+        plan::validate_name(&self.name)?;
+        ensure!(
+            (1..=plan::MAX_NODES).contains(&self.nodes),
+            "--nodes must be 1 to {}, not {}",
+            plan::MAX_NODES,
+            self.nodes
+        );
+        ensure!(
+            self.pods_per_node <= plan::MAX_PODS_PER_NODE,
+            "--pods-per-node must be at most {}, not {}",
+            plan::MAX_PODS_PER_NODE,
+            self.pods_per_node
+        );
+        Ok(())
+    }
+
+    /// One node runs on the embedded store; more need etcd.
+    pub fn needs_etcd(&self) -> bool {
+        self.nodes > 1
+    }
+}
+
+/// A lab that exists (its state directory does).
+#[derive(Debug, Clone)]
+pub struct Lab {
+    state: State,
+    dir: PathBuf,
+    verbose: bool,
+}
+
+impl Lab {
+    /// Builds the whole lab and waits until every agent has programmed every peer. On failure
+    /// everything made so far is removed and the error says what failed.
+    pub fn up(spec: &LabSpec, twill_exe: &Path) -> Result<Lab> {
+        let start = Instant::now();
+        spec.validate()?;
+        let twill = std::path::absolute(twill_exe)
+            .with_context(|| format!("twill executable {}", twill_exe.display()))?;
+        ensure!(
+            twill.is_file(),
+            "twill executable {} does not exist",
+            twill.display()
+        );
+        if spec.needs_etcd() && !spec.etcd_bin.is_file() {
+            bail!(
+                "etcd not found at {}: a lab of more than one node needs etcd \
+                 (install etcd-server, e.g. `apt-get install etcd-server`, or pass --etcd-bin)",
+                spec.etcd_bin.display()
+            );
+        }
+        let mut lab = Lab::create(spec, twill)?;
+        let built = lab.build(spec);
+        lab.cleanup_on_error(built)?;
+        lab.say(&format!("ready in {:.1} s", start.elapsed().as_secs_f64()));
+        Ok(lab)
+    }
+
+    /// Builds only the underlay and the hosts (no store, agents or pods): for testing the
+    /// topology itself. Removed again on failure.
+    pub fn build_topology(spec: &LabSpec) -> Result<Lab> {
+        spec.validate()?;
+        let mut lab = Lab::create(spec, PathBuf::new())?;
+        let built = lab.build_hosts(spec);
+        lab.cleanup_on_error(built)?;
+        Ok(lab)
+    }
+
+    /// The lab called `name`, from its state.json.
+    pub fn load(name: &str) -> Result<Lab> {
+        plan::validate_name(name)?;
+        let dir = plan::state_dir(name);
+        ensure!(dir.is_dir(), "no lab named {name}");
+        let state = State::load(&dir).with_context(|| {
+            format!(
+                "lab {name} is incomplete (an interrupted `up`?); \
+                 remove it with `twill lab down --name {name}`"
+            )
+        })?;
+        Ok(Lab {
+            state,
+            dir,
+            verbose: false,
+        })
+    }
+
+    /// Removes the lab: see [`down`].
+    pub fn down(self) -> Result<()> {
+        down(&self.state.name).map(drop)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.state.hosts
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.state.pods
+    }
+
+    /// Host `i`'s namespace name.
+    pub fn host_ns(&self, i: u32) -> String {
+        plan::host_ns(&self.state.name, i)
+    }
+
+    /// The namespace of `underlay`, `h<i>` or `h<i>-p<j>`, which must be part of this lab.
+    pub fn target_ns(&self, target: &str) -> Result<String> {
+        let t = Target::parse(target)?;
+        let exists = match t {
+            Target::Underlay => true,
+            Target::Host(i) => self.state.host(i).is_some(),
+            Target::Pod(i, j) => self.state.pods.iter().any(|p| p.host == i && p.index == j),
+        };
+        ensure!(exists, "lab {} has no {target}", self.state.name);
+        Ok(t.netns(&self.state.name))
+    }
+
+    /// Runs `cmd` in the target's namespace and returns its output.
+    pub fn exec(&self, target: &str, cmd: &[&str]) -> Result<Output> {
+        ensure!(!cmd.is_empty(), "no command to run");
+        let ns = self.target_ns(target)?;
+        sys::ns_command(&ns)
+            .args(cmd)
+            .output()
+            .with_context(|| format!("run {} in {ns}", cmd.join(" ")))
+    }
+
+    /// True while host `i`'s agent runs.
+    pub fn agent_alive(&self, i: u32) -> bool {
+        self.state
+            .host(i)
+            .is_some_and(|h| h.agent_pid.is_some_and(|pid| agent_runs(h, pid)))
+    }
+
+    /// Sends `signal` to host `i`'s agent; for SIGTERM, SIGINT and SIGKILL also waits (up to
+    /// 5 s) until it has exited, so a test can restart it right away.
+    pub fn kill_agent(&self, i: u32, signal: Signal) -> Result<()> {
+        let host = self.host(i)?;
+        let pid = host
+            .agent_pid
+            .filter(|&pid| agent_runs(host, pid))
+            .with_context(|| format!("the agent of {} is not running", host.node))?;
+        kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("kill {signal} the agent of {} (pid {pid})", host.node))?;
+        if matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
+            ensure!(
+                sys::wait_gone(pid, Duration::from_secs(5)),
+                "the agent of {} (pid {pid}) still runs 5 s after {signal}",
+                host.node
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts host `i`'s agent (the same command line as `up`, appending to its log) and
+    /// records its pid. Does not wait for it to be ready: see [`Lab::wait_converged`].
+    pub fn start_agent(&mut self, i: u32) -> Result<u32> {
+        let host = self.host(i)?.clone();
+        if let Some(pid) = host.agent_pid.filter(|&pid| agent_runs(&host, pid)) {
+            bail!("the agent of {} already runs (pid {pid})", host.node);
+        }
+        let twill = self.twill()?.to_path_buf();
+        let mut cmd = sys::ns_command(&host.netns);
+        cmd.arg(&twill)
+            .args(plan::agent_args(&self.state.store, i, &host.data_dir));
+        let pid = sys::spawn_daemon(&mut cmd, &host.log, &format!("start agent {}", host.node))?;
+        self.state.host_mut(i).expect("host exists").agent_pid = Some(pid);
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// Stops etcd (SIGTERM, SIGKILL after 2 s); the agents lose their store.
+    pub fn stop_etcd(&mut self) -> Result<()> {
+        let etcd = self.etcd()?.clone();
+        if let Some(pid) = etcd.pid.filter(|&pid| etcd_runs(&etcd, pid)) {
+            sys::stop_all(&[pid], STOP_GRACE);
+        }
+        Ok(())
+    }
+
+    /// Starts etcd again on its data directory and waits until it answers.
+    pub fn start_etcd(&mut self) -> Result<()> {
+        let etcd = self.etcd()?.clone();
+        if let Some(pid) = etcd.pid.filter(|&pid| etcd_runs(&etcd, pid)) {
+            bail!("etcd already runs (pid {pid})");
+        }
+        std::fs::create_dir_all(&etcd.data_dir)?;
+        let mut cmd = sys::ns_command(&self.state.underlay_ns);
+        cmd.arg(&etcd.bin)
+            .args(plan::etcd_args(etcd.ip, &etcd.data_dir));
+        let pid = sys::spawn_daemon(&mut cmd, &etcd.log, "start etcd")?;
+        self.state.etcd.as_mut().expect("etcd recorded").pid = Some(pid);
+        self.save()?;
+        self.wait_etcd(pid, ETCD_TIMEOUT)
+    }
+
+    /// True while the lab's etcd runs (false with the embedded store).
+    pub fn etcd_alive(&self) -> bool {
+        self.state
+            .etcd
+            .as_ref()
+            .is_some_and(|e| e.pid.is_some_and(|pid| etcd_runs(e, pid)))
+    }
+
+    /// `twill status --data-dir D --json` of host `i`, as printed.
+    pub fn host_status_json(&self, i: u32) -> Result<Value> {
+        let host = self.host(i)?;
+        let mut cmd = sys::ns_command(&host.netns);
+        cmd.arg(self.twill()?)
+            .args(["status", "--data-dir"])
+            .arg(&host.data_dir)
+            .arg("--json")
+            .env_remove("CNI_COMMAND");
+        let out = sys::run_with_timeout(&mut cmd, b"", CALL_TIMEOUT)?;
+        ensure!(
+            out.status.success(),
+            "`twill status` on {} failed ({}): {}{}",
+            host.node,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "`twill status --json` on {} printed no JSON: {}",
+                host.node,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Host `i`'s agent status, parsed.
+    pub fn host_status(&self, i: u32) -> Result<AgentStatus> {
+        let v = self.host_status_json(i)?;
+        serde_json::from_value(v)
+            .with_context(|| format!("`twill status --json` on h{i} is not in the agent's format"))
+    }
+
+    /// Waits until every agent runs, is in sync and has programmed (or knowingly skipped)
+    /// every other host; returns their statuses, in host order.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<Vec<AgentStatus>> {
+        let deadline = Instant::now() + timeout;
+        let nodes = self.state.hosts.len() as u32;
+        loop {
+            let mut ready = Vec::new();
+            let mut waiting = Vec::new();
+            for h in &self.state.hosts {
+                if !self.agent_alive(h.index) {
+                    waiting.push((h, "agent not running".to_string()));
+                    continue;
+                }
+                match self.host_status(h.index) {
+                    Ok(s) => match s.converged(h.index, nodes) {
+                        Ok(()) => ready.push(s),
+                        Err(why) => waiting.push((h, why)),
+                    },
+                    Err(e) => waiting.push((h, format!("{e:#}"))),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(ready);
+            }
+            if Instant::now() >= deadline {
+                let mut msg = format!("the agents did not converge within {timeout:?}:");
+                for (h, why) in &waiting {
+                    msg += &format!("\n  {}: {why}", h.node);
+                }
+                // One log is usually enough to see why; all of them would bury it.
+                msg += &format!("\n{}", sys::log_tail(&waiting[0].0.log, LOG_LINES));
+                bail!(msg);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Pings from every pod to every other pod (see [`Matrix`]); pairs that are not expected
+    /// to be reachable (host-gw across the routed underlay's subnets) are not probed.
+    pub fn ping_matrix(&self) -> Matrix {
+        let (backend, underlay) = (self.state.backend, self.state.underlay);
+        Matrix::run(
+            &self.state.pods,
+            |a, b| plan::expected_reachable(backend, underlay, a.host, b.host),
+            |a, b| ping(&a.netns, b.ip),
+            MAX_PARALLEL,
+            ATTEMPTS,
+        )
+    }
+
+    // ----- building -----
+
+    /// Claims the name: refuses an existing lab (without touching it), then creates the state
+    /// directory and a first state.json.
+    fn create(spec: &LabSpec, twill: PathBuf) -> Result<Lab> {
+        ensure!(
+            sys::is_root(),
+            "twill lab needs root: it creates network namespaces"
+        );
+        let name = &spec.name;
+        let dir = plan::state_dir(name);
+        let exists = || {
+            anyhow::anyhow!(
+                "a lab named {name} already exists ({}); remove it with `twill lab down --name {name}`",
+                dir.display()
+            )
+        };
+        if dir.exists() {
+            return Err(exists());
+        }
+        let leftovers: Vec<String> = sys::netns_list()?
+            .into_iter()
+            .filter(|ns| plan::belongs_to(name, ns))
+            .collect();
+        if !leftovers.is_empty() {
+            bail!(
+                "namespaces of an earlier lab named {name} are still there ({}); \
+                 remove them with `twill lab down --name {name}`",
+                leftovers.join(" ")
+            );
+        }
+        std::fs::create_dir_all(plan::STATE_ROOT)
+            .with_context(|| format!("create {}", plan::STATE_ROOT))?;
+        // create_dir, not create_dir_all: it is what makes two concurrent `up`s of one name
+        // safe, since exactly one of them creates the directory.
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
+            r => r.with_context(|| format!("create {}", dir.display()))?,
+        }
+        let lab = Lab {
+            state: State {
+                version: STATE_VERSION,
+                name: name.clone(),
+                backend: spec.backend,
+                direct_routing: spec.direct_routing,
+                underlay: spec.underlay,
+                pods_per_node: spec.pods_per_node,
+                twill,
+                store: plan::store_url(name, spec.nodes, spec.underlay),
+                underlay_ns: plan::underlay_ns(name),
+                etcd: None,
+                hosts: Vec::new(),
+                pods: Vec::new(),
+            },
+            dir,
+            verbose: spec.verbose,
+        };
+        lab.cleanup_on_error(lab.save())?;
+        Ok(lab)
+    }
+
+    /// Passes `r` through; on error first removes the whole lab.
+    fn cleanup_on_error<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            let name = &self.state.name;
+            match down(name) {
+                Ok(_) => e.context(format!(
+                    "lab {name} was not created (everything it had made is removed)"
+                )),
+                Err(d) => e.context(format!(
+                    "lab {name} was not created, and removing its parts failed too ({d:#}); \
+                     retry `twill lab down --name {name}`"
+                )),
+            }
+        })
+    }
+
+    fn build(&mut self, spec: &LabSpec) -> Result<()> {
+        self.build_hosts(spec)?;
+        self.start_store(spec)?;
+        self.cluster_init()?;
+        for i in 1..=spec.nodes {
+            self.start_agent(i)?;
+        }
+        self.say(&format!("started {} agents", spec.nodes));
+        self.wait_leases(LEASE_TIMEOUT)?;
+        self.say("every agent has its lease");
+        self.add_pods(spec)?;
+        self.say(&format!("attached {} pods", self.state.pods.len()));
+        self.wait_converged(CONVERGE_TIMEOUT)?;
+        self.say("every agent has programmed its peers");
+        Ok(())
+    }
+
+    /// The underlay namespace (bridges, and the router's forwarding) and one namespace per
+    /// host with `eth0` plugged into its segment's bridge.
+    fn build_hosts(&mut self, spec: &LabSpec) -> Result<()> {
+        let u = self.state.underlay_ns.clone();
+        sys::netns_add(&u)?;
+        for seg in plan::segments(spec.underlay) {
+            let addr = format!("{}/{}", seg.gateway, seg.prefix_len);
+            sys::ip(&["-n", &u, "link", "add", seg.bridge, "type", "bridge"])?;
+            sys::ip(&["-n", &u, "addr", "add", &addr, "dev", seg.bridge])?;
+            sys::ip(&["-n", &u, "link", "set", seg.bridge, "up"])?;
+        }
+        if spec.underlay == Underlay::Routed {
+            sys::sysctl(&u, "net.ipv4.ip_forward=1")?;
+        }
+        for i in 1..=spec.nodes {
+            let a = plan::host_addr(spec.underlay, i);
+            let ns = plan::host_ns(&spec.name, i);
+            let data_dir = plan::host_dir(&spec.name, i);
+            sys::netns_add(&ns)?;
+            sys::ip(&[
+                "link",
+                "add",
+                &a.port,
+                "netns",
+                &u,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                plan::IFACE,
+                "netns",
+                &ns,
+            ])?;
+            sys::ip(&["-n", &u, "link", "set", &a.port, "master", a.bridge, "up"])?;
+            let addr = format!("{}/{}", a.ip, a.prefix_len);
+            sys::ip(&["-n", &ns, "addr", "add", &addr, "dev", plan::IFACE])?;
+            sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
+            sys::ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &a.gateway.to_string(),
+            ])?;
+            sys::sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("create {}", data_dir.display()))?;
+            self.state.hosts.push(Host {
+                index: i,
+                node: plan::node_name(i),
+                netns: ns,
+                ip: a.ip,
+                prefix_len: a.prefix_len,
+                gateway: a.gateway,
+                bridge: a.bridge.to_string(),
+                log: data_dir.join("agent.log"),
+                data_dir,
+                agent_pid: None,
+            });
+        }
+        self.save()?;
+        self.say(&format!(
+            "built {} hosts on the {} underlay",
+            spec.nodes, spec.underlay
+        ));
+        Ok(())
+    }
+
+    fn start_store(&mut self, spec: &LabSpec) -> Result<()> {
+        if !spec.needs_etcd() {
+            self.say(&format!("store: {}", self.state.store));
+            return Ok(());
+        }
+        self.state.etcd = Some(Etcd {
+            bin: spec.etcd_bin.clone(),
+            pid: None,
+            data_dir: self.dir.join("etcd"),
+            log: self.dir.join("etcd.log"),
+            ip: plan::store_ip(spec.underlay),
+        });
+        self.start_etcd()?;
+        self.say(&format!("store: etcd answers at {}", self.state.store));
+        Ok(())
+    }
+
+    fn wait_etcd(&self, pid: u32, timeout: Duration) -> Result<()> {
+        let etcd = self.etcd()?;
+        let addr = SocketAddr::from((etcd.ip, plan::ETCD_PORT));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match sys::http_get_in_netns(&self.state.underlay_ns, addr, "/health") {
+                Ok(r) if r.contains(r#""health":"true""#) => return Ok(()),
+                Ok(r) => r.lines().last().unwrap_or("").to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if !sys::alive(pid) {
+                bail!(
+                    "etcd exited while starting\n{}",
+                    sys::log_tail(&etcd.log, LOG_LINES)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "etcd did not become healthy at http://{addr} within {timeout:?} (last: {last})\n{}",
+                    sys::log_tail(&etcd.log, LOG_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Writes the Flannel net-conf.json and stores it with `twill cluster init` from h1.
+    fn cluster_init(&mut self) -> Result<()> {
+        let file = self.dir.join("net-conf.json");
+        let conf = plan::net_conf(self.state.backend, self.state.direct_routing);
+        std::fs::write(&file, serde_json::to_string_pretty(&conf)? + "\n")
+            .with_context(|| format!("write {}", file.display()))?;
+        let mut cmd = sys::ns_command(&plan::host_ns(&self.state.name, 1));
+        cmd.arg(self.twill()?)
+            .args(["cluster", "init", "--store", &self.state.store, "-f"])
+            .arg(&file)
+            .env_remove("CNI_COMMAND");
+        let out = sys::run_with_timeout(&mut cmd, b"", CALL_TIMEOUT)?;
+        ensure!(
+            out.status.success(),
+            "`{}` failed ({}): {}{}",
+            sys::show(&cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        self.say(&format!(
+            "cluster: {POD}, backend {} (DirectRouting {})",
+            self.state.backend,
+            self.state.direct_routing,
+            POD = plan::POD_NETWORK
+        ));
+        Ok(())
+    }
+
+    /// Waits for every agent's node.json: it is written once the agent holds its lease, and
+    /// the plugin needs it to ADD pods.
+    fn wait_leases(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut waiting = Vec::new();
+            for h in &self.state.hosts {
+                if h.data_dir.join("node.json").exists() {
+                    continue;
+                }
+                if !self.agent_alive(h.index) {
+                    bail!(
+                        "the agent of {} exited before it got a lease\n{}",
+                        h.node,
+                        sys::log_tail(&h.log, LOG_LINES)
+                    );
+                }
+                waiting.push(h);
+            }
+            let Some(first) = waiting.first() else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                let nodes: Vec<&str> = waiting.iter().map(|h| h.node.as_str()).collect();
+                bail!(
+                    "no lease within {timeout:?} for {} (no node.json in their data dirs)\n{}",
+                    nodes.join(", "),
+                    sys::log_tail(&first.log, LOG_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Makes each pod's namespace and ADDs it through the plugin, as a runtime would.
+    fn add_pods(&mut self, spec: &LabSpec) -> Result<()> {
+        for i in 1..=spec.nodes {
+            for j in 1..=spec.pods_per_node {
+                let netns = plan::pod_ns(&spec.name, i, j);
+                sys::netns_add(&netns)?;
+                let (address, ip) = self.cni_add(i, j, &netns)?;
+                self.state.pods.push(Pod {
+                    host: i,
+                    index: j,
+                    name: plan::pod_name(i, j),
+                    netns,
+                    ip,
+                    address,
+                });
+            }
+        }
+        self.save()
+    }
+
+    /// One CNI ADD inside host `i`'s namespace, with a clean environment as a runtime gives.
+    fn cni_add(&self, i: u32, j: u32, netns: &str) -> Result<(String, Ipv4Addr)> {
+        let host = self.host(i)?;
+        let twill = self.twill()?;
+        let cni_path = twill.parent().unwrap_or(Path::new("/"));
+        let conf = plan::cni_conf(&host.data_dir).to_string();
+        let mut cmd = sys::ns_command(&host.netns);
+        cmd.arg(twill)
+            .env_clear()
+            .env("PATH", sys::SYSTEM_PATH)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", netns)
+            .env("CNI_NETNS", format!("/run/netns/{netns}"))
+            .env("CNI_IFNAME", plan::IFACE)
+            .env("CNI_PATH", cni_path);
+        let out = sys::run_with_timeout(&mut cmd, conf.as_bytes(), CALL_TIMEOUT)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let pod = plan::pod_name(i, j);
+        ensure!(
+            out.status.success(),
+            "CNI ADD of pod {pod} on {} failed ({}): {} {}",
+            host.node,
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        parse_cni_result(&stdout).with_context(|| format!("CNI ADD of pod {pod}"))
+    }
+
+    // ----- small helpers -----
+
+    fn host(&self, i: u32) -> Result<&Host> {
+        self.state
+            .host(i)
+            .with_context(|| format!("lab {} has no host h{i}", self.state.name))
+    }
+
+    fn etcd(&self) -> Result<&Etcd> {
+        self.state.etcd.as_ref().with_context(|| {
+            format!(
+                "lab {} uses the embedded store (one node): it has no etcd",
+                self.state.name
+            )
+        })
+    }
+
+    fn twill(&self) -> Result<&Path> {
+        ensure!(
+            !self.state.twill.as_os_str().is_empty(),
+            "lab {} was built as a bare topology: it has no twill executable",
+            self.state.name
+        );
+        Ok(&self.state.twill)
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.dir)
+    }
+
+    fn say(&self, msg: &str) {
+        if self.verbose {
+            eprintln!("twill lab {}: {msg}", self.state.name);
+        }
+    }
+}
+
+/// Removes lab `name` completely: stops its agents and etcd (SIGTERM, SIGKILL after 2 s),
+/// kills whatever else runs in its namespaces, deletes every `twl-<name>-*` namespace (also
+/// ones state.json does not list, so an interrupted `up` is cleaned too) and its state
+/// directory. Returns false when there was nothing to remove.
+pub fn down(name: &str) -> Result<bool> {
+    plan::validate_name(name)?;
+    let dir = plan::state_dir(name);
+    let mut namespaces: Vec<String> = sys::netns_list()?
+        .into_iter()
+        .filter(|ns| plan::belongs_to(name, ns))
+        .collect();
+    if !dir.exists() && namespaces.is_empty() {
+        return Ok(false);
+    }
+    if let Ok(state) = State::load(&dir) {
+        let mut pids: Vec<u32> = state
+            .hosts
+            .iter()
+            .filter_map(|h| h.agent_pid.filter(|&pid| agent_runs(h, pid)))
+            .collect();
+        if let Some(e) = &state.etcd
+            && let Some(pid) = e.pid.filter(|&pid| etcd_runs(e, pid))
+        {
+            pids.push(pid);
+        }
+        sys::stop_all(&pids, STOP_GRACE);
+    }
+    // Reverse order of creation: pods, hosts, underlay (longest names first does that).
+    namespaces.sort_by_key(|ns| std::cmp::Reverse(ns.len()));
+    let mut errors = Vec::new();
+    for ns in &namespaces {
+        if let Err(e) = sys::netns_del(ns) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        errors.push(format!("remove {}: {e}", dir.display()));
+    }
+    ensure!(
+        errors.is_empty(),
+        "removing lab {name}: {}",
+        errors.join("; ")
+    );
+    Ok(true)
+}
+
+/// True when `pid` is host `h`'s agent (its command line names the host's data dir).
+fn agent_runs(h: &Host, pid: u32) -> bool {
+    sys::runs_with_arg(pid, &h.data_dir.to_string_lossy())
+}
+
+fn etcd_runs(e: &Etcd, pid: u32) -> bool {
+    sys::runs_with_arg(pid, &e.data_dir.to_string_lossy())
+}
+
+/// One ICMP echo from namespace `ns`.
+fn ping(ns: &str, ip: Ipv4Addr) -> bool {
+    sys::ns_command(ns)
+        .args(["ping", "-n", "-q", "-c", "1", "-W", "1", &ip.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The pod's IPv4 address from a CNI result: (`addr/prefix` as given, the address).
+pub fn parse_cni_result(stdout: &str) -> Result<(String, Ipv4Addr)> {
+    let v: Value = serde_json::from_str(stdout)
+        .with_context(|| format!("the plugin printed no JSON result: {stdout:?}"))?;
+    let ips = v["ips"]
+        .as_array()
+        .with_context(|| format!("the plugin's result has no \"ips\": {stdout}"))?;
+    for entry in ips {
+        if let Some(address) = entry["address"].as_str()
+            && let Some(ip) = address
+                .split('/')
+                .next()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        {
+            return Ok((address.to_string(), ip));
+        }
+    }
+    bail!("the plugin's result has no IPv4 address: {stdout}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_results() {
+        let r = r#"{"cniVersion":"1.1.0","interfaces":[{"name":"eth0"}],
+            "ips":[{"address":"10.244.3.2/24","gateway":"10.244.3.1","interface":0}]}"#;
+        assert_eq!(
+            parse_cni_result(r).unwrap(),
+            ("10.244.3.2/24".to_string(), Ipv4Addr::new(10, 244, 3, 2))
+        );
+        let v6_first = r#"{"ips":[{"address":"fd00::2/64"},{"address":"10.244.1.5/24"}]}"#;
+        assert_eq!(
+            parse_cni_result(v6_first).unwrap().1,
+            Ipv4Addr::new(10, 244, 1, 5)
+        );
+        assert!(parse_cni_result(r#"{"ips":[]}"#).is_err());
+        assert!(parse_cni_result(r#"{"code":7,"msg":"bad"}"#).is_err());
+        assert!(parse_cni_result("").is_err());
+    }
+
+    #[test]
+    fn spec_builder_and_validation() {
+        let s = LabSpec::new("t1")
+            .nodes(5)
+            .backend(Backend::HostGw)
+            .direct_routing(true)
+            .underlay(Underlay::Routed)
+            .pods_per_node(3)
+            .etcd_bin("/opt/etcd")
+            .verbose(true);
+        assert_eq!(s.nodes, 5);
+        assert_eq!(s.backend, Backend::HostGw);
+        assert!(s.direct_routing);
+        assert_eq!(s.underlay, Underlay::Routed);
+        assert_eq!(s.pods_per_node, 3);
+        assert_eq!(s.etcd_bin, Path::new("/opt/etcd"));
+        s.validate().unwrap();
+        assert!(s.needs_etcd());
+        assert!(!LabSpec::new("x").nodes(1).needs_etcd());
+        assert!(LabSpec::new("x").nodes(0).validate().is_err());
+        assert!(LabSpec::new("x").nodes(241).validate().is_err());
+        assert!(LabSpec::new("x").pods_per_node(201).validate().is_err());
+        LabSpec::new("x").pods_per_node(0).validate().unwrap();
+        assert!(LabSpec::new("a/b").validate().is_err());
+    }
+
+    #[test]
+    fn missing_etcd_is_refused_before_anything_is_made() {
+        let name = format!("t{}", twill_testkit::random_suffix(5));
+        let spec = LabSpec::new(&name).nodes(2).etcd_bin("/nonexistent/etcd");
+        let err = Lab::up(&spec, Path::new("/bin/sh"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("install etcd-server"), "{err}");
+        assert!(!plan::state_dir(&name).exists());
+    }
+
+    #[test]
+    fn load_of_unknown_lab() {
+        let err = Lab::load("t-none-such").unwrap_err().to_string();
+        assert_eq!(err, "no lab named t-none-such");
+        assert!(!down("t-none-such").unwrap());
+    }
+}

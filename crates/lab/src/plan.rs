@@ -1,0 +1,514 @@
+//! The lab's plan, computed from its name and options alone: namespace names, underlay
+//! addresses, store URL, the agent's, etcd's and the plugin's inputs, and which pod pairs are
+//! expected to reach each other. Nothing here touches the kernel, so all of it is unit-tested.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Where every lab keeps its state; `/run` so that a reboot (which also drops the namespaces)
+/// leaves no stale lab behind.
+pub const STATE_ROOT: &str = "/run/twill/lab";
+/// The cluster's pod network (Flannel's default).
+pub const POD_NETWORK: &str = "10.244.0.0/16";
+/// Prefix length of each node's pod subnet.
+pub const SUBNET_LEN: u8 = 24;
+/// The lab name used when none is given.
+pub const DEFAULT_NAME: &str = "lab";
+/// Every namespace of every lab starts with this, so `down` can find them without state.
+pub const NS_PREFIX: &str = "twl-";
+/// Host and pod interface name (veth names are limited to 15 characters inside a namespace,
+/// so the lab never derives them from the lab name).
+pub const IFACE: &str = "eth0";
+/// etcd's client port on the underlay.
+pub const ETCD_PORT: u16 = 2379;
+/// Bounds that keep every host address inside its /24 (10 + i <= 254) and every pod inside
+/// its node's /24.
+pub const MAX_NODES: u32 = 240;
+pub const MAX_PODS_PER_NODE: u32 = 200;
+
+/// How traffic between nodes is carried (Flannel's `Backend.Type`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    HostGw,
+    #[default]
+    Vxlan,
+    Udp,
+    Ipip,
+}
+
+impl Backend {
+    /// The name in net-conf.json and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+            Backend::Udp => "udp",
+            Backend::Ipip => "ipip",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the hosts are joined.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Underlay {
+    /// One bridge, one subnet: every host is every other host's L2 neighbour.
+    #[default]
+    L2,
+    /// A router between two subnets (odd hosts in one, even hosts in the other), so host-gw
+    /// must skip peers and DirectRouting must encapsulate across subnets.
+    Routed,
+}
+
+impl Underlay {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Underlay::L2 => "l2",
+            Underlay::Routed => "routed",
+        }
+    }
+}
+
+impl fmt::Display for Underlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Refuses names that would escape the state directory or make namespace names ambiguous.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if name.is_empty() || name.len() > 32 || !ok_chars || name.starts_with('-') {
+        bail!("invalid lab name {name:?}: use 1 to 32 letters, digits, '_' or '-' (not first)");
+    }
+    Ok(())
+}
+
+/// The namespace of the underlay (bridge or router, and etcd).
+pub fn underlay_ns(lab: &str) -> String {
+    format!("{NS_PREFIX}{lab}-u")
+}
+
+/// The namespace of host `i` (from 1).
+pub fn host_ns(lab: &str, i: u32) -> String {
+    format!("{NS_PREFIX}{lab}-h{i}")
+}
+
+/// The namespace of pod `j` (from 1) of host `i`.
+pub fn pod_ns(lab: &str, i: u32, j: u32) -> String {
+    format!("{NS_PREFIX}{lab}-h{i}-p{j}")
+}
+
+/// Host `i`'s node name in the cluster.
+pub fn node_name(i: u32) -> String {
+    format!("h{i}")
+}
+
+/// Pod `j` of host `i` as users name it (`lab exec h1-p2`, matrix labels).
+pub fn pod_name(i: u32, j: u32) -> String {
+    format!("h{i}-p{j}")
+}
+
+/// The lab's state directory.
+pub fn state_dir(lab: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(lab)
+}
+
+/// Host `i`'s agent data directory (also the plugin's `dataDir`).
+pub fn host_dir(lab: &str, i: u32) -> PathBuf {
+    state_dir(lab).join(node_name(i))
+}
+
+/// A namespace of a lab, as users name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Underlay,
+    Host(u32),
+    Pod(u32, u32),
+}
+
+impl Target {
+    /// Parses `underlay` (or `u`), `h<i>` or `h<i>-p<j>`.
+    pub fn parse(s: &str) -> Result<Target> {
+        fn index(s: &str) -> Option<u32> {
+            // Only plain decimal: "h01" would otherwise alias "h1".
+            if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        }
+        if s == "underlay" || s == "u" {
+            return Ok(Target::Underlay);
+        }
+        let parsed = s
+            .strip_prefix('h')
+            .and_then(|rest| match rest.split_once("-p") {
+                None => index(rest).map(Target::Host),
+                Some((h, p)) => Some(Target::Pod(index(h)?, index(p)?)),
+            });
+        match parsed {
+            Some(t) => Ok(t),
+            None => bail!("unknown target {s:?}: use underlay, h<i> (a host) or h<i>-p<j> (a pod)"),
+        }
+    }
+
+    /// The namespace name of this target in lab `lab`.
+    pub fn netns(self, lab: &str) -> String {
+        match self {
+            Target::Underlay => underlay_ns(lab),
+            Target::Host(i) => host_ns(lab, i),
+            Target::Pod(i, j) => pod_ns(lab, i, j),
+        }
+    }
+}
+
+/// True when namespace `netns` is one of lab `lab`'s. Exact, so that `down` of lab `a` never
+/// touches lab `a-b` (whose names also start with `twl-a-`).
+pub fn belongs_to(lab: &str, netns: &str) -> bool {
+    let rest = netns
+        .strip_prefix(NS_PREFIX)
+        .and_then(|rest| rest.strip_prefix(lab))
+        .and_then(|rest| rest.strip_prefix('-'));
+    match rest {
+        Some("u") => true,
+        Some(rest) => matches!(Target::parse(rest), Ok(Target::Host(_) | Target::Pod(..))),
+        None => false,
+    }
+}
+
+/// One underlay segment: a bridge in the underlay namespace and its address (the gateway of
+/// the hosts attached to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub bridge: &'static str,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// The segments of an underlay, first one holding the store address.
+pub fn segments(underlay: Underlay) -> Vec<Segment> {
+    match underlay {
+        Underlay::L2 => vec![Segment {
+            bridge: "br0",
+            gateway: Ipv4Addr::new(192, 168, 100, 1),
+            prefix_len: 24,
+        }],
+        Underlay::Routed => vec![
+            Segment {
+                bridge: "br1",
+                gateway: Ipv4Addr::new(192, 168, 1, 1),
+                prefix_len: 24,
+            },
+            Segment {
+                bridge: "br2",
+                gateway: Ipv4Addr::new(192, 168, 2, 1),
+                prefix_len: 24,
+            },
+        ],
+    }
+}
+
+/// Host `i`'s place on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddr {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// The underlay bridge its `eth0` is plugged into; equal bridges mean one L2 segment.
+    pub bridge: &'static str,
+    /// Its veth's name in the underlay namespace.
+    pub port: String,
+}
+
+/// Host `i` (from 1): l2 puts every host on 192.168.100.0/24; routed puts odd hosts on
+/// 192.168.1.0/24 and even hosts on 192.168.2.0/24. The last octet is always 10 + i, so an
+/// address names its host at a glance.
+pub fn host_addr(underlay: Underlay, i: u32) -> HostAddr {
+    assert!((1..=MAX_NODES).contains(&i), "host index {i} out of range");
+    let segs = segments(underlay);
+    let seg = match underlay {
+        Underlay::L2 => &segs[0],
+        Underlay::Routed => &segs[if i % 2 == 1 { 0 } else { 1 }],
+    };
+    let [a, b, c, _] = seg.gateway.octets();
+    HostAddr {
+        ip: Ipv4Addr::new(a, b, c, (10 + i) as u8),
+        prefix_len: seg.prefix_len,
+        gateway: seg.gateway,
+        bridge: seg.bridge,
+        port: format!("v{i}"),
+    }
+}
+
+/// The address etcd listens on: the first segment's gateway, which every host reaches
+/// (directly, or through the router).
+pub fn store_ip(underlay: Underlay) -> Ipv4Addr {
+    segments(underlay)[0].gateway
+}
+
+/// The store URL the agents and `cluster init` get: one node needs no etcd.
+pub fn store_url(lab: &str, nodes: u32, underlay: Underlay) -> String {
+    if nodes == 1 {
+        format!("embedded:{}", state_dir(lab).join("store.redb").display())
+    } else {
+        format!("etcd://{}:{ETCD_PORT}", store_ip(underlay))
+    }
+}
+
+/// Flannel's net-conf.json for the lab's cluster.
+pub fn net_conf(backend: Backend, direct_routing: bool) -> Value {
+    json!({
+        "Network": POD_NETWORK,
+        "SubnetLen": SUBNET_LEN,
+        "Backend": {"Type": backend.as_str(), "DirectRouting": direct_routing},
+    })
+}
+
+/// The plugin's network configuration: no `ranges`, so it runs in cluster mode and takes the
+/// node's subnet from the agent's files in `dataDir`.
+pub fn cni_conf(data_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "lab",
+        "type": "twill",
+        "dataDir": data_dir.display().to_string(),
+    })
+}
+
+/// The agent's arguments (after the twill executable).
+pub fn agent_args(store_url: &str, i: u32, data_dir: &Path) -> Vec<String> {
+    vec![
+        "agent".into(),
+        "--store".into(),
+        store_url.into(),
+        "--node-name".into(),
+        node_name(i),
+        "--iface".into(),
+        IFACE.into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ]
+}
+
+/// etcd's arguments: clients on the underlay address (and loopback, so `lab exec underlay
+/// etcdctl ...` works with etcdctl's defaults), peers on loopback since there is one member.
+pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
+    let client = format!("http://{ip}:{ETCD_PORT}");
+    let peer = "http://127.0.0.1:2380";
+    vec![
+        "--name".into(),
+        "lab".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen-client-urls".into(),
+        format!("{client},http://127.0.0.1:{ETCD_PORT}"),
+        "--advertise-client-urls".into(),
+        client,
+        "--listen-peer-urls".into(),
+        peer.into(),
+        "--initial-advertise-peer-urls".into(),
+        peer.into(),
+        "--initial-cluster".into(),
+        format!("lab={peer}"),
+        "--initial-cluster-state".into(),
+        "new".into(),
+        "--logger".into(),
+        "zap".into(),
+        "--log-outputs".into(),
+        "stderr".into(),
+    ]
+}
+
+/// Whether a pod on host `from` should reach a pod on host `to`. The one exception is host-gw
+/// across the routed underlay's subnets: host-gw can only route via an L2 neighbour and has no
+/// encapsulation to fall back on (DirectRouting changes nothing for it), so the agent skips
+/// such peers. Every other backend encapsulates where it cannot route directly.
+pub fn expected_reachable(backend: Backend, underlay: Underlay, from: u32, to: u32) -> bool {
+    if from == to || backend != Backend::HostGw {
+        return true;
+    }
+    host_addr(underlay, from).bridge == host_addr(underlay, to).bridge
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(underlay_ns("lab"), "twl-lab-u");
+        assert_eq!(host_ns("lab", 3), "twl-lab-h3");
+        assert_eq!(pod_ns("lab", 3, 2), "twl-lab-h3-p2");
+        assert_eq!(node_name(12), "h12");
+        assert_eq!(pod_name(1, 2), "h1-p2");
+        assert_eq!(state_dir("x"), Path::new("/run/twill/lab/x"));
+        assert_eq!(host_dir("x", 2), Path::new("/run/twill/lab/x/h2"));
+    }
+
+    #[test]
+    fn name_validation() {
+        for ok in ["lab", "t1a2b", "my_lab", "a-b", "A9"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "-x", "a/b", "..", "a b", "ü", &"x".repeat(33)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::parse("underlay").unwrap(), Target::Underlay);
+        assert_eq!(Target::parse("u").unwrap(), Target::Underlay);
+        assert_eq!(Target::parse("h1").unwrap(), Target::Host(1));
+        assert_eq!(Target::parse("h12-p3").unwrap(), Target::Pod(12, 3));
+        for bad in [
+            "h", "h0", "h01", "x1", "h1-p", "h1-q2", "h1-p2-p3", "h-1", "h1p2", "",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(Target::Pod(2, 1).netns("t"), "twl-t-h2-p1");
+        assert_eq!(Target::Underlay.netns("t"), "twl-t-u");
+    }
+
+    #[test]
+    fn namespace_ownership_is_exact() {
+        assert!(belongs_to("a", "twl-a-u"));
+        assert!(belongs_to("a", "twl-a-h1"));
+        assert!(belongs_to("a", "twl-a-h10-p2"));
+        // Another lab whose name extends this one's.
+        assert!(!belongs_to("a", "twl-a-b-u"));
+        assert!(!belongs_to("a", "twl-a-b-h1"));
+        assert!(!belongs_to("a", "twl-a-h1-h1-p1"));
+        assert!(belongs_to("a-h1", "twl-a-h1-h1-p1"));
+        assert!(!belongs_to("a-h1", "twl-a-h1-p1"));
+        // Strangers.
+        assert!(!belongs_to("a", "twl-ab-u"));
+        assert!(!belongs_to("a", "tw-a-u"));
+        assert!(!belongs_to("a", "twl-a-"));
+        assert!(!belongs_to("a", "twl-a-x"));
+        assert!(!belongs_to("a", "twl-a-underlay"));
+    }
+
+    #[test]
+    fn l2_addresses() {
+        let h1 = host_addr(Underlay::L2, 1);
+        assert_eq!(h1.ip, Ipv4Addr::new(192, 168, 100, 11));
+        assert_eq!(h1.gateway, Ipv4Addr::new(192, 168, 100, 1));
+        assert_eq!(h1.prefix_len, 24);
+        assert_eq!(h1.bridge, "br0");
+        assert_eq!(h1.port, "v1");
+        let h2 = host_addr(Underlay::L2, 2);
+        assert_eq!(h2.ip, Ipv4Addr::new(192, 168, 100, 12));
+        assert_eq!(h2.bridge, "br0");
+        assert_eq!(
+            host_addr(Underlay::L2, MAX_NODES).ip,
+            Ipv4Addr::new(192, 168, 100, 250)
+        );
+        assert_eq!(store_ip(Underlay::L2), Ipv4Addr::new(192, 168, 100, 1));
+        assert_eq!(segments(Underlay::L2).len(), 1);
+    }
+
+    #[test]
+    fn routed_addresses() {
+        let h1 = host_addr(Underlay::Routed, 1);
+        assert_eq!(h1.ip, Ipv4Addr::new(192, 168, 1, 11));
+        assert_eq!(h1.gateway, Ipv4Addr::new(192, 168, 1, 1));
+        assert_eq!(h1.bridge, "br1");
+        let h2 = host_addr(Underlay::Routed, 2);
+        assert_eq!(h2.ip, Ipv4Addr::new(192, 168, 2, 12));
+        assert_eq!(h2.gateway, Ipv4Addr::new(192, 168, 2, 1));
+        assert_eq!(h2.bridge, "br2");
+        assert_eq!(host_addr(Underlay::Routed, 3).bridge, "br1");
+        assert_eq!(store_ip(Underlay::Routed), Ipv4Addr::new(192, 168, 1, 1));
+        let segs = segments(Underlay::Routed);
+        assert_eq!(segs.len(), 2);
+        assert_eq!(segs[1].gateway, Ipv4Addr::new(192, 168, 2, 1));
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            store_url("x", 1, Underlay::L2),
+            "embedded:/run/twill/lab/x/store.redb"
+        );
+        assert_eq!(store_url("x", 3, Underlay::L2), "etcd://192.168.100.1:2379");
+        assert_eq!(
+            store_url("x", 2, Underlay::Routed),
+            "etcd://192.168.1.1:2379"
+        );
+    }
+
+    #[test]
+    fn configs() {
+        assert_eq!(
+            net_conf(Backend::HostGw, false).to_string(),
+            r#"{"Backend":{"DirectRouting":false,"Type":"host-gw"},"Network":"10.244.0.0/16","SubnetLen":24}"#
+        );
+        assert_eq!(
+            net_conf(Backend::Vxlan, true)["Backend"]["DirectRouting"],
+            true
+        );
+        let c = cni_conf(Path::new("/run/twill/lab/x/h1"));
+        assert_eq!(c["dataDir"], "/run/twill/lab/x/h1");
+        assert_eq!(c["type"], "twill");
+        assert!(c.get("ranges").is_none());
+        assert_eq!(
+            agent_args("etcd://192.168.100.1:2379", 2, Path::new("/d")).join(" "),
+            "agent --store etcd://192.168.100.1:2379 --node-name h2 --iface eth0 --data-dir /d"
+        );
+        let e = etcd_args(Ipv4Addr::new(192, 168, 1, 1), Path::new("/e")).join(" ");
+        assert!(e.contains("--listen-client-urls http://192.168.1.1:2379,http://127.0.0.1:2379"));
+        assert!(e.contains("--data-dir /e"));
+    }
+
+    #[test]
+    fn backend_names() {
+        use clap::ValueEnum;
+        for b in Backend::value_variants() {
+            assert_eq!(Backend::from_str(b.as_str(), false).unwrap(), *b);
+            assert_eq!(serde_json::to_value(b).unwrap(), b.as_str());
+        }
+        for u in Underlay::value_variants() {
+            assert_eq!(Underlay::from_str(u.as_str(), false).unwrap(), *u);
+            assert_eq!(serde_json::to_value(u).unwrap(), u.as_str());
+        }
+    }
+
+    #[test]
+    fn reachability_rules() {
+        use Backend::*;
+        use Underlay::*;
+        // Same host, and everything on l2, always.
+        for b in [HostGw, Vxlan, Udp, Ipip] {
+            assert!(expected_reachable(b, L2, 1, 2));
+            assert!(expected_reachable(b, Routed, 2, 2));
+            // Encapsulating backends cross the router.
+            if b != HostGw {
+                assert!(expected_reachable(b, Routed, 1, 2));
+            }
+        }
+        // host-gw on the routed underlay: same subnet yes, across no, both ways.
+        assert!(expected_reachable(HostGw, Routed, 1, 3));
+        assert!(expected_reachable(HostGw, Routed, 2, 4));
+        assert!(!expected_reachable(HostGw, Routed, 1, 2));
+        assert!(!expected_reachable(HostGw, Routed, 4, 1));
+    }
+}

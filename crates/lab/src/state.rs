@@ -1,0 +1,205 @@
+//! `state.json`: what a lab is made of, so that `status`, `exec`, `ping`, `down` and tests in
+//! other processes can find its namespaces, addresses and processes. Written after every
+//! step of `up` (a crashed `up` still leaves a usable record) and replaced atomically.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Backend, Underlay};
+
+/// The file name inside the lab's state directory.
+pub const STATE_FILE: &str = "state.json";
+/// Bumped when the layout changes incompatibly.
+pub const STATE_VERSION: u32 = 1;
+
+/// A whole lab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub version: u32,
+    pub name: String,
+    pub backend: Backend,
+    pub direct_routing: bool,
+    pub underlay: Underlay,
+    pub pods_per_node: u32,
+    /// The twill executable the lab runs (agents, plugin, status); empty for a lab that only
+    /// has its topology.
+    pub twill: PathBuf,
+    /// The store URL every agent was given.
+    pub store: String,
+    pub underlay_ns: String,
+    /// None with the embedded store (one node).
+    pub etcd: Option<Etcd>,
+    pub hosts: Vec<Host>,
+    pub pods: Vec<Pod>,
+}
+
+/// The lab's etcd, running in the underlay namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Etcd {
+    pub bin: PathBuf,
+    pub pid: Option<u32>,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub ip: Ipv4Addr,
+}
+
+/// One host: a namespace with `eth0` on the underlay, an agent and its data directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Host {
+    /// From 1; the node is `h<index>`.
+    pub index: u32,
+    pub node: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// The underlay bridge it is plugged into (its L2 segment).
+    pub bridge: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub agent_pid: Option<u32>,
+}
+
+/// One pod, attached by the plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    /// Its host's index.
+    pub host: u32,
+    /// From 1 within its host.
+    pub index: u32,
+    /// `h<i>-p<j>`.
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// As the plugin returned it, with prefix length.
+    pub address: String,
+}
+
+impl State {
+    /// Reads `dir/state.json`.
+    pub fn load(dir: &Path) -> Result<State> {
+        let path = dir.join(STATE_FILE);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let state: State =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        anyhow::ensure!(
+            state.version == STATE_VERSION,
+            "{} has version {}, this twill understands {STATE_VERSION}",
+            path.display(),
+            state.version
+        );
+        Ok(state)
+    }
+
+    /// Writes `dir/state.json` by rename, so a reader never sees half a file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&tmp, text + "\n").with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Host `i` (from 1).
+    pub fn host(&self, i: u32) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.index == i)
+    }
+
+    pub fn host_mut(&mut self, i: u32) -> Option<&mut Host> {
+        self.hosts.iter_mut().find(|h| h.index == i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State {
+            version: STATE_VERSION,
+            name: "t".into(),
+            backend: Backend::HostGw,
+            direct_routing: true,
+            underlay: Underlay::Routed,
+            pods_per_node: 1,
+            twill: "/usr/bin/twill".into(),
+            store: "etcd://192.168.1.1:2379".into(),
+            underlay_ns: "twl-t-u".into(),
+            etcd: Some(Etcd {
+                bin: "/usr/bin/etcd".into(),
+                pid: Some(42),
+                data_dir: "/run/twill/lab/t/etcd".into(),
+                log: "/run/twill/lab/t/etcd.log".into(),
+                ip: Ipv4Addr::new(192, 168, 1, 1),
+            }),
+            hosts: vec![Host {
+                index: 1,
+                node: "h1".into(),
+                netns: "twl-t-h1".into(),
+                ip: Ipv4Addr::new(192, 168, 1, 11),
+                prefix_len: 24,
+                gateway: Ipv4Addr::new(192, 168, 1, 1),
+                bridge: "br1".into(),
+                data_dir: "/run/twill/lab/t/h1".into(),
+                log: "/run/twill/lab/t/h1/agent.log".into(),
+                agent_pid: None,
+            }],
+            pods: vec![Pod {
+                host: 1,
+                index: 1,
+                name: "h1-p1".into(),
+                netns: "twl-t-h1-p1".into(),
+                ip: Ipv4Addr::new(10, 244, 7, 2),
+                address: "10.244.7.2/24".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = twill_testkit::TempDir::new("lab-state");
+        let s = sample();
+        s.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap(), s);
+        assert!(!dir.path().join("state.json.tmp").exists());
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        // The names users and scripts grep for.
+        for needle in [
+            r#""backend": "host-gw""#,
+            r#""underlay": "routed""#,
+            r#""agentPid": null"#,
+            r#""directRouting": true"#,
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        assert_eq!(s.host(1).unwrap().node, "h1");
+        assert!(s.host(2).is_none());
+    }
+
+    #[test]
+    fn refuses_other_versions_and_garbage() {
+        let dir = twill_testkit::TempDir::new("lab-state");
+        let mut s = sample();
+        s.version = 99;
+        s.save(dir.path()).unwrap();
+        assert!(
+            State::load(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("version 99")
+        );
+        std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
+        assert!(State::load(dir.path()).is_err());
+        let missing = twill_testkit::TempDir::new("lab-state");
+        assert!(State::load(missing.path()).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The agent's status as `twill status --json` prints it, and the lab's test of convergence:
+//! in sync with the store, and every other host's subnet either programmed or knowingly
+//! skipped. Parsing is lenient about fields the lab does not use, so the agent can grow its
+//! output without breaking the lab.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::node_name;
+
+/// `twill status --json` of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentStatus {
+    pub node: String,
+    pub subnet: Option<String>,
+    pub backend: Option<String>,
+    pub public_ip: Option<String>,
+    pub in_sync: bool,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer as the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PeerStatus {
+    pub node: String,
+    pub subnet: Option<String>,
+    pub public_ip: Option<String>,
+    pub path: PeerPath,
+    pub programmed: bool,
+    /// The agent's last programming error for this peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How traffic to a peer goes: `direct`, the backend's encapsulation (`vxlan`, ...), or
+/// `skipped` with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PeerPath {
+    pub via: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl PeerPath {
+    pub fn skipped(&self) -> bool {
+        self.via == "skipped"
+    }
+}
+
+impl std::fmt::Display for PeerPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            Some(r) => write!(f, "{} ({r})", self.via),
+            None => f.write_str(&self.via),
+        }
+    }
+}
+
+impl AgentStatus {
+    /// Parses `twill status --json` output.
+    pub fn parse(json: &str) -> Result<AgentStatus, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// Ok when host `index` of an `nodes`-host lab is converged; otherwise what is missing,
+    /// for the timeout message.
+    pub fn converged(&self, index: u32, nodes: u32) -> Result<(), String> {
+        let me = node_name(index);
+        if self.node != me {
+            return Err(format!("reports node {:?}, expected {me:?}", self.node));
+        }
+        if !self.in_sync {
+            return Err("not in sync with the store".into());
+        }
+        let mut missing = Vec::new();
+        for k in (1..=nodes).filter(|&k| k != index) {
+            let peer = node_name(k);
+            match self.peers.iter().find(|p| p.node == peer) {
+                None => missing.push(format!("{peer} unknown")),
+                Some(p) if !p.programmed && !p.path.skipped() => match &p.error {
+                    Some(e) => missing.push(format!("{peer} not programmed ({e})")),
+                    None => missing.push(format!("{peer} not programmed")),
+                },
+                Some(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join(", "))
+        }
+    }
+
+    /// Peers the node does not route to, with the reason.
+    pub fn skipped(&self) -> impl Iterator<Item = &PeerStatus> {
+        self.peers.iter().filter(|p| p.path.skipped())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: &str = r#"{"node": "h1", "subnet": "10.244.3.0/24", "backend": "host-gw",
+        "publicIp": "192.168.1.11", "inSync": true, "future": [1, 2],
+        "peers": [
+          {"node": "h2", "subnet": "10.244.7.0/24", "publicIp": "192.168.2.12",
+           "path": {"via": "skipped", "reason": "not on this L2 segment"}, "programmed": false},
+          {"node": "h3", "subnet": "10.244.9.0/24", "publicIp": "192.168.1.13",
+           "path": {"via": "direct"}, "programmed": true}
+        ]}"#;
+
+    #[test]
+    fn parses_the_agent_contract() {
+        let s = AgentStatus::parse(H1).unwrap();
+        assert_eq!(s.node, "h1");
+        assert_eq!(s.subnet.as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(s.public_ip.as_deref(), Some("192.168.1.11"));
+        assert!(s.in_sync);
+        assert_eq!(s.peers.len(), 2);
+        assert!(s.peers[0].path.skipped());
+        assert_eq!(
+            s.peers[0].path.to_string(),
+            "skipped (not on this L2 segment)"
+        );
+        assert_eq!(s.peers[1].path.to_string(), "direct");
+        assert_eq!(
+            s.skipped().map(|p| p.node.as_str()).collect::<Vec<_>>(),
+            ["h2"]
+        );
+        assert!(AgentStatus::parse("not json").is_err());
+    }
+
+    #[test]
+    fn convergence() {
+        let s = AgentStatus::parse(H1).unwrap();
+        assert_eq!(s.converged(1, 3), Ok(()));
+        // A fourth host it does not know yet.
+        assert_eq!(s.converged(1, 4), Err("h4 unknown".into()));
+        assert!(s.converged(2, 3).unwrap_err().contains("expected \"h2\""));
+
+        let mut late = s.clone();
+        late.peers[1].programmed = false;
+        assert_eq!(late.converged(1, 3), Err("h3 not programmed".into()));
+        late.peers[1].error = Some("File exists".into());
+        assert_eq!(
+            late.converged(1, 3),
+            Err("h3 not programmed (File exists)".into())
+        );
+        late.in_sync = false;
+        assert_eq!(
+            late.converged(1, 3),
+            Err("not in sync with the store".into())
+        );
+
+        // A single node has no peers to wait for.
+        let alone = AgentStatus {
+            node: "h1".into(),
+            in_sync: true,
+            ..Default::default()
+        };
+        assert_eq!(alone.converged(1, 1), Ok(()));
+    }
+}
