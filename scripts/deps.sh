@@ -5,6 +5,9 @@ PKGS=(
   iproute2 nftables iptables iputils-ping procps kmod python3
   containernetworking-plugins   # reference portmap/bandwidth/tuning/bridge/host-local
   build-essential pkg-config
+  protobuf-compiler             # etcd-client's build script needs protoc
+  etcd-server etcd-client       # the multi-host store: tests and the lab start their own etcd
+  iperf3                        # throughput benchmarks
 )
 if [ "$(id -u)" != 0 ]; then
   echo "scripts/deps.sh: run as root (it installs Debian packages)" >&2

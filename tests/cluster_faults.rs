@@ -271,3 +271,26 @@ fn twenty_nodes_join_at_once() {
     let routes = json(&lab, "h7", &["ip", "-j", "route", "show", "proto", "117"]);
     assert_eq!(routes.as_array().unwrap().len(), 19);
 }
+
+/// Pods get the underlay MTU minus VXLAN's 50 bytes, and traffic leaving the cluster is
+/// masqueraded: the underlay namespace has no route back to pod subnets, so a pod's ping to it
+/// only gets an answer through the node's address.
+#[test]
+#[ignore = "needs root"]
+fn pod_mtu_and_nat_outgoing() {
+    require_root();
+    let (lab, _g) = lab(|s| s.nodes(2).backend(Backend::Vxlan).pods_per_node(1));
+    lab.wait_converged(Duration::from_secs(20)).unwrap();
+    let link = json(&lab, "h1-p1", &["ip", "-j", "link", "show", "eth0"]);
+    assert_eq!(link[0]["mtu"], 1450);
+    let routes = json(&lab, "underlay", &["ip", "-j", "route", "show"]);
+    assert!(
+        !routes.to_string().contains("10.244."),
+        "the underlay must not route pod subnets for this test to mean anything"
+    );
+    let outside = lab.state().etcd.as_ref().unwrap().ip;
+    assert!(ping(&lab, "h1-p1", outside), "pod cannot reach outside the cluster");
+    let nft = lab.exec("h1", &["nft", "list", "chain", "inet", "twill", "masq-cluster"]).unwrap();
+    let rules = String::from_utf8_lossy(&nft.stdout);
+    assert!(rules.contains("10.244.0.0/16") && rules.contains("masquerade"), "{rules}");
+}
