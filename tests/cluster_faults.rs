@@ -289,8 +289,19 @@ fn pod_mtu_and_nat_outgoing() {
         "the underlay must not route pod subnets for this test to mean anything"
     );
     let outside = lab.state().etcd.as_ref().unwrap().ip;
-    assert!(ping(&lab, "h1-p1", outside), "pod cannot reach outside the cluster");
-    let nft = lab.exec("h1", &["nft", "list", "chain", "inet", "twill", "masq-cluster"]).unwrap();
+    assert!(
+        ping(&lab, "h1-p1", outside),
+        "pod cannot reach outside the cluster"
+    );
+    let nft = lab
+        .exec(
+            "h1",
+            &["nft", "list", "chain", "inet", "twill", "masq-cluster"],
+        )
+        .unwrap();
     let rules = String::from_utf8_lossy(&nft.stdout);
-    assert!(rules.contains("10.244.0.0/16") && rules.contains("masquerade"), "{rules}");
+    assert!(
+        rules.contains("10.244.0.0/16") && rules.contains("masquerade"),
+        "{rules}"
+    );
 }

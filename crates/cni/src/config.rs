@@ -462,8 +462,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.msg.contains("at most one IPv4"));
-        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap_err();
-        assert!(e.msg.contains("ranges"));
+        // No `ranges`: cluster mode, pending until the agent writes the node file.
+        let c =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","dataDir":"/nonexistent/twill"}"#)
+                .unwrap();
+        assert!(matches!(c.cluster, Cluster::Pending(_)));
+        let e = c.require_ranges().unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN_LATER);
+        assert!(e.msg.contains("/nonexistent/twill/node.json"));
         let e = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","ranges":["fd00::/64"],"mtu":1000}"#,
         )
