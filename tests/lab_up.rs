@@ -209,3 +209,42 @@ fn traffic_survives_agent_and_etcd_restarts() {
     lab.down().unwrap();
     assert_gone(&name);
 }
+
+/// The rest of the backend × underlay matrix: every pod reaches every pod, and each agent
+/// reports the path it chose for each peer.
+fn reach_case(backend: Backend, direct_routing: bool, underlay: Underlay, path: &str) {
+    require_root();
+    let (spec, _g) = spec();
+    let lab = up(&spec
+        .nodes(3)
+        .backend(backend)
+        .direct_routing(direct_routing)
+        .underlay(underlay)
+        .pods_per_node(1));
+    let st = statuses(&lab);
+    for (from, to) in [(1, "h2"), (1, "h3"), (2, "h3"), (3, "h1")] {
+        assert_eq!(via(&st, from, to), path, "h{from} -> {to}");
+    }
+    assert_all_reach(&lab);
+    let name = lab.name().to_string();
+    lab.down().unwrap();
+    assert_gone(&name);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_gw_on_l2_routes_directly() {
+    reach_case(Backend::HostGw, false, Underlay::L2, "direct");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn vxlan_on_routed_encapsulates_everything() {
+    reach_case(Backend::Vxlan, false, Underlay::Routed, "vxlan");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn vxlan_direct_routing_on_l2_routes_directly() {
+    reach_case(Backend::Vxlan, true, Underlay::L2, "direct");
+}
