@@ -1,6 +1,6 @@
 //! The agent's main loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,8 +13,9 @@ use tracing::{info, warn};
 use twill_backend::{Backend, LocalNode};
 use twill_dataplane::peers::{self, AgentHandle, Observed, ObservedFdb, ObservedRoute};
 use twill_store::{MirrorEvent, Store, StoreError};
+use twill_types::MacAddr;
 use twill_types::cluster::ClusterConfig;
-use twill_types::desired::{DesiredState, PeerPath};
+use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
 use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus};
 
@@ -338,7 +339,14 @@ impl Agent {
             for failure in &report.failures {
                 warn!("{failure}");
             }
-            peers::observe(&self.nl, desired).await?
+            if report.is_ok() && plan.ignored.is_empty() {
+                // The kernel acknowledged every change, so it now holds exactly the desired
+                // state; reading it back would double the cost of a large update. The periodic
+                // resync observes for real.
+                as_programmed(desired, observed)
+            } else {
+                peers::observe(&self.nl, desired).await?
+            }
         };
         self.update_nat()?;
         Ok(observed)
@@ -391,16 +399,31 @@ impl Agent {
     }
 }
 
+/// The kernel state after every change of a plan to reach `desired` was acknowledged.
+fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
+    Observed {
+        vxlan: before.vxlan,
+        routes: desired
+            .routes
+            .iter()
+            .map(ObservedRoute::from_spec)
+            .collect(),
+        neighbours: desired.neighbours.clone(),
+        fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
+    }
+}
+
 /// Each peer of the desired state, and whether the kernel holds everything it needs.
 fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerStatus> {
+    let index = observed.map(|obs| Index::new(desired, obs));
     desired
         .peers
         .iter()
         .map(|p| {
-            let error = match (&p.path, observed) {
+            let error = match (&p.path, &index) {
                 (PeerPath::Skipped(_), _) => None,
                 (_, None) => Some("the kernel state could not be read".to_string()),
-                (_, Some(obs)) => missing_for_peer(desired, obs, p.subnet),
+                (_, Some(index)) => index.missing_for_peer(p.subnet),
             };
             PeerStatus {
                 node: p.node.clone(),
@@ -414,37 +437,66 @@ fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerS
         .collect()
 }
 
-/// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
-fn missing_for_peer(desired: &DesiredState, obs: &Observed, subnet: Ipv4Net) -> Option<String> {
-    let mut missing = Vec::new();
-    for route in desired.routes.iter().filter(|r| r.dst == subnet) {
-        if !obs.routes.contains(&ObservedRoute::from_spec(route)) {
-            missing.push(format!("route {} via {}", route.dst, route.via));
-        }
-    }
-    for neigh in desired
-        .neighbours
-        .iter()
-        .filter(|n| n.ip == subnet.network())
-    {
-        if !obs.neighbours.contains(neigh) {
-            missing.push(format!("neighbour {}", neigh.ip));
-        }
-        for fdb in desired.fdb.iter().filter(|f| f.mac == neigh.mac) {
-            if !obs.fdb.contains(&ObservedFdb::from_spec(fdb)) {
-                missing.push(format!("fdb {} dst {}", fdb.mac, fdb.dst));
-            }
-        }
-    }
-    (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
+/// Desired and observed state indexed for per-peer lookups, so a status of N peers costs O(N).
+struct Index<'a> {
+    routes: HashMap<Ipv4Net, Vec<&'a RouteSpec>>,
+    neighbours: HashMap<Ipv4Addr, Vec<&'a NeighSpec>>,
+    fdb: HashMap<MacAddr, Vec<&'a FdbSpec>>,
+    held_routes: HashSet<&'a ObservedRoute>,
+    held_neighbours: HashSet<&'a NeighSpec>,
+    held_fdb: HashSet<&'a ObservedFdb>,
 }
 
-/// Waits for the next event only if one is ready (or arrives within 5 ms).
+impl<'a> Index<'a> {
+    fn new(desired: &'a DesiredState, obs: &'a Observed) -> Index<'a> {
+        let mut index = Index {
+            routes: HashMap::new(),
+            neighbours: HashMap::new(),
+            fdb: HashMap::new(),
+            held_routes: obs.routes.iter().collect(),
+            held_neighbours: obs.neighbours.iter().collect(),
+            held_fdb: obs.fdb.iter().collect(),
+        };
+        for r in &desired.routes {
+            index.routes.entry(r.dst).or_default().push(r);
+        }
+        for n in &desired.neighbours {
+            index.neighbours.entry(n.ip).or_default().push(n);
+        }
+        for f in &desired.fdb {
+            index.fdb.entry(f.mac).or_default().push(f);
+        }
+        index
+    }
+
+    /// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
+    fn missing_for_peer(&self, subnet: Ipv4Net) -> Option<String> {
+        let mut missing = Vec::new();
+        for route in self.routes.get(&subnet).into_iter().flatten() {
+            if !self.held_routes.contains(&ObservedRoute::from_spec(route)) {
+                missing.push(format!("route {} via {}", route.dst, route.via));
+            }
+        }
+        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
+            if !self.held_neighbours.contains(neigh) {
+                missing.push(format!("neighbour {}", neigh.ip));
+            }
+            for fdb in self.fdb.get(&neigh.mac).into_iter().flatten() {
+                if !self.held_fdb.contains(&ObservedFdb::from_spec(fdb)) {
+                    missing.push(format!("fdb {} dst {}", fdb.mac, fdb.dst));
+                }
+            }
+        }
+        (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
+    }
+}
+
+/// Waits for the next event only if one is ready (or arrives within 2 ms).
 async fn next_soon(events: &mut mpsc::Receiver<MirrorEvent>) -> Option<MirrorEvent> {
     if let Ok(ev) = events.try_recv() {
         return Some(ev);
     }
-    tokio::time::timeout(Duration::from_millis(5), events.recv())
+    tokio::time::timeout(Duration::from_millis(2), events.recv())
         .await
         .ok()
         .flatten()
