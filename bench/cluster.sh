@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Pod-to-pod TCP throughput and request/response latency of a twill cluster, per backend
+# (host-gw, vxlan), against a hand-built kernel baseline of the same path in the same lab,
+# interleaved in one run. Prints min/median/max per side, the ratio of medians twill/baseline,
+# per-repetition ratios and the goals (throughput ratio >= 0.95, latency ratio <= 1.05, MET /
+# NOT MET); the whole output goes to bench/results/cluster-<UTC timestamp>.txt.
+#
+# Per backend: `twill lab up --nodes 2 --backend B --pods-per-node 1` (pods h1-p1, h2-p1 made
+# by the twill CNI plugin, routes by the twill agents), then inside the same two host netns a
+# baseline by hand: bridge bbr0 10.250.<i>.1/24, pod netns twl-<lab>-h<i>-b (veth into bbr0,
+# 10.250.<i>.2/24, default via .1); host-gw: `10.250.<j>.0/24 via <peer underlay ip>`; vxlan:
+# kernel VXLAN bvx0 (VNI 100, dstport 4790, nolearning, local <underlay ip>, dev eth0, MTU
+# 1450, 10.250.<i>.0/32) with Flannel's per-peer onlink route + permanent neigh + fdb, and the
+# baseline pods at MTU 1450 (host-gw: the underlay MTU). Then REPS repetitions; in each, per
+# metric, twill and baseline back to back (odd reps twill first, even reps baseline first):
+#   tcp1  iperf3 -t T, 1 stream, server in the destination pod (h2), client in h1's pod
+#   tcp4  the same with -P 4
+#   rr    64-byte TCP ping-pong for LAT_S s, median RTT (sockperf if installed, else python;
+#         LAT_TOOL=python|sockperf|ping forces one; the tool is named in the output)
+# On this 2-vCPU VM absolute round trips swing ~10x (about 12 us while other work keeps the
+# CPUs busy, about 100 us when they idle: wake-up latency); only the same-run ratios count.
+# Everything runs in the lab's namespaces; the root namespace is never changed. Every load is
+# bounded by `timeout`. The baseline and the lab are removed on exit, whatever happens.
+#
+# Usage (as root):  bash bench/cluster.sh
+#   REPS=5  T=5  LAT_S=3  BACKENDS="host-gw vxlan"  LAT_TOOL=auto
+#   TWILL=path/to/twill   (default target/release/twill; copied first so a build cannot swap it)
+#   bash bench/cluster.sh --aa     A/A calibration without twill: the "twill" side is a second
+#                                  hand-built path of the same kind (bridge twill0, 10.244/16,
+#                                  VXLAN VNI 1 port 8472); shows the harness and the noise floor
+#   bash bench/cluster.sh --clean  removes labs/netns left by a run killed with SIGKILL
+set -euo pipefail
+. "$(dirname "$0")/lib-cluster.sh"
+
+AA=0
+case "${1:-}" in
+  --aa) AA=1 ;;
+  --clean)
+    need_root "run as root"
+    clean_labs bc 60
+    for ns in $(netns_list | grep -E '^twl-bc[0-9a-f]{4}[hv]-' || true); do
+      kill_netns "$ns" && echo "deleted netns $ns"
+    done
+    rm -rf /tmp/twcl-run.*
+    exit 0 ;;
+  *) common_arg "${1:-}" ;;
+esac
+
+need_root
+int_settings REPS=5 T=5 LAT_S=3
+BACKENDS=${BACKENDS:-host-gw vxlan}
+for b in $BACKENDS; do
+  case $b in host-gw|vxlan) ;; *) die "BACKENDS: only host-gw and vxlan, not $b" ;; esac
+done
+export REPS T LAT_S
+need_cmds "apt-get install iproute2 iperf3 python3 iputils-ping" ip bridge iperf3 python3 timeout ping
+if [ "$AA" = 0 ]; then
+  need_twill_lab
+  need_cmds "apt-get install etcd-server" etcd
+fi
+
+RUN=$(run_id)
+WORK=$(mktemp -d /tmp/twcl-run.XXXXXX)
+LABS=()
+for b in $BACKENDS; do LABS+=("bc$RUN${b:0:1}"); done   # bc1a2bh, bc1a2bv
+TW=$WORK/twill
+
+cleanup() {
+  local n ns
+  for n in "${LABS[@]}"; do
+    kill_netns "twl-$n-h1-b"
+    kill_netns "twl-$n-h2-b"
+    for ns in $(netns_list | grep -E "^twl-$n-h[0-9]+-p[0-9]+$" || true); do   # iperf3 etc.
+      ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    done
+    [ "$AA" = 1 ] || lab_down_quiet "$n"
+    kill_lab_netns "$n"
+  done
+}
+on_exit cleanup
+
+start_output cluster
+LOG=$WORK/rows.jsonl
+
+say_header cluster
+if [ "$AA" = 0 ]; then
+  use_twill "$TW"
+else
+  echo "# A/A MODE: no twill; the 'twill' side is a second hand-built kernel path (calibration)"
+fi
+echo "# REPS=$REPS T=${T}s LAT_S=${LAT_S}s backends: $BACKENDS; iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
+
+declare -A HNS HIP TPOD TIP
+MTU_U=1500
+
+read_lab() {   # fills HNS/HIP (host netns, underlay ip) and TPOD/TIP (twill pods) of lab $1
+  local st=/run/twill/lab/$1/state.json
+  [ -f "$st" ] || die "$st missing after lab up"
+  eval "$(python3 - "$st" <<'PY'
+import json, shlex, sys
+s = json.load(open(sys.argv[1]))
+for h in s["hosts"]:
+    print("HNS[%d]=%s HIP[%d]=%s" % (h["index"], shlex.quote(h["netns"]), h["index"], h["ip"]))
+for p in s["pods"]:
+    if p["index"] == 1:
+        print("TPOD[%d]=%s TIP[%d]=%s" % (p["host"], shlex.quote(p["netns"]), p["host"], p["ip"]))
+PY
+)"
+  [ -n "${TPOD[1]:-}" ] && [ -n "${TPOD[2]:-}" ] || die "state.json of $1 has no pods h1-p1/h2-p1"
+}
+
+# path_up MODE PREFIX BRIDGE VXDEV VNI PORT MACTAG PODSUFFIX PROTO: a bridge per host with
+# PREFIX.<i>.1/24, a pod netns <host netns>-PODSUFFIX at PREFIX.<i>.2, and the inter-host path
+# by hand (plain routes, or Flannel-style VXLAN). Pod MTU: 1450 for vxlan, underlay's for host-gw.
+path_up() {
+  local mode=$1 pfx=$2 br=$3 vx=$4 vni=$5 port=$6 tag=$7 suf=$8 proto=$9 i j h p mtu
+  mtu=$MTU_U; [ "$mode" = vxlan ] && mtu=$((MTU_U - 50))
+  for i in 1 2; do
+    h=${HNS[$i]} p=${HNS[$i]}-$suf
+    ip netns add "$p"
+    ip -n "$p" link set lo up
+    ip -n "$h" link add "$br" type bridge
+    ip -n "$h" addr add "$pfx.$i.1/24" dev "$br"
+    ip -n "$h" link set "$br" up
+    ip link add "v$suf" netns "$h" type veth peer name eth0 netns "$p"
+    ip -n "$h" link set "v$suf" mtu "$mtu" master "$br" up
+    ip -n "$p" link set eth0 mtu "$mtu" up
+    ip -n "$p" addr add "$pfx.$i.2/24" dev eth0
+    ip -n "$p" route add default via "$pfx.$i.1"
+    if [ "$mode" = vxlan ]; then
+      ip -n "$h" link add "$vx" type vxlan id "$vni" dstport "$port" nolearning \
+        local "${HIP[$i]}" dev eth0
+      ip -n "$h" link set "$vx" address "02:$tag:00:00:00:0$i" mtu "$mtu" up
+      ip -n "$h" addr add "$pfx.$i.0/32" dev "$vx"
+    fi
+  done
+  for i in 1 2; do
+    j=$((3 - i)) h=${HNS[$i]}
+    if [ "$mode" = vxlan ]; then
+      ip -n "$h" neigh add "$pfx.$j.0" lladdr "02:$tag:00:00:00:0$j" dev "$vx" nud permanent
+      bridge -n "$h" fdb append "02:$tag:00:00:00:0$j" dev "$vx" dst "${HIP[$j]}" self permanent
+      ip -n "$h" route add "$pfx.$j.0/24" via "$pfx.$j.0" dev "$vx" onlink proto "$proto"
+    else
+      ip -n "$h" route add "$pfx.$j.0/24" via "${HIP[$j]}" dev eth0 proto "$proto"
+    fi
+  done
+}
+
+path_down() {   # PREFIX BRIDGE VXDEV PODSUFFIX
+  local i h
+  for i in 1 2; do
+    h=${HNS[$i]}
+    ip netns del "$h-$4" 2>/dev/null || true
+    ip -n "$h" link del "$3" 2>/dev/null || true
+    ip -n "$h" link del "$2" 2>/dev/null || true
+    ip -n "$h" route del "$1.$((3 - i)).0/24" 2>/dev/null || true
+  done
+}
+
+aa_up() {   # a lab-shaped topology without twill: underlay bridge, 2 hosts, "twill" pods
+  local n=$1 mode=$2 i
+  ip netns add "twl-$n-u"
+  ip -n "twl-$n-u" link set lo up
+  ip -n "twl-$n-u" link add br0 type bridge
+  ip -n "twl-$n-u" addr add 192.168.100.1/24 dev br0
+  ip -n "twl-$n-u" link set br0 up
+  for i in 1 2; do
+    HNS[$i]=twl-$n-h$i HIP[$i]=192.168.100.$((10 + i))
+    ip netns add "${HNS[$i]}"
+    ip -n "${HNS[$i]}" link set lo up
+    ip link add eth0 netns "${HNS[$i]}" type veth peer name "h$i" netns "twl-$n-u"
+    ip -n "twl-$n-u" link set "h$i" master br0 up
+    ip -n "${HNS[$i]}" addr add "${HIP[$i]}/24" dev eth0
+    ip -n "${HNS[$i]}" link set eth0 up
+    ip netns exec "${HNS[$i]}" sysctl -qw net.ipv4.ip_forward=1
+    TPOD[$i]=twl-$n-h$i-p1 TIP[$i]=10.244.$i.2
+  done
+  path_up "$mode" 10.244 twill0 twill.1 1 8472 aa p1 117
+}
+
+pingable() {   # SRC_NS DST_IP TRIES
+  local k
+  for k in $(seq "$3"); do
+    ip netns exec "$1" timeout 5 ping -c 2 -i 0.2 -W 1 -q "$2" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  return 1
+}
+
+run_backend() {
+  local b=$1 n=$2 i mt mb
+  echo
+  echo "==== backend $b (lab $n) ===="
+  local t0=$SECONDS
+  if [ "$AA" = 1 ]; then
+    aa_up "$n" "$b"
+  else
+    bg_wait timeout 300 "$TW" lab up --nodes 2 --backend "$b" --pods-per-node 1 --name "$n" \
+      || die "twill lab up --backend $b failed"
+    read_lab "$n"
+  fi
+  echo "lab up in $((SECONDS - t0)) s: hosts ${HNS[1]} (${HIP[1]}), ${HNS[2]} (${HIP[2]}); twill pods ${TIP[1]} -> ${TIP[2]}"
+  MTU_U=$(ip -n "${HNS[1]}" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
+  for i in 1 2; do
+    if [ "$(ip netns exec "${HNS[$i]}" sysctl -n net.ipv4.ip_forward)" != 1 ]; then
+      echo "note: ip_forward was 0 in ${HNS[$i]}; set to 1 (the baseline needs it)"
+      ip netns exec "${HNS[$i]}" sysctl -qw net.ipv4.ip_forward=1
+    fi
+  done
+  path_up "$b" 10.250 bbr0 bvx0 100 4790 b0 b 118
+  mt=$(ip -n "${TPOD[1]}" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
+  mb=$(ip -n "${HNS[1]}-b" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
+  echo "pod MTU: twill $mt, baseline $mb (underlay $MTU_U)$([ "$mt" = "$mb" ] || echo '  <-- DIFFERENT')"
+  echo "h1 routes to the peer: twill: $(ip -n "${HNS[1]}" route show proto 117 | tr '\n' ';')"
+  echo "                       baseline: $(ip -n "${HNS[1]}" route show proto 118 | tr '\n' ';')"
+  pingable "${TPOD[1]}" "${TIP[2]}" 15 || die "twill pod ${TIP[1]} cannot ping ${TIP[2]} ($b)"
+  pingable "${HNS[1]}-b" 10.250.2.2 5 || die "baseline pod 10.250.1.2 cannot ping 10.250.2.2 ($b)"
+  echo "both paths pass traffic; measuring (REPS=$REPS, T=${T}s, LAT_S=${LAT_S}s)"
+  bg_wait timeout $((REPS * 2 * (2 * T + LAT_S + 90) + 60)) python3 "$HERE/cluster.py" measure \
+    --backend "$b" --log "$LOG" \
+    --twill "${TPOD[1]}" "${TPOD[2]}" "${TIP[2]}" \
+    --base "${HNS[1]}-b" "${HNS[2]}-b" 10.250.2.2 \
+    || echo "warning: measurement of $b ended early (rc $?)"
+  path_down 10.250 bbr0 bvx0 b
+  if [ "$AA" = 1 ]; then
+    kill_lab_netns "$n"
+  else
+    t0=$SECONDS
+    timeout 90 "$TW" lab down --name "$n" >/dev/null || echo "warning: lab down $n failed"
+    echo "lab down in $((SECONDS - t0)) s"
+  fi
+}
+
+START=$SECONDS
+k=0
+for b in $BACKENDS; do
+  run_backend "$b" "${LABS[$k]}"
+  k=$((k + 1))
+done
+echo
+[ -s "$LOG" ] && python3 "$HERE/cluster.py" report "$LOG"
+echo "bench wall time $((SECONDS - START)) s"
+echo "written to $OUT"

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Driver for bench/converge.sh: time for one twill agent to program N new VXLAN peers (and to
+remove them) vs `ip -batch` + `bridge -batch` of the same kernel objects.
+
+Started by converge.sh *inside* the agent's host netns (ip netns exec), where it reaches etcd
+on the underlay. It only writes/deletes fake lease keys in that private etcd and runs
+`ip -n`/`bridge -n` against the benchmark's own namespaces.
+
+Environment (set by converge.sh): N, REPS, TWC_ETCD (http://ip:port), TWC_STATUS (agent's
+status.json), TWC_HOST (agent netns), TWC_BASE (baseline netns), TWC_WORK (temp dir),
+TWC_WRITER (gateway|etcdctl), TWC_WAIT (s per convergence), BASELINE_ONLY (1: no agent).
+
+Per repetition (odd: twill first, even: baseline first):
+  twill add     one etcd transaction of N puts; from just before the request until the agent's
+                status.json lists N peers programmed (polled every 5 ms: stat, parse on change);
+                then, once, `ip -n HOST route show proto 117 | wc -l` must be N (also counted:
+                permanent neighbours and fdb entries on twill.1)
+  twill delete  one transaction of N deletes; until status.json lists 0 peers, then 0 routes
+  baseline add  wall time of `ip -n BASE -batch` (N routes + N neighbours) plus
+                `bridge -n BASE -batch` (N fdb entries), on a hand-made VXLAN device
+  baseline del  the same with deletes
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from benchlib import LEASE_PREFIX as PREFIX, b64, etcd_post, prefix_range, say
+
+E = os.environ
+N = int(E.get("N", "1000"))
+REPS = int(E.get("REPS", "3"))
+ETCD = E["TWC_ETCD"]
+STATUS = E.get("TWC_STATUS", "")
+HOST = E["TWC_HOST"]
+BASE = E["TWC_BASE"]
+WORK = E["TWC_WORK"]
+WRITER = E.get("TWC_WRITER", "gateway")
+WAIT = float(E.get("TWC_WAIT", "120"))
+BASELINE_ONLY = E.get("BASELINE_ONLY") == "1"
+GOAL = 2.0
+POLL = 0.005
+
+
+def etcd(path, body, timeout=60):
+    return etcd_post(ETCD, path, body, timeout)
+
+
+def lease_count():
+    r = etcd("/v3/kv/range", prefix_range(PREFIX, count_only=True))
+    return int(r.get("count", 0))
+
+
+def sh(argv, timeout=120):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def read_status():
+    with open(STATUS) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- the fake peers
+
+def fake_peers(own):
+    """N peers: distinct /24s of 10.128.0.0/9 other than the agent's own, underlay addresses
+    from 192.168.77.11 on (vxlan does not need them to be reachable), distinct MACs."""
+    peers = []
+    k = 0
+    while len(peers) < N:
+        k += 1
+        subnet = "10.%d.%d.0" % (128 + k // 256, k % 256)
+        if subnet + "/24" == own:
+            continue
+        i = len(peers)
+        j = i + 10
+        pub = "192.168.%d.%d" % (77 + j // 250, j % 250 + 1)
+        mac = "02:fe:%02x:%02x:%02x:%02x" % ((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255,
+                                             i & 255)
+        lease = {"node": "fake%d" % i, "subnet": subnet + "/24", "publicNet": pub + "/24",
+                 "backend": "vxlan", "vtepMac": mac}
+        peers.append((subnet, pub, mac, PREFIX + "%s-24" % subnet,
+                      json.dumps(lease, separators=(",", ":"))))
+    return peers
+
+
+def write_files(peers):
+    """Baseline batch files and etcdctl txn files."""
+    f = {}
+    f["ip_add"] = "\n".join(
+        ["neigh add %s lladdr %s dev bvx0 nud permanent" % (s, m) for s, _, m, _, _ in peers] +
+        ["route add %s/24 via %s dev bvx0 onlink proto 117" % (s, s) for s, _, _, _, _ in peers])
+    f["br_add"] = "\n".join("fdb add %s dev bvx0 dst %s self permanent" % (m, p)
+                            for _, p, m, _, _ in peers)
+    f["ip_del"] = "\n".join(
+        ["route del %s/24 dev bvx0" % s for s, _, _, _, _ in peers] +
+        ["neigh del %s dev bvx0" % s for s, _, _, _, _ in peers])
+    f["br_del"] = "\n".join("fdb del %s dev bvx0 dst %s self" % (m, p) for _, p, m, _, _ in peers)
+    # etcdctl txn (non-interactive): compares, blank, success ops, blank, failure ops, blank
+    f["txn_put"] = "\n" + "\n".join("put %s %s" % (k, json.dumps(v))
+                                    for _, _, _, k, v in peers) + "\n\n\n"
+    f["txn_del"] = "\n" + "\n".join("del %s" % k for _, _, _, k, _ in peers) + "\n\n\n"
+    paths = {}
+    for name, text in f.items():
+        paths[name] = os.path.join(WORK, name)
+        with open(paths[name], "w") as fh:
+            fh.write(text + ("\n" if not text.endswith("\n") else ""))
+    return paths
+
+
+def txn(peers, files, put):
+    """One transaction of N puts (or deletes). Returns its wall time."""
+    t0 = time.perf_counter()
+    if WRITER == "etcdctl":
+        with open(files["txn_put" if put else "txn_del"]) as fh:
+            r = subprocess.run(["etcdctl", "--endpoints", ETCD, "txn"], stdin=fh,
+                               capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, ETCDCTL_API="3"))
+        if r.returncode != 0 or not r.stdout.startswith("SUCCESS"):
+            raise RuntimeError("etcdctl txn failed: %s" % (r.stderr or r.stdout)[-300:])
+    else:
+        if put:
+            ops = [{"requestPut": {"key": b64(k), "value": b64(v)}} for _, _, _, k, v in peers]
+        else:
+            ops = [{"requestDeleteRange": {"key": b64(k)}} for _, _, _, k, _ in peers]
+        r = etcd("/v3/kv/txn", {"success": ops}, timeout=120)
+        if not r.get("succeeded"):
+            raise RuntimeError("txn not applied: %s" % str(r)[:300])
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- twill side
+
+def wait_status(done, t0):
+    """Poll status.json every 5 ms until done(status) or WAIT s. Returns (t, status)."""
+    last_key = None
+    st = None
+    while True:
+        now = time.perf_counter()
+        try:
+            s = os.stat(STATUS)
+            key = (s.st_mtime_ns, s.st_size, s.st_ino)
+            if key != last_key:
+                last_key = key
+                st = read_status()
+                if done(st):
+                    return time.perf_counter() - t0, st
+        except (OSError, ValueError):
+            pass   # mid-write or briefly missing: look again
+        if now - t0 > WAIT:
+            return None, st
+        time.sleep(POLL)
+
+
+def programmed(st):
+    return sum(1 for p in st.get("peers", []) if p.get("programmed"))
+
+
+def kernel_counts(ns, dev, proto=117):
+    routes = sh(["ip", "-n", ns, "route", "show", "proto", str(proto)]).stdout.count("\n")
+    neigh = sh(["ip", "-n", ns, "neigh", "show", "dev", dev, "nud", "permanent"]).stdout.count("\n")
+    fdb = sum(1 for l in sh(["bridge", "-n", ns, "fdb", "show", "dev", dev]).stdout.splitlines()
+              if " dst " in l)
+    return routes, neigh, fdb
+
+
+def twill_add(peers, files):
+    t0 = time.perf_counter()
+    tx = txn(peers, files, True)
+    if BASELINE_ONLY:
+        return {"t": None, "txn": tx, "leases": lease_count()}
+    t, st = wait_status(lambda s: programmed(s) >= N, t0)
+    r, n, f = kernel_counts(HOST, "twill.1")
+    return {"t": t, "txn": tx, "routes": r, "neigh": n, "fdb": f,
+            "peers": len((st or {}).get("peers", [])), "programmed": programmed(st or {}),
+            "ok": t is not None and r == N}
+
+
+def twill_del(peers, files):
+    t0 = time.perf_counter()
+    tx = txn(peers, files, False)
+    if BASELINE_ONLY:
+        return {"t": None, "txn": tx, "leases": lease_count()}
+    t, st = wait_status(lambda s: not s.get("peers"), t0)
+    r, n, f = kernel_counts(HOST, "twill.1")
+    return {"t": t, "txn": tx, "routes": r, "neigh": n, "fdb": f,
+            "peers": len((st or {}).get("peers", [])), "ok": t is not None and r == 0}
+
+
+# ---------------------------------------------------------------- baseline side
+
+def batch(ip_file, br_file):
+    t0 = time.perf_counter()
+    a = sh(["ip", "-n", BASE, "-batch", ip_file], timeout=300)
+    t1 = time.perf_counter()
+    b = sh(["bridge", "-n", BASE, "-batch", br_file], timeout=300)
+    t2 = time.perf_counter()
+    err = (a.stderr + b.stderr).strip()
+    return t2 - t0, t1 - t0, t2 - t1, (a.returncode or b.returncode, err[-300:])
+
+
+def base_add(files):
+    t, ti, tb, (rc, err) = batch(files["ip_add"], files["br_add"])
+    r, n, f = kernel_counts(BASE, "bvx0")
+    return {"t": t, "ip": ti, "bridge": tb, "routes": r, "neigh": n, "fdb": f,
+            "ok": rc == 0 and r == N and n == N and f == N, "err": err if rc else ""}
+
+
+def base_del(files):
+    t, ti, tb, (rc, err) = batch(files["ip_del"], files["br_del"])
+    r, n, f = kernel_counts(BASE, "bvx0")
+    return {"t": t, "ip": ti, "bridge": tb, "routes": r, "neigh": n, "fdb": f,
+            "ok": rc == 0 and r == 0 and n == 0 and f == 0, "err": err if rc else ""}
+
+
+# ---------------------------------------------------------------- main
+
+def sec(x):
+    return "   -    " if x is None else ("%7.3f s" % x)
+
+
+def summary(label, tw, bs):
+    tv = [x for x in tw if x is not None]
+    bv = [x for x in bs if x is not None]
+    for side, v in (("twill", tv), ("baseline", bv)):
+        if v:
+            say("  %-8s %-8s min %s  median %s  max %s  (n=%d)" % (
+                label, side, sec(min(v)), sec(statistics.median(v)), sec(max(v)), len(v)))
+        else:
+            say("  %-8s %-8s no successful run" % (label, side))
+    if not tv or not bv:
+        return "%s: NO DATA" % label
+    ratio = statistics.median(tv) / statistics.median(bv)
+    per = " ".join("%.2f" % (a / b) if a is not None and b else "-" for a, b in zip(tw, bs))
+    return "%s %d peers: twill %.3f s, baseline %.3f s, ratio of medians %.2f (goal <= %.1fx: %s); per-rep ratios %s" % (
+        label, N, statistics.median(tv), statistics.median(bv), ratio, GOAL,
+        "MET" if ratio <= GOAL else "NOT MET", per)
+
+
+def main():
+    own = None
+    if not BASELINE_ONLY:
+        st = read_status()
+        own = st.get("subnet")
+        say("agent: node %s subnet %s backend %s publicIp %s inSync %s, %d peers before" % (
+            st.get("node"), own, st.get("backend"), st.get("publicIp"), st.get("inSync"),
+            len(st.get("peers", []))))
+    peers = fake_peers(own)
+    files = write_files(peers)
+    say("%d fake leases %s .. %s, writer: %s" % (
+        N, peers[0][3], peers[-1][3],
+        "etcd v3 JSON gateway POST /v3/kv/txn (one Txn RPC, no process start in the window)"
+        if WRITER == "gateway" else "etcdctl txn < file (one Txn; includes etcdctl start-up)"))
+    rows = []
+    for rep in range(1, REPS + 1):
+        order = ["twill", "baseline"] if rep % 2 else ["baseline", "twill"]
+        row = {"rep": rep}
+        for side in order:
+            if side == "twill":
+                a = twill_add(peers, files)
+                say("rep %d twill    add %s (etcd txn %.3f s) %s" % (
+                    rep, sec(a["t"]), a["txn"],
+                    "leases in etcd %d" % a["leases"] if BASELINE_ONLY else
+                    "status %d/%d programmed; kernel: %d routes proto 117, %d neigh, %d fdb%s" % (
+                        a["programmed"], a["peers"], a["routes"], a["neigh"], a["fdb"],
+                        "" if a["ok"] else "  <-- NOT CONVERGED / ROUTES != N")))
+                d = twill_del(peers, files)
+                say("rep %d twill    del %s (etcd txn %.3f s) %s" % (
+                    rep, sec(d["t"]), d["txn"],
+                    "leases in etcd %d" % d["leases"] if BASELINE_ONLY else
+                    "status %d peers; kernel: %d routes, %d neigh, %d fdb%s" % (
+                        d["peers"], d["routes"], d["neigh"], d["fdb"],
+                        "" if d["ok"] else "  <-- NOT CLEARED")))
+                row["tw_add"] = a["t"] if a.get("ok") else None
+                row["tw_del"] = d["t"] if d.get("ok") else None
+                row["txn_put"], row["txn_del"] = a["txn"], d["txn"]
+                if not BASELINE_ONLY and not d["ok"]:
+                    say("twill did not clear its peers; stopping (later reps would be wrong)")
+                    rows.append(row)
+                    return report(rows)
+            else:
+                a = base_add(files)
+                say("rep %d baseline add %s (ip -batch %.3f s + bridge -batch %.3f s) kernel: %d routes, %d neigh, %d fdb%s" % (
+                    rep, sec(a["t"]), a["ip"], a["bridge"], a["routes"], a["neigh"], a["fdb"],
+                    "" if a["ok"] else "  <-- FAILED " + a["err"]))
+                d = base_del(files)
+                say("rep %d baseline del %s (ip -batch %.3f s + bridge -batch %.3f s) kernel: %d routes, %d neigh, %d fdb%s" % (
+                    rep, sec(d["t"]), d["ip"], d["bridge"], d["routes"], d["neigh"], d["fdb"],
+                    "" if d["ok"] else "  <-- FAILED " + d["err"]))
+                row["b_add"] = a["t"] if a["ok"] else None
+                row["b_del"] = d["t"] if d["ok"] else None
+                if not d["ok"]:
+                    say("baseline did not clear; stopping")
+                    rows.append(row)
+                    return report(rows)
+        rows.append(row)
+    return report(rows)
+
+
+def report(rows):
+    say()
+    say("== summary: %d peers, twill agent vs ip -batch + bridge -batch, same run ==" % N)
+    txp = [r["txn_put"] for r in rows if "txn_put" in r]
+    txd = [r["txn_del"] for r in rows if "txn_del" in r]
+    if txp:
+        say("  etcd txn of %d puts: median %.3f s; of %d deletes: median %.3f s (inside the twill times)" % (
+            N, statistics.median(txp), N, statistics.median(txd)))
+    if BASELINE_ONLY:
+        bv = [r.get("b_add") for r in rows if r.get("b_add") is not None]
+        dv = [r.get("b_del") for r in rows if r.get("b_del") is not None]
+        if bv:
+            say("  BASELINE ONLY (no agent): add median %.3f s, delete median %.3f s" % (
+                statistics.median(bv), statistics.median(dv) if dv else float("nan")))
+        return 0
+    goals = [summary("add", [r.get("tw_add") for r in rows], [r.get("b_add") for r in rows]),
+             summary("delete", [r.get("tw_del") for r in rows], [r.get("b_del") for r in rows])]
+    for k, tk, bk in (("add", "tw_add", "b_add"), ("delete", "tw_del", "b_del")):
+        net = [r[tk] - r["txn_" + ("put" if k == "add" else "del")] for r in rows
+               if r.get(tk) is not None]
+        bv = [r[bk] for r in rows if r.get(bk) is not None]
+        if net and bv:
+            say("  (info) %s after the txn returned: twill median %.3f s, %.2fx the baseline" % (
+                k, statistics.median(net), statistics.median(net) / statistics.median(bv)))
+    say()
+    say("== goals ==")
+    for g in goals:
+        say(g)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

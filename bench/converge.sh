@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Convergence of one twill agent on N new VXLAN peers (default 1000) vs the kernel floor, in
+# one run, interleaved. Prints per repetition and min/median/max, the ratio of medians
+# twill/baseline for add and delete and the goal (<= 2x, MET / NOT MET); the whole output goes
+# to bench/results/converge-<UTC timestamp>.txt.
+#
+# Setup (all in namespaces named twc-<run id>-*): an underlay netns -u running etcd on
+# 192.168.77.1:2379 (--max-txn-ops 100000, data dir on tmpfs), a host netns -h (eth0
+# 192.168.77.2/24, veth to -u) where `twill cluster init` writes a vxlan cluster with Network
+# 10.128.0.0/9, SubnetLen 24 and `twill agent --iface eth0` runs until status.json says inSync;
+# a baseline netns -b with its own veth and a hand-made kernel VXLAN bvx0 (VNI 1, port 8472).
+# Per repetition (odd: twill first, even: baseline first), driver bench/converge.py:
+#   twill add     N fake leases (distinct 10.128.x.0/24 other than the agent's own, public IPs
+#                 192.168.77.11.. and beyond, distinct VTEP MACs) in ONE etcd transaction
+#                 (v3 JSON gateway, i.e. the Txn RPC; TWC_WRITER=etcdctl uses `etcdctl txn`);
+#                 time from just before the request until status.json lists N programmed peers
+#                 (polled every 5 ms), then `ip route show proto 117 | wc -l` == N is checked
+#   twill delete  one transaction of N deletes; until 0 peers in status.json and 0 routes
+#   baseline      `ip -batch` of the N routes + N neighbours plus `bridge -batch` of the N fdb
+#                 entries into -b (sum of both processes' wall time); the same for deletes
+# The root namespace is never changed; everything is removed on exit.
+#
+# Usage (as root):  bash bench/converge.sh
+#   N=1000  REPS=3  TWILL=path/to/twill (default target/release/twill, copied first)
+#   TWC_WAIT=120    seconds to wait for one convergence before calling it failed
+#   bash bench/converge.sh --baseline-only   no agent: the etcd txns and the baseline only
+#   bash bench/converge.sh --clean           removes twc-* netns left by a SIGKILLed run
+set -euo pipefail
+. "$(dirname "$0")/lib-cluster.sh"
+
+BASELINE_ONLY=0
+case "${1:-}" in
+  --baseline-only) BASELINE_ONLY=1 ;;
+  --clean)
+    need_root "run as root"
+    for ns in $(netns_list | grep -E '^twc-[0-9a-f]{4}-[uhb]$' || true); do
+      kill_netns "$ns" && echo "deleted netns $ns"
+    done
+    rm -rf /tmp/twc-run.* /dev/shm/twc-etcd.*
+    exit 0 ;;
+  *) common_arg "${1:-}" ;;
+esac
+
+need_root
+int_settings N=1000 REPS=3 TWC_WAIT=120
+[ "$N" -le 30000 ] || die "N must be <= 30000 (fake underlay addresses run out)"
+need_cmds "apt-get install iproute2 python3 etcd-server etcd-client" ip bridge python3 timeout etcd etcdctl
+if [ "$BASELINE_ONLY" = 0 ]; then
+  need_twill
+  "$TWILL" agent --help >/dev/null 2>&1 || die "$TWILL has no 'agent' subcommand (build a newer twill)"
+  "$TWILL" cluster init --help >/dev/null 2>&1 || die "$TWILL has no 'cluster init' subcommand"
+fi
+
+RUN=$(run_id)
+U=twc-$RUN-u H=twc-$RUN-h B=twc-$RUN-b
+WORK=$(mktemp -d /tmp/twc-run.XXXXXX)
+EDATA=$(mktemp -d /dev/shm/twc-etcd.XXXXXX 2>/dev/null || mktemp -d /tmp/twc-etcd.XXXXXX)
+STORE=etcd://192.168.77.1:2379
+cleanup() {
+  local ns
+  for ns in "$H" "$B" "$U"; do   # agent first, etcd last
+    netns_list | grep -qx "$ns" && kill_netns "$ns"
+  done
+  rm -rf "$EDATA"
+}
+on_exit cleanup
+
+start_output converge
+
+say_header convergence
+if [ "$BASELINE_ONLY" = 0 ]; then
+  use_twill "$WORK/twill"
+else
+  echo "# BASELINE ONLY: no agent; etcd transactions and ip/bridge -batch only"
+fi
+echo "# N=$N REPS=$REPS; $(etcd --version | head -1); $(ip -V); netns $U $H $B; etcd data in $EDATA"
+
+# --- namespaces: underlay (etcd) <-> host (agent); baseline with its own veth pair
+for ns in "$U" "$H" "$B"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add eth0 netns "$H" type veth peer name toh netns "$U"
+ip -n "$U" addr add 192.168.77.1/24 dev toh
+ip -n "$U" link set toh up
+ip -n "$H" addr add 192.168.77.2/24 dev eth0
+ip -n "$H" link set eth0 up
+ip link add eth0 netns "$B" type veth peer name peer0 netns "$B"
+ip -n "$B" addr add 192.168.77.2/24 dev eth0
+ip -n "$B" link set peer0 up
+ip -n "$B" link set eth0 up
+ip -n "$B" link add bvx0 type vxlan id 1 dstport 8472 nolearning local 192.168.77.2 dev eth0
+ip -n "$B" link set bvx0 address 02:b0:00:00:00:01 mtu 1450 up
+
+# --- etcd (bounded: the whole run must end within the timeout)
+LIFE=$((REPS * 8 * TWC_WAIT + 600))
+ip netns exec "$U" timeout "$LIFE" etcd --name twc --data-dir "$EDATA/data" \
+  --listen-client-urls http://192.168.77.1:2379 --advertise-client-urls http://192.168.77.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster twc=http://127.0.0.1:2380 --initial-cluster-state new \
+  --max-txn-ops 100000 --max-request-bytes 33554432 >"$WORK/etcd.log" 2>&1 &
+disown
+for k in $(seq 100); do
+  ip netns exec "$H" timeout 3 etcdctl --endpoints 192.168.77.1:2379 endpoint health >/dev/null 2>&1 && break
+  [ "$k" = 100 ] && { tail -20 "$WORK/etcd.log"; die "etcd did not become healthy"; }
+  sleep 0.2
+done
+echo "etcd healthy"
+
+STATUS=$WORK/agent/status.json
+if [ "$BASELINE_ONLY" = 0 ]; then
+  printf '{"Network":"10.128.0.0/9","SubnetLen":24,"Backend":{"Type":"vxlan"}}\n' >"$WORK/net-conf.json"
+  ip netns exec "$H" timeout 30 "$WORK/twill" cluster init --store "$STORE" -f "$WORK/net-conf.json"
+  mkdir -p "$WORK/agent"
+  t0=$SECONDS
+  ip netns exec "$H" timeout "$LIFE" "$WORK/twill" agent --store "$STORE" --node-name twc \
+    --iface eth0 --data-dir "$WORK/agent" >"$WORK/agent.log" 2>&1 &
+  disown
+  for k in $(seq 300); do
+    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("inSync") else 1)' \
+      "$STATUS" 2>/dev/null && break
+    [ "$k" = 300 ] && { tail -30 "$WORK/agent.log"; die "agent not inSync after 60 s"; }
+    sleep 0.2
+  done
+  echo "agent inSync after $((SECONDS - t0)) s; $(ip -n "$H" -d link show twill.1 2>/dev/null | grep -o 'vxlan id [0-9]* .*dstport [0-9]*' || echo 'no twill.1 device?')"
+fi
+
+bg_wait ip netns exec "$H" env N="$N" REPS="$REPS" TWC_ETCD=http://192.168.77.1:2379 \
+  TWC_STATUS="$STATUS" TWC_HOST="$H" TWC_BASE="$B" TWC_WORK="$WORK" \
+  TWC_WRITER="${TWC_WRITER:-gateway}" TWC_WAIT="$TWC_WAIT" BASELINE_ONLY="$BASELINE_ONLY" \
+  timeout $((REPS * 4 * TWC_WAIT + 300)) python3 "$HERE/converge.py"
+if [ "$BASELINE_ONLY" = 0 ]; then
+  echo "agent log: $(wc -l <"$WORK/agent.log") lines, $(grep -ciE 'error|warn' "$WORK/agent.log" || true) with error/warn"
+  grep -iE 'error|warn' "$WORK/agent.log" | tail -5 || true
+fi
+echo "written to $OUT"
