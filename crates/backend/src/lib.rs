@@ -1,6 +1,6 @@
 //! twill's backends: for one node, what it publishes in its lease and the kernel state
 //! (routes, VXLAN device, neighbours, FDB entries) it wants for its peers. One file per mode:
-//! [`hostgw`], [`vxlan`]. Pure: no kernel, no store, no clock; the agent feeds leases in and
+//! [`hostgw`], [`vxlan`], [`tunnel`] (udp and ipip through the userspace tunnel). Pure: no kernel, no store, no clock; the agent feeds leases in and
 //! hands the [`DesiredState`] to the dataplane.
 //!
 //! Every backend sees the same peers: sorted by subnet, this node's own lease dropped, and
@@ -10,14 +10,16 @@
 
 use ipnet::Ipv4Net;
 use twill_types::cluster::{BackendKind, ClusterConfig};
-use twill_types::desired::DesiredState;
+use twill_types::desired::{DesiredState, TunnelEncap};
 use twill_types::lease::Lease;
 
 pub mod hostgw;
 mod screen;
+pub mod tunnel;
 pub mod vxlan;
 
 pub use hostgw::HostGw;
+pub use tunnel::Tunnel;
 pub use vxlan::Vxlan;
 
 /// The node a backend computes for.
@@ -61,10 +63,16 @@ pub fn for_config(
             settings.port,
             settings.direct_routing,
         )?)),
-        BackendKind::Udp | BackendKind::Ipip => Err(UnsupportedBackend(format!(
-            "{} backend: not implemented yet (issue 4)",
-            settings.kind
-        ))),
+        BackendKind::Udp => Ok(Box::new(Tunnel {
+            encap: TunnelEncap::Udp {
+                port: settings.port,
+            },
+            direct_routing: settings.direct_routing,
+        })),
+        BackendKind::Ipip => Ok(Box::new(Tunnel {
+            encap: TunnelEncap::Ipip,
+            direct_routing: settings.direct_routing,
+        })),
         BackendKind::Wireguard => Err(UnsupportedBackend(
             "wireguard backend: not implemented yet".into(),
         )),

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use twill_backend::vxlan::{device_name, vtep_mac};
-use twill_backend::{Backend, HostGw, LocalNode, UnsupportedBackend, Vxlan, for_config};
+use twill_backend::{Backend, HostGw, LocalNode, Tunnel, UnsupportedBackend, Vxlan, for_config};
 use twill_types::MacAddr;
 use twill_types::cluster::{BackendKind, ClusterConfig};
-use twill_types::desired::{DesiredState, PeerPath};
+use twill_types::desired::{DesiredState, PeerPath, TunnelEncap};
 use twill_types::lease::Lease;
 
 fn net(s: &str) -> Ipv4Net {
@@ -132,11 +132,34 @@ fn for_config_picks_the_backend() {
         vxlan(true).desired(&node(), &peers())
     );
 
-    for (ty, message) in [
-        ("udp", "udp backend: not implemented yet (issue 4)"),
-        ("ipip", "ipip backend: not implemented yet (issue 4)"),
-        ("wireguard", "wireguard backend: not implemented yet"),
-    ] {
+    let udp = for_config(&parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        udp.desired(&node(), &peers()),
+        Tunnel {
+            encap: TunnelEncap::Udp { port: 9000 },
+            direct_routing: false
+        }
+        .desired(&node(), &peers())
+    );
+    assert_eq!(udp.pod_mtu(&node()), 1500 - 28);
+    let ipip = for_config(&parse(
+        "[[pools]]\nname = \"p\"\ncidr = \"10.244.0.0/16\"\nipipMode = \"CrossSubnet\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        ipip.desired(&node(), &peers()),
+        Tunnel {
+            encap: TunnelEncap::Ipip,
+            direct_routing: true
+        }
+        .desired(&node(), &peers())
+    );
+    assert_eq!(ipip.pod_mtu(&node()), 1500 - 20);
+
+    for (ty, message) in [("wireguard", "wireguard backend: not implemented yet")] {
         let config = parse(&format!(
             r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{ty}"}}}}"#
         ));
@@ -478,4 +501,73 @@ proptest! {
             }
         }
     }
+}
+
+/// The golden peers as if they all ran `kind` (the tunnel only talks to its own kind).
+fn tunnel_peers(kind: BackendKind) -> Vec<Lease> {
+    let mut peers = peers();
+    for p in &mut peers {
+        if p.node != "node-e" {
+            p.backend = kind;
+            p.vtep_mac = None;
+        }
+    }
+    peers
+}
+
+#[test]
+fn udp_golden() {
+    let udp = Tunnel {
+        encap: TunnelEncap::Udp { port: 8285 },
+        direct_routing: false,
+    };
+    golden(
+        "udp.json",
+        &udp.desired(&node(), &tunnel_peers(BackendKind::Udp)),
+    );
+}
+
+#[test]
+fn ipip_cross_subnet_golden() {
+    let ipip = Tunnel {
+        encap: TunnelEncap::Ipip,
+        direct_routing: true,
+    };
+    let state = ipip.desired(&node(), &tunnel_peers(BackendKind::Ipip));
+    golden("ipip-direct.json", &state);
+    // Same segment: direct; other segment: tunnelled; another backend's node: skipped.
+    assert_eq!(
+        paths(&state)
+            .into_iter()
+            .map(|(n, p)| format!("{n} {p:?}"))
+            .collect::<Vec<_>>(),
+        [
+            "node-b Direct",
+            "node-c Ipip",
+            "node-d Direct",
+            "node-e Skipped(\"ipip: the peer runs the host-gw backend and cannot decapsulate ipip\")",
+            "node-f Skipped(\"underlay address 192.168.1.10 is this node's own\")",
+        ]
+    );
+}
+
+#[test]
+fn tunnel_peers_sharing_an_address_are_both_skipped() {
+    let udp = Tunnel {
+        encap: TunnelEncap::Udp { port: 8285 },
+        direct_routing: false,
+    };
+    let peers = vec![
+        lease("x", "10.244.7.0/24", "192.168.3.5/24", BackendKind::Udp),
+        lease("y", "10.244.8.0/24", "192.168.3.5/24", BackendKind::Udp),
+        lease("z", "10.244.9.0/24", "192.168.3.6/24", BackendKind::Udp),
+    ];
+    let state = udp.desired(&node(), &peers);
+    assert!(skipped_reason(&state, "x").contains("several nodes (x, y)"));
+    assert!(skipped_reason(&state, "y").contains("several nodes"));
+    assert_eq!(state.tunnel_peers.len(), 1);
+    assert_eq!(state.tunnel_peers[0].node, "z");
+    assert_eq!(state.routes.len(), 1);
+    assert_eq!(state.routes[0].dev, "twill.tun");
+    assert!(state.routes[0].onlink);
 }

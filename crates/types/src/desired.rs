@@ -73,6 +73,10 @@ pub enum PeerPath {
     Direct,
     /// Through the VXLAN device.
     Vxlan,
+    /// Through the userspace tunnel, UDP encapsulation.
+    Udp,
+    /// Through the userspace tunnel, IP-in-IP.
+    Ipip,
     /// Not programmed, with the reason (e.g. host-gw peer on another L2 segment).
     Skipped(String),
 }
@@ -87,6 +91,37 @@ pub struct PeerPlan {
     pub path: PeerPath,
 }
 
+/// How the userspace tunnel encapsulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum TunnelEncap {
+    /// The inner IPv4 packet as the UDP payload (Flannel's udp framing).
+    Udp { port: u16 },
+    /// IP protocol 4, the inner packet right after the outer IPv4 header (Linux ipip).
+    Ipip,
+}
+
+/// The userspace tunnel's TUN device (owned by the agent's tunnel engine, not by the diff).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelDevice {
+    /// Link name, `twill.tun`.
+    pub name: String,
+    pub encap: TunnelEncap,
+    pub mtu: u32,
+    /// Underlay address encapsulated packets are sent from.
+    pub local: Ipv4Addr,
+}
+
+/// A peer reached through the userspace tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelPeer {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub underlay: Ipv4Addr,
+}
+
 /// Everything the node's dataplane should hold for the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,4 +133,10 @@ pub struct DesiredState {
     pub fdb: Vec<FdbSpec>,
     /// Every peer and how it is (or is not) reached, for status.
     pub peers: Vec<PeerPlan>,
+    /// The userspace tunnel, when the backend uses one (udp, ipip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelDevice>,
+    /// The peers the tunnel carries traffic to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_peers: Vec<TunnelPeer>,
 }
