@@ -159,11 +159,19 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
         "PEER", "SUBNET", "PUBLIC IP", "VIA", "PROGRAMMED"
     );
     for p in &status.peers {
-        let (via, note) = match &p.path {
+        let (via, mut note) = match &p.path {
             PeerPath::Direct => ("direct", String::new()),
             PeerPath::Vxlan => ("vxlan", String::new()),
+            PeerPath::Udp => ("udp", String::new()),
+            PeerPath::Ipip => ("ipip", String::new()),
             PeerPath::Skipped(why) => ("skipped", why.clone()),
         };
+        if let Some(c) = &p.counters {
+            note = format!(
+                "tx {} pkts {} B, rx {} pkts {} B",
+                c.tx_packets, c.tx_bytes, c.rx_packets, c.rx_bytes
+            );
+        }
         println!(
             "{:<16} {:<18} {:<16} {:<8} {:<10} {}{}",
             p.node,
@@ -173,6 +181,23 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
             if p.programmed { "yes" } else { "no" },
             note,
             p.error.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(t) = &status.tunnel {
+        let drops: Vec<String> = t
+            .drops
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        println!(
+            "\ntunnel {}: dropped {}",
+            t.device,
+            if drops.is_empty() {
+                "nothing".to_string()
+            } else {
+                drops.join(", ")
+            }
         );
     }
     Ok(0)

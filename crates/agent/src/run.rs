@@ -392,6 +392,7 @@ impl Agent {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             peers,
+            tunnel: None,
         };
         if let Err(e) = files::write_json(&path, &status) {
             warn!("writing {}: {e:#}", path.display());
@@ -432,6 +433,7 @@ fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerS
                 programmed: !matches!(p.path, PeerPath::Skipped(_)) && error.is_none(),
                 path: p.path.clone(),
                 error,
+                counters: None,
             }
         })
         .collect()

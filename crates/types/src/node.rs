@@ -45,6 +45,29 @@ pub struct PeerStatus {
     /// The last programming error for this peer, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Traffic through the userspace tunnel to and from this peer (udp, ipip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<PeerCounters>,
+}
+
+/// Packets and bytes the tunnel carried for one peer since the agent started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerCounters {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+/// The userspace tunnel as the agent runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelStatus {
+    pub device: String,
+    pub encap: crate::desired::TunnelEncap,
+    /// Dropped packets by reason (unknown peer, spoofed inner source, malformed, ...).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// The agent's view of its node, written after every reconcile (`status.json`).
@@ -64,4 +87,7 @@ pub struct AgentStatus {
     /// Unix time (seconds) of the write.
     pub updated: u64,
     pub peers: Vec<PeerStatus>,
+    /// The userspace tunnel, for the udp and ipip backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelStatus>,
 }
