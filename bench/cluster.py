@@ -5,18 +5,27 @@ kernel baseline of the same path, interleaved in one run.
 Runs in the root namespace but only ever starts processes *inside* the lab's namespaces
 (`ip netns exec`); it creates nothing itself. Subcommands:
 
-  measure  --backend B --log FILE --twill SRC DST IP --base SRC DST IP
+  measure  --backend B --log FILE --twill SRC DST IP --base SRC DST IP [--agents PID,PID]
            REPS repetitions (env REPS, default 5); in each, for every metric, twill and the
            baseline back to back (odd reps twill first, even reps baseline first). Metrics:
              tcp1   iperf3 TCP, 1 stream, T s (env T, default 5), Gbit/s received
              tcp4   iperf3 TCP, 4 streams (-P 4)
+                    Both also record CPU time per GB moved (GB: iperf3 -J
+                    end.sum_received.bytes / 1e9): "total", the machine-wide busy time from
+                    /proc/stat (user+nice+system+irq+softirq) across the client's run; and,
+                    with --agents (the twill agents that run the udp/ipip tunnel engine),
+                    "agent", utime+stime of those processes (all threads) from
+                    /proc/<pid>/stat across the same window.
              rr     request/response round trip of 64-byte messages, median over LAT_S s
                     (env LAT_S, default 3) in microseconds; tool from env LAT_TOOL:
                     auto (sockperf TCP ping-pong if installed, else python), python,
                     sockperf, ping (ICMP, -i 0.002 -c 1000, avg rtt)
            Every row is appended to FILE as one JSON line.
   report   FILE...   the summary: min/median/max per side, ratio of medians, per-rep
-           ratios, goals (throughput ratio >= 0.95, latency ratio <= 1.05)
+           ratios, CPU s/GB, goals (GOALS: host-gw and vxlan vs the same kernel path,
+           throughput ratio >= 0.95, latency ratio <= 1.05; udp and ipip vs kernel VXLAN,
+           1-stream throughput >= 0.5, latency <= 2.0, 4 streams reported), and a side-by-side
+           table of the medians of every backend
   rr-server IP PORT SECS      echo server for the python ping-pong (one connection)
   rr-client IP PORT SECS SIZE the python ping-pong client; prints JSON
 """
@@ -33,8 +42,14 @@ import time
 
 from benchlib import say
 
-TP_GOAL = 0.95    # throughput: twill / baseline >= this
-LAT_GOAL = 1.05   # latency: twill / baseline <= this
+# backend: (its baseline, {metric: goal for the ratio twill / baseline}); a throughput ratio
+# must be >= its goal, a latency ratio <= it; None: the ratio is reported, with no goal
+SAME_PATH = {"tcp1": 0.95, "tcp4": 0.95, "rr": 1.05}
+VS_VXLAN = {"tcp1": 0.5, "tcp4": None, "rr": 2.0}
+GOALS = {"host-gw": ("hand-built kernel routes", SAME_PATH),
+         "vxlan": ("hand-built kernel VXLAN", SAME_PATH),
+         "udp": ("hand-built kernel VXLAN", VS_VXLAN),
+         "ipip": ("hand-built kernel VXLAN", VS_VXLAN)}
 METRICS = [("tcp1", "TCP 1 stream", "Gbit/s", "hi"),
            ("tcp4", "TCP 4 streams", "Gbit/s", "hi"),
            ("rr", "64 B round trip p50", "us", "lo")]
@@ -64,14 +79,56 @@ def stop(p):
 
 # ---------------------------------------------------------------- iperf3
 
-def iperf(src, dst, ip, streams, secs):
-    """Gbit/s received and sender retransmits, or (None, error)."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_s():
+    """Machine-wide busy CPU seconds so far: user+nice+system+irq+softirq of /proc/stat
+    (guest time is inside user/nice; idle, iowait and steal are not ours)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / TICK
+
+
+def proc_cpu_s(pid):
+    """utime+stime of process pid (all its threads) in seconds, or None once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            rest = f.read().rsplit(")", 1)[1].split()   # after "pid (comm)": field 3 on
+    except (OSError, IndexError):
+        return None
+    return (int(rest[11]) + int(rest[12])) / TICK
+
+
+def cpu_sample(agents):
+    return busy_s(), [proc_cpu_s(p) for p in agents]
+
+
+def cpu_per_gb(before, after, nbytes):
+    """The CPU fields of an iperf row: GB moved, total (and agent) CPU s and s/GB."""
+    gb = nbytes / 1e9
+    out = {"GB": round(gb, 3), "cpu_s": round(after[0] - before[0], 2)}
+    if before[1]:
+        a = [y - x for x, y in zip(before[1], after[1]) if x is not None and y is not None]
+        out["agent_cpu_s"] = round(sum(a), 2) if len(a) == len(before[1]) else None
+    if gb > 0:
+        out["cpu_s_per_GB"] = round(out["cpu_s"] / gb, 3)
+        if out.get("agent_cpu_s") is not None:
+            out["agent_cpu_s_per_GB"] = round(out["agent_cpu_s"] / gb, 3)
+    return out
+
+
+def iperf(src, dst, ip, streams, secs, agents=()):
+    """Gbit/s received, sender retransmits and CPU per GB moved (see cpu_per_gb; agents:
+    pids whose CPU time counts as "agent"), or (None, error)."""
     for attempt in range(3):
         port = random.randint(5300, 5899)
         srv = nsx_bg(dst, ["iperf3", "-s", "-1", "-B", ip, "-p", str(port)], secs + 30)
         time.sleep(0.4)
+        before = cpu_sample(agents)
         c = nsx(src, ["iperf3", "-c", ip, "-p", str(port), "-t", str(secs), "-P",
                       str(streams), "-J"], secs + 20)
+        after = cpu_sample(agents)
         stop(srv)
         try:
             d = json.loads(c.stdout)
@@ -84,7 +141,8 @@ def iperf(src, dst, ip, streams, secs):
             return None, {"error": err}
         e = d["end"]
         return (e["sum_received"]["bits_per_second"] / 1e9,
-                {"retr": e.get("sum_sent", {}).get("retransmits")})
+                {"retr": e.get("sum_sent", {}).get("retransmits"),
+                 **cpu_per_gb(before, after, e["sum_received"]["bytes"])})
     return None, {"error": "iperf3 server never listened"}
 
 
@@ -210,6 +268,9 @@ def measure(argv):
         elif a in ("--twill", "--base"):
             args[a[2:]] = argv[i + 1:i + 4]
             i += 4
+        elif a == "--agents":
+            args["agents"] = [int(x) for x in argv[i + 1].split(",") if x]
+            i += 2
         else:
             sys.exit("measure: unknown argument %s" % a)
     reps = int(os.environ.get("REPS", "5"))
@@ -217,6 +278,13 @@ def measure(argv):
     lat_s = int(os.environ.get("LAT_S", "3"))
     tool = lat_tool()
     say("latency tool: %s" % LAT_TOOL_DESC[tool])
+    agents = args.get("agents", [])
+    for pid in agents:
+        if proc_cpu_s(pid) is None:
+            sys.exit("measure: agent pid %d is not running" % pid)
+        say("agent pid %d: %s, %s threads, %.2f s CPU so far" % (
+            pid, open("/proc/%d/cmdline" % pid).read().replace("\0", " ").strip()[:90],
+            len(os.listdir("/proc/%d/task" % pid)), proc_cpu_s(pid)))
     sides = {"twill": args["twill"], "baseline": args["base"]}
     log = open(args["log"], "a")
     for rep in range(1, reps + 1):
@@ -225,10 +293,11 @@ def measure(argv):
             for side in order:
                 src, dst, ip = sides[side]
                 t0 = time.monotonic()
+                mine = agents if side == "twill" else ()
                 if key == "tcp1":
-                    v, extra = iperf(src, dst, ip, 1, secs)
+                    v, extra = iperf(src, dst, ip, 1, secs, mine)
                 elif key == "tcp4":
-                    v, extra = iperf(src, dst, ip, 4, secs)
+                    v, extra = iperf(src, dst, ip, 4, secs, mine)
                 else:
                     v, extra = rr(src, dst, ip, lat_s, tool)
                 row = {"backend": args["backend"], "rep": rep, "side": side, "metric": key,
@@ -245,6 +314,65 @@ def fmt(v):
     return "%.2f" % v if v < 100 else "%.1f" % v
 
 
+def spread(label, side, v, unit):
+    """One summary line: min/median/max of the values v of one side."""
+    if v:
+        say("  %-20s %-8s min %7s  median %7s  max %7s %s (n=%d)" % (
+            label, side, fmt(min(v)), fmt(statistics.median(v)), fmt(max(v)), unit, len(v)))
+    else:
+        say("  %-20s %-8s no successful runs" % (label, side))
+
+
+def field(rows, b, key, side, name="value"):
+    """{rep: row[name]} for backend b, metric key, side: the rows where it is set."""
+    return {r["rep"]: r[name] for r in rows if r["backend"] == b and r["metric"] == key
+            and r["side"] == side and r.get(name) is not None}
+
+
+def med(d):
+    return statistics.median(d.values()) if d else None
+
+
+CPU_FIELDS = [("cpu_s_per_GB", "CPU total"), ("agent_cpu_s_per_GB", "CPU agents")]
+
+
+def cpu_report(rows, b):
+    """CPU s/GB of the iperf runs of backend b: total per side, the agents' for twill."""
+    for key, label, _, _ in METRICS[:2]:
+        per = {}
+        for name, what in CPU_FIELDS:
+            for side in ("twill", "baseline"):
+                per[name, side] = field(rows, b, key, side, name)
+                if per[name, side]:
+                    spread("%s, %s" % (what, key), side, list(per[name, side].values()),
+                           "s/GB")
+        t, base = med(per["cpu_s_per_GB", "twill"]), med(per["cpu_s_per_GB", "baseline"])
+        if t is not None and base is not None:
+            agents = med(per["agent_cpu_s_per_GB", "twill"])
+            say("  %s %s CPU per GB: total twill/baseline %.2f (medians %.2f vs %.2f s/GB)%s" % (
+                b, label, t / base, t, base,
+                "; twill agents %.2f s/GB" % agents if agents is not None else ""))
+
+
+def side_by_side(rows, backends):
+    """The medians of every backend in one table (each backend ran in its own lab)."""
+    say("== side by side: medians (each backend in its own lab; its baseline built in it) ==")
+    head = ["backend", "side", "tcp1 Gbit/s", "tcp4 Gbit/s", "rr us",
+            "s/GB tcp1 total", "agents", "s/GB tcp4 total", "agents"]
+    table = []
+    for b in backends:
+        for side in ("twill", "baseline"):
+            cells = [med(field(rows, b, key, side)) for key, _, _, _ in METRICS]
+            for key in ("tcp1", "tcp4"):
+                cells += [med(field(rows, b, key, side, name)) for name, _ in CPU_FIELDS]
+            name = side if side == "twill" else GOALS.get(b, ("baseline",))[0]
+            table.append([b, name] + ["-" if c is None else fmt(c) for c in cells])
+    widths = [max(len(r[i]) for r in table + [head]) for i in range(len(head))]
+    for r in [head] + table:
+        say("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))))
+
+
 def report(files):
     rows = []
     for f in files:
@@ -259,40 +387,36 @@ def report(files):
     say("== summary: twill / baseline, same lab, same run (latency tool: %s) ==" %
         ", ".join(tools))
     for b in backends:
-        say("-- %s --" % b)
+        base_name, goals = GOALS.get(b, ("baseline", SAME_PATH))
+        say("-- %s (baseline: %s) --" % (b, base_name))
+        who = b if goals is SAME_PATH else "%s vs %s," % (b, base_name)
         for key, label, unit, better in METRICS:
-            val = {}
-            for side in ("twill", "baseline"):
-                val[side] = {r["rep"]: r["value"] for r in rows
-                             if r["backend"] == b and r["metric"] == key and r["side"] == side
-                             and r["value"] is not None}
+            val = {side: field(rows, b, key, side) for side in ("twill", "baseline")}
             fails = sum(1 for r in rows if r["backend"] == b and r["metric"] == key
                         and r["value"] is None)
             for side in ("twill", "baseline"):
-                v = list(val[side].values())
-                if v:
-                    say("  %-20s %-8s min %7s  median %7s  max %7s %s (n=%d)" % (
-                        label, side, fmt(min(v)), fmt(statistics.median(v)), fmt(max(v)),
-                        unit, len(v)))
-                else:
-                    say("  %-20s %-8s no successful runs" % (label, side))
+                spread(label, side, list(val[side].values()), unit)
             if not val["twill"] or not val["baseline"]:
-                verdicts.append("%s %s: NO DATA" % (b, label))
+                verdicts.append("%s %s: NO DATA" % (who, label))
                 continue
-            mt = statistics.median(val["twill"].values())
-            mb = statistics.median(val["baseline"].values())
-            ratio = mt / mb
+            ratio = med(val["twill"]) / med(val["baseline"])
             per = ["%.2f" % (val["twill"][k] / val["baseline"][k])
                    for k in sorted(val["twill"]) if k in val["baseline"]]
-            if better == "hi":
-                met, goal = ratio >= TP_GOAL, ">= %.2f" % TP_GOAL
+            g = goals[key]
+            if g is None:
+                verdict = "reported, no goal"
             else:
-                met, goal = ratio <= LAT_GOAL, "<= %.2f" % LAT_GOAL
-            line = "%s %s: ratio of medians %.3f (goal %s: %s); per-rep ratios %s%s" % (
-                b, label, ratio, goal, "MET" if met else "NOT MET", " ".join(per),
+                met = ratio >= g if better == "hi" else ratio <= g
+                verdict = "goal %s %.2f: %s" % (">=" if better == "hi" else "<=", g,
+                                                 "MET" if met else "NOT MET")
+            line = "%s %s: ratio of medians %.3f (%s); per-rep ratios %s%s" % (
+                who, label, ratio, verdict, " ".join(per),
                 "; %d failed runs" % fails if fails else "")
             say("  " + line)
             verdicts.append(line)
+        cpu_report(rows, b)
+    say()
+    side_by_side(rows, backends)
     say()
     say("== goals ==")
     for v in verdicts:

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Pod-to-pod TCP throughput and request/response latency of a twill cluster, per backend
-# (host-gw, vxlan), against a hand-built kernel baseline of the same path in the same lab,
+# (host-gw, vxlan; udp, ipip), against a hand-built kernel baseline in the same lab,
 # interleaved in one run. Prints min/median/max per side, the ratio of medians twill/baseline,
-# per-repetition ratios and the goals (throughput ratio >= 0.95, latency ratio <= 1.05, MET /
-# NOT MET); the whole output goes to bench/results/cluster-<UTC timestamp>.txt.
+# per-repetition ratios, CPU time per GB moved, a side-by-side table of all backends and the
+# goals (MET / NOT MET); the whole output goes to bench/results/cluster-<UTC timestamp>.txt.
+#   host-gw, vxlan: baseline the same path by hand; throughput ratio >= 0.95, latency <= 1.05
+#   udp, ipip (the userspace tunnel engine on twill.tun in the agents): baseline the kernel
+#     VXLAN path below, as for vxlan; 1-stream throughput ratio >= 0.5 (4 streams reported),
+#     latency ratio <= 2.0. Pod MTUs differ by design (twill 1472 udp / 1480 ipip, VXLAN 1450).
 #
 # Per backend: `twill lab up --nodes 2 --backend B --pods-per-node 1` (pods h1-p1, h2-p1 made
 # by the twill CNI plugin, routes by the twill agents), then inside the same two host netns a
@@ -15,6 +19,11 @@
 # metric, twill and baseline back to back (odd reps twill first, even reps baseline first):
 #   tcp1  iperf3 -t T, 1 stream, server in the destination pod (h2), client in h1's pod
 #   tcp4  the same with -P 4
+#         each iperf run also gives CPU s per GB moved (GB: iperf3's end.sum_received.bytes):
+#         "total", the machine-wide busy time of /proc/stat over the run (it includes iperf3
+#         itself and anything else the shared machine does; only same-run ratios count), for
+#         every side; "agents", utime+stime of both hosts' twill agents (/proc/<pid>/stat,
+#         pids from state.json) over the run, for twill udp/ipip, where the tunnel is theirs
 #   rr    64-byte TCP ping-pong for LAT_S s, median RTT (sockperf if installed, else python;
 #         LAT_TOOL=python|sockperf|ping forces one; the tool is named in the output)
 # On this 2-vCPU VM absolute round trips swing ~10x (about 12 us while other work keeps the
@@ -24,10 +33,13 @@
 #
 # Usage (as root):  bash bench/cluster.sh
 #   REPS=5  T=5  LAT_S=3  BACKENDS="host-gw vxlan"  LAT_TOOL=auto
+#   BACKENDS="vxlan udp ipip"   the userspace tunnels next to twill's kernel VXLAN, one run
+#                               (bench/tunnel.sh does just that)
 #   TWILL=path/to/twill   (default target/release/twill; copied first so a build cannot swap it)
 #   bash bench/cluster.sh --aa     A/A calibration without twill: the "twill" side is a second
 #                                  hand-built path of the same kind (bridge twill0, 10.244/16,
 #                                  VXLAN VNI 1 port 8472); shows the harness and the noise floor
+#                                  (host-gw and vxlan only)
 #   bash bench/cluster.sh --clean  removes labs/netns left by a run killed with SIGKILL
 set -euo pipefail
 . "$(dirname "$0")/lib-cluster.sh"
@@ -38,7 +50,7 @@ case "${1:-}" in
   --clean)
     need_root "run as root"
     clean_labs bc 60
-    for ns in $(netns_list | grep -E '^twl-bc[0-9a-f]{4}[hv]-' || true); do
+    for ns in $(netns_list | grep -E '^twl-bc[0-9a-f]{4}[hvui]-' || true); do
       kill_netns "$ns" && echo "deleted netns $ns"
     done
     rm -rf /tmp/twcl-run.*
@@ -50,7 +62,11 @@ need_root
 int_settings REPS=5 T=5 LAT_S=3
 BACKENDS=${BACKENDS:-host-gw vxlan}
 for b in $BACKENDS; do
-  case $b in host-gw|vxlan) ;; *) die "BACKENDS: only host-gw and vxlan, not $b" ;; esac
+  case $b in
+    host-gw|vxlan) ;;
+    udp|ipip) [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
+    *) die "BACKENDS: only host-gw, vxlan, udp and ipip, not $b" ;;
+  esac
 done
 export REPS T LAT_S
 need_cmds "apt-get install iproute2 iperf3 python3 iputils-ping" ip bridge iperf3 python3 timeout ping
@@ -62,7 +78,7 @@ fi
 RUN=$(run_id)
 WORK=$(mktemp -d /tmp/twcl-run.XXXXXX)
 LABS=()
-for b in $BACKENDS; do LABS+=("bc$RUN${b:0:1}"); done   # bc1a2bh, bc1a2bv
+for b in $BACKENDS; do LABS+=("bc$RUN${b:0:1}"); done   # bc1a2bh, bc1a2bv, bc1a2bu, bc1a2bi
 TW=$WORK/twill
 
 cleanup() {
@@ -90,17 +106,18 @@ else
 fi
 echo "# REPS=$REPS T=${T}s LAT_S=${LAT_S}s backends: $BACKENDS; iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
 
-declare -A HNS HIP TPOD TIP
+declare -A HNS HIP TPOD TIP AGENT
 MTU_U=1500
 
-read_lab() {   # fills HNS/HIP (host netns, underlay ip) and TPOD/TIP (twill pods) of lab $1
+read_lab() {   # fills HNS/HIP/AGENT (host netns, underlay ip, agent pid) and TPOD/TIP (twill pods)
   local st=/run/twill/lab/$1/state.json
   [ -f "$st" ] || die "$st missing after lab up"
   eval "$(python3 - "$st" <<'PY'
 import json, shlex, sys
 s = json.load(open(sys.argv[1]))
 for h in s["hosts"]:
-    print("HNS[%d]=%s HIP[%d]=%s" % (h["index"], shlex.quote(h["netns"]), h["index"], h["ip"]))
+    print("HNS[%d]=%s HIP[%d]=%s AGENT[%d]=%s" % (h["index"], shlex.quote(h["netns"]), h["index"],
+          h["ip"], h["index"], int(h.get("agentPid", h.get("agent_pid")) or 0)))
 for p in s["pods"]:
     if p["index"] == 1:
         print("TPOD[%d]=%s TIP[%d]=%s" % (p["host"], shlex.quote(p["netns"]), p["host"], p["ip"]))
@@ -188,7 +205,8 @@ pingable() {   # SRC_NS DST_IP TRIES
 }
 
 run_backend() {
-  local b=$1 n=$2 i mt mb
+  local b=$1 n=$2 i mt mb base=$1 agents=()   # agents: --agents PID,PID for udp/ipip
+  case $b in udp|ipip) base=vxlan ;; esac   # the userspace tunnels are measured vs kernel VXLAN
   echo
   echo "==== backend $b (lab $n) ===="
   local t0=$SECONDS
@@ -207,10 +225,20 @@ run_backend() {
       ip netns exec "${HNS[$i]}" sysctl -qw net.ipv4.ip_forward=1
     fi
   done
-  path_up "$b" 10.250 bbr0 bvx0 100 4790 b0 b 118
+  path_up "$base" 10.250 bbr0 bvx0 100 4790 b0 b 118
   mt=$(ip -n "${TPOD[1]}" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
   mb=$(ip -n "${HNS[1]}-b" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
-  echo "pod MTU: twill $mt, baseline $mb (underlay $MTU_U)$([ "$mt" = "$mb" ] || echo '  <-- DIFFERENT')"
+  if [ "$base" = "$b" ]; then
+    echo "pod MTU: twill $mt, baseline $mb (underlay $MTU_U)$([ "$mt" = "$mb" ] || echo '  <-- DIFFERENT')"
+  else
+    echo "pod MTU: twill $b $mt, baseline kernel VXLAN $mb (underlay $MTU_U; different encapsulations)"
+    for i in 1 2; do
+      [ "${AGENT[$i]:-0}" -gt 0 ] && [ -d "/proc/${AGENT[$i]}" ] || die "no running agent for ${HNS[$i]} in state.json"
+      echo "${HNS[$i]}: agent pid ${AGENT[$i]}; $(ip -n "${HNS[$i]}" -o link show twill.tun 2>/dev/null \
+        | awk '{print $2, $4, $5}' || true)"
+    done
+    agents=(--agents "${AGENT[1]},${AGENT[2]}")
+  fi
   echo "h1 routes to the peer: twill: $(ip -n "${HNS[1]}" route show proto 117 | tr '\n' ';')"
   echo "                       baseline: $(ip -n "${HNS[1]}" route show proto 118 | tr '\n' ';')"
   pingable "${TPOD[1]}" "${TIP[2]}" 15 || die "twill pod ${TIP[1]} cannot ping ${TIP[2]} ($b)"
@@ -220,6 +248,7 @@ run_backend() {
     --backend "$b" --log "$LOG" \
     --twill "${TPOD[1]}" "${TPOD[2]}" "${TIP[2]}" \
     --base "${HNS[1]}-b" "${HNS[2]}-b" 10.250.2.2 \
+    "${agents[@]}" \
     || echo "warning: measurement of $b ended early (rc $?)"
   path_down 10.250 bbr0 bvx0 b
   if [ "$AA" = 1 ]; then

@@ -212,7 +212,17 @@ fn traffic_survives_agent_and_etcd_restarts() {
 
 /// The rest of the backend × underlay matrix: every pod reaches every pod, and each agent
 /// reports the path it chose for each peer.
-fn reach_case(backend: Backend, direct_routing: bool, underlay: Underlay, path: &str) {
+fn reach_case(backend: Backend, direct_routing: bool, underlay: Underlay, path: &'static str) {
+    reach_case_with(backend, direct_routing, underlay, |_, _| path);
+}
+
+/// Like [`reach_case`], with the expected path per pair (`from` index, `to` index).
+fn reach_case_with(
+    backend: Backend,
+    direct_routing: bool,
+    underlay: Underlay,
+    path: impl Fn(u32, u32) -> &'static str,
+) {
     require_root();
     let (spec, _g) = spec();
     let lab = up(&spec
@@ -222,8 +232,13 @@ fn reach_case(backend: Backend, direct_routing: bool, underlay: Underlay, path: 
         .underlay(underlay)
         .pods_per_node(1));
     let st = statuses(&lab);
-    for (from, to) in [(1, "h2"), (1, "h3"), (2, "h3"), (3, "h1")] {
-        assert_eq!(via(&st, from, to), path, "h{from} -> {to}");
+    for (from, to) in [(1, 2), (1, 3), (2, 3), (3, 1)] {
+        let to_name = format!("h{to}");
+        assert_eq!(
+            via(&st, from as usize, &to_name),
+            path(from, to),
+            "h{from} -> {to_name}"
+        );
     }
     assert_all_reach(&lab);
     let name = lab.name().to_string();
@@ -247,4 +262,58 @@ fn vxlan_on_routed_encapsulates_everything() {
 #[ignore = "needs root"]
 fn vxlan_direct_routing_on_l2_routes_directly() {
     reach_case(Backend::Vxlan, true, Underlay::L2, "direct");
+}
+
+/// On the routed underlay odd hosts share one subnet and even hosts the other: DirectRouting
+/// routes within a subnet and tunnels across.
+fn cross_subnet(tunnel: &'static str) -> impl Fn(u32, u32) -> &'static str {
+    move |a, b| if a % 2 == b % 2 { "direct" } else { tunnel }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_on_l2() {
+    reach_case(Backend::Udp, false, Underlay::L2, "udp");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_on_routed() {
+    reach_case(Backend::Udp, false, Underlay::Routed, "udp");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_direct_routing_on_l2() {
+    reach_case(Backend::Udp, true, Underlay::L2, "direct");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_direct_routing_on_routed() {
+    reach_case_with(Backend::Udp, true, Underlay::Routed, cross_subnet("udp"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_on_l2() {
+    reach_case(Backend::Ipip, false, Underlay::L2, "ipip");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_on_routed() {
+    reach_case(Backend::Ipip, false, Underlay::Routed, "ipip");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_direct_routing_on_l2() {
+    reach_case(Backend::Ipip, true, Underlay::L2, "direct");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_direct_routing_on_routed() {
+    reach_case_with(Backend::Ipip, true, Underlay::Routed, cross_subnet("ipip"));
 }

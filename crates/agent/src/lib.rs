@@ -14,11 +14,13 @@
 //! - [`lease`]: acquiring, keeping and releasing the node's subnet lease.
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.
+//! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 
 pub mod cli;
 pub mod files;
 pub mod lease;
+pub mod tunnel;
 pub mod underlay;
 
 pub mod run;

@@ -20,6 +20,7 @@ use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
 use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus};
 
 use crate::lease::{self, Held};
+use crate::tunnel::Engine;
 use crate::{files, underlay};
 
 /// Name of the masquerade chain of the cluster's pools.
@@ -97,6 +98,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         nl,
         synced_once: false,
         started,
+        tunnel: None,
+        last_peers: Vec::new(),
     };
     agent.main_loop().await
 }
@@ -150,6 +153,10 @@ struct Agent {
     nl: AgentHandle,
     synced_once: bool,
     started: Instant,
+    /// The userspace tunnel engine (udp, ipip backends).
+    tunnel: Option<Engine>,
+    /// Peers as last reconciled, for status rewrites between reconciles (tunnel counters).
+    last_peers: Vec<PeerStatus>,
 }
 
 /// What ended the loop.
@@ -167,6 +174,8 @@ impl Agent {
         renew.tick().await;
         let mut resync = tokio::time::interval(self.opts.resync);
         resync.tick().await;
+        // Tunnel counters change with every packet; status shows them at this pace.
+        let mut counters = tokio::time::interval(Duration::from_secs(1));
         let exit = loop {
             tokio::select! {
                 ev = events.recv() => {
@@ -188,6 +197,7 @@ impl Agent {
                     }
                 }
                 _ = resync.tick() => if self.in_sync { self.reconcile().await },
+                _ = counters.tick() => if self.tunnel.is_some() { self.write_status(None) },
                 _ = renew.tick() => self.renew().await?,
                 _ = sigterm.recv() => break Exit::Signal,
                 _ = sigint.recv() => break Exit::Signal,
@@ -196,6 +206,9 @@ impl Agent {
         match exit {
             Exit::Signal => {
                 info!("stopping; the dataplane stays as it is");
+                if let Some(engine) = self.tunnel.take() {
+                    engine.shutdown();
+                }
                 Ok(())
             }
             Exit::Left => {
@@ -305,6 +318,9 @@ impl Agent {
             .cloned()
             .collect();
         let desired = self.backend.desired(&self.node, &peers);
+        if let Err(e) = self.ensure_tunnel(&desired) {
+            warn!("{e:#}");
+        }
         let observed = match self.apply(&desired).await {
             Ok(observed) => Some(observed),
             Err(e) => {
@@ -321,6 +337,34 @@ impl Agent {
             );
         }
         self.write_status(Some((&desired, observed.as_ref())));
+    }
+
+    /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
+    /// the current peers (before routes into it are added, so the first packet finds its peer).
+    fn ensure_tunnel(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
+        let subnet = self.node.subnet;
+        match (&desired.tunnel, &self.tunnel) {
+            (Some(spec), Some(engine)) if engine.runs(spec, subnet) => {}
+            (Some(spec), _) => {
+                if let Some(old) = self.tunnel.take() {
+                    old.shutdown();
+                }
+                let engine = Engine::start(spec, subnet)?;
+                info!(device = %spec.name, "tunnel engine running");
+                self.tunnel = Some(engine);
+            }
+            (None, Some(_)) => {
+                if let Some(old) = self.tunnel.take() {
+                    old.shutdown();
+                }
+                crate::tunnel::remove_device(twill_backend::tunnel::DEVICE)?;
+            }
+            (None, None) => {}
+        }
+        if let Some(engine) = &self.tunnel {
+            engine.set_peers(&desired.tunnel_peers);
+        }
+        Ok(())
     }
 
     /// Observes, diffs and applies; returns what the kernel holds afterwards.
@@ -368,17 +412,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes status.json. `state` None keeps the last peer list and only updates in_sync.
-    fn write_status(&self, state: Option<(&DesiredState, Option<&Observed>)>) {
+    /// Writes status.json: the peers of `state` (or, with None, those of the last reconcile),
+    /// in_sync, and fresh tunnel counters.
+    fn write_status(&mut self, state: Option<(&DesiredState, Option<&Observed>)>) {
+        if let Some((desired, observed)) = state {
+            self.last_peers = peer_status(desired, observed);
+        }
         let path = self.opts.data_dir.join(node::STATUS_FILE);
-        let peers = match state {
-            Some((desired, observed)) => peer_status(desired, observed),
-            None => files::read_json::<AgentStatus>(&path)
-                .ok()
-                .flatten()
-                .map(|s| s.peers)
-                .unwrap_or_default(),
-        };
+        let mut peers = self.last_peers.clone();
+        let tunnel = self.tunnel.as_ref().map(|engine| {
+            let (counters, status) = engine.status();
+            for p in &mut peers {
+                p.counters = counters.get(&p.node).copied();
+            }
+            status
+        });
         let status = AgentStatus {
             node: self.node.name.clone(),
             subnet: self.node.subnet,
@@ -392,7 +440,7 @@ impl Agent {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             peers,
-            tunnel: None,
+            tunnel,
         };
         if let Err(e) = files::write_json(&path, &status) {
             warn!("writing {}: {e:#}", path.display());
@@ -507,6 +555,13 @@ async fn next_soon(events: &mut mpsc::Receiver<MirrorEvent>) -> Option<MirrorEve
 /// Removes everything the agent made on this node: peer routes, the VXLAN device, the cluster's
 /// masquerade chain, the node and status files.
 pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if nl
+        .link_by_name(twill_backend::tunnel::DEVICE)
+        .await?
+        .is_some()
+    {
+        crate::tunnel::remove_device(twill_backend::tunnel::DEVICE)?;
+    }
     let report = peers::remove_all(nl).await?;
     if !report.failures.is_empty() {
         anyhow::bail!("removing twill's routes and devices: {report}");

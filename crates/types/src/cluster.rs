@@ -174,7 +174,10 @@ impl BackendKind {
 
     /// Only encapsulating backends that can also route directly have a `DirectRouting` switch.
     fn has_direct_routing(self) -> bool {
-        matches!(self, BackendKind::Vxlan | BackendKind::Ipip)
+        matches!(
+            self,
+            BackendKind::Vxlan | BackendKind::Ipip | BackendKind::Udp
+        )
     }
 
     fn list() -> String {
@@ -762,15 +765,16 @@ fn flannel_backend(
                     })?;
                 }
             }
-            (BackendKind::Vxlan | BackendKind::Ipip, "directrouting") => {
+            // Flannel's udp has no DirectRouting; twill's does (same-segment peers get routes).
+            (BackendKind::Vxlan | BackendKind::Ipip | BackendKind::Udp, "directrouting") => {
                 backend.direct_routing = flannel_bool(&name, value)?;
             }
             // Tools that template net-conf.json often write `"DirectRouting": false` for every
             // backend; only `true` would ask for something these backends cannot do.
-            (BackendKind::HostGw | BackendKind::Udp | BackendKind::Wireguard, "directrouting") => {
+            (BackendKind::HostGw | BackendKind::Wireguard, "directrouting") => {
                 if flannel_bool(&name, value)? {
                     return fail(format!(
-                        "{name} is not available with the {kind} backend: use vxlan or ipip"
+                        "{name} is not available with the {kind} backend: use vxlan, udp or ipip"
                     ));
                 }
             }
@@ -792,7 +796,7 @@ fn flannel_backend(
             _ => {
                 let known = match kind {
                     BackendKind::Vxlan => "Type, VNI, Port, DirectRouting",
-                    BackendKind::Udp => "Type, Port",
+                    BackendKind::Udp => "Type, Port, DirectRouting",
                     BackendKind::Ipip => "Type, DirectRouting",
                     BackendKind::Wireguard => "Type, ListenPort",
                     BackendKind::HostGw => "Type",

@@ -1,0 +1,103 @@
+//! The agent's side of the userspace tunnel (udp and ipip backends): starting the engine for
+//! the desired TUN device, feeding it the tunnelled peers, and turning its counters into status.
+//!
+//! The engine keeps its TUN device persistent, so the routes into it survive an agent restart;
+//! a restarted agent re-attaches within its first reconcile and traffic resumes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use twill_types::desired::{TunnelDevice, TunnelEncap, TunnelPeer};
+use twill_types::node::{PeerCounters, TunnelStatus};
+
+/// A running tunnel engine and the spec it was started with.
+pub struct Engine {
+    tunnel: twill_tunnel::Tunnel,
+    spec: TunnelDevice,
+    local_subnet: Ipv4Net,
+}
+
+impl Engine {
+    /// Starts (or re-attaches to) the tunnel in the agent's network namespace.
+    pub fn start(spec: &TunnelDevice, local_subnet: Ipv4Net) -> anyhow::Result<Engine> {
+        let encap = match spec.encap {
+            TunnelEncap::Udp { port } => twill_tunnel::Encap::Udp { port },
+            TunnelEncap::Ipip => twill_tunnel::Encap::Ipip,
+        };
+        let tunnel = twill_tunnel::Tunnel::start(twill_tunnel::TunnelConfig {
+            encap,
+            device: spec.name.clone(),
+            mtu: spec.mtu,
+            local_subnet,
+            local_ip: spec.local,
+            queues: 0,
+        })
+        .with_context(|| format!("starting the tunnel on {}", spec.name))?;
+        Ok(Engine {
+            tunnel,
+            spec: spec.clone(),
+            local_subnet,
+        })
+    }
+
+    /// Whether this engine runs exactly `spec` for `local_subnet`.
+    pub fn runs(&self, spec: &TunnelDevice, local_subnet: Ipv4Net) -> bool {
+        self.spec == *spec && self.local_subnet == local_subnet
+    }
+
+    pub fn set_peers(&self, peers: &[TunnelPeer]) {
+        let peers: Vec<twill_tunnel::Peer> = peers
+            .iter()
+            .map(|p| twill_tunnel::Peer {
+                node: p.node.clone(),
+                subnet: p.subnet,
+                underlay: p.underlay,
+            })
+            .collect();
+        self.tunnel.set_peers(&peers);
+    }
+
+    /// Per-peer counters by node name, and the tunnel's own status (drops by reason).
+    pub fn status(&self) -> (HashMap<String, PeerCounters>, TunnelStatus) {
+        let stats = self.tunnel.stats();
+        let counters = stats
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.node.clone(),
+                    PeerCounters {
+                        tx_packets: p.tx_packets,
+                        tx_bytes: p.tx_bytes,
+                        rx_packets: p.rx_packets,
+                        rx_bytes: p.rx_bytes,
+                    },
+                )
+            })
+            .collect();
+        let drops: BTreeMap<String, u64> = match serde_json::to_value(&stats.drops) {
+            Ok(serde_json::Value::Object(map)) => map
+                .into_iter()
+                .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let status = TunnelStatus {
+            device: self.spec.name.clone(),
+            encap: self.spec.encap,
+            drops,
+        };
+        (counters, status)
+    }
+
+    /// Stops the workers; the device stays (routes into it stay valid for the next agent).
+    pub fn shutdown(self) {
+        self.tunnel.shutdown();
+    }
+}
+
+/// Removes the tunnel's device if it exists (`twill node leave`, or a backend change).
+pub fn remove_device(name: &str) -> anyhow::Result<()> {
+    twill_tunnel::delete_device(name).with_context(|| format!("removing {name}"))
+}

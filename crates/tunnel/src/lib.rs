@@ -1,0 +1,376 @@
+//! twill's userspace tunnel engine: carries pod traffic between nodes where the kernel has no
+//! module for the mode (ipip), or in Flannel's `udp` framing.
+//!
+//! A [`Tunnel`] owns a persistent multi-queue TUN device (with `IFF_VNET_HDR`, so one read or
+//! write moves a whole 64 KiB TCP super-packet) and, per queue, one socket and one worker
+//! thread moving both ways: TUN → underlay (segment, look up the peer by inner destination, encapsulate, send
+//! in batches with `sendmmsg` and UDP GSO), and underlay → TUN (receive in batches with
+//! `recvmmsg` and UDP GRO, validate, coalesce TCP segments back into super-packets, write).
+//!
+//! The receive side is a port open to the network, so every datagram is checked before its
+//! inner packet reaches the kernel: outer source must be a peer's underlay address, inner
+//! source inside that peer's subnet, inner destination inside ours. Everything else is dropped
+//! and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
+//!
+//! Modules: [`wire`] (pure codecs, fuzzed), `peers` (the lock-free peer table), `carrier`
+//! (the encapsulations behind one trait, where WireGuard will plug in), `engine` (the worker
+//! loops), `device` (TUN), `sys` (the only `unsafe`: sendmmsg/recvmmsg).
+
+mod buf;
+mod carrier;
+mod device;
+mod engine;
+mod peers;
+mod sys;
+pub mod wire;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::carrier::{Carrier, IpipCarrier, UdpCarrier};
+use crate::peers::{DropAtomics, PeerTable};
+pub use crate::wire::DropReason;
+
+/// Flannel's UDP port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+
+/// How inner packets travel between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// Flannel's `udp` backend framing: the UDP payload is the inner IPv4 packet.
+    Udp { port: u16 },
+    /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver.
+    Ipip,
+}
+
+impl Default for Encap {
+    fn default() -> Encap {
+        Encap::Udp {
+            port: DEFAULT_UDP_PORT,
+        }
+    }
+}
+
+impl Encap {
+    /// Bytes added to each inner packet on the underlay: TUN MTU = underlay MTU − this.
+    pub fn overhead(&self) -> u32 {
+        match self {
+            Encap::Udp { .. } => wire::UDP_OVERHEAD,
+            Encap::Ipip => wire::IPIP_OVERHEAD,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Encap::Udp { .. } => "udp",
+            Encap::Ipip => "ipip",
+        }
+    }
+}
+
+/// What [`Tunnel::start`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    pub encap: Encap,
+    /// TUN device name, e.g. "twill.tun" (at most 15 bytes).
+    pub device: String,
+    /// TUN MTU = underlay MTU − [`Encap::overhead`].
+    pub mtu: u32,
+    /// This node's pod subnet: decapsulated packets must be addressed into it.
+    pub local_subnet: Ipv4Net,
+    /// Underlay address to bind and send from.
+    pub local_ip: Ipv4Addr,
+    /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
+    pub queues: usize,
+}
+
+/// Another node: packets for `subnet` go to `underlay`, and only `underlay` may send packets
+/// from `subnet`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub underlay: Ipv4Addr,
+}
+
+/// Traffic with one peer. Bytes count inner packets (what the pods sent), not outer headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStats {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub underlay: Ipv4Addr,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+/// Packets dropped, by reason (inner packets; a datagram that carried several counts each).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropCounters {
+    /// Outer source is not a peer's underlay address.
+    pub unknown_peer: u64,
+    /// Inner source outside the sending peer's subnet.
+    pub spoofed_inner_source: u64,
+    /// Inner destination outside the local subnet.
+    pub foreign_inner_destination: u64,
+    /// Truncated, bad IPv4 header or length, not IPv4.
+    pub malformed: u64,
+    /// From the TUN device to a subnet that no peer owns.
+    pub no_peer_for_destination: u64,
+    /// The kernel refused a send (underlay or TUN write).
+    pub send_errors: u64,
+}
+
+impl DropCounters {
+    /// Sum of all reasons.
+    pub fn total(&self) -> u64 {
+        self.unknown_peer
+            + self.spoofed_inner_source
+            + self.foreign_inner_destination
+            + self.malformed
+            + self.no_peer_for_destination
+            + self.send_errors
+    }
+}
+
+/// A snapshot of the engine's counters, for the agent's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelStats {
+    pub device: String,
+    /// "udp" or "ipip".
+    pub encap: String,
+    pub queues: usize,
+    /// Whether the TUN device moves TCP super-packets (IFF_VNET_HDR with TSO).
+    pub offload: bool,
+    pub peers: Vec<PeerStats>,
+    pub drops: DropCounters,
+}
+
+/// Errors of [`Tunnel::start`] and [`delete_device`].
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("invalid tunnel configuration: {0}")]
+    Config(String),
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Netlink(#[from] twill_netlink::Error),
+}
+
+/// State the workers share with the handle.
+pub(crate) struct Shared {
+    pub peers: ArcSwap<PeerTable>,
+    pub drops: DropAtomics,
+    pub local_subnet: Ipv4Net,
+    pub mtu: usize,
+    pub stop: AtomicBool,
+    /// Readable (EOF) once the handle drops its end: wakes workers blocked in poll.
+    pub stop_fd: UnixStream,
+}
+
+/// A running tunnel. Dropping it stops the workers like [`Tunnel::shutdown`]; the device stays.
+pub struct Tunnel {
+    device: String,
+    encap: Encap,
+    queues: usize,
+    offload: bool,
+    shared: Arc<Shared>,
+    set_peers_lock: Mutex<()>,
+    stop_writer: Option<UnixStream>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("device", &self.device)
+            .field("encap", &self.encap)
+            .field("queues", &self.queues)
+            .field("offload", &self.offload)
+            .finish()
+    }
+}
+
+impl Tunnel {
+    /// Creates (or re-attaches to) the TUN device in the calling thread's network namespace,
+    /// sets MTU and up, makes it persistent, opens the sockets and starts the workers. The
+    /// peer table starts empty.
+    pub fn start(cfg: TunnelConfig) -> Result<Tunnel, TunnelError> {
+        device::check_name(&cfg.device)?;
+        if let Encap::Udp { port: 0 } = cfg.encap {
+            return Err(TunnelError::Config("udp port 0".into()));
+        }
+        let queues = match cfg.queues {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(64);
+        let local_subnet = cfg.local_subnet.trunc();
+        let (tuns, offload) = device::open(&cfg.device, cfg.mtu, queues)?;
+
+        let (stop_writer, stop_fd) = UnixStream::pair().map_err(|source| TunnelError::Io {
+            op: "create stop socket pair".into(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            peers: ArcSwap::from_pointee(PeerTable::default()),
+            drops: DropAtomics::default(),
+            local_subnet,
+            mtu: cfg.mtu as usize,
+            stop: AtomicBool::new(false),
+            stop_fd,
+        });
+        let mut tunnel = Tunnel {
+            device: cfg.device.clone(),
+            encap: cfg.encap,
+            queues,
+            offload,
+            shared,
+            set_peers_lock: Mutex::new(()),
+            stop_writer: Some(stop_writer),
+            workers: Vec::new(),
+        };
+        match cfg.encap {
+            Encap::Udp { port } => {
+                let carriers = (0..queues)
+                    .map(|_| UdpCarrier::open(cfg.local_ip, port))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if queues > 1 {
+                    carrier::shard_udp(&carriers[0], queues)?;
+                }
+                tunnel.spawn(tuns, carriers)?;
+            }
+            Encap::Ipip => {
+                let carriers = (0..queues)
+                    .map(|q| IpipCarrier::open(cfg.local_ip, q, queues))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tunnel.spawn(tuns, carriers)?;
+            }
+        }
+        tracing::info!(
+            device = %cfg.device,
+            encap = cfg.encap.name(),
+            queues,
+            offload,
+            "tunnel started"
+        );
+        Ok(tunnel)
+    }
+
+    fn spawn<C: Carrier>(
+        &mut self,
+        tuns: Vec<tun_rs::SyncDevice>,
+        carriers: Vec<C>,
+    ) -> Result<(), TunnelError> {
+        for (q, (tun, carrier)) in tuns.into_iter().zip(carriers).enumerate() {
+            let shared = Arc::clone(&self.shared);
+            let offload = self.offload;
+            let handle = std::thread::Builder::new()
+                .name(format!("twill-q{q}"))
+                .spawn(move || engine::run(&tun, &carrier, &shared, offload))
+                .map_err(|source| TunnelError::Io {
+                    op: "spawn tunnel worker".into(),
+                    source,
+                })?;
+            self.workers.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Replaces the peer table atomically. Counters of nodes that stay are kept.
+    pub fn set_peers(&self, peers: &[Peer]) {
+        let _guard = self
+            .set_peers_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let port = match self.encap {
+            Encap::Udp { port } => port,
+            Encap::Ipip => 0,
+        };
+        let old = self.shared.peers.load();
+        let table = PeerTable::build(peers, port, Some(&old));
+        self.shared.peers.store(Arc::new(table));
+    }
+
+    /// Per-peer traffic and drop counters.
+    pub fn stats(&self) -> TunnelStats {
+        let table = self.shared.peers.load();
+        let peers = table
+            .entries
+            .iter()
+            .map(|e| PeerStats {
+                node: e.peer.node.clone(),
+                subnet: e.peer.subnet,
+                underlay: e.peer.underlay,
+                tx_packets: e.counters.tx_packets.load(Ordering::Relaxed),
+                tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed),
+                rx_packets: e.counters.rx_packets.load(Ordering::Relaxed),
+                rx_bytes: e.counters.rx_bytes.load(Ordering::Relaxed),
+            })
+            .collect();
+        let d = &self.shared.drops;
+        TunnelStats {
+            device: self.device.clone(),
+            encap: self.encap.name().to_string(),
+            queues: self.queues,
+            offload: self.offload,
+            peers,
+            drops: DropCounters {
+                unknown_peer: d.get(DropReason::UnknownPeer),
+                spoofed_inner_source: d.get(DropReason::SpoofedInnerSource),
+                foreign_inner_destination: d.get(DropReason::ForeignInnerDestination),
+                malformed: d.get(DropReason::Malformed),
+                no_peer_for_destination: d.get(DropReason::NoPeerForDestination),
+                send_errors: d.get(DropReason::SendError),
+            },
+        }
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Stops the workers and closes the queues and sockets; the persistent device stays, with
+    /// its routes, for the next [`Tunnel::start`].
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Closing our end makes the workers' stop descriptor readable (EOF) and ends their poll.
+        self.stop_writer.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Removes the persistent TUN device `name` from the calling thread's network namespace (for
+/// `twill node leave`). Missing is fine; a link of that name that is not a multi-queue TUN
+/// device is refused.
+pub fn delete_device(name: &str) -> Result<(), TunnelError> {
+    device::delete(name)
+}

@@ -1,0 +1,249 @@
+//! A two-host lab for the tunnel tests: hosts `h1`, `h2` (and optionally an attacker `x`) on
+//! one bridge in namespace `sw` (underlay 192.168.77.0/24, MTU 1500), and a pod behind each
+//! host (`p1` 10.244.1.2 behind h1, `p2` 10.244.2.2 behind h2), routed through the host.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use twill_testkit::{Netns, veth};
+use twill_tunnel::{Encap, Peer, Tunnel, TunnelConfig};
+
+pub const H1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+pub const H2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+pub const X: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 3);
+pub const P1: &str = "10.244.1.2";
+pub const P2: &str = "10.244.2.2";
+pub const NET1: &str = "10.244.1.0/24";
+pub const NET2: &str = "10.244.2.0/24";
+
+pub struct Lab {
+    pub sw: Netns,
+    pub h1: Netns,
+    pub h2: Netns,
+    pub p1: Netns,
+    pub p2: Netns,
+    pub x: Option<Netns>,
+}
+
+impl Lab {
+    pub fn new(tag: &str, attacker: bool) -> Lab {
+        twill_testkit::require_root();
+        let sw = Netns::new(&format!("{tag}sw"));
+        sw.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        sw.ok(&["ip", "link", "set", "br0", "up"]);
+        let host = |name: &str, ip: Ipv4Addr| {
+            let ns = Netns::new(&format!("{tag}{name}"));
+            let port = format!("{name}p");
+            veth(&ns, "eth0", &sw, &port);
+            sw.ok(&["ip", "link", "set", &port, "master", "br0"]);
+            ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            ns
+        };
+        let h1 = host("h1", H1);
+        let h2 = host("h2", H2);
+        let x = attacker.then(|| host("x", X));
+        let pod = |host: &Netns, name: &str, n: u8| {
+            let ns = Netns::new(&format!("{tag}{name}"));
+            let hport = format!("v{name}");
+            veth(&ns, "eth0", host, &hport);
+            ns.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.244.{n}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            ns.ok(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.244.{n}.1"),
+            ]);
+            host.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.244.{n}.1/24"),
+                "dev",
+                &hport,
+            ]);
+            ns
+        };
+        let p1 = pod(&h1, "p1", 1);
+        let p2 = pod(&h2, "p2", 2);
+        Lab {
+            sw,
+            h1,
+            h2,
+            p1,
+            p2,
+            x,
+        }
+    }
+
+    /// Runs `f` on a thread inside `ns` (what the agent does for its own namespace).
+    pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+        twill_netlink::netns::Netns::open(Path::new(&ns.path()))
+            .expect("open netns")
+            .run(f)
+            .expect("enter netns")
+    }
+
+    pub fn config(encap: Encap, device: &str, host: u8, queues: usize) -> TunnelConfig {
+        TunnelConfig {
+            encap,
+            device: device.into(),
+            mtu: 1500 - encap.overhead(),
+            local_subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+            local_ip: if host == 1 { H1 } else { H2 },
+            queues,
+        }
+    }
+
+    pub fn peer_of(host: u8) -> Peer {
+        Peer {
+            node: format!("h{host}"),
+            subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+            underlay: if host == 1 { H1 } else { H2 },
+        }
+    }
+
+    /// Starts a tunnel in h1 and one in h2, each with the other as peer.
+    pub fn start_pair(&self, encap: Encap, device: &str, queues: usize) -> (Tunnel, Tunnel) {
+        let t1 = self.start(1, encap, device, queues);
+        let t2 = self.start(2, encap, device, queues);
+        t1.set_peers(&[Lab::peer_of(2)]);
+        t2.set_peers(&[Lab::peer_of(1)]);
+        (t1, t2)
+    }
+
+    pub fn host(&self, n: u8) -> &Netns {
+        if n == 1 { &self.h1 } else { &self.h2 }
+    }
+
+    pub fn start(&self, host: u8, encap: Encap, device: &str, queues: usize) -> Tunnel {
+        let cfg = Lab::config(encap, device, host, queues);
+        Lab::in_ns(self.host(host), || Tunnel::start(cfg)).expect("start tunnel")
+    }
+
+    /// Routes each host's peer subnet through `dev` (both directions).
+    pub fn route_via(&self, dev: &str) {
+        self.h1.ok(&["ip", "route", "replace", NET2, "dev", dev]);
+        self.h2.ok(&["ip", "route", "replace", NET1, "dev", dev]);
+    }
+
+    /// Sets the pods' MTU (pod and host ends), as the CNI plugin would for a mode.
+    pub fn set_pod_mtu(&self, mtu: u32) {
+        let m = mtu.to_string();
+        self.p1.ok(&["ip", "link", "set", "eth0", "mtu", &m]);
+        self.p2.ok(&["ip", "link", "set", "eth0", "mtu", &m]);
+        self.h1.ok(&["ip", "link", "set", "vp1", "mtu", &m]);
+        self.h2.ok(&["ip", "link", "set", "vp2", "mtu", &m]);
+    }
+
+    /// Waits until p1 reaches p2 (one ping succeeds) or `timeout` passes.
+    pub fn wait_reachable(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .p1
+                .exec(&["ping", "-q", "-c", "1", "-W", "1", P2])
+                .status
+                .success()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A kernel VXLAN between h1 and h2 (device `vx0`, 10.99.0.{1,2}/30), the baseline.
+    pub fn kernel_vxlan(&self) {
+        for (ns, local, remote, addr) in [
+            (&self.h1, H1, H2, "10.99.0.1/30"),
+            (&self.h2, H2, H1, "10.99.0.2/30"),
+        ] {
+            ns.ok(&[
+                "ip",
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                &local.to_string(),
+                "remote",
+                &remote.to_string(),
+                "dstport",
+                "4789",
+                "dev",
+                "eth0",
+            ]);
+            ns.ok(&["ip", "link", "set", "vx0", "mtu", "1450", "up"]);
+            ns.ok(&["ip", "addr", "add", addr, "dev", "vx0"]);
+        }
+    }
+
+    /// Routes the peer subnets through the kernel VXLAN.
+    pub fn route_via_vxlan(&self) {
+        self.h1.ok(&[
+            "ip",
+            "route",
+            "replace",
+            NET2,
+            "via",
+            "10.99.0.2",
+            "dev",
+            "vx0",
+        ]);
+        self.h2.ok(&[
+            "ip",
+            "route",
+            "replace",
+            NET1,
+            "via",
+            "10.99.0.1",
+            "dev",
+            "vx0",
+        ]);
+    }
+}
+
+/// Parses `ping -q` summary: (packets sent, received, avg RTT in ms).
+pub fn ping_summary(out: &str) -> (u64, u64, f64) {
+    let mut sent = 0;
+    let mut recv = 0;
+    let mut avg = f64::NAN;
+    for line in out.lines() {
+        if line.contains("packets transmitted") {
+            let nums: Vec<u64> = line
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            if nums.len() >= 2 {
+                sent = nums[0];
+                recv = nums[1];
+            }
+        }
+        if let Some(rest) = line.split("= ").nth(1)
+            && line.contains("min/avg/max")
+        {
+            avg = rest
+                .split('/')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+        }
+    }
+    (sent, recv, avg)
+}
