@@ -8,6 +8,7 @@ PKGS=(
   protobuf-compiler             # etcd-client's build script needs protoc
   etcd-server etcd-client       # the multi-host store: tests and the lab start their own etcd
   iperf3                        # throughput benchmarks
+  tcpdump python3-scapy         # tunnel wire-format tests capture and decode real packets
 )
 if [ "$(id -u)" != 0 ]; then
   echo "scripts/deps.sh: run as root (it installs Debian packages)" >&2

@@ -318,7 +318,7 @@ impl Agent {
             .cloned()
             .collect();
         let desired = self.backend.desired(&self.node, &peers);
-        if let Err(e) = self.ensure_tunnel(&desired) {
+        if let Err(e) = self.ensure_tunnel(&desired).await {
             warn!("{e:#}");
         }
         let observed = match self.apply(&desired).await {
@@ -341,7 +341,7 @@ impl Agent {
 
     /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
     /// the current peers (before routes into it are added, so the first packet finds its peer).
-    fn ensure_tunnel(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
+    async fn ensure_tunnel(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
         let subnet = self.node.subnet;
         match (&desired.tunnel, &self.tunnel) {
             (Some(spec), Some(engine)) if engine.runs(spec, subnet) => {}
@@ -352,6 +352,7 @@ impl Agent {
                 let engine = Engine::start(spec, subnet)?;
                 info!(device = %spec.name, "tunnel engine running");
                 self.tunnel = Some(engine);
+                self.address_tunnel(&spec.name).await?;
             }
             (None, Some(_)) => {
                 if let Some(old) = self.tunnel.take() {
@@ -363,6 +364,26 @@ impl Agent {
         }
         if let Some(engine) = &self.tunnel {
             engine.set_peers(&desired.tunnel_peers);
+        }
+        Ok(())
+    }
+
+    /// Gives the TUN device the node subnet's network address (as Flannel does with flannel0,
+    /// and twill with its VXLAN device), so traffic the host itself sends to peers' pods has a
+    /// source inside this node's subnet and passes the peers' inner-source check.
+    async fn address_tunnel(&self, name: &str) -> anyhow::Result<()> {
+        let link = self
+            .nl
+            .link_by_name(name)
+            .await?
+            .with_context(|| format!("{name} vanished after the tunnel started"))?;
+        let want = Ipv4Net::new(self.node.subnet.network(), 32).expect("/32 is valid");
+        let have = self.nl.ipv4_addresses(link.index).await?;
+        for stale in have.iter().filter(|a| **a != want) {
+            self.nl.delete_ipv4_address(link.index, *stale).await?;
+        }
+        if !have.contains(&want) {
+            self.nl.add_ipv4_address(link.index, want).await?;
         }
         Ok(())
     }

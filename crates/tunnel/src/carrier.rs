@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
-use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 
 use crate::TunnelError;
 use crate::buf::PktBuf;
@@ -101,6 +101,9 @@ pub(crate) struct RxBatch<'a> {
     pub tally: &'a mut Tally,
     pub tun: &'a SyncDevice,
     pub gro: &'a mut GROTable,
+    /// The TUN device's MTU, and whether it takes virtio headers (offload).
+    pub mtu: usize,
+    pub offload: bool,
 }
 
 impl RxBatch<'_> {
@@ -133,6 +136,53 @@ impl RxBatch<'_> {
         b.space()[self.offset..end].copy_from_slice(inner);
         b.set_len(end);
         self.n += 1;
+    }
+
+    /// Writes `out[idx]`, an IPv4 TCP packet larger than the MTU at `offset`, as one TSO
+    /// super-packet: a virtio header asking the kernel to cut it into MTU-sized segments and
+    /// to finish the TCP checksum (seeded here with the pseudo-header sum).
+    pub(crate) fn write_tcp_super_packet(&mut self, idx: usize, ip: &Ipv4Header) {
+        let off = self.offset;
+        let space = self.out[idx].space();
+        let pkt = &mut space[off..off + ip.total_len];
+        let ihl = ip.header_len;
+        let Some(thl) = pkt.get(ihl + 12).map(|b| usize::from(b >> 4) * 4) else {
+            self.tally.drop(DropReason::Malformed, 1);
+            return;
+        };
+        if thl < 20 || ihl + thl >= pkt.len() || self.mtu <= ihl + thl {
+            self.tally.drop(DropReason::Malformed, 1);
+            return;
+        }
+        let tcp_len = (pkt.len() - ihl) as u16;
+        let mut pseudo = [0u8; 12];
+        pseudo[..4].copy_from_slice(&ip.src.octets());
+        pseudo[4..8].copy_from_slice(&ip.dst.octets());
+        pseudo[9] = 6;
+        pseudo[10..12].copy_from_slice(&tcp_len.to_be_bytes());
+        let seed = !wire::checksum(&pseudo);
+        pkt[ihl + 16..ihl + 18].copy_from_slice(&seed.to_be_bytes());
+        let hdr = VirtioNetHdr {
+            flags: 1, // NEEDS_CSUM
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: (ihl + thl) as u16,
+            gso_size: (self.mtu - ihl - thl) as u16,
+            csum_start: ihl as u16,
+            csum_offset: 16,
+        };
+        let end = off + ip.total_len;
+        if off < VIRTIO_NET_HDR_LEN
+            || hdr
+                .encode(&mut space[off - VIRTIO_NET_HDR_LEN..off])
+                .is_err()
+        {
+            self.tally.drop(DropReason::Malformed, 1);
+            return;
+        }
+        if let Err(e) = self.tun.send(&space[off - VIRTIO_NET_HDR_LEN..end]) {
+            tracing::debug!(error = %e, "TUN write of a TCP super-packet failed");
+            self.tally.drop(DropReason::SendError, 1);
+        }
     }
 
     /// Writes the buffered packets to the TUN device, coalescing TCP segments (GRO).
@@ -598,7 +648,9 @@ impl Carrier for IpipCarrier {
             st.mmsg
                 .recv(self.sock.as_fd(), &mut iovs[..want], &mut st.meta)?
         };
-        let mut accepted = 0;
+        // Accepted packets are moved down to the write cursor, which never passes the
+        // packet being looked at.
+        let mut w = start;
         for j in 0..r {
             let m = st.meta[j];
             let idx = start + j;
@@ -626,10 +678,19 @@ impl Carrier for IpipCarrier {
                 buf.space().copy_within(off..off + len, IPIP_RX_OFFSET);
             }
             buf.set_len(IPIP_RX_OFFSET + len);
-            rx.out.swap(start + accepted, idx);
-            accepted += 1;
+            if len > rx.mtu && decoded.inner.header.protocol == 6 && rx.offload {
+                // The underlay NIC coalesced TCP segments (GRO runs for IPIP even without
+                // the ipip module): hand the super-packet to the kernel to segment again.
+                rx.n = w;
+                rx.flush();
+                w = 0;
+                rx.write_tcp_super_packet(idx, &decoded.inner.header);
+                continue;
+            }
+            rx.out.swap(w, idx);
+            w += 1;
         }
-        rx.n = start + accepted;
+        rx.n = w;
         Ok(())
     }
 }

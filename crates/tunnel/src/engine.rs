@@ -40,7 +40,7 @@ const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 /// pods for the CPUs.
 pub(crate) fn run<C: Carrier>(tun: &SyncDevice, carrier: &C, shared: &Shared, offload: bool) {
     let mut tx = TxWorker::new(tun, carrier, shared, offload);
-    let mut rx = RxWorker::new(tun, carrier, shared);
+    let mut rx = RxWorker::new(tun, carrier, shared, offload);
     let mut last_active = Instant::now();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -361,6 +361,7 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 struct RxWorker<'a, C: Carrier> {
+    offload: bool,
     tun: &'a SyncDevice,
     carrier: &'a C,
     shared: &'a Shared,
@@ -371,8 +372,9 @@ struct RxWorker<'a, C: Carrier> {
 }
 
 impl<'a, C: Carrier> RxWorker<'a, C> {
-    fn new(tun: &'a SyncDevice, carrier: &'a C, shared: &'a Shared) -> Self {
+    fn new(tun: &'a SyncDevice, carrier: &'a C, shared: &'a Shared, offload: bool) -> Self {
         RxWorker {
+            offload,
             tun,
             carrier,
             shared,
@@ -397,6 +399,8 @@ impl<'a, C: Carrier> RxWorker<'a, C> {
             tally: &mut self.tally,
             tun: self.tun,
             gro: &mut self.gro,
+            mtu: self.shared.mtu,
+            offload: self.offload,
         };
         let r = self.carrier.recv(&mut self.state, &mut rx);
         rx.flush();
