@@ -283,7 +283,7 @@ def measure(argv):
         if proc_cpu_s(pid) is None:
             sys.exit("measure: agent pid %d is not running" % pid)
         say("agent pid %d: %s, %s threads, %.2f s CPU so far" % (
-            pid, open("/proc/%d/cmdline" % pid).read().replace("\0", " ").strip()[:90],
+            pid, open("/proc/%d/cmdline" % pid).read().replace("\0", " ").strip()[:200],
             len(os.listdir("/proc/%d/task" % pid)), proc_cpu_s(pid)))
     sides = {"twill": args["twill"], "baseline": args["base"]}
     log = open(args["log"], "a")
