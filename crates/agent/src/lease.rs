@@ -19,18 +19,32 @@ pub struct Held {
     pub store_lease: LeaseId,
 }
 
-/// Decodes every lease under the prefix; keys or values that do not parse are skipped (another
-/// node's bad data must not stop this one) and returned as warnings.
-pub fn decode_all(kvs: &[KeyValue]) -> (Vec<(String, Lease)>, Vec<String>) {
+/// Decodes every lease under the prefix; keys or values that do not parse, and subnets that are
+/// not node subnets of the cluster's pools, are skipped (another node's bad data must neither
+/// stop this one nor steer its routes) and returned as warnings.
+pub fn decode_all(config: &ClusterConfig, kvs: &[KeyValue]) -> (Vec<(String, Lease)>, Vec<String>) {
     let mut leases = Vec::new();
     let mut warnings = Vec::new();
     for kv in kvs {
-        match decode(kv) {
+        match admit(config, kv) {
             Ok(lease) => leases.push((kv.key.clone(), lease)),
             Err(e) => warnings.push(e),
         }
     }
     (leases, warnings)
+}
+
+/// Decodes one lease and checks that its subnet is a node subnet of one of the cluster's pools
+/// (a lease for 0.0.0.0/1 would otherwise become a route for half the Internet).
+pub fn admit(config: &ClusterConfig, kv: &KeyValue) -> Result<Lease, String> {
+    let lease = decode(kv)?;
+    match config.pool_of(lease.subnet) {
+        Some(pool) if twill_ipam::subnets::is_candidate(pool, lease.subnet) => Ok(lease),
+        _ => Err(format!(
+            "ignoring {}: {} is not a node subnet of the cluster's pools",
+            kv.key, lease.subnet
+        )),
+    }
 }
 
 /// Decodes one lease and checks that its key names its subnet.
@@ -68,7 +82,19 @@ pub async fn acquire(
         if let Some(kv) = kvs.iter().find(|kv| {
             decode(kv).is_ok_and(|l| l.node == wanted.node && config.pool_of(l.subnet).is_some())
         }) {
-            wanted.subnet = subnet_of_key(&kv.key).expect("decoded above");
+            let existing = decode(kv).expect("decoded above");
+            if kv.lease.is_some() && existing.public_net.addr() != wanted.public_net.addr() {
+                // Same name, another address, lease still kept alive: most likely two hosts
+                // with one name. Taking it over would put both on one subnet.
+                bail!(
+                    "node name {} already holds {} for {} and that lease is alive: is another \
+                     host using this name? Give --node-name, or run `twill node leave` for it",
+                    wanted.node,
+                    existing.subnet,
+                    existing.public_net.addr()
+                );
+            }
+            wanted.subnet = existing.subnet;
             let written = store
                 .cas(
                     &kv.key,
@@ -143,6 +169,42 @@ pub async fn release_node(store: &Store, node: &str) -> anyhow::Result<Vec<Ipv4N
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kv(key: &str, subnet: &str) -> KeyValue {
+        let lease = Lease {
+            node: "x".into(),
+            subnet: subnet.parse().unwrap(),
+            public_net: "192.168.0.9/24".parse().unwrap(),
+            backend: twill_types::cluster::BackendKind::HostGw,
+            vtep_mac: None,
+        };
+        KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(&lease).unwrap(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: None,
+        }
+    }
+
+    #[test]
+    fn only_node_subnets_of_the_pools_are_admitted() {
+        let config = ClusterConfig::parse(r#"{"Network":"10.244.0.0/16","SubnetLen":24}"#).unwrap();
+        assert!(admit(&config, &kv("/twill/leases/10.244.7.0-24", "10.244.7.0/24")).is_ok());
+        for (key, subnet) in [
+            ("/twill/leases/0.0.0.0-1", "0.0.0.0/1"),
+            ("/twill/leases/10.244.0.0-17", "10.244.0.0/17"),
+            ("/twill/leases/10.244.7.0-25", "10.244.7.0/25"),
+            ("/twill/leases/10.9.0.0-24", "10.9.0.0/24"),
+            // SubnetMin skips the pool's first subnet, as in Flannel.
+            ("/twill/leases/10.244.0.0-24", "10.244.0.0/24"),
+        ] {
+            let err = admit(&config, &kv(key, subnet)).unwrap_err();
+            assert!(err.contains("not a node subnet"), "{subnet}: {err}");
+        }
+        let err = admit(&config, &kv("/twill/leases/10.244.8.0-24", "10.244.7.0/24")).unwrap_err();
+        assert!(err.contains("holds subnet"), "{err}");
+    }
 
     #[test]
     fn seeds_differ_per_node_and_attempt() {

@@ -9,7 +9,9 @@
 //! Nothing in the kernel is touched until the mirror is in sync with the store; the first
 //! reconcile then removes twill's stale state (peers that left while the agent was down).
 //! SIGTERM and SIGINT stop the agent and leave the dataplane as it is, so traffic keeps flowing
-//! and a restarted agent finds nothing to change.
+//! and a restarted agent finds nothing to change. The exception is the userspace tunnel (udp,
+//! ipip): its engine lives in the agent, so tunnelled traffic pauses until the next agent
+//! re-attaches to the persistent TUN device (milliseconds after it is in sync).
 //!
 //! - [`lease`]: acquiring, keeping and releasing the node's subnet lease.
 //! - [`underlay`]: finding the node's underlay interface and address.

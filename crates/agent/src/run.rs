@@ -23,8 +23,8 @@ use crate::lease::{self, Held};
 use crate::tunnel::Engine;
 use crate::{files, underlay};
 
-/// Name of the masquerade chain of the cluster's pools.
-pub const NAT_NETWORK: &str = "cluster";
+/// Name of the masquerade chain of the cluster's pools (reserved: no CNI network may use it).
+pub const NAT_NETWORK: &str = node::AGENT_NAT_NETWORK;
 
 /// How the agent was started (`twill agent ...`).
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct AgentOptions {
 /// Runs the agent until SIGTERM/SIGINT (Ok) or a fatal error.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    let store = connect(&opts.store).await;
+    let store = connect(&opts.store).await?;
     let config = wait_for_config(&store).await?;
     let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let underlay = underlay::discover(opts.iface.as_deref(), opts.public_ip)?;
@@ -100,16 +100,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         started,
         tunnel: None,
         last_peers: Vec::new(),
+        node_file,
     };
     agent.main_loop().await
 }
 
 /// Connects to the store, retrying while it is unreachable (the agent may start before etcd).
-async fn connect(url: &str) -> Store {
+async fn connect(url: &str) -> anyhow::Result<Store> {
     let mut delay = Duration::from_millis(100);
     loop {
         match Store::connect(url).await {
-            Ok(store) => return store,
+            Ok(store) => return Ok(store),
+            Err(e) if !e.is_retryable() => bail!("--store {url}: {e}"),
             Err(e) => {
                 warn!("store {url} not usable yet: {e}; retrying");
                 tokio::time::sleep(delay).await;
@@ -157,6 +159,8 @@ struct Agent {
     tunnel: Option<Engine>,
     /// Peers as last reconciled, for status rewrites between reconciles (tunnel counters).
     last_peers: Vec<PeerStatus>,
+    /// What the CNI plugin reads from disk.
+    node_file: NodeFile,
 }
 
 /// What ended the loop.
@@ -181,15 +185,16 @@ impl Agent {
                 ev = events.recv() => {
                     let Some(ev) = ev else { bail!("the store mirror stopped") };
                     let mut dirty = self.on_event(ev).await?;
-                    // Take everything already queued (and what arrives within a few ms) so a
-                    // burst of leases costs one reconcile, not one per lease.
+                    // Take everything already queued (and whatever follows within 2 ms of the
+                    // last event, for at most 100 ms) so a burst of leases costs one
+                    // reconcile, not one per lease.
                     let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
                     while let Ok(Some(ev)) =
                         tokio::time::timeout_at(deadline, next_soon(&mut events)).await
                     {
                         dirty |= self.on_event(ev).await?;
                     }
-                    if self.left().await? {
+                    if self.left().await {
                         break Exit::Left;
                     }
                     if dirty && self.in_sync {
@@ -198,7 +203,13 @@ impl Agent {
                 }
                 _ = resync.tick() => if self.in_sync { self.reconcile().await },
                 _ = counters.tick() => if self.tunnel.is_some() { self.write_status(None) },
-                _ = renew.tick() => self.renew().await?,
+                _ = renew.tick() => {
+                    if !self.renew().await {
+                        // Retry soon rather than a third of the TTL later: two missed renewals
+                        // in a row could let the lease expire.
+                        renew.reset_after(Duration::from_secs(1));
+                    }
+                }
                 _ = sigterm.recv() => break Exit::Signal,
                 _ = sigint.recv() => break Exit::Signal,
             }
@@ -213,6 +224,9 @@ impl Agent {
             }
             Exit::Left => {
                 info!("this node's lease was removed (twill node leave): clearing local state");
+                if let Some(engine) = self.tunnel.take() {
+                    engine.shutdown();
+                }
                 clear_local_state(&self.nl, &self.opts.data_dir).await
             }
         }
@@ -222,7 +236,7 @@ impl Agent {
     async fn on_event(&mut self, ev: MirrorEvent) -> anyhow::Result<bool> {
         match ev {
             MirrorEvent::InSync(all) => {
-                let (leases, warnings) = lease::decode_all(&all);
+                let (leases, warnings) = lease::decode_all(&self.config, &all);
                 for w in warnings {
                     warn!("{w}");
                 }
@@ -233,7 +247,7 @@ impl Agent {
                 self.in_sync = true;
                 Ok(true)
             }
-            MirrorEvent::Put(kv) => match lease::decode(&kv) {
+            MirrorEvent::Put(kv) => match lease::admit(&self.config, &kv) {
                 Ok(lease) => Ok(self.peers.insert(kv.key, lease.clone()) != Some(lease)),
                 Err(w) => {
                     warn!("{w}");
@@ -250,32 +264,58 @@ impl Agent {
         }
     }
 
-    /// True when our own lease vanished from the store while our store lease is still alive:
-    /// someone ran `twill node leave`. (An expired store lease is renewed instead.)
-    async fn left(&mut self) -> anyhow::Result<bool> {
+    /// True when someone ran `twill node leave` for this node: our key is gone from the store
+    /// itself (not just from the mirror, whose queued events may predate a re-lease) while our
+    /// store lease is still alive. An expired store lease means "lease again" instead.
+    async fn left(&mut self) -> bool {
         if !self.in_sync || self.peers.contains_key(&self.held.key) {
-            return Ok(false);
+            return false;
+        }
+        match self.store.get(&self.held.key).await {
+            Ok(Some(kv)) => {
+                if let Ok(lease) = lease::admit(&self.config, &kv) {
+                    self.peers.insert(kv.key, lease);
+                }
+                return false;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!("checking our lease: {e}");
+                return false;
+            }
         }
         match self.store.keep_alive(self.held.store_lease).await {
-            Ok(_) => Ok(true),
+            Ok(_) => true,
             Err(StoreError::LeaseNotFound) => {
-                self.reacquire().await?;
-                Ok(false)
+                self.reacquire_or_warn().await;
+                false
             }
             Err(e) => {
                 warn!("checking our store lease: {e}");
-                Ok(false)
+                false
             }
         }
     }
 
-    async fn renew(&mut self) -> anyhow::Result<()> {
+    /// Renews the lease; false when the store could not be reached (retry soon).
+    async fn renew(&mut self) -> bool {
         match self.store.keep_alive(self.held.store_lease).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::LeaseNotFound) => self.reacquire().await,
+            Ok(_) => true,
+            Err(StoreError::LeaseNotFound) => self.reacquire_or_warn().await,
             Err(e) => {
-                warn!("renewing the lease failed ({e}); will retry");
-                Ok(())
+                warn!("renewing the lease failed ({e}); retrying in 1 s");
+                false
+            }
+        }
+    }
+
+    /// [`Agent::reacquire`], logging instead of failing: the store may be coming back.
+    async fn reacquire_or_warn(&mut self) -> bool {
+        match self.reacquire().await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("leasing again failed: {e:#}; retrying in 1 s");
+                false
             }
         }
     }
@@ -299,10 +339,8 @@ impl Agent {
                 "the old subnet was taken by another node; new pods use the new one"
             );
             self.node.subnet = held.lease.subnet;
-            let mut file: NodeFile = files::read_json(&node::node_file(&self.opts.data_dir))?
-                .context("node file vanished")?;
-            file.subnet = held.lease.subnet;
-            files::write_json(&node::node_file(&self.opts.data_dir), &file)?;
+            self.node_file.subnet = held.lease.subnet;
+            files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }
         self.peers.insert(held.key.clone(), held.lease.clone());
         self.held = held;
@@ -320,6 +358,9 @@ impl Agent {
         let desired = self.backend.desired(&self.node, &peers);
         if let Err(e) = self.ensure_tunnel(&desired).await {
             warn!("{e:#}");
+        }
+        if let Err(e) = self.update_nat() {
+            warn!("natOutgoing: {e:#}");
         }
         let observed = match self.apply(&desired).await {
             Ok(observed) => Some(observed),
@@ -350,6 +391,7 @@ impl Agent {
                     old.shutdown();
                 }
                 let engine = Engine::start(spec, subnet)?;
+                engine.set_peers(&desired.tunnel_peers);
                 info!(device = %spec.name, "tunnel engine running");
                 self.tunnel = Some(engine);
                 self.address_tunnel(&spec.name).await?;
@@ -413,7 +455,6 @@ impl Agent {
                 peers::observe(&self.nl, desired).await?
             }
         };
-        self.update_nat()?;
         Ok(observed)
     }
 

@@ -99,6 +99,29 @@ async fn restart_reuses_leave_frees_full_errs(store: Store) {
     );
 }
 
+/// Two hosts with one node name: the second cannot take over the first one's live lease.
+async fn duplicate_node_name_is_refused(store: Store) {
+    let cfg = config(r#"{"Network":"10.6.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
+    let first = lease::acquire(&store, &cfg, wanted("twin"), None, TTL)
+        .await
+        .unwrap();
+    let mut other = wanted("twin");
+    other.public_net = "192.168.0.77/24".parse().unwrap();
+    let err = lease::acquire(&store, &cfg, other, None, TTL)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("already holds") && msg.contains("192.168.0.10"),
+        "{msg}"
+    );
+    let kv = store.get(&first.key).await.unwrap().unwrap();
+    assert_eq!(
+        lease::decode(&kv).unwrap().public_net,
+        first.lease.public_net
+    );
+}
+
 async fn unrenewed_lease_expires(store: Store) {
     let cfg = config(r#"{"Network":"10.7.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
     let held = lease::acquire(&store, &cfg, wanted("short"), None, Duration::from_secs(2))
@@ -132,6 +155,7 @@ async fn etcd_leases() {
     let store = Store::connect(&etcd.url()).await.unwrap();
     twenty_concurrent_joins(store.clone()).await;
     restart_reuses_leave_frees_full_errs(store.clone()).await;
+    duplicate_node_name_is_refused(store.clone()).await;
     unrenewed_lease_expires(store).await;
 }
 
@@ -149,5 +173,6 @@ async fn embedded_leases() {
     .await
     .unwrap();
     restart_reuses_leave_frees_full_errs(store2.clone()).await;
+    duplicate_node_name_is_refused(store2.clone()).await;
     unrenewed_lease_expires(store2).await;
 }

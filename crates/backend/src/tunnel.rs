@@ -115,6 +115,6 @@ impl Backend for Tunnel {
     }
 
     fn pod_mtu(&self, node: &LocalNode) -> u32 {
-        node.underlay_mtu - self.overhead()
+        node.underlay_mtu.saturating_sub(self.overhead())
     }
 }

@@ -253,6 +253,12 @@ impl NetConf {
                 raw.name
             )));
         }
+        if raw.name == twill_types::node::AGENT_NAT_NETWORK {
+            return Err(invalid(format!(
+                "network name {:?} is reserved for the twill agent's natOutgoing chain",
+                raw.name
+            )));
+        }
         let mode = match raw.mode.as_deref().unwrap_or("bridge") {
             "bridge" => Mode::Bridge,
             "routed" => Mode::Routed,
@@ -271,6 +277,13 @@ impl NetConf {
         let (ranges, cluster) = match raw.ranges {
             Some(list) => (parse_ranges(list).map_err(invalid)?, Cluster::Off),
             None => match read_node_file(&data_dir).map_err(invalid)? {
+                Some(node) if !(576..=65535).contains(&node.mtu) => {
+                    return Err(invalid(format!(
+                        "node file {}: mtu {} is out of range 576..=65535",
+                        node::node_file(&data_dir).display(),
+                        node.mtu
+                    )));
+                }
                 Some(node) => (vec![IpNet::V4(node.subnet)], Cluster::Ready(node)),
                 None => (
                     Vec::new(),

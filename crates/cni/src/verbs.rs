@@ -67,6 +67,19 @@ fn container_address(mode: Mode, ip: IpAddr, range: &IpNet) -> IpNet {
     IpNet::new(ip, prefix).expect("prefix fits the family")
 }
 
+/// What ipMasq treats as "inside": the network's ranges, or in cluster mode every pool of the
+/// cluster (traffic to other nodes' pods keeps its pod source address).
+fn masquerade_ranges(conf: &NetConf) -> Vec<IpNet> {
+    match &conf.cluster {
+        Cluster::Ready(node) if !node.cluster_networks.is_empty() => node
+            .cluster_networks
+            .iter()
+            .map(|n| IpNet::V4(*n))
+            .collect(),
+        _ => conf.ranges.clone(),
+    }
+}
+
 fn range_of(conf: &NetConf, ip: IpAddr) -> Option<&IpNet> {
     conf.ranges.iter().find(|r| r.contains(&ip))
 }
@@ -149,7 +162,7 @@ fn add_with_addresses(
         Mode::Routed => None,
     };
     if conf.ip_masq {
-        firewall::ensure_masquerade(&conf.firewall_dir(), &conf.name, &conf.ranges)
+        firewall::ensure_masquerade(&conf.firewall_dir(), &conf.name, &masquerade_ranges(conf))
             .map_err(firewall_error)?;
     }
     if firewall::ensure_antispoof_base(&conf.firewall_dir()).map_err(firewall_error)? {

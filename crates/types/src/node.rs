@@ -10,6 +10,10 @@ use crate::cluster::BackendKind;
 
 /// File name of the node file inside the data directory (default `/var/lib/twill`).
 pub const NODE_FILE: &str = "node.json";
+/// The network name of the agent's natOutgoing chain (`inet twill masq-_twill_cluster`),
+/// reserved so no CNI network's masquerade chain can collide with it.
+pub const AGENT_NAT_NETWORK: &str = "_twill_cluster";
+
 /// File name of the agent's status inside the data directory (read by `twill status`).
 pub const STATUS_FILE: &str = "status.json";
 
