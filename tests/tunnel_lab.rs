@@ -290,6 +290,40 @@ fn tunnel_peers_follow_joins_and_leaves() {
             .iter()
             .all(|p| p["path"]["via"] == "udp")
     );
+    // A node joins (its lease appears in etcd): the engine's own peer table takes it (the
+    // per-peer counters in status come from the engine, not from the desired state).
+    let joined = r#"{"node":"h9","subnet":"10.244.77.0/24","publicNet":"192.168.100.99/24","backend":"udp"}"#;
+    let etcdctl = |args: &[&str]| {
+        let mut cmd = vec![
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "--endpoints",
+            "127.0.0.1:2379",
+        ];
+        cmd.extend_from_slice(args);
+        let out = lab.exec("underlay", &cmd).unwrap();
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    };
+    etcdctl(&["put", "/twill/leases/10.244.77.0-24", joined]);
+    let engine_knows = |node: &str| {
+        status(&lab, 1)["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node"] == node && p["counters"].is_object())
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("h1's tunnel to take the joining h9", &|| engine_knows("h9"));
+    etcdctl(&["del", "/twill/leases/10.244.77.0-24"]);
+    wait("h1's tunnel to drop h9", &|| !engine_knows("h9"));
+
     lab.kill_agent(3, Signal::SIGTERM).unwrap();
     let host = &lab.state().hosts[2];
     let out = lab
