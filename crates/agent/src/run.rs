@@ -414,20 +414,8 @@ impl Agent {
     /// and twill with its VXLAN device), so traffic the host itself sends to peers' pods has a
     /// source inside this node's subnet and passes the peers' inner-source check.
     async fn address_tunnel(&self, name: &str) -> anyhow::Result<()> {
-        let link = self
-            .nl
-            .link_by_name(name)
-            .await?
-            .with_context(|| format!("{name} vanished after the tunnel started"))?;
         let want = Ipv4Net::new(self.node.subnet.network(), 32).expect("/32 is valid");
-        let have = self.nl.ipv4_addresses(link.index).await?;
-        for stale in have.iter().filter(|a| **a != want) {
-            self.nl.delete_ipv4_address(link.index, *stale).await?;
-        }
-        if !have.contains(&want) {
-            self.nl.add_ipv4_address(link.index, want).await?;
-        }
-        Ok(())
+        Ok(peers::set_only_address(&self.nl, name, want).await?)
     }
 
     /// Observes, diffs and applies; returns what the kernel holds afterwards.

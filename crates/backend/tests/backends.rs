@@ -5,8 +5,6 @@
 //! Golden files live in `tests/golden/`; `TWILL_BLESS=1 cargo test -p twill-backend` rewrites
 //! them from the current output (then review the diff by hand).
 
-use std::path::PathBuf;
-
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use twill_backend::vxlan::{device_name, vtep_mac};
@@ -60,22 +58,8 @@ fn peers() -> Vec<Lease> {
 }
 
 fn golden(name: &str, state: &DesiredState) {
-    let actual = serde_json::to_string_pretty(state).unwrap() + "\n";
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("TWILL_BLESS").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (TWILL_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (TWILL_BLESS=1 rewrites it)",
-        path.display()
-    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    twill_testkit::golden_json(&dir, name, state);
 }
 
 fn vxlan(direct_routing: bool) -> Vxlan {

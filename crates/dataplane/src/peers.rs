@@ -982,6 +982,25 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
     Ok(report)
 }
 
+/// Makes `want` the only IPv4 address of link `name` (the userspace tunnel's TUN device, which
+/// its engine creates; the diff above manages only VXLAN devices).
+pub async fn set_only_address(nl: &AgentHandle, name: &str, want: Ipv4Net) -> Result<()> {
+    let Some(link) = nl.link_by_name(name).await? else {
+        return Err(Error::Kernel {
+            op: format!("address {want} on {name}"),
+            errno: ENODEV,
+        });
+    };
+    let have = nl.ipv4_addresses(link.index).await?;
+    for stale in have.iter().filter(|a| **a != want) {
+        nl.delete_ipv4_address(link.index, *stale).await?;
+    }
+    if !have.contains(&want) {
+        nl.add_ipv4_address(link.index, want).await?;
+    }
+    Ok(())
+}
+
 /// Deletes every route of [`PEER_ROUTE_PROTOCOL`] and every `twill.*` VXLAN device (with
 /// their neighbours and FDB entries), for a node that leaves the cluster.
 pub async fn remove_all(nl: &AgentHandle) -> Result<ApplyReport> {

@@ -625,6 +625,33 @@ impl AgentHandle {
 
     // ===== neighbours =====
 
+    /// Dumps the neighbour table with `request` (ARP or FDB, by its family) and keeps the
+    /// permanent entries of that family on link `index`: the kernel may ignore the filter.
+    async fn permanent_entries(
+        &self,
+        request: NeighbourMessage,
+        index: u32,
+        what: &str,
+    ) -> Result<Vec<NeighbourMessage>> {
+        let family = request.header.family;
+        let replies = self
+            .dump(RouteNetlinkMessage::GetNeighbour(request), what)
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewNeighbour(m)
+                    if m.header.ifindex == index
+                        && m.header.family == family
+                        && m.header.state == NeighbourState::Permanent =>
+                {
+                    Some(m)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The permanent IPv4 neighbours on link `index` (dynamic entries the kernel resolved by
     /// itself are left out).
     pub async fn permanent_neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
@@ -632,23 +659,11 @@ impl AgentHandle {
         msg.header.family = AddressFamily::Inet;
         // Strict checking wants the filter as an attribute, not in the header.
         msg.attributes.push(NeighbourAttribute::IfIndex(index));
-        let replies = self
-            .dump(
-                RouteNetlinkMessage::GetNeighbour(msg),
-                &format!("list neighbours of link #{index}"),
-            )
+        let entries = self
+            .permanent_entries(msg, index, &format!("list neighbours of link #{index}"))
             .await?;
         let mut out = Vec::new();
-        for reply in replies {
-            let RouteNetlinkMessage::NewNeighbour(m) = reply else {
-                continue;
-            };
-            if m.header.ifindex != index
-                || m.header.family != AddressFamily::Inet
-                || m.header.state != NeighbourState::Permanent
-            {
-                continue;
-            }
+        for m in entries {
             let mut ip = None;
             let mut mac = None;
             for attr in &m.attributes {
@@ -713,23 +728,11 @@ impl AgentHandle {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
-        let replies = self
-            .dump(
-                RouteNetlinkMessage::GetNeighbour(msg),
-                &format!("list FDB of link #{index}"),
-            )
+        let entries = self
+            .permanent_entries(msg, index, &format!("list FDB of link #{index}"))
             .await?;
         let mut out = Vec::new();
-        for reply in replies {
-            let RouteNetlinkMessage::NewNeighbour(m) = reply else {
-                continue;
-            };
-            if m.header.ifindex != index
-                || m.header.family != AddressFamily::Bridge
-                || m.header.state != NeighbourState::Permanent
-            {
-                continue;
-            }
+        for m in entries {
             let mut mac = None;
             let mut dst = None;
             let mut port = None;

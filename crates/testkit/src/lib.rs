@@ -423,3 +423,22 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Compares `value` as pretty JSON with the golden file `dir/name`; `TWILL_BLESS=1` rewrites
+/// the file instead (then check the diff by hand before committing it).
+pub fn golden_json(dir: &std::path::Path, name: &str, value: &impl serde::Serialize) {
+    let actual = serde_json::to_string_pretty(value).unwrap() + "\n";
+    let path = dir.join(name);
+    if std::env::var_os("TWILL_BLESS").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (TWILL_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs (TWILL_BLESS=1 rewrites it)",
+        path.display()
+    );
+}

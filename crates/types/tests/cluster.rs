@@ -5,7 +5,6 @@
 //! them from the current output (then review the diff by hand).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
@@ -56,22 +55,8 @@ pools:
 "#;
 
 fn golden(name: &str, config: &ClusterConfig) {
-    let actual = serde_json::to_string_pretty(config).unwrap() + "\n";
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("TWILL_BLESS").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (TWILL_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (TWILL_BLESS=1 rewrites it)",
-        path.display()
-    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    twill_testkit::golden_json(&dir, name, config);
 }
 
 fn parse(text: &str) -> ClusterConfig {
