@@ -49,7 +49,8 @@ VS_VXLAN = {"tcp1": 0.5, "tcp4": None, "rr": 2.0}
 GOALS = {"host-gw": ("hand-built kernel routes", SAME_PATH),
          "vxlan": ("hand-built kernel VXLAN", SAME_PATH),
          "udp": ("hand-built kernel VXLAN", VS_VXLAN),
-         "ipip": ("hand-built kernel VXLAN", VS_VXLAN)}
+         "ipip": ("hand-built kernel VXLAN", VS_VXLAN),
+         "ipip-engine": ("hand-built kernel VXLAN", VS_VXLAN)}
 METRICS = [("tcp1", "TCP 1 stream", "Gbit/s", "hi"),
            ("tcp4", "TCP 4 streams", "Gbit/s", "hi"),
            ("rr", "64 B round trip p50", "us", "lo")]

@@ -5,9 +5,11 @@
 # per-repetition ratios, CPU time per GB moved, a side-by-side table of all backends and the
 # goals (MET / NOT MET); the whole output goes to bench/results/cluster-<UTC timestamp>.txt.
 #   host-gw, vxlan: baseline the same path by hand; throughput ratio >= 0.95, latency <= 1.05
-#   udp, ipip (the userspace tunnel engine on twill.tun in the agents): baseline the kernel
-#     VXLAN path below, as for vxlan; 1-stream throughput ratio >= 0.5 (4 streams reported),
-#     latency ratio <= 2.0. Pod MTUs differ by design (twill 1472 udp / 1480 ipip, VXLAN 1450).
+#   udp, ipip (the tunnel on twill.tun in the agents; ipip through its kernel fast path, tc
+#     BPF), ipip-engine (ipip with the fast path off: TWILL_NO_KERNEL_PATH=1, the userspace
+#     engine alone): baseline the kernel VXLAN path below, as for vxlan; 1-stream throughput
+#     ratio >= 0.5 (4 streams reported), latency ratio <= 2.0. Pod MTUs differ by design
+#     (twill 1472 udp / 1480 ipip, VXLAN 1450).
 #
 # Per backend: `twill lab up --nodes 2 --backend B --pods-per-node 1` (pods h1-p1, h2-p1 made
 # by the twill CNI plugin, routes by the twill agents), then inside the same two host netns a
@@ -64,8 +66,8 @@ BACKENDS=${BACKENDS:-host-gw vxlan}
 for b in $BACKENDS; do
   case $b in
     host-gw|vxlan) ;;
-    udp|ipip) [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
-    *) die "BACKENDS: only host-gw, vxlan, udp and ipip, not $b" ;;
+    udp|ipip|ipip-engine) [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
+    *) die "BACKENDS: only host-gw, vxlan, udp, ipip and ipip-engine, not $b" ;;
   esac
 done
 export REPS T LAT_S
@@ -78,7 +80,9 @@ fi
 RUN=$(run_id)
 WORK=$(mktemp -d /tmp/twcl-run.XXXXXX)
 LABS=()
-for b in $BACKENDS; do LABS+=("bc$RUN${b:0:1}"); done   # bc1a2bh, bc1a2bv, bc1a2bu, bc1a2bi
+for b in $BACKENDS; do   # bc1a2bh, bc1a2bv, bc1a2bu, bc1a2bi, bc1a2be
+  case $b in ipip-engine) LABS+=("bc${RUN}e") ;; *) LABS+=("bc$RUN${b:0:1}") ;; esac
+done
 TW=$WORK/twill
 
 cleanup() {
@@ -205,16 +209,19 @@ pingable() {   # SRC_NS DST_IP TRIES
 }
 
 run_backend() {
-  local b=$1 n=$2 i mt mb base=$1 agents=()   # agents: --agents PID,PID for udp/ipip
-  case $b in udp|ipip) base=vxlan ;; esac   # the userspace tunnels are measured vs kernel VXLAN
+  local b=$1 n=$2 i mt mb base=$1 agents=() lab_backend=$1 no_kernel_path=
+  # agents: --agents PID,PID for the tunnels; they are measured against kernel VXLAN
+  case $b in udp|ipip|ipip-engine) base=vxlan ;; esac
+  case $b in ipip-engine) lab_backend=ipip no_kernel_path=1 ;; esac
   echo
   echo "==== backend $b (lab $n) ===="
   local t0=$SECONDS
   if [ "$AA" = 1 ]; then
     aa_up "$n" "$b"
   else
-    bg_wait timeout 300 "$TW" lab up --nodes 2 --backend "$b" --pods-per-node 1 --name "$n" \
-      || die "twill lab up --backend $b failed"
+    TWILL_NO_KERNEL_PATH=${no_kernel_path:-false} bg_wait timeout 300 "$TW" lab up --nodes 2 \
+      --backend "$lab_backend" --pods-per-node 1 --name "$n" \
+      || die "twill lab up --backend $lab_backend failed"
     read_lab "$n"
   fi
   echo "lab up in $((SECONDS - t0)) s: hosts ${HNS[1]} (${HIP[1]}), ${HNS[2]} (${HIP[2]}); twill pods ${TIP[1]} -> ${TIP[2]}"

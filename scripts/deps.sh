@@ -2,7 +2,7 @@
 # Installs the system packages twill's build, tests, demo and benchmarks need (Debian, as root).
 set -euo pipefail
 PKGS=(
-  iproute2 nftables iptables iputils-ping procps kmod python3
+  iproute2 ethtool clang-14 libbpf-dev nftables iptables iputils-ping procps kmod python3
   containernetworking-plugins   # reference portmap/bandwidth/tuning/bridge/host-local
   build-essential pkg-config
   protobuf-compiler             # etcd-client's build script needs protoc

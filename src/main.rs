@@ -46,6 +46,10 @@ enum Cmd {
         /// Seconds between full re-reads and repairs of the kernel state.
         #[arg(long, default_value_t = 60)]
         resync: u64,
+        /// Carry ipip traffic in the userspace engine only, without the kernel fast path
+        /// (tc BPF programs on the tunnel and underlay devices).
+        #[arg(long, env = "TWILL_NO_KERNEL_PATH")]
+        no_kernel_path: bool,
     },
     /// Cluster configuration in the store.
     Cluster {
@@ -146,6 +150,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             data_dir,
             lease_ttl,
             resync,
+            no_kernel_path,
         } => {
             init_logging();
             let opts = twill_agent::AgentOptions {
@@ -156,6 +161,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 data_dir,
                 lease_ttl: Duration::from_secs(lease_ttl.max(3)),
                 resync: Duration::from_secs(resync.max(1)),
+                kernel_path: !no_kernel_path,
             };
             runtime()?.block_on(twill_agent::run(opts))?;
             Ok(0)

@@ -190,8 +190,12 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
             .filter(|(_, n)| **n > 0)
             .map(|(why, n)| format!("{why} {n}"))
             .collect();
+        let path = match &t.kernel_path {
+            Some(underlay) => format!("kernel fast path on {underlay} + userspace engine"),
+            None => "userspace engine".to_string(),
+        };
         println!(
-            "\ntunnel {}: dropped {}",
+            "\ntunnel {} ({path}): dropped {}",
             t.device,
             if drops.is_empty() {
                 "nothing".to_string()

@@ -40,6 +40,9 @@ pub struct AgentOptions {
     pub lease_ttl: Duration,
     /// How often the kernel state is re-read and repaired even without store events.
     pub resync: Duration,
+    /// Let the kernel fast path (tc BPF) carry ipip traffic; the userspace engine alone if
+    /// false.
+    pub kernel_path: bool,
 }
 
 /// Runs the agent until SIGTERM/SIGINT (Ok) or a fatal error.
@@ -390,7 +393,7 @@ impl Agent {
                 if let Some(old) = self.tunnel.take() {
                     old.shutdown();
                 }
-                let engine = Engine::start(spec, subnet)?;
+                let engine = Engine::start(spec, subnet, self.opts.kernel_path)?;
                 engine.set_peers(&desired.tunnel_peers);
                 info!(device = %spec.name, "tunnel engine running");
                 self.tunnel = Some(engine);

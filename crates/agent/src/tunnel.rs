@@ -20,7 +20,11 @@ pub struct Engine {
 
 impl Engine {
     /// Starts (or re-attaches to) the tunnel in the agent's network namespace.
-    pub fn start(spec: &TunnelDevice, local_subnet: Ipv4Net) -> anyhow::Result<Engine> {
+    pub fn start(
+        spec: &TunnelDevice,
+        local_subnet: Ipv4Net,
+        kernel_path: bool,
+    ) -> anyhow::Result<Engine> {
         let encap = match spec.encap {
             TunnelEncap::Udp { port } => twill_tunnel::Encap::Udp { port },
             TunnelEncap::Ipip => twill_tunnel::Encap::Ipip,
@@ -32,6 +36,7 @@ impl Engine {
             local_subnet,
             local_ip: spec.local,
             queues: 0,
+            kernel_path,
         })
         .with_context(|| format!("starting the tunnel on {}", spec.name))?;
         Ok(Engine {
@@ -87,6 +92,7 @@ impl Engine {
             device: self.spec.name.clone(),
             encap: self.spec.encap,
             drops,
+            kernel_path: stats.kernel_path.clone(),
         };
         (counters, status)
     }

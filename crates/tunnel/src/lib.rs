@@ -12,14 +12,20 @@
 //! source inside that peer's subnet, inner destination inside ours. Everything else is dropped
 //! and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
 //!
+//! For ipip, a kernel fast path (`offload`: two tc BPF programs) carries the traffic of known
+//! peers without leaving the kernel, keeping GSO super-packets whole; the engine remains the
+//! slow path for everything else, with the same checks and counters.
+//!
 //! Modules: [`wire`] (pure codecs, fuzzed), `peers` (the lock-free peer table), `carrier`
 //! (the encapsulations behind one trait, where WireGuard will plug in), `engine` (the worker
-//! loops), `device` (TUN), `sys` (the only `unsafe`: sendmmsg/recvmmsg).
+//! loops), `device` (TUN), `offload` (the BPF fast path), `sys` (the only `unsafe`:
+//! sendmmsg/recvmmsg).
 
 mod buf;
 mod carrier;
 mod device;
 mod engine;
+mod offload;
 mod peers;
 mod sys;
 pub mod wire;
@@ -90,6 +96,9 @@ pub struct TunnelConfig {
     pub local_ip: Ipv4Addr,
     /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
     pub queues: usize,
+    /// Use the kernel fast path where the encapsulation has one (ipip) and the kernel takes
+    /// it; the engine alone otherwise.
+    pub kernel_path: bool,
 }
 
 /// Another node: packets for `subnet` go to `underlay`, and only `underlay` may send packets
@@ -154,6 +163,10 @@ pub struct TunnelStats {
     pub queues: usize,
     /// Whether the TUN device moves TCP super-packets (IFF_VNET_HDR with TSO).
     pub offload: bool,
+    /// The underlay interface when the kernel fast path (tc BPF) carries known peers' traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<String>,
+    /// Per peer: traffic through the engine plus the kernel fast path.
     pub peers: Vec<PeerStats>,
     pub drops: DropCounters,
 }
@@ -173,6 +186,8 @@ pub enum TunnelError {
     Netlink(#[from] twill_netlink::Error),
 }
 
+pub use offload::OffloadError;
+
 /// State the workers share with the handle.
 pub(crate) struct Shared {
     pub peers: ArcSwap<PeerTable>,
@@ -191,7 +206,8 @@ pub struct Tunnel {
     queues: usize,
     offload: bool,
     shared: Arc<Shared>,
-    set_peers_lock: Mutex<()>,
+    /// The kernel fast path, when in use; the lock also serialises `set_peers`.
+    kernel: Mutex<Option<offload::KernelPath>>,
     stop_writer: Option<UnixStream>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -203,6 +219,7 @@ impl std::fmt::Debug for Tunnel {
             .field("encap", &self.encap)
             .field("queues", &self.queues)
             .field("offload", &self.offload)
+            .field("kernel_path", &self.kernel_path_device())
             .finish()
     }
 }
@@ -236,13 +253,28 @@ impl Tunnel {
             stop: AtomicBool::new(false),
             stop_fd,
         });
+        let kernel = if cfg.kernel_path && cfg.encap == Encap::Ipip {
+            match offload::KernelPath::load(&cfg.device, cfg.local_ip, local_subnet) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kernel fast path unavailable; the engine carries all traffic");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if kernel.is_none() {
+            // Filters of an earlier run would keep forwarding with that run's peers.
+            offload::detach(&cfg.device);
+        }
         let mut tunnel = Tunnel {
             device: cfg.device.clone(),
             encap: cfg.encap,
             queues,
             offload,
             shared,
-            set_peers_lock: Mutex::new(()),
+            kernel: Mutex::new(kernel),
             stop_writer: Some(stop_writer),
             workers: Vec::new(),
         };
@@ -268,6 +300,7 @@ impl Tunnel {
             encap = cfg.encap.name(),
             queues,
             offload,
+            kernel_path = tunnel.kernel_path_device().as_deref(),
             "tunnel started"
         );
         Ok(tunnel)
@@ -293,12 +326,10 @@ impl Tunnel {
         Ok(())
     }
 
-    /// Replaces the peer table atomically. Counters of nodes that stay are kept.
+    /// Replaces the peer table atomically. Counters of nodes that stay are kept. The kernel
+    /// fast path gets the same peers; if it fails, it is removed and the engine carries all.
     pub fn set_peers(&self, peers: &[Peer]) {
-        let _guard = self
-            .set_peers_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let port = match self.encap {
             Encap::Udp { port } => port,
             Encap::Ipip => 0,
@@ -306,22 +337,48 @@ impl Tunnel {
         let old = self.shared.peers.load();
         let table = PeerTable::build(peers, port, Some(&old));
         self.shared.peers.store(Arc::new(table));
+        if let Some(k) = kernel.as_mut()
+            && let Err(e) = k.set_peers(peers)
+        {
+            tracing::warn!(error = %e, "kernel fast path failed; the engine carries all traffic");
+            k.remove();
+            *kernel = None;
+        }
+    }
+
+    /// The underlay interface of the kernel fast path, if it is in use.
+    pub fn kernel_path_device(&self) -> Option<String> {
+        let kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        kernel.as_ref().map(|k| k.underlay().to_string())
     }
 
     /// Per-peer traffic and drop counters.
     pub fn stats(&self) -> TunnelStats {
+        let (kernel_counters, kernel_path) = {
+            let kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+            match kernel.as_ref() {
+                Some(k) => (k.counters(), Some(k.underlay().to_string())),
+                None => Default::default(),
+            }
+        };
         let table = self.shared.peers.load();
         let peers = table
             .entries
             .iter()
-            .map(|e| PeerStats {
-                node: e.peer.node.clone(),
-                subnet: e.peer.subnet,
-                underlay: e.peer.underlay,
-                tx_packets: e.counters.tx_packets.load(Ordering::Relaxed),
-                tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed),
-                rx_packets: e.counters.rx_packets.load(Ordering::Relaxed),
-                rx_bytes: e.counters.rx_bytes.load(Ordering::Relaxed),
+            .map(|e| {
+                let k = kernel_counters
+                    .get(&e.peer.underlay)
+                    .copied()
+                    .unwrap_or_default();
+                PeerStats {
+                    node: e.peer.node.clone(),
+                    subnet: e.peer.subnet,
+                    underlay: e.peer.underlay,
+                    tx_packets: e.counters.tx_packets.load(Ordering::Relaxed) + k.tx_packets,
+                    tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed) + k.tx_bytes,
+                    rx_packets: e.counters.rx_packets.load(Ordering::Relaxed) + k.rx_packets,
+                    rx_bytes: e.counters.rx_bytes.load(Ordering::Relaxed) + k.rx_bytes,
+                }
             })
             .collect();
         let d = &self.shared.drops;
@@ -330,6 +387,7 @@ impl Tunnel {
             encap: self.encap.name().to_string(),
             queues: self.queues,
             offload: self.offload,
+            kernel_path,
             peers,
             drops: DropCounters {
                 unknown_peer: d.get(DropReason::UnknownPeer),
@@ -371,6 +429,8 @@ impl Drop for Tunnel {
 /// Removes the persistent TUN device `name` from the calling thread's network namespace (for
 /// `twill node leave`). Missing is fine; a link of that name that is not a multi-queue TUN
 /// device is refused.
+/// The kernel fast path's filters go too, from the underlay as well.
 pub fn delete_device(name: &str) -> Result<(), TunnelError> {
+    offload::detach(name);
     device::delete(name)
 }

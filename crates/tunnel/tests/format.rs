@@ -110,14 +110,21 @@ fn require_tools() {
     );
 }
 
-fn wire_format_decodes_independently(encap: Encap, mode: &str, tag: &str) {
+fn wire_format_decodes_independently(encap: Encap, mode: &str, tag: &str, kernel_path: bool) {
     twill_testkit::require_root();
     require_tools();
     let lab = Lab::new(tag, false);
-    let (_t1, _t2) = lab.start_pair(encap, "twill.tun", 1);
+    let (_t1, _t2) = lab.start_pair_with(encap, "twill.tun", 1, kernel_path);
     lab.route_via("twill.tun");
     lab.set_pod_mtu(1500 - encap.overhead());
+    if kernel_path {
+        // A sender without checksum or segmentation offload, like a plain NIC: the kernel
+        // completes checksums and cuts the fast path's super-packets itself, so the capture
+        // shows exactly the wire packets.
+        lab.h1.ok(&["ethtool", "-K", "eth0", "tx", "off"]);
+    }
     assert!(lab.wait_reachable(Duration::from_secs(3)));
+    let to_engine = lab.tun_tx_packets(1, "twill.tun");
     let _server = lab.p2.spawn(&["iperf3", "-s"]);
 
     let dir = TempDir::new("tunfmt");
@@ -189,6 +196,13 @@ fn wire_format_decodes_independently(encap: Encap, mode: &str, tag: &str) {
         "scapy rejected the {mode} framing: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if kernel_path {
+        assert_eq!(
+            lab.tun_tx_packets(1, "twill.tun"),
+            to_engine,
+            "the kernel fast path, not the engine, must have sent the captured packets"
+        );
+    }
 }
 
 #[test]
@@ -200,11 +214,19 @@ fn udp_wire_format_decodes_independently() {
         },
         "udp",
         "fu",
+        false,
     );
 }
 
 #[test]
 #[ignore = "needs root"]
 fn ipip_wire_format_decodes_independently() {
-    wire_format_decodes_independently(Encap::Ipip, "ipip", "fi");
+    wire_format_decodes_independently(Encap::Ipip, "ipip", "fi", false);
+}
+
+/// The kernel fast path writes the same bytes as the engine and as Linux's ipip driver.
+#[test]
+#[ignore = "needs root"]
+fn ipip_kernel_path_wire_format_decodes_independently() {
+    wire_format_decodes_independently(Encap::Ipip, "ipip", "fk", true);
 }

@@ -32,10 +32,10 @@ fn longest_gap(report: &serde_json::Value) -> (f64, f64) {
     (longest, total)
 }
 
-fn restart_keeps_connections(encap: Encap, tag: &str) {
+fn restart_keeps_connections(encap: Encap, tag: &str, kernel_path: bool) {
     let lab = Lab::new(tag, false);
     let dev = "twill.tun";
-    let (t1, t2) = lab.start_pair(encap, dev, 1);
+    let (t1, t2) = lab.start_pair_with(encap, dev, 1, kernel_path);
     lab.route_via(dev);
     lab.set_pod_mtu(1500 - encap.overhead());
     assert!(lab.wait_reachable(Duration::from_secs(3)));
@@ -65,18 +65,18 @@ fn restart_keeps_connections(encap: Encap, tag: &str) {
         routes.contains(dev),
         "route on the device must survive: {routes}"
     );
-    let t1 = lab.start(1, encap, dev, 1);
+    let t1 = lab.start_with(1, encap, dev, 1, kernel_path);
     t1.set_peers(&[Lab::peer_of(2)]);
     let restart_took = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
 
     // Abrupt: drop without shutdown (same as the process dying), then start again.
     drop(t1);
-    let t1 = lab.start(1, encap, dev, 1);
+    let t1 = lab.start_with(1, encap, dev, 1, kernel_path);
     t1.set_peers(&[Lab::peer_of(2)]);
     // And the other side too.
     drop(t2);
-    let t2 = lab.start(2, encap, dev, 1);
+    let t2 = lab.start_with(2, encap, dev, 1, kernel_path);
     t2.set_peers(&[Lab::peer_of(1)]);
 
     let out = client.join().unwrap();
@@ -98,8 +98,22 @@ fn restart_keeps_connections(encap: Encap, tag: &str) {
 
     // The device outlives the engine until delete_device.
     assert!(lab.h1.link(dev).is_some());
+    let filters = || {
+        lab.h1
+            .ok(&["tc", "filter", "show", "dev", "eth0", "ingress"])
+    };
+    assert_eq!(
+        filters().contains("twill_decap"),
+        kernel_path,
+        "the fast path's filter stays on the underlay while the device lives: {}",
+        filters()
+    );
     Lab::in_ns(&lab.h1, || delete_device(dev)).expect("delete device");
     assert!(lab.h1.link(dev).is_none());
+    assert!(
+        !filters().contains("twill_decap"),
+        "deleting the device removes the fast path from the underlay too"
+    );
     Lab::in_ns(&lab.h1, || delete_device(dev)).expect("deleting a missing device is fine");
     let err = Lab::in_ns(&lab.h1, || delete_device("vp1"));
     assert!(err.is_err(), "a veth is not ours to delete");
@@ -114,11 +128,20 @@ fn udp_restart_keeps_connections() {
             port: DEFAULT_UDP_PORT,
         },
         "ru",
+        false,
     );
 }
 
 #[test]
 #[ignore = "needs root"]
 fn ipip_restart_keeps_connections() {
-    restart_keeps_connections(Encap::Ipip, "ri");
+    restart_keeps_connections(Encap::Ipip, "ri", false);
+}
+
+/// With the kernel fast path, the filters stay attached while the engine is down or dead, so
+/// tunnelled traffic does not even pause.
+#[test]
+#[ignore = "needs root"]
+fn ipip_kernel_path_restart_keeps_connections() {
+    restart_keeps_connections(Encap::Ipip, "rk", true);
 }

@@ -72,6 +72,10 @@ pub struct TunnelStatus {
     pub encap: crate::desired::TunnelEncap,
     /// Dropped packets by reason (unknown peer, spoofed inner source, malformed, ...).
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// The underlay interface when the kernel fast path (tc BPF) carries the traffic of known
+    /// peers; absent when the userspace engine carries everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<String>,
 }
 
 /// The agent's view of its node, written after every reconcile (`status.json`).

@@ -104,6 +104,7 @@ impl Lab {
             local_subnet: format!("10.244.{host}.0/24").parse().unwrap(),
             local_ip: if host == 1 { H1 } else { H2 },
             queues,
+            kernel_path: false,
         }
     }
 
@@ -117,8 +118,19 @@ impl Lab {
 
     /// Starts a tunnel in h1 and one in h2, each with the other as peer.
     pub fn start_pair(&self, encap: Encap, device: &str, queues: usize) -> (Tunnel, Tunnel) {
-        let t1 = self.start(1, encap, device, queues);
-        let t2 = self.start(2, encap, device, queues);
+        self.start_pair_with(encap, device, queues, false)
+    }
+
+    /// Like [`Lab::start_pair`], with the kernel fast path on or off.
+    pub fn start_pair_with(
+        &self,
+        encap: Encap,
+        device: &str,
+        queues: usize,
+        kernel_path: bool,
+    ) -> (Tunnel, Tunnel) {
+        let t1 = self.start_with(1, encap, device, queues, kernel_path);
+        let t2 = self.start_with(2, encap, device, queues, kernel_path);
         t1.set_peers(&[Lab::peer_of(2)]);
         t2.set_peers(&[Lab::peer_of(1)]);
         (t1, t2)
@@ -129,8 +141,40 @@ impl Lab {
     }
 
     pub fn start(&self, host: u8, encap: Encap, device: &str, queues: usize) -> Tunnel {
-        let cfg = Lab::config(encap, device, host, queues);
-        Lab::in_ns(self.host(host), || Tunnel::start(cfg)).expect("start tunnel")
+        self.start_with(host, encap, device, queues, false)
+    }
+
+    /// Starts a tunnel on `host`; with `kernel_path`, the BPF fast path must come up.
+    pub fn start_with(
+        &self,
+        host: u8,
+        encap: Encap,
+        device: &str,
+        queues: usize,
+        kernel_path: bool,
+    ) -> Tunnel {
+        let cfg = TunnelConfig {
+            kernel_path,
+            ..Lab::config(encap, device, host, queues)
+        };
+        let t = Lab::in_ns(self.host(host), || Tunnel::start(cfg)).expect("start tunnel");
+        if kernel_path {
+            assert_eq!(
+                t.kernel_path_device().as_deref(),
+                Some("eth0"),
+                "the kernel fast path must be available on this kernel"
+            );
+        }
+        t
+    }
+
+    /// Packets the kernel handed to the tunnel's userspace engine through `dev` on `host` (the
+    /// TUN device's transmit counter): what the kernel fast path did not carry.
+    pub fn tun_tx_packets(&self, host: u8, dev: &str) -> u64 {
+        let v = self.host(host).ip_json(&["-s", "link", "show", dev]);
+        v[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .expect("tx packets")
     }
 
     /// Routes each host's peer subnet through `dev` (both directions).
