@@ -49,8 +49,14 @@ VS_VXLAN = {"tcp1": 0.5, "tcp4": None, "rr": 2.0}
 GOALS = {"host-gw": ("hand-built kernel routes", SAME_PATH),
          "vxlan": ("hand-built kernel VXLAN", SAME_PATH),
          "udp": ("hand-built kernel VXLAN", VS_VXLAN),
-         "ipip": ("hand-built kernel VXLAN", VS_VXLAN),
-         "ipip-engine": ("hand-built kernel VXLAN", VS_VXLAN)}
+         "ipip": ("hand-built kernel VXLAN", VS_VXLAN)}
+
+
+def goals_of(backend):
+    """Baseline name and goals of a backend; variants (-routed pods, -engine only) share them."""
+    for suffix in ("-routed", "-engine"):
+        backend = backend.removesuffix(suffix)
+    return GOALS.get(backend, ("baseline", SAME_PATH))
 METRICS = [("tcp1", "TCP 1 stream", "Gbit/s", "hi"),
            ("tcp4", "TCP 4 streams", "Gbit/s", "hi"),
            ("rr", "64 B round trip p50", "us", "lo")]
@@ -366,7 +372,7 @@ def side_by_side(rows, backends):
             cells = [med(field(rows, b, key, side)) for key, _, _, _ in METRICS]
             for key in ("tcp1", "tcp4"):
                 cells += [med(field(rows, b, key, side, name)) for name, _ in CPU_FIELDS]
-            name = side if side == "twill" else GOALS.get(b, ("baseline",))[0]
+            name = side if side == "twill" else goals_of(b)[0]
             table.append([b, name] + ["-" if c is None else fmt(c) for c in cells])
     widths = [max(len(r[i]) for r in table + [head]) for i in range(len(head))]
     for r in [head] + table:
@@ -388,7 +394,7 @@ def report(files):
     say("== summary: twill / baseline, same lab, same run (latency tool: %s) ==" %
         ", ".join(tools))
     for b in backends:
-        base_name, goals = GOALS.get(b, ("baseline", SAME_PATH))
+        base_name, goals = goals_of(b)
         say("-- %s (baseline: %s) --" % (b, base_name))
         who = b if goals is SAME_PATH else "%s vs %s," % (b, base_name)
         for key, label, unit, better in METRICS:

@@ -6,10 +6,13 @@
 # goals (MET / NOT MET); the whole output goes to bench/results/cluster-<UTC timestamp>.txt.
 #   host-gw, vxlan: baseline the same path by hand; throughput ratio >= 0.95, latency <= 1.05
 #   udp, ipip (the tunnel on twill.tun in the agents; ipip through its kernel fast path, tc
-#     BPF), ipip-engine (ipip with the fast path off: TWILL_NO_KERNEL_PATH=1, the userspace
-#     engine alone): baseline the kernel VXLAN path below, as for vxlan; 1-stream throughput
-#     ratio >= 0.5 (4 streams reported), latency ratio <= 2.0. Pod MTUs differ by design
-#     (twill 1472 udp / 1480 ipip, VXLAN 1450).
+#     BPF): baseline the kernel VXLAN path below, as for vxlan; 1-stream throughput ratio
+#     >= 0.5 (4 streams reported), latency ratio <= 2.0. Pod MTUs differ by design (twill
+#     1472 udp / 1480 ipip, VXLAN 1450).
+#   Variants, same goals and baseline: B-routed runs twill's pods in routed mode (`lab up
+#     --pod-mode routed`, Calico's layout: no bridge; the baseline keeps its bridge), and
+#     ipip-engine (or ipip-engine-routed) turns the ipip kernel fast path off
+#     (TWILL_NO_KERNEL_PATH=1: the userspace engine alone).
 #
 # Per backend: `twill lab up --nodes 2 --backend B --pods-per-node 1` (pods h1-p1, h2-p1 made
 # by the twill CNI plugin, routes by the twill agents), then inside the same two host netns a
@@ -52,7 +55,7 @@ case "${1:-}" in
   --clean)
     need_root "run as root"
     clean_labs bc 60
-    for ns in $(netns_list | grep -E '^twl-bc[0-9a-f]{4}[hvui]-' || true); do
+    for ns in $(netns_list | grep -E '^twl-bc[0-9a-f]{4}[0-9]+-' || true); do
       kill_netns "$ns" && echo "deleted netns $ns"
     done
     rm -rf /tmp/twcl-run.*
@@ -66,8 +69,9 @@ BACKENDS=${BACKENDS:-host-gw vxlan}
 for b in $BACKENDS; do
   case $b in
     host-gw|vxlan) ;;
-    udp|ipip|ipip-engine) [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
-    *) die "BACKENDS: only host-gw, vxlan, udp, ipip and ipip-engine, not $b" ;;
+    udp|ipip|ipip-engine|udp-routed|ipip-routed|ipip-engine-routed)
+      [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
+    *) die "BACKENDS: host-gw, vxlan, udp, ipip, ipip-engine, and udp/ipip/ipip-engine with -routed, not $b" ;;
   esac
 done
 export REPS T LAT_S
@@ -80,9 +84,8 @@ fi
 RUN=$(run_id)
 WORK=$(mktemp -d /tmp/twcl-run.XXXXXX)
 LABS=()
-for b in $BACKENDS; do   # bc1a2bh, bc1a2bv, bc1a2bu, bc1a2bi, bc1a2be
-  case $b in ipip-engine) LABS+=("bc${RUN}e") ;; *) LABS+=("bc$RUN${b:0:1}") ;; esac
-done
+k=0
+for b in $BACKENDS; do LABS+=("bc$RUN$k"); k=$((k + 1)); done   # bc1a2b0, bc1a2b1, ...
 TW=$WORK/twill
 
 cleanup() {
@@ -209,18 +212,20 @@ pingable() {   # SRC_NS DST_IP TRIES
 }
 
 run_backend() {
-  local b=$1 n=$2 i mt mb base=$1 agents=() lab_backend=$1 no_kernel_path=
+  local b=$1 n=$2 i mt mb base=$1 agents=() lab_backend=$1 no_kernel_path=false pod_mode=bridge
   # agents: --agents PID,PID for the tunnels; they are measured against kernel VXLAN
-  case $b in udp|ipip|ipip-engine) base=vxlan ;; esac
-  case $b in ipip-engine) lab_backend=ipip no_kernel_path=1 ;; esac
+  case $b in *-routed) lab_backend=${lab_backend%-routed} pod_mode=routed ;; esac
+  case $lab_backend in ipip-engine) lab_backend=ipip no_kernel_path=true ;; esac
+  case $lab_backend in udp|ipip) base=vxlan ;; esac
+  base=${base%-routed}
   echo
   echo "==== backend $b (lab $n) ===="
   local t0=$SECONDS
   if [ "$AA" = 1 ]; then
     aa_up "$n" "$b"
   else
-    TWILL_NO_KERNEL_PATH=${no_kernel_path:-false} bg_wait timeout 300 "$TW" lab up --nodes 2 \
-      --backend "$lab_backend" --pods-per-node 1 --name "$n" \
+    TWILL_NO_KERNEL_PATH=$no_kernel_path bg_wait timeout 300 "$TW" lab up --nodes 2 \
+      --backend "$lab_backend" --pod-mode "$pod_mode" --pods-per-node 1 --name "$n" \
       || die "twill lab up --backend $lab_backend failed"
     read_lab "$n"
   fi

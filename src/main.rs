@@ -48,7 +48,8 @@ enum Cmd {
         resync: u64,
         /// Carry ipip traffic in the userspace engine only, without the kernel fast path
         /// (tc BPF programs on the tunnel and underlay devices).
-        #[arg(long, env = "TWILL_NO_KERNEL_PATH")]
+        #[arg(long, env = "TWILL_NO_KERNEL_PATH",
+              value_parser = clap::builder::BoolishValueParser::new())]
         no_kernel_path: bool,
     },
     /// Cluster configuration in the store.

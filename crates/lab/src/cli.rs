@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::lab::{Lab, LabSpec, down};
-use crate::plan::{Backend, DEFAULT_NAME, Underlay};
+use crate::plan::{Backend, DEFAULT_NAME, PodMode, Underlay};
 use crate::status::AgentStatus;
 use crate::sys;
 
@@ -67,6 +67,9 @@ pub struct UpArgs {
     /// l2: one bridge, one subnet. routed: two subnets behind a router (odd and even hosts).
     #[arg(long, value_enum, default_value_t = Underlay::L2)]
     pub underlay: Underlay,
+    /// How the CNI plugin attaches pods: bridge (Flannel's layout) or routed (Calico's).
+    #[arg(long, value_enum, default_value_t = PodMode::Bridge)]
+    pub pod_mode: PodMode,
     #[arg(long, default_value_t = 2)]
     pub pods_per_node: u32,
     #[arg(long, default_value = DEFAULT_NAME)]
@@ -82,6 +85,7 @@ impl UpArgs {
             .backend(self.backend)
             .direct_routing(self.direct_routing)
             .underlay(self.underlay)
+            .pod_mode(self.pod_mode)
             .pods_per_node(self.pods_per_node)
             .etcd_bin(&self.etcd_bin)
     }
@@ -161,12 +165,13 @@ fn host_statuses(lab: &Lab) -> Vec<Result<Value, String>> {
 fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String {
     let st = lab.state();
     let mut out = format!(
-        "lab {}: {} hosts, backend {} (DirectRouting {}), underlay {}, store {}",
+        "lab {}: {} hosts, backend {} (DirectRouting {}), underlay {}, {} pods, store {}",
         st.name,
         st.hosts.len(),
         st.backend,
         st.direct_routing,
         st.underlay,
+        st.pod_mode.as_str(),
         st.store
     );
     if let Some(e) = &st.etcd {
@@ -286,6 +291,7 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
         "backend": st.backend,
         "directRouting": st.direct_routing,
         "underlay": st.underlay,
+        "podMode": st.pod_mode,
         "store": st.store,
         "etcd": st.etcd.as_ref().map(|e| json!({"pid": e.pid, "alive": lab.etcd_alive()})),
         "hosts": hosts,

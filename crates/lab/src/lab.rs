@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
-use crate::plan::{self, Backend, Target, Underlay};
+use crate::plan::{self, Backend, PodMode, Target, Underlay};
 use crate::state::{Etcd, Host, Pod, STATE_VERSION, State};
 use crate::status::AgentStatus;
 use crate::sys;
@@ -38,6 +38,7 @@ pub struct LabSpec {
     pub backend: Backend,
     pub direct_routing: bool,
     pub underlay: Underlay,
+    pub pod_mode: PodMode,
     pub pods_per_node: u32,
     pub etcd_bin: PathBuf,
     /// Progress lines on stderr (the CLI turns this on).
@@ -53,6 +54,7 @@ impl LabSpec {
             backend: Backend::Vxlan,
             direct_routing: false,
             underlay: Underlay::L2,
+            pod_mode: PodMode::Bridge,
             pods_per_node: 2,
             etcd_bin: PathBuf::from("/usr/bin/etcd"),
             verbose: false,
@@ -76,6 +78,11 @@ impl LabSpec {
 
     pub fn underlay(mut self, u: Underlay) -> LabSpec {
         self.underlay = u;
+        self
+    }
+
+    pub fn pod_mode(mut self, m: PodMode) -> LabSpec {
+        self.pod_mode = m;
         self
     }
 
@@ -441,6 +448,7 @@ impl Lab {
                 backend: spec.backend,
                 direct_routing: spec.direct_routing,
                 underlay: spec.underlay,
+                pod_mode: spec.pod_mode,
                 pods_per_node: spec.pods_per_node,
                 twill,
                 store: plan::store_url(name, spec.nodes, spec.underlay),
@@ -690,7 +698,7 @@ impl Lab {
         let host = self.host(i)?;
         let twill = self.twill()?;
         let cni_path = twill.parent().unwrap_or(Path::new("/"));
-        let conf = plan::cni_conf(&host.data_dir).to_string();
+        let conf = plan::cni_conf(&host.data_dir, self.state.pod_mode).to_string();
         let mut cmd = sys::ns_command(&host.netns);
         cmd.arg(twill)
             .env_clear()

@@ -23,6 +23,6 @@ pub use cli::{LabCommand, UpArgs, run};
 pub use lab::{Lab, LabSpec, down, parse_cni_result};
 pub use matrix::{Matrix, Outcome, Probe};
 pub use nix::sys::signal::Signal;
-pub use plan::{Backend, Underlay};
+pub use plan::{Backend, PodMode, Underlay};
 pub use state::{Host, Pod, State};
 pub use status::{AgentStatus, PeerPath, PeerStatus};

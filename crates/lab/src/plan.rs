@@ -44,6 +44,28 @@ pub enum Backend {
     Ipip,
 }
 
+/// How the CNI plugin attaches pods on each host (its `mode`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodMode {
+    /// Pods on a bridge `twill0` (Flannel's layout).
+    #[default]
+    Bridge,
+    /// Each pod a /32 route to its veth, no bridge (Calico's layout).
+    Routed,
+}
+
+impl PodMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodMode::Bridge => "bridge",
+            PodMode::Routed => "routed",
+        }
+    }
+}
+
 impl Backend {
     /// The name in net-conf.json and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -284,11 +306,12 @@ pub fn net_conf(backend: Backend, direct_routing: bool) -> Value {
 
 /// The plugin's network configuration: no `ranges`, so it runs in cluster mode and takes the
 /// node's subnet from the agent's files in `dataDir`.
-pub fn cni_conf(data_dir: &Path) -> Value {
+pub fn cni_conf(data_dir: &Path, pod_mode: PodMode) -> Value {
     json!({
         "cniVersion": "1.1.0",
         "name": "lab",
         "type": "twill",
+        "mode": pod_mode.as_str(),
         "dataDir": data_dir.display().to_string(),
     })
 }
@@ -466,7 +489,7 @@ mod tests {
             net_conf(Backend::Vxlan, true)["Backend"]["DirectRouting"],
             true
         );
-        let c = cni_conf(Path::new("/run/twill/lab/x/h1"));
+        let c = cni_conf(Path::new("/run/twill/lab/x/h1"), PodMode::Bridge);
         assert_eq!(c["dataDir"], "/run/twill/lab/x/h1");
         assert_eq!(c["type"], "twill");
         assert!(c.get("ranges").is_none());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Backend, Underlay};
+use crate::plan::{Backend, PodMode, Underlay};
 
 /// The file name inside the lab's state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -24,6 +24,9 @@ pub struct State {
     pub backend: Backend,
     pub direct_routing: bool,
     pub underlay: Underlay,
+    /// Labs made before pod modes existed used bridges.
+    #[serde(default)]
+    pub pod_mode: PodMode,
     pub pods_per_node: u32,
     /// The twill executable the lab runs (agents, plugin, status); empty for a lab that only
     /// has its topology.
@@ -130,6 +133,7 @@ mod tests {
             backend: Backend::HostGw,
             direct_routing: true,
             underlay: Underlay::Routed,
+            pod_mode: PodMode::Routed,
             pods_per_node: 1,
             twill: "/usr/bin/twill".into(),
             store: "etcd://192.168.1.1:2379".into(),
