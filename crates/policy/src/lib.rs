@@ -1,0 +1,16 @@
+//! twill's network policy: Kubernetes `networking.k8s.io/v1` NetworkPolicy with its exact
+//! semantics, plus twill's ordered cluster policies (Allow / Deny / Log / Pass), evaluated
+//! for `twill policy explain` and compiled into one nftables table per node.
+//!
+//! Everything here is pure: the agent feeds it the world (namespaces, endpoints, policies)
+//! and applies what [`compile`](compile::compile) and [`render`] produce with `nft -f`.
+//!
+//! - [`model`]: the data, and the world it is evaluated in;
+//! - [`parse`]: YAML in, validated all-or-nothing, errors with document and line;
+//! - [`eval`]: the reference semantics, and `explain`;
+
+pub mod model;
+pub mod parse;
+
+pub use model::*;
+pub use parse::{ParseError, parse_documents};
