@@ -9,8 +9,10 @@
 //! - [`parse`]: YAML in, validated all-or-nothing, errors with document and line;
 //! - [`eval`]: the reference semantics, and `explain`;
 
+pub mod eval;
 pub mod model;
 pub mod parse;
 
+pub use eval::{Decision, ExplainError, Party, Reason, RuleRef, Verdict, explain};
 pub use model::*;
 pub use parse::{ParseError, parse_documents};
