@@ -238,6 +238,12 @@ pub fn explain(
             to: to.to_string(),
         });
     };
+    // ICMP means the ICMP of the connection's family.
+    let protocol = match (protocol, src.is_ipv4()) {
+        (Protocol::Icmp, false) => Protocol::Icmpv6,
+        (Protocol::Icmpv6, true) => Protocol::Icmp,
+        (p, _) => p,
+    };
     let conn = Conn {
         src: Side {
             ip: src,
