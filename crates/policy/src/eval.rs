@@ -54,6 +54,30 @@ impl fmt::Display for Party {
     }
 }
 
+/// Reads the `PORT[/PROTO]` argument of `twill policy explain`: `80`, `80/tcp`, `53/UDP`,
+/// `icmp` (protocol default TCP, as in Kubernetes).
+pub fn parse_port_proto(text: &str) -> Result<(u16, Protocol), String> {
+    let (port, proto) = match text.split_once('/') {
+        Some((p, proto)) => (Some(p), proto),
+        None if text.parse::<u16>().is_ok() => (Some(text), "TCP"),
+        None => (None, text),
+    };
+    let protocol = Protocol::from_name(proto)
+        .ok_or_else(|| format!("{proto:?} is not one of TCP, UDP, SCTP, ICMP, ICMPv6"))?;
+    let port = match port {
+        None | Some("") if !protocol.has_ports() => 0,
+        None | Some("") => {
+            return Err(format!(
+                "{text:?}: {protocol} needs a port, as in 80/{protocol}"
+            ));
+        }
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number (0-65535)"))?,
+    };
+    Ok((port, protocol))
+}
+
 /// A rule of a policy: which policy, which direction, which index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleRef {

@@ -18,7 +18,9 @@ pub mod parse;
 pub mod render;
 
 pub use compile::{Dispatch, Options, Ruleset, compile};
-pub use eval::{Decision, ExplainError, Party, Reason, RuleRef, Verdict, explain};
+pub use eval::{
+    Decision, ExplainError, Party, Reason, RuleRef, Verdict, explain, parse_port_proto,
+};
 pub use model::*;
 pub use parse::{ParseError, parse_documents};
 pub use render::{diff, render};

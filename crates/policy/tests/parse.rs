@@ -399,3 +399,54 @@ fn cluster_policy_errors() {
         &["cluster-wide"],
     );
 }
+
+#[test]
+fn port_proto_argument() {
+    use twill_policy::parse_port_proto;
+    assert_eq!(parse_port_proto("80"), Ok((80, Protocol::Tcp)));
+    assert_eq!(parse_port_proto("53/udp"), Ok((53, Protocol::Udp)));
+    assert_eq!(parse_port_proto("9/SCTP"), Ok((9, Protocol::Sctp)));
+    assert_eq!(parse_port_proto("icmp"), Ok((0, Protocol::Icmp)));
+    assert!(parse_port_proto("tcp").is_err());
+    assert!(parse_port_proto("80/gre").is_err());
+    assert!(parse_port_proto("99999/tcp").is_err());
+}
+
+mod never_panics {
+    //! Policy YAML comes from users and from the store: any text gives Ok or an error with
+    //! a position, never a panic, and whatever parses also compiles and renders.
+    use super::*;
+    use proptest::prelude::*;
+    use twill_policy::{Options, World, compile, render};
+
+    const SEED: &str = include_str!("golden/seed.yaml");
+
+    fn check(text: &str) {
+        match parse_documents(text) {
+            Ok(docs) => {
+                let w = World::new(vec![], vec![], docs);
+                let _ = render(&compile(&w, "n", Options::default()));
+            }
+            Err(e) => {
+                assert!(e.document >= 1 && e.line >= 1, "{e:?}");
+                assert!(!e.message.is_empty());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #[test]
+        fn mutated_policies(cut in 0..SEED.len(), len in 0..8usize, insert in "[-:{}\\[\\]a-z0-9/ .\n'\"]{0,6}") {
+            let mut text = SEED.as_bytes().to_vec();
+            let end = (cut + len).min(text.len());
+            text.splice(cut..end, insert.bytes());
+            check(&String::from_utf8_lossy(&text));
+        }
+
+        #[test]
+        fn arbitrary_text(text in "[-:{}\\[\\]a-zA-Z0-9/ .\n#'\"|>&*!]{0,200}") {
+            check(&text);
+        }
+    }
+}

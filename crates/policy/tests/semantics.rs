@@ -743,3 +743,36 @@ fn cluster_icmp_and_protocols() {
     );
     check(&w, 80, Tcp, &Reach::new(true));
 }
+
+#[test]
+fn empty_from_list_is_every_source_but_empty_ingress_is_none() {
+    let w = world(&np(
+        "x",
+        "p",
+        "  podSelector: {}\n  ingress: [{from: [], ports: []}]\n",
+    ));
+    check(&w, 80, Tcp, &Reach::new(true));
+    let w = world(&np("x", "p", "  podSelector: {}\n  ingress: []\n"));
+    check(
+        &w,
+        80,
+        Tcp,
+        &Reach::new(true).set(|_| true, in_ns("x"), false),
+    );
+}
+
+#[test]
+fn traffic_between_pods_of_one_namespace_is_policed_too() {
+    // Isolation is per pod, not per namespace boundary.
+    let w = world(&np(
+        "x",
+        "p",
+        "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]\n",
+    ));
+    check(
+        &w,
+        80,
+        Tcp,
+        &Reach::new(true).to("x/b", false).pair("x/c", "x/b", true),
+    );
+}
