@@ -1,5 +1,5 @@
 //! Compiling the policies of one node's local endpoints into an nftables rule set (as data;
-//! [`crate::render`] writes it as an `nft -f` script).
+//! [`crate::render`](mod@crate::render) writes it as an `nft -f` script).
 //!
 //! Shape (table `inet twill-policy`, so twill's `inet twill` table is never disturbed):
 //! ```text
@@ -36,6 +36,22 @@
 //!
 //! Endpoints with no policy for a direction get no chain and no dispatch entry: their traffic
 //! is not touched at all (not even `ct state invalid drop`).
+//!
+//! # Routed and bridge mode
+//! - Routed (each pod's veth is routed by the host): every pod packet crosses inet `forward`
+//!   with the veth as `iifname`/`oifname`: [`Dispatch::Interface`].
+//! - Bridge, traffic leaving the node or arriving from it: routed through the bridge, so the
+//!   interface is the bridge, not the veth: [`Dispatch::Address`] keys the maps by the pod's
+//!   addresses instead (safe because twill's anti-spoofing pins each veth to its addresses).
+//! - Bridge, two pods on the same bridge: the frame is bridged and never reaches inet
+//!   `forward` unless `br_netfilter` is loaded (which twill does not want: it sends every
+//!   bridged frame through the IP hooks). **Not handled yet.** The proposal is the same
+//!   chains in a `table bridge twill-policy` on the bridge `forward` hook, dispatched by
+//!   `iifname`/`oifname` (there the veths are the bridge ports). Checked by hand on this
+//!   kernel with nft 1.0.6: the whole rule set loads in the bridge family except `ct state`,
+//!   which fails with "Protocol error" because bridge conntrack (`nf_conntrack_bridge`,
+//!   Linux >= 5.3) is not available here; without it replies cannot be allowed statelessly,
+//!   so that hook needs that module (or per-direction reply rules) first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
