@@ -215,7 +215,13 @@ fn agree(w: &World) {
                     if a.id() == b.id() {
                         continue;
                     }
-                    for (sa, sb) in a.addresses.iter().zip(&b.addresses) {
+                    let pairs = a.addresses.iter().flat_map(|sa| {
+                        b.addresses
+                            .iter()
+                            .filter(move |sb| sb.is_ipv4() == sa.is_ipv4())
+                            .map(move |sb| (sa, sb))
+                    });
+                    for (sa, sb) in pairs {
                         for (port, proto) in [
                             (80, Protocol::Tcp),
                             (81, Protocol::Tcp),
@@ -447,8 +453,9 @@ mod random {
             prop::collection::vec(cluster_policy(), 0..3),
             prop::collection::vec(prop::option::of(0..2usize), 9),
             prop::collection::vec(any::<bool>(), 3),
+            prop::collection::vec(any::<bool>(), 9),
         )
-            .prop_map(|(k8s, cluster, tiers, prod)| {
+            .prop_map(|(k8s, cluster, tiers, prod, extra)| {
                 let mut docs = Vec::new();
                 for (i, p) in k8s.iter().enumerate() {
                     docs.push(p.replace("NAME", &format!("k{i}")));
@@ -461,6 +468,20 @@ mod random {
                 for (ep, tier) in w.endpoints.iter_mut().zip(tiers) {
                     if let Some(t) = tier {
                         ep.labels.insert("tier".into(), format!("t{t}"));
+                    }
+                }
+                // A second IPv4 address (outside 10.0.0.0/16) on some pods, so that cluster
+                // rules can match some of an endpoint's addresses and not others.
+                for (ep, x) in w.endpoints.iter_mut().zip(extra) {
+                    if x {
+                        let second = match ep.addresses[0] {
+                            std::net::IpAddr::V4(a) => {
+                                let o = a.octets();
+                                format!("10.9.{}.{}", o[2], o[3]).parse().unwrap()
+                            }
+                            other => other,
+                        };
+                        ep.addresses.push(second);
                     }
                 }
                 for (ns, p) in w.namespaces.iter_mut().zip(prod) {
