@@ -219,6 +219,7 @@ pub fn compile(world: &World, node: &str, options: Options) -> Ruleset {
         sets: BTreeMap::new(),
         chains: BTreeMap::new(),
         cache: HashMap::new(),
+        set_keys: HashMap::new(),
     };
     let mut ingress = BTreeMap::new();
     let mut egress = BTreeMap::new();
@@ -258,6 +259,8 @@ struct Builder<'a> {
     chains: BTreeMap<String, Chain>,
     /// Set name by definition, so selector sets are computed once per compile.
     cache: HashMap<String, String>,
+    /// Definition by set name, to catch hash collisions.
+    set_keys: HashMap<String, String>,
 }
 
 /// FNV-1a: stable across runs and platforms (names must not change between agent restarts,
@@ -300,20 +303,56 @@ fn allow(dir: Direction) -> Verdict {
 }
 
 impl<'a> Builder<'a> {
-    fn add_set(&mut self, name: String, kind: SetKind, elements: BTreeSet<Element>) -> String {
-        self.sets
-            .entry(name.clone())
-            .or_insert(Set { kind, elements });
-        name
+    /// Adds the set defined by `key` as `prefix-<hash of key>`. Should two keys ever hash
+    /// alike, the later one is renamed rather than silently sharing the other's elements.
+    fn add_set(
+        &mut self,
+        prefix: &str,
+        key: &str,
+        kind: SetKind,
+        elements: BTreeSet<Element>,
+    ) -> String {
+        let mut salt = 0u32;
+        loop {
+            let salted = if salt == 0 {
+                key.to_string()
+            } else {
+                format!("{key}#{salt}")
+            };
+            let name = format!("{prefix}-{}", hash(&salted));
+            match self.set_keys.get(&name) {
+                Some(k) if k != key => salt += 1,
+                Some(_) => return name,
+                None => {
+                    self.set_keys.insert(name.clone(), key.to_string());
+                    self.sets.insert(name.clone(), Set { kind, elements });
+                    return name;
+                }
+            }
+        }
     }
 
+    /// Adds a chain named by a hash of its content (so endpoints with the same rules share
+    /// it); a different chain with the same hash gets another name.
     fn add_chain(&mut self, prefix: &str, chain: Chain) -> String {
-        let name = format!(
-            "{prefix}-{}",
-            hash(&serde_json::to_string(&chain).expect("chains serialize"))
-        );
-        self.chains.entry(name.clone()).or_insert(chain);
-        name
+        let key = serde_json::to_string(&chain).expect("chains serialize");
+        let mut salt = 0u32;
+        loop {
+            let salted = if salt == 0 {
+                key.clone()
+            } else {
+                format!("{key}#{salt}")
+            };
+            let name = format!("{prefix}-{}", hash(&salted));
+            match self.chains.get(&name) {
+                Some(c) if *c != chain => salt += 1,
+                Some(_) => return name,
+                None => {
+                    self.chains.insert(name.clone(), chain);
+                    return name;
+                }
+            }
+        }
     }
 
     /// The chain for `ep` in `dir`, or None when no policy applies.
@@ -433,7 +472,8 @@ impl<'a> Builder<'a> {
                 .any(|p| peer_matches(world, namespace, p, side))
         });
         let name = self.add_set(
-            format!("pa{}-{}", fam.digit(), hash(&key)),
+            &format!("pa{}", fam.digit()),
+            &key,
             SetKind::Addr(fam),
             elements,
         );
@@ -452,7 +492,8 @@ impl<'a> Builder<'a> {
             .collect();
         let key = serde_json::to_string(&elements).expect("serializes");
         Some(self.add_set(
-            format!("pn{}-{}", fam.digit(), hash(&key)),
+            &format!("pn{}", fam.digit()),
+            &key,
             SetKind::Net(fam),
             elements,
         ))
@@ -460,7 +501,7 @@ impl<'a> Builder<'a> {
 
     fn proto_port_set(&mut self, elements: BTreeSet<Element>) -> String {
         let key = serde_json::to_string(&elements).expect("serializes");
-        self.add_set(format!("pp-{}", hash(&key)), SetKind::ProtoPort, elements)
+        self.add_set("pp", &key, SetKind::ProtoPort, elements)
     }
 
     fn k8s_rule(
@@ -600,7 +641,8 @@ impl<'a> Builder<'a> {
                             }
                         }
                         let n = self.add_set(
-                            format!("np{}-{}", fam.digit(), hash(&key)),
+                            &format!("np{}", fam.digit()),
+                            &key,
                             SetKind::AddrProtoPort(fam),
                             elements,
                         );
@@ -720,7 +762,8 @@ impl<'a> Builder<'a> {
                     let elements =
                         addresses_where(world, fam, |side| entity_matches(world, e, side));
                     let n = self.add_set(
-                        format!("pa{}-{}", fam.digit(), hash(&key)),
+                        &format!("pa{}", fam.digit()),
+                        &key,
                         SetKind::Addr(fam),
                         elements,
                     );

@@ -531,6 +531,21 @@ impl World {
         }
     }
 
+    /// Removes the NetworkPolicy `namespace/name`; false when there was none.
+    pub fn remove_network_policy(&mut self, namespace: &str, name: &str) -> bool {
+        let before = self.network_policies.len();
+        self.network_policies
+            .retain(|p| (p.namespace.as_str(), p.name.as_str()) != (namespace, name));
+        self.network_policies.len() != before
+    }
+
+    /// Removes the ClusterPolicy `name`; false when there was none.
+    pub fn remove_cluster_policy(&mut self, name: &str) -> bool {
+        let before = self.cluster_policies.len();
+        self.cluster_policies.retain(|p| p.name != name);
+        self.cluster_policies.len() != before
+    }
+
     /// Labels of a namespace, with [`NAMESPACE_NAME_LABEL`] added as the API server does; a
     /// namespace nobody described has only that one.
     pub fn namespace_labels(&self, name: &str) -> Labels {

@@ -512,7 +512,8 @@ fn updated_and_deleted_policies() {
         &Reach::new(true).set(in_ns("x"), in_ns("x"), false),
     );
     // Relabel pod x/b out of the... policy selects all of x anyway; delete the policy.
-    w.network_policies.clear();
+    assert!(w.remove_network_policy("x", "p"));
+    assert!(!w.remove_network_policy("x", "p"));
     check(&w, 80, Tcp, &Reach::new(true));
 }
 
