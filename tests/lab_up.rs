@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use twill_lab::plan;
-use twill_lab::{AgentStatus, Backend, Lab, LabSpec, Outcome, Signal, Underlay};
+use twill_lab::{AgentStatus, Backend, Lab, LabSpec, Outcome, PodMode, Signal, Underlay};
 use twill_testkit::{random_suffix, require_root};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
@@ -213,14 +213,22 @@ fn traffic_survives_agent_and_etcd_restarts() {
 /// The rest of the backend × underlay matrix: every pod reaches every pod, and each agent
 /// reports the path it chose for each peer.
 fn reach_case(backend: Backend, direct_routing: bool, underlay: Underlay, path: &'static str) {
-    reach_case_with(backend, direct_routing, underlay, |_, _| path);
+    reach_case_with(
+        backend,
+        direct_routing,
+        underlay,
+        PodMode::Bridge,
+        |_, _| path,
+    );
 }
 
-/// Like [`reach_case`], with the expected path per pair (`from` index, `to` index).
+/// Like [`reach_case`], with the pods' mode and the expected path per pair (`from` index,
+/// `to` index).
 fn reach_case_with(
     backend: Backend,
     direct_routing: bool,
     underlay: Underlay,
+    pod_mode: PodMode,
     path: impl Fn(u32, u32) -> &'static str,
 ) {
     require_root();
@@ -230,7 +238,18 @@ fn reach_case_with(
         .backend(backend)
         .direct_routing(direct_routing)
         .underlay(underlay)
+        .pod_mode(pod_mode)
         .pods_per_node(1));
+    if pod_mode == PodMode::Routed {
+        // Calico's layout: no bridge, each pod a host route to its veth.
+        for h in ["h1", "h2", "h3"] {
+            let out = lab
+                .exec(h, &["ip", "-o", "link", "show", "type", "bridge"])
+                .unwrap();
+            let out = String::from_utf8_lossy(&out.stdout);
+            assert!(out.trim().is_empty(), "{h}: a bridge in routed mode: {out}");
+        }
+    }
     let st = statuses(&lab);
     for (from, to) in [(1, 2), (1, 3), (2, 3), (3, 1)] {
         let to_name = format!("h{to}");
@@ -279,7 +298,13 @@ fn udp_on_l2() {
 #[test]
 #[ignore = "needs root"]
 fn udp_on_routed() {
-    reach_case(Backend::Udp, false, Underlay::Routed, "udp");
+    reach_case_with(
+        Backend::Udp,
+        false,
+        Underlay::Routed,
+        PodMode::Routed,
+        |_, _| "udp",
+    );
 }
 
 #[test]
@@ -291,7 +316,13 @@ fn udp_direct_routing_on_l2() {
 #[test]
 #[ignore = "needs root"]
 fn udp_direct_routing_on_routed() {
-    reach_case_with(Backend::Udp, true, Underlay::Routed, cross_subnet("udp"));
+    reach_case_with(
+        Backend::Udp,
+        true,
+        Underlay::Routed,
+        PodMode::Bridge,
+        cross_subnet("udp"),
+    );
 }
 
 #[test]
@@ -315,5 +346,11 @@ fn ipip_direct_routing_on_l2() {
 #[test]
 #[ignore = "needs root"]
 fn ipip_direct_routing_on_routed() {
-    reach_case_with(Backend::Ipip, true, Underlay::Routed, cross_subnet("ipip"));
+    reach_case_with(
+        Backend::Ipip,
+        true,
+        Underlay::Routed,
+        PodMode::Routed,
+        cross_subnet("ipip"),
+    );
 }

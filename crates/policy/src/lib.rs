@@ -9,7 +9,8 @@
 //! - [`parse`]: YAML in, validated all-or-nothing, errors with document and line;
 //! - [`eval`]: the reference semantics, and `explain`;
 //! - [`compile`](mod@compile): one node's rule set as data (sets, chains, dispatch maps);
-//! - [`render`](mod@render): that rule set as an `nft -f` script, and the minimal diff.
+//! - [`render`](mod@render): that rule set as an `nft -f` script, and the minimal diff;
+//! - [`keys`]: where policies, namespaces and endpoints live in the store.
 //!
 //! # Using it (agent and CLI)
 //! ```
@@ -104,6 +105,7 @@
 
 pub mod compile;
 pub mod eval;
+pub mod keys;
 pub mod model;
 pub mod parse;
 pub mod render;
