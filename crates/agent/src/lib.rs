@@ -17,11 +17,14 @@
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
+//! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
+//!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 
 pub mod cli;
 pub mod files;
 pub mod lease;
+pub mod policy_sync;
 pub mod tunnel;
 pub mod underlay;
 

@@ -17,7 +17,7 @@ use twill_types::MacAddr;
 use twill_types::cluster::ClusterConfig;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
-use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus};
+use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus, PolicyStatus};
 
 use crate::lease::{self, Held};
 use crate::tunnel::Engine;
@@ -84,7 +84,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         mtu: backend.pod_mtu(&node),
         backend: config.backend.kind,
         cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
+        policy: true,
     };
+    // Policy first: the socket must answer before the node file tells plugins to ask it.
+    let policy = crate::policy_sync::SharedStatus::default();
+    crate::policy_sync::spawn(
+        store.clone(),
+        opts.node_name.clone(),
+        opts.data_dir.clone(),
+        opts.resync,
+        policy.clone(),
+    )?;
     files::write_json(&node_path, &node_file)?;
     twill_netlink::sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
@@ -104,6 +114,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tunnel: None,
         last_peers: Vec::new(),
         node_file,
+        policy,
+        policy_written: None,
     };
     agent.main_loop().await
 }
@@ -164,6 +176,10 @@ struct Agent {
     last_peers: Vec<PeerStatus>,
     /// What the CNI plugin reads from disk.
     node_file: NodeFile,
+    /// Network policy's state, kept by its task.
+    policy: crate::policy_sync::SharedStatus,
+    /// The policy state in the last status written.
+    policy_written: Option<PolicyStatus>,
 }
 
 /// What ended the loop.
@@ -205,7 +221,11 @@ impl Agent {
                     }
                 }
                 _ = resync.tick() => if self.in_sync { self.reconcile().await },
-                _ = counters.tick() => if self.tunnel.is_some() { self.write_status(None) },
+                _ = counters.tick() => {
+                    if self.tunnel.is_some() || self.policy_written.as_ref() != Some(&self.policy_now()) {
+                        self.write_status(None)
+                    }
+                }
                 _ = renew.tick() => {
                     if !self.renew().await {
                         // Retry soon rather than a third of the TTL later: two missed renewals
@@ -467,6 +487,13 @@ impl Agent {
 
     /// Writes status.json: the peers of `state` (or, with None, those of the last reconcile),
     /// in_sync, and fresh tunnel counters.
+    fn policy_now(&self) -> PolicyStatus {
+        self.policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn write_status(&mut self, state: Option<(&DesiredState, Option<&Observed>)>) {
         if let Some((desired, observed)) = state {
             self.last_peers = peer_status(desired, observed);
@@ -494,7 +521,9 @@ impl Agent {
                 .unwrap_or(0),
             peers,
             tunnel,
+            policy: Some(self.policy_now()),
         };
+        self.policy_written = status.policy.clone();
         if let Err(e) = files::write_json(&path, &status) {
             warn!("writing {}: {e:#}", path.display());
         }

@@ -1,7 +1,7 @@
 //! The plugin's inputs: the CNI environment and twill's network configuration, parsed and
 //! validated up front so that a bad input fails before anything is changed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -149,6 +149,8 @@ pub struct NetConf {
     pub valid_attachments: Option<Value>,
     /// Cluster mode: no `ranges` given, the node's subnet comes from the agent's node file.
     pub cluster: Cluster,
+    /// The pod's labels (`runtimeConfig.labels`), for network policy.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where the network's ranges come from.
@@ -210,6 +212,43 @@ struct RawConf {
     valid_attachments: Option<Value>,
     #[serde(default, rename = "cni.dev/attachments")]
     attachments: Option<Value>,
+    #[serde(default)]
+    runtime_config: Option<RawRuntimeConfig>,
+}
+
+/// The runtime's per-container data (CNI conventions: capabilities passed as
+/// `runtimeConfig`); twill reads the pod's labels there.
+#[derive(Deserialize, Default)]
+struct RawRuntimeConfig {
+    #[serde(default)]
+    labels: Option<Value>,
+}
+
+/// Labels as an object (`{"app": "web"}`) or as a list of `{"key": .., "value": ..}`.
+fn parse_labels(v: &Value) -> Result<BTreeMap<String, String>, String> {
+    let bad = || {
+        format!(
+            "runtimeConfig.labels must be an object of strings or a list of {{\"key\", \"value\"}}, not {v}"
+        )
+    };
+    let mut out = BTreeMap::new();
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map {
+                out.insert(k.clone(), val.as_str().ok_or_else(bad)?.to_string());
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                let k = item.get("key").and_then(Value::as_str).ok_or_else(bad)?;
+                let val = item.get("value").and_then(Value::as_str).ok_or_else(bad)?;
+                out.insert(k.to_string(), val.to_string());
+            }
+        }
+        Value::Null => {}
+        _ => return Err(bad()),
+    }
+    Ok(out)
 }
 
 /// Only the version, for VERSION and for choosing the format of an error.
@@ -323,6 +362,10 @@ impl NetConf {
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
             cluster,
+            labels: match raw.runtime_config.and_then(|r| r.labels) {
+                Some(v) => parse_labels(&v).map_err(invalid)?,
+                None => BTreeMap::new(),
+            },
         })
     }
 

@@ -7,6 +7,7 @@
 //! - [`verbs`]: ADD, DEL, CHECK, STATUS, GC.
 
 pub mod config;
+pub mod endpoint;
 pub mod plumbing;
 pub mod spec;
 pub mod verbs;

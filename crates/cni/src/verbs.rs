@@ -13,6 +13,7 @@ use twill_netlink::netns::Netns;
 use twill_netlink::{Handle, LinkKind};
 
 use crate::config::{Cluster, Env, Mode, NetConf};
+use crate::endpoint;
 use crate::plumbing::{self, Attach, kernel};
 use crate::spec::{
     Attachment, CniError, CniResult, Interface, IpConfig, RouteConfig, Version, code,
@@ -113,7 +114,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
 
     let mut host = Handle::new().map_err(kernel)?;
     let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
-    match add_with_addresses(
+    let added = add_with_addresses(
         env,
         conf,
         &netns,
@@ -121,7 +122,19 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         &mut container,
         &host_name,
         &ips,
-    ) {
+    )
+    .and_then(|result| {
+        // The agent enforces network policy: the pod's policy must be in force before ADD
+        // returns, so its first packet is already policed.
+        if let Cluster::Ready(node) = &conf.cluster
+            && node.policy
+        {
+            let ep = endpoint::endpoint(env, conf, node, &host_name, &ips);
+            endpoint::register(conf, env, &ep)?;
+        }
+        Ok(result)
+    });
+    match added {
         Ok(result) => Ok(result),
         Err(e) => {
             // Leave nothing behind: the veth (if made), the anti-spoofing entries, the addresses.
@@ -254,6 +267,7 @@ fn restore_sources(conf: &NetConf) -> Result<(), CniError> {
 // ===== DEL =====
 
 pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    endpoint::unregister(conf, env);
     let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
     let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
     let held = store

@@ -50,6 +50,13 @@ pub enum Error {
     #[error("{op}: unexpected netlink reply from the kernel: {detail}")]
     Protocol { op: String, detail: String },
 
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error(
         "invalid CNI network name {0:?} for ipMasq: use 1 to 250 letters, digits, '_', '.' or '-'"
     )]

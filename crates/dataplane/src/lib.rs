@@ -8,6 +8,7 @@
 //!   `bridge twill` tables.
 //! - `nfnl` (private): the minimal nfnetlink encoder/decoder that keeps the
 //!   per-container operations free of process spawns.
+//! - [`policy`]: applying network policy rule sets; bridge netfilter hooks.
 //! - `nftcli` (private): running `nft -f -` for the rare rule changes.
 //!
 //! Everything applies to the network namespace of the calling thread (for [`peers`]: the
@@ -18,6 +19,7 @@ pub mod firewall;
 mod nfnl;
 mod nftcli;
 pub mod peers;
+pub mod policy;
 
 pub use error::Error;
 pub use firewall::{

@@ -22,6 +22,18 @@ pub fn node_file(data_dir: &Path) -> PathBuf {
     data_dir.join(NODE_FILE)
 }
 
+/// Where the CNI plugin records this node's endpoints (one JSON file per container, named by
+/// the container id) for the agent's network policy; they outlive agent restarts.
+pub fn endpoints_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("endpoints")
+}
+
+/// The agent's socket: the plugin asks there for a new endpoint's policy to be in force
+/// before its ADD returns.
+pub fn agent_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent.sock")
+}
+
 /// The node's share of the cluster, as the plugin needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +46,10 @@ pub struct NodeFile {
     pub backend: BackendKind,
     /// All pools of the cluster (traffic to them is never masqueraded).
     pub cluster_networks: Vec<Ipv4Net>,
+    /// The agent enforces network policy: the plugin records each endpoint and waits, on the
+    /// agent socket, until its policy is in force.
+    #[serde(default)]
+    pub policy: bool,
 }
 
 /// One peer as the agent last programmed it.
@@ -98,4 +114,30 @@ pub struct AgentStatus {
     /// The userspace tunnel, for the udp and ipip backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelStatus>,
+    /// Network policy on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStatus>,
+}
+
+/// The state of network policy on a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Policies, namespaces and endpoints are all mirrored from the store.
+    pub in_sync: bool,
+    /// Network policies and cluster policies known.
+    pub network_policies: usize,
+    pub cluster_policies: usize,
+    /// Endpoints in the cluster, and those on this node.
+    pub endpoints: usize,
+    pub local_endpoints: usize,
+    /// nftables transactions applied since the agent started.
+    pub applied: u64,
+    /// Microseconds the last compile and apply took.
+    pub last_apply_us: u64,
+    /// Unix time (seconds) of the last successful apply.
+    pub applied_at: u64,
+    /// The last apply's error, until an apply succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

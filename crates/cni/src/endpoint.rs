@@ -1,0 +1,128 @@
+//! Pods as network-policy endpoints (cluster mode, when the node file says the agent enforces
+//! policy): ADD records the pod in `<dataDir>/endpoints/<container id>.json` and then waits on
+//! the agent socket until the agent has put the pod's policy in force, so the pod's first
+//! packet is already policed; DEL removes the record and tells the agent.
+//!
+//! The pod's identity is what Kubernetes runtimes pass in `CNI_ARGS` (`K8S_POD_NAMESPACE`,
+//! `K8S_POD_NAME`), else namespace `default` and the container id as name; its labels come
+//! from `runtimeConfig.labels`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use twill_policy::Endpoint;
+use twill_types::node::{self, NodeFile};
+
+use crate::config::{Env, NetConf};
+use crate::spec::{CniError, code};
+
+/// How long ADD waits for the agent (an agent restart takes well under a second).
+const ADD_WAIT: Duration = Duration::from_secs(10);
+/// DEL only informs; the agent also rescans the records periodically.
+const DEL_WAIT: Duration = Duration::from_secs(2);
+
+fn record_path(data_dir: &Path, container_id: &str) -> PathBuf {
+    node::endpoints_dir(data_dir).join(format!("{container_id}.json"))
+}
+
+/// The endpoint ADD is about to create.
+pub fn endpoint(
+    env: &Env,
+    conf: &NetConf,
+    node: &NodeFile,
+    host_ifname: &str,
+    ips: &[IpAddr],
+) -> Endpoint {
+    let arg = |k: &str| env.args.get(k).filter(|v| !v.is_empty()).cloned();
+    Endpoint {
+        namespace: arg("K8S_POD_NAMESPACE").unwrap_or_else(|| "default".into()),
+        name: arg("K8S_POD_NAME").unwrap_or_else(|| env.container_id.clone()),
+        labels: conf.labels.clone(),
+        addresses: ips.to_vec(),
+        node: node.node.clone(),
+        interface: host_ifname.to_string(),
+        named_ports: Vec::new(),
+    }
+}
+
+/// Records the endpoint and waits until the agent enforces its policy.
+pub fn register(conf: &NetConf, env: &Env, ep: &Endpoint) -> Result<(), CniError> {
+    let state = |msg: String| CniError::new(code::STATE, msg);
+    let dir = node::endpoints_dir(&conf.data_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| state(format!("{}: {e}", dir.display())))?;
+    let path = record_path(&conf.data_dir, &env.container_id);
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(ep).expect("endpoints serialize");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| state(format!("{}: {e}", path.display())))?;
+    let request = format!(
+        "{{\"op\":\"add\",\"containerId\":{}}}\n",
+        serde_json::Value::String(env.container_id.clone())
+    );
+    ask(&conf.data_dir, &request, ADD_WAIT).inspect_err(|_| {
+        // ADD fails and undoes everything: the agent must forget the pod too.
+        unregister(conf, env);
+    })
+}
+
+/// Removes the record and tells the agent (best effort: the agent rescans the records).
+pub fn unregister(conf: &NetConf, env: &Env) {
+    let path = record_path(&conf.data_dir, &env.container_id);
+    if std::fs::remove_file(&path).is_ok() {
+        let request = format!(
+            "{{\"op\":\"del\",\"containerId\":{}}}\n",
+            serde_json::Value::String(env.container_id.clone())
+        );
+        let _ = ask(&conf.data_dir, &request, DEL_WAIT);
+    }
+}
+
+/// Sends one request line and waits for the agent's answer, retrying the connection while the
+/// agent is (re)starting, for at most `wait`.
+fn ask(data_dir: &Path, request: &str, wait: Duration) -> Result<(), CniError> {
+    let socket = node::agent_socket(data_dir);
+    let deadline = Instant::now() + wait;
+    let late = || {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!(
+                "the node agent did not confirm the pod's network policy within {} s \
+                 (socket {}): is `twill agent` running?",
+                wait.as_secs(),
+                socket.display()
+            ),
+        )
+    };
+    loop {
+        match UnixStream::connect(&socket) {
+            Ok(mut stream) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                stream
+                    .set_read_timeout(Some(left.max(Duration::from_millis(10))))
+                    .map_err(|_| late())?;
+                stream.write_all(request.as_bytes()).map_err(|_| late())?;
+                let mut line = String::new();
+                BufReader::new(stream)
+                    .read_line(&mut line)
+                    .map_err(|_| late())?;
+                let reply: serde_json::Value = serde_json::from_str(&line).map_err(|_| late())?;
+                if reply["ok"].as_bool() == Some(true) {
+                    return Ok(());
+                }
+                return Err(CniError::new(
+                    code::FIREWALL,
+                    format!(
+                        "the node agent could not enforce the pod's network policy: {}",
+                        reply["error"].as_str().unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return Err(late()),
+        }
+    }
+}
