@@ -1,0 +1,13 @@
+//! twill's BGP-4 speaker.
+//!
+//! Data flows one way: bytes → [`codec`] (netgauze framing, RFC 7606 judgement in [`scan`]) →
+//! [`fsm`] (pure session state machine) → [`rib`] (pure Adj-RIB-In, Loc-RIB best path,
+//! Adj-RIB-Out export with route reflection and graceful restart) → events for the agent.
+//! [`speaker`] is the only part that does I/O: it runs the sessions on tokio and feeds the
+//! pure parts.
+
+pub mod attrs;
+pub mod codec;
+pub mod scan;
+
+pub use attrs::{Afi, AsSegment, Origin, PathAttrs};
