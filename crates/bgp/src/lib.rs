@@ -8,6 +8,7 @@
 
 pub mod attrs;
 pub mod codec;
+pub mod fsm;
 pub mod scan;
 
 pub use attrs::{Afi, AsSegment, Origin, PathAttrs};
