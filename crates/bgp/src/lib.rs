@@ -9,6 +9,7 @@
 pub mod attrs;
 pub mod codec;
 pub mod fsm;
+pub mod rib;
 pub mod scan;
 
 pub use attrs::{Afi, AsSegment, Origin, PathAttrs};
