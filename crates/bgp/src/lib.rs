@@ -11,5 +11,13 @@ pub mod codec;
 pub mod fsm;
 pub mod rib;
 pub mod scan;
+pub mod speaker;
 
 pub use attrs::{Afi, AsSegment, Origin, PathAttrs};
+pub use codec::UpdateIn;
+pub use fsm::State;
+pub use rib::{BestChange, PrefixCounts, Route, Source};
+pub use speaker::{
+    BgpError, GracefulRestart, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerEvent,
+    Status, learned_route,
+};
