@@ -16,7 +16,11 @@ use twill_bgp::{PeerConfig, Speaker, SpeakerConfig};
 
 fn parse_peer(s: &str) -> PeerConfig {
     let mut parts = s.split(',');
-    let addr = parts.next().expect("peer address").parse().expect("peer address");
+    let addr = parts
+        .next()
+        .expect("peer address")
+        .parse()
+        .expect("peer address");
     let asn = parts.next().expect("peer AS").parse().expect("peer AS");
     let mut p = PeerConfig::new(addr, asn);
     for opt in parts {
@@ -35,7 +39,10 @@ fn parse_peer(s: &str) -> PeerConfig {
 
 fn route(s: &str) -> (ipnet::IpNet, Option<std::net::IpAddr>) {
     match s.split_once(',') {
-        Some((p, nh)) => (p.parse().expect("prefix"), Some(nh.parse().expect("next hop"))),
+        Some((p, nh)) => (
+            p.parse().expect("prefix"),
+            Some(nh.parse().expect("next hop")),
+        ),
         None => (s.parse().expect("prefix"), None),
     }
 }
@@ -44,8 +51,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,7 +61,9 @@ fn main() {
         let flag = args[i].as_str();
         let mut val = || {
             i += 1;
-            args.get(i).cloned().unwrap_or_else(|| panic!("{flag} needs a value"))
+            args.get(i)
+                .cloned()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
         };
         match flag {
             "--asn" => cfg.asn = val().parse().expect("asn"),

@@ -159,7 +159,10 @@ pub enum SpeakerEvent {
     /// The best route for a prefix changed (`best` None: no route any more). Routes from
     /// peers are what the agent installs in the kernel; local ones it already has.
     BestRoute(BestChange),
-    PeerState { peer: IpAddr, state: State },
+    PeerState {
+        peer: IpAddr,
+        state: State,
+    },
 }
 
 enum Command {
@@ -196,7 +199,10 @@ impl Speaker {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| BgpError::Listen { addr, source })?;
-            listen = Some(l.local_addr().map_err(|source| BgpError::Listen { addr, source })?);
+            listen = Some(
+                l.local_addr()
+                    .map_err(|source| BgpError::Listen { addr, source })?,
+            );
             tokio::spawn(accept_loop(l, in_tx));
         }
         let core = Core::new(cfg, ev_tx);
@@ -505,7 +511,9 @@ impl Core {
                     if p.state != s {
                         p.state = s;
                         p.since = (s == State::Established).then(Instant::now);
-                        let _ = self.events.send(SpeakerEvent::PeerState { peer: a, state: s });
+                        let _ = self
+                            .events
+                            .send(SpeakerEvent::PeerState { peer: a, state: s });
                     }
                 }
             }
@@ -529,9 +537,8 @@ impl Core {
                 let out = self.rib.peer_down(a, graceful);
                 if let Some(p) = self.peers.get_mut(&a) {
                     p.router_id = None;
-                    p.stale_deadline = (graceful && self.rib.counts(&a).stale > 0).then(|| {
-                        Instant::now() + Duration::from_secs(restart_time.into())
-                    });
+                    p.stale_deadline = (graceful && self.rib.counts(&a).stale > 0)
+                        .then(|| Instant::now() + Duration::from_secs(restart_time.into()));
                 }
                 self.apply(out);
             }
@@ -546,7 +553,8 @@ impl Core {
             }
             Report::Refresh(a, epoch) => {
                 if let Some(p) = self.peers.get(&a) {
-                    let _ = p.tx.send(ToSession::Routes(epoch, self.rib.refresh(a), false));
+                    let _ =
+                        p.tx.send(ToSession::Routes(epoch, self.rib.refresh(a), false));
                 }
             }
         }
@@ -574,7 +582,8 @@ async fn sleep_until_opt(d: Option<Instant>) {
 }
 
 type Conn = Framed<TcpStream, BgpCodec>;
-type ConnectFut = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>>;
+type ConnectFut =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>>;
 
 struct Session {
     addr: IpAddr,
@@ -703,11 +712,16 @@ impl Session {
             Some(Ok(Incoming::Update(u))) => {
                 let est = self.fsm.state() == State::Established;
                 if let Some(why) = &u.treat_as_withdraw {
-                    tracing::warn!("bgp {}: malformed UPDATE, treat-as-withdraw: {why}", self.addr);
+                    tracing::warn!(
+                        "bgp {}: malformed UPDATE, treat-as-withdraw: {why}",
+                        self.addr
+                    );
                 }
                 self.step(Event::UpdateReceived).await;
                 if est {
-                    let _ = self.reports.send(Report::Update(self.addr, self.epoch, Box::new(u)));
+                    let _ = self
+                        .reports
+                        .send(Report::Update(self.addr, self.epoch, Box::new(u)));
                 }
                 return;
             }
@@ -856,10 +870,16 @@ impl Session {
                     }
                     Action::SessionUp(n) => self.up(n),
                     Action::SessionDown(reason) => {
-                        let graceful = reason.graceful() && self.gr_enabled && self.last_gr.is_some();
+                        let graceful =
+                            reason.graceful() && self.gr_enabled && self.last_gr.is_some();
                         let time = self.last_gr.as_ref().map(|g| g.time).unwrap_or(0);
-                        tracing::info!("bgp {}: session down: {reason:?} (graceful: {graceful})", self.addr);
-                        let _ = self.reports.send(Report::Down(self.addr, self.epoch, graceful, time));
+                        tracing::info!(
+                            "bgp {}: session down: {reason:?} (graceful: {graceful})",
+                            self.addr
+                        );
+                        let _ = self
+                            .reports
+                            .send(Report::Down(self.addr, self.epoch, graceful, time));
                     }
                 }
             }
@@ -904,11 +924,24 @@ impl Session {
             families: self.families(&n),
             gr_keep: gr
                 .as_ref()
-                .map(|g| g.families.iter().filter(|(_, f)| *f).map(|(a, _)| *a).collect())
+                .map(|g| {
+                    g.families
+                        .iter()
+                        .filter(|(_, f)| *f)
+                        .map(|(a, _)| *a)
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
-        tracing::info!("bgp {}: session established (AS {}, id {})", self.addr, n.peer.asn, n.peer.router_id);
-        let _ = self.reports.send(Report::Up(self.addr, self.epoch, Box::new(info), gr));
+        tracing::info!(
+            "bgp {}: session established (AS {}, id {})",
+            self.addr,
+            n.peer.asn,
+            n.peer.router_id
+        );
+        let _ = self
+            .reports
+            .send(Report::Up(self.addr, self.epoch, Box::new(info), gr));
     }
 }
 

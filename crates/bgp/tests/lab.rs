@@ -142,6 +142,11 @@ impl Drop for Twill {
     fn drop(&mut self) {
         let _ = kill(self.pid(), Signal::SIGCONT);
         self.sigkill();
+        if std::thread::panicking() {
+            // The speaker's log is the first thing to read when a lab test fails.
+            let log = std::fs::read_to_string(self._log.path().join("stderr")).unwrap_or_default();
+            eprintln!("---- speaker stderr ----\n{log}");
+        }
     }
 }
 
@@ -157,6 +162,14 @@ impl Bird {
         let conf_path = dir.path().join("bird.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let sock = dir.path().join("bird.sock");
+        // Parse the config first so a mistake fails here with BIRD's message.
+        let check = run("bird", &["-p", "-c", conf_path.to_str().unwrap()]);
+        assert!(
+            check.status.success(),
+            "bad BIRD config: {}{}\n{conf}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
             .arg(&conf_path)
@@ -202,6 +215,12 @@ impl Bird {
 
 impl Drop for Bird {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- bird ----\n{}",
+                self.birdc(&["show", "protocols", "all"])
+            );
+        }
         let _ = kill(self.pid(), Signal::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -228,7 +247,7 @@ fn bird_bgp(name: &str, local: &str, las: u32, neighbor: &str, nas: u32, extra: 
     format!(
         "protocol bgp {name} {{\n  local {local} as {las};\n  neighbor {neighbor} as {nas};\n  \
          connect retry time 1; connect delay time 1; error wait time 1, 2;\n  \
-         graceful restart on;\n  {extra}\n  \
+         graceful restart on; direct;\n  {extra}\n  \
          ipv4 {{ import all; export all; gateway direct; }};\n  \
          ipv6 {{ import all; export all; gateway direct; next hop address {v6}; }};\n}}\n"
     )
@@ -241,8 +260,24 @@ fn pair() -> (Netns, Netns) {
     veth(&t, "vt", &r, "vr");
     t.ok(&["ip", "addr", "add", "10.0.0.1/24", "dev", "vt"]);
     r.ok(&["ip", "addr", "add", "10.0.0.2/24", "dev", "vr"]);
-    t.ok(&["ip", "addr", "add", "2001:db8:ff::1/64", "dev", "vt", "nodad"]);
-    r.ok(&["ip", "addr", "add", "2001:db8:ff::fe/64", "dev", "vr", "nodad"]);
+    t.ok(&[
+        "ip",
+        "addr",
+        "add",
+        "2001:db8:ff::1/64",
+        "dev",
+        "vt",
+        "nodad",
+    ]);
+    r.ok(&[
+        "ip",
+        "addr",
+        "add",
+        "2001:db8:ff::fe/64",
+        "dev",
+        "vr",
+        "nodad",
+    ]);
     (t, r)
 }
 
@@ -287,7 +322,10 @@ fn ebgp_with_bird_exchanges_routes_both_ways() {
     let (t, r) = pair();
     let bird = Bird::start(
         &r,
-        &bird_conf("10.0.0.2", &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, "")),
+        &bird_conf(
+            "10.0.0.2",
+            &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, ""),
+        ),
     );
     let mut tw = Twill::start(&t, &strs(&twill_ebgp_args("90", &[])));
     wait_until("session Established", T30, || bird.established("twill"));
@@ -342,7 +380,14 @@ fn star(names: &[&str]) -> (Netns, Vec<Netns>) {
         let port = format!("p{i}");
         veth(&ns, "eth0", &hub, &port);
         hub.ok(&["ip", "link", "set", &port, "master", "br0"]);
-        ns.ok(&["ip", "addr", "add", &format!("10.0.0.{}/24", i + 1), "dev", "eth0"]);
+        ns.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.0.0.{}/24", i + 1),
+            "dev",
+            "eth0",
+        ]);
         ns.ok(&[
             "ip",
             "addr",
@@ -396,8 +441,22 @@ fn bird_route_reflector_reflects_between_two_twill_speakers() {
     let (_hub, nodes) = star(&["rr", "t1", "t2"]);
     let rr = format!(
         "{}{}",
-        bird_bgp("c1", "10.0.0.1", 65000, "10.0.0.2", 65000, "rr client; rr cluster id 1.1.1.1;"),
-        bird_bgp("c2", "10.0.0.1", 65000, "10.0.0.3", 65000, "rr client; rr cluster id 1.1.1.1;"),
+        bird_bgp(
+            "c1",
+            "10.0.0.1",
+            65000,
+            "10.0.0.2",
+            65000,
+            "rr client; rr cluster id 1.1.1.1;"
+        ),
+        bird_bgp(
+            "c2",
+            "10.0.0.1",
+            65000,
+            "10.0.0.3",
+            65000,
+            "rr client; rr cluster id 1.1.1.1;"
+        ),
     );
     let bird = Bird::start(&nodes[0], &bird_conf("10.0.0.1", &rr));
     let t1 = ibgp_twill(&nodes[1], 2, &[("10.0.0.1", false)], "10.44.2.0/24");
@@ -410,15 +469,24 @@ fn bird_route_reflector_reflects_between_two_twill_speakers() {
     });
     let b = t2.learned("10.44.2.0/24").unwrap();
     assert_eq!(b["attrs"]["originator_id"], "10.0.0.2", "{b}");
-    assert_eq!(b["attrs"]["cluster_list"], serde_json::json!(["1.1.1.1"]), "{b}");
+    assert_eq!(
+        b["attrs"]["cluster_list"],
+        serde_json::json!(["1.1.1.1"]),
+        "{b}"
+    );
     assert_eq!(b["attrs"]["next_hop"], "10.0.0.2", "{b}");
     assert!(b["attrs"]["as_path"].as_array().unwrap().is_empty(), "{b}");
     wait_until("t2's prefix reflected to t1", T30, || {
         t1.learned("10.44.3.0/24").is_some()
     });
-    assert_eq!(t1.learned("10.44.3.0/24").unwrap()["attrs"]["originator_id"], "10.0.0.3");
+    assert_eq!(
+        t1.learned("10.44.3.0/24").unwrap()["attrs"]["originator_id"],
+        "10.0.0.3"
+    );
     // BIRD's own routes reach both as plain iBGP routes.
-    wait_until("BIRD static at t1", T30, || t1.learned("10.50.0.0/24").is_some());
+    wait_until("BIRD static at t1", T30, || {
+        t1.learned("10.50.0.0/24").is_some()
+    });
     // Neither twill speaker got its own prefix back.
     assert!(t1.learned("10.44.2.0/24").is_none());
     assert!(t2.learned("10.44.3.0/24").is_none());
@@ -437,17 +505,26 @@ fn twill_route_reflector_reflects_between_bird_and_twill_clients() {
     );
     let bird = Bird::start(
         &nodes[1],
-        &bird_conf("10.0.0.2", &bird_bgp("rr", "10.0.0.2", 65000, "10.0.0.1", 65000, "")),
+        &bird_conf(
+            "10.0.0.2",
+            &bird_bgp("twillrr", "10.0.0.2", 65000, "10.0.0.1", 65000, ""),
+        ),
     );
     let client = ibgp_twill(&nodes[2], 3, &[("10.0.0.1", false)], "10.44.3.0/24");
-    wait_until("BIRD session to twill RR", T30, || bird.established("rr"));
+    wait_until("BIRD session to twill RR", T30, || {
+        bird.established("twillrr")
+    });
     // BIRD's prefix reaches the twill client through the twill reflector.
     wait_until("BIRD prefix at the twill client", T30, || {
         client.learned("10.50.0.0/24").is_some()
     });
     let b = client.learned("10.50.0.0/24").unwrap();
     assert_eq!(b["attrs"]["originator_id"], "10.0.0.2", "{b}");
-    assert_eq!(b["attrs"]["cluster_list"], serde_json::json!(["10.255.0.1"]), "{b}");
+    assert_eq!(
+        b["attrs"]["cluster_list"],
+        serde_json::json!(["10.255.0.1"]),
+        "{b}"
+    );
     assert_eq!(b["attrs"]["next_hop"], "10.0.0.2", "{b}");
     // The twill client's prefix reaches BIRD with the reflection attributes.
     wait_until("twill client prefix in BIRD", T30, || {
@@ -458,7 +535,9 @@ fn twill_route_reflector_reflects_between_bird_and_twill_clients() {
     assert!(r.contains("BGP.cluster_list: 10.255.0.1"), "{r}");
     assert!(r.contains("BGP.next_hop: 10.0.0.3"), "{r}");
     // The reflector's own prefix reaches both, without reflection attributes.
-    wait_until("RR's own prefix in BIRD", T30, || bird.has_route("10.44.1.0/24"));
+    wait_until("RR's own prefix in BIRD", T30, || {
+        bird.has_route("10.44.1.0/24")
+    });
     assert!(!bird.route("10.44.1.0/24").contains("originator_id"));
     wait_until("RR's own prefix at client", T30, || {
         client.learned("10.44.1.0/24").is_some()
@@ -474,11 +553,16 @@ fn graceful_restart_bird_keeps_twill_routes_across_a_sigkill() {
     let (t, r) = pair();
     let bird = Bird::start(
         &r,
-        &bird_conf("10.0.0.2", &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, "")),
+        &bird_conf(
+            "10.0.0.2",
+            &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, ""),
+        ),
     );
     let mut tw = Twill::start(&t, &strs(&twill_ebgp_args("90", &[])));
     wait_until("session Established", T30, || bird.established("twill"));
-    wait_until("twill route in BIRD", T30, || bird.has_route("10.44.1.0/24"));
+    wait_until("twill route in BIRD", T30, || {
+        bird.has_route("10.44.1.0/24")
+    });
     let since_before = bird.birdc(&["show", "protocols", "twill"]);
 
     // Watch BIRD's table continuously from another thread while twill dies and comes back.
@@ -526,8 +610,14 @@ fn graceful_restart_bird_keeps_twill_routes_across_a_sigkill() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (polls, missing, _stale_seen, down_seen) = watcher.join().unwrap();
     assert!(polls > 20, "too few polls ({polls}) to mean anything");
-    assert!(down_seen, "BIRD never saw the session go down: the restart did not happen");
-    assert_eq!(missing, 0, "BIRD lost twill's route in {missing} of {polls} polls");
+    assert!(
+        down_seen,
+        "BIRD never saw the session go down: the restart did not happen"
+    );
+    assert_eq!(
+        missing, 0,
+        "BIRD lost twill's route in {missing} of {polls} polls"
+    );
     assert_ne!(since_before, bird.birdc(&["show", "protocols", "twill"]));
     assert!(bird.has_route("10.44.1.0/24"));
     let all = bird.birdc(&["show", "protocols", "all", "twill"]);
@@ -541,9 +631,15 @@ fn graceful_restart_route_not_readvertised_is_dropped_at_end_of_rib() {
     let (t, r) = pair();
     let bird = Bird::start(
         &r,
-        &bird_conf("10.0.0.2", &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, "")),
+        &bird_conf(
+            "10.0.0.2",
+            &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, ""),
+        ),
     );
-    let mut tw = Twill::start(&t, &strs(&twill_ebgp_args("90", &["--originate", "10.44.9.0/24"])));
+    let mut tw = Twill::start(
+        &t,
+        &strs(&twill_ebgp_args("90", &["--originate", "10.44.9.0/24"])),
+    );
     wait_until("both routes in BIRD", T30, || {
         bird.has_route("10.44.1.0/24") && bird.has_route("10.44.9.0/24")
     });
@@ -567,17 +663,28 @@ fn dead_peer_is_withdrawn_after_the_hold_time() {
         &r,
         &bird_conf(
             "10.0.0.2",
-            &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, "hold time 3;"),
+            &bird_bgp(
+                "twill",
+                "10.0.0.2",
+                65002,
+                "10.0.0.1",
+                65001,
+                "hold time 3;",
+            ),
         ),
     );
     let tw = Twill::start(&t, &strs(&twill_ebgp_args("3", &[])));
-    wait_until("BIRD route at twill", T30, || tw.learned("10.50.0.0/24").is_some());
+    wait_until("BIRD route at twill", T30, || {
+        tw.learned("10.50.0.0/24").is_some()
+    });
     // BIRD stops without closing anything: only the hold timer can tell.
     kill(bird.pid(), Signal::SIGSTOP).unwrap();
     let start = Instant::now();
-    wait_until("withdrawal after hold time", Duration::from_secs(15), || {
-        tw.best("10.50.0.0/24").is_some_and(|b| b.is_null())
-    });
+    wait_until(
+        "withdrawal after hold time",
+        Duration::from_secs(15),
+        || tw.best("10.50.0.0/24").is_some_and(|b| b.is_null()),
+    );
     let took = start.elapsed();
     assert!(
         took >= Duration::from_secs(1) && took < Duration::from_secs(8),
@@ -591,12 +698,16 @@ fn dead_peer_is_withdrawn_after_the_hold_time() {
     });
 
     // The other direction: twill stops; BIRD withdraws twill's routes after its hold time.
-    wait_until("twill route in BIRD", T30, || bird.has_route("10.44.1.0/24"));
+    wait_until("twill route in BIRD", T30, || {
+        bird.has_route("10.44.1.0/24")
+    });
     kill(tw.pid(), Signal::SIGSTOP).unwrap();
     let start = Instant::now();
-    wait_until("BIRD withdraws after hold time", Duration::from_secs(15), || {
-        !bird.has_route("10.44.1.0/24")
-    });
+    wait_until(
+        "BIRD withdraws after hold time",
+        Duration::from_secs(15),
+        || !bird.has_route("10.44.1.0/24"),
+    );
     assert!(start.elapsed() < Duration::from_secs(8));
     kill(tw.pid(), Signal::SIGCONT).unwrap();
 }
@@ -609,14 +720,23 @@ fn unconfigured_neighbour_is_refused_with_cease() {
     let _tw = Twill::start(
         &t,
         &[
-            "--asn", "65001", "--router-id", "10.0.0.1", "--listen", "0.0.0.0:179",
-            "--peer", "10.0.0.99,65002,passive",
+            "--asn",
+            "65001",
+            "--router-id",
+            "10.0.0.1",
+            "--listen",
+            "0.0.0.0:179",
+            "--peer",
+            "10.0.0.99,65002,passive",
         ],
     );
     // BIRD at 10.0.0.2 is not a configured peer.
     let bird = Bird::start(
         &r,
-        &bird_conf("10.0.0.2", &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, "")),
+        &bird_conf(
+            "10.0.0.2",
+            &bird_bgp("twill", "10.0.0.2", 65002, "10.0.0.1", 65001, ""),
+        ),
     );
     wait_until("BIRD sees the refusal", T30, || {
         let s = bird.birdc(&["show", "protocols", "all", "twill"]);
