@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! speaker --asn 65001 --router-id 10.0.0.1 --listen 0.0.0.0:179 \
-//!         --peer 10.0.0.2,65002[,client][,passive][,hold=3][,port=179][,local-as=N] \
+//!         --peer 10.0.0.2,65002[,client][,passive][,hold=3][,port=179][,local-as=N][,local=IP] \
 //!         --originate 10.44.1.0/24[,NEXTHOP] [--cluster-id IP] [--hold 9] \
 //!         [--connect-retry 1] [--restarting] [--no-gr] [--gr-time 120] [--next-hop-v6 IP]
 //! ```
@@ -31,6 +31,7 @@ fn parse_peer(s: &str) -> PeerConfig {
             Some(("hold", v)) => p.hold_time = Some(v.parse().expect("hold")),
             Some(("port", v)) => p.port = v.parse().expect("port"),
             Some(("local-as", v)) => p.local_as = Some(v.parse().expect("local-as")),
+            Some(("local", v)) => p.local_address = Some(v.parse().expect("local address")),
             _ => panic!("unknown peer option {opt}"),
         }
     }

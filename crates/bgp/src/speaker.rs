@@ -77,6 +77,8 @@ pub struct PeerConfig {
     pub port: u16,
     /// Graceful restart with this peer (on by default).
     pub graceful_restart: bool,
+    /// Source address for our connections to the peer (the kernel's choice when None).
+    pub local_address: Option<IpAddr>,
 }
 
 impl PeerConfig {
@@ -90,6 +92,7 @@ impl PeerConfig {
             hold_time: None,
             port: 179,
             graceful_restart: true,
+            local_address: None,
         }
     }
 }
@@ -426,12 +429,14 @@ impl Core {
         let session = Session {
             addr,
             port: p.port,
+            local_address: p.local_address,
             fsm,
             conn: None,
             outbound: false,
             connecting: None,
             timers: HashMap::new(),
             pending: None,
+            open_sent: false,
             epoch: 0,
             reports: self.report_tx.clone(),
             rr_client: p.rr_client,
@@ -588,14 +593,18 @@ type ConnectFut =
 struct Session {
     addr: IpAddr,
     port: u16,
+    local_address: Option<IpAddr>,
     fsm: Fsm,
     conn: Option<Conn>,
     /// Whether `conn` is the connection we initiated.
     outbound: bool,
     connecting: Option<ConnectFut>,
     timers: HashMap<Timer, Instant>,
-    /// An inbound connection waiting while ours is in OpenSent (collision not yet decidable).
-    pending: Option<TcpStream>,
+    /// An inbound connection that arrived while ours was in OpenSent: our OPEN has been sent
+    /// on it, and the collision is decided when its OPEN tells us the peer's identifier.
+    pending: Option<Conn>,
+    /// The next OPEN the FSM asks for was already sent (on an adopted pending connection).
+    open_sent: bool,
     /// Counts sessions that reached Established; stale route batches are dropped.
     epoch: u64,
     reports: mpsc::UnboundedSender<Report>,
@@ -662,6 +671,7 @@ impl Session {
                     }
                 }
                 m = next_msg(&mut self.conn) => self.incoming(m).await,
+                m = next_msg(&mut self.pending) => self.pending_msg(m).await,
                 _ = sleep_until_opt(deadline) => {
                     let now = Instant::now();
                     let due: Vec<Timer> = self.timers.iter().filter(|(_, d)| **d <= now).map(|(t, _)| *t).collect();
@@ -735,9 +745,14 @@ impl Session {
         match self.fsm.state() {
             State::Idle | State::Connect | State::Active => self.adopt(s).await,
             State::OpenSent => {
-                // The peer's ID is not known yet on our connection: decide once it is.
-                if let Some(old) = self.pending.replace(s) {
-                    tokio::spawn(reject_collision(old));
+                // The peer's identifier is not known yet: answer this connection with our
+                // OPEN too and decide when either connection brings the peer's OPEN.
+                let mut f = Framed::new(s, BgpCodec::default());
+                let open = Outgoing::Open(self.fsm.config().local.clone());
+                if f.send(open).await.is_ok() {
+                    if let Some(old) = self.pending.replace(f) {
+                        tokio::spawn(reject_collision(old.into_inner()));
+                    }
                 }
             }
             State::OpenConfirm => self.collide(s).await,
@@ -840,8 +855,9 @@ impl Session {
                     Action::Connect => {
                         let target = SocketAddr::new(self.addr, self.port);
                         let t = self.fsm.config().connect_retry;
+                        let source = self.local_address;
                         self.connecting = Some(Box::pin(async move {
-                            tokio::time::timeout(t, TcpStream::connect(target))
+                            tokio::time::timeout(t, connect(target, source))
                                 .await
                                 .unwrap_or_else(|_| {
                                     Err(std::io::Error::new(
@@ -856,6 +872,7 @@ impl Session {
                             let _ = c.get_mut().shutdown().await;
                         }
                     }
+                    Action::Send(Outgoing::Open(_)) if self.open_sent => {}
                     Action::Send(m) => {
                         if !self.send(m).await && self.conn.is_some() {
                             self.conn = None;
@@ -886,16 +903,70 @@ impl Session {
             let after = self.fsm.state();
             if after != before {
                 let _ = self.reports.send(Report::State(self.addr, after));
-                if before == State::OpenSent {
-                    if let Some(p) = self.pending.take() {
-                        if after == State::OpenConfirm {
-                            Box::pin(self.collide(p)).await;
-                        } else {
-                            Box::pin(self.adopt(p)).await;
-                        }
-                    }
+            }
+        }
+        // Our connection failed while a pending one waits: carry on with that one.
+        if matches!(
+            self.fsm.state(),
+            State::Idle | State::Connect | State::Active
+        ) && let Some(p) = self.pending.take()
+        {
+            Box::pin(self.adopt_pending(p, None)).await;
+        }
+        // Our connection reached OpenConfirm: the identifier is known, decide now.
+        if self.fsm.state() == State::OpenConfirm
+            && let Some(p) = self.pending.take()
+        {
+            Box::pin(self.collide_conn(p, None)).await;
+        }
+    }
+
+    /// A message on the pending connection: its OPEN decides the collision.
+    async fn pending_msg(&mut self, m: Option<Result<Incoming, CodecError>>) {
+        match m {
+            Some(Ok(Incoming::Open(o))) => {
+                if let Some(p) = self.pending.take() {
+                    self.collide_conn(p, Some(o)).await;
                 }
             }
+            _ => {
+                // Anything else before an OPEN, or a close: forget it.
+                self.pending = None;
+            }
+        }
+    }
+
+    /// RFC 4271 §6.8 between the current connection and `p`, whose OPEN may be known.
+    async fn collide_conn(&mut self, p: Conn, open: Option<OpenInfo>) {
+        let remote = open
+            .as_ref()
+            .map(|o| o.router_id)
+            .or_else(|| self.fsm.negotiated().map(|n| n.peer.router_id));
+        let Some(remote) = remote else {
+            self.pending = Some(p);
+            return;
+        };
+        let ours_wins = collision_keeps_local(self.fsm.config().local.router_id, remote);
+        if self.conn.is_some() && self.outbound == ours_wins {
+            tokio::spawn(reject_collision(p.into_inner()));
+        } else {
+            if self.conn.is_some() {
+                self.step(Event::CollisionLost).await;
+            }
+            self.adopt_pending(p, open).await;
+        }
+    }
+
+    /// Takes over a pending connection on which our OPEN was already sent.
+    async fn adopt_pending(&mut self, p: Conn, open: Option<OpenInfo>) {
+        self.connecting = None;
+        self.conn = Some(p);
+        self.outbound = false;
+        self.open_sent = true;
+        self.step(Event::TcpConnected).await;
+        self.open_sent = false;
+        if let Some(o) = open {
+            self.step(Event::OpenReceived(o)).await;
         }
     }
 
@@ -943,6 +1014,18 @@ impl Session {
             .reports
             .send(Report::Up(self.addr, self.epoch, Box::new(info), gr));
     }
+}
+
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let sock = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(src) = source {
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    sock.connect(target).await
 }
 
 async fn reject_collision(mut s: TcpStream) {

@@ -23,7 +23,8 @@ async fn start() -> (Speaker, UnboundedReceiver<SpeakerEvent>) {
     let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 65002);
     p.passive = true;
     cfg.peers.push(p);
-    cfg.local_routes.push(("10.44.1.0/24".parse().unwrap(), None));
+    cfg.local_routes
+        .push(("10.44.1.0/24".parse().unwrap(), None));
     Speaker::start(cfg).await.unwrap()
 }
 
@@ -103,7 +104,11 @@ async fn establish(addr: SocketAddr) -> (TcpStream, Vec<Incoming>) {
 async fn next_best(ev: &mut UnboundedReceiver<SpeakerEvent>, prefix: &str) -> bool {
     let p: IpNet = prefix.parse().unwrap();
     loop {
-        match timeout(T, ev.recv()).await.expect("event in time").expect("speaker alive") {
+        match timeout(T, ev.recv())
+            .await
+            .expect("event in time")
+            .expect("speaker alive")
+        {
             SpeakerEvent::BestRoute(c) if c.prefix == p => return c.best.is_some(),
             _ => {}
         }
@@ -122,7 +127,10 @@ async fn malformed_updates_withdraw_and_keep_the_session() {
     let Some(Incoming::Update(u)) = initial.first() else {
         panic!("{initial:?}")
     };
-    assert_eq!(u.announced[0].1, vec!["10.44.1.0/24".parse::<IpNet>().unwrap()]);
+    assert_eq!(
+        u.announced[0].1,
+        vec!["10.44.1.0/24".parse::<IpNet>().unwrap()]
+    );
     assert_eq!(u.announced[0].0.as_path_flat(), vec![65001]);
     assert_eq!(u.announced[0].0.next_hop, IpAddr::V4(Ipv4Addr::LOCALHOST));
 
@@ -145,7 +153,10 @@ async fn malformed_updates_withdraw_and_keep_the_session() {
         ("NEXT_HOP length", short_nh),
     ] {
         s.write_all(&raw_update(GOOD, NLRI)).await.unwrap();
-        assert!(next_best(&mut ev, "10.9.0.0/24").await, "good UPDATE before {name}");
+        assert!(
+            next_best(&mut ev, "10.9.0.0/24").await,
+            "good UPDATE before {name}"
+        );
         s.write_all(&raw_update(&bad, NLRI)).await.unwrap();
         assert!(
             !next_best(&mut ev, "10.9.0.0/24").await,
@@ -192,11 +203,20 @@ async fn header_garbage_resets_with_a_header_error_and_the_speaker_lives_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_from_the_wrong_as_gets_bad_peer_as() {
     let (speaker, _ev) = start().await;
-    let mut s = TcpStream::connect(speaker.listen_addr().unwrap()).await.unwrap();
+    let mut s = TcpStream::connect(speaker.listen_addr().unwrap())
+        .await
+        .unwrap();
     s.write_all(&peer_open(65099)).await.unwrap();
     assert!(matches!(read_msg(&mut s).await, Some(Incoming::Open(_))));
-    let f = timeout(T, read_frame(&mut s)).await.unwrap().expect("NOTIFICATION");
-    assert_eq!((f[18], f[19], f[20]), (3, 2, 2), "OPEN Message Error / Bad Peer AS");
+    let f = timeout(T, read_frame(&mut s))
+        .await
+        .unwrap()
+        .expect("NOTIFICATION");
+    assert_eq!(
+        (f[18], f[19], f[20]),
+        (3, 2, 2),
+        "OPEN Message Error / Bad Peer AS"
+    );
     assert_ne!(peer_state(&speaker).await, State::Established);
 }
 
@@ -206,9 +226,18 @@ async fn garbage_from_an_unconfigured_address_is_refused() {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let mut s = sock.connect(speaker.listen_addr().unwrap()).await.unwrap();
-    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\x01\x02garbage").await;
-    let f = timeout(T, read_frame(&mut s)).await.unwrap().expect("NOTIFICATION");
-    assert_eq!((f[18], f[19], f[20]), (3, 6, 5), "Cease / Connection Rejected");
+    let _ = s
+        .write_all(b"GET / HTTP/1.0\r\n\r\n\x00\x01\x02garbage")
+        .await;
+    let f = timeout(T, read_frame(&mut s))
+        .await
+        .unwrap()
+        .expect("NOTIFICATION");
+    assert_eq!(
+        (f[18], f[19], f[20]),
+        (3, 6, 5),
+        "Cease / Connection Rejected"
+    );
     assert_eq!(read_frame(&mut s).await, None, "connection not closed");
     // Many more, quickly: nothing changes for the speaker.
     for i in 0..50u8 {
