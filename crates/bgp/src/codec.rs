@@ -420,11 +420,10 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
                     })
                     .collect()
             }
-            PathAttributeValue::As4Path(p) => {
-                if !asn4 {
+            PathAttributeValue::As4Path(p)
+                if !asn4 => {
                     as4_path = Some(convert_segments_as4(p.segments()));
                 }
-            }
             PathAttributeValue::NextHop(nh) => next_hop_v4 = Some(nh.next_hop()),
             PathAttributeValue::MultiExitDiscriminator(m) => attrs.med = Some(m.metric()),
             PathAttributeValue::LocalPreference(l) => attrs.local_pref = Some(l.metric()),
@@ -470,16 +469,15 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => out
                 .withdrawn
                 .extend(nlri.iter().map(|a| IpNet::V6(a.network().address()))),
-            PathAttributeValue::UnknownAttribute(raw) => {
+            PathAttributeValue::UnknownAttribute(raw)
                 // Only optional transitive unknowns travel on (RFC 4271 §5).
-                if pa.optional() && pa.transitive() {
+                if pa.optional() && pa.transitive() => {
                     attrs.unknown.push(RawAttr {
                         flags: 0x80 | 0x40 | 0x20,
                         code: raw.code(),
                         value: raw.value().to_vec(),
                     })
                 }
-            }
             // Other families and attributes we neither use nor propagate.
             _ => {}
         }

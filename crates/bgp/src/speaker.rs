@@ -512,14 +512,14 @@ impl Core {
     fn report(&mut self, r: Report) {
         match r {
             Report::State(a, s) => {
-                if let Some(p) = self.peers.get_mut(&a) {
-                    if p.state != s {
-                        p.state = s;
-                        p.since = (s == State::Established).then(Instant::now);
-                        let _ = self
-                            .events
-                            .send(SpeakerEvent::PeerState { peer: a, state: s });
-                    }
+                if let Some(p) = self.peers.get_mut(&a)
+                    && p.state != s
+                {
+                    p.state = s;
+                    p.since = (s == State::Established).then(Instant::now);
+                    let _ = self
+                        .events
+                        .send(SpeakerEvent::PeerState { peer: a, state: s });
                 }
             }
             Report::Up(a, epoch, info, gr) => {
@@ -549,10 +549,11 @@ impl Core {
             }
             Report::Update(a, _gen, u) => {
                 let out = self.rib.update(a, &u);
-                if out.best.is_empty() && self.rib.counts(&a).stale == 0 {
-                    if let Some(p) = self.peers.get_mut(&a) {
-                        p.stale_deadline = None;
-                    }
+                // Nothing stale left (End-of-RIB or everything re-announced): no timer.
+                if self.rib.counts(&a).stale == 0
+                    && let Some(p) = self.peers.get_mut(&a)
+                {
+                    p.stale_deadline = None;
                 }
                 self.apply(out);
             }
@@ -749,10 +750,10 @@ impl Session {
                 // OPEN too and decide when either connection brings the peer's OPEN.
                 let mut f = Framed::new(s, BgpCodec::default());
                 let open = Outgoing::Open(self.fsm.config().local.clone());
-                if f.send(open).await.is_ok() {
-                    if let Some(old) = self.pending.replace(f) {
-                        tokio::spawn(reject_collision(old.into_inner()));
-                    }
+                if f.send(open).await.is_ok()
+                    && let Some(old) = self.pending.replace(f)
+                {
+                    tokio::spawn(reject_collision(old.into_inner()));
                 }
             }
             State::OpenConfirm => self.collide(s).await,
