@@ -312,6 +312,9 @@ struct PeerSlot {
     router_id: Option<Ipv4Addr>,
     /// Stale routes of this peer go at this time (graceful restart).
     stale_deadline: Option<Instant>,
+    /// The Established session the RIB's Adj-RIB-Out describes (0: none); UPDATEs carry it
+    /// so a batch computed for an old session is never sent on a new one.
+    epoch: u64,
 }
 
 struct Core {
@@ -454,6 +457,7 @@ impl Core {
                 since: None,
                 router_id: None,
                 stale_deadline: None,
+                epoch: 0,
             },
         );
     }
@@ -527,6 +531,7 @@ impl Core {
                     return;
                 };
                 p.router_id = Some(info.router_id);
+                p.epoch = epoch;
                 // Stale routes left from a graceful restart must be refreshed before End-of-RIB
                 // or within the restart time.
                 if self.rib.counts(&a).stale > 0 {
@@ -542,6 +547,7 @@ impl Core {
                 let out = self.rib.peer_down(a, graceful);
                 if let Some(p) = self.peers.get_mut(&a) {
                     p.router_id = None;
+                    p.epoch = 0;
                     p.stale_deadline = (graceful && self.rib.counts(&a).stale > 0)
                         .then(|| Instant::now() + Duration::from_secs(restart_time.into()));
                 }
@@ -572,9 +578,7 @@ impl Core {
         }
         for (a, u) in out.updates {
             if let Some(p) = self.peers.get(&a) {
-                // Generation 0 means "whatever session is current"; updates are only produced
-                // for peers the RIB thinks are up.
-                let _ = p.tx.send(ToSession::Routes(0, u, false));
+                let _ = p.tx.send(ToSession::Routes(p.epoch, u, false));
             }
         }
     }
@@ -643,7 +647,7 @@ impl Session {
                     }
                     Some(ToSession::Inbound(s)) => self.inbound(s).await,
                     Some(ToSession::Routes(epoch, u, eor)) => {
-                        if self.fsm.state() == State::Established && (epoch == 0 || epoch == self.epoch) {
+                        if self.fsm.state() == State::Established && epoch == self.epoch {
                             self.send_routes(u, eor).await;
                         }
                     }

@@ -615,6 +615,7 @@ fn graceful_restart_bird_keeps_twill_routes_across_a_sigkill() {
         down_seen,
         "BIRD never saw the session go down: the restart did not happen"
     );
+    assert!(stale_seen, "BIRD never ran graceful restart for twill");
     assert_eq!(
         missing, 0,
         "BIRD lost twill's route in {missing} of {polls} polls"
