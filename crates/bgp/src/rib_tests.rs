@@ -630,3 +630,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn per_peer_local_as_is_prepended_and_loop_checked() {
+    let mut r = rib();
+    let e = PeerInfo {
+        local_asn: 64999,
+        ..peer(2, 65002, false)
+    };
+    r.peer_up(e.clone());
+    let out = r.originate(net("10.244.1.0/24"), None);
+    assert_eq!(
+        out.updates[&e.addr].announce[0].0.as_path_flat(),
+        vec![64999]
+    );
+    // A path through our overriding AS is a loop too.
+    announce(&mut r, &e, attrs(&[65002, 64999], 2), N);
+    assert_eq!(r.best(&net(N)), None);
+}
