@@ -9,6 +9,7 @@ PKGS=(
   etcd-server etcd-client       # the multi-host store: tests and the lab start their own etcd
   iperf3                        # throughput benchmarks
   tcpdump python3-scapy         # tunnel wire-format tests capture and decode real packets
+  bird2                         # BGP lab tests: BIRD 2 as peer and route reflector in a netns
 )
 if [ "$(id -u)" != 0 ]; then
   echo "scripts/deps.sh: run as root (it installs Debian packages)" >&2
