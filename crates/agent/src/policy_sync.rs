@@ -73,13 +73,14 @@ pub fn spawn(
     resync: Duration,
     status: SharedStatus,
 ) -> anyhow::Result<()> {
+    let endpoints = node::endpoints_dir(&data_dir);
+    std::fs::create_dir_all(&endpoints)
+        .with_context(|| format!("creating {}", endpoints.display()))?;
     let path = node::agent_socket(&data_dir);
     // A socket file left by a previous agent refuses connections; replace it.
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::create_dir_all(node::endpoints_dir(&data_dir))
-        .with_context(|| format!("creating {}", node::endpoints_dir(&data_dir).display()))?;
     match twill_dataplane::policy::enable_bridge_hooks() {
         Ok(true) => {}
         Ok(false) => {

@@ -3,6 +3,7 @@
 //! step in `state.json`; any failure removes everything made so far. The other methods are
 //! what `twill lab` subcommands and integration tests do to a running lab.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -679,26 +680,74 @@ impl Lab {
             for j in 1..=spec.pods_per_node {
                 let netns = plan::pod_ns(&spec.name, i, j);
                 sys::netns_add(&netns)?;
-                let (address, ip) = self.cni_add(i, j, &netns)?;
-                self.state.pods.push(Pod {
-                    host: i,
-                    index: j,
-                    name: plan::pod_name(i, j),
-                    netns,
-                    ip,
-                    address,
-                });
+                let (address, ip) = self.cni_add(i, j, &netns, None)?;
+                self.state
+                    .pods
+                    .push(Pod::attached(i, j, netns, (address, ip), None));
             }
         }
         self.save()
     }
 
+    /// Adds one more pod on host `i` as the Kubernetes pod `namespace/name` with `labels`,
+    /// attached by the plugin the way a Kubernetes runtime calls it (CNI_ARGS
+    /// `K8S_POD_NAMESPACE`/`K8S_POD_NAME`, `runtimeConfig.labels`).
+    pub fn add_pod(
+        &mut self,
+        i: u32,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Pod> {
+        let j = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| p.host == i)
+            .map(|p| p.index)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let netns = plan::pod_ns(&self.state.name, i, j);
+        sys::netns_add(&netns)?;
+        let added = self.cni_add(i, j, &netns, Some((namespace, name, labels)));
+        let (address, ip) = match added {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = sys::netns_del(&netns);
+                return Err(e);
+            }
+        };
+        let pod = Pod::attached(
+            i,
+            j,
+            netns,
+            (address, ip),
+            Some(format!("{namespace}/{name}")),
+        );
+        self.state.pods.push(pod.clone());
+        self.save()?;
+        Ok(pod)
+    }
+
     /// One CNI ADD inside host `i`'s namespace, with a clean environment as a runtime gives.
-    fn cni_add(&self, i: u32, j: u32, netns: &str) -> Result<(String, Ipv4Addr)> {
+    fn cni_add(
+        &self,
+        i: u32,
+        j: u32,
+        netns: &str,
+        identity: Option<(&str, &str, &BTreeMap<String, String>)>,
+    ) -> Result<(String, Ipv4Addr)> {
         let host = self.host(i)?;
         let twill = self.twill()?;
         let cni_path = twill.parent().unwrap_or(Path::new("/"));
-        let conf = plan::cni_conf(&host.data_dir, self.state.pod_mode).to_string();
+        let mut conf = plan::cni_conf(&host.data_dir, self.state.pod_mode);
+        let mut args = String::new();
+        if let Some((namespace, name, labels)) = identity {
+            conf["runtimeConfig"] = serde_json::json!({ "labels": labels });
+            args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+        }
+        let conf = conf.to_string();
         let mut cmd = sys::ns_command(&host.netns);
         cmd.arg(twill)
             .env_clear()
@@ -707,6 +756,7 @@ impl Lab {
             .env("CNI_CONTAINERID", netns)
             .env("CNI_NETNS", format!("/run/netns/{netns}"))
             .env("CNI_IFNAME", plan::IFACE)
+            .env("CNI_ARGS", args)
             .env("CNI_PATH", cni_path);
         let out = sys::run_with_timeout(&mut cmd, conf.as_bytes(), CALL_TIMEOUT)?;
         let stdout = String::from_utf8_lossy(&out.stdout);

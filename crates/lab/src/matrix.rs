@@ -213,6 +213,7 @@ mod tests {
                 netns: format!("twl-t-h{h}-p{j}"),
                 ip: Ipv4Addr::new(10, 244, h as u8, last),
                 address: format!("10.244.{h}.{last}/24"),
+                identity: None,
             })
             .collect()
     }

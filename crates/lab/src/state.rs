@@ -83,6 +83,31 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// As the plugin returned it, with prefix length.
     pub address: String,
+    /// The Kubernetes identity it was given (`namespace/name`), if any: the plugin got it in
+    /// CNI_ARGS, with its labels in runtimeConfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl Pod {
+    /// Pod `j` of host `i`, as the plugin's ADD result gave its address.
+    pub fn attached(
+        i: u32,
+        j: u32,
+        netns: String,
+        (address, ip): (String, Ipv4Addr),
+        identity: Option<String>,
+    ) -> Pod {
+        Pod {
+            host: i,
+            index: j,
+            name: crate::plan::pod_name(i, j),
+            netns,
+            ip,
+            address,
+            identity,
+        }
+    }
 }
 
 impl State {
@@ -164,6 +189,7 @@ mod tests {
                 netns: "twl-t-h1-p1".into(),
                 ip: Ipv4Addr::new(10, 244, 7, 2),
                 address: "10.244.7.2/24".into(),
+                identity: Some("x/a".into()),
             }],
         }
     }
