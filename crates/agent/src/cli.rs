@@ -183,6 +183,23 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
             p.error.as_deref().unwrap_or("")
         );
     }
+    if let Some(p) = &status.policy {
+        println!(
+            "\npolicy: {} ({} network policies, {} cluster policies; {} endpoints, {} here; \
+             {} transactions, last {:.1} ms){}",
+            if p.in_sync { "in sync" } else { "NOT in sync" },
+            p.network_policies,
+            p.cluster_policies,
+            p.endpoints,
+            p.local_endpoints,
+            p.applied,
+            p.last_apply_us as f64 / 1000.0,
+            p.error
+                .as_ref()
+                .map(|e| format!("; last apply FAILED: {e}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(t) = &status.tunnel {
         let drops: Vec<String> = t
             .drops
