@@ -1,13 +1,15 @@
-// twill's kernel fast path for the ipip tunnel: two tc programs that do what the userspace
-// engine does, without a trip to userspace, and keep GSO super-packets whole on the way.
+// twill's kernel fast path for the ipip and udp tunnels: two tc programs that do what the
+// userspace engine does, without a trip to userspace, and keep GSO super-packets whole.
 //
 // - twill_encap (tc egress of the TUN device): an IPv4 packet for a peer's subnet gets the
-//   outer IPv4 header the engine would write (wire::encode_ipip_header: DF, TTL inherited,
-//   DSCP 0 with the inner ECN, protocol 4) and is redirected to the underlay device through
-//   the kernel's FIB and neighbour table.
-// - twill_decap (tc ingress of the underlay device): an ipip packet from a known peer whose
+//   outer headers the engine would write and is redirected to the underlay device through
+//   the kernel's FIB and neighbour table. ipip: one IPv4 header (wire::encode_ipip_header:
+//   DF, TTL inherited, DSCP 0 with the inner ECN, protocol 4). udp: IPv4 and UDP headers as
+//   the engine's socket sends them (Flannel's framing: the UDP payload is the inner packet,
+//   both ports the tunnel port, DF, TTL 64, no UDP checksum).
+// - twill_decap (tc ingress of the underlay device): a tunnel packet from a known peer whose
 //   inner source lies in that peer's subnet and whose inner destination lies in ours loses
-//   its outer header and enters the TUN device, exactly as if the engine had written it.
+//   its outer headers and enters the TUN device, exactly as if the engine had written it.
 //
 // Anything the programs are not sure about (unknown peer, spoofed source, IP options,
 // fragments, a kernel that refuses a helper) is passed on untouched, so it reaches the
@@ -22,6 +24,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -37,6 +40,16 @@
 #define ECN_MASK 0x3
 #define ECN_CE 0x3
 #define ECN_ECT0 0x2
+#define UDP_TTL 64
+
+#ifndef BPF_F_ADJ_ROOM_DECAP_L4_UDP
+#define BPF_F_ADJ_ROOM_DECAP_L4_UDP (1ULL << 10)
+#endif
+
+enum encap_kind {
+	ENCAP_IPIP = 0,
+	ENCAP_UDP = 1,
+};
 
 struct config {
 	__be32 local_ip;       // our underlay address: outer source, and outer destination on receive
@@ -44,7 +57,16 @@ struct config {
 	__be32 local_mask;
 	__u32 underlay_ifindex; // where encapsulated packets leave
 	__u32 tun_ifindex;      // where decapsulated packets enter
+	__u32 encap;            // enum encap_kind
+	__u32 port;             // udp: the tunnel port, host order
 };
+
+// What encapsulation adds in front of the inner packet.
+static __always_inline __u32 encap_len(const struct config *cfg)
+{
+	return cfg->encap == ENCAP_UDP ? sizeof(struct iphdr) + sizeof(struct udphdr)
+				       : sizeof(struct iphdr);
+}
 
 struct lpm_v4 {
 	__u32 prefixlen;
@@ -155,30 +177,48 @@ int twill_encap(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__be32 dst = *underlay;
 
-	__u8 ecn = inner->tos & ECN_MASK;
-	if (ecn == ECN_CE)
-		ecn = ECN_ECT0; // RFC 6040 normal mode, as Linux's ipip does
-	__u8 ttl = inner->ttl;
+	int udp = cfg->encap == ENCAP_UDP;
+	__u8 tos = 0, ttl = UDP_TTL;
+	if (!udp) {
+		tos = inner->tos & ECN_MASK;
+		if (tos == ECN_CE)
+			tos = ECN_ECT0; // RFC 6040 normal mode, as Linux's ipip does
+		ttl = inner->ttl;
+	}
 	__u32 inner_len = skb->len;
 	__u32 segs = segments(skb);
+	__u32 room = encap_len(cfg);
+	// A GSO super-packet's lengths are rewritten per segment by the kernel.
+	__u32 total = inner_len + room > 0xffff ? 0xffff : inner_len + room;
 
-	struct iphdr outer = {
-		.version = 4,
-		.ihl = 5,
-		.tos = ecn,
-		// A GSO super-packet's outer length is rewritten per segment by the kernel.
-		.tot_len = bpf_htons(inner_len + sizeof(struct iphdr) > 0xffff
-					     ? 0xffff
-					     : inner_len + sizeof(struct iphdr)),
-		.id = 0,
-		.frag_off = bpf_htons(IP_DF),
-		.ttl = ttl,
-		.protocol = IPPROTO_IPIP,
-		.check = 0,
-		.saddr = cfg->local_ip,
-		.daddr = dst,
+	struct {
+		struct iphdr ip;
+		struct udphdr udp;
+	} outer = {
+		.ip = {
+			.version = 4,
+			.ihl = 5,
+			.tos = tos,
+			.tot_len = bpf_htons(total),
+			.id = 0,
+			.frag_off = bpf_htons(IP_DF),
+			.ttl = ttl,
+			.protocol = udp ? IPPROTO_UDP : IPPROTO_IPIP,
+			.check = 0,
+			.saddr = cfg->local_ip,
+			.daddr = dst,
+		},
+		.udp = {
+			.source = bpf_htons(cfg->port),
+			.dest = bpf_htons(cfg->port),
+			.len = bpf_htons(total - sizeof(struct iphdr)),
+			.check = 0,
+		},
 	};
-	outer.check = csum_fold(header_sum(&outer));
+	outer.ip.check = csum_fold(header_sum(&outer.ip));
+	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO;
+	if (udp)
+		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
 
 	// bpf_redirect_neigh wants a link-layer header to replace: push a placeholder one (the
 	// kernel fills in the addresses from its neighbour table), then room for the outer header.
@@ -187,10 +227,9 @@ int twill_encap(struct __sk_buff *skb)
 	struct ethhdr eth = { .h_proto = bpf_htons(ETH_P_IP) };
 	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
 		return TC_ACT_SHOT;
-	if (bpf_skb_adjust_room(skb, sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO))
+	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, flags))
 		return TC_ACT_SHOT;
-	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &outer, sizeof(outer), 0))
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &outer, udp ? sizeof(outer) : sizeof(outer.ip), 0))
 		return TC_ACT_SHOT;
 
 	struct counters *c = bpf_map_lookup_elem(&twill_counters, &dst);
@@ -201,14 +240,12 @@ int twill_encap(struct __sk_buff *skb)
 	return bpf_redirect_neigh(cfg->underlay_ifindex, NULL, 0, 0);
 }
 
-SEC("classifier")
-int twill_decap(struct __sk_buff *skb)
+// Decapsulation with the outer headers' length known at compile time (`udp` is a constant
+// at each call site), so every packet access has a fixed offset.
+static __always_inline int decap(struct __sk_buff *skb, struct config *cfg, const int udp)
 {
-	struct config *cfg = ipv4_config(skb);
-	if (!cfg || !cfg->tun_ifindex)
-		return TC_ACT_OK;
-
-	const __u32 need = sizeof(struct ethhdr) + 2 * sizeof(struct iphdr);
+	const __u32 room = udp ? sizeof(struct iphdr) + sizeof(struct udphdr) : sizeof(struct iphdr);
+	const __u32 need = sizeof(struct ethhdr) + room + sizeof(struct iphdr);
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	if (data + need > end) {
@@ -220,23 +257,33 @@ int twill_decap(struct __sk_buff *skb)
 			return TC_ACT_OK;
 	}
 	struct iphdr *outer = data + sizeof(struct ethhdr);
-	struct iphdr *inner = (void *)(outer + 1);
-	if (outer->protocol != IPPROTO_IPIP || outer->version != 4 || outer->ihl != 5)
+	struct udphdr *uh = (void *)(outer + 1);
+	struct iphdr *inner = data + sizeof(struct ethhdr) + room;
+	if (outer->protocol != (udp ? IPPROTO_UDP : IPPROTO_IPIP) || outer->version != 4 ||
+	    outer->ihl != 5)
 		return TC_ACT_OK;
 	if (outer->daddr != cfg->local_ip || (outer->frag_off & bpf_htons(IP_MF_OFFSET)))
 		return TC_ACT_OK;
-	// The kernel has not looked at this packet yet: check what ip_rcv would before the
-	// engine's raw socket saw it, and what the engine checks of the inner header
-	// (wire::decode_ipip). Inner options are left to the engine.
+	// The kernel has not looked at this packet yet: check what ip_rcv (and udp_rcv) would
+	// before the engine's socket saw it, and what the engine checks of the inner header
+	// (wire::decode_ipip, wire::decode_udp_payload). Inner options are left to the engine.
 	__u32 frame = skb->len - sizeof(struct ethhdr);
 	__u32 outer_len = bpf_ntohs(outer->tot_len);
 	__u32 inner_len_field = bpf_ntohs(inner->tot_len);
-	if (outer_len > frame || outer_len < 2 * sizeof(struct iphdr) || !header_checksum_ok(outer))
+	if (outer_len > frame || outer_len < room + sizeof(struct iphdr) ||
+	    !header_checksum_ok(outer))
 		return TC_ACT_OK;
+	if (udp) {
+		// One datagram (not a GRO train of several, which the engine unpacks), for our
+		// port, without a checksum to verify (twill's fast path sends none; a checksummed
+		// datagram, e.g. from Flannel or the engine, goes to the socket, which checks it).
+		if (uh->dest != bpf_htons(cfg->port) || uh->check != 0 ||
+		    bpf_ntohs(uh->len) != outer_len - sizeof(struct iphdr))
+			return TC_ACT_OK;
+	}
 	if (inner->version != 4 || inner->ihl != 5 || !header_checksum_ok(inner))
 		return TC_ACT_OK;
-	if (inner_len_field < sizeof(struct iphdr) ||
-	    inner_len_field > outer_len - sizeof(struct iphdr))
+	if (inner_len_field < sizeof(struct iphdr) || inner_len_field > outer_len - room)
 		return TC_ACT_OK;
 
 	__be32 src = outer->saddr;
@@ -247,26 +294,28 @@ int twill_decap(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if ((inner->daddr & cfg->local_mask) != cfg->local_net)
 		return TC_ACT_OK;
-	// RFC 6040: congestion marked on the outer header is carried to an ECN-capable inner
-	// packet; a not-ECT inner packet with CE outside goes to the engine, which drops it.
-	__u8 outer_ecn = outer->tos & ECN_MASK;
-	__u8 inner_ecn = inner->tos & ECN_MASK;
-	if (outer_ecn == ECN_CE && inner_ecn != ECN_CE)
-		return TC_ACT_OK;
+	if (!udp) {
+		// RFC 6040: congestion marked on the outer header is carried to an ECN-capable
+		// inner packet; a not-ECT inner packet with CE outside goes to the engine.
+		__u8 outer_ecn = outer->tos & ECN_MASK;
+		__u8 inner_ecn = inner->tos & ECN_MASK;
+		if (outer_ecn == ECN_CE && inner_ecn != ECN_CE)
+			return TC_ACT_OK;
+	}
 
 	__u32 segs = segments(skb);
-	__u32 inner_len = outer_len - sizeof(struct iphdr);
+	__u32 inner_len = outer_len - room;
 
-	// Kernels that know DECAP_IPXIP4 clear the tunnel GSO type. Older ones (6.18 among
-	// them) refuse the flag, and the second call keeps SKB_GSO_IPXIP4 and skb->encapsulation on a decapsulated
-	// super-packet; that is harmless here because it only ever goes to a local pod or the
-	// host itself (inner destination in our subnet), and if it needs segmenting, the kernel
-	// segments by the headers it finds, now the inner ones.
+	// Kernels that know the DECAP_IPXIP4 / DECAP_L4_UDP flags clear the tunnel GSO type.
+	// Older ones (6.18 among them) refuse them, and the second call keeps the tunnel GSO
+	// type and skb->encapsulation on a decapsulated super-packet. That is harmless here: it
+	// only ever goes to a local pod or the host itself (inner destination in our subnet), and
+	// if it needs segmenting, the kernel segments by the headers it finds, now the inner ones
+	// (a bridge does, in software: routed pods avoid that cost).
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 |
-		      BPF_F_ADJ_ROOM_DECAP_IPXIP4;
-	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC, flags) &&
-	    bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_FIXED_GSO))
+		      (udp ? BPF_F_ADJ_ROOM_DECAP_L4_UDP : BPF_F_ADJ_ROOM_DECAP_IPXIP4);
+	if (bpf_skb_adjust_room(skb, -(__s32)room, BPF_ADJ_ROOM_MAC, flags) &&
+	    bpf_skb_adjust_room(skb, -(__s32)room, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
 		return TC_ACT_OK;
 
 	struct counters *c = bpf_map_lookup_elem(&twill_counters, &src);
@@ -275,6 +324,17 @@ int twill_decap(struct __sk_buff *skb)
 		c->rx_bytes += inner_len;
 	}
 	return bpf_redirect(cfg->tun_ifindex, BPF_F_INGRESS);
+}
+
+SEC("classifier")
+int twill_decap(struct __sk_buff *skb)
+{
+	struct config *cfg = ipv4_config(skb);
+	if (!cfg || !cfg->tun_ifindex)
+		return TC_ACT_OK;
+	if (cfg->encap == ENCAP_UDP)
+		return decap(skb, cfg, 1);
+	return decap(skb, cfg, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -12,9 +12,9 @@
 //! source inside that peer's subnet, inner destination inside ours. Everything else is dropped
 //! and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
 //!
-//! For ipip, a kernel fast path (`offload`: two tc BPF programs) carries the traffic of known
-//! peers without leaving the kernel, keeping GSO super-packets whole; the engine remains the
-//! slow path for everything else, with the same checks and counters.
+//! A kernel fast path (`offload`: two tc BPF programs) carries the traffic of known peers
+//! without leaving the kernel, keeping GSO super-packets whole; the engine remains the slow
+//! path for everything else, with the same checks and counters.
 //!
 //! Modules: [`wire`] (pure codecs, fuzzed), `peers` (the lock-free peer table), `carrier`
 //! (the encapsulations behind one trait, where WireGuard will plug in), `engine` (the worker
@@ -96,8 +96,8 @@ pub struct TunnelConfig {
     pub local_ip: Ipv4Addr,
     /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
     pub queues: usize,
-    /// Use the kernel fast path where the encapsulation has one (ipip) and the kernel takes
-    /// it; the engine alone otherwise.
+    /// Use the kernel fast path (tc BPF) where the kernel takes it; the engine alone
+    /// otherwise.
     pub kernel_path: bool,
 }
 
@@ -253,8 +253,8 @@ impl Tunnel {
             stop: AtomicBool::new(false),
             stop_fd,
         });
-        let kernel = if cfg.kernel_path && cfg.encap == Encap::Ipip {
-            match offload::KernelPath::load(&cfg.device, cfg.local_ip, local_subnet) {
+        let kernel = if cfg.kernel_path {
+            match offload::KernelPath::load(&cfg.device, cfg.encap, cfg.local_ip, local_subnet) {
                 Ok(k) => Some(k),
                 Err(e) => {
                     tracing::warn!(error = %e, "kernel fast path unavailable; the engine carries all traffic");

@@ -1,8 +1,8 @@
-//! The kernel fast path for ipip: two tc programs (`bpf/offload.c`, built by `build.rs`)
-//! that encapsulate on the TUN device's egress and decapsulate on the underlay device's
-//! ingress, so that pod traffic to known peers never leaves the kernel and GSO super-packets
-//! stay whole (raw sockets cannot send them; that capped the userspace path at a quarter of
-//! kernel VXLAN).
+//! The kernel fast path for ipip and udp: two tc programs (`bpf/offload.c`, built by
+//! `build.rs`) that encapsulate on the TUN device's egress and decapsulate on the underlay
+//! device's ingress, so that pod traffic to known peers never leaves the kernel and GSO
+//! super-packets stay whole (raw sockets cannot send them; that capped the userspace ipip
+//! path at a quarter of kernel VXLAN).
 //!
 //! The userspace engine stays the slow path and the safety net: whatever the programs do not
 //! handle (unknown peers, spoofed sources, options, fragments) passes through untouched and
@@ -83,6 +83,7 @@ impl KernelPath {
     /// Nothing is attached until the first [`KernelPath::set_peers`].
     pub(crate) fn load(
         tun: &str,
+        encap: crate::Encap,
         local_ip: Ipv4Addr,
         local_subnet: Ipv4Net,
     ) -> Result<KernelPath, OffloadError> {
@@ -94,6 +95,11 @@ impl KernelPath {
             .map_err(bpf("underlay interface index"))?;
         let tun_index =
             nix::net::if_::if_nametoindex(tun).map_err(bpf("tunnel interface index"))?;
+        // Must match `enum encap_kind` in bpf/offload.c.
+        let (kind, port) = match encap {
+            crate::Encap::Ipip => (0u32, 0u16),
+            crate::Encap::Udp { port } => (1, port),
+        };
         let mut ebpf = aya::Ebpf::load(OBJECT).map_err(bpf("loading the BPF object"))?;
         for name in [ENCAP, DECAP] {
             let program: &mut SchedClassifier = ebpf
@@ -107,7 +113,7 @@ impl KernelPath {
             ebpf.take_map(name)
                 .ok_or(OffloadError::Bpf("map missing", name.to_string()))
         };
-        let mut config: Array<MapData, [u32; 5]> = take(&mut ebpf, "twill_config")?
+        let mut config: Array<MapData, [u32; 7]> = take(&mut ebpf, "twill_config")?
             .try_into()
             .map_err(bpf("config map"))?;
         config
@@ -119,6 +125,8 @@ impl KernelPath {
                     be(local_subnet.netmask()),
                     underlay_index,
                     tun_index,
+                    kind,
+                    u32::from(port),
                 ],
                 0,
             )
