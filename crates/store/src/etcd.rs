@@ -277,6 +277,21 @@ impl EtcdStore {
         self.txn("compare-and-swap", txn).await
     }
 
+    pub async fn put_all(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<i64> {
+        // A transaction without compares always takes its success branch: one revision for
+        // every operation, atomically.
+        let ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
+            .chain(deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)))
+            .collect();
+        let txn = Txn::new().and_then(ops);
+        let resp = self
+            .call("atomic write", |mut c| async move { c.txn(txn).await })
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = key.to_string();
         let resp = self
