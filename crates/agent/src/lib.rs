@@ -18,10 +18,15 @@
 //! - [`files`]: the node file and status file.
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
+//! - [`policy`]: the policy world from the store, and the CLI's label and name helpers.
+//! - [`policy_cli`]: `twill policy apply/list/delete/explain`, `twill namespace label/list`,
+//!   `twill endpoint label/list`.
 
 pub mod cli;
 pub mod files;
 pub mod lease;
+pub mod policy;
+pub mod policy_cli;
 pub mod tunnel;
 pub mod underlay;
 
