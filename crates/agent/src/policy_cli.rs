@@ -306,7 +306,7 @@ pub async fn policy_explain(
     port: &str,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let (port, protocol) = parse_port_proto(port).map_err(|e| anyhow!("PORT[/PROTO] {e}"))?;
+    let (port, protocol) = parse_port_proto(port).map_err(|e| anyhow!("PORT[/PROTO] {port:?}: {e}"))?;
     let store = Store::connect(store_url).await?;
     let (world, warnings) = read_world(&store).await?;
     print_warnings(&warnings);
