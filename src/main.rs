@@ -165,6 +165,7 @@ enum PolicyCmd {
         /// Skip policies that are not there instead of failing.
         #[arg(long)]
         ignore_not_found: bool,
+        /// Names of the policies.
         #[arg(value_name = "NAME", required_unless_present = "file")]
         names: Vec<String>,
     },

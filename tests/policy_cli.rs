@@ -268,7 +268,14 @@ fn apply_list_reapply_delete(b: &Backend) {
     );
 
     assert_eq!(
-        b.ok(&["policy", "delete", "-n", "dev", "deny-egress"]),
+        b.ok(&[
+            "policy",
+            "delete",
+            "-n",
+            "dev",
+            "deny-egress",
+            "deny-egress"
+        ]),
         "networkpolicy dev/deny-egress deleted\n"
     );
     assert_eq!(

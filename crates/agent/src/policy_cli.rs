@@ -262,6 +262,12 @@ pub async fn policy_delete(
             .map(|d| (policy_key(d), doc_id(d)))
             .collect(),
     };
+    // The same policy named twice is deleted once (one transaction cannot name a key twice).
+    let mut seen = BTreeSet::new();
+    let wanted: Vec<(String, String)> = wanted
+        .into_iter()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
     if wanted.is_empty() {
         bail!("no policy named: give NAME, --cluster NAME or -f FILE");
     }
@@ -279,20 +285,12 @@ pub async fn policy_delete(
         );
     }
     let deletes: Vec<String> = present.iter().map(|(k, _)| k.clone()).collect();
-    let mut seen = BTreeSet::new();
-    let deletes: Vec<String> = deletes
-        .into_iter()
-        .filter(|k| seen.insert(k.clone()))
-        .collect();
     store
         .put_all(&[], &deletes)
         .await
         .with_context(|| format!("deleting from {}", store.describe()))?;
-    let mut printed = BTreeSet::new();
     for (_, name) in present {
-        if printed.insert(name.clone()) {
-            println!("{name} deleted");
-        }
+        println!("{name} deleted");
     }
     Ok(0)
 }
@@ -306,7 +304,8 @@ pub async fn policy_explain(
     port: &str,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let (port, protocol) = parse_port_proto(port).map_err(|e| anyhow!("PORT[/PROTO] {port:?}: {e}"))?;
+    let (port, protocol) =
+        parse_port_proto(port).map_err(|e| anyhow!("PORT[/PROTO] {port:?}: {e}"))?;
     let store = Store::connect(store_url).await?;
     let (world, warnings) = read_world(&store).await?;
     print_warnings(&warnings);
