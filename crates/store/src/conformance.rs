@@ -321,6 +321,7 @@ async fn put_all_too_large_for_one_transaction_is_all_or_nothing(h: &Harness) {
         (Harness::Embedded(_), Ok(_)) => assert_eq!(kvs.len(), 300),
         (Harness::Etcd(_), Err(e)) => {
             assert!(e.to_string().contains("too many operations"), "{e}");
+            assert!(e.to_string().contains("300 changes"), "{e}");
             assert!(
                 kvs.is_empty(),
                 "a refused transaction wrote {} keys",

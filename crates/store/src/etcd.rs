@@ -285,10 +285,20 @@ impl EtcdStore {
             .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
             .chain(deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)))
             .collect();
+        let count = ops.len();
         let txn = Txn::new().and_then(ops);
         let resp = self
             .call("atomic write", |mut c| async move { c.txn(txn).await })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::Other(m) if m.contains("too many operations") => {
+                    StoreError::Other(format!(
+                        "{m} ({count} changes; etcd's --max-txn-ops, 128 by default, bounds one \
+                         transaction)"
+                    ))
+                }
+                other => other,
+            })?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
