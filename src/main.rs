@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use twill_agent::policy_cli as pcli;
 
 #[derive(Parser)]
 #[command(name = "twill", version, about = "Container networking for Linux")]
@@ -73,6 +74,21 @@ enum Cmd {
         #[arg(long, env = "TWILL_STORE")]
         store: Option<String>,
     },
+    /// Network policy: Kubernetes NetworkPolicies and twill's ordered ClusterPolicies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// Namespaces and their labels (which policies' namespace selectors match).
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCmd,
+    },
+    /// Workload endpoints (pods) and their labels.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCmd,
+    },
     /// A virtual cluster of network namespaces on this machine, with real agents and etcd.
     Lab {
         #[command(subcommand)]
@@ -111,6 +127,102 @@ enum NodeCmd {
         node_name: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Store every policy of a YAML file (several documents allowed), all or none.
+    Apply {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// The policy file (`-` for stdin).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// The stored policies: cluster policies in evaluation order, then NetworkPolicies.
+    List {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// The policy documents as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete NetworkPolicies by name (in -n NAMESPACE), ClusterPolicies (--cluster), or
+    /// what a file defines (-f); all or none.
+    Delete {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// The NetworkPolicies' namespace.
+        #[arg(short = 'n', long, default_value = "default", conflicts_with_all = ["cluster", "file"])]
+        namespace: String,
+        /// The names are ClusterPolicies.
+        #[arg(long, conflicts_with = "file")]
+        cluster: bool,
+        /// Delete the policies this file defines (`-` for stdin).
+        #[arg(short = 'f', long = "file", conflicts_with = "names")]
+        file: Option<PathBuf>,
+        /// Skip policies that are not there instead of failing.
+        #[arg(long)]
+        ignore_not_found: bool,
+        /// Names of the policies.
+        #[arg(value_name = "NAME", required_unless_present = "file")]
+        names: Vec<String>,
+    },
+    /// Whether a connection is allowed, and which rule of which policy decides.
+    Explain {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// `NAMESPACE/POD` or an IP address.
+        from: String,
+        /// `NAMESPACE/POD` or an IP address.
+        to: String,
+        /// `PORT[/PROTO]`: PROTO tcp (default), udp, sctp; or `icmp`.
+        #[arg(value_name = "PORT[/PROTO]")]
+        port: String,
+        /// The decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCmd {
+    /// Set (KEY=VALUE) or remove (KEY-) labels of a namespace.
+    Label {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        name: String,
+        #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
+        labels: Vec<String>,
+    },
+    /// Namespaces with labels, endpoints or NetworkPolicies.
+    List {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Set (KEY=VALUE) or remove (KEY-) labels of an endpoint, over the runtime's labels.
+    Label {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        /// `NAMESPACE/NAME`.
+        #[arg(value_name = "NAMESPACE/NAME")]
+        endpoint: String,
+        #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
+        labels: Vec<String>,
+    },
+    /// Endpoints with their node, addresses and effective labels.
+    List {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -190,11 +302,61 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 data_dir.as_deref(),
             ))
         }
+        Cmd::Policy { command } => runtime()?.block_on(policy(command)),
+        Cmd::Namespace { command } => runtime()?.block_on(async {
+            match command {
+                NamespaceCmd::Label {
+                    store,
+                    name,
+                    labels,
+                } => pcli::namespace_label(&store, &name, &labels).await,
+                NamespaceCmd::List { store, json } => pcli::namespace_list(&store, json).await,
+            }
+        }),
+        Cmd::Endpoint { command } => runtime()?.block_on(async {
+            match command {
+                EndpointCmd::Label {
+                    store,
+                    endpoint,
+                    labels,
+                } => pcli::endpoint_label(&store, &endpoint, &labels).await,
+                EndpointCmd::List { store, json } => pcli::endpoint_list(&store, json).await,
+            }
+        }),
         Cmd::Status {
             data_dir,
             json,
             store,
         } => runtime()?.block_on(twill_agent::cli::status(&data_dir, json, store.as_deref())),
+    }
+}
+
+async fn policy(command: PolicyCmd) -> anyhow::Result<i32> {
+    match command {
+        PolicyCmd::Apply { store, file } => pcli::policy_apply(&store, &file).await,
+        PolicyCmd::List { store, json } => pcli::policy_list(&store, json).await,
+        PolicyCmd::Delete {
+            store,
+            namespace,
+            cluster,
+            file,
+            ignore_not_found,
+            names,
+        } => {
+            let target = match (file, cluster) {
+                (Some(file), _) => pcli::DeleteTarget::File(file),
+                (None, true) => pcli::DeleteTarget::Cluster(names),
+                (None, false) => pcli::DeleteTarget::Network { namespace, names },
+            };
+            pcli::policy_delete(&store, &target, ignore_not_found).await
+        }
+        PolicyCmd::Explain {
+            store,
+            from,
+            to,
+            port,
+            json,
+        } => pcli::policy_explain(&store, &from, &to, &port, json).await,
     }
 }
 

@@ -20,11 +20,16 @@
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
+//! - [`policy`]: the policy world from the store, and the CLI's label and name helpers.
+//! - [`policy_cli`]: `twill policy apply/list/delete/explain`, `twill namespace label/list`,
+//!   `twill endpoint label/list`.
 
 pub mod cli;
 pub mod files;
 pub mod lease;
 pub mod policy_sync;
+pub mod policy;
+pub mod policy_cli;
 pub mod tunnel;
 pub mod underlay;
 

@@ -127,6 +127,10 @@ conformance!(
     watch_from_a_compacted_revision,
     mirror_reports_state_then_changes,
     mirror_resyncs_after_compaction,
+    put_all_writes_and_deletes_at_once,
+    put_all_is_seen_whole_by_readers,
+    put_all_refuses_a_key_twice,
+    put_all_too_large_for_one_transaction_is_all_or_nothing,
 );
 
 async fn get_put_delete_list(h: &Harness) {
@@ -181,6 +185,151 @@ async fn get_put_delete_list(h: &Harness) {
     // Recreated after deletion: a new create_revision.
     let r = s.put("/a/1", b"again", None).await.unwrap();
     assert_eq!(s.get("/a/1").await.unwrap().unwrap().create_revision, r);
+}
+
+async fn put_all_writes_and_deletes_at_once(h: &Harness) {
+    let s = h.store().await;
+    // Nothing to do: fine, and the current revision.
+    let (_, rev0) = s.list("/pa/").await.unwrap();
+    assert_eq!(s.put_all(&[], &[]).await.unwrap(), rev0);
+
+    s.put("/pa/old", b"old", None).await.unwrap();
+    let r0 = s.put("/pa/keep", b"k", None).await.unwrap();
+    let mut w = s.watch("/pa/", r0 + 1).await.unwrap();
+    let puts = vec![
+        ("/pa/a".to_string(), b"1".to_vec()),
+        ("/pa/b".to_string(), b"2".to_vec()),
+        ("/pa/keep".to_string(), b"k2".to_vec()),
+    ];
+    let deletes = vec!["/pa/old".to_string(), "/pa/absent".to_string()];
+    let rev = s.put_all(&puts, &deletes).await.unwrap();
+    assert!(rev > r0);
+    let (kvs, listed) = s.list("/pa/").await.unwrap();
+    assert_eq!(
+        listed, rev,
+        "the returned revision is the store's after the write"
+    );
+    assert_eq!(keys(&kvs), ["/pa/a", "/pa/b", "/pa/keep"]);
+    let keep = kvs.iter().find(|kv| kv.key == "/pa/keep").unwrap();
+    assert_eq!(
+        (keep.value.as_slice(), keep.create_revision),
+        (&b"k2"[..], r0)
+    );
+    assert!(
+        kvs.iter()
+            .all(|kv| kv.mod_revision <= rev && kv.mod_revision > r0)
+    );
+
+    // A watcher gets the whole change in one batch: three puts and one delete (deleting an
+    // absent key is no change).
+    match next_item(&mut w).await {
+        Some(WatchItem::Events { events, revision }) => {
+            assert_eq!(revision, rev);
+            let mut got: Vec<(&str, bool)> = events
+                .iter()
+                .map(|e| (e.key(), matches!(e, Event::Put(_))))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    ("/pa/a", true),
+                    ("/pa/b", true),
+                    ("/pa/keep", true),
+                    ("/pa/old", false)
+                ]
+            );
+        }
+        other => panic!("expected one batch of events, got {other:?}"),
+    }
+
+    // Only deletes of absent keys: no change, no new revision.
+    assert_eq!(
+        s.put_all(&[], &["/pa/nothing".to_string()]).await.unwrap(),
+        rev
+    );
+}
+
+/// A writer replaces a whole generation of keys at once while a reader lists: every listing
+/// holds exactly one generation, never a mix.
+async fn put_all_is_seen_whole_by_readers(h: &Harness) {
+    const KEYS: usize = 20;
+    const ROUNDS: usize = 15;
+    let s = h.store().await;
+    let writer = {
+        let s = h.store().await;
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let value = format!("g{round}").into_bytes();
+                let puts: Vec<(String, Vec<u8>)> = (0..KEYS)
+                    .map(|i| (format!("/gen/{i:02}"), value.clone()))
+                    .collect();
+                s.put_all(&puts, &[]).await.unwrap();
+            }
+        })
+    };
+    let mut seen = BTreeSet::new();
+    loop {
+        let done = writer.is_finished();
+        let (kvs, _) = s.list("/gen/").await.unwrap();
+        let generations: BTreeSet<&[u8]> = kvs.iter().map(|kv| kv.value.as_slice()).collect();
+        assert!(
+            kvs.is_empty() || (kvs.len() == KEYS && generations.len() == 1),
+            "a listing saw part of a write: {} keys of generations {generations:?}",
+            kvs.len()
+        );
+        if let Some(g) = generations.first() {
+            seen.insert(g.to_vec());
+        }
+        if done {
+            break;
+        }
+    }
+    writer.await.unwrap();
+    assert!(seen.contains(&format!("g{}", ROUNDS - 1).into_bytes()));
+}
+
+async fn put_all_refuses_a_key_twice(h: &Harness) {
+    let s = h.store().await;
+    let r0 = s.put("/dup/x", b"x", None).await.unwrap();
+    let twice = [
+        ("/dup/a".to_string(), b"1".to_vec()),
+        ("/dup/a".to_string(), b"2".to_vec()),
+    ];
+    let err = s.put_all(&twice, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("/dup/a"), "{err}");
+    let put_and_delete = [("/dup/x".to_string(), b"y".to_vec())];
+    let err = s
+        .put_all(&put_and_delete, &["/dup/x".to_string()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/dup/x"), "{err}");
+    let (kvs, rev) = s.list("/dup/").await.unwrap();
+    assert_eq!((keys(&kvs), rev), (vec!["/dup/x"], r0));
+}
+
+/// etcd refuses a transaction of more operations than it allows (128 by default); the
+/// embedded store has no such limit. Either way the write is whole or absent.
+async fn put_all_too_large_for_one_transaction_is_all_or_nothing(h: &Harness) {
+    let s = h.store().await;
+    let puts: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("/big/{i:03}"), b"v".to_vec()))
+        .collect();
+    let result = s.put_all(&puts, &[]).await;
+    let (kvs, _) = s.list("/big/").await.unwrap();
+    match (h, result) {
+        (Harness::Embedded(_), Ok(_)) => assert_eq!(kvs.len(), 300),
+        (Harness::Etcd(_), Err(e)) => {
+            assert!(e.to_string().contains("too many operations"), "{e}");
+            assert!(e.to_string().contains("300 changes"), "{e}");
+            assert!(
+                kvs.is_empty(),
+                "a refused transaction wrote {} keys",
+                kvs.len()
+            );
+        }
+        (_, other) => panic!("unexpected result {other:?}"),
+    }
 }
 
 async fn create_only_if_absent(h: &Harness) {

@@ -164,6 +164,24 @@ impl EmbeddedStore {
             .await
     }
 
+    pub async fn put_all(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<i64> {
+        let (puts, deletes) = (puts.to_vec(), deletes.to_vec());
+        // One write transaction: an error in any change returns before the commit, so the
+        // transaction is dropped (aborted) and nothing is written.
+        self.run(move |db| {
+            db.write(|w| {
+                for (key, value) in puts {
+                    w.put(&key, value, None)?;
+                }
+                for key in &deletes {
+                    w.delete(key)?;
+                }
+                Ok(w.revision)
+            })
+        })
+        .await
+    }
+
     pub async fn cas_delete(&self, key: &str, expected_mod_revision: i64) -> Result<bool> {
         let key = key.to_string();
         self.run(move |db| {

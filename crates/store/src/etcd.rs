@@ -277,6 +277,31 @@ impl EtcdStore {
         self.txn("compare-and-swap", txn).await
     }
 
+    pub async fn put_all(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<i64> {
+        // A transaction without compares always takes its success branch: one revision for
+        // every operation, atomically.
+        let ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
+            .chain(deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)))
+            .collect();
+        let count = ops.len();
+        let txn = Txn::new().and_then(ops);
+        let resp = self
+            .call("atomic write", |mut c| async move { c.txn(txn).await })
+            .await
+            .map_err(|e| match e {
+                StoreError::Other(m) if m.contains("too many operations") => {
+                    StoreError::Other(format!(
+                        "{m} ({count} changes; etcd's --max-txn-ops, 128 by default, bounds one \
+                         transaction)"
+                    ))
+                }
+                other => other,
+            })?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = key.to_string();
         let resp = self

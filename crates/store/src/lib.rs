@@ -269,6 +269,29 @@ impl Store {
         dispatch!(self, s => s.cas(key, expected_mod_revision, value, lease).await)
     }
 
+    /// Writes every `puts` key and deletes every `deletes` key in one atomic step: a reader
+    /// (a `get`, a `list` or a watch) sees all of the changes or none, and a failure applies
+    /// none. Returns the store revision after the change (the current revision when nothing
+    /// changed: an empty call, or only deletes of absent keys). No key may appear twice across
+    /// both lists (etcd refuses that in one transaction; which should win is a guess).
+    ///
+    /// etcd commits everything as one transaction at one revision; the embedded store commits
+    /// one write transaction in which each change takes its own consecutive revision (its log
+    /// holds one change per revision), all becoming visible together. etcd also bounds the
+    /// operations of one transaction (`--max-txn-ops`, 128 by default) and its request size;
+    /// beyond that it refuses the call and nothing is written.
+    pub async fn put_all(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<i64> {
+        let mut seen = std::collections::HashSet::new();
+        for key in puts.iter().map(|(k, _)| k).chain(deletes) {
+            if !seen.insert(key.as_str()) {
+                return Err(StoreError::Other(format!(
+                    "key {key:?} is given twice in one atomic write"
+                )));
+            }
+        }
+        dispatch!(self, s => s.put_all(puts, deletes).await)
+    }
+
     /// Deletes a key; true when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         dispatch!(self, s => s.delete(key).await)
