@@ -125,13 +125,13 @@ fn restart_case(backend: Backend) {
     );
     let _ = server.wait_with_output();
     eprintln!("{backend:?}: {received}/{sent} ping replies, longest gap {gap_ms} ms");
-    if backend == Backend::Ipip {
+    {
         // The kernel fast path stays attached while an agent is dead: nothing is lost.
         for host in [1, 2] {
             assert_eq!(
                 status(&lab, host)["tunnel"]["kernelPath"],
                 "eth0",
-                "ipip runs on the kernel fast path"
+                "{backend:?} runs on the kernel fast path"
             );
         }
         assert_eq!(

@@ -27,9 +27,9 @@
 pub mod cli;
 pub mod files;
 pub mod lease;
-pub mod policy_sync;
 pub mod policy;
 pub mod policy_cli;
+pub mod policy_sync;
 pub mod tunnel;
 pub mod underlay;
 

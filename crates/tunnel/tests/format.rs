@@ -230,3 +230,17 @@ fn ipip_wire_format_decodes_independently() {
 fn ipip_kernel_path_wire_format_decodes_independently() {
     wire_format_decodes_independently(Encap::Ipip, "ipip", "fk", true);
 }
+
+/// udp through the kernel fast path: Flannel's framing, as the engine sends it.
+#[test]
+#[ignore = "needs root"]
+fn udp_kernel_path_wire_format_decodes_independently() {
+    wire_format_decodes_independently(
+        Encap::Udp {
+            port: DEFAULT_UDP_PORT,
+        },
+        "udp",
+        "fv",
+        true,
+    );
+}

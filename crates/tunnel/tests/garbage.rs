@@ -264,3 +264,15 @@ fn ipip_garbage_is_dropped_and_counted() {
 fn ipip_kernel_path_garbage_is_dropped_and_counted() {
     garbage_is_dropped_and_counted(Encap::Ipip, "gk", true);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn udp_kernel_path_garbage_is_dropped_and_counted() {
+    garbage_is_dropped_and_counted(
+        Encap::Udp {
+            port: DEFAULT_UDP_PORT,
+        },
+        "gv",
+        true,
+    );
+}

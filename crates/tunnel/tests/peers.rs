@@ -97,3 +97,15 @@ fn ipip_peer_table_controls_traffic() {
 fn ipip_kernel_path_peer_table_controls_traffic() {
     peer_table_controls_traffic(Encap::Ipip, "pk", true);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn udp_kernel_path_peer_table_controls_traffic() {
+    peer_table_controls_traffic(
+        Encap::Udp {
+            port: DEFAULT_UDP_PORT,
+        },
+        "pv",
+        true,
+    );
+}

@@ -145,3 +145,15 @@ fn ipip_restart_keeps_connections() {
 fn ipip_kernel_path_restart_keeps_connections() {
     restart_keeps_connections(Encap::Ipip, "rk", true);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn udp_kernel_path_restart_keeps_connections() {
+    restart_keeps_connections(
+        Encap::Udp {
+            port: DEFAULT_UDP_PORT,
+        },
+        "rv",
+        true,
+    );
+}
