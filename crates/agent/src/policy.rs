@@ -181,69 +181,24 @@ pub fn parse_label_args(args: &[String]) -> Result<BTreeMap<String, Option<Strin
     Ok(out)
 }
 
-/// A Kubernetes label key: an optional DNS subdomain prefix and `/`, then a name of at most
-/// 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+/// A Kubernetes label key (the policy parser's rule).
 pub fn validate_label_key(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix {
-        validate_dns_subdomain(p).map_err(|e| format!("prefix {p:?}: {e}"))?;
-    }
-    name_part(name, 63, b"-_.", "a label name")
+    twill_policy::parse::label_key(key)
 }
 
-/// A Kubernetes label value: empty, or at most 63 letters, digits, `-`, `_` and `.`,
-/// starting and ending with a letter or digit.
+/// A Kubernetes label value (the policy parser's rule).
 pub fn validate_label_value(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    name_part(value, 63, b"-_.", "a label value")
+    twill_policy::parse::label_value(value)
 }
 
-/// A namespace name: an RFC 1123 label (lowercase letters, digits and `-`, at most 63).
+/// A namespace name: an RFC 1123 label.
 pub fn validate_namespace(name: &str) -> Result<(), ArgError> {
-    name_part(name, 63, b"-", "a namespace")
-        .and_then(|()| lowercase(name, "a namespace"))
-        .map_err(|e| ArgError(format!("namespace {name:?}: {e}")))
+    twill_policy::parse::dns_label(name).map_err(|e| ArgError(format!("namespace {name:?}: {e}")))
 }
 
-/// An RFC 1123 subdomain (lowercase letters, digits, `-` and `.`, at most 253): the names of
-/// policies and the prefixes of label keys.
+/// An RFC 1123 subdomain: the names of policies and the prefixes of label keys.
 pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {
-    name_part(name, 253, b"-.", "a name")?;
-    lowercase(name, "a name")
-}
-
-fn lowercase(s: &str, what: &str) -> Result<(), String> {
-    if s.bytes().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!("{what} must be lowercase"));
-    }
-    Ok(())
-}
-
-fn name_part(s: &str, max: usize, extra: &[u8], what: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > max {
-        return Err(format!("{what} must be 1 to {max} characters"));
-    }
-    let b = s.as_bytes();
-    let alnum = |c: u8| c.is_ascii_alphanumeric();
-    if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return Err(format!("{what} must start and end with a letter or digit"));
-    }
-    if let Some(bad) = s
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || c.is_ascii() && extra.contains(&(c as u8))))
-    {
-        let allowed: Vec<String> = extra.iter().map(|&c| format!("'{}'", c as char)).collect();
-        return Err(format!(
-            "{what} may contain only letters, digits and {} (not {bad:?})",
-            allowed.join(", ")
-        ));
-    }
-    Ok(())
+    twill_policy::parse::dns_subdomain(name)
 }
 
 /// `NAMESPACE/NAME` of an endpoint on the command line.
@@ -287,7 +242,7 @@ mod tests {
             ("te am=a", "only letters"),
             ("team=a b", "value"),
             ("Example.com/x=1", "lowercase"),
-            ("a/b/c=1", "'/'"),
+            ("a/b/c=1", "prefix"),
             ("/x=1", "prefix"),
             (&format!("{}=1", "k".repeat(64)), "1 to 63"),
             (&format!("k={}", "v".repeat(64)), "1 to 63"),

@@ -63,6 +63,10 @@ fn print_warnings(warnings: &[String]) {
 /// `twill policy apply -f FILE`: every document of the file or none. Documents already stored
 /// as they are are reported `unchanged` and not written again (a write would wake every agent
 /// for nothing); the rest are written in one atomic step.
+/// etcd's default `--max-txn-ops`: a file that changes more documents is written in several
+/// transactions of this size (after all of it was validated), so it works with any etcd.
+const TXN_LIMIT: usize = 128;
+
 pub async fn policy_apply(store_url: &str, file: &Path) -> anyhow::Result<i32> {
     let docs = read_policy_file(file)?;
     let store = Store::connect(store_url).await?;
@@ -87,9 +91,10 @@ pub async fn policy_apply(store_url: &str, file: &Path) -> anyhow::Result<i32> {
         }
         report.push(format!("{} {outcome}", doc_id(doc)));
     }
-    if !puts.is_empty() {
+    // One transaction per TXN_LIMIT changes: everything was validated before the first write.
+    for chunk in puts.chunks(TXN_LIMIT) {
         store
-            .put_all(&puts, &[])
+            .put_all(chunk, &[])
             .await
             .with_context(|| format!("writing the policies to {}", store.describe()))?;
     }
@@ -285,10 +290,12 @@ pub async fn policy_delete(
         );
     }
     let deletes: Vec<String> = present.iter().map(|(k, _)| k.clone()).collect();
-    store
-        .put_all(&[], &deletes)
-        .await
-        .with_context(|| format!("deleting from {}", store.describe()))?;
+    for chunk in deletes.chunks(TXN_LIMIT) {
+        store
+            .put_all(&[], chunk)
+            .await
+            .with_context(|| format!("deleting from {}", store.describe()))?;
+    }
     for (_, name) in present {
         println!("{name} deleted");
     }

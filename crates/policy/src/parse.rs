@@ -800,7 +800,8 @@ fn selector(s: &Spanned<RawSelector>, path: &str, ctx: &Ctx) -> Result<LabelSele
     Ok(out)
 }
 
-// ---- names and labels, as Kubernetes validates them ---------------------------------------
+// ---- names and labels, as Kubernetes validates them (public: the CLI checks its arguments
+// with the same rules) ------------------------------------------------------------------------
 
 fn name_part(s: &str, max: usize, extra: &[u8], what: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > max {
@@ -824,7 +825,8 @@ fn name_part(s: &str, max: usize, extra: &[u8], what: &str) -> Result<(), String
     Ok(())
 }
 
-fn dns_subdomain(s: &str) -> Result<(), String> {
+/// An RFC 1123 subdomain: policy names and label key prefixes.
+pub fn dns_subdomain(s: &str) -> Result<(), String> {
     name_part(s, 253, b"-.", "a name")?;
     if s.bytes().any(|c| c.is_ascii_uppercase()) {
         return Err("a name must be lowercase (RFC 1123 subdomain)".into());
@@ -832,7 +834,8 @@ fn dns_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn dns_label(s: &str) -> Result<(), String> {
+/// An RFC 1123 label: namespace names.
+pub fn dns_label(s: &str) -> Result<(), String> {
     name_part(s, 63, b"-", "a namespace")?;
     if s.bytes().any(|c| c.is_ascii_uppercase()) {
         return Err("a namespace must be lowercase (RFC 1123 label)".into());
@@ -840,7 +843,8 @@ fn dns_label(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn label_key(k: &str) -> Result<(), String> {
+/// A label key: an optional subdomain prefix and `/`, then a name of at most 63 characters.
+pub fn label_key(k: &str) -> Result<(), String> {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
@@ -851,7 +855,8 @@ fn label_key(k: &str) -> Result<(), String> {
     name_part(name, 63, b"-_.", "a label name")
 }
 
-fn label_value(v: &str) -> Result<(), String> {
+/// A label value: empty, or at most 63 letters, digits, `-`, `_`, `.`.
+pub fn label_value(v: &str) -> Result<(), String> {
     if v.is_empty() {
         return Ok(());
     }
