@@ -1,7 +1,9 @@
 """Helpers shared by the benchmark drivers bench/cluster.py, bench/converge.py and
 bench/newlease.py (imported from the drivers' own folder; standard library only)."""
 import base64
+import ctypes
 import json
+import os
 import urllib.request
 
 LEASE_PREFIX = "/twill/leases/"   # where twill keeps the leases in etcd
@@ -28,3 +30,18 @@ def prefix_range(prefix, **opts):
     """Body of a /v3/kv/range request for every key under prefix (plus opts)."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     return dict(key=b64(prefix), range_end=b64(end), **opts)
+
+
+CLONE_NEWNET = 0x40000000
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(path):
+    """Moves the calling thread into the network namespace at path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if LIBC.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "setns %s: %s" % (path, os.strerror(e)))
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import LEASE_PREFIX as PREFIX, b64, etcd_post, prefix_range, say
+from benchlib import setns, LEASE_PREFIX as PREFIX, b64, etcd_post, prefix_range, say
 
 E = os.environ
 STATE = json.load(open(E["LAB_STATE"]))
@@ -58,16 +58,6 @@ def leased_subnets():
         a, _, n = k[len(PREFIX):].partition("-")
         out.add("%s/%s" % (a, n))
     return out
-
-
-def setns(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if LIBC.setns(fd, CLONE_NEWNET) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, "setns %s: %s" % (path, os.strerror(e)))
-    finally:
-        os.close(fd)
 
 
 def route_socket(netns):
