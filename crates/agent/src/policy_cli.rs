@@ -63,9 +63,32 @@ fn print_warnings(warnings: &[String]) {
 /// `twill policy apply -f FILE`: every document of the file or none. Documents already stored
 /// as they are are reported `unchanged` and not written again (a write would wake every agent
 /// for nothing); the rest are written in one atomic step.
-/// etcd's default `--max-txn-ops`: a file that changes more documents is written in several
-/// transactions of this size (after all of it was validated), so it works with any etcd.
+/// etcd's default `--max-txn-ops`.
 const TXN_LIMIT: usize = 128;
+
+/// Writes everything in one transaction; if the store refuses one that large (an etcd with the
+/// default `--max-txn-ops`), in transactions of at most [`TXN_LIMIT`] changes. Everything was
+/// validated before, so only the atomicity is lost, never the content.
+async fn write_all(
+    store: &Store,
+    puts: &[(String, Vec<u8>)],
+    deletes: &[String],
+) -> anyhow::Result<()> {
+    if puts.len() + deletes.len() <= TXN_LIMIT {
+        store.put_all(puts, deletes).await?;
+        return Ok(());
+    }
+    if store.put_all(puts, deletes).await.is_ok() {
+        return Ok(());
+    }
+    for chunk in puts.chunks(TXN_LIMIT) {
+        store.put_all(chunk, &[]).await?;
+    }
+    for chunk in deletes.chunks(TXN_LIMIT) {
+        store.put_all(&[], chunk).await?;
+    }
+    Ok(())
+}
 
 pub async fn policy_apply(store_url: &str, file: &Path) -> anyhow::Result<i32> {
     let docs = read_policy_file(file)?;
@@ -91,13 +114,9 @@ pub async fn policy_apply(store_url: &str, file: &Path) -> anyhow::Result<i32> {
         }
         report.push(format!("{} {outcome}", doc_id(doc)));
     }
-    // One transaction per TXN_LIMIT changes: everything was validated before the first write.
-    for chunk in puts.chunks(TXN_LIMIT) {
-        store
-            .put_all(chunk, &[])
-            .await
-            .with_context(|| format!("writing the policies to {}", store.describe()))?;
-    }
+    write_all(&store, &puts, &[])
+        .await
+        .with_context(|| format!("writing the policies to {}", store.describe()))?;
     for line in report {
         println!("{line}");
     }
@@ -290,12 +309,9 @@ pub async fn policy_delete(
         );
     }
     let deletes: Vec<String> = present.iter().map(|(k, _)| k.clone()).collect();
-    for chunk in deletes.chunks(TXN_LIMIT) {
-        store
-            .put_all(&[], chunk)
-            .await
-            .with_context(|| format!("deleting from {}", store.describe()))?;
-    }
+    write_all(&store, &[], &deletes)
+        .await
+        .with_context(|| format!("deleting from {}", store.describe()))?;
     for (_, name) in present {
         println!("{name} deleted");
     }

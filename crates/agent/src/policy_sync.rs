@@ -50,8 +50,15 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
-/// The status the agent writes, shared with its main loop.
-pub type SharedStatus = Arc<Mutex<PolicyStatus>>;
+/// The policy state, shared with the agent's main loop, which writes it to `status.json`
+/// as soon as `changed` fires.
+#[derive(Default)]
+pub struct Shared {
+    pub status: Mutex<PolicyStatus>,
+    pub changed: tokio::sync::Notify,
+}
+
+pub type SharedStatus = Arc<Shared>;
 
 /// The store prefixes the world is made of.
 const PREFIXES: [&str; 4] = [
@@ -482,7 +489,7 @@ impl PolicySync {
                 error: error.clone(),
             });
         }
-        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.status.status.lock().unwrap_or_else(|p| p.into_inner());
         st.in_sync = self.state.in_sync();
         st.network_policies = self.state.network_policies.len();
         st.cluster_policies = self.state.cluster_policies.len();
@@ -498,6 +505,8 @@ impl PolicySync {
                 .map_or(0, |d| d.as_secs());
         }
         st.error = error;
+        drop(st);
+        self.status.changed.notify_one();
     }
 }
 

@@ -199,6 +199,7 @@ impl Agent {
         resync.tick().await;
         // Tunnel counters change with every packet; status shows them at this pace.
         let mut counters = tokio::time::interval(Duration::from_secs(1));
+        let policy = self.policy.clone();
         let exit = loop {
             tokio::select! {
                 ev = events.recv() => {
@@ -221,6 +222,7 @@ impl Agent {
                     }
                 }
                 _ = resync.tick() => if self.in_sync { self.reconcile().await },
+                _ = policy.changed.notified() => self.write_status(None),
                 _ = counters.tick() => {
                     if self.tunnel.is_some() || self.policy_written.as_ref() != Some(&self.policy_now()) {
                         self.write_status(None)
@@ -489,6 +491,7 @@ impl Agent {
     /// in_sync, and fresh tunnel counters.
     fn policy_now(&self) -> PolicyStatus {
         self.policy
+            .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

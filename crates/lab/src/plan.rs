@@ -332,7 +332,9 @@ pub fn agent_args(store_url: &str, i: u32, data_dir: &Path) -> Vec<String> {
 }
 
 /// etcd's arguments: clients on the underlay address (and loopback, so `lab exec underlay
-/// etcdctl ...` works with etcdctl's defaults), peers on loopback since there is one member.
+/// etcdctl ...` works with etcdctl's defaults), peers on loopback since there is one member,
+/// and transactions of up to 10000 operations (a `twill policy apply` of a large file is then
+/// one transaction, as it is on a production etcd configured for it).
 pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
     let client = format!("http://{ip}:{ETCD_PORT}");
     let peer = "http://127.0.0.1:2380";
@@ -357,6 +359,8 @@ pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
         "zap".into(),
         "--log-outputs".into(),
         "stderr".into(),
+        "--max-txn-ops".into(),
+        "10000".into(),
     ]
 }
 

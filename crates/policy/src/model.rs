@@ -257,7 +257,7 @@ impl IpBlock {
 
 /// One `from`/`to` item of a Kubernetes rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Peer {
     /// `podSelector` and/or `namespaceSelector`. Without a namespace selector the pods are
     /// those of the policy's own namespace; without a pod selector, all pods of the selected
