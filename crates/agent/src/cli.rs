@@ -83,6 +83,19 @@ pub async fn node_leave(
     for subnet in &released {
         println!("released {subnet} of node {node}");
     }
+    // Its pods are gone from the cluster too: other nodes' policies stop counting them.
+    let (endpoints, _) = store.list(twill_policy::keys::ENDPOINT_PREFIX).await?;
+    let mut removed = 0;
+    for kv in endpoints {
+        let on_node = serde_json::from_slice::<twill_policy::Endpoint>(&kv.value)
+            .is_ok_and(|e| e.node == node);
+        if on_node && store.delete(&kv.key).await? {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        println!("removed {removed} endpoints of node {node}");
+    }
     if let Some(dir) = data_dir {
         let file: Option<NodeFile> = files::read_json(&node::node_file(dir))?;
         if file.is_some_and(|f| f.node == node) {

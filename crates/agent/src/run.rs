@@ -652,6 +652,7 @@ pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> 
         anyhow::bail!("removing twill's routes and devices: {report}");
     }
     twill_dataplane::firewall::remove_masquerade(&data_dir.join("firewall"), NAT_NETWORK)?;
+    twill_dataplane::policy::apply("removing the policy table", &twill_policy::render::remove())?;
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;
     Ok(())
