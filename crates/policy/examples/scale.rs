@@ -318,10 +318,10 @@ fn main() {
             rs.sets.len(),
             script.len()
         );
-        if let Some(path) = std::env::var_os("SCALE_SCRIPT") {
-            if node == "h2" {
-                std::fs::write(path, script).unwrap();
-            }
+        if let Some(path) = std::env::var_os("SCALE_SCRIPT")
+            && node == "h2"
+        {
+            std::fs::write(path, script).unwrap();
         }
     }
 }
