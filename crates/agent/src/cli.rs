@@ -164,6 +164,7 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
             PeerPath::Vxlan => ("vxlan", String::new()),
             PeerPath::Udp => ("udp", String::new()),
             PeerPath::Ipip => ("ipip", String::new()),
+            PeerPath::Bgp => ("bgp", String::new()),
             PeerPath::Skipped(why) => ("skipped", why.clone()),
         };
         if let Some(c) = &p.counters {
