@@ -19,8 +19,10 @@
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
+//! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 
+pub mod bgp;
 pub mod cli;
 pub mod files;
 pub mod lease;

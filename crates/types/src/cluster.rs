@@ -241,6 +241,35 @@ impl BgpConfig {
     }
 }
 
+/// Where `twill bgp peer add` keeps external peers: `<prefix><address>` for every node,
+/// `<prefix><address>@<node>` for one node. Agents mirror it and apply changes live.
+pub const BGP_PEERS_PREFIX: &str = "/twill/bgp/peers/";
+
+impl BgpPeer {
+    /// The peer's store key.
+    pub fn key(&self) -> String {
+        match &self.node {
+            Some(node) => format!("{BGP_PEERS_PREFIX}{}@{node}", self.address),
+            None => format!("{BGP_PEERS_PREFIX}{}", self.address),
+        }
+    }
+
+    /// Reads a peer the store holds (written by another node or by hand: validated).
+    pub fn from_store(key: &str, value: &[u8]) -> Result<BgpPeer, ConfigError> {
+        let peer: BgpPeer = serde_json::from_slice(value)
+            .map_err(|e| ConfigError::new(format!("{key}: not a BGP peer: {e}")))?;
+        check_as(&format!("{key}: asNumber"), peer.as_number)?;
+        if peer.key() != key {
+            return fail(format!(
+                "{key}: holds peer {} which belongs at {}",
+                peer.address,
+                peer.key()
+            ));
+        }
+        Ok(peer)
+    }
+}
+
 /// AS 0 is reserved (RFC 7607) and 23456 is AS_TRANS (RFC 6793): neither names a router.
 fn check_as(field: &str, asn: u32) -> Result<(), ConfigError> {
     match asn {
