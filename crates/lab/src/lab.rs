@@ -866,7 +866,11 @@ impl Lab {
         std::fs::write(&conf, plan::bird_conf(ip, protocols))
             .with_context(|| format!("write {}", conf.display()))?;
         // Parse first, so a mistake fails with BIRD's own message.
-        let check = sys::run(Command::new("bird").arg("-p").arg("-c").arg(&conf))
+        let check = Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&conf)
+            .output()
             .context("BIRD 2 is needed (apt-get install bird2)")?;
         ensure!(
             check.status.success(),
@@ -946,20 +950,31 @@ impl Lab {
             .with_context(|| format!("kill {signal} BIRD {name} (pid {pid})"))
     }
 
-    /// A namespace on the first underlay segment (address `.200 + k` there, default route via
-    /// the segment's gateway, and `dummy` on a dummy link when given) running BIRD `name` with
-    /// `protocols`: an outside router such as a route-reflector client. Returns its address.
+    /// A namespace on the first underlay segment running BIRD `name` with `protocols`: an
+    /// outside router such as a route-reflector client. Its address is `.250` of the segment
+    /// for the lab's first BIRD host, `.249` for the second, ... (so configs can name it
+    /// before; a BIRD router in the underlay does not count);
+    /// default route via the segment's gateway; `local` (`ADDR/LEN`) on its loopback when
+    /// given (this kernel has no dummy links), a destination inside the router for pings.
+    /// Returns the address.
     pub fn add_bird_host(
         &mut self,
         name: &str,
-        dummy: Option<&str>,
+        local: Option<&str>,
         protocols: &str,
     ) -> Result<Ipv4Addr> {
         // Host indices above the agents' range: `down` removes the namespace like a host's.
-        let k = plan::MAX_NODES - self.state.birds.len() as u32;
+        let n = self
+            .state
+            .birds
+            .iter()
+            .filter(|b| b.netns != self.state.underlay_ns)
+            .count();
+        ensure!(n < 10, "at most 10 BIRD hosts per lab");
+        let k = plan::MAX_NODES - n as u32;
         let seg = &plan::segments(self.state.underlay)[0];
         let [a, b, c, _] = seg.gateway.octets();
-        let ip = Ipv4Addr::new(a, b, c, 250 - self.state.birds.len() as u8);
+        let ip = Ipv4Addr::new(a, b, c, 250 - n as u8);
         let ns = plan::host_ns(&self.state.name, k);
         let u = self.state.underlay_ns.clone();
         let port = format!("b{k}");
@@ -992,10 +1007,8 @@ impl Lab {
             "via",
             &seg.gateway.to_string(),
         ])?;
-        if let Some(dummy) = dummy {
-            sys::ip(&["-n", &ns, "link", "add", "dummy0", "type", "dummy"])?;
-            sys::ip(&["-n", &ns, "addr", "add", dummy, "dev", "dummy0"])?;
-            sys::ip(&["-n", &ns, "link", "set", "dummy0", "up"])?;
+        if let Some(local) = local {
+            sys::ip(&["-n", &ns, "addr", "add", local, "dev", "lo"])?;
         }
         self.start_bird(name, &ns, ip, protocols)?;
         Ok(ip)
