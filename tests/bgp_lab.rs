@@ -644,3 +644,88 @@ fn bgp_cli_against_running_lab() {
                 .any(|(d, _)| d == "10.88.0.0/24")
     });
 }
+
+/// The default topology: `bgp: {}` is a full iBGP mesh of the nodes (AS 64512), no router.
+#[test]
+#[ignore = "needs root"]
+fn default_full_mesh_routes_directly() {
+    require_root();
+    let (name, _g) = name();
+    let spec = LabSpec::new(&name)
+        .nodes(3)
+        .pods_per_node(1)
+        .backend(Backend::Bgp)
+        .bgp("holdTime: 3");
+    let lab = up(&spec);
+    for i in 1..=3u32 {
+        let st = bgp_status(&lab, i);
+        assert_eq!(st["asNumber"], 64512, "{st}");
+        let peers = st["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{st}");
+        assert!(peers.iter().all(|p| p["kind"] == "node-mesh"), "{st}");
+        for j in (1..=3u32).filter(|j| *j != i) {
+            let via = format!("192.168.100.{}", 10 + j);
+            assert!(
+                has_route_via(&lab, i, &subnet(&lab, j), &via),
+                "h{i}: {:?}",
+                twill_routes(&lab, i)
+            );
+        }
+        assert_no_tunnel(&lab, i);
+    }
+    let m = lab.ping_matrix();
+    assert!(m.all_ok(), "{}", m.render());
+}
+
+/// With CrossSubnet encapsulation the vxlan backend keeps carrying the pods exactly as
+/// without BGP (direct routes in the subnet, the VXLAN device across), BGP runs beside it,
+/// and the prefixes it learns are not installed a second time.
+#[test]
+#[ignore = "needs root"]
+fn bgp_beside_vxlan_cross_subnet_installs_nothing_twice() {
+    require_root();
+    let (name, _g) = name();
+    let spec = LabSpec::new(&name)
+        .nodes(3)
+        .pods_per_node(1)
+        .underlay(Underlay::Routed)
+        .backend(Backend::Vxlan)
+        .direct_routing(true)
+        .bgp("holdTime: 3");
+    let lab = up(&spec);
+    for i in 1..=3u32 {
+        wait_until(&format!("h{i}'s mesh up"), T30, || {
+            let st = bgp_status(&lab, i);
+            let peers = st["peers"].as_array().unwrap().clone();
+            peers.len() == 2 && peers.iter().all(|p| p["state"] == "Established")
+        });
+    }
+    // BGP knows every block ...
+    wait_until("h1's Loc-RIB complete", T30, || {
+        let out = Command::new(TWILL)
+            .args(["bgp", "routes", "--json", "--data-dir"])
+            .arg(&lab.hosts()[0].data_dir)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().len() == 3
+    });
+    // ... but h1's routes are the backend's alone: one per peer, h3 (same subnet) direct,
+    // h2 (other subnet) through the VXLAN device.
+    let routes = twill_routes(&lab, 1);
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(
+        has_route_via(&lab, 1, &subnet(&lab, 3), "192.168.1.13"),
+        "{routes:?}"
+    );
+    let s2 = subnet(&lab, 2);
+    let out = lab
+        .exec("h1", &["ip", "route", "show", "proto", "117", &s2])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("twill."),
+        "{routes:?}"
+    );
+    let m = lab.ping_matrix();
+    assert!(m.all_ok(), "{}", m.render());
+}
