@@ -337,6 +337,11 @@ impl BgpSide {
         self.settled
     }
 
+    /// How many IPv4 routes learned from peers the agent holds.
+    pub fn learned_len(&self) -> usize {
+        self.learned.len()
+    }
+
     /// What [`BgpSide::settled`] last said, without re-evaluating.
     pub fn settled_now(&self) -> bool {
         self.settled

@@ -234,6 +234,10 @@ impl Agent {
                     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, next_soon(rx)).await {
                         dirty |= b.on_event(ev);
                     }
+                    if dirty {
+                        // bench/bgp.sh reads this to time the table's arrival.
+                        tracing::debug!(learned = b.learned_len(), "bgp: learned routes changed");
+                    }
                     if dirty && self.in_sync {
                         self.reconcile().await;
                     }
