@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BGP table convergence: N prefixes (default 10000) sent by a BIRD 2 source to a twill node
-# (the real agent, which installs them as kernel routes) and, in the same run at the same
-# moment, to a second BIRD that exports them to its kernel table (`protocol kernel`). Prints
+# (the real agent, which installs them as kernel routes) and, in the same run, interleaved,
+# to a second BIRD that exports them to its kernel table (`protocol kernel`). Prints
 # per repetition and min/median/max: session establishment, time until all N are in the RIB
 # (twill: the agent's copy of the Loc-RIB, from its debug log; BIRD: `show route count`) and
 # in the kernel (`ip route` counts polled every 10 ms), counted from the session's
@@ -13,7 +13,8 @@
 # (10.9.0.1, AS 65001, N static blackhole /24s from 100.64.0.0/10), the twill node -t
 # (10.9.0.2, AS 65000, embedded store, `backend: bgp`) and the BIRD learner -b (10.9.0.3,
 # AS 65002), each with eth0 on br0. Per repetition the agent and both BIRDs start fresh; the
-# source's sessions start disabled and are enabled together (`birdc enable`) at t0.
+# source's sessions start disabled and are enabled one at a time (`birdc enable`),
+# alternating which goes first; the link-down step then has both up.
 # The root namespace is never changed; everything is removed on exit.
 #
 # Usage (as root):  bash bench/bgp.sh

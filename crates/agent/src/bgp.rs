@@ -215,7 +215,9 @@ impl BgpSide {
             started: now,
             last_change: now,
             states: HashMap::new(),
-            settled: false,
+            // Only a restarted agent has routes of a predecessor worth keeping; a first start
+            // installs what it learns right away (and sweeps leftovers as usual).
+            settled: !restarting,
             status: None,
         })
     }
@@ -319,8 +321,8 @@ impl BgpSide {
     }
 
     /// True once the routes learned are complete enough to replace what a previous agent
-    /// left in the kernel: every peer Established and no change for a second, or 30 s.
-    /// Turns true once and stays.
+    /// left in the kernel: every peer Established and no change for a second, or 30 s
+    /// (at once when this is not a restart). Turns true once and stays.
     pub fn settled(&mut self) -> bool {
         if !self.settled {
             let all_up = self.states.values().all(|s| *s == State::Established);

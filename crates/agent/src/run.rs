@@ -479,6 +479,10 @@ impl Agent {
                 "first reconcile done"
             );
         }
+        if let Some(b) = &mut self.bgp {
+            // Sessions and routes as of this reconcile, so status never lags the kernel.
+            b.refresh_status().await;
+        }
         self.write_status(Some((&desired, observed.as_ref())));
     }
 
