@@ -89,6 +89,11 @@ enum Cmd {
         #[command(subcommand)]
         command: EndpointCmd,
     },
+    /// This node's BGP speaker (clusters whose config has a bgp section).
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCmd,
+    },
     /// A virtual cluster of network namespaces on this machine, with real agents and etcd.
     Lab {
         #[command(subcommand)]
@@ -111,6 +116,53 @@ enum ClusterCmd {
     },
     /// Print the cluster config as twill normalized it.
     Show {
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpCmd {
+    /// The BGP sessions of this node: peer, type, AS, state, uptime, prefixes (like
+    /// `calicoctl node status`).
+    Status {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Loc-RIB of this node: prefix, next hop, AS path, from peer, best, stale.
+    Routes {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// External BGP peers kept in the store; agents apply changes live.
+    Peer {
+        #[command(subcommand)]
+        command: BgpPeerCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpPeerCmd {
+    /// Peer with a router: every node, or only --node.
+    Add {
+        address: std::net::IpAddr,
+        /// The router's AS number.
+        #[arg(long = "as")]
+        asn: u32,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, env = "TWILL_STORE")]
+        store: String,
+    },
+    /// Remove a peer added with `peer add` (same --node).
+    Del {
+        address: std::net::IpAddr,
+        #[arg(long)]
+        node: Option<String>,
         #[arg(long, env = "TWILL_STORE")]
         store: String,
     },
@@ -323,6 +375,27 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 EndpointCmd::List { store, json } => pcli::endpoint_list(&store, json).await,
             }
         }),
+        Cmd::Bgp { command } => match command {
+            BgpCmd::Status { data_dir, json } => twill_agent::cli::bgp_status(&data_dir, json),
+            BgpCmd::Routes { data_dir, json } => twill_agent::cli::bgp_routes(&data_dir, json),
+            BgpCmd::Peer { command } => runtime()?.block_on(async {
+                match command {
+                    BgpPeerCmd::Add {
+                        address,
+                        asn,
+                        node,
+                        store,
+                    } => {
+                        twill_agent::cli::bgp_peer_add(&store, address, asn, node.as_deref()).await
+                    }
+                    BgpPeerCmd::Del {
+                        address,
+                        node,
+                        store,
+                    } => twill_agent::cli::bgp_peer_del(&store, address, node.as_deref()).await,
+                }
+            }),
+        },
         Cmd::Status {
             data_dir,
             json,

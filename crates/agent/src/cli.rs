@@ -1,4 +1,5 @@
-//! The agent-side CLI verbs: `twill cluster init|show`, `twill node leave`, `twill status`.
+//! The agent-side CLI verbs: `twill cluster init|show`, `twill node leave`, `twill status`,
+//! `twill bgp status|routes|peer add|peer del`.
 //! Each returns the process exit code; errors carry a message for people.
 
 use std::io::Read;
@@ -6,10 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use twill_store::Store;
-use twill_types::cluster::ClusterConfig;
+use twill_types::cluster::{BgpPeer, ClusterConfig};
 use twill_types::desired::PeerPath;
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX};
-use twill_types::node::{self, AgentStatus, NodeFile};
+use twill_types::node::{self, AgentStatus, BgpStatus, NodeFile};
 
 use crate::files;
 
@@ -177,6 +178,7 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
             PeerPath::Vxlan => ("vxlan", String::new()),
             PeerPath::Udp => ("udp", String::new()),
             PeerPath::Ipip => ("ipip", String::new()),
+            PeerPath::Bgp => ("bgp", String::new()),
             PeerPath::Skipped(why) => ("skipped", why.clone()),
         };
         if let Some(c) = &p.counters {
@@ -240,4 +242,269 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
 /// Whether the agent that wrote the status still runs (same pid namespace).
 fn pid_alive(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+// ----- twill bgp -----
+
+/// The BGP part of this node's status, or a clear error.
+fn bgp_of(data_dir: &Path) -> anyhow::Result<(AgentStatus, BgpStatus, bool)> {
+    let path = data_dir.join(node::STATUS_FILE);
+    let Some(status) = files::read_json::<AgentStatus>(&path)? else {
+        bail!(
+            "no agent status at {}: is `twill agent --data-dir {}` running?",
+            path.display(),
+            data_dir.display()
+        );
+    };
+    let Some(bgp) = status.bgp.clone() else {
+        bail!(
+            "node {} runs no BGP speaker: the cluster config has no bgp section \
+             (or the agent has not reported yet)",
+            status.node
+        );
+    };
+    let alive = pid_alive(status.pid);
+    Ok((status, bgp, alive))
+}
+
+/// `1h02m03s`-style duration.
+fn human_secs(s: u64) -> String {
+    match s {
+        s if s >= 86400 => format!(
+            "{}d{:02}h{:02}m",
+            s / 86400,
+            s % 86400 / 3600,
+            s % 3600 / 60
+        ),
+        s if s >= 3600 => format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Renders rows as a boxed table, like `calicoctl node status`.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = width
+        .iter()
+        .map(|w| "-".repeat(w + 2))
+        .collect::<Vec<_>>()
+        .join("+");
+    let line = format!("+{line}+\n");
+    let row = |cells: Vec<String>| {
+        let c: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!(" {c:<w$} "))
+            .collect();
+        format!("|{}|\n", c.join("|"))
+    };
+    let mut out = line.clone();
+    out += &row(header.iter().map(|h| h.to_string()).collect());
+    out += &line;
+    for r in rows {
+        out += &row(r.clone());
+    }
+    out += &line;
+    out
+}
+
+/// `twill bgp status [--data-dir D] [--json]`: the node's BGP sessions, like
+/// `calicoctl node status`.
+pub fn bgp_status(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let (status, bgp, alive) = bgp_of(data_dir)?;
+    if json {
+        let mut v = serde_json::to_value(&bgp)?;
+        v.as_object_mut().expect("an object").remove("routes");
+        v["node"] = status.node.clone().into();
+        v["agentRunning"] = alive.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!(
+        "BGP speaker of node {}: AS {}, router ID {}; agent {}{}",
+        status.node,
+        bgp.as_number,
+        bgp.router_id,
+        if alive { "running" } else { "NOT running" },
+        if bgp.settled {
+            ""
+        } else {
+            "; settling (BGP routes already in the kernel stay until the peers have sent theirs)"
+        }
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rows: Vec<Vec<String>> = bgp
+        .peers
+        .iter()
+        .map(|p| {
+            let up = p.state == "Established";
+            vec![
+                p.address.to_string(),
+                match &p.node {
+                    Some(n) => format!("{} {n}", p.kind),
+                    None => p.kind.clone(),
+                },
+                p.as_number.to_string(),
+                if up { "up" } else { "start" }.to_string(),
+                p.since
+                    .map(|s| human_secs(now.saturating_sub(s)))
+                    .unwrap_or_default(),
+                p.state.clone(),
+                p.received.to_string(),
+                p.accepted.to_string(),
+                p.sent.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "PEER ADDRESS",
+                "PEER TYPE",
+                "AS",
+                "STATE",
+                "UPTIME",
+                "INFO",
+                "RECEIVED",
+                "ACCEPTED",
+                "SENT"
+            ],
+            &rows
+        )
+    );
+    Ok(0)
+}
+
+/// `twill bgp routes [--data-dir D] [--json]`: the node's Loc-RIB.
+pub fn bgp_routes(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let (_, bgp, _) = bgp_of(data_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&bgp.routes)?);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = bgp
+        .routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.prefix.to_string(),
+                if r.from.is_none() {
+                    "local".to_string()
+                } else {
+                    r.next_hop.to_string()
+                },
+                r.as_path
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                r.from.map(|a| a.to_string()).unwrap_or_default(),
+                if r.best { "*" } else { "" }.to_string(),
+                if r.stale { "stale" } else { "" }.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "PREFIX",
+                "NEXT HOP",
+                "AS PATH",
+                "FROM PEER",
+                "BEST",
+                "STALE"
+            ],
+            &rows
+        )
+    );
+    Ok(0)
+}
+
+/// `twill bgp peer add ADDRESS --as N [--node NAME] --store S`: an external peer for every
+/// node (or one), which the agents apply live.
+pub async fn bgp_peer_add(
+    store_url: &str,
+    address: std::net::IpAddr,
+    asn: u32,
+    node_name: Option<&str>,
+) -> anyhow::Result<i32> {
+    if let Some(n) = node_name
+        && n.trim().is_empty()
+    {
+        bail!("--node must name a node");
+    }
+    if asn == 0 || asn == 23456 {
+        bail!("--as {asn} is reserved (0, and 23456 = AS_TRANS): use the router's AS number");
+    }
+    let peer = BgpPeer {
+        address,
+        as_number: asn,
+        node: node_name.map(str::to_string),
+    };
+    let key = peer.key();
+    let value = serde_json::to_vec(&peer)?;
+    // The same checks the agents make when they read it back.
+    BgpPeer::from_store(&key, &value).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::connect(store_url).await?;
+    let config = match store.get(CONFIG_KEY).await? {
+        Some(kv) => ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => bail!(
+            "{} holds no cluster config: run `twill cluster init` first",
+            store.describe()
+        ),
+    };
+    if config.bgp.is_none() {
+        bail!(
+            "the cluster config in {} has no bgp section, so no agent runs BGP: add one \
+             (e.g. `bgp: {{}}`) with `twill cluster init --force`",
+            store.describe()
+        );
+    }
+    store.put(&key, &value, None).await?;
+    println!(
+        "BGP peer {address} (AS {asn}) added for {} at {key}",
+        node_name
+            .map(|n| format!("node {n}"))
+            .unwrap_or_else(|| "every node".into())
+    );
+    Ok(0)
+}
+
+/// `twill bgp peer del ADDRESS [--node NAME] --store S`.
+pub async fn bgp_peer_del(
+    store_url: &str,
+    address: std::net::IpAddr,
+    node_name: Option<&str>,
+) -> anyhow::Result<i32> {
+    let key = BgpPeer {
+        address,
+        as_number: 1,
+        node: node_name.map(str::to_string),
+    }
+    .key();
+    let store = Store::connect(store_url).await?;
+    if store.get(&key).await?.is_none() {
+        bail!(
+            "no BGP peer {address}{} in {} (nothing at {key})",
+            node_name
+                .map(|n| format!(" for node {n}"))
+                .unwrap_or_default(),
+            store.describe()
+        );
+    }
+    store.delete(&key).await?;
+    println!("BGP peer {address} removed ({key})");
+    Ok(0)
 }

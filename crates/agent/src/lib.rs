@@ -19,11 +19,13 @@
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
+//! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 //! - [`policy`]: the policy world from the store, and the CLI's label and name helpers.
 //! - [`policy_cli`]: `twill policy apply/list/delete/explain`, `twill namespace label/list`,
 //!   `twill endpoint label/list`.
 
+pub mod bgp;
 pub mod cli;
 pub mod files;
 pub mod lease;

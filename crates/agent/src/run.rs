@@ -14,7 +14,7 @@ use twill_backend::{Backend, LocalNode};
 use twill_dataplane::peers::{self, AgentHandle, Observed, ObservedFdb, ObservedRoute};
 use twill_store::{MirrorEvent, Store, StoreError};
 use twill_types::MacAddr;
-use twill_types::cluster::ClusterConfig;
+use twill_types::cluster::{BGP_PEERS_PREFIX, ClusterConfig};
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
 use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus, PolicyStatus};
@@ -68,6 +68,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let previous_subnet = previous
         .filter(|n| n.node == opts.node_name)
         .map(|n| n.subnet);
+    // A node file of ours means an agent ran here before: this start is a restart.
+    let restarting = previous_subnet.is_some();
     let held = lease::acquire(
         &store,
         &config,
@@ -99,7 +101,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     twill_netlink::sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
     let nl = AgentHandle::new().context("opening the agent's netlink socket")?;
+    let bgp = match config.bgp.clone() {
+        Some(cfg) => Some(
+            crate::bgp::BgpSide::start(cfg, &node, restarting)
+                .await
+                .context("starting the BGP speaker")?,
+        ),
+        None => None,
+    };
     let mut agent = Agent {
+        bgp,
         opts: opts.clone(),
         store: store.clone(),
         config,
@@ -158,6 +169,8 @@ async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
 }
 
 struct Agent {
+    /// The BGP speaker, when the cluster config has a bgp section.
+    bgp: Option<crate::bgp::BgpSide>,
     opts: AgentOptions,
     store: Store,
     config: ClusterConfig,
@@ -200,8 +213,46 @@ impl Agent {
         // Tunnel counters change with every packet; status shows them at this pace.
         let mut counters = tokio::time::interval(Duration::from_secs(1));
         let policy = self.policy.clone();
+        let mut bgp_events = self.bgp.as_mut().and_then(|b| b.take_events());
+        let mut bgp_peers = self
+            .bgp
+            .is_some()
+            .then(|| twill_store::mirror(self.store.clone(), BGP_PEERS_PREFIX.to_string()));
+        if let Some(b) = &mut self.bgp {
+            // External peers of the config need no lease: start their sessions now.
+            b.sync_peers(&[]);
+        }
         let exit = loop {
             tokio::select! {
+                ev = recv_or_never(&mut bgp_events) => {
+                    let Some(ev) = ev else { bail!("the BGP speaker stopped") };
+                    let b = self.bgp.as_mut().expect("events imply a speaker");
+                    let mut dirty = b.on_event(ev);
+                    // A table arrives as a burst of changes: take what is queued (and what
+                    // follows within 2 ms, for at most 100 ms) so it costs one reconcile.
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+                    let rx = bgp_events.as_mut().expect("just received");
+                    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, next_soon(rx)).await {
+                        dirty |= b.on_event(ev);
+                    }
+                    if dirty {
+                        // bench/bgp.sh reads this to time the table's arrival.
+                        tracing::debug!(learned = b.learned_len(), "bgp: learned routes changed");
+                    }
+                    if dirty && self.in_sync {
+                        self.reconcile().await;
+                    }
+                }
+                ev = recv_or_never(&mut bgp_peers) => {
+                    let Some(ev) = ev else { bail!("the store mirror of BGP peers stopped") };
+                    let b = self.bgp.as_mut().expect("mirror implies a speaker");
+                    if b.on_store_event(ev) {
+                        let leases = self.lease_list();
+                        if let Some(b) = &mut self.bgp {
+                            b.sync_peers(&leases);
+                        }
+                    }
+                }
                 ev = events.recv() => {
                     let Some(ev) = ev else { bail!("the store mirror stopped") };
                     let mut dirty = self.on_event(ev).await?;
@@ -224,7 +275,18 @@ impl Agent {
                 _ = resync.tick() => if self.in_sync { self.reconcile().await },
                 _ = policy.changed.notified() => self.write_status(None),
                 _ = counters.tick() => {
-                    if self.tunnel.is_some() || self.policy_written.as_ref() != Some(&self.policy_now()) {
+                    let mut bgp_changed = false;
+                    if let Some(b) = &mut self.bgp {
+                        let was = b.settled_now();
+                        if b.settled() && !was && self.in_sync {
+                            // The old routes kept for graceful restart may go now.
+                            self.reconcile().await;
+                        }
+                        if let Some(b) = &mut self.bgp {
+                            bgp_changed = b.refresh_status().await;
+                        }
+                    }
+                    if bgp_changed || self.tunnel.is_some() || self.policy_written.as_ref() != Some(&self.policy_now()) {
                         self.write_status(None)
                     }
                 }
@@ -241,6 +303,8 @@ impl Agent {
         };
         match exit {
             Exit::Signal => {
+                // The BGP sessions end without a NOTIFICATION when the process exits, so
+                // peers keep our routes (graceful restart) until the next agent's End-of-RIB.
                 info!("stopping; the dataplane stays as it is");
                 if let Some(engine) = self.tunnel.take() {
                     engine.shutdown();
@@ -249,6 +313,10 @@ impl Agent {
             }
             Exit::Left => {
                 info!("this node's lease was removed (twill node leave): clearing local state");
+                if let Some(b) = &self.bgp {
+                    // Cease: peers drop our routes now instead of keeping them as stale.
+                    let _ = b.speaker.shutdown().await;
+                }
                 if let Some(engine) = self.tunnel.take() {
                     engine.shutdown();
                 }
@@ -372,15 +440,26 @@ impl Agent {
         Ok(())
     }
 
-    /// Computes the desired state from the peer map and makes the kernel match it.
-    async fn reconcile(&mut self) {
-        let peers: Vec<Lease> = self
-            .peers
+    /// Every lease but ours.
+    fn lease_list(&self) -> Vec<Lease> {
+        self.peers
             .values()
             .filter(|l| l.node != self.node.name)
             .cloned()
-            .collect();
-        let desired = self.backend.desired(&self.node, &peers);
+            .collect()
+    }
+
+    /// Computes the desired state from the peer map and makes the kernel match it.
+    async fn reconcile(&mut self) {
+        let peers = self.lease_list();
+        let mut desired = self.backend.desired(&self.node, &peers);
+        if let Some(b) = &mut self.bgp {
+            b.sync_peers(&peers);
+            b.add_routes(&self.node, &mut desired);
+            if !b.settled() {
+                self.keep_old_routes(&mut desired).await;
+            }
+        }
         if let Err(e) = self.ensure_tunnel(&desired).await {
             warn!("{e:#}");
         }
@@ -401,6 +480,10 @@ impl Agent {
                 elapsed_ms = self.started.elapsed().as_millis() as u64,
                 "first reconcile done"
             );
+        }
+        if let Some(b) = &mut self.bgp {
+            // Sessions and routes as of this reconcile, so status never lags the kernel.
+            b.refresh_status().await;
         }
         self.write_status(Some((&desired, observed.as_ref())));
     }
@@ -441,6 +524,32 @@ impl Agent {
     async fn address_tunnel(&self, name: &str) -> anyhow::Result<()> {
         let want = Ipv4Net::new(self.node.subnet.network(), 32).expect("/32 is valid");
         Ok(peers::set_only_address(&self.nl, name, want).await?)
+    }
+
+    /// Until BGP has settled after a start, routes a previous agent installed stay: they are
+    /// what pods use while the peers resend their tables (graceful restart).
+    async fn keep_old_routes(&self, desired: &mut DesiredState) {
+        let observed = match peers::observe(&self.nl, desired).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!("reading routes to keep: {e}");
+                return;
+            }
+        };
+        let have: HashSet<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
+        for o in observed.routes {
+            if have.contains(&o.dst) || !o.unicast || o.metric != 0 || o.tos != 0 {
+                continue;
+            }
+            if let (Some(via), Some(dev)) = (o.via, o.dev) {
+                desired.routes.push(RouteSpec {
+                    dst: o.dst,
+                    via,
+                    dev,
+                    onlink: o.onlink,
+                });
+            }
+        }
     }
 
     /// Observes, diffs and applies; returns what the kernel holds afterwards.
@@ -525,6 +634,7 @@ impl Agent {
             peers,
             tunnel,
             policy: Some(self.policy_now()),
+            bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
         };
         self.policy_written = status.policy.clone();
         if let Err(e) = files::write_json(&path, &status) {
@@ -557,6 +667,9 @@ fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerS
             let error = match (&p.path, &index) {
                 (PeerPath::Skipped(_), _) => None,
                 (_, None) => Some("the kernel state could not be read".to_string()),
+                (PeerPath::Bgp, Some(index)) if !index.routes.contains_key(&p.subnet) => {
+                    Some("no route learned by BGP yet".to_string())
+                }
                 (_, Some(index)) => index.missing_for_peer(p.subnet),
             };
             PeerStatus {
@@ -626,12 +739,47 @@ impl<'a> Index<'a> {
     }
 }
 
+/// The next message of an optional channel; never, when there is no channel.
+async fn recv_or_never<T: Recv>(rx: &mut Option<T>) -> Option<T::Item> {
+    match rx {
+        Some(rx) => rx.recv_one().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Bounded and unbounded receivers alike.
+trait Recv {
+    type Item;
+    async fn recv_one(&mut self) -> Option<Self::Item>;
+    fn try_one(&mut self) -> Option<Self::Item>;
+}
+
+impl<T> Recv for mpsc::Receiver<T> {
+    type Item = T;
+    async fn recv_one(&mut self) -> Option<T> {
+        self.recv().await
+    }
+    fn try_one(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
+impl<T> Recv for mpsc::UnboundedReceiver<T> {
+    type Item = T;
+    async fn recv_one(&mut self) -> Option<T> {
+        self.recv().await
+    }
+    fn try_one(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
 /// Waits for the next event only if one is ready (or arrives within 2 ms).
-async fn next_soon(events: &mut mpsc::Receiver<MirrorEvent>) -> Option<MirrorEvent> {
-    if let Ok(ev) = events.try_recv() {
+async fn next_soon<R: Recv>(events: &mut R) -> Option<R::Item> {
+    if let Some(ev) = events.try_one() {
         return Some(ev);
     }
-    tokio::time::timeout(Duration::from_millis(2), events.recv())
+    tokio::time::timeout(Duration::from_millis(2), events.recv_one())
         .await
         .ok()
         .flatten()

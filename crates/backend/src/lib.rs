@@ -1,7 +1,8 @@
 //! twill's backends: for one node, what it publishes in its lease and the kernel state
 //! (routes, VXLAN device, neighbours, FDB entries) it wants for its peers. One file per mode:
-//! [`hostgw`], [`vxlan`], [`tunnel`] (udp and ipip through the userspace tunnel). Pure: no kernel, no store, no clock; the agent feeds leases in and
-//! hands the [`DesiredState`] to the dataplane.
+//! [`hostgw`], [`vxlan`], [`tunnel`] (udp and ipip through the userspace tunnel), [`bgp`]
+//! (nothing per peer: the BGP speaker's routes). Pure: no kernel, no store, no clock; the
+//! agent feeds leases in and hands the [`DesiredState`] to the dataplane.
 //!
 //! Every backend sees the same peers: sorted by subnet, this node's own lease dropped, and
 //! leases with impossible data (overlapping subnets, this node's underlay address, ...) kept
@@ -13,11 +14,13 @@ use twill_types::cluster::{BackendKind, ClusterConfig};
 use twill_types::desired::{DesiredState, TunnelEncap};
 use twill_types::lease::Lease;
 
+pub mod bgp;
 pub mod hostgw;
 mod screen;
 pub mod tunnel;
 pub mod vxlan;
 
+pub use bgp::Bgp;
 pub use hostgw::HostGw;
 pub use tunnel::Tunnel;
 pub use vxlan::Vxlan;
@@ -58,6 +61,7 @@ pub fn for_config(
     let settings = &config.backend;
     match settings.kind {
         BackendKind::HostGw => Ok(Box::new(HostGw)),
+        BackendKind::Bgp => Ok(Box::new(Bgp)),
         BackendKind::Vxlan => Ok(Box::new(Vxlan::new(
             settings.vni,
             settings.port,

@@ -187,6 +187,7 @@ mod tests {
         let c = ClusterConfig {
             pools,
             backend: Backend::with_defaults(BackendKind::Vxlan),
+            bgp: None,
         };
         c.validate().unwrap();
         c

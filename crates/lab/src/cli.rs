@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
@@ -76,6 +76,14 @@ pub struct UpArgs {
     pub name: String,
     #[arg(long, default_value = "/usr/bin/etcd")]
     pub etcd_bin: PathBuf,
+    /// A YAML file with the body of the cluster config's `bgp` section (asNumber, peers,
+    /// ...): the cluster config is then twill's YAML form (required by --backend bgp).
+    #[arg(long)]
+    pub bgp: Option<PathBuf>,
+    /// A file of BIRD 2 protocols to run as a router in the underlay namespace (a
+    /// top-of-rack on the routed underlay, a route reflector on l2).
+    #[arg(long)]
+    pub bird_router: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -89,13 +97,28 @@ impl UpArgs {
             .pods_per_node(self.pods_per_node)
             .etcd_bin(&self.etcd_bin)
     }
+
+    /// [`UpArgs::spec`] with the contents of `--bgp` and `--bird-router`.
+    pub fn spec_with_files(&self) -> Result<LabSpec> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+        };
+        let mut spec = self.spec();
+        if let Some(p) = &self.bgp {
+            spec = spec.bgp(read(p)?);
+        }
+        if let Some(p) = &self.bird_router {
+            spec = spec.bird_router(read(p)?);
+        }
+        Ok(spec)
+    }
 }
 
 /// Runs one `twill lab` subcommand; returns the process exit code.
 pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
     match cmd {
         LabCommand::Up(args) => {
-            let lab = Lab::up(&args.spec().verbose(true), twill_exe)?;
+            let lab = Lab::up(&args.spec_with_files()?.verbose(true), twill_exe)?;
             print!("{}", describe(&lab, &host_statuses(&lab), false));
             let n = &lab.state().name;
             println!(

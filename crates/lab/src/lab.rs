@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
 use crate::plan::{self, Backend, PodMode, Target, Underlay};
-use crate::state::{Etcd, Host, Pod, STATE_VERSION, State};
+use crate::state::{Bird, Etcd, Host, Pod, STATE_VERSION, State};
 use crate::status::AgentStatus;
 use crate::sys;
 
@@ -44,6 +44,11 @@ pub struct LabSpec {
     pub etcd_bin: PathBuf,
     /// Progress lines on stderr (the CLI turns this on).
     pub verbose: bool,
+    /// The `bgp` section (YAML body): the cluster config is then twill's YAML form with it.
+    pub bgp: Option<String>,
+    /// BIRD protocols (config body) for a BIRD router in the underlay namespace, started
+    /// before the agents: a top-of-rack for the routed underlay, a reflector on l2.
+    pub bird_router: Option<String>,
 }
 
 impl LabSpec {
@@ -59,7 +64,21 @@ impl LabSpec {
             pods_per_node: 2,
             etcd_bin: PathBuf::from("/usr/bin/etcd"),
             verbose: false,
+            bgp: None,
+            bird_router: None,
         }
+    }
+
+    /// A cluster config with this `bgp` section (YAML body, any indentation).
+    pub fn bgp(mut self, section: impl Into<String>) -> LabSpec {
+        self.bgp = Some(section.into());
+        self
+    }
+
+    /// Runs BIRD with these protocols in the underlay namespace (see [`plan::bird_conf`]).
+    pub fn bird_router(mut self, protocols: impl Into<String>) -> LabSpec {
+        self.bird_router = Some(protocols.into());
+        self
     }
 
     pub fn nodes(mut self, n: u32) -> LabSpec {
@@ -110,6 +129,10 @@ impl LabSpec {
             "--nodes must be 1 to {}, not {}",
             plan::MAX_NODES,
             self.nodes
+        );
+        ensure!(
+            self.backend != Backend::Bgp || self.bgp.is_some(),
+            "the bgp backend needs a bgp section (LabSpec::bgp, or --bgp FILE)"
         );
         ensure!(
             self.pods_per_node <= plan::MAX_PODS_PER_NODE,
@@ -457,6 +480,7 @@ impl Lab {
                 etcd: None,
                 hosts: Vec::new(),
                 pods: Vec::new(),
+                birds: Vec::new(),
             },
             dir,
             verbose: spec.verbose,
@@ -483,8 +507,14 @@ impl Lab {
 
     fn build(&mut self, spec: &LabSpec) -> Result<()> {
         self.build_hosts(spec)?;
+        if let Some(protocols) = &spec.bird_router {
+            let ns = self.state.underlay_ns.clone();
+            let ip = plan::segments(spec.underlay)[0].gateway;
+            self.start_bird("router", &ns, ip, protocols)?;
+            self.say("BIRD runs in the underlay namespace");
+        }
         self.start_store(spec)?;
-        self.cluster_init()?;
+        self.cluster_init(spec.bgp.as_deref())?;
         for i in 1..=spec.nodes {
             self.start_agent(i)?;
         }
@@ -611,12 +641,23 @@ impl Lab {
         }
     }
 
-    /// Writes the Flannel net-conf.json and stores it with `twill cluster init` from h1.
-    fn cluster_init(&mut self) -> Result<()> {
-        let file = self.dir.join("net-conf.json");
-        let conf = plan::net_conf(self.state.backend, self.state.direct_routing);
-        std::fs::write(&file, serde_json::to_string_pretty(&conf)? + "\n")
-            .with_context(|| format!("write {}", file.display()))?;
+    /// Writes the Flannel net-conf.json (or, with a bgp section, twill's YAML) and stores it
+    /// with `twill cluster init` from h1.
+    fn cluster_init(&mut self, bgp: Option<&str>) -> Result<()> {
+        let (file, text) = match bgp {
+            None => {
+                let conf = plan::net_conf(self.state.backend, self.state.direct_routing);
+                (
+                    self.dir.join("net-conf.json"),
+                    serde_json::to_string_pretty(&conf)? + "\n",
+                )
+            }
+            Some(section) => (
+                self.dir.join("cluster.yaml"),
+                plan::cluster_yaml(self.state.backend, self.state.direct_routing, section),
+            ),
+        };
+        std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
         let mut cmd = sys::ns_command(&plan::host_ns(&self.state.name, 1));
         cmd.arg(self.twill()?)
             .args(["cluster", "init", "--store", &self.state.store, "-f"])
@@ -802,6 +843,177 @@ impl Lab {
         self.state.save(&self.dir)
     }
 
+    // ----- BIRD -----
+
+    /// Starts BIRD 2 called `name` in namespace `ns` with router ID `ip` and `protocols`
+    /// (after [`plan::bird_conf`]'s header); its config, socket and log go to the state
+    /// directory, and `down` stops it. Waits until its socket answers.
+    pub fn start_bird(
+        &mut self,
+        name: &str,
+        ns: &str,
+        ip: Ipv4Addr,
+        protocols: &str,
+    ) -> Result<()> {
+        ensure!(
+            !self.state.birds.iter().any(|b| b.name == name),
+            "lab {} already has a BIRD called {name}",
+            self.state.name
+        );
+        let conf = self.dir.join(format!("bird-{name}.conf"));
+        let socket = self.dir.join(format!("bird-{name}.ctl"));
+        let log = self.dir.join(format!("bird-{name}.log"));
+        std::fs::write(&conf, plan::bird_conf(ip, protocols))
+            .with_context(|| format!("write {}", conf.display()))?;
+        // Parse first, so a mistake fails with BIRD's own message.
+        let check = Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .context("BIRD 2 is needed (apt-get install bird2)")?;
+        ensure!(
+            check.status.success(),
+            "BIRD refuses {}: {}{}",
+            conf.display(),
+            String::from_utf8_lossy(&check.stdout).trim(),
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+        let mut cmd = sys::ns_command(ns);
+        cmd.args(["bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(self.dir.join(format!("bird-{name}.pid")));
+        let pid = sys::spawn_daemon(&mut cmd, &log, &format!("start BIRD {name}"))?;
+        self.state.birds.push(Bird {
+            name: name.to_string(),
+            netns: ns.to_string(),
+            ip,
+            conf,
+            socket: socket.clone(),
+            log: log.clone(),
+            pid: Some(pid),
+        });
+        self.save()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .birdc(name, &["show", "status"])?
+            .contains("Daemon is up")
+        {
+            ensure!(
+                sys::alive(pid),
+                "BIRD {name} exited while starting\n{}",
+                sys::log_tail(&log, LOG_LINES)
+            );
+            ensure!(
+                Instant::now() < deadline,
+                "BIRD {name} did not answer on {} within 10 s",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The lab's BIRD called `name`.
+    pub fn bird(&self, name: &str) -> Result<&Bird> {
+        self.state
+            .birds
+            .iter()
+            .find(|b| b.name == name)
+            .with_context(|| format!("lab {} has no BIRD called {name}", self.state.name))
+    }
+
+    /// `birdc -s SOCKET ARGS...` of BIRD `name`: its output, whatever its exit status
+    /// ("Network not found" exits non-zero).
+    pub fn birdc(&self, name: &str, args: &[&str]) -> Result<String> {
+        let bird = self.bird(name)?;
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&bird.socket)
+            .args(args)
+            .output()
+            .context("run birdc")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sends `signal` to BIRD `name` (SIGSTOP to make a peer die silently, SIGCONT back).
+    pub fn signal_bird(&self, name: &str, signal: Signal) -> Result<()> {
+        let bird = self.bird(name)?;
+        let pid = bird
+            .pid
+            .filter(|&pid| bird_runs(bird, pid))
+            .with_context(|| format!("BIRD {name} is not running"))?;
+        kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("kill {signal} BIRD {name} (pid {pid})"))
+    }
+
+    /// A namespace on the first underlay segment running BIRD `name` with `protocols`: an
+    /// outside router such as a route-reflector client. Its address is `.250` of the segment
+    /// for the lab's first BIRD host, `.249` for the second, ... (so configs can name it
+    /// before; a BIRD router in the underlay does not count);
+    /// default route via the segment's gateway; `local` (`ADDR/LEN`) on its loopback when
+    /// given (this kernel has no dummy links), a destination inside the router for pings.
+    /// Returns the address.
+    pub fn add_bird_host(
+        &mut self,
+        name: &str,
+        local: Option<&str>,
+        protocols: &str,
+    ) -> Result<Ipv4Addr> {
+        // Host indices above the agents' range: `down` removes the namespace like a host's.
+        let n = self
+            .state
+            .birds
+            .iter()
+            .filter(|b| b.netns != self.state.underlay_ns)
+            .count();
+        ensure!(n < 10, "at most 10 BIRD hosts per lab");
+        let k = plan::MAX_NODES - n as u32;
+        let seg = &plan::segments(self.state.underlay)[0];
+        let [a, b, c, _] = seg.gateway.octets();
+        let ip = Ipv4Addr::new(a, b, c, 250 - n as u8);
+        let ns = plan::host_ns(&self.state.name, k);
+        let u = self.state.underlay_ns.clone();
+        let port = format!("b{k}");
+        sys::netns_add(&ns)?;
+        sys::ip(&[
+            "link",
+            "add",
+            &port,
+            "netns",
+            &u,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            plan::IFACE,
+            "netns",
+            &ns,
+        ])?;
+        sys::ip(&["-n", &u, "link", "set", &port, "master", seg.bridge, "up"])?;
+        let addr = format!("{ip}/{}", seg.prefix_len);
+        sys::ip(&["-n", &ns, "addr", "add", &addr, "dev", plan::IFACE])?;
+        sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
+        sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        sys::ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &seg.gateway.to_string(),
+        ])?;
+        if let Some(local) = local {
+            sys::ip(&["-n", &ns, "addr", "add", local, "dev", "lo"])?;
+        }
+        self.start_bird(name, &ns, ip, protocols)?;
+        Ok(ip)
+    }
+
     fn say(&self, msg: &str) {
         if self.verbose {
             eprintln!("twill lab {}: {msg}", self.state.name);
@@ -834,6 +1046,13 @@ pub fn down(name: &str) -> Result<bool> {
         {
             pids.push(pid);
         }
+        for b in &state.birds {
+            if let Some(pid) = b.pid.filter(|&pid| bird_runs(b, pid)) {
+                // A stopped BIRD (a test's SIGSTOP) must run again to see SIGTERM.
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+                pids.push(pid);
+            }
+        }
         sys::stop_all(&pids, STOP_GRACE);
     }
     // Reverse order of creation: pods, hosts, underlay (longest names first does that).
@@ -860,6 +1079,10 @@ pub fn down(name: &str) -> Result<bool> {
 /// True when `pid` is host `h`'s agent (its command line names the host's data dir).
 fn agent_runs(h: &Host, pid: u32) -> bool {
     sys::runs_with_arg(pid, &h.data_dir.to_string_lossy())
+}
+
+fn bird_runs(b: &Bird, pid: u32) -> bool {
+    sys::runs_with_arg(pid, &b.conf.to_string_lossy())
 }
 
 fn etcd_runs(e: &Etcd, pid: u32) -> bool {

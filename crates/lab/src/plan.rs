@@ -42,6 +42,8 @@ pub enum Backend {
     Vxlan,
     Udp,
     Ipip,
+    /// Routing by BGP, no encapsulation (a twill cluster config with a `bgp` section).
+    Bgp,
 }
 
 /// How the CNI plugin attaches pods on each host (its `mode`).
@@ -74,6 +76,7 @@ impl Backend {
             Backend::Vxlan => "vxlan",
             Backend::Udp => "udp",
             Backend::Ipip => "ipip",
+            Backend::Bgp => "bgp",
         }
     }
 }
@@ -304,6 +307,50 @@ pub fn net_conf(backend: Backend, direct_routing: bool) -> Value {
     })
 }
 
+/// twill's own cluster config in YAML, for labs with a `bgp` section: the lab's pod network as
+/// one pool, the backend, and `bgp_yaml` (the section's body, YAML) indented under `bgp:`.
+pub fn cluster_yaml(backend: Backend, direct_routing: bool, bgp_yaml: &str) -> String {
+    let mut y = format!("backend: {}\n", backend.as_str());
+    if direct_routing {
+        y.push_str("directRouting: true\n");
+    }
+    y.push_str(&format!(
+        "pools:\n  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\nbgp:\n"
+    ));
+    let body: Vec<&str> = bgp_yaml.lines().filter(|l| !l.trim().is_empty()).collect();
+    if body.is_empty() {
+        y.push_str("  {}\n");
+    }
+    // Re-indent under `bgp:` whatever indentation the caller used; the first line may
+    // start right after an opening quote, so it does not count.
+    let strip = body
+        .iter()
+        .skip(1)
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    for (n, l) in body.iter().enumerate() {
+        y.push_str("  ");
+        let indent = l.len() - l.trim_start().len();
+        y.push_str(if n == 0 {
+            l.trim_start()
+        } else {
+            &l[strip.min(indent)..]
+        });
+        y.push('\n');
+    }
+    y
+}
+
+/// BIRD's config for a lab router: its router ID, the device protocol, kernel export (so the
+/// namespace forwards along what BIRD learned) and the caller's protocols.
+pub fn bird_conf(router_id: Ipv4Addr, body: &str) -> String {
+    format!(
+        "router id {router_id};\nprotocol device {{ scan time 1; }}\n\
+         protocol kernel {{ ipv4 {{ import none; export all; }}; }}\n{body}\n"
+    )
+}
+
 /// The plugin's network configuration: no `ranges`, so it runs in cluster mode and takes the
 /// node's subnet from the agent's files in `dataDir`.
 pub fn cni_conf(data_dir: &Path, pod_mode: PodMode) -> Value {
@@ -378,6 +425,29 @@ pub fn expected_reachable(backend: Backend, underlay: Underlay, from: u32, to: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bgp_cluster_yaml() {
+        let y = cluster_yaml(
+            Backend::Bgp,
+            false,
+            "\n    asNumber: 65000\n    peers:\n      - {address: 1.2.3.4, asNumber: 1}\n",
+        );
+        assert_eq!(
+            y,
+            "backend: bgp\npools:\n  - name: default\n    cidr: 10.244.0.0/16\n    blockSize: 24\nbgp:\n  asNumber: 65000\n  peers:\n    - {address: 1.2.3.4, asNumber: 1}\n"
+        );
+        assert!(cluster_yaml(Backend::Bgp, false, "").ends_with("bgp:\n  {}\n"));
+        let y = cluster_yaml(
+            Backend::Bgp,
+            false,
+            "holdTime: 3\n      nodes:\n        h1: {asNumber: 1}",
+        );
+        assert!(
+            y.ends_with("bgp:\n  holdTime: 3\n  nodes:\n    h1: {asNumber: 1}\n"),
+            "{y}"
+        );
+    }
 
     #[test]
     fn names() {

@@ -38,6 +38,25 @@ pub struct State {
     pub etcd: Option<Etcd>,
     pub hosts: Vec<Host>,
     pub pods: Vec<Pod>,
+    /// BIRD routers of the lab (BGP labs only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub birds: Vec<Bird>,
+}
+
+/// A BIRD 2 daemon in one of the lab's namespaces; its files live in the state directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bird {
+    /// A name unique in the lab (`tor`, `rr`, `client`, ...).
+    pub name: String,
+    pub netns: String,
+    /// Its address (also its router ID).
+    pub ip: Ipv4Addr,
+    pub conf: PathBuf,
+    /// The control socket, for `birdc -s`.
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
 }
 
 /// The lab's etcd, running in the underlay namespace.
@@ -182,6 +201,7 @@ mod tests {
                 log: "/run/twill/lab/t/h1/agent.log".into(),
                 agent_pid: None,
             }],
+            birds: Vec::new(),
             pods: vec![Pod {
                 host: 1,
                 index: 1,

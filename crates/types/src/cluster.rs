@@ -7,8 +7,9 @@
 //!
 //! Both become one normalized [`ClusterConfig`], which is what the store holds (as JSON).
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,10 @@ pub enum BackendKind {
     /// WireGuard (later).
     #[serde(rename = "wireguard")]
     Wireguard,
+    /// No encapsulation and no lease-based routes: the BGP speaker's learned routes are the
+    /// routes (Calico's BGP networking with `Never` pools).
+    #[serde(rename = "bgp")]
+    Bgp,
 }
 
 /// Calico's encapsulation modes for `vxlanMode` / `ipipMode`.
@@ -86,6 +91,194 @@ pub struct ClusterConfig {
     /// At least one pool; pools never overlap.
     pub pools: Vec<Pool>,
     pub backend: Backend,
+    /// Routing by BGP (Calico-like); absent: no BGP speaker runs. Skipped when absent so
+    /// configs without it keep their normalized form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpConfig>,
+}
+
+/// Calico's default AS number for a cluster.
+pub const DEFAULT_AS: u32 = 64512;
+/// BGP's port.
+pub const DEFAULT_BGP_PORT: u16 = 179;
+/// BGP's usual hold time.
+pub const DEFAULT_HOLD_TIME: u16 = 90;
+
+/// The `bgp` section: who peers with whom and with which AS numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpConfig {
+    /// The cluster's AS (each node's, unless `nodes` says otherwise).
+    pub as_number: u32,
+    /// Every node peers with every other node. Off when `route_reflectors` is set.
+    pub node_to_node_mesh: bool,
+    /// Nodes that reflect routes: they peer among themselves, every other node is their client.
+    pub route_reflectors: Vec<String>,
+    /// The reflectors' cluster ID (each reflector's router ID when unset).
+    pub cluster_id: Option<Ipv4Addr>,
+    pub listen_port: u16,
+    pub hold_time: u16,
+    pub graceful_restart: bool,
+    /// Per-node settings, by node name.
+    pub nodes: BTreeMap<String, BgpNode>,
+    /// Routers outside the cluster (e.g. top-of-rack), for every node or for one.
+    pub peers: Vec<BgpPeer>,
+}
+
+/// Per-node BGP settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpNode {
+    pub as_number: u32,
+}
+
+/// An external BGP peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeer {
+    pub address: IpAddr,
+    pub as_number: u32,
+    /// Only this node peers with it; every node when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl Default for BgpConfig {
+    fn default() -> Self {
+        BgpConfig {
+            as_number: DEFAULT_AS,
+            node_to_node_mesh: true,
+            route_reflectors: Vec::new(),
+            cluster_id: None,
+            listen_port: DEFAULT_BGP_PORT,
+            hold_time: DEFAULT_HOLD_TIME,
+            graceful_restart: true,
+            nodes: BTreeMap::new(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl BgpConfig {
+    /// The AS of node `name`: its own, or the cluster's.
+    pub fn node_as(&self, name: &str) -> u32 {
+        self.nodes
+            .get(name)
+            .map(|n| n.as_number)
+            .unwrap_or(self.as_number)
+    }
+
+    /// Whether node `name` is a route reflector.
+    pub fn is_reflector(&self, name: &str) -> bool {
+        self.route_reflectors.iter().any(|r| r == name)
+    }
+
+    /// Checks the invariants of the normalized form (field names as in the config).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_as("bgp.asNumber", self.as_number)?;
+        if self.listen_port == 0 {
+            return fail("bgp.listenPort must not be 0");
+        }
+        // RFC 4271 §4.2: zero (no keepalives) or at least three seconds.
+        if self.hold_time != 0 && self.hold_time < 3 {
+            return fail(format!(
+                "bgp.holdTime {} is too short: BGP needs 0 or at least 3 seconds",
+                self.hold_time
+            ));
+        }
+        if !self.route_reflectors.is_empty() && self.node_to_node_mesh {
+            return fail(
+                "bgp.nodeToNodeMesh must be false when bgp.routeReflectors is set: the \
+                 reflectors replace the full mesh",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, rr) in self.route_reflectors.iter().enumerate() {
+            if rr.trim().is_empty() {
+                return fail(format!("bgp.routeReflectors[{i}] must be a node name"));
+            }
+            if !seen.insert(rr) {
+                return fail(format!("bgp.routeReflectors lists node {rr:?} twice"));
+            }
+        }
+        if let Some(id) = self.cluster_id
+            && (id.is_unspecified() || id.is_broadcast())
+        {
+            return fail(format!("bgp.clusterId {id} is not a usable cluster ID"));
+        }
+        for (name, node) in &self.nodes {
+            if name.trim().is_empty() {
+                return fail("bgp.nodes: a node name must not be empty");
+            }
+            check_as(&format!("bgp.nodes.{name}.asNumber"), node.as_number)?;
+        }
+        let mut peers = std::collections::HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            check_as(&format!("bgp.peers[{i}].asNumber"), p.as_number)?;
+            if p.address.is_unspecified() || p.address.is_multicast() || p.address.is_loopback() {
+                return fail(format!(
+                    "bgp.peers[{i}].address {} is not a router's address",
+                    p.address
+                ));
+            }
+            if let Some(node) = &p.node
+                && node.trim().is_empty()
+            {
+                return fail(format!("bgp.peers[{i}].node must be a node name"));
+            }
+            if !peers.insert((p.address, p.node.clone())) {
+                return fail(format!(
+                    "bgp.peers[{i}]: peer {} is listed twice{}",
+                    p.address,
+                    p.node
+                        .as_ref()
+                        .map(|n| format!(" for node {n}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `twill bgp peer add` keeps external peers: `<prefix><address>` for every node,
+/// `<prefix><address>@<node>` for one node. Agents mirror it and apply changes live.
+pub const BGP_PEERS_PREFIX: &str = "/twill/bgp/peers/";
+
+impl BgpPeer {
+    /// The peer's store key.
+    pub fn key(&self) -> String {
+        match &self.node {
+            Some(node) => format!("{BGP_PEERS_PREFIX}{}@{node}", self.address),
+            None => format!("{BGP_PEERS_PREFIX}{}", self.address),
+        }
+    }
+
+    /// Reads a peer the store holds (written by another node or by hand: validated).
+    pub fn from_store(key: &str, value: &[u8]) -> Result<BgpPeer, ConfigError> {
+        let peer: BgpPeer = serde_json::from_slice(value)
+            .map_err(|e| ConfigError::new(format!("{key}: not a BGP peer: {e}")))?;
+        check_as(&format!("{key}: asNumber"), peer.as_number)?;
+        if peer.key() != key {
+            return fail(format!(
+                "{key}: holds peer {} which belongs at {}",
+                peer.address,
+                peer.key()
+            ));
+        }
+        Ok(peer)
+    }
+}
+
+/// AS 0 is reserved (RFC 7607) and 23456 is AS_TRANS (RFC 6793): neither names a router.
+fn check_as(field: &str, asn: u32) -> Result<(), ConfigError> {
+    match asn {
+        0 => fail(format!("{field} 0 is reserved: use 1 to 4294967295")),
+        23456 => fail(format!(
+            "{field} 23456 is AS_TRANS, reserved for 2-octet speakers: use another AS"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Why a cluster config was refused; the message names the field and the problem.
@@ -119,12 +312,13 @@ pub const MAX_BLOCK_SIZE: u8 = 30;
 
 impl BackendKind {
     /// Every backend, in the order messages list them.
-    pub const ALL: [BackendKind; 5] = [
+    pub const ALL: [BackendKind; 6] = [
         BackendKind::Udp,
         BackendKind::Vxlan,
         BackendKind::HostGw,
         BackendKind::Ipip,
         BackendKind::Wireguard,
+        BackendKind::Bgp,
     ];
 
     /// The name used in configs and leases (`host-gw`, `vxlan`, ...).
@@ -135,6 +329,7 @@ impl BackendKind {
             BackendKind::Udp => "udp",
             BackendKind::Ipip => "ipip",
             BackendKind::Wireguard => "wireguard",
+            BackendKind::Bgp => "bgp",
         }
     }
 
@@ -152,7 +347,7 @@ impl BackendKind {
             // Outer IPv4 20 + UDP 8; the payload is the bare IP packet.
             BackendKind::Udp => 28,
             BackendKind::Ipip => 20,
-            BackendKind::HostGw => 0,
+            BackendKind::HostGw | BackendKind::Bgp => 0,
             // WireGuard's usual figure: room for an IPv6 outer header (40) + UDP 8 + its own 32.
             BackendKind::Wireguard => 80,
         }
@@ -164,7 +359,7 @@ impl BackendKind {
             BackendKind::Vxlan => DEFAULT_VXLAN_PORT,
             BackendKind::Udp => DEFAULT_UDP_PORT,
             BackendKind::Wireguard => DEFAULT_WIREGUARD_PORT,
-            BackendKind::HostGw | BackendKind::Ipip => 0,
+            BackendKind::HostGw | BackendKind::Ipip | BackendKind::Bgp => 0,
         }
     }
 
@@ -407,7 +602,14 @@ fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), ConfigError> 
             ));
         }
     }
-    validate_backend(&config.backend, fields)
+    validate_backend(&config.backend, fields)?;
+    match &config.bgp {
+        Some(bgp) => bgp.validate(),
+        None if config.backend.kind == BackendKind::Bgp => {
+            fail("the bgp backend needs a bgp section (asNumber, peers, ...)")
+        }
+        None => Ok(()),
+    }
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -603,7 +805,7 @@ fn parse_json(text: &str) -> Result<ClusterConfig, ConfigError> {
 }
 
 const FLANNEL_KEYS: &str = "Network, SubnetLen, SubnetMin, SubnetMax, Backend, EnableIPv4, \
-                            EnableIPv6, EnableNFTables";
+                            EnableIPv6, EnableNFTables, BGP";
 
 fn flannel_str<'a>(key: &str, value: &'a serde_json::Value) -> Result<&'a str, ConfigError> {
     value
@@ -629,8 +831,8 @@ fn flannel_uint(key: &str, value: &serde_json::Value) -> Result<u64, ConfigError
 fn parse_flannel(
     object: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<ClusterConfig, ConfigError> {
-    let (mut network, mut subnet_len, mut min, mut max, mut backend) =
-        (None, None, None, None, None);
+    let (mut network, mut subnet_len, mut min, mut max, mut backend, mut bgp) =
+        (None, None, None, None, None, None);
     for (key, value) in object {
         if value.is_null() {
             continue;
@@ -641,6 +843,12 @@ fn parse_flannel(
             "subnetmin" => min = Some(flannel_str(key, value)?),
             "subnetmax" => max = Some(flannel_str(key, value)?),
             "backend" => backend = Some(value),
+            // twill's addition: the bgp section of its own form, same keys.
+            "bgp" => {
+                let raw: RawBgp = serde_json::from_value(value.clone())
+                    .map_err(|e| ConfigError::new(format!("{key}: {e}")))?;
+                bgp = Some(from_raw_bgp(raw)?);
+            }
             "enableipv4" => {
                 if !flannel_bool(key, value)? {
                     return fail(format!(
@@ -705,6 +913,7 @@ fn parse_flannel(
             subnet_max: bound("SubnetMax", max, default_max)?,
             nat_outgoing: true,
         }],
+        bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
         backend,
     };
     validate(&config, fields)?;
@@ -771,7 +980,7 @@ fn flannel_backend(
             }
             // Tools that template net-conf.json often write `"DirectRouting": false` for every
             // backend; only `true` would ask for something these backends cannot do.
-            (BackendKind::HostGw | BackendKind::Wireguard, "directrouting") => {
+            (BackendKind::HostGw | BackendKind::Wireguard | BackendKind::Bgp, "directrouting") => {
                 if flannel_bool(&name, value)? {
                     return fail(format!(
                         "{name} is not available with the {kind} backend: use vxlan, udp or ipip"
@@ -799,7 +1008,7 @@ fn flannel_backend(
                     BackendKind::Udp => "Type, Port, DirectRouting",
                     BackendKind::Ipip => "Type, DirectRouting",
                     BackendKind::Wireguard => "Type, ListenPort",
-                    BackendKind::HostGw => "Type",
+                    BackendKind::HostGw | BackendKind::Bgp => "Type",
                 };
                 return fail(format!(
                     "unknown key {name:?} for the {kind} backend (known: {known})"
@@ -821,6 +1030,118 @@ struct RawTwill {
     port: Option<i64>,
     direct_routing: Option<bool>,
     pools: Option<Vec<RawPool>>,
+    bgp: Option<RawBgp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawBgp {
+    as_number: Option<i64>,
+    node_to_node_mesh: Option<bool>,
+    route_reflectors: Option<Vec<String>>,
+    cluster_id: Option<String>,
+    listen_port: Option<i64>,
+    hold_time: Option<i64>,
+    graceful_restart: Option<bool>,
+    nodes: Option<BTreeMap<String, RawBgpNode>>,
+    peers: Option<Vec<RawBgpPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawBgpNode {
+    as_number: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawBgpPeer {
+    address: Option<String>,
+    as_number: Option<i64>,
+    node: Option<String>,
+}
+
+fn as_number(field: &str, n: i64) -> Result<u32, ConfigError> {
+    let asn = u32::try_from(n).map_err(|_| {
+        ConfigError::new(format!("{field} {n} is not an AS number (1 to 4294967295)"))
+    })?;
+    check_as(field, asn)?;
+    Ok(asn)
+}
+
+/// The `bgp` section of any form, defaults filled in, then validated.
+fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
+    let d = BgpConfig::default();
+    let route_reflectors = raw.route_reflectors.unwrap_or_default();
+    // Reflectors replace the mesh; saying both is a contradiction `validate` reports.
+    let mesh = raw.node_to_node_mesh.unwrap_or(route_reflectors.is_empty());
+    let cluster_id = raw
+        .cluster_id
+        .map(|t| parse_addr("", "bgp.clusterId", &t))
+        .transpose()?;
+    let listen_port = match raw.listen_port {
+        None => d.listen_port,
+        Some(p) => u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+            ConfigError::new(format!("bgp.listenPort {p} is not a TCP port (1 to 65535)"))
+        })?,
+    };
+    let hold_time = match raw.hold_time {
+        None => d.hold_time,
+        Some(h) => u16::try_from(h).map_err(|_| {
+            ConfigError::new(format!(
+                "bgp.holdTime {h} is out of range: 0 or 3 to 65535 seconds"
+            ))
+        })?,
+    };
+    let mut nodes = BTreeMap::new();
+    for (name, n) in raw.nodes.unwrap_or_default() {
+        let field = format!("bgp.nodes.{name}.asNumber");
+        let Some(asn) = n.as_number else {
+            return fail(format!("{field} is missing"));
+        };
+        nodes.insert(
+            name,
+            BgpNode {
+                as_number: as_number(&field, asn)?,
+            },
+        );
+    }
+    let mut peers = Vec::new();
+    for (i, p) in raw.peers.unwrap_or_default().into_iter().enumerate() {
+        let Some(address) = p.address else {
+            return fail(format!("bgp.peers[{i}].address is missing"));
+        };
+        let address: IpAddr = address.parse().map_err(|_| {
+            ConfigError::new(format!(
+                "bgp.peers[{i}].address {address:?} is not an IP address such as 192.168.1.1"
+            ))
+        })?;
+        let field = format!("bgp.peers[{i}].asNumber");
+        let Some(asn) = p.as_number else {
+            return fail(format!("{field} is missing"));
+        };
+        peers.push(BgpPeer {
+            address,
+            as_number: as_number(&field, asn)?,
+            node: p.node,
+        });
+    }
+    let config = BgpConfig {
+        as_number: match raw.as_number {
+            None => d.as_number,
+            Some(n) => as_number("bgp.asNumber", n)?,
+        },
+        node_to_node_mesh: mesh,
+        route_reflectors,
+        cluster_id,
+        listen_port,
+        hold_time,
+        graceful_restart: raw.graceful_restart.unwrap_or(d.graceful_restart),
+        nodes,
+        peers,
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 #[derive(Deserialize)]
@@ -965,8 +1286,13 @@ fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
             ))
         })?),
     };
+    let bgp = raw.bgp.map(from_raw_bgp).transpose()?;
     let kind = match (explicit, implied) {
+        // A bgp section without encapsulation asks for routing by BGP.
+        (None, None) if bgp.is_some() => BackendKind::Bgp,
+        (None, Some(((BackendKind::HostGw, _), _))) if bgp.is_some() => BackendKind::Bgp,
         (None, None) => BackendKind::Vxlan,
+        (Some(BackendKind::Bgp), None | Some(((BackendKind::HostGw, _), _))) => BackendKind::Bgp,
         (None, Some(((kind, _), _))) => kind,
         (Some(kind), None) => kind,
         // WireGuard carries traffic itself; Calico runs it over pools that say Never.
@@ -1025,7 +1351,13 @@ fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
             })?;
     }
 
-    let config = ClusterConfig { pools, backend };
+    // `backend = "bgp"` alone means BGP with every default.
+    let bgp = bgp.or_else(|| (kind == BackendKind::Bgp).then(BgpConfig::default));
+    let config = ClusterConfig {
+        pools,
+        backend,
+        bgp,
+    };
     validate(&config, fields)?;
     Ok(config)
 }

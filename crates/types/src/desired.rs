@@ -77,6 +77,8 @@ pub enum PeerPath {
     Udp,
     /// Through the userspace tunnel, IP-in-IP.
     Ipip,
+    /// By the route BGP learned for the peer's subnet.
+    Bgp,
     /// Not programmed, with the reason (e.g. host-gw peer on another L2 segment).
     Skipped(String),
 }

@@ -117,6 +117,59 @@ pub struct AgentStatus {
     /// Network policy on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyStatus>,
+    /// The BGP speaker, when the cluster config has a bgp section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// The node's BGP speaker: what `twill bgp status` and `twill bgp routes` print.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpStatus {
+    pub as_number: u32,
+    pub router_id: std::net::Ipv4Addr,
+    /// False while a restarted agent still keeps its old BGP routes in the kernel, waiting
+    /// for its peers to resend theirs (graceful restart).
+    pub settled: bool,
+    pub peers: Vec<BgpPeerStatus>,
+    /// The Loc-RIB: the best route of every prefix.
+    pub routes: Vec<BgpRouteStatus>,
+}
+
+/// One BGP session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerStatus {
+    pub address: std::net::IpAddr,
+    pub as_number: u32,
+    /// `node-mesh`, `route-reflector`, `rr-client` or `external`.
+    pub kind: String,
+    /// The cluster node behind the address, for node peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The session state (`Established`, `Active`, ...).
+    pub state: String,
+    /// Unix time (seconds) the session reached Established, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    pub received: usize,
+    pub accepted: usize,
+    pub sent: usize,
+    pub stale: usize,
+}
+
+/// One Loc-RIB route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpRouteStatus {
+    pub prefix: ipnet::IpNet,
+    pub next_hop: std::net::IpAddr,
+    pub as_path: Vec<u32>,
+    /// The peer it came from; None for this node's own prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<std::net::IpAddr>,
+    pub best: bool,
+    pub stale: bool,
 }
 
 /// The state of network policy on a node.

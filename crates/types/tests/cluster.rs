@@ -396,6 +396,7 @@ fn twill_defaults() {
                 port: 8472,
                 direct_routing: false
             },
+            bgp: None,
         }
     );
     let c = parse(&toml_pool(
@@ -733,7 +734,11 @@ fn arb_config() -> impl Strategy<Value = ClusterConfig> {
             let pools: Vec<_> = indices.into_iter().map(arb_pool).collect();
             (pools, Just(backend))
         })
-        .prop_map(|(pools, backend)| ClusterConfig { pools, backend })
+        .prop_map(|(pools, backend)| ClusterConfig {
+            pools,
+            backend,
+            bgp: None,
+        })
 }
 
 proptest! {

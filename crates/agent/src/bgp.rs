@@ -1,0 +1,583 @@
+//! The agent's BGP side: one [`twill_bgp::Speaker`] per node, driven by the cluster config's
+//! `bgp` section, the leases the agent already mirrors (mesh and route-reflector peers) and the
+//! external peers in the store (`twill bgp peer add`).
+//!
+//! The speaker's Loc-RIB becomes kernel routes through the agent's ordinary reconcile: the
+//! learned routes are added to the backend's desired state ([`BgpSide::add_routes`]), so the
+//! observe/diff/apply, resync and ownership rules (protocol 117) are the same as for every
+//! other route. The pure parts ([`topology`], [`learned_specs`]) are unit-tested here.
+//!
+//! Graceful restart, both ways: a restarted agent sets the R bit so peers keep its prefix
+//! until its End-of-RIB, and it keeps its own BGP routes in the kernel until its peers have
+//! resent theirs ([`BgpSide::settled`]), so neither direction loses a packet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use twill_backend::LocalNode;
+use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent, State};
+use twill_store::MirrorEvent;
+use twill_types::cluster::{BgpConfig, BgpPeer};
+use twill_types::desired::{DesiredState, PeerPath, RouteSpec};
+use twill_types::lease::Lease;
+use twill_types::node::{BgpPeerStatus, BgpRouteStatus, BgpStatus};
+
+/// How long a restarted agent keeps its old BGP routes at most while peers come back.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+/// Quiet time after the last route change before the routes count as complete.
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+/// Reconnect pace: fast enough that a restarted peer is back within a couple of seconds.
+const CONNECT_RETRY: Duration = Duration::from_secs(2);
+
+/// Why a peer is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    NodeMesh,
+    /// The peer is one of the cluster's route reflectors.
+    RouteReflector,
+    /// We reflect routes to this peer.
+    RrClient,
+    External,
+}
+
+impl PeerKind {
+    fn name(self) -> &'static str {
+        match self {
+            PeerKind::NodeMesh => "node-mesh",
+            PeerKind::RouteReflector => "route-reflector",
+            PeerKind::RrClient => "rr-client",
+            PeerKind::External => "external",
+        }
+    }
+}
+
+/// One peer the topology asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantPeer {
+    pub remote_as: u32,
+    pub kind: PeerKind,
+    pub node: Option<String>,
+    /// The peer's BGP port (the cluster's listen port for nodes, 179 for routers).
+    pub port: u16,
+}
+
+/// The peers node `me` should have: nodes by the mesh or the reflectors, then external
+/// peers of the config and of the store (global, or for `me`). Pure.
+pub fn topology(
+    cfg: &BgpConfig,
+    me: &str,
+    leases: &[Lease],
+    store_peers: &[BgpPeer],
+) -> BTreeMap<IpAddr, WantPeer> {
+    let mut want = BTreeMap::new();
+    let my_as = cfg.node_as(me);
+    let i_reflect = cfg.is_reflector(me);
+    for l in leases.iter().filter(|l| l.node != me) {
+        let kind = if cfg.node_to_node_mesh {
+            PeerKind::NodeMesh
+        } else if cfg.is_reflector(&l.node) {
+            PeerKind::RouteReflector
+        } else if i_reflect {
+            PeerKind::RrClient
+        } else {
+            continue;
+        };
+        want.entry(IpAddr::V4(l.public_ip())).or_insert(WantPeer {
+            remote_as: cfg.node_as(&l.node),
+            kind,
+            node: Some(l.node.clone()),
+            port: cfg.listen_port,
+        });
+    }
+    let external = cfg.peers.iter().chain(store_peers);
+    for p in external.filter(|p| p.node.as_deref().is_none_or(|n| n == me)) {
+        // A node's own address is never an external router; the config wins over the store.
+        let kind = if i_reflect && p.as_number == my_as {
+            // Routers in our AS that peer with a reflector are its clients (the usual
+            // reason to point an iBGP router at a cluster's reflector).
+            PeerKind::RrClient
+        } else {
+            PeerKind::External
+        };
+        want.entry(p.address).or_insert(WantPeer {
+            remote_as: p.as_number,
+            kind,
+            node: None,
+            port: twill_types::cluster::DEFAULT_BGP_PORT,
+        });
+    }
+    want
+}
+
+/// Kernel routes for the learned best routes, skipping what must not be touched: anything
+/// overlapping this node's pod subnet or underlay subnet, the default route, next hops that
+/// are this node, and prefixes the backend already routes (tunnel modes). Pure.
+pub fn learned_specs(
+    learned: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    node: &LocalNode,
+    desired: &DesiredState,
+) -> Vec<RouteSpec> {
+    let underlay = node.public_net.trunc();
+    let carried: std::collections::HashSet<Ipv4Net> = desired
+        .routes
+        .iter()
+        .map(|r| r.dst)
+        .chain(
+            desired
+                .peers
+                .iter()
+                .filter(|p| !matches!(p.path, PeerPath::Skipped(_) | PeerPath::Bgp))
+                .map(|p| p.subnet),
+        )
+        .collect();
+    learned
+        .iter()
+        .filter(|(dst, via)| {
+            dst.prefix_len() != 0
+                && !overlaps(**dst, node.subnet)
+                && !overlaps(**dst, underlay)
+                && **via != node.public_net.addr()
+                && !carried.contains(*dst)
+        })
+        .map(|(dst, via)| RouteSpec {
+            dst: *dst,
+            via: *via,
+            dev: node.underlay_dev.clone(),
+            // A next hop off the underlay subnet (a multi-hop iBGP peer) is only usable as
+            // an on-link gateway.
+            onlink: !node.public_net.contains(via),
+        })
+        .collect()
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The running speaker and what the agent knows of it.
+pub struct BgpSide {
+    cfg: BgpConfig,
+    me: String,
+    my_ip: Ipv4Addr,
+    pub speaker: Speaker,
+    events: Option<mpsc::UnboundedReceiver<SpeakerEvent>>,
+    /// Peers given to the speaker.
+    running: BTreeMap<IpAddr, WantPeer>,
+    /// External peers from the store, by key.
+    store_peers: BTreeMap<String, BgpPeer>,
+    /// Best IPv4 routes learned from peers: prefix → next hop.
+    learned: BTreeMap<Ipv4Net, Ipv4Addr>,
+    started: Instant,
+    last_change: Instant,
+    states: HashMap<IpAddr, State>,
+    settled: bool,
+    pub status: Option<BgpStatus>,
+}
+
+impl BgpSide {
+    /// Starts the speaker for this node: listening on its underlay address, originating its
+    /// pod subnet, and (after a restart) asking peers to keep its routes until End-of-RIB.
+    pub async fn start(
+        cfg: BgpConfig,
+        node: &LocalNode,
+        restarting: bool,
+    ) -> anyhow::Result<BgpSide> {
+        let my_ip = node.public_net.addr();
+        let asn = cfg.node_as(&node.name);
+        let mut sc = SpeakerConfig::new(asn, my_ip);
+        sc.listen = Some(SocketAddr::new(IpAddr::V4(my_ip), cfg.listen_port));
+        sc.cluster_id = cfg.cluster_id;
+        sc.hold_time = cfg.hold_time;
+        sc.connect_retry = CONNECT_RETRY;
+        sc.graceful_restart.enabled = cfg.graceful_restart;
+        sc.graceful_restart.restarting = restarting && cfg.graceful_restart;
+        // Aggregated: the node's block, never per pod.
+        sc.local_routes.push((IpNet::V4(node.subnet), None));
+        let (speaker, events) = Speaker::start(sc).await?;
+        info!(
+            asn, router_id = %my_ip, port = cfg.listen_port, restarting,
+            "bgp speaker running"
+        );
+        let now = Instant::now();
+        Ok(BgpSide {
+            cfg,
+            me: node.name.clone(),
+            my_ip,
+            speaker,
+            events: Some(events),
+            running: BTreeMap::new(),
+            store_peers: BTreeMap::new(),
+            learned: BTreeMap::new(),
+            started: now,
+            last_change: now,
+            states: HashMap::new(),
+            // Only a restarted agent has routes of a predecessor worth keeping; a first start
+            // installs what it learns right away (and sweeps leftovers as usual).
+            settled: !restarting,
+            status: None,
+        })
+    }
+
+    /// The speaker's events, for the agent's loop (taken once).
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<SpeakerEvent>> {
+        self.events.take()
+    }
+
+    /// Gives the speaker the peers the topology asks for now (removing, adding and
+    /// re-adding changed ones).
+    pub fn sync_peers(&mut self, leases: &[Lease]) {
+        let store: Vec<BgpPeer> = self.store_peers.values().cloned().collect();
+        let want = topology(&self.cfg, &self.me, leases, &store);
+        for (addr, old) in &self.running {
+            if want.get(addr) != Some(old) {
+                info!(peer = %addr, "bgp: removing peer");
+                let _ = self.speaker.remove_peer(*addr);
+                self.states.remove(addr);
+            }
+        }
+        for (addr, w) in &want {
+            if self.running.get(addr) == Some(w) {
+                continue;
+            }
+            if *addr == IpAddr::V4(self.my_ip) {
+                continue;
+            }
+            info!(peer = %addr, asn = w.remote_as, kind = w.kind.name(), "bgp: adding peer");
+            let mut p = PeerConfig::new(*addr, w.remote_as);
+            p.rr_client = w.kind == PeerKind::RrClient;
+            p.port = w.port;
+            p.graceful_restart = self.cfg.graceful_restart;
+            if addr.is_ipv4() {
+                p.local_address = Some(IpAddr::V4(self.my_ip));
+            }
+            let _ = self.speaker.add_peer(p);
+            self.states.insert(*addr, State::Idle);
+        }
+        self.running = want;
+        self.running.remove(&IpAddr::V4(self.my_ip));
+    }
+
+    /// A store event about external peers; true when the set changed.
+    pub fn on_store_event(&mut self, ev: MirrorEvent) -> bool {
+        let before = self.store_peers.clone();
+        match ev {
+            MirrorEvent::InSync(all) => {
+                self.store_peers.clear();
+                for kv in all {
+                    self.admit(&kv.key, &kv.value);
+                }
+            }
+            MirrorEvent::Put(kv) => {
+                self.store_peers.remove(&kv.key);
+                self.admit(&kv.key, &kv.value);
+            }
+            MirrorEvent::Delete(key) => {
+                self.store_peers.remove(&key);
+            }
+            MirrorEvent::Lost(why) => warn!("bgp peers: lost the store ({why}); keeping peers"),
+        }
+        before != self.store_peers
+    }
+
+    fn admit(&mut self, key: &str, value: &[u8]) {
+        match BgpPeer::from_store(key, value) {
+            Ok(p) => {
+                self.store_peers.insert(key.to_string(), p);
+            }
+            Err(e) => warn!("ignoring a BGP peer: {e}"),
+        }
+    }
+
+    /// A speaker event; true when the learned routes changed.
+    pub fn on_event(&mut self, ev: SpeakerEvent) -> bool {
+        match ev {
+            SpeakerEvent::BestRoute(change) => {
+                self.last_change = Instant::now();
+                let IpNet::V4(prefix) = change.prefix else {
+                    return false; // IPv6 pods are not supported yet.
+                };
+                let new = twill_bgp::learned_route(&change).and_then(|(_, nh)| match nh {
+                    IpAddr::V4(nh) => Some(nh),
+                    IpAddr::V6(_) => None,
+                });
+                match new {
+                    Some(nh) => self.learned.insert(prefix, nh) != Some(nh),
+                    None => self.learned.remove(&prefix).is_some(),
+                }
+            }
+            SpeakerEvent::PeerState { peer, state } => {
+                info!(%peer, ?state, "bgp: peer state");
+                if state == State::Established {
+                    self.last_change = Instant::now();
+                }
+                self.states.insert(peer, state);
+                false
+            }
+        }
+    }
+
+    /// True once the routes learned are complete enough to replace what a previous agent
+    /// left in the kernel: every peer Established and no change for a second, or 30 s
+    /// (at once when this is not a restart). Turns true once and stays.
+    pub fn settled(&mut self) -> bool {
+        if !self.settled {
+            let all_up = self.states.values().all(|s| *s == State::Established);
+            let quiet = self.last_change.elapsed() >= SETTLE_QUIET;
+            if (all_up && quiet) || self.started.elapsed() >= SETTLE_DEADLINE {
+                info!(
+                    routes = self.learned.len(),
+                    after_ms = self.started.elapsed().as_millis() as u64,
+                    "bgp: routes settled"
+                );
+                self.settled = true;
+            }
+        }
+        self.settled
+    }
+
+    /// How many IPv4 routes learned from peers the agent holds.
+    pub fn learned_len(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// What [`BgpSide::settled`] last said, without re-evaluating.
+    pub fn settled_now(&self) -> bool {
+        self.settled
+    }
+
+    /// Adds the learned routes to the backend's desired state.
+    pub fn add_routes(&self, node: &LocalNode, desired: &mut DesiredState) {
+        let specs = learned_specs(&self.learned, node, desired);
+        desired.routes.extend(specs);
+    }
+
+    /// Refreshes [`BgpSide::status`] from the speaker; true when it changed.
+    pub async fn refresh_status(&mut self) -> bool {
+        let Ok(st) = self.speaker.status().await else {
+            return false;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let old: HashMap<IpAddr, Option<u64>> = self
+            .status
+            .iter()
+            .flat_map(|s| s.peers.iter().map(|p| (p.address, p.since)))
+            .collect();
+        let peers = st
+            .peers
+            .iter()
+            .map(|p| {
+                let want = self.running.get(&p.address);
+                let mut since = p.uptime_secs.map(|u| now.saturating_sub(u));
+                // Keep the earlier figure when it only differs by rounding, so an unchanged
+                // session does not rewrite the file every second.
+                if let (Some(s), Some(Some(o))) = (since, old.get(&p.address))
+                    && s.abs_diff(*o) <= 1
+                {
+                    since = Some(*o);
+                }
+                BgpPeerStatus {
+                    address: p.address,
+                    as_number: p.remote_as,
+                    kind: want.map(|w| w.kind.name()).unwrap_or("external").into(),
+                    node: want.and_then(|w| w.node.clone()),
+                    state: format!("{:?}", p.state),
+                    since,
+                    received: p.prefixes.received,
+                    accepted: p.prefixes.accepted,
+                    sent: p.prefixes.sent,
+                    stale: p.prefixes.stale,
+                }
+            })
+            .collect();
+        let routes = st
+            .routes
+            .iter()
+            .map(|r| BgpRouteStatus {
+                prefix: r.prefix,
+                next_hop: r.attrs.next_hop,
+                as_path: r.attrs.as_path_flat(),
+                from: match r.source {
+                    Source::Peer(a) => Some(a),
+                    Source::Local => None,
+                },
+                best: true,
+                stale: r.stale,
+            })
+            .collect();
+        let new = BgpStatus {
+            as_number: st.asn,
+            router_id: st.router_id,
+            settled: self.settled,
+            peers,
+            routes,
+        };
+        let changed = self.status.as_ref() != Some(&new);
+        self.status = Some(new);
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_types::cluster::{BackendKind, BgpNode};
+    use twill_types::desired::PeerPlan;
+
+    fn lease(name: &str, subnet: &str, ip: &str) -> Lease {
+        Lease {
+            node: name.into(),
+            subnet: subnet.parse().unwrap(),
+            public_net: format!("{ip}/24").parse().unwrap(),
+            backend: BackendKind::Bgp,
+            vtep_mac: None,
+        }
+    }
+
+    fn leases() -> Vec<Lease> {
+        vec![
+            lease("h1", "10.244.1.0/24", "192.168.1.11"),
+            lease("h2", "10.244.2.0/24", "192.168.1.12"),
+            lease("h3", "10.244.3.0/24", "192.168.1.13"),
+        ]
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn full_mesh_with_per_node_as() {
+        let mut cfg = BgpConfig::default();
+        cfg.nodes.insert("h2".into(), BgpNode { as_number: 65002 });
+        let t = topology(&cfg, "h1", &leases(), &[]);
+        assert_eq!(t.len(), 2);
+        let h2 = &t[&ip("192.168.1.12")];
+        assert_eq!(
+            (h2.remote_as, h2.kind, h2.node.as_deref(), h2.port),
+            (65002, PeerKind::NodeMesh, Some("h2"), 179)
+        );
+        assert_eq!(t[&ip("192.168.1.13")].remote_as, 64512);
+    }
+
+    #[test]
+    fn reflectors_and_clients() {
+        let cfg = BgpConfig {
+            node_to_node_mesh: false,
+            route_reflectors: vec!["h1".into()],
+            peers: vec![
+                BgpPeer {
+                    address: ip("192.168.1.200"),
+                    as_number: 64512,
+                    node: Some("h1".into()),
+                },
+                BgpPeer {
+                    address: ip("192.168.1.1"),
+                    as_number: 65000,
+                    node: None,
+                },
+            ],
+            ..BgpConfig::default()
+        };
+        // The reflector: every other node and the iBGP router are clients; eBGP stays external.
+        let rr = topology(&cfg, "h1", &leases(), &[]);
+        assert_eq!(rr[&ip("192.168.1.12")].kind, PeerKind::RrClient);
+        assert_eq!(rr[&ip("192.168.1.200")].kind, PeerKind::RrClient);
+        assert_eq!(rr[&ip("192.168.1.1")].kind, PeerKind::External);
+        // A client: only the reflector (and global external peers), not the other client.
+        let c = topology(&cfg, "h2", &leases(), &[]);
+        assert_eq!(
+            c.keys().copied().collect::<Vec<_>>(),
+            vec![ip("192.168.1.1"), ip("192.168.1.11")]
+        );
+        assert_eq!(c[&ip("192.168.1.11")].kind, PeerKind::RouteReflector);
+        // No mesh, no reflectors: external peers only.
+        let none = BgpConfig {
+            node_to_node_mesh: false,
+            ..BgpConfig::default()
+        };
+        assert!(topology(&none, "h1", &leases(), &[]).is_empty());
+    }
+
+    #[test]
+    fn store_peers_per_node_and_config_wins() {
+        let cfg = BgpConfig {
+            node_to_node_mesh: false,
+            peers: vec![BgpPeer {
+                address: ip("10.0.0.1"),
+                as_number: 65000,
+                node: None,
+            }],
+            ..BgpConfig::default()
+        };
+        let store = [
+            BgpPeer {
+                address: ip("10.0.0.1"),
+                as_number: 65099,
+                node: None,
+            },
+            BgpPeer {
+                address: ip("10.0.0.2"),
+                as_number: 65002,
+                node: Some("h2".into()),
+            },
+        ];
+        let t = topology(&cfg, "h1", &leases(), &store);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[&ip("10.0.0.1")].remote_as, 65000);
+        assert_eq!(topology(&cfg, "h2", &leases(), &store).len(), 2);
+    }
+
+    fn node() -> LocalNode {
+        LocalNode {
+            name: "h1".into(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_net: "192.168.1.11/24".parse().unwrap(),
+            underlay_dev: "eth0".into(),
+            underlay_mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn learned_routes_become_kernel_routes_safely() {
+        let mut learned = BTreeMap::new();
+        for (p, nh) in [
+            ("10.244.2.0/24", "192.168.1.12"), // a peer's block: installed
+            ("10.50.0.0/24", "192.168.2.1"),   // off-subnet next hop: onlink
+            ("10.244.1.0/24", "192.168.1.12"), // our own block: never
+            ("10.244.0.0/16", "192.168.1.12"), // covers our block: never
+            ("192.168.1.0/24", "192.168.1.1"), // the underlay itself: never
+            ("0.0.0.0/0", "192.168.1.1"),      // the default route: never
+            ("10.60.0.0/24", "192.168.1.11"),  // via ourselves: never
+            ("10.244.3.0/24", "192.168.1.13"), // carried by the backend: not twice
+        ] {
+            learned.insert(p.parse().unwrap(), nh.parse().unwrap());
+        }
+        let mut desired = DesiredState::default();
+        desired.peers.push(PeerPlan {
+            node: "h3".into(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            public_ip: "192.168.1.13".parse().unwrap(),
+            path: PeerPath::Vxlan,
+        });
+        let specs = learned_specs(&learned, &node(), &desired);
+        let got: Vec<(String, String, bool)> = specs
+            .iter()
+            .map(|r| (r.dst.to_string(), r.via.to_string(), r.onlink))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.50.0.0/24".into(), "192.168.2.1".into(), true),
+                ("10.244.2.0/24".into(), "192.168.1.12".into(), false),
+            ]
+        );
+        assert!(specs.iter().all(|r| r.dev == "eth0"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The cluster config's `bgp` section: every form against golden normalized JSON, defaults,
+//! how it picks the backend, and each refusal against its message (naming the field).
+//!
+//! `TWILL_BLESS=1 cargo test -p twill-types` rewrites the golden files.
+
+use twill_types::cluster::{BackendKind, BgpConfig, ClusterConfig};
+
+const YAML_TOR: &str = r#"
+pools:
+  - name: pods
+    cidr: 10.244.0.0/16
+    blockSize: 24
+    ipipMode: Never
+    vxlanMode: Never
+bgp:
+  asNumber: 64512            # default 64512
+  nodeToNodeMesh: false      # default true
+  holdTime: 9                # default 90
+  listenPort: 179            # default 179
+  gracefulRestart: true      # default true
+  nodes:
+    h1: {asNumber: 65001}
+    h2: {asNumber: 65002}
+  peers:
+    - {address: 192.168.1.1, asNumber: 65000, node: h1}
+    - {address: 192.168.2.1, asNumber: 65000, node: h2}
+    - {address: 10.0.0.1, asNumber: 65100}
+"#;
+
+const TOML_RR: &str = r#"
+[[pools]]
+name = "pods"
+cidr = "10.244.0.0/16"
+ipipMode = "CrossSubnet"
+[bgp]
+routeReflectors = ["h1", "h2"]
+clusterId = "10.255.0.1"
+"#;
+
+const FLANNEL_BGP: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"bgp"},"BGP":{"asNumber":65010,"peers":[{"address":"192.168.100.1","asNumber":65000}]}}"#;
+
+fn golden(name: &str, config: &ClusterConfig) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    twill_testkit::golden_json(&dir, name, config);
+}
+
+fn parse(text: &str) -> ClusterConfig {
+    ClusterConfig::parse(text).unwrap_or_else(|e| panic!("{text}\nrefused: {e}"))
+}
+
+#[track_caller]
+fn refused(text: &str, needles: &[&str]) {
+    let err = match ClusterConfig::parse(text) {
+        Ok(c) => panic!("{text}\naccepted: {c:?}"),
+        Err(e) => e.to_string(),
+    };
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{text}\nmessage {err:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn golden_forms() {
+    let tor = parse(YAML_TOR);
+    golden("bgp-yaml.json", &tor);
+    assert_eq!(tor.backend.kind, BackendKind::Bgp);
+    let bgp = tor.bgp.as_ref().unwrap();
+    assert_eq!(bgp.node_as("h1"), 65001);
+    assert_eq!(bgp.node_as("h9"), 64512);
+    assert!(!bgp.node_to_node_mesh);
+
+    let rr = parse(TOML_RR);
+    golden("bgp-toml.json", &rr);
+    // CrossSubnet keeps the ipip backend; BGP runs beside it.
+    assert_eq!(rr.backend.kind, BackendKind::Ipip);
+    let bgp = rr.bgp.as_ref().unwrap();
+    assert!(!bgp.node_to_node_mesh, "reflectors switch the mesh off");
+    assert!(bgp.is_reflector("h2") && !bgp.is_reflector("h3"));
+
+    let fl = parse(FLANNEL_BGP);
+    golden("bgp-flannel.json", &fl);
+    assert_eq!(fl.backend.kind, BackendKind::Bgp);
+    // The normalized form reads back the same.
+    for c in [tor, rr, fl] {
+        assert_eq!(ClusterConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+}
+
+#[test]
+fn defaults_and_backend_choice() {
+    let pools = "pools:\n  - name: p\n    cidr: 10.244.0.0/16\n";
+    // A bare section: every default, and routing by BGP.
+    let c = parse(&format!("{pools}bgp: {{}}\n"));
+    assert_eq!(c.bgp, Some(BgpConfig::default()));
+    assert_eq!(c.backend.kind, BackendKind::Bgp);
+    // `backend: bgp` alone means the defaults too.
+    let c = parse(&format!("backend: bgp\n{pools}"));
+    assert_eq!(c.bgp, Some(BgpConfig::default()));
+    // Without a bgp section nothing changes.
+    let c = parse(pools);
+    assert_eq!((c.backend.kind, c.bgp), (BackendKind::Vxlan, None));
+    // An explicit encapsulation stays, with BGP beside it.
+    let c = parse(&format!(
+        "backend: vxlan\n{pools}bgp: {{asNumber: 65000}}\n"
+    ));
+    assert_eq!(c.backend.kind, BackendKind::Vxlan);
+    assert_eq!(c.bgp.unwrap().as_number, 65000);
+    // Always keeps its tunnel.
+    let c = parse("pools:\n  - {name: p, cidr: 10.244.0.0/16, vxlanMode: Always}\nbgp: {}\n");
+    assert_eq!(c.backend.kind, BackendKind::Vxlan);
+    // Configs without bgp keep their normalized JSON (no "bgp" key).
+    assert!(!parse(pools).to_json().contains("bgp"));
+}
+
+#[test]
+fn refusals_name_the_field() {
+    let p = "pools:\n  - name: p\n    cidr: 10.244.0.0/16\n";
+    refused(
+        &format!("{p}bgp: {{asNumber: 0}}\n"),
+        &["bgp.asNumber", "reserved"],
+    );
+    refused(
+        &format!("{p}bgp: {{asNumber: 23456}}\n"),
+        &["bgp.asNumber", "AS_TRANS"],
+    );
+    refused(
+        &format!("{p}bgp: {{asNumber: 4294967296}}\n"),
+        &["bgp.asNumber", "not an AS number"],
+    );
+    refused(
+        &format!("{p}bgp: {{holdTime: 2}}\n"),
+        &["bgp.holdTime", "at least 3"],
+    );
+    refused(&format!("{p}bgp: {{holdTime: 70000}}\n"), &["bgp.holdTime"]);
+    refused(&format!("{p}bgp: {{listenPort: 0}}\n"), &["bgp.listenPort"]);
+    refused(
+        &format!("{p}bgp: {{routeReflectors: [h1], nodeToNodeMesh: true}}\n"),
+        &["bgp.nodeToNodeMesh", "routeReflectors"],
+    );
+    refused(
+        &format!("{p}bgp: {{routeReflectors: [h1, h1]}}\n"),
+        &["bgp.routeReflectors", "twice"],
+    );
+    refused(
+        &format!("{p}bgp: {{clusterId: nope}}\n"),
+        &["bgp.clusterId"],
+    );
+    refused(
+        &format!("{p}bgp: {{nodes: {{h1: {{asNumber: 0}}}}}}\n"),
+        &["bgp.nodes.h1.asNumber"],
+    );
+    refused(
+        &format!("{p}bgp: {{nodes: {{h1: {{}}}}}}\n"),
+        &["bgp.nodes.h1.asNumber is missing"],
+    );
+    refused(
+        &format!("{p}bgp: {{peers: [{{address: 1.2.3, asNumber: 1}}]}}\n"),
+        &["bgp.peers[0].address", "not an IP address"],
+    );
+    refused(
+        &format!("{p}bgp: {{peers: [{{asNumber: 1}}]}}\n"),
+        &["bgp.peers[0].address is missing"],
+    );
+    refused(
+        &format!("{p}bgp: {{peers: [{{address: 10.0.0.1}}]}}\n"),
+        &["bgp.peers[0].asNumber is missing"],
+    );
+    refused(
+        &format!(
+            "{p}bgp: {{peers: [{{address: 10.0.0.1, asNumber: 1}}, {{address: 10.0.0.1, asNumber: 2}}]}}\n"
+        ),
+        &["bgp.peers[1]", "twice"],
+    );
+    refused(
+        &format!("{p}bgp: {{peers: [{{address: 127.0.0.1, asNumber: 1}}]}}\n"),
+        &["bgp.peers[0].address"],
+    );
+    refused(&format!("{p}bgp: {{asNumbr: 1}}\n"), &["asNumbr"]);
+    refused(
+        "pools:\n  - {name: p, cidr: 10.244.0.0/16, vxlanMode: Always}\nbackend: bgp\n",
+        &["backend \"bgp\" conflicts"],
+    );
+    refused(
+        r#"{"Network":"10.244.0.0/16","BGP":{"holdTime":1}}"#,
+        &["bgp.holdTime"],
+    );
+    refused(
+        r#"{"Network":"10.244.0.0/16","BGP":{"bogus":1}}"#,
+        &["BGP", "bogus"],
+    );
+    // The normalized form is validated too (the store may hold anything).
+    let mut c = parse(&format!("{p}bgp: {{}}\n"));
+    c.bgp = None;
+    assert!(
+        ClusterConfig::from_json(&c.to_json())
+            .unwrap_err()
+            .to_string()
+            .contains("needs a bgp section")
+    );
+}
