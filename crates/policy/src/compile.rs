@@ -15,24 +15,33 @@
 //!   goto kin-<hash>                               # nothing decided: Kubernetes decides
 //! }
 //! chain kin-<hash> {                              # only for isolated endpoints
-//!   ip saddr @pa4-<hash> meta l4proto . th dport @pp-<hash> accept   # one line per rule
+//!   ip saddr @ka4-<hash> accept                   # peers of the rules without ports
+//!   ip saddr . meta l4proto . th dport @kp4-<hash> accept   # peer . protocol . port of
+//!   ip6 saddr @ka6-<hash> accept                  # all the other rules, as ranges
+//!   ip6 saddr . meta l4proto . th dport @kp6-<hash> accept
 //!   drop
 //! }
 //! ```
+//! (each of the four only when some rule can put elements in it).
 //! Egress chains are the same with `return` for "allowed": the packet then goes on to the
 //! ingress dispatch, because a connection between two local endpoints needs both the egress
 //! of one and the ingress of the other.
 //!
 //! Why the cost per packet does not grow with the number of policies: a packet is dispatched
-//! through a verdict map (a hash lookup) to the chain of its endpoint, which holds only the
-//! rules of the policies selecting that endpoint, and each rule is one set lookup for the
-//! peers and one for the ports, however many addresses and ports those hold. Endpoints with
-//! the same rules share one chain (chains are named by a hash of their content).
+//! through a verdict map (a hash lookup) to the chain of its endpoint. Its Kubernetes part is
+//! at most two set lookups per family whatever the number of policies and rules selecting the
+//! endpoint: the union of all of them is in the elements (`kp`: every allowed remote address
+//! range . protocol . port range, made disjoint as nft requires; `ka`: the remote ranges
+//! allowed on every protocol and port). Cluster policies stay one rule per (rule × family),
+//! in order, because their first match decides (Deny, Pass and Log can't be a union); they
+//! are few. Endpoints with the same rules share one chain (chains are named by a hash of
+//! their content).
 //!
 //! Why sets are named by what they mean: a set of peer addresses is named by a hash of its
-//! selector (not of its elements), so an endpoint appearing or leaving anywhere in the cluster
-//! changes only elements, and [`crate::render::diff`] can update them without touching rules.
-//! Static sets (CIDRs, ports) are named by their content.
+//! selector, and a `ka`/`kp` set by a hash of the rules it is the union of (named ports
+//! resolved), not of their elements, so an endpoint appearing or leaving anywhere in the
+//! cluster changes only elements, and [`crate::render::diff`] can update them without
+//! touching rules. Static sets (CIDRs, ports) are named by their content.
 //!
 //! Endpoints with no policy for a direction get no chain and no dispatch entry: their traffic
 //! is not touched at all (not even `ct state invalid drop`).
@@ -55,14 +64,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{Side, entity_matches, peer_matches};
 use crate::model::{
-    Action, ClusterPolicy, ClusterRule, Direction, Endpoint, Entity, K8sRule, LabelSelector,
-    NetworkPolicy, Peer, PortRange, PortValue, Protocol, World,
+    Action, ClusterPolicy, ClusterRule, Direction, Endpoint, Entity, NetworkPolicy, Peer,
+    PortRange, PortValue, Protocol, World,
 };
 
 /// The name of twill's policy table.
@@ -95,6 +105,14 @@ impl Family {
         if ip.is_ipv4() { Family::V4 } else { Family::V6 }
     }
 
+    /// The highest address of the family, as a number.
+    fn max(self) -> u128 {
+        match self {
+            Family::V4 => u128::from(u32::MAX),
+            Family::V6 => u128::MAX,
+        }
+    }
+
     fn digit(self) -> char {
         match self {
             Family::V4 => '4',
@@ -112,8 +130,10 @@ pub enum SetKind {
     Net(Family),
     /// `inet_proto . inet_service` with port ranges (`flags interval`).
     ProtoPort,
-    /// `ipv4_addr . inet_proto . inet_service`: destinations of named ports.
-    AddrProtoPort(Family),
+    /// `ipv4_addr . inet_proto . inet_service` with address and port ranges
+    /// (`flags interval`): every (peer, protocol, port) a Kubernetes chain allows. Elements
+    /// never overlap (nft refuses overlapping ones).
+    NetProtoPort(Family),
 }
 
 /// One element of a set.
@@ -123,7 +143,8 @@ pub enum Element {
     /// An inclusive address range.
     Range(IpAddr, IpAddr),
     ProtoPort(Protocol, PortRange),
-    AddrProtoPort(IpAddr, Protocol, u16),
+    /// An inclusive address range, a protocol and a port range.
+    NetProtoPort(IpAddr, IpAddr, Protocol, PortRange),
 }
 
 /// A named set of the table.
@@ -158,8 +179,10 @@ pub struct AddrMatch {
 pub enum PortMatch {
     /// `meta l4proto . th dport @set`
     ProtoPorts(String),
-    /// `ip daddr . meta l4proto . th dport @set` (named ports of egress destinations).
-    Named(String),
+    /// `ip saddr . meta l4proto . th dport @set` in ingress chains, `ip daddr ...` in
+    /// egress ones: the remote address with the protocol and port, one lookup
+    /// ([`SetKind::NetProtoPort`]).
+    Remote(String),
 }
 
 /// One rule. Every given match must hold.
@@ -220,6 +243,7 @@ pub fn compile(world: &World, node: &str, options: Options) -> Ruleset {
         chains: BTreeMap::new(),
         cache: HashMap::new(),
         set_keys: HashMap::new(),
+        ranges: HashMap::new(),
     };
     let mut ingress = BTreeMap::new();
     let mut egress = BTreeMap::new();
@@ -261,6 +285,8 @@ struct Builder<'a> {
     cache: HashMap<String, String>,
     /// Definition by set name, to catch hash collisions.
     set_keys: HashMap<String, String>,
+    /// Address ranges of Kubernetes peers by definition, computed once per compile.
+    ranges: HashMap<String, Rc<[(u128, u128)]>>,
 }
 
 /// FNV-1a: stable across runs and platforms (names must not change between agent restarts,
@@ -288,11 +314,17 @@ fn comment(text: String) -> Option<String> {
     Some(t)
 }
 
-/// Where a Kubernetes pod peer looks for pods: the policy's namespace, or namespaces by label.
+/// One Kubernetes rule as the sets of a chain see it (serialized, it is part of their name).
 #[derive(Serialize)]
-enum Scope<'a> {
-    Namespace(&'a str),
-    Selector(&'a LabelSelector),
+struct K8sPart<'a> {
+    namespace: &'a str,
+    peers: &'a [Peer],
+    /// No `ports`: every protocol and port.
+    any: bool,
+    /// Numbers and ranges; in ingress also the names, resolved on the selected endpoint.
+    ports: Vec<(Protocol, PortRange)>,
+    /// Egress names, resolved on each peer endpoint.
+    named: Vec<(&'a str, Protocol)>,
 }
 
 fn allow(dir: Direction) -> Verdict {
@@ -368,12 +400,7 @@ impl<'a> Builder<'a> {
             .filter(|p| p.selects(ep, dir))
             .collect();
         let k8s_rules = (!selecting.is_empty()).then(|| {
-            let mut rules = Vec::new();
-            for p in &selecting {
-                for (i, r) in p.rules(dir).iter().enumerate() {
-                    rules.extend(self.k8s_rule(p, i, r, ep, dir));
-                }
-            }
+            let mut rules = self.k8s_rules(&selecting, ep, dir);
             rules.push(Rule {
                 verdict: Some(Verdict::Drop),
                 comment: comment(format!(
@@ -438,49 +465,6 @@ impl<'a> Builder<'a> {
         ))
     }
 
-    /// The set of addresses (of family `fam`) of the endpoints any of `peers` selects.
-    fn pods_set(&mut self, namespace: &str, peers: &[&Peer], fam: Family) -> String {
-        let mut def: Vec<(Scope, Option<&LabelSelector>)> = peers
-            .iter()
-            .filter_map(|p| match p {
-                Peer::Pods {
-                    pod_selector,
-                    namespace_selector,
-                } => Some((
-                    match namespace_selector {
-                        Some(s) => Scope::Selector(s),
-                        None => Scope::Namespace(namespace),
-                    },
-                    pod_selector.as_ref(),
-                )),
-                Peer::IpBlock(_) => None,
-            })
-            .collect();
-        def.sort_by_key(|d| serde_json::to_string(d).expect("serializes"));
-        let key = format!(
-            "pods{}{}",
-            fam.digit(),
-            serde_json::to_string(&def).expect("serializes")
-        );
-        if let Some(name) = self.cache.get(&key) {
-            return name.clone();
-        }
-        let world = self.world;
-        let elements = addresses_where(world, fam, |side| {
-            peers
-                .iter()
-                .any(|p| peer_matches(world, namespace, p, side))
-        });
-        let name = self.add_set(
-            &format!("pa{}", fam.digit()),
-            &key,
-            SetKind::Addr(fam),
-            elements,
-        );
-        self.cache.insert(key, name.clone());
-        name
-    }
-
     /// A static interval set of address ranges, named by content; None when empty.
     fn net_set(&mut self, ranges: Vec<(IpAddr, IpAddr)>, fam: Family) -> Option<String> {
         if ranges.is_empty() {
@@ -504,159 +488,229 @@ impl<'a> Builder<'a> {
         self.add_set("pp", &key, SetKind::ProtoPort, elements)
     }
 
-    fn k8s_rule(
+    /// The Kubernetes part of an endpoint's chain in `dir`: per family at most two rules, a
+    /// lookup of the remote address in the peers allowed on every port
+    /// ([`SetKind::Net`], `ka4-`/`ka6-`) and a lookup of remote address . protocol . port in
+    /// the union over all rules of peers × ports ([`SetKind::NetProtoPort`], `kp4-`/`kp6-`),
+    /// however many policies and rules select the endpoint.
+    ///
+    /// The sets are named by a hash of their definition (the rules, with the named ports
+    /// resolved on this endpoint), not of their elements: endpoints with the same rules share
+    /// them, and an endpoint appearing or leaving anywhere changes only elements. Whether a
+    /// family gets a rule depends on the definition alone for the same reason.
+    fn k8s_rules(
         &mut self,
-        policy: &NetworkPolicy,
-        index: usize,
-        rule: &K8sRule,
+        selecting: &[&'a NetworkPolicy],
         ep: &Endpoint,
         dir: Direction,
     ) -> Vec<Rule> {
-        let world = self.world;
-        let note = comment(format!("{} {} rule {index}", policy.id(), dir.word()));
-        // Remote alternatives: (family, match), or one None for "any peer".
-        let mut remotes: Vec<Option<(Family, AddrMatch)>> = Vec::new();
-        if rule.peers.is_empty() {
-            remotes.push(None);
-        } else {
-            let pods: Vec<&Peer> = rule
-                .peers
-                .iter()
-                .filter(|p| matches!(p, Peer::Pods { .. }))
-                .collect();
-            let blocks: Vec<&Peer> = rule
-                .peers
-                .iter()
-                .filter(|p| matches!(p, Peer::IpBlock(_)))
-                .collect();
-            for fam in Family::BOTH {
-                if !pods.is_empty() {
-                    let set = self.pods_set(&policy.namespace, &pods, fam);
-                    remotes.push(Some((fam, AddrMatch { set, negate: false })));
-                }
-                let ranges = merge(
-                    blocks
-                        .iter()
-                        .filter_map(|p| match p {
-                            Peer::IpBlock(b) => Some(b),
-                            Peer::Pods { .. } => None,
-                        })
-                        .filter(|b| Family::of(&b.cidr.addr()) == fam)
-                        .flat_map(|b| subtract(b.cidr, &b.except))
-                        .collect(),
-                );
-                if let Some(set) = self.net_set(ranges, fam) {
-                    remotes.push(Some((fam, AddrMatch { set, negate: false })));
-                }
-            }
-        }
-        // Ports: numbers (and, for ingress, names resolved on this endpoint) in one set;
-        // for egress, named ports in a set of destination address . protocol . port.
-        let mut numeric = BTreeSet::new();
-        let mut named: Vec<(&str, Protocol)> = Vec::new();
-        for p in &rule.ports {
-            match &p.port {
-                None => {
-                    numeric.insert(Element::ProtoPort(p.protocol, PortRange::ALL));
-                }
-                Some(PortValue::Number(lo)) => {
-                    numeric.insert(Element::ProtoPort(
-                        p.protocol,
-                        PortRange {
-                            lo: *lo,
-                            hi: p.end_port.unwrap_or(*lo),
-                        },
-                    ));
-                }
-                Some(PortValue::Named(name)) => match dir {
-                    Direction::Ingress => {
-                        if let Some(n) = ep.named_port(name, p.protocol) {
-                            numeric
-                                .insert(Element::ProtoPort(p.protocol, PortRange { lo: n, hi: n }));
-                        }
-                    }
-                    Direction::Egress => named.push((name, p.protocol)),
-                },
-            }
-        }
-        let mut out = Vec::new();
-        let base = Rule {
-            verdict: Some(allow(dir)),
-            comment: note,
-            ..Rule::default()
-        };
-        let port_match = if rule.ports.is_empty() {
-            Some(None)
-        } else if numeric.is_empty() {
-            None
-        } else {
-            Some(Some(PortMatch::ProtoPorts(self.proto_port_set(numeric))))
-        };
-        if let Some(ports) = port_match {
-            for remote in &remotes {
-                let mut r = base.clone();
-                r.ports = ports.clone();
-                if let Some((fam, m)) = remote {
-                    r.family = Some(*fam);
-                    r.remote = vec![m.clone()];
-                }
-                out.push(r);
-            }
-        }
-        if !named.is_empty() {
-            named.sort();
-            named.dedup();
-            for fam in Family::BOTH {
-                let key = format!(
-                    "named{}{}{}{}",
-                    fam.digit(),
-                    policy.namespace,
-                    serde_json::to_string(&rule.peers).expect("serializes"),
-                    serde_json::to_string(&named).expect("serializes")
-                );
-                let name = match self.cache.get(&key) {
-                    Some(n) => n.clone(),
-                    None => {
-                        let mut elements = BTreeSet::new();
-                        for d in &world.endpoints {
-                            for addr in d.addresses.iter().filter(|a| Family::of(a) == fam) {
-                                let side = Side {
-                                    ip: *addr,
-                                    endpoint: Some(d),
-                                };
-                                let peer_ok = rule.peers.is_empty()
-                                    || rule
-                                        .peers
-                                        .iter()
-                                        .any(|p| peer_matches(world, &policy.namespace, p, side));
-                                if !peer_ok {
-                                    continue;
-                                }
-                                for (n, proto) in &named {
-                                    if let Some(port) = d.named_port(n, *proto) {
-                                        elements
-                                            .insert(Element::AddrProtoPort(*addr, *proto, port));
-                                    }
+        let mut parts: Vec<K8sPart<'a>> = Vec::new();
+        for p in selecting {
+            for r in p.rules(dir) {
+                let mut ports = Vec::new();
+                let mut named = Vec::new();
+                for port in &r.ports {
+                    match &port.port {
+                        None => ports.push((port.protocol, PortRange::ALL)),
+                        Some(PortValue::Number(lo)) => ports.push((
+                            port.protocol,
+                            PortRange {
+                                lo: *lo,
+                                hi: port.end_port.unwrap_or(*lo),
+                            },
+                        )),
+                        Some(PortValue::Named(name)) => match dir {
+                            // Resolved on the selected endpoint, which is this one.
+                            Direction::Ingress => {
+                                if let Some(n) = ep.named_port(name, port.protocol) {
+                                    ports.push((port.protocol, PortRange { lo: n, hi: n }));
                                 }
                             }
-                        }
-                        let n = self.add_set(
-                            &format!("np{}", fam.digit()),
-                            &key,
-                            SetKind::AddrProtoPort(fam),
-                            elements,
-                        );
-                        self.cache.insert(key, n.clone());
-                        n
+                            // Resolved on each peer: elements of that peer's addresses.
+                            Direction::Egress => named.push((name.as_str(), port.protocol)),
+                        },
                     }
-                };
-                let mut r = base.clone();
-                r.family = Some(fam);
-                r.ports = Some(PortMatch::Named(name));
-                out.push(r);
+                }
+                ports.sort();
+                ports.dedup();
+                named.sort();
+                named.dedup();
+                let any = r.ports.is_empty();
+                if !any && ports.is_empty() && named.is_empty() {
+                    continue; // only names this endpoint does not have: allows nothing
+                }
+                parts.push(K8sPart {
+                    namespace: &p.namespace,
+                    peers: &r.peers,
+                    any,
+                    ports,
+                    named,
+                });
+            }
+        }
+        let key = serde_json::to_string(&(dir, &parts)).expect("serializes");
+        let mut out = Vec::new();
+        for fam in Family::BOTH {
+            let applies = |part: &K8sPart| {
+                part.peers.is_empty()
+                    || part.peers.iter().any(|p| match p {
+                        Peer::Pods { .. } => true,
+                        Peer::IpBlock(b) => Family::of(&b.cidr.addr()) == fam,
+                    })
+            };
+            let any: Vec<&K8sPart> = parts.iter().filter(|p| p.any && applies(p)).collect();
+            let ported: Vec<&K8sPart> = parts
+                .iter()
+                .filter(|p| !p.any && (!p.named.is_empty() || applies(p)))
+                .collect();
+            if !any.is_empty() {
+                let set = self.k8s_any_set(&key, fam, &any);
+                out.push(Rule {
+                    family: Some(fam),
+                    remote: vec![AddrMatch { set, negate: false }],
+                    verdict: Some(allow(dir)),
+                    comment: comment(format!("Kubernetes {}: any port", dir.word())),
+                    ..Rule::default()
+                });
+            }
+            if !ported.is_empty() {
+                let set = self.k8s_port_set(&key, fam, &ported);
+                out.push(Rule {
+                    family: Some(fam),
+                    ports: Some(PortMatch::Remote(set)),
+                    verdict: Some(allow(dir)),
+                    comment: comment(format!("Kubernetes {}: peer . protocol . port", dir.word())),
+                    ..Rule::default()
+                });
             }
         }
         out
+    }
+
+    /// Remote addresses of family `fam` any of `peers` (of a policy in `namespace`) allows,
+    /// as sorted disjoint ranges; no peers means every address.
+    fn peer_ranges(&mut self, namespace: &str, peers: &[Peer], fam: Family) -> Rc<[(u128, u128)]> {
+        if peers.is_empty() {
+            return Rc::from(vec![(0, fam.max())]);
+        }
+        let key = format!(
+            "peers{}{namespace}\0{}",
+            fam.digit(),
+            serde_json::to_string(peers).expect("serializes")
+        );
+        if let Some(r) = self.ranges.get(&key) {
+            return r.clone();
+        }
+        let world = self.world;
+        let pods: Vec<&Peer> = peers
+            .iter()
+            .filter(|p| matches!(p, Peer::Pods { .. }))
+            .collect();
+        let mut ranges: Vec<(u128, u128)> = Vec::new();
+        if !pods.is_empty() {
+            for e in addresses_where(world, fam, |side| {
+                pods.iter().any(|p| peer_matches(world, namespace, p, side))
+            }) {
+                if let Element::Addr(a) = e {
+                    ranges.push((to_u128(a), to_u128(a)));
+                }
+            }
+        }
+        for p in peers {
+            if let Peer::IpBlock(b) = p
+                && Family::of(&b.cidr.addr()) == fam
+            {
+                ranges.extend(
+                    subtract(b.cidr, &b.except)
+                        .into_iter()
+                        .map(|(a, z)| (to_u128(a), to_u128(z))),
+                );
+            }
+        }
+        let merged: Rc<[(u128, u128)]> = Rc::from(merge_u128(ranges));
+        self.ranges.insert(key, merged.clone());
+        merged
+    }
+
+    /// The `ka` set: remote addresses the rules without ports allow.
+    fn k8s_any_set(&mut self, key: &str, fam: Family, parts: &[&K8sPart]) -> String {
+        let key = format!("any{}{key}", fam.digit());
+        if let Some(n) = self.cache.get(&key) {
+            return n.clone();
+        }
+        let mut ranges = Vec::new();
+        for p in parts {
+            ranges.extend(self.peer_ranges(p.namespace, p.peers, fam).iter().copied());
+        }
+        let elements = merge_u128(ranges)
+            .into_iter()
+            .map(|(a, z)| Element::Range(from_u128(a, fam), from_u128(z, fam)))
+            .collect();
+        let name = self.add_set(
+            &format!("ka{}", fam.digit()),
+            &key,
+            SetKind::Net(fam),
+            elements,
+        );
+        self.cache.insert(key, name.clone());
+        name
+    }
+
+    /// The `kp` set: remote address . protocol . port of the rules with ports, as disjoint
+    /// boxes.
+    fn k8s_port_set(&mut self, key: &str, fam: Family, parts: &[&K8sPart]) -> String {
+        let key = format!("ports{}{key}", fam.digit());
+        if let Some(n) = self.cache.get(&key) {
+            return n.clone();
+        }
+        let world = self.world;
+        let mut boxes: Vec<(u128, u128, Protocol, PortRange)> = Vec::new();
+        for p in parts {
+            if !p.ports.is_empty() {
+                let ranges = self.peer_ranges(p.namespace, p.peers, fam);
+                for (proto, pr) in &p.ports {
+                    boxes.extend(ranges.iter().map(|(a, z)| (*a, *z, *proto, *pr)));
+                }
+            }
+            if p.named.is_empty() {
+                continue;
+            }
+            for d in &world.endpoints {
+                for addr in d.addresses.iter().filter(|a| Family::of(a) == fam) {
+                    let side = Side {
+                        ip: *addr,
+                        endpoint: Some(d),
+                    };
+                    let peer_ok = p.peers.is_empty()
+                        || p.peers
+                            .iter()
+                            .any(|peer| peer_matches(world, p.namespace, peer, side));
+                    if !peer_ok {
+                        continue;
+                    }
+                    let a = to_u128(*addr);
+                    for (n, proto) in &p.named {
+                        if let Some(port) = d.named_port(n, *proto) {
+                            boxes.push((a, a, *proto, PortRange { lo: port, hi: port }));
+                        }
+                    }
+                }
+            }
+        }
+        let elements = disjoint(boxes)
+            .into_iter()
+            .map(|(a, z, proto, pr)| {
+                Element::NetProtoPort(from_u128(a, fam), from_u128(z, fam), proto, pr)
+            })
+            .collect();
+        let name = self.add_set(
+            &format!("kp{}", fam.digit()),
+            &key,
+            SetKind::NetProtoPort(fam),
+            elements,
+        );
+        self.cache.insert(key, name.clone());
+        name
     }
 
     fn cluster_rule(
@@ -889,6 +943,95 @@ fn merge(ranges: Vec<(IpAddr, IpAddr)>) -> Vec<(IpAddr, IpAddr)> {
         .collect()
 }
 
+/// Sorts ranges and merges overlapping or adjacent ones.
+fn merge_u128(mut v: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    v.sort_unstable();
+    let mut out: Vec<(u128, u128)> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Addresses `lo..=hi` with the merged port ranges allowed on them.
+type Piece = (u128, u128, Vec<(u16, u16)>);
+
+/// Boxes (address range × protocol × port range) rewritten as disjoint boxes covering the
+/// same points, as an interval set of concatenations needs: per protocol, the address axis is
+/// cut wherever a box starts or ends, the port ranges over each piece are merged, and
+/// neighbouring pieces with the same ports are joined again.
+fn disjoint(
+    boxes: Vec<(u128, u128, Protocol, PortRange)>,
+) -> Vec<(u128, u128, Protocol, PortRange)> {
+    let mut by_proto: BTreeMap<Protocol, Vec<(u128, u128, PortRange)>> = BTreeMap::new();
+    for (a, z, proto, pr) in boxes {
+        by_proto.entry(proto).or_default().push((a, z, pr));
+    }
+    let mut out = Vec::new();
+    for (proto, boxes) in by_proto {
+        // (position, starts, ports): a box starts at its first address and ends after its
+        // last (no end past the top of the address space).
+        let mut events: Vec<(u128, bool, PortRange)> = Vec::with_capacity(boxes.len() * 2);
+        for (a, z, pr) in boxes {
+            events.push((a, true, pr));
+            if let Some(after) = z.checked_add(1) {
+                events.push((after, false, pr));
+            }
+        }
+        events.sort_unstable_by_key(|e| e.0);
+        let mut active: BTreeMap<(u16, u16), usize> = BTreeMap::new();
+        let mut current: Option<Piece> = None;
+        let flush = |c: Option<Piece>, out: &mut Vec<_>| {
+            if let Some((a, z, ports)) = c {
+                for (lo, hi) in ports {
+                    out.push((a, z, proto, PortRange { lo, hi }));
+                }
+            }
+        };
+        let mut i = 0;
+        while i < events.len() {
+            let pos = events[i].0;
+            while i < events.len() && events[i].0 == pos {
+                let (_, starts, pr) = events[i];
+                let n = active.entry((pr.lo, pr.hi)).or_insert(0);
+                if starts {
+                    *n += 1;
+                } else {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(&(pr.lo, pr.hi));
+                    }
+                }
+                i += 1;
+            }
+            let end = events.get(i).map_or(u128::MAX, |e| e.0 - 1);
+            let mut ports: Vec<(u16, u16)> = Vec::new();
+            for &(lo, hi) in active.keys() {
+                match ports.last_mut() {
+                    Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+                    _ => ports.push((lo, hi)),
+                }
+            }
+            if ports.is_empty() {
+                flush(current.take(), &mut out);
+                continue;
+            }
+            match &mut current {
+                Some((_, z, p)) if *p == ports => *z = end,
+                _ => {
+                    flush(current.take(), &mut out);
+                    current = Some((pos, end, ports));
+                }
+            }
+        }
+        flush(current.take(), &mut out);
+    }
+    out
+}
+
 /// A packet as the rule set sees it (the first packet of a connection).
 #[derive(Debug, Clone)]
 pub struct Packet {
@@ -989,8 +1132,14 @@ impl Ruleset {
             Some(PortMatch::ProtoPorts(set)) => self.in_set(set, |e| {
                 matches!(e, Element::ProtoPort(p, r) if *p == pkt.protocol && r.contains(pkt.port))
             }),
-            Some(PortMatch::Named(set)) => self.in_set(set, |e| {
-                *e == Element::AddrProtoPort(pkt.dst, pkt.protocol, pkt.port)
+            Some(PortMatch::Remote(set)) => self.in_set(set, |e| match e {
+                Element::NetProtoPort(a, b, p, r) => {
+                    Family::of(a) == Family::of(&remote)
+                        && (to_u128(*a)..=to_u128(*b)).contains(&to_u128(remote))
+                        && *p == pkt.protocol
+                        && r.contains(pkt.port)
+                }
+                _ => false,
             }),
         }
     }

@@ -19,7 +19,7 @@ use crate::compile::{
     AddrMatch, Chain, Dispatch, Element, Family, PortMatch, Rule, Ruleset, Set, SetKind, TABLE,
     Verdict,
 };
-use crate::model::Direction;
+use crate::model::{Direction, PortRange};
 
 const INGRESS_MAP: &str = "ingress-dispatch";
 const EGRESS_MAP: &str = "egress-dispatch";
@@ -77,45 +77,52 @@ fn set_type(kind: SetKind) -> (&'static str, bool) {
         SetKind::Net(Family::V4) => ("ipv4_addr", true),
         SetKind::Net(Family::V6) => ("ipv6_addr", true),
         SetKind::ProtoPort => ("inet_proto . inet_service", true),
-        SetKind::AddrProtoPort(Family::V4) => ("ipv4_addr . inet_proto . inet_service", false),
-        SetKind::AddrProtoPort(Family::V6) => ("ipv6_addr . inet_proto . inet_service", false),
+        SetKind::NetProtoPort(Family::V4) => ("ipv4_addr . inet_proto . inet_service", true),
+        SetKind::NetProtoPort(Family::V6) => ("ipv6_addr . inet_proto . inet_service", true),
     }
 }
 
 fn element(e: &Element) -> String {
     match e {
         Element::Addr(a) => a.to_string(),
-        Element::Range(a, b) => {
-            // Exact prefixes read better, and are how nft lists them back.
-            let (lo, hi, bits) = match (a, b) {
-                (IpAddr::V4(a), IpAddr::V4(b)) => {
-                    (u128::from(u32::from(*a)), u128::from(u32::from(*b)), 32)
-                }
-                (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(*a), u128::from(*b), 128),
-                _ => unreachable!("ranges never mix families"),
-            };
-            let size = hi - lo;
-            if size == 0 {
-                return a.to_string();
-            }
-            if size.checked_add(1).is_some_and(u128::is_power_of_two) && lo & size == 0 {
-                let prefix = bits - (size + 1).trailing_zeros();
-                return format!("{a}/{prefix}");
-            }
-            if size == u128::MAX {
-                return format!("{a}/0");
-            }
-            format!("{a}-{b}")
+        Element::Range(a, b) => range(a, b),
+        Element::ProtoPort(p, r) => format!("{} . {}", p.nft_name(), ports(r)),
+        Element::NetProtoPort(a, b, p, r) => {
+            format!("{} . {} . {}", range(a, b), p.nft_name(), ports(r))
         }
-        Element::ProtoPort(p, r) => {
-            if r.lo == r.hi {
-                format!("{} . {}", p.nft_name(), r.lo)
-            } else {
-                format!("{} . {}-{}", p.nft_name(), r.lo, r.hi)
-            }
-        }
-        Element::AddrProtoPort(a, p, port) => format!("{a} . {} . {port}", p.nft_name()),
     }
+}
+
+fn ports(r: &PortRange) -> String {
+    if r.lo == r.hi {
+        r.lo.to_string()
+    } else {
+        format!("{}-{}", r.lo, r.hi)
+    }
+}
+
+/// An inclusive address range: one address, a prefix when it is one (how nft lists them
+/// back), or `a-b`.
+fn range(a: &IpAddr, b: &IpAddr) -> String {
+    let (lo, hi, bits) = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (u128::from(u32::from(*a)), u128::from(u32::from(*b)), 32)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(*a), u128::from(*b), 128),
+        _ => unreachable!("ranges never mix families"),
+    };
+    let size = hi - lo;
+    if size == 0 {
+        return a.to_string();
+    }
+    if size.checked_add(1).is_some_and(u128::is_power_of_two) && lo & size == 0 {
+        let prefix = bits - (size + 1).trailing_zeros();
+        return format!("{a}/{prefix}");
+    }
+    if size == u128::MAX {
+        return format!("{a}/0");
+    }
+    format!("{a}-{b}")
 }
 
 fn verdict(v: &Verdict) -> String {
@@ -145,7 +152,7 @@ fn rule_text(rule: &Rule, dir: Direction) -> String {
     // Address matches imply the family; state it only when nothing else does.
     let implied = !rule.remote.is_empty()
         || !rule.local.is_empty()
-        || matches!(rule.ports, Some(PortMatch::Named(_)));
+        || matches!(rule.ports, Some(PortMatch::Remote(_)));
     if let (Some(f), false) = (fam, implied) {
         parts.push(format!(
             "meta nfproto {}",
@@ -166,8 +173,8 @@ fn rule_text(rule: &Rule, dir: Direction) -> String {
     match &rule.ports {
         None => {}
         Some(PortMatch::ProtoPorts(set)) => parts.push(format!("meta l4proto . th dport @{set}")),
-        Some(PortMatch::Named(set)) => {
-            parts.push(format!("{ip} daddr . meta l4proto . th dport @{set}"))
+        Some(PortMatch::Remote(set)) => {
+            parts.push(format!("{ip} {remote} . meta l4proto . th dport @{set}"))
         }
     }
     if let Some(v) = &rule.verdict {

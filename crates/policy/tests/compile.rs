@@ -131,22 +131,40 @@ fn endpoint_churn_elsewhere_is_an_element_diff() {
     });
     let new = compile(&w2, "node1", Options::default());
     let script = diff(Some(&old), &new);
-    // It joins two sets: x/web's peer (y, pod=b) and baseline's Pass source (namespace y).
-    assert_eq!(script.lines().count(), 2, "{script}");
-    for line in script.lines() {
-        assert!(
-            line.starts_with("add element inet twill-policy pa4-"),
-            "{script}"
-        );
-        assert!(line.ends_with("{ 10.0.2.9 }"), "{script}");
-    }
+    // It joins two sets: baseline's Pass source (namespace y), and x/a's allowed
+    // peer . protocol . port (x/web's peer y, pod=b, on 80-81/TCP and serve-80-udp).
+    let lines: Vec<&str> = script.lines().collect();
+    assert_eq!(lines.len(), 2, "{script}");
+    assert!(
+        lines[0].starts_with("add element inet twill-policy kp4-")
+            && lines[0].ends_with("{ 10.0.2.9 . tcp . 80-81, 10.0.2.9 . udp . 80 }"),
+        "{script}"
+    );
+    assert!(
+        lines[1].starts_with("add element inet twill-policy pa4-")
+            && lines[1].ends_with("{ 10.0.2.9 }"),
+        "{script}"
+    );
     // And back: deletes only.
     let back = diff(Some(&new), &old);
     assert_eq!(back.lines().count(), 2, "{back}");
     assert!(
         back.lines()
-            .all(|l| l.starts_with("delete element inet twill-policy pa4-")),
+            .all(|l| l.starts_with("delete element inet twill-policy ")),
         "{back}"
+    );
+    // A peer next to an existing one: the range it joins is replaced, deletes first.
+    let mut w4 = w.clone();
+    let mut b3 = w2.endpoints.last().unwrap().clone();
+    b3.name = "b3".into();
+    b3.addresses = vec!["10.0.1.4".parse().unwrap()]; // next to x/c, also a peer
+    w4.endpoints.push(b3);
+    let next = diff(Some(&old), &compile(&w4, "node1", Options::default()));
+    assert!(!next.contains("delete table"), "{next}");
+    assert!(
+        next.contains("delete element inet twill-policy kp4-")
+            && next.contains("{ 10.0.1.3-10.0.1.4 . tcp . 80-81, 10.0.1.3-10.0.1.4 . udp . 80 }"),
+        "{next}"
     );
     // A new policy changes rules: full replace.
     let mut w3 = w.clone();
@@ -191,16 +209,57 @@ fn a_local_endpoint_with_the_same_policies_is_a_map_element() {
 #[test]
 fn ip_block_except_becomes_ranges() {
     let rs = compile(&mixed(), "node1", Options::default());
-    let nets: Vec<&twill_policy::compile::Set> = rs
+    let kp: Vec<&twill_policy::compile::Set> = rs
         .sets
         .iter()
-        .filter(|(n, _)| n.starts_with("pn4-"))
+        .filter(|(n, _)| n.starts_with("kp4-"))
         .map(|(_, s)| s)
         .collect();
-    assert!(nets.iter().any(|s| s.elements.contains(&Element::Range(
-        "192.0.2.0".parse().unwrap(),
-        "192.0.2.127".parse().unwrap()
+    let lo: std::net::IpAddr = "192.0.2.0".parse().unwrap();
+    let hi: std::net::IpAddr = "192.0.2.127".parse().unwrap();
+    assert!(
+        kp.iter()
+            .any(|s| s.elements.contains(&Element::NetProtoPort(
+                lo,
+                hi,
+                Protocol::Tcp,
+                PortRange { lo: 80, hi: 81 }
+            )))
+    );
+    assert!(!kp.iter().any(|s| s.elements.iter().any(|e| matches!(
+        e,
+        Element::NetProtoPort(_, b, _, _) if *b > hi && b.to_string().starts_with("192.0.2.")
     ))));
+}
+
+/// nft refuses overlapping elements in an interval set: every interval set's elements must be
+/// disjoint.
+fn assert_disjoint(rs: &twill_policy::Ruleset) {
+    fn num(ip: &std::net::IpAddr) -> u128 {
+        match ip {
+            std::net::IpAddr::V4(a) => u128::from(u32::from(*a)),
+            std::net::IpAddr::V6(a) => u128::from(*a),
+        }
+    }
+    for (name, set) in &rs.sets {
+        let boxes: Vec<(u128, u128, Option<Protocol>, u16, u16)> = set
+            .elements
+            .iter()
+            .filter_map(|e| match e {
+                Element::Range(a, b) => Some((num(a), num(b), None, 0, 0)),
+                Element::NetProtoPort(a, b, p, r) => Some((num(a), num(b), Some(*p), r.lo, r.hi)),
+                Element::ProtoPort(p, r) => Some((0, 0, Some(*p), r.lo, r.hi)),
+                Element::Addr(_) => None,
+            })
+            .collect();
+        for (i, x) in boxes.iter().enumerate() {
+            assert!(x.0 <= x.1 && x.3 <= x.4, "set {name}: empty element {x:?}");
+            for y in &boxes[i + 1..] {
+                let overlap = x.0 <= y.1 && y.0 <= x.1 && x.2 == y.2 && x.3 <= y.4 && y.3 <= x.4;
+                assert!(!overlap, "set {name}: {x:?} overlaps {y:?}");
+            }
+        }
+    }
 }
 
 /// Every pair of the nine pods, on both families, four ports, three protocols, on both
@@ -210,6 +269,7 @@ fn agree(w: &World) {
     for node in ["node1", "node2"] {
         for dispatch in [Dispatch::Interface, Dispatch::Address] {
             let rs = compile(w, node, Options { dispatch });
+            assert_disjoint(&rs);
             for a in &w.endpoints {
                 for b in &w.endpoints {
                     if a.id() == b.id() {
