@@ -347,9 +347,9 @@ def sel(match_labels=None, exprs=None):
 def pods_peer(pod=None, ns=None):
     p = {}
     if pod is not None:
-        p["pod_selector"] = pod
+        p["podSelector"] = pod
     if ns is not None:
-        p["namespace_selector"] = ns
+        p["namespaceSelector"] = ns
     return {"pods": p}
 
 

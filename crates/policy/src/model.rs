@@ -262,10 +262,18 @@ pub enum Peer {
     /// `podSelector` and/or `namespaceSelector`. Without a namespace selector the pods are
     /// those of the policy's own namespace; without a pod selector, all pods of the selected
     /// namespaces.
+    ///
+    /// Stored as `podSelector`/`namespaceSelector`; the snake_case names records were stored
+    /// with before are still read (an unread selector would silently widen the peer to every
+    /// pod of the policy's namespace).
     Pods {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, alias = "pod_selector", skip_serializing_if = "Option::is_none")]
         pod_selector: Option<LabelSelector>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            alias = "namespace_selector",
+            skip_serializing_if = "Option::is_none"
+        )]
         namespace_selector: Option<LabelSelector>,
     },
     IpBlock(IpBlock),

@@ -450,3 +450,29 @@ mod never_panics {
         }
     }
 }
+
+/// Regression: stored peers became camelCase (`podSelector`, `namespaceSelector`) while
+/// bench/policy.py and records stored before still used `pod_selector`/`namespace_selector`;
+/// serde skipped the unknown names and read `{from: [{podSelector: role=client,
+/// namespaceSelector: {}}]}` as "every pod of the policy's namespace" (the bench's client
+/// refused, an outsider of the policy's namespace let in). Both spellings must mean the same.
+#[test]
+fn stored_peer_selectors_read_in_both_spellings() {
+    let want = Peer::Pods {
+        pod_selector: Some(LabelSelector {
+            match_labels: [("role".to_string(), "client".to_string())].into(),
+            match_expressions: vec![],
+        }),
+        namespace_selector: Some(LabelSelector::default()),
+    };
+    for text in [
+        r#"{"pods": {"podSelector": {"matchLabels": {"role": "client"}}, "namespaceSelector": {}}}"#,
+        r#"{"pods": {"pod_selector": {"matchLabels": {"role": "client"}}, "namespace_selector": {}}}"#,
+    ] {
+        let got: Peer = serde_json::from_str(text).unwrap();
+        assert_eq!(got, want, "{text}");
+    }
+    let stored = serde_json::to_string(&want).unwrap();
+    assert!(stored.contains("podSelector") && stored.contains("namespaceSelector"), "{stored}");
+    assert_eq!(serde_json::from_str::<Peer>(&stored).unwrap(), want);
+}
