@@ -214,6 +214,9 @@ def rep(r):
         stop(agent)
         sh(["ip", "-n", T, "route", "flush", "proto", "117"], check=False)
         sh(["ip", "-n", B, "route", "flush", "proto", "bird"], check=False)
+        if os.environ.get("TGB_KEEP"):
+            # For a closer look: the agent's log of each repetition.
+            shutil.copy(log, os.path.join(os.environ["TGB_KEEP"], "agent-rep%d.log" % r))
         shutil.rmtree(d, ignore_errors=True)
 
 
