@@ -30,8 +30,9 @@ use twill_types::node::{BgpPeerStatus, BgpRouteStatus, BgpStatus};
 const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 /// Quiet time after the last route change before the routes count as complete.
 const SETTLE_QUIET: Duration = Duration::from_secs(1);
-/// Reconnect pace: fast enough that a restarted peer is back within a couple of seconds.
-const CONNECT_RETRY: Duration = Duration::from_secs(2);
+/// Reconnect pace: a restarted peer is back within a second (a SYN a second to a peer that
+/// is down costs nothing worth saving).
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a peer is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
