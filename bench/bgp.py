@@ -79,11 +79,15 @@ def bird_count(sock):
     return int(m.group(1)) if m else 0
 
 
-def watch(results, key, probe, want, t0, timeout=120):
-    """Polls probe() every 10 ms until it equals want; records seconds since t0."""
+def watch(results, key, probe, want, t0, timeout=120, most=None):
+    """Polls probe() every 10 ms until it equals want; records seconds since t0 (and under
+    key + "99" the first time it is within 1% of want, when `most` is set)."""
     end = time.time() + timeout
     while time.time() < end:
-        if probe() == want:
+        v = probe()
+        if most is not None and key + "99" not in results and abs(v - want) <= most:
+            results[key + "99"] = time.time() - t0
+        if v == want:
             results[key] = time.time() - t0
             return
         time.sleep(0.01)
@@ -165,18 +169,19 @@ def rep(r):
         time.sleep(0.5)
         # One side at a time, alternating which goes first, so neither competes with the
         # other for the CPUs while its table arrives.
-        out = {"est": [None, None], "rib": [None, None], "kernel": [None, None]}
+        out = {"est": [None, None], "rib": [None, None], "kernel": [None, None],
+               "kernel99": [None, None]}
         for side in (["t", "b"] if r % 2 == 0 else ["b", "t"]):
             res = {}
             t0 = time.time()
             birdc(asock, "enable", side)
             if side == "t":
-                watch(res, "kernel", lambda: count_routes(T, "117"), N, t0)
+                watch(res, "kernel", lambda: count_routes(T, "117"), N, t0, most=N // 100)
             else:
-                ws = [threading.Thread(target=watch, args=(res, k, f, N, t0)) for k, f in [
-                    ("kernel", lambda: count_routes(B, "bird")),
-                    ("rib", lambda: bird_count(bsock)),
-                ]]
+                ws = [threading.Thread(target=watch, args=(res, k, f, N, t0),
+                                       kwargs={"most": N // 100 if k == "kernel" else None})
+                      for k, f in [("kernel", lambda: count_routes(B, "bird")),
+                                   ("rib", lambda: bird_count(bsock))]]
                 for w in ws:
                     w.start()
                 for w in ws:
@@ -189,7 +194,7 @@ def rep(r):
             if side == "t":
                 rib_t = agent_learned_at(log, N)
                 res["rib"] = rib_t - t0 if rib_t else None
-            for k in ("rib", "kernel"):
+            for k in ("rib", "kernel", "kernel99"):
                 if res.get(k) is not None:
                     out[k][i] = res[k] - (est - t0)
             time.sleep(0.5)
@@ -214,6 +219,9 @@ def rep(r):
         stop(agent)
         sh(["ip", "-n", T, "route", "flush", "proto", "117"], check=False)
         sh(["ip", "-n", B, "route", "flush", "proto", "bird"], check=False)
+        if os.environ.get("TGB_KEEP"):
+            # For a closer look: the agent's log of each repetition.
+            shutil.copy(log, os.path.join(os.environ["TGB_KEEP"], "agent-rep%d.log" % r))
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -235,7 +243,8 @@ def main():
     say("N=%d prefixes; RIB and kernel counted from each session's Established; link down "
         "includes the %d s hold time" % (N, HOLD))
     for key, label in [("est", "session established after enable"),
-                       ("rib", "all N in the RIB"), ("kernel", "all N in the kernel"),
+                       ("rib", "all N in the RIB"), ("kernel99", "99% of N in the kernel"),
+                       ("kernel", "all N in the kernel"),
                        ("down", "all N gone after link down")]:
         tw = [o[key][0] for o in rows if o[key][0] is not None]
         bd = [o[key][1] for o in rows if o[key][1] is not None]
@@ -246,7 +255,7 @@ def main():
         mt, mb = statistics.median(tw), statistics.median(bd)
         ratio = mt / mb if mb else float("inf")
         goal = ""
-        if key in ("rib", "kernel"):
+        if key in ("rib", "kernel", "kernel99"):
             goal = "  goal <= 1x: %s" % ("MET" if ratio <= 1 else "NOT MET")
         say("  %-36s twill min %.3f med %.3f max %.3f | BIRD min %.3f med %.3f max %.3f | "
             "ratio %.2fx%s" % (label, min(tw), mt, max(tw), min(bd), mb, max(bd), ratio, goal))

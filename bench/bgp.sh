@@ -19,6 +19,7 @@
 #
 # Usage (as root):  bash bench/bgp.sh
 #   N=10000  REPS=3  TWILL=path/to/twill (default target/release/twill, copied first)
+#   TGB_KEEP=DIR   copy each repetition's agent log (debug level) to DIR
 #   bash bench/bgp.sh --clean      removes tgb-* netns left by a SIGKILLed run
 set -euo pipefail
 . "$(dirname "$0")/lib-cluster.sh"
@@ -71,6 +72,6 @@ for ns in "$A" "$T" "$B"; do
 done
 ip netns exec "$T" sysctl -qw net.ipv4.ip_forward=1
 
-bg_wait env N="$N" REPS="$REPS" TGB_A="$A" TGB_T="$T" TGB_B="$B" TGB_WORK="$WORK" \
+bg_wait env N="$N" REPS="$REPS" TGB_KEEP="${TGB_KEEP:-}" TGB_A="$A" TGB_T="$T" TGB_B="$B" TGB_WORK="$WORK" \
   TGB_TWILL="$WORK/twill" timeout $((REPS * 300 + 120)) python3 "$HERE/bgp.py"
 echo "written to $OUT"

@@ -30,8 +30,9 @@ use twill_types::node::{BgpPeerStatus, BgpRouteStatus, BgpStatus};
 const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 /// Quiet time after the last route change before the routes count as complete.
 const SETTLE_QUIET: Duration = Duration::from_secs(1);
-/// Reconnect pace: fast enough that a restarted peer is back within a couple of seconds.
-const CONNECT_RETRY: Duration = Duration::from_secs(2);
+/// Reconnect pace: a restarted peer is back within a second (a SYN a second to a peer that
+/// is down costs nothing worth saving).
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a peer is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +159,43 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Starts the speaker on a thread of its own (with its own single-threaded runtime), so its
+/// sessions read, answer and keep their hold timers while the agent's loop is busy applying a
+/// large table or running `nft`. Its handle and event channel work from any runtime.
+async fn start_on_own_thread(
+    sc: SpeakerConfig,
+) -> anyhow::Result<(Speaker, mpsc::UnboundedReceiver<SpeakerEvent>)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("twill-bgp".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("BGP runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Speaker::start(sc).await {
+                    Ok(started) => {
+                        let _ = tx.send(Ok(started));
+                        // The speaker's tasks live as long as this runtime: for the process.
+                        std::future::pending::<()>().await
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                    }
+                }
+            })
+        })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the BGP thread ended while starting"))?
+}
+
 /// The running speaker and what the agent knows of it.
 pub struct BgpSide {
     cfg: BgpConfig,
@@ -197,7 +235,7 @@ impl BgpSide {
         sc.graceful_restart.restarting = restarting && cfg.graceful_restart;
         // Aggregated: the node's block, never per pod.
         sc.local_routes.push((IpNet::V4(node.subnet), None));
-        let (speaker, events) = Speaker::start(sc).await?;
+        let (speaker, events) = start_on_own_thread(sc).await?;
         info!(
             asn, router_id = %my_ip, port = cfg.listen_port, restarting,
             "bgp speaker running"
