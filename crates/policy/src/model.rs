@@ -267,7 +267,11 @@ pub enum Peer {
     /// with before are still read (an unread selector would silently widen the peer to every
     /// pod of the policy's namespace).
     Pods {
-        #[serde(default, alias = "pod_selector", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            alias = "pod_selector",
+            skip_serializing_if = "Option::is_none"
+        )]
         pod_selector: Option<LabelSelector>,
         #[serde(
             default,

@@ -473,6 +473,9 @@ fn stored_peer_selectors_read_in_both_spellings() {
         assert_eq!(got, want, "{text}");
     }
     let stored = serde_json::to_string(&want).unwrap();
-    assert!(stored.contains("podSelector") && stored.contains("namespaceSelector"), "{stored}");
+    assert!(
+        stored.contains("podSelector") && stored.contains("namespaceSelector"),
+        "{stored}"
+    );
     assert_eq!(serde_json::from_str::<Peer>(&stored).unwrap(), want);
 }
