@@ -37,6 +37,40 @@ pub async fn read_world(store: &Store) -> anyhow::Result<(World, Vec<String>)> {
     Ok((World::new(namespaces, endpoints, docs), warnings))
 }
 
+/// One value under the policy prefixes, decoded and checked against its key.
+pub enum Item {
+    Policy(PolicyDoc),
+    Namespace(Namespace),
+    /// As the runtime described it (label overrides not applied).
+    Endpoint(Endpoint),
+    /// The label changes of endpoint `namespace/name`.
+    Overrides(String, LabelOverrides),
+}
+
+/// Decodes the value of any key under the policy prefixes (None, with a warning, when it
+/// does not parse or describes another key's object; None for keys outside them).
+pub fn decode_item(kv: &KeyValue, warnings: &mut Vec<String>) -> Option<Item> {
+    let key = kv.key.as_str();
+    if let Some(id) = key.strip_prefix(ENDPOINT_LABELS_PREFIX) {
+        return Some(Item::Overrides(id.to_string(), decode(kv, warnings)?));
+    }
+    if key.starts_with(ENDPOINT_PREFIX) {
+        let ep: Endpoint = decode(kv, warnings)?;
+        return check_key(kv, &keys::endpoint_key(&ep.namespace, &ep.name), warnings)
+            .then_some(Item::Endpoint(ep));
+    }
+    if key.starts_with(NAMESPACE_PREFIX) {
+        let ns: Namespace = decode(kv, warnings)?;
+        return check_key(kv, &keys::namespace_key(&ns.name), warnings)
+            .then_some(Item::Namespace(ns));
+    }
+    if key.starts_with(POLICY_PREFIX) {
+        let doc: PolicyDoc = decode(kv, warnings)?;
+        return check_key(kv, &policy_key(&doc), warnings).then_some(Item::Policy(doc));
+    }
+    None
+}
+
 /// Every policy document under [`POLICY_PREFIX`] (each at its [`policy_key`]).
 pub async fn read_policies(
     store: &Store,
@@ -45,9 +79,9 @@ pub async fn read_policies(
     let (kvs, _) = store.list(POLICY_PREFIX).await?;
     Ok(kvs
         .iter()
-        .filter_map(|kv| {
-            let doc = decode::<PolicyDoc>(kv, warnings)?;
-            check_key(kv, &policy_key(&doc), warnings).then_some(doc)
+        .filter_map(|kv| match decode_item(kv, warnings)? {
+            Item::Policy(doc) => Some(doc),
+            _ => None,
         })
         .collect())
 }
@@ -60,9 +94,9 @@ pub async fn read_namespaces(
     let (kvs, _) = store.list(NAMESPACE_PREFIX).await?;
     Ok(kvs
         .iter()
-        .filter_map(|kv| {
-            let ns = decode::<Namespace>(kv, warnings)?;
-            check_key(kv, &keys::namespace_key(&ns.name), warnings).then_some(ns)
+        .filter_map(|kv| match decode_item(kv, warnings)? {
+            Item::Namespace(ns) => Some(ns),
+            _ => None,
         })
         .collect())
 }
@@ -74,25 +108,24 @@ pub async fn read_endpoints(
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Endpoint>> {
     let (overrides, _) = store.list(ENDPOINT_LABELS_PREFIX).await?;
-    let overrides: BTreeMap<&str, LabelOverrides> = overrides
+    let overrides: BTreeMap<String, LabelOverrides> = overrides
         .iter()
-        .filter_map(|kv| {
-            let o = decode::<LabelOverrides>(kv, warnings)?;
-            Some((&kv.key[ENDPOINT_LABELS_PREFIX.len()..], o))
+        .filter_map(|kv| match decode_item(kv, warnings)? {
+            Item::Overrides(id, o) => Some((id, o)),
+            _ => None,
         })
         .collect();
     let (kvs, _) = store.list(ENDPOINT_PREFIX).await?;
     Ok(kvs
         .iter()
-        .filter_map(|kv| {
-            let mut ep = decode::<Endpoint>(kv, warnings)?;
-            if !check_key(kv, &keys::endpoint_key(&ep.namespace, &ep.name), warnings) {
-                return None;
+        .filter_map(|kv| match decode_item(kv, warnings)? {
+            Item::Endpoint(mut ep) => {
+                if let Some(o) = overrides.get(&ep.id()) {
+                    ep.labels = o.apply(&ep.labels);
+                }
+                Some(ep)
             }
-            if let Some(o) = overrides.get(ep.id().as_str()) {
-                ep.labels = o.apply(&ep.labels);
-            }
-            Some(ep)
+            _ => None,
         })
         .collect())
 }

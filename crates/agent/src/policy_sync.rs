@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -33,22 +32,10 @@ use twill_policy::{
 use twill_store::{KeyValue, MirrorEvent, Store};
 use twill_types::node::{self, PolicyStatus};
 
-/// What the plugin sends on the agent socket (one JSON line), and what it gets back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
-pub enum Request {
-    /// The endpoint file of this container was written: enforce its policy, then answer.
-    Add { container_id: String },
-    /// The container is gone (its file was removed).
-    Del { container_id: String },
-}
+use crate::policy::Item;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+/// The socket's messages (shared with the plugin).
+pub use twill_types::node::{AgentReply as Reply, AgentRequest as Request};
 
 /// The policy state, shared with the agent's main loop, which writes it to `status.json`
 /// as soon as `changed` fires.
@@ -184,41 +171,42 @@ impl WorldState {
 
     /// Applies one key's new value (None: deleted). Values that do not parse are ignored
     /// with a warning: another node may run a newer twill.
-    fn set(&mut self, key: &str, value: Option<&[u8]>) {
-        fn parse<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Option<T> {
-            serde_json::from_slice(v)
-                .map_err(|e| warn!("ignoring {key}: {e}"))
-                .ok()
-        }
-        let key_s = key.to_string();
-        if let Some(rest) = key.strip_prefix(keys::ENDPOINT_LABELS_PREFIX) {
-            match value.and_then(|v| parse::<LabelOverrides>(key, v)) {
-                Some(o) => self.overrides.insert(rest.to_string(), o),
-                None => self.overrides.remove(rest),
-            };
-        } else if key.starts_with(keys::ENDPOINT_PREFIX) {
-            match value.and_then(|v| parse::<Endpoint>(key, v)) {
-                Some(e) => self.endpoints.insert(key_s, e),
-                None => self.endpoints.remove(key),
-            };
-        } else if key.starts_with(keys::NAMESPACE_PREFIX) {
-            match value.and_then(|v| parse::<Namespace>(key, v)) {
-                Some(n) => self.namespaces.insert(key_s, n),
-                None => self.namespaces.remove(key),
-            };
-        } else if key.starts_with(keys::POLICY_PREFIX) {
-            self.network_policies.remove(key);
-            self.cluster_policies.remove(key);
-            match value.and_then(|v| parse::<PolicyDoc>(key, v)) {
-                Some(PolicyDoc::NetworkPolicy(p)) => {
-                    self.network_policies.insert(key_s, p);
-                }
-                Some(PolicyDoc::ClusterPolicy(p)) => {
-                    self.cluster_policies.insert(key_s, p);
-                }
-                None => {}
+    fn set(&mut self, kv: &KeyValue) {
+        self.delete(&kv.key);
+        let mut warnings = Vec::new();
+        let key = kv.key.clone();
+        match crate::policy::decode_item(kv, &mut warnings) {
+            Some(Item::Overrides(id, o)) => {
+                self.overrides.insert(id, o);
             }
+            Some(Item::Endpoint(e)) => {
+                self.endpoints.insert(key, e);
+            }
+            Some(Item::Namespace(n)) => {
+                self.namespaces.insert(key, n);
+            }
+            Some(Item::Policy(PolicyDoc::NetworkPolicy(p))) => {
+                self.network_policies.insert(key, p);
+            }
+            Some(Item::Policy(PolicyDoc::ClusterPolicy(p))) => {
+                self.cluster_policies.insert(key, p);
+            }
+            None => {}
         }
+        for w in warnings {
+            warn!("{w}");
+        }
+    }
+
+    /// Forgets what `key` held.
+    fn delete(&mut self, key: &str) {
+        if let Some(id) = key.strip_prefix(keys::ENDPOINT_LABELS_PREFIX) {
+            self.overrides.remove(id);
+        }
+        self.endpoints.remove(key);
+        self.namespaces.remove(key);
+        self.network_policies.remove(key);
+        self.cluster_policies.remove(key);
     }
 
     /// Replaces everything under prefix `which` with `all`.
@@ -233,7 +221,7 @@ impl WorldState {
             _ => self.overrides.clear(),
         }
         for kv in all {
-            self.set(&kv.key, Some(&kv.value));
+            self.set(kv);
         }
         self.in_sync[which] = true;
     }
@@ -345,11 +333,11 @@ impl PolicySync {
                 true
             }
             MirrorEvent::Put(kv) => {
-                self.state.set(&kv.key, Some(&kv.value));
+                self.state.set(&kv);
                 true
             }
             MirrorEvent::Delete(key) => {
-                self.state.set(&key, None);
+                self.state.delete(&key);
                 true
             }
             MirrorEvent::Lost(why) => {

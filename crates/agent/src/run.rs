@@ -126,7 +126,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         last_peers: Vec::new(),
         node_file,
         policy,
-        policy_written: None,
     };
     agent.main_loop().await
 }
@@ -191,8 +190,6 @@ struct Agent {
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
     policy: crate::policy_sync::SharedStatus,
-    /// The policy state in the last status written.
-    policy_written: Option<PolicyStatus>,
 }
 
 /// What ended the loop.
@@ -286,7 +283,7 @@ impl Agent {
                             bgp_changed = b.refresh_status().await;
                         }
                     }
-                    if bgp_changed || self.tunnel.is_some() || self.policy_written.as_ref() != Some(&self.policy_now()) {
+                    if bgp_changed || self.tunnel.is_some() {
                         self.write_status(None)
                     }
                 }
@@ -636,7 +633,6 @@ impl Agent {
             policy: Some(self.policy_now()),
             bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
         };
-        self.policy_written = status.policy.clone();
         if let Err(e) = files::write_json(&path, &status) {
             warn!("writing {}: {e:#}", path.display());
         }

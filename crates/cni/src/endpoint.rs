@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use twill_policy::Endpoint;
-use twill_types::node::{self, NodeFile};
+use twill_types::node::{self, AgentReply, AgentRequest, NodeFile};
 
 use crate::config::{Env, NetConf};
 use crate::spec::{CniError, code};
@@ -59,10 +59,9 @@ pub fn register(conf: &NetConf, env: &Env, ep: &Endpoint) -> Result<(), CniError
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| state(format!("{}: {e}", path.display())))?;
-    let request = format!(
-        "{{\"op\":\"add\",\"containerId\":{}}}\n",
-        serde_json::Value::String(env.container_id.clone())
-    );
+    let request = AgentRequest::Add {
+        container_id: env.container_id.clone(),
+    };
     ask(&conf.data_dir, &request, ADD_WAIT).inspect_err(|_| {
         // ADD fails and undoes everything: the agent must forget the pod too.
         unregister(conf, env);
@@ -73,17 +72,18 @@ pub fn register(conf: &NetConf, env: &Env, ep: &Endpoint) -> Result<(), CniError
 pub fn unregister(conf: &NetConf, env: &Env) {
     let path = record_path(&conf.data_dir, &env.container_id);
     if std::fs::remove_file(&path).is_ok() {
-        let request = format!(
-            "{{\"op\":\"del\",\"containerId\":{}}}\n",
-            serde_json::Value::String(env.container_id.clone())
-        );
+        let request = AgentRequest::Del {
+            container_id: env.container_id.clone(),
+        };
         let _ = ask(&conf.data_dir, &request, DEL_WAIT);
     }
 }
 
 /// Sends one request line and waits for the agent's answer, retrying the connection while the
 /// agent is (re)starting, for at most `wait`.
-fn ask(data_dir: &Path, request: &str, wait: Duration) -> Result<(), CniError> {
+fn ask(data_dir: &Path, request: &AgentRequest, wait: Duration) -> Result<(), CniError> {
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
     let socket = node::agent_socket(data_dir);
     let deadline = Instant::now() + wait;
     let late = || {
@@ -104,20 +104,20 @@ fn ask(data_dir: &Path, request: &str, wait: Duration) -> Result<(), CniError> {
                 stream
                     .set_read_timeout(Some(left.max(Duration::from_millis(10))))
                     .map_err(|_| late())?;
-                stream.write_all(request.as_bytes()).map_err(|_| late())?;
-                let mut line = String::new();
+                stream.write_all(&line).map_err(|_| late())?;
+                let mut answer = String::new();
                 BufReader::new(stream)
-                    .read_line(&mut line)
+                    .read_line(&mut answer)
                     .map_err(|_| late())?;
-                let reply: serde_json::Value = serde_json::from_str(&line).map_err(|_| late())?;
-                if reply["ok"].as_bool() == Some(true) {
+                let reply: AgentReply = serde_json::from_str(&answer).map_err(|_| late())?;
+                if reply.ok {
                     return Ok(());
                 }
                 return Err(CniError::new(
                     code::FIREWALL,
                     format!(
                         "the node agent could not enforce the pod's network policy: {}",
-                        reply["error"].as_str().unwrap_or("no reason given")
+                        reply.error.as_deref().unwrap_or("no reason given")
                     ),
                 ));
             }

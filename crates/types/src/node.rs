@@ -34,6 +34,24 @@ pub fn agent_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("agent.sock")
 }
 
+/// What the plugin sends on the agent socket (one JSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum AgentRequest {
+    /// The endpoint file of this container was written: enforce its policy, then answer.
+    Add { container_id: String },
+    /// The container is gone (its file was removed).
+    Del { container_id: String },
+}
+
+/// The agent's answer (one JSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The node's share of the cluster, as the plugin needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
