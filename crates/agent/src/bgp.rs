@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use twill_backend::LocalNode;
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent, State};
 use twill_store::MirrorEvent;
+use twill_types::cluster::overlaps;
 use twill_types::cluster::{BgpConfig, BgpPeer};
 use twill_types::desired::{DesiredState, PeerPath, RouteSpec};
 use twill_types::lease::Lease;
@@ -153,10 +154,6 @@ pub fn learned_specs(
             onlink: !node.public_net.contains(via),
         })
         .collect()
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// Starts the speaker on a thread of its own (with its own single-threaded runtime), so its

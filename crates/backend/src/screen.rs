@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use twill_types::cluster::overlaps;
 use twill_types::desired::{PeerPath, PeerPlan, RouteSpec};
 use twill_types::lease::Lease;
 
@@ -71,10 +71,6 @@ fn sort_key(l: &Lease) -> impl Ord + '_ {
         l.backend.name(),
         l.vtep_mac,
     )
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// What makes a lease unusable on its own.

@@ -612,7 +612,8 @@ fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), ConfigError> 
     }
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+/// Whether two IPv4 networks share an address (one contains the other).
+pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
