@@ -2,11 +2,14 @@
 start the twill agent (node -t) and the BIRD learner (-b) fresh, start the BIRD source (-a)
 with N prefixes and its two sessions disabled, enable one at a time (alternating which goes
 first) and time: Established, all N in the RIB, all N in the kernel; then, with both up, take
-the source's link down and time until each kernel holds none of them. Standard library only."""
+the source's link down and time until each kernel holds none of them. Kernel times come from
+the kernel's route notifications (route_events.py), RIB times from each receiver's log
+(twill's agent debug line, BIRD's "Got END-OF-RIB" trace). Standard library only."""
 import datetime
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import threading
@@ -69,11 +72,6 @@ def stop(p):
             p.wait()
 
 
-def count_routes(ns, proto):
-    out = sh(["ip", "-n", ns, "-4", "route", "show", "proto", proto], check=False).stdout
-    return sum(1 for line in out.splitlines() if line.startswith("100."))
-
-
 def bird_count(sock):
     m = re.search(r"(\d+) of \d+ routes", birdc(sock, "show", "route", "count"))
     return int(m.group(1)) if m else 0
@@ -115,6 +113,87 @@ def agent_learned_at(log, want):
     return None
 
 
+class RouteMonitor:
+    """Route events of one protocol in one namespace, counted by route_events.py (run in the
+    namespace): records the wall time each target count is first reached. Much finer than
+    polling `ip route` (a dump of 10,000 routes takes ~25 ms), cheap, and the same for both
+    receivers."""
+
+    def __init__(self, ns, proto):
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns, "python3",
+                                   os.path.join(here, "route_events.py"), str(proto)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.lock = threading.Lock()
+        self.marks, self.lost = {}, False
+        if self.p.stdout.readline().strip() != "ready":
+            raise SystemExit("route_events.py did not start in %s" % ns)
+        self.t = threading.Thread(target=self.read, daemon=True)
+        self.t.start()
+
+    def read(self):
+        for line in self.p.stdout:
+            f = line.split()
+            with self.lock:
+                if f[0] == "mark":
+                    self.marks[f[1]] = float(f[2])
+                elif f[0] == "lost":
+                    self.lost = True
+
+    def expect(self, name, target):
+        self.p.stdin.write("expect %s %d\n" % (name, target))
+        self.p.stdin.flush()
+
+    def wait(self, names, timeout=60):
+        end = time.time() + timeout
+        while time.time() < end:
+            with self.lock:
+                if self.lost or all(n in self.marks for n in names):
+                    break
+            time.sleep(0.01)
+        with self.lock:
+            if self.lost:
+                say("  (route events were lost: no kernel time for this run)")
+                return {}
+            return dict(self.marks)
+
+    def stop(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
+class Waker:
+    """Wakes the source BIRD every 10 ms (a control-socket command) while a table is
+    transferred, for both receivers alike. BIRD 2.0.12 sends the last UPDATEs of a feed from an
+    event that the feed's last step schedules without shortening its poll(), so when the
+    receiver drains the socket without ever filling it (no POLLOUT pending) the tail and the
+    End-of-RIB wait for the source's next wake-up: up to a keepalive interval. A receiver that
+    reads slowly fills the socket and never sees it; a fast one does, every time. The waker
+    bounds that artefact of the source at 10 ms for both sides."""
+
+    def __init__(self, sock):
+        self.done = threading.Event()
+        self.t = threading.Thread(target=self.run, args=(sock,))
+        self.t.start()
+
+    def run(self, path):
+        # One control connection, one short command per wake-up (cheaper than birdc).
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(path)
+        c.settimeout(1)
+        c.recv(4096)
+        while not self.done.wait(0.01):
+            c.sendall(b"show status\n")
+            buf = b""
+            while not re.search(rb"^0013 ", buf, re.M):
+                buf += c.recv(4096)
+        c.close()
+
+    def stop(self):
+        self.done.set()
+        self.t.join()
+
+
 SOURCE = """router id 10.9.0.1;
 protocol device {{ }}
 protocol static {{ ipv4; {routes} }}
@@ -125,11 +204,26 @@ protocol bgp b {{ local 10.9.0.1 as 65001; neighbor 10.9.0.3 as 65002; hold time
 """
 
 LEARNER = """router id 10.9.0.3;
+log "{log}" all;
+timeformat log "%F %T.%6f";
 protocol device {{ }}
 protocol kernel {{ ipv4 {{ import none; export all; }}; }}
 protocol bgp a {{ local 10.9.0.3 as 65002; neighbor 10.9.0.1 as 65001; hold time {hold};
-  connect delay time 0; connect retry time 1; ipv4 {{ import all; export none; }}; }}
+  connect delay time 0; connect retry time 1; ipv4 {{ import all; export none; }};
+  debug {{ packets }}; }}
 """
+
+
+def bird_eor_at(log):
+    """Wall time of the learner's "Got END-OF-RIB" (BIRD imports each UPDATE as it parses
+    it, so the table is complete in its RIB when the End-of-RIB that follows is read)."""
+    pat = re.compile(r"^(\S+ \S+) <TRACE> a: Got END-OF-RIB")
+    for line in open(log, errors="replace"):
+        m = pat.match(line)
+        if m:
+            ts = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
+            return ts.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return None
 
 CLUSTER = """backend: bgp
 pools:
@@ -158,7 +252,8 @@ def rep(r):
                              stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
     learner = source = None
     try:
-        learner, bsock = bird_start(B, "learner%d" % r, LEARNER.format(hold=HOLD))
+        blog = os.path.join(d, "learner.log")
+        learner, bsock = bird_start(B, "learner%d" % r, LEARNER.format(hold=HOLD, log=blog))
         routes = " ".join("route %s blackhole;" % p for p in prefixes())
         source, asock = bird_start(A, "source%d" % r, SOURCE.format(routes=routes, hold=HOLD))
         status = os.path.join(d, "data", "status.json")
@@ -171,21 +266,24 @@ def rep(r):
         # other for the CPUs while its table arrives.
         out = {"est": [None, None], "rib": [None, None], "kernel": [None, None],
                "kernel99": [None, None]}
+        # Protocol numbers: twill 117, BIRD 12 (RTPROT_BIRD).
+        mons = {"t": RouteMonitor(T, 117), "b": RouteMonitor(B, 12)}
         for side in (["t", "b"] if r % 2 == 0 else ["b", "t"]):
             res = {}
+            mon = mons[side]
+            mon.expect("kernel99", N - N // 100)
+            mon.expect("kernel", N)
             t0 = time.time()
+            waker = Waker(asock)
             birdc(asock, "enable", side)
-            if side == "t":
-                watch(res, "kernel", lambda: count_routes(T, "117"), N, t0, most=N // 100)
-            else:
-                ws = [threading.Thread(target=watch, args=(res, k, f, N, t0),
-                                       kwargs={"most": N // 100 if k == "kernel" else None})
-                      for k, f in [("kernel", lambda: count_routes(B, "bird")),
-                                   ("rib", lambda: bird_count(bsock))]]
-                for w in ws:
-                    w.start()
-                for w in ws:
-                    w.join()
+            if side == "b":
+                watch(res, "rib", lambda: bird_count(bsock), N, t0)
+                eor = bird_eor_at(blog)
+                res["rib"] = eor - t0 if eor else None
+            marks = mon.wait(["kernel", "kernel99"])
+            waker.stop()
+            for k in ("kernel", "kernel99"):
+                res[k] = marks[k] - t0 if k in marks else None
             est = since_of(asock, side)
             i = 0 if side == "t" else 1
             if est is None:
@@ -199,18 +297,14 @@ def rep(r):
                     out[k][i] = res[k] - (est - t0)
             time.sleep(0.5)
         # The source's link goes down: both notice by the hold timer.
-        res2 = {}
+        for mon in mons.values():
+            mon.expect("down", 0)
         t1 = time.time()
         sh(["ip", "-n", A, "link", "set", "eth0", "down"])
-        ws = [threading.Thread(target=watch, args=(res2, k, f, 0, t1)) for k, f in [
-            ("t", lambda: count_routes(T, "117")),
-            ("b", lambda: count_routes(B, "bird")),
-        ]]
-        for w in ws:
-            w.start()
-        for w in ws:
-            w.join()
-        out["down"] = (res2["t"], res2["b"])
+        down = [mons[k].wait(["down"]).get("down") for k in ("t", "b")]
+        out["down"] = tuple(None if x is None else x - t1 for x in down)
+        for mon in mons.values():
+            mon.stop()
         sh(["ip", "-n", A, "link", "set", "eth0", "up"])
         return out
     finally:

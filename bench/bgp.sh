@@ -3,10 +3,13 @@
 # (the real agent, which installs them as kernel routes) and, in the same run, interleaved,
 # to a second BIRD that exports them to its kernel table (`protocol kernel`). Prints
 # per repetition and min/median/max: session establishment, time until all N are in the RIB
-# (twill: the agent's copy of the Loc-RIB, from its debug log; BIRD: `show route count`) and
-# in the kernel (`ip route` counts polled every 10 ms), counted from the session's
-# Established; and convergence after the source's link goes down (hold time 3 s, until 0
-# routes are left in each kernel). Ratios twill/BIRD of the medians; goal <= 1x.
+# (twill: the agent's copy of the Loc-RIB, from its debug log; BIRD: its "Got END-OF-RIB"
+# trace) and in the kernel (the kernel's route notifications, counted as they arrive by
+# route_events.py), counted from the session's Established; and convergence after the
+# source's link goes down (hold time 3 s, until 0 routes are left in each kernel). Ratios
+# twill/BIRD of the medians; goal <= 1x. While a table is sent, the source BIRD is woken every
+# 10 ms for both receivers alike (see `Waker` in bgp.py: BIRD 2.0.12 otherwise holds the tail
+# of a feed to a receiver that never fills its socket until its next wake-up).
 # Output also goes to bench/results/bgp-<UTC timestamp>.txt.
 #
 # Setup (namespaces tgb-<run id>-*): a hub netns -u with bridge br0; the source -a

@@ -2,16 +2,21 @@
 //! `bgp` section, the leases the agent already mirrors (mesh and route-reflector peers) and the
 //! external peers in the store (`twill bgp peer add`).
 //!
-//! The speaker's Loc-RIB becomes kernel routes through the agent's ordinary reconcile: the
-//! learned routes are added to the backend's desired state ([`BgpSide::add_routes`]), so the
-//! observe/diff/apply, resync and ownership rules (protocol 117) are the same as for every
-//! other route. The pure parts ([`topology`], [`learned_specs`]) are unit-tested here.
+//! The speaker's Loc-RIB becomes kernel routes two ways:
+//! - the agent's ordinary reconcile adds the learned routes to the backend's desired state
+//!   ([`BgpSide::add_routes`]), so the observe/diff/apply, resync and ownership rules
+//!   (protocol 117) are the same as for every other route;
+//! - between reconciles, changes are programmed as they stream in ([`BgpSide::take_delta`]):
+//!   only the prefixes that changed, without reading the whole table back, so the kernel fills
+//!   while the rest of a table is still arriving. The next reconcile checks the result.
+//!
+//! The pure parts ([`topology`], [`learned_specs`], [`route_delta`]) are unit-tested here.
 //!
 //! Graceful restart, both ways: a restarted agent sets the R bit so peers keep its prefix
 //! until its End-of-RIB, and it keeps its own BGP routes in the kernel until its peers have
 //! resent theirs ([`BgpSide::settled`]), so neither direction loses a packet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::LocalNode;
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent, State};
+use twill_dataplane::peers::{ObservedRoute, Plan};
 use twill_store::MirrorEvent;
 use twill_types::cluster::overlaps;
 use twill_types::cluster::{BgpConfig, BgpPeer};
@@ -156,6 +162,62 @@ pub fn learned_specs(
         .collect()
 }
 
+/// A route the agent has programmed, and whether it came from BGP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programmed {
+    pub spec: RouteSpec,
+    pub from_bgp: bool,
+}
+
+/// The kernel changes for the prefixes in `changed`, from what `programmed` says the kernel
+/// holds to what `learned` asks for (through the same rules as [`learned_specs`]): a route
+/// the agent does not own yet is added exclusively (a route of another owner is reported,
+/// never overwritten), one it owns is replaced, and only routes that came from BGP are ever
+/// deleted here. `programmed` is updated to the result. Pure.
+pub fn route_delta(
+    changed: &BTreeSet<Ipv4Net>,
+    learned: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    node: &LocalNode,
+    desired: &DesiredState,
+    programmed: &mut HashMap<Ipv4Net, Programmed>,
+) -> Plan {
+    let subset: BTreeMap<Ipv4Net, Ipv4Addr> = changed
+        .iter()
+        .filter_map(|p| learned.get(p).map(|nh| (*p, *nh)))
+        .collect();
+    let mut want: HashMap<Ipv4Net, RouteSpec> = learned_specs(&subset, node, desired)
+        .into_iter()
+        .map(|r| (r.dst, r))
+        .collect();
+    let mut plan = Plan::default();
+    for p in changed {
+        match (want.remove(p), programmed.get(p)) {
+            (Some(spec), have) => {
+                match have {
+                    // Already there (e.g. kept from before a restart): now BGP's to remove.
+                    Some(have) if have.spec == spec => {}
+                    Some(_) => plan.replace_routes.push(spec.clone()),
+                    None => plan.add_routes.push(spec.clone()),
+                }
+                programmed.insert(
+                    *p,
+                    Programmed {
+                        spec,
+                        from_bgp: true,
+                    },
+                );
+            }
+            (None, Some(have)) if have.from_bgp => {
+                plan.delete_routes
+                    .push(ObservedRoute::from_spec(&have.spec));
+                programmed.remove(p);
+            }
+            (None, _) => {}
+        }
+    }
+    plan
+}
+
 /// Starts the speaker on a thread of its own (with its own single-threaded runtime), so its
 /// sessions read, answer and keep their hold timers while the agent's loop is busy applying a
 /// large table or running `nft`. Its handle and event channel work from any runtime.
@@ -206,6 +268,12 @@ pub struct BgpSide {
     store_peers: BTreeMap<String, BgpPeer>,
     /// Best IPv4 routes learned from peers: prefix → next hop.
     learned: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Prefixes of `learned` that changed since they were last programmed.
+    pending: BTreeSet<Ipv4Net>,
+    /// Every route the agent programmed, as of the last reconcile and the deltas since.
+    programmed: HashMap<Ipv4Net, Programmed>,
+    /// The BGP prefixes of the last reconcile's desired state.
+    reconciled_bgp: BTreeSet<Ipv4Net>,
     started: Instant,
     last_change: Instant,
     states: HashMap<IpAddr, State>,
@@ -247,6 +315,9 @@ impl BgpSide {
             running: BTreeMap::new(),
             store_peers: BTreeMap::new(),
             learned: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            programmed: HashMap::new(),
+            reconciled_bgp: BTreeSet::new(),
             started: now,
             last_change: now,
             states: HashMap::new(),
@@ -339,10 +410,14 @@ impl BgpSide {
                     IpAddr::V4(nh) => Some(nh),
                     IpAddr::V6(_) => None,
                 });
-                match new {
+                let changed = match new {
                     Some(nh) => self.learned.insert(prefix, nh) != Some(nh),
                     None => self.learned.remove(&prefix).is_some(),
+                };
+                if changed {
+                    self.pending.insert(prefix);
                 }
+                changed
             }
             SpeakerEvent::PeerState { peer, state } => {
                 info!(%peer, ?state, "bgp: peer state");
@@ -384,10 +459,36 @@ impl BgpSide {
         self.settled
     }
 
-    /// Adds the learned routes to the backend's desired state.
-    pub fn add_routes(&self, node: &LocalNode, desired: &mut DesiredState) {
+    /// Adds the learned routes to the backend's desired state (for a reconcile, which
+    /// programs every pending change).
+    pub fn add_routes(&mut self, node: &LocalNode, desired: &mut DesiredState) {
         let specs = learned_specs(&self.learned, node, desired);
+        self.reconciled_bgp = specs.iter().map(|r| r.dst).collect();
+        self.pending.clear();
         desired.routes.extend(specs);
+    }
+
+    /// After a reconcile applied `desired`: the routes the agent now owns.
+    pub fn reconciled(&mut self, desired: &DesiredState) {
+        self.programmed = desired
+            .routes
+            .iter()
+            .map(|r| {
+                let from_bgp = self.reconciled_bgp.contains(&r.dst);
+                let p = Programmed {
+                    spec: r.clone(),
+                    from_bgp,
+                };
+                (r.dst, p)
+            })
+            .collect();
+    }
+
+    /// The kernel changes for the learned routes that changed since they were last
+    /// programmed (see [`route_delta`]); `desired` is the backend's current desired state.
+    pub fn take_delta(&mut self, node: &LocalNode, desired: &DesiredState) -> Plan {
+        let changed = std::mem::take(&mut self.pending);
+        route_delta(&changed, &self.learned, node, desired, &mut self.programmed)
     }
 
     /// Refreshes [`BgpSide::status`] from the speaker; true when it changed.
@@ -614,5 +715,92 @@ mod tests {
             ]
         );
         assert!(specs.iter().all(|r| r.dev == "eth0"));
+    }
+
+    fn spec(dst: &str, via: &str) -> RouteSpec {
+        RouteSpec {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+            dev: "eth0".into(),
+            onlink: false,
+        }
+    }
+
+    fn set(prefixes: &[&str]) -> BTreeSet<Ipv4Net> {
+        prefixes.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn deltas_add_replace_and_delete_only_what_changed_and_is_ours() {
+        let desired = DesiredState::default();
+        let mut programmed = HashMap::new();
+        // A route the reconcile programmed for the backend (not BGP), and one kept from
+        // before a restart that BGP now learns the same way.
+        for (dst, via, from_bgp) in [
+            ("10.244.3.0/24", "192.168.1.13", false),
+            ("10.50.2.0/24", "192.168.1.20", false),
+        ] {
+            programmed.insert(
+                dst.parse().unwrap(),
+                Programmed {
+                    spec: spec(dst, via),
+                    from_bgp,
+                },
+            );
+        }
+        let mut learned = BTreeMap::new();
+        for (p, nh) in [
+            ("10.50.1.0/24", "192.168.1.20"),
+            ("10.50.2.0/24", "192.168.1.20"),
+            ("10.244.1.0/24", "192.168.1.20"), // our own block: never
+        ] {
+            learned.insert(p.parse().unwrap(), nh.parse().unwrap());
+        }
+        let changed = set(&["10.50.1.0/24", "10.50.2.0/24", "10.244.1.0/24"]);
+        let plan = route_delta(&changed, &learned, &node(), &desired, &mut programmed);
+        assert_eq!(plan.add_routes, vec![spec("10.50.1.0/24", "192.168.1.20")]);
+        assert!(plan.replace_routes.is_empty() && plan.delete_routes.is_empty());
+        assert!(programmed[&"10.50.2.0/24".parse().unwrap()].from_bgp);
+
+        // Only the prefixes named as changed are looked at.
+        learned.insert(
+            "10.50.9.0/24".parse().unwrap(),
+            "192.168.1.20".parse().unwrap(),
+        );
+        let plan = route_delta(&set(&[]), &learned, &node(), &desired, &mut programmed);
+        assert!(plan.is_empty());
+
+        // A new next hop replaces; a withdrawal deletes BGP's route, never the backend's.
+        learned.insert(
+            "10.50.1.0/24".parse().unwrap(),
+            "192.168.1.21".parse().unwrap(),
+        );
+        learned.remove(&"10.50.2.0/24".parse().unwrap());
+        let changed = set(&["10.50.1.0/24", "10.50.2.0/24", "10.244.3.0/24"]);
+        let plan = route_delta(&changed, &learned, &node(), &desired, &mut programmed);
+        assert_eq!(
+            plan.replace_routes,
+            vec![spec("10.50.1.0/24", "192.168.1.21")]
+        );
+        assert_eq!(
+            plan.delete_routes,
+            vec![ObservedRoute::from_spec(&spec(
+                "10.50.2.0/24",
+                "192.168.1.20"
+            ))]
+        );
+        assert!(plan.add_routes.is_empty());
+        assert!(programmed.contains_key(&"10.244.3.0/24".parse().unwrap()));
+        assert!(!programmed.contains_key(&"10.50.2.0/24".parse().unwrap()));
+
+        // Unchanged: nothing to do.
+        let plan = route_delta(
+            &set(&["10.50.1.0/24"]),
+            &learned,
+            &node(),
+            &desired,
+            &mut programmed,
+        );
+        assert!(plan.is_empty());
     }
 }

@@ -20,8 +20,15 @@ use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
 use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus, PolicyStatus};
 
 use crate::lease::{self, Held};
+use crate::route_writer::RouteWriter;
 use crate::tunnel::Engine;
 use crate::{files, underlay};
+
+/// Quiet time after a batch of BGP route changes before the reconcile that checks them.
+const BGP_CHECK_DELAY: Duration = Duration::from_millis(200);
+
+/// At most this many BGP route changes are taken from the speaker per programming step.
+const BGP_BATCH: usize = 20_000;
 
 /// Name of the masquerade chain of the cluster's pools (reserved: no CNI network may use it).
 pub const NAT_NETWORK: &str = node::AGENT_NAT_NETWORK;
@@ -109,8 +116,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let (route_writer, route_outcomes) = match bgp {
+        Some(_) => {
+            let (w, f) = RouteWriter::start(nl.clone());
+            (Some(w), Some(f))
+        }
+        None => (None, None),
+    };
     let mut agent = Agent {
         bgp,
+        route_writer,
+        bgp_links: HashMap::new(),
         opts: opts.clone(),
         store: store.clone(),
         config,
@@ -127,7 +143,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         node_file,
         policy,
     };
-    agent.main_loop().await
+    agent.main_loop(route_outcomes).await
 }
 
 /// Connects to the store, retrying while it is unreachable (the agent may start before etcd).
@@ -170,6 +186,10 @@ async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
 struct Agent {
     /// The BGP speaker, when the cluster config has a bgp section.
     bgp: Option<crate::bgp::BgpSide>,
+    /// Programs BGP route changes between reconciles (with a speaker only).
+    route_writer: Option<RouteWriter>,
+    /// Link indexes by name, for BGP route changes (refreshed when a name is missing).
+    bgp_links: HashMap<String, u32>,
     opts: AgentOptions,
     store: Store,
     config: ClusterConfig,
@@ -199,7 +219,10 @@ enum Exit {
 }
 
 impl Agent {
-    async fn main_loop(&mut self) -> anyhow::Result<()> {
+    async fn main_loop(
+        &mut self,
+        mut route_outcomes: Option<mpsc::UnboundedReceiver<Vec<String>>>,
+    ) -> anyhow::Result<()> {
         let mut events = twill_store::mirror(self.store.clone(), LEASES_PREFIX.to_string());
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -219,17 +242,20 @@ impl Agent {
             // External peers of the config need no lease: start their sessions now.
             b.sync_peers(&[]);
         }
+        // When to reconcile after the last batch of BGP route changes.
+        let mut bgp_check: Option<tokio::time::Instant> = None;
         let exit = loop {
             tokio::select! {
                 ev = recv_or_never(&mut bgp_events) => {
                     let Some(ev) = ev else { bail!("the BGP speaker stopped") };
                     let b = self.bgp.as_mut().expect("events imply a speaker");
                     let mut dirty = b.on_event(ev);
-                    // A table arrives as a burst of changes: take what is queued (and what
-                    // follows within 2 ms, for at most 100 ms) so it costs one reconcile.
-                    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+                    // A table arrives as a stream of changes: program what is queued now,
+                    // without waiting for the rest, so the kernel fills while more arrives
+                    // (the next batch is whatever queued up meanwhile).
                     let rx = bgp_events.as_mut().expect("just received");
-                    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, next_soon(rx)).await {
+                    for _ in 0..BGP_BATCH {
+                        let Some(ev) = rx.try_one() else { break };
                         dirty |= b.on_event(ev);
                     }
                     if dirty {
@@ -237,6 +263,28 @@ impl Agent {
                         tracing::debug!(learned = b.learned_len(), "bgp: learned routes changed");
                     }
                     if dirty && self.in_sync {
+                        self.program_bgp_changes().await;
+                    }
+                }
+                failed = recv_or_never(&mut route_outcomes) => {
+                    let Some(failed) = failed else { bail!("the BGP route writer stopped") };
+                    if failed.is_empty() {
+                        // Once the burst is over: read back, repair if needed, and write the
+                        // status (the deltas themselves never read the kernel).
+                        bgp_check = Some(tokio::time::Instant::now() + BGP_CHECK_DELAY);
+                    } else {
+                        for f in failed {
+                            warn!("{f}");
+                        }
+                        // Whatever the kernel holds now, the reconcile makes it right.
+                        if self.in_sync {
+                            self.reconcile().await;
+                        }
+                    }
+                }
+                _ = sleep_until_opt(bgp_check) => {
+                    bgp_check = None;
+                    if self.in_sync {
                         self.reconcile().await;
                     }
                 }
@@ -448,6 +496,10 @@ impl Agent {
 
     /// Computes the desired state from the peer map and makes the kernel match it.
     async fn reconcile(&mut self) {
+        if let Some(writer) = &self.route_writer {
+            // Route changes handed over earlier land before the kernel is read.
+            writer.flush().await;
+        }
         let peers = self.lease_list();
         let mut desired = self.backend.desired(&self.node, &peers);
         if let Some(b) = &mut self.bgp {
@@ -470,6 +522,9 @@ impl Agent {
                 None
             }
         };
+        if let Some(b) = &mut self.bgp {
+            b.reconciled(&desired);
+        }
         if !self.synced_once {
             self.synced_once = true;
             info!(
@@ -483,6 +538,44 @@ impl Agent {
             b.refresh_status().await;
         }
         self.write_status(Some((&desired, observed.as_ref())));
+    }
+
+    /// Hands the learned routes that changed since the last reconcile or delta (only those)
+    /// to the route writer, without waiting for the kernel; a failure there, or a link that
+    /// cannot be found here, falls back to a full reconcile.
+    async fn program_bgp_changes(&mut self) {
+        let peers = self.lease_list();
+        let desired = self.backend.desired(&self.node, &peers);
+        let (Some(b), Some(writer)) = (&mut self.bgp, &self.route_writer) else {
+            return;
+        };
+        let plan = b.take_delta(&self.node, &desired);
+        if plan.is_empty() {
+            return;
+        }
+        let mut changes = peers::plan_route_changes(&plan, &self.bgp_links);
+        if changes.is_err() {
+            // A link not seen before (the first delta, or the underlay was recreated).
+            match self.nl.links().await {
+                Ok(links) => {
+                    self.bgp_links = links.into_iter().map(|l| (l.name, l.index)).collect();
+                    changes = peers::plan_route_changes(&plan, &self.bgp_links);
+                }
+                Err(e) => warn!("listing links: {e}"),
+            }
+        }
+        match changes {
+            Ok(changes) => {
+                writer.submit(changes);
+                // Let the writer start on them now: this loop would otherwise go on taking
+                // queued events first, and the kernel would sit idle meanwhile.
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                warn!("programming BGP routes: {e}");
+                self.reconcile().await;
+            }
+        }
     }
 
     /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
@@ -732,6 +825,14 @@ impl<'a> Index<'a> {
             }
         }
         (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
+    }
+}
+
+/// Sleeps until `at`; never, when there is no deadline.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

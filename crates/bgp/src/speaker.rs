@@ -627,6 +627,16 @@ async fn next_msg(conn: &mut Option<Conn>) -> Option<Result<Incoming, CodecError
     }
 }
 
+/// Acknowledges what the peer sends at once instead of after the delayed-ACK timer (re-armed
+/// after every message in either direction: Linux goes back to delayed ACKs once we send).
+/// A peer that leaves Nagle's algorithm on (BIRD 2 does) holds its next small segment until
+/// our ACK: a capture of a 10,000-route table from BIRD showed a 43 ms pause mid-table.
+fn quick_ack(conn: &Option<Conn>) {
+    if let Some(c) = conn {
+        let _ = socket2::SockRef::from(c.get_ref()).set_tcp_quickack(true);
+    }
+}
+
 async fn connect_done(f: &mut Option<ConnectFut>) -> std::io::Result<TcpStream> {
     match f {
         Some(f) => f.await,
@@ -700,6 +710,7 @@ impl Session {
     }
 
     async fn incoming(&mut self, m: Option<Result<Incoming, CodecError>>) {
+        quick_ack(&self.conn);
         let ev = match m {
             None => Event::TcpClosed,
             Some(Err(CodecError::Fatal(n))) => {
@@ -806,6 +817,7 @@ impl Session {
             tracing::debug!("bgp {}: send: {e}", self.addr);
             return false;
         }
+        quick_ack(&self.conn);
         true
     }
 

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 pub use twill_netlink::AgentHandle;
 use twill_netlink::libc_errno::ENODEV;
-use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, VxlanSpec};
+use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, RouteChange, VxlanSpec};
 use twill_types::MacAddr;
 use twill_types::desired::{
     DesiredState, FdbSpec, NeighSpec, PEER_ROUTE_PROTOCOL, RouteSpec, VxlanDevice,
@@ -714,22 +714,32 @@ fn no_link(name: &str) -> Error {
 }
 
 impl Op<'_> {
+    /// The route change of a route operation (None for the others).
+    fn route_change(&self, links: &HashMap<String, u32>) -> Option<Result<RouteChange>> {
+        let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
+        Some(match *self {
+            Op::DeleteRoute(r) => Ok(RouteChange::Delete(Ipv4Route {
+                dst: r.dst,
+                gateway: r.via,
+                protocol: PEER_ROUTE_PROTOCOL,
+                metric: r.metric,
+                tos: r.tos,
+                ..Ipv4Route::default()
+            })),
+            Op::AddRoute(r) => index(&r.dev).map(|i| RouteChange::Add(route_of(r, i))),
+            Op::ReplaceRoute(r) => index(&r.dev).map(|i| RouteChange::Replace(route_of(r, i))),
+            _ => return None,
+        })
+    }
+
     async fn run(&self, nl: &AgentHandle, links: &HashMap<String, u32>) -> Result<()> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
-            Op::DeleteRoute(r) => {
-                nl.delete_route(&Ipv4Route {
-                    dst: r.dst,
-                    gateway: r.via,
-                    protocol: PEER_ROUTE_PROTOCOL,
-                    metric: r.metric,
-                    tos: r.tos,
-                    ..Ipv4Route::default()
-                })
-                .await
+            Op::DeleteRoute(_) | Op::AddRoute(_) | Op::ReplaceRoute(_) => {
+                let change = self.route_change(links).expect("a route operation")?;
+                let mut outcome = nl.route_changes(vec![change]).await;
+                outcome.pop().expect("one outcome per change")
             }
-            Op::AddRoute(r) => nl.add_route(&route_of(r, index(&r.dev)?)).await,
-            Op::ReplaceRoute(r) => nl.replace_route(&route_of(r, index(&r.dev)?)).await,
             Op::ReplaceNeighbour(n) => {
                 let neigh = Neighbour {
                     ip: n.ip,
@@ -773,6 +783,51 @@ fn route_of(r: &RouteSpec, oif: u32) -> Ipv4Route {
         metric: 0,
         tos: 0,
         unicast: true,
+    }
+}
+
+/// The kernel changes of a plan made only of route changes (such as the agent's BGP deltas),
+/// deletions first, with link names resolved through `links`; an error names the first link
+/// that is missing. Anything but routes in the plan is not included.
+pub fn plan_route_changes(plan: &Plan, links: &HashMap<String, u32>) -> Result<Vec<RouteChange>> {
+    plan.delete_routes
+        .iter()
+        .map(Op::DeleteRoute)
+        .chain(plan.add_routes.iter().map(Op::AddRoute))
+        .chain(plan.replace_routes.iter().map(Op::ReplaceRoute))
+        .map(|op| op.route_change(links).expect("a route operation"))
+        .collect()
+}
+
+/// Runs route operations in order through the handle's bulk socket (many per system call:
+/// a BGP table is thousands of routes), recording every outcome.
+async fn run_route_changes<'a>(
+    nl: &AgentHandle,
+    links: &HashMap<String, u32>,
+    ops: impl Iterator<Item = Op<'a>>,
+    report: &mut ApplyReport,
+) {
+    let mut sent = Vec::new();
+    let mut changes = Vec::new();
+    for op in ops {
+        match op.route_change(links) {
+            Some(Ok(change)) => {
+                sent.push(op);
+                changes.push(change);
+            }
+            Some(Err(error)) => report.fail(op.to_string(), error),
+            None => report.fail(op.to_string(), no_link("(not a route)")),
+        }
+    }
+    if changes.is_empty() {
+        return;
+    }
+    let outcomes = nl.route_changes(changes).await;
+    for (op, outcome) in sent.iter().zip(outcomes) {
+        report.record(outcome.map_err(|error| ApplyFailure {
+            item: op.to_string(),
+            error,
+        }));
     }
 }
 
@@ -903,7 +958,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
     let no_links = HashMap::new();
 
-    run_pipelined(
+    run_route_changes(
         nl,
         &no_links,
         plan.delete_routes.iter().map(Op::DeleteRoute),
@@ -965,7 +1020,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
             &mut report,
         )
         .await;
-        run_pipelined(
+        run_route_changes(
             nl,
             &links,
             plan.add_routes

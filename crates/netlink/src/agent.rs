@@ -18,8 +18,9 @@
 //! that the caller never overwrites an object it does not own.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use crate::bulk::{BulkSocket, RouteChange};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
@@ -175,6 +176,8 @@ impl Drop for Connection {
 pub struct AgentHandle {
     nl: rtnetlink::Handle,
     _conn: Arc<Connection>,
+    /// The socket for route changes in bulk ([`AgentHandle::route_changes`]).
+    bulk: Arc<Mutex<BulkSocket>>,
 }
 
 impl AgentHandle {
@@ -187,6 +190,7 @@ impl AgentHandle {
         Ok(AgentHandle {
             nl,
             _conn: Arc::new(Connection(task)),
+            bulk: Arc::new(Mutex::new(BulkSocket::new()?)),
         })
     }
 
@@ -594,26 +598,7 @@ impl AgentHandle {
     /// success. Because the kernel matches the protocol, a route of another owner is never
     /// deleted.
     pub async fn delete_route(&self, route: &Ipv4Route) -> Result<()> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = route.dst.prefix_len();
-        msg.header.tos = route.tos;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::from(route.protocol);
-        // NOWHERE and UNSPEC are the kernel's wildcards for scope and type.
-        msg.header.scope = RouteScope::NoWhere;
-        msg.header.kind = RouteType::Unspec;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(
-                route.dst.network(),
-            )));
-        if let Some(gw) = route.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
-        }
-        if route.metric != 0 {
-            msg.attributes.push(RouteAttribute::Priority(route.metric));
-        }
+        let msg = delete_route_message(route);
         self.ack_gone_ok(RouteNetlinkMessage::DelRoute(msg), || {
             format!(
                 "delete route {} proto {} metric {}",
@@ -621,6 +606,24 @@ impl AgentHandle {
             )
         })
         .await
+    }
+
+    /// Runs route changes in order on a socket of their own, many per system call (see
+    /// [`crate::bulk`]): for tables of thousands of routes. One outcome per change.
+    pub async fn route_changes(&self, changes: Vec<RouteChange>) -> Vec<Result<()>> {
+        let bulk = self.bulk.clone();
+        let n = changes.len();
+        let ran = tokio::task::spawn_blocking(move || {
+            bulk.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .run(&changes)
+        })
+        .await;
+        ran.unwrap_or_else(|_| {
+            (0..n)
+                .map(|_| Err(closed("bulk route changes".into())))
+                .collect()
+        })
     }
 
     // ===== neighbours =====
@@ -895,12 +898,42 @@ fn address_message(index: u32, addr: Ipv4Net) -> AddressMessage {
     msg
 }
 
-fn route_message(route: &Ipv4Route) -> RouteMessage {
+/// What every route request carries: family, destination, main table, protocol and (when
+/// given) gateway.
+fn route_request(route: &Ipv4Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
     msg.header.destination_prefix_length = route.dst.prefix_len();
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::from(route.protocol);
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            route.dst.network(),
+        )));
+    if let Some(gw) = route.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+    }
+    msg
+}
+
+/// The request that deletes the route to `route.dst` with its protocol, metric, TOS and
+/// (when given) gateway.
+pub(crate) fn delete_route_message(route: &Ipv4Route) -> RouteMessage {
+    let mut msg = route_request(route);
+    msg.header.tos = route.tos;
+    // NOWHERE and UNSPEC are the kernel's wildcards for scope and type.
+    msg.header.scope = RouteScope::NoWhere;
+    msg.header.kind = RouteType::Unspec;
+    if route.metric != 0 {
+        msg.attributes.push(RouteAttribute::Priority(route.metric));
+    }
+    msg
+}
+
+/// The request that adds (or replaces) `route`.
+pub(crate) fn route_message(route: &Ipv4Route) -> RouteMessage {
+    let mut msg = route_request(route);
     // A route without a gateway is to a directly connected destination.
     msg.header.scope = if route.gateway.is_some() {
         RouteScope::Universe
@@ -910,14 +943,6 @@ fn route_message(route: &Ipv4Route) -> RouteMessage {
     msg.header.kind = RouteType::Unicast;
     if route.onlink {
         msg.header.flags = RouteFlags::Onlink;
-    }
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(
-            route.dst.network(),
-        )));
-    if let Some(gw) = route.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
     }
     if let Some(oif) = route.oif {
         msg.attributes.push(RouteAttribute::Oif(oif));
@@ -987,7 +1012,7 @@ fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
     })
 }
 
-fn route_text(route: &Ipv4Route) -> String {
+pub(crate) fn route_text(route: &Ipv4Route) -> String {
     let mut s = route.dst.to_string();
     if let Some(gw) = route.gateway {
         s.push_str(&format!(" via {gw}"));

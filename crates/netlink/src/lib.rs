@@ -11,10 +11,12 @@
 //!   links, addresses and routes (the plugin's).
 //! - [`agent`]: [`AgentHandle`], the agent's async client over `rtnetlink` (links, VXLAN
 //!   devices, IPv4 addresses, routes, neighbours, FDB).
+//! - [`bulk`]: route changes in bulk, many requests per system call (BGP tables).
 //! - [`netns`]: running code inside another network namespace on a dedicated thread.
 //! - [`sysctl`]: the namespace's `net.*` sysctls.
 
 pub mod agent;
+pub mod bulk;
 mod handle;
 pub mod netns;
 pub mod sysctl;
@@ -22,6 +24,7 @@ pub mod sysctl;
 pub use agent::{
     AgentHandle, AgentLink, FdbEntry, InterfaceV4, Ipv4Route, Neighbour, VxlanInfo, VxlanSpec,
 };
+pub use bulk::RouteChange;
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
 
 use std::io;

@@ -23,14 +23,10 @@ fn with_nl<T: Send, F: Future<Output = T>>(
         .expect("enter netns")
 }
 
-const MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 1];
-const PEER_MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 2];
-
-#[test]
-#[ignore = "needs root"]
-fn agent_handle_programs_and_reads_back() {
+/// A namespace with the veth pair eth0/eth1 up and 10.9.0.1/24 on eth0.
+fn veth_ns(name: &str) -> Netns {
     require_root();
-    let ns = Netns::new("agent");
+    let ns = Netns::new(name);
     ns.ok(&[
         "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
     ]);
@@ -38,6 +34,16 @@ fn agent_handle_programs_and_reads_back() {
         ns.ok(&["ip", "link", "set", dev, "up"]);
     }
     ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    ns
+}
+
+const MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 1];
+const PEER_MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 2];
+
+#[test]
+#[ignore = "needs root"]
+fn agent_handle_programs_and_reads_back() {
+    let ns = veth_ns("agent");
     ns.ok(&["ip", "addr", "add", "10.9.0.99/24", "dev", "eth0"]); // secondary
     ns.ok(&["ip", "addr", "add", "10.8.0.1/24", "dev", "eth1"]);
     ns.ok(&[
@@ -212,4 +218,70 @@ fn agent_handle_programs_and_reads_back() {
         ns.ip_json(&["route", "show", "proto", "117"]),
         serde_json::json!([])
     );
+}
+
+/// Route changes in bulk: thousands in order (more than one send's worth), exclusive adds that
+/// report a route that is there, replacements, and deletions of what is already gone.
+#[test]
+#[ignore = "needs root"]
+fn route_changes_in_bulk() {
+    use twill_netlink::RouteChange;
+    let ns = veth_ns("bulk");
+    // Someone else's route: an exclusive add must not touch it.
+    ns.ok(&["ip", "route", "add", "100.64.5.0/24", "via", "10.9.0.77"]);
+    let oif: u32 = ns
+        .ok(&["cat", "/sys/class/net/eth0/ifindex"])
+        .trim()
+        .parse()
+        .unwrap();
+    let route = |i: u32, gw: u8| Ipv4Route {
+        dst: format!("100.{}.{}.0/24", 64 + (i >> 8), i & 255)
+            .parse()
+            .unwrap(),
+        gateway: Some(std::net::Ipv4Addr::new(10, 9, 0, gw)),
+        oif: Some(oif),
+        protocol: 117,
+        unicast: true,
+        ..Ipv4Route::default()
+    };
+    let n = 3000;
+    let adds: Vec<RouteChange> = (0..n).map(|i| RouteChange::Add(route(i, 2))).collect();
+    let outcomes = with_nl(&ns, |nl| async move { nl.route_changes(adds).await });
+    assert_eq!(outcomes.len(), n as usize);
+    for (i, o) in outcomes.iter().enumerate() {
+        match (i, o) {
+            (5, Err(e)) => {
+                assert!(e.is_exists(), "{e}");
+                assert!(e.to_string().contains("add route 100.64.5.0/24"), "{e}");
+            }
+            (5, Ok(())) => panic!("an exclusive add replaced another owner's route"),
+            (_, o) => assert!(o.is_ok(), "change {i}: {o:?}"),
+        }
+    }
+    let ours = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(ours.as_array().unwrap().len(), n as usize - 1);
+    let theirs = ns.ip_json(&["route", "show", "100.64.5.0/24"]);
+    assert_eq!(theirs[0]["gateway"], "10.9.0.77");
+
+    // Replace a few, delete one twice and one that never was: all succeed, in order.
+    let changes = vec![
+        RouteChange::Replace(route(1, 3)),
+        RouteChange::Delete(route(2, 2)),
+        RouteChange::Delete(route(2, 2)),
+        RouteChange::Delete(route(n + 10, 2)),
+        RouteChange::Add(route(2, 4)),
+    ];
+    let outcomes = with_nl(&ns, |nl| async move { nl.route_changes(changes).await });
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    let gw = |dst: &str| ns.ip_json(&["route", "show", dst])[0]["gateway"].clone();
+    assert_eq!(gw("100.64.1.0/24"), "10.9.0.3");
+    assert_eq!(gw("100.64.2.0/24"), "10.9.0.4");
+
+    // A deletion matches the gateway: a route via another gateway stays.
+    let outcomes = with_nl(&ns, |nl| async move {
+        nl.route_changes(vec![RouteChange::Delete(route(3, 9))])
+            .await
+    });
+    assert!(outcomes[0].is_ok());
+    assert_eq!(gw("100.64.3.0/24"), "10.9.0.2");
 }

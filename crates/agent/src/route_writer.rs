@@ -1,0 +1,89 @@
+//! The BGP route writer: a task that programs the route changes the agent hands over, in
+//! order, coalescing whatever queued up while the kernel was busy with the last batch. The
+//! agent works out the next changes while the kernel takes the previous ones, so a table that
+//! streams in is programmed at the kernel's pace. [`RouteWriter::flush`] waits until
+//! everything handed over is done (a reconcile calls it before it reads the kernel), and
+//! each batch's outcome comes back to the agent, which reconciles at once after a failure
+//! and shortly after the last batch of a burst otherwise (to check and report the result).
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use twill_dataplane::peers::AgentHandle;
+use twill_netlink::RouteChange;
+
+enum Job {
+    Changes(Vec<RouteChange>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the writer task (which ends when the handle is dropped).
+pub struct RouteWriter {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl RouteWriter {
+    /// Starts the task; the receiver gets, for each batch programmed, its errors (empty when
+    /// every change was accepted).
+    pub fn start(nl: AgentHandle) -> (RouteWriter, mpsc::UnboundedReceiver<Vec<String>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (failures_tx, failures) = mpsc::unbounded_channel();
+        tokio::spawn(run(nl, rx, failures_tx));
+        (RouteWriter { tx }, failures)
+    }
+
+    /// Queues changes (programmed after everything queued before them).
+    pub fn submit(&self, changes: Vec<RouteChange>) {
+        if !changes.is_empty() {
+            let _ = self.tx.send(Job::Changes(changes));
+        }
+    }
+
+    /// Waits until every change queued so far is programmed.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(
+    nl: AgentHandle,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    failures: mpsc::UnboundedSender<Vec<String>>,
+) {
+    while let Some(job) = rx.recv().await {
+        let mut changes = Vec::new();
+        let mut flushed = Vec::new();
+        let mut next = Some(job);
+        // Everything queued meanwhile goes in the same batch; a flush is answered once the
+        // batch (which holds all that was queued before it) is done.
+        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+            match job {
+                Job::Changes(c) => changes.extend(c),
+                Job::Flush(done) => flushed.push(done),
+            }
+        }
+        if !changes.is_empty() {
+            let t = Instant::now();
+            let n = changes.len();
+            let descriptions: Vec<String> = nl
+                .route_changes(changes)
+                .await
+                .into_iter()
+                .filter_map(|outcome| outcome.err().map(|e| e.to_string()))
+                .collect();
+            tracing::debug!(
+                routes = n,
+                failed = descriptions.len(),
+                took_ms = t.elapsed().as_millis() as u64,
+                "bgp routes programmed"
+            );
+            let _ = failures.send(descriptions);
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
