@@ -276,6 +276,8 @@ impl Agent {
                         for f in failed {
                             warn!("{f}");
                         }
+                        // A link may have been recreated under its name: look them up again.
+                        self.bgp_links.clear();
                         // Whatever the kernel holds now, the reconcile makes it right.
                         if self.in_sync {
                             self.reconcile().await;
