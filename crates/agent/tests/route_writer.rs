@@ -1,0 +1,86 @@
+//! The BGP route writer against the real kernel, in a namespace this test creates: changes
+//! handed over land in order and `flush` waits for them; each batch reports its outcome, with
+//! the kernel's refusal of a change named (which is what makes the agent reconcile).
+
+use std::path::Path;
+use std::time::Duration;
+
+use twill_agent::route_writer::RouteWriter;
+use twill_dataplane::peers::AgentHandle;
+use twill_netlink::{Ipv4Route, RouteChange};
+use twill_testkit::{Netns, require_root};
+
+fn route(third: u8, gw: u8, oif: u32) -> Ipv4Route {
+    Ipv4Route {
+        dst: format!("100.64.{third}.0/24").parse().unwrap(),
+        gateway: Some(std::net::Ipv4Addr::new(10, 9, 0, gw)),
+        oif: Some(oif),
+        protocol: 117,
+        unicast: true,
+        ..Ipv4Route::default()
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn writer_programs_in_order_flushes_and_reports_refusals() {
+    require_root();
+    let ns = Netns::new("rw");
+    ns.ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    let oif: u32 = ns
+        .ok(&["cat", "/sys/class/net/eth0/ifindex"])
+        .trim()
+        .parse()
+        .unwrap();
+    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
+    let outcomes = netns
+        .run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let (writer, mut outcomes) = RouteWriter::start(AgentHandle::new().unwrap());
+                    // Three hand-overs: the second replaces what the first added.
+                    writer.submit(
+                        (0..200)
+                            .map(|i| RouteChange::Add(route(i, 2, oif)))
+                            .collect(),
+                    );
+                    writer.submit(vec![RouteChange::Replace(route(7, 3, oif))]);
+                    writer.submit(vec![RouteChange::Delete(route(8, 2, oif))]);
+                    writer.flush().await;
+                    let mut reports = Vec::new();
+                    while let Ok(r) = outcomes.try_recv() {
+                        reports.push(r);
+                    }
+                    // A change the kernel refuses: an exclusive add of what is there.
+                    writer.submit(vec![RouteChange::Add(route(9, 5, oif))]);
+                    let refused = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+                        .await
+                        .expect("an outcome")
+                        .expect("the writer runs");
+                    (reports, refused)
+                })
+        })
+        .unwrap();
+    let (reports, refused) = outcomes;
+    assert!(
+        !reports.is_empty() && reports.iter().all(|r| r.is_empty()),
+        "{reports:?}"
+    );
+    let routes = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(routes.as_array().unwrap().len(), 199);
+    let gw = |dst: &str| ns.ip_json(&["route", "show", dst])[0]["gateway"].clone();
+    assert_eq!(gw("100.64.7.0/24"), "10.9.0.3");
+    assert_eq!(gw("100.64.9.0/24"), "10.9.0.2");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("add route 100.64.9.0/24"),
+        "{refused:?}"
+    );
+}
