@@ -20,7 +20,6 @@
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
-//! - [`route_writer`]: the task that programs BGP route changes as they stream in.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 //! - [`policy`]: the policy world from the store, and the CLI's label and name helpers.
 //! - [`policy_cli`]: `twill policy apply/list/delete/explain`, `twill namespace label/list`,
@@ -33,7 +32,6 @@ pub mod lease;
 pub mod policy;
 pub mod policy_cli;
 pub mod policy_sync;
-pub mod route_writer;
 pub mod tunnel;
 pub mod underlay;
 

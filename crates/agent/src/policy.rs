@@ -76,14 +76,11 @@ pub async fn read_policies(
     store: &Store,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<PolicyDoc>> {
-    let (kvs, _) = store.list(POLICY_PREFIX).await?;
-    Ok(kvs
-        .iter()
-        .filter_map(|kv| match decode_item(kv, warnings)? {
-            Item::Policy(doc) => Some(doc),
-            _ => None,
-        })
-        .collect())
+    read_items(store, POLICY_PREFIX, warnings, |item| match item {
+        Item::Policy(doc) => Some(doc),
+        _ => None,
+    })
+    .await
 }
 
 /// Every namespace described under [`NAMESPACE_PREFIX`].
@@ -91,13 +88,24 @@ pub async fn read_namespaces(
     store: &Store,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Namespace>> {
-    let (kvs, _) = store.list(NAMESPACE_PREFIX).await?;
+    read_items(store, NAMESPACE_PREFIX, warnings, |item| match item {
+        Item::Namespace(ns) => Some(ns),
+        _ => None,
+    })
+    .await
+}
+
+/// The items of one kind under `prefix`, decoded by [`decode_item`].
+async fn read_items<T>(
+    store: &Store,
+    prefix: &str,
+    warnings: &mut Vec<String>,
+    pick: impl Fn(Item) -> Option<T>,
+) -> anyhow::Result<Vec<T>> {
+    let (kvs, _) = store.list(prefix).await?;
     Ok(kvs
         .iter()
-        .filter_map(|kv| match decode_item(kv, warnings)? {
-            Item::Namespace(ns) => Some(ns),
-            _ => None,
-        })
+        .filter_map(|kv| decode_item(kv, warnings).and_then(&pick))
         .collect())
 }
 

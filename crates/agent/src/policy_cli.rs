@@ -189,6 +189,29 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a listing: the items as JSON with `--json`; otherwise "no WHAT in STORE" when
+/// there are none, or a table of `headers` with one `row` per item.
+fn print_listing<T: Serialize>(
+    store: &Store,
+    json: bool,
+    what: &str,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<i32> {
+    if json {
+        print_json(&items)?;
+        return Ok(0);
+    }
+    if items.is_empty() {
+        println!("no {what} in {}", store.describe());
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    print_table(headers, &rows);
+    Ok(0)
+}
+
 /// `twill policy list [--json]`: cluster policies in evaluation order, then the Kubernetes
 /// policies by namespace and name.
 pub async fn policy_list(store_url: &str, json: bool) -> anyhow::Result<i32> {
@@ -209,30 +232,18 @@ pub async fn policy_list(store_url: &str, json: bool) -> anyhow::Result<i32> {
                 .map(PolicyDoc::NetworkPolicy),
         )
         .collect();
-    if json {
-        print_json(&docs)?;
-        return Ok(0);
-    }
-    if docs.is_empty() {
-        println!("no policies in {}", store.describe());
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = docs
-        .iter()
-        .map(|doc| {
-            let (kind, ns, name) = match doc {
-                PolicyDoc::NetworkPolicy(NetworkPolicy {
-                    namespace, name, ..
-                }) => ("NetworkPolicy", namespace.as_str(), name.as_str()),
-                PolicyDoc::ClusterPolicy(ClusterPolicy { name, .. }) => {
-                    ("ClusterPolicy", "-", name.as_str())
-                }
-            };
-            vec![kind.into(), ns.into(), name.into(), summary(doc)]
-        })
-        .collect();
-    print_table(&["KIND", "NAMESPACE", "NAME", "SUMMARY"], &rows);
-    Ok(0)
+    let headers = ["KIND", "NAMESPACE", "NAME", "SUMMARY"];
+    print_listing(&store, json, "policies", &docs, &headers, |doc| {
+        let (kind, ns, name) = match doc {
+            PolicyDoc::NetworkPolicy(NetworkPolicy {
+                namespace, name, ..
+            }) => ("NetworkPolicy", namespace.as_str(), name.as_str()),
+            PolicyDoc::ClusterPolicy(ClusterPolicy { name, .. }) => {
+                ("ClusterPolicy", "-", name.as_str())
+            }
+        };
+        vec![kind.into(), ns.into(), name.into(), summary(doc)]
+    })
 }
 
 /// What `twill policy delete` removes.
@@ -484,27 +495,15 @@ pub async fn namespace_list(store_url: &str, json: bool) -> anyhow::Result<i32> 
         }
     }
     let rows: Vec<NamespaceRow> = rows.into_values().collect();
-    if json {
-        print_json(&rows)?;
-        return Ok(0);
-    }
-    if rows.is_empty() {
-        println!("no namespaces in {}", store.describe());
-        return Ok(0);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.name.clone(),
-                r.endpoints.to_string(),
-                r.network_policies.to_string(),
-                format_labels(&r.labels),
-            ]
-        })
-        .collect();
-    print_table(&["NAME", "ENDPOINTS", "POLICIES", "LABELS"], &table);
-    Ok(0)
+    let headers = ["NAME", "ENDPOINTS", "POLICIES", "LABELS"];
+    print_listing(&store, json, "namespaces", &rows, &headers, |r| {
+        vec![
+            r.name.clone(),
+            r.endpoints.to_string(),
+            r.network_policies.to_string(),
+            format_labels(&r.labels),
+        ]
+    })
 }
 
 /// `twill endpoint label NAMESPACE/NAME k=v [k-]...`: records label changes for an endpoint
@@ -546,30 +545,15 @@ pub async fn endpoint_list(store_url: &str, json: bool) -> anyhow::Result<i32> {
     let mut warnings = Vec::new();
     let endpoints = read_endpoints(&store, &mut warnings).await?;
     print_warnings(&warnings);
-    if json {
-        print_json(&endpoints)?;
-        return Ok(0);
-    }
-    if endpoints.is_empty() {
-        println!("no endpoints in {}", store.describe());
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = endpoints
-        .iter()
-        .map(|e| {
-            vec![
-                e.namespace.clone(),
-                e.name.clone(),
-                e.node.clone(),
-                e.addresses
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                format_labels(&e.labels),
-            ]
-        })
-        .collect();
-    print_table(&["NAMESPACE", "NAME", "NODE", "ADDRESSES", "LABELS"], &rows);
-    Ok(0)
+    let headers = ["NAMESPACE", "NAME", "NODE", "ADDRESSES", "LABELS"];
+    print_listing(&store, json, "endpoints", &endpoints, &headers, |e| {
+        let addresses: Vec<String> = e.addresses.iter().map(ToString::to_string).collect();
+        vec![
+            e.namespace.clone(),
+            e.name.clone(),
+            e.node.clone(),
+            addresses.join(","),
+            format_labels(&e.labels),
+        ]
+    })
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::{Backend, LocalNode};
 use twill_dataplane::peers::{self, AgentHandle, Observed, ObservedFdb, ObservedRoute};
+use twill_dataplane::route_writer::RouteWriter;
 use twill_store::{MirrorEvent, Store, StoreError};
 use twill_types::MacAddr;
 use twill_types::cluster::{BGP_PEERS_PREFIX, ClusterConfig};
@@ -20,7 +21,6 @@ use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
 use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus, PolicyStatus};
 
 use crate::lease::{self, Held};
-use crate::route_writer::RouteWriter;
 use crate::tunnel::Engine;
 use crate::{files, underlay};
 
@@ -126,7 +126,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut agent = Agent {
         bgp,
         route_writer,
-        bgp_links: HashMap::new(),
         opts: opts.clone(),
         store: store.clone(),
         config,
@@ -188,8 +187,6 @@ struct Agent {
     bgp: Option<crate::bgp::BgpSide>,
     /// Programs BGP route changes between reconciles (with a speaker only).
     route_writer: Option<RouteWriter>,
-    /// Link indexes by name, for BGP route changes (refreshed when a name is missing).
-    bgp_links: HashMap<String, u32>,
     opts: AgentOptions,
     store: Store,
     config: ClusterConfig,
@@ -276,8 +273,6 @@ impl Agent {
                         for f in failed {
                             warn!("{f}");
                         }
-                        // A link may have been recreated under its name: look them up again.
-                        self.bgp_links.clear();
                         // Whatever the kernel holds now, the reconcile makes it right.
                         if self.in_sync {
                             self.reconcile().await;
@@ -543,8 +538,8 @@ impl Agent {
     }
 
     /// Hands the learned routes that changed since the last reconcile or delta (only those)
-    /// to the route writer, without waiting for the kernel; a failure there, or a link that
-    /// cannot be found here, falls back to a full reconcile.
+    /// to the route writer, without waiting for the kernel (a failure there falls back to a
+    /// full reconcile).
     async fn program_bgp_changes(&mut self) {
         let peers = self.lease_list();
         let desired = self.backend.desired(&self.node, &peers);
@@ -552,31 +547,11 @@ impl Agent {
             return;
         };
         let plan = b.take_delta(&self.node, &desired);
-        if plan.is_empty() {
-            return;
-        }
-        let mut changes = peers::plan_route_changes(&plan, &self.bgp_links);
-        if changes.is_err() {
-            // A link not seen before (the first delta, or the underlay was recreated).
-            match self.nl.links().await {
-                Ok(links) => {
-                    self.bgp_links = links.into_iter().map(|l| (l.name, l.index)).collect();
-                    changes = peers::plan_route_changes(&plan, &self.bgp_links);
-                }
-                Err(e) => warn!("listing links: {e}"),
-            }
-        }
-        match changes {
-            Ok(changes) => {
-                writer.submit(changes);
-                // Let the writer start on them now: this loop would otherwise go on taking
-                // queued events first, and the kernel would sit idle meanwhile.
-                tokio::task::yield_now().await;
-            }
-            Err(e) => {
-                warn!("programming BGP routes: {e}");
-                self.reconcile().await;
-            }
+        if !plan.is_empty() {
+            writer.submit(plan);
+            // Let the writer start on it now: this loop would otherwise go on taking queued
+            // events first, and the kernel would sit idle meanwhile.
+            tokio::task::yield_now().await;
         }
     }
 

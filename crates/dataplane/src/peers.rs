@@ -714,10 +714,10 @@ fn no_link(name: &str) -> Error {
 }
 
 impl Op<'_> {
-    /// The route change of a route operation (None for the others).
-    fn route_change(&self, links: &HashMap<String, u32>) -> Option<Result<RouteChange>> {
+    /// The route change of a route operation (the only kind [`run_route_changes`] is given).
+    fn route_change(&self, links: &HashMap<String, u32>) -> Result<RouteChange> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
-        Some(match *self {
+        match *self {
             Op::DeleteRoute(r) => Ok(RouteChange::Delete(Ipv4Route {
                 dst: r.dst,
                 gateway: r.via,
@@ -728,17 +728,15 @@ impl Op<'_> {
             })),
             Op::AddRoute(r) => index(&r.dev).map(|i| RouteChange::Add(route_of(r, i))),
             Op::ReplaceRoute(r) => index(&r.dev).map(|i| RouteChange::Replace(route_of(r, i))),
-            _ => return None,
-        })
+            _ => unreachable!("{self} is not a route operation"),
+        }
     }
 
     async fn run(&self, nl: &AgentHandle, links: &HashMap<String, u32>) -> Result<()> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
             Op::DeleteRoute(_) | Op::AddRoute(_) | Op::ReplaceRoute(_) => {
-                let change = self.route_change(links).expect("a route operation")?;
-                let mut outcome = nl.route_changes(vec![change]).await;
-                outcome.pop().expect("one outcome per change")
+                unreachable!("route operations go through run_route_changes")
             }
             Op::ReplaceNeighbour(n) => {
                 let neigh = Neighbour {
@@ -786,37 +784,48 @@ fn route_of(r: &RouteSpec, oif: u32) -> Ipv4Route {
     }
 }
 
-/// The kernel changes of a plan made only of route changes (such as the agent's BGP deltas),
-/// deletions first, with link names resolved through `links`; an error names the first link
-/// that is missing. Anything but routes in the plan is not included.
-pub fn plan_route_changes(plan: &Plan, links: &HashMap<String, u32>) -> Result<Vec<RouteChange>> {
-    plan.delete_routes
-        .iter()
-        .map(Op::DeleteRoute)
-        .chain(plan.add_routes.iter().map(Op::AddRoute))
-        .chain(plan.replace_routes.iter().map(Op::ReplaceRoute))
-        .map(|op| op.route_change(links).expect("a route operation"))
+/// The plan's route additions and replacements, in the order they are applied.
+fn route_updates(plan: &Plan) -> Vec<Op<'_>> {
+    let adds = plan.add_routes.iter().map(Op::AddRoute);
+    adds.chain(plan.replace_routes.iter().map(Op::ReplaceRoute))
         .collect()
+}
+
+/// Applies plans made only of route changes (the agent's BGP deltas; anything else in them
+/// is left out), in order, each one's deletions before its additions and replacements, all
+/// in one pass through the bulk socket. Unlike [`apply`], its future can run as a task of
+/// its own.
+pub async fn apply_routes(nl: &AgentHandle, plans: &[Plan]) -> Result<ApplyReport> {
+    let start = Instant::now();
+    let mut report = ApplyReport::default();
+    let links = link_indexes(nl).await?;
+    let mut ops = Vec::new();
+    for plan in plans {
+        ops.extend(plan.delete_routes.iter().map(Op::DeleteRoute));
+        ops.extend(route_updates(plan));
+    }
+    run_route_changes(nl, &links, ops, &mut report).await;
+    report.elapsed = start.elapsed();
+    Ok(report)
 }
 
 /// Runs route operations in order through the handle's bulk socket (many per system call:
 /// a BGP table is thousands of routes), recording every outcome.
-async fn run_route_changes<'a>(
+async fn run_route_changes(
     nl: &AgentHandle,
     links: &HashMap<String, u32>,
-    ops: impl Iterator<Item = Op<'a>>,
+    ops: Vec<Op<'_>>,
     report: &mut ApplyReport,
 ) {
     let mut sent = Vec::new();
     let mut changes = Vec::new();
     for op in ops {
         match op.route_change(links) {
-            Some(Ok(change)) => {
+            Ok(change) => {
                 sent.push(op);
                 changes.push(change);
             }
-            Some(Err(error)) => report.fail(op.to_string(), error),
-            None => report.fail(op.to_string(), no_link("(not a route)")),
+            Err(error) => report.fail(op.to_string(), error),
         }
     }
     if changes.is_empty() {
@@ -849,6 +858,12 @@ async fn run_pipelined<'a>(
     while let Some(outcome) = results.next().await {
         report.record(outcome);
     }
+}
+
+/// Every link's index by name (one dump).
+async fn link_indexes(nl: &AgentHandle) -> Result<HashMap<String, u32>> {
+    let links = nl.links().await?;
+    Ok(links.into_iter().map(|l| (l.name, l.index)).collect())
 }
 
 async fn link_index(nl: &AgentHandle, name: &str) -> Result<u32> {
@@ -958,13 +973,8 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
     let no_links = HashMap::new();
 
-    run_route_changes(
-        nl,
-        &no_links,
-        plan.delete_routes.iter().map(Op::DeleteRoute),
-        &mut report,
-    )
-    .await;
+    let deletes = plan.delete_routes.iter().map(Op::DeleteRoute).collect();
+    run_route_changes(nl, &no_links, deletes, &mut report).await;
 
     for name in &plan.delete_devices {
         let r = delete_device(nl, name).await;
@@ -994,12 +1004,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
         + plan.replace_routes.len();
     if entries > 0 {
         // One dump resolves every link name the remaining requests use.
-        let links: HashMap<String, u32> = nl
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name, l.index))
-            .collect();
+        let links = link_indexes(nl).await?;
         run_pipelined(
             nl,
             &links,
@@ -1020,16 +1025,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
             &mut report,
         )
         .await;
-        run_route_changes(
-            nl,
-            &links,
-            plan.add_routes
-                .iter()
-                .map(Op::AddRoute)
-                .chain(plan.replace_routes.iter().map(Op::ReplaceRoute)),
-            &mut report,
-        )
-        .await;
+        run_route_changes(nl, &links, route_updates(plan), &mut report).await;
     }
 
     report.elapsed = start.elapsed();

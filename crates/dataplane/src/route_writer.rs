@@ -1,7 +1,7 @@
-//! The BGP route writer: a task that programs the route changes the agent hands over, in
-//! order, coalescing whatever queued up while the kernel was busy with the last batch. The
-//! agent works out the next changes while the kernel takes the previous ones, so a table that
-//! streams in is programmed at the kernel's pace. [`RouteWriter::flush`] waits until
+//! The route writer: a task that applies the route-only plans the agent hands over (its BGP
+//! deltas), in order, taking whatever queued up while the kernel was busy with the last one.
+//! The agent works out the next changes while the kernel takes the previous ones, so a table
+//! that streams in is programmed at the kernel's pace. [`RouteWriter::flush`] waits until
 //! everything handed over is done (a reconcile calls it before it reads the kernel), and
 //! each batch's outcome comes back to the agent, which reconciles at once after a failure
 //! and shortly after the last batch of a burst otherwise (to check and report the result).
@@ -9,11 +9,11 @@
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use twill_dataplane::peers::AgentHandle;
-use twill_netlink::RouteChange;
+
+use crate::peers::{self, AgentHandle, Plan};
 
 enum Job {
-    Changes(Vec<RouteChange>),
+    Changes(Box<Plan>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -32,10 +32,10 @@ impl RouteWriter {
         (RouteWriter { tx }, failures)
     }
 
-    /// Queues changes (programmed after everything queued before them).
-    pub fn submit(&self, changes: Vec<RouteChange>) {
-        if !changes.is_empty() {
-            let _ = self.tx.send(Job::Changes(changes));
+    /// Queues a plan (applied after everything queued before it).
+    pub fn submit(&self, plan: Plan) {
+        if !plan.is_empty() {
+            let _ = self.tx.send(Job::Changes(Box::new(plan)));
         }
     }
 
@@ -54,33 +54,31 @@ async fn run(
     failures: mpsc::UnboundedSender<Vec<String>>,
 ) {
     while let Some(job) = rx.recv().await {
-        let mut changes = Vec::new();
+        let mut plans = Vec::new();
         let mut flushed = Vec::new();
         let mut next = Some(job);
-        // Everything queued meanwhile goes in the same batch; a flush is answered once the
-        // batch (which holds all that was queued before it) is done.
+        // Everything queued meanwhile is one batch, applied in order; a flush is answered once
+        // the batch (which holds all that was queued before it) is done.
         while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
             match job {
-                Job::Changes(c) => changes.extend(c),
+                Job::Changes(plan) => plans.push(*plan),
                 Job::Flush(done) => flushed.push(done),
             }
         }
-        if !changes.is_empty() {
+        if !plans.is_empty() {
             let t = Instant::now();
-            let n = changes.len();
-            let descriptions: Vec<String> = nl
-                .route_changes(changes)
-                .await
-                .into_iter()
-                .filter_map(|outcome| outcome.err().map(|e| e.to_string()))
-                .collect();
+            let routes: usize = plans.iter().map(|p| p.changes()).sum();
+            let failed: Vec<String> = match peers::apply_routes(&nl, &plans).await {
+                Ok(report) => report.failures.iter().map(|f| f.to_string()).collect(),
+                Err(e) => vec![format!("applying {routes} route changes: {e}")],
+            };
             tracing::debug!(
-                routes = n,
-                failed = descriptions.len(),
+                routes,
+                failed = failed.len(),
                 took_ms = t.elapsed().as_millis() as u64,
                 "bgp routes programmed"
             );
-            let _ = failures.send(descriptions);
+            let _ = failures.send(failed);
         }
         for done in flushed {
             let _ = done.send(());

@@ -1,23 +1,21 @@
-//! The BGP route writer against the real kernel, in a namespace this test creates: changes
+//! The route writer against the real kernel, in a namespace this test creates: changes
 //! handed over land in order and `flush` waits for them; each batch reports its outcome, with
 //! the kernel's refusal of a change named (which is what makes the agent reconcile).
 
 use std::path::Path;
 use std::time::Duration;
 
-use twill_agent::route_writer::RouteWriter;
-use twill_dataplane::peers::AgentHandle;
-use twill_netlink::{Ipv4Route, RouteChange};
+use twill_dataplane::peers::{AgentHandle, ObservedRoute, Plan};
+use twill_dataplane::route_writer::RouteWriter;
 use twill_testkit::{Netns, require_root};
+use twill_types::desired::RouteSpec;
 
-fn route(third: u8, gw: u8, oif: u32) -> Ipv4Route {
-    Ipv4Route {
+fn route(third: u8, gw: u8) -> RouteSpec {
+    RouteSpec {
         dst: format!("100.64.{third}.0/24").parse().unwrap(),
-        gateway: Some(std::net::Ipv4Addr::new(10, 9, 0, gw)),
-        oif: Some(oif),
-        protocol: 117,
-        unicast: true,
-        ..Ipv4Route::default()
+        via: std::net::Ipv4Addr::new(10, 9, 0, gw),
+        dev: "eth0".into(),
+        onlink: false,
     }
 }
 
@@ -46,20 +44,28 @@ fn writer_programs_in_order_flushes_and_reports_refusals() {
                 .block_on(async {
                     let (writer, mut outcomes) = RouteWriter::start(AgentHandle::new().unwrap());
                     // Three hand-overs: the second replaces what the first added.
-                    writer.submit(
-                        (0..200)
-                            .map(|i| RouteChange::Add(route(i, 2, oif)))
-                            .collect(),
-                    );
-                    writer.submit(vec![RouteChange::Replace(route(7, 3, oif))]);
-                    writer.submit(vec![RouteChange::Delete(route(8, 2, oif))]);
+                    writer.submit(Plan {
+                        add_routes: (0..200).map(|i| route(i, 2)).collect(),
+                        ..Plan::default()
+                    });
+                    writer.submit(Plan {
+                        replace_routes: vec![route(7, 3)],
+                        ..Plan::default()
+                    });
+                    writer.submit(Plan {
+                        delete_routes: vec![ObservedRoute::from_spec(&route(8, 2))],
+                        ..Plan::default()
+                    });
                     writer.flush().await;
                     let mut reports = Vec::new();
                     while let Ok(r) = outcomes.try_recv() {
                         reports.push(r);
                     }
                     // A change the kernel refuses: an exclusive add of what is there.
-                    writer.submit(vec![RouteChange::Add(route(9, 5, oif))]);
+                    writer.submit(Plan {
+                        add_routes: vec![route(9, 5)],
+                        ..Plan::default()
+                    });
                     let refused = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
                         .await
                         .expect("an outcome")
