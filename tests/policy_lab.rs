@@ -7,6 +7,7 @@
 //! computed by twill's policy code. Root only.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -585,13 +586,19 @@ fn cluster_policies_and_new_pods() {
     );
     // ...and a new pod elsewhere is reachable at once.
     let e = c.lab.add_pod(1, "y", "e", &labels).expect("add y/e");
-    let server = Command::new("ip")
+    let mut server = Command::new("ip")
         .args(["netns", "exec", &e.netns, "python3", PROBE, "serve"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // The server says "serving" once its sockets listen; a fixed sleep lost that race on a
+    // loaded machine (the probe then found nothing listening, not a policy denying it).
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "serving", "probe server of y/e did not start");
     c.servers.push(server);
-    std::thread::sleep(Duration::from_millis(300));
     let target = format!("{}:80/tcp", e.ip);
     let out = Command::new("ip")
         .args([

@@ -16,11 +16,8 @@ TIMEOUT = 1.5
 
 
 def serve():
-    def tcp(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        s.listen(256)
+    # Every socket listens before "serving" is printed, so a reader of that line can probe at once.
+    def tcp(s):
         while True:
             c, _ = s.accept()
             try:
@@ -29,9 +26,7 @@ def serve():
                 pass
             c.close()
 
-    def udp(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
+    def udp(s):
         while True:
             data, peer = s.recvfrom(2048)
             try:
@@ -39,7 +34,16 @@ def serve():
             except OSError:
                 pass
 
-    threads = [threading.Thread(target=f, args=(p,), daemon=True) for p in PORTS for f in (tcp, udp)]
+    threads = []
+    for port in PORTS:
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind(("0.0.0.0", port))
+        t.listen(256)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("0.0.0.0", port))
+        threads += [threading.Thread(target=tcp, args=(t,), daemon=True),
+                    threading.Thread(target=udp, args=(u,), daemon=True)]
     for t in threads:
         t.start()
     print("serving", flush=True)

@@ -29,11 +29,6 @@ fn writer_programs_in_order_flushes_and_reports_refusals() {
     ]);
     ns.ok(&["ip", "link", "set", "eth0", "up"]);
     ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
-    let oif: u32 = ns
-        .ok(&["cat", "/sys/class/net/eth0/ifindex"])
-        .trim()
-        .parse()
-        .unwrap();
     let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
     let outcomes = netns
         .run(|| {
