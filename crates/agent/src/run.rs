@@ -720,6 +720,8 @@ fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
             .collect(),
         neighbours: desired.neighbours.clone(),
         fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
+        // The plan deleted the idle ones.
+        idle_nexthops: Vec::new(),
     }
 }
 

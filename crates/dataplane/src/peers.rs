@@ -15,7 +15,7 @@
 //! exactly as it was written (route protocol and `onlink` flag, neighbour state `PERMANENT`,
 //! FDB `self permanent` without port/VNI overrides).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -137,6 +137,9 @@ pub struct Observed {
     pub neighbours: Vec<NeighSpec>,
     /// Permanent FDB entries of the desired VXLAN device (all-zero MAC excluded).
     pub fdb: Vec<ObservedFdb>,
+    /// Ids of twill's nexthop objects (of [`PEER_ROUTE_PROTOCOL`], made by the bulk route
+    /// writer for next hops that many routes share) that no route goes through any more.
+    pub idle_nexthops: Vec<u32>,
 }
 
 /// What to do to the desired VXLAN device.
@@ -177,6 +180,8 @@ pub struct Plan {
     /// twill's routes whose gateway, link or flags differ.
     pub replace_routes: Vec<RouteSpec>,
     pub delete_routes: Vec<ObservedRoute>,
+    /// Idle nexthop objects of twill's.
+    pub delete_nexthops: Vec<u32>,
     pub replace_neighbours: Vec<NeighSpec>,
     pub delete_neighbours: Vec<NeighSpec>,
     pub replace_fdb: Vec<FdbSpec>,
@@ -199,6 +204,7 @@ impl Plan {
             + self.add_routes.len()
             + self.replace_routes.len()
             + self.delete_routes.len()
+            + self.delete_nexthops.len()
             + self.replace_neighbours.len()
             + self.delete_neighbours.len()
             + self.replace_fdb.len()
@@ -230,6 +236,9 @@ impl fmt::Display for Plan {
             self.replace_fdb.len(),
             self.delete_fdb.len(),
         )?;
+        if !self.delete_nexthops.is_empty() {
+            write!(f, "; nexthops -{}", self.delete_nexthops.len())?;
+        }
         if !self.ignored.is_empty() {
             write!(f, "; {} ignored", self.ignored.len())?;
         }
@@ -332,6 +341,14 @@ pub async fn observe(nl: &AgentHandle, desired: &DesiredState) -> Result<Observe
     };
     let (addresses, routes, neighbours, fdb) =
         futures::try_join!(addresses, routes, neighbours, fdb)?;
+    // A kernel without nexthop objects has none of twill's either.
+    let nexthops = nl.nexthops().await.unwrap_or_default();
+    let used: HashSet<u32> = routes.iter().filter_map(|r| r.nhid).collect();
+    let idle_nexthops = nexthops
+        .iter()
+        .filter(|nh| nh.protocol == PEER_ROUTE_PROTOCOL && !used.contains(&nh.id))
+        .map(|nh| nh.id)
+        .collect();
 
     let vxlan = ours
         .iter()
@@ -400,6 +417,7 @@ pub async fn observe(nl: &AgentHandle, desired: &DesiredState) -> Result<Observe
         routes,
         neighbours,
         fdb,
+        idle_nexthops,
     })
 }
 
@@ -458,7 +476,12 @@ fn adjust(want: &VxlanDevice, have: &ObservedVxlan) -> Option<DeviceAdjust> {
 
 /// The changes that turn `observed` into `desired`. Pure: no kernel access.
 pub fn diff(desired: &DesiredState, observed: &Observed) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        // Idle when observed: a route that this plan adds or replaces gets its own next hop
+        // (the bulk writer forgets the objects it is told to delete).
+        delete_nexthops: observed.idle_nexthops.clone(),
+        ..Plan::default()
+    };
 
     // The device. "fresh" means it will be (re)made, so nothing on it survives.
     let mut device: Option<&str> = None;
@@ -781,6 +804,7 @@ fn route_of(r: &RouteSpec, oif: u32) -> Ipv4Route {
         metric: 0,
         tos: 0,
         unicast: true,
+        nhid: None,
     }
 }
 
@@ -975,6 +999,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
 
     let deletes = plan.delete_routes.iter().map(Op::DeleteRoute).collect();
     run_route_changes(nl, &no_links, deletes, &mut report).await;
+    delete_nexthops(nl, plan.delete_nexthops.clone(), &mut report).await;
 
     for name in &plan.delete_devices {
         let r = delete_device(nl, name).await;
@@ -1057,7 +1082,31 @@ pub async fn set_only_address(nl: &AgentHandle, name: &str, want: Ipv4Net) -> Re
 pub async fn remove_all(nl: &AgentHandle) -> Result<ApplyReport> {
     let nothing = DesiredState::default();
     let observed = observe(nl, &nothing).await?;
-    apply(nl, &diff(&nothing, &observed)).await
+    let mut report = apply(nl, &diff(&nothing, &observed)).await?;
+    // The routes are gone, so every nexthop object of twill's is idle now.
+    let ours = nl
+        .nexthops()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|nh| nh.protocol == PEER_ROUTE_PROTOCOL)
+        .map(|nh| nh.id)
+        .collect();
+    delete_nexthops(nl, ours, &mut report).await;
+    Ok(report)
+}
+
+async fn delete_nexthops(nl: &AgentHandle, ids: Vec<u32>, report: &mut ApplyReport) {
+    if ids.is_empty() {
+        return;
+    }
+    let items: Vec<String> = ids
+        .iter()
+        .map(|id| format!("delete nexthop {id}"))
+        .collect();
+    for (item, outcome) in items.into_iter().zip(nl.delete_nexthops(ids).await) {
+        report.record(outcome.map_err(|error| ApplyFailure { item, error }));
+    }
 }
 
 #[cfg(test)]
@@ -1132,8 +1181,21 @@ mod tests {
             routes: d.routes.iter().map(ObservedRoute::from_spec).collect(),
             neighbours: d.neighbours.clone(),
             fdb: d.fdb.iter().map(ObservedFdb::from_spec).collect(),
+            idle_nexthops: Vec::new(),
         }
     }
+
+    #[test]
+    fn idle_nexthops_are_deleted() {
+        let d = vxlan_state(2);
+        let mut o = written(&d);
+        o.idle_nexthops = vec![NEXTHOP_ID, NEXTHOP_ID + 1];
+        let plan = diff(&d, &o);
+        assert_eq!(plan.delete_nexthops, o.idle_nexthops);
+        assert_eq!(plan.changes(), 2, "{plan}");
+    }
+
+    const NEXTHOP_ID: u32 = twill_netlink::bulk::NEXTHOP_ID_BASE;
 
     #[test]
     fn nothing_wanted_nothing_there_is_empty() {

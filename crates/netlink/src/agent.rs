@@ -20,7 +20,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
-use crate::bulk::{BulkSocket, RouteChange};
+use crate::bulk::{BulkSocket, Nexthop, RouteChange};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
@@ -114,6 +114,10 @@ pub struct Ipv4Route {
     pub tos: u8,
     /// False for blackhole, unreachable, local, ... routes.
     pub unicast: bool,
+    /// The nexthop object the route goes through (`ip route ... nhid N`), as read back; the
+    /// kernel also reports that object's gateway and link in `gateway` and `oif`. Requests
+    /// never use it: [`crate::bulk`] picks nexthop objects itself.
+    pub nhid: Option<u32>,
 }
 
 /// A permanent IPv4 neighbour (ARP entry).
@@ -611,19 +615,48 @@ impl AgentHandle {
     /// Runs route changes in order on a socket of their own, many per system call (see
     /// [`crate::bulk`]): for tables of thousands of routes. One outcome per change.
     pub async fn route_changes(&self, changes: Vec<RouteChange>) -> Vec<Result<()>> {
-        let bulk = self.bulk.clone();
         let n = changes.len();
-        let ran = tokio::task::spawn_blocking(move || {
-            bulk.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .run(&changes)
+        self.on_bulk("bulk route changes", move |b| b.run(&changes))
+            .await
+            .unwrap_or_else(|_| {
+                (0..n)
+                    .map(|_| Err(closed("bulk route changes".into())))
+                    .collect()
+            })
+    }
+
+    /// The kernel's single-gateway IPv4 nexthop objects (all protocols; empty when the kernel
+    /// has none or refuses to list them).
+    pub async fn nexthops(&self) -> Result<Vec<Nexthop>> {
+        self.on_bulk("list nexthop objects", |b| b.nexthops())
+            .await?
+    }
+
+    /// Deletes nexthop objects (and every route through them); one outcome per id, an
+    /// object already gone is success.
+    pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<()>> {
+        let n = ids.len();
+        self.on_bulk("delete nexthop objects", move |b| b.delete_nexthops(&ids))
+            .await
+            .unwrap_or_else(|_| {
+                (0..n)
+                    .map(|_| Err(closed("delete nexthop objects".into())))
+                    .collect()
+            })
+    }
+
+    /// Runs `f` on the bulk socket, on a blocking thread.
+    async fn on_bulk<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut BulkSocket) -> T + Send + 'static,
+    ) -> Result<T> {
+        let bulk = self.bulk.clone();
+        tokio::task::spawn_blocking(move || {
+            f(&mut bulk.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
         })
-        .await;
-        ran.unwrap_or_else(|_| {
-            (0..n)
-                .map(|_| Err(closed("bulk route changes".into())))
-                .collect()
-        })
+        .await
+        .map_err(|_| closed(what.to_string()))
     }
 
     // ===== neighbours =====
@@ -991,8 +1024,10 @@ fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
     let mut gateway = None;
     let mut oif = None;
     let mut metric = 0;
+    let mut nhid = None;
     for attr in &m.attributes {
         match attr {
+            RouteAttribute::NhId(id) => nhid = Some(*id),
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
             RouteAttribute::Oif(i) => oif = Some(*i),
@@ -1009,6 +1044,7 @@ fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
         metric,
         tos: m.header.tos,
         unicast: m.header.kind == RouteType::Unicast,
+        nhid,
     })
 }
 

@@ -24,7 +24,7 @@ pub mod sysctl;
 pub use agent::{
     AgentHandle, AgentLink, FdbEntry, InterfaceV4, Ipv4Route, Neighbour, VxlanInfo, VxlanSpec,
 };
-pub use bulk::RouteChange;
+pub use bulk::{Nexthop, RouteChange};
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
 
 use std::io;

@@ -262,6 +262,29 @@ fn route_changes_in_bulk() {
     assert_eq!(ours.as_array().unwrap().len(), n as usize - 1);
     let theirs = ns.ip_json(&["route", "show", "100.64.5.0/24"]);
     assert_eq!(theirs[0]["gateway"], "10.9.0.77");
+    // The routes share one next hop, so they go through one nexthop object of twill's, and
+    // read back with its gateway and link.
+    let objects = ns.ip_json(&["nexthop", "show", "proto", "117"]);
+    assert_eq!(objects.as_array().unwrap().len(), 1, "{objects}");
+    assert_eq!(objects[0]["gateway"], "10.9.0.2");
+    assert_eq!(objects[0]["id"], twill_netlink::bulk::NEXTHOP_ID_BASE);
+    assert!(
+        ours.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["nhid"] == objects[0]["id"]
+                && r["gateway"] == "10.9.0.2"
+                && r["dev"] == "eth0"),
+        "{ours}"
+    );
+    let listed = with_nl(&ns, |nl| async move { nl.ipv4_routes(Some(117)).await }).unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.nhid == Some(twill_netlink::bulk::NEXTHOP_ID_BASE)
+                && r.gateway == Some(std::net::Ipv4Addr::new(10, 9, 0, 2))
+                && r.oif == Some(oif))
+    );
 
     // Replace a few, delete one twice and one that never was: all succeed, in order.
     let changes = vec![
@@ -284,4 +307,57 @@ fn route_changes_in_bulk() {
     });
     assert!(outcomes[0].is_ok());
     assert_eq!(gw("100.64.3.0/24"), "10.9.0.2");
+
+    // The object vanishes under a handle that knows it (`ip nexthop flush` takes its routes
+    // too): the next table still lands, with a new object.
+    let again: Vec<RouteChange> = (0..n)
+        .filter(|i| *i != 5)
+        .map(|i| RouteChange::Replace(route(i, 2)))
+        .collect();
+    let (first, second) = with_nl(&ns, |nl| async move {
+        let first = nl
+            .route_changes(vec![
+                RouteChange::Replace(route(0, 2)),
+                RouteChange::Replace(route(1, 2)),
+            ])
+            .await;
+        let flushed = std::process::Command::new("ip")
+            .args(["nexthop", "flush", "proto", "117"])
+            .output()
+            .unwrap();
+        assert!(flushed.status.success());
+        (first, nl.route_changes(again).await)
+    });
+    assert!(
+        first.iter().chain(&second).all(|o| o.is_ok()),
+        "{first:?} {second:?}"
+    );
+    let ours = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(ours.as_array().unwrap().len(), n as usize - 1);
+    assert_eq!(gw("100.64.5.0/24"), "10.9.0.77");
+
+    // Objects are listed for the caller to delete, and deleting one takes its routes.
+    let ids = with_nl(&ns, |nl| async move {
+        let ids: Vec<u32> = nl
+            .nexthops()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|nh| nh.protocol == 117)
+            .map(|nh| nh.id)
+            .collect();
+        let outcomes = nl.delete_nexthops(ids.clone()).await;
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+        ids
+    });
+    assert!(!ids.is_empty());
+    // Every route of ours went through the object.
+    let ours = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert!(ours.as_array().unwrap().is_empty(), "{ours}");
+    assert!(
+        ns.ip_json(&["nexthop", "show", "proto", "117"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
