@@ -401,21 +401,25 @@ impl BgpSide {
     /// A speaker event; true when the learned routes changed.
     pub fn on_event(&mut self, ev: SpeakerEvent) -> bool {
         match ev {
-            SpeakerEvent::BestRoute(change) => {
+            SpeakerEvent::BestRoutes(changes) => {
                 self.last_change = Instant::now();
-                let IpNet::V4(prefix) = change.prefix else {
-                    return false; // IPv6 pods are not supported yet.
-                };
-                let new = twill_bgp::learned_route(&change).and_then(|(_, nh)| match nh {
-                    IpAddr::V4(nh) => Some(nh),
-                    IpAddr::V6(_) => None,
-                });
-                let changed = match new {
-                    Some(nh) => self.learned.insert(prefix, nh) != Some(nh),
-                    None => self.learned.remove(&prefix).is_some(),
-                };
-                if changed {
-                    self.pending.insert(prefix);
+                let mut changed = false;
+                for change in &changes {
+                    let IpNet::V4(prefix) = change.prefix else {
+                        continue; // IPv6 pods are not supported yet.
+                    };
+                    let new = twill_bgp::learned_route(change).and_then(|(_, nh)| match nh {
+                        IpAddr::V4(nh) => Some(nh),
+                        IpAddr::V6(_) => None,
+                    });
+                    let this = match new {
+                        Some(nh) => self.learned.insert(prefix, nh) != Some(nh),
+                        None => self.learned.remove(&prefix).is_some(),
+                    };
+                    if this {
+                        self.pending.insert(prefix);
+                    }
+                    changed |= this;
                 }
                 changed
             }

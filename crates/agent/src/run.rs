@@ -27,8 +27,9 @@ use crate::{files, underlay};
 /// Quiet time after a batch of BGP route changes before the reconcile that checks them.
 const BGP_CHECK_DELAY: Duration = Duration::from_millis(200);
 
-/// At most this many BGP route changes are taken from the speaker per programming step.
-const BGP_BATCH: usize = 20_000;
+/// At most this many speaker events (each the route changes of one UPDATE, up to about a
+/// thousand) are taken per programming step.
+const BGP_BATCH: usize = 32;
 
 /// Name of the masquerade chain of the cluster's pools (reserved: no CNI network may use it).
 pub const NAT_NETWORK: &str = node::AGENT_NAT_NETWORK;

@@ -12,7 +12,7 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use twill_bgp::{PeerConfig, Speaker, SpeakerConfig};
+use twill_bgp::{PeerConfig, Speaker, SpeakerConfig, SpeakerEvent};
 
 fn parse_peer(s: &str) -> PeerConfig {
     let mut parts = s.split(',');
@@ -121,9 +121,26 @@ fn main() {
                 }
             }
         });
+        // One JSON line per best-route change ({"event": "best_route", "prefix", "best"})
+        // and per peer state change ({"event": "peer_state", "peer", "state"}).
         while let Some(ev) = events.recv().await {
+            let lines = match ev {
+                SpeakerEvent::BestRoutes(changes) => changes
+                    .iter()
+                    .map(|c| {
+                        let mut v = serde_json::to_value(c).expect("json");
+                        v["event"] = "best_route".into();
+                        v
+                    })
+                    .collect(),
+                SpeakerEvent::PeerState { peer, state } => {
+                    vec![serde_json::json!({"event": "peer_state", "peer": peer, "state": state})]
+                }
+            };
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", serde_json::to_string(&ev).expect("json"));
+            for v in lines {
+                let _ = writeln!(out, "{v}");
+            }
             let _ = out.flush();
         }
     });

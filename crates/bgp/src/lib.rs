@@ -23,9 +23,11 @@
 //! speaker.add_peer(PeerConfig::new("10.0.0.2".parse().unwrap(), 64512))?;
 //! while let Some(ev) = events.recv().await {
 //!     match ev {
-//!         SpeakerEvent::BestRoute(change) => match learned_route(&change) {
-//!             Some((prefix, next_hop)) => { /* install prefix via next_hop */ }
-//!             None => { /* remove our kernel route for change.prefix, if any */ }
+//!         SpeakerEvent::BestRoutes(changes) => for change in &changes {
+//!             match learned_route(change) {
+//!                 Some((prefix, next_hop)) => { /* install prefix via next_hop */ }
+//!                 None => { /* remove our kernel route for change.prefix, if any */ }
+//!             }
 //!         },
 //!         SpeakerEvent::PeerState { peer, state } => { /* log, metrics */ }
 //!     }

@@ -156,12 +156,13 @@ pub struct Status {
 }
 
 /// What the agent hears.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpeakerEvent {
-    /// The best route for a prefix changed (`best` None: no route any more). Routes from
-    /// peers are what the agent installs in the kernel; local ones it already has.
-    BestRoute(BestChange),
+    /// The best routes of these prefixes changed (`best` None: no route any more), one event
+    /// per UPDATE or peer change, so that a table of thousands of prefixes wakes the agent a
+    /// few dozen times rather than once per prefix. Routes from peers are what the agent
+    /// installs in the kernel; local ones it already has.
+    BestRoutes(Vec<BestChange>),
     PeerState {
         peer: IpAddr,
         state: State,
@@ -573,8 +574,8 @@ impl Core {
     }
 
     fn apply(&mut self, out: crate::rib::Output) {
-        for c in out.best {
-            let _ = self.events.send(SpeakerEvent::BestRoute(c));
+        if !out.best.is_empty() {
+            let _ = self.events.send(SpeakerEvent::BestRoutes(out.best));
         }
         for (a, u) in out.updates {
             if let Some(p) = self.peers.get(&a) {

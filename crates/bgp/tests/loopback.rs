@@ -49,9 +49,17 @@ impl Events {
         }
     }
 
+    /// Takes the events that came, one best-route change per entry.
     fn drain(&mut self) {
         while let Ok(e) = self.rx.try_recv() {
-            self.seen.push(e);
+            match e {
+                SpeakerEvent::BestRoutes(changes) => self.seen.extend(
+                    changes
+                        .into_iter()
+                        .map(|c| SpeakerEvent::BestRoutes(vec![c])),
+                ),
+                e => self.seen.push(e),
+            }
         }
     }
 
@@ -76,7 +84,7 @@ impl Events {
         self.drain();
         let p: IpNet = prefix.parse().unwrap();
         self.seen.iter().rev().find_map(|e| match e {
-            SpeakerEvent::BestRoute(c) if c.prefix == p => Some(c.best.clone()),
+            SpeakerEvent::BestRoutes(c) if c[0].prefix == p => Some(c[0].best.clone()),
             _ => None,
         })
     }
@@ -85,7 +93,7 @@ impl Events {
         let p: IpNet = prefix.parse().unwrap();
         self.wait(prefix, |seen| {
             seen.iter().rev().find_map(|e| match e {
-                SpeakerEvent::BestRoute(c) if c.prefix == p => Some(c.best.is_some()),
+                SpeakerEvent::BestRoutes(c) if c[0].prefix == p => Some(c[0].best.is_some()),
                 _ => None,
             }) == Some(present)
         })
@@ -257,7 +265,7 @@ async fn graceful_restart_receiver_keeps_stale_routes_until_end_of_rib() {
     drop(p);
     ev.wait("routes marked stale", |seen| {
         seen.iter().any(
-            |e| matches!(e, SpeakerEvent::BestRoute(c) if c.best.as_ref().is_some_and(|b| b.stale)),
+            |e| matches!(e, SpeakerEvent::BestRoutes(c) if c[0].best.as_ref().is_some_and(|b| b.stale)),
         )
     })
     .await;

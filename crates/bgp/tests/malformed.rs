@@ -109,7 +109,11 @@ async fn next_best(ev: &mut UnboundedReceiver<SpeakerEvent>, prefix: &str) -> bo
             .expect("event in time")
             .expect("speaker alive")
         {
-            SpeakerEvent::BestRoute(c) if c.prefix == p => return c.best.is_some(),
+            SpeakerEvent::BestRoutes(changes) => {
+                if let Some(c) = changes.iter().rev().find(|c| c.prefix == p) {
+                    return c.best.is_some();
+                }
+            }
             _ => {}
         }
     }
