@@ -224,9 +224,12 @@ pub fn alive(pid: u32) -> bool {
 /// True when `pid` runs with `arg` as one of its arguments. The lab checks this before it
 /// signals a recorded pid, since after a reboot or a crash the number may belong to a stranger.
 pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
-    // A process in the middle of execve briefly shows an empty command line (the new image's
-    // arguments are not mapped yet), e.g. an agent started a moment ago.
-    for _ in 0..100 {
+    // A process in the middle of execve shows an empty command line (the new image's
+    // arguments are not mapped yet), e.g. an agent started a moment ago. That is usually a
+    // millisecond, but on a loaded machine (two cores, the test suite's labs in parallel) the
+    // exec of a large debug binary was seen to take longer than the 100 ms once allowed here,
+    // and a starting agent was taken for a dead one.
+    for _ in 0..2000 {
         if !alive(pid) {
             return false;
         }
