@@ -3,7 +3,7 @@ start the twill agent (node -t) and the BIRD learner (-b) fresh, start the BIRD 
 with N prefixes and its two sessions disabled, enable one at a time (alternating which goes
 first) and time: Established, all N in the RIB, all N in the kernel; then, with both up, take
 the source's link down and time until each kernel holds none of them. Kernel times come from
-the kernel's route notifications (route_events.py), RIB times from each receiver's log
+the kernel's route notifications (route_events.c), RIB times from each receiver's log
 (twill's agent debug line, BIRD's "Got END-OF-RIB" trace). Standard library only."""
 import datetime
 import os
@@ -114,20 +114,19 @@ def agent_learned_at(log, want):
 
 
 class RouteMonitor:
-    """Route events of one protocol in one namespace, counted by route_events.py (run in the
+    """Route events of one protocol in one namespace, counted by route_events.c (run in the
     namespace): records the wall time each target count is first reached. Much finer than
     polling `ip route` (a dump of 10,000 routes takes ~25 ms), cheap, and the same for both
     receivers."""
 
     def __init__(self, ns, proto):
-        here = os.path.dirname(os.path.abspath(__file__))
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, "python3",
-                                   os.path.join(here, "route_events.py"), str(proto)],
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns, os.environ["TGB_EVENTS"],
+                                   str(proto)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.lock = threading.Lock()
         self.marks, self.lost = {}, False
         if self.p.stdout.readline().strip() != "ready":
-            raise SystemExit("route_events.py did not start in %s" % ns)
+            raise SystemExit("route_events did not start in %s" % ns)
         self.t = threading.Thread(target=self.read, daemon=True)
         self.t.start()
 
@@ -245,7 +244,7 @@ def rep(r):
     sh(["ip", "netns", "exec", T, TWILL, "cluster", "init", "--store", store, "-f",
         os.path.join(d, "cluster.yaml")])
     log = os.path.join(d, "agent.log")
-    env = dict(os.environ, TWILL_LOG="info,twill_agent=debug")
+    env = dict(os.environ, TWILL_LOG="info,twill_agent=debug,twill_dataplane=debug")
     agent = subprocess.Popen(["ip", "netns", "exec", T, TWILL, "agent", "--store", store,
                               "--node-name", "t", "--iface", "eth0", "--data-dir",
                               os.path.join(d, "data")],

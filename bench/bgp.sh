@@ -5,7 +5,7 @@
 # per repetition and min/median/max: session establishment, time until all N are in the RIB
 # (twill: the agent's copy of the Loc-RIB, from its debug log; BIRD: its "Got END-OF-RIB"
 # trace) and in the kernel (the kernel's route notifications, counted as they arrive by
-# route_events.py), counted from the session's Established; and convergence after the
+# route_events.c, built here with gcc), counted from the session's Established; and convergence after the
 # source's link goes down (hold time 3 s, until 0 routes are left in each kernel). Ratios
 # twill/BIRD of the medians; goal <= 1x. While a table is sent, the source BIRD is woken every
 # 10 ms for both receivers alike (see `Waker` in bgp.py: BIRD 2.0.12 otherwise holds the tail
@@ -41,7 +41,7 @@ esac
 need_root
 int_settings N=10000 REPS=3
 [ "$N" -le 60000 ] || die "N must be <= 60000 (the /24s of 100.64.0.0/10 run out)"
-need_cmds "apt-get install iproute2 python3 bird2" ip python3 bird birdc timeout
+need_cmds "apt-get install iproute2 python3 bird2 gcc" ip python3 bird birdc timeout gcc
 need_twill
 
 RUN=$(run_id)
@@ -58,6 +58,7 @@ on_exit cleanup
 start_output bgp
 say_header "BGP convergence"
 use_twill "$WORK/twill"
+gcc -O2 -Wall -o "$WORK/route_events" "$HERE/route_events.c"
 echo "# N=$N REPS=$REPS; $(bird --version 2>&1 | head -1); netns $U $A $T $B"
 
 ip netns add "$U"
@@ -76,5 +77,5 @@ done
 ip netns exec "$T" sysctl -qw net.ipv4.ip_forward=1
 
 bg_wait env N="$N" REPS="$REPS" TGB_KEEP="${TGB_KEEP:-}" TGB_A="$A" TGB_T="$T" TGB_B="$B" TGB_WORK="$WORK" \
-  TGB_TWILL="$WORK/twill" timeout $((REPS * 300 + 120)) python3 "$HERE/bgp.py"
+  TGB_TWILL="$WORK/twill" TGB_EVENTS="$WORK/route_events" timeout $((REPS * 300 + 120)) python3 "$HERE/bgp.py"
 echo "written to $OUT"
