@@ -461,6 +461,12 @@ fn restarted_agent_keeps_its_routes_in_bird() {
 
 /// A peer that stops answering is withdrawn after the hold time (3 s): the BIRD ToR
 /// (SIGSTOP) from every node's kernel, and a node's agent (SIGSTOP) from BIRD and the others.
+/// The earliest a silent peer's routes can go with a 3 s hold time: the hold timer runs from
+/// the peer's last KEEPALIVE, sent every second, so it expires 2-3 s after the peer stops, less
+/// the lateness of that last KEEPALIVE on a loaded machine (1.83 s was seen with the suite's
+/// labs running in parallel on 2 cores).
+const HOLD_EXPIRY_MIN: Duration = Duration::from_secs(1);
+
 #[test]
 #[ignore = "needs root"]
 fn dead_peers_are_withdrawn_after_hold_time() {
@@ -478,7 +484,7 @@ fn dead_peers_are_withdrawn_after_hold_time() {
     });
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_secs(2) && took <= Duration::from_secs(10),
+        took >= HOLD_EXPIRY_MIN && took <= Duration::from_secs(10),
         "withdrawn after {took:?}, hold time is 3 s"
     );
     lab.signal_bird("router", Signal::SIGCONT).unwrap();
@@ -494,7 +500,7 @@ fn dead_peers_are_withdrawn_after_hold_time() {
     });
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_secs(2) && took <= Duration::from_secs(10),
+        took >= HOLD_EXPIRY_MIN && took <= Duration::from_secs(10),
         "withdrawn after {took:?}, hold time is 3 s"
     );
     wait_until("h1 drops h3's subnet", T30, || {
