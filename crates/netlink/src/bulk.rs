@@ -167,6 +167,11 @@ struct NexthopKey {
 /// protocol number), far above the small ids `ip nexthop` and FRR hand out; an id that is
 /// taken is skipped.
 pub const NEXTHOP_ID_BASE: u32 = 117 << 24;
+/// The id after `id` in twill's range (which wraps around to its start).
+fn next_nexthop_id(id: u32) -> u32 {
+    id.checked_add(1).unwrap_or(NEXTHOP_ID_BASE)
+}
+
 /// How many routes of one batch must share a next hop for it to become a nexthop object.
 const NEXTHOP_MIN_ROUTES: usize = 2;
 
@@ -370,7 +375,7 @@ impl BulkSocket {
             .copied()
             .filter(|id| *id >= NEXTHOP_ID_BASE)
             .max()
-            .map_or(NEXTHOP_ID_BASE, |max| max + 1);
+            .map_or(NEXTHOP_ID_BASE, next_nexthop_id);
         let op = || {
             format!(
                 "add nexthop via {} dev #{}{} proto {}",
@@ -403,7 +408,7 @@ impl BulkSocket {
                     return Ok(id);
                 }
                 // The id belongs to someone else.
-                crate::libc_errno::EEXIST => id += 1,
+                crate::libc_errno::EEXIST => id = next_nexthop_id(id),
                 errno => return Err(Error::Kernel { op: op(), errno }),
             }
         }
@@ -677,6 +682,12 @@ fn parse_nexthop(payload: &[u8]) -> Option<Nexthop> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nexthop_ids_stay_in_twills_range() {
+        assert_eq!(next_nexthop_id(NEXTHOP_ID_BASE), NEXTHOP_ID_BASE + 1);
+        assert_eq!(next_nexthop_id(u32::MAX), NEXTHOP_ID_BASE);
+    }
 
     #[test]
     fn nexthop_messages_round_trip() {
