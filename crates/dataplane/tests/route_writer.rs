@@ -19,56 +19,74 @@ fn route(third: u8, gw: u8) -> RouteSpec {
     }
 }
 
-#[test]
-#[ignore = "needs root"]
-fn writer_programs_in_order_flushes_and_reports_refusals() {
+/// A namespace with eth0 (10.9.0.1/24) up, the end of a veth pair whose other end eth1 is
+/// up too when `carrier`.
+fn veth_ns(name: &str, carrier: bool) -> Netns {
     require_root();
-    let ns = Netns::new("rw");
+    let ns = Netns::new(name);
     ns.ok(&[
         "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
     ]);
+    if carrier {
+        ns.ok(&["ip", "link", "set", "eth1", "up"]);
+    }
     ns.ok(&["ip", "link", "set", "eth0", "up"]);
     ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    ns
+}
+
+/// Runs `f`'s future on a runtime of a thread inside `ns`.
+fn in_ns<T: Send, F: std::future::Future<Output = T>>(
+    ns: &Netns,
+    f: impl FnOnce() -> F + Send,
+) -> T {
     let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
-    let outcomes = netns
+    netns
         .run(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(async {
-                    let (writer, mut outcomes) = RouteWriter::start(AgentHandle::new().unwrap());
-                    // Three hand-overs: the second replaces what the first added.
-                    writer.submit(Plan {
-                        add_routes: (0..200).map(|i| route(i, 2)).collect(),
-                        ..Plan::default()
-                    });
-                    writer.submit(Plan {
-                        replace_routes: vec![route(7, 3)],
-                        ..Plan::default()
-                    });
-                    writer.submit(Plan {
-                        delete_routes: vec![ObservedRoute::from_spec(&route(8, 2))],
-                        ..Plan::default()
-                    });
-                    writer.flush().await;
-                    let mut reports = Vec::new();
-                    while let Ok(r) = outcomes.try_recv() {
-                        reports.push(r);
-                    }
-                    // A change the kernel refuses: an exclusive add of what is there.
-                    writer.submit(Plan {
-                        add_routes: vec![route(9, 5)],
-                        ..Plan::default()
-                    });
-                    let refused = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
-                        .await
-                        .expect("an outcome")
-                        .expect("the writer runs");
-                    (reports, refused)
-                })
+                .block_on(f())
         })
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn writer_programs_in_order_flushes_and_reports_refusals() {
+    let ns = veth_ns("rw", false);
+    let outcomes = in_ns(&ns, || async {
+        let (writer, mut outcomes) = RouteWriter::start(AgentHandle::new().unwrap());
+        // Three hand-overs: the second replaces what the first added.
+        writer.submit(Plan {
+            add_routes: (0..200).map(|i| route(i, 2)).collect(),
+            ..Plan::default()
+        });
+        writer.submit(Plan {
+            replace_routes: vec![route(7, 3)],
+            ..Plan::default()
+        });
+        writer.submit(Plan {
+            delete_routes: vec![ObservedRoute::from_spec(&route(8, 2))],
+            ..Plan::default()
+        });
+        writer.flush().await;
+        let mut reports = Vec::new();
+        while let Ok(r) = outcomes.try_recv() {
+            reports.push(r);
+        }
+        // A change the kernel refuses: an exclusive add of what is there.
+        writer.submit(Plan {
+            add_routes: vec![route(9, 5)],
+            ..Plan::default()
+        });
+        let refused = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+            .await
+            .expect("an outcome")
+            .expect("the writer runs");
+        (reports, refused)
+    });
     let (reports, refused) = outcomes;
     assert!(
         !reports.is_empty() && reports.iter().all(|r| r.is_empty()),
@@ -94,82 +112,66 @@ fn writer_programs_in_order_flushes_and_reports_refusals() {
 fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
     use twill_dataplane::peers;
     use twill_types::desired::DesiredState;
-    require_root();
-    let ns = Netns::new("nh");
-    ns.ok(&[
-        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
     // A nexthop object needs its link's carrier (without it the routes keep plain gateways).
-    ns.ok(&["ip", "link", "set", "eth1", "up"]);
-    ns.ok(&["ip", "link", "set", "eth0", "up"]);
-    ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    let ns = veth_ns("nh", true);
     let objects = || ns.ip_json(&["nexthop", "show", "proto", "117"]);
     let routes = || ns.ip_json(&["route", "show", "proto", "117"]);
     let table = |gw: u8| DesiredState {
         routes: (0..50).map(|i| route(i, gw)).collect(),
         ..DesiredState::default()
     };
-    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
-    netns
-        .run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+    in_ns(&ns, || async {
+        let nl = AgentHandle::new().unwrap();
+        // The writer programs the table through one object.
+        let (writer, _outcomes) = RouteWriter::start(nl.clone());
+        writer.submit(Plan {
+            add_routes: table(2).routes,
+            ..Plan::default()
+        });
+        writer.flush().await;
+        let objs = objects();
+        assert_eq!(objs.as_array().unwrap().len(), 1, "{objs}");
+        let r = routes();
+        assert_eq!(r.as_array().unwrap().len(), 50);
+        assert!(
+            r.as_array()
                 .unwrap()
-                .block_on(async {
-                    let nl = AgentHandle::new().unwrap();
-                    // The writer programs the table through one object.
-                    let (writer, _outcomes) = RouteWriter::start(nl.clone());
-                    writer.submit(Plan {
-                        add_routes: table(2).routes,
-                        ..Plan::default()
-                    });
-                    writer.flush().await;
-                    let objs = objects();
-                    assert_eq!(objs.as_array().unwrap().len(), 1, "{objs}");
-                    let r = routes();
-                    assert_eq!(r.as_array().unwrap().len(), 50);
-                    assert!(
-                        r.as_array()
-                            .unwrap()
-                            .iter()
-                            .all(|r| r["nhid"] == objs[0]["id"]),
-                        "{r}"
-                    );
+                .iter()
+                .all(|r| r["nhid"] == objs[0]["id"]),
+            "{r}"
+        );
 
-                    // A reconcile of the same table finds nothing to change.
-                    let d = table(2);
-                    let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
-                    assert!(plan.is_empty(), "{plan}");
+        // A reconcile of the same table finds nothing to change.
+        let d = table(2);
+        let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
+        assert!(plan.is_empty(), "{plan}");
 
-                    // The table moves to another next hop: the old object is idle, and the
-                    // next reconcile deletes it (not the routes, which no longer use it).
-                    let d = table(3);
-                    let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
-                    assert_eq!(plan.replace_routes.len(), 50, "{plan}");
-                    assert!(peers::apply(&nl, &plan).await.unwrap().is_ok());
-                    let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
-                    assert_eq!(plan.delete_nexthops.len(), 1, "{plan}");
-                    assert_eq!(plan.changes(), 1, "{plan}");
-                    assert!(peers::apply(&nl, &plan).await.unwrap().is_ok());
-                    let objs = objects();
-                    assert_eq!(objs.as_array().unwrap().len(), 1, "{objs}");
-                    assert_eq!(objs[0]["gateway"], "10.9.0.3");
-                    let r = routes();
-                    assert_eq!(r.as_array().unwrap().len(), 50, "{r}");
-                    assert!(
-                        r.as_array()
-                            .unwrap()
-                            .iter()
-                            .all(|r| r["gateway"] == "10.9.0.3"),
-                        "{r}"
-                    );
+        // The table moves to another next hop: the old object is idle, and the
+        // next reconcile deletes it (not the routes, which no longer use it).
+        let d = table(3);
+        let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
+        assert_eq!(plan.replace_routes.len(), 50, "{plan}");
+        assert!(peers::apply(&nl, &plan).await.unwrap().is_ok());
+        let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
+        assert_eq!(plan.delete_nexthops.len(), 1, "{plan}");
+        assert_eq!(plan.changes(), 1, "{plan}");
+        assert!(peers::apply(&nl, &plan).await.unwrap().is_ok());
+        let objs = objects();
+        assert_eq!(objs.as_array().unwrap().len(), 1, "{objs}");
+        assert_eq!(objs[0]["gateway"], "10.9.0.3");
+        let r = routes();
+        assert_eq!(r.as_array().unwrap().len(), 50, "{r}");
+        assert!(
+            r.as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["gateway"] == "10.9.0.3"),
+            "{r}"
+        );
 
-                    // Node leave: nothing of twill's is left.
-                    assert!(peers::remove_all(&nl).await.unwrap().is_ok());
-                })
-        })
-        .unwrap();
+        // Node leave: nothing of twill's is left.
+        assert!(peers::remove_all(&nl).await.unwrap().is_ok());
+    });
     assert!(objects().as_array().unwrap().is_empty());
     assert!(routes().as_array().unwrap().is_empty());
 }

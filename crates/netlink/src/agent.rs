@@ -618,11 +618,7 @@ impl AgentHandle {
         let n = changes.len();
         self.on_bulk("bulk route changes", move |b| b.run(&changes))
             .await
-            .unwrap_or_else(|_| {
-                (0..n)
-                    .map(|_| Err(closed("bulk route changes".into())))
-                    .collect()
-            })
+            .unwrap_or_else(|_| all_closed(n, "bulk route changes"))
     }
 
     /// The kernel's single-gateway IPv4 nexthop objects (all protocols; empty when the kernel
@@ -638,11 +634,7 @@ impl AgentHandle {
         let n = ids.len();
         self.on_bulk("delete nexthop objects", move |b| b.delete_nexthops(&ids))
             .await
-            .unwrap_or_else(|_| {
-                (0..n)
-                    .map(|_| Err(closed("delete nexthop objects".into())))
-                    .collect()
-            })
+            .unwrap_or_else(|_| all_closed(n, "delete nexthop objects"))
     }
 
     /// Runs `f` on the bulk socket, on a blocking thread.
@@ -837,6 +829,11 @@ impl AgentHandle {
         )
         .await
     }
+}
+
+/// `n` outcomes of requests that never ran because the bulk socket's thread failed.
+fn all_closed(n: usize, what: &str) -> Vec<Result<()>> {
+    (0..n).map(|_| Err(closed(what.to_string()))).collect()
 }
 
 fn closed(op: String) -> Error {
