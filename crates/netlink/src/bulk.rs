@@ -163,6 +163,17 @@ struct NexthopKey {
     protocol: u8,
 }
 
+impl Nexthop {
+    fn key(&self) -> NexthopKey {
+        NexthopKey {
+            gateway: self.gateway,
+            oif: self.oif,
+            onlink: self.onlink,
+            protocol: self.protocol,
+        }
+    }
+}
+
 /// The ids twill gives the nexthop objects it creates start here (117 << 24: the routes'
 /// protocol number), far above the small ids `ip nexthop` and FRR hand out; an id that is
 /// taken is skipped.
@@ -201,9 +212,9 @@ const RTNH_F_ONLINK: u32 = 4;
 pub struct BulkSocket {
     sock: Socket,
     seq: u32,
-    /// The kernel's nexthop objects by next hop, read again before every batch that may use
-    /// or name one (None before the first).
-    nexthops: Option<HashMap<NexthopKey, u32>>,
+    /// The kernel's single-gateway nexthop objects, read again before every batch that may
+    /// use or name one (None before the first).
+    nexthops: Option<Vec<Nexthop>>,
     /// The kernel refused to list nexthop objects: plain gateways only.
     no_nexthops: bool,
 }
@@ -260,15 +271,12 @@ impl BulkSocket {
             match change {
                 RouteChange::Delete(r) => {
                     if let Some(gateway) = r.gateway {
-                        let mut objects: Vec<u32> = self
+                        let objects = self
                             .nexthops
                             .iter()
                             .flatten()
-                            .filter(|(k, _)| k.gateway == gateway && k.protocol == r.protocol)
-                            .map(|(_, id)| *id)
-                            .collect();
-                        objects.sort_unstable();
-                        requests.extend(objects.into_iter().map(|id| (i, Some(id))));
+                            .filter(|nh| nh.gateway == gateway && nh.protocol == r.protocol);
+                        requests.extend(objects.map(|nh| (i, Some(nh.id))));
                     }
                     requests.push((i, None));
                 }
@@ -306,19 +314,7 @@ impl BulkSocket {
     /// list them gets plain gateways from now on.
     fn load_nexthops(&mut self) {
         match self.nexthops() {
-            Ok(list) => {
-                let mut ids = HashMap::new();
-                for nh in list {
-                    let key = NexthopKey {
-                        gateway: nh.gateway,
-                        oif: nh.oif,
-                        onlink: nh.onlink,
-                        protocol: nh.protocol,
-                    };
-                    ids.entry(key).or_insert(nh.id);
-                }
-                self.nexthops = Some(ids);
-            }
+            Ok(list) => self.nexthops = Some(list),
             Err(e) => {
                 tracing::debug!("nexthop objects unavailable, plain gateways only: {e}");
                 self.no_nexthops = true;
@@ -348,15 +344,11 @@ impl BulkSocket {
             return via;
         }
         self.load_nexthops();
-        let Some(known) = &self.nexthops else {
-            return via;
-        };
-        shared.retain(|key, n| *n >= NEXTHOP_MIN_ROUTES || known.contains_key(key));
-        for key in shared.into_keys() {
-            let known = self
-                .nexthops
-                .as_ref()
-                .and_then(|ids| ids.get(&key).copied());
+        for (key, n) in shared {
+            let known = self.known_nexthop(key);
+            if known.is_none() && n < NEXTHOP_MIN_ROUTES {
+                continue;
+            }
             match known.map_or_else(|| self.create_nexthop(key), Ok) {
                 Ok(id) => {
                     via.insert(key, id);
@@ -367,12 +359,19 @@ impl BulkSocket {
         via
     }
 
+    /// The (lowest) id of a known object of `key`.
+    fn known_nexthop(&self, key: NexthopKey) -> Option<u32> {
+        let known = self.nexthops.iter().flatten();
+        known.filter(|nh| nh.key() == key).map(|nh| nh.id).min()
+    }
+
     /// Creates a nexthop object for `key` under the first free id from [`NEXTHOP_ID_BASE`].
     fn create_nexthop(&mut self, key: NexthopKey) -> Result<u32> {
-        let ids = self.nexthops.get_or_insert_with(HashMap::new);
-        let mut id = ids
-            .values()
-            .copied()
+        let mut id = self
+            .nexthops
+            .iter()
+            .flatten()
+            .map(|nh| nh.id)
             .filter(|id| *id >= NEXTHOP_ID_BASE)
             .max()
             .map_or(NEXTHOP_ID_BASE, next_nexthop_id);
@@ -402,9 +401,14 @@ impl BulkSocket {
             );
             match self.ask(&req, seq, &op)? {
                 0 => {
-                    self.nexthops
-                        .get_or_insert_with(HashMap::new)
-                        .insert(key, id);
+                    let made = Nexthop {
+                        id,
+                        gateway: key.gateway,
+                        oif: key.oif,
+                        onlink: key.onlink,
+                        protocol: key.protocol,
+                    };
+                    self.nexthops.get_or_insert_with(Vec::new).push(made);
                     return Ok(id);
                 }
                 // The id belongs to someone else.
@@ -455,7 +459,7 @@ impl BulkSocket {
     /// is success.
     pub fn delete_nexthops(&mut self, ids: &[u32]) -> Vec<Result<()>> {
         if let Some(known) = &mut self.nexthops {
-            known.retain(|_, id| !ids.contains(id));
+            known.retain(|nh| !ids.contains(&nh.id));
         }
         ids.iter()
             .map(|&id| {

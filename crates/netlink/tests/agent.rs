@@ -354,6 +354,49 @@ fn route_changes_in_bulk() {
     // Every route of ours went through the object.
     let ours = ns.ip_json(&["route", "show", "proto", "117"]);
     assert!(ours.as_array().unwrap().is_empty(), "{ours}");
+    // A deletion finds its route through any object of its gateway, not only the one twill
+    // routes through: here two alike made by hand, the route through the second.
+    for id in ["42", "43"] {
+        ns.ok(&[
+            "ip", "nexthop", "add", "id", id, "via", "10.9.0.2", "dev", "eth0", "proto", "117",
+        ]);
+    }
+    ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        "100.70.0.0/24",
+        "nhid",
+        "43",
+        "proto",
+        "117",
+    ]);
+    let by_hand = Ipv4Route {
+        dst: "100.70.0.0/24".parse().unwrap(),
+        ..route(0, 2)
+    };
+    let outcomes = with_nl(&ns, |nl| async move {
+        nl.route_changes(vec![
+            RouteChange::Add(route(0, 2)),
+            RouteChange::Add(route(1, 2)),
+            RouteChange::Delete(by_hand),
+        ])
+        .await
+    });
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    let ours = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(ours.as_array().unwrap().len(), 2, "{ours}");
+    assert!(
+        ours.as_array().unwrap().iter().all(|r| r["nhid"] == 42),
+        "{ours}"
+    );
+    assert!(
+        ns.ip_json(&["route", "show", "100.70.0.0/24"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    ns.ok(&["ip", "nexthop", "flush", "proto", "117"]);
     assert!(
         ns.ip_json(&["nexthop", "show", "proto", "117"])
             .as_array()
