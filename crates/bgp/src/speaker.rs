@@ -361,6 +361,10 @@ impl Core {
         loop {
             let deadline = self.peers.values().filter_map(|p| p.stale_deadline).min();
             tokio::select! {
+                // Commands first: a peer added before it connects must be known when its
+                // connection is looked at (unbiased, select picks among ready branches at
+                // random, and a connection right after add_peer was sometimes refused).
+                biased;
                 c = cmds.recv() => match c {
                     None => return self.stop_all(),
                     Some(Command::Shutdown(done)) => {
