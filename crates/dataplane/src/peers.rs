@@ -341,13 +341,11 @@ pub async fn observe(nl: &AgentHandle, desired: &DesiredState) -> Result<Observe
     };
     let (addresses, routes, neighbours, fdb) =
         futures::try_join!(addresses, routes, neighbours, fdb)?;
-    // A kernel without nexthop objects has none of twill's either.
-    let nexthops = nl.nexthops().await.unwrap_or_default();
     let used: HashSet<u32> = routes.iter().filter_map(|r| r.nhid).collect();
-    let idle_nexthops = nexthops
-        .iter()
-        .filter(|nh| nh.protocol == PEER_ROUTE_PROTOCOL && !used.contains(&nh.id))
-        .map(|nh| nh.id)
+    let idle_nexthops = our_nexthops(nl)
+        .await
+        .into_iter()
+        .filter(|id| !used.contains(id))
         .collect();
 
     let vxlan = ours
@@ -1084,16 +1082,19 @@ pub async fn remove_all(nl: &AgentHandle) -> Result<ApplyReport> {
     let observed = observe(nl, &nothing).await?;
     let mut report = apply(nl, &diff(&nothing, &observed)).await?;
     // The routes are gone, so every nexthop object of twill's is idle now.
-    let ours = nl
-        .nexthops()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|nh| nh.protocol == PEER_ROUTE_PROTOCOL)
-        .map(|nh| nh.id)
-        .collect();
+    let ours = our_nexthops(nl).await;
     delete_nexthops(nl, ours, &mut report).await;
     Ok(report)
+}
+
+/// Ids of the nexthop objects of [`PEER_ROUTE_PROTOCOL`] (none on a kernel that cannot list
+/// nexthop objects: it has none of twill's either).
+async fn our_nexthops(nl: &AgentHandle) -> Vec<u32> {
+    let all = nl.nexthops().await.unwrap_or_default();
+    all.into_iter()
+        .filter(|nh| nh.protocol == PEER_ROUTE_PROTOCOL)
+        .map(|nh| nh.id)
+        .collect()
 }
 
 async fn delete_nexthops(nl: &AgentHandle, ids: Vec<u32>, report: &mut ApplyReport) {

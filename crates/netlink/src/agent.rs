@@ -621,8 +621,8 @@ impl AgentHandle {
             .unwrap_or_else(|_| all_closed(n, "bulk route changes"))
     }
 
-    /// The kernel's single-gateway IPv4 nexthop objects (all protocols; empty when the kernel
-    /// has none or refuses to list them).
+    /// The kernel's single-gateway IPv4 nexthop objects, of all protocols (an error when the
+    /// kernel refuses to list them, e.g. one built without nexthop objects).
     pub async fn nexthops(&self) -> Result<Vec<Nexthop>> {
         self.on_bulk("list nexthop objects", |b| b.nexthops())
             .await?

@@ -174,6 +174,18 @@ impl Nexthop {
     }
 }
 
+impl NexthopKey {
+    fn with_id(self, id: u32) -> Nexthop {
+        Nexthop {
+            id,
+            gateway: self.gateway,
+            oif: self.oif,
+            onlink: self.onlink,
+            protocol: self.protocol,
+        }
+    }
+}
+
 /// The ids twill gives the nexthop objects it creates start here (117 << 24: the routes'
 /// protocol number), far above the small ids `ip nexthop` and FRR hand out; an id that is
 /// taken is skipped.
@@ -291,7 +303,7 @@ impl BulkSocket {
                 let merged = match (codes[*i].take(), code) {
                     (None, code) => code,
                     (Some(Ok(0)), _) | (_, Ok(0)) => Ok(0),
-                    (Some(Ok(have)), Ok(code)) if is_not_found(have) => Ok(code),
+                    (Some(Ok(have)), Ok(code)) if crate::errno_is_not_found(have) => Ok(code),
                     (Some(have), _) => have,
                 };
                 codes[*i] = Some(merged);
@@ -401,14 +413,9 @@ impl BulkSocket {
             );
             match self.ask(&req, seq, &op)? {
                 0 => {
-                    let made = Nexthop {
-                        id,
-                        gateway: key.gateway,
-                        oif: key.oif,
-                        onlink: key.onlink,
-                        protocol: key.protocol,
-                    };
-                    self.nexthops.get_or_insert_with(Vec::new).push(made);
+                    self.nexthops
+                        .get_or_insert_with(Vec::new)
+                        .push(key.with_id(id));
                     return Ok(id);
                 }
                 // The id belongs to someone else.
@@ -593,15 +600,6 @@ impl BulkSocket {
             })
             .collect()
     }
-}
-
-/// True for the codes with which the kernel says a route or object is not there.
-fn is_not_found(code: i32) -> bool {
-    Error::Kernel {
-        op: String::new(),
-        errno: code,
-    }
-    .is_not_found()
 }
 
 /// The error of a change whose answer never came because of `e`.

@@ -64,15 +64,7 @@ impl Error {
 
     /// True when the kernel said the object (link, address, route) does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(
-                libc_errno::ENODEV
-                    | libc_errno::ENOENT
-                    | libc_errno::ESRCH
-                    | libc_errno::EADDRNOTAVAIL
-            )
-        )
+        self.errno().is_some_and(errno_is_not_found)
     }
 
     pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {
@@ -81,6 +73,14 @@ impl Error {
             source,
         }
     }
+}
+
+/// True for the error numbers with which the kernel says an object is not there.
+pub(crate) fn errno_is_not_found(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc_errno::ENODEV | libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::EADDRNOTAVAIL
+    )
 }
 
 /// The errno values this crate tests for, spelled out so callers need no libc dependency.
