@@ -230,6 +230,13 @@ impl Lab {
         &self.dir
     }
 
+    /// The arguments that point a `twill` command at this lab's store (`--store URL`, plus the
+    /// credentials the store asks for): every test or tool that runs the CLI against a lab
+    /// passes these rather than building `--store` itself.
+    pub fn store_args(&self) -> Vec<String> {
+        vec!["--store".to_string(), self.state.store.clone()]
+    }
+
     pub fn hosts(&self) -> &[Host] {
         &self.state.hosts
     }
