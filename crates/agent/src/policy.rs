@@ -336,7 +336,7 @@ mod tests {
     async fn the_world_is_read_from_every_prefix_and_bad_values_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("embedded:{}", dir.path().join("s.redb").display());
-        let store = Store::connect(&url).await.unwrap();
+        let store = Store::connect_or_create(&url).await.unwrap();
         let docs = twill_policy::parse_documents(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
              metadata: {name: web, namespace: prod}\nspec: {podSelector: {}}\n---\n\

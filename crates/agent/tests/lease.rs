@@ -163,10 +163,10 @@ async fn etcd_leases() {
 async fn embedded_leases() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("embedded:{}", dir.path().join("store.redb").display());
-    let store = Store::connect(&url).await.unwrap();
+    let store = Store::connect_or_create(&url).await.unwrap();
     twenty_concurrent_joins(store.clone()).await;
     let dir2 = tempfile::tempdir().unwrap();
-    let store2 = Store::connect(&format!(
+    let store2 = Store::connect_or_create(&format!(
         "embedded:{}",
         dir2.path().join("s.redb").display()
     ))

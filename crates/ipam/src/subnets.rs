@@ -33,14 +33,22 @@ pub fn is_candidate(pool: &Pool, subnet: Ipv4Net) -> bool {
 /// its cost grows with the taken subnets met on the way, not with the pool's size.
 ///
 /// A candidate is free when it overlaps no subnet in `taken`: leases made under an older
-/// config may have another block size.
+/// config may have another block size. Entries of `taken` that are not inside a pool (a stray
+/// or forged lease key such as `/twill/leases/0.0.0.0-0`, a net wider than a pool, a subnet
+/// of another network) cannot be a node subnet of this config and are ignored, so one such key
+/// cannot make every pool look full.
 pub fn pick_subnet(
     config: &ClusterConfig,
     taken: &HashSet<Ipv4Net>,
     preferred: Option<Ipv4Net>,
     seed: u64,
 ) -> Option<Ipv4Net> {
-    let taken = Taken::new(taken);
+    let inside: HashSet<Ipv4Net> = taken
+        .iter()
+        .copied()
+        .filter(|t| counts_as_taken(config, *t))
+        .collect();
+    let taken = Taken::new(&inside);
     if let Some(subnet) = preferred
         && !taken.overlaps(subnet)
         && config.pools.iter().any(|p| is_candidate(p, subnet))
@@ -61,6 +69,13 @@ pub fn pick_subnet(
         }
         None
     })
+}
+
+/// Whether a leased subnet can hold back candidates of `config`: it lies inside one of its
+/// pools (the pool itself included: a node subnet of an older config may be as large). A net
+/// wider than every pool it touches, or outside them all, is ignored by [`pick_subnet`].
+pub fn counts_as_taken(config: &ClusterConfig, subnet: Ipv4Net) -> bool {
+    config.pools.iter().any(|p| p.cidr.contains(&subnet))
 }
 
 /// A pool's candidates as arithmetic: `count` blocks of `2^(32 - block)` addresses from
@@ -324,6 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn leases_outside_the_pools_are_ignored() {
+        let c = config(vec![pool(
+            "a",
+            "10.244.0.0/16",
+            24,
+            "10.244.1.0",
+            "10.244.255.0",
+        )]);
+        // A stray key `/twill/leases/0.0.0.0-0`, a wider net, another network.
+        for stray in ["0.0.0.0/0", "10.0.0.0/8", "10.244.0.0/15", "192.168.0.0/24"] {
+            let taken = set(&[stray]);
+            let got = pick_subnet(&c, &taken, None, 7)
+                .unwrap_or_else(|| panic!("a lease of {stray} made the pool look full"));
+            assert!(is_candidate(&c.pools[0], got), "{got}");
+            assert!(!counts_as_taken(&c, net(stray)), "{stray}");
+        }
+        // Inside the pool, any length still counts (leases of an older block size).
+        assert!(counts_as_taken(&c, net("10.244.0.0/17")));
+        assert!(counts_as_taken(&c, net("10.244.7.0/24")));
+        let taken = set(&["0.0.0.0/0", "10.244.0.0/17"]);
+        let got = pick_subnet(&c, &taken, None, 3).unwrap();
+        assert!(
+            got.addr() >= "10.244.128.0".parse::<Ipv4Addr>().unwrap(),
+            "{got}"
+        );
+        // Everything taken plus a stray key: full is still full.
+        let all: HashSet<Ipv4Net> = candidates(&c.pools[0]).chain([net("0.0.0.0/0")]).collect();
+        assert_eq!(pick_subnet(&c, &all, None, 1), None);
+    }
+
+    #[test]
     fn strides_are_coprime() {
         for count in 1..200 {
             for random in [0, 1, 7, 12345, u64::MAX] {
@@ -387,7 +433,8 @@ mod tests {
     proptest! {
         #[test]
         fn picks_a_free_candidate_iff_one_exists((c, taken, preferred, seed) in arb_case()) {
-            let free = |n: Ipv4Net| !taken.iter().any(|t| t.contains(&n.network()) || n.contains(&t.network()));
+            // Taken subnets that are not inside a pool (wider, or elsewhere) hold nothing back.
+            let free = |n: Ipv4Net| !taken.iter().filter(|t| counts_as_taken(&c, **t)).any(|t| t.contains(&n.network()) || n.contains(&t.network()));
             let any_free = c.pools.iter().flat_map(candidates).any(free);
             match pick_subnet(&c, &taken, preferred, seed) {
                 None => prop_assert!(!any_free),

@@ -41,7 +41,7 @@ impl Harness {
     }
 
     async fn store(&self) -> Store {
-        Store::connect(&self.url()).await.unwrap()
+        Store::connect_or_create(&self.url()).await.unwrap()
     }
 }
 
@@ -468,7 +468,7 @@ async fn two_handles_on_two_threads_lose_no_update(h: &Harness) {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let s = Store::connect(&url).await.unwrap();
+                    let s = Store::connect_or_create(&url).await.unwrap();
                     for i in 0..25 {
                         increment(&s, "/two/counter").await;
                         s.put(&format!("/two/{t}/{i}"), b"", None).await.unwrap();
@@ -933,7 +933,7 @@ mod embedded_only {
     async fn two_processes_share_one_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shared.redb");
-        let s = Store::connect(&format!("embedded:{}", path.display()))
+        let s = Store::connect_or_create(&format!("embedded:{}", path.display()))
             .await
             .unwrap();
         let (_, start) = s.list("/x/").await.unwrap();
@@ -992,7 +992,7 @@ mod embedded_only {
     async fn a_store_handle_outlives_other_handles() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("embedded:{}", dir.path().join("s.redb").display());
-        let a = Store::connect(&url).await.unwrap();
+        let a = Store::connect_or_create(&url).await.unwrap();
         let b = Store::connect(&url).await.unwrap();
         b.put("/k", b"b", None).await.unwrap();
         drop(b);

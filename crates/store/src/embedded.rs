@@ -79,12 +79,26 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     /// Opens (creating it and its parent directories if needed) the store file at `path`.
+    /// Only what creates a store uses this (`twill cluster init`, tests); everything else
+    /// opens an existing store with [`EmbeddedStore::open_existing`].
     pub async fn open(path: impl Into<PathBuf>) -> Result<EmbeddedStore> {
         Self::open_with_log_limit(path.into(), LOG_LIMIT).await
     }
 
+    /// Opens the store file at `path`, which must already be a twill store: a missing file, an
+    /// empty (zero-length) one or a database without the store's tables is an error
+    /// ([`StoreError::Corrupt`] for the last two), never silently a new, empty store that
+    /// would drop the cluster's config and leases. Creates nothing, not even directories.
+    pub async fn open_existing(path: impl Into<PathBuf>) -> Result<EmbeddedStore> {
+        let path = path.into();
+        let inner = blocking(move || Inner::open_as(path, LOG_LIMIT, Open::Existing)).await?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(inner),
+        })
+    }
+
     pub(crate) async fn open_with_log_limit(path: PathBuf, log_limit: i64) -> Result<Self> {
-        let inner = blocking(move || Inner::open(path, log_limit)).await?;
+        let inner = blocking(move || Inner::open_as(path, log_limit, Open::OrCreate)).await?;
         Ok(EmbeddedStore {
             inner: Arc::new(inner),
         })
@@ -280,9 +294,51 @@ fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Whether opening a store file may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    OrCreate,
+    Existing,
+}
+
+/// Why the file at `path` cannot be opened as an existing store, if it cannot.
+fn check_existing(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::Other(format!(
+                "embedded store at {}: no such file; `twill cluster init --store embedded:{}`                  creates the store",
+                path.display(),
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(StoreError::Other(format!(
+                "embedded store at {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    if !meta.is_file() {
+        return Err(StoreError::Other(format!(
+            "embedded store at {}: not a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "embedded store at {} is empty (zero length): it holds no cluster config and no              leases, and is not re-initialised behind your back. Restore it from a backup, or              remove it and run `twill cluster init` to start a new cluster",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Inner {
-    fn open(path: PathBuf, log_limit: i64) -> Result<Inner> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    fn open_as(path: PathBuf, log_limit: i64, mode: Open) -> Result<Inner> {
+        if mode == Open::Existing {
+            check_existing(&path)?;
+        } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Other(format!(
                     "embedded store at {}: cannot create directory {}: {e}",
@@ -293,10 +349,15 @@ impl Inner {
         }
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
-            let opened = Builder::new()
+            let mut builder = Builder::new();
+            builder
                 .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-                .set_cache_size(16 << 20)
-                .create(&path);
+                .set_cache_size(16 << 20);
+            let opened = match mode {
+                Open::OrCreate => builder.create(&path),
+                // Never creates the file (it may have been removed since it was checked).
+                Open::Existing => builder.open(&path),
+            };
             match opened {
                 Ok(db) => break db,
                 // Another process holds the file in a mode that excludes ours (an exclusive
@@ -324,8 +385,23 @@ impl Inner {
             log_limit,
             writers: Mutex::new(()),
         };
-        inner.create_tables()?;
+        match mode {
+            Open::OrCreate => inner.create_tables()?,
+            Open::Existing => inner.check_tables()?,
+        }
         Ok(inner)
+    }
+
+    /// An existing store has its meta table (written by the commit that created the store).
+    fn check_tables(&self) -> Result<()> {
+        let txn = self.db.begin_read().map_err(|e| self.err("reading", e))?;
+        if txn.open_table(META).is_ok() {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt(format!(
+            "embedded store at {}: a database without twill's tables (was its creation              interrupted?); not re-initialised. Remove it and run `twill cluster init` to start              a new cluster",
+            self.path.display()
+        )))
     }
 
     fn create_tables(&self) -> Result<()> {
@@ -750,6 +826,36 @@ mod tests {
         let store = EmbeddedStore::open(&path).await.unwrap();
         assert!(path.exists());
         assert_eq!(store.describe(), format!("embedded:{}", path.display()));
+    }
+
+    #[tokio::test]
+    async fn an_existing_store_must_exist_and_is_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        // Missing: an error naming the path, and nothing created (not even directories).
+        let path = dir.path().join("a/b/store.redb");
+        let err = EmbeddedStore::open_existing(&path).await.unwrap_err();
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+        assert!(err.to_string().contains("cluster init"), "{err}");
+        assert!(!dir.path().join("a").exists());
+        // Zero length: an error, and the file stays empty.
+        let empty = dir.path().join("empty.redb");
+        std::fs::write(&empty, b"").unwrap();
+        let err = EmbeddedStore::open_existing(&empty).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(err.to_string().contains("empty"), "{err}");
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+        // A redb database without the store's tables is not a store either.
+        let bare = dir.path().join("bare.redb");
+        drop(redb::Database::create(&bare).unwrap());
+        let err = EmbeddedStore::open_existing(&bare).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        // A store that exists opens, with its data.
+        let real = dir.path().join("real.redb");
+        let store = EmbeddedStore::open(&real).await.unwrap();
+        store.put("/k", b"v", None).await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open_existing(&real).await.unwrap();
+        assert_eq!(store.get("/k").await.unwrap().unwrap().value, b"v");
     }
 
     #[tokio::test]

@@ -224,10 +224,29 @@ impl Store {
     /// Opens a store: `etcd://HOST:PORT[,HOST:PORT...]`, `embedded` (the file
     /// [`DEFAULT_EMBEDDED_PATH`]) or `embedded:PATH`. An etcd store is probed once, so an
     /// unreachable cluster is reported here as [`StoreError::Unavailable`].
+    ///
+    /// An embedded store must already exist (see [`EmbeddedStore::open_existing`]): a missing
+    /// or empty file is an error, and nothing is created. Only what starts a cluster creates
+    /// one, with [`Store::connect_or_create`].
     pub async fn connect(url: &str) -> Result<Store> {
+        Self::connect_as(url, false).await
+    }
+
+    /// As [`Store::connect`], but an embedded store file that does not exist yet is created
+    /// (with its parent directories): for `twill cluster init` and tests.
+    pub async fn connect_or_create(url: &str) -> Result<Store> {
+        Self::connect_as(url, true).await
+    }
+
+    async fn connect_as(url: &str, create: bool) -> Result<Store> {
         match parse_url(url)? {
             Target::Etcd(endpoints) => Ok(Store::Etcd(EtcdStore::connect(endpoints).await?)),
-            Target::Embedded(path) => Ok(Store::Embedded(EmbeddedStore::open(path).await?)),
+            Target::Embedded(path) if create => {
+                Ok(Store::Embedded(EmbeddedStore::open(path).await?))
+            }
+            Target::Embedded(path) => {
+                Ok(Store::Embedded(EmbeddedStore::open_existing(path).await?))
+            }
         }
     }
 

@@ -617,12 +617,120 @@ pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// IPv4 ranges no pool may overlap, with what they are: none of their addresses can be a
+/// pod's (pools are IPv4 only; IPv6 pools are refused by the parser).
+pub const RESERVED_RANGES: [(Ipv4Net, &str); 5] = [
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
+        "reserved for \"this network\" (RFC 1122)",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8),
+        "the loopback range",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16),
+        "the link-local range",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4),
+        "the multicast range",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(240, 0, 0, 0), 4),
+        "reserved (RFC 1112; with the broadcast address 255.255.255.255)",
+    ),
+];
+
+/// The first reserved range `net` overlaps, with what it is.
+pub fn reserved_overlap(net: Ipv4Net) -> Option<(Ipv4Net, &'static str)> {
+    RESERVED_RANGES
+        .iter()
+        .find(|(range, _)| overlaps(*range, net))
+        .copied()
+}
+
+/// A network the host already uses: the subnet of one of its addresses, or the destination of
+/// one of its routes. `twill cluster init` reads them from the kernel; this crate only
+/// compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNet {
+    pub net: Ipv4Net,
+    /// Where it comes from, for messages: `address 192.168.1.5/24 on eth0`, `route ...`.
+    pub source: String,
+}
+
+/// Which form a config was written in, so that messages name its fields as the user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigForm {
+    /// Flannel's net-conf.json (`Network`, `SubnetLen`, ...).
+    Flannel,
+    /// twill's own form or the normalized one (`pools`, `cidr`, `blockSize`, ...).
+    Twill,
+}
+
+impl ConfigForm {
+    /// The form of `text` as [`ClusterConfig::parse`] reads it.
+    pub fn of(text: &str) -> ConfigForm {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if !text.trim_start().starts_with('{') {
+            return ConfigForm::Twill;
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if v.get("pools").is_none() => ConfigForm::Flannel,
+            _ => ConfigForm::Twill,
+        }
+    }
+
+    fn fields(self) -> &'static Fields {
+        match self {
+            ConfigForm::Flannel => &FLANNEL_FIELDS,
+            ConfigForm::Twill => &TWILL_FIELDS,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Refuses a pool that overlaps a network of this host (the subnet of one of its
+    /// addresses, or a route's destination): its pods would take addresses the host already
+    /// reaches elsewhere, and the host would route to pods what was meant for that network.
+    /// The caller leaves out what must not count (default routes, twill's own networks).
+    pub fn check_host_networks(
+        &self,
+        host: &[HostNet],
+        form: ConfigForm,
+    ) -> Result<(), ConfigError> {
+        let fields = form.fields();
+        for pool in &self.pools {
+            if let Some(h) = host.iter().find(|h| overlaps(h.net, pool.cidr)) {
+                return fail(format!(
+                    "{}{} {} overlaps {} of this host ({}): pods would take addresses the host \
+                     already uses or routes elsewhere; choose a range the host does not use",
+                    fields.at(&pool.name),
+                    fields.cidr,
+                    pool.cidr,
+                    h.net,
+                    h.source
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn validate_pool(pool: &Pool, fields: &Fields) -> Result<(), ConfigError> {
     if pool.name.trim().is_empty() {
         return fail("pool name must not be empty");
     }
     let at = fields.at(&pool.name);
     check_cidr(&at, fields, pool.cidr)?;
+    if let Some((range, what)) = reserved_overlap(pool.cidr) {
+        return fail(format!(
+            "{at}{} {} overlaps {range}, {what}: pod addresses must be ordinary unicast \
+             addresses (e.g. a private range such as 10.244.0.0/16)",
+            fields.cidr, pool.cidr
+        ));
+    }
     check_block(&at, fields, pool.cidr, pool.block_size)?;
     for (field, bound) in [(fields.min, pool.subnet_min), (fields.max, pool.subnet_max)] {
         if bound.prefix_len() != pool.block_size {

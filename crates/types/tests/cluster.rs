@@ -776,3 +776,118 @@ fn direct_routing_false_is_accepted_for_host_gw() {
     .unwrap();
     assert!(!c.backend.direct_routing);
 }
+
+// ---- Reserved ranges and the host's own networks (issue 12) ---------------------------------
+
+#[test]
+fn reserved_ranges_are_refused_in_every_form() {
+    for (cidr, what) in [
+        ("0.0.0.0/0", "0.0.0.0/8"),
+        ("0.0.0.0/8", "this network"),
+        ("127.0.0.0/16", "loopback"),
+        ("126.0.0.0/7", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("169.254.128.0/20", "link-local"),
+        ("224.0.0.0/16", "multicast"),
+        ("239.255.0.0/16", "multicast"),
+        ("240.0.0.0/16", "240.0.0.0/4"),
+        ("255.255.255.0/28", "255.255.255.255"),
+    ] {
+        // Flannel's net-conf.json names the field Network...
+        refused(
+            &flannel(cidr, r#","Backend":{"Type":"vxlan"}"#),
+            &["Network", cidr, what],
+        );
+        // ...twill's form names the pool and its cidr.
+        let toml = format!("[[pools]]\nname = \"p\"\ncidr = \"{cidr}\"\n");
+        refused(&toml, &["pool p: cidr", cidr, what]);
+        // The normalized form (what the agent loads from the store) is refused as well.
+        let json = parse(&flannel("10.244.0.0/16", ""))
+            .to_json()
+            .replace("10.244.0.0/16", cidr);
+        let err = ClusterConfig::from_json(&json).unwrap_err().to_string();
+        assert!(err.contains(what) && err.contains("cidr"), "{cidr}: {err}");
+    }
+    // Neighbours of the reserved ranges are ordinary addresses.
+    for cidr in [
+        "1.0.0.0/16",
+        "126.0.0.0/16",
+        "128.0.0.0/16",
+        "169.253.0.0/16",
+        "169.255.0.0/16",
+        "223.255.0.0/16",
+        "10.244.0.0/16",
+        "100.64.0.0/16",
+    ] {
+        parse(&flannel(cidr, ""));
+    }
+}
+
+#[test]
+fn pools_overlapping_the_hosts_networks_are_refused() {
+    use twill_types::cluster::{ConfigForm, HostNet};
+    let host = |net: &str, source: &str| HostNet {
+        net: net.parse().unwrap(),
+        source: source.into(),
+    };
+    let nets = vec![
+        host("192.168.1.0/24", "address 192.168.1.5/24 on eth0"),
+        host("10.0.0.0/8", "route 10.0.0.0/8 via 192.168.1.1 dev eth0"),
+        host("172.16.5.7/32", "route 172.16.5.7/32 dev tun0"),
+    ];
+    // A pool inside a route, a pool holding a host address, a pool equal to a subnet.
+    for (cidr, overlapped, source) in [
+        ("10.244.0.0/16", "10.0.0.0/8", "via 192.168.1.1"),
+        ("172.16.0.0/16", "172.16.5.7/32", "tun0"),
+        (
+            "192.168.0.0/16",
+            "192.168.1.0/24",
+            "address 192.168.1.5/24 on eth0",
+        ),
+        ("192.168.1.0/24", "192.168.1.0/24", "eth0"),
+    ] {
+        let flannel_text = flannel(cidr, "");
+        let c = parse(&flannel_text);
+        let err = c
+            .check_host_networks(&nets, ConfigForm::of(&flannel_text))
+            .unwrap_err()
+            .to_string();
+        for needle in ["Network", cidr, overlapped, source, "this host"] {
+            assert!(err.contains(needle), "{cidr}: {err:?} lacks {needle:?}");
+        }
+        let toml = format!("[[pools]]\nname = \"p\"\ncidr = \"{cidr}\"\n");
+        let err = parse(&toml)
+            .check_host_networks(&nets, ConfigForm::of(&toml))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!("pool p: cidr {cidr}")), "{err}");
+    }
+    // The second pool of two is checked too, and named.
+    let two = "[[pools]]\nname = \"a\"\ncidr = \"172.20.0.0/16\"\n\
+               [[pools]]\nname = \"b\"\ncidr = \"192.168.0.0/20\"\n";
+    let err = parse(two)
+        .check_host_networks(&nets, ConfigForm::Twill)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("pool b: cidr 192.168.0.0/20"), "{err}");
+    // Disjoint pools pass; so does anything when the host has no networks.
+    for cidr in ["172.20.0.0/16", "192.168.2.0/24", "172.16.5.16/28"] {
+        let text = flannel(cidr, "");
+        parse(&text)
+            .check_host_networks(&nets, ConfigForm::of(&text))
+            .unwrap_or_else(|e| panic!("{cidr}: {e}"));
+    }
+    parse(&flannel("10.244.0.0/16", ""))
+        .check_host_networks(&[], ConfigForm::Flannel)
+        .unwrap();
+}
+
+#[test]
+fn config_forms_are_told_apart() {
+    use twill_types::cluster::ConfigForm;
+    assert_eq!(ConfigForm::of(FLANNEL_EXAMPLE), ConfigForm::Flannel);
+    assert_eq!(ConfigForm::of(TOML_EXAMPLE), ConfigForm::Twill);
+    assert_eq!(ConfigForm::of(YAML_EXAMPLE), ConfigForm::Twill);
+    let normalized = parse(FLANNEL_EXAMPLE).to_json();
+    assert_eq!(ConfigForm::of(&normalized), ConfigForm::Twill);
+}
