@@ -113,6 +113,10 @@ enum ClusterCmd {
         /// Replace a different existing config.
         #[arg(long)]
         force: bool,
+        /// Accept pools that overlap this host's own networks (its addresses' subnets and
+        /// routes); reserved ranges are refused regardless.
+        #[arg(long)]
+        allow_overlap: bool,
     },
     /// Print the cluster config as twill normalized it.
     Show {
@@ -333,9 +337,12 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
         }
         Cmd::Cluster { command } => runtime()?.block_on(async {
             match command {
-                ClusterCmd::Init { store, file, force } => {
-                    twill_agent::cli::cluster_init(&store, &file, force).await
-                }
+                ClusterCmd::Init {
+                    store,
+                    file,
+                    force,
+                    allow_overlap,
+                } => twill_agent::cli::cluster_init(&store, &file, force, allow_overlap).await,
                 ClusterCmd::Show { store } => twill_agent::cli::cluster_show(&store).await,
             }
         }),

@@ -1,8 +1,13 @@
-//! `twill cluster init/show` and `twill node leave` against the embedded store (no root, no
-//! kernel): bad configs are refused with a message that names the problem and change nothing.
+//! `twill cluster init/show` and `twill node leave` against the embedded store: bad configs
+//! (reserved ranges, a backend the agent cannot run, pools overlapping the host's networks)
+//! are refused with a message that names the problem and change nothing; only `cluster init`
+//! creates an embedded store file, and an empty one is an error. The host-network test runs
+//! the CLI in a network namespace it creates (root); the others need no root.
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use twill_testkit::{Netns, require_root};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
 
@@ -56,6 +61,41 @@ fn cluster_init_validates_and_protects_the_stored_config() {
             "pools:\n  - name: a\n    cidr: 10.1.0.0/16\n    vxlanMode: Always\n    ipipMode: Always\n",
             "ipipMode",
         ),
+        (
+            "everything.json",
+            r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#,
+            "Network 0.0.0.0/0 overlaps 0.0.0.0/8",
+        ),
+        (
+            "loopback.yaml",
+            "pools:\n  - name: lo\n    cidr: 127.0.0.0/16\n",
+            "pool lo: cidr 127.0.0.0/16 overlaps 127.0.0.0/8, the loopback range",
+        ),
+        (
+            "linklocal.json",
+            r#"{"Network":"169.254.0.0/16"}"#,
+            "link-local",
+        ),
+        (
+            "multicast.toml",
+            "[[pools]]\nname = \"m\"\ncidr = \"224.1.0.0/16\"\n",
+            "multicast",
+        ),
+        (
+            "class-e.json",
+            r#"{"Network":"240.0.0.0/16"}"#,
+            "240.0.0.0/4",
+        ),
+        (
+            "wireguard.json",
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+            "Backend.Type \"wireguard\": twill's agent cannot run this backend",
+        ),
+        (
+            "wireguard.yaml",
+            "backend: wireguard\npools:\n  - name: a\n    cidr: 10.1.0.0/16\n",
+            "backend \"wireguard\"",
+        ),
     ];
     for (name, text, needle) in bad {
         let out = init(&store, dir.path(), name, text, &[]);
@@ -66,13 +106,18 @@ fn cluster_init_validates_and_protects_the_stored_config() {
             stderr(&out)
         );
     }
+    // Nothing was created: the store file does not exist, and `cluster show` says so
+    // (without creating it either).
+    let path = dir.path().join("store.redb");
+    assert!(!path.exists(), "a refused config created the store file");
     let show = twill(&["cluster", "show", "--store", &store]);
     assert_eq!(show.status.code(), Some(1));
     assert!(
-        stderr(&show).contains("no cluster config"),
+        stderr(&show).contains("no such file") && stderr(&show).contains("cluster init"),
         "{}",
         stderr(&show)
     );
+    assert!(!path.exists(), "cluster show created the store file");
 
     let good = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","DirectRouting":true}}"#;
     let out = init(&store, dir.path(), "good.json", good, &[]);
@@ -99,4 +144,187 @@ fn cluster_init_validates_and_protects_the_stored_config() {
     let leave = twill(&["node", "leave", "--store", &store, "--node-name", "nobody"]);
     assert!(leave.status.success());
     assert!(String::from_utf8_lossy(&leave.stdout).contains("holds no lease"));
+}
+
+/// Every verb but `cluster init` opens an existing embedded store: on a missing path it fails
+/// and creates nothing, not even the directories.
+#[test]
+fn a_missing_embedded_store_is_an_error_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not/there/store.redb");
+    let store = format!("embedded:{}", missing.display());
+    for args in [
+        vec!["cluster", "show", "--store", &store],
+        vec!["node", "leave", "--store", &store, "--node-name", "n1"],
+        vec!["policy", "list", "--store", &store],
+        vec!["namespace", "list", "--store", &store],
+        vec!["bgp", "peer", "del", "1.2.3.4", "--store", &store],
+    ] {
+        let out = twill(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&*missing.to_string_lossy()) && err.contains("no such file"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !dir.path().join("not").exists(),
+            "{args:?} created the store's directory"
+        );
+    }
+    // cluster init creates it (and its directories).
+    let out = init(
+        &store,
+        dir.path(),
+        "ok.json",
+        r#"{"Network":"10.244.0.0/16"}"#,
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(missing.exists());
+    let show = twill(&["cluster", "show", "--store", &store]);
+    assert!(show.status.success(), "{}", stderr(&show));
+}
+
+/// A zero-length store file is not silently re-initialised, by any verb, `cluster init`
+/// included: it may be a store that lost its content, and a new one would hand out subnets
+/// that nodes still hold.
+#[test]
+fn a_zero_length_store_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    std::fs::write(&path, b"").unwrap();
+    let store = format!("embedded:{}", path.display());
+    let show = twill(&["cluster", "show", "--store", &store]);
+    assert_eq!(show.status.code(), Some(1));
+    assert!(
+        stderr(&show).contains("empty (zero length)"),
+        "{}",
+        stderr(&show)
+    );
+    let out = init(
+        &store,
+        dir.path(),
+        "ok.json",
+        r#"{"Network":"10.244.0.0/16"}"#,
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "init re-initialised an empty file"
+    );
+    assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the file changed"
+    );
+}
+
+fn init_in(ns: &Netns, store: &str, file: &Path, extra: &[&str]) -> Output {
+    let mut cmd = vec![
+        TWILL,
+        "cluster",
+        "init",
+        "--store",
+        store,
+        "-f",
+        file.to_str().unwrap(),
+    ];
+    cmd.extend_from_slice(extra);
+    ns.exec(&cmd)
+}
+
+/// `cluster init` run on a host whose own networks overlap a pool: refused with a message
+/// naming the pool's field, the host's network and where it comes from (address or route);
+/// `--allow-overlap` overrides; networks inside the pools of the config already stored (twill's
+/// own, e.g. a node's bridge) do not count.
+#[test]
+#[ignore = "needs root"]
+fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
+    require_root();
+    let ns = Netns::new("cinit");
+    ns.ok(&["ip", "link", "set", "lo", "up"]);
+    // No dummy driver everywhere: a veth pair inside the namespace, both ends up.
+    ns.ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ok(&["ip", "link", "set", "eth0p", "up"]);
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.ok(&["ip", "addr", "add", "10.77.3.1/24", "dev", "eth0"]);
+    ns.ok(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+    ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        "172.30.0.0/16",
+        "via",
+        "192.168.50.1",
+        "dev",
+        "eth0",
+    ]);
+    ns.ok(&["ip", "route", "add", "default", "via", "192.168.50.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = format!("embedded:{}", path.display());
+    let write = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+
+    // A pool holding an address of the host.
+    let flannel = write("addr.json", r#"{"Network":"10.77.0.0/16"}"#);
+    let out = init_in(&ns, &store, &flannel, &[]);
+    assert_eq!(out.status.code(), Some(1), "overlap accepted");
+    let err = stderr(&out);
+    for needle in [
+        "addr.json",
+        "Network 10.77.0.0/16 overlaps 10.77.3.0/24",
+        "address 10.77.3.1/24 on eth0",
+        "--allow-overlap",
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    assert!(!path.exists(), "a refused config created the store");
+
+    // A pool inside a route of the host (twill's form names the pool and its cidr).
+    let yaml = write(
+        "route.yaml",
+        "pools:\n  - name: p\n    cidr: 172.30.64.0/18\n",
+    );
+    let out = init_in(&ns, &store, &yaml, &[]);
+    assert_eq!(out.status.code(), Some(1), "overlap accepted");
+    let err = stderr(&out);
+    for needle in [
+        "pool p: cidr 172.30.64.0/18 overlaps 172.30.0.0/16",
+        "route 172.30.0.0/16 via 192.168.50.1 dev eth0",
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    assert!(!path.exists());
+
+    // The default route overlaps everything and does not count: a free range is accepted.
+    let free = write("free.json", r#"{"Network":"10.244.0.0/16"}"#);
+    let out = init_in(&ns, &store, &free, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The node's own bridge (inside the stored pool) does not count against the same config.
+    ns.ok(&["ip", "link", "add", "twill0", "type", "bridge"]);
+    ns.ok(&["ip", "addr", "add", "10.244.5.1/24", "dev", "twill0"]);
+    ns.ok(&["ip", "link", "set", "twill0", "up"]);
+    let out = init_in(&ns, &store, &free, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
+
+    // --allow-overlap overrides, reserved ranges still refused.
+    let out = init_in(&ns, &store, &flannel, &["--force", "--allow-overlap"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let show = ns.exec(&[TWILL, "cluster", "show", "--store", &store]);
+    assert!(String::from_utf8_lossy(&show.stdout).contains("10.77.0.0/16"));
+    let lo = write("lo.json", r#"{"Network":"127.0.0.0/16"}"#);
+    let out = init_in(&ns, &store, &lo, &["--force", "--allow-overlap"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
 }

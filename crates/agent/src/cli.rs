@@ -6,18 +6,35 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use twill_store::Store;
-use twill_types::cluster::{BgpPeer, ClusterConfig};
+use twill_store::{Store, StoreError};
+use twill_types::cluster::{Backend, BackendKind, BgpPeer, ClusterConfig, ConfigForm, HostNet};
 use twill_types::desired::PeerPath;
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX};
 use twill_types::node::{self, AgentStatus, BgpStatus, NodeFile};
 
 use crate::files;
 
-/// `twill cluster init --store S -f FILE [--force]`: validates the config (Flannel net-conf.json,
-/// TOML or YAML) and writes it to the store. An identical config is a no-op; a different one
-/// needs `--force`, because nodes already hold subnets of the old one.
-pub async fn cluster_init(store_url: &str, file: &Path, force: bool) -> anyhow::Result<i32> {
+/// `twill cluster init --store S -f FILE [--force] [--allow-overlap]`: validates the config
+/// (Flannel net-conf.json, TOML or YAML) and writes it to the store. An identical config is a
+/// no-op; a different one needs `--force`, because nodes already hold subnets of the old one.
+///
+/// Besides the config's own rules (reserved ranges included), init refuses:
+/// - a backend this build's agent cannot run (e.g. `wireguard`), which would leave every agent
+///   failing at start;
+/// - a pool that overlaps a network of the host init runs on: the subnet of one of its IPv4
+///   addresses, or the destination of one of its main-table routes (the default route and
+///   networks inside the pools of the config already in the store, which are twill's own, do
+///   not count). `--allow-overlap` skips this check, for an operator who runs init elsewhere
+///   than on a node or knows the overlap is harmless (a broad route the pods may shadow).
+///
+/// This is the only verb that creates an embedded store file; nothing is created when the
+/// config is refused.
+pub async fn cluster_init(
+    store_url: &str,
+    file: &Path,
+    force: bool,
+    allow_overlap: bool,
+) -> anyhow::Result<i32> {
     let text = if file == Path::new("-") {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
@@ -27,20 +44,67 @@ pub async fn cluster_init(store_url: &str, file: &Path, force: bool) -> anyhow::
     };
     let config =
         ClusterConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let store = Store::connect(store_url).await?;
+    if let Err(e) = twill_backend::for_config(&config) {
+        let field = match ConfigForm::of(&text) {
+            ConfigForm::Flannel => "Backend.Type",
+            ConfigForm::Twill => "backend",
+        };
+        bail!(
+            "{}: {field} {:?}: twill's agent cannot run this backend ({e}); use one of {}",
+            file.display(),
+            config.backend.kind.name(),
+            runnable_backends().join(", ")
+        );
+    }
+    // The store as it is, without creating an embedded file yet.
+    let existing = match Store::connect(store_url).await {
+        Ok(store) => Some(store),
+        Err(StoreError::Missing(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let stored = match &existing {
+        Some(store) => store.get(CONFIG_KEY).await?,
+        None => None,
+    };
+    if !allow_overlap {
+        let old = stored
+            .as_ref()
+            .and_then(|kv| ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value)).ok());
+        let host = host_networks(old.as_ref()).await.with_context(|| {
+            "reading this host's addresses and routes to check the pools against them              (--allow-overlap skips the check)"
+        })?;
+        config
+            .check_host_networks(&host, ConfigForm::of(&text))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e} (--allow-overlap skips this check, if the overlap is intended)",
+                    file.display()
+                )
+            })?;
+    }
     let value = config.to_json();
-    match store.get(CONFIG_KEY).await? {
+    match &stored {
         Some(kv) if kv.value == value.as_bytes() => {
+            let store = existing
+                .as_ref()
+                .expect("a stored config comes from a store");
             println!("cluster config unchanged in {}", store.describe());
             return Ok(0);
         }
         Some(_) if !force => bail!(
             "{} already holds a different cluster config; nodes may hold subnets of it. \
              Use --force to replace it",
-            store.describe()
+            existing
+                .as_ref()
+                .expect("a stored config comes from a store")
+                .describe()
         ),
         _ => {}
     }
+    let store = match existing {
+        Some(store) => store,
+        None => Store::connect_or_create(store_url).await?,
+    };
     store.put(CONFIG_KEY, value.as_bytes(), None).await?;
     println!(
         "cluster config written to {}: {} pool(s), backend {}",
@@ -51,6 +115,73 @@ pub async fn cluster_init(store_url: &str, file: &Path, force: bool) -> anyhow::
             .unwrap_or("?")
     );
     Ok(0)
+}
+
+/// The backends this build's agent runs.
+fn runnable_backends() -> Vec<&'static str> {
+    BackendKind::ALL
+        .into_iter()
+        .filter(|kind| {
+            let mut config = ClusterConfig {
+                pools: Vec::new(),
+                backend: Backend::with_defaults(*kind),
+                bgp: None,
+            };
+            config.bgp = (*kind == BackendKind::Bgp).then(Default::default);
+            twill_backend::for_config(&config).is_ok()
+        })
+        .map(BackendKind::name)
+        .collect()
+}
+
+/// The networks of the host this runs on, as [`ClusterConfig::check_host_networks`] compares
+/// them: the subnet of every IPv4 address (loopback aside) and the destination of every IPv4
+/// route of the main table but the default route. Networks inside a pool of `twill_config`
+/// (the config already in the store) are twill's own (a node's bridge, its peers' routes) and
+/// left out.
+async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<Vec<HostNet>> {
+    let nl = twill_netlink::AgentHandle::new()?;
+    let links = nl.links().await?;
+    let name = |index: Option<u32>| {
+        index
+            .and_then(|i| links.iter().find(|l| l.index == i))
+            .map_or_else(|| "?".to_string(), |l| l.name.clone())
+    };
+    let mut out = Vec::new();
+    for link in &links {
+        for addr in nl.ipv4_addresses(link.index).await? {
+            if addr.addr().is_loopback() {
+                continue;
+            }
+            out.push(HostNet {
+                net: addr.trunc(),
+                source: format!("address {addr} on {}", link.name),
+            });
+        }
+    }
+    for route in nl.ipv4_routes(None).await? {
+        if route.dst.prefix_len() == 0 {
+            continue;
+        }
+        let mut source = format!("route {}", route.dst);
+        if let Some(gw) = route.gateway {
+            source += &format!(" via {gw}");
+        }
+        if route.oif.is_some() {
+            source += &format!(" dev {}", name(route.oif));
+        }
+        if !route.unicast {
+            source += " (not unicast: blackhole, unreachable, ...)";
+        }
+        out.push(HostNet {
+            net: route.dst.trunc(),
+            source,
+        });
+    }
+    if let Some(old) = twill_config {
+        out.retain(|h| old.pool_of(h.net).is_none());
+    }
+    Ok(out)
 }
 
 /// `twill cluster show --store S`: prints the normalized config as JSON.

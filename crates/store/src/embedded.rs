@@ -306,7 +306,7 @@ fn check_existing(path: &Path) -> Result<()> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StoreError::Other(format!(
+            return Err(StoreError::Missing(format!(
                 "embedded store at {}: no such file; `twill cluster init --store embedded:{}`                  creates the store",
                 path.display(),
                 path.display()
@@ -836,6 +836,7 @@ mod tests {
         let err = EmbeddedStore::open_existing(&path).await.unwrap_err();
         assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
         assert!(err.to_string().contains("cluster init"), "{err}");
+        assert!(matches!(err, StoreError::Missing(_)), "{err:?}");
         assert!(!dir.path().join("a").exists());
         // Zero length: an error, and the file stays empty.
         let empty = dir.path().join("empty.redb");

@@ -110,6 +110,9 @@ pub enum StoreError {
     /// The store URL is malformed.
     #[error("{0}")]
     BadUrl(String),
+    /// The embedded store file does not exist (only `twill cluster init` creates one).
+    #[error("{0}")]
+    Missing(String),
     /// The store holds data it cannot decode.
     #[error("{0}")]
     Corrupt(String),
