@@ -3,7 +3,7 @@
 //! their store keys and nowhere else; a bad file changes nothing; labels set with the CLI
 //! change what `twill policy explain` decides. No root needed: nothing here touches the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -21,8 +21,15 @@ enum Backend {
 }
 
 impl Backend {
+    /// An embedded store, created as `twill cluster init` would (no verb here creates one).
     fn embedded() -> Backend {
-        Backend::Embedded(tempfile::tempdir().unwrap())
+        let b = Backend::Embedded(tempfile::tempdir().unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(Store::connect_or_create(&b.url())).unwrap();
+        b
     }
 
     fn etcd() -> Backend {
@@ -626,4 +633,235 @@ fn unreadable_store_values_are_skipped_with_a_warning() {
     let out = b.twill(&["policy", "explain", "192.0.2.1", "prod/web", "80"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains(&key), "{}", stderr(&out));
+}
+
+/// `count` ClusterPolicies `pNNN`, each with `order` (so two versions differ).
+fn many_policies(count: usize, order: u32) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "apiVersion: twill.dev/v1\nkind: ClusterPolicy\nmetadata: {{name: p{i:03}}}\n\
+                 spec: {{order: {order}, selector: {{}}, ingress: [{{action: Deny}}]}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The stored policies' keys and mod revisions.
+fn policy_revisions(b: &Backend) -> BTreeMap<String, i64> {
+    b.with_store(async |s| {
+        let (kvs, _) = s.list(keys::POLICY_PREFIX).await.unwrap();
+        kvs.into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect()
+    })
+}
+
+/// `policy apply` is one transaction whatever the size: with etcd's default `--max-txn-ops`
+/// (128) a file of 300 new policies is refused whole, saying why, and nothing lands; 120 land
+/// at one revision; a later apply writes only what changed, also at one revision, and prints
+/// exactly that.
+#[test]
+fn apply_is_all_or_nothing_whatever_the_size_etcd() {
+    let b = Backend::etcd();
+    let dir = tempfile::tempdir().unwrap();
+    let before = b.snapshot();
+    let big = write(dir.path(), "big.yaml", &many_policies(300, 1));
+    let out = b.twill(&["policy", "apply", "-f", &big]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    for needle in ["300 changes", "--max-txn-ops", "128", "nothing was written"] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    assert_eq!(stdout(&out), "", "nothing written, nothing reported");
+    assert_eq!(b.snapshot(), before, "a refused apply changed the store");
+
+    let file = write(dir.path(), "p.yaml", &many_policies(120, 1));
+    let out = b.ok(&["policy", "apply", "-f", &file]);
+    let expected: String = (0..120)
+        .map(|i| format!("clusterpolicy p{i:03} created\n"))
+        .collect();
+    assert_eq!(out, expected);
+    let revs = policy_revisions(&b);
+    assert_eq!(revs.len(), 120);
+    let first: BTreeSet<i64> = revs.values().copied().collect();
+    assert_eq!(
+        first.len(),
+        1,
+        "written in more than one transaction: {first:?}"
+    );
+
+    // Five changed: five configured, the rest unchanged and untouched.
+    let text = many_policies(120, 1);
+    let docs: Vec<&str> = text.split("---\n").collect();
+    let changed: Vec<String> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 25 == 0 {
+                d.replace("order: 1,", "order: 2,")
+            } else {
+                d.to_string()
+            }
+        })
+        .collect();
+    let file = write(dir.path(), "p2.yaml", &changed.join("---\n"));
+    let out = b.ok(&["policy", "apply", "-f", &file]);
+    let configured: Vec<&str> = out.lines().filter(|l| l.ends_with(" configured")).collect();
+    assert_eq!(
+        configured,
+        [
+            "clusterpolicy p000 configured",
+            "clusterpolicy p025 configured",
+            "clusterpolicy p050 configured",
+            "clusterpolicy p075 configured",
+            "clusterpolicy p100 configured"
+        ]
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" unchanged")).count(),
+        115
+    );
+    let after = policy_revisions(&b);
+    let moved: BTreeSet<i64> = after
+        .iter()
+        .filter(|(k, r)| revs[*k] != **r)
+        .map(|(_, r)| *r)
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(after.iter().filter(|(k, r)| revs[*k] != **r).count(), 5);
+
+    // Deleting them all is one transaction too.
+    let out = b.ok(&["policy", "delete", "-f", &file]);
+    assert_eq!(out.lines().count(), 120);
+    assert!(policy_revisions(&b).is_empty());
+}
+
+/// The embedded store takes any size in one transaction: 300 policies all land.
+#[test]
+fn apply_is_all_or_nothing_whatever_the_size_embedded() {
+    let b = Backend::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "big.yaml", &many_policies(300, 1));
+    let out = b.ok(&["policy", "apply", "-f", &file]);
+    assert_eq!(out.lines().filter(|l| l.ends_with(" created")).count(), 300);
+    assert_eq!(policy_revisions(&b).len(), 300);
+    let out = b.ok(&["policy", "apply", "-f", &file]);
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" unchanged")).count(),
+        300
+    );
+}
+
+/// A policy changed by another writer between apply's read and its write: the whole apply
+/// fails, says nothing was written, and none of its other changes landed. (Another process
+/// rewrites one policy of the file in a loop; apply is run until it meets the conflict.)
+fn a_conflicting_writer_makes_apply_write_nothing(b: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = write(dir.path(), "v1.yaml", &many_policies(100, 1));
+    let v2 = write(dir.path(), "v2.yaml", &many_policies(100, 2));
+    b.ok(&["policy", "apply", "-f", &v1]);
+    let hot = keys::cluster_policy_key("p050");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (url, hot, stop) = (b.url(), hot.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let s = Store::connect(&url).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    s.put(&hot, format!("{{\"hammer\":{n}}}").as_bytes(), None)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    };
+    let order_of = |b: &Backend| -> BTreeMap<String, Option<i64>> {
+        b.with_store(async |s| {
+            let (kvs, _) = s.list(keys::POLICY_PREFIX).await.unwrap();
+            kvs.into_iter()
+                .filter(|kv| kv.key != hot)
+                .map(|kv| {
+                    let order = match serde_json::from_slice::<PolicyDoc>(&kv.value) {
+                        Ok(PolicyDoc::ClusterPolicy(p)) => p.order.map(|o| o as i64),
+                        other => panic!("{}: {other:?}", kv.key),
+                    };
+                    (kv.key, order)
+                })
+                .collect()
+        })
+    };
+    let mut conflicts = 0;
+    for _ in 0..40 {
+        let out = b.twill(&["policy", "apply", "-f", &v2]);
+        let orders: BTreeSet<Option<i64>> = order_of(b).into_values().collect();
+        if out.status.success() {
+            assert_eq!(orders, BTreeSet::from([Some(2)]), "{}", stdout(&out));
+            // Back to v1 for the next round (the hot key may conflict again: retry).
+            while !b.twill(&["policy", "apply", "-f", &v1]).status.success() {}
+        } else {
+            let err = stderr(&out);
+            assert!(
+                err.contains("changed since this command read them")
+                    && err.contains("nothing was written"),
+                "{err}"
+            );
+            assert_eq!(stdout(&out), "");
+            assert_eq!(orders, BTreeSet::from([Some(1)]), "part of the set landed");
+            conflicts += 1;
+            if conflicts >= 3 {
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    assert!(
+        conflicts > 0,
+        "the concurrent writer never conflicted with apply"
+    );
+}
+
+#[test]
+fn a_conflicting_writer_makes_apply_write_nothing_etcd() {
+    a_conflicting_writer_makes_apply_write_nothing(&Backend::etcd());
+}
+
+#[test]
+fn a_conflicting_writer_makes_apply_write_nothing_embedded() {
+    a_conflicting_writer_makes_apply_write_nothing(&Backend::embedded());
+}
+
+/// etcd down: apply fails and says so; when it is back, nothing of the file is there.
+#[test]
+fn apply_with_the_store_down_writes_nothing() {
+    let mut etcd = EtcdServer::start();
+    let url = etcd.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.yaml", &many_policies(50, 1));
+    etcd.stop();
+    let out = Command::new(TWILL)
+        .args(["policy", "apply", "--store", &url, "-f", &file])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("127.0.0.1"), "{}", stderr(&out));
+    etcd.restart();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (kvs, _) = rt.block_on(async {
+        let s = Store::connect(&url).await.unwrap();
+        s.list(keys::POLICY_PREFIX).await.unwrap()
+    });
+    assert!(kvs.is_empty(), "{} policies landed", kvs.len());
 }

@@ -60,63 +60,85 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
-/// `twill policy apply -f FILE`: every document of the file or none. Documents already stored
-/// as they are are reported `unchanged` and not written again (a write would wake every agent
-/// for nothing); the rest are written in one atomic step.
-/// etcd's default `--max-txn-ops`.
-const TXN_LIMIT: usize = 128;
-
-/// Writes everything in one transaction; if the store refuses one that large (an etcd with the
-/// default `--max-txn-ops`), in transactions of at most [`TXN_LIMIT`] changes. Everything was
-/// validated before, so only the atomicity is lost, never the content.
-async fn write_all(
+/// Writes `puts` and `deletes` in one store transaction, only if every key of `expect` still
+/// has the mod revision read before (0: still absent), so that what the caller reports as
+/// written is exactly what was written. Never split: agents must never see part of a set
+/// (one policy of a pair applied, the other not), and a failure must never leave part of it
+/// behind. A set larger than the store takes in one transaction (etcd's `--max-txn-ops`, 128
+/// by default; its `--max-request-bytes`) is refused whole. `what` names the objects for
+/// messages ("policies").
+async fn write_atomically(
     store: &Store,
+    expect: &[(String, i64)],
     puts: &[(String, Vec<u8>)],
     deletes: &[String],
-) -> anyhow::Result<()> {
-    if puts.len() + deletes.len() <= TXN_LIMIT {
-        store.put_all(puts, deletes).await?;
-        return Ok(());
+    what: &str,
+) -> anyhow::Result<i64> {
+    let changes = puts.len() + deletes.len();
+    match store.put_all_if(expect, puts, deletes).await {
+        Ok(Some(revision)) => Ok(revision),
+        Ok(None) => bail!(
+            "{what} in {} changed since this command read them (another writer?); nothing was \
+             written: run the command again",
+            store.describe()
+        ),
+        // The request may have reached the store before the connection broke: say what is
+        // known, not more.
+        Err(e) if e.is_retryable() => bail!(
+            "writing {changes} changes to {}: {e}. They are one transaction: either all of them \
+             or none were written (`twill policy list` shows which)",
+            store.describe()
+        ),
+        Err(e) => bail!(
+            "{} refused the write of {changes} changes as one transaction: {e}; nothing was \
+             written. twill never splits it (agents would apply part of the set): raise the \
+             store's limit, or apply the file in smaller independent parts",
+            store.describe()
+        ),
     }
-    if store.put_all(puts, deletes).await.is_ok() {
-        return Ok(());
-    }
-    for chunk in puts.chunks(TXN_LIMIT) {
-        store.put_all(chunk, &[]).await?;
-    }
-    for chunk in deletes.chunks(TXN_LIMIT) {
-        store.put_all(&[], chunk).await?;
-    }
-    Ok(())
 }
 
+/// `twill policy apply -f FILE`: every document of the file or none, in one store transaction
+/// (see [`write_atomically`]). Documents already stored as they are are reported `unchanged`
+/// and not written again (a write would wake every agent for nothing); the rest are reported
+/// `created` or `configured` once the transaction committed, and only then. A policy changed
+/// by someone else between this command's read and its write makes the whole apply fail,
+/// with nothing written.
 pub async fn policy_apply(store_url: &str, file: &Path) -> anyhow::Result<i32> {
     let docs = read_policy_file(file)?;
     let store = Store::connect(store_url).await?;
     let (stored, _) = store.list(POLICY_PREFIX).await?;
-    let stored: HashMap<String, Vec<u8>> =
-        stored.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let stored: HashMap<String, (Vec<u8>, i64)> = stored
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+        .collect();
     let mut puts = Vec::new();
+    let mut expect = Vec::new();
     let mut report = Vec::new();
     for doc in &docs {
         let key = policy_key(doc);
-        let outcome = match stored.get(&key) {
-            None => "created",
+        let (outcome, revision) = match stored.get(&key) {
+            None => ("created", 0),
             // Compared as data, not bytes: a value written by another twill version may
             // spell the same policy differently.
-            Some(old) if serde_json::from_slice::<PolicyDoc>(old).is_ok_and(|o| &o == doc) => {
-                "unchanged"
+            Some((old, rev))
+                if serde_json::from_slice::<PolicyDoc>(old).is_ok_and(|o| &o == doc) =>
+            {
+                ("unchanged", *rev)
             }
-            Some(_) => "configured",
+            Some((_, rev)) => ("configured", *rev),
         };
         if outcome != "unchanged" {
-            puts.push((key, serde_json::to_vec(doc)?));
+            puts.push((key.clone(), serde_json::to_vec(doc)?));
+            expect.push((key, revision));
         }
         report.push(format!("{} {outcome}", doc_id(doc)));
     }
-    write_all(&store, &puts, &[])
-        .await
-        .with_context(|| format!("writing the policies to {}", store.describe()))?;
+    if !puts.is_empty() {
+        write_atomically(&store, &expect, &puts, &[], "policies of this file")
+            .await
+            .with_context(|| format!("applying {}", file.display()))?;
+    }
     for line in report {
         println!("{line}");
     }
@@ -308,9 +330,13 @@ pub async fn policy_delete(
     }
     let store = Store::connect(store_url).await?;
     let (stored, _) = store.list(POLICY_PREFIX).await?;
-    let stored: BTreeSet<String> = stored.into_iter().map(|kv| kv.key).collect();
-    let (present, missing): (Vec<_>, Vec<_>) =
-        wanted.into_iter().partition(|(k, _)| stored.contains(k));
+    let stored: BTreeMap<String, i64> = stored
+        .into_iter()
+        .map(|kv| (kv.key, kv.mod_revision))
+        .collect();
+    let (present, missing): (Vec<_>, Vec<_>) = wanted
+        .into_iter()
+        .partition(|(k, _)| stored.contains_key(k));
     if !missing.is_empty() && !ignore_not_found {
         let names: Vec<&str> = missing.iter().map(|(_, n)| n.as_str()).collect();
         bail!(
@@ -320,9 +346,12 @@ pub async fn policy_delete(
         );
     }
     let deletes: Vec<String> = present.iter().map(|(k, _)| k.clone()).collect();
-    write_all(&store, &[], &deletes)
-        .await
-        .with_context(|| format!("deleting from {}", store.describe()))?;
+    let expect: Vec<(String, i64)> = deletes.iter().map(|k| (k.clone(), stored[k])).collect();
+    if !deletes.is_empty() {
+        write_atomically(&store, &expect, &[], &deletes, "the policies to delete")
+            .await
+            .with_context(|| format!("deleting from {}", store.describe()))?;
+    }
     for (_, name) in present {
         println!("{name} deleted");
     }

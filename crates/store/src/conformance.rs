@@ -131,6 +131,7 @@ conformance!(
     put_all_is_seen_whole_by_readers,
     put_all_refuses_a_key_twice,
     put_all_too_large_for_one_transaction_is_all_or_nothing,
+    put_all_if_writes_only_when_nothing_changed,
 );
 
 async fn get_put_delete_list(h: &Harness) {
@@ -327,6 +328,56 @@ async fn put_all_too_large_for_one_transaction_is_all_or_nothing(h: &Harness) {
                 "a refused transaction wrote {} keys",
                 kvs.len()
             );
+        }
+        (_, other) => panic!("unexpected result {other:?}"),
+    }
+}
+
+async fn put_all_if_writes_only_when_nothing_changed(h: &Harness) {
+    let s = h.store().await;
+    let r1 = s.put("/pi/a", b"a1", None).await.unwrap();
+    let expect = |a: i64| vec![("/pi/a".to_string(), a), ("/pi/new".to_string(), 0)];
+    let puts = vec![
+        ("/pi/a".to_string(), b"a2".to_vec()),
+        ("/pi/new".to_string(), b"n".to_vec()),
+    ];
+    // A stale revision: nothing is written, not even the revision moves.
+    assert_eq!(
+        s.put_all_if(&expect(r1 - 1), &puts, &[]).await.unwrap(),
+        None
+    );
+    let (kvs, rev) = s.list("/pi/").await.unwrap();
+    assert_eq!(rev, r1);
+    assert_eq!(keys(&kvs), ["/pi/a"]);
+    // A key expected absent that exists: nothing either.
+    let r2 = s.put("/pi/new", b"someone else", None).await.unwrap();
+    assert_eq!(s.put_all_if(&expect(r1), &puts, &[]).await.unwrap(), None);
+    assert_eq!(s.get("/pi/a").await.unwrap().unwrap().value, b"a1");
+    assert!(s.delete("/pi/new").await.unwrap());
+    let r3 = s.list("/pi/").await.unwrap().1;
+    assert!(r3 > r2);
+    // Everything as expected: all written, with the deletes, in one step.
+    let rev = s
+        .put_all_if(&expect(r1), &puts, &["/pi/gone".to_string()])
+        .await
+        .unwrap()
+        .unwrap();
+    let (kvs, listed) = s.list("/pi/").await.unwrap();
+    assert_eq!(listed, rev);
+    assert_eq!(keys(&kvs), ["/pi/a", "/pi/new"]);
+    assert_eq!(kvs[0].value, b"a2");
+    // Too many changes for etcd: refused whole, with the limit named.
+    let many: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("/pi/big/{i:03}"), b"v".to_vec()))
+        .collect();
+    let expect_many: Vec<(String, i64)> = many.iter().map(|(k, _)| (k.clone(), 0)).collect();
+    let result = s.put_all_if(&expect_many, &many, &[]).await;
+    let (kvs, _) = s.list("/pi/big/").await.unwrap();
+    match (h, result) {
+        (Harness::Embedded(_), Ok(Some(_))) => assert_eq!(kvs.len(), 300),
+        (Harness::Etcd(_), Err(e)) => {
+            assert!(e.to_string().contains("--max-txn-ops"), "{e}");
+            assert!(kvs.is_empty(), "a refused transaction wrote {}", kvs.len());
         }
         (_, other) => panic!("unexpected result {other:?}"),
     }

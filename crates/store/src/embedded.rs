@@ -196,6 +196,34 @@ impl EmbeddedStore {
         .await
     }
 
+    pub async fn put_all_if(
+        &self,
+        expect: &[(String, i64)],
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<Option<i64>> {
+        let (expect, puts, deletes) = (expect.to_vec(), puts.to_vec(), deletes.to_vec());
+        // One write transaction: the compares see exactly what the changes replace.
+        self.run(move |db| {
+            db.write(|w| {
+                for (key, revision) in &expect {
+                    let current = w.get(key)?.map_or(0, |rec| rec.mod_revision);
+                    if current != *revision {
+                        return Ok(None);
+                    }
+                }
+                for (key, value) in puts {
+                    w.put(&key, value, None)?;
+                }
+                for key in &deletes {
+                    w.delete(key)?;
+                }
+                Ok(Some(w.revision))
+            })
+        })
+        .await
+    }
+
     pub async fn cas_delete(&self, key: &str, expected_mod_revision: i64) -> Result<bool> {
         let key = key.to_string();
         self.run(move |db| {

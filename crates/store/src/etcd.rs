@@ -290,16 +290,38 @@ impl EtcdStore {
         let resp = self
             .call("atomic write", |mut c| async move { c.txn(txn).await })
             .await
-            .map_err(|e| match e {
-                StoreError::Other(m) if m.contains("too many operations") => {
-                    StoreError::Other(format!(
-                        "{m} ({count} changes; etcd's --max-txn-ops, 128 by default, bounds one \
-                         transaction)"
-                    ))
-                }
-                other => other,
-            })?;
+            .map_err(|e| txn_limit_hint(e, count))?;
         Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    pub async fn put_all_if(
+        &self,
+        expect: &[(String, i64)],
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<Option<i64>> {
+        // etcd compares a missing key as having revisions 0.
+        let compares: Vec<Compare> = expect
+            .iter()
+            .map(|(k, r)| match r {
+                0 => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
+                r => Compare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+            })
+            .collect();
+        let ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
+            .chain(deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)))
+            .collect();
+        let count = ops.len();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = self
+            .call("atomic write", |mut c| async move { c.txn(txn).await })
+            .await
+            .map_err(|e| txn_limit_hint(e, count))?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool> {
@@ -530,5 +552,20 @@ async fn forward_watch(
         if done {
             return;
         }
+    }
+}
+
+/// etcd's refusals of a transaction too large, with the limit that refused it (etcd checks
+/// them before applying anything, so nothing was written).
+fn txn_limit_hint(e: StoreError, count: usize) -> StoreError {
+    match e {
+        StoreError::Other(m) if m.contains("too many operations") => StoreError::Other(format!(
+            "{m} ({count} changes; etcd's --max-txn-ops, 128 by default, bounds one transaction)"
+        )),
+        StoreError::Other(m) if m.contains("request is too large") => StoreError::Other(format!(
+            "{m} ({count} changes; etcd's --max-request-bytes, 1.5 MiB by default, bounds one \
+             request)"
+        )),
+        other => other,
     }
 }

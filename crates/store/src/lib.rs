@@ -314,6 +314,27 @@ impl Store {
         dispatch!(self, s => s.put_all(puts, deletes).await)
     }
 
+    /// [`Store::put_all`] guarded by compares: the changes are made only if every key of
+    /// `expect` still has the mod revision given (0: the key must not exist), all in the same
+    /// atomic step. `Ok(None)` when some key changed since: nothing was written. The compares
+    /// count apart from the changes against etcd's `--max-txn-ops`.
+    pub async fn put_all_if(
+        &self,
+        expect: &[(String, i64)],
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<Option<i64>> {
+        let mut seen = std::collections::HashSet::new();
+        for key in puts.iter().map(|(k, _)| k).chain(deletes) {
+            if !seen.insert(key.as_str()) {
+                return Err(StoreError::Other(format!(
+                    "key {key:?} is given twice in one atomic write"
+                )));
+            }
+        }
+        dispatch!(self, s => s.put_all_if(expect, puts, deletes).await)
+    }
+
     /// Deletes a key; true when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         dispatch!(self, s => s.delete(key).await)
