@@ -188,6 +188,7 @@ mod tests {
             pools,
             backend: Backend::with_defaults(BackendKind::Vxlan),
             bgp: None,
+            host_access: Default::default(),
         };
         c.validate().unwrap();
         c
