@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use twill_lab::{Backend, Lab, LabSpec, Signal};
+use twill_lab::{Backend, Lab, LabSpec, PodMode, Signal};
 use twill_testkit::{random_suffix, require_root};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
@@ -29,12 +29,17 @@ impl Drop for Guard {
 }
 
 fn lab(backend: Backend, nodes: u32, pods: u32) -> (Lab, Guard) {
+    lab_with(backend, nodes, pods, PodMode::Bridge)
+}
+
+fn lab_with(backend: Backend, nodes: u32, pods: u32, mode: PodMode) -> (Lab, Guard) {
     require_root();
     let name = format!("sh{}", random_suffix(5));
     let guard = Guard(name.clone());
     let spec = LabSpec::new(&name)
         .nodes(nodes)
         .backend(backend)
+        .pod_mode(mode)
         .pods_per_node(pods);
     let lab = Lab::up(&spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"));
     lab.wait_converged(SOON).unwrap();
@@ -337,6 +342,38 @@ fn pod_reaches_only_dns_gateway_and_allowed_ports_of_its_node() {
     assert_matrix(&lab, "after");
 }
 
+/// Routed pods (host veths `tw*`, no bridge) get the same: nothing of their node but DNS,
+/// no control port of any node, no etcd.
+#[test]
+#[ignore = "needs root"]
+fn routed_pod_reaches_only_dns_of_its_node_and_no_control_port() {
+    let (lab, _guard) = lab_with(Backend::Vxlan, 2, 1, PodMode::Routed);
+    assert_matrix(&lab, "before");
+    let _l1 = tcp_listen(&lab, "h1", &[53, 179, 5555]);
+    let _l2 = tcp_listen(&lab, "h2", &[179, 5555]);
+    let node = host_ip(&lab, 1);
+    let peer = host_ip(&lab, 2);
+    assert!(tcp_connects(&lab, "h2", node, 5555), "the listener answers");
+    assert!(
+        !tcp_connects(&lab, "h1-p1", node, 5555),
+        "a routed pod reached its node's {node}:5555"
+    );
+    assert!(!tcp_connects(&lab, "h1-p1", node, 179));
+    assert!(eventually_connects(&lab, "h1-p1", node, 53), "DNS passes");
+    assert!(eventually_connects(&lab, "h1-p1", peer, 5555), "NAT works");
+    assert!(
+        !tcp_connects(&lab, "h1-p1", peer, 179),
+        "a routed pod reached another node's BGP port"
+    );
+    assert!(!tcp_connects(&lab, "h1-p1", store_ip(&lab), 2379));
+    assert_matrix(&lab, "after");
+}
+
+/// The lab's etcd (in the underlay namespace).
+fn store_ip(_lab: &Lab) -> Ipv4Addr {
+    twill_lab::plan::store_ip(twill_lab::Underlay::L2)
+}
+
 /// `workloadToHost = "Accept"` lets pods reach their node, control ports excepted.
 #[test]
 #[ignore = "needs root"]
@@ -368,15 +405,7 @@ fn workload_to_host_accept_lets_pods_reach_their_node() {
 fn pod_cannot_reach_the_store() {
     let (lab, _guard) = lab(Backend::Vxlan, 2, 1);
     assert_matrix(&lab, "before");
-    let store: Ipv4Addr = lab
-        .state()
-        .store
-        .trim_start_matches("etcd://")
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let store = store_ip(&lab);
     // etcd answers the nodes...
     assert!(tcp_connects(&lab, "h1", store, 2379));
     // ...and no pod, on any node.
