@@ -417,6 +417,31 @@ fn pod_cannot_reach_the_store() {
         assert!(!tcp_connects(&lab, pod, store, 2380));
     }
     assert_matrix(&lab, "after");
+
+    // `twill node leave` (its agent running) removes the table with the rest.
+    let mut args = vec![TWILL.to_string(), "node".into(), "leave".into()];
+    args.extend(lab.store_args());
+    args.extend(["--node-name".into(), "h2".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec("h2", &args).unwrap();
+    assert!(
+        out.status.success(),
+        "node leave: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + SOON;
+    while lab
+        .exec("h2", &["nft", "list", "table", "inet", "twill-host"])
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "h2 still has inet twill-host after leaving"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// With natOutgoing a pod's connection to another node's BGP port would leave with its node's
