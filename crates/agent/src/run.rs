@@ -142,6 +142,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         last_peers: Vec::new(),
         node_file,
         policy,
+        hostguard: Default::default(),
     };
     agent.main_loop(route_outcomes).await
 }
@@ -208,6 +209,8 @@ struct Agent {
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
     policy: crate::policy_sync::SharedStatus,
+    /// Workload-to-host protection and the VXLAN senders' check (`inet twill-host`).
+    hostguard: twill_dataplane::hostguard::HostGuard,
 }
 
 /// What ended the loop.
@@ -513,6 +516,9 @@ impl Agent {
         if let Err(e) = self.update_nat() {
             warn!("natOutgoing: {e:#}");
         }
+        if let Err(e) = self.update_hostguard(&peers) {
+            warn!("host protection: {e:#}");
+        }
         let observed = match self.apply(&desired).await {
             Ok(observed) => Some(observed),
             Err(e) => {
@@ -660,6 +666,19 @@ impl Agent {
             twill_dataplane::firewall::ensure_masquerade(&dir, NAT_NETWORK, &ranges)?;
         } else {
             twill_dataplane::firewall::remove_masquerade(&dir, NAT_NETWORK)?;
+        }
+        Ok(())
+    }
+
+    /// What pods may reach of the nodes, and who may send to the VXLAN port (before routes to
+    /// new peers exist, so their traffic is accepted as soon as it can come).
+    fn update_hostguard(&mut self, peers: &[Lease]) -> anyhow::Result<()> {
+        use twill_dataplane::hostguard::{Applied, Spec, store_endpoints};
+        let endpoints = store_endpoints(&self.opts.store);
+        let addr = self.node.public_net.addr();
+        let spec = Spec::for_node(&self.config, self.node.subnet, addr, peers, &endpoints);
+        if self.hostguard.apply(&spec)? == Applied::Table {
+            info!("host protection table inet twill-host written");
         }
         Ok(())
     }
@@ -863,7 +882,7 @@ async fn next_soon<R: Recv>(events: &mut R) -> Option<R::Item> {
 }
 
 /// Removes everything the agent made on this node: peer routes, the VXLAN device, the cluster's
-/// masquerade chain, the node and status files.
+/// masquerade chain, the host protection table, the node and status files.
 pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> anyhow::Result<()> {
     if nl
         .link_by_name(twill_backend::tunnel::DEVICE)
@@ -877,6 +896,7 @@ pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> 
         anyhow::bail!("removing twill's routes and devices: {report}");
     }
     twill_dataplane::firewall::remove_masquerade(&data_dir.join("firewall"), NAT_NETWORK)?;
+    twill_dataplane::hostguard::remove()?;
     twill_dataplane::policy::apply("removing the policy table", &twill_policy::render::remove())?;
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;

@@ -6,6 +6,8 @@
 //! - [`firewall`]: masquerade per network (`ipMasq`) and anti-spoofing of
 //!   container source addresses, in twill's own `inet twill` and
 //!   `bridge twill` tables.
+//! - [`hostguard`]: the agent's `inet twill-host` table: what pods may reach of the nodes
+//!   (workload-to-host protection, control-plane ports) and who may send to the VXLAN port.
 //! - `nfnl` (private): the minimal nfnetlink encoder/decoder that keeps the
 //!   per-container operations free of process spawns.
 //! - [`policy`]: applying network policy rule sets; bridge netfilter hooks.
@@ -17,6 +19,7 @@
 
 mod error;
 pub mod firewall;
+pub mod hostguard;
 mod nfnl;
 mod nftcli;
 pub mod peers;

@@ -397,6 +397,7 @@ fn twill_defaults() {
                 direct_routing: false
             },
             bgp: None,
+            host_access: Default::default(),
         }
     );
     let c = parse(&toml_pool(
@@ -738,6 +739,7 @@ fn arb_config() -> impl Strategy<Value = ClusterConfig> {
             pools,
             backend,
             bgp: None,
+            host_access: Default::default(),
         })
 }
 

@@ -1,0 +1,481 @@
+//! What pods may reach of the nodes, and who may send to the VXLAN port: the agent's own
+//! nftables table `inet twill-host`.
+//!
+//! Two jobs (issue 12, items 1 and 2):
+//! - **Workload-to-host protection** (Calico's `DefaultEndpointToHostAction` and failsafe
+//!   ports): a connection from one of this node's pods to any address of this node is dropped
+//!   unless the cluster config allows it (`workloadToHost`, `workloadToHostPorts`); DNS (port
+//!   53), ICMP echo to the pod's gateway, IPv6 neighbour discovery and replies of connections
+//!   the node opened always pass. Control-plane ports are closed to every pod of the cluster,
+//!   local or remote, whatever the config says, and encapsulated or control traffic from pods
+//!   is dropped before NAT, so masquerading never makes a pod's packet look like the node's
+//!   (Calico's `allowVXLANPacketsFromWorkloads: false`, `allowIPIPPacketsFromWorkloads: false`).
+//! - **Receivers check senders** (kernel VXLAN): a packet to the VXLAN port is accepted only
+//!   from a current peer's underlay address and with an IPv4 inner source inside that peer's
+//!   subnet. The udp and ipip backends make the same check themselves (the userspace engine
+//!   and the tc fast path, see `twill_tunnel`), so they get no rule here.
+//!
+//! The exact matches:
+//! - *This node's pods* ("workloads"): packets arriving on a host veth `tw*` (routed pods,
+//!   IPv4 and IPv6) or with a source in this node's pod subnet from any interface but `lo`
+//!   (bridged pods arrive on their bridge; anti-spoofing pins a pod to its own addresses, and
+//!   the tunnels' checks keep other nodes from sending from our subnet).
+//! - *Any pod*: a source in one of the cluster's pools.
+//! - *Control plane*: TCP to the ports of `twill_types::cluster::control_tcp_ports` (BGP 179
+//!   and the configured listen port, etcd 2379/2380) plus the store endpoints' ports; UDP to
+//!   every tunnel port (vxlan's, the udp backend's, twill's defaults 8472 and 8285); IP
+//!   protocol 4 (ipip).
+//! - Input (to this node): from any pod, control-plane TCP/UDP and protocol 4 are dropped;
+//!   from this node's pods, then DNS, ICMP echo to an address of the node's pod subnet (the
+//!   bridge gateway; routed pods' 169.254.1.1 is answered by proxy ARP, not here), IPv6
+//!   neighbour/router solicitations and echo, and the allow-listed ports are accepted, the
+//!   rest gets `workloadToHost` (Drop by default). Replies (`ct state established,related`)
+//!   pass first.
+//! - Prerouting, before NAT (a `nat` chain, so only the first packet of each connection is
+//!   looked at): from any pod, UDP to a tunnel port and protocol 4 to any destination, and
+//!   control-plane TCP to a node of the cluster (this one and every peer's underlay address)
+//!   or a store endpoint, are dropped.
+//! - VXLAN (input, `udp dport <vxlan port>`): inner Ethernet type IPv4 and
+//!   `outer source . inner source` in the set of `(peer underlay address . peer subnet)`,
+//!   else dropped.
+//!
+//! Cost: pod-to-pod packets never meet these rules (the input hook sees only packets for the
+//! node; the nat chain sees one packet per connection), except received VXLAN packets, which
+//! pay one concatenated-set lookup.
+//!
+//! Rules are computed purely from data ([`Spec`]; golden-tested without root) and applied
+//! atomically with `nft -f` ([`HostGuard::apply`]): the whole table in one transaction when
+//! the rules change, only the elements of the two element sets when only peers or store
+//! endpoints change.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::Ipv4Net;
+use twill_types::cluster::{self, BackendKind, ClusterConfig, HostPort, WorkloadToHost};
+use twill_types::lease::Lease;
+
+use crate::Error;
+use crate::nfnl::{self, NFPROTO_INET, NlError};
+
+/// The table (family `inet`).
+pub const TABLE: &str = "twill-host";
+/// The filter chain on the input hook.
+pub const INPUT_CHAIN: &str = "input";
+/// The nat chain on the prerouting hook (before NAT).
+pub const PREROUTING_CHAIN: &str = "prerouting";
+/// The set of control-plane addresses (nodes and store endpoints).
+pub const CONTROL_HOSTS_SET: &str = "control_hosts";
+/// The set of `peer underlay address . peer subnet` the VXLAN port accepts.
+pub const VXLAN_PEERS_SET: &str = "vxlan_peers";
+
+/// Bit offset, from the outer UDP header, of the inner Ethernet type
+/// (UDP 8 + VXLAN 8 + Ethernet addresses 12 bytes).
+const VXLAN_INNER_ETHERTYPE_BITS: u32 = (8 + 8 + 12) * 8;
+/// Bit offset, from the outer UDP header, of the inner IPv4 source
+/// (UDP 8 + VXLAN 8 + Ethernet 14 + 12 bytes into the IPv4 header).
+const VXLAN_INNER_SOURCE_BITS: u32 = (8 + 8 + 14 + 12) * 8;
+
+/// The parts of the rule set whose change rewrites the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The cluster's pools: any pod's source.
+    pub pools: Vec<Ipv4Net>,
+    /// This node's pod subnet: the sources of its own (bridged) pods.
+    pub node_subnet: Ipv4Net,
+    pub workload_to_host: WorkloadToHost,
+    pub allow_ports: Vec<HostPort>,
+    /// Control-plane TCP ports (BGP, etcd, the store endpoints' ports).
+    pub control_tcp: Vec<u16>,
+    /// Every tunnel's UDP port.
+    pub tunnel_udp: Vec<u16>,
+    /// The kernel VXLAN port whose senders are checked (vxlan backend only).
+    pub vxlan_port: Option<u16>,
+}
+
+/// The parts that change with peers and store endpoints: set elements only.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Elements {
+    /// Every node of the cluster (this one included) and every store endpoint.
+    pub control_hosts: BTreeSet<Ipv4Addr>,
+    /// `(peer underlay address, peer subnet)`: who may send what to the VXLAN port.
+    pub vxlan_peers: BTreeSet<(Ipv4Addr, Ipv4Net)>,
+}
+
+/// Everything `inet twill-host` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub rules: Rules,
+    pub elements: Elements,
+}
+
+impl Spec {
+    /// The rule set of a node: its config, its subnet and underlay address, the peers'
+    /// leases (ours excluded or not, it is skipped) and the store's endpoints.
+    pub fn for_node(
+        config: &ClusterConfig,
+        node_subnet: Ipv4Net,
+        node_addr: Ipv4Addr,
+        peers: &[Lease],
+        store_endpoints: &[SocketAddr],
+    ) -> Spec {
+        let mut control_tcp = cluster::control_tcp_ports(config);
+        let mut control_hosts = BTreeSet::from([node_addr]);
+        for ep in store_endpoints {
+            if let SocketAddr::V4(v4) = ep {
+                control_hosts.insert(*v4.ip());
+            }
+            control_tcp.push(ep.port());
+        }
+        control_tcp.sort_unstable();
+        control_tcp.dedup();
+        let vxlan = config.backend.kind == BackendKind::Vxlan;
+        let mut vxlan_peers = BTreeSet::new();
+        for p in peers.iter().filter(|p| p.subnet != node_subnet) {
+            control_hosts.insert(p.public_ip());
+            if vxlan {
+                vxlan_peers.insert((p.public_ip(), p.subnet.trunc()));
+            }
+        }
+        let mut allow_ports = config.host_access.workload_to_host_ports.clone();
+        allow_ports.sort();
+        allow_ports.dedup();
+        Spec {
+            rules: Rules {
+                pools: Ipv4Net::aggregate(&config.pools.iter().map(|p| p.cidr).collect()),
+                node_subnet: node_subnet.trunc(),
+                workload_to_host: config.host_access.workload_to_host,
+                allow_ports,
+                control_tcp,
+                tunnel_udp: cluster::tunnel_udp_ports(config),
+                vxlan_port: vxlan.then_some(config.backend.port),
+            },
+            elements: Elements {
+                control_hosts,
+                vxlan_peers,
+            },
+        }
+    }
+
+    /// The number of rules the input chain holds (to check the table is in place).
+    pub fn input_rule_count(&self) -> usize {
+        input_rules(&self.rules).len()
+    }
+
+    /// The `nft -f` transaction that replaces the whole table with this spec.
+    pub fn table_script(&self) -> String {
+        let r = &self.rules;
+        let mut s = String::new();
+        // Create-then-delete makes the delete safe when the table is missing; the new table
+        // follows in the same transaction, so no packet sees a half-made or missing table.
+        let _ = writeln!(s, "add table inet {TABLE}");
+        let _ = writeln!(s, "delete table inet {TABLE}");
+        let _ = writeln!(s, "add table inet {TABLE}");
+        let _ = writeln!(
+            s,
+            "add set inet {TABLE} {CONTROL_HOSTS_SET} {{ type ipv4_addr; }}"
+        );
+        let _ = writeln!(
+            s,
+            "add set inet {TABLE} control_tcp {{ type inet_service; elements = {{ {} }}; }}",
+            join(&r.control_tcp)
+        );
+        let _ = writeln!(
+            s,
+            "add set inet {TABLE} tunnel_udp {{ type inet_service; elements = {{ {} }}; }}",
+            join(&r.tunnel_udp)
+        );
+        let _ = writeln!(
+            s,
+            "add set inet {TABLE} allow_ports {{ type inet_proto . inet_service; flags interval; }}"
+        );
+        if !r.allow_ports.is_empty() {
+            let ports: Vec<String> = r.allow_ports.iter().map(allow_element).collect();
+            let _ = writeln!(
+                s,
+                "add element inet {TABLE} allow_ports {{ {} }}",
+                ports.join(", ")
+            );
+        }
+        if r.vxlan_port.is_some() {
+            // The inner source is raw payload (an integer to nft), so the set is declared by
+            // its expressions and holds subnets as integer ranges.
+            let _ = writeln!(
+                s,
+                "add set inet {TABLE} {VXLAN_PEERS_SET} {{ typeof ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32; flags interval; }}"
+            );
+        }
+        let chains: [(&str, Option<&str>); 5] = [
+            (
+                INPUT_CHAIN,
+                Some("type filter hook input priority filter - 5; policy accept;"),
+            ),
+            ("vxlan_in", None),
+            ("pod_in", None),
+            ("workload_in", None),
+            (
+                PREROUTING_CHAIN,
+                Some("type nat hook prerouting priority dstnat - 10; policy accept;"),
+            ),
+        ];
+        for (chain, base) in chains {
+            if chain == "vxlan_in" && r.vxlan_port.is_none() {
+                continue;
+            }
+            match base {
+                Some(b) => {
+                    let _ = writeln!(s, "add chain inet {TABLE} {chain} {{ {b} }}");
+                }
+                None => {
+                    let _ = writeln!(s, "add chain inet {TABLE} {chain}");
+                }
+            }
+        }
+        let _ = writeln!(s, "add chain inet {TABLE} pod_out");
+        let mut add = |chain: &str, rules: Vec<String>| {
+            for rule in rules {
+                let _ = writeln!(s, "add rule inet {TABLE} {chain} {rule}");
+            }
+        };
+        add(INPUT_CHAIN, input_rules(r));
+        if r.vxlan_port.is_some() {
+            add(
+                "vxlan_in",
+                vec![
+                    format!("@th,{VXLAN_INNER_ETHERTYPE_BITS},16 != 0x0800 counter drop"),
+                    format!(
+                        "ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"
+                    ),
+                    "counter drop".into(),
+                ],
+            );
+        }
+        add(
+            "pod_in",
+            vec![
+                "ct state established,related accept".into(),
+                "tcp dport @control_tcp counter drop".into(),
+                "udp dport @tunnel_udp counter drop".into(),
+                "meta l4proto ipencap counter drop".into(),
+            ],
+        );
+        let verdict = match r.workload_to_host {
+            WorkloadToHost::Drop => "counter drop",
+            WorkloadToHost::Accept => "counter accept",
+        };
+        add(
+            "workload_in",
+            vec![
+                "jump pod_in".into(),
+                "meta l4proto { tcp, udp } th dport 53 accept".into(),
+                format!("icmp type echo-request ip daddr {} accept", r.node_subnet),
+                "icmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".into(),
+                "meta l4proto . th dport @allow_ports accept".into(),
+                verdict.into(),
+            ],
+        );
+        add(
+            PREROUTING_CHAIN,
+            vec![format!("ip saddr {} jump pod_out", set_expr(&r.pools))],
+        );
+        add(
+            "pod_out",
+            vec![
+                "udp dport @tunnel_udp counter drop".into(),
+                "meta l4proto ipencap counter drop".into(),
+                format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
+            ],
+        );
+        s.push_str(&self.elements_script());
+        s
+    }
+
+    /// The `nft -f` transaction that makes the element sets equal to this spec's (the table
+    /// must already hold this spec's rules).
+    pub fn elements_script(&self) -> String {
+        let e = &self.elements;
+        let mut s = String::new();
+        let _ = writeln!(s, "flush set inet {TABLE} {CONTROL_HOSTS_SET}");
+        if !e.control_hosts.is_empty() {
+            let hosts: Vec<String> = e.control_hosts.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "add element inet {TABLE} {CONTROL_HOSTS_SET} {{ {} }}",
+                hosts.join(", ")
+            );
+        }
+        if self.rules.vxlan_port.is_some() {
+            let _ = writeln!(s, "flush set inet {TABLE} {VXLAN_PEERS_SET}");
+            if !e.vxlan_peers.is_empty() {
+                let peers: Vec<String> = e
+                    .vxlan_peers
+                    .iter()
+                    .map(|(addr, net)| format!("{addr} . {}", int_range(*net)))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "add element inet {TABLE} {VXLAN_PEERS_SET} {{ {} }}",
+                    peers.join(", ")
+                );
+            }
+        }
+        s
+    }
+}
+
+/// The input chain's rules.
+fn input_rules(r: &Rules) -> Vec<String> {
+    let mut rules = Vec::new();
+    if let Some(port) = r.vxlan_port {
+        // First: the only rule received VXLAN traffic pays before its own check.
+        rules.push(format!("udp dport {port} jump vxlan_in"));
+    }
+    rules.push("iif \"lo\" accept".into());
+    rules.push(format!(
+        "iifname \"{}*\" jump workload_in",
+        crate::firewall::IFNAME_PREFIX
+    ));
+    rules.push(format!("ip saddr {} jump workload_in", r.node_subnet));
+    rules.push(format!("ip saddr {} jump pod_in", set_expr(&r.pools)));
+    rules
+}
+
+/// `tcp . 22` or `tcp . 30000-32767`.
+fn allow_element(p: &HostPort) -> String {
+    let proto = p.proto.name();
+    if p.first == p.last {
+        format!("{proto} . {}", p.first)
+    } else {
+        format!("{proto} . {}-{}", p.first, p.last)
+    }
+}
+
+/// A subnet as the integer range raw payload compares with (network byte order, as the
+/// packet holds it): 10.244.2.0/24 is `0x0af40200-0x0af402ff`.
+fn int_range(net: Ipv4Net) -> String {
+    format!(
+        "0x{:08x}-0x{:08x}",
+        u32::from(net.network()),
+        u32::from(net.broadcast())
+    )
+}
+
+fn join(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn set_expr(nets: &[Ipv4Net]) -> String {
+    match nets {
+        [one] => one.to_string(),
+        _ => format!(
+            "{{ {} }}",
+            nets.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The store endpoints of a store URL (`etcd://HOST:PORT[,HOST:PORT...]`, any scheme, with or
+/// without `http(s)://` per endpoint). Endpoints given by name are left out (their addresses
+/// are not known without a lookup); `embedded` stores have none.
+pub fn store_endpoints(url: &str) -> Vec<SocketAddr> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    rest.split(',')
+        .filter_map(|ep| {
+            let ep = ep.trim();
+            let ep = ep.split_once("://").map_or(ep, |(_, r)| r);
+            let ep = ep.split(['/', '?']).next().unwrap_or(ep);
+            ep.parse::<SocketAddr>().ok()
+        })
+        .collect()
+}
+
+/// What [`HostGuard::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The kernel already held the spec.
+    Unchanged,
+    /// Only set elements were replaced.
+    Elements,
+    /// The whole table was (re)written.
+    Table,
+}
+
+/// Keeps `inet twill-host` equal to a [`Spec`] (in the calling thread's network namespace).
+#[derive(Debug, Default)]
+pub struct HostGuard {
+    applied: Option<Spec>,
+}
+
+impl HostGuard {
+    pub fn new() -> HostGuard {
+        HostGuard::default()
+    }
+
+    /// Makes the table hold `spec`: nothing when it already does (checked over netlink, no
+    /// process spawned), only the element sets when only they differ, otherwise the whole
+    /// table in one transaction.
+    pub fn apply(&mut self, spec: &Spec) -> Result<Applied, Error> {
+        let same_rules = self
+            .applied
+            .as_ref()
+            .is_some_and(|old| old.rules == spec.rules);
+        let done = if same_rules && present(spec.input_rule_count())? {
+            if self.applied.as_ref() == Some(spec) {
+                return Ok(Applied::Unchanged);
+            }
+            crate::nftcli::apply(
+                "updates the peers of the host protection table",
+                &spec.elements_script(),
+            )?;
+            Applied::Elements
+        } else {
+            self.applied = None;
+            crate::nftcli::apply(
+                "writes the host protection table (inet twill-host)",
+                &spec.table_script(),
+            )?;
+            Applied::Table
+        };
+        self.applied = Some(spec.clone());
+        Ok(done)
+    }
+}
+
+/// Whether the input chain of the table holds `rules` rules.
+fn present(rules: usize) -> Result<bool, Error> {
+    let op = format!("checking the table inet {TABLE}");
+    nfnl::with_sock(|sock| {
+        Ok(nfnl::chain_exists(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)?
+            && nfnl::rule_count(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)? == rules)
+    })
+    .map_err(|e| match e {
+        NlError::Io(source) => Error::Io { op, source },
+        NlError::Kernel { errno, msg } => Error::Kernel {
+            op,
+            errno,
+            reason: msg.unwrap_or_else(|| io::Error::from_raw_os_error(errno).to_string()),
+        },
+        NlError::Malformed(detail) => Error::Protocol { op, detail },
+    })
+}
+
+/// The transaction that removes the table (nothing when it is not there).
+pub fn remove_script() -> String {
+    format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
+}
+
+/// Removes the table (`twill node leave`); fine when it is not there.
+pub fn remove() -> Result<(), Error> {
+    crate::nftcli::apply("removes the host protection table", &remove_script())
+}
