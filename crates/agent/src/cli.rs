@@ -215,6 +215,12 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
                 .unwrap_or_default()
         );
     }
+    if !status.lease_events.is_empty() {
+        println!("\nlease events (the lease was lost without `twill node leave`):");
+        for e in &status.lease_events {
+            println!("  {}  {} {}: {}", e.at, e.event, e.subnet, e.message);
+        }
+    }
     if let Some(t) = &status.tunnel {
         let drops: Vec<String> = t
             .drops
