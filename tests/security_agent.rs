@@ -777,15 +777,25 @@ fn agent_refuses_a_data_dir_another_user_owns_and_exits_non_zero() {
     let store = format!("embedded:{}", dir.path().join("store.redb").display());
     // In a namespace of its own, should it ever get as far as the kernel.
     let ns = twill_testkit::Netns::new("sadd");
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), TWILL])
-        .args(["agent", "--store", &store, "--node-name", "n1"])
-        .args(["--data-dir", data.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let log = dir.path().join("agent.log");
+    let mut agent = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), TWILL])
+            .args(["agent", "--store", &store, "--node-name", "n1"])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut exited = None;
+    wait_for("the agent to exit", Duration::from_secs(20), || {
+        exited = agent.0.try_wait().unwrap();
+        exited.is_some()
+    });
+    let out = exited.unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.code(), Some(1), "{err}");
     assert!(err.contains("owned by uid 65534"), "{err}");
     assert!(!data.join("agent.sock").exists());
 }
