@@ -126,6 +126,7 @@ fn runnable_backends() -> Vec<&'static str> {
                 pools: Vec::new(),
                 backend: Backend::with_defaults(*kind),
                 bgp: None,
+                host_access: Default::default(),
             };
             config.bgp = (*kind == BackendKind::Bgp).then(Default::default);
             twill_backend::for_config(&config).is_ok()
@@ -345,6 +346,12 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
                 .map(|e| format!("; last apply FAILED: {e}"))
                 .unwrap_or_default()
         );
+    }
+    if !status.lease_events.is_empty() {
+        println!("\nlease events (the lease was lost without `twill node leave`):");
+        for e in &status.lease_events {
+            println!("  {}  {} {}: {}", e.at, e.event, e.subnet, e.message);
+        }
     }
     if let Some(t) = &status.tunnel {
         let drops: Vec<String> = t

@@ -1,24 +1,85 @@
 //! Files the agent leaves in its data directory: the node file (read by the CNI plugin) and the
 //! status (read by `twill status`). Written atomically, so a reader never sees half a file.
+//!
+//! Modes are set explicitly, whatever the umask: directories the agent keeps state in are 0700
+//! and every file it writes is 0600 (only root reads them: the plugin and `twill status` run as
+//! root, and the data directory is 0700 anyway, so a wider file mode would give nobody more).
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Writes `value` as JSON to `path` through a temporary file and a rename.
+/// Mode of every file the agent writes.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories the agent keeps its state in.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and missing parents) and makes it a private directory: owned by the agent's
+/// user, mode exactly 0700. A symlink, a non-directory, or a directory another user owns is
+/// refused: whoever owns it could put records there the agent would believe.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "{} is owned by uid {}, not by the agent's uid {me}: refusing to keep state there \
+             (another user could forge what the agent reads from it)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o7777 != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+            .with_context(|| format!("making {} mode 0700", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `value` as JSON to `path` through a temporary file and a rename; the file is 0600.
 pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    write_private(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, rename) with mode 0600 whatever the
+/// umask; the directory is created (0700) when missing.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !dir.is_dir() {
+        private_dir(dir)?;
+    }
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(value)?)
-        .and_then(|()| file.write_all(b"\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    // create_new: never write through a file (or symlink) someone left at the temporary name.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .and_then(|()| file.write_all(bytes))
+        .with_context(|| format!("writing {}", tmp.display()));
     drop(file);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
@@ -40,5 +101,57 @@ pub fn remove(path: &Path) -> anyhow::Result<()> {
             Err(e).with_context(|| format!("removing {}", path.display()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The umask is per process: tests that change it take this lock.
+    static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn modes_are_explicit_whatever_the_umask() {
+        let _g = UMASK.lock().unwrap();
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let file = data.join("node.json");
+        let r = write_json(&file, &serde_json::json!({"a": 1}));
+        // An existing, too open directory is tightened.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let r2 = private_dir(&open);
+        // An existing file is replaced by a 0600 one, whatever its mode was.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let r3 = write_json(&file, &serde_json::json!({"a": 2}));
+        nix::sys::stat::umask(old);
+        r.unwrap();
+        r2.unwrap();
+        r3.unwrap();
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&open), 0o700);
+        let back: serde_json::Value = read_json(&file).unwrap().unwrap();
+        assert_eq!(back["a"], 2);
+    }
+
+    #[test]
+    fn a_symlink_or_a_file_is_not_a_private_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(private_dir(&link).is_err());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(private_dir(&file).is_err());
     }
 }

@@ -151,9 +151,51 @@ fn seed_for(node: &str, attempt: u64) -> u64 {
     h ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Deletes every lease of `node`; returns the subnets released.
+/// Where `twill node leave` marks a node as leaving, before it deletes the node's lease: the
+/// node's agent leaves only when it finds this marker; a lease that disappears without it
+/// (deleted by hand, taken, expired) is leased again.
+pub const LEAVING_PREFIX: &str = "/twill/leaving/";
+
+/// How long a leave marker lives (an agent started later removes it at once anyway).
+const LEAVE_MARKER_TTL: Duration = Duration::from_secs(600);
+
+/// The leave marker of `node`.
+pub fn leave_key(node: &str) -> String {
+    format!("{LEAVING_PREFIX}{node}")
+}
+
+/// True when `twill node leave` marked `node` as leaving.
+pub async fn leave_marker(store: &Store, node: &str) -> Result<bool, twill_store::StoreError> {
+    Ok(store.get(&leave_key(node)).await?.is_some())
+}
+
+/// Removes `node`'s leave marker: an agent that starts joins, whatever an earlier leave said.
+pub async fn clear_leave_marker(store: &Store, node: &str) -> anyhow::Result<()> {
+    store
+        .delete(&leave_key(node))
+        .await
+        .map(drop)
+        .with_context(|| format!("removing the leave marker {}", leave_key(node)))
+}
+
+/// Deletes every lease of `node`, after marking it as leaving (so its running agent knows the
+/// deletion is a leave); returns the subnets released.
 pub async fn release_node(store: &Store, node: &str) -> anyhow::Result<Vec<Ipv4Net>> {
     let (kvs, _) = store.list(LEASES_PREFIX).await?;
+    if kvs
+        .iter()
+        .any(|kv| decode(kv).is_ok_and(|l| l.node == node))
+    {
+        let lease = store
+            .grant_lease(LEAVE_MARKER_TTL)
+            .await
+            .context("granting a store lease for the leave marker")?;
+        let marker = serde_json::json!({ "node": node });
+        store
+            .put(&leave_key(node), marker.to_string().as_bytes(), Some(lease))
+            .await
+            .with_context(|| format!("writing the leave marker {}", leave_key(node)))?;
+    }
     let mut released = Vec::new();
     for kv in &kvs {
         if let Ok(lease) = decode(kv)

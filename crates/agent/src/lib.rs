@@ -13,6 +13,17 @@
 //! ipip): its engine lives in the agent, so tunnelled traffic pauses until the next agent
 //! re-attaches to the persistent TUN device (milliseconds after it is in sync).
 //!
+//! The agent exits 0 only on a signal or on `twill node leave`, which it recognises by the leave
+//! marker the command writes before deleting the lease ([`lease::LEAVING_PREFIX`]). A lease
+//! lost any other way (deleted by hand, overwritten by another node, expired) is leased again
+//! (the same subnet when it is free) with the dataplane left as it is, and reported in the log
+//! and in `twill status` (`leaseEvents`). Every other fatal condition is an error exit, so a
+//! supervisor's `Restart=on-failure` restarts the agent.
+//!
+//! Its local state is private whatever the umask: the data directory and `endpoints/` are
+//! 0700, every file it writes and its socket 0600, and the socket serves root only (peer
+//! credentials) with bounded reads and connections (see [`policy_sync`]).
+//!
 //! - [`lease`]: acquiring, keeping and releasing the node's subnet lease.
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.

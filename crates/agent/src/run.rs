@@ -18,7 +18,7 @@ use twill_types::MacAddr;
 use twill_types::cluster::{BGP_PEERS_PREFIX, ClusterConfig};
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
-use twill_types::node::{self, AgentStatus, NodeFile, PeerStatus, PolicyStatus};
+use twill_types::node::{self, AgentStatus, LeaseEvent, NodeFile, PeerStatus, PolicyStatus};
 
 use crate::lease::{self, Held};
 use crate::tunnel::Engine;
@@ -30,6 +30,9 @@ const BGP_CHECK_DELAY: Duration = Duration::from_millis(200);
 /// At most this many speaker events (each the route changes of one UPDATE, up to about a
 /// thousand) are taken per programming step.
 const BGP_BATCH: usize = 32;
+
+/// The last this many lease events are kept for `twill status`.
+const LEASE_EVENTS_KEPT: usize = 16;
 
 /// Name of the masquerade chain of the cluster's pools (reserved: no CNI network may use it).
 pub const NAT_NETWORK: &str = node::AGENT_NAT_NETWORK;
@@ -53,9 +56,14 @@ pub struct AgentOptions {
     pub kernel_path: bool,
 }
 
-/// Runs the agent until SIGTERM/SIGINT (Ok) or a fatal error.
+/// Runs the agent until SIGTERM/SIGINT or `twill node leave` (Ok) or a fatal error (Err: the
+/// process exits non-zero, so a supervisor's `Restart=on-failure` restarts it).
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Files and directories the agent (or a library it calls) creates are private even where
+    // a mode is not given explicitly; the agent's own state sets its modes explicitly anyway.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    files::private_dir(&opts.data_dir)?;
     let store = connect(&opts.store).await?;
     let config = wait_for_config(&store).await?;
     let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -78,6 +86,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .map(|n| n.subnet);
     // A node file of ours means an agent ran here before: this start is a restart.
     let restarting = previous_subnet.is_some();
+    // A leave marker of an earlier `twill node leave` must not make this run leave.
+    lease::clear_leave_marker(&store, &opts.node_name).await?;
     let held = lease::acquire(
         &store,
         &config,
@@ -98,7 +108,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     // Policy first: the socket must answer before the node file tells plugins to ask it.
     let policy = crate::policy_sync::SharedStatus::default();
-    crate::policy_sync::spawn(
+    let policy_task = crate::policy_sync::spawn(
         store.clone(),
         opts.node_name.clone(),
         opts.data_dir.clone(),
@@ -143,6 +153,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         node_file,
         policy,
         hostguard: Default::default(),
+        policy_task,
+        lease_events: Vec::new(),
+        lease_lost: false,
     };
     agent.main_loop(route_outcomes).await
 }
@@ -211,6 +224,22 @@ struct Agent {
     policy: crate::policy_sync::SharedStatus,
     /// Workload-to-host protection and the VXLAN senders' check (`inet twill-host`).
     hostguard: twill_dataplane::hostguard::HostGuard,
+    /// The policy task; it ends only when it fails.
+    policy_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// What happened to the lease behind the agent's back, for `twill status`.
+    lease_events: Vec<LeaseEvent>,
+    /// The lease was lost (deleted, taken, expired) and leasing again has not succeeded yet.
+    lease_lost: bool,
+}
+
+/// What the store says about our lease.
+enum LeaseCheck {
+    /// Ours, or nothing certain (the store did not answer): look again later.
+    Held,
+    /// `twill node leave` removed it.
+    Left,
+    /// Lost some other way: `(event, message)`.
+    Lost(&'static str, String),
 }
 
 /// What ended the loop.
@@ -311,7 +340,7 @@ impl Agent {
                     {
                         dirty |= self.on_event(ev).await?;
                     }
-                    if self.left().await {
+                    if self.check_lease().await {
                         break Exit::Left;
                     }
                     if dirty && self.in_sync {
@@ -336,7 +365,17 @@ impl Agent {
                         self.write_status(None)
                     }
                 }
+                res = &mut self.policy_task => {
+                    match res {
+                        Ok(Ok(())) => bail!("network policy stopped"),
+                        Ok(Err(e)) => bail!("network policy stopped: {e:#}"),
+                        Err(e) => bail!("network policy stopped: {e}"),
+                    }
+                }
                 _ = renew.tick() => {
+                    if self.check_lease().await {
+                        break Exit::Left;
+                    }
                     if !self.renew().await {
                         // Retry soon rather than a third of the TTL later: two missed renewals
                         // in a row could let the lease expire.
@@ -403,44 +442,114 @@ impl Agent {
         }
     }
 
-    /// True when someone ran `twill node leave` for this node: our key is gone from the store
-    /// itself (not just from the mirror, whose queued events may predate a re-lease) while our
-    /// store lease is still alive. An expired store lease means "lease again" instead.
-    async fn left(&mut self) -> bool {
-        if !self.in_sync || self.peers.contains_key(&self.held.key) {
+    /// Looks at our lease when the mirror no longer shows it as ours; true when `twill node
+    /// leave` removed it (it leaves a marker before deleting the lease). Any other loss (the
+    /// key deleted by hand, another node's lease under it, the store lease expired) is not a
+    /// leave: the agent leases again and keeps the dataplane.
+    async fn check_lease(&mut self) -> bool {
+        if !self.in_sync || self.lease_lost {
             return false;
         }
-        match self.store.get(&self.held.key).await {
-            Ok(Some(kv)) => {
-                if let Ok(lease) = lease::admit(&self.config, &kv) {
-                    self.peers.insert(kv.key, lease);
-                }
-                return false;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                warn!("checking our lease: {e}");
-                return false;
-            }
+        if self
+            .peers
+            .get(&self.held.key)
+            .is_some_and(|l| l.node == self.node.name)
+        {
+            return false;
         }
-        match self.store.keep_alive(self.held.store_lease).await {
-            Ok(_) => true,
-            Err(StoreError::LeaseNotFound) => {
-                self.reacquire_or_warn().await;
-                false
-            }
-            Err(e) => {
-                warn!("checking our store lease: {e}");
+        match self.lease_state().await {
+            LeaseCheck::Held => false,
+            LeaseCheck::Left => true,
+            LeaseCheck::Lost(event, message) => {
+                self.lose_lease(event, message).await;
                 false
             }
         }
     }
 
-    /// Renews the lease; false when the store could not be reached (retry soon).
+    /// Asks the store itself (not the mirror, whose queued events may predate a re-lease).
+    async fn lease_state(&mut self) -> LeaseCheck {
+        match self.store.get(&self.held.key).await {
+            Ok(Some(kv)) => match lease::admit(&self.config, &kv) {
+                Ok(lease) if lease.node == self.node.name => {
+                    self.peers.insert(kv.key, lease);
+                    LeaseCheck::Held
+                }
+                Ok(lease) => LeaseCheck::Lost(
+                    "taken",
+                    format!(
+                        "our lease {} was taken: node {} holds it now",
+                        self.held.key, lease.node
+                    ),
+                ),
+                Err(w) => LeaseCheck::Lost(
+                    "taken",
+                    format!("our lease {} was overwritten ({w})", self.held.key),
+                ),
+            },
+            Ok(None) => match lease::leave_marker(&self.store, &self.node.name).await {
+                Ok(true) => LeaseCheck::Left,
+                Ok(false) => match self.store.keep_alive(self.held.store_lease).await {
+                    Err(StoreError::LeaseNotFound) => {
+                        LeaseCheck::Lost("expired", "our lease expired".to_string())
+                    }
+                    _ => LeaseCheck::Lost(
+                        "deleted",
+                        format!(
+                            "our lease {} was deleted from the store, and not by a leave \
+                             (no leave marker)",
+                            self.held.key
+                        ),
+                    ),
+                },
+                Err(e) => {
+                    warn!("checking for a leave marker: {e}");
+                    LeaseCheck::Held
+                }
+            },
+            Err(e) => {
+                warn!("checking our lease: {e}");
+                LeaseCheck::Held
+            }
+        }
+    }
+
+    /// The lease is gone without a leave: record it, say so, and lease again (the dataplane
+    /// is left as it is meanwhile: pods keep talking).
+    async fn lose_lease(&mut self, event: &'static str, message: String) -> bool {
+        warn!(
+            subnet = %self.node.subnet, event,
+            "{message}; leasing again, the dataplane stays as it is"
+        );
+        self.lease_events.push(LeaseEvent {
+            at: unix_now(),
+            event: event.to_string(),
+            subnet: self.node.subnet,
+            leased_again: None,
+            message: format!("{message}; leasing again"),
+        });
+        if self.lease_events.len() > LEASE_EVENTS_KEPT {
+            self.lease_events.remove(0);
+        }
+        self.lease_lost = true;
+        let ok = self.lease_again().await;
+        if !ok {
+            self.write_status(None);
+        }
+        ok
+    }
+
+    /// Renews the lease (or, after a loss, leases again); false when that failed (retry soon).
     async fn renew(&mut self) -> bool {
+        if self.lease_lost {
+            return self.lease_again().await;
+        }
         match self.store.keep_alive(self.held.store_lease).await {
             Ok(_) => true,
-            Err(StoreError::LeaseNotFound) => self.reacquire_or_warn().await,
+            Err(StoreError::LeaseNotFound) => {
+                self.lose_lease("expired", "our lease expired".to_string())
+                    .await
+            }
             Err(e) => {
                 warn!("renewing the lease failed ({e}); retrying in 1 s");
                 false
@@ -449,9 +558,25 @@ impl Agent {
     }
 
     /// [`Agent::reacquire`], logging instead of failing: the store may be coming back.
-    async fn reacquire_or_warn(&mut self) -> bool {
+    async fn lease_again(&mut self) -> bool {
+        let before = self.node.subnet;
         match self.reacquire().await {
-            Ok(()) => true,
+            Ok(()) => {
+                self.lease_lost = false;
+                let now = self.node.subnet;
+                let message = if now == before {
+                    format!("leased {now} again")
+                } else {
+                    format!("{before} was taken; leased {now} (new pods use it)")
+                };
+                info!(subnet = %now, key = %self.held.key, "{message}");
+                if let Some(ev) = self.lease_events.last_mut() {
+                    ev.leased_again = Some(now);
+                    ev.message = format!("{}; {message}", ev.message);
+                }
+                self.write_status(None);
+                true
+            }
             Err(e) => {
                 warn!("leasing again failed: {e:#}; retrying in 1 s");
                 false
@@ -459,10 +584,9 @@ impl Agent {
         }
     }
 
-    /// Our store lease expired (e.g. the store was unreachable for longer than the TTL): take
-    /// the same subnet again if it is still free.
+    /// Takes the same subnet again if it is still free (a new one otherwise), with a new store
+    /// lease; the old store lease, if it still lives, keeps nothing any more and is revoked.
     async fn reacquire(&mut self) -> anyhow::Result<()> {
-        warn!(subnet = %self.node.subnet, "our lease expired; leasing again");
         let held = lease::acquire(
             &self.store,
             &self.config,
@@ -481,8 +605,12 @@ impl Agent {
             self.node_file.subnet = held.lease.subnet;
             files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }
+        let old = self.held.store_lease;
         self.peers.insert(held.key.clone(), held.lease.clone());
         self.held = held;
+        if old != self.held.store_lease {
+            let _ = self.store.revoke_lease(old).await;
+        }
         Ok(())
     }
 
@@ -714,19 +842,25 @@ impl Agent {
             store: self.store.describe(),
             in_sync: self.in_sync,
             pid: std::process::id(),
-            updated: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            updated: unix_now(),
             peers,
             tunnel,
             policy: Some(self.policy_now()),
             bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
+            lease_events: self.lease_events.clone(),
         };
         if let Err(e) = files::write_json(&path, &status) {
             warn!("writing {}: {e:#}", path.display());
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The kernel state after every change of a plan to reach `desired` was acknowledged.

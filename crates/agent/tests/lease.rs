@@ -86,6 +86,11 @@ async fn restart_reuses_leave_frees_full_errs(store: Store) {
     );
     let released = lease::release_node(&store, "a").await.unwrap();
     assert_eq!(released, vec![first.lease.subnet]);
+    // The leave is marked, so a's running agent leaves instead of leasing again; an agent
+    // started later clears the mark and joins.
+    assert!(lease::leave_marker(&store, "a").await.unwrap());
+    lease::clear_leave_marker(&store, "a").await.unwrap();
+    assert!(!lease::leave_marker(&store, "a").await.unwrap());
     // The freed subnet is the only free one, so the next node must get it.
     let b = lease::acquire(&store, &cfg, wanted("b"), None, TTL)
         .await

@@ -138,6 +138,29 @@ pub struct AgentStatus {
     /// The BGP speaker, when the cluster config has a bgp section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpStatus>,
+    /// What happened to this node's lease behind the agent's back (deleted, taken by another
+    /// node, expired) and how the agent leased again, oldest first (the last few only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_events: Vec<LeaseEvent>,
+}
+
+/// The node's lease was lost without `twill node leave`, and what the agent did about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseEvent {
+    /// Unix time (seconds) the loss was noticed.
+    pub at: u64,
+    /// `deleted` (the key was removed while the store lease lived), `taken` (another node's
+    /// lease is under the key), `expired` (the store lease ran out).
+    pub event: String,
+    /// The subnet the node held.
+    pub subnet: Ipv4Net,
+    /// The subnet the node holds again (the same one when it was still free); None while
+    /// leasing again has not succeeded yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leased_again: Option<Ipv4Net>,
+    /// What the agent did, for people.
+    pub message: String,
 }
 
 /// The node's BGP speaker: what `twill bgp status` and `twill bgp routes` print.
