@@ -49,6 +49,6 @@ pub use codec::UpdateIn;
 pub use fsm::State;
 pub use rib::{BestChange, PrefixCounts, Route, Source};
 pub use speaker::{
-    BgpError, GracefulRestart, Password, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerEvent,
-    Status, learned_route,
+    BgpError, GracefulRestart, Password, PeerConfig, PeerStatus, Speaker, SpeakerConfig,
+    SpeakerEvent, Status, learned_route,
 };

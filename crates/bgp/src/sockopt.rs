@@ -41,7 +41,12 @@ struct TcpMd5Sig {
     key: [u8; MAX_KEY_LEN],
 }
 
-fn setsockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+fn setsockopt<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
     // SAFETY: `v` points to a live, initialized T of the size we pass.
     let r = unsafe {
         libc::setsockopt(
@@ -90,7 +95,9 @@ fn storage_of(addr: IpAddr, v6_socket: bool) -> libc::sockaddr_storage {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: 0,
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: as above, for sockaddr_in6.

@@ -9,9 +9,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use twill_bgp::codec::{self, Incoming, OpenInfo};
-use twill_bgp::{
-    Afi, Password, PeerConfig, Speaker, SpeakerConfig, SpeakerEvent, State, sockopt,
-};
+use twill_bgp::{Afi, Password, PeerConfig, Speaker, SpeakerConfig, SpeakerEvent, State, sockopt};
 
 const T: Duration = Duration::from_secs(20);
 /// How long a session that must not come up is watched (several connect retries).
@@ -147,7 +145,10 @@ async fn md5_matching_keys_establish_and_routes_flow() {
 async fn md5_wrong_key_gives_no_session() {
     let (a, b, _ea, _eb) = pair(102, 103, pw("right"), pw("wrong")).await;
     let not_up = [State::Idle, State::Connect, State::Active];
-    tokio::join!(stays_in(&a, ip(103), &not_up), stays_in(&b, ip(102), &not_up));
+    tokio::join!(
+        stays_in(&a, ip(103), &not_up),
+        stays_in(&b, ip(102), &not_up)
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -156,7 +157,10 @@ async fn md5_wrong_key_gives_no_session() {
 async fn md5_missing_key_on_one_side_gives_no_session() {
     let (a, b, _ea, _eb) = pair(104, 105, pw("only-a-has-it"), None).await;
     let not_up = [State::Idle, State::Connect, State::Active];
-    tokio::join!(stays_in(&a, ip(105), &not_up), stays_in(&b, ip(104), &not_up));
+    tokio::join!(
+        stays_in(&a, ip(105), &not_up),
+        stays_in(&b, ip(104), &not_up)
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -270,7 +274,9 @@ async fn gtsm_sessions_establish_and_send_ttl_255() {
     b.shutdown().await.unwrap();
 
     // What the speaker's own SYN carries: TTL 255.
-    let l = TcpListener::bind(SocketAddr::new(ip(111), 0)).await.unwrap();
+    let l = TcpListener::bind(SocketAddr::new(ip(111), 0))
+        .await
+        .unwrap();
     sockopt::set_listener_gtsm(&l).unwrap();
     let (c, _ec) = speaker(110, 65000).await;
     let mut p = PeerConfig::new(ip(111), 65000);
