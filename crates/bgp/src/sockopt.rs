@@ -185,9 +185,18 @@ pub fn set_listener_gtsm(sock: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// The TTL (hop limit) of the SYN that opened an accepted connection, from the copy a
-/// listener with [`set_listener_gtsm`] kept. The copy is handed out once.
-pub fn syn_ttl(sock: &impl AsRawFd) -> io::Result<u8> {
+/// What the SYN that opened an accepted connection carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynInfo {
+    /// Its TTL (hop limit).
+    pub ttl: u8,
+    /// It was signed (TCP option 19, RFC 2385).
+    pub md5: bool,
+}
+
+/// The SYN of an accepted connection, from the copy a listener with [`set_listener_gtsm`]
+/// kept. The copy is handed out once.
+pub fn saved_syn(sock: &impl AsRawFd) -> io::Result<SynInfo> {
     let mut buf = [0u8; 512];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: `buf` and `len` live across the call and `len` is buf's size.
@@ -203,25 +212,115 @@ pub fn syn_ttl(sock: &impl AsRawFd) -> io::Result<u8> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    let hdr = &buf[..(len as usize).min(buf.len())];
-    match hdr.first().map(|b| b >> 4) {
-        // IPv4: TTL at byte 8; IPv6: hop limit at byte 7.
-        Some(4) if hdr.len() >= 20 => Ok(hdr[8]),
-        Some(6) if hdr.len() >= 40 => Ok(hdr[7]),
-        _ => Err(io::Error::new(
+    parse_syn(&buf[..(len as usize).min(buf.len())]).ok_or_else(|| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
             "no saved SYN for this connection",
-        )),
+        )
+    })
+}
+
+/// IP and TCP headers of a SYN → its TTL and whether it carries an MD5 signature.
+fn parse_syn(hdr: &[u8]) -> Option<SynInfo> {
+    let (ttl, tcp) = match hdr.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(hdr[0] & 0x0f) * 4;
+            (*hdr.get(8)?, hdr.get(ihl..)?)
+        }
+        // No extension headers before TCP in a SYN we accept (next header 6).
+        6 if *hdr.get(6)? == 6 => (*hdr.get(7)?, hdr.get(40..)?),
+        _ => return None,
+    };
+    let doff = usize::from(*tcp.get(12)? >> 4) * 4;
+    let mut opts = tcp.get(20..doff)?;
+    let mut md5 = false;
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => break,
+            1 => opts = &opts[1..],
+            _ => {
+                let l = usize::from(*opts.get(1)?);
+                if l < 2 || l > opts.len() {
+                    break;
+                }
+                md5 |= kind == 19;
+                opts = &opts[l..];
+            }
+        }
     }
+    Some(SynInfo { ttl, md5 })
+}
+
+/// The TTL (hop limit) of the SYN that opened an accepted connection (see [`saved_syn`]).
+pub fn syn_ttl(sock: &impl AsRawFd) -> io::Result<u8> {
+    saved_syn(sock).map(|s| s.ttl)
+}
+
+/// Checks an accepted connection from `from` against its peer's protections, by its SYN:
+/// signed when the peer has a password (a connection whose handshake finished before the
+/// listener had the key is not), TTL 255 under GTSM (then the rest of the connection is held
+/// to it with `IP_MINTTL`). `Ok(Some(why))`: drop it.
+pub fn check_accepted(
+    sock: &impl AsRawFd,
+    from: SocketAddr,
+    md5: bool,
+    gtsm: bool,
+) -> io::Result<Option<&'static str>> {
+    let syn = saved_syn(sock)?;
+    if md5 && !syn.md5 {
+        return Ok(Some("its SYN was not signed (TCP-MD5)"));
+    }
+    if gtsm {
+        if syn.ttl < GTSM_TTL {
+            return Ok(Some(
+                "its SYN came with a TTL below 255 (ttl security: the peer is directly connected)",
+            ));
+        }
+        set_gtsm(sock, from.is_ipv6() && !from.ip().to_canonical().is_ipv4())?;
+    }
+    Ok(None)
 }
 
 /// Whether an accepted connection from `from` passes GTSM: its SYN came with TTL 255. Then
 /// the rest of the connection is held to it.
 pub fn gtsm_accept(sock: &impl AsRawFd, from: SocketAddr) -> io::Result<bool> {
-    let ttl = syn_ttl(sock)?;
-    if ttl < GTSM_TTL {
-        return Ok(false);
+    check_accepted(sock, from, false, true).map(|why| why.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_headers() {
+        // IPv4, TTL 255, TCP with MSS, NOP, NOP, MD5 (18 bytes), doff 11 words = 44 bytes.
+        let mut ip = vec![0x45, 0, 0, 64, 0, 0, 0x40, 0, 255, 6, 0, 0];
+        ip.extend([0u8; 8]);
+        let mut tcp = vec![0u8; 12];
+        tcp.push(11 << 4);
+        tcp.extend([0x02, 0, 0, 0, 0, 0, 0]);
+        tcp.extend([2, 4, 5, 0xb4, 1, 1, 19, 18]);
+        tcp.extend([0u8; 16]);
+        let syn: Vec<u8> = ip.iter().chain(&tcp).copied().collect();
+        assert_eq!(
+            parse_syn(&syn),
+            Some(SynInfo {
+                ttl: 255,
+                md5: true
+            })
+        );
+        // The same without the signature (doff 6: MSS only).
+        let mut plain = syn[..44].to_vec();
+        plain[20 + 12] = 6 << 4;
+        plain[8] = 63;
+        assert_eq!(
+            parse_syn(&plain),
+            Some(SynInfo {
+                ttl: 63,
+                md5: false
+            })
+        );
+        assert_eq!(parse_syn(&[]), None);
+        assert_eq!(parse_syn(&syn[..30]), None);
     }
-    set_gtsm(sock, from.is_ipv6() && !from.ip().to_canonical().is_ipv4())?;
-    Ok(true)
 }

@@ -459,19 +459,16 @@ impl Core {
             tracing::warn!("bgp {ip}: dropped a connection: the listener holds no MD5 key for it");
             return;
         }
-        if p.cfg.ttl_security {
-            match sockopt::gtsm_accept(&s, from) {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(
-                        "bgp {ip}: dropped a connection whose SYN came with a TTL below {} \
-                         (ttl security: the peer is directly connected)",
-                        sockopt::GTSM_TTL
-                    );
+        let md5 = p.cfg.password.is_some();
+        if md5 || p.cfg.ttl_security {
+            match sockopt::check_accepted(&s, from, md5, p.cfg.ttl_security) {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    tracing::warn!("bgp {ip}: dropped a connection: {why}");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!("bgp {ip}: dropped a connection: cannot check its TTL: {e}");
+                    tracing::warn!("bgp {ip}: dropped a connection: cannot check its SYN: {e}");
                     return;
                 }
             }

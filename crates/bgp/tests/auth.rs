@@ -329,3 +329,31 @@ async fn gtsm_drops_connections_that_arrive_with_a_lower_ttl() {
     assert!(matches!(read_msg(&mut c, T).await, Some(Incoming::Open(_))));
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_made_before_the_key_was_set_is_not_taken_as_signed() {
+    // The listener had no key yet when the handshake finished (a peer added while the
+    // connection sat in the accept queue): its SYN carries no signature, so the check the
+    // speaker makes refuses it; a signed one passes.
+    let l = TcpListener::bind(SocketAddr::new(ip(115), 0))
+        .await
+        .unwrap();
+    sockopt::set_listener_gtsm(&l).unwrap();
+    let to = l.local_addr().unwrap();
+    let (a, c) = tokio::join!(l.accept(), raw_connect(ip(114), to, None, None));
+    let _c = c.unwrap();
+    let (a, from) = a.unwrap();
+    assert!(
+        sockopt::check_accepted(&a, from, true, false)
+            .unwrap()
+            .is_some()
+    );
+    sockopt::set_md5_key(&l, ip(114), Some(b"k")).unwrap();
+    let (a, c) = tokio::join!(l.accept(), raw_connect(ip(114), to, Some(b"k"), None));
+    let _c = c.unwrap();
+    let (a, from) = a.unwrap();
+    assert_eq!(
+        sockopt::check_accepted(&a, from, true, false).unwrap(),
+        None
+    );
+}
