@@ -1063,7 +1063,7 @@ struct RawBgp {
     graceful_restart: Option<bool>,
     nodes: Option<BTreeMap<String, RawBgpNode>>,
     peers: Option<Vec<RawBgpPeer>>,
-    password: Option<String>,
+    password: Option<crate::bgp_auth::RawSecret>,
     password_file: Option<String>,
     password_env: Option<String>,
     ttl_security: Option<bool>,
@@ -1081,7 +1081,7 @@ struct RawBgpPeer {
     address: Option<String>,
     as_number: Option<i64>,
     node: Option<String>,
-    password: Option<String>,
+    password: Option<crate::bgp_auth::RawSecret>,
     password_file: Option<String>,
     password_env: Option<String>,
     ttl_security: Option<bool>,
@@ -1089,13 +1089,13 @@ struct RawBgpPeer {
 
 /// The protection keys of a `bgp` section or peer.
 fn raw_auth(
-    password: Option<String>,
+    password: Option<crate::bgp_auth::RawSecret>,
     password_file: Option<String>,
     password_env: Option<String>,
     ttl_security: Option<bool>,
 ) -> BgpAuth {
     BgpAuth {
-        password: password.map(Secret::new),
+        password: password.map(|p| Secret::new(p.0)),
         password_file: password_file.map(std::path::PathBuf::from),
         password_env,
         ttl_security: ttl_security.unwrap_or(false),

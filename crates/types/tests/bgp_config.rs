@@ -261,4 +261,12 @@ fn passwords_and_ttl_security() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("at most 80") && !e.contains(&long), "{e}");
+    // A password that is not a string is refused without being quoted back (JSON; a YAML
+    // parse error shows the lines of the file around it, as for any key).
+    let e = ClusterConfig::parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"bgp"},"BGP":{"password":918273645}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("password") && !e.contains("918273645"), "{e}");
 }
