@@ -249,6 +249,7 @@ fn hijack(lab: &Lab, pod: &str, peer: &str, asn: u32, rid: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the attack script failed: {text}");
+    eprintln!("hijack of {peer} from {pod}: {}", text.replace('\n', " "));
     text
 }
 
@@ -525,4 +526,47 @@ fn keyed_mesh_and_cli_peer_and_the_pod_hijack_of_a_node_fails() {
     assert!(m.all_ok(), "after: {}", m.render());
 
     assert_never_printed(&lab, &[mesh_pw, bird_pw]);
+}
+
+/// TTL security alone (no password) between two nodes on one L2 segment: the same hijack from
+/// h1's pod reaches h2's listener (TCP completes), but its SYN arrived with TTL 63 (forwarded
+/// once by h1), so h2 drops the connection before its speaker uses it.
+#[test]
+#[ignore = "needs root"]
+fn ttl_security_alone_stops_the_pod_hijack_of_a_node() {
+    require_root();
+    let (name, _g) = guard();
+    let spec = LabSpec::new(&name)
+        .nodes(2)
+        .pods_per_node(1)
+        .backend(Backend::Bgp)
+        .bgp("holdTime: 3\nttlSecurity: true");
+    let lab = up(&spec);
+    let s1 = lab.host_status(1).unwrap().subnet.unwrap();
+    wait_until("the mesh session", T60, || {
+        session(&lab, 2, "192.168.100.11").0 == "Established"
+    });
+    let m = lab.ping_matrix();
+    assert!(m.all_ok(), "before: {}", m.render());
+    let before = session(&lab, 2, "192.168.100.11");
+    let out = hijack(&lab, "h1-p1", "192.168.100.12", 64512, "192.168.100.11");
+    assert!(
+        !out.contains("received 1"),
+        "h2 answered the pod's OPEN: {out}"
+    );
+    let log = &lab.hosts()[1].log;
+    wait_until("h2 says why it dropped the connection", T60, || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("dropped a connection: its SYN came with a TTL below 255")
+    });
+    assert_eq!(
+        session(&lab, 2, "192.168.100.11"),
+        before,
+        "h2's session restarted"
+    );
+    assert!(!twill_routes(&lab, 2).contains("10.66.0.0"));
+    assert!(twill_routes(&lab, 2).contains(&format!("{s1} via 192.168.100.11")));
+    let m = lab.ping_matrix();
+    assert!(m.all_ok(), "after: {}", m.render());
 }
