@@ -588,3 +588,47 @@ pub async fn bgp_peer_del(
     println!("BGP peer {address} removed ({key})");
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PeerPasswordArgs;
+
+    #[test]
+    fn peer_password_args() {
+        let none = PeerPasswordArgs::default().to_auth().unwrap();
+        assert!(!none.has_password() && !none.ttl_security);
+        let path = std::env::temp_dir().join(format!("twill-cli-pw-{}", std::process::id()));
+        std::fs::write(&path, "from-file\r\n").unwrap();
+        let a = PeerPasswordArgs {
+            file: Some(path.clone()),
+            ttl_security: true,
+            ..Default::default()
+        }
+        .to_auth()
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(a.password.as_ref().unwrap().expose(), "from-file");
+        assert!(a.ttl_security);
+        // Only a reference is kept for the nodes' own file.
+        let r = PeerPasswordArgs {
+            node_file: Some("/etc/twill/tor.key".into()),
+            ..Default::default()
+        }
+        .to_auth()
+        .unwrap();
+        assert!(r.password.is_none() && r.password_file.is_some());
+        // One source only; an unset variable is an error that names it.
+        let both = PeerPasswordArgs {
+            env: Some("X".into()),
+            node_env: Some("Y".into()),
+            ..Default::default()
+        };
+        assert!(both.to_auth().is_err());
+        let unset = PeerPasswordArgs {
+            env: Some("TWILL_TEST_SURELY_UNSET_PW".into()),
+            ..Default::default()
+        };
+        let e = unset.to_auth().unwrap_err().to_string();
+        assert!(e.contains("TWILL_TEST_SURELY_UNSET_PW"), "{e}");
+    }
+}
