@@ -159,6 +159,24 @@ enum BgpPeerCmd {
         asn: u32,
         #[arg(long)]
         node: Option<String>,
+        /// TCP-MD5 (RFC 2385): read the password from FILE now and keep it in the peer record
+        /// (never printed; a trailing newline is dropped).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// TCP-MD5: read the password from this environment variable now, keep it in the
+        /// peer record.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// TCP-MD5: keep only this path; each agent reads the password from it on its node.
+        #[arg(long, value_name = "PATH")]
+        password_file_on_nodes: Option<PathBuf>,
+        /// TCP-MD5: keep only this name; each agent reads the password from its environment.
+        #[arg(long, value_name = "VAR")]
+        password_env_on_nodes: Option<String>,
+        /// GTSM (RFC 5082) for a directly connected router: TTL 255 out, only 255 accepted
+        /// (BIRD's `ttl security on`).
+        #[arg(long)]
+        ttl_security: bool,
         #[arg(long, env = "TWILL_STORE")]
         store: String,
     },
@@ -391,9 +409,28 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                         address,
                         asn,
                         node,
+                        password_file,
+                        password_env,
+                        password_file_on_nodes,
+                        password_env_on_nodes,
+                        ttl_security,
                         store,
                     } => {
-                        twill_agent::cli::bgp_peer_add(&store, address, asn, node.as_deref()).await
+                        let protect = twill_agent::cli::PeerPasswordArgs {
+                            file: password_file,
+                            env: password_env,
+                            node_file: password_file_on_nodes,
+                            node_env: password_env_on_nodes,
+                            ttl_security,
+                        };
+                        twill_agent::cli::bgp_peer_add(
+                            &store,
+                            address,
+                            asn,
+                            node.as_deref(),
+                            &protect,
+                        )
+                        .await
                     }
                     BgpPeerCmd::Del {
                         address,

@@ -27,6 +27,7 @@ use twill_backend::LocalNode;
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent, State};
 use twill_dataplane::peers::{ObservedRoute, Plan};
 use twill_store::MirrorEvent;
+use twill_types::bgp_auth::{BgpAuth, PasswordSource};
 use twill_types::cluster::overlaps;
 use twill_types::cluster::{BgpConfig, BgpPeer};
 use twill_types::desired::{DesiredState, PeerPath, RouteSpec};
@@ -71,6 +72,8 @@ pub struct WantPeer {
     pub node: Option<String>,
     /// The peer's BGP port (the cluster's listen port for nodes, 179 for routers).
     pub port: u16,
+    /// Password and TTL security: the `bgp` section's for nodes, the peer's own for routers.
+    pub auth: BgpAuth,
 }
 
 /// The peers node `me` should have: nodes by the mesh or the reflectors, then external
@@ -99,6 +102,7 @@ pub fn topology(
             kind,
             node: Some(l.node.clone()),
             port: cfg.listen_port,
+            auth: cfg.auth.clone(),
         });
     }
     let external = cfg.peers.iter().chain(store_peers);
@@ -116,9 +120,38 @@ pub fn topology(
             kind,
             node: None,
             port: twill_types::cluster::DEFAULT_BGP_PORT,
+            auth: p.auth.clone(),
         });
     }
     want
+}
+
+/// A session's TCP-MD5 key, read now from where `auth` says (the config itself, a file on
+/// this node, or the agent's environment). A file's trailing newline is not part of the key.
+/// Errors name the source, never the secret.
+pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, String> {
+    let key: Vec<u8> = match auth.source() {
+        None => return Ok(None),
+        Some(PasswordSource::Inline(s)) => s.expose().as_bytes().to_vec(),
+        Some(PasswordSource::File(path)) => {
+            let mut b = std::fs::read(path).map_err(|e| {
+                format!("cannot read the BGP password file {}: {e}", path.display())
+            })?;
+            if b.ends_with(b"\n") {
+                b.pop();
+                if b.ends_with(b"\r") {
+                    b.pop();
+                }
+            }
+            b
+        }
+        Some(PasswordSource::Env(name)) => std::env::var_os(name)
+            .ok_or_else(|| format!("the BGP password variable {name} is not set"))?
+            .into_encoded_bytes(),
+    };
+    twill_bgp::Password::new(key)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Kernel routes for the learned best routes, skipping what must not be touched: anything
@@ -264,6 +297,8 @@ pub struct BgpSide {
     events: Option<mpsc::UnboundedReceiver<SpeakerEvent>>,
     /// Peers given to the speaker.
     running: BTreeMap<IpAddr, WantPeer>,
+    /// Their TCP-MD5 keys as given (read again at every sync: a changed key re-adds the peer).
+    running_keys: HashMap<IpAddr, Option<twill_bgp::Password>>,
     /// External peers from the store, by key.
     store_peers: BTreeMap<String, BgpPeer>,
     /// Best IPv4 routes learned from peers: prefix → next hop.
@@ -313,6 +348,7 @@ impl BgpSide {
             speaker,
             events: Some(events),
             running: BTreeMap::new(),
+            running_keys: HashMap::new(),
             store_peers: BTreeMap::new(),
             learned: BTreeMap::new(),
             pending: BTreeSet::new(),
@@ -337,22 +373,45 @@ impl BgpSide {
     /// re-adding changed ones).
     pub fn sync_peers(&mut self, leases: &[Lease]) {
         let store: Vec<BgpPeer> = self.store_peers.values().cloned().collect();
-        let want = topology(&self.cfg, &self.me, leases, &store);
+        let mut want = topology(&self.cfg, &self.me, leases, &store);
+        want.remove(&IpAddr::V4(self.my_ip));
+        // Each session's key, read now. A key that cannot be read: a running session keeps
+        // the one it has; a new one waits (never a session without the key it should have).
+        let mut keys = HashMap::new();
+        want.retain(|addr, w| match resolve_password(&w.auth) {
+            Ok(k) => {
+                keys.insert(*addr, k);
+                true
+            }
+            Err(e) => match self.running_keys.get(addr) {
+                Some(k) if self.running.get(addr) == Some(w) => {
+                    warn!(peer = %addr, "bgp: {e}; the session keeps its key");
+                    keys.insert(*addr, k.clone());
+                    true
+                }
+                _ => {
+                    warn!(peer = %addr, "bgp: {e}; not peering until it can be read");
+                    false
+                }
+            },
+        });
         for (addr, old) in &self.running {
-            if want.get(addr) != Some(old) {
+            if want.get(addr) != Some(old) || keys.get(addr) != self.running_keys.get(addr) {
                 info!(peer = %addr, "bgp: removing peer");
                 let _ = self.speaker.remove_peer(*addr);
                 self.states.remove(addr);
             }
         }
         for (addr, w) in &want {
-            if self.running.get(addr) == Some(w) {
+            if self.running.get(addr) == Some(w) && keys.get(addr) == self.running_keys.get(addr) {
                 continue;
             }
-            if *addr == IpAddr::V4(self.my_ip) {
-                continue;
-            }
-            info!(peer = %addr, asn = w.remote_as, kind = w.kind.name(), "bgp: adding peer");
+            let password = keys.get(addr).cloned().flatten();
+            info!(
+                peer = %addr, asn = w.remote_as, kind = w.kind.name(),
+                md5 = password.is_some(), ttl_security = w.auth.ttl_security,
+                "bgp: adding peer"
+            );
             let mut p = PeerConfig::new(*addr, w.remote_as);
             p.rr_client = w.kind == PeerKind::RrClient;
             p.port = w.port;
@@ -360,11 +419,13 @@ impl BgpSide {
             if addr.is_ipv4() {
                 p.local_address = Some(IpAddr::V4(self.my_ip));
             }
+            p.password = password;
+            p.ttl_security = w.auth.ttl_security;
             let _ = self.speaker.add_peer(p);
             self.states.insert(*addr, State::Idle);
         }
         self.running = want;
-        self.running.remove(&IpAddr::V4(self.my_ip));
+        self.running_keys = keys;
     }
 
     /// A store event about external peers; true when the set changed.
@@ -616,11 +677,13 @@ mod tests {
                     address: ip("192.168.1.200"),
                     as_number: 64512,
                     node: Some("h1".into()),
+                    auth: BgpAuth::default(),
                 },
                 BgpPeer {
                     address: ip("192.168.1.1"),
                     as_number: 65000,
                     node: None,
+                    auth: BgpAuth::default(),
                 },
             ],
             ..BgpConfig::default()
@@ -646,6 +709,53 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_read_from_where_the_config_says() {
+        use twill_types::bgp_auth::Secret;
+        assert_eq!(resolve_password(&BgpAuth::default()), Ok(None));
+        let inline = BgpAuth {
+            password: Some(Secret::new("inline-pw")),
+            ..BgpAuth::default()
+        };
+        let k = resolve_password(&inline).unwrap().unwrap();
+        assert_eq!(k.as_bytes(), b"inline-pw");
+        let path =
+            std::env::temp_dir().join(format!("twill-bgp-pw-{}-{}", std::process::id(), line!()));
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let file = BgpAuth {
+            password_file: Some(path.clone()),
+            ..BgpAuth::default()
+        };
+        let k = resolve_password(&file).unwrap().unwrap();
+        assert_eq!(k.as_bytes(), b"from-a-file");
+        std::fs::remove_file(&path).unwrap();
+        let e = resolve_password(&file).unwrap_err();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        let env = BgpAuth {
+            password_env: Some("TWILL_TEST_SURELY_UNSET_BGP_PW".into()),
+            ..BgpAuth::default()
+        };
+        assert!(resolve_password(&env).unwrap_err().contains("not set"));
+        // The mesh's protection goes to node peers, each router's own to routers.
+        let cfg = BgpConfig {
+            auth: inline.clone(),
+            peers: vec![BgpPeer {
+                address: ip("10.0.0.1"),
+                as_number: 65000,
+                node: None,
+                auth: BgpAuth {
+                    ttl_security: true,
+                    ..BgpAuth::default()
+                },
+            }],
+            ..BgpConfig::default()
+        };
+        let t = topology(&cfg, "h1", &leases(), &[]);
+        assert_eq!(t[&ip("192.168.1.12")].auth, inline);
+        assert!(t[&ip("10.0.0.1")].auth.ttl_security);
+        assert!(!t[&ip("10.0.0.1")].auth.has_password());
+    }
+
+    #[test]
     fn store_peers_per_node_and_config_wins() {
         let cfg = BgpConfig {
             node_to_node_mesh: false,
@@ -653,6 +763,7 @@ mod tests {
                 address: ip("10.0.0.1"),
                 as_number: 65000,
                 node: None,
+                auth: BgpAuth::default(),
             }],
             ..BgpConfig::default()
         };
@@ -661,11 +772,13 @@ mod tests {
                 address: ip("10.0.0.1"),
                 as_number: 65099,
                 node: None,
+                auth: BgpAuth::default(),
             },
             BgpPeer {
                 address: ip("10.0.0.2"),
                 as_number: 65002,
                 node: Some("h2".into()),
+                auth: BgpAuth::default(),
             },
         ];
         let t = topology(&cfg, "h1", &leases(), &store);

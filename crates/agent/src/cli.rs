@@ -194,8 +194,12 @@ pub async fn cluster_show(store_url: &str) -> anyhow::Result<i32> {
             store.describe()
         );
     };
-    let config = ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value))
+    let mut config = ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // BGP passwords given inline are in the store; they are never printed.
+    if let Some(bgp) = &mut config.bgp {
+        twill_types::bgp_auth::redact(bgp);
+    }
     println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(0)
 }
@@ -569,13 +573,74 @@ pub fn bgp_routes(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `twill bgp peer add ADDRESS --as N [--node NAME] --store S`: an external peer for every
-/// node (or one), which the agents apply live.
+/// Where `twill bgp peer add` takes a session's password from.
+#[derive(Debug, Clone, Default)]
+pub struct PeerPasswordArgs {
+    /// `--password-file FILE`: read now (trailing newline dropped), kept in the peer record.
+    pub file: Option<std::path::PathBuf>,
+    /// `--password-env VAR`: read now from this environment, kept in the peer record.
+    pub env: Option<String>,
+    /// `--password-file-on-nodes PATH`: only the path is kept; each agent reads it.
+    pub node_file: Option<std::path::PathBuf>,
+    /// `--password-env-on-nodes VAR`: only the name is kept; each agent reads its environment.
+    pub node_env: Option<String>,
+    /// `--ttl-security`: GTSM, for a directly connected router.
+    pub ttl_security: bool,
+}
+
+impl PeerPasswordArgs {
+    /// The peer record's protection; the password read now when asked (never printed).
+    pub fn to_auth(&self) -> anyhow::Result<twill_types::bgp_auth::BgpAuth> {
+        use twill_types::bgp_auth::{BgpAuth, Secret, check_password};
+        let given = [
+            self.file.is_some(),
+            self.env.is_some(),
+            self.node_file.is_some(),
+            self.node_env.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            bail!(
+                "give one of --password-file, --password-env, --password-file-on-nodes and                  --password-env-on-nodes"
+            );
+        }
+        let password = if let Some(f) = &self.file {
+            let mut s = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the password file {}", f.display()))?;
+            if s.ends_with('\n') {
+                s.pop();
+                if s.ends_with('\r') {
+                    s.pop();
+                }
+            }
+            Some(s)
+        } else if let Some(v) = &self.env {
+            Some(std::env::var(v).map_err(|_| {
+                anyhow::anyhow!("--password-env {v}: the variable is not set (or not UTF-8)")
+            })?)
+        } else {
+            None
+        };
+        if let Some(p) = &password {
+            check_password(p).map_err(|e| anyhow::anyhow!("BGP password: {e}"))?;
+        }
+        Ok(BgpAuth {
+            password: password.map(Secret::new),
+            password_file: self.node_file.clone(),
+            password_env: self.node_env.clone(),
+            ttl_security: self.ttl_security,
+        })
+    }
+}
+
+/// `twill bgp peer add ADDRESS --as N [--node NAME] [--password-file F | --password-env V |
+/// --password-file-on-nodes P | --password-env-on-nodes V] [--ttl-security] --store S`: an
+/// external peer for every node (or one), which the agents apply live.
 pub async fn bgp_peer_add(
     store_url: &str,
     address: std::net::IpAddr,
     asn: u32,
     node_name: Option<&str>,
+    protect: &PeerPasswordArgs,
 ) -> anyhow::Result<i32> {
     if let Some(n) = node_name
         && n.trim().is_empty()
@@ -585,10 +650,12 @@ pub async fn bgp_peer_add(
     if asn == 0 || asn == 23456 {
         bail!("--as {asn} is reserved (0, and 23456 = AS_TRANS): use the router's AS number");
     }
+    let auth = protect.to_auth()?;
     let peer = BgpPeer {
         address,
         as_number: asn,
         node: node_name.map(str::to_string),
+        auth,
     };
     let key = peer.key();
     let value = serde_json::to_vec(&peer)?;
@@ -611,11 +678,23 @@ pub async fn bgp_peer_add(
         );
     }
     store.put(&key, &value, None).await?;
+    let mut protection = Vec::new();
+    if peer.auth.has_password() {
+        protection.push("TCP-MD5");
+    }
+    if peer.auth.ttl_security {
+        protection.push("TTL security");
+    }
     println!(
-        "BGP peer {address} (AS {asn}) added for {} at {key}",
+        "BGP peer {address} (AS {asn}) added for {} at {key}{}",
         node_name
             .map(|n| format!("node {n}"))
-            .unwrap_or_else(|| "every node".into())
+            .unwrap_or_else(|| "every node".into()),
+        if protection.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", protection.join(" and "))
+        }
     );
     Ok(0)
 }
@@ -630,6 +709,7 @@ pub async fn bgp_peer_del(
         address,
         as_number: 1,
         node: node_name.map(str::to_string),
+        auth: Default::default(),
     }
     .key();
     let store = Store::connect(store_url).await?;
@@ -645,4 +725,48 @@ pub async fn bgp_peer_del(
     store.delete(&key).await?;
     println!("BGP peer {address} removed ({key})");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerPasswordArgs;
+
+    #[test]
+    fn peer_password_args() {
+        let none = PeerPasswordArgs::default().to_auth().unwrap();
+        assert!(!none.has_password() && !none.ttl_security);
+        let path = std::env::temp_dir().join(format!("twill-cli-pw-{}", std::process::id()));
+        std::fs::write(&path, "from-file\r\n").unwrap();
+        let a = PeerPasswordArgs {
+            file: Some(path.clone()),
+            ttl_security: true,
+            ..Default::default()
+        }
+        .to_auth()
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(a.password.as_ref().unwrap().expose(), "from-file");
+        assert!(a.ttl_security);
+        // Only a reference is kept for the nodes' own file.
+        let r = PeerPasswordArgs {
+            node_file: Some("/etc/twill/tor.key".into()),
+            ..Default::default()
+        }
+        .to_auth()
+        .unwrap();
+        assert!(r.password.is_none() && r.password_file.is_some());
+        // One source only; an unset variable is an error that names it.
+        let both = PeerPasswordArgs {
+            env: Some("X".into()),
+            node_env: Some("Y".into()),
+            ..Default::default()
+        };
+        assert!(both.to_auth().is_err());
+        let unset = PeerPasswordArgs {
+            env: Some("TWILL_TEST_SURELY_UNSET_PW".into()),
+            ..Default::default()
+        };
+        let e = unset.to_auth().unwrap_err().to_string();
+        assert!(e.contains("TWILL_TEST_SURELY_UNSET_PW"), "{e}");
+    }
 }

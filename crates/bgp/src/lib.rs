@@ -41,6 +41,7 @@ pub mod codec;
 pub mod fsm;
 pub mod rib;
 pub mod scan;
+pub mod sockopt;
 pub mod speaker;
 
 pub use attrs::{Afi, AsSegment, Origin, PathAttrs};
@@ -48,6 +49,6 @@ pub use codec::UpdateIn;
 pub use fsm::State;
 pub use rib::{BestChange, PrefixCounts, Route, Source};
 pub use speaker::{
-    BgpError, GracefulRestart, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerEvent,
-    Status, learned_route,
+    BgpError, GracefulRestart, Password, PeerConfig, PeerStatus, Speaker, SpeakerConfig,
+    SpeakerEvent, Status, learned_route,
 };

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -26,6 +27,7 @@ use crate::attrs::{Afi, PathAttrs};
 use crate::codec::{self, BgpCodec, CodecError, GrCap, Incoming, OpenInfo, Outgoing};
 use crate::fsm::{Action, Event, Fsm, FsmConfig, Negotiated, State, Timer, collision_keeps_local};
 use crate::rib::{BestChange, PeerInfo, PeerUpdate, PrefixCounts, Rib, RibConfig, Route, Source};
+use crate::sockopt;
 
 /// Errors the speaker API returns.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,35 @@ impl Default for GracefulRestart {
     }
 }
 
+/// A TCP-MD5 key (RFC 2385). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Vec<u8>);
+
+impl Password {
+    /// A key of 1 to 80 bytes (Linux's limit).
+    pub fn new(key: impl Into<Vec<u8>>) -> Result<Password, BgpError> {
+        let key = key.into();
+        if key.is_empty() || key.len() > sockopt::MAX_KEY_LEN {
+            return Err(BgpError::Config(format!(
+                "a BGP password is 1 to {} bytes, not {}",
+                sockopt::MAX_KEY_LEN,
+                key.len()
+            )));
+        }
+        Ok(Password(key))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
 /// One configured neighbour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -79,6 +110,12 @@ pub struct PeerConfig {
     pub graceful_restart: bool,
     /// Source address for our connections to the peer (the kernel's choice when None).
     pub local_address: Option<IpAddr>,
+    /// TCP-MD5 signatures with this key on every segment of the session (RFC 2385): the
+    /// listener drops unsigned or wrongly signed segments from the peer's address.
+    pub password: Option<Password>,
+    /// GTSM (RFC 5082), for directly connected peers: send with TTL 255 and accept only
+    /// TTL 255 (BIRD's `ttl security on`).
+    pub ttl_security: bool,
 }
 
 impl PeerConfig {
@@ -93,6 +130,8 @@ impl PeerConfig {
             port: 179,
             graceful_restart: true,
             local_address: None,
+            password: None,
+            ttl_security: false,
         }
     }
 }
@@ -199,17 +238,23 @@ impl Speaker {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let mut listen = None;
+        let mut listener = None;
         if let Some(addr) = cfg.listen {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| BgpError::Listen { addr, source })?;
+            // Keep every SYN, so the TTL of a connection from a GTSM peer can be checked, and
+            // answer with TTL 255.
+            sockopt::set_listener_gtsm(&l).map_err(|source| BgpError::Listen { addr, source })?;
             listen = Some(
                 l.local_addr()
                     .map_err(|source| BgpError::Listen { addr, source })?,
             );
+            let l = Arc::new(l);
+            listener = Some(l.clone());
             tokio::spawn(accept_loop(l, in_tx));
         }
-        let core = Core::new(cfg, ev_tx);
+        let core = Core::new(cfg, ev_tx, listener);
         tokio::spawn(core.run(rx, in_rx));
         Ok((Speaker { tx, listen }, ev_rx))
     }
@@ -259,7 +304,7 @@ impl Speaker {
     }
 }
 
-async fn accept_loop(l: TcpListener, tx: mpsc::UnboundedSender<(TcpStream, SocketAddr)>) {
+async fn accept_loop(l: Arc<TcpListener>, tx: mpsc::UnboundedSender<(TcpStream, SocketAddr)>) {
     loop {
         match l.accept().await {
             Ok((s, a)) => {
@@ -316,6 +361,8 @@ struct PeerSlot {
     /// The Established session the RIB's Adj-RIB-Out describes (0: none); UPDATEs carry it
     /// so a batch computed for an old session is never sent on a new one.
     epoch: u64,
+    /// The listener holds this peer's MD5 key (when it has one): its connections are signed.
+    listener_keyed: bool,
 }
 
 struct Core {
@@ -325,10 +372,16 @@ struct Core {
     events: mpsc::UnboundedSender<SpeakerEvent>,
     report_tx: mpsc::UnboundedSender<Report>,
     report_rx: Option<mpsc::UnboundedReceiver<Report>>,
+    /// The listening socket, for the peers' MD5 keys.
+    listener: Option<Arc<TcpListener>>,
 }
 
 impl Core {
-    fn new(cfg: SpeakerConfig, events: mpsc::UnboundedSender<SpeakerEvent>) -> Core {
+    fn new(
+        cfg: SpeakerConfig,
+        events: mpsc::UnboundedSender<SpeakerEvent>,
+        listener: Option<Arc<TcpListener>>,
+    ) -> Core {
         let rib = Rib::new(RibConfig {
             asn: cfg.asn,
             router_id: cfg.router_id,
@@ -342,6 +395,7 @@ impl Core {
             events,
             report_tx,
             report_rx: Some(report_rx),
+            listener,
         }
     }
 
@@ -374,16 +428,7 @@ impl Core {
                     }
                     Some(c) => self.command(c),
                 },
-                Some((s, from)) = inbound.recv() => {
-                    let ip = from.ip().to_canonical();
-                    match self.peers.get(&ip) {
-                        Some(p) => { let _ = p.tx.send(ToSession::Inbound(s)); }
-                        None => {
-                            tracing::info!("bgp: refused connection from unconfigured {from}");
-                            tokio::spawn(reject(s));
-                        }
-                    }
-                }
+                Some((s, from)) = inbound.recv() => self.inbound(s, from),
                 Some(r) = reports.recv() => self.report(r),
                 _ = sleep_until_opt(deadline) => {
                     let now = Instant::now();
@@ -396,6 +441,51 @@ impl Core {
                         self.apply(out);
                     }
                 }
+            }
+        }
+    }
+
+    /// A connection the listener accepted: to its peer's session, when it passes the peer's
+    /// protections, else refused (unconfigured) or dropped without a word (protected).
+    fn inbound(&mut self, s: TcpStream, from: SocketAddr) {
+        let ip = from.ip().to_canonical();
+        let Some(p) = self.peers.get(&ip) else {
+            tracing::info!("bgp: refused connection from unconfigured {from}");
+            tokio::spawn(reject(s));
+            return;
+        };
+        if p.cfg.password.is_some() && !p.listener_keyed {
+            // The kernel could not be told to check its signatures: never trust it.
+            tracing::warn!("bgp {ip}: dropped a connection: the listener holds no MD5 key for it");
+            return;
+        }
+        let md5 = p.cfg.password.is_some();
+        if md5 || p.cfg.ttl_security {
+            match sockopt::check_accepted(&s, from, md5, p.cfg.ttl_security) {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    tracing::warn!("bgp {ip}: dropped a connection: {why}");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("bgp {ip}: dropped a connection: cannot check its SYN: {e}");
+                    return;
+                }
+            }
+        }
+        let _ = p.tx.send(ToSession::Inbound(s));
+    }
+
+    /// Sets (or removes) the listener's MD5 key for `addr`; true when the listener has it.
+    fn key_listener(&self, addr: IpAddr, key: Option<&Password>) -> bool {
+        let Some(l) = &self.listener else {
+            return key.is_none();
+        };
+        match sockopt::set_md5_key(l.as_ref(), addr, key.map(Password::as_bytes)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("bgp {addr}: cannot set the listener's TCP-MD5 key: {e}");
+                false
             }
         }
     }
@@ -451,7 +541,10 @@ impl Core {
             next_hop_v6: self.cfg.next_hop_v6,
             gr_enabled: gr.enabled && p.graceful_restart,
             last_gr: None,
+            password: p.password.clone(),
+            ttl_security: p.ttl_security,
         };
+        let listener_keyed = p.password.is_some() && self.key_listener(addr, p.password.as_ref());
         tokio::spawn(session.run(rx));
         self.peers.insert(
             addr,
@@ -463,6 +556,7 @@ impl Core {
                 router_id: None,
                 stale_deadline: None,
                 epoch: 0,
+                listener_keyed,
             },
         );
     }
@@ -474,6 +568,9 @@ impl Core {
                 let a = a.to_canonical();
                 if let Some(p) = self.peers.remove(&a) {
                     let _ = p.tx.send(ToSession::Stop);
+                    if p.cfg.password.is_some() {
+                        self.key_listener(a, None);
+                    }
                 }
                 let out = self.rib.remove_peer(a);
                 self.apply(out);
@@ -623,6 +720,8 @@ struct Session {
     gr_enabled: bool,
     /// The peer's graceful restart capability on the last Established session.
     last_gr: Option<GrCap>,
+    password: Option<Password>,
+    ttl_security: bool,
 }
 
 async fn next_msg(conn: &mut Option<Conn>) -> Option<Result<Incoming, CodecError>> {
@@ -878,8 +977,12 @@ impl Session {
                         let target = SocketAddr::new(self.addr, self.port);
                         let t = self.fsm.config().connect_retry;
                         let source = self.local_address;
+                        let protect = Protect {
+                            password: self.password.clone(),
+                            ttl_security: self.ttl_security,
+                        };
                         self.connecting = Some(Box::pin(async move {
-                            tokio::time::timeout(t, connect(target, source))
+                            tokio::time::timeout(t, connect(target, source, protect))
                                 .await
                                 .unwrap_or_else(|_| {
                                     Err(std::io::Error::new(
@@ -1038,7 +1141,17 @@ impl Session {
     }
 }
 
-async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+/// What an outgoing socket is set up with before it connects.
+struct Protect {
+    password: Option<Password>,
+    ttl_security: bool,
+}
+
+async fn connect(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    protect: Protect,
+) -> std::io::Result<TcpStream> {
     let sock = if target.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -1046,6 +1159,13 @@ async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<
     };
     if let Some(src) = source {
         sock.bind(SocketAddr::new(src, 0))?;
+    }
+    // Before connect: the SYN is signed, and leaves with TTL 255.
+    if let Some(pw) = &protect.password {
+        sockopt::set_md5_key(&sock, target.ip(), Some(pw.as_bytes()))?;
+    }
+    if protect.ttl_security {
+        sockopt::set_gtsm(&sock, target.is_ipv6())?;
     }
     sock.connect(target).await
 }

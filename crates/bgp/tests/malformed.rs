@@ -104,17 +104,13 @@ async fn establish(addr: SocketAddr) -> (TcpStream, Vec<Incoming>) {
 async fn next_best(ev: &mut UnboundedReceiver<SpeakerEvent>, prefix: &str) -> bool {
     let p: IpNet = prefix.parse().unwrap();
     loop {
-        match timeout(T, ev.recv())
+        if let SpeakerEvent::BestRoutes(changes) = timeout(T, ev.recv())
             .await
             .expect("event in time")
             .expect("speaker alive")
+            && let Some(c) = changes.iter().rev().find(|c| c.prefix == p)
         {
-            SpeakerEvent::BestRoutes(changes) => {
-                if let Some(c) = changes.iter().rev().find(|c| c.prefix == p) {
-                    return c.best.is_some();
-                }
-            }
-            _ => {}
+            return c.best.is_some();
         }
     }
 }

@@ -14,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub use crate::bgp_auth::{BgpAuth, Secret};
+
 /// How traffic between nodes is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BackendKind {
@@ -329,6 +331,10 @@ pub struct BgpConfig {
     pub nodes: BTreeMap<String, BgpNode>,
     /// Routers outside the cluster (e.g. top-of-rack), for every node or for one.
     pub peers: Vec<BgpPeer>,
+    /// Protection of the sessions between twill nodes (mesh and route reflectors):
+    /// `password`/`passwordFile`/`passwordEnv`, `ttlSecurity` (see [`BgpAuth`]).
+    #[serde(flatten)]
+    pub auth: BgpAuth,
 }
 
 /// Per-node BGP settings.
@@ -347,6 +353,9 @@ pub struct BgpPeer {
     /// Only this node peers with it; every node when None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The session's password and TTL security (see [`BgpAuth`]).
+    #[serde(flatten)]
+    pub auth: BgpAuth,
 }
 
 impl Default for BgpConfig {
@@ -361,6 +370,7 @@ impl Default for BgpConfig {
             graceful_restart: true,
             nodes: BTreeMap::new(),
             peers: Vec::new(),
+            auth: BgpAuth::default(),
         }
     }
 }
@@ -418,9 +428,13 @@ impl BgpConfig {
             }
             check_as(&format!("bgp.nodes.{name}.asNumber"), node.as_number)?;
         }
+        self.auth.validate("bgp.").map_err(ConfigError)?;
         let mut peers = std::collections::HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             check_as(&format!("bgp.peers[{i}].asNumber"), p.as_number)?;
+            p.auth
+                .validate(&format!("bgp.peers[{i}]."))
+                .map_err(ConfigError)?;
             if p.address.is_unspecified() || p.address.is_multicast() || p.address.is_loopback() {
                 return fail(format!(
                     "bgp.peers[{i}].address {} is not a router's address",
@@ -465,6 +479,9 @@ impl BgpPeer {
         let peer: BgpPeer = serde_json::from_slice(value)
             .map_err(|e| ConfigError::new(format!("{key}: not a BGP peer: {e}")))?;
         check_as(&format!("{key}: asNumber"), peer.as_number)?;
+        peer.auth
+            .validate(&format!("{key}: "))
+            .map_err(ConfigError)?;
         if peer.key() != key {
             return fail(format!(
                 "{key}: holds peer {} which belongs at {}",
@@ -1365,6 +1382,10 @@ struct RawBgp {
     graceful_restart: Option<bool>,
     nodes: Option<BTreeMap<String, RawBgpNode>>,
     peers: Option<Vec<RawBgpPeer>>,
+    password: Option<crate::bgp_auth::RawSecret>,
+    password_file: Option<String>,
+    password_env: Option<String>,
+    ttl_security: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1379,6 +1400,25 @@ struct RawBgpPeer {
     address: Option<String>,
     as_number: Option<i64>,
     node: Option<String>,
+    password: Option<crate::bgp_auth::RawSecret>,
+    password_file: Option<String>,
+    password_env: Option<String>,
+    ttl_security: Option<bool>,
+}
+
+/// The protection keys of a `bgp` section or peer.
+fn raw_auth(
+    password: Option<crate::bgp_auth::RawSecret>,
+    password_file: Option<String>,
+    password_env: Option<String>,
+    ttl_security: Option<bool>,
+) -> BgpAuth {
+    BgpAuth {
+        password: password.map(|p| Secret::new(p.0)),
+        password_file: password_file.map(std::path::PathBuf::from),
+        password_env,
+        ttl_security: ttl_security.unwrap_or(false),
+    }
 }
 
 fn as_number(field: &str, n: i64) -> Result<u32, ConfigError> {
@@ -1444,6 +1484,7 @@ fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
             address,
             as_number: as_number(&field, asn)?,
             node: p.node,
+            auth: raw_auth(p.password, p.password_file, p.password_env, p.ttl_security),
         });
     }
     let config = BgpConfig {
@@ -1459,6 +1500,12 @@ fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
         graceful_restart: raw.graceful_restart.unwrap_or(d.graceful_restart),
         nodes,
         peers,
+        auth: raw_auth(
+            raw.password,
+            raw.password_file,
+            raw.password_env,
+            raw.ttl_security,
+        ),
     };
     config.validate()?;
     Ok(config)

@@ -8,6 +8,7 @@
 //! - [`node`]: the node file the agent writes for the CNI plugin.
 //! - [`mac`]: an Ethernet address with the usual text form.
 
+pub mod bgp_auth;
 pub mod cluster;
 pub mod desired;
 pub mod lease;

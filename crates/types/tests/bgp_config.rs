@@ -201,3 +201,72 @@ fn refusals_name_the_field() {
             .contains("needs a bgp section")
     );
 }
+
+const YAML_AUTH: &str = r#"
+pools:
+  - {name: pods, cidr: 10.244.0.0/16, blockSize: 24}
+bgp:
+  passwordFile: /etc/twill/bgp-mesh.key
+  ttlSecurity: true
+  peers:
+    - {address: 192.168.1.1, asNumber: 65000, password: "tor-secret-1", ttlSecurity: true}
+    - {address: 192.168.2.1, asNumber: 65000, passwordEnv: TWILL_BGP_TOR2}
+"#;
+
+#[test]
+fn passwords_and_ttl_security() {
+    let c = parse(YAML_AUTH);
+    let bgp = c.bgp.as_ref().unwrap();
+    assert_eq!(
+        bgp.auth.password_file.as_deref(),
+        Some(std::path::Path::new("/etc/twill/bgp-mesh.key"))
+    );
+    assert!(bgp.auth.ttl_security);
+    assert_eq!(
+        bgp.peers[0].auth.password.as_ref().unwrap().expose(),
+        "tor-secret-1"
+    );
+    assert!(bgp.peers[0].auth.ttl_security);
+    assert_eq!(
+        bgp.peers[1].auth.password_env.as_deref(),
+        Some("TWILL_BGP_TOR2")
+    );
+    // The store's form round-trips (the inline password with it: it has to).
+    let back = ClusterConfig::from_json(&c.to_json()).unwrap();
+    assert_eq!(back, c);
+    // Debug never shows it.
+    assert!(!format!("{c:?}").contains("tor-secret-1"));
+    // Without the keys, nothing is added to the normalized form.
+    let plain = parse(TOML_RR).to_json();
+    assert!(
+        !plain.contains("password") && !plain.contains("ttlSecurity"),
+        "{plain}"
+    );
+
+    let base = "pools:\n  - {name: pods, cidr: 10.244.0.0/16}\nbgp:\n";
+    refused(
+        &format!("{base}  password: x\n  passwordEnv: BGP\n"),
+        &["bgp.password", "one of them"],
+    );
+    refused(
+        &format!("{base}  passwordFile: bgp.key\n"),
+        &["bgp.passwordFile", "absolute"],
+    );
+    refused(
+        &format!("{base}  peers:\n    - {{address: 10.0.0.1, asNumber: 65000, password: \"\"}}\n"),
+        &["bgp.peers[0].password", "empty"],
+    );
+    let long = "s".repeat(81);
+    let e = ClusterConfig::parse(&format!("{base}  password: {long}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 80") && !e.contains(&long), "{e}");
+    // A password that is not a string is refused without being quoted back (JSON; a YAML
+    // parse error shows the lines of the file around it, as for any key).
+    let e = ClusterConfig::parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"bgp"},"BGP":{"password":918273645}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("password") && !e.contains("918273645"), "{e}");
+}
