@@ -59,7 +59,9 @@ fn open_netns(env: &Env) -> Result<Netns, CniError> {
 pub const REPAIRED_PREFIX: &str = "repaired:";
 
 /// Refuses ranges that overlap an address or route of the host (other than on the network's
-/// own bridge, and twill's own pod routes): pods would shadow the host's own networks.
+/// own bridge, and twill's own pod routes): pods would shadow the host's own networks. Checked
+/// before anything is made; in bridge mode once per network (while its bridge lacks a
+/// gateway address), in routed mode at every ADD.
 /// Cluster mode's node subnet is the agent's lease (checked when the cluster was made) and
 /// lives next to the agent's own addresses and routes for it, so it is not checked here.
 fn check_host_overlap(host: &mut Handle, conf: &NetConf) -> Result<(), CniError> {
@@ -67,10 +69,21 @@ fn check_host_overlap(host: &mut Handle, conf: &NetConf) -> Result<(), CniError>
         return Ok(());
     }
     let own = match conf.mode {
-        Mode::Bridge => host
-            .link_by_name(&conf.bridge)
-            .map_err(kernel)?
-            .map(|l| l.index),
+        Mode::Bridge => match host.link_by_name(&conf.bridge).map_err(kernel)? {
+            Some(bridge) => {
+                // The bridge holds every range's gateway: an earlier ADD of this network
+                // passed this check and made it so. ADD stays cheap for every later pod.
+                let present = host.addresses(bridge.index).map_err(kernel)?;
+                if conf.ranges.iter().all(|r| {
+                    IpNet::new(plumbing::bridge_gateway(r), r.prefix_len())
+                        .is_ok_and(|gw| present.contains(&gw))
+                }) {
+                    return Ok(());
+                }
+                Some(bridge.index)
+            }
+            None => None,
+        },
         Mode::Routed => None,
     };
     let refuse = |range: &IpNet, what: String| {
