@@ -2,7 +2,6 @@
 //! `"type": "twill"`; otherwise it is the command-line tool: the node agent, cluster and node
 //! administration, status, and the lab.
 
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +18,19 @@ struct Cli {
 
 /// Where the agent keeps its files and the CNI plugin finds them (its `dataDir`).
 const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
+
+#[derive(Subcommand)]
+enum IpamCmd {
+    /// Rebuild a network's address state (a corrupt or deleted state.json) from its previous
+    /// generation and the addresses in use on this node, so none is handed out twice.
+    Repair {
+        /// The CNI network name (its `name`).
+        network: String,
+        /// The plugin's `dataDir`.
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -52,6 +64,11 @@ enum Cmd {
         #[arg(long, env = "TWILL_NO_KERNEL_PATH",
               value_parser = clap::builder::BoolishValueParser::new())]
         no_kernel_path: bool,
+    },
+    /// Pod address state of the CNI plugin.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCmd,
     },
     /// Cluster configuration in the store.
     Cluster {
@@ -302,11 +319,7 @@ enum EndpointCmd {
 
 fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {
-        let mut stdin = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut stdin);
-        let stdout = std::io::stdout();
-        let code = twill_cni::run(|k| std::env::var(k).ok(), &stdin, &mut stdout.lock());
-        std::process::exit(code);
+        std::process::exit(twill_cni::main_with_stdin());
     }
     let cli = Cli::parse();
     let code = match run(cli.command) {
@@ -323,6 +336,15 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
         Cmd::CniVersions => {
             println!("{}", twill_cni::spec::SUPPORTED_VERSIONS.join(" "));
+            Ok(0)
+        }
+        Cmd::Ipam {
+            command: IpamCmd::Repair { network, data_dir },
+        } => {
+            print!(
+                "{}",
+                twill_cni::repair::repair(&network, &data_dir).map_err(anyhow::Error::msg)?
+            );
             Ok(0)
         }
         Cmd::Lab { command } => {

@@ -250,7 +250,12 @@ fn full_range_is_a_clear_error_and_reserved_addresses_are_never_given() {
 fn check_passes_then_detects_tampering() {
     let host = Host::new("chk");
     for mode in ["bridge", "routed"] {
-        let conf = host.conf("1.1.0", json!({"mode": mode, "ipMasq": true}));
+        // One host, two networks: the routed one must not reuse the range whose gateway the
+        // bridge holds (a range overlapping a host address is refused).
+        let conf = host.conf(
+            "1.1.0",
+            json!({"mode": mode, "ipMasq": true, "ranges": ranges_for(mode)}),
+        );
         let pod = Netns::new("chk-p");
         let id = format!("chk-{mode}");
         let result = host.add(&id, &pod, &conf).ok();
@@ -395,7 +400,7 @@ fn ip_masq_rewrites_source_to_the_host() {
 fn spoofed_sources_are_dropped() {
     let host = Host::new("spf");
     for mode in ["bridge", "routed"] {
-        let conf = host.conf("1.1.0", json!({"mode": mode}));
+        let conf = host.conf("1.1.0", json!({"mode": mode, "ranges": ranges_for(mode)}));
         let (a, b) = (Netns::new("spf-a"), Netns::new("spf-b"));
         let ra = host.add(&format!("a-{mode}"), &a, &conf).ok();
         let rb = host.add(&format!("b-{mode}"), &b, &conf).ok();
@@ -407,11 +412,11 @@ fn spoofed_sources_are_dropped() {
             "ip",
             "addr",
             "add",
-            &format!("10.88.200.200/{prefix}"),
+            &format!("{}/{prefix}", spoof_for(mode)),
             "dev",
             "eth0",
         ]);
-        let spoofed = a.exec(&["ping", "-c", "2", "-W", "1", "-I", "10.88.200.200", &ip_b]);
+        let spoofed = a.exec(&["ping", "-c", "2", "-W", "1", "-I", spoof_for(mode), &ip_b]);
         assert!(
             !spoofed.status.success(),
             "{mode}: spoofed source got through"
@@ -431,8 +436,30 @@ fn mtu_defaults_to_the_uplink_and_can_be_set() {
     let r = host.add("m1", &pod, &conf).ok();
     assert_eq!(pod.link("eth0").unwrap()["mtu"], 1400);
     assert_eq!(r["interfaces"][2]["mtu"], 1400);
-    let conf = host.conf("1.1.0", json!({"mtu": 1300, "mode": "routed"}));
+    let conf = host.conf(
+        "1.1.0",
+        json!({"mtu": 1300, "mode": "routed", "ranges": ranges_for("routed")}),
+    );
     let pod = Netns::new("mtu-q");
     host.add("m2", &pod, &conf).ok();
     assert_eq!(pod.link("eth0").unwrap()["mtu"], 1300);
+}
+
+/// Ranges per mode for tests that run both modes on one host: the bridge holds the first
+/// range's gateway, so the routed network gets its own.
+fn ranges_for(mode: &str) -> Value {
+    if mode == "bridge" {
+        json!(["10.88.0.0/16", "fd88::/64"])
+    } else {
+        json!(["10.89.0.0/16", "fd89::/64"])
+    }
+}
+
+/// An address of the mode's range that no pod holds.
+fn spoof_for(mode: &str) -> &'static str {
+    if mode == "bridge" {
+        "10.88.200.200"
+    } else {
+        "10.89.200.200"
+    }
 }

@@ -281,14 +281,10 @@ impl NetConf {
                 ),
             )
         })?;
-        if raw.name.is_empty()
-            || !raw
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        {
+        if !valid_network_name(&raw.name) {
             return Err(invalid(format!(
-                "network name {:?} must be non-empty and use only letters, digits, '_', '.' and '-'",
+                "network name {:?} must start with a letter or digit and use only letters, \
+                 digits, '_', '.' and '-' (CNI SPEC)",
                 raw.name
             )));
         }
@@ -312,6 +308,12 @@ impl NetConf {
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return Err(invalid(format!(
+                "dataDir {:?} must be an absolute path, e.g. {DEFAULT_DATA_DIR:?}",
+                data_dir.display().to_string()
+            )));
+        }
         // No `ranges` at all means cluster mode: the node agent owns the node's subnet.
         let (ranges, cluster) = match raw.ranges {
             Some(list) => (parse_ranges(list).map_err(invalid)?, Cluster::Off),
@@ -323,7 +325,16 @@ impl NetConf {
                         node.mtu
                     )));
                 }
-                Some(node) => (vec![IpNet::V4(node.subnet)], Cluster::Ready(node)),
+                Some(node) => {
+                    let subnet = IpNet::V4(node.subnet);
+                    check_not_reserved(&subnet).map_err(|m| {
+                        invalid(format!(
+                            "node file {}: subnet {m}",
+                            node::node_file(&data_dir).display()
+                        ))
+                    })?;
+                    (vec![subnet], Cluster::Ready(node))
+                }
                 None => (
                     Vec::new(),
                     Cluster::Pending(format!(
@@ -380,6 +391,48 @@ impl NetConf {
     }
 }
 
+/// A CNI network name as the SPEC defines it: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$` (so never
+/// `.` or `..`, which would name a directory outside `<dataDir>/ipam`).
+pub fn valid_network_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Address blocks no pod range may overlap: the whole space, "this network", loopback,
+/// link-local, multicast and the reserved/broadcast block, and their IPv6 equivalents
+/// (unspecified, loopback, IPv4-mapped, link-local, multicast).
+pub const RESERVED_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (and broadcast)"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Whether two prefixes share any address (one contains the other).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Refuses a range that overlaps a reserved block (see [`RESERVED_RANGES`]).
+pub fn check_not_reserved(net: &IpNet) -> Result<(), String> {
+    for (block, what) in RESERVED_RANGES {
+        let block: IpNet = block.parse().expect("literal");
+        if overlaps(net, &block) {
+            return Err(format!(
+                "{net} overlaps {block} ({what}), which pods must never be given"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_ranges(raw: Vec<String>) -> Result<Vec<IpNet>, String> {
     if raw.is_empty() {
         return Err("\"ranges\" is empty: give one IPv4 and/or one IPv6 range, e.g. [\"10.88.0.0/16\", \"fd88::/64\"], or leave \"ranges\" out to use the node subnet of the twill agent".into());
@@ -395,6 +448,7 @@ fn parse_ranges(raw: Vec<String>) -> Result<Vec<IpNet>, String> {
                 net.trunc()
             ));
         }
+        check_not_reserved(&net).map_err(|m| format!("range {m}"))?;
         if out
             .iter()
             .any(|o| o.addr().is_ipv4() == net.addr().is_ipv4())
@@ -406,6 +460,55 @@ fn parse_ranges(raw: Vec<String>) -> Result<Vec<IpNet>, String> {
         out.push(net);
     }
     Ok(out)
+}
+
+/// One input of the parser's fuzz target and property tests: `CNI_ARGS` up to the first NUL
+/// byte, the network configuration (with its `runtimeConfig`) after it. Parses both and
+/// panics if anything that parses breaks an invariant: a spec network name, an absolute
+/// `dataDir`, no reserved range, a valid interface name for the bridge.
+#[doc(hidden)]
+pub fn check_parse(data: &[u8]) {
+    let (args, conf) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&[][..], data),
+    };
+    let args = String::from_utf8_lossy(args).into_owned();
+    let vars = |k: &str| match k {
+        "CNI_COMMAND" => Some("DEL".to_string()),
+        "CNI_CONTAINERID" => Some("c1".to_string()),
+        "CNI_IFNAME" => Some("eth0".to_string()),
+        "CNI_ARGS" => Some(args.clone()),
+        _ => None,
+    };
+    if let Ok(env) = Env::from_vars(vars) {
+        for k in env.args.keys() {
+            assert!(!k.contains(';'), "CNI_ARGS key {k:?} holds a separator");
+        }
+    }
+    let _ = peek_version(conf);
+    // Cluster mode reads `<dataDir>/node.json`: keep the fuzzer off the real filesystem.
+    let Ok(value) = serde_json::from_slice::<Value>(conf) else {
+        assert!(NetConf::parse(conf).is_err());
+        return;
+    };
+    if value.get("ranges").is_none() {
+        return;
+    }
+    if let Ok(c) = NetConf::parse(conf) {
+        assert!(valid_network_name(&c.name), "{:?}", c.name);
+        assert!(c.data_dir.is_absolute(), "{:?}", c.data_dir);
+        assert!(!c.ranges.is_empty() && c.ranges.len() <= 2);
+        for r in &c.ranges {
+            assert!(check_not_reserved(r).is_ok(), "{r}");
+            assert_eq!(r.trunc(), *r);
+        }
+        assert!(validate_ifname(&c.bridge).is_ok());
+        assert_eq!(c.cluster, Cluster::Off);
+        assert!(!c.ipam_dir().components().any(|p| matches!(
+            p,
+            std::path::Component::ParentDir | std::path::Component::CurDir
+        )));
+    }
 }
 
 #[cfg(test)]
@@ -531,5 +634,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.msg.contains("mtu"));
+    }
+
+    #[test]
+    fn names_data_dirs_and_reserved_ranges() {
+        for name in ["n", "N1", "9", "a.b-c_d"] {
+            assert!(valid_network_name(name), "{name}");
+        }
+        for name in ["", ".", "..", "-a", "_a", ".a", "a/b", "a b", "é"] {
+            assert!(!valid_network_name(name), "{name}");
+        }
+        for dir in ["", "rel", "./x"] {
+            let conf = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","ranges":["10.0.0.0/8"],"dataDir":"{dir}"}}"#
+            );
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert!(e.msg.contains("dataDir"), "{}", e.msg);
+        }
+        for bad in [
+            "0.0.0.0/0",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "::/0",
+            "::1/128",
+            "fe80::/10",
+            "ff00::/8",
+        ] {
+            assert!(check_not_reserved(&bad.parse().unwrap()).is_err(), "{bad}");
+        }
+        for good in [
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "fd00::/8",
+            "2001:db8::/32",
+        ] {
+            assert!(check_not_reserved(&good.parse().unwrap()).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn check_parse_accepts_anything_without_panicking() {
+        check_parse(b"");
+        check_parse(b"K8S_POD_NAME=a;x\0{}");
+        check_parse(br#"{"cniVersion":"1.1.0","name":"n","ranges":["10.0.0.0/24"]}"#);
+        check_parse(br#"{"cniVersion":"1.1.0","name":"..","ranges":["10.0.0.0/24"]}"#);
     }
 }

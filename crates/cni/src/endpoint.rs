@@ -1,7 +1,17 @@
 //! Pods as network-policy endpoints (cluster mode, when the node file says the agent enforces
-//! policy): ADD records the pod in `<dataDir>/endpoints/<container id>.json` and then waits on
-//! the agent socket until the agent has put the pod's policy in force, so the pod's first
-//! packet is already policed; DEL removes the record and tells the agent.
+//! policy): ADD records the attachment in `<dataDir>/endpoints/<container id>@<ifname>.json`
+//! and then waits on the agent socket until the agent has put the pod's policy in force, so
+//! the pod's first packet is already policed; DEL removes the record and tells the agent.
+//!
+//! A record is keyed by the attachment, (container ID, interface name): a DEL for an interface
+//! that was never added touches nothing of the pod's other attachments. The key is the file
+//! name without `.json` and is what the agent socket's `containerId` carries; container IDs
+//! never hold `@`, so it splits unambiguously. Records written before the key included the
+//! interface (`<container id>.json`) are still honoured: DEL removes one only when its
+//! `interface` is this attachment's host veth.
+//!
+//! The directory is 0700 and the records 0600 whatever the umask: a record's labels decide
+//! the pod's policy, so nobody but root may write one.
 //!
 //! The pod's identity is what Kubernetes runtimes pass in `CNI_ARGS` (`K8S_POD_NAMESPACE`,
 //! `K8S_POD_NAME`), else namespace `default` and the container id as name; its labels come
@@ -24,8 +34,53 @@ const ADD_WAIT: Duration = Duration::from_secs(10);
 /// DEL only informs; the agent also rescans the records periodically.
 const DEL_WAIT: Duration = Duration::from_secs(2);
 
-fn record_path(data_dir: &Path, container_id: &str) -> PathBuf {
-    node::endpoints_dir(data_dir).join(format!("{container_id}.json"))
+/// The key of an attachment's record: `<container id>@<ifname>`.
+pub fn record_key(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}@{ifname}")
+}
+
+fn record_path(data_dir: &Path, key: &str) -> PathBuf {
+    node::endpoints_dir(data_dir).join(format!("{key}.json"))
+}
+
+/// Creates the endpoints directory (and `dataDir`) if needed, and makes sure the directory is
+/// 0700 whatever the umask or an older twill left.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically, mode 0600: a fresh temporary file (O_EXCL, so a
+/// planted file or symlink is never written through) renamed over the record.
+fn write_record(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension("json.tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // The umask may have taken bits away, never added them; fchmod states the mode exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 /// The endpoint ADD is about to create.
@@ -52,31 +107,64 @@ pub fn endpoint(
 pub fn register(conf: &NetConf, env: &Env, ep: &Endpoint) -> Result<(), CniError> {
     let state = |msg: String| CniError::new(code::STATE, msg);
     let dir = node::endpoints_dir(&conf.data_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| state(format!("{}: {e}", dir.display())))?;
-    let path = record_path(&conf.data_dir, &env.container_id);
-    let tmp = path.with_extension("json.tmp");
+    ensure_dir(&dir).map_err(|e| state(format!("{}: {e}", dir.display())))?;
+    let key = record_key(&env.container_id, &env.ifname);
+    let path = record_path(&conf.data_dir, &key);
     let bytes = serde_json::to_vec(ep).expect("endpoints serialize");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| state(format!("{}: {e}", path.display())))?;
-    let request = AgentRequest::Add {
-        container_id: env.container_id.clone(),
-    };
+    write_record(&path, &bytes).map_err(|e| state(format!("{}: {e}", path.display())))?;
+    let request = AgentRequest::Add { container_id: key };
     ask(&conf.data_dir, &request, ADD_WAIT).inspect_err(|_| {
         // ADD fails and undoes everything: the agent must forget the pod too.
-        unregister(conf, env);
+        unregister(conf, env, &ep.interface);
     })
 }
 
-/// Removes the record and tells the agent (best effort: the agent rescans the records).
-pub fn unregister(conf: &NetConf, env: &Env) {
-    let path = record_path(&conf.data_dir, &env.container_id);
-    if std::fs::remove_file(&path).is_ok() {
-        let request = AgentRequest::Del {
-            container_id: env.container_id.clone(),
-        };
-        let _ = ask(&conf.data_dir, &request, DEL_WAIT);
+/// Removes this attachment's record and tells the agent (best effort: the agent rescans the
+/// records). Only this attachment's: a record of another interface of the same container is
+/// left alone, and so is a record in the old per-container format unless its interface is
+/// `host_ifname` (this attachment's host veth).
+pub fn unregister(conf: &NetConf, env: &Env, host_ifname: &str) {
+    let key = record_key(&env.container_id, &env.ifname);
+    let mut removed = Vec::new();
+    if std::fs::remove_file(record_path(&conf.data_dir, &key)).is_ok() {
+        removed.push(key);
     }
+    let legacy = record_path(&conf.data_dir, &env.container_id);
+    if let Ok(bytes) = std::fs::read(&legacy)
+        && let Ok(ep) = serde_json::from_slice::<Endpoint>(&bytes)
+        && ep.interface == host_ifname
+        && std::fs::remove_file(&legacy).is_ok()
+    {
+        removed.push(env.container_id.clone());
+    }
+    for container_id in removed {
+        let _ = ask(
+            &conf.data_dir,
+            &AgentRequest::Del { container_id },
+            DEL_WAIT,
+        );
+    }
+}
+
+/// Every endpoint record of `dataDir` as `(key, endpoint)` (for `twill ipam repair`); records
+/// that cannot be read are skipped.
+pub fn records(data_dir: &Path) -> Vec<(String, Endpoint)> {
+    let Ok(dir) = std::fs::read_dir(node::endpoints_dir(data_dir)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if let Ok(bytes) = std::fs::read(entry.path())
+            && let Ok(ep) = serde_json::from_slice::<Endpoint>(&bytes)
+        {
+            out.push((key.to_string(), ep));
+        }
+    }
+    out
 }
 
 /// Sends one request line and waits for the agent's answer, retrying the connection while the

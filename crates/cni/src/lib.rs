@@ -9,15 +9,55 @@
 pub mod config;
 pub mod endpoint;
 pub mod plumbing;
+pub mod repair;
+pub mod sandbox;
 pub mod spec;
 pub mod verbs;
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use serde_json::json;
 
 use config::{Command, Env, NetConf, peek_version};
 use spec::{CniError, LATEST_VERSION, SUPPORTED_VERSIONS, code};
+
+/// The most configuration the plugin reads from stdin (a network configuration with a large
+/// prevResult is a few KiB; GC's list of valid attachments for a thousand pods ~100 KiB).
+pub const MAX_STDIN: usize = 1 << 20;
+
+/// Reads the configuration from `input`, at most [`MAX_STDIN`] bytes: more is an error
+/// (code 6), never an unbounded allocation.
+pub fn read_stdin(input: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut buf = Vec::new();
+    input
+        .take(MAX_STDIN as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CniError::new(code::IO, format!("cannot read stdin: {e}")))?;
+    if buf.len() > MAX_STDIN {
+        return Err(CniError::new(
+            code::DECODE,
+            format!(
+                "the network configuration on stdin is larger than {} KiB",
+                MAX_STDIN / 1024
+            ),
+        ));
+    }
+    Ok(buf)
+}
+
+/// The plugin's process: reads the environment and (bounded) stdin, runs the verb, writes
+/// stdout. Returns the exit code.
+pub fn main_with_stdin() -> i32 {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match read_stdin(std::io::stdin().lock()) {
+        Ok(stdin) => run(|k| std::env::var(k).ok(), &stdin, &mut out),
+        Err(e) => {
+            let _ = writeln!(out, "{}", e.to_json(LATEST_VERSION));
+            1
+        }
+    }
+}
 
 /// Runs one plugin invocation. `var` reads the environment, `stdin` is the configuration;
 /// output goes to `out`. Returns the process exit code.

@@ -31,6 +31,41 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("{VETH_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
 }
 
+/// The MAC of an attachment's host veth: derived from the container ID and interface name
+/// with a hash independent of the name's, so that the MAC proves which attachment made the
+/// veth. Two attachments whose names collide (44 bits) still have different MACs (46 more
+/// bits): cleanup deletes a veth only when its MAC is the attachment's own.
+pub fn owner_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let b = fnv1a(
+        b"twill host veth\0"
+            .iter()
+            .copied()
+            .chain(container_id.bytes())
+            .chain([0])
+            .chain(ifname.bytes()),
+    )
+    .to_be_bytes();
+    [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// Whether host link `link` is provably the host end of the attachment (container ID,
+/// ifname): a veth with the attachment's [`owner_mac`], or one paired with `peer` (the
+/// attachment's interface in its namespace, when it can be seen). Veths made before MACs were
+/// derived prove nothing by themselves; callers may add their own evidence (an IPAM record).
+pub fn proven_ours(link: &Link, container_id: &str, ifname: &str, peer: Option<&Link>) -> bool {
+    if link.kind != LinkKind::Veth {
+        return false;
+    }
+    if link.mac == Some(owner_mac(container_id, ifname)) {
+        return true;
+    }
+    peer.is_some_and(|p| {
+        p.kind == LinkKind::Veth
+            && link.peer_index == Some(p.index)
+            && p.peer_index == Some(link.index)
+    })
+}
+
 /// 64-bit FNV-1a: tiny, stable forever, good enough to spread names (not a security hash).
 fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
     bytes.fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
@@ -159,6 +194,8 @@ pub struct Attach<'a> {
     pub bridge: Option<&'a Link>,
     /// The container's addresses with the prefix length they get inside the container.
     pub addresses: &'a [IpNet],
+    /// The host veth's MAC ([`owner_mac`] of the attachment).
+    pub host_mac: [u8; 6],
 }
 
 /// What [`attach`] made, for the result.
@@ -175,7 +212,7 @@ pub fn attach(
     container: &mut Handle,
     a: &Attach<'_>,
 ) -> Result<Attached, CniError> {
-    let host_mac = random_mac();
+    let host_mac = a.host_mac;
     let container_mac = random_mac();
     let spec = VethSpec {
         host_name: a.host_name,
@@ -191,7 +228,7 @@ pub fn attach(
             CniError::new(
                 code::INTERFACE_EXISTS,
                 format!(
-                    "host interface {} already exists: another attachment with this container ID and interface name is set up; DEL it first",
+                    "host interface {} was created by someone else at the same time; it is left alone",
                     a.host_name
                 ),
             )
@@ -300,16 +337,29 @@ fn host_prefix(ip: IpAddr) -> IpNet {
     IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("full-length prefix fits")
 }
 
-/// Deletes the attachment's veth pair if it exists (the container end goes with it, and so do
-/// the host routes through it). Returns whether there was one.
-pub fn detach(host: &mut Handle, host_name: &str) -> Result<bool, CniError> {
+/// Deletes a veth pair by its host link (the container end goes with it, and so do the host
+/// routes through it). Callers first prove that it is theirs ([`proven_ours`]).
+pub fn delete_veth(host: &mut Handle, link: &Link) -> Result<(), CniError> {
+    match host.delete_link(link.index) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(kernel(e)),
+    }
+}
+
+/// Deletes the attachment's host veth if it exists and carries the attachment's
+/// [`owner_mac`] (i.e. it was made by this attachment's ADD). Returns whether it did.
+pub fn detach_own(
+    host: &mut Handle,
+    host_name: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<bool, CniError> {
     match host.link_by_name(host_name).map_err(kernel)? {
-        Some(link) => match host.delete_link(link.index) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(kernel(e)),
-        },
-        None => Ok(false),
+        Some(link) if proven_ours(&link, container_id, ifname, None) => {
+            delete_veth(host, &link).map(|()| true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -329,6 +379,22 @@ mod tests {
         assert_eq!(host_veth_name("container1", "eth0"), "twcd0187a8420");
         // The published FNV-1a 64 test vector for "a".
         assert_eq!(fnv1a("a".bytes()), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn owner_macs_tell_colliding_names_apart() {
+        // Found by brute force: two attachments whose host veth names collide.
+        let a = host_veth_name("c000222fa", "eth0");
+        assert_eq!(a, host_veth_name("c0159fe78", "eth0"));
+        assert_eq!(a, "tw2064c0b5bca");
+        assert_ne!(
+            owner_mac("c000222fa", "eth0"),
+            owner_mac("c0159fe78", "eth0")
+        );
+        assert_eq!(owner_mac("c1", "eth0"), owner_mac("c1", "eth0"));
+        assert_ne!(owner_mac("c1", "eth0"), owner_mac("c1", "eth1"));
+        let m = owner_mac("c1", "eth0");
+        assert_eq!(m[0] & 0x03, 0x02, "local unicast");
     }
 
     #[test]

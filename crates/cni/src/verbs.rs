@@ -1,7 +1,7 @@
 //! The CNI verbs: ADD, DEL, CHECK, STATUS, GC. Each validates everything it can before it
 //! changes anything, and ADD undoes its own work when it fails part-way.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -10,11 +10,12 @@ use serde_json::Value;
 use twill_dataplane::firewall;
 use twill_ipam::{Range, Store};
 use twill_netlink::netns::Netns;
-use twill_netlink::{Handle, LinkKind};
+use twill_netlink::{Handle, Link, LinkKind};
 
-use crate::config::{Cluster, Env, Mode, NetConf};
+use crate::config::{Cluster, Env, Mode, NetConf, overlaps};
 use crate::endpoint;
 use crate::plumbing::{self, Attach, kernel};
+use crate::sandbox;
 use crate::spec::{
     Attachment, CniError, CniResult, Interface, IpConfig, RouteConfig, Version, code,
 };
@@ -48,13 +49,95 @@ fn ranges(conf: &NetConf) -> Result<Vec<Range>, CniError> {
 }
 
 fn open_netns(env: &Env) -> Result<Netns, CniError> {
-    let path = env.netns.as_deref().unwrap_or(Path::new(""));
-    Netns::open(path).map_err(|e| {
+    sandbox::open_netns(env.netns.as_deref().unwrap_or(Path::new("")))
+}
+
+/// The container ID under which `twill ipam repair` records an address it found in use on a
+/// host veth whose attachment it could not name (`repaired:<host veth>`; never a real
+/// container ID, which holds no `:`). DEL of that veth's attachment and GC release it once the
+/// veth is gone.
+pub const REPAIRED_PREFIX: &str = "repaired:";
+
+/// Refuses ranges that overlap an address or route of the host (other than on the network's
+/// own bridge, and twill's own pod routes): pods would shadow the host's own networks. Checked
+/// before anything is made; in bridge mode once per network (while its bridge lacks a
+/// gateway address), in routed mode at every ADD.
+/// Cluster mode's node subnet is the agent's lease (checked when the cluster was made) and
+/// lives next to the agent's own addresses and routes for it, so it is not checked here.
+fn check_host_overlap(host: &mut Handle, conf: &NetConf) -> Result<(), CniError> {
+    if conf.cluster != Cluster::Off {
+        return Ok(());
+    }
+    let own = match conf.mode {
+        Mode::Bridge => match host.link_by_name(&conf.bridge).map_err(kernel)? {
+            Some(bridge) => {
+                // The bridge holds every range's gateway: an earlier ADD of this network
+                // passed this check and made it so. ADD stays cheap for every later pod.
+                let present = host.addresses(bridge.index).map_err(kernel)?;
+                if conf.ranges.iter().all(|r| {
+                    IpNet::new(plumbing::bridge_gateway(r), r.prefix_len())
+                        .is_ok_and(|gw| present.contains(&gw))
+                }) {
+                    return Ok(());
+                }
+                Some(bridge.index)
+            }
+            None => None,
+        },
+        Mode::Routed => None,
+    };
+    let refuse = |range: &IpNet, what: String| {
         CniError::new(
-            code::INVALID_ENV,
-            format!("CNI_NETNS {} cannot be opened: {e}", path.display()),
+            code::INVALID_CONFIG,
+            format!(
+                "range {range} overlaps {what} on this host: choose a range the host does not use"
+            ),
         )
-    })
+    };
+    for (index, addr) in host.all_addresses().map_err(kernel)? {
+        if Some(index) == own {
+            continue;
+        }
+        if let Some(range) = conf.ranges.iter().find(|r| overlaps(r, &addr.trunc())) {
+            return Err(refuse(range, format!("address {addr} (link #{index})")));
+        }
+    }
+    for route in host.routes().map_err(kernel)? {
+        if route.dst.prefix_len() == 0
+            || route.protocol == plumbing::ROUTE_PROTOCOL
+            || (own.is_some() && route.oif == own)
+        {
+            continue;
+        }
+        if let Some(range) = conf.ranges.iter().find(|r| overlaps(r, &route.dst)) {
+            return Err(refuse(range, format!("route {}", route.dst)));
+        }
+    }
+    Ok(())
+}
+
+/// The error for an ADD whose host veth name is already taken.
+fn name_taken(env: &Env, host_name: &str, link: &Link) -> CniError {
+    if plumbing::proven_ours(link, &env.container_id, &env.ifname, None) {
+        CniError::new(
+            code::INTERFACE_EXISTS,
+            format!(
+                "host interface {host_name} of container {} interface {} already exists: \
+                 this attachment is set up already; DEL it first",
+                env.container_id, env.ifname
+            ),
+        )
+    } else {
+        CniError::new(
+            code::INTERFACE_EXISTS,
+            format!(
+                "host interface name {host_name} (derived from container {} interface {}) is \
+                 taken by another attachment, which is left alone; this is a name collision: \
+                 retry with another container ID or interface name",
+                env.container_id, env.ifname
+            ),
+        )
+    }
 }
 
 /// The address a container gets on its interface: the range's prefix in bridge mode (the
@@ -90,6 +173,14 @@ fn range_of(conf: &NetConf, ip: IpAddr) -> Option<&IpNet> {
 pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     conf.require_ranges()?;
     let netns = open_netns(env)?;
+    let mut host = Handle::new().map_err(kernel)?;
+    check_host_overlap(&mut host, conf)?;
+    let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
+    // Checked before anything is allocated or allowed: another attachment's veth of this name
+    // (a collision, or one whose address record was lost) must be left exactly as it is.
+    if let Some(link) = host.link_by_name(&host_name).map_err(kernel)? {
+        return Err(name_taken(env, &host_name, &link));
+    }
     let mut container = Handle::in_netns(&netns).map_err(kernel)?;
     if container
         .link_by_name(&env.ifname)
@@ -112,8 +203,6 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         .and_then(|mut locked| locked.allocate(&ranges, &env.container_id, &env.ifname))
         .map_err(state_error)?;
 
-    let mut host = Handle::new().map_err(kernel)?;
-    let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
     let added = add_with_addresses(
         env,
         conf,
@@ -137,8 +226,9 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     match added {
         Ok(result) => Ok(result),
         Err(e) => {
-            // Leave nothing behind: the veth (if made), the anti-spoofing entries, the addresses.
-            let _ = plumbing::detach(&mut host, &host_name);
+            // Leave nothing behind: the veth (if this ADD made it: its MAC says so), the
+            // anti-spoofing entries, the addresses.
+            let _ = plumbing::detach_own(&mut host, &host_name, &env.container_id, &env.ifname);
             let _ = firewall::forget_source(fw_mode(conf.mode), &host_name, &ips);
             let _ = store
                 .lock()
@@ -207,6 +297,7 @@ fn add_with_addresses(
             mtu,
             bridge: bridge.as_ref(),
             addresses: &addresses,
+            host_mac: plumbing::owner_mac(&env.container_id, &env.ifname),
         },
     )?;
 
@@ -267,29 +358,72 @@ fn restore_sources(conf: &NetConf) -> Result<(), CniError> {
 // ===== DEL =====
 
 pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    endpoint::unregister(conf, env);
     let host_name = plumbing::host_veth_name(&env.container_id, &env.ifname);
+    endpoint::unregister(conf, env, &host_name);
     let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
-    let held = store
-        .lock()
-        .map_err(state_error)?
-        .get(&env.container_id, &env.ifname);
+    // A corrupt state is not a reason to keep the pod's veth: DEL still removes what it can
+    // prove is this attachment's, then reports the state error (its address cannot be
+    // released until `twill ipam repair`).
+    let held = store.lock().map(|l| l.get(&env.container_id, &env.ifname));
+    let mut host = Handle::new().map_err(kernel)?;
+    let link = host.link_by_name(&host_name).map_err(kernel)?;
+    let ours = match &link {
+        None => false,
+        Some(link) => {
+            plumbing::proven_ours(link, &env.container_id, &env.ifname, None)
+                // Veths made before host MACs were derived: this attachment's address record,
+                // or the veth's peer being this attachment's interface in CNI_NETNS.
+                || (link.kind == LinkKind::Veth && held.as_ref().is_ok_and(|h| !h.is_empty()))
+                || plumbing::proven_ours(
+                    link,
+                    &env.container_id,
+                    &env.ifname,
+                    container_peer(env).as_ref(),
+                )
+        }
+    };
     // Releasing nftables set elements queues work that waits for an RCU grace period, and
     // closing a netfilter socket waits for that work. Done first, the wait elapses while the
     // veth is deleted (itself ~15 ms of kernel RCU waits) and the socket closes for free.
-    let forgotten = if held.is_empty() {
-        Ok(())
-    } else {
-        firewall::forget_source(fw_mode(conf.mode), &host_name, &held)
+    let forgotten = match &held {
+        Ok(h) if h.is_empty() => Ok(()),
+        Ok(h) => firewall::forget_source(fw_mode(conf.mode), &host_name, h),
+        // Addresses unknown: forget what the filter allows from the veth, if it is ours.
+        Err(_) if ours => firewall::list_sources(fw_mode(conf.mode)).and_then(|entries| {
+            let ips: Vec<IpAddr> = entries
+                .into_iter()
+                .filter(|(n, _)| *n == host_name)
+                .map(|(_, ip)| ip)
+                .collect();
+            firewall::forget_source(fw_mode(conf.mode), &host_name, &ips)
+        }),
+        Err(_) => Ok(()),
     };
-    let mut host = Handle::new().map_err(kernel)?;
-    plumbing::detach(&mut host, &host_name)?;
+    if ours && let Some(link) = &link {
+        plumbing::delete_veth(&mut host, link)?;
+    }
+    held.map_err(state_error)?;
     // Only now is the address free: it must not be handed out while the old link exists.
+    let repaired = format!("{REPAIRED_PREFIX}{host_name}");
+    let veth_gone = ours || link.is_none();
     store
         .lock()
-        .and_then(|mut l| l.release(&env.container_id, &env.ifname))
+        .and_then(|mut l| {
+            l.retain(|c, i| {
+                !((c == env.container_id && i == env.ifname) || (veth_gone && c == repaired))
+            })
+        })
         .map_err(state_error)?;
     forgotten.map_err(firewall_error)
+}
+
+/// The attachment's interface in its namespace, when CNI_NETNS names one that can be opened
+/// (DEL does not require it; an unusable one is simply no evidence).
+fn container_peer(env: &Env) -> Option<Link> {
+    let path = env.netns.as_deref()?;
+    let netns = sandbox::open_netns(path).ok()?;
+    let mut container = Handle::in_netns(&netns).ok()?;
+    container.link_by_name(&env.ifname).ok()?
 }
 
 // ===== CHECK =====
@@ -523,69 +657,151 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     };
     let mode = fw_mode(conf.mode);
     let mut host = Handle::new().map_err(kernel)?;
+    let links = host.links().map_err(kernel)?;
+    let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
 
+    // This network's attachments that the runtime no longer knows. Their veths are deleted
+    // only when provably theirs (the veth's MAC, or for veths made before MACs were derived,
+    // the record itself); an address `twill ipam repair` found in use stays recorded while
+    // its veth exists.
     let store = Store::open(&conf.ipam_dir()).map_err(state_error)?;
     let released = store
         .lock()
         .and_then(|mut l| {
-            l.retain(|cid, ifname| keep.contains(&(cid.to_string(), ifname.to_string())))
+            l.retain(|cid, ifname| {
+                if let Some(veth) = cid.strip_prefix(REPAIRED_PREFIX) {
+                    return keep_names.contains(veth) || by_name.contains_key(veth);
+                }
+                keep.contains(&(cid.to_string(), ifname.to_string()))
+            })
         })
         .map_err(state_error)?;
+    let mut deleted: HashSet<String> = HashSet::new();
     for (cid, ifname, ips) in &released {
+        if cid.starts_with(REPAIRED_PREFIX) {
+            continue;
+        }
         let name = plumbing::host_veth_name(cid, ifname);
-        note(plumbing::detach(&mut host, &name).map(|_| ()));
+        if keep_names.contains(&name) {
+            // A valid attachment's veth (a colliding name): not this record's to delete.
+            continue;
+        }
+        if let Some(link) = by_name.get(name.as_str())
+            && link.kind == LinkKind::Veth
+        {
+            note(plumbing::delete_veth(&mut host, link));
+            deleted.insert(name.clone());
+        }
         note(firewall::forget_source(mode, &name, ips).map_err(firewall_error));
     }
 
-    // Veths of this network that no valid attachment owns (e.g. an ADD killed after the veth
-    // was made but before its result reached the runtime).
-    let links = host.links().map_err(kernel)?;
-    let bridge_index = links
-        .iter()
-        .find(|l| l.name == conf.bridge && l.kind == LinkKind::Bridge)
-        .map(|l| l.index);
-    let host_routes = if conf.mode == Mode::Routed {
-        host.routes().map_err(kernel)?
-    } else {
-        Vec::new()
-    };
-    for link in links
-        .iter()
-        .filter(|l| l.kind == LinkKind::Veth && l.name.starts_with(plumbing::VETH_PREFIX))
-    {
-        if keep_names.contains(&link.name) {
-            continue;
-        }
-        let ours = match conf.mode {
-            Mode::Bridge => bridge_index.is_some() && link.master == bridge_index,
-            Mode::Routed => host_routes.iter().any(|r| {
-                r.oif == Some(link.index)
-                    && r.protocol == plumbing::ROUTE_PROTOCOL
-                    && range_of(conf, r.dst.addr()).is_some()
-            }),
-        };
-        if ours {
-            note(
-                host.delete_link(link.index)
-                    .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
-                    .map_err(kernel),
-            );
-        }
-    }
-
-    // Anti-spoofing entries for this network's addresses whose interface is not kept.
-    match firewall::list_sources(mode) {
-        Ok(entries) => {
-            for (name, ip) in entries {
-                if !keep_names.contains(&name) && range_of(conf, ip).is_some() {
-                    note(firewall::forget_source(mode, &name, &[ip]).map_err(firewall_error));
+    // Veths that no attachment of any network records (e.g. the address record was lost):
+    // deleted only with evidence that they are this network's — attached to its bridge (or
+    // routed to its ranges) and allowed by the anti-spoofing filter to send only from its
+    // ranges — and never when another network under this dataDir records them. Several
+    // networks may share one bridge (the default twill0 included).
+    let sources = firewall::list_sources(mode);
+    let others = other_networks_veths(conf);
+    match (&sources, &others) {
+        (Ok(entries), Some(others)) => {
+            let bridge_index = by_name
+                .get(conf.bridge.as_str())
+                .filter(|l| l.kind == LinkKind::Bridge)
+                .map(|l| l.index);
+            let host_routes = if conf.mode == Mode::Routed {
+                host.routes().map_err(kernel)?
+            } else {
+                Vec::new()
+            };
+            let mine: HashSet<String> = store
+                .lock()
+                .map(|l| {
+                    l.attachments()
+                        .iter()
+                        .map(|(c, i, _)| plumbing::host_veth_name(c, i))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for link in links
+                .iter()
+                .filter(|l| l.kind == LinkKind::Veth && l.name.starts_with(plumbing::VETH_PREFIX))
+            {
+                if keep_names.contains(&link.name)
+                    || mine.contains(&link.name)
+                    || others.contains(&link.name)
+                    || deleted.contains(&link.name)
+                {
+                    continue;
+                }
+                let attached = match conf.mode {
+                    Mode::Bridge => bridge_index.is_some() && link.master == bridge_index,
+                    Mode::Routed => host_routes.iter().any(|r| {
+                        r.oif == Some(link.index)
+                            && r.protocol == plumbing::ROUTE_PROTOCOL
+                            && range_of(conf, r.dst.addr()).is_some()
+                    }),
+                };
+                let allowed: Vec<IpAddr> = entries
+                    .iter()
+                    .filter(|(n, _)| *n == link.name)
+                    .map(|(_, ip)| *ip)
+                    .collect();
+                let evidence =
+                    !allowed.is_empty() && allowed.iter().all(|ip| range_of(conf, *ip).is_some());
+                if attached && evidence {
+                    note(plumbing::delete_veth(&mut host, link));
                 }
             }
         }
-        Err(e) => note(Err(firewall_error(e))),
+        (Err(e), _) => note(Err(CniError::new(code::FIREWALL, e.to_string()))),
+        (_, None) => {}
+    }
+
+    // Anti-spoofing entries for this network's addresses whose interface no longer exists
+    // (an entry of a live veth is its attachment's, whichever network that is).
+    if let Ok(entries) = sources {
+        let present: HashSet<String> = host
+            .links()
+            .map(|l| l.into_iter().map(|l| l.name).collect())
+            .unwrap_or_else(|_| by_name.keys().map(|n| n.to_string()).collect());
+        for (name, ip) in entries {
+            if !keep_names.contains(&name)
+                && !present.contains(&name)
+                && range_of(conf, ip).is_some()
+            {
+                note(firewall::forget_source(mode, &name, &[ip]).map_err(firewall_error));
+            }
+        }
     }
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The host veth names that the other networks under this `dataDir` record, or `None` when
+/// one of their states cannot be read (then nothing is known to be unrecorded).
+fn other_networks_veths(conf: &NetConf) -> Option<HashSet<String>> {
+    let root = conf.data_dir.join("ipam");
+    let mut out = HashSet::new();
+    let dir = match std::fs::read_dir(&root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(out),
+        Err(_) => return None,
+    };
+    for entry in dir {
+        let entry = entry.ok()?;
+        if entry.file_name().to_string_lossy() == conf.name || !entry.path().is_dir() {
+            continue;
+        }
+        let store = Store::open(&entry.path()).ok()?;
+        let locked = store.lock().ok()?;
+        out.extend(locked.attachments().iter().map(
+            |(c, i, _)| match c.strip_prefix(REPAIRED_PREFIX) {
+                Some(veth) => veth.to_string(),
+                None => plumbing::host_veth_name(c, i),
+            },
+        ));
+    }
+    Some(out)
 }

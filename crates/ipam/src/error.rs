@@ -49,9 +49,11 @@ pub enum Error {
     },
 
     #[error(
-        "IPAM state file {} is corrupt ({reason}); if no container on this network is \
-         running, remove the file to start with an empty state",
-        path.display()
+        "IPAM state file {} is corrupt ({reason}); run `{}` to rebuild it from its \
+         previous generation and the addresses in use on this node (do not delete it: \
+         addresses still in use would be handed out again)",
+        path.display(),
+        repair_command(path)
     )]
     Corrupt { path: PathBuf, reason: String },
 
@@ -113,6 +115,25 @@ pub enum Error {
 
     #[error("invalid IPAM request: {0}")]
     InvalidRequest(String),
+}
+
+/// The `twill ipam repair` command line for the state file `path`
+/// (`<dataDir>/ipam/<network>/state.json`).
+pub fn repair_command(path: &std::path::Path) -> String {
+    let dir = path.parent();
+    let network = dir
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "NETWORK".into());
+    match dir.and_then(|d| d.parent()).and_then(|d| d.parent()) {
+        Some(data_dir) if !data_dir.as_os_str().is_empty() => {
+            format!(
+                "twill ipam repair {network} --data-dir {}",
+                data_dir.display()
+            )
+        }
+        _ => format!("twill ipam repair {network}"),
+    }
 }
 
 fn join<T: fmt::Display>(items: &[T]) -> String {

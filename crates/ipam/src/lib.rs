@@ -26,4 +26,4 @@ pub mod subnets;
 
 pub use error::{Error, Reserved};
 pub use pool::{Range, next_free};
-pub use store::{Attachment, Locked, STATE_VERSION, Store};
+pub use store::{Attachment, Locked, RepairBase, STATE_VERSION, Store};

@@ -7,6 +7,12 @@
 //! - `state.json`: the whole state, replaced atomically by rename.
 //! - `state.json.tmp`: scratch file for the next `state.json`; a leftover
 //!   one (from a killed writer) is meaningless and simply overwritten.
+//! - `state.json.prev`: the previous generation of `state.json` (a hard
+//!   link made just before each replacement), what `twill ipam repair`
+//!   starts from when `state.json` is corrupt. It differs from the current
+//!   state by at most the last operation; the repair adds what the kernel
+//!   shows in use, so no address is handed out twice.
+//! - `state.json.corrupt`: a corrupt `state.json` set aside by a repair.
 //!
 //! Every read and write goes through [`Locked`], which holds an exclusive
 //! flock for its lifetime: the state is loaded once when the lock is taken,
@@ -35,6 +41,19 @@ pub const STATE_VERSION: u64 = 1;
 const LOCK_FILE: &str = "lock";
 const STATE_FILE: &str = "state.json";
 const TMP_FILE: &str = "state.json.tmp";
+const PREV_FILE: &str = "state.json.prev";
+const CORRUPT_FILE: &str = "state.json.corrupt";
+
+/// Where [`Store::lock_for_repair`] found the state it starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepairBase {
+    /// `state.json` was readable: the repair only adds what is missing.
+    Current,
+    /// `state.json` was corrupt or missing; its previous generation was read.
+    Previous { why: String },
+    /// Neither was readable: the state is rebuilt from what is in use alone.
+    Empty { why: String },
+}
 
 /// An IPAM state directory. Cheap to open; holds no lock by itself.
 #[derive(Debug, Clone)]
@@ -120,6 +139,19 @@ impl Store {
     }
 
     fn lock_with(&self, arg: FlockArg) -> Result<Option<Locked<'_>>, Error> {
+        let Some(lock) = self.flock(arg)? else {
+            return Ok(None);
+        };
+        // Only now, under the lock, is the file guaranteed not to change.
+        let state = self.load()?;
+        Ok(Some(Locked {
+            store: self,
+            state,
+            _lock: lock,
+        }))
+    }
+
+    fn flock(&self, arg: FlockArg) -> Result<Option<Flock<File>>, Error> {
         let path = self.dir.join(LOCK_FILE);
         // std opens with O_CLOEXEC, so a child spawned while we hold the lock
         // does not inherit the descriptor and keep the store locked.
@@ -142,44 +174,66 @@ impl Store {
                 Err((_, errno)) => return Err(io_err("lock", &path)(errno.into())),
             }
         };
-        // Only now, under the lock, is the file guaranteed not to change.
-        let state = self.load()?;
-        Ok(Some(Locked {
-            store: self,
-            state,
-            _lock: lock,
-        }))
+        Ok(Some(lock))
+    }
+
+    /// Takes the lock for `twill ipam repair`: loads `state.json`, else (corrupt or missing)
+    /// its previous generation, else starts empty, and says which. A state file written by a
+    /// newer twill is not repaired (its format is unknown here).
+    pub fn lock_for_repair(&self) -> Result<(Locked<'_>, RepairBase), Error> {
+        let lock = self
+            .flock(FlockArg::LockExclusive)?
+            .expect("a blocking flock cannot return EWOULDBLOCK");
+        let (state, base) = match self.load() {
+            Ok(state) => (state, RepairBase::Current),
+            Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+            Err(e) => {
+                let why = e.to_string();
+                let prev = self.dir.join(PREV_FILE);
+                match fs::read(&prev)
+                    .map_err(io_err("read", &prev))
+                    .and_then(|b| decode(&prev, &b))
+                {
+                    Ok(state) => (state, RepairBase::Previous { why }),
+                    Err(e2) => (
+                        State::default(),
+                        RepairBase::Empty {
+                            why: format!("{why}; previous generation: {e2}"),
+                        },
+                    ),
+                }
+            }
+        };
+        Ok((
+            Locked {
+                store: self,
+                state,
+                _lock: lock,
+            },
+            base,
+        ))
     }
 
     fn load(&self) -> Result<State, Error> {
         let path = self.state_path();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A previous generation without a current one: someone deleted state.json
+                // (older twill advised it). Starting empty would hand out addresses in use.
+                if self.dir.join(PREV_FILE).exists() {
+                    return Err(Error::Corrupt {
+                        path,
+                        reason: format!(
+                            "it is missing, but its previous generation {PREV_FILE} exists"
+                        ),
+                    });
+                }
+                return Ok(State::default());
+            }
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        match serde_json::from_slice::<StateFile>(&bytes) {
-            Ok(f) if f.version == STATE_VERSION => Ok(State {
-                allocations: f.allocations,
-                last_reserved: f.last_reserved,
-            }),
-            Ok(f) => Err(unsupported(path, f.version)),
-            Err(e) => {
-                // A future format may not fit our struct; if it at least says
-                // which version it is, report that instead of "corrupt".
-                #[derive(Deserialize)]
-                struct Probe {
-                    version: u64,
-                }
-                match serde_json::from_slice::<Probe>(&bytes) {
-                    Ok(p) if p.version != STATE_VERSION => Err(unsupported(path, p.version)),
-                    _ => Err(Error::Corrupt {
-                        path,
-                        reason: e.to_string(),
-                    }),
-                }
-            }
-        }
+        decode(&path, &bytes)
     }
 
     /// Replaces `state.json` atomically: rename(2) over the old file means a
@@ -207,6 +261,19 @@ impl Store {
         file.write_all(&bytes).map_err(io_err("write", &tmp))?;
         drop(file);
         let path = self.state_path();
+        // Keep the generation being replaced: unlink + link, then the rename. A crash between
+        // them leaves state.json intact (and at worst no or an equal previous generation).
+        let prev = self.dir.join(PREV_FILE);
+        match fs::remove_file(&prev) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &prev)(e)),
+        }
+        match fs::hard_link(&path, &prev) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("link", &prev)(e)),
+        }
         fs::rename(&tmp, &path).map_err(io_err("replace", &path))
     }
 }
@@ -428,6 +495,75 @@ impl Locked<'_> {
             out.entry((o.container_id, o.ifname)).or_default().push(a);
         }
         Ok(out.into_iter().map(|((c, i), a)| (c, i, a)).collect())
+    }
+}
+
+impl Locked<'_> {
+    /// Repair: records `address` as held by the attachment (in memory; [`Locked::commit_repair`]
+    /// writes it). Returns the owner it replaced, if another one held it.
+    pub fn claim(
+        &mut self,
+        address: IpAddr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<(String, String)> {
+        let owner = Owner {
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
+        };
+        match self.state.allocations.insert(address, owner.clone()) {
+            Some(old) if old != owner => Some((old.container_id, old.ifname)),
+            _ => None,
+        }
+    }
+
+    /// The subnets the state has handed addresses out of (its round-robin cursors).
+    pub fn known_subnets(&self) -> Vec<IpNet> {
+        self.state.last_reserved.keys().copied().collect()
+    }
+
+    /// Repair: writes the state. An unreadable `state.json` is first set aside as
+    /// `state.json.corrupt` (for a human to inspect) so it never becomes the previous
+    /// generation.
+    pub fn commit_repair(&mut self, base: &RepairBase) -> Result<(), Error> {
+        if *base != RepairBase::Current {
+            let path = self.store.state_path();
+            let aside = self.store.dir.join(CORRUPT_FILE);
+            match fs::rename(&path, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("set aside", &path)(e)),
+            }
+        }
+        self.store.save(&self.state)
+    }
+}
+
+/// Parses a state file's bytes (`path` is for messages).
+fn decode(path: &Path, bytes: &[u8]) -> Result<State, Error> {
+    match serde_json::from_slice::<StateFile>(bytes) {
+        Ok(f) if f.version == STATE_VERSION => Ok(State {
+            allocations: f.allocations,
+            last_reserved: f.last_reserved,
+        }),
+        Ok(f) => Err(unsupported(path.to_path_buf(), f.version)),
+        Err(e) => {
+            // A future format may not fit our struct; if it at least says
+            // which version it is, report that instead of "corrupt".
+            #[derive(Deserialize)]
+            struct Probe {
+                version: u64,
+            }
+            match serde_json::from_slice::<Probe>(bytes) {
+                Ok(p) if p.version != STATE_VERSION => {
+                    Err(unsupported(path.to_path_buf(), p.version))
+                }
+                _ => Err(Error::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
     }
 }
 
@@ -829,6 +965,59 @@ mod tests {
             fs::read(&path).unwrap(),
             br#"{"version": 2, "allocations": [1]}"#
         );
+    }
+
+    #[test]
+    fn previous_generation_is_kept_and_repair_starts_from_it() {
+        let (d, s) = store();
+        let r = [range("10.0.0.0/24")];
+        let prev = s.dir().join(PREV_FILE);
+        s.lock().unwrap().allocate(&r, "a", "eth0").unwrap();
+        s.lock().unwrap().allocate(&r, "b", "eth0").unwrap();
+        // The previous generation is the state before b's allocation.
+        let old = decode(&prev, &fs::read(&prev).unwrap()).unwrap();
+        assert_eq!(old.allocations.len(), 1);
+
+        // Corrupt state.json: every lock fails, and the message points to the repair.
+        fs::write(s.state_path(), b"{\"version\":1,\"alloc").unwrap();
+        let err = s.lock().unwrap_err().to_string();
+        assert!(err.contains("twill ipam repair net --data-dir"), "{err}");
+        assert!(!err.contains("remove the file"), "{err}");
+        // The repair starts from the previous generation; what the kernel shows in use (b's
+        // address) is claimed back, so nothing is handed out twice.
+        {
+            let (mut l, base) = s.lock_for_repair().unwrap();
+            assert!(matches!(base, RepairBase::Previous { .. }), "{base:?}");
+            assert_eq!(l.get("a", "eth0"), vec![ip("10.0.0.2")]);
+            assert!(l.get("b", "eth0").is_empty());
+            assert_eq!(l.claim(ip("10.0.0.3"), "b", "eth0"), None);
+            assert_eq!(
+                l.known_subnets(),
+                vec!["10.0.0.0/24".parse::<IpNet>().unwrap()]
+            );
+            l.commit_repair(&base).unwrap();
+        }
+        assert!(s.dir().join(CORRUPT_FILE).exists());
+        let mut l = s.lock().unwrap();
+        assert_eq!(l.attachments().len(), 2);
+        assert_eq!(l.allocate(&r, "c", "eth0").unwrap(), vec![ip("10.0.0.4")]);
+        drop(l);
+
+        // state.json deleted by hand (the old advice): an error, not an empty state.
+        fs::remove_file(s.state_path()).unwrap();
+        let err = s.lock().unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let (l, base) = s.lock_for_repair().unwrap();
+        assert!(matches!(base, RepairBase::Previous { .. }));
+        assert_eq!(l.attachments().len(), 2, "b and a; c was the last write");
+        drop(l);
+
+        // Neither readable: start empty (the caller adds what is in use).
+        fs::write(s.state_path(), b"junk").unwrap();
+        fs::write(&prev, b"junk").unwrap();
+        let (_l, base) = s.lock_for_repair().unwrap();
+        assert!(matches!(base, RepairBase::Empty { .. }));
+        drop(d);
     }
 
     #[test]

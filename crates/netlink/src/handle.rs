@@ -413,6 +413,34 @@ impl Handle {
         Ok(out)
     }
 
+    /// Every address of every link (both families), as `(link index, address/prefix)`.
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
+        let replies = self.dump(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            "list addresses",
+        )?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewAddress(m) = reply else {
+                continue;
+            };
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local.or(address)
+                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
+            {
+                out.push((m.header.index, net));
+            }
+        }
+        Ok(out)
+    }
+
     // ===== routes =====
 
     /// Adds (or, with `replace`, sets) a route in the main table.

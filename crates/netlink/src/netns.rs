@@ -32,6 +32,14 @@ impl Netns {
         })
     }
 
+    /// A namespace file the caller already opened (and checked), named `path` in messages.
+    pub fn from_file(file: File, path: &Path) -> Netns {
+        Netns {
+            file,
+            path: path.display().to_string(),
+        }
+    }
+
     pub fn path(&self) -> &str {
         &self.path
     }
