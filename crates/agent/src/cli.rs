@@ -6,7 +6,8 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use twill_store::Store;
+
+use crate::StoreArgs;
 use twill_types::cluster::{BgpPeer, ClusterConfig};
 use twill_types::desired::PeerPath;
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX};
@@ -17,7 +18,7 @@ use crate::files;
 /// `twill cluster init --store S -f FILE [--force]`: validates the config (Flannel net-conf.json,
 /// TOML or YAML) and writes it to the store. An identical config is a no-op; a different one
 /// needs `--force`, because nodes already hold subnets of the old one.
-pub async fn cluster_init(store_url: &str, file: &Path, force: bool) -> anyhow::Result<i32> {
+pub async fn cluster_init(store_at: &StoreArgs, file: &Path, force: bool) -> anyhow::Result<i32> {
     let text = if file == Path::new("-") {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
@@ -27,7 +28,7 @@ pub async fn cluster_init(store_url: &str, file: &Path, force: bool) -> anyhow::
     };
     let config =
         ClusterConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let value = config.to_json();
     match store.get(CONFIG_KEY).await? {
         Some(kv) if kv.value == value.as_bytes() => {
@@ -54,8 +55,8 @@ pub async fn cluster_init(store_url: &str, file: &Path, force: bool) -> anyhow::
 }
 
 /// `twill cluster show --store S`: prints the normalized config as JSON.
-pub async fn cluster_show(store_url: &str) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+pub async fn cluster_show(store_at: &StoreArgs) -> anyhow::Result<i32> {
+    let store = store_at.connect().await?;
     let Some(kv) = store.get(CONFIG_KEY).await? else {
         bail!(
             "{} holds no cluster config: run `twill cluster init`",
@@ -72,11 +73,11 @@ pub async fn cluster_show(store_url: &str) -> anyhow::Result<i32> {
 /// peer removes its routes; with the node's data directory (run on the node itself, agent
 /// stopped) it also removes the node's own twill state.
 pub async fn node_leave(
-    store_url: &str,
+    store_at: &StoreArgs,
     node: &str,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let released = crate::lease::release_node(&store, node).await?;
     if released.is_empty() {
         println!("node {node} holds no lease in {}", store.describe());
@@ -113,7 +114,11 @@ pub async fn node_leave(
 
 /// `twill status [--data-dir D] [--json] [--store S]`: this node, its lease, the backend and
 /// every peer with how it is reached and whether it is programmed.
-pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> anyhow::Result<i32> {
+pub async fn status(
+    data_dir: &Path,
+    json: bool,
+    store_at: Option<&StoreArgs>,
+) -> anyhow::Result<i32> {
     let path = data_dir.join(node::STATUS_FILE);
     let Some(mut status) = files::read_json::<AgentStatus>(&path)? else {
         bail!(
@@ -126,9 +131,9 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
     if !alive {
         status.in_sync = false;
     }
-    let leases = match store_url {
-        Some(url) => {
-            let store = Store::connect(url).await?;
+    let leases = match store_at {
+        Some(at) => {
+            let store = at.connect().await?;
             Some(store.list(LEASES_PREFIX).await?.0.len())
         }
         None => None,
@@ -434,7 +439,7 @@ pub fn bgp_routes(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
 /// `twill bgp peer add ADDRESS --as N [--node NAME] --store S`: an external peer for every
 /// node (or one), which the agents apply live.
 pub async fn bgp_peer_add(
-    store_url: &str,
+    store_at: &StoreArgs,
     address: std::net::IpAddr,
     asn: u32,
     node_name: Option<&str>,
@@ -456,7 +461,7 @@ pub async fn bgp_peer_add(
     let value = serde_json::to_vec(&peer)?;
     // The same checks the agents make when they read it back.
     BgpPeer::from_store(&key, &value).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let config = match store.get(CONFIG_KEY).await? {
         Some(kv) => ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -484,7 +489,7 @@ pub async fn bgp_peer_add(
 
 /// `twill bgp peer del ADDRESS [--node NAME] --store S`.
 pub async fn bgp_peer_del(
-    store_url: &str,
+    store_at: &StoreArgs,
     address: std::net::IpAddr,
     node_name: Option<&str>,
 ) -> anyhow::Result<i32> {
@@ -494,7 +499,7 @@ pub async fn bgp_peer_del(
         node: node_name.map(str::to_string),
     }
     .key();
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     if store.get(&key).await?.is_none() {
         bail!(
             "no BGP peer {address}{} in {} (nothing at {key})",
