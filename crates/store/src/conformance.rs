@@ -940,6 +940,7 @@ mod etcd_auth {
         // Plain HTTP to a TLS port.
         let err = Store::connect(&url).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "plain: {err}");
+        assert!(err.to_string().contains("--etcd-cafile"), "plain: {err}");
         // TLS, checking etcd, without a client certificate.
         let ca_only = EtcdAuth {
             ca_file: good.ca_file.clone(),
@@ -947,6 +948,10 @@ mod etcd_auth {
         };
         let err = Store::connect_with(&url, &ca_only).await.unwrap_err();
         assert!(err.is_retryable(), "no client certificate: {err}");
+        assert!(
+            err.to_string().contains("--etcd-certfile"),
+            "no client certificate: {err}"
+        );
         let err = Store::connect_with(
             &format!("etcds://127.0.0.1:{}", etcd.client_port()),
             &ca_only,
@@ -966,6 +971,10 @@ mod etcd_auth {
         };
         let err = Store::connect_with(&url, &other_ca).await.unwrap_err();
         assert!(err.is_retryable(), "rogue client certificate: {err}");
+        assert!(
+            err.to_string().contains("--etcd-certfile"),
+            "rogue client certificate: {err}"
+        );
         // The right client certificate, but trusting another CA: etcd is not believed.
         let wrong_ca = EtcdAuth {
             ca_file: Some(rogue.ca()),

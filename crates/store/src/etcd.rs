@@ -270,6 +270,46 @@ impl EtcdStore {
         Err(res)
     }
 
+    /// A hint for a connection that broke in a way a TLS mismatch breaks it: a plain client on
+    /// a TLS port, or a certificate etcd or we refused. Empty for other failures (etcd down).
+    fn tls_hint(&self, e: &str) -> &'static str {
+        let lower = e.to_ascii_lowercase();
+        let down = [
+            "connection refused",
+            "timed out",
+            "deadline",
+            "no route",
+            "unreachable",
+        ];
+        if down.iter().any(|d| lower.contains(d)) {
+            return "";
+        }
+        let tls_refused = ["certificate", "alert", "unknownissuer", "handshake", "tls"];
+        match self.inner.tls {
+            Some(_) if tls_refused.iter().any(|t| lower.contains(t)) => {
+                " (TLS refused: etcd must trust the CA of --etcd-certfile, and --etcd-cafile \
+                 must be the CA of etcd's certificate)"
+            }
+            Some(_) if lower.contains("connection closed") || lower.contains("broken pipe") => {
+                " (etcd closed the TLS connection: is --etcd-certfile signed by a CA it \
+                 trusts?)"
+            }
+            None if [
+                "broken pipe",
+                "connection closed",
+                "connection reset",
+                "frame",
+            ]
+            .iter()
+            .any(|t| lower.contains(t)) =>
+            {
+                " (an etcd that speaks TLS needs --etcd-cafile, and --etcd-certfile with \
+                 --etcd-keyfile if it asks for client certificates)"
+            }
+            _ => "",
+        }
+    }
+
     fn map_err(&self, what: &str, err: etcd_client::Error) -> StoreError {
         use etcd_client::Error as E;
         let e = error_text(&err);
@@ -305,10 +345,18 @@ impl EtcdStore {
                         | Code::Aborted
                 ) =>
             {
-                StoreError::Unavailable(format!("{} unreachable ({what}): {e}", self.at()))
+                StoreError::Unavailable(format!(
+                    "{} unreachable ({what}): {e}{}",
+                    self.at(),
+                    self.tls_hint(&e)
+                ))
             }
             E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
-                StoreError::Unavailable(format!("{} unreachable ({what}): {e}", self.at()))
+                StoreError::Unavailable(format!(
+                    "{} unreachable ({what}): {e}{}",
+                    self.at(),
+                    self.tls_hint(&e)
+                ))
             }
             E::InvalidArgs(_) | E::InvalidUri(_) => {
                 StoreError::BadUrl(format!("{} ({what}): {e}", self.at()))
