@@ -6,13 +6,12 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-
-use crate::StoreArgs;
 use twill_types::cluster::{BgpPeer, ClusterConfig};
 use twill_types::desired::PeerPath;
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX};
 use twill_types::node::{self, AgentStatus, BgpStatus, NodeFile};
 
+use crate::StoreArgs;
 use crate::files;
 
 /// `twill cluster init --store S -f FILE [--force]`: validates the config (Flannel net-conf.json,

@@ -18,7 +18,6 @@ use twill_policy::{
 use twill_store::Store;
 
 use crate::StoreArgs;
-
 use crate::policy::{
     ArgError, doc_id, parse_endpoint_id, parse_label_args, policy_key, read_endpoints,
     read_namespaces, read_policies, read_world, validate_dns_subdomain, validate_namespace,

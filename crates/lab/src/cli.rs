@@ -220,9 +220,9 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             None => out += " (etcd not started)",
         }
         out += if e.pki.is_some() {
-            " TLS with client certificates"
+            ", etcd over TLS with client certificates"
         } else {
-            " plain HTTP"
+            ", etcd on plain HTTP"
         };
     }
     out.push('\n');
