@@ -4,6 +4,7 @@ import base64
 import ctypes
 import json
 import os
+import ssl
 import urllib.request
 
 LEASE_PREFIX = "/twill/leases/"   # where twill keeps the leases in etcd
@@ -17,12 +18,25 @@ def b64(s):
     return base64.b64encode(s.encode()).decode()
 
 
-def etcd_post(url, path, body, timeout):
-    """POST body as JSON to etcd's v3 JSON gateway (url: http://ip:port, path: /v3/kv/...);
-    returns the decoded reply."""
+def lab_etcd(state):
+    """(URL, TLS context or None) of a `twill lab`'s etcd from its state.json: with TLS (the
+    lab's default) https with the lab's CA and the CLI's client certificate
+    (etcd-pki/client-cli.pem), as `twill lab` prints in its store args."""
+    etcd = state["etcd"]
+    pki = etcd.get("pki")
+    if not pki:
+        return "http://%s:2379" % etcd["ip"], None
+    ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.pem"))
+    ctx.load_cert_chain(os.path.join(pki, "client-cli.pem"), os.path.join(pki, "client-cli-key.pem"))
+    return "https://%s:2379" % etcd["ip"], ctx
+
+
+def etcd_post(url, path, body, timeout, tls=None):
+    """POST body as JSON to etcd's v3 JSON gateway (url: http(s)://ip:port, path: /v3/kv/...;
+    tls: the ssl context of an https etcd); returns the decoded reply."""
     req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    with urllib.request.urlopen(req, timeout=timeout, context=tls) as r:
         return json.loads(r.read())
 
 

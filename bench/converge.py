@@ -33,6 +33,15 @@ E = os.environ
 N = int(E.get("N", "1000"))
 REPS = int(E.get("REPS", "3"))
 ETCD = E["TWC_ETCD"]
+PKI = E.get("TWC_PKI", "")   # with TLS: ca.pem, client.pem, client-key.pem
+TLS = None
+CTL_TLS = []
+if PKI:
+    import ssl
+    TLS = ssl.create_default_context(cafile=os.path.join(PKI, "ca.pem"))
+    TLS.load_cert_chain(os.path.join(PKI, "client.pem"), os.path.join(PKI, "client-key.pem"))
+    CTL_TLS = ["--cacert", os.path.join(PKI, "ca.pem"), "--cert", os.path.join(PKI, "client.pem"),
+               "--key", os.path.join(PKI, "client-key.pem")]
 STATUS = E.get("TWC_STATUS", "")
 HOST = E["TWC_HOST"]
 BASE = E["TWC_BASE"]
@@ -45,7 +54,7 @@ POLL = 0.005
 
 
 def etcd(path, body, timeout=60):
-    return etcd_post(ETCD, path, body, timeout)
+    return etcd_post(ETCD, path, body, timeout, TLS)
 
 
 def lease_count():
@@ -115,7 +124,7 @@ def txn(peers, files, put):
     t0 = time.perf_counter()
     if WRITER == "etcdctl":
         with open(files["txn_put" if put else "txn_del"]) as fh:
-            r = subprocess.run(["etcdctl", "--endpoints", ETCD, "txn"], stdin=fh,
+            r = subprocess.run(["etcdctl", "--endpoints", ETCD] + CTL_TLS + ["txn"], stdin=fh,
                                capture_output=True, text=True, timeout=120,
                                env=dict(os.environ, ETCDCTL_API="3"))
         if r.returncode != 0 or not r.stdout.startswith("SUCCESS"):

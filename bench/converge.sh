@@ -23,6 +23,9 @@
 # Usage (as root):  bash bench/converge.sh
 #   N=1000  REPS=3  TWILL=path/to/twill (default target/release/twill, copied first)
 #   TWC_WAIT=120    seconds to wait for one convergence before calling it failed
+#   TWC_TLS=1       etcd speaks only TLS with --client-cert-auth (CA and certificates made
+#                   with openssl in the run's work dir); the agent, cluster init and the driver
+#                   use client certificates. Compare with a TWC_TLS=0 run for the cost of TLS.
 #   bash bench/converge.sh --baseline-only   no agent: the etcd txns and the baseline only
 #   bash bench/converge.sh --clean           removes twc-* netns left by a SIGKILLed run
 set -euo pipefail
@@ -43,6 +46,7 @@ esac
 
 need_root
 int_settings N=1000 REPS=3 TWC_WAIT=120
+TWC_TLS=${TWC_TLS:-0}
 [ "$N" -le 30000 ] || die "N must be <= 30000 (fake underlay addresses run out)"
 need_cmds "apt-get install iproute2 python3 etcd-server etcd-client" ip bridge python3 timeout etcd etcdctl
 if [ "$BASELINE_ONLY" = 0 ]; then
@@ -91,14 +95,42 @@ ip -n "$B" link set bvx0 address 02:b0:00:00:00:01 mtu 1450 up
 
 # --- etcd (bounded: the whole run must end within the timeout)
 LIFE=$((REPS * 8 * TWC_WAIT + 600))
+SCHEME=http ETCD_TLS=() TWILL_TLS=() CTL_TLS=()
+if [ "$TWC_TLS" = 1 ]; then
+  need_cmds "apt-get install openssl" openssl
+  P=$WORK/pki
+  mkdir -m 700 "$P"
+  ossl() { openssl "$@" >/dev/null 2>&1 || die "openssl $1 failed"; }
+  ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=twc-ca -keyout "$P/ca-key.pem" -out "$P/ca.pem"
+  for who in server client; do
+    if [ $who = server ]; then
+      ext='subjectAltName=IP:192.168.77.1,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth'
+    else
+      ext='extendedKeyUsage=clientAuth'
+    fi
+    ossl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$who" \
+      -keyout "$P/$who-key.pem" -out "$P/$who.csr"
+    printf "$ext\n" >"$P/$who.ext"
+    ossl x509 -req -in "$P/$who.csr" -CA "$P/ca.pem" -CAkey "$P/ca-key.pem" -CAcreateserial \
+      -days 2 -extfile "$P/$who.ext" -out "$P/$who.pem"
+  done
+  SCHEME=https
+  ETCD_TLS=(--client-cert-auth --trusted-ca-file "$P/ca.pem" --cert-file "$P/server.pem"
+    --key-file "$P/server-key.pem")
+  TWILL_TLS=(--etcd-cafile "$P/ca.pem" --etcd-certfile "$P/client.pem" --etcd-keyfile "$P/client-key.pem")
+  CTL_TLS=(--cacert "$P/ca.pem" --cert "$P/client.pem" --key "$P/client-key.pem")
+  echo "# etcd over TLS with client certificates (TWC_TLS=1)"
+fi
 ip netns exec "$U" timeout "$LIFE" etcd --name twc --data-dir "$EDATA/data" \
-  --listen-client-urls http://192.168.77.1:2379 --advertise-client-urls http://192.168.77.1:2379 \
+  --listen-client-urls $SCHEME://192.168.77.1:2379 --advertise-client-urls $SCHEME://192.168.77.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster twc=http://127.0.0.1:2380 --initial-cluster-state new \
-  --max-txn-ops 100000 --max-request-bytes 33554432 >"$WORK/etcd.log" 2>&1 &
+  --max-txn-ops 100000 --max-request-bytes 33554432 "${ETCD_TLS[@]}" >"$WORK/etcd.log" 2>&1 &
 disown
 for k in $(seq 100); do
-  ip netns exec "$H" timeout 3 etcdctl --endpoints 192.168.77.1:2379 endpoint health >/dev/null 2>&1 && break
+  ip netns exec "$H" timeout 3 etcdctl --endpoints $SCHEME://192.168.77.1:2379 "${CTL_TLS[@]}" \
+    endpoint health >/dev/null 2>&1 && break
   [ "$k" = 100 ] && { tail -20 "$WORK/etcd.log"; die "etcd did not become healthy"; }
   sleep 0.2
 done
@@ -107,10 +139,11 @@ echo "etcd healthy"
 STATUS=$WORK/agent/status.json
 if [ "$BASELINE_ONLY" = 0 ]; then
   printf '{"Network":"10.128.0.0/9","SubnetLen":24,"Backend":{"Type":"vxlan"}}\n' >"$WORK/net-conf.json"
-  ip netns exec "$H" timeout 30 "$WORK/twill" cluster init --store "$STORE" -f "$WORK/net-conf.json"
+  ip netns exec "$H" timeout 30 "$WORK/twill" cluster init --store "$STORE" "${TWILL_TLS[@]}" \
+    -f "$WORK/net-conf.json"
   mkdir -p "$WORK/agent"
   t0=$SECONDS
-  ip netns exec "$H" timeout "$LIFE" "$WORK/twill" agent --store "$STORE" --node-name twc \
+  ip netns exec "$H" timeout "$LIFE" "$WORK/twill" agent --store "$STORE" "${TWILL_TLS[@]}" --node-name twc \
     --iface eth0 --data-dir "$WORK/agent" >"$WORK/agent.log" 2>&1 &
   disown
   for k in $(seq 300); do
@@ -122,7 +155,8 @@ if [ "$BASELINE_ONLY" = 0 ]; then
   echo "agent inSync after $((SECONDS - t0)) s; $(ip -n "$H" -d link show twill.1 2>/dev/null | grep -o 'vxlan id [0-9]* .*dstport [0-9]*' || echo 'no twill.1 device?')"
 fi
 
-bg_wait ip netns exec "$H" env N="$N" REPS="$REPS" TWC_ETCD=http://192.168.77.1:2379 \
+bg_wait ip netns exec "$H" env N="$N" REPS="$REPS" TWC_ETCD=$SCHEME://192.168.77.1:2379 \
+  TWC_PKI="${P:-}" \
   TWC_STATUS="$STATUS" TWC_HOST="$H" TWC_BASE="$B" TWC_WORK="$WORK" \
   TWC_WRITER="${TWC_WRITER:-gateway}" TWC_WAIT="$TWC_WAIT" BASELINE_ONLY="$BASELINE_ONLY" \
   timeout $((REPS * 4 * TWC_WAIT + 300)) python3 "$HERE/converge.py"

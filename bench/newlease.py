@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import setns, LEASE_PREFIX as PREFIX, b64, etcd_post, prefix_range, say
+from benchlib import setns, LEASE_PREFIX as PREFIX, b64, etcd_post, lab_etcd, prefix_range, say
 
 E = os.environ
 STATE = json.load(open(E["LAB_STATE"]))
@@ -42,12 +42,12 @@ RTA_DST = 1
 PROTO = 117
 CLONE_NEWNET = 0x40000000
 LIBC = ctypes.CDLL(None, use_errno=True)
-ETCD = "http://%s:2379" % STATE["etcd"]["ip"]
+ETCD, ETCD_TLS = lab_etcd(STATE)
 HOSTS = sorted(STATE["hosts"], key=lambda h: h["index"])
 
 
 def etcd(path, body):
-    return etcd_post(ETCD, path, body, 30)
+    return etcd_post(ETCD, path, body, 30, ETCD_TLS)
 
 
 def leased_subnets():

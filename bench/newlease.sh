@@ -17,6 +17,8 @@
 # Usage (as root):  bash bench/newlease.sh
 #   REPS=10  NODES=5  NL_WAIT=30 (s per convergence before calling it failed)
 #   TWILL=path/to/twill (default target/release/twill, copied first)
+#   LAB_ARGS="--plain-etcd" (extra `lab up` arguments; the lab's etcd speaks TLS with client
+#   certificates by default, --plain-etcd compares against plain HTTP)
 #   bash bench/newlease.sh --clean    takes down labs left by a SIGKILLed run (nl<hex>)
 set -euo pipefail
 . "$(dirname "$0")/lib-cluster.sh"
@@ -50,15 +52,16 @@ start_output newlease
 
 say_header new-lease
 use_twill "$TW"
-echo "# NODES=$NODES REPS=$REPS lab $NAME"
+LAB_ARGS=${LAB_ARGS:-}
+echo "# NODES=$NODES REPS=$REPS lab $NAME ${LAB_ARGS:+(lab up $LAB_ARGS)}"
 
 t0=$SECONDS
 PODS=0
-if ! bg_wait timeout 300 "$TW" lab up --nodes "$NODES" --backend vxlan --pods-per-node 0 --name "$NAME"; then
+if ! bg_wait timeout 300 "$TW" lab up --nodes "$NODES" --backend vxlan --pods-per-node 0 --name "$NAME" $LAB_ARGS; then
   echo "lab up with --pods-per-node 0 failed; retrying with 1"
   timeout 90 "$TW" lab down --name "$NAME" >/dev/null 2>&1 || true
   PODS=1
-  bg_wait timeout 300 "$TW" lab up --nodes "$NODES" --backend vxlan --pods-per-node 1 --name "$NAME" \
+  bg_wait timeout 300 "$TW" lab up --nodes "$NODES" --backend vxlan --pods-per-node 1 --name "$NAME" $LAB_ARGS \
     || die "twill lab up failed"
 fi
 echo "lab up ($PODS pods per node) in $((SECONDS - t0)) s"

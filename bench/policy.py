@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.error
 
-from benchlib import setns, LEASE_PREFIX, b64, etcd_post, prefix_range, say
+from benchlib import setns, LEASE_PREFIX, b64, etcd_post, lab_etcd, prefix_range, say
 
 E = os.environ
 STATE = json.load(open(E["LAB_STATE"]))
@@ -54,7 +54,7 @@ N_IPT = int(E.get("IPT_RULES", "1000"))
 N_SRV_POL = int(E.get("SERVER_POLICIES", "250"))
 LAB = STATE["name"]
 HOSTS = {h["index"]: h for h in STATE["hosts"]}
-ETCD = "http://%s:2379" % STATE["etcd"]["ip"]
+ETCD, ETCD_TLS = lab_etcd(STATE)
 TWILL = STATE["twill"]
 N_NS = 10
 PROBE_PORT = 7000
@@ -119,7 +119,7 @@ TXN_OPS = [None]   # ops per transaction the lab's etcd accepts (None: not known
 
 
 def etcd(path, body, timeout=60):
-    return etcd_post(ETCD, path, body, timeout)
+    return etcd_post(ETCD, path, body, timeout, ETCD_TLS)
 
 
 def txn(ops):

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use twill_agent::policy_cli as pcli;
+use twill_agent::{EtcdArgs, StoreArgs};
 
 #[derive(Parser)]
 #[command(name = "twill", version, about = "Container networking for Linux")]
@@ -38,9 +39,8 @@ enum Cmd {
     CniVersions,
     /// Run the node agent: lease a subnet, publish it, program routes to every peer.
     Agent {
-        /// `etcd://HOST:PORT[,HOST:PORT...]`, `embedded` or `embedded:PATH`.
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// This node's name, unique in the cluster (default: the host name).
         #[arg(long, env = "TWILL_NODE_NAME")]
         node_name: Option<String>,
@@ -90,6 +90,8 @@ enum Cmd {
         /// Also count the leases in this store.
         #[arg(long, env = "TWILL_STORE")]
         store: Option<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
     /// Network policy: Kubernetes NetworkPolicies and twill's ordered ClusterPolicies.
     Policy {
@@ -122,8 +124,8 @@ enum Cmd {
 enum ClusterCmd {
     /// Write the cluster config (Flannel net-conf.json, or twill's TOML/YAML pools).
     Init {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The config file (`-` for stdin).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
@@ -137,8 +139,8 @@ enum ClusterCmd {
     },
     /// Print the cluster config as twill normalized it.
     Show {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -194,16 +196,16 @@ enum BgpPeerCmd {
         /// (BIRD's `ttl security on`).
         #[arg(long)]
         ttl_security: bool,
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Remove a peer added with `peer add` (same --node).
     Del {
         address: std::net::IpAddr,
         #[arg(long)]
         node: Option<String>,
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -212,8 +214,8 @@ enum NodeCmd {
     /// Release a node's subnet lease so every peer drops its routes. Given the node's
     /// --data-dir (on that node, agent stopped), also remove its local twill state.
     Leave {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long, env = "TWILL_NODE_NAME")]
         node_name: Option<String>,
         #[arg(long)]
@@ -225,16 +227,16 @@ enum NodeCmd {
 enum PolicyCmd {
     /// Store every policy of a YAML file (several documents allowed), all or none.
     Apply {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The policy file (`-` for stdin).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// The stored policies: cluster policies in evaluation order, then NetworkPolicies.
     List {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The policy documents as JSON.
         #[arg(long)]
         json: bool,
@@ -242,8 +244,8 @@ enum PolicyCmd {
     /// Delete NetworkPolicies by name (in -n NAMESPACE), ClusterPolicies (--cluster), or
     /// what a file defines (-f); all or none.
     Delete {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The NetworkPolicies' namespace.
         #[arg(short = 'n', long, default_value = "default", conflicts_with_all = ["cluster", "file"])]
         namespace: String,
@@ -262,8 +264,8 @@ enum PolicyCmd {
     },
     /// Whether a connection is allowed, and which rule of which policy decides.
     Explain {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// `NAMESPACE/POD` or an IP address.
         from: String,
         /// `NAMESPACE/POD` or an IP address.
@@ -281,16 +283,16 @@ enum PolicyCmd {
 enum NamespaceCmd {
     /// Set (KEY=VALUE) or remove (KEY-) labels of a namespace.
     Label {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         name: String,
         #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
         labels: Vec<String>,
     },
     /// Namespaces with labels, endpoints or NetworkPolicies.
     List {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -300,8 +302,8 @@ enum NamespaceCmd {
 enum EndpointCmd {
     /// Set (KEY=VALUE) or remove (KEY-) labels of an endpoint, over the runtime's labels.
     Label {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// `NAMESPACE/NAME`.
         #[arg(value_name = "NAMESPACE/NAME")]
         endpoint: String,
@@ -310,8 +312,8 @@ enum EndpointCmd {
     },
     /// Endpoints with their node, addresses and effective labels.
     List {
-        #[arg(long, env = "TWILL_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -363,7 +365,8 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
         } => {
             init_logging();
             let opts = twill_agent::AgentOptions {
-                store,
+                etcd: store.etcd.auth()?,
+                store: store.url,
                 node_name: node_name_or_host(node_name)?,
                 public_ip,
                 iface,
@@ -466,7 +469,11 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             data_dir,
             json,
             store,
-        } => runtime()?.block_on(twill_agent::cli::status(&data_dir, json, store.as_deref())),
+            etcd,
+        } => {
+            let store = store.map(|url| StoreArgs { url, etcd });
+            runtime()?.block_on(twill_agent::cli::status(&data_dir, json, store.as_ref()))
+        }
     }
 }
 

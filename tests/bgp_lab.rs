@@ -525,7 +525,8 @@ fn bgp_cli_against_running_lab() {
     );
     lab.add_bird_host("ext", Some("10.88.0.1/32"), &ext)
         .unwrap();
-    let store = lab.state().store.clone();
+    let store = lab.store_args();
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let twill = |args: &[&str]| {
         let mut a = vec![TWILL];
         a.extend_from_slice(args);
@@ -579,28 +580,32 @@ fn bgp_cli_against_running_lab() {
     ] {
         let mut a = vec!["bgp", "peer", "add"];
         a.extend(args);
-        a.extend(["--store", &store]);
+        a.extend(&store);
         let out = twill(&a);
         assert!(!out.status.success(), "{a:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{a:?}: {err}");
     }
-    let out = twill(&["bgp", "peer", "del", "192.168.1.250", "--store", &store]);
+    let out = twill(&[&["bgp", "peer", "del", "192.168.1.250"][..], &store].concat());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no BGP peer"));
     assert_eq!(bgp_status(&lab, 1)["peers"].as_array().unwrap().len(), 1);
     // add: h1 peers with the second BIRD live; its prefix reaches h1 and, through the ToR, h2.
-    let out = twill(&[
-        "bgp",
-        "peer",
-        "add",
-        "192.168.1.250",
-        "--as",
-        "65088",
-        "--node",
-        "h1",
-        "--store",
-        &store,
-    ]);
+    let out = twill(
+        &[
+            &[
+                "bgp",
+                "peer",
+                "add",
+                "192.168.1.250",
+                "--as",
+                "65088",
+                "--node",
+                "h1",
+            ][..],
+            &store,
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -623,16 +628,13 @@ fn bgp_cli_against_running_lab() {
     // Only h1 has it: h2's sessions are unchanged.
     assert_eq!(bgp_status(&lab, 2)["peers"].as_array().unwrap().len(), 1);
     // del: the session goes, and with it the prefix everywhere.
-    let out = twill(&[
-        "bgp",
-        "peer",
-        "del",
-        "192.168.1.250",
-        "--node",
-        "h1",
-        "--store",
-        &store,
-    ]);
+    let out = twill(
+        &[
+            &["bgp", "peer", "del", "192.168.1.250", "--node", "h1"][..],
+            &store,
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -93,22 +93,11 @@ fn subnet(lab: &Lab, i: u32) -> String {
 fn leave(lab: &Lab, i: u32) {
     let host = &lab.state().hosts[i as usize - 1];
     let data_dir = host.data_dir.to_str().unwrap();
-    let out = lab
-        .exec(
-            &format!("h{i}"),
-            &[
-                TWILL,
-                "node",
-                "leave",
-                "--store",
-                &lab.state().store,
-                "--node-name",
-                &host.node,
-                "--data-dir",
-                data_dir,
-            ],
-        )
-        .unwrap();
+    let store = lab.store_args();
+    let mut cmd = vec![TWILL, "node", "leave"];
+    cmd.extend(store.iter().map(String::as_str));
+    cmd.extend(["--node-name", &host.node, "--data-dir", data_dir]);
+    let out = lab.exec(&format!("h{i}"), &cmd).unwrap();
     assert!(out.status.success(), "node leave: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("released"));
 }
@@ -348,20 +337,11 @@ fn node_leave_with_its_agent_running() {
     lab.wait_converged(Duration::from_secs(20)).unwrap();
     let gone = subnet(&lab, 3);
     let gone_mac = vtep_mac(&lab, 3);
-    let out = lab
-        .exec(
-            "h1",
-            &[
-                TWILL,
-                "node",
-                "leave",
-                "--store",
-                &lab.state().store,
-                "--node-name",
-                "h3",
-            ],
-        )
-        .unwrap();
+    let store = lab.store_args();
+    let mut cmd = vec![TWILL, "node", "leave"];
+    cmd.extend(store.iter().map(String::as_str));
+    cmd.extend(["--node-name", "h3"]);
+    let out = lab.exec("h1", &cmd).unwrap();
     assert!(out.status.success(), "{out:?}");
     wait_for("h3's agent to leave", Duration::from_secs(10), || {
         !lab.agent_alive(3)

@@ -126,9 +126,7 @@ impl Cluster {
     }
 
     fn etcdctl(&self, args: &[&str]) -> String {
-        let mut cmd = vec!["etcdctl"];
-        cmd.extend_from_slice(args);
-        let out = self.lab.exec("underlay", &cmd).expect("run etcdctl");
+        let out = self.lab.etcdctl(args).expect("run etcdctl");
         assert!(
             out.status.success(),
             "etcdctl {args:?}: {}",
@@ -167,7 +165,7 @@ impl Cluster {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, TWILL])
             .args(args)
-            .args(["--store", &self.lab.state().store])
+            .args(self.lab.store_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -308,15 +308,7 @@ fn tunnel_peers_follow_joins_and_leaves() {
     // per-peer counters in status come from the engine, not from the desired state).
     let joined = r#"{"node":"h9","subnet":"10.244.77.0/24","publicNet":"192.168.100.99/24","backend":"udp"}"#;
     let etcdctl = |args: &[&str]| {
-        let mut cmd = vec![
-            "env",
-            "ETCDCTL_API=3",
-            "etcdctl",
-            "--endpoints",
-            "127.0.0.1:2379",
-        ];
-        cmd.extend_from_slice(args);
-        let out = lab.exec("underlay", &cmd).unwrap();
+        let out = lab.etcdctl(args).unwrap();
         assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
     };
     etcdctl(&["put", "/twill/leases/10.244.77.0-24", joined]);
@@ -340,22 +332,16 @@ fn tunnel_peers_follow_joins_and_leaves() {
 
     lab.kill_agent(3, Signal::SIGTERM).unwrap();
     let host = &lab.state().hosts[2];
-    let out = lab
-        .exec(
-            "h3",
-            &[
-                TWILL,
-                "node",
-                "leave",
-                "--store",
-                &lab.state().store,
-                "--node-name",
-                "h3",
-                "--data-dir",
-                host.data_dir.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let store = lab.store_args();
+    let mut cmd = vec![TWILL, "node", "leave"];
+    cmd.extend(store.iter().map(String::as_str));
+    cmd.extend([
+        "--node-name",
+        "h3",
+        "--data-dir",
+        host.data_dir.to_str().unwrap(),
+    ]);
+    let out = lab.exec("h3", &cmd).unwrap();
     assert!(out.status.success(), "{out:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -12,6 +12,7 @@ use twill_types::desired::PeerPath;
 use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX};
 use twill_types::node::{self, AgentStatus, BgpStatus, NodeFile};
 
+use crate::StoreArgs;
 use crate::files;
 
 /// `twill cluster init --store S -f FILE [--force] [--allow-overlap]`: validates the config
@@ -30,7 +31,7 @@ use crate::files;
 /// This is the only verb that creates an embedded store file; nothing is created when the
 /// config is refused.
 pub async fn cluster_init(
-    store_url: &str,
+    store_at: &StoreArgs,
     file: &Path,
     force: bool,
     allow_overlap: bool,
@@ -57,7 +58,8 @@ pub async fn cluster_init(
         );
     }
     // The store as it is, without creating an embedded file yet.
-    let existing = match Store::connect(store_url).await {
+    let auth = store_at.etcd.auth()?;
+    let existing = match Store::connect_with(&store_at.url, &auth).await {
         Ok(store) => Some(store),
         Err(StoreError::Missing(_)) => None,
         Err(e) => return Err(e.into()),
@@ -103,7 +105,7 @@ pub async fn cluster_init(
     }
     let store = match existing {
         Some(store) => store,
-        None => Store::connect_or_create(store_url).await?,
+        None => Store::connect_or_create_with(&store_at.url, &auth).await?,
     };
     store.put(CONFIG_KEY, value.as_bytes(), None).await?;
     println!(
@@ -186,8 +188,8 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
 }
 
 /// `twill cluster show --store S`: prints the normalized config as JSON.
-pub async fn cluster_show(store_url: &str) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+pub async fn cluster_show(store_at: &StoreArgs) -> anyhow::Result<i32> {
+    let store = store_at.connect().await?;
     let Some(kv) = store.get(CONFIG_KEY).await? else {
         bail!(
             "{} holds no cluster config: run `twill cluster init`",
@@ -208,11 +210,11 @@ pub async fn cluster_show(store_url: &str) -> anyhow::Result<i32> {
 /// peer removes its routes; with the node's data directory (run on the node itself, agent
 /// stopped) it also removes the node's own twill state.
 pub async fn node_leave(
-    store_url: &str,
+    store_at: &StoreArgs,
     node: &str,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let released = crate::lease::release_node(&store, node).await?;
     if released.is_empty() {
         println!("node {node} holds no lease in {}", store.describe());
@@ -249,7 +251,11 @@ pub async fn node_leave(
 
 /// `twill status [--data-dir D] [--json] [--store S]`: this node, its lease, the backend and
 /// every peer with how it is reached and whether it is programmed.
-pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> anyhow::Result<i32> {
+pub async fn status(
+    data_dir: &Path,
+    json: bool,
+    store_at: Option<&StoreArgs>,
+) -> anyhow::Result<i32> {
     let path = data_dir.join(node::STATUS_FILE);
     let Some(mut status) = files::read_json::<AgentStatus>(&path)? else {
         bail!(
@@ -262,9 +268,9 @@ pub async fn status(data_dir: &Path, json: bool, store_url: Option<&str>) -> any
     if !alive {
         status.in_sync = false;
     }
-    let leases = match store_url {
-        Some(url) => {
-            let store = Store::connect(url).await?;
+    let leases = match store_at {
+        Some(at) => {
+            let store = at.connect().await?;
             Some(store.list(LEASES_PREFIX).await?.0.len())
         }
         None => None,
@@ -636,7 +642,7 @@ impl PeerPasswordArgs {
 /// --password-file-on-nodes P | --password-env-on-nodes V] [--ttl-security] --store S`: an
 /// external peer for every node (or one), which the agents apply live.
 pub async fn bgp_peer_add(
-    store_url: &str,
+    store_at: &StoreArgs,
     address: std::net::IpAddr,
     asn: u32,
     node_name: Option<&str>,
@@ -661,7 +667,7 @@ pub async fn bgp_peer_add(
     let value = serde_json::to_vec(&peer)?;
     // The same checks the agents make when they read it back.
     BgpPeer::from_store(&key, &value).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let config = match store.get(CONFIG_KEY).await? {
         Some(kv) => ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -701,7 +707,7 @@ pub async fn bgp_peer_add(
 
 /// `twill bgp peer del ADDRESS [--node NAME] --store S`.
 pub async fn bgp_peer_del(
-    store_url: &str,
+    store_at: &StoreArgs,
     address: std::net::IpAddr,
     node_name: Option<&str>,
 ) -> anyhow::Result<i32> {
@@ -712,7 +718,7 @@ pub async fn bgp_peer_del(
         auth: Default::default(),
     }
     .key();
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     if store.get(&key).await?.is_none() {
         bail!(
             "no BGP peer {address}{} in {} (nothing at {key})",

@@ -31,6 +31,7 @@
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
+//! - [`store_args`]: `--store` and etcd's TLS and user flags, shared by every command.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 //! - [`policy`]: the policy world from the store, and the CLI's label and name helpers.
 //! - [`policy_cli`]: `twill policy apply/list/delete/explain`, `twill namespace label/list`,
@@ -47,5 +48,7 @@ pub mod tunnel;
 pub mod underlay;
 
 pub mod run;
+pub mod store_args;
 
 pub use run::{AgentOptions, run};
+pub use store_args::{EtcdArgs, StoreArgs};

@@ -17,6 +17,7 @@ use twill_policy::{
 };
 use twill_store::Store;
 
+use crate::StoreArgs;
 use crate::policy::{
     ArgError, doc_id, parse_endpoint_id, parse_label_args, policy_key, read_endpoints,
     read_namespaces, read_policies, read_world, validate_dns_subdomain, validate_namespace,
@@ -104,9 +105,9 @@ async fn write_atomically(
 /// `created` or `configured` once the transaction committed, and only then. A policy changed
 /// by someone else between this command's read and its write makes the whole apply fail,
 /// with nothing written.
-pub async fn policy_apply(store_url: &str, file: &Path) -> anyhow::Result<i32> {
+pub async fn policy_apply(store_at: &StoreArgs, file: &Path) -> anyhow::Result<i32> {
     let docs = read_policy_file(file)?;
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let (stored, _) = store.list(POLICY_PREFIX).await?;
     let stored: HashMap<String, (Vec<u8>, i64)> = stored
         .into_iter()
@@ -236,8 +237,8 @@ fn print_listing<T: Serialize>(
 
 /// `twill policy list [--json]`: cluster policies in evaluation order, then the Kubernetes
 /// policies by namespace and name.
-pub async fn policy_list(store_url: &str, json: bool) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+pub async fn policy_list(store_at: &StoreArgs, json: bool) -> anyhow::Result<i32> {
+    let store = store_at.connect().await?;
     let mut warnings = Vec::new();
     let docs = read_policies(&store, &mut warnings).await?;
     print_warnings(&warnings);
@@ -285,7 +286,7 @@ pub enum DeleteTarget {
 /// `twill policy delete`: all named policies or none. A policy that is not there is an error
 /// (nothing is deleted), unless `ignore_not_found`.
 pub async fn policy_delete(
-    store_url: &str,
+    store_at: &StoreArgs,
     target: &DeleteTarget,
     ignore_not_found: bool,
 ) -> anyhow::Result<i32> {
@@ -328,7 +329,7 @@ pub async fn policy_delete(
     if wanted.is_empty() {
         bail!("no policy named: give NAME, --cluster NAME or -f FILE");
     }
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let (stored, _) = store.list(POLICY_PREFIX).await?;
     let stored: BTreeMap<String, i64> = stored
         .into_iter()
@@ -361,7 +362,7 @@ pub async fn policy_delete(
 /// `twill policy explain FROM TO PORT[/PROTO] [--json]`: the decision and the rule that made
 /// it. Allowed and denied both exit 0: the command answered the question.
 pub async fn policy_explain(
-    store_url: &str,
+    store_at: &StoreArgs,
     from: &str,
     to: &str,
     port: &str,
@@ -369,7 +370,7 @@ pub async fn policy_explain(
 ) -> anyhow::Result<i32> {
     let (port, protocol) =
         parse_port_proto(port).map_err(|e| anyhow!("PORT[/PROTO] {port:?}: {e}"))?;
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let (world, warnings) = read_world(&store).await?;
     print_warnings(&warnings);
     let decision = explain(
@@ -450,7 +451,11 @@ fn format_labels(labels: &Labels) -> String {
 
 /// `twill namespace label NAME k=v [k-]...`: changes the namespace's labels, describing the
 /// namespace in the store if it was not yet.
-pub async fn namespace_label(store_url: &str, name: &str, args: &[String]) -> anyhow::Result<i32> {
+pub async fn namespace_label(
+    store_at: &StoreArgs,
+    name: &str,
+    args: &[String],
+) -> anyhow::Result<i32> {
     validate_namespace(name)?;
     let changes = parse_label_args(args)?;
     if changes.contains_key(NAMESPACE_NAME_LABEL) {
@@ -459,7 +464,7 @@ pub async fn namespace_label(store_url: &str, name: &str, args: &[String]) -> an
              cannot be set or removed"
         );
     }
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     let written = update_key::<Namespace>(&store, &keys::namespace_key(name), |old| {
         let existed = old.is_some();
         let mut ns = old.unwrap_or_else(|| Namespace {
@@ -492,8 +497,8 @@ struct NamespaceRow {
 
 /// `twill namespace list [--json]`: every namespace that is described in the store or has
 /// endpoints or NetworkPolicies, with its labels.
-pub async fn namespace_list(store_url: &str, json: bool) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+pub async fn namespace_list(store_at: &StoreArgs, json: bool) -> anyhow::Result<i32> {
+    let store = store_at.connect().await?;
     let mut warnings = Vec::new();
     let namespaces = read_namespaces(&store, &mut warnings).await?;
     let endpoints = read_endpoints(&store, &mut warnings).await?;
@@ -537,10 +542,14 @@ pub async fn namespace_list(store_url: &str, json: bool) -> anyhow::Result<i32> 
 
 /// `twill endpoint label NAMESPACE/NAME k=v [k-]...`: records label changes for an endpoint
 /// that exists, apart from the runtime's labels the agent publishes.
-pub async fn endpoint_label(store_url: &str, id: &str, args: &[String]) -> anyhow::Result<i32> {
+pub async fn endpoint_label(
+    store_at: &StoreArgs,
+    id: &str,
+    args: &[String],
+) -> anyhow::Result<i32> {
     let (namespace, name) = parse_endpoint_id(id)?;
     let changes = parse_label_args(args)?;
-    let store = Store::connect(store_url).await?;
+    let store = store_at.connect().await?;
     if store
         .get(&keys::endpoint_key(&namespace, &name))
         .await?
@@ -569,8 +578,8 @@ pub async fn endpoint_label(store_url: &str, id: &str, args: &[String]) -> anyho
 
 /// `twill endpoint list [--json]`: every endpoint with its effective labels (the runtime's,
 /// changed by `twill endpoint label`).
-pub async fn endpoint_list(store_url: &str, json: bool) -> anyhow::Result<i32> {
-    let store = Store::connect(store_url).await?;
+pub async fn endpoint_list(store_at: &StoreArgs, json: bool) -> anyhow::Result<i32> {
+    let store = store_at.connect().await?;
     let mut warnings = Vec::new();
     let endpoints = read_endpoints(&store, &mut warnings).await?;
     print_warnings(&warnings);

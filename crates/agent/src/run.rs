@@ -42,6 +42,8 @@ pub const NAT_NETWORK: &str = node::AGENT_NAT_NETWORK;
 pub struct AgentOptions {
     /// `etcd://HOST:PORT[,...]`, `embedded` or `embedded:PATH`.
     pub store: String,
+    /// TLS files and user for etcd (`--etcd-cafile ...`); empty for plain etcd or embedded.
+    pub etcd: twill_store::EtcdAuth,
     pub node_name: String,
     pub public_ip: Option<Ipv4Addr>,
     pub iface: Option<String>,
@@ -64,7 +66,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // a mode is not given explicitly; the agent's own state sets its modes explicitly anyway.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     files::private_dir(&opts.data_dir)?;
-    let store = connect(&opts.store).await?;
+    let store = connect(&opts.store, &opts.etcd).await?;
     let config = wait_for_config(&store).await?;
     let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let underlay = underlay::discover(opts.iface.as_deref(), opts.public_ip)?;
@@ -161,10 +163,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 }
 
 /// Connects to the store, retrying while it is unreachable (the agent may start before etcd).
-async fn connect(url: &str) -> anyhow::Result<Store> {
+async fn connect(url: &str, auth: &twill_store::EtcdAuth) -> anyhow::Result<Store> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match Store::connect(url).await {
+        match Store::connect_with(url, auth).await {
             Ok(store) => return Ok(store),
             Err(e) if !e.is_retryable() => bail!("--store {url}: {e}"),
             Err(e) => {

@@ -76,6 +76,10 @@ pub struct UpArgs {
     pub name: String,
     #[arg(long, default_value = "/usr/bin/etcd")]
     pub etcd_bin: PathBuf,
+    /// Run etcd on plain HTTP without client certificates (by default it speaks only TLS and
+    /// asks every client for a certificate of the lab's own CA).
+    #[arg(long)]
+    pub plain_etcd: bool,
     /// A YAML file with the body of the cluster config's `bgp` section (asNumber, peers,
     /// ...): the cluster config is then twill's YAML form (required by --backend bgp).
     #[arg(long)]
@@ -96,6 +100,7 @@ impl UpArgs {
             .pod_mode(self.pod_mode)
             .pods_per_node(self.pods_per_node)
             .etcd_bin(&self.etcd_bin)
+            .etcd_tls(!self.plain_etcd)
     }
 
     /// [`UpArgs::spec`] with the contents of `--bgp` and `--bird-router`.
@@ -121,6 +126,7 @@ pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
             let lab = Lab::up(&args.spec_with_files()?.verbose(true), twill_exe)?;
             print!("{}", describe(&lab, &host_statuses(&lab), false));
             let n = &lab.state().name;
+            println!("{}", store_hint(&lab));
             println!(
                 "next: twill lab ping --name {n} | twill lab exec --name {n} h1-p1 -- ip addr | twill lab down --name {n}"
             );
@@ -184,6 +190,16 @@ fn host_statuses(lab: &Lab) -> Vec<Result<Value, String>> {
         .collect()
 }
 
+/// How to reach the lab's store from a host namespace: the flags, and the env file.
+fn store_hint(lab: &Lab) -> String {
+    let n = &lab.state().name;
+    format!(
+        "store: twill lab exec --name {n} h1 -- twill policy list {}\n   or: twill lab exec --name {n} h1 -- sh -c '. {}; twill policy list; etcdctl get --prefix /twill --keys-only'",
+        lab.store_args().join(" "),
+        lab.store_env_file().display()
+    )
+}
+
 /// The human form of `up`'s summary and of `status` (which adds agent liveness and peers).
 fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String {
     let st = lab.state();
@@ -203,6 +219,11 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             Some(pid) => out += &format!(" (etcd pid {pid} DEAD)"),
             None => out += " (etcd not started)",
         }
+        out += if e.pki.is_some() {
+            ", etcd over TLS with client certificates"
+        } else {
+            ", etcd on plain HTTP"
+        };
     }
     out.push('\n');
     for (h, status) in st.hosts.iter().zip(statuses) {
@@ -316,7 +337,14 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
         "underlay": st.underlay,
         "podMode": st.pod_mode,
         "store": st.store,
-        "etcd": st.etcd.as_ref().map(|e| json!({"pid": e.pid, "alive": lab.etcd_alive()})),
+        "etcd": st.etcd.as_ref().map(|e| json!({
+            "pid": e.pid,
+            "alive": lab.etcd_alive(),
+            "tls": e.pki.is_some(),
+            "pki": e.pki,
+        })),
+        "storeArgs": lab.store_args(),
+        "storeEnv": lab.store_env_file(),
         "hosts": hosts,
         "pods": st.pods,
     })

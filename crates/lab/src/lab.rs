@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use twill_store::pki::Pki;
 
 use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
 use crate::plan::{self, Backend, PodMode, Target, Underlay};
@@ -28,6 +29,10 @@ pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a daemon gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The directory of the etcd CA and certificates, in the state directory.
+const PKI_DIR: &str = "etcd-pki";
+/// The env file for `twill` and `etcdctl` in the state directory.
+pub const STORE_ENV_FILE: &str = "store.env";
 /// Lines of a log quoted in an error.
 const LOG_LINES: usize = 15;
 
@@ -42,6 +47,9 @@ pub struct LabSpec {
     pub pod_mode: PodMode,
     pub pods_per_node: u32,
     pub etcd_bin: PathBuf,
+    /// etcd speaks only TLS and asks every client for a certificate of the lab's CA (the
+    /// default); false runs it on plain HTTP, open to anyone who reaches it.
+    pub etcd_tls: bool,
     /// Progress lines on stderr (the CLI turns this on).
     pub verbose: bool,
     /// The `bgp` section (YAML body): the cluster config is then twill's YAML form with it.
@@ -63,6 +71,7 @@ impl LabSpec {
             pod_mode: PodMode::Bridge,
             pods_per_node: 2,
             etcd_bin: PathBuf::from("/usr/bin/etcd"),
+            etcd_tls: true,
             verbose: false,
             bgp: None,
             bird_router: None,
@@ -113,6 +122,12 @@ impl LabSpec {
 
     pub fn etcd_bin(mut self, path: impl Into<PathBuf>) -> LabSpec {
         self.etcd_bin = path.into();
+        self
+    }
+
+    /// TLS with client certificates on the lab's etcd (default true).
+    pub fn etcd_tls(mut self, on: bool) -> LabSpec {
+        self.etcd_tls = on;
         self
     }
 
@@ -232,9 +247,34 @@ impl Lab {
 
     /// The arguments that point a `twill` command at this lab's store (`--store URL`, plus the
     /// credentials the store asks for): every test or tool that runs the CLI against a lab
-    /// passes these rather than building `--store` itself.
+    /// passes these rather than building `--store` itself. With TLS (the default) these are
+    /// the CA and the CLI's client certificate (`--etcd-cafile --etcd-certfile
+    /// --etcd-keyfile`).
     pub fn store_args(&self) -> Vec<String> {
-        vec!["--store".to_string(), self.state.store.clone()]
+        plan::store_args(&self.state.store, self.pki_dir(), plan::CLI_CLIENT)
+    }
+
+    /// The directory of the lab etcd's CA and certificates (None: embedded store or plain
+    /// etcd).
+    pub fn pki_dir(&self) -> Option<&Path> {
+        self.state.etcd.as_ref().and_then(|e| e.pki.as_deref())
+    }
+
+    /// The env file (`. FILE`) that points `twill` and `etcdctl` at the store from a host
+    /// namespace: TWILL_STORE, TWILL_ETCD_*, ETCDCTL_*.
+    pub fn store_env_file(&self) -> PathBuf {
+        self.dir.join(STORE_ENV_FILE)
+    }
+
+    /// Runs `etcdctl ARGS` in the underlay namespace against the lab's etcd (over loopback,
+    /// with the CLI's certificate when etcd has TLS).
+    pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
+        self.etcd()?;
+        let mut cmd = sys::ns_command(&self.state.underlay_ns);
+        cmd.arg("etcdctl")
+            .args(plan::etcdctl_args(self.pki_dir()))
+            .args(args);
+        sys::run_with_timeout(&mut cmd, b"", CALL_TIMEOUT)
     }
 
     pub fn hosts(&self) -> &[Host] {
@@ -308,8 +348,9 @@ impl Lab {
         }
         let twill = self.twill()?.to_path_buf();
         let mut cmd = sys::ns_command(&host.netns);
+        let store = plan::store_args(&self.state.store, self.pki_dir(), &host.node);
         cmd.arg(&twill)
-            .args(plan::agent_args(&self.state.store, i, &host.data_dir));
+            .args(plan::agent_args(&store, i, &host.data_dir));
         let pid = sys::spawn_daemon(&mut cmd, &host.log, &format!("start agent {}", host.node))?;
         self.state.host_mut(i).expect("host exists").agent_pid = Some(pid);
         self.save()?;
@@ -333,8 +374,11 @@ impl Lab {
         }
         std::fs::create_dir_all(&etcd.data_dir)?;
         let mut cmd = sys::ns_command(&self.state.underlay_ns);
-        cmd.arg(&etcd.bin)
-            .args(plan::etcd_args(etcd.ip, &etcd.data_dir));
+        cmd.arg(&etcd.bin).args(plan::etcd_args(
+            etcd.ip,
+            &etcd.data_dir,
+            etcd.pki.as_deref(),
+        ));
         let pid = sys::spawn_daemon(&mut cmd, &etcd.log, "start etcd")?;
         self.state.etcd.as_mut().expect("etcd recorded").pid = Some(pid);
         self.save()?;
@@ -607,24 +651,55 @@ impl Lab {
 
     fn start_store(&mut self, spec: &LabSpec) -> Result<()> {
         if !spec.needs_etcd() {
+            self.write_store_env()?;
             self.say(&format!("store: {}", self.state.store));
             return Ok(());
         }
+        let ip = plan::store_ip(spec.underlay);
+        let pki = if spec.etcd_tls {
+            let dir = self.dir.join(PKI_DIR);
+            let mut clients: Vec<String> =
+                self.state.hosts.iter().map(|h| h.node.clone()).collect();
+            clients.push(plan::CLI_CLIENT.to_string());
+            let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
+            Pki::generate(&dir, &plan::etcd_server_names(ip), &clients)
+                .with_context(|| format!("make the etcd certificates in {}", dir.display()))?;
+            Some(dir)
+        } else {
+            None
+        };
         self.state.etcd = Some(Etcd {
             bin: spec.etcd_bin.clone(),
             pid: None,
             data_dir: self.dir.join("etcd"),
             log: self.dir.join("etcd.log"),
-            ip: plan::store_ip(spec.underlay),
+            ip,
+            pki,
         });
+        self.write_store_env()?;
         self.start_etcd()?;
-        self.say(&format!("store: etcd answers at {}", self.state.store));
+        self.say(&format!(
+            "store: etcd answers at {}{}",
+            self.state.store,
+            if spec.etcd_tls {
+                " (TLS, client certificates required)"
+            } else {
+                " (plain HTTP, no authentication)"
+            }
+        ));
         Ok(())
+    }
+
+    fn write_store_env(&self) -> Result<()> {
+        let etcd = self.state.etcd.as_ref();
+        let text = plan::store_env(&self.state.store, etcd.map(|e| e.ip), self.pki_dir());
+        let path = self.store_env_file();
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
     }
 
     fn wait_etcd(&self, pid: u32, timeout: Duration) -> Result<()> {
         let etcd = self.etcd()?;
-        let addr = SocketAddr::from((etcd.ip, plan::ETCD_PORT));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, plan::ETCD_METRICS_PORT));
         let deadline = Instant::now() + timeout;
         loop {
             let last = match sys::http_get_in_netns(&self.state.underlay_ns, addr, "/health") {
@@ -667,7 +742,9 @@ impl Lab {
         std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
         let mut cmd = sys::ns_command(&plan::host_ns(&self.state.name, 1));
         cmd.arg(self.twill()?)
-            .args(["cluster", "init", "--store", &self.state.store, "-f"])
+            .args(["cluster", "init"])
+            .args(self.store_args())
+            .arg("-f")
             .arg(&file)
             .env_remove("CNI_COMMAND");
         let out = sys::run_with_timeout(&mut cmd, b"", CALL_TIMEOUT)?;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use twill_store::pki::Pki;
 
 /// Where every lab keeps its state; `/run` so that a reboot (which also drops the namespaces)
 /// leaves no stale lab behind.
@@ -26,6 +27,12 @@ pub const NS_PREFIX: &str = "twl-";
 pub const IFACE: &str = "eth0";
 /// etcd's client port on the underlay.
 pub const ETCD_PORT: u16 = 2379;
+/// etcd's plain-HTTP `/health` (`--listen-metrics-urls`), on the underlay namespace's
+/// loopback only: the lab's readiness probe, whatever the client port asks for.
+pub const ETCD_METRICS_PORT: u16 = 2381;
+/// The client certificate the CLI (and tests, and tools) use on a lab's etcd; each agent has
+/// its own, named after its node.
+pub const CLI_CLIENT: &str = "cli";
 /// Bounds that keep every host address inside its /24 (10 + i <= 254) and every pod inside
 /// its node's /24.
 pub const MAX_NODES: u32 = 240;
@@ -363,41 +370,63 @@ pub fn cni_conf(data_dir: &Path, pod_mode: PodMode) -> Value {
     })
 }
 
-/// The agent's arguments (after the twill executable).
-pub fn agent_args(store_url: &str, i: u32, data_dir: &Path) -> Vec<String> {
-    vec![
-        "agent".into(),
-        "--store".into(),
-        store_url.into(),
+/// The arguments that point twill at the store: `--store URL` and, for an etcd with TLS, the
+/// CA and the client certificate of `client` from the PKI directory `pki`.
+pub fn store_args(store_url: &str, pki: Option<&Path>, client: &str) -> Vec<String> {
+    let mut args = vec!["--store".to_string(), store_url.to_string()];
+    if let Some(pki) = pki {
+        let pki = Pki::at(pki);
+        let path = |p: PathBuf| p.display().to_string();
+        args.extend([
+            "--etcd-cafile".into(),
+            path(pki.ca()),
+            "--etcd-certfile".into(),
+            path(pki.client_cert(client)),
+            "--etcd-keyfile".into(),
+            path(pki.client_key(client)),
+        ]);
+    }
+    args
+}
+
+/// The agent's arguments (after the twill executable); `store` from [`store_args`].
+pub fn agent_args(store: &[String], i: u32, data_dir: &Path) -> Vec<String> {
+    let mut args = vec!["agent".to_string()];
+    args.extend_from_slice(store);
+    args.extend([
         "--node-name".into(),
         node_name(i),
         "--iface".into(),
         IFACE.into(),
         "--data-dir".into(),
         data_dir.display().to_string(),
-    ]
+    ]);
+    args
 }
 
-/// etcd's arguments: clients on the underlay address (and loopback, so `lab exec underlay
-/// etcdctl ...` works with etcdctl's defaults), peers on loopback since there is one member,
-/// and transactions of up to 10000 operations (a `twill policy apply` of a large file is then
-/// one transaction, as it is on a production etcd configured for it).
-pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
-    let client = format!("http://{ip}:{ETCD_PORT}");
-    let peer = "http://127.0.0.1:2380";
-    vec![
+/// etcd's arguments: clients on the underlay address (and loopback, for `lab exec underlay
+/// etcdctl ...`), peers on loopback since there is one member, `/health` on loopback (plain
+/// HTTP, for the lab's readiness probe), and transactions of up to 10000 operations (a `twill
+/// policy apply` of a large file is then one transaction, as it is on a production etcd
+/// configured for it). With a PKI directory every client and peer URL is TLS and every client
+/// must show a certificate of the lab's CA (`--client-cert-auth`).
+pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path, pki: Option<&Path>) -> Vec<String> {
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let client = format!("{scheme}://{ip}:{ETCD_PORT}");
+    let peer = format!("{scheme}://127.0.0.1:2380");
+    let mut args: Vec<String> = vec![
         "--name".into(),
         "lab".into(),
         "--data-dir".into(),
         data_dir.display().to_string(),
         "--listen-client-urls".into(),
-        format!("{client},http://127.0.0.1:{ETCD_PORT}"),
+        format!("{client},{scheme}://127.0.0.1:{ETCD_PORT}"),
         "--advertise-client-urls".into(),
         client,
         "--listen-peer-urls".into(),
-        peer.into(),
+        peer.clone(),
         "--initial-advertise-peer-urls".into(),
-        peer.into(),
+        peer.clone(),
         "--initial-cluster".into(),
         format!("lab={peer}"),
         "--initial-cluster-state".into(),
@@ -408,7 +437,78 @@ pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
         "stderr".into(),
         "--max-txn-ops".into(),
         "10000".into(),
-    ]
+        "--listen-metrics-urls".into(),
+        format!("http://127.0.0.1:{ETCD_METRICS_PORT}"),
+    ];
+    if let Some(pki) = pki {
+        let pki = Pki::at(pki);
+        let path = |p: PathBuf| p.display().to_string();
+        args.extend([
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            path(pki.ca()),
+            "--cert-file".into(),
+            path(pki.server_cert()),
+            "--key-file".into(),
+            path(pki.server_key()),
+            "--peer-client-cert-auth".into(),
+            "--peer-trusted-ca-file".into(),
+            path(pki.ca()),
+            "--peer-cert-file".into(),
+            path(pki.server_cert()),
+            "--peer-key-file".into(),
+            path(pki.server_key()),
+        ]);
+    }
+    args
+}
+
+/// The names etcd's certificate is valid for: its underlay address and loopback.
+pub fn etcd_server_names(ip: Ipv4Addr) -> Vec<String> {
+    vec![ip.to_string(), "127.0.0.1".into(), "localhost".into()]
+}
+
+/// etcdctl's flags for the lab's etcd from the underlay namespace (over loopback), with the
+/// CLI's client certificate when etcd has TLS.
+pub fn etcdctl_args(pki: Option<&Path>) -> Vec<String> {
+    let mut args = vec!["--endpoints".to_string()];
+    match pki {
+        Some(pki) => {
+            let pki = Pki::at(pki);
+            args.extend([
+                format!("https://127.0.0.1:{ETCD_PORT}"),
+                format!("--cacert={}", pki.ca().display()),
+                format!("--cert={}", pki.client_cert(CLI_CLIENT).display()),
+                format!("--key={}", pki.client_key(CLI_CLIENT).display()),
+            ]);
+        }
+        None => args.push(format!("http://127.0.0.1:{ETCD_PORT}")),
+    }
+    args
+}
+
+/// The lines of the lab's env file: `twill` (TWILL_STORE, TWILL_ETCD_*) and `etcdctl`
+/// (ETCDCTL_*) reach the lab's store from a host namespace after `. FILE`.
+pub fn store_env(store_url: &str, etcd_ip: Option<Ipv4Addr>, pki: Option<&Path>) -> String {
+    let mut out = format!("export TWILL_STORE={store_url}\n");
+    if let Some(ip) = etcd_ip {
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        out += &format!("export ETCDCTL_ENDPOINTS={scheme}://{ip}:{ETCD_PORT}\n");
+    }
+    if let Some(pki) = pki {
+        let pki = Pki::at(pki);
+        let (ca, cert, key) = (
+            pki.ca().display().to_string(),
+            pki.client_cert(CLI_CLIENT).display().to_string(),
+            pki.client_key(CLI_CLIENT).display().to_string(),
+        );
+        out += &format!(
+            "export TWILL_ETCD_CAFILE={ca}\nexport TWILL_ETCD_CERTFILE={cert}\n\
+             export TWILL_ETCD_KEYFILE={key}\nexport ETCDCTL_CACERT={ca}\n\
+             export ETCDCTL_CERT={cert}\nexport ETCDCTL_KEY={key}\n"
+        );
+    }
+    out
 }
 
 /// Whether a pod on host `from` should reach a pod on host `to`. The one exception is host-gw
@@ -567,13 +667,44 @@ mod tests {
         assert_eq!(c["dataDir"], "/run/twill/lab/x/h1");
         assert_eq!(c["type"], "twill");
         assert!(c.get("ranges").is_none());
+        let store = store_args("etcd://192.168.100.1:2379", None, "h2");
         assert_eq!(
-            agent_args("etcd://192.168.100.1:2379", 2, Path::new("/d")).join(" "),
+            agent_args(&store, 2, Path::new("/d")).join(" "),
             "agent --store etcd://192.168.100.1:2379 --node-name h2 --iface eth0 --data-dir /d"
         );
-        let e = etcd_args(Ipv4Addr::new(192, 168, 1, 1), Path::new("/e")).join(" ");
+        let store = store_args("etcd://192.168.100.1:2379", Some(Path::new("/p")), "h2");
+        assert_eq!(
+            agent_args(&store, 2, Path::new("/d")).join(" "),
+            "agent --store etcd://192.168.100.1:2379 --etcd-cafile /p/ca.pem \
+             --etcd-certfile /p/client-h2.pem --etcd-keyfile /p/client-h2-key.pem \
+             --node-name h2 --iface eth0 --data-dir /d"
+        );
+        let e = etcd_args(Ipv4Addr::new(192, 168, 1, 1), Path::new("/e"), None).join(" ");
         assert!(e.contains("--listen-client-urls http://192.168.1.1:2379,http://127.0.0.1:2379"));
         assert!(e.contains("--data-dir /e"));
+        assert!(!e.contains("cert"));
+        let e = etcd_args(
+            Ipv4Addr::new(192, 168, 1, 1),
+            Path::new("/e"),
+            Some(Path::new("/p")),
+        )
+        .join(" ");
+        assert!(e.contains("--listen-client-urls https://192.168.1.1:2379,https://127.0.0.1:2379"));
+        assert!(e.contains("--advertise-client-urls https://192.168.1.1:2379"));
+        assert!(e.contains("--listen-peer-urls https://127.0.0.1:2380"));
+        assert!(e.contains("--client-cert-auth --trusted-ca-file /p/ca.pem"));
+        assert!(e.contains("--cert-file /p/server.pem --key-file /p/server-key.pem"));
+        assert!(e.contains("--peer-client-cert-auth"));
+        assert!(e.contains("--listen-metrics-urls http://127.0.0.1:2381"));
+        assert!(!e.contains("http://192.168.1.1"));
+        let env = store_env(
+            "etcd://192.168.1.1:2379",
+            Some(Ipv4Addr::new(192, 168, 1, 1)),
+            Some(Path::new("/p")),
+        );
+        assert!(env.contains("export ETCDCTL_ENDPOINTS=https://192.168.1.1:2379\n"));
+        assert!(env.contains("export TWILL_ETCD_CERTFILE=/p/client-cli.pem\n"));
+        assert!(env.contains("export ETCDCTL_KEY=/p/client-cli-key.pem\n"));
     }
 
     #[test]

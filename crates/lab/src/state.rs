@@ -68,6 +68,11 @@ pub struct Etcd {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub ip: Ipv4Addr,
+    /// The directory of the CA and certificates when etcd speaks TLS and asks every client
+    /// for a certificate (the default); None for a plain etcd (`--plain-etcd`, or labs made
+    /// before TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<PathBuf>,
 }
 
 /// One host: a namespace with `eth0` on the underlay, an agent and its data directory.
@@ -188,6 +193,7 @@ mod tests {
                 data_dir: "/run/twill/lab/t/etcd".into(),
                 log: "/run/twill/lab/t/etcd.log".into(),
                 ip: Ipv4Addr::new(192, 168, 1, 1),
+                pki: None,
             }),
             hosts: vec![Host {
                 index: 1,

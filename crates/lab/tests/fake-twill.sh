@@ -3,8 +3,10 @@
 # CNI ADD in the host namespace, convergence, ping matrix, faults, down) is tested before the
 # real agent exists. It speaks the same interfaces as the real one, minimally:
 #   - CNI ADD (CNI_COMMAND set): a bridge cni0 with the node's .1, one veth per pod.
-#   - cluster init --store URL -f FILE: checks the file and that etcd answers from this host.
-#   - agent --store URL --node-name hN --iface eth0 --data-dir D: subnet 10.244.N.0/24,
+#   - cluster init --store URL [--etcd-cafile CA --etcd-certfile C --etcd-keyfile K] -f FILE:
+#     checks the file and that etcd answers from this host (over TLS with the client
+#     certificate when given, with etcdctl).
+#   - agent --store URL [--etcd-* ...] --node-name hN --iface eth0 --data-dir D: subnet 10.244.N.0/24,
 #     writes D/node.json, then host-gw: a route to every peer on its own underlay subnet,
 #     "skipped" for the others; writes D/status.json in the agent's `status --json` format.
 #   - status --data-dir D --json: prints D/status.json.
@@ -13,9 +15,15 @@ set -u
 
 die() { echo "fake twill: $*" >&2; exit 1; }
 
-# `etcd://IP:PORT` answers /health from this namespace (bash's /dev/tcp, no curl needed).
+# `etcd://IP:PORT` answers /health from this namespace (bash's /dev/tcp, no curl needed); with
+# CA, CERT and KEY over TLS with that client certificate (etcdctl).
 etcd_ok() {
   local hp=${1#etcd://} resp
+  if [ -n "${2:-}" ]; then
+    timeout 10 etcdctl --endpoints "https://$hp" --cacert "$2" --cert "$3" --key "$4" \
+      --dial-timeout 3s endpoint health >/dev/null 2>&1
+    return
+  fi
   exec 3<>"/dev/tcp/${hp%:*}/${hp#*:}" || return 1
   printf 'GET /health HTTP/1.0\r\n\r\n' >&3
   resp=$(timeout 2 cat <&3)
@@ -48,10 +56,13 @@ cni_add() {
 }
 
 agent() {
-  local store="" node="" dir="" me i peers sep p pnode pip psub path prog
+  local store="" node="" dir="" ca="" cert="" key="" me i peers sep p pnode pip psub path prog
   while [ $# -gt 0 ]; do
     case $1 in
       --store) store=$2; shift 2 ;;
+      --etcd-cafile) ca=$2; shift 2 ;;
+      --etcd-certfile) cert=$2; shift 2 ;;
+      --etcd-keyfile) key=$2; shift 2 ;;
       --node-name) node=$2; shift 2 ;;
       --data-dir) dir=$2; shift 2 ;;
       *) shift ;;
@@ -59,7 +70,7 @@ agent() {
   done
   [ -n "$node" ] && [ -d "$dir" ] || die "agent: bad arguments"
   case $(basename "$0") in *fail-agent*) [ "$node" = h2 ] && die "agent $node: injected failure" ;; esac
-  case $store in etcd://*) etcd_ok "$store" || die "agent: etcd at $store does not answer" ;; esac
+  case $store in etcd://*) etcd_ok "$store" "$ca" "$cert" "$key" || die "agent: etcd at $store does not answer" ;; esac
   trap 'echo "fake agent $node: stopping"; exit 0' TERM INT
   me=$(ip -4 -o addr show dev eth0 | awk '{print $4}'); me=${me%/*}
   i=${node#h}
@@ -95,12 +106,25 @@ if [ -n "${CNI_COMMAND:-}" ]; then
 fi
 case ${1:-} in
   cluster)
-    [ "${2:-}" = init ] && [ "${3:-}" = --store ] && [ "${5:-}" = -f ] || die "usage: cluster init --store URL -f FILE"
-    grep -q '"Network": "10.244.0.0/16"' "$6" || die "bad net-conf $6"
-    case $4 in
-      etcd://*) etcd_ok "$4" || die "etcd at $4 does not answer" ;;
+    [ "${2:-}" = init ] || die "usage: cluster init --store URL [--etcd-...] -f FILE"
+    shift 2
+    store="" file="" ca="" cert="" key=""
+    while [ $# -gt 0 ]; do
+      case $1 in
+        --store) store=$2; shift 2 ;;
+        --etcd-cafile) ca=$2; shift 2 ;;
+        --etcd-certfile) cert=$2; shift 2 ;;
+        --etcd-keyfile) key=$2; shift 2 ;;
+        -f) file=$2; shift 2 ;;
+        *) die "cluster init: unknown argument $1" ;;
+      esac
+    done
+    [ -n "$store" ] && [ -n "$file" ] || die "usage: cluster init --store URL [--etcd-...] -f FILE"
+    grep -q '"Network": "10.244.0.0/16"' "$file" || die "bad net-conf $file"
+    case $store in
+      etcd://*) etcd_ok "$store" "$ca" "$cert" "$key" || die "etcd at $store does not answer" ;;
       embedded:*) ;;
-      *) die "bad store $4" ;;
+      *) die "bad store $store" ;;
     esac
     echo "fake cluster init: ok" ;;
   agent) shift; agent "$@" ;;

@@ -14,7 +14,9 @@ use tokio::sync::oneshot;
 
 use crate::mirror::{self, Hook};
 use crate::testing::EtcdServer;
-use crate::{Event, KeyValue, LeaseId, MirrorEvent, Store, StoreError, WatchItem, WatchStream};
+use crate::{
+    EtcdAuth, Event, KeyValue, LeaseId, MirrorEvent, Store, StoreError, WatchItem, WatchStream,
+};
 
 /// One backend under test, alive as long as the test.
 enum Harness {
@@ -31,6 +33,11 @@ impl Harness {
         Harness::Etcd(EtcdServer::start())
     }
 
+    /// etcd over TLS with `--client-cert-auth`, reached with the client certificate.
+    fn etcd_tls() -> Harness {
+        Harness::Etcd(EtcdServer::start_tls())
+    }
+
     fn url(&self) -> String {
         match self {
             Harness::Embedded(dir) => {
@@ -40,8 +47,18 @@ impl Harness {
         }
     }
 
+    fn auth(&self) -> EtcdAuth {
+        match self {
+            Harness::Etcd(etcd) => etcd.auth(),
+            Harness::Embedded(_) => EtcdAuth::default(),
+        }
+    }
+
     async fn store(&self) -> Store {
-        Store::connect_or_create(&self.url()).await.unwrap()
+        match self {
+            Harness::Etcd(etcd) => etcd.connect().await.unwrap(),
+            Harness::Embedded(_) => Store::connect_or_create(&self.url()).await.unwrap(),
+        }
     }
 }
 
@@ -106,6 +123,15 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     let h = super::Harness::etcd();
+                    super::$name(&h).await;
+                }
+            )*
+        }
+        mod etcd_tls {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let h = super::Harness::etcd_tls();
                     super::$name(&h).await;
                 }
             )*
@@ -509,17 +535,17 @@ async fn increment(s: &Store, key: &str) {
 }
 
 async fn two_handles_on_two_threads_lose_no_update(h: &Harness) {
-    let url = h.url();
+    let (url, auth) = (h.url(), h.auth());
     let threads: Vec<_> = (0..2)
         .map(|t| {
-            let url = url.clone();
+            let (url, auth) = (url.clone(), auth.clone());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let s = Store::connect_or_create(&url).await.unwrap();
+                    let s = Store::connect_or_create_with(&url, &auth).await.unwrap();
                     for i in 0..25 {
                         increment(&s, "/two/counter").await;
                         s.put(&format!("/two/{t}/{i}"), b"", None).await.unwrap();
@@ -942,6 +968,237 @@ mod etcd_only {
         assert_eq!(s.get("/r/k").await.unwrap().unwrap().value, b"3");
         // The data survived the restart.
         assert_eq!(s.get("/r/k").await.unwrap().unwrap().create_revision, r);
+    }
+}
+
+/// etcd only: TLS with client certificates, and etcd's users.
+mod etcd_auth {
+    use super::*;
+    use crate::pki::Pki;
+
+    /// Every way in without the right credentials fails, quickly and saying why; the right
+    /// ones work.
+    #[tokio::test]
+    async fn tls_etcd_refuses_clients_without_a_certificate_of_its_ca() {
+        let etcd = EtcdServer::start_tls();
+        let url = etcd.url();
+        let good = etcd.auth();
+        let s = etcd.connect().await.unwrap();
+        s.put("/sec/k", b"v", None).await.unwrap();
+        assert!(s.describe().starts_with("etcds://"), "{}", s.describe());
+
+        let started = Instant::now();
+        // Plain HTTP to a TLS port.
+        let err = Store::connect(&url).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "plain: {err}");
+        assert!(err.to_string().contains("--etcd-cafile"), "plain: {err}");
+        // TLS, checking etcd, without a client certificate.
+        let ca_only = EtcdAuth {
+            ca_file: good.ca_file.clone(),
+            ..EtcdAuth::default()
+        };
+        let err = Store::connect_with(&url, &ca_only).await.unwrap_err();
+        assert!(err.is_retryable(), "no client certificate: {err}");
+        assert!(
+            err.to_string().contains("--etcd-certfile"),
+            "no client certificate: {err}"
+        );
+        let err = Store::connect_with(
+            &format!("etcds://127.0.0.1:{}", etcd.client_port()),
+            &ca_only,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.is_retryable(),
+            "etcds:// without a client certificate: {err}"
+        );
+        // A client certificate of another CA.
+        let dir = tempfile::tempdir().unwrap();
+        let rogue = Pki::generate(dir.path(), &["127.0.0.1".into()], &["rogue"]).unwrap();
+        let other_ca = EtcdAuth {
+            ca_file: good.ca_file.clone(),
+            ..rogue.client_auth("rogue")
+        };
+        let err = Store::connect_with(&url, &other_ca).await.unwrap_err();
+        assert!(err.is_retryable(), "rogue client certificate: {err}");
+        assert!(
+            err.to_string().contains("--etcd-certfile"),
+            "rogue client certificate: {err}"
+        );
+        // The right client certificate, but trusting another CA: etcd is not believed.
+        let wrong_ca = EtcdAuth {
+            ca_file: Some(rogue.ca()),
+            ..good.clone()
+        };
+        let err = Store::connect_with(&url, &wrong_ca).await.unwrap_err();
+        assert!(
+            err.to_string().contains("etcd at 127.0.0.1:"),
+            "wrong CA: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        // Nothing of that reached the data.
+        assert_eq!(s.get("/sec/k").await.unwrap().unwrap().value, b"v");
+    }
+
+    #[tokio::test]
+    async fn unusable_tls_settings_are_clear_errors() {
+        let etcd = EtcdServer::start_tls();
+        let url = etcd.url();
+        let good = etcd.auth();
+        let cases = [
+            (
+                EtcdAuth {
+                    ca_file: None,
+                    ..good.clone()
+                },
+                "--etcd-cafile",
+            ),
+            (
+                EtcdAuth {
+                    key_file: None,
+                    ..good.clone()
+                },
+                "--etcd-keyfile",
+            ),
+            (
+                EtcdAuth {
+                    cert_file: None,
+                    ..good.clone()
+                },
+                "--etcd-certfile",
+            ),
+            (
+                EtcdAuth {
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..good.clone()
+                },
+                "/nonexistent/ca.pem",
+            ),
+            (
+                EtcdAuth {
+                    ca_file: good.key_file.clone(),
+                    ..good.clone()
+                },
+                "holds no PEM certificate",
+            ),
+            (
+                EtcdAuth {
+                    password: Some("x".into()),
+                    ..EtcdAuth::default()
+                },
+                "--etcd-username",
+            ),
+        ];
+        for (auth, says) in cases {
+            let err = Store::connect_with(&url, &auth).await.unwrap_err();
+            assert!(matches!(err, StoreError::BadUrl(_)), "{auth:?}: {err}");
+            assert!(err.to_string().contains(says), "{auth:?}: {err}");
+        }
+        let err = Store::connect_with(
+            &format!("etcds://127.0.0.1:{}", etcd.client_port()),
+            &EtcdAuth::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("--etcd-cafile"), "{err}");
+        // An embedded store takes no etcd credentials.
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = format!("embedded:{}", dir.path().join("s.redb").display());
+        let err = Store::connect_with(&embedded, &good).await.unwrap_err();
+        assert!(err.to_string().contains("TWILL_ETCD_"), "{err}");
+    }
+
+    /// etcd's own users (`etcdctl auth enable` with a root user): the right password works,
+    /// a wrong one or none is refused with a clear, non-retryable error that never shows it.
+    #[tokio::test]
+    async fn user_and_password_authentication() {
+        for tls in [false, true] {
+            let etcd = if tls {
+                EtcdServer::start_tls()
+            } else {
+                EtcdServer::start()
+            };
+            let url = etcd.url();
+            let password = "s3cret-pa55";
+            {
+                let mut options = etcd_client::ConnectOptions::new();
+                let mut endpoint = format!("http://127.0.0.1:{}", etcd.client_port());
+                if let Some(pki) = etcd.pki() {
+                    endpoint = format!("https://127.0.0.1:{}", etcd.client_port());
+                    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+                    options = options.with_tls(
+                        etcd_client::TlsOptions::new()
+                            .ca_certificate(etcd_client::Certificate::from_pem(read(pki.ca())))
+                            .identity(etcd_client::Identity::from_pem(
+                                read(pki.client_cert(crate::testing::CLIENT)),
+                                read(pki.client_key(crate::testing::CLIENT)),
+                            )),
+                    );
+                }
+                let mut c = etcd_client::Client::connect([endpoint], Some(options))
+                    .await
+                    .unwrap();
+                c.user_add("root", password, None).await.unwrap();
+                c.user_grant_role("root", "root").await.unwrap();
+                c.user_add("reader", "reader-pw", None).await.unwrap();
+                c.auth_enable().await.unwrap();
+            }
+            let with = |user: Option<&str>, pw: Option<&str>| EtcdAuth {
+                username: user.map(String::from),
+                password: pw.map(String::from),
+                ..etcd.auth()
+            };
+
+            let s = Store::connect_with(&url, &with(Some("root"), Some(password)))
+                .await
+                .unwrap();
+            let r = s.put("/auth/k", b"v", None).await.unwrap();
+            assert_eq!(s.get("/auth/k").await.unwrap().unwrap().mod_revision, r);
+            let mut w = s.watch("/auth/", r).await.unwrap();
+            assert!(matches!(
+                next_item(&mut w).await,
+                Some(WatchItem::Events { .. })
+            ));
+            let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+            s.keep_alive(lease).await.unwrap();
+
+            let err = Store::connect_with(&url, &with(Some("root"), Some("wrong")))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Denied(_)), "tls {tls}: {err}");
+            assert!(!err.is_retryable());
+            let text = err.to_string();
+            assert!(text.contains("user \"root\""), "{text}");
+            assert!(text.contains("authentication failed"), "{text}");
+            assert!(
+                !text.contains("wrong") && !text.contains(password),
+                "{text}"
+            );
+            assert!(!format!("{:?}", with(Some("root"), Some(password))).contains(password));
+
+            // Known user without permission on twill's keys.
+            let reader = Store::connect_with(&url, &with(Some("reader"), Some("reader-pw"))).await;
+            match reader {
+                Err(e) => assert!(matches!(e, StoreError::Denied(_)), "{e}"),
+                Ok(r) => {
+                    let e = r.delete("/auth/k").await.unwrap_err();
+                    assert!(matches!(e, StoreError::Denied(_)), "{e}");
+                    assert!(e.to_string().contains("permission denied"), "{e}");
+                }
+            }
+            // No user at all.
+            if !tls {
+                let err = Store::connect(&url).await.unwrap_err();
+                assert!(matches!(err, StoreError::Denied(_)), "{err}");
+                assert!(err.to_string().contains("--etcd-username"), "{err}");
+            }
+            assert_eq!(s.get("/auth/k").await.unwrap().unwrap().value, b"v");
+        }
     }
 }
 

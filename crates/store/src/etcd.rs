@@ -4,14 +4,21 @@
 //! fails for want of a connection drops the client; the next call builds a fresh one, which is
 //! how the store comes back after etcd restarts without relying on the channel's own
 //! reconnection.
+//!
+//! [`EtcdAuth`] says how twill proves who it is and checks who etcd is: TLS with the CA that
+//! signed etcd's certificate and, for etcd's `--client-cert-auth`, a client certificate
+//! (flannel's `--etcd-cafile --etcd-certfile --etcd-keyfile`); and/or etcd's own users
+//! (`--etcd-username`, the password never printed). The files are read once, at connect, so a
+//! missing or malformed one is an error of the command that names it.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse,
 };
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -25,6 +32,91 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keys fetched per request when listing, so a large prefix stays under gRPC's message limit.
 const PAGE: i64 = 1000;
 
+/// How twill authenticates to etcd. Empty (the default) is plain HTTP without a user.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The CA that signed etcd's server certificate: etcd is spoken to over TLS.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's `--client-cert-auth`, with its key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// A user of etcd's own authentication (`etcdctl auth enable`).
+    pub username: Option<String>,
+    /// Its password. Never printed (`Debug` hides it).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+impl EtcdAuth {
+    /// True when a TLS file is given: etcd is then spoken to over TLS.
+    pub fn wants_tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// True when nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == EtcdAuth::default()
+    }
+
+    /// The TLS settings of a client, reading the files; `None` when `tls` is false.
+    fn tls_options(&self, tls: bool) -> Result<Option<TlsOptions>> {
+        if !tls {
+            return Ok(None);
+        }
+        let bad = |why: String| StoreError::BadUrl(format!("etcd TLS: {why}"));
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| bad(format!("reading the {what} {}: {e}", path.display())))
+        };
+        let Some(ca) = &self.ca_file else {
+            return Err(bad(
+                "no CA to check etcd's certificate with: give --etcd-cafile".into(),
+            ));
+        };
+        let ca_pem = read("CA file", ca)?;
+        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(bad(format!("{} holds no PEM certificate", ca.display())));
+        }
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = read("client certificate", cert)?;
+                let key_pem = read("client key", key)?;
+                if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(bad(format!("{} holds no PEM certificate", cert.display())));
+                }
+                if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+                    return Err(bad(format!("{} holds no PEM private key", key.display())));
+                }
+                tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(bad(
+                    "a client certificate needs its key: give --etcd-keyfile too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "a client key needs its certificate: give --etcd-certfile too".into(),
+                ));
+            }
+        }
+        Ok(Some(tls))
+    }
+}
+
 /// A store in an etcd cluster. Clones share one client.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -34,6 +126,10 @@ pub struct EtcdStore {
 struct Inner {
     /// `HOST:PORT` as given, for messages.
     endpoints: Vec<String>,
+    /// TLS settings (files already read) when etcd is spoken to over TLS.
+    tls: Option<TlsOptions>,
+    /// etcd's own authentication: user and password.
+    user: Option<(String, String)>,
     client: Mutex<Option<Client>>,
 }
 
@@ -41,17 +137,42 @@ impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStore")
             .field("endpoints", &self.inner.endpoints)
+            .field("tls", &self.inner.tls.is_some())
+            .field("user", &self.inner.user.as_ref().map(|(u, _)| u))
             .finish_non_exhaustive()
     }
 }
 
 impl EtcdStore {
-    /// Connects to the etcd cluster at `endpoints` (`HOST:PORT` each) and checks that it
-    /// answers.
+    /// Connects to the etcd cluster at `endpoints` (`HOST:PORT` each) over plain HTTP without
+    /// a user and checks that it answers.
     pub async fn connect(endpoints: Vec<String>) -> Result<EtcdStore> {
+        Self::connect_with(endpoints, &EtcdAuth::default(), false).await
+    }
+
+    /// Connects to the etcd cluster at `endpoints` with `auth`, over TLS when `tls` is true or
+    /// `auth` names a TLS file, and checks that it answers (and accepts the credentials).
+    pub async fn connect_with(
+        endpoints: Vec<String>,
+        auth: &EtcdAuth,
+        tls: bool,
+    ) -> Result<EtcdStore> {
+        let tls = auth.tls_options(tls || auth.wants_tls())?;
+        let user = match (&auth.username, &auth.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (Some(u), None) => Some((u.clone(), String::new())),
+            (None, Some(_)) => {
+                return Err(StoreError::BadUrl(
+                    "an etcd password without a user: give --etcd-username too".into(),
+                ));
+            }
+            (None, None) => None,
+        };
         let store = EtcdStore {
             inner: Arc::new(Inner {
                 endpoints,
+                tls,
+                user,
                 client: Mutex::new(None),
             }),
         };
@@ -64,7 +185,12 @@ impl EtcdStore {
     }
 
     pub fn describe(&self) -> String {
-        format!("etcd://{}", self.inner.endpoints.join(","))
+        let scheme = if self.inner.tls.is_some() {
+            "etcds"
+        } else {
+            "etcd"
+        };
+        format!("{scheme}://{}", self.inner.endpoints.join(","))
     }
 
     fn at(&self) -> String {
@@ -79,9 +205,12 @@ impl EtcdStore {
             .inner
             .endpoints
             .iter()
-            .map(|e| format!("http://{e}"))
+            .map(|e| match self.inner.tls {
+                Some(_) => format!("https://{e}"),
+                None => format!("http://{e}"),
+            })
             .collect();
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             // HTTP/2 pings find a dead peer (a cut network sends no FIN) so a watch breaks
             // instead of waiting forever. etcd answers pings more often than every 5 s, or any
@@ -89,6 +218,15 @@ impl EtcdStore {
             // 10 s and only while a stream (a watch) is open.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(false);
+        if let Some(tls) = &self.inner.tls {
+            options = options.with_tls(tls.clone());
+        }
+        if let Some((user, password)) = &self.inner.user {
+            // etcd's tokens expire (5 min for simple tokens): get a new one when one has.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
         let client =
             match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(urls, Some(options))).await
             {
@@ -132,6 +270,46 @@ impl EtcdStore {
         Err(res)
     }
 
+    /// A hint for a connection that broke in a way a TLS mismatch breaks it: a plain client on
+    /// a TLS port, or a certificate etcd or we refused. Empty for other failures (etcd down).
+    fn tls_hint(&self, e: &str) -> &'static str {
+        let lower = e.to_ascii_lowercase();
+        let down = [
+            "connection refused",
+            "timed out",
+            "deadline",
+            "no route",
+            "unreachable",
+        ];
+        if down.iter().any(|d| lower.contains(d)) {
+            return "";
+        }
+        let tls_refused = ["certificate", "alert", "unknownissuer", "handshake", "tls"];
+        match self.inner.tls {
+            Some(_) if tls_refused.iter().any(|t| lower.contains(t)) => {
+                " (TLS refused: etcd must trust the CA of --etcd-certfile, and --etcd-cafile \
+                 must be the CA of etcd's certificate)"
+            }
+            Some(_) if lower.contains("connection closed") || lower.contains("broken pipe") => {
+                " (etcd closed the TLS connection: is --etcd-certfile signed by a CA it \
+                 trusts?)"
+            }
+            None if [
+                "broken pipe",
+                "connection closed",
+                "connection reset",
+                "frame",
+            ]
+            .iter()
+            .any(|t| lower.contains(t)) =>
+            {
+                " (an etcd that speaks TLS needs --etcd-cafile, and --etcd-certfile with \
+                 --etcd-keyfile if it asks for client certificates)"
+            }
+            _ => "",
+        }
+    }
+
     fn map_err(&self, what: &str, err: etcd_client::Error) -> StoreError {
         use etcd_client::Error as E;
         let e = error_text(&err);
@@ -140,6 +318,23 @@ impl EtcdStore {
                 StoreError::LeaseNotFound
             }
             E::LeaseKeepAliveError(m) if m.contains("lease not found") => StoreError::LeaseNotFound,
+            E::GRpcStatus(s)
+                if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
+                    || [
+                        "authentication failed",
+                        "user name is empty",
+                        "permission denied",
+                        "invalid auth token",
+                    ]
+                    .iter()
+                    .any(|m| s.message().contains(m)) =>
+            {
+                let who = match &self.inner.user {
+                    Some((user, _)) => format!("user {user:?}"),
+                    None => "a client without a user (give --etcd-username)".to_string(),
+                };
+                StoreError::Denied(format!("{} refused {who} ({what}): {e}", self.at()))
+            }
             E::GRpcStatus(s)
                 if matches!(
                     s.code(),
@@ -150,10 +345,18 @@ impl EtcdStore {
                         | Code::Aborted
                 ) =>
             {
-                StoreError::Unavailable(format!("{} unreachable ({what}): {e}", self.at()))
+                StoreError::Unavailable(format!(
+                    "{} unreachable ({what}): {e}{}",
+                    self.at(),
+                    self.tls_hint(&e)
+                ))
             }
             E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
-                StoreError::Unavailable(format!("{} unreachable ({what}): {e}", self.at()))
+                StoreError::Unavailable(format!(
+                    "{} unreachable ({what}): {e}{}",
+                    self.at(),
+                    self.tls_hint(&e)
+                ))
             }
             E::InvalidArgs(_) | E::InvalidUri(_) => {
                 StoreError::BadUrl(format!("{} ({what}): {e}", self.at()))

@@ -16,6 +16,7 @@ mod codec;
 pub mod embedded;
 pub mod etcd;
 pub mod mirror;
+pub mod pki;
 pub mod testing;
 
 #[cfg(test)]
@@ -28,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdAuth, EtcdStore};
 pub use mirror::{MirrorEvent, mirror};
 
 /// Where `Store::connect("embedded")` keeps its file.
@@ -107,12 +108,15 @@ pub enum StoreError {
     /// The lease expired or was revoked.
     #[error("store lease not found (expired or revoked)")]
     LeaseNotFound,
-    /// The store URL is malformed.
+    /// The store URL is malformed, or its credentials (TLS files, user) are unusable.
     #[error("{0}")]
     BadUrl(String),
     /// The embedded store file does not exist (only `twill cluster init` creates one).
     #[error("{0}")]
     Missing(String),
+    /// The store refused who we are: a wrong password, an unknown user, no permission.
+    #[error("{0}")]
+    Denied(String),
     /// The store holds data it cannot decode.
     #[error("{0}")]
     Corrupt(String),
@@ -177,18 +181,23 @@ pub enum Store {
 /// What a store URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
-    Etcd(Vec<String>),
+    /// The endpoints, and whether the URL asked for TLS (`etcds://`).
+    Etcd(Vec<String>, bool),
     Embedded(std::path::PathBuf),
 }
 
 fn parse_url(url: &str) -> Result<Target> {
     let bad = |why: &str| {
         StoreError::BadUrl(format!(
-            "store URL {url:?}: {why} (expected etcd://HOST:PORT[,HOST:PORT...], embedded or \
-             embedded:PATH)"
+            "store URL {url:?}: {why} (expected etcd://HOST:PORT[,HOST:PORT...] (etcds:// for \
+             TLS), embedded or embedded:PATH)"
         ))
     };
-    if let Some(rest) = url.strip_prefix("etcd://") {
+    let etcd = url
+        .strip_prefix("etcd://")
+        .map(|rest| (rest, false))
+        .or_else(|| url.strip_prefix("etcds://").map(|rest| (rest, true)));
+    if let Some((rest, tls)) = etcd {
         let endpoints: Vec<String> = rest.split(',').map(|e| e.trim().to_string()).collect();
         for endpoint in &endpoints {
             let Some((host, port)) = endpoint.rsplit_once(':') else {
@@ -201,7 +210,7 @@ fn parse_url(url: &str) -> Result<Target> {
                 return Err(bad(&format!("endpoint {endpoint:?} has a bad port")));
             }
         }
-        Ok(Target::Etcd(endpoints))
+        Ok(Target::Etcd(endpoints, tls))
     } else if url == "embedded" {
         Ok(Target::Embedded(DEFAULT_EMBEDDED_PATH.into()))
     } else if let Some(path) = url.strip_prefix("embedded:") {
@@ -232,18 +241,37 @@ impl Store {
     /// or empty file is an error, and nothing is created. Only what starts a cluster creates
     /// one, with [`Store::connect_or_create`].
     pub async fn connect(url: &str) -> Result<Store> {
-        Self::connect_as(url, false).await
+        Store::connect_with(url, &EtcdAuth::default()).await
     }
 
     /// As [`Store::connect`], but an embedded store file that does not exist yet is created
     /// (with its parent directories): for `twill cluster init` and tests.
     pub async fn connect_or_create(url: &str) -> Result<Store> {
-        Self::connect_as(url, true).await
+        Self::connect_as(url, &EtcdAuth::default(), true).await
     }
 
-    async fn connect_as(url: &str, create: bool) -> Result<Store> {
+    /// [`Store::connect`] with credentials for etcd. etcd is spoken to over TLS when the URL
+    /// is `etcds://` or `auth` names a TLS file (TLS needs the CA file); a user in `auth` logs
+    /// in to etcd's own authentication. Credentials given for an embedded store are an error
+    /// (they would protect nothing).
+    pub async fn connect_with(url: &str, auth: &EtcdAuth) -> Result<Store> {
+        Self::connect_as(url, auth, false).await
+    }
+
+    /// [`Store::connect_with`], creating a missing embedded store file (`twill cluster init`).
+    pub async fn connect_or_create_with(url: &str, auth: &EtcdAuth) -> Result<Store> {
+        Self::connect_as(url, auth, true).await
+    }
+
+    async fn connect_as(url: &str, auth: &EtcdAuth, create: bool) -> Result<Store> {
         match parse_url(url)? {
-            Target::Etcd(endpoints) => Ok(Store::Etcd(EtcdStore::connect(endpoints).await?)),
+            Target::Etcd(endpoints, tls) => Ok(Store::Etcd(
+                EtcdStore::connect_with(endpoints, auth, tls).await?,
+            )),
+            Target::Embedded(_) if !auth.is_empty() => Err(StoreError::BadUrl(format!(
+                "store {url:?} is an embedded file: the etcd TLS and user options do not apply \
+                 to it (unset TWILL_ETCD_* or drop the --etcd-* flags)"
+            ))),
             Target::Embedded(path) if create => {
                 Ok(Store::Embedded(EmbeddedStore::open(path).await?))
             }
@@ -404,11 +432,15 @@ mod tests {
     fn urls_parse() {
         assert_eq!(
             parse_url("etcd://10.0.0.1:2379,etcd-b:2379").unwrap(),
-            Target::Etcd(vec!["10.0.0.1:2379".into(), "etcd-b:2379".into()])
+            Target::Etcd(vec!["10.0.0.1:2379".into(), "etcd-b:2379".into()], false)
         );
         assert_eq!(
             parse_url("etcd://[::1]:2379").unwrap(),
-            Target::Etcd(vec!["[::1]:2379".into()])
+            Target::Etcd(vec!["[::1]:2379".into()], false)
+        );
+        assert_eq!(
+            parse_url("etcds://10.0.0.1:2379").unwrap(),
+            Target::Etcd(vec!["10.0.0.1:2379".into()], true)
         );
         assert_eq!(
             parse_url("embedded").unwrap(),
@@ -427,6 +459,7 @@ mod tests {
             "etcd://host:99999",
             "etcd://a:1,,b:2",
             "embedded:",
+            "etcds://",
             "http://127.0.0.1:2379",
         ] {
             let err = parse_url(bad).unwrap_err();

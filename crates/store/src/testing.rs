@@ -1,5 +1,6 @@
 //! Test support: a throwaway single-member etcd server on free loopback ports, for this
-//! crate's tests and other crates' (`twill_store::testing::EtcdServer::start()`).
+//! crate's tests and other crates' (`twill_store::testing::EtcdServer::start()`, or
+//! `start_tls()` for one that speaks only TLS and asks every client for a certificate).
 //!
 //! The server is started through a small `sh` wrapper that holds the read end of a pipe from
 //! the test process: when the test process ends in any way (even SIGKILL, where no `Drop`
@@ -10,6 +11,9 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::EtcdAuth;
+use crate::pki::Pki;
 
 /// Environment variable naming the etcd binary, for machines where it is not at
 /// [`DEFAULT_ETCD_BIN`].
@@ -41,8 +45,16 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP on loopback for `/health` (etcd's `--listen-metrics-urls`), whatever the
+    /// client port speaks.
+    metrics_port: u16,
+    /// With TLS: the CA, etcd's certificate and the client certificate of [`CLIENT`].
+    pki: Option<Pki>,
     running: Option<Running>,
 }
+
+/// The client certificate's name (common name) in a TLS server's PKI.
+pub const CLIENT: &str = "client";
 
 struct Running {
     wrapper: Child,
@@ -75,21 +87,43 @@ impl EtcdServer {
     /// serves. Blocks the calling thread (about a second). Panics, saying why, when etcd is
     /// not installed or does not come up.
     pub fn start() -> EtcdServer {
+        Self::start_with(false)
+    }
+
+    /// [`EtcdServer::start`] with TLS on the client port and `--client-cert-auth`: a CA made
+    /// for this server signs its certificate and one client certificate ([`EtcdServer::auth`]).
+    pub fn start_tls() -> EtcdServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> EtcdServer {
         let bin = etcd_binary(std::env::var_os(ETCD_BIN_ENV)).unwrap_or_else(|e| panic!("{e}"));
         let mut last_error = String::new();
         // Another process may grab a port between our probe and etcd's bind: try new ones.
         for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("twill-etcd-")
+                .tempdir()
+                .expect("creating a temporary directory");
+            let pki = tls.then(|| {
+                Pki::generate(
+                    dir.path().join("pki"),
+                    &["127.0.0.1".into(), "localhost".into()],
+                    &[CLIENT],
+                )
+                .expect("making the test etcd's certificates")
+            });
             let mut server = EtcdServer {
                 bin: bin.clone(),
-                dir: tempfile::Builder::new()
-                    .prefix("twill-etcd-")
-                    .tempdir()
-                    .expect("creating a temporary directory"),
+                dir,
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
+                pki,
                 running: None,
             };
-            if server.client_port == server.peer_port {
+            let ports = [server.client_port, server.peer_port, server.metrics_port];
+            if ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
                 continue;
             }
             match server.launch() {
@@ -101,9 +135,28 @@ impl EtcdServer {
         panic!("{last_error}");
     }
 
-    /// The store URL of this server, `etcd://127.0.0.1:PORT`.
+    /// The store URL of this server, `etcd://127.0.0.1:PORT` (TLS or not: see
+    /// [`EtcdServer::auth`]).
     pub fn url(&self) -> String {
         format!("etcd://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The credentials a client needs: the CA and client certificate with TLS, nothing
+    /// without.
+    pub fn auth(&self) -> EtcdAuth {
+        self.pki
+            .as_ref()
+            .map_or_else(EtcdAuth::default, |p| p.client_auth(CLIENT))
+    }
+
+    /// The certificates of a TLS server.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
+    }
+
+    /// Opens a store on this server with [`EtcdServer::auth`].
+    pub async fn connect(&self) -> crate::Result<crate::Store> {
+        crate::Store::connect_with(&self.url(), &self.auth()).await
     }
 
     pub fn client_port(&self) -> u16 {
@@ -141,9 +194,19 @@ impl EtcdServer {
             .open(self.log_path())
             .map_err(|e| format!("opening the etcd log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("etcd log: {e}"))?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data = self.data_dir();
+        let tls_args: Vec<String> = match &self.pki {
+            Some(pki) => vec![
+                "--client-cert-auth".into(),
+                format!("--trusted-ca-file={}", pki.ca().display()),
+                format!("--cert-file={}", pki.server_cert().display()),
+                format!("--key-file={}", pki.server_key().display()),
+            ],
+            None => Vec::new(),
+        };
         let mut wrapper = Command::new("/bin/sh")
             .arg("-c")
             .arg(WRAPPER)
@@ -156,6 +219,11 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=default={peer}"))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
+            .args(&tls_args)
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)
@@ -165,7 +233,7 @@ impl EtcdServer {
         let mut running = Running { wrapper, stop };
         let deadline = Instant::now() + READY_WAIT;
         loop {
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 self.running = Some(running);
                 return Ok(());
             }
@@ -213,7 +281,7 @@ impl Drop for EtcdServer {
     }
 }
 
-/// True when etcd's `/health` says it has a leader and serves.
+/// True when etcd's `/health` (on its plain metrics port) says it has a leader and serves.
 fn healthy(port: u16) -> bool {
     let probe = || -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(
@@ -249,12 +317,12 @@ mod tests {
     #[test]
     fn start_stop_restart() {
         let mut etcd = EtcdServer::start();
-        assert!(healthy(etcd.client_port()));
+        assert!(healthy(etcd.metrics_port));
         etcd.stop();
-        assert!(!healthy(etcd.client_port()));
+        assert!(!healthy(etcd.metrics_port));
         etcd.restart();
-        assert!(healthy(etcd.client_port()));
-        let port = etcd.client_port();
+        assert!(healthy(etcd.metrics_port));
+        let port = etcd.metrics_port;
         let dir = etcd.dir.path().to_path_buf();
         drop(etcd);
         assert!(!healthy(port));

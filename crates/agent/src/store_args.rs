@@ -1,0 +1,183 @@
+//! `--store` and the credentials etcd asks for, declared once for every command that talks to
+//! the store (`#[command(flatten)]`): flannel's `--etcd-cafile --etcd-certfile --etcd-keyfile`
+//! and etcd's own users (`--etcd-username`, the password from `--etcd-password-file` or the
+//! environment, never from the command line where `ps` shows it, and never printed).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use twill_store::{EtcdAuth, Store};
+
+/// The environment variable holding etcd's password (when no password file is given).
+pub const PASSWORD_ENV: &str = "TWILL_ETCD_PASSWORD";
+
+/// How to reach etcd securely. Empty: plain HTTP, no user.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdArgs {
+    /// The CA that signed etcd's certificate: etcd is spoken to over TLS (https).
+    #[arg(long = "etcd-cafile", env = "TWILL_ETCD_CAFILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for an etcd started with --client-cert-auth.
+    #[arg(
+        long = "etcd-certfile",
+        env = "TWILL_ETCD_CERTFILE",
+        value_name = "PATH",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "etcd-keyfile",
+        env = "TWILL_ETCD_KEYFILE",
+        value_name = "PATH",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// A user of etcd's authentication (`etcdctl auth enable`).
+    #[arg(
+        long = "etcd-username",
+        env = "TWILL_ETCD_USERNAME",
+        value_name = "USER"
+    )]
+    pub username: Option<String>,
+    /// A file holding the user's password (its first line); without it the password comes
+    /// from the environment variable TWILL_ETCD_PASSWORD.
+    #[arg(
+        long = "etcd-password-file",
+        env = "TWILL_ETCD_PASSWORD_FILE",
+        value_name = "PATH",
+        requires = "username"
+    )]
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The credentials, with the password read from its file or the environment.
+    pub fn auth(&self) -> anyhow::Result<EtcdAuth> {
+        self.auth_from(std::env::var(PASSWORD_ENV).ok())
+    }
+
+    fn auth_from(&self, password_env: Option<String>) -> anyhow::Result<EtcdAuth> {
+        let password = match &self.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading the etcd password file {}", path.display())
+                })?;
+                let line = text.lines().next().unwrap_or("");
+                anyhow::ensure!(
+                    !line.is_empty(),
+                    "the etcd password file {} is empty",
+                    path.display()
+                );
+                Some(line.to_string())
+            }
+            None => password_env.filter(|p| !p.is_empty()),
+        };
+        anyhow::ensure!(
+            password.is_none() || self.username.is_some(),
+            "{PASSWORD_ENV} is set but no user: give --etcd-username (or TWILL_ETCD_USERNAME)"
+        );
+        Ok(EtcdAuth {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            username: self.username.clone(),
+            password,
+        })
+    }
+
+    /// Opens the store at `url` with these credentials.
+    pub async fn connect(&self, url: &str) -> anyhow::Result<Store> {
+        Ok(Store::connect_with(url, &self.auth()?).await?)
+    }
+}
+
+/// `--store URL` with the etcd credentials.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct StoreArgs {
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (TLS when --etcd-cafile is given, or with
+    /// `etcds://`), `embedded` or `embedded:PATH`.
+    #[arg(long = "store", env = "TWILL_STORE", value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+impl StoreArgs {
+    /// A store URL without credentials.
+    pub fn new(url: impl Into<String>) -> StoreArgs {
+        StoreArgs {
+            url: url.into(),
+            etcd: EtcdArgs::default(),
+        }
+    }
+
+    /// Opens the store.
+    pub async fn connect(&self) -> anyhow::Result<Store> {
+        self.etcd.connect(&self.url).await
+    }
+}
+
+impl std::fmt::Display for StoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_the_password_stays_out_of_sight() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\nignored\n").unwrap();
+        let cmd = Cmd::try_parse_from([
+            "t",
+            "--store",
+            "etcd://10.0.0.1:2379",
+            "--etcd-cafile",
+            "/ca.pem",
+            "--etcd-certfile",
+            "/c.pem",
+            "--etcd-keyfile",
+            "/k.pem",
+            "--etcd-username",
+            "root",
+            "--etcd-password-file",
+            pw.to_str().unwrap(),
+        ])
+        .unwrap();
+        let auth = cmd.store.etcd.auth_from(Some("from-env".into())).unwrap();
+        assert_eq!(auth.password.as_deref(), Some("hunter2"));
+        assert_eq!(auth.username.as_deref(), Some("root"));
+        assert_eq!(auth.ca_file, Some("/ca.pem".into()));
+        assert!(!format!("{auth:?}").contains("hunter2"));
+        assert_eq!(cmd.store.to_string(), "etcd://10.0.0.1:2379");
+
+        let env_only = EtcdArgs {
+            username: Some("root".into()),
+            ..EtcdArgs::default()
+        };
+        let auth = env_only.auth_from(Some("from-env".into())).unwrap();
+        assert_eq!(auth.password.as_deref(), Some("from-env"));
+        let err = EtcdArgs::default()
+            .auth_from(Some("from-env".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("--etcd-username"), "{err}");
+        assert!(!err.to_string().contains("from-env"), "{err}");
+
+        // A certificate without its key is refused by clap.
+        assert!(
+            Cmd::try_parse_from(["t", "--store", "embedded", "--etcd-certfile", "/c"]).is_err()
+        );
+    }
+}
