@@ -532,3 +532,17 @@ fn init_logging() {
         .with_ansi(false)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are well formed (unique names and ids, valid `requires`):
+    /// clap checks a subcommand only when it is used, so a clash between a flattened group and
+    /// a subcommand's own flag would otherwise show only at run time.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -71,14 +71,10 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// etcdctl against the lab's etcd, run in the underlay namespace: the one place to adapt when
-/// the lab's etcd asks for TLS client certificates.
+/// etcdctl against the lab's etcd (run in the underlay namespace, with the lab's TLS client
+/// certificate).
 fn etcdctl(lab: &Lab, args: &[&str]) -> std::process::Output {
-    let etcd = lab.state().etcd.as_ref().expect("the lab runs etcd");
-    let endpoint = format!("--endpoints=http://{}:2379", etcd.ip);
-    let mut cmd = vec!["env", "ETCDCTL_API=3", "etcdctl", endpoint.as_str()];
-    cmd.extend_from_slice(args);
-    lab.exec("underlay", &cmd).unwrap()
+    lab.etcdctl(args).unwrap()
 }
 
 /// The store's values under `prefix`, by key.

@@ -203,6 +203,8 @@ const HIJACK: &str = r#"
 import socket, struct, sys, time
 peer, asn, rid = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = socket.socket()
+if len(sys.argv) > 4:
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, int(sys.argv[4]))
 s.settimeout(5)
 try:
     s.connect((peer, 179))
@@ -240,16 +242,22 @@ print("closed", flush=True)
 "#;
 
 fn hijack(lab: &Lab, pod: &str, peer: &str, asn: u32, rid: &str) -> String {
-    let out = lab
-        .exec(pod, &["python3", "-c", HIJACK, peer, &asn.to_string(), rid])
-        .unwrap();
+    hijack_with(lab, pod, &[peer, &asn.to_string(), rid])
+}
+
+/// The attack script run in `target` with `args` (peer, AS, router id and, optionally, the TTL
+/// its packets leave with).
+fn hijack_with(lab: &Lab, pod: &str, args: &[&str]) -> String {
+    let mut cmd = vec!["python3", "-c", HIJACK];
+    cmd.extend_from_slice(args);
+    let out = lab.exec(pod, &cmd).unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the attack script failed: {text}");
-    eprintln!("hijack of {peer} from {pod}: {}", text.replace('\n', " "));
+    eprintln!("hijack {args:?} from {pod}: {}", text.replace('\n', " "));
     text
 }
 
@@ -529,9 +537,11 @@ fn keyed_mesh_and_cli_peer_and_the_pod_hijack_of_a_node_fails() {
     assert_never_printed(&lab, &[mesh_pw, bird_pw]);
 }
 
-/// TTL security alone (no password) between two nodes on one L2 segment: the same hijack from
-/// h1's pod reaches h2's listener (TCP completes), but its SYN arrived with TTL 63 (forwarded
-/// once by h1), so h2 drops the connection before its speaker uses it.
+/// TTL security alone (no password) between two nodes on one L2 segment. The pod's own hijack
+/// never reaches h2's port (host protection drops pods' traffic to control-plane ports before
+/// NAT), so what TTL security must stop is shown the way the pod's packets would arrive without
+/// that protection: from h1's own address, but having crossed one hop (TTL 254, as h1 forwards
+/// a pod's packet). TCP completes, but h2 drops the connection before its speaker uses it.
 #[test]
 #[ignore = "needs root"]
 fn ttl_security_alone_stops_the_pod_hijack_of_a_node() {
@@ -554,6 +564,15 @@ fn ttl_security_alone_stops_the_pod_hijack_of_a_node() {
     assert!(
         !out.contains("received 1"),
         "h2 answered the pod's OPEN: {out}"
+    );
+    let out = hijack_with(
+        &lab,
+        "h1",
+        &["192.168.100.12", "64512", "192.168.100.11", "254"],
+    );
+    assert!(
+        !out.contains("received 1"),
+        "h2 answered an OPEN that came with TTL 254: {out}"
     );
     let log = &lab.hosts()[1].log;
     wait_until("h2 says why it dropped the connection", T60, || {

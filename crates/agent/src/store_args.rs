@@ -15,26 +15,34 @@ pub const PASSWORD_ENV: &str = "TWILL_ETCD_PASSWORD";
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct EtcdArgs {
     /// The CA that signed etcd's certificate: etcd is spoken to over TLS (https).
-    #[arg(long = "etcd-cafile", env = "TWILL_ETCD_CAFILE", value_name = "PATH")]
+    #[arg(
+        id = "etcd_ca_file",
+        long = "etcd-cafile",
+        env = "TWILL_ETCD_CAFILE",
+        value_name = "PATH"
+    )]
     pub ca_file: Option<PathBuf>,
     /// A client certificate (PEM) for an etcd started with --client-cert-auth.
     #[arg(
+        id = "etcd_cert_file",
         long = "etcd-certfile",
         env = "TWILL_ETCD_CERTFILE",
         value_name = "PATH",
-        requires = "key_file"
+        requires = "etcd_key_file"
     )]
     pub cert_file: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     #[arg(
+        id = "etcd_key_file",
         long = "etcd-keyfile",
         env = "TWILL_ETCD_KEYFILE",
         value_name = "PATH",
-        requires = "cert_file"
+        requires = "etcd_cert_file"
     )]
     pub key_file: Option<PathBuf>,
     /// A user of etcd's authentication (`etcdctl auth enable`).
     #[arg(
+        id = "etcd_username",
         long = "etcd-username",
         env = "TWILL_ETCD_USERNAME",
         value_name = "USER"
@@ -43,10 +51,11 @@ pub struct EtcdArgs {
     /// A file holding the user's password (its first line); without it the password comes
     /// from the environment variable TWILL_ETCD_PASSWORD.
     #[arg(
+        id = "etcd_password_file",
         long = "etcd-password-file",
         env = "TWILL_ETCD_PASSWORD_FILE",
         value_name = "PATH",
-        requires = "username"
+        requires = "etcd_username"
     )]
     pub password_file: Option<PathBuf>,
 }
