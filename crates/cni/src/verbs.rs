@@ -140,6 +140,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             // Leave nothing behind: the veth (if made), the anti-spoofing entries, the addresses.
             let _ = plumbing::detach(&mut host, &host_name);
             let _ = firewall::forget_source(fw_mode(conf.mode), &host_name, &ips);
+            let _ = firewall::forget_mac(fw_mode(conf.mode), &host_name);
             let _ = store
                 .lock()
                 .and_then(|mut l| l.release(&env.container_id, &env.ifname));
@@ -209,6 +210,9 @@ fn add_with_addresses(
             addresses: &addresses,
         },
     )?;
+    // Bridge mode: the port carries this MAC and no other (routed mode: no-op).
+    firewall::allow_mac(fw_mode(conf.mode), host_name, attached.container_mac)
+        .map_err(firewall_error)?;
 
     let mut result = match &conf.prev_result {
         Some(prev) => CniResult::from_json(prev).map_err(|m| CniError::new(code::DECODE, m))?,
@@ -281,7 +285,8 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         Ok(())
     } else {
         firewall::forget_source(fw_mode(conf.mode), &host_name, &held)
-    };
+    }
+    .and_then(|()| firewall::forget_mac(fw_mode(conf.mode), &host_name));
     let mut host = Handle::new().map_err(kernel)?;
     plumbing::detach(&mut host, &host_name)?;
     // Only now is the address free: it must not be handed out while the old link exists.
@@ -436,6 +441,13 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             )));
         }
     }
+    if let Some(m) = link.mac
+        && !firewall::mac_allowed(fw_mode(conf.mode), &host_name, m).map_err(firewall_error)?
+    {
+        return Err(failed(format!(
+            "anti-spoofing filter does not bind {host_name} to MAC {mac}"
+        )));
+    }
     if conf.ip_masq && !firewall::masquerade_present(&conf.name).map_err(firewall_error)? {
         return Err(failed(format!(
             "masquerade chain for network {} is missing",
@@ -584,6 +596,8 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
         Err(e) => note(Err(firewall_error(e))),
     }
+    // MAC bindings of ports whose veth is gone (whatever network they were in).
+    note(firewall::forget_stale_macs(mode).map_err(firewall_error));
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
