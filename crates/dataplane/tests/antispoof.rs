@@ -864,3 +864,165 @@ fn bridge_mode_l2_attacks_fail_with_protection() {
         }
     );
 }
+
+fn macs_of(h: &Netns) -> Vec<(String, [u8; 6])> {
+    h.run(|| list_macs(Mode::Bridge)).unwrap()
+}
+
+/// Link-local entries of `bridge twill allowed6`, as nft shows them.
+fn link_locals(h: &Netns) -> BTreeSet<(String, String)> {
+    nft_elements(h, "bridge", "allowed6")
+        .into_iter()
+        .filter(|(_, a)| a.starts_with("fe80:"))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn mac_bindings_forget_exactly_their_port_and_are_rebuilt_from_the_kernel() {
+    require_root();
+    let (h, cs) = bridged(&["tw1", "tw2", "tw3"]);
+    let dir = tempfile::tempdir().unwrap();
+    base(&h, dir.path());
+    let mut want = Vec::new();
+    for (i, (c, port)) in cs.iter().zip(["tw1", "tw2", "tw3"]).enumerate() {
+        let v4 = format!("10.99.0.{}", i + 2);
+        c.sh(&format!("ip addr add {v4}/24 dev eth0"));
+        h.run(|| allow_source(Mode::Bridge, port, &ips(&[&v4])))
+            .unwrap();
+        bind_mac(&h, port, c);
+        want.push((port.to_string(), pod_mac(c)));
+    }
+    assert_eq!(macs_of(&h), want);
+    // Our keys as nft decodes them: MAC, link-local, and the raw ND sets.
+    let j = h.nft_json("list set bridge twill allowedmac");
+    let text = j.to_string();
+    for (_, m) in &want {
+        assert!(text.contains(&mac_str(m)), "{text}");
+    }
+    let lls: BTreeSet<(String, String)> = want
+        .iter()
+        .map(|(p, m)| (p.clone(), link_local(m).to_string()))
+        .collect();
+    assert_eq!(link_locals(&h), lls);
+    let nd = h.sh("nft list set bridge twill ndlladdr");
+    let hex: String = want[1].1.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        nd.contains(&format!("0x{}", hex.trim_start_matches('0'))),
+        "{nd}"
+    );
+    assert!(cs[0].ping(None, "10.99.0.3", true));
+
+    // DEL of tw2: its binding (MAC, ND lladdr, link-local) goes, no other.
+    h.run(|| forget_mac(Mode::Bridge, "tw2")).unwrap();
+    h.run(|| forget_mac(Mode::Bridge, "tw2")).unwrap(); // idempotent
+    assert_eq!(macs_of(&h), vec![want[0].clone(), want[2].clone()]);
+    let mut lls2 = lls.clone();
+    lls2.retain(|(p, _)| p != "tw2");
+    assert_eq!(link_locals(&h), lls2);
+    assert!(
+        !h.sh("nft list set bridge twill ndlladdr")
+            .contains(&hex[1..])
+    );
+    assert!(
+        !cs[1].ping(None, "10.99.0.2", false),
+        "an unbound port is dropped"
+    );
+    assert!(cs[0].ping(None, "10.99.0.4", true), "others are unaffected");
+
+    // GC: bindings of interfaces that are gone, and only those.
+    h.run(|| allow_mac(Mode::Bridge, "tw2", want[1].1)).unwrap();
+    h.sh("ip link del tw3");
+    h.run(|| forget_stale_macs(Mode::Bridge)).unwrap();
+    assert_eq!(macs_of(&h), vec![want[0].clone(), want[1].clone()]);
+
+    // A flushed ruleset: the bindings come back from the kernel (each
+    // bridged tw* veth's peer MAC), the addresses from the caller.
+    h.sh("nft flush ruleset");
+    assert!(h.run(|| ensure_antispoof_base(dir.path())).unwrap());
+    assert_eq!(macs_of(&h), vec![want[0].clone(), want[1].clone()]);
+    h.run(|| {
+        allow_source(Mode::Bridge, "tw1", &ips(&["10.99.0.2"]))?;
+        allow_source(Mode::Bridge, "tw2", &ips(&["10.99.0.3"]))
+    })
+    .unwrap();
+    assert!(cs[0].ping(None, "10.99.0.3", true), "traffic flows again");
+}
+
+/// The anti-spoofing ruleset of twill before MAC binding, as it wrote it.
+const OLD_RULESET: &str = r#"add table bridge twill
+add set bridge twill allowed4 { type ifname . ipv4_addr; }
+add set bridge twill allowed6 { type ifname . ipv6_addr; }
+add chain bridge twill antispoof { type filter hook prerouting priority -300; policy accept; }
+flush chain bridge twill antispoof
+add rule bridge twill antispoof iifname != "tw*" accept
+add rule bridge twill antispoof ether type ip iifname . ip saddr != @allowed4 drop
+add rule bridge twill antispoof ether type arp arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @allowed4 drop
+add rule bridge twill antispoof ether type ip6 ip6 saddr != { ::, fe80::/10 } iifname . ip6 saddr != @allowed6 drop
+add table inet twill
+add set inet twill allowed4 { type ifname . ipv4_addr; }
+add set inet twill allowed6 { type ifname . ipv6_addr; }
+add chain inet twill antispoof { type filter hook prerouting priority raw; policy accept; }
+flush chain inet twill antispoof
+add rule inet twill antispoof iifname != "tw*" accept
+add rule inet twill antispoof meta iifkind != "veth" accept
+add rule inet twill antispoof meta nfproto ipv4 iifname . ip saddr != @allowed4 drop
+add rule inet twill antispoof meta nfproto ipv6 ip6 saddr != { ::, fe80::/10 } iifname . ip6 saddr != @allowed6 drop
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn upgrade_from_a_ruleset_without_mac_binding_keeps_pods_talking() {
+    require_root();
+    let (h, cs) = bridged(&["tw1", "tw2", "tw3"]);
+    h.sh("ip addr add fd99::1/64 dev br0 nodad");
+    let dir = tempfile::tempdir().unwrap();
+    // The old plugin's state: its ruleset, its stamp, its elements.
+    let f = dir.path().join("old.nft");
+    std::fs::write(&f, OLD_RULESET).unwrap();
+    h.sh(&format!("nft -f {}", f.display()));
+    std::fs::write(dir.path().join("antispoof"), OLD_RULESET).unwrap();
+    for (i, (c, port)) in cs.iter().zip(["tw1", "tw2", "tw3"]).enumerate() {
+        let (v4, v6) = (format!("10.99.0.{}", i + 2), format!("fd99::{}", i + 2));
+        c.sh(&format!("ip addr add {v4}/24 dev eth0"));
+        c.sh(&format!("ip addr add {v6}/64 dev eth0 nodad"));
+        h.sh(&format!(
+            "nft add element bridge twill allowed4 {{ \"{port}\" . {v4} }}"
+        ));
+        h.sh(&format!(
+            "nft add element bridge twill allowed6 {{ \"{port}\" . {v6} }}"
+        ));
+    }
+    // Pod 3 copied pod 2's MAC before the upgrade: neither gets bound.
+    let m2 = pod_mac(&cs[1]);
+    cs[2].sh(&format!("ip link set eth0 address {}", mac_str(&m2)));
+    assert!(cs[0].ping(None, "fd99::2", true));
+
+    // The upgraded plugin's first ADD.
+    assert!(
+        !h.run(|| ensure_antispoof_base(dir.path())).unwrap(),
+        "the address sets survived"
+    );
+    assert_eq!(rule_count(&h, "bridge"), 4);
+    assert_eq!(rule_count(&h, "inet"), 6);
+    assert_eq!(macs_of(&h), vec![("tw1".to_string(), pod_mac(&cs[0]))]);
+    // The ND target set got the old IPv6 addresses: NDP resolution works.
+    let t = h.sh("nft list set bridge twill ndtarget6");
+    assert!(t.contains("0xfd990000000000000000000000000002"), "{t}");
+    h.sh("ip neigh flush dev br0");
+    cs[0].sh("ip neigh flush dev eth0");
+    assert!(
+        cs[0].ping(None, "fd99::1", true),
+        "pod 1 over IPv6 after the upgrade"
+    );
+    assert!(
+        cs[0].ping(None, "10.99.0.1", true),
+        "pod 1 over IPv4 after the upgrade"
+    );
+    assert!(
+        !cs[2].ping(None, "10.99.0.1", false),
+        "the MAC copier is cut off"
+    );
+    // Stamp rewritten: the next ADD takes the fast path.
+    assert!(!h.run(|| ensure_antispoof_base(dir.path())).unwrap());
+}
