@@ -1026,3 +1026,65 @@ fn upgrade_from_a_ruleset_without_mac_binding_keeps_pods_talking() {
     // Stamp rewritten: the next ADD takes the fast path.
     assert!(!h.run(|| ensure_antispoof_base(dir.path())).unwrap());
 }
+
+/// Routed mode: a pod's router advertisement must not make the host route
+/// via the pod (a host with accept_ra=2, as SLAAC-configured routers have),
+/// and its DHCP replies must not reach the host.
+#[test]
+#[ignore = "needs root"]
+fn routed_mode_router_advertisements_and_dhcp_replies_from_pods_are_dropped() {
+    require_root();
+    let h = Netns::new("rra");
+    let c = Netns::new("rrc");
+    h.sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
+    h.sh("sysctl -qw net.ipv6.conf.default.accept_ra=2");
+    veth(&h, "tw1", &c);
+    h.sh("sysctl -qw net.ipv6.conf.tw1.accept_ra=2");
+    h.sh("ip addr add fd99:1::1/64 dev tw1 nodad");
+    c.sh("ip addr add fd99:1::2/64 dev eth0 nodad");
+    c.sh("ip addr add 10.99.1.2/32 dev eth0");
+    h.sh("ip addr add 10.99.1.1/32 dev tw1");
+    h.sh("ip route add 10.99.1.2/32 dev tw1");
+    c.sh("ip route add 10.99.1.1/32 dev eth0");
+    let mac = mac_str(&pod_mac(&c));
+    let ll = link_local(&pod_mac(&c)).to_string();
+    assert!(eventually(20, || !c
+        .sh("ip -6 addr show dev eth0 scope link")
+        .contains("tentative")
+        && c.sh("ip -6 addr show dev eth0").contains(&ll)));
+    let attack = || {
+        scapy(
+            &c,
+            &format!(
+                "sendp(Ether(src='{mac}', dst='33:33:00:00:00:01')/IPv6(src='{ll}', dst='ff02::1', hlim=255)/\
+                 ICMPv6ND_RA(routerlifetime=1800)/ICMPv6NDOptSrcLLAddr(lladdr='{mac}'), iface='eth0', count=3)\n\
+                 for sp in [67, 6767]:\n\
+                 \x20   send(IP(src='10.99.1.2', dst='10.99.1.1')/UDP(sport=sp, dport=68)/BOOTP(op=2), iface='eth0')"
+            ),
+        );
+        // The pod's own traffic after it: once answered, the host has seen the attack.
+        assert!(c.ping(None, "10.99.1.1", true));
+        assert!(c.ping(None, "fd99:1::1", true));
+    };
+    let ra_route = || !h.sh("ip -6 route show proto ra").trim().is_empty();
+
+    // Control: without twill's rules the host takes the pod as its router
+    // and hears its DHCP reply.
+    let l = udp_listener(&h, false, 68, 6767);
+    attack();
+    assert!(
+        eventually(10, ra_route),
+        "control: the host must take the RA"
+    );
+    assert_eq!(listener_heard(l), vec![67, 6767], "control");
+    h.sh("ip -6 route flush proto ra");
+
+    let dir = tempfile::tempdir().unwrap();
+    base(&h, dir.path());
+    h.run(|| allow_source(Mode::Routed, "tw1", &ips(&["10.99.1.2", "fd99:1::2"])))
+        .unwrap();
+    let l = udp_listener(&h, false, 68, 6767);
+    attack();
+    assert!(!ra_route(), "the RA was dropped");
+    assert_eq!(listener_heard(l), vec![6767], "only the marker");
+}
