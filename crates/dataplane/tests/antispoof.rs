@@ -625,6 +625,29 @@ fn fdb_port(h: &Netns, mac: &[u8; 6]) -> String {
         .to_string()
 }
 
+/// Sends `frames` from `attacker` until `worked` says the attack shows (for
+/// at most `secs`; once when `secs` is 0). Re-sending makes the control
+/// runs immune to a victim that refreshes its own entry meanwhile.
+fn attack(
+    secs: u64,
+    attacker: &Pod,
+    other: &Pod,
+    frames: &str,
+    mut worked: impl FnMut() -> bool,
+) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        scapy(&attacker.ns, frames);
+        settle(attacker, other);
+        if worked() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+    }
+}
+
 /// Something legitimate that travels the attacker's path after its attack
 /// frames: once it is answered, the attack frames have been processed.
 fn settle(attacker: &Pod, other: &Pod) {
@@ -711,8 +734,10 @@ fn l2_attacks(protect: bool) -> Achieved {
     let mut got = Achieved::default();
 
     // Gratuitous ARP claiming pod 2's IPv4 address.
-    scapy(
-        &p3.ns,
+    got.garp_repoints_host = attack(
+        poll,
+        p3,
+        p1,
         &format!(
             "sendp(Ether(src='{am}', dst='ff:ff:ff:ff:ff:ff')/ARP(op=2, hwsrc='{am}', psrc='{v}', \
              hwdst='ff:ff:ff:ff:ff:ff', pdst='{v}'), iface='eth0', count=3)\n\
@@ -720,15 +745,16 @@ fn l2_attacks(protect: bool) -> Achieved {
              hwdst='00:00:00:00:00:00', pdst='{v}'), iface='eth0', count=3)",
             v = p2.v4
         ),
+        || host_lladdr(&h, &p2.v4) == am,
     );
-    settle(p3, p1);
-    got.garp_repoints_host = eventually(poll, || host_lladdr(&h, &p2.v4) == am);
 
     // Unsolicited, overriding neighbour advertisements for pod 2's addresses,
     // from pod 3's own global and link-local source.
     for (target, field) in [(&p2.v6, 0), (&p2.ll, 1)] {
-        scapy(
-            &p3.ns,
+        let hit = attack(
+            poll,
+            p3,
+            p1,
             &format!(
                 "for src in ['{own}', '{ll}']:\n\
                  \x20   sendp(Ether(src='{am}', dst='33:33:00:00:00:01')/IPv6(src=src, dst='ff02::1', hlim=255)/\
@@ -736,9 +762,8 @@ fn l2_attacks(protect: bool) -> Achieved {
                 own = p3.v6,
                 ll = p3.ll
             ),
+            || host_lladdr(&h, target) == am,
         );
-        settle(p3, p1);
-        let hit = eventually(poll, || host_lladdr(&h, target) == am);
         if field == 0 {
             got.na_repoints_host = hit;
         } else {
@@ -747,31 +772,31 @@ fn l2_attacks(protect: bool) -> Achieved {
     }
 
     // A neighbour solicitation from pod 4's address carrying pod 3's MAC.
-    scapy(
-        &p3.ns,
+    got.ns_spoof_repoints_host = attack(
+        poll,
+        p3,
+        p1,
         &format!(
             "sendp(Ether(src='{am}', dst='33:33:ff:00:00:01')/IPv6(src='{v}', dst='ff02::1:ff00:1', hlim=255)/\
              ICMPv6ND_NS(tgt='fd99::1')/ICMPv6NDOptSrcLLAddr(lladdr='{am}'), iface='eth0', count=3)",
             v = p4.v6
         ),
+        || host_lladdr(&h, &p4.v6) == am,
     );
-    settle(p3, p1);
-    got.ns_spoof_repoints_host = eventually(poll, || host_lladdr(&h, &p4.v6) == am);
 
     // A router advertisement offering a prefix and a default route.
-    scapy(
-        &p3.ns,
+    got.ra_reaches_pod = attack(
+        poll,
+        p3,
+        p1,
         &format!(
             "sendp(Ether(src='{am}', dst='33:33:00:00:00:01')/IPv6(src='{ll}', dst='ff02::1', hlim=255)/\
              ICMPv6ND_RA(routerlifetime=1800)/ICMPv6NDOptPrefixInfo(prefix='2001:db8:99::', prefixlen=64, L=1, A=1)/\
              ICMPv6NDOptSrcLLAddr(lladdr='{am}'), iface='eth0', count=3)",
             ll = p3.ll
         ),
+        || !p1.ns.sh("ip -6 route show proto ra").trim().is_empty(),
     );
-    settle(p3, p1);
-    got.ra_reaches_pod = eventually(poll, || {
-        !p1.ns.sh("ip -6 route show proto ra").trim().is_empty()
-    });
 
     // DHCP server replies (then a marker from another port that must arrive).
     let l = udp_listener(&p1.ns, false, 68, 6767);
