@@ -159,6 +159,9 @@ pub struct Attach<'a> {
     pub bridge: Option<&'a Link>,
     /// The container's addresses with the prefix length they get inside the container.
     pub addresses: &'a [IpNet],
+    /// The MAC the container's interface gets (chosen by the caller, which binds the port to
+    /// it before the veth exists).
+    pub container_mac: [u8; 6],
 }
 
 /// What [`attach`] made, for the result.
@@ -176,7 +179,7 @@ pub fn attach(
     a: &Attach<'_>,
 ) -> Result<Attached, CniError> {
     let host_mac = random_mac();
-    let container_mac = random_mac();
+    let container_mac = a.container_mac;
     let spec = VethSpec {
         host_name: a.host_name,
         host_mac,

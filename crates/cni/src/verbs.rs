@@ -184,8 +184,12 @@ fn add_with_addresses(
         // re-allow this network's running containers so their traffic flows again.
         restore_sources(conf)?;
     }
-    // Allowed before the veth exists, so the container's first packet already passes.
+    // Allowed before the veth exists, so the container's first packet already passes (and the
+    // transactions' deferred kernel work is over before the plugin exits). Bridge mode: the
+    // port carries the container's MAC and no other (routed mode: no-op).
     firewall::allow_source(fw_mode(conf.mode), host_name, ips).map_err(firewall_error)?;
+    let container_mac = plumbing::random_mac();
+    firewall::allow_mac(fw_mode(conf.mode), host_name, container_mac).map_err(firewall_error)?;
 
     let addresses: Vec<IpNet> = ips
         .iter()
@@ -208,11 +212,9 @@ fn add_with_addresses(
             mtu,
             bridge: bridge.as_ref(),
             addresses: &addresses,
+            container_mac,
         },
     )?;
-    // Bridge mode: the port carries this MAC and no other (routed mode: no-op).
-    firewall::allow_mac(fw_mode(conf.mode), host_name, attached.container_mac)
-        .map_err(firewall_error)?;
 
     let mut result = match &conf.prev_result {
         Some(prev) => CniResult::from_json(prev).map_err(|m| CniError::new(code::DECODE, m))?,
