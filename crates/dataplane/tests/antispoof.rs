@@ -720,6 +720,8 @@ struct Achieved {
 
 /// Plays every L2 attack from pod 3 against pods 2 and 4, observing the
 /// host and pod 1. Without `protect`, it shows what each attack does.
+// Outcomes are filled in one attack at a time, as the attacks run.
+#[allow(clippy::field_reassign_with_default)]
 fn l2_attacks(protect: bool) -> Achieved {
     let (h, pods, _dir) = l2_lab(protect);
     let (p1, p2, p3, p4) = (&pods[0], &pods[1], &pods[2], &pods[3]);
