@@ -196,6 +196,9 @@ pub struct Attach<'a> {
     pub addresses: &'a [IpNet],
     /// The host veth's MAC ([`owner_mac`] of the attachment).
     pub host_mac: [u8; 6],
+    /// The MAC the container's interface gets (chosen by the caller, which binds the port to
+    /// it before the veth exists).
+    pub container_mac: [u8; 6],
 }
 
 /// What [`attach`] made, for the result.
@@ -213,7 +216,7 @@ pub fn attach(
     a: &Attach<'_>,
 ) -> Result<Attached, CniError> {
     let host_mac = a.host_mac;
-    let container_mac = random_mac();
+    let container_mac = a.container_mac;
     let spec = VethSpec {
         host_name: a.host_name,
         host_mac,

@@ -228,8 +228,15 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         Err(e) => {
             // Leave nothing behind: the veth (if this ADD made it: its MAC says so), the
             // anti-spoofing entries, the addresses.
-            let _ = plumbing::detach_own(&mut host, &host_name, &env.container_id, &env.ifname);
+            let removed =
+                plumbing::detach_own(&mut host, &host_name, &env.container_id, &env.ifname);
             let _ = firewall::forget_source(fw_mode(conf.mode), &host_name, &ips);
+            // The MAC binding is keyed by the veth's name: kept if a veth of that name is
+            // still there and not ours (another ADD made it meanwhile).
+            let name_free = matches!(host.link_by_name(&host_name), Ok(None));
+            if removed.unwrap_or(false) || name_free {
+                let _ = firewall::forget_mac(fw_mode(conf.mode), &host_name);
+            }
             let _ = store
                 .lock()
                 .and_then(|mut l| l.release(&env.container_id, &env.ifname));
@@ -273,8 +280,12 @@ fn add_with_addresses(
         // re-allow this network's running containers so their traffic flows again.
         restore_sources(conf)?;
     }
-    // Allowed before the veth exists, so the container's first packet already passes.
+    // Allowed before the veth exists, so the container's first packet already passes (and the
+    // transactions' deferred kernel work is over before the plugin exits). Bridge mode: the
+    // port carries the container's MAC and no other (routed mode: no-op).
     firewall::allow_source(fw_mode(conf.mode), host_name, ips).map_err(firewall_error)?;
+    let container_mac = plumbing::random_mac();
+    firewall::allow_mac(fw_mode(conf.mode), host_name, container_mac).map_err(firewall_error)?;
 
     let addresses: Vec<IpNet> = ips
         .iter()
@@ -298,6 +309,7 @@ fn add_with_addresses(
             bridge: bridge.as_ref(),
             addresses: &addresses,
             host_mac: plumbing::owner_mac(&env.container_id, &env.ifname),
+            container_mac,
         },
     )?;
 
@@ -398,7 +410,16 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             firewall::forget_source(fw_mode(conf.mode), &host_name, &ips)
         }),
         Err(_) => Ok(()),
-    };
+    }
+    // The port's MAC binding is keyed by the veth's name: forgotten only when that veth is
+    // this attachment's or gone, never when it belongs to a container whose name collides.
+    .and_then(|()| {
+        if ours || link.is_none() {
+            firewall::forget_mac(fw_mode(conf.mode), &host_name)
+        } else {
+            Ok(())
+        }
+    });
     if ours && let Some(link) = &link {
         plumbing::delete_veth(&mut host, link)?;
     }
@@ -569,6 +590,13 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 "anti-spoofing filter does not allow {ip} from {host_name}"
             )));
         }
+    }
+    if let Some(m) = link.mac
+        && !firewall::mac_allowed(fw_mode(conf.mode), &host_name, m).map_err(firewall_error)?
+    {
+        return Err(failed(format!(
+            "anti-spoofing filter does not bind {host_name} to MAC {mac}"
+        )));
     }
     if conf.ip_masq && !firewall::masquerade_present(&conf.name).map_err(firewall_error)? {
         return Err(failed(format!(
@@ -773,6 +801,8 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             }
         }
     }
+    // MAC bindings of ports whose veth is gone (whatever network they were in).
+    note(firewall::forget_stale_macs(mode).map_err(firewall_error));
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),

@@ -775,6 +775,65 @@ pub fn set_has_key(
     exists(sock.request(&b.into_bytes(), seq))
 }
 
+/// Names of the sets of a table (one `NFT_MSG_GETSET` dump; `ENOENT` when
+/// the table does not exist).
+pub fn set_names(sock: &mut NfSock, family: u8, table: &str) -> Result<Vec<String>, NlError> {
+    let seq = sock.next_seq();
+    let mut b = MsgBuf::new();
+    b.begin(
+        nft_type(msg::GETSET),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        family,
+        0,
+    );
+    b.attr_strz(attr::NFTA_SET_TABLE, table);
+    let mut names = Vec::new();
+    for payload in sock.dump(&b.into_bytes(), seq)? {
+        let attrs = parse_attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default())?;
+        if let Some(n) = find_attr(&attrs, attr::NFTA_SET_NAME) {
+            let n = n.split(|c| *c == 0).next().unwrap_or_default();
+            names.push(String::from_utf8_lossy(n).into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Number of rules per chain of a table (one `NFT_MSG_GETRULE` dump
+/// filtered by table; chains without rules do not appear).
+pub fn rule_counts(
+    sock: &mut NfSock,
+    family: u8,
+    table: &str,
+) -> Result<std::collections::HashMap<String, usize>, NlError> {
+    let seq = sock.next_seq();
+    let mut b = MsgBuf::new();
+    b.begin(
+        nft_type(msg::GETRULE),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        family,
+        0,
+    );
+    b.attr_strz(attr::NFTA_RULE_TABLE, table);
+    let mut counts = std::collections::HashMap::new();
+    let msgs = match sock.dump(&b.into_bytes(), seq) {
+        Ok(m) => m,
+        Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => return Ok(counts),
+        Err(e) => return Err(e),
+    };
+    for payload in msgs {
+        let attrs = parse_attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default())?;
+        if let Some(c) = find_attr(&attrs, attr::NFTA_RULE_CHAIN) {
+            let c = c.split(|x| *x == 0).next().unwrap_or_default();
+            *counts
+                .entry(String::from_utf8_lossy(c).into_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
