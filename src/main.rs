@@ -144,6 +144,8 @@ enum ClusterCmd {
     },
 }
 
+// Parsed once per process: the size of a variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum BgpCmd {
     /// The BGP sessions of this node: peer, type, AS, state, uptime, prefixes (like

@@ -653,7 +653,15 @@ impl PolicySync {
             Request::Del { container_id } => {
                 let gone = self.state.local.remove(container_id);
                 if let Some(ep) = &gone {
-                    self.publish(None, &ep.namespace.clone(), &ep.name.clone());
+                    // Another interface of the same pod keeps the pod published: this DEL
+                    // takes away only its own attachment.
+                    let other = self
+                        .state
+                        .local
+                        .values()
+                        .find(|e| e.namespace == ep.namespace && e.name == ep.name)
+                        .cloned();
+                    self.publish(other.as_ref(), &ep.namespace, &ep.name);
                 }
                 self.waiting.push(p.reply);
                 gone.is_some()
