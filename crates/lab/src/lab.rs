@@ -777,8 +777,11 @@ impl Lab {
                 }
                 if !self.agent_alive(h.index) {
                     bail!(
-                        "the agent of {} exited before it got a lease\n{}",
+                        "the agent of {} exited before it got a lease ({})\n{}",
                         h.node,
+                        h.agent_pid
+                            .and_then(sys::how_it_ended)
+                            .unwrap_or_else(|| "not a child of this process".into()),
                         sys::log_tail(&h.log, LOG_LINES)
                     );
                 }

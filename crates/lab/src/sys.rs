@@ -183,25 +183,58 @@ pub fn spawn_daemon(cmd: &mut Command, log: &Path, banner: &str) -> Result<u32> 
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", show(cmd)))?;
-    DAEMONS.lock().unwrap().push(child.id());
+    let args = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    DAEMONS.lock().unwrap().push((child.id(), args));
     Ok(child.id())
 }
 
 /// Daemons this process started and has not reaped. Only these are reaped by `alive`: any
 /// other child (a test's own `Child` that happens to run in a lab namespace) keeps its exit
 /// status for its owner.
-static DAEMONS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+/// Each with the command line it was started with.
+static DAEMONS: std::sync::Mutex<Vec<(u32, Vec<String>)>> = std::sync::Mutex::new(Vec::new());
 
-fn reap_if_ours(pid: u32) {
+/// How daemons this process started and reaped ended, by pid, for error messages.
+static ENDED: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Reaps `pid` if it is a daemon we started that has ended. `Some(Some(args))`: ours and
+/// still running (unreaped, so its pid cannot belong to anyone else), started with `args`;
+/// `Some(None)`: ours and it just ended; `None`: not (or no longer) one of ours.
+fn reap_if_ours(pid: u32) -> Option<Option<Vec<String>>> {
     let mut daemons = DAEMONS.lock().unwrap();
-    if let Some(at) = daemons.iter().position(|&p| p == pid) {
-        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
-            _ => {
-                daemons.swap_remove(at);
+    let at = daemons.iter().position(|(p, _)| *p == pid)?;
+    match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => Some(Some(daemons[at].1.clone())),
+        status => {
+            daemons.swap_remove(at);
+            let how = match status {
+                Ok(WaitStatus::Exited(_, code)) => format!("exited with code {code}"),
+                Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
+                other => format!("ended ({other:?})"),
+            };
+            let mut ended = ENDED.lock().unwrap();
+            if ended.len() >= 256 {
+                ended.remove(0);
             }
+            ended.push((pid, how));
+            Some(None)
         }
     }
+}
+
+/// How a daemon this process started ended ("exited with code 1", "was killed by SIGKILL"),
+/// once it has been reaped.
+pub fn how_it_ended(pid: u32) -> Option<String> {
+    reap_if_ours(pid);
+    let ended = ENDED.lock().unwrap();
+    ended
+        .iter()
+        .rev()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, how)| how.clone())
 }
 
 /// True while `pid` runs (a zombie counts as gone). Reaps it first when it is a daemon we
@@ -224,6 +257,12 @@ pub fn alive(pid: u32) -> bool {
 /// True when `pid` runs with `arg` as one of its arguments. The lab checks this before it
 /// signals a recorded pid, since after a reboot or a crash the number may belong to a stranger.
 pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
+    // A daemon this process started and has not reaped still owns its pid: its command line
+    // is the one it was started with, whatever /proc shows while it execs (an empty command
+    // line for as long as a loaded machine takes to map a large binary).
+    if let Some(running) = reap_if_ours(pid) {
+        return running.is_some_and(|args| args.iter().any(|a| a == arg));
+    }
     // A process in the middle of execve shows an empty command line (the new image's
     // arguments are not mapped yet), e.g. an agent started a moment ago. That is usually a
     // millisecond, but on a loaded machine (two cores, the test suite's labs in parallel) the
