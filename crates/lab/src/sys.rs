@@ -257,17 +257,7 @@ pub fn alive(pid: u32) -> bool {
 /// True when `pid` runs with `arg` as one of its arguments. The lab checks this before it
 /// signals a recorded pid, since after a reboot or a crash the number may belong to a stranger.
 pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
-    // A daemon this process started and has not reaped still owns its pid: its command line
-    // is the one it was started with, whatever /proc shows while it execs (an empty command
-    // line for as long as a loaded machine takes to map a large binary).
-    if let Some(running) = reap_if_ours(pid) {
-        return running.is_some_and(|args| args.iter().any(|a| a == arg));
-    }
-    // A process in the middle of execve shows an empty command line (the new image's
-    // arguments are not mapped yet), e.g. an agent started a moment ago. That is usually a
-    // millisecond, but on a loaded machine (two cores, the test suite's labs in parallel) the
-    // exec of a large debug binary was seen to take longer than the 100 ms once allowed here,
-    // and a starting agent was taken for a dead one.
+    // A process in the middle of execve (or of its exit) shows an empty command line.
     for _ in 0..2000 {
         if !alive(pid) {
             return false;
@@ -278,7 +268,12 @@ pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
             Err(_) => return false,
         }
     }
-    false
+    // Still there with an empty command line after 2 s: a daemon this process started (its
+    // pid cannot be anyone else's until we reap it) that a loaded machine is still exec'ing is
+    // judged by the command line it was started with.
+    reap_if_ours(pid)
+        .flatten()
+        .is_some_and(|args| args.iter().any(|a| a == arg))
 }
 
 /// Waits until `pid` is gone; false on timeout.
