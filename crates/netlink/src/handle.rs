@@ -384,41 +384,24 @@ impl Handle {
     pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
         let mut msg = AddressMessage::default();
         msg.header.index = index;
-        let replies = self.dump(
-            RouteNetlinkMessage::GetAddress(msg),
-            &format!("list addresses of link #{index}"),
-        )?;
-        let mut out = Vec::new();
-        for reply in replies {
-            let RouteNetlinkMessage::NewAddress(m) = reply else {
-                continue;
-            };
-            if m.header.index != index {
-                continue;
-            }
-            let local = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(ip) => Some(*ip),
-                _ => None,
-            });
-            let address = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            if let Some(ip) = local.or(address)
-                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
-            {
-                out.push(net);
-            }
-        }
-        Ok(out)
+        let what = format!("list addresses of link #{index}");
+        Ok(self
+            .address_dump(msg, &what)?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, net)| net)
+            .collect())
     }
 
     /// Every address of every link (both families), as `(link index, address/prefix)`.
     pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
-        let replies = self.dump(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            "list addresses",
-        )?;
+        self.address_dump(AddressMessage::default(), "list addresses")
+    }
+
+    /// Dumps addresses as `msg` asks, decoded as `(link index, address/prefix)`; the local
+    /// address where a link has one (point-to-point), else the address.
+    fn address_dump(&mut self, msg: AddressMessage, what: &str) -> Result<Vec<(u32, IpNet)>> {
+        let replies = self.dump(RouteNetlinkMessage::GetAddress(msg), what)?;
         let mut out = Vec::new();
         for reply in replies {
             let RouteNetlinkMessage::NewAddress(m) = reply else {
