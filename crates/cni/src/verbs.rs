@@ -94,23 +94,41 @@ fn check_host_overlap(host: &mut Handle, conf: &NetConf) -> Result<(), CniError>
             ),
         )
     };
-    for (index, addr) in host.all_addresses().map_err(kernel)? {
-        if Some(index) == own {
-            continue;
+    // A concurrent ADD of the same network may make the bridge and give it its gateways
+    // between the lookup above and the dumps below: a conflict is looked at again against the
+    // bridge as it is now before it is reported.
+    let mut own = own;
+    let mut is_own = |host: &mut Handle, index: u32| -> Result<bool, CniError> {
+        if own == Some(index) {
+            return Ok(true);
         }
-        if let Some(range) = conf.ranges.iter().find(|r| overlaps(r, &addr.trunc())) {
+        if conf.mode == Mode::Bridge {
+            own = host
+                .link_by_name(&conf.bridge)
+                .map_err(kernel)?
+                .map(|l| l.index);
+        }
+        Ok(own == Some(index))
+    };
+    for (index, addr) in host.all_addresses().map_err(kernel)? {
+        if let Some(range) = conf.ranges.iter().find(|r| overlaps(r, &addr.trunc()))
+            && !is_own(host, index)?
+        {
             return Err(refuse(range, format!("address {addr} (link #{index})")));
         }
     }
     for route in host.routes().map_err(kernel)? {
-        if route.dst.prefix_len() == 0
-            || route.protocol == plumbing::ROUTE_PROTOCOL
-            || (own.is_some() && route.oif == own)
-        {
+        if route.dst.prefix_len() == 0 || route.protocol == plumbing::ROUTE_PROTOCOL {
             continue;
         }
         if let Some(range) = conf.ranges.iter().find(|r| overlaps(r, &route.dst)) {
-            return Err(refuse(range, format!("route {}", route.dst)));
+            let on_bridge = match route.oif {
+                Some(oif) => is_own(host, oif)?,
+                None => false,
+            };
+            if !on_bridge {
+                return Err(refuse(range, format!("route {}", route.dst)));
+            }
         }
     }
     Ok(())
