@@ -2,7 +2,7 @@
 //! back by sequence number.
 //!
 //! A BGP table brings thousands of routes at once. On the shared socket of
-//! [`crate::AgentHandle`] every request is a future, a message to the connection task, a
+//! [`crate::Rtnl`] every request is a future, a message to the connection task, a
 //! system call and a wake-up for its acknowledgement, which costs about as much as the
 //! kernel's own work for the route. Here a batch of requests is one buffer and one system
 //! call, so programming a table costs little more than the kernel's part. Two things make
@@ -24,7 +24,7 @@
 //!   ([`BulkSocket::nexthops`], [`BulkSocket::delete_nexthops`]).
 //!
 //! The socket is blocking and is used from a blocking thread
-//! ([`crate::AgentHandle::route_changes`]).
+//! ([`crate::Rtnl::route_changes`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -32,14 +32,17 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteMessage};
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::agent::{Ipv4Route, delete_route_message, route_message, route_text};
+use crate::codec::nexthop::{
+    NLMSG_HDRLEN, Nexthop, RTM_NEWNEXTHOP, delete_nexthop_request, dump_nexthops_request,
+    new_nexthop_request, parse_nexthop,
+};
+use crate::codec::route::{Ipv4Route, delete_route_message_via, new_route_message, route_text};
 use crate::{Error, Result};
 
 /// One route change.
@@ -115,46 +118,6 @@ impl RouteChange {
     }
 }
 
-/// The message that adds `route`, through nexthop object `nexthop` (which carries the
-/// gateway, link and onlink flag) when given.
-fn new_route_message(route: &Ipv4Route, nexthop: Option<u32>) -> RouteMessage {
-    let mut msg = route_message(route);
-    if let Some(id) = nexthop {
-        msg.attributes
-            .retain(|a| !matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_)));
-        msg.attributes.push(RouteAttribute::NhId(id));
-        msg.header.flags = RouteFlags::empty();
-    }
-    msg
-}
-
-/// The message that deletes `route`, naming nexthop object `nexthop` instead of the gateway
-/// when given (the kernel matches a route through an object only by its id).
-fn delete_route_message_via(route: &Ipv4Route, nexthop: Option<u32>) -> RouteMessage {
-    match nexthop {
-        None => delete_route_message(route),
-        Some(id) => {
-            let mut msg = delete_route_message(&Ipv4Route {
-                gateway: None,
-                ..route.clone()
-            });
-            msg.attributes.push(RouteAttribute::NhId(id));
-            msg
-        }
-    }
-}
-
-/// A kernel nexthop object of a single gateway (`ip nexthop add id ID via GW dev DEV`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Nexthop {
-    pub id: u32,
-    pub gateway: Ipv4Addr,
-    /// Link index.
-    pub oif: u32,
-    pub onlink: bool,
-    pub protocol: u8,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct NexthopKey {
     gateway: Ipv4Addr,
@@ -206,17 +169,6 @@ const PER_SEND: usize = 128;
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
-const RTM_NEWNEXTHOP: u16 = 104;
-const RTM_DELNEXTHOP: u16 = 105;
-const RTM_GETNEXTHOP: u16 = 106;
-const NHA_ID: u16 = 1;
-const NHA_GROUP: u16 = 2;
-const NHA_BLACKHOLE: u16 = 4;
-const NHA_OIF: u16 = 5;
-const NHA_GATEWAY: u16 = 6;
-const AF_INET: u8 = 2;
-const RTNH_F_ONLINK: u32 = 4;
 
 /// A blocking rtnetlink socket for [`RouteChange`] batches, in the network namespace of the
 /// thread that created it.
@@ -397,20 +349,8 @@ impl BulkSocket {
             )
         };
         for _ in 0..64 {
-            let mut attrs = Vec::new();
-            put_attr(&mut attrs, NHA_ID, &id.to_ne_bytes());
-            put_attr(&mut attrs, NHA_OIF, &key.oif.to_ne_bytes());
-            put_attr(&mut attrs, NHA_GATEWAY, &key.gateway.octets());
-            let flags = if key.onlink { RTNH_F_ONLINK } else { 0 };
             let seq = self.next_seq();
-            let req = nexthop_request(
-                RTM_NEWNEXTHOP,
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                seq,
-                key.protocol,
-                flags,
-                &attrs,
-            );
+            let req = new_nexthop_request(seq, &key.with_id(id));
             match self.ask(&req, seq, &op)? {
                 0 => {
                     self.nexthops
@@ -432,7 +372,7 @@ impl BulkSocket {
     /// The kernel's single-gateway IPv4 nexthop objects, of every protocol.
     pub fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
         let seq = self.next_seq();
-        let req = nexthop_request(RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, seq, 0, 0, &[]);
+        let req = dump_nexthops_request(seq);
         let op = "list nexthop objects";
         self.send(&req, op)?;
         let mut found = Vec::new();
@@ -470,11 +410,8 @@ impl BulkSocket {
         }
         ids.iter()
             .map(|&id| {
-                let mut attrs = Vec::new();
-                put_attr(&mut attrs, NHA_ID, &id.to_ne_bytes());
                 let seq = self.next_seq();
-                let req =
-                    nexthop_request(RTM_DELNEXTHOP, NLM_F_REQUEST | NLM_F_ACK, seq, 0, 0, &attrs);
+                let req = delete_nexthop_request(seq, id);
                 let op = || format!("delete nexthop {id}");
                 match self.ask(&req, seq, &op)? {
                     0 => Ok(()),
@@ -611,76 +548,6 @@ fn unanswered(change: &RouteChange, e: &Error) -> Error {
     Error::io(change.describe(), io::Error::new(kind, e.to_string()))
 }
 
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize(buf.len() + (4 - len % 4) % 4, 0);
-}
-
-/// A nexthop request (`struct nhmsg` and attributes); netlink-packet-route has no type for
-/// these messages.
-fn nexthop_request(
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    protocol: u8,
-    nh_flags: u32,
-    attrs: &[u8],
-) -> Vec<u8> {
-    let family = if kind == RTM_GETNEXTHOP { 0 } else { AF_INET };
-    let len = NLMSG_HDRLEN + 8 + attrs.len();
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(&[family, 0, protocol, 0]);
-    buf.extend_from_slice(&nh_flags.to_ne_bytes());
-    buf.extend_from_slice(attrs);
-    buf
-}
-
-/// A single-gateway IPv4 nexthop object from an `RTM_NEWNEXTHOP` payload (None for groups,
-/// blackholes, IPv6 and objects without a gateway).
-fn parse_nexthop(payload: &[u8]) -> Option<Nexthop> {
-    if payload.len() < 8 || payload[0] != AF_INET {
-        return None;
-    }
-    let protocol = payload[2];
-    let flags = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
-    let (mut id, mut oif, mut gateway) = (None, None, None);
-    let mut off = 8;
-    while off + 4 <= payload.len() {
-        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
-        let kind = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            break;
-        }
-        let value = &payload[off + 4..off + len];
-        let word = || value.try_into().ok().map(u32::from_ne_bytes);
-        match kind {
-            NHA_ID => id = word(),
-            NHA_OIF => oif = word(),
-            NHA_GATEWAY if value.len() == 4 => {
-                gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3]));
-            }
-            NHA_GROUP | NHA_BLACKHOLE => return None,
-            _ => {}
-        }
-        off += (len + 3) & !3;
-    }
-    Some(Nexthop {
-        id: id?,
-        gateway: gateway?,
-        oif: oif?,
-        onlink: flags & RTNH_F_ONLINK != 0,
-        protocol,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,81 +556,5 @@ mod tests {
     fn nexthop_ids_stay_in_twills_range() {
         assert_eq!(next_nexthop_id(NEXTHOP_ID_BASE), NEXTHOP_ID_BASE + 1);
         assert_eq!(next_nexthop_id(u32::MAX), NEXTHOP_ID_BASE);
-    }
-
-    #[test]
-    fn nexthop_messages_round_trip() {
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, NHA_ID, &NEXTHOP_ID_BASE.to_ne_bytes());
-        put_attr(&mut attrs, NHA_OIF, &7u32.to_ne_bytes());
-        put_attr(&mut attrs, NHA_GATEWAY, &[10, 9, 0, 1]);
-        let req = nexthop_request(RTM_NEWNEXTHOP, NLM_F_REQUEST, 9, 117, RTNH_F_ONLINK, &attrs);
-        assert_eq!(
-            u32::from_ne_bytes(req[..4].try_into().unwrap()) as usize,
-            req.len()
-        );
-        assert_eq!(
-            parse_nexthop(&req[NLMSG_HDRLEN..]),
-            Some(Nexthop {
-                id: NEXTHOP_ID_BASE,
-                gateway: Ipv4Addr::new(10, 9, 0, 1),
-                oif: 7,
-                onlink: true,
-                protocol: 117,
-            })
-        );
-        // A group is not a single gateway.
-        put_attr(&mut attrs, NHA_GROUP, &[0; 8]);
-        let req = nexthop_request(RTM_NEWNEXTHOP, NLM_F_REQUEST, 9, 117, 0, &attrs);
-        assert_eq!(parse_nexthop(&req[NLMSG_HDRLEN..]), None);
-    }
-
-    #[test]
-    fn routes_through_a_nexthop_name_it_instead_of_the_gateway() {
-        let route = Ipv4Route {
-            dst: "100.64.0.0/24".parse().unwrap(),
-            gateway: Some(Ipv4Addr::new(10, 9, 0, 1)),
-            oif: Some(3),
-            onlink: true,
-            protocol: 117,
-            ..Ipv4Route::default()
-        };
-        let msg = new_route_message(&route, Some(NEXTHOP_ID_BASE));
-        assert!(
-            msg.attributes
-                .contains(&RouteAttribute::NhId(NEXTHOP_ID_BASE))
-        );
-        assert!(
-            !msg.attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_)))
-        );
-        assert!(!msg.header.flags.contains(RouteFlags::Onlink));
-        let plain = new_route_message(&route, None);
-        assert!(
-            plain
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
-        );
-        assert!(plain.header.flags.contains(RouteFlags::Onlink));
-        // A deletion through an object names its id, not the gateway (which the kernel
-        // would not match).
-        let del = delete_route_message_via(&route, Some(NEXTHOP_ID_BASE));
-        assert!(
-            del.attributes
-                .contains(&RouteAttribute::NhId(NEXTHOP_ID_BASE))
-        );
-        assert!(
-            !del.attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
-        );
-        let del = delete_route_message_via(&route, None);
-        assert!(
-            del.attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
-        );
     }
 }

@@ -8,24 +8,38 @@
 //! many requests in flight on one socket.
 //!
 //! - [`Handle`]: one netlink socket bound to one network namespace, with typed operations for
-//!   links, addresses and routes (the plugin's).
-//! - [`agent`]: [`AgentHandle`], the agent's async client over `rtnetlink` (links, VXLAN
-//!   devices, IPv4 addresses, routes, neighbours, FDB).
+//!   links, addresses and routes, one request at a time (the plugin's).
+//! - [`rtnl`]: [`Rtnl`], the asynchronous client over `rtnetlink` with many requests in flight
+//!   on one socket (links, VXLAN devices, IPv4 addresses, routes, nexthop objects, neighbours,
+//!   FDB), one file per object kind (the agent's).
 //! - [`bulk`]: route changes in bulk, many requests per system call (BGP tables).
+//! - [`codec`]: the route and nexthop messages that [`rtnl`] and [`bulk`] both send and read.
 //! - [`netns`]: running code inside another network namespace on a dedicated thread.
 //! - [`sysctl`]: the namespace's `net.*` sysctls.
 
-pub mod agent;
 pub mod bulk;
+pub mod codec;
 mod handle;
 pub mod netns;
+pub mod rtnl;
 pub mod sysctl;
 
-pub use agent::{
-    AgentHandle, AgentLink, FdbEntry, InterfaceV4, Ipv4Route, Neighbour, VxlanInfo, VxlanSpec,
-};
-pub use bulk::{Nexthop, RouteChange};
+pub use bulk::RouteChange;
+pub use codec::nexthop::Nexthop;
+pub use codec::route::Ipv4Route;
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
+pub use rtnl::{FdbEntry, InterfaceV4, LinkState, Neighbour, Rtnl, VxlanInfo, VxlanSpec};
+
+// temporary: callers are renamed when the branches merge (agent -> rtnl, AgentHandle -> Rtnl,
+// AgentLink -> LinkState).
+pub type AgentHandle = Rtnl;
+pub type AgentLink = LinkState;
+/// temporary: callers are renamed when the branches merge (`agent::` -> `rtnl::`).
+pub mod agent {
+    pub use crate::codec::route::Ipv4Route;
+    pub use crate::rtnl::*;
+    pub use crate::{AgentHandle, AgentLink};
+}
 
 use std::io;
 

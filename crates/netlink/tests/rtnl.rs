@@ -1,16 +1,13 @@
-//! [`AgentHandle`] against the real kernel, inside a namespace this test creates: every
+//! [`Rtnl`] against the real kernel, inside a namespace this test creates: every
 //! operation's effect is checked with `ip -j` / `bridge -j`, and deletions are idempotent.
 
 use std::future::Future;
 use std::path::Path;
 
-use twill_netlink::{AgentHandle, FdbEntry, Ipv4Route, Neighbour, VxlanSpec};
+use twill_netlink::{FdbEntry, Ipv4Route, Neighbour, Rtnl, VxlanSpec};
 use twill_testkit::{Netns, require_root};
 
-fn with_nl<T: Send, F: Future<Output = T>>(
-    ns: &Netns,
-    f: impl FnOnce(AgentHandle) -> F + Send,
-) -> T {
+fn with_nl<T: Send, F: Future<Output = T>>(ns: &Netns, f: impl FnOnce(Rtnl) -> F + Send) -> T {
     let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).expect("open netns");
     netns
         .run(|| {
@@ -18,7 +15,7 @@ fn with_nl<T: Send, F: Future<Output = T>>(
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(async { f(AgentHandle::new().expect("netlink handle")).await })
+                .block_on(async { f(Rtnl::new().expect("netlink handle")).await })
         })
         .expect("enter netns")
 }
@@ -42,8 +39,8 @@ const PEER_MAC: [u8; 6] = [0x02, 0x74, 0x77, 0, 0, 2];
 
 #[test]
 #[ignore = "needs root"]
-fn agent_handle_programs_and_reads_back() {
-    let ns = veth_ns("agent");
+fn rtnl_programs_and_reads_back() {
+    let ns = veth_ns("rtnl");
     ns.ok(&["ip", "addr", "add", "10.9.0.99/24", "dev", "eth0"]); // secondary
     ns.ok(&["ip", "addr", "add", "10.8.0.1/24", "dev", "eth1"]);
     ns.ok(&[
