@@ -16,12 +16,14 @@
 //! - [`status`]: the agent's `twill status --json`, and when a cluster has converged.
 //! - [`Matrix`]: the pod-to-pod ping matrix.
 //! - [`LabCommand`] / [`run`]: the `twill lab` subcommands.
-//! - `sys`: `ip` commands, namespaces, detached daemons and probes from inside a namespace.
+//! - `sys`: `ip` commands, namespaces, timed program runs, probes from inside a namespace;
+//!   `process`: detached daemons, their liveness by pid, stopping them, their logs.
 
 mod cli;
 mod lab;
 pub mod matrix;
 pub mod plan;
+mod process;
 mod spec;
 pub mod state;
 pub mod status;

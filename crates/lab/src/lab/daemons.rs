@@ -1,8 +1,8 @@
 //! The lab's daemons: each host's agent, etcd and BIRD routers, started detached (see
-//! [`sys::spawn_daemon`]) so they outlive `twill lab up`, and recorded by pid in `state.json`.
-//! A recorded pid is only trusted while the process still runs with the command line that
-//! names its own files (`*_runs`, over [`sys::runs_with_arg`]): after a crash or a reboot the
-//! number may belong to a stranger, who must never be signalled.
+//! [`process::spawn_daemon`]) so they outlive `twill lab up`, and recorded by pid in
+//! `state.json`. A recorded pid is only trusted while the process still runs with the command
+//! line that names its own files (`*_runs`, over [`process::runs_with_arg`]): after a crash or
+//! a reboot the number may belong to a stranger, who must never be signalled.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 
 use super::{LOG_LINES, Lab};
 use crate::plan;
+use crate::process;
 use crate::state::{Bird, Etcd, Host, State};
 use crate::sys;
 
@@ -42,7 +43,7 @@ impl Lab {
             .with_context(|| format!("kill {signal} the agent of {} (pid {pid})", host.node))?;
         if matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
             ensure!(
-                sys::wait_gone(pid, Duration::from_secs(5)),
+                process::wait_gone(pid, Duration::from_secs(5)),
                 "the agent of {} (pid {pid}) still runs 5 s after {signal}",
                 host.node
             );
@@ -62,7 +63,8 @@ impl Lab {
         let store = plan::store_args(&self.state.store, self.pki_dir(), &host.node);
         cmd.arg(&twill)
             .args(plan::agent_args(&store, i, &host.data_dir));
-        let pid = sys::spawn_daemon(&mut cmd, &host.log, &format!("start agent {}", host.node))?;
+        let pid =
+            process::spawn_daemon(&mut cmd, &host.log, &format!("start agent {}", host.node))?;
         self.state.host_mut(i).expect("host exists").agent_pid = Some(pid);
         self.save()?;
         Ok(pid)
@@ -72,7 +74,7 @@ impl Lab {
     pub fn stop_etcd(&mut self) -> Result<()> {
         let etcd = self.etcd()?.clone();
         if let Some(pid) = etcd.pid.filter(|&pid| etcd_runs(&etcd, pid)) {
-            sys::stop_all(&[pid], STOP_GRACE);
+            process::stop_all(&[pid], STOP_GRACE);
         }
         Ok(())
     }
@@ -90,7 +92,7 @@ impl Lab {
             &etcd.data_dir,
             etcd.pki.as_deref(),
         ));
-        let pid = sys::spawn_daemon(&mut cmd, &etcd.log, "start etcd")?;
+        let pid = process::spawn_daemon(&mut cmd, &etcd.log, "start etcd")?;
         self.state.etcd.as_mut().expect("etcd recorded").pid = Some(pid);
         self.save()?;
         self.wait_etcd(pid, ETCD_TIMEOUT)
@@ -115,16 +117,16 @@ impl Lab {
                 Ok(r) => r.lines().last().unwrap_or("").to_string(),
                 Err(e) => format!("{e:#}"),
             };
-            if !sys::alive(pid) {
+            if !process::alive(pid) {
                 bail!(
                     "etcd exited while starting\n{}",
-                    sys::log_tail(&etcd.log, LOG_LINES)
+                    process::log_tail(&etcd.log, LOG_LINES)
                 );
             }
             if Instant::now() >= deadline {
                 bail!(
                     "etcd did not become healthy at http://{addr} within {timeout:?} (last: {last})\n{}",
-                    sys::log_tail(&etcd.log, LOG_LINES)
+                    process::log_tail(&etcd.log, LOG_LINES)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -174,7 +176,7 @@ impl Lab {
             .arg(&socket)
             .arg("-P")
             .arg(self.dir.join(format!("bird-{name}.pid")));
-        let pid = sys::spawn_daemon(&mut cmd, &log, &format!("start BIRD {name}"))?;
+        let pid = process::spawn_daemon(&mut cmd, &log, &format!("start BIRD {name}"))?;
         self.state.birds.push(Bird {
             name: name.to_string(),
             netns: ns.to_string(),
@@ -191,9 +193,9 @@ impl Lab {
             .contains("Daemon is up")
         {
             ensure!(
-                sys::alive(pid),
+                process::alive(pid),
                 "BIRD {name} exited while starting\n{}",
-                sys::log_tail(&log, LOG_LINES)
+                process::log_tail(&log, LOG_LINES)
             );
             ensure!(
                 Instant::now() < deadline,
@@ -259,18 +261,18 @@ pub(super) fn stop_recorded(state: &State) {
             pids.push(pid);
         }
     }
-    sys::stop_all(&pids, STOP_GRACE);
+    process::stop_all(&pids, STOP_GRACE);
 }
 
 /// True when `pid` is host `h`'s agent (its command line names the host's data dir).
 fn agent_runs(h: &Host, pid: u32) -> bool {
-    sys::runs_with_arg(pid, &h.data_dir.to_string_lossy())
+    process::runs_with_arg(pid, &h.data_dir.to_string_lossy())
 }
 
 fn bird_runs(b: &Bird, pid: u32) -> bool {
-    sys::runs_with_arg(pid, &b.conf.to_string_lossy())
+    process::runs_with_arg(pid, &b.conf.to_string_lossy())
 }
 
 fn etcd_runs(e: &Etcd, pid: u32) -> bool {
-    sys::runs_with_arg(pid, &e.data_dir.to_string_lossy())
+    process::runs_with_arg(pid, &e.data_dir.to_string_lossy())
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{CALL_TIMEOUT, LOG_LINES, Lab};
 use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
 use crate::plan;
+use crate::process;
 use crate::status::AgentStatus;
 use crate::sys;
 
@@ -79,7 +80,7 @@ impl Lab {
                     msg += &format!("\n  {}: {why}", h.node);
                 }
                 // One log is usually enough to see why; all of them would bury it.
-                msg += &format!("\n{}", sys::log_tail(&waiting[0].0.log, LOG_LINES));
+                msg += &format!("\n{}", process::log_tail(&waiting[0].0.log, LOG_LINES));
                 bail!(msg);
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -114,9 +115,9 @@ impl Lab {
                         "the agent of {} exited before it got a lease ({})\n{}",
                         h.node,
                         h.agent_pid
-                            .and_then(sys::how_it_ended)
+                            .and_then(process::how_it_ended)
                             .unwrap_or_else(|| "not a child of this process".into()),
-                        sys::log_tail(&h.log, LOG_LINES)
+                        process::log_tail(&h.log, LOG_LINES)
                     );
                 }
                 waiting.push(h);
@@ -129,7 +130,7 @@ impl Lab {
                 bail!(
                     "no lease within {timeout:?} for {} (no node.json in their data dirs)\n{}",
                     nodes.join(", "),
-                    sys::log_tail(&first.log, LOG_LINES)
+                    process::log_tail(&first.log, LOG_LINES)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
