@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::lab::{Lab, LabSpec, down};
+use crate::lab::{Lab, down};
 use crate::plan::{Backend, DEFAULT_NAME, PodMode, Underlay};
+use crate::spec::LabSpec;
 use crate::status::AgentStatus;
 use crate::sys;
 

@@ -1,0 +1,147 @@
+//! What the lab asks of a running cluster: each agent's `twill status`, the waits of `up`
+//! (every agent holds its lease; every agent has programmed its peers), and the pod-to-pod
+//! ping matrix.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use super::{CALL_TIMEOUT, LOG_LINES, Lab};
+use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
+use crate::plan;
+use crate::process;
+use crate::status::AgentStatus;
+use crate::sys;
+
+impl Lab {
+    /// `twill status --data-dir D --json` of host `i`, as printed.
+    pub fn host_status_json(&self, i: u32) -> Result<Value> {
+        let host = self.host(i)?;
+        let mut cmd = sys::ns_command(&host.netns);
+        cmd.arg(self.twill()?)
+            .args(["status", "--data-dir"])
+            .arg(&host.data_dir)
+            .arg("--json")
+            .env_remove("CNI_COMMAND");
+        let out = sys::run_with_timeout(&mut cmd, b"", CALL_TIMEOUT)?;
+        ensure!(
+            out.status.success(),
+            "`twill status` on {} failed ({}): {}{}",
+            host.node,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "`twill status --json` on {} printed no JSON: {}",
+                host.node,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Host `i`'s agent status, parsed.
+    pub fn host_status(&self, i: u32) -> Result<AgentStatus> {
+        let v = self.host_status_json(i)?;
+        serde_json::from_value(v)
+            .with_context(|| format!("`twill status --json` on h{i} is not in the agent's format"))
+    }
+
+    /// Waits until every agent runs, is in sync and has programmed (or knowingly skipped)
+    /// every other host; returns their statuses, in host order.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<Vec<AgentStatus>> {
+        let deadline = Instant::now() + timeout;
+        let nodes = self.state.hosts.len() as u32;
+        loop {
+            let mut ready = Vec::new();
+            let mut waiting = Vec::new();
+            for h in &self.state.hosts {
+                if !self.agent_alive(h.index) {
+                    waiting.push((h, "agent not running".to_string()));
+                    continue;
+                }
+                match self.host_status(h.index) {
+                    Ok(s) => match s.converged(h.index, nodes) {
+                        Ok(()) => ready.push(s),
+                        Err(why) => waiting.push((h, why)),
+                    },
+                    Err(e) => waiting.push((h, format!("{e:#}"))),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(ready);
+            }
+            if Instant::now() >= deadline {
+                let mut msg = format!("the agents did not converge within {timeout:?}:");
+                for (h, why) in &waiting {
+                    msg += &format!("\n  {}: {why}", h.node);
+                }
+                // One log is usually enough to see why; all of them would bury it.
+                msg += &format!("\n{}", process::log_tail(&waiting[0].0.log, LOG_LINES));
+                bail!(msg);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Pings from every pod to every other pod (see [`Matrix`]); pairs that are not expected
+    /// to be reachable (host-gw across the routed underlay's subnets) are not probed.
+    pub fn ping_matrix(&self) -> Matrix {
+        let (backend, underlay) = (self.state.backend, self.state.underlay);
+        Matrix::run(
+            &self.state.pods,
+            |a, b| plan::expected_reachable(backend, underlay, a.host, b.host),
+            |a, b| ping(&a.netns, b.ip),
+            MAX_PARALLEL,
+            ATTEMPTS,
+        )
+    }
+
+    /// Waits for every agent's node.json: it is written once the agent holds its lease, and
+    /// the plugin needs it to ADD pods.
+    pub(super) fn wait_leases(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut waiting = Vec::new();
+            for h in &self.state.hosts {
+                if h.data_dir.join("node.json").exists() {
+                    continue;
+                }
+                if !self.agent_alive(h.index) {
+                    bail!(
+                        "the agent of {} exited before it got a lease ({})\n{}",
+                        h.node,
+                        h.agent_pid
+                            .and_then(process::how_it_ended)
+                            .unwrap_or_else(|| "not a child of this process".into()),
+                        process::log_tail(&h.log, LOG_LINES)
+                    );
+                }
+                waiting.push(h);
+            }
+            let Some(first) = waiting.first() else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                let nodes: Vec<&str> = waiting.iter().map(|h| h.node.as_str()).collect();
+                bail!(
+                    "no lease within {timeout:?} for {} (no node.json in their data dirs)\n{}",
+                    nodes.join(", "),
+                    process::log_tail(&first.log, LOG_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One ICMP echo from namespace `ns`.
+fn ping(ns: &str, ip: Ipv4Addr) -> bool {
+    sys::ns_command(ns)
+        .args(["ping", "-n", "-q", "-c", "1", "-W", "1", &ip.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

@@ -1,0 +1,170 @@
+//! What a lab is made of, before it exists: [`LabSpec`], the options of `twill lab up` and of
+//! tests that build a lab, and the checks that refuse what cannot be built before anything is
+//! made.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+
+use crate::plan::{self, Backend, PodMode, Underlay};
+
+/// What to build; see [`Lab::up`](crate::Lab::up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    pub name: String,
+    pub nodes: u32,
+    pub backend: Backend,
+    pub direct_routing: bool,
+    pub underlay: Underlay,
+    pub pod_mode: PodMode,
+    pub pods_per_node: u32,
+    pub etcd_bin: PathBuf,
+    /// etcd speaks only TLS and asks every client for a certificate of the lab's CA (the
+    /// default); false runs it on plain HTTP, open to anyone who reaches it.
+    pub etcd_tls: bool,
+    /// Progress lines on stderr (the CLI turns this on).
+    pub verbose: bool,
+    /// The `bgp` section (YAML body): the cluster config is then twill's YAML form with it.
+    pub bgp: Option<String>,
+    /// BIRD protocols (config body) for a BIRD router in the underlay namespace, started
+    /// before the agents: a top-of-rack for the routed underlay, a reflector on l2.
+    pub bird_router: Option<String>,
+}
+
+impl LabSpec {
+    /// Two hosts on an L2 underlay, VXLAN, two pods each.
+    pub fn new(name: impl Into<String>) -> LabSpec {
+        LabSpec {
+            name: name.into(),
+            nodes: 2,
+            backend: Backend::Vxlan,
+            direct_routing: false,
+            underlay: Underlay::L2,
+            pod_mode: PodMode::Bridge,
+            pods_per_node: 2,
+            etcd_bin: PathBuf::from("/usr/bin/etcd"),
+            etcd_tls: true,
+            verbose: false,
+            bgp: None,
+            bird_router: None,
+        }
+    }
+
+    /// A cluster config with this `bgp` section (YAML body, any indentation).
+    pub fn bgp(mut self, section: impl Into<String>) -> LabSpec {
+        self.bgp = Some(section.into());
+        self
+    }
+
+    /// Runs BIRD with these protocols in the underlay namespace (see [`plan::bird_conf`]).
+    pub fn bird_router(mut self, protocols: impl Into<String>) -> LabSpec {
+        self.bird_router = Some(protocols.into());
+        self
+    }
+
+    pub fn nodes(mut self, n: u32) -> LabSpec {
+        self.nodes = n;
+        self
+    }
+
+    pub fn backend(mut self, b: Backend) -> LabSpec {
+        self.backend = b;
+        self
+    }
+
+    pub fn direct_routing(mut self, on: bool) -> LabSpec {
+        self.direct_routing = on;
+        self
+    }
+
+    pub fn underlay(mut self, u: Underlay) -> LabSpec {
+        self.underlay = u;
+        self
+    }
+
+    pub fn pod_mode(mut self, m: PodMode) -> LabSpec {
+        self.pod_mode = m;
+        self
+    }
+
+    pub fn pods_per_node(mut self, k: u32) -> LabSpec {
+        self.pods_per_node = k;
+        self
+    }
+
+    pub fn etcd_bin(mut self, path: impl Into<PathBuf>) -> LabSpec {
+        self.etcd_bin = path.into();
+        self
+    }
+
+    /// TLS with client certificates on the lab's etcd (default true).
+    pub fn etcd_tls(mut self, on: bool) -> LabSpec {
+        self.etcd_tls = on;
+        self
+    }
+
+    pub fn verbose(mut self, on: bool) -> LabSpec {
+        self.verbose = on;
+        self
+    }
+
+    /// Refuses what cannot be built, before anything is made.
+    pub fn validate(&self) -> Result<()> {
+        plan::validate_name(&self.name)?;
+        ensure!(
+            (1..=plan::MAX_NODES).contains(&self.nodes),
+            "--nodes must be 1 to {}, not {}",
+            plan::MAX_NODES,
+            self.nodes
+        );
+        ensure!(
+            self.backend != Backend::Bgp || self.bgp.is_some(),
+            "the bgp backend needs a bgp section (LabSpec::bgp, or --bgp FILE)"
+        );
+        ensure!(
+            self.pods_per_node <= plan::MAX_PODS_PER_NODE,
+            "--pods-per-node must be at most {}, not {}",
+            plan::MAX_PODS_PER_NODE,
+            self.pods_per_node
+        );
+        Ok(())
+    }
+
+    /// One node runs on the embedded store; more need etcd.
+    pub fn needs_etcd(&self) -> bool {
+        self.nodes > 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn spec_builder_and_validation() {
+        let s = LabSpec::new("t1")
+            .nodes(5)
+            .backend(Backend::HostGw)
+            .direct_routing(true)
+            .underlay(Underlay::Routed)
+            .pods_per_node(3)
+            .etcd_bin("/opt/etcd")
+            .verbose(true);
+        assert_eq!(s.nodes, 5);
+        assert_eq!(s.backend, Backend::HostGw);
+        assert!(s.direct_routing);
+        assert_eq!(s.underlay, Underlay::Routed);
+        assert_eq!(s.pods_per_node, 3);
+        assert_eq!(s.etcd_bin, Path::new("/opt/etcd"));
+        s.validate().unwrap();
+        assert!(s.needs_etcd());
+        assert!(!LabSpec::new("x").nodes(1).needs_etcd());
+        assert!(LabSpec::new("x").nodes(0).validate().is_err());
+        assert!(LabSpec::new("x").nodes(241).validate().is_err());
+        assert!(LabSpec::new("x").pods_per_node(201).validate().is_err());
+        LabSpec::new("x").pods_per_node(0).validate().unwrap();
+        assert!(LabSpec::new("a/b").validate().is_err());
+    }
+}
