@@ -17,6 +17,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ConfigError;
+
 /// The value shown instead of a password.
 pub const REDACTED: &str = "<redacted>";
 
@@ -128,34 +130,44 @@ impl BgpAuth {
     /// At most one source; an inline password of 1 to 80 bytes; a file path absolute; an
     /// environment variable's name usable. `field` names the section in messages, which
     /// never contain the password.
-    pub fn validate(&self, field: &str) -> Result<(), String> {
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
         let given = [
             self.password.is_some(),
             self.password_file.is_some(),
             self.password_env.is_some(),
         ];
         if given.iter().filter(|g| **g).count() > 1 {
-            return Err(format!(
-                "{field}password, {field}passwordFile and {field}passwordEnv: give one of them"
+            return Err(ConfigError::conflict(
+                format!("{field}password"),
+                format!("{field}passwordFile"),
+                format!(
+                    "{field}password, {field}passwordFile and {field}passwordEnv: give one of them"
+                ),
             ));
         }
         if let Some(s) = &self.password {
-            check_password(s.expose()).map_err(|e| format!("{field}password: {e}"))?;
+            check_password(s.expose()).map_err(|e| {
+                ConfigError::invalid(format!("{field}password"), format!("{field}password: {e}"))
+            })?;
         }
         if let Some(p) = &self.password_file
             && !p.is_absolute()
         {
-            return Err(format!(
-                "{field}passwordFile {} must be an absolute path (each agent reads it on its \
-                 own node)",
-                p.display()
+            return Err(ConfigError::invalid(
+                format!("{field}passwordFile"),
+                format!(
+                    "{field}passwordFile {} must be an absolute path (each agent reads it on its \
+                     own node)",
+                    p.display()
+                ),
             ));
         }
         if let Some(v) = &self.password_env
             && (v.is_empty() || v.contains('=') || v.contains('\0'))
         {
-            return Err(format!(
-                "{field}passwordEnv {v:?} is not an environment variable's name"
+            return Err(ConfigError::invalid(
+                format!("{field}passwordEnv"),
+                format!("{field}passwordEnv {v:?} is not an environment variable's name"),
             ));
         }
         Ok(())
@@ -225,6 +237,7 @@ mod tests {
             ..BgpAuth::default()
         };
         let e = long.validate("bgp.").unwrap_err();
-        assert!(!e.contains("kkk"), "{e}");
+        assert!(!e.to_string().contains("kkk"), "{e}");
+        assert_eq!(e.field(), Some("bgp.password"));
     }
 }

@@ -1,0 +1,289 @@
+//! Flannel's net-conf.json: read the way flanneld reads it, with Flannel's own field names in
+//! messages (`Network`, `SubnetLen`, `Backend.VNI`, ...).
+
+use ipnet::Ipv4Net;
+
+use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
+use super::error::ConfigError;
+use super::fields::{
+    At, Fields, check_block, check_cidr, default_block, fail, parse_addr, parse_cidr, prefix_len,
+};
+use super::host_access::HostAccess;
+use super::model::{Backend, BackendKind, ClusterConfig, Pool, default_bounds};
+use super::validate::validate;
+
+/// Flannel's names of the fields.
+pub(super) const FLANNEL_FIELDS: Fields = Fields {
+    kind: "Backend.Type",
+    cidr: "Network",
+    block: "SubnetLen",
+    min: "SubnetMin",
+    max: "SubnetMax",
+    vni: "Backend.VNI",
+    port: "Backend.Port",
+    direct_routing: "Backend.DirectRouting",
+    per_pool: false,
+};
+
+/// The wireguard backend calls its port `ListenPort`.
+const FLANNEL_WIREGUARD_FIELDS: Fields = Fields {
+    port: "Backend.ListenPort",
+    ..FLANNEL_FIELDS
+};
+
+const FLANNEL_KEYS: &str = "Network, SubnetLen, SubnetMin, SubnetMax, Backend, EnableIPv4, \
+                            EnableIPv6, EnableNFTables, BGP";
+
+fn flannel_str<'a>(key: &str, value: &'a serde_json::Value) -> Result<&'a str, ConfigError> {
+    value
+        .as_str()
+        .ok_or_else(|| ConfigError::invalid(key, format!("{key} must be a string, not {value}")))
+}
+
+fn flannel_bool(key: &str, value: &serde_json::Value) -> Result<bool, ConfigError> {
+    value.as_bool().ok_or_else(|| {
+        ConfigError::invalid(key, format!("{key} must be true or false, not {value}"))
+    })
+}
+
+fn flannel_uint(key: &str, value: &serde_json::Value) -> Result<u64, ConfigError> {
+    value.as_u64().ok_or_else(|| {
+        ConfigError::invalid(
+            key,
+            format!("{key} must be a non-negative integer, not {value}"),
+        )
+    })
+}
+
+/// Flannel's net-conf.json, read the way flanneld reads it: keys match case-insensitively and
+/// a `null` value is the same as a missing key (Go's `encoding/json`), zero `SubnetLen` and
+/// `Port` mean the default, and a missing `Backend` means udp.
+pub(super) fn parse_flannel(
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Result<ClusterConfig, ConfigError> {
+    let (mut network, mut subnet_len, mut min, mut max, mut backend, mut bgp) =
+        (None, None, None, None, None, None);
+    for (key, value) in object {
+        if value.is_null() {
+            continue;
+        }
+        match key.to_ascii_lowercase().as_str() {
+            "network" => network = Some(flannel_str(key, value)?),
+            "subnetlen" => subnet_len = Some(flannel_uint(key, value)?),
+            "subnetmin" => min = Some(flannel_str(key, value)?),
+            "subnetmax" => max = Some(flannel_str(key, value)?),
+            "backend" => backend = Some(value),
+            // twill's addition: the bgp section of its own form, same keys.
+            "bgp" => {
+                let raw: RawBgp = serde_json::from_value(value.clone())
+                    .map_err(|e| ConfigError::syntax(key, e))?;
+                bgp = Some(from_raw_bgp(raw)?);
+            }
+            "enableipv4" => {
+                if !flannel_bool(key, value)? {
+                    return fail(ConfigError::unsupported(
+                        key,
+                        format!("{key} is false: twill needs IPv4 (IPv6 not supported yet)"),
+                    ));
+                }
+            }
+            "enableipv6" => {
+                if flannel_bool(key, value)? {
+                    return fail(ConfigError::unsupported(
+                        key,
+                        format!("{key}: IPv6 not supported yet"),
+                    ));
+                }
+            }
+            "ipv6network" | "ipv6subnetlen" | "ipv6subnetmin" | "ipv6subnetmax" => {
+                return fail(ConfigError::unsupported(
+                    key,
+                    format!("{key}: IPv6 not supported yet"),
+                ));
+            }
+            // twill always programs nftables, so either value is fine.
+            "enablenftables" => {
+                flannel_bool(key, value)?;
+            }
+            _ => {
+                return fail(ConfigError::unknown_key(
+                    key,
+                    format!(
+                        "unknown key {key:?} in Flannel's net-conf.json (known: {FLANNEL_KEYS})"
+                    ),
+                ));
+            }
+        }
+    }
+
+    let (backend, fields) = flannel_backend(backend)?;
+    let Some(network) = network else {
+        return fail(ConfigError::missing(
+            "Network",
+            r#"Network is missing: net-conf.json needs e.g. "Network": "10.244.0.0/16""#,
+        ));
+    };
+    let top = At::top();
+    let cidr = parse_cidr(&top, "Network", network)?;
+    check_cidr(&top, fields, cidr)?;
+    let block = match subnet_len {
+        None | Some(0) => default_block(&top, "Network", cidr)?,
+        Some(len) => {
+            let len = prefix_len(&top, fields.block, len)?;
+            check_block(&top, fields, cidr, len)?;
+            // Flannel never leases the first subnet, so it insists on at least four.
+            if len < cidr.prefix_len() + 2 {
+                return fail(ConfigError::invalid(
+                    "SubnetLen",
+                    format!(
+                        "SubnetLen /{len} cuts Network {cidr} into fewer than four subnets; \
+                         Flannel requires SubnetLen /{} or longer",
+                        cidr.prefix_len() + 2
+                    ),
+                ));
+            }
+            len
+        }
+    };
+    let (default_min, default_max) = default_bounds(cidr, block);
+    let bound = |field: &str, text: Option<&str>, default: Ipv4Net| match text {
+        None => Ok(default),
+        Some(text) => Ok(Ipv4Net::new(parse_addr(&top, field, text)?, block)
+            .expect("block sizes are checked to be at most 30")),
+    };
+    let config = ClusterConfig {
+        pools: vec![Pool {
+            name: "default".into(),
+            cidr,
+            block_size: block,
+            subnet_min: bound("SubnetMin", min, default_min)?,
+            subnet_max: bound("SubnetMax", max, default_max)?,
+            nat_outgoing: true,
+        }],
+        bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
+        backend,
+        // Flannel's form has no such keys: the defaults (Drop, no ports).
+        host_access: HostAccess::default(),
+    };
+    validate(&config, fields)?;
+    Ok(config)
+}
+
+fn flannel_backend(
+    value: Option<&serde_json::Value>,
+) -> Result<(Backend, &'static Fields), ConfigError> {
+    let Some(value) = value else {
+        return Ok((Backend::with_defaults(BackendKind::Udp), &FLANNEL_FIELDS));
+    };
+    let Some(object) = value.as_object() else {
+        return fail(ConfigError::invalid(
+            "Backend",
+            format!(r#"Backend must be an object such as {{"Type": "vxlan"}}, not {value}"#),
+        ));
+    };
+    let type_name = object
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case("type") && !v.is_null())
+        .map(|(k, v)| flannel_str(&format!("Backend.{k}"), v))
+        .transpose()?;
+    let Some(type_name) = type_name else {
+        return fail(ConfigError::missing(
+            "Backend.Type",
+            format!(
+                "Backend.Type is missing: use one of {}",
+                BackendKind::list()
+            ),
+        ));
+    };
+    let Some(kind) = BackendKind::from_name(type_name) else {
+        return fail(ConfigError::unsupported(
+            "Backend.Type",
+            format!(
+                "Backend.Type {type_name:?} is not supported: twill supports {}",
+                BackendKind::list()
+            ),
+        ));
+    };
+    let fields = if kind == BackendKind::Wireguard {
+        &FLANNEL_WIREGUARD_FIELDS
+    } else {
+        &FLANNEL_FIELDS
+    };
+    let mut backend = Backend::with_defaults(kind);
+    for (key, value) in object {
+        let lower = key.to_ascii_lowercase();
+        if value.is_null() || lower == "type" {
+            continue;
+        }
+        let name = format!("Backend.{key}");
+        match (kind, lower.as_str()) {
+            (BackendKind::Vxlan, "vni") => {
+                let vni = flannel_uint(&name, value)?;
+                backend.vni = u32::try_from(vni).unwrap_or(u32::MAX);
+            }
+            (BackendKind::Vxlan | BackendKind::Udp, "port")
+            | (BackendKind::Wireguard, "listenport") => {
+                let port = flannel_uint(&name, value)?;
+                if port != 0 {
+                    backend.port = u16::try_from(port).map_err(|_| {
+                        ConfigError::invalid(
+                            &name,
+                            format!("{name} {port} is not a UDP port (1 to 65535)"),
+                        )
+                    })?;
+                }
+            }
+            // Flannel's udp has no DirectRouting; twill's does (same-segment peers get routes).
+            (BackendKind::Vxlan | BackendKind::Ipip | BackendKind::Udp, "directrouting") => {
+                backend.direct_routing = flannel_bool(&name, value)?;
+            }
+            // Tools that template net-conf.json often write `"DirectRouting": false` for every
+            // backend; only `true` would ask for something these backends cannot do.
+            (BackendKind::HostGw | BackendKind::Wireguard | BackendKind::Bgp, "directrouting") => {
+                if flannel_bool(&name, value)? {
+                    return fail(ConfigError::conflict(
+                        &name,
+                        "Backend.Type",
+                        format!(
+                            "{name} is not available with the {kind} backend: use vxlan, udp or \
+                             ipip"
+                        ),
+                    ));
+                }
+            }
+            // Off is what twill does anyway.
+            (BackendKind::Vxlan, "gbp" | "learning") => {
+                if flannel_bool(&name, value)? {
+                    return fail(ConfigError::unsupported(
+                        &name,
+                        format!("{name} is not supported by twill's vxlan backend"),
+                    ));
+                }
+            }
+            (BackendKind::Vxlan, "mtu" | "macprefix")
+            | (
+                BackendKind::Wireguard,
+                "psk" | "listenportv6" | "persistentkeepaliveinterval" | "mode" | "mtu",
+            ) => {
+                return fail(ConfigError::unsupported(
+                    &name,
+                    format!("{name} is a Flannel {kind} option twill does not support yet"),
+                ));
+            }
+            _ => {
+                let known = match kind {
+                    BackendKind::Vxlan => "Type, VNI, Port, DirectRouting",
+                    BackendKind::Udp => "Type, Port, DirectRouting",
+                    BackendKind::Ipip => "Type, DirectRouting",
+                    BackendKind::Wireguard => "Type, ListenPort",
+                    BackendKind::HostGw | BackendKind::Bgp => "Type",
+                };
+                return fail(ConfigError::unknown_key(
+                    &name,
+                    format!("unknown key {name:?} for the {kind} backend (known: {known})"),
+                ));
+            }
+        }
+    }
+    Ok((backend, fields))
+}

@@ -1,0 +1,47 @@
+//! The cluster config: which ranges pods get addresses from, how nodes' subnets are cut from
+//! them, and how traffic crosses between nodes.
+//!
+//! Accepted forms (see [`ClusterConfig::parse`]):
+//! - Flannel's net-conf.json, as is.
+//! - twill's own form, in TOML or YAML, with Calico-style pools.
+//!
+//! Both become one normalized [`ClusterConfig`], which is what the store holds (as JSON).
+//!
+//! Where things live (everything public is re-exported here, so paths are
+//! `twill_types::cluster::X` whatever the file):
+//! - `model`: the config types, their constants and defaults.
+//! - `validate`: the invariants of any accepted config, and the check against the host's
+//!   networks.
+//! - `parse`: which form a text is in, the dispatch to its reader, the normalized JSON.
+//! - `flannel`: Flannel's net-conf.json and Flannel's field names.
+//! - `twill_form`: twill's own form (TOML, YAML, JSON with `pools`).
+//! - `host_access`: what pods may reach of their own node.
+//! - `bgp`: the `bgp` section and the external peers of the store.
+//! - `fields`: how forms name fields, and the value readers they share.
+//! - `error`: [`ConfigError`], naming the field and the problem.
+
+mod bgp;
+mod error;
+mod fields;
+mod flannel;
+mod host_access;
+mod model;
+mod parse;
+mod twill_form;
+mod validate;
+
+pub use crate::bgp_auth::{BgpAuth, Secret};
+pub use bgp::{
+    BGP_PEERS_PREFIX, BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME,
+};
+pub use error::ConfigError;
+pub use host_access::{
+    ETCD_CLIENT_PORT, ETCD_PEER_PORT, HostAccess, HostPort, PortProto, WorkloadToHost,
+    control_tcp_ports, tunnel_udp_ports,
+};
+pub use model::{
+    Backend, BackendKind, ClusterConfig, DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
+    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_BLOCK_SIZE, MAX_VNI, Pool,
+};
+pub use parse::ConfigForm;
+pub use validate::{HostNet, RESERVED_RANGES, overlaps, reserved_overlap};

@@ -1,0 +1,285 @@
+//! The normalized cluster config: its types, the constants and defaults they are built from,
+//! and the questions callers ask of a config (which pool holds an address, how many subnets a
+//! pool has, how much each packet loses to encapsulation).
+//!
+//! Every form is read into these types; the store holds them as JSON.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::bgp::BgpConfig;
+use super::host_access::HostAccess;
+
+/// How traffic between nodes is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendKind {
+    /// Plain routes via the peer's address; peers must share the L2 segment.
+    #[serde(rename = "host-gw")]
+    HostGw,
+    /// Kernel VXLAN with Flannel's scheme (route + ARP + FDB per peer).
+    #[serde(rename = "vxlan")]
+    Vxlan,
+    /// Userspace UDP encapsulation over TUN (issue 4).
+    #[serde(rename = "udp")]
+    Udp,
+    /// IP-in-IP (issue 4).
+    #[serde(rename = "ipip")]
+    Ipip,
+    /// WireGuard (later).
+    #[serde(rename = "wireguard")]
+    Wireguard,
+    /// No encapsulation and no lease-based routes: the BGP speaker's learned routes are the
+    /// routes (Calico's BGP networking with `Never` pools).
+    #[serde(rename = "bgp")]
+    Bgp,
+}
+
+/// Calico's encapsulation modes for `vxlanMode` / `ipipMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum EncapMode {
+    /// Encapsulate traffic to every peer.
+    Always,
+    /// Encapsulate only to peers in another underlay subnet; route directly otherwise.
+    CrossSubnet,
+    /// Never encapsulate.
+    #[default]
+    Never,
+}
+
+/// The backend settings of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    pub kind: BackendKind,
+    /// VXLAN network identifier (Flannel's `VNI`, default 1). 0 for backends other than vxlan,
+    /// which have no VNI.
+    pub vni: u32,
+    /// UDP port of the encapsulation (Flannel's `Port`; vxlan default 8472, udp 8285,
+    /// wireguard's `ListenPort` 51820). 0 for host-gw and ipip, which use no port.
+    pub port: u16,
+    /// Route directly to peers on the same underlay subnet, encapsulate to the rest
+    /// (Flannel's `DirectRouting`, Calico's `CrossSubnet`).
+    pub direct_routing: bool,
+}
+
+/// One pool of pod addresses, cut into one subnet per node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pool {
+    /// A name for messages and status (`default` for Flannel's single network).
+    pub name: String,
+    pub cidr: Ipv4Net,
+    /// Prefix length of each node's subnet (Flannel's `SubnetLen`, Calico's `blockSize`).
+    pub block_size: u8,
+    /// First and last node subnet that may be leased (Flannel's `SubnetMin`/`SubnetMax`);
+    /// both are subnets of `cidr` with prefix `block_size`.
+    pub subnet_min: Ipv4Net,
+    pub subnet_max: Ipv4Net,
+    /// Masquerade pod traffic that leaves the cluster's pools. Always true for Flannel's
+    /// net-conf.json, which has no such key: flanneld is nearly always run with `--ip-masq`.
+    pub nat_outgoing: bool,
+}
+
+/// The normalized cluster config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// At least one pool; pools never overlap.
+    pub pools: Vec<Pool>,
+    pub backend: Backend,
+    /// Routing by BGP (Calico-like); absent: no BGP speaker runs. Skipped when absent so
+    /// configs without it keep their normalized form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpConfig>,
+    /// What pods may reach of their own node (`workloadToHost`, `workloadToHostPorts`; top-level
+    /// keys of twill's form, defaults for Flannel's). Left out of the normalized form when it is
+    /// the default, so configs without it keep their normalized form.
+    #[serde(flatten)]
+    pub host_access: HostAccess,
+}
+
+/// Flannel's default VXLAN network identifier.
+pub const DEFAULT_VNI: u32 = 1;
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// Linux's VXLAN port, which Flannel keeps (IANA's 4789 came later; mixing them breaks peers).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Flannel's udp backend port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// Flannel's wireguard backend `ListenPort`.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+/// The longest node subnet: a /30 still holds a gateway and one pod besides the network and
+/// broadcast addresses (Flannel's limit too).
+pub const MAX_BLOCK_SIZE: u8 = 30;
+
+impl BackendKind {
+    /// Every backend, in the order messages list them.
+    pub const ALL: [BackendKind; 6] = [
+        BackendKind::Udp,
+        BackendKind::Vxlan,
+        BackendKind::HostGw,
+        BackendKind::Ipip,
+        BackendKind::Wireguard,
+        BackendKind::Bgp,
+    ];
+
+    /// The name used in configs and leases (`host-gw`, `vxlan`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::HostGw => "host-gw",
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::Udp => "udp",
+            BackendKind::Ipip => "ipip",
+            BackendKind::Wireguard => "wireguard",
+            BackendKind::Bgp => "bgp",
+        }
+    }
+
+    /// The backend with this config name.
+    pub fn from_name(name: &str) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Bytes each packet to a peer loses to encapsulation, so pods' MTU is the underlay's
+    /// minus this.
+    pub fn mtu_overhead(self) -> u32 {
+        match self {
+            // Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+            BackendKind::Vxlan => 50,
+            // Outer IPv4 20 + UDP 8; the payload is the bare IP packet.
+            BackendKind::Udp => 28,
+            BackendKind::Ipip => 20,
+            BackendKind::HostGw | BackendKind::Bgp => 0,
+            // WireGuard's usual figure: room for an IPv6 outer header (40) + UDP 8 + its own 32.
+            BackendKind::Wireguard => 80,
+        }
+    }
+
+    /// The default UDP port, or 0 for backends that use none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            BackendKind::Vxlan => DEFAULT_VXLAN_PORT,
+            BackendKind::Udp => DEFAULT_UDP_PORT,
+            BackendKind::Wireguard => DEFAULT_WIREGUARD_PORT,
+            BackendKind::HostGw | BackendKind::Ipip | BackendKind::Bgp => 0,
+        }
+    }
+
+    pub(super) fn uses_port(self) -> bool {
+        self.default_port() != 0
+    }
+
+    /// Only encapsulating backends that can also route directly have a `DirectRouting` switch.
+    pub(super) fn has_direct_routing(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Vxlan | BackendKind::Ipip | BackendKind::Udp
+        )
+    }
+
+    pub(super) fn list() -> String {
+        BackendKind::ALL.map(BackendKind::name).join(", ")
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl EncapMode {
+    /// The name used in configs (`Always`, `CrossSubnet`, `Never`; case matters, as in Calico).
+    pub fn name(self) -> &'static str {
+        match self {
+            EncapMode::Always => "Always",
+            EncapMode::CrossSubnet => "CrossSubnet",
+            EncapMode::Never => "Never",
+        }
+    }
+
+    /// The mode with this config name.
+    pub fn from_name(name: &str) -> Option<EncapMode> {
+        [EncapMode::Always, EncapMode::CrossSubnet, EncapMode::Never]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
+
+impl fmt::Display for EncapMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Backend {
+    /// The settings of `kind` with Flannel's defaults.
+    pub fn with_defaults(kind: BackendKind) -> Backend {
+        Backend {
+            kind,
+            vni: if kind == BackendKind::Vxlan {
+                DEFAULT_VNI
+            } else {
+                0
+            },
+            port: kind.default_port(),
+            direct_routing: false,
+        }
+    }
+}
+
+impl Pool {
+    /// How many node subnets lie between `subnet_min` and `subnet_max`, both included
+    /// (0 if they are out of order or not of the block size).
+    pub fn subnet_count(&self) -> u64 {
+        let (min, max) = (self.subnet_min, self.subnet_max);
+        if min.prefix_len() != self.block_size || max.prefix_len() != self.block_size {
+            return 0;
+        }
+        let shift = 32 - u32::from(self.block_size);
+        let (lo, hi) = (
+            u32::from(min.addr()) >> shift,
+            u32::from(max.addr()) >> shift,
+        );
+        if lo > hi { 0 } else { u64::from(hi - lo) + 1 }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether `ip` is a pod address of some pool.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.pools.iter().any(|p| p.cidr.contains(&ip))
+    }
+
+    /// The pool a subnet lies in, whatever its prefix (pools never overlap, so there is at
+    /// most one).
+    pub fn pool_of(&self, subnet: Ipv4Net) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.cidr.contains(&subnet))
+    }
+
+    /// Bytes per packet the backend's encapsulation takes (see [`BackendKind::mtu_overhead`]).
+    pub fn mtu_overhead(&self) -> u32 {
+        self.backend.kind.mtu_overhead()
+    }
+}
+
+/// The `n`th subnet of length `block` in `cidr`.
+fn nth_subnet(cidr: Ipv4Net, block: u8, n: u64) -> Ipv4Net {
+    let start = u64::from(u32::from(cidr.network())) + (n << (32 - u32::from(block)));
+    let addr = Ipv4Addr::from(u32::try_from(start).unwrap_or(u32::MAX));
+    Ipv4Net::new(addr, block).expect("block sizes are checked to be at most 30")
+}
+
+/// The first and last node subnet by default. The first subnet of the network is skipped, as
+/// Flannel does: its network address is the network's own, which the VXLAN device would
+/// carry as its address.
+pub(super) fn default_bounds(cidr: Ipv4Net, block: u8) -> (Ipv4Net, Ipv4Net) {
+    let count = 1u64 << (block - cidr.prefix_len());
+    (
+        nth_subnet(cidr, block, 1),
+        nth_subnet(cidr, block, count - 1),
+    )
+}

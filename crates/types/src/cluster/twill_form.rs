@@ -1,0 +1,328 @@
+//! twill's own form (TOML, YAML, or JSON with `pools`): Calico-style pools with their
+//! encapsulation modes, the backend keys, the `bgp` section and the host access keys, read
+//! into the normalized config (see [`ClusterConfig::parse`] for the rules).
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
+use super::error::ConfigError;
+use super::fields::{
+    At, TWILL_FIELDS, check_block, check_cidr, default_block, fail, parse_addr, parse_cidr,
+    prefix_len,
+};
+use super::host_access::from_raw_host_access;
+use super::model::{Backend, BackendKind, ClusterConfig, EncapMode, Pool, default_bounds};
+use super::validate::validate;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTwill {
+    backend: Option<String>,
+    vni: Option<i64>,
+    port: Option<i64>,
+    direct_routing: Option<bool>,
+    pools: Option<Vec<RawPool>>,
+    bgp: Option<RawBgp>,
+    workload_to_host: Option<String>,
+    workload_to_host_ports: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPool {
+    name: Option<String>,
+    cidr: Option<String>,
+    block_size: Option<i64>,
+    subnet_min: Option<String>,
+    subnet_max: Option<String>,
+    vxlan_mode: Option<String>,
+    ipip_mode: Option<String>,
+    nat_outgoing: Option<bool>,
+}
+
+/// What one pool's Calico modes ask for.
+struct PoolModes {
+    pool: String,
+    /// The pool's path (`pools[1]`), which errors about its modes name.
+    path: String,
+    vxlan: EncapMode,
+    ipip: EncapMode,
+}
+
+impl PoolModes {
+    /// The backend and direct routing these modes mean ("Never" for both: no encapsulation,
+    /// which is host-gw).
+    fn implied(&self) -> (BackendKind, bool) {
+        match (self.vxlan, self.ipip) {
+            (EncapMode::Always, _) => (BackendKind::Vxlan, false),
+            (EncapMode::CrossSubnet, _) => (BackendKind::Vxlan, true),
+            (_, EncapMode::Always) => (BackendKind::Ipip, false),
+            (_, EncapMode::CrossSubnet) => (BackendKind::Ipip, true),
+            (EncapMode::Never, EncapMode::Never) => (BackendKind::HostGw, false),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.vxlan, self.ipip) {
+            (EncapMode::Never, EncapMode::Never) => format!(
+                "pool {} has vxlanMode and ipipMode Never (no encapsulation: host-gw)",
+                self.pool
+            ),
+            (mode, EncapMode::Never) => format!("pool {} has vxlanMode {mode}", self.pool),
+            (_, mode) => format!("pool {} has ipipMode {mode}", self.pool),
+        }
+    }
+
+    /// The path of the mode that decides (`pools[0].vxlanMode`; vxlanMode when neither is set).
+    fn field(&self) -> String {
+        let key = if self.ipip != EncapMode::Never && self.vxlan == EncapMode::Never {
+            "ipipMode"
+        } else {
+            "vxlanMode"
+        };
+        format!("{}.{key}", self.path)
+    }
+}
+
+fn parse_mode(at: &At, field: &str, text: Option<&str>) -> Result<EncapMode, ConfigError> {
+    match text {
+        None => Ok(EncapMode::Never),
+        Some(text) => EncapMode::from_name(text).ok_or_else(|| {
+            ConfigError::invalid(
+                at.field(field),
+                format!("{at}{field} {text:?} must be Always, CrossSubnet or Never"),
+            )
+        }),
+    }
+}
+
+/// twill's form as its parser read it, defaults filled in, then validated.
+pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
+    let fields = &TWILL_FIELDS;
+    let raw_pools = match raw.pools {
+        Some(pools) if !pools.is_empty() => pools,
+        _ => {
+            return fail(ConfigError::missing(
+                "pools",
+                "pools: at least one pool (with a name and a cidr) is required",
+            ));
+        }
+    };
+    // Calico's modes speak only if some pool sets one; then a missing mode is Never, as in
+    // Calico. If none does, `backend` alone decides (vxlan by default).
+    let modes_set = raw_pools
+        .iter()
+        .any(|p| p.vxlan_mode.is_some() || p.ipip_mode.is_some());
+    let mut pools = Vec::with_capacity(raw_pools.len());
+    let mut modes = Vec::with_capacity(raw_pools.len());
+    for (i, raw) in raw_pools.into_iter().enumerate() {
+        let name = match raw.name {
+            Some(name) if !name.trim().is_empty() => name,
+            Some(_) => {
+                return fail(ConfigError::invalid(
+                    format!("pools[{i}].name"),
+                    format!("pools[{i}]: name must not be empty"),
+                ));
+            }
+            None => {
+                return fail(ConfigError::missing(
+                    format!("pools[{i}].name"),
+                    format!("pools[{i}]: name is missing"),
+                ));
+            }
+        };
+        let at = fields.at(i, &name);
+        let Some(cidr) = raw.cidr else {
+            return fail(ConfigError::missing(
+                at.field("cidr"),
+                format!("{at}cidr is missing"),
+            ));
+        };
+        let cidr = parse_cidr(&at, fields.cidr, &cidr)?;
+        check_cidr(&at, fields, cidr)?;
+        let block = match raw.block_size {
+            None => default_block(&at, fields.cidr, cidr)?,
+            Some(len) => {
+                let len = prefix_len(&at, fields.block, len)?;
+                check_block(&at, fields, cidr, len)?;
+                len
+            }
+        };
+        let (default_min, default_max) = default_bounds(cidr, block);
+        let bound = |field: &str, text: Option<String>, default: Ipv4Net| match text {
+            None => Ok(default),
+            Some(text) => parse_bound(&at, field, &text, block),
+        };
+        let subnet_min = bound(fields.min, raw.subnet_min, default_min)?;
+        let subnet_max = bound(fields.max, raw.subnet_max, default_max)?;
+        let vxlan = parse_mode(&at, "vxlanMode", raw.vxlan_mode.as_deref())?;
+        let ipip = parse_mode(&at, "ipipMode", raw.ipip_mode.as_deref())?;
+        if vxlan != EncapMode::Never && ipip != EncapMode::Never {
+            return fail(ConfigError::conflict(
+                at.field("vxlanMode"),
+                at.field("ipipMode"),
+                format!(
+                    "{at}vxlanMode {vxlan} and ipipMode {ipip} are both set; a pool uses one \
+                     encapsulation (set the other to Never)"
+                ),
+            ));
+        }
+        modes.push(PoolModes {
+            pool: name.clone(),
+            path: format!("pools[{i}]"),
+            vxlan,
+            ipip,
+        });
+        pools.push(Pool {
+            name,
+            cidr,
+            block_size: block,
+            subnet_min,
+            subnet_max,
+            nat_outgoing: raw.nat_outgoing.unwrap_or(true),
+        });
+    }
+
+    let implied = if modes_set {
+        let first = &modes[0];
+        if let Some(other) = modes.iter().find(|m| m.implied() != first.implied()) {
+            return fail(ConfigError::conflict(
+                other.field(),
+                first.field(),
+                format!(
+                    "pools disagree on encapsulation: {} but {}; twill runs one backend per \
+                     cluster",
+                    first.describe(),
+                    other.describe()
+                ),
+            ));
+        }
+        Some((first.implied(), first))
+    } else {
+        None
+    };
+
+    let explicit = match raw.backend.as_deref() {
+        None => None,
+        Some(name) => Some(BackendKind::from_name(name).ok_or_else(|| {
+            ConfigError::unsupported(
+                "backend",
+                format!(
+                    "backend {name:?} is not supported: twill supports {}",
+                    BackendKind::list()
+                ),
+            )
+        })?),
+    };
+    let bgp = raw.bgp.map(from_raw_bgp).transpose()?;
+    let kind = match (explicit, implied) {
+        // A bgp section without encapsulation asks for routing by BGP.
+        (None, None) if bgp.is_some() => BackendKind::Bgp,
+        (None, Some(((BackendKind::HostGw, _), _))) if bgp.is_some() => BackendKind::Bgp,
+        (None, None) => BackendKind::Vxlan,
+        (Some(BackendKind::Bgp), None | Some(((BackendKind::HostGw, _), _))) => BackendKind::Bgp,
+        (None, Some(((kind, _), _))) => kind,
+        (Some(kind), None) => kind,
+        // WireGuard carries traffic itself; Calico runs it over pools that say Never.
+        (Some(BackendKind::Wireguard), Some(((BackendKind::HostGw, _), _))) => {
+            BackendKind::Wireguard
+        }
+        (Some(kind), Some(((implied_kind, _), modes))) => {
+            if kind != implied_kind {
+                return fail(ConfigError::conflict(
+                    "backend",
+                    modes.field(),
+                    format!(
+                        "backend {:?} conflicts with the pools' modes: {}, which means \
+                         {implied_kind}; drop `backend` or make them agree",
+                        kind.name(),
+                        modes.describe()
+                    ),
+                ));
+            }
+            kind
+        }
+    };
+    // `directRouting = true` asks for direct routes, and so does CrossSubnet; `false` (the
+    // default, often left in templates) asks for nothing. Only asking for direct routes while
+    // a pool says Always (encapsulate to every peer) is a contradiction.
+    let implied_direct = implied
+        .filter(|((k, _), _)| k.has_direct_routing())
+        .map(|((_, direct), modes)| (direct, modes));
+    let direct_routing = match (raw.direct_routing, implied_direct) {
+        (Some(true), Some((false, modes))) => {
+            return fail(ConfigError::conflict(
+                "directRouting",
+                modes.field(),
+                format!(
+                    "directRouting = true conflicts with the pools' modes: {} (Always \
+                     encapsulates to every peer; CrossSubnet routes directly within a subnet)",
+                    modes.describe()
+                ),
+            ));
+        }
+        (explicit, implied) => {
+            explicit.unwrap_or(false) || implied.is_some_and(|(direct, _)| direct)
+        }
+    };
+    let mut backend = Backend::with_defaults(kind);
+    backend.direct_routing = direct_routing;
+    if let Some(vni) = raw.vni {
+        if kind != BackendKind::Vxlan {
+            return fail(ConfigError::conflict(
+                "vni",
+                "backend",
+                format!("vni applies only to the vxlan backend, not {kind}"),
+            ));
+        }
+        backend.vni = u32::try_from(vni).unwrap_or(u32::MAX);
+    }
+    if let Some(port) = raw.port {
+        if !kind.uses_port() {
+            return fail(ConfigError::conflict(
+                "port",
+                "backend",
+                format!("port applies only to the vxlan, udp and wireguard backends, not {kind}"),
+            ));
+        }
+        backend.port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "port",
+                    format!("port {port} is not a UDP port (1 to 65535)"),
+                )
+            })?;
+    }
+
+    // `backend = "bgp"` alone means BGP with every default.
+    let bgp = bgp.or_else(|| (kind == BackendKind::Bgp).then(BgpConfig::default));
+    let host_access = from_raw_host_access(raw.workload_to_host, raw.workload_to_host_ports)?;
+    let config = ClusterConfig {
+        pools,
+        backend,
+        bgp,
+        host_access,
+    };
+    validate(&config, fields)?;
+    Ok(config)
+}
+
+/// A `subnetMin`/`subnetMax` of twill's form: an address (as in Flannel) or a subnet of the
+/// block size.
+fn parse_bound(at: &At, field: &str, text: &str, block: u8) -> Result<Ipv4Net, ConfigError> {
+    if text.contains('/') {
+        let net = parse_cidr(at, field, text)?;
+        if net.prefix_len() != block {
+            return fail(ConfigError::invalid(
+                at.field(field),
+                format!("{at}{field} {net} must have the blockSize /{block}"),
+            ));
+        }
+        return Ok(net);
+    }
+    let addr = parse_addr(at, field, text)?;
+    Ok(Ipv4Net::new(addr, block).expect("block sizes are checked to be at most 30"))
+}
