@@ -66,7 +66,9 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::Error;
-use crate::nfnl::{self, Batch, NFPROTO_BRIDGE, NFPROTO_INET, NfSock, NlError, msg};
+use crate::nfnl::{
+    self, Batch, NFPROTO_BRIDGE, NFPROTO_INET, NfSock, NfTablesMessage, NlError, SetElementOp,
+};
 use crate::nftcli;
 
 /// Name of twill's tables (one per family).
@@ -353,9 +355,11 @@ pub fn remove_masquerade(state_dir: &Path, network: &str) -> Result<(), Error> {
     let op = format!("deleting the ipMasq chain inet {TABLE} {chain}");
     let res = nfnl::with_sock(|sock| {
         let mut batch = Batch::new(sock);
-        let b = batch.msg(msg::DELCHAIN, 0, NFPROTO_INET);
-        b.attr_strz(nfnl::attr::NFTA_CHAIN_TABLE, TABLE);
-        b.attr_strz(nfnl::attr::NFTA_CHAIN_NAME, &chain);
+        batch.push(
+            NfTablesMessage::DeleteChain(nfnl::chain_message(TABLE, &chain)),
+            0,
+            NFPROTO_INET,
+        );
         sock.batch(batch)
     });
     match res {
@@ -855,7 +859,7 @@ fn decode_mac_key(key: &[u8]) -> Option<(String, [u8; 6])> {
 
 fn setelem_batch(
     sock: &mut NfSock,
-    m: u16,
+    op: SetElementOp,
     flags: u16,
     mode: Mode,
     sets: &[(&str, Vec<Vec<u8>>)],
@@ -863,7 +867,11 @@ fn setelem_batch(
     let mut batch = Batch::new(sock);
     for (set, keys) in sets {
         if !keys.is_empty() {
-            nfnl::put_setelems(batch.msg(m, flags, mode.family()), TABLE, set, keys);
+            batch.push(
+                op(nfnl::set_elements(TABLE, set, keys)),
+                flags,
+                mode.family(),
+            );
         }
     }
     batch
@@ -899,7 +907,13 @@ pub fn allow_source(mode: Mode, ifname: &str, addrs: &[IpAddr]) -> Result<(), Er
     );
     nfnl::with_sock(|sock| {
         // NLM_F_CREATE without NLM_F_EXCL: an existing element is not an error.
-        let batch = setelem_batch(sock, msg::NEWSETELEM, nfnl::NLM_F_CREATE, mode, &sets);
+        let batch = setelem_batch(
+            sock,
+            NfTablesMessage::NewSetElement,
+            nfnl::NLM_F_CREATE,
+            mode,
+            &sets,
+        );
         sock.batch(batch)
     })
     .map_err(|e| nl_error(op, e, NO_SETS_HINT))
@@ -938,7 +952,13 @@ pub fn allow_mac(mode: Mode, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
         mac_text(&mac)
     );
     nfnl::with_sock(|sock| {
-        let batch = setelem_batch(sock, msg::NEWSETELEM, nfnl::NLM_F_CREATE, mode, &sets);
+        let batch = setelem_batch(
+            sock,
+            NfTablesMessage::NewSetElement,
+            nfnl::NLM_F_CREATE,
+            mode,
+            &sets,
+        );
         sock.batch(batch)
     })
     .map_err(|e| nl_error(op, e, NO_SETS_HINT))
@@ -1076,7 +1096,7 @@ fn forget_keys(
     if present.is_empty() {
         return Ok(());
     }
-    let batch = setelem_batch(sock, msg::DELSETELEM, 0, mode, &present);
+    let batch = setelem_batch(sock, NfTablesMessage::DeleteSetElement, 0, mode, &present);
     match sock.batch(batch) {
         Err(e) if e.errno() == Some(libc::ENOENT) => {}
         other => return other,
@@ -1086,12 +1106,8 @@ fn forget_keys(
     for (set, keys) in &present {
         for key in keys {
             let mut batch = Batch::new(sock);
-            nfnl::put_setelems(
-                batch.msg(msg::DELSETELEM, 0, fam),
-                TABLE,
-                set,
-                std::slice::from_ref(key),
-            );
+            let one = nfnl::set_elements(TABLE, set, std::slice::from_ref(key));
+            batch.push(NfTablesMessage::DeleteSetElement(one), 0, fam);
             match sock.batch(batch) {
                 Err(e) if e.errno() != Some(libc::ENOENT) => return Err(e),
                 _ => {}
@@ -1156,8 +1172,9 @@ pub fn source_allowed(mode: Mode, ifname: &str, addr: IpAddr) -> Result<bool, Er
 /// A veth's dump entry names its peer (`IFLA_LINK`) and the peer's namespace
 /// as an id of this namespace (`IFLA_LINK_NETNSID`); `RTM_GETLINK` with
 /// `IFLA_TARGET_NETNSID` (Linux >= 4.20) reads the peer there without
-/// entering it. Hand-encoded like `nfnl` (the layouts are in
-/// `include/uapi/linux/if_link.h` and `rtnetlink.h`).
+/// entering it. Hand-encoded (the layouts are in
+/// `include/uapi/linux/if_link.h` and `rtnetlink.h`) and read with `nfnl`'s
+/// generic netlink reply helpers.
 mod peer_macs {
     use std::io;
     use std::os::fd::AsFd;

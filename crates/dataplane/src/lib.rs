@@ -8,8 +8,9 @@
 //!   `bridge twill` tables.
 //! - [`hostguard`]: the agent's `inet twill-host` table: what pods may reach of the nodes
 //!   (workload-to-host protection, control-plane ports) and who may send to the VXLAN port.
-//! - `nfnl` (private): the minimal nfnetlink encoder/decoder that keeps the
-//!   per-container operations free of process spawns.
+//! - `nfnl` (private): the nfnetlink client (requests encoded with
+//!   `netlink-packet-netfilter`) that keeps the per-container operations
+//!   free of process spawns.
 //! - [`policy`]: applying network policy rule sets; bridge netfilter hooks.
 //! - [`route_writer`]: the task that applies the agent's BGP route changes as they stream in.
 //! - `nftcli` (private): running `nft -f -` for the rare rule changes.

@@ -1,24 +1,49 @@
-//! A minimal nfnetlink / nf_tables wire client: message building, attribute
-//! nesting, batches, dumps and ack parsing over a `NETLINK_NETFILTER` socket.
+//! The nfnetlink / nf_tables client of the hot paths: builds nf_tables
+//! requests and batches with `netlink-packet-netfilter`, sends them over a
+//! `NETLINK_NETFILTER` socket (`netlink-sys`), and reads acks, errors and
+//! dumps.
 //!
-//! Why hand-encoded: the CNI plugin adds and removes anti-spoofing set
-//! elements and checks for its chains on every container ADD/DEL, so these
-//! operations must cost microseconds, not the milliseconds of spawning `nft`.
-//! No maintained Rust crate encodes nf_tables set elements with concatenated
-//! keys (`ifname . ipv4_addr`) without shelling out to `nft`;
-//! `netlink-packet-netfilter` only covers nflog/conntrack, not nf_tables.
-//! The subset needed here is small (a handful of message types and
-//! attributes, see `include/uapi/linux/netfilter/nf_tables.h`), so we encode
-//! it ourselves and leave everything rule-shaped to `nft -f` (see `nftcli`).
+//! Why netlink and not `nft`: the CNI plugin adds and removes anti-spoofing
+//! set elements and checks for its chains on every container ADD/DEL, so
+//! these operations must cost microseconds, not the milliseconds of spawning
+//! `nft`. Everything rule-shaped is left to `nft -f` (see `nftcli`).
 //!
-//! Layout reminders (all header/attribute integers are host byte order):
-//! `nlmsghdr` (len u32, type u16, flags u16, seq u32, pid u32) then
-//! `nfgenmsg` (family u8, version u8, res_id u16 big-endian) then attributes
-//! (`nlattr`: len u16 without padding, type u16, payload padded to 4 bytes).
+//! Every request is encoded by the crate (tables, chains, rules, sets, set
+//! elements, batch begin/end). What stays ours is reading the replies:
+//! - splitting datagrams and reading `NLMSG_ERROR` with its extended-ack
+//!   message (`NLMSGERR_ATTR_MSG`), which `netlink-packet-core` leaves as
+//!   raw bytes, is done with the core crate's checked buffers;
+//! - set element keys and the names of sets and rule chains are read by
+//!   walking attributes with the core crate's checked `NlasIterator`, not
+//!   with the netfilter crate's message parsers: its `SetElementAttribute`
+//!   parser reads a nested key through an unchecked `NlaBuffer` and panics
+//!   on a short one (see `crate_set_element_parser_panics_on_a_short_key`),
+//!   and a rule dump would be decoded expression by expression when only
+//!   the chain name of each rule is needed (this runs on every ADD).
+//!
+//! Concatenated keys (`ifname . ipv4_addr`) are plain bytes to the kernel:
+//! [`concat_key`] lays them out as nftables does.
 
 use std::io;
 use std::os::fd::AsFd;
 
+use netlink_packet_core::{
+    NLA_ALIGNTO, NLA_HEADER_SIZE, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_NOOP, NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NlasIterator,
+};
+pub use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
+};
+pub use netlink_packet_netfilter::nftables::NfTablesMessage;
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterSubsystem,
+    nftables::{
+        ChainAttribute, ChainMessage, DataAttribute, ListAttribute, RuleAttribute, RuleMessage,
+        SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetMessage,
+    },
+    none::ControlMessage,
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 /// `NFPROTO_INET`: the `inet` family (IPv4 + IPv6 hooks).
@@ -26,59 +51,23 @@ pub const NFPROTO_INET: u8 = 1;
 /// `NFPROTO_BRIDGE`: the `bridge` family.
 pub const NFPROTO_BRIDGE: u8 = 7;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNETLINK_V0: u8 = 0;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10; // NLMSG_MIN_TYPE
-const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-/// nf_tables message types (`enum nf_tables_msg_types`).
-pub mod msg {
-    pub const GETCHAIN: u16 = 4;
-    pub const DELCHAIN: u16 = 5;
-    pub const GETRULE: u16 = 7;
-    pub const GETSET: u16 = 10;
-    pub const NEWSETELEM: u16 = 12;
-    pub const GETSETELEM: u16 = 13;
-    pub const DELSETELEM: u16 = 14;
-}
-
-/// Attribute numbers (from `nf_tables.h`).
-pub mod attr {
-    pub const NFTA_CHAIN_TABLE: u16 = 1;
-    pub const NFTA_CHAIN_NAME: u16 = 3;
-    pub const NFTA_RULE_TABLE: u16 = 1;
+/// Attribute numbers the replies are read by (from `nf_tables.h`).
+mod attr {
     pub const NFTA_RULE_CHAIN: u16 = 2;
-    pub const NFTA_SET_TABLE: u16 = 1;
     pub const NFTA_SET_NAME: u16 = 2;
-    pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-    pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
     pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
     pub const NFTA_LIST_ELEM: u16 = 1;
     pub const NFTA_SET_ELEM_KEY: u16 = 1;
     pub const NFTA_DATA_VALUE: u16 = 1;
 }
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_MULTI: u16 = 0x2;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_CREATE: u16 = 0x400;
-// Flags on NLMSG_ERROR replies.
-const NLM_F_CAPPED: u16 = 0x100;
-const NLM_F_ACK_TLVS: u16 = 0x200;
-
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
+/// `NLMSGERR_ATTR_MSG`: the extended ack's text (`netlink.h`).
 const NLMSGERR_ATTR_MSG: u16 = 1;
-
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
 
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
 
 /// Length of `ifname` fields in nftables keys (`IFNAMSIZ`).
 pub const IFNAMSIZ: usize = 16;
@@ -87,7 +76,7 @@ pub const IFNAMSIZ: usize = 16;
 const RECV_BUF: usize = 64 * 1024;
 
 fn align4(n: usize) -> usize {
-    (n + 3) & !3
+    n.div_ceil(NLA_ALIGNTO) * NLA_ALIGNTO
 }
 
 /// What went wrong talking to the kernel.
@@ -116,93 +105,72 @@ impl From<io::Error> for NlError {
     }
 }
 
-/// Builds one or more netlink messages back to back in one buffer.
-#[derive(Debug, Default)]
-pub struct MsgBuf {
-    buf: Vec<u8>,
-    /// Start offset of the message being built, if any.
-    open: Option<usize>,
+// ---- encoding (netlink-packet-netfilter) ------------------------------------
+
+/// Appends one nfnetlink message to `buf`. `pid` 0 lets the kernel fill in.
+fn emit(
+    buf: &mut Vec<u8>,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    inner: impl Into<NetfilterMessageInner>,
+) {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let nfgen = NetfilterHeader::new(family.into(), NFNETLINK_V0, res_id);
+    let mut m = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(NetfilterMessage::new(nfgen, inner)),
+    );
+    m.finalize();
+    let start = buf.len();
+    buf.resize(start + m.buffer_len(), 0);
+    m.serialize(&mut buf[start..]);
 }
 
-impl MsgBuf {
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// A single (non-batched) nf_tables request.
+fn request_bytes(flags: u16, seq: u32, family: u8, msg: NfTablesMessage) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128);
+    emit(&mut buf, NLM_F_REQUEST | flags, seq, family, 0, msg);
+    buf
+}
 
-    /// Starts an nfnetlink message: `nlmsghdr` + `nfgenmsg`. `ty` is the
-    /// full netlink type (see [`nft_type`]). Finishes the previous one.
-    pub fn begin(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
-        self.finish();
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // pid: 0 = let the kernel fill in
-        self.buf.push(family);
-        self.buf.push(NFNETLINK_V0);
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        self.open = Some(start);
-    }
+/// The message of a set element operation: `NfTablesMessage::NewSetElement`,
+/// `GetSetElement` or `DeleteSetElement`.
+pub type SetElementOp = fn(SetElementMessage) -> NfTablesMessage;
 
-    /// Patches the length of the open message.
-    pub fn finish(&mut self) {
-        if let Some(start) = self.open.take() {
-            let len = (self.buf.len() - start) as u32;
-            self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-        }
-    }
-
-    fn pad(&mut self) {
-        let padded = align4(self.buf.len());
-        self.buf.resize(padded, 0);
-    }
-
-    /// Appends a plain attribute.
-    pub fn attr(&mut self, ty: u16, data: &[u8]) {
-        let len = (NLA_HDRLEN + data.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-
-    /// Appends a NUL-terminated string attribute (nf_tables names are
-    /// `NLA_STRING`s and libnftnl always sends the terminator).
-    pub fn attr_strz(&mut self, ty: u16, s: &str) {
-        let len = (NLA_HDRLEN + s.len() + 1) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.push(0);
-        self.pad();
-    }
-
-    /// Opens a nested attribute; close it with [`MsgBuf::nest_end`].
-    pub fn nest_begin(&mut self, ty: u16) -> usize {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        start
-    }
-
-    pub fn nest_end(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    /// The encoded bytes (finishing the open message).
-    pub fn into_bytes(mut self) -> Vec<u8> {
-        self.finish();
-        self.buf
+/// A chain by table and name (`NFT_MSG_GETCHAIN`, `NFT_MSG_DELCHAIN`).
+pub fn chain_message(table: &str, chain: &str) -> ChainMessage {
+    ChainMessage {
+        attributes: vec![
+            ChainAttribute::Table(table.to_string()),
+            ChainAttribute::Name(chain.to_string()),
+        ],
     }
 }
 
-/// Netlink message type of an nf_tables message.
-pub fn nft_type(m: u16) -> u16 {
-    (NFNL_SUBSYS_NFTABLES << 8) | m
+/// The elements with `keys` of set `table set` (`NFT_MSG_*SETELEM`).
+pub fn set_elements(table: &str, set: &str, keys: &[Vec<u8>]) -> SetElementMessage {
+    let elements = keys
+        .iter()
+        .map(|key| {
+            ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(
+                key.clone(),
+            ))])
+        })
+        .collect();
+    SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_string()),
+            SetElementList::Set(set.to_string()),
+            SetElementList::Elements(elements),
+        ],
+    }
 }
+
+// ---- decoding (netlink-packet-core buffers) ---------------------------------
 
 /// A parsed netlink message (header fields + payload after `nlmsghdr`).
 #[derive(Debug, Clone, Copy)]
@@ -213,51 +181,39 @@ pub struct NlMsg<'a> {
     pub payload: &'a [u8],
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_ne_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
 /// Splits a datagram into netlink messages.
 pub fn parse_msgs(mut buf: &[u8]) -> Result<Vec<NlMsg<'_>>, NlError> {
     let mut out = Vec::new();
     while buf.len() >= NLMSG_HDRLEN {
-        let len = u32_at(buf, 0) as usize;
+        let len = NetlinkBuffer::new(buf).length() as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
             return Err(NlError::Malformed(format!(
                 "netlink message length {len} with {} bytes left",
                 buf.len()
             )));
         }
+        let m = NetlinkBuffer::new(&buf[..len]);
         out.push(NlMsg {
-            ty: u16_at(buf, 4),
-            flags: u16_at(buf, 6),
-            seq: u32_at(buf, 8),
-            payload: &buf[NLMSG_HDRLEN..len],
+            ty: m.message_type(),
+            flags: m.flags(),
+            seq: m.sequence_number(),
+            payload: m.payload(),
         });
         buf = &buf[align4(len).min(buf.len())..];
     }
     Ok(out)
 }
 
-/// Iterates attributes: yields `(type without NESTED/BYTEORDER flags, payload)`.
-pub fn parse_attrs(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
-    let mut out = Vec::new();
-    while buf.len() >= NLA_HDRLEN {
-        let len = u16_at(buf, 0) as usize;
-        if len < NLA_HDRLEN || len > buf.len() {
-            return Err(NlError::Malformed(format!(
-                "attribute length {len} with {} bytes left",
-                buf.len()
-            )));
-        }
-        out.push((u16_at(buf, 2) & NLA_TYPE_MASK, &buf[NLA_HDRLEN..len]));
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-    Ok(out)
+/// The attributes of `buf`: `(type without NESTED/BYTEORDER flags, payload)`.
+pub fn parse_attrs(buf: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
+    NlasIterator::new(buf)
+        .map(|nla| {
+            let nla = nla.map_err(|e| NlError::Malformed(format!("attribute: {e}")))?;
+            // new_checked made sure that NLA_HEADER_SIZE <= length <= buffer.
+            let (kind, len) = (nla.kind(), usize::from(nla.length()));
+            Ok((kind, &nla.into_inner()[NLA_HEADER_SIZE..len]))
+        })
+        .collect()
 }
 
 /// Finds the first attribute of type `ty`.
@@ -265,33 +221,68 @@ pub fn find_attr<'a>(attrs: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
     attrs.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d)
 }
 
+/// The attributes after the `nfgenmsg` of an nf_tables message payload.
+fn nft_attrs(payload: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
+    parse_attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default())
+}
+
+/// A NUL-terminated name attribute as a string.
+fn name_of(data: &[u8]) -> String {
+    let s = data.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(s).into_owned()
+}
+
 /// Decodes an `NLMSG_ERROR` payload: `(errno as positive number, extack message)`.
 /// `errno == 0` is a plain ack.
 pub fn parse_error(m: &NlMsg<'_>) -> Result<(i32, Option<String>), NlError> {
     let p = m.payload;
-    if p.len() < 4 {
+    let Some(code) = p.get(..4) else {
         return Err(NlError::Malformed("short NLMSG_ERROR".into()));
-    }
-    let err = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+    };
+    let err = i32::from_ne_bytes(code.try_into().expect("4 bytes"));
     let mut text = None;
     if m.flags & NLM_F_ACK_TLVS != 0 && p.len() >= 4 + NLMSG_HDRLEN {
         // The echoed request: only its header when capped, else all of it.
         let orig_len = if m.flags & NLM_F_CAPPED != 0 {
             NLMSG_HDRLEN
         } else {
-            u32_at(p, 4) as usize
+            NetlinkBuffer::new(&p[4..]).length() as usize
         };
         if let Some(tlvs) = p.get(4 + align4(orig_len)..) {
             for (ty, data) in parse_attrs(tlvs)? {
                 if ty == NLMSGERR_ATTR_MSG {
-                    let s = data.split(|b| *b == 0).next().unwrap_or_default();
-                    text = Some(String::from_utf8_lossy(s).into_owned());
+                    text = Some(name_of(data));
                 }
             }
         }
     }
     Ok((-err, text))
 }
+
+/// Extracts the keys from a `NEWSETELEM` message payload (dump/get reply).
+pub fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
+    let mut keys = Vec::new();
+    for (ty, list) in nft_attrs(payload)? {
+        if ty != attr::NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for (ty, elem) in parse_attrs(list)? {
+            if ty != attr::NFTA_LIST_ELEM {
+                continue;
+            }
+            let elem = parse_attrs(elem)?;
+            if let Some(key) = find_attr(&elem, attr::NFTA_SET_ELEM_KEY) {
+                let key = parse_attrs(key)?;
+                if let Some(v) = find_attr(&key, attr::NFTA_DATA_VALUE) {
+                    keys.push(v.to_vec());
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+// ---- the socket ---------------------------------------------------------------
 
 /// A `NETLINK_NETFILTER` socket bound to the network namespace of the thread
 /// that opened it.
@@ -414,7 +405,7 @@ impl NfSock {
                     NLMSG_NOOP | NLMSG_OVERRUN => {}
                     _ => {
                         data.push(m.payload.to_vec());
-                        if m.flags & NLM_F_MULTI == 0 {
+                        if m.flags & NLM_F_MULTIPART == 0 {
                             // A single-part answer has no NLMSG_DONE.
                             return Ok(data);
                         }
@@ -527,26 +518,36 @@ pub fn with_sock<R>(f: impl FnOnce(&mut NfSock) -> Result<R, NlError>) -> Result
 /// `NLM_F_ACK` so that we learn about every one of them), `NFNL_MSG_BATCH_END`.
 /// The kernel applies it atomically.
 pub struct Batch {
-    buf: MsgBuf,
+    buf: Vec<u8>,
     begin_seq: u32,
     seq: u32,
     acked: Vec<u32>,
 }
 
+/// `res_id` of batch begin/end: the subsystem the batch is for.
+fn nftables_res_id() -> u16 {
+    u8::from(NetfilterSubsystem::NfTables).into()
+}
+
 impl Batch {
     pub fn new(sock: &mut NfSock) -> Self {
         let begin_seq = sock.next_seq();
-        let mut buf = MsgBuf::new();
-        buf.begin(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            begin_seq,
-            libc::AF_UNSPEC as u8,
-            NFNL_SUBSYS_NFTABLES,
-        );
         // Reserve a generous range of sequence numbers for this batch on the
         // socket so a following request cannot collide with them.
         sock.seq = sock.seq.wrapping_add(1 << 16);
+        Self::starting_at(begin_seq)
+    }
+
+    fn starting_at(begin_seq: u32) -> Self {
+        let mut buf = Vec::with_capacity(256);
+        emit(
+            &mut buf,
+            NLM_F_REQUEST,
+            begin_seq,
+            libc::AF_UNSPEC as u8,
+            nftables_res_id(),
+            ControlMessage::BatchBegin,
+        );
         Batch {
             buf,
             begin_seq,
@@ -555,32 +556,33 @@ impl Batch {
         }
     }
 
-    /// Starts an nf_tables message in the batch (`NLM_F_REQUEST | NLM_F_ACK`
-    /// are added) and returns the buffer to append attributes to.
-    pub fn msg(&mut self, m: u16, extra_flags: u16, family: u8) -> &mut MsgBuf {
+    /// Adds an nf_tables message to the batch (`NLM_F_REQUEST | NLM_F_ACK`
+    /// are added to `extra_flags`).
+    pub fn push(&mut self, msg: NfTablesMessage, extra_flags: u16, family: u8) {
         self.seq = self.seq.wrapping_add(1);
         self.acked.push(self.seq);
-        self.buf.begin(
-            nft_type(m),
+        emit(
+            &mut self.buf,
             NLM_F_REQUEST | NLM_F_ACK | extra_flags,
             self.seq,
             family,
             0,
+            msg,
         );
-        &mut self.buf
     }
 
     /// Encoded bytes, the sequence numbers awaiting an ack, begin's seq.
     pub fn finish(mut self) -> (Vec<u8>, Vec<u32>, u32) {
         let end_seq = self.seq.wrapping_add(1);
-        self.buf.begin(
-            NFNL_MSG_BATCH_END,
+        emit(
+            &mut self.buf,
             NLM_F_REQUEST,
             end_seq,
             libc::AF_UNSPEC as u8,
-            NFNL_SUBSYS_NFTABLES,
+            nftables_res_id(),
+            ControlMessage::BatchEnd,
         );
-        (self.buf.into_bytes(), self.acked, self.begin_seq)
+        (self.buf, self.acked, self.begin_seq)
     }
 }
 
@@ -605,64 +607,7 @@ pub fn ifname_field(name: &str) -> [u8; IFNAMSIZ] {
     f
 }
 
-/// Appends the `NFTA_SET_ELEM_LIST_*` attributes of a set element message
-/// carrying `keys`.
-pub fn put_setelems(b: &mut MsgBuf, table: &str, set: &str, keys: &[Vec<u8>]) {
-    b.attr_strz(attr::NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_strz(attr::NFTA_SET_ELEM_LIST_SET, set);
-    let list = b.nest_begin(attr::NFTA_SET_ELEM_LIST_ELEMENTS);
-    for key in keys {
-        let elem = b.nest_begin(attr::NFTA_LIST_ELEM);
-        let k = b.nest_begin(attr::NFTA_SET_ELEM_KEY);
-        b.attr(attr::NFTA_DATA_VALUE, key);
-        b.nest_end(k);
-        b.nest_end(elem);
-    }
-    b.nest_end(list);
-}
-
-/// Extracts the keys from a `NEWSETELEM` message payload (dump/get reply).
-pub fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
-    let mut keys = Vec::new();
-    let top = parse_attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default())?;
-    for (ty, list) in top {
-        if ty != attr::NFTA_SET_ELEM_LIST_ELEMENTS {
-            continue;
-        }
-        for (ty, elem) in parse_attrs(list)? {
-            if ty != attr::NFTA_LIST_ELEM {
-                continue;
-            }
-            let elem = parse_attrs(elem)?;
-            if let Some(key) = find_attr(&elem, attr::NFTA_SET_ELEM_KEY) {
-                let key = parse_attrs(key)?;
-                if let Some(v) = find_attr(&key, attr::NFTA_DATA_VALUE) {
-                    keys.push(v.to_vec());
-                }
-            }
-        }
-    }
-    Ok(keys)
-}
-
 // ---- one-shot queries -------------------------------------------------------
-
-/// Builds a single non-batched nf_tables request with two name attributes.
-fn named_request(
-    sock: &mut NfSock,
-    m: u16,
-    flags: u16,
-    family: u8,
-    attrs: [(u16, &str); 2],
-) -> (Vec<u8>, u32) {
-    let seq = sock.next_seq();
-    let mut b = MsgBuf::new();
-    b.begin(nft_type(m), NLM_F_REQUEST | flags, seq, family, 0);
-    for (ty, v) in attrs {
-        b.attr_strz(ty, v);
-    }
-    (b.into_bytes(), seq)
-}
 
 fn exists(r: Result<Vec<Vec<u8>>, NlError>) -> Result<bool, NlError> {
     match r {
@@ -679,29 +624,33 @@ pub fn chain_exists(
     table: &str,
     chain: &str,
 ) -> Result<bool, NlError> {
-    let (req, seq) = named_request(
-        sock,
-        msg::GETCHAIN,
-        NLM_F_ACK,
-        family,
-        [
-            (attr::NFTA_CHAIN_TABLE, table),
-            (attr::NFTA_CHAIN_NAME, chain),
-        ],
-    );
-    exists(sock.request(&req, seq))
+    let seq = sock.next_seq();
+    let msg = NfTablesMessage::GetChain(chain_message(table, chain));
+    exists(sock.request(&request_bytes(NLM_F_ACK, seq, family, msg), seq))
+}
+
+/// A set by table and name (`NFT_MSG_GETSET`); the name is left out for a
+/// dump of the table's sets.
+fn set_message(table: &str, set: Option<&str>) -> NfTablesMessage {
+    let mut attributes = vec![SetAttribute::Table(table.to_string())];
+    attributes.extend(set.map(|s| SetAttribute::Name(s.to_string())));
+    NfTablesMessage::GetSet(SetMessage { attributes })
 }
 
 /// Does set `family table set` exist? (`NFT_MSG_GETSET`)
 pub fn set_exists(sock: &mut NfSock, family: u8, table: &str, set: &str) -> Result<bool, NlError> {
-    let (req, seq) = named_request(
-        sock,
-        msg::GETSET,
-        NLM_F_ACK,
-        family,
-        [(attr::NFTA_SET_TABLE, table), (attr::NFTA_SET_NAME, set)],
-    );
+    let seq = sock.next_seq();
+    let req = request_bytes(NLM_F_ACK, seq, family, set_message(table, Some(set)));
     exists(sock.request(&req, seq))
+}
+
+/// A rule dump filtered by table, and by chain if given (`NFT_MSG_GETRULE`).
+fn rule_dump(sock: &mut NfSock, family: u8, table: &str, chain: Option<&str>) -> (Vec<u8>, u32) {
+    let seq = sock.next_seq();
+    let mut attributes = vec![RuleAttribute::Table(table.to_string())];
+    attributes.extend(chain.map(|c| RuleAttribute::Chain(c.to_string())));
+    let msg = NfTablesMessage::GetRule(RuleMessage { attributes });
+    (request_bytes(NLM_F_DUMP, seq, family, msg), seq)
 }
 
 /// Number of rules in a chain (a dump filtered by table and chain; 0 when the
@@ -712,16 +661,7 @@ pub fn rule_count(
     table: &str,
     chain: &str,
 ) -> Result<usize, NlError> {
-    let (req, seq) = named_request(
-        sock,
-        msg::GETRULE,
-        NLM_F_DUMP,
-        family,
-        [
-            (attr::NFTA_RULE_TABLE, table),
-            (attr::NFTA_RULE_CHAIN, chain),
-        ],
-    );
+    let (req, seq) = rule_dump(sock, family, table, Some(chain));
     match sock.dump(&req, seq) {
         Ok(msgs) => Ok(msgs.len()),
         Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(0),
@@ -736,18 +676,15 @@ pub fn set_keys(
     table: &str,
     set: &str,
 ) -> Result<Vec<Vec<u8>>, NlError> {
-    let (req, seq) = named_request(
-        sock,
-        msg::GETSETELEM,
-        NLM_F_DUMP,
-        family,
-        [
-            (attr::NFTA_SET_ELEM_LIST_TABLE, table),
-            (attr::NFTA_SET_ELEM_LIST_SET, set),
+    let seq = sock.next_seq();
+    let msg = NfTablesMessage::GetSetElement(SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_string()),
+            SetElementList::Set(set.to_string()),
         ],
-    );
+    });
     let mut keys = Vec::new();
-    for payload in sock.dump(&req, seq)? {
+    for payload in sock.dump(&request_bytes(NLM_F_DUMP, seq, family, msg), seq)? {
         keys.extend(parse_setelem_keys(&payload)?);
     }
     Ok(keys)
@@ -763,37 +700,19 @@ pub fn set_has_key(
     key: &[u8],
 ) -> Result<bool, NlError> {
     let seq = sock.next_seq();
-    let mut b = MsgBuf::new();
-    b.begin(
-        nft_type(msg::GETSETELEM),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        family,
-        0,
-    );
-    put_setelems(&mut b, table, set, &[key.to_vec()]);
-    exists(sock.request(&b.into_bytes(), seq))
+    let msg = NfTablesMessage::GetSetElement(set_elements(table, set, &[key.to_vec()]));
+    exists(sock.request(&request_bytes(NLM_F_ACK, seq, family, msg), seq))
 }
 
 /// Names of the sets of a table (one `NFT_MSG_GETSET` dump; `ENOENT` when
 /// the table does not exist).
 pub fn set_names(sock: &mut NfSock, family: u8, table: &str) -> Result<Vec<String>, NlError> {
     let seq = sock.next_seq();
-    let mut b = MsgBuf::new();
-    b.begin(
-        nft_type(msg::GETSET),
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        family,
-        0,
-    );
-    b.attr_strz(attr::NFTA_SET_TABLE, table);
+    let req = request_bytes(NLM_F_DUMP, seq, family, set_message(table, None));
     let mut names = Vec::new();
-    for payload in sock.dump(&b.into_bytes(), seq)? {
-        let attrs = parse_attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default())?;
-        if let Some(n) = find_attr(&attrs, attr::NFTA_SET_NAME) {
-            let n = n.split(|c| *c == 0).next().unwrap_or_default();
-            names.push(String::from_utf8_lossy(n).into_owned());
+    for payload in sock.dump(&req, seq)? {
+        if let Some(n) = find_attr(&nft_attrs(&payload)?, attr::NFTA_SET_NAME) {
+            names.push(name_of(n));
         }
     }
     Ok(names)
@@ -806,29 +725,16 @@ pub fn rule_counts(
     family: u8,
     table: &str,
 ) -> Result<std::collections::HashMap<String, usize>, NlError> {
-    let seq = sock.next_seq();
-    let mut b = MsgBuf::new();
-    b.begin(
-        nft_type(msg::GETRULE),
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        family,
-        0,
-    );
-    b.attr_strz(attr::NFTA_RULE_TABLE, table);
+    let (req, seq) = rule_dump(sock, family, table, None);
     let mut counts = std::collections::HashMap::new();
-    let msgs = match sock.dump(&b.into_bytes(), seq) {
+    let msgs = match sock.dump(&req, seq) {
         Ok(m) => m,
         Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => return Ok(counts),
         Err(e) => return Err(e),
     };
     for payload in msgs {
-        let attrs = parse_attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default())?;
-        if let Some(c) = find_attr(&attrs, attr::NFTA_RULE_CHAIN) {
-            let c = c.split(|x| *x == 0).next().unwrap_or_default();
-            *counts
-                .entry(String::from_utf8_lossy(c).into_owned())
-                .or_insert(0) += 1;
+        if let Some(c) = find_attr(&nft_attrs(&payload)?, attr::NFTA_RULE_CHAIN) {
+            *counts.entry(name_of(c)).or_insert(0) += 1;
         }
     }
     Ok(counts)
@@ -838,26 +744,36 @@ pub fn rule_counts(
 mod tests {
     use super::*;
 
+    fn u16_at(b: &[u8], off: usize) -> u16 {
+        u16::from_ne_bytes([b[off], b[off + 1]])
+    }
+
     #[test]
-    fn attributes_are_padded_to_four_bytes() {
-        let mut b = MsgBuf::new();
-        b.begin(nft_type(msg::GETCHAIN), NLM_F_REQUEST, 1, NFPROTO_INET, 0);
-        b.attr_strz(1, "twill"); // 4 + 6 = 10 -> padded to 12
-        b.attr(2, &[0xaa]); // 4 + 1 = 5 -> padded to 8
-        let bytes = b.into_bytes();
+    fn names_are_nul_terminated_and_padded_to_four_bytes() {
+        let bytes = request_bytes(
+            NLM_F_ACK,
+            1,
+            NFPROTO_INET,
+            NfTablesMessage::GetChain(chain_message("twill", "a")),
+        );
+        // "twill\0": 4 + 6 = 10 -> padded to 12; "a\0": 4 + 2 = 6 -> 8
         assert_eq!(bytes.len(), 16 + 4 + 12 + 8);
-        assert_eq!(bytes.len() % 4, 0);
-        assert_eq!(u32_at(&bytes, 0) as usize, bytes.len());
+        assert_eq!(NetlinkBuffer::new(&bytes).length() as usize, bytes.len());
         // nla_len is the unpadded length
         assert_eq!(u16_at(&bytes, 20), 10);
         assert_eq!(&bytes[24..30], b"twill\0");
         assert_eq!(&bytes[30..32], &[0, 0]);
-        assert_eq!(u16_at(&bytes, 32), 5);
-        assert_eq!(&bytes[36..40], &[0xaa, 0, 0, 0]);
+        assert_eq!(u16_at(&bytes, 32), 6);
+        assert_eq!(&bytes[36..40], &[b'a', 0, 0, 0]);
         let msgs = parse_msgs(&bytes).unwrap();
         assert_eq!(msgs.len(), 1);
-        let attrs = parse_attrs(&msgs[0].payload[NFGENMSG_LEN..]).unwrap();
-        assert_eq!(attrs, vec![(1, &b"twill\0"[..]), (2, &[0xaa][..])]);
+        assert_eq!(
+            msgs[0].ty, 0x0a04,
+            "NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETCHAIN"
+        );
+        assert_eq!(msgs[0].flags, NLM_F_REQUEST | NLM_F_ACK);
+        let attrs = nft_attrs(msgs[0].payload).unwrap();
+        assert_eq!(attrs, vec![(1, &b"twill\0"[..]), (3, &b"a\0"[..])]);
     }
 
     #[test]
@@ -878,16 +794,15 @@ mod tests {
     #[cfg(target_endian = "little")]
     fn newsetelem_byte_layout() {
         let key = concat_key(&[&ifname_field("tw1234"), &[10, 88, 0, 5]]);
-        let mut b = MsgBuf::new();
-        b.begin(
-            nft_type(msg::NEWSETELEM),
+        let mut bytes = Vec::new();
+        emit(
+            &mut bytes,
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
             0x01020304,
             NFPROTO_BRIDGE,
             0,
+            NfTablesMessage::NewSetElement(set_elements("twill", "allowed4", &[key])),
         );
-        put_setelems(&mut b, "twill", "allowed4", &[key]);
-        let bytes = b.into_bytes();
         #[rustfmt::skip]
         let expected: Vec<u8> = vec![
             // nlmsghdr: len 84, type 0x0a0c, flags 0x405, seq, pid 0
@@ -920,29 +835,24 @@ mod tests {
     #[test]
     #[cfg(target_endian = "little")]
     fn batch_is_wrapped_in_begin_and_end() {
-        let mut b = Batch {
-            buf: MsgBuf::new(),
-            begin_seq: 10,
-            seq: 10,
-            acked: Vec::new(),
-        };
-        b.buf.begin(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            10,
+        let mut b = Batch::starting_at(10);
+        b.push(
+            NfTablesMessage::DeleteSetElement(set_elements("t", "s", &[vec![1, 2, 3, 4]])),
             0,
-            NFNL_SUBSYS_NFTABLES,
+            NFPROTO_INET,
         );
-        b.msg(msg::DELSETELEM, 0, NFPROTO_INET).attr_strz(1, "t");
         let (bytes, acked, begin) = b.finish();
         assert_eq!(begin, 10);
         assert_eq!(acked, vec![11]);
         let msgs = parse_msgs(&bytes).unwrap();
         let types: Vec<u16> = msgs.iter().map(|m| m.ty).collect();
         assert_eq!(types, vec![0x10, 0x0a0e, 0x11]);
-        // res_id of begin/end is the subsystem, big endian
-        assert_eq!(&msgs[0].payload[..4], &[0, 0, 0, 10]);
+        // res_id of begin/end is the subsystem, big endian; family AF_UNSPEC
+        assert_eq!(msgs[0].payload, &[0, 0, 0, 10]);
+        assert_eq!(msgs[2].payload, &[0, 0, 0, 10]);
+        assert_eq!(msgs[0].flags, NLM_F_REQUEST);
         assert_eq!(msgs[1].flags, NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(msgs[1].payload[0], NFPROTO_INET);
         assert_eq!(msgs[2].seq, 12);
     }
 
@@ -961,6 +871,25 @@ mod tests {
             payload: &p,
         };
         assert_eq!(parse_error(&m).unwrap(), (2, Some("nope".to_string())));
+    }
+
+    /// Why set element replies are not read with the crate's parser: a
+    /// nested key too short for an attribute header panics instead of
+    /// failing (our decoder, on the same bytes, returns an error).
+    #[test]
+    fn crate_set_element_parser_panics_on_a_short_key() {
+        use netlink_packet_core::Parseable;
+        #[rustfmt::skip]
+        let attrs: Vec<u8> = vec![
+            16, 0, 3, 0x80,      // NFTA_SET_ELEM_LIST_ELEMENTS
+            12, 0, 1, 0x80,      //   NFTA_LIST_ELEM
+            6, 0, 1, 0x80, 1, 0, 0, 0, // NFTA_SET_ELEM_KEY with a 2-byte payload
+        ];
+        let crate_parse = std::panic::catch_unwind(|| SetElementMessage::parse(&attrs[..]));
+        assert!(crate_parse.is_err(), "the crate's parser no longer panics");
+        let mut payload = vec![NFPROTO_BRIDGE, 0, 0, 0];
+        payload.extend_from_slice(&attrs);
+        assert!(parse_setelem_keys(&payload).is_err());
     }
 
     proptest::proptest! {
@@ -987,10 +916,8 @@ mod tests {
                 .iter()
                 .map(|a| concat_key(&[&ifname_field(&name), a]))
                 .collect();
-            let mut b = MsgBuf::new();
-            b.begin(nft_type(msg::NEWSETELEM), NLM_F_REQUEST, 1, NFPROTO_INET, 0);
-            put_setelems(&mut b, "twill", "allowed6", &keys);
-            let bytes = b.into_bytes();
+            let msg = NfTablesMessage::NewSetElement(set_elements("twill", "allowed6", &keys));
+            let bytes = request_bytes(0, 1, NFPROTO_INET, msg);
             let msgs = parse_msgs(&bytes).unwrap();
             proptest::prop_assert_eq!(msgs.len(), 1);
             proptest::prop_assert_eq!(parse_setelem_keys(msgs[0].payload).unwrap(), keys);
