@@ -41,11 +41,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
-use twill_policy::keys::{self, LabelOverrides};
 use twill_policy::{
-    ClusterPolicy, Dispatch, Endpoint, Namespace, NetworkPolicy, Options, PolicyDoc, Ruleset, World,
+    ClusterPolicy, Dispatch, Endpoint, LabelOverrides, Namespace, NetworkPolicy, Options,
+    PolicyDoc, Ruleset, World,
 };
 use twill_store::{KeyValue, MirrorEvent, Store};
+use twill_types::keys;
 use twill_types::node::{self, PolicyStatus};
 
 use crate::policy::Item;

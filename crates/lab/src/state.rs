@@ -153,11 +153,10 @@ impl State {
 
     /// Writes `dir/state.json` by rename, so a reader never sees half a file.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&tmp, text + "\n").with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))?;
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        // Readable by anyone, as `std::fs::write` made it (0666 less the usual umask 022): it
+        // holds names and addresses of the lab, no secret.
+        twill_types::fs::write_atomic(&dir.join(STATE_FILE), text.as_bytes(), 0o644)?;
         Ok(())
     }
 
