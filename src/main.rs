@@ -558,4 +558,45 @@ mod tests {
     fn every_command_line_is_well_formed() {
         Cli::command().debug_assert();
     }
+
+    /// The shared flags keep their names and defaults in every command that takes them.
+    #[test]
+    fn shared_flags_keep_names_and_defaults() {
+        use super::{BgpCmd, Cmd};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("twill").chain(args.iter().copied()))
+                .map(|c| c.command)
+        };
+        let store_from_env = std::env::var_os("TWILL_STORE").is_some();
+        let Ok(Cmd::Status {
+            data_dir,
+            json,
+            store,
+        }) = parse(&["status"])
+        else {
+            panic!("status")
+        };
+        assert_eq!(data_dir.data_dir, std::path::Path::new("/var/lib/twill"));
+        assert!(!json.json);
+        assert_eq!(store.into_store().is_some(), store_from_env);
+        let Ok(Cmd::Status { json, store, .. }) =
+            parse(&["status", "--json", "--store", "embedded"])
+        else {
+            panic!("status")
+        };
+        assert!(json.json);
+        assert_eq!(store.into_store().unwrap().url, "embedded");
+        let Ok(Cmd::Bgp {
+            command: BgpCmd::Routes { data_dir, json },
+        }) = parse(&["bgp", "routes", "--data-dir", "/d", "--json"])
+        else {
+            panic!("bgp routes")
+        };
+        assert_eq!(data_dir.data_dir, std::path::Path::new("/d"));
+        assert!(json.json);
+        assert_eq!(parse(&["policy", "list", "--json"]).is_ok(), store_from_env);
+        assert!(parse(&["policy", "list", "--json", "--store", "embedded"]).is_ok());
+        assert!(parse(&["agent", "--store", "embedded", "--data-dir", "/x"]).is_ok());
+    }
 }

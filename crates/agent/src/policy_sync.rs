@@ -3,7 +3,7 @@
 //!
 //! Inputs, all turned into one in-memory [`World`]:
 //! - the store (mirrored): policies, namespaces, every node's endpoints, label overrides
-//!   (layout in [`twill_policy::keys`]);
+//!   (layout in [`twill_types::keys`]);
 //! - this node's endpoints, which the CNI plugin records in `<data-dir>/endpoints/` (they
 //!   survive agent restarts) and announces on the agent socket; the agent publishes them to
 //!   the store for the other nodes.

@@ -225,7 +225,12 @@ mod tests {
         let s = sample();
         s.save(dir.path()).unwrap();
         assert_eq!(State::load(dir.path()).unwrap(), s);
-        assert!(!dir.path().join("state.json.tmp").exists());
+        // Nothing left beside it (no temporary file).
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATE_FILE]);
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         // The names users and scripts grep for.
         for needle in [
