@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use twill_agent::policy_cli as pcli;
-use twill_agent::{EtcdArgs, StoreArgs};
+use twill_agent::{DataDirArgs, JsonArgs, OptionalStoreArgs, StoreArgs};
 
 #[derive(Parser)]
 #[command(name = "twill", version, about = "Container networking for Linux")]
@@ -17,9 +17,6 @@ struct Cli {
     command: Cmd,
 }
 
-/// Where the agent keeps its files and the CNI plugin finds them (its `dataDir`).
-const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
-
 #[derive(Subcommand)]
 enum IpamCmd {
     /// Rebuild a network's address state (a corrupt or deleted state.json) from its previous
@@ -27,9 +24,8 @@ enum IpamCmd {
     Repair {
         /// The CNI network name (its `name`).
         network: String,
-        /// The plugin's `dataDir`.
-        #[arg(long, default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArgs,
     },
 }
 
@@ -50,9 +46,8 @@ enum Cmd {
         /// The underlay interface (default: the interface of the default route).
         #[arg(long)]
         iface: Option<String>,
-        /// Where the node file for the CNI plugin and the status are written.
-        #[arg(long, default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArgs,
         /// Seconds the node's lease lives without renewal (renewed every third of it).
         #[arg(long, default_value_t = 86400)]
         lease_ttl: u64,
@@ -80,18 +75,15 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
-    /// This node, its lease, the backend, and every peer with how it is reached.
+    /// This node, its lease, the backend, and every peer with how it is reached; with --store,
+    /// also the number of leases in the store.
     Status {
-        #[arg(long, default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        /// Also count the leases in this store.
-        #[arg(long, env = "TWILL_STORE")]
-        store: Option<String>,
         #[command(flatten)]
-        etcd: EtcdArgs,
+        data_dir: DataDirArgs,
+        #[command(flatten)]
+        json: JsonArgs,
+        #[command(flatten)]
+        store: OptionalStoreArgs,
     },
     /// Network policy: Kubernetes NetworkPolicies and twill's ordered ClusterPolicies.
     Policy {
@@ -151,17 +143,17 @@ enum BgpCmd {
     /// The BGP sessions of this node: peer, type, AS, state, uptime, prefixes (like
     /// `calicoctl node status`).
     Status {
-        #[arg(long, default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        data_dir: DataDirArgs,
+        #[command(flatten)]
+        json: JsonArgs,
     },
     /// The Loc-RIB of this node: prefix, next hop, AS path, from peer, best, stale.
     Routes {
-        #[arg(long, default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        data_dir: DataDirArgs,
+        #[command(flatten)]
+        json: JsonArgs,
     },
     /// External BGP peers kept in the store; agents apply changes live.
     Peer {
@@ -174,10 +166,12 @@ enum BgpCmd {
 enum BgpPeerCmd {
     /// Peer with a router: every node, or only --node.
     Add {
+        /// The router's address.
         address: std::net::IpAddr,
         /// The router's AS number.
         #[arg(long = "as")]
         asn: u32,
+        /// Only this node peers with the router (default: every node).
         #[arg(long)]
         node: Option<String>,
         /// TCP-MD5 (RFC 2385): read the password from FILE now and keep it in the peer record
@@ -203,7 +197,9 @@ enum BgpPeerCmd {
     },
     /// Remove a peer added with `peer add` (same --node).
     Del {
+        /// The router's address.
         address: std::net::IpAddr,
+        /// The node the peer was added for (as given to `peer add`).
         #[arg(long)]
         node: Option<String>,
         #[command(flatten)]
@@ -218,8 +214,12 @@ enum NodeCmd {
     Leave {
         #[command(flatten)]
         store: StoreArgs,
+        /// The node that leaves (default: the host name).
         #[arg(long, env = "TWILL_NODE_NAME")]
         node_name: Option<String>,
+        /// The node's data directory: also remove its local twill state (on that node, with
+        /// its agent stopped). Unlike other commands', no default: without it only the store
+        /// is changed.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -235,13 +235,13 @@ enum PolicyCmd {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// The stored policies: cluster policies in evaluation order, then NetworkPolicies.
+    /// The stored policies: cluster policies in evaluation order, then NetworkPolicies (with
+    /// --json, the policy documents).
     List {
         #[command(flatten)]
         store: StoreArgs,
-        /// The policy documents as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArgs,
     },
     /// Delete NetworkPolicies by name (in -n NAMESPACE), ClusterPolicies (--cluster), or
     /// what a file defines (-f); all or none.
@@ -264,7 +264,8 @@ enum PolicyCmd {
         #[arg(value_name = "NAME", required_unless_present = "file")]
         names: Vec<String>,
     },
-    /// Whether a connection is allowed, and which rule of which policy decides.
+    /// Whether a connection is allowed, and which rule of which policy decides (with --json,
+    /// the decision).
     Explain {
         #[command(flatten)]
         store: StoreArgs,
@@ -275,9 +276,8 @@ enum PolicyCmd {
         /// `PORT[/PROTO]`: PROTO tcp (default), udp, sctp; or `icmp`.
         #[arg(value_name = "PORT[/PROTO]")]
         port: String,
-        /// The decision as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArgs,
     },
 }
 
@@ -287,7 +287,9 @@ enum NamespaceCmd {
     Label {
         #[command(flatten)]
         store: StoreArgs,
+        /// The namespace.
         name: String,
+        /// `KEY=VALUE` sets a label, `KEY-` removes it.
         #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
         labels: Vec<String>,
     },
@@ -295,8 +297,8 @@ enum NamespaceCmd {
     List {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArgs,
     },
 }
 
@@ -309,6 +311,7 @@ enum EndpointCmd {
         /// `NAMESPACE/NAME`.
         #[arg(value_name = "NAMESPACE/NAME")]
         endpoint: String,
+        /// `KEY=VALUE` sets a label, `KEY-` removes it.
         #[arg(value_name = "KEY=VALUE|KEY-", required = true)]
         labels: Vec<String>,
     },
@@ -316,8 +319,8 @@ enum EndpointCmd {
     List {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArgs,
     },
 }
 
@@ -347,7 +350,8 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
         } => {
             print!(
                 "{}",
-                twill_cni::repair::repair(&network, &data_dir).map_err(anyhow::Error::msg)?
+                twill_cni::repair::repair(&network, &data_dir.data_dir)
+                    .map_err(anyhow::Error::msg)?
             );
             Ok(0)
         }
@@ -372,7 +376,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 node_name: node_name_or_host(node_name)?,
                 public_ip,
                 iface,
-                data_dir,
+                data_dir: data_dir.data_dir,
                 lease_ttl: Duration::from_secs(lease_ttl.max(3)),
                 resync: Duration::from_secs(resync.max(1)),
                 kernel_path: !no_kernel_path,
@@ -414,7 +418,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     name,
                     labels,
                 } => pcli::namespace_label(&store, &name, &labels).await,
-                NamespaceCmd::List { store, json } => pcli::namespace_list(&store, json).await,
+                NamespaceCmd::List { store, json } => pcli::namespace_list(&store, json.json).await,
             }
         }),
         Cmd::Endpoint { command } => runtime()?.block_on(async {
@@ -424,12 +428,16 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     endpoint,
                     labels,
                 } => pcli::endpoint_label(&store, &endpoint, &labels).await,
-                EndpointCmd::List { store, json } => pcli::endpoint_list(&store, json).await,
+                EndpointCmd::List { store, json } => pcli::endpoint_list(&store, json.json).await,
             }
         }),
         Cmd::Bgp { command } => match command {
-            BgpCmd::Status { data_dir, json } => twill_agent::cli::bgp_status(&data_dir, json),
-            BgpCmd::Routes { data_dir, json } => twill_agent::cli::bgp_routes(&data_dir, json),
+            BgpCmd::Status { data_dir, json } => {
+                twill_agent::cli::bgp_status(&data_dir.data_dir, json.json)
+            }
+            BgpCmd::Routes { data_dir, json } => {
+                twill_agent::cli::bgp_routes(&data_dir.data_dir, json.json)
+            }
             BgpCmd::Peer { command } => runtime()?.block_on(async {
                 match command {
                     BgpPeerCmd::Add {
@@ -471,10 +479,13 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             data_dir,
             json,
             store,
-            etcd,
         } => {
-            let store = store.map(|url| StoreArgs { url, etcd });
-            runtime()?.block_on(twill_agent::cli::status(&data_dir, json, store.as_ref()))
+            let store = store.into_store();
+            runtime()?.block_on(twill_agent::cli::status(
+                &data_dir.data_dir,
+                json.json,
+                store.as_ref(),
+            ))
         }
     }
 }
@@ -482,7 +493,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
 async fn policy(command: PolicyCmd) -> anyhow::Result<i32> {
     match command {
         PolicyCmd::Apply { store, file } => pcli::policy_apply(&store, &file).await,
-        PolicyCmd::List { store, json } => pcli::policy_list(&store, json).await,
+        PolicyCmd::List { store, json } => pcli::policy_list(&store, json.json).await,
         PolicyCmd::Delete {
             store,
             namespace,
@@ -504,7 +515,7 @@ async fn policy(command: PolicyCmd) -> anyhow::Result<i32> {
             to,
             port,
             json,
-        } => pcli::policy_explain(&store, &from, &to, &port, json).await,
+        } => pcli::policy_explain(&store, &from, &to, &port, json.json).await,
     }
 }
 
@@ -546,5 +557,46 @@ mod tests {
     #[test]
     fn every_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// The shared flags keep their names and defaults in every command that takes them.
+    #[test]
+    fn shared_flags_keep_names_and_defaults() {
+        use super::{BgpCmd, Cmd};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("twill").chain(args.iter().copied()))
+                .map(|c| c.command)
+        };
+        let store_from_env = std::env::var_os("TWILL_STORE").is_some();
+        let Ok(Cmd::Status {
+            data_dir,
+            json,
+            store,
+        }) = parse(&["status"])
+        else {
+            panic!("status")
+        };
+        assert_eq!(data_dir.data_dir, std::path::Path::new("/var/lib/twill"));
+        assert!(!json.json);
+        assert_eq!(store.into_store().is_some(), store_from_env);
+        let Ok(Cmd::Status { json, store, .. }) =
+            parse(&["status", "--json", "--store", "embedded"])
+        else {
+            panic!("status")
+        };
+        assert!(json.json);
+        assert_eq!(store.into_store().unwrap().url, "embedded");
+        let Ok(Cmd::Bgp {
+            command: BgpCmd::Routes { data_dir, json },
+        }) = parse(&["bgp", "routes", "--data-dir", "/d", "--json"])
+        else {
+            panic!("bgp routes")
+        };
+        assert_eq!(data_dir.data_dir, std::path::Path::new("/d"));
+        assert!(json.json);
+        assert_eq!(parse(&["policy", "list", "--json"]).is_ok(), store_from_env);
+        assert!(parse(&["policy", "list", "--json", "--store", "embedded"]).is_ok());
+        assert!(parse(&["agent", "--store", "embedded", "--data-dir", "/x"]).is_ok());
     }
 }

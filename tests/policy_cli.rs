@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use twill_policy::keys;
 use twill_policy::{Endpoint, PolicyDoc};
 use twill_store::Store;
 use twill_store::testing::EtcdServer;
+use twill_types::keys;
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twill_lab::{Backend, Lab, LabSpec, PodMode};
-use twill_policy::keys;
 use twill_testkit::{random_suffix, require_root};
+use twill_types::keys;
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/netpol_probe.py");

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twill_lab::{Lab, LabSpec};
-use twill_policy::keys::{CLUSTER_POLICY_PREFIX, POLICY_PREFIX};
 use twill_testkit::{random_suffix, require_root};
+use twill_types::keys::{CLUSTER_POLICY_PREFIX, POLICY_PREFIX};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/netpol_probe.py");

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use twill_store::{Store, StoreError};
 use twill_types::cluster::{Backend, BackendKind, BgpPeer, ClusterConfig, ConfigForm, HostNet};
 use twill_types::desired::PeerPath;
-use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX};
+use twill_types::keys::{CONFIG_KEY, ENDPOINT_PREFIX, LEASES_PREFIX};
 use twill_types::node::{self, AgentStatus, BgpStatus, NodeFile};
 
 use crate::StoreArgs;
@@ -223,7 +223,7 @@ pub async fn node_leave(
         println!("released {subnet} of node {node}");
     }
     // Its pods are gone from the cluster too: other nodes' policies stop counting them.
-    let (endpoints, _) = store.list(twill_policy::keys::ENDPOINT_PREFIX).await?;
+    let (endpoints, _) = store.list(ENDPOINT_PREFIX).await?;
     let mut removed = 0;
     for kv in endpoints {
         let on_node = serde_json::from_slice::<twill_policy::Endpoint>(&kv.value)

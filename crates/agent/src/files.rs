@@ -5,8 +5,7 @@
 //! and every file it writes is 0600 (only root reads them: the plugin and `twill status` run as
 //! root, and the data directory is 0700 anyway, so a wider file mode would give nobody more).
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -62,25 +61,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if !dir.is_dir() {
         private_dir(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    // create_new: never write through a file (or symlink) someone left at the temporary name.
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let written = file
-        .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-        .and_then(|()| file.write_all(bytes))
-        .with_context(|| format!("writing {}", tmp.display()));
-    drop(file);
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    Ok(twill_types::fs::write_atomic(path, bytes, FILE_MODE)?)
 }
 
 /// Reads a JSON file; `Ok(None)` when it does not exist.

@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
 use twill_store::{KeyValue, LeaseId, Store};
 use twill_types::cluster::ClusterConfig;
-use twill_types::lease::{LEASES_PREFIX, Lease, lease_key, subnet_of_key};
+use twill_types::hash::fnv1a;
+use twill_types::keys::{LEASES_PREFIX, lease_key, leave_key, subnet_of_key};
+use twill_types::lease::Lease;
 
 /// A lease this node holds.
 #[derive(Debug, Clone)]
@@ -143,26 +145,11 @@ pub async fn acquire(
 
 /// A per-node, per-attempt seed so concurrent joiners spread over the pool.
 fn seed_for(node: &str, attempt: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    fnv1a(node.bytes()) ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
-
-/// Where `twill node leave` marks a node as leaving, before it deletes the node's lease: the
-/// node's agent leaves only when it finds this marker; a lease that disappears without it
-/// (deleted by hand, taken, expired) is leased again.
-pub const LEAVING_PREFIX: &str = "/twill/leaving/";
 
 /// How long a leave marker lives (an agent started later removes it at once anyway).
 const LEAVE_MARKER_TTL: Duration = Duration::from_secs(600);
-
-/// The leave marker of `node`.
-pub fn leave_key(node: &str) -> String {
-    format!("{LEAVING_PREFIX}{node}")
-}
 
 /// True when `twill node leave` marked `node` as leaving.
 pub async fn leave_marker(store: &Store, node: &str) -> Result<bool, twill_store::StoreError> {

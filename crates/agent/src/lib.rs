@@ -14,8 +14,8 @@
 //! re-attaches to the persistent TUN device (milliseconds after it is in sync).
 //!
 //! The agent exits 0 only on a signal or on `twill node leave`, which it recognises by the leave
-//! marker the command writes before deleting the lease ([`lease::LEAVING_PREFIX`]). A lease
-//! lost any other way (deleted by hand, overwritten by another node, expired) is leased again
+//! marker the command writes before deleting the lease
+//! ([`twill_types::keys::LEAVING_PREFIX`]). A lease lost any other way (deleted by hand, overwritten by another node, expired) is leased again
 //! (the same subnet when it is free) with the dataplane left as it is, and reported in the log
 //! and in `twill status` (`leaseEvents`). Every other fatal condition is an error exit, so a
 //! supervisor's `Restart=on-failure` restarts the agent.
@@ -31,7 +31,8 @@
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
-//! - [`store_args`]: `--store` and etcd's TLS and user flags, shared by every command.
+//! - [`store_args`]: the flags commands share: `--store` with etcd's TLS and user flags,
+//!   `--data-dir`, `--json`.
 //! - [`cli`]: `twill cluster init/show`, `twill node leave`, `twill status`.
 //! - [`policy`]: the policy world from the store, and the CLI's label and name helpers.
 //! - [`policy_cli`]: `twill policy apply/list/delete/explain`, `twill namespace label/list`,
@@ -51,4 +52,4 @@ pub mod run;
 pub mod store_args;
 
 pub use run::{AgentOptions, run};
-pub use store_args::{EtcdArgs, StoreArgs};
+pub use store_args::{DataDirArgs, EtcdArgs, JsonArgs, OptionalStoreArgs, StoreArgs};

@@ -3,7 +3,7 @@
 //! the pure helpers of the CLI verbs that change it (label arguments, Kubernetes name and
 //! label syntax).
 //!
-//! The key layout is [`twill_policy::keys`]; every value is JSON of `twill_policy`'s model.
+//! The key layout is [`twill_types::keys`]; every value is JSON of `twill_policy`'s model.
 //! A value that does not parse is skipped with a warning naming its key instead of failing
 //! the whole read: another node may run a newer twill that writes fields this one does not
 //! know, and one bad key must not stop policy for everything else.
@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
-use twill_policy::keys::{
-    self, ENDPOINT_LABELS_PREFIX, ENDPOINT_PREFIX, LabelOverrides, NAMESPACE_PREFIX, POLICY_PREFIX,
-};
-use twill_policy::{Endpoint, Namespace, PolicyDoc, World};
+use twill_policy::{Endpoint, LabelOverrides, Namespace, PolicyDoc, World};
 use twill_store::{KeyValue, Store};
+use twill_types::keys::{
+    self, ENDPOINT_LABELS_PREFIX, ENDPOINT_PREFIX, NAMESPACE_PREFIX, POLICY_PREFIX,
+};
 
 /// Reads the policy world from the store; values that do not parse are skipped, each with a
 /// warning in the log naming its key.

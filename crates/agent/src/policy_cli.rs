@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use twill_policy::keys::{self, LabelOverrides, POLICY_PREFIX};
+use twill_policy::LabelOverrides;
 use twill_policy::{
     ClusterPolicy, Labels, NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Party, PolicyDoc, World,
     explain, parse_documents, parse_port_proto,
 };
 use twill_store::Store;
+use twill_types::keys::{self, POLICY_PREFIX};
 
 use crate::StoreArgs;
 use crate::policy::{

@@ -3,7 +3,7 @@
 //!
 //! Inputs, all turned into one in-memory [`World`]:
 //! - the store (mirrored): policies, namespaces, every node's endpoints, label overrides
-//!   (layout in [`twill_policy::keys`]);
+//!   (layout in [`twill_types::keys`]);
 //! - this node's endpoints, which the CNI plugin records in `<data-dir>/endpoints/` (they
 //!   survive agent restarts) and announces on the agent socket; the agent publishes them to
 //!   the store for the other nodes.
@@ -41,11 +41,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
-use twill_policy::keys::{self, LabelOverrides};
 use twill_policy::{
-    ClusterPolicy, Dispatch, Endpoint, Namespace, NetworkPolicy, Options, PolicyDoc, Ruleset, World,
+    ClusterPolicy, Dispatch, Endpoint, LabelOverrides, Namespace, NetworkPolicy, Options,
+    PolicyDoc, Ruleset, World,
 };
 use twill_store::{KeyValue, MirrorEvent, Store};
+use twill_types::keys;
 use twill_types::node::{self, PolicyStatus};
 
 use crate::policy::Item;

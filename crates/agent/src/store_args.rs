@@ -1,7 +1,18 @@
-//! `--store` and the credentials etcd asks for, declared once for every command that talks to
-//! the store (`#[command(flatten)]`): flannel's `--etcd-cafile --etcd-certfile --etcd-keyfile`
-//! and etcd's own users (`--etcd-username`, the password from `--etcd-password-file` or the
-//! environment, never from the command line where `ps` shows it, and never printed).
+//! The flags several `twill` commands share, each declared once here and flattened into every
+//! command that takes it (`#[command(flatten)]`), so that names, environment variables,
+//! defaults and help stay the same everywhere:
+//!
+//! - [`StoreArgs`]: `--store` (`TWILL_STORE`) and the credentials etcd asks for: flannel's
+//!   `--etcd-cafile --etcd-certfile --etcd-keyfile` and etcd's own users (`--etcd-username`,
+//!   the password from `--etcd-password-file` or the environment, never from the command line
+//!   where `ps` shows it, and never printed). [`OptionalStoreArgs`] is the same for `twill
+//!   status`, where the store is optional (clap cannot flatten an `Option<StoreArgs>`: with
+//!   the URL required inside, the group is never taken as given).
+//! - [`DataDirArgs`]: `--data-dir`, the node's data directory (default `/var/lib/twill`).
+//! - [`JsonArgs`]: `--json`, machine-readable output.
+//!
+//! `twill node leave --data-dir` is optional and means "also clean this directory": it is
+//! declared there, not here.
 
 use std::path::PathBuf;
 
@@ -101,15 +112,57 @@ impl EtcdArgs {
     }
 }
 
+/// The environment variable `--store` is read from.
+pub const STORE_ENV: &str = "TWILL_STORE";
+
+/// Where the agent keeps its files and the CNI plugin finds them (its `dataDir`).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
+
 /// `--store URL` with the etcd credentials.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct StoreArgs {
     /// `etcd://HOST:PORT[,HOST:PORT...]` (TLS when --etcd-cafile is given, or with
     /// `etcds://`), `embedded` or `embedded:PATH`.
-    #[arg(long = "store", env = "TWILL_STORE", value_name = "URL")]
+    #[arg(long = "store", env = STORE_ENV, value_name = "URL")]
     pub url: String,
     #[command(flatten)]
     pub etcd: EtcdArgs,
+}
+
+/// `--store URL` with the etcd credentials, for a command that works without a store too.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptionalStoreArgs {
+    /// Also ask this store (`etcd://HOST:PORT[,HOST:PORT...]`, `etcds://...`, `embedded` or
+    /// `embedded:PATH`).
+    #[arg(long = "store", env = STORE_ENV)]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+impl OptionalStoreArgs {
+    /// The store, when one was given.
+    pub fn into_store(self) -> Option<StoreArgs> {
+        let etcd = self.etcd;
+        self.url.map(|url| StoreArgs { url, etcd })
+    }
+}
+
+/// `--data-dir DIR`.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct DataDirArgs {
+    /// The node's data directory (the CNI plugin's `dataDir`): the node file, the agent's
+    /// status, the pods' address state.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// `--json`.
+#[derive(clap::Args, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JsonArgs {
+    /// Machine-readable output: JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl StoreArgs {

@@ -9,7 +9,8 @@ use twill_agent::lease;
 use twill_store::Store;
 use twill_store::testing::EtcdServer;
 use twill_types::cluster::{BackendKind, ClusterConfig};
-use twill_types::lease::{LEASES_PREFIX, Lease};
+use twill_types::keys::LEASES_PREFIX;
+use twill_types::lease::Lease;
 
 fn config(text: &str) -> ClusterConfig {
     ClusterConfig::parse(text).unwrap()

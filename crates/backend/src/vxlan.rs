@@ -15,6 +15,7 @@ use ipnet::Ipv4Net;
 use twill_types::MacAddr;
 use twill_types::cluster::{BackendKind, MAX_VNI};
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec, VxlanDevice};
+use twill_types::hash::fnv1a;
 use twill_types::lease::Lease;
 
 use crate::screen::screen;
@@ -77,17 +78,6 @@ pub fn vtep_mac(node: &str, vni: u32) -> MacAddr {
     let hash = fnv1a(node.bytes().chain([0]).chain(vni.to_be_bytes()));
     let b = hash.to_be_bytes();
     MacAddr([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
-}
-
-/// 64-bit FNV-1a: tiny and fixed forever (std's hasher may change between releases), good
-/// enough to spread names; not a security hash.
-fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 /// How one screened peer is to be reached.
@@ -213,13 +203,6 @@ impl Backend for Vxlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv1a_is_the_published_one() {
-        assert_eq!(fnv1a(*b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(*b"foobar"), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn device_names_fit_linux() {

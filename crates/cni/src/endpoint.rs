@@ -61,28 +61,6 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically, mode 0600: a fresh temporary file (O_EXCL, so a
-/// planted file or symlink is never written through) renamed over the record.
-fn write_record(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("json.tmp");
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    // The umask may have taken bits away, never added them; fchmod states the mode exactly.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    drop(file);
-    std::fs::rename(&tmp, path)
-}
-
 /// The endpoint ADD is about to create.
 pub fn endpoint(
     env: &Env,
@@ -111,7 +89,7 @@ pub fn register(conf: &NetConf, env: &Env, ep: &Endpoint) -> Result<(), CniError
     let key = record_key(&env.container_id, &env.ifname);
     let path = record_path(&conf.data_dir, &key);
     let bytes = serde_json::to_vec(ep).expect("endpoints serialize");
-    write_record(&path, &bytes).map_err(|e| state(format!("{}: {e}", path.display())))?;
+    twill_types::fs::write_atomic(&path, &bytes, 0o600).map_err(|e| state(e.to_string()))?;
     let request = AgentRequest::Add { container_id: key };
     ask(&conf.data_dir, &request, ADD_WAIT).inspect_err(|_| {
         // ADD fails and undoes everything: the agent must forget the pod too.

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use twill_netlink::netns::Netns;
 use twill_netlink::{Handle, Link, LinkKind, Route, VethSpec};
+use twill_types::hash::fnv1a;
 
 use crate::config::Mode;
 use crate::spec::{CniError, code};
@@ -66,13 +67,6 @@ pub fn proven_ours(link: &Link, container_id: &str, ifname: &str, peer: Option<&
     })
 }
 
-/// 64-bit FNV-1a: tiny, stable forever, good enough to spread names (not a security hash).
-fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
-    bytes.fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// A random locally administered unicast MAC.
 pub fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
@@ -87,13 +81,6 @@ pub fn random_mac() -> [u8; 6] {
 pub fn stable_mac(name: &str) -> [u8; 6] {
     let b = fnv1a(name.bytes()).to_be_bytes();
     [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5]]
-}
-
-pub fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Maps a netlink failure to the plugin's kernel error code.

@@ -11,6 +11,7 @@ use twill_dataplane::firewall;
 use twill_ipam::{Range, Store};
 use twill_netlink::netns::Netns;
 use twill_netlink::{Handle, Link, LinkKind};
+use twill_types::MacAddr;
 
 use crate::config::{Cluster, Env, Mode, NetConf, overlaps};
 use crate::endpoint;
@@ -338,20 +339,20 @@ fn add_with_addresses(
     if let Some(b) = &bridge {
         result.interfaces.push(Interface {
             name: b.name.clone(),
-            mac: b.mac.map(|m| plumbing::mac_text(&m)).unwrap_or_default(),
+            mac: b.mac.map(|m| MacAddr(m).to_string()).unwrap_or_default(),
             mtu: Some(b.mtu),
             sandbox: String::new(),
         });
     }
     result.interfaces.push(Interface {
         name: host_name.to_string(),
-        mac: plumbing::mac_text(&attached.host_mac),
+        mac: MacAddr(attached.host_mac).to_string(),
         mtu: Some(mtu),
         sandbox: String::new(),
     });
     result.interfaces.push(Interface {
         name: env.ifname.clone(),
-        mac: plumbing::mac_text(&attached.container_mac),
+        mac: MacAddr(attached.container_mac).to_string(),
         mtu: Some(mtu),
         sandbox: netns.path().to_string(),
     });
@@ -512,7 +513,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 netns.path()
             ))
         })?;
-    let mac = link.mac.map(|m| plumbing::mac_text(&m)).unwrap_or_default();
+    let mac = link.mac.map(|m| MacAddr(m).to_string()).unwrap_or_default();
     if !ciface.mac.is_empty() && !ciface.mac.eq_ignore_ascii_case(&mac) {
         return Err(failed(format!(
             "interface {} has MAC {mac}, ADD gave it {}",

@@ -64,6 +64,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use twill_types::MacAddr;
 
 use crate::Error;
 use crate::nfnl::{
@@ -187,31 +188,22 @@ fn read_stamp(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// Writes a stamp atomically (temp file + rename) so a concurrent reader sees
-/// the old or the new content, never a torn one. No fsync: losing a stamp
-/// only costs one re-apply.
+/// Writes a stamp atomically, so a concurrent reader sees the old or the new content, never a
+/// torn one. No fsync: losing a stamp only costs one re-apply.
 fn write_stamp(dir: &Path, name: &str, content: &str) -> Result<(), Error> {
+    // Digests of what was applied, nothing secret: readable, as `std::fs::write` made them
+    // (0666 less the usual umask 022).
+    const STAMP_MODE: u32 = 0o644;
     std::fs::create_dir_all(dir).map_err(|source| Error::State {
         action: "create the state directory",
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join(name);
-    // Unique per process and call, so concurrent writers never share a temp file.
-    static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
-    std::fs::write(&tmp, content).map_err(|source| Error::State {
-        action: "write",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, &path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
+    twill_types::fs::write_atomic(&dir.join(name), content.as_bytes(), STAMP_MODE).map_err(|e| {
         Error::State {
-            action: "rename a stamp into",
-            path: path.clone(),
-            source,
+            action: e.action,
+            path: e.path,
+            source: e.source,
         }
     })
 }
@@ -882,11 +874,6 @@ fn describe(ifname: &str, addrs: &[IpAddr]) -> String {
     format!("{ifname} . {{{}}}", list.join(", "))
 }
 
-fn mac_text(mac: &[u8; 6]) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
-}
-
 const NO_SETS_HINT: &str = "the anti-spoofing sets do not exist: call ensure_antispoof_base first \
      (or the host's nftables ruleset was flushed since)";
 
@@ -949,7 +936,7 @@ pub fn allow_mac(mode: Mode, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
     let sets = mac_sets(ifname, &mac);
     let op = format!(
         "binding {ifname} to MAC {} in bridge {TABLE} {SET_MAC}",
-        mac_text(&mac)
+        MacAddr(mac)
     );
     nfnl::with_sock(|sock| {
         let batch = setelem_batch(
@@ -990,7 +977,7 @@ fn forget_macs_of(mode: Mode, ifname: &str, macs: &[[u8; 6]]) -> Result<(), Erro
             }
         }
     }
-    let list: Vec<String> = macs.iter().map(mac_text).collect();
+    let list: Vec<String> = macs.iter().map(|m| MacAddr(*m).to_string()).collect();
     let op = format!(
         "unbinding {ifname} from MAC {} in bridge {TABLE} {SET_MAC}",
         list.join(", ")
@@ -1034,7 +1021,7 @@ pub fn mac_allowed(mode: Mode, ifname: &str, mac: [u8; 6]) -> Result<bool, Error
     let key = nfnl::concat_key(&[&nfnl::ifname_field(ifname), &mac]);
     let op = format!(
         "looking up {ifname} . {} in bridge {TABLE} {SET_MAC}",
-        mac_text(&mac)
+        MacAddr(mac)
     );
     nfnl::with_sock(|sock| nfnl::set_has_key(sock, NFPROTO_BRIDGE, TABLE, SET_MAC, &key))
         .map_err(|e| nl_error(op, e, ""))

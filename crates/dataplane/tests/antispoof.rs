@@ -82,10 +82,7 @@ fn pod_mac(c: &Netns) -> [u8; 6] {
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    twill_types::MacAddr(*m).to_string()
 }
 
 /// Binds bridge port `port` to the MAC of container `c` (what the plugin

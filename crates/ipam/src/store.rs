@@ -250,16 +250,10 @@ impl Store {
     /// is reported as `Error::Corrupt` rather than silently reset.
     fn save(&self, state: &State) -> Result<(), Error> {
         let bytes = encode(state);
-        let tmp = self.dir.join(TMP_FILE);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        file.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        drop(file);
+        // A fixed temporary name: saves are serialized by the lock, and a leftover of a killed
+        // plugin is replaced by the next save instead of piling up.
+        let staged =
+            twill_types::fs::stage(&self.dir.join(TMP_FILE), &bytes, 0o600).map_err(write_err)?;
         let path = self.state_path();
         // Keep the generation being replaced: unlink + link, then the rename. A crash between
         // them leaves state.json intact (and at worst no or an equal previous generation).
@@ -274,7 +268,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("link", &prev)(e)),
         }
-        fs::rename(&tmp, &path).map_err(io_err("replace", &path))
+        staged.replace(&path).map_err(write_err)
     }
 }
 
@@ -564,6 +558,14 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<State, Error> {
                 }),
             }
         }
+    }
+}
+
+fn write_err(e: twill_types::fs::WriteError) -> Error {
+    Error::Io {
+        op: e.action,
+        path: e.path,
+        source: e.source,
     }
 }
 

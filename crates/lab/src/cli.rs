@@ -22,14 +22,16 @@ pub enum LabCommand {
     Up(UpArgs),
     /// Show the hosts, their agents, subnets and peer paths, and the pods.
     Status {
+        /// The lab's name (as given to `up`).
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
-        /// Print JSON.
+        /// Machine-readable output: JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Run a command in a host (h1), a pod (h1-p2) or the underlay namespace (underlay).
     Exec {
+        /// The lab's name (as given to `up`).
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
         /// h<i>, h<i>-p<j> or underlay.
@@ -41,14 +43,16 @@ pub enum LabCommand {
     /// Ping from every pod to every other pod and print the matrix; exits 1 when a pod cannot
     /// reach one it should.
     Ping {
+        /// The lab's name (as given to `up`).
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
-        /// Print JSON.
+        /// Machine-readable output: JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Stop the lab's agents and etcd and remove all its namespaces and files.
     Down {
+        /// The lab's name (as given to `up`).
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
     },
@@ -60,6 +64,7 @@ pub struct UpArgs {
     /// Number of hosts.
     #[arg(long)]
     pub nodes: u32,
+    /// How hosts reach each other's pods.
     #[arg(long, value_enum)]
     pub backend: Backend,
     /// Route directly to hosts on the same underlay subnet, encapsulate to the others.
@@ -71,10 +76,13 @@ pub struct UpArgs {
     /// How the CNI plugin attaches pods: bridge (Flannel's layout) or routed (Calico's).
     #[arg(long, value_enum, default_value_t = PodMode::Bridge)]
     pub pod_mode: PodMode,
+    /// Pods attached on every host.
     #[arg(long, default_value_t = 2)]
     pub pods_per_node: u32,
+    /// The lab's name: several labs with different names can run side by side.
     #[arg(long, default_value = DEFAULT_NAME)]
     pub name: String,
+    /// The etcd binary the lab's store runs.
     #[arg(long, default_value = "/usr/bin/etcd")]
     pub etcd_bin: PathBuf,
     /// Run etcd on plain HTTP without client certificates (by default it speaks only TLS and

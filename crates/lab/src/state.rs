@@ -153,11 +153,10 @@ impl State {
 
     /// Writes `dir/state.json` by rename, so a reader never sees half a file.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&tmp, text + "\n").with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))?;
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        // Readable by anyone, as `std::fs::write` made it (0666 less the usual umask 022): it
+        // holds names and addresses of the lab, no secret.
+        twill_types::fs::write_atomic(&dir.join(STATE_FILE), text.as_bytes(), 0o644)?;
         Ok(())
     }
 
@@ -226,7 +225,12 @@ mod tests {
         let s = sample();
         s.save(dir.path()).unwrap();
         assert_eq!(State::load(dir.path()).unwrap(), s);
-        assert!(!dir.path().join("state.json.tmp").exists());
+        // Nothing left beside it (no temporary file).
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATE_FILE]);
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         // The names users and scripts grep for.
         for needle in [

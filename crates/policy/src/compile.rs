@@ -292,12 +292,7 @@ struct Builder<'a> {
 /// FNV-1a: stable across runs and platforms (names must not change between agent restarts,
 /// or every restart would be a full table replace).
 fn hash(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{:012x}", h >> 16)
+    format!("{:012x}", twill_types::hash::fnv1a(text.bytes()) >> 16)
 }
 
 /// nft limits comments to 128 bytes.

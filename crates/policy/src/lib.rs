@@ -9,8 +9,9 @@
 //! - [`parse`]: YAML in, validated all-or-nothing, errors with document and line;
 //! - [`eval`]: the reference semantics, and `explain`;
 //! - [`compile`](mod@compile): one node's rule set as data (sets, chains, dispatch maps);
-//! - [`render`](mod@render): that rule set as an `nft -f` script, and the minimal diff;
-//! - [`keys`]: where policies, namespaces and endpoints live in the store.
+//! - [`render`](mod@render): that rule set as an `nft -f` script, and the minimal diff.
+//!
+//! Where policies, namespaces and endpoints live in the store is `twill_types::keys`.
 //!
 //! # Using it (agent and CLI)
 //! ```
@@ -105,7 +106,6 @@
 
 pub mod compile;
 pub mod eval;
-pub mod keys;
 pub mod model;
 pub mod parse;
 pub mod render;

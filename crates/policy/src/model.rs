@@ -21,6 +21,33 @@ use serde::{Deserialize, Serialize};
 /// Labels of a namespace or endpoint. Ordered so that output is stable.
 pub type Labels = BTreeMap<String, String>;
 
+/// Label changes made by `twill endpoint label`: a value sets the label, `null` removes it
+/// (even when the runtime gave it). Stored apart from the endpoint (at
+/// `twill_types::keys::endpoint_labels_key`) so that the agent republishing the runtime's
+/// labels never undoes a user's change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelOverrides {
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+impl LabelOverrides {
+    /// The runtime's labels with these changes applied.
+    pub fn apply(&self, base: &Labels) -> Labels {
+        let mut out = base.clone();
+        for (k, v) in &self.labels {
+            match v {
+                Some(v) => {
+                    out.insert(k.clone(), v.clone());
+                }
+                None => {
+                    out.remove(k);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A namespace and its labels (namespace selectors match these).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
@@ -582,5 +609,25 @@ impl World {
         self.endpoints
             .iter()
             .find(|e| e.namespace == ns && e.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_and_remove() {
+        let base: Labels = [("app".to_string(), "web".to_string())].into();
+        let o = LabelOverrides {
+            labels: [
+                ("app".to_string(), None),
+                ("tier".to_string(), Some("db".to_string())),
+            ]
+            .into(),
+        };
+        let got = o.apply(&base);
+        assert_eq!(got.get("tier").map(String::as_str), Some("db"));
+        assert!(!got.contains_key("app"));
     }
 }

@@ -1,10 +1,5 @@
-//! A node's lease as published in the store, and the store's key layout.
-//!
-//! Key layout (the same in etcd and the embedded store):
-//! - `/twill/config`: the [`ClusterConfig`](crate::cluster::ClusterConfig) as JSON.
-//! - `/twill/leases/<a.b.c.d>-<len>`: one [`Lease`] per leased node subnet, attached to a
-//!   store lease with a TTL that the node's agent keeps alive (Flannel's layout, under twill's
-//!   prefix).
+//! A node's lease as published in the store at
+//! [`lease_key`](crate::keys::lease_key) (the key space is in [`keys`](crate::keys)).
 
 use std::net::Ipv4Addr;
 
@@ -14,27 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::MacAddr;
 use crate::cluster::BackendKind;
 
-/// Key of the cluster config.
-pub const CONFIG_KEY: &str = "/twill/config";
-/// Prefix of all lease keys.
-pub const LEASES_PREFIX: &str = "/twill/leases/";
-
-/// The store key of a node subnet's lease.
-pub fn lease_key(subnet: Ipv4Net) -> String {
-    format!(
-        "{LEASES_PREFIX}{}-{}",
-        subnet.network(),
-        subnet.prefix_len()
-    )
-}
-
-/// The subnet named by a lease key, if the key is one.
-pub fn subnet_of_key(key: &str) -> Option<Ipv4Net> {
-    let rest = key.strip_prefix(LEASES_PREFIX)?;
-    let (addr, len) = rest.split_once('-')?;
-    let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
-    (net.network() == net.addr()).then_some(net)
-}
+// Their home is `keys`; re-exported for the agent's run loop, which still names them here.
+pub use crate::keys::{CONFIG_KEY, LEASES_PREFIX};
 
 /// What a node publishes about itself: its subnet, how to reach it, backend data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,16 +40,6 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_round_trip() {
-        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
-        assert_eq!(lease_key(net), "/twill/leases/10.244.3.0-24");
-        assert_eq!(subnet_of_key(&lease_key(net)), Some(net));
-        assert_eq!(subnet_of_key("/twill/leases/10.244.3.1-24"), None);
-        assert_eq!(subnet_of_key("/twill/config"), None);
-        assert_eq!(subnet_of_key("/twill/leases/x-24"), None);
-    }
 
     #[test]
     fn lease_json_is_stable() {

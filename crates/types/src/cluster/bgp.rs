@@ -195,9 +195,8 @@ impl BgpConfig {
     }
 }
 
-/// Where `twill bgp peer add` keeps external peers: `<prefix><address>` for every node,
-/// `<prefix><address>@<node>` for one node. Agents mirror it and apply changes live.
-pub const BGP_PEERS_PREFIX: &str = "/twill/bgp/peers/";
+/// Where `twill bgp peer add` keeps external peers (see [`crate::keys`]).
+pub use crate::keys::BGP_PEERS_PREFIX;
 
 impl BgpPeer {
     /// The peer's store key.
