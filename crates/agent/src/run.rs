@@ -11,8 +11,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::{Backend, LocalNode};
-use twill_dataplane::peers::{self, AgentHandle, Observed, ObservedFdb, ObservedRoute};
-use twill_dataplane::route_writer::RouteWriter;
+use twill_dataplane::reconcile::{
+    self as peers, AgentHandle, Observed, ObservedFdb, ObservedRoute, Reconciler,
+};
 use twill_store::{MirrorEvent, Store, StoreError};
 use twill_types::MacAddr;
 use twill_types::cluster::{BGP_PEERS_PREFIX, ClusterConfig};
@@ -129,16 +130,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let (route_writer, route_outcomes) = match bgp {
-        Some(_) => {
-            let (w, f) = RouteWriter::start(nl.clone());
-            (Some(w), Some(f))
-        }
-        None => (None, None),
-    };
+    // The one writer of peer routes, devices, neighbours and FDB entries; only BGP hands it
+    // partial plans, so only with BGP are their outcomes awaited.
+    let (reconciler, outcomes) = Reconciler::start(nl.clone());
+    let route_outcomes = bgp.is_some().then_some(outcomes);
     let mut agent = Agent {
         bgp,
-        route_writer,
+        reconciler,
         opts: opts.clone(),
         store: store.clone(),
         config,
@@ -202,8 +200,8 @@ async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
 struct Agent {
     /// The BGP speaker, when the cluster config has a bgp section.
     bgp: Option<crate::bgp::BgpSide>,
-    /// Programs BGP route changes between reconciles (with a speaker only).
-    route_writer: Option<RouteWriter>,
+    /// Writes the peer dataplane: full reconciles, and BGP route changes between them.
+    reconciler: Reconciler,
     opts: AgentOptions,
     store: Store,
     config: ClusterConfig,
@@ -299,7 +297,7 @@ impl Agent {
                     }
                 }
                 failed = recv_or_never(&mut route_outcomes) => {
-                    let Some(failed) = failed else { bail!("the BGP route writer stopped") };
+                    let Some(failed) = failed else { bail!("the reconciler stopped") };
                     if failed.is_empty() {
                         // Once the burst is over: read back, repair if needed, and write the
                         // status (the deltas themselves never read the kernel).
@@ -627,10 +625,6 @@ impl Agent {
 
     /// Computes the desired state from the peer map and makes the kernel match it.
     async fn reconcile(&mut self) {
-        if let Some(writer) = &self.route_writer {
-            // Route changes handed over earlier land before the kernel is read.
-            writer.flush().await;
-        }
         let peers = self.lease_list();
         let mut desired = self.backend.desired(&self.node, &peers);
         if let Some(b) = &mut self.bgp {
@@ -675,17 +669,17 @@ impl Agent {
     }
 
     /// Hands the learned routes that changed since the last reconcile or delta (only those)
-    /// to the route writer, without waiting for the kernel (a failure there falls back to a
+    /// to the reconciler as a partial plan, without waiting for the kernel (a failure there falls back to a
     /// full reconcile).
     async fn program_bgp_changes(&mut self) {
         let peers = self.lease_list();
         let desired = self.backend.desired(&self.node, &peers);
-        let (Some(b), Some(writer)) = (&mut self.bgp, &self.route_writer) else {
+        let Some(b) = &mut self.bgp else {
             return;
         };
         let plan = b.take_delta(&self.node, &desired);
         if !plan.is_empty() {
-            writer.submit(plan);
+            self.reconciler.submit(plan);
             // Let the writer start on it now: this loop would otherwise go on taking queued
             // events first, and the kernel would sit idle meanwhile.
             tokio::task::yield_now().await;
@@ -756,32 +750,11 @@ impl Agent {
         }
     }
 
-    /// Observes, diffs and applies; returns what the kernel holds afterwards.
+    /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
+    /// before); returns what the kernel holds afterwards.
     async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Observed> {
-        let observed = peers::observe(&self.nl, desired).await?;
-        let plan = peers::diff(desired, &observed);
-        for why in &plan.ignored {
-            warn!("not applied: {why}");
-        }
-        let observed = if plan.is_empty() {
-            observed
-        } else {
-            let t = Instant::now();
-            let report = peers::apply(&self.nl, &plan).await?;
-            info!(plan = %plan, took_ms = t.elapsed().as_millis() as u64, "applied");
-            for failure in &report.failures {
-                warn!("{failure}");
-            }
-            if report.is_ok() && plan.ignored.is_empty() {
-                // The kernel acknowledged every change, so it now holds exactly the desired
-                // state; reading it back would double the cost of a large update. The periodic
-                // resync observes for real.
-                as_programmed(desired, observed)
-            } else {
-                peers::observe(&self.nl, desired).await?
-            }
-        };
-        Ok(observed)
+        let reconciled = self.reconciler.reconcile(desired.clone()).await?;
+        Ok(reconciled.observed)
     }
 
     fn update_nat(&self) -> anyhow::Result<()> {
@@ -863,22 +836,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The kernel state after every change of a plan to reach `desired` was acknowledged.
-fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
-    Observed {
-        vxlan: before.vxlan,
-        routes: desired
-            .routes
-            .iter()
-            .map(ObservedRoute::from_spec)
-            .collect(),
-        neighbours: desired.neighbours.clone(),
-        fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
-        // The plan deleted the idle ones.
-        idle_nexthops: Vec::new(),
-    }
 }
 
 /// Each peer of the desired state, and whether the kernel holds everything it needs.

@@ -11,7 +11,6 @@
 //! - `nfnl` (private): the minimal nfnetlink encoder/decoder that keeps the
 //!   per-container operations free of process spawns.
 //! - [`policy`]: applying network policy rule sets; bridge netfilter hooks.
-//! - [`route_writer`]: the task that applies the agent's BGP route changes as they stream in.
 //! - `nftcli` (private): running `nft -f -` for the rare rule changes.
 //!
 //! Everything applies to the network namespace of the calling thread (for [`reconcile`]: the
@@ -24,7 +23,6 @@ mod nfnl;
 mod nftcli;
 pub mod policy;
 pub mod reconcile;
-pub mod route_writer;
 
 pub use error::Error;
 pub use firewall::{

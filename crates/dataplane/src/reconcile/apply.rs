@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
 use twill_netlink::libc_errno::ENODEV;
 use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, RouteChange, VxlanSpec};
@@ -148,8 +149,7 @@ fn route_updates(plan: &Plan) -> Vec<Op<'_>> {
 
 /// Applies plans made only of route changes (the agent's BGP deltas; anything else in them
 /// is left out), in order, each one's deletions before its additions and replacements, all
-/// in one pass through the bulk socket. Unlike [`apply`], its future can run as a task of
-/// its own.
+/// in one pass through the bulk socket.
 pub async fn apply_routes(nl: &AgentHandle, plans: &[Plan]) -> Result<ApplyReport> {
     let start = Instant::now();
     let mut report = ApplyReport::default();
@@ -196,20 +196,29 @@ async fn run_route_changes(
 }
 
 /// Runs `ops` with up to [`IN_FLIGHT`] outstanding, recording every outcome.
+///
+/// The requests are boxed as `Send` futures one by one: a stream combinator's closure over
+/// borrowed operations otherwise hides from the compiler that the whole future is `Send`
+/// (a known limit of its inference of higher-ranked lifetimes), and [`super::Reconciler`] runs this in a task of its own.
 async fn run_pipelined<'a>(
-    nl: &AgentHandle,
-    links: &HashMap<String, u32>,
-    ops: impl Iterator<Item = Op<'a>>,
+    nl: &'a AgentHandle,
+    links: &'a HashMap<String, u32>,
+    ops: Vec<Op<'a>>,
     report: &mut ApplyReport,
 ) {
-    let mut results = futures::stream::iter(ops)
-        .map(|op| async move {
-            op.run(nl, links).await.map_err(|error| ApplyFailure {
-                item: op.to_string(),
-                error,
-            })
+    let requests: Vec<BoxFuture<'a, std::result::Result<(), ApplyFailure>>> = ops
+        .into_iter()
+        .map(|op| {
+            async move {
+                op.run(nl, links).await.map_err(|error| ApplyFailure {
+                    item: op.to_string(),
+                    error,
+                })
+            }
+            .boxed()
         })
-        .buffer_unordered(IN_FLIGHT);
+        .collect();
+    let mut results = futures::stream::iter(requests).buffer_unordered(IN_FLIGHT);
     while let Some(outcome) = results.next().await {
         report.record(outcome);
     }
@@ -367,7 +376,8 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
             plan.replace_neighbours
                 .iter()
                 .map(Op::ReplaceNeighbour)
-                .chain(plan.replace_fdb.iter().map(Op::ReplaceFdb)),
+                .chain(plan.replace_fdb.iter().map(Op::ReplaceFdb))
+                .collect(),
             &mut report,
         )
         .await;
@@ -377,7 +387,8 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
             plan.delete_neighbours
                 .iter()
                 .map(Op::DeleteNeighbour)
-                .chain(plan.delete_fdb.iter().map(Op::DeleteFdb)),
+                .chain(plan.delete_fdb.iter().map(Op::DeleteFdb))
+                .collect(),
             &mut report,
         )
         .await;

@@ -16,12 +16,14 @@
 //! FDB `self permanent` without port/VNI overrides).
 //!
 //! The parts: [`model`] (what is observed, planned and reported), `observe.rs`, `diff.rs`
-//! (pure) and `apply.rs`.
+//! (pure) and `apply.rs`; [`Reconciler`] (`task.rs`) is the one task that writes them, full
+//! reconciles and the BGP deltas in between alike.
 
 mod apply;
 mod diff;
 pub mod model;
 mod observe;
+mod task;
 
 pub use apply::{apply, apply_routes, remove_all, set_only_address};
 pub use diff::diff;
@@ -30,6 +32,7 @@ pub use model::{
     ObservedVxlan, Plan,
 };
 pub use observe::observe;
+pub use task::{Reconciled, Reconciler, as_programmed};
 pub use twill_netlink::AgentHandle;
 
 /// Name prefix of the links twill owns.
