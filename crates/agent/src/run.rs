@@ -134,8 +134,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // partial plans, so only with BGP are their outcomes awaited.
     let (reconciler, outcomes) = Reconciler::start(nl.clone());
     let route_outcomes = bgp.is_some().then_some(outcomes);
+    // A restart with BGP: the routes the previous agent left are kept while peers come back.
+    // They are read here, once, before anything is written.
+    let retained = match &bgp {
+        Some(b) if restarting => retained_routes(&nl, b.settle_deadline()).await,
+        _ => None,
+    };
     let mut agent = Agent {
         bgp,
+        retained,
         reconciler,
         opts: opts.clone(),
         store: store.clone(),
@@ -158,6 +165,28 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         lease_lost: false,
     };
     agent.main_loop(route_outcomes).await
+}
+
+/// The routes of twill's that the kernel holds now, to keep until `until` (None when the
+/// kernel cannot be read: nothing is kept then).
+async fn retained_routes(
+    nl: &AgentHandle,
+    until: std::time::Instant,
+) -> Option<crate::bgp::Retained> {
+    match peers::observe(nl, &DesiredState::default()).await {
+        Ok(observed) => {
+            let retained = crate::bgp::Retained::from_observed(&observed.routes, until);
+            info!(
+                routes = retained.routes.len(),
+                "graceful restart: keeping the routes found"
+            );
+            Some(retained)
+        }
+        Err(e) => {
+            warn!("reading the routes to keep while BGP comes back: {e}");
+            None
+        }
+    }
 }
 
 /// Connects to the store, retrying while it is unreachable (the agent may start before etcd).
@@ -200,6 +229,8 @@ async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
 struct Agent {
     /// The BGP speaker, when the cluster config has a bgp section.
     bgp: Option<crate::bgp::BgpSide>,
+    /// Routes of a previous agent kept until BGP settles (a restart with BGP only).
+    retained: Option<crate::bgp::Retained>,
     /// Writes the peer dataplane: full reconciles, and BGP route changes between them.
     reconciler: Reconciler,
     opts: AgentOptions,
@@ -630,8 +661,17 @@ impl Agent {
         if let Some(b) = &mut self.bgp {
             b.sync_peers(&peers);
             b.add_routes(&self.node, &mut desired);
-            if !b.settled() {
-                self.keep_old_routes(&mut desired).await;
+            let settled = b.settled();
+            if let Some(retained) = &self.retained {
+                if retained.holds(settled, std::time::Instant::now()) {
+                    retained.add_missing(&mut desired);
+                } else {
+                    info!(
+                        routes = retained.routes.len(),
+                        "graceful restart over: routes BGP did not learn again go"
+                    );
+                    self.retained = None;
+                }
             }
         }
         if let Err(e) = self.ensure_tunnel(&desired).await {
@@ -722,32 +762,6 @@ impl Agent {
     async fn address_tunnel(&self, name: &str) -> anyhow::Result<()> {
         let want = Ipv4Net::new(self.node.subnet.network(), 32).expect("/32 is valid");
         Ok(peers::set_only_address(&self.nl, name, want).await?)
-    }
-
-    /// Until BGP has settled after a start, routes a previous agent installed stay: they are
-    /// what pods use while the peers resend their tables (graceful restart).
-    async fn keep_old_routes(&self, desired: &mut DesiredState) {
-        let observed = match peers::observe(&self.nl, desired).await {
-            Ok(o) => o,
-            Err(e) => {
-                warn!("reading routes to keep: {e}");
-                return;
-            }
-        };
-        let have: HashSet<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
-        for o in observed.routes {
-            if have.contains(&o.dst) || !o.unicast || o.metric != 0 || o.tos != 0 {
-                continue;
-            }
-            if let (Some(via), Some(dev)) = (o.via, o.dev) {
-                desired.routes.push(RouteSpec {
-                    dst: o.dst,
-                    via,
-                    dev,
-                    onlink: o.onlink,
-                });
-            }
-        }
     }
 
     /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
