@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::{Backend, LocalNode};
 use twill_dataplane::reconcile::{
-    self as peers, AgentHandle, Observed, ObservedFdb, ObservedRoute, Reconciler,
+    self as peers, AgentHandle, ObjectKey, ObjectStatus, Observed, ObservedFdb, ObservedRoute,
+    Reconciler,
 };
 use twill_store::{MirrorEvent, Store, StoreError};
 use twill_types::MacAddr;
@@ -812,7 +813,7 @@ impl Agent {
 
     fn write_status(&mut self, state: Option<(&DesiredState, Option<&Observed>)>) {
         if let Some((desired, observed)) = state {
-            self.last_peers = peer_status(desired, observed);
+            self.last_peers = peer_status(desired, observed, &self.reconciler.errors());
         }
         let path = self.opts.data_dir.join(node::STATUS_FILE);
         let mut peers = self.last_peers.clone();
@@ -853,7 +854,13 @@ fn unix_now() -> u64 {
 }
 
 /// Each peer of the desired state, and whether the kernel holds everything it needs.
-fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerStatus> {
+/// `errors` are the reconciler's objects in error: a peer that misses one says why the kernel
+/// refused it.
+fn peer_status(
+    desired: &DesiredState,
+    observed: Option<&Observed>,
+    errors: &BTreeMap<ObjectKey, ObjectStatus>,
+) -> Vec<PeerStatus> {
     let index = observed.map(|obs| Index::new(desired, obs));
     desired
         .peers
@@ -865,7 +872,9 @@ fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerS
                 (PeerPath::Bgp, Some(index)) if !index.routes.contains_key(&p.subnet) => {
                     Some("no route learned by BGP yet".to_string())
                 }
-                (_, Some(index)) => index.missing_for_peer(p.subnet),
+                (_, Some(index)) => index.missing_for_peer(p.subnet).map(|missing| {
+                    with_kernel_reasons(missing, &index.keys_of_peer(p.subnet), errors)
+                }),
             };
             PeerStatus {
                 node: p.node.clone(),
@@ -912,6 +921,16 @@ impl<'a> Index<'a> {
         index
     }
 
+    /// The reconciler's keys of a peer's route, neighbour and FDB entry.
+    fn keys_of_peer(&self, subnet: Ipv4Net) -> Vec<ObjectKey> {
+        let mut keys = vec![ObjectKey::Route(subnet)];
+        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
+            keys.push(ObjectKey::Neighbour(neigh.ip));
+            keys.push(ObjectKey::Fdb(neigh.mac));
+        }
+        keys
+    }
+
     /// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
     fn missing_for_peer(&self, subnet: Ipv4Net) -> Option<String> {
         let mut missing = Vec::new();
@@ -931,6 +950,28 @@ impl<'a> Index<'a> {
             }
         }
         (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
+    }
+}
+
+/// `missing`, followed by why the kernel refused those of `keys` in error (and how often).
+fn with_kernel_reasons(
+    missing: String,
+    keys: &[ObjectKey],
+    errors: &BTreeMap<ObjectKey, ObjectStatus>,
+) -> String {
+    let reasons: Vec<String> = keys
+        .iter()
+        .filter_map(|key| match errors.get(key) {
+            Some(ObjectStatus::Error {
+                reason, attempts, ..
+            }) => Some(format!("{reason} (attempt {attempts}, retrying)")),
+            _ => None,
+        })
+        .collect();
+    if reasons.is_empty() {
+        missing
+    } else {
+        format!("{missing}; refused: {}", reasons.join("; "))
     }
 }
 
@@ -1008,4 +1049,36 @@ pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> 
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_object_in_error_carries_the_kernels_reason() {
+        let route = ObjectKey::Route("10.244.2.0/24".parse().unwrap());
+        let neighbour = ObjectKey::Neighbour("10.244.2.0".parse().unwrap());
+        let mut errors = BTreeMap::new();
+        errors.insert(
+            route.clone(),
+            ObjectStatus::Error {
+                reason: "add route 10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink: File exists"
+                    .into(),
+                attempts: 3,
+                retry_at: std::time::Instant::now(),
+            },
+        );
+        errors.insert(neighbour.clone(), ObjectStatus::Done);
+        let missing = "missing: route 10.244.2.0/24 via 10.244.2.0".to_string();
+        assert_eq!(
+            with_kernel_reasons(missing.clone(), &[route, neighbour.clone()], &errors),
+            "missing: route 10.244.2.0/24 via 10.244.2.0; refused: add route 10.244.2.0/24 \
+             via 10.244.2.0 dev twill.1 onlink: File exists (attempt 3, retrying)"
+        );
+        assert_eq!(
+            with_kernel_reasons(missing.clone(), &[neighbour], &errors),
+            missing
+        );
+    }
 }

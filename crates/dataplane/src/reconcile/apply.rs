@@ -18,6 +18,7 @@ use super::model::{
     ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, ObservedFdb, ObservedRoute, Plan,
 };
 use super::observe::{observe, our_nexthops};
+use super::status::ObjectKey;
 use super::{AgentHandle, IN_FLIGHT, diff};
 
 /// One pipelined request of [`apply`].
@@ -69,6 +70,17 @@ fn no_link(name: &str) -> Error {
 }
 
 impl Op<'_> {
+    /// The object this operation changes.
+    fn object(&self) -> ObjectKey {
+        match *self {
+            Op::DeleteRoute(r) => ObjectKey::Route(r.dst),
+            Op::AddRoute(r) | Op::ReplaceRoute(r) => ObjectKey::Route(r.dst),
+            Op::ReplaceNeighbour(n) | Op::DeleteNeighbour(n) => ObjectKey::Neighbour(n.ip),
+            Op::ReplaceFdb(e) => ObjectKey::Fdb(e.mac),
+            Op::DeleteFdb(e) => ObjectKey::Fdb(e.mac),
+        }
+    }
+
     /// The route change of a route operation (the only kind [`run_route_changes`] is given).
     fn route_change(&self, links: &HashMap<String, u32>) -> Result<RouteChange> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
@@ -180,7 +192,7 @@ async fn run_route_changes(
                 sent.push(op);
                 changes.push(change);
             }
-            Err(error) => report.fail(op.to_string(), error),
+            Err(error) => report.fail(op.to_string(), op.object(), error),
         }
     }
     if changes.is_empty() {
@@ -190,6 +202,7 @@ async fn run_route_changes(
     for (op, outcome) in sent.iter().zip(outcomes) {
         report.record(outcome.map_err(|error| ApplyFailure {
             item: op.to_string(),
+            object: Some(op.object()),
             error,
         }));
     }
@@ -212,6 +225,7 @@ async fn run_pipelined<'a>(
             async move {
                 op.run(nl, links).await.map_err(|error| ApplyFailure {
                     item: op.to_string(),
+                    object: Some(op.object()),
                     error,
                 })
             }
@@ -271,22 +285,30 @@ async fn create_device(nl: &AgentHandle, d: &VxlanDevice, report: &mut ApplyRepo
             let added = nl.add_ipv4_address(index, d.address).await;
             report.record(added.map_err(|error| ApplyFailure {
                 item: format!("add address {} to {}", d.address, d.name),
+                object: Some(ObjectKey::Device(d.name.clone())),
                 error,
             }));
         }
-        Err(error) => report.fail(item, error),
+        Err(error) => report.fail(item, ObjectKey::Device(d.name.clone()), error),
     }
 }
 
 async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyReport) {
     let index = match link_index(nl, &a.name).await {
         Ok(i) => i,
-        Err(error) => return report.fail(format!("adjust vxlan device {}", a.name), error),
+        Err(error) => {
+            return report.fail(
+                format!("adjust vxlan device {}", a.name),
+                ObjectKey::Device(a.name.clone()),
+                error,
+            );
+        }
     };
     if let Some(mtu) = a.mtu {
         let r = nl.set_link_mtu(index, mtu).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("set mtu {mtu} on {}", a.name),
+            object: Some(ObjectKey::Device(a.name.clone())),
             error,
         }));
     }
@@ -294,6 +316,7 @@ async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyRep
         let r = nl.set_link_mac(index, mac.0).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("set address {mac} on {}", a.name),
+            object: Some(ObjectKey::Device(a.name.clone())),
             error,
         }));
     }
@@ -302,6 +325,7 @@ async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyRep
         let r = nl.add_ipv4_address(index, *addr).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("add address {addr} to {}", a.name),
+            object: Some(ObjectKey::Device(a.name.clone())),
             error,
         }));
     }
@@ -309,6 +333,7 @@ async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyRep
         let r = nl.delete_ipv4_address(index, *addr).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("delete address {addr} from {}", a.name),
+            object: Some(ObjectKey::Device(a.name.clone())),
             error,
         }));
     }
@@ -316,6 +341,7 @@ async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyRep
         let r = nl.set_link_up(index, true).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("set {} up", a.name),
+            object: Some(ObjectKey::Device(a.name.clone())),
             error,
         }));
     }
@@ -345,6 +371,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
         let r = delete_device(nl, name).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("delete vxlan device {name}"),
+            object: Some(ObjectKey::Device(name.clone())),
             error,
         }));
     }
@@ -355,7 +382,11 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
         Some(DeviceChange::Recreate { device, .. }) => {
             match delete_device(nl, &device.name).await {
                 Ok(()) => create_device(nl, device, &mut report).await,
-                Err(error) => report.fail(format!("delete vxlan device {}", device.name), error),
+                Err(error) => report.fail(
+                    format!("delete vxlan device {}", device.name),
+                    ObjectKey::Device(device.name.clone()),
+                    error,
+                ),
             }
         }
         Some(DeviceChange::Adjust(a)) => adjust_device(nl, a, &mut report).await,
@@ -440,6 +471,10 @@ async fn delete_nexthops(nl: &AgentHandle, ids: Vec<u32>, report: &mut ApplyRepo
         .map(|id| format!("delete nexthop {id}"))
         .collect();
     for (item, outcome) in items.into_iter().zip(nl.delete_nexthops(ids).await) {
-        report.record(outcome.map_err(|error| ApplyFailure { item, error }));
+        report.record(outcome.map_err(|error| ApplyFailure {
+            item,
+            object: None,
+            error,
+        }));
     }
 }

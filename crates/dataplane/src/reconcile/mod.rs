@@ -23,6 +23,7 @@ mod apply;
 mod diff;
 pub mod model;
 mod observe;
+pub mod status;
 mod task;
 
 pub use apply::{apply, apply_routes, remove_all, set_only_address};
@@ -32,6 +33,7 @@ pub use model::{
     ObservedVxlan, Plan,
 };
 pub use observe::observe;
+pub use status::{ObjectKey, ObjectStatus, Statuses};
 pub use task::{Reconciled, Reconciler, as_programmed};
 pub use twill_netlink::AgentHandle;
 

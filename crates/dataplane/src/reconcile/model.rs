@@ -12,6 +12,7 @@ use twill_types::MacAddr;
 use twill_types::desired::{FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
 
 use super::LINK_PREFIX;
+use super::status::ObjectKey;
 
 /// A twill-owned VXLAN device as the kernel has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +227,8 @@ impl fmt::Display for Plan {
 pub struct ApplyFailure {
     /// What was being changed, e.g. `add route 10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink`.
     pub item: String,
+    /// The object it was for (None for twill's nexthop objects, which have no status).
+    pub object: Option<ObjectKey>,
     pub error: Error,
 }
 
@@ -256,9 +259,10 @@ impl ApplyReport {
         }
     }
 
-    pub(super) fn fail(&mut self, item: impl Into<String>, error: Error) {
+    pub(super) fn fail(&mut self, item: impl Into<String>, object: ObjectKey, error: Error) {
         self.failures.push(ApplyFailure {
             item: item.into(),
+            object: Some(object),
             error,
         });
     }

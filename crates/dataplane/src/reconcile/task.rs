@@ -11,8 +11,17 @@
 //!
 //! Because both go through one queue, a reconcile always reads a kernel that already holds
 //! every partial plan handed over before it.
+//!
+//! The task keeps one desired state (the last reconcile's, with the partial plans since
+//! applied to it) and the [`Statuses`] of the objects in it. An object the kernel refused is
+//! retried by the task itself, with [`backoff`](super::status::backoff) of its attempts, by a
+//! reconcile of that desired state; the agent's periodic resync is not needed for it.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+use ipnet::Ipv4Net;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -20,6 +29,7 @@ use twill_netlink::Result;
 use twill_types::desired::DesiredState;
 
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
+use super::status::{ObjectKey, ObjectStatus, Statuses, desired_objects};
 use super::{AgentHandle, apply, apply_routes, diff, observe};
 
 /// What a full reconcile found and did.
@@ -44,6 +54,7 @@ enum Job {
 /// Handle to the reconciler task (which ends when the handle is dropped).
 pub struct Reconciler {
     tx: mpsc::UnboundedSender<Job>,
+    statuses: Arc<Mutex<Statuses>>,
 }
 
 impl Reconciler {
@@ -52,13 +63,32 @@ impl Reconciler {
     pub fn start(nl: AgentHandle) -> (Reconciler, mpsc::UnboundedReceiver<Vec<String>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
-        tokio::spawn(run(nl, rx, outcomes_tx));
-        (Reconciler { tx }, outcomes)
+        let statuses = Arc::new(Mutex::new(Statuses::default()));
+        tokio::spawn(run(nl, rx, outcomes_tx, statuses.clone()));
+        (Reconciler { tx, statuses }, outcomes)
+    }
+
+    /// The status of every object the reconciler manages.
+    pub fn snapshot(&self) -> BTreeMap<ObjectKey, ObjectStatus> {
+        lock(&self.statuses).snapshot()
+    }
+
+    /// The objects in error (cheaper than a whole [`Reconciler::snapshot`]).
+    pub fn errors(&self) -> BTreeMap<ObjectKey, ObjectStatus> {
+        lock(&self.statuses)
+            .errors()
+            .map(|(key, status)| (key.clone(), status.clone()))
+            .collect()
     }
 
     /// Queues a partial plan (route changes only; applied after everything queued before it).
     pub fn submit(&self, plan: Plan) {
         if !plan.is_empty() {
+            let mut statuses = lock(&self.statuses);
+            for key in route_keys(&plan) {
+                statuses.pending(key);
+            }
+            drop(statuses);
             let _ = self.tx.send(Job::Partial(Box::new(plan)));
         }
     }
@@ -85,23 +115,55 @@ fn stopped() -> twill_netlink::Error {
     }
 }
 
+fn lock(statuses: &Mutex<Statuses>) -> MutexGuard<'_, Statuses> {
+    statuses.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The routes a partial plan changes.
+fn route_keys(plan: &Plan) -> impl Iterator<Item = ObjectKey> + '_ {
+    let updates = plan.add_routes.iter().chain(&plan.replace_routes);
+    updates
+        .map(|r| ObjectKey::Route(r.dst))
+        .chain(plan.delete_routes.iter().map(|r| ObjectKey::Route(r.dst)))
+}
+
 async fn run(
     nl: AgentHandle,
     mut rx: mpsc::UnboundedReceiver<Job>,
     outcomes: mpsc::UnboundedSender<Vec<String>>,
+    statuses: Arc<Mutex<Statuses>>,
 ) {
+    // The one desired state: the last reconcile's, with the partial plans since.
+    let mut desired: Option<DesiredState> = None;
     let mut next = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => return,
-            },
+            None => {
+                let retry = lock(&statuses).next_retry();
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    _ = sleep_until(retry) => {
+                        retry_failed(&nl, desired.as_ref(), &statuses).await;
+                        continue;
+                    }
+                }
+            }
         };
         match job {
-            Job::Full { desired, done } => {
-                let _ = done.send(full(&nl, &desired).await);
+            Job::Full {
+                desired: want,
+                done,
+            } => {
+                let result = full(&nl, &want).await;
+                if let Ok(r) = &result {
+                    record_full(&statuses, &want, r.report.as_ref());
+                }
+                desired = Some(*want);
+                let _ = done.send(result);
             }
             Job::Partial(plan) => {
                 // Every partial plan queued meanwhile is one batch, applied in order; a full
@@ -116,19 +178,93 @@ async fn run(
                         }
                     }
                 }
-                let _ = outcomes.send(partial(&nl, &plans).await);
+                let failed = partial(&nl, &plans, &statuses).await;
+                if let Some(desired) = &mut desired {
+                    absorb(desired, &plans);
+                }
+                let _ = outcomes.send(failed);
             }
         }
     }
 }
 
+/// Sleeps until `at`; never, without a deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A retry is due: reconciles the desired state again, which tries every refused change once
+/// more (and repairs whatever else drifted).
+async fn retry_failed(
+    nl: &AgentHandle,
+    desired: Option<&DesiredState>,
+    statuses: &Mutex<Statuses>,
+) {
+    let failed: Vec<String> = lock(statuses)
+        .errors()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    info!(objects = failed.len(), first = ?failed.first(), "retrying refused changes");
+    let outcome = match desired {
+        Some(desired) => full(nl, desired).await.map(|r| (desired, r)),
+        None => Err(twill_netlink::Error::Io {
+            op: "retry".to_string(),
+            source: std::io::Error::other("no desired state yet"),
+        }),
+    };
+    match outcome {
+        Ok((desired, r)) => record_full(statuses, desired, r.report.as_ref()),
+        Err(e) => {
+            warn!("retrying refused changes: {e}");
+            // Counts as another failed attempt of each, so the next one waits longer.
+            lock(statuses).failed_again(Instant::now());
+        }
+    }
+}
+
+fn record_full(statuses: &Mutex<Statuses>, desired: &DesiredState, report: Option<&ApplyReport>) {
+    let keys = desired_objects(desired);
+    let none = ApplyReport::default();
+    lock(statuses).after_full(&keys, report.unwrap_or(&none), Instant::now());
+}
+
+/// Applies partial plans to the desired state they were computed against: the routes they
+/// add, replace or delete replace what it had for those destinations.
+pub fn absorb(desired: &mut DesiredState, plans: &[Plan]) {
+    for plan in plans {
+        let touched: HashSet<Ipv4Net> = route_keys(plan)
+            .filter_map(|k| match k {
+                ObjectKey::Route(dst) => Some(dst),
+                _ => None,
+            })
+            .collect();
+        desired.routes.retain(|r| !touched.contains(&r.dst));
+        desired
+            .routes
+            .extend(plan.add_routes.iter().chain(&plan.replace_routes).cloned());
+    }
+}
+
 /// Applies a batch of partial plans; returns the failures.
-async fn partial(nl: &AgentHandle, plans: &[Plan]) -> Vec<String> {
+async fn partial(nl: &AgentHandle, plans: &[Plan], statuses: &Mutex<Statuses>) -> Vec<String> {
     let t = Instant::now();
     let routes: usize = plans.iter().map(|p| p.changes()).sum();
     let failed: Vec<String> = match apply_routes(nl, plans).await {
-        Ok(report) => report.failures.iter().map(|f| f.to_string()).collect(),
-        Err(e) => vec![format!("applying {routes} route changes: {e}")],
+        Ok(report) => {
+            lock(statuses).after_partial(plans, &report, Instant::now());
+            report.failures.iter().map(|f| f.to_string()).collect()
+        }
+        Err(e) => {
+            let why = format!("applying {routes} route changes: {e}");
+            let mut statuses = lock(statuses);
+            for key in plans.iter().flat_map(route_keys) {
+                statuses.failed(key, why.clone(), Instant::now());
+            }
+            vec![why]
+        }
     };
     debug!(
         routes,
@@ -187,5 +323,42 @@ pub fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
         fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
         // The plan deleted the idle ones.
         idle_nexthops: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_types::desired::RouteSpec;
+
+    fn route(dst: &str, gw: u8) -> RouteSpec {
+        RouteSpec {
+            dst: dst.parse().unwrap(),
+            via: std::net::Ipv4Addr::new(10, 9, 0, gw),
+            dev: "eth0".into(),
+            onlink: false,
+        }
+    }
+
+    #[test]
+    fn partial_plans_are_absorbed_into_the_one_desired_state_in_order() {
+        let mut desired = DesiredState {
+            routes: vec![route("10.1.0.0/16", 2), route("10.2.0.0/16", 2)],
+            ..DesiredState::default()
+        };
+        let plans = [
+            Plan {
+                add_routes: vec![route("10.3.0.0/16", 2)],
+                replace_routes: vec![route("10.1.0.0/16", 3)],
+                delete_routes: vec![ObservedRoute::from_spec(&route("10.2.0.0/16", 2))],
+                ..Plan::default()
+            },
+            Plan {
+                delete_routes: vec![ObservedRoute::from_spec(&route("10.3.0.0/16", 2))],
+                ..Plan::default()
+            },
+        ];
+        absorb(&mut desired, &plans);
+        assert_eq!(desired.routes, vec![route("10.1.0.0/16", 3)]);
     }
 }
