@@ -34,7 +34,7 @@ pub use model::{
 };
 pub use observe::observe;
 pub use status::{ObjectKey, ObjectStatus, Statuses};
-pub use task::{Reconciled, Reconciler, as_programmed};
+pub use task::{OneDesired, Reconciled, Reconciler};
 pub use twill_netlink::AgentHandle;
 
 /// Name prefix of the links twill owns.

@@ -17,7 +17,7 @@
 //! retried by the task itself, with [`backoff`](super::status::backoff) of its attempts, by a
 //! reconcile of that desired state; the agent's periodic resync is not needed for it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use twill_netlink::Result;
-use twill_types::desired::DesiredState;
+use twill_types::desired::{DesiredState, RouteSpec};
 
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
 use super::status::{ObjectKey, ObjectStatus, Statuses, desired_objects};
@@ -134,7 +134,7 @@ async fn run(
     statuses: Arc<Mutex<Statuses>>,
 ) {
     // The one desired state: the last reconcile's, with the partial plans since.
-    let mut desired: Option<DesiredState> = None;
+    let mut desired: Option<OneDesired> = None;
     let mut next = None;
     loop {
         let job = match next.take() {
@@ -162,7 +162,7 @@ async fn run(
                 if let Ok(r) = &result {
                     record_full(&statuses, &want, r.report.as_ref());
                 }
-                desired = Some(*want);
+                desired = Some(OneDesired::new(*want));
                 let _ = done.send(result);
             }
             Job::Partial(plan) => {
@@ -180,7 +180,7 @@ async fn run(
                 }
                 let failed = partial(&nl, &plans, &statuses).await;
                 if let Some(desired) = &mut desired {
-                    absorb(desired, &plans);
+                    desired.absorb(&plans);
                 }
                 let _ = outcomes.send(failed);
             }
@@ -198,17 +198,14 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// A retry is due: reconciles the desired state again, which tries every refused change once
 /// more (and repairs whatever else drifted).
-async fn retry_failed(
-    nl: &AgentHandle,
-    desired: Option<&DesiredState>,
-    statuses: &Mutex<Statuses>,
-) {
+async fn retry_failed(nl: &AgentHandle, desired: Option<&OneDesired>, statuses: &Mutex<Statuses>) {
     let failed: Vec<String> = lock(statuses)
         .errors()
         .map(|(k, _)| k.to_string())
         .collect();
     info!(objects = failed.len(), first = ?failed.first(), "retrying refused changes");
-    let outcome = match desired {
+    let desired = desired.map(OneDesired::state);
+    let outcome = match &desired {
         Some(desired) => full(nl, desired).await.map(|r| (desired, r)),
         None => Err(twill_netlink::Error::Io {
             op: "retry".to_string(),
@@ -231,20 +228,50 @@ fn record_full(statuses: &Mutex<Statuses>, desired: &DesiredState, report: Optio
     lock(statuses).after_full(&keys, report.unwrap_or(&none), Instant::now());
 }
 
-/// Applies partial plans to the desired state they were computed against: the routes they
-/// add, replace or delete replace what it had for those destinations.
-pub fn absorb(desired: &mut DesiredState, plans: &[Plan]) {
-    for plan in plans {
-        let touched: HashSet<Ipv4Net> = route_keys(plan)
-            .filter_map(|k| match k {
-                ObjectKey::Route(dst) => Some(dst),
-                _ => None,
-            })
-            .collect();
-        desired.routes.retain(|r| !touched.contains(&r.dst));
-        desired
-            .routes
-            .extend(plan.add_routes.iter().chain(&plan.replace_routes).cloned());
+/// The one desired state: the last reconcile's, with the partial plans handed over since.
+/// Routes are kept by destination, so absorbing a partial plan costs what it changes, not
+/// the size of the table (BGP tables stream in as many small plans).
+#[derive(Debug, Clone, Default)]
+pub struct OneDesired {
+    /// Everything but the routes.
+    rest: DesiredState,
+    routes: HashMap<Ipv4Net, RouteSpec>,
+}
+
+impl OneDesired {
+    pub fn new(mut desired: DesiredState) -> OneDesired {
+        let mut routes = HashMap::with_capacity(desired.routes.len());
+        for r in std::mem::take(&mut desired.routes) {
+            // Of contradicting routes to one destination, the first is the one applied.
+            routes.entry(r.dst).or_insert(r);
+        }
+        OneDesired {
+            rest: desired,
+            routes,
+        }
+    }
+
+    /// Applies partial plans computed against this state, in order: the routes they add,
+    /// replace or delete replace what it had for those destinations.
+    pub fn absorb(&mut self, plans: &[Plan]) {
+        for plan in plans {
+            for r in &plan.delete_routes {
+                self.routes.remove(&r.dst);
+            }
+            for r in plan.add_routes.iter().chain(&plan.replace_routes) {
+                self.routes.insert(r.dst, r.clone());
+            }
+        }
+    }
+
+    /// The desired state as a reconcile takes it.
+    pub fn state(&self) -> DesiredState {
+        let mut routes: Vec<RouteSpec> = self.routes.values().cloned().collect();
+        routes.sort_by_key(|r| r.dst);
+        DesiredState {
+            routes,
+            ..self.rest.clone()
+        }
     }
 }
 
@@ -311,7 +338,7 @@ async fn full(nl: &AgentHandle, desired: &DesiredState) -> Result<Reconciled> {
 }
 
 /// The kernel state after every change of a plan to reach `desired` was acknowledged.
-pub fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
+fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
     Observed {
         vxlan: before.vxlan,
         routes: desired
@@ -329,7 +356,6 @@ pub fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_types::desired::RouteSpec;
 
     fn route(dst: &str, gw: u8) -> RouteSpec {
         RouteSpec {
@@ -342,10 +368,19 @@ mod tests {
 
     #[test]
     fn partial_plans_are_absorbed_into_the_one_desired_state_in_order() {
-        let mut desired = DesiredState {
-            routes: vec![route("10.1.0.0/16", 2), route("10.2.0.0/16", 2)],
+        let mut desired = OneDesired::new(DesiredState {
+            routes: vec![
+                route("10.2.0.0/16", 2),
+                route("10.1.0.0/16", 2),
+                // A contradiction: the first route to a destination is the one applied.
+                route("10.2.0.0/16", 9),
+            ],
             ..DesiredState::default()
-        };
+        });
+        assert_eq!(
+            desired.state().routes,
+            vec![route("10.1.0.0/16", 2), route("10.2.0.0/16", 2)]
+        );
         let plans = [
             Plan {
                 add_routes: vec![route("10.3.0.0/16", 2)],
@@ -358,7 +393,7 @@ mod tests {
                 ..Plan::default()
             },
         ];
-        absorb(&mut desired, &plans);
-        assert_eq!(desired.routes, vec![route("10.1.0.0/16", 3)]);
+        desired.absorb(&plans);
+        assert_eq!(desired.state().routes, vec![route("10.1.0.0/16", 3)]);
     }
 }
