@@ -189,3 +189,56 @@ fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
     assert!(objects().as_array().unwrap().is_empty());
     assert!(routes().as_array().unwrap().is_empty());
 }
+
+/// A change the kernel refuses is retried by the reconciler itself (no second reconcile is
+/// asked for): once what it needed exists, the retry lands and the object's status is done.
+#[test]
+#[ignore = "needs root"]
+fn refused_changes_are_retried_with_backoff_until_they_land() {
+    use twill_dataplane::reconcile::{ObjectKey, ObjectStatus};
+    let ns = veth_ns("rt", false);
+    let dst: ipnet::Ipv4Net = "100.64.50.0/24".parse().unwrap();
+    let key = ObjectKey::Route(dst);
+    let statuses = in_ns(&ns, || async {
+        let (reconciler, _outcomes) = Reconciler::start(AgentHandle::new().unwrap());
+        // Through a link that is not there yet: refused.
+        let desired = DesiredState {
+            routes: vec![RouteSpec {
+                dst,
+                via: "10.9.0.2".parse().unwrap(),
+                dev: "eth9".into(),
+                onlink: true,
+            }],
+            ..DesiredState::default()
+        };
+        let reconciled = reconciler.reconcile(desired).await.unwrap();
+        let report = reconciled.report.expect("a plan was applied");
+        assert_eq!(report.failures.len(), 1, "{report}");
+        let first = reconciler.snapshot().get(&key).cloned();
+        assert!(
+            matches!(first, Some(ObjectStatus::Error { attempts: 1, ref reason, .. }) if reason.contains("eth9")),
+            "{first:?}"
+        );
+        ns.ok(&[
+            "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "eth10",
+        ]);
+        ns.ok(&["ip", "link", "set", "eth10", "up"]);
+        ns.ok(&["ip", "link", "set", "eth9", "up"]);
+        // Retries come after 200 ms, 400 ms, 800 ms, ...: well within 5 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline
+            && reconciler.snapshot().get(&key) != Some(&ObjectStatus::Done)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        reconciler.snapshot()
+    });
+    assert_eq!(
+        statuses.get(&key),
+        Some(&ObjectStatus::Done),
+        "{statuses:?}"
+    );
+    let routes = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(routes[0]["dst"], "100.64.50.0/24", "{routes}");
+    assert_eq!(routes[0]["dev"], "eth9", "{routes}");
+}
