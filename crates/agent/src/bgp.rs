@@ -14,9 +14,11 @@
 //!
 //! Graceful restart, both ways: a restarted agent sets the R bit so peers keep its prefix
 //! until its End-of-RIB, and it keeps its own BGP routes in the kernel until its peers have
-//! resent theirs ([`BgpSide::settled`]), so neither direction loses a packet.
+//! resent theirs ([`BgpSide::settled`]), so neither direction loses a packet. The routes kept
+//! are read from the kernel once, at start, and are an explicit input of every reconcile
+//! until then ([`Retained`]); the kernel is never read back into the desired state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -514,6 +516,11 @@ impl BgpSide {
         self.settled
     }
 
+    /// When a restart's old routes go at the latest, settled or not.
+    pub fn settle_deadline(&self) -> Instant {
+        self.started + SETTLE_DEADLINE
+    }
+
     /// How many IPv4 routes learned from peers the agent holds.
     pub fn learned_len(&self) -> usize {
         self.learned.len()
@@ -622,6 +629,52 @@ impl BgpSide {
         let changed = self.status.as_ref() != Some(&new);
         self.status = Some(new);
         changed
+    }
+}
+
+/// Routes a previous agent left in the kernel, found once when a restarted agent starts:
+/// they are what pods use while the peers resend their tables (graceful restart), so every
+/// reconcile keeps those the desired state lacks, until BGP has settled or `until` passed.
+/// After that the next reconcile removes whatever BGP did not learn again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    pub routes: Vec<RouteSpec>,
+    pub until: Instant,
+}
+
+impl Retained {
+    /// The routes of `observed` that twill writes (unicast, via a gateway and a link, default
+    /// metric and TOS), kept until `until`.
+    pub fn from_observed(observed: &[ObservedRoute], until: Instant) -> Retained {
+        let routes = observed
+            .iter()
+            .filter(|o| o.unicast && o.metric == 0 && o.tos == 0)
+            .filter_map(|o| {
+                Some(RouteSpec {
+                    dst: o.dst,
+                    via: o.via?,
+                    dev: o.dev.clone()?,
+                    onlink: o.onlink,
+                })
+            })
+            .collect();
+        Retained { routes, until }
+    }
+
+    /// True while the routes are still to be kept.
+    pub fn holds(&self, settled: bool, now: Instant) -> bool {
+        !settled && now < self.until
+    }
+
+    /// Adds the retained routes to destinations `desired` has no route for. Pure.
+    pub fn add_missing(&self, desired: &mut DesiredState) {
+        let have: HashSet<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
+        desired.routes.extend(
+            self.routes
+                .iter()
+                .filter(|r| !have.contains(&r.dst))
+                .cloned(),
+        );
     }
 }
 
@@ -919,5 +972,56 @@ mod tests {
             &mut programmed,
         );
         assert!(plan.is_empty());
+    }
+
+    #[test]
+    fn retained_routes_fill_only_what_the_desired_state_lacks_until_settled() {
+        let observed = |dst: &str, via: &str| ObservedRoute::from_spec(&spec(dst, via));
+        let mut blackhole = observed("10.99.0.0/16", "192.168.1.12");
+        blackhole.unicast = false;
+        let mut metric = observed("10.98.0.0/16", "192.168.1.12");
+        metric.metric = 100;
+        let mut multipath = observed("10.97.0.0/16", "192.168.1.12");
+        multipath.dev = None;
+        let start = Instant::now();
+        let until = start + Duration::from_secs(30);
+        let retained = Retained::from_observed(
+            &[
+                observed("10.50.0.0/16", "192.168.1.12"),
+                observed("10.51.0.0/16", "192.168.1.13"),
+                blackhole,
+                metric,
+                multipath,
+            ],
+            until,
+        );
+        // Only what twill itself would write is kept.
+        assert_eq!(
+            retained.routes,
+            vec![
+                spec("10.50.0.0/16", "192.168.1.12"),
+                spec("10.51.0.0/16", "192.168.1.13")
+            ]
+        );
+
+        // BGP already relearned 10.51/16 another way: that one is not added again.
+        let mut desired = DesiredState {
+            routes: vec![spec("10.51.0.0/16", "192.168.1.11")],
+            ..DesiredState::default()
+        };
+        assert!(retained.holds(false, start));
+        retained.add_missing(&mut desired);
+        assert_eq!(
+            desired.routes,
+            vec![
+                spec("10.51.0.0/16", "192.168.1.11"),
+                spec("10.50.0.0/16", "192.168.1.12")
+            ]
+        );
+
+        // Settled, or past the deadline: retention is over.
+        assert!(!retained.holds(true, start));
+        assert!(!retained.holds(false, until));
+        assert!(!retained.holds(false, until + Duration::from_secs(1)));
     }
 }

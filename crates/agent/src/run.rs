@@ -11,8 +11,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::{Backend, LocalNode};
-use twill_dataplane::peers::{self, AgentHandle, Observed, ObservedFdb, ObservedRoute};
-use twill_dataplane::route_writer::RouteWriter;
+use twill_dataplane::reconcile::{
+    self as peers, AgentHandle, ObjectKey, ObjectStatus, Observed, ObservedFdb, ObservedRoute,
+    Reconciler,
+};
 use twill_store::{MirrorEvent, Store, StoreError};
 use twill_types::MacAddr;
 use twill_types::cluster::{BGP_PEERS_PREFIX, ClusterConfig};
@@ -129,16 +131,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let (route_writer, route_outcomes) = match bgp {
-        Some(_) => {
-            let (w, f) = RouteWriter::start(nl.clone());
-            (Some(w), Some(f))
-        }
-        None => (None, None),
+    // The one writer of peer routes, devices, neighbours and FDB entries; only BGP hands it
+    // partial plans, so only with BGP are their outcomes awaited.
+    let (reconciler, outcomes) = Reconciler::start(nl.clone());
+    let route_outcomes = bgp.is_some().then_some(outcomes);
+    // A restart with BGP: the routes the previous agent left are kept while peers come back.
+    // They are read here, once, before anything is written.
+    let retained = match &bgp {
+        Some(b) if restarting => retained_routes(&nl, b.settle_deadline()).await,
+        _ => None,
     };
     let mut agent = Agent {
         bgp,
-        route_writer,
+        retained,
+        reconciler,
         opts: opts.clone(),
         store: store.clone(),
         config,
@@ -160,6 +166,28 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         lease_lost: false,
     };
     agent.main_loop(route_outcomes).await
+}
+
+/// The routes of twill's that the kernel holds now, to keep until `until` (None when the
+/// kernel cannot be read: nothing is kept then).
+async fn retained_routes(
+    nl: &AgentHandle,
+    until: std::time::Instant,
+) -> Option<crate::bgp::Retained> {
+    match peers::observe(nl, &DesiredState::default()).await {
+        Ok(observed) => {
+            let retained = crate::bgp::Retained::from_observed(&observed.routes, until);
+            info!(
+                routes = retained.routes.len(),
+                "graceful restart: keeping the routes found"
+            );
+            Some(retained)
+        }
+        Err(e) => {
+            warn!("reading the routes to keep while BGP comes back: {e}");
+            None
+        }
+    }
 }
 
 /// Connects to the store, retrying while it is unreachable (the agent may start before etcd).
@@ -202,8 +230,10 @@ async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
 struct Agent {
     /// The BGP speaker, when the cluster config has a bgp section.
     bgp: Option<crate::bgp::BgpSide>,
-    /// Programs BGP route changes between reconciles (with a speaker only).
-    route_writer: Option<RouteWriter>,
+    /// Routes of a previous agent kept until BGP settles (a restart with BGP only).
+    retained: Option<crate::bgp::Retained>,
+    /// Writes the peer dataplane: full reconciles, and BGP route changes between them.
+    reconciler: Reconciler,
     opts: AgentOptions,
     store: Store,
     config: ClusterConfig,
@@ -299,7 +329,7 @@ impl Agent {
                     }
                 }
                 failed = recv_or_never(&mut route_outcomes) => {
-                    let Some(failed) = failed else { bail!("the BGP route writer stopped") };
+                    let Some(failed) = failed else { bail!("the reconciler stopped") };
                     if failed.is_empty() {
                         // Once the burst is over: read back, repair if needed, and write the
                         // status (the deltas themselves never read the kernel).
@@ -627,17 +657,22 @@ impl Agent {
 
     /// Computes the desired state from the peer map and makes the kernel match it.
     async fn reconcile(&mut self) {
-        if let Some(writer) = &self.route_writer {
-            // Route changes handed over earlier land before the kernel is read.
-            writer.flush().await;
-        }
         let peers = self.lease_list();
         let mut desired = self.backend.desired(&self.node, &peers);
         if let Some(b) = &mut self.bgp {
             b.sync_peers(&peers);
             b.add_routes(&self.node, &mut desired);
-            if !b.settled() {
-                self.keep_old_routes(&mut desired).await;
+            let settled = b.settled();
+            if let Some(retained) = &self.retained {
+                if retained.holds(settled, std::time::Instant::now()) {
+                    retained.add_missing(&mut desired);
+                } else {
+                    info!(
+                        routes = retained.routes.len(),
+                        "graceful restart over: routes BGP did not learn again go"
+                    );
+                    self.retained = None;
+                }
             }
         }
         if let Err(e) = self.ensure_tunnel(&desired).await {
@@ -675,17 +710,17 @@ impl Agent {
     }
 
     /// Hands the learned routes that changed since the last reconcile or delta (only those)
-    /// to the route writer, without waiting for the kernel (a failure there falls back to a
+    /// to the reconciler as a partial plan, without waiting for the kernel (a failure there falls back to a
     /// full reconcile).
     async fn program_bgp_changes(&mut self) {
         let peers = self.lease_list();
         let desired = self.backend.desired(&self.node, &peers);
-        let (Some(b), Some(writer)) = (&mut self.bgp, &self.route_writer) else {
+        let Some(b) = &mut self.bgp else {
             return;
         };
         let plan = b.take_delta(&self.node, &desired);
         if !plan.is_empty() {
-            writer.submit(plan);
+            self.reconciler.submit(plan);
             // Let the writer start on it now: this loop would otherwise go on taking queued
             // events first, and the kernel would sit idle meanwhile.
             tokio::task::yield_now().await;
@@ -730,58 +765,11 @@ impl Agent {
         Ok(peers::set_only_address(&self.nl, name, want).await?)
     }
 
-    /// Until BGP has settled after a start, routes a previous agent installed stay: they are
-    /// what pods use while the peers resend their tables (graceful restart).
-    async fn keep_old_routes(&self, desired: &mut DesiredState) {
-        let observed = match peers::observe(&self.nl, desired).await {
-            Ok(o) => o,
-            Err(e) => {
-                warn!("reading routes to keep: {e}");
-                return;
-            }
-        };
-        let have: HashSet<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
-        for o in observed.routes {
-            if have.contains(&o.dst) || !o.unicast || o.metric != 0 || o.tos != 0 {
-                continue;
-            }
-            if let (Some(via), Some(dev)) = (o.via, o.dev) {
-                desired.routes.push(RouteSpec {
-                    dst: o.dst,
-                    via,
-                    dev,
-                    onlink: o.onlink,
-                });
-            }
-        }
-    }
-
-    /// Observes, diffs and applies; returns what the kernel holds afterwards.
+    /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
+    /// before); returns what the kernel holds afterwards.
     async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Observed> {
-        let observed = peers::observe(&self.nl, desired).await?;
-        let plan = peers::diff(desired, &observed);
-        for why in &plan.ignored {
-            warn!("not applied: {why}");
-        }
-        let observed = if plan.is_empty() {
-            observed
-        } else {
-            let t = Instant::now();
-            let report = peers::apply(&self.nl, &plan).await?;
-            info!(plan = %plan, took_ms = t.elapsed().as_millis() as u64, "applied");
-            for failure in &report.failures {
-                warn!("{failure}");
-            }
-            if report.is_ok() && plan.ignored.is_empty() {
-                // The kernel acknowledged every change, so it now holds exactly the desired
-                // state; reading it back would double the cost of a large update. The periodic
-                // resync observes for real.
-                as_programmed(desired, observed)
-            } else {
-                peers::observe(&self.nl, desired).await?
-            }
-        };
-        Ok(observed)
+        let reconciled = self.reconciler.reconcile(desired.clone()).await?;
+        Ok(reconciled.observed)
     }
 
     fn update_nat(&self) -> anyhow::Result<()> {
@@ -825,7 +813,7 @@ impl Agent {
 
     fn write_status(&mut self, state: Option<(&DesiredState, Option<&Observed>)>) {
         if let Some((desired, observed)) = state {
-            self.last_peers = peer_status(desired, observed);
+            self.last_peers = peer_status(desired, observed, &self.reconciler.errors());
         }
         let path = self.opts.data_dir.join(node::STATUS_FILE);
         let mut peers = self.last_peers.clone();
@@ -865,24 +853,14 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The kernel state after every change of a plan to reach `desired` was acknowledged.
-fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
-    Observed {
-        vxlan: before.vxlan,
-        routes: desired
-            .routes
-            .iter()
-            .map(ObservedRoute::from_spec)
-            .collect(),
-        neighbours: desired.neighbours.clone(),
-        fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
-        // The plan deleted the idle ones.
-        idle_nexthops: Vec::new(),
-    }
-}
-
 /// Each peer of the desired state, and whether the kernel holds everything it needs.
-fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerStatus> {
+/// `errors` are the reconciler's objects in error: a peer that misses one says why the kernel
+/// refused it.
+fn peer_status(
+    desired: &DesiredState,
+    observed: Option<&Observed>,
+    errors: &BTreeMap<ObjectKey, ObjectStatus>,
+) -> Vec<PeerStatus> {
     let index = observed.map(|obs| Index::new(desired, obs));
     desired
         .peers
@@ -894,7 +872,9 @@ fn peer_status(desired: &DesiredState, observed: Option<&Observed>) -> Vec<PeerS
                 (PeerPath::Bgp, Some(index)) if !index.routes.contains_key(&p.subnet) => {
                     Some("no route learned by BGP yet".to_string())
                 }
-                (_, Some(index)) => index.missing_for_peer(p.subnet),
+                (_, Some(index)) => index.missing_for_peer(p.subnet).map(|missing| {
+                    with_kernel_reasons(missing, &index.keys_of_peer(p.subnet), errors)
+                }),
             };
             PeerStatus {
                 node: p.node.clone(),
@@ -941,6 +921,16 @@ impl<'a> Index<'a> {
         index
     }
 
+    /// The reconciler's keys of a peer's route, neighbour and FDB entry.
+    fn keys_of_peer(&self, subnet: Ipv4Net) -> Vec<ObjectKey> {
+        let mut keys = vec![ObjectKey::Route(subnet)];
+        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
+            keys.push(ObjectKey::Neighbour(neigh.ip));
+            keys.push(ObjectKey::Fdb(neigh.mac));
+        }
+        keys
+    }
+
     /// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
     fn missing_for_peer(&self, subnet: Ipv4Net) -> Option<String> {
         let mut missing = Vec::new();
@@ -960,6 +950,28 @@ impl<'a> Index<'a> {
             }
         }
         (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
+    }
+}
+
+/// `missing`, followed by why the kernel refused those of `keys` in error (and how often).
+fn with_kernel_reasons(
+    missing: String,
+    keys: &[ObjectKey],
+    errors: &BTreeMap<ObjectKey, ObjectStatus>,
+) -> String {
+    let reasons: Vec<String> = keys
+        .iter()
+        .filter_map(|key| match errors.get(key) {
+            Some(ObjectStatus::Error {
+                reason, attempts, ..
+            }) => Some(format!("{reason} (attempt {attempts}, retrying)")),
+            _ => None,
+        })
+        .collect();
+    if reasons.is_empty() {
+        missing
+    } else {
+        format!("{missing}; refused: {}", reasons.join("; "))
     }
 }
 
@@ -1037,4 +1049,36 @@ pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> 
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_object_in_error_carries_the_kernels_reason() {
+        let route = ObjectKey::Route("10.244.2.0/24".parse().unwrap());
+        let neighbour = ObjectKey::Neighbour("10.244.2.0".parse().unwrap());
+        let mut errors = BTreeMap::new();
+        errors.insert(
+            route.clone(),
+            ObjectStatus::Error {
+                reason: "add route 10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink: File exists"
+                    .into(),
+                attempts: 3,
+                retry_at: std::time::Instant::now(),
+            },
+        );
+        errors.insert(neighbour.clone(), ObjectStatus::Done);
+        let missing = "missing: route 10.244.2.0/24 via 10.244.2.0".to_string();
+        assert_eq!(
+            with_kernel_reasons(missing.clone(), &[route, neighbour.clone()], &errors),
+            "missing: route 10.244.2.0/24 via 10.244.2.0; refused: add route 10.244.2.0/24 \
+             via 10.244.2.0 dev twill.1 onlink: File exists (attempt 3, retrying)"
+        );
+        assert_eq!(
+            with_kernel_reasons(missing.clone(), &[neighbour], &errors),
+            missing
+        );
+    }
 }

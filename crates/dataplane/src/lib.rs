@@ -1,8 +1,8 @@
 //! twill-dataplane: twill's own kernel state.
 //!
-//! - [`peers`]: the node agent's routes, VXLAN device, neighbours and FDB entries for the
-//!   other nodes: observe, diff against the desired state, apply (async, over
-//!   [`twill_netlink::AgentHandle`]).
+//! - [`reconcile`] (also reachable as `peers`, its old name): the node agent's routes, VXLAN
+//!   device, neighbours and FDB entries for the other nodes: observe, diff against the
+//!   desired state, apply (async, over [`twill_netlink::AgentHandle`]).
 //! - [`firewall`]: masquerade per network (`ipMasq`) and anti-spoofing of
 //!   container source addresses, in twill's own `inet twill` and
 //!   `bridge twill` tables.
@@ -12,10 +12,9 @@
 //!   `netlink-packet-netfilter`) that keeps the per-container operations
 //!   free of process spawns.
 //! - [`policy`]: applying network policy rule sets; bridge netfilter hooks.
-//! - [`route_writer`]: the task that applies the agent's BGP route changes as they stream in.
 //! - `nftcli` (private): running `nft -f -` for the rare rule changes.
 //!
-//! Everything applies to the network namespace of the calling thread (for [`peers`]: the
+//! Everything applies to the network namespace of the calling thread (for [`reconcile`]: the
 //! namespace the netlink handle was created in).
 
 mod error;
@@ -23,12 +22,13 @@ pub mod firewall;
 pub mod hostguard;
 mod nfnl;
 mod nftcli;
-pub mod peers;
 pub mod policy;
-pub mod route_writer;
+pub mod reconcile;
 
 pub use error::Error;
 pub use firewall::{
     Mode, allow_source, ensure_antispoof_base, ensure_masquerade, forget_source, list_sources,
     masquerade_present, nft_binary, remove_masquerade, source_allowed,
 };
+/// The old name of [`reconcile`], for callers that still use it.
+pub use reconcile as peers;

@@ -1,14 +1,14 @@
-//! The route writer against the real kernel, in a namespace this test creates: changes
-//! handed over land in order and `flush` waits for them; each batch reports its outcome, with
-//! the kernel's refusal of a change named (which is what makes the agent reconcile).
+//! The reconciler against the real kernel, in a namespace this test creates: partial plans
+//! handed over land in order, and a full reconcile queued after them sees all of them; each
+//! batch reports its outcome, with the kernel's refusal of a change named (which is what makes
+//! the agent reconcile).
 
 use std::path::Path;
 use std::time::Duration;
 
-use twill_dataplane::peers::{AgentHandle, ObservedRoute, Plan};
-use twill_dataplane::route_writer::RouteWriter;
+use twill_dataplane::reconcile::{AgentHandle, ObservedRoute, Plan, Reconciler};
 use twill_testkit::{Netns, require_root};
-use twill_types::desired::RouteSpec;
+use twill_types::desired::{DesiredState, RouteSpec};
 
 fn route(third: u8, gw: u8) -> RouteSpec {
     RouteSpec {
@@ -54,10 +54,10 @@ fn in_ns<T: Send, F: std::future::Future<Output = T>>(
 
 #[test]
 #[ignore = "needs root"]
-fn writer_programs_in_order_flushes_and_reports_refusals() {
+fn partial_plans_land_in_order_before_a_reconcile_and_report_refusals() {
     let ns = veth_ns("rw", false);
     let outcomes = in_ns(&ns, || async {
-        let (writer, mut outcomes) = RouteWriter::start(AgentHandle::new().unwrap());
+        let (writer, mut outcomes) = Reconciler::start(AgentHandle::new().unwrap());
         // Three hand-overs: the second replaces what the first added.
         writer.submit(Plan {
             add_routes: (0..200).map(|i| route(i, 2)).collect(),
@@ -71,7 +71,20 @@ fn writer_programs_in_order_flushes_and_reports_refusals() {
             delete_routes: vec![ObservedRoute::from_spec(&route(8, 2))],
             ..Plan::default()
         });
-        writer.flush().await;
+        // The same queue: the reconcile reads a kernel holding all three.
+        let mut routes: Vec<RouteSpec> =
+            (0..200).filter(|i| *i != 8).map(|i| route(i, 2)).collect();
+        routes[7] = route(7, 3);
+        let reconciled = writer
+            .reconcile(DesiredState {
+                routes,
+                ..DesiredState::default()
+            })
+            .await
+            .unwrap();
+        assert!(reconciled.plan.is_empty(), "{}", reconciled.plan);
+        assert!(reconciled.report.is_none());
+        assert_eq!(reconciled.observed.routes.len(), 199);
         let mut reports = Vec::new();
         while let Ok(r) = outcomes.try_recv() {
             reports.push(r);
@@ -111,7 +124,6 @@ fn writer_programs_in_order_flushes_and_reports_refusals() {
 #[ignore = "needs root"]
 fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
     use twill_dataplane::peers;
-    use twill_types::desired::DesiredState;
     // A nexthop object needs its link's carrier (without it the routes keep plain gateways).
     let ns = veth_ns("nh", true);
     let objects = || ns.ip_json(&["nexthop", "show", "proto", "117"]);
@@ -122,13 +134,15 @@ fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
     };
     in_ns(&ns, || async {
         let nl = AgentHandle::new().unwrap();
-        // The writer programs the table through one object.
-        let (writer, _outcomes) = RouteWriter::start(nl.clone());
+        // The reconciler programs the table through one object; a reconcile of the same
+        // table queued behind it finds nothing to change.
+        let (writer, _outcomes) = Reconciler::start(nl.clone());
         writer.submit(Plan {
             add_routes: table(2).routes,
             ..Plan::default()
         });
-        writer.flush().await;
+        let reconciled = writer.reconcile(table(2)).await.unwrap();
+        assert!(reconciled.plan.is_empty(), "{}", reconciled.plan);
         let objs = objects();
         assert_eq!(objs.as_array().unwrap().len(), 1, "{objs}");
         let r = routes();
@@ -174,4 +188,57 @@ fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
     });
     assert!(objects().as_array().unwrap().is_empty());
     assert!(routes().as_array().unwrap().is_empty());
+}
+
+/// A change the kernel refuses is retried by the reconciler itself (no second reconcile is
+/// asked for): once what it needed exists, the retry lands and the object's status is done.
+#[test]
+#[ignore = "needs root"]
+fn refused_changes_are_retried_with_backoff_until_they_land() {
+    use twill_dataplane::reconcile::{ObjectKey, ObjectStatus};
+    let ns = veth_ns("rt", false);
+    let dst: ipnet::Ipv4Net = "100.64.50.0/24".parse().unwrap();
+    let key = ObjectKey::Route(dst);
+    let statuses = in_ns(&ns, || async {
+        let (reconciler, _outcomes) = Reconciler::start(AgentHandle::new().unwrap());
+        // Through a link that is not there yet: refused.
+        let desired = DesiredState {
+            routes: vec![RouteSpec {
+                dst,
+                via: "10.9.0.2".parse().unwrap(),
+                dev: "eth9".into(),
+                onlink: true,
+            }],
+            ..DesiredState::default()
+        };
+        let reconciled = reconciler.reconcile(desired).await.unwrap();
+        let report = reconciled.report.expect("a plan was applied");
+        assert_eq!(report.failures.len(), 1, "{report}");
+        let first = reconciler.snapshot().get(&key).cloned();
+        assert!(
+            matches!(first, Some(ObjectStatus::Error { attempts: 1, ref reason, .. }) if reason.contains("eth9")),
+            "{first:?}"
+        );
+        ns.ok(&[
+            "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "eth10",
+        ]);
+        ns.ok(&["ip", "link", "set", "eth10", "up"]);
+        ns.ok(&["ip", "link", "set", "eth9", "up"]);
+        // Retries come after 200 ms, 400 ms, 800 ms, ...: well within 5 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline
+            && reconciler.snapshot().get(&key) != Some(&ObjectStatus::Done)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        reconciler.snapshot()
+    });
+    assert_eq!(
+        statuses.get(&key),
+        Some(&ObjectStatus::Done),
+        "{statuses:?}"
+    );
+    let routes = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(routes[0]["dst"], "100.64.50.0/24", "{routes}");
+    assert_eq!(routes[0]["dev"], "eth9", "{routes}");
 }

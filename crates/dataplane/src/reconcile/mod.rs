@@ -1,0 +1,46 @@
+//! The node agent's peer dataplane: observe what twill owns in the kernel, diff it against the
+//! backend's [`DesiredState`], and apply the difference.
+//!
+//! Ownership is what keeps this safe on a shared host: twill's routes carry
+//! [`PEER_ROUTE_PROTOCOL`], twill's VXLAN devices are named `twill.*`, and every neighbour and
+//! FDB entry on such a device is twill's. [`observe`] reads only those, so [`diff`] can only
+//! ever plan to change or delete them; nothing else in the kernel is touched, and a desired
+//! object that would sit outside that space (a neighbour on the underlay, say) is refused and
+//! listed in [`Plan::ignored`] instead.
+//!
+//! [`diff`] is pure. [`apply`] runs a plan in dependency order and keeps up to [`IN_FLIGHT`]
+//! requests outstanding on one netlink socket, so a thousand peers take a few thousand
+//! round trips' worth of kernel work but almost none of the waiting. Re-observing after an
+//! apply gives an empty plan: every attribute compared here is one the kernel reports back
+//! exactly as it was written (route protocol and `onlink` flag, neighbour state `PERMANENT`,
+//! FDB `self permanent` without port/VNI overrides).
+//!
+//! The parts: [`model`] (what is observed, planned and reported), `observe.rs`, `diff.rs`
+//! (pure) and `apply.rs`; [`Reconciler`] (`task.rs`) is the one task that writes them, full
+//! reconciles and the BGP deltas in between alike.
+
+mod apply;
+mod diff;
+pub mod model;
+mod observe;
+pub mod status;
+mod task;
+
+pub use apply::{apply, apply_routes, remove_all, set_only_address};
+pub use diff::diff;
+pub use model::{
+    ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, Observed, ObservedFdb, ObservedRoute,
+    ObservedVxlan, Plan,
+};
+pub use observe::observe;
+pub use status::{ObjectKey, ObjectStatus, Statuses};
+pub use task::{OneDesired, Reconciled, Reconciler};
+pub use twill_netlink::AgentHandle;
+
+/// Name prefix of the links twill owns.
+pub const LINK_PREFIX: &str = "twill.";
+
+/// Requests kept outstanding on the socket while applying. Enough to hide the round trip;
+/// small enough that acknowledgements (and error replies, which echo the request) never fill
+/// the socket's receive buffer.
+pub const IN_FLIGHT: usize = 256;

@@ -1,0 +1,290 @@
+//! The reconciler's data: what [`observe`](super::observe)(super::observe) reads of twill's kernel state
+//! ([`Observed`] and its parts), the [`Plan`] that [`diff`](super::diff) makes of it, and
+//! the [`ApplyReport`] that [`apply`](super::apply)(super::apply) gives back.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use twill_netlink::Error;
+use twill_types::MacAddr;
+use twill_types::desired::{FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
+
+use super::LINK_PREFIX;
+use super::status::ObjectKey;
+
+/// A twill-owned VXLAN device as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedVxlan {
+    pub name: String,
+    pub index: u32,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    /// Name of the underlay link (None when the device has none, or it is unknown).
+    pub underlay: Option<String>,
+    pub learning: bool,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    pub up: bool,
+    pub addresses: Vec<Ipv4Net>,
+}
+
+/// A route of [`PEER_ROUTE_PROTOCOL`] in the main table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObservedRoute {
+    pub dst: Ipv4Net,
+    pub via: Option<Ipv4Addr>,
+    /// Output link name (None for multipath routes or an unknown index).
+    pub dev: Option<String>,
+    pub onlink: bool,
+    pub metric: u32,
+    pub tos: u8,
+    /// False for blackhole, unreachable, ... routes.
+    pub unicast: bool,
+}
+
+impl ObservedRoute {
+    /// The observation of a route that [`apply`](super::apply) wrote for `spec`.
+    pub fn from_spec(spec: &RouteSpec) -> ObservedRoute {
+        ObservedRoute {
+            dst: spec.dst,
+            via: Some(spec.via),
+            dev: Some(spec.dev.clone()),
+            onlink: spec.onlink,
+            metric: 0,
+            tos: 0,
+            unicast: true,
+        }
+    }
+
+    /// True when this is the route [`apply`](super::apply) writes for `spec`.
+    pub fn matches(&self, spec: &RouteSpec) -> bool {
+        *self == ObservedRoute::from_spec(spec)
+    }
+
+    /// True when a route for the same destination written by twill would replace this one
+    /// (same destination, TOS and metric, which is the kernel's identity of a route).
+    pub(super) fn is_primary(&self) -> bool {
+        self.metric == 0 && self.tos == 0
+    }
+}
+
+/// A permanent FDB entry (one remote) of a twill VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObservedFdb {
+    pub dev: String,
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
+    /// Overrides of the device's port, VNI and underlay link; twill never sets them.
+    pub port: Option<u16>,
+    pub vni: Option<u32>,
+    pub ifindex: Option<u32>,
+}
+
+impl ObservedFdb {
+    /// The observation of an entry that [`apply`](super::apply) wrote for `spec`.
+    pub fn from_spec(spec: &FdbSpec) -> ObservedFdb {
+        ObservedFdb {
+            dev: spec.dev.clone(),
+            mac: spec.mac,
+            dst: spec.dst,
+            port: None,
+            vni: None,
+            ifindex: None,
+        }
+    }
+
+    /// True when this is the entry [`apply`](super::apply) writes for `spec`.
+    pub fn matches(&self, spec: &FdbSpec) -> bool {
+        *self == ObservedFdb::from_spec(spec)
+    }
+}
+
+/// twill's own kernel state, as read by [`observe`](super::observe).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every VXLAN device named `twill.*`.
+    pub vxlan: Vec<ObservedVxlan>,
+    /// Every main-table IPv4 route of [`PEER_ROUTE_PROTOCOL`].
+    pub routes: Vec<ObservedRoute>,
+    /// Permanent IPv4 neighbours of the desired VXLAN device.
+    pub neighbours: Vec<NeighSpec>,
+    /// Permanent FDB entries of the desired VXLAN device (all-zero MAC excluded).
+    pub fdb: Vec<ObservedFdb>,
+    /// Ids of twill's nexthop objects (of [`PEER_ROUTE_PROTOCOL`], made by the bulk route
+    /// writer for next hops that many routes share) that no route goes through any more.
+    pub idle_nexthops: Vec<u32>,
+}
+
+/// What to do to the desired VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// Create it, with its address, up.
+    Create(VxlanDevice),
+    /// Delete the existing device and create it again: its VNI, port, local address,
+    /// underlay or learning mode differ, which the kernel cannot change in place. Everything
+    /// on it (routes, neighbours, FDB) goes with it and is planned again.
+    Recreate { device: VxlanDevice, reason: String },
+    /// Change it in place.
+    Adjust(DeviceAdjust),
+}
+
+/// In-place changes to an existing VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceAdjust {
+    pub name: String,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub add_addresses: Vec<Ipv4Net>,
+    pub delete_addresses: Vec<Ipv4Net>,
+    /// Set it up (it is down).
+    pub up: bool,
+}
+
+/// The changes that bring the kernel to the desired state. Built by [`diff`](super::diff), run by
+/// [`apply`](super::apply).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub device: Option<DeviceChange>,
+    /// twill VXLAN devices that are no longer desired.
+    pub delete_devices: Vec<String>,
+    /// Missing routes. Added exclusively, so that a route of another owner with the same
+    /// destination is reported rather than overwritten.
+    pub add_routes: Vec<RouteSpec>,
+    /// twill's routes whose gateway, link or flags differ.
+    pub replace_routes: Vec<RouteSpec>,
+    pub delete_routes: Vec<ObservedRoute>,
+    /// Idle nexthop objects of twill's.
+    pub delete_nexthops: Vec<u32>,
+    pub replace_neighbours: Vec<NeighSpec>,
+    pub delete_neighbours: Vec<NeighSpec>,
+    pub replace_fdb: Vec<FdbSpec>,
+    pub delete_fdb: Vec<ObservedFdb>,
+    /// Desired objects that were not planned, with the reason (outside what twill owns,
+    /// or contradicting an earlier entry).
+    pub ignored: Vec<String>,
+}
+
+impl Plan {
+    /// True when there is nothing to change (ignored entries do not count).
+    pub fn is_empty(&self) -> bool {
+        self.changes() == 0
+    }
+
+    /// The number of kernel objects to create, change or delete.
+    pub fn changes(&self) -> usize {
+        usize::from(self.device.is_some())
+            + self.delete_devices.len()
+            + self.add_routes.len()
+            + self.replace_routes.len()
+            + self.delete_routes.len()
+            + self.delete_nexthops.len()
+            + self.replace_neighbours.len()
+            + self.delete_neighbours.len()
+            + self.replace_fdb.len()
+            + self.delete_fdb.len()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.device {
+            None => write!(f, "device: keep")?,
+            Some(DeviceChange::Create(d)) => write!(f, "device: create {}", d.name)?,
+            Some(DeviceChange::Recreate { device, reason }) => {
+                write!(f, "device: recreate {} ({reason})", device.name)?;
+            }
+            Some(DeviceChange::Adjust(a)) => write!(f, "device: adjust {}", a.name)?,
+        }
+        if !self.delete_devices.is_empty() {
+            write!(f, ", delete {}", self.delete_devices.join(" "))?;
+        }
+        write!(
+            f,
+            "; routes +{} ~{} -{}; neighbours ~{} -{}; fdb ~{} -{}",
+            self.add_routes.len(),
+            self.replace_routes.len(),
+            self.delete_routes.len(),
+            self.replace_neighbours.len(),
+            self.delete_neighbours.len(),
+            self.replace_fdb.len(),
+            self.delete_fdb.len(),
+        )?;
+        if !self.delete_nexthops.is_empty() {
+            write!(f, "; nexthops -{}", self.delete_nexthops.len())?;
+        }
+        if !self.ignored.is_empty() {
+            write!(f, "; {} ignored", self.ignored.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// One change that the kernel refused.
+#[derive(Debug)]
+pub struct ApplyFailure {
+    /// What was being changed, e.g. `add route 10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink`.
+    pub item: String,
+    /// The object it was for (None for twill's nexthop objects, which have no status).
+    pub object: Option<ObjectKey>,
+    pub error: Error,
+}
+
+impl fmt::Display for ApplyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.item, self.error)
+    }
+}
+
+/// The outcome of [`apply`](super::apply): failures do not stop the other changes.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Changes the kernel accepted (including deletions of objects already gone).
+    pub done: usize,
+    pub failures: Vec<ApplyFailure>,
+    pub elapsed: Duration,
+}
+
+impl ApplyReport {
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    pub(super) fn record(&mut self, outcome: std::result::Result<(), ApplyFailure>) {
+        match outcome {
+            Ok(()) => self.done += 1,
+            Err(f) => self.failures.push(f),
+        }
+    }
+
+    pub(super) fn fail(&mut self, item: impl Into<String>, object: ObjectKey, error: Error) {
+        self.failures.push(ApplyFailure {
+            item: item.into(),
+            object: Some(object),
+            error,
+        });
+    }
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} changes in {:.1?}, {} failed",
+            self.done,
+            self.elapsed,
+            self.failures.len()
+        )?;
+        for failure in &self.failures {
+            write!(f, "\n  {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// True for the names of links twill owns.
+pub(crate) fn is_twill_link(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX)
+}

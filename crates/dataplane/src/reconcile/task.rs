@@ -1,0 +1,399 @@
+//! The one writer: a task that owns the agent's netlink handle and does, in the order they
+//! were handed over, two kinds of work:
+//!
+//! - a full reconcile of a desired state ([`Reconciler::reconcile`]): observe, diff, apply,
+//!   and answer with what the kernel holds afterwards and the report;
+//! - a partial plan ([`Reconciler::submit`], the agent's BGP deltas): route changes applied
+//!   through the bulk socket without reading the kernel, everything queued meanwhile taken as
+//!   one batch, so a table that streams in is programmed at the kernel's pace while the agent
+//!   works out the next changes. Each batch's outcome goes to the receiver [`Reconciler::start`]
+//!   returns (the agent reconciles at once after a failure, shortly after a burst otherwise).
+//!
+//! Because both go through one queue, a reconcile always reads a kernel that already holds
+//! every partial plan handed over before it.
+//!
+//! The task keeps one desired state (the last reconcile's, with the partial plans since
+//! applied to it) and the [`Statuses`] of the objects in it. An object the kernel refused is
+//! retried by the task itself, with [`backoff`](super::status::backoff) of its attempts, by a
+//! reconcile of that desired state; the agent's periodic resync is not needed for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use twill_netlink::Result;
+use twill_types::desired::{DesiredState, RouteSpec};
+
+use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
+use super::status::{ObjectKey, ObjectStatus, Statuses, desired_objects};
+use super::{AgentHandle, apply, apply_routes, diff, observe};
+
+/// What a full reconcile found and did.
+#[derive(Debug)]
+pub struct Reconciled {
+    /// What the kernel holds afterwards.
+    pub observed: Observed,
+    /// The plan that was applied (empty when the kernel already matched).
+    pub plan: Plan,
+    /// The outcome of applying it (None when there was nothing to apply).
+    pub report: Option<ApplyReport>,
+}
+
+enum Job {
+    Full {
+        desired: Box<DesiredState>,
+        done: oneshot::Sender<Result<Reconciled>>,
+    },
+    Partial(Box<Plan>),
+}
+
+/// Handle to the reconciler task (which ends when the handle is dropped).
+pub struct Reconciler {
+    tx: mpsc::UnboundedSender<Job>,
+    statuses: Arc<Mutex<Statuses>>,
+}
+
+impl Reconciler {
+    /// Starts the task on `nl`; the receiver gets, for each batch of partial plans programmed,
+    /// its errors (empty when every change was accepted).
+    pub fn start(nl: AgentHandle) -> (Reconciler, mpsc::UnboundedReceiver<Vec<String>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let statuses = Arc::new(Mutex::new(Statuses::default()));
+        tokio::spawn(run(nl, rx, outcomes_tx, statuses.clone()));
+        (Reconciler { tx, statuses }, outcomes)
+    }
+
+    /// The status of every object the reconciler manages.
+    pub fn snapshot(&self) -> BTreeMap<ObjectKey, ObjectStatus> {
+        lock(&self.statuses).snapshot()
+    }
+
+    /// The objects in error (cheaper than a whole [`Reconciler::snapshot`]).
+    pub fn errors(&self) -> BTreeMap<ObjectKey, ObjectStatus> {
+        lock(&self.statuses)
+            .errors()
+            .map(|(key, status)| (key.clone(), status.clone()))
+            .collect()
+    }
+
+    /// Queues a partial plan (route changes only; applied after everything queued before it).
+    pub fn submit(&self, plan: Plan) {
+        if !plan.is_empty() {
+            let mut statuses = lock(&self.statuses);
+            for key in route_keys(&plan) {
+                statuses.pending(key);
+            }
+            drop(statuses);
+            let _ = self.tx.send(Job::Partial(Box::new(plan)));
+        }
+    }
+
+    /// Makes the kernel match `desired` (after everything queued before), and returns what it
+    /// holds afterwards.
+    pub async fn reconcile(&self, desired: DesiredState) -> Result<Reconciled> {
+        let (done, wait) = oneshot::channel();
+        let job = Job::Full {
+            desired: Box::new(desired),
+            done,
+        };
+        if self.tx.send(job).is_err() {
+            return Err(stopped());
+        }
+        wait.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> twill_netlink::Error {
+    twill_netlink::Error::Io {
+        op: "reconcile".to_string(),
+        source: std::io::Error::other("the reconciler task stopped"),
+    }
+}
+
+fn lock(statuses: &Mutex<Statuses>) -> MutexGuard<'_, Statuses> {
+    statuses.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The routes a partial plan changes.
+fn route_keys(plan: &Plan) -> impl Iterator<Item = ObjectKey> + '_ {
+    let updates = plan.add_routes.iter().chain(&plan.replace_routes);
+    updates
+        .map(|r| ObjectKey::Route(r.dst))
+        .chain(plan.delete_routes.iter().map(|r| ObjectKey::Route(r.dst)))
+}
+
+async fn run(
+    nl: AgentHandle,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    outcomes: mpsc::UnboundedSender<Vec<String>>,
+    statuses: Arc<Mutex<Statuses>>,
+) {
+    // The one desired state: the last reconcile's, with the partial plans since.
+    let mut desired: Option<OneDesired> = None;
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => {
+                let retry = lock(&statuses).next_retry();
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    _ = sleep_until(retry) => {
+                        retry_failed(&nl, desired.as_ref(), &statuses).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        match job {
+            Job::Full {
+                desired: want,
+                done,
+            } => {
+                let result = full(&nl, &want).await;
+                if let Ok(r) = &result {
+                    record_full(&statuses, &want, r.report.as_ref());
+                }
+                desired = Some(OneDesired::new(*want));
+                let _ = done.send(result);
+            }
+            Job::Partial(plan) => {
+                // Every partial plan queued meanwhile is one batch, applied in order; a full
+                // reconcile queued after them waits for the batch.
+                let mut plans = vec![*plan];
+                while let Ok(job) = rx.try_recv() {
+                    match job {
+                        Job::Partial(plan) => plans.push(*plan),
+                        full => {
+                            next = Some(full);
+                            break;
+                        }
+                    }
+                }
+                let failed = partial(&nl, &plans, &statuses).await;
+                if let Some(desired) = &mut desired {
+                    desired.absorb(&plans);
+                }
+                let _ = outcomes.send(failed);
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`; never, without a deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A retry is due: reconciles the desired state again, which tries every refused change once
+/// more (and repairs whatever else drifted).
+async fn retry_failed(nl: &AgentHandle, desired: Option<&OneDesired>, statuses: &Mutex<Statuses>) {
+    let failed: Vec<String> = lock(statuses)
+        .errors()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    info!(objects = failed.len(), first = ?failed.first(), "retrying refused changes");
+    let desired = desired.map(OneDesired::state);
+    let outcome = match &desired {
+        Some(desired) => full(nl, desired).await.map(|r| (desired, r)),
+        None => Err(twill_netlink::Error::Io {
+            op: "retry".to_string(),
+            source: std::io::Error::other("no desired state yet"),
+        }),
+    };
+    match outcome {
+        Ok((desired, r)) => record_full(statuses, desired, r.report.as_ref()),
+        Err(e) => {
+            warn!("retrying refused changes: {e}");
+            // Counts as another failed attempt of each, so the next one waits longer.
+            lock(statuses).failed_again(Instant::now());
+        }
+    }
+}
+
+fn record_full(statuses: &Mutex<Statuses>, desired: &DesiredState, report: Option<&ApplyReport>) {
+    let keys = desired_objects(desired);
+    let none = ApplyReport::default();
+    lock(statuses).after_full(&keys, report.unwrap_or(&none), Instant::now());
+}
+
+/// The one desired state: the last reconcile's, with the partial plans handed over since.
+/// Routes are kept by destination, so absorbing a partial plan costs what it changes, not
+/// the size of the table (BGP tables stream in as many small plans).
+#[derive(Debug, Clone, Default)]
+pub struct OneDesired {
+    /// Everything but the routes.
+    rest: DesiredState,
+    routes: HashMap<Ipv4Net, RouteSpec>,
+}
+
+impl OneDesired {
+    pub fn new(mut desired: DesiredState) -> OneDesired {
+        let mut routes = HashMap::with_capacity(desired.routes.len());
+        for r in std::mem::take(&mut desired.routes) {
+            // Of contradicting routes to one destination, the first is the one applied.
+            routes.entry(r.dst).or_insert(r);
+        }
+        OneDesired {
+            rest: desired,
+            routes,
+        }
+    }
+
+    /// Applies partial plans computed against this state, in order: the routes they add,
+    /// replace or delete replace what it had for those destinations.
+    pub fn absorb(&mut self, plans: &[Plan]) {
+        for plan in plans {
+            for r in &plan.delete_routes {
+                self.routes.remove(&r.dst);
+            }
+            for r in plan.add_routes.iter().chain(&plan.replace_routes) {
+                self.routes.insert(r.dst, r.clone());
+            }
+        }
+    }
+
+    /// The desired state as a reconcile takes it.
+    pub fn state(&self) -> DesiredState {
+        let mut routes: Vec<RouteSpec> = self.routes.values().cloned().collect();
+        routes.sort_by_key(|r| r.dst);
+        DesiredState {
+            routes,
+            ..self.rest.clone()
+        }
+    }
+}
+
+/// Applies a batch of partial plans; returns the failures.
+async fn partial(nl: &AgentHandle, plans: &[Plan], statuses: &Mutex<Statuses>) -> Vec<String> {
+    let t = Instant::now();
+    let routes: usize = plans.iter().map(|p| p.changes()).sum();
+    let failed: Vec<String> = match apply_routes(nl, plans).await {
+        Ok(report) => {
+            lock(statuses).after_partial(plans, &report, Instant::now());
+            report.failures.iter().map(|f| f.to_string()).collect()
+        }
+        Err(e) => {
+            let why = format!("applying {routes} route changes: {e}");
+            let mut statuses = lock(statuses);
+            for key in plans.iter().flat_map(route_keys) {
+                statuses.failed(key, why.clone(), Instant::now());
+            }
+            vec![why]
+        }
+    };
+    debug!(
+        routes,
+        failed = failed.len(),
+        took_ms = t.elapsed().as_millis() as u64,
+        "bgp routes programmed"
+    );
+    failed
+}
+
+/// Observes, diffs and applies.
+async fn full(nl: &AgentHandle, desired: &DesiredState) -> Result<Reconciled> {
+    let observed = observe(nl, desired).await?;
+    let plan = diff(desired, &observed);
+    for why in &plan.ignored {
+        warn!("not applied: {why}");
+    }
+    if plan.is_empty() {
+        return Ok(Reconciled {
+            observed,
+            plan,
+            report: None,
+        });
+    }
+    let t = Instant::now();
+    let report = apply(nl, &plan).await?;
+    info!(plan = %plan, took_ms = t.elapsed().as_millis() as u64, "applied");
+    for failure in &report.failures {
+        warn!("{failure}");
+    }
+    let observed = if report.is_ok() && plan.ignored.is_empty() {
+        // The kernel acknowledged every change, so it now holds exactly the desired state;
+        // reading it back would double the cost of a large update. The periodic resync
+        // observes for real.
+        as_programmed(desired, observed)
+    } else {
+        observe(nl, desired).await?
+    };
+    Ok(Reconciled {
+        observed,
+        plan,
+        report: Some(report),
+    })
+}
+
+/// The kernel state after every change of a plan to reach `desired` was acknowledged.
+fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
+    Observed {
+        vxlan: before.vxlan,
+        routes: desired
+            .routes
+            .iter()
+            .map(ObservedRoute::from_spec)
+            .collect(),
+        neighbours: desired.neighbours.clone(),
+        fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
+        // The plan deleted the idle ones.
+        idle_nexthops: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(dst: &str, gw: u8) -> RouteSpec {
+        RouteSpec {
+            dst: dst.parse().unwrap(),
+            via: std::net::Ipv4Addr::new(10, 9, 0, gw),
+            dev: "eth0".into(),
+            onlink: false,
+        }
+    }
+
+    #[test]
+    fn partial_plans_are_absorbed_into_the_one_desired_state_in_order() {
+        let mut desired = OneDesired::new(DesiredState {
+            routes: vec![
+                route("10.2.0.0/16", 2),
+                route("10.1.0.0/16", 2),
+                // A contradiction: the first route to a destination is the one applied.
+                route("10.2.0.0/16", 9),
+            ],
+            ..DesiredState::default()
+        });
+        assert_eq!(
+            desired.state().routes,
+            vec![route("10.1.0.0/16", 2), route("10.2.0.0/16", 2)]
+        );
+        let plans = [
+            Plan {
+                add_routes: vec![route("10.3.0.0/16", 2)],
+                replace_routes: vec![route("10.1.0.0/16", 3)],
+                delete_routes: vec![ObservedRoute::from_spec(&route("10.2.0.0/16", 2))],
+                ..Plan::default()
+            },
+            Plan {
+                delete_routes: vec![ObservedRoute::from_spec(&route("10.3.0.0/16", 2))],
+                ..Plan::default()
+            },
+        ];
+        desired.absorb(&plans);
+        assert_eq!(desired.state().routes, vec![route("10.1.0.0/16", 3)]);
+    }
+}
