@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::LocalNode;
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent, State};
-use twill_dataplane::peers::{ObservedRoute, Plan};
+use twill_dataplane::reconcile::{ObservedRoute, Plan};
 use twill_store::MirrorEvent;
 use twill_types::bgp_auth::{BgpAuth, PasswordSource};
 use twill_types::cluster::overlaps;

@@ -143,7 +143,7 @@ fn runnable_backends() -> Vec<&'static str> {
 /// (the config already in the store) are twill's own (a node's bridge, its peers' routes) and
 /// left out.
 async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<Vec<HostNet>> {
-    let nl = twill_netlink::AgentHandle::new()?;
+    let nl = twill_netlink::Rtnl::new()?;
     let links = nl.links().await?;
     let name = |index: Option<u32>| {
         index
@@ -238,7 +238,7 @@ pub async fn node_leave(
     if let Some(dir) = data_dir {
         let file: Option<NodeFile> = files::read_json(&node::node_file(dir))?;
         if file.is_some_and(|f| f.node == node) {
-            let nl = twill_dataplane::peers::AgentHandle::new()?;
+            let nl = twill_dataplane::reconcile::Rtnl::new()?;
             crate::run::clear_local_state(&nl, dir).await?;
             println!(
                 "removed node {node}'s routes, VXLAN device and files in {}",

@@ -12,14 +12,14 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::{Backend, LocalNode};
 use twill_dataplane::reconcile::{
-    self as peers, AgentHandle, ObjectKey, ObjectStatus, Observed, ObservedFdb, ObservedRoute,
-    Reconciler,
+    self, ObjectKey, ObjectStatus, Observed, ObservedFdb, ObservedRoute, Reconciler, Rtnl,
 };
 use twill_store::{MirrorEvent, Store, StoreError};
 use twill_types::MacAddr;
-use twill_types::cluster::{BGP_PEERS_PREFIX, ClusterConfig};
+use twill_types::cluster::ClusterConfig;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
-use twill_types::lease::{CONFIG_KEY, LEASES_PREFIX, Lease};
+use twill_types::keys::{BGP_PEERS_PREFIX, CONFIG_KEY, LEASES_PREFIX};
+use twill_types::lease::Lease;
 use twill_types::node::{self, AgentStatus, LeaseEvent, NodeFile, PeerStatus, PolicyStatus};
 
 use crate::lease::{self, Held};
@@ -122,7 +122,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     files::write_json(&node_path, &node_file)?;
     twill_netlink::sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
-    let nl = AgentHandle::new().context("opening the agent's netlink socket")?;
+    let nl = Rtnl::new().context("opening the agent's netlink socket")?;
     let bgp = match config.bgp.clone() {
         Some(cfg) => Some(
             crate::bgp::BgpSide::start(cfg, &node, restarting)
@@ -170,11 +170,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
 /// The routes of twill's that the kernel holds now, to keep until `until` (None when the
 /// kernel cannot be read: nothing is kept then).
-async fn retained_routes(
-    nl: &AgentHandle,
-    until: std::time::Instant,
-) -> Option<crate::bgp::Retained> {
-    match peers::observe(nl, &DesiredState::default()).await {
+async fn retained_routes(nl: &Rtnl, until: std::time::Instant) -> Option<crate::bgp::Retained> {
+    match reconcile::observe(nl, &DesiredState::default()).await {
         Ok(observed) => {
             let retained = crate::bgp::Retained::from_observed(&observed.routes, until);
             info!(
@@ -243,7 +240,7 @@ struct Agent {
     /// Every lease in the store, by key (our own included).
     peers: BTreeMap<String, Lease>,
     in_sync: bool,
-    nl: AgentHandle,
+    nl: Rtnl,
     synced_once: bool,
     started: Instant,
     /// The userspace tunnel engine (udp, ipip backends).
@@ -762,7 +759,7 @@ impl Agent {
     /// source inside this node's subnet and passes the peers' inner-source check.
     async fn address_tunnel(&self, name: &str) -> anyhow::Result<()> {
         let want = Ipv4Net::new(self.node.subnet.network(), 32).expect("/32 is valid");
-        Ok(peers::set_only_address(&self.nl, name, want).await?)
+        Ok(reconcile::set_only_address(&self.nl, name, want).await?)
     }
 
     /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
@@ -1031,7 +1028,7 @@ async fn next_soon<R: Recv>(events: &mut R) -> Option<R::Item> {
 
 /// Removes everything the agent made on this node: peer routes, the VXLAN device, the cluster's
 /// masquerade chain, the host protection table, the node and status files.
-pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> anyhow::Result<()> {
+pub async fn clear_local_state(nl: &Rtnl, data_dir: &std::path::Path) -> anyhow::Result<()> {
     if nl
         .link_by_name(twill_backend::tunnel::DEVICE)
         .await?
@@ -1039,7 +1036,7 @@ pub async fn clear_local_state(nl: &AgentHandle, data_dir: &std::path::Path) -> 
     {
         crate::tunnel::remove_device(twill_backend::tunnel::DEVICE)?;
     }
-    let report = peers::remove_all(nl).await?;
+    let report = reconcile::remove_all(nl).await?;
     if !report.failures.is_empty() {
         anyhow::bail!("removing twill's routes and devices: {report}");
     }

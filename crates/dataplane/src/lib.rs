@@ -1,8 +1,8 @@
 //! twill-dataplane: twill's own kernel state.
 //!
-//! - [`reconcile`] (also reachable as `peers`, its old name): the node agent's routes, VXLAN
+//! - [`reconcile`]: the node agent's routes, VXLAN
 //!   device, neighbours and FDB entries for the other nodes: observe, diff against the
-//!   desired state, apply (async, over [`twill_netlink::AgentHandle`]).
+//!   desired state, apply (async, over [`twill_netlink::Rtnl`]).
 //! - [`firewall`]: masquerade per network (`ipMasq`) and anti-spoofing of
 //!   container source addresses, in twill's own `inet twill` and
 //!   `bridge twill` tables.
@@ -30,5 +30,3 @@ pub use firewall::{
     Mode, allow_source, ensure_antispoof_base, ensure_masquerade, forget_source, list_sources,
     masquerade_present, nft_binary, remove_masquerade, source_allowed,
 };
-/// The old name of [`reconcile`], for callers that still use it.
-pub use reconcile as peers;

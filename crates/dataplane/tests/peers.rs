@@ -8,18 +8,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde_json::Value;
-use twill_dataplane::peers::{self, ApplyReport, DeviceChange, Plan};
-use twill_netlink::AgentHandle;
+use twill_dataplane::reconcile::{self, ApplyReport, DeviceChange, Plan};
+use twill_netlink::Rtnl;
 use twill_testkit::{Netns, require_root, veth};
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
 
 /// Runs `f` with a netlink handle inside `ns`, on a thread that entered it and a
 /// current-thread runtime built there (the agent's own threads stay in the host namespace).
-fn with_nl<T: Send, F: Future<Output = T>>(
-    ns: &Netns,
-    f: impl FnOnce(AgentHandle) -> F + Send,
-) -> T {
+fn with_nl<T: Send, F: Future<Output = T>>(ns: &Netns, f: impl FnOnce(Rtnl) -> F + Send) -> T {
     let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).expect("open netns");
     netns
         .run(|| {
@@ -27,7 +24,7 @@ fn with_nl<T: Send, F: Future<Output = T>>(
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(async { f(AgentHandle::new().expect("netlink handle")).await })
+            rt.block_on(async { f(Rtnl::new().expect("netlink handle")).await })
         })
         .expect("enter netns")
 }
@@ -41,11 +38,13 @@ struct Round {
 
 fn converge(ns: &Netns, desired: &DesiredState) -> Round {
     with_nl(ns, |nl| async move {
-        let observed = peers::observe(&nl, desired).await.expect("observe");
-        let plan = peers::diff(desired, &observed);
-        let report = peers::apply(&nl, &plan).await.expect("apply");
-        let observed = peers::observe(&nl, desired).await.expect("observe again");
-        let after = peers::diff(desired, &observed);
+        let observed = reconcile::observe(&nl, desired).await.expect("observe");
+        let plan = reconcile::diff(desired, &observed);
+        let report = reconcile::apply(&nl, &plan).await.expect("apply");
+        let observed = reconcile::observe(&nl, desired)
+            .await
+            .expect("observe again");
+        let after = reconcile::diff(desired, &observed);
         Round {
             plan,
             report,
@@ -332,7 +331,7 @@ fn vxlan_pair_carries_traffic_and_reapplying_is_a_no_op() {
         );
     };
     foreign_ok(&a);
-    let report = with_nl(&a, |nl| async move { peers::remove_all(&nl).await }).unwrap();
+    let report = with_nl(&a, |nl| async move { reconcile::remove_all(&nl).await }).unwrap();
     assert!(report.is_ok(), "{report}");
     assert!(a.link("twill.1").is_none());
     assert!(twill_routes(&a).is_empty());
@@ -592,7 +591,7 @@ fn foreign_objects_are_never_overwritten_or_deleted() {
     assert_eq!(statics[0]["gateway"], "10.9.0.3");
     assert_eq!(twill_routes(&a).len(), 1);
 
-    let report = with_nl(&a, |nl| async move { peers::remove_all(&nl).await }).unwrap();
+    let report = with_nl(&a, |nl| async move { reconcile::remove_all(&nl).await }).unwrap();
     assert!(report.is_ok(), "{report}");
     assert!(a.link("twill.1").is_none());
     assert!(a.link("vx9").is_some());
@@ -641,13 +640,13 @@ fn a_thousand_peers_program_quickly() {
         let state = &state;
         async move {
             let start = Instant::now();
-            let observed = peers::observe(&nl, state).await.unwrap();
-            let plan = peers::diff(state, &observed);
+            let observed = reconcile::observe(&nl, state).await.unwrap();
+            let plan = reconcile::diff(state, &observed);
             (start.elapsed(), plan.is_empty())
         }
     });
     assert!(empty);
-    let report = with_nl(&a, |nl| async move { peers::remove_all(&nl).await }).unwrap();
+    let report = with_nl(&a, |nl| async move { reconcile::remove_all(&nl).await }).unwrap();
     assert!(report.is_ok(), "{report}");
     eprintln!("observe+diff of {PEERS} peers: {observe_time:.1?}; remove_all: {report}");
     assert!(twill_routes(&a).is_empty());

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use twill_dataplane::reconcile::{AgentHandle, ObservedRoute, Plan, Reconciler};
+use twill_dataplane::reconcile::{ObservedRoute, Plan, Reconciler, Rtnl};
 use twill_testkit::{Netns, require_root};
 use twill_types::desired::{DesiredState, RouteSpec};
 
@@ -57,7 +57,7 @@ fn in_ns<T: Send, F: std::future::Future<Output = T>>(
 fn partial_plans_land_in_order_before_a_reconcile_and_report_refusals() {
     let ns = veth_ns("rw", false);
     let outcomes = in_ns(&ns, || async {
-        let (writer, mut outcomes) = Reconciler::start(AgentHandle::new().unwrap());
+        let (writer, mut outcomes) = Reconciler::start(Rtnl::new().unwrap());
         // Three hand-overs: the second replaces what the first added.
         writer.submit(Plan {
             add_routes: (0..200).map(|i| route(i, 2)).collect(),
@@ -123,7 +123,7 @@ fn partial_plans_land_in_order_before_a_reconcile_and_report_refusals() {
 #[test]
 #[ignore = "needs root"]
 fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
-    use twill_dataplane::peers;
+    use twill_dataplane::reconcile;
     // A nexthop object needs its link's carrier (without it the routes keep plain gateways).
     let ns = veth_ns("nh", true);
     let objects = || ns.ip_json(&["nexthop", "show", "proto", "117"]);
@@ -133,7 +133,7 @@ fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
         ..DesiredState::default()
     };
     in_ns(&ns, || async {
-        let nl = AgentHandle::new().unwrap();
+        let nl = Rtnl::new().unwrap();
         // The reconciler programs the table through one object; a reconcile of the same
         // table queued behind it finds nothing to change.
         let (writer, _outcomes) = Reconciler::start(nl.clone());
@@ -157,19 +157,19 @@ fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
 
         // A reconcile of the same table finds nothing to change.
         let d = table(2);
-        let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
+        let plan = reconcile::diff(&d, &reconcile::observe(&nl, &d).await.unwrap());
         assert!(plan.is_empty(), "{plan}");
 
         // The table moves to another next hop: the old object is idle, and the
         // next reconcile deletes it (not the routes, which no longer use it).
         let d = table(3);
-        let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
+        let plan = reconcile::diff(&d, &reconcile::observe(&nl, &d).await.unwrap());
         assert_eq!(plan.replace_routes.len(), 50, "{plan}");
-        assert!(peers::apply(&nl, &plan).await.unwrap().is_ok());
-        let plan = peers::diff(&d, &peers::observe(&nl, &d).await.unwrap());
+        assert!(reconcile::apply(&nl, &plan).await.unwrap().is_ok());
+        let plan = reconcile::diff(&d, &reconcile::observe(&nl, &d).await.unwrap());
         assert_eq!(plan.delete_nexthops.len(), 1, "{plan}");
         assert_eq!(plan.changes(), 1, "{plan}");
-        assert!(peers::apply(&nl, &plan).await.unwrap().is_ok());
+        assert!(reconcile::apply(&nl, &plan).await.unwrap().is_ok());
         let objs = objects();
         assert_eq!(objs.as_array().unwrap().len(), 1, "{objs}");
         assert_eq!(objs[0]["gateway"], "10.9.0.3");
@@ -184,7 +184,7 @@ fn shared_next_hops_become_nexthop_objects_that_reconciles_clean_up() {
         );
 
         // Node leave: nothing of twill's is left.
-        assert!(peers::remove_all(&nl).await.unwrap().is_ok());
+        assert!(reconcile::remove_all(&nl).await.unwrap().is_ok());
     });
     assert!(objects().as_array().unwrap().is_empty());
     assert!(routes().as_array().unwrap().is_empty());
@@ -200,7 +200,7 @@ fn refused_changes_are_retried_with_backoff_until_they_land() {
     let dst: ipnet::Ipv4Net = "100.64.50.0/24".parse().unwrap();
     let key = ObjectKey::Route(dst);
     let statuses = in_ns(&ns, || async {
-        let (reconciler, _outcomes) = Reconciler::start(AgentHandle::new().unwrap());
+        let (reconciler, _outcomes) = Reconciler::start(Rtnl::new().unwrap());
         // Through a link that is not there yet: refused.
         let desired = DesiredState {
             routes: vec![RouteSpec {

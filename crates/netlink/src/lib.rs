@@ -30,17 +30,6 @@ pub use codec::route::Ipv4Route;
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
 pub use rtnl::{FdbEntry, InterfaceV4, LinkState, Neighbour, Rtnl, VxlanInfo, VxlanSpec};
 
-// temporary: callers are renamed when the branches merge (agent -> rtnl, AgentHandle -> Rtnl,
-// AgentLink -> LinkState).
-pub type AgentHandle = Rtnl;
-pub type AgentLink = LinkState;
-/// temporary: callers are renamed when the branches merge (`agent::` -> `rtnl::`).
-pub mod agent {
-    pub use crate::codec::route::Ipv4Route;
-    pub use crate::rtnl::*;
-    pub use crate::{AgentHandle, AgentLink};
-}
-
 use std::io;
 
 /// Errors of netlink requests and namespace switches.

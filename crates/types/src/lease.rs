@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::MacAddr;
 use crate::cluster::BackendKind;
 
-// Their home is `keys`; re-exported for the agent's run loop, which still names them here.
-pub use crate::keys::{CONFIG_KEY, LEASES_PREFIX};
-
 /// What a node publishes about itself: its subnet, how to reach it, backend data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

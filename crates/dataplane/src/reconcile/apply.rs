@@ -19,7 +19,7 @@ use super::model::{
 };
 use super::observe::{observe, our_nexthops};
 use super::status::ObjectKey;
-use super::{AgentHandle, IN_FLIGHT, diff};
+use super::{IN_FLIGHT, Rtnl, diff};
 
 /// One pipelined request of [`apply`].
 enum Op<'a> {
@@ -99,7 +99,7 @@ impl Op<'_> {
         }
     }
 
-    async fn run(&self, nl: &AgentHandle, links: &HashMap<String, u32>) -> Result<()> {
+    async fn run(&self, nl: &Rtnl, links: &HashMap<String, u32>) -> Result<()> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
             Op::DeleteRoute(_) | Op::AddRoute(_) | Op::ReplaceRoute(_) => {
@@ -162,7 +162,7 @@ fn route_updates(plan: &Plan) -> Vec<Op<'_>> {
 /// Applies plans made only of route changes (the agent's BGP deltas; anything else in them
 /// is left out), in order, each one's deletions before its additions and replacements, all
 /// in one pass through the bulk socket.
-pub async fn apply_routes(nl: &AgentHandle, plans: &[Plan]) -> Result<ApplyReport> {
+pub async fn apply_routes(nl: &Rtnl, plans: &[Plan]) -> Result<ApplyReport> {
     let start = Instant::now();
     let mut report = ApplyReport::default();
     let links = link_indexes(nl).await?;
@@ -179,7 +179,7 @@ pub async fn apply_routes(nl: &AgentHandle, plans: &[Plan]) -> Result<ApplyRepor
 /// Runs route operations in order through the handle's bulk socket (many per system call:
 /// a BGP table is thousands of routes), recording every outcome.
 async fn run_route_changes(
-    nl: &AgentHandle,
+    nl: &Rtnl,
     links: &HashMap<String, u32>,
     ops: Vec<Op<'_>>,
     report: &mut ApplyReport,
@@ -214,7 +214,7 @@ async fn run_route_changes(
 /// borrowed operations otherwise hides from the compiler that the whole future is `Send`
 /// (a known limit of its inference of higher-ranked lifetimes), and [`super::Reconciler`] runs this in a task of its own.
 async fn run_pipelined<'a>(
-    nl: &'a AgentHandle,
+    nl: &'a Rtnl,
     links: &'a HashMap<String, u32>,
     ops: Vec<Op<'a>>,
     report: &mut ApplyReport,
@@ -239,26 +239,26 @@ async fn run_pipelined<'a>(
 }
 
 /// Every link's index by name (one dump).
-async fn link_indexes(nl: &AgentHandle) -> Result<HashMap<String, u32>> {
+async fn link_indexes(nl: &Rtnl) -> Result<HashMap<String, u32>> {
     let links = nl.links().await?;
     Ok(links.into_iter().map(|l| (l.name, l.index)).collect())
 }
 
-async fn link_index(nl: &AgentHandle, name: &str) -> Result<u32> {
+async fn link_index(nl: &Rtnl, name: &str) -> Result<u32> {
     nl.link_by_name(name)
         .await?
         .map(|l| l.index)
         .ok_or_else(|| no_link(name))
 }
 
-async fn delete_device(nl: &AgentHandle, name: &str) -> Result<()> {
+async fn delete_device(nl: &Rtnl, name: &str) -> Result<()> {
     match nl.link_by_name(name).await? {
         Some(l) => nl.delete_link(l.index).await,
         None => Ok(()),
     }
 }
 
-async fn create_device(nl: &AgentHandle, d: &VxlanDevice, report: &mut ApplyReport) {
+async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
     let item = format!(
         "create vxlan device {} (vni {} port {} local {} dev {})",
         d.name, d.vni, d.port, d.local, d.underlay
@@ -293,7 +293,7 @@ async fn create_device(nl: &AgentHandle, d: &VxlanDevice, report: &mut ApplyRepo
     }
 }
 
-async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyReport) {
+async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
     let index = match link_index(nl, &a.name).await {
         Ok(i) => i,
         Err(error) => {
@@ -358,7 +358,7 @@ async fn adjust_device(nl: &AgentHandle, a: &DeviceAdjust, report: &mut ApplyRep
 ///
 /// Each step's requests are pipelined. A failed item is recorded in the report and does not
 /// stop the rest; an object that is already gone counts as deleted.
-pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
+pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
     let start = Instant::now();
     let mut report = ApplyReport::default();
     let no_links = HashMap::new();
@@ -433,7 +433,7 @@ pub async fn apply(nl: &AgentHandle, plan: &Plan) -> Result<ApplyReport> {
 
 /// Makes `want` the only IPv4 address of link `name` (the userspace tunnel's TUN device, which
 /// its engine creates; the diff above manages only VXLAN devices).
-pub async fn set_only_address(nl: &AgentHandle, name: &str, want: Ipv4Net) -> Result<()> {
+pub async fn set_only_address(nl: &Rtnl, name: &str, want: Ipv4Net) -> Result<()> {
     let Some(link) = nl.link_by_name(name).await? else {
         return Err(Error::Kernel {
             op: format!("address {want} on {name}"),
@@ -452,7 +452,7 @@ pub async fn set_only_address(nl: &AgentHandle, name: &str, want: Ipv4Net) -> Re
 
 /// Deletes every route of [`PEER_ROUTE_PROTOCOL`] and every `twill.*` VXLAN device (with
 /// their neighbours and FDB entries), for a node that leaves the cluster.
-pub async fn remove_all(nl: &AgentHandle) -> Result<ApplyReport> {
+pub async fn remove_all(nl: &Rtnl) -> Result<ApplyReport> {
     let nothing = DesiredState::default();
     let observed = observe(nl, &nothing).await?;
     let mut report = apply(nl, &diff(&nothing, &observed)).await?;
@@ -462,7 +462,7 @@ pub async fn remove_all(nl: &AgentHandle) -> Result<ApplyReport> {
     Ok(report)
 }
 
-async fn delete_nexthops(nl: &AgentHandle, ids: Vec<u32>, report: &mut ApplyReport) {
+async fn delete_nexthops(nl: &Rtnl, ids: Vec<u32>, report: &mut ApplyReport) {
     if ids.is_empty() {
         return;
     }

@@ -35,7 +35,7 @@ pub use model::{
 pub use observe::observe;
 pub use status::{ObjectKey, ObjectStatus, Statuses};
 pub use task::{OneDesired, Reconciled, Reconciler};
-pub use twill_netlink::AgentHandle;
+pub use twill_netlink::Rtnl;
 
 /// Name prefix of the links twill owns.
 pub const LINK_PREFIX: &str = "twill.";

@@ -8,12 +8,12 @@ use twill_netlink::Result;
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, NeighSpec, PEER_ROUTE_PROTOCOL};
 
-use super::AgentHandle;
+use super::Rtnl;
 use super::model::{Observed, ObservedFdb, ObservedRoute, ObservedVxlan, is_twill_link};
 
 /// Reads twill's own state from the kernel (the handle's namespace): its routes, its VXLAN
 /// devices, and the neighbours and FDB entries of the desired device.
-pub async fn observe(nl: &AgentHandle, desired: &DesiredState) -> Result<Observed> {
+pub async fn observe(nl: &Rtnl, desired: &DesiredState) -> Result<Observed> {
     let links = nl.links().await?;
     let names: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
     let ours: Vec<_> = links
@@ -121,7 +121,7 @@ pub async fn observe(nl: &AgentHandle, desired: &DesiredState) -> Result<Observe
 
 /// Ids of the nexthop objects of [`PEER_ROUTE_PROTOCOL`] (none on a kernel that cannot list
 /// nexthop objects: it has none of twill's either).
-pub(super) async fn our_nexthops(nl: &AgentHandle) -> Vec<u32> {
+pub(super) async fn our_nexthops(nl: &Rtnl) -> Vec<u32> {
     let all = nl.nexthops().await.unwrap_or_default();
     all.into_iter()
         .filter(|nh| nh.protocol == PEER_ROUTE_PROTOCOL)

@@ -30,7 +30,7 @@ use twill_types::desired::{DesiredState, RouteSpec};
 
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
 use super::status::{ObjectKey, ObjectStatus, Statuses, desired_objects};
-use super::{AgentHandle, apply, apply_routes, diff, observe};
+use super::{Rtnl, apply, apply_routes, diff, observe};
 
 /// What a full reconcile found and did.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ pub struct Reconciler {
 impl Reconciler {
     /// Starts the task on `nl`; the receiver gets, for each batch of partial plans programmed,
     /// its errors (empty when every change was accepted).
-    pub fn start(nl: AgentHandle) -> (Reconciler, mpsc::UnboundedReceiver<Vec<String>>) {
+    pub fn start(nl: Rtnl) -> (Reconciler, mpsc::UnboundedReceiver<Vec<String>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
         let statuses = Arc::new(Mutex::new(Statuses::default()));
@@ -128,7 +128,7 @@ fn route_keys(plan: &Plan) -> impl Iterator<Item = ObjectKey> + '_ {
 }
 
 async fn run(
-    nl: AgentHandle,
+    nl: Rtnl,
     mut rx: mpsc::UnboundedReceiver<Job>,
     outcomes: mpsc::UnboundedSender<Vec<String>>,
     statuses: Arc<Mutex<Statuses>>,
@@ -198,7 +198,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// A retry is due: reconciles the desired state again, which tries every refused change once
 /// more (and repairs whatever else drifted).
-async fn retry_failed(nl: &AgentHandle, desired: Option<&OneDesired>, statuses: &Mutex<Statuses>) {
+async fn retry_failed(nl: &Rtnl, desired: Option<&OneDesired>, statuses: &Mutex<Statuses>) {
     let failed: Vec<String> = lock(statuses)
         .errors()
         .map(|(k, _)| k.to_string())
@@ -276,7 +276,7 @@ impl OneDesired {
 }
 
 /// Applies a batch of partial plans; returns the failures.
-async fn partial(nl: &AgentHandle, plans: &[Plan], statuses: &Mutex<Statuses>) -> Vec<String> {
+async fn partial(nl: &Rtnl, plans: &[Plan], statuses: &Mutex<Statuses>) -> Vec<String> {
     let t = Instant::now();
     let routes: usize = plans.iter().map(|p| p.changes()).sum();
     let failed: Vec<String> = match apply_routes(nl, plans).await {
@@ -303,7 +303,7 @@ async fn partial(nl: &AgentHandle, plans: &[Plan], statuses: &Mutex<Statuses>) -
 }
 
 /// Observes, diffs and applies.
-async fn full(nl: &AgentHandle, desired: &DesiredState) -> Result<Reconciled> {
+async fn full(nl: &Rtnl, desired: &DesiredState) -> Result<Reconciled> {
     let observed = observe(nl, desired).await?;
     let plan = diff(desired, &observed);
     for why in &plan.ignored {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ConfigError;
 use super::fields::{At, fail, parse_addr};
 use crate::bgp_auth::{BgpAuth, RawSecret, Secret};
+use crate::keys::BGP_PEERS_PREFIX;
 
 /// Calico's default AS number for a cluster.
 pub const DEFAULT_AS: u32 = 64512;
@@ -194,9 +195,6 @@ impl BgpConfig {
         Ok(())
     }
 }
-
-/// Where `twill bgp peer add` keeps external peers (see [`crate::keys`]).
-pub use crate::keys::BGP_PEERS_PREFIX;
 
 impl BgpPeer {
     /// The peer's store key.

@@ -31,9 +31,7 @@ mod twill_form;
 mod validate;
 
 pub use crate::bgp_auth::{BgpAuth, Secret};
-pub use bgp::{
-    BGP_PEERS_PREFIX, BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME,
-};
+pub use bgp::{BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME};
 pub use error::ConfigError;
 pub use host_access::{
     ETCD_CLIENT_PORT, ETCD_PEER_PORT, HostAccess, HostPort, PortProto, WorkloadToHost,

@@ -66,7 +66,7 @@ impl ClusterConfig {
     }
 
     /// The normalized form as compact JSON, as the store holds it under
-    /// [`CONFIG_KEY`](crate::lease::CONFIG_KEY).
+    /// [`CONFIG_KEY`](crate::keys::CONFIG_KEY).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a ClusterConfig always serializes")
     }
