@@ -15,14 +15,31 @@
 #                 (v3 JSON gateway, i.e. the Txn RPC; TWC_WRITER=etcdctl uses `etcdctl txn`);
 #                 time from just before the request until status.json lists N programmed peers
 #                 (polled every 5 ms), then `ip route show proto 117 | wc -l` == N is checked
+#   twill rss     then the agent's VmRSS and VmHWM (/proc/PID/status)
+#   twill steady  then (TWC_STEADY s, after 2 s to settle) nothing changes: the agent's CPU time
+#                 (utime+stime, plus reaped children's, /proc/PID/stat) over the window, as CPU
+#                 ms per s (mean and the busiest 1 s) and per resync interval, and the number of
+#                 status.json writes (one per reconcile): a resync that rescans the world shows
+#                 up here; status.json and the kernel must still hold N peers / N routes after it
 #   twill delete  one transaction of N deletes; until 0 peers in status.json and 0 routes
 #   baseline      `ip -batch` of the N routes + N neighbours plus `bridge -batch` of the N fdb
 #                 entries into -b (sum of both processes' wall time); the same for deletes
+# The summary adds min/median/max of VmRSS, VmHWM and steady CPU. With TWILL_BEFORE, the
+# twill phases run for both binaries in each repetition (odd: after, before, baseline; even:
+# baseline, before, after), one agent at a time (SIGTERM, then the other binary starts on the
+# same data dir and lease), and a last section prints after/before ratios of the medians of
+# add, delete, VmRSS, VmHWM and steady CPU.
 # The root namespace is never changed; everything is removed on exit.
 #
 # Usage (as root):  bash bench/converge.sh
 #   N=1000  REPS=3  TWILL=path/to/twill (default target/release/twill, copied first)
 #   TWC_WAIT=120    seconds to wait for one convergence before calling it failed
+#   TWC_STEADY=30   seconds of the steady-state window per repetition (0: no steady phase)
+#   TWC_RESYNC=     passed as `twill agent --resync SECS` (to each binary that has the flag);
+#                   unset: the agent's default (60 s). Use e.g. TWC_RESYNC=10 TWC_STEADY=30 so
+#                   the window holds resyncs.
+#   TWILL_BEFORE=path/to/twill  also run the agent phases with this binary ("before") and
+#                   compare; TWILL is "after". Both are copied first.
 #   TWC_TLS=1       etcd speaks only TLS with --client-cert-auth (CA and certificates made
 #                   with openssl in the run's work dir); the agent, cluster init and the driver
 #                   use client certificates. Compare with a TWC_TLS=0 run for the cost of TLS.
@@ -47,13 +64,24 @@ esac
 need_root
 int_settings N=1000 REPS=3 TWC_WAIT=120
 TWC_TLS=${TWC_TLS:-0}
+TWC_STEADY=${TWC_STEADY:-30}
+[[ $TWC_STEADY =~ ^[0-9]+$ ]] || die "TWC_STEADY must be a number of seconds (0: no steady phase)"
+TWC_RESYNC=${TWC_RESYNC:-}
+[ -z "$TWC_RESYNC" ] || [[ $TWC_RESYNC =~ ^[1-9][0-9]*$ ]] || die "TWC_RESYNC must be a positive integer"
+TWILL_BEFORE=${TWILL_BEFORE:-}
 [ "$N" -le 30000 ] || die "N must be <= 30000 (fake underlay addresses run out)"
 need_cmds "apt-get install iproute2 python3 etcd-server etcd-client" ip bridge python3 timeout etcd etcdctl
 if [ "$BASELINE_ONLY" = 0 ]; then
   need_twill
   "$TWILL" agent --help >/dev/null 2>&1 || die "$TWILL has no 'agent' subcommand (build a newer twill)"
   "$TWILL" cluster init --help >/dev/null 2>&1 || die "$TWILL has no 'cluster init' subcommand"
+  if [ -n "$TWILL_BEFORE" ]; then
+    [ -x "$TWILL_BEFORE" ] || die "TWILL_BEFORE=$TWILL_BEFORE is not an executable"
+    "$TWILL_BEFORE" agent --help >/dev/null 2>&1 || die "$TWILL_BEFORE has no 'agent' subcommand"
+  fi
 fi
+NB=1
+[ -z "$TWILL_BEFORE" ] || [ "$BASELINE_ONLY" = 1 ] || NB=2
 
 RUN=$(run_id)
 U=twc-$RUN-u H=twc-$RUN-h B=twc-$RUN-b
@@ -74,10 +102,34 @@ start_output converge
 say_header convergence
 if [ "$BASELINE_ONLY" = 0 ]; then
   use_twill "$WORK/twill"
+  if [ "$NB" = 2 ]; then
+    cp "$TWILL_BEFORE" "$WORK/twill-before"
+    echo "# twill before (TWILL_BEFORE): $TWILL_BEFORE ($(stat -c %y "$TWILL_BEFORE" | cut -d. -f1), sha256 $(sha256sum "$TWILL_BEFORE" | cut -c1-12)); the one above is after"
+  fi
 else
   echo "# BASELINE ONLY: no agent; etcd transactions and ip/bridge -batch only"
+  [ -z "$TWILL_BEFORE" ] || echo "# TWILL_BEFORE ignored (no agent)"
 fi
 echo "# N=$N REPS=$REPS; $(etcd --version | head -1); $(ip -V); netns $U $H $B; etcd data in $EDATA"
+if [ "$BASELINE_ONLY" = 0 ]; then
+  echo "# steady state: TWC_STEADY=$TWC_STEADY s per repetition; TWC_RESYNC=${TWC_RESYNC:-(agent default)}"
+fi
+
+# resync_of BIN LABEL: sets RESYNC_ARGS (`--resync $TWC_RESYNC` if BIN's agent has the flag and
+# TWC_RESYNC is set) and RESYNC_S (the interval, s, BIN's agent will use; empty: unknown)
+resync_of() {
+  local line
+  RESYNC_ARGS=() RESYNC_S=
+  line=$("$1" agent --help 2>/dev/null | grep -E -- '--resync[ =]' || true)
+  if [ -z "$line" ]; then
+    echo "# $2: 'twill agent' has no --resync flag${TWC_RESYNC:+: TWC_RESYNC ignored for it}"
+  elif [ -n "$TWC_RESYNC" ]; then
+    RESYNC_ARGS=(--resync "$TWC_RESYNC") RESYNC_S=$TWC_RESYNC
+  else
+    RESYNC_S=$(grep -oE 'default: [0-9]+' <<<"$line" | grep -oE '[0-9]+' || true)
+  fi
+}
+json_argv() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@"; }
 
 # --- namespaces: underlay (etcd) <-> host (agent); baseline with its own veth pair
 for ns in "$U" "$H" "$B"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
@@ -94,7 +146,7 @@ ip -n "$B" link add bvx0 type vxlan id 1 dstport 8472 nolearning local 192.168.7
 ip -n "$B" link set bvx0 address 02:b0:00:00:00:01 mtu 1450 up
 
 # --- etcd (bounded: the whole run must end within the timeout)
-LIFE=$((REPS * 8 * TWC_WAIT + 600))
+LIFE=$((REPS * NB * (8 * TWC_WAIT + 2 * TWC_STEADY + 150) + 600))
 SCHEME=http ETCD_TLS=() TWILL_TLS=() CTL_TLS=()
 if [ "$TWC_TLS" = 1 ]; then
   need_cmds "apt-get install openssl" openssl
@@ -142,9 +194,20 @@ if [ "$BASELINE_ONLY" = 0 ]; then
   ip netns exec "$H" timeout 30 "$WORK/twill" cluster init --store "$STORE" "${TWILL_TLS[@]}" \
     -f "$WORK/net-conf.json"
   mkdir -p "$WORK/agent"
+  AGENT_ARGS=(agent --store "$STORE" "${TWILL_TLS[@]}" --node-name twc --iface eth0
+    --data-dir "$WORK/agent")
+  resync_of "$WORK/twill" after
+  AGENT_AFTER=$(json_argv "$WORK/twill" "${AGENT_ARGS[@]}" "${RESYNC_ARGS[@]}")
+  RESYNC_AFTER=$RESYNC_S RESYNC_ARGS_AFTER=("${RESYNC_ARGS[@]}")
+  AGENT_BEFORE= RESYNC_BEFORE=
+  if [ "$NB" = 2 ]; then
+    resync_of "$WORK/twill-before" before
+    AGENT_BEFORE=$(json_argv "$WORK/twill-before" "${AGENT_ARGS[@]}" "${RESYNC_ARGS[@]}")
+    RESYNC_BEFORE=$RESYNC_S
+  fi
   t0=$SECONDS
-  ip netns exec "$H" timeout "$LIFE" "$WORK/twill" agent --store "$STORE" "${TWILL_TLS[@]}" --node-name twc \
-    --iface eth0 --data-dir "$WORK/agent" >"$WORK/agent.log" 2>&1 &
+  ip netns exec "$H" timeout "$LIFE" "$WORK/twill" "${AGENT_ARGS[@]}" "${RESYNC_ARGS_AFTER[@]}" \
+    >"$WORK/agent.log" 2>&1 &
   disown
   for k in $(seq 300); do
     python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("inSync") else 1)' \
@@ -159,9 +222,16 @@ bg_wait ip netns exec "$H" env N="$N" REPS="$REPS" TWC_ETCD=$SCHEME://192.168.77
   TWC_PKI="${P:-}" \
   TWC_STATUS="$STATUS" TWC_HOST="$H" TWC_BASE="$B" TWC_WORK="$WORK" \
   TWC_WRITER="${TWC_WRITER:-gateway}" TWC_WAIT="$TWC_WAIT" BASELINE_ONLY="$BASELINE_ONLY" \
-  timeout $((REPS * 4 * TWC_WAIT + 300)) python3 "$HERE/converge.py"
+  TWC_STEADY="$TWC_STEADY" TWC_LIFE="$LIFE" TWC_AGENT_AFTER="${AGENT_AFTER:-}" \
+  TWC_AGENT_BEFORE="${AGENT_BEFORE:-}" TWC_RESYNC_AFTER="${RESYNC_AFTER:-}" \
+  TWC_RESYNC_BEFORE="${RESYNC_BEFORE:-}" \
+  timeout $((REPS * NB * (4 * TWC_WAIT + TWC_STEADY + 75) + 300)) python3 "$HERE/converge.py"
 if [ "$BASELINE_ONLY" = 0 ]; then
   echo "agent log: $(wc -l <"$WORK/agent.log") lines, $(grep -ciE 'error|warn' "$WORK/agent.log" || true) with error/warn"
   grep -iE 'error|warn' "$WORK/agent.log" | tail -5 || true
+  if [ "$NB" = 2 ]; then
+    echo "agent (before) log: $(wc -l <"$WORK/agent-before.log" 2>/dev/null || echo 0) lines, $(grep -ciE 'error|warn' "$WORK/agent-before.log" 2>/dev/null || true) with error/warn"
+    grep -iE 'error|warn' "$WORK/agent-before.log" 2>/dev/null | tail -5 || true
+  fi
 fi
 echo "written to $OUT"
