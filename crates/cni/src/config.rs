@@ -491,7 +491,9 @@ pub fn check_parse(data: &[u8]) {
         assert!(NetConf::parse(conf).is_err());
         return;
     };
-    if value.get("ranges").is_none() {
+    // `"ranges": null` is the same as no `ranges` (serde's Option): cluster mode, checked above
+    // only for not panicking.
+    if value.get("ranges").is_none_or(Value::is_null) {
         return;
     }
     if let Ok(c) = NetConf::parse(conf) {
@@ -621,11 +623,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.msg.contains("at most one IPv4"));
-        // No `ranges`: cluster mode, pending until the agent writes the node file.
+        // No `ranges` (or `"ranges": null`): cluster mode, pending until the agent writes the
+        // node file.
         let c =
             NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","dataDir":"/nonexistent/twill"}"#)
                 .unwrap();
         assert!(matches!(c.cluster, Cluster::Pending(_)));
+        let null = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","ranges":null,"dataDir":"/nonexistent/twill"}"#,
+        )
+        .unwrap();
+        assert!(matches!(null.cluster, Cluster::Pending(_)));
         let e = c.require_ranges().unwrap_err();
         assert_eq!(e.code, code::TRY_AGAIN_LATER);
         assert!(e.msg.contains("/nonexistent/twill/node.json"));

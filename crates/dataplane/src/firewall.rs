@@ -892,18 +892,7 @@ pub fn allow_source(mode: Mode, ifname: &str, addrs: &[IpAddr]) -> Result<(), Er
         "allowing source {} in {fam} {TABLE} {SET4}/{SET6}",
         describe(ifname, addrs)
     );
-    nfnl::with_sock(|sock| {
-        // NLM_F_CREATE without NLM_F_EXCL: an existing element is not an error.
-        let batch = setelem_batch(
-            sock,
-            NfTablesMessage::NewSetElement,
-            nfnl::NLM_F_CREATE,
-            mode,
-            &sets,
-        );
-        sock.batch(batch)
-    })
-    .map_err(|e| nl_error(op, e, NO_SETS_HINT))
+    nfnl::with_sock(|sock| add_keys(sock, mode, &sets)).map_err(|e| nl_error(op, e, NO_SETS_HINT))
 }
 
 /// Stops allowing `ifname` to send with `addrs`. Idempotent: elements (or
@@ -938,17 +927,7 @@ pub fn allow_mac(mode: Mode, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
         "binding {ifname} to MAC {} in bridge {TABLE} {SET_MAC}",
         MacAddr(mac)
     );
-    nfnl::with_sock(|sock| {
-        let batch = setelem_batch(
-            sock,
-            NfTablesMessage::NewSetElement,
-            nfnl::NLM_F_CREATE,
-            mode,
-            &sets,
-        );
-        sock.batch(batch)
-    })
-    .map_err(|e| nl_error(op, e, NO_SETS_HINT))
+    nfnl::with_sock(|sock| add_keys(sock, mode, &sets)).map_err(|e| nl_error(op, e, NO_SETS_HINT))
 }
 
 /// Removes the MAC binding(s) of bridge port `ifname`, and only those
@@ -1061,6 +1040,19 @@ pub fn forget_stale_macs(mode: Mode) -> Result<(), Error> {
 /// kernel's abort waits for an RCU grace period (~15 ms), as does every retry.
 /// A lookup costs microseconds. (Kernels >= 6.3 have DESTROYSETELEM, which
 /// ignores absent elements, but Debian 12's 6.1 does not.)
+/// Adds the keys to their sets in one batch. NLM_F_CREATE without NLM_F_EXCL: an element that
+/// is already there is not an error.
+fn add_keys(sock: &mut NfSock, mode: Mode, sets: &[(&str, Vec<Vec<u8>>)]) -> Result<(), NlError> {
+    let batch = setelem_batch(
+        sock,
+        NfTablesMessage::NewSetElement,
+        nfnl::NLM_F_CREATE,
+        mode,
+        sets,
+    );
+    sock.batch(batch)
+}
+
 fn forget_keys(
     sock: &mut NfSock,
     mode: Mode,

@@ -182,24 +182,8 @@ impl Lab {
             let a = plan::host_addr(spec.underlay, i);
             let ns = plan::host_ns(&spec.name, i);
             let data_dir = plan::host_dir(&spec.name, i);
-            sys::netns_add(&ns)?;
-            sys::ip(&[
-                "link",
-                "add",
-                &a.port,
-                "netns",
-                &u,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                plan::IFACE,
-                "netns",
-                &ns,
-            ])?;
-            sys::ip(&["-n", &u, "link", "set", &a.port, "master", a.bridge, "up"])?;
             let addr = format!("{}/{}", a.ip, a.prefix_len);
-            sys::ip(&["-n", &ns, "addr", "add", &addr, "dev", plan::IFACE])?;
+            attach_host(&ns, &u, &a.port, a.bridge, &addr)?;
             sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
             sys::ip(&[
                 "-n",
@@ -360,24 +344,8 @@ impl Lab {
         let ns = plan::host_ns(&self.state.name, k);
         let u = self.state.underlay_ns.clone();
         let port = format!("b{k}");
-        sys::netns_add(&ns)?;
-        sys::ip(&[
-            "link",
-            "add",
-            &port,
-            "netns",
-            &u,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            plan::IFACE,
-            "netns",
-            &ns,
-        ])?;
-        sys::ip(&["-n", &u, "link", "set", &port, "master", seg.bridge, "up"])?;
         let addr = format!("{ip}/{}", seg.prefix_len);
-        sys::ip(&["-n", &ns, "addr", "add", &addr, "dev", plan::IFACE])?;
+        attach_host(&ns, &u, &port, seg.bridge, &addr)?;
         sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
         sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         sys::ip(&[
@@ -453,6 +421,29 @@ pub fn parse_cni_result(stdout: &str) -> Result<(String, Ipv4Addr)> {
         }
     }
     bail!("the plugin's result has no IPv4 address: {stdout}")
+}
+
+/// Makes host namespace `ns` and plugs it into the underlay: a veth whose `port` end sits in
+/// the underlay namespace `u` on `bridge`, and whose `eth0` end in `ns` gets `addr`.
+fn attach_host(ns: &str, u: &str, port: &str, bridge: &str, addr: &str) -> Result<()> {
+    sys::netns_add(ns)?;
+    sys::ip(&[
+        "link",
+        "add",
+        port,
+        "netns",
+        u,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        plan::IFACE,
+        "netns",
+        ns,
+    ])?;
+    sys::ip(&["-n", u, "link", "set", port, "master", bridge, "up"])?;
+    sys::ip(&["-n", ns, "addr", "add", addr, "dev", plan::IFACE])?;
+    Ok(())
 }
 
 #[cfg(test)]
