@@ -1066,7 +1066,6 @@ mod tests {
                 retry_at: std::time::Instant::now(),
             },
         );
-        errors.insert(neighbour.clone(), ObjectStatus::Done);
         let missing = "missing: route 10.244.2.0/24 via 10.244.2.0".to_string();
         assert_eq!(
             with_kernel_reasons(missing.clone(), &[route, neighbour.clone()], &errors),

@@ -3,6 +3,10 @@
 //! (handed over, not yet applied), done, or in error with the kernel's reason and the number
 //! of attempts. An object in error is retried after [`backoff`] of its attempts; success
 //! resets it. Pure: the clock is passed in.
+//!
+//! Only objects that are pending or in error are kept: an object the reconciler manages and
+//! holds no entry for is done. A table of thousands of peers costs no memory here once it is
+//! programmed, and a periodic reconcile that changes nothing touches nothing here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,8 +58,6 @@ impl fmt::Display for ObjectKey {
 pub enum ObjectStatus {
     /// A change is handed over and not applied yet.
     Pending,
-    /// The kernel holds what was asked.
-    Done,
     /// The kernel refused the last change; it is tried again at `retry_at`.
     Error {
         reason: String,
@@ -64,18 +66,21 @@ pub enum ObjectStatus {
     },
 }
 
-/// The status of every object the reconciler manages.
+/// The objects the reconciler manages that are not done: pending or in error.
 #[derive(Debug, Clone, Default)]
 pub struct Statuses {
     objects: BTreeMap<ObjectKey, ObjectStatus>,
 }
 
 impl Statuses {
-    /// The status of every object.
+    /// Every object that is pending or in error (an object missing here is done, or not
+    /// the reconciler's).
     pub fn snapshot(&self) -> BTreeMap<ObjectKey, ObjectStatus> {
         self.objects.clone()
     }
 
+    /// The status of `key` if it is pending or in error; None when it is done (or not the
+    /// reconciler's).
     pub fn get(&self, key: &ObjectKey) -> Option<&ObjectStatus> {
         self.objects.get(key)
     }
@@ -94,10 +99,7 @@ impl Statuses {
     /// A change of `key` is handed over. An object in error stays so (with its attempts)
     /// until the change is applied.
     pub fn pending(&mut self, key: ObjectKey) {
-        let status = self.objects.entry(key).or_insert(ObjectStatus::Pending);
-        if *status == ObjectStatus::Done {
-            *status = ObjectStatus::Pending;
-        }
+        self.objects.entry(key).or_insert(ObjectStatus::Pending);
     }
 
     /// The kernel refused a change of `key`.
@@ -118,8 +120,8 @@ impl Statuses {
     }
 
     /// The kernel holds `key` as desired.
-    pub fn done(&mut self, key: ObjectKey) {
-        self.objects.insert(key, ObjectStatus::Done);
+    pub fn done(&mut self, key: &ObjectKey) {
+        self.objects.remove(key);
     }
 
     /// `key` is gone and no longer desired.
@@ -127,20 +129,12 @@ impl Statuses {
         self.objects.remove(key);
     }
 
-    /// After a full reconcile: `desired` is every object of the desired state. A desired
-    /// object whose change failed is in error, every other one done; an object no longer
-    /// desired is forgotten unless its deletion failed.
-    pub fn after_full(&mut self, desired: &[ObjectKey], report: &ApplyReport, now: Instant) {
+    /// After a full reconcile (which applies every pending change): an object whose change
+    /// failed is in error (one attempt more than before); every other one is done, or, no
+    /// longer desired and deleted, forgotten: either way it has no entry.
+    pub fn after_full(&mut self, report: &ApplyReport, now: Instant) {
         let failed = failures(report);
         let mut old = std::mem::take(&mut self.objects);
-        for key in desired {
-            if let Some(status) = old.remove(key) {
-                self.objects.insert(key.clone(), status);
-            }
-            if !failed.contains_key(key) {
-                self.done(key.clone());
-            }
-        }
         for (key, reason) in failed {
             if let Some(status) = old.remove(&key) {
                 self.objects.insert(key.clone(), status);
@@ -157,7 +151,7 @@ impl Statuses {
             for r in plan.add_routes.iter().chain(&plan.replace_routes) {
                 let key = ObjectKey::Route(r.dst);
                 if !failed.contains_key(&key) {
-                    self.done(key);
+                    self.done(&key);
                 }
             }
             for r in &plan.delete_routes {
@@ -207,26 +201,11 @@ fn failures(report: &ApplyReport) -> BTreeMap<ObjectKey, String> {
     failed
 }
 
-/// Every object of a desired state, by the key the reconciler keeps its status under.
-pub fn desired_objects(desired: &twill_types::desired::DesiredState) -> Vec<ObjectKey> {
-    let device = desired
-        .vxlan
-        .iter()
-        .map(|d| ObjectKey::Device(d.name.clone()));
-    let routes = desired.routes.iter().map(|r| ObjectKey::Route(r.dst));
-    let neighbours = desired
-        .neighbours
-        .iter()
-        .map(|n| ObjectKey::Neighbour(n.ip));
-    let fdb = desired.fdb.iter().map(|e| ObjectKey::Fdb(e.mac));
-    device.chain(routes).chain(neighbours).chain(fdb).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::model::ApplyFailure;
     use super::*;
-    use twill_types::desired::{DesiredState, RouteSpec};
+    use twill_types::desired::RouteSpec;
 
     #[test]
     fn backoff_doubles_from_200_ms_to_30_s() {
@@ -267,17 +246,12 @@ mod tests {
     fn failures_back_off_success_resets_and_gone_objects_are_forgotten() {
         let a = ObjectKey::Route("10.1.0.0/16".parse().unwrap());
         let b = ObjectKey::Route("10.2.0.0/16".parse().unwrap());
-        let desired = DesiredState {
-            routes: vec![route("10.1.0.0/16"), route("10.2.0.0/16")],
-            ..DesiredState::default()
-        };
-        let keys = desired_objects(&desired);
         let t0 = Instant::now();
         let mut s = Statuses::default();
         assert_eq!(s.next_retry(), None);
 
-        s.after_full(&keys, &refused("10.2.0.0/16"), t0);
-        assert_eq!(s.get(&a), Some(&ObjectStatus::Done));
+        s.after_full(&refused("10.2.0.0/16"), t0);
+        assert_eq!(s.get(&a), None, "done: no entry");
         match s.get(&b) {
             Some(ObjectStatus::Error {
                 reason, attempts, ..
@@ -297,7 +271,7 @@ mod tests {
 
         // The retry fails again: twice the wait.
         let t1 = t0 + FIRST_RETRY;
-        s.after_full(&keys, &refused("10.2.0.0/16"), t1);
+        s.after_full(&refused("10.2.0.0/16"), t1);
         assert_eq!(s.next_retry(), Some(t1 + 2 * FIRST_RETRY));
         let attempts = |s: &Statuses| -> Vec<u32> {
             s.errors()
@@ -313,14 +287,14 @@ mod tests {
         assert_eq!(attempts(&s), vec![3]);
         assert_eq!(s.next_retry(), Some(t1 + 4 * FIRST_RETRY));
 
-        // Success resets it; an object no longer desired is forgotten.
-        s.after_full(&keys[..1], &ApplyReport::default(), t1);
-        assert_eq!(s.get(&a), Some(&ObjectStatus::Done));
+        // Success resets it (an object no longer desired and deleted is forgotten alike).
+        s.after_full(&ApplyReport::default(), t1);
+        assert_eq!(s.get(&a), None);
         assert_eq!(s.get(&b), None);
         assert_eq!(s.next_retry(), None);
 
         // A failed deletion of an object no longer desired stays in error.
-        s.after_full(&[], &refused("10.1.0.0/16"), t1);
+        s.after_full(&refused("10.1.0.0/16"), t1);
         assert!(matches!(
             s.get(&a),
             Some(ObjectStatus::Error { attempts: 1, .. })
@@ -341,7 +315,7 @@ mod tests {
         s.after_partial(std::slice::from_ref(&added), &refused("10.2.0.0/16"), t0);
         let a = ObjectKey::Route("10.1.0.0/16".parse().unwrap());
         let b = ObjectKey::Route("10.2.0.0/16".parse().unwrap());
-        assert_eq!(s.get(&a), Some(&ObjectStatus::Done));
+        assert_eq!(s.get(&a), None, "done: no entry");
         assert!(matches!(s.get(&b), Some(ObjectStatus::Error { .. })));
 
         let deleted = Plan {

@@ -29,7 +29,7 @@ use twill_netlink::Result;
 use twill_types::desired::{DesiredState, RouteSpec};
 
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
-use super::status::{ObjectKey, ObjectStatus, Statuses, desired_objects};
+use super::status::{ObjectKey, ObjectStatus, Statuses};
 use super::{Rtnl, apply, apply_routes, diff, observe};
 
 /// What a full reconcile found and did.
@@ -160,7 +160,7 @@ async fn run(
             } => {
                 let result = full(&nl, &want).await;
                 if let Ok(r) = &result {
-                    record_full(&statuses, &want, r.report.as_ref());
+                    record_full(&statuses, r.report.as_ref());
                 }
                 desired = Some(OneDesired::new(*want));
                 let _ = done.send(result);
@@ -213,7 +213,7 @@ async fn retry_failed(nl: &Rtnl, desired: Option<&OneDesired>, statuses: &Mutex<
         }),
     };
     match outcome {
-        Ok((desired, r)) => record_full(statuses, desired, r.report.as_ref()),
+        Ok((_, r)) => record_full(statuses, r.report.as_ref()),
         Err(e) => {
             warn!("retrying refused changes: {e}");
             // Counts as another failed attempt of each, so the next one waits longer.
@@ -222,10 +222,9 @@ async fn retry_failed(nl: &Rtnl, desired: Option<&OneDesired>, statuses: &Mutex<
     }
 }
 
-fn record_full(statuses: &Mutex<Statuses>, desired: &DesiredState, report: Option<&ApplyReport>) {
-    let keys = desired_objects(desired);
+fn record_full(statuses: &Mutex<Statuses>, report: Option<&ApplyReport>) {
     let none = ApplyReport::default();
-    lock(statuses).after_full(&keys, report.unwrap_or(&none), Instant::now());
+    lock(statuses).after_full(report.unwrap_or(&none), Instant::now());
 }
 
 /// The one desired state: the last reconcile's, with the partial plans handed over since.
