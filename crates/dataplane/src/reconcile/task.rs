@@ -12,10 +12,14 @@
 //! Because both go through one queue, a reconcile always reads a kernel that already holds
 //! every partial plan handed over before it.
 //!
-//! The task keeps one desired state (the last reconcile's, with the partial plans since
-//! applied to it) and the [`Statuses`] of the objects in it. An object the kernel refused is
-//! retried by the task itself, with [`backoff`](super::status::backoff) of its attempts, by a
-//! reconcile of that desired state; the agent's periodic resync is not needed for it.
+//! The task keeps the [`Statuses`] of the objects it manages and, while an object of the last
+//! reconcile is in error, that reconcile's desired state (with the partial plans since applied
+//! to it). An object the kernel refused is retried by the task itself, with
+//! [`backoff`](super::status::backoff) of its attempts, by a reconcile of that desired state;
+//! the agent's periodic resync is not needed for it. When everything is done the copy is
+//! dropped: a table of thousands of peers is then held once, by the agent, and a resync that
+//! changes nothing does not rebuild it here. (A partial plan that fails makes the agent
+//! reconcile at once, which keeps the copy if the failure persists.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -162,7 +166,10 @@ async fn run(
                 if let Ok(r) = &result {
                     record_full(&statuses, r.report.as_ref());
                 }
-                desired = Some(OneDesired::new(*want));
+                // Kept only for retries: while something is in error, or when the reconcile
+                // could not run at all.
+                let retry_needed = result.is_err() || lock(&statuses).errors().next().is_some();
+                desired = retry_needed.then(|| OneDesired::new(*want));
                 let _ = done.send(result);
             }
             Job::Partial(plan) => {
