@@ -7,7 +7,6 @@
 //! Assertions read real state: `birdc show route`, `ip route show proto 117` in the hosts,
 //! `ip link` (no encapsulation device), ping between pods, `twill bgp status --json`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,9 @@ use serde_json::Value;
 use twill_lab::{Backend, Lab, LabSpec, Signal, Underlay};
 use twill_testkit::{random_suffix, require_root};
 
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+mod bgp_common;
+use bgp_common::{TWILL, bird_peer, dump_logs, up, wait_until};
+
 const T30: Duration = Duration::from_secs(30);
 
 /// Removes the lab on drop, pass or fail (BIRD included: `down` stops it).
@@ -24,60 +25,15 @@ struct Guard(String);
 impl Drop for Guard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            dump_logs(&self.0);
+            dump_logs(&self.0, &["show", "protocols"]);
         }
         let _ = twill_lab::down(&self.0);
-    }
-}
-
-/// The agents' and BIRDs' logs, the first thing to read when a lab test fails.
-fn dump_logs(name: &str) {
-    let Ok(lab) = Lab::load(name) else { return };
-    for h in lab.hosts() {
-        let log = std::fs::read_to_string(&h.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(25).collect();
-        eprintln!(
-            "---- {} agent log (last lines) ----\n{}",
-            h.node,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    for b in &lab.state().birds {
-        eprintln!(
-            "---- BIRD {} ----\n{}",
-            b.name,
-            lab.birdc(&b.name, &["show", "protocols"])
-                .unwrap_or_default()
-        );
     }
 }
 
 fn name() -> (String, Guard) {
     let name = format!("b{}", random_suffix(5));
     (name.clone(), Guard(name))
-}
-
-fn up(spec: &LabSpec) -> Lab {
-    Lab::up(spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A BIRD `protocol bgp` block with the lab's fast timers.
-fn bird_peer(name: &str, local: &str, las: u32, neighbor: &str, nas: u32, extra: &str) -> String {
-    format!(
-        "protocol bgp {name} {{\n  local {local} as {las};\n  neighbor {neighbor} as {nas};\n  \
-         hold time 3; connect retry time 1; connect delay time 1; error wait time 1, 2;\n  \
-         graceful restart on; direct;\n  {extra}\n  \
-         ipv4 {{ import all; export all; {channel} }};\n}}\n",
-        channel = if las == nas { "gateway direct;" } else { "" }
-    )
 }
 
 /// Host `i`'s pod subnet, from its status.

@@ -15,7 +15,9 @@ use serde_json::Value;
 use twill_lab::{Backend, Lab, LabSpec, Underlay};
 use twill_testkit::{random_suffix, require_root};
 
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+mod bgp_common;
+use bgp_common::{TWILL, bird_peer, dump_logs, up, wait_until};
+
 const T60: Duration = Duration::from_secs(60);
 
 /// Removes the lab (and the test's password files) on drop, pass or fail.
@@ -24,33 +26,12 @@ struct Guard(String, Vec<PathBuf>);
 impl Drop for Guard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            dump_logs(&self.0);
+            dump_logs(&self.0, &["show", "protocols", "all"]);
         }
         let _ = twill_lab::down(&self.0);
         for f in &self.1 {
             let _ = std::fs::remove_file(f);
         }
-    }
-}
-
-fn dump_logs(name: &str) {
-    let Ok(lab) = Lab::load(name) else { return };
-    for h in lab.hosts() {
-        let log = std::fs::read_to_string(&h.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(25).collect();
-        eprintln!(
-            "---- {} agent log (last lines) ----\n{}",
-            h.node,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    for b in &lab.state().birds {
-        eprintln!(
-            "---- BIRD {} ----\n{}",
-            b.name,
-            lab.birdc(&b.name, &["show", "protocols", "all"])
-                .unwrap_or_default()
-        );
     }
 }
 
@@ -67,29 +48,6 @@ fn password_file(g: &mut Guard, tag: &str, password: &str) -> PathBuf {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     g.1.push(p.clone());
     p
-}
-
-fn up(spec: &LabSpec) -> Lab {
-    Lab::up(spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A BIRD `protocol bgp` block with the lab's fast timers (as in tests/bgp_lab.rs).
-fn bird_peer(name: &str, local: &str, las: u32, neighbor: &str, nas: u32, extra: &str) -> String {
-    format!(
-        "protocol bgp {name} {{\n  local {local} as {las};\n  neighbor {neighbor} as {nas};\n  \
-         hold time 3; connect retry time 1; connect delay time 1; error wait time 1, 2;\n  \
-         graceful restart on; direct;\n  {extra}\n  \
-         ipv4 {{ import all; export all; {channel} }};\n}}\n",
-        channel = if las == nas { "gateway direct;" } else { "" }
-    )
 }
 
 /// BIRD's view of protocol `proto`: (state, since), e.g. ("Established", "20:31:02.123").
