@@ -9,30 +9,14 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use twill_bgp::codec::{self, Incoming, OpenInfo};
-use twill_bgp::{Afi, Password, PeerConfig, Speaker, SpeakerConfig, SpeakerEvent, State, sockopt};
+use twill_bgp::{Afi, Password, PeerConfig, Speaker, SpeakerEvent, State, sockopt};
 
 const T: Duration = Duration::from_secs(20);
 /// How long a session that must not come up is watched (several connect retries).
 const WATCH: Duration = Duration::from_secs(5);
 
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-async fn speaker(last: u8, asn: u32) -> (Speaker, UnboundedReceiver<SpeakerEvent>) {
-    let mut cfg = SpeakerConfig::new(asn, Ipv4Addr::new(10, 0, 0, last));
-    cfg.listen = Some(SocketAddr::new(ip(last), 0));
-    cfg.connect_retry = Duration::from_secs(1);
-    cfg.hold_time = 9;
-    Speaker::start(cfg).await.unwrap()
-}
-
-fn peer_of(me: u8, other: &Speaker, other_last: u8, asn: u32) -> PeerConfig {
-    let mut p = PeerConfig::new(ip(other_last), asn);
-    p.port = other.listen_addr().unwrap().port();
-    p.local_address = Some(ip(me));
-    p
-}
+mod common;
+use common::{ip, peer_of, speaker};
 
 fn pw(s: &str) -> Option<Password> {
     Some(Password::new(s).unwrap())
