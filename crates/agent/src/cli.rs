@@ -200,7 +200,7 @@ pub async fn cluster_show(store_at: &StoreArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // BGP passwords given inline are in the store; they are never printed.
     if let Some(bgp) = &mut config.bgp {
-        twill_types::bgp_auth::redact(bgp);
+        twill_types::cluster::redact(bgp);
     }
     println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(0)

@@ -20,6 +20,7 @@
 //!   `process`: detached daemons, their liveness by pid, stopping them, their logs.
 
 mod cli;
+mod cmdline;
 mod lab;
 pub mod matrix;
 pub mod plan;

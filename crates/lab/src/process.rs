@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::sys::show;
+use crate::cmdline::show;
 
 /// Starts `cmd` as a daemon: its own process group (a Ctrl-C or hangup of the terminal that
 /// ran `twill lab up` does not reach it), stdin from /dev/null, stdout and stderr appended to

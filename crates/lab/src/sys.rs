@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+pub use crate::cmdline::show;
 use crate::process::wait_gone;
 
 /// A `PATH` for the programs the lab runs with a cleared environment (the plugin).
@@ -113,15 +114,6 @@ pub fn run_with_timeout(cmd: &mut Command, input: &[u8], timeout: Duration) -> R
     })
 }
 
-/// The command line, for messages.
-pub fn show(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Names of all named network namespaces.
 pub fn netns_list() -> Result<Vec<String>> {
     let out = run(Command::new("ip").args(["netns", "list"]))?;
@@ -218,12 +210,5 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("did not finish"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(5));
-    }
-
-    #[test]
-    fn show_quotes_nothing_but_joins() {
-        let mut c = Command::new("ip");
-        c.args(["-n", "x", "link"]);
-        assert_eq!(show(&c), "ip -n x link");
     }
 }

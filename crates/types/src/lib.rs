@@ -12,7 +12,8 @@
 //! - [`hash`]: the stable hash names and addresses are derived with (FNV-1a).
 //! - [`fs`]: files replaced atomically (temporary file and rename).
 
-pub mod bgp_auth;
+/// BGP passwords (the `auth` of the config's `bgp` section), under their old path.
+pub use cluster::auth as bgp_auth;
 pub mod cluster;
 pub mod desired;
 pub mod fs;

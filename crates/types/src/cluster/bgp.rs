@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::{BgpAuth, RawSecret, Secret};
 use super::error::ConfigError;
 use super::fields::{At, fail, parse_addr};
-use crate::bgp_auth::{BgpAuth, RawSecret, Secret};
 use crate::keys::BGP_PEERS_PREFIX;
 
 /// Calico's default AS number for a cluster.
@@ -402,4 +402,13 @@ pub(super) fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
     };
     config.validate()?;
     Ok(config)
+}
+
+/// Replaces every inline password of a `bgp` section (its own and its peers') by
+/// [`REDACTED`], for printing.
+pub fn redact(bgp: &mut BgpConfig) {
+    bgp.auth = bgp.auth.redacted();
+    for p in &mut bgp.peers {
+        p.auth = p.auth.redacted();
+    }
 }

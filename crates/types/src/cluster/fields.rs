@@ -2,8 +2,9 @@
 //! the field's path; and the readers of single values every form shares (a network, a prefix
 //! length, an address, the default node subnet length).
 //!
-//! Flannel's names live with Flannel's form ([`super::flannel`]); twill's own are here, since
-//! the normalized form uses them too.
+//! Both forms' names live here, with [`ConfigForm`] (which form a text is in) and the limits
+//! the readers check (`MAX_BLOCK_SIZE`), so that the forms' readers, the parser and the
+//! validation share them without importing each other.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -11,7 +12,6 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::error::ConfigError;
-use super::model::MAX_BLOCK_SIZE;
 
 /// How a form names the fields, so that messages use the user's own words.
 pub(super) struct Fields {
@@ -27,6 +27,53 @@ pub(super) struct Fields {
     /// Messages start with `pool <name>: ` and paths with `pools[<index>].` (Flannel's one
     /// network has no name to show and is the whole config).
     pub(super) per_pool: bool,
+}
+
+/// The longest node subnet: a /30 still holds a gateway and one pod besides the network and
+/// broadcast addresses (Flannel's limit too).
+pub const MAX_BLOCK_SIZE: u8 = 30;
+
+/// Flannel's names of the fields.
+pub(super) const FLANNEL_FIELDS: Fields = Fields {
+    kind: "Backend.Type",
+    cidr: "Network",
+    block: "SubnetLen",
+    min: "SubnetMin",
+    max: "SubnetMax",
+    vni: "Backend.VNI",
+    port: "Backend.Port",
+    direct_routing: "Backend.DirectRouting",
+    per_pool: false,
+};
+
+/// Which form a config was written in, so that messages name its fields as the user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigForm {
+    /// Flannel's net-conf.json (`Network`, `SubnetLen`, ...).
+    Flannel,
+    /// twill's own form or the normalized one (`pools`, `cidr`, `blockSize`, ...).
+    Twill,
+}
+
+impl ConfigForm {
+    /// The form of `text` as [`ClusterConfig::parse`] reads it.
+    pub fn of(text: &str) -> ConfigForm {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if !text.trim_start().starts_with('{') {
+            return ConfigForm::Twill;
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if v.get("pools").is_none() => ConfigForm::Flannel,
+            _ => ConfigForm::Twill,
+        }
+    }
+
+    pub(super) fn fields(self) -> &'static Fields {
+        match self {
+            ConfigForm::Flannel => &FLANNEL_FIELDS,
+            ConfigForm::Twill => &TWILL_FIELDS,
+        }
+    }
 }
 
 /// Field names of twill's own form and of the normalized one.

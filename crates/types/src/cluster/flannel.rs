@@ -6,24 +6,12 @@ use ipnet::Ipv4Net;
 use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
 use super::error::ConfigError;
 use super::fields::{
-    At, Fields, check_block, check_cidr, default_block, fail, parse_addr, parse_cidr, prefix_len,
+    At, FLANNEL_FIELDS, Fields, check_block, check_cidr, default_block, fail, parse_addr,
+    parse_cidr, prefix_len,
 };
 use super::host_access::HostAccess;
 use super::model::{Backend, BackendKind, ClusterConfig, Pool, default_bounds};
 use super::validate::validate;
-
-/// Flannel's names of the fields.
-pub(super) const FLANNEL_FIELDS: Fields = Fields {
-    kind: "Backend.Type",
-    cidr: "Network",
-    block: "SubnetLen",
-    min: "SubnetMin",
-    max: "SubnetMax",
-    vni: "Backend.VNI",
-    port: "Backend.Port",
-    direct_routing: "Backend.DirectRouting",
-    per_pool: false,
-};
 
 /// The wireguard backend calls its port `ListenPort`.
 const FLANNEL_WIREGUARD_FIELDS: Fields = Fields {

@@ -5,10 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::bgp::DEFAULT_BGP_PORT;
 use super::error::ConfigError;
-use super::fields::fail;
-use super::model::{BackendKind, ClusterConfig, DEFAULT_UDP_PORT, DEFAULT_VXLAN_PORT};
 
 /// What a node does with a connection from one of its own pods to one of its own addresses
 /// (Calico's `DefaultEndpointToHostAction`). DNS (port 53), ICMP echo to the pod's gateway and
@@ -157,61 +154,6 @@ impl<'de> Deserialize<'de> for HostPort {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
-}
-
-/// The TCP ports of the cluster's control plane that pods never reach on any node, whatever
-/// `workloadToHostPorts` says: BGP (179 and the configured listen port) and etcd's client and
-/// peer ports (the store's own endpoints add theirs at run time).
-pub fn control_tcp_ports(config: &ClusterConfig) -> Vec<u16> {
-    let mut ports = vec![DEFAULT_BGP_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT];
-    if let Some(bgp) = &config.bgp {
-        ports.push(bgp.listen_port);
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
-/// The UDP ports of every tunnel twill runs (vxlan, udp) that pods never send to, on any
-/// node and anywhere else: twill's defaults and the configured port of a vxlan or udp backend.
-pub fn tunnel_udp_ports(config: &ClusterConfig) -> Vec<u16> {
-    let mut ports = vec![DEFAULT_VXLAN_PORT, DEFAULT_UDP_PORT];
-    if matches!(config.backend.kind, BackendKind::Vxlan | BackendKind::Udp)
-        && config.backend.port != 0
-    {
-        ports.push(config.backend.port);
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
-/// etcd's default client port.
-pub const ETCD_CLIENT_PORT: u16 = 2379;
-/// etcd's default peer port.
-pub const ETCD_PEER_PORT: u16 = 2380;
-
-/// `workloadToHostPorts` may not name a control-plane port by itself: it would not open it.
-pub(super) fn validate_host_access(config: &ClusterConfig) -> Result<(), ConfigError> {
-    let tcp = control_tcp_ports(config);
-    let udp = tunnel_udp_ports(config);
-    for (i, p) in config.host_access.workload_to_host_ports.iter().enumerate() {
-        let control = match p.proto {
-            PortProto::Tcp => &tcp,
-            PortProto::Udp => &udp,
-            PortProto::Sctp => continue,
-        };
-        if p.first == p.last && control.contains(&p.first) {
-            return fail(ConfigError::invalid(
-                format!("workloadToHostPorts[{i}]"),
-                format!(
-                    "workloadToHostPorts[{i}] {p}: a control-plane port (BGP, etcd or a tunnel), \
-                     which pods never reach; remove it"
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The host access keys of twill's form (`workloadToHost`, `workloadToHostPorts`), read;

@@ -20,7 +20,9 @@
 //! - `fields`: how forms name fields, and the value readers they share.
 //! - `error`: [`ConfigError`], naming the field and the problem.
 
+pub mod auth;
 mod bgp;
+mod control_ports;
 mod error;
 mod fields;
 mod flannel;
@@ -30,16 +32,16 @@ mod parse;
 mod twill_form;
 mod validate;
 
-pub use crate::bgp_auth::{BgpAuth, Secret};
-pub use bgp::{BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME};
-pub use error::ConfigError;
-pub use host_access::{
-    ETCD_CLIENT_PORT, ETCD_PEER_PORT, HostAccess, HostPort, PortProto, WorkloadToHost,
-    control_tcp_ports, tunnel_udp_ports,
+pub use auth::{BgpAuth, Secret};
+pub use bgp::{
+    BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME, redact,
 };
+pub use control_ports::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, control_tcp_ports, tunnel_udp_ports};
+pub use error::ConfigError;
+pub use fields::{ConfigForm, MAX_BLOCK_SIZE};
+pub use host_access::{HostAccess, HostPort, PortProto, WorkloadToHost};
 pub use model::{
     Backend, BackendKind, ClusterConfig, DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
-    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_BLOCK_SIZE, MAX_VNI, Pool,
+    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_VNI, Pool,
 };
-pub use parse::ConfigForm;
 pub use validate::{HostNet, RESERVED_RANGES, overlaps, reserved_overlap};

@@ -111,9 +111,6 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 pub const DEFAULT_UDP_PORT: u16 = 8285;
 /// Flannel's wireguard backend `ListenPort`.
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
-/// The longest node subnet: a /30 still holds a gateway and one pod besides the network and
-/// broadcast addresses (Flannel's limit too).
-pub const MAX_BLOCK_SIZE: u8 = 30;
 
 impl BackendKind {
     /// Every backend, in the order messages list them.

@@ -2,8 +2,8 @@
 //! form's reader, and the normalized JSON the store holds.
 
 use super::error::ConfigError;
-use super::fields::{Fields, TWILL_FIELDS, fail};
-use super::flannel::{FLANNEL_FIELDS, parse_flannel};
+use super::fields::fail;
+use super::flannel::parse_flannel;
 use super::model::ClusterConfig;
 use super::twill_form::{RawTwill, from_twill};
 
@@ -69,36 +69,6 @@ impl ClusterConfig {
     /// [`CONFIG_KEY`](crate::keys::CONFIG_KEY).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a ClusterConfig always serializes")
-    }
-}
-
-/// Which form a config was written in, so that messages name its fields as the user did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigForm {
-    /// Flannel's net-conf.json (`Network`, `SubnetLen`, ...).
-    Flannel,
-    /// twill's own form or the normalized one (`pools`, `cidr`, `blockSize`, ...).
-    Twill,
-}
-
-impl ConfigForm {
-    /// The form of `text` as [`ClusterConfig::parse`] reads it.
-    pub fn of(text: &str) -> ConfigForm {
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        if !text.trim_start().starts_with('{') {
-            return ConfigForm::Twill;
-        }
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) if v.get("pools").is_none() => ConfigForm::Flannel,
-            _ => ConfigForm::Twill,
-        }
-    }
-
-    pub(super) fn fields(self) -> &'static Fields {
-        match self {
-            ConfigForm::Flannel => &FLANNEL_FIELDS,
-            ConfigForm::Twill => &TWILL_FIELDS,
-        }
     }
 }
 

@@ -7,11 +7,11 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::control_ports::{control_tcp_ports, tunnel_udp_ports};
 use super::error::ConfigError;
-use super::fields::{Fields, TWILL_FIELDS, check_block, check_cidr, fail};
-use super::host_access::validate_host_access;
+use super::fields::{ConfigForm, Fields, TWILL_FIELDS, check_block, check_cidr, fail};
+use super::host_access::PortProto;
 use super::model::{Backend, BackendKind, ClusterConfig, MAX_VNI, Pool};
-use super::parse::ConfigForm;
 
 impl ClusterConfig {
     /// Checks the invariants every accepted config has (fields named as in the normalized
@@ -246,6 +246,29 @@ fn validate_backend(backend: &Backend, fields: &Fields) -> Result<(), ConfigErro
                 fields.direct_routing
             ),
         ));
+    }
+    Ok(())
+}
+
+/// `workloadToHostPorts` may not name a control-plane port by itself: it would not open it.
+fn validate_host_access(config: &ClusterConfig) -> Result<(), ConfigError> {
+    let tcp = control_tcp_ports(config);
+    let udp = tunnel_udp_ports(config);
+    for (i, p) in config.host_access.workload_to_host_ports.iter().enumerate() {
+        let control = match p.proto {
+            PortProto::Tcp => &tcp,
+            PortProto::Udp => &udp,
+            PortProto::Sctp => continue,
+        };
+        if p.first == p.last && control.contains(&p.first) {
+            return fail(ConfigError::invalid(
+                format!("workloadToHostPorts[{i}]"),
+                format!(
+                    "workloadToHostPorts[{i}] {p}: a control-plane port (BGP, etcd or a tunnel), \
+                     which pods never reach; remove it"
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ConfigError;
+use super::error::ConfigError;
 
 /// The value shown instead of a password.
 pub const REDACTED: &str = "<redacted>";
@@ -171,15 +171,6 @@ impl BgpAuth {
             ));
         }
         Ok(())
-    }
-}
-
-/// Replaces every inline password of a `bgp` section (its own and its peers') by
-/// [`REDACTED`], for printing.
-pub fn redact(bgp: &mut crate::cluster::BgpConfig) {
-    bgp.auth = bgp.auth.redacted();
-    for p in &mut bgp.peers {
-        p.auth = p.auth.redacted();
     }
 }
 
