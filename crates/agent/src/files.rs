@@ -5,46 +5,22 @@
 //! and every file it writes is 0600 (only root reads them: the plugin and `twill status` run as
 //! root, and the data directory is 0700 anyway, so a wider file mode would give nobody more).
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Mode of every file the agent writes.
 pub const FILE_MODE: u32 = 0o600;
 /// Mode of the directories the agent keeps its state in.
-pub const DIR_MODE: u32 = 0o700;
+pub const DIR_MODE: u32 = twill_types::fs::PRIVATE_DIR_MODE;
 
-/// Creates `dir` (and missing parents) and makes it a private directory: owned by the agent's
-/// user, mode exactly 0700. A symlink, a non-directory, or a directory another user owns is
-/// refused: whoever owns it could put records there the agent would believe.
+/// Creates `dir` (and missing parents) as a private directory: see
+/// [`twill_types::fs::private_dir`] (owned by the agent's user, mode exactly 0700; a symlink,
+/// a non-directory or another user's directory is refused).
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let meta =
-        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("{} is not a directory", dir.display());
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        bail!(
-            "{} is owned by uid {}, not by the agent's uid {me}: refusing to keep state there \
-             (another user could forge what the agent reads from it)",
-            dir.display(),
-            meta.uid()
-        );
-    }
-    if meta.mode() & 0o7777 != DIR_MODE {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
-            .with_context(|| format!("making {} mode 0700", dir.display()))?;
-    }
-    Ok(())
+    Ok(twill_types::fs::private_dir(dir)?)
 }
 
 /// Writes `value` as JSON to `path` through a temporary file and a rename; the file is 0600.
@@ -88,6 +64,7 @@ pub fn remove(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// The umask is per process: tests that change it take this lock.
     static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());

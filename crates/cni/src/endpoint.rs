@@ -43,24 +43,6 @@ fn record_path(data_dir: &Path, key: &str) -> PathBuf {
     node::endpoints_dir(data_dir).join(format!("{key}.json"))
 }
 
-/// Creates the endpoints directory (and `dataDir`) if needed, and makes sure the directory is
-/// 0700 whatever the umask or an older twill left.
-fn ensure_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::other("not a directory"));
-    }
-    if meta.permissions().mode() & 0o7777 != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
 /// The endpoint ADD is about to create.
 pub fn endpoint(
     env: &Env,
@@ -85,7 +67,7 @@ pub fn endpoint(
 pub fn register(conf: &NetConf, env: &Env, ep: &Endpoint) -> Result<(), CniError> {
     let state = |msg: String| CniError::new(code::STATE, msg);
     let dir = node::endpoints_dir(&conf.data_dir);
-    ensure_dir(&dir).map_err(|e| state(format!("{}: {e}", dir.display())))?;
+    twill_types::fs::private_dir(&dir).map_err(|e| state(e.to_string()))?;
     let key = record_key(&env.container_id, &env.ifname);
     let path = record_path(&conf.data_dir, &key);
     let bytes = serde_json::to_vec(ep).expect("endpoints serialize");

@@ -21,10 +21,10 @@
 //! here should know about address arithmetic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -105,13 +105,10 @@ struct StateFile {
 }
 
 impl Store {
-    /// Opens (creating it if needed, mode 0700) the state directory `dir`.
+    /// Opens (creating it if needed: a private directory, mode 0700, this user's) the state
+    /// directory `dir`.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err("create directory", dir))?;
+        twill_types::fs::private_dir(dir).map_err(io_err("create directory", dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
         })

@@ -1,5 +1,6 @@
 //! Files replaced whole: the one temporary-file-and-rename of the workspace (agent files, CNI
-//! endpoint records, IPAM state, firewall stamps, the lab's state).
+//! endpoint records, IPAM state, firewall stamps, the lab's state); and the one way a private
+//! state directory is made ([`private_dir`]).
 //!
 //! The new content goes to a temporary file in the destination's directory (rename(2) is atomic
 //! only within one file system), created O_EXCL after removing whatever was left at that name,
@@ -14,7 +15,7 @@
 //! written on every CNI ADD/DEL, where an fsync would cost milliseconds.
 
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -112,6 +113,47 @@ fn unique_temp_path(path: &Path) -> PathBuf {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+}
+
+/// Mode of every directory twill keeps state in.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and missing parents) and makes it a private directory: owned by this
+/// process's effective user, mode exactly 0700 whatever the umask or an older twill left. A
+/// symlink, a non-directory, or a directory another user owns is refused: whoever owns it
+/// could put records there that twill would believe.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}, not by uid {me} that runs twill: refusing to keep state \
+                 there (another user could forge what twill reads from it)",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o7777 != PRIVATE_DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE)).map_err(
+            |e| io::Error::new(e.kind(), format!("making {} mode 0700: {e}", dir.display())),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

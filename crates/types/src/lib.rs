@@ -10,7 +10,7 @@
 //! - [`node`]: the node file the agent writes for the CNI plugin.
 //! - [`mac`]: an Ethernet address with the usual text form (`aa:bb:cc:dd:ee:ff`).
 //! - [`hash`]: the stable hash names and addresses are derived with (FNV-1a).
-//! - [`fs`]: files replaced atomically (temporary file and rename).
+//! - [`fs`]: files replaced atomically (temporary file and rename), private state directories.
 
 /// BGP passwords (the `auth` of the config's `bgp` section), under their old path.
 pub use cluster::auth as bgp_auth;

@@ -190,9 +190,7 @@ fn mac_of(bytes: &[u8]) -> Option<[u8; 6]> {
     <[u8; 6]>::try_from(bytes).ok()
 }
 
+/// The usual text form of a MAC (`aa:bb:cc:dd:ee:ff`), for messages: the workspace's one.
 fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    twill_types::MacAddr(*mac).to_string()
 }
