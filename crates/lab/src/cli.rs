@@ -22,18 +22,15 @@ pub enum LabCommand {
     Up(UpArgs),
     /// Show the hosts, their agents, subnets and peer paths, and the pods.
     Status {
-        /// The lab's name (as given to `up`).
-        #[arg(long, default_value = DEFAULT_NAME)]
-        name: String,
-        /// Machine-readable output: JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        lab: LabName,
+        #[command(flatten)]
+        output: Output,
     },
     /// Run a command in a host (h1), a pod (h1-p2) or the underlay namespace (underlay).
     Exec {
-        /// The lab's name (as given to `up`).
-        #[arg(long, default_value = DEFAULT_NAME)]
-        name: String,
+        #[command(flatten)]
+        lab: LabName,
         /// h<i>, h<i>-p<j> or underlay.
         target: String,
         /// The command and its arguments (after `--`).
@@ -43,19 +40,33 @@ pub enum LabCommand {
     /// Ping from every pod to every other pod and print the matrix; exits 1 when a pod cannot
     /// reach one it should.
     Ping {
-        /// The lab's name (as given to `up`).
-        #[arg(long, default_value = DEFAULT_NAME)]
-        name: String,
-        /// Machine-readable output: JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        lab: LabName,
+        #[command(flatten)]
+        output: Output,
     },
     /// Stop the lab's agents and etcd and remove all its namespaces and files.
     Down {
-        /// The lab's name (as given to `up`).
-        #[arg(long, default_value = DEFAULT_NAME)]
-        name: String,
+        #[command(flatten)]
+        lab: LabName,
     },
+}
+
+/// `--name`, which every subcommand takes.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct LabName {
+    /// The lab's name (as given to `up`): several labs with different names can run side by
+    /// side.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    pub name: String,
+}
+
+/// `--json`, for the subcommands that print a result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
+pub struct Output {
+    /// Machine-readable output: JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `twill lab up`.
@@ -79,9 +90,8 @@ pub struct UpArgs {
     /// Pods attached on every host.
     #[arg(long, default_value_t = 2)]
     pub pods_per_node: u32,
-    /// The lab's name: several labs with different names can run side by side.
-    #[arg(long, default_value = DEFAULT_NAME)]
-    pub name: String,
+    #[command(flatten)]
+    pub lab: LabName,
     /// The etcd binary the lab's store runs.
     #[arg(long, default_value = "/usr/bin/etcd")]
     pub etcd_bin: PathBuf,
@@ -101,7 +111,7 @@ pub struct UpArgs {
 
 impl UpArgs {
     pub fn spec(&self) -> LabSpec {
-        LabSpec::new(&self.name)
+        LabSpec::new(&self.lab.name)
             .nodes(self.nodes)
             .backend(self.backend)
             .direct_routing(self.direct_routing)
@@ -141,10 +151,10 @@ pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
             );
             Ok(0)
         }
-        LabCommand::Status { name, json } => {
-            let lab = Lab::load(&name)?;
+        LabCommand::Status { lab, output } => {
+            let lab = Lab::load(&lab.name)?;
             let statuses = host_statuses(&lab);
-            if json {
+            if output.json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&status_json(&lab, &statuses))?
@@ -154,23 +164,25 @@ pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
             }
             Ok(0)
         }
-        LabCommand::Exec { name, target, cmd } => {
-            let lab = Lab::load(&name)?;
+        LabCommand::Exec { lab, target, cmd } => {
+            let lab = Lab::load(&lab.name)?;
             let ns = lab.target_ns(&target)?;
             let status = sys::ns_command(&ns).args(&cmd).status()?;
             Ok(exit_code(status))
         }
-        LabCommand::Ping { name, json } => {
-            let lab = Lab::load(&name)?;
+        LabCommand::Ping { lab, output } => {
+            let lab = Lab::load(&lab.name)?;
             let m = lab.ping_matrix();
-            if json {
+            if output.json {
                 println!("{}", serde_json::to_string_pretty(&m.to_json())?);
             } else {
                 print!("{}", m.render());
             }
             Ok(if m.all_ok() { 0 } else { 1 })
         }
-        LabCommand::Down { name } => {
+        LabCommand::Down {
+            lab: LabName { name },
+        } => {
             if down(&name)? {
                 println!("removed lab {name}");
             } else {
@@ -418,13 +430,13 @@ mod tests {
 
     #[test]
     fn exec_takes_the_rest() {
-        let LabCommand::Exec { name, target, cmd } = parse(&[
+        let LabCommand::Exec { lab, target, cmd } = parse(&[
             "exec", "--name", "x", "h1-p2", "--", "ping", "-c", "1", "10.0.0.1",
         ])
         .unwrap() else {
             panic!("not exec")
         };
-        assert_eq!((name.as_str(), target.as_str()), ("x", "h1-p2"));
+        assert_eq!((lab.name.as_str(), target.as_str()), ("x", "h1-p2"));
         assert_eq!(cmd, ["ping", "-c", "1", "10.0.0.1"]);
         let LabCommand::Exec { cmd, .. } = parse(&["exec", "underlay", "ip", "-br", "a"]).unwrap()
         else {
@@ -438,15 +450,15 @@ mod tests {
     fn other_subcommands() {
         assert!(matches!(
             parse(&["status", "--json"]).unwrap(),
-            LabCommand::Status { json: true, ref name } if name == "lab"
+            LabCommand::Status { output: Output { json: true }, ref lab } if lab.name == "lab"
         ));
         assert!(matches!(
             parse(&["ping", "--name", "q"]).unwrap(),
-            LabCommand::Ping { json: false, ref name } if name == "q"
+            LabCommand::Ping { output: Output { json: false }, ref lab } if lab.name == "q"
         ));
         assert!(matches!(
             parse(&["down"]).unwrap(),
-            LabCommand::Down { ref name } if name == "lab"
+            LabCommand::Down { ref lab } if lab.name == "lab"
         ));
     }
 

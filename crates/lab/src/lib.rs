@@ -30,7 +30,7 @@ pub mod state;
 pub mod status;
 mod sys;
 
-pub use cli::{LabCommand, UpArgs, run};
+pub use cli::{LabCommand, LabName, Output, UpArgs, run};
 pub use lab::{Lab, down, parse_cni_result};
 pub use matrix::{Matrix, Outcome, Probe};
 pub use nix::sys::signal::Signal;

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use twill_lab::plan::{self, Backend, Underlay};
-use twill_lab::{Lab, LabCommand, LabSpec, Outcome, Signal, run};
+use twill_lab::{Lab, LabCommand, LabName, LabSpec, Outcome, Output, Signal, run};
 use twill_testkit::{TempDir, random_suffix, require_root};
 
 /// Removes lab `name` on drop, pass or fail.
@@ -305,8 +305,8 @@ fn fake_up_l2_ping_faults_down() {
     assert_eq!(
         run(
             LabCommand::Ping {
-                name: name.clone(),
-                json: false
+                lab: LabName { name: name.clone() },
+                output: Output { json: false }
             },
             &exe
         )
@@ -316,8 +316,8 @@ fn fake_up_l2_ping_faults_down() {
     assert_eq!(
         run(
             LabCommand::Status {
-                name: name.clone(),
-                json: true
+                lab: LabName { name: name.clone() },
+                output: Output { json: true }
             },
             &exe
         )
@@ -327,7 +327,7 @@ fn fake_up_l2_ping_faults_down() {
     let exec = |target: &str, cmd: &[&str]| {
         run(
             LabCommand::Exec {
-                name: name.clone(),
+                lab: LabName { name: name.clone() },
                 target: target.into(),
                 cmd: cmd.iter().map(|s| s.to_string()).collect(),
             },
@@ -371,12 +371,24 @@ fn fake_up_l2_ping_faults_down() {
     let pids: Vec<u32> = lab_processes(&name);
     assert!(pids.len() >= 4, "agents and etcd: {pids:?}");
     assert_eq!(
-        run(LabCommand::Down { name: name.clone() }, &exe).unwrap(),
+        run(
+            LabCommand::Down {
+                lab: LabName { name: name.clone() }
+            },
+            &exe
+        )
+        .unwrap(),
         0
     );
     assert_gone(&name);
     assert_eq!(
-        run(LabCommand::Down { name: name.clone() }, &exe).unwrap(),
+        run(
+            LabCommand::Down {
+                lab: LabName { name: name.clone() }
+            },
+            &exe
+        )
+        .unwrap(),
         0
     );
 }
