@@ -21,6 +21,7 @@ mod error;
 pub mod firewall;
 pub mod hostguard;
 mod nfnl;
+pub mod nft_state;
 mod nftcli;
 pub mod policy;
 pub mod reconcile;
