@@ -65,7 +65,7 @@ mod tests {
     }
 
     fn config(json: &str) -> ClusterConfig {
-        ClusterConfig::from_json(json).unwrap()
+        ClusterConfig::parse(json).unwrap()
     }
 
     #[test]
