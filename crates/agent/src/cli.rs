@@ -239,7 +239,8 @@ pub async fn node_leave(
         let file: Option<NodeFile> = files::read_json(&node::node_file(dir))?;
         if file.is_some_and(|f| f.node == node) {
             let nl = twill_dataplane::reconcile::Rtnl::new()?;
-            crate::run::clear_local_state(&nl, dir).await?;
+            let (reconciler, _) = twill_dataplane::reconcile::Reconciler::start(nl.clone());
+            crate::run::clear_local_state(&nl, &reconciler, dir).await?;
             println!(
                 "removed node {node}'s routes, VXLAN device and files in {}",
                 dir.display()

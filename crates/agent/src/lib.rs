@@ -28,6 +28,8 @@
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
+//! - [`host_objects`]: the node's own objects in the desired state (sysctls, the TUN
+//!   device's address, masquerading, host protection).
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
@@ -41,6 +43,7 @@
 pub mod bgp;
 pub mod cli;
 pub mod files;
+pub mod host_objects;
 pub mod lease;
 pub mod policy;
 pub mod policy_cli;

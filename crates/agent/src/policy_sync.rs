@@ -50,6 +50,7 @@ use twill_types::keys;
 use twill_types::node::{self, PolicyStatus};
 
 use crate::policy::Item;
+use twill_dataplane::reconcile::{PolicyWriter, WholePolicy};
 
 /// The socket's messages (shared with the plugin).
 pub use twill_types::node::{AgentReply as Reply, AgentRequest as Request};
@@ -96,6 +97,7 @@ pub fn spawn(
     data_dir: PathBuf,
     resync: Duration,
     status: SharedStatus,
+    writer: PolicyWriter,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     // Only root may write records the agent publishes, or talk to the socket.
     crate::files::private_dir(&data_dir)?;
@@ -128,6 +130,7 @@ pub fn spawn(
         data_dir,
         state: WorldState::default(),
         applied: None,
+        writer,
         waiting: Vec::new(),
         status,
         resync,
@@ -468,7 +471,9 @@ struct PolicySync {
     node: String,
     data_dir: PathBuf,
     state: WorldState,
-    applied: Option<Ruleset>,
+    applied: Option<Arc<Ruleset>>,
+    /// Writes `inet twill-policy` through the dataplane reconciler's queue.
+    writer: PolicyWriter,
     /// Plugins waiting for the next apply.
     waiting: Vec<oneshot::Sender<Reply>>,
     status: SharedStatus,
@@ -604,7 +609,7 @@ impl PolicySync {
                 republish = false;
             }
             if dirty || !self.waiting.is_empty() {
-                self.apply(full);
+                self.apply(full).await;
             }
         }
     }
@@ -730,30 +735,33 @@ impl PolicySync {
     }
 
     /// Compiles and applies; answers the waiting plugins.
-    fn apply(&mut self, full: bool) {
+    async fn apply(&mut self, full: bool) {
         let started = Instant::now();
         let world = self.state.world(&self.node);
-        let new = twill_policy::compile(
+        let new = Arc::new(twill_policy::compile(
             &world,
             &self.node,
             Options {
                 dispatch: Dispatch::Address,
             },
-        );
+        ));
         let script = if full {
             twill_policy::render(&new)
         } else {
-            twill_policy::diff(self.applied.as_ref(), &new)
+            twill_policy::diff(self.applied.as_deref(), &new)
         };
-        let mut result = if script.is_empty() {
+        let wrote = !script.is_empty();
+        let result = if !wrote {
             Ok(())
         } else {
-            twill_dataplane::policy::apply("network policy", &script)
+            // Refused, a change is followed by the whole table (it may have been changed
+            // behind our back); the reconciler renders it only then.
+            let whole: Option<WholePolicy> = (!full).then(|| {
+                let new = new.clone();
+                Box::new(move || twill_policy::render(&new)) as WholePolicy
+            });
+            self.writer.apply(script, whole).await
         };
-        if result.is_err() && !full {
-            // The table may have been changed behind our back: replace it whole.
-            result = twill_dataplane::policy::apply("network policy", &twill_policy::render(&new));
-        }
         let took = started.elapsed();
         let error = result.as_ref().err().map(|e| e.to_string());
         if let Some(e) = &error {
@@ -775,7 +783,7 @@ impl PolicySync {
         st.local_endpoints = self.state.local.len();
         st.last_apply_us = took.as_micros() as u64;
         if error.is_none() {
-            if !script.is_empty() {
+            if wrote {
                 st.applied += 1;
             }
             st.applied_at = SystemTime::now()

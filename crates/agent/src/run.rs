@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -110,6 +110,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
         policy: true,
     };
+    let nl = Rtnl::new().context("opening the agent's netlink socket")?;
+    // The one writer of twill's kernel objects (the policy table included); only BGP hands
+    // it partial plans, so only with BGP are their outcomes awaited.
+    let (reconciler, outcomes) = Reconciler::start(nl.clone());
     // Policy first: the socket must answer before the node file tells plugins to ask it.
     let policy = crate::policy_sync::SharedStatus::default();
     let policy_task = crate::policy_sync::spawn(
@@ -118,11 +122,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.data_dir.clone(),
         opts.resync,
         policy.clone(),
+        reconciler.policy_writer(),
     )?;
     files::write_json(&node_path, &node_file)?;
-    twill_netlink::sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
-    let nl = Rtnl::new().context("opening the agent's netlink socket")?;
     let bgp = match config.bgp.clone() {
         Some(cfg) => Some(
             crate::bgp::BgpSide::start(cfg, &node, restarting)
@@ -131,9 +134,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    // The one writer of peer routes, devices, neighbours and FDB entries; only BGP hands it
-    // partial plans, so only with BGP are their outcomes awaited.
-    let (reconciler, outcomes) = Reconciler::start(nl.clone());
     let route_outcomes = bgp.is_some().then_some(outcomes);
     // A restart with BGP: the routes the previous agent left are kept while peers come back.
     // They are read here, once, before anything is written.
@@ -160,7 +160,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         last_peers: Vec::new(),
         node_file,
         policy,
-        hostguard: Default::default(),
         policy_task,
         lease_events: Vec::new(),
         lease_lost: false,
@@ -251,8 +250,6 @@ struct Agent {
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
     policy: crate::policy_sync::SharedStatus,
-    /// Workload-to-host protection and the VXLAN senders' check (`inet twill-host`).
-    hostguard: twill_dataplane::hostguard::HostGuard,
     /// The policy task; it ends only when it fails.
     policy_task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// What happened to the lease behind the agent's back, for `twill status`.
@@ -434,7 +431,7 @@ impl Agent {
                 if let Some(engine) = self.tunnel.take() {
                     engine.shutdown();
                 }
-                clear_local_state(&self.nl, &self.opts.data_dir).await
+                clear_local_state(&self.nl, &self.reconciler, &self.opts.data_dir).await
             }
         }
     }
@@ -672,14 +669,15 @@ impl Agent {
                 }
             }
         }
+        crate::host_objects::host_objects(
+            &self.config,
+            &self.node,
+            &peers,
+            &self.opts.store,
+            &mut desired,
+        );
         if let Err(e) = self.ensure_tunnel(&desired).await {
             warn!("{e:#}");
-        }
-        if let Err(e) = self.update_nat() {
-            warn!("natOutgoing: {e:#}");
-        }
-        if let Err(e) = self.update_hostguard(&peers) {
-            warn!("host protection: {e:#}");
         }
         let observed = match self.apply(&desired).await {
             Ok(observed) => Some(observed),
@@ -738,7 +736,6 @@ impl Agent {
                 engine.set_peers(&desired.tunnel_peers);
                 info!(device = %spec.name, "tunnel engine running");
                 self.tunnel = Some(engine);
-                self.address_tunnel(&spec.name).await?;
             }
             (None, Some(_)) => {
                 if let Some(old) = self.tunnel.take() {
@@ -754,48 +751,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Gives the TUN device the node subnet's network address (as Flannel does with flannel0,
-    /// and twill with its VXLAN device), so traffic the host itself sends to peers' pods has a
-    /// source inside this node's subnet and passes the peers' inner-source check.
-    async fn address_tunnel(&self, name: &str) -> anyhow::Result<()> {
-        let want = Ipv4Net::new(self.node.subnet.network(), 32).expect("/32 is valid");
-        Ok(reconcile::set_only_address(&self.nl, name, want).await?)
-    }
-
     /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
     /// before); returns what the kernel holds afterwards.
     async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Observed> {
         let reconciled = self.reconciler.reconcile(desired.clone()).await?;
         Ok(reconciled.observed)
-    }
-
-    fn update_nat(&self) -> anyhow::Result<()> {
-        let dir = self.opts.data_dir.join("firewall");
-        if self.config.pools.iter().any(|p| p.nat_outgoing) {
-            let ranges: Vec<IpNet> = self
-                .config
-                .pools
-                .iter()
-                .map(|p| IpNet::V4(p.cidr))
-                .collect();
-            twill_dataplane::firewall::ensure_masquerade(&dir, NAT_NETWORK, &ranges)?;
-        } else {
-            twill_dataplane::firewall::remove_masquerade(&dir, NAT_NETWORK)?;
-        }
-        Ok(())
-    }
-
-    /// What pods may reach of the nodes, and who may send to the VXLAN port (before routes to
-    /// new peers exist, so their traffic is accepted as soon as it can come).
-    fn update_hostguard(&mut self, peers: &[Lease]) -> anyhow::Result<()> {
-        use twill_dataplane::hostguard::{Applied, Spec, store_endpoints};
-        let endpoints = store_endpoints(&self.opts.store);
-        let addr = self.node.public_net.addr();
-        let spec = Spec::for_node(&self.config, self.node.subnet, addr, peers, &endpoints);
-        if self.hostguard.apply(&spec)? == Applied::Table {
-            info!("host protection table inet twill-host written");
-        }
-        Ok(())
     }
 
     /// Writes status.json: the peers of `state` (or, with None, those of the last reconcile),
@@ -1026,9 +986,14 @@ async fn next_soon<R: Recv>(events: &mut R) -> Option<R::Item> {
         .flatten()
 }
 
-/// Removes everything the agent made on this node: peer routes, the VXLAN device, the cluster's
-/// masquerade chain, the host protection table, the node and status files.
-pub async fn clear_local_state(nl: &Rtnl, data_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Removes everything the agent made on this node: the TUN device, and through the reconciler
+/// peer routes, the VXLAN device, the cluster's masquerade chain, the host protection and
+/// policy tables; then the node and status files.
+pub async fn clear_local_state(
+    nl: &Rtnl,
+    reconciler: &Reconciler,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     if nl
         .link_by_name(twill_backend::tunnel::DEVICE)
         .await?
@@ -1036,13 +1001,16 @@ pub async fn clear_local_state(nl: &Rtnl, data_dir: &std::path::Path) -> anyhow:
     {
         crate::tunnel::remove_device(twill_backend::tunnel::DEVICE)?;
     }
-    let report = reconcile::remove_all(nl).await?;
+    let report = reconciler.remove_all().await?;
     if !report.failures.is_empty() {
-        anyhow::bail!("removing twill's routes and devices: {report}");
+        anyhow::bail!("removing twill's routes, devices and tables: {report}");
     }
-    twill_dataplane::firewall::remove_masquerade(&data_dir.join("firewall"), NAT_NETWORK)?;
-    twill_dataplane::hostguard::remove()?;
-    twill_dataplane::policy::apply("removing the policy table", &twill_policy::render::remove())?;
+    // The stamp an agent before the one reconciler kept for the chain.
+    files::remove(
+        &data_dir
+            .join("firewall")
+            .join(format!("masq-{NAT_NETWORK}")),
+    )?;
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;
     Ok(())

@@ -70,6 +70,7 @@ use crate::Error;
 use crate::nfnl::{
     self, Batch, NFPROTO_BRIDGE, NFPROTO_INET, NfSock, NfTablesMessage, NlError, SetElementOp,
 };
+use crate::nft_state::NftState;
 use crate::nftcli;
 
 /// Name of twill's tables (one per family).
@@ -322,27 +323,42 @@ pub fn ensure_masquerade(state_dir: &Path, network: &str, ranges: &[IpNet]) -> R
     let chain = masq_chain(network);
     let (script, nrules) = masquerade_script(network, ranges);
     let stamp_name = chain.clone();
-    if read_stamp(&state_dir.join(&stamp_name)).as_deref() == Some(script.as_str()) {
-        let op = format!("checking the ipMasq chain inet {TABLE} {chain}");
-        let present = nfnl::with_sock(|sock| {
-            Ok(nfnl::chain_exists(sock, NFPROTO_INET, TABLE, &chain)?
-                && nfnl::rule_count(sock, NFPROTO_INET, TABLE, &chain)? == nrules)
-        })
-        .map_err(|e| nl_error(op, e, ""))?;
-        if present {
-            return Ok(());
-        }
+    if read_stamp(&state_dir.join(&stamp_name)).as_deref() == Some(script.as_str())
+        && masq_chain_holds(network, nrules)?
+    {
+        return Ok(());
     }
-    nftcli::apply(
-        &format!("sets up ipMasq for network {network:?} (chain inet {TABLE} {chain})"),
-        &script,
-    )?;
+    write_masq_chain(network, &script)?;
     write_stamp(state_dir, &stamp_name, &script)
 }
 
-/// Deletes the masquerade chain of `network` and its stamp. Idempotent.
-pub fn remove_masquerade(state_dir: &Path, network: &str) -> Result<(), Error> {
-    validate_network(network)?;
+/// The `nft -f` transaction that makes `inet twill masq-<network>` masquerade `ranges`
+/// (pure; what [`MasqueradeWriter::observe`] reports as written).
+pub fn masquerade_transaction(network: &str, ranges: &[IpNet]) -> String {
+    masquerade_script(network, ranges).0
+}
+
+/// Whether `inet twill masq-<network>` is in the kernel with `rules` rules (over netlink).
+fn masq_chain_holds(network: &str, rules: usize) -> Result<bool, Error> {
+    let chain = masq_chain(network);
+    let op = format!("checking the ipMasq chain inet {TABLE} {chain}");
+    nfnl::with_sock(|sock| {
+        Ok(nfnl::chain_exists(sock, NFPROTO_INET, TABLE, &chain)?
+            && nfnl::rule_count(sock, NFPROTO_INET, TABLE, &chain)? == rules)
+    })
+    .map_err(|e| nl_error(op, e, ""))
+}
+
+fn write_masq_chain(network: &str, script: &str) -> Result<(), Error> {
+    let chain = masq_chain(network);
+    nftcli::apply(
+        &format!("sets up ipMasq for network {network:?} (chain inet {TABLE} {chain})"),
+        script,
+    )
+}
+
+/// Deletes `inet twill masq-<network>`; fine when it is not there.
+fn delete_masq_chain(network: &str) -> Result<(), Error> {
     let chain = masq_chain(network);
     let op = format!("deleting the ipMasq chain inet {TABLE} {chain}");
     let res = nfnl::with_sock(|sock| {
@@ -355,11 +371,80 @@ pub fn remove_masquerade(state_dir: &Path, network: &str) -> Result<(), Error> {
         sock.batch(batch)
     });
     match res {
-        Ok(()) => {}
-        Err(e) if e.errno() == Some(libc::ENOENT) => {} // already gone
-        Err(e) => return Err(nl_error(op, e, "")),
+        Ok(()) => Ok(()),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()), // already gone
+        Err(e) => Err(nl_error(op, e, "")),
     }
-    remove_stamp(state_dir.join(&chain))
+}
+
+/// Deletes the masquerade chain of `network` and its stamp. Idempotent.
+pub fn remove_masquerade(state_dir: &Path, network: &str) -> Result<(), Error> {
+    validate_network(network)?;
+    delete_masq_chain(network)?;
+    remove_stamp(state_dir.join(masq_chain(network)))
+}
+
+/// The agent's masquerade chain as the reconciler writes it: instead of a stamp file, a
+/// record in memory of the transaction it last wrote, checked against the kernel (the chain
+/// there with that transaction's rule count) when observed.
+#[derive(Debug)]
+pub struct MasqueradeWriter {
+    network: String,
+    /// The transaction last written and its rule count.
+    written: Option<(String, usize)>,
+}
+
+impl MasqueradeWriter {
+    /// The writer of `inet twill masq-<network>`.
+    pub fn new(network: &str) -> Result<MasqueradeWriter, Error> {
+        validate_network(network)?;
+        Ok(MasqueradeWriter {
+            network: network.to_string(),
+            written: None,
+        })
+    }
+
+    /// The chain's name (`inet twill <chain>`).
+    pub fn chain(&self) -> String {
+        masq_chain(&self.network)
+    }
+
+    /// What the kernel holds of the chain: the transaction last written when the chain is
+    /// there with its rule count. One netlink request or two, no process.
+    pub fn observe(&self) -> Result<NftState<String>, Error> {
+        if let Some((script, rules)) = &self.written
+            && masq_chain_holds(&self.network, *rules)?
+        {
+            return Ok(NftState::AsWritten(script.clone()));
+        }
+        let chain = masq_chain(&self.network);
+        let op = format!("checking the ipMasq chain inet {TABLE} {chain}");
+        let present = nfnl::with_sock(|sock| nfnl::chain_exists(sock, NFPROTO_INET, TABLE, &chain))
+            .map_err(|e| nl_error(op, e, ""))?;
+        Ok(if present {
+            NftState::Other
+        } else {
+            NftState::Absent
+        })
+    }
+
+    /// Rewrites the chain to masquerade `ranges` (one atomic `nft -f` transaction).
+    pub fn write(&mut self, ranges: &[IpNet]) -> Result<(), Error> {
+        if ranges.is_empty() {
+            return Err(Error::NoRanges(self.network.clone()));
+        }
+        self.written = None;
+        let (script, rules) = masquerade_script(&self.network, ranges);
+        write_masq_chain(&self.network, &script)?;
+        self.written = Some((script, rules));
+        Ok(())
+    }
+
+    /// Deletes the chain; fine when it is not there.
+    pub fn remove(&mut self) -> Result<(), Error> {
+        self.written = None;
+        delete_masq_chain(&self.network)
+    }
 }
 
 // ---- anti-spoofing ------------------------------------------------------------

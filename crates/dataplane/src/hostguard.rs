@@ -48,17 +48,16 @@
 //! the rules change, only the elements of the two element sets when only peers or store
 //! endpoints change.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use twill_types::cluster::{self, BackendKind, ClusterConfig, HostPort, WorkloadToHost};
-use twill_types::lease::Lease;
+use twill_types::cluster::{HostPort, WorkloadToHost};
 
 use crate::Error;
 use crate::nfnl::{self, NFPROTO_INET, NlError};
+use crate::nft_state::NftState;
 
 /// The table (family `inet`).
 pub const TABLE: &str = "twill-host";
@@ -78,94 +77,27 @@ const VXLAN_INNER_ETHERTYPE_BITS: u32 = (8 + 8 + 12) * 8;
 /// (UDP 8 + VXLAN 8 + Ethernet 14 + 12 bytes into the IPv4 header).
 const VXLAN_INNER_SOURCE_BITS: u32 = (8 + 8 + 14 + 12) * 8;
 
-/// The parts of the rule set whose change rewrites the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rules {
-    /// The cluster's pools: any pod's source.
-    pub pools: Vec<Ipv4Net>,
-    /// This node's pod subnet: the sources of its own (bridged) pods.
-    pub node_subnet: Ipv4Net,
-    pub workload_to_host: WorkloadToHost,
-    pub allow_ports: Vec<HostPort>,
-    /// Control-plane TCP ports (BGP, etcd, the store endpoints' ports).
-    pub control_tcp: Vec<u16>,
-    /// Every tunnel's UDP port.
-    pub tunnel_udp: Vec<u16>,
-    /// The kernel VXLAN port whose senders are checked (vxlan backend only).
-    pub vxlan_port: Option<u16>,
-}
+/// The spec's data lives with the desired state; this module renders it and applies it.
+pub use twill_types::desired::HostGuardSpec as Spec;
+pub use twill_types::desired::host_guard::{Elements, Rules, store_endpoints};
 
-/// The parts that change with peers and store endpoints: set elements only.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Elements {
-    /// Every node of the cluster (this one included) and every store endpoint.
-    pub control_hosts: BTreeSet<Ipv4Addr>,
-    /// `(peer underlay address, peer subnet)`: who may send what to the VXLAN port.
-    pub vxlan_peers: BTreeSet<(Ipv4Addr, Ipv4Net)>,
-}
-
-/// Everything `inet twill-host` holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spec {
-    pub rules: Rules,
-    pub elements: Elements,
-}
-
-impl Spec {
-    /// The rule set of a node: its config, its subnet and underlay address, the peers'
-    /// leases (ours excluded or not, it is skipped) and the store's endpoints.
-    pub fn for_node(
-        config: &ClusterConfig,
-        node_subnet: Ipv4Net,
-        node_addr: Ipv4Addr,
-        peers: &[Lease],
-        store_endpoints: &[SocketAddr],
-    ) -> Spec {
-        let mut control_tcp = cluster::control_tcp_ports(config);
-        let mut control_hosts = BTreeSet::from([node_addr]);
-        for ep in store_endpoints {
-            if let SocketAddr::V4(v4) = ep {
-                control_hosts.insert(*v4.ip());
-            }
-            control_tcp.push(ep.port());
-        }
-        control_tcp.sort_unstable();
-        control_tcp.dedup();
-        let vxlan = config.backend.kind == BackendKind::Vxlan;
-        let mut vxlan_peers = BTreeSet::new();
-        for p in peers.iter().filter(|p| p.subnet != node_subnet) {
-            control_hosts.insert(p.public_ip());
-            if vxlan {
-                vxlan_peers.insert((p.public_ip(), p.subnet.trunc()));
-            }
-        }
-        let mut allow_ports = config.host_access.workload_to_host_ports.clone();
-        allow_ports.sort();
-        allow_ports.dedup();
-        Spec {
-            rules: Rules {
-                pools: Ipv4Net::aggregate(&config.pools.iter().map(|p| p.cidr).collect()),
-                node_subnet: node_subnet.trunc(),
-                workload_to_host: config.host_access.workload_to_host,
-                allow_ports,
-                control_tcp,
-                tunnel_udp: cluster::tunnel_udp_ports(config),
-                vxlan_port: vxlan.then_some(config.backend.port),
-            },
-            elements: Elements {
-                control_hosts,
-                vxlan_peers,
-            },
-        }
-    }
-
+/// The nftables form of a [`Spec`].
+pub trait Render {
     /// The number of rules the input chain holds (to check the table is in place).
-    pub fn input_rule_count(&self) -> usize {
+    fn input_rule_count(&self) -> usize;
+    /// The `nft -f` transaction that replaces the whole table with this spec.
+    fn table_script(&self) -> String;
+    /// The `nft -f` transaction that makes the element sets equal to this spec's (the table
+    /// must already hold this spec's rules).
+    fn elements_script(&self) -> String;
+}
+
+impl Render for Spec {
+    fn input_rule_count(&self) -> usize {
         input_rules(&self.rules).len()
     }
 
-    /// The `nft -f` transaction that replaces the whole table with this spec.
-    pub fn table_script(&self) -> String {
+    fn table_script(&self) -> String {
         let r = &self.rules;
         let mut s = String::new();
         // Create-then-delete makes the delete safe when the table is missing; the new table
@@ -292,9 +224,7 @@ impl Spec {
         s
     }
 
-    /// The `nft -f` transaction that makes the element sets equal to this spec's (the table
-    /// must already hold this spec's rules).
-    pub fn elements_script(&self) -> String {
+    fn elements_script(&self) -> String {
         let e = &self.elements;
         let mut s = String::new();
         let _ = writeln!(s, "flush set inet {TABLE} {CONTROL_HOSTS_SET}");
@@ -383,23 +313,6 @@ fn set_expr(nets: &[Ipv4Net]) -> String {
     }
 }
 
-/// The store endpoints of a store URL (`etcd://HOST:PORT[,HOST:PORT...]`, any scheme, with or
-/// without `http(s)://` per endpoint). Endpoints given by name are left out (their addresses
-/// are not known without a lookup); `embedded` stores have none.
-pub fn store_endpoints(url: &str) -> Vec<SocketAddr> {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Vec::new();
-    };
-    rest.split(',')
-        .filter_map(|ep| {
-            let ep = ep.trim();
-            let ep = ep.split_once("://").map_or(ep, |(_, r)| r);
-            let ep = ep.split(['/', '?']).next().unwrap_or(ep);
-            ep.parse::<SocketAddr>().ok()
-        })
-        .collect()
-}
-
 /// What [`HostGuard::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -411,10 +324,36 @@ pub enum Applied {
     Table,
 }
 
-/// Keeps `inet twill-host` equal to a [`Spec`] (in the calling thread's network namespace).
+/// A change of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Write the whole table (one transaction).
+    Table(Spec),
+    /// Replace the elements of the two element sets (the table holds the spec's rules).
+    Elements(Spec),
+    /// Delete the table.
+    Remove,
+}
+
+/// The change that turns what the kernel holds of the table into `desired` (None: no
+/// table). Pure.
+pub fn change(desired: Option<&Spec>, observed: &NftState<Arc<Spec>>) -> Option<Change> {
+    match (desired, observed) {
+        (None, NftState::Absent) => None,
+        (None, _) => Some(Change::Remove),
+        (Some(want), NftState::AsWritten(have)) if **have == *want => None,
+        (Some(want), NftState::AsWritten(have)) if have.rules == want.rules => {
+            Some(Change::Elements(want.clone()))
+        }
+        (Some(want), _) => Some(Change::Table(want.clone())),
+    }
+}
+
+/// Keeps `inet twill-host` equal to a [`Spec`] (in the calling thread's network namespace),
+/// with a record of the spec it last wrote.
 #[derive(Debug, Default)]
 pub struct HostGuard {
-    applied: Option<Spec>,
+    applied: Option<Arc<Spec>>,
 }
 
 impl HostGuard {
@@ -422,34 +361,67 @@ impl HostGuard {
         HostGuard::default()
     }
 
-    /// Makes the table hold `spec`: nothing when it already does (checked over netlink, no
-    /// process spawned), only the element sets when only they differ, otherwise the whole
-    /// table in one transaction.
-    pub fn apply(&mut self, spec: &Spec) -> Result<Applied, Error> {
-        let same_rules = self
-            .applied
-            .as_ref()
-            .is_some_and(|old| old.rules == spec.rules);
-        let done = if same_rules && present(spec.input_rule_count())? {
-            if self.applied.as_ref() == Some(spec) {
-                return Ok(Applied::Unchanged);
-            }
-            crate::nftcli::apply(
-                "updates the peers of the host protection table",
-                &spec.elements_script(),
-            )?;
-            Applied::Elements
+    /// What the kernel holds of the table: the spec last written when its input chain is
+    /// there with that spec's rule count (checked over netlink, no process spawned).
+    pub fn observe(&self) -> Result<NftState<Arc<Spec>>, Error> {
+        if let Some(spec) = &self.applied
+            && present(spec.input_rule_count())?
+        {
+            return Ok(NftState::AsWritten(spec.clone()));
+        }
+        Ok(if table_present()? {
+            NftState::Other
         } else {
-            self.applied = None;
-            crate::nftcli::apply(
-                "writes the host protection table (inet twill-host)",
-                &spec.table_script(),
-            )?;
-            Applied::Table
-        };
-        self.applied = Some(spec.clone());
-        Ok(done)
+            NftState::Absent
+        })
     }
+
+    /// Makes the change: one `nft -f` transaction.
+    pub fn write(&mut self, change: &Change) -> Result<(), Error> {
+        let spec = match change {
+            Change::Table(spec) => {
+                self.applied = None;
+                crate::nftcli::apply(
+                    "writes the host protection table (inet twill-host)",
+                    &spec.table_script(),
+                )?;
+                spec
+            }
+            Change::Elements(spec) => {
+                crate::nftcli::apply(
+                    "updates the peers of the host protection table",
+                    &spec.elements_script(),
+                )?;
+                spec
+            }
+            Change::Remove => {
+                self.applied = None;
+                return remove();
+            }
+        };
+        self.applied = Some(Arc::new(spec.clone()));
+        Ok(())
+    }
+
+    /// Makes the table hold `spec`: nothing when it already does, only the element sets when
+    /// only they differ, otherwise the whole table in one transaction.
+    pub fn apply(&mut self, spec: &Spec) -> Result<Applied, Error> {
+        let Some(todo) = change(Some(spec), &self.observe()?) else {
+            return Ok(Applied::Unchanged);
+        };
+        self.write(&todo)?;
+        Ok(match todo {
+            Change::Elements(_) => Applied::Elements,
+            _ => Applied::Table,
+        })
+    }
+}
+
+/// Whether the table is there at all.
+fn table_present() -> Result<bool, Error> {
+    let op = format!("checking the table inet {TABLE}");
+    nfnl::with_sock(|sock| nfnl::table_exists(sock, NFPROTO_INET, TABLE))
+        .map_err(|e| nl_error(op, e))
 }
 
 /// Whether the input chain of the table holds `rules` rules.
@@ -459,7 +431,11 @@ fn present(rules: usize) -> Result<bool, Error> {
         Ok(nfnl::chain_exists(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)?
             && nfnl::rule_count(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)? == rules)
     })
-    .map_err(|e| match e {
+    .map_err(|e| nl_error(op, e))
+}
+
+fn nl_error(op: String, e: NlError) -> Error {
+    match e {
         NlError::Io(source) => Error::Io { op, source },
         NlError::Kernel { errno, msg } => Error::Kernel {
             op,
@@ -467,7 +443,7 @@ fn present(rules: usize) -> Result<bool, Error> {
             reason: msg.unwrap_or_else(|| io::Error::from_raw_os_error(errno).to_string()),
         },
         NlError::Malformed(detail) => Error::Protocol { op, detail },
-    })
+    }
 }
 
 /// The transaction that removes the table (nothing when it is not there).

@@ -1,8 +1,10 @@
 //! twill-dataplane: twill's own kernel state.
 //!
-//! - [`reconcile`]: the node agent's routes, VXLAN
-//!   device, neighbours and FDB entries for the other nodes: observe, diff against the
-//!   desired state, apply (async, over [`twill_netlink::Rtnl`]).
+//! - [`reconcile`]: the node agent's one writer: routes, VXLAN device, neighbours and FDB
+//!   entries for the other nodes, and the node's own sysctls, TUN address, masquerade chain,
+//!   host protection and policy tables: observe, diff against the desired state, apply
+//!   (async, over [`twill_netlink::Rtnl`]).
+//! - [`nft_state`]: what the kernel holds of an nft object against its writer's record.
 //! - [`firewall`]: masquerade per network (`ipMasq`) and anti-spoofing of
 //!   container source addresses, in twill's own `inet twill` and
 //!   `bridge twill` tables.
@@ -21,6 +23,7 @@ mod error;
 pub mod firewall;
 pub mod hostguard;
 mod nfnl;
+pub mod nft_state;
 mod nftcli;
 pub mod policy;
 pub mod reconcile;

@@ -41,6 +41,7 @@ use netlink_packet_netfilter::{
     nftables::{
         ChainAttribute, ChainMessage, DataAttribute, ListAttribute, RuleAttribute, RuleMessage,
         SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetMessage,
+        TableAttribute, TableMessage,
     },
     none::ControlMessage,
 };
@@ -615,6 +616,15 @@ fn exists(r: Result<Vec<Vec<u8>>, NlError>) -> Result<bool, NlError> {
         Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Does table `family table` exist? (`NFT_MSG_GETTABLE`)
+pub fn table_exists(sock: &mut NfSock, family: u8, table: &str) -> Result<bool, NlError> {
+    let seq = sock.next_seq();
+    let msg = NfTablesMessage::GetTable(TableMessage {
+        attributes: vec![TableAttribute::Name(table.to_string())],
+    });
+    exists(sock.request(&request_bytes(NLM_F_ACK, seq, family, msg), seq))
 }
 
 /// Does chain `family table chain` exist? (`NFT_MSG_GETCHAIN`)

@@ -4,6 +4,14 @@
 
 use crate::Error;
 
+/// The policy table (family `inet`).
+pub const TABLE: &str = "twill-policy";
+
+/// The transaction that removes the policy table (nothing when it is not there).
+pub fn remove_script() -> String {
+    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+}
+
 /// Applies one policy script atomically; `what` names the change in errors.
 pub fn apply(what: &str, script: &str) -> Result<(), Error> {
     crate::nftcli::apply(what, script)

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::{Netns, require_root};
 use ipnet::Ipv4Net;
-use twill_dataplane::hostguard::{self, Applied, HostGuard, Spec, store_endpoints};
+use twill_dataplane::hostguard::{self, Applied, HostGuard, Render, Spec, store_endpoints};
 use twill_types::cluster::{BackendKind, ClusterConfig};
 use twill_types::lease::Lease;
 

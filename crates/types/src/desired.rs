@@ -1,15 +1,22 @@
 //! The kernel state a backend wants on one node for a set of peers. The agent's dataplane
 //! diffs this against what the kernel has and applies the difference.
 //!
-//! Everything listed here is twill's own: routes carry [`PEER_ROUTE_PROTOCOL`], and the VXLAN
-//! device (with all its neighbours and FDB entries) is named by twill.
+//! Everything listed here is twill's own: routes carry [`PEER_ROUTE_PROTOCOL`], the VXLAN
+//! device (with all its neighbours and FDB entries) is named by twill, and so are the nft
+//! tables and chains. Backends fill the peer part; the agent adds the node's own objects
+//! (sysctls, the TUN device's address, masquerading, host protection: [`host_guard`]).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
+
+pub mod host_guard;
+
+pub use host_guard::HostGuardSpec;
 
 /// Routing protocol number of the agent's routes to peers' subnets (`ip route ... proto 117`).
 /// The CNI plugin's per-container routes use 116; the two never mix.
@@ -141,4 +148,27 @@ pub struct DesiredState {
     /// The peers the tunnel carries traffic to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tunnel_peers: Vec<TunnelPeer>,
+    /// Sysctls of the node's namespace by dotted name (`net.ipv4.ip_forward`) and the value
+    /// they must hold. Set, never reverted: one not listed is left as it is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Links (twill's, made by someone else than the reconciler: the TUN device) that must
+    /// hold exactly one IPv4 address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<AddressSpec>,
+    /// Sources masqueraded when they leave for a destination outside all of them (the
+    /// cluster's pools with `natOutgoing`); empty: no masquerade chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masquerade: Vec<Ipv4Net>,
+    /// The host protection table `inet twill-host`; None: no table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_guard: Option<HostGuardSpec>,
+}
+
+/// The one IPv4 address a link must hold (any other is removed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressSpec {
+    pub dev: String,
+    pub address: Ipv4Net,
 }

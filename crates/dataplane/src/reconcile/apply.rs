@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use ipnet::Ipv4Net;
 use twill_netlink::libc_errno::ENODEV;
 use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, RouteChange, VxlanSpec};
 use twill_types::desired::{
     DesiredState, FdbSpec, NeighSpec, PEER_ROUTE_PROTOCOL, RouteSpec, VxlanDevice,
 };
 
+use super::host::{HostWriters, apply_addresses, apply_host_first};
 use super::model::{
     ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, ObservedFdb, ObservedRoute, Plan,
 };
@@ -347,21 +347,31 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
     }
 }
 
-/// Applies `plan` in the handle's namespace. Order:
-/// 1. stale routes go first, while whatever they point at still exists;
-/// 2. devices no longer desired go (before a new device that may want their VNI and port);
-/// 3. the desired device is created, recreated or adjusted (address, up);
-/// 4. neighbours and FDB entries are set, then stale ones deleted (a stale remote of a MAC
+/// Applies `plan` in the handle's namespace (nft and sysctls: the calling thread's), with
+/// writers that hold no record of earlier writes. See [`apply_with`].
+pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
+    apply_with(nl, plan, &mut HostWriters::default()).await
+}
+
+/// Applies `plan`. Order:
+/// 1. sysctls, the host protection table and the masquerade chain, so that traffic of a new
+///    peer is accepted (and forwarded) as soon as a route lets it come;
+/// 2. stale routes go, while whatever they point at still exists;
+/// 3. devices no longer desired go (before a new device that may want their VNI and port);
+/// 4. the desired device is created, recreated or adjusted (address, up);
+/// 5. links made elsewhere (the TUN device) get their one address;
+/// 6. neighbours and FDB entries are set, then stale ones deleted (a stale remote of a MAC
 ///    that stays is deleted only after the entry was rewritten, so it is never missing);
-/// 5. routes are added and replaced last: a route via a VXLAN next hop only carries traffic
+/// 7. routes are added and replaced last: a route via a VXLAN next hop only carries traffic
 ///    once the next hop's neighbour and FDB entries exist.
 ///
 /// Each step's requests are pipelined. A failed item is recorded in the report and does not
 /// stop the rest; an object that is already gone counts as deleted.
-pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
+pub async fn apply_with(nl: &Rtnl, plan: &Plan, writers: &mut HostWriters) -> Result<ApplyReport> {
     let start = Instant::now();
     let mut report = ApplyReport::default();
     let no_links = HashMap::new();
+    apply_host_first(plan, writers, &mut report);
 
     let deletes = plan.delete_routes.iter().map(Op::DeleteRoute).collect();
     run_route_changes(nl, &no_links, deletes, &mut report).await;
@@ -391,6 +401,7 @@ pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
         }
         Some(DeviceChange::Adjust(a)) => adjust_device(nl, a, &mut report).await,
     }
+    apply_addresses(nl, plan, &mut report).await;
 
     let entries = plan.replace_neighbours.len()
         + plan.replace_fdb.len()
@@ -431,31 +442,28 @@ pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
     Ok(report)
 }
 
-/// Makes `want` the only IPv4 address of link `name` (the userspace tunnel's TUN device, which
-/// its engine creates; the diff above manages only VXLAN devices).
-pub async fn set_only_address(nl: &Rtnl, name: &str, want: Ipv4Net) -> Result<()> {
-    let Some(link) = nl.link_by_name(name).await? else {
-        return Err(Error::Kernel {
-            op: format!("address {want} on {name}"),
-            errno: ENODEV,
-        });
-    };
-    let have = nl.ipv4_addresses(link.index).await?;
-    for stale in have.iter().filter(|a| **a != want) {
-        nl.delete_ipv4_address(link.index, *stale).await?;
-    }
-    if !have.contains(&want) {
-        nl.add_ipv4_address(link.index, want).await?;
-    }
-    Ok(())
+/// Deletes every route of [`PEER_ROUTE_PROTOCOL`], every `twill.*` VXLAN device (with
+/// their neighbours and FDB entries), twill's nexthop objects, the host protection and policy
+/// tables and the cluster's masquerade chain, for a node that leaves the cluster. Sysctls
+/// stay as they are, and so does the TUN device (its engine's; it goes with the engine).
+pub async fn remove_all(nl: &Rtnl) -> Result<ApplyReport> {
+    remove_all_with(nl, &mut HostWriters::default()).await
 }
 
-/// Deletes every route of [`PEER_ROUTE_PROTOCOL`] and every `twill.*` VXLAN device (with
-/// their neighbours and FDB entries), for a node that leaves the cluster.
-pub async fn remove_all(nl: &Rtnl) -> Result<ApplyReport> {
+/// [`remove_all`] with the reconciler's writers (whose records it clears).
+pub async fn remove_all_with(nl: &Rtnl, writers: &mut HostWriters) -> Result<ApplyReport> {
     let nothing = DesiredState::default();
     let observed = observe(nl, &nothing).await?;
-    let mut report = apply(nl, &diff(&nothing, &observed)).await?;
+    let mut report = apply_with(nl, &diff(&nothing, &observed), writers).await?;
+    let policy = crate::policy::apply("removes the policy table", &crate::policy::remove_script());
+    report.record(policy.map_err(|e| {
+        super::host::failure(
+            format!("delete table inet {}", crate::policy::TABLE),
+            ObjectKey::policy_table(),
+            "nft",
+            e,
+        )
+    }));
     // The routes are gone, so every nexthop object of twill's is idle now.
     let ours = our_nexthops(nl).await;
     delete_nexthops(nl, ours, &mut report).await;

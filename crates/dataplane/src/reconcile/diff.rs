@@ -8,6 +8,7 @@ use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
 
 use super::LINK_PREFIX;
+use super::host::diff_host;
 use super::model::{
     DeviceAdjust, DeviceChange, Observed, ObservedFdb, ObservedRoute, ObservedVxlan, Plan,
     is_twill_link,
@@ -125,6 +126,7 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Plan {
         &mut plan,
     );
     diff_fdb(desired, observed, device, fresh, &mut plan);
+    diff_host(desired, &observed.host, &mut plan);
     plan
 }
 
@@ -349,6 +351,7 @@ mod tests {
             neighbours: d.neighbours.clone(),
             fdb: d.fdb.iter().map(ObservedFdb::from_spec).collect(),
             idle_nexthops: Vec::new(),
+            host: Default::default(),
         }
     }
 

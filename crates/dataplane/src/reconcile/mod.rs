@@ -21,20 +21,22 @@
 
 mod apply;
 mod diff;
+mod host;
 pub mod model;
 mod observe;
 pub mod status;
 mod task;
 
-pub use apply::{apply, apply_routes, remove_all, set_only_address};
+pub use apply::{apply, apply_routes, apply_with, remove_all, remove_all_with};
 pub use diff::diff;
+pub use host::HostWriters;
 pub use model::{
-    ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, Observed, ObservedFdb, ObservedRoute,
-    ObservedVxlan, Plan,
+    AddressChange, ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, MasqueradeChange,
+    NftState, Observed, ObservedFdb, ObservedHost, ObservedRoute, ObservedVxlan, Plan,
 };
-pub use observe::observe;
+pub use observe::{observe, observe_with};
 pub use status::{ObjectKey, ObjectStatus, Statuses};
-pub use task::{OneDesired, Reconciled, Reconciler};
+pub use task::{OneDesired, PolicyWriter, Reconciled, Reconciler, WholePolicy};
 pub use twill_netlink::Rtnl;
 
 /// Name prefix of the links twill owns.

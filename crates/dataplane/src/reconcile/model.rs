@@ -2,14 +2,21 @@
 //! ([`Observed`] and its parts), the [`Plan`] that [`diff`](super::diff) makes of it, and
 //! the [`ApplyReport`] that [`apply`](super::apply)(super::apply) gives back.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use twill_netlink::Error;
 use twill_types::MacAddr;
-use twill_types::desired::{FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
+use twill_types::desired::{
+    AddressSpec, FdbSpec, HostGuardSpec, NeighSpec, RouteSpec, VxlanDevice,
+};
+
+use crate::hostguard;
+pub use crate::nft_state::NftState;
 
 use super::LINK_PREFIX;
 use super::status::ObjectKey;
@@ -116,6 +123,41 @@ pub struct Observed {
     /// Ids of twill's nexthop objects (of [`PEER_ROUTE_PROTOCOL`], made by the bulk route
     /// writer for next hops that many routes share) that no route goes through any more.
     pub idle_nexthops: Vec<u32>,
+    /// The node's own objects.
+    pub host: ObservedHost,
+}
+
+/// The node's own objects as read from the kernel: the desired sysctls and links only, and
+/// twill's masquerade chain and host protection table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedHost {
+    /// The value of each desired sysctl (None: it cannot be read).
+    pub sysctls: BTreeMap<String, Option<String>>,
+    /// The IPv4 addresses of each link a desired address is for (None: no such link).
+    pub addresses: BTreeMap<String, Option<Vec<Ipv4Net>>>,
+    /// The cluster's masquerade chain, against the transaction last written.
+    pub masquerade: NftState<String>,
+    /// `inet twill-host`, against the spec last written.
+    pub host_guard: NftState<Arc<HostGuardSpec>>,
+}
+
+/// What to do to the masquerade chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasqueradeChange {
+    /// Rewrite it to masquerade these sources.
+    Write(Vec<Ipv4Net>),
+    /// Delete it.
+    Remove,
+}
+
+/// Making a link hold exactly one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressChange {
+    pub want: AddressSpec,
+    /// The addresses it holds besides (deleted after the wanted one is added).
+    pub delete: Vec<Ipv4Net>,
+    /// Whether the wanted one is missing.
+    pub add: bool,
 }
 
 /// What to do to the desired VXLAN device.
@@ -162,6 +204,11 @@ pub struct Plan {
     pub delete_neighbours: Vec<NeighSpec>,
     pub replace_fdb: Vec<FdbSpec>,
     pub delete_fdb: Vec<ObservedFdb>,
+    /// Sysctls to set: `(dotted name, value)`.
+    pub sysctls: Vec<(String, String)>,
+    pub host_guard: Option<hostguard::Change>,
+    pub masquerade: Option<MasqueradeChange>,
+    pub addresses: Vec<AddressChange>,
     /// Desired objects that were not planned, with the reason (outside what twill owns,
     /// or contradicting an earlier entry).
     pub ignored: Vec<String>,
@@ -185,6 +232,15 @@ impl Plan {
             + self.delete_neighbours.len()
             + self.replace_fdb.len()
             + self.delete_fdb.len()
+            + self.host_changes()
+    }
+
+    /// The number of the node's own objects to change (sysctls, addresses, nft).
+    pub fn host_changes(&self) -> usize {
+        self.sysctls.len()
+            + usize::from(self.host_guard.is_some())
+            + usize::from(self.masquerade.is_some())
+            + self.addresses.len()
     }
 }
 
@@ -214,6 +270,23 @@ impl fmt::Display for Plan {
         )?;
         if !self.delete_nexthops.is_empty() {
             write!(f, "; nexthops -{}", self.delete_nexthops.len())?;
+        }
+        for (name, value) in &self.sysctls {
+            write!(f, "; sysctl {name}={value}")?;
+        }
+        match &self.host_guard {
+            None => {}
+            Some(hostguard::Change::Table(_)) => write!(f, "; host table: write")?,
+            Some(hostguard::Change::Elements(_)) => write!(f, "; host table: elements")?,
+            Some(hostguard::Change::Remove) => write!(f, "; host table: remove")?,
+        }
+        match &self.masquerade {
+            None => {}
+            Some(MasqueradeChange::Write(ranges)) => write!(f, "; masquerade {ranges:?}")?,
+            Some(MasqueradeChange::Remove) => write!(f, "; masquerade: remove")?,
+        }
+        for a in &self.addresses {
+            write!(f, "; address {} on {}", a.want.address, a.want.dev)?;
         }
         if !self.ignored.is_empty() {
             write!(f, "; {} ignored", self.ignored.len())?;

@@ -1,6 +1,6 @@
 //! Reading twill's own state from the kernel: its routes (by protocol), its `twill.*` VXLAN
-//! devices, and the neighbours and FDB entries of the desired device. Nothing else is read,
-//! so nothing else can ever be planned for change.
+//! devices, the neighbours and FDB entries of the desired device, and the node's own objects
+//! (`host.rs`). Nothing else is read, so nothing else can ever be planned for change.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,11 +9,23 @@ use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, NeighSpec, PEER_ROUTE_PROTOCOL};
 
 use super::Rtnl;
+use super::host::{HostWriters, observe_host};
 use super::model::{Observed, ObservedFdb, ObservedRoute, ObservedVxlan, is_twill_link};
 
 /// Reads twill's own state from the kernel (the handle's namespace): its routes, its VXLAN
-/// devices, and the neighbours and FDB entries of the desired device.
+/// devices, the neighbours and FDB entries of the desired device, and the node's own objects
+/// (nft objects as a writer without a record sees them: present or absent).
 pub async fn observe(nl: &Rtnl, desired: &DesiredState) -> Result<Observed> {
+    observe_with(nl, desired, &HostWriters::default()).await
+}
+
+/// [`observe`], checking the nft objects against `writers`' records of what they wrote.
+pub async fn observe_with(
+    nl: &Rtnl,
+    desired: &DesiredState,
+    writers: &HostWriters,
+) -> Result<Observed> {
+    let host = observe_host(nl, desired, writers).await?;
     let links = nl.links().await?;
     let names: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
     let ours: Vec<_> = links
@@ -116,6 +128,7 @@ pub async fn observe(nl: &Rtnl, desired: &DesiredState) -> Result<Observed> {
         neighbours,
         fdb,
         idle_nexthops,
+        host,
     })
 }
 

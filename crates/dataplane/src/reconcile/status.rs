@@ -38,8 +38,29 @@ pub enum ObjectKey {
     Route(Ipv4Net),
     /// A neighbour of the VXLAN device, by address.
     Neighbour(Ipv4Addr),
+    /// A sysctl of the node's namespace, by dotted name.
+    Sysctl(String),
+    /// The address of a link made elsewhere (the TUN device), by link name.
+    Address(String),
+    /// An nft table of twill's (family inet), by name: `twill-host`, `twill-policy`.
+    Table(String),
+    /// An nft chain of twill's in the table `inet twill` (which the CNI plugin shares), by
+    /// name: the cluster's masquerade chain.
+    Chain(String),
     /// An FDB entry of the VXLAN device, by MAC.
     Fdb(MacAddr),
+}
+
+impl ObjectKey {
+    /// The policy table, written by the policy task's jobs rather than by full reconciles.
+    pub fn policy_table() -> ObjectKey {
+        ObjectKey::Table(crate::policy::TABLE.to_string())
+    }
+
+    /// Whether a full reconcile decides this object's status (all but the policy table).
+    pub fn in_full_reconcile(&self) -> bool {
+        !matches!(self, ObjectKey::Table(name) if name == crate::policy::TABLE)
+    }
 }
 
 impl fmt::Display for ObjectKey {
@@ -49,6 +70,10 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Route(dst) => write!(f, "route {dst}"),
             ObjectKey::Neighbour(ip) => write!(f, "neighbour {ip}"),
             ObjectKey::Fdb(mac) => write!(f, "fdb {mac}"),
+            ObjectKey::Sysctl(name) => write!(f, "sysctl {name}"),
+            ObjectKey::Address(dev) => write!(f, "address of {dev}"),
+            ObjectKey::Table(name) => write!(f, "table inet {name}"),
+            ObjectKey::Chain(name) => write!(f, "chain inet twill {name}"),
         }
     }
 }
@@ -134,7 +159,10 @@ impl Statuses {
     /// longer desired and deleted, forgotten: either way it has no entry.
     pub fn after_full(&mut self, report: &ApplyReport, now: Instant) {
         let failed = failures(report);
-        let mut old = std::mem::take(&mut self.objects);
+        let (mut old, policy) = std::mem::take(&mut self.objects)
+            .into_iter()
+            .partition(|(key, _)| key.in_full_reconcile());
+        self.objects = policy;
         for (key, reason) in failed {
             if let Some(status) = old.remove(&key) {
                 self.objects.insert(key.clone(), status);
@@ -164,6 +192,12 @@ impl Statuses {
         for (key, reason) in failed {
             self.failed(key, reason, now);
         }
+    }
+
+    /// Whether an object a full reconcile decides is in error (so its desired state is
+    /// kept for the retry).
+    pub fn full_reconcile_errors(&self) -> bool {
+        self.errors().any(|(key, _)| key.in_full_reconcile())
     }
 
     /// The objects in error.

@@ -9,8 +9,12 @@
 //!   works out the next changes. Each batch's outcome goes to the receiver [`Reconciler::start`]
 //!   returns (the agent reconciles at once after a failure, shortly after a burst otherwise).
 //!
-//! Because both go through one queue, a reconcile always reads a kernel that already holds
-//! every partial plan handed over before it.
+//! - a policy script ([`PolicyWriter::apply`], the policy task's): `inet twill-policy` written
+//!   in one `nft -f` transaction, the whole table again when a change of it is refused;
+//! - node leave ([`Reconciler::remove_all`]): everything twill owns removed.
+//!
+//! Because all go through one queue, a reconcile always reads a kernel that already holds
+//! every partial plan handed over before it, and no two writers race on the kernel.
 //!
 //! The task keeps the [`Statuses`] of the objects it manages and, while an object of the last
 //! reconcile is in error, that reconcile's desired state (with the partial plans since applied
@@ -32,9 +36,10 @@ use tracing::{debug, info, warn};
 use twill_netlink::Result;
 use twill_types::desired::{DesiredState, RouteSpec};
 
+use super::host::{HostWriters, observe_host};
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
 use super::status::{ObjectKey, ObjectStatus, Statuses};
-use super::{Rtnl, apply, apply_routes, diff, observe};
+use super::{Rtnl, apply_routes, apply_with, diff, observe_with, remove_all_with};
 
 /// What a full reconcile found and did.
 #[derive(Debug)]
@@ -53,12 +58,58 @@ enum Job {
         done: oneshot::Sender<Result<Reconciled>>,
     },
     Partial(Box<Plan>),
+    Policy {
+        script: String,
+        whole: Option<WholePolicy>,
+        done: oneshot::Sender<std::result::Result<(), crate::Error>>,
+    },
+    RemoveAll {
+        done: oneshot::Sender<Result<ApplyReport>>,
+    },
 }
 
-/// Handle to the reconciler task (which ends when the handle is dropped).
+/// Renders the whole policy table, for when a change of it was refused.
+pub type WholePolicy = Box<dyn FnOnce() -> String + Send>;
+
+/// Handle to the reconciler task (which ends when every handle, [`PolicyWriter`]s included,
+/// is dropped).
 pub struct Reconciler {
     tx: mpsc::UnboundedSender<Job>,
     statuses: Arc<Mutex<Statuses>>,
+}
+
+/// The policy task's way to write `inet twill-policy`: through the reconciler's queue, in
+/// order with everything else it writes.
+#[derive(Clone)]
+pub struct PolicyWriter {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl PolicyWriter {
+    /// Applies a policy script (one `nft -f` transaction); when it is refused and `whole` is
+    /// given, the whole table rendered by `whole` instead (the table may have been changed
+    /// behind the writer's back). The table's status is `table inet twill-policy`; a refused
+    /// whole table is retried by the reconciler with backoff until a later script succeeds.
+    pub async fn apply(
+        &self,
+        script: String,
+        whole: Option<WholePolicy>,
+    ) -> std::result::Result<(), crate::Error> {
+        let (done, wait) = oneshot::channel();
+        let stopped = || crate::Error::Io {
+            op: "applying network policy".to_string(),
+            source: std::io::Error::other("the reconciler task stopped"),
+        };
+        let job = Job::Policy {
+            script,
+            whole,
+            done,
+        };
+        if self.tx.send(job).is_err() {
+            return Err(stopped());
+        }
+        wait.await.unwrap_or_else(|_| Err(stopped()))
+    }
 }
 
 impl Reconciler {
@@ -95,6 +146,24 @@ impl Reconciler {
             drop(statuses);
             let _ = self.tx.send(Job::Partial(Box::new(plan)));
         }
+    }
+
+    /// A writer of the policy table through this reconciler's queue.
+    pub fn policy_writer(&self) -> PolicyWriter {
+        PolicyWriter {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Removes everything twill owns (node leave; see
+    /// [`remove_all`](super::remove_all)), after everything queued before, and forgets every
+    /// status and retry.
+    pub async fn remove_all(&self) -> Result<ApplyReport> {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::RemoveAll { done }).is_err() {
+            return Err(stopped());
+        }
+        wait.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Makes the kernel match `desired` (after everything queued before), and returns what it
@@ -139,6 +208,10 @@ async fn run(
 ) {
     // The one desired state: the last reconcile's, with the partial plans since.
     let mut desired: Option<OneDesired> = None;
+    // The nft writers and their records of what they wrote.
+    let mut writers = HostWriters::default();
+    // The whole policy table, while writing it is refused.
+    let mut policy_retry: Option<String> = None;
     let mut next = None;
     loop {
         let job = match next.take() {
@@ -151,7 +224,10 @@ async fn run(
                         None => return,
                     },
                     _ = sleep_until(retry) => {
-                        retry_failed(&nl, desired.as_ref(), &statuses).await;
+                        retry_policy(&statuses, &mut policy_retry);
+                        if lock(&statuses).full_reconcile_errors() {
+                            retry_failed(&nl, desired.as_ref(), &statuses, &mut writers).await;
+                        }
                         continue;
                     }
                 }
@@ -162,13 +238,13 @@ async fn run(
                 desired: want,
                 done,
             } => {
-                let result = full(&nl, &want).await;
+                let result = full(&nl, &want, &mut writers).await;
                 if let Ok(r) = &result {
                     record_full(&statuses, r.report.as_ref());
                 }
                 // Kept only for retries: while something is in error, or when the reconcile
                 // could not run at all.
-                let retry_needed = result.is_err() || lock(&statuses).errors().next().is_some();
+                let retry_needed = result.is_err() || lock(&statuses).full_reconcile_errors();
                 desired = retry_needed.then(|| OneDesired::new(*want));
                 let _ = done.send(result);
             }
@@ -191,7 +267,73 @@ async fn run(
                 }
                 let _ = outcomes.send(failed);
             }
+            Job::Policy {
+                script,
+                whole,
+                done,
+            } => {
+                let result = write_policy(script, whole, &statuses, &mut policy_retry);
+                let _ = done.send(result);
+            }
+            Job::RemoveAll { done } => {
+                let result = remove_all_with(&nl, &mut writers).await;
+                desired = None;
+                policy_retry = None;
+                *lock(&statuses) = Statuses::default();
+                let _ = done.send(result);
+            }
         }
+    }
+}
+
+/// Writes a policy script (or, refused, the whole table) and records the table's status.
+fn write_policy(
+    script: String,
+    whole: Option<WholePolicy>,
+    statuses: &Mutex<Statuses>,
+    retry: &mut Option<String>,
+) -> std::result::Result<(), crate::Error> {
+    let mut result = crate::policy::apply("network policy", &script);
+    let mut last = script;
+    if result.is_err()
+        && let Some(whole) = whole
+    {
+        last = whole();
+        result = crate::policy::apply("network policy", &last);
+    }
+    record_policy(&result, statuses);
+    *retry = result.is_err().then_some(last);
+    result
+}
+
+/// Writes the whole policy table again if that was refused and its retry is due.
+fn retry_policy(statuses: &Mutex<Statuses>, retry: &mut Option<String>) {
+    let Some(script) = retry.as_deref() else {
+        return;
+    };
+    let due = match lock(statuses).get(&ObjectKey::policy_table()) {
+        Some(ObjectStatus::Error { retry_at, .. }) => *retry_at <= Instant::now(),
+        _ => true,
+    };
+    if !due {
+        return;
+    }
+    let result = crate::policy::apply("network policy", script);
+    if let Err(e) = &result {
+        warn!("retrying the policy table: {e}");
+    }
+    record_policy(&result, statuses);
+    if result.is_ok() {
+        *retry = None;
+    }
+}
+
+fn record_policy(result: &std::result::Result<(), crate::Error>, statuses: &Mutex<Statuses>) {
+    let key = ObjectKey::policy_table();
+    let mut statuses = lock(statuses);
+    match result {
+        Ok(()) => statuses.done(&key),
+        Err(e) => statuses.failed(key, e.to_string(), Instant::now()),
     }
 }
 
@@ -205,15 +347,21 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// A retry is due: reconciles the desired state again, which tries every refused change once
 /// more (and repairs whatever else drifted).
-async fn retry_failed(nl: &Rtnl, desired: Option<&OneDesired>, statuses: &Mutex<Statuses>) {
+async fn retry_failed(
+    nl: &Rtnl,
+    desired: Option<&OneDesired>,
+    statuses: &Mutex<Statuses>,
+    writers: &mut HostWriters,
+) {
     let failed: Vec<String> = lock(statuses)
         .errors()
+        .filter(|(k, _)| k.in_full_reconcile())
         .map(|(k, _)| k.to_string())
         .collect();
     info!(objects = failed.len(), first = ?failed.first(), "retrying refused changes");
     let desired = desired.map(OneDesired::state);
     let outcome = match &desired {
-        Some(desired) => full(nl, desired).await.map(|r| (desired, r)),
+        Some(desired) => full(nl, desired, writers).await.map(|r| (desired, r)),
         None => Err(twill_netlink::Error::Io {
             op: "retry".to_string(),
             source: std::io::Error::other("no desired state yet"),
@@ -309,8 +457,8 @@ async fn partial(nl: &Rtnl, plans: &[Plan], statuses: &Mutex<Statuses>) -> Vec<S
 }
 
 /// Observes, diffs and applies.
-async fn full(nl: &Rtnl, desired: &DesiredState) -> Result<Reconciled> {
-    let observed = observe(nl, desired).await?;
+async fn full(nl: &Rtnl, desired: &DesiredState, writers: &mut HostWriters) -> Result<Reconciled> {
+    let observed = observe_with(nl, desired, writers).await?;
     let plan = diff(desired, &observed);
     for why in &plan.ignored {
         warn!("not applied: {why}");
@@ -323,7 +471,7 @@ async fn full(nl: &Rtnl, desired: &DesiredState) -> Result<Reconciled> {
         });
     }
     let t = Instant::now();
-    let report = apply(nl, &plan).await?;
+    let report = apply_with(nl, &plan, writers).await?;
     info!(plan = %plan, took_ms = t.elapsed().as_millis() as u64, "applied");
     for failure in &report.failures {
         warn!("{failure}");
@@ -332,9 +480,14 @@ async fn full(nl: &Rtnl, desired: &DesiredState) -> Result<Reconciled> {
         // The kernel acknowledged every change, so it now holds exactly the desired state;
         // reading it back would double the cost of a large update. The periodic resync
         // observes for real.
-        as_programmed(desired, observed)
+        let mut observed = as_programmed(desired, observed);
+        if plan.host_changes() > 0 {
+            // A few requests: what the writers now hold, from their new records.
+            observed.host = observe_host(nl, desired, writers).await?;
+        }
+        observed
     } else {
-        observe(nl, desired).await?
+        observe_with(nl, desired, writers).await?
     };
     Ok(Reconciled {
         observed,
@@ -356,6 +509,7 @@ fn as_programmed(desired: &DesiredState, before: Observed) -> Observed {
         fdb: desired.fdb.iter().map(ObservedFdb::from_spec).collect(),
         // The plan deleted the idle ones.
         idle_nexthops: Vec::new(),
+        host: before.host,
     }
 }
 

@@ -1,0 +1,116 @@
+//! The node's own objects in the one desired state: the sysctls the agent needs, the TUN
+//! device's address, the masquerade chain of the cluster's pools, and the host protection
+//! table. Pure: computed from the cluster config, the node, its peers and the store's
+//! address; the backends compute the peers' part, this adds the rest, and the dataplane
+//! reconciler writes both.
+
+use ipnet::Ipv4Net;
+use twill_backend::LocalNode;
+use twill_types::cluster::ClusterConfig;
+use twill_types::desired::host_guard::store_endpoints;
+use twill_types::desired::{AddressSpec, DesiredState, HostGuardSpec};
+use twill_types::lease::Lease;
+
+/// Adds the node's own objects to `desired` (which holds the backend's part: the TUN device's
+/// address depends on it). `peers` are the other nodes' leases; `store_url` is the agent's
+/// `--store` (its endpoints are control-plane addresses pods never reach).
+pub fn host_objects(
+    config: &ClusterConfig,
+    node: &LocalNode,
+    peers: &[Lease],
+    store_url: &str,
+    desired: &mut DesiredState,
+) {
+    desired
+        .sysctls
+        .insert("net.ipv4.ip_forward".to_string(), "1".to_string());
+    if let Some(tun) = &desired.tunnel {
+        // The node subnet's network address (as Flannel does with flannel0, and twill with
+        // its VXLAN device), so traffic the host itself sends to peers' pods has a source
+        // inside this node's subnet and passes the peers' inner-source check.
+        desired.addresses.push(AddressSpec {
+            dev: tun.name.clone(),
+            address: Ipv4Net::new(node.subnet.network(), 32).expect("/32 is valid"),
+        });
+    }
+    // One chain for the cluster: pods of any pool talking to another pool keep their
+    // address; leaving the cluster they are masqueraded, if any pool asks for it.
+    desired.masquerade = if config.pools.iter().any(|p| p.nat_outgoing) {
+        config.pools.iter().map(|p| p.cidr).collect()
+    } else {
+        Vec::new()
+    };
+    desired.host_guard = Some(HostGuardSpec::for_node(
+        config,
+        node.subnet,
+        node.public_net.addr(),
+        peers,
+        &store_endpoints(store_url),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_types::desired::{TunnelDevice, TunnelEncap};
+
+    fn node() -> LocalNode {
+        LocalNode {
+            name: "n1".into(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            public_net: "192.168.100.11/24".parse().unwrap(),
+            underlay_dev: "eth0".into(),
+            underlay_mtu: 1500,
+        }
+    }
+
+    fn config(json: &str) -> ClusterConfig {
+        ClusterConfig::parse(json).unwrap()
+    }
+
+    #[test]
+    fn every_node_gets_forwarding_and_host_protection_and_nat_follows_the_pools() {
+        let cfg = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let mut desired = DesiredState::default();
+        host_objects(&cfg, &node(), &[], "etcd://127.0.0.1:2379", &mut desired);
+        assert_eq!(desired.sysctls["net.ipv4.ip_forward"], "1");
+        assert!(desired.addresses.is_empty(), "no TUN device, no address");
+        // Flannel's form masquerades the network.
+        assert_eq!(desired.masquerade, vec!["10.244.0.0/16".parse().unwrap()]);
+        let guard = desired.host_guard.clone().expect("host protection");
+        assert_eq!(guard.rules.node_subnet, node().subnet);
+        assert!(
+            guard
+                .elements
+                .control_hosts
+                .contains(&"127.0.0.1".parse().unwrap())
+        );
+
+        let mut no_nat = cfg.clone();
+        no_nat.pools[0].nat_outgoing = false;
+        host_objects(&no_nat, &node(), &[], "embedded", &mut desired);
+        assert!(desired.masquerade.is_empty(), "no pool asks: no chain");
+    }
+
+    #[test]
+    fn the_tun_device_gets_the_subnets_network_address() {
+        let cfg = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#);
+        let mut desired = DesiredState {
+            tunnel: Some(TunnelDevice {
+                name: "twill.tun".into(),
+                encap: TunnelEncap::Udp { port: 8285 },
+                mtu: 1472,
+                local: "192.168.100.11".parse().unwrap(),
+            }),
+            ..DesiredState::default()
+        };
+        host_objects(&cfg, &node(), &[], "embedded", &mut desired);
+        assert_eq!(
+            desired.addresses,
+            vec![AddressSpec {
+                dev: "twill.tun".into(),
+                address: "10.244.3.0/32".parse().unwrap(),
+            }]
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! What the kernel holds of an nft object twill writes whole (the agent's masquerade chain,
+//! its host protection table): the writers keep a record of what they last wrote, and
+//! observing checks the kernel for the object and the record's rule count over netlink, so a
+//! reconcile that changes nothing spawns no `nft` and writes no file.
+
+/// One nft object as observed against the writer's record `T` of what it last wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NftState<T> {
+    /// Not in the kernel.
+    #[default]
+    Absent,
+    /// In the kernel with the rule count of what was last written, `T`.
+    AsWritten(T),
+    /// In the kernel, but not known to be as last written (written by an earlier agent,
+    /// changed behind the writer's back, or never written by this one).
+    Other,
+}

@@ -1,0 +1,345 @@
+//! The node's own objects through the one reconciler, against the real kernel in a namespace
+//! this test creates: a reconcile writes the sysctl, the TUN-like link's address, the
+//! masquerade chain and the host protection table; a second reconcile of the same value plans
+//! nothing; what is deleted behind the reconciler's back comes back at the next reconcile; a
+//! refused object is in error with the kernel's (or nft's) reason and retried; node leave
+//! removes everything twill owns.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use twill_dataplane::reconcile::{ObjectKey, ObjectStatus, Reconciler, Rtnl};
+use twill_testkit::{Netns, require_root};
+use twill_types::desired::host_guard::{Elements, Rules};
+use twill_types::desired::{AddressSpec, DesiredState, HostGuardSpec, RouteSpec};
+
+const CHAIN: &str = "masq-_twill_cluster";
+
+/// A namespace with eth0 (10.9.0.1/24, a veth: this kernel has no dummy links) up and a link
+/// `twill.tun` standing in for the TUN device (made elsewhere than the reconciler, as the
+/// tunnel engine makes it).
+fn host_ns(name: &str, tun: bool) -> Netns {
+    require_root();
+    let ns = Netns::new(name);
+    ns.ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ns.ok(&["ip", "link", "set", "eth1", "up"]);
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
+    if tun {
+        add_tun(&ns);
+    }
+    ns
+}
+
+fn add_tun(ns: &Netns) {
+    ns.ok(&[
+        "ip",
+        "link",
+        "add",
+        "twill.tun",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tunpeer",
+    ]);
+    ns.ok(&["ip", "link", "set", "twill.tun", "up"]);
+}
+
+/// Runs `f`'s future on a runtime of a thread inside `ns` (nft and sysctls act there too).
+fn in_ns<T: Send, F: std::future::Future<Output = T>>(
+    ns: &Netns,
+    f: impl FnOnce() -> F + Send,
+) -> T {
+    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
+    netns
+        .run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+        .unwrap()
+}
+
+fn guard() -> HostGuardSpec {
+    HostGuardSpec {
+        rules: Rules {
+            pools: vec!["10.244.0.0/16".parse().unwrap()],
+            node_subnet: "10.244.1.0/24".parse().unwrap(),
+            workload_to_host: Default::default(),
+            allow_ports: vec!["tcp:22".parse().unwrap()],
+            control_tcp: vec![179, 2379, 2380],
+            tunnel_udp: vec![8285, 8472],
+            vxlan_port: Some(8472),
+        },
+        elements: Elements {
+            control_hosts: ["10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap()].into(),
+            vxlan_peers: [(
+                "10.9.0.2".parse().unwrap(),
+                "10.244.2.0/24".parse().unwrap(),
+            )]
+            .into(),
+        },
+    }
+}
+
+fn desired() -> DesiredState {
+    DesiredState {
+        routes: vec![RouteSpec {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            via: "10.9.0.2".parse().unwrap(),
+            dev: "eth0".into(),
+            onlink: false,
+        }],
+        sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+        addresses: vec![AddressSpec {
+            dev: "twill.tun".into(),
+            address: "10.244.1.0/32".parse().unwrap(),
+        }],
+        masquerade: vec!["10.244.0.0/16".parse().unwrap()],
+        host_guard: Some(guard()),
+        ..DesiredState::default()
+    }
+}
+
+/// The IPv4 addresses (`addr/prefix`) of `dev`.
+fn ipv4(ns: &Netns, dev: &str) -> Vec<String> {
+    let v = ns.ip_json(&["-4", "addr", "show", "dev", dev]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect()
+}
+
+fn forwarding(ns: &Netns) -> String {
+    ns.ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .trim()
+        .to_string()
+}
+
+fn masq_chain(ns: &Netns) -> String {
+    let out = ns.exec(&["nft", "list", "chain", "inet", "twill", CHAIN]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_reconcile_writes_the_host_objects_once_and_repairs_what_was_deleted() {
+    let ns = host_ns("ho", true);
+    assert_eq!(forwarding(&ns), "0", "a new namespace does not forward");
+    // Something of the admin's on the link: the link must hold exactly the one address.
+    ns.ok(&["ip", "addr", "add", "192.0.2.7/32", "dev", "twill.tun"]);
+    let (first, second, second_took) = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        let first = reconciler.reconcile(desired()).await.unwrap();
+        let t = Instant::now();
+        let second = reconciler.reconcile(desired()).await.unwrap();
+        (first, second, t.elapsed())
+    });
+    let report = first.report.expect("the first reconcile applies");
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(first.plan.host_changes(), 4, "{}", first.plan);
+    assert_eq!(forwarding(&ns), "1");
+    assert_eq!(ipv4(&ns, "twill.tun"), vec!["10.244.1.0/32"]);
+    let chain = masq_chain(&ns);
+    assert!(
+        chain.contains(
+            "ip saddr 10.244.0.0/16 ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade"
+        ),
+        "{chain}"
+    );
+    let host = ns.nft_table("inet", "twill-host").expect("inet twill-host");
+    assert!(host.to_string().contains("vxlan_peers"), "{host}");
+    // The same value again: nothing planned, nothing applied.
+    assert!(second.plan.is_empty(), "{}", second.plan);
+    assert!(second.report.is_none());
+    eprintln!("a reconcile that changes nothing: {second_took:?}");
+
+    // Deleted behind the reconciler's back: back at the next reconcile.
+    ns.ok(&["nft", "delete", "table", "inet", "twill-host"]);
+    ns.ok(&["nft", "delete", "chain", "inet", "twill", CHAIN]);
+    ns.ok(&["ip", "addr", "flush", "dev", "twill.tun"]);
+    ns.ok(&["sysctl", "-w", "net.ipv4.ip_forward=0"]);
+    let repaired = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        let repaired = reconciler.reconcile(desired()).await.unwrap();
+        assert!(
+            reconciler.snapshot().is_empty(),
+            "{:?}",
+            reconciler.snapshot()
+        );
+        repaired
+    });
+    assert_eq!(repaired.plan.host_changes(), 4, "{}", repaired.plan);
+    assert!(repaired.report.unwrap().is_ok());
+    assert!(ns.nft_table("inet", "twill-host").is_some());
+    assert!(masq_chain(&ns).contains("masquerade"));
+    assert_eq!(ipv4(&ns, "twill.tun"), vec!["10.244.1.0/32"]);
+    assert_eq!(forwarding(&ns), "1");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn only_the_elements_change_with_peers_and_a_changed_table_is_rewritten_whole() {
+    use twill_dataplane::hostguard::Change;
+    let ns = host_ns("hp", true);
+    let (elements, rewritten) = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        reconciler.reconcile(desired()).await.unwrap();
+        let mut more = desired();
+        let guard = more.host_guard.as_mut().unwrap();
+        guard
+            .elements
+            .control_hosts
+            .insert("10.9.0.3".parse().unwrap());
+        let elements = reconciler.reconcile(more.clone()).await.unwrap();
+        // Someone adds a rule: the rule count no longer matches what was written.
+        let added = std::process::Command::new("nft")
+            .args(["add", "rule", "inet", "twill-host", "input", "accept"])
+            .status()
+            .unwrap();
+        assert!(added.success());
+        let rewritten = reconciler.reconcile(more).await.unwrap();
+        (elements.plan, rewritten.plan)
+    });
+    assert!(
+        matches!(elements.host_guard, Some(Change::Elements(_))),
+        "{elements}"
+    );
+    assert_eq!(elements.host_changes(), 1, "{elements}");
+    assert!(
+        matches!(rewritten.host_guard, Some(Change::Table(_))),
+        "{rewritten}"
+    );
+    let host = ns.nft_table("inet", "twill-host").unwrap().to_string();
+    assert!(host.contains("10.9.0.3"), "{host}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_refused_object_is_in_error_with_the_reason_and_retried_until_it_lands() {
+    let ns = host_ns("hr", false);
+    let key = ObjectKey::Address("twill.tun".into());
+    let (first, after) = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        // The link is not there yet (its engine has not made it): refused.
+        let reconciled = reconciler.reconcile(desired()).await.unwrap();
+        assert_eq!(reconciled.report.unwrap().failures.len(), 1);
+        let first = reconciler.snapshot().get(&key).cloned();
+        add_tun(&ns);
+        // Retries come after 200 ms, 400 ms, 800 ms, ...: well within 10 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline && !reconciler.snapshot().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (first, reconciler.snapshot())
+    });
+    match first {
+        Some(ObjectStatus::Error {
+            reason, attempts, ..
+        }) => {
+            assert_eq!(attempts, 1);
+            assert!(
+                reason.contains("twill.tun") && reason.contains("No such device"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(after.is_empty(), "still not done: {after:?}");
+    assert_eq!(ipv4(&ns, "twill.tun"), vec!["10.244.1.0/32"]);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_policy_table_is_written_in_the_queue_with_a_status_and_retried() {
+    let ns = host_ns("hq", false);
+    let key = ObjectKey::policy_table();
+    let good = "table inet twill-policy {}\ndelete table inet twill-policy\n\
+                add table inet twill-policy\n\
+                add chain inet twill-policy forward { type filter hook forward priority 0; }\n";
+    let (refused, status, fallback, retried) = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        let policy = reconciler.policy_writer();
+        // A change nft refuses (the chain is not there), no whole table to fall back on.
+        let bad = "add rule inet twill-policy nosuchchain accept\n".to_string();
+        let refused = policy.apply(bad.clone(), None).await;
+        let status = reconciler.snapshot().get(&key).cloned();
+        // The reconciler retries it itself, with backoff (200 ms, then 400 ms, ...).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let attempts = |r: &Reconciler| match r.snapshot().get(&key) {
+            Some(ObjectStatus::Error { attempts, .. }) => *attempts,
+            _ => 0,
+        };
+        while tokio::time::Instant::now() < deadline && attempts(&reconciler) < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(attempts(&reconciler), 2, "retried once within 10 s");
+        // A full reconcile leaves the policy table's status alone.
+        reconciler.reconcile(DesiredState::default()).await.unwrap();
+        assert!(reconciler.snapshot().contains_key(&key));
+        // A refused change followed by the whole table: that lands, the error is gone.
+        let whole = good.to_string();
+        let fallback = policy
+            .apply(bad, Some(Box::new(move || whole)))
+            .await
+            .map_err(|e| e.to_string());
+        let retried = reconciler.snapshot();
+        (refused, status, fallback, retried)
+    });
+    let reason = refused.expect_err("nft refuses the rule").to_string();
+    assert!(reason.contains("nosuchchain"), "{reason}");
+    assert!(
+        matches!(&status, Some(ObjectStatus::Error { reason, attempts: 1, .. }) if reason.contains("nosuchchain")),
+        "{status:?}"
+    );
+    assert_eq!(fallback, Ok(()));
+    assert!(retried.is_empty(), "{retried:?}");
+    assert!(ns.nft_table("inet", "twill-policy").is_some());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn node_leave_removes_everything_twill_owns() {
+    let ns = host_ns("hl", true);
+    // The CNI plugin's part of inet twill stays: only the agent's chain goes.
+    ns.ok(&["nft", "add", "table", "inet", "twill"]);
+    ns.ok(&["nft", "add", "chain", "inet", "twill", "antispoof"]);
+    let report = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        assert!(
+            reconciler
+                .reconcile(desired())
+                .await
+                .unwrap()
+                .report
+                .unwrap()
+                .is_ok()
+        );
+        let policy = reconciler.policy_writer();
+        let table = "add table inet twill-policy\n\
+                add chain inet twill-policy forward { type filter hook forward priority 0; }\n";
+        policy.apply(table.to_string(), None).await.unwrap();
+        let report = reconciler.remove_all().await.unwrap();
+        // Nothing left to plan against an empty desired state.
+        let after = reconciler.reconcile(DesiredState::default()).await.unwrap();
+        assert!(after.plan.is_empty(), "{}", after.plan);
+        report
+    });
+    assert!(report.is_ok(), "{report}");
+    assert!(ns.nft_table("inet", "twill-host").is_none());
+    assert!(ns.nft_table("inet", "twill-policy").is_none());
+    assert_eq!(masq_chain(&ns), "");
+    assert!(
+        ns.nft_table("inet", "twill").is_some(),
+        "the plugin's table stays"
+    );
+    let routes = ns.ip_json(&["route", "show", "proto", "117"]);
+    assert_eq!(routes.as_array().map(Vec::len), Some(0), "{routes}");
+}
