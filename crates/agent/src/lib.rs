@@ -24,6 +24,8 @@
 //! 0700, every file it writes and its socket 0600, and the socket serves root only (peer
 //! credentials) with bounded reads and connections (see [`policy_sync`]).
 //!
+//! - [`core`]: the agent's decisions as a pure step function (events in, actions out), which
+//!   [`run`] drives with I/O and `tests/replay.rs` replays from recorded event logs.
 //! - [`lease`]: acquiring, keeping and releasing the node's subnet lease.
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.
@@ -40,6 +42,7 @@
 
 pub mod bgp;
 pub mod cli;
+pub mod core;
 pub mod files;
 pub mod lease;
 pub mod policy;
