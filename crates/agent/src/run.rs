@@ -17,15 +17,15 @@ use twill_dataplane::reconcile::{
     self, ObjectKey, ObjectStatus, Observed, ObservedFdb, ObservedRoute, Reconciler, Rtnl,
 };
 use twill_store::{Store, StoreError};
-use twill_types::cluster::ClusterConfig;
+use twill_types::cluster::{BgpPeer, ClusterConfig};
 use twill_types::desired::{DesiredState, NeighSpec, RouteSpec};
 use twill_types::keys::{BGP_PEERS_PREFIX, CONFIG_KEY, LEASES_PREFIX};
 use twill_types::lease::Lease;
 use twill_types::node::{self, AgentStatus, NodeFile, PolicyStatus};
 
 use crate::core::{
-    Action, BgpStart, Core, Event, ExitReason, Input, LeaseCheck, LeaseHeld, Level, Missing,
-    NodeSetup, ObjectRef, ReconcileOutcome, Record, Refused, Renewal, Start, Status,
+    Action, BgpStart, Core, Event, ExitReason, Input, Kv, LeaseCheck, LeaseHeld, Level, Missing,
+    NodeSetup, ObjectRef, ReconcileOutcome, Record, Refused, Renewal, Start, Status, StoreEvent,
 };
 use crate::lease::{self, Held};
 use crate::tunnel::Engine;
@@ -36,7 +36,8 @@ use crate::{files, underlay};
 const BGP_BATCH: usize = 32;
 
 /// Set to a file path, the agent appends each input of its core there as a JSON line (the
-/// first line says how the core started), for `tests/replay.rs`.
+/// first line says how the core started), for `tests/replay.rs`; set to a directory, to
+/// `<node>.events.jsonl` in it. Inline BGP passwords are replaced by a placeholder.
 pub const RECORD_EVENTS_ENV: &str = "TWILL_RECORD_EVENTS";
 
 /// Name of the masquerade chain of the cluster's pools (reserved: no CNI network may use it).
@@ -163,7 +164,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }),
     };
     let recorder = match std::env::var_os(RECORD_EVENTS_ENV) {
-        Some(path) => Some(open_recording(std::path::Path::new(&path), &start)?),
+        Some(path) => {
+            let mut path = PathBuf::from(path);
+            if path.is_dir() {
+                // One file per node, so the agents of a lab can share the setting.
+                path.push(format!("{}.events.jsonl", opts.node_name));
+            }
+            Some(open_recording(&path, &start)?)
+        }
         None => None,
     };
     let core = Core::new(start).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -202,10 +210,29 @@ fn open_recording(
         .open(path)
         .with_context(|| format!("{RECORD_EVENTS_ENV}={}", path.display()))?;
     let mut out = std::io::LineWriter::new(file);
-    let line = serde_json::to_string(&Record::Start(Box::new(start.clone())))?;
+    let mut start = start.clone();
+    if let Some(bgp) = &mut start.config.bgp {
+        twill_types::bgp_auth::redact(bgp);
+    }
+    let line = serde_json::to_string(&Record::Start(Box::new(start)))?;
     writeln!(out, "{line}")?;
     info!(path = %path.display(), "recording the agent's events");
     Ok(out)
+}
+
+/// Replaces the inline passwords of the BGP peers in `ev` by a placeholder.
+fn redact_peers(ev: &mut StoreEvent) {
+    let redact = |kv: &mut Kv| {
+        if let Ok(mut peer) = serde_json::from_str::<BgpPeer>(&kv.value) {
+            peer.auth = peer.auth.redacted();
+            kv.value = serde_json::to_string(&peer).expect("peers serialize");
+        }
+    };
+    match ev {
+        StoreEvent::InSync(all) => all.iter_mut().for_each(redact),
+        StoreEvent::Put(kv) => redact(kv),
+        StoreEvent::Delete(_) | StoreEvent::Lost(_) => {}
+    }
 }
 
 /// The routes of twill's that the kernel holds now, to keep while BGP comes back (None when
@@ -441,14 +468,19 @@ impl Agent {
             unix: unix_now(),
             event,
         };
-        self.record(&Record::Input(input.clone()));
+        self.record(&input);
         self.core.step(input)
     }
 
-    fn record(&mut self, record: &Record) {
+    /// Appends `input` to the recording, if there is one (inline BGP passwords redacted).
+    fn record(&mut self, input: &Input) {
         use std::io::Write;
         if let Some(out) = &mut self.recorder {
-            let line = serde_json::to_string(record).expect("records serialize");
+            let mut input = input.clone();
+            if let Event::BgpPeers(ev) = &mut input.event {
+                redact_peers(ev);
+            }
+            let line = serde_json::to_string(&Record::Input(input)).expect("records serialize");
             if let Err(e) = writeln!(out, "{line}") {
                 warn!("recording events: {e}; recording stops");
                 self.recorder = None;
@@ -860,4 +892,28 @@ pub async fn clear_local_state(nl: &Rtnl, data_dir: &std::path::Path) -> anyhow:
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_bgp_peers_carry_no_inline_password() {
+        let kv = |value: &str| Kv {
+            key: "/twill/bgp/peers/10.0.0.1".into(),
+            value: value.into(),
+        };
+        let mut ev = StoreEvent::InSync(vec![kv(
+            r#"{"address":"10.0.0.1","asNumber":65000,"password":"s3cret"}"#,
+        )]);
+        redact_peers(&mut ev);
+        let StoreEvent::InSync(all) = ev else {
+            unreachable!()
+        };
+        assert!(!all[0].value.contains("s3cret"), "{}", all[0].value);
+        let peer = BgpPeer::from_store(&all[0].key, all[0].value.as_bytes()).unwrap();
+        assert_eq!(peer.as_number, 65000);
+        assert!(peer.auth.has_password());
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! Each scenario is `tests/replay/<name>.events.jsonl`: a `start` record (config, node,
 //! lease, BGP start), then one `input` per line, as `TWILL_RECORD_EVENTS=path twill agent`
-//! records them or written by hand. Its golden is `tests/replay/<name>.golden`.
+//! records them (a restarted agent appends another `start`) or written by hand. Those named
+//! `recorded_*` were recorded from lab tests (`TWILL_RECORD_EVENTS=<dir>` records each node's
+//! agent to `<dir>/<node>.events.jsonl`). Its golden is `tests/replay/<name>.golden`.
 //! `UPDATE_GOLDEN=1 cargo test -p twill-agent --test replay` rewrites the goldens.
 
 use std::fmt::Write as _;
@@ -32,8 +34,14 @@ fn replay(name: &str) -> String {
     let mut core = Core::new(*start).expect("the start record makes a core");
     let mut out = String::new();
     for (i, line) in lines {
-        let Record::Input(input) = parse((i, line)) else {
-            panic!("{}:{}: a second start record", path.display(), i + 1);
+        let input = match parse((i, line)) {
+            Record::Input(input) => input,
+            // The agent was started again (a restart appends to the same log).
+            Record::Start(start) => {
+                let _ = writeln!(out, "#{} start again", i + 1);
+                core = Core::new(*start).expect("the start record makes a core");
+                continue;
+            }
         };
         let event = serde_json::to_string(&input.event).expect("events serialize");
         let _ = writeln!(out, "#{} at {} ms: {event}", i + 1, input.at);
@@ -112,6 +120,8 @@ const SCENARIOS: &[&str] = &[
     "policy_change",
     "cross_subnet",
     "cross_subnet_ipip",
+    "recorded_lease_expiry",
+    "recorded_bgp_restart",
 ];
 
 #[test]
@@ -152,4 +162,17 @@ fn cross_subnet() {
 #[test]
 fn cross_subnet_ipip() {
     check("cross_subnet_ipip");
+}
+
+/// Recorded from `tests/lease_expiry.rs`: a frozen agent's store lease expired.
+#[test]
+fn recorded_lease_expiry() {
+    check("recorded_lease_expiry");
+}
+
+/// Recorded from `tests/bgp_lab.rs` (`restarted_agent_keeps_its_routes_in_bird`): node h1's
+/// agent, killed and started again, keeps its BGP routes until its peers are back.
+#[test]
+fn recorded_bgp_restart() {
+    check("recorded_bgp_restart");
 }
