@@ -2,33 +2,34 @@
 //! `bgp` section, the leases the agent already mirrors (mesh and route-reflector peers) and the
 //! external peers in the store (`twill bgp peer add`).
 //!
-//! The speaker's Loc-RIB becomes kernel routes two ways:
+//! The speaker's Loc-RIB becomes kernel routes two ways (decided in the agent's core,
+//! [`crate::core`], which keeps the learned routes):
 //! - the agent's ordinary reconcile adds the learned routes to the backend's desired state
-//!   ([`BgpSide::add_routes`]), so the observe/diff/apply, resync and ownership rules
+//!   ([`learned_specs`]), so the observe/diff/apply, resync and ownership rules
 //!   (protocol 117) are the same as for every other route;
-//! - between reconciles, changes are programmed as they stream in ([`BgpSide::take_delta`]):
+//! - between reconciles, changes are programmed as they stream in ([`route_delta`]):
 //!   only the prefixes that changed, without reading the whole table back, so the kernel fills
 //!   while the rest of a table is still arriving. The next reconcile checks the result.
 //!
-//! The pure parts ([`topology`], [`learned_specs`], [`route_delta`]) are unit-tested here.
+//! The pure parts ([`topology`], [`learned_specs`], [`route_delta`]) are unit-tested here;
+//! [`BgpSide`] is the speaker's I/O (sessions, their keys, status reads).
 //!
 //! Graceful restart, both ways: a restarted agent sets the R bit so peers keep its prefix
 //! until its End-of-RIB, and it keeps its own BGP routes in the kernel until its peers have
-//! resent theirs ([`BgpSide::settled`]), so neither direction loses a packet. The routes kept
+//! resent theirs (the core's settling), so neither direction loses a packet. The routes kept
 //! are read from the kernel once, at start, and are an explicit input of every reconcile
 //! until then ([`Retained`]); the kernel is never read back into the desired state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::LocalNode;
-use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent, State};
+use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent};
 use twill_dataplane::reconcile::{ObservedRoute, Plan};
-use twill_store::MirrorEvent;
 use twill_types::bgp_auth::{BgpAuth, PasswordSource};
 use twill_types::cluster::overlaps;
 use twill_types::cluster::{BgpConfig, BgpPeer};
@@ -36,10 +37,6 @@ use twill_types::desired::{DesiredState, PeerPath, RouteSpec};
 use twill_types::lease::Lease;
 use twill_types::node::{BgpPeerStatus, BgpRouteStatus, BgpStatus};
 
-/// How long a restarted agent keeps its old BGP routes at most while peers come back.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
-/// Quiet time after the last route change before the routes count as complete.
-const SETTLE_QUIET: Duration = Duration::from_secs(1);
 /// Reconnect pace: a restarted peer is back within a second (a SYN a second to a peer that
 /// is down costs nothing worth saving).
 const CONNECT_RETRY: Duration = Duration::from_secs(1);
@@ -290,7 +287,9 @@ async fn start_on_own_thread(
         .map_err(|_| anyhow::anyhow!("the BGP thread ended while starting"))?
 }
 
-/// The running speaker and what the agent knows of it.
+/// The running speaker: its sessions as given, their keys, and its status as last read. What
+/// the agent decides from its events (learned routes, settling, deltas) is in
+/// [`crate::core`].
 pub struct BgpSide {
     cfg: BgpConfig,
     me: String,
@@ -301,20 +300,6 @@ pub struct BgpSide {
     running: BTreeMap<IpAddr, WantPeer>,
     /// Their TCP-MD5 keys as given (read again at every sync: a changed key re-adds the peer).
     running_keys: HashMap<IpAddr, Option<twill_bgp::Password>>,
-    /// External peers from the store, by key.
-    store_peers: BTreeMap<String, BgpPeer>,
-    /// Best IPv4 routes learned from peers: prefix → next hop.
-    learned: BTreeMap<Ipv4Net, Ipv4Addr>,
-    /// Prefixes of `learned` that changed since they were last programmed.
-    pending: BTreeSet<Ipv4Net>,
-    /// Every route the agent programmed, as of the last reconcile and the deltas since.
-    programmed: HashMap<Ipv4Net, Programmed>,
-    /// The BGP prefixes of the last reconcile's desired state.
-    reconciled_bgp: BTreeSet<Ipv4Net>,
-    started: Instant,
-    last_change: Instant,
-    states: HashMap<IpAddr, State>,
-    settled: bool,
     pub status: Option<BgpStatus>,
 }
 
@@ -342,7 +327,6 @@ impl BgpSide {
             asn, router_id = %my_ip, port = cfg.listen_port, restarting,
             "bgp speaker running"
         );
-        let now = Instant::now();
         Ok(BgpSide {
             cfg,
             me: node.name.clone(),
@@ -351,17 +335,6 @@ impl BgpSide {
             events: Some(events),
             running: BTreeMap::new(),
             running_keys: HashMap::new(),
-            store_peers: BTreeMap::new(),
-            learned: BTreeMap::new(),
-            pending: BTreeSet::new(),
-            programmed: HashMap::new(),
-            reconciled_bgp: BTreeSet::new(),
-            started: now,
-            last_change: now,
-            states: HashMap::new(),
-            // Only a restarted agent has routes of a predecessor worth keeping; a first start
-            // installs what it learns right away (and sweeps leftovers as usual).
-            settled: !restarting,
             status: None,
         })
     }
@@ -372,10 +345,13 @@ impl BgpSide {
     }
 
     /// Gives the speaker the peers the topology asks for now (removing, adding and
-    /// re-adding changed ones).
-    pub fn sync_peers(&mut self, leases: &[Lease]) {
-        let store: Vec<BgpPeer> = self.store_peers.values().cloned().collect();
-        let mut want = topology(&self.cfg, &self.me, leases, &store);
+    /// re-adding changed ones); returns the sessions removed and those (re)added.
+    pub fn sync_peers(
+        &mut self,
+        leases: &[Lease],
+        store: &[BgpPeer],
+    ) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let mut want = topology(&self.cfg, &self.me, leases, store);
         want.remove(&IpAddr::V4(self.my_ip));
         // Each session's key, read now. A key that cannot be read: a running session keeps
         // the one it has; a new one waits (never a session without the key it should have).
@@ -397,11 +373,12 @@ impl BgpSide {
                 }
             },
         });
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
         for (addr, old) in &self.running {
             if want.get(addr) != Some(old) || keys.get(addr) != self.running_keys.get(addr) {
                 info!(peer = %addr, "bgp: removing peer");
                 let _ = self.speaker.remove_peer(*addr);
-                self.states.remove(addr);
+                removed.push(*addr);
             }
         }
         for (addr, w) in &want {
@@ -424,147 +401,16 @@ impl BgpSide {
             p.password = password;
             p.ttl_security = w.auth.ttl_security;
             let _ = self.speaker.add_peer(p);
-            self.states.insert(*addr, State::Idle);
+            added.push(*addr);
         }
         self.running = want;
         self.running_keys = keys;
+        (removed, added)
     }
 
-    /// A store event about external peers; true when the set changed.
-    pub fn on_store_event(&mut self, ev: MirrorEvent) -> bool {
-        let before = self.store_peers.clone();
-        match ev {
-            MirrorEvent::InSync(all) => {
-                self.store_peers.clear();
-                for kv in all {
-                    self.admit(&kv.key, &kv.value);
-                }
-            }
-            MirrorEvent::Put(kv) => {
-                self.store_peers.remove(&kv.key);
-                self.admit(&kv.key, &kv.value);
-            }
-            MirrorEvent::Delete(key) => {
-                self.store_peers.remove(&key);
-            }
-            MirrorEvent::Lost(why) => warn!("bgp peers: lost the store ({why}); keeping peers"),
-        }
-        before != self.store_peers
-    }
-
-    fn admit(&mut self, key: &str, value: &[u8]) {
-        match BgpPeer::from_store(key, value) {
-            Ok(p) => {
-                self.store_peers.insert(key.to_string(), p);
-            }
-            Err(e) => warn!("ignoring a BGP peer: {e}"),
-        }
-    }
-
-    /// A speaker event; true when the learned routes changed.
-    pub fn on_event(&mut self, ev: SpeakerEvent) -> bool {
-        match ev {
-            SpeakerEvent::BestRoutes(changes) => {
-                self.last_change = Instant::now();
-                let mut changed = false;
-                for change in &changes {
-                    let IpNet::V4(prefix) = change.prefix else {
-                        continue; // IPv6 pods are not supported yet.
-                    };
-                    let new = twill_bgp::learned_route(change).and_then(|(_, nh)| match nh {
-                        IpAddr::V4(nh) => Some(nh),
-                        IpAddr::V6(_) => None,
-                    });
-                    let this = match new {
-                        Some(nh) => self.learned.insert(prefix, nh) != Some(nh),
-                        None => self.learned.remove(&prefix).is_some(),
-                    };
-                    if this {
-                        self.pending.insert(prefix);
-                    }
-                    changed |= this;
-                }
-                changed
-            }
-            SpeakerEvent::PeerState { peer, state } => {
-                info!(%peer, ?state, "bgp: peer state");
-                if state == State::Established {
-                    self.last_change = Instant::now();
-                }
-                self.states.insert(peer, state);
-                false
-            }
-        }
-    }
-
-    /// True once the routes learned are complete enough to replace what a previous agent
-    /// left in the kernel: every peer Established and no change for a second, or 30 s
-    /// (at once when this is not a restart). Turns true once and stays.
-    pub fn settled(&mut self) -> bool {
-        if !self.settled {
-            let all_up = self.states.values().all(|s| *s == State::Established);
-            let quiet = self.last_change.elapsed() >= SETTLE_QUIET;
-            if (all_up && quiet) || self.started.elapsed() >= SETTLE_DEADLINE {
-                info!(
-                    routes = self.learned.len(),
-                    after_ms = self.started.elapsed().as_millis() as u64,
-                    "bgp: routes settled"
-                );
-                self.settled = true;
-            }
-        }
-        self.settled
-    }
-
-    /// When a restart's old routes go at the latest, settled or not.
-    pub fn settle_deadline(&self) -> Instant {
-        self.started + SETTLE_DEADLINE
-    }
-
-    /// How many IPv4 routes learned from peers the agent holds.
-    pub fn learned_len(&self) -> usize {
-        self.learned.len()
-    }
-
-    /// What [`BgpSide::settled`] last said, without re-evaluating.
-    pub fn settled_now(&self) -> bool {
-        self.settled
-    }
-
-    /// Adds the learned routes to the backend's desired state (for a reconcile, which
-    /// programs every pending change).
-    pub fn add_routes(&mut self, node: &LocalNode, desired: &mut DesiredState) {
-        let specs = learned_specs(&self.learned, node, desired);
-        self.reconciled_bgp = specs.iter().map(|r| r.dst).collect();
-        self.pending.clear();
-        desired.routes.extend(specs);
-    }
-
-    /// After a reconcile applied `desired`: the routes the agent now owns.
-    pub fn reconciled(&mut self, desired: &DesiredState) {
-        self.programmed = desired
-            .routes
-            .iter()
-            .map(|r| {
-                let from_bgp = self.reconciled_bgp.contains(&r.dst);
-                let p = Programmed {
-                    spec: r.clone(),
-                    from_bgp,
-                };
-                (r.dst, p)
-            })
-            .collect();
-    }
-
-    /// The kernel changes for the learned routes that changed since they were last
-    /// programmed (see [`route_delta`]); `desired` is the backend's current desired state.
-    pub fn take_delta(&mut self, node: &LocalNode, desired: &DesiredState) -> Plan {
-        let changed = std::mem::take(&mut self.pending);
-        route_delta(&changed, &self.learned, node, desired, &mut self.programmed)
-    }
-
-    /// Refreshes [`BgpSide::status`] from the speaker; true when it changed.
-    pub async fn refresh_status(&mut self) -> bool {
+    /// Refreshes [`BgpSide::status`] from the speaker (`settled` as the core has it); true
+    /// when it changed.
+    pub async fn refresh_status(&mut self, settled: bool) -> bool {
         let Ok(st) = self.speaker.status().await else {
             return false;
         };
@@ -622,7 +468,7 @@ impl BgpSide {
         let new = BgpStatus {
             as_number: st.asn,
             router_id: st.router_id,
-            settled: self.settled,
+            settled,
             peers,
             routes,
         };
@@ -639,30 +485,31 @@ impl BgpSide {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retained {
     pub routes: Vec<RouteSpec>,
-    pub until: Instant,
+    /// Milliseconds since the agent started.
+    pub until: u64,
+}
+
+/// The routes of `observed` that twill writes (unicast, via a gateway and a link, default
+/// metric and TOS): those a restarted agent keeps.
+pub fn kept_routes(observed: &[ObservedRoute]) -> Vec<RouteSpec> {
+    observed
+        .iter()
+        .filter(|o| o.unicast && o.metric == 0 && o.tos == 0)
+        .filter_map(|o| {
+            Some(RouteSpec {
+                dst: o.dst,
+                via: o.via?,
+                dev: o.dev.clone()?,
+                onlink: o.onlink,
+            })
+        })
+        .collect()
 }
 
 impl Retained {
-    /// The routes of `observed` that twill writes (unicast, via a gateway and a link, default
-    /// metric and TOS), kept until `until`.
-    pub fn from_observed(observed: &[ObservedRoute], until: Instant) -> Retained {
-        let routes = observed
-            .iter()
-            .filter(|o| o.unicast && o.metric == 0 && o.tos == 0)
-            .filter_map(|o| {
-                Some(RouteSpec {
-                    dst: o.dst,
-                    via: o.via?,
-                    dev: o.dev.clone()?,
-                    onlink: o.onlink,
-                })
-            })
-            .collect();
-        Retained { routes, until }
-    }
-
-    /// True while the routes are still to be kept.
-    pub fn holds(&self, settled: bool, now: Instant) -> bool {
+    /// True while the routes are still to be kept (`now` in milliseconds since the agent
+    /// started).
+    pub fn holds(&self, settled: bool, now: u64) -> bool {
         !settled && now < self.until
     }
 
@@ -983,18 +830,18 @@ mod tests {
         metric.metric = 100;
         let mut multipath = observed("10.97.0.0/16", "192.168.1.12");
         multipath.dev = None;
-        let start = Instant::now();
-        let until = start + Duration::from_secs(30);
-        let retained = Retained::from_observed(
-            &[
+        let start = 0;
+        let until = start + 30_000;
+        let retained = Retained {
+            routes: kept_routes(&[
                 observed("10.50.0.0/16", "192.168.1.12"),
                 observed("10.51.0.0/16", "192.168.1.13"),
                 blackhole,
                 metric,
                 multipath,
-            ],
+            ]),
             until,
-        );
+        };
         // Only what twill itself would write is kept.
         assert_eq!(
             retained.routes,
@@ -1022,6 +869,6 @@ mod tests {
         // Settled, or past the deadline: retention is over.
         assert!(!retained.holds(true, start));
         assert!(!retained.holds(false, until));
-        assert!(!retained.holds(false, until + Duration::from_secs(1)));
+        assert!(!retained.holds(false, until + 1_000));
     }
 }

@@ -21,44 +21,39 @@ pub struct Held {
     pub store_lease: LeaseId,
 }
 
-/// Decodes every lease under the prefix; keys or values that do not parse, and subnets that are
-/// not node subnets of the cluster's pools, are skipped (another node's bad data must neither
-/// stop this one nor steer its routes) and returned as warnings.
-pub fn decode_all(config: &ClusterConfig, kvs: &[KeyValue]) -> (Vec<(String, Lease)>, Vec<String>) {
-    let mut leases = Vec::new();
-    let mut warnings = Vec::new();
-    for kv in kvs {
-        match admit(config, kv) {
-            Ok(lease) => leases.push((kv.key.clone(), lease)),
-            Err(e) => warnings.push(e),
-        }
-    }
-    (leases, warnings)
+/// Decodes one lease and checks that its subnet is a node subnet of one of the cluster's pools
+/// (a lease for 0.0.0.0/1 would otherwise become a route for half the Internet). Keys or
+/// values that do not parse are skipped by the callers (another node's bad data must neither
+/// stop this one nor steer its routes) with the error as a warning.
+pub fn admit(config: &ClusterConfig, kv: &KeyValue) -> Result<Lease, String> {
+    admit_entry(config, &kv.key, &kv.value)
 }
 
-/// Decodes one lease and checks that its subnet is a node subnet of one of the cluster's pools
-/// (a lease for 0.0.0.0/1 would otherwise become a route for half the Internet).
-pub fn admit(config: &ClusterConfig, kv: &KeyValue) -> Result<Lease, String> {
-    let lease = decode(kv)?;
+/// [`admit`] for a key and its value.
+pub fn admit_entry(config: &ClusterConfig, key: &str, value: &[u8]) -> Result<Lease, String> {
+    let lease = decode_entry(key, value)?;
     match config.pool_of(lease.subnet) {
         Some(pool) if twill_ipam::subnets::is_candidate(pool, lease.subnet) => Ok(lease),
         _ => Err(format!(
-            "ignoring {}: {} is not a node subnet of the cluster's pools",
-            kv.key, lease.subnet
+            "ignoring {key}: {} is not a node subnet of the cluster's pools",
+            lease.subnet
         )),
     }
 }
 
 /// Decodes one lease and checks that its key names its subnet.
 pub fn decode(kv: &KeyValue) -> Result<Lease, String> {
-    let subnet =
-        subnet_of_key(&kv.key).ok_or_else(|| format!("ignoring {}: not a lease key", kv.key))?;
-    let lease: Lease = serde_json::from_slice(&kv.value)
-        .map_err(|e| format!("ignoring {}: invalid lease: {e}", kv.key))?;
+    decode_entry(&kv.key, &kv.value)
+}
+
+fn decode_entry(key: &str, value: &[u8]) -> Result<Lease, String> {
+    let subnet = subnet_of_key(key).ok_or_else(|| format!("ignoring {key}: not a lease key"))?;
+    let lease: Lease =
+        serde_json::from_slice(value).map_err(|e| format!("ignoring {key}: invalid lease: {e}"))?;
     if lease.subnet != subnet {
         return Err(format!(
-            "ignoring {}: it holds subnet {} instead",
-            kv.key, lease.subnet
+            "ignoring {key}: it holds subnet {} instead",
+            lease.subnet
         ));
     }
     Ok(lease)

@@ -24,12 +24,12 @@
 //! 0700, every file it writes and its socket 0600, and the socket serves root only (peer
 //! credentials) with bounded reads and connections (see [`policy_sync`]).
 //!
+//! - [`core`]: the agent's decisions as a pure step function (events in, actions out), which
+//!   [`run`] drives with I/O and `tests/replay.rs` replays from recorded event logs.
 //! - [`lease`]: acquiring, keeping and releasing the node's subnet lease.
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
-//! - [`host_objects`]: the node's own objects in the desired state (sysctls, the TUN
-//!   device's address, masquerading, host protection).
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
@@ -42,8 +42,8 @@
 
 pub mod bgp;
 pub mod cli;
+pub mod core;
 pub mod files;
-pub mod host_objects;
 pub mod lease;
 pub mod policy;
 pub mod policy_cli;

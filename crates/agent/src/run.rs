@@ -1,6 +1,8 @@
-//! The agent's main loop.
+//! The agent's main loop: the I/O shell around [`crate::core`]. Tasks (the store mirrors,
+//! the BGP speaker, timers, the policy task, signals) become events; the core's actions
+//! become store calls, speaker calls, reconciles and status writes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,31 +12,33 @@ use ipnet::Ipv4Net;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
-use twill_backend::{Backend, LocalNode};
+use twill_backend::LocalNode;
 use twill_dataplane::reconcile::{
     self, ObjectKey, ObjectStatus, Observed, ObservedFdb, ObservedRoute, Reconciler, Rtnl,
 };
-use twill_store::{MirrorEvent, Store, StoreError};
-use twill_types::MacAddr;
-use twill_types::cluster::ClusterConfig;
-use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
+use twill_store::{Store, StoreError};
+use twill_types::cluster::{BgpPeer, ClusterConfig};
+use twill_types::desired::{DesiredState, NeighSpec, RouteSpec};
 use twill_types::keys::{BGP_PEERS_PREFIX, CONFIG_KEY, LEASES_PREFIX};
 use twill_types::lease::Lease;
-use twill_types::node::{self, AgentStatus, LeaseEvent, NodeFile, PeerStatus, PolicyStatus};
+use twill_types::node::{self, AgentStatus, NodeFile, PolicyStatus};
 
+use crate::core::{
+    Action, BgpStart, Core, Event, ExitReason, Input, Kv, LeaseCheck, LeaseHeld, Level, Missing,
+    NodeSetup, ObjectRef, ReconcileOutcome, Record, Refused, Renewal, Start, Status, StoreEvent,
+};
 use crate::lease::{self, Held};
 use crate::tunnel::Engine;
 use crate::{files, underlay};
-
-/// Quiet time after a batch of BGP route changes before the reconcile that checks them.
-const BGP_CHECK_DELAY: Duration = Duration::from_millis(200);
 
 /// At most this many speaker events (each the route changes of one UPDATE, up to about a
 /// thousand) are taken per programming step.
 const BGP_BATCH: usize = 32;
 
-/// The last this many lease events are kept for `twill status`.
-const LEASE_EVENTS_KEPT: usize = 16;
+/// Set to a file path, the agent appends each input of its core there as a JSON line (the
+/// first line says how the core started), for `tests/replay.rs`; set to a directory, to
+/// `<node>.events.jsonl` in it. Inline BGP passwords are replaced by a placeholder.
+pub const RECORD_EVENTS_ENV: &str = "TWILL_RECORD_EVENTS";
 
 /// Name of the masquerade chain of the cluster's pools (reserved: no CNI network may use it).
 pub const NAT_NETWORK: &str = node::AGENT_NAT_NETWORK;
@@ -134,47 +138,111 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let bgp_started = started.elapsed().as_millis() as u64;
     let route_outcomes = bgp.is_some().then_some(outcomes);
     // A restart with BGP: the routes the previous agent left are kept while peers come back.
     // They are read here, once, before anything is written.
     let retained = match &bgp {
-        Some(b) if restarting => retained_routes(&nl, b.settle_deadline()).await,
+        Some(_) if restarting => retained_routes(&nl).await,
         _ => None,
     };
+    let start = Start {
+        config: config.clone(),
+        node: NodeSetup {
+            name: node.name.clone(),
+            subnet: node.subnet,
+            public_net: node.public_net,
+            underlay_dev: node.underlay_dev.clone(),
+            underlay_mtu: node.underlay_mtu,
+        },
+        lease_key: held.key.clone(),
+        lease: held.lease.clone(),
+        bgp: bgp.as_ref().map(|_| BgpStart {
+            started: bgp_started,
+            restarting,
+            retained,
+        }),
+        store_endpoints: twill_types::desired::host_guard::store_endpoints(&opts.store),
+    };
+    let recorder = match std::env::var_os(RECORD_EVENTS_ENV) {
+        Some(path) => {
+            let mut path = PathBuf::from(path);
+            if path.is_dir() {
+                // One file per node, so the agents of a lab can share the setting.
+                path.push(format!("{}.events.jsonl", opts.node_name));
+            }
+            Some(open_recording(&path, &start)?)
+        }
+        None => None,
+    };
+    let core = Core::new(start).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut agent = Agent {
+        core,
+        recorder,
         bgp,
-        retained,
         reconciler,
         opts: opts.clone(),
         store: store.clone(),
         config,
-        backend,
         node,
         held,
-        peers: BTreeMap::new(),
-        in_sync: false,
         nl,
-        synced_once: false,
         started,
         tunnel: None,
-        last_peers: Vec::new(),
         node_file,
         policy,
         policy_task,
-        lease_events: Vec::new(),
-        lease_lost: false,
+        renew_soon: false,
     };
     agent.main_loop(route_outcomes).await
 }
 
-/// The routes of twill's that the kernel holds now, to keep until `until` (None when the
-/// kernel cannot be read: nothing is kept then).
-async fn retained_routes(nl: &Rtnl, until: std::time::Instant) -> Option<crate::bgp::Retained> {
+/// Opens (appending) the file the agent's inputs are recorded in, and writes how the core
+/// starts.
+fn open_recording(
+    path: &std::path::Path,
+    start: &Start,
+) -> anyhow::Result<std::io::LineWriter<std::fs::File>> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{RECORD_EVENTS_ENV}={}", path.display()))?;
+    let mut out = std::io::LineWriter::new(file);
+    let mut start = start.clone();
+    if let Some(bgp) = &mut start.config.bgp {
+        twill_types::cluster::redact(bgp);
+    }
+    let line = serde_json::to_string(&Record::Start(Box::new(start)))?;
+    writeln!(out, "{line}")?;
+    info!(path = %path.display(), "recording the agent's events");
+    Ok(out)
+}
+
+/// Replaces the inline passwords of the BGP peers in `ev` by a placeholder.
+fn redact_peers(ev: &mut StoreEvent) {
+    let redact = |kv: &mut Kv| {
+        if let Ok(mut peer) = serde_json::from_str::<BgpPeer>(&kv.value) {
+            peer.auth = peer.auth.redacted();
+            kv.value = serde_json::to_string(&peer).expect("peers serialize");
+        }
+    };
+    match ev {
+        StoreEvent::InSync(all) => all.iter_mut().for_each(redact),
+        StoreEvent::Put(kv) => redact(kv),
+        StoreEvent::Delete(_) | StoreEvent::Lost(_) => {}
+    }
+}
+
+/// The routes of twill's that the kernel holds now, to keep while BGP comes back (None when
+/// the kernel cannot be read: nothing is kept then).
+async fn retained_routes(nl: &Rtnl) -> Option<Vec<RouteSpec>> {
     match reconcile::observe(nl, &DesiredState::default()).await {
         Ok(observed) => {
-            let retained = crate::bgp::Retained::from_observed(&observed.routes, until);
+            let retained = crate::bgp::kept_routes(&observed.routes);
             info!(
-                routes = retained.routes.len(),
+                routes = retained.len(),
                 "graceful restart: keeping the routes found"
             );
             Some(retained)
@@ -223,55 +291,33 @@ async fn wait_for_config(store: &Store) -> anyhow::Result<ClusterConfig> {
     }
 }
 
+/// The I/O shell around [`Core`]: it turns what its tasks report into events, feeds them to
+/// the core, and runs the actions the core returns.
 struct Agent {
+    core: Core,
+    /// Where each input is appended as a JSON line (`TWILL_RECORD_EVENTS`).
+    recorder: Option<std::io::LineWriter<std::fs::File>>,
     /// The BGP speaker, when the cluster config has a bgp section.
     bgp: Option<crate::bgp::BgpSide>,
-    /// Routes of a previous agent kept until BGP settles (a restart with BGP only).
-    retained: Option<crate::bgp::Retained>,
     /// Writes the peer dataplane: full reconciles, and BGP route changes between them.
     reconciler: Reconciler,
     opts: AgentOptions,
     store: Store,
     config: ClusterConfig,
-    backend: Box<dyn Backend + Send + Sync>,
     node: LocalNode,
     held: Held,
-    /// Every lease in the store, by key (our own included).
-    peers: BTreeMap<String, Lease>,
-    in_sync: bool,
     nl: Rtnl,
-    synced_once: bool,
     started: Instant,
     /// The userspace tunnel engine (udp, ipip backends).
     tunnel: Option<Engine>,
-    /// Peers as last reconciled, for status rewrites between reconciles (tunnel counters).
-    last_peers: Vec<PeerStatus>,
     /// What the CNI plugin reads from disk.
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
     policy: crate::policy_sync::SharedStatus,
     /// The policy task; it ends only when it fails.
     policy_task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// What happened to the lease behind the agent's back, for `twill status`.
-    lease_events: Vec<LeaseEvent>,
-    /// The lease was lost (deleted, taken, expired) and leasing again has not succeeded yet.
-    lease_lost: bool,
-}
-
-/// What the store says about our lease.
-enum LeaseCheck {
-    /// Ours, or nothing certain (the store did not answer): look again later.
-    Held,
-    /// `twill node leave` removed it.
-    Left,
-    /// Lost some other way: `(event, message)`.
-    Lost(&'static str, String),
-}
-
-/// What ended the loop.
-enum Exit {
-    Signal,
-    Left,
+    /// The core asked to renew again in a second.
+    renew_soon: bool,
 }
 
 impl Agent {
@@ -294,103 +340,53 @@ impl Agent {
             .bgp
             .is_some()
             .then(|| twill_store::mirror(self.store.clone(), BGP_PEERS_PREFIX.to_string()));
-        if let Some(b) = &mut self.bgp {
-            // External peers of the config need no lease: start their sessions now.
-            b.sync_peers(&[]);
-        }
-        // When to reconcile after the last batch of BGP route changes.
-        let mut bgp_check: Option<tokio::time::Instant> = None;
-        let exit = loop {
-            tokio::select! {
+        let origin = tokio::time::Instant::from_std(self.started);
+        let mut exit = self.feed(Event::Started).await;
+        while exit.is_none() {
+            let wake = self
+                .core
+                .wake_at()
+                .map(|at| origin + Duration::from_millis(at));
+            exit = tokio::select! {
                 ev = recv_or_never(&mut bgp_events) => {
                     let Some(ev) = ev else { bail!("the BGP speaker stopped") };
-                    let b = self.bgp.as_mut().expect("events imply a speaker");
-                    let mut dirty = b.on_event(ev);
                     // A table arrives as a stream of changes: program what is queued now,
                     // without waiting for the rest, so the kernel fills while more arrives
                     // (the next batch is whatever queued up meanwhile).
+                    let mut batch = vec![ev];
                     let rx = bgp_events.as_mut().expect("just received");
-                    for _ in 0..BGP_BATCH {
+                    while batch.len() <= BGP_BATCH {
                         let Some(ev) = rx.try_one() else { break };
-                        dirty |= b.on_event(ev);
+                        batch.push(ev);
                     }
-                    if dirty {
-                        // bench/bgp.sh reads this to time the table's arrival.
-                        tracing::debug!(learned = b.learned_len(), "bgp: learned routes changed");
-                    }
-                    if dirty && self.in_sync {
-                        self.program_bgp_changes().await;
-                    }
+                    self.feed_all(batch.into_iter().map(|ev| Event::Speaker(ev.into())), Event::SpeakerDone).await
                 }
                 failed = recv_or_never(&mut route_outcomes) => {
                     let Some(failed) = failed else { bail!("the reconciler stopped") };
-                    if failed.is_empty() {
-                        // Once the burst is over: read back, repair if needed, and write the
-                        // status (the deltas themselves never read the kernel).
-                        bgp_check = Some(tokio::time::Instant::now() + BGP_CHECK_DELAY);
-                    } else {
-                        for f in failed {
-                            warn!("{f}");
-                        }
-                        // Whatever the kernel holds now, the reconcile makes it right.
-                        if self.in_sync {
-                            self.reconcile().await;
-                        }
-                    }
+                    self.feed(Event::RouteDeltaDone { failed }).await
                 }
-                _ = sleep_until_opt(bgp_check) => {
-                    bgp_check = None;
-                    if self.in_sync {
-                        self.reconcile().await;
-                    }
-                }
+                _ = sleep_until_opt(wake) => self.feed(Event::Wake).await,
                 ev = recv_or_never(&mut bgp_peers) => {
                     let Some(ev) = ev else { bail!("the store mirror of BGP peers stopped") };
-                    let b = self.bgp.as_mut().expect("mirror implies a speaker");
-                    if b.on_store_event(ev) {
-                        let leases = self.lease_list();
-                        if let Some(b) = &mut self.bgp {
-                            b.sync_peers(&leases);
-                        }
-                    }
+                    self.feed(Event::BgpPeers(ev.into())).await
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { bail!("the store mirror stopped") };
-                    let mut dirty = self.on_event(ev).await?;
                     // Take everything already queued (and whatever follows within 2 ms of the
                     // last event, for at most 100 ms) so a burst of leases costs one
                     // reconcile, not one per lease.
+                    let mut burst = vec![ev];
                     let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
                     while let Ok(Some(ev)) =
                         tokio::time::timeout_at(deadline, next_soon(&mut events)).await
                     {
-                        dirty |= self.on_event(ev).await?;
+                        burst.push(ev);
                     }
-                    if self.check_lease().await {
-                        break Exit::Left;
-                    }
-                    if dirty && self.in_sync {
-                        self.reconcile().await;
-                    }
+                    self.feed_all(burst.into_iter().map(|ev| Event::Leases(ev.into())), Event::LeasesDone).await
                 }
-                _ = resync.tick() => if self.in_sync { self.reconcile().await },
-                _ = policy.changed.notified() => self.write_status(None),
-                _ = counters.tick() => {
-                    let mut bgp_changed = false;
-                    if let Some(b) = &mut self.bgp {
-                        let was = b.settled_now();
-                        if b.settled() && !was && self.in_sync {
-                            // The old routes kept for graceful restart may go now.
-                            self.reconcile().await;
-                        }
-                        if let Some(b) = &mut self.bgp {
-                            bgp_changed = b.refresh_status().await;
-                        }
-                    }
-                    if bgp_changed || self.tunnel.is_some() {
-                        self.write_status(None)
-                    }
-                }
+                _ = resync.tick() => self.feed(Event::ResyncTick).await,
+                _ = policy.changed.notified() => self.feed(Event::Policy(self.policy_now())).await,
+                _ = counters.tick() => self.feed(Event::StatusTick).await,
                 res = &mut self.policy_task => {
                     match res {
                         Ok(Ok(())) => bail!("network policy stopped"),
@@ -398,22 +394,18 @@ impl Agent {
                         Err(e) => bail!("network policy stopped: {e}"),
                     }
                 }
-                _ = renew.tick() => {
-                    if self.check_lease().await {
-                        break Exit::Left;
-                    }
-                    if !self.renew().await {
-                        // Retry soon rather than a third of the TTL later: two missed renewals
-                        // in a row could let the lease expire.
-                        renew.reset_after(Duration::from_secs(1));
-                    }
-                }
-                _ = sigterm.recv() => break Exit::Signal,
-                _ = sigint.recv() => break Exit::Signal,
+                _ = renew.tick() => self.feed(Event::RenewTick).await,
+                _ = sigterm.recv() => self.feed(Event::Signal).await,
+                _ = sigint.recv() => self.feed(Event::Signal).await,
+            };
+            if std::mem::take(&mut self.renew_soon) {
+                // Retry soon rather than a third of the TTL later: two missed renewals in a
+                // row could let the lease expire.
+                renew.reset_after(Duration::from_secs(1));
             }
-        };
-        match exit {
-            Exit::Signal => {
+        }
+        match exit.expect("the loop ends with a reason") {
+            ExitReason::Signal => {
                 // The BGP sessions end without a NOTIFICATION when the process exits, so
                 // peers keep our routes (graceful restart) until the next agent's End-of-RIB.
                 info!("stopping; the dataplane stays as it is");
@@ -422,7 +414,7 @@ impl Agent {
                 }
                 Ok(())
             }
-            Exit::Left => {
+            ExitReason::Left => {
                 info!("this node's lease was removed (twill node leave): clearing local state");
                 if let Some(b) = &self.bgp {
                     // Cease: peers drop our routes now instead of keeping them as stale.
@@ -436,79 +428,143 @@ impl Agent {
         }
     }
 
-    /// Applies one store event to the peer map; true when it changed something.
-    async fn on_event(&mut self, ev: MirrorEvent) -> anyhow::Result<bool> {
-        match ev {
-            MirrorEvent::InSync(all) => {
-                let (leases, warnings) = lease::decode_all(&self.config, &all);
-                for w in warnings {
-                    warn!("{w}");
-                }
-                self.peers = leases.into_iter().collect();
-                if !self.in_sync {
-                    info!(leases = self.peers.len(), "in sync with the store");
-                }
-                self.in_sync = true;
-                Ok(true)
+    /// Feeds each of `events`, then `done` (unless one of them ends the loop).
+    async fn feed_all(
+        &mut self,
+        events: impl Iterator<Item = Event>,
+        done: Event,
+    ) -> Option<ExitReason> {
+        for ev in events {
+            if let Some(exit) = self.feed(ev).await {
+                return Some(exit);
             }
-            MirrorEvent::Put(kv) => match lease::admit(&self.config, &kv) {
-                Ok(lease) => Ok(self.peers.insert(kv.key, lease.clone()) != Some(lease)),
-                Err(w) => {
-                    warn!("{w}");
-                    Ok(self.peers.remove(&kv.key).is_some())
+        }
+        self.feed(done).await
+    }
+
+    /// Gives one event to the core and runs the actions it returns, in order; an action's
+    /// answer is fed back at once and its actions run before the ones after it.
+    async fn feed(&mut self, event: Event) -> Option<ExitReason> {
+        let mut queue: VecDeque<Action> = self.step(event).into();
+        while let Some(action) = queue.pop_front() {
+            if let Action::Exit(reason) = action {
+                return Some(reason);
+            }
+            if let Some(answer) = self.execute(action).await {
+                for a in self.step(answer).into_iter().rev() {
+                    queue.push_front(a);
                 }
-            },
-            MirrorEvent::Delete(key) => Ok(self.peers.remove(&key).is_some()),
-            MirrorEvent::Lost(why) => {
-                warn!("lost the store ({why}); keeping the dataplane as it is");
-                self.in_sync = false;
-                self.write_status(None);
-                Ok(false)
+            }
+        }
+        None
+    }
+
+    /// Stamps an event with the time, records it when asked to, and steps the core.
+    fn step(&mut self, event: Event) -> Vec<Action> {
+        let input = Input {
+            at: self.started.elapsed().as_millis() as u64,
+            unix: unix_now(),
+            event,
+        };
+        self.record(&input);
+        self.core.step(input)
+    }
+
+    /// Appends `input` to the recording, if there is one (inline BGP passwords redacted).
+    fn record(&mut self, input: &Input) {
+        use std::io::Write;
+        if let Some(out) = &mut self.recorder {
+            let mut input = input.clone();
+            if let Event::BgpPeers(ev) = &mut input.event {
+                redact_peers(ev);
+            }
+            let line = serde_json::to_string(&Record::Input(input)).expect("records serialize");
+            if let Err(e) = writeln!(out, "{line}") {
+                warn!("recording events: {e}; recording stops");
+                self.recorder = None;
             }
         }
     }
 
-    /// Looks at our lease when the mirror no longer shows it as ours; true when `twill node
-    /// leave` removed it (it leaves a marker before deleting the lease). Any other loss (the
-    /// key deleted by hand, another node's lease under it, the store lease expired) is not a
-    /// leave: the agent leases again and keeps the dataplane.
-    async fn check_lease(&mut self) -> bool {
-        if !self.in_sync || self.lease_lost {
-            return false;
-        }
-        if self
-            .peers
-            .get(&self.held.key)
-            .is_some_and(|l| l.node == self.node.name)
-        {
-            return false;
-        }
-        match self.lease_state().await {
-            LeaseCheck::Held => false,
-            LeaseCheck::Left => true,
-            LeaseCheck::Lost(event, message) => {
-                self.lose_lease(event, message).await;
-                false
+    /// Runs one action; returns the answer for those that have one.
+    async fn execute(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Reconcile { desired, .. } => {
+                Some(Event::Reconciled(self.reconcile(&desired).await))
+            }
+            Action::SubmitRoutes(plan) => {
+                self.reconciler.submit(*plan);
+                // Let the writer start on it now: this loop would otherwise go on taking
+                // queued events first, and the kernel would sit idle meanwhile.
+                tokio::task::yield_now().await;
+                None
+            }
+            Action::CheckLease => Some(Event::LeaseChecked(self.lease_state().await)),
+            Action::RenewLease => {
+                let renewal = match self.store.keep_alive(self.held.store_lease).await {
+                    Ok(_) => Renewal::Renewed,
+                    Err(StoreError::LeaseNotFound) => Renewal::Expired,
+                    Err(e) => Renewal::Failed(e.to_string()),
+                };
+                Some(Event::Renewed(renewal))
+            }
+            Action::RenewSoon => {
+                self.renew_soon = true;
+                None
+            }
+            Action::Reacquire { lease, subnet } => Some(Event::Reacquired(
+                self.reacquire(lease, subnet)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            )),
+            Action::SyncBgpPeers {
+                leases,
+                store_peers,
+            } => {
+                let b = self.bgp.as_mut()?;
+                let (removed, added) = b.sync_peers(&leases, &store_peers);
+                Some(Event::BgpPeersSynced { removed, added })
+            }
+            Action::RefreshBgpStatus { settled } => {
+                let b = self.bgp.as_mut()?;
+                let changed = b.refresh_status(settled).await;
+                Some(Event::BgpStatusRefreshed { changed })
+            }
+            Action::WriteStatus(status) => {
+                self.write_status(status);
+                None
+            }
+            Action::Exit(_) => None,
+            Action::Log(level, message) => {
+                match level {
+                    Level::Debug => tracing::debug!("{message}"),
+                    Level::Info => info!("{message}"),
+                    Level::Warn => warn!("{message}"),
+                }
+                None
             }
         }
     }
 
     /// Asks the store itself (not the mirror, whose queued events may predate a re-lease).
+    /// `twill node leave` leaves a marker before deleting the lease; any other loss is not a
+    /// leave.
     async fn lease_state(&mut self) -> LeaseCheck {
+        let lost = |event: &str, message: String| LeaseCheck::Lost {
+            event: event.to_string(),
+            message,
+        };
         match self.store.get(&self.held.key).await {
             Ok(Some(kv)) => match lease::admit(&self.config, &kv) {
-                Ok(lease) if lease.node == self.node.name => {
-                    self.peers.insert(kv.key, lease);
-                    LeaseCheck::Held
-                }
-                Ok(lease) => LeaseCheck::Lost(
+                Ok(lease) if lease.node == self.node.name => LeaseCheck::Held(Some(lease)),
+                Ok(lease) => lost(
                     "taken",
                     format!(
                         "our lease {} was taken: node {} holds it now",
                         self.held.key, lease.node
                     ),
                 ),
-                Err(w) => LeaseCheck::Lost(
+                Err(w) => lost(
                     "taken",
                     format!("our lease {} was overwritten ({w})", self.held.key),
                 ),
@@ -517,9 +573,9 @@ impl Agent {
                 Ok(true) => LeaseCheck::Left,
                 Ok(false) => match self.store.keep_alive(self.held.store_lease).await {
                     Err(StoreError::LeaseNotFound) => {
-                        LeaseCheck::Lost("expired", "our lease expired".to_string())
+                        lost("expired", "our lease expired".to_string())
                     }
-                    _ => LeaseCheck::Lost(
+                    _ => lost(
                         "deleted",
                         format!(
                             "our lease {} was deleted from the store, and not by a leave \
@@ -530,196 +586,61 @@ impl Agent {
                 },
                 Err(e) => {
                     warn!("checking for a leave marker: {e}");
-                    LeaseCheck::Held
+                    LeaseCheck::Held(None)
                 }
             },
             Err(e) => {
                 warn!("checking our lease: {e}");
-                LeaseCheck::Held
-            }
-        }
-    }
-
-    /// The lease is gone without a leave: record it, say so, and lease again (the dataplane
-    /// is left as it is meanwhile: pods keep talking).
-    async fn lose_lease(&mut self, event: &'static str, message: String) -> bool {
-        warn!(
-            subnet = %self.node.subnet, event,
-            "{message}; leasing again, the dataplane stays as it is"
-        );
-        self.lease_events.push(LeaseEvent {
-            at: unix_now(),
-            event: event.to_string(),
-            subnet: self.node.subnet,
-            leased_again: None,
-            message: format!("{message}; leasing again"),
-        });
-        if self.lease_events.len() > LEASE_EVENTS_KEPT {
-            self.lease_events.remove(0);
-        }
-        self.lease_lost = true;
-        let ok = self.lease_again().await;
-        if !ok {
-            self.write_status(None);
-        }
-        ok
-    }
-
-    /// Renews the lease (or, after a loss, leases again); false when that failed (retry soon).
-    async fn renew(&mut self) -> bool {
-        if self.lease_lost {
-            return self.lease_again().await;
-        }
-        match self.store.keep_alive(self.held.store_lease).await {
-            Ok(_) => true,
-            Err(StoreError::LeaseNotFound) => {
-                self.lose_lease("expired", "our lease expired".to_string())
-                    .await
-            }
-            Err(e) => {
-                warn!("renewing the lease failed ({e}); retrying in 1 s");
-                false
-            }
-        }
-    }
-
-    /// [`Agent::reacquire`], logging instead of failing: the store may be coming back.
-    async fn lease_again(&mut self) -> bool {
-        let before = self.node.subnet;
-        match self.reacquire().await {
-            Ok(()) => {
-                self.lease_lost = false;
-                let now = self.node.subnet;
-                let message = if now == before {
-                    format!("leased {now} again")
-                } else {
-                    format!("{before} was taken; leased {now} (new pods use it)")
-                };
-                info!(subnet = %now, key = %self.held.key, "{message}");
-                if let Some(ev) = self.lease_events.last_mut() {
-                    ev.leased_again = Some(now);
-                    ev.message = format!("{}; {message}", ev.message);
-                }
-                self.write_status(None);
-                true
-            }
-            Err(e) => {
-                warn!("leasing again failed: {e:#}; retrying in 1 s");
-                false
+                LeaseCheck::Held(None)
             }
         }
     }
 
     /// Takes the same subnet again if it is still free (a new one otherwise), with a new store
     /// lease; the old store lease, if it still lives, keeps nothing any more and is revoked.
-    async fn reacquire(&mut self) -> anyhow::Result<()> {
+    async fn reacquire(&mut self, lease: Lease, subnet: Ipv4Net) -> anyhow::Result<LeaseHeld> {
         let held = lease::acquire(
             &self.store,
             &self.config,
-            self.held.lease.clone(),
-            Some(self.node.subnet),
+            lease,
+            Some(subnet),
             self.opts.lease_ttl,
         )
         .await?;
         if held.lease.subnet != self.node.subnet {
-            // Pods already running hold addresses of the old subnet: say so loudly.
-            warn!(
-                old = %self.node.subnet, new = %held.lease.subnet,
-                "the old subnet was taken by another node; new pods use the new one"
-            );
             self.node.subnet = held.lease.subnet;
             self.node_file.subnet = held.lease.subnet;
             files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }
         let old = self.held.store_lease;
-        self.peers.insert(held.key.clone(), held.lease.clone());
         self.held = held;
         if old != self.held.store_lease {
             let _ = self.store.revoke_lease(old).await;
         }
-        Ok(())
+        Ok(LeaseHeld {
+            key: self.held.key.clone(),
+            lease: self.held.lease.clone(),
+        })
     }
 
-    /// Every lease but ours.
-    fn lease_list(&self) -> Vec<Lease> {
-        self.peers
-            .values()
-            .filter(|l| l.node != self.node.name)
-            .cloned()
-            .collect()
-    }
-
-    /// Computes the desired state from the peer map and makes the kernel match it.
-    async fn reconcile(&mut self) {
-        let peers = self.lease_list();
-        let mut desired = self.backend.desired(&self.node, &peers);
-        if let Some(b) = &mut self.bgp {
-            b.sync_peers(&peers);
-            b.add_routes(&self.node, &mut desired);
-            let settled = b.settled();
-            if let Some(retained) = &self.retained {
-                if retained.holds(settled, std::time::Instant::now()) {
-                    retained.add_missing(&mut desired);
-                } else {
-                    info!(
-                        routes = retained.routes.len(),
-                        "graceful restart over: routes BGP did not learn again go"
-                    );
-                    self.retained = None;
-                }
-            }
-        }
-        crate::host_objects::host_objects(
-            &self.config,
-            &self.node,
-            &peers,
-            &self.opts.store,
-            &mut desired,
-        );
-        if let Err(e) = self.ensure_tunnel(&desired).await {
+    /// Makes the kernel match `desired`: the tunnel engine, then the reconciler (after the
+    /// BGP changes handed over before); says what the kernel lacks afterwards.
+    async fn reconcile(&mut self, desired: &DesiredState) -> ReconcileOutcome {
+        if let Err(e) = self.ensure_tunnel(desired).await {
             warn!("{e:#}");
         }
-        let observed = match self.apply(&desired).await {
-            Ok(observed) => Some(observed),
-            Err(e) => {
-                warn!("programming the dataplane: {e:#}");
-                None
-            }
+        let mut outcome = match self.reconciler.reconcile(desired.clone()).await {
+            Ok(reconciled) => ReconcileOutcome {
+                missing: missing_objects(desired, &reconciled.observed),
+                ..ReconcileOutcome::default()
+            },
+            Err(e) => ReconcileOutcome {
+                failed: Some(format!("{e:#}")),
+                ..ReconcileOutcome::default()
+            },
         };
-        if let Some(b) = &mut self.bgp {
-            b.reconciled(&desired);
-        }
-        if !self.synced_once {
-            self.synced_once = true;
-            info!(
-                peers = peers.len(),
-                elapsed_ms = self.started.elapsed().as_millis() as u64,
-                "first reconcile done"
-            );
-        }
-        if let Some(b) = &mut self.bgp {
-            // Sessions and routes as of this reconcile, so status never lags the kernel.
-            b.refresh_status().await;
-        }
-        self.write_status(Some((&desired, observed.as_ref())));
-    }
-
-    /// Hands the learned routes that changed since the last reconcile or delta (only those)
-    /// to the reconciler as a partial plan, without waiting for the kernel (a failure there falls back to a
-    /// full reconcile).
-    async fn program_bgp_changes(&mut self) {
-        let peers = self.lease_list();
-        let desired = self.backend.desired(&self.node, &peers);
-        let Some(b) = &mut self.bgp else {
-            return;
-        };
-        let plan = b.take_delta(&self.node, &desired);
-        if !plan.is_empty() {
-            self.reconciler.submit(plan);
-            // Let the writer start on it now: this loop would otherwise go on taking queued
-            // events first, and the kernel would sit idle meanwhile.
-            tokio::task::yield_now().await;
-        }
+        outcome.refused = refused_objects(&self.reconciler.errors());
+        outcome
     }
 
     /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
@@ -751,15 +672,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
-    /// before); returns what the kernel holds afterwards.
-    async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Observed> {
-        let reconciled = self.reconciler.reconcile(desired.clone()).await?;
-        Ok(reconciled.observed)
-    }
-
-    /// Writes status.json: the peers of `state` (or, with None, those of the last reconcile),
-    /// in_sync, and fresh tunnel counters.
     fn policy_now(&self) -> PolicyStatus {
         self.policy
             .status
@@ -768,12 +680,10 @@ impl Agent {
             .clone()
     }
 
-    fn write_status(&mut self, state: Option<(&DesiredState, Option<&Observed>)>) {
-        if let Some((desired, observed)) = state {
-            self.last_peers = peer_status(desired, observed, &self.reconciler.errors());
-        }
+    /// Writes status.json: the core's part, with fresh tunnel counters and BGP status.
+    fn write_status(&mut self, core: Status) {
         let path = self.opts.data_dir.join(node::STATUS_FILE);
-        let mut peers = self.last_peers.clone();
+        let mut peers = core.peers;
         let tunnel = self.tunnel.as_ref().map(|engine| {
             let (counters, status) = engine.status();
             for p in &mut peers {
@@ -783,18 +693,18 @@ impl Agent {
         });
         let status = AgentStatus {
             node: self.node.name.clone(),
-            subnet: self.node.subnet,
+            subnet: core.subnet,
             backend: self.config.backend.kind,
             public_ip: self.node.public_net.addr(),
             store: self.store.describe(),
-            in_sync: self.in_sync,
+            in_sync: core.in_sync,
             pid: std::process::id(),
             updated: unix_now(),
             peers,
             tunnel,
-            policy: Some(self.policy_now()),
+            policy: core.policy,
             bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
-            lease_events: self.lease_events.clone(),
+            lease_events: core.lease_events,
         };
         if let Err(e) = files::write_json(&path, &status) {
             warn!("writing {}: {e:#}", path.display());
@@ -810,126 +720,59 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Each peer of the desired state, and whether the kernel holds everything it needs.
-/// `errors` are the reconciler's objects in error: a peer that misses one says why the kernel
-/// refused it.
-fn peer_status(
-    desired: &DesiredState,
-    observed: Option<&Observed>,
-    errors: &BTreeMap<ObjectKey, ObjectStatus>,
-) -> Vec<PeerStatus> {
-    let index = observed.map(|obs| Index::new(desired, obs));
-    desired
-        .peers
+/// The objects of `desired` the kernel does not hold (`observed` after the reconcile).
+fn missing_objects(desired: &DesiredState, observed: &Observed) -> Vec<Missing> {
+    let routes: HashSet<&ObservedRoute> = observed.routes.iter().collect();
+    let neighbours: HashSet<&NeighSpec> = observed.neighbours.iter().collect();
+    let fdb: HashSet<&ObservedFdb> = observed.fdb.iter().collect();
+    let routes = desired
+        .routes
         .iter()
-        .map(|p| {
-            let error = match (&p.path, &index) {
-                (PeerPath::Skipped(_), _) => None,
-                (_, None) => Some("the kernel state could not be read".to_string()),
-                (PeerPath::Bgp, Some(index)) if !index.routes.contains_key(&p.subnet) => {
-                    Some("no route learned by BGP yet".to_string())
-                }
-                (_, Some(index)) => index.missing_for_peer(p.subnet).map(|missing| {
-                    with_kernel_reasons(missing, &index.keys_of_peer(p.subnet), errors)
-                }),
-            };
-            PeerStatus {
-                node: p.node.clone(),
-                subnet: p.subnet,
-                public_ip: p.public_ip,
-                programmed: !matches!(p.path, PeerPath::Skipped(_)) && error.is_none(),
-                path: p.path.clone(),
-                error,
-                counters: None,
-            }
+        .filter(|r| !routes.contains(&ObservedRoute::from_spec(r)))
+        .map(|r| Missing::Route {
+            dst: r.dst,
+            via: r.via,
+        });
+    let neighbours = desired
+        .neighbours
+        .iter()
+        .filter(|n| !neighbours.contains(n))
+        .map(|n| Missing::Neighbour { ip: n.ip });
+    let fdb = desired
+        .fdb
+        .iter()
+        .filter(|f| !fdb.contains(&ObservedFdb::from_spec(f)))
+        .map(|f| Missing::Fdb {
+            mac: f.mac,
+            dst: f.dst,
+        });
+    routes.chain(neighbours).chain(fdb).collect()
+}
+
+/// The reconciler's objects in error, with the kernel's reason.
+fn refused_objects(errors: &BTreeMap<ObjectKey, ObjectStatus>) -> Vec<Refused> {
+    errors
+        .iter()
+        .filter_map(|(key, status)| match status {
+            ObjectStatus::Error {
+                reason, attempts, ..
+            } => Some(Refused {
+                object: match key {
+                    ObjectKey::Device(name) => ObjectRef::Device(name.clone()),
+                    ObjectKey::Route(dst) => ObjectRef::Route(*dst),
+                    ObjectKey::Neighbour(ip) => ObjectRef::Neighbour(*ip),
+                    ObjectKey::Fdb(mac) => ObjectRef::Fdb(*mac),
+                    ObjectKey::Sysctl(name) => ObjectRef::Sysctl(name.clone()),
+                    ObjectKey::Address(dev) => ObjectRef::Address(dev.clone()),
+                    ObjectKey::Table(name) => ObjectRef::Table(name.clone()),
+                    ObjectKey::Chain(name) => ObjectRef::Chain(name.clone()),
+                },
+                reason: reason.clone(),
+                attempts: *attempts,
+            }),
+            ObjectStatus::Pending => None,
         })
         .collect()
-}
-
-/// Desired and observed state indexed for per-peer lookups, so a status of N peers costs O(N).
-struct Index<'a> {
-    routes: HashMap<Ipv4Net, Vec<&'a RouteSpec>>,
-    neighbours: HashMap<Ipv4Addr, Vec<&'a NeighSpec>>,
-    fdb: HashMap<MacAddr, Vec<&'a FdbSpec>>,
-    held_routes: HashSet<&'a ObservedRoute>,
-    held_neighbours: HashSet<&'a NeighSpec>,
-    held_fdb: HashSet<&'a ObservedFdb>,
-}
-
-impl<'a> Index<'a> {
-    fn new(desired: &'a DesiredState, obs: &'a Observed) -> Index<'a> {
-        let mut index = Index {
-            routes: HashMap::new(),
-            neighbours: HashMap::new(),
-            fdb: HashMap::new(),
-            held_routes: obs.routes.iter().collect(),
-            held_neighbours: obs.neighbours.iter().collect(),
-            held_fdb: obs.fdb.iter().collect(),
-        };
-        for r in &desired.routes {
-            index.routes.entry(r.dst).or_default().push(r);
-        }
-        for n in &desired.neighbours {
-            index.neighbours.entry(n.ip).or_default().push(n);
-        }
-        for f in &desired.fdb {
-            index.fdb.entry(f.mac).or_default().push(f);
-        }
-        index
-    }
-
-    /// The reconciler's keys of a peer's route, neighbour and FDB entry.
-    fn keys_of_peer(&self, subnet: Ipv4Net) -> Vec<ObjectKey> {
-        let mut keys = vec![ObjectKey::Route(subnet)];
-        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
-            keys.push(ObjectKey::Neighbour(neigh.ip));
-            keys.push(ObjectKey::Fdb(neigh.mac));
-        }
-        keys
-    }
-
-    /// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
-    fn missing_for_peer(&self, subnet: Ipv4Net) -> Option<String> {
-        let mut missing = Vec::new();
-        for route in self.routes.get(&subnet).into_iter().flatten() {
-            if !self.held_routes.contains(&ObservedRoute::from_spec(route)) {
-                missing.push(format!("route {} via {}", route.dst, route.via));
-            }
-        }
-        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
-            if !self.held_neighbours.contains(neigh) {
-                missing.push(format!("neighbour {}", neigh.ip));
-            }
-            for fdb in self.fdb.get(&neigh.mac).into_iter().flatten() {
-                if !self.held_fdb.contains(&ObservedFdb::from_spec(fdb)) {
-                    missing.push(format!("fdb {} dst {}", fdb.mac, fdb.dst));
-                }
-            }
-        }
-        (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
-    }
-}
-
-/// `missing`, followed by why the kernel refused those of `keys` in error (and how often).
-fn with_kernel_reasons(
-    missing: String,
-    keys: &[ObjectKey],
-    errors: &BTreeMap<ObjectKey, ObjectStatus>,
-) -> String {
-    let reasons: Vec<String> = keys
-        .iter()
-        .filter_map(|key| match errors.get(key) {
-            Some(ObjectStatus::Error {
-                reason, attempts, ..
-            }) => Some(format!("{reason} (attempt {attempts}, retrying)")),
-            _ => None,
-        })
-        .collect();
-    if reasons.is_empty() {
-        missing
-    } else {
-        format!("{missing}; refused: {}", reasons.join("; "))
-    }
 }
 
 /// Sleeps until `at`; never, when there is no deadline.
@@ -1021,28 +864,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_object_in_error_carries_the_kernels_reason() {
-        let route = ObjectKey::Route("10.244.2.0/24".parse().unwrap());
-        let neighbour = ObjectKey::Neighbour("10.244.2.0".parse().unwrap());
-        let mut errors = BTreeMap::new();
-        errors.insert(
-            route.clone(),
-            ObjectStatus::Error {
-                reason: "add route 10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink: File exists"
-                    .into(),
-                attempts: 3,
-                retry_at: std::time::Instant::now(),
-            },
-        );
-        let missing = "missing: route 10.244.2.0/24 via 10.244.2.0".to_string();
-        assert_eq!(
-            with_kernel_reasons(missing.clone(), &[route, neighbour.clone()], &errors),
-            "missing: route 10.244.2.0/24 via 10.244.2.0; refused: add route 10.244.2.0/24 \
-             via 10.244.2.0 dev twill.1 onlink: File exists (attempt 3, retrying)"
-        );
-        assert_eq!(
-            with_kernel_reasons(missing.clone(), &[neighbour], &errors),
-            missing
-        );
+    fn recorded_bgp_peers_carry_no_inline_password() {
+        let kv = |value: &str| Kv {
+            key: "/twill/bgp/peers/10.0.0.1".into(),
+            value: value.into(),
+        };
+        let mut ev = StoreEvent::InSync(vec![kv(
+            r#"{"address":"10.0.0.1","asNumber":65000,"password":"s3cret"}"#,
+        )]);
+        redact_peers(&mut ev);
+        let StoreEvent::InSync(all) = ev else {
+            unreachable!()
+        };
+        assert!(!all[0].value.contains("s3cret"), "{}", all[0].value);
+        let peer = BgpPeer::from_store(&all[0].key, all[0].value.as_bytes()).unwrap();
+        assert_eq!(peer.as_number, 65000);
+        assert!(peer.auth.has_password());
     }
 }

@@ -16,7 +16,7 @@ use netgauze_bgp_pkt::notification::{
 use crate::codec::{OpenInfo, Outgoing};
 
 /// Session states (RFC 4271 §8.2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Idle,
     Connect,

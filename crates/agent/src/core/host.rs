@@ -1,24 +1,25 @@
 //! The node's own objects in the one desired state: the sysctls the agent needs, the TUN
 //! device's address, the masquerade chain of the cluster's pools, and the host protection
 //! table. Pure: computed from the cluster config, the node, its peers and the store's
-//! address; the backends compute the peers' part, this adds the rest, and the dataplane
-//! reconciler writes both.
+//! endpoints; the backends compute the peers' part, this adds the rest (in
+//! `Core::desired_state`), and the dataplane reconciler writes both.
+
+use std::net::SocketAddr;
 
 use ipnet::Ipv4Net;
 use twill_backend::LocalNode;
 use twill_types::cluster::ClusterConfig;
-use twill_types::desired::host_guard::store_endpoints;
 use twill_types::desired::{AddressSpec, DesiredState, HostGuardSpec};
 use twill_types::lease::Lease;
 
 /// Adds the node's own objects to `desired` (which holds the backend's part: the TUN device's
-/// address depends on it). `peers` are the other nodes' leases; `store_url` is the agent's
-/// `--store` (its endpoints are control-plane addresses pods never reach).
+/// address depends on it). `peers` are the other nodes' leases; `store_endpoints` are those
+/// of the agent's `--store` (control-plane addresses pods never reach).
 pub fn host_objects(
     config: &ClusterConfig,
     node: &LocalNode,
     peers: &[Lease],
-    store_url: &str,
+    store_endpoints: &[SocketAddr],
     desired: &mut DesiredState,
 ) {
     desired
@@ -45,7 +46,7 @@ pub fn host_objects(
         node.subnet,
         node.public_net.addr(),
         peers,
-        &store_endpoints(store_url),
+        store_endpoints,
     ));
 }
 
@@ -72,7 +73,8 @@ mod tests {
     fn every_node_gets_forwarding_and_host_protection_and_nat_follows_the_pools() {
         let cfg = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
         let mut desired = DesiredState::default();
-        host_objects(&cfg, &node(), &[], "etcd://127.0.0.1:2379", &mut desired);
+        let etcd = ["127.0.0.1:2379".parse().unwrap()];
+        host_objects(&cfg, &node(), &[], &etcd, &mut desired);
         assert_eq!(desired.sysctls["net.ipv4.ip_forward"], "1");
         assert!(desired.addresses.is_empty(), "no TUN device, no address");
         // Flannel's form masquerades the network.
@@ -88,7 +90,7 @@ mod tests {
 
         let mut no_nat = cfg.clone();
         no_nat.pools[0].nat_outgoing = false;
-        host_objects(&no_nat, &node(), &[], "embedded", &mut desired);
+        host_objects(&no_nat, &node(), &[], &[], &mut desired);
         assert!(desired.masquerade.is_empty(), "no pool asks: no chain");
     }
 
@@ -104,7 +106,7 @@ mod tests {
             }),
             ..DesiredState::default()
         };
-        host_objects(&cfg, &node(), &[], "embedded", &mut desired);
+        host_objects(&cfg, &node(), &[], &[], &mut desired);
         assert_eq!(
             desired.addresses,
             vec![AddressSpec {

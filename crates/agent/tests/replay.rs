@@ -1,0 +1,178 @@
+//! Replays recorded event logs through the agent's pure core and compares the actions (and
+//! the status written) after each event with a golden file, without root or a kernel.
+//!
+//! Each scenario is `tests/replay/<name>.events.jsonl`: a `start` record (config, node,
+//! lease, BGP start), then one `input` per line, as `TWILL_RECORD_EVENTS=path twill agent`
+//! records them (a restarted agent appends another `start`) or written by hand. Those named
+//! `recorded_*` were recorded from lab tests (`TWILL_RECORD_EVENTS=<dir>` records each node's
+//! agent to `<dir>/<node>.events.jsonl`). Its golden is `tests/replay/<name>.golden`.
+//! `UPDATE_GOLDEN=1 cargo test -p twill-agent --test replay` rewrites the goldens.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use twill_agent::core::{Core, Record};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/replay")
+}
+
+/// The core's actions after each input of the scenario's log, as text.
+fn replay(name: &str) -> String {
+    let path = dir().join(format!("{name}.events.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let parse = |(n, line): (usize, &str)| -> Record {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), n + 1))
+    };
+    let Record::Start(start) = parse(lines.next().expect("a start record")) else {
+        panic!("{}: the first record must be `start`", path.display());
+    };
+    let mut core = Core::new(*start).expect("the start record makes a core");
+    let mut out = String::new();
+    for (i, line) in lines {
+        let input = match parse((i, line)) {
+            Record::Input(input) => input,
+            // The agent was started again (a restart appends to the same log).
+            Record::Start(start) => {
+                let _ = writeln!(out, "#{} start again", i + 1);
+                core = Core::new(*start).expect("the start record makes a core");
+                continue;
+            }
+        };
+        let event = serde_json::to_string(&input.event).expect("events serialize");
+        let _ = writeln!(out, "#{} at {} ms: {event}", i + 1, input.at);
+        for action in core.step(input) {
+            for line in action.render().lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    out
+}
+
+/// Compares the replay with the golden file (or rewrites it with `UPDATE_GOLDEN=1`).
+fn check(name: &str) {
+    let got = replay(name);
+    let path = dir().join(format!("{name}.golden"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    if got != want {
+        panic!(
+            "{name}: the replay differs from {} (UPDATE_GOLDEN=1 rewrites it):\n{}",
+            path.display(),
+            diff(&want, &got)
+        );
+    }
+}
+
+/// The lines of `want` and `got` that differ, with a little context.
+fn diff(want: &str, got: &str) -> String {
+    let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+    let mut out = String::new();
+    let same_head = w.iter().zip(&g).take_while(|(a, b)| a == b).count();
+    let same_tail = w[same_head..]
+        .iter()
+        .rev()
+        .zip(g[same_head..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    for line in &w[same_head.saturating_sub(3)..same_head] {
+        let _ = writeln!(out, "  {line}");
+    }
+    for line in &w[same_head..w.len() - same_tail] {
+        let _ = writeln!(out, "- {line}");
+    }
+    for line in &g[same_head..g.len() - same_tail] {
+        let _ = writeln!(out, "+ {line}");
+    }
+    out
+}
+
+#[test]
+fn every_log_has_a_test() {
+    let mut logs: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".events.jsonl").map(str::to_string)
+        })
+        .collect();
+    logs.sort();
+    let mut tested = SCENARIOS.to_vec();
+    tested.sort();
+    assert_eq!(logs, tested);
+}
+
+const SCENARIOS: &[&str] = &[
+    "join",
+    "peer_leave_while_down",
+    "lease_lost",
+    "store_outage",
+    "bgp_graceful_restart",
+    "policy_change",
+    "cross_subnet",
+    "cross_subnet_ipip",
+    "recorded_lease_expiry",
+    "recorded_bgp_restart",
+];
+
+#[test]
+fn join() {
+    check("join");
+}
+
+#[test]
+fn peer_leave_while_down() {
+    check("peer_leave_while_down");
+}
+
+#[test]
+fn lease_lost() {
+    check("lease_lost");
+}
+
+#[test]
+fn store_outage() {
+    check("store_outage");
+}
+
+#[test]
+fn bgp_graceful_restart() {
+    check("bgp_graceful_restart");
+}
+
+#[test]
+fn policy_change() {
+    check("policy_change");
+}
+
+#[test]
+fn cross_subnet() {
+    check("cross_subnet");
+}
+
+#[test]
+fn cross_subnet_ipip() {
+    check("cross_subnet_ipip");
+}
+
+/// Recorded from `tests/lease_expiry.rs`: a frozen agent's store lease expired.
+#[test]
+fn recorded_lease_expiry() {
+    check("recorded_lease_expiry");
+}
+
+/// Recorded from `tests/bgp_lab.rs` (`restarted_agent_keeps_its_routes_in_bird`): node h1's
+/// agent, killed and started again, keeps its BGP routes until its peers are back.
+#[test]
+fn recorded_bgp_restart() {
+    check("recorded_bgp_restart");
+}
