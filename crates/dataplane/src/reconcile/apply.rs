@@ -14,11 +14,11 @@ use twill_types::desired::{
 };
 
 use super::host::{HostWriters, apply_addresses, apply_host_first};
+use super::model::ObjectKey;
 use super::model::{
     ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, ObservedFdb, ObservedRoute, Plan,
 };
 use super::observe::{observe, our_nexthops};
-use super::status::ObjectKey;
 use super::{IN_FLIGHT, Rtnl, diff};
 
 /// One pipelined request of [`apply`].

@@ -15,11 +15,11 @@ use twill_types::desired::{AddressSpec, DesiredState};
 use twill_types::node::AGENT_NAT_NETWORK;
 
 use super::Rtnl;
+use super::model::ObjectKey;
 use super::model::{
     AddressChange, ApplyFailure, ApplyReport, MasqueradeChange, NftState, ObservedHost, Plan,
     is_twill_link,
 };
-use super::status::ObjectKey;
 use crate::firewall::{self, MasqueradeWriter};
 use crate::hostguard::{self, HostGuard};
 

@@ -30,12 +30,13 @@ mod task;
 pub use apply::{apply, apply_routes, apply_with, remove_all, remove_all_with};
 pub use diff::diff;
 pub use host::HostWriters;
+pub use model::ObjectKey;
 pub use model::{
     AddressChange, ApplyFailure, ApplyReport, DeviceAdjust, DeviceChange, MasqueradeChange,
     NftState, Observed, ObservedFdb, ObservedHost, ObservedRoute, ObservedVxlan, Plan,
 };
 pub use observe::{observe, observe_with};
-pub use status::{ObjectKey, ObjectStatus, Statuses};
+pub use status::{ObjectStatus, Statuses};
 pub use task::{OneDesired, PolicyWriter, Reconciled, Reconciler, WholePolicy};
 pub use twill_netlink::Rtnl;
 

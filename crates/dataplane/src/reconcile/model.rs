@@ -1,6 +1,7 @@
-//! The reconciler's data: what [`observe`](super::observe)(super::observe) reads of twill's kernel state
-//! ([`Observed`] and its parts), the [`Plan`] that [`diff`](super::diff) makes of it, and
-//! the [`ApplyReport`] that [`apply`](super::apply)(super::apply) gives back.
+//! The reconciler's data: what [`observe`](super::observe) reads of twill's kernel state
+//! ([`Observed`] and its parts), the [`Plan`] that [`diff`](super::diff) makes of it, the
+//! [`ApplyReport`] that [`apply`](super::apply) gives back, and the [`ObjectKey`] each
+//! object is known by (in reports and in the reconciler's statuses).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +20,6 @@ use crate::hostguard;
 pub use crate::nft_state::NftState;
 
 use super::LINK_PREFIX;
-use super::status::ObjectKey;
 
 /// A twill-owned VXLAN device as the kernel has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,4 +360,53 @@ impl fmt::Display for ApplyReport {
 /// True for the names of links twill owns.
 pub(crate) fn is_twill_link(name: &str) -> bool {
     name.starts_with(LINK_PREFIX)
+}
+
+/// A kernel object the reconciler manages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKey {
+    /// A twill VXLAN device, by name (its addresses, MTU, MAC and state included).
+    Device(String),
+    /// A route of twill's, by destination.
+    Route(Ipv4Net),
+    /// A neighbour of the VXLAN device, by address.
+    Neighbour(Ipv4Addr),
+    /// A sysctl of the node's namespace, by dotted name.
+    Sysctl(String),
+    /// The address of a link made elsewhere (the TUN device), by link name.
+    Address(String),
+    /// An nft table of twill's (family inet), by name: `twill-host`, `twill-policy`.
+    Table(String),
+    /// An nft chain of twill's in the table `inet twill` (which the CNI plugin shares), by
+    /// name: the cluster's masquerade chain.
+    Chain(String),
+    /// An FDB entry of the VXLAN device, by MAC.
+    Fdb(MacAddr),
+}
+
+impl ObjectKey {
+    /// The policy table, written by the policy task's jobs rather than by full reconciles.
+    pub fn policy_table() -> ObjectKey {
+        ObjectKey::Table(crate::policy::TABLE.to_string())
+    }
+
+    /// Whether a full reconcile decides this object's status (all but the policy table).
+    pub fn in_full_reconcile(&self) -> bool {
+        !matches!(self, ObjectKey::Table(name) if name == crate::policy::TABLE)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Device(name) => write!(f, "device {name}"),
+            ObjectKey::Route(dst) => write!(f, "route {dst}"),
+            ObjectKey::Neighbour(ip) => write!(f, "neighbour {ip}"),
+            ObjectKey::Fdb(mac) => write!(f, "fdb {mac}"),
+            ObjectKey::Sysctl(name) => write!(f, "sysctl {name}"),
+            ObjectKey::Address(dev) => write!(f, "address of {dev}"),
+            ObjectKey::Table(name) => write!(f, "table inet {name}"),
+            ObjectKey::Chain(name) => write!(f, "chain inet twill {name}"),
+        }
+    }
 }

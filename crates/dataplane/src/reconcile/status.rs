@@ -9,14 +9,9 @@
 //! programmed, and a periodic reconcile that changes nothing touches nothing here.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
-use twill_types::MacAddr;
-
-use super::model::{ApplyReport, Plan};
+use super::model::{ApplyReport, ObjectKey, Plan};
 
 /// The first retry of a failed change comes after this long...
 pub const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -27,55 +22,6 @@ pub const MAX_RETRY: Duration = Duration::from_secs(30);
 pub fn backoff(attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(16);
     FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
-}
-
-/// A kernel object the reconciler manages.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ObjectKey {
-    /// A twill VXLAN device, by name (its addresses, MTU, MAC and state included).
-    Device(String),
-    /// A route of twill's, by destination.
-    Route(Ipv4Net),
-    /// A neighbour of the VXLAN device, by address.
-    Neighbour(Ipv4Addr),
-    /// A sysctl of the node's namespace, by dotted name.
-    Sysctl(String),
-    /// The address of a link made elsewhere (the TUN device), by link name.
-    Address(String),
-    /// An nft table of twill's (family inet), by name: `twill-host`, `twill-policy`.
-    Table(String),
-    /// An nft chain of twill's in the table `inet twill` (which the CNI plugin shares), by
-    /// name: the cluster's masquerade chain.
-    Chain(String),
-    /// An FDB entry of the VXLAN device, by MAC.
-    Fdb(MacAddr),
-}
-
-impl ObjectKey {
-    /// The policy table, written by the policy task's jobs rather than by full reconciles.
-    pub fn policy_table() -> ObjectKey {
-        ObjectKey::Table(crate::policy::TABLE.to_string())
-    }
-
-    /// Whether a full reconcile decides this object's status (all but the policy table).
-    pub fn in_full_reconcile(&self) -> bool {
-        !matches!(self, ObjectKey::Table(name) if name == crate::policy::TABLE)
-    }
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ObjectKey::Device(name) => write!(f, "device {name}"),
-            ObjectKey::Route(dst) => write!(f, "route {dst}"),
-            ObjectKey::Neighbour(ip) => write!(f, "neighbour {ip}"),
-            ObjectKey::Fdb(mac) => write!(f, "fdb {mac}"),
-            ObjectKey::Sysctl(name) => write!(f, "sysctl {name}"),
-            ObjectKey::Address(dev) => write!(f, "address of {dev}"),
-            ObjectKey::Table(name) => write!(f, "table inet {name}"),
-            ObjectKey::Chain(name) => write!(f, "chain inet twill {name}"),
-        }
-    }
 }
 
 /// Where one object stands.

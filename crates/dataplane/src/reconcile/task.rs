@@ -37,8 +37,9 @@ use twill_netlink::Result;
 use twill_types::desired::{DesiredState, RouteSpec};
 
 use super::host::{HostWriters, observe_host};
+use super::model::ObjectKey;
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
-use super::status::{ObjectKey, ObjectStatus, Statuses};
+use super::status::{ObjectStatus, Statuses};
 use super::{Rtnl, apply_routes, apply_with, diff, observe_with, remove_all_with};
 
 /// What a full reconcile found and did.
