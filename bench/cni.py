@@ -447,6 +447,9 @@ def main():
             "over bridge and its children; host-local alone %s KiB)" % (
                 statistics.median(rss["tw"]), statistics.median(rss["ref"]), NRSS,
                 "%d" % statistics.median(rss["host-local"]) if rss["host-local"] else "n/a"))
+        r = ratio(statistics.median(rss["tw"]), statistics.median(rss["ref"]))
+        say("peak RSS ratio twill/reference: %.2f (%s; issue 13: at or under the reference)" % (
+            r, goal(r, 1.0)))
     else:
         say("peak RSS of one ADD: n/a")
     say("total failures: twill %d, reference %d; bench wall time %.0f s" % (

@@ -95,6 +95,14 @@ trap 'exit 130' INT TERM
 # private copy, so a concurrent `cargo build` cannot swap the binary mid-run
 mkdir -p "$WORK/bin"
 cp "$TWILL_BIN" "$WORK/bin/twill"
+# Peak RSS depends on how a binary's pages entered the page cache: a freshly written copy
+# sits in large folios that a page fault maps whole (kernels >= 6.x), while the reference
+# plugins were read from disk. Drop every compared binary from the cache (written back
+# first), so all of them are read in the same way by the warm-up and the figures compare code.
+sync "$WORK/bin/twill"
+for b in "$WORK/bin/twill" "$REF_DIR/bridge" "$REF_DIR/host-local"; do
+  dd if="$b" iflag=nocache count=0 status=none || true
+done
 ip netns add "$HOST"
 ip -n "$HOST" link set lo up
 # all pod netns up front (pod 0 of each plugin holds the first ADD): the driver never
