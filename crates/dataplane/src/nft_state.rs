@@ -15,3 +15,13 @@ pub enum NftState<T> {
     /// changed behind the writer's back, or never written by this one).
     Other,
 }
+
+/// The comment twill writes on an nft object it writes whole, naming what the object holds:
+/// `twill:` and 16 hex digits of the FNV-1a hash of `content` (the rules it was written
+/// with). The kernel keeps it with the object, so a writer without a record (a restarted
+/// agent) can tell an object that already holds what it wants from any other: same
+/// fingerprint and same rule count. A comment cannot be changed on an existing table or
+/// chain (the kernel ignores it on update), so the writers recreate the object to change it.
+pub fn fingerprint(content: &str) -> String {
+    format!("twill:{:016x}", twill_types::hash::fnv1a(content.bytes()))
+}

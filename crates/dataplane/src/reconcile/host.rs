@@ -101,8 +101,14 @@ pub async fn observe_host(
     Ok(ObservedHost {
         sysctls,
         addresses,
-        masquerade: writers.nat.observe().unwrap_or(NftState::Other),
-        host_guard: writers.guard.observe().unwrap_or(NftState::Other),
+        masquerade: writers
+            .nat
+            .observe(Some(ip_nets(&desired.masquerade).as_slice()).filter(|r| !r.is_empty()))
+            .unwrap_or(NftState::Other),
+        host_guard: writers
+            .guard
+            .observe(desired.host_guard.as_ref())
+            .unwrap_or(NftState::Other),
     })
 }
 
