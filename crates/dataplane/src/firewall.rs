@@ -415,8 +415,9 @@ pub fn remove_masquerade(state_dir: &Path, network: &str) -> Result<(), Error> {
 #[derive(Debug)]
 pub struct MasqueradeWriter {
     network: String,
-    /// The ranges last written.
-    written: Option<Vec<IpNet>>,
+    /// The ranges last written, with their transaction, its rule count and fingerprint
+    /// (kept, not recomputed on every observe).
+    written: Option<(Vec<IpNet>, String, usize, String)>,
 }
 
 impl MasqueradeWriter {
@@ -445,14 +446,24 @@ impl MasqueradeWriter {
             let Some(comment) = nfnl::chain_comment(sock, NFPROTO_INET, TABLE, &chain)? else {
                 return Ok(NftState::Absent);
             };
-            let mut candidates: Vec<&[IpNet]> = self.written.iter().map(Vec::as_slice).collect();
-            candidates.extend(want.filter(|w| Some(*w) != self.written.as_deref()));
-            for ranges in candidates {
-                let (script, rules, mark) = marked_masquerade_script(&self.network, ranges);
-                if comment.as_deref() == Some(mark.as_str())
-                    && nfnl::rule_count(sock, NFPROTO_INET, TABLE, &chain)? == rules
-                {
-                    return Ok(NftState::AsWritten(script));
+            let mut holds = |script: &str, rules: usize, mark: &str| {
+                Ok::<_, NlError>(
+                    (comment.as_deref() == Some(mark)
+                        && nfnl::rule_count(sock, NFPROTO_INET, TABLE, &chain)? == rules)
+                        .then(|| NftState::AsWritten(script.to_string())),
+                )
+            };
+            if let Some((_, script, rules, mark)) = &self.written
+                && let Some(state) = holds(script, *rules, mark)?
+            {
+                return Ok(state);
+            }
+            if let Some(want) = want
+                && self.written.as_ref().is_none_or(|(w, ..)| w != want)
+            {
+                let (script, rules, mark) = marked_masquerade_script(&self.network, want);
+                if let Some(state) = holds(&script, rules, &mark)? {
+                    return Ok(state);
                 }
             }
             Ok(NftState::Other)
@@ -466,9 +477,9 @@ impl MasqueradeWriter {
             return Err(Error::NoRanges(self.network.clone()));
         }
         self.written = None;
-        let (script, ..) = marked_masquerade_script(&self.network, ranges);
+        let (script, rules, mark) = marked_masquerade_script(&self.network, ranges);
         write_masq_chain(&self.network, &script)?;
-        self.written = Some(ranges.to_vec());
+        self.written = Some((ranges.to_vec(), script, rules, mark));
         Ok(())
     }
 

@@ -268,6 +268,11 @@ fn rules_script(r: &Rules) -> String {
     s
 }
 
+/// The table's comment for `rules`.
+fn rules_fingerprint(rules: &Rules) -> String {
+    fingerprint(&rules_script(rules))
+}
+
 /// The input chain's rules.
 fn input_rules(r: &Rules) -> Vec<String> {
     let mut rules = Vec::new();
@@ -366,7 +371,9 @@ pub fn change(desired: Option<&Spec>, observed: &NftState<Arc<Spec>>) -> Option<
 /// with a record of the spec it last wrote.
 #[derive(Debug, Default)]
 pub struct HostGuard {
-    applied: Option<Arc<Spec>>,
+    /// The spec last written and the fingerprint of its rules (kept, not recomputed on every
+    /// observe).
+    applied: Option<(Arc<Spec>, String)>,
 }
 
 impl HostGuard {
@@ -385,21 +392,24 @@ impl HostGuard {
             let Some(comment) = nfnl::table_comment(sock, NFPROTO_INET, TABLE)? else {
                 return Ok(NftState::Absent);
             };
-            let holds = |sock: &mut nfnl::NfSock, rules: &Rules| -> Result<bool, NlError> {
-                Ok(
-                    comment.as_deref() == Some(fingerprint(&rules_script(rules)).as_str())
+            let holds = |sock: &mut nfnl::NfSock, rules: &Rules, mark: &str| {
+                Ok::<_, NlError>(
+                    comment.as_deref() == Some(mark)
                         && nfnl::rule_count(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)?
                             == input_rules(rules).len(),
                 )
             };
-            if let Some(spec) = &self.applied
-                && holds(sock, &spec.rules)?
+            if let Some((spec, mark)) = &self.applied
+                && holds(sock, &spec.rules, mark)?
             {
                 return Ok(NftState::AsWritten(spec.clone()));
             }
             if let Some(want) = want
-                && self.applied.as_ref().is_none_or(|a| a.rules != want.rules)
-                && holds(sock, &want.rules)?
+                && self
+                    .applied
+                    .as_ref()
+                    .is_none_or(|(a, _)| a.rules != want.rules)
+                && holds(sock, &want.rules, &rules_fingerprint(&want.rules))?
                 && let Some(elements) = read_elements(sock, &want.rules)?
             {
                 return Ok(NftState::AsWritten(Arc::new(Spec {
@@ -435,7 +445,7 @@ impl HostGuard {
                 return remove();
             }
         };
-        self.applied = Some(Arc::new(spec.clone()));
+        self.applied = Some((Arc::new(spec.clone()), rules_fingerprint(&spec.rules)));
         Ok(())
     }
 
@@ -477,7 +487,7 @@ fn read_elements(sock: &mut nfnl::NfSock, rules: &Rules) -> Result<Option<Elemen
 /// An element of the VXLAN peers' set as [`int_range`] writes it: the key is
 /// `peer address . first address of the subnet` (4 bytes each, network order), the range end
 /// `peer address . last address`.
-fn vxlan_peer((key, end): (Vec<u8>, Option<Vec<u8>>)) -> Option<(Ipv4Addr, Ipv4Net)> {
+fn vxlan_peer((key, end): nfnl::ElementRange) -> Option<(Ipv4Addr, Ipv4Net)> {
     let word = |b: &[u8], at: usize| -> Option<u32> {
         Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
     };
@@ -515,4 +525,74 @@ pub fn remove_script() -> String {
 /// Removes the table (`twill node leave`); fine when it is not there.
 pub fn remove() -> Result<(), Error> {
     crate::nftcli::apply("removes the host protection table", &remove_script())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(addr: [u8; 4], first: [u8; 4], last: [u8; 4]) -> nfnl::ElementRange {
+        ([addr, first].concat(), Some([addr, last].concat()))
+    }
+
+    #[test]
+    fn a_vxlan_peer_is_read_back_from_its_range_and_odd_ranges_are_refused() {
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 255])),
+            Some((
+                "10.9.0.2".parse().unwrap(),
+                "10.244.2.0/24".parse().unwrap()
+            ))
+        );
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 7], [10, 244, 2, 7])),
+            Some((
+                "10.9.0.2".parse().unwrap(),
+                "10.244.2.7/32".parse().unwrap()
+            ))
+        );
+        // Not a prefix, not aligned, different peers at the two ends, no end.
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 2])),
+            None
+        );
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 1], [10, 244, 2, 2])),
+            None
+        );
+        let (key, _) = element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 255]);
+        let (_, end) = element([10, 9, 0, 3], [10, 244, 2, 0], [10, 244, 2, 255]);
+        assert_eq!(vxlan_peer((key.clone(), end)), None);
+        assert_eq!(vxlan_peer((key, None)), None);
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_rules_not_the_elements() {
+        let spec = |hosts: &[&str], node_subnet: &str| Spec {
+            rules: Rules {
+                pools: vec!["10.244.0.0/16".parse().unwrap()],
+                node_subnet: node_subnet.parse().unwrap(),
+                workload_to_host: Default::default(),
+                allow_ports: Vec::new(),
+                control_tcp: vec![179],
+                tunnel_udp: vec![8472],
+                vxlan_port: Some(8472),
+            },
+            elements: Elements {
+                control_hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
+                vxlan_peers: Default::default(),
+            },
+        };
+        let comment = |s: &Spec| {
+            s.table_script()
+                .lines()
+                .find(|l| l.contains("comment"))
+                .unwrap()
+                .to_string()
+        };
+        let a = spec(&["10.9.0.1"], "10.244.1.0/24");
+        assert_eq!(comment(&a), comment(&spec(&["10.9.0.2"], "10.244.1.0/24")));
+        assert_ne!(comment(&a), comment(&spec(&["10.9.0.1"], "10.244.3.0/24")));
+        assert!(comment(&a).contains(&fingerprint(&rules_script(&a.rules))));
+    }
 }

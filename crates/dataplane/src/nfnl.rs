@@ -263,6 +263,9 @@ pub fn parse_error(m: &NlMsg<'_>) -> Result<(i32, Option<String>), NlError> {
     Ok((-err, text))
 }
 
+/// A set element's key and, in a concatenated interval set, the end of its range.
+pub type ElementRange = (Vec<u8>, Option<Vec<u8>>);
+
 /// Extracts the keys from a `NEWSETELEM` message payload (dump/get reply).
 #[cfg(test)]
 fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
@@ -274,7 +277,7 @@ fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
 
 /// Extracts the keys and, for the elements of a concatenated interval set, the ends of their
 /// ranges (`NFTA_SET_ELEM_KEY_END`) from a `NEWSETELEM` message payload.
-pub fn parse_setelem_ranges(payload: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, NlError> {
+pub fn parse_setelem_ranges(payload: &[u8]) -> Result<Vec<ElementRange>, NlError> {
     let value = |data: Option<&[u8]>| -> Result<Option<Vec<u8>>, NlError> {
         Ok(match data {
             Some(nested) => {
@@ -768,7 +771,7 @@ pub fn set_ranges(
     family: u8,
     table: &str,
     set: &str,
-) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, NlError> {
+) -> Result<Vec<ElementRange>, NlError> {
     let seq = sock.next_seq();
     let msg = NfTablesMessage::GetSetElement(SetElementMessage {
         attributes: vec![
@@ -1015,6 +1018,20 @@ mod tests {
             proptest::prop_assert_eq!(msgs.len(), 1);
             proptest::prop_assert_eq!(parse_setelem_keys(msgs[0].payload).unwrap(), keys);
         }
+    }
+
+    #[test]
+    fn the_comment_is_found_among_user_data_tlvs_and_short_ones_are_none() {
+        // As nft writes a table comment: type 0, length with the NUL, the string.
+        assert_eq!(udata_comment(b"\x00\x04abc\x00"), Some("abc".into()));
+        // After a TLV of another type (a chain's or set's own user data).
+        assert_eq!(
+            udata_comment(b"\x01\x02\x07\x07\x00\x03hi\x00"),
+            Some("hi".into())
+        );
+        assert_eq!(udata_comment(b"\x01\x01\x07"), None);
+        assert_eq!(udata_comment(b"\x00\x09abc"), None, "length past the end");
+        assert_eq!(udata_comment(b""), None);
     }
 
     #[test]
