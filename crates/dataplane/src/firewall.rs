@@ -70,7 +70,7 @@ use crate::Error;
 use crate::nfnl::{
     self, Batch, NFPROTO_BRIDGE, NFPROTO_INET, NfSock, NfTablesMessage, NlError, SetElementOp,
 };
-use crate::nft_state::NftState;
+use crate::nft_state::{NftState, fingerprint};
 use crate::nftcli;
 
 /// Name of twill's tables (one per family).
@@ -287,6 +287,9 @@ fn masquerade_rules(ranges: &[IpNet]) -> Vec<String> {
     rules
 }
 
+/// The hook of a masquerade chain.
+const MASQ_CHAIN_TYPE: &str = "type nat hook postrouting priority srcnat; policy accept;";
+
 /// The `nft -f` transaction that (re)creates a network's masquerade chain,
 /// and the number of rules it holds.
 fn masquerade_script(network: &str, ranges: &[IpNet]) -> (String, usize) {
@@ -294,15 +297,37 @@ fn masquerade_script(network: &str, ranges: &[IpNet]) -> (String, usize) {
     let rules = masquerade_rules(ranges);
     let mut s = String::new();
     let _ = writeln!(s, "add table inet {TABLE}");
-    let _ = writeln!(
-        s,
-        "add chain inet {TABLE} {chain} {{ type nat hook postrouting priority srcnat; policy accept; }}"
-    );
+    let _ = writeln!(s, "add chain inet {TABLE} {chain} {{ {MASQ_CHAIN_TYPE} }}");
     let _ = writeln!(s, "flush chain inet {TABLE} {chain}");
-    for r in &rules {
+    add_rules(&mut s, &chain, &rules);
+    (s, rules.len())
+}
+
+fn add_rules(s: &mut String, chain: &str, rules: &[String]) {
+    for r in rules {
         let _ = writeln!(s, "add rule inet {TABLE} {chain} {r}");
     }
-    (s, rules.len())
+}
+
+/// The agent's form of [`masquerade_script`]: the chain is recreated (in the same atomic
+/// transaction) with a comment holding the [`fingerprint`] of its rules, so a writer without a
+/// record can recognise it. Also gives the fingerprint.
+fn marked_masquerade_script(network: &str, ranges: &[IpNet]) -> (String, usize, String) {
+    let chain = masq_chain(network);
+    let rules = masquerade_rules(ranges);
+    let mark = fingerprint(&rules.join("\n"));
+    let mut s = String::new();
+    let _ = writeln!(s, "add table inet {TABLE}");
+    // Create-then-delete makes the delete safe when the chain is missing; a chain's comment
+    // cannot be changed in place.
+    let _ = writeln!(s, "add chain inet {TABLE} {chain} {{ {MASQ_CHAIN_TYPE} }}");
+    let _ = writeln!(s, "delete chain inet {TABLE} {chain}");
+    let _ = writeln!(
+        s,
+        "add chain inet {TABLE} {chain} {{ {MASQ_CHAIN_TYPE} comment \"{mark}\"; }}"
+    );
+    add_rules(&mut s, &chain, &rules);
+    (s, rules.len(), mark)
 }
 
 /// Makes sure the masquerade chain `inet twill masq-<network>` holds exactly
@@ -332,10 +357,10 @@ pub fn ensure_masquerade(state_dir: &Path, network: &str, ranges: &[IpNet]) -> R
     write_stamp(state_dir, &stamp_name, &script)
 }
 
-/// The `nft -f` transaction that makes `inet twill masq-<network>` masquerade `ranges`
-/// (pure; what [`MasqueradeWriter::observe`] reports as written).
+/// The `nft -f` transaction with which [`MasqueradeWriter`] makes `inet twill masq-<network>`
+/// masquerade `ranges` (pure; what [`MasqueradeWriter::observe`] reports as written).
 pub fn masquerade_transaction(network: &str, ranges: &[IpNet]) -> String {
-    masquerade_script(network, ranges).0
+    marked_masquerade_script(network, ranges).0
 }
 
 /// Whether `inet twill masq-<network>` is in the kernel with `rules` rules (over netlink).
@@ -384,14 +409,15 @@ pub fn remove_masquerade(state_dir: &Path, network: &str) -> Result<(), Error> {
     remove_stamp(state_dir.join(masq_chain(network)))
 }
 
-/// The agent's masquerade chain as the reconciler writes it: instead of a stamp file, a
-/// record in memory of the transaction it last wrote, checked against the kernel (the chain
-/// there with that transaction's rule count) when observed.
+/// The agent's masquerade chain as the reconciler writes it: instead of a stamp file, the
+/// chain's own comment (a [`fingerprint`] of its rules) and rule count, read from the kernel
+/// when observed, and a record in memory of the transaction last written.
 #[derive(Debug)]
 pub struct MasqueradeWriter {
     network: String,
-    /// The transaction last written and its rule count.
-    written: Option<(String, usize)>,
+    /// The ranges last written, with their transaction, its rule count and fingerprint
+    /// (kept, not recomputed on every observe).
+    written: Option<(Vec<IpNet>, String, usize, String)>,
 }
 
 impl MasqueradeWriter {
@@ -409,23 +435,40 @@ impl MasqueradeWriter {
         masq_chain(&self.network)
     }
 
-    /// What the kernel holds of the chain: the transaction last written when the chain is
-    /// there with its rule count. One netlink request or two, no process.
-    pub fn observe(&self) -> Result<NftState<String>, Error> {
-        if let Some((script, rules)) = &self.written
-            && masq_chain_holds(&self.network, *rules)?
-        {
-            return Ok(NftState::AsWritten(script.clone()));
-        }
+    /// What the kernel holds of the chain: the transaction for the ranges last written, or
+    /// else for `want`, when the chain is there with that transaction's fingerprint and rule
+    /// count (so a restarted agent recognises the chain it wrote before). Two netlink
+    /// requests, no process.
+    pub fn observe(&self, want: Option<&[IpNet]>) -> Result<NftState<String>, Error> {
         let chain = masq_chain(&self.network);
         let op = format!("checking the ipMasq chain inet {TABLE} {chain}");
-        let present = nfnl::with_sock(|sock| nfnl::chain_exists(sock, NFPROTO_INET, TABLE, &chain))
-            .map_err(|e| nl_error(op, e, ""))?;
-        Ok(if present {
-            NftState::Other
-        } else {
-            NftState::Absent
+        nfnl::with_sock(|sock| {
+            let Some(comment) = nfnl::chain_comment(sock, NFPROTO_INET, TABLE, &chain)? else {
+                return Ok(NftState::Absent);
+            };
+            let mut holds = |script: &str, rules: usize, mark: &str| {
+                Ok::<_, NlError>(
+                    (comment.as_deref() == Some(mark)
+                        && nfnl::rule_count(sock, NFPROTO_INET, TABLE, &chain)? == rules)
+                        .then(|| NftState::AsWritten(script.to_string())),
+                )
+            };
+            if let Some((_, script, rules, mark)) = &self.written
+                && let Some(state) = holds(script, *rules, mark)?
+            {
+                return Ok(state);
+            }
+            if let Some(want) = want
+                && self.written.as_ref().is_none_or(|(w, ..)| w != want)
+            {
+                let (script, rules, mark) = marked_masquerade_script(&self.network, want);
+                if let Some(state) = holds(&script, rules, &mark)? {
+                    return Ok(state);
+                }
+            }
+            Ok(NftState::Other)
         })
+        .map_err(|e| nl_error(op, e, ""))
     }
 
     /// Rewrites the chain to masquerade `ranges` (one atomic `nft -f` transaction).
@@ -434,9 +477,9 @@ impl MasqueradeWriter {
             return Err(Error::NoRanges(self.network.clone()));
         }
         self.written = None;
-        let (script, rules) = masquerade_script(&self.network, ranges);
+        let (script, rules, mark) = marked_masquerade_script(&self.network, ranges);
         write_masq_chain(&self.network, &script)?;
-        self.written = Some((script, rules));
+        self.written = Some((ranges.to_vec(), script, rules, mark));
         Ok(())
     }
 
@@ -1447,6 +1490,27 @@ mod tests {
              flush chain inet twill masq-net-1.a_b\n\
              add rule inet twill masq-net-1.a_b ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 224.0.0.0/4 } masquerade\n"
         );
+    }
+
+    #[test]
+    fn the_agents_chain_is_recreated_with_the_fingerprint_of_its_rules() {
+        let ranges = nets(&["10.88.0.0/16"]);
+        let (s, n, mark) = marked_masquerade_script("net-1.a_b", &ranges);
+        assert_eq!(n, 1);
+        let rule = "ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 224.0.0.0/4 } masquerade";
+        assert_eq!(mark, fingerprint(rule));
+        assert_eq!(
+            s,
+            format!(
+                "add table inet twill\n\
+                 add chain inet twill masq-net-1.a_b {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+                 delete chain inet twill masq-net-1.a_b\n\
+                 add chain inet twill masq-net-1.a_b {{ type nat hook postrouting priority srcnat; policy accept; comment \"{mark}\"; }}\n\
+                 add rule inet twill masq-net-1.a_b {rule}\n"
+            )
+        );
+        let (_, _, other) = marked_masquerade_script("net-1.a_b", &nets(&["10.89.0.0/16"]));
+        assert_ne!(mark, other);
     }
 
     #[test]

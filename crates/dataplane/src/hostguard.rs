@@ -50,6 +50,7 @@
 
 use std::fmt::Write as _;
 use std::io;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -57,7 +58,7 @@ use twill_types::cluster::{HostPort, WorkloadToHost};
 
 use crate::Error;
 use crate::nfnl::{self, NFPROTO_INET, NlError};
-use crate::nft_state::NftState;
+use crate::nft_state::{NftState, fingerprint};
 
 /// The table (family `inet`).
 pub const TABLE: &str = "twill-host";
@@ -98,128 +99,18 @@ impl Render for Spec {
     }
 
     fn table_script(&self) -> String {
-        let r = &self.rules;
+        let body = rules_script(&self.rules);
         let mut s = String::new();
         // Create-then-delete makes the delete safe when the table is missing; the new table
         // follows in the same transaction, so no packet sees a half-made or missing table.
         let _ = writeln!(s, "add table inet {TABLE}");
         let _ = writeln!(s, "delete table inet {TABLE}");
-        let _ = writeln!(s, "add table inet {TABLE}");
         let _ = writeln!(
             s,
-            "add set inet {TABLE} {CONTROL_HOSTS_SET} {{ type ipv4_addr; }}"
+            "add table inet {TABLE} {{ comment \"{}\"; }}",
+            fingerprint(&body)
         );
-        let _ = writeln!(
-            s,
-            "add set inet {TABLE} control_tcp {{ type inet_service; elements = {{ {} }}; }}",
-            join(&r.control_tcp)
-        );
-        let _ = writeln!(
-            s,
-            "add set inet {TABLE} tunnel_udp {{ type inet_service; elements = {{ {} }}; }}",
-            join(&r.tunnel_udp)
-        );
-        let _ = writeln!(
-            s,
-            "add set inet {TABLE} allow_ports {{ type inet_proto . inet_service; flags interval; }}"
-        );
-        if !r.allow_ports.is_empty() {
-            let ports: Vec<String> = r.allow_ports.iter().map(allow_element).collect();
-            let _ = writeln!(
-                s,
-                "add element inet {TABLE} allow_ports {{ {} }}",
-                ports.join(", ")
-            );
-        }
-        if r.vxlan_port.is_some() {
-            // The inner source is raw payload (an integer to nft), so the set is declared by
-            // its expressions and holds subnets as integer ranges.
-            let _ = writeln!(
-                s,
-                "add set inet {TABLE} {VXLAN_PEERS_SET} {{ typeof ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32; flags interval; }}"
-            );
-        }
-        let chains: [(&str, Option<&str>); 5] = [
-            (
-                INPUT_CHAIN,
-                Some("type filter hook input priority filter - 5; policy accept;"),
-            ),
-            ("vxlan_in", None),
-            ("pod_in", None),
-            ("workload_in", None),
-            (
-                PREROUTING_CHAIN,
-                Some("type nat hook prerouting priority dstnat - 10; policy accept;"),
-            ),
-        ];
-        for (chain, base) in chains {
-            if chain == "vxlan_in" && r.vxlan_port.is_none() {
-                continue;
-            }
-            match base {
-                Some(b) => {
-                    let _ = writeln!(s, "add chain inet {TABLE} {chain} {{ {b} }}");
-                }
-                None => {
-                    let _ = writeln!(s, "add chain inet {TABLE} {chain}");
-                }
-            }
-        }
-        let _ = writeln!(s, "add chain inet {TABLE} pod_out");
-        let mut add = |chain: &str, rules: Vec<String>| {
-            for rule in rules {
-                let _ = writeln!(s, "add rule inet {TABLE} {chain} {rule}");
-            }
-        };
-        add(INPUT_CHAIN, input_rules(r));
-        if r.vxlan_port.is_some() {
-            add(
-                "vxlan_in",
-                vec![
-                    format!("@th,{VXLAN_INNER_ETHERTYPE_BITS},16 != 0x0800 counter drop"),
-                    format!(
-                        "ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"
-                    ),
-                    "counter drop".into(),
-                ],
-            );
-        }
-        add(
-            "pod_in",
-            vec![
-                "ct state established,related accept".into(),
-                "tcp dport @control_tcp counter drop".into(),
-                "udp dport @tunnel_udp counter drop".into(),
-                "meta l4proto ipencap counter drop".into(),
-            ],
-        );
-        let verdict = match r.workload_to_host {
-            WorkloadToHost::Drop => "counter drop",
-            WorkloadToHost::Accept => "counter accept",
-        };
-        add(
-            "workload_in",
-            vec![
-                "jump pod_in".into(),
-                "meta l4proto { tcp, udp } th dport 53 accept".into(),
-                format!("icmp type echo-request ip daddr {} accept", r.node_subnet),
-                "icmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".into(),
-                "meta l4proto . th dport @allow_ports accept".into(),
-                verdict.into(),
-            ],
-        );
-        add(
-            PREROUTING_CHAIN,
-            vec![format!("ip saddr {} jump pod_out", set_expr(&r.pools))],
-        );
-        add(
-            "pod_out",
-            vec![
-                "udp dport @tunnel_udp counter drop".into(),
-                "meta l4proto ipencap counter drop".into(),
-                format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
-            ],
-        );
+        s.push_str(&body);
         s.push_str(&self.elements_script());
         s
     }
@@ -253,6 +144,133 @@ impl Render for Spec {
         }
         s
     }
+}
+
+/// Everything of the table but its elements: sets, chains and rules, as `nft -f` lines. The
+/// table's comment is the [`fingerprint`] of this, so it names the rules and not the
+/// elements: an element-only update keeps it right, and a writer without a record reads the
+/// elements themselves (see [`HostGuard::observe`]).
+fn rules_script(r: &Rules) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "add set inet {TABLE} {CONTROL_HOSTS_SET} {{ type ipv4_addr; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add set inet {TABLE} control_tcp {{ type inet_service; elements = {{ {} }}; }}",
+        join(&r.control_tcp)
+    );
+    let _ = writeln!(
+        s,
+        "add set inet {TABLE} tunnel_udp {{ type inet_service; elements = {{ {} }}; }}",
+        join(&r.tunnel_udp)
+    );
+    let _ = writeln!(
+        s,
+        "add set inet {TABLE} allow_ports {{ type inet_proto . inet_service; flags interval; }}"
+    );
+    if !r.allow_ports.is_empty() {
+        let ports: Vec<String> = r.allow_ports.iter().map(allow_element).collect();
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} allow_ports {{ {} }}",
+            ports.join(", ")
+        );
+    }
+    if r.vxlan_port.is_some() {
+        // The inner source is raw payload (an integer to nft), so the set is declared by
+        // its expressions and holds subnets as integer ranges.
+        let _ = writeln!(
+            s,
+            "add set inet {TABLE} {VXLAN_PEERS_SET} {{ typeof ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32; flags interval; }}"
+        );
+    }
+    let chains: [(&str, Option<&str>); 5] = [
+        (
+            INPUT_CHAIN,
+            Some("type filter hook input priority filter - 5; policy accept;"),
+        ),
+        ("vxlan_in", None),
+        ("pod_in", None),
+        ("workload_in", None),
+        (
+            PREROUTING_CHAIN,
+            Some("type nat hook prerouting priority dstnat - 10; policy accept;"),
+        ),
+    ];
+    for (chain, base) in chains {
+        if chain == "vxlan_in" && r.vxlan_port.is_none() {
+            continue;
+        }
+        match base {
+            Some(b) => {
+                let _ = writeln!(s, "add chain inet {TABLE} {chain} {{ {b} }}");
+            }
+            None => {
+                let _ = writeln!(s, "add chain inet {TABLE} {chain}");
+            }
+        }
+    }
+    let _ = writeln!(s, "add chain inet {TABLE} pod_out");
+    let mut add = |chain: &str, rules: Vec<String>| {
+        for rule in rules {
+            let _ = writeln!(s, "add rule inet {TABLE} {chain} {rule}");
+        }
+    };
+    add(INPUT_CHAIN, input_rules(r));
+    if r.vxlan_port.is_some() {
+        add(
+            "vxlan_in",
+            vec![
+                format!("@th,{VXLAN_INNER_ETHERTYPE_BITS},16 != 0x0800 counter drop"),
+                format!("ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"),
+                "counter drop".into(),
+            ],
+        );
+    }
+    add(
+        "pod_in",
+        vec![
+            "ct state established,related accept".into(),
+            "tcp dport @control_tcp counter drop".into(),
+            "udp dport @tunnel_udp counter drop".into(),
+            "meta l4proto ipencap counter drop".into(),
+        ],
+    );
+    let verdict = match r.workload_to_host {
+        WorkloadToHost::Drop => "counter drop",
+        WorkloadToHost::Accept => "counter accept",
+    };
+    add(
+            "workload_in",
+            vec![
+                "jump pod_in".into(),
+                "meta l4proto { tcp, udp } th dport 53 accept".into(),
+                format!("icmp type echo-request ip daddr {} accept", r.node_subnet),
+                "icmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".into(),
+                "meta l4proto . th dport @allow_ports accept".into(),
+                verdict.into(),
+            ],
+        );
+    add(
+        PREROUTING_CHAIN,
+        vec![format!("ip saddr {} jump pod_out", set_expr(&r.pools))],
+    );
+    add(
+        "pod_out",
+        vec![
+            "udp dport @tunnel_udp counter drop".into(),
+            "meta l4proto ipencap counter drop".into(),
+            format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
+        ],
+    );
+    s
+}
+
+/// The table's comment for `rules`.
+fn rules_fingerprint(rules: &Rules) -> String {
+    fingerprint(&rules_script(rules))
 }
 
 /// The input chain's rules.
@@ -353,7 +371,9 @@ pub fn change(desired: Option<&Spec>, observed: &NftState<Arc<Spec>>) -> Option<
 /// with a record of the spec it last wrote.
 #[derive(Debug, Default)]
 pub struct HostGuard {
-    applied: Option<Arc<Spec>>,
+    /// The spec last written and the fingerprint of its rules (kept, not recomputed on every
+    /// observe).
+    applied: Option<(Arc<Spec>, String)>,
 }
 
 impl HostGuard {
@@ -361,19 +381,45 @@ impl HostGuard {
         HostGuard::default()
     }
 
-    /// What the kernel holds of the table: the spec last written when its input chain is
-    /// there with that spec's rule count (checked over netlink, no process spawned).
-    pub fn observe(&self) -> Result<NftState<Arc<Spec>>, Error> {
-        if let Some(spec) = &self.applied
-            && present(spec.input_rule_count())?
-        {
-            return Ok(NftState::AsWritten(spec.clone()));
-        }
-        Ok(if table_present()? {
-            NftState::Other
-        } else {
-            NftState::Absent
+    /// What the kernel holds of the table: the spec last written, or else `want`'s rules,
+    /// when the table is there with their [`fingerprint`] as its comment and their rule count
+    /// in the input chain. Two netlink requests, no process. Without a record (a restarted
+    /// agent) the elements are not known, so they are read from the kernel (two dumps) and
+    /// the observed spec is `want`'s rules with those elements.
+    pub fn observe(&self, want: Option<&Spec>) -> Result<NftState<Arc<Spec>>, Error> {
+        let op = format!("checking the table inet {TABLE}");
+        nfnl::with_sock(|sock| {
+            let Some(comment) = nfnl::table_comment(sock, NFPROTO_INET, TABLE)? else {
+                return Ok(NftState::Absent);
+            };
+            let holds = |sock: &mut nfnl::NfSock, rules: &Rules, mark: &str| {
+                Ok::<_, NlError>(
+                    comment.as_deref() == Some(mark)
+                        && nfnl::rule_count(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)?
+                            == input_rules(rules).len(),
+                )
+            };
+            if let Some((spec, mark)) = &self.applied
+                && holds(sock, &spec.rules, mark)?
+            {
+                return Ok(NftState::AsWritten(spec.clone()));
+            }
+            if let Some(want) = want
+                && self
+                    .applied
+                    .as_ref()
+                    .is_none_or(|(a, _)| a.rules != want.rules)
+                && holds(sock, &want.rules, &rules_fingerprint(&want.rules))?
+                && let Some(elements) = read_elements(sock, &want.rules)?
+            {
+                return Ok(NftState::AsWritten(Arc::new(Spec {
+                    rules: want.rules.clone(),
+                    elements,
+                })));
+            }
+            Ok(NftState::Other)
         })
+        .map_err(|e| nl_error(op, e))
     }
 
     /// Makes the change: one `nft -f` transaction.
@@ -399,14 +445,14 @@ impl HostGuard {
                 return remove();
             }
         };
-        self.applied = Some(Arc::new(spec.clone()));
+        self.applied = Some((Arc::new(spec.clone()), rules_fingerprint(&spec.rules)));
         Ok(())
     }
 
     /// Makes the table hold `spec`: nothing when it already does, only the element sets when
     /// only they differ, otherwise the whole table in one transaction.
     pub fn apply(&mut self, spec: &Spec) -> Result<Applied, Error> {
-        let Some(todo) = change(Some(spec), &self.observe()?) else {
+        let Some(todo) = change(Some(spec), &self.observe(Some(spec))?) else {
             return Ok(Applied::Unchanged);
         };
         self.write(&todo)?;
@@ -417,21 +463,46 @@ impl HostGuard {
     }
 }
 
-/// Whether the table is there at all.
-fn table_present() -> Result<bool, Error> {
-    let op = format!("checking the table inet {TABLE}");
-    nfnl::with_sock(|sock| nfnl::table_exists(sock, NFPROTO_INET, TABLE))
-        .map_err(|e| nl_error(op, e))
+/// The elements of the table's element sets, when they are ones the table's writer could
+/// have written (None: something else, so the table is rewritten).
+fn read_elements(sock: &mut nfnl::NfSock, rules: &Rules) -> Result<Option<Elements>, NlError> {
+    let mut elements = Elements::default();
+    for key in nfnl::set_keys(sock, NFPROTO_INET, TABLE, CONTROL_HOSTS_SET)? {
+        let Ok(octets) = <[u8; 4]>::try_from(key) else {
+            return Ok(None);
+        };
+        elements.control_hosts.insert(Ipv4Addr::from(octets));
+    }
+    if rules.vxlan_port.is_some() {
+        for range in nfnl::set_ranges(sock, NFPROTO_INET, TABLE, VXLAN_PEERS_SET)? {
+            let Some(peer) = vxlan_peer(range) else {
+                return Ok(None);
+            };
+            elements.vxlan_peers.insert(peer);
+        }
+    }
+    Ok(Some(elements))
 }
 
-/// Whether the input chain of the table holds `rules` rules.
-fn present(rules: usize) -> Result<bool, Error> {
-    let op = format!("checking the table inet {TABLE}");
-    nfnl::with_sock(|sock| {
-        Ok(nfnl::chain_exists(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)?
-            && nfnl::rule_count(sock, NFPROTO_INET, TABLE, INPUT_CHAIN)? == rules)
-    })
-    .map_err(|e| nl_error(op, e))
+/// An element of the VXLAN peers' set as [`int_range`] writes it: the key is
+/// `peer address . first address of the subnet` (4 bytes each, network order), the range end
+/// `peer address . last address`.
+fn vxlan_peer((key, end): nfnl::ElementRange) -> Option<(Ipv4Addr, Ipv4Net)> {
+    let word = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let end = end?;
+    if key.len() != 8 || end.len() != 8 || key[..4] != end[..4] {
+        return None;
+    }
+    let (first, last) = (word(&key, 4)?, word(&end, 4)?);
+    let size = u64::from(last.checked_sub(first)?) + 1;
+    if !size.is_power_of_two() || u64::from(first) % size != 0 {
+        return None;
+    }
+    let prefix = 32 - u8::try_from(size.trailing_zeros()).ok()?;
+    let net = Ipv4Net::new(Ipv4Addr::from(first), prefix).ok()?;
+    Some((Ipv4Addr::from(word(&key, 0)?), net))
 }
 
 fn nl_error(op: String, e: NlError) -> Error {
@@ -454,4 +525,74 @@ pub fn remove_script() -> String {
 /// Removes the table (`twill node leave`); fine when it is not there.
 pub fn remove() -> Result<(), Error> {
     crate::nftcli::apply("removes the host protection table", &remove_script())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(addr: [u8; 4], first: [u8; 4], last: [u8; 4]) -> nfnl::ElementRange {
+        ([addr, first].concat(), Some([addr, last].concat()))
+    }
+
+    #[test]
+    fn a_vxlan_peer_is_read_back_from_its_range_and_odd_ranges_are_refused() {
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 255])),
+            Some((
+                "10.9.0.2".parse().unwrap(),
+                "10.244.2.0/24".parse().unwrap()
+            ))
+        );
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 7], [10, 244, 2, 7])),
+            Some((
+                "10.9.0.2".parse().unwrap(),
+                "10.244.2.7/32".parse().unwrap()
+            ))
+        );
+        // Not a prefix, not aligned, different peers at the two ends, no end.
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 2])),
+            None
+        );
+        assert_eq!(
+            vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 1], [10, 244, 2, 2])),
+            None
+        );
+        let (key, _) = element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 255]);
+        let (_, end) = element([10, 9, 0, 3], [10, 244, 2, 0], [10, 244, 2, 255]);
+        assert_eq!(vxlan_peer((key.clone(), end)), None);
+        assert_eq!(vxlan_peer((key, None)), None);
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_rules_not_the_elements() {
+        let spec = |hosts: &[&str], node_subnet: &str| Spec {
+            rules: Rules {
+                pools: vec!["10.244.0.0/16".parse().unwrap()],
+                node_subnet: node_subnet.parse().unwrap(),
+                workload_to_host: Default::default(),
+                allow_ports: Vec::new(),
+                control_tcp: vec![179],
+                tunnel_udp: vec![8472],
+                vxlan_port: Some(8472),
+            },
+            elements: Elements {
+                control_hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
+                vxlan_peers: Default::default(),
+            },
+        };
+        let comment = |s: &Spec| {
+            s.table_script()
+                .lines()
+                .find(|l| l.contains("comment"))
+                .unwrap()
+                .to_string()
+        };
+        let a = spec(&["10.9.0.1"], "10.244.1.0/24");
+        assert_eq!(comment(&a), comment(&spec(&["10.9.0.2"], "10.244.1.0/24")));
+        assert_ne!(comment(&a), comment(&spec(&["10.9.0.1"], "10.244.3.0/24")));
+        assert!(comment(&a).contains(&fingerprint(&rules_script(&a.rules))));
+    }
 }

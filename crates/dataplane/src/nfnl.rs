@@ -61,6 +61,9 @@ mod attr {
     pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
     pub const NFTA_LIST_ELEM: u16 = 1;
     pub const NFTA_SET_ELEM_KEY: u16 = 1;
+    pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
+    pub const NFTA_TABLE_USERDATA: u16 = 6;
+    pub const NFTA_CHAIN_USERDATA: u16 = 12;
     pub const NFTA_DATA_VALUE: u16 = 1;
 }
 
@@ -260,8 +263,29 @@ pub fn parse_error(m: &NlMsg<'_>) -> Result<(i32, Option<String>), NlError> {
     Ok((-err, text))
 }
 
+/// A set element's key and, in a concatenated interval set, the end of its range.
+pub type ElementRange = (Vec<u8>, Option<Vec<u8>>);
+
 /// Extracts the keys from a `NEWSETELEM` message payload (dump/get reply).
-pub fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
+#[cfg(test)]
+fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
+    Ok(parse_setelem_ranges(payload)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// Extracts the keys and, for the elements of a concatenated interval set, the ends of their
+/// ranges (`NFTA_SET_ELEM_KEY_END`) from a `NEWSETELEM` message payload.
+pub fn parse_setelem_ranges(payload: &[u8]) -> Result<Vec<ElementRange>, NlError> {
+    let value = |data: Option<&[u8]>| -> Result<Option<Vec<u8>>, NlError> {
+        Ok(match data {
+            Some(nested) => {
+                find_attr(&parse_attrs(nested)?, attr::NFTA_DATA_VALUE).map(<[u8]>::to_vec)
+            }
+            None => None,
+        })
+    };
     let mut keys = Vec::new();
     for (ty, list) in nft_attrs(payload)? {
         if ty != attr::NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -272,11 +296,8 @@ pub fn parse_setelem_keys(payload: &[u8]) -> Result<Vec<Vec<u8>>, NlError> {
                 continue;
             }
             let elem = parse_attrs(elem)?;
-            if let Some(key) = find_attr(&elem, attr::NFTA_SET_ELEM_KEY) {
-                let key = parse_attrs(key)?;
-                if let Some(v) = find_attr(&key, attr::NFTA_DATA_VALUE) {
-                    keys.push(v.to_vec());
-                }
+            if let Some(key) = value(find_attr(&elem, attr::NFTA_SET_ELEM_KEY))? {
+                keys.push((key, value(find_attr(&elem, attr::NFTA_SET_ELEM_KEY_END))?));
             }
         }
     }
@@ -618,13 +639,64 @@ fn exists(r: Result<Vec<Vec<u8>>, NlError>) -> Result<bool, NlError> {
     }
 }
 
-/// Does table `family table` exist? (`NFT_MSG_GETTABLE`)
-pub fn table_exists(sock: &mut NfSock, family: u8, table: &str) -> Result<bool, NlError> {
+/// The comment of an object's nftables user data (`NFTA_TABLE_USERDATA`,
+/// `NFTA_CHAIN_USERDATA`): libnftnl's TLVs of one byte type, one byte length, then the value;
+/// a comment is type 0 (`NFTNL_UDATA_TABLE_COMMENT`, `NFTNL_UDATA_CHAIN_COMMENT`), a
+/// NUL-terminated string.
+pub fn udata_comment(mut udata: &[u8]) -> Option<String> {
+    const UDATA_COMMENT: u8 = 0;
+    while let [ty, len, rest @ ..] = udata {
+        let value = rest.get(..usize::from(*len))?;
+        if *ty == UDATA_COMMENT {
+            return Some(name_of(value));
+        }
+        udata = &rest[value.len()..];
+    }
+    None
+}
+
+/// The comment of the one object a get request answers with (`None` when it has none).
+fn comment_of_reply(replies: &[Vec<u8>], userdata: u16) -> Result<Option<String>, NlError> {
+    let Some(payload) = replies.first() else {
+        return Err(NlError::Malformed(
+            "an empty answer to a get request".into(),
+        ));
+    };
+    Ok(find_attr(&nft_attrs(payload)?, userdata).and_then(udata_comment))
+}
+
+/// The comment of table `family table`: `None` when the table does not exist, `Some(None)`
+/// when it has no comment. (`NFT_MSG_GETTABLE`)
+pub fn table_comment(
+    sock: &mut NfSock,
+    family: u8,
+    table: &str,
+) -> Result<Option<Option<String>>, NlError> {
     let seq = sock.next_seq();
     let msg = NfTablesMessage::GetTable(TableMessage {
         attributes: vec![TableAttribute::Name(table.to_string())],
     });
-    exists(sock.request(&request_bytes(NLM_F_ACK, seq, family, msg), seq))
+    match sock.request(&request_bytes(NLM_F_ACK, seq, family, msg), seq) {
+        Ok(replies) => Ok(Some(comment_of_reply(&replies, attr::NFTA_TABLE_USERDATA)?)),
+        Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The comment of chain `family table chain`, as [`table_comment`]. (`NFT_MSG_GETCHAIN`)
+pub fn chain_comment(
+    sock: &mut NfSock,
+    family: u8,
+    table: &str,
+    chain: &str,
+) -> Result<Option<Option<String>>, NlError> {
+    let seq = sock.next_seq();
+    let msg = NfTablesMessage::GetChain(chain_message(table, chain));
+    match sock.request(&request_bytes(NLM_F_ACK, seq, family, msg), seq) {
+        Ok(replies) => Ok(Some(comment_of_reply(&replies, attr::NFTA_CHAIN_USERDATA)?)),
+        Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Does chain `family table chain` exist? (`NFT_MSG_GETCHAIN`)
@@ -686,6 +758,20 @@ pub fn set_keys(
     table: &str,
     set: &str,
 ) -> Result<Vec<Vec<u8>>, NlError> {
+    Ok(set_ranges(sock, family, table, set)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// All elements of a set: keys with their range ends where the set has them (concatenated
+/// interval sets; `NFT_MSG_GETSETELEM` dump).
+pub fn set_ranges(
+    sock: &mut NfSock,
+    family: u8,
+    table: &str,
+    set: &str,
+) -> Result<Vec<ElementRange>, NlError> {
     let seq = sock.next_seq();
     let msg = NfTablesMessage::GetSetElement(SetElementMessage {
         attributes: vec![
@@ -695,7 +781,7 @@ pub fn set_keys(
     });
     let mut keys = Vec::new();
     for payload in sock.dump(&request_bytes(NLM_F_DUMP, seq, family, msg), seq)? {
-        keys.extend(parse_setelem_keys(&payload)?);
+        keys.extend(parse_setelem_ranges(&payload)?);
     }
     Ok(keys)
 }
@@ -932,6 +1018,20 @@ mod tests {
             proptest::prop_assert_eq!(msgs.len(), 1);
             proptest::prop_assert_eq!(parse_setelem_keys(msgs[0].payload).unwrap(), keys);
         }
+    }
+
+    #[test]
+    fn the_comment_is_found_among_user_data_tlvs_and_short_ones_are_none() {
+        // As nft writes a table comment: type 0, length with the NUL, the string.
+        assert_eq!(udata_comment(b"\x00\x04abc\x00"), Some("abc".into()));
+        // After a TLV of another type (a chain's or set's own user data).
+        assert_eq!(
+            udata_comment(b"\x01\x02\x07\x07\x00\x03hi\x00"),
+            Some("hi".into())
+        );
+        assert_eq!(udata_comment(b"\x01\x01\x07"), None);
+        assert_eq!(udata_comment(b"\x00\x09abc"), None, "length past the end");
+        assert_eq!(udata_comment(b""), None);
     }
 
     #[test]

@@ -223,6 +223,101 @@ fn only_the_elements_change_with_peers_and_a_changed_table_is_rewritten_whole() 
 
 #[test]
 #[ignore = "needs root"]
+fn a_restarted_reconciler_recognises_its_nft_objects_and_rewrites_edited_ones() {
+    use twill_dataplane::hostguard::Change;
+    use twill_dataplane::reconcile::MasqueradeChange;
+    let ns = host_ns("hs", true);
+    // Each reconcile below is by a fresh reconciler (new writers with no record of what was
+    // written), as after the agent was killed and restarted.
+    let restarted = || {
+        in_ns(&ns, || async {
+            let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+            reconciler.reconcile(desired()).await.unwrap()
+        })
+    };
+    let first = restarted();
+    assert!(first.report.expect("the first applies").is_ok());
+    let host_before = ns.ok(&["nft", "-a", "list", "table", "inet", "twill-host"]);
+    let masq_before = ns.ok(&["nft", "-a", "list", "chain", "inet", "twill", CHAIN]);
+    assert!(host_before.contains("comment \"twill:"), "{host_before}");
+    assert!(masq_before.contains("comment \"twill:"), "{masq_before}");
+
+    let again = restarted();
+    assert!(again.plan.is_empty(), "{}", again.plan);
+    assert!(again.report.is_none(), "nothing applied, no nft spawned");
+    // Not rewritten: the kernel's handles are the same.
+    assert_eq!(
+        ns.ok(&["nft", "-a", "list", "table", "inet", "twill-host"]),
+        host_before
+    );
+    assert_eq!(
+        ns.ok(&["nft", "-a", "list", "chain", "inet", "twill", CHAIN]),
+        masq_before
+    );
+
+    // A peer's element deleted by hand: only the elements are written back.
+    ns.ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "twill-host",
+        "control_hosts",
+        "{ 10.9.0.2 }",
+    ]);
+    let elements = restarted();
+    assert!(
+        matches!(elements.plan.host_guard, Some(Change::Elements(_))),
+        "{}",
+        elements.plan
+    );
+    assert_eq!(elements.plan.host_changes(), 1, "{}", elements.plan);
+    assert!(restarted().plan.is_empty());
+
+    // A rule added by hand to each: both rewritten whole.
+    ns.ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "twill-host",
+        "input",
+        "accept",
+    ]);
+    ns.ok(&["nft", "add", "rule", "inet", "twill", CHAIN, "accept"]);
+    let edited = restarted();
+    assert!(
+        matches!(edited.plan.host_guard, Some(Change::Table(_))),
+        "{}",
+        edited.plan
+    );
+    assert!(
+        matches!(edited.plan.masquerade, Some(MasqueradeChange::Write(_))),
+        "{}",
+        edited.plan
+    );
+    assert!(edited.report.unwrap().is_ok());
+    assert!(restarted().plan.is_empty());
+
+    // The same rules under another comment (say, written by an older agent): rewritten.
+    let host = ns.ok(&["nft", "list", "table", "inet", "twill-host"]);
+    let other = host.replacen("comment \"twill:", "comment \"other:", 1);
+    let file = std::env::temp_dir().join(format!("twill-host-{}.nft", std::process::id()));
+    std::fs::write(&file, other).unwrap();
+    ns.ok(&["nft", "delete", "table", "inet", "twill-host"]);
+    ns.ok(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    let recommented = restarted();
+    assert!(
+        matches!(recommented.plan.host_guard, Some(Change::Table(_))),
+        "{}",
+        recommented.plan
+    );
+    assert_eq!(recommented.plan.host_changes(), 1, "{}", recommented.plan);
+}
+
+#[test]
+#[ignore = "needs root"]
 fn a_refused_object_is_in_error_with_the_reason_and_retried_until_it_lands() {
     let ns = host_ns("hr", false);
     let key = ObjectKey::Address("twill.tun".into());

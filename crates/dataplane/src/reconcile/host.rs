@@ -23,8 +23,9 @@ use super::model::{
 use crate::firewall::{self, MasqueradeWriter};
 use crate::hostguard::{self, HostGuard};
 
-/// The writers of the nft objects, with their records of what they last wrote (which is
-/// what makes observing them cheap).
+/// The writers of the nft objects, with their records of what they last wrote (which spare
+/// reading the host table's elements back; the objects' own comments tell a restarted agent
+/// what they hold).
 #[derive(Debug)]
 pub struct HostWriters {
     guard: HostGuard,
@@ -67,7 +68,8 @@ fn sysctl_path(name: &str) -> Option<String> {
 }
 
 /// Reads the node's own objects: the desired sysctls, the addresses of the links desired
-/// addresses are for, and the nft objects against the writers' records. An nft object that
+/// addresses are for, and the nft objects against the writers' records and the desired state
+/// (by the fingerprint in their comments, see [`crate::nft_state`]). An nft object that
 /// cannot be checked counts as not known to be as written (so it is written again), never as
 /// absent.
 pub async fn observe_host(
@@ -101,8 +103,14 @@ pub async fn observe_host(
     Ok(ObservedHost {
         sysctls,
         addresses,
-        masquerade: writers.nat.observe().unwrap_or(NftState::Other),
-        host_guard: writers.guard.observe().unwrap_or(NftState::Other),
+        masquerade: writers
+            .nat
+            .observe(Some(ip_nets(&desired.masquerade).as_slice()).filter(|r| !r.is_empty()))
+            .unwrap_or(NftState::Other),
+        host_guard: writers
+            .guard
+            .observe(desired.host_guard.as_ref())
+            .unwrap_or(NftState::Other),
     })
 }
 
