@@ -158,6 +158,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         started,
         tunnel: None,
         last_peers: Vec::new(),
+        status_written: None,
         node_file,
         policy,
         hostguard: Default::default(),
@@ -247,6 +248,9 @@ struct Agent {
     tunnel: Option<Engine>,
     /// Peers as last reconciled, for status rewrites between reconciles (tunnel counters).
     last_peers: Vec<PeerStatus>,
+    /// The fingerprint of the status last written but for its time (nothing is written while
+    /// it stays the same).
+    status_written: Option<u64>,
     /// What the CNI plugin reads from disk.
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
@@ -681,13 +685,9 @@ impl Agent {
         if let Err(e) = self.update_hostguard(&peers) {
             warn!("host protection: {e:#}");
         }
-        let observed = match self.apply(&desired).await {
-            Ok(observed) => Some(observed),
-            Err(e) => {
-                warn!("programming the dataplane: {e:#}");
-                None
-            }
-        };
+        let observed = self.apply(&desired).await.map_err(|e| {
+            warn!("programming the dataplane: {e:#}");
+        });
         if let Some(b) = &mut self.bgp {
             b.reconciled(&desired);
         }
@@ -703,7 +703,12 @@ impl Agent {
             // Sessions and routes as of this reconcile, so status never lags the kernel.
             b.refresh_status().await;
         }
-        self.write_status(Some((&desired, observed.as_ref())));
+        match &observed {
+            // Nothing read because nothing changed: the peers are as the last status says.
+            Ok(None) => self.write_status(None),
+            Ok(Some(observed)) => self.write_status(Some((&desired, Some(observed)))),
+            Err(()) => self.write_status(Some((&desired, None))),
+        }
     }
 
     /// Hands the learned routes that changed since the last reconcile or delta (only those)
@@ -763,8 +768,9 @@ impl Agent {
     }
 
     /// Has the reconciler make the kernel match `desired` (after the BGP changes handed over
-    /// before); returns what the kernel holds afterwards.
-    async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Observed> {
+    /// before); returns what the kernel holds afterwards (None: it was not read, as it holds
+    /// the desired state of the last reconcile, which was this one).
+    async fn apply(&mut self, desired: &DesiredState) -> anyhow::Result<Option<Observed>> {
         let reconciled = self.reconciler.reconcile(desired.clone()).await?;
         Ok(reconciled.observed)
     }
@@ -821,7 +827,7 @@ impl Agent {
             }
             status
         });
-        let status = AgentStatus {
+        let mut status = AgentStatus {
             node: self.node.name.clone(),
             subnet: self.node.subnet,
             backend: self.config.backend.kind,
@@ -829,15 +835,23 @@ impl Agent {
             store: self.store.describe(),
             in_sync: self.in_sync,
             pid: std::process::id(),
-            updated: unix_now(),
+            updated: 0,
             peers,
             tunnel,
             policy: Some(self.policy_now()),
             bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
             lease_events: self.lease_events.clone(),
         };
-        if let Err(e) = files::write_json(&path, &status) {
-            warn!("writing {}: {e:#}", path.display());
+        // A resync that changed nothing leaves the file (and its time) as it is.
+        let fingerprint = files::json_fingerprint(&status).ok();
+        if fingerprint.is_some() && fingerprint == self.status_written {
+            return;
+        }
+        status.updated = unix_now();
+        self.status_written = None;
+        match files::write_json(&path, &status) {
+            Ok(()) => self.status_written = fingerprint,
+            Err(e) => warn!("writing {}: {e:#}", path.display()),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::MacAddr;
 pub const PEER_ROUTE_PROTOCOL: u8 = 117;
 
 /// A kernel VXLAN device (a VTEP).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VxlanDevice {
     /// Link name, e.g. `twill.1`.
@@ -66,7 +66,7 @@ pub struct FdbSpec {
 }
 
 /// How a peer is reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "via", content = "reason")]
 pub enum PeerPath {
     /// A plain route via the peer's underlay address.
@@ -84,7 +84,7 @@ pub enum PeerPath {
 }
 
 /// One peer in the desired state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerPlan {
     pub node: String,
@@ -94,7 +94,7 @@ pub struct PeerPlan {
 }
 
 /// How the userspace tunnel encapsulates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
 pub enum TunnelEncap {
     /// The inner IPv4 packet as the UDP payload (Flannel's udp framing).
@@ -104,7 +104,7 @@ pub enum TunnelEncap {
 }
 
 /// The userspace tunnel's TUN device (owned by the agent's tunnel engine, not by the diff).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelDevice {
     /// Link name, `twill.tun`.
@@ -116,7 +116,7 @@ pub struct TunnelDevice {
 }
 
 /// A peer reached through the userspace tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelPeer {
     pub node: String,
@@ -125,7 +125,7 @@ pub struct TunnelPeer {
 }
 
 /// Everything the node's dataplane should hold for the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredState {
     /// The VXLAN device, when the backend uses one.
