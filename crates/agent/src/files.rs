@@ -30,6 +30,25 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     write_private(path, &bytes)
 }
 
+/// A 64-bit fingerprint of `value`'s JSON form, computed without building it (to tell whether
+/// a file written from it would change).
+pub fn json_fingerprint(value: &impl Serialize) -> anyhow::Result<u64> {
+    use std::hash::{DefaultHasher, Hasher};
+    struct HashWriter(DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(DefaultHasher::new());
+    serde_json::to_writer(&mut w, value)?;
+    Ok(w.0.finish())
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, rename) with mode 0600 whatever the
 /// umask; the directory is created (0700) when missing.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

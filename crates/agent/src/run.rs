@@ -189,6 +189,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         nl,
         started,
         tunnel: None,
+        status_written: None,
         node_file,
         policy,
         policy_task,
@@ -310,6 +311,9 @@ struct Agent {
     started: Instant,
     /// The userspace tunnel engine (udp, ipip backends).
     tunnel: Option<Engine>,
+    /// The fingerprint of the status last written but for its time (nothing is written while
+    /// it stays the same).
+    status_written: Option<u64>,
     /// What the CNI plugin reads from disk.
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
@@ -631,7 +635,13 @@ impl Agent {
         }
         let mut outcome = match self.reconciler.reconcile(desired.clone()).await {
             Ok(reconciled) => ReconcileOutcome {
-                missing: missing_objects(desired, &reconciled.observed),
+                // Not read (None): the kernel holds this desired state, which the last
+                // reconcile left with nothing missing, and nothing has touched it since.
+                missing: reconciled
+                    .observed
+                    .as_ref()
+                    .map(|observed| missing_objects(desired, observed))
+                    .unwrap_or_default(),
                 ..ReconcileOutcome::default()
             },
             Err(e) => ReconcileOutcome {
@@ -691,7 +701,7 @@ impl Agent {
             }
             status
         });
-        let status = AgentStatus {
+        let mut status = AgentStatus {
             node: self.node.name.clone(),
             subnet: core.subnet,
             backend: self.config.backend.kind,
@@ -699,15 +709,23 @@ impl Agent {
             store: self.store.describe(),
             in_sync: core.in_sync,
             pid: std::process::id(),
-            updated: unix_now(),
+            updated: 0,
             peers,
             tunnel,
             policy: core.policy,
             bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
             lease_events: core.lease_events,
         };
-        if let Err(e) = files::write_json(&path, &status) {
-            warn!("writing {}: {e:#}", path.display());
+        // A resync that changed nothing leaves the file (and its time) as it is.
+        let fingerprint = files::json_fingerprint(&status).ok();
+        if fingerprint.is_some() && fingerprint == self.status_written {
+            return;
+        }
+        status.updated = unix_now();
+        self.status_written = None;
+        match files::write_json(&path, &status) {
+            Ok(()) => self.status_written = fingerprint,
+            Err(e) => warn!("writing {}: {e:#}", path.display()),
         }
     }
 }

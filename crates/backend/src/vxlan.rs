@@ -8,7 +8,7 @@
 //! With direct routing (Flannel's `DirectRouting`, Calico's `CrossSubnet`), peers on this
 //! node's L2 segment get a plain host-gw route instead, and only the rest are encapsulated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -155,6 +155,9 @@ impl Backend for Vxlan {
 
         let dev = device.name.clone();
         let mut state = DesiredState::default();
+        // The same node under two leases has one FDB entry (looked up by set: a scan of the
+        // entries so far made this quadratic, most of a resync's cost at thousands of peers).
+        let mut fdb_entries: HashSet<(MacAddr, Ipv4Addr)> = HashSet::with_capacity(peers.len());
         for (peer, plan) in peers.iter().zip(plans) {
             let path = match plan {
                 Plan::Skip(reason) => PeerPath::Skipped(reason),
@@ -180,7 +183,7 @@ impl Backend for Vxlan {
                         mac,
                         dst: peer.lease.public_ip(),
                     };
-                    if !state.fdb.contains(&fdb) {
+                    if fdb_entries.insert((fdb.mac, fdb.dst)) {
                         state.fdb.push(fdb);
                     }
                     PeerPath::Vxlan

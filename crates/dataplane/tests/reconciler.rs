@@ -84,7 +84,7 @@ fn partial_plans_land_in_order_before_a_reconcile_and_report_refusals() {
             .unwrap();
         assert!(reconciled.plan.is_empty(), "{}", reconciled.plan);
         assert!(reconciled.report.is_none());
-        assert_eq!(reconciled.observed.routes.len(), 199);
+        assert_eq!(reconciled.observed.expect("read").routes.len(), 199);
         let mut reports = Vec::new();
         while let Ok(r) = outcomes.try_recv() {
             reports.push(r);

@@ -223,6 +223,15 @@ impl BulkSocket {
         })
     }
 
+    /// The socket's port id (the kernel stamps notifications of its changes with it).
+    pub fn port_id(&self) -> Result<u32> {
+        let mut addr = netlink_sys::SocketAddr::new(0, 0);
+        self.sock
+            .get_address(&mut addr)
+            .map_err(|e| Error::io("rtnetlink socket address", e))?;
+        Ok(addr.port_number())
+    }
+
     /// Runs the changes in order; one outcome per change.
     pub fn run(&mut self, changes: &[RouteChange]) -> Vec<Result<()>> {
         let via = self.nexthops_for(changes);

@@ -28,7 +28,9 @@ pub use bulk::RouteChange;
 pub use codec::nexthop::Nexthop;
 pub use codec::route::Ipv4Route;
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
-pub use rtnl::{FdbEntry, InterfaceV4, LinkState, Neighbour, Rtnl, VxlanInfo, VxlanSpec};
+pub use rtnl::{
+    Change, FdbEntry, InterfaceV4, KernelEvents, LinkState, Neighbour, Rtnl, VxlanInfo, VxlanSpec,
+};
 
 use std::io;
 

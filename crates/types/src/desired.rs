@@ -23,7 +23,7 @@ pub use host_guard::HostGuardSpec;
 pub const PEER_ROUTE_PROTOCOL: u8 = 117;
 
 /// A kernel VXLAN device (a VTEP).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VxlanDevice {
     /// Link name, e.g. `twill.1`.
@@ -73,7 +73,7 @@ pub struct FdbSpec {
 }
 
 /// How a peer is reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "via", content = "reason")]
 pub enum PeerPath {
     /// A plain route via the peer's underlay address.
@@ -91,7 +91,7 @@ pub enum PeerPath {
 }
 
 /// One peer in the desired state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerPlan {
     pub node: String,
@@ -101,7 +101,7 @@ pub struct PeerPlan {
 }
 
 /// How the userspace tunnel encapsulates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
 pub enum TunnelEncap {
     /// The inner IPv4 packet as the UDP payload (Flannel's udp framing).
@@ -111,7 +111,7 @@ pub enum TunnelEncap {
 }
 
 /// The userspace tunnel's TUN device (owned by the agent's tunnel engine, not by the diff).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelDevice {
     /// Link name, `twill.tun`.
@@ -123,7 +123,7 @@ pub struct TunnelDevice {
 }
 
 /// A peer reached through the userspace tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelPeer {
     pub node: String,
@@ -132,7 +132,7 @@ pub struct TunnelPeer {
 }
 
 /// Everything the node's dataplane should hold for the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredState {
     /// The VXLAN device, when the backend uses one.

@@ -17,7 +17,8 @@
 //!
 //! The parts: [`model`] (what is observed, planned and reported), `observe.rs`, `diff.rs`
 //! (pure) and `apply.rs`; [`Reconciler`] (`task.rs`) is the one task that writes them, full
-//! reconciles and the BGP deltas in between alike.
+//! reconciles and the BGP deltas in between alike; `watch.rs` tells it when a full reconcile
+//! need not read the kernel (kernel notifications and a fingerprint of the desired state).
 
 mod apply;
 mod diff;
@@ -26,6 +27,7 @@ pub mod model;
 mod observe;
 pub mod status;
 mod task;
+mod watch;
 
 pub use apply::{apply, apply_routes, apply_with, remove_all, remove_all_with};
 pub use diff::diff;

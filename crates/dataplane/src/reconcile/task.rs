@@ -16,6 +16,10 @@
 //! Because all go through one queue, a reconcile always reads a kernel that already holds
 //! every partial plan handed over before it, and no two writers race on the kernel.
 //!
+//! A full reconcile of the desired state last reconciled with nothing left undone, when no
+//! kernel notification since concerned twill's objects, reads nothing and changes nothing
+//! ([`Watch`]): the periodic resync of a quiet node costs a hash of its desired state.
+//!
 //! The task keeps the [`Statuses`] of the objects it manages and, while an object of the last
 //! reconcile is in error, that reconcile's desired state (with the partial plans since applied
 //! to it). An object the kernel refused is retried by the task itself, with
@@ -26,6 +30,7 @@
 //! reconcile at once, which keeps the copy if the failure persists.)
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -36,17 +41,20 @@ use tracing::{debug, info, warn};
 use twill_netlink::Result;
 use twill_types::desired::{DesiredState, RouteSpec};
 
-use super::host::{HostWriters, observe_host};
+use super::host::{HostWriters, diff_host, observe_host};
 use super::model::ObjectKey;
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
 use super::status::{ObjectStatus, Statuses};
+use super::watch::{Watch, fingerprint};
 use super::{Rtnl, apply_routes, apply_with, diff, observe_with, remove_all_with};
 
 /// What a full reconcile found and did.
 #[derive(Debug)]
 pub struct Reconciled {
-    /// What the kernel holds afterwards.
-    pub observed: Observed,
+    /// What the kernel holds afterwards; None when it was not read because it cannot have
+    /// changed: the desired state is the one of the last reconcile, which left nothing
+    /// undone, and no notification since concerned twill's objects.
+    pub observed: Option<Observed>,
     /// The plan that was applied (empty when the kernel already matched).
     pub plan: Plan,
     /// The outcome of applying it (None when there was nothing to apply).
@@ -77,6 +85,7 @@ pub type WholePolicy = Box<dyn FnOnce() -> String + Send>;
 pub struct Reconciler {
     tx: mpsc::UnboundedSender<Job>,
     statuses: Arc<Mutex<Statuses>>,
+    reads: Arc<AtomicU64>,
 }
 
 /// The policy task's way to write `inet twill-policy`: through the reconciler's queue, in
@@ -114,14 +123,36 @@ impl PolicyWriter {
 }
 
 impl Reconciler {
-    /// Starts the task on `nl`; the receiver gets, for each batch of partial plans programmed,
-    /// its errors (empty when every change was accepted).
+    /// Starts the task on `nl` (on a thread in `nl`'s network namespace: the kernel's
+    /// notifications are watched from there); the receiver gets, for each batch of partial
+    /// plans programmed, its errors (empty when every change was accepted).
     pub fn start(nl: Rtnl) -> (Reconciler, mpsc::UnboundedReceiver<Vec<String>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
         let statuses = Arc::new(Mutex::new(Statuses::default()));
-        tokio::spawn(run(nl, rx, outcomes_tx, statuses.clone()));
-        (Reconciler { tx, statuses }, outcomes)
+        let reads = Arc::new(AtomicU64::new(0));
+        let task = Task {
+            writers: HostWriters::default(),
+            watch: Watch::new(&nl),
+            nl,
+            statuses: statuses.clone(),
+            reads: reads.clone(),
+        };
+        tokio::spawn(run(task, rx, outcomes_tx));
+        (
+            Reconciler {
+                tx,
+                statuses,
+                reads,
+            },
+            outcomes,
+        )
+    }
+
+    /// How many full reconciles have read the kernel (those skipped because nothing can have
+    /// changed do not count).
+    pub fn kernel_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// The status of every object the reconciler manages.
@@ -201,16 +232,61 @@ fn route_keys(plan: &Plan) -> impl Iterator<Item = ObjectKey> + '_ {
         .chain(plan.delete_routes.iter().map(|r| ObjectKey::Route(r.dst)))
 }
 
-async fn run(
+/// What the task works with.
+struct Task {
     nl: Rtnl,
+    statuses: Arc<Mutex<Statuses>>,
+    /// The nft writers and their records of what they wrote.
+    writers: HostWriters,
+    watch: Watch,
+    reads: Arc<AtomicU64>,
+}
+
+impl Task {
+    /// A full reconcile, unless the kernel still holds `desired` exactly.
+    async fn full(&mut self, desired: &DesiredState) -> Result<Reconciled> {
+        let fp = fingerprint(desired);
+        if self.watch.unchanged(fp) {
+            // The node's own objects are few and cheap to check (the nft objects' fingerprints,
+            // a sysctl, an address), and nft tables and sysctls send no notifications the
+            // watch would see: they are always checked. The tables of peers are not read.
+            let host = observe_host(&self.nl, desired, &self.writers).await?;
+            let mut plan = Plan::default();
+            diff_host(desired, &host, &mut plan);
+            if plan.is_empty() {
+                debug!("resync: nothing changed, the peers' objects are not read");
+                return Ok(Reconciled {
+                    observed: None,
+                    plan,
+                    report: None,
+                });
+            }
+        }
+        self.watch.reading();
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let result = full(&self.nl, desired, &mut self.writers).await;
+        match &result {
+            Ok(r) => {
+                record_full(&self.statuses, r.report.as_ref());
+                let done = r.report.as_ref().is_none_or(ApplyReport::is_ok)
+                    && lock(&self.statuses).errors().next().is_none();
+                let observed = r.observed.as_ref().expect("a full reconcile reads");
+                self.watch.reconciled(desired, fp, observed, &r.plan, done);
+            }
+            Err(_) => self.watch.forget(),
+        }
+        result
+    }
+}
+
+async fn run(
+    mut task: Task,
     mut rx: mpsc::UnboundedReceiver<Job>,
     outcomes: mpsc::UnboundedSender<Vec<String>>,
-    statuses: Arc<Mutex<Statuses>>,
 ) {
+    let statuses = task.statuses.clone();
     // The one desired state: the last reconcile's, with the partial plans since.
     let mut desired: Option<OneDesired> = None;
-    // The nft writers and their records of what they wrote.
-    let mut writers = HostWriters::default();
     // The whole policy table, while writing it is refused.
     let mut policy_retry: Option<String> = None;
     let mut next = None;
@@ -227,7 +303,9 @@ async fn run(
                     _ = sleep_until(retry) => {
                         retry_policy(&statuses, &mut policy_retry);
                         if lock(&statuses).full_reconcile_errors() {
-                            retry_failed(&nl, desired.as_ref(), &statuses, &mut writers).await;
+                            task.watch.forget();
+                            retry_failed(&task.nl, desired.as_ref(), &statuses, &mut task.writers)
+                                .await;
                         }
                         continue;
                     }
@@ -239,10 +317,7 @@ async fn run(
                 desired: want,
                 done,
             } => {
-                let result = full(&nl, &want, &mut writers).await;
-                if let Ok(r) = &result {
-                    record_full(&statuses, r.report.as_ref());
-                }
+                let result = task.full(&want).await;
                 // Kept only for retries: while something is in error, or when the reconcile
                 // could not run at all.
                 let retry_needed = result.is_err() || lock(&statuses).full_reconcile_errors();
@@ -262,7 +337,8 @@ async fn run(
                         }
                     }
                 }
-                let failed = partial(&nl, &plans, &statuses).await;
+                task.watch.forget();
+                let failed = partial(&task.nl, &plans, &statuses).await;
                 if let Some(desired) = &mut desired {
                     desired.absorb(&plans);
                 }
@@ -277,7 +353,8 @@ async fn run(
                 let _ = done.send(result);
             }
             Job::RemoveAll { done } => {
-                let result = remove_all_with(&nl, &mut writers).await;
+                let result = remove_all_with(&task.nl, &mut task.writers).await;
+                task.watch.forget();
                 desired = None;
                 policy_retry = None;
                 *lock(&statuses) = Statuses::default();
@@ -466,7 +543,7 @@ async fn full(nl: &Rtnl, desired: &DesiredState, writers: &mut HostWriters) -> R
     }
     if plan.is_empty() {
         return Ok(Reconciled {
-            observed,
+            observed: Some(observed),
             plan,
             report: None,
         });
@@ -491,7 +568,7 @@ async fn full(nl: &Rtnl, desired: &DesiredState, writers: &mut HostWriters) -> R
         observe_with(nl, desired, writers).await?
     };
     Ok(Reconciled {
-        observed,
+        observed: Some(observed),
         plan,
         report: Some(report),
     })

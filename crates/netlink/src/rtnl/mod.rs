@@ -20,7 +20,7 @@
 //! This file holds the client itself (the socket, its connection task, and the request,
 //! acknowledgement and dump plumbing); the operations live with their object kind:
 //! [`link`] (links and VXLAN devices), [`address`], [`route`], [`nexthop`], [`neighbour`] and
-//! [`fdb`].
+//! [`fdb`]; [`events`] reads the kernel's notifications of changes to all of them.
 
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +34,7 @@ use crate::bulk::BulkSocket;
 use crate::{Error, Result};
 
 pub mod address;
+pub mod events;
 pub mod fdb;
 pub mod link;
 pub mod neighbour;
@@ -41,6 +42,7 @@ pub mod nexthop;
 pub mod route;
 
 pub use address::InterfaceV4;
+pub use events::{Change, KernelEvents};
 pub use fdb::FdbEntry;
 pub use link::{LinkState, VxlanInfo, VxlanSpec};
 pub use neighbour::Neighbour;
@@ -67,20 +69,39 @@ pub struct Rtnl {
     _conn: Arc<Connection>,
     /// The socket for route changes in bulk ([`Rtnl::route_changes`]).
     bulk: Arc<Mutex<BulkSocket>>,
+    /// Port ids of the shared socket and the bulk socket.
+    ports: [u32; 2],
 }
 
 impl Rtnl {
     /// Opens a socket in the calling thread's network namespace and spawns its connection task
     /// on the current tokio runtime (so this must be called inside one).
     pub fn new() -> Result<Rtnl> {
-        let (conn, nl, _unsolicited) = rtnetlink::new_connection_with_strict_check()
+        use netlink_sys::AsyncSocket;
+        let (mut conn, nl, _unsolicited) = rtnetlink::new_connection_with_strict_check()
             .map_err(|e| Error::io("open rtnetlink socket", e))?;
+        // Bound now rather than at the first send, so its port id is known from the start.
+        let port = conn
+            .socket_mut()
+            .socket_mut()
+            .bind_auto()
+            .map_err(|e| Error::io("bind rtnetlink socket", e))?
+            .port_number();
+        let bulk = BulkSocket::new()?;
+        let ports = [port, bulk.port_id()?];
         let task = tokio::spawn(conn);
         Ok(Rtnl {
             nl,
             _conn: Arc::new(Connection(task)),
-            bulk: Arc::new(Mutex::new(BulkSocket::new()?)),
+            bulk: Arc::new(Mutex::new(bulk)),
+            ports,
         })
+    }
+
+    /// The port ids of the client's sockets: the kernel stamps its notifications of the
+    /// changes they make with these (see [`KernelEvents`]).
+    pub fn port_ids(&self) -> [u32; 2] {
+        self.ports
     }
 
     /// Sends one request and waits for its acknowledgement. `op` is only called to describe a

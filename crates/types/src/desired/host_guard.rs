@@ -13,7 +13,7 @@ use crate::cluster::{self, BackendKind, ClusterConfig, HostPort, WorkloadToHost}
 use crate::lease::Lease;
 
 /// The parts of the rule set whose change rewrites the table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rules {
     /// The cluster's pools: any pod's source.
@@ -31,7 +31,7 @@ pub struct Rules {
 }
 
 /// The parts that change with peers and store endpoints: set elements only.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Elements {
     /// Every node of the cluster (this one included) and every store endpoint.
@@ -41,7 +41,7 @@ pub struct Elements {
 }
 
 /// Everything `inet twill-host` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostGuardSpec {
     pub rules: Rules,
     pub elements: Elements,
