@@ -13,7 +13,10 @@
 //! applied rule set as one nft transaction (only set elements when only memberships changed;
 //! the whole table otherwise). A plugin waiting on the socket is answered only after the
 //! apply that covers its endpoint, and only once the task is in sync with the store: a pod
-//! starts with its policies in force.
+//! starts with its policies in force. At every resync the whole table goes to the dataplane
+//! reconciler, which writes it only when the kernel's table is not the one it last wrote for
+//! it (the table's fingerprint comment and rules per chain): a quiet node's resync runs no
+//! `nft` and leaves the policy status, so `status.json`, as it was.
 //!
 //! Publication is reconciled, not just announced: at every resync and whenever the store
 //! comes back (a mirror is in sync again after an outage) the task makes the store's endpoint
@@ -43,14 +46,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 use twill_policy::{
     ClusterPolicy, Dispatch, Endpoint, LabelOverrides, Namespace, NetworkPolicy, Options,
-    PolicyDoc, Ruleset, World,
+    PolicyDoc, Ruleset, World, render,
 };
 use twill_store::{KeyValue, MirrorEvent, Store};
 use twill_types::keys;
 use twill_types::node::{self, PolicyStatus};
 
 use crate::policy::Item;
-use twill_dataplane::reconcile::{PolicyWriter, WholePolicy};
+use twill_dataplane::reconcile::{PolicyWrite, PolicyWriter, WholePolicy};
 
 /// The socket's messages (shared with the plugin).
 pub use twill_types::node::{AgentReply as Reply, AgentRequest as Request};
@@ -745,22 +748,23 @@ impl PolicySync {
                 dispatch: Dispatch::Address,
             },
         ));
-        let script = if full {
-            twill_policy::render(&new)
+        let result = if full || self.applied.is_none() {
+            // The whole table, at every resync (which repairs what changed behind our back)
+            // and first: the reconciler writes it only when the kernel's table is not already
+            // the one it last wrote for this definition.
+            self.writer.apply_table(render::table(&new)).await
         } else {
-            twill_policy::diff(self.applied.as_deref(), &new)
-        };
-        let wrote = !script.is_empty();
-        let result = if !wrote {
-            Ok(())
-        } else {
-            // Refused, a change is followed by the whole table (it may have been changed
-            // behind our back); the reconciler renders it only then.
-            let whole: Option<WholePolicy> = (!full).then(|| {
+            let script = twill_policy::diff(self.applied.as_deref(), &new);
+            if script.is_empty() {
+                Ok(PolicyWrite::Unchanged)
+            } else {
+                // Refused, a change is followed by the whole table (it may have been changed
+                // behind our back); the reconciler renders it only then.
                 let new = new.clone();
-                Box::new(move || twill_policy::render(&new)) as WholePolicy
-            });
-            self.writer.apply(script, whole).await
+                let whole = Box::new(move || twill_policy::render(&new)) as WholePolicy;
+                let wrote = self.writer.apply(script, Some(whole)).await;
+                wrote.map(|()| PolicyWrite::Written)
+            }
         };
         let took = started.elapsed();
         let error = result.as_ref().err().map(|e| e.to_string());
@@ -781,11 +785,12 @@ impl PolicySync {
         st.cluster_policies = self.state.cluster_policies.len();
         st.endpoints = world.endpoints.len();
         st.local_endpoints = self.state.local.len();
-        st.last_apply_us = took.as_micros() as u64;
-        if error.is_none() {
-            if wrote {
-                st.applied += 1;
-            }
+        // Nothing written, nothing of the last apply changes (status.json stays as it is).
+        if !matches!(result, Ok(PolicyWrite::Unchanged)) {
+            st.last_apply_us = took.as_micros() as u64;
+        }
+        if let Ok(PolicyWrite::Written) = result {
+            st.applied += 1;
             st.applied_at = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());

@@ -438,3 +438,128 @@ fn node_leave_removes_everything_twill_owns() {
     let routes = ns.ip_json(&["route", "show", "proto", "117"]);
     assert_eq!(routes.as_array().map(Vec::len), Some(0), "{routes}");
 }
+
+/// A whole policy table as the policy task hands it over: a set, chains and rules.
+const POLICY_TABLE: &str = "table inet twill-policy {
+\tset peers {
+\t\ttype ipv4_addr
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tct state established,related accept
+\t\tip saddr @peers jump pods
+\t}
+\tchain pods {
+\t\ttcp dport 80 accept
+\t\tdrop
+\t}
+}
+";
+
+#[test]
+#[ignore = "needs root"]
+fn an_unchanged_policy_table_is_not_written_again_and_drift_is_rewritten() {
+    use twill_dataplane::reconcile::PolicyWrite::{Unchanged, Written};
+    let ns = host_ns("hn", false);
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["nft"];
+        cmd.extend(args);
+        ns.ok(&cmd);
+    };
+    let (outcomes, elements_after_rewrite, restarted) = in_ns(&ns, || async {
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        let policy = reconciler.policy_writer();
+        let table = || async { policy.apply_table(POLICY_TABLE.to_string()).await.unwrap() };
+        let mut outcomes = vec![("first", table().await), ("same again", table().await)];
+        // An incremental change leaves the comment as it was: the next whole table is
+        // written, and the one after that is not.
+        let add = "add element inet twill-policy peers { 10.0.0.1 }\n";
+        policy.apply(add.to_string(), None).await.unwrap();
+        outcomes.push(("after an incremental change", table().await));
+        let elements_after_rewrite = set_elements(&ns);
+        outcomes.push(("same again", table().await));
+        nft(&["delete", "table", "inet", "twill-policy"]);
+        outcomes.push(("table deleted by hand", table().await));
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "twill-policy",
+            "pods",
+            "udp",
+            "dport",
+            "53",
+            "accept",
+        ]);
+        outcomes.push(("rule added by hand", table().await));
+        nft(&[
+            "delete",
+            "rule",
+            "inet",
+            "twill-policy",
+            "pods",
+            "handle",
+            &last_rule(&ns),
+        ]);
+        outcomes.push(("rule deleted by hand", table().await));
+        outcomes.push(("same again", table().await));
+        assert!(
+            reconciler.snapshot().is_empty(),
+            "{:?}",
+            reconciler.snapshot()
+        );
+        drop((policy, reconciler));
+        // A restarted agent has no record of what it wrote: it writes the table once.
+        let (reconciler, _) = Reconciler::start(Rtnl::new().unwrap());
+        let policy = reconciler.policy_writer();
+        let restarted = policy.apply_table(POLICY_TABLE.to_string()).await.unwrap();
+        (outcomes, elements_after_rewrite, restarted)
+    });
+    assert_eq!(
+        outcomes,
+        vec![
+            ("first", Written),
+            ("same again", Unchanged),
+            ("after an incremental change", Written),
+            ("same again", Unchanged),
+            ("table deleted by hand", Written),
+            ("rule added by hand", Written),
+            ("rule deleted by hand", Written),
+            ("same again", Unchanged),
+        ]
+    );
+    assert_eq!(
+        elements_after_rewrite, 0,
+        "the whole table replaced the set"
+    );
+    assert_eq!(restarted, Written);
+    let listed = ns.ok(&["nft", "list", "table", "inet", "twill-policy"]);
+    assert!(listed.contains("comment \"twill:"), "{listed}");
+    assert!(listed.contains("ip saddr @peers jump pods"), "{listed}");
+}
+
+/// Elements of the policy table's set `peers`.
+fn set_elements(ns: &Netns) -> usize {
+    let out = ns.ok(&["nft", "-j", "list", "set", "inet", "twill-policy", "peers"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["set"]["elem"].as_array())
+        .map(Vec::len)
+        .sum()
+}
+
+/// The handle of the last rule of the policy table's chain `pods`.
+fn last_rule(ns: &Netns) -> String {
+    let out = ns.ok(&["nft", "-j", "list", "chain", "inet", "twill-policy", "pods"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let handles: Vec<u64> = v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["rule"]["handle"].as_u64())
+        .collect();
+    handles.last().expect("a rule").to_string()
+}

@@ -18,13 +18,15 @@
 //! The parts: [`model`] (what is observed, planned and reported), `observe.rs`, `diff.rs`
 //! (pure) and `apply.rs`; [`Reconciler`] (`task.rs`) is the one task that writes them, full
 //! reconciles and the BGP deltas in between alike; `watch.rs` tells it when a full reconcile
-//! need not read the kernel (kernel notifications and a fingerprint of the desired state).
+//! need not read the kernel (kernel notifications and a fingerprint of the desired state);
+//! `policy_table.rs` writes the policy task's table in the same queue.
 
 mod apply;
 mod diff;
 mod host;
 pub mod model;
 mod observe;
+mod policy_table;
 pub mod status;
 mod task;
 mod watch;
@@ -38,8 +40,9 @@ pub use model::{
     NftState, Observed, ObservedFdb, ObservedHost, ObservedRoute, ObservedVxlan, Plan,
 };
 pub use observe::{observe, observe_with};
+pub use policy_table::{PolicyWrite, WholePolicy};
 pub use status::{ObjectStatus, Statuses};
-pub use task::{OneDesired, PolicyWriter, Reconciled, Reconciler, WholePolicy};
+pub use task::{OneDesired, PolicyWriter, Reconciled, Reconciler};
 pub use twill_netlink::Rtnl;
 
 /// Name prefix of the links twill owns.

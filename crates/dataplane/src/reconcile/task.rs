@@ -9,8 +9,10 @@
 //!   works out the next changes. Each batch's outcome goes to the receiver [`Reconciler::start`]
 //!   returns (the agent reconciles at once after a failure, shortly after a burst otherwise).
 //!
-//! - a policy script ([`PolicyWriter::apply`], the policy task's): `inet twill-policy` written
-//!   in one `nft -f` transaction, the whole table again when a change of it is refused;
+//! - a policy script ([`PolicyWriter::apply`], [`PolicyWriter::apply_table`], the policy
+//!   task's): `inet twill-policy` written in one `nft -f` transaction, the whole table again
+//!   when a change of it is refused, nothing when the whole table handed over is the one the
+//!   kernel holds (`policy_table.rs`);
 //! - node leave ([`Reconciler::remove_all`]): everything twill owns removed.
 //!
 //! Because all go through one queue, a reconcile always reads a kernel that already holds
@@ -44,6 +46,7 @@ use twill_types::desired::{DesiredState, RouteSpec};
 use super::host::{HostWriters, diff_host, observe_host};
 use super::model::ObjectKey;
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
+use super::policy_table::{PolicyTable, PolicyWrite, WholePolicy};
 use super::status::{ObjectStatus, Statuses};
 use super::watch::{Watch, fingerprint};
 use super::{Rtnl, apply_routes, apply_with, diff, observe_with, remove_all_with};
@@ -72,13 +75,14 @@ enum Job {
         whole: Option<WholePolicy>,
         done: oneshot::Sender<std::result::Result<(), crate::Error>>,
     },
+    PolicyTable {
+        definition: String,
+        done: oneshot::Sender<std::result::Result<PolicyWrite, crate::Error>>,
+    },
     RemoveAll {
         done: oneshot::Sender<Result<ApplyReport>>,
     },
 }
-
-/// Renders the whole policy table, for when a change of it was refused.
-pub type WholePolicy = Box<dyn FnOnce() -> String + Send>;
 
 /// Handle to the reconciler task (which ends when every handle, [`PolicyWriter`]s included,
 /// is dropped).
@@ -105,17 +109,37 @@ impl PolicyWriter {
         script: String,
         whole: Option<WholePolicy>,
     ) -> std::result::Result<(), crate::Error> {
+        self.send(|done| Job::Policy {
+            script,
+            whole,
+            done,
+        })
+        .await
+    }
+
+    /// Makes the table hold `definition` (`table inet twill-policy { ... }`, as
+    /// `twill_policy::render::table` writes it), in one `nft -f` transaction that gives the
+    /// table the definition's fingerprint as its comment; nothing runs when the kernel's table
+    /// is already the one this writer last wrote for that definition (see `policy_table.rs`).
+    /// Status and retry as [`PolicyWriter::apply`].
+    pub async fn apply_table(
+        &self,
+        definition: String,
+    ) -> std::result::Result<PolicyWrite, crate::Error> {
+        self.send(|done| Job::PolicyTable { definition, done })
+            .await
+    }
+
+    async fn send<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<std::result::Result<T, crate::Error>>) -> Job,
+    ) -> std::result::Result<T, crate::Error> {
         let (done, wait) = oneshot::channel();
         let stopped = || crate::Error::Io {
             op: "applying network policy".to_string(),
             source: std::io::Error::other("the reconciler task stopped"),
         };
-        let job = Job::Policy {
-            script,
-            whole,
-            done,
-        };
-        if self.tx.send(job).is_err() {
+        if self.tx.send(job(done)).is_err() {
             return Err(stopped());
         }
         wait.await.unwrap_or_else(|_| Err(stopped()))
@@ -220,7 +244,7 @@ fn stopped() -> twill_netlink::Error {
     }
 }
 
-fn lock(statuses: &Mutex<Statuses>) -> MutexGuard<'_, Statuses> {
+pub(super) fn lock(statuses: &Mutex<Statuses>) -> MutexGuard<'_, Statuses> {
     statuses.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -287,8 +311,7 @@ async fn run(
     let statuses = task.statuses.clone();
     // The one desired state: the last reconcile's, with the partial plans since.
     let mut desired: Option<OneDesired> = None;
-    // The whole policy table, while writing it is refused.
-    let mut policy_retry: Option<String> = None;
+    let mut policy = PolicyTable::default();
     let mut next = None;
     loop {
         let job = match next.take() {
@@ -301,7 +324,7 @@ async fn run(
                         None => return,
                     },
                     _ = sleep_until(retry) => {
-                        retry_policy(&statuses, &mut policy_retry);
+                        policy.retry_due(&statuses);
                         if lock(&statuses).full_reconcile_errors() {
                             task.watch.forget();
                             retry_failed(&task.nl, desired.as_ref(), &statuses, &mut task.writers)
@@ -349,69 +372,20 @@ async fn run(
                 whole,
                 done,
             } => {
-                let result = write_policy(script, whole, &statuses, &mut policy_retry);
-                let _ = done.send(result);
+                let _ = done.send(policy.change(script, whole, &statuses));
+            }
+            Job::PolicyTable { definition, done } => {
+                let _ = done.send(policy.table(&definition, &statuses));
             }
             Job::RemoveAll { done } => {
                 let result = remove_all_with(&task.nl, &mut task.writers).await;
                 task.watch.forget();
                 desired = None;
-                policy_retry = None;
+                policy.forget();
                 *lock(&statuses) = Statuses::default();
                 let _ = done.send(result);
             }
         }
-    }
-}
-
-/// Writes a policy script (or, refused, the whole table) and records the table's status.
-fn write_policy(
-    script: String,
-    whole: Option<WholePolicy>,
-    statuses: &Mutex<Statuses>,
-    retry: &mut Option<String>,
-) -> std::result::Result<(), crate::Error> {
-    let mut result = crate::policy::apply("network policy", &script);
-    let mut last = script;
-    if result.is_err()
-        && let Some(whole) = whole
-    {
-        last = whole();
-        result = crate::policy::apply("network policy", &last);
-    }
-    record_policy(&result, statuses);
-    *retry = result.is_err().then_some(last);
-    result
-}
-
-/// Writes the whole policy table again if that was refused and its retry is due.
-fn retry_policy(statuses: &Mutex<Statuses>, retry: &mut Option<String>) {
-    let Some(script) = retry.as_deref() else {
-        return;
-    };
-    let due = match lock(statuses).get(&ObjectKey::policy_table()) {
-        Some(ObjectStatus::Error { retry_at, .. }) => *retry_at <= Instant::now(),
-        _ => true,
-    };
-    if !due {
-        return;
-    }
-    let result = crate::policy::apply("network policy", script);
-    if let Err(e) = &result {
-        warn!("retrying the policy table: {e}");
-    }
-    record_policy(&result, statuses);
-    if result.is_ok() {
-        *retry = None;
-    }
-}
-
-fn record_policy(result: &std::result::Result<(), crate::Error>, statuses: &Mutex<Statuses>) {
-    let key = ObjectKey::policy_table();
-    let mut statuses = lock(statuses);
-    match result {
-        Ok(()) => statuses.done(&key),
-        Err(e) => statuses.failed(key, e.to_string(), Instant::now()),
     }
 }
 
