@@ -45,6 +45,7 @@ pub mod cli;
 pub mod core;
 pub mod files;
 pub mod lease;
+pub mod memory;
 pub mod policy;
 pub mod policy_cli;
 pub mod policy_sync;

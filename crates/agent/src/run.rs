@@ -190,6 +190,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         started,
         tunnel: None,
         status_written: None,
+        release_after_status: false,
         node_file,
         policy,
         policy_task,
@@ -314,6 +315,8 @@ struct Agent {
     /// The fingerprint of the status last written but for its time (nothing is written while
     /// it stays the same).
     status_written: Option<u64>,
+    /// A reconcile ran since the last status write: its freed memory is returned after it.
+    release_after_status: bool,
     /// What the CNI plugin reads from disk.
     node_file: NodeFile,
     /// Network policy's state, kept by its task.
@@ -494,6 +497,8 @@ impl Agent {
     async fn execute(&mut self, action: Action) -> Option<Event> {
         match action {
             Action::Reconcile { desired, .. } => {
+                // The status follows; after it, the reconcile's transient memory goes back.
+                self.release_after_status = true;
                 Some(Event::Reconciled(self.reconcile(&desired).await))
             }
             Action::SubmitRoutes(plan) => {
@@ -536,6 +541,9 @@ impl Agent {
             }
             Action::WriteStatus(status) => {
                 self.write_status(status);
+                if std::mem::take(&mut self.release_after_status) {
+                    crate::memory::release_freed();
+                }
                 None
             }
             Action::Exit(_) => None,

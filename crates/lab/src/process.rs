@@ -114,6 +114,15 @@ pub fn alive(pid: u32) -> bool {
 /// True when `pid` runs with `arg` as one of its arguments. The lab checks this before it
 /// signals a recorded pid, since after a reboot or a crash the number may belong to a stranger.
 pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
+    // A daemon this process started and has not reaped is judged by the command line it was
+    // started with: its pid cannot be anyone else's until we reap it, and its own command
+    // line reads differently while it is still being exec'ed (`ip netns exec` → twill) on a
+    // loaded machine.
+    match reap_if_ours(pid) {
+        Some(Some(args)) => return args.iter().any(|a| a == arg),
+        Some(None) => return false,
+        None => {}
+    }
     // A process in the middle of execve (or of its exit) shows an empty command line.
     for _ in 0..2000 {
         if !alive(pid) {
@@ -125,12 +134,8 @@ pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
             Err(_) => return false,
         }
     }
-    // Still there with an empty command line after 2 s: a daemon this process started (its
-    // pid cannot be anyone else's until we reap it) that a loaded machine is still exec'ing is
-    // judged by the command line it was started with.
-    reap_if_ours(pid)
-        .flatten()
-        .is_some_and(|args| args.iter().any(|a| a == arg))
+    // Still an empty command line after 2 s, and not ours: nothing says it is the one.
+    false
 }
 
 /// Waits until `pid` is gone; false on timeout.
