@@ -497,8 +497,6 @@ impl Agent {
     async fn execute(&mut self, action: Action) -> Option<Event> {
         match action {
             Action::Reconcile { desired, .. } => {
-                // The status follows; after it, the reconcile's transient memory goes back.
-                self.release_after_status = true;
                 Some(Event::Reconciled(self.reconcile(&desired).await))
             }
             Action::SubmitRoutes(plan) => {
@@ -642,16 +640,22 @@ impl Agent {
             warn!("{e:#}");
         }
         let mut outcome = match self.reconciler.reconcile(desired.clone()).await {
-            Ok(reconciled) => ReconcileOutcome {
-                // Not read (None): the kernel holds this desired state, which the last
-                // reconcile left with nothing missing, and nothing has touched it since.
-                missing: reconciled
-                    .observed
-                    .as_ref()
-                    .map(|observed| missing_objects(desired, observed))
-                    .unwrap_or_default(),
-                ..ReconcileOutcome::default()
-            },
+            Ok(reconciled) => {
+                // The kernel was read: after the status that follows, the reconcile's
+                // transient memory (dumps, plan, status JSON) goes back to the kernel. A
+                // resync that read nothing allocated little.
+                self.release_after_status |= reconciled.observed.is_some();
+                ReconcileOutcome {
+                    // Not read (None): the kernel holds this desired state, which the last
+                    // reconcile left with nothing missing, and nothing has touched it since.
+                    missing: reconciled
+                        .observed
+                        .as_ref()
+                        .map(|observed| missing_objects(desired, observed))
+                        .unwrap_or_default(),
+                    ..ReconcileOutcome::default()
+                }
+            }
             Err(e) => ReconcileOutcome {
                 failed: Some(format!("{e:#}")),
                 ..ReconcileOutcome::default()
