@@ -19,8 +19,7 @@ use std::time::Instant;
 use tracing::{debug, warn};
 
 use super::model::ObjectKey;
-use super::status::{ObjectStatus, Statuses};
-use super::task::lock;
+use super::status::{ObjectStatus, Statuses, lock};
 use crate::nfnl::{self, NFPROTO_INET};
 use crate::nft_state::fingerprint;
 use crate::policy::TABLE;

@@ -9,6 +9,7 @@
 //! programmed, and a periodic reconcile that changes nothing touches nothing here.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::model::{ApplyReport, ObjectKey, Plan};
@@ -179,6 +180,12 @@ fn failures(report: &ApplyReport) -> BTreeMap<ObjectKey, String> {
         }
     }
     failed
+}
+
+/// The statuses, shared by the reconciler's task and its handles; a panic while they were
+/// held leaves them usable (each update is a whole entry).
+pub(super) fn lock(statuses: &Mutex<Statuses>) -> MutexGuard<'_, Statuses> {
+    statuses.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
@@ -47,7 +47,7 @@ use super::host::{HostWriters, diff_host, observe_host};
 use super::model::ObjectKey;
 use super::model::{ApplyReport, Observed, ObservedFdb, ObservedRoute, Plan};
 use super::policy_table::{PolicyTable, PolicyWrite, WholePolicy};
-use super::status::{ObjectStatus, Statuses};
+use super::status::{ObjectStatus, Statuses, lock};
 use super::watch::{Watch, fingerprint};
 use super::{Rtnl, apply_routes, apply_with, diff, observe_with, remove_all_with};
 
@@ -242,10 +242,6 @@ fn stopped() -> twill_netlink::Error {
         op: "reconcile".to_string(),
         source: std::io::Error::other("the reconciler task stopped"),
     }
-}
-
-pub(super) fn lock(statuses: &Mutex<Statuses>) -> MutexGuard<'_, Statuses> {
-    statuses.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The routes a partial plan changes.
