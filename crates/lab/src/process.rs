@@ -117,9 +117,10 @@ pub fn runs_with_arg(pid: u32, arg: &str) -> bool {
     // A daemon this process started and has not reaped is judged by the command line it was
     // started with: its pid cannot be anyone else's until we reap it, and its own command
     // line reads differently while it is still being exec'ed (`ip netns exec` → twill) on a
-    // loaded machine.
+    // loaded machine. It must still run, though: a killed multi-threaded daemon cannot be
+    // reaped until its last thread is gone, while its leader is already a zombie.
     match reap_if_ours(pid) {
-        Some(Some(args)) => return args.iter().any(|a| a == arg),
+        Some(Some(args)) => return alive(pid) && args.iter().any(|a| a == arg),
         Some(None) => return false,
         None => {}
     }
