@@ -5,7 +5,9 @@
 //! refused object is in error with the kernel's (or nft's) reason and retried; node leave
 //! removes everything twill owns.
 
-use std::path::Path;
+mod in_netns;
+use in_netns::in_ns;
+
 use std::time::{Duration, Instant};
 
 use twill_dataplane::reconcile::{ObjectKey, ObjectStatus, Reconciler, Rtnl};
@@ -46,23 +48,6 @@ fn add_tun(ns: &Netns) {
         "tunpeer",
     ]);
     ns.ok(&["ip", "link", "set", "twill.tun", "up"]);
-}
-
-/// Runs `f`'s future on a runtime of a thread inside `ns` (nft and sysctls act there too).
-fn in_ns<T: Send, F: std::future::Future<Output = T>>(
-    ns: &Netns,
-    f: impl FnOnce() -> F + Send,
-) -> T {
-    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
-    netns
-        .run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .unwrap()
 }
 
 fn guard() -> HostGuardSpec {

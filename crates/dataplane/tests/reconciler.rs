@@ -3,7 +3,9 @@
 //! batch reports its outcome, with the kernel's refusal of a change named (which is what makes
 //! the agent reconcile).
 
-use std::path::Path;
+mod in_netns;
+use in_netns::in_ns;
+
 use std::time::Duration;
 
 use twill_dataplane::reconcile::{ObservedRoute, Plan, Reconciler, Rtnl};
@@ -33,23 +35,6 @@ fn veth_ns(name: &str, carrier: bool) -> Netns {
     ns.ok(&["ip", "link", "set", "eth0", "up"]);
     ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "eth0"]);
     ns
-}
-
-/// Runs `f`'s future on a runtime of a thread inside `ns`.
-fn in_ns<T: Send, F: std::future::Future<Output = T>>(
-    ns: &Netns,
-    f: impl FnOnce() -> F + Send,
-) -> T {
-    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
-    netns
-        .run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .unwrap()
 }
 
 #[test]

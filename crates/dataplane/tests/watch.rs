@@ -4,30 +4,15 @@
 //! replacing one of twill's) is read and repaired by the next resync; changes to other objects
 //! are no reason to read, and a storm of them that overruns the notification socket is.
 
+mod in_netns;
+use in_netns::in_ns;
+
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use twill_dataplane::reconcile::{Reconciled, Reconciler, Rtnl};
 use twill_testkit::{Netns, require_root};
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
-
-/// Runs `f`'s future on a runtime of a thread inside `ns`.
-fn in_ns<T: Send, F: std::future::Future<Output = T>>(
-    ns: &Netns,
-    f: impl FnOnce() -> F + Send,
-) -> T {
-    let netns = twill_netlink::netns::Netns::open(Path::new(&ns.path())).unwrap();
-    netns
-        .run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .unwrap()
-}
 
 fn mac(n: u8) -> MacAddr {
     MacAddr([0x02, 0x74, 0x77, 0x00, 0x00, n])
