@@ -206,9 +206,14 @@ fn open_recording(
     start: &Start,
 ) -> anyhow::Result<std::io::LineWriter<std::fs::File>> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // The log holds the cluster's leases and config: private, and never written through a
+    // symlink planted at its path.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(files::FILE_MODE)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
         .with_context(|| format!("{RECORD_EVENTS_ENV}={}", path.display()))?;
     let mut out = std::io::LineWriter::new(file);
