@@ -257,16 +257,24 @@ fn pods_talk_and_only_wireguard_crosses_the_underlay() {
     assert_eq!(t1.public_key(), Some(k1.public_key()));
 }
 
-/// A wireguard-go device `wg0` in h2 (private key `key`, port `PORT`) with twill on h1 as
-/// its peer, routing h1's pod subnet.
-fn wireguard_go(lab: &Lab, tmp: &TempDir, key: &PrivateKey, twill: PublicKey) -> Background {
-    let daemon = lab.h2.spawn(&["wireguard-go", "-f", "wg0"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.h2.link("wg0").is_none() {
-        assert!(Instant::now() < deadline, "wireguard-go made no wg0");
+/// A wireguard-go device in h2 (private key `key`, port `PORT`) with twill on h1 as its
+/// peer, routing h1's pod subnet; returns the daemon and the device name. wireguard-go's
+/// control sockets (/var/run/wireguard/<name>.sock) are shared by all namespaces, so the
+/// name is unique to this run.
+fn wireguard_go(
+    lab: &Lab,
+    tmp: &TempDir,
+    key: &PrivateKey,
+    twill: PublicKey,
+) -> (Background, String) {
+    let name = format!("wgi{}", twill_testkit::random_suffix(6));
+    let daemon = lab.h2.spawn(&["wireguard-go", "-f", &name]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.h2.link(&name).is_none() {
+        assert!(Instant::now() < deadline, "wireguard-go made no {name}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let key_file = tmp.path().join("wg0.key");
+    let key_file = tmp.path().join("wg.key");
     std::fs::write(&key_file, key.to_base64().as_bytes()).unwrap();
     let port = PORT.to_string();
     let twill_key = twill.to_string();
@@ -274,7 +282,7 @@ fn wireguard_go(lab: &Lab, tmp: &TempDir, key: &PrivateKey, twill: PublicKey) ->
     lab.h2.ok(&[
         "wg",
         "set",
-        "wg0",
+        &name,
         "private-key",
         key_file.to_str().unwrap(),
         "listen-port",
@@ -287,9 +295,9 @@ fn wireguard_go(lab: &Lab, tmp: &TempDir, key: &PrivateKey, twill: PublicKey) ->
         NET1,
     ]);
     std::fs::remove_file(&key_file).unwrap();
-    lab.h2.ok(&["ip", "link", "set", "wg0", "up"]);
-    lab.h2.ok(&["ip", "route", "replace", NET1, "dev", "wg0"]);
-    daemon
+    lab.h2.ok(&["ip", "link", "set", &name, "up"]);
+    lab.h2.ok(&["ip", "route", "replace", NET1, "dev", &name]);
+    (daemon, name)
 }
 
 #[test]
@@ -301,7 +309,7 @@ fn interoperates_with_wireguard_go() {
     let t1 = start(&lab, 1, &k1, 0);
     t1.set_peers(&[peer(2, k2.public_key())]);
     lab.h1.ok(&["ip", "route", "replace", NET2, "dev", DEV]);
-    let daemon = wireguard_go(&lab, &tmp, &k2, k1.public_key());
+    let (daemon, name) = wireguard_go(&lab, &tmp, &k2, k1.public_key());
     lab.set_pod_mtu(POD_MTU);
 
     // Standard peer first (it initiates), then twill's pod first after a fresh start.
@@ -309,7 +317,7 @@ fn interoperates_with_wireguard_go() {
     assert!(lab.p2.ping(P1, 5), "p2 -> p1");
     tcp_exchange(&lab.p1, &lab.p2, P1, 5003, 1_000_000);
     tcp_exchange(&lab.p2, &lab.p1, P2, 5004, 1_000_000);
-    let wg_show = lab.h2.ok(&["wg", "show", "wg0", "dump"]);
+    let wg_show = lab.h2.ok(&["wg", "show", &name, "dump"]);
     assert!(
         wg_show.contains(&k1.public_key().to_string()),
         "wg knows the twill peer: {wg_show}"

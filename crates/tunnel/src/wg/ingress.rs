@@ -130,10 +130,10 @@ pub(crate) fn receive(
             sink.drop(DropReason::UnknownKey);
             continue;
         };
-        if held.as_ref().is_some_and(|(p, _)| *p != peer) {
-            if let Some((p, mut guard)) = held.take() {
-                flush_queued(table, p, &mut guard, scratch, sink);
-            }
+        if held.as_ref().is_some_and(|(p, _)| *p != peer)
+            && let Some((p, mut guard)) = held.take()
+        {
+            flush_queued(table, p, &mut guard, scratch, sink);
         }
         let (_, guard) = held.get_or_insert_with(|| (peer, wg.lock()));
         let Some(tunn) = guard.as_mut() else {
