@@ -43,7 +43,20 @@ fn peer(host: u8, key: PublicKey) -> Peer {
 }
 
 fn start(lab: &Lab, host: u8, key: &PrivateKey, queues: usize) -> Tunnel {
-    let cfg = config(host, key, queues);
+    start_with_psk(lab, host, key, queues, None)
+}
+
+fn start_with_psk(
+    lab: &Lab,
+    host: u8,
+    key: &PrivateKey,
+    queues: usize,
+    psk: Option<[u8; 32]>,
+) -> Tunnel {
+    let mut cfg = config(host, key, queues);
+    if let Some(w) = cfg.wireguard.as_mut() {
+        w.preshared_key = psk;
+    }
     Lab::in_ns(lab.host(host), || Tunnel::start(cfg)).expect("start WireGuard tunnel")
 }
 
@@ -258,7 +271,7 @@ fn pods_talk_and_only_wireguard_crosses_the_underlay() {
 }
 
 /// A wireguard-go device in h2 (private key `key`, port `PORT`) with twill on h1 as its
-/// peer, routing h1's pod subnet; returns the daemon and the device name. wireguard-go's
+/// peer (pre-shared key `psk`), routing h1's pod subnet; returns the daemon and the device name. wireguard-go's
 /// control sockets (/var/run/wireguard/<name>.sock) are shared by all namespaces, so the
 /// name is unique to this run.
 fn wireguard_go(
@@ -266,6 +279,7 @@ fn wireguard_go(
     tmp: &TempDir,
     key: &PrivateKey,
     twill: PublicKey,
+    psk: [u8; 32],
 ) -> (Background, String) {
     let name = format!("wgi{}", twill_testkit::random_suffix(6));
     let daemon = lab.h2.spawn(&["wireguard-go", "-f", &name]);
@@ -276,6 +290,13 @@ fn wireguard_go(
     }
     let key_file = tmp.path().join("wg.key");
     std::fs::write(&key_file, key.to_base64().as_bytes()).unwrap();
+    // wg reads a pre-shared key in the same base64 form as a private key.
+    let psk_file = tmp.path().join("wg.psk");
+    std::fs::write(
+        &psk_file,
+        PrivateKey::from_bytes(psk).to_base64().as_bytes(),
+    )
+    .unwrap();
     let port = PORT.to_string();
     let twill_key = twill.to_string();
     let endpoint = format!("{H1}:{PORT}");
@@ -289,12 +310,15 @@ fn wireguard_go(
         &port,
         "peer",
         &twill_key,
+        "preshared-key",
+        psk_file.to_str().unwrap(),
         "endpoint",
         &endpoint,
         "allowed-ips",
         NET1,
     ]);
     std::fs::remove_file(&key_file).unwrap();
+    std::fs::remove_file(&psk_file).unwrap();
     lab.h2.ok(&["ip", "link", "set", &name, "up"]);
     lab.h2.ok(&["ip", "route", "replace", NET1, "dev", &name]);
     (daemon, name)
@@ -306,17 +330,23 @@ fn interoperates_with_wireguard_go() {
     let lab = Lab::new("wi", false);
     let tmp = TempDir::new("wgi");
     let (k1, k2) = (key(), key());
-    let t1 = start(&lab, 1, &k1, 0);
+    let psk = key().to_bytes();
+    let t1 = start_with_psk(&lab, 1, &k1, 0, Some(psk));
     t1.set_peers(&[peer(2, k2.public_key())]);
     lab.h1.ok(&["ip", "route", "replace", NET2, "dev", DEV]);
-    let (daemon, name) = wireguard_go(&lab, &tmp, &k2, k1.public_key());
+    let (daemon, name) = wireguard_go(&lab, &tmp, &k2, k1.public_key(), psk);
     lab.set_pod_mtu(POD_MTU);
 
-    // Standard peer first (it initiates), then twill's pod first after a fresh start.
-    assert!(lab.wait_reachable(Duration::from_secs(5)), "p1 -> p2");
+    // The standard peer initiates first, then twill (after its restart below).
     assert!(lab.p2.ping(P1, 5), "p2 -> p1");
+    assert!(lab.wait_reachable(Duration::from_secs(5)), "p1 -> p2");
     tcp_exchange(&lab.p1, &lab.p2, P1, 5003, 1_000_000);
     tcp_exchange(&lab.p2, &lab.p1, P2, 5004, 1_000_000);
+    let psks = lab.h2.ok(&["wg", "show", &name, "preshared-keys"]);
+    assert!(
+        psks.contains(PrivateKey::from_bytes(psk).to_base64().as_str()),
+        "the standard peer uses the pre-shared key"
+    );
     let wg_show = lab.h2.ok(&["wg", "show", &name, "dump"]);
     assert!(
         wg_show.contains(&k1.public_key().to_string()),
@@ -330,7 +360,7 @@ fn interoperates_with_wireguard_go() {
 
     // A restarted twill initiates towards the standard peer.
     drop(t1);
-    let t1 = start(&lab, 1, &k1, 1);
+    let t1 = start_with_psk(&lab, 1, &k1, 1, Some(psk));
     t1.set_peers(&[peer(2, k2.public_key())]);
     assert!(lab.wait_reachable(Duration::from_secs(5)), "after restart");
     tcp_exchange(&lab.p2, &lab.p1, P2, 5005, 1_000_000);
