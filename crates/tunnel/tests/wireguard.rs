@@ -72,7 +72,7 @@ fn start_pair(lab: &Lab, k1: &PrivateKey, k2: &PrivateKey, queues: usize) -> (Tu
 }
 
 fn key() -> PrivateKey {
-    PrivateKey::generate().expect("generate key")
+    PrivateKey::generate()
 }
 
 /// Sends `size` bytes of the marker from `client` to `server_ip:port` (a listener in

@@ -353,15 +353,15 @@ mod tests {
     fn unchanged_keys_keep_their_state_and_removed_ones_lose_it() {
         let control = Socket::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
         let cfg = WireguardConfig {
-            private_key: PrivateKey::generate().unwrap(),
+            private_key: PrivateKey::generate(),
             preshared_key: None,
             persistent_keepalive: 0,
         };
         let wg = WgShared::new(&cfg, 51820, control);
         let (a, b, a2) = (
-            PrivateKey::generate().unwrap().public_key(),
-            PrivateKey::generate().unwrap().public_key(),
-            PrivateKey::generate().unwrap().public_key(),
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
         );
         let without_key = Peer {
             public_key: None,
@@ -407,10 +407,10 @@ mod tests {
 
     #[test]
     fn roaming_follows_authenticated_sources_and_config_resets_it() {
-        let tunn_key = PrivateKey::generate().unwrap();
+        let tunn_key = PrivateKey::generate();
         let tunn = Tunn::new(
             tunn_key.secret().clone(),
-            PrivateKey::generate().unwrap().public_key().x25519(),
+            PrivateKey::generate().public_key().x25519(),
             None,
             None,
             1,
