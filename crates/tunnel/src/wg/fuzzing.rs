@@ -91,8 +91,8 @@ impl Default for Harness {
 impl Harness {
     /// Two fresh key pairs, and a completed handshake between them.
     pub fn new() -> Harness {
-        let ours = PrivateKey::generate().expect("random key");
-        let theirs = PrivateKey::generate().expect("random key");
+        let ours = PrivateKey::generate();
+        let theirs = PrivateKey::generate();
         let identity = Identity::new(&ours);
         let subnet: Ipv4Net = "10.244.1.0/24".parse().expect("subnet");
         let mut table = PeerTable::build(
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(h.outcome().dropped(DropReason::UnknownKey), 1);
 
         // A handshake initiation from a key we do not know (mac1 is right: it is for us).
-        let stranger = PrivateKey::generate().unwrap();
+        let stranger = PrivateKey::generate();
         let mut t = Tunn::new(
             stranger.secret().clone(),
             x25519_public(&h),

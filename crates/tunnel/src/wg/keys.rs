@@ -15,8 +15,6 @@ use zeroize::Zeroizing;
 pub enum KeyError {
     #[error("a WireGuard key is 32 bytes in standard base64 (44 characters)")]
     Format,
-    #[error("the system random generator failed")]
-    Random,
 }
 
 /// A node's static private key (Curve25519). The secret is wiped from memory when dropped.
@@ -24,14 +22,15 @@ pub enum KeyError {
 pub struct PrivateKey(x25519::StaticSecret);
 
 impl PrivateKey {
-    /// A fresh key from the operating system's random generator.
-    pub fn generate() -> Result<PrivateKey, KeyError> {
+    /// A fresh key from the operating system's random generator (getrandom). Panics if the
+    /// kernel cannot supply randomness, which no key could then be made without.
+    pub fn generate() -> PrivateKey {
         use ring::rand::SecureRandom;
         let mut bytes = Zeroizing::new([0u8; 32]);
         ring::rand::SystemRandom::new()
             .fill(&mut bytes[..])
-            .map_err(|_| KeyError::Random)?;
-        Ok(PrivateKey::from_bytes(*bytes))
+            .expect("the system random generator failed");
+        PrivateKey::from_bytes(*bytes)
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> PrivateKey {
@@ -197,12 +196,12 @@ mod tests {
 
     #[test]
     fn private_key_never_shows() {
-        let k = PrivateKey::generate().unwrap();
+        let k = PrivateKey::generate();
         let shown = format!("{k:?}");
         assert_eq!(shown, "PrivateKey(<redacted>)");
         assert!(!shown.contains(k.to_base64().as_str()));
         assert_eq!(k, k.clone());
-        assert_ne!(k, PrivateKey::generate().unwrap());
+        assert_ne!(k, PrivateKey::generate());
         assert_eq!(
             PrivateKey::from_bytes(k.to_bytes()).public_key(),
             k.public_key()

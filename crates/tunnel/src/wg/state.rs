@@ -258,6 +258,10 @@ pub(crate) struct WgPeer {
     /// came from.
     endpoint: AtomicU64,
     configured: AtomicU64,
+    created: Instant,
+    /// Milliseconds after `created` of the last handshake started on a hint (see
+    /// `ingress::stale_session_hint`), plus one; 0 for never.
+    hinted_at: AtomicU64,
 }
 
 impl WgPeer {
@@ -268,7 +272,20 @@ impl WgPeer {
             tunn: Mutex::new(Some(tunn)),
             endpoint: AtomicU64::new(pack(at)),
             configured: AtomicU64::new(pack(at)),
+            created: Instant::now(),
+            hinted_at: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a handshake may be started on an unauthenticated hint now (once a second).
+    pub(crate) fn may_hint(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        let last = self.hinted_at.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .hinted_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Tunn>> {
@@ -310,4 +327,110 @@ fn pack(a: SocketAddrV4) -> u64 {
 
 fn unpack(v: u64) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from((v >> 16) as u32), v as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Peer;
+
+    fn peer(node: &str, n: u8, key: PublicKey) -> Peer {
+        Peer {
+            node: node.into(),
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            underlay: Ipv4Addr::new(127, 0, 0, n),
+            public_key: Some(key),
+        }
+    }
+
+    fn table(wg: &WgShared, peers: &[Peer], old: &PeerTable) -> (PeerTable, Vec<usize>) {
+        let mut t = PeerTable::build(peers, 51820, Some(old));
+        let initiate = wg.attach(&mut t, old);
+        (t, initiate)
+    }
+
+    #[test]
+    fn unchanged_keys_keep_their_state_and_removed_ones_lose_it() {
+        let control = Socket::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let cfg = WireguardConfig {
+            private_key: PrivateKey::generate(),
+            preshared_key: None,
+            persistent_keepalive: 0,
+        };
+        let wg = WgShared::new(&cfg, 51820, control);
+        let (a, b, a2) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let without_key = Peer {
+            public_key: None,
+            ..peer("c", 3, a)
+        };
+        let (t1, initiate) = table(
+            &wg,
+            &[peer("a", 1, a), peer("b", 2, b), without_key],
+            &PeerTable::default(),
+        );
+        assert!(initiate.is_empty(), "new peers handshake on demand");
+        assert!(
+            t1.entries[2].wg.is_none(),
+            "a peer without key gets no state"
+        );
+        let (wa, wb) = (
+            Arc::clone(t1.entries[0].wg.as_ref().unwrap()),
+            Arc::clone(t1.entries[1].wg.as_ref().unwrap()),
+        );
+        assert_ne!(wa.index, wb.index);
+        assert!(wa.index <= INDEX_MASK && wb.index <= INDEX_MASK);
+        assert_eq!(t1.wg_peer_by_index(wb.index << 8 | 7), Some(1));
+        assert_eq!(t1.wg_by_key.get(&a), Some(&0));
+
+        // b leaves: its Tunn goes at once, even for holders of the old table.
+        let (t2, _) = table(&wg, &[peer("a", 1, a)], &t1);
+        assert!(Arc::ptr_eq(t2.entries[0].wg.as_ref().unwrap(), &wa));
+        assert!(wb.lock().is_none());
+        assert!(wa.lock().is_some());
+        assert_eq!(t2.wg_peer_by_index(wb.index << 8), None);
+
+        // a rotates its key: new state, and a handshake is started with it right away.
+        let (t3, initiate) = table(&wg, &[peer("a", 1, a2)], &t2);
+        assert_eq!(initiate, vec![0]);
+        let wa2 = t3.entries[0].wg.as_ref().unwrap();
+        assert_ne!(wa2.index, wa.index);
+        assert!(wa.lock().is_none(), "the old key's session is gone");
+        assert_eq!(
+            wa2.endpoint(),
+            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 51820)
+        );
+    }
+
+    #[test]
+    fn roaming_follows_authenticated_sources_and_config_resets_it() {
+        let tunn_key = PrivateKey::generate();
+        let tunn = Tunn::new(
+            tunn_key.secret().clone(),
+            PrivateKey::generate().public_key().x25519(),
+            None,
+            None,
+            1,
+            None,
+        );
+        let configured = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 51820);
+        let w = WgPeer::new(tunn_key.public_key(), 1, tunn, configured);
+        let roamed = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000);
+        w.authenticated_from(roamed);
+        assert_eq!(w.endpoint(), roamed);
+        w.configure(configured);
+        assert_eq!(
+            w.endpoint(),
+            roamed,
+            "the same configuration keeps the roamed one"
+        );
+        let moved = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 51820);
+        w.configure(moved);
+        assert_eq!(w.endpoint(), moved);
+        assert!(w.may_hint());
+        assert!(!w.may_hint(), "at most one hinted handshake a second");
+    }
 }
