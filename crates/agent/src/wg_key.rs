@@ -118,7 +118,7 @@ pub fn read(path: &Path) -> anyhow::Result<Option<(PrivateKey, FileId)>> {
 /// Writes a new random key to `path` (atomically, 0600) and returns it with the new file's
 /// identity.
 pub fn write_new(path: &Path) -> anyhow::Result<(PrivateKey, FileId)> {
-    let key = PrivateKey::generate().context("generating a WireGuard key")?;
+    let key = PrivateKey::generate();
     let text = key.to_base64();
     let mut bytes = Zeroizing::new(Vec::with_capacity(text.len() + 1));
     bytes.extend_from_slice(text.as_bytes());
