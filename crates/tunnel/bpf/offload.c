@@ -332,7 +332,8 @@ static __always_inline int decap(struct __sk_buff *skb, struct config *cfg, cons
 	// type and skb->encapsulation on a decapsulated super-packet. That is harmless here: it
 	// only ever goes to a local pod or the host itself (inner destination in our subnet), and
 	// if it needs segmenting, the kernel segments by the headers it finds, now the inner ones
-	// (a bridge does, in software: routed pods avoid that cost).
+	// (a bridge would, in software, having no offloads for encapsulated packets: twill_bridge
+	// hands such frames to the pod's port, which takes them whole).
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 |
 		      (udp ? BPF_F_ADJ_ROOM_DECAP_L4_UDP : BPF_F_ADJ_ROOM_DECAP_IPXIP4);
 	if (bpf_skb_adjust_room(skb, -(__s32)room, BPF_ADJ_ROOM_MAC, flags) &&
