@@ -1,5 +1,6 @@
 // twill's kernel fast path for the ipip and udp tunnels: two tc programs that do what the
-// userspace engine does, without a trip to userspace, and keep GSO super-packets whole.
+// userspace engine does, without a trip to userspace, and keep GSO super-packets whole, and a
+// third that keeps them whole up to bridged pods.
 //
 // - twill_encap (tc egress of the TUN device): an IPv4 packet for a peer's subnet gets the
 //   outer headers the engine would write and is redirected to the underlay device through

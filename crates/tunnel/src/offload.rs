@@ -2,7 +2,7 @@
 //! `build.rs`) that encapsulate on the TUN device's egress and decapsulate on the underlay
 //! device's ingress, so that pod traffic to known peers never leaves the kernel and GSO
 //! super-packets stay whole (raw sockets cannot send them; that capped the userspace ipip
-//! path at a quarter of kernel VXLAN).
+//! path at a quarter of kernel VXLAN). A third one keeps them whole up to bridged pods (below).
 //!
 //! The userspace engine stays the slow path and the safety net: whatever the programs do not
 //! handle (unknown peers, spoofed sources, options, fragments) passes through untouched and
@@ -83,8 +83,8 @@ pub(crate) struct KernelPath {
     installed: HashMap<Ipv4Addr, Ipv4Net>,
     attached: bool,
     local_subnet: Ipv4Net,
-    /// The bridge-port thread's stop signal (dropping it stops the thread).
-    port_sync: Option<mpsc::Sender<()>>,
+    /// The bridge-port thread and its stop signal (dropping the sender stops the thread).
+    port_sync: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 /// Traffic one peer moved through the kernel path (inner packets and bytes).
@@ -250,7 +250,9 @@ impl KernelPath {
 
     /// Starts the thread that keeps `twill_bridge` on the pods' bridge and its port map equal
     /// to the bridge's forwarding table.
-    fn start_port_sync(&mut self) -> Result<mpsc::Sender<()>, OffloadError> {
+    fn start_port_sync(
+        &mut self,
+    ) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), OffloadError> {
         let ports: BpfHashMap<MapData, [u8; 8], u32> = self
             .ebpf
             .lock()
@@ -273,7 +275,7 @@ impl KernelPath {
             bridge: None,
             installed: HashMap::new(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("twill-bridge-ports".into())
             .spawn(move || {
                 let run = netns.run(move || {
@@ -299,12 +301,16 @@ impl KernelPath {
                 }
             })
             .map_err(bpf("starting the bridge port thread"))?;
-        Ok(stop)
+        Ok((stop, thread))
     }
 
-    /// Takes the filters off both devices (after a failure: the engine carries all).
+    /// Takes the filters off every device (after a failure: the engine carries all).
     pub(crate) fn remove(&mut self) {
-        self.port_sync = None;
+        // The thread first, so that it cannot attach again behind the detach below.
+        if let Some((stop, thread)) = self.port_sync.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         let _ = self.netns.run(|| {
             detach_underlay(&self.underlay);
             detach_tun(&self.tun);
