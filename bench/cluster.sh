@@ -11,7 +11,7 @@
 #     1472 udp / 1480 ipip, VXLAN 1450).
 #   Variants, same goals and baseline: B-routed runs twill's pods in routed mode (`lab up
 #     --pod-mode routed`, Calico's layout: no bridge; the baseline keeps its bridge), and
-#     ipip-engine (or ipip-engine-routed) turns the ipip kernel fast path off
+#     ipip-engine and udp-engine (or ...-engine-routed) turn the kernel fast path off
 #     (TWILL_NO_KERNEL_PATH=1: the userspace engine alone).
 #
 # Per backend: `twill lab up --nodes 2 --backend B --pods-per-node 1` (pods h1-p1, h2-p1 made
@@ -69,9 +69,9 @@ BACKENDS=${BACKENDS:-host-gw vxlan}
 for b in $BACKENDS; do
   case $b in
     host-gw|vxlan) ;;
-    udp|ipip|ipip-engine|udp-routed|ipip-routed|ipip-engine-routed)
+    udp|ipip|ipip-engine|udp-engine|udp-routed|ipip-routed|ipip-engine-routed|udp-engine-routed)
       [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
-    *) die "BACKENDS: host-gw, vxlan, udp, ipip, ipip-engine, and udp/ipip/ipip-engine with -routed, not $b" ;;
+    *) die "BACKENDS: host-gw, vxlan, udp, ipip, ipip-engine, udp-engine, and each of udp/ipip/ipip-engine/udp-engine with -routed, not $b" ;;
   esac
 done
 export REPS T LAT_S
@@ -215,7 +215,7 @@ run_backend() {
   local b=$1 n=$2 i mt mb base=$1 agents=() lab_backend=$1 no_kernel_path=false pod_mode=bridge
   # agents: --agents PID,PID for the tunnels; they are measured against kernel VXLAN
   case $b in *-routed) lab_backend=${lab_backend%-routed} pod_mode=routed ;; esac
-  case $lab_backend in ipip-engine) lab_backend=ipip no_kernel_path=true ;; esac
+  case $lab_backend in *-engine) lab_backend=${lab_backend%-engine} no_kernel_path=true ;; esac
   case $lab_backend in udp|ipip) base=vxlan ;; esac
   base=${base%-routed}
   echo

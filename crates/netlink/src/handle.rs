@@ -15,6 +15,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessa
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -419,6 +420,46 @@ impl Handle {
                 && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
             {
                 out.push((m.header.index, net));
+            }
+        }
+        Ok(out)
+    }
+
+    // ===== bridge forwarding table =====
+
+    /// The learned and static unicast entries of bridge `bridge`'s forwarding table, as
+    /// `(MAC, port link index)`: where the bridge sends a frame for that MAC. The bridge's own
+    /// and its ports' addresses (`permanent`, kept for the host) are left out.
+    pub fn bridge_ports(&mut self, bridge: u32) -> Result<Vec<([u8; 6], u32)>> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        let replies = self.dump(
+            RouteNetlinkMessage::GetNeighbour(msg),
+            &format!("list the forwarding table of bridge #{bridge}"),
+        )?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewNeighbour(m) = reply else {
+                continue;
+            };
+            if m.header.state == NeighbourState::Permanent || m.header.ifindex == bridge {
+                continue;
+            }
+            let mut on_bridge = false;
+            let mut mac = None;
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::Controller(c) => on_bridge = *c == bridge,
+                    NeighbourAttribute::LinkLayerAddress(a) => {
+                        mac = <[u8; 6]>::try_from(a.as_slice()).ok();
+                    }
+                    _ => {}
+                }
+            }
+            if let (true, Some(mac)) = (on_bridge, mac)
+                && mac[0] & 1 == 0
+            {
+                out.push((mac, m.header.ifindex));
             }
         }
         Ok(out)

@@ -1,5 +1,6 @@
 // twill's kernel fast path for the ipip and udp tunnels: two tc programs that do what the
-// userspace engine does, without a trip to userspace, and keep GSO super-packets whole.
+// userspace engine does, without a trip to userspace, and keep GSO super-packets whole, and a
+// third that keeps them whole up to bridged pods.
 //
 // - twill_encap (tc egress of the TUN device): an IPv4 packet for a peer's subnet gets the
 //   outer headers the engine would write and is redirected to the underlay device through
@@ -10,6 +11,13 @@
 // - twill_decap (tc ingress of the underlay device): a tunnel packet from a known peer whose
 //   inner source lies in that peer's subnet and whose inner destination lies in ours loses
 //   its outer headers and enters the TUN device, exactly as if the engine had written it.
+// - twill_bridge (tc egress of the bridge in front of the node's pods, when pods are bridged):
+//   a frame the host routes from the TUN device to one of the bridge's ports goes straight to
+//   that port, as the bridge would send it (same port, from the bridge's own forwarding
+//   table). On this kernel a decapsulated super-packet keeps its tunnel GSO type, and the
+//   bridge, which offers no offloads for encapsulated packets, would cut it into segments in
+//   software before forwarding; a veth port takes it whole (as it does for routed pods). The
+//   frame has passed the host's routing and netfilter hooks (policy, forward) by then.
 //
 // Anything the programs are not sure about (unknown peer, spoofed source, IP options,
 // fragments, a kernel that refuses a helper) is passed on untouched, so it reaches the
@@ -116,6 +124,20 @@ struct {
 	__type(key, __be32);
 	__type(value, struct counters);
 } twill_counters SEC(".maps");
+
+// A pod's MAC address (6 bytes, zero padded) -> the bridge port it sits behind: the
+// bridge's forwarding table, learned entries of its ports only, copied by the agent.
+struct mac_key {
+	__u8 addr[ETH_ALEN];
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct mac_key);
+	__type(value, __u32);
+} twill_ports SEC(".maps");
 
 static __always_inline __u16 csum_fold(__u32 sum)
 {
@@ -311,7 +333,8 @@ static __always_inline int decap(struct __sk_buff *skb, struct config *cfg, cons
 	// type and skb->encapsulation on a decapsulated super-packet. That is harmless here: it
 	// only ever goes to a local pod or the host itself (inner destination in our subnet), and
 	// if it needs segmenting, the kernel segments by the headers it finds, now the inner ones
-	// (a bridge does, in software: routed pods avoid that cost).
+	// (a bridge would, in software, having no offloads for encapsulated packets: twill_bridge
+	// hands such frames to the pod's port, which takes them whole).
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 |
 		      (udp ? BPF_F_ADJ_ROOM_DECAP_L4_UDP : BPF_F_ADJ_ROOM_DECAP_IPXIP4);
 	if (bpf_skb_adjust_room(skb, -(__s32)room, BPF_ADJ_ROOM_MAC, flags) &&
@@ -335,6 +358,30 @@ int twill_decap(struct __sk_buff *skb)
 	if (cfg->encap == ENCAP_UDP)
 		return decap(skb, cfg, 1);
 	return decap(skb, cfg, 0);
+}
+
+SEC("classifier")
+int twill_bridge(struct __sk_buff *skb)
+{
+	struct config *cfg = ipv4_config(skb);
+	// Only what the host forwards from the tunnel; everything else is the bridge's.
+	if (!cfg || !cfg->tun_ifindex || skb->ingress_ifindex != cfg->tun_ifindex)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_OK;
+	// A pod of this node (the routing decision already says so; the map must too).
+	if ((ip->daddr & cfg->local_mask) != cfg->local_net)
+		return TC_ACT_OK;
+	struct mac_key key = {};
+	__builtin_memcpy(key.addr, eth->h_dest, ETH_ALEN);
+	__u32 *port = bpf_map_lookup_elem(&twill_ports, &key);
+	if (!port)
+		return TC_ACT_OK; // unknown (or multicast) destination: the bridge floods or drops
+	return bpf_redirect(*port, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -2,7 +2,7 @@
 //! `build.rs`) that encapsulate on the TUN device's egress and decapsulate on the underlay
 //! device's ingress, so that pod traffic to known peers never leaves the kernel and GSO
 //! super-packets stay whole (raw sockets cannot send them; that capped the userspace ipip
-//! path at a quarter of kernel VXLAN).
+//! path at a quarter of kernel VXLAN). A third one keeps them whole up to bridged pods (below).
 //!
 //! The userspace engine stays the slow path and the safety net: whatever the programs do not
 //! handle (unknown peers, spoofed sources, options, fragments) passes through untouched and
@@ -13,6 +13,14 @@
 //! namespace; a [`KernelPath`] remembers the namespace it was loaded in and always attaches
 //! there, whichever thread calls it later.
 //!
+//! With bridged pods a third program sits on the bridge's egress (`twill_bridge`): frames the
+//! host forwards from the TUN device to a pod go straight to the pod's port, because this
+//! kernel keeps a decapsulated super-packet's tunnel GSO type and the bridge would segment it
+//! in software. A thread of [`KernelPath`] finds the bridge (the one holding an address of our
+//! pod subnet), attaches the program when the bridge appears, and copies the bridge's
+//! forwarding table (pod MAC -> port) into the program's map every [`PORT_SYNC`], removing
+//! entries the bridge no longer has; a MAC the map does not know is left to the bridge.
+//!
 //! The filters are attached by netlink (cls_bpf, direct action) at a fixed priority and
 //! handle, and deliberately left attached when the process ends: a killed or restarting agent
 //! does not interrupt tunnelled traffic. The next start loads fresh programs and maps, fills
@@ -20,6 +28,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
@@ -36,6 +47,10 @@ const PRIORITY: u16 = 0x7711;
 const HANDLE: TcHandle = TcHandle::new(0, 0x7711);
 const ENCAP: &str = "twill_encap";
 const DECAP: &str = "twill_decap";
+const BRIDGE: &str = "twill_bridge";
+/// How often the bridge's forwarding table is copied into the port map: a new pod's traffic
+/// goes through the bridge (correct, only slower) until its MAC is copied.
+const PORT_SYNC: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffloadError {
@@ -58,7 +73,7 @@ fn be(addr: Ipv4Addr) -> u32 {
 pub(crate) struct KernelPath {
     /// The namespace of the devices (where `load` ran).
     netns: twill_netlink::netns::Netns,
-    ebpf: aya::Ebpf,
+    ebpf: Arc<Mutex<aya::Ebpf>>,
     tun: String,
     underlay: String,
     routes: LpmTrie<MapData, u32, u32>,
@@ -67,6 +82,9 @@ pub(crate) struct KernelPath {
     /// The underlay addresses and subnets currently in the maps.
     installed: HashMap<Ipv4Addr, Ipv4Net>,
     attached: bool,
+    local_subnet: Ipv4Net,
+    /// The bridge-port thread and its stop signal (dropping the sender stops the thread).
+    port_sync: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 /// Traffic one peer moved through the kernel path (inner packets and bytes).
@@ -104,7 +122,7 @@ impl KernelPath {
             }
         };
         let mut ebpf = aya::Ebpf::load(OBJECT).map_err(bpf("loading the BPF object"))?;
-        for name in [ENCAP, DECAP] {
+        for name in [ENCAP, DECAP, BRIDGE] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| OffloadError::Bpf("program missing", name.to_string()))?
@@ -145,11 +163,13 @@ impl KernelPath {
                 .try_into()
                 .map_err(bpf("counters map"))?,
             netns,
-            ebpf,
+            ebpf: Arc::new(Mutex::new(ebpf)),
             tun: tun.to_string(),
             underlay,
             installed: HashMap::new(),
             attached: false,
+            local_subnet,
+            port_sync: None,
         })
     }
 
@@ -215,58 +235,225 @@ impl KernelPath {
                 tun,
                 ..
             } = self;
+            let mut guard = ebpf.lock().unwrap_or_else(|e| e.into_inner());
+            let ebpf: &mut aya::Ebpf = &mut guard;
             netns
-                .run(|| attach(ebpf, underlay, tun))
+                .run(|| {
+                    attach(ebpf, DECAP, underlay, TcAttachType::Ingress)?;
+                    attach(ebpf, ENCAP, tun, TcAttachType::Egress)
+                })
                 .map_err(bpf("entering the tunnel's network namespace"))??;
             self.attached = true;
+        }
+        if self.port_sync.is_none() {
+            self.port_sync = Some(self.start_port_sync()?);
         }
         Ok(())
     }
 
-    /// Takes the filters off both devices (after a failure: the engine carries all).
-    pub(crate) fn remove(&self) {
+    /// Starts the thread that keeps `twill_bridge` on the pods' bridge and its port map equal
+    /// to the bridge's forwarding table.
+    fn start_port_sync(
+        &mut self,
+    ) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), OffloadError> {
+        let ports: BpfHashMap<MapData, [u8; 8], u32> = self
+            .ebpf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_map("twill_ports")
+            .ok_or(OffloadError::Bpf("map missing", "twill_ports".to_string()))?
+            .try_into()
+            .map_err(bpf("ports map"))?;
+        let file = self
+            .netns
+            .file()
+            .try_clone()
+            .map_err(bpf("our network namespace"))?;
+        let netns = twill_netlink::netns::Netns::from_file(file, self.netns.path().as_ref());
+        let (stop, stopped) = mpsc::channel();
+        let mut sync = PortSync {
+            ebpf: self.ebpf.clone(),
+            ports,
+            subnet: self.local_subnet,
+            bridge: None,
+            installed: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("twill-bridge-ports".into())
+            .spawn(move || {
+                let run = netns.run(move || {
+                    let mut handle = match twill_netlink::Handle::new() {
+                        Ok(h) => h,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bridged pods: no netlink socket; the bridge forwards alone");
+                            return;
+                        }
+                    };
+                    loop {
+                        if let Err(e) = sync.once(&mut handle) {
+                            tracing::debug!(error = %e, "bridged pods: port map not refreshed");
+                        }
+                        match stopped.recv_timeout(PORT_SYNC) {
+                            Err(RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                    }
+                });
+                if let Err(e) = run {
+                    tracing::warn!(error = %e, "bridged pods: cannot enter the tunnel's namespace");
+                }
+            })
+            .map_err(bpf("starting the bridge port thread"))?;
+        Ok((stop, thread))
+    }
+
+    /// Takes the filters off every device (after a failure: the engine carries all).
+    pub(crate) fn remove(&mut self) {
+        // The thread first, so that it cannot attach again behind the detach below.
+        if let Some((stop, thread)) = self.port_sync.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         let _ = self.netns.run(|| {
             detach_underlay(&self.underlay);
             detach_tun(&self.tun);
+            detach_bridges();
         });
     }
 }
 
-/// Replaces our filters in place (or adds them), and leaves them attached for good. Runs in
-/// the devices' network namespace.
-fn attach(ebpf: &mut aya::Ebpf, underlay: &str, tun: &str) -> Result<(), OffloadError> {
-    for (name, iface, kind) in [
-        (DECAP, underlay, TcAttachType::Ingress),
-        (ENCAP, tun, TcAttachType::Egress),
-    ] {
-        // Fails harmlessly when the clsact qdisc is already there.
-        let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(OffloadError::Bpf("program missing", name.to_string()))?
-            .try_into()
-            .map_err(bpf("program type"))?;
-        let replaced = SchedClassifierLink::attached(iface, kind, PRIORITY, HANDLE, None)
-            .map_err(|e| e.to_string())
-            .and_then(|old| program.attach_to_link(old).map_err(|e| e.to_string()));
-        let id = match replaced {
-            Ok(id) => id,
-            Err(_) => program
-                .attach_with_options(
-                    iface,
-                    kind,
-                    TcAttachOptions::Netlink(NlOptions {
-                        priority: PRIORITY,
-                        handle: HANDLE,
-                        classid: None,
-                    }),
-                )
-                .map_err(bpf("attaching the tc filter"))?,
+/// The bridge-port thread's state: the pods' bridge it attached to and the map it keeps.
+struct PortSync {
+    ebpf: Arc<Mutex<aya::Ebpf>>,
+    ports: BpfHashMap<MapData, [u8; 8], u32>,
+    subnet: Ipv4Net,
+    /// The bridge (index, name) holding `twill_bridge`.
+    bridge: Option<(u32, String)>,
+    /// What the map holds: MAC -> port index.
+    installed: HashMap<[u8; 6], u32>,
+}
+
+impl PortSync {
+    /// One round: find the pods' bridge, attach to it if it is new, and make the map equal
+    /// to its forwarding table. Runs in the tunnel's namespace.
+    fn once(&mut self, handle: &mut twill_netlink::Handle) -> Result<(), OffloadError> {
+        let bridge = pods_bridge(handle, self.subnet)?;
+        if bridge != self.bridge {
+            self.clear();
+            if let Some((_, old)) = &self.bridge {
+                detach_bridge(old);
+            }
+            self.bridge = None;
+            if let Some((_, name)) = &bridge {
+                let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+                attach(&mut ebpf, BRIDGE, name, TcAttachType::Egress)?;
+            }
+            self.bridge = bridge;
+        }
+        let Some((index, _)) = self.bridge else {
+            return Ok(());
         };
-        let link = program.take_link(id).map_err(bpf("tc link"))?;
-        // Dropping the link would detach the filter; it must outlive this process.
-        std::mem::forget(link);
+        let wanted: HashMap<[u8; 6], u32> = handle
+            .bridge_ports(index)
+            .map_err(bpf("reading the bridge's forwarding table"))?
+            .into_iter()
+            .collect();
+        // Removals first: a MAC that moved is never sent to its old port after this round.
+        let gone: Vec<[u8; 6]> = self
+            .installed
+            .iter()
+            .filter(|(mac, port)| wanted.get(*mac) != Some(port))
+            .map(|(mac, _)| *mac)
+            .collect();
+        for mac in gone {
+            let _ = self.ports.remove(&mac_key(mac));
+            self.installed.remove(&mac);
+        }
+        for (mac, port) in wanted {
+            if self.installed.contains_key(&mac) {
+                continue;
+            }
+            self.ports
+                .insert(mac_key(mac), port, 0)
+                .map_err(bpf("ports map"))?;
+            self.installed.insert(mac, port);
+        }
+        Ok(())
     }
+
+    fn clear(&mut self) {
+        for mac in std::mem::take(&mut self.installed).into_keys() {
+            let _ = self.ports.remove(&mac_key(mac));
+        }
+    }
+}
+
+/// `struct mac_key` of bpf/offload.c: the MAC, zero padded to 8 bytes.
+fn mac_key(mac: [u8; 6]) -> [u8; 8] {
+    let mut key = [0u8; 8];
+    key[..6].copy_from_slice(&mac);
+    key
+}
+
+/// The bridge that holds an address of our pod subnet (the pods' gateway), if any.
+fn pods_bridge(
+    handle: &mut twill_netlink::Handle,
+    subnet: Ipv4Net,
+) -> Result<Option<(u32, String)>, OffloadError> {
+    let holders: HashSet<u32> = handle
+        .all_addresses()
+        .map_err(bpf("listing addresses"))?
+        .into_iter()
+        .filter(|(_, net)| matches!(net, ipnet::IpNet::V4(v4) if subnet.contains(&v4.addr())))
+        .map(|(index, _)| index)
+        .collect();
+    if holders.is_empty() {
+        return Ok(None);
+    }
+    Ok(handle
+        .links()
+        .map_err(bpf("listing links"))?
+        .into_iter()
+        .filter(|l| l.kind == twill_netlink::LinkKind::Bridge && holders.contains(&l.index))
+        .min_by_key(|l| l.index)
+        .map(|l| (l.index, l.name)))
+}
+
+/// Replaces our filter `name` on `iface` in place (or adds it), and leaves it attached for
+/// good. Runs in the device's network namespace.
+fn attach(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    iface: &str,
+    kind: TcAttachType,
+) -> Result<(), OffloadError> {
+    // Fails harmlessly when the clsact qdisc is already there.
+    let _ = aya::programs::tc::qdisc_add_clsact(iface);
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(OffloadError::Bpf("program missing", name.to_string()))?
+        .try_into()
+        .map_err(bpf("program type"))?;
+    let replaced = SchedClassifierLink::attached(iface, kind, PRIORITY, HANDLE, None)
+        .map_err(|e| e.to_string())
+        .and_then(|old| program.attach_to_link(old).map_err(|e| e.to_string()));
+    let id = match replaced {
+        Ok(id) => id,
+        Err(_) => program
+            .attach_with_options(
+                iface,
+                kind,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: PRIORITY,
+                    handle: HANDLE,
+                    classid: None,
+                }),
+            )
+            .map_err(bpf("attaching the tc filter"))?,
+    };
+    let link = program.take_link(id).map_err(bpf("tc link"))?;
+    // Dropping the link would detach the filter; it must outlive this process.
+    std::mem::forget(link);
     Ok(())
 }
 
@@ -320,15 +507,33 @@ pub(crate) fn detach_tun(tun: &str) {
     let _ = aya::programs::tc::qdisc_detach_program(tun, TcAttachType::Egress, ENCAP);
 }
 
-/// Removes both filters: from the TUN device and from every interface of the namespace that
-/// has our decapsulation filter (the underlay may have changed since it was attached).
-pub(crate) fn detach(tun: &str) {
-    detach_tun(tun);
+/// Removes our bridge filter from `bridge`. Missing is fine.
+fn detach_bridge(bridge: &str) {
+    let _ = aya::programs::tc::qdisc_detach_program(bridge, TcAttachType::Egress, BRIDGE);
+}
+
+/// Removes our bridge filter from every interface of the namespace that has it.
+fn detach_bridges() {
+    for_each_interface(detach_bridge);
+}
+
+fn for_each_interface(f: impl Fn(&str)) {
     if let Ok(ifaces) = nix::net::if_::if_nameindex() {
         for iface in ifaces.iter() {
             if let Ok(name) = iface.name().to_str() {
-                detach_underlay(name);
+                f(name);
             }
         }
     }
+}
+
+/// Removes every filter: from the TUN device, and from every interface of the namespace that
+/// has our decapsulation or bridge filter (the underlay or the bridge may have changed since
+/// they were attached).
+pub(crate) fn detach(tun: &str) {
+    detach_tun(tun);
+    for_each_interface(|name| {
+        detach_underlay(name);
+        detach_bridge(name);
+    });
 }
