@@ -90,10 +90,11 @@ impl Lab {
     /// Pings from every pod to every other pod (see [`Matrix`]); pairs that are not expected
     /// to be reachable (host-gw across the routed underlay's subnets) are not probed.
     pub fn ping_matrix(&self) -> Matrix {
-        let (backend, underlay) = (self.state.backend, self.state.underlay);
+        let (backend, underlay, encrypt) =
+            (self.state.backend, self.state.underlay, self.state.encrypt);
         Matrix::run(
             &self.state.pods,
-            |a, b| plan::expected_reachable(backend, underlay, a.host, b.host),
+            |a, b| plan::expected_reachable(backend, underlay, encrypt, a.host, b.host),
             |a, b| ping(&a.netns, b.ip),
             MAX_PARALLEL,
             ATTEMPTS,
