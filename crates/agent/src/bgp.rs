@@ -538,6 +538,7 @@ mod tests {
             public_net: format!("{ip}/24").parse().unwrap(),
             backend: BackendKind::Bgp,
             vtep_mac: None,
+            wireguard_public_key: None,
         }
     }
 

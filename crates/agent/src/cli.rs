@@ -128,6 +128,7 @@ fn runnable_backends() -> Vec<&'static str> {
                 pools: Vec::new(),
                 backend: Backend::with_defaults(*kind),
                 bgp: None,
+                wireguard: None,
                 host_access: Default::default(),
             };
             config.bgp = (*kind == BackendKind::Bgp).then(Default::default);
@@ -322,6 +323,7 @@ pub async fn status(
             PeerPath::Udp => ("udp", String::new()),
             PeerPath::Ipip => ("ipip", String::new()),
             PeerPath::Bgp => ("bgp", String::new()),
+            PeerPath::Wireguard => ("wireguard", String::new()),
             PeerPath::Skipped(why) => ("skipped", why.clone()),
         };
         if let Some(c) = &p.counters {

@@ -201,6 +201,7 @@ mod tests {
             public_net: "192.168.0.9/24".parse().unwrap(),
             backend: twill_types::cluster::BackendKind::HostGw,
             vtep_mac: None,
+            wireguard_public_key: None,
         };
         KeyValue {
             key: key.into(),

@@ -21,6 +21,7 @@ fn wanted(node: &str) -> Lease {
         public_net: "192.168.0.10/24".parse().unwrap(),
         backend: BackendKind::HostGw,
         vtep_mac: None,
+        wireguard_public_key: None,
     }
 }
 

@@ -58,6 +58,7 @@ mod tests {
             public_net: public.parse().unwrap(),
             backend: BackendKind::Bgp,
             vtep_mac: None,
+            wireguard_public_key: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! twill's backends: for one node, what it publishes in its lease and the kernel state
 //! (routes, VXLAN device, neighbours, FDB entries) it wants for its peers. One file per mode:
 //! [`hostgw`], [`vxlan`], [`tunnel`] (udp and ipip through the userspace tunnel), [`bgp`]
-//! (nothing per peer: the BGP speaker's routes). Pure: no kernel, no store, no clock; the
+//! (nothing per peer: the BGP speaker's routes), [`wireguard`] (the wireguard backend, and
+//! encryption wrapped around any other backend when the config enables it). Pure: no kernel, no store, no clock; the
 //! agent feeds leases in and hands the [`DesiredState`] to the dataplane.
 //!
 //! Every backend sees the same peers: sorted by subnet, this node's own lease dropped, and
@@ -19,11 +20,13 @@ pub mod hostgw;
 mod screen;
 pub mod tunnel;
 pub mod vxlan;
+pub mod wireguard;
 
 pub use bgp::Bgp;
 pub use hostgw::HostGw;
 pub use tunnel::Tunnel;
 pub use vxlan::Vxlan;
+pub use wireguard::{Encrypted, Wireguard};
 
 /// The node a backend computes for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +57,23 @@ pub trait Backend {
 #[error("{0}")]
 pub struct UnsupportedBackend(pub String);
 
-/// The backend the cluster config selects.
+/// The backend the cluster config selects, wrapped in [`Encrypted`] when the config turns
+/// WireGuard encryption on for it.
 pub fn for_config(
+    config: &ClusterConfig,
+) -> Result<Box<dyn Backend + Send + Sync>, UnsupportedBackend> {
+    let inner = plain_backend(config)?;
+    Ok(match config.wireguard() {
+        Some(wg) if config.backend.kind != BackendKind::Wireguard => Box::new(Encrypted {
+            inner,
+            settings: (&wg).into(),
+        }),
+        _ => inner,
+    })
+}
+
+/// The backend of `config.backend`, without encryption.
+fn plain_backend(
     config: &ClusterConfig,
 ) -> Result<Box<dyn Backend + Send + Sync>, UnsupportedBackend> {
     let settings = &config.backend;
@@ -77,9 +95,14 @@ pub fn for_config(
             encap: TunnelEncap::Ipip,
             direct_routing: settings.direct_routing,
         })),
-        BackendKind::Wireguard => Err(UnsupportedBackend(
-            "wireguard backend: not implemented yet".into(),
-        )),
+        BackendKind::Wireguard => {
+            let wg = config
+                .wireguard()
+                .expect("the wireguard backend always has WireGuard settings");
+            Ok(Box::new(Wireguard {
+                settings: (&wg).into(),
+            }))
+        }
     }
 }
 
@@ -95,5 +118,7 @@ fn lease_of(
         public_net: node.public_net,
         backend,
         vtep_mac,
+        // The agent adds it: the key is its, not the backend's.
+        wireguard_public_key: None,
     }
 }

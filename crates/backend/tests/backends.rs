@@ -35,6 +35,7 @@ fn lease(name: &str, subnet: &str, public: &str, backend: BackendKind) -> Lease 
         public_net: net(public),
         backend,
         vtep_mac: (backend == BackendKind::Vxlan).then(|| vtep_mac(name, 1)),
+        wireguard_public_key: None,
     }
 }
 
@@ -143,11 +144,14 @@ fn for_config_picks_the_backend() {
     );
     assert_eq!(ipip.pod_mtu(&node()), 1500 - 20);
 
-    let message = "wireguard backend: not implemented yet";
-    let config = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
-    let err = for_config(&config).err().unwrap();
-    assert_eq!(err, UnsupportedBackend(message.into()));
-    assert_eq!(err.to_string(), message);
+    // The wireguard backend and encryption are covered by tests/wireguard.rs.
+    let wg = for_config(&parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+    ))
+    .unwrap();
+    assert_eq!(wg.local_lease(&node()).backend, BackendKind::Wireguard);
+    let err = Vxlan::new(0, 8472, false).err().unwrap();
+    assert!(matches!(err, UnsupportedBackend(_)), "{err}");
 }
 
 #[test]
@@ -162,6 +166,7 @@ fn local_leases() {
             public_net: n.public_net,
             backend: BackendKind::Vxlan,
             vtep_mac: Some("ee:a1:74:b0:d8:83".parse().unwrap()),
+            wireguard_public_key: None,
         }
     );
     assert_eq!(
@@ -432,6 +437,7 @@ fn arb_lease() -> impl Strategy<Value = Lease> {
                     BackendKind::HostGw
                 },
                 vtep_mac: mac.map(|m| MacAddr([0x02, 0, 0, 0, 0, m])),
+                wireguard_public_key: None,
             }
         })
 }

@@ -25,6 +25,7 @@ fn lease(node: &str, subnet: &str, public: &str) -> Lease {
         public_net: net(public),
         backend: BackendKind::Vxlan,
         vtep_mac: None,
+        wireguard_public_key: None,
     }
 }
 

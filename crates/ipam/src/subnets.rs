@@ -203,6 +203,7 @@ mod tests {
             pools,
             backend: Backend::with_defaults(BackendKind::Vxlan),
             bgp: None,
+            wireguard: None,
             host_access: Default::default(),
         };
         c.validate().unwrap();

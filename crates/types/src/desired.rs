@@ -86,6 +86,8 @@ pub enum PeerPath {
     Ipip,
     /// By the route BGP learned for the peer's subnet.
     Bgp,
+    /// Through WireGuard (the wireguard backend, or encryption on another one).
+    Wireguard,
     /// Not programmed, with the reason (e.g. host-gw peer on another L2 segment).
     Skipped(String),
 }
@@ -131,6 +133,35 @@ pub struct TunnelPeer {
     pub underlay: Ipv4Addr,
 }
 
+/// The WireGuard engine's TUN device (owned by the agent's engine, like [`TunnelDevice`]).
+/// The private key and the pre-shared key are not here: the desired state is logged, recorded
+/// and compared, and secrets are none of that; the agent hands them to the engine itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardDevice {
+    /// Link name, `twill.wg`.
+    pub name: String,
+    /// The UDP port the node listens on and peers send to.
+    pub port: u16,
+    pub mtu: u32,
+    /// The node's underlay address (WireGuard's source address).
+    pub local: Ipv4Addr,
+    /// Seconds between keepalives to each peer; 0: off.
+    pub persistent_keepalive: u16,
+}
+
+/// A peer reached through WireGuard: its pod subnet is its allowed IPs, its underlay address
+/// (at the device's port) the endpoint it starts at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardPeer {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub underlay: Ipv4Addr,
+    /// Its public key, standard base64 as in its lease.
+    pub public_key: String,
+}
+
 /// Everything the node's dataplane should hold for the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -148,6 +179,13 @@ pub struct DesiredState {
     /// The peers the tunnel carries traffic to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tunnel_peers: Vec<TunnelPeer>,
+    /// The WireGuard engine's device, whenever WireGuard runs on this node (even with no
+    /// peer yet: peers must be able to reach it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardDevice>,
+    /// The peers WireGuard carries traffic to, with their keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wireguard_peers: Vec<WireguardPeer>,
     /// Sysctls of the node's namespace by dotted name (`net.ipv4.ip_forward`) and the value
     /// they must hold. Set, never reverted: one not listed is left as it is.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -25,6 +25,11 @@ pub struct Lease {
     /// The MAC address of the node's VXLAN device (vxlan backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<MacAddr>,
+    /// The node's WireGuard public key in standard base64 (44 characters), when WireGuard
+    /// runs. A peer that should be reached through WireGuard and publishes none (or a
+    /// malformed one) is not programmed at all: never in clear instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_public_key: Option<String>,
 }
 
 impl Lease {
@@ -46,6 +51,7 @@ mod tests {
             public_net: "192.168.1.10/24".parse().unwrap(),
             backend: BackendKind::Vxlan,
             vtep_mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            wireguard_public_key: None,
         };
         let json = serde_json::to_string(&lease).unwrap();
         assert_eq!(

@@ -11,6 +11,8 @@
 //! - [`mac`]: an Ethernet address with the usual text form (`aa:bb:cc:dd:ee:ff`).
 //! - [`hash`]: the stable hash names and addresses are derived with (FNV-1a).
 //! - [`fs`]: files replaced atomically (temporary file and rename), private state directories.
+//! - [`wg_key`]: the base64 text of WireGuard's 32-byte keys (leases' public keys, the
+//!   config's pre-shared key), checked without the tunnel crate.
 
 /// BGP passwords (the `auth` of the config's `bgp` section), under their old path.
 pub use cluster::auth as bgp_auth;
@@ -22,5 +24,6 @@ pub mod keys;
 pub mod lease;
 pub mod mac;
 pub mod node;
+pub mod wg_key;
 
 pub use mac::MacAddr;

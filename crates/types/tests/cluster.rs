@@ -397,6 +397,7 @@ fn twill_defaults() {
                 direct_routing: false
             },
             bgp: None,
+            wireguard: None,
             host_access: Default::default(),
         }
     );
@@ -671,7 +672,7 @@ fn helpers() {
         (BackendKind::Udp, 28),
         (BackendKind::Ipip, 20),
         (BackendKind::HostGw, 0),
-        (BackendKind::Wireguard, 80),
+        (BackendKind::Wireguard, 60),
     ] {
         let mut c = c.clone();
         c.backend = Backend::with_defaults(kind);
@@ -739,6 +740,7 @@ fn arb_config() -> impl Strategy<Value = ClusterConfig> {
             pools,
             backend,
             bgp: None,
+            wireguard: None,
             host_access: Default::default(),
         })
 }

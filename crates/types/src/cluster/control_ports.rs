@@ -17,14 +17,18 @@ pub fn control_tcp_ports(config: &ClusterConfig) -> Vec<u16> {
     ports
 }
 
-/// The UDP ports of every tunnel twill runs (vxlan, udp) that pods never send to, on any
-/// node and anywhere else: twill's defaults and the configured port of a vxlan or udp backend.
+/// The UDP ports of every tunnel twill runs (vxlan, udp, WireGuard) that pods never send to,
+/// on any node and anywhere else: twill's defaults, the configured port of a vxlan or udp
+/// backend, and WireGuard's listen port when WireGuard runs.
 pub fn tunnel_udp_ports(config: &ClusterConfig) -> Vec<u16> {
     let mut ports = vec![DEFAULT_VXLAN_PORT, DEFAULT_UDP_PORT];
     if matches!(config.backend.kind, BackendKind::Vxlan | BackendKind::Udp)
         && config.backend.port != 0
     {
         ports.push(config.backend.port);
+    }
+    if let Some(wg) = config.wireguard() {
+        ports.push(wg.listen_port);
     }
     ports.sort_unstable();
     ports.dedup();

@@ -24,9 +24,20 @@ pub(super) struct Fields {
     pub(super) vni: &'static str,
     pub(super) port: &'static str,
     pub(super) direct_routing: &'static str,
+    /// WireGuard's settings (twill's `wireguard` block, the keys of Flannel's wireguard
+    /// `Backend`).
+    pub(super) wireguard: WireguardFields,
     /// Messages start with `pool <name>: ` and paths with `pools[<index>].` (Flannel's one
     /// network has no name to show and is the whole config).
     pub(super) per_pool: bool,
+}
+
+/// How a form names WireGuard's settings.
+pub(super) struct WireguardFields {
+    pub(super) port: &'static str,
+    pub(super) mtu: &'static str,
+    pub(super) mode: &'static str,
+    pub(super) psk: &'static str,
 }
 
 /// The longest node subnet: a /30 still holds a gateway and one pod besides the network and
@@ -43,6 +54,12 @@ pub(super) const FLANNEL_FIELDS: Fields = Fields {
     vni: "Backend.VNI",
     port: "Backend.Port",
     direct_routing: "Backend.DirectRouting",
+    wireguard: WireguardFields {
+        port: "Backend.ListenPort",
+        mtu: "Backend.MTU",
+        mode: "Backend.Mode",
+        psk: "Backend.PSK",
+    },
     per_pool: false,
 };
 
@@ -86,6 +103,12 @@ pub(super) const TWILL_FIELDS: Fields = Fields {
     vni: "vni",
     port: "port",
     direct_routing: "directRouting",
+    wireguard: WireguardFields {
+        port: "wireguard.listenPort",
+        mtu: "wireguard.mtu",
+        mode: "wireguard.mode",
+        psk: "wireguard.presharedKey",
+    },
     per_pool: true,
 };
 

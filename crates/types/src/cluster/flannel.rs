@@ -3,6 +3,7 @@
 
 use ipnet::Ipv4Net;
 
+use super::auth::Secret;
 use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
 use super::error::ConfigError;
 use super::fields::{
@@ -10,7 +11,7 @@ use super::fields::{
     parse_cidr, prefix_len,
 };
 use super::host_access::HostAccess;
-use super::model::{Backend, BackendKind, ClusterConfig, Pool, default_bounds};
+use super::model::{Backend, BackendKind, ClusterConfig, Pool, Wireguard, default_bounds};
 use super::validate::validate;
 
 /// The wireguard backend calls its port `ListenPort`.
@@ -104,7 +105,7 @@ pub(super) fn parse_flannel(
         }
     }
 
-    let (backend, fields) = flannel_backend(backend)?;
+    let (backend, wireguard, fields) = flannel_backend(backend)?;
     let Some(network) = network else {
         return fail(ConfigError::missing(
             "Network",
@@ -150,6 +151,7 @@ pub(super) fn parse_flannel(
         }],
         bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
         backend,
+        wireguard,
         // Flannel's form has no such keys: the defaults (Drop, no ports).
         host_access: HostAccess::default(),
     };
@@ -157,11 +159,17 @@ pub(super) fn parse_flannel(
     Ok(config)
 }
 
+/// The backend, its WireGuard settings (the wireguard backend only) and the names of its
+/// fields.
 fn flannel_backend(
     value: Option<&serde_json::Value>,
-) -> Result<(Backend, &'static Fields), ConfigError> {
+) -> Result<(Backend, Option<Wireguard>, &'static Fields), ConfigError> {
     let Some(value) = value else {
-        return Ok((Backend::with_defaults(BackendKind::Udp), &FLANNEL_FIELDS));
+        return Ok((
+            Backend::with_defaults(BackendKind::Udp),
+            None,
+            &FLANNEL_FIELDS,
+        ));
     };
     let Some(object) = value.as_object() else {
         return fail(ConfigError::invalid(
@@ -198,6 +206,8 @@ fn flannel_backend(
         &FLANNEL_FIELDS
     };
     let mut backend = Backend::with_defaults(kind);
+    let mut wireguard =
+        (kind == BackendKind::Wireguard).then(|| Wireguard::with_port(backend.port));
     for (key, value) in object {
         let lower = key.to_ascii_lowercase();
         if value.is_null() || lower == "type" {
@@ -248,11 +258,35 @@ fn flannel_backend(
                     ));
                 }
             }
+            (BackendKind::Wireguard, "psk") => {
+                // Checked (32 bytes of base64) with the rest of the config; never quoted.
+                let psk = value.as_str().ok_or_else(|| {
+                    ConfigError::invalid(&name, format!("{name} must be a base64 string"))
+                })?;
+                if let Some(wg) = &mut wireguard {
+                    wg.preshared_key = Some(Secret::new(psk));
+                }
+            }
+            (BackendKind::Wireguard, "persistentkeepaliveinterval") => {
+                let seconds = flannel_uint(&name, value)?;
+                let seconds = u16::try_from(seconds).map_err(|_| {
+                    ConfigError::invalid(
+                        &name,
+                        format!("{name} {seconds} is out of range: 0 (off) to 65535 seconds"),
+                    )
+                })?;
+                if let Some(wg) = &mut wireguard {
+                    wg.persistent_keepalive = seconds;
+                }
+            }
+            (BackendKind::Wireguard, "mtu") => {
+                let mtu = flannel_uint(&name, value)?;
+                if let Some(wg) = &mut wireguard {
+                    wg.mtu = Some(u32::try_from(mtu).unwrap_or(u32::MAX));
+                }
+            }
             (BackendKind::Vxlan, "mtu" | "macprefix")
-            | (
-                BackendKind::Wireguard,
-                "psk" | "listenportv6" | "persistentkeepaliveinterval" | "mode" | "mtu",
-            ) => {
+            | (BackendKind::Wireguard, "listenportv6" | "mode") => {
                 return fail(ConfigError::unsupported(
                     &name,
                     format!("{name} is a Flannel {kind} option twill does not support yet"),
@@ -263,7 +297,9 @@ fn flannel_backend(
                     BackendKind::Vxlan => "Type, VNI, Port, DirectRouting",
                     BackendKind::Udp => "Type, Port, DirectRouting",
                     BackendKind::Ipip => "Type, DirectRouting",
-                    BackendKind::Wireguard => "Type, ListenPort",
+                    BackendKind::Wireguard => {
+                        "Type, ListenPort, PSK, PersistentKeepaliveInterval, MTU"
+                    }
                     BackendKind::HostGw | BackendKind::Bgp => "Type",
                 };
                 return fail(ConfigError::unknown_key(
@@ -273,5 +309,8 @@ fn flannel_backend(
             }
         }
     }
-    Ok((backend, fields))
+    if let Some(wg) = &mut wireguard {
+        wg.listen_port = backend.port;
+    }
+    Ok((backend, wireguard, fields))
 }

@@ -17,6 +17,7 @@
 //! - `twill_form`: twill's own form (TOML, YAML, JSON with `pools`).
 //! - `host_access`: what pods may reach of their own node.
 //! - `bgp`: the `bgp` section and the external peers of the store.
+//! - `control_ports`: the ports pods never reach (control plane, tunnels, WireGuard).
 //! - `fields`: how forms name fields, and the value readers they share.
 //! - `error`: [`ConfigError`], naming the field and the problem.
 
@@ -42,6 +43,7 @@ pub use fields::{ConfigForm, MAX_BLOCK_SIZE};
 pub use host_access::{HostAccess, HostPort, PortProto, WorkloadToHost};
 pub use model::{
     Backend, BackendKind, ClusterConfig, DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
-    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_VNI, Pool,
+    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_VNI, MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU, Pool,
+    WIREGUARD_OVERHEAD, Wireguard,
 };
 pub use validate::{HostNet, RESERVED_RANGES, overlaps, reserved_overlap};

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Secret;
 use super::bgp::BgpConfig;
 use super::host_access::HostAccess;
 
@@ -28,7 +29,7 @@ pub enum BackendKind {
     /// IP-in-IP (issue 4).
     #[serde(rename = "ipip")]
     Ipip,
-    /// WireGuard (later).
+    /// Every peer through WireGuard (twill's userspace engine on the TUN device `twill.wg`).
     #[serde(rename = "wireguard")]
     Wireguard,
     /// No encapsulation and no lease-based routes: the BGP speaker's learned routes are the
@@ -94,11 +95,84 @@ pub struct ClusterConfig {
     /// configs without it keep their normalized form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpConfig>,
+    /// WireGuard between nodes: the settings of the `wireguard` backend (always present with
+    /// it), or encryption of node-to-node pod traffic on any other backend (Calico's
+    /// `wireguard: {enabled: true}`). Absent: nothing is encrypted. Skipped when absent so
+    /// configs without it keep their normalized form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<Wireguard>,
     /// What pods may reach of their own node (`workloadToHost`, `workloadToHostPorts`; top-level
     /// keys of twill's form, defaults for Flannel's). Left out of the normalized form when it is
     /// the default, so configs without it keep their normalized form.
     #[serde(flatten)]
     pub host_access: HostAccess,
+}
+
+/// WireGuard's settings (Flannel's `ListenPort`, `PSK`, `PersistentKeepaliveInterval`;
+/// Calico's `wireguard` block with twill's `mode`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Wireguard {
+    /// The UDP port every node listens on (and sends to).
+    pub listen_port: u16,
+    /// The WireGuard device's MTU; default: the underlay's less [`WIREGUARD_OVERHEAD`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// `Always`: every peer's pod traffic is encrypted; `CrossSubnet`: only the traffic to
+    /// peers outside this node's underlay subnet (the rest takes the backend's clear path).
+    #[serde(default = "always")]
+    pub mode: EncapMode,
+    /// Seconds between keepalives to each peer (0: off, WireGuard's default).
+    #[serde(default)]
+    pub persistent_keepalive: u16,
+    /// A pre-shared key mixed into every handshake (WireGuard's optional post-quantum
+    /// layer): standard base64 of 32 bytes, the same on every node. A secret: `Debug` hides it
+    /// and [`Wireguard::redacted`] is what printing code shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key: Option<Secret>,
+}
+
+fn always() -> EncapMode {
+    EncapMode::Always
+}
+
+/// Bytes each packet loses to WireGuard on an IPv4 underlay: outer IPv4 20 + UDP 8 +
+/// WireGuard's header 16 and tag 16.
+pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// The smallest WireGuard MTU: the datagram size every IPv4 host must accept (RFC 791).
+pub const MIN_WIREGUARD_MTU: u32 = 576;
+/// The largest WireGuard MTU (a TUN device's limit).
+pub const MAX_WIREGUARD_MTU: u32 = 65_535 - WIREGUARD_OVERHEAD;
+
+impl Wireguard {
+    /// The settings with every default: port `listen_port`, mode Always, no keepalive, no
+    /// pre-shared key, the MTU from the underlay.
+    pub fn with_port(listen_port: u16) -> Wireguard {
+        Wireguard {
+            listen_port,
+            mtu: None,
+            mode: EncapMode::Always,
+            persistent_keepalive: 0,
+            preshared_key: None,
+        }
+    }
+
+    /// The settings as printing code shows them: the pre-shared key replaced by a placeholder.
+    pub fn redacted(&self) -> Wireguard {
+        Wireguard {
+            preshared_key: self
+                .preshared_key
+                .as_ref()
+                .map(|_| Secret::new(super::auth::REDACTED)),
+            ..self.clone()
+        }
+    }
+
+    /// The device MTU on an underlay of `underlay_mtu`.
+    pub fn device_mtu(&self, underlay_mtu: u32) -> u32 {
+        self.mtu
+            .unwrap_or_else(|| underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD))
+    }
 }
 
 /// Flannel's default VXLAN network identifier.
@@ -150,8 +224,8 @@ impl BackendKind {
             BackendKind::Udp => 28,
             BackendKind::Ipip => 20,
             BackendKind::HostGw | BackendKind::Bgp => 0,
-            // WireGuard's usual figure: room for an IPv6 outer header (40) + UDP 8 + its own 32.
-            BackendKind::Wireguard => 80,
+            // The underlay is IPv4 (twill has no IPv6 yet): outer IPv4 20 + UDP 8 + its own 32.
+            BackendKind::Wireguard => WIREGUARD_OVERHEAD,
         }
     }
 
@@ -260,6 +334,16 @@ impl ClusterConfig {
     /// Bytes per packet the backend's encapsulation takes (see [`BackendKind::mtu_overhead`]).
     pub fn mtu_overhead(&self) -> u32 {
         self.backend.kind.mtu_overhead()
+    }
+
+    /// The WireGuard settings when WireGuard carries any traffic: the `wireguard` backend's
+    /// (its defaults when the config has none), or encryption on another backend.
+    pub fn wireguard(&self) -> Option<Wireguard> {
+        match (&self.wireguard, self.backend.kind) {
+            (Some(wg), _) => Some(wg.clone()),
+            (None, BackendKind::Wireguard) => Some(Wireguard::with_port(self.backend.port)),
+            (None, _) => None,
+        }
     }
 }
 

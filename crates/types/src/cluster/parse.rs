@@ -23,7 +23,8 @@ impl ClusterConfig {
     /// defaults to the network's second subnet (the first is never leased) and `SubnetMax` to
     /// its last. The one pool is named `default`, with NAT outgoing on.
     ///
-    /// **twill's own form** (keys: `backend`, `vni`, `port`, `directRouting`, `pools`; per
+    /// **twill's own form** (keys: `backend`, `vni`, `port`, `directRouting`, `wireguard`,
+    /// `pools`; per
     /// pool: `name`, `cidr`, `blockSize`, `subnetMin`, `subnetMax`, `vxlanMode`, `ipipMode`,
     /// `natOutgoing`): a missing `blockSize` follows Flannel's `SubnetLen` rule (so 24 for
     /// pools of /22 or larger), bounds default as in Flannel, `natOutgoing` defaults to true.
@@ -31,7 +32,10 @@ impl ClusterConfig {
     /// does, a missing mode is `Never` as in Calico, all pools must mean the same backend, and
     /// they decide it: `Always` is that encapsulation, `CrossSubnet` is that encapsulation with
     /// direct routing, `Never` for both is host-gw; an explicit `backend` must agree (except
-    /// `wireguard` over `Never`, which is how Calico runs WireGuard).
+    /// `wireguard` over `Never`, which is how Calico runs WireGuard). A `wireguard` block
+    /// (`enabled`, default true when the block is there; `listenPort`, `mtu`, `mode` Always or
+    /// CrossSubnet, `persistentKeepalive`, `presharedKey`) encrypts node-to-node pod traffic
+    /// on any backend, or holds the wireguard backend's settings.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim_start().starts_with('{') {

@@ -5,6 +5,7 @@
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+use super::auth::{RawSecret, Secret};
 use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
 use super::error::ConfigError;
 use super::fields::{
@@ -12,7 +13,9 @@ use super::fields::{
     prefix_len,
 };
 use super::host_access::from_raw_host_access;
-use super::model::{Backend, BackendKind, ClusterConfig, EncapMode, Pool, default_bounds};
+use super::model::{
+    Backend, BackendKind, ClusterConfig, EncapMode, Pool, Wireguard, default_bounds,
+};
 use super::validate::validate;
 
 #[derive(Deserialize)]
@@ -24,8 +27,23 @@ pub(super) struct RawTwill {
     direct_routing: Option<bool>,
     pools: Option<Vec<RawPool>>,
     bgp: Option<RawBgp>,
+    wireguard: Option<RawWireguard>,
     workload_to_host: Option<String>,
     workload_to_host_ports: Option<Vec<String>>,
+}
+
+/// Calico's `wireguard` switch, as a block: present (and not `enabled: false`), it encrypts
+/// node-to-node pod traffic whatever the backend; with `backend: wireguard` it holds that
+/// backend's settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWireguard {
+    enabled: Option<bool>,
+    listen_port: Option<i64>,
+    mtu: Option<i64>,
+    mode: Option<String>,
+    persistent_keepalive: Option<i64>,
+    preshared_key: Option<RawSecret>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +286,7 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
     };
     let mut backend = Backend::with_defaults(kind);
     backend.direct_routing = direct_routing;
+    let mut wireguard = from_raw_wireguard(raw.wireguard, kind)?;
     if let Some(vni) = raw.vni {
         if kind != BackendKind::Vxlan {
             return fail(ConfigError::conflict(
@@ -296,6 +315,28 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
                 )
             })?;
     }
+    // The wireguard backend's port is `port` or `wireguard.listenPort`: one number.
+    if let Some((wg, explicit)) = wireguard
+        .as_mut()
+        .filter(|_| kind == BackendKind::Wireguard)
+    {
+        match (raw.port, *explicit) {
+            (Some(_), true) if wg.listen_port != backend.port => {
+                return fail(ConfigError::conflict(
+                    "wireguard.listenPort",
+                    "port",
+                    format!(
+                        "wireguard.listenPort {} and port {} disagree: the wireguard backend \
+                         listens on one port (give one of them)",
+                        wg.listen_port, backend.port
+                    ),
+                ));
+            }
+            (Some(_), _) => wg.listen_port = backend.port,
+            (None, _) => backend.port = wg.listen_port,
+        }
+    }
+    let wireguard = wireguard.map(|(wg, _)| wg);
 
     // `backend = "bgp"` alone means BGP with every default.
     let bgp = bgp.or_else(|| (kind == BackendKind::Bgp).then(BgpConfig::default));
@@ -304,6 +345,7 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
         pools,
         backend,
         bgp,
+        wireguard,
         host_access,
     };
     validate(&config, fields)?;
@@ -325,4 +367,79 @@ fn parse_bound(at: &At, field: &str, text: &str, block: u8) -> Result<Ipv4Net, C
     }
     let addr = parse_addr(at, field, text)?;
     Ok(Ipv4Net::new(addr, block).expect("block sizes are checked to be at most 30"))
+}
+
+/// The WireGuard settings of the `wireguard` block (None when there is no block or it says
+/// `enabled: false`, except with the wireguard backend, which always has them), and whether
+/// the block gave `listenPort`. Ranges of single values are checked here; how they fit the
+/// rest of the config (ports, the key's length) in `validate`.
+fn from_raw_wireguard(
+    raw: Option<RawWireguard>,
+    kind: BackendKind,
+) -> Result<Option<(Wireguard, bool)>, ConfigError> {
+    let wireguard_backend = kind == BackendKind::Wireguard;
+    let Some(raw) = raw else {
+        return Ok(wireguard_backend.then(|| (Wireguard::with_port(kind.default_port()), false)));
+    };
+    match (raw.enabled, wireguard_backend) {
+        (Some(false), true) => {
+            return fail(ConfigError::conflict(
+                "wireguard.enabled",
+                "backend",
+                "wireguard.enabled is false but the backend is wireguard: WireGuard carries \
+                 every peer's traffic there (choose another backend to turn it off)",
+            ));
+        }
+        (Some(false), false) => return Ok(None),
+        _ => {}
+    }
+    let mut wg = Wireguard::with_port(crate::cluster::DEFAULT_WIREGUARD_PORT);
+    let explicit_port = raw.listen_port.is_some();
+    if let Some(port) = raw.listen_port {
+        wg.listen_port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "wireguard.listenPort",
+                    format!("wireguard.listenPort {port} is not a UDP port (1 to 65535)"),
+                )
+            })?;
+    }
+    if let Some(mtu) = raw.mtu {
+        // Its range is checked with the rest; a negative number is no MTU at all.
+        wg.mtu = Some(u32::try_from(mtu).map_err(|_| {
+            ConfigError::invalid("wireguard.mtu", format!("wireguard.mtu {mtu} is negative"))
+        })?);
+    }
+    if let Some(mode) = raw.mode {
+        wg.mode = match EncapMode::from_name(&mode) {
+            Some(EncapMode::Never) => {
+                return fail(ConfigError::invalid(
+                    "wireguard.mode",
+                    "wireguard.mode Never: use enabled: false to turn WireGuard off",
+                ));
+            }
+            Some(mode) => mode,
+            None => {
+                return fail(ConfigError::invalid(
+                    "wireguard.mode",
+                    format!("wireguard.mode {mode:?} must be Always or CrossSubnet"),
+                ));
+            }
+        };
+    }
+    if let Some(seconds) = raw.persistent_keepalive {
+        wg.persistent_keepalive = u16::try_from(seconds).map_err(|_| {
+            ConfigError::invalid(
+                "wireguard.persistentKeepalive",
+                format!(
+                    "wireguard.persistentKeepalive {seconds} is out of range: 0 (off) to 65535 \
+                     seconds"
+                ),
+            )
+        })?;
+    }
+    wg.preshared_key = raw.preshared_key.map(|s| Secret::new(s.0));
+    Ok(Some((wg, explicit_port)))
 }

@@ -11,7 +11,10 @@ use super::control_ports::{control_tcp_ports, tunnel_udp_ports};
 use super::error::ConfigError;
 use super::fields::{ConfigForm, Fields, TWILL_FIELDS, check_block, check_cidr, fail};
 use super::host_access::PortProto;
-use super::model::{Backend, BackendKind, ClusterConfig, MAX_VNI, Pool};
+use super::model::{
+    Backend, BackendKind, ClusterConfig, EncapMode, MAX_VNI, MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU,
+    Pool,
+};
 
 impl ClusterConfig {
     /// Checks the invariants every accepted config has (fields named as in the normalized
@@ -136,6 +139,7 @@ pub(super) fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), Co
         }
     }
     validate_backend(&config.backend, fields)?;
+    validate_wireguard(config, fields)?;
     validate_host_access(config)?;
     match &config.bgp {
         Some(bgp) => bgp.validate(),
@@ -244,6 +248,84 @@ fn validate_backend(backend: &Backend, fields: &Fields) -> Result<(), ConfigErro
             format!(
                 "{} applies only to the vxlan and ipip backends, not {kind}",
                 fields.direct_routing
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// WireGuard's settings: a port of its own (not the backend's tunnel port, not a control
+/// port), an MTU a TUN device can have, a pre-shared key of exactly 32 bytes.
+fn validate_wireguard(config: &ClusterConfig, fields: &Fields) -> Result<(), ConfigError> {
+    let Some(wg) = &config.wireguard else {
+        return Ok(());
+    };
+    let names = &fields.wireguard;
+    let kind = config.backend.kind;
+    if wg.listen_port == 0 {
+        return fail(ConfigError::invalid(
+            names.port,
+            format!("{} must not be 0: WireGuard needs a UDP port", names.port),
+        ));
+    }
+    if kind == BackendKind::Wireguard && config.backend.port != wg.listen_port {
+        return fail(ConfigError::conflict(
+            names.port,
+            fields.port,
+            format!(
+                "{} {} and the backend's port {} disagree",
+                names.port, wg.listen_port, config.backend.port
+            ),
+        ));
+    }
+    if matches!(kind, BackendKind::Vxlan | BackendKind::Udp)
+        && config.backend.port == wg.listen_port
+    {
+        return fail(ConfigError::conflict(
+            names.port,
+            fields.port,
+            format!(
+                "{} {} is the {kind} backend's port too: WireGuard needs a port of its own",
+                names.port, wg.listen_port
+            ),
+        ));
+    }
+    if control_tcp_ports(config).contains(&wg.listen_port) {
+        return fail(ConfigError::invalid(
+            names.port,
+            format!(
+                "{} {} is a control-plane port (BGP or etcd): choose another (51820 is \
+                 WireGuard's usual one)",
+                names.port, wg.listen_port
+            ),
+        ));
+    }
+    if let Some(mtu) = wg.mtu
+        && !(MIN_WIREGUARD_MTU..=MAX_WIREGUARD_MTU).contains(&mtu)
+    {
+        return fail(ConfigError::invalid(
+            names.mtu,
+            format!(
+                "{} {mtu} is out of range: {MIN_WIREGUARD_MTU} to {MAX_WIREGUARD_MTU}",
+                names.mtu
+            ),
+        ));
+    }
+    if wg.mode == EncapMode::Never {
+        return fail(ConfigError::invalid(
+            names.mode,
+            format!("{} must be Always or CrossSubnet", names.mode),
+        ));
+    }
+    if let Some(psk) = &wg.preshared_key
+        && crate::wg_key::decode(psk.expose()).is_none()
+    {
+        // Never quoted: it is a secret, even when malformed.
+        return fail(ConfigError::invalid(
+            names.psk,
+            format!(
+                "{} must be 32 bytes in standard base64 (44 characters, as `wg genpsk` prints)",
+                names.psk
             ),
         ));
     }

@@ -1,0 +1,230 @@
+//! WireGuard: the `wireguard` backend, and encryption of node-to-node pod traffic on any other
+//! backend (Calico's `wireguard: {enabled: true}`). Both send a peer's pod traffic into the
+//! agent's TUN device `twill.wg`, where twill's WireGuard engine encrypts it for the peer's
+//! public key (published in its lease) and sends it to the peer's underlay address.
+//!
+//! Route per encrypted peer: `<subnet> via <subnet network address> dev twill.wg onlink`,
+//! shaped like the other tunnel routes (the next hop means nothing to a TUN device); the
+//! engine picks the peer by the packet's destination (the peer's subnet is its allowed IPs).
+//!
+//! Which peers are encrypted: all of them (`mode: Always`), or with `mode: CrossSubnet` only
+//! those outside this node's underlay subnet; the others keep the backend's clear path (the
+//! wireguard backend's clear path is a plain route, as host-gw). An encrypted peer loses its
+//! clear objects (route, VXLAN neighbour and FDB entry, tunnel peer): its traffic never leaves
+//! in clear. A peer that should be encrypted but publishes no usable public key (none yet, a
+//! malformed one, or one another peer publishes too) is not programmed at all, with the
+//! reason in status: the secure default, it stays unreachable rather than reachable in clear.
+//!
+//! BGP's learned routes are added by the agent's core after this: it sends the prefixes that
+//! lie inside an encrypted peer's subnet to `twill.wg` too (see [`encrypted_subnet_of`]).
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::Ipv4Net;
+use twill_types::MacAddr;
+use twill_types::cluster::{BackendKind, EncapMode};
+use twill_types::desired::{DesiredState, PeerPath, RouteSpec, WireguardDevice, WireguardPeer};
+use twill_types::lease::Lease;
+use twill_types::wg_key;
+
+use crate::hostgw::HostGw;
+use crate::screen::{Peer, screen};
+use crate::{Backend, LocalNode, lease_of};
+
+/// Name of the WireGuard engine's TUN device.
+pub const DEVICE: &str = "twill.wg";
+
+/// What the backends need of the cluster's WireGuard settings (the keys are the agent's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub port: u16,
+    /// The device MTU; None: the underlay's less WireGuard's overhead.
+    pub mtu: Option<u32>,
+    /// Only peers outside this node's underlay subnet are encrypted.
+    pub cross_subnet: bool,
+    pub persistent_keepalive: u16,
+}
+
+impl From<&twill_types::cluster::Wireguard> for Settings {
+    fn from(wg: &twill_types::cluster::Wireguard) -> Settings {
+        Settings {
+            port: wg.listen_port,
+            mtu: wg.mtu,
+            cross_subnet: wg.mode == EncapMode::CrossSubnet,
+            persistent_keepalive: wg.persistent_keepalive,
+        }
+    }
+}
+
+impl Settings {
+    /// The WireGuard device this node should have.
+    pub fn device(&self, node: &LocalNode) -> WireguardDevice {
+        WireguardDevice {
+            name: DEVICE.to_string(),
+            port: self.port,
+            mtu: self.device_mtu(node),
+            local: node.public_net.addr(),
+            persistent_keepalive: self.persistent_keepalive,
+        }
+    }
+
+    fn device_mtu(&self, node: &LocalNode) -> u32 {
+        self.mtu.unwrap_or_else(|| {
+            node.underlay_mtu
+                .saturating_sub(BackendKind::Wireguard.mtu_overhead())
+        })
+    }
+}
+
+/// The wireguard backend: every peer through WireGuard (with `CrossSubnet`, peers on this
+/// node's L2 segment by a plain route, as host-gw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wireguard {
+    pub settings: Settings,
+}
+
+impl Backend for Wireguard {
+    fn local_lease(&self, node: &LocalNode) -> Lease {
+        lease_of(node, BackendKind::Wireguard, None)
+    }
+
+    fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
+        // host-gw routes the segment's peers and skips the rest; encryption then takes every
+        // peer (Always) or exactly the rest (CrossSubnet).
+        encrypt(&self.settings, node, peers, HostGw.desired(node, peers))
+    }
+
+    fn pod_mtu(&self, node: &LocalNode) -> u32 {
+        self.settings.device_mtu(node)
+    }
+}
+
+/// Encryption on another backend: the inner backend's desired state, with the peers to
+/// encrypt moved to WireGuard.
+pub struct Encrypted {
+    pub inner: Box<dyn Backend + Send + Sync>,
+    pub settings: Settings,
+}
+
+impl Backend for Encrypted {
+    fn local_lease(&self, node: &LocalNode) -> Lease {
+        self.inner.local_lease(node)
+    }
+
+    fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
+        encrypt(&self.settings, node, peers, self.inner.desired(node, peers))
+    }
+
+    /// Pods cannot know which peers are encrypted: the smaller of the two.
+    fn pod_mtu(&self, node: &LocalNode) -> u32 {
+        self.inner.pod_mtu(node).min(self.settings.device_mtu(node))
+    }
+}
+
+/// The subnet of the WireGuard peer of `desired` that holds `prefix`, if any: where a route
+/// BGP learned for `prefix` must go through `twill.wg` rather than its clear next hop.
+pub fn encrypted_subnet_of(desired: &DesiredState, prefix: Ipv4Net) -> Option<Ipv4Net> {
+    desired
+        .wireguard_peers
+        .iter()
+        .map(|p| p.subnet)
+        .find(|subnet| subnet.contains(&prefix))
+}
+
+/// The route into the WireGuard device for `dst`, inside the peer subnet `subnet`.
+pub fn route(dst: Ipv4Net, subnet: Ipv4Net) -> RouteSpec {
+    RouteSpec {
+        dst,
+        via: subnet.network(),
+        dev: DEVICE.to_string(),
+        onlink: true,
+    }
+}
+
+/// Moves the peers to encrypt from the clear paths of `state` (which the backends computed
+/// for the same `leases`, one plan per screened peer, in the same order) to WireGuard.
+fn encrypt(
+    settings: &Settings,
+    node: &LocalNode,
+    leases: &[Lease],
+    mut state: DesiredState,
+) -> DesiredState {
+    let peers = screen(node, leases);
+    debug_assert_eq!(peers.len(), state.peers.len());
+    let wanted: Vec<bool> = peers
+        .iter()
+        .map(|p| p.problem.is_none() && !(settings.cross_subnet && p.on_segment(node)))
+        .collect();
+    // WireGuard knows a peer by its key: two peers with one key could not be told apart
+    // (nor could a peer claiming to be another), so neither is programmed.
+    let mut holders: BTreeMap<[u8; 32], Vec<&str>> = BTreeMap::new();
+    for (peer, _) in peers.iter().zip(&wanted).filter(|(_, w)| **w) {
+        if let Some(key) = peer_key(peer) {
+            holders.entry(key).or_default().push(&peer.lease.node);
+        }
+    }
+    let mut moved: HashSet<Ipv4Net> = HashSet::new();
+    for ((peer, plan), wanted) in peers.iter().zip(&mut state.peers).zip(wanted) {
+        if !wanted {
+            continue;
+        }
+        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.lease.subnet);
+        let lease = peer.lease;
+        moved.insert(lease.subnet);
+        plan.path = match (&lease.wireguard_public_key, peer_key(peer)) {
+            (None, _) => PeerPath::Skipped(
+                "wireguard: the peer publishes no WireGuard public key (not running WireGuard \
+                 yet?); its traffic is never sent in clear instead"
+                    .into(),
+            ),
+            (Some(_), None) => PeerPath::Skipped(
+                "wireguard: the peer's public key is not 32 bytes of standard base64".into(),
+            ),
+            (Some(text), Some(key)) if holders[&key].len() > 1 => PeerPath::Skipped(format!(
+                "wireguard: public key {} is published by several nodes ({})",
+                wg_key::short(text),
+                holders[&key].join(", ")
+            )),
+            (Some(text), Some(_)) => {
+                state.wireguard_peers.push(WireguardPeer {
+                    node: lease.node.clone(),
+                    subnet: lease.subnet,
+                    underlay: lease.public_ip(),
+                    public_key: text.clone(),
+                });
+                PeerPath::Wireguard
+            }
+        };
+    }
+    drop_clear_objects(&mut state, &moved);
+    for peer in &state.wireguard_peers {
+        state.routes.push(route(peer.subnet, peer.subnet));
+    }
+    // In subnet order, as every backend lists them (a stable sort keeps the rest as it was).
+    state
+        .routes
+        .sort_by_key(|r| (u32::from(r.dst.network()), r.dst.prefix_len()));
+    state.wireguard = Some(settings.device(node));
+    state
+}
+
+/// A peer's public key, when its lease carries a well-formed one.
+fn peer_key(peer: &Peer) -> Option<[u8; 32]> {
+    peer.lease
+        .wireguard_public_key
+        .as_deref()
+        .and_then(wg_key::decode)
+}
+
+/// Removes the clear route, VXLAN neighbour and FDB entry, and tunnel peer of each subnet in
+/// `moved`.
+fn drop_clear_objects(state: &mut DesiredState, moved: &HashSet<Ipv4Net>) {
+    state.routes.retain(|r| !moved.contains(&r.dst));
+    state.tunnel_peers.retain(|t| !moved.contains(&t.subnet));
+    let gateways: HashSet<_> = moved.iter().map(|s| s.network()).collect();
+    state.neighbours.retain(|n| !gateways.contains(&n.ip));
+    // An FDB entry serves the neighbours with its MAC (one node under two leases shares one):
+    // it goes with the last of them.
+    let macs: HashSet<MacAddr> = state.neighbours.iter().map(|n| n.mac).collect();
+    state.fdb.retain(|f| macs.contains(&f.mac));
+}

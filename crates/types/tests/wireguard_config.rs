@@ -1,0 +1,310 @@
+//! WireGuard in the cluster config: Flannel's wireguard `Backend` (`ListenPort`, `PSK`,
+//! `PersistentKeepaliveInterval`, `MTU`) and twill's Calico-style `wireguard` block on any
+//! backend, read into the normalized form (golden files in `tests/golden/`, `TWILL_BLESS=1`
+//! rewrites them), each refusal with the field path it names, and the WireGuard port among
+//! the ports pods never reach.
+
+use twill_types::cluster::{
+    BackendKind, ClusterConfig, ConfigError, EncapMode, Wireguard, tunnel_udp_ports,
+};
+use twill_types::wg_key;
+
+/// A pre-shared key as `wg genpsk` prints one.
+fn psk() -> String {
+    wg_key::encode(&[0x42; 32])
+}
+
+fn parse(text: &str) -> ClusterConfig {
+    ClusterConfig::parse(text).unwrap_or_else(|e| panic!("{text}\nrefused: {e}"))
+}
+
+/// The error for `text`, which must name `field` as its path and hold `needle`.
+fn refused(text: &str, field: &str, needle: &str) -> ConfigError {
+    let err = match ClusterConfig::parse(text) {
+        Ok(c) => panic!("{text}\naccepted: {c:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.field(), Some(field), "{text}\n{err:?}");
+    assert!(
+        err.to_string().contains(needle),
+        "{text}\n{err} lacks {needle:?}"
+    );
+    err
+}
+
+fn golden(name: &str, config: &ClusterConfig) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    twill_testkit::golden_json(&dir, name, config);
+}
+
+fn yaml(backend: &str, wireguard: &str) -> String {
+    format!(
+        "backend: {backend}\nwireguard:\n{wireguard}\npools:\n  - name: p\n    cidr: 10.244.0.0/16\n"
+    )
+}
+
+#[test]
+fn flannels_wireguard_backend_with_every_key() {
+    let text = format!(
+        r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard","ListenPort":51821,"PSK":"{}","PersistentKeepaliveInterval":25,"MTU":1380}}}}"#,
+        psk()
+    );
+    let c = parse(&text);
+    golden("wireguard-flannel.json", &c);
+    assert_eq!(
+        (c.backend.kind, c.backend.port),
+        (BackendKind::Wireguard, 51821)
+    );
+    let wg = c.wireguard().unwrap();
+    assert_eq!(wg.listen_port, 51821);
+    assert_eq!(wg.persistent_keepalive, 25);
+    assert_eq!(wg.mtu, Some(1380));
+    assert_eq!(wg.mode, EncapMode::Always);
+    assert_eq!(
+        wg.preshared_key.as_ref().map(|k| k.expose()),
+        Some(psk().as_str())
+    );
+    // The key never shows in Debug, nor in what printing code shows.
+    assert!(!format!("{c:?}").contains(&psk()));
+    assert!(
+        !serde_json::to_string(&wg.redacted())
+            .unwrap()
+            .contains(&psk())
+    );
+    // The normalized form reads back the same.
+    assert_eq!(ClusterConfig::from_json(&c.to_json()).unwrap(), c);
+
+    // Every key optional; zero ports mean the default as elsewhere in Flannel's form.
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":0,"PersistentKeepaliveInterval":0}}"#,
+    );
+    assert_eq!(c.wireguard(), Some(Wireguard::with_port(51820)));
+}
+
+#[test]
+fn flannel_refusals_name_the_backend_keys() {
+    let with = |extra: &str| {
+        format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard"{extra}}}}}"#)
+    };
+    let e = refused(&with(r#","PSK":"c2hvcnQ=""#), "Backend.PSK", "32 bytes");
+    assert!(matches!(e, ConfigError::Invalid { .. }));
+    // 44 characters, but 31 bytes: not a key, and never quoted back.
+    let short = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([1u8; 31])
+    };
+    assert_eq!(short.len(), 44);
+    let e = refused(
+        &with(&format!(r#","PSK":"{short}""#)),
+        "Backend.PSK",
+        "base64",
+    );
+    assert!(!e.to_string().contains(&short), "{e}");
+    refused(&with(r#","PSK":7"#), "Backend.PSK", "base64 string");
+    refused(
+        &with(r#","PersistentKeepaliveInterval":70000"#),
+        "Backend.PersistentKeepaliveInterval",
+        "0 (off) to 65535",
+    );
+    refused(&with(r#","MTU":100"#), "Backend.MTU", "576 to");
+    refused(
+        &with(r#","ListenPort":70000"#),
+        "Backend.ListenPort",
+        "1 to 65535",
+    );
+    refused(
+        &with(r#","ListenPort":2379"#),
+        "Backend.ListenPort",
+        "control-plane port",
+    );
+    refused(
+        &with(r#","ListenPortV6":51821"#),
+        "Backend.ListenPortV6",
+        "does not support",
+    );
+    refused(
+        &with(r#","Mode":"auto""#),
+        "Backend.Mode",
+        "does not support",
+    );
+    refused(
+        &with(r#","Peers":[]"#),
+        "Backend.Peers",
+        "PSK, PersistentKeepaliveInterval",
+    );
+}
+
+#[test]
+fn twill_form_wireguard_backend() {
+    let c = parse(&yaml(
+        "wireguard",
+        &format!(
+            "  listenPort: 51900\n  mtu: 1400\n  mode: CrossSubnet\n  persistentKeepalive: 10\n  presharedKey: {}",
+            psk()
+        ),
+    ));
+    golden("wireguard-backend-yaml.json", &c);
+    assert_eq!(
+        (c.backend.kind, c.backend.port),
+        (BackendKind::Wireguard, 51900)
+    );
+    let wg = c.wireguard().unwrap();
+    assert_eq!(wg.mode, EncapMode::CrossSubnet);
+    assert_eq!((wg.mtu, wg.persistent_keepalive), (Some(1400), 10));
+
+    // No block: the defaults; `port` is the listen port too.
+    let c = parse(
+        "backend = \"wireguard\"\nport = 4500\n[[pools]]\nname = \"p\"\ncidr = \"10.244.0.0/16\"\n",
+    );
+    assert_eq!(c.wireguard(), Some(Wireguard::with_port(4500)));
+    assert_eq!(c.backend.port, 4500);
+    // Both, agreeing.
+    let c = parse(&format!(
+        "port: 4500\n{}",
+        yaml("wireguard", "  listenPort: 4500")
+    ));
+    assert_eq!(c.backend.port, 4500);
+}
+
+#[test]
+fn twill_form_encryption_on_every_backend() {
+    for backend in ["host-gw", "vxlan", "udp", "ipip"] {
+        let c = parse(&yaml(backend, "  enabled: true"));
+        assert_eq!(c.backend.kind.name(), backend);
+        assert_eq!(
+            c.wireguard(),
+            Some(Wireguard::with_port(51820)),
+            "{backend}"
+        );
+    }
+    let c = parse(&yaml("bgp", "  enabled: true\n  mode: CrossSubnet"));
+    assert_eq!(c.backend.kind, BackendKind::Bgp);
+    assert_eq!(c.wireguard().unwrap().mode, EncapMode::CrossSubnet);
+    golden("wireguard-encrypt-bgp.json", &c);
+    // The block is the switch: present, it is on unless it says otherwise.
+    assert!(
+        parse(&yaml("vxlan", "  listenPort: 51999"))
+            .wireguard
+            .is_some()
+    );
+    let off = parse(&yaml("vxlan", "  enabled: false\n  listenPort: 51999"));
+    assert_eq!(off.wireguard(), None);
+    // Off, the normalized form is what it was before WireGuard existed.
+    assert!(!off.to_json().contains("wireguard"), "{}", off.to_json());
+    // TOML too, with Calico's modes on the pools.
+    let c = parse(
+        "[wireguard]\nenabled = true\nmode = \"CrossSubnet\"\n[[pools]]\nname = \"p\"\ncidr = \"10.244.0.0/16\"\nvxlanMode = \"CrossSubnet\"\n",
+    );
+    assert_eq!(c.backend.kind, BackendKind::Vxlan);
+    assert!(c.backend.direct_routing);
+    assert_eq!(c.wireguard().unwrap().mode, EncapMode::CrossSubnet);
+}
+
+#[test]
+fn twill_form_refusals_name_the_field() {
+    refused(
+        &yaml("vxlan", "  listenPort: 8472"),
+        "wireguard.listenPort",
+        "the vxlan backend's port too",
+    );
+    refused(
+        &format!("port: 9000\n{}", yaml("udp", "  listenPort: 9000")),
+        "wireguard.listenPort",
+        "the udp backend's port too",
+    );
+    refused(
+        &yaml("host-gw", "  listenPort: 179"),
+        "wireguard.listenPort",
+        "control-plane port",
+    );
+    refused(
+        &yaml("host-gw", "  listenPort: 2380"),
+        "wireguard.listenPort",
+        "control-plane port",
+    );
+    let bgp_port = "backend: bgp\nbgp:\n  listenPort: 1179\nwireguard:\n  listenPort: 1179\npools:\n  - name: p\n    cidr: 10.244.0.0/16\n";
+    refused(bgp_port, "wireguard.listenPort", "control-plane port");
+    refused(
+        &yaml("host-gw", "  listenPort: 0"),
+        "wireguard.listenPort",
+        "1 to 65535",
+    );
+    refused(
+        &yaml("host-gw", "  listenPort: 65536"),
+        "wireguard.listenPort",
+        "1 to 65535",
+    );
+    refused(
+        &yaml("host-gw", "  mtu: 575"),
+        "wireguard.mtu",
+        "576 to 65475",
+    );
+    refused(
+        &yaml("host-gw", "  mtu: 65476"),
+        "wireguard.mtu",
+        "576 to 65475",
+    );
+    refused(&yaml("host-gw", "  mtu: -1"), "wireguard.mtu", "negative");
+    refused(
+        &yaml("host-gw", "  mode: Never"),
+        "wireguard.mode",
+        "enabled: false",
+    );
+    refused(
+        &yaml("host-gw", "  mode: always"),
+        "wireguard.mode",
+        "Always or CrossSubnet",
+    );
+    refused(
+        &yaml("host-gw", "  persistentKeepalive: -5"),
+        "wireguard.persistentKeepalive",
+        "0 (off) to 65535",
+    );
+    let e = refused(
+        &yaml("host-gw", "  presharedKey: not-a-key"),
+        "wireguard.presharedKey",
+        "32 bytes",
+    );
+    assert!(!e.to_string().contains("not-a-key"), "{e}");
+    refused(
+        &yaml("wireguard", "  enabled: false"),
+        "wireguard.enabled",
+        "the backend is wireguard",
+    );
+    refused(
+        &format!("port: 4500\n{}", yaml("wireguard", "  listenPort: 4501")),
+        "wireguard.listenPort",
+        "disagree",
+    );
+    // Unknown keys are the parser's (twill's form reports them as syntax errors).
+    let e = ClusterConfig::parse(&yaml("host-gw", "  enable: true")).unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    assert!(e.to_string().contains("enable"), "{e}");
+}
+
+#[test]
+fn the_normalized_form_is_checked_too() {
+    let mut c = parse(&yaml("vxlan", "  enabled: true"));
+    c.wireguard.as_mut().unwrap().listen_port = c.backend.port;
+    let e = ClusterConfig::from_json(&c.to_json()).unwrap_err();
+    assert_eq!(e.field(), Some("wireguard.listenPort"));
+    let mut c = parse(&yaml("wireguard", "  listenPort: 4000"));
+    c.backend.port = 4001;
+    let e = ClusterConfig::from_json(&c.to_json()).unwrap_err();
+    assert_eq!(e.field(), Some("wireguard.listenPort"), "{e}");
+}
+
+#[test]
+fn the_wireguard_port_is_closed_to_pods() {
+    let c = parse(&yaml("host-gw", "  listenPort: 51999"));
+    assert!(tunnel_udp_ports(&c).contains(&51999));
+    let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
+    assert!(tunnel_udp_ports(&c).contains(&51820));
+    // Without WireGuard, its default port is nobody's.
+    let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    assert!(!tunnel_udp_ports(&c).contains(&51820));
+    // Pods can be given no way to it either.
+    let text = "backend: host-gw\nwireguard: {}\nworkloadToHostPorts: [\"udp:51820\"]\npools:\n  - name: p\n    cidr: 10.244.0.0/16\n";
+    let e = ClusterConfig::parse(text).unwrap_err();
+    assert_eq!(e.field(), Some("workloadToHostPorts[0]"), "{e}");
+}
