@@ -862,6 +862,32 @@ mod tests {
         assert!(!expected_encrypted(Vxlan, L2, Some(CrossSubnet), 1, 2));
     }
 
+    /// What the lab writes is what the agent's config parser reads as meant.
+    #[test]
+    fn generated_configs_parse() {
+        use twill_types::cluster::{BackendKind, ClusterConfig, EncapMode};
+        let wg = ClusterConfig::parse(&net_conf(Backend::Wireguard, false).to_string()).unwrap();
+        assert_eq!(wg.backend.kind, BackendKind::Wireguard);
+        assert_eq!(wg.backend.port, WIREGUARD_PORT);
+        for (backend, mode, bgp) in [
+            (Backend::HostGw, EncryptMode::Always, None),
+            (Backend::Vxlan, EncryptMode::CrossSubnet, None),
+            (Backend::Udp, EncryptMode::Always, None),
+            (Backend::Bgp, EncryptMode::Always, Some("holdTime: 3")),
+        ] {
+            let text = twill_yaml(backend, false, Some(mode), bgp);
+            let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.backend.kind.to_string(), backend.as_str(), "{text}");
+            let wg = c.wireguard.unwrap_or_else(|| panic!("no wireguard: {text}"));
+            assert_eq!(wg.listen_port, WIREGUARD_PORT);
+            let want = match mode {
+                EncryptMode::Always => EncapMode::Always,
+                EncryptMode::CrossSubnet => EncapMode::CrossSubnet,
+            };
+            assert_eq!(wg.mode, want, "{text}");
+        }
+    }
+
     #[test]
     fn encrypted_configs() {
         let wg = net_conf(Backend::Wireguard, false);
