@@ -878,7 +878,9 @@ mod tests {
             let text = twill_yaml(backend, false, Some(mode), bgp);
             let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(c.backend.kind.to_string(), backend.as_str(), "{text}");
-            let wg = c.wireguard.unwrap_or_else(|| panic!("no wireguard: {text}"));
+            let wg = c
+                .wireguard
+                .unwrap_or_else(|| panic!("no wireguard: {text}"));
             assert_eq!(wg.listen_port, WIREGUARD_PORT);
             let want = match mode {
                 EncryptMode::Always => EncapMode::Always,
