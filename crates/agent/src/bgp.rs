@@ -28,6 +28,7 @@ use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::LocalNode;
+use twill_backend::wireguard::{encrypted_subnet_of, must_not_route_in_clear};
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent};
 use twill_dataplane::reconcile::{ObservedRoute, Plan};
 use twill_types::bgp_auth::{BgpAuth, PasswordSource};
@@ -155,7 +156,11 @@ pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, S
 
 /// Kernel routes for the learned best routes, skipping what must not be touched: anything
 /// overlapping this node's pod subnet or underlay subnet, the default route, next hops that
-/// are this node, and prefixes the backend already routes (tunnel modes). Pure.
+/// are this node, and prefixes the backend already routes (tunnel modes, WireGuard). A prefix
+/// inside the subnet of a peer WireGuard encrypts goes into `twill.wg` instead of to its
+/// clear next hop: with encryption on, that peer's pods are reached encrypted whatever BGP
+/// says; one inside the subnet of a peer to encrypt that WireGuard cannot reach (no key) is
+/// not installed at all. Pure.
 pub fn learned_specs(
     learned: &BTreeMap<Ipv4Net, Ipv4Addr>,
     node: &LocalNode,
@@ -182,14 +187,19 @@ pub fn learned_specs(
                 && !overlaps(**dst, underlay)
                 && **via != node.public_net.addr()
                 && !carried.contains(*dst)
+                && (encrypted_subnet_of(desired, **dst).is_some()
+                    || !must_not_route_in_clear(desired, **dst))
         })
-        .map(|(dst, via)| RouteSpec {
-            dst: *dst,
-            via: *via,
-            dev: node.underlay_dev.clone(),
-            // A next hop off the underlay subnet (a multi-hop iBGP peer) is only usable as
-            // an on-link gateway.
-            onlink: !node.public_net.contains(via),
+        .map(|(dst, via)| match encrypted_subnet_of(desired, *dst) {
+            Some(subnet) => twill_backend::wireguard::route(*dst, subnet),
+            None => RouteSpec {
+                dst: *dst,
+                via: *via,
+                dev: node.underlay_dev.clone(),
+                // A next hop off the underlay subnet (a multi-hop iBGP peer) is only
+                // usable as an on-link gateway.
+                onlink: !node.public_net.contains(via),
+            },
         })
         .collect()
 }
@@ -513,15 +523,21 @@ impl Retained {
         !settled && now < self.until
     }
 
-    /// Adds the retained routes to destinations `desired` has no route for. Pure.
+    /// Adds the retained routes to destinations `desired` has no route for, except clear
+    /// routes into what must now be encrypted. Pure.
     pub fn add_missing(&self, desired: &mut DesiredState) {
         let have: HashSet<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
-        desired.routes.extend(
-            self.routes
-                .iter()
-                .filter(|r| !have.contains(&r.dst))
-                .cloned(),
-        );
+        let keep: Vec<RouteSpec> = self
+            .routes
+            .iter()
+            .filter(|r| !have.contains(&r.dst))
+            .filter(|r| {
+                r.dev == twill_backend::wireguard::DEVICE
+                    || !must_not_route_in_clear(desired, r.dst)
+            })
+            .cloned()
+            .collect();
+        desired.routes.extend(keep);
     }
 }
 
@@ -733,6 +749,84 @@ mod tests {
             ]
         );
         assert!(specs.iter().all(|r| r.dev == "eth0"));
+    }
+
+    #[test]
+    fn with_encryption_learned_routes_into_a_peers_subnet_go_through_wireguard() {
+        let mut learned = BTreeMap::new();
+        for (p, nh) in [
+            ("10.244.2.0/24", "192.168.1.12"), // the encrypted peer's block: the backend's
+            ("10.244.2.64/26", "192.168.1.12"), // inside it: into twill.wg
+            ("10.244.4.0/24", "192.168.1.14"), // a peer to encrypt without a key: nowhere
+            ("10.244.4.128/25", "192.168.1.14"),
+            ("10.50.0.0/24", "192.168.1.1"), // outside every peer's subnet: clear
+        ] {
+            learned.insert(p.parse().unwrap(), nh.parse().unwrap());
+        }
+        let net = |s: &str| -> Ipv4Net { s.parse().unwrap() };
+        let mut desired = DesiredState::default();
+        desired.peers.push(PeerPlan {
+            node: "h2".into(),
+            subnet: net("10.244.2.0/24"),
+            public_ip: "192.168.1.12".parse().unwrap(),
+            path: PeerPath::Wireguard,
+        });
+        desired.routes.push(twill_backend::wireguard::route(
+            net("10.244.2.0/24"),
+            net("10.244.2.0/24"),
+        ));
+        desired
+            .wireguard_peers
+            .push(twill_types::desired::WireguardPeer {
+                node: "h2".into(),
+                subnet: net("10.244.2.0/24"),
+                underlay: "192.168.1.12".parse().unwrap(),
+                public_key: twill_types::wg_key::encode(&[2; 32]),
+            });
+        desired.wireguard_blocked.push(net("10.244.4.0/24"));
+        let specs = learned_specs(&learned, &node(), &desired);
+        assert_eq!(
+            specs,
+            vec![
+                RouteSpec {
+                    dst: net("10.50.0.0/24"),
+                    via: "192.168.1.1".parse().unwrap(),
+                    dev: "eth0".into(),
+                    onlink: false,
+                },
+                RouteSpec {
+                    dst: net("10.244.2.64/26"),
+                    via: "10.244.2.0".parse().unwrap(),
+                    dev: "twill.wg".into(),
+                    onlink: true,
+                },
+            ]
+        );
+        // The streaming path follows the same rules.
+        let mut programmed = HashMap::new();
+        let changed = learned.keys().copied().collect();
+        let plan = route_delta(&changed, &learned, &node(), &desired, &mut programmed);
+        let mut added = plan.add_routes.clone();
+        added.sort();
+        let mut want = specs.clone();
+        want.sort();
+        assert_eq!(added, want);
+        // Routes a previous agent left in clear into those subnets are not kept either.
+        let retained = Retained {
+            routes: vec![
+                spec("10.244.2.128/25", "192.168.1.12"),
+                spec("10.244.4.0/24", "192.168.1.14"),
+                spec("10.60.0.0/24", "192.168.1.1"),
+            ],
+            until: 30_000,
+        };
+        let mut with_retained = desired.clone();
+        retained.add_missing(&mut with_retained);
+        let kept: Vec<String> = with_retained.routes[desired.routes.len()..]
+            .iter()
+            .map(|r| r.dst.to_string())
+            .collect();
+        assert_eq!(kept, ["10.60.0.0/24"]);
     }
 
     fn spec(dst: &str, via: &str) -> RouteSpec {

@@ -199,10 +199,12 @@ pub async fn cluster_show(store_at: &StoreArgs) -> anyhow::Result<i32> {
     };
     let mut config = ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // BGP passwords given inline are in the store; they are never printed.
+    // BGP passwords given inline and WireGuard's pre-shared key are in the store; they are
+    // never printed.
     if let Some(bgp) = &mut config.bgp {
         twill_types::cluster::redact(bgp);
     }
+    config.wireguard = config.wireguard.map(|wg| wg.redacted());
     println!("{}", serde_json::to_string_pretty(&config)?);
     Ok(0)
 }

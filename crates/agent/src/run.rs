@@ -221,6 +221,7 @@ fn open_recording(
     if let Some(bgp) = &mut start.config.bgp {
         twill_types::cluster::redact(bgp);
     }
+    start.config.wireguard = start.config.wireguard.map(|wg| wg.redacted());
     let line = serde_json::to_string(&Record::Start(Box::new(start)))?;
     writeln!(out, "{line}")?;
     info!(path = %path.display(), "recording the agent's events");

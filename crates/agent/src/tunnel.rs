@@ -37,6 +37,7 @@ impl Engine {
             local_ip: spec.local,
             queues: 0,
             kernel_path,
+            wireguard: None,
         })
         .with_context(|| format!("starting the tunnel on {}", spec.name))?;
         Ok(Engine {
@@ -58,6 +59,7 @@ impl Engine {
                 node: p.node.clone(),
                 subnet: p.subnet,
                 underlay: p.underlay,
+                public_key: None,
             })
             .collect();
         self.tunnel.set_peers(&peers);

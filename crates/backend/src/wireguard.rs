@@ -131,6 +131,17 @@ pub fn encrypted_subnet_of(desired: &DesiredState, prefix: Ipv4Net) -> Option<Ip
         .find(|subnet| subnet.contains(&prefix))
 }
 
+/// Whether a clear route to `prefix` (one the backend did not plan: learned by BGP, kept
+/// from a previous agent) would carry traffic that must be encrypted: `prefix` lies inside
+/// the subnet of a peer WireGuard reaches or should reach.
+pub fn must_not_route_in_clear(desired: &DesiredState, prefix: Ipv4Net) -> bool {
+    encrypted_subnet_of(desired, prefix).is_some()
+        || desired
+            .wireguard_blocked
+            .iter()
+            .any(|subnet| subnet.contains(&prefix))
+}
+
 /// The route into the WireGuard device for `dst`, inside the peer subnet `subnet`.
 pub fn route(dst: Ipv4Net, subnet: Ipv4Net) -> RouteSpec {
     RouteSpec {
@@ -195,6 +206,9 @@ fn encrypt(
                 PeerPath::Wireguard
             }
         };
+        if matches!(plan.path, PeerPath::Skipped(_)) {
+            state.wireguard_blocked.push(lease.subnet);
+        }
     }
     drop_clear_objects(&mut state, &moved);
     for peer in &state.wireguard_peers {

@@ -185,6 +185,11 @@ fn wireguard_backend_golden() {
     assert!(skipped(&state, "node-d").contains("publishes no WireGuard public key"));
     assert!(state.routes.iter().all(|r| r.dst != net("10.244.4.0/24")));
     assert!(skipped(&state, "node-g").contains("not 32 bytes"));
+    // Nothing else (BGP, routes kept over a restart) may route there in clear either.
+    assert_eq!(
+        state.wireguard_blocked,
+        vec![net("10.244.4.0/24"), net("10.244.7.0/24")]
+    );
     // Our own underlay address, claimed by nobody here; and our own lease is never a peer.
     assert!(state.peers.iter().all(|p| p.node != "node-a"));
 }

@@ -55,13 +55,27 @@ pub(crate) struct TxItem {
     pub header: Ipv4Header,
 }
 
-/// A sendmmsg message: items `start..end` to one peer.
+/// A sendmmsg message: datagrams `start..end` to one peer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MsgInfo {
     start: usize,
     end: usize,
     peer: usize,
+    /// Bytes on the wire (UDP payload), for the GSO size limit.
     bytes: usize,
+    /// Pod packets and their bytes, for the peer's counters.
+    packets: u64,
+    inner: u64,
+}
+
+/// One datagram of a UDP send batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Datagram {
+    pub peer: usize,
+    /// UDP payload length.
+    pub len: usize,
+    /// Bytes of the pod packet it carries; 0 for a protocol message.
+    pub inner: usize,
 }
 
 /// One way of carrying inner packets between nodes.
@@ -215,7 +229,7 @@ fn send_all(
         match batch.send(fd, i) {
             Ok(k) if k > 0 => {
                 for m in &msgs[i..i + k] {
-                    tally.tx(m.peer, (m.end - m.start) as u64, m.bytes as u64);
+                    tally.tx(m.peer, m.packets, m.inner);
                 }
                 i += k;
             }
@@ -228,7 +242,7 @@ fn send_all(
                         gso_error = Some(e);
                     }
                 }
-                tally.drop(DropReason::SendError, (m.end - m.start) as u64);
+                tally.drop(DropReason::SendError, m.packets);
                 i += 1;
             }
         }
@@ -236,7 +250,7 @@ fn send_all(
     gso_error
 }
 
-fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> TunnelError {
+pub(crate) fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> TunnelError {
     move |source| TunnelError::Io {
         op: op.into(),
         source,
@@ -280,7 +294,7 @@ const BPF_TAX: u16 = 0x00;
 
 /// Flannel-framed UDP on one socket of the port's SO_REUSEPORT group.
 pub(crate) struct UdpCarrier {
-    sock: Socket,
+    pub(crate) sock: Socket,
     gso: AtomicBool,
 }
 
@@ -359,12 +373,99 @@ pub(crate) fn shard_udp(first: &UdpCarrier, queues: usize) -> Result<(), TunnelE
 pub(crate) struct UdpTx {
     mmsg: Mmsg,
     msgs: Vec<MsgInfo>,
+    dgrams: Vec<Datagram>,
 }
 
+/// Receive scratch of a UDP socket: room for a batch of GRO-coalesced datagrams.
 pub(crate) struct UdpRx {
     mmsg: Mmsg,
-    bufs: Vec<Box<[u8]>>,
-    meta: Vec<RecvMeta>,
+    pub(crate) bufs: Vec<Box<[u8]>>,
+    pub(crate) meta: Vec<RecvMeta>,
+}
+
+impl UdpRx {
+    pub(crate) fn new() -> UdpRx {
+        UdpRx {
+            mmsg: Mmsg::new(UDP_RX_BATCH),
+            bufs: (0..UDP_RX_BATCH)
+                .map(|_| vec![0u8; 65_536].into_boxed_slice())
+                .collect(),
+            meta: vec![RecvMeta::default(); UDP_RX_BATCH],
+        }
+    }
+}
+
+impl UdpCarrier {
+    /// Sends `dgrams` (contents in `iov`, one slice each) with `sendmmsg`. A run of
+    /// equal-size datagrams to one peer (ended by a shorter one, as the last TSO segment
+    /// is) leaves as one UDP GSO message; GSO is turned off for good if the kernel refuses it.
+    pub(crate) fn send_datagrams(
+        &self,
+        mmsg: &mut Mmsg,
+        msgs: &mut Vec<MsgInfo>,
+        dgrams: &[Datagram],
+        iov: &[IoSlice<'_>],
+        dst: impl Fn(usize) -> SocketAddrV4,
+        tally: &mut Tally,
+    ) {
+        if dgrams.is_empty() {
+            return;
+        }
+        let gso = self.gso.load(Ordering::Relaxed);
+        // One segment size for the whole batch.
+        let g = if gso {
+            dgrams.iter().map(|d| d.len).max().unwrap_or(0)
+        } else {
+            0
+        };
+        msgs.clear();
+        for (k, d) in dgrams.iter().enumerate() {
+            let packets = u64::from(d.inner > 0);
+            if let Some(m) = msgs.last_mut().filter(|_| gso)
+                && m.peer == d.peer
+                && dgrams[m.end - 1].len == g
+                && m.end - m.start < GSO_MAX_SEGMENTS
+                && m.bytes + d.len <= GSO_MAX_BYTES
+            {
+                m.end = k + 1;
+                m.bytes += d.len;
+                m.packets += packets;
+                m.inner += d.inner as u64;
+                continue;
+            }
+            msgs.push(MsgInfo {
+                start: k,
+                end: k + 1,
+                peer: d.peer,
+                bytes: d.len,
+                packets,
+                inner: d.inner as u64,
+            });
+        }
+        let mut batch = mmsg.send_batch();
+        for m in msgs.iter() {
+            let seg = if m.end - m.start > 1 { g as u16 } else { 0 };
+            batch.push(dst(m.peer), &iov[m.start..m.end], seg);
+        }
+        if let Some(e) = send_all(&mut batch, self.sock.as_fd(), msgs, tally)
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+            )
+        {
+            tracing::warn!(error = %e, "UDP GSO refused; sending one datagram per packet");
+            self.gso.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Receives a batch into `st` without blocking; returns how many datagrams arrived.
+    pub(crate) fn recv_batch(&self, st: &mut UdpRx) -> io::Result<usize> {
+        let UdpRx { mmsg, bufs, meta } = st;
+        let mut it = bufs.iter_mut();
+        let mut iovs: [IoSliceMut<'_>; UDP_RX_BATCH] =
+            std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
+        mmsg.recv(self.sock.as_fd(), &mut iovs, meta)
+    }
 }
 
 impl Carrier for UdpCarrier {
@@ -376,17 +477,12 @@ impl Carrier for UdpCarrier {
         UdpTx {
             mmsg: Mmsg::new(TX_BATCH),
             msgs: Vec::with_capacity(TX_BATCH),
+            dgrams: Vec::with_capacity(TX_BATCH),
         }
     }
 
     fn rx_state(&self) -> UdpRx {
-        UdpRx {
-            mmsg: Mmsg::new(UDP_RX_BATCH),
-            bufs: (0..UDP_RX_BATCH)
-                .map(|_| vec![0u8; 65_536].into_boxed_slice())
-                .collect(),
-            meta: vec![RecvMeta::default(); UDP_RX_BATCH],
-        }
+        UdpRx::new()
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -401,68 +497,24 @@ impl Carrier for UdpCarrier {
         table: &PeerTable,
         tally: &mut Tally,
     ) {
-        if items.is_empty() {
-            return;
-        }
-        let gso = self.gso.load(Ordering::Relaxed);
-        // One segment size for the whole batch; a run of equal-size packets to one peer
-        // (ended by a shorter one, as the last TSO segment is) becomes one GSO message.
-        let g = if gso {
-            items.iter().map(|i| i.len).max().unwrap_or(0)
-        } else {
-            0
-        };
-        let UdpTx { mmsg, msgs } = st;
-        msgs.clear();
-        for (k, it) in items.iter().enumerate() {
-            if let Some(m) = msgs.last_mut().filter(|_| gso)
-                && m.peer == it.peer
-                && items[m.end - 1].len == g
-                && m.end - m.start < GSO_MAX_SEGMENTS
-                && m.bytes + it.len <= GSO_MAX_BYTES
-            {
-                m.end = k + 1;
-                m.bytes += it.len;
-                continue;
-            }
-            msgs.push(MsgInfo {
-                start: k,
-                end: k + 1,
-                peer: it.peer,
-                bytes: it.len,
-            });
-        }
+        let UdpTx { mmsg, msgs, dgrams } = st;
+        dgrams.clear();
+        dgrams.extend(items.iter().map(|it| Datagram {
+            peer: it.peer,
+            len: it.len,
+            inner: it.len,
+        }));
         let pool: &[PktBuf] = pool;
         let iov: [IoSlice<'_>; TX_BATCH] = std::array::from_fn(|i| match items.get(i) {
             Some(it) => IoSlice::new(&pool[it.buf].bytes()[HEADROOM..HEADROOM + it.len]),
             None => IoSlice::new(&[]),
         });
-        let mut batch = mmsg.send_batch();
-        for m in msgs.iter() {
-            let seg = if m.end - m.start > 1 { g as u16 } else { 0 };
-            batch.push(table.entries[m.peer].addr, &iov[m.start..m.end], seg);
-        }
-        if let Some(e) = send_all(&mut batch, self.sock.as_fd(), msgs, tally)
-            && matches!(
-                e.raw_os_error(),
-                Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
-            )
-        {
-            tracing::warn!(error = %e, "UDP GSO refused; sending one datagram per packet");
-            self.gso.store(false, Ordering::Relaxed);
-        }
+        self.send_datagrams(mmsg, msgs, dgrams, &iov, |p| table.entries[p].addr, tally);
     }
 
     fn recv(&self, st: &mut UdpRx, rx: &mut RxBatch<'_>) -> io::Result<()> {
-        let UdpRx { mmsg, bufs, meta } = st;
-        let r = {
-            let mut it = bufs.iter_mut();
-            let mut iovs: [IoSliceMut<'_>; UDP_RX_BATCH] = std::array::from_fn(|_| {
-                IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))
-            });
-            mmsg.recv(self.sock.as_fd(), &mut iovs, meta)?
-        };
-        for (m, buf) in meta.iter().zip(bufs.iter()).take(r) {
+        let r = self.recv_batch(st)?;
+        for (m, buf) in st.meta.iter().zip(st.bufs.iter()).take(r) {
             let seg = usize::from(m.gro_segment.unwrap_or(0));
             let seg = if seg == 0 { m.len.max(1) } else { seg };
             let count = m.len.div_ceil(seg).max(1) as u64;
@@ -619,6 +671,8 @@ impl Carrier for IpipCarrier {
                 end: k + 1,
                 peer: it.peer,
                 bytes: it.len,
+                packets: 1,
+                inner: it.len as u64,
             });
         }
         let pool: &[PktBuf] = pool;

@@ -1,5 +1,5 @@
 //! twill's userspace tunnel engine: carries pod traffic between nodes where the kernel has no
-//! module for the mode (ipip), or in Flannel's `udp` framing.
+//! module for the mode (ipip), in Flannel's `udp` framing, or encrypted with WireGuard.
 //!
 //! A [`Tunnel`] owns a persistent multi-queue TUN device (with `IFF_VNET_HDR`, so one read or
 //! write moves a whole 64 KiB TCP super-packet) and, per queue, one socket and one worker
@@ -17,9 +17,9 @@
 //! path for everything else, with the same checks and counters.
 //!
 //! Modules: [`wire`] (pure codecs, fuzzed), `peers` (the lock-free peer table), `carrier`
-//! (the encapsulations behind one trait, where WireGuard will plug in), `engine` (the worker
-//! loops), `device` (TUN), `offload` (the BPF fast path), `sys` (the only `unsafe`:
-//! sendmmsg/recvmmsg).
+//! (the encapsulations behind one trait), [`wg`] (the WireGuard carrier, keys and protocol
+//! state), `engine` (the worker loops), `device` (TUN), `offload` (the BPF fast path), `sys`
+//! (the only `unsafe`: sendmmsg/recvmmsg).
 
 mod buf;
 mod carrier;
@@ -28,6 +28,7 @@ mod engine;
 mod offload;
 mod peers;
 mod sys;
+pub mod wg;
 pub mod wire;
 
 use std::io;
@@ -55,6 +56,9 @@ pub enum Encap {
     Udp { port: u16 },
     /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver.
     Ipip,
+    /// WireGuard over UDP, interoperable with standard WireGuard; needs
+    /// [`TunnelConfig::wireguard`].
+    Wireguard { port: u16 },
 }
 
 impl Default for Encap {
@@ -71,6 +75,7 @@ impl Encap {
         match self {
             Encap::Udp { .. } => wire::UDP_OVERHEAD,
             Encap::Ipip => wire::IPIP_OVERHEAD,
+            Encap::Wireguard { .. } => wg::OVERHEAD,
         }
     }
 
@@ -78,6 +83,7 @@ impl Encap {
         match self {
             Encap::Udp { .. } => "udp",
             Encap::Ipip => "ipip",
+            Encap::Wireguard { .. } => "wireguard",
         }
     }
 }
@@ -97,8 +103,10 @@ pub struct TunnelConfig {
     /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
     pub queues: usize,
     /// Use the kernel fast path (tc BPF) where the kernel takes it; the engine alone
-    /// otherwise.
+    /// otherwise. WireGuard has none: ignored.
     pub kernel_path: bool,
+    /// This node's WireGuard key and options; required with [`Encap::Wireguard`].
+    pub wireguard: Option<wg::WireguardConfig>,
 }
 
 /// Another node: packets for `subnet` go to `underlay`, and only `underlay` may send packets
@@ -108,6 +116,9 @@ pub struct Peer {
     pub node: String,
     pub subnet: Ipv4Net,
     pub underlay: Ipv4Addr,
+    /// The node's WireGuard public key; a WireGuard tunnel ignores peers without one. Its
+    /// endpoint starts as `underlay:port` and then follows authenticated packets.
+    pub public_key: Option<wg::PublicKey>,
 }
 
 /// Traffic with one peer. Bytes count inner packets (what the pods sent), not outer headers.
@@ -121,6 +132,9 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// WireGuard tunnels only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<wg::WgPeerStats>,
 }
 
 /// Packets dropped, by reason (inner packets; a datagram that carried several counts each).
@@ -139,6 +153,20 @@ pub struct DropCounters {
     pub no_peer_for_destination: u64,
     /// The kernel refused a send (underlay or TUN write).
     pub send_errors: u64,
+    /// WireGuard: handshake from a key that is no current peer's, or a message for a
+    /// session (receiver index) we do not have.
+    pub unknown_key: u64,
+    /// WireGuard: MAC or AEAD tag does not verify.
+    pub bad_mac: u64,
+    /// WireGuard: data counter already received.
+    pub replay: u64,
+    /// WireGuard: data counter older than the replay window.
+    pub stale_counter: u64,
+    /// WireGuard: handshake refused by the protocol (replayed timestamp, unexpected).
+    pub handshake_rejected: u64,
+    /// WireGuard: handshakes answered with a cookie under load (not processed; not counted
+    /// in [`DropCounters::total`]).
+    pub cookies_sent: u64,
 }
 
 impl DropCounters {
@@ -150,6 +178,11 @@ impl DropCounters {
             + self.malformed
             + self.no_peer_for_destination
             + self.send_errors
+            + self.unknown_key
+            + self.bad_mac
+            + self.replay
+            + self.stale_counter
+            + self.handshake_rejected
     }
 }
 
@@ -158,7 +191,7 @@ impl DropCounters {
 #[serde(rename_all = "camelCase")]
 pub struct TunnelStats {
     pub device: String,
-    /// "udp" or "ipip".
+    /// "udp", "ipip" or "wireguard".
     pub encap: String,
     pub queues: usize,
     /// Whether the TUN device moves TCP super-packets (IFF_VNET_HDR with TSO).
@@ -208,6 +241,7 @@ pub struct Tunnel {
     shared: Arc<Shared>,
     /// The kernel fast path, when in use; the lock also serialises `set_peers`.
     kernel: Mutex<Option<offload::KernelPath>>,
+    wg: Option<Arc<wg::state::WgShared>>,
     stop_writer: Option<UnixStream>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -230,8 +264,17 @@ impl Tunnel {
     /// peer table starts empty.
     pub fn start(cfg: TunnelConfig) -> Result<Tunnel, TunnelError> {
         device::check_name(&cfg.device)?;
-        if let Encap::Udp { port: 0 } = cfg.encap {
-            return Err(TunnelError::Config("udp port 0".into()));
+        match (&cfg.encap, &cfg.wireguard) {
+            (Encap::Udp { port: 0 }, _) => return Err(TunnelError::Config("udp port 0".into())),
+            (Encap::Wireguard { port: 0 }, _) => {
+                return Err(TunnelError::Config("wireguard port 0".into()));
+            }
+            (Encap::Wireguard { .. }, None) => {
+                return Err(TunnelError::Config(
+                    "wireguard encapsulation without a wireguard configuration".into(),
+                ));
+            }
+            _ => {}
         }
         let queues = match cfg.queues {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -253,7 +296,7 @@ impl Tunnel {
             stop: AtomicBool::new(false),
             stop_fd,
         });
-        let kernel = if cfg.kernel_path {
+        let kernel = if cfg.kernel_path && !matches!(cfg.encap, Encap::Wireguard { .. }) {
             match offload::KernelPath::load(&cfg.device, cfg.encap, cfg.local_ip, local_subnet) {
                 Ok(k) => Some(k),
                 Err(e) => {
@@ -275,6 +318,7 @@ impl Tunnel {
             offload,
             shared,
             kernel: Mutex::new(kernel),
+            wg: None,
             stop_writer: Some(stop_writer),
             workers: Vec::new(),
         };
@@ -293,6 +337,38 @@ impl Tunnel {
                     .map(|q| IpipCarrier::open(cfg.local_ip, q, queues))
                     .collect::<Result<Vec<_>, _>>()?;
                 tunnel.spawn(tuns, carriers)?;
+            }
+            Encap::Wireguard { port } => {
+                let sockets = (0..queues)
+                    .map(|_| UdpCarrier::open(cfg.local_ip, port))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let control = sockets[0]
+                    .sock
+                    .try_clone()
+                    .map_err(|source| TunnelError::Io {
+                        op: "duplicate the WireGuard socket".into(),
+                        source,
+                    })?;
+                let wg_cfg = cfg
+                    .wireguard
+                    .as_ref()
+                    .ok_or_else(|| TunnelError::Config("wireguard configuration missing".into()))?;
+                let wg = Arc::new(wg::state::WgShared::new(wg_cfg, port, control));
+                let carriers = sockets
+                    .into_iter()
+                    .map(|s| wg::WgCarrier::new(s, Arc::clone(&wg), cfg.mtu as usize))
+                    .collect();
+                tunnel.wg = Some(Arc::clone(&wg));
+                tunnel.spawn(tuns, carriers)?;
+                let shared = Arc::clone(&tunnel.shared);
+                let timers = std::thread::Builder::new()
+                    .name("twill-wg-timers".into())
+                    .spawn(move || wg.run_timers(&shared))
+                    .map_err(|source| TunnelError::Io {
+                        op: "spawn WireGuard timer thread".into(),
+                        source,
+                    })?;
+                tunnel.workers.push(timers);
             }
         }
         tracing::info!(
@@ -331,12 +407,20 @@ impl Tunnel {
     pub fn set_peers(&self, peers: &[Peer]) {
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let port = match self.encap {
-            Encap::Udp { port } => port,
+            Encap::Udp { port } | Encap::Wireguard { port } => port,
             Encap::Ipip => 0,
         };
         let old = self.shared.peers.load();
-        let table = PeerTable::build(peers, port, Some(&old));
-        self.shared.peers.store(Arc::new(table));
+        let mut table = PeerTable::build(peers, port, Some(&old));
+        let initiate = match &self.wg {
+            Some(wg) => wg.attach(&mut table, &old),
+            None => Vec::new(),
+        };
+        let table = Arc::new(table);
+        self.shared.peers.store(Arc::clone(&table));
+        if let Some(wg) = &self.wg {
+            wg.initiate_with(&table, &initiate);
+        }
         if let Some(k) = kernel.as_mut()
             && let Err(e) = k.set_peers(peers)
         {
@@ -378,6 +462,11 @@ impl Tunnel {
                     tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed) + k.tx_bytes,
                     rx_packets: e.counters.rx_packets.load(Ordering::Relaxed) + k.rx_packets,
                     rx_bytes: e.counters.rx_bytes.load(Ordering::Relaxed) + k.rx_bytes,
+                    wireguard: e.wg.as_ref().map(|w| wg::WgPeerStats {
+                        public_key: w.key,
+                        endpoint: Some(w.endpoint()),
+                        last_handshake_secs: w.last_handshake_secs(),
+                    }),
                 }
             })
             .collect();
@@ -396,8 +485,28 @@ impl Tunnel {
                 malformed: d.get(DropReason::Malformed),
                 no_peer_for_destination: d.get(DropReason::NoPeerForDestination),
                 send_errors: d.get(DropReason::SendError),
+                unknown_key: d.get(DropReason::UnknownKey),
+                bad_mac: d.get(DropReason::BadMac),
+                replay: d.get(DropReason::Replay),
+                stale_counter: d.get(DropReason::StaleCounter),
+                handshake_rejected: d.get(DropReason::HandshakeRejected),
+                cookies_sent: d.get(DropReason::CookieSent),
             },
         }
+    }
+
+    /// Switches this node to a new WireGuard key (rotation): handshakes use it from now on and
+    /// one is started with every peer at once. Does nothing on other encapsulations.
+    pub fn set_private_key(&self, key: wg::PrivateKey) {
+        if let Some(wg) = &self.wg {
+            let _serialised = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+            wg.set_private_key(&key, &self.shared.peers.load());
+        }
+    }
+
+    /// This node's WireGuard public key, on a WireGuard tunnel.
+    pub fn public_key(&self) -> Option<wg::PublicKey> {
+        self.wg.as_ref().map(|w| w.public_key())
     }
 
     pub fn device(&self) -> &str {

@@ -99,6 +99,9 @@ impl KernelPath {
         let (kind, port) = match encap {
             crate::Encap::Ipip => (0u32, 0u16),
             crate::Encap::Udp { port } => (1, port),
+            crate::Encap::Wireguard { .. } => {
+                return Err(OffloadError::Bpf("encapsulation", "wireguard".into()));
+            }
         };
         let mut ebpf = aya::Ebpf::load(OBJECT).map_err(bpf("loading the BPF object"))?;
         for name in [ENCAP, DECAP] {

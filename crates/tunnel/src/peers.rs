@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Peer;
+use crate::wg::PublicKey;
+use crate::wg::state::WgPeer;
 use crate::wire::DropReason;
 
 /// Keys are IPv4 addresses (ours, from the table) and lookups use attacker-chosen addresses,
@@ -37,7 +39,7 @@ impl Hasher for U32Hasher {
     }
 }
 
-type FastMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+pub(crate) type FastMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
 
 /// Traffic counters of one peer; kept across `set_peers` while the node stays.
 #[derive(Debug, Default)]
@@ -53,6 +55,8 @@ pub(crate) struct PeerEntry {
     /// Where to send: underlay address and the tunnel port (0 for ipip).
     pub addr: SocketAddrV4,
     pub counters: Arc<PeerCounters>,
+    /// The WireGuard peer state (WireGuard tunnels only).
+    pub wg: Option<Arc<WgPeer>>,
 }
 
 /// An immutable snapshot of the peers.
@@ -62,6 +66,9 @@ pub(crate) struct PeerTable {
     by_underlay: FastMap<usize>,
     /// One map per distinct prefix length, longest first.
     by_prefix: Vec<(u8, FastMap<usize>)>,
+    /// WireGuard: entry by our 24-bit peer index, and by static public key.
+    pub wg_by_index: FastMap<usize>,
+    pub wg_by_key: HashMap<PublicKey, usize>,
 }
 
 impl PeerTable {
@@ -104,6 +111,7 @@ impl PeerTable {
                 peer: peer.clone(),
                 addr: SocketAddrV4::new(peer.underlay, port),
                 counters,
+                wg: None,
             });
         }
         table.by_prefix.sort_by_key(|p| std::cmp::Reverse(p.0));
@@ -117,6 +125,12 @@ impl PeerTable {
     /// The peer whose underlay address is `ip`.
     pub(crate) fn by_underlay(&self, ip: Ipv4Addr) -> Option<usize> {
         self.by_underlay.get(&u32::from(ip)).copied()
+    }
+
+    /// The WireGuard peer a message with this receiver index is for: the index we gave the
+    /// peer is in its upper 24 bits.
+    pub(crate) fn wg_peer_by_index(&self, receiver_index: u32) -> Option<usize> {
+        self.wg_by_index.get(&(receiver_index >> 8)).copied()
     }
 
     /// The peer whose subnet holds `ip` (longest prefix wins).
@@ -138,7 +152,9 @@ impl PeerTable {
 
 /// Global drop counters, one per [`DropReason`].
 #[derive(Debug, Default)]
-pub(crate) struct DropAtomics([AtomicU64; 6]);
+pub(crate) struct DropAtomics([AtomicU64; DROP_REASONS]);
+
+const DROP_REASONS: usize = 12;
 
 pub(crate) fn reason_index(r: DropReason) -> usize {
     match r {
@@ -148,6 +164,12 @@ pub(crate) fn reason_index(r: DropReason) -> usize {
         DropReason::Malformed => 3,
         DropReason::NoPeerForDestination => 4,
         DropReason::SendError => 5,
+        DropReason::UnknownKey => 6,
+        DropReason::BadMac => 7,
+        DropReason::Replay => 8,
+        DropReason::StaleCounter => 9,
+        DropReason::HandshakeRejected => 10,
+        DropReason::CookieSent => 11,
     }
 }
 
@@ -162,7 +184,7 @@ impl DropAtomics {
 pub(crate) struct Tally {
     /// Per peer index of the current table: tx packets, tx bytes, rx packets, rx bytes.
     peers: Vec<[u64; 4]>,
-    drops: [u64; 6],
+    drops: [u64; DROP_REASONS],
     dirty: bool,
 }
 
@@ -170,7 +192,7 @@ impl Tally {
     pub(crate) fn new() -> Tally {
         Tally {
             peers: Vec::new(),
-            drops: [0; 6],
+            drops: [0; DROP_REASONS],
             dirty: false,
         }
     }
@@ -179,7 +201,7 @@ impl Tally {
     pub(crate) fn begin(&mut self, table: &PeerTable) {
         self.peers.clear();
         self.peers.resize(table.len(), [0; 4]);
-        self.drops = [0; 6];
+        self.drops = [0; DROP_REASONS];
         self.dirty = false;
     }
 
@@ -228,7 +250,7 @@ impl Tally {
                 }
             }
         }
-        self.drops = [0; 6];
+        self.drops = [0; DROP_REASONS];
         for c in &mut self.peers {
             *c = [0; 4];
         }
@@ -245,6 +267,7 @@ mod tests {
             node: node.into(),
             subnet: subnet.parse().unwrap(),
             underlay: Ipv4Addr::from(underlay),
+            public_key: None,
         }
     }
 

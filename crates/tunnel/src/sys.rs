@@ -37,6 +37,7 @@ struct GsoControl {
 pub(crate) struct RecvMeta {
     pub len: usize,
     pub src: Ipv4Addr,
+    pub src_port: u16,
     /// Segment size when the kernel coalesced several datagrams (UDP_GRO).
     pub gro_segment: Option<u16>,
     /// The datagram did not fit the buffer.
@@ -48,6 +49,7 @@ impl Default for RecvMeta {
         RecvMeta {
             len: 0,
             src: Ipv4Addr::UNSPECIFIED,
+            src_port: 0,
             gro_segment: None,
             truncated: false,
         }
@@ -152,14 +154,18 @@ impl Mmsg {
         for (i, m) in meta.iter_mut().enumerate().take(r) {
             let h = &self.hdrs[i].msg_hdr;
             let name = &self.names[i];
-            let src = if name.sin_family == libc::AF_INET as libc::sa_family_t {
-                Ipv4Addr::from(name.sin_addr.s_addr.to_ne_bytes())
+            let (src, src_port) = if name.sin_family == libc::AF_INET as libc::sa_family_t {
+                (
+                    Ipv4Addr::from(name.sin_addr.s_addr.to_ne_bytes()),
+                    u16::from_be(name.sin_port),
+                )
             } else {
-                Ipv4Addr::UNSPECIFIED
+                (Ipv4Addr::UNSPECIFIED, 0)
             };
             *m = RecvMeta {
                 len: self.hdrs[i].msg_len as usize,
                 src,
+                src_port,
                 gro_segment: gro_segment(h),
                 truncated: h.msg_flags & libc::MSG_TRUNC != 0,
             };

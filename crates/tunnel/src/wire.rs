@@ -60,6 +60,19 @@ pub enum DropReason {
     NoPeerForDestination,
     /// The kernel refused to send.
     SendError,
+    /// WireGuard: a handshake from a static key that is no current peer's, or a message for
+    /// a receiver index (session) we do not have.
+    UnknownKey,
+    /// WireGuard: a MAC or AEAD tag that does not verify.
+    BadMac,
+    /// WireGuard: a data message whose counter was already received.
+    Replay,
+    /// WireGuard: a data message older than the replay window.
+    StaleCounter,
+    /// WireGuard: a handshake refused by the protocol (old timestamp, unexpected message).
+    HandshakeRejected,
+    /// WireGuard: a handshake answered with a cookie reply under load (not processed).
+    CookieSent,
 }
 
 /// The fields of an IPv4 header the engine uses.

@@ -186,6 +186,11 @@ pub struct DesiredState {
     /// The peers WireGuard carries traffic to, with their keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wireguard_peers: Vec<WireguardPeer>,
+    /// Subnets of peers whose traffic must be encrypted but that WireGuard cannot reach (no
+    /// usable public key): no route may lead there in clear, whoever learned it (BGP, a
+    /// previous agent's routes kept over a restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wireguard_blocked: Vec<Ipv4Net>,
     /// Sysctls of the node's namespace by dotted name (`net.ipv4.ip_forward`) and the value
     /// they must hold. Set, never reverted: one not listed is left as it is.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -221,6 +221,30 @@ fn render_desired(out: &mut String, d: &DesiredState) {
             t.node, t.subnet, t.underlay
         );
     }
+    if let Some(w) = &d.wireguard {
+        let _ = writeln!(
+            out,
+            "  wireguard {} port {} mtu {} local {} keepalive {}",
+            w.name, w.port, w.mtu, w.local, w.persistent_keepalive
+        );
+    }
+    for w in &d.wireguard_peers {
+        let _ = writeln!(
+            out,
+            "  wireguard peer {} {} at {} key {}",
+            w.node,
+            w.subnet,
+            w.underlay,
+            twill_types::wg_key::short(&w.public_key)
+        );
+    }
+    if !d.wireguard_blocked.is_empty() {
+        let _ = writeln!(
+            out,
+            "  wireguard blocks clear routes into {}",
+            list(&d.wireguard_blocked)
+        );
+    }
     for (name, value) in &d.sysctls {
         let _ = writeln!(out, "  sysctl {name} = {value}");
     }

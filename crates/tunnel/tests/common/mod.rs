@@ -105,6 +105,7 @@ impl Lab {
             local_ip: if host == 1 { H1 } else { H2 },
             queues,
             kernel_path: false,
+            wireguard: None,
         }
     }
 
@@ -113,6 +114,7 @@ impl Lab {
             node: format!("h{host}"),
             subnet: format!("10.244.{host}.0/24").parse().unwrap(),
             underlay: if host == 1 { H1 } else { H2 },
+            public_key: None,
         }
     }
 

@@ -1,0 +1,254 @@
+//! The WireGuard carrier: one UDP socket of the port's SO_REUSEPORT group per queue (opened
+//! and batched exactly like the udp carrier's), with each peer's `Tunn` encrypting on the way
+//! out and [`super::ingress`] deciding on the way in.
+//!
+//! The udp carrier's reuseport BPF program is not attached: it hashes inner addresses, which
+//! WireGuard encrypts. The kernel's default 4-tuple hash keeps each peer's datagrams on one
+//! socket, so they stay in order.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use boringtun::noise::TunnResult;
+
+use super::ingress::{self, Sink};
+use super::state::{CONTROL_BUF, WgShared};
+use crate::buf::PktBuf;
+use crate::carrier::{
+    Carrier, Datagram, HEADROOM, MsgInfo, RxBatch, TX_BATCH, TxItem, UdpCarrier, UdpRx,
+};
+use crate::peers::{PeerTable, Tally};
+use crate::sys::Mmsg;
+use crate::wire::{self, DropReason};
+
+/// WireGuard's data message header (type, receiver index, counter) plus the AEAD tag.
+const DATA_OVERHEAD: usize = 32;
+/// A handshake initiation, the largest message boringtun may write instead of data.
+const HANDSHAKE_INIT_LEN: usize = 148;
+/// The first byte of a data message.
+const MSG_DATA: u8 = 4;
+
+pub(crate) struct WgCarrier {
+    udp: UdpCarrier,
+    wg: Arc<WgShared>,
+    /// Largest inner packet a send batch holds (the TX pool's buffer size).
+    max_inner: usize,
+}
+
+impl WgCarrier {
+    pub(crate) fn new(udp: UdpCarrier, wg: Arc<WgShared>, mtu: usize) -> WgCarrier {
+        WgCarrier {
+            udp,
+            wg,
+            max_inner: mtu.max(1500) + 64,
+        }
+    }
+
+    fn slot_len(&self) -> usize {
+        (self.max_inner + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN)
+    }
+}
+
+pub(crate) struct WgTx {
+    mmsg: Mmsg,
+    msgs: Vec<MsgInfo>,
+    dgrams: Vec<Datagram>,
+    /// `TX_BATCH` slots of `slot_len` bytes: the encrypted datagrams of a batch.
+    out: Vec<u8>,
+}
+
+pub(crate) struct WgRx {
+    udp: UdpRx,
+    /// Handshake replies, cookies and flushed packets.
+    scratch: Vec<u8>,
+}
+
+impl Carrier for WgCarrier {
+    const RX_OFFSET: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+    type TxState = WgTx;
+    type RxState = WgRx;
+
+    fn tx_state(&self) -> WgTx {
+        WgTx {
+            mmsg: Mmsg::new(TX_BATCH),
+            msgs: Vec::with_capacity(TX_BATCH),
+            dgrams: Vec::with_capacity(TX_BATCH),
+            out: vec![0u8; TX_BATCH * self.slot_len()],
+        }
+    }
+
+    fn rx_state(&self) -> WgRx {
+        WgRx {
+            udp: UdpRx::new(),
+            scratch: vec![0u8; CONTROL_BUF],
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.udp.sock.as_fd()
+    }
+
+    fn send(
+        &self,
+        st: &mut WgTx,
+        pool: &mut [PktBuf],
+        items: &[TxItem],
+        table: &PeerTable,
+        tally: &mut Tally,
+    ) {
+        let WgTx {
+            mmsg,
+            msgs,
+            dgrams,
+            out,
+        } = st;
+        let slot_len = self.slot_len();
+        dgrams.clear();
+        let mut slots = out.chunks_exact_mut(slot_len);
+        let mut start = 0;
+        while start < items.len() {
+            let peer = items[start].peer;
+            let end = start
+                + items[start..]
+                    .iter()
+                    .take_while(|it| it.peer == peer)
+                    .count();
+            let run = &items[start..end];
+            start = end;
+            let Some(wg) = table.entries[peer].wg.as_ref() else {
+                tally.drop(DropReason::UnknownKey, run.len() as u64);
+                continue;
+            };
+            let mut tunn = wg.lock();
+            let Some(tunn) = tunn.as_mut() else {
+                tally.drop(DropReason::UnknownKey, run.len() as u64);
+                continue;
+            };
+            for it in run {
+                let Some(slot) = slots.next() else { break };
+                let Some(inner) = pool[it.buf].bytes().get(HEADROOM..HEADROOM + it.len) else {
+                    tally.drop(DropReason::Malformed, 1);
+                    continue;
+                };
+                if inner.len() > self.max_inner {
+                    tally.drop(DropReason::Malformed, 1);
+                    continue;
+                }
+                match tunn.encapsulate(inner, slot) {
+                    TunnResult::WriteToNetwork(msg) => {
+                        let data = msg.first() == Some(&MSG_DATA);
+                        dgrams.push(Datagram {
+                            peer,
+                            len: msg.len(),
+                            inner: if data { it.len } else { 0 },
+                        });
+                    }
+                    // Queued until the handshake in progress completes.
+                    TunnResult::Done => {}
+                    TunnResult::Err(e) => tally.drop(ingress::reason(&e), 1),
+                    TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
+                }
+            }
+        }
+        let out: &[u8] = out;
+        let mut offsets = out.chunks_exact(slot_len);
+        let iov: [IoSlice<'_>; TX_BATCH] = std::array::from_fn(|i| {
+            let slot = offsets.next();
+            match (dgrams.get(i), slot) {
+                (Some(d), Some(s)) => IoSlice::new(&s[..d.len]),
+                _ => IoSlice::new(&[]),
+            }
+        });
+        let endpoint = |p: usize| {
+            table.entries[p]
+                .wg
+                .as_ref()
+                .map_or(table.entries[p].addr, |w| w.endpoint())
+        };
+        self.udp
+            .send_datagrams(mmsg, msgs, dgrams, &iov, endpoint, tally);
+    }
+
+    fn recv(&self, st: &mut WgRx, rx: &mut RxBatch<'_>) -> io::Result<()> {
+        let r = self.udp.recv_batch(&mut st.udp)?;
+        let identity = self.wg.identity.load();
+        let table = rx.table;
+        let WgRx { udp, scratch } = st;
+        for (m, buf) in udp.meta.iter().zip(udp.bufs.iter()).take(r) {
+            if m.truncated {
+                rx.tally.drop(DropReason::Malformed, 1);
+                continue;
+            }
+            let seg = usize::from(m.gro_segment.unwrap_or(0));
+            let seg = if seg == 0 { m.len.max(1) } else { seg };
+            let src = SocketAddrV4::new(m.src, m.src_port);
+            let mut sink = EngineSink {
+                rx,
+                sock: &self.udp,
+            };
+            ingress::receive(
+                table,
+                &identity,
+                scratch,
+                &buf[..m.len],
+                seg,
+                src,
+                &mut sink,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Receive results into the TUN batch; replies straight out of the socket.
+struct EngineSink<'r, 'b> {
+    rx: &'r mut RxBatch<'b>,
+    sock: &'r UdpCarrier,
+}
+
+impl Sink for EngineSink<'_, '_> {
+    fn room(&mut self) -> &mut [u8] {
+        if self.rx.n == self.rx.out.len() {
+            self.rx.flush();
+        }
+        let off = self.rx.offset;
+        &mut self.rx.out[self.rx.n].space()[off..]
+    }
+
+    fn deliver(&mut self, peer: usize, len: usize) {
+        let off = self.rx.offset;
+        let n = self.rx.n;
+        let header = match wire::parse_ipv4(&self.rx.out[n].space()[off..off + len]) {
+            Ok(h) if h.total_len == len => h,
+            _ => {
+                self.rx.tally.drop(DropReason::Malformed, 1);
+                return;
+            }
+        };
+        if self.rx.admit(peer, &header) {
+            self.rx.out[n].set_len(off + len);
+            self.rx.n += 1;
+        }
+    }
+
+    fn send(&mut self, to: SocketAddrV4, datagram: &[u8], peer: Option<usize>) {
+        match self.sock.sock.send_to(datagram, &to.into()) {
+            Ok(_) => {
+                if let Some(p) = peer {
+                    let inner = datagram.len().saturating_sub(DATA_OVERHEAD);
+                    self.rx.tally.tx(p, 1, inner as u64);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %to, "WireGuard reply failed");
+                self.rx.tally.drop(DropReason::SendError, 1);
+            }
+        }
+    }
+
+    fn drop(&mut self, reason: DropReason) {
+        self.rx.tally.drop(reason, 1);
+    }
+}

@@ -1,0 +1,313 @@
+//! WireGuard state shared by the workers, the handle and the timer thread: this node's
+//! identity (key pair + cookie rate limiter, swapped whole on rotation) and, per peer, one
+//! boringtun `Tunn` behind a mutex with its stable index and its (roaming) endpoint.
+//!
+//! The per-peer state hangs off the peer table's entries, so `set_peers` swaps it together
+//! with the rest of the table: a peer whose key is unchanged keeps its `Tunn` (sessions,
+//! counters, replay windows); a removed peer's `Tunn` is dropped at once, and a worker still
+//! holding the previous table finds the slot empty, so a node that leaves loses access
+//! immediately.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use socket2::Socket;
+use zeroize::Zeroizing;
+
+use super::{PrivateKey, PublicKey, WireguardConfig};
+use crate::Shared;
+use crate::peers::{FastMap, PeerTable};
+
+/// Handshake messages per second processed without proof of the sender's address; beyond
+/// it, each must carry a valid cookie MAC (mac2) or is answered with a cookie reply only.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// How often the timer thread runs each peer's rekey/keepalive/retry timers.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+/// Room for any message boringtun writes outside the data path (handshakes, keepalives,
+/// queued packets flushed after a handshake).
+pub(crate) const CONTROL_BUF: usize = 65_536 + 64;
+/// Peer indices are 24 bits: boringtun puts a session counter in the low 8 of the 32-bit
+/// index it sends.
+const INDEX_MASK: u32 = 0x00ff_ffff;
+
+/// This node's key pair and the rate limiter keyed by its public key (mac1, cookies).
+pub(crate) struct Identity {
+    pub secret: x25519::StaticSecret,
+    pub public: x25519::PublicKey,
+    pub limiter: Arc<RateLimiter>,
+}
+
+impl Identity {
+    pub(crate) fn new(key: &PrivateKey) -> Identity {
+        let secret = key.secret().clone();
+        let public = x25519::PublicKey::from(&secret);
+        Identity {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            secret,
+            public,
+        }
+    }
+}
+
+/// WireGuard state of the tunnel.
+pub(crate) struct WgShared {
+    pub identity: ArcSwap<Identity>,
+    psk: Option<Zeroizing<[u8; 32]>>,
+    keepalive: u16,
+    port: u16,
+    next_index: Mutex<u32>,
+    /// A duplicate of the first queue's socket, for messages sent outside a worker's batch
+    /// (timers, handshakes started by rotation), so they leave from the WireGuard port.
+    control: Socket,
+}
+
+impl WgShared {
+    pub(crate) fn new(cfg: &WireguardConfig, port: u16, control: Socket) -> WgShared {
+        let mut start = [0u8; 4];
+        {
+            use ring::rand::SecureRandom;
+            // An unpredictable first index only makes indices harder to guess; any works.
+            let _ = ring::rand::SystemRandom::new().fill(&mut start);
+        }
+        WgShared {
+            identity: ArcSwap::from_pointee(Identity::new(&cfg.private_key)),
+            psk: cfg.preshared_key.map(Zeroizing::new),
+            keepalive: cfg.persistent_keepalive,
+            port,
+            next_index: Mutex::new(u32::from_le_bytes(start) & INDEX_MASK),
+            control,
+        }
+    }
+
+    pub(crate) fn public_key(&self) -> PublicKey {
+        PublicKey(self.identity.load().public.to_bytes())
+    }
+
+    fn new_tunn(&self, identity: &Identity, peer: &PublicKey, index: u32) -> Tunn {
+        Tunn::new(
+            identity.secret.clone(),
+            peer.x25519(),
+            self.psk.as_deref().copied(),
+            (self.keepalive > 0).then_some(self.keepalive),
+            index,
+            Some(Arc::clone(&identity.limiter)),
+        )
+    }
+
+    /// Gives `table` (just built from the configured peers) the WireGuard state of its
+    /// entries, reusing `old`'s for unchanged keys, and empties the state of peers that are
+    /// gone. Returns the entries whose key is new for their node: a handshake is started with
+    /// them at once, since the peer may be rotating and will not retry for seconds.
+    pub(crate) fn attach(&self, table: &mut PeerTable, old: &PeerTable) -> Vec<usize> {
+        let identity = self.identity.load();
+        let kept: HashMap<PublicKey, &Arc<WgPeer>> = old
+            .entries
+            .iter()
+            .filter_map(|e| e.wg.as_ref().map(|w| (w.key, w)))
+            .collect();
+        let old_keys: HashMap<&str, PublicKey> = old
+            .entries
+            .iter()
+            .filter_map(|e| e.wg.as_ref().map(|w| (e.peer.node.as_str(), w.key)))
+            .collect();
+        let mut in_use: HashSet<u32> = kept.values().map(|w| w.index).collect();
+        let mut initiate = Vec::new();
+        let mut by_index = FastMap::default();
+        let mut by_key = HashMap::new();
+        for (i, e) in table.entries.iter_mut().enumerate() {
+            let Some(key) = e.peer.public_key else {
+                continue;
+            };
+            if by_key.contains_key(&key) {
+                continue;
+            }
+            let configured = SocketAddrV4::new(e.peer.underlay, self.port);
+            let wg = match kept.get(&key) {
+                Some(w) => {
+                    w.configure(configured);
+                    Arc::clone(w)
+                }
+                None => {
+                    let index = self.alloc_index(&mut in_use);
+                    if old_keys
+                        .get(e.peer.node.as_str())
+                        .is_some_and(|k| *k != key)
+                    {
+                        initiate.push(i);
+                    }
+                    Arc::new(WgPeer::new(
+                        key,
+                        index,
+                        self.new_tunn(&identity, &key, index),
+                        configured,
+                    ))
+                }
+            };
+            by_index.insert(wg.index, i);
+            by_key.insert(key, i);
+            e.wg = Some(wg);
+        }
+        for (key, w) in &kept {
+            if !by_key.contains_key(key) {
+                w.lock().take();
+            }
+        }
+        table.wg_by_index = by_index;
+        table.wg_by_key = by_key;
+        initiate
+    }
+
+    fn alloc_index(&self, in_use: &mut HashSet<u32>) -> u32 {
+        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            *next = next.wrapping_add(1) & INDEX_MASK;
+            if in_use.insert(*next) {
+                return *next;
+            }
+        }
+    }
+
+    /// Switches to `key`: every peer's `Tunn` gets it (boringtun drops their sessions) and a
+    /// handshake is started with each peer right away.
+    pub(crate) fn set_private_key(&self, key: &PrivateKey, table: &PeerTable) {
+        let identity = Arc::new(Identity::new(key));
+        self.identity.store(Arc::clone(&identity));
+        for e in &table.entries {
+            if let Some(w) = &e.wg
+                && let Some(t) = w.lock().as_mut()
+            {
+                t.set_static_private(
+                    identity.secret.clone(),
+                    identity.public,
+                    Some(Arc::clone(&identity.limiter)),
+                );
+                self.initiate(t, w);
+            }
+        }
+        tracing::info!(public_key = %PublicKey(identity.public.to_bytes()).short(), "WireGuard key rotated");
+    }
+
+    /// Sends a fresh handshake initiation to the peers at `entries` of `table`.
+    pub(crate) fn initiate_with(&self, table: &PeerTable, entries: &[usize]) {
+        for &i in entries {
+            if let Some(w) = table.entries.get(i).and_then(|e| e.wg.as_ref())
+                && let Some(t) = w.lock().as_mut()
+            {
+                self.initiate(t, w);
+            }
+        }
+    }
+
+    fn initiate(&self, t: &mut Tunn, w: &WgPeer) {
+        let mut buf = [0u8; 256];
+        if let TunnResult::WriteToNetwork(msg) = t.format_handshake_initiation(&mut buf, true) {
+            self.send_control(msg, w.endpoint());
+        }
+    }
+
+    fn send_control(&self, msg: &[u8], to: SocketAddrV4) {
+        if let Err(e) = self.control.send_to(msg, &to.into()) {
+            tracing::debug!(error = %e, %to, "WireGuard control send failed");
+        }
+    }
+
+    /// The timer thread: every [`TIMER_TICK`] runs each peer's timers and sends what they
+    /// ask for (handshake retries, rekeys, keepalives); every second resets the handshake
+    /// rate count. Returns when the tunnel stops.
+    pub(crate) fn run_timers(&self, shared: &Shared) {
+        let mut buf = vec![0u8; CONTROL_BUF];
+        let mut last_reset = Instant::now();
+        while !shared.stop.load(Ordering::Relaxed) {
+            let table = shared.peers.load();
+            for e in &table.entries {
+                let Some(w) = &e.wg else { continue };
+                let mut tunn = w.lock();
+                let Some(t) = tunn.as_mut() else { continue };
+                if let TunnResult::WriteToNetwork(msg) = t.update_timers(&mut buf) {
+                    self.send_control(msg, w.endpoint());
+                }
+            }
+            drop(table);
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                self.identity.load().limiter.reset_count();
+                last_reset = Instant::now();
+            }
+            let mut fds = [PollFd::new(shared.stop_fd.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(TIMER_TICK.as_millis() as u16));
+        }
+    }
+}
+
+/// One WireGuard peer.
+pub(crate) struct WgPeer {
+    pub key: PublicKey,
+    /// Ours for this peer; its receiver index in the messages it sends us, shifted left 8.
+    pub index: u32,
+    /// Empty once the peer is removed.
+    tunn: Mutex<Option<Tunn>>,
+    /// Where to send: `underlay:port` at first, then wherever the last authenticated packet
+    /// came from.
+    endpoint: AtomicU64,
+    configured: AtomicU64,
+}
+
+impl WgPeer {
+    pub(crate) fn new(key: PublicKey, index: u32, tunn: Tunn, at: SocketAddrV4) -> WgPeer {
+        WgPeer {
+            key,
+            index,
+            tunn: Mutex::new(Some(tunn)),
+            endpoint: AtomicU64::new(pack(at)),
+            configured: AtomicU64::new(pack(at)),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Tunn>> {
+        self.tunn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn endpoint(&self) -> SocketAddrV4 {
+        unpack(self.endpoint.load(Ordering::Relaxed))
+    }
+
+    /// Standard WireGuard roaming: called only after a packet authenticated by the peer.
+    pub(crate) fn authenticated_from(&self, src: SocketAddrV4) {
+        let v = pack(src);
+        if self.endpoint.load(Ordering::Relaxed) != v {
+            self.endpoint.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// A new configured address replaces a roamed endpoint; the same one keeps it.
+    fn configure(&self, addr: SocketAddrV4) {
+        let v = pack(addr);
+        if self.configured.swap(v, Ordering::Relaxed) != v {
+            self.endpoint.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds since the current session's handshake, if there is one.
+    pub(crate) fn last_handshake_secs(&self) -> Option<u64> {
+        self.lock()
+            .as_ref()
+            .and_then(|t| t.stats().0)
+            .map(|d| d.as_secs())
+    }
+}
+
+fn pack(a: SocketAddrV4) -> u64 {
+    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
+}
+
+fn unpack(v: u64) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from((v >> 16) as u32), v as u16)
+}
