@@ -106,7 +106,7 @@ impl Lab {
                     plan::expected_reachable(st.backend, st.underlay, st.encrypt, i, k)
                 })
             })
-            .map(|p| format!("{} skipped ({})", p.node, p.path))
+            .map(|p| format!("{} {}", p.node, p.path))
             .collect();
         if early.is_empty() {
             Ok(())
