@@ -223,6 +223,15 @@ enum NodeCmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Replace this node's WireGuard private key (<data-dir>/wireguard.key, 0600) with a new
+    /// one. The running agent switches to it within a second and publishes the new public key;
+    /// peers pick it up from the store. Prints the public keys, never the private one.
+    RotateKey {
+        #[command(flatten)]
+        data_dir: DataDirArgs,
+        #[command(flatten)]
+        json: JsonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -410,6 +419,9 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 data_dir.as_deref(),
             ))
         }
+        Cmd::Node {
+            command: NodeCmd::RotateKey { data_dir, json },
+        } => twill_agent::cli::node_rotate_key(&data_dir.data_dir, json.json),
         Cmd::Policy { command } => runtime()?.block_on(policy(command)),
         Cmd::Namespace { command } => runtime()?.block_on(async {
             match command {

@@ -253,6 +253,32 @@ pub async fn node_leave(
     Ok(0)
 }
 
+/// `twill node rotate-key [--data-dir D] [--json]`: a new WireGuard private key for this
+/// node, written atomically (0600) over the old one. The running agent notices the new file
+/// within a second (it checks the file's identity every 250 ms), switches its engine to the
+/// key and republishes its lease with the new public key. Prints the public keys only.
+pub fn node_rotate_key(data_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let (old, new) = crate::wg_key::rotate(data_dir)?;
+    if json {
+        let v = serde_json::json!({
+            "keyFile": crate::wg_key::key_path(data_dir),
+            "oldPublicKey": old.map(|k| k.to_string()),
+            "publicKey": new.to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    match old {
+        Some(old) => println!("rotated the WireGuard key: public key {old} -> {new}"),
+        None => println!("created a WireGuard key: public key {new}"),
+    }
+    println!(
+        "written to {}; a running agent uses it within a second",
+        crate::wg_key::key_path(data_dir).display()
+    );
+    Ok(0)
+}
+
 /// `twill status [--data-dir D] [--json] [--store S]`: this node, its lease, the backend and
 /// every peer with how it is reached and whether it is programmed.
 pub async fn status(
@@ -334,6 +360,9 @@ pub async fn status(
                 c.tx_packets, c.tx_bytes, c.rx_packets, c.rx_bytes
             );
         }
+        if let Some(wg) = &p.wireguard {
+            note = format!("{}, {note}", wireguard_session(wg));
+        }
         println!(
             "{:<16} {:<18} {:<16} {:<8} {:<10} {}{}",
             p.node,
@@ -369,12 +398,6 @@ pub async fn status(
         }
     }
     if let Some(t) = &status.tunnel {
-        let drops: Vec<String> = t
-            .drops
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(why, n)| format!("{why} {n}"))
-            .collect();
         let path = match &t.kernel_path {
             Some(underlay) => format!("kernel fast path on {underlay} + userspace engine"),
             None => "userspace engine".to_string(),
@@ -382,14 +405,47 @@ pub async fn status(
         println!(
             "\ntunnel {} ({path}): dropped {}",
             t.device,
-            if drops.is_empty() {
-                "nothing".to_string()
-            } else {
-                drops.join(", ")
-            }
+            drops_text(&t.drops)
+        );
+    }
+    if let Some(wg) = &status.wireguard {
+        println!(
+            "\nwireguard {} port {} public key {}: dropped {}",
+            wg.device,
+            wg.port,
+            wg.public_key,
+            drops_text(&wg.drops)
         );
     }
     Ok(0)
+}
+
+/// One WireGuard session as `twill status` prints it: the short key, the endpoint and the
+/// age of the last handshake.
+fn wireguard_session(wg: &twill_types::node::WireguardPeerStatus) -> String {
+    let handshake = match wg.last_handshake_secs {
+        Some(secs) => format!("handshake {} ago", human_secs(secs)),
+        None => "no handshake yet".to_string(),
+    };
+    format!(
+        "key {} endpoint {} {handshake}",
+        twill_types::wg_key::short(&wg.public_key),
+        wg.endpoint.as_deref().unwrap_or("-")
+    )
+}
+
+/// Non-zero drop counters as `reason n, reason n`, or `nothing`.
+fn drops_text(drops: &std::collections::BTreeMap<String, u64>) -> String {
+    let nonzero: Vec<String> = drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect();
+    if nonzero.is_empty() {
+        "nothing".to_string()
+    } else {
+        nonzero.join(", ")
+    }
 }
 
 /// Whether the agent that wrote the status still runs (same pid namespace).

@@ -138,6 +138,32 @@ pub async fn acquire(
     bail!("could not lease a subnet after 200 attempts (too much contention?)")
 }
 
+/// Writes `lease` (ours, with new data such as a rotated WireGuard key) under the key we hold,
+/// kept alive by the store lease we hold: compare-and-swap against what is there, and only if
+/// it is still our node's lease (a lost lease is leased again, not overwritten here).
+pub async fn republish(store: &Store, held: &mut Held, lease: Lease) -> anyhow::Result<()> {
+    for _ in 0..5 {
+        let Some(kv) = store.get(&held.key).await? else {
+            bail!("our lease {} is not in the store", held.key);
+        };
+        match decode(&kv) {
+            Ok(current) if current.node == lease.node && current.subnet == lease.subnet => {}
+            _ => bail!("{} no longer holds this node's lease", held.key),
+        }
+        let value = serde_json::to_vec(&lease).expect("lease serializes");
+        if store
+            .cas(&held.key, kv.mod_revision, &value, Some(held.store_lease))
+            .await?
+            .is_some()
+        {
+            held.lease = lease;
+            return Ok(());
+        }
+        // Written meanwhile (our own renewal does not write it; someone else did): look again.
+    }
+    bail!("{} kept changing while publishing it", held.key)
+}
+
 /// A per-node, per-attempt seed so concurrent joiners spread over the pool.
 fn seed_for(node: &str, attempt: u64) -> u64 {
     fnv1a(node.bytes()) ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15)

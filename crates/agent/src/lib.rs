@@ -30,6 +30,9 @@
 //! - [`underlay`]: finding the node's underlay interface and address.
 //! - [`files`]: the node file and status file.
 //! - [`tunnel`]: running the userspace tunnel engine (udp, ipip).
+//! - [`wireguard`]: running the WireGuard engine (device `twill.wg`) with the peers' keys.
+//! - [`wg_key`]: the node's WireGuard private key file (0600, never through a symlink) and
+//!   its rotation.
 //! - [`policy_sync`]: network policy: the store's policies and the node's endpoints compiled
 //!   into nftables, and the socket where the CNI plugin waits for a new pod's policy.
 //! - [`bgp`]: the BGP speaker: peers from the topology, learned routes into the desired state.
@@ -51,6 +54,8 @@ pub mod policy_cli;
 pub mod policy_sync;
 pub mod tunnel;
 pub mod underlay;
+pub mod wg_key;
+pub mod wireguard;
 
 pub mod run;
 pub mod store_args;

@@ -18,7 +18,7 @@ use twill_dataplane::reconcile::{
 };
 use twill_store::{Store, StoreError};
 use twill_types::cluster::{BgpPeer, ClusterConfig};
-use twill_types::desired::{DesiredState, NeighSpec, RouteSpec};
+use twill_types::desired::{DesiredState, NeighSpec, PeerPath, RouteSpec};
 use twill_types::keys::{BGP_PEERS_PREFIX, CONFIG_KEY, LEASES_PREFIX};
 use twill_types::lease::Lease;
 use twill_types::node::{self, AgentStatus, NodeFile, PolicyStatus};
@@ -29,7 +29,13 @@ use crate::core::{
 };
 use crate::lease::{self, Held};
 use crate::tunnel::Engine;
+use crate::wg_key::FileId;
+use crate::wireguard::WgEngine;
 use crate::{files, underlay};
+
+/// How often the WireGuard key file's identity is checked for a rotation (so a new key is in
+/// use and published well within a second).
+const KEY_CHECK: Duration = Duration::from_millis(250);
 
 /// At most this many speaker events (each the route changes of one UPDATE, up to about a
 /// thousand) are taken per programming step.
@@ -96,10 +102,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let restarting = previous_subnet.is_some();
     // A leave marker of an earlier `twill node leave` must not make this run leave.
     lease::clear_leave_marker(&store, &opts.node_name).await?;
+    // WireGuard: this node's key (made at the first start, the same after a restart), whose
+    // public half goes into the lease.
+    let wg_key = match config.wireguard() {
+        Some(_) => Some(crate::wg_key::load_or_create(&opts.data_dir)?),
+        None => None,
+    };
+    let mut local_lease = backend.local_lease(&node);
+    local_lease.wireguard_public_key = wg_key.as_ref().map(|(k, _)| k.public_key().to_string());
     let held = lease::acquire(
         &store,
         &config,
-        backend.local_lease(&node),
+        local_lease,
         previous_subnet,
         opts.lease_ttl,
     )
@@ -189,6 +203,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         nl,
         started,
         tunnel: None,
+        wireguard: None,
+        wg_key,
+        wg_swept: false,
         status_written: None,
         release_after_status: false,
         node_file,
@@ -318,6 +335,13 @@ struct Agent {
     started: Instant,
     /// The userspace tunnel engine (udp, ipip backends).
     tunnel: Option<Engine>,
+    /// The WireGuard engine (wireguard backend, or encryption).
+    wireguard: Option<WgEngine>,
+    /// This node's WireGuard key and the identity of the file it was read from (rotation
+    /// replaces the file); None without WireGuard.
+    wg_key: Option<(twill_tunnel::wg::PrivateKey, FileId)>,
+    /// A leftover WireGuard device of an earlier run was looked for (without WireGuard).
+    wg_swept: bool,
     /// The fingerprint of the status last written but for its time (nothing is written while
     /// it stays the same).
     status_written: Option<u64>,
@@ -353,6 +377,11 @@ impl Agent {
             .bgp
             .is_some()
             .then(|| twill_store::mirror(self.store.clone(), BGP_PEERS_PREFIX.to_string()));
+        let mut key_check = self.wg_key.is_some().then(|| {
+            let mut t = tokio::time::interval(KEY_CHECK);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         let origin = tokio::time::Instant::from_std(self.started);
         let mut exit = self.feed(Event::Started).await;
         while exit.is_none() {
@@ -400,6 +429,10 @@ impl Agent {
                 _ = resync.tick() => self.feed(Event::ResyncTick).await,
                 _ = policy.changed.notified() => self.feed(Event::Policy(self.policy_now())).await,
                 _ = counters.tick() => self.feed(Event::StatusTick).await,
+                _ = tick_or_never(&mut key_check) => match self.check_key_file() {
+                    Some(ev) => self.feed(ev).await,
+                    None => None,
+                },
                 res = &mut self.policy_task => {
                     match res {
                         Ok(Ok(())) => bail!("network policy stopped"),
@@ -425,6 +458,9 @@ impl Agent {
                 if let Some(engine) = self.tunnel.take() {
                     engine.shutdown();
                 }
+                if let Some(engine) = self.wireguard.take() {
+                    engine.shutdown();
+                }
                 Ok(())
             }
             ExitReason::Left => {
@@ -434,6 +470,9 @@ impl Agent {
                     let _ = b.speaker.shutdown().await;
                 }
                 if let Some(engine) = self.tunnel.take() {
+                    engine.shutdown();
+                }
+                if let Some(engine) = self.wireguard.take() {
                     engine.shutdown();
                 }
                 clear_local_state(&self.nl, &self.reconciler, &self.opts.data_dir).await
@@ -530,6 +569,13 @@ impl Agent {
                     .await
                     .map_err(|e| format!("{e:#}")),
             )),
+            Action::PublishLease { lease } => {
+                let error = lease::republish(&self.store, &mut self.held, lease)
+                    .await
+                    .err()
+                    .map(|e| format!("{e:#}"));
+                Some(Event::LeasePublished { error })
+            }
             Action::SyncBgpPeers {
                 leases,
                 store_peers,
@@ -645,6 +691,9 @@ impl Agent {
         if let Err(e) = self.ensure_tunnel(desired).await {
             warn!("{e:#}");
         }
+        if let Err(e) = self.ensure_wireguard(desired).await {
+            warn!("{e:#}");
+        }
         let mut outcome = match self.reconciler.reconcile(desired.clone()).await {
             Ok(reconciled) => {
                 // The kernel was read: after the status that follows, the reconcile's
@@ -700,6 +749,101 @@ impl Agent {
         Ok(())
     }
 
+    /// Starts, restarts or stops the WireGuard engine to match the desired state and gives it
+    /// the current peers with their keys (before the routes into it are added). Without
+    /// WireGuard, a device an earlier run left (the config changed) is removed once.
+    async fn ensure_wireguard(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
+        let subnet = self.node.subnet;
+        match (&desired.wireguard, &self.wireguard) {
+            (Some(spec), Some(engine)) if engine.runs(spec, subnet) => {}
+            (Some(spec), _) => {
+                if let Some(old) = self.wireguard.take() {
+                    old.shutdown();
+                }
+                let Some((key, _)) = &self.wg_key else {
+                    bail!("WireGuard is wanted but this agent has no key (the config changed?)");
+                };
+                let psk = self
+                    .config
+                    .wireguard()
+                    .and_then(|wg| wg.preshared_key)
+                    .and_then(|psk| twill_types::wg_key::decode(psk.expose()));
+                let engine = WgEngine::start(spec, subnet, key.clone(), psk)?;
+                engine.set_peers(&desired.wireguard_peers);
+                info!(
+                    device = %spec.name, port = spec.port, public_key = %key.public_key(),
+                    "wireguard engine running"
+                );
+                self.wireguard = Some(engine);
+            }
+            (None, Some(_)) => {
+                if let Some(old) = self.wireguard.take() {
+                    old.shutdown();
+                }
+                crate::tunnel::remove_device(twill_backend::wireguard::DEVICE)?;
+            }
+            (None, None) => {
+                if !std::mem::replace(&mut self.wg_swept, true)
+                    && self
+                        .nl
+                        .link_by_name(twill_backend::wireguard::DEVICE)
+                        .await?
+                        .is_some()
+                {
+                    info!("removing the WireGuard device of an earlier run (no WireGuard now)");
+                    crate::tunnel::remove_device(twill_backend::wireguard::DEVICE)?;
+                }
+            }
+        }
+        if let Some(engine) = &self.wireguard {
+            engine.set_peers(&desired.wireguard_peers);
+        }
+        Ok(())
+    }
+
+    /// Looks at the WireGuard key file: when it is another file than the one the key came
+    /// from (`twill node rotate-key` renamed a new one over it), switches the engine to the
+    /// new key and tells the core, which republishes the lease. A file that is missing or
+    /// cannot be read leaves the current key in use (said once per file).
+    fn check_key_file(&mut self) -> Option<Event> {
+        let path = crate::wg_key::key_path(&self.opts.data_dir);
+        let (_, known) = self.wg_key.as_ref()?;
+        let now = FileId::at(&path);
+        if now == Some(*known) {
+            return None;
+        }
+        let (key, id) = match crate::wg_key::read(&path) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                warn!(path = %path.display(), "the WireGuard key file is gone; keeping the key in use");
+                self.remember_key_file(now);
+                return None;
+            }
+            Err(e) => {
+                warn!("{e:#}; keeping the WireGuard key in use");
+                self.remember_key_file(now);
+                return None;
+            }
+        };
+        let public_key = key.public_key();
+        if let Some(engine) = &self.wireguard {
+            engine.set_private_key(key.clone());
+        }
+        info!(%public_key, "wireguard: switched to the rotated key");
+        self.wg_key = Some((key, id));
+        Some(Event::WireguardKey {
+            public_key: public_key.to_string(),
+        })
+    }
+
+    /// Notes `id` as seen, so a file that could not be used is not read again until it
+    /// changes.
+    fn remember_key_file(&mut self, id: Option<FileId>) {
+        if let (Some((_, known)), Some(id)) = (&mut self.wg_key, id) {
+            *known = id;
+        }
+    }
+
     fn policy_now(&self) -> PolicyStatus {
         self.policy
             .status
@@ -719,6 +863,16 @@ impl Agent {
             }
             status
         });
+        let wireguard = self.wireguard.as_ref().map(|engine| {
+            let (sessions, status) = engine.status();
+            for p in peers.iter_mut().filter(|p| p.path == PeerPath::Wireguard) {
+                if let Some((counters, session)) = sessions.get(&p.node) {
+                    p.counters = Some(*counters);
+                    p.wireguard = Some(session.clone());
+                }
+            }
+            status
+        });
         let mut status = AgentStatus {
             node: self.node.name.clone(),
             subnet: core.subnet,
@@ -730,6 +884,7 @@ impl Agent {
             updated: 0,
             peers,
             tunnel,
+            wireguard,
             policy: core.policy,
             bgp: self.bgp.as_ref().and_then(|b| b.status.clone()),
             lease_events: core.lease_events,
@@ -819,6 +974,16 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The next tick of an optional interval; never, when there is none.
+async fn tick_or_never(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The next message of an optional channel; never, when there is no channel.
 async fn recv_or_never<T: Recv>(rx: &mut Option<T>) -> Option<T::Item> {
     match rx {
@@ -865,9 +1030,10 @@ async fn next_soon<R: Recv>(events: &mut R) -> Option<R::Item> {
         .flatten()
 }
 
-/// Removes everything the agent made on this node: the TUN device, and through the reconciler
-/// peer routes, the VXLAN device, the cluster's masquerade chain, the host protection and
-/// policy tables; then the node and status files.
+/// Removes everything the agent made on this node: the TUN devices (tunnel, WireGuard), and
+/// through the reconciler peer routes, the VXLAN device, the cluster's masquerade chain, the
+/// host protection and policy tables; then the node and status files and the WireGuard key
+/// (a node that joins again gets a new one).
 pub async fn clear_local_state(
     nl: &Rtnl,
     reconciler: &Reconciler,
@@ -879,6 +1045,13 @@ pub async fn clear_local_state(
         .is_some()
     {
         crate::tunnel::remove_device(twill_backend::tunnel::DEVICE)?;
+    }
+    if nl
+        .link_by_name(twill_backend::wireguard::DEVICE)
+        .await?
+        .is_some()
+    {
+        crate::tunnel::remove_device(twill_backend::wireguard::DEVICE)?;
     }
     let report = reconciler.remove_all().await?;
     if !report.failures.is_empty() {
@@ -892,6 +1065,7 @@ pub async fn clear_local_state(
     )?;
     files::remove(&node::node_file(data_dir))?;
     files::remove(&data_dir.join(node::STATUS_FILE))?;
+    files::remove(&crate::wg_key::key_path(data_dir))?;
     Ok(())
 }
 

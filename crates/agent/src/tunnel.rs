@@ -71,29 +71,12 @@ impl Engine {
         let counters = stats
             .peers
             .iter()
-            .map(|p| {
-                (
-                    p.node.clone(),
-                    PeerCounters {
-                        tx_packets: p.tx_packets,
-                        tx_bytes: p.tx_bytes,
-                        rx_packets: p.rx_packets,
-                        rx_bytes: p.rx_bytes,
-                    },
-                )
-            })
+            .map(|p| (p.node.clone(), counters_of(p)))
             .collect();
-        let drops: BTreeMap<String, u64> = match serde_json::to_value(&stats.drops) {
-            Ok(serde_json::Value::Object(map)) => map
-                .into_iter()
-                .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
         let status = TunnelStatus {
             device: self.spec.name.clone(),
             encap: self.spec.encap,
-            drops,
+            drops: drops_by_reason(&stats.drops),
             kernel_path: stats.kernel_path.clone(),
         };
         (counters, status)
@@ -102,6 +85,27 @@ impl Engine {
     /// Stops the workers; the device stays (routes into it stay valid for the next agent).
     pub fn shutdown(self) {
         self.tunnel.shutdown();
+    }
+}
+
+/// A peer's traffic counters from the engine's stats.
+pub fn counters_of(p: &twill_tunnel::PeerStats) -> PeerCounters {
+    PeerCounters {
+        tx_packets: p.tx_packets,
+        tx_bytes: p.tx_bytes,
+        rx_packets: p.rx_packets,
+        rx_bytes: p.rx_bytes,
+    }
+}
+
+/// The engine's drop counters by reason (`unknownPeer`, `badMac`, ...), as status shows them.
+pub fn drops_by_reason(drops: &twill_tunnel::DropCounters) -> BTreeMap<String, u64> {
+    match serde_json::to_value(drops) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .collect(),
+        _ => BTreeMap::new(),
     }
 }
 

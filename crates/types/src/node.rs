@@ -83,9 +83,40 @@ pub struct PeerStatus {
     /// The last programming error for this peer, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Traffic through the userspace tunnel to and from this peer (udp, ipip).
+    /// Traffic through the userspace tunnel to and from this peer (udp, ipip, WireGuard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<PeerCounters>,
+    /// The WireGuard session with this peer, when WireGuard carries its traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardPeerStatus>,
+}
+
+/// One peer's WireGuard session (its bytes are the peer's `counters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardPeerStatus {
+    /// Its public key, standard base64 (44 characters).
+    pub public_key: String,
+    /// Where its packets go now (`ip:port`: its underlay address until it roams); null
+    /// before any.
+    pub endpoint: Option<String>,
+    /// Seconds since the current session's handshake; null without a session.
+    pub last_handshake_secs: Option<u64>,
+}
+
+/// This node's WireGuard engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardStatus {
+    /// `twill.wg`.
+    pub device: String,
+    pub port: u16,
+    /// This node's public key (the private key is in the data directory, never shown).
+    pub public_key: String,
+    /// Dropped packets by reason: WireGuard's (`unknownKey`, `badMac`, `replay`,
+    /// `staleCounter`, `handshakeRejected`; `cookiesSent` counts handshakes answered with a
+    /// cookie under load) and the engine's (`spoofedInnerSource`, `malformed`, ...).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// Packets and bytes the tunnel carried for one peer since the agent started.
@@ -132,6 +163,9 @@ pub struct AgentStatus {
     /// The userspace tunnel, for the udp and ipip backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelStatus>,
+    /// The WireGuard engine, when WireGuard runs (the wireguard backend, or encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardStatus>,
     /// Network policy on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyStatus>,

@@ -40,6 +40,11 @@ pub enum Action {
         lease: Lease,
         subnet: Ipv4Net,
     },
+    /// Write `lease` (our lease with a new WireGuard public key) under the key we hold, with
+    /// the store lease we hold. Answered: [`super::Event::LeasePublished`].
+    PublishLease {
+        lease: Lease,
+    },
     /// Give the speaker the sessions the topology asks for now. Answered:
     /// [`super::Event::BgpPeersSynced`].
     SyncBgpPeers {
@@ -126,6 +131,16 @@ impl Action {
             Action::RenewSoon => out.push_str("renew again in 1 s\n"),
             Action::Reacquire { lease, subnet } => {
                 let _ = writeln!(out, "lease again: {} preferring {subnet}", lease.node);
+            }
+            Action::PublishLease { lease } => {
+                let key = lease.wireguard_public_key.as_deref().unwrap_or("-");
+                let _ = writeln!(
+                    out,
+                    "publish lease: {} {} wireguard key {}",
+                    lease.node,
+                    lease.subnet,
+                    twill_types::wg_key::short(key)
+                );
             }
             Action::SyncBgpPeers {
                 leases,

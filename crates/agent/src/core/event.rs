@@ -117,6 +117,11 @@ pub enum Event {
     },
     /// Answer to [`super::Action::RefreshBgpStatus`]: whether the status changed.
     BgpStatusRefreshed { changed: bool },
+    /// The node's WireGuard key file holds a new key (`twill node rotate-key`); the engine
+    /// uses it already. Only the public key is here: events are recorded.
+    WireguardKey { public_key: String },
+    /// The answer to [`super::Action::PublishLease`]: None when written.
+    LeasePublished { error: Option<String> },
 }
 
 /// A store mirror event (keys and values as text: everything twill stores is JSON).

@@ -25,15 +25,19 @@ pub fn host_objects(
     desired
         .sysctls
         .insert("net.ipv4.ip_forward".to_string(), "1".to_string());
-    if let Some(tun) = &desired.tunnel {
-        // The node subnet's network address (as Flannel does with flannel0, and twill with
-        // its VXLAN device), so traffic the host itself sends to peers' pods has a source
-        // inside this node's subnet and passes the peers' inner-source check.
-        desired.addresses.push(AddressSpec {
-            dev: tun.name.clone(),
+    // The node subnet's network address on each TUN device (as Flannel does with flannel0,
+    // and twill with its VXLAN device), so traffic the host itself sends to peers' pods has a
+    // source inside this node's subnet and passes the peers' inner-source check.
+    let tun_devices = desired.tunnel.iter().map(|t| t.name.clone());
+    let wg_device = desired.wireguard.iter().map(|w| w.name.clone());
+    let addresses: Vec<AddressSpec> = tun_devices
+        .chain(wg_device)
+        .map(|dev| AddressSpec {
+            dev,
             address: Ipv4Net::new(node.subnet.network(), 32).expect("/32 is valid"),
-        });
-    }
+        })
+        .collect();
+    desired.addresses.extend(addresses);
     // One chain for the cluster: pods of any pool talking to another pool keep their
     // address; leaving the cluster they are masqueraded, if any pool asks for it.
     desired.masquerade = if config.pools.iter().any(|p| p.nat_outgoing) {
@@ -114,5 +118,29 @@ mod tests {
                 address: "10.244.3.0/32".parse().unwrap(),
             }]
         );
+    }
+
+    #[test]
+    fn the_wireguard_device_gets_it_too() {
+        let cfg = config(
+            "backend: udp
+wireguard: {}
+pools: [{name: p, cidr: 10.244.0.0/16}]
+",
+        );
+        let backend = twill_backend::for_config(&cfg).unwrap();
+        let mut desired = backend.desired(&node(), &[]);
+        host_objects(&cfg, &node(), &[], &[], &mut desired);
+        let devs: Vec<&str> = desired.addresses.iter().map(|a| a.dev.as_str()).collect();
+        assert_eq!(devs, ["twill.tun", "twill.wg"]);
+        assert!(
+            desired
+                .addresses
+                .iter()
+                .all(|a| a.address == "10.244.3.0/32".parse().unwrap())
+        );
+        // Pods never reach WireGuard's port.
+        let guard = desired.host_guard.unwrap();
+        assert!(guard.rules.tunnel_udp.contains(&51820), "{guard:?}");
     }
 }

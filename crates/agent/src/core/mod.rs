@@ -60,8 +60,12 @@ pub struct Core {
     policy: PolicyStatus,
     /// Peers as last reconciled, for status rewrites between reconciles.
     last_peers: Vec<PeerStatus>,
-    /// The last desired state has a userspace tunnel (its counters change every second).
+    /// The last desired state has a userspace tunnel or WireGuard (their counters change
+    /// every second).
     tunnel: bool,
+    /// Our lease with a new WireGuard key still has to reach the store (retried every
+    /// second).
+    publish_pending: bool,
     synced_once: bool,
     bgp: Option<bgp::BgpCore>,
     /// A lease event of the current burst changed the peer map.
@@ -144,6 +148,7 @@ impl Core {
             policy: PolicyStatus::default(),
             last_peers: Vec::new(),
             tunnel: false,
+            publish_pending: false,
             synced_once: false,
             bgp,
             leases_dirty: false,
@@ -250,6 +255,20 @@ impl Core {
             Event::BgpPeersSynced { removed, added } => {
                 if let Some(b) = &mut self.bgp {
                     b.synced(&removed, &added);
+                }
+            }
+            Event::WireguardKey { public_key } => self.key_rotated(public_key, &mut out),
+            Event::LeasePublished { error } => {
+                self.publish_pending = error.is_some();
+                match error {
+                    Some(e) => out.push(Action::Log(
+                        Level::Warn,
+                        format!("publishing the new WireGuard public key: {e}; retrying in 1 s"),
+                    )),
+                    None => out.push(Action::Log(
+                        Level::Info,
+                        "published the new WireGuard public key".into(),
+                    )),
                 }
             }
             Event::BgpStatusRefreshed { changed } => match self.after_refresh.take() {
@@ -476,6 +495,35 @@ impl Core {
         self.then(next, ok, out);
     }
 
+    /// The engine switched to a new WireGuard key: our lease must say so (peers encrypt to
+    /// the key in it), now and after any leasing again.
+    fn key_rotated(&mut self, public_key: String, out: &mut Vec<Action>) {
+        if self.held_lease.wireguard_public_key.as_deref() == Some(public_key.as_str()) {
+            return;
+        }
+        out.push(Action::Log(
+            Level::Info,
+            format!(
+                "wireguard: the key file holds a new key; publishing public key {}",
+                twill_types::wg_key::short(&public_key)
+            ),
+        ));
+        self.held_lease.wireguard_public_key = Some(public_key);
+        self.publish_lease(out);
+    }
+
+    fn publish_lease(&mut self, out: &mut Vec<Action>) {
+        if self.lease_lost {
+            // Leasing again publishes `held_lease`, new key included.
+            self.publish_pending = false;
+            return;
+        }
+        self.publish_pending = true;
+        out.push(Action::PublishLease {
+            lease: self.held_lease.clone(),
+        });
+    }
+
     /// Every lease but ours.
     fn lease_list(&self) -> Vec<Lease> {
         self.peers
@@ -534,7 +582,7 @@ impl Core {
         if let Some(b) = &mut self.bgp {
             b.reconciled(&desired);
         }
-        self.tunnel = desired.tunnel.is_some();
+        self.tunnel = desired.tunnel.is_some() || desired.wireguard.is_some();
         let desired = Arc::new(desired);
         self.reconciling = Some((desired.clone(), leases.len()));
         out.push(Action::Reconcile { desired, leases });
@@ -597,9 +645,12 @@ impl Core {
         }
     }
 
-    /// Every second: BGP settling (the routes kept for graceful restart may go), the BGP
-    /// status, and tunnel counters.
+    /// Every second: a lease with a new WireGuard key not published yet, BGP settling (the
+    /// routes kept for graceful restart may go), the BGP status, and tunnel counters.
     fn status_tick(&mut self, out: &mut Vec<Action>) {
+        if self.publish_pending {
+            self.publish_lease(out);
+        }
         let Some(b) = &mut self.bgp else {
             if self.tunnel {
                 out.push(self.write_status());

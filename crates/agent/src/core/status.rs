@@ -37,6 +37,7 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
                 path: p.path.clone(),
                 error,
                 counters: None,
+                wireguard: None,
             }
         })
         .collect()

@@ -1,0 +1,120 @@
+//! The agent's side of WireGuard: a second [`twill_tunnel::Tunnel`] (encapsulation
+//! WireGuard, device `twill.wg`) started whenever the desired state has the WireGuard device,
+//! fed the peers with their public keys, switched to a rotated private key, and turned into
+//! status (per peer: key, endpoint, last handshake, bytes; drops by reason).
+//!
+//! Like the udp/ipip engine, its TUN device is persistent: routes into it survive an agent
+//! restart, and the next agent re-attaches with the same key (read from the key file), so
+//! peers' sessions resume with a new handshake.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use twill_tunnel::wg::{PrivateKey, PublicKey, WireguardConfig};
+use twill_types::desired::{WireguardDevice, WireguardPeer};
+use twill_types::node::{PeerCounters, WireguardPeerStatus, WireguardStatus};
+
+use crate::tunnel::{counters_of, drops_by_reason};
+
+/// A running WireGuard engine and the device spec it was started with.
+pub struct WgEngine {
+    tunnel: twill_tunnel::Tunnel,
+    spec: WireguardDevice,
+    local_subnet: Ipv4Net,
+}
+
+/// What status shows of one peer.
+pub type PeerView = (PeerCounters, WireguardPeerStatus);
+
+impl WgEngine {
+    /// Starts (or re-attaches to) the WireGuard device with this node's key.
+    pub fn start(
+        spec: &WireguardDevice,
+        local_subnet: Ipv4Net,
+        key: PrivateKey,
+        preshared_key: Option<[u8; 32]>,
+    ) -> anyhow::Result<WgEngine> {
+        let tunnel = twill_tunnel::Tunnel::start(twill_tunnel::TunnelConfig {
+            encap: twill_tunnel::Encap::Wireguard { port: spec.port },
+            device: spec.name.clone(),
+            mtu: spec.mtu,
+            local_subnet,
+            local_ip: spec.local,
+            queues: 0,
+            kernel_path: false,
+            wireguard: Some(WireguardConfig {
+                private_key: key,
+                preshared_key,
+                persistent_keepalive: spec.persistent_keepalive,
+            }),
+        })
+        .with_context(|| format!("starting WireGuard on {}", spec.name))?;
+        Ok(WgEngine {
+            tunnel,
+            spec: spec.clone(),
+            local_subnet,
+        })
+    }
+
+    /// Whether this engine runs exactly `spec` for `local_subnet`.
+    pub fn runs(&self, spec: &WireguardDevice, local_subnet: Ipv4Net) -> bool {
+        self.spec == *spec && self.local_subnet == local_subnet
+    }
+
+    /// The peers and their keys (the backends passed only well-formed, distinct keys).
+    pub fn set_peers(&self, peers: &[WireguardPeer]) {
+        let peers: Vec<twill_tunnel::Peer> = peers
+            .iter()
+            .filter_map(|p| {
+                Some(twill_tunnel::Peer {
+                    node: p.node.clone(),
+                    subnet: p.subnet,
+                    underlay: p.underlay,
+                    public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
+                })
+            })
+            .collect();
+        self.tunnel.set_peers(&peers);
+    }
+
+    /// Rotation: handshakes use `key` from now on.
+    pub fn set_private_key(&self, key: PrivateKey) {
+        self.tunnel.set_private_key(key);
+    }
+
+    /// Per-peer counters and sessions by node name, and the engine's own status.
+    pub fn status(&self) -> (HashMap<String, PeerView>, WireguardStatus) {
+        let stats = self.tunnel.stats();
+        let peers = stats
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let wg = p.wireguard.as_ref()?;
+                let session = WireguardPeerStatus {
+                    public_key: wg.public_key.to_string(),
+                    endpoint: wg.endpoint.map(|e| e.to_string()),
+                    last_handshake_secs: wg.last_handshake_secs,
+                };
+                Some((p.node.clone(), (counters_of(p), session)))
+            })
+            .collect();
+        let status = WireguardStatus {
+            device: self.spec.name.clone(),
+            port: self.spec.port,
+            public_key: self
+                .tunnel
+                .public_key()
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
+            drops: drops_by_reason(&stats.drops),
+        };
+        (peers, status)
+    }
+
+    /// Stops the workers; the device stays (routes into it stay valid for the next agent).
+    pub fn shutdown(self) {
+        self.tunnel.shutdown();
+    }
+}
