@@ -118,6 +118,12 @@ pub(crate) fn receive(
         };
         let Some(peer) = peer else {
             sink.drop(DropReason::UnknownKey);
+            if data {
+                if let Some((p, mut guard)) = held.take() {
+                    flush_queued(table, p, &mut guard, scratch, sink);
+                }
+                stale_session_hint(table, src, scratch, sink);
+            }
             continue;
         };
         let Some(wg) = table.entries[peer].wg.as_ref() else {
@@ -150,6 +156,12 @@ pub(crate) fn receive(
                 }
                 // A keepalive.
                 TunnResult::Done => wg.authenticated_from(src),
+                TunnResult::Err(WireGuardError::NoCurrentSession) => {
+                    sink.drop(DropReason::UnknownKey);
+                    if wg.may_hint() {
+                        initiate(tunn, wg.endpoint(), scratch, sink);
+                    }
+                }
                 TunnResult::Err(e) => sink.drop(reason(&e)),
                 TunnResult::WriteToNetwork(_) => sink.drop(DropReason::Malformed),
             }
@@ -188,6 +200,36 @@ pub(crate) fn receive(
     }
     if let Some((p, mut guard)) = held.take() {
         flush_queued(table, p, &mut guard, scratch, sink);
+    }
+}
+
+/// A data message from a peer's address for a session we do not have means the peer still
+/// uses one we dropped (we restarted, or removed and re-added it): start a handshake rather
+/// than wait for its timers (15 s). The source is not authenticated, so this happens at most
+/// once a second per peer.
+fn stale_session_hint(
+    table: &PeerTable,
+    src: SocketAddrV4,
+    scratch: &mut [u8],
+    sink: &mut impl Sink,
+) {
+    let Some(wg) = table
+        .by_underlay(*src.ip())
+        .and_then(|i| table.entries[i].wg.as_ref())
+    else {
+        return;
+    };
+    if !wg.may_hint() {
+        return;
+    }
+    if let Some(tunn) = wg.lock().as_mut() {
+        initiate(tunn, wg.endpoint(), scratch, sink);
+    }
+}
+
+fn initiate(tunn: &mut Tunn, to: SocketAddrV4, scratch: &mut [u8], sink: &mut impl Sink) {
+    if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(scratch, false) {
+        sink.send(to, msg, None);
     }
 }
 

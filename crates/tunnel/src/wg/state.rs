@@ -258,6 +258,10 @@ pub(crate) struct WgPeer {
     /// came from.
     endpoint: AtomicU64,
     configured: AtomicU64,
+    created: Instant,
+    /// Milliseconds after `created` of the last handshake started on a hint (see
+    /// `ingress::stale_session_hint`), plus one; 0 for never.
+    hinted_at: AtomicU64,
 }
 
 impl WgPeer {
@@ -268,7 +272,20 @@ impl WgPeer {
             tunn: Mutex::new(Some(tunn)),
             endpoint: AtomicU64::new(pack(at)),
             configured: AtomicU64::new(pack(at)),
+            created: Instant::now(),
+            hinted_at: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a handshake may be started on an unauthenticated hint now (once a second).
+    pub(crate) fn may_hint(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        let last = self.hinted_at.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .hinted_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Tunn>> {
