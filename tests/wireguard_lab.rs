@@ -536,16 +536,10 @@ fn key_rotation_keeps_a_tcp_stream() {
     assert!(before.is_string(), "{}", status(&lab, 2));
     let (sent, received, gap_ms) = traffic_across(&mut lab, |lab| {
         let host = lab.state().host(1).unwrap().clone();
-        let store = lab.store_args();
-        let mut cmd = vec![TWILL, "node", "rotate-key"];
-        cmd.extend(store.iter().map(String::as_str));
-        cmd.extend([
-            "--node-name",
-            "h1",
-            "--data-dir",
-            host.data_dir.to_str().unwrap(),
-        ]);
-        let out = lab.exec("h1", &cmd).unwrap();
+        let data_dir = host.data_dir.to_str().unwrap();
+        let out = lab
+            .exec("h1", &[TWILL, "node", "rotate-key", "--data-dir", data_dir])
+            .unwrap();
         assert!(out.status.success(), "{out:?}");
         let private = std::fs::read_to_string(host.data_dir.join("wireguard.key")).unwrap();
         let shown = String::from_utf8_lossy(&out.stdout).to_string()
@@ -630,7 +624,7 @@ fn settled(total: &dyn Fn(u32) -> u64, host: u32) -> u64 {
 }
 
 fn drops(st: &Value) -> Value {
-    st["tunnel"]["drops"].clone()
+    st["wireguard"]["drops"].clone()
 }
 
 fn count(drops: &Value, k: &str) -> u64 {

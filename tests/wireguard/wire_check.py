@@ -3,9 +3,13 @@ the wire during pod traffic, for tests/wireguard_lab.rs:
 
   wgTypes      WireGuard messages on the port, by type (1 initiation, 2 response, 3 cookie,
                4 transport)
-  notWireguard datagrams on the port that are not a well-formed WireGuard message (type 1-4,
-               reserved bytes zero, the exact length of types 1-3, type 4 a multiple of 16
-               of at least 32 bytes)
+  notWireguard datagrams on the port that are not well-formed WireGuard messages (type 1-4,
+               reserved bytes zero, the exact length of types 1-3, type 4 at least 32 bytes);
+               a UDP GSO super-datagram (captured on a veth before segmentation) counts as its
+               segments: type-4 messages of one size, each with the same header (type and
+               receiver index), the last one possibly shorter
+  unpadded     type-4 messages whose encrypted part is not a multiple of 16 bytes (the
+               whitepaper's padding, which hides packet sizes; receivers accept either)
   clearPod     packets between hosts that must encrypt which carry a pod packet in the
                clear: an outer IPv4 header between pod addresses, or, anywhere in the
                payload (VXLAN, udp, ipip), an IPv4 header with a valid checksum between pod
@@ -33,13 +37,22 @@ def in_pods(a):
     return ipaddress.ip_address(a) in net
 
 
-def wireguard_message(b):
-    """The message type if b is a well-formed WireGuard message, else None."""
+def wireguard_messages(b):
+    """The WireGuard messages of datagram b as [(type, length)], or None if it is not made
+    of well-formed ones (see notWireguard above)."""
     if len(b) < 4 or b[0] not in (1, 2, 3, 4) or b[1:4] != b"\0\0\0":
         return None
     if b[0] in LENGTHS:
-        return b[0] if len(b) == LENGTHS[b[0]] else None
-    return 4 if len(b) >= 32 and len(b) % 16 == 0 else None
+        return [(b[0], len(b))] if len(b) == LENGTHS[b[0]] else None
+    if len(b) < 32:
+        return None
+    size = b.find(b[:8], 32)
+    if size < 0:
+        return [(4, len(b))]
+    segments = [b[i:i + size] for i in range(0, len(b), size)]
+    if any(seg[:8] != b[:8] or len(seg) < 32 for seg in segments):
+        return None
+    return [(4, len(seg)) for seg in segments]
 
 
 def checksum_ok(h):
@@ -62,7 +75,7 @@ def embedded_pod_packet(b):
 
 
 out = {"packets": 0, "wgTypes": {}, "notWireguard": [], "clearPod": [], "marker": [],
-       "clearAllowed": 0}
+       "clearAllowed": 0, "unpadded": 0}
 with PcapReader(pcap) as packets:
     for p in packets:
         if IP not in p:
@@ -73,11 +86,12 @@ with PcapReader(pcap) as packets:
         what = "%s > %s %s" % (ip.src, ip.dst, p.summary())
         clear = (in_pods(ip.src) and in_pods(ip.dst)) or embedded_pod_packet(raw(ip.payload))
         if UDP in ip and port in (ip[UDP].sport, ip[UDP].dport):
-            t = wireguard_message(raw(ip[UDP].payload))
-            if t is None:
+            messages = wireguard_messages(raw(ip[UDP].payload))
+            if messages is None:
                 out["notWireguard"].append(what)
-            else:
+            for t, length in messages or []:
                 out["wgTypes"][str(t)] = out["wgTypes"].get(str(t), 0) + 1
+                out["unpadded"] += int(t == 4 and (length - 32) % 16 != 0)
         if pair in allowed:
             out["clearAllowed"] += int(clear)
             continue
