@@ -406,13 +406,15 @@ def join(argv):
     store = json.loads(subprocess.run([twill, "lab", "status", "--name", args["lab"], "--json"],
                                       capture_output=True, text=True, timeout=60,
                                       check=True).stdout)["storeArgs"]
-    pid = host["agentPid"]
+    pid, agent = host["agentPid"], None   # agent: the Popen of an agent this started
     say("join: %s's agent restarted after `twill node leave`, ping every 10 ms from %s to %s"
         % (host["node"], src_pod["name"], dst_pod["ip"]))
     log = open(args["log"], "a")
     for rep in range(1, reps + 1):
         cmdline = open("/proc/%d/cmdline" % pid).read().split("\0")[:-1]
         os.kill(pid, 15)
+        if agent is not None:
+            agent.wait(10)   # our child: reaped, or it would linger as a zombie
         wait_until("%s's agent to exit" % host["node"], lambda: proc_cpu_s(pid) is None, 10)
         c = nsx(host["netns"], [twill, "node", "leave"] + store + ["--node-name", host["node"]],
                 30)
