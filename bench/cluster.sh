@@ -206,12 +206,13 @@ wggo_start() {
     || die "wireguard-go $2 in $1 did not start: $(cat "$WORK/$2.log")"
 }
 
-wggo_stop() {   # SIGTERM every wireguard-go this run started (it removes its socket itself)
+wggo_stop() {   # SIGTERM every wireguard-go this run started; remove their control sockets
   local i
   for i in "${!WGPID[@]}"; do
     kill -TERM "${WGPID[$i]}" 2>/dev/null && wait "${WGPID[$i]}" 2>/dev/null || true
     unset "WGPID[$i]"
   done
+  rm -f /var/run/wireguard/bwgbc"$RUN"*.sock
 }
 
 path_down() {   # PREFIX BRIDGE VXDEV PODSUFFIX

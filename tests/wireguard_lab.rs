@@ -345,14 +345,15 @@ fn ns_ok(ns: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// wireguard-go in the foreground in a namespace, stopped (SIGTERM: it removes its control
-/// socket) on drop.
-struct WireguardGo(Child);
+/// wireguard-go in the foreground in a namespace, stopped on drop, with its control socket
+/// (which it leaves behind in the global /var/run/wireguard).
+struct WireguardGo(Child, PathBuf);
 
 impl Drop for WireguardGo {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.0.id() as i32), NixSignal::SIGTERM);
         let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
     }
 }
 
@@ -387,15 +388,16 @@ fn standard_wireguard_peer_talks_to_pods_both_ways() {
             .trim()
             .to_string()
     };
-    let _wg_go = WireguardGo(
+    let wg_go = WireguardGo(
         Command::new("ip")
             .args(["netns", "exec", &ns, "wireguard-go", "-f", &dev])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("run wireguard-go (apt-get install wireguard-go)"),
+        PathBuf::from(format!("/var/run/wireguard/{dev}.sock")),
     );
-    let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
+    let sock = wg_go.1.clone();
     wait_for("wireguard-go's control socket", 10, || {
         sock.exists().then_some(()).ok_or_else(|| "absent".into())
     });
