@@ -587,16 +587,21 @@ fn agent_sigkill_and_restart_keep_a_tcp_stream() {
 
 /// Sends hostile datagrams to host 1's WireGuard port: random bytes, replays of real packets
 /// captured from the wire, and handshake initiations with a valid MAC1 for h1's public key
-/// (which anyone can compute) but no key of a peer behind them. Prints the count sent.
+/// (which anyone can compute) but no key of a peer behind them; at most RATE a second (0: as
+/// fast as it can). Prints the count sent.
 const HOSTILE: &str = r#"
-import base64, hashlib, os, random, socket, sys
+import base64, hashlib, os, random, socket, sys, time
 dst, count, pub, replay_file = sys.argv[1], int(sys.argv[2]), base64.b64decode(sys.argv[3]), sys.argv[4]
+rate = float(sys.argv[5])
+start = time.monotonic()
 replays = [bytes.fromhex(l) for l in open(replay_file).read().split()]
 mac1_key = hashlib.blake2s(b"mac1----" + pub).digest()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 r = random.Random(11)
 sent = 0
 for i in range(count):
+    if rate and i % 500 == 0:
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
     k = i % 3
     if k == 0:
         b = os.urandom(r.randrange(0, 1400))
@@ -634,6 +639,24 @@ fn settled(total: &dyn Fn(u32) -> u64, host: u32) -> u64 {
         }
         last = now;
     }
+}
+
+/// The kernel's count of UDP datagrams dropped for a full socket buffer in host `i`'s
+/// namespace (`RcvbufErrors` of /proc/net/snmp): a flood the agent cannot keep up with is
+/// dropped there before the engine sees (and counts) it.
+fn udp_rcvbuf_errors(lab: &Lab, i: u32) -> u64 {
+    let out = lab
+        .exec(&format!("h{i}"), &["cat", "/proc/net/snmp"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Udp RcvbufErrors in {text}"))
 }
 
 fn drops(st: &Value) -> Value {
@@ -686,11 +709,13 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
         .to_string();
 
     let before = drops(&status(&lab, 1));
+    let rcvbuf_before = udp_rcvbuf_errors(&lab, 1);
     let (attacker, _) = lab.add_outside_host(0).unwrap();
+    // Pings for the whole attack (100,000 datagrams at 20,000 a second).
     let pinger = spawn_in(
         &lab,
         "h1-p1",
-        &["ping", "-D", "-i", "0.01", "-c", "400", "-W", "1", &dst],
+        &["ping", "-D", "-i", "0.01", "-c", "600", "-W", "1", &dst],
     );
     let attack = ns_ok(
         &attacker,
@@ -702,6 +727,7 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
             "100000",
             &h1_key,
             replays.0.to_str().unwrap(),
+            "20000",
         ],
     );
     let sent: u64 = attack.trim().parse().unwrap();
@@ -713,10 +739,13 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
         rx * 100 >= tx * 99,
         "pod pings lost more than 1%: {rx}/{tx}"
     );
-    // Status is rewritten every second: wait until the counters show the whole attack.
+    // Status is rewritten every second: wait until the counters show the whole attack, less
+    // what the kernel dropped for a full socket buffer (a starved machine).
     let mut after = Value::Null;
+    let mut kernel_dropped = 0;
     wait_for("the drop counters to count the attack", 10, || {
         after = drops(&status(&lab, 1));
+        kernel_dropped = udp_rcvbuf_errors(&lab, 1) - rcvbuf_before;
         let grew: u64 = after
             .as_object()
             .map(|m| {
@@ -725,14 +754,17 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
                     .sum()
             })
             .unwrap_or(0);
-        (grew >= sent * 9 / 10)
+        (grew + kernel_dropped >= sent * 99 / 100)
             .then_some(())
-            .ok_or_else(|| format!("{grew} of {sent}: {after}"))
+            .ok_or_else(|| format!("{grew} + {kernel_dropped} of {sent}: {after}"))
     });
-    eprintln!("sent {sent} hostile datagrams; drops {after}; ping {rx}/{tx}");
+    eprintln!(
+        "sent {sent} hostile datagrams; drops {after}; {kernel_dropped} dropped by the kernel \
+         (socket buffer full); ping {rx}/{tx}"
+    );
     let grew = |k: &str| count(&after, k) - count(&before, k);
     assert!(
-        grew("malformed") + grew("badMac") + grew("unknownKey") >= 20_000,
+        grew("malformed") + grew("badMac") + grew("unknownKey") >= 10_000,
         "random datagrams not counted: {after}"
     );
     assert!(
@@ -767,6 +799,7 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
                     "300",
                     &h1_key,
                     "/dev/null",
+                    "0",
                 ],
             )
             .unwrap();
@@ -776,7 +809,16 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
     let out = lab
         .exec(
             "h1-p1",
-            &["python3", "-c", HOSTILE, &h2, "300", &h1_key, "/dev/null"],
+            &[
+                "python3",
+                "-c",
+                HOSTILE,
+                &h2,
+                "300",
+                &h1_key,
+                "/dev/null",
+                "0",
+            ],
         )
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -784,7 +826,16 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
     let out = lab
         .exec(
             "h1",
-            &["python3", "-c", HOSTILE, &h2, "300", &h1_key, "/dev/null"],
+            &[
+                "python3",
+                "-c",
+                HOSTILE,
+                &h2,
+                "300",
+                &h1_key,
+                "/dev/null",
+                "0",
+            ],
         )
         .unwrap();
     assert!(out.status.success(), "{out:?}");
