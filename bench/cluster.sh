@@ -9,6 +9,15 @@
 #     BPF): baseline the kernel VXLAN path below, as for vxlan; 1-stream throughput ratio
 #     >= 0.5 (4 streams reported), latency ratio <= 2.0. Pod MTUs differ by design (twill
 #     1472 udp / 1480 ipip, VXLAN 1450).
+#   wireguard (twill's WireGuard carrier, `lab up --backend wireguard --nodes 3`): two
+#     baselines, both run interleaved with twill: the kernel VXLAN path below (unencrypted;
+#     1-stream throughput >= 0.5) and a hand-built wireguard-go tunnel between the same two
+#     hosts (Debian's wireguard-go + wg in the host netns, device bwg<run><k><i>, UDP 51821,
+#     pods on bridge gbr0 10.251.<i>.0/24 behind it, MTU underlay - 80 like twill's; 1-stream
+#     throughput >= 2.0, latency <= 1.2; CPU s per GB of the wireguard-go processes as
+#     "agents"). Then join-to-first-encrypted-pod-packet (JOIN_REPS times): h3's agent stops,
+#     `twill node leave` h3, its agent starts again, and the time from its start to the first
+#     reply of a ping (every 10 ms) from h1's pod to h3's pod, through WireGuard; goal < 1 s.
 #   Variants, same goals and baseline: B-routed runs twill's pods in routed mode (`lab up
 #     --pod-mode routed`, Calico's layout: no bridge; the baseline keeps its bridge), and
 #     ipip-engine and udp-engine (or ...-engine-routed) turn the kernel fast path off
@@ -37,7 +46,7 @@
 # bounded by `timeout`. The baseline and the lab are removed on exit, whatever happens.
 #
 # Usage (as root):  bash bench/cluster.sh
-#   REPS=5  T=5  LAT_S=3  BACKENDS="host-gw vxlan"  LAT_TOOL=auto
+#   REPS=5  T=5  LAT_S=3  BACKENDS="host-gw vxlan"  LAT_TOOL=auto  JOIN_REPS=5 (wireguard)
 #   BACKENDS="vxlan udp ipip"   the userspace tunnels next to twill's kernel VXLAN, one run
 #                               (bench/tunnel.sh does just that)
 #   TWILL=path/to/twill   (default target/release/twill; copied first so a build cannot swap it)
@@ -59,22 +68,26 @@ case "${1:-}" in
       kill_netns "$ns" && echo "deleted netns $ns"
     done
     rm -rf /tmp/twcl-run.*
+    rm -f /var/run/wireguard/bwgbc*.sock   # wireguard-go baselines killed with SIGKILL
     exit 0 ;;
   *) common_arg "${1:-}" ;;
 esac
 
 need_root
-int_settings REPS=5 T=5 LAT_S=3
+int_settings REPS=5 T=5 LAT_S=3 JOIN_REPS=5
 BACKENDS=${BACKENDS:-host-gw vxlan}
 for b in $BACKENDS; do
   case $b in
     host-gw|vxlan) ;;
-    udp|ipip|ipip-engine|udp-engine|udp-routed|ipip-routed|ipip-engine-routed|udp-engine-routed)
+    wireguard|wireguard-routed|udp|ipip|ipip-engine|udp-engine|udp-routed|ipip-routed|ipip-engine-routed|udp-engine-routed)
       [ "$AA" = 0 ] || die "--aa: BACKENDS may only be host-gw and vxlan, not $b" ;;
-    *) die "BACKENDS: host-gw, vxlan, udp, ipip, ipip-engine, udp-engine, and each of udp/ipip/ipip-engine/udp-engine with -routed, not $b" ;;
+    *) die "BACKENDS: host-gw, vxlan, udp, ipip, ipip-engine, udp-engine, wireguard, and each of udp/ipip/ipip-engine/udp-engine/wireguard with -routed, not $b" ;;
   esac
 done
-export REPS T LAT_S
+export REPS T LAT_S JOIN_REPS
+case " $BACKENDS " in
+  *" wireguard"*) need_cmds "apt-get install wireguard-go wireguard-tools" wireguard-go wg ;;
+esac
 need_cmds "apt-get install iproute2 iperf3 python3 iputils-ping" ip bridge iperf3 python3 timeout ping
 if [ "$AA" = 0 ]; then
   need_twill_lab
@@ -99,6 +112,7 @@ cleanup() {
     [ "$AA" = 1 ] || lab_down_quiet "$n"
     kill_lab_netns "$n"
   done
+  wggo_stop
 }
 on_exit cleanup
 
@@ -113,7 +127,7 @@ else
 fi
 echo "# REPS=$REPS T=${T}s LAT_S=${LAT_S}s backends: $BACKENDS; iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
 
-declare -A HNS HIP TPOD TIP AGENT
+declare -A HNS HIP TPOD TIP AGENT WGPID
 MTU_U=1500
 
 read_lab() {   # fills HNS/HIP/AGENT (host netns, underlay ip, agent pid) and TPOD/TIP (twill pods)
@@ -135,10 +149,12 @@ PY
 
 # path_up MODE PREFIX BRIDGE VXDEV VNI PORT MACTAG PODSUFFIX PROTO: a bridge per host with
 # PREFIX.<i>.1/24, a pod netns <host netns>-PODSUFFIX at PREFIX.<i>.2, and the inter-host path
-# by hand (plain routes, or Flannel-style VXLAN). Pod MTU: 1450 for vxlan, underlay's for host-gw.
+# by hand (plain routes, Flannel-style VXLAN, or wggo: a wireguard-go tunnel, device VXDEV<i>
+# on UDP PORT). Pod MTU: 1450 for vxlan, 1420 for wggo, underlay's for host-gw.
 path_up() {
   local mode=$1 pfx=$2 br=$3 vx=$4 vni=$5 port=$6 tag=$7 suf=$8 proto=$9 i j h p mtu
   mtu=$MTU_U; [ "$mode" = vxlan ] && mtu=$((MTU_U - 50))
+  [ "$mode" = wggo ] && mtu=$((MTU_U - 80))
   for i in 1 2; do
     h=${HNS[$i]} p=${HNS[$i]}-$suf
     ip netns add "$p"
@@ -156,6 +172,10 @@ path_up() {
         local "${HIP[$i]}" dev eth0
       ip -n "$h" link set "$vx" address "02:$tag:00:00:00:0$i" mtu "$mtu" up
       ip -n "$h" addr add "$pfx.$i.0/32" dev "$vx"
+    elif [ "$mode" = wggo ]; then
+      wggo_start "$h" "$vx$i" "$port" "$i"
+      ip -n "$h" link set "$vx$i" mtu "$mtu" up
+      ip -n "$h" addr add "$pfx.$i.0/32" dev "$vx$i"
     fi
   done
   for i in 1 2; do
@@ -164,10 +184,35 @@ path_up() {
       ip -n "$h" neigh add "$pfx.$j.0" lladdr "02:$tag:00:00:00:0$j" dev "$vx" nud permanent
       bridge -n "$h" fdb append "02:$tag:00:00:00:0$j" dev "$vx" dst "${HIP[$j]}" self permanent
       ip -n "$h" route add "$pfx.$j.0/24" via "$pfx.$j.0" dev "$vx" onlink proto "$proto"
+    elif [ "$mode" = wggo ]; then
+      ip netns exec "$h" wg set "$vx$i" peer "$(wg pubkey < "$WORK/$vx$j.key")" \
+        endpoint "${HIP[$j]}:$port" allowed-ips "$pfx.$j.0/24"
+      ip -n "$h" route add "$pfx.$j.0/24" dev "$vx$i" proto "$proto"
     else
       ip -n "$h" route add "$pfx.$j.0/24" via "${HIP[$j]}" dev eth0 proto "$proto"
     fi
   done
+}
+
+# wggo_start NETNS DEV PORT I: wireguard-go in the foreground (pid in WGPID[I], log in $WORK),
+# a new private key ($WORK/DEV.key, 0600), listening on PORT; waits for its control socket.
+wggo_start() {
+  local k
+  (umask 077; wg genkey > "$WORK/$2.key")
+  ip netns exec "$1" wireguard-go -f "$2" >"$WORK/$2.log" 2>&1 &
+  WGPID[$4]=$!
+  for k in $(seq 50); do [ -S "/var/run/wireguard/$2.sock" ] && break; sleep 0.1; done
+  ip netns exec "$1" wg set "$2" private-key "$WORK/$2.key" listen-port "$3" \
+    || die "wireguard-go $2 in $1 did not start: $(cat "$WORK/$2.log")"
+}
+
+wggo_stop() {   # SIGTERM every wireguard-go this run started; remove their control sockets
+  local i
+  for i in "${!WGPID[@]}"; do
+    kill -TERM "${WGPID[$i]}" 2>/dev/null && wait "${WGPID[$i]}" 2>/dev/null || true
+    unset "WGPID[$i]"
+  done
+  rm -f /var/run/wireguard/bwgbc"$RUN"*.sock
 }
 
 path_down() {   # PREFIX BRIDGE VXDEV PODSUFFIX
@@ -213,10 +258,12 @@ pingable() {   # SRC_NS DST_IP TRIES
 
 run_backend() {
   local b=$1 n=$2 i mt mb base=$1 agents=() lab_backend=$1 no_kernel_path=false pod_mode=bridge
+  local nodes=2 extra=()
   # agents: --agents PID,PID for the tunnels; they are measured against kernel VXLAN
   case $b in *-routed) lab_backend=${lab_backend%-routed} pod_mode=routed ;; esac
   case $lab_backend in *-engine) lab_backend=${lab_backend%-engine} no_kernel_path=true ;; esac
-  case $lab_backend in udp|ipip) base=vxlan ;; esac
+  case $lab_backend in udp|ipip|wireguard) base=vxlan ;; esac
+  [ "$lab_backend" = wireguard ] && nodes=3   # h3 for the join measurement
   base=${base%-routed}
   echo
   echo "==== backend $b (lab $n) ===="
@@ -224,7 +271,7 @@ run_backend() {
   if [ "$AA" = 1 ]; then
     aa_up "$n" "$b"
   else
-    TWILL_NO_KERNEL_PATH=$no_kernel_path bg_wait timeout 300 "$TW" lab up --nodes 2 \
+    TWILL_NO_KERNEL_PATH=$no_kernel_path bg_wait timeout 300 "$TW" lab up --nodes "$nodes" \
       --backend "$lab_backend" --pod-mode "$pod_mode" --pods-per-node 1 --name "$n" \
       || die "twill lab up --backend $lab_backend failed"
     read_lab "$n"
@@ -246,8 +293,8 @@ run_backend() {
     echo "pod MTU: twill $b $mt, baseline kernel VXLAN $mb (underlay $MTU_U; different encapsulations)"
     for i in 1 2; do
       [ "${AGENT[$i]:-0}" -gt 0 ] && [ -d "/proc/${AGENT[$i]}" ] || die "no running agent for ${HNS[$i]} in state.json"
-      echo "${HNS[$i]}: agent pid ${AGENT[$i]}; $(ip -n "${HNS[$i]}" -o link show twill.tun 2>/dev/null \
-        | awk '{print $2, $4, $5}' || true)"
+      echo "${HNS[$i]}: agent pid ${AGENT[$i]}; $( (ip -n "${HNS[$i]}" -o link show twill.tun \
+        || ip -n "${HNS[$i]}" -o link show twill.wg) 2>/dev/null | awk '{print $2, $4, $5}' || true)"
     done
     agents=(--agents "${AGENT[1]},${AGENT[2]}")
   fi
@@ -255,14 +302,28 @@ run_backend() {
   echo "                       baseline: $(ip -n "${HNS[1]}" route show proto 118 | tr '\n' ';')"
   pingable "${TPOD[1]}" "${TIP[2]}" 15 || die "twill pod ${TIP[1]} cannot ping ${TIP[2]} ($b)"
   pingable "${HNS[1]}-b" 10.250.2.2 5 || die "baseline pod 10.250.1.2 cannot ping 10.250.2.2 ($b)"
+  if [ "$lab_backend" = wireguard ]; then
+    path_up wggo 10.251 gbr0 "bwg$n" 0 51821 - g 119
+    pingable "${HNS[1]}-g" 10.251.2.2 5 || die "wireguard-go pod 10.251.1.2 cannot ping 10.251.2.2"
+    echo "wireguard-go baseline: $(wireguard-go --version | head -1), pids ${WGPID[1]} ${WGPID[2]}"
+    extra=(--extra wireguard-go "${HNS[1]}-g" "${HNS[2]}-g" 10.251.2.2
+           --extra-agents "${WGPID[1]},${WGPID[2]}")
+  fi
   echo "both paths pass traffic; measuring (REPS=$REPS, T=${T}s, LAT_S=${LAT_S}s)"
   bg_wait timeout $((REPS * 2 * (2 * T + LAT_S + 90) + 60)) python3 "$HERE/cluster.py" measure \
     --backend "$b" --log "$LOG" \
     --twill "${TPOD[1]}" "${TPOD[2]}" "${TIP[2]}" \
     --base "${HNS[1]}-b" "${HNS[2]}-b" 10.250.2.2 \
-    "${agents[@]}" \
+    "${agents[@]}" "${extra[@]}" \
     || echo "warning: measurement of $b ended early (rc $?)"
   path_down 10.250 bbr0 bvx0 b
+  if [ "$lab_backend" = wireguard ]; then
+    path_down 10.251 gbr0 "bwg$n" g
+    wggo_stop
+    bg_wait timeout $((JOIN_REPS * 60 + 30)) python3 "$HERE/cluster.py" join --backend "$b" \
+      --log "$LOG" --lab "$n" --twill "$TW" --host 3 --from 1 \
+      || echo "warning: join measurement of $b ended early (rc $?)"
+  fi
   if [ "$AA" = 1 ]; then
     kill_lab_netns "$n"
   else

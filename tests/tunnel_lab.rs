@@ -3,23 +3,17 @@
 //! random and malicious packets at the tunnel port are dropped and counted while pods keep
 //! talking; peers joining and leaving update the tunnel.
 
+mod lab_common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use lab_common::{Guard, ping_report, pod_ip, spawn_in, traffic_across};
 use serde_json::Value;
 use twill_lab::{Backend, Lab, LabSpec, Signal};
 use twill_testkit::{random_suffix, require_root};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-
-struct Guard(String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = twill_lab::down(&self.0);
-    }
-}
 
 fn lab(backend: Backend, nodes: u32) -> (Lab, Guard) {
     let name = format!("u{}", random_suffix(5));
@@ -33,51 +27,6 @@ fn lab(backend: Backend, nodes: u32) -> (Lab, Guard) {
     (lab, guard)
 }
 
-fn pod_ip(lab: &Lab, host: u32) -> String {
-    lab.pods()
-        .iter()
-        .find(|p| p.host == host)
-        .unwrap()
-        .ip
-        .to_string()
-}
-
-fn spawn_in(lab: &Lab, target: &str, cmd: &[&str]) -> Child {
-    let ns = lab.target_ns(target).unwrap();
-    Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .args(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Replies of a `ping -D` run: (transmitted, received, longest run of missing replies in ms,
-/// counting missing replies before the first and after the last one too).
-fn ping_report(out: &str, interval_ms: u64) -> (u64, u64, u64) {
-    let mut seqs: Vec<u64> = out
-        .lines()
-        .filter_map(|l| l.split("icmp_seq=").nth(1))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .collect();
-    seqs.sort_unstable();
-    seqs.dedup();
-    let stat = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in:\n{out}"));
-    let nums: Vec<u64> = stat
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let sent = nums[0];
-    let inner = seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
-    let head = seqs.first().map_or(sent, |first| first - 1);
-    let tail = seqs.last().map_or(sent, |last| sent.saturating_sub(*last));
-    (sent, nums[1], inner.max(head).max(tail) * interval_ms)
-}
-
 fn status(lab: &Lab, host: u32) -> Value {
     lab.host_status_json(host).unwrap()
 }
@@ -85,45 +34,14 @@ fn status(lab: &Lab, host: u32) -> Value {
 fn restart_case(backend: Backend) {
     require_root();
     let (mut lab, _g) = lab(backend, 2);
-    let dst = pod_ip(&lab, 2);
-    let server = spawn_in(&lab, "h2-p1", &["iperf3", "-s", "-1"]);
-    std::thread::sleep(Duration::from_millis(300));
-    // A TCP connection open across the restart, bounded in rate so the VM stays responsive.
-    let client = spawn_in(
-        &lab,
-        "h1-p1",
-        &["iperf3", "-c", &dst, "-t", "6", "-b", "50M", "-J"],
-    );
-    let pinger = spawn_in(
-        &lab,
-        "h1-p1",
-        &["ping", "-D", "-i", "0.01", "-c", "500", "-W", "1", &dst],
-    );
-    std::thread::sleep(Duration::from_millis(1000));
-    lab.kill_agent(1, Signal::SIGKILL).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    lab.start_agent(1).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    lab.kill_agent(2, Signal::SIGKILL).unwrap();
-    lab.start_agent(2).unwrap();
-
-    let ping = pinger.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&ping.stdout).to_string();
-    let (sent, received, gap_ms) = ping_report(&text, 10);
-    assert_eq!(sent, 500);
-    assert!(received >= 400, "only {received}/{sent} replies:\n{text}");
-    assert!(
-        gap_ms <= 1000,
-        "traffic did not resume within 1 s: {gap_ms} ms without replies ({received}/{sent})"
-    );
-    let iperf = client.wait_with_output().unwrap();
-    let report: Value = serde_json::from_slice(&iperf.stdout).unwrap_or(Value::Null);
-    assert!(
-        iperf.status.success() && report["error"].is_null(),
-        "the TCP connection did not survive the restarts: {}",
-        String::from_utf8_lossy(&iperf.stdout)
-    );
-    let _ = server.wait_with_output();
+    let (sent, received, gap_ms) = traffic_across(&mut lab, |lab| {
+        lab.kill_agent(1, Signal::SIGKILL).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        lab.start_agent(1).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        lab.kill_agent(2, Signal::SIGKILL).unwrap();
+        lab.start_agent(2).unwrap();
+    });
     eprintln!("{backend:?}: {received}/{sent} ping replies, longest gap {gap_ms} ms");
     {
         // The kernel fast path stays attached while an agent is dead: nothing is lost.

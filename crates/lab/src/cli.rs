@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::lab::{Lab, down};
-use crate::plan::{Backend, DEFAULT_NAME, PodMode, Underlay};
+use crate::plan::{self, Backend, DEFAULT_NAME, EncryptMode, PodMode, Underlay};
 use crate::spec::LabSpec;
 use crate::status::AgentStatus;
 use crate::sys;
@@ -81,6 +81,14 @@ pub struct UpArgs {
     /// Route directly to hosts on the same underlay subnet, encapsulate to the others.
     #[arg(long)]
     pub direct_routing: bool,
+    /// Encrypt node-to-node pod traffic with WireGuard on top of the backend (any but
+    /// wireguard, which always encrypts): twill's `wireguard: {enabled: true}`.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Which traffic --encrypt covers: always (all of it) or cross-subnet (only to hosts on
+    /// another underlay subnet).
+    #[arg(long, value_enum, requires = "encrypt")]
+    pub encrypt_mode: Option<EncryptMode>,
     /// l2: one bridge, one subnet. routed: two subnets behind a router (odd and even hosts).
     #[arg(long, value_enum, default_value_t = Underlay::L2)]
     pub underlay: Underlay,
@@ -111,7 +119,7 @@ pub struct UpArgs {
 
 impl UpArgs {
     pub fn spec(&self) -> LabSpec {
-        LabSpec::new(&self.lab.name)
+        let spec = LabSpec::new(&self.lab.name)
             .nodes(self.nodes)
             .backend(self.backend)
             .direct_routing(self.direct_routing)
@@ -119,7 +127,12 @@ impl UpArgs {
             .pod_mode(self.pod_mode)
             .pods_per_node(self.pods_per_node)
             .etcd_bin(&self.etcd_bin)
-            .etcd_tls(!self.plain_etcd)
+            .etcd_tls(!self.plain_etcd);
+        if self.encrypt {
+            spec.encrypt(self.encrypt_mode.unwrap_or_default())
+        } else {
+            spec
+        }
     }
 
     /// [`UpArgs::spec`] with the contents of `--bgp` and `--bird-router`.
@@ -225,11 +238,12 @@ fn store_hint(lab: &Lab) -> String {
 fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String {
     let st = lab.state();
     let mut out = format!(
-        "lab {}: {} hosts, backend {} (DirectRouting {}), underlay {}, {} pods, store {}",
+        "lab {}: {} hosts, backend {} (DirectRouting {}){}, underlay {}, {} pods, store {}",
         st.name,
         st.hosts.len(),
         st.backend,
         st.direct_routing,
+        plan::encryption_note(st.encrypt),
         st.underlay,
         st.pod_mode.as_str(),
         st.store
@@ -292,7 +306,10 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
                             Some(e) => format!(" (NOT programmed: {e})"),
                             None => " (NOT programmed)".to_string(),
                         };
-                        format!("{} {}{mark}", p.node, p.path)
+                        match &p.wireguard {
+                            Some(wg) => format!("{} {}{mark} [{wg}]", p.node, p.path),
+                            None => format!("{} {}{mark}", p.node, p.path),
+                        }
                     })
                     .collect();
                 out += &format!("     peers: {}\n", peers.join(", "));
@@ -351,7 +368,7 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut out = json!({
         "name": st.name,
         "backend": st.backend,
         "directRouting": st.direct_routing,
@@ -368,7 +385,12 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
         "storeEnv": lab.store_env_file(),
         "hosts": hosts,
         "pods": st.pods,
-    })
+    });
+    // Only encrypted labs have the key, so a clear lab's JSON stays what it was.
+    if let Some(mode) = st.encrypt {
+        out["encrypt"] = json!(mode);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -425,6 +447,44 @@ mod tests {
                 .etcd_bin("/e")
         );
         assert!(parse(&["up", "--nodes", "2", "--backend", "geneve"]).is_err());
+        let LabCommand::Up(a) = parse(&["up", "--nodes", "2", "--backend", "wireguard"]).unwrap()
+        else {
+            panic!("not up")
+        };
+        assert_eq!(a.spec(), LabSpec::new("lab").backend(Backend::Wireguard));
+        let LabCommand::Up(a) =
+            parse(&["up", "--nodes", "2", "--backend", "host-gw", "--encrypt"]).unwrap()
+        else {
+            panic!("not up")
+        };
+        assert_eq!(a.spec().encrypt, Some(EncryptMode::Always));
+        let LabCommand::Up(a) = parse(&[
+            "up",
+            "--nodes",
+            "3",
+            "--backend",
+            "vxlan",
+            "--encrypt",
+            "--encrypt-mode",
+            "cross-subnet",
+        ])
+        .unwrap() else {
+            panic!("not up")
+        };
+        assert_eq!(a.spec().encrypt, Some(EncryptMode::CrossSubnet));
+        // A mode alone would silently do nothing.
+        assert!(
+            parse(&[
+                "up",
+                "--nodes",
+                "2",
+                "--backend",
+                "vxlan",
+                "--encrypt-mode",
+                "always"
+            ])
+            .is_err()
+        );
         assert!(parse(&["up", "--backend", "udp"]).is_err());
     }
 

@@ -37,6 +37,8 @@ pub const CLI_CLIENT: &str = "cli";
 /// its node's /24.
 pub const MAX_NODES: u32 = 240;
 pub const MAX_PODS_PER_NODE: u32 = 200;
+/// The UDP port of every node's WireGuard (Flannel's and Calico's default).
+pub const WIREGUARD_PORT: u16 = 51820;
 
 /// How traffic between nodes is carried (Flannel's `Backend.Type`).
 #[derive(
@@ -51,6 +53,38 @@ pub enum Backend {
     Ipip,
     /// Routing by BGP, no encapsulation (a twill cluster config with a `bgp` section).
     Bgp,
+    /// Every node-to-node pod packet encrypted by WireGuard (Flannel's `wireguard` backend).
+    Wireguard,
+}
+
+/// Which node-to-node pod traffic `--encrypt` sends through WireGuard on a backend that is
+/// otherwise clear (twill's `wireguard.mode`, after Calico's CrossSubnet).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptMode {
+    /// All of it.
+    #[default]
+    Always,
+    /// Only traffic to nodes on another underlay subnet; peers on this one stay clear.
+    CrossSubnet,
+}
+
+impl EncryptMode {
+    /// The name in twill's cluster config (`wireguard.mode`).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            EncryptMode::Always => "Always",
+            EncryptMode::CrossSubnet => "CrossSubnet",
+        }
+    }
+}
+
+impl fmt::Display for EncryptMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.config_name())
+    }
 }
 
 /// How the CNI plugin attaches pods on each host (its `mode`).
@@ -84,6 +118,7 @@ impl Backend {
             Backend::Udp => "udp",
             Backend::Ipip => "ipip",
             Backend::Bgp => "bgp",
+            Backend::Wireguard => "wireguard",
         }
     }
 }
@@ -305,25 +340,52 @@ pub fn store_url(lab: &str, nodes: u32, underlay: Underlay) -> String {
     }
 }
 
-/// Flannel's net-conf.json for the lab's cluster.
+/// Flannel's net-conf.json for the lab's cluster (the wireguard backend with its
+/// `ListenPort`).
 pub fn net_conf(backend: Backend, direct_routing: bool) -> Value {
-    json!({
+    let mut conf = json!({
         "Network": POD_NETWORK,
         "SubnetLen": SUBNET_LEN,
         "Backend": {"Type": backend.as_str(), "DirectRouting": direct_routing},
-    })
+    });
+    if backend == Backend::Wireguard {
+        conf["Backend"]["ListenPort"] = WIREGUARD_PORT.into();
+    }
+    conf
 }
 
 /// twill's own cluster config in YAML, for labs with a `bgp` section: the lab's pod network as
 /// one pool, the backend, and `bgp_yaml` (the section's body, YAML) indented under `bgp:`.
 pub fn cluster_yaml(backend: Backend, direct_routing: bool, bgp_yaml: &str) -> String {
+    twill_yaml(backend, direct_routing, None, Some(bgp_yaml))
+}
+
+/// twill's own cluster config in YAML, which labs with a `bgp` section or with `--encrypt`
+/// need: the backend, the `wireguard` switch that encrypts node-to-node pod traffic whatever
+/// the backend (with `encrypt`), the lab's pod network as one pool, and the `bgp` section
+/// (`bgp_yaml`, its body in YAML, indented under `bgp:`).
+pub fn twill_yaml(
+    backend: Backend,
+    direct_routing: bool,
+    encrypt: Option<EncryptMode>,
+    bgp_yaml: Option<&str>,
+) -> String {
     let mut y = format!("backend: {}\n", backend.as_str());
     if direct_routing {
         y.push_str("directRouting: true\n");
     }
+    if let Some(mode) = encrypt {
+        y.push_str(&format!(
+            "wireguard:\n  enabled: true\n  listenPort: {WIREGUARD_PORT}\n  mode: {mode}\n"
+        ));
+    }
     y.push_str(&format!(
-        "pools:\n  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\nbgp:\n"
+        "pools:\n  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\n"
     ));
+    let Some(bgp_yaml) = bgp_yaml else {
+        return y;
+    };
+    y.push_str("bgp:\n");
     let body: Vec<&str> = bgp_yaml.lines().filter(|l| !l.trim().is_empty()).collect();
     if body.is_empty() {
         y.push_str("  {}\n");
@@ -514,12 +576,51 @@ pub fn store_env(store_url: &str, etcd_ip: Option<Ipv4Addr>, pki: Option<&Path>)
 /// Whether a pod on host `from` should reach a pod on host `to`. The one exception is host-gw
 /// across the routed underlay's subnets: host-gw can only route via an L2 neighbour and has no
 /// encapsulation to fall back on (DirectRouting changes nothing for it), so the agent skips
-/// such peers. Every other backend encapsulates where it cannot route directly.
-pub fn expected_reachable(backend: Backend, underlay: Underlay, from: u32, to: u32) -> bool {
-    if from == to || backend != Backend::HostGw {
+/// such peers. Every other backend encapsulates where it cannot route directly, and so does
+/// WireGuard encryption of every peer (`--encrypt`, mode Always: the tunnel runs over the
+/// routed underlay, as Calico's does); CrossSubnet encryption carries exactly the peers on
+/// other subnets, the ones host-gw skips.
+pub fn expected_reachable(
+    backend: Backend,
+    underlay: Underlay,
+    encrypt: Option<EncryptMode>,
+    from: u32,
+    to: u32,
+) -> bool {
+    if from == to || backend != Backend::HostGw || encrypt.is_some() {
         return true;
     }
     host_addr(underlay, from).bridge == host_addr(underlay, to).bridge
+}
+
+/// Whether pod traffic from host `from` to host `to` crosses the underlay encrypted: always
+/// with the wireguard backend, with `--encrypt` Always, and across subnets with CrossSubnet.
+pub fn expected_encrypted(
+    backend: Backend,
+    underlay: Underlay,
+    encrypt: Option<EncryptMode>,
+    from: u32,
+    to: u32,
+) -> bool {
+    if from == to {
+        return false;
+    }
+    match (backend, encrypt) {
+        (Backend::Wireguard, _) | (_, Some(EncryptMode::Always)) => true,
+        (_, Some(EncryptMode::CrossSubnet)) => {
+            host_addr(underlay, from).bridge != host_addr(underlay, to).bridge
+        }
+        (_, None) => false,
+    }
+}
+
+/// What the lab's summary lines add for `--encrypt` (nothing for a clear lab, so their text
+/// stays what it always was).
+pub fn encryption_note(encrypt: Option<EncryptMode>) -> String {
+    match encrypt {
+        Some(mode) => format!(", encrypted with WireGuard ({mode})"),
+        None => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -725,18 +826,100 @@ mod tests {
         use Backend::*;
         use Underlay::*;
         // Same host, and everything on l2, always.
-        for b in [HostGw, Vxlan, Udp, Ipip] {
-            assert!(expected_reachable(b, L2, 1, 2));
-            assert!(expected_reachable(b, Routed, 2, 2));
+        for b in [HostGw, Vxlan, Udp, Ipip, Wireguard] {
+            assert!(expected_reachable(b, L2, None, 1, 2));
+            assert!(expected_reachable(b, Routed, None, 2, 2));
             // Encapsulating backends cross the router.
             if b != HostGw {
-                assert!(expected_reachable(b, Routed, 1, 2));
+                assert!(expected_reachable(b, Routed, None, 1, 2));
             }
         }
         // host-gw on the routed underlay: same subnet yes, across no, both ways.
-        assert!(expected_reachable(HostGw, Routed, 1, 3));
-        assert!(expected_reachable(HostGw, Routed, 2, 4));
-        assert!(!expected_reachable(HostGw, Routed, 1, 2));
-        assert!(!expected_reachable(HostGw, Routed, 4, 1));
+        assert!(expected_reachable(HostGw, Routed, None, 1, 3));
+        assert!(expected_reachable(HostGw, Routed, None, 2, 4));
+        assert!(!expected_reachable(HostGw, Routed, None, 1, 2));
+        assert!(!expected_reachable(HostGw, Routed, None, 4, 1));
+        // WireGuard carries host-gw's peers across the router.
+        for mode in [EncryptMode::Always, EncryptMode::CrossSubnet] {
+            assert!(expected_reachable(HostGw, Routed, Some(mode), 1, 2));
+        }
+    }
+
+    #[test]
+    fn encryption_rules() {
+        use Backend::*;
+        use EncryptMode::*;
+        use Underlay::*;
+        assert!(expected_encrypted(Wireguard, L2, None, 1, 2));
+        assert!(!expected_encrypted(Wireguard, L2, None, 2, 2));
+        assert!(!expected_encrypted(Vxlan, Routed, None, 1, 2));
+        assert!(expected_encrypted(HostGw, L2, Some(Always), 1, 2));
+        assert!(expected_encrypted(Bgp, Routed, Some(Always), 1, 3));
+        // CrossSubnet: h1 and h3 share a segment on the routed underlay, h2 does not.
+        assert!(!expected_encrypted(Vxlan, Routed, Some(CrossSubnet), 1, 3));
+        assert!(expected_encrypted(Vxlan, Routed, Some(CrossSubnet), 1, 2));
+        assert!(expected_encrypted(Vxlan, Routed, Some(CrossSubnet), 2, 3));
+        assert!(!expected_encrypted(Vxlan, L2, Some(CrossSubnet), 1, 2));
+    }
+
+    /// What the lab writes is what the agent's config parser reads as meant.
+    #[test]
+    fn generated_configs_parse() {
+        use twill_types::cluster::{BackendKind, ClusterConfig, EncapMode};
+        let wg = ClusterConfig::parse(&net_conf(Backend::Wireguard, false).to_string()).unwrap();
+        assert_eq!(wg.backend.kind, BackendKind::Wireguard);
+        assert_eq!(wg.backend.port, WIREGUARD_PORT);
+        for (backend, mode, bgp) in [
+            (Backend::HostGw, EncryptMode::Always, None),
+            (Backend::Vxlan, EncryptMode::CrossSubnet, None),
+            (Backend::Udp, EncryptMode::Always, None),
+            (Backend::Bgp, EncryptMode::Always, Some("holdTime: 3")),
+        ] {
+            let text = twill_yaml(backend, false, Some(mode), bgp);
+            let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.backend.kind.to_string(), backend.as_str(), "{text}");
+            let wg = c
+                .wireguard
+                .unwrap_or_else(|| panic!("no wireguard: {text}"));
+            assert_eq!(wg.listen_port, WIREGUARD_PORT);
+            let want = match mode {
+                EncryptMode::Always => EncapMode::Always,
+                EncryptMode::CrossSubnet => EncapMode::CrossSubnet,
+            };
+            assert_eq!(wg.mode, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn encrypted_configs() {
+        let wg = net_conf(Backend::Wireguard, false);
+        assert_eq!(
+            wg.to_string(),
+            r#"{"Backend":{"DirectRouting":false,"ListenPort":51820,"Type":"wireguard"},"Network":"10.244.0.0/16","SubnetLen":24}"#
+        );
+        assert!(
+            net_conf(Backend::Vxlan, false)["Backend"]
+                .get("ListenPort")
+                .is_none()
+        );
+        assert_eq!(
+            twill_yaml(Backend::Vxlan, true, Some(EncryptMode::CrossSubnet), None),
+            "backend: vxlan\ndirectRouting: true\nwireguard:\n  enabled: true\n  listenPort: 51820\n  mode: CrossSubnet\npools:\n  - name: default\n    cidr: 10.244.0.0/16\n    blockSize: 24\n"
+        );
+        let y = twill_yaml(
+            Backend::Bgp,
+            false,
+            Some(EncryptMode::Always),
+            Some("holdTime: 3"),
+        );
+        assert!(
+            y.starts_with("backend: bgp\nwireguard:\n  enabled: true\n  listenPort: 51820\n  mode: Always\npools:"),
+            "{y}"
+        );
+        assert!(y.ends_with("bgp:\n  holdTime: 3\n"), "{y}");
+        assert_eq!(
+            twill_yaml(Backend::Bgp, false, None, Some("a: 1")),
+            cluster_yaml(Backend::Bgp, false, "a: 1")
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 
-use crate::plan::{self, Backend, PodMode, Underlay};
+use crate::plan::{self, Backend, EncryptMode, PodMode, Underlay};
 
 /// What to build; see [`Lab::up`](crate::Lab::up).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,9 @@ pub struct LabSpec {
     pub nodes: u32,
     pub backend: Backend,
     pub direct_routing: bool,
+    /// WireGuard encryption of node-to-node pod traffic on a clear backend (twill's
+    /// `wireguard` switch); the wireguard backend encrypts without it.
+    pub encrypt: Option<EncryptMode>,
     pub underlay: Underlay,
     pub pod_mode: PodMode,
     pub pods_per_node: u32,
@@ -39,6 +42,7 @@ impl LabSpec {
             nodes: 2,
             backend: Backend::Vxlan,
             direct_routing: false,
+            encrypt: None,
             underlay: Underlay::L2,
             pod_mode: PodMode::Bridge,
             pods_per_node: 2,
@@ -74,6 +78,13 @@ impl LabSpec {
 
     pub fn direct_routing(mut self, on: bool) -> LabSpec {
         self.direct_routing = on;
+        self
+    }
+
+    /// Encrypts node-to-node pod traffic with WireGuard (`mode`: all of it, or only across
+    /// underlay subnets).
+    pub fn encrypt(mut self, mode: EncryptMode) -> LabSpec {
+        self.encrypt = Some(mode);
         self
     }
 
@@ -122,6 +133,10 @@ impl LabSpec {
             "the bgp backend needs a bgp section (LabSpec::bgp, or --bgp FILE)"
         );
         ensure!(
+            self.backend != Backend::Wireguard || self.encrypt.is_none(),
+            "--encrypt is for the clear backends: the wireguard backend encrypts everything"
+        );
+        ensure!(
             self.pods_per_node <= plan::MAX_PODS_PER_NODE,
             "--pods-per-node must be at most {}, not {}",
             plan::MAX_PODS_PER_NODE,
@@ -166,5 +181,19 @@ mod tests {
         assert!(LabSpec::new("x").pods_per_node(201).validate().is_err());
         LabSpec::new("x").pods_per_node(0).validate().unwrap();
         assert!(LabSpec::new("a/b").validate().is_err());
+        let enc = LabSpec::new("x").encrypt(EncryptMode::CrossSubnet);
+        assert_eq!(enc.encrypt, Some(EncryptMode::CrossSubnet));
+        enc.validate().unwrap();
+        LabSpec::new("x")
+            .backend(Backend::Wireguard)
+            .validate()
+            .unwrap();
+        assert!(
+            LabSpec::new("x")
+                .backend(Backend::Wireguard)
+                .encrypt(EncryptMode::Always)
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Backend, PodMode, Underlay};
+use crate::plan::{Backend, EncryptMode, PodMode, Underlay};
 
 /// The file name inside the lab's state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -23,6 +23,10 @@ pub struct State {
     pub name: String,
     pub backend: Backend,
     pub direct_routing: bool,
+    /// WireGuard encryption of node-to-node pod traffic on a backend that is otherwise clear
+    /// (`--encrypt`); absent for clear labs and for the wireguard backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<EncryptMode>,
     pub underlay: Underlay,
     /// Labs made before pod modes existed used bridges.
     #[serde(default)]
@@ -180,6 +184,7 @@ mod tests {
             name: "t".into(),
             backend: Backend::HostGw,
             direct_routing: true,
+            encrypt: None,
             underlay: Underlay::Routed,
             pod_mode: PodMode::Routed,
             pods_per_node: 1,

@@ -31,6 +31,32 @@ pub struct PeerStatus {
     /// The agent's last programming error for this peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The peer's WireGuard session, when traffic to it is encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardPeer>,
+}
+
+/// A peer's WireGuard as the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WireguardPeer {
+    /// Its public key, base64 as `wg` prints it.
+    pub public_key: String,
+    /// Where its authenticated packets last came from (`ip:port`).
+    pub endpoint: Option<String>,
+    /// Seconds since the last completed handshake; None before the first.
+    pub last_handshake_secs: Option<u64>,
+}
+
+impl std::fmt::Display for WireguardPeer {
+    /// `wg AbCdEfGh, handshake 3 s ago` (the key's first 8 characters, as `twill status`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short: String = self.public_key.chars().take(8).collect();
+        match self.last_handshake_secs {
+            Some(s) => write!(f, "wg {short}, handshake {s} s ago"),
+            None => write!(f, "wg {short}, no handshake yet"),
+        }
+    }
 }
 
 /// How traffic to a peer goes: `direct`, the backend's encapsulation (`vxlan`, ...), or
@@ -131,6 +157,25 @@ mod tests {
             ["h2"]
         );
         assert!(AgentStatus::parse("not json").is_err());
+    }
+
+    #[test]
+    fn wireguard_peers() {
+        let s = AgentStatus::parse(
+            r#"{"node":"h1","inSync":true,"peers":[{"node":"h2","path":{"via":"wireguard"},
+              "programmed":true,"wireguard":{"publicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+              "endpoint":"192.168.100.12:51820","lastHandshakeSecs":3}},
+              {"node":"h3","path":{"via":"wireguard"},"wireguard":{"publicKey":"AAAAAAAAAAAx"}}]}"#,
+        )
+        .unwrap();
+        let wg = s.peers[0].wireguard.as_ref().unwrap();
+        assert_eq!(wg.endpoint.as_deref(), Some("192.168.100.12:51820"));
+        assert_eq!(wg.to_string(), "wg xTIBA5rb, handshake 3 s ago");
+        assert_eq!(
+            s.peers[1].wireguard.as_ref().unwrap().to_string(),
+            "wg AAAAAAAA, no handshake yet"
+        );
+        assert!(AgentStatus::parse(H1).unwrap().peers[0].wireguard.is_none());
     }
 
     #[test]

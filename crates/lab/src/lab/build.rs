@@ -106,6 +106,7 @@ impl Lab {
                 name: name.clone(),
                 backend: spec.backend,
                 direct_routing: spec.direct_routing,
+                encrypt: spec.encrypt,
                 underlay: spec.underlay,
                 pod_mode: spec.pod_mode,
                 pods_per_node: spec.pods_per_node,
@@ -337,10 +338,30 @@ impl Lab {
             .filter(|b| b.netns != self.state.underlay_ns)
             .count();
         ensure!(n < 10, "at most 10 BIRD hosts per lab");
-        let k = plan::MAX_NODES - n as u32;
+        let (ns, ip) = self.attach_outside_host(plan::MAX_NODES - n as u32, 250 - n as u8)?;
+        if let Some(local) = local {
+            sys::ip(&["-n", &ns, "addr", "add", local, "dev", "lo"])?;
+        }
+        self.start_bird(name, &ns, ip, protocols)?;
+        Ok(ip)
+    }
+
+    /// A plain namespace on the first underlay segment, outside the cluster (no agent): a
+    /// standard WireGuard peer, an attacker, a client. The `n`-th one (from 0, at most 10) is
+    /// at `.240 - n` of the segment with `eth0` up and a default route via the gateway; `down`
+    /// removes it. Returns its namespace and address.
+    pub fn add_outside_host(&mut self, n: u32) -> Result<(String, Ipv4Addr)> {
+        ensure!(n < 10, "at most 10 outside hosts per lab");
+        // Indices and addresses below the BIRD hosts' (240..231, .240 to .231).
+        self.attach_outside_host(plan::MAX_NODES - 10 - n, 240 - n as u8)
+    }
+
+    /// Host namespace `k` (an index above the agents' range) on the first segment at
+    /// `.last` with its default route.
+    fn attach_outside_host(&mut self, k: u32, last: u8) -> Result<(String, Ipv4Addr)> {
         let seg = &plan::segments(self.state.underlay)[0];
         let [a, b, c, _] = seg.gateway.octets();
-        let ip = Ipv4Addr::new(a, b, c, 250 - n as u8);
+        let ip = Ipv4Addr::new(a, b, c, last);
         let ns = plan::host_ns(&self.state.name, k);
         let u = self.state.underlay_ns.clone();
         let port = format!("b{k}");
@@ -357,11 +378,7 @@ impl Lab {
             "via",
             &seg.gateway.to_string(),
         ])?;
-        if let Some(local) = local {
-            sys::ip(&["-n", &ns, "addr", "add", local, "dev", "lo"])?;
-        }
-        self.start_bird(name, &ns, ip, protocols)?;
-        Ok(ip)
+        Ok((ns, ip))
     }
 }
 

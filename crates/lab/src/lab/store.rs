@@ -104,20 +104,20 @@ impl Lab {
         std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
     }
 
-    /// Writes the Flannel net-conf.json (or, with a bgp section, twill's YAML) and stores it
-    /// with `twill cluster init` from h1.
+    /// Writes the Flannel net-conf.json (or, with a bgp section or encryption, twill's YAML)
+    /// and stores it with `twill cluster init` from h1.
     pub(super) fn cluster_init(&mut self, bgp: Option<&str>) -> Result<()> {
-        let (file, text) = match bgp {
-            None => {
+        let (file, text) = match (bgp, self.state.encrypt) {
+            (None, None) => {
                 let conf = plan::net_conf(self.state.backend, self.state.direct_routing);
                 (
                     self.dir.join("net-conf.json"),
                     serde_json::to_string_pretty(&conf)? + "\n",
                 )
             }
-            Some(section) => (
+            (bgp, encrypt) => (
                 self.dir.join("cluster.yaml"),
-                plan::cluster_yaml(self.state.backend, self.state.direct_routing, section),
+                plan::twill_yaml(self.state.backend, self.state.direct_routing, encrypt, bgp),
             ),
         };
         std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
@@ -138,9 +138,10 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout).trim()
         );
         self.say(&format!(
-            "cluster: {POD}, backend {} (DirectRouting {})",
+            "cluster: {POD}, backend {} (DirectRouting {}){}",
             self.state.backend,
             self.state.direct_routing,
+            plan::encryption_note(self.state.encrypt),
             POD = plan::POD_NETWORK
         ));
         Ok(())

@@ -1,0 +1,106 @@
+//! Shared by the lab tests that run traffic through real agents (tunnel_lab, wireguard_lab):
+//! the guard that removes a lab, commands started in a lab namespace, and the reading of a
+//! `ping -D` run.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+
+use twill_lab::Lab;
+
+/// Removes lab `.0` when dropped (pass or panic).
+pub struct Guard(pub String);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = twill_lab::down(&self.0);
+    }
+}
+
+/// The address of host `host`'s first pod.
+pub fn pod_ip(lab: &Lab, host: u32) -> String {
+    lab.pods()
+        .iter()
+        .find(|p| p.host == host)
+        .unwrap()
+        .ip
+        .to_string()
+}
+
+/// Starts `cmd` in the lab's namespace `target` with stdout and stderr piped.
+pub fn spawn_in(lab: &Lab, target: &str, cmd: &[&str]) -> Child {
+    let ns = lab.target_ns(target).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Replies of a `ping -D` run: (transmitted, received, longest run of missing replies in ms,
+/// counting missing replies before the first and after the last one too).
+pub fn ping_report(out: &str, interval_ms: u64) -> (u64, u64, u64) {
+    let mut seqs: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let stat = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in:\n{out}"));
+    let nums: Vec<u64> = stat
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let sent = nums[0];
+    let inner = seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
+    let head = seqs.first().map_or(sent, |first| first - 1);
+    let tail = seqs.last().map_or(sent, |last| sent.saturating_sub(*last));
+    (sent, nums[1], inner.max(head).max(tail) * interval_ms)
+}
+
+/// Runs `during` while h1's first pod keeps a TCP connection (iperf3, 6 s at 50 Mbit/s, so the
+/// VM stays responsive) and a ping every 10 ms (500) open to h2's first pod; asserts that the
+/// connection survived and that traffic resumed within 1 s. Returns the ping's (sent,
+/// received, longest gap in ms).
+pub fn traffic_across(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> (u64, u64, u64) {
+    let dst = pod_ip(lab, 2);
+    let server = spawn_in(lab, "h2-p1", &["iperf3", "-s", "-1"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let client = spawn_in(
+        lab,
+        "h1-p1",
+        &["iperf3", "-c", &dst, "-t", "6", "-b", "50M", "-J"],
+    );
+    let pinger = spawn_in(
+        lab,
+        "h1-p1",
+        &["ping", "-D", "-i", "0.01", "-c", "500", "-W", "1", &dst],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    during(lab);
+    let ping = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&ping.stdout).to_string();
+    let (sent, received, gap_ms) = ping_report(&text, 10);
+    assert_eq!(sent, 500);
+    assert!(received >= 400, "only {received}/{sent} replies:\n{text}");
+    assert!(
+        gap_ms <= 1000,
+        "traffic did not resume within 1 s: {gap_ms} ms without replies ({received}/{sent})"
+    );
+    let iperf = client.wait_with_output().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&iperf.stdout).unwrap_or(serde_json::Value::Null);
+    assert!(
+        iperf.status.success() && report["error"].is_null(),
+        "the TCP connection did not survive: {}",
+        String::from_utf8_lossy(&iperf.stdout)
+    );
+    let _ = server.wait_with_output();
+    (sent, received, gap_ms)
+}
