@@ -223,6 +223,11 @@ fn wire_proof(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{}: wire {report}", lab.name());
     assert_eq!(report["notWireguardCount"], 0, "{report}");
+    // The whitepaper's padding (to 16 bytes; the device MTU, 1440 here, is a multiple of 16).
+    assert_eq!(
+        report["unpadded"], 0,
+        "unpadded transport messages: {report}"
+    );
     assert_eq!(
         report["clearPodCount"], 0,
         "pod packets in the clear: {report}"

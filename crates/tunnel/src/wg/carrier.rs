@@ -35,6 +35,8 @@ pub(crate) struct WgCarrier {
     wg: Arc<WgShared>,
     /// Largest inner packet a send batch holds (the TX pool's buffer size).
     max_inner: usize,
+    /// The device MTU: padding never takes a packet beyond it.
+    mtu: usize,
 }
 
 impl WgCarrier {
@@ -43,12 +45,20 @@ impl WgCarrier {
             udp,
             wg,
             max_inner: mtu.max(1500) + 64,
+            mtu,
         }
     }
 
     fn slot_len(&self) -> usize {
         (self.max_inner + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN)
     }
+}
+
+/// The plaintext length after the whitepaper's zero padding: up to a multiple of 16 bytes,
+/// never beyond the device MTU (as Linux pads), so the wire shows sizes only in 16-byte steps.
+/// The receiver drops the padding by the inner IPv4 header's total length.
+fn padded_len(len: usize, mtu: usize) -> usize {
+    len.next_multiple_of(16).min(mtu.max(len))
 }
 
 pub(crate) struct WgTx {
@@ -128,14 +138,16 @@ impl Carrier for WgCarrier {
             };
             for it in run {
                 let Some(slot) = slots.next() else { break };
-                let Some(inner) = pool[it.buf].bytes().get(HEADROOM..HEADROOM + it.len) else {
-                    tally.drop(DropReason::Malformed, 1);
-                    continue;
-                };
-                if inner.len() > self.max_inner {
+                if it.len > self.max_inner {
                     tally.drop(DropReason::Malformed, 1);
                     continue;
                 }
+                let padded = padded_len(it.len, self.mtu);
+                let Some(inner) = pool[it.buf].space().get_mut(HEADROOM..HEADROOM + padded) else {
+                    tally.drop(DropReason::Malformed, 1);
+                    continue;
+                };
+                inner[it.len..].fill(0);
                 match tunn.encapsulate(inner, slot) {
                     TunnResult::WriteToNetwork(msg) => {
                         let data = msg.first() == Some(&MSG_DATA);
@@ -250,5 +262,24 @@ impl Sink for EngineSink<'_, '_> {
 
     fn drop(&mut self, reason: DropReason) {
         self.rx.tally.drop(reason, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded_len;
+
+    #[test]
+    fn padding_rounds_up_to_sixteen_but_never_past_the_mtu() {
+        assert_eq!(padded_len(0, 1420), 0);
+        assert_eq!(padded_len(1, 1420), 16);
+        assert_eq!(padded_len(16, 1420), 16);
+        assert_eq!(padded_len(84, 1420), 96);
+        assert_eq!(padded_len(1400, 1420), 1408);
+        assert_eq!(padded_len(1410, 1420), 1420);
+        assert_eq!(padded_len(1419, 1420), 1420);
+        assert_eq!(padded_len(1420, 1420), 1420);
+        // A packet larger than the MTU (it should not happen) is never shortened.
+        assert_eq!(padded_len(1430, 1420), 1430);
     }
 }
