@@ -408,37 +408,28 @@ mod tests {
         Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.lab)
     }
 
-    /// The spec `up` with `args` asks for.
-    fn up_spec(args: &[&str]) -> LabSpec {
-        let argv: Vec<&str> = std::iter::once("up").chain(args.iter().copied()).collect();
+    /// The spec `up` with the whitespace-separated `args` asks for.
+    fn up_spec(args: &str) -> LabSpec {
+        let argv: Vec<&str> = std::iter::once("up")
+            .chain(args.split_whitespace())
+            .collect();
         match parse(&argv) {
             Ok(LabCommand::Up(a)) => a.spec(),
-            other => panic!("{args:?}: not up: {other:?}"),
+            other => panic!("{args}: not up: {other:?}"),
         }
     }
 
     #[test]
     fn up_flags() {
         assert_eq!(
-            up_spec(&["--nodes", "5", "--backend", "host-gw"]),
+            up_spec("--nodes 5 --backend host-gw"),
             LabSpec::new("lab").nodes(5).backend(Backend::HostGw)
         );
         assert_eq!(
-            up_spec(&[
-                "--nodes",
-                "3",
-                "--backend",
-                "vxlan",
-                "--direct-routing",
-                "--underlay",
-                "routed",
-                "--pods-per-node",
-                "1",
-                "--name",
-                "t1",
-                "--etcd-bin",
-                "/e",
-            ]),
+            up_spec(
+                "--nodes 3 --backend vxlan --direct-routing --underlay routed --pods-per-node 1 \
+                 --name t1 --etcd-bin /e"
+            ),
             LabSpec::new("t1")
                 .nodes(3)
                 .direct_routing(true)
@@ -448,39 +439,20 @@ mod tests {
         );
         assert!(parse(&["up", "--nodes", "2", "--backend", "geneve"]).is_err());
         assert_eq!(
-            up_spec(&["--nodes", "2", "--backend", "wireguard"]),
+            up_spec("--nodes 2 --backend wireguard"),
             LabSpec::new("lab").backend(Backend::Wireguard)
         );
         assert_eq!(
-            up_spec(&["--nodes", "2", "--backend", "host-gw", "--encrypt"]).encrypt,
+            up_spec("--nodes 2 --backend host-gw --encrypt").encrypt,
             Some(EncryptMode::Always)
         );
         assert_eq!(
-            up_spec(&[
-                "--nodes",
-                "3",
-                "--backend",
-                "vxlan",
-                "--encrypt",
-                "--encrypt-mode",
-                "cross-subnet",
-            ])
-            .encrypt,
+            up_spec("--nodes 3 --backend vxlan --encrypt --encrypt-mode cross-subnet").encrypt,
             Some(EncryptMode::CrossSubnet)
         );
         // A mode alone would silently do nothing.
-        assert!(
-            parse(&[
-                "up",
-                "--nodes",
-                "2",
-                "--backend",
-                "vxlan",
-                "--encrypt-mode",
-                "always"
-            ])
-            .is_err()
-        );
+        let mode_alone = "up --nodes 2 --backend vxlan --encrypt-mode always";
+        assert!(parse(&mode_alone.split_whitespace().collect::<Vec<_>>()).is_err());
         assert!(parse(&["up", "--backend", "udp"]).is_err());
     }
 
