@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{
-    H1, H2, Lab, P2, Rng, X, encapsulate_to_h2, ping_summary, raw_socket_to_h2, snmp_counter,
+    H1, H2, Lab, P2, Rng, X, encapsulate_to_h2, ping_p1_to_p2_in_background, ping_summary,
+    raw_socket_to_h2, snmp_counter,
 };
 use twill_tunnel::wire::{self, build_ipv4};
 use twill_tunnel::{DEFAULT_UDP_PORT, Encap};
@@ -134,17 +135,7 @@ fn garbage_is_dropped_and_counted(encap: Encap, tag: &str, kernel_path: bool) {
     let kernel_before = kernel_drops(&lab, ipip);
 
     // Good traffic: 100 pings a second for 5 s, while the flood runs.
-    let pinger = {
-        let p1 = lab.p1.name().to_string();
-        std::thread::spawn(move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &p1, "ping", "-q", "-c", "500", "-i", "0.01", "-W", "1", P2,
-                ])
-                .output()
-                .expect("ping")
-        })
-    };
+    let pinger = ping_p1_to_p2_in_background(&lab);
     let started = Instant::now();
     Lab::in_ns(lab.x.as_ref().unwrap(), || attack(ipip));
     let flood_took = started.elapsed();

@@ -12,7 +12,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
-use common::{H1, H2, Lab, NET1, NET2, P1, P2, Rng, X, ping_summary, snmp_counter};
+use common::{
+    H1, H2, Lab, NET1, NET2, P1, P2, Rng, X, ping_p1_to_p2_in_background, ping_summary,
+    snmp_counter,
+};
 use twill_testkit::{Background, Netns, TempDir};
 use twill_tunnel::wg::{self, PrivateKey, PublicKey, WireguardConfig};
 use twill_tunnel::{Encap, Peer, Tunnel, TunnelConfig};
@@ -421,17 +424,7 @@ fn hostile_datagrams_are_dropped_by_reason_while_pods_keep_talking() {
 
     let before = t2.stats().drops;
     let kernel_before = udp_rcvbuf_errors(&lab.h2);
-    let pinger = {
-        let p1 = lab.p1.name().to_string();
-        std::thread::spawn(move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &p1, "ping", "-q", "-c", "500", "-i", "0.01", "-W", "1", P2,
-                ])
-                .output()
-                .expect("ping")
-        })
-    };
+    let pinger = ping_p1_to_p2_in_background(&lab);
     let started = Instant::now();
     Lab::in_ns(lab.x.as_ref().unwrap(), || {
         let sock = UdpSocket::bind((X, 0)).expect("bind");

@@ -359,3 +359,17 @@ pub fn encapsulate_to_h2(
         build_ipv4(src, H2, 17, 64, udp, pkt);
     }
 }
+
+/// 500 pings from p1 to p2 at 100 a second (5 s), in a thread: the good traffic that must
+/// keep flowing through a flood.
+pub fn ping_p1_to_p2_in_background(lab: &Lab) -> std::thread::JoinHandle<std::process::Output> {
+    let p1 = lab.p1.name().to_string();
+    std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &p1, "ping", "-q", "-c", "500", "-i", "0.01", "-W", "1", P2,
+            ])
+            .output()
+            .expect("ping")
+    })
+}
