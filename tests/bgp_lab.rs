@@ -16,6 +16,8 @@ use twill_testkit::{random_suffix, require_root};
 
 mod bgp_common;
 use bgp_common::{TWILL, bird_peer, dump_logs, up, wait_until};
+mod lab_common;
+use lab_common::pod_ip;
 
 const T30: Duration = Duration::from_secs(30);
 
@@ -90,15 +92,6 @@ fn assert_no_tunnel(lab: &Lab, i: u32) {
 fn ping(lab: &Lab, from: &str, ip: &str) -> bool {
     lab.exec(from, &["ping", "-n", "-q", "-c", "1", "-W", "1", ip])
         .is_ok_and(|o| o.status.success())
-}
-
-fn pod_ip(lab: &Lab, host: u32) -> String {
-    lab.pods()
-        .iter()
-        .find(|p| p.host == host)
-        .unwrap()
-        .ip
-        .to_string()
 }
 
 /// The eBGP top-of-rack lab: three nodes on the routed underlay (h1, h3 in 192.168.1.0/24,

@@ -792,10 +792,11 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
     // The pod's gateway: its node's address in the pod subnet.
     let gateway = format!("{}.1", pod_ip(&lab, 1).rsplit_once('.').unwrap().0);
     let base = (settled(&total, 1), settled(&total, 2));
-    for target in [h1.as_str(), gateway.as_str()] {
+    // 300 forged initiations from `ns` to `target`, unpaced.
+    let send_300 = |ns: &str, target: &str| {
         let out = lab
             .exec(
-                "h1-p1",
+                ns,
                 &[
                     "python3",
                     "-c",
@@ -809,41 +810,14 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
             )
             .unwrap();
         assert!(out.status.success(), "{out:?}");
+    };
+    for target in [h1.as_str(), gateway.as_str()] {
+        send_300("h1-p1", target);
     }
     let h2 = lab.state().host(2).unwrap().ip.to_string();
-    let out = lab
-        .exec(
-            "h1-p1",
-            &[
-                "python3",
-                "-c",
-                HOSTILE,
-                &h2,
-                "300",
-                &h1_key,
-                "/dev/null",
-                "0",
-            ],
-        )
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    send_300("h1-p1", &h2);
     // The control: the same datagrams from h1 (the node) to h2 are counted by h2.
-    let out = lab
-        .exec(
-            "h1",
-            &[
-                "python3",
-                "-c",
-                HOSTILE,
-                &h2,
-                "300",
-                &h1_key,
-                "/dev/null",
-                "0",
-            ],
-        )
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    send_300("h1", &h2);
     wait_for("h2 to count the node's datagrams", 10, || {
         let now = total(2);
         (now >= base.1 + 250)

@@ -1,6 +1,6 @@
-//! Shared by the lab tests that run traffic through real agents (tunnel_lab, wireguard_lab):
-//! the guard that removes a lab, commands started in a lab namespace, and the reading of a
-//! `ping -D` run.
+//! Shared by the lab tests that run traffic through real agents (tunnel_lab, wireguard_lab,
+//! bgp_lab): the guard that removes a lab, pod addresses, commands started in a lab
+//! namespace, and the reading of a `ping -D` run.
 
 #![allow(dead_code)]
 

@@ -5,38 +5,21 @@
 //! Golden files live in `tests/golden/`; `TWILL_BLESS=1 cargo test -p twill-backend` rewrites
 //! them from the current output (then review the diff by hand).
 
+mod common;
+
+use common::{golden, net, node};
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use twill_backend::vxlan::{device_name, vtep_mac};
-use twill_backend::{Backend, HostGw, LocalNode, Tunnel, UnsupportedBackend, Vxlan, for_config};
+use twill_backend::{Backend, HostGw, Tunnel, UnsupportedBackend, Vxlan, for_config};
 use twill_types::MacAddr;
 use twill_types::cluster::{BackendKind, ClusterConfig};
 use twill_types::desired::{DesiredState, PeerPath, TunnelEncap};
 use twill_types::lease::Lease;
 
-fn net(s: &str) -> Ipv4Net {
-    s.parse().unwrap()
-}
-
-fn node() -> LocalNode {
-    LocalNode {
-        name: "node-a".into(),
-        subnet: net("10.244.1.0/24"),
-        public_net: net("192.168.1.10/24"),
-        underlay_dev: "eth0".into(),
-        underlay_mtu: 1500,
-    }
-}
-
+/// A peer's lease without a WireGuard key.
 fn lease(name: &str, subnet: &str, public: &str, backend: BackendKind) -> Lease {
-    Lease {
-        node: name.into(),
-        subnet: net(subnet),
-        public_net: net(public),
-        backend,
-        vtep_mac: (backend == BackendKind::Vxlan).then(|| vtep_mac(name, 1)),
-        wireguard_public_key: None,
-    }
+    common::lease(name, subnet, public, backend, None)
 }
 
 /// The fixed peers of the golden files, deliberately out of order.
@@ -56,11 +39,6 @@ fn peers() -> Vec<Lease> {
         // Claims our underlay address.
         lease("node-f", "10.244.6.0/24", "192.168.1.10/24", Vxlan),
     ]
-}
-
-fn golden(name: &str, state: &DesiredState) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    twill_testkit::golden_json(&dir, name, state);
 }
 
 fn vxlan(direct_routing: bool) -> Vxlan {

@@ -4,50 +4,20 @@
 //! of its clear path, which peers are refused (no key, a malformed key, a shared key), the MTU,
 //! and the property that no encrypted subnet ever keeps a clear route.
 
-use ipnet::Ipv4Net;
+mod common;
+
+use common::{golden, lease, net, node};
 use proptest::prelude::*;
-use twill_backend::vxlan::vtep_mac;
+use twill_backend::for_config;
 use twill_backend::wireguard::{DEVICE, Settings, encrypted_subnet_of};
-use twill_backend::{LocalNode, for_config};
 use twill_types::cluster::{BackendKind, ClusterConfig};
 use twill_types::desired::{DesiredState, PeerPath};
 use twill_types::lease::Lease;
 use twill_types::wg_key;
 
-fn net(s: &str) -> Ipv4Net {
-    s.parse().unwrap()
-}
-
-fn node() -> LocalNode {
-    LocalNode {
-        name: "node-a".into(),
-        subnet: net("10.244.1.0/24"),
-        public_net: net("192.168.1.10/24"),
-        underlay_dev: "eth0".into(),
-        underlay_mtu: 1500,
-    }
-}
-
 /// A well-formed public key, one per `n`.
 fn key(n: u8) -> String {
     wg_key::encode(&[n; 32])
-}
-
-fn lease(
-    name: &str,
-    subnet: &str,
-    public: &str,
-    backend: BackendKind,
-    key: Option<String>,
-) -> Lease {
-    Lease {
-        node: name.into(),
-        subnet: net(subnet),
-        public_net: net(public),
-        backend,
-        vtep_mac: (backend == BackendKind::Vxlan).then(|| vtep_mac(name, 1)),
-        wireguard_public_key: key,
-    }
 }
 
 /// The golden peers, all running `backend`, deliberately out of order.
@@ -108,11 +78,6 @@ fn desired(config_text: &str, backend: BackendKind) -> (DesiredState, u32) {
         backend_impl.desired(&node(), &peers(backend)),
         backend_impl.pod_mtu(&node()),
     )
-}
-
-fn golden(name: &str, state: &DesiredState) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    twill_testkit::golden_json(&dir, name, state);
 }
 
 fn path_of(state: &DesiredState, node: &str) -> PeerPath {

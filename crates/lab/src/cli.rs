@@ -408,37 +408,28 @@ mod tests {
         Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.lab)
     }
 
+    /// The spec `up` with the whitespace-separated `args` asks for.
+    fn up_spec(args: &str) -> LabSpec {
+        let argv: Vec<&str> = std::iter::once("up")
+            .chain(args.split_whitespace())
+            .collect();
+        match parse(&argv) {
+            Ok(LabCommand::Up(a)) => a.spec(),
+            other => panic!("{args}: not up: {other:?}"),
+        }
+    }
+
     #[test]
     fn up_flags() {
-        let LabCommand::Up(a) = parse(&["up", "--nodes", "5", "--backend", "host-gw"]).unwrap()
-        else {
-            panic!("not up")
-        };
         assert_eq!(
-            a.spec(),
+            up_spec("--nodes 5 --backend host-gw"),
             LabSpec::new("lab").nodes(5).backend(Backend::HostGw)
         );
-        let LabCommand::Up(a) = parse(&[
-            "up",
-            "--nodes",
-            "3",
-            "--backend",
-            "vxlan",
-            "--direct-routing",
-            "--underlay",
-            "routed",
-            "--pods-per-node",
-            "1",
-            "--name",
-            "t1",
-            "--etcd-bin",
-            "/e",
-        ])
-        .unwrap() else {
-            panic!("not up")
-        };
         assert_eq!(
-            a.spec(),
+            up_spec(
+                "--nodes 3 --backend vxlan --direct-routing --underlay routed --pods-per-node 1 \
+                 --name t1 --etcd-bin /e"
+            ),
             LabSpec::new("t1")
                 .nodes(3)
                 .direct_routing(true)
@@ -447,44 +438,21 @@ mod tests {
                 .etcd_bin("/e")
         );
         assert!(parse(&["up", "--nodes", "2", "--backend", "geneve"]).is_err());
-        let LabCommand::Up(a) = parse(&["up", "--nodes", "2", "--backend", "wireguard"]).unwrap()
-        else {
-            panic!("not up")
-        };
-        assert_eq!(a.spec(), LabSpec::new("lab").backend(Backend::Wireguard));
-        let LabCommand::Up(a) =
-            parse(&["up", "--nodes", "2", "--backend", "host-gw", "--encrypt"]).unwrap()
-        else {
-            panic!("not up")
-        };
-        assert_eq!(a.spec().encrypt, Some(EncryptMode::Always));
-        let LabCommand::Up(a) = parse(&[
-            "up",
-            "--nodes",
-            "3",
-            "--backend",
-            "vxlan",
-            "--encrypt",
-            "--encrypt-mode",
-            "cross-subnet",
-        ])
-        .unwrap() else {
-            panic!("not up")
-        };
-        assert_eq!(a.spec().encrypt, Some(EncryptMode::CrossSubnet));
-        // A mode alone would silently do nothing.
-        assert!(
-            parse(&[
-                "up",
-                "--nodes",
-                "2",
-                "--backend",
-                "vxlan",
-                "--encrypt-mode",
-                "always"
-            ])
-            .is_err()
+        assert_eq!(
+            up_spec("--nodes 2 --backend wireguard"),
+            LabSpec::new("lab").backend(Backend::Wireguard)
         );
+        assert_eq!(
+            up_spec("--nodes 2 --backend host-gw --encrypt").encrypt,
+            Some(EncryptMode::Always)
+        );
+        assert_eq!(
+            up_spec("--nodes 3 --backend vxlan --encrypt --encrypt-mode cross-subnet").encrypt,
+            Some(EncryptMode::CrossSubnet)
+        );
+        // A mode alone would silently do nothing.
+        let mode_alone = "up --nodes 2 --backend vxlan --encrypt-mode always";
+        assert!(parse(&mode_alone.split_whitespace().collect::<Vec<_>>()).is_err());
         assert!(parse(&["up", "--backend", "udp"]).is_err());
     }
 

@@ -40,6 +40,17 @@ pub const MAX_PODS_PER_NODE: u32 = 200;
 /// The UDP port of every node's WireGuard (Flannel's and Calico's default).
 pub const WIREGUARD_PORT: u16 = 51820;
 
+/// `Display` as the name `$name` gives: what the command line and the configs call it.
+macro_rules! display_as {
+    ($ty:ty, $name:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.$name())
+            }
+        }
+    };
+}
+
 /// How traffic between nodes is carried (Flannel's `Backend.Type`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,
@@ -81,11 +92,7 @@ impl EncryptMode {
     }
 }
 
-impl fmt::Display for EncryptMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.config_name())
-    }
-}
+display_as!(EncryptMode, config_name);
 
 /// How the CNI plugin attaches pods on each host (its `mode`).
 #[derive(
@@ -123,11 +130,7 @@ impl Backend {
     }
 }
 
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as!(Backend, as_str);
 
 /// How the hosts are joined.
 #[derive(
@@ -152,11 +155,7 @@ impl Underlay {
     }
 }
 
-impl fmt::Display for Underlay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as!(Underlay, as_str);
 
 /// Refuses names that would escape the state directory or make namespace names ambiguous.
 pub fn validate_name(name: &str) -> Result<()> {

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{H1, H2, Lab, P2};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use common::{H1, Lab, P2, encapsulate_to_h2, raw_socket_to_h2, snmp_counter};
 use twill_testkit::Netns;
-use twill_tunnel::wire::{self, build_ipv4};
+use twill_tunnel::wire::build_ipv4;
 use twill_tunnel::{DEFAULT_UDP_PORT, Encap};
 
 const SPOOFED: u64 = 300;
@@ -39,40 +38,19 @@ fn tx(ns: &Netns, dev: &str) -> (u64, u64) {
 
 /// IPv4 packets p2's stack has received (`Ip: InReceives`).
 fn ipv4_received(ns: &Netns) -> u64 {
-    let snmp = ns.ok(&["cat", "/proc/net/snmp"]);
-    let ip: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
-    let names: Vec<&str> = ip[0].split_whitespace().collect();
-    let values: Vec<&str> = ip[1].split_whitespace().collect();
-    let at = names.iter().position(|n| *n == "InReceives").unwrap();
-    values[at].parse().unwrap()
+    snmp_counter(ns, "Ip:", "InReceives").expect("Ip: InReceives")
 }
 
 /// Sends `SPOOFED` tunnel packets to h2 with the outer source forged as h1 (a real peer) and
 /// inner sources outside h1's pod subnet, for p2.
 fn spoof(ipip: bool) {
-    let sock = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .expect("raw socket");
-    let dst = SockAddr::from(SocketAddrV4::new(H2, 0));
+    let (sock, dst) = raw_socket_to_h2();
     let pod2: Ipv4Addr = P2.parse().unwrap();
     let (mut inner, mut udp, mut pkt) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..SPOOFED {
         let src = Ipv4Addr::new(10, 244, 9, (i % 250) as u8 + 1);
         build_ipv4(src, pod2, 17, 64, &[0u8; 64], &mut inner);
-        if ipip {
-            build_ipv4(H1, H2, wire::IPPROTO_IPIP, 64, &inner, &mut pkt);
-        } else {
-            udp.clear();
-            udp.extend_from_slice(&DEFAULT_UDP_PORT.to_be_bytes());
-            udp.extend_from_slice(&DEFAULT_UDP_PORT.to_be_bytes());
-            udp.extend_from_slice(&((inner.len() + 8) as u16).to_be_bytes());
-            udp.extend_from_slice(&[0, 0]); // no checksum: what the fast path takes
-            udp.extend_from_slice(&inner);
-            build_ipv4(H1, H2, 17, 64, &udp, &mut pkt);
-        }
+        encapsulate_to_h2(H1, ipip, &inner, &mut udp, &mut pkt);
         sock.send_to(&pkt, &dst).expect("send spoofed packet");
         if i % 50 == 49 {
             std::thread::sleep(Duration::from_millis(5));

@@ -5,34 +5,17 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{H1, H2, Lab, P2, X, ping_summary};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use common::{
+    H1, H2, Lab, P2, Rng, X, encapsulate_to_h2, ping_p1_to_p2_in_background, ping_summary,
+    raw_socket_to_h2, snmp_counter,
+};
 use twill_tunnel::wire::{self, build_ipv4};
 use twill_tunnel::{DEFAULT_UDP_PORT, Encap};
 
 const PER_KIND: u64 = 20_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -109,13 +92,7 @@ fn craft(kind: Kind, rng: &mut Rng, body: &mut Vec<u8>) -> Ipv4Addr {
 
 /// Sends PER_KIND packets of every kind from the attacker namespace, paced; returns when done.
 fn attack(ipip: bool) {
-    let sock = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .expect("raw socket");
-    let dst = SockAddr::from(SocketAddrV4::new(H2, 0));
+    let (sock, dst) = raw_socket_to_h2();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut body = Vec::new();
     let mut udp = Vec::new();
@@ -124,17 +101,7 @@ fn attack(ipip: bool) {
     for i in 0..total {
         let kind = KINDS[(i % KINDS.len() as u64) as usize];
         let src = craft(kind, &mut rng, &mut body);
-        if ipip {
-            build_ipv4(src, H2, wire::IPPROTO_IPIP, 64, &body, &mut pkt);
-        } else {
-            udp.clear();
-            udp.extend_from_slice(&DEFAULT_UDP_PORT.to_be_bytes());
-            udp.extend_from_slice(&DEFAULT_UDP_PORT.to_be_bytes());
-            udp.extend_from_slice(&((body.len() + 8) as u16).to_be_bytes());
-            udp.extend_from_slice(&[0, 0]); // no checksum
-            udp.extend_from_slice(&body);
-            build_ipv4(src, H2, 17, 64, &udp, &mut pkt);
-        }
+        encapsulate_to_h2(src, ipip, &body, &mut udp, &mut pkt);
         sock.send_to(&pkt, &dst).expect("send garbage");
         // About 40,000 packets a second: a flood, but one the socket buffers absorb.
         if i % 100 == 99 {
@@ -153,15 +120,7 @@ fn kernel_drops(lab: &Lab, ipip: bool) -> u64 {
             .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
             .sum()
     } else {
-        let out = lab.h2.ok(&["cat", "/proc/net/snmp"]);
-        let udp: Vec<&str> = out.lines().filter(|l| l.starts_with("Udp:")).collect();
-        let names: Vec<&str> = udp[0].split_whitespace().collect();
-        let values: Vec<&str> = udp[1].split_whitespace().collect();
-        names
-            .iter()
-            .position(|n| *n == "RcvbufErrors")
-            .and_then(|i| values[i].parse().ok())
-            .unwrap_or(0)
+        snmp_counter(&lab.h2, "Udp:", "RcvbufErrors").unwrap_or(0)
     }
 }
 
@@ -176,17 +135,7 @@ fn garbage_is_dropped_and_counted(encap: Encap, tag: &str, kernel_path: bool) {
     let kernel_before = kernel_drops(&lab, ipip);
 
     // Good traffic: 100 pings a second for 5 s, while the flood runs.
-    let pinger = {
-        let p1 = lab.p1.name().to_string();
-        std::thread::spawn(move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &p1, "ping", "-q", "-c", "500", "-i", "0.01", "-W", "1", P2,
-                ])
-                .output()
-                .expect("ping")
-        })
-    };
+    let pinger = ping_p1_to_p2_in_background(&lab);
     let started = Instant::now();
     Lab::in_ns(lab.x.as_ref().unwrap(), || attack(ipip));
     let flood_took = started.elapsed();

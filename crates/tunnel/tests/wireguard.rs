@@ -12,7 +12,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
-use common::{H1, H2, Lab, NET1, NET2, P1, P2, X, ping_summary};
+use common::{
+    H1, H2, Lab, NET1, NET2, P1, P2, Rng, X, ping_p1_to_p2_in_background, ping_summary,
+    snmp_counter,
+};
 use twill_testkit::{Background, Netns, TempDir};
 use twill_tunnel::wg::{self, PrivateKey, PublicKey, WireguardConfig};
 use twill_tunnel::{Encap, Peer, Tunnel, TunnelConfig};
@@ -368,37 +371,9 @@ fn interoperates_with_wireguard_go() {
     t1.shutdown();
 }
 
-/// Plain xorshift: the hostile traffic is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
-}
-
 /// The kernel's UDP receive-buffer drops in `ns`, to account for every datagram.
 fn udp_rcvbuf_errors(ns: &Netns) -> u64 {
-    let out = ns.ok(&["cat", "/proc/net/snmp"]);
-    let udp: Vec<&str> = out.lines().filter(|l| l.starts_with("Udp:")).collect();
-    let names: Vec<&str> = udp[0].split_whitespace().collect();
-    let values: Vec<&str> = udp[1].split_whitespace().collect();
-    names
-        .iter()
-        .position(|n| *n == "RcvbufErrors")
-        .and_then(|i| values[i].parse().ok())
-        .unwrap_or(0)
+    snmp_counter(ns, "Udp:", "RcvbufErrors").unwrap_or(0)
 }
 
 const HOSTILE: u64 = 100_000;
@@ -449,17 +424,7 @@ fn hostile_datagrams_are_dropped_by_reason_while_pods_keep_talking() {
 
     let before = t2.stats().drops;
     let kernel_before = udp_rcvbuf_errors(&lab.h2);
-    let pinger = {
-        let p1 = lab.p1.name().to_string();
-        std::thread::spawn(move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &p1, "ping", "-q", "-c", "500", "-i", "0.01", "-W", "1", P2,
-                ])
-                .output()
-                .expect("ping")
-        })
-    };
+    let pinger = ping_p1_to_p2_in_background(&lab);
     let started = Instant::now();
     Lab::in_ns(lab.x.as_ref().unwrap(), || {
         let sock = UdpSocket::bind((X, 0)).expect("bind");

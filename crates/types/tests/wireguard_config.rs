@@ -32,6 +32,13 @@ fn refused(text: &str, field: &str, needle: &str) -> ConfigError {
     err
 }
 
+/// [`refused`] for each `(text, field, needle)`.
+fn refuse_each(cases: &[(String, &str, &str)]) {
+    for (text, field, needle) in cases {
+        refused(text, field, needle);
+    }
+}
+
 fn golden(name: &str, config: &ClusterConfig) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     twill_testkit::golden_json(&dir, name, config);
@@ -100,38 +107,40 @@ fn flannel_refusals_name_the_backend_keys() {
         "base64",
     );
     assert!(!e.to_string().contains(&short), "{e}");
-    refused(&with(r#","PSK":7"#), "Backend.PSK", "base64 string");
-    refused(
-        &with(r#","PersistentKeepaliveInterval":70000"#),
-        "Backend.PersistentKeepaliveInterval",
-        "0 (off) to 65535",
-    );
-    refused(&with(r#","MTU":100"#), "Backend.MTU", "576 to");
-    refused(
-        &with(r#","ListenPort":70000"#),
-        "Backend.ListenPort",
-        "1 to 65535",
-    );
-    refused(
-        &with(r#","ListenPort":2379"#),
-        "Backend.ListenPort",
-        "control-plane port",
-    );
-    refused(
-        &with(r#","ListenPortV6":51821"#),
-        "Backend.ListenPortV6",
-        "does not support",
-    );
-    refused(
-        &with(r#","Mode":"auto""#),
-        "Backend.Mode",
-        "does not support",
-    );
-    refused(
-        &with(r#","Peers":[]"#),
-        "Backend.Peers",
-        "PSK, PersistentKeepaliveInterval",
-    );
+    refuse_each(&[
+        (with(r#","PSK":7"#), "Backend.PSK", "base64 string"),
+        (
+            with(r#","PersistentKeepaliveInterval":70000"#),
+            "Backend.PersistentKeepaliveInterval",
+            "0 (off) to 65535",
+        ),
+        (with(r#","MTU":100"#), "Backend.MTU", "576 to"),
+        (
+            with(r#","ListenPort":70000"#),
+            "Backend.ListenPort",
+            "1 to 65535",
+        ),
+        (
+            with(r#","ListenPort":2379"#),
+            "Backend.ListenPort",
+            "control-plane port",
+        ),
+        (
+            with(r#","ListenPortV6":51821"#),
+            "Backend.ListenPortV6",
+            "does not support",
+        ),
+        (
+            with(r#","Mode":"auto""#),
+            "Backend.Mode",
+            "does not support",
+        ),
+        (
+            with(r#","Peers":[]"#),
+            "Backend.Peers",
+            "PSK, PersistentKeepaliveInterval",
+        ),
+    ]);
 }
 
 #[test]
@@ -202,80 +211,65 @@ fn twill_form_encryption_on_every_backend() {
 
 #[test]
 fn twill_form_refusals_name_the_field() {
-    refused(
-        &yaml("vxlan", "  listenPort: 8472"),
-        "wireguard.listenPort",
-        "the vxlan backend's port too",
-    );
-    refused(
-        &format!("port: 9000\n{}", yaml("udp", "  listenPort: 9000")),
-        "wireguard.listenPort",
-        "the udp backend's port too",
-    );
-    refused(
-        &yaml("host-gw", "  listenPort: 179"),
-        "wireguard.listenPort",
-        "control-plane port",
-    );
-    refused(
-        &yaml("host-gw", "  listenPort: 2380"),
-        "wireguard.listenPort",
-        "control-plane port",
-    );
     let bgp_port = "backend: bgp\nbgp:\n  listenPort: 1179\nwireguard:\n  listenPort: 1179\npools:\n  - name: p\n    cidr: 10.244.0.0/16\n";
-    refused(bgp_port, "wireguard.listenPort", "control-plane port");
-    refused(
-        &yaml("host-gw", "  listenPort: 0"),
-        "wireguard.listenPort",
-        "1 to 65535",
-    );
-    refused(
-        &yaml("host-gw", "  listenPort: 65536"),
-        "wireguard.listenPort",
-        "1 to 65535",
-    );
-    refused(
-        &yaml("host-gw", "  mtu: 575"),
-        "wireguard.mtu",
-        "576 to 65475",
-    );
-    refused(
-        &yaml("host-gw", "  mtu: 65476"),
-        "wireguard.mtu",
-        "576 to 65475",
-    );
-    refused(&yaml("host-gw", "  mtu: -1"), "wireguard.mtu", "negative");
-    refused(
-        &yaml("host-gw", "  mode: Never"),
-        "wireguard.mode",
-        "enabled: false",
-    );
-    refused(
-        &yaml("host-gw", "  mode: always"),
-        "wireguard.mode",
-        "Always or CrossSubnet",
-    );
-    refused(
-        &yaml("host-gw", "  persistentKeepalive: -5"),
-        "wireguard.persistentKeepalive",
-        "0 (off) to 65535",
-    );
+    let port = "wireguard.listenPort";
+    let mtu = "wireguard.mtu";
+    let mode = "wireguard.mode";
+    refuse_each(&[
+        (
+            yaml("vxlan", "  listenPort: 8472"),
+            port,
+            "the vxlan backend's port too",
+        ),
+        (
+            format!("port: 9000\n{}", yaml("udp", "  listenPort: 9000")),
+            port,
+            "the udp backend's port too",
+        ),
+        (
+            yaml("host-gw", "  listenPort: 179"),
+            port,
+            "control-plane port",
+        ),
+        (
+            yaml("host-gw", "  listenPort: 2380"),
+            port,
+            "control-plane port",
+        ),
+        (bgp_port.to_owned(), port, "control-plane port"),
+        (yaml("host-gw", "  listenPort: 0"), port, "1 to 65535"),
+        (yaml("host-gw", "  listenPort: 65536"), port, "1 to 65535"),
+        (yaml("host-gw", "  mtu: 575"), mtu, "576 to 65475"),
+        (yaml("host-gw", "  mtu: 65476"), mtu, "576 to 65475"),
+        (yaml("host-gw", "  mtu: -1"), mtu, "negative"),
+        (yaml("host-gw", "  mode: Never"), mode, "enabled: false"),
+        (
+            yaml("host-gw", "  mode: always"),
+            mode,
+            "Always or CrossSubnet",
+        ),
+        (
+            yaml("host-gw", "  persistentKeepalive: -5"),
+            "wireguard.persistentKeepalive",
+            "0 (off) to 65535",
+        ),
+        (
+            yaml("wireguard", "  enabled: false"),
+            "wireguard.enabled",
+            "the backend is wireguard",
+        ),
+        (
+            format!("port: 4500\n{}", yaml("wireguard", "  listenPort: 4501")),
+            port,
+            "disagree",
+        ),
+    ]);
     let e = refused(
         &yaml("host-gw", "  presharedKey: not-a-key"),
         "wireguard.presharedKey",
         "32 bytes",
     );
     assert!(!e.to_string().contains("not-a-key"), "{e}");
-    refused(
-        &yaml("wireguard", "  enabled: false"),
-        "wireguard.enabled",
-        "the backend is wireguard",
-    );
-    refused(
-        &format!("port: 4500\n{}", yaml("wireguard", "  listenPort: 4501")),
-        "wireguard.listenPort",
-        "disagree",
-    );
     // Unknown keys are the parser's (twill's form reports them as syntax errors).
     let e = ClusterConfig::parse(&yaml("host-gw", "  enable: true")).unwrap_err();
     assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");

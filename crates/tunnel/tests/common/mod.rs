@@ -4,12 +4,14 @@
 
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use twill_testkit::{Netns, veth};
-use twill_tunnel::{Encap, Peer, Tunnel, TunnelConfig};
+use twill_tunnel::wire::{self, build_ipv4};
+use twill_tunnel::{DEFAULT_UDP_PORT, Encap, Peer, Tunnel, TunnelConfig};
 
 pub const H1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 pub const H2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
@@ -292,4 +294,82 @@ pub fn ping_summary(out: &str) -> (u64, u64, f64) {
         }
     }
     (sent, recv, avg)
+}
+
+/// Plain xorshift: the hostile traffic is reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next() as u8;
+        }
+    }
+}
+
+/// The counter `name` of the `/proc/net/snmp` section `section` (`"Udp:"`, `"Ip:"`) in `ns`.
+pub fn snmp_counter(ns: &Netns, section: &str, name: &str) -> Option<u64> {
+    let snmp = ns.ok(&["cat", "/proc/net/snmp"]);
+    let rows: Vec<&str> = snmp.lines().filter(|l| l.starts_with(section)).collect();
+    let names: Vec<&str> = rows.first()?.split_whitespace().collect();
+    let values: Vec<&str> = rows.get(1)?.split_whitespace().collect();
+    let at = names.iter().position(|n| *n == name)?;
+    values.get(at)?.parse().ok()
+}
+
+/// A raw IPv4 socket (we write the headers) and h2 as its destination, to forge tunnel
+/// packets on the underlay.
+pub fn raw_socket_to_h2() -> (Socket, SockAddr) {
+    let sock = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .expect("raw socket");
+    (sock, SockAddr::from(SocketAddrV4::new(H2, 0)))
+}
+
+/// `inner` as a tunnel packet from `src` to h2 in `pkt`: IPIP, or UDP on the default port
+/// without a checksum (what the fast path takes); `udp` is scratch space.
+pub fn encapsulate_to_h2(
+    src: Ipv4Addr,
+    ipip: bool,
+    inner: &[u8],
+    udp: &mut Vec<u8>,
+    pkt: &mut Vec<u8>,
+) {
+    if ipip {
+        build_ipv4(src, H2, wire::IPPROTO_IPIP, 64, inner, pkt);
+    } else {
+        udp.clear();
+        udp.extend_from_slice(&DEFAULT_UDP_PORT.to_be_bytes());
+        udp.extend_from_slice(&DEFAULT_UDP_PORT.to_be_bytes());
+        udp.extend_from_slice(&((inner.len() + 8) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(inner);
+        build_ipv4(src, H2, 17, 64, udp, pkt);
+    }
+}
+
+/// 500 pings from p1 to p2 at 100 a second (5 s), in a thread: the good traffic that must
+/// keep flowing through a flood.
+pub fn ping_p1_to_p2_in_background(lab: &Lab) -> std::thread::JoinHandle<std::process::Output> {
+    let p1 = lab.p1.name().to_string();
+    std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &p1, "ping", "-q", "-c", "500", "-i", "0.01", "-W", "1", P2,
+            ])
+            .output()
+            .expect("ping")
+    })
 }

@@ -1,0 +1,49 @@
+//! What the backend tests share: the local node, leases, and the golden-file check
+//! (`tests/golden/`; `TWILL_BLESS=1` rewrites the files).
+
+#![allow(dead_code)]
+
+use ipnet::Ipv4Net;
+use twill_backend::LocalNode;
+use twill_backend::vxlan::vtep_mac;
+use twill_types::cluster::BackendKind;
+use twill_types::desired::DesiredState;
+use twill_types::lease::Lease;
+
+pub fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+/// The node the tests compute desired states for: node-a, 192.168.1.10 on eth0.
+pub fn node() -> LocalNode {
+    LocalNode {
+        name: "node-a".into(),
+        subnet: net("10.244.1.0/24"),
+        public_net: net("192.168.1.10/24"),
+        underlay_dev: "eth0".into(),
+        underlay_mtu: 1500,
+    }
+}
+
+/// A peer's lease; vxlan peers get their VTEP MAC, `wireguard_key` is published as is.
+pub fn lease(
+    name: &str,
+    subnet: &str,
+    public: &str,
+    backend: BackendKind,
+    wireguard_key: Option<String>,
+) -> Lease {
+    Lease {
+        node: name.into(),
+        subnet: net(subnet),
+        public_net: net(public),
+        backend,
+        vtep_mac: (backend == BackendKind::Vxlan).then(|| vtep_mac(name, 1)),
+        wireguard_public_key: wireguard_key,
+    }
+}
+
+pub fn golden(name: &str, state: &DesiredState) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    twill_testkit::golden_json(&dir, name, state);
+}
