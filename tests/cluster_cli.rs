@@ -88,13 +88,13 @@ fn cluster_init_validates_and_protects_the_stored_config() {
         ),
         (
             "wireguard.json",
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
-            "Backend.Type \"wireguard\": twill's agent cannot run this backend",
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":2379}}"#,
+            "Backend.ListenPort",
         ),
         (
             "wireguard.yaml",
-            "backend: wireguard\npools:\n  - name: a\n    cidr: 10.1.0.0/16\n",
-            "backend \"wireguard\"",
+            "backend: vxlan\nwireguard:\n  listenPort: 8472\npools:\n  - name: a\n    cidr: 10.1.0.0/16\n",
+            "wireguard.listenPort",
         ),
     ];
     for (name, text, needle) in bad {
