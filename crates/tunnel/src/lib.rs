@@ -29,6 +29,8 @@ mod offload;
 mod peers;
 mod sys;
 pub mod wg;
+mod wg_keys;
+mod wg_peer;
 pub mod wire;
 
 use std::io;

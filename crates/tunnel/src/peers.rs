@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Peer;
-use crate::wg::PublicKey;
-use crate::wg::state::WgPeer;
+use crate::wg_keys::PublicKey;
+use crate::wg_peer::WgPeer;
 use crate::wire::DropReason;
 
 /// Keys are IPv4 addresses (ours, from the table) and lookups use attacker-chosen addresses,

@@ -12,15 +12,14 @@
 //! authenticated ([`ingress`]), pass the same inner-address policy as the other carriers,
 //! and are written to the TUN device coalesced. Every drop is counted by reason.
 //!
-//! Modules: `keys` (the public key types), `state` (identity, per-peer `Tunn`s, timers),
-//! `ingress` (socket-free receive path), `carrier` (the sockets), `fuzzing` (a harness for
-//! the fuzz target). There is no kernel fast path for WireGuard.
+//! Modules: `state` (identity, the peers' `Tunn`s, timers), `ingress` (socket-free receive path), `carrier` (the sockets), `fuzzing` (a harness for
+//! the fuzz target); the key types live in `crate::wg_keys` and one peer's state in
+//! `crate::wg_peer`, which the peer table holds. There is no kernel fast path for WireGuard.
 
 mod carrier;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod ingress;
-mod keys;
 pub(crate) mod state;
 
 use std::fmt;
@@ -28,8 +27,8 @@ use std::net::SocketAddrV4;
 
 use serde::Serialize;
 
+pub use crate::wg_keys::{KeyError, PrivateKey, PublicKey};
 pub(crate) use carrier::WgCarrier;
-pub use keys::{KeyError, PrivateKey, PublicKey};
 
 /// The standard WireGuard port.
 pub const DEFAULT_PORT: u16 = 51820;
