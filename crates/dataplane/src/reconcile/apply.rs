@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use twill_netlink::libc_errno::ENODEV;
+use ipnet::{IpNet, Ipv4Net};
+use twill_netlink::libc_errno::{EAFNOSUPPORT, ENODEV};
 use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, RouteChange, VxlanSpec};
 use twill_types::desired::{
     DesiredState, FdbSpec, NeighSpec, PEER_ROUTE_PROTOCOL, RouteSpec, VxlanDevice,
@@ -62,6 +64,28 @@ impl fmt::Display for Op<'_> {
     }
 }
 
+/// The IPv4 address the kernel layer takes (until it speaks IPv6 too).
+fn v4(ip: IpAddr) -> Result<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(a) => Err(Error::Kernel {
+            op: format!("program {a}: IPv6 objects"),
+            errno: EAFNOSUPPORT,
+        }),
+    }
+}
+
+/// The IPv4 network the kernel layer takes (until it speaks IPv6 too).
+fn v4_net(net: IpNet) -> Result<Ipv4Net> {
+    match net {
+        IpNet::V4(n) => Ok(n),
+        IpNet::V6(n) => Err(Error::Kernel {
+            op: format!("program {n}: IPv6 objects"),
+            errno: EAFNOSUPPORT,
+        }),
+    }
+}
+
 fn no_link(name: &str) -> Error {
     Error::Kernel {
         op: format!("look up link {name}"),
@@ -86,15 +110,15 @@ impl Op<'_> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
             Op::DeleteRoute(r) => Ok(RouteChange::Delete(Ipv4Route {
-                dst: r.dst,
-                gateway: r.via,
+                dst: v4_net(r.dst)?,
+                gateway: r.via.map(v4).transpose()?,
                 protocol: PEER_ROUTE_PROTOCOL,
                 metric: r.metric,
                 tos: r.tos,
                 ..Ipv4Route::default()
             })),
-            Op::AddRoute(r) => index(&r.dev).map(|i| RouteChange::Add(route_of(r, i))),
-            Op::ReplaceRoute(r) => index(&r.dev).map(|i| RouteChange::Replace(route_of(r, i))),
+            Op::AddRoute(r) => Ok(RouteChange::Add(route_of(r, index(&r.dev)?)?)),
+            Op::ReplaceRoute(r) => Ok(RouteChange::Replace(route_of(r, index(&r.dev)?)?)),
             _ => unreachable!("{self} is not a route operation"),
         }
     }
@@ -107,25 +131,25 @@ impl Op<'_> {
             }
             Op::ReplaceNeighbour(n) => {
                 let neigh = Neighbour {
-                    ip: n.ip,
+                    ip: v4(n.ip)?,
                     mac: n.mac.0,
                 };
                 nl.replace_neighbour(index(&n.dev)?, neigh).await
             }
             Op::ReplaceFdb(e) => {
-                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, e.dst))
+                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, v4(e.dst)?))
                     .await
             }
             // With the link gone, so is everything on it.
             Op::DeleteNeighbour(n) => match links.get(&n.dev) {
-                Some(&i) => nl.delete_neighbour(i, n.ip).await,
+                Some(&i) => nl.delete_neighbour(i, v4(n.ip)?).await,
                 None => Ok(()),
             },
             Op::DeleteFdb(e) => match links.get(&e.dev) {
                 Some(&i) => {
                     let entry = FdbEntry {
                         mac: e.mac.0,
-                        dst: e.dst,
+                        dst: v4(e.dst)?,
                         port: e.port,
                         vni: e.vni,
                         ifindex: e.ifindex,
@@ -138,10 +162,10 @@ impl Op<'_> {
     }
 }
 
-fn route_of(r: &RouteSpec, oif: u32) -> Ipv4Route {
-    Ipv4Route {
-        dst: r.dst,
-        gateway: Some(r.via),
+fn route_of(r: &RouteSpec, oif: u32) -> Result<Ipv4Route> {
+    Ok(Ipv4Route {
+        dst: v4_net(r.dst)?,
+        gateway: Some(v4(r.via)?),
         oif: Some(oif),
         onlink: r.onlink,
         protocol: PEER_ROUTE_PROTOCOL,
@@ -149,7 +173,7 @@ fn route_of(r: &RouteSpec, oif: u32) -> Ipv4Route {
         tos: 0,
         unicast: true,
         nhid: None,
-    }
+    })
 }
 
 /// The plan's route additions and replacements, in the order they are applied.
@@ -268,7 +292,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
         nl.create_vxlan(&VxlanSpec {
             name: d.name.clone(),
             vni: d.vni,
-            local: d.local,
+            local: v4(d.local)?,
             underlay,
             port: d.port,
             mac: d.mac.0,
@@ -282,7 +306,10 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
     match created {
         Ok(index) => {
             report.done += 1;
-            let added = nl.add_ipv4_address(index, d.address).await;
+            let added = match v4_net(d.address) {
+                Ok(address) => nl.add_ipv4_address(index, address).await,
+                Err(e) => Err(e),
+            };
             report.record(added.map_err(|error| ApplyFailure {
                 item: format!("add address {} to {}", d.address, d.name),
                 object: Some(ObjectKey::Device(d.name.clone())),
@@ -322,7 +349,10 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
     }
     // Add before deleting, so that the device always has an address.
     for addr in &a.add_addresses {
-        let r = nl.add_ipv4_address(index, *addr).await;
+        let r = match v4_net(*addr) {
+            Ok(addr) => nl.add_ipv4_address(index, addr).await,
+            Err(e) => Err(e),
+        };
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("add address {addr} to {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),
@@ -330,7 +360,10 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
         }));
     }
     for addr in &a.delete_addresses {
-        let r = nl.delete_ipv4_address(index, *addr).await;
+        let r = match v4_net(*addr) {
+            Ok(addr) => nl.delete_ipv4_address(index, addr).await,
+            Err(e) => Err(e),
+        };
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("delete address {addr} from {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),

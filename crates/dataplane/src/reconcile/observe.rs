@@ -3,6 +3,9 @@
 //! (`host.rs`). Nothing else is read, so nothing else can ever be planned for change.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use twill_netlink::Result;
 use twill_types::MacAddr;
@@ -78,7 +81,7 @@ pub async fn observe_with(
                 index: l.index,
                 vni: info.vni,
                 port: info.port,
-                local: info.local,
+                local: info.local.map(IpAddr::V4),
                 underlay: info
                     .underlay
                     .and_then(|i| names.get(&i).map(|n| n.to_string())),
@@ -86,15 +89,15 @@ pub async fn observe_with(
                 mac: l.mac.map(MacAddr),
                 mtu: l.mtu,
                 up: l.up,
-                addresses,
+                addresses: addresses.into_iter().map(IpNet::V4).collect(),
             }
         })
         .collect();
     let routes = routes
         .into_iter()
         .map(|r| ObservedRoute {
-            dst: r.dst,
-            via: r.gateway,
+            dst: IpNet::V4(r.dst),
+            via: r.gateway.map(IpAddr::V4),
             dev: r.oif.and_then(|i| names.get(&i).map(|n| n.to_string())),
             onlink: r.onlink,
             metric: r.metric,
@@ -107,7 +110,7 @@ pub async fn observe_with(
         .into_iter()
         .map(|n| NeighSpec {
             dev: dev_name.clone(),
-            ip: n.ip,
+            ip: IpAddr::V4(n.ip),
             mac: MacAddr(n.mac),
         })
         .collect();
@@ -116,7 +119,7 @@ pub async fn observe_with(
         .map(|e| ObservedFdb {
             dev: dev_name.clone(),
             mac: MacAddr(e.mac),
-            dst: e.dst,
+            dst: IpAddr::V4(e.dst),
             port: e.port,
             vni: e.vni,
             ifindex: e.ifindex,

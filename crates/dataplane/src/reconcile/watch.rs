@@ -18,7 +18,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::{debug, warn};
 use twill_netlink::{Change, KernelEvents};
 use twill_types::desired::{DesiredState, PEER_ROUTE_PROTOCOL};
@@ -38,7 +38,7 @@ pub struct Watch {
     /// A notification since the last read concerned twill's objects.
     dirty: bool,
     /// Destinations of the desired routes, sorted.
-    destinations: Vec<Ipv4Net>,
+    destinations: Vec<IpNet>,
     /// Indexes of twill's links as last read.
     twill_links: Vec<u32>,
     /// Names of the other links twill's objects use.
@@ -160,7 +160,7 @@ impl Watch {
 /// Whether `change` may concern an object twill owns or relies on.
 fn concerns_twill(
     change: &Change,
-    destinations: &[Ipv4Net],
+    destinations: &[IpNet],
     twill_links: &[u32],
     used_links: &[String],
 ) -> bool {
@@ -169,7 +169,7 @@ fn concerns_twill(
         Change::Route(r) => {
             r.protocol == PEER_ROUTE_PROTOCOL
                 || r.oif.is_some_and(|i| twill_links.contains(&i))
-                || destinations.binary_search(&r.dst).is_ok()
+                || destinations.binary_search(&IpNet::V4(r.dst)).is_ok()
         }
         Change::Neighbour { index } | Change::Address { index } => twill_links.contains(index),
         Change::Link { index, name } => {
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn only_changes_near_twills_objects_concern_it() {
-        let destinations: Vec<Ipv4Net> = vec!["10.1.0.0/24".parse().unwrap()];
+        let destinations: Vec<IpNet> = vec!["10.1.0.0/24".parse().unwrap()];
         let twill = [7];
         let used = ["eth0".to_string()];
         let concerns = |c: &Change| concerns_twill(c, &destinations, &twill, &used);
