@@ -49,8 +49,15 @@ pub struct AsSegment {
     pub asns: Vec<u32>,
 }
 
-/// An optional transitive attribute we do not understand, carried on unchanged (with the
-/// Partial bit set, as RFC 4271 §5 asks).
+/// An optional transitive attribute twill does not model, carried on unchanged: `flags` is
+/// the flags octet as received with the Partial bit (0x20) set, as RFC 4271 §5 asks of an
+/// attribute the speaker does not recognise; `value` is the value octets as received.
+///
+/// "Recognised" means modelled in [`PathAttrs`]: ORIGIN, AS_PATH, NEXT_HOP, MED, LOCAL_PREF,
+/// ATOMIC_AGGREGATE, AGGREGATOR, COMMUNITIES, ORIGINATOR_ID, CLUSTER_LIST, MP_REACH/UNREACH,
+/// AS4_PATH and AS4_AGGREGATOR. Everything else (extended communities, IPv6 extended
+/// communities, large communities, ...) is carried with Partial set: twill neither reads
+/// nor acts on those values, so it cannot vouch that every speaker on the path did.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RawAttr {
     pub flags: u8,
@@ -73,7 +80,12 @@ pub struct PathAttrs {
     pub communities: Vec<u32>,
     pub originator_id: Option<Ipv4Addr>,
     pub cluster_list: Vec<Ipv4Addr>,
+    /// Optional transitive attributes twill does not model, in ascending type code.
     pub unknown: Vec<RawAttr>,
+    /// Type codes of the modelled optional transitive attributes (AGGREGATOR, COMMUNITIES)
+    /// that arrived with the Partial bit set: once set it is never cleared (RFC 4271 §5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial: Vec<u8>,
 }
 
 impl PathAttrs {
@@ -94,6 +106,7 @@ impl PathAttrs {
             originator_id: None,
             cluster_list: Vec::new(),
             unknown: Vec::new(),
+            partial: Vec::new(),
         }
     }
 

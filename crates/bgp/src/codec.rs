@@ -353,7 +353,7 @@ fn decode_update(frame: &[u8], asn4: bool) -> Result<UpdateIn, CodecError> {
     let mut ctx = parse_ctx(asn4);
     let mut reader = SliceReader::new(&clean);
     match BgpMessage::parse(&mut reader, &mut ctx) {
-        Ok(BgpMessage::Update(u)) => match convert_update(&u, &scan.discard, asn4) {
+        Ok(BgpMessage::Update(u)) => match convert_update(&u, &scan.discard, &scan.carried, asn4) {
             Ok(upd) => Ok(upd),
             Err(why) => Ok(withdraw_all(why)),
         },
@@ -374,7 +374,12 @@ fn convert_segments_as4(segs: &[As4PathSegment]) -> Vec<AsSegment> {
 }
 
 /// netgauze UPDATE → ours. Err(reason) means treat-as-withdraw.
-fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<UpdateIn, String> {
+fn convert_update(
+    u: &BgpUpdateMessage,
+    discard: &[u8],
+    carried: &[RawAttr],
+    asn4: bool,
+) -> Result<UpdateIn, String> {
     let mut out = UpdateIn {
         end_of_rib: match u.end_of_rib() {
             Some(AddressType::Ipv4Unicast) => Some(Afi::Ipv4),
@@ -389,16 +394,18 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
             .map(|a| IpNet::V4(a.network().address())),
     );
     let mut attrs = PathAttrs::local(None, Afi::Ipv4);
+    attrs.unknown = carried.to_vec();
+    attrs.unknown.sort_by_key(|raw| raw.code);
     let mut as4_path: Option<Vec<AsSegment>> = None;
     let mut next_hop_v4: Option<Ipv4Addr> = None;
     let mut mp_reach: Option<(IpAddr, Afi, Vec<IpNet>)> = None;
     for pa in u.path_attributes() {
-        let code = match pa.path_attribute_type() {
-            Ok(t) => t as u8,
-            Err(c) => c,
-        };
+        let code = type_code(pa);
         if discard.contains(&code) {
             continue;
+        }
+        if pa.partial() && (code == scan::AGGREGATOR || code == scan::COMMUNITIES) {
+            attrs.partial.push(code);
         }
         match pa.value() {
             PathAttributeValue::Origin(o) => {
@@ -420,10 +427,9 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
                     })
                     .collect()
             }
-            PathAttributeValue::As4Path(p)
-                if !asn4 => {
-                    as4_path = Some(convert_segments_as4(p.segments()));
-                }
+            PathAttributeValue::As4Path(p) if !asn4 => {
+                as4_path = Some(convert_segments_as4(p.segments()));
+            }
             PathAttributeValue::NextHop(nh) => next_hop_v4 = Some(nh.next_hop()),
             PathAttributeValue::MultiExitDiscriminator(m) => attrs.med = Some(m.metric()),
             PathAttributeValue::LocalPreference(l) => attrs.local_pref = Some(l.metric()),
@@ -469,16 +475,7 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => out
                 .withdrawn
                 .extend(nlri.iter().map(|a| IpNet::V6(a.network().address()))),
-            PathAttributeValue::UnknownAttribute(raw)
-                // Only optional transitive unknowns travel on (RFC 4271 §5).
-                if pa.optional() && pa.transitive() => {
-                    attrs.unknown.push(RawAttr {
-                        flags: 0x80 | 0x40 | 0x20,
-                        code: raw.code(),
-                        value: raw.value().to_vec(),
-                    })
-                }
-            // Other families and attributes we neither use nor propagate.
+            // Other families, and the attributes the scan carries raw (`scan.carried`).
             _ => {}
         }
     }
@@ -612,7 +609,15 @@ fn attr(opt: bool, trans: bool, ext: bool, v: PathAttributeValue) -> PathAttribu
     })
 }
 
-/// Builds the path attributes for one group of prefixes (all of one family).
+/// An optional transitive attribute twill models, with the Partial bit it arrived with.
+fn attr_partial(partial: bool, ext: bool, v: PathAttributeValue) -> PathAttribute {
+    PathAttribute::from(true, true, partial, ext, v).unwrap_or_else(|(v, e)| {
+        panic!("internal: attribute flags for {v:?} rejected: {e:?}");
+    })
+}
+
+/// Builds the path attributes for one group of prefixes (all of one family), in ascending
+/// type code.
 fn build_attrs(
     a: &PathAttrs,
     afi: Afi,
@@ -737,13 +742,17 @@ fn build_attrs(
                 id,
             ))
         };
-        out.push(attr(true, true, false, PathAttributeValue::Aggregator(agg)));
+        out.push(attr_partial(
+            a.partial.contains(&scan::AGGREGATOR),
+            false,
+            PathAttributeValue::Aggregator(agg),
+        ));
     }
     if !a.communities.is_empty() {
-        out.push(attr(
-            true,
-            true,
-            true,
+        out.push(attr_partial(
+            a.partial.contains(&scan::COMMUNITIES),
+            // Extended length only when needed, so a route passed on keeps its bytes.
+            a.communities.len() * 4 > usize::from(u8::MAX),
             PathAttributeValue::Communities(Communities::new(
                 a.communities
                     .iter()
@@ -790,17 +799,30 @@ fn build_attrs(
         ));
     }
     for raw in &a.unknown {
-        out.push(attr(
-            true,
-            true,
-            true,
-            PathAttributeValue::UnknownAttribute(UnknownAttribute::new(
-                raw.code,
-                raw.value.clone(),
-            )),
+        // The received flags go out as they came (Partial already set by the scan); the
+        // extended-length bit is forced only when the value needs it, as netgauze writes a
+        // two-octet length for a long value whatever the flag says.
+        let ext = raw.flags & 0x10 != 0 || raw.value.len() > usize::from(u8::MAX);
+        let value = PathAttributeValue::UnknownAttribute(UnknownAttribute::new(
+            raw.code,
+            raw.value.clone(),
         ));
+        out.push(
+            PathAttribute::from(true, true, raw.flags & 0x20 != 0, ext, value)
+                .map_err(|(_, e)| CodecError::Encode(format!("attribute {}: {e:?}", raw.code)))?,
+        );
     }
+    // Ascending type code, the order most speakers send (AS4_PATH was pushed next to
+    // AS_PATH, the carried attributes last).
+    out.sort_by_key(type_code);
     Ok(out)
+}
+
+fn type_code(pa: &PathAttribute) -> u8 {
+    match pa.path_attribute_type() {
+        Ok(t) => t as u8,
+        Err(c) => c,
+    }
 }
 
 fn v4_nlri(p: &[IpNet]) -> Vec<Ipv4UnicastAddress> {
@@ -930,4 +952,4 @@ pub fn unspecified(afi: Afi) -> IpAddr {
 
 #[cfg(test)]
 #[path = "codec_tests.rs"]
-mod tests;
+pub(crate) mod tests;

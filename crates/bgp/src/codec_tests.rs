@@ -117,6 +117,7 @@ fn sample_attrs(nh: IpAddr) -> PathAttrs {
         originator_id: Some(Ipv4Addr::new(10, 0, 0, 9)),
         cluster_list: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
         unknown: vec![],
+        partial: vec![],
     }
 }
 
@@ -329,6 +330,7 @@ prop_compose! {
             originator_id: orig.map(Ipv4Addr::from),
             cluster_list: cl.into_iter().map(Ipv4Addr::from).collect(),
             unknown: vec![],
+            partial: vec![],
         }
     }
 }
@@ -395,4 +397,56 @@ proptest! {
         let res = decode_raw(&raw_update(&[], &attrs, NLRI_10_9));
         prop_assert!(matches!(res, Ok(Incoming::Update(_))), "{:?}", res);
     }
+}
+
+#[test]
+fn malformed_extended_and_large_communities_are_treat_as_withdraw() {
+    // RFC 7606 §7.14 and RFC 8092 §6: a length that is not a multiple of the community size.
+    let mut ext = GOOD_ATTRS.to_vec();
+    ext.extend_from_slice(&[0xc0, 16, 7, 0, 2, 0xfd, 0xe9, 0, 0, 7]);
+    assert_taw(&ext);
+    let mut large = GOOD_ATTRS.to_vec();
+    large.extend_from_slice(&[0xc0, 32, 5, 0, 0, 0xfd, 0xe9, 0]);
+    assert_taw(&large);
+}
+
+#[test]
+fn carried_attributes_decode_with_partial_set_and_in_type_order() {
+    let mut attrs = GOOD_ATTRS.to_vec();
+    attrs.extend_from_slice(&[0xc0, 32, 12, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]);
+    attrs.extend_from_slice(&[0xc0, 16, 8, 0, 2, 0xfd, 0xe9, 0, 0, 0, 7]);
+    attrs.extend_from_slice(&[0x80, 99, 1, 0]); // optional non-transitive: dropped
+    let Incoming::Update(u) = decode_raw(&raw_update(&[], &attrs, NLRI_10_9)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        u.announced[0].0.unknown,
+        vec![
+            RawAttr {
+                flags: 0xe0,
+                code: 16,
+                value: vec![0, 2, 0xfd, 0xe9, 0, 0, 0, 7],
+            },
+            RawAttr {
+                flags: 0xe0,
+                code: 32,
+                value: vec![0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3],
+            },
+        ]
+    );
+}
+
+#[test]
+fn long_carried_attribute_gets_an_extended_length() {
+    let mut a = sample_attrs("192.0.2.1".parse().unwrap());
+    a.unknown = vec![RawAttr {
+        flags: 0xe0,
+        code: 32,
+        value: (0..300u16).map(|i| i as u8).collect(),
+    }];
+    let n: IpNet = "10.1.0.0/24".parse().unwrap();
+    let msgs = encode_updates(&[(a.clone(), n)], &[], true).unwrap();
+    let back = decode_all(&msgs, true);
+    let got = &back[0].announced[0].0.unknown[0];
+    assert_eq!((got.flags, got.value.len()), (0xf0, 300));
 }

@@ -648,3 +648,128 @@ fn per_peer_local_as_is_prepended_and_loop_checked() {
     announce(&mut r, &e, attrs(&[65002, 64999], 2), N);
     assert_eq!(r.best(&net(N)), None);
 }
+
+/// The attributes of one route as a peer sends them: ORIGIN, AS_PATH [65001], NEXT_HOP,
+/// then optional transitive attributes twill models (COMMUNITIES, sent Partial) and ones it
+/// does not (extended, large, an unassigned code), and an optional non-transitive unknown.
+mod pass_through {
+    use super::*;
+    use crate::codec::tests::raw_update;
+    use crate::codec::{self, Incoming};
+
+    const COMMUNITIES: &[u8] = &[0xe0, 8, 8, 0xfd, 0xe9, 0, 1, 0xfd, 0xe9, 0, 2];
+    const EXT_COMMUNITIES: &[u8] = &[0xc0, 16, 8, 0x00, 0x02, 0xfd, 0xe9, 0, 0, 0, 7];
+    const IPV6_EXT_COMMUNITIES: &[u8] = &[
+        0xc0, 25, 20, 0x00, 0x02, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+        0x2a,
+    ];
+    const LARGE_COMMUNITIES: &[u8] = &[0xc0, 32, 12, 0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2];
+    /// An unassigned optional transitive code, already Partial, with an extended length.
+    const UNASSIGNED: &[u8] = &[0xf0, 201, 0, 3, 1, 2, 3];
+    const NON_TRANSITIVE: &[u8] = &[0x80, 202, 2, 9, 9];
+
+    fn received() -> Vec<u8> {
+        let mut a = vec![
+            0x40, 1, 1, 0, // ORIGIN IGP
+            0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9, // AS_PATH SEQ [65001]
+            0x40, 3, 4, 192, 0, 2, 1, // NEXT_HOP 192.0.2.1
+        ];
+        // Out of order on purpose: twill sends them in ascending type code.
+        for part in [
+            LARGE_COMMUNITIES,
+            NON_TRANSITIVE,
+            UNASSIGNED,
+            COMMUNITIES,
+            IPV6_EXT_COMMUNITIES,
+            EXT_COMMUNITIES,
+        ] {
+            a.extend_from_slice(part);
+        }
+        raw_update(&[], &a, &[24, 10, 9, 0])
+    }
+
+    fn with_partial(attr: &[u8]) -> Vec<u8> {
+        let mut a = attr.to_vec();
+        a[0] |= 0x20;
+        a
+    }
+
+    /// The path attribute section of an encoded UPDATE, split into attributes.
+    fn attributes(msg: &[u8]) -> Vec<Vec<u8>> {
+        let body = &msg[19..];
+        let wlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let alen = usize::from(u16::from_be_bytes([body[2 + wlen], body[3 + wlen]]));
+        let mut rest = &body[4 + wlen..4 + wlen + alen];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (len, hdr) = if rest[0] & 0x10 != 0 {
+                (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4)
+            } else {
+                (usize::from(rest[2]), 3)
+            };
+            out.push(rest[..hdr + len].to_vec());
+            rest = &rest[hdr + len..];
+        }
+        out
+    }
+
+    /// Decode → RIB → encode for `to`; returns the attributes as sent.
+    fn pass_on(from: PeerInfo, to: PeerInfo) -> Vec<Vec<u8>> {
+        let Incoming::Update(upd) = codec::decode_message(&received(), true).unwrap() else {
+            panic!("not an UPDATE")
+        };
+        assert_eq!(upd.treat_as_withdraw, None);
+        let mut r = rib();
+        r.peer_up(from.clone());
+        r.peer_up(to.clone());
+        let out = r.update(from.addr, &upd);
+        let sent = &out.updates[&to.addr];
+        let msgs = codec::encode_updates(&sent.announce, &sent.withdraw, true).unwrap();
+        assert_eq!(msgs.len(), 1);
+        attributes(&codec::encode_message(&msgs[0]).unwrap())
+    }
+
+    fn assert_carried(sent: &[Vec<u8>]) {
+        let codes: Vec<u8> = sent.iter().map(|a| a[1]).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        assert_eq!(codes, sorted, "attributes not in ascending type code");
+        let find = |code: u8| sent.iter().find(|a| a[1] == code).cloned();
+        // COMMUNITIES is modelled: same bytes, its Partial bit kept.
+        assert_eq!(find(8), Some(COMMUNITIES.to_vec()));
+        // The rest are not: the same bytes with Partial set.
+        assert_eq!(find(16), Some(with_partial(EXT_COMMUNITIES)));
+        assert_eq!(find(25), Some(with_partial(IPV6_EXT_COMMUNITIES)));
+        assert_eq!(find(32), Some(with_partial(LARGE_COMMUNITIES)));
+        assert_eq!(find(201), Some(UNASSIGNED.to_vec()));
+        assert_eq!(
+            find(202),
+            None,
+            "optional non-transitive attribute passed on"
+        );
+    }
+
+    #[test]
+    fn reflected_route_keeps_every_optional_transitive_attribute() {
+        let sent = pass_on(peer(1, ME, true), peer(2, ME, false));
+        assert_carried(&sent);
+        // ORIGINATOR_ID and CLUSTER_LIST added by the reflection, in their place.
+        assert!(sent.iter().any(|a| a[1] == 9) && sent.iter().any(|a| a[1] == 10));
+    }
+
+    #[test]
+    fn ebgp_to_ibgp_and_ibgp_to_ebgp_keep_them_too() {
+        assert_carried(&pass_on(peer(1, 65001, false), peer(2, ME, false)));
+        assert_carried(&pass_on(peer(1, ME, false), peer(3, 65003, false)));
+    }
+
+    #[test]
+    fn a_route_twill_originates_carries_none() {
+        let mut r = rib();
+        let to = peer(2, 65002, false);
+        r.peer_up(to.clone());
+        let out = r.originate(net("10.8.0.0/24"), None);
+        let (a, _) = &out.updates[&to.addr].announce[0];
+        assert!(a.unknown.is_empty() && a.partial.is_empty());
+    }
+}
