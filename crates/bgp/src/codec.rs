@@ -458,11 +458,19 @@ fn convert_update(
             }
             PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                 next_hop_global,
+                next_hop_local,
                 nlri,
-                ..
             }) => {
+                // RFC 2545: global then (optionally) link-local; a lone link-local address
+                // is a link-local next hop without a global one.
+                let (global, local) = if is_link_local(next_hop_global) {
+                    (Ipv6Addr::UNSPECIFIED, Some(*next_hop_global))
+                } else {
+                    (*next_hop_global, next_hop_local.filter(is_link_local))
+                };
+                attrs.next_hop_local = local;
                 mp_reach = Some((
-                    IpAddr::V6(*next_hop_global),
+                    IpAddr::V6(global),
                     Afi::Ipv6,
                     nlri.iter()
                         .map(|a| IpNet::V6(a.network().address()))
@@ -503,6 +511,7 @@ fn convert_update(
         let nh = next_hop_v4.ok_or("missing NEXT_HOP")?;
         let mut a = attrs.clone();
         a.next_hop = IpAddr::V4(nh);
+        a.next_hop_local = None;
         out.announced.push((a, v4_nlri));
     }
     if let Some((nh, _afi, nlri)) = mp_reach
@@ -783,9 +792,15 @@ fn build_attrs(
         ));
     }
     if afi == Afi::Ipv6 {
-        let nh = match a.next_hop {
+        let global = match a.next_hop {
             IpAddr::V6(v6) => v6,
             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        };
+        // Without a global next hop the link-local one goes alone (16 octets), the form the
+        // decoder reads back as "link-local only".
+        let (nh, local) = match a.next_hop_local {
+            Some(ll) if global.is_unspecified() => (ll, None),
+            local => (global, local),
         };
         out.push(attr(
             true,
@@ -793,7 +808,7 @@ fn build_attrs(
             true,
             PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                 next_hop_global: nh,
-                next_hop_local: None,
+                next_hop_local: local,
                 nlri: v6_nlri(nlri).into(),
             }),
         ));
@@ -940,6 +955,11 @@ pub fn end_of_rib(afi: Afi) -> BgpMessage {
             vec![],
         )),
     }
+}
+
+/// fe80::/10: RFC 4291 link-local unicast.
+pub fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// An unspecified next hop of the given family (used for "next hop self" placeholders).

@@ -109,6 +109,7 @@ fn sample_attrs(nh: IpAddr) -> PathAttrs {
             },
         ],
         next_hop: nh,
+        next_hop_local: None,
         med: Some(50),
         local_pref: Some(200),
         atomic_aggregate: true,
@@ -314,6 +315,7 @@ prop_compose! {
         origin in 0u8..3,
         path in proptest::collection::vec((any::<bool>(), proptest::collection::vec(1u32..u32::MAX, 1..5)), 0..4),
         nh4 in any::<u32>(), nh6 in any::<u128>(),
+        ll in proptest::option::of(any::<u64>()),
         med in proptest::option::of(any::<u32>()),
         lp in proptest::option::of(any::<u32>()),
         atomic in any::<bool>(),
@@ -324,7 +326,16 @@ prop_compose! {
         PathAttrs {
             origin: [Origin::Igp, Origin::Egp, Origin::Incomplete][origin as usize],
             as_path: path.into_iter().map(|(set, asns)| AsSegment { set, asns }).collect(),
-            next_hop: if v6 { IpAddr::V6(nh6.into()) } else { IpAddr::V4(nh4.into()) },
+            // The forms the decoder gives: a global next hop is never link-local (a lone
+            // link-local one reads as `::` plus the link-local), and IPv4 routes have none.
+            next_hop: if v6 {
+                IpAddr::V6(if is_link_local(&nh6.into()) { (nh6 ^ (1 << 126)).into() } else { nh6.into() })
+            } else {
+                IpAddr::V4(nh4.into())
+            },
+            next_hop_local: ll
+                .filter(|_| v6)
+                .map(|iid| Ipv6Addr::from((0xfe80u128 << 112) | u128::from(iid))),
             med, local_pref: lp, atomic_aggregate: atomic, aggregator: None,
             communities: comms,
             originator_id: orig.map(Ipv4Addr::from),
@@ -449,4 +460,75 @@ fn long_carried_attribute_gets_an_extended_length() {
     let back = decode_all(&msgs, true);
     let got = &back[0].announced[0].0.unknown[0];
     assert_eq!((got.flags, got.value.len()), (0xf0, 300));
+}
+
+/// The MP_REACH_NLRI attribute of an encoded UPDATE: (next hop length, next hop octets).
+fn mp_reach_next_hop(msg: &[u8]) -> (u8, Vec<u8>) {
+    let body = &msg[19..];
+    let wlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let mut rest = &body[4 + wlen..];
+    loop {
+        let (len, hdr) = if rest[0] & 0x10 != 0 {
+            (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4)
+        } else {
+            (usize::from(rest[2]), 3)
+        };
+        if rest[1] == 14 {
+            let v = &rest[hdr..hdr + len];
+            let n = v[3];
+            return (n, v[4..4 + usize::from(n)].to_vec());
+        }
+        rest = &rest[hdr + len..];
+    }
+}
+
+#[test]
+fn ipv6_next_hop_global_plus_link_local_is_32_octets_both_ways() {
+    let mut a = sample_attrs("2001:db8:ff::1".parse().unwrap());
+    a.next_hop_local = Some("fe80::1".parse().unwrap());
+    let n: IpNet = "2001:db8:44::/64".parse().unwrap();
+    let msgs = encode_updates(&[(a.clone(), n)], &[], true).unwrap();
+    let (len, nh) = mp_reach_next_hop(&encode_message(&msgs[0]).unwrap());
+    assert_eq!(len, 32);
+    assert_eq!(
+        &nh[..16],
+        &"2001:db8:ff::1".parse::<Ipv6Addr>().unwrap().octets()
+    );
+    assert_eq!(&nh[16..], &"fe80::1".parse::<Ipv6Addr>().unwrap().octets());
+    assert_eq!(
+        decode_all(&msgs, true)[0].announced,
+        vec![(a.clone(), vec![n])]
+    );
+    assert_eq!(
+        a.installable_next_hop(),
+        "2001:db8:ff::1".parse::<IpAddr>().unwrap()
+    );
+    // Global only: 16 octets.
+    a.next_hop_local = None;
+    let msgs = encode_updates(&[(a, n)], &[], true).unwrap();
+    assert_eq!(mp_reach_next_hop(&encode_message(&msgs[0]).unwrap()).0, 16);
+}
+
+#[test]
+fn lone_link_local_ipv6_next_hop_means_no_global_one() {
+    // MP_REACH_NLRI, IPv6 unicast, a 16-octet next hop fe80::2, 2001:db8:44::/64.
+    let mut attrs = GOOD_ATTRS[..13].to_vec(); // ORIGIN, AS_PATH
+    let mut mp = vec![0x80, 14, 0, 0, 2, 1, 16];
+    mp.extend_from_slice(&"fe80::2".parse::<Ipv6Addr>().unwrap().octets());
+    mp.push(0);
+    mp.extend_from_slice(&[64, 0x20, 0x01, 0x0d, 0xb8, 0, 0x44, 0, 0]);
+    mp[2] = (mp.len() - 3) as u8;
+    attrs.extend_from_slice(&mp);
+    let Incoming::Update(u) = decode_raw(&raw_update(&[], &attrs, &[])).unwrap() else {
+        panic!()
+    };
+    assert_eq!(u.treat_as_withdraw, None);
+    let (a, nets) = &u.announced[0];
+    assert_eq!(nets, &vec!["2001:db8:44::/64".parse::<IpNet>().unwrap()]);
+    assert_eq!(a.next_hop, "::".parse::<IpAddr>().unwrap());
+    assert_eq!(a.next_hop_local, Some("fe80::2".parse().unwrap()));
+    assert_eq!(
+        a.installable_next_hop(),
+        "fe80::2".parse::<IpAddr>().unwrap()
+    );
 }

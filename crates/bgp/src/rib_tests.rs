@@ -24,6 +24,7 @@ fn peer(last: u8, asn: u32, rr_client: bool) -> PeerInfo {
         rr_client,
         local_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
         local_v6: Some("2001:db8::100".parse().unwrap()),
+        link: None,
         families: [Afi::Ipv4, Afi::Ipv6].into(),
         gr_keep: [Afi::Ipv4, Afi::Ipv6].into(),
     }
@@ -771,5 +772,221 @@ mod pass_through {
         let out = r.originate(net("10.8.0.0/24"), None);
         let (a, _) = &out.updates[&to.addr].announce[0];
         assert!(a.unknown.is_empty() && a.partial.is_empty());
+    }
+}
+
+/// IPv6 unicast (RFC 4760) with RFC 2545 next hops, over IPv4 and IPv6 sessions.
+mod ipv6 {
+    use super::*;
+
+    const N6: &str = "2001:db8:9::/64";
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn link(ifindex: u32, ll: &str) -> Option<SharedLink> {
+        Some(SharedLink {
+            ifindex,
+            link_local: v6(ll),
+        })
+    }
+
+    /// A peer over an IPv6 session: we are 2001:db8:ff::100 on it.
+    fn peer6(last: u8, asn: u32, rr_client: bool) -> PeerInfo {
+        PeerInfo {
+            addr: IpAddr::V6(v6(&format!("2001:db8:ff::{last}"))),
+            local_addr: IpAddr::V6(v6("2001:db8:ff::100")),
+            local_v6: None,
+            ..peer(last, asn, rr_client)
+        }
+    }
+
+    fn attrs6(path: &[u32], nh: &str, ll: Option<&str>) -> PathAttrs {
+        PathAttrs {
+            next_hop: nh.parse().unwrap(),
+            next_hop_local: ll.map(v6),
+            ..attrs(path, 0)
+        }
+    }
+
+    fn sent(out: &Output, to: &PeerInfo) -> Option<PathAttrs> {
+        out.updates
+            .get(&to.addr)?
+            .announce
+            .iter()
+            .find(|(_, n)| *n == net(N6))
+            .map(|(a, _)| a.clone())
+    }
+
+    #[test]
+    fn ipv6_routes_only_on_sessions_that_negotiated_ipv6() {
+        let mut r = rib();
+        let v4_only = PeerInfo {
+            families: [Afi::Ipv4].into(),
+            ..peer(1, 65001, false)
+        };
+        let both = peer(2, 65002, false);
+        r.peer_up(v4_only.clone());
+        r.peer_up(both.clone());
+        // Sent anyway by a peer that did not announce IPv6: ignored.
+        announce(&mut r, &v4_only, attrs6(&[65001], "2001:db8::1", None), N6);
+        assert_eq!(r.best(&net(N6)), None);
+        assert_eq!(r.counts(&v4_only.addr).received, 0);
+        // From a peer that did: learned, and not passed to the IPv4-only peer.
+        let out = announce(&mut r, &both, attrs6(&[65002], "2001:db8::2", None), N6);
+        assert_eq!(best_from(&r, N6), Some(Source::Peer(both.addr)));
+        assert!(sent(&out, &v4_only).is_none());
+        assert!(!out.updates.contains_key(&v4_only.addr));
+    }
+
+    #[test]
+    fn ebgp_over_ipv4_session_sends_configured_global_plus_link_local() {
+        let mut r = rib();
+        let from = peer(1, 65001, false);
+        let to = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer(2, 65002, false)
+        };
+        r.peer_up(from.clone());
+        r.peer_up(to.clone());
+        let out = announce(
+            &mut r,
+            &from,
+            attrs6(&[65001], "2001:db8::1", Some("fe80::1")),
+            N6,
+        );
+        let a = sent(&out, &to).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8::100")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::100")));
+        assert_eq!(a.as_path_flat(), vec![ME, 65001]);
+        // Not on a shared link (multihop): global only.
+        let far = peer(3, 65003, false);
+        let out = r.peer_up(far.clone());
+        let a = sent(&out, &far).unwrap();
+        assert_eq!(a.next_hop_local, None);
+        // No IPv6 address configured: our IPv4 address, IPv4-mapped.
+        let mapped = PeerInfo {
+            local_v6: None,
+            ..peer(4, 65004, false)
+        };
+        let a = sent(&r.peer_up(mapped.clone()), &mapped).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("::ffff:192.0.2.100")));
+    }
+
+    #[test]
+    fn ebgp_over_ipv6_session_uses_the_session_address() {
+        let mut r = rib();
+        let to = PeerInfo {
+            local_v6: Some(v6("2001:db8:aaaa::1")),
+            link: link(2, "fe80::100"),
+            ..peer6(2, 65002, false)
+        };
+        r.peer_up(to.clone());
+        let out = r.originate(net(N6), None);
+        let a = sent(&out, &to).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:ff::100")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::100")));
+        // A session between link-local addresses takes the configured global address,
+        // and without one there is no global next hop to give: nothing is sent.
+        let ll_session = PeerInfo {
+            local_addr: IpAddr::V6(v6("fe80::100")),
+            ..to.clone()
+        };
+        let mut r2 = rib();
+        r2.originate(net(N6), None);
+        let a = sent(&r2.peer_up(ll_session.clone()), &ll_session).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:aaaa::1")));
+        let bare = PeerInfo {
+            local_v6: None,
+            ..ll_session
+        };
+        let mut r3 = rib();
+        r3.originate(net(N6), None);
+        assert!(sent(&r3.peer_up(bare.clone()), &bare).is_none());
+    }
+
+    #[test]
+    fn route_reflection_of_ipv6_keeps_next_hop_and_link_local_only_on_the_same_link() {
+        let mut r = rib();
+        let client = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer6(1, ME, true)
+        };
+        let same_link = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer6(2, ME, false)
+        };
+        let other_link = PeerInfo {
+            link: link(3, "fe80::300"),
+            ..peer6(3, ME, false)
+        };
+        for p in [&client, &same_link, &other_link] {
+            r.peer_up(p.clone());
+        }
+        let out = announce(
+            &mut r,
+            &client,
+            attrs6(&[], "2001:db8:ff::1", Some("fe80::1")),
+            N6,
+        );
+        let a = sent(&out, &same_link).unwrap();
+        assert_eq!(a.originator_id, Some(client.router_id));
+        assert_eq!(a.cluster_list, vec![Ipv4Addr::new(10, 0, 0, 100)]);
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:ff::1")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::1")));
+        let b = sent(&out, &other_link).unwrap();
+        assert_eq!(b.next_hop, IpAddr::V6(v6("2001:db8:ff::1")));
+        assert_eq!(
+            b.next_hop_local, None,
+            "a link-local next hop left its link"
+        );
+        // Loop rules as for IPv4: our cluster ID in the list → refused.
+        let looped = PathAttrs {
+            cluster_list: vec![Ipv4Addr::new(10, 0, 0, 100)],
+            ..attrs6(&[], "2001:db8:ff::2", None)
+        };
+        announce(&mut r, &same_link, looped, "2001:db8:8::/64");
+        assert_eq!(r.best(&net("2001:db8:8::/64")), None);
+    }
+
+    #[test]
+    fn link_local_only_route_is_passed_on_with_us_as_next_hop() {
+        let mut r = rib();
+        let client = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer6(1, ME, true)
+        };
+        let other = PeerInfo {
+            link: link(3, "fe80::300"),
+            ..peer6(3, ME, false)
+        };
+        r.peer_up(client.clone());
+        r.peer_up(other.clone());
+        let out = announce(&mut r, &client, attrs6(&[], "::", Some("fe80::1")), N6);
+        // Installed via the link-local address (on the client's link).
+        let best = &out.best[0];
+        assert_eq!(
+            crate::speaker::learned_route(best),
+            Some((net(N6), IpAddr::V6(v6("fe80::1"))))
+        );
+        let a = sent(&out, &other).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:ff::100")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::300")));
+    }
+
+    #[test]
+    fn ipv4_routes_never_carry_a_link_local_next_hop() {
+        let mut r = rib();
+        let to = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer(2, 65002, false)
+        };
+        let out = r.peer_up(to.clone());
+        assert!(out.updates[&to.addr].announce.is_empty());
+        let out = r.originate(net(N), None);
+        let (a, _) = &out.updates[&to.addr].announce[0];
+        assert_eq!(a.next_hop_local, None);
+        assert_eq!(a.next_hop, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)));
     }
 }

@@ -900,3 +900,88 @@ fn communities_of_every_kind_pass_through_twill_from_gobgp_to_bird() {
     assert!(r.contains("BGP.ext_community: (rt, 65002, 7)"), "{r}");
     assert!(r.contains("BGP.large_community: (65002, 10, 20)"), "{r}");
 }
+
+/// The IPv6 link-local address of `dev`, once duplicate address detection has passed (BIRD
+/// ignores a tentative one).
+fn link_local(ns: &Netns, dev: &str) -> String {
+    let mut found = None;
+    wait_until(
+        &format!("a usable link-local address on {dev}"),
+        T30,
+        || {
+            let v = ns.ip_json(&["-6", "addr", "show", "dev", dev, "scope", "link"]);
+            found = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+                .filter(|a| a["tentative"].is_null())
+                .find_map(|a| a["local"].as_str().map(str::to_string));
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+/// RFC 4760 + RFC 2545 on an IPv6 session: twill and BIRD negotiate only IPv6 unicast;
+/// twill's prefix reaches BIRD with twill's global address plus its link-local one as next
+/// hop, BIRD's reaches twill with both of BIRD's; no IPv4 route crosses the session.
+#[test]
+#[ignore = "needs root"]
+fn ipv6_session_with_bird_carries_global_and_link_local_next_hops() {
+    require_root();
+    let (t, r) = pair();
+    let twill_ll = link_local(&t, "vt");
+    let bird_ll = link_local(&r, "vr");
+    let bird = Bird::start(
+        &r,
+        &bird_conf(
+            "10.0.0.2",
+            "protocol bgp twill6 {\n  local 2001:db8:ff::fe as 65002;\n  \
+             neighbor 2001:db8:ff::1 as 65001;\n  \
+             connect retry time 1; connect delay time 1; error wait time 1, 2;\n  direct;\n  \
+             ipv6 { import all; export all; gateway direct; };\n}\n",
+        ),
+    );
+    let tw = Twill::start(
+        &t,
+        &[
+            "--asn",
+            "65001",
+            "--router-id",
+            "10.0.0.1",
+            "--listen",
+            "[::]:179",
+            "--connect-retry",
+            "1",
+            "--peer",
+            "2001:db8:ff::fe,65002",
+            "--originate",
+            "2001:db8:44::/64",
+            "--originate",
+            "10.44.1.0/24",
+        ],
+    );
+    wait_until("IPv6 session Established", T30, || {
+        bird.established("twill6")
+    });
+    wait_until("twill's IPv6 prefix in BIRD", T30, || {
+        bird.has_route("2001:db8:44::/64")
+    });
+    let r6 = bird.route("2001:db8:44::/64");
+    assert!(
+        r6.contains(&format!("BGP.next_hop: 2001:db8:ff::1 {twill_ll}")),
+        "{r6}"
+    );
+    assert!(r6.contains("BGP.as_path: 65001"), "{r6}");
+    wait_until("BIRD's IPv6 prefix at twill", T30, || {
+        tw.learned("2001:db8:50::/64").is_some()
+    });
+    let b = tw.learned("2001:db8:50::/64").unwrap();
+    assert_eq!(b["attrs"]["next_hop"], "2001:db8:ff::fe", "{b}");
+    assert_eq!(b["attrs"]["next_hop_local"], bird_ll.as_str(), "{b}");
+    assert_eq!(b["source"]["peer"], "2001:db8:ff::fe", "{b}");
+    // Only IPv6 unicast was negotiated: no IPv4 prefix went either way.
+    assert!(!bird.has_route("10.44.1.0/24"));
+    assert!(tw.learned("10.50.0.0/24").is_none());
+}
