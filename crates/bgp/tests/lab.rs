@@ -337,7 +337,13 @@ fn ebgp_with_bird_exchanges_routes_both_ways() {
     assert!(r4.contains("BGP.as_path: 65001"), "{r4}");
     assert!(r4.contains("BGP.next_hop: 10.0.0.1"), "{r4}");
     let r6 = bird.route("2001:db8:44::/64");
-    assert!(r6.contains("BGP.next_hop: 2001:db8:ff::1"), "{r6}");
+    // IPv6 over the IPv4 session: the configured global next hop plus the link-local
+    // address of the shared link (RFC 2545).
+    let twill_ll = link_local(&t, "vt");
+    assert!(
+        r6.contains(&format!("BGP.next_hop: 2001:db8:ff::1 {twill_ll}")),
+        "{r6}"
+    );
     // BIRD's static routes arrive at twill as best-route events.
     wait_until("BIRD routes at twill", T30, || {
         tw.learned("10.50.0.0/24").is_some() && tw.learned("2001:db8:50::/64").is_some()
@@ -984,4 +990,84 @@ fn ipv6_session_with_bird_carries_global_and_link_local_next_hops() {
     // Only IPv6 unicast was negotiated: no IPv4 prefix went either way.
     assert!(!bird.has_route("10.44.1.0/24"));
     assert!(tw.learned("10.50.0.0/24").is_none());
+}
+
+/// A BIRD iBGP client of twill's reflector over IPv6, announcing `prefix`.
+fn bird_v6_client(n: u8, prefix: &str) -> String {
+    format!(
+        "router id 10.0.0.{n};\nprotocol device {{ }}\n\
+         protocol static s6 {{ ipv6; route {prefix} blackhole; }}\n\
+         protocol bgp twillrr {{\n  local 2001:db8:ff::{n} as 65000;\n  \
+         neighbor 2001:db8:ff::1 as 65000;\n  \
+         connect retry time 1; connect delay time 1; error wait time 1, 2;\n  direct;\n  \
+         ipv6 {{ import all; export all; gateway direct; }};\n}}\n"
+    )
+}
+
+/// RFC 4456 for IPv6: twill reflects IPv6 routes between two BIRD clients over IPv6
+/// sessions, adding ORIGINATOR_ID and CLUSTER_LIST and leaving the next hop alone, and, as
+/// all three share one link, the originator's link-local next hop too (RFC 2545).
+#[test]
+#[ignore = "needs root"]
+fn twill_reflects_ipv6_routes_between_bird_clients_over_ipv6_sessions() {
+    require_root();
+    let (_hub, nodes) = star(&["trr6", "b6a", "b6b"]);
+    let lls: Vec<String> = nodes.iter().map(|n| link_local(n, "eth0")).collect();
+    let b2 = Bird::start(&nodes[1], &bird_v6_client(2, "2001:db8:52::/64"));
+    let b3 = Bird::start(&nodes[2], &bird_v6_client(3, "2001:db8:53::/64"));
+    let rr = Twill::start(
+        &nodes[0],
+        &[
+            "--asn",
+            "65000",
+            "--router-id",
+            "10.0.0.1",
+            "--listen",
+            "[::]:179",
+            "--connect-retry",
+            "1",
+            "--cluster-id",
+            "10.255.0.1",
+            "--peer",
+            "2001:db8:ff::2,65000,client",
+            "--peer",
+            "2001:db8:ff::3,65000,client",
+            "--originate",
+            "2001:db8:41::/64",
+        ],
+    );
+    wait_until("both IPv6 sessions up", T30, || {
+        b2.established("twillrr") && b3.established("twillrr")
+    });
+    wait_until("b2's prefix reflected to b3", T30, || {
+        b3.has_route("2001:db8:52::/64")
+    });
+    let r = b3.route("2001:db8:52::/64");
+    assert!(r.contains("BGP.originator_id: 10.0.0.2"), "{r}");
+    assert!(r.contains("BGP.cluster_list: 10.255.0.1"), "{r}");
+    let at_rr = rr.learned("2001:db8:52::/64").unwrap();
+    assert_eq!(at_rr["attrs"]["next_hop"], "2001:db8:ff::2", "{at_rr}");
+    // BIRD sent its link-local address too; reflected on the same link, it stays.
+    assert_eq!(at_rr["attrs"]["next_hop_local"], lls[1].as_str(), "{at_rr}");
+    assert!(
+        r.contains(&format!("BGP.next_hop: 2001:db8:ff::2 {}", lls[1])),
+        "{r}"
+    );
+    wait_until("b3's prefix reflected to b2", T30, || {
+        b2.has_route("2001:db8:53::/64")
+    });
+    assert!(
+        b2.route("2001:db8:53::/64")
+            .contains("BGP.originator_id: 10.0.0.3")
+    );
+    // The reflector's own prefix: next hop twill's global and link-local addresses.
+    wait_until("the reflector's prefix at b2", T30, || {
+        b2.has_route("2001:db8:41::/64")
+    });
+    let own = b2.route("2001:db8:41::/64");
+    assert!(
+        own.contains(&format!("BGP.next_hop: 2001:db8:ff::1 {}", lls[0])),
+        "{own}"
+    );
+    assert!(!own.contains("originator_id"), "{own}");
 }
