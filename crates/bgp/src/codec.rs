@@ -862,8 +862,8 @@ fn v6_nlri(p: &[IpNet]) -> Vec<Ipv6UnicastAddress> {
         .collect()
 }
 
-/// Prefixes per UPDATE: a /32 is 5 octets and an IPv6 /128 is 17, so these stay well inside
-/// 4096 octets with room for the attributes.
+/// Withdrawn prefixes per UPDATE: a /32 is 5 octets and an IPv6 /128 is 17, so these stay
+/// well inside 4096 octets. Announcements are split by size instead ([`chunks_within`]).
 const V4_PER_UPDATE: usize = 500;
 const V6_PER_UPDATE: usize = 150;
 
@@ -918,12 +918,26 @@ pub fn encode_updates(
     }
     for (a, nets) in groups.values() {
         let afi = Afi::of(&nets[0]);
-        let per = if afi == Afi::Ipv4 {
-            V4_PER_UPDATE
-        } else {
-            V6_PER_UPDATE
+        // The attributes do not depend on the prefixes (an empty MP_REACH already has its
+        // two-octet length), so what is left of the 4096 octets goes to prefixes. Carried
+        // attributes can be large: a route a peer sent in a full message, grown by our AS or
+        // reflection attributes, may not fit at all; it is then not passed on (the session
+        // stays up), as a reset would drop every other route with it.
+        let base: usize = build_attrs(a, afi, &[], asn4)?
+            .iter()
+            .map(WritablePdu::len)
+            .sum();
+        let room = MAX_MESSAGE.saturating_sub(HEADER + 4 + base);
+        let Some(chunks) = chunks_within(nets, room) else {
+            tracing::warn!(
+                "bgp: {} prefixes (first {}) not sent: their attributes leave no room in a \
+                 {MAX_MESSAGE}-octet UPDATE",
+                nets.len(),
+                nets[0]
+            );
+            continue;
         };
-        for chunk in nets.chunks(per) {
+        for chunk in chunks {
             let attrs = build_attrs(a, afi, chunk, asn4)?;
             let nlri = if afi == Afi::Ipv4 {
                 v4_nlri(chunk)
@@ -938,6 +952,26 @@ pub fn encode_updates(
         }
     }
     Ok(msgs)
+}
+
+/// Splits prefixes into runs whose encoded NLRI (length octet plus address octets each)
+/// fit in `room` octets; None when not even one fits.
+fn chunks_within(nets: &[IpNet], room: usize) -> Option<Vec<&[IpNet]>> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, n) in nets.iter().enumerate() {
+        let size = 1 + usize::from(n.prefix_len()).div_ceil(8);
+        if size > room {
+            return None;
+        }
+        if used + size > room {
+            out.push(&nets[start..i]);
+            (start, used) = (i, 0);
+        }
+        used += size;
+    }
+    out.push(&nets[start..]);
+    Some(out)
 }
 
 /// The End-of-RIB marker for a family (RFC 4724 §2).

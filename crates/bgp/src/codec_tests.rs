@@ -532,3 +532,43 @@ fn lone_link_local_ipv6_next_hop_means_no_global_one() {
         "fe80::2".parse::<IpAddr>().unwrap()
     );
 }
+
+#[test]
+fn announcements_are_split_to_fit_4096_octets_with_large_carried_attributes() {
+    let mut big = sample_attrs("192.0.2.1".parse().unwrap());
+    big.unknown = vec![RawAttr {
+        flags: 0xf0,
+        code: 32,
+        value: vec![7; 12 * 250], // 3000 octets of large communities
+    }];
+    let nets: Vec<IpNet> = (0..400u32)
+        .map(|i| IpNet::V4(ipnet::Ipv4Net::new((0x0a00_0000 | (i << 8)).into(), 24).unwrap()))
+        .collect();
+    let announce: Vec<(PathAttrs, IpNet)> = nets.iter().map(|n| (big.clone(), *n)).collect();
+    let msgs = encode_updates(&announce, &[], true).unwrap();
+    assert!(msgs.len() > 1);
+    for m in &msgs {
+        assert!(encode_message(m).unwrap().len() <= MAX_MESSAGE);
+    }
+    let got: Vec<IpNet> = decode_all(&msgs, true)
+        .into_iter()
+        .flat_map(|u| u.announced.into_iter().flat_map(|(_, n)| n))
+        .collect();
+    assert_eq!(got, nets);
+
+    // Attributes too large for any UPDATE: that route is left out, the others still go.
+    let mut huge = big.clone();
+    huge.unknown[0].value = vec![7; 12 * 340];
+    let ok: IpNet = "10.200.0.0/24".parse().unwrap();
+    let msgs = encode_updates(
+        &[(huge, "10.100.0.0/24".parse().unwrap()), (big, ok)],
+        &[],
+        true,
+    )
+    .unwrap();
+    let got: Vec<IpNet> = decode_all(&msgs, true)
+        .into_iter()
+        .flat_map(|u| u.announced.into_iter().flat_map(|(_, n)| n))
+        .collect();
+    assert_eq!(got, vec![ok]);
+}
