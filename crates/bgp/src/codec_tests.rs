@@ -572,3 +572,39 @@ fn announcements_are_split_to_fit_4096_octets_with_large_carried_attributes() {
         .collect();
     assert_eq!(got, vec![ok]);
 }
+
+proptest! {
+    /// Any optional transitive attribute of a type twill does not model goes out with the
+    /// value octets it came with, its flags plus Partial, whatever its length.
+    #[test]
+    fn prop_unmodelled_optional_transitive_attributes_pass_unchanged(
+        code in 200u8..=254,
+        value in proptest::collection::vec(any::<u8>(), 0..400),
+        partial in any::<bool>(),
+        ext in any::<bool>(),
+    ) {
+        let ext = ext || value.len() > 255;
+        let flags = 0xc0 | if partial { 0x20 } else { 0 } | if ext { 0x10 } else { 0 };
+        let mut attr = vec![flags, code];
+        if ext {
+            attr.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        } else {
+            attr.push(value.len() as u8);
+        }
+        attr.extend_from_slice(&value);
+        let mut attrs = GOOD_ATTRS.to_vec();
+        attrs.extend_from_slice(&attr);
+        let Incoming::Update(u) = decode_raw(&raw_update(&[], &attrs, NLRI_10_9)).unwrap() else {
+            panic!()
+        };
+        let (a, nets) = &u.announced[0];
+        let msgs = encode_updates(&[(a.clone(), nets[0])], &[], true).unwrap();
+        let bytes = encode_message(&msgs[0]).unwrap();
+        let mut want = attr.clone();
+        want[0] |= 0x20;
+        prop_assert!(
+            bytes.windows(want.len()).any(|w| w == want.as_slice()),
+            "{want:?} not in {bytes:?}"
+        );
+    }
+}
