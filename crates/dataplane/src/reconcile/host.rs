@@ -289,10 +289,13 @@ mod tests {
                 control_tcp: vec![179, 2379],
                 tunnel_udp: vec![8472],
                 vxlan_port: Some(8472),
+                pools6: Vec::new(),
+                node_subnet6: None,
             },
             elements: Elements {
                 control_hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
                 vxlan_peers: Default::default(),
+                ..Elements::default()
             },
         }
     }
