@@ -60,6 +60,8 @@ fn guard() -> HostGuardSpec {
             control_tcp: vec![179, 2379, 2380],
             tunnel_udp: vec![8285, 8472],
             vxlan_port: Some(8472),
+            pools6: Vec::new(),
+            node_subnet6: None,
         },
         elements: Elements {
             control_hosts: ["10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap()].into(),
@@ -68,6 +70,7 @@ fn guard() -> HostGuardSpec {
                 "10.244.2.0/24".parse().unwrap(),
             )]
             .into(),
+            ..Elements::default()
         },
     }
 }
