@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use twill_netlink::libc_errno::ENODEV;
-use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, RouteChange, VxlanSpec};
+use twill_netlink::{Error, FdbEntry, IpRoute, Neighbour, Result, RouteChange, VxlanSpec};
 use twill_types::desired::{
     DesiredState, FdbSpec, NeighSpec, PEER_ROUTE_PROTOCOL, RouteSpec, VxlanDevice,
 };
@@ -85,13 +85,13 @@ impl Op<'_> {
     fn route_change(&self, links: &HashMap<String, u32>) -> Result<RouteChange> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
-            Op::DeleteRoute(r) => Ok(RouteChange::Delete(Ipv4Route {
-                dst: r.dst,
-                gateway: r.via,
+            Op::DeleteRoute(r) => Ok(RouteChange::Delete(IpRoute {
+                dst: r.dst.into(),
+                gateway: r.via.map(Into::into),
                 protocol: PEER_ROUTE_PROTOCOL,
                 metric: r.metric,
                 tos: r.tos,
-                ..Ipv4Route::default()
+                ..IpRoute::default()
             })),
             Op::AddRoute(r) => index(&r.dev).map(|i| RouteChange::Add(route_of(r, i))),
             Op::ReplaceRoute(r) => index(&r.dev).map(|i| RouteChange::Replace(route_of(r, i))),
@@ -107,25 +107,25 @@ impl Op<'_> {
             }
             Op::ReplaceNeighbour(n) => {
                 let neigh = Neighbour {
-                    ip: n.ip,
+                    ip: n.ip.into(),
                     mac: n.mac.0,
                 };
                 nl.replace_neighbour(index(&n.dev)?, neigh).await
             }
             Op::ReplaceFdb(e) => {
-                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, e.dst))
+                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, e.dst.into()))
                     .await
             }
             // With the link gone, so is everything on it.
             Op::DeleteNeighbour(n) => match links.get(&n.dev) {
-                Some(&i) => nl.delete_neighbour(i, n.ip).await,
+                Some(&i) => nl.delete_neighbour(i, n.ip.into()).await,
                 None => Ok(()),
             },
             Op::DeleteFdb(e) => match links.get(&e.dev) {
                 Some(&i) => {
                     let entry = FdbEntry {
                         mac: e.mac.0,
-                        dst: e.dst,
+                        dst: e.dst.into(),
                         port: e.port,
                         vni: e.vni,
                         ifindex: e.ifindex,
@@ -138,10 +138,10 @@ impl Op<'_> {
     }
 }
 
-fn route_of(r: &RouteSpec, oif: u32) -> Ipv4Route {
-    Ipv4Route {
-        dst: r.dst,
-        gateway: Some(r.via),
+fn route_of(r: &RouteSpec, oif: u32) -> IpRoute {
+    IpRoute {
+        dst: r.dst.into(),
+        gateway: Some(r.via.into()),
         oif: Some(oif),
         onlink: r.onlink,
         protocol: PEER_ROUTE_PROTOCOL,
@@ -268,7 +268,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
         nl.create_vxlan(&VxlanSpec {
             name: d.name.clone(),
             vni: d.vni,
-            local: d.local,
+            local: d.local.into(),
             underlay,
             port: d.port,
             mac: d.mac.0,
@@ -282,7 +282,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
     match created {
         Ok(index) => {
             report.done += 1;
-            let added = nl.add_ipv4_address(index, d.address).await;
+            let added = nl.add_address(index, d.address.into()).await;
             report.record(added.map_err(|error| ApplyFailure {
                 item: format!("add address {} to {}", d.address, d.name),
                 object: Some(ObjectKey::Device(d.name.clone())),
@@ -322,7 +322,7 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
     }
     // Add before deleting, so that the device always has an address.
     for addr in &a.add_addresses {
-        let r = nl.add_ipv4_address(index, *addr).await;
+        let r = nl.add_address(index, (*addr).into()).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("add address {addr} to {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),
@@ -330,7 +330,7 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
         }));
     }
     for addr in &a.delete_addresses {
-        let r = nl.delete_ipv4_address(index, *addr).await;
+        let r = nl.delete_address(index, (*addr).into()).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("delete address {addr} from {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),

@@ -260,10 +260,10 @@ pub async fn apply_addresses(nl: &Rtnl, plan: &Plan, report: &mut ApplyReport) {
                 errno: twill_netlink::libc_errno::ENODEV,
             })?;
             if change.add {
-                nl.add_ipv4_address(link.index, *address).await?;
+                nl.add_address(link.index, (*address).into()).await?;
             }
             for stale in &change.delete {
-                nl.delete_ipv4_address(link.index, *stale).await?;
+                nl.delete_address(link.index, (*stale).into()).await?;
             }
             Ok(())
         }

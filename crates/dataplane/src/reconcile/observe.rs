@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use twill_netlink::Result;
+use twill_netlink::{Family, Result};
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, NeighSpec, PEER_ROUTE_PROTOCOL};
 
@@ -38,7 +38,7 @@ pub async fn observe_with(
         .and_then(|d| ours.iter().find(|l| l.name == d.name));
 
     let addresses = futures::future::try_join_all(ours.iter().map(|l| nl.ipv4_addresses(l.index)));
-    let routes = nl.ipv4_routes(Some(PEER_ROUTE_PROTOCOL));
+    let routes = nl.routes(Some(Family::V4), Some(PEER_ROUTE_PROTOCOL));
     let neighbours = async {
         match desired_dev {
             Some(l) => nl.permanent_neighbours(l.index).await,
@@ -78,7 +78,7 @@ pub async fn observe_with(
                 index: l.index,
                 vni: info.vni,
                 port: info.port,
-                local: info.local,
+                local: info.local.and_then(v4),
                 underlay: info
                     .underlay
                     .and_then(|i| names.get(&i).map(|n| n.to_string())),
@@ -92,34 +92,43 @@ pub async fn observe_with(
         .collect();
     let routes = routes
         .into_iter()
-        .map(|r| ObservedRoute {
-            dst: r.dst,
-            via: r.gateway,
-            dev: r.oif.and_then(|i| names.get(&i).map(|n| n.to_string())),
-            onlink: r.onlink,
-            metric: r.metric,
-            tos: r.tos,
-            unicast: r.unicast,
+        .filter_map(|r| {
+            let ipnet::IpNet::V4(dst) = r.dst else {
+                return None;
+            };
+            Some(ObservedRoute {
+                dst,
+                via: r.gateway.and_then(v4),
+                dev: r.oif.and_then(|i| names.get(&i).map(|n| n.to_string())),
+                onlink: r.onlink,
+                metric: r.metric,
+                tos: r.tos,
+                unicast: r.unicast,
+            })
         })
         .collect();
     let dev_name = desired_dev.map(|l| l.name.clone()).unwrap_or_default();
     let neighbours = neighbours
         .into_iter()
-        .map(|n| NeighSpec {
-            dev: dev_name.clone(),
-            ip: n.ip,
-            mac: MacAddr(n.mac),
+        .filter_map(|n| {
+            Some(NeighSpec {
+                dev: dev_name.clone(),
+                ip: v4(n.ip)?,
+                mac: MacAddr(n.mac),
+            })
         })
         .collect();
     let fdb = fdb
         .into_iter()
-        .map(|e| ObservedFdb {
-            dev: dev_name.clone(),
-            mac: MacAddr(e.mac),
-            dst: e.dst,
-            port: e.port,
-            vni: e.vni,
-            ifindex: e.ifindex,
+        .filter_map(|e| {
+            Some(ObservedFdb {
+                dev: dev_name.clone(),
+                mac: MacAddr(e.mac),
+                dst: v4(e.dst)?,
+                port: e.port,
+                vni: e.vni,
+                ifindex: e.ifindex,
+            })
         })
         .collect();
     Ok(Observed {
@@ -130,6 +139,13 @@ pub async fn observe_with(
         idle_nexthops,
         host,
     })
+}
+
+fn v4(ip: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
+    match ip {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    }
 }
 
 /// Ids of the nexthop objects of [`PEER_ROUTE_PROTOCOL`] (none on a kernel that cannot list

@@ -18,7 +18,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::{debug, warn};
 use twill_netlink::{Change, KernelEvents};
 use twill_types::desired::{DesiredState, PEER_ROUTE_PROTOCOL};
@@ -38,7 +38,7 @@ pub struct Watch {
     /// A notification since the last read concerned twill's objects.
     dirty: bool,
     /// Destinations of the desired routes, sorted.
-    destinations: Vec<Ipv4Net>,
+    destinations: Vec<IpNet>,
     /// Indexes of twill's links as last read.
     twill_links: Vec<u32>,
     /// Names of the other links twill's objects use.
@@ -107,7 +107,7 @@ impl Watch {
         let devices_kept = plan.device.is_none() && plan.delete_devices.is_empty();
         self.clean = (done && plan.ignored.is_empty() && devices_kept && self.events.is_some())
             .then_some(fp);
-        self.destinations = desired.routes.iter().map(|r| r.dst).collect();
+        self.destinations = desired.routes.iter().map(|r| r.dst.into()).collect();
         self.destinations.sort_unstable();
         self.destinations.dedup();
         self.destinations.shrink_to_fit();
@@ -160,7 +160,7 @@ impl Watch {
 /// Whether `change` may concern an object twill owns or relies on.
 fn concerns_twill(
     change: &Change,
-    destinations: &[Ipv4Net],
+    destinations: &[IpNet],
     twill_links: &[u32],
     used_links: &[String],
 ) -> bool {
@@ -185,21 +185,21 @@ fn concerns_twill(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_netlink::Ipv4Route;
+    use twill_netlink::IpRoute;
 
     fn route(dst: &str, protocol: u8, oif: u32) -> Change {
-        Change::Route(Ipv4Route {
+        Change::Route(IpRoute {
             dst: dst.parse().unwrap(),
             protocol,
             oif: Some(oif),
             unicast: true,
-            ..Ipv4Route::default()
+            ..IpRoute::default()
         })
     }
 
     #[test]
     fn only_changes_near_twills_objects_concern_it() {
-        let destinations: Vec<Ipv4Net> = vec!["10.1.0.0/24".parse().unwrap()];
+        let destinations: Vec<IpNet> = vec!["10.1.0.0/24".parse().unwrap()];
         let twill = [7];
         let used = ["eth0".to_string()];
         let concerns = |c: &Change| concerns_twill(c, &destinations, &twill, &used);
