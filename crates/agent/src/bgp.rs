@@ -167,7 +167,7 @@ pub fn learned_specs(
     desired: &DesiredState,
 ) -> Vec<RouteSpec> {
     let underlay = node.public_net.trunc();
-    let carried: std::collections::HashSet<Ipv4Net> = desired
+    let carried: std::collections::HashSet<IpNet> = desired
         .routes
         .iter()
         .map(|r| r.dst)
@@ -176,7 +176,7 @@ pub fn learned_specs(
                 .peers
                 .iter()
                 .filter(|p| !matches!(p.path, PeerPath::Skipped(_) | PeerPath::Bgp))
-                .map(|p| p.subnet),
+                .map(|p| IpNet::V4(p.subnet)),
         )
         .collect();
     learned
@@ -186,15 +186,15 @@ pub fn learned_specs(
                 && !overlaps(**dst, node.subnet)
                 && !overlaps(**dst, underlay)
                 && **via != node.public_net.addr()
-                && !carried.contains(*dst)
+                && !carried.contains(&IpNet::V4(**dst))
                 && (encrypted_subnet_of(desired, **dst).is_some()
-                    || !must_not_route_in_clear(desired, **dst))
+                    || !must_not_route_in_clear(desired, IpNet::V4(**dst)))
         })
         .map(|(dst, via)| match encrypted_subnet_of(desired, *dst) {
             Some(subnet) => twill_backend::wireguard::route(*dst, subnet),
             None => RouteSpec {
-                dst: *dst,
-                via: *via,
+                dst: (*dst).into(),
+                via: (*via).into(),
                 dev: node.underlay_dev.clone(),
                 // A next hop off the underlay subnet (a multi-hop iBGP peer) is only
                 // usable as an on-link gateway.
@@ -229,7 +229,10 @@ pub fn route_delta(
         .collect();
     let mut want: HashMap<Ipv4Net, RouteSpec> = learned_specs(&subset, node, desired)
         .into_iter()
-        .map(|r| (r.dst, r))
+        .filter_map(|r| match r.dst {
+            IpNet::V4(dst) => Some((dst, r)),
+            IpNet::V6(_) => None,
+        })
         .collect();
     let mut plan = Plan::default();
     for p in changed {
@@ -526,7 +529,7 @@ impl Retained {
     /// Adds the retained routes to destinations `desired` has no route for, except clear
     /// routes into what must now be encrypted. Pure.
     pub fn add_missing(&self, desired: &mut DesiredState) {
-        let have: HashSet<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
+        let have: HashSet<IpNet> = desired.routes.iter().map(|r| r.dst).collect();
         let keep: Vec<RouteSpec> = self
             .routes
             .iter()
@@ -555,6 +558,9 @@ mod tests {
             backend: BackendKind::Bgp,
             vtep_mac: None,
             wireguard_public_key: None,
+            subnet6: None,
+            public_net6: None,
+            vtep_mac6: None,
         }
     }
 
@@ -735,6 +741,7 @@ mod tests {
             subnet: "10.244.3.0/24".parse().unwrap(),
             public_ip: "192.168.1.13".parse().unwrap(),
             path: PeerPath::Vxlan,
+            subnet6: None,
         });
         let specs = learned_specs(&learned, &node(), &desired);
         let got: Vec<(String, String, bool)> = specs
@@ -770,6 +777,7 @@ mod tests {
             subnet: net("10.244.2.0/24"),
             public_ip: "192.168.1.12".parse().unwrap(),
             path: PeerPath::Wireguard,
+            subnet6: None,
         });
         desired.routes.push(twill_backend::wireguard::route(
             net("10.244.2.0/24"),
@@ -789,13 +797,13 @@ mod tests {
             specs,
             vec![
                 RouteSpec {
-                    dst: net("10.50.0.0/24"),
+                    dst: (net("10.50.0.0/24")).into(),
                     via: "192.168.1.1".parse().unwrap(),
                     dev: "eth0".into(),
                     onlink: false,
                 },
                 RouteSpec {
-                    dst: net("10.244.2.64/26"),
+                    dst: (net("10.244.2.64/26")).into(),
                     via: "10.244.2.0".parse().unwrap(),
                     dev: "twill.wg".into(),
                     onlink: true,

@@ -126,6 +126,7 @@ fn runnable_backends() -> Vec<&'static str> {
         .filter(|kind| {
             let mut config = ClusterConfig {
                 pools: Vec::new(),
+                ipv6_pools: Vec::new(),
                 backend: Backend::with_defaults(*kind),
                 bgp: None,
                 wireguard: None,

@@ -228,6 +228,9 @@ mod tests {
             backend: twill_types::cluster::BackendKind::HostGw,
             vtep_mac: None,
             wireguard_public_key: None,
+            subnet6: None,
+            public_net6: None,
+            vtep_mac6: None,
         };
         KeyValue {
             key: key.into(),

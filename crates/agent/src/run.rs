@@ -126,6 +126,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         mtu: backend.pod_mtu(&node),
         backend: config.backend.kind,
         cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
+        subnet6: held.lease.subnet6,
+        cluster_networks6: config.ipv6_pools.iter().map(|p| p.cidr).collect(),
         policy: true,
     };
     let nl = Rtnl::new().context("opening the agent's netlink socket")?;
@@ -878,6 +880,8 @@ impl Agent {
             subnet: core.subnet,
             backend: self.config.backend.kind,
             public_ip: self.node.public_net.addr(),
+            subnet6: None,
+            public_ip6: None,
             store: self.store.describe(),
             in_sync: core.in_sync,
             pid: std::process::id(),

@@ -22,6 +22,9 @@ fn wanted(node: &str) -> Lease {
         backend: BackendKind::HostGw,
         vtep_mac: None,
         wireguard_public_key: None,
+        subnet6: None,
+        public_net6: None,
+        vtep_mac6: None,
     }
 }
 

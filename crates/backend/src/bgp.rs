@@ -59,6 +59,9 @@ mod tests {
             backend: BackendKind::Bgp,
             vtep_mac: None,
             wireguard_public_key: None,
+            subnet6: None,
+            public_net6: None,
+            vtep_mac6: None,
         }
     }
 

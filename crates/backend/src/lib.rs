@@ -120,5 +120,8 @@ fn lease_of(
         vtep_mac,
         // The agent adds it: the key is its, not the backend's.
         wireguard_public_key: None,
+        subnet6: None,
+        public_net6: None,
+        vtep_mac6: None,
     }
 }

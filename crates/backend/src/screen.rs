@@ -28,8 +28,8 @@ impl Peer<'_> {
 
     pub fn direct_route(&self, node: &LocalNode) -> RouteSpec {
         RouteSpec {
-            dst: self.lease.subnet,
-            via: self.lease.public_ip(),
+            dst: self.lease.subnet.into(),
+            via: self.lease.public_ip().into(),
             dev: node.underlay_dev.clone(),
             onlink: false,
         }
@@ -41,6 +41,7 @@ impl Peer<'_> {
             subnet: self.lease.subnet,
             public_ip: self.lease.public_ip(),
             path,
+            subnet6: None,
         }
     }
 }

@@ -97,8 +97,8 @@ impl Backend for Tunnel {
                 ))
             } else {
                 state.routes.push(RouteSpec {
-                    dst: lease.subnet,
-                    via: lease.subnet.network(),
+                    dst: lease.subnet.into(),
+                    via: lease.subnet.network().into(),
                     dev: DEVICE.to_string(),
                     onlink: true,
                 });

@@ -9,7 +9,7 @@
 //! node's L2 segment get a plain host-gw route instead, and only the rest are encapsulated.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use twill_types::MacAddr;
@@ -56,11 +56,12 @@ impl Vxlan {
             name: self.device_name(),
             vni: self.vni,
             port: self.port,
-            local: node.public_net.addr(),
+            local: node.public_net.addr().into(),
             underlay: node.underlay_dev.clone(),
             mac: vtep_mac(&node.name, self.vni),
             mtu: self.pod_mtu(node),
-            address: Ipv4Net::new(node.subnet.network(), 32).expect("/32 is a prefix length"),
+            address: (Ipv4Net::new(node.subnet.network(), 32).expect("/32 is a prefix length"))
+                .into(),
         }
     }
 }
@@ -157,7 +158,7 @@ impl Backend for Vxlan {
         let mut state = DesiredState::default();
         // The same node under two leases has one FDB entry (looked up by set: a scan of the
         // entries so far made this quadratic, most of a resync's cost at thousands of peers).
-        let mut fdb_entries: HashSet<(MacAddr, Ipv4Addr)> = HashSet::with_capacity(peers.len());
+        let mut fdb_entries: HashSet<(MacAddr, IpAddr)> = HashSet::with_capacity(peers.len());
         for (peer, plan) in peers.iter().zip(plans) {
             let path = match plan {
                 Plan::Skip(reason) => PeerPath::Skipped(reason),
@@ -168,20 +169,20 @@ impl Backend for Vxlan {
                 Plan::Encap(mac) => {
                     let gateway: Ipv4Addr = peer.lease.subnet.network();
                     state.routes.push(RouteSpec {
-                        dst: peer.lease.subnet,
-                        via: gateway,
+                        dst: peer.lease.subnet.into(),
+                        via: gateway.into(),
                         dev: dev.clone(),
                         onlink: true,
                     });
                     state.neighbours.push(NeighSpec {
                         dev: dev.clone(),
-                        ip: gateway,
+                        ip: gateway.into(),
                         mac,
                     });
                     let fdb = FdbSpec {
                         dev: dev.clone(),
                         mac,
-                        dst: peer.lease.public_ip(),
+                        dst: peer.lease.public_ip().into(),
                     };
                     if fdb_entries.insert((fdb.mac, fdb.dst)) {
                         state.fdb.push(fdb);

@@ -19,8 +19,9 @@
 //! lie inside an encrypted peer's subnet to `twill.wg` too (see [`encrypted_subnet_of`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_types::MacAddr;
 use twill_types::cluster::{BackendKind, EncapMode};
 use twill_types::desired::{DesiredState, PeerPath, RouteSpec, WireguardDevice, WireguardPeer};
@@ -134,19 +135,26 @@ pub fn encrypted_subnet_of(desired: &DesiredState, prefix: Ipv4Net) -> Option<Ip
 /// Whether a clear route to `prefix` (one the backend did not plan: learned by BGP, kept
 /// from a previous agent) would carry traffic that must be encrypted: `prefix` lies inside
 /// the subnet of a peer WireGuard reaches or should reach.
-pub fn must_not_route_in_clear(desired: &DesiredState, prefix: Ipv4Net) -> bool {
-    encrypted_subnet_of(desired, prefix).is_some()
-        || desired
-            .wireguard_blocked
-            .iter()
-            .any(|subnet| subnet.contains(&prefix))
+pub fn must_not_route_in_clear(desired: &DesiredState, prefix: IpNet) -> bool {
+    match prefix {
+        IpNet::V4(prefix) => {
+            encrypted_subnet_of(desired, prefix).is_some()
+                || desired
+                    .wireguard_blocked
+                    .iter()
+                    .any(|subnet| subnet.contains(&prefix))
+        }
+        // WireGuard does not carry IPv6 pod traffic yet: with encryption on, no IPv6 route
+        // may be installed in clear.
+        IpNet::V6(_) => desired.wireguard.is_some(),
+    }
 }
 
 /// The route into the WireGuard device for `dst`, inside the peer subnet `subnet`.
 pub fn route(dst: Ipv4Net, subnet: Ipv4Net) -> RouteSpec {
     RouteSpec {
-        dst,
-        via: subnet.network(),
+        dst: dst.into(),
+        via: subnet.network().into(),
         dev: DEVICE.to_string(),
         onlink: true,
     }
@@ -217,7 +225,7 @@ fn encrypt(
     // In subnet order, as every backend lists them (a stable sort keeps the rest as it was).
     state
         .routes
-        .sort_by_key(|r| (u32::from(r.dst.network()), r.dst.prefix_len()));
+        .sort_by_key(|r| (r.dst.network(), r.dst.prefix_len()));
     state.wireguard = Some(settings.device(node));
     state
 }
@@ -233,9 +241,12 @@ fn peer_key(peer: &Peer) -> Option<[u8; 32]> {
 /// Removes the clear route, VXLAN neighbour and FDB entry, and tunnel peer of each subnet in
 /// `moved`.
 fn drop_clear_objects(state: &mut DesiredState, moved: &HashSet<Ipv4Net>) {
-    state.routes.retain(|r| !moved.contains(&r.dst));
+    state.routes.retain(|r| match r.dst {
+        IpNet::V4(dst) => !moved.contains(&dst),
+        IpNet::V6(_) => true,
+    });
     state.tunnel_peers.retain(|t| !moved.contains(&t.subnet));
-    let gateways: HashSet<_> = moved.iter().map(|s| s.network()).collect();
+    let gateways: HashSet<IpAddr> = moved.iter().map(|s| s.network().into()).collect();
     state.neighbours.retain(|n| !gateways.contains(&n.ip));
     // An FDB entry serves the neighbours with its MAC (one node under two leases shares one):
     // it goes with the last of them.

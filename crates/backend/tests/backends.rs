@@ -8,7 +8,9 @@
 mod common;
 
 use common::{golden, net, node};
-use ipnet::Ipv4Net;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
 use proptest::prelude::*;
 use twill_backend::vxlan::{device_name, vtep_mac};
 use twill_backend::{Backend, HostGw, Tunnel, UnsupportedBackend, Vxlan, for_config};
@@ -145,6 +147,9 @@ fn local_leases() {
             backend: BackendKind::Vxlan,
             vtep_mac: Some("ee:a1:74:b0:d8:83".parse().unwrap()),
             wireguard_public_key: None,
+            subnet6: None,
+            public_net6: None,
+            vtep_mac6: None,
         }
     );
     assert_eq!(
@@ -209,7 +214,7 @@ fn vxlan_device() {
         dev.local,
         "192.168.1.10".parse::<std::net::Ipv4Addr>().unwrap()
     );
-    assert_eq!(dev.address, net("10.244.1.0/32"));
+    assert_eq!(dev.address, (net("10.244.1.0/32")).into());
     assert_eq!(dev.underlay, "eth0");
     assert!(Vxlan::new(0, 8472, false).is_err());
 }
@@ -229,8 +234,11 @@ fn direct_routing_splits_by_segment() {
         .filter(|r| r.dev == "twill.1")
         .map(|r| r.dst)
         .collect();
-    assert_eq!(direct, [net("10.244.2.0/24"), net("10.244.4.0/24")]);
-    assert_eq!(encap, [net("10.244.3.0/24")]);
+    assert_eq!(
+        direct,
+        [net("10.244.2.0/24").into(), net("10.244.4.0/24").into()]
+    );
+    assert_eq!(encap, [IpNet::from(net("10.244.3.0/24"))]);
     assert!(
         state
             .routes
@@ -332,7 +340,7 @@ fn bad_leases_are_skipped_with_a_reason() {
     }
     // Only the good peer is programmed.
     assert_eq!(state.routes.len(), 1);
-    assert_eq!(state.routes[0].dst, good.subnet);
+    assert_eq!(state.routes[0].dst, good.subnet.into());
     assert_eq!(state.neighbours.len(), 1);
     assert_eq!(state.fdb.len(), 1);
     assert_eq!(state.peers.len(), broken.len());
@@ -416,6 +424,9 @@ fn arb_lease() -> impl Strategy<Value = Lease> {
                 },
                 vtep_mac: mac.map(|m| MacAddr([0x02, 0, 0, 0, 0, m])),
                 wireguard_public_key: None,
+                subnet6: None,
+                public_net6: None,
+                vtep_mac6: None,
             }
         })
 }
@@ -450,8 +461,8 @@ proptest! {
             let programmed: Vec<_> = state.peers.iter().filter(|p| !matches!(p.path, PeerPath::Skipped(_))).collect();
             prop_assert_eq!(state.routes.len(), programmed.len());
             for (route, peer) in state.routes.iter().zip(&programmed) {
-                prop_assert_eq!(route.dst, peer.subnet);
-                prop_assert!(!route.dst.contains(&n.public_net.addr()));
+                prop_assert_eq!(route.dst, IpNet::V4(peer.subnet));
+                prop_assert!(!route.dst.contains(&IpAddr::V4(n.public_net.addr())));
                 prop_assert!(route.dst.network() != n.subnet.network());
             }
             // Programmed subnets never overlap each other.

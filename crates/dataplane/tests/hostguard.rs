@@ -26,6 +26,9 @@ fn lease(node: &str, subnet: &str, public: &str) -> Lease {
         backend: BackendKind::Vxlan,
         vtep_mac: None,
         wireguard_public_key: None,
+        subnet6: None,
+        public_net6: None,
+        vtep_mac6: None,
     }
 }
 

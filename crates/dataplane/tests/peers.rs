@@ -95,19 +95,19 @@ fn add_vxlan_peer(d: &mut DesiredState, node: u16, public: Ipv4Addr) {
     let vtep = subnet_ip(node);
     d.routes.push(RouteSpec {
         dst: format!("{vtep}/24").parse().unwrap(),
-        via: vtep,
+        via: vtep.into(),
         dev: "twill.1".into(),
         onlink: true,
     });
     d.neighbours.push(NeighSpec {
         dev: "twill.1".into(),
-        ip: vtep,
+        ip: vtep.into(),
         mac: vtep_mac(node),
     });
     d.fdb.push(FdbSpec {
         dev: "twill.1".into(),
         mac: vtep_mac(node),
-        dst: public,
+        dst: public.into(),
     });
 }
 

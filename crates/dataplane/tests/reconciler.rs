@@ -15,7 +15,7 @@ use twill_types::desired::{DesiredState, RouteSpec};
 fn route(third: u8, gw: u8) -> RouteSpec {
     RouteSpec {
         dst: format!("100.64.{third}.0/24").parse().unwrap(),
-        via: std::net::Ipv4Addr::new(10, 9, 0, gw),
+        via: (std::net::Ipv4Addr::new(10, 9, 0, gw)).into(),
         dev: "eth0".into(),
         onlink: false,
     }
@@ -183,13 +183,13 @@ fn refused_changes_are_retried_with_backoff_until_they_land() {
     use twill_dataplane::reconcile::{ObjectKey, ObjectStatus};
     let ns = veth_ns("rt", false);
     let dst: ipnet::Ipv4Net = "100.64.50.0/24".parse().unwrap();
-    let key = ObjectKey::Route(dst);
+    let key = ObjectKey::Route(dst.into());
     let statuses = in_ns(&ns, || async {
         let (reconciler, _outcomes) = Reconciler::start(Rtnl::new().unwrap());
         // Through a link that is not there yet: refused.
         let desired = DesiredState {
             routes: vec![RouteSpec {
-                dst,
+                dst: dst.into(),
                 via: "10.9.0.2".parse().unwrap(),
                 dev: "eth9".into(),
                 onlink: true,

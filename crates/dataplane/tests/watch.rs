@@ -40,19 +40,19 @@ fn vxlan_state(peers: u8) -> DesiredState {
     for n in 2..=peers {
         d.routes.push(RouteSpec {
             dst: format!("{}/24", vtep(n)).parse().unwrap(),
-            via: vtep(n),
+            via: vtep(n).into(),
             dev: "twill.1".into(),
             onlink: true,
         });
         d.neighbours.push(NeighSpec {
             dev: "twill.1".into(),
-            ip: vtep(n),
+            ip: vtep(n).into(),
             mac: mac(n),
         });
         d.fdb.push(FdbSpec {
             dev: "twill.1".into(),
             mac: mac(n),
-            dst: Ipv4Addr::new(10, 9, 0, n),
+            dst: (Ipv4Addr::new(10, 9, 0, n)).into(),
         });
     }
     d

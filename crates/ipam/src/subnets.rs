@@ -201,6 +201,7 @@ mod tests {
     fn config(pools: Vec<Pool>) -> ClusterConfig {
         let c = ClusterConfig {
             pools,
+            ipv6_pools: Vec::new(),
             backend: Backend::with_defaults(BackendKind::Vxlan),
             bgp: None,
             wireguard: None,

@@ -7,9 +7,9 @@
 //! (sysctls, the TUN device's address, masquerading, host protection: [`host_guard`]).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
@@ -22,7 +22,9 @@ pub use host_guard::HostGuardSpec;
 /// The CNI plugin's per-container routes use 116; the two never mix.
 pub const PEER_ROUTE_PROTOCOL: u8 = 117;
 
-/// A kernel VXLAN device (a VTEP).
+/// A kernel VXLAN device (a VTEP): the IPv4 one carries IPv4 pod traffic, the IPv6 one
+/// (Flannel's `flannel-v6.<VNI>` scheme, its own device, MAC, neighbours and FDB) IPv6 pod
+/// traffic, over whichever underlay family both ends have.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VxlanDevice {
@@ -31,35 +33,36 @@ pub struct VxlanDevice {
     pub vni: u32,
     /// Destination UDP port.
     pub port: u16,
-    /// Source address of encapsulated packets (the node's underlay address).
-    pub local: Ipv4Addr,
+    /// Source address of encapsulated packets (the node's underlay address, either family).
+    pub local: IpAddr,
     /// The underlay link the VTEP sends through.
     pub underlay: String,
     /// The VTEP's MAC address (published in the lease, so it must stay stable).
     pub mac: MacAddr,
     pub mtu: u32,
-    /// The address on the device: the node subnet's network address as /32 (Flannel's scheme).
-    pub address: Ipv4Net,
+    /// The address on the device: the node subnet's network address as /32 (/128 for IPv6),
+    /// Flannel's scheme.
+    pub address: IpNet,
 }
 
 /// A route to a peer's subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
-    pub via: Ipv4Addr,
+    pub dst: IpNet,
+    pub via: IpAddr,
     /// Output link name.
     pub dev: String,
     /// The gateway is not on a connected subnet of `dev` (VXLAN next hops).
     pub onlink: bool,
 }
 
-/// A permanent ARP entry.
+/// A permanent ARP (IPv4) or NDP (IPv6) entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NeighSpec {
     pub dev: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: MacAddr,
 }
 
@@ -69,7 +72,8 @@ pub struct NeighSpec {
 pub struct FdbSpec {
     pub dev: String,
     pub mac: MacAddr,
-    pub dst: Ipv4Addr,
+    /// The peer VTEP's underlay address, either family.
+    pub dst: IpAddr,
 }
 
 /// How a peer is reached.
@@ -100,6 +104,9 @@ pub struct PeerPlan {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     pub path: PeerPath,
+    /// The peer's IPv6 pod subnet, when the cluster is dual-stack and it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
 }
 
 /// How the userspace tunnel encapsulates.
@@ -168,6 +175,9 @@ pub struct WireguardPeer {
 pub struct DesiredState {
     /// The VXLAN device, when the backend uses one.
     pub vxlan: Option<VxlanDevice>,
+    /// The IPv6 VXLAN device, when the backend uses one and the cluster is dual-stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan6: Option<VxlanDevice>,
     pub routes: Vec<RouteSpec>,
     pub neighbours: Vec<NeighSpec>,
     pub fdb: Vec<FdbSpec>,
@@ -200,9 +210,9 @@ pub struct DesiredState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<AddressSpec>,
     /// Sources masqueraded when they leave for a destination outside all of them (the
-    /// cluster's pools with `natOutgoing`); empty: no masquerade chain.
+    /// cluster's pools with `natOutgoing`, IPv4 and IPv6); empty: no masquerade chain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub masquerade: Vec<Ipv4Net>,
+    pub masquerade: Vec<IpNet>,
     /// The host protection table `inet twill-host`; None: no table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_guard: Option<HostGuardSpec>,

@@ -1,9 +1,9 @@
 //! A node's lease as published in the store at
 //! [`lease_key`](crate::keys::lease_key) (the key space is in [`keys`](crate::keys)).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
@@ -30,12 +30,28 @@ pub struct Lease {
     /// malformed one) is not programmed at all: never in clear instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_public_key: Option<String>,
+    /// The node's IPv6 pod subnet in a dual-stack cluster, leased with `subnet` in this one
+    /// record (Flannel's `IPv6Subnet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// The node's IPv6 underlay address with its prefix (Flannel's `PublicIPv6`), when it has
+    /// one: backends use the family both ends have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_net6: Option<Ipv6Net>,
+    /// The MAC address of the node's IPv6 VXLAN device (Flannel's `BackendV6Data.VtepMAC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac6: Option<MacAddr>,
 }
 
 impl Lease {
     /// The node's underlay address.
     pub fn public_ip(&self) -> Ipv4Addr {
         self.public_net.addr()
+    }
+
+    /// The node's IPv6 underlay address, when it has one.
+    pub fn public_ip6(&self) -> Option<Ipv6Addr> {
+        self.public_net6.map(|n| n.addr())
     }
 }
 
@@ -52,6 +68,9 @@ mod tests {
             backend: BackendKind::Vxlan,
             vtep_mac: Some("02:00:00:00:00:01".parse().unwrap()),
             wireguard_public_key: None,
+            subnet6: None,
+            public_net6: None,
+            vtep_mac6: None,
         };
         let json = serde_json::to_string(&lease).unwrap();
         assert_eq!(
@@ -63,5 +82,14 @@ mod tests {
             lease.public_ip(),
             "192.168.1.10".parse::<Ipv4Addr>().unwrap()
         );
+    }
+
+    #[test]
+    fn dual_stack_lease_json_round_trips() {
+        let json = r#"{"node":"n1","subnet":"10.244.3.0/24","publicNet":"192.168.1.10/24","backend":"vxlan","vtepMac":"02:00:00:00:00:01","subnet6":"fd00:10:244:3::/64","publicNet6":"fd00:1::10/64","vtepMac6":"02:00:00:00:00:02"}"#;
+        let lease: Lease = serde_json::from_str(json).unwrap();
+        assert_eq!(lease.subnet6, Some("fd00:10:244:3::/64".parse().unwrap()));
+        assert_eq!(lease.public_ip6(), Some("fd00:1::10".parse().unwrap()));
+        assert_eq!(serde_json::to_string(&lease).unwrap(), json);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::BackendKind;
@@ -64,6 +64,12 @@ pub struct NodeFile {
     pub backend: BackendKind,
     /// All pools of the cluster (traffic to them is never masqueraded).
     pub cluster_networks: Vec<Ipv4Net>,
+    /// The node's IPv6 pod subnet in a dual-stack cluster: pods get an address from each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// All IPv6 pools of the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_networks6: Vec<Ipv6Net>,
     /// The agent enforces network policy: the plugin records each endpoint and waits, on the
     /// agent socket, until its policy is in force.
     #[serde(default)]
@@ -78,6 +84,9 @@ pub struct PeerStatus {
     pub subnet: Ipv4Net,
     pub public_ip: std::net::Ipv4Addr,
     pub path: crate::desired::PeerPath,
+    /// Its IPv6 pod subnet, in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
     /// Everything this peer needs is in the kernel (false for skipped peers and failures).
     pub programmed: bool,
     /// The last programming error for this peer, if any.
@@ -151,6 +160,11 @@ pub struct AgentStatus {
     pub subnet: Ipv4Net,
     pub backend: BackendKind,
     pub public_ip: std::net::Ipv4Addr,
+    /// The node's IPv6 pod subnet and IPv6 underlay address, when it has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip6: Option<std::net::Ipv6Addr>,
     /// The store it uses, e.g. `etcd://10.0.0.1:2379`.
     pub store: String,
     /// The agent holds a complete, current copy of the cluster's leases.

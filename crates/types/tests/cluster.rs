@@ -390,6 +390,7 @@ fn twill_defaults() {
                 subnet_max: net("10.244.255.0/24"),
                 nat_outgoing: true,
             }],
+            ipv6_pools: Vec::new(),
             backend: Backend {
                 kind: BackendKind::Vxlan,
                 vni: 1,
@@ -738,6 +739,7 @@ fn arb_config() -> impl Strategy<Value = ClusterConfig> {
         })
         .prop_map(|(pools, backend)| ClusterConfig {
             pools,
+            ipv6_pools: Vec::new(),
             backend,
             bgp: None,
             wireguard: None,

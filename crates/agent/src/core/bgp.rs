@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_backend::LocalNode;
 use twill_bgp::State;
 use twill_dataplane::reconcile::Plan;
@@ -178,7 +178,13 @@ impl BgpCore {
     /// programs every pending change).
     pub fn add_routes(&mut self, node: &LocalNode, desired: &mut DesiredState) {
         let specs = learned_specs(&self.learned, node, desired);
-        self.reconciled_bgp = specs.iter().map(|r| r.dst).collect();
+        self.reconciled_bgp = specs
+            .iter()
+            .filter_map(|r| match r.dst {
+                IpNet::V4(dst) => Some(dst),
+                IpNet::V6(_) => None,
+            })
+            .collect();
         self.pending.clear();
         desired.routes.extend(specs);
     }
@@ -188,13 +194,15 @@ impl BgpCore {
         self.programmed = desired
             .routes
             .iter()
-            .map(|r| {
-                let from_bgp = self.reconciled_bgp.contains(&r.dst);
+            .filter_map(|r| {
+                // BGP carries IPv4 routes only (so far): the rest are the backends'.
+                let IpNet::V4(dst) = r.dst else { return None };
+                let from_bgp = self.reconciled_bgp.contains(&dst);
                 let p = Programmed {
                     spec: r.clone(),
                     from_bgp,
                 };
-                (r.dst, p)
+                Some((dst, p))
             })
             .collect();
     }

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use twill_types::MacAddr;
 use twill_types::cluster::ClusterConfig;
@@ -245,9 +245,9 @@ pub struct ReconcileOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Missing {
-    Route { dst: Ipv4Net, via: Ipv4Addr },
-    Neighbour { ip: Ipv4Addr },
-    Fdb { mac: MacAddr, dst: Ipv4Addr },
+    Route { dst: IpNet, via: IpAddr },
+    Neighbour { ip: IpAddr },
+    Fdb { mac: MacAddr, dst: IpAddr },
 }
 
 /// A kernel object the reconciler keeps retrying.
@@ -263,8 +263,8 @@ pub struct Refused {
 #[serde(rename_all = "snake_case")]
 pub enum ObjectRef {
     Device(String),
-    Route(Ipv4Net),
-    Neighbour(Ipv4Addr),
+    Route(IpNet),
+    Neighbour(IpAddr),
     Fdb(MacAddr),
     Sysctl(String),
     Address(String),

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_backend::LocalNode;
 use twill_types::cluster::ClusterConfig;
 use twill_types::desired::{AddressSpec, DesiredState, HostGuardSpec};
@@ -39,12 +39,15 @@ pub fn host_objects(
         .collect();
     desired.addresses.extend(addresses);
     // One chain for the cluster: pods of any pool talking to another pool keep their
-    // address; leaving the cluster they are masqueraded, if any pool asks for it.
-    desired.masquerade = if config.pools.iter().any(|p| p.nat_outgoing) {
-        config.pools.iter().map(|p| p.cidr).collect()
-    } else {
-        Vec::new()
-    };
+    // address; leaving the cluster they are masqueraded, if any pool of their family asks.
+    let mut masquerade = Vec::new();
+    if config.pools.iter().any(|p| p.nat_outgoing) {
+        masquerade.extend(config.pools.iter().map(|p| IpNet::V4(p.cidr)));
+    }
+    if config.ipv6_pools.iter().any(|p| p.nat_outgoing) {
+        masquerade.extend(config.ipv6_pools.iter().map(|p| IpNet::V6(p.cidr)));
+    }
+    desired.masquerade = masquerade;
     desired.host_guard = Some(HostGuardSpec::for_node(
         config,
         node.subnet,

@@ -2,9 +2,9 @@
 //! holds everything it needs (from the reconcile's outcome), with the kernel's reasons.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
 use twill_types::node::PeerStatus;
@@ -22,7 +22,7 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
             let error = match (&p.path, &outcome.failed) {
                 (PeerPath::Skipped(_), _) => None,
                 (_, Some(_)) => Some("the kernel state could not be read".to_string()),
-                (PeerPath::Bgp, None) if !index.routes.contains_key(&p.subnet) => {
+                (PeerPath::Bgp, None) if !index.routes.contains_key(&IpNet::V4(p.subnet)) => {
                     Some("no route learned by BGP yet".to_string())
                 }
                 (_, None) => index.missing_for_peer(p.subnet).map(|missing| {
@@ -38,6 +38,7 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
                 error,
                 counters: None,
                 wireguard: None,
+                subnet6: p.subnet6,
             }
         })
         .collect()
@@ -46,8 +47,8 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
 /// The desired state and the outcome indexed for per-peer lookups, so a status of N peers
 /// costs O(N).
 struct Index<'a> {
-    routes: HashMap<Ipv4Net, Vec<&'a RouteSpec>>,
-    neighbours: HashMap<Ipv4Addr, Vec<&'a NeighSpec>>,
+    routes: HashMap<IpNet, Vec<&'a RouteSpec>>,
+    neighbours: HashMap<IpAddr, Vec<&'a NeighSpec>>,
     fdb: HashMap<MacAddr, Vec<&'a FdbSpec>>,
     missing: HashSet<&'a Missing>,
     refused: HashMap<&'a ObjectRef, &'a Refused>,
@@ -76,8 +77,13 @@ impl<'a> Index<'a> {
 
     /// The reconciler's names of a peer's route, neighbour and FDB entry.
     fn keys_of_peer(&self, subnet: Ipv4Net) -> Vec<ObjectRef> {
-        let mut keys = vec![ObjectRef::Route(subnet)];
-        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
+        let mut keys = vec![ObjectRef::Route(subnet.into())];
+        for neigh in self
+            .neighbours
+            .get(&IpAddr::V4(subnet.network()))
+            .into_iter()
+            .flatten()
+        {
             keys.push(ObjectRef::Neighbour(neigh.ip));
             keys.push(ObjectRef::Fdb(neigh.mac));
         }
@@ -87,7 +93,7 @@ impl<'a> Index<'a> {
     /// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
     fn missing_for_peer(&self, subnet: Ipv4Net) -> Option<String> {
         let mut missing = Vec::new();
-        for route in self.routes.get(&subnet).into_iter().flatten() {
+        for route in self.routes.get(&IpNet::V4(subnet)).into_iter().flatten() {
             if self.missing.contains(&Missing::Route {
                 dst: route.dst,
                 via: route.via,
@@ -95,7 +101,12 @@ impl<'a> Index<'a> {
                 missing.push(format!("route {} via {}", route.dst, route.via));
             }
         }
-        for neigh in self.neighbours.get(&subnet.network()).into_iter().flatten() {
+        for neigh in self
+            .neighbours
+            .get(&IpAddr::V4(subnet.network()))
+            .into_iter()
+            .flatten()
+        {
             if self.missing.contains(&Missing::Neighbour { ip: neigh.ip }) {
                 missing.push(format!("neighbour {}", neigh.ip));
             }

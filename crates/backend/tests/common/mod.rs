@@ -40,6 +40,9 @@ pub fn lease(
         backend,
         vtep_mac: (backend == BackendKind::Vxlan).then(|| vtep_mac(name, 1)),
         wireguard_public_key: wireguard_key,
+        subnet6: None,
+        public_net6: None,
+        vtep_mac6: None,
     }
 }
 

@@ -86,8 +86,8 @@ impl Op<'_> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
             Op::DeleteRoute(r) => Ok(RouteChange::Delete(IpRoute {
-                dst: r.dst.into(),
-                gateway: r.via.map(Into::into),
+                dst: r.dst,
+                gateway: r.via,
                 protocol: PEER_ROUTE_PROTOCOL,
                 metric: r.metric,
                 tos: r.tos,
@@ -107,25 +107,25 @@ impl Op<'_> {
             }
             Op::ReplaceNeighbour(n) => {
                 let neigh = Neighbour {
-                    ip: n.ip.into(),
+                    ip: n.ip,
                     mac: n.mac.0,
                 };
                 nl.replace_neighbour(index(&n.dev)?, neigh).await
             }
             Op::ReplaceFdb(e) => {
-                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, e.dst.into()))
+                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, e.dst))
                     .await
             }
             // With the link gone, so is everything on it.
             Op::DeleteNeighbour(n) => match links.get(&n.dev) {
-                Some(&i) => nl.delete_neighbour(i, n.ip.into()).await,
+                Some(&i) => nl.delete_neighbour(i, n.ip).await,
                 None => Ok(()),
             },
             Op::DeleteFdb(e) => match links.get(&e.dev) {
                 Some(&i) => {
                     let entry = FdbEntry {
                         mac: e.mac.0,
-                        dst: e.dst.into(),
+                        dst: e.dst,
                         port: e.port,
                         vni: e.vni,
                         ifindex: e.ifindex,
@@ -140,8 +140,8 @@ impl Op<'_> {
 
 fn route_of(r: &RouteSpec, oif: u32) -> IpRoute {
     IpRoute {
-        dst: r.dst.into(),
-        gateway: Some(r.via.into()),
+        dst: r.dst,
+        gateway: Some(r.via),
         oif: Some(oif),
         onlink: r.onlink,
         protocol: PEER_ROUTE_PROTOCOL,
@@ -268,7 +268,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
         nl.create_vxlan(&VxlanSpec {
             name: d.name.clone(),
             vni: d.vni,
-            local: d.local.into(),
+            local: d.local,
             underlay,
             port: d.port,
             mac: d.mac.0,
@@ -282,7 +282,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
     match created {
         Ok(index) => {
             report.done += 1;
-            let added = nl.add_address(index, d.address.into()).await;
+            let added = nl.add_address(index, d.address).await;
             report.record(added.map_err(|error| ApplyFailure {
                 item: format!("add address {} to {}", d.address, d.name),
                 object: Some(ObjectKey::Device(d.name.clone())),
@@ -322,7 +322,7 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
     }
     // Add before deleting, so that the device always has an address.
     for addr in &a.add_addresses {
-        let r = nl.add_address(index, (*addr).into()).await;
+        let r = nl.add_address(index, *addr).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("add address {addr} to {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),
@@ -330,7 +330,7 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
         }));
     }
     for addr in &a.delete_addresses {
-        let r = nl.delete_address(index, (*addr).into()).await;
+        let r = nl.delete_address(index, *addr).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("delete address {addr} from {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),

@@ -1,9 +1,9 @@
 //! The pure part: the changes that turn what was observed into what is desired.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, RouteSpec, VxlanDevice};
 
@@ -136,7 +136,7 @@ fn diff_routes(
     vanishing: Option<&str>,
     plan: &mut Plan,
 ) {
-    let mut want: BTreeMap<Ipv4Net, &RouteSpec> = BTreeMap::new();
+    let mut want: BTreeMap<IpNet, &RouteSpec> = BTreeMap::new();
     for r in &desired.routes {
         match want.get(&r.dst) {
             Some(first) if *first != r => plan.ignored.push(format!(
@@ -149,7 +149,7 @@ fn diff_routes(
             }
         }
     }
-    let mut have: BTreeMap<Ipv4Net, Vec<&ObservedRoute>> = BTreeMap::new();
+    let mut have: BTreeMap<IpNet, Vec<&ObservedRoute>> = BTreeMap::new();
     for o in &observed.routes {
         if vanishing.is_some() && o.dev.as_deref() == vanishing {
             continue;
@@ -186,7 +186,7 @@ fn diff_neighbours(
     fresh: bool,
     plan: &mut Plan,
 ) {
-    let mut want: BTreeMap<Ipv4Addr, &NeighSpec> = BTreeMap::new();
+    let mut want: BTreeMap<IpAddr, &NeighSpec> = BTreeMap::new();
     for n in &desired.neighbours {
         if Some(n.dev.as_str()) != device {
             plan.ignored.push(format!(
@@ -206,7 +206,7 @@ fn diff_neighbours(
             }
         }
     }
-    let have: BTreeMap<Ipv4Addr, &NeighSpec> = if fresh {
+    let have: BTreeMap<IpAddr, &NeighSpec> = if fresh {
         BTreeMap::new()
     } else {
         observed
@@ -306,7 +306,7 @@ mod tests {
             ..DesiredState::default()
         };
         for p in 2..peers + 2 {
-            let vtep: Ipv4Addr = format!("10.244.{p}.0").parse().unwrap();
+            let vtep: IpAddr = format!("10.244.{p}.0").parse().unwrap();
             d.routes.push(RouteSpec {
                 dst: format!("10.244.{p}.0/24").parse().unwrap(),
                 via: vtep,

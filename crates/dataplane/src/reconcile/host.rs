@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use twill_netlink::Error;
 use twill_types::desired::{AddressSpec, DesiredState};
 use twill_types::node::AGENT_NAT_NETWORK;
@@ -105,7 +105,7 @@ pub async fn observe_host(
         addresses,
         masquerade: writers
             .nat
-            .observe(Some(ip_nets(&desired.masquerade).as_slice()).filter(|r| !r.is_empty()))
+            .observe(Some(desired.masquerade.as_slice()).filter(|r| !r.is_empty()))
             .unwrap_or(NftState::Other),
         host_guard: writers
             .guard
@@ -172,12 +172,8 @@ pub fn diff_host(desired: &DesiredState, observed: &ObservedHost, plan: &mut Pla
     plan.host_guard = hostguard::change(desired.host_guard.as_ref(), &observed.host_guard);
 }
 
-fn ip_nets(ranges: &[Ipv4Net]) -> Vec<IpNet> {
-    ranges.iter().map(|n| IpNet::V4(*n)).collect()
-}
-
-fn masquerade_script(ranges: &[Ipv4Net]) -> String {
-    firewall::masquerade_transaction(AGENT_NAT_NETWORK, &ip_nets(ranges))
+fn masquerade_script(ranges: &[IpNet]) -> String {
+    firewall::masquerade_transaction(AGENT_NAT_NETWORK, ranges)
 }
 
 /// An nft or sysctl failure as the reconciler reports it (the reason in full: `nft`'s own
@@ -237,7 +233,7 @@ pub fn apply_host_first(plan: &Plan, writers: &mut HostWriters, report: &mut App
         let (item, result) = match change {
             MasqueradeChange::Write(ranges) => (
                 format!("write chain inet twill {}", firewall_chain()),
-                writers.nat.write(&ip_nets(ranges)),
+                writers.nat.write(ranges),
             ),
             MasqueradeChange::Remove => (
                 format!("delete chain inet twill {}", firewall_chain()),

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_netlink::Error;
 use twill_types::MacAddr;
 use twill_types::desired::{
@@ -28,21 +28,21 @@ pub struct ObservedVxlan {
     pub index: u32,
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// Name of the underlay link (None when the device has none, or it is unknown).
     pub underlay: Option<String>,
     pub learning: bool,
     pub mac: Option<MacAddr>,
     pub mtu: u32,
     pub up: bool,
-    pub addresses: Vec<Ipv4Net>,
+    pub addresses: Vec<IpNet>,
 }
 
 /// A route of [`PEER_ROUTE_PROTOCOL`] in the main table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObservedRoute {
-    pub dst: Ipv4Net,
-    pub via: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
     /// Output link name (None for multipath routes or an unknown index).
     pub dev: Option<String>,
     pub onlink: bool,
@@ -83,7 +83,7 @@ impl ObservedRoute {
 pub struct ObservedFdb {
     pub dev: String,
     pub mac: MacAddr,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// Overrides of the device's port, VNI and underlay link; twill never sets them.
     pub port: Option<u16>,
     pub vni: Option<u32>,
@@ -145,7 +145,7 @@ pub struct ObservedHost {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasqueradeChange {
     /// Rewrite it to masquerade these sources.
-    Write(Vec<Ipv4Net>),
+    Write(Vec<IpNet>),
     /// Delete it.
     Remove,
 }
@@ -179,8 +179,8 @@ pub struct DeviceAdjust {
     pub name: String,
     pub mtu: Option<u32>,
     pub mac: Option<MacAddr>,
-    pub add_addresses: Vec<Ipv4Net>,
-    pub delete_addresses: Vec<Ipv4Net>,
+    pub add_addresses: Vec<IpNet>,
+    pub delete_addresses: Vec<IpNet>,
     /// Set it up (it is down).
     pub up: bool,
 }
@@ -368,9 +368,9 @@ pub enum ObjectKey {
     /// A twill VXLAN device, by name (its addresses, MTU, MAC and state included).
     Device(String),
     /// A route of twill's, by destination.
-    Route(Ipv4Net),
+    Route(IpNet),
     /// A neighbour of the VXLAN device, by address.
-    Neighbour(Ipv4Addr),
+    Neighbour(IpAddr),
     /// A sysctl of the node's namespace, by dotted name.
     Sysctl(String),
     /// The address of a link made elsewhere (the TUN device), by link name.

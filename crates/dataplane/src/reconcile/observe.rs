@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ipnet::IpNet;
 use twill_netlink::{Family, Result};
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, NeighSpec, PEER_ROUTE_PROTOCOL};
@@ -78,7 +79,7 @@ pub async fn observe_with(
                 index: l.index,
                 vni: info.vni,
                 port: info.port,
-                local: info.local.and_then(v4),
+                local: info.local,
                 underlay: info
                     .underlay
                     .and_then(|i| names.get(&i).map(|n| n.to_string())),
@@ -86,19 +87,20 @@ pub async fn observe_with(
                 mac: l.mac.map(MacAddr),
                 mtu: l.mtu,
                 up: l.up,
-                addresses,
+                addresses: addresses.into_iter().map(IpNet::V4).collect(),
             }
         })
         .collect();
     let routes = routes
         .into_iter()
         .filter_map(|r| {
-            let ipnet::IpNet::V4(dst) = r.dst else {
+            // The kernel layer still programs IPv4 only.
+            if !r.dst.addr().is_ipv4() {
                 return None;
-            };
+            }
             Some(ObservedRoute {
-                dst,
-                via: r.gateway.and_then(v4),
+                dst: r.dst,
+                via: r.gateway,
                 dev: r.oif.and_then(|i| names.get(&i).map(|n| n.to_string())),
                 onlink: r.onlink,
                 metric: r.metric,
@@ -113,7 +115,7 @@ pub async fn observe_with(
         .filter_map(|n| {
             Some(NeighSpec {
                 dev: dev_name.clone(),
-                ip: v4(n.ip)?,
+                ip: n.ip.is_ipv4().then_some(n.ip)?,
                 mac: MacAddr(n.mac),
             })
         })
@@ -124,7 +126,7 @@ pub async fn observe_with(
             Some(ObservedFdb {
                 dev: dev_name.clone(),
                 mac: MacAddr(e.mac),
-                dst: v4(e.dst)?,
+                dst: e.dst.is_ipv4().then_some(e.dst)?,
                 port: e.port,
                 vni: e.vni,
                 ifindex: e.ifindex,
@@ -139,13 +141,6 @@ pub async fn observe_with(
         idle_nexthops,
         host,
     })
-}
-
-fn v4(ip: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
-    match ip {
-        std::net::IpAddr::V4(ip) => Some(ip),
-        std::net::IpAddr::V6(_) => None,
-    }
 }
 
 /// Ids of the nexthop objects of [`PEER_ROUTE_PROTOCOL`] (none on a kernel that cannot list

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -437,7 +437,7 @@ fn record_full(statuses: &Mutex<Statuses>, report: Option<&ApplyReport>) {
 pub struct OneDesired {
     /// Everything but the routes.
     rest: DesiredState,
-    routes: HashMap<Ipv4Net, RouteSpec>,
+    routes: HashMap<IpNet, RouteSpec>,
 }
 
 impl OneDesired {
@@ -568,7 +568,7 @@ mod tests {
     fn route(dst: &str, gw: u8) -> RouteSpec {
         RouteSpec {
             dst: dst.parse().unwrap(),
-            via: std::net::Ipv4Addr::new(10, 9, 0, gw),
+            via: std::net::Ipv4Addr::new(10, 9, 0, gw).into(),
             dev: "eth0".into(),
             onlink: false,
         }

@@ -107,7 +107,7 @@ impl Watch {
         let devices_kept = plan.device.is_none() && plan.delete_devices.is_empty();
         self.clean = (done && plan.ignored.is_empty() && devices_kept && self.events.is_some())
             .then_some(fp);
-        self.destinations = desired.routes.iter().map(|r| r.dst.into()).collect();
+        self.destinations = desired.routes.iter().map(|r| r.dst).collect();
         self.destinations.sort_unstable();
         self.destinations.dedup();
         self.destinations.shrink_to_fit();

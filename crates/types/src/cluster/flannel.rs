@@ -149,6 +149,7 @@ pub(super) fn parse_flannel(
             subnet_max: bound("SubnetMax", max, default_max)?,
             nat_outgoing: true,
         }],
+        ipv6_pools: Vec::new(),
         bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
         backend,
         wireguard,

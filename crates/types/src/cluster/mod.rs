@@ -42,8 +42,8 @@ pub use error::ConfigError;
 pub use fields::{ConfigForm, MAX_BLOCK_SIZE};
 pub use host_access::{HostAccess, HostPort, PortProto, WorkloadToHost};
 pub use model::{
-    Backend, BackendKind, ClusterConfig, DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
-    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_VNI, MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU, Pool,
-    WIREGUARD_OVERHEAD, Wireguard,
+    Backend, BackendKind, ClusterConfig, DEFAULT_IPV6_SUBNET_LEN, DEFAULT_UDP_PORT, DEFAULT_VNI,
+    DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, EncapMode, MAX_BLOCK_SIZE6, MAX_VNI,
+    MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU, Pool, Pool6, WIREGUARD_OVERHEAD, Wireguard,
 };
 pub use validate::{HostNet, RESERVED_RANGES, overlaps, reserved_overlap};

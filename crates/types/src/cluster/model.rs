@@ -5,9 +5,9 @@
 //! Every form is read into these types; the store holds them as JSON.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Secret;
@@ -84,12 +84,41 @@ pub struct Pool {
     pub nat_outgoing: bool,
 }
 
+/// One pool of IPv6 pod addresses, cut into one subnet per node (Flannel's `IPv6Network`,
+/// `IPv6SubnetLen`, `IPv6SubnetMin`/`IPv6SubnetMax`; a Calico-style pool whose `cidr` is
+/// IPv6). A node leases at most one IPv6 subnet, beside its IPv4 one, in the same record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pool6 {
+    pub name: String,
+    pub cidr: Ipv6Net,
+    /// Prefix length of each node's subnet (Flannel's `IPv6SubnetLen`, default 64; Calico's
+    /// `blockSize`, at most [`MAX_BLOCK_SIZE6`]).
+    pub block_size: u8,
+    /// First and last node subnet that may be leased; both are subnets of `cidr` with prefix
+    /// `block_size`.
+    pub subnet_min: Ipv6Net,
+    pub subnet_max: Ipv6Net,
+    /// Masquerade IPv6 pod traffic that leaves the cluster's IPv6 pools (as Calico does for
+    /// IPv6 pools with `natOutgoing`).
+    pub nat_outgoing: bool,
+}
+
+/// The longest IPv6 node subnet: /122 leaves 64 addresses per node (Calico's IPv6 default).
+pub const MAX_BLOCK_SIZE6: u8 = 122;
+/// Flannel's default `IPv6SubnetLen`.
+pub const DEFAULT_IPV6_SUBNET_LEN: u8 = 64;
+
 /// The normalized cluster config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterConfig {
     /// At least one pool; pools never overlap.
     pub pools: Vec<Pool>,
+    /// IPv6 pools (a dual-stack cluster); pools never overlap. Skipped when empty so IPv4-only
+    /// configs keep their normalized form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_pools: Vec<Pool6>,
     pub backend: Backend,
     /// Routing by BGP (Calico-like); absent: no BGP speaker runs. Skipped when absent so
     /// configs without it keep their normalized form.
@@ -319,7 +348,39 @@ impl Pool {
     }
 }
 
+impl Pool6 {
+    /// How many node subnets lie between `subnet_min` and `subnet_max`, both included
+    /// (0 if they are out of order or not of the block size).
+    pub fn subnet_count(&self) -> u128 {
+        let (min, max) = (self.subnet_min, self.subnet_max);
+        if min.prefix_len() != self.block_size || max.prefix_len() != self.block_size {
+            return 0;
+        }
+        let shift = 128 - u32::from(self.block_size);
+        let (lo, hi) = (
+            u128::from(min.addr()) >> shift,
+            u128::from(max.addr()) >> shift,
+        );
+        if lo > hi { 0 } else { hi - lo + 1 }
+    }
+}
+
 impl ClusterConfig {
+    /// Whether the cluster gives pods IPv6 addresses (it has an IPv6 pool).
+    pub fn has_ipv6(&self) -> bool {
+        !self.ipv6_pools.is_empty()
+    }
+
+    /// Whether `ip` is a pod address of some IPv6 pool.
+    pub fn contains6(&self, ip: Ipv6Addr) -> bool {
+        self.ipv6_pools.iter().any(|p| p.cidr.contains(&ip))
+    }
+
+    /// The IPv6 pool a subnet lies in, whatever its prefix.
+    pub fn pool6_of(&self, subnet: Ipv6Net) -> Option<&Pool6> {
+        self.ipv6_pools.iter().find(|p| p.cidr.contains(&subnet))
+    }
+
     /// Whether `ip` is a pod address of some pool.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         self.pools.iter().any(|p| p.cidr.contains(&ip))

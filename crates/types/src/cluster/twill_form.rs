@@ -343,6 +343,7 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
     let host_access = from_raw_host_access(raw.workload_to_host, raw.workload_to_host_ports)?;
     let config = ClusterConfig {
         pools,
+        ipv6_pools: Vec::new(),
         backend,
         bgp,
         wireguard,
