@@ -52,7 +52,7 @@ fn vxlan_state(peers: u8) -> DesiredState {
         d.fdb.push(FdbSpec {
             dev: "twill.1".into(),
             mac: mac(n),
-            dst: (Ipv4Addr::new(10, 9, 0, n)).into(),
+            dst: Ipv4Addr::new(10, 9, 0, n).into(),
         });
     }
     d

@@ -95,7 +95,6 @@ pub mod libc_errno {
     pub const EEXIST: i32 = nix::libc::EEXIST;
     pub const ENODEV: i32 = nix::libc::ENODEV;
     pub const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
-    pub const EAFNOSUPPORT: i32 = nix::libc::EAFNOSUPPORT;
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -358,7 +358,8 @@ pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
 ///    peer is accepted (and forwarded) as soon as a route lets it come;
 /// 2. stale routes go, while whatever they point at still exists;
 /// 3. devices no longer desired go (before a new device that may want their VNI and port);
-/// 4. the desired device is created, recreated or adjusted (address, up);
+/// 4. the desired devices (IPv4's, then IPv6's) are created, recreated or adjusted (address,
+///    up);
 /// 5. links made elsewhere (the TUN device) get their one address;
 /// 6. neighbours and FDB entries are set, then stale ones deleted (a stale remote of a MAC
 ///    that stays is deleted only after the entry was rewritten, so it is never missing);
@@ -386,20 +387,19 @@ pub async fn apply_with(nl: &Rtnl, plan: &Plan, writers: &mut HostWriters) -> Re
         }));
     }
 
-    match &plan.device {
-        None => {}
-        Some(DeviceChange::Create(d)) => create_device(nl, d, &mut report).await,
-        Some(DeviceChange::Recreate { device, .. }) => {
-            match delete_device(nl, &device.name).await {
+    for change in &plan.devices {
+        match change {
+            DeviceChange::Create(d) => create_device(nl, d, &mut report).await,
+            DeviceChange::Recreate { device, .. } => match delete_device(nl, &device.name).await {
                 Ok(()) => create_device(nl, device, &mut report).await,
                 Err(error) => report.fail(
                     format!("delete vxlan device {}", device.name),
                     ObjectKey::Device(device.name.clone()),
                     error,
                 ),
-            }
+            },
+            DeviceChange::Adjust(a) => adjust_device(nl, a, &mut report).await,
         }
-        Some(DeviceChange::Adjust(a)) => adjust_device(nl, a, &mut report).await,
     }
     apply_addresses(nl, plan, &mut report).await;
 
@@ -442,8 +442,9 @@ pub async fn apply_with(nl: &Rtnl, plan: &Plan, writers: &mut HostWriters) -> Re
     Ok(report)
 }
 
-/// Deletes every route of [`PEER_ROUTE_PROTOCOL`], every `twill.*` VXLAN device (with
-/// their neighbours and FDB entries), twill's nexthop objects, the host protection and policy
+/// Deletes every route of [`PEER_ROUTE_PROTOCOL`] (both families), every VXLAN device of
+/// twill's (`twill.*`, `twill6.*`, with their neighbours and FDB entries), twill's nexthop
+/// objects, the host protection and policy
 /// tables and the cluster's masquerade chain, for a node that leaves the cluster. Sysctls
 /// stay as they are, and so does the TUN device (its engine's; it goes with the engine).
 pub async fn remove_all(nl: &Rtnl) -> Result<ApplyReport> {

@@ -172,6 +172,9 @@ pub fn diff_host(desired: &DesiredState, observed: &ObservedHost, plan: &mut Pla
     plan.host_guard = hostguard::change(desired.host_guard.as_ref(), &observed.host_guard);
 }
 
+/// The transaction that makes the cluster's masquerade chain masquerade `ranges`: one rule
+/// for the IPv4 sources (`ip saddr`), one for the IPv6 ones (`ip6 saddr`), in the same
+/// `inet` chain.
 fn masquerade_script(ranges: &[IpNet]) -> String {
     firewall::masquerade_transaction(AGENT_NAT_NETWORK, ranges)
 }

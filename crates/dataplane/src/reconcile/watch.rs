@@ -104,7 +104,7 @@ impl Watch {
     ) {
         // A device created or recreated has an index not read yet: its neighbour and FDB
         // notifications could not be told apart, so the next reconcile reads it.
-        let devices_kept = plan.device.is_none() && plan.delete_devices.is_empty();
+        let devices_kept = plan.devices.is_empty() && plan.delete_devices.is_empty();
         self.clean = (done && plan.ignored.is_empty() && devices_kept && self.events.is_some())
             .then_some(fp);
         self.destinations = desired.routes.iter().map(|r| r.dst).collect();
@@ -116,7 +116,13 @@ impl Watch {
             .routes
             .iter()
             .map(|r| &r.dev)
-            .chain(desired.vxlan.iter().map(|v| &v.underlay))
+            .chain(
+                desired
+                    .vxlan
+                    .iter()
+                    .chain(&desired.vxlan6)
+                    .map(|v| &v.underlay),
+            )
             .filter(|dev| !is_twill_link(dev))
             .cloned()
             .collect();
