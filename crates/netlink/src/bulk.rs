@@ -55,7 +55,9 @@ pub enum RouteChange {
     Replace(IpRoute),
     /// Deletes the route with this destination, protocol, metric, TOS and (when given)
     /// gateway, whether it names the gateway itself or goes through a nexthop object of it;
-    /// a route that is not there is success.
+    /// a route that is not there is success. (An IPv6 route through a nexthop object is
+    /// deleted whatever gateway is named: the kernel matches IPv6 routes through objects by
+    /// destination, protocol and metric only.)
     Delete(IpRoute),
 }
 

@@ -98,7 +98,8 @@ impl Rtnl {
     /// Deletes the route to `route.dst` with `route.protocol`, `route.metric`, `route.tos` and,
     /// when given, `route.gateway` (the link is not matched); a route that is not there is
     /// success. Because the kernel matches the protocol, a route of another owner is never
-    /// deleted. (For IPv6, metric 0 matches any metric.)
+    /// deleted. (For IPv6, metric 0 matches any metric, and a route through a nexthop
+    /// object matches whatever gateway is named.)
     pub async fn delete_route(&self, route: &IpRoute) -> Result<()> {
         let msg = delete_route_message(route);
         self.ack_gone_ok(RouteNetlinkMessage::DelRoute(msg), || {
