@@ -444,9 +444,9 @@ pub async fn apply_with(nl: &Rtnl, plan: &Plan, writers: &mut HostWriters) -> Re
 
 /// Deletes every route of [`PEER_ROUTE_PROTOCOL`] (both families), every VXLAN device of
 /// twill's (`twill.*`, `twill6.*`, with their neighbours and FDB entries), twill's nexthop
-/// objects, the host protection and policy
-/// tables and the cluster's masquerade chain, for a node that leaves the cluster. Sysctls
-/// stay as they are, and so does the TUN device (its engine's; it goes with the engine).
+/// objects, the host protection and policy tables and the cluster's masquerade chain, for a
+/// node that leaves the cluster. Sysctls stay as they are, and so does the TUN device (its
+/// engine's; it goes with the engine).
 pub async fn remove_all(nl: &Rtnl) -> Result<ApplyReport> {
     remove_all_with(nl, &mut HostWriters::default()).await
 }
