@@ -92,6 +92,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         public_net: underlay.net,
         underlay_dev: underlay.iface.clone(),
         underlay_mtu: underlay.mtu,
+        subnet6: None,
+        public_net6: None,
     };
     let node_path = node::node_file(&opts.data_dir);
     let previous: Option<NodeFile> = files::read_json(&node_path).unwrap_or(None);
@@ -880,8 +882,8 @@ impl Agent {
             subnet: core.subnet,
             backend: self.config.backend.kind,
             public_ip: self.node.public_net.addr(),
-            subnet6: None,
-            public_ip6: None,
+            subnet6: self.node.subnet6,
+            public_ip6: self.node.public_net6.map(|n| n.addr()),
             store: self.store.describe(),
             in_sync: core.in_sync,
             pid: std::process::id(),

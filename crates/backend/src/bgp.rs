@@ -48,6 +48,8 @@ mod tests {
             public_net: "192.168.1.11/24".parse().unwrap(),
             underlay_dev: "eth0".into(),
             underlay_mtu: 1500,
+            subnet6: None,
+            public_net6: None,
         }
     }
 

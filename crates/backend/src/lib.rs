@@ -10,7 +10,7 @@
 //! only as [`PeerPath::Skipped`](twill_types::desired::PeerPath::Skipped) with the reason, so
 //! one bad lease never breaks the others.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_types::cluster::{BackendKind, ClusterConfig};
 use twill_types::desired::{DesiredState, TunnelEncap};
 use twill_types::lease::Lease;
@@ -40,6 +40,10 @@ pub struct LocalNode {
     /// The underlay link (`eth0`).
     pub underlay_dev: String,
     pub underlay_mtu: u32,
+    /// The node's IPv6 pod subnet, in a dual-stack cluster (leased with `subnet`).
+    pub subnet6: Option<Ipv6Net>,
+    /// The node's IPv6 underlay address with its prefix, when it has one.
+    pub public_net6: Option<Ipv6Net>,
 }
 
 /// One mode of carrying traffic between nodes.

@@ -126,6 +126,8 @@ impl Core {
             public_net: n.public_net,
             underlay_dev: n.underlay_dev,
             underlay_mtu: n.underlay_mtu,
+            subnet6: None,
+            public_net6: None,
         };
         let bgp = start.bgp.map(|b| {
             let retained = b.retained.map(|routes| Retained {

@@ -22,6 +22,8 @@ pub fn node() -> LocalNode {
         public_net: net("192.168.1.10/24"),
         underlay_dev: "eth0".into(),
         underlay_mtu: 1500,
+        subnet6: None,
+        public_net6: None,
     }
 }
 
