@@ -164,8 +164,11 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             });
         }
     }
-    for route in nl.ipv4_routes(None).await? {
-        if route.dst.prefix_len() == 0 {
+    for route in nl.routes(Some(twill_netlink::Family::V4), None).await? {
+        let ipnet::IpNet::V4(dst) = route.dst else {
+            continue;
+        };
+        if dst.prefix_len() == 0 {
             continue;
         }
         let mut source = format!("route {}", route.dst);
@@ -179,7 +182,7 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             source += " (not unicast: blackhole, unreachable, ...)";
         }
         out.push(HostNet {
-            net: route.dst.trunc(),
+            net: dst.trunc(),
             source,
         });
     }
