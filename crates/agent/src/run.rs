@@ -93,6 +93,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         iface = %underlay.iface, address = %underlay.net, mtu = underlay.mtu,
         address6 = ?public_net6, "underlay found"
     );
+    if !config.has_ipv6() && opts.public_ipv6.is_some() {
+        warn!("--public-ipv6 is ignored: the cluster has no IPv6 pool");
+    }
     if config.has_ipv6() && public_net6.is_none() {
         info!(
             "no global IPv6 address on {}: IPv6 pod traffic goes over the IPv4 underlay",
