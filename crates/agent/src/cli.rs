@@ -326,6 +326,15 @@ pub async fn status(
         backend.as_str().unwrap_or("?"),
         status.public_ip
     );
+    // Dual-stack nodes only: an IPv4-only node's output is unchanged.
+    if status.subnet6.is_some() || status.public_ip6.is_some() {
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        println!(
+            "ipv6: subnet {}  public {}",
+            or_none(status.subnet6.map(|n| n.to_string())),
+            or_none(status.public_ip6.map(|ip| ip.to_string())),
+        );
+    }
     println!(
         "agent {}  store {}  {}",
         if alive {
@@ -366,6 +375,9 @@ pub async fn status(
         }
         if let Some(wg) = &p.wireguard {
             note = format!("{}, {note}", wireguard_session(wg));
+        }
+        if let Some(subnet6) = p.subnet6 {
+            note = format!("ipv6 {subnet6} {note}");
         }
         println!(
             "{:<16} {:<18} {:<16} {:<8} {:<10} {}{}",
