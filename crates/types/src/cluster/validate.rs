@@ -215,7 +215,8 @@ pub fn reserved_overlap6(net: Ipv6Net) -> Option<(Ipv6Net, &'static str)> {
         .copied()
 }
 
-/// One pool of either family, as the checks every pool shares see it.
+/// One pool of either family, as the checks every pool shares see it (its bounds are of its
+/// family: [`Pool`] and [`Pool6`] say so in their types).
 struct PoolView<'a> {
     name: &'a str,
     cidr: IpNet,
@@ -361,15 +362,6 @@ fn validate_pool(at: &At, names: &PoolFields, pool: &PoolView) -> Result<(), Con
     }
     check_block(at, names, pool.cidr, pool.block)?;
     for (field, bound) in [(names.min, pool.min), (names.max, pool.max)] {
-        if bound.max_prefix_len() != pool.cidr.max_prefix_len() {
-            return fail(ConfigError::invalid(
-                at.field(field),
-                format!(
-                    "{at}{field} {bound} is not of the family of {} {}",
-                    names.cidr, pool.cidr
-                ),
-            ));
-        }
         if bound.prefix_len() != pool.block {
             return fail(ConfigError::invalid(
                 at.field(field),
