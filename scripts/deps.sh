@@ -10,6 +10,7 @@ PKGS=(
   iperf3                        # throughput benchmarks
   tcpdump python3-scapy         # tunnel wire-format tests capture and decode real packets
   bird2                         # BGP lab tests: BIRD 2 as peer and route reflector in a netns
+  gobgpd                        # BGP lab tests: GoBGP injects routes with extended and large communities
   wireguard-go wireguard-tools  # WireGuard interop and the wireguard-go baseline benchmark
 )
 if [ "$(id -u)" != 0 ]; then

@@ -164,8 +164,11 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             });
         }
     }
-    for route in nl.ipv4_routes(None).await? {
-        if route.dst.prefix_len() == 0 {
+    for route in nl.routes(Some(twill_netlink::Family::V4), None).await? {
+        let ipnet::IpNet::V4(dst) = route.dst else {
+            continue;
+        };
+        if dst.prefix_len() == 0 {
             continue;
         }
         let mut source = format!("route {}", route.dst);
@@ -179,7 +182,7 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             source += " (not unicast: blackhole, unreachable, ...)";
         }
         out.push(HostNet {
-            net: route.dst.trunc(),
+            net: dst.trunc(),
             source,
         });
     }
@@ -323,6 +326,15 @@ pub async fn status(
         backend.as_str().unwrap_or("?"),
         status.public_ip
     );
+    // Dual-stack nodes only: an IPv4-only node's output is unchanged.
+    if status.subnet6.is_some() || status.public_ip6.is_some() {
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        println!(
+            "ipv6: subnet {}  public {}",
+            or_none(status.subnet6.map(|n| n.to_string())),
+            or_none(status.public_ip6.map(|ip| ip.to_string())),
+        );
+    }
     println!(
         "agent {}  store {}  {}",
         if alive {
@@ -363,6 +375,9 @@ pub async fn status(
         }
         if let Some(wg) = &p.wireguard {
             note = format!("{}, {note}", wireguard_session(wg));
+        }
+        if let Some(subnet6) = p.subnet6 {
+            note = format!("ipv6 {subnet6} {note}");
         }
         println!(
             "{:<16} {:<18} {:<16} {:<8} {:<10} {}{}",

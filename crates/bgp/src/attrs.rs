@@ -49,8 +49,15 @@ pub struct AsSegment {
     pub asns: Vec<u32>,
 }
 
-/// An optional transitive attribute we do not understand, carried on unchanged (with the
-/// Partial bit set, as RFC 4271 §5 asks).
+/// An optional transitive attribute twill does not model, carried on unchanged: `flags` is
+/// the flags octet as received with the Partial bit (0x20) set, as RFC 4271 §5 asks of an
+/// attribute the speaker does not recognise; `value` is the value octets as received.
+///
+/// "Recognised" means modelled in [`PathAttrs`]: ORIGIN, AS_PATH, NEXT_HOP, MED, LOCAL_PREF,
+/// ATOMIC_AGGREGATE, AGGREGATOR, COMMUNITIES, ORIGINATOR_ID, CLUSTER_LIST, MP_REACH/UNREACH,
+/// AS4_PATH and AS4_AGGREGATOR. Everything else (extended communities, IPv6 extended
+/// communities, large communities, ...) is carried with Partial set: twill neither reads
+/// nor acts on those values, so it cannot vouch that every speaker on the path did.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RawAttr {
     pub flags: u8,
@@ -61,11 +68,19 @@ pub struct RawAttr {
 /// Path attributes of one route. `next_hop` is per route: IPv4 routes carry NEXT_HOP (or an
 /// IPv4 MP_REACH next hop), IPv6 routes the MP_REACH global next hop. An unspecified next hop
 /// (0.0.0.0 or ::) on a locally originated route means "this speaker's address on the session".
+///
+/// IPv6 next hops follow RFC 2545: a 32-octet MP_REACH next hop is the global address
+/// (`next_hop`) then the link-local one (`next_hop_local`). A peer that sends only a
+/// link-local address (16 octets, fe80::/10; FRR does on unnumbered links) is read as "no
+/// global next hop": `next_hop` is `::` and `next_hop_local` holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PathAttrs {
     pub origin: Origin,
     pub as_path: Vec<AsSegment>,
     pub next_hop: IpAddr,
+    /// IPv6 routes only: the link-local next hop, valid on the link the route was learned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_local: Option<Ipv6Addr>,
     pub med: Option<u32>,
     pub local_pref: Option<u32>,
     pub atomic_aggregate: bool,
@@ -73,7 +88,12 @@ pub struct PathAttrs {
     pub communities: Vec<u32>,
     pub originator_id: Option<Ipv4Addr>,
     pub cluster_list: Vec<Ipv4Addr>,
+    /// Optional transitive attributes twill does not model, in ascending type code.
     pub unknown: Vec<RawAttr>,
+    /// Type codes of the modelled optional transitive attributes (AGGREGATOR, COMMUNITIES)
+    /// that arrived with the Partial bit set: once set it is never cleared (RFC 4271 §5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial: Vec<u8>,
 }
 
 impl PathAttrs {
@@ -86,6 +106,7 @@ impl PathAttrs {
                 Afi::Ipv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 Afi::Ipv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             }),
+            next_hop_local: None,
             med: None,
             local_pref: None,
             atomic_aggregate: false,
@@ -94,6 +115,17 @@ impl PathAttrs {
             originator_id: None,
             cluster_list: Vec::new(),
             unknown: Vec::new(),
+            partial: Vec::new(),
+        }
+    }
+
+    /// The next hop to install a learned route with: the global next hop, or, for an IPv6
+    /// route that has none, the link-local one, which is only meaningful together with the
+    /// interface of the session the route came over.
+    pub fn installable_next_hop(&self) -> IpAddr {
+        match (self.next_hop, self.next_hop_local) {
+            (IpAddr::V6(g), Some(ll)) if g.is_unspecified() => IpAddr::V6(ll),
+            (nh, _) => nh,
         }
     }
 

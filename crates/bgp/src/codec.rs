@@ -353,7 +353,7 @@ fn decode_update(frame: &[u8], asn4: bool) -> Result<UpdateIn, CodecError> {
     let mut ctx = parse_ctx(asn4);
     let mut reader = SliceReader::new(&clean);
     match BgpMessage::parse(&mut reader, &mut ctx) {
-        Ok(BgpMessage::Update(u)) => match convert_update(&u, &scan.discard, asn4) {
+        Ok(BgpMessage::Update(u)) => match convert_update(&u, &scan.discard, &scan.carried, asn4) {
             Ok(upd) => Ok(upd),
             Err(why) => Ok(withdraw_all(why)),
         },
@@ -374,7 +374,12 @@ fn convert_segments_as4(segs: &[As4PathSegment]) -> Vec<AsSegment> {
 }
 
 /// netgauze UPDATE → ours. Err(reason) means treat-as-withdraw.
-fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<UpdateIn, String> {
+fn convert_update(
+    u: &BgpUpdateMessage,
+    discard: &[u8],
+    carried: &[RawAttr],
+    asn4: bool,
+) -> Result<UpdateIn, String> {
     let mut out = UpdateIn {
         end_of_rib: match u.end_of_rib() {
             Some(AddressType::Ipv4Unicast) => Some(Afi::Ipv4),
@@ -389,16 +394,18 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
             .map(|a| IpNet::V4(a.network().address())),
     );
     let mut attrs = PathAttrs::local(None, Afi::Ipv4);
+    attrs.unknown = carried.to_vec();
+    attrs.unknown.sort_by_key(|raw| raw.code);
     let mut as4_path: Option<Vec<AsSegment>> = None;
     let mut next_hop_v4: Option<Ipv4Addr> = None;
     let mut mp_reach: Option<(IpAddr, Afi, Vec<IpNet>)> = None;
     for pa in u.path_attributes() {
-        let code = match pa.path_attribute_type() {
-            Ok(t) => t as u8,
-            Err(c) => c,
-        };
+        let code = type_code(pa);
         if discard.contains(&code) {
             continue;
+        }
+        if pa.partial() && (code == scan::AGGREGATOR || code == scan::COMMUNITIES) {
+            attrs.partial.push(code);
         }
         match pa.value() {
             PathAttributeValue::Origin(o) => {
@@ -420,10 +427,9 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
                     })
                     .collect()
             }
-            PathAttributeValue::As4Path(p)
-                if !asn4 => {
-                    as4_path = Some(convert_segments_as4(p.segments()));
-                }
+            PathAttributeValue::As4Path(p) if !asn4 => {
+                as4_path = Some(convert_segments_as4(p.segments()));
+            }
             PathAttributeValue::NextHop(nh) => next_hop_v4 = Some(nh.next_hop()),
             PathAttributeValue::MultiExitDiscriminator(m) => attrs.med = Some(m.metric()),
             PathAttributeValue::LocalPreference(l) => attrs.local_pref = Some(l.metric()),
@@ -452,11 +458,19 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
             }
             PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                 next_hop_global,
+                next_hop_local,
                 nlri,
-                ..
             }) => {
+                // RFC 2545: global then (optionally) link-local; a lone link-local address
+                // is a link-local next hop without a global one.
+                let (global, local) = if is_link_local(next_hop_global) {
+                    (Ipv6Addr::UNSPECIFIED, Some(*next_hop_global))
+                } else {
+                    (*next_hop_global, next_hop_local.filter(is_link_local))
+                };
+                attrs.next_hop_local = local;
                 mp_reach = Some((
-                    IpAddr::V6(*next_hop_global),
+                    IpAddr::V6(global),
                     Afi::Ipv6,
                     nlri.iter()
                         .map(|a| IpNet::V6(a.network().address()))
@@ -469,16 +483,7 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => out
                 .withdrawn
                 .extend(nlri.iter().map(|a| IpNet::V6(a.network().address()))),
-            PathAttributeValue::UnknownAttribute(raw)
-                // Only optional transitive unknowns travel on (RFC 4271 §5).
-                if pa.optional() && pa.transitive() => {
-                    attrs.unknown.push(RawAttr {
-                        flags: 0x80 | 0x40 | 0x20,
-                        code: raw.code(),
-                        value: raw.value().to_vec(),
-                    })
-                }
-            // Other families and attributes we neither use nor propagate.
+            // Other families, and the attributes the scan carries raw (`scan.carried`).
             _ => {}
         }
     }
@@ -506,6 +511,7 @@ fn convert_update(u: &BgpUpdateMessage, discard: &[u8], asn4: bool) -> Result<Up
         let nh = next_hop_v4.ok_or("missing NEXT_HOP")?;
         let mut a = attrs.clone();
         a.next_hop = IpAddr::V4(nh);
+        a.next_hop_local = None;
         out.announced.push((a, v4_nlri));
     }
     if let Some((nh, _afi, nlri)) = mp_reach
@@ -612,7 +618,15 @@ fn attr(opt: bool, trans: bool, ext: bool, v: PathAttributeValue) -> PathAttribu
     })
 }
 
-/// Builds the path attributes for one group of prefixes (all of one family).
+/// An optional transitive attribute twill models, with the Partial bit it arrived with.
+fn attr_partial(partial: bool, ext: bool, v: PathAttributeValue) -> PathAttribute {
+    PathAttribute::from(true, true, partial, ext, v).unwrap_or_else(|(v, e)| {
+        panic!("internal: attribute flags for {v:?} rejected: {e:?}");
+    })
+}
+
+/// Builds the path attributes for one group of prefixes (all of one family), in ascending
+/// type code.
 fn build_attrs(
     a: &PathAttrs,
     afi: Afi,
@@ -737,13 +751,17 @@ fn build_attrs(
                 id,
             ))
         };
-        out.push(attr(true, true, false, PathAttributeValue::Aggregator(agg)));
+        out.push(attr_partial(
+            a.partial.contains(&scan::AGGREGATOR),
+            false,
+            PathAttributeValue::Aggregator(agg),
+        ));
     }
     if !a.communities.is_empty() {
-        out.push(attr(
-            true,
-            true,
-            true,
+        out.push(attr_partial(
+            a.partial.contains(&scan::COMMUNITIES),
+            // Extended length only when needed, so a route passed on keeps its bytes.
+            a.communities.len() * 4 > usize::from(u8::MAX),
             PathAttributeValue::Communities(Communities::new(
                 a.communities
                     .iter()
@@ -774,9 +792,15 @@ fn build_attrs(
         ));
     }
     if afi == Afi::Ipv6 {
-        let nh = match a.next_hop {
+        let global = match a.next_hop {
             IpAddr::V6(v6) => v6,
             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        };
+        // Without a global next hop the link-local one goes alone (16 octets), the form the
+        // decoder reads back as "link-local only".
+        let (nh, local) = match a.next_hop_local {
+            Some(ll) if global.is_unspecified() => (ll, None),
+            local => (global, local),
         };
         out.push(attr(
             true,
@@ -784,23 +808,36 @@ fn build_attrs(
             true,
             PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                 next_hop_global: nh,
-                next_hop_local: None,
+                next_hop_local: local,
                 nlri: v6_nlri(nlri).into(),
             }),
         ));
     }
     for raw in &a.unknown {
-        out.push(attr(
-            true,
-            true,
-            true,
-            PathAttributeValue::UnknownAttribute(UnknownAttribute::new(
-                raw.code,
-                raw.value.clone(),
-            )),
+        // The received flags go out as they came (Partial already set by the scan); the
+        // extended-length bit is forced only when the value needs it, as netgauze writes a
+        // two-octet length for a long value whatever the flag says.
+        let ext = raw.flags & 0x10 != 0 || raw.value.len() > usize::from(u8::MAX);
+        let value = PathAttributeValue::UnknownAttribute(UnknownAttribute::new(
+            raw.code,
+            raw.value.clone(),
         ));
+        out.push(
+            PathAttribute::from(true, true, raw.flags & 0x20 != 0, ext, value)
+                .map_err(|(_, e)| CodecError::Encode(format!("attribute {}: {e:?}", raw.code)))?,
+        );
     }
+    // Ascending type code, the order most speakers send (AS4_PATH was pushed next to
+    // AS_PATH, the carried attributes last).
+    out.sort_by_key(type_code);
     Ok(out)
+}
+
+fn type_code(pa: &PathAttribute) -> u8 {
+    match pa.path_attribute_type() {
+        Ok(t) => t as u8,
+        Err(c) => c,
+    }
 }
 
 fn v4_nlri(p: &[IpNet]) -> Vec<Ipv4UnicastAddress> {
@@ -825,8 +862,8 @@ fn v6_nlri(p: &[IpNet]) -> Vec<Ipv6UnicastAddress> {
         .collect()
 }
 
-/// Prefixes per UPDATE: a /32 is 5 octets and an IPv6 /128 is 17, so these stay well inside
-/// 4096 octets with room for the attributes.
+/// Withdrawn prefixes per UPDATE: a /32 is 5 octets and an IPv6 /128 is 17, so these stay
+/// well inside 4096 octets. Announcements are split by size instead ([`chunks_within`]).
 const V4_PER_UPDATE: usize = 500;
 const V6_PER_UPDATE: usize = 150;
 
@@ -881,12 +918,26 @@ pub fn encode_updates(
     }
     for (a, nets) in groups.values() {
         let afi = Afi::of(&nets[0]);
-        let per = if afi == Afi::Ipv4 {
-            V4_PER_UPDATE
-        } else {
-            V6_PER_UPDATE
+        // The attributes do not depend on the prefixes (an empty MP_REACH already has its
+        // two-octet length), so what is left of the 4096 octets goes to prefixes. Carried
+        // attributes can be large: a route a peer sent in a full message, grown by our AS or
+        // reflection attributes, may not fit at all; it is then not passed on (the session
+        // stays up), as a reset would drop every other route with it.
+        let base: usize = build_attrs(a, afi, &[], asn4)?
+            .iter()
+            .map(WritablePdu::len)
+            .sum();
+        let room = MAX_MESSAGE.saturating_sub(HEADER + 4 + base);
+        let Some(chunks) = chunks_within(nets, room) else {
+            tracing::warn!(
+                "bgp: {} prefixes (first {}) not sent: their attributes leave no room in a \
+                 {MAX_MESSAGE}-octet UPDATE",
+                nets.len(),
+                nets[0]
+            );
+            continue;
         };
-        for chunk in nets.chunks(per) {
+        for chunk in chunks {
             let attrs = build_attrs(a, afi, chunk, asn4)?;
             let nlri = if afi == Afi::Ipv4 {
                 v4_nlri(chunk)
@@ -901,6 +952,26 @@ pub fn encode_updates(
         }
     }
     Ok(msgs)
+}
+
+/// Splits prefixes into runs whose encoded NLRI (length octet plus address octets each)
+/// fit in `room` octets; None when not even one fits.
+fn chunks_within(nets: &[IpNet], room: usize) -> Option<Vec<&[IpNet]>> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, n) in nets.iter().enumerate() {
+        let size = 1 + usize::from(n.prefix_len()).div_ceil(8);
+        if size > room {
+            return None;
+        }
+        if used + size > room {
+            out.push(&nets[start..i]);
+            (start, used) = (i, 0);
+        }
+        used += size;
+    }
+    out.push(&nets[start..]);
+    Some(out)
 }
 
 /// The End-of-RIB marker for a family (RFC 4724 §2).
@@ -920,6 +991,11 @@ pub fn end_of_rib(afi: Afi) -> BgpMessage {
     }
 }
 
+/// fe80::/10: RFC 4291 link-local unicast.
+pub fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
 /// An unspecified next hop of the given family (used for "next hop self" placeholders).
 pub fn unspecified(afi: Afi) -> IpAddr {
     match afi {
@@ -930,4 +1006,4 @@ pub fn unspecified(afi: Afi) -> IpAddr {
 
 #[cfg(test)]
 #[path = "codec_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -109,6 +109,7 @@ fn sample_attrs(nh: IpAddr) -> PathAttrs {
             },
         ],
         next_hop: nh,
+        next_hop_local: None,
         med: Some(50),
         local_pref: Some(200),
         atomic_aggregate: true,
@@ -117,6 +118,7 @@ fn sample_attrs(nh: IpAddr) -> PathAttrs {
         originator_id: Some(Ipv4Addr::new(10, 0, 0, 9)),
         cluster_list: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
         unknown: vec![],
+        partial: vec![],
     }
 }
 
@@ -313,6 +315,7 @@ prop_compose! {
         origin in 0u8..3,
         path in proptest::collection::vec((any::<bool>(), proptest::collection::vec(1u32..u32::MAX, 1..5)), 0..4),
         nh4 in any::<u32>(), nh6 in any::<u128>(),
+        ll in proptest::option::of(any::<u64>()),
         med in proptest::option::of(any::<u32>()),
         lp in proptest::option::of(any::<u32>()),
         atomic in any::<bool>(),
@@ -323,12 +326,22 @@ prop_compose! {
         PathAttrs {
             origin: [Origin::Igp, Origin::Egp, Origin::Incomplete][origin as usize],
             as_path: path.into_iter().map(|(set, asns)| AsSegment { set, asns }).collect(),
-            next_hop: if v6 { IpAddr::V6(nh6.into()) } else { IpAddr::V4(nh4.into()) },
+            // The forms the decoder gives: a global next hop is never link-local (a lone
+            // link-local one reads as `::` plus the link-local), and IPv4 routes have none.
+            next_hop: if v6 {
+                IpAddr::V6(if is_link_local(&nh6.into()) { (nh6 ^ (1 << 126)).into() } else { nh6.into() })
+            } else {
+                IpAddr::V4(nh4.into())
+            },
+            next_hop_local: ll
+                .filter(|_| v6)
+                .map(|iid| Ipv6Addr::from((0xfe80u128 << 112) | u128::from(iid))),
             med, local_pref: lp, atomic_aggregate: atomic, aggregator: None,
             communities: comms,
             originator_id: orig.map(Ipv4Addr::from),
             cluster_list: cl.into_iter().map(Ipv4Addr::from).collect(),
             unknown: vec![],
+            partial: vec![],
         }
     }
 }
@@ -394,5 +407,204 @@ proptest! {
         attrs[pos] = val;
         let res = decode_raw(&raw_update(&[], &attrs, NLRI_10_9));
         prop_assert!(matches!(res, Ok(Incoming::Update(_))), "{:?}", res);
+    }
+}
+
+#[test]
+fn malformed_extended_and_large_communities_are_treat_as_withdraw() {
+    // RFC 7606 §7.14 and RFC 8092 §6: a length that is not a multiple of the community size.
+    let mut ext = GOOD_ATTRS.to_vec();
+    ext.extend_from_slice(&[0xc0, 16, 7, 0, 2, 0xfd, 0xe9, 0, 0, 7]);
+    assert_taw(&ext);
+    let mut large = GOOD_ATTRS.to_vec();
+    large.extend_from_slice(&[0xc0, 32, 5, 0, 0, 0xfd, 0xe9, 0]);
+    assert_taw(&large);
+}
+
+#[test]
+fn carried_attributes_decode_with_partial_set_and_in_type_order() {
+    let mut attrs = GOOD_ATTRS.to_vec();
+    attrs.extend_from_slice(&[0xc0, 32, 12, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]);
+    attrs.extend_from_slice(&[0xc0, 16, 8, 0, 2, 0xfd, 0xe9, 0, 0, 0, 7]);
+    attrs.extend_from_slice(&[0x80, 99, 1, 0]); // optional non-transitive: dropped
+    let Incoming::Update(u) = decode_raw(&raw_update(&[], &attrs, NLRI_10_9)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        u.announced[0].0.unknown,
+        vec![
+            RawAttr {
+                flags: 0xe0,
+                code: 16,
+                value: vec![0, 2, 0xfd, 0xe9, 0, 0, 0, 7],
+            },
+            RawAttr {
+                flags: 0xe0,
+                code: 32,
+                value: vec![0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3],
+            },
+        ]
+    );
+}
+
+#[test]
+fn long_carried_attribute_gets_an_extended_length() {
+    let mut a = sample_attrs("192.0.2.1".parse().unwrap());
+    a.unknown = vec![RawAttr {
+        flags: 0xe0,
+        code: 32,
+        value: (0..300u16).map(|i| i as u8).collect(),
+    }];
+    let n: IpNet = "10.1.0.0/24".parse().unwrap();
+    let msgs = encode_updates(&[(a.clone(), n)], &[], true).unwrap();
+    let back = decode_all(&msgs, true);
+    let got = &back[0].announced[0].0.unknown[0];
+    assert_eq!((got.flags, got.value.len()), (0xf0, 300));
+}
+
+/// The MP_REACH_NLRI attribute of an encoded UPDATE: (next hop length, next hop octets).
+fn mp_reach_next_hop(msg: &[u8]) -> (u8, Vec<u8>) {
+    let body = &msg[19..];
+    let wlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let mut rest = &body[4 + wlen..];
+    loop {
+        let (len, hdr) = if rest[0] & 0x10 != 0 {
+            (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4)
+        } else {
+            (usize::from(rest[2]), 3)
+        };
+        if rest[1] == 14 {
+            let v = &rest[hdr..hdr + len];
+            let n = v[3];
+            return (n, v[4..4 + usize::from(n)].to_vec());
+        }
+        rest = &rest[hdr + len..];
+    }
+}
+
+#[test]
+fn ipv6_next_hop_global_plus_link_local_is_32_octets_both_ways() {
+    let mut a = sample_attrs("2001:db8:ff::1".parse().unwrap());
+    a.next_hop_local = Some("fe80::1".parse().unwrap());
+    let n: IpNet = "2001:db8:44::/64".parse().unwrap();
+    let msgs = encode_updates(&[(a.clone(), n)], &[], true).unwrap();
+    let (len, nh) = mp_reach_next_hop(&encode_message(&msgs[0]).unwrap());
+    assert_eq!(len, 32);
+    assert_eq!(
+        &nh[..16],
+        &"2001:db8:ff::1".parse::<Ipv6Addr>().unwrap().octets()
+    );
+    assert_eq!(&nh[16..], &"fe80::1".parse::<Ipv6Addr>().unwrap().octets());
+    assert_eq!(
+        decode_all(&msgs, true)[0].announced,
+        vec![(a.clone(), vec![n])]
+    );
+    assert_eq!(
+        a.installable_next_hop(),
+        "2001:db8:ff::1".parse::<IpAddr>().unwrap()
+    );
+    // Global only: 16 octets.
+    a.next_hop_local = None;
+    let msgs = encode_updates(&[(a, n)], &[], true).unwrap();
+    assert_eq!(mp_reach_next_hop(&encode_message(&msgs[0]).unwrap()).0, 16);
+}
+
+#[test]
+fn lone_link_local_ipv6_next_hop_means_no_global_one() {
+    // MP_REACH_NLRI, IPv6 unicast, a 16-octet next hop fe80::2, 2001:db8:44::/64.
+    let mut attrs = GOOD_ATTRS[..13].to_vec(); // ORIGIN, AS_PATH
+    let mut mp = vec![0x80, 14, 0, 0, 2, 1, 16];
+    mp.extend_from_slice(&"fe80::2".parse::<Ipv6Addr>().unwrap().octets());
+    mp.push(0);
+    mp.extend_from_slice(&[64, 0x20, 0x01, 0x0d, 0xb8, 0, 0x44, 0, 0]);
+    mp[2] = (mp.len() - 3) as u8;
+    attrs.extend_from_slice(&mp);
+    let Incoming::Update(u) = decode_raw(&raw_update(&[], &attrs, &[])).unwrap() else {
+        panic!()
+    };
+    assert_eq!(u.treat_as_withdraw, None);
+    let (a, nets) = &u.announced[0];
+    assert_eq!(nets, &vec!["2001:db8:44::/64".parse::<IpNet>().unwrap()]);
+    assert_eq!(a.next_hop, "::".parse::<IpAddr>().unwrap());
+    assert_eq!(a.next_hop_local, Some("fe80::2".parse().unwrap()));
+    assert_eq!(
+        a.installable_next_hop(),
+        "fe80::2".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn announcements_are_split_to_fit_4096_octets_with_large_carried_attributes() {
+    let mut big = sample_attrs("192.0.2.1".parse().unwrap());
+    big.unknown = vec![RawAttr {
+        flags: 0xf0,
+        code: 32,
+        value: vec![7; 12 * 250], // 3000 octets of large communities
+    }];
+    let nets: Vec<IpNet> = (0..400u32)
+        .map(|i| IpNet::V4(ipnet::Ipv4Net::new((0x0a00_0000 | (i << 8)).into(), 24).unwrap()))
+        .collect();
+    let announce: Vec<(PathAttrs, IpNet)> = nets.iter().map(|n| (big.clone(), *n)).collect();
+    let msgs = encode_updates(&announce, &[], true).unwrap();
+    assert!(msgs.len() > 1);
+    for m in &msgs {
+        assert!(encode_message(m).unwrap().len() <= MAX_MESSAGE);
+    }
+    let got: Vec<IpNet> = decode_all(&msgs, true)
+        .into_iter()
+        .flat_map(|u| u.announced.into_iter().flat_map(|(_, n)| n))
+        .collect();
+    assert_eq!(got, nets);
+
+    // Attributes too large for any UPDATE: that route is left out, the others still go.
+    let mut huge = big.clone();
+    huge.unknown[0].value = vec![7; 12 * 340];
+    let ok: IpNet = "10.200.0.0/24".parse().unwrap();
+    let msgs = encode_updates(
+        &[(huge, "10.100.0.0/24".parse().unwrap()), (big, ok)],
+        &[],
+        true,
+    )
+    .unwrap();
+    let got: Vec<IpNet> = decode_all(&msgs, true)
+        .into_iter()
+        .flat_map(|u| u.announced.into_iter().flat_map(|(_, n)| n))
+        .collect();
+    assert_eq!(got, vec![ok]);
+}
+
+proptest! {
+    /// Any optional transitive attribute of a type twill does not model goes out with the
+    /// value octets it came with, its flags plus Partial, whatever its length.
+    #[test]
+    fn prop_unmodelled_optional_transitive_attributes_pass_unchanged(
+        code in 200u8..=254,
+        value in proptest::collection::vec(any::<u8>(), 0..400),
+        partial in any::<bool>(),
+        ext in any::<bool>(),
+    ) {
+        let ext = ext || value.len() > 255;
+        let flags = 0xc0 | if partial { 0x20 } else { 0 } | if ext { 0x10 } else { 0 };
+        let mut attr = vec![flags, code];
+        if ext {
+            attr.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        } else {
+            attr.push(value.len() as u8);
+        }
+        attr.extend_from_slice(&value);
+        let mut attrs = GOOD_ATTRS.to_vec();
+        attrs.extend_from_slice(&attr);
+        let Incoming::Update(u) = decode_raw(&raw_update(&[], &attrs, NLRI_10_9)).unwrap() else {
+            panic!()
+        };
+        let (a, nets) = &u.announced[0];
+        let msgs = encode_updates(&[(a.clone(), nets[0])], &[], true).unwrap();
+        let bytes = encode_message(&msgs[0]).unwrap();
+        let mut want = attr.clone();
+        want[0] |= 0x20;
+        prop_assert!(
+            bytes.windows(want.len()).any(|w| w == want.as_slice()),
+            "{want:?} not in {bytes:?}"
+        );
     }
 }

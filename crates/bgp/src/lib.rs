@@ -39,6 +39,7 @@
 pub mod attrs;
 pub mod codec;
 pub mod fsm;
+pub mod link;
 pub mod rib;
 pub mod scan;
 pub mod sockopt;
@@ -47,7 +48,7 @@ pub mod speaker;
 pub use attrs::{Afi, AsSegment, Origin, PathAttrs};
 pub use codec::UpdateIn;
 pub use fsm::State;
-pub use rib::{BestChange, PrefixCounts, Route, Source};
+pub use rib::{BestChange, PrefixCounts, Route, SharedLink, Source};
 pub use speaker::{
     BgpError, GracefulRestart, Password, PeerConfig, PeerStatus, Speaker, SpeakerConfig,
     SpeakerEvent, Status, learned_route,

@@ -45,8 +45,12 @@ pub struct PeerInfo {
     pub rr_client: bool,
     /// Our address on the session: the next hop when we set next-hop-self.
     pub local_addr: IpAddr,
-    /// Our IPv6 next hop for IPv6 routes over an IPv4 session.
+    /// Our global IPv6 next hop when the session itself does not give one (an IPv4 session,
+    /// or an IPv6 session between link-local addresses).
     pub local_v6: Option<Ipv6Addr>,
+    /// The link we share with the peer (it is on one of our interfaces' subnets), when that
+    /// interface has an IPv6 link-local address: RFC 2545 next hops include it.
+    pub link: Option<SharedLink>,
     /// Families negotiated on the session.
     pub families: BTreeSet<Afi>,
     /// Families whose stale routes survive this session coming up (the peer restarted with
@@ -58,6 +62,26 @@ impl PeerInfo {
     pub fn ibgp(&self) -> bool {
         self.asn == self.local_asn
     }
+
+    /// Our global IPv6 next hop on this session (RFC 2545 §2): the session's own address
+    /// when it is a global IPv6 one, else the configured one, else, on an IPv4 session, our
+    /// IPv4 address mapped into IPv6. None on a link-local-only session with nothing
+    /// configured: then IPv6 routes we would have to be the next hop for are not sent.
+    fn global_v6(&self) -> Option<Ipv6Addr> {
+        match self.local_addr {
+            IpAddr::V6(v6) if !v6.is_unspecified() && !crate::codec::is_link_local(&v6) => Some(v6),
+            IpAddr::V6(_) => self.local_v6,
+            IpAddr::V4(v4) => Some(self.local_v6.unwrap_or(v4.to_ipv6_mapped())),
+        }
+    }
+}
+
+/// An interface this speaker shares with a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLink {
+    pub ifindex: u32,
+    /// Our link-local address on it.
+    pub link_local: Ipv6Addr,
 }
 
 /// Where a Loc-RIB route came from.
@@ -299,14 +323,20 @@ impl Rib {
         let self_nh = match (afi, to.local_addr) {
             (Afi::Ipv4, IpAddr::V4(v4)) => Some(IpAddr::V4(v4)),
             (Afi::Ipv4, IpAddr::V6(_)) => None,
-            (Afi::Ipv6, IpAddr::V6(v6)) => Some(IpAddr::V6(to.local_v6.unwrap_or(v6))),
-            (Afi::Ipv6, IpAddr::V4(v4)) => {
-                Some(IpAddr::V6(to.local_v6.unwrap_or(v4.to_ipv6_mapped())))
-            }
+            (Afi::Ipv6, _) => to.global_v6().map(IpAddr::V6),
+        };
+        // RFC 2545 §3: a link-local next hop goes only to a peer on the link it belongs to.
+        // Ours when we are the next hop; a received one only when it was learned over the
+        // very link the peer is on.
+        let own_link_local = to.link.filter(|_| afi == Afi::Ipv6).map(|l| l.link_local);
+        let same_link = match (from.and_then(|f| f.link), to.link) {
+            (Some(a), Some(b)) => a.ifindex == b.ifindex,
+            _ => false,
         };
         if !to.ibgp() {
             a.prepend_as(to.local_asn);
             a.next_hop = self_nh?;
+            a.next_hop_local = own_link_local;
             a.local_pref = None;
             a.originator_id = None;
             a.cluster_list.clear();
@@ -338,7 +368,12 @@ impl Rib {
             }
         }
         if unspecified(&a.next_hop) {
+            // Ours (a local route), or a learned IPv6 route with only a link-local next hop,
+            // which means nothing off its link: we become the next hop.
             a.next_hop = self_nh?;
+            a.next_hop_local = own_link_local;
+        } else if !same_link {
+            a.next_hop_local = None;
         }
         Some(a)
     }
@@ -501,6 +536,15 @@ impl Rib {
         let mut accepted: Vec<(IpNet, Arc<PathAttrs>)> = Vec::new();
         let mut refused: Vec<IpNet> = Vec::new();
         for (attrs, nets) in &upd.announced {
+            // RFC 4760 §6: only families both sides announced; others are ignored.
+            let nets: Vec<IpNet> = nets
+                .iter()
+                .filter(|n| info.families.contains(&Afi::of(n)))
+                .copied()
+                .collect();
+            if nets.is_empty() {
+                continue;
+            }
             match self.import(&info, attrs) {
                 Some(a) => {
                     let a = Arc::new(a);

@@ -24,6 +24,7 @@ fn peer(last: u8, asn: u32, rr_client: bool) -> PeerInfo {
         rr_client,
         local_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
         local_v6: Some("2001:db8::100".parse().unwrap()),
+        link: None,
         families: [Afi::Ipv4, Afi::Ipv6].into(),
         gr_keep: [Afi::Ipv4, Afi::Ipv6].into(),
     }
@@ -647,4 +648,345 @@ fn per_peer_local_as_is_prepended_and_loop_checked() {
     // A path through our overriding AS is a loop too.
     announce(&mut r, &e, attrs(&[65002, 64999], 2), N);
     assert_eq!(r.best(&net(N)), None);
+}
+
+/// The attributes of one route as a peer sends them: ORIGIN, AS_PATH [65001], NEXT_HOP,
+/// then optional transitive attributes twill models (COMMUNITIES, sent Partial) and ones it
+/// does not (extended, large, an unassigned code), and an optional non-transitive unknown.
+mod pass_through {
+    use super::*;
+    use crate::codec::tests::raw_update;
+    use crate::codec::{self, Incoming};
+
+    const COMMUNITIES: &[u8] = &[0xe0, 8, 8, 0xfd, 0xe9, 0, 1, 0xfd, 0xe9, 0, 2];
+    const EXT_COMMUNITIES: &[u8] = &[0xc0, 16, 8, 0x00, 0x02, 0xfd, 0xe9, 0, 0, 0, 7];
+    const IPV6_EXT_COMMUNITIES: &[u8] = &[
+        0xc0, 25, 20, 0x00, 0x02, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+        0x2a,
+    ];
+    const LARGE_COMMUNITIES: &[u8] = &[0xc0, 32, 12, 0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2];
+    /// An unassigned optional transitive code, already Partial, with an extended length.
+    const UNASSIGNED: &[u8] = &[0xf0, 201, 0, 3, 1, 2, 3];
+    const NON_TRANSITIVE: &[u8] = &[0x80, 202, 2, 9, 9];
+
+    fn received() -> Vec<u8> {
+        let mut a = vec![
+            0x40, 1, 1, 0, // ORIGIN IGP
+            0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9, // AS_PATH SEQ [65001]
+            0x40, 3, 4, 192, 0, 2, 1, // NEXT_HOP 192.0.2.1
+        ];
+        // Out of order on purpose: twill sends them in ascending type code.
+        for part in [
+            LARGE_COMMUNITIES,
+            NON_TRANSITIVE,
+            UNASSIGNED,
+            COMMUNITIES,
+            IPV6_EXT_COMMUNITIES,
+            EXT_COMMUNITIES,
+        ] {
+            a.extend_from_slice(part);
+        }
+        raw_update(&[], &a, &[24, 10, 9, 0])
+    }
+
+    fn with_partial(attr: &[u8]) -> Vec<u8> {
+        let mut a = attr.to_vec();
+        a[0] |= 0x20;
+        a
+    }
+
+    /// The path attribute section of an encoded UPDATE, split into attributes.
+    fn attributes(msg: &[u8]) -> Vec<Vec<u8>> {
+        let body = &msg[19..];
+        let wlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let alen = usize::from(u16::from_be_bytes([body[2 + wlen], body[3 + wlen]]));
+        let mut rest = &body[4 + wlen..4 + wlen + alen];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (len, hdr) = if rest[0] & 0x10 != 0 {
+                (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4)
+            } else {
+                (usize::from(rest[2]), 3)
+            };
+            out.push(rest[..hdr + len].to_vec());
+            rest = &rest[hdr + len..];
+        }
+        out
+    }
+
+    /// Decode → RIB → encode for `to`; returns the attributes as sent.
+    fn pass_on(from: PeerInfo, to: PeerInfo) -> Vec<Vec<u8>> {
+        let Incoming::Update(upd) = codec::decode_message(&received(), true).unwrap() else {
+            panic!("not an UPDATE")
+        };
+        assert_eq!(upd.treat_as_withdraw, None);
+        let mut r = rib();
+        r.peer_up(from.clone());
+        r.peer_up(to.clone());
+        let out = r.update(from.addr, &upd);
+        let sent = &out.updates[&to.addr];
+        let msgs = codec::encode_updates(&sent.announce, &sent.withdraw, true).unwrap();
+        assert_eq!(msgs.len(), 1);
+        attributes(&codec::encode_message(&msgs[0]).unwrap())
+    }
+
+    fn assert_carried(sent: &[Vec<u8>]) {
+        let codes: Vec<u8> = sent.iter().map(|a| a[1]).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        assert_eq!(codes, sorted, "attributes not in ascending type code");
+        let find = |code: u8| sent.iter().find(|a| a[1] == code).cloned();
+        // COMMUNITIES is modelled: same bytes, its Partial bit kept.
+        assert_eq!(find(8), Some(COMMUNITIES.to_vec()));
+        // The rest are not: the same bytes with Partial set.
+        assert_eq!(find(16), Some(with_partial(EXT_COMMUNITIES)));
+        assert_eq!(find(25), Some(with_partial(IPV6_EXT_COMMUNITIES)));
+        assert_eq!(find(32), Some(with_partial(LARGE_COMMUNITIES)));
+        assert_eq!(find(201), Some(UNASSIGNED.to_vec()));
+        assert_eq!(
+            find(202),
+            None,
+            "optional non-transitive attribute passed on"
+        );
+    }
+
+    #[test]
+    fn reflected_route_keeps_every_optional_transitive_attribute() {
+        let sent = pass_on(peer(1, ME, true), peer(2, ME, false));
+        assert_carried(&sent);
+        // ORIGINATOR_ID and CLUSTER_LIST added by the reflection, in their place.
+        assert!(sent.iter().any(|a| a[1] == 9) && sent.iter().any(|a| a[1] == 10));
+    }
+
+    #[test]
+    fn ebgp_to_ibgp_and_ibgp_to_ebgp_keep_them_too() {
+        assert_carried(&pass_on(peer(1, 65001, false), peer(2, ME, false)));
+        assert_carried(&pass_on(peer(1, ME, false), peer(3, 65003, false)));
+    }
+
+    #[test]
+    fn a_route_twill_originates_carries_none() {
+        let mut r = rib();
+        let to = peer(2, 65002, false);
+        r.peer_up(to.clone());
+        let out = r.originate(net("10.8.0.0/24"), None);
+        let (a, _) = &out.updates[&to.addr].announce[0];
+        assert!(a.unknown.is_empty() && a.partial.is_empty());
+    }
+}
+
+/// IPv6 unicast (RFC 4760) with RFC 2545 next hops, over IPv4 and IPv6 sessions.
+mod ipv6 {
+    use super::*;
+
+    const N6: &str = "2001:db8:9::/64";
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn link(ifindex: u32, ll: &str) -> Option<SharedLink> {
+        Some(SharedLink {
+            ifindex,
+            link_local: v6(ll),
+        })
+    }
+
+    /// A peer over an IPv6 session: we are 2001:db8:ff::100 on it.
+    fn peer6(last: u8, asn: u32, rr_client: bool) -> PeerInfo {
+        PeerInfo {
+            addr: IpAddr::V6(v6(&format!("2001:db8:ff::{last}"))),
+            local_addr: IpAddr::V6(v6("2001:db8:ff::100")),
+            local_v6: None,
+            ..peer(last, asn, rr_client)
+        }
+    }
+
+    fn attrs6(path: &[u32], nh: &str, ll: Option<&str>) -> PathAttrs {
+        PathAttrs {
+            next_hop: nh.parse().unwrap(),
+            next_hop_local: ll.map(v6),
+            ..attrs(path, 0)
+        }
+    }
+
+    fn sent(out: &Output, to: &PeerInfo) -> Option<PathAttrs> {
+        out.updates
+            .get(&to.addr)?
+            .announce
+            .iter()
+            .find(|(_, n)| *n == net(N6))
+            .map(|(a, _)| a.clone())
+    }
+
+    #[test]
+    fn ipv6_routes_only_on_sessions_that_negotiated_ipv6() {
+        let mut r = rib();
+        let v4_only = PeerInfo {
+            families: [Afi::Ipv4].into(),
+            ..peer(1, 65001, false)
+        };
+        let both = peer(2, 65002, false);
+        r.peer_up(v4_only.clone());
+        r.peer_up(both.clone());
+        // Sent anyway by a peer that did not announce IPv6: ignored.
+        announce(&mut r, &v4_only, attrs6(&[65001], "2001:db8::1", None), N6);
+        assert_eq!(r.best(&net(N6)), None);
+        assert_eq!(r.counts(&v4_only.addr).received, 0);
+        // From a peer that did: learned, and not passed to the IPv4-only peer.
+        let out = announce(&mut r, &both, attrs6(&[65002], "2001:db8::2", None), N6);
+        assert_eq!(best_from(&r, N6), Some(Source::Peer(both.addr)));
+        assert!(sent(&out, &v4_only).is_none());
+        assert!(!out.updates.contains_key(&v4_only.addr));
+    }
+
+    #[test]
+    fn ebgp_over_ipv4_session_sends_configured_global_plus_link_local() {
+        let mut r = rib();
+        let from = peer(1, 65001, false);
+        let to = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer(2, 65002, false)
+        };
+        r.peer_up(from.clone());
+        r.peer_up(to.clone());
+        let out = announce(
+            &mut r,
+            &from,
+            attrs6(&[65001], "2001:db8::1", Some("fe80::1")),
+            N6,
+        );
+        let a = sent(&out, &to).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8::100")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::100")));
+        assert_eq!(a.as_path_flat(), vec![ME, 65001]);
+        // Not on a shared link (multihop): global only.
+        let far = peer(3, 65003, false);
+        let out = r.peer_up(far.clone());
+        let a = sent(&out, &far).unwrap();
+        assert_eq!(a.next_hop_local, None);
+        // No IPv6 address configured: our IPv4 address, IPv4-mapped.
+        let mapped = PeerInfo {
+            local_v6: None,
+            ..peer(4, 65004, false)
+        };
+        let a = sent(&r.peer_up(mapped.clone()), &mapped).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("::ffff:192.0.2.100")));
+    }
+
+    #[test]
+    fn ebgp_over_ipv6_session_uses_the_session_address() {
+        let mut r = rib();
+        let to = PeerInfo {
+            local_v6: Some(v6("2001:db8:aaaa::1")),
+            link: link(2, "fe80::100"),
+            ..peer6(2, 65002, false)
+        };
+        r.peer_up(to.clone());
+        let out = r.originate(net(N6), None);
+        let a = sent(&out, &to).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:ff::100")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::100")));
+        // A session between link-local addresses takes the configured global address,
+        // and without one there is no global next hop to give: nothing is sent.
+        let ll_session = PeerInfo {
+            local_addr: IpAddr::V6(v6("fe80::100")),
+            ..to.clone()
+        };
+        let mut r2 = rib();
+        r2.originate(net(N6), None);
+        let a = sent(&r2.peer_up(ll_session.clone()), &ll_session).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:aaaa::1")));
+        let bare = PeerInfo {
+            local_v6: None,
+            ..ll_session
+        };
+        let mut r3 = rib();
+        r3.originate(net(N6), None);
+        assert!(sent(&r3.peer_up(bare.clone()), &bare).is_none());
+    }
+
+    #[test]
+    fn route_reflection_of_ipv6_keeps_next_hop_and_link_local_only_on_the_same_link() {
+        let mut r = rib();
+        let client = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer6(1, ME, true)
+        };
+        let same_link = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer6(2, ME, false)
+        };
+        let other_link = PeerInfo {
+            link: link(3, "fe80::300"),
+            ..peer6(3, ME, false)
+        };
+        for p in [&client, &same_link, &other_link] {
+            r.peer_up(p.clone());
+        }
+        let out = announce(
+            &mut r,
+            &client,
+            attrs6(&[], "2001:db8:ff::1", Some("fe80::1")),
+            N6,
+        );
+        let a = sent(&out, &same_link).unwrap();
+        assert_eq!(a.originator_id, Some(client.router_id));
+        assert_eq!(a.cluster_list, vec![Ipv4Addr::new(10, 0, 0, 100)]);
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:ff::1")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::1")));
+        let b = sent(&out, &other_link).unwrap();
+        assert_eq!(b.next_hop, IpAddr::V6(v6("2001:db8:ff::1")));
+        assert_eq!(
+            b.next_hop_local, None,
+            "a link-local next hop left its link"
+        );
+        // Loop rules as for IPv4: our cluster ID in the list → refused.
+        let looped = PathAttrs {
+            cluster_list: vec![Ipv4Addr::new(10, 0, 0, 100)],
+            ..attrs6(&[], "2001:db8:ff::2", None)
+        };
+        announce(&mut r, &same_link, looped, "2001:db8:8::/64");
+        assert_eq!(r.best(&net("2001:db8:8::/64")), None);
+    }
+
+    #[test]
+    fn link_local_only_route_is_passed_on_with_us_as_next_hop() {
+        let mut r = rib();
+        let client = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer6(1, ME, true)
+        };
+        let other = PeerInfo {
+            link: link(3, "fe80::300"),
+            ..peer6(3, ME, false)
+        };
+        r.peer_up(client.clone());
+        r.peer_up(other.clone());
+        let out = announce(&mut r, &client, attrs6(&[], "::", Some("fe80::1")), N6);
+        // Installed via the link-local address (on the client's link).
+        let best = &out.best[0];
+        assert_eq!(
+            crate::speaker::learned_route(best),
+            Some((net(N6), IpAddr::V6(v6("fe80::1"))))
+        );
+        let a = sent(&out, &other).unwrap();
+        assert_eq!(a.next_hop, IpAddr::V6(v6("2001:db8:ff::100")));
+        assert_eq!(a.next_hop_local, Some(v6("fe80::300")));
+    }
+
+    #[test]
+    fn ipv4_routes_never_carry_a_link_local_next_hop() {
+        let mut r = rib();
+        let to = PeerInfo {
+            link: link(2, "fe80::100"),
+            ..peer(2, 65002, false)
+        };
+        let out = r.peer_up(to.clone());
+        assert!(out.updates[&to.addr].announce.is_empty());
+        let out = r.originate(net(N), None);
+        let (a, _) = &out.updates[&to.addr].announce[0];
+        assert_eq!(a.next_hop_local, None);
+        assert_eq!(a.next_hop, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)));
+    }
 }

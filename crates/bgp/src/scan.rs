@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::notification::{BgpNotificationMessage, UpdateMessageError};
 
-use crate::attrs::Afi;
+use crate::attrs::{Afi, RawAttr};
 
 const OPTIONAL: u8 = 0x80;
 const TRANSITIVE: u8 = 0x40;
@@ -57,6 +57,9 @@ pub struct Scan {
     /// The path attribute section without discarded and duplicate attributes, for the
     /// value decoder.
     pub clean_attrs: Vec<u8>,
+    /// Optional transitive attributes twill does not model, as received but with the Partial
+    /// bit set, in arrival order: they travel on with the route (RFC 4271 §5).
+    pub carried: Vec<RawAttr>,
     /// Withdrawn Routes field and NLRI field, raw.
     pub withdrawn_raw: Vec<u8>,
     pub nlri_raw: Vec<u8>,
@@ -148,6 +151,7 @@ pub fn scan_update(body: &[u8], asn4: bool) -> Scan {
         present: Vec::new(),
         discard: Vec::new(),
         clean_attrs: Vec::new(),
+        carried: Vec::new(),
         withdrawn_raw: Vec::new(),
         nlri_raw: Vec::new(),
         verdict: Verdict::Ok,
@@ -375,6 +379,21 @@ pub fn scan_update(body: &[u8], asn4: bool) -> Scan {
                 }
             }
             _ => {
+                // Every type code not matched above is one twill does not model: extended
+                // communities (16), IPv6 extended communities (25), large communities (32),
+                // and any other, whether or not netgauze has a type for it. Optional
+                // transitive ones are passed on byte for byte with the Partial bit set, as
+                // RFC 4271 §5 asks of an unrecognised attribute; optional non-transitive ones
+                // are quietly dropped. Their values are still checked by netgauze, so a
+                // malformed one (an extended community list not a multiple of 8 octets, ...)
+                // ends in treat-as-withdraw as before (RFC 7606 §7.14, RFC 8092 §6).
+                if flags & (OPTIONAL | TRANSITIVE) == OPTIONAL | TRANSITIVE {
+                    scan.carried.push(RawAttr {
+                        flags: flags | PARTIAL,
+                        code,
+                        value: value.to_vec(),
+                    });
+                }
                 if flags & OPTIONAL == 0 {
                     // An unrecognised well-known attribute: RFC 4271 would reset; we keep
                     // the session and withdraw the routes, in the spirit of RFC 7606.

@@ -148,7 +148,11 @@ pub struct SpeakerConfig {
     pub hold_time: u16,
     pub connect_retry: Duration,
     pub graceful_restart: GracefulRestart,
-    /// IPv6 next hop for our IPv6 routes over IPv4 sessions.
+    /// Global IPv6 next hop for the IPv6 routes we are next hop for, on sessions that do not
+    /// give one: IPv4 sessions (without it, our IPv4 address IPv4-mapped) and IPv6 sessions
+    /// between link-local addresses (without it, such routes are not sent). An IPv6 session
+    /// over a global address uses that address. On a peer's link the link-local address of
+    /// our interface is added (RFC 2545).
     pub next_hop_v6: Option<Ipv6Addr>,
     pub peers: Vec<PeerConfig>,
     /// Prefixes originated from the start, so a restarted speaker advertises them before its
@@ -1117,6 +1121,11 @@ impl Session {
             rr_client: self.rr_client,
             local_addr,
             local_v6: self.next_hop_v6,
+            link: crate::link::shared_link(
+                &crate::link::interface_addresses(),
+                local_addr,
+                self.addr,
+            ),
             families: self.families(&n),
             gr_keep: gr
                 .as_ref()
@@ -1130,10 +1139,13 @@ impl Session {
                 .unwrap_or_default(),
         };
         tracing::info!(
-            "bgp {}: session established (AS {}, id {})",
+            "bgp {}: session established (AS {}, id {}, from {}, families {:?}, shared link {:?})",
             self.addr,
             n.peer.asn,
-            n.peer.router_id
+            n.peer.router_id,
+            info.local_addr,
+            info.families,
+            info.link
         );
         let _ = self
             .reports
@@ -1181,10 +1193,12 @@ async fn reject_collision(mut s: TcpStream) {
     let _ = s.shutdown().await;
 }
 
-/// For the agent: routes learned from peers in a best-route change (what to install).
+/// For the agent: routes learned from peers in a best-route change (what to install), with
+/// [`PathAttrs::installable_next_hop`]: the global next hop, or for an IPv6 route that has
+/// none the link-local one, to be installed on the interface towards the peer it came from.
 pub fn learned_route(c: &BestChange) -> Option<(IpNet, IpAddr)> {
     c.best.as_ref().and_then(|r| match r.source {
-        Source::Peer(_) => Some((c.prefix, r.attrs.next_hop)),
+        Source::Peer(_) => Some((c.prefix, r.attrs.installable_next_hop())),
         Source::Local => None,
     })
 }

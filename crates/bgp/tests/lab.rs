@@ -337,7 +337,13 @@ fn ebgp_with_bird_exchanges_routes_both_ways() {
     assert!(r4.contains("BGP.as_path: 65001"), "{r4}");
     assert!(r4.contains("BGP.next_hop: 10.0.0.1"), "{r4}");
     let r6 = bird.route("2001:db8:44::/64");
-    assert!(r6.contains("BGP.next_hop: 2001:db8:ff::1"), "{r6}");
+    // IPv6 over the IPv4 session: the configured global next hop plus the link-local
+    // address of the shared link (RFC 2545).
+    let twill_ll = link_local(&t, "vt");
+    assert!(
+        r6.contains(&format!("BGP.next_hop: 2001:db8:ff::1 {twill_ll}")),
+        "{r6}"
+    );
     // BIRD's static routes arrive at twill as best-route events.
     wait_until("BIRD routes at twill", T30, || {
         tw.learned("10.50.0.0/24").is_some() && tw.learned("2001:db8:50::/64").is_some()
@@ -753,4 +759,315 @@ fn unconfigured_neighbour_is_refused_with_cease() {
         s.contains("Connection rejected")
     });
     assert!(!bird.established("twill"));
+}
+
+/// GoBGP (`gobgpd`) in a namespace, its gRPC API on the namespace's loopback; driven with the
+/// `gobgp` CLI.
+struct GoBgp {
+    child: Child,
+    ns_name: String,
+    dir: TempDir,
+}
+
+impl GoBgp {
+    fn start(ns: &Netns, conf: &str) -> GoBgp {
+        let dir = TempDir::new("gobgp");
+        let conf_path = dir.path().join("gobgpd.toml");
+        std::fs::write(&conf_path, conf).unwrap();
+        let check = run("gobgpd", &["-d", "-f", conf_path.to_str().unwrap()]);
+        assert!(
+            check.status.success(),
+            "bad GoBGP config: {}{}\n{conf}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "gobgpd", "-p", "-f"])
+            .arg(&conf_path)
+            .args(["--api-hosts", "127.0.0.1:50051", "--pprof-disable"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gobgpd");
+        let g = GoBgp {
+            child,
+            ns_name: ns.name().to_string(),
+            dir,
+        };
+        wait_until("gobgpd API", T30, || g.gobgp(&["global"]).status.success());
+        g
+    }
+
+    fn gobgp(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["netns", "exec", &self.ns_name, "gobgp"];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    fn gobgp_ok(&self, args: &[&str]) -> String {
+        let out = self.gobgp(args);
+        assert!(
+            out.status.success(),
+            "gobgp {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for GoBgp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+            eprintln!("---- gobgpd ----\n{log}");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gobgp_conf(asn: u32, router_id: &str, neighbour: &str, neighbour_as: u32) -> String {
+    format!(
+        "[global.config]\n  as = {asn}\n  router-id = \"{router_id}\"\n\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{neighbour}\"\n    \
+         peer-as = {neighbour_as}\n  [neighbors.timers.config]\n    connect-retry = 1\n  \
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      \
+         afi-safi-name = \"ipv4-unicast\"\n"
+    )
+}
+
+/// RFC 4271 §5: GoBGP sends a route with standard, extended and large communities; twill
+/// passes it on (eBGP in, iBGP out) and BIRD receives all three unchanged. twill's own event
+/// shows the two it does not model carried with the Partial bit (flags 0xe0).
+#[test]
+#[ignore = "needs root"]
+fn communities_of_every_kind_pass_through_twill_from_gobgp_to_bird() {
+    require_root();
+    let (_hub, nodes) = star(&["gob", "tw", "bird"]);
+    let gobgp = GoBgp::start(&nodes[0], &gobgp_conf(65002, "10.0.0.1", "10.0.0.2", 65001));
+    let tw = Twill::start(
+        &nodes[1],
+        &[
+            "--asn",
+            "65001",
+            "--router-id",
+            "10.0.0.2",
+            "--listen",
+            "0.0.0.0:179",
+            "--connect-retry",
+            "1",
+            "--peer",
+            "10.0.0.1,65002",
+            "--peer",
+            "10.0.0.3,65001",
+        ],
+    );
+    let bird = Bird::start(
+        &nodes[2],
+        &bird_conf(
+            "10.0.0.3",
+            &bird_bgp("twill", "10.0.0.3", 65001, "10.0.0.2", 65001, ""),
+        ),
+    );
+    gobgp.gobgp_ok(&[
+        "global",
+        "rib",
+        "add",
+        "-a",
+        "ipv4",
+        "10.60.0.0/24",
+        "community",
+        "65002:1,65002:2",
+        "rt",
+        "65002:7",
+        "large-community",
+        "65002:10:20",
+    ]);
+    wait_until("GoBGP's route at twill", T30, || {
+        tw.learned("10.60.0.0/24").is_some()
+    });
+    let b = tw.learned("10.60.0.0/24").unwrap();
+    let carried = b["attrs"]["unknown"].as_array().unwrap().clone();
+    let codes: Vec<(u64, u64)> = carried
+        .iter()
+        .map(|a| (a["code"].as_u64().unwrap(), a["flags"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(codes, vec![(16, 0xe0), (32, 0xe0)], "{b}");
+
+    wait_until("GoBGP's route in BIRD through twill", T30, || {
+        bird.has_route("10.60.0.0/24")
+    });
+    let r = bird.route("10.60.0.0/24");
+    assert!(r.contains("BGP.as_path: 65002"), "{r}");
+    assert!(r.contains("BGP.community: (65002,1) (65002,2)"), "{r}");
+    assert!(r.contains("BGP.ext_community: (rt, 65002, 7)"), "{r}");
+    assert!(r.contains("BGP.large_community: (65002, 10, 20)"), "{r}");
+}
+
+/// The IPv6 link-local address of `dev`, once duplicate address detection has passed (BIRD
+/// ignores a tentative one).
+fn link_local(ns: &Netns, dev: &str) -> String {
+    let mut found = None;
+    wait_until(
+        &format!("a usable link-local address on {dev}"),
+        T30,
+        || {
+            let v = ns.ip_json(&["-6", "addr", "show", "dev", dev, "scope", "link"]);
+            found = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+                .filter(|a| a["tentative"].is_null())
+                .find_map(|a| a["local"].as_str().map(str::to_string));
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+/// RFC 4760 + RFC 2545 on an IPv6 session: twill and BIRD negotiate only IPv6 unicast;
+/// twill's prefix reaches BIRD with twill's global address plus its link-local one as next
+/// hop, BIRD's reaches twill with both of BIRD's; no IPv4 route crosses the session.
+#[test]
+#[ignore = "needs root"]
+fn ipv6_session_with_bird_carries_global_and_link_local_next_hops() {
+    require_root();
+    let (t, r) = pair();
+    let twill_ll = link_local(&t, "vt");
+    let bird_ll = link_local(&r, "vr");
+    let bird = Bird::start(
+        &r,
+        &bird_conf(
+            "10.0.0.2",
+            "protocol bgp twill6 {\n  local 2001:db8:ff::fe as 65002;\n  \
+             neighbor 2001:db8:ff::1 as 65001;\n  \
+             connect retry time 1; connect delay time 1; error wait time 1, 2;\n  direct;\n  \
+             ipv6 { import all; export all; gateway direct; };\n}\n",
+        ),
+    );
+    let tw = Twill::start(
+        &t,
+        &[
+            "--asn",
+            "65001",
+            "--router-id",
+            "10.0.0.1",
+            "--listen",
+            "[::]:179",
+            "--connect-retry",
+            "1",
+            "--peer",
+            "2001:db8:ff::fe,65002",
+            "--originate",
+            "2001:db8:44::/64",
+            "--originate",
+            "10.44.1.0/24",
+        ],
+    );
+    wait_until("IPv6 session Established", T30, || {
+        bird.established("twill6")
+    });
+    wait_until("twill's IPv6 prefix in BIRD", T30, || {
+        bird.has_route("2001:db8:44::/64")
+    });
+    let r6 = bird.route("2001:db8:44::/64");
+    assert!(
+        r6.contains(&format!("BGP.next_hop: 2001:db8:ff::1 {twill_ll}")),
+        "{r6}"
+    );
+    assert!(r6.contains("BGP.as_path: 65001"), "{r6}");
+    wait_until("BIRD's IPv6 prefix at twill", T30, || {
+        tw.learned("2001:db8:50::/64").is_some()
+    });
+    let b = tw.learned("2001:db8:50::/64").unwrap();
+    assert_eq!(b["attrs"]["next_hop"], "2001:db8:ff::fe", "{b}");
+    assert_eq!(b["attrs"]["next_hop_local"], bird_ll.as_str(), "{b}");
+    assert_eq!(b["source"]["peer"], "2001:db8:ff::fe", "{b}");
+    // Only IPv6 unicast was negotiated: no IPv4 prefix went either way.
+    assert!(!bird.has_route("10.44.1.0/24"));
+    assert!(tw.learned("10.50.0.0/24").is_none());
+}
+
+/// A BIRD iBGP client of twill's reflector over IPv6, announcing `prefix`.
+fn bird_v6_client(n: u8, prefix: &str) -> String {
+    format!(
+        "router id 10.0.0.{n};\nprotocol device {{ }}\n\
+         protocol static s6 {{ ipv6; route {prefix} blackhole; }}\n\
+         protocol bgp twillrr {{\n  local 2001:db8:ff::{n} as 65000;\n  \
+         neighbor 2001:db8:ff::1 as 65000;\n  \
+         connect retry time 1; connect delay time 1; error wait time 1, 2;\n  direct;\n  \
+         ipv6 {{ import all; export all; gateway direct; }};\n}}\n"
+    )
+}
+
+/// RFC 4456 for IPv6: twill reflects IPv6 routes between two BIRD clients over IPv6
+/// sessions, adding ORIGINATOR_ID and CLUSTER_LIST and leaving the next hop alone, and, as
+/// all three share one link, the originator's link-local next hop too (RFC 2545).
+#[test]
+#[ignore = "needs root"]
+fn twill_reflects_ipv6_routes_between_bird_clients_over_ipv6_sessions() {
+    require_root();
+    let (_hub, nodes) = star(&["trr6", "b6a", "b6b"]);
+    let lls: Vec<String> = nodes.iter().map(|n| link_local(n, "eth0")).collect();
+    let b2 = Bird::start(&nodes[1], &bird_v6_client(2, "2001:db8:52::/64"));
+    let b3 = Bird::start(&nodes[2], &bird_v6_client(3, "2001:db8:53::/64"));
+    let rr = Twill::start(
+        &nodes[0],
+        &[
+            "--asn",
+            "65000",
+            "--router-id",
+            "10.0.0.1",
+            "--listen",
+            "[::]:179",
+            "--connect-retry",
+            "1",
+            "--cluster-id",
+            "10.255.0.1",
+            "--peer",
+            "2001:db8:ff::2,65000,client",
+            "--peer",
+            "2001:db8:ff::3,65000,client",
+            "--originate",
+            "2001:db8:41::/64",
+        ],
+    );
+    wait_until("both IPv6 sessions up", T30, || {
+        b2.established("twillrr") && b3.established("twillrr")
+    });
+    wait_until("b2's prefix reflected to b3", T30, || {
+        b3.has_route("2001:db8:52::/64")
+    });
+    let r = b3.route("2001:db8:52::/64");
+    assert!(r.contains("BGP.originator_id: 10.0.0.2"), "{r}");
+    assert!(r.contains("BGP.cluster_list: 10.255.0.1"), "{r}");
+    let at_rr = rr.learned("2001:db8:52::/64").unwrap();
+    assert_eq!(at_rr["attrs"]["next_hop"], "2001:db8:ff::2", "{at_rr}");
+    // BIRD sent its link-local address too; reflected on the same link, it stays.
+    assert_eq!(at_rr["attrs"]["next_hop_local"], lls[1].as_str(), "{at_rr}");
+    assert!(
+        r.contains(&format!("BGP.next_hop: 2001:db8:ff::2 {}", lls[1])),
+        "{r}"
+    );
+    wait_until("b3's prefix reflected to b2", T30, || {
+        b2.has_route("2001:db8:53::/64")
+    });
+    assert!(
+        b2.route("2001:db8:53::/64")
+            .contains("BGP.originator_id: 10.0.0.3")
+    );
+    // The reflector's own prefix: next hop twill's global and link-local addresses.
+    wait_until("the reflector's prefix at b2", T30, || {
+        b2.has_route("2001:db8:41::/64")
+    });
+    let own = b2.route("2001:db8:41::/64");
+    assert!(
+        own.contains(&format!("BGP.next_hop: 2001:db8:ff::1 {}", lls[0])),
+        "{own}"
+    );
+    assert!(!own.contains("originator_id"), "{own}");
 }

@@ -43,6 +43,11 @@
 //! node; the nat chain sees one packet per connection), except received VXLAN packets, which
 //! pay one concatenated-set lookup.
 //!
+//! Dual-stack clusters (IPv6 pools) get the same rules for IPv6: `ip6 saddr` of this node's
+//! IPv6 subnet and of the IPv6 pools, the nodes' IPv6 underlay addresses as control hosts, and
+//! at the VXLAN port an inner IPv6 frame must come from a peer (over either underlay family)
+//! with an inner source in that peer's IPv6 subnet. An IPv4-only cluster's table is unchanged.
+//!
 //! Rules are computed purely from data ([`Spec`]; golden-tested without root) and applied
 //! atomically with `nft -f` ([`HostGuard::apply`]): the whole table in one transaction when
 //! the rules change, only the elements of the two element sets when only peers or store
@@ -50,10 +55,10 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_types::cluster::{HostPort, WorkloadToHost};
 
 use crate::Error;
@@ -71,12 +76,22 @@ pub const CONTROL_HOSTS_SET: &str = "control_hosts";
 /// The set of `peer underlay address . peer subnet` the VXLAN port accepts.
 pub const VXLAN_PEERS_SET: &str = "vxlan_peers";
 
+/// The IPv6 control-plane addresses (dual-stack clusters).
+pub const CONTROL_HOSTS6_SET: &str = "control_hosts6";
+/// `peer IPv4 underlay address . peer IPv6 subnet`: IPv6 pod packets over an IPv4 underlay.
+pub const VXLAN_PEERS46_SET: &str = "vxlan_peers46";
+/// `peer IPv6 underlay address . peer IPv6 subnet`: IPv6 pod packets over an IPv6 underlay.
+pub const VXLAN_PEERS6_SET: &str = "vxlan_peers6";
+
 /// Bit offset, from the outer UDP header, of the inner Ethernet type
 /// (UDP 8 + VXLAN 8 + Ethernet addresses 12 bytes).
 const VXLAN_INNER_ETHERTYPE_BITS: u32 = (8 + 8 + 12) * 8;
 /// Bit offset, from the outer UDP header, of the inner IPv4 source
 /// (UDP 8 + VXLAN 8 + Ethernet 14 + 12 bytes into the IPv4 header).
 const VXLAN_INNER_SOURCE_BITS: u32 = (8 + 8 + 14 + 12) * 8;
+/// Bit offset, from the outer UDP header, of the inner IPv6 source
+/// (UDP 8 + VXLAN 8 + Ethernet 14 + 8 bytes into the IPv6 header).
+const VXLAN_INNER_SOURCE6_BITS: u32 = (8 + 8 + 14 + 8) * 8;
 
 /// The spec's data lives with the desired state; this module renders it and applies it.
 pub use twill_types::desired::HostGuardSpec as Spec;
@@ -126,6 +141,24 @@ impl Render for Spec {
                 "add element inet {TABLE} {CONTROL_HOSTS_SET} {{ {} }}",
                 hosts.join(", ")
             );
+        }
+        if dual_stack(&self.rules) {
+            let hosts: Vec<String> = e.control_hosts6.iter().map(|a| a.to_string()).collect();
+            set_elements(&mut s, CONTROL_HOSTS6_SET, &hosts);
+            if self.rules.vxlan_port.is_some() {
+                let peers: Vec<String> = e
+                    .vxlan_peers46
+                    .iter()
+                    .map(|(addr, net)| format!("{addr} . {}", int_range6(*net)))
+                    .collect();
+                set_elements(&mut s, VXLAN_PEERS46_SET, &peers);
+                let peers: Vec<String> = e
+                    .vxlan_peers6
+                    .iter()
+                    .map(|(addr, net)| format!("{addr} . {}", int_range6(*net)))
+                    .collect();
+                set_elements(&mut s, VXLAN_PEERS6_SET, &peers);
+            }
         }
         if self.rules.vxlan_port.is_some() {
             let _ = writeln!(s, "flush set inet {TABLE} {VXLAN_PEERS_SET}");
@@ -186,6 +219,20 @@ fn rules_script(r: &Rules) -> String {
             "add set inet {TABLE} {VXLAN_PEERS_SET} {{ typeof ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32; flags interval; }}"
         );
     }
+    if dual_stack(r) {
+        let _ = writeln!(
+            s,
+            "add set inet {TABLE} {CONTROL_HOSTS6_SET} {{ type ipv6_addr; }}"
+        );
+        if r.vxlan_port.is_some() {
+            for (set, outer) in [(VXLAN_PEERS46_SET, "ip"), (VXLAN_PEERS6_SET, "ip6")] {
+                let _ = writeln!(
+                    s,
+                    "add set inet {TABLE} {set} {{ typeof {outer} saddr . @th,{VXLAN_INNER_SOURCE6_BITS},128; flags interval; }}"
+                );
+            }
+        }
+    }
     let chains: [(&str, Option<&str>); 5] = [
         (
             INPUT_CHAIN,
@@ -220,14 +267,7 @@ fn rules_script(r: &Rules) -> String {
     };
     add(INPUT_CHAIN, input_rules(r));
     if r.vxlan_port.is_some() {
-        add(
-            "vxlan_in",
-            vec![
-                format!("@th,{VXLAN_INNER_ETHERTYPE_BITS},16 != 0x0800 counter drop"),
-                format!("ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"),
-                "counter drop".into(),
-            ],
-        );
+        add("vxlan_in", vxlan_rules(r));
     }
     add(
         "pod_in",
@@ -253,18 +293,20 @@ fn rules_script(r: &Rules) -> String {
                 verdict.into(),
             ],
         );
-    add(
-        PREROUTING_CHAIN,
-        vec![format!("ip saddr {} jump pod_out", set_expr(&r.pools))],
-    );
-    add(
-        "pod_out",
-        vec![
-            "udp dport @tunnel_udp counter drop".into(),
-            "meta l4proto ipencap counter drop".into(),
-            format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
-        ],
-    );
+    let mut prerouting = vec![format!("ip saddr {} jump pod_out", set_expr(&r.pools))];
+    let mut pod_out = vec![
+        "udp dport @tunnel_udp counter drop".into(),
+        "meta l4proto ipencap counter drop".into(),
+        format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
+    ];
+    if dual_stack(r) {
+        prerouting.push(format!("ip6 saddr {} jump pod_out", set_expr(&r.pools6)));
+        pod_out.push(format!(
+            "ip6 daddr @{CONTROL_HOSTS6_SET} tcp dport @control_tcp counter drop"
+        ));
+    }
+    add(PREROUTING_CHAIN, prerouting);
+    add("pod_out", pod_out);
     s
 }
 
@@ -287,7 +329,53 @@ fn input_rules(r: &Rules) -> Vec<String> {
     ));
     rules.push(format!("ip saddr {} jump workload_in", r.node_subnet));
     rules.push(format!("ip saddr {} jump pod_in", set_expr(&r.pools)));
+    if dual_stack(r) {
+        if let Some(subnet6) = r.node_subnet6 {
+            rules.push(format!("ip6 saddr {subnet6} jump workload_in"));
+        }
+        rules.push(format!("ip6 saddr {} jump pod_in", set_expr(&r.pools6)));
+    }
     rules
+}
+
+/// Whether the cluster has IPv6 pools: only then does the table have IPv6 rules and sets.
+fn dual_stack(r: &Rules) -> bool {
+    !r.pools6.is_empty()
+}
+
+/// The VXLAN port's check: the inner frame is IPv4 from the outer sender's IPv4 subnet, or
+/// (dual-stack) IPv6 from the outer sender's IPv6 subnet, whichever underlay family it came
+/// over; anything else is dropped.
+fn vxlan_rules(r: &Rules) -> Vec<String> {
+    let ethertype = format!("@th,{VXLAN_INNER_ETHERTYPE_BITS},16");
+    if !dual_stack(r) {
+        return vec![
+            format!("{ethertype} != 0x0800 counter drop"),
+            format!("ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"),
+            "counter drop".into(),
+        ];
+    }
+    let inner6 = format!("@th,{VXLAN_INNER_SOURCE6_BITS},128");
+    vec![
+        format!(
+            "{ethertype} 0x0800 ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"
+        ),
+        format!("{ethertype} 0x86dd ip saddr . {inner6} @{VXLAN_PEERS46_SET} accept"),
+        format!("{ethertype} 0x86dd ip6 saddr . {inner6} @{VXLAN_PEERS6_SET} accept"),
+        "counter drop".into(),
+    ]
+}
+
+/// Flushes `set` and adds `elements` (already in nft's syntax).
+fn set_elements(s: &mut String, set: &str, elements: &[String]) {
+    let _ = writeln!(s, "flush set inet {TABLE} {set}");
+    if !elements.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} {set} {{ {} }}",
+            elements.join(", ")
+        );
+    }
 }
 
 /// `tcp . 22` or `tcp . 30000-32767`.
@@ -310,6 +398,15 @@ fn int_range(net: Ipv4Net) -> String {
     )
 }
 
+/// An IPv6 subnet as the integer range raw payload compares with (see [`int_range`]).
+fn int_range6(net: Ipv6Net) -> String {
+    format!(
+        "0x{:032x}-0x{:032x}",
+        u128::from(net.network()),
+        u128::from(net.broadcast())
+    )
+}
+
 fn join(ports: &[u16]) -> String {
     ports
         .iter()
@@ -318,7 +415,7 @@ fn join(ports: &[u16]) -> String {
         .join(", ")
 }
 
-fn set_expr(nets: &[Ipv4Net]) -> String {
+fn set_expr<N: std::fmt::Display>(nets: &[N]) -> String {
     match nets {
         [one] => one.to_string(),
         _ => format!(
@@ -481,7 +578,53 @@ fn read_elements(sock: &mut nfnl::NfSock, rules: &Rules) -> Result<Option<Elemen
             elements.vxlan_peers.insert(peer);
         }
     }
+    if dual_stack(rules) {
+        for key in nfnl::set_keys(sock, NFPROTO_INET, TABLE, CONTROL_HOSTS6_SET)? {
+            let Ok(octets) = <[u8; 16]>::try_from(key) else {
+                return Ok(None);
+            };
+            elements.control_hosts6.insert(Ipv6Addr::from(octets));
+        }
+        if rules.vxlan_port.is_some() {
+            for range in nfnl::set_ranges(sock, NFPROTO_INET, TABLE, VXLAN_PEERS46_SET)? {
+                let Some((addr, net)) = vxlan_peer6::<4>(range) else {
+                    return Ok(None);
+                };
+                elements.vxlan_peers46.insert((Ipv4Addr::from(addr), net));
+            }
+            for range in nfnl::set_ranges(sock, NFPROTO_INET, TABLE, VXLAN_PEERS6_SET)? {
+                let Some((addr, net)) = vxlan_peer6::<16>(range) else {
+                    return Ok(None);
+                };
+                elements.vxlan_peers6.insert((Ipv6Addr::from(addr), net));
+            }
+        }
+    }
     Ok(Some(elements))
+}
+
+/// An element of an IPv6 VXLAN peers' set as [`int_range6`] writes it: the key is
+/// `peer address (N bytes) . first address of the IPv6 subnet`, the range end
+/// `peer address . last address`.
+fn vxlan_peer6<const N: usize>((key, end): nfnl::ElementRange) -> Option<([u8; N], Ipv6Net)> {
+    let end = end?;
+    if key.len() != N + 16 || end.len() != N + 16 || key[..N] != end[..N] {
+        return None;
+    }
+    let first = u128::from_be_bytes(key[N..].try_into().ok()?);
+    let last = u128::from_be_bytes(end[N..].try_into().ok()?);
+    let span = last.checked_sub(first)?;
+    // A prefix's range spans 2^k - 1 and starts aligned.
+    if span
+        .checked_add(1)
+        .is_some_and(|size| !size.is_power_of_two())
+        || first & span != 0
+    {
+        return None;
+    }
+    let prefix = u8::try_from(span.leading_zeros()).ok()?;
+    let net = Ipv6Net::new(Ipv6Addr::from(first), prefix).ok()?;
+    Some((key[..N].try_into().ok()?, net))
 }
 
 /// An element of the VXLAN peers' set as [`int_range`] writes it: the key is
@@ -536,6 +679,41 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_vxlan_peer_is_read_back_from_its_range_and_odd_ranges_are_refused() {
+        let net: Ipv6Net = "fd00:10:244:2::/64".parse().unwrap();
+        let addr = [10, 9, 0, 2];
+        let first = u128::from(net.network()).to_be_bytes();
+        let last = u128::from(net.broadcast()).to_be_bytes();
+        let range = (
+            [&addr[..], &first].concat(),
+            Some([&addr[..], &last].concat()),
+        );
+        assert_eq!(vxlan_peer6::<4>(range), Some((addr, net)));
+        // The whole space (span 2^128 - 1) is /0.
+        let all = (
+            [&addr[..], &[0; 16]].concat(),
+            Some([&addr[..], &[0xff; 16]].concat()),
+        );
+        assert_eq!(vxlan_peer6::<4>(all).map(|(_, n)| n.prefix_len()), Some(0));
+        // Not a prefix, not aligned, a short key.
+        let odd = u128::from(net.network()) + 2;
+        let bad = (
+            [&addr[..], &first].concat(),
+            Some([&addr[..], &odd.to_be_bytes()].concat()),
+        );
+        assert_eq!(vxlan_peer6::<4>(bad), None);
+        let unaligned = (
+            [&addr[..], &odd.to_be_bytes()].concat(),
+            Some([&addr[..], &last].concat()),
+        );
+        assert_eq!(vxlan_peer6::<4>(unaligned), None);
+        assert_eq!(
+            vxlan_peer6::<16>(([&addr[..], &first].concat(), None)),
+            None
+        );
+    }
+
+    #[test]
     fn a_vxlan_peer_is_read_back_from_its_range_and_odd_ranges_are_refused() {
         assert_eq!(
             vxlan_peer(element([10, 9, 0, 2], [10, 244, 2, 0], [10, 244, 2, 255])),
@@ -577,10 +755,13 @@ mod tests {
                 control_tcp: vec![179],
                 tunnel_udp: vec![8472],
                 vxlan_port: Some(8472),
+                pools6: Vec::new(),
+                node_subnet6: None,
             },
             elements: Elements {
                 control_hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
                 vxlan_peers: Default::default(),
+                ..Elements::default()
             },
         };
         let comment = |s: &Spec| {

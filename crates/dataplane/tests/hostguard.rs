@@ -6,12 +6,11 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 
-use common::{Netns, require_root};
+use common::{Netns, golden, require_root};
 use ipnet::Ipv4Net;
 use twill_dataplane::hostguard::{self, Applied, HostGuard, Render, Spec, store_endpoints};
-use twill_types::cluster::{BackendKind, ClusterConfig};
+use twill_types::cluster::{BackendKind, ClusterConfig, Pool6};
 use twill_types::lease::Lease;
 
 fn net(s: &str) -> Ipv4Net {
@@ -62,25 +61,6 @@ fn vxlan_spec() -> Spec {
         &peers(),
         &etcd(),
     )
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("TWILL_BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (TWILL_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (TWILL_BLESS=1 rewrites it)",
-        path.display()
-    );
 }
 
 #[test]
@@ -293,5 +273,131 @@ fn apply_update_repair_remove() {
     ns.run(hostguard::remove).unwrap();
     assert!(!ns.ok("nft list table inet twill-host"));
     // Removing what is not there is fine.
+    ns.run(hostguard::remove).unwrap();
+}
+
+/// h1 in a dual-stack cluster: h2 has an IPv6 underlay and subnet, h3 only an IPv6 subnet
+/// (it reaches us over IPv4), and the store has an IPv6 endpoint too.
+fn dual_spec(peers: &[Lease]) -> Spec {
+    let mut c = config("[[pools]]\nname = \"pods\"\ncidr = \"10.244.0.0/16\"\n");
+    c.ipv6_pools.push(Pool6 {
+        name: "pods6".into(),
+        cidr: "fd00:10:244::/56".parse().unwrap(),
+        block_size: 64,
+        subnet_min: "fd00:10:244:1::/64".parse().unwrap(),
+        subnet_max: "fd00:10:244:ff::/64".parse().unwrap(),
+        nat_outgoing: true,
+    });
+    let mut endpoints = etcd();
+    endpoints.push("[fd00:100::1]:2379".parse().unwrap());
+    Spec::for_node(
+        &c,
+        net("10.244.1.0/24"),
+        Ipv4Addr::new(192, 168, 100, 11),
+        peers,
+        &endpoints,
+    )
+    .with_ipv6(
+        &c,
+        Some("fd00:10:244:1::/64".parse().unwrap()),
+        Some("fd00:100::11".parse().unwrap()),
+        peers,
+        &endpoints,
+    )
+}
+
+fn dual_peers() -> Vec<Lease> {
+    let mut peers = peers();
+    for p in &mut peers {
+        let n = p.subnet.network().octets()[2];
+        p.subnet6 = Some(format!("fd00:10:244:{n}::/64").parse().unwrap());
+        if p.node != "h3" {
+            p.public_net6 = Some(format!("fd00:100::1{n}/64").parse().unwrap());
+        }
+    }
+    peers
+}
+
+#[test]
+fn dual_stack_vxlan_table_matches_golden() {
+    let spec = dual_spec(&dual_peers());
+    let e = &spec.elements;
+    let hosts6: Vec<String> = e.control_hosts6.iter().map(|a| a.to_string()).collect();
+    assert_eq!(hosts6, ["fd00:100::1", "fd00:100::11", "fd00:100::12"]);
+    // Both peers may send IPv6 pod packets over IPv4; only h2 over IPv6.
+    let v46: Vec<String> = e
+        .vxlan_peers46
+        .iter()
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    assert_eq!(
+        v46,
+        [
+            "192.168.100.12 fd00:10:244:2::/64",
+            "192.168.100.13 fd00:10:244:3::/64"
+        ]
+    );
+    let v6: Vec<String> = e
+        .vxlan_peers6
+        .iter()
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    assert_eq!(v6, ["fd00:100::12 fd00:10:244:2::/64"]);
+    golden("hostguard-vxlan-dual.nft", &spec.table_script());
+}
+
+#[test]
+fn an_ipv4_only_cluster_gets_no_ipv6_rules() {
+    let spec = vxlan_spec().with_ipv6(
+        &config("[[pools]]\nname = \"pods\"\ncidr = \"10.244.0.0/16\"\n"),
+        None,
+        Some("fd00:100::11".parse().unwrap()),
+        &dual_peers(),
+        &etcd(),
+    );
+    assert_eq!(spec, vxlan_spec());
+    assert!(!spec.table_script().contains("ip6"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn dual_stack_table_is_applied_read_back_and_updated() {
+    require_root();
+    let ns = Netns::new("hostguard6");
+    let mut guard = HostGuard::new();
+    let a = dual_spec(&dual_peers());
+    assert_eq!(ns.run(|| guard.apply(&a)).unwrap(), Applied::Table);
+    let t = table(&ns);
+    assert!(t.contains("ip6 saddr fd00:10:244::/56 jump pod_in"), "{t}");
+    assert!(
+        t.contains("ip6 saddr fd00:10:244:1::/64 jump workload_in"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "ip6 daddr @control_hosts6 tcp dport @control_tcp counter packets 0 bytes 0 drop"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "fd00:100::12 . 0xfd000010024400020000000000000000-0xfd00001002440002ffffffffffffffff"
+        ),
+        "{t}"
+    );
+    // A restarted agent (no record) reads the IPv6 elements back: nothing to do.
+    let mut fresh = HostGuard::new();
+    assert_eq!(ns.run(|| fresh.apply(&a)).unwrap(), Applied::Unchanged);
+    // h2 loses its IPv6 underlay: only the sets change.
+    let mut peers = dual_peers();
+    peers
+        .iter_mut()
+        .find(|p| p.node == "h2")
+        .unwrap()
+        .public_net6 = None;
+    let b = dual_spec(&peers);
+    assert_eq!(ns.run(|| fresh.apply(&b)).unwrap(), Applied::Elements);
+    let t = table(&ns);
+    assert!(!t.contains("fd00:100::12"), "{t}");
     ns.run(hostguard::remove).unwrap();
 }

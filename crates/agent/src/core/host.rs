@@ -48,13 +48,22 @@ pub fn host_objects(
         masquerade.extend(config.ipv6_pools.iter().map(|p| IpNet::V6(p.cidr)));
     }
     desired.masquerade = masquerade;
-    desired.host_guard = Some(HostGuardSpec::for_node(
-        config,
-        node.subnet,
-        node.public_net.addr(),
-        peers,
-        store_endpoints,
-    ));
+    desired.host_guard = Some(
+        HostGuardSpec::for_node(
+            config,
+            node.subnet,
+            node.public_net.addr(),
+            peers,
+            store_endpoints,
+        )
+        .with_ipv6(
+            config,
+            node.subnet6,
+            node.public_net6.map(|n| n.addr()),
+            peers,
+            store_endpoints,
+        ),
+    );
 }
 
 #[cfg(test)]

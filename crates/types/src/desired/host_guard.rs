@@ -4,9 +4,9 @@
 //! dataplane renders it to nftables and keeps the kernel equal to it.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, BackendKind, ClusterConfig, HostPort, WorkloadToHost};
@@ -28,6 +28,13 @@ pub struct Rules {
     pub tunnel_udp: Vec<u16>,
     /// The kernel VXLAN port whose senders are checked (vxlan backend only).
     pub vxlan_port: Option<u16>,
+    /// The cluster's IPv6 pools (a dual-stack cluster): any pod's IPv6 source. Empty: the
+    /// table has no IPv6 rules (and an IPv4-only cluster's table is unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools6: Vec<Ipv6Net>,
+    /// This node's IPv6 pod subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_subnet6: Option<Ipv6Net>,
 }
 
 /// The parts that change with peers and store endpoints: set elements only.
@@ -38,6 +45,18 @@ pub struct Elements {
     pub control_hosts: BTreeSet<Ipv4Addr>,
     /// `(peer underlay address, peer subnet)`: who may send what to the VXLAN port.
     pub vxlan_peers: BTreeSet<(Ipv4Addr, Ipv4Net)>,
+    /// The IPv6 underlay addresses of every node (this one included) and the IPv6 store
+    /// endpoints (dual-stack clusters).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub control_hosts6: BTreeSet<Ipv6Addr>,
+    /// `(peer IPv4 underlay address, peer IPv6 subnet)`: IPv6 pod packets a peer sends over
+    /// its IPv4 underlay.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub vxlan_peers46: BTreeSet<(Ipv4Addr, Ipv6Net)>,
+    /// `(peer IPv6 underlay address, peer IPv6 subnet)`: IPv6 pod packets a peer sends over
+    /// its IPv6 underlay.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub vxlan_peers6: BTreeSet<(Ipv6Addr, Ipv6Net)>,
 }
 
 /// Everything `inet twill-host` holds.
@@ -87,12 +106,58 @@ impl HostGuardSpec {
                 control_tcp,
                 tunnel_udp: cluster::tunnel_udp_ports(config),
                 vxlan_port: vxlan.then_some(config.backend.port),
+                pools6: Vec::new(),
+                node_subnet6: None,
             },
             elements: Elements {
                 control_hosts,
                 vxlan_peers,
+                ..Elements::default()
             },
         }
+    }
+
+    /// Adds the IPv6 half of a dual-stack cluster to a spec made by [`for_node`]: pods'
+    /// IPv6 sources (any pool, this node's subnet), the nodes' and store endpoints' IPv6
+    /// addresses as control hosts, and who may send IPv6 pod packets to the VXLAN port (a
+    /// peer from either of its underlay addresses, with an inner source in its IPv6 subnet).
+    /// Nothing changes for a cluster without IPv6 pools.
+    ///
+    /// [`for_node`]: HostGuardSpec::for_node
+    pub fn with_ipv6(
+        mut self,
+        config: &ClusterConfig,
+        node_subnet6: Option<Ipv6Net>,
+        node_addr6: Option<Ipv6Addr>,
+        peers: &[Lease],
+        store_endpoints: &[SocketAddr],
+    ) -> HostGuardSpec {
+        if !config.has_ipv6() {
+            return self;
+        }
+        self.rules.pools6 = Ipv6Net::aggregate(&config.ipv6_pools.iter().map(|p| p.cidr).collect());
+        self.rules.node_subnet6 = node_subnet6.map(|n| n.trunc());
+        let e = &mut self.elements;
+        e.control_hosts6.extend(node_addr6);
+        for ep in store_endpoints {
+            if let SocketAddr::V6(v6) = ep {
+                e.control_hosts6.insert(*v6.ip());
+            }
+        }
+        let vxlan = self.rules.vxlan_port.is_some();
+        let own = self.rules.node_subnet;
+        for p in peers.iter().filter(|p| p.subnet.trunc() != own) {
+            let public6 = p.public_ip6();
+            e.control_hosts6.extend(public6);
+            let Some(subnet6) = p.subnet6.filter(|_| vxlan) else {
+                continue;
+            };
+            e.vxlan_peers46.insert((p.public_ip(), subnet6.trunc()));
+            if let Some(addr) = public6 {
+                e.vxlan_peers6.insert((addr, subnet6.trunc()));
+            }
+        }
+        self
     }
 }
 
