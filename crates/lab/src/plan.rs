@@ -1063,8 +1063,12 @@ mod dual_stack_tests {
     #[test]
     fn dual_stack_config_parses() {
         use twill_types::cluster::{BackendKind, ClusterConfig};
-        for backend in [Backend::HostGw, Backend::Vxlan] {
-            let text = net_conf(backend, true, IpFamily::Dual).to_string();
+        for (backend, direct_routing) in [
+            (Backend::HostGw, false),
+            (Backend::Vxlan, false),
+            (Backend::Vxlan, true),
+        ] {
+            let text = net_conf(backend, direct_routing, IpFamily::Dual).to_string();
             let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(c.backend.kind.to_string(), backend.as_str());
             assert!(matches!(
