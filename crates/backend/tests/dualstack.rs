@@ -1,7 +1,8 @@
 //! host-gw and vxlan in a dual-stack cluster (issue 15): golden desired states for the IPv6
 //! paths (host-gw on and off the IPv6 segment; vxlan over an IPv6 underlay, through the IPv4
 //! VTEP for peers without one, and with direct routing), the screening of peers' IPv6 parts,
-//! the IPv6 VTEP's MAC, name and MTU, and the published lease.
+//! the IPv6 VTEP's MAC, name and MTU, the published lease, and the properties (order does not
+//! matter, IPv6 routes only for programmed IPv6 parts, nothing panics).
 //!
 //! Golden files live in `tests/golden/` (`TWILL_BLESS=1` rewrites them).
 
@@ -10,9 +11,11 @@ mod common;
 use common::{golden, lease6, net6, node, node6, pools6};
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
+use proptest::prelude::*;
 use twill_backend::vxlan::{device_name6, vtep_mac, vtep_mac6};
 use twill_backend::{Backend, HostGw, Vxlan, for_config};
+use twill_types::MacAddr;
 use twill_types::cluster::{BackendKind, ClusterConfig, Pool6};
 use twill_types::desired::{DesiredState, PeerPath};
 use twill_types::lease::Lease;
@@ -684,4 +687,81 @@ fn for_config_passes_the_ipv6_pools() {
         backend.desired(&node6(true), &l2_peers()),
         hostgw().desired(&node6(true), &l2_peers())
     );
+}
+
+fn arb_lease6() -> impl Strategy<Value = Lease> {
+    (
+        (0u8..6, 1u8..8, any::<bool>(), 0u8..3),
+        (0u16..8, 60u8..=66),
+        proptest::option::of((0u16..3, 0u16..6)),
+        proptest::option::of(0u8..4),
+    )
+        .prop_map(|((name, sub, vx, seg4), (sub6, len6), public6, mac6)| {
+            let name = format!("node-{}", (b'b' + name) as char);
+            let backend = if vx { V } else { H };
+            let mut lease = lease6(
+                &name,
+                &format!("10.244.{sub}.0/24"),
+                &format!("192.168.{}.{}/24", 1 + seg4 / 2, 20 + sub),
+                backend,
+                &format!("fd00:10:244:{sub6}::/64"),
+                None,
+            );
+            lease.subnet6 = Some(
+                Ipv6Net::new(format!("fd00:10:244:{sub6}::").parse().unwrap(), len6)
+                    .unwrap()
+                    .trunc(),
+            );
+            lease.public_net6 =
+                public6.map(|(seg, host)| net6(&format!("fd00:{seg}::{:x}/64", 0x20 + host)));
+            if let Some(m) = mac6 {
+                lease.vtep_mac6 = Some(MacAddr([0x02, 6, 0, 0, 0, m]));
+            }
+            lease
+        })
+}
+
+proptest! {
+    #[test]
+    fn any_dual_stack_leases_give_a_consistent_state(
+        leases in proptest::collection::vec(arb_lease6(), 0..10),
+        underlay6 in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let n = node6(underlay6);
+        let backends: Vec<Box<dyn Backend>> = vec![Box::new(hostgw()), Box::new(vxlan(false)), Box::new(vxlan(true))];
+        for backend in backends {
+            let state = backend.desired(&n, &leases);
+            let mut shuffled = leases.clone();
+            let len = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % len);
+            shuffled.reverse();
+            prop_assert_eq!(&backend.desired(&n, &shuffled), &state);
+            // IPv6 routes exactly for the peers whose IPv6 part is programmed (and listed).
+            let programmed6: Vec<_> = state.peers.iter().filter(|p| matches!(p.path6, Some(ref p) if !matches!(p, PeerPath::Skipped(_)))).collect();
+            prop_assert!(programmed6.iter().all(|p| p.subnet6.is_some()));
+            prop_assert_eq!(state.peers.iter().filter(|p| p.subnet6.is_some()).count(), programmed6.len());
+            let routes6: Vec<_> = state.routes.iter().filter(|r| matches!(r.dst, IpNet::V6(_))).collect();
+            prop_assert_eq!(routes6.len(), programmed6.len());
+            for r in &routes6 {
+                prop_assert!(matches!(r.via, IpAddr::V6(_)));
+                prop_assert!(!r.dst.contains(&IpAddr::V6(n.subnet6.unwrap().network())));
+                if let Some(own6) = n.public_net6 {
+                    prop_assert!(!r.dst.contains(&IpAddr::V6(own6.addr())));
+                }
+            }
+            for (i, a) in routes6.iter().enumerate() {
+                for b in &routes6[i + 1..] {
+                    prop_assert!(!a.dst.contains(&b.dst.network()) && !b.dst.contains(&a.dst.network()));
+                }
+            }
+            // One FDB destination per MAC and device; nothing on twill6.1 without the device.
+            for (i, a) in state.fdb.iter().enumerate() {
+                prop_assert!(state.fdb[i + 1..].iter().all(|b| b.mac != a.mac || b.dev != a.dev));
+            }
+            let has6 = state.vxlan6.is_some();
+            prop_assert!(has6 || state.routes.iter().all(|r| r.dev != "twill6.1"));
+            prop_assert_eq!(has6, underlay6 && state.vxlan.is_some());
+        }
+    }
 }
