@@ -331,6 +331,10 @@ impl Backend for Vxlan {
         // The same node under two leases has one FDB entry (looked up by set: a scan of the
         // entries so far made this quadratic, most of a resync's cost at thousands of peers).
         let mut fdb_entries: HashSet<(MacAddr, IpAddr)> = HashSet::with_capacity(peers.len());
+        // One subnet through a VTEP: the route via its gateway on-link, the neighbour entry
+        // gateway -> MAC, and the FDB entry MAC -> underlay address (once per MAC and address;
+        // the address's family tells the devices apart: IPv4 on twill.<vni>, IPv6 on
+        // twill6.<vni>).
         let mut encap =
             |state: &mut DesiredState, dev: &str, dst: IpNet, gateway: IpAddr, mac, underlay| {
                 state.routes.push(RouteSpec {
