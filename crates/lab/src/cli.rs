@@ -329,9 +329,14 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
                             Some(e) => format!(" (NOT programmed: {e})"),
                             None => " (NOT programmed)".to_string(),
                         };
+                        // A dual-stack peer's IPv6 path, when it is not the IPv4 one.
+                        let v6 = match &p.path6 {
+                            Some(p6) if *p6 != p.path => format!(" (ipv6 {p6})"),
+                            _ => String::new(),
+                        };
                         match &p.wireguard {
-                            Some(wg) => format!("{} {}{mark} [{wg}]", p.node, p.path),
-                            None => format!("{} {}{mark}", p.node, p.path),
+                            Some(wg) => format!("{} {}{v6}{mark} [{wg}]", p.node, p.path),
+                            None => format!("{} {}{v6}{mark}", p.node, p.path),
                         }
                     })
                     .collect();
@@ -367,10 +372,19 @@ fn skipped_lines(s: &AgentStatus) -> String {
             None => by_reason.push((reason, vec![&p.node])),
         }
     }
-    by_reason
+    let mut out: String = by_reason
         .iter()
         .map(|(reason, nodes)| format!("     skipped: {} ({reason})\n", nodes.join(", ")))
-        .collect()
+        .collect();
+    for p in s.skipped6() {
+        let reason = p.path6.as_ref().and_then(|p| p.reason.as_deref());
+        out += &format!(
+            "     skipped ipv6: {} ({})\n",
+            p.node,
+            reason.unwrap_or("no reason given")
+        );
+    }
+    out
 }
 
 /// `twill lab status --json`.
@@ -557,12 +571,14 @@ mod tests {
               {"node":"h2","path":{"via":"skipped","reason":"other subnet"}},
               {"node":"h3","path":{"via":"direct"},"programmed":true},
               {"node":"h4","path":{"via":"skipped","reason":"other subnet"}},
-              {"node":"h5","path":{"via":"skipped"}}]}"#,
+              {"node":"h5","path":{"via":"skipped"}},
+              {"node":"h6","path":{"via":"direct"},"path6":{"via":"skipped","reason":"no IPv6 underlay"}}]}"#,
         )
         .unwrap();
         assert_eq!(
             skipped_lines(&s),
-            "     skipped: h2, h4 (other subnet)\n     skipped: h5 (no reason given)\n"
+            "     skipped: h2, h4 (other subnet)\n     skipped: h5 (no reason given)\n     \
+             skipped ipv6: h6 (no IPv6 underlay)\n"
         );
     }
 
