@@ -251,7 +251,10 @@ impl Backend for Vxlan {
             node,
             BackendKind::Vxlan,
             Some(vtep_mac(&node.name, self.vni)),
-            node.subnet6.map(|_| vtep_mac6(&node.name, self.vni)),
+            // The IPv6 subnet is derived when the lease is taken, after this lease is made:
+            // the cluster having IPv6 pools is what says the IPv6 VTEP will exist.
+            (node.subnet6.is_some() || !self.ipv6_pools.is_empty())
+                .then(|| vtep_mac6(&node.name, self.vni)),
         )
     }
 

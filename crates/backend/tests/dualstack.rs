@@ -620,8 +620,15 @@ fn dual_stack_local_leases() {
         (l.subnet6, l.public_net6, l.vtep_mac6),
         (n.subnet6, n.public_net6, None)
     );
-    // IPv4 only: nothing of IPv6.
+    // A dual-stack cluster's node publishes its IPv6 VTEP MAC before its IPv6 subnet is
+    // derived (the agent makes the lease, then takes it with the subnets).
     let l = vxlan(false).local_lease(&node());
+    assert_eq!(
+        (l.subnet6, l.public_net6, l.vtep_mac6),
+        (None, None, Some(vtep_mac6("node-a", 1)))
+    );
+    // An IPv4-only cluster: nothing of IPv6.
+    let l = Vxlan::new(1, 8472, false).unwrap().local_lease(&node());
     assert_eq!((l.subnet6, l.public_net6, l.vtep_mac6), (None, None, None));
 }
 
