@@ -27,12 +27,24 @@ pods = {pod_a, pod_b}
 bind_layers(UDP, VXLAN, dport=port)
 bind_layers(UDP, VXLAN, sport=port)
 
+
+
+def outermost_ip(p):
+    """The first IPv4 or IPv6 header of p (`IPv6 in p` would also find an inner one)."""
+    layer = p
+    while layer:
+        if isinstance(layer, (IP, IPv6)):
+            return layer
+        layer = layer.payload
+    return None
+
+
 out = {"packets": 0, "vxlan6": 0, "vxlan4": 0, "v6InV6": 0, "v6InV4": 0, "v4InV6": 0,
        "clearV6": 0, "vnis": [], "outer6": []}
 with PcapReader(pcap) as packets:
     for p in packets:
         out["packets"] += 1
-        outer = p[IPv6] if IPv6 in p else (p[IP] if IP in p else None)
+        outer = outermost_ip(p)
         if outer is None:
             continue
         if isinstance(outer, IPv6) and {outer.src, outer.dst} == pods:

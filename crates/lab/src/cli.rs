@@ -309,8 +309,11 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             out += &format!("  {agent} {sync}");
         }
         out.push('\n');
-        if let Some(ip6) = h.ip6 {
+        if st.ip_family.has_ipv6() {
             let subnet6 = parsed.as_ref().and_then(|s| s.subnet6.as_deref());
+            let ip6 = h
+                .ip6
+                .map_or("none (IPv4 underlay)".into(), |ip| ip.to_string());
             out += &format!("     ipv6 {ip6} subnet6 {}\n", subnet6.unwrap_or("?"));
         }
         match (status, &parsed) {

@@ -21,6 +21,9 @@ pub struct LabSpec {
     pub underlay: Underlay,
     /// IPv4 only (the default), or dual-stack underlay and pods.
     pub ip_family: IpFamily,
+    /// Hosts of a dual-stack lab whose underlay link stays IPv4 only (their pods still get
+    /// IPv6): peers must carry their pods' IPv6 over the IPv4 underlay.
+    pub ipv4_underlay_hosts: Vec<u32>,
     pub pod_mode: PodMode,
     pub pods_per_node: u32,
     pub etcd_bin: PathBuf,
@@ -47,6 +50,7 @@ impl LabSpec {
             encrypt: None,
             underlay: Underlay::L2,
             ip_family: IpFamily::Ipv4,
+            ipv4_underlay_hosts: Vec::new(),
             pod_mode: PodMode::Bridge,
             pods_per_node: 2,
             etcd_bin: PathBuf::from("/usr/bin/etcd"),
@@ -100,6 +104,17 @@ impl LabSpec {
     pub fn ip_family(mut self, f: IpFamily) -> LabSpec {
         self.ip_family = f;
         self
+    }
+
+    /// In a dual-stack lab, leaves these hosts' underlay link without IPv6 (for tests).
+    pub fn ipv4_underlay_hosts(mut self, hosts: impl Into<Vec<u32>>) -> LabSpec {
+        self.ipv4_underlay_hosts = hosts.into();
+        self
+    }
+
+    /// Whether host `i`'s underlay link has an IPv6 address.
+    pub fn has_underlay6(&self, i: u32) -> bool {
+        self.ip_family.has_ipv6() && !self.ipv4_underlay_hosts.contains(&i)
     }
 
     pub fn pod_mode(mut self, m: PodMode) -> LabSpec {
@@ -158,6 +173,15 @@ impl LabSpec {
     /// without BGP.
     fn validate_ip_family(&self) -> Result<()> {
         let family = self.ip_family;
+        ensure!(
+            self.ipv4_underlay_hosts.is_empty()
+                || (family == IpFamily::Dual
+                    && self
+                        .ipv4_underlay_hosts
+                        .iter()
+                        .all(|i| (1..=self.nodes).contains(i))),
+            "IPv4-only underlay hosts are for dual-stack labs, and must be hosts of the lab"
+        );
         ensure!(
             family != IpFamily::Ipv6,
             "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
@@ -271,6 +295,22 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
+        );
+        let mixed = dual(Backend::Vxlan).ipv4_underlay_hosts([2]);
+        mixed.validate().unwrap();
+        assert!(mixed.has_underlay6(1) && !mixed.has_underlay6(2));
+        assert!(!LabSpec::new("x").has_underlay6(1));
+        assert!(
+            dual(Backend::Vxlan)
+                .ipv4_underlay_hosts([3])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            LabSpec::new("x")
+                .ipv4_underlay_hosts([1])
+                .validate()
+                .is_err()
         );
         // IPv4 labs keep every option they had.
         LabSpec::new("x").backend(Backend::Udp).validate().unwrap();

@@ -195,7 +195,8 @@ impl Lab {
             let data_dir = plan::host_dir(&spec.name, i);
             let addr = format!("{}/{}", a.ip, a.prefix_len);
             attach_host(&ns, &u, &a.port, a.bridge, &addr)?;
-            if dual {
+            let underlay6 = spec.has_underlay6(i);
+            if underlay6 {
                 no_dad(&ns, plan::IFACE)?;
             }
             sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
@@ -209,9 +210,11 @@ impl Lab {
                 &a.gateway.to_string(),
             ])?;
             sys::sysctl(&ns, "net.ipv4.ip_forward=1")?;
-            if dual {
+            if underlay6 {
                 add_addr6(&ns, plan::IFACE, a.ip6)?;
                 add_default6(&ns, a.gateway6)?;
+            }
+            if dual {
                 sys::sysctl(&ns, "net.ipv6.conf.all.forwarding=1")?;
             }
             std::fs::create_dir_all(&data_dir)
@@ -227,8 +230,8 @@ impl Lab {
                 log: data_dir.join("agent.log"),
                 data_dir,
                 agent_pid: None,
-                ip6: dual.then_some(a.ip6),
-                gateway6: dual.then_some(a.gateway6),
+                ip6: underlay6.then_some(a.ip6),
+                gateway6: underlay6.then_some(a.gateway6),
             });
         }
         self.save()?;
