@@ -80,8 +80,24 @@ fn peer(host: u8) -> Peer {
 /// Starts both tunnels, each with the other as a dual-stack peer, and routes both families
 /// of the other's pods into the device.
 fn start_pair(lab: &Lab, encap: Encap, queues: usize) -> (Tunnel, Tunnel) {
-    let t1 = Lab::in_ns(&lab.h1, || Tunnel::start(config(encap, 1, queues))).expect("start h1");
-    let t2 = Lab::in_ns(&lab.h2, || Tunnel::start(config(encap, 2, queues))).expect("start h2");
+    start_pair_with(lab, encap, queues, false)
+}
+
+/// [`start_pair`] with the kernel fast path on or off.
+fn start_pair_with(lab: &Lab, encap: Encap, queues: usize, kernel_path: bool) -> (Tunnel, Tunnel) {
+    let start = |host: u8| {
+        let cfg = TunnelConfig {
+            kernel_path,
+            ..config(encap, host, queues)
+        };
+        let t = Lab::in_ns(lab.host(host), || Tunnel::start(cfg)).expect("start tunnel");
+        if kernel_path {
+            assert_eq!(t.kernel_path_device().as_deref(), Some("eth0"));
+        }
+        t
+    };
+    let t1 = start(1);
+    let t2 = start(2);
     t1.set_peers(&[peer(2)]);
     t2.set_peers(&[peer(1)]);
     lab.route_via(DEV);
@@ -162,6 +178,55 @@ fn ipv6_pods_ping_over_udp_on_ipv4() {
 #[ignore = "needs root"]
 fn ipv6_pods_ping_over_ipip_on_ipv4() {
     both_families_flow(Encap::Ipip, "d6i");
+}
+
+/// The kernel fast path (tc BPF) carries IPv4 only: IPv6 reaches the engine untouched in
+/// both directions and is counted there, and nothing counts as dropped.
+fn ipv6_bypasses_the_kernel_path(encap: Encap, tag: &str) {
+    let lab = Lab::new(tag, false);
+    add_ipv6(&lab);
+    let (t1, t2) = start_pair_with(&lab, encap, 1, true);
+    assert!(lab.wait_reachable(Duration::from_secs(10)));
+    assert!(
+        wait_reachable6(&lab),
+        "ping -6 with the fast path: {:?}",
+        t1.stats()
+    );
+    let engine_rx = |t: &Tunnel| t.stats().peers[0].rx_packets;
+    let (tun_before, rx_before) = (lab.tun_tx_packets(1, DEV), engine_rx(&t2));
+    assert!(lab.p1.ping(common::P2, 5));
+    assert_eq!(
+        lab.tun_tx_packets(1, DEV),
+        tun_before,
+        "IPv4 to a known peer stays on the fast path"
+    );
+    assert!(
+        lab.p1
+            .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
+            .status
+            .success()
+    );
+    assert!(
+        lab.tun_tx_packets(1, DEV) >= tun_before + 5,
+        "IPv6 goes to the engine"
+    );
+    // h2 counted both: the IPv4 echo requests in the fast path's counters, the IPv6 ones in
+    // the engine's, both under the same peer.
+    assert!(engine_rx(&t2) >= rx_before + 10, "{:?}", t2.stats());
+    assert_eq!(t1.stats().drops.total(), 0, "{:?}", t1.stats());
+    assert_eq!(t2.stats().drops.total(), 0, "{:?}", t2.stats());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipv6_bypasses_the_udp_kernel_path() {
+    ipv6_bypasses_the_kernel_path(UDP, "k6u");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipv6_bypasses_the_ipip_kernel_path() {
+    ipv6_bypasses_the_kernel_path(Encap::Ipip, "k6i");
 }
 
 /// The frames of a pcap file (microsecond format, little-endian, as tcpdump -w writes here).
