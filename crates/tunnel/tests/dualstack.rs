@@ -332,42 +332,41 @@ fn ipv6_wire_format(encap: Encap, tag: &str) {
     };
     let _cap1 = capture(&lab.h2, &under, filter);
     let _cap2 = capture(&lab.p1, &pod, "icmp6");
-    // Ping until both captures hold three of our echo requests (tcpdump starts listening
-    // some time after it was spawned).
+    // Ping until three tunnelled echo requests match one p1 sent (by everything after the
+    // IPv6 header; tcpdump starts listening some time after it was spawned, and either file
+    // may lag the other by a packet).
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut inners, mut originals) = (Vec::new(), Vec::new());
-    while Instant::now() < deadline {
+    let mut pairs = Vec::new();
+    while pairs.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: only {} tunnelled echo requests matched one of p1's",
+            pairs.len()
+        );
         ping6(&lab);
-        originals = pcap_frames(&pod)
+        let originals: Vec<Vec<u8>> = pcap_frames(&pod)
             .into_iter()
             .filter(|f| f.len() > 14 && f[12..14] == [0x86, 0xdd] && is_our_echo6(&f[14..]))
             .map(|f| f[14..].to_vec())
-            .collect::<Vec<_>>();
-        inners = pcap_frames(&under)
+            .collect();
+        let inners = pcap_frames(&under)
             .iter()
             .filter_map(|f| inner_of(f, ipip))
             .collect::<Result<Vec<_>, _>>()
             .unwrap_or_else(|e| panic!("{tag}: {e}"));
-        inners.retain(|i| is_our_echo6(i));
-        if inners.len() >= 3 && originals.len() >= 3 {
-            break;
-        }
+        pairs = inners
+            .into_iter()
+            .filter(|i| is_our_echo6(i))
+            .filter_map(|i| {
+                let sent = originals.iter().find(|o| o[40..] == i[40..])?.clone();
+                Some((i, sent))
+            })
+            .collect();
     }
-    assert!(
-        inners.len() >= 3 && originals.len() >= 3,
-        "captured {} tunnelled and {} original echo requests",
-        inners.len(),
-        originals.len()
-    );
-    for inner in &inners {
-        let mut sent = originals
-            .iter()
-            .find(|o| o[40..] == inner[40..])
-            .unwrap_or_else(|| panic!("no packet p1 sent matches {inner:02x?}"))
-            .clone();
+    for (inner, mut sent) in pairs {
         // The only change on the way: h1 forwarded the packet (hop limit - 1).
         sent[7] -= 1;
-        assert_eq!(inner, &sent, "the inner packet is the pod's, byte for byte");
+        assert_eq!(inner, sent, "the inner packet is the pod's, byte for byte");
     }
 }
 
