@@ -9,7 +9,8 @@
 //!
 //! The receive side is a port open to the network, so every datagram is checked before its
 //! inner packet reaches the kernel: outer source must be a peer's underlay address, inner
-//! source inside that peer's subnet, inner destination inside ours. Everything else is dropped
+//! source inside that peer's subnet (of the inner packet's family: IPv4, or IPv6 on a
+//! dual-stack tunnel), inner destination inside ours. Everything else is dropped
 //! and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
 //!
 //! A kernel fast path (`offload`: two tc BPF programs) carries the traffic of known peers
@@ -54,9 +55,11 @@ pub const DEFAULT_UDP_PORT: u16 = 8285;
 /// How inner packets travel between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {
-    /// Flannel's `udp` backend framing: the UDP payload is the inner IPv4 packet.
+    /// Flannel's `udp` backend framing: the UDP payload is the inner IPv4 (or, dual-stack,
+    /// IPv6) packet.
     Udp { port: u16 },
-    /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver.
+    /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver; dual-stack, IPv6 pod
+    /// packets as IPv6-in-IPv4 (protocol 41), compatible with Linux's `sit`.
     Ipip,
     /// WireGuard over UDP, interoperable with standard WireGuard; needs
     /// [`TunnelConfig::wireguard`].
