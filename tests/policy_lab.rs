@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use twill_lab::{Backend, Lab, LabSpec, PodMode};
+use twill_lab::{Backend, IpFamily, Lab, LabSpec, PodMode};
 use twill_testkit::{random_suffix, require_root};
 use twill_types::keys;
 
@@ -66,6 +66,12 @@ type Expect<'a> = &'a dyn Fn(&Pod, &Pod, u16, &str) -> bool;
 
 impl Cluster {
     fn new(pod_mode: PodMode) -> Cluster {
+        Cluster::with_family(pod_mode, IpFamily::Ipv4)
+    }
+
+    /// The cluster in a lab of `family`; with `Dual` the pods are probed at their IPv6
+    /// addresses (IPv4 keeps working beside them, unprobed).
+    fn with_family(pod_mode: PodMode, family: IpFamily) -> Cluster {
         require_root();
         let name = format!("np{}", random_suffix(4));
         let guard = Guard(name.clone());
@@ -73,6 +79,7 @@ impl Cluster {
             .nodes(2)
             .backend(Backend::Vxlan)
             .pod_mode(pod_mode)
+            .ip_family(family)
             .pods_per_node(0);
         let lab = Lab::up(&spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"));
         let mut c = Cluster {
@@ -96,10 +103,17 @@ impl Cluster {
                     .lab
                     .add_pod(host, ns, pod, &labels)
                     .unwrap_or_else(|e| panic!("add pod {ns}/{pod}: {e:#}"));
+                let ip = match family {
+                    IpFamily::Dual => p
+                        .ip6
+                        .expect("a dual-stack pod has an IPv6 address")
+                        .to_string(),
+                    _ => p.ip.to_string(),
+                };
                 c.pods.push(Pod {
                     ns: ns.into(),
                     name: pod.into(),
-                    ip: p.ip.to_string(),
+                    ip,
                     netns: p.netns.clone(),
                 });
                 host = 3 - host;
@@ -269,6 +283,14 @@ impl Cluster {
     fn np_case(&self, ns: &str, name: &str, spec: &str, scenario: &str, expect: Expect<'_>) {
         self.set_policies(&yaml_np(ns, name, spec));
         self.check(scenario, expect);
+    }
+
+    /// The IPv6 pod subnet of the host that `pod` runs on (its /64), in a dual-stack lab.
+    fn subnet6_of(&self, pod: &str) -> String {
+        let ip: std::net::Ipv6Addr = self.pod(pod).ip.parse().unwrap();
+        let s = ip.segments();
+        let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+        format!("{net}/64")
     }
 
     /// The pod subnet of the host that `pod` runs on (its /24).
@@ -612,4 +634,54 @@ fn cluster_policies_and_new_pods() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[&target], true, "z/a reaches the new y/e: {v}");
+}
+
+/// Policy for IPv6 traffic (issue 15): the same Kubernetes semantics over the pods' IPv6
+/// addresses in a dual-stack lab — pod selectors, IPv6 ipBlocks with except, and an IPv4
+/// ipBlock that never admits IPv6.
+#[test]
+#[ignore = "needs root"]
+fn kubernetes_network_policy_over_ipv6() {
+    let c = Cluster::with_family(PodMode::Bridge, IpFamily::Dual);
+    c.check("ipv6, no policies: everything flows", &all);
+
+    c.np_case(
+        "x",
+        "deny-ingress",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+        "ipv6: deny all ingress in x",
+        &|_, t, _, _| t.ns != "x",
+    );
+
+    // x/a's host's IPv6 subnet, but x/a itself, may reach x's pods.
+    let host_a = c.subnet6_of("x/a");
+    let a = &c.pod("x/a").ip;
+    let a_host = |p: &Pod| c.subnet6_of(&p.id()) == host_a;
+    c.np_case(
+        "x",
+        "from-a-host",
+        &format!(
+            "  podSelector: {{}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - ipBlock:\n        cidr: {host_a}\n        except: [{a}/128]"
+        ),
+        "ipv6: ingress to x from x/a's host subnet except x/a",
+        &|f, t, _, _| t.ns != "x" || (a_host(f) && f.id() != "x/a"),
+    );
+
+    // An IPv4 ipBlock covering everything admits no IPv6 packet.
+    c.np_case(
+        "x",
+        "from-any-v4",
+        "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - ipBlock:\n        cidr: 0.0.0.0/0",
+        "ipv6: an IPv4 ipBlock admits no IPv6",
+        &|_, t, _, _| t.ns != "x",
+    );
+
+    // Egress by pod selector over IPv6: x's pods may reach only y's.
+    c.np_case(
+        "x",
+        "egress-to-y",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector:\n        matchLabels: {ns: y}",
+        "ipv6: egress from x only to y",
+        &|f, t, _, _| f.ns != "x" || t.ns == "y",
+    );
 }

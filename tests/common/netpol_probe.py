@@ -1,6 +1,7 @@
 """Network-policy probes for tests/policy_lab.rs, run inside pod namespaces.
 
-  serve                  listen on TCP and UDP ports 80 and 81 of every address; answer each
+  serve                  listen on TCP and UDP ports 80 and 81 of every address (IPv4, and IPv6
+                         where the pod has it); answer each
                          TCP connection and UDP datagram with "ok" (runs until killed)
   probe T1 T2 ...        T = IP:PORT/PROTO; try each target at once (one thread each), print
                          one JSON object {target: true|false} (true: an answer came back
@@ -34,16 +35,27 @@ def serve():
             except OSError:
                 pass
 
+    def sockets(family, any_addr, port):
+        t = socket.socket(family, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        u = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            for s in (t, u):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        t.bind((any_addr, port))
+        t.listen(256)
+        u.bind((any_addr, port))
+        return [threading.Thread(target=tcp, args=(t,), daemon=True),
+                threading.Thread(target=udp, args=(u,), daemon=True)]
+
     threads = []
     for port in PORTS:
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        t.bind(("0.0.0.0", port))
-        t.listen(256)
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("0.0.0.0", port))
-        threads += [threading.Thread(target=tcp, args=(t,), daemon=True),
-                    threading.Thread(target=udp, args=(u,), daemon=True)]
+        threads += sockets(socket.AF_INET, "0.0.0.0", port)
+        try:
+            threads += sockets(socket.AF_INET6, "::", port)
+        except OSError:
+            pass  # no IPv6 in this pod
+
     for t in threads:
         t.start()
     print("serving", flush=True)
@@ -63,7 +75,8 @@ def probe_one(target, results):
         else:
             # Two tries: a datagram may be lost even where policy allows it.
             for _ in range(2):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
                     s.settimeout(TIMEOUT / 2)
                     s.sendto(b"hi", (host, int(port)))
                     try:
