@@ -33,6 +33,16 @@ fn lab(backend: Backend, nodes: u32, pods: u32) -> (Lab, Guard) {
 }
 
 fn lab_with(backend: Backend, nodes: u32, pods: u32, mode: PodMode) -> (Lab, Guard) {
+    lab_family(backend, nodes, pods, mode, IpFamily::Ipv4)
+}
+
+fn lab_family(
+    backend: Backend,
+    nodes: u32,
+    pods: u32,
+    mode: PodMode,
+    family: IpFamily,
+) -> (Lab, Guard) {
     require_root();
     let name = format!("sh{}", random_suffix(5));
     let guard = Guard(name.clone());
@@ -40,6 +50,7 @@ fn lab_with(backend: Backend, nodes: u32, pods: u32, mode: PodMode) -> (Lab, Gua
         .nodes(nodes)
         .backend(backend)
         .pod_mode(mode)
+        .ip_family(family)
         .pods_per_node(pods);
     let lab = Lab::up(&spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"));
     lab.wait_converged(SOON).unwrap();
@@ -579,17 +590,7 @@ fn udp_backend_datagram_from_a_pod_is_dropped() {
 
 /// A dual-stack lab (vxlan over an IPv6 underlay) with `pods` pods per node.
 fn dual_lab(nodes: u32, pods: u32) -> (Lab, Guard) {
-    require_root();
-    let name = format!("s6{}", random_suffix(5));
-    let guard = Guard(name.clone());
-    let spec = LabSpec::new(&name)
-        .nodes(nodes)
-        .backend(Backend::Vxlan)
-        .ip_family(IpFamily::Dual)
-        .pods_per_node(pods);
-    let lab = Lab::up(&spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"));
-    lab.wait_converged(SOON).unwrap();
-    (lab, guard)
+    lab_family(Backend::Vxlan, nodes, pods, PodMode::Bridge, IpFamily::Dual)
 }
 
 fn host_ip6(lab: &Lab, i: u32) -> Ipv6Addr {
