@@ -2,7 +2,7 @@
 //! `"type": "twill"`; otherwise it is the command-line tool: the node agent, cluster and node
 //! administration, status, and the lab.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ enum Cmd {
         /// The address peers reach this node at (default: the address of --iface).
         #[arg(long, conflicts_with = "iface")]
         public_ip: Option<Ipv4Addr>,
+        /// The IPv6 address peers reach this node at in a dual-stack cluster; it must be on the
+        /// underlay interface (default: that interface's first global IPv6 address, if any).
+        #[arg(long)]
+        public_ipv6: Option<Ipv6Addr>,
         /// The underlay interface (default: the interface of the default route).
         #[arg(long)]
         iface: Option<String>,
@@ -372,6 +376,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             store,
             node_name,
             public_ip,
+            public_ipv6,
             iface,
             data_dir,
             lease_ttl,
@@ -384,6 +389,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 store: store.url,
                 node_name: node_name_or_host(node_name)?,
                 public_ip,
+                public_ipv6,
                 iface,
                 data_dir: data_dir.data_dir,
                 lease_ttl: Duration::from_secs(lease_ttl.max(3)),

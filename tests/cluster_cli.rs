@@ -328,3 +328,89 @@ fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
 }
+
+/// The same check for IPv6 pools of a dual-stack config: an IPv6 address or route of the host
+/// inside an IPv6 pool is refused (naming the pool and the host's network); link-local
+/// addresses and the default route never count.
+#[test]
+#[ignore = "needs root"]
+fn cluster_init_refuses_ipv6_pools_overlapping_the_hosts_ipv6_networks() {
+    require_root();
+    let ns = Netns::new("cinit6");
+    ns.ok(&["ip", "link", "set", "lo", "up"]);
+    ns.ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ok(&["ip", "link", "set", "eth0p", "up"]);
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.ok(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+    ns.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:77:0:3::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ns.ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd00:30::/48",
+        "via",
+        "fd00:77:0:3::fe",
+    ]);
+    ns.ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:77:0:3::fe",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = format!("embedded:{}", path.display());
+    let write = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let dual = |v6: &str| {
+        format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"{v6}","Backend":{{"Type":"vxlan"}}}}"#
+        )
+    };
+
+    let addr = write("addr.json", &dual("fd00:77::/56"));
+    let out = init_in(&ns, &store, &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "overlap accepted");
+    let err = stderr(&out);
+    for needle in [
+        "fd00:77::/56",
+        "fd00:77:0:3::/64",
+        "address fd00:77:0:3::1/64 on eth0",
+    ] {
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    assert!(!path.exists(), "a refused config created the store");
+
+    let route = write("route.json", &dual("fd00:30:0:100::/56"));
+    let out = init_in(&ns, &store, &route, &[]);
+    assert_eq!(out.status.code(), Some(1), "overlap accepted");
+    assert!(
+        stderr(&out).contains("route fd00:30::/48"),
+        "{}",
+        stderr(&out)
+    );
+
+    let free = write("free.json", &dual("fd00:10:244::/56"));
+    let out = init_in(&ns, &store, &free, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = init_in(&ns, &store, &addr, &["--force", "--allow-overlap"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -744,6 +744,7 @@ mod tests {
             public_ip: "192.168.1.13".parse().unwrap(),
             path: PeerPath::Vxlan,
             subnet6: None,
+            path6: None,
         });
         let specs = learned_specs(&learned, &node(), &desired);
         let got: Vec<(String, String, bool)> = specs
@@ -780,6 +781,7 @@ mod tests {
             public_ip: "192.168.1.12".parse().unwrap(),
             path: PeerPath::Wireguard,
             subnet6: None,
+            path6: None,
         });
         desired.routes.push(twill_backend::wireguard::route(
             net("10.244.2.0/24"),

@@ -6,8 +6,11 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use ipnet::Ipv6Net;
 use twill_store::{Store, StoreError};
-use twill_types::cluster::{Backend, BackendKind, BgpPeer, ClusterConfig, ConfigForm, HostNet};
+use twill_types::cluster::{
+    Backend, BackendKind, BgpPeer, ClusterConfig, ConfigForm, HostNet, HostNet6,
+};
 use twill_types::desired::PeerPath;
 use twill_types::keys::{CONFIG_KEY, ENDPOINT_PREFIX, LEASES_PREFIX};
 use twill_types::node::{self, AgentStatus, BgpStatus, NodeFile};
@@ -75,8 +78,12 @@ pub async fn cluster_init(
         let host = host_networks(old.as_ref()).await.with_context(|| {
             "reading this host's addresses and routes to check the pools against them              (--allow-overlap skips the check)"
         })?;
+        let host6 = host_networks6(old.as_ref()).await.with_context(|| {
+            "reading this host's IPv6 addresses and routes to check the pools against them              (--allow-overlap skips the check)"
+        })?;
         config
             .check_host_networks(&host, ConfigForm::of(&text))
+            .and_then(|()| config.check_host_networks6(&host6, ConfigForm::of(&text)))
             .map_err(|e| {
                 anyhow::anyhow!(
                     "{}: {e} (--allow-overlap skips this check, if the overlap is intended)",
@@ -164,8 +171,11 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             });
         }
     }
-    for route in nl.ipv4_routes(None).await? {
-        if route.dst.prefix_len() == 0 {
+    for route in nl.routes(Some(twill_netlink::Family::V4), None).await? {
+        let ipnet::IpNet::V4(dst) = route.dst else {
+            continue;
+        };
+        if dst.prefix_len() == 0 {
             continue;
         }
         let mut source = format!("route {}", route.dst);
@@ -179,12 +189,57 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             source += " (not unicast: blackhole, unreachable, ...)";
         }
         out.push(HostNet {
-            net: route.dst.trunc(),
+            net: dst.trunc(),
             source,
         });
     }
     if let Some(old) = twill_config {
         out.retain(|h| old.pool_of(h.net).is_none());
+    }
+    Ok(out)
+}
+
+/// The IPv6 networks of the host, as [`ClusterConfig::check_host_networks6`] compares them:
+/// the prefix of every IPv6 address and the destination of every IPv6 route, but loopback,
+/// link-local, multicast and the default route, and those inside an IPv6 pool of
+/// `twill_config` (twill's own).
+async fn host_networks6(twill_config: Option<&ClusterConfig>) -> anyhow::Result<Vec<HostNet6>> {
+    let nl = twill_netlink::Rtnl::new()?;
+    let links = nl.links().await?;
+    let local = |net: &Ipv6Net| {
+        let a = net.addr();
+        a.is_loopback() || a.is_multicast() || a.is_unicast_link_local() || net.prefix_len() == 0
+    };
+    let mut out = Vec::new();
+    for link in &links {
+        for addr in nl
+            .addresses(link.index, Some(twill_netlink::Family::V6))
+            .await?
+        {
+            let ipnet::IpNet::V6(addr) = addr else {
+                continue;
+            };
+            if !local(&addr) {
+                out.push(HostNet6 {
+                    net: addr.trunc(),
+                    source: format!("address {addr} on {}", link.name),
+                });
+            }
+        }
+    }
+    for route in nl.routes(Some(twill_netlink::Family::V6), None).await? {
+        let ipnet::IpNet::V6(dst) = route.dst else {
+            continue;
+        };
+        if !local(&dst) {
+            out.push(HostNet6 {
+                net: dst.trunc(),
+                source: format!("route {dst}"),
+            });
+        }
+    }
+    if let Some(old) = twill_config {
+        out.retain(|h| old.pool6_of(h.net).is_none());
     }
     Ok(out)
 }
@@ -323,6 +378,15 @@ pub async fn status(
         backend.as_str().unwrap_or("?"),
         status.public_ip
     );
+    // Dual-stack nodes only: an IPv4-only node's output is unchanged.
+    if status.subnet6.is_some() || status.public_ip6.is_some() {
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        println!(
+            "ipv6: subnet {}  public {}",
+            or_none(status.subnet6.map(|n| n.to_string())),
+            or_none(status.public_ip6.map(|ip| ip.to_string())),
+        );
+    }
     println!(
         "agent {}  store {}  {}",
         if alive {
@@ -363,6 +427,9 @@ pub async fn status(
         }
         if let Some(wg) = &p.wireguard {
             note = format!("{}, {note}", wireguard_session(wg));
+        }
+        if let Some(subnet6) = p.subnet6 {
+            note = format!("ipv6 {subnet6} {note}");
         }
         println!(
             "{:<16} {:<18} {:<16} {:<8} {:<10} {}{}",

@@ -1,5 +1,7 @@
 //! The node's subnet lease: acquired with compare-and-swap, kept alive with a store lease,
-//! reused after a restart, released by `twill node leave`.
+//! reused after a restart, released by `twill node leave`. In a dual-stack cluster the same
+//! record carries the node's IPv6 subnet, derived from its IPv4 one
+//! ([`twill_ipam::subnets::subnet6_for`]), so both are taken in one write.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -33,12 +35,25 @@ pub fn admit(config: &ClusterConfig, kv: &KeyValue) -> Result<Lease, String> {
 pub fn admit_entry(config: &ClusterConfig, key: &str, value: &[u8]) -> Result<Lease, String> {
     let lease = decode_entry(key, value)?;
     match config.pool_of(lease.subnet) {
-        Some(pool) if twill_ipam::subnets::is_candidate(pool, lease.subnet) => Ok(lease),
-        _ => Err(format!(
-            "ignoring {key}: {} is not a node subnet of the cluster's pools",
-            lease.subnet
-        )),
+        Some(pool) if twill_ipam::subnets::is_candidate(pool, lease.subnet) => {}
+        _ => {
+            return Err(format!(
+                "ignoring {key}: {} is not a node subnet of the cluster's pools",
+                lease.subnet
+            ));
+        }
     }
+    // The IPv6 subnet goes with the IPv4 one; any other would route someone else's pods (or
+    // any IPv6 prefix) to this node. A lease without one (an older agent's) is fine.
+    if let Some(subnet6) = lease.subnet6
+        && Some(subnet6) != twill_ipam::subnets::subnet6_for(config, lease.subnet)
+    {
+        return Err(format!(
+            "ignoring {key}: {subnet6} is not the IPv6 subnet of {} in the cluster's IPv6 pools",
+            lease.subnet
+        ));
+    }
+    Ok(lease)
 }
 
 /// Decodes one lease and checks that its key names its subnet.
@@ -61,6 +76,9 @@ fn decode_entry(key: &str, value: &[u8]) -> Result<Lease, String> {
 
 /// Takes (or re-takes) a subnet for `wanted.node`. `wanted.subnet` is ignored except as a
 /// preference; `previous` is the subnet this node had before (from its node file).
+/// `wanted.subnet6` is ignored too: the lease written carries the IPv6 subnet derived from
+/// the IPv4 one (none in an IPv4-only cluster), also when it rewrites an older agent's lease
+/// that had none.
 pub async fn acquire(
     store: &Store,
     config: &ClusterConfig,
@@ -92,6 +110,7 @@ pub async fn acquire(
                 );
             }
             wanted.subnet = existing.subnet;
+            wanted.subnet6 = twill_ipam::subnets::subnet6_for(config, existing.subnet);
             let written = store
                 .cas(
                     &kv.key,
@@ -121,6 +140,7 @@ pub async fn acquire(
             );
         };
         wanted.subnet = subnet;
+        wanted.subnet6 = twill_ipam::subnets::subnet6_for(config, subnet);
         let key = lease_key(subnet);
         if store
             .create(&key, &value_for(&wanted), Some(store_lease))

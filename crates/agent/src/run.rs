@@ -3,7 +3,7 @@
 //! become store calls, speaker calls, reconciles and status writes.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +58,9 @@ pub struct AgentOptions {
     pub etcd: twill_store::EtcdAuth,
     pub node_name: String,
     pub public_ip: Option<Ipv4Addr>,
+    /// The node's IPv6 underlay address (`--public-ipv6`); it must be on the underlay
+    /// interface. Without it a dual-stack node takes that interface's first global one.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub iface: Option<String>,
     /// Where the node file and status live (the CNI plugin's `dataDir`).
     pub data_dir: PathBuf,
@@ -82,18 +85,32 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let config = wait_for_config(&store).await?;
     let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let underlay = underlay::discover(opts.iface.as_deref(), opts.public_ip)?;
+    // Checked whatever the cluster (a wrong --public-ipv6 is an error, not ignored), used
+    // only where pods have IPv6 addresses.
+    let public_net6 =
+        underlay::ipv6_of(&underlay.iface, opts.public_ipv6)?.filter(|_| config.has_ipv6());
     info!(
         iface = %underlay.iface, address = %underlay.net, mtu = underlay.mtu,
-        "underlay found"
+        address6 = ?public_net6, "underlay found"
     );
+    if !config.has_ipv6() && opts.public_ipv6.is_some() {
+        warn!("--public-ipv6 is ignored: the cluster has no IPv6 pool");
+    }
+    if config.has_ipv6() && public_net6.is_none() {
+        info!(
+            "no global IPv6 address on {}: IPv6 pod traffic goes over the IPv4 underlay",
+            underlay.iface
+        );
+    }
     let mut node = LocalNode {
         name: opts.node_name.clone(),
         subnet: Ipv4Net::default(),
         public_net: underlay.net,
         underlay_dev: underlay.iface.clone(),
         underlay_mtu: underlay.mtu,
+        // The lease says which IPv6 subnet goes with the IPv4 one.
         subnet6: None,
-        public_net6: None,
+        public_net6,
     };
     let node_path = node::node_file(&opts.data_dir);
     let previous: Option<NodeFile> = files::read_json(&node_path).unwrap_or(None);
@@ -121,7 +138,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     )
     .await?;
     node.subnet = held.lease.subnet;
-    info!(subnet = %node.subnet, key = %held.key, "lease held");
+    node.subnet6 = held.lease.subnet6;
+    info!(subnet = %node.subnet, subnet6 = ?node.subnet6, key = %held.key, "lease held");
     let node_file = NodeFile {
         node: opts.node_name.clone(),
         subnet: node.subnet,
@@ -673,9 +691,11 @@ impl Agent {
             self.opts.lease_ttl,
         )
         .await?;
-        if held.lease.subnet != self.node.subnet {
+        if (held.lease.subnet, held.lease.subnet6) != (self.node.subnet, self.node.subnet6) {
             self.node.subnet = held.lease.subnet;
+            self.node.subnet6 = held.lease.subnet6;
             self.node_file.subnet = held.lease.subnet;
+            self.node_file.subnet6 = held.lease.subnet6;
             files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }
         let old = self.held.store_lease;

@@ -16,7 +16,7 @@ pub struct Bgp;
 
 impl Backend for Bgp {
     fn local_lease(&self, node: &LocalNode) -> Lease {
-        lease_of(node, BackendKind::Bgp, None)
+        lease_of(node, BackendKind::Bgp, None, None)
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {

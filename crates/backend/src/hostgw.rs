@@ -1,26 +1,44 @@
 //! host-gw: a plain route to each peer's pod subnet via the peer's underlay address (Flannel's
 //! host-gw, Calico's "Never" encapsulation). No device, no overhead; it only reaches peers on
 //! this node's L2 segment, since the next hop must be directly reachable.
+//!
+//! In a dual-stack cluster the same holds per family: a peer's IPv6 subnet is routed via its
+//! IPv6 underlay address (global or link-local) when that address is on this node's IPv6
+//! segment; otherwise its IPv6 part is skipped with the reason (IPv6 is never routed via an
+//! IPv4 gateway).
 
+use ipnet::Ipv6Net;
 use twill_types::cluster::BackendKind;
 use twill_types::desired::{DesiredState, PeerPath};
 use twill_types::lease::Lease;
 
-use crate::screen::screen;
+use crate::screen::{Peer, screen, screen6};
 use crate::{Backend, LocalNode, lease_of};
 
 /// The host-gw backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HostGw;
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostGw {
+    /// The cluster's IPv6 pools (none: IPv4 only).
+    ipv6_pools: Vec<Ipv6Net>,
+}
+
+impl HostGw {
+    /// host-gw for a cluster with these IPv6 pools (empty for IPv4 only).
+    pub fn new(ipv6_pools: Vec<Ipv6Net>) -> HostGw {
+        HostGw { ipv6_pools }
+    }
+}
 
 impl Backend for HostGw {
     fn local_lease(&self, node: &LocalNode) -> Lease {
-        lease_of(node, BackendKind::HostGw, None)
+        lease_of(node, BackendKind::HostGw, None, None)
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
         let mut state = DesiredState::default();
-        for peer in screen(node, peers) {
+        let mut peers = screen(node, peers);
+        screen6(node, &self.ipv6_pools, &mut peers);
+        for peer in peers {
             let path = match peer.problem.clone() {
                 Some(problem) => PeerPath::Skipped(problem),
                 None if peer.on_segment(node) => {
@@ -34,7 +52,17 @@ impl Backend for HostGw {
                     node.public_net.trunc()
                 )),
             };
-            state.peers.push(peer.plan(path));
+            let path6 = peer.v6.clone().map(|v6| match v6 {
+                Err(reason) => PeerPath::Skipped(reason),
+                Ok(subnet6) => match ipv6_next_hop(node, &peer) {
+                    Ok(via) => {
+                        state.routes.push(peer.direct_route6(node, subnet6, via));
+                        PeerPath::Direct
+                    }
+                    Err(reason) => PeerPath::Skipped(format!("host-gw: {reason}")),
+                },
+            });
+            state.peers.push(peer.plan6(path, path6));
         }
         state
     }
@@ -42,4 +70,18 @@ impl Backend for HostGw {
     fn pod_mtu(&self, node: &LocalNode) -> u32 {
         node.underlay_mtu
     }
+}
+
+/// The next hop of a peer's IPv6 subnet: its IPv6 underlay address, when both ends have one
+/// and it is on this node's IPv6 segment.
+fn ipv6_next_hop(node: &LocalNode, peer: &Peer) -> Result<std::net::Ipv6Addr, String> {
+    let via = peer.underlay6(node)?;
+    if !peer.on_segment6(node) {
+        let segment = node.public_net6.map(|n| n.trunc());
+        return Err(format!(
+            "peer {via} is not on this node's IPv6 segment {}; use vxlan",
+            segment.expect("underlay6 checked that this node has one")
+        ));
+    }
+    Ok(via)
 }

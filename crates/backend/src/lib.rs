@@ -82,13 +82,12 @@ fn plain_backend(
 ) -> Result<Box<dyn Backend + Send + Sync>, UnsupportedBackend> {
     let settings = &config.backend;
     match settings.kind {
-        BackendKind::HostGw => Ok(Box::new(HostGw)),
+        BackendKind::HostGw => Ok(Box::new(HostGw::new(ipv6_pools(config)))),
         BackendKind::Bgp => Ok(Box::new(Bgp)),
-        BackendKind::Vxlan => Ok(Box::new(Vxlan::new(
-            settings.vni,
-            settings.port,
-            settings.direct_routing,
-        )?)),
+        BackendKind::Vxlan => Ok(Box::new(
+            Vxlan::new(settings.vni, settings.port, settings.direct_routing)?
+                .with_ipv6_pools(ipv6_pools(config)),
+        )),
         BackendKind::Udp => Ok(Box::new(Tunnel {
             encap: TunnelEncap::Udp {
                 port: settings.port,
@@ -110,11 +109,19 @@ fn plain_backend(
     }
 }
 
-/// The lease a node of this backend publishes (`vtep_mac` only for vxlan).
+/// The cluster's IPv6 pools: peers' IPv6 subnets outside them are ignored. Only host-gw and
+/// vxlan carry IPv6 yet (the config refuses IPv6 pools with the other backends).
+fn ipv6_pools(config: &ClusterConfig) -> Vec<Ipv6Net> {
+    config.ipv6_pools.iter().map(|p| p.cidr).collect()
+}
+
+/// The lease a node of this backend publishes: its subnets and underlay addresses of both
+/// families, and the VTEP MACs (`vtep_mac`, `vtep_mac6` only for vxlan).
 fn lease_of(
     node: &LocalNode,
     backend: BackendKind,
     vtep_mac: Option<twill_types::MacAddr>,
+    vtep_mac6: Option<twill_types::MacAddr>,
 ) -> Lease {
     Lease {
         node: node.name.clone(),
@@ -124,8 +131,8 @@ fn lease_of(
         vtep_mac,
         // The agent adds it: the key is its, not the backend's.
         wireguard_public_key: None,
-        subnet6: None,
-        public_net6: None,
-        vtep_mac6: None,
+        subnet6: node.subnet6,
+        public_net6: node.public_net6,
+        vtep_mac6,
     }
 }

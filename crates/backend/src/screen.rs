@@ -5,10 +5,15 @@
 //! Leases are written by other nodes (or by hand), so nothing here trusts them: a lease that
 //! would route pod traffic into the underlay, to this node itself or on top of another
 //! peer's subnet is refused rather than programmed.
+//!
+//! The IPv6 part of a lease (its IPv6 subnet and underlay address) is screened on its own
+//! ([`screen6`], for the backends that carry IPv6): when it is unusable only that part is
+//! ignored, with the reason, and the peer's IPv4 part is programmed as ever.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use twill_types::cluster::overlaps;
+use ipnet::Ipv6Net;
+use twill_types::cluster::{MAX_BLOCK_SIZE6, overlaps};
 use twill_types::desired::{PeerPath, PeerPlan, RouteSpec};
 use twill_types::lease::Lease;
 
@@ -18,6 +23,9 @@ use crate::LocalNode;
 pub(crate) struct Peer<'a> {
     pub lease: &'a Lease,
     pub problem: Option<String>,
+    /// Its IPv6 subnet once [`screen6`] admitted it, or why its IPv6 part is ignored; None
+    /// when the lease has no IPv6 subnet (or the backend carries no IPv6).
+    pub v6: Option<Result<Ipv6Net, String>>,
 }
 
 impl Peer<'_> {
@@ -35,13 +43,50 @@ impl Peer<'_> {
         }
     }
 
+    /// The peer's IPv6 underlay address when both ends have one, or why not.
+    pub fn underlay6(&self, node: &LocalNode) -> Result<Ipv6Addr, String> {
+        match (node.public_net6, self.lease.public_ip6()) {
+            (None, _) => Err("this node has no IPv6 underlay address".into()),
+            (_, None) => Err("the peer publishes no IPv6 underlay address".into()),
+            (Some(_), Some(ip6)) => Ok(ip6),
+        }
+    }
+
+    /// The peer's IPv6 underlay address is on this node's IPv6 segment.
+    pub fn on_segment6(&self, node: &LocalNode) -> bool {
+        node.public_net6
+            .zip(self.lease.public_ip6())
+            .is_some_and(|(net, ip6)| net.contains(&ip6))
+    }
+
+    /// A plain route to the peer's IPv6 subnet via its IPv6 underlay address.
+    pub fn direct_route6(&self, node: &LocalNode, subnet6: Ipv6Net, via: Ipv6Addr) -> RouteSpec {
+        RouteSpec {
+            dst: subnet6.into(),
+            via: via.into(),
+            dev: node.underlay_dev.clone(),
+            onlink: false,
+        }
+    }
+
+    /// The peer's plan for a backend that carries IPv4 only.
     pub fn plan(&self, path: PeerPath) -> PeerPlan {
+        self.plan6(path, None)
+    }
+
+    /// The peer's plan with its IPv6 path (None: the peer has no IPv6 part); its IPv6 subnet
+    /// is listed when that path is programmed.
+    pub fn plan6(&self, path: PeerPath, path6: Option<PeerPath>) -> PeerPlan {
+        let programmed6 = path6
+            .as_ref()
+            .is_some_and(|p| !matches!(p, PeerPath::Skipped(_)));
         PeerPlan {
             node: self.lease.node.clone(),
             subnet: self.lease.subnet,
             public_ip: self.lease.public_ip(),
             path,
-            subnet6: None,
+            subnet6: self.lease.subnet6.filter(|_| programmed6),
+            path6,
         }
     }
 }
@@ -57,6 +102,7 @@ pub(crate) fn screen<'a>(node: &LocalNode, peers: &'a [Lease]) -> Vec<Peer<'a>> 
         .map(|lease| Peer {
             lease,
             problem: problem(node, lease),
+            v6: None,
         })
         .collect();
     mark_overlaps(&mut peers);
@@ -71,6 +117,7 @@ fn sort_key(l: &Lease) -> impl Ord + '_ {
         (l.public_net.addr(), l.public_net.prefix_len()),
         l.backend.name(),
         l.vtep_mac,
+        (l.subnet6, l.public_net6, l.vtep_mac6),
     )
 }
 
@@ -116,30 +163,22 @@ fn is_host_address(ip: Ipv4Addr) -> bool {
 
 /// Peers whose subnets overlap each other: which one is right is not ours to guess, so none
 /// is programmed (the kernel would take the longest prefix, silently). `peers` is sorted by
-/// network address, so overlapping subnets form runs.
+/// network address.
 fn mark_overlaps(peers: &mut [Peer]) {
-    let mut runs: Vec<Vec<usize>> = Vec::new();
-    let mut run_end = 0u32;
-    for (i, peer) in peers.iter().enumerate() {
-        if peer.problem.is_some() {
-            continue;
-        }
-        let (start, end) = (
-            u32::from(peer.lease.subnet.network()),
-            u32::from(peer.lease.subnet.broadcast()),
-        );
-        match runs.last_mut() {
-            Some(run) if start <= run_end => {
-                run.push(i);
-                run_end = run_end.max(end);
-            }
-            _ => {
-                runs.push(vec![i]);
-                run_end = end;
-            }
-        }
-    }
-    for run in runs.into_iter().filter(|run| run.len() > 1) {
+    let ranges: Vec<(usize, u128, u128)> = peers
+        .iter()
+        .enumerate()
+        .filter(|(_, peer)| peer.problem.is_none())
+        .map(|(i, peer)| {
+            let subnet = peer.lease.subnet;
+            (
+                i,
+                u128::from(u32::from(subnet.network())),
+                u128::from(u32::from(subnet.broadcast())),
+            )
+        })
+        .collect();
+    for run in overlap_runs(ranges) {
         for &i in &run {
             let others: Vec<String> = run
                 .iter()
@@ -151,6 +190,122 @@ fn mark_overlaps(peers: &mut [Peer]) {
                 peers[i].lease.subnet,
                 others.join(", ")
             ));
+        }
+    }
+}
+
+/// The groups (of two or more) of `ranges` — (index, first, last address), sorted by first
+/// address — that overlap each other, each as their indexes.
+fn overlap_runs(ranges: Vec<(usize, u128, u128)>) -> Vec<Vec<usize>> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut run_end = 0u128;
+    for (i, start, end) in ranges {
+        match runs.last_mut() {
+            Some(run) if start <= run_end => {
+                run.push(i);
+                run_end = run_end.max(end);
+            }
+            _ => {
+                runs.push(vec![i]);
+                run_end = end;
+            }
+        }
+    }
+    runs.retain(|run| run.len() > 1);
+    runs
+}
+
+/// Screens the IPv6 part of each peer (see [`Peer::v6`]): its IPv6 subnet must be a subnet of
+/// one of the cluster's IPv6 pools (`pools6`) that overlaps neither this node's nor another
+/// peer's, and its IPv6 underlay address (when it has one) must be usable. A peer whose whole
+/// lease is refused has its IPv6 part refused for the same reason.
+pub(crate) fn screen6(node: &LocalNode, pools6: &[Ipv6Net], peers: &mut [Peer]) {
+    for peer in peers.iter_mut() {
+        let Some(subnet6) = peer.lease.subnet6 else {
+            continue;
+        };
+        peer.v6 = Some(match &peer.problem {
+            Some(problem) => Err(problem.clone()),
+            None => problem6(node, pools6, peer.lease, subnet6).map_or(Ok(subnet6), Err),
+        });
+    }
+    mark_overlaps6(peers);
+}
+
+/// What makes the IPv6 part of a lease unusable.
+fn problem6(
+    node: &LocalNode,
+    pools6: &[Ipv6Net],
+    lease: &Lease,
+    subnet6: Ipv6Net,
+) -> Option<String> {
+    let Some(ours) = node.subnet6 else {
+        return Some("this node has no IPv6 pod subnet".into());
+    };
+    let our_ip6 = node.public_net6.map(|n| n.addr());
+    let problem = if subnet6.addr() != subnet6.network() {
+        format!("IPv6 subnet {subnet6} has host bits set")
+    } else if subnet6.prefix_len() > MAX_BLOCK_SIZE6 {
+        format!("IPv6 subnet {subnet6} is longer than /{MAX_BLOCK_SIZE6}")
+    } else if !pools6.iter().any(|pool| pool.contains(&subnet6)) {
+        format!("IPv6 subnet {subnet6} is not in the cluster's IPv6 pools")
+    } else if subnet6.contains(&ours.network()) || ours.contains(&subnet6.network()) {
+        format!("IPv6 subnet {subnet6} overlaps this node's IPv6 subnet {ours}")
+    } else if let Some(ip6) = our_ip6.filter(|ip6| subnet6.contains(ip6)) {
+        // The route would swallow the underlay traffic that carries everything else.
+        format!("IPv6 subnet {subnet6} contains this node's IPv6 underlay address {ip6}")
+    } else {
+        let ip6 = lease.public_ip6()?;
+        if ip6.is_unspecified() || ip6.is_loopback() || ip6.is_multicast() {
+            format!("IPv6 underlay address {ip6} is not a unicast host address")
+        } else if Some(ip6) == our_ip6 {
+            format!("IPv6 underlay address {ip6} is this node's own")
+        } else if subnet6.contains(&ip6) || ours.contains(&ip6) {
+            format!("IPv6 underlay address {ip6} lies inside a pod subnet")
+        } else {
+            return None;
+        }
+    };
+    Some(problem)
+}
+
+/// Peers whose IPv6 subnets overlap each other: none of those IPv6 parts is programmed (as
+/// [`mark_overlaps`] for IPv4).
+fn mark_overlaps6(peers: &mut [Peer]) {
+    let mut ranges: Vec<(usize, u128, u128)> = peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, peer)| match &peer.v6 {
+            Some(Ok(subnet6)) => Some((
+                i,
+                u128::from(subnet6.network()),
+                u128::from(subnet6.broadcast()),
+            )),
+            _ => None,
+        })
+        .collect();
+    ranges.sort_unstable_by_key(|&(i, start, _)| (start, i));
+    for run in overlap_runs(ranges) {
+        let subnet6_of = |j: usize| peers[j].lease.subnet6.expect("screened peers have one");
+        let reasons: Vec<(usize, String)> = run
+            .iter()
+            .map(|&i| {
+                let others: Vec<String> = run
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| format!("{} ({})", peers[j].lease.node, subnet6_of(j)))
+                    .collect();
+                let reason = format!(
+                    "IPv6 subnet {} overlaps the IPv6 subnet of {}; neither is programmed \
+                     until one leaves",
+                    subnet6_of(i),
+                    others.join(", ")
+                );
+                (i, reason)
+            })
+            .collect();
+        for (i, reason) in reasons {
+            peers[i].v6 = Some(Err(reason));
         }
     }
 }

@@ -53,7 +53,7 @@ impl Tunnel {
 
 impl Backend for Tunnel {
     fn local_lease(&self, node: &LocalNode) -> Lease {
-        lease_of(node, self.kind(), None)
+        lease_of(node, self.kind(), None, None)
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {

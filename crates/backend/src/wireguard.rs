@@ -86,13 +86,18 @@ pub struct Wireguard {
 
 impl Backend for Wireguard {
     fn local_lease(&self, node: &LocalNode) -> Lease {
-        lease_of(node, BackendKind::Wireguard, None)
+        lease_of(node, BackendKind::Wireguard, None, None)
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
         // host-gw routes the segment's peers and skips the rest; encryption then takes every
         // peer (Always) or exactly the rest (CrossSubnet).
-        encrypt(&self.settings, node, peers, HostGw.desired(node, peers))
+        encrypt(
+            &self.settings,
+            node,
+            peers,
+            HostGw::default().desired(node, peers),
+        )
     }
 
     fn pod_mtu(&self, node: &LocalNode) -> u32 {

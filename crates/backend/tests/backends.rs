@@ -64,7 +64,7 @@ fn skipped_reason(state: &DesiredState, node: &str) -> String {
 
 #[test]
 fn hostgw_golden() {
-    golden("hostgw.json", &HostGw.desired(&node(), &peers()));
+    golden("hostgw.json", &HostGw::default().desired(&node(), &peers()));
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn for_config_picks_the_backend() {
     .unwrap();
     assert_eq!(
         hostgw.desired(&node(), &peers()),
-        HostGw.desired(&node(), &peers())
+        HostGw::default().desired(&node(), &peers())
     );
     let vx = for_config(&parse(
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
@@ -156,7 +156,7 @@ fn local_leases() {
         vxlan(false).desired(&n, &[]).vxlan.unwrap().mac,
         l.vtep_mac.unwrap()
     );
-    let l = HostGw.local_lease(&n);
+    let l = HostGw::default().local_lease(&n);
     assert_eq!((l.backend, l.vtep_mac), (BackendKind::HostGw, None));
     // Before the agent has a subnet: still a lease (to fill in), no panic.
     let mut unleased = n.clone();
@@ -189,7 +189,7 @@ fn vtep_mac_is_stable_and_locally_administered_unicast() {
 #[test]
 fn mtu() {
     let mut n = node();
-    assert_eq!(HostGw.pod_mtu(&n), 1500);
+    assert_eq!(HostGw::default().pod_mtu(&n), 1500);
     assert_eq!(vxlan(false).pod_mtu(&n), 1450);
     // Direct routing still encapsulates some peers.
     assert_eq!(vxlan(true).pod_mtu(&n), 1450);
@@ -346,7 +346,7 @@ fn bad_leases_are_skipped_with_a_reason() {
     assert_eq!(state.peers.len(), broken.len());
 
     // host-gw applies the same checks.
-    let state = HostGw.desired(&node(), &broken);
+    let state = HostGw::default().desired(&node(), &broken);
     assert!(skipped_reason(&state, "dup-1").contains("overlaps the subnet of dup-2"));
     assert!(skipped_reason(&state, "host-bits").contains("host bits"));
     assert!(state.routes.is_empty(), "{:?}", state.routes);
@@ -389,7 +389,10 @@ fn own_lease_is_ignored_whoever_holds_it() {
         BackendKind::Vxlan,
     );
     assert_eq!(vxlan(false).desired(&node(), &[own]).peers, []);
-    assert_eq!(HostGw.desired(&node(), &[]), DesiredState::default());
+    assert_eq!(
+        HostGw::default().desired(&node(), &[]),
+        DesiredState::default()
+    );
 }
 
 fn arb_lease() -> impl Strategy<Value = Lease> {
@@ -433,7 +436,7 @@ fn arb_lease() -> impl Strategy<Value = Lease> {
 
 fn backends() -> Vec<Box<dyn Backend>> {
     vec![
-        Box::new(HostGw),
+        Box::new(HostGw::default()),
         Box::new(vxlan(false)),
         Box::new(vxlan(true)),
     ]

@@ -158,7 +158,8 @@ pub struct NetConf {
 pub enum Cluster {
     /// `ranges` were given in the configuration.
     Off,
-    /// The agent's node file was read; `ranges` holds its subnet.
+    /// The agent's node file was read; `ranges` holds its subnet, and in a dual-stack cluster
+    /// its IPv6 subnet after it.
     Ready(NodeFile),
     /// Cluster mode, but the agent has not written the node file yet (the reason says why).
     Pending(String),
@@ -326,14 +327,19 @@ impl NetConf {
                     )));
                 }
                 Some(node) => {
-                    let subnet = IpNet::V4(node.subnet);
-                    check_not_reserved(&subnet).map_err(|m| {
-                        invalid(format!(
-                            "node file {}: subnet {m}",
-                            node::node_file(&data_dir).display()
-                        ))
-                    })?;
-                    (vec![subnet], Cluster::Ready(node))
+                    // IPv4 first: the result lists the pod's addresses in this order.
+                    let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(node.subnet))
+                        .chain(node.subnet6.map(IpNet::V6))
+                        .collect();
+                    for subnet in &subnets {
+                        check_not_reserved(subnet).map_err(|m| {
+                            invalid(format!(
+                                "node file {}: subnet {m}",
+                                node::node_file(&data_dir).display()
+                            ))
+                        })?;
+                    }
+                    (subnets, Cluster::Ready(node))
                 }
                 None => (
                     Vec::new(),

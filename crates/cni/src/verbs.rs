@@ -171,16 +171,24 @@ fn container_address(mode: Mode, ip: IpAddr, range: &IpNet) -> IpNet {
 }
 
 /// What ipMasq treats as "inside": the network's ranges, or in cluster mode every pool of the
-/// cluster (traffic to other nodes' pods keeps its pod source address).
+/// cluster, per family (traffic to other nodes' pods keeps its pod source address, IPv6 too);
+/// a family whose pools the node file does not list keeps the node's own subnet inside.
 fn masquerade_ranges(conf: &NetConf) -> Vec<IpNet> {
-    match &conf.cluster {
-        Cluster::Ready(node) if !node.cluster_networks.is_empty() => node
-            .cluster_networks
+    let Cluster::Ready(node) = &conf.cluster else {
+        return conf.ranges.clone();
+    };
+    let v4 = node.cluster_networks.iter().map(|n| IpNet::V4(*n));
+    let v6 = node.cluster_networks6.iter().map(|n| IpNet::V6(*n));
+    let mut inside: Vec<IpNet> = v4.chain(v6).collect();
+    for range in &conf.ranges {
+        if !inside
             .iter()
-            .map(|n| IpNet::V4(*n))
-            .collect(),
-        _ => conf.ranges.clone(),
+            .any(|n| n.addr().is_ipv4() == range.addr().is_ipv4())
+        {
+            inside.push(*range);
+        }
     }
+    inside
 }
 
 fn range_of(conf: &NetConf, ip: IpAddr) -> Option<&IpNet> {

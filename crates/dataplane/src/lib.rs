@@ -1,7 +1,7 @@
 //! twill-dataplane: twill's own kernel state.
 //!
-//! - [`reconcile`]: the node agent's one writer: routes, VXLAN device, neighbours and FDB
-//!   entries for the other nodes, and the node's own sysctls, TUN address, masquerade chain,
+//! - [`reconcile`]: the node agent's one writer: routes, VXLAN devices, neighbours and FDB
+//!   entries for the other nodes (IPv4 and IPv6), and the node's own sysctls, TUN address, masquerade chain,
 //!   host protection and policy tables: observe, diff against the desired state, apply
 //!   (async, over [`twill_netlink::Rtnl`]).
 //! - [`nft_state`]: what the kernel holds of an nft object against its writer's record.

@@ -6,9 +6,8 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 
-use common::{Netns, require_root};
+use common::{Netns, golden, require_root};
 use ipnet::Ipv4Net;
 use twill_dataplane::hostguard::{self, Applied, HostGuard, Render, Spec, store_endpoints};
 use twill_types::cluster::{BackendKind, ClusterConfig, Pool6};
@@ -62,25 +61,6 @@ fn vxlan_spec() -> Spec {
         &peers(),
         &etcd(),
     )
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("TWILL_BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (TWILL_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (TWILL_BLESS=1 rewrites it)",
-        path.display()
-    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{Netns, require_root, veth};
+use common::{Netns, golden, require_root, veth};
 use ipnet::IpNet;
 use twill_dataplane::{ensure_masquerade, remove_masquerade};
 
@@ -21,6 +21,18 @@ fn chain_rules(ns: &Netns, chain: &str) -> Vec<String> {
         .filter(|l| l.contains("masquerade"))
         .map(String::from)
         .collect()
+}
+
+/// The agent's cluster-wide chain for a dual-stack cluster: one `ip saddr` rule for the IPv4
+/// pools and one `ip6 saddr` rule for the IPv6 ones, in the one `inet` chain (as Calico
+/// masquerades the pools of each family with `natOutgoing`).
+#[test]
+fn dual_stack_cluster_chain_matches_golden() {
+    let ranges = nets(&["10.244.0.0/16", "fd00:244::/32", "10.245.0.0/16"]);
+    golden(
+        "masquerade-dual-stack.nft",
+        &twill_dataplane::firewall::masquerade_transaction("_twill_cluster", &ranges),
+    );
 }
 
 fn ensure(ns: &Netns, dir: &Path, net: &str, ranges: &[&str]) {

@@ -15,7 +15,7 @@ use twill_types::desired::{DesiredState, RouteSpec};
 fn route(third: u8, gw: u8) -> RouteSpec {
     RouteSpec {
         dst: format!("100.64.{third}.0/24").parse().unwrap(),
-        via: (std::net::Ipv4Addr::new(10, 9, 0, gw)).into(),
+        via: std::net::Ipv4Addr::new(10, 9, 0, gw).into(),
         dev: "eth0".into(),
         onlink: false,
     }

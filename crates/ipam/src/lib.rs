@@ -5,8 +5,9 @@
 //!   round-robin choice of the next free address). No I/O.
 //! - [`store`]: the on-disk state under an exclusive flock, written
 //!   atomically, recording which container interface holds which address.
-//! - [`subnets`]: pure choice of a node's subnet from the cluster's pools
-//!   (for the agent, not the plugin).
+//! - [`subnets`]: pure choice of a node's subnet from the cluster's pools,
+//!   and the IPv6 subnet derived from it in a dual-stack cluster (for the
+//!   agent, not the plugin).
 //!
 //! Typical use by the plugin:
 //!

@@ -1,14 +1,15 @@
 //! Node subnets cut from the cluster's pools: which subnets a pool offers a node, and which one
-//! a joining node tries to lease.
+//! a joining node tries to lease, and the IPv6 subnet that goes with a node's IPv4 subnet in a
+//! dual-stack cluster.
 //!
 //! Pure: the caller passes the subnets already leased (from the store) and a seed; the store's
 //! compare-and-swap on the lease key settles the race when two nodes still pick the same one.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
-use twill_types::cluster::{ClusterConfig, Pool};
+use ipnet::{Ipv4Net, Ipv6Net};
+use twill_types::cluster::{ClusterConfig, Pool, Pool6};
 
 /// Every node subnet of `pool`, from `subnet_min` to `subnet_max` in address order. Lazy: a
 /// /8 cut into /30s is not materialized.
@@ -76,6 +77,52 @@ pub fn pick_subnet(
 /// wider than every pool it touches, or outside them all, is ignored by [`pick_subnet`].
 pub fn counts_as_taken(config: &ClusterConfig, subnet: Ipv4Net) -> bool {
     config.pools.iter().any(|p| p.cidr.contains(&subnet))
+}
+
+/// The IPv6 subnet of the node that leases `subnet4`, in a dual-stack cluster.
+///
+/// Derived, not chosen: the n-th candidate of `config.pools` (pools in order, each from
+/// `subnet_min` to `subnet_max`) goes with the n-th candidate of `config.ipv6_pools` counted the
+/// same way. The IPv6 subnet is thus unique whenever the IPv4 one is, and travels in the same
+/// lease record, written by the same compare-and-swap: no second key can disagree with it.
+///
+/// `None` when `subnet4` is no candidate of any pool, when the config has no IPv6 pool, or when
+/// the IPv6 pools have fewer candidates than the index (a config validation rejects that).
+pub fn subnet6_for(config: &ClusterConfig, subnet4: Ipv4Net) -> Option<Ipv6Net> {
+    let mut index = index4_of(config, subnet4)?;
+    for pool in &config.ipv6_pools {
+        let count = pool.subnet_count();
+        if index < count {
+            return nth6(pool, index);
+        }
+        index -= count;
+    }
+    None
+}
+
+/// The position of `subnet4` among all candidates of `config.pools`, pools in order.
+fn index4_of(config: &ClusterConfig, subnet4: Ipv4Net) -> Option<u128> {
+    let mut before = 0u128;
+    for pool in &config.pools {
+        let Some(cut) = Cut::of(pool) else { continue };
+        if let Some(i) = cut.index_of(subnet4) {
+            return Some(before + u128::from(i));
+        }
+        before += u128::from(cut.count);
+    }
+    None
+}
+
+/// The `index`-th candidate of `pool`; `index` is below `pool.subnet_count()`, so the result
+/// lies between `subnet_min` and `subnet_max`.
+fn nth6(pool: &Pool6, index: u128) -> Option<Ipv6Net> {
+    let shift = 128 - u32::from(pool.block_size);
+    // A /0 block has one candidate, the whole space (and `<< 128` would overflow).
+    let addr = match shift {
+        128 => 0,
+        _ => ((u128::from(pool.subnet_min.network()) >> shift) + index) << shift,
+    };
+    Ipv6Net::new(Ipv6Addr::from(addr), pool.block_size).ok()
 }
 
 /// A pool's candidates as arithmetic: `count` blocks of `2^(32 - block)` addresses from
@@ -433,6 +480,105 @@ mod tests {
             })
     }
 
+    fn pool6(name: &str, block: u8, min: &str, max: &str) -> Pool6 {
+        let min: Ipv6Net = Ipv6Net::new(min.parse().unwrap(), block).unwrap();
+        Pool6 {
+            name: name.into(),
+            cidr: Ipv6Net::new(min.addr(), 48).unwrap().trunc(),
+            block_size: block,
+            subnet_min: min,
+            subnet_max: Ipv6Net::new(max.parse().unwrap(), block).unwrap(),
+            nat_outgoing: false,
+        }
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn subnet6_follows_the_ipv4_index_across_pools() {
+        let mut c = config(vec![
+            pool("a", "10.1.0.0/24", 26, "10.1.0.64", "10.1.0.192"),
+            pool("b", "10.2.0.0/24", 26, "10.2.0.0", "10.2.0.192"),
+        ]);
+        // No IPv6 pool: an IPv4-only cluster.
+        assert_eq!(subnet6_for(&c, net("10.1.0.64/26")), None);
+        c.ipv6_pools = vec![
+            pool6("x", 64, "fd00:0:0:10::", "fd00:0:0:11::"),
+            pool6("y", 120, "fd01::100", "fd01::f00"),
+        ];
+        let pairs = [
+            ("10.1.0.64/26", "fd00:0:0:10::/64"),
+            ("10.1.0.128/26", "fd00:0:0:11::/64"),
+            ("10.1.0.192/26", "fd01::100/120"),
+            ("10.2.0.0/26", "fd01::200/120"),
+            ("10.2.0.192/26", "fd01::500/120"),
+        ];
+        for (v4, v6) in pairs {
+            assert_eq!(subnet6_for(&c, net(v4)), Some(net6(v6)), "{v4}");
+        }
+        // Not a candidate: below subnet_min, misaligned, another length, outside every pool.
+        for v4 in [
+            "10.1.0.0/26",
+            "10.1.0.65/26",
+            "10.1.0.64/27",
+            "10.3.0.0/26",
+            "0.0.0.0/0",
+        ] {
+            assert_eq!(subnet6_for(&c, net(v4)), None, "{v4}");
+        }
+        // Too few IPv6 candidates for the index (validation rejects such a config).
+        c.ipv6_pools.truncate(1);
+        assert_eq!(subnet6_for(&c, net("10.1.0.192/26")), None);
+        // The top of the IPv6 space does not overflow.
+        c.ipv6_pools = vec![pool6(
+            "top",
+            122,
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffc0",
+        )];
+        assert_eq!(
+            subnet6_for(&c, net("10.1.0.128/26")),
+            Some(net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff40/122"))
+        );
+        assert_eq!(
+            subnet6_for(&c, net("10.1.0.192/26")),
+            Some(net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff80/122"))
+        );
+        assert_eq!(
+            subnet6_for(&c, net("10.2.0.0/26")),
+            Some(net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffc0/122"))
+        );
+        assert_eq!(subnet6_for(&c, net("10.2.0.64/26")), None);
+    }
+
+    /// IPv6 pools for the property tests: pool i is `fd00:i::/48` with a random block and
+    /// random bounds.
+    fn arb_pools6() -> impl Strategy<Value = Vec<Pool6>> {
+        proptest::collection::vec((56u8..=122, 0u128..40, 0u128..40), 0..4).prop_map(|pools| {
+            pools
+                .into_iter()
+                .enumerate()
+                .map(|(i, (block, a, b))| {
+                    let (lo, hi) = (a.min(b), a.max(b));
+                    let base = u128::from(Ipv6Addr::new(0xfd00, i as u16, 0, 0, 0, 0, 0, 0));
+                    let at = |n: u128| {
+                        Ipv6Net::new(Ipv6Addr::from(base + (n << (128 - block))), block).unwrap()
+                    };
+                    Pool6 {
+                        name: format!("v6-{i}"),
+                        cidr: Ipv6Net::new(Ipv6Addr::from(base), 48).unwrap(),
+                        block_size: block,
+                        subnet_min: at(lo),
+                        subnet_max: at(hi),
+                        nat_outgoing: false,
+                    }
+                })
+                .collect()
+        })
+    }
+
     proptest! {
         #[test]
         fn picks_a_free_candidate_iff_one_exists((c, taken, preferred, seed) in arb_case()) {
@@ -468,6 +614,38 @@ mod tests {
                 prop_assert_eq!(all.first(), Some(&pool.subnet_min));
                 prop_assert_eq!(all.last(), Some(&pool.subnet_max));
                 prop_assert!(all.iter().all(|n| is_candidate(pool, *n)));
+            }
+        }
+
+        #[test]
+        fn subnet6_is_a_bijection_within_bounds((mut c, taken, _, _) in arb_case(), pools6 in arb_pools6()) {
+            c.ipv6_pools = pools6;
+            let count6: u128 = c.ipv6_pools.iter().map(Pool6::subnet_count).sum();
+            let all4: Vec<Ipv4Net> = c.pools.iter().flat_map(candidates).collect();
+            let mut seen = HashSet::new();
+            for (n, v4) in all4.iter().enumerate() {
+                let got = subnet6_for(&c, *v4);
+                if (n as u128) < count6 {
+                    let v6 = got.unwrap();
+                    prop_assert!(seen.insert(v6), "{} given twice", v6);
+                    let inside = c.ipv6_pools.iter().any(|p| {
+                        p.block_size == v6.prefix_len()
+                            && p.cidr.contains(&v6)
+                            && p.subnet_min.addr() <= v6.addr()
+                            && v6.addr() <= p.subnet_max.addr()
+                    });
+                    prop_assert!(inside, "{} is outside the IPv6 pools' bounds", v6);
+                } else {
+                    prop_assert_eq!(got, None);
+                }
+            }
+            // Every IPv6 candidate is reached when there are enough IPv4 ones.
+            prop_assert_eq!(seen.len() as u128, count6.min(all4.len() as u128));
+            // Anything that is not an IPv4 candidate has no IPv6 subnet.
+            for t in taken {
+                if !c.pools.iter().any(|p| is_candidate(p, t)) {
+                    prop_assert_eq!(subnet6_for(&c, t), None, "{}", t);
+                }
             }
         }
     }

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -42,7 +42,7 @@ use crate::codec::nexthop::{
     NLMSG_HDRLEN, Nexthop, RTM_NEWNEXTHOP, delete_nexthop_request, dump_nexthops_request,
     new_nexthop_request, parse_nexthop,
 };
-use crate::codec::route::{Ipv4Route, delete_route_message_via, new_route_message, route_text};
+use crate::codec::route::{IpRoute, delete_route_message_via, new_route_message, route_text};
 use crate::{Error, Result};
 
 /// One route change.
@@ -50,13 +50,15 @@ use crate::{Error, Result};
 pub enum RouteChange {
     /// Exclusive: fails with "exists" when any route with the same destination, TOS and
     /// metric is there (whoever owns it).
-    Add(Ipv4Route),
+    Add(IpRoute),
     /// Adds, or replaces the route with the same destination, TOS and metric.
-    Replace(Ipv4Route),
+    Replace(IpRoute),
     /// Deletes the route with this destination, protocol, metric, TOS and (when given)
     /// gateway, whether it names the gateway itself or goes through a nexthop object of it;
-    /// a route that is not there is success.
-    Delete(Ipv4Route),
+    /// a route that is not there is success. (An IPv6 route through a nexthop object is
+    /// deleted whatever gateway is named: the kernel matches IPv6 routes through objects by
+    /// destination, protocol and metric only.)
+    Delete(IpRoute),
 }
 
 impl RouteChange {
@@ -120,7 +122,7 @@ impl RouteChange {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct NexthopKey {
-    gateway: Ipv4Addr,
+    gateway: IpAddr,
     oif: u32,
     onlink: bool,
     protocol: u8,
@@ -378,7 +380,7 @@ impl BulkSocket {
         })
     }
 
-    /// The kernel's single-gateway IPv4 nexthop objects, of every protocol.
+    /// The kernel's single-gateway nexthop objects (IPv4 and IPv6), of every protocol.
     pub fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
         let seq = self.next_seq();
         let req = dump_nexthops_request(seq);

@@ -10,8 +10,8 @@
 //! - [`Handle`]: one netlink socket bound to one network namespace, with typed operations for
 //!   links, addresses and routes, one request at a time (the plugin's).
 //! - [`rtnl`]: [`Rtnl`], the asynchronous client over `rtnetlink` with many requests in flight
-//!   on one socket (links, VXLAN devices, IPv4 addresses, routes, nexthop objects, neighbours,
-//!   FDB), one file per object kind (the agent's).
+//!   on one socket (links, VXLAN devices, addresses, routes, nexthop objects, neighbours,
+//!   FDB; IPv4 and IPv6 alike), one file per object kind (the agent's).
 //! - [`bulk`]: route changes in bulk, many requests per system call (BGP tables).
 //! - [`codec`]: the route and nexthop messages that [`rtnl`] and [`bulk`] both send and read.
 //! - [`netns`]: running code inside another network namespace on a dedicated thread.
@@ -26,7 +26,7 @@ pub mod sysctl;
 
 pub use bulk::RouteChange;
 pub use codec::nexthop::Nexthop;
-pub use codec::route::Ipv4Route;
+pub use codec::route::{Family, IPV6_DEFAULT_METRIC, IpRoute};
 pub use handle::{Handle, Link, LinkKind, Route, VethSpec};
 pub use rtnl::{
     Change, FdbEntry, InterfaceV4, KernelEvents, LinkState, Neighbour, Rtnl, VxlanInfo, VxlanSpec,
@@ -95,7 +95,6 @@ pub mod libc_errno {
     pub const EEXIST: i32 = nix::libc::EEXIST;
     pub const ENODEV: i32 = nix::libc::ENODEV;
     pub const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
-    pub const EAFNOSUPPORT: i32 = nix::libc::EAFNOSUPPORT;
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -104,9 +104,15 @@ pub struct PeerPlan {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     pub path: PeerPath,
-    /// The peer's IPv6 pod subnet, when the cluster is dual-stack and it has one.
+    /// The peer's IPv6 pod subnet, when its IPv6 part is programmed (`path6` is not
+    /// skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
+    /// How the peer's IPv6 pod traffic goes, when the peer publishes an IPv6 subnet and the
+    /// backend plans IPv6 (host-gw, vxlan): `Skipped` with the reason when only its IPv6 part
+    /// is ignored (its IPv4 `path` is unaffected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path6: Option<PeerPath>,
 }
 
 /// How the userspace tunnel encapsulates.

@@ -87,6 +87,9 @@ pub struct PeerStatus {
     /// Its IPv6 pod subnet, in a dual-stack cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
+    /// How its IPv6 pod traffic goes (or why it is skipped), in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path6: Option<crate::desired::PeerPath>,
     /// Everything this peer needs is in the kernel (false for skipped peers and failures).
     pub programmed: bool,
     /// The last programming error for this peer, if any.

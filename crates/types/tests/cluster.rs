@@ -4,11 +4,14 @@
 //! Golden files live in `tests/golden/`; `TWILL_BLESS=1 cargo test -p twill-types` rewrites
 //! them from the current output (then review the diff by hand).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
-use twill_types::cluster::{Backend, BackendKind, ClusterConfig, Pool};
+use twill_types::cluster::{
+    Backend, BackendKind, ClusterConfig, ConfigError, ConfigForm, HostNet, HostNet6, Pool, Pool6,
+    reserved_overlap6,
+};
 
 const FLANNEL_EXAMPLE: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.20.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"DirectRouting":true}}"#;
 
@@ -278,23 +281,23 @@ fn flannel_refusals() {
         &flannel(n, r#", "Backend": {"Type": "vxlan", "Port": -1}"#),
         &["Backend.Port must be a non-negative integer"],
     );
+    // IPv6 (issue 15) has keys of its own; see the dual-stack tests below.
     refused(
         &flannel(n, r#", "EnableIPv6": true"#),
-        &["EnableIPv6", "IPv6 not supported yet"],
-    );
-    refused(
-        &flannel(n, r#", "IPv6Network": "fd00::/56""#),
-        &["IPv6Network", "IPv6 not supported yet"],
+        &["IPv6Network is missing: EnableIPv6 needs"],
     );
     refused(
         &flannel(n, r#", "EnableIPv4": false"#),
-        &["EnableIPv4 is false", "IPv6 not supported yet"],
+        &[
+            "EnableIPv4 is false: IPv6-only clusters (EnableIPv4: false) are not supported yet; \
+             use dual-stack",
+        ],
     );
     refused(
         &flannel("fd00::/56", ""),
         &[
             "Network fd00::/56 is an IPv6 network",
-            "IPv6 not supported yet",
+            "IPv6Network with EnableIPv6: true",
         ],
     );
     refused(r#"{"SubnetLen": 24}"#, &["Network is missing"]);
@@ -572,8 +575,12 @@ fn twill_refusals() {
         &["pool a: cidr 10.244.0.1/16 has host bits set; did you mean 10.244.0.0/16?"],
     );
     refused(
-        "[[pools]]\nname = \"a\"\ncidr = \"fd00::/64\"\n",
-        &["pool a: cidr fd00::/64 is an IPv6 network: IPv6 not supported yet"],
+        "[[pools]]\nname = \"a\"\ncidr = \"fd00::/56\"\n",
+        &["pools: every pool is IPv6, and IPv6-only clusters are not supported yet"],
+    );
+    refused(
+        "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.0\"\n",
+        &["pool a: cidr \"10.244.0.0\" is not a network in CIDR form"],
     );
     refused(
         "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.0/29\"\n",
@@ -767,7 +774,7 @@ proptest! {
 
     #[test]
     fn parse_never_panics_on_near_configs(
-        text in r#"(\{|\[\[pools\]\]\n|pools:\n  - )?((name|cidr|blockSize|Network|SubnetLen|SubnetMin|Backend|Type|vxlanMode|subnetMax|VNI|Port)[ :=]{1,3}("?[0-9./a-zA-Z-]{0,18}"?|\{|\}|\[|\]|-?[0-9]{1,12})[,\n ]{0,2}){0,8}\}?"#
+        text in r#"(\{|\[\[pools\]\]\n|pools:\n  - )?((name|cidr|blockSize|Network|SubnetLen|SubnetMin|Backend|Type|vxlanMode|subnetMax|VNI|Port|EnableIPv6|IPv6Network|IPv6SubnetLen|IPv6SubnetMax)[ :=]{1,3}("?[0-9./a-zA-Z:-]{0,18}"?|\{|\}|\[|\]|-?[0-9]{1,12})[,\n ]{0,2}){0,8}\}?"#
     ) {
         let _ = ClusterConfig::parse(&text);
     }
@@ -831,7 +838,6 @@ fn reserved_ranges_are_refused_in_every_form() {
 
 #[test]
 fn pools_overlapping_the_hosts_networks_are_refused() {
-    use twill_types::cluster::{ConfigForm, HostNet};
     let host = |net: &str, source: &str| HostNet {
         net: net.parse().unwrap(),
         source: source.into(),
@@ -890,10 +896,944 @@ fn pools_overlapping_the_hosts_networks_are_refused() {
 
 #[test]
 fn config_forms_are_told_apart() {
-    use twill_types::cluster::ConfigForm;
     assert_eq!(ConfigForm::of(FLANNEL_EXAMPLE), ConfigForm::Flannel);
     assert_eq!(ConfigForm::of(TOML_EXAMPLE), ConfigForm::Twill);
     assert_eq!(ConfigForm::of(YAML_EXAMPLE), ConfigForm::Twill);
     let normalized = parse(FLANNEL_EXAMPLE).to_json();
     assert_eq!(ConfigForm::of(&normalized), ConfigForm::Twill);
+}
+
+// ---- IPv6 pools: dual-stack clusters (issue 15) ---------------------------------------------
+
+fn net6(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+/// The error of a refused text, whatever it is.
+#[track_caller]
+fn error_of(text: &str) -> ConfigError {
+    match ClusterConfig::parse(text) {
+        Ok(c) => panic!("{text}\naccepted: {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// A refusal whose error is about `field` (its path) and whose message holds every needle.
+#[track_caller]
+fn refused_at(text: &str, field: &str, needles: &[&str]) {
+    let e = error_of(text);
+    assert_eq!(e.field(), Some(field), "{text}\n{e:?}");
+    refused(text, needles);
+}
+
+const FLANNEL_DUAL_STACK: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Flannel's dual-stack keys with an IPv4 network of `network4` and the backend `backend`.
+fn flannel6(network4: &str, rest: &str) -> String {
+    flannel(
+        network4,
+        &format!(r#", "EnableIPv6": true, "Backend": {{"Type": "vxlan"}}{rest}"#),
+    )
+}
+
+#[test]
+fn flannel_dual_stack_golden() {
+    let c = parse(FLANNEL_DUAL_STACK);
+    golden("flannel-dual-stack.json", &c);
+    assert_eq!(
+        c.ipv6_pools,
+        vec![Pool6 {
+            name: "default6".into(),
+            cidr: net6("fd00:10:244::/56"),
+            block_size: 64,
+            subnet_min: net6("fd00:10:244:1::/64"),
+            subnet_max: net6("fd00:10:244:ff::/64"),
+            nat_outgoing: true,
+        }]
+    );
+    assert_eq!(c.pools[0].subnet_count(), 255);
+    assert_eq!(c.ipv6_pools[0].subnet_count(), 255);
+    assert_eq!(ConfigForm::of(FLANNEL_DUAL_STACK), ConfigForm::Flannel);
+    // EnableIPv4: true is the default, and may be said.
+    let said = FLANNEL_DUAL_STACK.replace("\"EnableIPv6\"", "\"EnableIPv4\":true,\"EnableIPv6\"");
+    assert_eq!(parse(&said), c);
+}
+
+#[test]
+fn flannel_ipv6_keys() {
+    // IPv6SubnetLen: 64 up to a /62, else prefix + 2, refused past /120 (four /122s). The
+    // IPv4 network is a /28 (three leasable /30s) so that small IPv6 networks hold enough.
+    for (network, len, min, max) in [
+        ("fd00::/48", 64, "fd00:0:0:1::/64", "fd00:0:0:ffff::/64"),
+        ("fd00::/62", 64, "fd00:0:0:1::/64", "fd00:0:0:3::/64"),
+        (
+            "fd00::/63",
+            65,
+            "fd00::8000:0:0:0/65",
+            "fd00:0:0:1:8000::/65",
+        ),
+        ("fd00::/100", 102, "fd00::400:0/102", "fd00::c00:0/102"),
+        ("fd00::/120", 122, "fd00::40/122", "fd00::c0/122"),
+    ] {
+        let c = parse(&flannel6(
+            "10.244.0.0/28",
+            &format!(r#", "IPv6Network": "{network}""#),
+        ));
+        let pool = &c.ipv6_pools[0];
+        assert_eq!(
+            (pool.block_size, pool.subnet_min, pool.subnet_max),
+            (len, net6(min), net6(max)),
+            "{network}"
+        );
+    }
+    refused_at(
+        &flannel6("10.244.0.0/28", r#", "IPv6Network": "fd00::/121""#),
+        "IPv6Network",
+        &["IPv6Network fd00::/121 is too small", "/120", "four /122"],
+    );
+    // Explicit length and bounds (addresses, as Flannel writes them); keys as Go reads them.
+    let c = parse(&flannel6(
+        "10.244.0.0/28",
+        r#", "ipv6network": "fd00:10:244::/56", "IPV6SubnetLen": 80,
+           "IPv6SubnetMin": "fd00:10:244:0:1::", "IPv6SubnetMax": "fd00:10:244:0:4::""#,
+    ));
+    let pool = &c.ipv6_pools[0];
+    assert_eq!(pool.block_size, 80);
+    assert_eq!(
+        (pool.subnet_min, pool.subnet_max),
+        (net6("fd00:10:244:0:1::/80"), net6("fd00:10:244:0:4::/80"))
+    );
+    // Zero is the default, as in Go.
+    let c = parse(&flannel6(
+        "10.244.0.0/16",
+        r#", "IPv6Network": "fd00::/56", "IPv6SubnetLen": 0"#,
+    ));
+    assert_eq!(c.ipv6_pools[0].block_size, 64);
+    // host-gw carries IPv6 too.
+    let c = parse(&flannel(
+        "10.244.0.0/16",
+        r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {"Type": "host-gw"}"#,
+    ));
+    assert_eq!(
+        (c.backend.kind, c.ipv6_pools.len()),
+        (BackendKind::HostGw, 1)
+    );
+}
+
+#[test]
+fn flannel_ipv6_keys_without_enable_ipv6_are_ignored_as_flanneld_does() {
+    let plain = parse(&flannel("10.244.0.0/16", ""));
+    for rest in [
+        r#", "IPv6Network": "fd00::/56""#,
+        r#", "EnableIPv6": false, "IPv6Network": "fd00::/56", "IPv6SubnetLen": 64"#,
+        r#", "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:1::", "IPv6SubnetMax": "fd00:0:0:2::""#,
+        // Only its form is checked: flanneld would not look at a disabled network's size.
+        r#", "IPv6Network": "fd00::/127""#,
+        r#", "EnableIPv6": null, "IPv6Network": "fd00::/56""#,
+    ] {
+        let c = parse(&flannel("10.244.0.0/16", rest));
+        assert_eq!(c, plain, "{rest}");
+        assert!(!c.has_ipv6());
+    }
+    // Their form is checked all the same, as Go's decoder does.
+    for (rest, field, needle) in [
+        (
+            r#", "IPv6Network": "nope""#,
+            "IPv6Network",
+            "IPv6Network \"nope\" is not an IPv6 network in CIDR form",
+        ),
+        (
+            r#", "IPv6Network": 6"#,
+            "IPv6Network",
+            "IPv6Network must be a string",
+        ),
+        (
+            r#", "IPv6SubnetLen": 200"#,
+            "IPv6SubnetLen",
+            "IPv6SubnetLen 200 is not a prefix length (0 to 128)",
+        ),
+        (
+            r#", "IPv6SubnetLen": -1"#,
+            "IPv6SubnetLen",
+            "IPv6SubnetLen must be a non-negative integer",
+        ),
+        (
+            r#", "IPv6SubnetMin": "10.244.1.0""#,
+            "IPv6SubnetMin",
+            "IPv6SubnetMin \"10.244.1.0\" is not an IPv6 address",
+        ),
+        (
+            r#", "EnableIPv6": "yes""#,
+            "EnableIPv6",
+            "EnableIPv6 must be true or false",
+        ),
+    ] {
+        refused_at(&flannel("10.244.0.0/16", rest), field, &[needle]);
+    }
+}
+
+#[test]
+fn flannel_ipv6_refusals() {
+    let n = "10.244.0.0/16";
+    for (rest, field, needles) in [
+        (
+            r#", "EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56""#,
+            "EnableIPv4",
+            &["IPv6-only clusters (EnableIPv4: false) are not supported yet; use dual-stack"][..],
+        ),
+        (
+            "",
+            "IPv6Network",
+            &[r#"IPv6Network is missing: EnableIPv6 needs e.g. "IPv6Network": "fd00:10:244::/56""#],
+        ),
+        (
+            r#", "IPv6Network": "10.245.0.0/16""#,
+            "IPv6Network",
+            &["IPv6Network 10.245.0.0/16 is an IPv4 network: IPv6Network must be IPv6"],
+        ),
+        (
+            r#", "IPv6Network": "fd00::1/56""#,
+            "IPv6Network",
+            &["IPv6Network fd00::1/56 has host bits set; did you mean fd00::/56?"],
+        ),
+        (
+            r#", "IPv6Network": "fe80::/56""#,
+            "IPv6Network",
+            &[
+                "IPv6Network fe80::/56 overlaps fe80::/10, the link-local range",
+                "fd00:10:244::/56",
+            ],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetLen": 123"#,
+            "IPv6SubnetLen",
+            &["IPv6SubnetLen /123 is too long: node subnets must be /122 or shorter"],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetLen": 56"#,
+            "IPv6SubnetLen",
+            &["IPv6SubnetLen /56 must be longer than the IPv6Network prefix /56"],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetLen": 57"#,
+            "IPv6SubnetLen",
+            &[
+                "IPv6SubnetLen /57 cuts IPv6Network fd00::/56 into fewer than four subnets; Flannel requires IPv6SubnetLen /58",
+            ],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd01::""#,
+            "IPv6SubnetMin",
+            &["IPv6SubnetMin fd01:: is outside IPv6Network fd00::/56"],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetMax": "fd00:0:0:3::1""#,
+            "IPv6SubnetMax",
+            &[
+                "IPv6SubnetMax fd00:0:0:3::1 is not aligned to IPv6SubnetLen /64; did you mean fd00:0:0:3::?",
+            ],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:9::", "IPv6SubnetMax": "fd00:0:0:8::""#,
+            "IPv6SubnetMin",
+            &[
+                "IPv6SubnetMin fd00:0:0:9:: is above IPv6SubnetMax fd00:0:0:8::: no node subnet is left",
+            ],
+        ),
+        // A node's IPv6 subnet is the one at its IPv4 subnet's index: there must be enough.
+        (
+            r#", "IPv6Network": "fd00::/120""#,
+            "IPv6Network",
+            &[
+                "IPv6Network fd00::/120 holds 3 node subnets but Network 10.244.0.0/16 holds 255",
+                "needs at least 255",
+            ],
+        ),
+        (
+            r#", "IPv6Network": "fd00::/56", "IPv6SubnetMax": "fd00:0:0:fe::""#,
+            "IPv6Network",
+            &["holds 254 node subnets but Network 10.244.0.0/16 holds 255"],
+        ),
+    ] {
+        refused_at(&flannel6(n, rest), field, needles);
+    }
+    // Only host-gw and vxlan carry IPv6 so far.
+    for ty in ["udp", "ipip", "wireguard"] {
+        refused_at(
+            &flannel(
+                n,
+                &format!(
+                    r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{ty}"}}"#
+                ),
+            ),
+            "IPv6Network",
+            &[&format!(
+                "IPv6Network fd00::/56 is IPv6, and IPv6 pools need the host-gw or vxlan backend \
+                 for now: {ty} carries IPv4 only"
+            )],
+        );
+    }
+    // No Backend is udp.
+    refused(
+        &flannel(n, r#", "EnableIPv6": true, "IPv6Network": "fd00::/56""#),
+        &["udp carries IPv4 only"],
+    );
+    // Flannel's wireguard ListenPortV6 stays refused.
+    refused_at(
+        &flannel(
+            n,
+            r#", "Backend": {"Type": "wireguard", "ListenPortV6": 51821}"#,
+        ),
+        "Backend.ListenPortV6",
+        &["Backend.ListenPortV6 is a Flannel wireguard option twill does not support yet"],
+    );
+}
+
+const TOML_DUAL_STACK: &str = r#"
+[[pools]]
+name = "pods"
+cidr = "10.244.0.0/16"
+vxlanMode = "CrossSubnet"
+[[pools]]
+name = "pods6"
+cidr = "fd00:10:244::/56"    # blockSize defaults to /64
+vxlanMode = "CrossSubnet"
+natOutgoing = false
+"#;
+
+const YAML_DUAL_STACK: &str = r#"
+# IPv6 first: the pools of each family keep their order.
+pools:
+  - name: pods6
+    cidr: fd00:10:244::/56
+    blockSize: 64
+    subnetMin: "fd00:10:244:1::"    # YAML reads a trailing ':' as a key's end: quote it
+    subnetMax: fd00:10:244:ff::/64
+    natOutgoing: false
+  - name: pods
+    cidr: 10.244.0.0/16
+    vxlanMode: CrossSubnet
+"#;
+
+#[test]
+fn twill_dual_stack_golden() {
+    let c = parse(TOML_DUAL_STACK);
+    golden("toml-dual-stack.json", &c);
+    assert_eq!(
+        c.ipv6_pools,
+        vec![Pool6 {
+            name: "pods6".into(),
+            cidr: net6("fd00:10:244::/56"),
+            block_size: 64,
+            subnet_min: net6("fd00:10:244:1::/64"),
+            subnet_max: net6("fd00:10:244:ff::/64"),
+            nat_outgoing: false,
+        }]
+    );
+    assert_eq!(
+        (c.backend.kind, c.backend.direct_routing),
+        (BackendKind::Vxlan, true)
+    );
+    // The same config in YAML, IPv6 pool first and without modes (it follows the IPv4 pool).
+    assert_eq!(parse(YAML_DUAL_STACK), c);
+    // And in JSON.
+    let json = r#"{"pools": [{"name": "pods", "cidr": "10.244.0.0/16", "vxlanMode": "CrossSubnet"},
+                  {"name": "pods6", "cidr": "fd00:10:244::/56", "natOutgoing": false}]}"#;
+    assert_eq!(parse(json), c);
+}
+
+/// twill's form with an IPv4 pool `a` of `cidr4` and an IPv6 pool `b` with `pool6`'s keys.
+fn toml_dual(top: &str, cidr4: &str, pool6: &str) -> String {
+    format!(
+        "{top}\n[[pools]]\nname = \"a\"\ncidr = \"{cidr4}\"\n\
+         [[pools]]\nname = \"b\"\n{pool6}\n"
+    )
+}
+
+#[test]
+fn twill_ipv6_pool_keys() {
+    // blockSize: 64 by default, anything from the prefix + 1 to /122 when given.
+    for (cidr, block, len, min, max) in [
+        (
+            "fd00::/48",
+            None,
+            64,
+            "fd00:0:0:1::/64",
+            "fd00:0:0:ffff::/64",
+        ),
+        (
+            "fd00::/63",
+            None,
+            65,
+            "fd00::8000:0:0:0/65",
+            "fd00:0:0:1:8000::/65",
+        ),
+        ("fd00::/120", None, 122, "fd00::40/122", "fd00::c0/122"),
+        (
+            "fd00::/56",
+            Some(80),
+            80,
+            "fd00::1:0:0:0/80",
+            "fd00:0:0:ff:ffff::/80",
+        ),
+        (
+            "fd00::/64",
+            Some(96),
+            96,
+            "fd00::1:0:0/96",
+            "fd00::ffff:ffff:0:0/96",
+        ),
+        (
+            "fd00::/64",
+            Some(112),
+            112,
+            "fd00::1:0/112",
+            "fd00::ffff:ffff:ffff:0/112",
+        ),
+        (
+            "fd00::/64",
+            Some(122),
+            122,
+            "fd00::40/122",
+            "fd00::ffff:ffff:ffff:ffc0/122",
+        ),
+        // One leasable subnet: the first is still skipped.
+        ("fd00::/121", Some(122), 122, "fd00::40/122", "fd00::40/122"),
+    ] {
+        let block_key = block.map_or(String::new(), |b| format!("blockSize = {b}\n"));
+        // One leasable IPv4 subnet, so that every IPv6 pool holds enough.
+        let c = parse(&format!(
+            "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.0/29\"\nblockSize = 30\n\
+             [[pools]]\nname = \"b\"\ncidr = \"{cidr}\"\n{block_key}"
+        ));
+        let pool = &c.ipv6_pools[0];
+        assert_eq!(
+            (
+                pool.block_size,
+                pool.subnet_min,
+                pool.subnet_max,
+                pool.nat_outgoing
+            ),
+            (len, net6(min), net6(max), true),
+            "{cidr} {block:?}"
+        );
+    }
+    // Bounds as an address or as a subnet of the block size; natOutgoing as for IPv4.
+    let c = parse(&toml_dual(
+        "",
+        "10.244.0.0/28",
+        "cidr = \"fd00::/56\"\nsubnetMin = \"fd00:0:0:10::\"\nsubnetMax = \"fd00:0:0:12::/64\"\n\
+         natOutgoing = false",
+    ));
+    let pool = &c.ipv6_pools[0];
+    assert_eq!(
+        (
+            pool.subnet_min,
+            pool.subnet_max,
+            pool.subnet_count(),
+            pool.nat_outgoing
+        ),
+        (net6("fd00:0:0:10::/64"), net6("fd00:0:0:12::/64"), 3, false)
+    );
+    // Near the top of the address space: u128 arithmetic without overflow.
+    let c = parse(&toml_dual(
+        "",
+        "10.244.0.0/16",
+        "cidr = \"4000::/2\"\nblockSize = 122",
+    ));
+    let pool = &c.ipv6_pools[0];
+    assert_eq!(
+        (pool.subnet_min, pool.subnet_max),
+        (
+            net6("4000::40/122"),
+            net6("7fff:ffff:ffff:ffff:ffff:ffff:ffff:ffc0/122")
+        )
+    );
+    assert_eq!(pool.subnet_count(), (1u128 << 120) - 1);
+    // Unique local, global and documentation prefixes are all ordinary pod ranges.
+    for cidr in [
+        "fc00::/7",
+        "fd12:3456:789a::/48",
+        "2001:db8::/32",
+        "2600:1f00::/40",
+    ] {
+        parse(&toml_dual(
+            "",
+            "10.244.0.0/16",
+            &format!("cidr = \"{cidr}\""),
+        ));
+    }
+}
+
+#[test]
+fn ipv6_pools_and_the_calico_modes() {
+    use BackendKind::*;
+    // An IPv6 pool without modes follows the IPv4 pools; with a mode, it must agree.
+    for (modes4, modes6, kind, direct) in [
+        ("vxlanMode = \"Always\"", "", Vxlan, false),
+        (
+            "vxlanMode = \"CrossSubnet\"",
+            "vxlanMode = \"CrossSubnet\"",
+            Vxlan,
+            true,
+        ),
+        ("vxlanMode = \"Never\"", "", HostGw, false),
+        (
+            "vxlanMode = \"Never\"",
+            "ipipMode = \"Never\"",
+            HostGw,
+            false,
+        ),
+        ("", "", Vxlan, false),
+    ] {
+        let c = parse(
+            &toml_dual(
+                "",
+                "10.244.0.0/16",
+                &format!("cidr = \"fd00::/56\"\n{modes6}"),
+            )
+            .replace(
+                "cidr = \"10.244.0.0/16\"",
+                &format!("cidr = \"10.244.0.0/16\"\n{modes4}"),
+            ),
+        );
+        assert_eq!(
+            (c.backend.kind, c.backend.direct_routing),
+            (kind, direct),
+            "{modes4} / {modes6}"
+        );
+    }
+    let text = |modes4: &str, modes6: &str| {
+        format!(
+            "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.0/16\"\n{modes4}\n\
+             [[pools]]\nname = \"b\"\ncidr = \"fd00::/56\"\n{modes6}\n"
+        )
+    };
+    refused_at(
+        &text("", "ipipMode = \"Always\""),
+        "pools[1].ipipMode",
+        &["pool b: ipipMode Always: IPIP carries IPv4 only, and cidr fd00::/56 is IPv6"],
+    );
+    refused_at(
+        &text("vxlanMode = \"CrossSubnet\"", "vxlanMode = \"Always\""),
+        "pools[1].vxlanMode",
+        &[
+            "pools disagree on encapsulation",
+            "pool b has vxlanMode Always",
+        ],
+    );
+    // An IPv4 pool without modes is Never once another pool speaks, as in Calico.
+    refused(
+        &text("", "vxlanMode = \"Always\""),
+        &["pools disagree", "pool a has vxlanMode and ipipMode Never"],
+    );
+    // IPv4 pools asking for IPIP leave the IPv6 pool without a carrier.
+    refused_at(
+        &text("ipipMode = \"Always\"", ""),
+        "pools[1].cidr",
+        &[
+            "pool b: cidr fd00::/56 is IPv6, and IPv6 pools need the host-gw or vxlan backend for now: ipip carries IPv4 only",
+        ],
+    );
+}
+
+#[test]
+fn twill_ipv6_refusals() {
+    let four = "10.244.0.0/16";
+    for (top, pool6, field, needles) in [
+        (
+            "",
+            "cidr = \"fd00::1/56\"",
+            "pools[1].cidr",
+            &["pool b: cidr fd00::1/56 has host bits set; did you mean fd00::/56?"][..],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nblockSize = 123",
+            "pools[1].blockSize",
+            &["pool b: blockSize /123 is too long: node subnets must be /122 or shorter"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nblockSize = 56",
+            "pools[1].blockSize",
+            &["pool b: blockSize /56 must be longer than the cidr prefix /56"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nblockSize = 129",
+            "pools[1].blockSize",
+            &["pool b: blockSize 129 is not a prefix length (0 to 128)"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/121\"",
+            "pools[1].cidr",
+            &["pool b: cidr fd00::/121 is too small"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nsubnetMin = \"10.244.1.0/24\"",
+            "pools[1].subnetMin",
+            &["pool b: subnetMin 10.244.1.0/24 is IPv4 but cidr fd00::/56 is IPv6"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nsubnetMin = \"10.244.1.0\"",
+            "pools[1].subnetMin",
+            &["pool b: subnetMin \"10.244.1.0\" is not an IPv6 address"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nsubnetMin = \"fd00:0:0:1::/80\"",
+            "pools[1].subnetMin",
+            &["pool b: subnetMin fd00:0:0:1::/80 must have the blockSize /64"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nsubnetMin = \"fd00:0:0:1::8\"",
+            "pools[1].subnetMin",
+            &[
+                "pool b: subnetMin fd00:0:0:1::8 is not aligned to blockSize /64; did you mean fd00:0:0:1::?",
+            ],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nsubnetMax = \"fd00:0:1::\"",
+            "pools[1].subnetMax",
+            &["pool b: subnetMax fd00:0:1:: is outside cidr fd00::/56"],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/56\"\nsubnetMin = \"fd00:0:0:5::\"\nsubnetMax = \"fd00:0:0:4::\"",
+            "pools[1].subnetMin",
+            &[
+                "pool b: subnetMin fd00:0:0:5:: is above subnetMax fd00:0:0:4::: no node subnet is left",
+            ],
+        ),
+        (
+            "",
+            "cidr = \"fd00::/120\"",
+            "pools[1].cidr",
+            &[
+                "the IPv6 pools hold 3 node subnets but the IPv4 pools hold 255",
+                "need at least 255",
+            ],
+        ),
+        (
+            "backend = \"udp\"",
+            "cidr = \"fd00::/56\"",
+            "pools[1].cidr",
+            &[
+                "pool b: cidr fd00::/56 is IPv6, and IPv6 pools need the host-gw or vxlan backend for now: udp carries IPv4 only",
+            ],
+        ),
+        (
+            "backend = \"wireguard\"",
+            "cidr = \"fd00::/56\"",
+            "pools[1].cidr",
+            &["wireguard carries IPv4 only"],
+        ),
+        (
+            "backend = \"bgp\"",
+            "cidr = \"fd00::/56\"",
+            "pools[1].cidr",
+            &["bgp carries IPv4 only"],
+        ),
+        (
+            "[bgp]\nasNumber = 64512",
+            "cidr = \"fd00::/56\"",
+            "pools[1].cidr",
+            &["bgp carries IPv4 only"],
+        ),
+        (
+            "[wireguard]\nenabled = true",
+            "cidr = \"fd00::/56\"",
+            "wireguard",
+            &["wireguard encryption carries IPv4 only for now, and pool b: cidr fd00::/56 is IPv6"],
+        ),
+    ] {
+        refused_at(&toml_dual(top, four, pool6), field, needles);
+    }
+    // Reserved IPv6 ranges, with what they are.
+    for (cidr, what) in [
+        ("::/0", "the unspecified address"),
+        ("::/120", "the unspecified address"),
+        ("::a00:0/104", "IPv4-compatible"),
+        ("::ffff:0.0.0.0/96", "IPv4-mapped"),
+        ("::ffff:10.0.0.0/120", "IPv4-mapped"),
+        ("64:ff9b::/96", "NAT64"),
+        ("64:ff9b:1::/56", "NAT64"),
+        ("fe80::/64", "link-local"),
+        ("fe00::/8", "link-local"),
+        ("fec0::/48", "site-local"),
+        ("ff02::/16", "multicast"),
+    ] {
+        let text = toml_dual("", four, &format!("cidr = \"{cidr}\"\nblockSize = 122"));
+        refused_at(&text, "pools[1].cidr", &["pool b: cidr", cidr, what]);
+    }
+    // A /128 is refused for its size before its range is looked at.
+    assert_eq!(
+        reserved_overlap6(net6("::1/128")),
+        Some((net6("::1/128"), "the loopback address"))
+    );
+    assert_eq!(reserved_overlap6(net6("fd00::/8")), None);
+    // Pools of one family never overlap; names are unique across both; paths are those of
+    // the written list.
+    let three = "[[pools]]\nname = \"a6\"\ncidr = \"fd00::/56\"\n\
+                 [[pools]]\nname = \"a\"\ncidr = \"10.244.0.0/16\"\n\
+                 [[pools]]\nname = \"b6\"\ncidr = \"fd00:0:0:80::/57\"\n";
+    let e = error_of(three);
+    assert!(
+        matches!(&e, ConfigError::Conflict { field, with, .. }
+            if field == "pools[2].cidr" && with == "pools[0].cidr"),
+        "{e:?}"
+    );
+    refused(
+        three,
+        &["pool b6 fd00:0:0:80::/57 overlaps pool a6 fd00::/56"],
+    );
+    let e = error_of(
+        &toml_dual("", four, "cidr = \"fd00::/56\"").replace("name = \"b\"", "name = \"a\""),
+    );
+    assert!(
+        matches!(&e, ConfigError::Conflict { field, with, problem }
+            if field == "pools[1].name" && with == "pools[0].name"
+                && problem.contains("pool name \"a\" is used twice")),
+        "{e:?}"
+    );
+    // An IPv4 and an IPv6 pool never overlap, whatever their bits: af4::/32 starts with the
+    // bits of 10.244.0.0.
+    parse(&toml_dual("", "10.244.0.0/16", "cidr = \"af4::/32\""));
+    // Two IPv6 pools: their subnets count together against the IPv4 ones (four here, where
+    // each IPv6 pool holds three).
+    let two6 = |last: &str| {
+        format!(
+            "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.0/28\"\nblockSize = 30\n\
+             subnetMin = \"10.244.0.0\"\n\
+             [[pools]]\nname = \"b\"\ncidr = \"fd00::/120\"\n{last}"
+        )
+    };
+    let c = parse(&two6("[[pools]]\nname = \"c\"\ncidr = \"fd01::/120\"\n"));
+    let total6: u128 = c.ipv6_pools.iter().map(Pool6::subnet_count).sum();
+    assert_eq!((c.pools[0].subnet_count(), total6), (4, 6));
+    refused(
+        &two6(""),
+        &["the IPv6 pools hold 3 node subnets but the IPv4 pools hold 4"],
+    );
+}
+
+#[test]
+fn normalized_dual_stack_json_round_trips_and_is_validated() {
+    let c = parse(TOML_DUAL_STACK);
+    let json = c.to_json();
+    assert!(
+        json.contains(r#""ipv6Pools":[{"name":"pods6","cidr":"fd00:10:244::/56","blockSize":64,"subnetMin":"fd00:10:244:1::/64","subnetMax":"fd00:10:244:ff::/64","natOutgoing":false}]"#),
+        "{json}"
+    );
+    assert_eq!(ClusterConfig::from_json(&json).unwrap(), c);
+    assert_eq!(ClusterConfig::parse(&json).unwrap(), c);
+    assert_eq!(ConfigForm::of(&json), ConfigForm::Twill);
+    // IPv4-only configs have no ipv6Pools key (their normalized form is unchanged).
+    assert!(!parse(TOML_EXAMPLE).to_json().contains("ipv6Pools"));
+
+    // The store may hold anything: the normalized form is validated, paths in its words.
+    for (from, to, field, needle) in [
+        (
+            "\"fd00:10:244::/56\"",
+            "\"fe80::/56\"",
+            "ipv6Pools[0].cidr",
+            "link-local",
+        ),
+        (
+            "\"subnetMax\":\"fd00:10:244:ff::/64\"",
+            "\"subnetMax\":\"fd00:10:244:ff::/80\"",
+            "ipv6Pools[0].subnetMax",
+            "must have the blockSize /64",
+        ),
+        (
+            "\"name\":\"pods6\"",
+            "\"name\":\"pods\"",
+            "ipv6Pools[0].name",
+            "used twice",
+        ),
+        (
+            "\"kind\":\"vxlan\"",
+            "\"kind\":\"ipip\"",
+            "ipv6Pools[0].cidr",
+            "ipip carries IPv4 only",
+        ),
+    ] {
+        let bad = json.replace(from, to);
+        assert_ne!(bad, json);
+        let e = ClusterConfig::from_json(&bad).unwrap_err();
+        assert_eq!(e.field(), Some(field), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    // IPv6 pools alone are an IPv6-only cluster.
+    let mut only6 = c.clone();
+    only6.pools.clear();
+    let e = only6.validate().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("IPv6-only clusters are not supported yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ipv6_helpers() {
+    let c = parse(TOML_DUAL_STACK);
+    assert!(c.has_ipv6());
+    assert!(!parse(TOML_EXAMPLE).has_ipv6());
+    assert!(c.contains6("fd00:10:244:5::7".parse().unwrap()));
+    assert!(!c.contains6("fd00:10:245::1".parse().unwrap()));
+    assert_eq!(
+        c.pool6_of(net6("fd00:10:244:7::/64"))
+            .map(|p| p.name.as_str()),
+        Some("pods6")
+    );
+    assert_eq!(c.pool6_of(net6("fd00:10:244::/48")), None);
+    for kind in BackendKind::ALL {
+        assert_eq!(
+            kind.carries_ipv6(),
+            matches!(kind, BackendKind::HostGw | BackendKind::Vxlan),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_pools_overlapping_the_hosts_networks_are_refused() {
+    let host = |net: &str, source: &str| HostNet6 {
+        net: net.parse().unwrap(),
+        source: source.into(),
+    };
+    let nets = vec![
+        host("2001:db8:1::/64", "address 2001:db8:1::5/64 on eth0"),
+        host(
+            "fd00:10:244:7::/64",
+            "route fd00:10:244:7::/64 via fe80::1 dev eth0",
+        ),
+    ];
+    let err = parse(TOML_DUAL_STACK)
+        .check_host_networks6(&nets, ConfigForm::Twill)
+        .unwrap_err();
+    assert_eq!(err.field(), Some("ipv6Pools[0].cidr"));
+    let message = err.to_string();
+    for needle in [
+        "pool pods6: cidr fd00:10:244::/56 overlaps fd00:10:244:7::/64 of this host",
+        "via fe80::1 dev eth0",
+    ] {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    let err = parse(FLANNEL_DUAL_STACK)
+        .check_host_networks6(&nets, ConfigForm::Flannel)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("IPv6Network fd00:10:244::/56 overlaps"),
+        "{err}"
+    );
+    // A host network inside no pool, and IPv4 host networks, leave the IPv6 pools alone.
+    parse(TOML_DUAL_STACK)
+        .check_host_networks6(&nets[..1], ConfigForm::Twill)
+        .unwrap();
+    parse(TOML_DUAL_STACK)
+        .check_host_networks(
+            &[HostNet {
+                net: net("192.168.1.0/24"),
+                source: "address".into(),
+            }],
+            ConfigForm::Twill,
+        )
+        .unwrap();
+}
+
+fn arb_pool6(index: u8) -> impl Strategy<Value = Pool6> {
+    // Pool `index` lives in fd00:<index>::/32, so pools never overlap; at least 2^18 subnets
+    // and a bound range of at least half of them, so the IPv6 pools always hold more subnets
+    // than the IPv4 ones of `arb_config` (at most four pools of at most 2^14).
+    (32u8..=104, any::<bool>(), any::<u128>(), any::<u128>()).prop_flat_map(
+        move |(prefix, nat, a, b)| {
+            (prefix + 18..=122).prop_map(move |block| {
+                let base = Ipv6Addr::new(0xfd00, u16::from(index), 0, 0, 0, 0, 0, 0);
+                let cidr = Ipv6Net::new(base, prefix).unwrap();
+                let count = 1u128 << (block - prefix);
+                let quarter = count / 4;
+                let (lo, hi) = (a % quarter, count - 1 - b % quarter);
+                let nth = |n: u128| {
+                    let addr = u128::from(cidr.network()) | (n << (128 - block));
+                    Ipv6Net::new(Ipv6Addr::from(addr), block).unwrap()
+                };
+                Pool6 {
+                    name: format!("pool6-{index}"),
+                    cidr,
+                    block_size: block,
+                    subnet_min: nth(lo),
+                    subnet_max: nth(hi),
+                    nat_outgoing: nat,
+                }
+            })
+        },
+    )
+}
+
+fn arb_dual_stack_config() -> impl Strategy<Value = ClusterConfig> {
+    (
+        arb_config(),
+        proptest::sample::subsequence((0u8..=255).collect::<Vec<_>>(), 1..4),
+        any::<bool>(),
+    )
+        .prop_flat_map(|(config, indices, host_gw)| {
+            let pools6: Vec<_> = indices.into_iter().map(arb_pool6).collect();
+            (Just(config), pools6, Just(host_gw))
+        })
+        .prop_map(|(mut config, pools6, host_gw)| {
+            config.ipv6_pools = pools6;
+            // Only host-gw and vxlan carry IPv6.
+            if !config.backend.kind.carries_ipv6() {
+                config.backend = Backend::with_defaults(if host_gw {
+                    BackendKind::HostGw
+                } else {
+                    BackendKind::Vxlan
+                });
+            }
+            config
+        })
+}
+
+proptest! {
+    #[test]
+    fn valid_dual_stack_configs_round_trip(c in arb_dual_stack_config()) {
+        prop_assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let json = c.to_json();
+        prop_assert_eq!(&ClusterConfig::from_json(&json).unwrap(), &c);
+        prop_assert_eq!(&ClusterConfig::parse(&json).unwrap(), &c);
+        for pool in &c.ipv6_pools {
+            prop_assert!(pool.subnet_count() >= 1);
+            prop_assert_eq!(c.pool6_of(pool.subnet_max).map(|p| &p.name), Some(&pool.name));
+        }
+    }
+
+    /// Cutting the IPv6 pools' ranges below the IPv4 pools' node subnet count is refused, and
+    /// the message gives both counts.
+    #[test]
+    fn too_few_ipv6_subnets_are_refused(mut c in arb_dual_stack_config()) {
+        let total4: u128 = c.pools.iter().map(|p| u128::from(p.subnet_count())).sum();
+        let keep = total4 - 1;
+        // Keep `keep` subnets in the first IPv6 pool, none in the others: drop those.
+        c.ipv6_pools.truncate(1);
+        let pool = &mut c.ipv6_pools[0];
+        if keep == 0 {
+            // One IPv4 subnet: no IPv6 pool can hold fewer than one; nothing to refuse.
+            return Ok(());
+        }
+        let shift = 128 - u32::from(pool.block_size);
+        let max = (u128::from(pool.subnet_min.addr()) >> shift) + keep - 1;
+        pool.subnet_max = Ipv6Net::new(Ipv6Addr::from(max << shift), pool.block_size).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        let counts = format!("the IPv6 pools hold {keep} node subnets but the IPv4 pools hold {total4}");
+        prop_assert!(e.contains(&counts), "{}", e);
+    }
 }

@@ -1,4 +1,5 @@
-//! The node's own objects in the one desired state: the sysctls the agent needs, the TUN
+//! The node's own objects in the one desired state: the sysctls the agent needs (IPv4
+//! forwarding, and IPv6 forwarding on dual-stack nodes), the TUN
 //! device's address, the masquerade chain of the cluster's pools, and the host protection
 //! table. Pure: computed from the cluster config, the node, its peers and the store's
 //! endpoints; the backends compute the peers' part, this adds the rest (in
@@ -25,6 +26,13 @@ pub fn host_objects(
     desired
         .sysctls
         .insert("net.ipv4.ip_forward".to_string(), "1".to_string());
+    if node.subnet6.is_some() {
+        // Pods' IPv6 traffic is routed too (only in dual-stack clusters: IPv4-only nodes
+        // leave the host's IPv6 settings alone).
+        desired
+            .sysctls
+            .insert("net.ipv6.conf.all.forwarding".to_string(), "1".to_string());
+    }
     // The node subnet's network address on each TUN device (as Flannel does with flannel0,
     // and twill with its VXLAN device), so traffic the host itself sends to peers' pods has a
     // source inside this node's subnet and passes the peers' inner-source check.
@@ -94,6 +102,10 @@ mod tests {
         let etcd = ["127.0.0.1:2379".parse().unwrap()];
         host_objects(&cfg, &node(), &[], &etcd, &mut desired);
         assert_eq!(desired.sysctls["net.ipv4.ip_forward"], "1");
+        assert!(
+            !desired.sysctls.contains_key("net.ipv6.conf.all.forwarding"),
+            "IPv4 only: IPv6 settings are left alone"
+        );
         assert!(desired.addresses.is_empty(), "no TUN device, no address");
         // Flannel's form masquerades the network.
         assert_eq!(desired.masquerade, vec!["10.244.0.0/16".parse().unwrap()]);
@@ -110,6 +122,19 @@ mod tests {
         no_nat.pools[0].nat_outgoing = false;
         host_objects(&no_nat, &node(), &[], &[], &mut desired);
         assert!(desired.masquerade.is_empty(), "no pool asks: no chain");
+    }
+
+    #[test]
+    fn a_dual_stack_node_forwards_ipv6() {
+        let cfg = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let dual = LocalNode {
+            subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            ..node()
+        };
+        let mut desired = DesiredState::default();
+        host_objects(&cfg, &dual, &[], &[], &mut desired);
+        assert_eq!(desired.sysctls["net.ipv6.conf.all.forwarding"], "1");
+        assert_eq!(desired.sysctls["net.ipv4.ip_forward"], "1");
     }
 
     #[test]

@@ -126,8 +126,10 @@ impl Core {
             public_net: n.public_net,
             underlay_dev: n.underlay_dev,
             underlay_mtu: n.underlay_mtu,
-            subnet6: None,
-            public_net6: None,
+            // The node's IPv6 side is what its lease publishes (the shell derives it when
+            // leasing), so the two never disagree.
+            subnet6: start.lease.subnet6,
+            public_net6: start.lease.public_net6,
         };
         let bgp = start.bgp.map(|b| {
             let retained = b.retained.map(|routes| Retained {
@@ -463,6 +465,9 @@ impl Core {
                     ));
                     self.node.subnet = now;
                 }
+                // The IPv6 subnet follows the IPv4 one when leasing again moved it.
+                self.node.subnet6 = held.lease.subnet6;
+                self.node.public_net6 = held.lease.public_net6;
                 self.peers.insert(held.key.clone(), held.lease.clone());
                 self.held_key = held.key;
                 self.held_lease = held.lease;
@@ -679,5 +684,92 @@ impl Core {
             policy: Some(self.policy.clone()),
             lease_events: self.lease_events.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_backend::vxlan::{vtep_mac, vtep_mac6};
+    use twill_types::cluster::{BackendKind, Pool6};
+    use twill_types::desired::PeerPath;
+
+    fn lease(name: &str, i: u8) -> Lease {
+        Lease {
+            node: name.into(),
+            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            public_net: format!("192.168.1.{i}/24").parse().unwrap(),
+            backend: BackendKind::Vxlan,
+            vtep_mac: Some(vtep_mac(name, 1)),
+            wireguard_public_key: None,
+            subnet6: Some(format!("fd00:10:244:{i}::/64").parse().unwrap()),
+            public_net6: Some(format!("fd00:1::{i}/64").parse().unwrap()),
+            vtep_mac6: Some(vtep_mac6(name, 1)),
+        }
+    }
+
+    /// A dual-stack vxlan node whose IPv6 side comes from its lease.
+    fn dual_core() -> Core {
+        let mut config =
+            ClusterConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+                .unwrap();
+        config.ipv6_pools.push(Pool6 {
+            name: "v6".into(),
+            cidr: "fd00:10:244::/48".parse().unwrap(),
+            block_size: 64,
+            subnet_min: "fd00:10:244:1::/64".parse().unwrap(),
+            subnet_max: "fd00:10:244:ff::/64".parse().unwrap(),
+            nat_outgoing: false,
+        });
+        let own = lease("n1", 1);
+        Core::new(Start {
+            config,
+            node: NodeSetup {
+                name: "n1".into(),
+                subnet: own.subnet,
+                public_net: own.public_net,
+                underlay_dev: "eth0".into(),
+                underlay_mtu: 1500,
+            },
+            lease_key: "leases/10.244.1.0-24".into(),
+            lease: own,
+            bgp: None,
+            store_endpoints: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_nodes_ipv6_side_is_its_leases() {
+        let mut core = dual_core();
+        assert_eq!(core.node.subnet6, core.held_lease.subnet6);
+        assert_eq!(core.node.public_net6, core.held_lease.public_net6);
+        let desired = core.desired_state(&[lease("n2", 2)], &mut Vec::new());
+        assert_eq!(desired.sysctls["net.ipv6.conf.all.forwarding"], "1");
+        assert_eq!(
+            desired.vxlan6.as_ref().map(|d| d.name.as_str()),
+            Some("twill6.1")
+        );
+        assert_eq!(desired.peers[0].path6, Some(PeerPath::Vxlan));
+
+        // Leasing again elsewhere moves the IPv6 subnet with the IPv4 one.
+        let mut moved = lease("n1", 3);
+        moved.public_net = core.held_lease.public_net;
+        core.reacquired(
+            Ok(LeaseHeld {
+                key: "leases/10.244.3.0-24".into(),
+                lease: moved,
+            }),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            core.node.subnet6,
+            Some("fd00:10:244:3::/64".parse().unwrap())
+        );
+        let desired = core.desired_state(&[lease("n2", 2)], &mut Vec::new());
+        assert_eq!(
+            desired.vxlan6.unwrap().address,
+            "fd00:10:244:3::/128".parse::<ipnet::IpNet>().unwrap()
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! The peers part of status.json: each peer of the desired state, and whether the kernel
-//! holds everything it needs (from the reconcile's outcome), with the kernel's reasons.
+//! holds everything it needs (from the reconcile's outcome), with the kernel's reasons. In a
+//! dual-stack cluster a peer's IPv6 objects count too when its IPv6 part is programmed; when
+//! it is skipped, `path6` says why (and `programmed` speaks of what is planned).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec};
 use twill_types::node::PeerStatus;
@@ -19,14 +21,19 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
         .peers
         .iter()
         .map(|p| {
+            // The peer's subnets whose objects are planned: IPv4 (unless skipped, when
+            // nothing is looked at) and IPv6 when its IPv6 part is programmed.
+            let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(p.subnet))
+                .chain(p.subnet6.map(IpNet::V6))
+                .collect();
             let error = match (&p.path, &outcome.failed) {
                 (PeerPath::Skipped(_), _) => None,
                 (_, Some(_)) => Some("the kernel state could not be read".to_string()),
                 (PeerPath::Bgp, None) if !index.routes.contains_key(&IpNet::V4(p.subnet)) => {
                     Some("no route learned by BGP yet".to_string())
                 }
-                (_, None) => index.missing_for_peer(p.subnet).map(|missing| {
-                    with_kernel_reasons(missing, &index.keys_of_peer(p.subnet), &index.refused)
+                (_, None) => index.missing_for_peer(&subnets).map(|missing| {
+                    with_kernel_reasons(missing, &index.keys_of_peer(&subnets), &index.refused)
                 }),
             };
             PeerStatus {
@@ -39,6 +46,7 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
                 counters: None,
                 wireguard: None,
                 subnet6: p.subnet6,
+                path6: p.path6.clone(),
             }
         })
         .collect()
@@ -75,25 +83,40 @@ impl<'a> Index<'a> {
         index
     }
 
-    /// The reconciler's names of a peer's route, neighbour and FDB entry.
-    fn keys_of_peer(&self, subnet: Ipv4Net) -> Vec<ObjectRef> {
-        let mut keys = vec![ObjectRef::Route(subnet.into())];
-        for neigh in self
-            .neighbours
-            .get(&IpAddr::V4(subnet.network()))
-            .into_iter()
+    /// The neighbours (VXLAN gateways) of a peer's subnets.
+    fn neighbours_of<'s>(
+        &'s self,
+        subnets: &'s [IpNet],
+    ) -> impl Iterator<Item = &'a NeighSpec> + 's {
+        subnets
+            .iter()
+            .filter_map(|subnet| self.neighbours.get(&subnet.network()))
             .flatten()
-        {
+            .copied()
+    }
+
+    /// The reconciler's names of a peer's routes, neighbours and FDB entries (of each of its
+    /// `subnets`: IPv4, and IPv6 when programmed).
+    fn keys_of_peer(&self, subnets: &[IpNet]) -> Vec<ObjectRef> {
+        let mut keys: Vec<ObjectRef> = subnets.iter().map(|s| ObjectRef::Route(*s)).collect();
+        for neigh in self.neighbours_of(subnets) {
             keys.push(ObjectRef::Neighbour(neigh.ip));
-            keys.push(ObjectRef::Fdb(neigh.mac));
+            if !keys.contains(&ObjectRef::Fdb(neigh.mac)) {
+                keys.push(ObjectRef::Fdb(neigh.mac));
+            }
         }
         keys
     }
 
-    /// What the kernel lacks of a peer's desired route, neighbour and FDB entry.
-    fn missing_for_peer(&self, subnet: Ipv4Net) -> Option<String> {
+    /// What the kernel lacks of a peer's desired routes, neighbours and FDB entries (an FDB
+    /// entry both families share is named once).
+    fn missing_for_peer(&self, subnets: &[IpNet]) -> Option<String> {
         let mut missing = Vec::new();
-        for route in self.routes.get(&IpNet::V4(subnet)).into_iter().flatten() {
+        for route in subnets
+            .iter()
+            .filter_map(|subnet| self.routes.get(subnet))
+            .flatten()
+        {
             if self.missing.contains(&Missing::Route {
                 dst: route.dst,
                 via: route.via,
@@ -101,12 +124,8 @@ impl<'a> Index<'a> {
                 missing.push(format!("route {} via {}", route.dst, route.via));
             }
         }
-        for neigh in self
-            .neighbours
-            .get(&IpAddr::V4(subnet.network()))
-            .into_iter()
-            .flatten()
-        {
+        let mut fdb_seen = HashSet::new();
+        for neigh in self.neighbours_of(subnets) {
             if self.missing.contains(&Missing::Neighbour { ip: neigh.ip }) {
                 missing.push(format!("neighbour {}", neigh.ip));
             }
@@ -114,7 +133,8 @@ impl<'a> Index<'a> {
                 if self.missing.contains(&Missing::Fdb {
                     mac: fdb.mac,
                     dst: fdb.dst,
-                }) {
+                }) && fdb_seen.insert((fdb.mac, fdb.dst))
+                {
                     missing.push(format!("fdb {} dst {}", fdb.mac, fdb.dst));
                 }
             }
@@ -144,6 +164,121 @@ fn with_kernel_reasons(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twill_backend::vxlan::{vtep_mac, vtep_mac6};
+    use twill_backend::{Backend, LocalNode, Vxlan};
+    use twill_types::cluster::BackendKind;
+    use twill_types::lease::Lease;
+
+    /// A dual-stack vxlan node and two peers: node-b over the IPv6 VTEP, node-c (without an
+    /// IPv6 underlay) through the IPv4 VTEP.
+    fn dual_state() -> DesiredState {
+        let node = LocalNode {
+            name: "node-a".into(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_net: "192.168.1.10/24".parse().unwrap(),
+            underlay_dev: "eth0".into(),
+            underlay_mtu: 1500,
+            subnet6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::10/64".parse().unwrap()),
+        };
+        let lease = |name: &str, i: u8, public6: Option<&str>| Lease {
+            node: name.into(),
+            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            public_net: format!("192.168.2.{i}/24").parse().unwrap(),
+            backend: BackendKind::Vxlan,
+            vtep_mac: Some(vtep_mac(name, 1)),
+            wireguard_public_key: None,
+            subnet6: Some(format!("fd00:10:244:{i}::/64").parse().unwrap()),
+            public_net6: public6.map(|p| p.parse().unwrap()),
+            vtep_mac6: Some(vtep_mac6(name, 1)),
+        };
+        let peers = [
+            lease("node-b", 2, Some("fd00:2::2/64")),
+            lease("node-c", 3, None),
+        ];
+        Vxlan::new(1, 8472, false)
+            .unwrap()
+            .with_ipv6_pools(vec!["fd00:10:244::/48".parse().unwrap()])
+            .desired(&node, &peers)
+    }
+
+    #[test]
+    fn a_peers_ipv6_objects_count_for_its_status() {
+        let desired = dual_state();
+        let all_there = peer_status(&desired, &ReconcileOutcome::default());
+        assert!(all_there.iter().all(|p| p.programmed && p.error.is_none()));
+        assert_eq!(
+            all_there[0].subnet6,
+            Some("fd00:10:244:2::/64".parse().unwrap())
+        );
+        assert_eq!(all_there[0].path6, Some(PeerPath::Vxlan));
+
+        let b6: IpNet = "fd00:10:244:2::/64".parse().unwrap();
+        let b_gw: IpAddr = "fd00:10:244:2::".parse().unwrap();
+        let c_gw6: IpAddr = "fd00:10:244:3::".parse().unwrap();
+        let c_mac = vtep_mac("node-c", 1);
+        let outcome = ReconcileOutcome {
+            failed: None,
+            missing: vec![
+                Missing::Route { dst: b6, via: b_gw },
+                Missing::Neighbour { ip: c_gw6 },
+                // Shared by both of node-c's families: named once.
+                Missing::Fdb {
+                    mac: c_mac,
+                    dst: "192.168.2.3".parse().unwrap(),
+                },
+            ],
+            refused: vec![Refused {
+                object: ObjectRef::Route(b6),
+                reason: "add route: Network is unreachable".into(),
+                attempts: 2,
+            }],
+        };
+        let status = peer_status(&desired, &outcome);
+        assert!(!status[0].programmed);
+        assert_eq!(
+            status[0].error.as_deref(),
+            Some(
+                "missing: route fd00:10:244:2::/64 via fd00:10:244:2::; refused: add route: \
+                 Network is unreachable (attempt 2, retrying)"
+            )
+        );
+        assert!(!status[1].programmed);
+        assert_eq!(
+            status[1].error.as_deref(),
+            Some(&*format!(
+                "missing: fdb {c_mac} dst 192.168.2.3, neighbour fd00:10:244:3::"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_skipped_ipv6_part_is_reported_and_its_objects_are_not_looked_at() {
+        let mut desired = dual_state();
+        let plan = &mut desired.peers[0];
+        plan.path6 = Some(PeerPath::Skipped("host-gw: not on this segment".into()));
+        plan.subnet6 = None;
+        let b6: IpNet = "fd00:10:244:2::/64".parse().unwrap();
+        let outcome = ReconcileOutcome {
+            missing: vec![Missing::Route {
+                dst: b6,
+                via: "fd00:10:244:2::".parse().unwrap(),
+            }],
+            ..ReconcileOutcome::default()
+        };
+        let status = peer_status(&desired, &outcome);
+        assert!(status[0].programmed, "{:?}", status[0]);
+        assert_eq!(
+            status[0].path6,
+            Some(PeerPath::Skipped("host-gw: not on this segment".into()))
+        );
+        assert_eq!(status[0].subnet6, None);
+        let json = serde_json::to_string(&status[0]).unwrap();
+        assert!(
+            json.contains(r#""path6":{"via":"skipped","reason":"host-gw: not on this segment"}"#),
+            "{json}"
+        );
+    }
 
     #[test]
     fn a_missing_object_in_error_carries_the_kernels_reason() {

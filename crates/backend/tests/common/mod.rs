@@ -1,11 +1,11 @@
-//! What the backend tests share: the local node, leases, and the golden-file check
+//! What the backend tests share: the local node (IPv4 only or dual-stack), leases, and the golden-file check
 //! (`tests/golden/`; `TWILL_BLESS=1` rewrites the files).
 
 #![allow(dead_code)]
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_backend::LocalNode;
-use twill_backend::vxlan::vtep_mac;
+use twill_backend::vxlan::{vtep_mac, vtep_mac6};
 use twill_types::cluster::BackendKind;
 use twill_types::desired::DesiredState;
 use twill_types::lease::Lease;
@@ -51,4 +51,41 @@ pub fn lease(
 pub fn golden(name: &str, state: &DesiredState) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     twill_testkit::golden_json(&dir, name, state);
+}
+
+pub fn net6(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+/// The cluster's IPv6 pool in the dual-stack tests.
+pub fn pools6() -> Vec<Ipv6Net> {
+    vec![net6("fd00:10:244::/48")]
+}
+
+/// [`node`] in a dual-stack cluster: IPv6 subnet fd00:10:244:1::/64, and IPv6 underlay
+/// address fd00:1::10/64 when `underlay6`.
+pub fn node6(underlay6: bool) -> LocalNode {
+    LocalNode {
+        subnet6: Some(net6("fd00:10:244:1::/64")),
+        public_net6: underlay6.then(|| net6("fd00:1::10/64")),
+        ..node()
+    }
+}
+
+/// A dual-stack peer's lease: [`lease`] plus its IPv6 subnet, IPv6 underlay address (if any)
+/// and, for vxlan, its IPv6 VTEP MAC.
+pub fn lease6(
+    name: &str,
+    subnet: &str,
+    public: &str,
+    backend: BackendKind,
+    subnet6: &str,
+    public6: Option<&str>,
+) -> Lease {
+    Lease {
+        subnet6: Some(net6(subnet6)),
+        public_net6: public6.map(net6),
+        vtep_mac6: (backend == BackendKind::Vxlan).then(|| vtep_mac6(name, 1)),
+        ..lease(name, subnet, public, backend, None)
+    }
 }

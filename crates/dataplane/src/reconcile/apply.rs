@@ -3,14 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use ipnet::{IpNet, Ipv4Net};
-use twill_netlink::libc_errno::{EAFNOSUPPORT, ENODEV};
-use twill_netlink::{Error, FdbEntry, Ipv4Route, Neighbour, Result, RouteChange, VxlanSpec};
+use twill_netlink::libc_errno::ENODEV;
+use twill_netlink::{Error, FdbEntry, IpRoute, Neighbour, Result, RouteChange, VxlanSpec};
 use twill_types::desired::{
     DesiredState, FdbSpec, NeighSpec, PEER_ROUTE_PROTOCOL, RouteSpec, VxlanDevice,
 };
@@ -64,28 +62,6 @@ impl fmt::Display for Op<'_> {
     }
 }
 
-/// The IPv4 address the kernel layer takes (until it speaks IPv6 too).
-fn v4(ip: IpAddr) -> Result<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(a) => Err(Error::Kernel {
-            op: format!("program {a}: IPv6 objects"),
-            errno: EAFNOSUPPORT,
-        }),
-    }
-}
-
-/// The IPv4 network the kernel layer takes (until it speaks IPv6 too).
-fn v4_net(net: IpNet) -> Result<Ipv4Net> {
-    match net {
-        IpNet::V4(n) => Ok(n),
-        IpNet::V6(n) => Err(Error::Kernel {
-            op: format!("program {n}: IPv6 objects"),
-            errno: EAFNOSUPPORT,
-        }),
-    }
-}
-
 fn no_link(name: &str) -> Error {
     Error::Kernel {
         op: format!("look up link {name}"),
@@ -109,16 +85,16 @@ impl Op<'_> {
     fn route_change(&self, links: &HashMap<String, u32>) -> Result<RouteChange> {
         let index = |name: &str| links.get(name).copied().ok_or_else(|| no_link(name));
         match *self {
-            Op::DeleteRoute(r) => Ok(RouteChange::Delete(Ipv4Route {
-                dst: v4_net(r.dst)?,
-                gateway: r.via.map(v4).transpose()?,
+            Op::DeleteRoute(r) => Ok(RouteChange::Delete(IpRoute {
+                dst: r.dst,
+                gateway: r.via,
                 protocol: PEER_ROUTE_PROTOCOL,
                 metric: r.metric,
                 tos: r.tos,
-                ..Ipv4Route::default()
+                ..IpRoute::default()
             })),
-            Op::AddRoute(r) => Ok(RouteChange::Add(route_of(r, index(&r.dev)?)?)),
-            Op::ReplaceRoute(r) => Ok(RouteChange::Replace(route_of(r, index(&r.dev)?)?)),
+            Op::AddRoute(r) => index(&r.dev).map(|i| RouteChange::Add(route_of(r, i))),
+            Op::ReplaceRoute(r) => index(&r.dev).map(|i| RouteChange::Replace(route_of(r, i))),
             _ => unreachable!("{self} is not a route operation"),
         }
     }
@@ -131,25 +107,25 @@ impl Op<'_> {
             }
             Op::ReplaceNeighbour(n) => {
                 let neigh = Neighbour {
-                    ip: v4(n.ip)?,
+                    ip: n.ip,
                     mac: n.mac.0,
                 };
                 nl.replace_neighbour(index(&n.dev)?, neigh).await
             }
             Op::ReplaceFdb(e) => {
-                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, v4(e.dst)?))
+                nl.replace_fdb(index(&e.dev)?, &FdbEntry::new(e.mac.0, e.dst))
                     .await
             }
             // With the link gone, so is everything on it.
             Op::DeleteNeighbour(n) => match links.get(&n.dev) {
-                Some(&i) => nl.delete_neighbour(i, v4(n.ip)?).await,
+                Some(&i) => nl.delete_neighbour(i, n.ip).await,
                 None => Ok(()),
             },
             Op::DeleteFdb(e) => match links.get(&e.dev) {
                 Some(&i) => {
                     let entry = FdbEntry {
                         mac: e.mac.0,
-                        dst: v4(e.dst)?,
+                        dst: e.dst,
                         port: e.port,
                         vni: e.vni,
                         ifindex: e.ifindex,
@@ -162,10 +138,10 @@ impl Op<'_> {
     }
 }
 
-fn route_of(r: &RouteSpec, oif: u32) -> Result<Ipv4Route> {
-    Ok(Ipv4Route {
-        dst: v4_net(r.dst)?,
-        gateway: Some(v4(r.via)?),
+fn route_of(r: &RouteSpec, oif: u32) -> IpRoute {
+    IpRoute {
+        dst: r.dst,
+        gateway: Some(r.via),
         oif: Some(oif),
         onlink: r.onlink,
         protocol: PEER_ROUTE_PROTOCOL,
@@ -173,7 +149,7 @@ fn route_of(r: &RouteSpec, oif: u32) -> Result<Ipv4Route> {
         tos: 0,
         unicast: true,
         nhid: None,
-    })
+    }
 }
 
 /// The plan's route additions and replacements, in the order they are applied.
@@ -292,7 +268,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
         nl.create_vxlan(&VxlanSpec {
             name: d.name.clone(),
             vni: d.vni,
-            local: v4(d.local)?,
+            local: d.local,
             underlay,
             port: d.port,
             mac: d.mac.0,
@@ -306,10 +282,7 @@ async fn create_device(nl: &Rtnl, d: &VxlanDevice, report: &mut ApplyReport) {
     match created {
         Ok(index) => {
             report.done += 1;
-            let added = match v4_net(d.address) {
-                Ok(address) => nl.add_ipv4_address(index, address).await,
-                Err(e) => Err(e),
-            };
+            let added = nl.add_address(index, d.address).await;
             report.record(added.map_err(|error| ApplyFailure {
                 item: format!("add address {} to {}", d.address, d.name),
                 object: Some(ObjectKey::Device(d.name.clone())),
@@ -349,10 +322,7 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
     }
     // Add before deleting, so that the device always has an address.
     for addr in &a.add_addresses {
-        let r = match v4_net(*addr) {
-            Ok(addr) => nl.add_ipv4_address(index, addr).await,
-            Err(e) => Err(e),
-        };
+        let r = nl.add_address(index, *addr).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("add address {addr} to {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),
@@ -360,10 +330,7 @@ async fn adjust_device(nl: &Rtnl, a: &DeviceAdjust, report: &mut ApplyReport) {
         }));
     }
     for addr in &a.delete_addresses {
-        let r = match v4_net(*addr) {
-            Ok(addr) => nl.delete_ipv4_address(index, addr).await,
-            Err(e) => Err(e),
-        };
+        let r = nl.delete_address(index, *addr).await;
         report.record(r.map_err(|error| ApplyFailure {
             item: format!("delete address {addr} from {}", a.name),
             object: Some(ObjectKey::Device(a.name.clone())),
@@ -391,7 +358,8 @@ pub async fn apply(nl: &Rtnl, plan: &Plan) -> Result<ApplyReport> {
 ///    peer is accepted (and forwarded) as soon as a route lets it come;
 /// 2. stale routes go, while whatever they point at still exists;
 /// 3. devices no longer desired go (before a new device that may want their VNI and port);
-/// 4. the desired device is created, recreated or adjusted (address, up);
+/// 4. the desired devices (IPv4's, then IPv6's) are created, recreated or adjusted (address,
+///    up);
 /// 5. links made elsewhere (the TUN device) get their one address;
 /// 6. neighbours and FDB entries are set, then stale ones deleted (a stale remote of a MAC
 ///    that stays is deleted only after the entry was rewritten, so it is never missing);
@@ -419,20 +387,19 @@ pub async fn apply_with(nl: &Rtnl, plan: &Plan, writers: &mut HostWriters) -> Re
         }));
     }
 
-    match &plan.device {
-        None => {}
-        Some(DeviceChange::Create(d)) => create_device(nl, d, &mut report).await,
-        Some(DeviceChange::Recreate { device, .. }) => {
-            match delete_device(nl, &device.name).await {
+    for change in &plan.devices {
+        match change {
+            DeviceChange::Create(d) => create_device(nl, d, &mut report).await,
+            DeviceChange::Recreate { device, .. } => match delete_device(nl, &device.name).await {
                 Ok(()) => create_device(nl, device, &mut report).await,
                 Err(error) => report.fail(
                     format!("delete vxlan device {}", device.name),
                     ObjectKey::Device(device.name.clone()),
                     error,
                 ),
-            }
+            },
+            DeviceChange::Adjust(a) => adjust_device(nl, a, &mut report).await,
         }
-        Some(DeviceChange::Adjust(a)) => adjust_device(nl, a, &mut report).await,
     }
     apply_addresses(nl, plan, &mut report).await;
 
@@ -475,10 +442,11 @@ pub async fn apply_with(nl: &Rtnl, plan: &Plan, writers: &mut HostWriters) -> Re
     Ok(report)
 }
 
-/// Deletes every route of [`PEER_ROUTE_PROTOCOL`], every `twill.*` VXLAN device (with
-/// their neighbours and FDB entries), twill's nexthop objects, the host protection and policy
-/// tables and the cluster's masquerade chain, for a node that leaves the cluster. Sysctls
-/// stay as they are, and so does the TUN device (its engine's; it goes with the engine).
+/// Deletes every route of [`PEER_ROUTE_PROTOCOL`] (both families), every VXLAN device of
+/// twill's (`twill.*`, `twill6.*`, with their neighbours and FDB entries), twill's nexthop
+/// objects, the host protection and policy tables and the cluster's masquerade chain, for a
+/// node that leaves the cluster. Sysctls stay as they are, and so does the TUN device (its
+/// engine's; it goes with the engine).
 pub async fn remove_all(nl: &Rtnl) -> Result<ApplyReport> {
     remove_all_with(nl, &mut HostWriters::default()).await
 }

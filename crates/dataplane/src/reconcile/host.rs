@@ -172,6 +172,9 @@ pub fn diff_host(desired: &DesiredState, observed: &ObservedHost, plan: &mut Pla
     plan.host_guard = hostguard::change(desired.host_guard.as_ref(), &observed.host_guard);
 }
 
+/// The transaction that makes the cluster's masquerade chain masquerade `ranges`: one rule
+/// for the IPv4 sources (`ip saddr`), one for the IPv6 ones (`ip6 saddr`), in the same
+/// `inet` chain.
 fn masquerade_script(ranges: &[IpNet]) -> String {
     firewall::masquerade_transaction(AGENT_NAT_NETWORK, ranges)
 }
@@ -256,10 +259,10 @@ pub async fn apply_addresses(nl: &Rtnl, plan: &Plan, report: &mut ApplyReport) {
                 errno: twill_netlink::libc_errno::ENODEV,
             })?;
             if change.add {
-                nl.add_ipv4_address(link.index, *address).await?;
+                nl.add_address(link.index, (*address).into()).await?;
             }
             for stale in &change.delete {
-                nl.delete_ipv4_address(link.index, *stale).await?;
+                nl.delete_address(link.index, (*stale).into()).await?;
             }
             Ok(())
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
-use twill_netlink::Error;
+use twill_netlink::{Error, IPV6_DEFAULT_METRIC};
 use twill_types::MacAddr;
 use twill_types::desired::{
     AddressSpec, FdbSpec, HostGuardSpec, NeighSpec, RouteSpec, VxlanDevice,
@@ -19,7 +19,7 @@ use twill_types::desired::{
 use crate::hostguard;
 pub use crate::nft_state::NftState;
 
-use super::LINK_PREFIX;
+use super::{LINK_PREFIX, LINK_PREFIX6};
 
 /// A twill-owned VXLAN device as the kernel has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +35,12 @@ pub struct ObservedVxlan {
     pub mac: Option<MacAddr>,
     pub mtu: u32,
     pub up: bool,
+    /// Its addresses of both families, but the IPv6 link-local ones the kernel gives every
+    /// link (they are the kernel's, not twill's).
     pub addresses: Vec<IpNet>,
 }
 
-/// A route of [`PEER_ROUTE_PROTOCOL`] in the main table.
+/// A route of [`PEER_ROUTE_PROTOCOL`] in the main table (IPv4 or IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObservedRoute {
     pub dst: IpNet,
@@ -53,14 +55,15 @@ pub struct ObservedRoute {
 }
 
 impl ObservedRoute {
-    /// The observation of a route that [`apply`](super::apply) wrote for `spec`.
+    /// The observation of a route that [`apply`](super::apply) wrote for `spec` (with the
+    /// kernel's default metric, which for IPv6 is not 0).
     pub fn from_spec(spec: &RouteSpec) -> ObservedRoute {
         ObservedRoute {
             dst: spec.dst,
             via: Some(spec.via),
             dev: Some(spec.dev.clone()),
             onlink: spec.onlink,
-            metric: 0,
+            metric: default_metric(&spec.dst),
             tos: 0,
             unicast: true,
         }
@@ -74,7 +77,16 @@ impl ObservedRoute {
     /// True when a route for the same destination written by twill would replace this one
     /// (same destination, TOS and metric, which is the kernel's identity of a route).
     pub(super) fn is_primary(&self) -> bool {
-        self.metric == 0 && self.tos == 0
+        self.metric == default_metric(&self.dst) && self.tos == 0
+    }
+}
+
+/// The metric the kernel gives a route to `dst` written without one: 0 for IPv4,
+/// [`IPV6_DEFAULT_METRIC`] for IPv6.
+pub(super) fn default_metric(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => IPV6_DEFAULT_METRIC,
     }
 }
 
@@ -112,13 +124,13 @@ impl ObservedFdb {
 /// twill's own kernel state, as read by [`observe`](super::observe).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Every VXLAN device named `twill.*`.
+    /// Every VXLAN device of twill's (named `twill.*` or `twill6.*`).
     pub vxlan: Vec<ObservedVxlan>,
-    /// Every main-table IPv4 route of [`PEER_ROUTE_PROTOCOL`].
+    /// Every main-table route of [`PEER_ROUTE_PROTOCOL`], IPv4 and IPv6.
     pub routes: Vec<ObservedRoute>,
-    /// Permanent IPv4 neighbours of the desired VXLAN device.
+    /// Permanent neighbours (ARP and NDP) of the desired VXLAN devices.
     pub neighbours: Vec<NeighSpec>,
-    /// Permanent FDB entries of the desired VXLAN device (all-zero MAC excluded).
+    /// Permanent FDB entries of the desired VXLAN devices (all-zero MAC excluded).
     pub fdb: Vec<ObservedFdb>,
     /// Ids of twill's nexthop objects (of [`PEER_ROUTE_PROTOCOL`], made by the bulk route
     /// writer for next hops that many routes share) that no route goes through any more.
@@ -144,7 +156,7 @@ pub struct ObservedHost {
 /// What to do to the masquerade chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasqueradeChange {
-    /// Rewrite it to masquerade these sources.
+    /// Rewrite it to masquerade these sources (IPv4 and IPv6).
     Write(Vec<IpNet>),
     /// Delete it.
     Remove,
@@ -160,7 +172,7 @@ pub struct AddressChange {
     pub add: bool,
 }
 
-/// What to do to the desired VXLAN device.
+/// What to do to a desired VXLAN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceChange {
     /// Create it, with its address, up.
@@ -189,7 +201,8 @@ pub struct DeviceAdjust {
 /// [`apply`](super::apply).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
-    pub device: Option<DeviceChange>,
+    /// Changes to the desired VXLAN devices (the IPv4 one's first), one per device at most.
+    pub devices: Vec<DeviceChange>,
     /// twill VXLAN devices that are no longer desired.
     pub delete_devices: Vec<String>,
     /// Missing routes. Added exclusively, so that a route of another owner with the same
@@ -222,7 +235,7 @@ impl Plan {
 
     /// The number of kernel objects to create, change or delete.
     pub fn changes(&self) -> usize {
-        usize::from(self.device.is_some())
+        self.devices.len()
             + self.delete_devices.len()
             + self.add_routes.len()
             + self.replace_routes.len()
@@ -246,13 +259,18 @@ impl Plan {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.device {
-            None => write!(f, "device: keep")?,
-            Some(DeviceChange::Create(d)) => write!(f, "device: create {}", d.name)?,
-            Some(DeviceChange::Recreate { device, reason }) => {
-                write!(f, "device: recreate {} ({reason})", device.name)?;
+        if self.devices.is_empty() {
+            write!(f, "device: keep")?;
+        }
+        for (i, change) in self.devices.iter().enumerate() {
+            write!(f, "{}", if i == 0 { "device: " } else { ", " })?;
+            match change {
+                DeviceChange::Create(d) => write!(f, "create {}", d.name)?,
+                DeviceChange::Recreate { device, reason } => {
+                    write!(f, "recreate {} ({reason})", device.name)?;
+                }
+                DeviceChange::Adjust(a) => write!(f, "adjust {}", a.name)?,
             }
-            Some(DeviceChange::Adjust(a)) => write!(f, "device: adjust {}", a.name)?,
         }
         if !self.delete_devices.is_empty() {
             write!(f, ", delete {}", self.delete_devices.join(" "))?;
@@ -357,9 +375,10 @@ impl fmt::Display for ApplyReport {
     }
 }
 
-/// True for the names of links twill owns.
+/// True for the names of links twill owns: `twill.*`, and `twill6.*` (the VXLAN device for
+/// IPv6 pod traffic, Flannel's `flannel-v6.<VNI>`).
 pub(crate) fn is_twill_link(name: &str) -> bool {
-    name.starts_with(LINK_PREFIX)
+    name.starts_with(LINK_PREFIX) || name.starts_with(LINK_PREFIX6)
 }
 
 /// A kernel object the reconciler manages.
@@ -369,7 +388,7 @@ pub enum ObjectKey {
     Device(String),
     /// A route of twill's, by destination.
     Route(IpNet),
-    /// A neighbour of the VXLAN device, by address.
+    /// A neighbour of a VXLAN device, by address.
     Neighbour(IpAddr),
     /// A sysctl of the node's namespace, by dotted name.
     Sysctl(String),
@@ -380,7 +399,7 @@ pub enum ObjectKey {
     /// An nft chain of twill's in the table `inet twill` (which the CNI plugin shares), by
     /// name: the cluster's masquerade chain.
     Chain(String),
-    /// An FDB entry of the VXLAN device, by MAC.
+    /// An FDB entry of a VXLAN device, by MAC.
     Fdb(MacAddr),
 }
 

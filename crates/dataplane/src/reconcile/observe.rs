@@ -1,13 +1,12 @@
-//! Reading twill's own state from the kernel: its routes (by protocol), its `twill.*` VXLAN
-//! devices, the neighbours and FDB entries of the desired device, and the node's own objects
-//! (`host.rs`). Nothing else is read, so nothing else can ever be planned for change.
+//! Reading twill's own state from the kernel: its routes of both families (by protocol), its
+//! VXLAN devices (`twill.*`, `twill6.*`), the neighbours and FDB entries of the desired
+//! devices, and the node's own objects (`host.rs`). Nothing else is read, so nothing else can
+//! ever be planned for change.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
-
-use twill_netlink::Result;
+use twill_netlink::{LinkState, Result};
 use twill_types::MacAddr;
 use twill_types::desired::{DesiredState, NeighSpec, PEER_ROUTE_PROTOCOL};
 
@@ -16,7 +15,7 @@ use super::host::{HostWriters, observe_host};
 use super::model::{Observed, ObservedFdb, ObservedRoute, ObservedVxlan, is_twill_link};
 
 /// Reads twill's own state from the kernel (the handle's namespace): its routes, its VXLAN
-/// devices, the neighbours and FDB entries of the desired device, and the node's own objects
+/// devices, the neighbours and FDB entries of the desired devices, and the node's own objects
 /// (nft objects as a writer without a record sees them: present or absent).
 pub async fn observe(nl: &Rtnl, desired: &DesiredState) -> Result<Observed> {
     observe_with(nl, desired, &HostWriters::default()).await
@@ -31,29 +30,40 @@ pub async fn observe_with(
     let host = observe_host(nl, desired, writers).await?;
     let links = nl.links().await?;
     let names: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
-    let ours: Vec<_> = links
+    let ours: Vec<&LinkState> = links
         .iter()
         .filter(|l| is_twill_link(&l.name) && l.kind.as_deref() == Some("vxlan"))
         .collect();
-    let desired_dev = desired
+    // The desired devices that exist: their entries are read (those of a device that is
+    // not desired go with it).
+    let desired_devs: Vec<&LinkState> = desired
         .vxlan
-        .as_ref()
-        .and_then(|d| ours.iter().find(|l| l.name == d.name));
+        .iter()
+        .chain(&desired.vxlan6)
+        .filter_map(|d| ours.iter().find(|l| l.name == d.name).copied())
+        .collect();
 
-    let addresses = futures::future::try_join_all(ours.iter().map(|l| nl.ipv4_addresses(l.index)));
-    let routes = nl.ipv4_routes(Some(PEER_ROUTE_PROTOCOL));
-    let neighbours = async {
-        match desired_dev {
-            Some(l) => nl.permanent_neighbours(l.index).await,
-            None => Ok(Vec::new()),
-        }
-    };
-    let fdb = async {
-        match desired_dev {
-            Some(l) => nl.fdb_entries(l.index).await,
-            None => Ok(Vec::new()),
-        }
-    };
+    let addresses = futures::future::try_join_all(ours.iter().map(|l| nl.addresses(l.index, None)));
+    let routes = nl.routes(None, Some(PEER_ROUTE_PROTOCOL));
+    let neighbours = futures::future::try_join_all(desired_devs.iter().map(|l| async move {
+        let entries = nl.permanent_neighbours(l.index).await?;
+        Ok::<_, twill_netlink::Error>(entries.into_iter().map(|n| NeighSpec {
+            dev: l.name.clone(),
+            ip: n.ip,
+            mac: MacAddr(n.mac),
+        }))
+    }));
+    let fdb = futures::future::try_join_all(desired_devs.iter().map(|l| async move {
+        let entries = nl.fdb_entries(l.index).await?;
+        Ok::<_, twill_netlink::Error>(entries.into_iter().map(|e| ObservedFdb {
+            dev: l.name.clone(),
+            mac: MacAddr(e.mac),
+            dst: e.dst,
+            port: e.port,
+            vni: e.vni,
+            ifindex: e.ifindex,
+        }))
+    }));
     let (addresses, routes, neighbours, fdb) =
         futures::try_join!(addresses, routes, neighbours, fdb)?;
     let used: HashSet<u32> = routes.iter().filter_map(|r| r.nhid).collect();
@@ -81,7 +91,7 @@ pub async fn observe_with(
                 index: l.index,
                 vni: info.vni,
                 port: info.port,
-                local: info.local.map(IpAddr::V4),
+                local: info.local,
                 underlay: info
                     .underlay
                     .and_then(|i| names.get(&i).map(|n| n.to_string())),
@@ -89,15 +99,18 @@ pub async fn observe_with(
                 mac: l.mac.map(MacAddr),
                 mtu: l.mtu,
                 up: l.up,
-                addresses: addresses.into_iter().map(IpNet::V4).collect(),
+                addresses: addresses
+                    .into_iter()
+                    .filter(|a| !is_ipv6_link_local(a))
+                    .collect(),
             }
         })
         .collect();
     let routes = routes
         .into_iter()
         .map(|r| ObservedRoute {
-            dst: IpNet::V4(r.dst),
-            via: r.gateway.map(IpAddr::V4),
+            dst: r.dst,
+            via: r.gateway,
             dev: r.oif.and_then(|i| names.get(&i).map(|n| n.to_string())),
             onlink: r.onlink,
             metric: r.metric,
@@ -105,34 +118,19 @@ pub async fn observe_with(
             unicast: r.unicast,
         })
         .collect();
-    let dev_name = desired_dev.map(|l| l.name.clone()).unwrap_or_default();
-    let neighbours = neighbours
-        .into_iter()
-        .map(|n| NeighSpec {
-            dev: dev_name.clone(),
-            ip: IpAddr::V4(n.ip),
-            mac: MacAddr(n.mac),
-        })
-        .collect();
-    let fdb = fdb
-        .into_iter()
-        .map(|e| ObservedFdb {
-            dev: dev_name.clone(),
-            mac: MacAddr(e.mac),
-            dst: IpAddr::V4(e.dst),
-            port: e.port,
-            vni: e.vni,
-            ifindex: e.ifindex,
-        })
-        .collect();
     Ok(Observed {
         vxlan,
         routes,
-        neighbours,
-        fdb,
+        neighbours: neighbours.into_iter().flatten().collect(),
+        fdb: fdb.into_iter().flatten().collect(),
         idle_nexthops,
         host,
     })
+}
+
+/// An IPv6 link-local address (`fe80::/10`): the kernel gives one to every link that is up.
+fn is_ipv6_link_local(net: &IpNet) -> bool {
+    matches!(net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// Ids of the nexthop objects of [`PEER_ROUTE_PROTOCOL`] (none on a kernel that cannot list

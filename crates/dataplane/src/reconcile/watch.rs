@@ -104,7 +104,7 @@ impl Watch {
     ) {
         // A device created or recreated has an index not read yet: its neighbour and FDB
         // notifications could not be told apart, so the next reconcile reads it.
-        let devices_kept = plan.device.is_none() && plan.delete_devices.is_empty();
+        let devices_kept = plan.devices.is_empty() && plan.delete_devices.is_empty();
         self.clean = (done && plan.ignored.is_empty() && devices_kept && self.events.is_some())
             .then_some(fp);
         self.destinations = desired.routes.iter().map(|r| r.dst).collect();
@@ -116,7 +116,13 @@ impl Watch {
             .routes
             .iter()
             .map(|r| &r.dev)
-            .chain(desired.vxlan.iter().map(|v| &v.underlay))
+            .chain(
+                desired
+                    .vxlan
+                    .iter()
+                    .chain(&desired.vxlan6)
+                    .map(|v| &v.underlay),
+            )
             .filter(|dev| !is_twill_link(dev))
             .cloned()
             .collect();
@@ -169,7 +175,7 @@ fn concerns_twill(
         Change::Route(r) => {
             r.protocol == PEER_ROUTE_PROTOCOL
                 || r.oif.is_some_and(|i| twill_links.contains(&i))
-                || destinations.binary_search(&IpNet::V4(r.dst)).is_ok()
+                || destinations.binary_search(&r.dst).is_ok()
         }
         Change::Neighbour { index } | Change::Address { index } => twill_links.contains(index),
         Change::Link { index, name } => {
@@ -185,15 +191,15 @@ fn concerns_twill(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_netlink::Ipv4Route;
+    use twill_netlink::IpRoute;
 
     fn route(dst: &str, protocol: u8, oif: u32) -> Change {
-        Change::Route(Ipv4Route {
+        Change::Route(IpRoute {
             dst: dst.parse().unwrap(),
             protocol,
             oif: Some(oif),
             unicast: true,
-            ..Ipv4Route::default()
+            ..IpRoute::default()
         })
     }
 

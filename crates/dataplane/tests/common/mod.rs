@@ -153,3 +153,23 @@ pub fn median_of(n: usize, mut f: impl FnMut()) -> Duration {
     times.sort();
     times[n / 2]
 }
+
+/// Compares `actual` with the golden file `tests/golden/<name>`; `TWILL_BLESS=1` rewrites it.
+pub fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("TWILL_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (TWILL_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs (TWILL_BLESS=1 rewrites it)",
+        path.display()
+    );
+}

@@ -1,25 +1,27 @@
-//! Route messages: the requests that add, replace and delete an [`Ipv4Route`] (plain or
-//! through a nexthop object), and the decoding of the kernel's route replies. Both the
-//! one-request-at-a-time client ([`crate::rtnl`]) and the bulk writer ([`crate::bulk`]) send
-//! these, so a route reads back the same whichever wrote it.
+//! Route messages: the requests that add, replace and delete an [`IpRoute`] of either family
+//! (plain or through a nexthop object), and the decoding of the kernel's route replies. Both
+//! the one-request-at-a-time client ([`crate::rtnl`]) and the bulk writer ([`crate::bulk`])
+//! send these, so a route reads back the same whichever wrote it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
 };
 
-/// An IPv4 route of the main table.
+/// An IPv4 or IPv6 route of the main table; the family is the destination's.
 ///
 /// For writes, `tos` and `unicast` are ignored (routes are unicast with TOS 0); `metric` 0 is
-/// the kernel's default priority.
+/// the kernel's default priority, which an IPv6 route reads back as
+/// [`IPV6_DEFAULT_METRIC`]. The gateway is of the destination's family (an IPv6 gateway
+/// may be link-local, with `oif` naming its link).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Ipv4Route {
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+pub struct IpRoute {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
     /// Output link index.
     pub oif: Option<u32>,
     /// `RTNH_F_ONLINK`: the gateway is taken as directly reachable on `oif` even though no
@@ -38,28 +40,65 @@ pub struct Ipv4Route {
     pub nhid: Option<u32>,
 }
 
+/// The priority the kernel gives an IPv6 route added without one (`IP6_RT_PRIO_USER`);
+/// IPv4 routes keep 0.
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// An IP address family, for filtering dumps and notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The rtnetlink address family; `None` is `AF_UNSPEC` (both).
+    pub(crate) fn netlink(family: Option<Family>) -> AddressFamily {
+        match family {
+            None => AddressFamily::Unspec,
+            Some(Family::V4) => AddressFamily::Inet,
+            Some(Family::V6) => AddressFamily::Inet6,
+        }
+    }
+}
+
+impl IpRoute {
+    /// The family of the route (its destination's).
+    pub fn family(&self) -> Family {
+        Family::of(self.dst.addr())
+    }
+}
+
 /// What every route request carries: family, destination, main table, protocol and (when
 /// given) gateway.
-fn route_request(route: &Ipv4Route) -> RouteMessage {
+fn route_request(route: &IpRoute) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
+    msg.header.address_family = Family::netlink(Some(route.family()));
     msg.header.destination_prefix_length = route.dst.prefix_len();
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::from(route.protocol);
     msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(
+        .push(RouteAttribute::Destination(RouteAddress::from(
             route.dst.network(),
         )));
     if let Some(gw) = route.gateway {
         msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     msg
 }
 
 /// The request that deletes the route to `route.dst` with its protocol, metric, TOS and
 /// (when given) gateway.
-pub(crate) fn delete_route_message(route: &Ipv4Route) -> RouteMessage {
+pub(crate) fn delete_route_message(route: &IpRoute) -> RouteMessage {
     let mut msg = route_request(route);
     msg.header.tos = route.tos;
     // NOWHERE and UNSPEC are the kernel's wildcards for scope and type.
@@ -72,7 +111,7 @@ pub(crate) fn delete_route_message(route: &Ipv4Route) -> RouteMessage {
 }
 
 /// The request that adds (or replaces) `route`.
-pub(crate) fn route_message(route: &Ipv4Route) -> RouteMessage {
+pub(crate) fn route_message(route: &IpRoute) -> RouteMessage {
     let mut msg = route_request(route);
     // A route without a gateway is to a directly connected destination.
     msg.header.scope = if route.gateway.is_some() {
@@ -113,11 +152,14 @@ pub(crate) fn route_metric(m: &RouteMessage) -> u32 {
         .unwrap_or(0)
 }
 
-/// A route reply as an [`Ipv4Route`], or None when it is not an IPv4 route of the main table.
-pub(crate) fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
-    if m.header.address_family != AddressFamily::Inet {
-        return None;
-    }
+/// A route reply as an [`IpRoute`], or None when it is not an IPv4 or IPv6 route of the main
+/// table.
+pub(crate) fn route_from_message(m: &RouteMessage) -> Option<IpRoute> {
+    let unspecified: IpAddr = match m.header.address_family {
+        AddressFamily::Inet => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        AddressFamily::Inet6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => return None,
+    };
     // Dumps name tables above 255 only in RTA_TABLE, with RT_TABLE_COMPAT in the header.
     let table = m
         .attributes
@@ -130,7 +172,7 @@ pub(crate) fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
     if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
         return None;
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = unspecified;
     let mut gateway = None;
     let mut oif = None;
     let mut metric = 0;
@@ -138,15 +180,17 @@ pub(crate) fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
     for attr in &m.attributes {
         match attr {
             RouteAttribute::NhId(id) => nhid = Some(*id),
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = (*a).into(),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = (*a).into(),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some((*a).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some((*a).into()),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => metric = *p,
             _ => {}
         }
     }
-    Some(Ipv4Route {
-        dst: Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?,
+    Some(IpRoute {
+        dst: IpNet::new(dst, m.header.destination_prefix_length).ok()?,
         gateway,
         oif,
         onlink: m.header.flags.contains(RouteFlags::Onlink),
@@ -159,7 +203,7 @@ pub(crate) fn route_from_message(m: &RouteMessage) -> Option<Ipv4Route> {
 }
 
 /// The route as `ip route` would show it, for errors.
-pub(crate) fn route_text(route: &Ipv4Route) -> String {
+pub(crate) fn route_text(route: &IpRoute) -> String {
     let mut s = route.dst.to_string();
     if let Some(gw) = route.gateway {
         s.push_str(&format!(" via {gw}"));
@@ -179,7 +223,7 @@ pub(crate) fn route_text(route: &Ipv4Route) -> String {
 
 /// The message that adds `route`, through nexthop object `nexthop` (which carries the
 /// gateway, link and onlink flag) when given.
-pub(crate) fn new_route_message(route: &Ipv4Route, nexthop: Option<u32>) -> RouteMessage {
+pub(crate) fn new_route_message(route: &IpRoute, nexthop: Option<u32>) -> RouteMessage {
     let mut msg = route_message(route);
     if let Some(id) = nexthop {
         msg.attributes
@@ -192,11 +236,11 @@ pub(crate) fn new_route_message(route: &Ipv4Route, nexthop: Option<u32>) -> Rout
 
 /// The message that deletes `route`, naming nexthop object `nexthop` instead of the gateway
 /// when given (the kernel matches a route through an object only by its id).
-pub(crate) fn delete_route_message_via(route: &Ipv4Route, nexthop: Option<u32>) -> RouteMessage {
+pub(crate) fn delete_route_message_via(route: &IpRoute, nexthop: Option<u32>) -> RouteMessage {
     match nexthop {
         None => delete_route_message(route),
         Some(id) => {
-            let mut msg = delete_route_message(&Ipv4Route {
+            let mut msg = delete_route_message(&IpRoute {
                 gateway: None,
                 ..route.clone()
             });
@@ -215,13 +259,13 @@ mod tests {
 
     #[test]
     fn routes_through_a_nexthop_name_it_instead_of_the_gateway() {
-        let route = Ipv4Route {
+        let route = IpRoute {
             dst: "100.64.0.0/24".parse().unwrap(),
-            gateway: Some(Ipv4Addr::new(10, 9, 0, 1)),
+            gateway: Some("10.9.0.1".parse().unwrap()),
             oif: Some(3),
             onlink: true,
             protocol: 117,
-            ..Ipv4Route::default()
+            ..IpRoute::default()
         };
         let msg = new_route_message(&route, Some(NEXTHOP_ID));
         assert!(msg.attributes.contains(&RouteAttribute::NhId(NEXTHOP_ID)));
@@ -254,5 +298,24 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, RouteAttribute::Gateway(_)))
         );
+    }
+
+    #[test]
+    fn ipv6_routes_are_written_and_read_as_inet6() {
+        let route = IpRoute {
+            dst: "fd00:244:2::/64".parse().unwrap(),
+            gateway: Some("fe80::2".parse().unwrap()),
+            oif: Some(4),
+            onlink: true,
+            protocol: 117,
+            unicast: true,
+            ..IpRoute::default()
+        };
+        let msg = route_message(&route);
+        assert_eq!(msg.header.address_family, AddressFamily::Inet6);
+        assert_eq!(route_from_message(&msg), Some(route.clone()));
+        let del = delete_route_message(&route);
+        assert_eq!(del.header.address_family, AddressFamily::Inet6);
+        assert_eq!(route.family(), Family::V6);
     }
 }

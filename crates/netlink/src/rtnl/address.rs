@@ -1,16 +1,16 @@
-//! IPv4 addresses of links, and the primary address of an interface (the node's underlay).
+//! IPv4 and IPv6 addresses of links, and the primary IPv4 address of an interface (the node's
+//! underlay).
 
-use std::net::IpAddr;
-
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::address::{
-    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::Rtnl;
 use crate::Result;
+use crate::codec::route::Family;
 
 /// An interface's primary IPv4 address and MTU (e.g. the node's underlay).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,26 +22,54 @@ pub struct InterfaceV4 {
     pub mtu: u32,
 }
 
+/// One address of a link as the kernel reports it.
+struct AddressEntry {
+    net: IpNet,
+    /// Not secondary, and of universe scope.
+    primary: bool,
+}
+
 impl Rtnl {
-    /// The IPv4 addresses on link `index`.
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+    /// The addresses of `family` (None: both) on link `index`, IPv6 link-local ones included.
+    pub async fn addresses(&self, index: u32, family: Option<Family>) -> Result<Vec<IpNet>> {
         Ok(self
-            .ipv4_address_entries(index)
+            .address_entries(index, family)
             .await?
             .into_iter()
-            .map(|(net, _)| net)
+            .map(|e| e.net)
             .collect())
     }
 
-    /// Addresses with "is primary and universe scope".
-    async fn ipv4_address_entries(&self, index: u32) -> Result<Vec<(Ipv4Net, bool)>> {
+    /// The IPv4 addresses on link `index`.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        Ok(self
+            .addresses(index, Some(Family::V4))
+            .await?
+            .into_iter()
+            .filter_map(|net| match net {
+                IpNet::V4(net) => Some(net),
+                IpNet::V6(_) => None,
+            })
+            .collect())
+    }
+
+    async fn address_entries(
+        &self,
+        index: u32,
+        family: Option<Family>,
+    ) -> Result<Vec<AddressEntry>> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = Family::netlink(family);
         msg.header.index = index;
+        let what = match family {
+            None => "addresses",
+            Some(Family::V4) => "IPv4 addresses",
+            Some(Family::V6) => "IPv6 addresses",
+        };
         let replies = self
             .dump(
                 RouteNetlinkMessage::GetAddress(msg),
-                &format!("list IPv4 addresses of link #{index}"),
+                &format!("list {what} of link #{index}"),
             )
             .await?;
         let mut out = Vec::new();
@@ -49,34 +77,47 @@ impl Rtnl {
             let RouteNetlinkMessage::NewAddress(m) = reply else {
                 continue;
             };
-            if m.header.index != index || m.header.family != AddressFamily::Inet {
+            let of_family = match m.header.family {
+                AddressFamily::Inet => family != Some(Family::V6),
+                AddressFamily::Inet6 => family != Some(Family::V4),
+                _ => false,
+            };
+            if m.header.index != index || !of_family {
                 continue;
             }
             // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
-            // point-to-point links, so it is only the fallback.
+            // point-to-point links, so it is only the fallback (IPv6 addresses have only
+            // IFA_ADDRESS unless they have a peer).
             let mut local = None;
             let mut address = None;
             for attr in &m.attributes {
                 match attr {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
-                    AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+                    AddressAttribute::Local(ip) => local = Some(*ip),
+                    AddressAttribute::Address(ip) => address = Some(*ip),
                     _ => {}
                 }
             }
             if let Some(ip) = local.or(address)
-                && let Ok(net) = Ipv4Net::new(ip, m.header.prefix_len)
+                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
             {
                 let primary = !m.header.flags.contains(AddressHeaderFlags::Secondary)
                     && m.header.scope == AddressScope::Universe;
-                out.push((net, primary));
+                out.push(AddressEntry { net, primary });
             }
         }
         Ok(out)
     }
 
-    /// Adds (or refreshes) `addr` on link `index`.
-    pub async fn add_ipv4_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
-        let msg = address_message(index, addr);
+    /// Adds (or refreshes) `addr` on link `index`. An IPv6 address skips duplicate address
+    /// detection: twill's addresses come from its own allocator, and a tentative address
+    /// could not be used for the seconds DAD takes.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut msg = address_message(index, addr);
+        if addr.addr().is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         self.ack(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -86,7 +127,7 @@ impl Rtnl {
     }
 
     /// Removes `addr` from link `index`; an address that is not there is success.
-    pub async fn delete_ipv4_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    pub async fn delete_address(&self, index: u32, addr: IpNet) -> Result<()> {
         let msg = address_message(index, addr);
         self.ack_gone_ok(RouteNetlinkMessage::DelAddress(msg), || {
             format!("delete address {addr} from link #{index}")
@@ -100,12 +141,16 @@ impl Rtnl {
         let Some(link) = self.link_by_name(name).await? else {
             return Ok(None);
         };
-        let addrs = self.ipv4_address_entries(link.index).await?;
+        let v4 = |e: &AddressEntry| match e.net {
+            IpNet::V4(net) => Some(net),
+            IpNet::V6(_) => None,
+        };
+        let addrs = self.address_entries(link.index, Some(Family::V4)).await?;
         let address = addrs
             .iter()
-            .find(|(_, primary)| *primary)
+            .find(|e| e.primary)
             .or(addrs.first())
-            .map(|(net, _)| *net);
+            .and_then(v4);
         Ok(Some(InterfaceV4 {
             index: link.index,
             name: link.name,
@@ -115,19 +160,39 @@ impl Rtnl {
     }
 }
 
-fn address_message(index: u32, addr: Ipv4Net) -> AddressMessage {
+fn address_message(index: u32, addr: IpNet) -> AddressMessage {
     let mut msg = AddressMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = Family::netlink(Some(Family::of(addr.addr())));
     msg.header.prefix_len = addr.prefix_len();
     msg.header.index = index;
     msg.header.scope = AddressScope::Universe;
-    msg.attributes
-        .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-    msg.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
-    if addr.prefix_len() < 31 {
+    msg.attributes.push(AddressAttribute::Local(addr.addr()));
+    msg.attributes.push(AddressAttribute::Address(addr.addr()));
+    if let IpNet::V4(v4) = addr
+        && v4.prefix_len() < 31
+    {
         msg.attributes
-            .push(AddressAttribute::Broadcast(addr.broadcast()));
+            .push(AddressAttribute::Broadcast(v4.broadcast()));
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ipv4_addresses_have_a_broadcast() {
+        let has_broadcast = |addr: &str| {
+            address_message(1, addr.parse().unwrap())
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Broadcast(_)))
+        };
+        assert!(has_broadcast("10.244.1.0/24"));
+        assert!(!has_broadcast("10.244.1.0/32"));
+        assert!(!has_broadcast("fd00:244:1::/64"));
+        let v6 = address_message(1, "fd00:244:1::/128".parse().unwrap());
+        assert_eq!(v6.header.family, AddressFamily::Inet6);
+    }
 }

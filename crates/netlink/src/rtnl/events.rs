@@ -1,5 +1,6 @@
-//! [`KernelEvents`]: the kernel's notifications of changes to links, IPv4 addresses, IPv4
-//! routes, neighbours (ARP and FDB alike) and nexthop objects, read without waiting.
+//! [`KernelEvents`]: the kernel's notifications of changes to links, addresses and routes of
+//! both families, neighbours (ARP, NDP and FDB alike) and nexthop objects, read without
+//! waiting.
 //!
 //! An owner of kernel objects that has made the kernel match what it wants can skip reading
 //! it back as long as nothing has touched those objects since; these notifications are how it
@@ -22,7 +23,7 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
 use crate::codec::nexthop::{NLMSG_HDRLEN, RTM_NEWNEXTHOP};
-use crate::codec::route::{Ipv4Route, route_from_message};
+use crate::codec::route::{IpRoute, route_from_message};
 use crate::{Error, Result};
 
 /// rtnetlink multicast groups (`RTNLGRP_*` of `linux/rtnetlink.h`).
@@ -30,6 +31,8 @@ const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 const RTNLGRP_NEXTHOP: u32 = 32;
 const RTM_DELNEXTHOP: u16 = RTM_NEWNEXTHOP + 1;
 
@@ -38,11 +41,11 @@ const RTM_DELNEXTHOP: u16 = RTM_NEWNEXTHOP + 1;
 pub enum Change {
     /// A link appeared, changed or went (its name, when the notification has it).
     Link { index: u32, name: Option<String> },
-    /// An IPv4 address of link `index` was added or removed.
+    /// An IPv4 or IPv6 address of link `index` was added or removed.
     Address { index: u32 },
-    /// A route of the main IPv4 table was added, replaced or deleted.
-    Route(Ipv4Route),
-    /// A neighbour or FDB entry of link `index` changed.
+    /// A route of the main table (either family) was added, replaced or deleted.
+    Route(IpRoute),
+    /// A neighbour (ARP or NDP) or FDB entry of link `index` changed.
     Neighbour { index: u32 },
     /// A nexthop object of routing protocol `protocol` changed.
     Nexthop { protocol: u8 },
@@ -72,11 +75,14 @@ impl KernelEvents {
             RTNLGRP_NEIGH,
             RTNLGRP_IPV4_IFADDR,
             RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
             RTNLGRP_NEXTHOP,
         ] {
-            // A kernel without nexthop objects has no group for them, nor objects to watch.
+            // A kernel without nexthop objects has no group for them, nor objects to watch;
+            // one without IPv6 has no IPv6 objects either.
             if let Err(e) = sock.add_membership(group)
-                && group != RTNLGRP_NEXTHOP
+                && ![RTNLGRP_NEXTHOP, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE].contains(&group)
             {
                 return Err(io("subscribe to rtnetlink notifications", e));
             }

@@ -1,7 +1,7 @@
 //! Permanent FDB entries of VXLAN devices (`bridge fdb ... self permanent`): which remote VTEP
-//! the frames for a MAC go to.
+//! (IPv4 or IPv6, `NDA_DST` of 4 or 16 bytes) the frames for a MAC go to.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
@@ -16,8 +16,8 @@ use crate::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FdbEntry {
     pub mac: [u8; 6],
-    /// The remote VTEP.
-    pub dst: Ipv4Addr,
+    /// The remote VTEP: of the device's own family (its local address's).
+    pub dst: IpAddr,
     /// Destination port when it differs from the device's (`NDA_PORT`).
     pub port: Option<u16>,
     /// VNI when it differs from the device's (`NDA_VNI`).
@@ -28,7 +28,7 @@ pub struct FdbEntry {
 
 impl FdbEntry {
     /// An entry with the device's defaults for port, VNI and underlay link.
-    pub fn new(mac: [u8; 6], dst: Ipv4Addr) -> FdbEntry {
+    pub fn new(mac: [u8; 6], dst: IpAddr) -> FdbEntry {
         FdbEntry {
             mac,
             dst,
@@ -40,14 +40,19 @@ impl FdbEntry {
 }
 
 impl Rtnl {
-    /// The permanent FDB entries of VXLAN link `index` with an IPv4 remote, without the
+    /// The permanent FDB entries of VXLAN link `index` (IPv4 and IPv6 remotes), without the
     /// all-zero MAC (default destination) entries.
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
         let entries = self
-            .permanent_entries(msg, index, &format!("list FDB of link #{index}"))
+            .permanent_entries(
+                msg,
+                &[AddressFamily::Bridge],
+                index,
+                &format!("list FDB of link #{index}"),
+            )
             .await?;
         let mut out = Vec::new();
         for m in entries {
@@ -61,11 +66,14 @@ impl Rtnl {
                     NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
                     // Bridge-family messages leave the address undecoded.
                     NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        if let Ok(o) = <[u8; 4]>::try_from(b.as_slice()) {
-                            dst = Some(Ipv4Addr::from(o));
-                        }
+                        dst = fdb_dst(b);
                     }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        dst = Some((*a).into());
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        dst = Some((*a).into());
+                    }
                     NeighbourAttribute::Port(p) => port = Some(*p),
                     NeighbourAttribute::Vni(v) => vni = Some(*v),
                     NeighbourAttribute::IfIndex(i) => ifindex = Some(*i),
@@ -131,7 +139,7 @@ fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg.attributes
         .push(NeighbourAttribute::LinkLayerAddress(entry.mac.to_vec()));
     msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(
             entry.dst,
         )));
     if let Some(port) = entry.port {
@@ -146,6 +154,16 @@ fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg
 }
 
+/// The remote of an undecoded `NDA_DST`: 4 bytes for IPv4, 16 for IPv6.
+fn fdb_dst(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(o) = <[u8; 4]>::try_from(bytes) {
+        return Some(Ipv4Addr::from(o).into());
+    }
+    <[u8; 16]>::try_from(bytes)
+        .ok()
+        .map(|o| Ipv6Addr::from(o).into())
+}
+
 fn fdb_text(entry: &FdbEntry) -> String {
     let mut s = format!("{} dst {}", mac_text(&entry.mac), entry.dst);
     if let Some(port) = entry.port {
@@ -158,4 +176,29 @@ fn fdb_text(entry: &FdbEntry) -> String {
         s.push_str(&format!(" via #{i}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdb_remotes_are_written_and_read_with_their_family_length() {
+        for dst in ["10.9.0.2", "fd00:9::2"] {
+            let dst: IpAddr = dst.parse().unwrap();
+            let msg = fdb_message(3, &FdbEntry::new([2, 0, 0, 0, 0, 1], dst));
+            let written = msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(d) => Some(d.clone()),
+                _ => None,
+            });
+            let bytes = match written.unwrap() {
+                NeighbourAddress::Inet(a) => a.octets().to_vec(),
+                NeighbourAddress::Inet6(a) => a.octets().to_vec(),
+                other => panic!("NDA_DST {other:?}"),
+            };
+            assert_eq!(bytes.len(), if dst.is_ipv4() { 4 } else { 16 });
+            assert_eq!(fdb_dst(&bytes), Some(dst));
+        }
+        assert_eq!(fdb_dst(&[1, 2, 3]), None);
+    }
 }

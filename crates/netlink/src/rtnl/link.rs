@@ -1,7 +1,7 @@
 //! Links and VXLAN devices: listing and looking links up, creating VXLAN devices, setting
 //! MTU, MAC and administrative state, deleting.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use futures::StreamExt;
 use netlink_packet_core::{
@@ -36,7 +36,8 @@ pub struct VxlanInfo {
     pub vni: u32,
     /// Destination UDP port.
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    /// The local VTEP address (`IFLA_VXLAN_LOCAL` or `IFLA_VXLAN_LOCAL6`).
+    pub local: Option<IpAddr>,
     /// Index of the underlay link.
     pub underlay: Option<u32>,
     pub learning: bool,
@@ -47,7 +48,9 @@ pub struct VxlanInfo {
 pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
-    pub local: Ipv4Addr,
+    /// The local VTEP address; an IPv6 one makes the device carry its frames over IPv6
+    /// (`IFLA_VXLAN_LOCAL6`), and then its FDB remotes are IPv6 too.
+    pub local: IpAddr,
     /// Index of the underlay link.
     pub underlay: u32,
     /// Destination UDP port.
@@ -143,7 +146,10 @@ impl Rtnl {
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(vec![
                 InfoVxlan::Id(spec.vni),
-                InfoVxlan::Local(spec.local),
+                match spec.local {
+                    IpAddr::V4(local) => InfoVxlan::Local(local),
+                    IpAddr::V6(local) => InfoVxlan::Local6(local),
+                },
                 InfoVxlan::Link(spec.underlay),
                 InfoVxlan::Port(spec.port),
                 InfoVxlan::Learning(spec.learning),
@@ -266,7 +272,8 @@ fn vxlan_from_attrs(attrs: &[InfoVxlan]) -> VxlanInfo {
         match attr {
             InfoVxlan::Id(v) => info.vni = *v,
             InfoVxlan::Port(p) => info.port = *p,
-            InfoVxlan::Local(ip) => info.local = Some(*ip),
+            InfoVxlan::Local(ip) => info.local = Some((*ip).into()),
+            InfoVxlan::Local6(ip) => info.local = Some((*ip).into()),
             InfoVxlan::Link(i) if *i != 0 => info.underlay = Some(*i),
             InfoVxlan::Learning(l) => info.learning = *l,
             _ => {}

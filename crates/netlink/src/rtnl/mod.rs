@@ -12,10 +12,11 @@
 //! agent is started inside the host's namespace, tests create the client on a thread that has
 //! entered a test namespace.
 //!
-//! Conventions: only IPv4 and the main routing table; deletions are idempotent (an object that
-//! is already gone is success), replacements create what is missing, and exclusive creations
-//! ([`Rtnl::create_vxlan`], [`Rtnl::add_route`]) report "exists" as an error so that the
-//! caller never overwrites an object it does not own.
+//! Conventions: IPv4 and IPv6 alike (an object's family is its address's: [`crate::IpRoute`],
+//! [`Neighbour`], [`FdbEntry`], [`VxlanSpec`]), only the main routing table; deletions are
+//! idempotent (an object that is already gone is success), replacements create what is
+//! missing, and exclusive creations ([`Rtnl::create_vxlan`], [`Rtnl::add_route`]) report
+//! "exists" as an error so that the caller never overwrites an object it does not own.
 //!
 //! This file holds the client itself (the socket, its connection task, and the request,
 //! acknowledgement and dump plumbing); the operations live with their object kind:

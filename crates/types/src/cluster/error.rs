@@ -29,8 +29,8 @@ pub enum ConfigError {
     /// [`ConfigError::Syntax`], from its parser).
     #[error("{problem}")]
     UnknownKey { field: String, problem: String },
-    /// A setting of Flannel or Calico that twill does not offer (yet): IPv6, some backend
-    /// options, a backend by another name.
+    /// A setting of Flannel or Calico that twill does not offer (yet): IPv6-only clusters,
+    /// some backend options, a backend by another name.
     #[error("{problem}")]
     Unsupported { field: String, problem: String },
     /// `field` contradicts `with`: another field of the config, or something the host
@@ -236,9 +236,16 @@ mod tests {
             "{e:?}"
         );
 
+        // Network is Flannel's IPv4 key; IPv6 has keys of its own.
         let e = refused(r#"{"Network": "fd00::/64"}"#);
         assert!(
-            matches!(&e, ConfigError::Unsupported { field, .. } if field == "Network"),
+            matches!(&e, ConfigError::Invalid { field, problem }
+                if field == "Network" && problem.contains("IPv6Network")),
+            "{e:?}"
+        );
+        let e = refused(r#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#);
+        assert!(
+            matches!(&e, ConfigError::Unsupported { field, .. } if field == "EnableIPv4"),
             "{e:?}"
         );
 

@@ -1,17 +1,21 @@
 //! Flannel's net-conf.json: read the way flanneld reads it, with Flannel's own field names in
 //! messages (`Network`, `SubnetLen`, `Backend.VNI`, ...).
 
-use ipnet::Ipv4Net;
+use std::net::Ipv6Addr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::auth::Secret;
 use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
 use super::error::ConfigError;
 use super::fields::{
-    At, FLANNEL_FIELDS, Fields, check_block, check_cidr, default_block, fail, parse_addr,
-    parse_cidr, prefix_len,
+    At, FLANNEL_FIELDS, Fields, PoolFields, PoolPlaces, check_block, check_cidr, default_block,
+    default_block6, fail, parse_addr, parse_addr6, prefix_len,
 };
 use super::host_access::HostAccess;
-use super::model::{Backend, BackendKind, ClusterConfig, Pool, Wireguard, default_bounds};
+use super::model::{
+    Backend, BackendKind, ClusterConfig, Pool, Pool6, Wireguard, default_bounds, default_bounds6,
+};
 use super::validate::validate;
 
 /// The wireguard backend calls its port `ListenPort`.
@@ -21,7 +25,11 @@ const FLANNEL_WIREGUARD_FIELDS: Fields = Fields {
 };
 
 const FLANNEL_KEYS: &str = "Network, SubnetLen, SubnetMin, SubnetMax, Backend, EnableIPv4, \
-                            EnableIPv6, EnableNFTables, BGP";
+                            EnableIPv6, IPv6Network, IPv6SubnetLen, IPv6SubnetMin, \
+                            IPv6SubnetMax, EnableNFTables, BGP";
+
+/// The name of the IPv6 pool of a dual-stack net-conf.json (the IPv4 one is `default`).
+const FLANNEL_POOL6_NAME: &str = "default6";
 
 fn flannel_str<'a>(key: &str, value: &'a serde_json::Value) -> Result<&'a str, ConfigError> {
     value
@@ -44,14 +52,28 @@ fn flannel_uint(key: &str, value: &serde_json::Value) -> Result<u64, ConfigError
     })
 }
 
+/// Flannel's IPv6 keys, as written (`IPv6SubnetLen` already read as a number).
+#[derive(Default)]
+struct Flannel6<'a> {
+    /// `EnableIPv6`: the other keys count only when it is true, as in flanneld.
+    enabled: bool,
+    network: Option<&'a str>,
+    subnet_len: Option<u64>,
+    min: Option<&'a str>,
+    max: Option<&'a str>,
+}
+
 /// Flannel's net-conf.json, read the way flanneld reads it: keys match case-insensitively and
-/// a `null` value is the same as a missing key (Go's `encoding/json`), zero `SubnetLen` and
-/// `Port` mean the default, and a missing `Backend` means udp.
+/// a `null` value is the same as a missing key (Go's `encoding/json`), zero `SubnetLen`,
+/// `IPv6SubnetLen` and `Port` mean the default, and a missing `Backend` means udp. The IPv6
+/// keys are read (their values must be well formed, as Go's decoder insists) but, as in
+/// flanneld, used only with `"EnableIPv6": true`.
 pub(super) fn parse_flannel(
     object: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<ClusterConfig, ConfigError> {
     let (mut network, mut subnet_len, mut min, mut max, mut backend, mut bgp) =
         (None, None, None, None, None, None);
+    let mut ipv6 = Flannel6::default();
     for (key, value) in object {
         if value.is_null() {
             continue;
@@ -72,24 +94,19 @@ pub(super) fn parse_flannel(
                 if !flannel_bool(key, value)? {
                     return fail(ConfigError::unsupported(
                         key,
-                        format!("{key} is false: twill needs IPv4 (IPv6 not supported yet)"),
+                        format!(
+                            "{key} is false: IPv6-only clusters (EnableIPv4: false) are not \
+                             supported yet; use dual-stack (a Network, and EnableIPv6: true with \
+                             an IPv6Network)"
+                        ),
                     ));
                 }
             }
-            "enableipv6" => {
-                if flannel_bool(key, value)? {
-                    return fail(ConfigError::unsupported(
-                        key,
-                        format!("{key}: IPv6 not supported yet"),
-                    ));
-                }
-            }
-            "ipv6network" | "ipv6subnetlen" | "ipv6subnetmin" | "ipv6subnetmax" => {
-                return fail(ConfigError::unsupported(
-                    key,
-                    format!("{key}: IPv6 not supported yet"),
-                ));
-            }
+            "enableipv6" => ipv6.enabled = flannel_bool(key, value)?,
+            "ipv6network" => ipv6.network = Some(flannel_str(key, value)?),
+            "ipv6subnetlen" => ipv6.subnet_len = Some(flannel_uint(key, value)?),
+            "ipv6subnetmin" => ipv6.min = Some(flannel_str(key, value)?),
+            "ipv6subnetmax" => ipv6.max = Some(flannel_str(key, value)?),
             // twill always programs nftables, so either value is fine.
             "enablenftables" => {
                 flannel_bool(key, value)?;
@@ -113,24 +130,14 @@ pub(super) fn parse_flannel(
         ));
     };
     let top = At::top();
-    let cidr = parse_cidr(&top, "Network", network)?;
-    check_cidr(&top, fields, cidr)?;
+    let cidr = flannel_network(network)?;
+    check_cidr(&top, fields.pool.cidr, IpNet::V4(cidr))?;
     let block = match subnet_len {
         None | Some(0) => default_block(&top, "Network", cidr)?,
         Some(len) => {
-            let len = prefix_len(&top, fields.block, len)?;
-            check_block(&top, fields, cidr, len)?;
-            // Flannel never leases the first subnet, so it insists on at least four.
-            if len < cidr.prefix_len() + 2 {
-                return fail(ConfigError::invalid(
-                    "SubnetLen",
-                    format!(
-                        "SubnetLen /{len} cuts Network {cidr} into fewer than four subnets; \
-                         Flannel requires SubnetLen /{} or longer",
-                        cidr.prefix_len() + 2
-                    ),
-                ));
-            }
+            let len = prefix_len(&top, fields.pool.block, len, 32)?;
+            check_block(&top, &fields.pool, IpNet::V4(cidr), len)?;
+            at_least_four_subnets(&fields.pool, IpNet::V4(cidr), len)?;
             len
         }
     };
@@ -140,24 +147,129 @@ pub(super) fn parse_flannel(
         Some(text) => Ok(Ipv4Net::new(parse_addr(&top, field, text)?, block)
             .expect("block sizes are checked to be at most 30")),
     };
+    let pool = Pool {
+        name: "default".into(),
+        cidr,
+        block_size: block,
+        subnet_min: bound("SubnetMin", min, default_min)?,
+        subnet_max: bound("SubnetMax", max, default_max)?,
+        nat_outgoing: true,
+    };
     let config = ClusterConfig {
-        pools: vec![Pool {
-            name: "default".into(),
-            cidr,
-            block_size: block,
-            subnet_min: bound("SubnetMin", min, default_min)?,
-            subnet_max: bound("SubnetMax", max, default_max)?,
-            nat_outgoing: true,
-        }],
-        ipv6_pools: Vec::new(),
+        pools: vec![pool],
+        ipv6_pools: flannel_pool6(&ipv6, fields)?.into_iter().collect(),
         bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
         backend,
         wireguard,
         // Flannel's form has no such keys: the defaults (Drop, no ports).
         host_access: HostAccess::default(),
     };
-    validate(&config, fields)?;
+    validate(&config, fields, &PoolPlaces::normalized())?;
     Ok(config)
+}
+
+/// `Network`, which is IPv4: an IPv6 network there is pointed to its own key.
+fn flannel_network(text: &str) -> Result<Ipv4Net, ConfigError> {
+    if let Ok(net) = text.parse::<Ipv4Net>() {
+        return Ok(net);
+    }
+    if text.parse::<Ipv6Net>().is_ok() {
+        return fail(ConfigError::invalid(
+            "Network",
+            format!(
+                "Network {text} is an IPv6 network: Network is the IPv4 one; give IPv6 as \
+                 IPv6Network with EnableIPv6: true (dual-stack)"
+            ),
+        ));
+    }
+    fail(ConfigError::invalid(
+        "Network",
+        format!("Network {text:?} is not an IPv4 network in CIDR form such as 10.244.0.0/16"),
+    ))
+}
+
+/// `IPv6Network`, which is IPv6.
+fn flannel_network6(text: &str) -> Result<Ipv6Net, ConfigError> {
+    if let Ok(net) = text.parse::<Ipv6Net>() {
+        return Ok(net);
+    }
+    let problem = if text.parse::<Ipv4Net>().is_ok() {
+        format!("IPv6Network {text} is an IPv4 network: IPv6Network must be IPv6")
+    } else {
+        format!("IPv6Network {text:?} is not an IPv6 network in CIDR form such as fd00:10:244::/56")
+    };
+    fail(ConfigError::invalid("IPv6Network", problem))
+}
+
+/// Flannel never leases the first subnet, so it insists on at least four.
+fn at_least_four_subnets(names: &PoolFields, cidr: IpNet, len: u8) -> Result<(), ConfigError> {
+    if len < cidr.prefix_len() + 2 {
+        return fail(ConfigError::invalid(
+            names.block,
+            format!(
+                "{} /{len} cuts {} {cidr} into fewer than four subnets; Flannel requires {} /{} \
+                 or longer",
+                names.block,
+                names.cidr,
+                names.block,
+                cidr.prefix_len() + 2
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The IPv6 pool of Flannel's IPv6 keys when `EnableIPv6` is true. Every value is checked
+/// for form whether or not it is, as Go's decoder does; flanneld ignores them otherwise, and
+/// so does twill.
+fn flannel_pool6(keys: &Flannel6, fields: &Fields) -> Result<Option<Pool6>, ConfigError> {
+    let names = &fields.pool6;
+    let top = At::top();
+    let cidr = keys.network.map(flannel_network6).transpose()?;
+    let len = keys
+        .subnet_len
+        .map(|len| prefix_len(&top, names.block, len, 128))
+        .transpose()?;
+    let min = keys
+        .min
+        .map(|text| parse_addr6(&top, names.min, text))
+        .transpose()?;
+    let max = keys
+        .max
+        .map(|text| parse_addr6(&top, names.max, text))
+        .transpose()?;
+    if !keys.enabled {
+        return Ok(None);
+    }
+    let Some(cidr) = cidr else {
+        return fail(ConfigError::missing(
+            names.cidr,
+            r#"IPv6Network is missing: EnableIPv6 needs e.g. "IPv6Network": "fd00:10:244::/56""#,
+        ));
+    };
+    check_cidr(&top, names.cidr, IpNet::V6(cidr))?;
+    let block = match len {
+        None | Some(0) => default_block6(&top, names.cidr, cidr)?,
+        Some(len) => {
+            check_block(&top, names, IpNet::V6(cidr), len)?;
+            at_least_four_subnets(names, IpNet::V6(cidr), len)?;
+            len
+        }
+    };
+    let (default_min, default_max) = default_bounds6(cidr, block);
+    let bound = |addr: Option<Ipv6Addr>, default| {
+        addr.map_or(default, |addr| {
+            Ipv6Net::new(addr, block).expect("IPv6 block sizes are checked to be at most 122")
+        })
+    };
+    Ok(Some(Pool6 {
+        name: FLANNEL_POOL6_NAME.into(),
+        cidr,
+        block_size: block,
+        subnet_min: bound(min, default_min),
+        subnet_max: bound(max, default_max),
+        nat_outgoing: true,
+    }))
 }
 
 /// The backend, its WireGuard settings (the wireguard backend only) and the names of its

@@ -2,8 +2,8 @@
 //! them, and how traffic crosses between nodes.
 //!
 //! Accepted forms (see [`ClusterConfig::parse`]):
-//! - Flannel's net-conf.json, as is.
-//! - twill's own form, in TOML or YAML, with Calico-style pools.
+//! - Flannel's net-conf.json, as is (with its IPv6 keys for dual-stack clusters).
+//! - twill's own form, in TOML or YAML, with Calico-style pools of either family.
 //!
 //! Both become one normalized [`ClusterConfig`], which is what the store holds (as JSON).
 //!
@@ -46,4 +46,7 @@ pub use model::{
     DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, EncapMode, MAX_BLOCK_SIZE6, MAX_VNI,
     MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU, Pool, Pool6, WIREGUARD_OVERHEAD, Wireguard,
 };
-pub use validate::{HostNet, RESERVED_RANGES, overlaps, reserved_overlap};
+pub use validate::{
+    HostNet, HostNet6, RESERVED_RANGES, RESERVED_RANGES6, overlaps, overlaps6, reserved_overlap,
+    reserved_overlap6,
+};

@@ -280,6 +280,12 @@ impl BackendKind {
         )
     }
 
+    /// Whether the backend carries pods' IPv6 traffic too (so far host-gw and vxlan; the
+    /// others carry IPv4 only, and a config with IPv6 pools is refused with them).
+    pub fn carries_ipv6(self) -> bool {
+        matches!(self, BackendKind::HostGw | BackendKind::Vxlan)
+    }
+
     pub(super) fn list() -> String {
         BackendKind::ALL.map(BackendKind::name).join(", ")
     }
@@ -424,4 +430,73 @@ pub(super) fn default_bounds(cidr: Ipv4Net, block: u8) -> (Ipv4Net, Ipv4Net) {
         nth_subnet(cidr, block, 1),
         nth_subnet(cidr, block, count - 1),
     )
+}
+
+/// The `n`th subnet of length `block` in `cidr`. `n` is below the number of such subnets
+/// (`2^(block - prefix)`), so the offset stays below `2^(128 - prefix)` and, added to the
+/// network address (whose last `128 - prefix` bits are zero), never overflows; `block` is at
+/// least 1, so the shift is at most 127.
+fn nth_subnet6(cidr: Ipv6Net, block: u8, n: u128) -> Ipv6Net {
+    let offset = n << (128 - u32::from(block));
+    let addr = Ipv6Addr::from(u128::from(cidr.network()) | offset);
+    Ipv6Net::new(addr, block).expect("IPv6 block sizes are checked to be at most 122")
+}
+
+/// The first and last IPv6 node subnet by default: the first subnet is skipped, as for IPv4
+/// (and as Flannel does for its `IPv6SubnetMin`). `block` is longer than the prefix of `cidr`.
+pub(super) fn default_bounds6(cidr: Ipv6Net, block: u8) -> (Ipv6Net, Ipv6Net) {
+    // At most 2^122 (a /0 cut into /122s): fits.
+    let count = 1u128 << (block - cidr.prefix_len());
+    (
+        nth_subnet6(cidr, block, 1),
+        nth_subnet6(cidr, block, count - 1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net6(text: &str) -> Ipv6Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn default_ipv6_bounds_hold_at_the_edges_of_the_address_space() {
+        // The whole space cut in two: the second half is the only leasable subnet.
+        assert_eq!(
+            default_bounds6(net6("::/0"), 1),
+            (net6("8000::/1"), net6("8000::/1"))
+        );
+        // The whole space cut into /122s: 2^122 subnets, the last one at the very top.
+        let (min, max) = default_bounds6(net6("::/0"), MAX_BLOCK_SIZE6);
+        assert_eq!(
+            (min, max),
+            (
+                net6("::40/122"),
+                net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffc0/122")
+            )
+        );
+        let pool = Pool6 {
+            name: "all".into(),
+            cidr: net6("::/0"),
+            block_size: MAX_BLOCK_SIZE6,
+            subnet_min: min,
+            subnet_max: max,
+            nat_outgoing: false,
+        };
+        assert_eq!(pool.subnet_count(), (1u128 << 122) - 1);
+        // A network at the top of the space, cut once more than it must be.
+        assert_eq!(
+            default_bounds6(net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"), 122),
+            (
+                net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff40/122"),
+                net6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffc0/122")
+            )
+        );
+        assert_eq!(
+            default_bounds6(net6("fd00:10:244::/56"), DEFAULT_IPV6_SUBNET_LEN),
+            (net6("fd00:10:244:1::/64"), net6("fd00:10:244:ff::/64"))
+        );
+    }
 }

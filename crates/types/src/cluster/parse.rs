@@ -21,7 +21,13 @@ impl ClusterConfig {
     /// to the Network prefix + 2 when the Network is longer than /22 (a Network longer than
     /// /28 is refused); an explicit `SubnetLen` must leave at least four subnets. `SubnetMin`
     /// defaults to the network's second subnet (the first is never leased) and `SubnetMax` to
-    /// its last. The one pool is named `default`, with NAT outgoing on.
+    /// its last. The one pool is named `default`, with NAT outgoing on. `"EnableIPv6": true`
+    /// adds an IPv6 pool `default6` (dual-stack) from `IPv6Network` (required then),
+    /// `IPv6SubnetLen` (default 64, or the prefix + 2 when `IPv6Network` is longer than /62;
+    /// an explicit one leaves at least four subnets and is at most /122), `IPv6SubnetMin` and
+    /// `IPv6SubnetMax` (defaults as for IPv4), NAT outgoing on; without it the IPv6 keys are
+    /// checked for form and ignored, as flanneld does. `"EnableIPv4": false` (an IPv6-only
+    /// cluster) is refused for now.
     ///
     /// **twill's own form** (keys: `backend`, `vni`, `port`, `directRouting`, `wireguard`,
     /// `pools`; per
@@ -36,6 +42,17 @@ impl ClusterConfig {
     /// (`enabled`, default true when the block is there; `listenPort`, `mtu`, `mode` Always or
     /// CrossSubnet, `persistentKeepalive`, `presharedKey`) encrypts node-to-node pod traffic
     /// on any backend, or holds the wireguard backend's settings.
+    ///
+    /// A pool whose `cidr` is IPv6 is an IPv6 pool (dual-stack; at least one pool must be
+    /// IPv4): `blockSize` defaults to 64 (or the prefix + 2 for pools longer than /62) and
+    /// may be anything from the prefix + 1 to /122; `subnetMin`, `subnetMax` and
+    /// `natOutgoing` are as for IPv4. Its `ipipMode` may only be `Never` (IPIP carries IPv4
+    /// only); without modes it follows the IPv4 pools, with `vxlanMode` it must agree with
+    /// them.
+    ///
+    /// Dual-stack configs (either form) need the host-gw or vxlan backend without the
+    /// `wireguard` block, and at least as many leasable IPv6 node subnets as IPv4 ones: a
+    /// node's IPv6 subnet is the one at its IPv4 subnet's index.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim_start().starts_with('{') {

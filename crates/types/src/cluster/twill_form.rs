@@ -2,21 +2,24 @@
 //! encapsulation modes, the backend keys, the `bgp` section and the host access keys, read
 //! into the normalized config (see [`ClusterConfig::parse`] for the rules).
 
-use ipnet::Ipv4Net;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use super::auth::{RawSecret, Secret};
 use super::bgp::{BgpConfig, RawBgp, from_raw_bgp};
 use super::error::ConfigError;
 use super::fields::{
-    At, TWILL_FIELDS, check_block, check_cidr, default_block, fail, parse_addr, parse_cidr,
-    prefix_len,
+    At, PoolPlaces, TWILL_FIELDS, check_block, check_cidr, default_block, default_block6, fail,
+    parse_addr, parse_addr6, parse_net, prefix_len,
 };
 use super::host_access::from_raw_host_access;
 use super::model::{
-    Backend, BackendKind, ClusterConfig, EncapMode, Pool, Wireguard, default_bounds,
+    Backend, BackendKind, ClusterConfig, EncapMode, Pool, Pool6, Wireguard, default_bounds,
+    default_bounds6,
 };
-use super::validate::validate;
+use super::validate::{IPV6_ONLY_REFUSED, validate};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -128,11 +131,15 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
         }
     };
     // Calico's modes speak only if some pool sets one; then a missing mode is Never, as in
-    // Calico. If none does, `backend` alone decides (vxlan by default).
+    // Calico, except in IPv6 pools, which follow the IPv4 pools (twill runs one backend for
+    // both families). If none does, `backend` alone decides (vxlan by default).
     let modes_set = raw_pools
         .iter()
         .any(|p| p.vxlan_mode.is_some() || p.ipip_mode.is_some());
     let mut pools = Vec::with_capacity(raw_pools.len());
+    let mut ipv6_pools = Vec::new();
+    // Where each pool of either family was written, for the paths of validation's errors.
+    let (mut places4, mut places6) = (Vec::new(), Vec::new());
     let mut modes = Vec::with_capacity(raw_pools.len());
     for (i, raw) in raw_pools.into_iter().enumerate() {
         let name = match raw.name {
@@ -157,23 +164,24 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
                 format!("{at}cidr is missing"),
             ));
         };
-        let cidr = parse_cidr(&at, fields.cidr, &cidr)?;
-        check_cidr(&at, fields, cidr)?;
-        let block = match raw.block_size {
-            None => default_block(&at, fields.cidr, cidr)?,
-            Some(len) => {
-                let len = prefix_len(&at, fields.block, len)?;
-                check_block(&at, fields, cidr, len)?;
+        let names = &fields.pool;
+        let cidr = parse_net(&at, names.cidr, &cidr)?;
+        check_cidr(&at, names.cidr, cidr)?;
+        let block = match (raw.block_size, cidr) {
+            (None, IpNet::V4(cidr)) => default_block(&at, names.cidr, cidr)?,
+            (None, IpNet::V6(cidr)) => default_block6(&at, names.cidr, cidr)?,
+            (Some(len), _) => {
+                let len = prefix_len(&at, names.block, len, cidr.max_prefix_len())?;
+                check_block(&at, names, cidr, len)?;
                 len
             }
         };
-        let (default_min, default_max) = default_bounds(cidr, block);
-        let bound = |field: &str, text: Option<String>, default: Ipv4Net| match text {
-            None => Ok(default),
-            Some(text) => parse_bound(&at, field, &text, block),
+        let bound = |field: &str, text: Option<String>| {
+            text.map(|text| parse_bound(&at, field, &text, cidr, block))
+                .transpose()
         };
-        let subnet_min = bound(fields.min, raw.subnet_min, default_min)?;
-        let subnet_max = bound(fields.max, raw.subnet_max, default_max)?;
+        let subnet_min = bound(names.min, raw.subnet_min)?;
+        let subnet_max = bound(names.max, raw.subnet_max)?;
         let vxlan = parse_mode(&at, "vxlanMode", raw.vxlan_mode.as_deref())?;
         let ipip = parse_mode(&at, "ipipMode", raw.ipip_mode.as_deref())?;
         if vxlan != EncapMode::Never && ipip != EncapMode::Never {
@@ -186,20 +194,55 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
                 ),
             ));
         }
-        modes.push(PoolModes {
+        let pool_modes = PoolModes {
             pool: name.clone(),
             path: format!("pools[{i}]"),
             vxlan,
             ipip,
-        });
-        pools.push(Pool {
-            name,
-            cidr,
-            block_size: block,
-            subnet_min,
-            subnet_max,
-            nat_outgoing: raw.nat_outgoing.unwrap_or(true),
-        });
+        };
+        let nat_outgoing = raw.nat_outgoing.unwrap_or(true);
+        match cidr {
+            IpNet::V4(cidr) => {
+                let (default_min, default_max) = default_bounds(cidr, block);
+                modes.push(pool_modes);
+                places4.push(i);
+                pools.push(Pool {
+                    name,
+                    cidr,
+                    block_size: block,
+                    subnet_min: subnet_min.map_or(default_min, v4_net),
+                    subnet_max: subnet_max.map_or(default_max, v4_net),
+                    nat_outgoing,
+                });
+            }
+            IpNet::V6(cidr) => {
+                if ipip != EncapMode::Never {
+                    return fail(ConfigError::invalid(
+                        at.field("ipipMode"),
+                        format!(
+                            "{at}ipipMode {ipip}: IPIP carries IPv4 only, and cidr {cidr} is \
+                             IPv6; an IPv6 pool takes vxlanMode (or ipipMode Never)"
+                        ),
+                    ));
+                }
+                if raw.vxlan_mode.is_some() || raw.ipip_mode.is_some() {
+                    modes.push(pool_modes);
+                }
+                let (default_min, default_max) = default_bounds6(cidr, block);
+                places6.push(i);
+                ipv6_pools.push(Pool6 {
+                    name,
+                    cidr,
+                    block_size: block,
+                    subnet_min: subnet_min.map_or(default_min, v6_net),
+                    subnet_max: subnet_max.map_or(default_max, v6_net),
+                    nat_outgoing,
+                });
+            }
+        }
+    }
+    if pools.is_empty() {
+        return fail(ConfigError::missing("pools", IPV6_ONLY_REFUSED));
     }
 
     let implied = if modes_set {
@@ -343,21 +386,37 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
     let host_access = from_raw_host_access(raw.workload_to_host, raw.workload_to_host_ports)?;
     let config = ClusterConfig {
         pools,
-        ipv6_pools: Vec::new(),
+        ipv6_pools,
         backend,
         bgp,
         wireguard,
         host_access,
     };
-    validate(&config, fields)?;
+    validate(&config, fields, &PoolPlaces::listed(places4, places6))?;
     Ok(config)
 }
 
 /// A `subnetMin`/`subnetMax` of twill's form: an address (as in Flannel) or a subnet of the
-/// block size.
-fn parse_bound(at: &At, field: &str, text: &str, block: u8) -> Result<Ipv4Net, ConfigError> {
+/// block size, of the family of the pool's `cidr`.
+fn parse_bound(
+    at: &At,
+    field: &str,
+    text: &str,
+    cidr: IpNet,
+    block: u8,
+) -> Result<IpNet, ConfigError> {
     if text.contains('/') {
-        let net = parse_cidr(at, field, text)?;
+        let net = parse_net(at, field, text)?;
+        if net.max_prefix_len() != cidr.max_prefix_len() {
+            return fail(ConfigError::invalid(
+                at.field(field),
+                format!(
+                    "{at}{field} {net} is {} but cidr {cidr} is {}",
+                    family(net),
+                    family(cidr)
+                ),
+            ));
+        }
         if net.prefix_len() != block {
             return fail(ConfigError::invalid(
                 at.field(field),
@@ -366,8 +425,34 @@ fn parse_bound(at: &At, field: &str, text: &str, block: u8) -> Result<Ipv4Net, C
         }
         return Ok(net);
     }
-    let addr = parse_addr(at, field, text)?;
-    Ok(Ipv4Net::new(addr, block).expect("block sizes are checked to be at most 30"))
+    let addr = match cidr {
+        IpNet::V4(_) => IpAddr::V4(parse_addr(at, field, text)?),
+        IpNet::V6(_) => IpAddr::V6(parse_addr6(at, field, text)?),
+    };
+    Ok(IpNet::new(addr, block).expect("block sizes are checked to fit their family"))
+}
+
+fn family(net: IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "IPv4",
+        IpNet::V6(_) => "IPv6",
+    }
+}
+
+/// A bound of an IPv4 pool (`parse_bound` keeps the pool's family).
+fn v4_net(net: IpNet) -> Ipv4Net {
+    match net {
+        IpNet::V4(net) => net,
+        IpNet::V6(_) => unreachable!("the bounds of an IPv4 pool are IPv4"),
+    }
+}
+
+/// A bound of an IPv6 pool (`parse_bound` keeps the pool's family).
+fn v6_net(net: IpNet) -> Ipv6Net {
+    match net {
+        IpNet::V6(net) => net,
+        IpNet::V4(_) => unreachable!("the bounds of an IPv6 pool are IPv6"),
+    }
 }
 
 /// The WireGuard settings of the `wireguard` block (None when there is no block or it says

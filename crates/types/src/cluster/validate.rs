@@ -1,55 +1,105 @@
 //! The invariants every accepted config has, checked on the normalized config whatever form it
-//! came from (messages name the fields in that form's words): pools well formed, disjoint and
-//! clear of reserved ranges, backend settings in range, host access and BGP consistent. Also
-//! the check against the networks of the host `twill cluster init` runs on.
+//! came from (messages name the fields in that form's words): pools of both families well
+//! formed, disjoint and clear of reserved ranges, enough IPv6 node subnets for the IPv4 ones,
+//! backend settings in range and able to carry the pools' families, host access and BGP
+//! consistent. Also the check against the networks of the host `twill cluster init` runs on.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::control_ports::{control_tcp_ports, tunnel_udp_ports};
 use super::error::ConfigError;
-use super::fields::{ConfigForm, Fields, TWILL_FIELDS, check_block, check_cidr, fail};
+use super::fields::{
+    At, ConfigForm, Fields, PoolFields, PoolPlaces, TWILL_FIELDS, check_block, check_cidr, fail,
+};
 use super::host_access::PortProto;
 use super::model::{
     Backend, BackendKind, ClusterConfig, EncapMode, MAX_VNI, MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU,
-    Pool,
+    Pool, Pool6,
 };
+
+/// Why a config with IPv6 pools only is refused (every form says the same).
+pub(super) const IPV6_ONLY_REFUSED: &str = "pools: every pool is IPv6, and IPv6-only clusters \
+                                            are not supported yet: add an IPv4 pool (dual-stack)";
 
 impl ClusterConfig {
     /// Checks the invariants every accepted config has (fields named as in the normalized
     /// form and in twill's TOML/YAML).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate(self, &TWILL_FIELDS)
+        validate(self, &TWILL_FIELDS, &PoolPlaces::normalized())
     }
 
     /// Refuses a pool that overlaps a network of this host (the subnet of one of its
     /// addresses, or a route's destination): its pods would take addresses the host already
     /// reaches elsewhere, and the host would route to pods what was meant for that network.
     /// The caller leaves out what must not count (default routes, twill's own networks).
+    /// Paths name the pools as the normalized form does (`pools[i]`).
     pub fn check_host_networks(
         &self,
         host: &[HostNet],
         form: ConfigForm,
     ) -> Result<(), ConfigError> {
         let fields = form.fields();
+        let places = PoolPlaces::normalized();
         for (i, pool) in self.pools.iter().enumerate() {
             if let Some(h) = host.iter().find(|h| overlaps(h.net, pool.cidr)) {
-                let at = fields.at(i, &pool.name);
-                return fail(ConfigError::conflict(
-                    at.field(fields.cidr),
-                    h.source.clone(),
-                    format!(
-                        "{at}{} {} overlaps {} of this host ({}): pods would take addresses the \
-                         host already uses or routes elsewhere; choose a range the host does not \
-                         use",
-                        fields.cidr, pool.cidr, h.net, h.source
-                    ),
-                ));
+                let at = places.at(fields, i, &pool.name);
+                return host_overlap(
+                    &at,
+                    fields.pool.cidr,
+                    pool.cidr.into(),
+                    h.net.into(),
+                    &h.source,
+                );
             }
         }
         Ok(())
     }
+
+    /// [`ClusterConfig::check_host_networks`] for the IPv6 pools and the host's IPv6 networks
+    /// (link-local and loopback ones need not be left out: no pool can overlap them). Paths
+    /// name the pools as the normalized form does (`ipv6Pools[i]`).
+    pub fn check_host_networks6(
+        &self,
+        host: &[HostNet6],
+        form: ConfigForm,
+    ) -> Result<(), ConfigError> {
+        let fields = form.fields();
+        let places = PoolPlaces::normalized();
+        for (i, pool) in self.ipv6_pools.iter().enumerate() {
+            if let Some(h) = host.iter().find(|h| overlaps6(h.net, pool.cidr)) {
+                let at = places.at6(fields, i, &pool.name);
+                return host_overlap(
+                    &at,
+                    fields.pool6.cidr,
+                    pool.cidr.into(),
+                    h.net.into(),
+                    &h.source,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The refusal of pool `cidr` (field `field`, at `at`) that overlaps the host's `net`.
+fn host_overlap(
+    at: &At,
+    field: &str,
+    cidr: IpNet,
+    net: IpNet,
+    source: &str,
+) -> Result<(), ConfigError> {
+    fail(ConfigError::conflict(
+        at.field(field),
+        source,
+        format!(
+            "{at}{field} {cidr} overlaps {net} of this host ({source}): pods would take \
+             addresses the host already uses or routes elsewhere; choose a range the host does \
+             not use"
+        ),
+    ))
 }
 
 /// A network the host already uses: the subnet of one of its addresses, or the destination of
@@ -62,13 +112,27 @@ pub struct HostNet {
     pub source: String,
 }
 
+/// An IPv6 network the host already uses, as [`HostNet`] for IPv4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNet6 {
+    pub net: Ipv6Net,
+    /// Where it comes from, for messages: `address 2001:db8::5/64 on eth0`, `route ...`.
+    pub source: String,
+}
+
 /// Whether two IPv4 networks share an address (one contains the other).
 pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Whether two IPv6 networks share an address (one contains the other).
+pub fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// IPv4 ranges no pool may overlap, with what they are: none of their addresses can be a
-/// pod's (pools are IPv4 only; IPv6 pools are refused by the parser).
+/// pod's. (The documentation ranges, such as 192.0.2.0/24, are allowed: labs and examples use
+/// them.)
 pub const RESERVED_RANGES: [(Ipv4Net, &str); 5] = [
     (
         Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
@@ -100,21 +164,125 @@ pub fn reserved_overlap(net: Ipv4Net) -> Option<(Ipv4Net, &'static str)> {
         .copied()
 }
 
-/// Checks a config built from a form whose fields are named `fields`.
-pub(super) fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), ConfigError> {
+/// IPv6 ranges no pool may overlap, with what they are: addresses the kernel treats specially
+/// or that stand for IPv4 ones. Unique local addresses (fc00::/7, such as fd00:10:244::/56)
+/// are what private clusters use; global unicast ranges and the documentation prefix
+/// 2001:db8::/32 are allowed too, as the IPv4 documentation ranges are.
+pub const RESERVED_RANGES6: [(Ipv6Net, &str); 9] = [
+    (
+        Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128),
+        "the unspecified address",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128),
+        "the loopback address",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 96),
+        "the IPv4-compatible range (deprecated, RFC 4291)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96),
+        "the IPv4-mapped range (RFC 4291)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96),
+        "the NAT64 well-known prefix (RFC 6052)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
+        "the local-use NAT64 prefix (RFC 8215)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+        "the link-local range",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
+        "the site-local range (deprecated, RFC 3879)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+        "the multicast range",
+    ),
+];
+
+/// The first reserved IPv6 range `net` overlaps, with what it is.
+pub fn reserved_overlap6(net: Ipv6Net) -> Option<(Ipv6Net, &'static str)> {
+    RESERVED_RANGES6
+        .iter()
+        .find(|(range, _)| overlaps6(*range, net))
+        .copied()
+}
+
+/// One pool of either family, as the checks every pool shares see it (its bounds are of its
+/// family: [`Pool`] and [`Pool6`] say so in their types).
+struct PoolView<'a> {
+    name: &'a str,
+    cidr: IpNet,
+    block: u8,
+    min: IpNet,
+    max: IpNet,
+}
+
+impl<'a> From<&'a Pool> for PoolView<'a> {
+    fn from(pool: &'a Pool) -> PoolView<'a> {
+        PoolView {
+            name: &pool.name,
+            cidr: pool.cidr.into(),
+            block: pool.block_size,
+            min: pool.subnet_min.into(),
+            max: pool.subnet_max.into(),
+        }
+    }
+}
+
+impl<'a> From<&'a Pool6> for PoolView<'a> {
+    fn from(pool: &'a Pool6) -> PoolView<'a> {
+        PoolView {
+            name: &pool.name,
+            cidr: pool.cidr.into(),
+            block: pool.block_size,
+            min: pool.subnet_min.into(),
+            max: pool.subnet_max.into(),
+        }
+    }
+}
+
+/// Checks a config built from a form whose fields are named `fields` and whose pools were
+/// written at `places`.
+pub(super) fn validate(
+    config: &ClusterConfig,
+    fields: &Fields,
+    places: &PoolPlaces,
+) -> Result<(), ConfigError> {
     if config.pools.is_empty() {
         return fail(ConfigError::missing(
             "pools",
-            "pools: at least one pool is required",
+            if config.has_ipv6() {
+                IPV6_ONLY_REFUSED
+            } else {
+                "pools: at least one pool is required"
+            },
         ));
     }
+    let views4 = config.pools.iter().enumerate().map(|(i, pool)| {
+        let at = places.at(fields, i, &pool.name);
+        (at, &fields.pool, PoolView::from(pool))
+    });
+    let views6 = config.ipv6_pools.iter().enumerate().map(|(i, pool)| {
+        let at = places.at6(fields, i, &pool.name);
+        (at, &fields.pool6, PoolView::from(pool))
+    });
+    let views: Vec<_> = views4.chain(views6).collect();
+    // Names are unique across both families: messages and status name pools by them.
     let mut names = std::collections::HashMap::new();
-    for (i, pool) in config.pools.iter().enumerate() {
-        validate_pool(i, pool, fields)?;
-        if let Some(first) = names.insert(pool.name.as_str(), i) {
+    for (at, pool_fields, pool) in &views {
+        validate_pool(at, pool_fields, pool)?;
+        if let Some(first) = names.insert(pool.name, at) {
             return fail(ConfigError::conflict(
-                format!("pools[{i}].name"),
-                format!("pools[{first}].name"),
+                at.field("name"),
+                first.field("name"),
                 format!(
                     "pool name {:?} is used twice; pool names must be unique",
                     pool.name
@@ -122,15 +290,14 @@ pub(super) fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), Co
             ));
         }
     }
-    for (i, b) in config.pools.iter().enumerate() {
-        if let Some((j, a)) = config.pools[..i]
+    for (i, (at, pool_fields, b)) in views.iter().enumerate() {
+        if let Some((first_at, first_fields, a)) = views[..i]
             .iter()
-            .enumerate()
-            .find(|(_, a)| overlaps(a.cidr, b.cidr))
+            .find(|(_, _, a)| net_overlaps(a.cidr, b.cidr))
         {
             return fail(ConfigError::conflict(
-                fields.at(i, &b.name).field(fields.cidr),
-                fields.at(j, &a.name).field(fields.cidr),
+                at.field(pool_fields.cidr),
+                first_at.field(first_fields.cidr),
                 format!(
                     "pool {} {} overlaps pool {} {}",
                     b.name, b.cidr, a.name, a.cidr
@@ -140,6 +307,7 @@ pub(super) fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), Co
     }
     validate_backend(&config.backend, fields)?;
     validate_wireguard(config, fields)?;
+    validate_ipv6(config, fields, places)?;
     validate_host_access(config)?;
     match &config.bgp {
         Some(bgp) => bgp.validate(),
@@ -151,33 +319,55 @@ pub(super) fn validate(config: &ClusterConfig, fields: &Fields) -> Result<(), Co
     }
 }
 
-fn validate_pool(index: usize, pool: &Pool, fields: &Fields) -> Result<(), ConfigError> {
+/// Whether two networks share an address (never across families).
+fn net_overlaps(a: IpNet, b: IpNet) -> bool {
+    match (a, b) {
+        (IpNet::V4(a), IpNet::V4(b)) => overlaps(a, b),
+        (IpNet::V6(a), IpNet::V6(b)) => overlaps6(a, b),
+        _ => false,
+    }
+}
+
+fn reserved_overlap_net(net: IpNet) -> Option<(IpNet, &'static str)> {
+    match net {
+        IpNet::V4(net) => reserved_overlap(net).map(|(range, what)| (range.into(), what)),
+        IpNet::V6(net) => reserved_overlap6(net).map(|(range, what)| (range.into(), what)),
+    }
+}
+
+/// The checks every pool shares, whatever its family: a network without host bits clear of
+/// the reserved ranges, a node subnet length that cuts it, and bounds inside it, of that
+/// length, aligned and in order.
+fn validate_pool(at: &At, names: &PoolFields, pool: &PoolView) -> Result<(), ConfigError> {
     if pool.name.trim().is_empty() {
         return fail(ConfigError::invalid(
-            format!("pools[{index}].name"),
+            at.field("name"),
             "pool name must not be empty",
         ));
     }
-    let at = fields.at(index, &pool.name);
-    check_cidr(&at, fields, pool.cidr)?;
-    if let Some((range, what)) = reserved_overlap(pool.cidr) {
+    check_cidr(at, names.cidr, pool.cidr)?;
+    if let Some((range, what)) = reserved_overlap_net(pool.cidr) {
+        let example = match pool.cidr {
+            IpNet::V4(_) => "10.244.0.0/16",
+            IpNet::V6(_) => "fd00:10:244::/56",
+        };
         return fail(ConfigError::invalid(
-            at.field(fields.cidr),
+            at.field(names.cidr),
             format!(
                 "{at}{} {} overlaps {range}, {what}: pod addresses must be ordinary unicast \
-                 addresses (e.g. a private range such as 10.244.0.0/16)",
-                fields.cidr, pool.cidr
+                 addresses (e.g. a private range such as {example})",
+                names.cidr, pool.cidr
             ),
         ));
     }
-    check_block(&at, fields, pool.cidr, pool.block_size)?;
-    for (field, bound) in [(fields.min, pool.subnet_min), (fields.max, pool.subnet_max)] {
-        if bound.prefix_len() != pool.block_size {
+    check_block(at, names, pool.cidr, pool.block)?;
+    for (field, bound) in [(names.min, pool.min), (names.max, pool.max)] {
+        if bound.prefix_len() != pool.block {
             return fail(ConfigError::invalid(
                 at.field(field),
                 format!(
                     "{at}{field} {bound} must have the {} /{}",
-                    fields.block, pool.block_size
+                    names.block, pool.block
                 ),
             ));
         }
@@ -187,8 +377,8 @@ fn validate_pool(index: usize, pool: &Pool, fields: &Fields) -> Result<(), Confi
                 format!(
                     "{at}{field} {} is not aligned to {} /{}; did you mean {}?",
                     bound.addr(),
-                    fields.block,
-                    pool.block_size,
+                    names.block,
+                    pool.block,
                     bound.network()
                 ),
             ));
@@ -199,23 +389,103 @@ fn validate_pool(index: usize, pool: &Pool, fields: &Fields) -> Result<(), Confi
                 format!(
                     "{at}{field} {} is outside {} {}",
                     bound.addr(),
-                    fields.cidr,
+                    names.cidr,
                     pool.cidr
                 ),
             ));
         }
     }
-    if pool.subnet_min.addr() > pool.subnet_max.addr() {
+    if pool.min.addr() > pool.max.addr() {
         return fail(ConfigError::conflict(
-            at.field(fields.min),
-            at.field(fields.max),
+            at.field(names.min),
+            at.field(names.max),
             format!(
                 "{at}{} {} is above {} {}: no node subnet is left",
-                fields.min,
-                pool.subnet_min.addr(),
-                fields.max,
-                pool.subnet_max.addr()
+                names.min,
+                pool.min.addr(),
+                names.max,
+                pool.max.addr()
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// What IPv6 pools ask of the rest: a backend that carries IPv6, no WireGuard (which carries
+/// IPv4 only), and at least as many IPv6 node subnets as IPv4 ones, because a node's IPv6
+/// subnet is the one at its IPv4 subnet's index (the `n`th leasable IPv4 subnet across the
+/// IPv4 pools in order goes with the `n`th leasable IPv6 subnet across the IPv6 pools).
+fn validate_ipv6(
+    config: &ClusterConfig,
+    fields: &Fields,
+    places: &PoolPlaces,
+) -> Result<(), ConfigError> {
+    let Some(first6) = config.ipv6_pools.first() else {
+        return Ok(());
+    };
+    let at6 = places.at6(fields, 0, &first6.name);
+    let cidr6 = fields.pool6.cidr;
+    let kind = config.backend.kind;
+    if !kind.carries_ipv6() {
+        return fail(ConfigError::conflict(
+            at6.field(cidr6),
+            fields.kind,
+            format!(
+                "{at6}{cidr6} {} is IPv6, and IPv6 pools need the host-gw or vxlan backend for \
+                 now: {kind} carries IPv4 only",
+                first6.cidr
+            ),
+        ));
+    }
+    if config.wireguard.is_some() {
+        return fail(ConfigError::conflict(
+            "wireguard",
+            at6.field(cidr6),
+            format!(
+                "wireguard encryption carries IPv4 only for now, and {at6}{cidr6} {} is IPv6: \
+                 remove the wireguard section or the IPv6 pools",
+                first6.cidr
+            ),
+        ));
+    }
+    let total4 = config
+        .pools
+        .iter()
+        .map(|p| u128::from(p.subnet_count()))
+        .fold(0, u128::saturating_add);
+    let total6 = config
+        .ipv6_pools
+        .iter()
+        .map(Pool6::subnet_count)
+        .fold(0, u128::saturating_add);
+    if total6 < total4 {
+        let first4 = &config.pools[0];
+        let at4 = places.at(fields, 0, &first4.name);
+        let problem = if fields.per_pool {
+            format!(
+                "the IPv6 pools hold {total6} node subnets but the IPv4 pools hold {total4}: a \
+                 node's IPv6 subnet is the one at its IPv4 subnet's index, so the IPv6 pools \
+                 need at least {total4}; widen them, lengthen their {}, or widen their {} to {} \
+                 range",
+                fields.pool6.block, fields.pool6.min, fields.pool6.max
+            )
+        } else {
+            format!(
+                "{cidr6} {} holds {total6} node subnets but {} {} holds {total4}: a node's IPv6 \
+                 subnet is the one at its IPv4 subnet's index, so {cidr6} needs at least \
+                 {total4}; widen it, lengthen {}, or widen {} to {}",
+                first6.cidr,
+                fields.pool.cidr,
+                first4.cidr,
+                fields.pool6.block,
+                fields.pool6.min,
+                fields.pool6.max
+            )
+        };
+        return fail(ConfigError::conflict(
+            at6.field(cidr6),
+            at4.field(fields.pool.cidr),
+            problem,
         ));
     }
     Ok(())
