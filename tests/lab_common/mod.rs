@@ -104,3 +104,92 @@ pub fn traffic_across(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> (u64, u64
     let _ = server.wait_with_output();
     (sent, received, gap_ms)
 }
+
+/// The IPv6 address of host `host`'s first pod (dual-stack labs).
+pub fn pod_ip6(lab: &Lab, host: u32) -> String {
+    lab.pods()
+        .iter()
+        .find(|p| p.host == host)
+        .and_then(|p| p.ip6)
+        .unwrap_or_else(|| panic!("h{host}'s first pod has no IPv6 address"))
+        .to_string()
+}
+
+/// Starts `cmd` in network namespace `ns` (one the lab does not list as a target, such as an
+/// outside host's) with stdout and stderr piped.
+pub fn spawn_in_ns(ns: &str, cmd: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A file that is removed on drop.
+pub struct TempPath(pub std::path::PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// tcpdump writing every packet of the lab's underlay namespace that matches `filter` (all
+/// bridges and router ports) to a pcap; [`UnderlayCapture::start`] returns once it listens.
+/// Killed on drop.
+pub struct UnderlayCapture {
+    child: Child,
+    file: Option<TempPath>,
+}
+
+impl UnderlayCapture {
+    pub fn start(lab: &Lab, filter: &str) -> UnderlayCapture {
+        use std::io::BufRead;
+        let file = TempPath(std::env::temp_dir().join(format!(
+            "twill-cap-{}-{}.pcap",
+            lab.name(),
+            twill_testkit::random_suffix(4)
+        )));
+        let ns = lab.target_ns("underlay").unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "tcpdump", "-i", "any"])
+            // Packets as they come: with the default buffer timeout, ones still in the
+            // kernel's ring when SIGINT arrives are lost.
+            .args(["--immediate-mode", "-U", "-n", "-w"])
+            .arg(&file.0)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tcpdump (apt-get install tcpdump)");
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("tcpdump did not start");
+            }
+        }
+        UnderlayCapture {
+            child,
+            file: Some(file),
+        }
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and returns the pcap.
+    pub fn stop(mut self) -> TempPath {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        self.file.take().expect("stopped once")
+    }
+}
+
+impl Drop for UnderlayCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

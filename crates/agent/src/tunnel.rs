@@ -34,6 +34,9 @@ impl Engine {
             device: spec.name.clone(),
             mtu: spec.mtu,
             local_subnet,
+            // The config refuses IPv6 pools with the tunnel backends and WireGuard for now:
+            // the engine carries IPv4 pod traffic only here.
+            local_subnet6: None,
             local_ip: spec.local,
             queues: 0,
             kernel_path,
@@ -60,6 +63,7 @@ impl Engine {
                 subnet: p.subnet,
                 underlay: p.underlay,
                 public_key: None,
+                subnet6: None,
             })
             .collect();
         self.tunnel.set_peers(&peers);

@@ -41,6 +41,9 @@ impl WgEngine {
             device: spec.name.clone(),
             mtu: spec.mtu,
             local_subnet,
+            // The config refuses IPv6 pools with the tunnel backends and WireGuard for now:
+            // the engine carries IPv4 pod traffic only here.
+            local_subnet6: None,
             local_ip: spec.local,
             queues: 0,
             kernel_path: false,
@@ -73,6 +76,7 @@ impl WgEngine {
                     subnet: p.subnet,
                     underlay: p.underlay,
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
+                    subnet6: None,
                 })
             })
             .collect();

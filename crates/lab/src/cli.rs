@@ -9,7 +9,8 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::lab::{Lab, down};
-use crate::plan::{self, Backend, DEFAULT_NAME, EncryptMode, PodMode, Underlay};
+use crate::matrix::Matrix;
+use crate::plan::{self, Backend, DEFAULT_NAME, EncryptMode, IpFamily, PodMode, Underlay};
 use crate::spec::LabSpec;
 use crate::status::AgentStatus;
 use crate::sys;
@@ -37,8 +38,8 @@ pub enum LabCommand {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
-    /// Ping from every pod to every other pod and print the matrix; exits 1 when a pod cannot
-    /// reach one it should.
+    /// Ping from every pod to every other pod and print the matrix (and `ping -6`'s in a
+    /// dual-stack lab); exits 1 when a pod cannot reach one it should.
     Ping {
         #[command(flatten)]
         lab: LabName,
@@ -92,6 +93,10 @@ pub struct UpArgs {
     /// l2: one bridge, one subnet. routed: two subnets behind a router (odd and even hosts).
     #[arg(long, value_enum, default_value_t = Underlay::L2)]
     pub underlay: Underlay,
+    /// ipv4: IPv4 only. dual: every underlay link and every pod gets an IPv6 address too
+    /// (host-gw and vxlan). ipv6: IPv6-only clusters (not supported yet).
+    #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+    pub ip_family: IpFamily,
     /// How the CNI plugin attaches pods: bridge (Flannel's layout) or routed (Calico's).
     #[arg(long, value_enum, default_value_t = PodMode::Bridge)]
     pub pod_mode: PodMode,
@@ -124,6 +129,7 @@ impl UpArgs {
             .backend(self.backend)
             .direct_routing(self.direct_routing)
             .underlay(self.underlay)
+            .ip_family(self.ip_family)
             .pod_mode(self.pod_mode)
             .pods_per_node(self.pods_per_node)
             .etcd_bin(&self.etcd_bin)
@@ -186,12 +192,18 @@ pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
         LabCommand::Ping { lab, output } => {
             let lab = Lab::load(&lab.name)?;
             let m = lab.ping_matrix();
+            let m6 = lab.ping6_matrix();
             if output.json {
-                println!("{}", serde_json::to_string_pretty(&m.to_json())?);
+                let json = Matrix::json_of(&m, m6.as_ref());
+                println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 print!("{}", m.render());
+                if let Some(m6) = &m6 {
+                    print!("{}", m6.render());
+                }
             }
-            Ok(if m.all_ok() { 0 } else { 1 })
+            let ok = m.all_ok() && m6.as_ref().is_none_or(Matrix::all_ok);
+            Ok(if ok { 0 } else { 1 })
         }
         LabCommand::Down {
             lab: LabName { name },
@@ -235,10 +247,17 @@ fn store_hint(lab: &Lab) -> String {
 }
 
 /// The human form of `up`'s summary and of `status` (which adds agent liveness and peers).
+/// A dual-stack lab says so after the underlay, and adds each host's IPv6 underlay address
+/// and subnet and each pod's IPv6 address; an IPv4 lab's text is what it always was.
 fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String {
     let st = lab.state();
+    let dual = if st.ip_family.has_ipv6() {
+        format!(" ({}, IPv6 pods in {})", st.ip_family, plan::POD_NETWORK6)
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "lab {}: {} hosts, backend {} (DirectRouting {}){}, underlay {}, {} pods, store {}",
+        "lab {}: {} hosts, backend {} (DirectRouting {}){}, underlay {}{dual}, {} pods, store {}",
         st.name,
         st.hosts.len(),
         st.backend,
@@ -290,6 +309,13 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             out += &format!("  {agent} {sync}");
         }
         out.push('\n');
+        if st.ip_family.has_ipv6() {
+            let subnet6 = parsed.as_ref().and_then(|s| s.subnet6.as_deref());
+            let ip6 = h
+                .ip6
+                .map_or("none (IPv4 underlay)".into(), |ip| ip.to_string());
+            out += &format!("     ipv6 {ip6} subnet6 {}\n", subnet6.unwrap_or("?"));
+        }
         match (status, &parsed) {
             (Err(e), _) if full => out += &format!("     status: {e}\n"),
             (Ok(_), None) if full => out += "     status: not in the agent's format\n",
@@ -306,9 +332,14 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
                             Some(e) => format!(" (NOT programmed: {e})"),
                             None => " (NOT programmed)".to_string(),
                         };
+                        // A dual-stack peer's IPv6 path, when it is not the IPv4 one.
+                        let v6 = match &p.path6 {
+                            Some(p6) if *p6 != p.path => format!(" (ipv6 {p6})"),
+                            _ => String::new(),
+                        };
                         match &p.wireguard {
-                            Some(wg) => format!("{} {}{mark} [{wg}]", p.node, p.path),
-                            None => format!("{} {}{mark}", p.node, p.path),
+                            Some(wg) => format!("{} {}{v6}{mark} [{wg}]", p.node, p.path),
+                            None => format!("{} {}{v6}{mark}", p.node, p.path),
                         }
                     })
                     .collect();
@@ -321,7 +352,10 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             .pods()
             .iter()
             .filter(|p| p.host == h.index)
-            .map(|p| format!("{} {}", p.name, p.ip))
+            .map(|p| match p.ip6 {
+                Some(ip6) => format!("{} {} {ip6}", p.name, p.ip),
+                None => format!("{} {}", p.name, p.ip),
+            })
             .collect();
         if !pods.is_empty() {
             out += &format!("     pods: {}\n", pods.join(", "));
@@ -341,10 +375,19 @@ fn skipped_lines(s: &AgentStatus) -> String {
             None => by_reason.push((reason, vec![&p.node])),
         }
     }
-    by_reason
+    let mut out: String = by_reason
         .iter()
         .map(|(reason, nodes)| format!("     skipped: {} ({reason})\n", nodes.join(", ")))
-        .collect()
+        .collect();
+    for p in s.skipped6() {
+        let reason = p.path6.as_ref().and_then(|p| p.reason.as_deref());
+        out += &format!(
+            "     skipped ipv6: {} ({})\n",
+            p.node,
+            reason.unwrap_or("no reason given")
+        );
+    }
+    out
 }
 
 /// `twill lab status --json`.
@@ -355,7 +398,7 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
         .iter()
         .zip(statuses)
         .map(|(h, s)| {
-            json!({
+            let mut host = json!({
                 "node": h.node,
                 "netns": h.netns,
                 "ip": h.ip,
@@ -365,7 +408,11 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
                 "agentAlive": lab.agent_alive(h.index),
                 "status": s.as_ref().ok(),
                 "statusError": s.as_ref().err(),
-            })
+            });
+            if let Some(ip6) = h.ip6 {
+                host["ip6"] = json!(ip6);
+            }
+            host
         })
         .collect();
     let mut out = json!({
@@ -389,6 +436,10 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
     // Only encrypted labs have the key, so a clear lab's JSON stays what it was.
     if let Some(mode) = st.encrypt {
         out["encrypt"] = json!(mode);
+    }
+    // Likewise only dual-stack labs have `ipFamily`.
+    if !st.ip_family.is_ipv4() {
+        out["ipFamily"] = json!(st.ip_family);
     }
     out
 }
@@ -454,6 +505,32 @@ mod tests {
         let mode_alone = "up --nodes 2 --backend vxlan --encrypt-mode always";
         assert!(parse(&mode_alone.split_whitespace().collect::<Vec<_>>()).is_err());
         assert!(parse(&["up", "--backend", "udp"]).is_err());
+        assert_eq!(
+            up_spec("--nodes 2 --backend vxlan").ip_family,
+            IpFamily::Ipv4
+        );
+        assert_eq!(
+            up_spec("--nodes 2 --backend host-gw --ip-family dual"),
+            LabSpec::new("lab")
+                .backend(Backend::HostGw)
+                .ip_family(IpFamily::Dual)
+        );
+        assert_eq!(
+            up_spec("--nodes 2 --backend vxlan --ip-family ipv6").ip_family,
+            IpFamily::Ipv6
+        );
+        assert!(
+            parse(&[
+                "up",
+                "--nodes",
+                "2",
+                "--backend",
+                "vxlan",
+                "--ip-family",
+                "v6"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
@@ -497,12 +574,14 @@ mod tests {
               {"node":"h2","path":{"via":"skipped","reason":"other subnet"}},
               {"node":"h3","path":{"via":"direct"},"programmed":true},
               {"node":"h4","path":{"via":"skipped","reason":"other subnet"}},
-              {"node":"h5","path":{"via":"skipped"}}]}"#,
+              {"node":"h5","path":{"via":"skipped"}},
+              {"node":"h6","path":{"via":"direct"},"path6":{"via":"skipped","reason":"no IPv6 underlay"}}]}"#,
         )
         .unwrap();
         assert_eq!(
             skipped_lines(&s),
-            "     skipped: h2, h4 (other subnet)\n     skipped: h5 (no reason given)\n"
+            "     skipped: h2, h4 (other subnet)\n     skipped: h5 (no reason given)\n     \
+             skipped ipv6: h6 (no IPv6 underlay)\n"
         );
     }
 

@@ -27,7 +27,7 @@ use crate::plan::{self, Target};
 use crate::state::{Etcd, Host, Pod, State};
 use crate::sys;
 
-pub use build::{down, parse_cni_result};
+pub use build::{CniAddress, down, parse_cni_result, parse_cni_result6};
 
 /// A single CLI call (cluster init, plugin, status) that takes longer than this is hung.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

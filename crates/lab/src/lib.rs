@@ -14,7 +14,7 @@
 //!   pings). Also for tests.
 //! - [`state`]: `state.json`, the record of a lab's parts that every process reads.
 //! - [`status`]: the agent's `twill status --json`, and when a cluster has converged.
-//! - [`Matrix`]: the pod-to-pod ping matrix.
+//! - [`Matrix`]: the pod-to-pod ping matrix (and `ping -6`'s in a dual-stack lab).
 //! - [`LabCommand`] / [`run`]: the `twill lab` subcommands.
 //! - `sys`: `ip` commands, namespaces, timed program runs, probes from inside a namespace;
 //!   `process`: detached daemons, their liveness by pid, stopping them, their logs.
@@ -31,10 +31,10 @@ pub mod status;
 mod sys;
 
 pub use cli::{LabCommand, LabName, Output, UpArgs, run};
-pub use lab::{Lab, down, parse_cni_result};
-pub use matrix::{Matrix, Outcome, Probe};
+pub use lab::{CniAddress, Lab, down, parse_cni_result, parse_cni_result6};
+pub use matrix::{Family, Matrix, Outcome, Probe};
 pub use nix::sys::signal::Signal;
-pub use plan::{Backend, EncryptMode, PodMode, Underlay};
+pub use plan::{Backend, EncryptMode, IpFamily, PodMode, Underlay};
 pub use spec::LabSpec;
 pub use state::{Host, Pod, State};
 pub use status::{AgentStatus, PeerPath, PeerStatus, WireguardPeer};

@@ -3,7 +3,7 @@
 //! expected to reach each other. Nothing here touches the kernel, so all of it is unit-tested.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -18,6 +18,12 @@ pub const STATE_ROOT: &str = "/run/twill/lab";
 pub const POD_NETWORK: &str = "10.244.0.0/16";
 /// Prefix length of each node's pod subnet.
 pub const SUBNET_LEN: u8 = 24;
+/// The cluster's IPv6 pod network in dual-stack labs: a ULA /56, room for 256 node /64s.
+pub const POD_NETWORK6: &str = "fd00:10:244::/56";
+/// Prefix length of each node's IPv6 pod subnet (Flannel's default `IPv6SubnetLen`).
+pub const SUBNET_LEN6: u8 = 64;
+/// Prefix length of every underlay segment's IPv6 subnet.
+pub const UNDERLAY_PREFIX6: u8 = 64;
 /// The lab name used when none is given.
 pub const DEFAULT_NAME: &str = "lab";
 /// Every namespace of every lab starts with this, so `down` can find them without state.
@@ -157,6 +163,52 @@ impl Underlay {
 
 display_as!(Underlay, as_str);
 
+/// Which address families the lab's underlay and pods have (`--ip-family`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpFamily {
+    /// IPv4 only: what every lab was before dual-stack.
+    #[default]
+    Ipv4,
+    /// IPv6 only (refused for now: the cluster still needs an IPv4 pool).
+    Ipv6,
+    /// Both: every underlay link and every pod has an IPv4 and an IPv6 address.
+    Dual,
+}
+
+impl IpFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+            IpFamily::Dual => "dual",
+        }
+    }
+
+    /// Whether the underlay and the pods have IPv6 addresses.
+    pub fn has_ipv6(self) -> bool {
+        self != IpFamily::Ipv4
+    }
+
+    /// For `skip_serializing_if`: IPv4 labs keep the records they always had.
+    pub fn is_ipv4(&self) -> bool {
+        *self == IpFamily::Ipv4
+    }
+}
+
+display_as!(IpFamily, as_str);
+
+/// The IPv6 twin of an underlay address: `192.168.C.D` is `fd00:C::D` (the same digits, read
+/// as hex), so the IPv6 address names its host and segment at a glance as the IPv4 one does.
+pub fn underlay6(v4: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, c, d] = v4.octets();
+    format!("fd00:{c}::{d}")
+        .parse()
+        .expect("decimal octets are valid hex groups")
+}
+
 /// Refuses names that would escape the state directory or make namespace names ambiguous.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok_chars = name
@@ -267,27 +319,23 @@ pub struct Segment {
     pub bridge: &'static str,
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
+    /// Its IPv6 gateway in dual-stack labs (prefix [`UNDERLAY_PREFIX6`]).
+    pub gateway6: Ipv6Addr,
 }
 
 /// The segments of an underlay, first one holding the store address.
 pub fn segments(underlay: Underlay) -> Vec<Segment> {
+    let segment = |bridge, gateway: Ipv4Addr| Segment {
+        bridge,
+        gateway,
+        prefix_len: 24,
+        gateway6: underlay6(gateway),
+    };
     match underlay {
-        Underlay::L2 => vec![Segment {
-            bridge: "br0",
-            gateway: Ipv4Addr::new(192, 168, 100, 1),
-            prefix_len: 24,
-        }],
+        Underlay::L2 => vec![segment("br0", Ipv4Addr::new(192, 168, 100, 1))],
         Underlay::Routed => vec![
-            Segment {
-                bridge: "br1",
-                gateway: Ipv4Addr::new(192, 168, 1, 1),
-                prefix_len: 24,
-            },
-            Segment {
-                bridge: "br2",
-                gateway: Ipv4Addr::new(192, 168, 2, 1),
-                prefix_len: 24,
-            },
+            segment("br1", Ipv4Addr::new(192, 168, 1, 1)),
+            segment("br2", Ipv4Addr::new(192, 168, 2, 1)),
         ],
     }
 }
@@ -302,6 +350,9 @@ pub struct HostAddr {
     pub bridge: &'static str,
     /// Its veth's name in the underlay namespace.
     pub port: String,
+    /// Its IPv6 address and gateway in dual-stack labs ([`underlay6`] of the IPv4 ones).
+    pub ip6: Ipv6Addr,
+    pub gateway6: Ipv6Addr,
 }
 
 /// Host `i` (from 1): l2 puts every host on 192.168.100.0/24; routed puts odd hosts on
@@ -315,12 +366,15 @@ pub fn host_addr(underlay: Underlay, i: u32) -> HostAddr {
         Underlay::Routed => &segs[if i % 2 == 1 { 0 } else { 1 }],
     };
     let [a, b, c, _] = seg.gateway.octets();
+    let ip = Ipv4Addr::new(a, b, c, (10 + i) as u8);
     HostAddr {
-        ip: Ipv4Addr::new(a, b, c, (10 + i) as u8),
+        ip,
         prefix_len: seg.prefix_len,
         gateway: seg.gateway,
         bridge: seg.bridge,
         port: format!("v{i}"),
+        ip6: underlay6(ip),
+        gateway6: seg.gateway6,
     }
 }
 
@@ -340,8 +394,9 @@ pub fn store_url(lab: &str, nodes: u32, underlay: Underlay) -> String {
 }
 
 /// Flannel's net-conf.json for the lab's cluster (the wireguard backend with its
-/// `ListenPort`).
-pub fn net_conf(backend: Backend, direct_routing: bool) -> Value {
+/// `ListenPort`; a dual-stack lab with Flannel's `EnableIPv6`, `IPv6Network` and
+/// `IPv6SubnetLen`, whose pool masquerades like the IPv4 one, as flanneld's `--ip-masq`).
+pub fn net_conf(backend: Backend, direct_routing: bool, ip_family: IpFamily) -> Value {
     let mut conf = json!({
         "Network": POD_NETWORK,
         "SubnetLen": SUBNET_LEN,
@@ -349,6 +404,11 @@ pub fn net_conf(backend: Backend, direct_routing: bool) -> Value {
     });
     if backend == Backend::Wireguard {
         conf["Backend"]["ListenPort"] = WIREGUARD_PORT.into();
+    }
+    if ip_family.has_ipv6() {
+        conf["EnableIPv6"] = true.into();
+        conf["IPv6Network"] = POD_NETWORK6.into();
+        conf["IPv6SubnetLen"] = SUBNET_LEN6.into();
     }
     conf
 }
@@ -450,8 +510,14 @@ pub fn store_args(store_url: &str, pki: Option<&Path>, client: &str) -> Vec<Stri
     args
 }
 
-/// The agent's arguments (after the twill executable); `store` from [`store_args`].
-pub fn agent_args(store: &[String], i: u32, data_dir: &Path) -> Vec<String> {
+/// The agent's arguments (after the twill executable); `store` from [`store_args`];
+/// `public_ip6`, the host's IPv6 underlay address in dual-stack labs (`--public-ipv6`).
+pub fn agent_args(
+    store: &[String],
+    i: u32,
+    data_dir: &Path,
+    public_ip6: Option<Ipv6Addr>,
+) -> Vec<String> {
     let mut args = vec!["agent".to_string()];
     args.extend_from_slice(store);
     args.extend([
@@ -462,6 +528,9 @@ pub fn agent_args(store: &[String], i: u32, data_dir: &Path) -> Vec<String> {
         "--data-dir".into(),
         data_dir.display().to_string(),
     ]);
+    if let Some(ip6) = public_ip6 {
+        args.extend(["--public-ipv6".into(), ip6.to_string()]);
+    }
     args
 }
 
@@ -756,11 +825,11 @@ mod tests {
     #[test]
     fn configs() {
         assert_eq!(
-            net_conf(Backend::HostGw, false).to_string(),
+            net_conf(Backend::HostGw, false, IpFamily::Ipv4).to_string(),
             r#"{"Backend":{"DirectRouting":false,"Type":"host-gw"},"Network":"10.244.0.0/16","SubnetLen":24}"#
         );
         assert_eq!(
-            net_conf(Backend::Vxlan, true)["Backend"]["DirectRouting"],
+            net_conf(Backend::Vxlan, true, IpFamily::Ipv4)["Backend"]["DirectRouting"],
             true
         );
         let c = cni_conf(Path::new("/run/twill/lab/x/h1"), PodMode::Bridge);
@@ -769,12 +838,12 @@ mod tests {
         assert!(c.get("ranges").is_none());
         let store = store_args("etcd://192.168.100.1:2379", None, "h2");
         assert_eq!(
-            agent_args(&store, 2, Path::new("/d")).join(" "),
+            agent_args(&store, 2, Path::new("/d"), None).join(" "),
             "agent --store etcd://192.168.100.1:2379 --node-name h2 --iface eth0 --data-dir /d"
         );
         let store = store_args("etcd://192.168.100.1:2379", Some(Path::new("/p")), "h2");
         assert_eq!(
-            agent_args(&store, 2, Path::new("/d")).join(" "),
+            agent_args(&store, 2, Path::new("/d"), None).join(" "),
             "agent --store etcd://192.168.100.1:2379 --etcd-cafile /p/ca.pem \
              --etcd-certfile /p/client-h2.pem --etcd-keyfile /p/client-h2-key.pem \
              --node-name h2 --iface eth0 --data-dir /d"
@@ -865,7 +934,9 @@ mod tests {
     #[test]
     fn generated_configs_parse() {
         use twill_types::cluster::{BackendKind, ClusterConfig, EncapMode};
-        let wg = ClusterConfig::parse(&net_conf(Backend::Wireguard, false).to_string()).unwrap();
+        let wg =
+            ClusterConfig::parse(&net_conf(Backend::Wireguard, false, IpFamily::Ipv4).to_string())
+                .unwrap();
         assert_eq!(wg.backend.kind, BackendKind::Wireguard);
         assert_eq!(wg.backend.port, WIREGUARD_PORT);
         for (backend, mode, bgp) in [
@@ -891,13 +962,13 @@ mod tests {
 
     #[test]
     fn encrypted_configs() {
-        let wg = net_conf(Backend::Wireguard, false);
+        let wg = net_conf(Backend::Wireguard, false, IpFamily::Ipv4);
         assert_eq!(
             wg.to_string(),
             r#"{"Backend":{"DirectRouting":false,"ListenPort":51820,"Type":"wireguard"},"Network":"10.244.0.0/16","SubnetLen":24}"#
         );
         assert!(
-            net_conf(Backend::Vxlan, false)["Backend"]
+            net_conf(Backend::Vxlan, false, IpFamily::Ipv4)["Backend"]
                 .get("ListenPort")
                 .is_none()
         );
@@ -920,5 +991,96 @@ mod tests {
             twill_yaml(Backend::Bgp, false, None, Some("a: 1")),
             cluster_yaml(Backend::Bgp, false, "a: 1")
         );
+    }
+}
+
+#[cfg(test)]
+mod dual_stack_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_underlay_addresses() {
+        assert_eq!(
+            underlay6(Ipv4Addr::new(192, 168, 100, 11)),
+            "fd00:100::11".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            underlay6(Ipv4Addr::new(192, 168, 2, 250)),
+            "fd00:2::250".parse::<Ipv6Addr>().unwrap()
+        );
+        let h1 = host_addr(Underlay::L2, 1);
+        assert_eq!(h1.ip6.to_string(), "fd00:100::11");
+        assert_eq!(h1.gateway6.to_string(), "fd00:100::1");
+        let h2 = host_addr(Underlay::Routed, 2);
+        assert_eq!(h2.ip6.to_string(), "fd00:2::12");
+        assert_eq!(h2.gateway6.to_string(), "fd00:2::1");
+        assert_eq!(host_addr(Underlay::Routed, 3).ip6.to_string(), "fd00:1::13");
+        let segs = segments(Underlay::Routed);
+        assert_eq!(segs[0].gateway6.to_string(), "fd00:1::1");
+        assert_eq!(segs[1].gateway6.to_string(), "fd00:2::1");
+        // Every host of the largest lab has its own address.
+        let all: std::collections::HashSet<Ipv6Addr> = (1..=MAX_NODES)
+            .map(|i| host_addr(Underlay::L2, i).ip6)
+            .collect();
+        assert_eq!(all.len(), MAX_NODES as usize);
+    }
+
+    #[test]
+    fn ip_family_names() {
+        use clap::ValueEnum;
+        for f in IpFamily::value_variants() {
+            assert_eq!(IpFamily::from_str(f.as_str(), false).unwrap(), *f);
+            assert_eq!(serde_json::to_value(f).unwrap(), f.as_str());
+        }
+        assert!(!IpFamily::Ipv4.has_ipv6());
+        assert!(IpFamily::Dual.has_ipv6());
+        assert_eq!(IpFamily::default(), IpFamily::Ipv4);
+    }
+
+    #[test]
+    fn dual_stack_configs() {
+        // IPv4 labs write exactly what they always wrote.
+        assert!(
+            net_conf(Backend::Vxlan, false, IpFamily::Ipv4)
+                .get("EnableIPv6")
+                .is_none()
+        );
+        assert_eq!(
+            net_conf(Backend::HostGw, false, IpFamily::Dual).to_string(),
+            r#"{"Backend":{"DirectRouting":false,"Type":"host-gw"},"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":64,"Network":"10.244.0.0/16","SubnetLen":24}"#
+        );
+        let store = store_args("etcd://192.168.100.1:2379", None, "h2");
+        let ip6 = host_addr(Underlay::L2, 2).ip6;
+        assert_eq!(
+            agent_args(&store, 2, Path::new("/d"), Some(ip6)).join(" "),
+            "agent --store etcd://192.168.100.1:2379 --node-name h2 --iface eth0 --data-dir /d \
+             --public-ipv6 fd00:100::12"
+        );
+    }
+
+    /// The dual-stack config the lab writes is what the agent's parser reads as a dual-stack
+    /// cluster whose IPv6 pool masquerades like the IPv4 one.
+    #[test]
+    fn dual_stack_config_parses() {
+        use twill_types::cluster::{BackendKind, ClusterConfig};
+        for (backend, direct_routing) in [
+            (Backend::HostGw, false),
+            (Backend::Vxlan, false),
+            (Backend::Vxlan, true),
+        ] {
+            let text = net_conf(backend, direct_routing, IpFamily::Dual).to_string();
+            let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.backend.kind.to_string(), backend.as_str());
+            assert!(matches!(
+                c.backend.kind,
+                BackendKind::HostGw | BackendKind::Vxlan
+            ));
+            assert_eq!(c.ipv6_pools.len(), 1, "{text}");
+            let pool = &c.ipv6_pools[0];
+            assert_eq!(pool.cidr.to_string(), POD_NETWORK6);
+            assert_eq!(pool.block_size, SUBNET_LEN6);
+            assert!(pool.nat_outgoing, "{text}");
+            assert!(c.pools[0].nat_outgoing);
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 
-use crate::plan::{self, Backend, EncryptMode, PodMode, Underlay};
+use crate::plan::{self, Backend, EncryptMode, IpFamily, PodMode, Underlay};
 
 /// What to build; see [`Lab::up`](crate::Lab::up).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,11 @@ pub struct LabSpec {
     /// `wireguard` switch); the wireguard backend encrypts without it.
     pub encrypt: Option<EncryptMode>,
     pub underlay: Underlay,
+    /// IPv4 only (the default), or dual-stack underlay and pods.
+    pub ip_family: IpFamily,
+    /// Hosts of a dual-stack lab whose underlay link stays IPv4 only (their pods still get
+    /// IPv6): peers must carry their pods' IPv6 over the IPv4 underlay.
+    pub ipv4_underlay_hosts: Vec<u32>,
     pub pod_mode: PodMode,
     pub pods_per_node: u32,
     pub etcd_bin: PathBuf,
@@ -44,6 +49,8 @@ impl LabSpec {
             direct_routing: false,
             encrypt: None,
             underlay: Underlay::L2,
+            ip_family: IpFamily::Ipv4,
+            ipv4_underlay_hosts: Vec::new(),
             pod_mode: PodMode::Bridge,
             pods_per_node: 2,
             etcd_bin: PathBuf::from("/usr/bin/etcd"),
@@ -91,6 +98,23 @@ impl LabSpec {
     pub fn underlay(mut self, u: Underlay) -> LabSpec {
         self.underlay = u;
         self
+    }
+
+    /// `--ip-family`: dual gives every underlay link and every pod an IPv6 address too.
+    pub fn ip_family(mut self, f: IpFamily) -> LabSpec {
+        self.ip_family = f;
+        self
+    }
+
+    /// In a dual-stack lab, leaves these hosts' underlay link without IPv6 (for tests).
+    pub fn ipv4_underlay_hosts(mut self, hosts: impl Into<Vec<u32>>) -> LabSpec {
+        self.ipv4_underlay_hosts = hosts.into();
+        self
+    }
+
+    /// Whether host `i`'s underlay link has an IPv6 address.
+    pub fn has_underlay6(&self, i: u32) -> bool {
+        self.ip_family.has_ipv6() && !self.ipv4_underlay_hosts.contains(&i)
     }
 
     pub fn pod_mode(mut self, m: PodMode) -> LabSpec {
@@ -141,6 +165,43 @@ impl LabSpec {
             "--pods-per-node must be at most {}, not {}",
             plan::MAX_PODS_PER_NODE,
             self.pods_per_node
+        );
+        self.validate_ip_family()
+    }
+
+    /// Dual-stack labs are what the agent can do with IPv6 today: host-gw or vxlan, clear,
+    /// without BGP.
+    fn validate_ip_family(&self) -> Result<()> {
+        let family = self.ip_family;
+        ensure!(
+            self.ipv4_underlay_hosts.is_empty()
+                || (family == IpFamily::Dual
+                    && self
+                        .ipv4_underlay_hosts
+                        .iter()
+                        .all(|i| (1..=self.nodes).contains(i))),
+            "IPv4-only underlay hosts are for dual-stack labs, and must be hosts of the lab"
+        );
+        ensure!(
+            family != IpFamily::Ipv6,
+            "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
+        );
+        if family != IpFamily::Dual {
+            return Ok(());
+        }
+        ensure!(
+            matches!(self.backend, Backend::HostGw | Backend::Vxlan),
+            "--ip-family dual: the {} backend does not carry IPv6 yet (dual-stack labs run \
+             host-gw or vxlan)",
+            self.backend
+        );
+        ensure!(
+            self.encrypt.is_none(),
+            "--ip-family dual: --encrypt does not carry IPv6 yet"
+        );
+        ensure!(
+            self.bgp.is_none() && self.bird_router.is_none(),
+            "--ip-family dual: BGP labs (--bgp, --bird-router) are IPv4 only"
         );
         Ok(())
     }
@@ -195,5 +256,63 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn ip_family_validation() {
+        let dual = |b| LabSpec::new("x").backend(b).ip_family(IpFamily::Dual);
+        assert_eq!(dual(Backend::Vxlan).ip_family, IpFamily::Dual);
+        dual(Backend::Vxlan).validate().unwrap();
+        dual(Backend::HostGw).validate().unwrap();
+        dual(Backend::Vxlan)
+            .underlay(Underlay::Routed)
+            .direct_routing(true)
+            .validate()
+            .unwrap();
+        for b in [Backend::Udp, Backend::Ipip, Backend::Wireguard] {
+            let err = dual(b).validate().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("the {b} backend does not carry IPv6")),
+                "{err}"
+            );
+        }
+        let err = dual(Backend::Bgp)
+            .bgp("asNumber: 1")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("bgp backend"), "{err}");
+        let err = dual(Backend::Vxlan)
+            .encrypt(EncryptMode::Always)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("--encrypt"), "{err}");
+        let err = dual(Backend::Vxlan).bird_router("").validate().unwrap_err();
+        assert!(err.to_string().contains("IPv4 only"), "{err}");
+        let err = LabSpec::new("x")
+            .ip_family(IpFamily::Ipv6)
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
+        );
+        let mixed = dual(Backend::Vxlan).ipv4_underlay_hosts([2]);
+        mixed.validate().unwrap();
+        assert!(mixed.has_underlay6(1) && !mixed.has_underlay6(2));
+        assert!(!LabSpec::new("x").has_underlay6(1));
+        assert!(
+            dual(Backend::Vxlan)
+                .ipv4_underlay_hosts([3])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            LabSpec::new("x")
+                .ipv4_underlay_hosts([1])
+                .validate()
+                .is_err()
+        );
+        // IPv4 labs keep every option they had.
+        LabSpec::new("x").backend(Backend::Udp).validate().unwrap();
     }
 }

@@ -2,13 +2,14 @@
 //! other processes can find its namespaces, addresses and processes. Written after every
 //! step of `up` (a crashed `up` still leaves a usable record) and replaced atomically.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Backend, EncryptMode, PodMode, Underlay};
+use crate::matrix::Family;
+use crate::plan::{Backend, EncryptMode, IpFamily, PodMode, Underlay};
 
 /// The file name inside the lab's state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -28,6 +29,9 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypt: Option<EncryptMode>,
     pub underlay: Underlay,
+    /// Dual-stack labs only (IPv4 labs, and labs made before dual-stack, have no key).
+    #[serde(default, skip_serializing_if = "IpFamily::is_ipv4")]
+    pub ip_family: IpFamily,
     /// Labs made before pod modes existed used bridges.
     #[serde(default)]
     pub pod_mode: PodMode,
@@ -95,6 +99,12 @@ pub struct Host {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub agent_pid: Option<u32>,
+    /// Its IPv6 underlay address (prefix [`crate::plan::UNDERLAY_PREFIX6`]) and gateway, in
+    /// dual-stack labs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// One pod, attached by the plugin.
@@ -115,6 +125,11 @@ pub struct Pod {
     /// CNI_ARGS, with its labels in runtimeConfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Its IPv6 address in dual-stack labs, and as the plugin returned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
 }
 
 impl Pod {
@@ -134,6 +149,22 @@ impl Pod {
             ip,
             address,
             identity,
+            ip6: None,
+            address6: None,
+        }
+    }
+
+    /// The same pod with the IPv6 address the plugin gave it (as returned, and the address).
+    pub fn with_ipv6(mut self, v6: Option<(String, Ipv6Addr)>) -> Pod {
+        (self.address6, self.ip6) = v6.map(|(a, ip)| (Some(a), Some(ip))).unwrap_or_default();
+        self
+    }
+
+    /// Its address of `family`, if it has one.
+    pub fn addr(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::Ipv4 => Some(self.ip.into()),
+            Family::Ipv6 => self.ip6.map(IpAddr::from),
         }
     }
 }
@@ -186,6 +217,7 @@ mod tests {
             direct_routing: true,
             encrypt: None,
             underlay: Underlay::Routed,
+            ip_family: IpFamily::Ipv4,
             pod_mode: PodMode::Routed,
             pods_per_node: 1,
             twill: "/usr/bin/twill".into(),
@@ -210,6 +242,8 @@ mod tests {
                 data_dir: "/run/twill/lab/t/h1".into(),
                 log: "/run/twill/lab/t/h1/agent.log".into(),
                 agent_pid: None,
+                ip6: None,
+                gateway6: None,
             }],
             birds: Vec::new(),
             pods: vec![Pod {
@@ -220,6 +254,8 @@ mod tests {
                 ip: Ipv4Addr::new(10, 244, 7, 2),
                 address: "10.244.7.2/24".into(),
                 identity: Some("x/a".into()),
+                ip6: None,
+                address6: None,
             }],
         }
     }
@@ -248,6 +284,37 @@ mod tests {
         }
         assert_eq!(s.host(1).unwrap().node, "h1");
         assert!(s.host(2).is_none());
+    }
+
+    /// IPv4 labs write no dual-stack key; dual-stack labs round-trip theirs.
+    #[test]
+    fn dual_stack_fields() {
+        let dir = twill_testkit::TempDir::new("lab-state");
+        let s = sample();
+        s.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        for key in ["ipFamily", "ip6", "gateway6", "address6"] {
+            assert!(!text.contains(key), "{key} in an IPv4 lab's state: {text}");
+        }
+        let mut dual = sample();
+        dual.ip_family = IpFamily::Dual;
+        dual.hosts[0].ip6 = Some("fd00:1::11".parse().unwrap());
+        dual.hosts[0].gateway6 = Some("fd00:1::1".parse().unwrap());
+        dual.pods[0] = dual.pods[0].clone().with_ipv6(Some((
+            "fd00:10:244:7::2/64".into(),
+            "fd00:10:244:7::2".parse().unwrap(),
+        )));
+        dual.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap(), dual);
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains(r#""ipFamily": "dual""#), "{text}");
+        let pod = &dual.pods[0];
+        assert_eq!(
+            pod.addr(Family::Ipv6).unwrap().to_string(),
+            "fd00:10:244:7::2"
+        );
+        assert_eq!(pod.addr(Family::Ipv4).unwrap().to_string(), "10.244.7.2");
+        assert_eq!(sample().pods[0].addr(Family::Ipv6), None);
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub struct AgentStatus {
     pub subnet: Option<String>,
     pub backend: Option<String>,
     pub public_ip: Option<String>,
+    /// Its IPv6 pod subnet and IPv6 underlay address, in a dual-stack cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip6: Option<String>,
     pub in_sync: bool,
     pub peers: Vec<PeerStatus>,
 }
@@ -26,7 +31,13 @@ pub struct PeerStatus {
     pub node: String,
     pub subnet: Option<String>,
     pub public_ip: Option<String>,
+    /// Its IPv6 pod subnet, in a dual-stack cluster, once its IPv6 part is programmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
     pub path: PeerPath,
+    /// How its IPv6 pod traffic goes (or why it is skipped), in a dual-stack cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path6: Option<PeerPath>,
     pub programmed: bool,
     /// The agent's last programming error for this peer.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +130,35 @@ impl AgentStatus {
         }
     }
 
+    /// In a dual-stack lab, also: the node has its IPv6 subnet, and has an IPv6 path (or a
+    /// reason to skip one) for every peer it routes to (a peer it learnt before that peer had
+    /// an IPv6 subnet is not done yet).
+    pub fn converged_dual(&self, index: u32, nodes: u32) -> Result<(), String> {
+        self.converged(index, nodes)?;
+        if self.subnet6.is_none() {
+            return Err("no IPv6 subnet".into());
+        }
+        let missing: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|p| !p.path.skipped() && p.path6.is_none())
+            .map(|p| p.node.as_str())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no IPv6 path for {} yet", missing.join(", ")))
+        }
+    }
+
+    /// Peers whose IPv6 part the node does not route to although it routes their IPv4 part,
+    /// with the reason (the peers skipped altogether are [`AgentStatus::skipped`]).
+    pub fn skipped6(&self) -> impl Iterator<Item = &PeerStatus> {
+        self.peers
+            .iter()
+            .filter(|p| !p.path.skipped() && p.path6.as_ref().is_some_and(PeerPath::skipped))
+    }
+
     /// Peers the node does not route to, with the reason.
     pub fn skipped(&self) -> impl Iterator<Item = &PeerStatus> {
         self.peers.iter().filter(|p| p.path.skipped())
@@ -207,5 +247,50 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(alone.converged(1, 1), Ok(()));
+    }
+
+    #[test]
+    fn dual_stack_convergence() {
+        let mut s = AgentStatus::parse(H1).unwrap();
+        assert_eq!(s.converged_dual(1, 3), Err("no IPv6 subnet".into()));
+        s.subnet6 = Some("fd00:10:244:3::/64".into());
+        // h2 is skipped: its IPv6 part does not matter; h3 is routed to.
+        assert_eq!(
+            s.converged_dual(1, 3),
+            Err("no IPv6 path for h3 yet".into())
+        );
+        s.peers[1].path6 = Some(PeerPath {
+            via: "skipped".into(),
+            reason: Some("no IPv6 underlay".into()),
+        });
+        // A knowingly skipped IPv6 part is converged, and listed.
+        assert_eq!(s.converged_dual(1, 3), Ok(()));
+        assert_eq!(
+            s.skipped6().map(|p| p.node.as_str()).collect::<Vec<_>>(),
+            ["h3"]
+        );
+        s.peers[1].path6 = Some(PeerPath {
+            via: "direct".into(),
+            reason: None,
+        });
+        s.peers[1].subnet6 = Some("fd00:10:244:9::/64".into());
+        assert_eq!(s.converged_dual(1, 3), Ok(()));
+        assert_eq!(s.skipped6().count(), 0);
+        s.in_sync = false;
+        assert_eq!(
+            s.converged_dual(1, 3),
+            Err("not in sync with the store".into())
+        );
+        let parsed = AgentStatus::parse(
+            r#"{"node":"h1","subnet6":"fd00:10:244:3::/64","publicIp6":"fd00:100::11",
+              "peers":[{"node":"h2","subnet6":"fd00:10:244:4::/64","path6":{"via":"vxlan"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.public_ip6.as_deref(), Some("fd00:100::11"));
+        assert_eq!(
+            parsed.peers[0].subnet6.as_deref(),
+            Some("fd00:10:244:4::/64")
+        );
+        assert_eq!(parsed.peers[0].path6.as_ref().unwrap().via, "vxlan");
     }
 }

@@ -14,7 +14,9 @@
 //!   ourselves because Linux's ipip defaults are per packet (TTL inherited from the inner
 //!   packet, ECN copied), which a kernel-built header cannot do. Every raw socket receives a
 //!   copy of every protocol-4 packet, so with several queues each socket gets a BPF filter that
-//!   keeps only its share of inner flows.
+//!   keeps only its share of inner flows. Inner IPv6 leaves through the same socket with
+//!   protocol 41 in our header (6in4, as `sit`); it arrives on one raw protocol-41 socket,
+//!   opened by queue 0 only (so no filter is needed: IPv6 is received by one worker).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -22,7 +24,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 
@@ -30,7 +32,7 @@ use crate::TunnelError;
 use crate::buf::PktBuf;
 use crate::peers::{PeerTable, Tally};
 use crate::sys::{Mmsg, RecvMeta, SendBatch};
-use crate::wire::{self, DropReason, Ipv4Header};
+use crate::wire::{self, DropReason, InnerHeader, Ipv4Header};
 
 /// Free bytes in front of every inner packet on the send side (the ipip outer header).
 pub(crate) const HEADROOM: usize = wire::IPV4_HEADER_LEN;
@@ -52,7 +54,7 @@ pub(crate) struct TxItem {
     pub buf: usize,
     pub len: usize,
     pub peer: usize,
-    pub header: Ipv4Header,
+    pub header: InnerHeader,
 }
 
 /// A sendmmsg message: datagrams `start..end` to one peer.
@@ -89,8 +91,8 @@ pub(crate) trait Carrier: Send + Sync + 'static {
 
     fn tx_state(&self) -> Self::TxState;
     fn rx_state(&self) -> Self::RxState;
-    /// The socket, for poll.
-    fn fd(&self) -> BorrowedFd<'_>;
+    /// The socket, and a second one if the carrier has two, for poll.
+    fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>);
     /// Encapsulates and sends `items`; counts per peer and errors into `tally`.
     fn send(
         &self,
@@ -112,6 +114,7 @@ pub(crate) struct RxBatch<'a> {
     pub offset: usize,
     pub table: &'a PeerTable,
     pub local: Ipv4Net,
+    pub local6: Option<Ipv6Net>,
     pub tally: &'a mut Tally,
     pub tun: &'a SyncDevice,
     pub gro: &'a mut GROTable,
@@ -122,11 +125,17 @@ pub(crate) struct RxBatch<'a> {
 
 impl RxBatch<'_> {
     /// Applies the receive policy to an inner packet from peer `peer`; counts it either way.
-    pub(crate) fn admit(&mut self, peer: usize, inner: &Ipv4Header) -> bool {
-        let subnet = &self.table.entries[peer].peer.subnet;
-        match wire::admit(inner, subnet, &self.local) {
+    pub(crate) fn admit(&mut self, peer: usize, inner: &InnerHeader) -> bool {
+        let p = &self.table.entries[peer].peer;
+        match wire::admit_any(
+            inner,
+            &p.subnet,
+            p.subnet6.as_ref(),
+            &self.local,
+            self.local6.as_ref(),
+        ) {
             Ok(()) => {
-                self.tally.rx(peer, 1, inner.total_len as u64);
+                self.tally.rx(peer, 1, inner.total_len() as u64);
                 true
             }
             Err(r) => {
@@ -485,8 +494,8 @@ impl Carrier for UdpCarrier {
         UdpRx::new()
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+    fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        (self.sock.as_fd(), None)
     }
 
     fn send(
@@ -527,7 +536,7 @@ impl Carrier for UdpCarrier {
                 continue;
             };
             for dgram in buf[..m.len].chunks(seg) {
-                match wire::decode_udp_payload(dgram) {
+                match wire::decode_udp_payload_any(dgram) {
                     Ok(inner) => {
                         if rx.admit(peer, &inner.header) {
                             rx.push_copy(&dgram[..inner.len]);
@@ -544,17 +553,21 @@ impl Carrier for UdpCarrier {
     }
 }
 
-/// IPv4-in-IPv4 over a raw socket.
+/// IPv4-in-IPv4 (and IPv6-in-IPv4) over raw sockets.
 pub(crate) struct IpipCarrier {
     sock: Socket,
+    /// Receives protocol 41 (inner IPv6); only on queue 0 of a dual-stack tunnel.
+    sock6: Option<Socket>,
     local: Ipv4Addr,
 }
 
 impl IpipCarrier {
+    /// Opens queue `queue` of `queues`; with `ipv6`, queue 0 also receives protocol 41.
     pub(crate) fn open(
         local: Ipv4Addr,
         queue: usize,
         queues: usize,
+        ipv6: bool,
     ) -> Result<IpipCarrier, TunnelError> {
         let sock = Socket::new(
             Domain::IPV4,
@@ -573,7 +586,87 @@ impl IpipCarrier {
             sock.attach_filter(&ipip_shard_filter(queue, queues))
                 .map_err(io_err("attach IPIP shard filter"))?;
         }
-        Ok(IpipCarrier { sock, local })
+        let sock6 = if ipv6 && queue == 0 {
+            let s = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(i32::from(wire::IPPROTO_IPV6))),
+            )
+            .map_err(io_err("open raw protocol-41 socket"))?;
+            s.bind(&SocketAddrV4::new(local, 0).into())
+                .map_err(io_err(format!("bind raw protocol-41 socket to {local}")))?;
+            size_buffers(&s);
+            Some(s)
+        } else {
+            None
+        };
+        Ok(IpipCarrier { sock, sock6, local })
+    }
+
+    /// Receives one batch from `sock` (protocol 4 or 41: the outer header says which) into
+    /// `rx`, validating each packet.
+    fn recv_from(&self, sock: &Socket, st: &mut IpipRx, rx: &mut RxBatch<'_>) -> io::Result<()> {
+        if rx.out.len() - rx.n < RAW_RX_BATCH {
+            rx.flush();
+        }
+        let start = rx.n;
+        let want = (rx.out.len() - start).min(RAW_RX_BATCH);
+        let r = {
+            let mut it = rx.out[start..start + want].iter_mut();
+            let mut iovs: [IoSliceMut<'_>; RAW_RX_BATCH] = std::array::from_fn(|_| {
+                IoSliceMut::new(it.next().map_or(&mut [][..], |b| b.space()))
+            });
+            st.mmsg
+                .recv(sock.as_fd(), &mut iovs[..want], &mut st.meta)?
+        };
+        // Accepted packets are moved down to the write cursor, which never passes the
+        // packet being looked at.
+        let mut w = start;
+        for j in 0..r {
+            let m = st.meta[j];
+            let idx = start + j;
+            if m.truncated {
+                rx.tally.drop(DropReason::Malformed, 1);
+                continue;
+            }
+            let Some(peer) = rx.table.by_underlay(m.src) else {
+                rx.tally.drop(DropReason::UnknownPeer, 1);
+                continue;
+            };
+            let inner = match wire::decode_ipip_any(&rx.out[idx].space()[..m.len]) {
+                Ok((outer_src, inner)) if outer_src == m.src => inner,
+                _ => {
+                    rx.tally.drop(DropReason::Malformed, 1);
+                    continue;
+                }
+            };
+            if !rx.admit(peer, &inner.header) {
+                continue;
+            }
+            let (off, len) = (inner.offset, inner.len);
+            let buf = &mut rx.out[idx];
+            if off != IPIP_RX_OFFSET {
+                buf.space().copy_within(off..off + len, IPIP_RX_OFFSET);
+            }
+            buf.set_len(IPIP_RX_OFFSET + len);
+            if let InnerHeader::V4(h) = &inner.header
+                && len > rx.mtu
+                && h.protocol == 6
+                && rx.offload
+            {
+                // The underlay NIC coalesced TCP segments (GRO runs for IPIP even without
+                // the ipip module): hand the super-packet to the kernel to segment again.
+                rx.n = w;
+                rx.flush();
+                w = 0;
+                rx.write_tcp_super_packet(idx, h);
+                continue;
+            }
+            rx.out.swap(w, idx);
+            w += 1;
+        }
+        rx.n = w;
+        Ok(())
     }
 }
 
@@ -646,8 +739,8 @@ impl Carrier for IpipCarrier {
         }
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+    fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        (self.sock.as_fd(), self.sock6.as_ref().map(|s| s.as_fd()))
     }
 
     fn send(
@@ -664,7 +757,7 @@ impl Carrier for IpipCarrier {
             let dst = table.entries[it.peer].peer.underlay;
             let space = pool[it.buf].space();
             if let Ok(hdr) = <&mut [u8; HEADROOM]>::try_from(&mut space[..HEADROOM]) {
-                wire::encode_ipip_header(hdr, self.local, dst, &it.header);
+                wire::encode_ipv4_outer(hdr, self.local, dst, &it.header);
             }
             msgs.push(MsgInfo {
                 start: k,
@@ -689,63 +782,16 @@ impl Carrier for IpipCarrier {
     }
 
     fn recv(&self, st: &mut IpipRx, rx: &mut RxBatch<'_>) -> io::Result<()> {
-        if rx.out.len() - rx.n < RAW_RX_BATCH {
-            rx.flush();
-        }
-        let start = rx.n;
-        let want = (rx.out.len() - start).min(RAW_RX_BATCH);
-        let r = {
-            let mut it = rx.out[start..start + want].iter_mut();
-            let mut iovs: [IoSliceMut<'_>; RAW_RX_BATCH] = std::array::from_fn(|_| {
-                IoSliceMut::new(it.next().map_or(&mut [][..], |b| b.space()))
-            });
-            st.mmsg
-                .recv(self.sock.as_fd(), &mut iovs[..want], &mut st.meta)?
+        let v4 = self.recv_from(&self.sock, st, rx);
+        let Some(sock6) = &self.sock6 else {
+            return v4;
         };
-        // Accepted packets are moved down to the write cursor, which never passes the
-        // packet being looked at.
-        let mut w = start;
-        for j in 0..r {
-            let m = st.meta[j];
-            let idx = start + j;
-            if m.truncated {
-                rx.tally.drop(DropReason::Malformed, 1);
-                continue;
-            }
-            let Some(peer) = rx.table.by_underlay(m.src) else {
-                rx.tally.drop(DropReason::UnknownPeer, 1);
-                continue;
-            };
-            let decoded = match wire::decode_ipip(&rx.out[idx].space()[..m.len]) {
-                Ok(d) if d.outer_src == m.src => d,
-                _ => {
-                    rx.tally.drop(DropReason::Malformed, 1);
-                    continue;
-                }
-            };
-            if !rx.admit(peer, &decoded.inner.header) {
-                continue;
-            }
-            let (off, len) = (decoded.inner.offset, decoded.inner.len);
-            let buf = &mut rx.out[idx];
-            if off != IPIP_RX_OFFSET {
-                buf.space().copy_within(off..off + len, IPIP_RX_OFFSET);
-            }
-            buf.set_len(IPIP_RX_OFFSET + len);
-            if len > rx.mtu && decoded.inner.header.protocol == 6 && rx.offload {
-                // The underlay NIC coalesced TCP segments (GRO runs for IPIP even without
-                // the ipip module): hand the super-packet to the kernel to segment again.
-                rx.n = w;
-                rx.flush();
-                w = 0;
-                rx.write_tcp_super_packet(idx, &decoded.inner.header);
-                continue;
-            }
-            rx.out.swap(w, idx);
-            w += 1;
+        match (v4, self.recv_from(sock6, st, rx)) {
+            (Err(e), Err(e6)) if e.kind() == io::ErrorKind::WouldBlock => Err(e6),
+            (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            (_, Err(e6)) if e6.kind() != io::ErrorKind::WouldBlock => Err(e6),
+            _ => Ok(()),
         }
-        rx.n = w;
-        Ok(())
     }
 }
 

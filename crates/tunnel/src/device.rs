@@ -34,11 +34,13 @@ pub(crate) fn check_name(name: &str) -> Result<(), TunnelError> {
 
 /// Opens `queues` queues of the TUN device `name` in the calling thread's namespace, creating it
 /// when missing; sets MTU, up, persistent. The first element says whether offloads (virtio
-/// header, TSO) are on: they are unless the kernel refuses them.
+/// header, TSO) are on: they are unless the kernel refuses them. With `ipv6` the device
+/// carries IPv6 too, still without addresses of its own.
 pub(crate) fn open(
     name: &str,
     mtu: u32,
     queues: usize,
+    ipv6: bool,
 ) -> Result<(Vec<SyncDevice>, bool), TunnelError> {
     let mtu16 = u16::try_from(mtu)
         .ok()
@@ -64,8 +66,16 @@ pub(crate) fn open(
         .persist()
         .map_err(|e| io_err(format!("make {name} persistent"), e))?;
     // Before the device goes up: otherwise the kernel gives it an IPv6 link-local address and
-    // sends router solicitations into it.
-    let _ = twill_netlink::sysctl::set(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+    // sends router solicitations into it. A dual-stack device needs IPv6 on, but no
+    // link-local address (addr_gen_mode 1: none), so the kernel sends nothing of its own.
+    let conf = format!("net/ipv6/conf/{name}");
+    if ipv6 {
+        twill_netlink::sysctl::set(&format!("{conf}/addr_gen_mode"), "1")
+            .and_then(|()| twill_netlink::sysctl::set(&format!("{conf}/disable_ipv6"), "0"))
+            .map_err(|e| TunnelError::Config(format!("enable IPv6 on {name}: {e}")))?;
+    } else {
+        let _ = twill_netlink::sysctl::set(&format!("{conf}/disable_ipv6"), "1");
+    }
     first
         .enabled(true)
         .map_err(|e| io_err(format!("set {name} up"), e))?;

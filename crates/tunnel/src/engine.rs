@@ -6,22 +6,22 @@
 //! descriptor. All buffers are allocated when the worker starts.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tun_rs::{
-    GROTable, SyncDevice, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN,
-    VirtioNetHdr, gso_split,
+    GROTable, SyncDevice, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN, VirtioNetHdr, gso_split,
 };
 
 use crate::Shared;
 use crate::buf::{BUF_CAPACITY, PktBuf};
 use crate::carrier::{Carrier, HEADROOM, RxBatch, TX_BATCH, TxItem};
 use crate::peers::{PeerTable, Tally};
-use crate::wire::{self, DropReason};
+use crate::wire::{self, DropReason, InnerHeader};
 
 /// Stop reading the TUN device when fewer buffers than this are free: a 64 KiB TSO packet
 /// of 1400-byte segments needs about 47.
@@ -50,7 +50,7 @@ pub(crate) fn run<C: Carrier>(tun: &SyncDevice, carrier: &C, shared: &Shared, of
         let received = rx.step();
         if sent || received {
             last_active = Instant::now();
-        } else if idle(tun.as_fd(), carrier.fd(), shared, last_active) {
+        } else if idle(tun.as_fd(), carrier.fds(), shared, last_active) {
             return;
         }
     }
@@ -66,7 +66,12 @@ const SPIN_US: u64 = 100;
 
 /// Called when the worker's input ran dry: spins (yielding) while it was active within
 /// [`SPIN`], then sleeps until the TUN device or the socket is readable or the tunnel stops. True when it stopped.
-fn idle(tun: BorrowedFd<'_>, sock: BorrowedFd<'_>, shared: &Shared, last_active: Instant) -> bool {
+fn idle(
+    tun: BorrowedFd<'_>,
+    socks: (BorrowedFd<'_>, Option<BorrowedFd<'_>>),
+    shared: &Shared,
+    last_active: Instant,
+) -> bool {
     if shared.stop.load(Ordering::Relaxed) {
         return true;
     }
@@ -74,12 +79,15 @@ fn idle(tun: BorrowedFd<'_>, sock: BorrowedFd<'_>, shared: &Shared, last_active:
         std::thread::yield_now();
         return false;
     }
+    let stop = shared.stop_fd.as_fd();
     let mut fds = [
         PollFd::new(tun, PollFlags::POLLIN),
-        PollFd::new(sock, PollFlags::POLLIN),
-        PollFd::new(shared.stop_fd.as_fd(), PollFlags::POLLIN),
+        PollFd::new(stop, PollFlags::POLLIN),
+        PollFd::new(socks.0, PollFlags::POLLIN),
+        PollFd::new(socks.1.unwrap_or(stop), PollFlags::POLLIN),
     ];
-    match poll(&mut fds, PollTimeout::from(500u16)) {
+    let n = if socks.1.is_some() { 4 } else { 3 };
+    match poll(&mut fds[..n], PollTimeout::from(500u16)) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => {}
         Err(e) => {
@@ -245,12 +253,15 @@ impl<'a, C: Carrier> TxWorker<'a, C> {
             b.set_len(HEADROOM + pkt.len());
             return Read::Packets(1);
         }
-        // Only IPv4 inner packets are carried; TCPv4 (TSO) and UDP (USO) super-packets.
+        // TCP (TSO) super-packets of their family, and UDP (USO) ones of either.
         let base_type = hdr.gso_type & !0x80;
-        if pkt.first().map(|b| b >> 4) != Some(4)
-            || hdr.gso_size == 0
-            || (base_type != VIRTIO_NET_HDR_GSO_TCPV4 && base_type != VIRTIO_NET_HDR_GSO_UDP_L4)
-        {
+        let type_ok = matches!(
+            (pkt.first().map(|b| b >> 4), base_type),
+            (Some(4), VIRTIO_NET_HDR_GSO_TCPV4)
+                | (Some(6), VIRTIO_NET_HDR_GSO_TCPV6)
+                | (Some(4 | 6), VIRTIO_NET_HDR_GSO_UDP_L4)
+        );
+        if !type_ok || hdr.gso_size == 0 {
             return self.malformed();
         }
         let start = usize::from(hdr.csum_start);
@@ -276,13 +287,14 @@ impl<'a, C: Carrier> TxWorker<'a, C> {
         for b in &mut self.pool[n..] {
             b.set_len(b.capacity());
         }
+        let is_v6 = pkt[0] >> 4 == 6;
         match gso_split(
             pkt,
             hdr,
             &mut self.pool[n..],
             &mut self.sizes[n..],
             HEADROOM,
-            false,
+            is_v6,
         ) {
             Ok(k) => {
                 for i in n..n + k {
@@ -308,33 +320,38 @@ impl<'a, C: Carrier> TxWorker<'a, C> {
         let table = self.shared.peers.load();
         self.tally.begin(&table);
         self.items.clear();
-        let mut last: Option<(Ipv4Addr, Option<usize>)> = None;
+        let mut last: Option<(IpAddr, Option<usize>)> = None;
         for i in 0..n {
             let pkt = &self.pool[i].bytes()[HEADROOM..];
-            let header = match wire::parse_ipv4(pkt) {
-                Ok(h) => h,
-                // The kernel's own IPv6 chatter (a router solicitation can slip out while the
-                // device comes up) is not a pod's packet: discard it without counting.
-                Err(wire::WireError::NotIpv4) if pkt.first().is_some_and(|b| b >> 4 == 6) => {
+            let header = match wire::parse_inner(pkt) {
+                Ok(InnerHeader::V6(h))
+                    if !routable6(&h.dst) || self.shared.local_subnet6.is_none() =>
+                {
+                    // The kernel's own IPv6 chatter (link-local and multicast: neighbour and
+                    // router discovery, MLD), or anything IPv6 on an IPv4-only tunnel (a router
+                    // solicitation can slip out while the device comes up), is not a pod's
+                    // packet for a peer: discard it without counting.
                     continue;
                 }
+                Ok(h) => h,
                 Err(_) => {
                     self.tally.drop(DropReason::Malformed, 1);
                     continue;
                 }
             };
+            let dst = header.dst();
             let peer = match last {
-                Some((dst, p)) if dst == header.dst => p,
+                Some((d, p)) if d == dst => p,
                 _ => {
-                    let p = lookup(&table, header.dst);
-                    last = Some((header.dst, p));
+                    let p = lookup(&table, dst);
+                    last = Some((dst, p));
                     p
                 }
             };
             match peer {
                 Some(peer) => self.items.push(TxItem {
                     buf: i,
-                    len: header.total_len,
+                    len: header.total_len(),
                     peer,
                     header,
                 }),
@@ -352,8 +369,17 @@ impl<'a, C: Carrier> TxWorker<'a, C> {
     }
 }
 
-fn lookup(table: &PeerTable, dst: Ipv4Addr) -> Option<usize> {
-    table.by_destination(dst)
+fn lookup(table: &PeerTable, dst: IpAddr) -> Option<usize> {
+    match dst {
+        IpAddr::V4(d) => table.by_destination(d),
+        IpAddr::V6(d) => table.by_destination6(d),
+    }
+}
+
+/// Whether an IPv6 destination can be a pod's on another node: not multicast, link-local or
+/// unspecified.
+fn routable6(dst: &std::net::Ipv6Addr) -> bool {
+    !(dst.is_multicast() || dst.is_unspecified() || dst.is_unicast_link_local())
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -396,6 +422,7 @@ impl<'a, C: Carrier> RxWorker<'a, C> {
             offset: C::RX_OFFSET,
             table: &table,
             local: self.shared.local_subnet,
+            local6: self.shared.local_subnet6,
             tally: &mut self.tally,
             tun: self.tun,
             gro: &mut self.gro,

@@ -9,7 +9,8 @@
 //!
 //! The receive side is a port open to the network, so every datagram is checked before its
 //! inner packet reaches the kernel: outer source must be a peer's underlay address, inner
-//! source inside that peer's subnet, inner destination inside ours. Everything else is dropped
+//! source inside that peer's subnet (of the inner packet's family: IPv4, or IPv6 on a
+//! dual-stack tunnel), inner destination inside ours. Everything else is dropped
 //! and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
 //!
 //! A kernel fast path (`offload`: two tc BPF programs) carries the traffic of known peers
@@ -41,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::carrier::{Carrier, IpipCarrier, UdpCarrier};
@@ -54,9 +55,11 @@ pub const DEFAULT_UDP_PORT: u16 = 8285;
 /// How inner packets travel between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {
-    /// Flannel's `udp` backend framing: the UDP payload is the inner IPv4 packet.
+    /// Flannel's `udp` backend framing: the UDP payload is the inner IPv4 (or, dual-stack,
+    /// IPv6) packet.
     Udp { port: u16 },
-    /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver.
+    /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver; dual-stack, IPv6 pod
+    /// packets as IPv6-in-IPv4 (protocol 41), compatible with Linux's `sit`.
     Ipip,
     /// WireGuard over UDP, interoperable with standard WireGuard; needs
     /// [`TunnelConfig::wireguard`].
@@ -100,6 +103,10 @@ pub struct TunnelConfig {
     pub mtu: u32,
     /// This node's pod subnet: decapsulated packets must be addressed into it.
     pub local_subnet: Ipv4Net,
+    /// This node's IPv6 pod subnet on a dual-stack cluster: the TUN device then carries IPv6
+    /// too (udp: the inner IPv6 packet as the payload; ipip: protocol 41). `None`: IPv4 only,
+    /// IPv6 stays disabled on the device.
+    pub local_subnet6: Option<Ipv6Net>,
     /// Underlay address to bind and send from.
     pub local_ip: Ipv4Addr,
     /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
@@ -117,6 +124,10 @@ pub struct TunnelConfig {
 pub struct Peer {
     pub node: String,
     pub subnet: Ipv4Net,
+    /// The node's IPv6 pod subnet (dual-stack): IPv6 packets for it go to `underlay`, and only
+    /// `underlay` may send IPv6 packets from it. Without one, the peer sends and receives no
+    /// IPv6.
+    pub subnet6: Option<Ipv6Net>,
     pub underlay: Ipv4Addr,
     /// The node's WireGuard public key; a WireGuard tunnel ignores peers without one. Its
     /// endpoint starts as `underlay:port` and then follows authenticated packets.
@@ -129,6 +140,8 @@ pub struct Peer {
 pub struct PeerStats {
     pub node: String,
     pub subnet: Ipv4Net,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
     pub underlay: Ipv4Addr,
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -145,11 +158,11 @@ pub struct PeerStats {
 pub struct DropCounters {
     /// Outer source is not a peer's underlay address.
     pub unknown_peer: u64,
-    /// Inner source outside the sending peer's subnet.
+    /// Inner source outside the sending peer's subnet (of the inner packet's family).
     pub spoofed_inner_source: u64,
-    /// Inner destination outside the local subnet.
+    /// Inner destination outside the local subnet (of the inner packet's family).
     pub foreign_inner_destination: u64,
-    /// Truncated, bad IPv4 header or length, not IPv4.
+    /// Truncated, bad IPv4 / IPv6 header or length, not IPv4 (nor IPv6 on a dual-stack tunnel).
     pub malformed: u64,
     /// From the TUN device to a subnet that no peer owns.
     pub no_peer_for_destination: u64,
@@ -228,6 +241,7 @@ pub(crate) struct Shared {
     pub peers: ArcSwap<PeerTable>,
     pub drops: DropAtomics,
     pub local_subnet: Ipv4Net,
+    pub local_subnet6: Option<Ipv6Net>,
     pub mtu: usize,
     pub stop: AtomicBool,
     /// Readable (EOF) once the handle drops its end: wakes workers blocked in poll.
@@ -284,7 +298,8 @@ impl Tunnel {
         }
         .min(64);
         let local_subnet = cfg.local_subnet.trunc();
-        let (tuns, offload) = device::open(&cfg.device, cfg.mtu, queues)?;
+        let local_subnet6 = cfg.local_subnet6.map(|n| n.trunc());
+        let (tuns, offload) = device::open(&cfg.device, cfg.mtu, queues, local_subnet6.is_some())?;
 
         let (stop_writer, stop_fd) = UnixStream::pair().map_err(|source| TunnelError::Io {
             op: "create stop socket pair".into(),
@@ -294,6 +309,7 @@ impl Tunnel {
             peers: ArcSwap::from_pointee(PeerTable::default()),
             drops: DropAtomics::default(),
             local_subnet,
+            local_subnet6,
             mtu: cfg.mtu as usize,
             stop: AtomicBool::new(false),
             stop_fd,
@@ -336,7 +352,7 @@ impl Tunnel {
             }
             Encap::Ipip => {
                 let carriers = (0..queues)
-                    .map(|q| IpipCarrier::open(cfg.local_ip, q, queues))
+                    .map(|q| IpipCarrier::open(cfg.local_ip, q, queues, local_subnet6.is_some()))
                     .collect::<Result<Vec<_>, _>>()?;
                 tunnel.spawn(tuns, carriers)?;
             }
@@ -459,6 +475,7 @@ impl Tunnel {
                 PeerStats {
                     node: e.peer.node.clone(),
                     subnet: e.peer.subnet,
+                    subnet6: e.peer.subnet6,
                     underlay: e.peer.underlay,
                     tx_packets: e.counters.tx_packets.load(Ordering::Relaxed) + k.tx_packets,
                     tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed) + k.tx_bytes,

@@ -3,11 +3,11 @@
 //! `set_peers` builds a new immutable [`PeerTable`] and swaps it in atomically (arc-swap), so
 //! the fast path never takes a lock: a worker loads the current table once per batch. Lookups
 //! are by underlay address (receive: who sent this?) and by longest-prefix match of the inner
-//! destination over the peers' subnets (send: where does this go?).
+//! destination over the peers' subnets of its family (send: where does this go?).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,6 +40,8 @@ impl Hasher for U32Hasher {
 }
 
 pub(crate) type FastMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+/// IPv6 keys hash their bytes (FNV-style, the same argument as for [`U32Hasher`]).
+type FastMap6<V> = HashMap<u128, V, BuildHasherDefault<U32Hasher>>;
 
 /// Traffic counters of one peer; kept across `set_peers` while the node stays.
 #[derive(Debug, Default)]
@@ -66,6 +68,8 @@ pub(crate) struct PeerTable {
     by_underlay: FastMap<usize>,
     /// One map per distinct prefix length, longest first.
     by_prefix: Vec<(u8, FastMap<usize>)>,
+    /// The same for the peers' IPv6 subnets.
+    by_prefix6: Vec<(u8, FastMap6<usize>)>,
     /// WireGuard: entry by our 24-bit peer index, and by static public key.
     pub wg_by_index: FastMap<usize>,
     pub wg_by_key: HashMap<PublicKey, usize>,
@@ -107,6 +111,20 @@ impl PeerTable {
                 .1
                 .entry(u32::from(subnet.network()))
                 .or_insert(idx);
+            if let Some(subnet6) = peer.subnet6.map(|n| n.trunc()) {
+                let len = subnet6.prefix_len();
+                let slot = match table.by_prefix6.iter().position(|(l, _)| *l == len) {
+                    Some(i) => i,
+                    None => {
+                        table.by_prefix6.push((len, FastMap6::default()));
+                        table.by_prefix6.len() - 1
+                    }
+                };
+                table.by_prefix6[slot]
+                    .1
+                    .entry(u128::from(subnet6.network()))
+                    .or_insert(idx);
+            }
             table.entries.push(PeerEntry {
                 peer: peer.clone(),
                 addr: SocketAddrV4::new(peer.underlay, port),
@@ -115,6 +133,7 @@ impl PeerTable {
             });
         }
         table.by_prefix.sort_by_key(|p| std::cmp::Reverse(p.0));
+        table.by_prefix6.sort_by_key(|p| std::cmp::Reverse(p.0));
         table
     }
 
@@ -142,6 +161,18 @@ impl PeerTable {
             } else {
                 u32::MAX << (32 - u32::from(*len))
             };
+            if let Some(i) = map.get(&(ip & mask)) {
+                return Some(*i);
+            }
+        }
+        None
+    }
+
+    /// The peer whose IPv6 subnet holds `ip` (longest prefix wins).
+    pub(crate) fn by_destination6(&self, ip: Ipv6Addr) -> Option<usize> {
+        let ip = u128::from(ip);
+        for (len, map) in &self.by_prefix6 {
+            let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
             if let Some(i) = map.get(&(ip & mask)) {
                 return Some(*i);
             }
@@ -266,6 +297,7 @@ mod tests {
         Peer {
             node: node.into(),
             subnet: subnet.parse().unwrap(),
+            subnet6: None,
             underlay: Ipv4Addr::from(underlay),
             public_key: None,
         }
@@ -286,6 +318,39 @@ mod tests {
         assert_eq!(t.by_destination(Ipv4Addr::new(10, 1, 2, 9)), Some(1));
         assert_eq!(t.by_destination(Ipv4Addr::new(10, 1, 3, 9)), Some(0));
         assert_eq!(t.by_destination(Ipv4Addr::new(10, 2, 0, 1)), None);
+    }
+
+    #[test]
+    fn ipv6_lookups_and_longest_prefix() {
+        let six = |p: Peer, s: &str| Peer {
+            subnet6: Some(s.parse().unwrap()),
+            ..p
+        };
+        let t = PeerTable::build(
+            &[
+                six(peer("a", "10.1.0.0/16", [192, 168, 0, 1]), "fd00:1::/48"),
+                six(
+                    peer("b", "10.1.2.0/24", [192, 168, 0, 2]),
+                    "fd00:1:0:2::/64",
+                ),
+                peer("c", "10.3.0.0/24", [192, 168, 0, 3]),
+            ],
+            8285,
+            None,
+        );
+        let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(t.by_destination6(ip("fd00:1:0:2::9")), Some(1));
+        assert_eq!(t.by_destination6(ip("fd00:1:0:3::9")), Some(0));
+        assert_eq!(t.by_destination6(ip("fd00:2::1")), None);
+        // An IPv4 subnet says nothing about IPv6 destinations, and the other way round.
+        assert_eq!(t.by_destination(Ipv4Addr::new(10, 3, 0, 1)), Some(2));
+        assert_eq!(t.by_destination6(ip("::ffff:10.3.0.1")), None);
+        let default = PeerTable::build(
+            &[six(peer("d", "10.4.0.0/24", [1, 1, 1, 1]), "::/0")],
+            1,
+            None,
+        );
+        assert_eq!(default.by_destination6(ip("2001:db8::1")), Some(0));
     }
 
     #[test]

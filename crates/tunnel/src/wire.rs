@@ -3,20 +3,31 @@
 //! Everything here works on byte slices and never allocates, so the fast path can call it per
 //! packet and the fuzz target can throw arbitrary bytes at it.
 //!
-//! - **udp** (Flannel's framing): the UDP payload is the inner IPv4 packet and nothing else.
-//! - **ipip** (IP protocol 4, as Linux's `ipip` driver): an outer IPv4 header immediately
-//!   followed by the inner IPv4 packet. The outer header follows Linux's defaults for a tunnel
-//!   made with `ip link add type ipip` (see [`encode_ipip_header`]).
+//! - **udp** (Flannel's framing): the UDP payload is the inner IPv4 or IPv6 packet and nothing
+//!   else; the version nibble tells the family.
+//! - **ipip** over an IPv4 underlay: an outer IPv4 header immediately followed by the inner
+//!   packet, with protocol 4 for IPv4 (Linux's `ipip`) and 41 for IPv6 (Linux's `sit`, 6in4,
+//!   RFC 4213). The outer header follows Linux's defaults for a tunnel made with
+//!   `ip link add type ipip` / `type sit` (see [`encode_ipv4_outer`]).
+//!
+//! Inner IPv6 packets are carried as they are: extension headers and fragments are neither
+//! parsed nor changed. The receive checks use the fixed header's source and destination, which
+//! no extension header can change (a routing header's final destination is only a further
+//! hop, and it must then still lie in a subnet the sender may reach through us).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 /// IP protocol number of IPv4-in-IPv4.
 pub const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number of IPv6-in-IPv4 (6in4, Linux's `sit`) and IPv6-in-IPv6.
+pub const IPPROTO_IPV6: u8 = 41;
 /// Length of an option-less IPv4 header.
 pub const IPV4_HEADER_LEN: usize = 20;
+/// Length of the fixed IPv6 header.
+pub const IPV6_HEADER_LEN: usize = 40;
 /// Bytes the udp framing adds in front of an inner packet (outer IPv4 + UDP).
 pub const UDP_OVERHEAD: u32 = 28;
 /// Bytes the ipip framing adds in front of an inner packet (outer IPv4).
@@ -40,8 +51,12 @@ pub enum WireError {
     BadTotalLength,
     /// Header checksum does not verify.
     BadChecksum,
-    /// An outer header whose protocol is not 4 (ipip framing only).
+    /// An outer header whose protocol is not 4 or 41 (ipip framing only).
     NotIpip,
+    /// Version nibble is not 6, or the payload length runs past the bytes received.
+    NotIpv6,
+    /// Version nibble is neither 4 nor 6.
+    NotIp,
 }
 
 /// Why the engine dropped a packet; each maps to one counter in [`crate::DropCounters`].
@@ -126,6 +141,163 @@ pub fn parse_ipv4(buf: &[u8]) -> Result<Ipv4Header, WireError> {
     })
 }
 
+/// The fields of a fixed IPv6 header the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Header {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    /// 40 + the payload length field: the packet ends there even if more bytes follow.
+    pub total_len: usize,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub traffic_class: u8,
+}
+
+/// Validates a fixed IPv6 header at the start of `buf`: version 6, 40 bytes, 40 + payload
+/// length <= `buf.len()`. Jumbograms (payload length 0 with a hop-by-hop option) are taken as
+/// the empty packet they claim to be.
+pub fn parse_ipv6(buf: &[u8]) -> Result<Ipv6Header, WireError> {
+    let Some(first) = buf.first() else {
+        return Err(WireError::Truncated);
+    };
+    if first >> 4 != 6 {
+        return Err(WireError::NotIpv6);
+    }
+    if buf.len() < IPV6_HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    let total_len = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+    if total_len > buf.len() {
+        return Err(WireError::BadTotalLength);
+    }
+    let addr = |at: usize| {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&buf[at..at + 16]);
+        Ipv6Addr::from(o)
+    };
+    Ok(Ipv6Header {
+        src: addr(8),
+        dst: addr(24),
+        total_len,
+        next_header: buf[6],
+        hop_limit: buf[7],
+        traffic_class: (buf[0] << 4) | (buf[1] >> 4),
+    })
+}
+
+/// An inner packet's header, of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerHeader {
+    V4(Ipv4Header),
+    V6(Ipv6Header),
+}
+
+impl InnerHeader {
+    pub fn src(&self) -> IpAddr {
+        match self {
+            InnerHeader::V4(h) => h.src.into(),
+            InnerHeader::V6(h) => h.src.into(),
+        }
+    }
+
+    pub fn dst(&self) -> IpAddr {
+        match self {
+            InnerHeader::V4(h) => h.dst.into(),
+            InnerHeader::V6(h) => h.dst.into(),
+        }
+    }
+
+    /// The packet's length by its header.
+    pub fn total_len(&self) -> usize {
+        match self {
+            InnerHeader::V4(h) => h.total_len,
+            InnerHeader::V6(h) => h.total_len,
+        }
+    }
+
+    /// TTL or hop limit.
+    pub fn ttl(&self) -> u8 {
+        match self {
+            InnerHeader::V4(h) => h.ttl,
+            InnerHeader::V6(h) => h.hop_limit,
+        }
+    }
+
+    /// TOS or traffic class (DSCP and ECN).
+    pub fn tos(&self) -> u8 {
+        match self {
+            InnerHeader::V4(h) => h.tos,
+            InnerHeader::V6(h) => h.traffic_class,
+        }
+    }
+
+    /// The IP protocol number that carries this packet inside IP: 4 or 41.
+    pub fn tunnel_protocol(&self) -> u8 {
+        match self {
+            InnerHeader::V4(_) => IPPROTO_IPIP,
+            InnerHeader::V6(_) => IPPROTO_IPV6,
+        }
+    }
+}
+
+impl From<Ipv4Header> for InnerHeader {
+    fn from(h: Ipv4Header) -> InnerHeader {
+        InnerHeader::V4(h)
+    }
+}
+
+/// Validates an inner packet of either family at the start of `buf`, by its version nibble.
+pub fn parse_inner(buf: &[u8]) -> Result<InnerHeader, WireError> {
+    match buf.first().map(|b| b >> 4) {
+        None => Err(WireError::Truncated),
+        Some(4) => parse_ipv4(buf).map(InnerHeader::V4),
+        Some(6) => parse_ipv6(buf).map(InnerHeader::V6),
+        Some(_) => Err(WireError::NotIp),
+    }
+}
+
+/// An inner packet of either family found inside a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnyInner {
+    pub header: InnerHeader,
+    /// Offset of the inner packet in the decoded bytes.
+    pub offset: usize,
+    /// Length of the inner packet (by its header).
+    pub len: usize,
+}
+
+/// Decodes a udp-framed payload of either family (trailing bytes past the inner packet's
+/// length are ignored).
+pub fn decode_udp_payload_any(payload: &[u8]) -> Result<AnyInner, WireError> {
+    let header = parse_inner(payload)?;
+    Ok(AnyInner {
+        header,
+        offset: 0,
+        len: header.total_len(),
+    })
+}
+
+/// Decodes a whole outer IPv4 packet of the ipip framing of either inner family: protocol 4
+/// with a valid inner IPv4 packet, or 41 with a valid inner IPv6 one, within the outer total
+/// length. Returns the outer source and the inner packet.
+pub fn decode_ipip_any(packet: &[u8]) -> Result<(Ipv4Addr, AnyInner), WireError> {
+    let outer = parse_ipv4(packet)?;
+    let body = &packet[outer.header_len..outer.total_len];
+    let header = match outer.protocol {
+        IPPROTO_IPIP => InnerHeader::V4(parse_ipv4(body)?),
+        IPPROTO_IPV6 => InnerHeader::V6(parse_ipv6(body)?),
+        _ => return Err(WireError::NotIpip),
+    };
+    Ok((
+        outer.src,
+        AnyInner {
+            header,
+            offset: outer.header_len,
+            len: header.total_len(),
+        },
+    ))
+}
+
 /// An inner packet found inside a datagram: its header and where it lies in the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inner {
@@ -188,18 +360,36 @@ pub fn encode_ipip_header(
     dst: Ipv4Addr,
     inner: &Ipv4Header,
 ) {
-    let total = (inner.total_len + IPV4_HEADER_LEN).min(usize::from(u16::MAX)) as u16;
-    let ecn = match inner.tos & ECN_MASK {
+    encode_ipv4_outer(out, src, dst, &InnerHeader::V4(*inner));
+}
+
+/// The outer ECN for an inner TOS / traffic class: the inner ECN bits, with CE sent as ECT(0)
+/// (RFC 6040 normal mode, as Linux's tunnels do).
+fn outer_ecn(inner_tos: u8) -> u8 {
+    match inner_tos & ECN_MASK {
         ECN_CE => ECN_ECT0,
         other => other,
-    };
+    }
+}
+
+/// Writes the 20-byte outer IPv4 header for an inner packet of either family: protocol 4 for
+/// IPv4 (Linux's `ipip`), 41 for IPv6 (Linux's `sit`). Both drivers' defaults are the same:
+/// DF set, TTL / hop limit inherited, DSCP 0 with the inner ECN (see [`encode_ipip_header`]).
+pub fn encode_ipv4_outer(
+    out: &mut [u8; IPV4_HEADER_LEN],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    inner: &InnerHeader,
+) {
+    let total = (inner.total_len() + IPV4_HEADER_LEN).min(usize::from(u16::MAX)) as u16;
+    let ecn = outer_ecn(inner.tos());
     out[0] = 0x45;
     out[1] = ecn;
     out[2..4].copy_from_slice(&total.to_be_bytes());
     out[4..6].copy_from_slice(&[0, 0]);
     out[6..8].copy_from_slice(&FLAG_DF.to_be_bytes());
-    out[8] = inner.ttl;
-    out[9] = IPPROTO_IPIP;
+    out[8] = inner.ttl();
+    out[9] = inner.tunnel_protocol();
     out[10..12].copy_from_slice(&[0, 0]);
     out[12..16].copy_from_slice(&src.octets());
     out[16..20].copy_from_slice(&dst.octets());
@@ -221,6 +411,32 @@ pub fn admit(
         return Err(DropReason::ForeignInnerDestination);
     }
     Ok(())
+}
+
+/// The receive-path policy for an inner packet of either family from a known peer: its source
+/// must lie in the sender's subnet of that family and its destination in ours. On a node
+/// without an IPv6 subnet, IPv6 is malformed (as on an IPv4-only tunnel, where only IPv4 is
+/// a packet); from a peer without one, any IPv6 source is spoofed.
+pub fn admit_any(
+    inner: &InnerHeader,
+    peer_subnet: &Ipv4Net,
+    peer_subnet6: Option<&Ipv6Net>,
+    local_subnet: &Ipv4Net,
+    local_subnet6: Option<&Ipv6Net>,
+) -> Result<(), DropReason> {
+    match inner {
+        InnerHeader::V4(h) => admit(h, peer_subnet, local_subnet),
+        InnerHeader::V6(_) if local_subnet6.is_none() => Err(DropReason::Malformed),
+        InnerHeader::V6(h) => {
+            if !peer_subnet6.is_some_and(|n| n.contains(&h.src)) {
+                return Err(DropReason::SpoofedInnerSource);
+            }
+            if !local_subnet6.is_some_and(|n| n.contains(&h.dst)) {
+                return Err(DropReason::ForeignInnerDestination);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The Internet checksum (RFC 1071) of `data`; 0 when `data` already holds a valid checksum.
@@ -258,6 +474,41 @@ pub fn build_ipv4(
     let sum = checksum(&out[..IPV4_HEADER_LEN]);
     out[10..12].copy_from_slice(&sum.to_be_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Builds a minimal IPv6 packet (fixed header + `payload`), for tests and tools.
+pub fn build_ipv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    hop_limit: u8,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(&[0x60, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[next_header, hop_limit]);
+    out.extend_from_slice(&src.octets());
+    out.extend_from_slice(&dst.octets());
+    out.extend_from_slice(payload);
+}
+
+/// [`receive_check`] for both inner families over an IPv4 underlay: decode per framing
+/// (udp payload, or a whole outer IPv4 packet with protocol 4 or 41), then [`admit_any`].
+pub fn receive_check_any(
+    ipip: bool,
+    bytes: &[u8],
+    peer: (&Ipv4Net, Option<&Ipv6Net>),
+    local: (&Ipv4Net, Option<&Ipv6Net>),
+) -> Result<AnyInner, DropReason> {
+    let inner = if ipip {
+        decode_ipip_any(bytes).map_err(|_| DropReason::Malformed)?.1
+    } else {
+        decode_udp_payload_any(bytes).map_err(|_| DropReason::Malformed)?
+    };
+    admit_any(&inner.header, peer.0, peer.1, local.0, local.1)?;
+    Ok(inner)
 }
 
 /// Everything the receive path does to bytes before it trusts them, minus the peer lookup:
@@ -407,9 +658,69 @@ mod tests {
         );
     }
 
+    #[test]
+    fn ipv6_in_ipv4_follows_sit_defaults_and_admits_by_subnet6() {
+        let (src, dst) = ("fd00:1::2".parse().unwrap(), "fd00:2::2".parse().unwrap());
+        let mut inner = Vec::new();
+        build_ipv6(src, dst, 58, 63, &[128, 0, 0, 0], &mut inner);
+        inner[0] = 0x6b; // traffic class 0xb3: DSCP 44, CE
+        inner[1] = 0x30;
+        let h = parse_inner(&inner).unwrap();
+        assert_eq!(h.tos(), 0xb3);
+        let mut out = [0u8; 20];
+        encode_ipv4_outer(
+            &mut out,
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(192, 0, 2, 2),
+            &h,
+        );
+        assert_eq!(
+            out[..10],
+            [0x45, ECN_ECT0, 0, 64, 0, 0, 0x40, 0, 63, IPPROTO_IPV6]
+        );
+        let mut pkt = out.to_vec();
+        pkt.extend_from_slice(&inner);
+        let (outer_src, d) = decode_ipip_any(&pkt).unwrap();
+        assert_eq!(outer_src, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!((d.header, d.offset, d.len), (h, 20, 44));
+        // The outer protocol must match the inner version.
+        pkt[9] = IPPROTO_IPIP;
+        pkt[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum(&pkt[..20]);
+        pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+        assert!(decode_ipip_any(&pkt).is_err());
+
+        let v4 = net("10.0.1.0/24");
+        let n6 = |s: &str| s.parse::<Ipv6Net>().unwrap();
+        let (peer6, local6) = (n6("fd00:1::/64"), n6("fd00:2::/64"));
+        assert_eq!(admit_any(&h, &v4, Some(&peer6), &v4, Some(&local6)), Ok(()));
+        assert_eq!(
+            admit_any(&h, &v4, None, &v4, Some(&local6)),
+            Err(DropReason::SpoofedInnerSource)
+        );
+        assert_eq!(
+            admit_any(&h, &v4, Some(&n6("fd00:3::/64")), &v4, Some(&local6)),
+            Err(DropReason::SpoofedInnerSource)
+        );
+        assert_eq!(
+            admit_any(&h, &v4, Some(&peer6), &v4, Some(&peer6)),
+            Err(DropReason::ForeignInnerDestination)
+        );
+        assert_eq!(
+            admit_any(&h, &v4, Some(&peer6), &v4, None),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(parse_ipv6(&inner[..39]), Err(WireError::Truncated));
+        assert_eq!(parse_ipv6(&inner[..43]), Err(WireError::BadTotalLength));
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = decode_udp_payload_any(&bytes);
+            let _ = decode_ipip_any(&bytes);
+            let (p6, l6) = ("fd00:1::/64".parse().unwrap(), "::/0".parse().unwrap());
+            let _ = receive_check_any(true, &bytes, (&net("10.0.1.0/24"), Some(&p6)), (&net("10.0.2.0/24"), Some(&l6)));
             let _ = parse_ipv4(&bytes);
             let _ = decode_udp_payload(&bytes);
             let _ = decode_ipip(&bytes);

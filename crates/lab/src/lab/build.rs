@@ -4,7 +4,7 @@
 //! and `down`, which removes every namespace, process and file of a lab.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,7 @@ impl Lab {
                 direct_routing: spec.direct_routing,
                 encrypt: spec.encrypt,
                 underlay: spec.underlay,
+                ip_family: spec.ip_family,
                 pod_mode: spec.pod_mode,
                 pods_per_node: spec.pods_per_node,
                 twill,
@@ -166,18 +167,27 @@ impl Lab {
     }
 
     /// The underlay namespace (bridges, and the router's forwarding) and one namespace per
-    /// host with `eth0` plugged into its segment's bridge.
+    /// host with `eth0` plugged into its segment's bridge. In a dual-stack lab every one of
+    /// these links has an IPv6 address too, and the router forwards IPv6.
     fn build_hosts(&mut self, spec: &LabSpec) -> Result<()> {
         let u = self.state.underlay_ns.clone();
+        let dual = spec.ip_family.has_ipv6();
         sys::netns_add(&u)?;
         for seg in plan::segments(spec.underlay) {
             let addr = format!("{}/{}", seg.gateway, seg.prefix_len);
             sys::ip(&["-n", &u, "link", "add", seg.bridge, "type", "bridge"])?;
             sys::ip(&["-n", &u, "addr", "add", &addr, "dev", seg.bridge])?;
+            if dual {
+                no_dad(&u, seg.bridge)?;
+                add_addr6(&u, seg.bridge, seg.gateway6)?;
+            }
             sys::ip(&["-n", &u, "link", "set", seg.bridge, "up"])?;
         }
         if spec.underlay == Underlay::Routed {
             sys::sysctl(&u, "net.ipv4.ip_forward=1")?;
+            if dual {
+                sys::sysctl(&u, "net.ipv6.conf.all.forwarding=1")?;
+            }
         }
         for i in 1..=spec.nodes {
             let a = plan::host_addr(spec.underlay, i);
@@ -185,6 +195,10 @@ impl Lab {
             let data_dir = plan::host_dir(&spec.name, i);
             let addr = format!("{}/{}", a.ip, a.prefix_len);
             attach_host(&ns, &u, &a.port, a.bridge, &addr)?;
+            let underlay6 = spec.has_underlay6(i);
+            if underlay6 {
+                no_dad(&ns, plan::IFACE)?;
+            }
             sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
             sys::ip(&[
                 "-n",
@@ -196,6 +210,13 @@ impl Lab {
                 &a.gateway.to_string(),
             ])?;
             sys::sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            if underlay6 {
+                add_addr6(&ns, plan::IFACE, a.ip6)?;
+                add_default6(&ns, a.gateway6)?;
+            }
+            if dual {
+                sys::sysctl(&ns, "net.ipv6.conf.all.forwarding=1")?;
+            }
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("create {}", data_dir.display()))?;
             self.state.hosts.push(Host {
@@ -209,6 +230,8 @@ impl Lab {
                 log: data_dir.join("agent.log"),
                 data_dir,
                 agent_pid: None,
+                ip6: underlay6.then_some(a.ip6),
+                gateway6: underlay6.then_some(a.gateway6),
             });
         }
         self.save()?;
@@ -225,10 +248,10 @@ impl Lab {
             for j in 1..=spec.pods_per_node {
                 let netns = plan::pod_ns(&spec.name, i, j);
                 sys::netns_add(&netns)?;
-                let (address, ip) = self.cni_add(i, j, &netns, None)?;
+                let (v4, v6) = self.cni_add(i, j, &netns, None)?;
                 self.state
                     .pods
-                    .push(Pod::attached(i, j, netns, (address, ip), None));
+                    .push(Pod::attached(i, j, netns, v4, None).with_ipv6(v6));
             }
         }
         self.save()
@@ -256,33 +279,29 @@ impl Lab {
         let netns = plan::pod_ns(&self.state.name, i, j);
         sys::netns_add(&netns)?;
         let added = self.cni_add(i, j, &netns, Some((namespace, name, labels)));
-        let (address, ip) = match added {
+        let (v4, v6) = match added {
             Ok(a) => a,
             Err(e) => {
                 let _ = sys::netns_del(&netns);
                 return Err(e);
             }
         };
-        let pod = Pod::attached(
-            i,
-            j,
-            netns,
-            (address, ip),
-            Some(format!("{namespace}/{name}")),
-        );
+        let pod = Pod::attached(i, j, netns, v4, Some(format!("{namespace}/{name}"))).with_ipv6(v6);
         self.state.pods.push(pod.clone());
         self.save()?;
         Ok(pod)
     }
 
-    /// One CNI ADD inside host `i`'s namespace, with a clean environment as a runtime gives.
+    /// One CNI ADD inside host `i`'s namespace, with a clean environment as a runtime gives;
+    /// the pod's IPv4 address and, in a dual-stack lab (where it must have one), its IPv6
+    /// address.
     fn cni_add(
         &self,
         i: u32,
         j: u32,
         netns: &str,
         identity: Option<(&str, &str, &BTreeMap<String, String>)>,
-    ) -> Result<(String, Ipv4Addr)> {
+    ) -> Result<(CniAddress<Ipv4Addr>, Option<CniAddress<Ipv6Addr>>)> {
         let host = self.host(i)?;
         let twill = self.twill()?;
         let cni_path = twill.parent().unwrap_or(Path::new("/"));
@@ -314,7 +333,16 @@ impl Lab {
             stdout.trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        parse_cni_result(&stdout).with_context(|| format!("CNI ADD of pod {pod}"))
+        let v4 = parse_cni_result(&stdout).with_context(|| format!("CNI ADD of pod {pod}"))?;
+        let v6 = parse_cni_result6(&stdout);
+        ensure!(
+            v6.is_some() || !self.state.ip_family.has_ipv6(),
+            "CNI ADD of pod {pod}: the plugin's result has no IPv6 address in a dual-stack lab \
+             (does {}'s node.json have an IPv6 subnet?): {}",
+            host.node,
+            stdout.trim()
+        );
+        Ok((v4, v6))
     }
 
     /// A namespace on the first underlay segment running BIRD `name` with `protocols`: an
@@ -347,17 +375,30 @@ impl Lab {
     }
 
     /// A plain namespace on the first underlay segment, outside the cluster (no agent): a
-    /// standard WireGuard peer, an attacker, a client. The `n`-th one (from 0, at most 10) is
-    /// at `.240 - n` of the segment with `eth0` up and a default route via the gateway; `down`
-    /// removes it. Returns its namespace and address.
+    /// standard WireGuard peer, an attacker, a client, the world. The `n`-th one (from 0, at
+    /// most 10) is at `.240 - n` of the segment with `eth0` up and a default route via the
+    /// gateway (in a dual-stack lab also at [`Lab::outside_host_ip6`], with an IPv6 default
+    /// route); `down` removes it. Returns its namespace and IPv4 address.
     pub fn add_outside_host(&mut self, n: u32) -> Result<(String, Ipv4Addr)> {
         ensure!(n < 10, "at most 10 outside hosts per lab");
         // Indices and addresses below the BIRD hosts' (240..231, .240 to .231).
         self.attach_outside_host(plan::MAX_NODES - 10 - n, 240 - n as u8)
     }
 
+    /// The IPv6 address of the `n`-th outside host in a dual-stack lab (the twin of its IPv4
+    /// address, [`plan::underlay6`]); None in an IPv4 lab.
+    pub fn outside_host_ip6(&self, n: u32) -> Option<Ipv6Addr> {
+        let seg = &plan::segments(self.state.underlay)[0];
+        let [a, b, c, _] = seg.gateway.octets();
+        let last = 240u32.checked_sub(n).filter(|_| n < 10)? as u8;
+        self.state
+            .ip_family
+            .has_ipv6()
+            .then(|| plan::underlay6(Ipv4Addr::new(a, b, c, last)))
+    }
+
     /// Host namespace `k` (an index above the agents' range) on the first segment at
-    /// `.last` with its default route.
+    /// `.last` with its default route (and its IPv6 twin in a dual-stack lab).
     fn attach_outside_host(&mut self, k: u32, last: u8) -> Result<(String, Ipv4Addr)> {
         let seg = &plan::segments(self.state.underlay)[0];
         let [a, b, c, _] = seg.gateway.octets();
@@ -367,6 +408,10 @@ impl Lab {
         let port = format!("b{k}");
         let addr = format!("{ip}/{}", seg.prefix_len);
         attach_host(&ns, &u, &port, seg.bridge, &addr)?;
+        let dual = self.state.ip_family.has_ipv6();
+        if dual {
+            no_dad(&ns, plan::IFACE)?;
+        }
         sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
         sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         sys::ip(&[
@@ -378,6 +423,10 @@ impl Lab {
             "via",
             &seg.gateway.to_string(),
         ])?;
+        if dual {
+            add_addr6(&ns, plan::IFACE, plan::underlay6(ip))?;
+            add_default6(&ns, seg.gateway6)?;
+        }
         Ok((ns, ip))
     }
 }
@@ -420,24 +469,65 @@ pub fn down(name: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// The pod's IPv4 address from a CNI result: (`addr/prefix` as given, the address).
-pub fn parse_cni_result(stdout: &str) -> Result<(String, Ipv4Addr)> {
+/// A pod address from a CNI result: `addr/prefix` as given, and the address.
+pub type CniAddress<A> = (String, A);
+
+/// The pod's IPv4 address from a CNI result.
+pub fn parse_cni_result(stdout: &str) -> Result<CniAddress<Ipv4Addr>> {
     let v: Value = serde_json::from_str(stdout)
         .with_context(|| format!("the plugin printed no JSON result: {stdout:?}"))?;
     let ips = v["ips"]
         .as_array()
         .with_context(|| format!("the plugin's result has no \"ips\": {stdout}"))?;
-    for entry in ips {
-        if let Some(address) = entry["address"].as_str()
-            && let Some(ip) = address
-                .split('/')
-                .next()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        {
-            return Ok((address.to_string(), ip));
-        }
+    match first_address(ips) {
+        Some(a) => Ok(a),
+        None => bail!("the plugin's result has no IPv4 address: {stdout}"),
     }
-    bail!("the plugin's result has no IPv4 address: {stdout}")
+}
+
+/// The pod's IPv6 address from a CNI result, if it has one (a result that is no JSON has
+/// none: [`parse_cni_result`] reports that).
+pub fn parse_cni_result6(stdout: &str) -> Option<CniAddress<Ipv6Addr>> {
+    let v: Value = serde_json::from_str(stdout).ok()?;
+    first_address(v["ips"].as_array()?)
+}
+
+/// The first entry of a result's `ips` whose address parses as an `A`.
+fn first_address<A: std::str::FromStr>(ips: &[Value]) -> Option<CniAddress<A>> {
+    ips.iter().find_map(|entry| {
+        let address = entry["address"].as_str()?;
+        let ip = address.split('/').next()?.parse::<A>().ok()?;
+        Some((address.to_string(), ip))
+    })
+}
+
+/// Turns duplicate address detection off on the underlay link `dev` in `ns` (before it is
+/// up, so its link-local address is not tentative either): the lab made every address on its
+/// links, and a tentative one would be unusable for a second or two. Only the lab's own
+/// underlay links: what the agent and the plugin make keeps the kernel's defaults.
+fn no_dad(ns: &str, dev: &str) -> Result<()> {
+    sys::sysctl(ns, &format!("net.ipv6.conf.{dev}.accept_dad=0"))
+}
+
+/// Adds IPv6 `ip`/[`plan::UNDERLAY_PREFIX6`] to `dev` in `ns`, usable at once (`nodad`, see
+/// [`no_dad`]).
+fn add_addr6(ns: &str, dev: &str, ip: Ipv6Addr) -> Result<()> {
+    let addr = format!("{ip}/{}", plan::UNDERLAY_PREFIX6);
+    sys::ip(&["-n", ns, "addr", "add", &addr, "dev", dev, "nodad"])
+}
+
+/// The IPv6 default route of namespace `ns` via `gateway`.
+fn add_default6(ns: &str, gateway: Ipv6Addr) -> Result<()> {
+    sys::ip(&[
+        "-n",
+        ns,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway.to_string(),
+    ])
 }
 
 /// Makes host namespace `ns` and plugs it into the underlay: a veth whose `port` end sits in
@@ -481,6 +571,12 @@ mod tests {
             Ipv4Addr::new(10, 244, 1, 5)
         );
         assert!(parse_cni_result(r#"{"ips":[]}"#).is_err());
+        assert_eq!(
+            parse_cni_result6(v6_first),
+            Some(("fd00::2/64".to_string(), "fd00::2".parse().unwrap()))
+        );
+        assert_eq!(parse_cni_result6(r), None);
+        assert_eq!(parse_cni_result6("garbage"), None);
         assert!(parse_cni_result(r#"{"code":7,"msg":"bad"}"#).is_err());
         assert!(parse_cni_result("").is_err());
     }

@@ -62,7 +62,7 @@ impl Lab {
         let mut cmd = sys::ns_command(&host.netns);
         let store = plan::store_args(&self.state.store, self.pki_dir(), &host.node);
         cmd.arg(&twill)
-            .args(plan::agent_args(&store, i, &host.data_dir));
+            .args(plan::agent_args(&store, i, &host.data_dir, host.ip6));
         let pid =
             process::spawn_daemon(&mut cmd, &host.log, &format!("start agent {}", host.node))?;
         self.state.host_mut(i).expect("host exists").agent_pid = Some(pid);

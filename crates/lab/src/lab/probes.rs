@@ -1,15 +1,15 @@
 //! What the lab asks of a running cluster: each agent's `twill status`, the waits of `up`
 //! (every agent holds its lease; every agent has programmed its peers), and the pod-to-pod
-//! ping matrix.
+//! ping matrices (`ping`, and `ping -6` in a dual-stack lab).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use super::{CALL_TIMEOUT, LOG_LINES, Lab};
-use crate::matrix::{ATTEMPTS, MAX_PARALLEL, Matrix};
+use crate::matrix::{ATTEMPTS, Family, MAX_PARALLEL, Matrix};
 use crate::plan;
 use crate::process;
 use crate::status::AgentStatus;
@@ -51,10 +51,12 @@ impl Lab {
     }
 
     /// Waits until every agent runs, is in sync and has programmed (or knowingly skipped)
-    /// every other host; returns their statuses, in host order.
+    /// every other host (in a dual-stack lab: and knows its own and every routed peer's IPv6
+    /// subnet); returns their statuses, in host order.
     pub fn wait_converged(&self, timeout: Duration) -> Result<Vec<AgentStatus>> {
         let deadline = Instant::now() + timeout;
         let nodes = self.state.hosts.len() as u32;
+        let dual = self.state.ip_family.has_ipv6();
         loop {
             let mut ready = Vec::new();
             let mut waiting = Vec::new();
@@ -64,9 +66,12 @@ impl Lab {
                     continue;
                 }
                 match self.host_status(h.index) {
-                    Ok(s) => match s
-                        .converged(h.index, nodes)
-                        .and_then(|()| self.no_encrypted_peer_skipped(h.index, &s))
+                    Ok(s) => match if dual {
+                        s.converged_dual(h.index, nodes)
+                    } else {
+                        s.converged(h.index, nodes)
+                    }
+                    .and_then(|()| self.no_encrypted_peer_skipped(h.index, &s))
                     {
                         Ok(()) => ready.push(s),
                         Err(why) => waiting.push((h, why)),
@@ -118,25 +123,42 @@ impl Lab {
     /// Pings from every pod to every other pod (see [`Matrix`]); pairs that are not expected
     /// to be reachable (host-gw across the routed underlay's subnets) are not probed.
     pub fn ping_matrix(&self) -> Matrix {
+        self.matrix(Family::Ipv4)
+    }
+
+    /// `ping -6` from every pod to every other pod's IPv6 address, in a dual-stack lab (None
+    /// in an IPv4 lab); the same pairs are expected to be reachable as with IPv4.
+    pub fn ping6_matrix(&self) -> Option<Matrix> {
+        self.state
+            .ip_family
+            .has_ipv6()
+            .then(|| self.matrix(Family::Ipv6))
+    }
+
+    fn matrix(&self, family: Family) -> Matrix {
         let (backend, underlay, encrypt) =
             (self.state.backend, self.state.underlay, self.state.encrypt);
         Matrix::run(
             &self.state.pods,
+            family,
             |a, b| plan::expected_reachable(backend, underlay, encrypt, a.host, b.host),
-            |a, b| ping(&a.netns, b.ip),
+            |a, to| ping(&a.netns, to),
             MAX_PARALLEL,
             ATTEMPTS,
         )
     }
 
     /// Waits for every agent's node.json: it is written once the agent holds its lease, and
-    /// the plugin needs it to ADD pods.
+    /// the plugin needs it to ADD pods. In a dual-stack lab it must name the node's IPv6
+    /// subnet too, or the plugin would give pods IPv4 only.
     pub(super) fn wait_leases(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let dual = self.state.ip_family.has_ipv6();
         loop {
             let mut waiting = Vec::new();
             for h in &self.state.hosts {
-                if h.data_dir.join("node.json").exists() {
+                let node_file = h.data_dir.join("node.json");
+                if node_file.exists() && (!dual || has_subnet6(&node_file)) {
                     continue;
                 }
                 if !self.agent_alive(h.index) {
@@ -156,8 +178,13 @@ impl Lab {
             };
             if Instant::now() >= deadline {
                 let nodes: Vec<&str> = waiting.iter().map(|h| h.node.as_str()).collect();
+                let what = if dual {
+                    "no node.json with an IPv6 subnet in their data dirs"
+                } else {
+                    "no node.json in their data dirs"
+                };
                 bail!(
-                    "no lease within {timeout:?} for {} (no node.json in their data dirs)\n{}",
+                    "no lease within {timeout:?} for {} ({what})\n{}",
                     nodes.join(", "),
                     process::log_tail(&first.log, LOG_LINES)
                 );
@@ -167,10 +194,23 @@ impl Lab {
     }
 }
 
-/// One ICMP echo from namespace `ns`.
-fn ping(ns: &str, ip: Ipv4Addr) -> bool {
-    sys::ns_command(ns)
-        .args(["ping", "-n", "-q", "-c", "1", "-W", "1", &ip.to_string()])
+/// One ICMP (or ICMPv6) echo from namespace `ns`.
+fn ping(ns: &str, ip: IpAddr) -> bool {
+    let mut cmd = sys::ns_command(ns);
+    cmd.arg("ping");
+    if ip.is_ipv6() {
+        cmd.arg("-6");
+    }
+    cmd.args(["-n", "-q", "-c", "1", "-W", "1", &ip.to_string()])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the agent's node.json names an IPv6 subnet (`subnet6`). A file being replaced or
+/// not yet readable counts as not yet.
+fn has_subnet6(node_file: &std::path::Path) -> bool {
+    std::fs::read(node_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v["subnet6"].is_string())
 }

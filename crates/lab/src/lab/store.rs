@@ -109,7 +109,11 @@ impl Lab {
     pub(super) fn cluster_init(&mut self, bgp: Option<&str>) -> Result<()> {
         let (file, text) = match (bgp, self.state.encrypt) {
             (None, None) => {
-                let conf = plan::net_conf(self.state.backend, self.state.direct_routing);
+                let conf = plan::net_conf(
+                    self.state.backend,
+                    self.state.direct_routing,
+                    self.state.ip_family,
+                );
                 (
                     self.dir.join("net-conf.json"),
                     serde_json::to_string_pretty(&conf)? + "\n",
@@ -137,8 +141,13 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim()
         );
+        let pod6 = if self.state.ip_family.has_ipv6() {
+            format!(" and {}", plan::POD_NETWORK6)
+        } else {
+            String::new()
+        };
         self.say(&format!(
-            "cluster: {POD}, backend {} (DirectRouting {}){}",
+            "cluster: {POD}{pod6}, backend {} (DirectRouting {}){}",
             self.state.backend,
             self.state.direct_routing,
             plan::encryption_note(self.state.encrypt),

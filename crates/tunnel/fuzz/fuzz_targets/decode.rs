@@ -1,9 +1,10 @@
 //! Fuzz target: the receive-path validation (udp payload and ipip packet decoding plus the
 //! peer/local subnet policy) on arbitrary bytes. It must never panic, and whatever it accepts
-//! must lie within the input and satisfy the policy.
+//! must lie within the input and satisfy the policy; for both inner families (IPv6 over the
+//! IPv4 underlay: udp payload or protocol 41).
 #![no_main]
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
 use twill_tunnel::wire;
 
@@ -18,6 +19,32 @@ fuzz_target!(|data: &[u8]| {
                 assert!(inner.len >= inner.header.header_len);
                 assert!(p.contains(&inner.header.src) && l.contains(&inner.header.dst));
                 let again = wire::parse_ipv4(&data[inner.offset..inner.offset + inner.len]);
+                assert_eq!(again, Ok(inner.header));
+            }
+        }
+        let peer6: Ipv6Net = "fd00:1::/64".parse().unwrap();
+        let local6: Ipv6Net = "fd00:2::/64".parse().unwrap();
+        let any6: Ipv6Net = "::/0".parse().unwrap();
+        for (p, l) in [
+            ((&peer, Some(&peer6)), (&local, Some(&local6))),
+            ((&any, Some(&any6)), (&any, Some(&any6))),
+        ] {
+            if let Ok(inner) = wire::receive_check_any(ipip, data, p, l) {
+                assert!(inner.offset + inner.len <= data.len());
+                let src = inner.header.src();
+                let dst = inner.header.dst();
+                let (ps, ls) = match (src, dst) {
+                    (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+                        (p.0.contains(&s), l.0.contains(&d))
+                    }
+                    (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => (
+                        p.1.is_some_and(|n| n.contains(&s)),
+                        l.1.is_some_and(|n| n.contains(&d)),
+                    ),
+                    _ => (false, false),
+                };
+                assert!(ps && ls);
+                let again = wire::parse_inner(&data[inner.offset..inner.offset + inner.len]);
                 assert_eq!(again, Ok(inner.header));
             }
         }

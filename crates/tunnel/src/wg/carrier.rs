@@ -56,7 +56,7 @@ impl WgCarrier {
 
 /// The plaintext length after the whitepaper's zero padding: up to a multiple of 16 bytes,
 /// never beyond the device MTU (as Linux pads), so the wire shows sizes only in 16-byte steps.
-/// The receiver drops the padding by the inner IPv4 header's total length.
+/// The receiver drops the padding by the inner IPv4 or IPv6 header's length.
 fn padded_len(len: usize, mtu: usize) -> usize {
     len.next_multiple_of(16).min(mtu.max(len))
 }
@@ -96,8 +96,8 @@ impl Carrier for WgCarrier {
         }
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.udp.sock.as_fd()
+    fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        (self.udp.sock.as_fd(), None)
     }
 
     fn send(
@@ -232,8 +232,8 @@ impl Sink for EngineSink<'_, '_> {
     fn deliver(&mut self, peer: usize, len: usize) {
         let off = self.rx.offset;
         let n = self.rx.n;
-        let header = match wire::parse_ipv4(&self.rx.out[n].space()[off..off + len]) {
-            Ok(h) if h.total_len == len => h,
+        let header = match wire::parse_inner(&self.rx.out[n].space()[off..off + len]) {
+            Ok(h) if h.total_len() == len => h,
             _ => {
                 self.rx.tally.drop(DropReason::Malformed, 1);
                 return;

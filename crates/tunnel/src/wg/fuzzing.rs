@@ -99,6 +99,7 @@ impl Harness {
             &[Peer {
                 node: "peer".into(),
                 subnet,
+                subnet6: None,
                 underlay: *PEER_ADDR.ip(),
                 public_key: Some(theirs.public_key()),
             }],

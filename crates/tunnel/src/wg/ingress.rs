@@ -145,14 +145,10 @@ pub(crate) fn receive(
         let src_ip = Some(IpAddr::V4(*src.ip()));
         if data {
             match tunn.decapsulate(src_ip, dgram, sink.room()) {
-                TunnResult::WriteToTunnelV4(inner, _) => {
+                TunnResult::WriteToTunnelV4(inner, _) | TunnResult::WriteToTunnelV6(inner, _) => {
                     let len = inner.len();
                     wg.authenticated_from(src);
                     sink.deliver(peer, len);
-                }
-                TunnResult::WriteToTunnelV6(..) => {
-                    wg.authenticated_from(src);
-                    sink.drop(DropReason::Malformed);
                 }
                 // A keepalive.
                 TunnResult::Done => wg.authenticated_from(src),

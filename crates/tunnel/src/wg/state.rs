@@ -259,6 +259,7 @@ mod tests {
         Peer {
             node: node.into(),
             subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet6: None,
             underlay: Ipv4Addr::new(127, 0, 0, n),
             public_key: Some(key),
         }

@@ -104,6 +104,7 @@ impl Lab {
             device: device.into(),
             mtu: 1500 - encap.overhead(),
             local_subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+            local_subnet6: None,
             local_ip: if host == 1 { H1 } else { H2 },
             queues,
             kernel_path: false,
@@ -115,6 +116,7 @@ impl Lab {
         Peer {
             node: format!("h{host}"),
             subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+            subnet6: None,
             underlay: if host == 1 { H1 } else { H2 },
             public_key: None,
         }

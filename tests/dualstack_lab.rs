@@ -1,0 +1,539 @@
+//! Dual-stack clusters in the lab (`--ip-family dual`), with real agents (root only): the
+//! `ping` and `ping -6` matrices for host-gw and vxlan on the L2 and the routed underlay
+//! (vxlan across the router over IPv6, DirectRouting direct within a subnet and encapsulated
+//! across, host-gw skipping cross-subnet peers with a reason), the IPv6 routes each agent
+//! programs, a TCP stream over IPv6 between pods, IPv6 natOutgoing to a world namespace (the
+//! world sees the node's IPv6 underlay address, pods see each other's), and a capture decoded
+//! by scapy (tests/dualstack/wire_check.py) proving pod IPv6 crosses the underlay as VXLAN
+//! over IPv6 UDP 8472. Plus the refusals of what the lab cannot build yet (no root needed).
+//! Needs tcpdump, iperf3 and python3-scapy (for /usr/bin/python3).
+
+mod lab_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use lab_common::{Guard, UnderlayCapture, pod_ip6, spawn_in, spawn_in_ns};
+use serde_json::Value;
+use twill_lab::{Backend, IpFamily, Lab, LabSpec, Underlay};
+use twill_testkit::{random_suffix, require_root};
+
+const TWILL: &str = env!("CARGO_BIN_EXE_twill");
+const VXLAN_PORT: u16 = 8472;
+const WIRE_CHECK: &str = include_str!("dualstack/wire_check.py");
+/// The Debian python with scapy (a python3 earlier on PATH may lack it).
+const SCAPY_PYTHON: &str = "/usr/bin/python3";
+
+/// A dual-stack lab of `nodes` hosts with one pod each.
+fn spec(backend: Backend, underlay: Underlay, nodes: u32) -> LabSpec {
+    LabSpec::new(format!("d{}", random_suffix(5)))
+        .nodes(nodes)
+        .backend(backend)
+        .underlay(underlay)
+        .ip_family(IpFamily::Dual)
+        .pods_per_node(1)
+}
+
+fn up(spec: LabSpec) -> (Lab, Guard) {
+    require_root();
+    let guard = Guard(spec.name.clone());
+    let lab = Lab::up(&spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"));
+    lab.wait_converged(Duration::from_secs(30)).unwrap();
+    (lab, guard)
+}
+
+/// Both matrices hold every pair they should, and the IPv6 one probed every pod.
+fn assert_matrices(lab: &Lab) {
+    let m = lab.ping_matrix();
+    assert!(m.all_ok(), "{}", m.render());
+    let m6 = lab
+        .ping6_matrix()
+        .expect("a dual-stack lab has a ping -6 matrix");
+    assert_eq!(
+        m6.pods.len(),
+        lab.pods().len(),
+        "pods without an IPv6 address: {:?}",
+        lab.pods()
+    );
+    assert!(m6.all_ok(), "{}", m6.render());
+    assert_eq!(
+        m6.probes
+            .iter()
+            .filter(|p| p.outcome == twill_lab::Outcome::Ok)
+            .count(),
+        m.probes
+            .iter()
+            .filter(|p| p.outcome == twill_lab::Outcome::Ok)
+            .count(),
+        "the families differ:\n{}{}",
+        m.render(),
+        m6.render()
+    );
+    eprintln!("{}:\n{}{}", lab.name(), m.render(), m6.render());
+}
+
+/// Host `i`'s IPv6 pod subnet, as its agent reports it.
+fn subnet6(lab: &Lab, i: u32) -> String {
+    lab.host_status(i)
+        .unwrap()
+        .subnet6
+        .unwrap_or_else(|| panic!("h{i} reports no IPv6 subnet"))
+}
+
+/// Host `i`'s IPv6 underlay address.
+fn host_ip6(lab: &Lab, i: u32) -> String {
+    lab.state().host(i).unwrap().ip6.unwrap().to_string()
+}
+
+/// Host `from`'s IPv6 routes to host `to`'s IPv6 pod subnet (`ip -6 -j route`).
+fn routes6(lab: &Lab, from: u32, to: u32) -> Vec<Value> {
+    let dst = subnet6(lab, to);
+    let out = lab
+        .exec(
+            &format!("h{from}"),
+            &["ip", "-6", "-j", "route", "show", &dst],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The one IPv6 route from host `from` to host `to`'s pods.
+fn route6(lab: &Lab, from: u32, to: u32) -> Value {
+    let routes = routes6(lab, from, to);
+    assert_eq!(routes.len(), 1, "h{from} -> h{to}: {routes:?}");
+    routes[0].clone()
+}
+
+/// The path host `from`'s agent reports for peer `to` (`direct`, `vxlan`, `skipped`, ...)
+/// and its reason.
+fn path(lab: &Lab, from: u32, to: u32) -> (String, Option<String>) {
+    let s = lab.host_status(from).unwrap();
+    let p = s
+        .peers
+        .iter()
+        .find(|p| p.node == format!("h{to}"))
+        .unwrap_or_else(|| panic!("h{from} does not know h{to}: {s:?}"));
+    (p.path.via.clone(), p.path.reason.clone())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_gw_dual_stack_on_l2() {
+    let (lab, _g) = up(spec(Backend::HostGw, Underlay::L2, 2).pods_per_node(2));
+    assert_matrices(&lab);
+    // host-gw routes IPv6 pods via the peer's IPv6 underlay address.
+    for (from, to) in [(1, 2), (2, 1)] {
+        let r = route6(&lab, from, to);
+        assert_eq!(r["gateway"], host_ip6(&lab, to), "h{from} -> h{to}: {r}");
+        assert_eq!(r["dev"], "eth0", "{r}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn vxlan_dual_stack_on_l2() {
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::L2, 2).pods_per_node(2));
+    assert_matrices(&lab);
+    // IPv6 pods go through the IPv6 VTEP (over the IPv6 underlay), not the IPv4 one.
+    for (from, to) in [(1, 2), (2, 1)] {
+        let r = route6(&lab, from, to);
+        assert_eq!(r["dev"], "twill6.1", "h{from} -> h{to}: {r}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn vxlan_dual_stack_across_a_router() {
+    // h1 and h3 on one subnet, h2 on the other: everything encapsulated, over IPv6 too.
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::Routed, 3));
+    assert_matrices(&lab);
+    for to in [2, 3] {
+        assert_eq!(route6(&lab, 1, to)["dev"], "twill6.1");
+        assert_eq!(path(&lab, 1, to).0, "vxlan");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn vxlan_direct_routing_dual_stack_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::Routed, 3).direct_routing(true));
+    assert_matrices(&lab);
+    // h3 shares h1's subnet: routed directly via its IPv6 underlay address.
+    assert_eq!(path(&lab, 1, 3).0, "direct");
+    let r = route6(&lab, 1, 3);
+    assert_eq!(r["gateway"], host_ip6(&lab, 3), "{r}");
+    assert_eq!(r["dev"], "eth0", "{r}");
+    // h2 is across the router: encapsulated, over IPv6.
+    assert_eq!(path(&lab, 1, 2).0, "vxlan");
+    assert_eq!(route6(&lab, 1, 2)["dev"], "twill6.1");
+    assert_eq!(route6(&lab, 2, 1)["dev"], "twill6.1");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_gw_dual_stack_skips_cross_subnet_peers() {
+    let (lab, _g) = up(spec(Backend::HostGw, Underlay::Routed, 3));
+    // The matrices skip the cross-subnet pairs (and say so) and reach the others.
+    assert_matrices(&lab);
+    let m6 = lab.ping6_matrix().unwrap();
+    let skipped = m6
+        .probes
+        .iter()
+        .filter(|p| p.outcome == twill_lab::Outcome::Skipped)
+        .count();
+    assert_eq!(skipped, 4, "{}", m6.render());
+    // twill status: h2 skipped with a reason, h3 direct; no IPv6 route to h2's pods.
+    let (via, reason) = path(&lab, 1, 2);
+    assert_eq!(via, "skipped");
+    assert!(
+        reason.as_deref().is_some_and(|r| !r.is_empty()),
+        "no reason"
+    );
+    assert_eq!(path(&lab, 1, 3).0, "direct");
+    assert!(routes6(&lab, 1, 2).is_empty(), "{:?}", routes6(&lab, 1, 2));
+    assert_eq!(route6(&lab, 1, 3)["gateway"], host_ip6(&lab, 3));
+    // `twill lab status` shows it too.
+    let out = Command::new(TWILL)
+        .args(["lab", "status", "--name", lab.name()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("h2 skipped ("), "{text}");
+    assert!(
+        text.contains("ipv6 fd00:1::11 subnet6 fd00:10:244:"),
+        "{text}"
+    );
+}
+
+/// `twill lab ping` prints both matrices of a dual-stack lab; `--json` has the IPv6 one under
+/// `ipv6`.
+#[test]
+#[ignore = "needs root"]
+fn lab_ping_prints_both_families() {
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::L2, 2));
+    let out = Command::new(TWILL)
+        .args(["lab", "ping", "--name", lab.name()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\nall 2 expected paths ok\n"), "{text}");
+    assert!(text.contains("ping -6: all 2 expected paths ok"), "{text}");
+    assert!(text.contains(&pod_ip6(&lab, 2)), "{text}");
+    let out = Command::new(TWILL)
+        .args(["lab", "ping", "--json", "--name", lab.name()])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["ipv6"]["ok"], true, "{json}");
+    assert_eq!(json["ipv6"]["pods"][1]["ip"], pod_ip6(&lab, 2), "{json}");
+}
+
+/// Runs a one-connection TCP listener on `[::]:7777` in namespace `ns` and returns it once it
+/// listens; its next stdout line is the peer address it saw.
+const LISTEN: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 7777)); s.listen(1); s.settimeout(30)
+print("ready", flush=True)
+c, peer = s.accept()
+print(peer[0], flush=True)
+c.sendall(b"ok"); c.close()
+"#;
+
+/// Connects to `[ip]:7777` and expects `ok`.
+const CONNECT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], 7777), timeout=5)
+got = c.recv(16)
+assert got == b"ok", got
+"#;
+
+/// Which source address a listener in namespace `ns` sees when `client` (a lab target)
+/// connects to `ip` over TCP.
+fn source_seen(lab: &Lab, ns: &str, client: &str, ip: &str) -> String {
+    let mut listener = spawn_in_ns(ns, &["python3", "-c", LISTEN]);
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let ready = lines.next().and_then(Result::ok);
+    assert_eq!(
+        ready.as_deref(),
+        Some("ready"),
+        "the listener did not start"
+    );
+    let out = lab.exec(client, &["python3", "-c", CONNECT, ip]).unwrap();
+    assert!(out.status.success(), "{client} -> [{ip}]:7777: {out:?}");
+    let peer = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = listener.wait();
+    peer
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nat_outgoing_ipv6_to_the_world() {
+    let (mut lab, _g) = up(spec(Backend::Vxlan, Underlay::L2, 2));
+    let (world, _) = lab.add_outside_host(0).unwrap();
+    let world6 = lab.outside_host_ip6(0).unwrap().to_string();
+    // The world has no route to the pods' IPv6 network: replies only come back if the pod's
+    // source was masqueraded to its node's IPv6 underlay address.
+    let ping = lab
+        .exec(
+            "h1-p1",
+            &["ping", "-6", "-n", "-c", "3", "-W", "2", &world6],
+        )
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "h1-p1 -> world {world6}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_eq!(
+        source_seen(&lab, &world, "h1-p1", &world6),
+        host_ip6(&lab, 1)
+    );
+    assert_eq!(
+        source_seen(&lab, &world, "h2-p1", &world6),
+        host_ip6(&lab, 2)
+    );
+    // Between pods on two nodes the source stays the pod's own.
+    let h2_pod = lab.target_ns("h2-p1").unwrap();
+    assert_eq!(
+        source_seen(&lab, &h2_pod, "h1-p1", &pod_ip6(&lab, 2)),
+        pod_ip6(&lab, 1)
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn tcp_stream_over_ipv6_between_pods() {
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::Routed, 2));
+    let dst = pod_ip6(&lab, 2);
+    let server = spawn_in(&lab, "h2-p1", &["iperf3", "-s", "-1", "-p", "5201"]);
+    let server = KillOnDrop(server);
+    // The server listens once its port is bound; poll rather than sleep.
+    wait_for("iperf3 to listen in h2-p1", 10, || {
+        let out = lab
+            .exec("h2-p1", &["ss", "-Htln", "sport = :5201"])
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.trim().is_empty() {
+            Err("not listening".into())
+        } else {
+            Ok(())
+        }
+    });
+    let client = lab
+        .exec(
+            "h1-p1",
+            &["iperf3", "-6", "-c", &dst, "-t", "3", "-b", "50M", "-J"],
+        )
+        .unwrap();
+    let report: Value = serde_json::from_slice(&client.stdout).unwrap_or(Value::Null);
+    assert!(
+        client.status.success() && report["error"].is_null(),
+        "the TCP stream over IPv6 failed: {}",
+        String::from_utf8_lossy(&client.stdout)
+    );
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(received > 1_000_000, "only {received} bytes: {report}");
+    let remote = report["start"]["connected"][0]["remote_host"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(remote, dst, "{report}");
+    drop(server);
+}
+
+/// Pod IPv6 between two vxlan nodes crosses the underlay as VXLAN over IPv6 (UDP 8472, outer
+/// addresses the nodes' IPv6 underlay addresses) carrying the pods' own IPv6 packets; never in
+/// the clear, never inside the IPv4 VXLAN.
+#[test]
+#[ignore = "needs root"]
+fn vxlan_carries_pod_ipv6_in_vxlan_over_ipv6() {
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::L2, 2));
+    let report = wire_report(&lab);
+    // 3 requests and 3 replies each way, each seen on two bridge ports.
+    assert!(
+        report["v6InV6"].as_u64().unwrap_or(0) >= 12,
+        "pod IPv6 not in VXLAN over IPv6: {report}"
+    );
+    assert_eq!(report["v6InV4"], 0, "pod IPv6 inside IPv4 VXLAN: {report}");
+    assert_eq!(report["clearV6"], 0, "pod IPv6 in the clear: {report}");
+    assert_eq!(report["vnis"], serde_json::json!([1]), "{report}");
+    let (h1, h2) = (host_ip6(&lab, 1), host_ip6(&lab, 2));
+    for pair in report["outer6"].as_array().unwrap() {
+        let pair: Vec<&str> = pair
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            pair == [h1.as_str(), h2.as_str()] || pair == [h2.as_str(), h1.as_str()],
+            "outer IPv6 addresses are not the nodes' underlay: {report}"
+        );
+    }
+}
+
+/// Pings with a marker between h1's and h2's first pods over IPv6, both ways, while the
+/// underlay is captured, and decodes the capture with `wire_check.py`.
+fn wire_report(lab: &Lab) -> Value {
+    let (a, b) = (pod_ip6(lab, 1), pod_ip6(lab, 2));
+    let marker = format!("twill6{}", random_suffix(6));
+    let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
+    let capture = UnderlayCapture::start(lab, "not port 2379 and not port 2380");
+    for (from, to) in [("h1-p1", &b), ("h2-p1", &a)] {
+        let ping = lab
+            .exec(
+                from,
+                &[
+                    "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-p", &hex, to,
+                ],
+            )
+            .unwrap();
+        assert!(ping.status.success(), "{from} -> {to}: {ping:?}");
+    }
+    let pcap = capture.stop();
+    let out = Command::new(SCAPY_PYTHON)
+        .args(["-c", WIRE_CHECK])
+        .arg(&pcap.0)
+        .args([&VXLAN_PORT.to_string(), &a, &b, &marker])
+        .output()
+        .expect("run the capture check");
+    assert!(
+        out.status.success(),
+        "the capture check failed (needs python3-scapy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{}: wire {report}", lab.name());
+    report
+}
+
+/// A dual-stack node whose underlay is IPv4 only: its peers carry its pods' IPv6 through the
+/// IPv4 VTEP (VXLAN over IPv4 UDP 8472, inner IPv6 pod packets), and both matrices hold.
+#[test]
+#[ignore = "needs root"]
+fn vxlan_carries_pod_ipv6_over_an_ipv4_underlay_when_a_node_lacks_ipv6() {
+    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::L2, 2).ipv4_underlay_hosts([2]));
+    assert!(lab.state().host(2).unwrap().ip6.is_none());
+    assert_matrices(&lab);
+    assert_eq!(route6(&lab, 1, 2)["dev"], "twill.1");
+    assert_eq!(route6(&lab, 2, 1)["dev"], "twill.1");
+    let report = wire_report(&lab);
+    assert!(
+        report["v6InV4"].as_u64().unwrap_or(0) >= 12,
+        "pod IPv6 not in VXLAN over IPv4: {report}"
+    );
+    assert_eq!(report["v6InV6"], 0, "{report}");
+    assert_eq!(report["clearV6"], 0, "pod IPv6 in the clear: {report}");
+}
+
+/// The dual-stack underlay alone (no agents): every host and the outside host have their
+/// IPv6 address at once (no tentative address waiting for DAD), hosts on one segment reach
+/// each other, and the router forwards IPv6 between the segments.
+#[test]
+#[ignore = "needs root"]
+fn dual_stack_underlay_reaches_across_the_router() {
+    require_root();
+    let spec = spec(Backend::Vxlan, Underlay::Routed, 3);
+    let _g = Guard(spec.name.clone());
+    let mut lab = Lab::build_topology(&spec).unwrap();
+    let (outside, _) = lab.add_outside_host(0).unwrap();
+    let outside6 = lab.outside_host_ip6(0).unwrap().to_string();
+    assert_eq!(outside6, "fd00:1::240");
+    for i in 1..=3 {
+        let out = lab
+            .exec(
+                &format!("h{i}"),
+                &["ip", "-6", "-j", "addr", "show", "dev", "eth0"],
+            )
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&host_ip6(&lab, i)), "h{i}: {text}");
+        assert!(!text.contains("tentative"), "h{i}: {text}");
+    }
+    assert_eq!(host_ip6(&lab, 2), "fd00:2::12");
+    // Within h1's segment, across the router, and to the outside host; both ways.
+    for (from, to) in [(1, 3), (1, 2), (2, 3)] {
+        let dst = host_ip6(&lab, to);
+        let ping = lab
+            .exec(
+                &format!("h{from}"),
+                &["ping", "-6", "-n", "-c", "1", "-W", "2", &dst],
+            )
+            .unwrap();
+        assert!(ping.status.success(), "h{from} -> h{to} ({dst}): {ping:?}");
+    }
+    let dst = host_ip6(&lab, 2);
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &outside, "ping", "-6", "-n", "-c", "1", "-W", "2", &dst,
+        ])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "outside -> h2: {ping:?}");
+}
+
+/// What the lab cannot build yet is refused before anything is made, with a clear reason
+/// (no root needed: the spec is checked first).
+#[test]
+fn unsupported_ip_families_are_refused() {
+    let name = format!("d{}", random_suffix(5));
+    for (args, says) in [
+        (
+            "--backend vxlan --ip-family ipv6",
+            "--ip-family ipv6: IPv6-only clusters are not supported yet",
+        ),
+        (
+            "--backend udp --ip-family dual",
+            "the udp backend does not carry IPv6 yet",
+        ),
+        (
+            "--backend wireguard --ip-family dual",
+            "the wireguard backend does not carry IPv6 yet",
+        ),
+        (
+            "--backend host-gw --ip-family dual --encrypt",
+            "--encrypt does not carry IPv6 yet",
+        ),
+    ] {
+        let out = Command::new(TWILL)
+            .args(["lab", "up", "--nodes", "2", "--name", &name])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args}: accepted");
+        assert!(err.contains(says), "{args}: {err}");
+        assert!(!twill_lab::plan::state_dir(&name).exists(), "{args}");
+    }
+}
+
+/// Kills a child process (a server that would otherwise wait for a client) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ok` every 100 ms until it holds, for at most `secs`; panics with `what` and the
+/// last state `ok` described.
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out after {secs} s waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
