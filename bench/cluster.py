@@ -35,7 +35,9 @@ Runs in the root namespace but only ever starts processes *inside* the lab's nam
            1-stream throughput >= 0.5, latency <= 2.0, 4 streams reported; wireguard vs
            kernel VXLAN, 1 stream >= 0.5, and vs wireguard-go (EXTRA_GOALS), 1 stream >= 2.0,
            latency <= 1.2; join < 1000 ms), and a side-by-side table of the medians of every
-           backend
+           backend. Backends named B-ipv6 (cluster.sh IP_FAMILY=dual) measured twill's IPv6
+           pod path against the same IPv6 path by hand (goals as for B) with twill's IPv4
+           path of the same pods as a further side, twill-ipv4 (ratio IPv6 / IPv4, no goal)
   rr-server IP PORT SECS      echo server for the python ping-pong (one connection)
   rr-client IP PORT SECS SIZE the python ping-pong client; prints JSON
 """
@@ -64,24 +66,35 @@ GOALS = {"host-gw": ("hand-built kernel routes", SAME_PATH),
 # further baselines of a backend (measure's --extra side): [(side, its name, goals)]
 EXTRA_GOALS = {"wireguard": [("wireguard-go", "hand-built wireguard-go",
                               {"tcp1": 2.0, "tcp4": None, "rr": 1.2})]}
+# B-ipv6: twill's IPv6 pod path, against the same IPv6 path by hand, and twill's IPv4 path
+# between the same pods alongside (informative)
+IPV6 = "-ipv6"
+GOALS_IPV6 = {"host-gw": ("hand-built IPv6 kernel routes", SAME_PATH),
+              "vxlan": ("hand-built kernel VXLAN over IPv6", SAME_PATH)}
+EXTRA_IPV6 = [("twill-ipv4", "twill over IPv4", {"tcp1": None, "tcp4": None, "rr": None})]
 # join: time from a node's agent start to its first pod reply, ms (goal: below this)
 JOIN_GOAL_MS = 1000
 
 
 def base_of(backend):
-    """The backend without its variant suffixes (-routed pods, -engine only)."""
-    for suffix in ("-routed", "-engine"):
+    """The backend without its variant suffixes (-ipv6 pod path, -routed pods, -engine only)."""
+    for suffix in (IPV6, "-routed", "-engine"):
         backend = backend.removesuffix(suffix)
     return backend
 
 
 def goals_of(backend):
-    """Baseline name and goals of a backend; variants (-routed pods, -engine only) share them."""
+    """Baseline name and goals of a backend; variants (-routed pods, -engine only) share them,
+    the IPv6 pod path (-ipv6) has its own baseline."""
+    if backend.endswith(IPV6):
+        return GOALS_IPV6.get(base_of(backend), ("IPv6 baseline", SAME_PATH))
     return GOALS.get(base_of(backend), ("baseline", SAME_PATH))
 
 
 def extras_of(backend):
     """The backend's further baselines: [(side, name, goals)]."""
+    if backend.endswith(IPV6):
+        return EXTRA_IPV6
     return EXTRA_GOALS.get(base_of(backend), [])
 
 
@@ -238,7 +251,7 @@ def rr(src, dst, ip, secs, tool):
 
 
 def rr_server(ip, port, secs):
-    ls = socket.socket()
+    ls = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((ip, port))
     ls.listen(1)

@@ -55,6 +55,26 @@
 #                                  VXLAN VNI 1 port 8472); shows the harness and the noise floor
 #                                  (host-gw and vxlan only)
 #   bash bench/cluster.sh --clean  removes labs/netns left by a run killed with SIGKILL
+#
+# IPv6 (issue 15): IP_FAMILY=dual bash bench/cluster.sh  (BACKENDS host-gw and/or vxlan only;
+# the others carry no IPv6 pod traffic yet and are refused). Each lab comes up with `twill lab
+# up ... --ip-family dual` (IPv6 ULA underlay fd00:<c>::<d>/64 next to the IPv4 one, IPv6 pool
+# fd00:10:244::/56, pods with an IPv4 and an IPv6 address). Three sides, interleaved (the order
+# rotates by one each rep), same pods and hosts:
+#   twill       twill's IPv6 pod-to-pod path: iperf3 / round trip to h2-p1's IPv6 address
+#   baseline    the same IPv6 path by hand: bbr0 gets fd00:250:<i>::1/64 too, the baseline pod
+#               fd00:250:<i>::2/64 (IPv6 default via ::1); host-gw: `ip -6 route add
+#               fd00:250:<j>::/64 via <peer underlay IPv6> dev eth0`; vxlan: kernel VXLAN bvx6
+#               (VNI 100, port 4790, nolearning, local <underlay IPv6>, dev eth0, MTU underlay -
+#               70, fd00:250:<i>::/128; Flannel's flannel-v6 scheme, as twill6.<VNI>) with
+#               per-peer onlink route via fd00:250:<j>::, permanent NDP neighbour and FDB entry
+#               to the peer's underlay IPv6; baseline pods at MTU underlay - 70 (vxlan) or the
+#               underlay's (host-gw); the IPv4 baseline of the same pods stays as above
+#   twill-ipv4  twill's IPv4 path between the same pods (informative: ratio IPv6 / IPv4)
+# Goals vs the hand-built IPv6 path: throughput ratio >= 0.95, latency ratio <= 1.05; rows are
+# labelled host-gw-ipv6 / vxlan-ipv6; output in bench/results/cluster-ipv6-<UTC timestamp>.txt.
+#   IP_FAMILY=dual bash bench/cluster.sh --aa   the same without twill (both "twill" paths
+#                               hand-built: fd00:244:<i>::/64, twill6.1 VNI 1 port 8472)
 set -euo pipefail
 . "$(dirname "$0")/lib-cluster.sh"
 
@@ -84,6 +104,18 @@ for b in $BACKENDS; do
     *) die "BACKENDS: host-gw, vxlan, udp, ipip, ipip-engine, udp-engine, wireguard, and each of udp/ipip/ipip-engine/udp-engine/wireguard with -routed, not $b" ;;
   esac
 done
+IP_FAMILY=${IP_FAMILY:-ipv4}
+case $IP_FAMILY in
+  ipv4) ;;
+  dual)
+    for b in $BACKENDS; do
+      case $b in
+        host-gw|vxlan) ;;
+        *) die "IP_FAMILY=dual: BACKENDS may only be host-gw and vxlan (twill carries IPv6 pod traffic on those only so far), not $b" ;;
+      esac
+    done ;;
+  *) die "IP_FAMILY must be ipv4 or dual, not $IP_FAMILY" ;;
+esac
 export REPS T LAT_S JOIN_REPS
 case " $BACKENDS " in
   *" wireguard"*) need_cmds "apt-get install wireguard-go wireguard-tools" wireguard-go wg ;;
@@ -116,7 +148,7 @@ cleanup() {
 }
 on_exit cleanup
 
-start_output cluster
+if [ "$IP_FAMILY" = dual ]; then start_output cluster-ipv6; else start_output cluster; fi
 LOG=$WORK/rows.jsonl
 
 say_header cluster
@@ -126,11 +158,15 @@ else
   echo "# A/A MODE: no twill; the 'twill' side is a second hand-built kernel path (calibration)"
 fi
 echo "# REPS=$REPS T=${T}s LAT_S=${LAT_S}s backends: $BACKENDS; iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
+[ "$IP_FAMILY" = ipv4 ] || echo "# IP_FAMILY=dual: twill's IPv6 pod path vs the same IPv6 path by hand; twill's IPv4 path alongside"
 
-declare -A HNS HIP TPOD TIP AGENT WGPID
+declare -A HNS HIP TPOD TIP AGENT WGPID HIP6 TIP6
 MTU_U=1500
+VXLAN_OVERHEAD=50   # outer IPv4 + UDP + VXLAN + inner Ethernet; 70 over an IPv6 underlay
+[ "$IP_FAMILY" = ipv4 ] || VXLAN_OVERHEAD=70
 
 read_lab() {   # fills HNS/HIP/AGENT (host netns, underlay ip, agent pid) and TPOD/TIP (twill pods)
+  # (and in a dual-stack lab HIP6/TIP6: the hosts' underlay IPv6 and the pods' IPv6 addresses)
   local st=/run/twill/lab/$1/state.json
   [ -f "$st" ] || die "$st missing after lab up"
   eval "$(python3 - "$st" <<'PY'
@@ -139,9 +175,13 @@ s = json.load(open(sys.argv[1]))
 for h in s["hosts"]:
     print("HNS[%d]=%s HIP[%d]=%s AGENT[%d]=%s" % (h["index"], shlex.quote(h["netns"]), h["index"],
           h["ip"], h["index"], int(h.get("agentPid", h.get("agent_pid")) or 0)))
+    if h.get("ip6"):
+        print("HIP6[%d]=%s" % (h["index"], shlex.quote(h["ip6"])))
 for p in s["pods"]:
     if p["index"] == 1:
         print("TPOD[%d]=%s TIP[%d]=%s" % (p["host"], shlex.quote(p["netns"]), p["host"], p["ip"]))
+        if p.get("ip6"):
+            print("TIP6[%d]=%s" % (p["host"], shlex.quote(p["ip6"])))
 PY
 )"
   [ -n "${TPOD[1]:-}" ] && [ -n "${TPOD[2]:-}" ] || die "state.json of $1 has no pods h1-p1/h2-p1"
@@ -150,10 +190,11 @@ PY
 # path_up MODE PREFIX BRIDGE VXDEV VNI PORT MACTAG PODSUFFIX PROTO: a bridge per host with
 # PREFIX.<i>.1/24, a pod netns <host netns>-PODSUFFIX at PREFIX.<i>.2, and the inter-host path
 # by hand (plain routes, Flannel-style VXLAN, or wggo: a wireguard-go tunnel, device VXDEV<i>
-# on UDP PORT). Pod MTU: 1450 for vxlan, 1420 for wggo, underlay's for host-gw.
+# on UDP PORT). Pod MTU: underlay - VXLAN_OVERHEAD for vxlan (1450; 1430 with IP_FAMILY=dual,
+# whose IPv6 VXLAN needs it), 1420 for wggo, underlay's for host-gw.
 path_up() {
   local mode=$1 pfx=$2 br=$3 vx=$4 vni=$5 port=$6 tag=$7 suf=$8 proto=$9 i j h p mtu
-  mtu=$MTU_U; [ "$mode" = vxlan ] && mtu=$((MTU_U - 50))
+  mtu=$MTU_U; [ "$mode" = vxlan ] && mtu=$((MTU_U - VXLAN_OVERHEAD))
   [ "$mode" = wggo ] && mtu=$((MTU_U - 80))
   for i in 1 2; do
     h=${HNS[$i]} p=${HNS[$i]}-$suf
@@ -196,6 +237,46 @@ path_up() {
 
 # wggo_start NETNS DEV PORT I: wireguard-go in the foreground (pid in WGPID[I], log in $WORK),
 # a new private key ($WORK/DEV.key, 0600), listening on PORT; waits for its control socket.
+# path6_add MODE PREFIX6 BRIDGE VXDEV6 VNI PORT MACTAG PODSUFFIX PROTO: the IPv6 twin of a
+# path_up path (same bridge and pods): BRIDGE gets PREFIX6:<i>::1/64, the pod PREFIX6:<i>::2/64
+# with an IPv6 default via ::1; host-gw: PREFIX6:<j>::/64 via the peer's underlay IPv6 (HIP6);
+# vxlan: VXDEV6 (local HIP6, MTU underlay - 70, PREFIX6:<i>::/128) with Flannel-v6's per-peer
+# onlink route, permanent NDP neighbour and FDB entry. Addresses skip DAD (nodad): nothing
+# else uses them, and a tentative address would make the first pings fail.
+path6_add() {
+  local mode=$1 pfx=$2 br=$3 vx=$4 vni=$5 port=$6 tag=$7 suf=$8 proto=$9 i j h p
+  for i in 1 2; do
+    h=${HNS[$i]} p=${HNS[$i]}-$suf
+    ip -n "$h" addr add "$pfx:$i::1/64" dev "$br" nodad
+    ip -n "$p" addr add "$pfx:$i::2/64" dev eth0 nodad
+    ip -n "$p" -6 route add default via "$pfx:$i::1"
+    if [ "$mode" = vxlan ]; then
+      ip -n "$h" link add "$vx" type vxlan id "$vni" dstport "$port" nolearning \
+        local "${HIP6[$i]}" dev eth0
+      ip -n "$h" link set "$vx" address "02:$tag:00:00:06:0$i" mtu $((MTU_U - 70)) up
+      ip -n "$h" addr add "$pfx:$i::/128" dev "$vx" nodad
+    fi
+  done
+  for i in 1 2; do
+    j=$((3 - i)) h=${HNS[$i]}
+    if [ "$mode" = vxlan ]; then
+      ip -n "$h" neigh add "$pfx:$j::" lladdr "02:$tag:00:00:06:0$j" dev "$vx" nud permanent
+      bridge -n "$h" fdb append "02:$tag:00:00:06:0$j" dev "$vx" dst "${HIP6[$j]}" self permanent
+      ip -n "$h" -6 route add "$pfx:$j::/64" via "$pfx:$j::" dev "$vx" onlink proto "$proto"
+    else
+      ip -n "$h" -6 route add "$pfx:$j::/64" via "${HIP6[$j]}" dev eth0 proto "$proto"
+    fi
+  done
+}
+
+path6_down() {   # PREFIX6 VXDEV6 (before path_down, which removes the bridge and pods)
+  local i
+  for i in 1 2; do
+    ip -n "${HNS[$i]}" link del "$2" 2>/dev/null || true
+    ip -n "${HNS[$i]}" -6 route del "$1:$((3 - i))::/64" 2>/dev/null || true
+  done
+}
+
 wggo_start() {
   local k
   (umask 077; wg genkey > "$WORK/$2.key")
@@ -243,8 +324,14 @@ aa_up() {   # a lab-shaped topology without twill: underlay bridge, 2 hosts, "tw
     ip -n "${HNS[$i]}" link set eth0 up
     ip netns exec "${HNS[$i]}" sysctl -qw net.ipv4.ip_forward=1
     TPOD[$i]=twl-$n-h$i-p1 TIP[$i]=10.244.$i.2
+    if [ "$IP_FAMILY" = dual ]; then
+      HIP6[$i]=fd00:100::$((10 + i)) TIP6[$i]=fd00:244:$i::2
+      ip -n "${HNS[$i]}" addr add "${HIP6[$i]}/64" dev eth0 nodad
+      ip netns exec "${HNS[$i]}" sysctl -qw net.ipv6.conf.all.forwarding=1
+    fi
   done
   path_up "$mode" 10.244 twill0 twill.1 1 8472 aa p1 117
+  [ "$IP_FAMILY" = ipv4 ] || path6_add "$mode" fd00:244 twill0 twill6.1 1 8472 aa p1 117
 }
 
 pingable() {   # SRC_NS DST_IP TRIES
@@ -258,7 +345,10 @@ pingable() {   # SRC_NS DST_IP TRIES
 
 run_backend() {
   local b=$1 n=$2 i mt mb base=$1 agents=() lab_backend=$1 no_kernel_path=false pod_mode=bridge
-  local nodes=2 extra=()
+  local nodes=2 extra=() family=() label=$1 dst_twill dst_base=10.250.2.2
+  if [ "$IP_FAMILY" = dual ]; then
+    family=(--ip-family dual) label=$1-ipv6 dst_base=fd00:250:2::2   # rows: host-gw-ipv6, ...
+  fi
   # agents: --agents PID,PID for the tunnels; they are measured against kernel VXLAN
   case $b in *-routed) lab_backend=${lab_backend%-routed} pod_mode=routed ;; esac
   case $lab_backend in *-engine) lab_backend=${lab_backend%-engine} no_kernel_path=true ;; esac
@@ -266,25 +356,35 @@ run_backend() {
   [ "$lab_backend" = wireguard ] && nodes=3   # h3 for the join measurement
   base=${base%-routed}
   echo
-  echo "==== backend $b (lab $n) ===="
+  echo "==== backend $b (lab $n)$([ "$IP_FAMILY" = ipv4 ] || echo ", IPv6 pod path") ===="
   local t0=$SECONDS
   if [ "$AA" = 1 ]; then
     aa_up "$n" "$b"
   else
     TWILL_NO_KERNEL_PATH=$no_kernel_path bg_wait timeout 300 "$TW" lab up --nodes "$nodes" \
       --backend "$lab_backend" --pod-mode "$pod_mode" --pods-per-node 1 --name "$n" \
-      || die "twill lab up --backend $lab_backend failed"
+      "${family[@]}" || die "twill lab up --backend $lab_backend failed"
     read_lab "$n"
   fi
   echo "lab up in $((SECONDS - t0)) s: hosts ${HNS[1]} (${HIP[1]}), ${HNS[2]} (${HIP[2]}); twill pods ${TIP[1]} -> ${TIP[2]}"
+  if [ "$IP_FAMILY" = dual ]; then
+    [ -n "${HIP6[1]:-}" ] && [ -n "${HIP6[2]:-}" ] && [ -n "${TIP6[1]:-}" ] && [ -n "${TIP6[2]:-}" ] \
+      || die "lab $n has no IPv6 underlay or pod addresses in its state.json (a twill without 'lab up --ip-family dual'?)"
+    echo "IPv6: hosts ${HIP6[1]}, ${HIP6[2]}; twill pods ${TIP6[1]} -> ${TIP6[2]}"
+  fi
   MTU_U=$(ip -n "${HNS[1]}" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
   for i in 1 2; do
     if [ "$(ip netns exec "${HNS[$i]}" sysctl -n net.ipv4.ip_forward)" != 1 ]; then
       echo "note: ip_forward was 0 in ${HNS[$i]}; set to 1 (the baseline needs it)"
       ip netns exec "${HNS[$i]}" sysctl -qw net.ipv4.ip_forward=1
     fi
+    if [ "$IP_FAMILY" = dual ] && [ "$(ip netns exec "${HNS[$i]}" sysctl -n net.ipv6.conf.all.forwarding)" != 1 ]; then
+      echo "note: IPv6 forwarding was 0 in ${HNS[$i]}; set to 1 (the baseline needs it)"
+      ip netns exec "${HNS[$i]}" sysctl -qw net.ipv6.conf.all.forwarding=1
+    fi
   done
   path_up "$base" 10.250 bbr0 bvx0 100 4790 b0 b 118
+  [ "$IP_FAMILY" = ipv4 ] || path6_add "$base" fd00:250 bbr0 bvx6 100 4790 b0 b 118
   mt=$(ip -n "${TPOD[1]}" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
   mb=$(ip -n "${HNS[1]}-b" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
   if [ "$base" = "$b" ]; then
@@ -300,8 +400,21 @@ run_backend() {
   fi
   echo "h1 routes to the peer: twill: $(ip -n "${HNS[1]}" route show proto 117 | tr '\n' ';')"
   echo "                       baseline: $(ip -n "${HNS[1]}" route show proto 118 | tr '\n' ';')"
+  if [ "$IP_FAMILY" = dual ]; then
+    echo "h1 IPv6 routes to the peer: twill: $(ip -n "${HNS[1]}" -6 route show proto 117 | tr '\n' ';')"
+    echo "                            baseline: $(ip -n "${HNS[1]}" -6 route show proto 118 | tr '\n' ';')"
+    [ "$base" != vxlan ] || echo "h1 VXLAN devices: $(ip -n "${HNS[1]}" -o link show type vxlan \
+      | awk '{print $2, $4, $5}' | tr '\n' ';')"
+  fi
   pingable "${TPOD[1]}" "${TIP[2]}" 15 || die "twill pod ${TIP[1]} cannot ping ${TIP[2]} ($b)"
   pingable "${HNS[1]}-b" 10.250.2.2 5 || die "baseline pod 10.250.1.2 cannot ping 10.250.2.2 ($b)"
+  if [ "$IP_FAMILY" = dual ]; then
+    pingable "${TPOD[1]}" "${TIP6[2]}" 15 || die "twill pod ${TIP6[1]} cannot ping ${TIP6[2]} ($b)"
+    pingable "${HNS[1]}-b" fd00:250:2::2 5 || die "baseline pod fd00:250:1::2 cannot ping fd00:250:2::2 ($b)"
+    extra=(--extra twill-ipv4 "${TPOD[1]}" "${TPOD[2]}" "${TIP[2]}")
+  fi
+  dst_twill=${TIP[2]}
+  [ "$IP_FAMILY" = ipv4 ] || dst_twill=${TIP6[2]}
   if [ "$lab_backend" = wireguard ]; then
     path_up wggo 10.251 gbr0 "bwg$n" 0 51821 - g 119
     pingable "${HNS[1]}-g" 10.251.2.2 5 || die "wireguard-go pod 10.251.1.2 cannot ping 10.251.2.2"
@@ -311,11 +424,12 @@ run_backend() {
   fi
   echo "both paths pass traffic; measuring (REPS=$REPS, T=${T}s, LAT_S=${LAT_S}s)"
   bg_wait timeout $((REPS * 2 * (2 * T + LAT_S + 90) + 60)) python3 "$HERE/cluster.py" measure \
-    --backend "$b" --log "$LOG" \
-    --twill "${TPOD[1]}" "${TPOD[2]}" "${TIP[2]}" \
-    --base "${HNS[1]}-b" "${HNS[2]}-b" 10.250.2.2 \
+    --backend "$label" --log "$LOG" \
+    --twill "${TPOD[1]}" "${TPOD[2]}" "$dst_twill" \
+    --base "${HNS[1]}-b" "${HNS[2]}-b" "$dst_base" \
     "${agents[@]}" "${extra[@]}" \
     || echo "warning: measurement of $b ended early (rc $?)"
+  [ "$IP_FAMILY" = ipv4 ] || path6_down fd00:250 bvx6
   path_down 10.250 bbr0 bvx0 b
   if [ "$lab_backend" = wireguard ]; then
     path_down 10.251 gbr0 "bwg$n" g
