@@ -489,10 +489,6 @@ fn unsupported_ip_families_are_refused() {
             "--ip-family ipv6: IPv6-only clusters are not supported yet",
         ),
         (
-            "--backend udp --ip-family dual",
-            "the udp backend does not carry IPv6 yet",
-        ),
-        (
             "--backend wireguard --ip-family dual",
             "the wireguard backend does not carry IPv6 yet",
         ),
