@@ -1,7 +1,8 @@
 //! Dual-stack clusters in the lab (`--ip-family dual`), with real agents (root only): the
-//! `ping` and `ping -6` matrices for host-gw and vxlan on the L2 and the routed underlay
-//! (vxlan across the router over IPv6, DirectRouting direct within a subnet and encapsulated
-//! across, host-gw skipping cross-subnet peers with a reason), the IPv6 routes each agent
+//! `ping` and `ping -6` matrices for host-gw, vxlan, udp and ipip on the L2 and the routed
+//! underlay (vxlan across the router over IPv6, DirectRouting of vxlan and ipip direct within a
+//! subnet and encapsulated across, udp and ipip through the tunnel device over the IPv4
+//! underlay, host-gw skipping cross-subnet peers with a reason), the IPv6 routes each agent
 //! programs, a TCP stream over IPv6 between pods, IPv6 natOutgoing to a world namespace (the
 //! world sees the node's IPv6 underlay address, pods see each other's), and a capture decoded
 //! by scapy (tests/dualstack/wire_check.py) proving pod IPv6 crosses the underlay as VXLAN
@@ -23,6 +24,9 @@ use twill_testkit::{random_suffix, require_root};
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
 const VXLAN_PORT: u16 = 8472;
 const WIRE_CHECK: &str = include_str!("dualstack/wire_check.py");
+const TUNNEL_WIRE_CHECK: &str = include_str!("dualstack/tunnel_wire_check.py");
+/// The udp backend's default port (Flannel's).
+const UDP_PORT: u16 = 8285;
 /// The Debian python with scapy (a python3 earlier on PATH may lack it).
 const SCAPY_PYTHON: &str = "/usr/bin/python3";
 
@@ -170,6 +174,46 @@ fn vxlan_direct_routing_dual_stack_across_a_router() {
     assert_eq!(path(&lab, 1, 2).0, "vxlan");
     assert_eq!(route6(&lab, 1, 2)["dev"], "twill6.1");
     assert_eq!(route6(&lab, 2, 1)["dev"], "twill6.1");
+}
+
+/// udp and ipip carry IPv6 pods through the userspace tunnel over the IPv4 underlay: the
+/// IPv6 route to each peer leads into `twill.tun`, and both matrices hold.
+fn tunnel_dual_stack_on_l2(backend: Backend, via: &str) {
+    let (lab, _g) = up(spec(backend, Underlay::L2, 2).pods_per_node(2));
+    assert_matrices(&lab);
+    for (from, to) in [(1, 2), (2, 1)] {
+        let r = route6(&lab, from, to);
+        assert_eq!(r["dev"], "twill.tun", "h{from} -> h{to}: {r}");
+        assert_eq!(path(&lab, from, to).0, via);
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_dual_stack_on_l2() {
+    tunnel_dual_stack_on_l2(Backend::Udp, "udp");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_dual_stack_on_l2() {
+    tunnel_dual_stack_on_l2(Backend::Ipip, "ipip");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_direct_routing_dual_stack_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Ipip, Underlay::Routed, 3).direct_routing(true));
+    assert_matrices(&lab);
+    // h3 shares h1's subnet: routed directly via its IPv6 underlay address.
+    assert_eq!(path(&lab, 1, 3).0, "direct");
+    let r = route6(&lab, 1, 3);
+    assert_eq!(r["gateway"], host_ip6(&lab, 3), "{r}");
+    assert_eq!(r["dev"], "eth0", "{r}");
+    // h2 is across the router: through the tunnel, both ways.
+    assert_eq!(path(&lab, 1, 2).0, "ipip");
+    assert_eq!(route6(&lab, 1, 2)["dev"], "twill.tun");
+    assert_eq!(route6(&lab, 2, 1)["dev"], "twill.tun");
 }
 
 #[test]
@@ -381,6 +425,12 @@ fn vxlan_carries_pod_ipv6_in_vxlan_over_ipv6() {
 /// Pings with a marker between h1's and h2's first pods over IPv6, both ways, while the
 /// underlay is captured, and decodes the capture with `wire_check.py`.
 fn wire_report(lab: &Lab) -> Value {
+    wire_report_by(lab, WIRE_CHECK, VXLAN_PORT)
+}
+
+/// [`wire_report`] decoded by `script` (called with the capture, `port`, both pods' IPv6
+/// addresses and the marker).
+fn wire_report_by(lab: &Lab, script: &str, port: u16) -> Value {
     let (a, b) = (pod_ip6(lab, 1), pod_ip6(lab, 2));
     let marker = format!("twill6{}", random_suffix(6));
     let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
@@ -398,9 +448,9 @@ fn wire_report(lab: &Lab) -> Value {
     }
     let pcap = capture.stop();
     let out = Command::new(SCAPY_PYTHON)
-        .args(["-c", WIRE_CHECK])
+        .args(["-c", script])
         .arg(&pcap.0)
-        .args([&VXLAN_PORT.to_string(), &a, &b, &marker])
+        .args([&port.to_string(), &a, &b, &marker])
         .output()
         .expect("run the capture check");
     assert!(
@@ -411,6 +461,45 @@ fn wire_report(lab: &Lab) -> Value {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{}: wire {report}", lab.name());
     report
+}
+
+/// Pod IPv6 between two udp (or ipip) nodes crosses the IPv4 underlay inside the tunnel: as
+/// the payload of UDP 8285 (udp) or as IPv4 protocol 41 (ipip), the outer addresses the
+/// nodes' IPv4 underlay addresses; never in the clear.
+#[test]
+#[ignore = "needs root"]
+fn udp_and_ipip_carry_pod_ipv6_over_the_ipv4_underlay() {
+    for (backend, key, other) in [
+        (Backend::Udp, "udp6", "ipip6"),
+        (Backend::Ipip, "ipip6", "udp6"),
+    ] {
+        let (lab, _g) = up(spec(backend, Underlay::L2, 2));
+        let report = wire_report_by(&lab, TUNNEL_WIRE_CHECK, UDP_PORT);
+        // 3 requests and 3 replies each way, each seen on at least one bridge port.
+        assert!(
+            report[key].as_u64().unwrap_or(0) >= 12,
+            "{backend:?}: pod IPv6 not in {key}: {report}"
+        );
+        assert_eq!(report[other], 0, "{backend:?}: {report}");
+        assert_eq!(
+            report["clearV6"], 0,
+            "{backend:?}: pod IPv6 in the clear: {report}"
+        );
+        let host_ip = |i| lab.state().host(i).unwrap().ip.to_string();
+        let (h1, h2) = (host_ip(1), host_ip(2));
+        for pair in report["outer4"].as_array().unwrap() {
+            let pair: Vec<&str> = pair
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(
+                pair == [h1.as_str(), h2.as_str()] || pair == [h2.as_str(), h1.as_str()],
+                "{backend:?}: outer IPv4 addresses are not the nodes' underlay: {report}"
+            );
+        }
+    }
 }
 
 /// A dual-stack node whose underlay is IPv4 only: its peers carry its pods' IPv6 through the
@@ -487,10 +576,6 @@ fn unsupported_ip_families_are_refused() {
         (
             "--backend vxlan --ip-family ipv6",
             "--ip-family ipv6: IPv6-only clusters are not supported yet",
-        ),
-        (
-            "--backend udp --ip-family dual",
-            "the udp backend does not carry IPv6 yet",
         ),
         (
             "--backend wireguard --ip-family dual",

@@ -747,14 +747,14 @@ impl Agent {
     /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
     /// the current peers (before routes into it are added, so the first packet finds its peer).
     async fn ensure_tunnel(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
-        let subnet = self.node.subnet;
+        let (subnet, subnet6) = (self.node.subnet, self.node.subnet6);
         match (&desired.tunnel, &self.tunnel) {
-            (Some(spec), Some(engine)) if engine.runs(spec, subnet) => {}
+            (Some(spec), Some(engine)) if engine.runs(spec, subnet, subnet6) => {}
             (Some(spec), _) => {
                 if let Some(old) = self.tunnel.take() {
                     old.shutdown();
                 }
-                let engine = Engine::start(spec, subnet, self.opts.kernel_path)?;
+                let engine = Engine::start(spec, subnet, subnet6, self.opts.kernel_path)?;
                 engine.set_peers(&desired.tunnel_peers);
                 info!(device = %spec.name, "tunnel engine running");
                 self.tunnel = Some(engine);

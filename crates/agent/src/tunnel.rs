@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_types::desired::{TunnelDevice, TunnelEncap, TunnelPeer};
 use twill_types::node::{PeerCounters, TunnelStatus};
 
@@ -16,13 +16,16 @@ pub struct Engine {
     tunnel: twill_tunnel::Tunnel,
     spec: TunnelDevice,
     local_subnet: Ipv4Net,
+    local_subnet6: Option<Ipv6Net>,
 }
 
 impl Engine {
-    /// Starts (or re-attaches to) the tunnel in the agent's network namespace.
+    /// Starts (or re-attaches to) the tunnel in the agent's network namespace, for the node's
+    /// pod subnets (`local_subnet6` in a dual-stack cluster).
     pub fn start(
         spec: &TunnelDevice,
         local_subnet: Ipv4Net,
+        local_subnet6: Option<Ipv6Net>,
         kernel_path: bool,
     ) -> anyhow::Result<Engine> {
         let encap = match spec.encap {
@@ -34,9 +37,7 @@ impl Engine {
             device: spec.name.clone(),
             mtu: spec.mtu,
             local_subnet,
-            // The config refuses IPv6 pools with the tunnel backends and WireGuard for now:
-            // the engine carries IPv4 pod traffic only here.
-            local_subnet6: None,
+            local_subnet6,
             local_ip: spec.local,
             queues: 0,
             kernel_path,
@@ -47,12 +48,20 @@ impl Engine {
             tunnel,
             spec: spec.clone(),
             local_subnet,
+            local_subnet6,
         })
     }
 
-    /// Whether this engine runs exactly `spec` for `local_subnet`.
-    pub fn runs(&self, spec: &TunnelDevice, local_subnet: Ipv4Net) -> bool {
-        self.spec == *spec && self.local_subnet == local_subnet
+    /// Whether this engine runs exactly `spec` for `local_subnet` and `local_subnet6`.
+    pub fn runs(
+        &self,
+        spec: &TunnelDevice,
+        local_subnet: Ipv4Net,
+        local_subnet6: Option<Ipv6Net>,
+    ) -> bool {
+        self.spec == *spec
+            && self.local_subnet == local_subnet
+            && self.local_subnet6 == local_subnet6
     }
 
     pub fn set_peers(&self, peers: &[TunnelPeer]) {
@@ -63,7 +72,7 @@ impl Engine {
                 subnet: p.subnet,
                 underlay: p.underlay,
                 public_key: None,
-                subnet6: None,
+                subnet6: p.subnet6,
             })
             .collect();
         self.tunnel.set_peers(&peers);

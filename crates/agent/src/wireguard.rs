@@ -41,8 +41,8 @@ impl WgEngine {
             device: spec.name.clone(),
             mtu: spec.mtu,
             local_subnet,
-            // The config refuses IPv6 pools with the tunnel backends and WireGuard for now:
-            // the engine carries IPv4 pod traffic only here.
+            // The config refuses IPv6 pools with WireGuard (backend or encryption) for now: the
+            // engine carries IPv4 pod traffic only here.
             local_subnet6: None,
             local_ip: spec.local,
             queues: 0,

@@ -88,16 +88,19 @@ fn plain_backend(
             Vxlan::new(settings.vni, settings.port, settings.direct_routing)?
                 .with_ipv6_pools(ipv6_pools(config)),
         )),
-        BackendKind::Udp => Ok(Box::new(Tunnel {
-            encap: TunnelEncap::Udp {
-                port: settings.port,
-            },
-            direct_routing: settings.direct_routing,
-        })),
-        BackendKind::Ipip => Ok(Box::new(Tunnel {
-            encap: TunnelEncap::Ipip,
-            direct_routing: settings.direct_routing,
-        })),
+        BackendKind::Udp => Ok(Box::new(
+            Tunnel::new(
+                TunnelEncap::Udp {
+                    port: settings.port,
+                },
+                settings.direct_routing,
+            )
+            .with_ipv6_pools(ipv6_pools(config)),
+        )),
+        BackendKind::Ipip => Ok(Box::new(
+            Tunnel::new(TunnelEncap::Ipip, settings.direct_routing)
+                .with_ipv6_pools(ipv6_pools(config)),
+        )),
         BackendKind::Wireguard => {
             let wg = config
                 .wireguard()
@@ -109,8 +112,8 @@ fn plain_backend(
     }
 }
 
-/// The cluster's IPv6 pools: peers' IPv6 subnets outside them are ignored. Only host-gw and
-/// vxlan carry IPv6 yet (the config refuses IPv6 pools with the other backends).
+/// The cluster's IPv6 pools: peers' IPv6 subnets outside them are ignored. host-gw, vxlan,
+/// udp and ipip carry IPv6 (the config refuses IPv6 pools with the other backends).
 fn ipv6_pools(config: &ClusterConfig) -> Vec<Ipv6Net> {
     config.ipv6_pools.iter().map(|p| p.cidr).collect()
 }

@@ -103,11 +103,7 @@ fn for_config_picks_the_backend() {
     .unwrap();
     assert_eq!(
         udp.desired(&node(), &peers()),
-        Tunnel {
-            encap: TunnelEncap::Udp { port: 9000 },
-            direct_routing: false
-        }
-        .desired(&node(), &peers())
+        Tunnel::new(TunnelEncap::Udp { port: 9000 }, false).desired(&node(), &peers())
     );
     assert_eq!(udp.pod_mtu(&node()), 1500 - 28);
     let ipip = for_config(&parse(
@@ -116,11 +112,7 @@ fn for_config_picks_the_backend() {
     .unwrap();
     assert_eq!(
         ipip.desired(&node(), &peers()),
-        Tunnel {
-            encap: TunnelEncap::Ipip,
-            direct_routing: true
-        }
-        .desired(&node(), &peers())
+        Tunnel::new(TunnelEncap::Ipip, true).desired(&node(), &peers())
     );
     assert_eq!(ipip.pod_mtu(&node()), 1500 - 20);
 
@@ -496,10 +488,7 @@ fn tunnel_peers(kind: BackendKind) -> Vec<Lease> {
 
 #[test]
 fn udp_golden() {
-    let udp = Tunnel {
-        encap: TunnelEncap::Udp { port: 8285 },
-        direct_routing: false,
-    };
+    let udp = Tunnel::new(TunnelEncap::Udp { port: 8285 }, false);
     golden(
         "udp.json",
         &udp.desired(&node(), &tunnel_peers(BackendKind::Udp)),
@@ -508,10 +497,7 @@ fn udp_golden() {
 
 #[test]
 fn ipip_cross_subnet_golden() {
-    let ipip = Tunnel {
-        encap: TunnelEncap::Ipip,
-        direct_routing: true,
-    };
+    let ipip = Tunnel::new(TunnelEncap::Ipip, true);
     let state = ipip.desired(&node(), &tunnel_peers(BackendKind::Ipip));
     golden("ipip-direct.json", &state);
     // Same segment: direct; other segment: tunnelled; another backend's node: skipped.
@@ -532,10 +518,7 @@ fn ipip_cross_subnet_golden() {
 
 #[test]
 fn tunnel_peers_sharing_an_address_are_both_skipped() {
-    let udp = Tunnel {
-        encap: TunnelEncap::Udp { port: 8285 },
-        direct_routing: false,
-    };
+    let udp = Tunnel::new(TunnelEncap::Udp { port: 8285 }, false);
     let peers = vec![
         lease("x", "10.244.7.0/24", "192.168.3.5/24", BackendKind::Udp),
         lease("y", "10.244.8.0/24", "192.168.3.5/24", BackendKind::Udp),

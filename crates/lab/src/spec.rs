@@ -169,7 +169,7 @@ impl LabSpec {
         self.validate_ip_family()
     }
 
-    /// Dual-stack labs are what the agent can do with IPv6 today: host-gw or vxlan, clear,
+    /// Dual-stack labs are what the agent can do with IPv6 today: host-gw, vxlan, udp or ipip, clear,
     /// without BGP.
     fn validate_ip_family(&self) -> Result<()> {
         let family = self.ip_family;
@@ -190,9 +190,12 @@ impl LabSpec {
             return Ok(());
         }
         ensure!(
-            matches!(self.backend, Backend::HostGw | Backend::Vxlan),
+            matches!(
+                self.backend,
+                Backend::HostGw | Backend::Vxlan | Backend::Udp | Backend::Ipip
+            ),
             "--ip-family dual: the {} backend does not carry IPv6 yet (dual-stack labs run \
-             host-gw or vxlan)",
+             host-gw, vxlan, udp or ipip)",
             self.backend
         );
         ensure!(
@@ -269,13 +272,16 @@ mod tests {
             .direct_routing(true)
             .validate()
             .unwrap();
-        for b in [Backend::Udp, Backend::Ipip, Backend::Wireguard] {
-            let err = dual(b).validate().unwrap_err().to_string();
-            assert!(
-                err.contains(&format!("the {b} backend does not carry IPv6")),
-                "{err}"
-            );
-        }
+        dual(Backend::Udp).validate().unwrap();
+        dual(Backend::Ipip)
+            .underlay(Underlay::Routed)
+            .validate()
+            .unwrap();
+        let err = dual(Backend::Wireguard).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("the wireguard backend does not carry IPv6"),
+            "{err}"
+        );
         let err = dual(Backend::Bgp)
             .bgp("asNumber: 1")
             .validate()

@@ -144,6 +144,10 @@ pub struct TunnelPeer {
     pub node: String,
     pub subnet: Ipv4Net,
     pub underlay: Ipv4Addr,
+    /// Its IPv6 pod subnet, when its IPv6 traffic goes through the tunnel too (dual stack,
+    /// over the same IPv4 underlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
 }
 
 /// The WireGuard engine's TUN device (owned by the agent's engine, like [`TunnelDevice`]).

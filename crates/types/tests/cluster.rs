@@ -1157,27 +1157,37 @@ fn flannel_ipv6_refusals() {
     ] {
         refused_at(&flannel6(n, rest), field, needles);
     }
-    // Only host-gw and vxlan carry IPv6 so far.
-    for ty in ["udp", "ipip", "wireguard"] {
-        refused_at(
-            &flannel(
-                n,
-                &format!(
-                    r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{ty}"}}"#
-                ),
+    // host-gw, vxlan, udp and ipip carry IPv6 so far.
+    for ty in ["udp", "ipip"] {
+        let config = ClusterConfig::parse(&flannel(
+            n,
+            &format!(
+                r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{ty}"}}"#
             ),
-            "IPv6Network",
-            &[&format!(
-                "IPv6Network fd00::/56 is IPv6, and IPv6 pools need the host-gw or vxlan backend \
-                 for now: {ty} carries IPv4 only"
-            )],
-        );
+        ))
+        .unwrap_or_else(|e| panic!("{ty}: {e}"));
+        assert_eq!(config.backend.kind.name(), ty);
+        assert_eq!(config.ipv6_pools.len(), 1);
     }
-    // No Backend is udp.
-    refused(
-        &flannel(n, r#", "EnableIPv6": true, "IPv6Network": "fd00::/56""#),
-        &["udp carries IPv4 only"],
+    refused_at(
+        &flannel(
+            n,
+            r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {"Type": "wireguard"}"#,
+        ),
+        "IPv6Network",
+        &[
+            "IPv6Network fd00::/56 is IPv6, and IPv6 pools need the host-gw, vxlan, udp or ipip \
+           backend for now: wireguard carries IPv4 only",
+        ],
     );
+    // No Backend is udp, which carries IPv6 too.
+    let config = ClusterConfig::parse(&flannel(
+        n,
+        r#", "EnableIPv6": true, "IPv6Network": "fd00::/56""#,
+    ))
+    .unwrap();
+    assert_eq!(config.backend.kind, BackendKind::Udp);
+    assert_eq!(config.ipv6_pools.len(), 1);
     // Flannel's wireguard ListenPortV6 stays refused.
     refused_at(
         &flannel(
@@ -1427,14 +1437,10 @@ fn ipv6_pools_and_the_calico_modes() {
         &text("", "vxlanMode = \"Always\""),
         &["pools disagree", "pool a has vxlanMode and ipipMode Never"],
     );
-    // IPv4 pools asking for IPIP leave the IPv6 pool without a carrier.
-    refused_at(
-        &text("ipipMode = \"Always\"", ""),
-        "pools[1].cidr",
-        &[
-            "pool b: cidr fd00::/56 is IPv6, and IPv6 pools need the host-gw or vxlan backend for now: ipip carries IPv4 only",
-        ],
-    );
+    // IPv4 pools asking for IPIP: the IPv6 pool follows them, through the ipip tunnel.
+    let c = ClusterConfig::parse(&text("ipipMode = \"Always\"", "")).unwrap();
+    assert_eq!(c.backend.kind, BackendKind::Ipip);
+    assert_eq!(c.ipv6_pools.len(), 1);
 }
 
 #[test]
@@ -1518,14 +1524,6 @@ fn twill_ipv6_refusals() {
             &[
                 "the IPv6 pools hold 3 node subnets but the IPv4 pools hold 255",
                 "need at least 255",
-            ],
-        ),
-        (
-            "backend = \"udp\"",
-            "cidr = \"fd00::/56\"",
-            "pools[1].cidr",
-            &[
-                "pool b: cidr fd00::/56 is IPv6, and IPv6 pools need the host-gw or vxlan backend for now: udp carries IPv4 only",
             ],
         ),
         (
@@ -1657,12 +1655,6 @@ fn normalized_dual_stack_json_round_trips_and_is_validated() {
             "ipv6Pools[0].name",
             "used twice",
         ),
-        (
-            "\"kind\":\"vxlan\"",
-            "\"kind\":\"ipip\"",
-            "ipv6Pools[0].cidr",
-            "ipip carries IPv4 only",
-        ),
     ] {
         let bad = json.replace(from, to);
         assert_ne!(bad, json);
@@ -1697,7 +1689,10 @@ fn ipv6_helpers() {
     for kind in BackendKind::ALL {
         assert_eq!(
             kind.carries_ipv6(),
-            matches!(kind, BackendKind::HostGw | BackendKind::Vxlan),
+            matches!(
+                kind,
+                BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Udp | BackendKind::Ipip
+            ),
             "{kind}"
         );
     }
@@ -1791,7 +1786,7 @@ fn arb_dual_stack_config() -> impl Strategy<Value = ClusterConfig> {
         })
         .prop_map(|(mut config, pools6, host_gw)| {
             config.ipv6_pools = pools6;
-            // Only host-gw and vxlan carry IPv6.
+            // Only host-gw, vxlan, udp and ipip carry IPv6.
             if !config.backend.kind.carries_ipv6() {
                 config.backend = Backend::with_defaults(if host_gw {
                     BackendKind::HostGw

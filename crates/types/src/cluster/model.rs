@@ -280,10 +280,14 @@ impl BackendKind {
         )
     }
 
-    /// Whether the backend carries pods' IPv6 traffic too (so far host-gw and vxlan; the
-    /// others carry IPv4 only, and a config with IPv6 pools is refused with them).
+    /// Whether the backend carries pods' IPv6 traffic too (so far host-gw, vxlan, udp and
+    /// ipip; bgp and wireguard carry IPv4 only, and a config with IPv6 pools is refused with
+    /// them).
     pub fn carries_ipv6(self) -> bool {
-        matches!(self, BackendKind::HostGw | BackendKind::Vxlan)
+        matches!(
+            self,
+            BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Udp | BackendKind::Ipip
+        )
     }
 
     pub(super) fn list() -> String {
