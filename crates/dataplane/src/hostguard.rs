@@ -43,7 +43,8 @@
 //! node; the nat chain sees one packet per connection), except received VXLAN packets, which
 //! pay one concatenated-set lookup.
 //!
-//! Dual-stack clusters (IPv6 pools) get the same rules for IPv6: `ip6 saddr` of this node's
+//! Dual-stack clusters (IPv6 pools) get the same rules for IPv6 (and protocol 41, IPv6 in IPv4,
+//! is treated as protocol 4 is): `ip6 saddr` of this node's
 //! IPv6 subnet and of the IPv6 pools, the nodes' IPv6 underlay addresses as control hosts, and
 //! at the VXLAN port an inner IPv6 frame must come from a peer (over either underlay family)
 //! with an inner source in that peer's IPv6 subnet. An IPv4-only cluster's table is unchanged.
@@ -82,6 +83,9 @@ pub const CONTROL_HOSTS6_SET: &str = "control_hosts6";
 pub const VXLAN_PEERS46_SET: &str = "vxlan_peers46";
 /// `peer IPv6 underlay address . peer IPv6 subnet`: IPv6 pod packets over an IPv6 underlay.
 pub const VXLAN_PEERS6_SET: &str = "vxlan_peers6";
+
+/// IP protocol 41, IPv6 in IPv4 (Linux's `sit`): how ipip carries IPv6 pod packets.
+const SIT_PROTOCOL: u8 = 41;
 
 /// Bit offset, from the outer UDP header, of the inner Ethernet type
 /// (UDP 8 + VXLAN 8 + Ethernet addresses 12 bytes).
@@ -269,15 +273,17 @@ fn rules_script(r: &Rules) -> String {
     if r.vxlan_port.is_some() {
         add("vxlan_in", vxlan_rules(r));
     }
-    add(
-        "pod_in",
-        vec![
-            "ct state established,related accept".into(),
-            "tcp dport @control_tcp counter drop".into(),
-            "udp dport @tunnel_udp counter drop".into(),
-            "meta l4proto ipencap counter drop".into(),
-        ],
-    );
+    let mut pod_in = vec![
+        "ct state established,related accept".into(),
+        "tcp dport @control_tcp counter drop".into(),
+        "udp dport @tunnel_udp counter drop".into(),
+        "meta l4proto ipencap counter drop".into(),
+    ];
+    if dual_stack(r) {
+        // IPv6 in IPv4 (protocol 41), the ipip backend's framing of IPv6 pod packets.
+        pod_in.push(format!("meta l4proto {SIT_PROTOCOL} counter drop"));
+    }
+    add("pod_in", pod_in);
     let verdict = match r.workload_to_host {
         WorkloadToHost::Drop => "counter drop",
         WorkloadToHost::Accept => "counter accept",
@@ -300,6 +306,7 @@ fn rules_script(r: &Rules) -> String {
         format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
     ];
     if dual_stack(r) {
+        pod_out.push(format!("meta l4proto {SIT_PROTOCOL} counter drop"));
         prerouting.push(format!("ip6 saddr {} jump pod_out", set_expr(&r.pools6)));
         pod_out.push(format!(
             "ip6 daddr @{CONTROL_HOSTS6_SET} tcp dport @control_tcp counter drop"
