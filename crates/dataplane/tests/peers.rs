@@ -217,6 +217,15 @@ fn ping_from(ns: &Netns, src: &str, dst: &str) -> bool {
     .success()
 }
 
+/// Pings from `a`'s address to `b`'s and back (both must answer), and checks that `a`'s
+/// pings left through its device `dev`.
+fn assert_pings_cross(a: &Netns, b: &Netns, dev: &str, (a_ip, b_ip): (&str, &str)) {
+    let before = tx_packets(a, dev);
+    assert!(ping_from(a, a_ip, b_ip), "{a_ip} -> {b_ip} over {dev}");
+    assert!(ping_from(b, b_ip, a_ip), "{b_ip} -> {a_ip} over {dev}");
+    assert!(tx_packets(a, dev) >= before + 2, "pings left through {dev}");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn vxlan_pair_carries_traffic_and_reapplying_is_a_no_op() {
@@ -300,19 +309,7 @@ fn vxlan_pair_carries_traffic_and_reapplying_is_a_no_op() {
     );
 
     // Real traffic crosses the tunnel, both ways.
-    let before = tx_packets(&a, "twill.1");
-    assert!(
-        ping_from(&a, "10.244.1.1", "10.244.2.1"),
-        "a -> b over VXLAN"
-    );
-    assert!(
-        ping_from(&b, "10.244.2.1", "10.244.1.1"),
-        "b -> a over VXLAN"
-    );
-    assert!(
-        tx_packets(&a, "twill.1") >= before + 2,
-        "pings left through twill.1"
-    );
+    assert_pings_cross(&a, &b, "twill.1", ("10.244.1.1", "10.244.2.1"));
 
     // Applying the same state again changes nothing.
     let again = converge_ok(&a, &a_state);
@@ -872,19 +869,7 @@ fn dual_stack_vxlan_pair_carries_both_families_and_reapplying_is_a_no_op() {
     );
 
     // Real traffic of both families crosses the tunnels, both ways.
-    let before = tx_packets(&a, "twill6.1");
-    assert!(
-        ping_from(&a, "fd00:244:1::1", "fd00:244:2::1"),
-        "a -> b over VXLAN, IPv6"
-    );
-    assert!(
-        ping_from(&b, "fd00:244:2::1", "fd00:244:1::1"),
-        "b -> a over VXLAN, IPv6"
-    );
-    assert!(
-        tx_packets(&a, "twill6.1") >= before + 2,
-        "pings left through twill6.1"
-    );
+    assert_pings_cross(&a, &b, "twill6.1", ("fd00:244:1::1", "fd00:244:2::1"));
     assert!(
         ping_from(&a, "10.244.1.1", "10.244.2.1"),
         "a -> b over VXLAN, IPv4"
