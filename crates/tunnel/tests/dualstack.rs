@@ -13,7 +13,7 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{H1, H2, Lab};
+use common::{H1, H2, Lab, capture_eth0};
 use socket2::{Domain, Protocol, Socket, Type};
 use twill_testkit::TempDir;
 use twill_tunnel::wire::{self, build_ipv6};
@@ -315,23 +315,8 @@ fn ipv6_wire_format(encap: Encap, tag: &str) {
     let under = dir.path().join("underlay.pcap");
     let pod = dir.path().join("pod.pcap");
     let filter = if ipip { "ip proto 41" } else { "udp port 8285" };
-    let capture = |ns: &twill_testkit::Netns, file: &Path, filter: &str| {
-        ns.spawn(&[
-            "tcpdump",
-            "--immediate-mode",
-            "-i",
-            "eth0",
-            "-U",
-            "-n",
-            "-s",
-            "0",
-            "-w",
-            file.to_str().unwrap(),
-            filter,
-        ])
-    };
-    let _cap1 = capture(&lab.h2, &under, filter);
-    let _cap2 = capture(&lab.p1, &pod, "icmp6");
+    let _cap1 = capture_eth0(&lab.h2, &under, filter);
+    let _cap2 = capture_eth0(&lab.p1, &pod, "icmp6");
     // Ping until three tunnelled echo requests match one p1 sent (by everything after the
     // IPv6 header; tcpdump starts listening some time after it was spawned, and either file
     // may lag the other by a packet).
