@@ -146,9 +146,19 @@ fn json(ns: &Netns, cmd: &[&str]) -> Vec<Value> {
     }
 }
 
-/// `(dst, gateway, dev, onlink)` of `ip -j route show proto 117`, sorted.
+/// `(dst, gateway, dev, onlink)` of twill's IPv4 routes, sorted.
 fn twill_routes(ns: &Netns) -> Vec<(String, String, String, bool)> {
-    let mut out: Vec<_> = json(ns, &["ip", "-j", "route", "show", "proto", "117"])
+    twill_routes_of(ns, "-4")
+}
+
+/// `(dst, gateway, dev, onlink)` of twill's IPv6 routes, sorted.
+fn twill_routes6(ns: &Netns) -> Vec<(String, String, String, bool)> {
+    twill_routes_of(ns, "-6")
+}
+
+/// `(dst, gateway, dev, onlink)` of `ip FAMILY -j route show proto 117`, sorted.
+fn twill_routes_of(ns: &Netns, family: &str) -> Vec<(String, String, String, bool)> {
+    let mut out: Vec<_> = json(ns, &["ip", family, "-j", "route", "show", "proto", "117"])
         .iter()
         .map(|r| {
             let flags = r["flags"].as_array().cloned().unwrap_or_default();
@@ -724,24 +734,6 @@ fn two_dual_hosts(tag: &str) -> (Netns, Netns) {
         ]);
     }
     (a, b)
-}
-
-/// `(dst, gateway, dev, onlink, metric)` of `ip -6 -j route show proto 117`, sorted.
-fn twill_routes6(ns: &Netns) -> Vec<(String, String, String, bool)> {
-    let mut out: Vec<_> = json(ns, &["ip", "-6", "-j", "route", "show", "proto", "117"])
-        .iter()
-        .map(|r| {
-            let flags = r["flags"].as_array().cloned().unwrap_or_default();
-            (
-                r["dst"].as_str().unwrap_or("").to_string(),
-                r["gateway"].as_str().unwrap_or("").to_string(),
-                r["dev"].as_str().unwrap_or("").to_string(),
-                flags.iter().any(|f| f == "onlink"),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// The global IPv6 addresses (`addr/prefix`) of `dev`.
