@@ -118,6 +118,14 @@ fn ping6(lab: &Lab) -> bool {
         .success()
 }
 
+/// Five quick pings from p1 to p2's IPv6 address; whether ping succeeded.
+fn ping6_five_times(lab: &Lab) -> bool {
+    lab.p1
+        .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
+        .status
+        .success()
+}
+
 fn wait_reachable6(lab: &Lab) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -133,12 +141,7 @@ fn both_families_flow(encap: Encap, tag: &str) {
     add_ipv6(&lab);
     let (t1, t2) = start_pair(&lab, encap, 2);
     assert!(wait_reachable6(&lab), "ping -6 p1 -> p2: {:?}", t1.stats());
-    assert!(
-        lab.p1
-            .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
-            .status
-            .success()
-    );
+    assert!(ping6_five_times(&lab), "ping -6 -c 5 p1 -> p2");
     assert!(
         lab.wait_reachable(Duration::from_secs(10)),
         "IPv4 next to IPv6"
@@ -200,12 +203,7 @@ fn ipv6_bypasses_the_kernel_path(encap: Encap, tag: &str) {
         tun_before,
         "IPv4 to a known peer stays on the fast path"
     );
-    assert!(
-        lab.p1
-            .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
-            .status
-            .success()
-    );
+    assert!(ping6_five_times(&lab), "ping -6 -c 5 p1 -> p2");
     assert!(
         lab.tun_tx_packets(1, DEV) >= tun_before + 5,
         "IPv6 goes to the engine"
