@@ -4,7 +4,7 @@
 //! creates an embedded store file, and an empty one is an error. The host-network test runs
 //! the CLI in a network namespace it creates (root); the others need no root.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use twill_testkit::{Netns, require_root};
@@ -236,6 +236,45 @@ fn init_in(ns: &Netns, store: &str, file: &Path, extra: &[&str]) -> Output {
     ns.exec(&cmd)
 }
 
+/// A host for `cluster init`: a namespace with loopback and `eth0` up (one end of a veth pair
+/// inside it: no dummy driver everywhere), and an embedded store's URL in a temporary
+/// directory that also holds the config files the test writes.
+struct InitHost {
+    ns: Netns,
+    dir: tempfile::TempDir,
+    /// The store's file (created only when a config is accepted).
+    path: PathBuf,
+    store: String,
+}
+
+impl InitHost {
+    fn new(name: &str) -> InitHost {
+        let ns = Netns::new(name);
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns.ok(&[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ]);
+        ns.ok(&["ip", "link", "set", "eth0p", "up"]);
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = format!("embedded:{}", path.display());
+        InitHost {
+            ns,
+            dir,
+            path,
+            store,
+        }
+    }
+
+    /// Writes config file `name` holding `text`; its path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let file = self.dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+}
+
 /// `cluster init` run on a host whose own networks overlap a pool: refused with a message
 /// naming the pool's field, the host's network and where it comes from (address or route);
 /// `--allow-overlap` overrides; networks inside the pools of the config already stored (twill's
@@ -244,14 +283,9 @@ fn init_in(ns: &Netns, store: &str, file: &Path, extra: &[&str]) -> Output {
 #[ignore = "needs root"]
 fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
     require_root();
-    let ns = Netns::new("cinit");
-    ns.ok(&["ip", "link", "set", "lo", "up"]);
-    // No dummy driver everywhere: a veth pair inside the namespace, both ends up.
-    ns.ok(&[
-        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    ns.ok(&["ip", "link", "set", "eth0p", "up"]);
-    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    let host = InitHost::new("cinit");
+    let (ns, store, path) = (&host.ns, &host.store, &host.path);
+    let write = |name: &str, text: &str| host.write(name, text);
     ns.ok(&["ip", "addr", "add", "10.77.3.1/24", "dev", "eth0"]);
     ns.ok(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
     ns.ok(&[
@@ -265,18 +299,10 @@ fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
         "eth0",
     ]);
     ns.ok(&["ip", "route", "add", "default", "via", "192.168.50.1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.redb");
-    let store = format!("embedded:{}", path.display());
-    let write = |name: &str, text: &str| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, text).unwrap();
-        file
-    };
 
     // A pool holding an address of the host.
     let flannel = write("addr.json", r#"{"Network":"10.77.0.0/16"}"#);
-    let out = init_in(&ns, &store, &flannel, &[]);
+    let out = init_in(ns, store, &flannel, &[]);
     assert_eq!(out.status.code(), Some(1), "overlap accepted");
     let err = stderr(&out);
     for needle in [
@@ -294,7 +320,7 @@ fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
         "route.yaml",
         "pools:\n  - name: p\n    cidr: 172.30.64.0/18\n",
     );
-    let out = init_in(&ns, &store, &yaml, &[]);
+    let out = init_in(ns, store, &yaml, &[]);
     assert_eq!(out.status.code(), Some(1), "overlap accepted");
     let err = stderr(&out);
     for needle in [
@@ -307,24 +333,24 @@ fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
 
     // The default route overlaps everything and does not count: a free range is accepted.
     let free = write("free.json", r#"{"Network":"10.244.0.0/16"}"#);
-    let out = init_in(&ns, &store, &free, &[]);
+    let out = init_in(ns, store, &free, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // The node's own bridge (inside the stored pool) does not count against the same config.
     ns.ok(&["ip", "link", "add", "twill0", "type", "bridge"]);
     ns.ok(&["ip", "addr", "add", "10.244.5.1/24", "dev", "twill0"]);
     ns.ok(&["ip", "link", "set", "twill0", "up"]);
-    let out = init_in(&ns, &store, &free, &[]);
+    let out = init_in(ns, store, &free, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
 
     // --allow-overlap overrides, reserved ranges still refused.
-    let out = init_in(&ns, &store, &flannel, &["--force", "--allow-overlap"]);
+    let out = init_in(ns, store, &flannel, &["--force", "--allow-overlap"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let show = ns.exec(&[TWILL, "cluster", "show", "--store", &store]);
+    let show = ns.exec(&[TWILL, "cluster", "show", "--store", store]);
     assert!(String::from_utf8_lossy(&show.stdout).contains("10.77.0.0/16"));
     let lo = write("lo.json", r#"{"Network":"127.0.0.0/16"}"#);
-    let out = init_in(&ns, &store, &lo, &["--force", "--allow-overlap"]);
+    let out = init_in(ns, store, &lo, &["--force", "--allow-overlap"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
 }
@@ -336,13 +362,9 @@ fn cluster_init_refuses_pools_overlapping_the_hosts_networks() {
 #[ignore = "needs root"]
 fn cluster_init_refuses_ipv6_pools_overlapping_the_hosts_ipv6_networks() {
     require_root();
-    let ns = Netns::new("cinit6");
-    ns.ok(&["ip", "link", "set", "lo", "up"]);
-    ns.ok(&[
-        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    ns.ok(&["ip", "link", "set", "eth0p", "up"]);
-    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    let host = InitHost::new("cinit6");
+    let (ns, store, path) = (&host.ns, &host.store, &host.path);
+    let write = |name: &str, text: &str| host.write(name, text);
     ns.ok(&["ip", "addr", "add", "192.168.50.2/24", "dev", "eth0"]);
     ns.ok(&[
         "ip",
@@ -372,14 +394,6 @@ fn cluster_init_refuses_ipv6_pools_overlapping_the_hosts_ipv6_networks() {
         "via",
         "fd00:77:0:3::fe",
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.redb");
-    let store = format!("embedded:{}", path.display());
-    let write = |name: &str, text: &str| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, text).unwrap();
-        file
-    };
     let dual = |v6: &str| {
         format!(
             r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"{v6}","Backend":{{"Type":"vxlan"}}}}"#
@@ -387,7 +401,7 @@ fn cluster_init_refuses_ipv6_pools_overlapping_the_hosts_ipv6_networks() {
     };
 
     let addr = write("addr.json", &dual("fd00:77::/56"));
-    let out = init_in(&ns, &store, &addr, &[]);
+    let out = init_in(ns, store, &addr, &[]);
     assert_eq!(out.status.code(), Some(1), "overlap accepted");
     let err = stderr(&out);
     for needle in [
@@ -400,7 +414,7 @@ fn cluster_init_refuses_ipv6_pools_overlapping_the_hosts_ipv6_networks() {
     assert!(!path.exists(), "a refused config created the store");
 
     let route = write("route.json", &dual("fd00:30:0:100::/56"));
-    let out = init_in(&ns, &store, &route, &[]);
+    let out = init_in(ns, store, &route, &[]);
     assert_eq!(out.status.code(), Some(1), "overlap accepted");
     assert!(
         stderr(&out).contains("route fd00:30::/48"),
@@ -409,8 +423,8 @@ fn cluster_init_refuses_ipv6_pools_overlapping_the_hosts_ipv6_networks() {
     );
 
     let free = write("free.json", &dual("fd00:10:244::/56"));
-    let out = init_in(&ns, &store, &free, &[]);
+    let out = init_in(ns, store, &free, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = init_in(&ns, &store, &addr, &["--force", "--allow-overlap"]);
+    let out = init_in(ns, store, &addr, &["--force", "--allow-overlap"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }

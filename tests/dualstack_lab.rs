@@ -14,9 +14,9 @@ mod lab_common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lab_common::{Guard, UnderlayCapture, pod_ip6, spawn_in, spawn_in_ns};
+use lab_common::{Guard, UnderlayCapture, pod_ip6, spawn_in, spawn_in_ns, wait_for};
 use serde_json::Value;
 use twill_lab::{Backend, IpFamily, Lab, LabSpec, Underlay};
 use twill_testkit::{random_suffix, require_root};
@@ -605,20 +605,5 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Polls `ok` every 100 ms until it holds, for at most `secs`; panics with `what` and the
-/// last state `ok` described.
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(last) if Instant::now() > deadline => {
-                panic!("timed out after {secs} s waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
     }
 }

@@ -9,12 +9,14 @@
 
 mod lab_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab_common::{Guard, ping_report, pod_ip, spawn_in, traffic_across};
+use lab_common::{
+    Guard, TempPath, UnderlayCapture, ping_report, pod_ip, spawn_in, spawn_in_ns, traffic_across,
+    wait_for,
+};
 use nix::sys::signal::{Signal as NixSignal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -45,98 +47,9 @@ fn status(lab: &Lab, host: u32) -> Value {
     lab.host_status_json(host).unwrap()
 }
 
-/// Polls `ok` every 100 ms until it holds, for at most `secs`; panics with `what` and the
-/// last state `ok` described.
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(last) if Instant::now() > deadline => {
-                panic!("timed out after {secs} s waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
 fn assert_matrix(lab: &Lab) {
     let m = lab.ping_matrix();
     assert!(m.all_ok(), "{}", m.render());
-}
-
-/// A temporary file that is removed on drop.
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// tcpdump writing every packet of the underlay namespace (all bridges and router ports, not
-/// etcd) to a pcap; ready once it says it listens.
-struct Capture {
-    child: Child,
-    file: Option<TempPath>,
-}
-
-impl Capture {
-    fn start(lab: &Lab, filter: &str) -> Capture {
-        let file = TempPath(std::env::temp_dir().join(format!(
-            "twill-wg-{}-{}.pcap",
-            lab.name(),
-            random_suffix(4)
-        )));
-        let ns = lab.target_ns("underlay").unwrap();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "tcpdump",
-                "-i",
-                "any",
-                // Packets as they come: with the default buffer timeout, ones still in the
-                // kernel's ring when SIGINT arrives are lost.
-                "--immediate-mode",
-                "-U",
-                "-n",
-                "-w",
-            ])
-            .arg(&file.0)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run tcpdump (apt-get install tcpdump)");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("listening on") {
-            line.clear();
-            if err.read_line(&mut line).unwrap_or(0) == 0 {
-                panic!("tcpdump did not start");
-            }
-        }
-        Capture {
-            child,
-            file: Some(file),
-        }
-    }
-
-    /// Stops tcpdump (SIGINT flushes the file) and returns the pcap's path.
-    fn stop(mut self) -> TempPath {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), NixSignal::SIGINT);
-        let _ = self.child.wait();
-        self.file.take().expect("stopped once")
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TCP echo server for marker exchanges (runs until killed or 60 s).
@@ -177,7 +90,7 @@ assert got == marker * 20, got
 fn wire_proof(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
     let marker = format!("twillwg{}", random_suffix(6));
     let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
-    let capture = Capture::start(lab, "not port 2379 and not port 2380");
+    let capture = UnderlayCapture::start(lab, "not port 2379 and not port 2380");
     let servers: Vec<Child> = lab
         .pods()
         .iter()
@@ -519,11 +432,7 @@ fn standard_wireguard_peer_talks_to_pods_both_ways() {
             out.status.success(),
             "TCP standard peer -> {target}: {out:?}"
         );
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &ns, "iperf3", "-s", "-1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut server = spawn_in_ns(&ns, &["iperf3", "-s", "-1"]);
         std::thread::sleep(Duration::from_millis(300));
         let out = lab
             .exec(&target, &["iperf3", "-c", addr, "-n", "2M"])
@@ -683,7 +592,8 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
     let replays = TempPath(std::env::temp_dir().join(format!("{}-replays.hex", lab.name())));
     let mut captured = Vec::new();
     for _ in 0..5 {
-        let capture = Capture::start(&lab, &format!("udp and dst host {h1} and port {PORT}"));
+        let capture =
+            UnderlayCapture::start(&lab, &format!("udp and dst host {h1} and port {PORT}"));
         let ping = lab
             .exec(
                 "h2-p1",

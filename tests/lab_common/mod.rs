@@ -1,10 +1,12 @@
 //! Shared by the lab tests that run traffic through real agents (tunnel_lab, wireguard_lab,
-//! bgp_lab): the guard that removes a lab, pod addresses, commands started in a lab
-//! namespace, and the reading of a `ping -D` run.
+//! bgp_lab, dualstack_lab): the guard that removes a lab, pod addresses, commands started in
+//! a lab namespace, the reading of a `ping -D` run, an underlay capture, and polling for a
+//! condition with a deadline.
 
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use twill_lab::Lab;
 
@@ -71,7 +73,7 @@ pub fn ping_report(out: &str, interval_ms: u64) -> (u64, u64, u64) {
 pub fn traffic_across(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> (u64, u64, u64) {
     let dst = pod_ip(lab, 2);
     let server = spawn_in(lab, "h2-p1", &["iperf3", "-s", "-1"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     let client = spawn_in(
         lab,
         "h1-p1",
@@ -82,7 +84,7 @@ pub fn traffic_across(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> (u64, u64
         "h1-p1",
         &["ping", "-D", "-i", "0.01", "-c", "500", "-W", "1", &dst],
     );
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1000));
     during(lab);
     let ping = pinger.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&ping.stdout).to_string();
@@ -191,5 +193,20 @@ impl Drop for UnderlayCapture {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `ok` every 100 ms until it holds, for at most `secs`; panics with `what` and the
+/// last state `ok` described.
+pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out after {secs} s waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }

@@ -2,50 +2,26 @@
 //! joining at once get 20 distinct subnets, a restarted node keeps its subnet, `node leave`
 //! frees it for reuse, a full pool is a clear error, and an unrenewed lease expires.
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::{TTL, embedded_store, join_at_once, wanted};
 use twill_agent::lease;
 use twill_store::Store;
 use twill_store::testing::EtcdServer;
-use twill_types::cluster::{BackendKind, ClusterConfig};
+use twill_types::cluster::ClusterConfig;
 use twill_types::keys::LEASES_PREFIX;
-use twill_types::lease::Lease;
 
 fn config(text: &str) -> ClusterConfig {
     ClusterConfig::parse(text).unwrap()
 }
 
-fn wanted(node: &str) -> Lease {
-    Lease {
-        node: node.to_string(),
-        subnet: "0.0.0.0/0".parse().unwrap(),
-        public_net: "192.168.0.10/24".parse().unwrap(),
-        backend: BackendKind::HostGw,
-        vtep_mac: None,
-        wireguard_public_key: None,
-        subnet6: None,
-        public_net6: None,
-        vtep_mac6: None,
-    }
-}
-
-const TTL: Duration = Duration::from_secs(60);
-
 async fn twenty_concurrent_joins(store: Store) {
     let cfg = config(r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let (store, cfg) = (store.clone(), cfg.clone());
-        tasks.push(tokio::spawn(async move {
-            lease::acquire(&store, &cfg, wanted(&format!("node{i}")), None, TTL)
-                .await
-                .unwrap()
-        }));
-    }
     let mut subnets = HashSet::new();
-    for t in tasks {
-        let held = t.await.unwrap();
+    for held in join_at_once(&store, &cfg, 20, wanted).await {
         assert!(cfg.pools[0].cidr.contains(&held.lease.subnet));
         assert!(
             subnets.insert(held.lease.subnet),
@@ -171,17 +147,9 @@ async fn etcd_leases() {
 
 #[tokio::test]
 async fn embedded_leases() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("embedded:{}", dir.path().join("store.redb").display());
-    let store = Store::connect_or_create(&url).await.unwrap();
+    let (_dir, store) = embedded_store().await;
     twenty_concurrent_joins(store.clone()).await;
-    let dir2 = tempfile::tempdir().unwrap();
-    let store2 = Store::connect_or_create(&format!(
-        "embedded:{}",
-        dir2.path().join("s.redb").display()
-    ))
-    .await
-    .unwrap();
+    let (_dir2, store2) = embedded_store().await;
     restart_reuses_leave_frees_full_errs(store2.clone()).await;
     duplicate_node_name_is_refused(store2.clone()).await;
     unrenewed_lease_expires(store2).await;

@@ -4,10 +4,12 @@
 //! completed; a record with a forged IPv6 subnet is not admitted. And (root, in a namespace)
 //! the node's IPv6 underlay address: `--public-ipv6`, or the first usable global address.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
+use common::{TTL, embedded_store, join_at_once};
 use ipnet::Ipv6Net;
 use twill_agent::lease;
 use twill_agent::underlay::ipv6_of;
@@ -15,11 +17,9 @@ use twill_ipam::subnets::subnet6_for;
 use twill_store::Store;
 use twill_store::testing::EtcdServer;
 use twill_testkit::{Netns, require_root, veth};
-use twill_types::cluster::{BackendKind, ClusterConfig, Pool6};
+use twill_types::cluster::{ClusterConfig, Pool6};
 use twill_types::keys::{LEASES_PREFIX, lease_key};
 use twill_types::lease::Lease;
-
-const TTL: Duration = Duration::from_secs(60);
 
 /// 10.244.0.0/16 in /24s (255 node subnets from 10.244.1.0) and fd00:10::/56 in /64s (255
 /// from fd00:10:0:1::).
@@ -39,18 +39,13 @@ fn dual_stack() -> ClusterConfig {
     cfg
 }
 
+/// The lease a dual-stack node asks for.
 fn wanted(node: &str) -> Lease {
     Lease {
-        node: node.to_string(),
-        subnet: "0.0.0.0/0".parse().unwrap(),
-        public_net: "192.168.0.10/24".parse().unwrap(),
-        backend: BackendKind::HostGw,
-        vtep_mac: None,
-        wireguard_public_key: None,
         // Whatever the caller says, the lease gets the derived one.
         subnet6: Some("fd00:ffff::/64".parse().unwrap()),
         public_net6: Some("2001:db8::10/64".parse().unwrap()),
-        vtep_mac6: None,
+        ..common::wanted(node)
     }
 }
 
@@ -62,18 +57,8 @@ async fn stored(store: &Store, cfg: &ClusterConfig, key: &str) -> Lease {
 
 async fn joins_restart_and_upgrade(store: Store) {
     let cfg = dual_stack();
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let (store, cfg) = (store.clone(), cfg.clone());
-        tasks.push(tokio::spawn(async move {
-            lease::acquire(&store, &cfg, wanted(&format!("node{i}")), None, TTL)
-                .await
-                .unwrap()
-        }));
-    }
     let mut subnets6 = HashSet::new();
-    for t in tasks {
-        let held = t.await.unwrap();
+    for held in join_at_once(&store, &cfg, 10, wanted).await {
         let record = stored(&store, &cfg, &held.key).await;
         assert_eq!(record, held.lease);
         let subnet6 = record
@@ -147,9 +132,7 @@ async fn etcd_dual_stack_leases() {
 
 #[tokio::test]
 async fn embedded_dual_stack_leases() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("embedded:{}", dir.path().join("store.redb").display());
-    let store = Store::connect_or_create(&url).await.unwrap();
+    let (_dir, store) = embedded_store().await;
     joins_restart_and_upgrade(store).await;
 }
 

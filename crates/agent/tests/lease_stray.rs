@@ -3,30 +3,15 @@
 //! of another network) do not stop new nodes from joining: the allocator ignores them. Against
 //! a real etcd (started by the test) and the embedded store.
 
-use std::collections::HashSet;
-use std::time::Duration;
+mod common;
 
+use std::collections::HashSet;
+
+use common::{TTL, embedded_store, wanted};
 use twill_agent::lease;
 use twill_store::Store;
 use twill_store::testing::EtcdServer;
-use twill_types::cluster::{BackendKind, ClusterConfig};
-use twill_types::lease::Lease;
-
-const TTL: Duration = Duration::from_secs(60);
-
-fn wanted(node: &str) -> Lease {
-    Lease {
-        node: node.to_string(),
-        subnet: "0.0.0.0/0".parse().unwrap(),
-        public_net: "192.168.0.10/24".parse().unwrap(),
-        backend: BackendKind::HostGw,
-        vtep_mac: None,
-        wireguard_public_key: None,
-        subnet6: None,
-        public_net6: None,
-        vtep_mac6: None,
-    }
-}
+use twill_types::cluster::ClusterConfig;
 
 async fn stray_lease_keys_do_not_block_joins(store: Store) {
     // A small pool: a /28 cut into /30s leaves three node subnets (the first is never leased).
@@ -66,8 +51,6 @@ async fn etcd_ignores_stray_lease_keys() {
 
 #[tokio::test]
 async fn embedded_ignores_stray_lease_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("embedded:{}", dir.path().join("store.redb").display());
-    let store = Store::connect_or_create(&url).await.unwrap();
+    let (_dir, store) = embedded_store().await;
     stray_lease_keys_do_not_block_joins(store).await;
 }

@@ -150,6 +150,23 @@ impl Drop for Twill {
     }
 }
 
+/// Writes `conf` to file `name` in `dir` and has `program` parse it first (`program
+/// flags... PATH`), so a mistake fails here with the daemon's message; the file's path.
+fn checked_config(dir: &TempDir, name: &str, conf: &str, program: &str, flags: &[&str]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, conf).unwrap();
+    let mut args = flags.to_vec();
+    args.push(path.to_str().unwrap());
+    let out = run(program, &args);
+    assert!(
+        out.status.success(),
+        "bad {program} config: {}{}\n{conf}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
 /// BIRD 2 in a namespace, in the foreground so the test owns the process.
 struct Bird {
     child: Child,
@@ -159,17 +176,8 @@ struct Bird {
 impl Bird {
     fn start(ns: &Netns, conf: &str) -> Bird {
         let dir = TempDir::new("bird");
-        let conf_path = dir.path().join("bird.conf");
-        std::fs::write(&conf_path, conf).unwrap();
+        let conf_path = checked_config(&dir, "bird.conf", conf, "bird", &["-p", "-c"]);
         let sock = dir.path().join("bird.sock");
-        // Parse the config first so a mistake fails here with BIRD's message.
-        let check = run("bird", &["-p", "-c", conf_path.to_str().unwrap()]);
-        assert!(
-            check.status.success(),
-            "bad BIRD config: {}{}\n{conf}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
             .arg(&conf_path)
@@ -772,15 +780,7 @@ struct GoBgp {
 impl GoBgp {
     fn start(ns: &Netns, conf: &str) -> GoBgp {
         let dir = TempDir::new("gobgp");
-        let conf_path = dir.path().join("gobgpd.toml");
-        std::fs::write(&conf_path, conf).unwrap();
-        let check = run("gobgpd", &["-d", "-f", conf_path.to_str().unwrap()]);
-        assert!(
-            check.status.success(),
-            "bad GoBGP config: {}{}\n{conf}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        let conf_path = checked_config(&dir, "gobgpd.toml", conf, "gobgpd", &["-d", "-f"]);
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "gobgpd", "-p", "-f"])

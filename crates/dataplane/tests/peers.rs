@@ -146,9 +146,19 @@ fn json(ns: &Netns, cmd: &[&str]) -> Vec<Value> {
     }
 }
 
-/// `(dst, gateway, dev, onlink)` of `ip -j route show proto 117`, sorted.
+/// `(dst, gateway, dev, onlink)` of twill's IPv4 routes, sorted.
 fn twill_routes(ns: &Netns) -> Vec<(String, String, String, bool)> {
-    let mut out: Vec<_> = json(ns, &["ip", "-j", "route", "show", "proto", "117"])
+    twill_routes_of(ns, "-4")
+}
+
+/// `(dst, gateway, dev, onlink)` of twill's IPv6 routes, sorted.
+fn twill_routes6(ns: &Netns) -> Vec<(String, String, String, bool)> {
+    twill_routes_of(ns, "-6")
+}
+
+/// `(dst, gateway, dev, onlink)` of `ip FAMILY -j route show proto 117`, sorted.
+fn twill_routes_of(ns: &Netns, family: &str) -> Vec<(String, String, String, bool)> {
+    let mut out: Vec<_> = json(ns, &["ip", family, "-j", "route", "show", "proto", "117"])
         .iter()
         .map(|r| {
             let flags = r["flags"].as_array().cloned().unwrap_or_default();
@@ -215,6 +225,15 @@ fn ping_from(ns: &Netns, src: &str, dst: &str) -> bool {
     ])
     .status
     .success()
+}
+
+/// Pings from `a`'s address to `b`'s and back (both must answer), and checks that `a`'s
+/// pings left through its device `dev`.
+fn assert_pings_cross(a: &Netns, b: &Netns, dev: &str, (a_ip, b_ip): (&str, &str)) {
+    let before = tx_packets(a, dev);
+    assert!(ping_from(a, a_ip, b_ip), "{a_ip} -> {b_ip} over {dev}");
+    assert!(ping_from(b, b_ip, a_ip), "{b_ip} -> {a_ip} over {dev}");
+    assert!(tx_packets(a, dev) >= before + 2, "pings left through {dev}");
 }
 
 #[test]
@@ -300,19 +319,7 @@ fn vxlan_pair_carries_traffic_and_reapplying_is_a_no_op() {
     );
 
     // Real traffic crosses the tunnel, both ways.
-    let before = tx_packets(&a, "twill.1");
-    assert!(
-        ping_from(&a, "10.244.1.1", "10.244.2.1"),
-        "a -> b over VXLAN"
-    );
-    assert!(
-        ping_from(&b, "10.244.2.1", "10.244.1.1"),
-        "b -> a over VXLAN"
-    );
-    assert!(
-        tx_packets(&a, "twill.1") >= before + 2,
-        "pings left through twill.1"
-    );
+    assert_pings_cross(&a, &b, "twill.1", ("10.244.1.1", "10.244.2.1"));
 
     // Applying the same state again changes nothing.
     let again = converge_ok(&a, &a_state);
@@ -729,24 +736,6 @@ fn two_dual_hosts(tag: &str) -> (Netns, Netns) {
     (a, b)
 }
 
-/// `(dst, gateway, dev, onlink, metric)` of `ip -6 -j route show proto 117`, sorted.
-fn twill_routes6(ns: &Netns) -> Vec<(String, String, String, bool)> {
-    let mut out: Vec<_> = json(ns, &["ip", "-6", "-j", "route", "show", "proto", "117"])
-        .iter()
-        .map(|r| {
-            let flags = r["flags"].as_array().cloned().unwrap_or_default();
-            (
-                r["dst"].as_str().unwrap_or("").to_string(),
-                r["gateway"].as_str().unwrap_or("").to_string(),
-                r["dev"].as_str().unwrap_or("").to_string(),
-                flags.iter().any(|f| f == "onlink"),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// The global IPv6 addresses (`addr/prefix`) of `dev`.
 fn ipv6_global(ns: &Netns, dev: &str) -> Vec<String> {
     ns.addresses(dev)
@@ -872,19 +861,7 @@ fn dual_stack_vxlan_pair_carries_both_families_and_reapplying_is_a_no_op() {
     );
 
     // Real traffic of both families crosses the tunnels, both ways.
-    let before = tx_packets(&a, "twill6.1");
-    assert!(
-        ping_from(&a, "fd00:244:1::1", "fd00:244:2::1"),
-        "a -> b over VXLAN, IPv6"
-    );
-    assert!(
-        ping_from(&b, "fd00:244:2::1", "fd00:244:1::1"),
-        "b -> a over VXLAN, IPv6"
-    );
-    assert!(
-        tx_packets(&a, "twill6.1") >= before + 2,
-        "pings left through twill6.1"
-    );
+    assert_pings_cross(&a, &b, "twill6.1", ("fd00:244:1::1", "fd00:244:2::1"));
     assert!(
         ping_from(&a, "10.244.1.1", "10.244.2.1"),
         "a -> b over VXLAN, IPv4"

@@ -13,7 +13,7 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{H1, H2, Lab};
+use common::{H1, H2, Lab, capture_eth0};
 use socket2::{Domain, Protocol, Socket, Type};
 use twill_testkit::TempDir;
 use twill_tunnel::wire::{self, build_ipv6};
@@ -118,6 +118,14 @@ fn ping6(lab: &Lab) -> bool {
         .success()
 }
 
+/// Five quick pings from p1 to p2's IPv6 address; whether ping succeeded.
+fn ping6_five_times(lab: &Lab) -> bool {
+    lab.p1
+        .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
+        .status
+        .success()
+}
+
 fn wait_reachable6(lab: &Lab) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -133,12 +141,7 @@ fn both_families_flow(encap: Encap, tag: &str) {
     add_ipv6(&lab);
     let (t1, t2) = start_pair(&lab, encap, 2);
     assert!(wait_reachable6(&lab), "ping -6 p1 -> p2: {:?}", t1.stats());
-    assert!(
-        lab.p1
-            .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
-            .status
-            .success()
-    );
+    assert!(ping6_five_times(&lab), "ping -6 -c 5 p1 -> p2");
     assert!(
         lab.wait_reachable(Duration::from_secs(10)),
         "IPv4 next to IPv6"
@@ -200,12 +203,7 @@ fn ipv6_bypasses_the_kernel_path(encap: Encap, tag: &str) {
         tun_before,
         "IPv4 to a known peer stays on the fast path"
     );
-    assert!(
-        lab.p1
-            .exec(&["ping", "-6", "-q", "-c", "5", "-i", "0.05", "-W", "1", P2_6])
-            .status
-            .success()
-    );
+    assert!(ping6_five_times(&lab), "ping -6 -c 5 p1 -> p2");
     assert!(
         lab.tun_tx_packets(1, DEV) >= tun_before + 5,
         "IPv6 goes to the engine"
@@ -315,23 +313,8 @@ fn ipv6_wire_format(encap: Encap, tag: &str) {
     let under = dir.path().join("underlay.pcap");
     let pod = dir.path().join("pod.pcap");
     let filter = if ipip { "ip proto 41" } else { "udp port 8285" };
-    let capture = |ns: &twill_testkit::Netns, file: &Path, filter: &str| {
-        ns.spawn(&[
-            "tcpdump",
-            "--immediate-mode",
-            "-i",
-            "eth0",
-            "-U",
-            "-n",
-            "-s",
-            "0",
-            "-w",
-            file.to_str().unwrap(),
-            filter,
-        ])
-    };
-    let _cap1 = capture(&lab.h2, &under, filter);
-    let _cap2 = capture(&lab.p1, &pod, "icmp6");
+    let _cap1 = capture_eth0(&lab.h2, &under, filter);
+    let _cap2 = capture_eth0(&lab.p1, &pod, "icmp6");
     // Ping until three tunnelled echo requests match one p1 sent (by everything after the
     // IPv6 header; tcpdump starts listening some time after it was spawned, and either file
     // may lag the other by a packet).

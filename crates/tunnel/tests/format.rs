@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, P2};
+use common::{Lab, P2, capture_eth0};
 use twill_testkit::TempDir;
 use twill_tunnel::{DEFAULT_UDP_PORT, Encap};
 
@@ -135,32 +135,8 @@ fn wire_format_decodes_independently(encap: Encap, mode: &str, tag: &str, kernel
     } else {
         "ip proto 4"
     };
-    let cap1 = lab.h2.spawn(&[
-        "tcpdump",
-        "--immediate-mode",
-        "-i",
-        "eth0",
-        "-U",
-        "-n",
-        "-s",
-        "0",
-        "-w",
-        under.to_str().unwrap(),
-        filter,
-    ]);
-    let cap2 = lab.p1.spawn(&[
-        "tcpdump",
-        "--immediate-mode",
-        "-i",
-        "eth0",
-        "-U",
-        "-n",
-        "-s",
-        "0",
-        "-w",
-        pod.to_str().unwrap(),
-        "icmp or tcp",
-    ]);
+    let cap1 = capture_eth0(&lab.h2, &under, filter);
+    let cap2 = capture_eth0(&lab.p1, &pod, "icmp or tcp");
     std::thread::sleep(Duration::from_secs(1));
     lab.p1.ok(&[
         "ping", "-c", "3", "-i", "0.2", "-s", "200", "-p", "c0ffee11", P2,

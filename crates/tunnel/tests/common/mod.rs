@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use twill_testkit::{Netns, veth};
+use twill_testkit::{Background, Netns, veth};
 use twill_tunnel::wire::{self, build_ipv4};
 use twill_tunnel::{DEFAULT_UDP_PORT, Encap, Peer, Tunnel, TunnelConfig};
 
@@ -374,4 +374,22 @@ pub fn ping_p1_to_p2_in_background(lab: &Lab) -> std::thread::JoinHandle<std::pr
             .output()
             .expect("ping")
     })
+}
+
+/// tcpdump writing every whole frame on `ns`'s eth0 that matches `filter` to `file`, as it
+/// comes; killed when the handle drops (send SIGINT first to have the file finished).
+pub fn capture_eth0(ns: &Netns, file: &Path, filter: &str) -> Background {
+    ns.spawn(&[
+        "tcpdump",
+        "--immediate-mode",
+        "-i",
+        "eth0",
+        "-U",
+        "-n",
+        "-s",
+        "0",
+        "-w",
+        file.to_str().unwrap(),
+        filter,
+    ])
 }

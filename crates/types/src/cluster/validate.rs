@@ -42,19 +42,12 @@ impl ClusterConfig {
     ) -> Result<(), ConfigError> {
         let fields = form.fields();
         let places = PoolPlaces::normalized();
-        for (i, pool) in self.pools.iter().enumerate() {
-            if let Some(h) = host.iter().find(|h| overlaps(h.net, pool.cidr)) {
-                let at = places.at(fields, i, &pool.name);
-                return host_overlap(
-                    &at,
-                    fields.pool.cidr,
-                    pool.cidr.into(),
-                    h.net.into(),
-                    &h.source,
-                );
-            }
-        }
-        Ok(())
+        refuse_host_overlap(
+            self.pools.iter().map(|p| (p.name.as_str(), p.cidr.into())),
+            host.iter().map(|h| (h.net.into(), h.source.as_str())),
+            fields.pool.cidr,
+            |i, name| places.at(fields, i, name),
+        )
     }
 
     /// [`ClusterConfig::check_host_networks`] for the IPv6 pools and the host's IPv6 networks
@@ -67,20 +60,35 @@ impl ClusterConfig {
     ) -> Result<(), ConfigError> {
         let fields = form.fields();
         let places = PoolPlaces::normalized();
-        for (i, pool) in self.ipv6_pools.iter().enumerate() {
-            if let Some(h) = host.iter().find(|h| overlaps6(h.net, pool.cidr)) {
-                let at = places.at6(fields, i, &pool.name);
-                return host_overlap(
-                    &at,
-                    fields.pool6.cidr,
-                    pool.cidr.into(),
-                    h.net.into(),
-                    &h.source,
-                );
-            }
-        }
-        Ok(())
+        refuse_host_overlap(
+            self.ipv6_pools
+                .iter()
+                .map(|p| (p.name.as_str(), p.cidr.into())),
+            host.iter().map(|h| (h.net.into(), h.source.as_str())),
+            fields.pool6.cidr,
+            |i, name| places.at6(fields, i, name),
+        )
     }
+}
+
+/// Refuses the first of `pools` (name, CIDR) that overlaps one of the host's networks
+/// (network, where it comes from); `at` places the `i`th pool, named `name`, and
+/// `cidr_field` names its CIDR field. Both lists hold one IP family.
+fn refuse_host_overlap<'a>(
+    pools: impl Iterator<Item = (&'a str, IpNet)>,
+    host: impl Iterator<Item = (IpNet, &'a str)> + Clone,
+    cidr_field: &str,
+    at: impl Fn(usize, &str) -> At,
+) -> Result<(), ConfigError> {
+    for (i, (name, cidr)) in pools.enumerate() {
+        let overlapping = |&(net, _): &(IpNet, &str)| {
+            net.contains(&cidr.network()) || cidr.contains(&net.network())
+        };
+        if let Some((net, source)) = host.clone().find(overlapping) {
+            return host_overlap(&at(i, name), cidr_field, cidr, net, source);
+        }
+    }
+    Ok(())
 }
 
 /// The refusal of pool `cidr` (field `field`, at `at`) that overlaps the host's `net`.
