@@ -115,8 +115,13 @@ pub async fn cluster_init(
         None => Store::connect_or_create_with(&store_at.url, &auth).await?,
     };
     store.put(CONFIG_KEY, value.as_bytes(), None).await?;
+    // "2 pool(s)" as before; a dual-stack config adds its IPv6 pools: "1 pool(s) + 1 IPv6".
+    let ipv6 = match config.ipv6_pools.len() {
+        0 => String::new(),
+        n => format!(" + {n} IPv6"),
+    };
     println!(
-        "cluster config written to {}: {} pool(s), backend {}",
+        "cluster config written to {}: {} pool(s){ipv6}, backend {}",
         store.describe(),
         config.pools.len(),
         serde_json::to_value(config.backend.kind)?
