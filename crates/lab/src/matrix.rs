@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+pub use crate::plan::Family;
 use crate::state::Pod;
 
 /// At most this many probes run at once: enough to finish a 10-pod lab in about a second,
@@ -19,15 +20,6 @@ use crate::state::Pod;
 pub const MAX_PARALLEL: usize = 16;
 /// Tries per pair before it counts as failed.
 pub const ATTEMPTS: u32 = 3;
-
-/// Which of the pods' addresses a matrix probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    #[default]
-    Ipv4,
-    Ipv6,
-}
 
 /// The result of one ordered pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

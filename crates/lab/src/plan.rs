@@ -163,6 +163,15 @@ impl Underlay {
 
 display_as!(Underlay, as_str);
 
+/// Which of the pods' addresses a matrix probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
 /// Which address families the lab's underlay and pods have (`--ip-family`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default,

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::matrix::Family;
-use crate::plan::{Backend, EncryptMode, IpFamily, PodMode, Underlay};
+use crate::plan::{Backend, EncryptMode, Family, IpFamily, PodMode, Underlay};
 
 /// The file name inside the lab's state directory.
 pub const STATE_FILE: &str = "state.json";

@@ -12,7 +12,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::error::ConfigError;
-use super::model::{DEFAULT_IPV6_SUBNET_LEN, MAX_BLOCK_SIZE6};
 
 /// How a form names the fields, so that messages use the user's own words.
 pub(super) struct Fields {
@@ -53,6 +52,10 @@ pub(super) struct WireguardFields {
 /// The longest node subnet: a /30 still holds a gateway and one pod besides the network and
 /// broadcast addresses (Flannel's limit too).
 pub const MAX_BLOCK_SIZE: u8 = 30;
+/// The longest IPv6 node subnet: /122 leaves 64 addresses per node (Calico's IPv6 default).
+pub const MAX_BLOCK_SIZE6: u8 = 122;
+/// Flannel's default `IPv6SubnetLen`.
+pub const DEFAULT_IPV6_SUBNET_LEN: u8 = 64;
 
 /// Flannel's names of the fields.
 pub(super) const FLANNEL_FIELDS: Fields = Fields {

@@ -39,12 +39,12 @@ pub use bgp::{
 };
 pub use control_ports::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, control_tcp_ports, tunnel_udp_ports};
 pub use error::ConfigError;
-pub use fields::{ConfigForm, MAX_BLOCK_SIZE};
+pub use fields::{ConfigForm, DEFAULT_IPV6_SUBNET_LEN, MAX_BLOCK_SIZE, MAX_BLOCK_SIZE6};
 pub use host_access::{HostAccess, HostPort, PortProto, WorkloadToHost};
 pub use model::{
-    Backend, BackendKind, ClusterConfig, DEFAULT_IPV6_SUBNET_LEN, DEFAULT_UDP_PORT, DEFAULT_VNI,
-    DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, EncapMode, MAX_BLOCK_SIZE6, MAX_VNI,
-    MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU, Pool, Pool6, WIREGUARD_OVERHEAD, Wireguard,
+    Backend, BackendKind, ClusterConfig, DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
+    DEFAULT_WIREGUARD_PORT, EncapMode, MAX_VNI, MAX_WIREGUARD_MTU, MIN_WIREGUARD_MTU, Pool, Pool6,
+    WIREGUARD_OVERHEAD, Wireguard,
 };
 pub use validate::{
     HostNet, HostNet6, RESERVED_RANGES, RESERVED_RANGES6, overlaps, overlaps6, reserved_overlap,

@@ -93,7 +93,7 @@ pub struct Pool6 {
     pub name: String,
     pub cidr: Ipv6Net,
     /// Prefix length of each node's subnet (Flannel's `IPv6SubnetLen`, default 64; Calico's
-    /// `blockSize`, at most [`MAX_BLOCK_SIZE6`]).
+    /// `blockSize`, at most [`MAX_BLOCK_SIZE6`](super::MAX_BLOCK_SIZE6)).
     pub block_size: u8,
     /// First and last node subnet that may be leased; both are subnets of `cidr` with prefix
     /// `block_size`.
@@ -103,11 +103,6 @@ pub struct Pool6 {
     /// IPv6 pools with `natOutgoing`).
     pub nat_outgoing: bool,
 }
-
-/// The longest IPv6 node subnet: /122 leaves 64 addresses per node (Calico's IPv6 default).
-pub const MAX_BLOCK_SIZE6: u8 = 122;
-/// Flannel's default `IPv6SubnetLen`.
-pub const DEFAULT_IPV6_SUBNET_LEN: u8 = 64;
 
 /// The normalized cluster config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,6 +455,7 @@ pub(super) fn default_bounds6(cidr: Ipv6Net, block: u8) -> (Ipv6Net, Ipv6Net) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{DEFAULT_IPV6_SUBNET_LEN, MAX_BLOCK_SIZE6};
 
     fn net6(text: &str) -> Ipv6Net {
         text.parse().unwrap()
