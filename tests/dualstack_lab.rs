@@ -160,20 +160,26 @@ fn vxlan_dual_stack_across_a_router() {
     }
 }
 
-#[test]
-#[ignore = "needs root"]
-fn vxlan_direct_routing_dual_stack_across_a_router() {
-    let (lab, _g) = up(spec(Backend::Vxlan, Underlay::Routed, 3).direct_routing(true));
+/// DirectRouting across a router, 3 nodes: h3 shares h1's subnet and is routed directly via
+/// its IPv6 underlay address; h2 is across the router and reached through `dev` (as path
+/// `via`), both ways.
+fn direct_routing_dual_stack_across_a_router(backend: Backend, via: &str, dev: &str) {
+    let (lab, _g) = up(spec(backend, Underlay::Routed, 3).direct_routing(true));
     assert_matrices(&lab);
-    // h3 shares h1's subnet: routed directly via its IPv6 underlay address.
     assert_eq!(path(&lab, 1, 3).0, "direct");
     let r = route6(&lab, 1, 3);
     assert_eq!(r["gateway"], host_ip6(&lab, 3), "{r}");
     assert_eq!(r["dev"], "eth0", "{r}");
-    // h2 is across the router: encapsulated, over IPv6.
-    assert_eq!(path(&lab, 1, 2).0, "vxlan");
-    assert_eq!(route6(&lab, 1, 2)["dev"], "twill6.1");
-    assert_eq!(route6(&lab, 2, 1)["dev"], "twill6.1");
+    assert_eq!(path(&lab, 1, 2).0, via);
+    assert_eq!(route6(&lab, 1, 2)["dev"], dev);
+    assert_eq!(route6(&lab, 2, 1)["dev"], dev);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn vxlan_direct_routing_dual_stack_across_a_router() {
+    // Across the router: encapsulated, over IPv6.
+    direct_routing_dual_stack_across_a_router(Backend::Vxlan, "vxlan", "twill6.1");
 }
 
 /// udp and ipip carry IPv6 pods through the userspace tunnel over the IPv4 underlay: the
@@ -203,17 +209,8 @@ fn ipip_dual_stack_on_l2() {
 #[test]
 #[ignore = "needs root"]
 fn ipip_direct_routing_dual_stack_across_a_router() {
-    let (lab, _g) = up(spec(Backend::Ipip, Underlay::Routed, 3).direct_routing(true));
-    assert_matrices(&lab);
-    // h3 shares h1's subnet: routed directly via its IPv6 underlay address.
-    assert_eq!(path(&lab, 1, 3).0, "direct");
-    let r = route6(&lab, 1, 3);
-    assert_eq!(r["gateway"], host_ip6(&lab, 3), "{r}");
-    assert_eq!(r["dev"], "eth0", "{r}");
-    // h2 is across the router: through the tunnel, both ways.
-    assert_eq!(path(&lab, 1, 2).0, "ipip");
-    assert_eq!(route6(&lab, 1, 2)["dev"], "twill.tun");
-    assert_eq!(route6(&lab, 2, 1)["dev"], "twill.tun");
+    // Across the router: through the tunnel.
+    direct_routing_dual_stack_across_a_router(Backend::Ipip, "ipip", "twill.tun");
 }
 
 #[test]

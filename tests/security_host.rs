@@ -510,6 +510,41 @@ fn pod_cannot_reach_another_nodes_bgp_port() {
     assert_matrix(&lab, "after");
 }
 
+/// The MAC address of `dev` on host `host`.
+fn link_mac(lab: &Lab, host: &str, dev: &str) -> String {
+    let out = lab
+        .exec(host, &["cat", &format!("/sys/class/net/{dev}/address")])
+        .unwrap();
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!mac.is_empty(), "{host} has no {dev}");
+    mac
+}
+
+/// Plays the forged-VXLAN attacks on h2-p1's listener `rx`: `vxlan(src, mark)` is the python
+/// line sending a frame with inner source `src`. From h1's pod, with `forged` (a third node's
+/// pod) and with `own` (h1's own pod) as source, and from the node h1 with `forged`: none may
+/// be delivered, while the node's frame with `own` (the control) is.
+fn assert_forged_vxlan_not_delivered<A: std::fmt::Display + Copy>(
+    lab: &Lab,
+    rx: &mpsc::Receiver<String>,
+    vxlan: &dyn Fn(A, &str) -> String,
+    forged: A,
+    own: A,
+) {
+    send_packets(lab, "h1-p1", &vxlan(forged, "from-pod-forged"));
+    send_packets(lab, "h1-p1", &vxlan(own, "from-pod-own"));
+    send_packets(lab, "h1", &vxlan(forged, "from-node-forged"));
+    let seen = delivered_before_control(lab, rx, "control", &|| {
+        send_packets(lab, "h1", &vxlan(own, "control"))
+    });
+    for attack in ["from-pod-forged", "from-pod-own", "from-node-forged"] {
+        assert!(
+            !seen.iter().any(|l| l == attack),
+            "{attack} was delivered to h2-p1: {seen:?}"
+        );
+    }
+}
+
 /// VXLAN to a peer with a forged inner source (a pod of a third node) is not delivered: not
 /// from a pod (dropped before NAT), and not from a peer node whose subnet the source is not
 /// in (the receiver's check). The same packet with the sending node's own pod as inner source
@@ -520,11 +555,7 @@ fn forged_vxlan_inner_source_is_not_delivered() {
     let (lab, _guard) = lab(Backend::Vxlan, 3, 1);
     assert_matrix(&lab, "before");
     let (_listen, rx) = udp_listen(&lab, "h2-p1", 9999);
-    let out = lab
-        .exec("h2", &["cat", "/sys/class/net/twill.1/address"])
-        .unwrap();
-    let vtep = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!vtep.is_empty(), "h2 has no twill.1");
+    let vtep = link_mac(&lab, "h2", "twill.1");
     let peer = host_ip(&lab, 2);
     let target = pod_ip(&lab, "h2-p1");
     let forged = pod_ip(&lab, "h3-p1");
@@ -535,18 +566,7 @@ fn forged_vxlan_inner_source_is_not_delivered() {
         )
     };
     // The attack from the pod, then from the node h1 (a peer, but the source is h3's).
-    send_packets(&lab, "h1-p1", &vxlan(forged, "from-pod-forged"));
-    send_packets(&lab, "h1-p1", &vxlan(own, "from-pod-own"));
-    send_packets(&lab, "h1", &vxlan(forged, "from-node-forged"));
-    let seen = delivered_before_control(&lab, &rx, "control", &|| {
-        send_packets(&lab, "h1", &vxlan(own, "control"))
-    });
-    for attack in ["from-pod-forged", "from-pod-own", "from-node-forged"] {
-        assert!(
-            !seen.iter().any(|l| l == attack),
-            "{attack} was delivered to h2-p1: {seen:?}"
-        );
-    }
+    assert_forged_vxlan_not_delivered(&lab, &rx, &vxlan, forged, own);
     // The receiver counted its drops.
     let out = lab
         .exec(
@@ -652,11 +672,7 @@ fn forged_inner_ipv6_source_in_vxlan_over_ipv6_is_not_delivered() {
     let (lab, _guard) = dual_lab(3, 1);
     assert_matrix(&lab, "before");
     let (_listen, rx) = udp_listen_on(&lab, "h2-p1", "::", 9999);
-    let out = lab
-        .exec("h2", &["cat", "/sys/class/net/twill6.1/address"])
-        .unwrap();
-    let vtep = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!vtep.is_empty(), "h2 has no twill6.1");
+    let vtep = link_mac(&lab, "h2", "twill6.1");
     let peer = host_ip6(&lab, 2);
     let target = pod_ip6(&lab, "h2-p1");
     let forged = pod_ip6(&lab, "h3-p1");
@@ -666,18 +682,7 @@ fn forged_inner_ipv6_source_in_vxlan_over_ipv6_is_not_delivered() {
             "send('{peer}', 8472, vxlan6(1, '{vtep}', inner6('{src}', '{target}', 9999, b'{mark}')))"
         )
     };
-    send_packets(&lab, "h1-p1", &vxlan(forged, "from-pod-forged"));
-    send_packets(&lab, "h1-p1", &vxlan(own, "from-pod-own"));
-    send_packets(&lab, "h1", &vxlan(forged, "from-node-forged"));
-    let seen = delivered_before_control(&lab, &rx, "control", &|| {
-        send_packets(&lab, "h1", &vxlan(own, "control"))
-    });
-    for attack in ["from-pod-forged", "from-pod-own", "from-node-forged"] {
-        assert!(
-            !seen.iter().any(|l| l == attack),
-            "{attack} was delivered to h2-p1: {seen:?}"
-        );
-    }
+    assert_forged_vxlan_not_delivered(&lab, &rx, &vxlan, forged, own);
     assert_matrix(&lab, "after");
 }
 

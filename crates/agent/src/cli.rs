@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ipnet::Ipv6Net;
+use ipnet::{IpNet, Ipv6Net};
 use twill_store::{Store, StoreError};
 use twill_types::cluster::{
     Backend, BackendKind, BgpPeer, ClusterConfig, ConfigForm, HostNet, HostNet6,
@@ -75,11 +75,8 @@ pub async fn cluster_init(
         let old = stored
             .as_ref()
             .and_then(|kv| ClusterConfig::from_json(&String::from_utf8_lossy(&kv.value)).ok());
-        let host = host_networks(old.as_ref()).await.with_context(|| {
+        let (host, host6) = host_networks(old.as_ref()).await.with_context(|| {
             "reading this host's addresses and routes to check the pools against them              (--allow-overlap skips the check)"
-        })?;
-        let host6 = host_networks6(old.as_ref()).await.with_context(|| {
-            "reading this host's IPv6 addresses and routes to check the pools against them              (--allow-overlap skips the check)"
         })?;
         config
             .check_host_networks(&host, ConfigForm::of(&text))
@@ -151,12 +148,19 @@ fn runnable_backends() -> Vec<&'static str> {
         .collect()
 }
 
-/// The networks of the host this runs on, as [`ClusterConfig::check_host_networks`] compares
-/// them: the subnet of every IPv4 address (loopback aside) and the destination of every IPv4
-/// route of the main table but the default route. Networks inside a pool of `twill_config`
-/// (the config already in the store) are twill's own (a node's bridge, its peers' routes) and
-/// left out.
-async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<Vec<HostNet>> {
+/// The networks of the host this runs on, as [`ClusterConfig::check_host_networks`] and
+/// [`ClusterConfig::check_host_networks6`] compare them, read in one pass (one link dump, one
+/// address dump per link, one route dump):
+/// - IPv4: the subnet of every address (loopback aside) and the destination of every route of
+///   the main table but the default route;
+/// - IPv6: the prefix of every address and the destination of every route, but loopback,
+///   link-local, multicast and the default route.
+///
+/// Networks inside a pool of `twill_config` (the config already in the store) are twill's own
+/// (a node's bridge, its peers' routes) and left out.
+async fn host_networks(
+    twill_config: Option<&ClusterConfig>,
+) -> anyhow::Result<(Vec<HostNet>, Vec<HostNet6>)> {
     let nl = twill_netlink::Rtnl::new()?;
     let links = nl.links().await?;
     let name = |index: Option<u32>| {
@@ -164,89 +168,57 @@ async fn host_networks(twill_config: Option<&ClusterConfig>) -> anyhow::Result<V
             .and_then(|i| links.iter().find(|l| l.index == i))
             .map_or_else(|| "?".to_string(), |l| l.name.clone())
     };
-    let mut out = Vec::new();
-    for link in &links {
-        for addr in nl.ipv4_addresses(link.index).await? {
-            if addr.addr().is_loopback() {
-                continue;
-            }
-            out.push(HostNet {
-                net: addr.trunc(),
-                source: format!("address {addr} on {}", link.name),
-            });
-        }
-    }
-    for route in nl.routes(Some(twill_netlink::Family::V4), None).await? {
-        let ipnet::IpNet::V4(dst) = route.dst else {
-            continue;
-        };
-        if dst.prefix_len() == 0 {
-            continue;
-        }
-        let mut source = format!("route {}", route.dst);
-        if let Some(gw) = route.gateway {
-            source += &format!(" via {gw}");
-        }
-        if route.oif.is_some() {
-            source += &format!(" dev {}", name(route.oif));
-        }
-        if !route.unicast {
-            source += " (not unicast: blackhole, unreachable, ...)";
-        }
-        out.push(HostNet {
-            net: dst.trunc(),
-            source,
-        });
-    }
-    if let Some(old) = twill_config {
-        out.retain(|h| old.pool_of(h.net).is_none());
-    }
-    Ok(out)
-}
-
-/// The IPv6 networks of the host, as [`ClusterConfig::check_host_networks6`] compares them:
-/// the prefix of every IPv6 address and the destination of every IPv6 route, but loopback,
-/// link-local, multicast and the default route, and those inside an IPv6 pool of
-/// `twill_config` (twill's own).
-async fn host_networks6(twill_config: Option<&ClusterConfig>) -> anyhow::Result<Vec<HostNet6>> {
-    let nl = twill_netlink::Rtnl::new()?;
-    let links = nl.links().await?;
-    let local = |net: &Ipv6Net| {
+    let local6 = |net: &Ipv6Net| {
         let a = net.addr();
         a.is_loopback() || a.is_multicast() || a.is_unicast_link_local() || net.prefix_len() == 0
     };
-    let mut out = Vec::new();
+    let (mut out, mut out6) = (Vec::new(), Vec::new());
     for link in &links {
-        for addr in nl
-            .addresses(link.index, Some(twill_netlink::Family::V6))
-            .await?
-        {
-            let ipnet::IpNet::V6(addr) = addr else {
-                continue;
-            };
-            if !local(&addr) {
-                out.push(HostNet6 {
+        for addr in nl.addresses(link.index, None).await? {
+            let source = format!("address {addr} on {}", link.name);
+            match addr {
+                IpNet::V4(addr) if !addr.addr().is_loopback() => out.push(HostNet {
                     net: addr.trunc(),
-                    source: format!("address {addr} on {}", link.name),
-                });
+                    source,
+                }),
+                IpNet::V6(addr) if !local6(&addr) => out6.push(HostNet6 {
+                    net: addr.trunc(),
+                    source,
+                }),
+                _ => {}
             }
         }
     }
-    for route in nl.routes(Some(twill_netlink::Family::V6), None).await? {
-        let ipnet::IpNet::V6(dst) = route.dst else {
-            continue;
-        };
-        if !local(&dst) {
-            out.push(HostNet6 {
+    for route in nl.routes(None, None).await? {
+        match route.dst {
+            IpNet::V4(dst) if dst.prefix_len() != 0 => {
+                let mut source = format!("route {}", route.dst);
+                if let Some(gw) = route.gateway {
+                    source += &format!(" via {gw}");
+                }
+                if route.oif.is_some() {
+                    source += &format!(" dev {}", name(route.oif));
+                }
+                if !route.unicast {
+                    source += " (not unicast: blackhole, unreachable, ...)";
+                }
+                out.push(HostNet {
+                    net: dst.trunc(),
+                    source,
+                });
+            }
+            IpNet::V6(dst) if !local6(&dst) => out6.push(HostNet6 {
                 net: dst.trunc(),
                 source: format!("route {dst}"),
-            });
+            }),
+            _ => {}
         }
     }
     if let Some(old) = twill_config {
-        out.retain(|h| old.pool6_of(h.net).is_none());
+        out.retain(|h| old.pool_of(h.net).is_none());
+        out6.retain(|h| old.pool6_of(h.net).is_none());
     }
-    Ok(out)
+    Ok((out, out6))
 }
 
 /// `twill cluster show --store S`: prints the normalized config as JSON.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{golden, lease6, net6, node, node6, pools6};
+use common::{golden, lease6, net6, node, node6, pools6, routes};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
@@ -65,23 +65,6 @@ fn skipped6(state: &DesiredState, node: &str) -> String {
         PeerPath::Skipped(reason) => reason,
         other => panic!("{node}: {other:?}"),
     }
-}
-
-/// (dst, via, dev, onlink) of every route, as text.
-fn routes(state: &DesiredState) -> Vec<String> {
-    state
-        .routes
-        .iter()
-        .map(|r| {
-            format!(
-                "{} via {} dev {}{}",
-                r.dst,
-                r.via,
-                r.dev,
-                if r.onlink { " onlink" } else { "" }
-            )
-        })
-        .collect()
 }
 
 /// Peers on our IPv4 and IPv6 segments (fd00:1::/64), and an IPv4-only one.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{golden, lease, lease6, net6, node, node6, pools6};
+use common::{golden, lease, lease6, net6, node, node6, pools6, routes};
 
 use ipnet::IpNet;
 use twill_backend::{Backend, Tunnel, for_config};
@@ -24,23 +24,6 @@ fn udp() -> Tunnel {
 
 fn ipip(direct_routing: bool) -> Tunnel {
     Tunnel::new(TunnelEncap::Ipip, direct_routing).with_ipv6_pools(pools6())
-}
-
-/// (dst, via, dev, onlink) of every route, as text.
-fn routes(state: &DesiredState) -> Vec<String> {
-    state
-        .routes
-        .iter()
-        .map(|r| {
-            format!(
-                "{} via {} dev {}{}",
-                r.dst,
-                r.via,
-                r.dev,
-                if r.onlink { " onlink" } else { "" }
-            )
-        })
-        .collect()
 }
 
 /// Each peer as "node path path6 subnet6".

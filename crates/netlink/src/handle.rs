@@ -394,6 +394,45 @@ impl Handle {
             .collect())
     }
 
+    /// The global IPv6 addresses of link `index` that may serve as its source (not
+    /// deprecated, tentative, or failed duplicate address detection), in the kernel's order.
+    pub fn usable_global_ipv6(&mut self, index: u32) -> Result<Vec<ipnet::Ipv6Net>> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.index = index;
+        let what = format!("list IPv6 addresses of link #{index}");
+        let unusable = AddressFlags::Deprecated | AddressFlags::Tentative | AddressFlags::Dadfailed;
+        let mut out = Vec::new();
+        for reply in self.dump(RouteNetlinkMessage::GetAddress(msg), &what)? {
+            let RouteNetlinkMessage::NewAddress(m) = reply else {
+                continue;
+            };
+            if m.header.index != index || m.header.scope != AddressScope::Universe {
+                continue;
+            }
+            // The 32-bit attribute, when present, holds every flag; the header the low 8.
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| AddressFlags::from_bits_truncate(m.header.flags.bits().into()));
+            let address = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if !flags.intersects(unusable)
+                && let Some(ip) = address
+                && let Ok(net) = ipnet::Ipv6Net::new(ip, m.header.prefix_len)
+            {
+                out.push(net);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every address of every link (both families), as `(link index, address/prefix)`.
     pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
         self.address_dump(AddressMessage::default(), "list addresses")

@@ -89,3 +89,20 @@ pub fn lease6(
         ..lease(name, subnet, public, backend, None)
     }
 }
+
+/// (dst, via, dev, onlink) of every route, as text.
+pub fn routes(state: &DesiredState) -> Vec<String> {
+    state
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{} via {} dev {}{}",
+                r.dst,
+                r.via,
+                r.dev,
+                if r.onlink { " onlink" } else { "" }
+            )
+        })
+        .collect()
+}
