@@ -794,6 +794,7 @@ mod tests {
                 subnet: net("10.244.2.0/24"),
                 underlay: "192.168.1.12".parse().unwrap(),
                 public_key: twill_types::wg_key::encode(&[2; 32]),
+                subnet6: None,
             });
         desired.wireguard_blocked.push(net("10.244.4.0/24"));
         let specs = learned_specs(&learned, &node(), &desired);

@@ -777,9 +777,9 @@ impl Agent {
     /// the current peers with their keys (before the routes into it are added). Without
     /// WireGuard, a device an earlier run left (the config changed) is removed once.
     async fn ensure_wireguard(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
-        let subnet = self.node.subnet;
+        let (subnet, subnet6) = (self.node.subnet, self.node.subnet6);
         match (&desired.wireguard, &self.wireguard) {
-            (Some(spec), Some(engine)) if engine.runs(spec, subnet) => {}
+            (Some(spec), Some(engine)) if engine.runs(spec, subnet, subnet6) => {}
             (Some(spec), _) => {
                 if let Some(old) = self.wireguard.take() {
                     old.shutdown();
@@ -792,7 +792,7 @@ impl Agent {
                     .wireguard()
                     .and_then(|wg| wg.preshared_key)
                     .and_then(|psk| twill_types::wg_key::decode(psk.expose()));
-                let engine = WgEngine::start(spec, subnet, key.clone(), psk)?;
+                let engine = WgEngine::start(spec, subnet, subnet6, key.clone(), psk)?;
                 engine.set_peers(&desired.wireguard_peers);
                 info!(
                     device = %spec.name, port = spec.port, public_key = %key.public_key(),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_tunnel::wg::{PrivateKey, PublicKey, WireguardConfig};
 use twill_types::desired::{WireguardDevice, WireguardPeer};
 use twill_types::node::{PeerCounters, WireguardPeerStatus, WireguardStatus};
@@ -23,16 +23,19 @@ pub struct WgEngine {
     tunnel: twill_tunnel::Tunnel,
     spec: WireguardDevice,
     local_subnet: Ipv4Net,
+    local_subnet6: Option<Ipv6Net>,
 }
 
 /// What status shows of one peer.
 pub type PeerView = (PeerCounters, WireguardPeerStatus);
 
 impl WgEngine {
-    /// Starts (or re-attaches to) the WireGuard device with this node's key.
+    /// Starts (or re-attaches to) the WireGuard device with this node's key. With an IPv6
+    /// subnet (dual-stack), the device carries IPv6 pod traffic too.
     pub fn start(
         spec: &WireguardDevice,
         local_subnet: Ipv4Net,
+        local_subnet6: Option<Ipv6Net>,
         key: PrivateKey,
         preshared_key: Option<[u8; 32]>,
     ) -> anyhow::Result<WgEngine> {
@@ -41,9 +44,7 @@ impl WgEngine {
             device: spec.name.clone(),
             mtu: spec.mtu,
             local_subnet,
-            // The config refuses IPv6 pools with WireGuard (backend or encryption) for now: the
-            // engine carries IPv4 pod traffic only here.
-            local_subnet6: None,
+            local_subnet6,
             local_ip: spec.local,
             queues: 0,
             kernel_path: false,
@@ -58,15 +59,24 @@ impl WgEngine {
             tunnel,
             spec: spec.clone(),
             local_subnet,
+            local_subnet6,
         })
     }
 
-    /// Whether this engine runs exactly `spec` for `local_subnet`.
-    pub fn runs(&self, spec: &WireguardDevice, local_subnet: Ipv4Net) -> bool {
-        self.spec == *spec && self.local_subnet == local_subnet
+    /// Whether this engine runs exactly `spec` for `local_subnet` and `local_subnet6`.
+    pub fn runs(
+        &self,
+        spec: &WireguardDevice,
+        local_subnet: Ipv4Net,
+        local_subnet6: Option<Ipv6Net>,
+    ) -> bool {
+        self.spec == *spec
+            && self.local_subnet == local_subnet
+            && self.local_subnet6 == local_subnet6
     }
 
-    /// The peers and their keys (the backends passed only well-formed, distinct keys).
+    /// The peers, their keys and allowed IPs (their subnet, and their IPv6 subnet when
+    /// WireGuard carries it; the backends passed only well-formed, distinct keys).
     pub fn set_peers(&self, peers: &[WireguardPeer]) {
         let peers: Vec<twill_tunnel::Peer> = peers
             .iter()
@@ -76,7 +86,7 @@ impl WgEngine {
                     subnet: p.subnet,
                     underlay: p.underlay,
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
-                    subnet6: None,
+                    subnet6: p.subnet6,
                 })
             })
             .collect();

@@ -123,6 +123,7 @@ const SCENARIOS: &[&str] = &[
     "recorded_lease_expiry",
     "recorded_bgp_restart",
     "bgp_encrypted",
+    "dual_stack_encrypted",
 ];
 
 #[test]
@@ -183,4 +184,13 @@ fn recorded_bgp_restart() {
 #[test]
 fn bgp_encrypted() {
     check("bgp_encrypted");
+}
+
+/// Dual stack with WireGuard on vxlan (CrossSubnet): the peer on our segment keeps vxlan's
+/// direct routes for both families, the one beyond goes through twill.wg with both subnets,
+/// the one without a key is blocked in both families until it publishes one, and a peer that
+/// leaves takes both of its routes along.
+#[test]
+fn dual_stack_encrypted() {
+    check("dual_stack_encrypted");
 }

@@ -71,6 +71,7 @@ pub fn for_config(
         Some(wg) if config.backend.kind != BackendKind::Wireguard => Box::new(Encrypted {
             inner,
             settings: (&wg).into(),
+            ipv6_pools: ipv6_pools(config),
         }),
         _ => inner,
     })
@@ -107,13 +108,15 @@ fn plain_backend(
                 .expect("the wireguard backend always has WireGuard settings");
             Ok(Box::new(Wireguard {
                 settings: (&wg).into(),
+                ipv6_pools: ipv6_pools(config),
             }))
         }
     }
 }
 
 /// The cluster's IPv6 pools: peers' IPv6 subnets outside them are ignored. host-gw, vxlan,
-/// udp and ipip carry IPv6 (the config refuses IPv6 pools with the other backends).
+/// udp, ipip and wireguard (as a backend or encryption on any of them) carry IPv6 (the config
+/// refuses IPv6 pools with bgp).
 fn ipv6_pools(config: &ClusterConfig) -> Vec<Ipv6Net> {
     config.ipv6_pools.iter().map(|p| p.cidr).collect()
 }

@@ -17,11 +17,20 @@
 //!
 //! BGP's learned routes are added by the agent's core after this: it sends the prefixes that
 //! lie inside an encrypted peer's subnet to `twill.wg` too (see [`encrypted_subnet_of`]).
+//!
+//! Dual stack: the device carries both families (over the IPv4 underlay). An encrypted peer's
+//! IPv6 subnet, once screened like every backend screens it, is one of its allowed IPs and is
+//! routed into `twill.wg` the same way (`<subnet6> via <subnet6 network address> dev twill.wg
+//! onlink`); its clear IPv6 objects (host-gw or direct route, VXLAN route, neighbour and FDB
+//! entry, tunnel route) go with the IPv4 ones. Whether a peer is encrypted is decided once per
+//! peer (CrossSubnet by its IPv4 underlay address), so both of its families take the same
+//! path. Linux keeps IPv6 off a link whose MTU is below 1280: with a smaller device MTU the
+//! IPv6 parts are skipped with the reason, and blocked rather than sent in clear.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use twill_types::MacAddr;
 use twill_types::cluster::{BackendKind, EncapMode};
 use twill_types::desired::{DesiredState, PeerPath, RouteSpec, WireguardDevice, WireguardPeer};
@@ -29,7 +38,8 @@ use twill_types::lease::Lease;
 use twill_types::wg_key;
 
 use crate::hostgw::HostGw;
-use crate::screen::{Peer, screen};
+use crate::screen::{Peer, screen, screen6};
+use crate::tunnel::IPV6_MIN_MTU;
 use crate::{Backend, LocalNode, lease_of};
 
 /// Name of the WireGuard engine's TUN device.
@@ -79,9 +89,11 @@ impl Settings {
 
 /// The wireguard backend: every peer through WireGuard (with `CrossSubnet`, peers on this
 /// node's L2 segment by a plain route, as host-gw).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wireguard {
     pub settings: Settings,
+    /// The cluster's IPv6 pools (none: IPv4 only).
+    pub ipv6_pools: Vec<Ipv6Net>,
 }
 
 impl Backend for Wireguard {
@@ -94,9 +106,10 @@ impl Backend for Wireguard {
         // peer (Always) or exactly the rest (CrossSubnet).
         encrypt(
             &self.settings,
+            &self.ipv6_pools,
             node,
             peers,
-            HostGw::default().desired(node, peers),
+            HostGw::new(self.ipv6_pools.clone()).desired(node, peers),
         )
     }
 
@@ -110,6 +123,8 @@ impl Backend for Wireguard {
 pub struct Encrypted {
     pub inner: Box<dyn Backend + Send + Sync>,
     pub settings: Settings,
+    /// The cluster's IPv6 pools (none: IPv4 only), as the inner backend has them.
+    pub ipv6_pools: Vec<Ipv6Net>,
 }
 
 impl Backend for Encrypted {
@@ -118,7 +133,13 @@ impl Backend for Encrypted {
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
-        encrypt(&self.settings, node, peers, self.inner.desired(node, peers))
+        encrypt(
+            &self.settings,
+            &self.ipv6_pools,
+            node,
+            peers,
+            self.inner.desired(node, peers),
+        )
     }
 
     /// Pods cannot know which peers are encrypted: the smaller of the two.
@@ -139,7 +160,7 @@ pub fn encrypted_subnet_of(desired: &DesiredState, prefix: Ipv4Net) -> Option<Ip
 
 /// Whether a clear route to `prefix` (one the backend did not plan: learned by BGP, kept
 /// from a previous agent) would carry traffic that must be encrypted: `prefix` lies inside
-/// the subnet of a peer WireGuard reaches or should reach.
+/// the subnet (of its family) of a peer WireGuard reaches or should reach.
 pub fn must_not_route_in_clear(desired: &DesiredState, prefix: IpNet) -> bool {
     match prefix {
         IpNet::V4(prefix) => {
@@ -149,9 +170,12 @@ pub fn must_not_route_in_clear(desired: &DesiredState, prefix: IpNet) -> bool {
                     .iter()
                     .any(|subnet| subnet.contains(&prefix))
         }
-        // WireGuard does not carry IPv6 pod traffic yet: with encryption on, no IPv6 route
-        // may be installed in clear.
-        IpNet::V6(_) => desired.wireguard.is_some(),
+        IpNet::V6(prefix) => desired
+            .wireguard_peers
+            .iter()
+            .filter_map(|p| p.subnet6)
+            .chain(desired.wireguard_blocked6.iter().copied())
+            .any(|subnet6| subnet6.contains(&prefix)),
     }
 }
 
@@ -165,16 +189,29 @@ pub fn route(dst: Ipv4Net, subnet: Ipv4Net) -> RouteSpec {
     }
 }
 
+/// The route into the WireGuard device for a peer's IPv6 subnet.
+pub fn route6(subnet6: Ipv6Net) -> RouteSpec {
+    RouteSpec {
+        dst: subnet6.into(),
+        via: subnet6.network().into(),
+        dev: DEVICE.to_string(),
+        onlink: true,
+    }
+}
+
 /// Moves the peers to encrypt from the clear paths of `state` (which the backends computed
 /// for the same `leases`, one plan per screened peer, in the same order) to WireGuard.
 fn encrypt(
     settings: &Settings,
+    ipv6_pools: &[Ipv6Net],
     node: &LocalNode,
     leases: &[Lease],
     mut state: DesiredState,
 ) -> DesiredState {
-    let peers = screen(node, leases);
+    let mut peers = screen(node, leases);
+    screen6(node, ipv6_pools, &mut peers);
     debug_assert_eq!(peers.len(), state.peers.len());
+    let mtu = settings.device_mtu(node);
     let wanted: Vec<bool> = peers
         .iter()
         .map(|p| p.problem.is_none() && !(settings.cross_subnet && p.on_segment(node)))
@@ -188,6 +225,7 @@ fn encrypt(
         }
     }
     let mut moved: HashSet<Ipv4Net> = HashSet::new();
+    let mut moved6: HashSet<Ipv6Net> = HashSet::new();
     for ((peer, plan), wanted) in peers.iter().zip(&mut state.peers).zip(wanted) {
         if !wanted {
             continue;
@@ -195,6 +233,15 @@ fn encrypt(
         debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.lease.subnet);
         let lease = peer.lease;
         moved.insert(lease.subnet);
+        // The IPv6 subnet, once screened; the inner backend planned nothing for one that
+        // was refused (it screened it the same way).
+        let subnet6 = match &peer.v6 {
+            Some(Ok(subnet6)) => {
+                moved6.insert(*subnet6);
+                Some(*subnet6)
+            }
+            _ => None,
+        };
         plan.path = match (&lease.wireguard_public_key, peer_key(peer)) {
             (None, _) => PeerPath::Skipped(
                 "wireguard: the peer publishes no WireGuard public key (not running WireGuard \
@@ -210,22 +257,40 @@ fn encrypt(
                 holders[&key].join(", ")
             )),
             (Some(text), Some(_)) => {
+                let carried6 = subnet6.filter(|_| mtu >= IPV6_MIN_MTU);
                 state.wireguard_peers.push(WireguardPeer {
                     node: lease.node.clone(),
                     subnet: lease.subnet,
                     underlay: lease.public_ip(),
                     public_key: text.clone(),
+                    subnet6: carried6,
                 });
                 PeerPath::Wireguard
             }
         };
-        if matches!(plan.path, PeerPath::Skipped(_)) {
+        if let PeerPath::Skipped(_) = &plan.path {
             state.wireguard_blocked.push(lease.subnet);
         }
+        plan.path6 = peer.v6.as_ref().map(|v6| match (v6, &plan.path) {
+            (Err(reason), _) => PeerPath::Skipped(reason.clone()),
+            (Ok(_), PeerPath::Skipped(reason)) => PeerPath::Skipped(reason.clone()),
+            (Ok(_), _) if mtu < IPV6_MIN_MTU => PeerPath::Skipped(format!(
+                "wireguard: the device MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; \
+                 raise the underlay MTU or the wireguard mtu (its IPv6 traffic is never sent \
+                 in clear instead)"
+            )),
+            (Ok(_), _) => PeerPath::Wireguard,
+        });
+        let carried6 = matches!(plan.path6, Some(PeerPath::Wireguard));
+        plan.subnet6 = subnet6.filter(|_| carried6);
+        if let Some(subnet6) = subnet6.filter(|_| !carried6) {
+            state.wireguard_blocked6.push(subnet6);
+        }
     }
-    drop_clear_objects(&mut state, &moved);
+    drop_clear_objects(&mut state, &moved, &moved6);
     for peer in &state.wireguard_peers {
         state.routes.push(route(peer.subnet, peer.subnet));
+        state.routes.extend(peer.subnet6.map(route6));
     }
     // In subnet order, as every backend lists them (a stable sort keeps the rest as it was).
     state
@@ -243,15 +308,24 @@ fn peer_key(peer: &Peer) -> Option<[u8; 32]> {
         .and_then(wg_key::decode)
 }
 
-/// Removes the clear route, VXLAN neighbour and FDB entry, and tunnel peer of each subnet in
-/// `moved`.
-fn drop_clear_objects(state: &mut DesiredState, moved: &HashSet<Ipv4Net>) {
+/// Removes the clear routes, VXLAN neighbours and FDB entries, and tunnel peers of the
+/// subnets in `moved` and the IPv6 subnets in `moved6`.
+fn drop_clear_objects(
+    state: &mut DesiredState,
+    moved: &HashSet<Ipv4Net>,
+    moved6: &HashSet<Ipv6Net>,
+) {
     state.routes.retain(|r| match r.dst {
         IpNet::V4(dst) => !moved.contains(&dst),
-        IpNet::V6(_) => true,
+        IpNet::V6(dst) => !moved6.contains(&dst),
     });
+    // A tunnel peer carries both families of one node: it goes with its IPv4 subnet.
     state.tunnel_peers.retain(|t| !moved.contains(&t.subnet));
-    let gateways: HashSet<IpAddr> = moved.iter().map(|s| s.network().into()).collect();
+    let gateways: HashSet<IpAddr> = moved
+        .iter()
+        .map(|s| IpAddr::from(s.network()))
+        .chain(moved6.iter().map(|s| IpAddr::from(s.network())))
+        .collect();
     state.neighbours.retain(|n| !gateways.contains(&n.ip));
     // An FDB entry serves the neighbours with its MAC (one node under two leases shares one):
     // it goes with the last of them.

@@ -177,6 +177,10 @@ pub struct WireguardPeer {
     pub underlay: Ipv4Addr,
     /// Its public key, standard base64 as in its lease.
     pub public_key: String,
+    /// Its IPv6 pod subnet when WireGuard carries its IPv6 traffic too (dual-stack): then
+    /// also one of its allowed IPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
 }
 
 /// Everything the node's dataplane should hold for the cluster.
@@ -211,6 +215,10 @@ pub struct DesiredState {
     /// previous agent's routes kept over a restart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wireguard_blocked: Vec<Ipv4Net>,
+    /// The same for IPv6 subnets: peers' IPv6 subnets whose traffic must be encrypted but
+    /// that WireGuard cannot carry (no usable key, a device MTU below IPv6's minimum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wireguard_blocked6: Vec<Ipv6Net>,
     /// Sysctls of the node's namespace by dotted name (`net.ipv4.ip_forward`) and the value
     /// they must hold. Set, never reverted: one not listed is left as it is.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

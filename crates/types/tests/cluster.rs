@@ -1157,8 +1157,8 @@ fn flannel_ipv6_refusals() {
     ] {
         refused_at(&flannel6(n, rest), field, needles);
     }
-    // host-gw, vxlan, udp and ipip carry IPv6 so far.
-    for ty in ["udp", "ipip"] {
+    // host-gw, vxlan, udp, ipip and wireguard carry IPv6 so far.
+    for ty in ["udp", "ipip", "wireguard"] {
         let config = ClusterConfig::parse(&flannel(
             n,
             &format!(
@@ -1169,17 +1169,6 @@ fn flannel_ipv6_refusals() {
         assert_eq!(config.backend.kind.name(), ty);
         assert_eq!(config.ipv6_pools.len(), 1);
     }
-    refused_at(
-        &flannel(
-            n,
-            r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {"Type": "wireguard"}"#,
-        ),
-        "IPv6Network",
-        &[
-            "IPv6Network fd00::/56 is IPv6, and IPv6 pools need the host-gw, vxlan, udp or ipip \
-           backend for now: wireguard carries IPv4 only",
-        ],
-    );
     // No Backend is udp, which carries IPv6 too.
     let config = ClusterConfig::parse(&flannel(
         n,
@@ -1188,14 +1177,18 @@ fn flannel_ipv6_refusals() {
     .unwrap();
     assert_eq!(config.backend.kind, BackendKind::Udp);
     assert_eq!(config.ipv6_pools.len(), 1);
-    // Flannel's wireguard ListenPortV6 stays refused.
+    // Flannel's wireguard ListenPortV6, a second port for IPv6, is refused where it would
+    // mean one (dual-stack without Mode auto or ipv4).
     refused_at(
         &flannel(
             n,
-            r#", "Backend": {"Type": "wireguard", "ListenPortV6": 51821}"#,
+            r#", "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {"Type": "wireguard", "ListenPortV6": 51821}"#,
         ),
         "Backend.ListenPortV6",
-        &["Backend.ListenPortV6 is a Flannel wireguard option twill does not support yet"],
+        &[
+            "Backend.ListenPortV6 51821 would be a second WireGuard port for IPv6",
+            "leave Backend.ListenPortV6 out or set it to 51820",
+        ],
     );
 }
 
@@ -1527,12 +1520,6 @@ fn twill_ipv6_refusals() {
             ],
         ),
         (
-            "backend = \"wireguard\"",
-            "cidr = \"fd00::/56\"",
-            "pools[1].cidr",
-            &["wireguard carries IPv4 only"],
-        ),
-        (
             "backend = \"bgp\"",
             "cidr = \"fd00::/56\"",
             "pools[1].cidr",
@@ -1543,12 +1530,6 @@ fn twill_ipv6_refusals() {
             "cidr = \"fd00::/56\"",
             "pools[1].cidr",
             &["bgp carries IPv4 only"],
-        ),
-        (
-            "[wireguard]\nenabled = true",
-            "cidr = \"fd00::/56\"",
-            "wireguard",
-            &["wireguard encryption carries IPv4 only for now, and pool b: cidr fd00::/56 is IPv6"],
         ),
     ] {
         refused_at(&toml_dual(top, four, pool6), field, needles);
@@ -1691,7 +1672,11 @@ fn ipv6_helpers() {
             kind.carries_ipv6(),
             matches!(
                 kind,
-                BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Udp | BackendKind::Ipip
+                BackendKind::HostGw
+                    | BackendKind::Vxlan
+                    | BackendKind::Udp
+                    | BackendKind::Ipip
+                    | BackendKind::Wireguard
             ),
             "{kind}"
         );

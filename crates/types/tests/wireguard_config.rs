@@ -126,14 +126,19 @@ fn flannel_refusals_name_the_backend_keys() {
             "control-plane port",
         ),
         (
-            with(r#","ListenPortV6":51821"#),
-            "Backend.ListenPortV6",
-            "does not support",
+            with(r#","Mode":"Auto""#),
+            "Backend.Mode",
+            "not one of Flannel's modes: separate, auto, ipv4 or ipv6",
         ),
         (
-            with(r#","Mode":"auto""#),
+            with(r#","Mode":"ipv6""#),
             "Backend.Mode",
-            "does not support",
+            "runs over the IPv4 underlay",
+        ),
+        (
+            with(r#","ListenPortV6":70000"#),
+            "Backend.ListenPortV6",
+            "1 to 65535",
         ),
         (
             with(r#","Peers":[]"#),
@@ -301,4 +306,75 @@ fn the_wireguard_port_is_closed_to_pods() {
     let text = "backend: host-gw\nwireguard: {}\nworkloadToHostPorts: [\"udp:51820\"]\npools:\n  - name: p\n    cidr: 10.244.0.0/16\n";
     let e = ClusterConfig::parse(text).unwrap_err();
     assert_eq!(e.field(), Some("workloadToHostPorts[0]"), "{e}");
+}
+
+/// Flannel's `Mode` and `ListenPortV6` against twill's one device for both families: what
+/// means one device (or nothing) is accepted, a second device or port for IPv6 is refused
+/// with why, and the normalized config is the same whatever the accepted spelling.
+#[test]
+fn flannel_wireguard_address_family_keys() {
+    let dual = |extra: &str| {
+        format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{{"Type":"wireguard"{extra}}}}}"#
+        )
+    };
+    let ipv4_only = |extra: &str| {
+        format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard"{extra}}}}}"#)
+    };
+    let plain = parse(&dual(""));
+    assert_eq!(plain.backend.kind, BackendKind::Wireguard);
+    assert_eq!(plain.ipv6_pools.len(), 1);
+    for extra in [
+        r#","Mode":"auto""#,
+        r#","Mode":"ipv4""#,
+        // flanneld ignores ListenPortV6 outside separate mode; so does twill.
+        r#","Mode":"auto","ListenPortV6":51821"#,
+        r#","ListenPortV6":51820"#,
+    ] {
+        assert_eq!(parse(&dual(extra)), plain, "{extra}");
+    }
+    assert_eq!(
+        parse(&dual(r#","ListenPort":51900,"ListenPortV6":51900"#))
+            .wireguard()
+            .unwrap()
+            .listen_port,
+        51900
+    );
+    // IPv4 only: separate is the one device, and ListenPortV6 means nothing (as in flanneld).
+    let v4 = parse(&ipv4_only(""));
+    for extra in [r#","Mode":"separate""#, r#","ListenPortV6":51821"#] {
+        assert_eq!(parse(&ipv4_only(extra)), v4, "{extra}");
+    }
+    let e = refused(
+        &dual(r#","Mode":"separate""#),
+        "Backend.Mode",
+        "separate asks for a second WireGuard device and port for IPv6",
+    );
+    assert!(
+        e.to_string()
+            .contains(r#"use "Mode": "auto" or leave Mode out"#),
+        "{e}"
+    );
+    refused(
+        &dual(r#","ListenPortV6":51821"#),
+        "Backend.ListenPortV6",
+        "would be a second WireGuard port for IPv6",
+    );
+    refused(
+        &dual(r#","Mode":"separate","ListenPortV6":51820"#),
+        "Backend.Mode",
+        "twill carries both families through one WireGuard device",
+    );
+}
+
+/// twill's wireguard section on a dual-stack cluster of any backend that carries IPv6.
+#[test]
+fn twill_form_wireguard_on_a_dual_stack_cluster() {
+    for backend in ["host-gw", "vxlan", "udp", "ipip", "wireguard"] {
+        let c = parse(&format!(
+            "backend: {backend}\nwireguard: {{enabled: true}}\npools:\n  - {{name: p, cidr: 10.244.0.0/16}}\n  - {{name: p6, cidr: 'fd00:10:244::/48'}}\n"
+        ));
+        assert!(c.wireguard().is_some(), "{backend}");
+        assert_eq!(c.ipv6_pools.len(), 1, "{backend}");
+    }
 }

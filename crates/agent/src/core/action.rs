@@ -244,9 +244,10 @@ fn render_desired(out: &mut String, d: &DesiredState) {
         );
     }
     for w in &d.wireguard_peers {
+        let subnet6 = w.subnet6.map(|s| format!(" {s}")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "  wireguard peer {} {} at {} key {}",
+            "  wireguard peer {} {}{subnet6} at {} key {}",
             w.node,
             w.subnet,
             w.underlay,
@@ -258,6 +259,13 @@ fn render_desired(out: &mut String, d: &DesiredState) {
             out,
             "  wireguard blocks clear routes into {}",
             list(&d.wireguard_blocked)
+        );
+    }
+    if !d.wireguard_blocked6.is_empty() {
+        let _ = writeln!(
+            out,
+            "  wireguard blocks clear IPv6 routes into {}",
+            list(&d.wireguard_blocked6)
         );
     }
     for (name, value) in &d.sysctls {

@@ -52,6 +52,30 @@ fn flannel_uint(key: &str, value: &serde_json::Value) -> Result<u64, ConfigError
     })
 }
 
+/// Flannel's WireGuard modes (`Backend.Mode`; Go compares them as written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlannelWgMode {
+    /// flanneld's default: a device per family (`flannel-wg` on `ListenPort`, `flannel-wg-v6`
+    /// on `ListenPortV6`), IPv6 between the nodes' IPv6 addresses.
+    Separate,
+    /// One device for both families, peers at the address flanneld prefers.
+    Auto,
+    /// One device for both families, peers at their IPv4 address.
+    Ipv4,
+    /// One device for both families, peers at their IPv6 address.
+    Ipv6,
+}
+
+/// The keys of Flannel's wireguard backend about address families, as written: checked once
+/// `EnableIPv6` is known ([`check_wireguard_families`]).
+#[derive(Default)]
+struct FlannelWgFamilies {
+    /// `Backend.Mode` (the key as written, and the mode).
+    mode: Option<(String, FlannelWgMode)>,
+    /// `Backend.ListenPortV6` (the key as written, and the port).
+    listen_port_v6: Option<(String, u16)>,
+}
+
 /// Flannel's IPv6 keys, as written (`IPv6SubnetLen` already read as a number).
 #[derive(Default)]
 struct Flannel6<'a> {
@@ -122,7 +146,8 @@ pub(super) fn parse_flannel(
         }
     }
 
-    let (backend, wireguard, fields) = flannel_backend(backend)?;
+    let (backend, wireguard, families, fields) = flannel_backend(backend)?;
+    check_wireguard_families(&families, ipv6.enabled, backend.port)?;
     let Some(network) = network else {
         return fail(ConfigError::missing(
             "Network",
@@ -272,15 +297,25 @@ fn flannel_pool6(keys: &Flannel6, fields: &Fields) -> Result<Option<Pool6>, Conf
     }))
 }
 
-/// The backend, its WireGuard settings (the wireguard backend only) and the names of its
-/// fields.
+/// The backend, its WireGuard settings and address-family keys (the wireguard backend only)
+/// and the names of its fields.
 fn flannel_backend(
     value: Option<&serde_json::Value>,
-) -> Result<(Backend, Option<Wireguard>, &'static Fields), ConfigError> {
+) -> Result<
+    (
+        Backend,
+        Option<Wireguard>,
+        FlannelWgFamilies,
+        &'static Fields,
+    ),
+    ConfigError,
+> {
+    let mut families = FlannelWgFamilies::default();
     let Some(value) = value else {
         return Ok((
             Backend::with_defaults(BackendKind::Udp),
             None,
+            families,
             &FLANNEL_FIELDS,
         ));
     };
@@ -398,8 +433,35 @@ fn flannel_backend(
                     wg.mtu = Some(u32::try_from(mtu).unwrap_or(u32::MAX));
                 }
             }
-            (BackendKind::Vxlan, "mtu" | "macprefix")
-            | (BackendKind::Wireguard, "listenportv6" | "mode") => {
+            (BackendKind::Wireguard, "mode") => {
+                let mode = match flannel_str(&name, value)? {
+                    "separate" => FlannelWgMode::Separate,
+                    "auto" => FlannelWgMode::Auto,
+                    "ipv4" => FlannelWgMode::Ipv4,
+                    "ipv6" => FlannelWgMode::Ipv6,
+                    other => {
+                        return fail(ConfigError::invalid(
+                            &name,
+                            format!(
+                                "{name} {other:?} is not one of Flannel's modes: separate, auto, \
+                                 ipv4 or ipv6"
+                            ),
+                        ));
+                    }
+                };
+                families.mode = Some((name, mode));
+            }
+            (BackendKind::Wireguard, "listenportv6") => {
+                let port = flannel_uint(&name, value)?;
+                let port = u16::try_from(port).map_err(|_| {
+                    ConfigError::invalid(
+                        &name,
+                        format!("{name} {port} is not a UDP port (1 to 65535)"),
+                    )
+                })?;
+                families.listen_port_v6 = Some((name, port));
+            }
+            (BackendKind::Vxlan, "mtu" | "macprefix") => {
                 return fail(ConfigError::unsupported(
                     &name,
                     format!("{name} is a Flannel {kind} option twill does not support yet"),
@@ -411,7 +473,8 @@ fn flannel_backend(
                     BackendKind::Udp => "Type, Port, DirectRouting",
                     BackendKind::Ipip => "Type, DirectRouting",
                     BackendKind::Wireguard => {
-                        "Type, ListenPort, PSK, PersistentKeepaliveInterval, MTU"
+                        "Type, ListenPort, ListenPortV6, PSK, PersistentKeepaliveInterval, MTU, \
+                         Mode"
                     }
                     BackendKind::HostGw | BackendKind::Bgp => "Type",
                 };
@@ -425,5 +488,65 @@ fn flannel_backend(
     if let Some(wg) = &mut wireguard {
         wg.listen_port = backend.port;
     }
-    Ok((backend, wireguard, fields))
+    Ok((backend, wireguard, families, fields))
+}
+
+/// Flannel's `Mode` and `ListenPortV6` against what twill runs: one WireGuard device,
+/// `twill.wg` on `ListenPort`, carrying both families over the nodes' IPv4 underlay. So:
+/// - `auto` and `ipv4` are exactly that (and no `Mode` means it too, although flanneld's
+///   default is `separate`: twill has no second device to give a dual-stack cluster);
+/// - `separate` is refused on a dual-stack cluster, where it would mean a second device and
+///   port for IPv6 (on an IPv4-only one it is the same single device, and accepted);
+/// - `ipv6` (peers at their IPv6 underlay address) is refused: WireGuard runs over the IPv4
+///   underlay;
+/// - `ListenPortV6` is accepted when it names `ListenPort`'s port, or when it means nothing
+///   (IPv4 only, or with `auto` / `ipv4`, where flanneld ignores it too); otherwise it would
+///   be a second port for IPv6 and is refused.
+fn check_wireguard_families(
+    families: &FlannelWgFamilies,
+    enable_ipv6: bool,
+    listen_port: u16,
+) -> Result<(), ConfigError> {
+    let one_device = "twill carries both families through one WireGuard device (twill.wg) on \
+                      Backend.ListenPort";
+    match &families.mode {
+        Some((name, FlannelWgMode::Separate)) if enable_ipv6 => {
+            return fail(ConfigError::unsupported(
+                name,
+                format!(
+                    "{name} separate asks for a second WireGuard device and port for IPv6 \
+                     (flanneld's flannel-wg-v6 on ListenPortV6); {one_device}: use \
+                     \"Mode\": \"auto\" or leave Mode out"
+                ),
+            ));
+        }
+        Some((name, FlannelWgMode::Ipv6)) => {
+            return fail(ConfigError::unsupported(
+                name,
+                format!(
+                    "{name} ipv6 sends WireGuard to the peers' IPv6 addresses; twill's WireGuard \
+                     runs over the IPv4 underlay: use \"Mode\": \"auto\" or \"ipv4\""
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let single_by_choice = matches!(
+        families.mode,
+        Some((_, FlannelWgMode::Auto | FlannelWgMode::Ipv4))
+    );
+    if let Some((name, port)) = &families.listen_port_v6
+        && enable_ipv6
+        && !single_by_choice
+        && *port != listen_port
+    {
+        return fail(ConfigError::unsupported(
+            name,
+            format!(
+                "{name} {port} would be a second WireGuard port for IPv6 (flanneld's separate \
+                 mode); {one_device} {listen_port}: leave {name} out or set it to {listen_port}"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -419,8 +419,8 @@ fn validate_pool(at: &At, names: &PoolFields, pool: &PoolView) -> Result<(), Con
     Ok(())
 }
 
-/// What IPv6 pools ask of the rest: a backend that carries IPv6, no WireGuard (which carries
-/// IPv4 only), and at least as many IPv6 node subnets as IPv4 ones, because a node's IPv6
+/// What IPv6 pools ask of the rest: a backend that carries IPv6 (WireGuard encryption,
+/// on any of them, carries both families), and at least as many IPv6 node subnets as IPv4 ones, because a node's IPv6
 /// subnet is the one at its IPv4 subnet's index (the `n`th leasable IPv4 subnet across the
 /// IPv4 pools in order goes with the `n`th leasable IPv6 subnet across the IPv6 pools).
 fn validate_ipv6(
@@ -441,17 +441,6 @@ fn validate_ipv6(
             format!(
                 "{at6}{cidr6} {} is IPv6, and IPv6 pools need the host-gw, vxlan, udp or ipip \
                  backend for now: {kind} carries IPv4 only",
-                first6.cidr
-            ),
-        ));
-    }
-    if config.wireguard.is_some() {
-        return fail(ConfigError::conflict(
-            "wireguard",
-            at6.field(cidr6),
-            format!(
-                "wireguard encryption carries IPv4 only for now, and {at6}{cidr6} {} is IPv6: \
-                 remove the wireguard section or the IPv6 pools",
                 first6.cidr
             ),
         ));
