@@ -425,7 +425,13 @@ pub fn net_conf(backend: Backend, direct_routing: bool, ip_family: IpFamily) -> 
 /// twill's own cluster config in YAML, for labs with a `bgp` section: the lab's pod network as
 /// one pool, the backend, and `bgp_yaml` (the section's body, YAML) indented under `bgp:`.
 pub fn cluster_yaml(backend: Backend, direct_routing: bool, bgp_yaml: &str) -> String {
-    twill_yaml(backend, direct_routing, None, Some(bgp_yaml))
+    twill_yaml(
+        backend,
+        direct_routing,
+        None,
+        Some(bgp_yaml),
+        IpFamily::Ipv4,
+    )
 }
 
 /// twill's own cluster config in YAML, which labs with a `bgp` section or with `--encrypt`
@@ -437,6 +443,7 @@ pub fn twill_yaml(
     direct_routing: bool,
     encrypt: Option<EncryptMode>,
     bgp_yaml: Option<&str>,
+    ip_family: IpFamily,
 ) -> String {
     let mut y = format!("backend: {}\n", backend.as_str());
     if direct_routing {
@@ -450,6 +457,11 @@ pub fn twill_yaml(
     y.push_str(&format!(
         "pools:\n  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\n"
     ));
+    if ip_family.has_ipv6() {
+        y.push_str(&format!(
+            "  - name: default6\n    cidr: {POD_NETWORK6}\n    blockSize: {SUBNET_LEN6}\n"
+        ));
+    }
     let Some(bgp_yaml) = bgp_yaml else {
         return y;
     };
@@ -954,7 +966,7 @@ mod tests {
             (Backend::Udp, EncryptMode::Always, None),
             (Backend::Bgp, EncryptMode::Always, Some("holdTime: 3")),
         ] {
-            let text = twill_yaml(backend, false, Some(mode), bgp);
+            let text = twill_yaml(backend, false, Some(mode), bgp, IpFamily::Ipv4);
             let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(c.backend.kind.to_string(), backend.as_str(), "{text}");
             let wg = c
@@ -982,7 +994,13 @@ mod tests {
                 .is_none()
         );
         assert_eq!(
-            twill_yaml(Backend::Vxlan, true, Some(EncryptMode::CrossSubnet), None),
+            twill_yaml(
+                Backend::Vxlan,
+                true,
+                Some(EncryptMode::CrossSubnet),
+                None,
+                IpFamily::Ipv4
+            ),
             "backend: vxlan\ndirectRouting: true\nwireguard:\n  enabled: true\n  listenPort: 51820\n  mode: CrossSubnet\npools:\n  - name: default\n    cidr: 10.244.0.0/16\n    blockSize: 24\n"
         );
         let y = twill_yaml(
@@ -990,6 +1008,7 @@ mod tests {
             false,
             Some(EncryptMode::Always),
             Some("holdTime: 3"),
+            IpFamily::Ipv4,
         );
         assert!(
             y.starts_with("backend: bgp\nwireguard:\n  enabled: true\n  listenPort: 51820\n  mode: Always\npools:"),
@@ -997,7 +1016,7 @@ mod tests {
         );
         assert!(y.ends_with("bgp:\n  holdTime: 3\n"), "{y}");
         assert_eq!(
-            twill_yaml(Backend::Bgp, false, None, Some("a: 1")),
+            twill_yaml(Backend::Bgp, false, None, Some("a: 1"), IpFamily::Ipv4),
             cluster_yaml(Backend::Bgp, false, "a: 1")
         );
     }
@@ -1065,6 +1084,27 @@ mod dual_stack_tests {
             "agent --store etcd://192.168.100.1:2379 --node-name h2 --iface eth0 --data-dir /d \
              --public-ipv6 fd00:100::12"
         );
+    }
+
+    /// Dual-stack WireGuard: the wireguard backend in Flannel's form and encryption in
+    /// twill's form both parse to a dual-stack cluster with WireGuard.
+    #[test]
+    fn dual_stack_wireguard_configs_parse() {
+        use twill_types::cluster::ClusterConfig;
+        let flannel = net_conf(Backend::Wireguard, false, IpFamily::Dual).to_string();
+        let c = ClusterConfig::parse(&flannel).unwrap_or_else(|e| panic!("{flannel}: {e}"));
+        assert!(
+            c.wireguard().is_some() && c.ipv6_pools.len() == 1,
+            "{flannel}"
+        );
+        for mode in [EncryptMode::Always, EncryptMode::CrossSubnet] {
+            let text = twill_yaml(Backend::Vxlan, false, Some(mode), None, IpFamily::Dual);
+            let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(c.wireguard.is_some(), "{text}");
+            assert_eq!(c.ipv6_pools.len(), 1, "{text}");
+            assert_eq!(c.ipv6_pools[0].cidr.to_string(), POD_NETWORK6);
+            assert_eq!(c.ipv6_pools[0].block_size, SUBNET_LEN6);
+        }
     }
 
     /// The dual-stack config the lab writes is what the agent's parser reads as a dual-stack
