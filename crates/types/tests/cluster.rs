@@ -1771,7 +1771,7 @@ fn arb_dual_stack_config() -> impl Strategy<Value = ClusterConfig> {
         })
         .prop_map(|(mut config, pools6, host_gw)| {
             config.ipv6_pools = pools6;
-            // Only host-gw, vxlan, udp and ipip carry IPv6.
+            // Only host-gw, vxlan, udp, ipip and wireguard carry IPv6.
             if !config.backend.kind.carries_ipv6() {
                 config.backend = Backend::with_defaults(if host_gw {
                     BackendKind::HostGw
