@@ -2,13 +2,15 @@
 //! through `twill.wg` (its IPv6 subnet is one of its allowed IPs), on the wireguard backend
 //! and with encryption on host-gw, vxlan, udp and ipip; no clear IPv6 object of an encrypted
 //! peer survives; CrossSubnet decides per peer for both families; peers WireGuard cannot carry
-//! (no key, a device MTU below IPv6's minimum) are blocked in both families. Golden desired
-//! states in `tests/golden/wg-dual-*.json` (`TWILL_BLESS=1` rewrites them).
+//! (no key, a device MTU below IPv6's minimum) are blocked in both families; and the property
+//! that, whatever the leases, no encrypted or blocked IPv6 subnet keeps a clear route. Golden
+//! desired states in `tests/golden/wg-dual-*.json` (`TWILL_BLESS=1` rewrites them).
 
 mod common;
 
 use common::{golden, lease, lease6, net, net6, node6, routes};
 use ipnet::IpNet;
+use proptest::prelude::*;
 use twill_backend::for_config;
 use twill_backend::wireguard::{DEVICE, must_not_route_in_clear};
 use twill_types::cluster::{BackendKind, ClusterConfig};
@@ -345,4 +347,85 @@ fn an_ipv4_only_node_programs_no_ipv6_for_dual_stack_peers() {
     assert!(state.peers.iter().all(|p| p.subnet6.is_none()));
     let json = serde_json::to_string(&state.wireguard_peers).unwrap();
     assert!(!json.contains("subnet6"), "{json}");
+}
+
+/// A dual-stack (or, sometimes, IPv4-only) lease with random segments of both families, key
+/// and backend; subnets may collide (the screening refuses those).
+fn arb_lease() -> impl Strategy<Value = Lease> {
+    (
+        2u8..12,
+        prop_oneof![Just(1u8), Just(2u8)],
+        prop::option::of(prop_oneof![Just(1u8), Just(2u8)]),
+        1u8..6,
+        prop::option::of(0u8..4),
+        prop_oneof![
+            Just(BackendKind::Vxlan),
+            Just(BackendKind::HostGw),
+            Just(BackendKind::Udp)
+        ],
+        any::<bool>(),
+    )
+        .prop_map(|(third, segment, segment6, host, key_n, backend, dual)| {
+            let name = format!("n{third}-{host}");
+            let subnet = format!("10.244.{third}.0/24");
+            let public = format!("192.168.{segment}.{}/24", 10 + host);
+            let mut l = if dual {
+                let public6 = segment6.map(|s| format!("fd00:{s}::{}/64", 10 + host));
+                lease6(
+                    &name,
+                    &subnet,
+                    &public,
+                    backend,
+                    &format!("fd00:10:244:{third}::/64"),
+                    public6.as_deref(),
+                )
+            } else {
+                lease(&name, &subnet, &public, backend, None)
+            };
+            l.wireguard_public_key = key_n.map(key);
+            l
+        })
+}
+
+proptest! {
+    #[test]
+    fn encrypted_ipv6_subnets_never_keep_a_clear_path(
+        leases in proptest::collection::vec(arb_lease(), 0..10),
+        top in prop_oneof![
+            Just("backend: wireguard\nwireguard: {enabled: true}"),
+            Just("backend: wireguard\nwireguard: {enabled: true, mode: CrossSubnet}"),
+            Just("backend: vxlan\nwireguard: {enabled: true}"),
+            Just("backend: vxlan\ndirectRouting: true\nwireguard: {enabled: true, mode: CrossSubnet}"),
+            Just("backend: host-gw\nwireguard: {enabled: true}"),
+            Just("backend: udp\nwireguard: {enabled: true, mtu: 1200}"),
+        ],
+        underlay6 in any::<bool>(),
+    ) {
+        let cfg = config(top);
+        let state = for_config(&cfg).unwrap().desired(&node6(underlay6), &leases);
+        assert_no_clear_path(&state);
+        // A peer's IPv6 subnet goes into twill.wg exactly when its plan says WireGuard, and
+        // then it is listed as the peer's allowed IPv6 subnet.
+        for plan in &state.peers {
+            let wg = state.wireguard_peers.iter().find(|p| p.node == plan.node && p.subnet == plan.subnet);
+            let carried = plan.path6 == Some(PeerPath::Wireguard);
+            prop_assert_eq!(wg.and_then(|p| p.subnet6), plan.subnet6.filter(|_| carried));
+            if carried {
+                prop_assert_eq!(&plan.path, &PeerPath::Wireguard);
+            }
+        }
+        // Blocked IPv6 subnets are those of encrypted-or-blocked peers that WireGuard does
+        // not carry, and none is also carried.
+        for blocked in &state.wireguard_blocked6 {
+            prop_assert!(state.wireguard_peers.iter().all(|p| p.subnet6 != Some(*blocked)));
+            prop_assert!(must_not_route_in_clear(&state, IpNet::V6(*blocked)));
+        }
+        // With Always, no IPv6 route reaches a peer but through WireGuard.
+        if cfg.wireguard().unwrap().mode == twill_types::cluster::EncapMode::Always {
+            prop_assert!(
+                state.routes.iter().filter(|r| matches!(r.dst, IpNet::V6(_))).all(|r| r.dev == DEVICE),
+                "{:?}", routes(&state)
+            );
+        }
+    }
 }
