@@ -209,8 +209,18 @@ fn ipv6_pods_talk_through_wireguard_and_only_wireguard_crosses_the_underlay() {
         }
     };
     assert!(ok, "iperf3 -6 through WireGuard: {last}");
-    // tcpdump writes with -U: the last packets reach the file shortly after they were seen.
-    std::thread::sleep(Duration::from_millis(300));
+    // tcpdump writes each packet as it comes (-U), possibly a little behind: wait until the
+    // file holds the bulk of the stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let captured = || std::fs::metadata(&pcap).map_or(0, |m| m.len());
+    while captured() < 2_500_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the capture holds {} bytes",
+            captured()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(cap);
 
     let frames = pcap_frames(&pcap);
