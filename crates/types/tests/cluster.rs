@@ -1176,8 +1176,8 @@ fn flannel_ipv6_refusals() {
         ),
         "IPv6Network",
         &[
-            "IPv6Network fd00::/56 is IPv6, and IPv6 pools need the host-gw, vxlan, udp or ipip \
-           backend for now: wireguard carries IPv4 only",
+            "IPv6Network fd00::/56 is IPv6, and IPv6 pools need the host-gw, vxlan, udp, ipip or \
+           bgp backend for now: wireguard carries IPv4 only",
         ],
     );
     // No Backend is udp, which carries IPv6 too.
@@ -1533,18 +1533,6 @@ fn twill_ipv6_refusals() {
             &["wireguard carries IPv4 only"],
         ),
         (
-            "backend = \"bgp\"",
-            "cidr = \"fd00::/56\"",
-            "pools[1].cidr",
-            &["bgp carries IPv4 only"],
-        ),
-        (
-            "[bgp]\nasNumber = 64512",
-            "cidr = \"fd00::/56\"",
-            "pools[1].cidr",
-            &["bgp carries IPv4 only"],
-        ),
-        (
             "[wireguard]\nenabled = true",
             "cidr = \"fd00::/56\"",
             "wireguard",
@@ -1691,11 +1679,40 @@ fn ipv6_helpers() {
             kind.carries_ipv6(),
             matches!(
                 kind,
-                BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Udp | BackendKind::Ipip
+                BackendKind::HostGw
+                    | BackendKind::Vxlan
+                    | BackendKind::Udp
+                    | BackendKind::Ipip
+                    | BackendKind::Bgp
             ),
             "{kind}"
         );
     }
+}
+
+#[test]
+fn bgp_carries_ipv6_pools() {
+    // MP-BGP advertises the nodes' IPv6 subnets: IPv6 pools with the bgp backend, in either
+    // way of asking for it, and IPv6 route reflectors and peers.
+    for top in [
+        "backend = \"bgp\"",
+        "[bgp]\nasNumber = 64512\nnodeToNodeMesh = false\nrouteReflectors = [\"h1\"]\n\
+         [[bgp.peers]]\naddress = \"fd00:1::1\"\nasNumber = 65000",
+    ] {
+        let text = toml_dual(top, "10.244.0.0/16", "cidr = \"fd00::/56\"");
+        let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+        assert_eq!(c.backend.kind, BackendKind::Bgp, "{text}");
+        assert_eq!(c.ipv6_pools.len(), 1, "{text}");
+    }
+    // WireGuard still carries IPv4 only, whatever the backend.
+    refused(
+        &toml_dual(
+            "backend = \"bgp\"\n[wireguard]\nenabled = true",
+            "10.244.0.0/16",
+            "cidr = \"fd00::/56\"",
+        ),
+        &["wireguard encryption carries IPv4 only"],
+    );
 }
 
 #[test]

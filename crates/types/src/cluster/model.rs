@@ -275,13 +275,17 @@ impl BackendKind {
         )
     }
 
-    /// Whether the backend carries pods' IPv6 traffic too (so far host-gw, vxlan, udp and
-    /// ipip; bgp and wireguard carry IPv4 only, and a config with IPv6 pools is refused with
-    /// them).
+    /// Whether the backend carries pods' IPv6 traffic too (so far host-gw, vxlan, udp, ipip
+    /// and bgp, which advertises IPv6 unicast over MP-BGP; wireguard carries IPv4 only, and
+    /// a config with IPv6 pools is refused with it).
     pub fn carries_ipv6(self) -> bool {
         matches!(
             self,
-            BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Udp | BackendKind::Ipip
+            BackendKind::HostGw
+                | BackendKind::Vxlan
+                | BackendKind::Udp
+                | BackendKind::Ipip
+                | BackendKind::Bgp
         )
     }
 

@@ -50,8 +50,8 @@ impl ClusterConfig {
     /// only); without modes it follows the IPv4 pools, with `vxlanMode` it must agree with
     /// them.
     ///
-    /// Dual-stack configs (either form) need the host-gw, vxlan, udp or ipip backend without the
-    /// `wireguard` block, and at least as many leasable IPv6 node subnets as IPv4 ones: a
+    /// Dual-stack configs (either form) need the host-gw, vxlan, udp, ipip or bgp backend
+    /// without the `wireguard` block, and at least as many leasable IPv6 node subnets as IPv4 ones: a
     /// node's IPv6 subnet is the one at its IPv4 subnet's index.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);

@@ -439,8 +439,8 @@ fn validate_ipv6(
             at6.field(cidr6),
             fields.kind,
             format!(
-                "{at6}{cidr6} {} is IPv6, and IPv6 pools need the host-gw, vxlan, udp or ipip \
-                 backend for now: {kind} carries IPv4 only",
+                "{at6}{cidr6} {} is IPv6, and IPv6 pools need the host-gw, vxlan, udp, ipip or \
+                 bgp backend for now: {kind} carries IPv4 only",
                 first6.cidr
             ),
         ));
