@@ -425,18 +425,26 @@ pub fn net_conf(backend: Backend, direct_routing: bool, ip_family: IpFamily) -> 
 /// twill's own cluster config in YAML, for labs with a `bgp` section: the lab's pod network as
 /// one pool, the backend, and `bgp_yaml` (the section's body, YAML) indented under `bgp:`.
 pub fn cluster_yaml(backend: Backend, direct_routing: bool, bgp_yaml: &str) -> String {
-    twill_yaml(backend, direct_routing, None, Some(bgp_yaml))
+    twill_yaml(
+        backend,
+        direct_routing,
+        None,
+        Some(bgp_yaml),
+        IpFamily::Ipv4,
+    )
 }
 
 /// twill's own cluster config in YAML, which labs with a `bgp` section or with `--encrypt`
 /// need: the backend, the `wireguard` switch that encrypts node-to-node pod traffic whatever
-/// the backend (with `encrypt`), the lab's pod network as one pool, and the `bgp` section
-/// (`bgp_yaml`, its body in YAML, indented under `bgp:`).
+/// the backend (with `encrypt`), the lab's pod network as one pool (a dual-stack lab's IPv6
+/// one as a second), and the `bgp` section (`bgp_yaml`, its body in YAML, indented under
+/// `bgp:`).
 pub fn twill_yaml(
     backend: Backend,
     direct_routing: bool,
     encrypt: Option<EncryptMode>,
     bgp_yaml: Option<&str>,
+    ip_family: IpFamily,
 ) -> String {
     let mut y = format!("backend: {}\n", backend.as_str());
     if direct_routing {
@@ -450,6 +458,11 @@ pub fn twill_yaml(
     y.push_str(&format!(
         "pools:\n  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\n"
     ));
+    if ip_family.has_ipv6() {
+        y.push_str(&format!(
+            "  - name: default6\n    cidr: {POD_NETWORK6}\n    blockSize: {SUBNET_LEN6}\n"
+        ));
+    }
     let Some(bgp_yaml) = bgp_yaml else {
         return y;
     };
@@ -716,6 +729,19 @@ mod tests {
             "backend: bgp\npools:\n  - name: default\n    cidr: 10.244.0.0/16\n    blockSize: 24\nbgp:\n  asNumber: 65000\n  peers:\n    - {address: 1.2.3.4, asNumber: 1}\n"
         );
         assert!(cluster_yaml(Backend::Bgp, false, "").ends_with("bgp:\n  {}\n"));
+        // A dual-stack lab's IPv6 pod network is a second pool, which bgp carries.
+        let y = twill_yaml(
+            Backend::Bgp,
+            false,
+            None,
+            Some("holdTime: 3"),
+            IpFamily::Dual,
+        );
+        let c =
+            twill_types::cluster::ClusterConfig::parse(&y).unwrap_or_else(|e| panic!("{y}: {e}"));
+        assert_eq!(c.ipv6_pools.len(), 1, "{y}");
+        assert_eq!(c.ipv6_pools[0].cidr.to_string(), POD_NETWORK6);
+        assert_eq!(c.ipv6_pools[0].block_size, SUBNET_LEN6);
         let y = cluster_yaml(
             Backend::Bgp,
             false,
@@ -954,7 +980,7 @@ mod tests {
             (Backend::Udp, EncryptMode::Always, None),
             (Backend::Bgp, EncryptMode::Always, Some("holdTime: 3")),
         ] {
-            let text = twill_yaml(backend, false, Some(mode), bgp);
+            let text = twill_yaml(backend, false, Some(mode), bgp, IpFamily::Ipv4);
             let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(c.backend.kind.to_string(), backend.as_str(), "{text}");
             let wg = c
@@ -982,7 +1008,13 @@ mod tests {
                 .is_none()
         );
         assert_eq!(
-            twill_yaml(Backend::Vxlan, true, Some(EncryptMode::CrossSubnet), None),
+            twill_yaml(
+                Backend::Vxlan,
+                true,
+                Some(EncryptMode::CrossSubnet),
+                None,
+                IpFamily::Ipv4
+            ),
             "backend: vxlan\ndirectRouting: true\nwireguard:\n  enabled: true\n  listenPort: 51820\n  mode: CrossSubnet\npools:\n  - name: default\n    cidr: 10.244.0.0/16\n    blockSize: 24\n"
         );
         let y = twill_yaml(
@@ -990,6 +1022,7 @@ mod tests {
             false,
             Some(EncryptMode::Always),
             Some("holdTime: 3"),
+            IpFamily::Ipv4,
         );
         assert!(
             y.starts_with("backend: bgp\nwireguard:\n  enabled: true\n  listenPort: 51820\n  mode: Always\npools:"),
@@ -997,7 +1030,7 @@ mod tests {
         );
         assert!(y.ends_with("bgp:\n  holdTime: 3\n"), "{y}");
         assert_eq!(
-            twill_yaml(Backend::Bgp, false, None, Some("a: 1")),
+            twill_yaml(Backend::Bgp, false, None, Some("a: 1"), IpFamily::Ipv4),
             cluster_yaml(Backend::Bgp, false, "a: 1")
         );
     }

@@ -169,8 +169,8 @@ impl LabSpec {
         self.validate_ip_family()
     }
 
-    /// Dual-stack labs are what the agent can do with IPv6 today: host-gw, vxlan, udp or ipip, clear,
-    /// without BGP.
+    /// Dual-stack labs are what the agent can do with IPv6 today: host-gw, vxlan, udp, ipip or
+    /// bgp (with BIRD routers too), clear.
     fn validate_ip_family(&self) -> Result<()> {
         let family = self.ip_family;
         ensure!(
@@ -192,19 +192,15 @@ impl LabSpec {
         ensure!(
             matches!(
                 self.backend,
-                Backend::HostGw | Backend::Vxlan | Backend::Udp | Backend::Ipip
+                Backend::HostGw | Backend::Vxlan | Backend::Udp | Backend::Ipip | Backend::Bgp
             ),
             "--ip-family dual: the {} backend does not carry IPv6 yet (dual-stack labs run \
-             host-gw, vxlan, udp or ipip)",
+             host-gw, vxlan, udp, ipip or bgp)",
             self.backend
         );
         ensure!(
             self.encrypt.is_none(),
             "--ip-family dual: --encrypt does not carry IPv6 yet"
-        );
-        ensure!(
-            self.bgp.is_none() && self.bird_router.is_none(),
-            "--ip-family dual: BGP labs (--bgp, --bird-router) are IPv4 only"
         );
         Ok(())
     }
@@ -282,18 +278,18 @@ mod tests {
             err.contains("the wireguard backend does not carry IPv6"),
             "{err}"
         );
-        let err = dual(Backend::Bgp)
+        dual(Backend::Bgp).bgp("asNumber: 1").validate().unwrap();
+        dual(Backend::Bgp)
+            .underlay(Underlay::Routed)
             .bgp("asNumber: 1")
+            .bird_router("")
             .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("bgp backend"), "{err}");
+            .unwrap();
         let err = dual(Backend::Vxlan)
             .encrypt(EncryptMode::Always)
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("--encrypt"), "{err}");
-        let err = dual(Backend::Vxlan).bird_router("").validate().unwrap_err();
-        assert!(err.to_string().contains("IPv4 only"), "{err}");
         let err = LabSpec::new("x")
             .ip_family(IpFamily::Ipv6)
             .validate()

@@ -121,7 +121,13 @@ impl Lab {
             }
             (bgp, encrypt) => (
                 self.dir.join("cluster.yaml"),
-                plan::twill_yaml(self.state.backend, self.state.direct_routing, encrypt, bgp),
+                plan::twill_yaml(
+                    self.state.backend,
+                    self.state.direct_routing,
+                    encrypt,
+                    bgp,
+                    self.state.ip_family,
+                ),
             ),
         };
         std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
