@@ -391,3 +391,43 @@ fn bird_reflects_ipv6_routes() {
     }
     assert_ping6_all(&lab);
 }
+
+/// h1 is the cluster's route reflector: h2 and h3 are its clients, over IPv4 and IPv6
+/// sessions; each client gets the other's IPv6 block reflected with the originator's next
+/// hop, and pods ping -6 each other.
+#[test]
+#[ignore = "needs root"]
+fn twill_node_reflects_ipv6_routes() {
+    require_root();
+    let (name, _g) = name();
+    let spec = dual(&name).bgp("routeReflectors: [h1]\nholdTime: 3");
+    let lab = up(&spec);
+    let subnets6: Vec<String> = (1..=3).map(|i| subnet6(&lab, i)).collect();
+    for (i, j) in [(2u32, 3u32), (3, 2), (1, 2), (2, 1)] {
+        wait_route6(
+            &lab,
+            i,
+            &subnets6[j as usize - 1],
+            &format!("fd00:100::{}", 10 + j),
+        );
+    }
+    for i in 2..=3u32 {
+        let st = bgp_status(&lab, i);
+        let peers: Vec<(&str, &str)> = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["address"].as_str().unwrap(), p["kind"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("192.168.100.11", "route-reflector"),
+                ("fd00:100::11", "route-reflector")
+            ],
+            "{st}"
+        );
+        assert_eq!(session(&lab, i, "fd00:100::11"), "Established");
+    }
+    assert_ping6_all(&lab);
+}

@@ -171,9 +171,10 @@ pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, S
 /// subnet of a peer WireGuard encrypts goes into `twill.wg` instead of to its clear next
 /// hop: with encryption on, that peer's pods are reached encrypted whatever BGP says; one
 /// inside the subnet of a peer to encrypt that WireGuard cannot reach (no key) is not
-/// installed at all. IPv6 routes leave by the underlay device: via the peer's global next
-/// hop, or its link-local one (RFC 2545) when it sent no global one, which is only
-/// meaningful on that device (every twill session runs over the underlay). Pure.
+/// installed at all. IPv6 routes, only on a node with an IPv6 pod subnet, leave by the
+/// underlay device: via the peer's global next hop, or its link-local one (RFC 2545) when
+/// it sent no global one, which is only meaningful on that device (every twill session runs
+/// over the underlay). Pure.
 pub fn learned_specs(
     learned: &BTreeMap<IpNet, IpAddr>,
     node: &LocalNode,
@@ -240,9 +241,12 @@ fn learned_spec6(
     node: &LocalNode,
     desired: &DesiredState,
 ) -> Option<RouteSpec> {
+    // Only a dual-stack node (one with an IPv6 pod subnet) takes IPv6 routes: an IPv4-only
+    // cluster's kernels stay as they were whatever IPv6 routes its routers offer.
+    let ours = node.subnet6?;
     let link_local = via.is_unicast_link_local();
     let usable = dst.prefix_len() != 0
-        && node.subnet6.is_none_or(|ours| !overlaps6(dst, ours))
+        && !overlaps6(dst, ours)
         && node
             .public_net6
             .is_none_or(|underlay| !overlaps6(dst, underlay.trunc()) && via != underlay.addr())
@@ -1189,12 +1193,19 @@ mod tests {
         );
         assert!(specs.iter().all(|r| r.dev == "eth0"));
         // A node without an IPv6 underlay still installs what has a usable next hop.
-        let specs = learned_specs(&learned, &node(), &desired);
+        let no_underlay6 = LocalNode {
+            public_net6: None,
+            ..node6()
+        };
+        let specs = learned_specs(&learned, &no_underlay6, &desired);
         assert!(
             specs
                 .iter()
                 .any(|r| r.dst.to_string() == "fd00:60::/64" && r.onlink)
         );
+        // An IPv4-only node installs no IPv6 route at all.
+        let specs = learned_specs(&learned, &node(), &desired);
+        assert!(specs.iter().all(|r| r.dst.addr().is_ipv4()), "{specs:?}");
         // With WireGuard (which carries IPv4 only so far) no IPv6 route goes in clear.
         desired.wireguard = Some(twill_types::desired::WireguardDevice {
             name: "twill.wg".into(),
