@@ -11,6 +11,10 @@
 //!   only the prefixes that changed, without reading the whole table back, so the kernel fills
 //!   while the rest of a table is still arriving. The next reconcile checks the result.
 //!
+//! Dual-stack nodes advertise their IPv6 subnet too (MP-BGP, with their IPv6 underlay address
+//! as next hop), listen on their IPv6 underlay address as well, and peer over IPv6 with nodes
+//! that have one; learned IPv6 routes take the same two ways into the kernel.
+//!
 //! The pure parts ([`topology`], [`learned_specs`], [`route_delta`]) are unit-tested here;
 //! [`BgpSide`] is the speaker's I/O (sessions, their keys, status reads).
 //!
