@@ -237,6 +237,12 @@ fn mesh_over_ipv6_sessions_and_its_protections() {
         bird_has(&lab, &subnets6[1])
     });
     assert_eq!(session(&lab, 2, "fd00:100::1"), "Established");
+    // RFC 2545: h2's IPv6 underlay address as global next hop, and its link-local address
+    // on the shared link.
+    let r = lab
+        .birdc("router", &["show", "route", &subnets6[1], "all"])
+        .unwrap();
+    assert!(r.contains("BGP.next_hop: fd00:100::12 fe80::"), "{r}");
     let start = Instant::now();
     while start.elapsed() < WATCH {
         assert_ne!(bird_state(&lab, "h1"), "Established");
