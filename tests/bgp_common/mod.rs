@@ -1,5 +1,7 @@
-//! Helpers shared by the BGP lab tests (`bgp_lab.rs`, `security_bgp.rs`): starting a lab,
-//! waiting, BIRD peer blocks with the lab's fast timers, and the logs to read on failure.
+//! Helpers shared by the BGP lab tests (`bgp_lab.rs`, `bgp6_lab.rs`, `security_bgp.rs`):
+//! starting a lab, waiting, BIRD peer blocks with the lab's fast timers, and the logs to read
+//! on failure. Each test file uses some of them.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -59,3 +61,26 @@ pub fn bird_peer(
         channel = if las == nas { "gateway direct;" } else { "" }
     )
 }
+
+/// A BIRD `protocol bgp` block for an IPv6 session (`local` and `neighbor` IPv6 addresses),
+/// carrying IPv6 unicast only, with the lab's fast timers.
+pub fn bird_peer6(
+    name: &str,
+    local: &str,
+    las: u32,
+    neighbor: &str,
+    nas: u32,
+    extra: &str,
+) -> String {
+    format!(
+        "protocol bgp {name} {{\n  local {local} as {las};\n  neighbor {neighbor} as {nas};\n  \
+         hold time 3; connect retry time 1; connect delay time 1; error wait time 1, 2;\n  \
+         graceful restart on; direct;\n  {extra}\n  \
+         ipv6 {{ import all; export all; {channel} }};\n}}\n",
+        channel = if las == nas { "gateway direct;" } else { "" }
+    )
+}
+
+/// BIRD's IPv6 kernel export, so a router namespace forwards IPv6 along what BIRD learned
+/// (the lab's BIRD config exports IPv4 only).
+pub const BIRD_KERNEL6: &str = "protocol kernel kernel6 { ipv6 { import none; export all; }; }\n";

@@ -11,6 +11,10 @@
 //!   only the prefixes that changed, without reading the whole table back, so the kernel fills
 //!   while the rest of a table is still arriving. The next reconcile checks the result.
 //!
+//! Dual-stack nodes advertise their IPv6 subnet too (MP-BGP, with their IPv6 underlay address
+//! as next hop), listen on their IPv6 underlay address as well, and peer over IPv6 with nodes
+//! that have one; learned IPv6 routes take the same two ways into the kernel.
+//!
 //! The pure parts ([`topology`], [`learned_specs`], [`route_delta`]) are unit-tested here;
 //! [`BgpSide`] is the speaker's I/O (sessions, their keys, status reads).
 //!
@@ -21,10 +25,10 @@
 //! until then ([`Retained`]); the kernel is never read back into the desired state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::LocalNode;
@@ -32,8 +36,8 @@ use twill_backend::wireguard::{encrypted_subnet_of, must_not_route_in_clear};
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent};
 use twill_dataplane::reconcile::{ObservedRoute, Plan};
 use twill_types::bgp_auth::{BgpAuth, PasswordSource};
-use twill_types::cluster::overlaps;
 use twill_types::cluster::{BgpConfig, BgpPeer};
+use twill_types::cluster::{overlaps, overlaps6};
 use twill_types::desired::{DesiredState, PeerPath, RouteSpec};
 use twill_types::lease::Lease;
 use twill_types::node::{BgpPeerStatus, BgpRouteStatus, BgpStatus};
@@ -77,10 +81,15 @@ pub struct WantPeer {
 }
 
 /// The peers node `me` should have: nodes by the mesh or the reflectors, then external
-/// peers of the config and of the store (global, or for `me`). Pure.
+/// peers of the config and of the store (global, or for `me`). With an IPv6 underlay
+/// (`underlay6`), a node that has one too is peered with over IPv6 as well: each session
+/// carries what its family can give a next hop to (IPv4 routes on the IPv4 one; IPv6
+/// routes on both, over the IPv4 one with the IPv6 next hop the sender advertises, RFC
+/// 2545), so either keeps the IPv6 routes up while the other is down. Pure.
 pub fn topology(
     cfg: &BgpConfig,
     me: &str,
+    underlay6: bool,
     leases: &[Lease],
     store_peers: &[BgpPeer],
 ) -> BTreeMap<IpAddr, WantPeer> {
@@ -97,13 +106,17 @@ pub fn topology(
         } else {
             continue;
         };
-        want.entry(IpAddr::V4(l.public_ip())).or_insert(WantPeer {
+        let peer = WantPeer {
             remote_as: cfg.node_as(&l.node),
             kind,
             node: Some(l.node.clone()),
             port: cfg.listen_port,
             auth: cfg.auth.clone(),
-        });
+        };
+        if let Some(ip6) = l.public_ip6().filter(|_| underlay6) {
+            want.entry(IpAddr::V6(ip6)).or_insert(peer.clone());
+        }
+        want.entry(IpAddr::V4(l.public_ip())).or_insert(peer);
     }
     let external = cfg.peers.iter().chain(store_peers);
     for p in external.filter(|p| p.node.as_deref().is_none_or(|n| n == me)) {
@@ -155,19 +168,23 @@ pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, S
 }
 
 /// Kernel routes for the learned best routes, skipping what must not be touched: anything
-/// overlapping this node's pod subnet or underlay subnet, the default route, next hops that
-/// are this node, and prefixes the backend already routes (tunnel modes, WireGuard). A prefix
-/// inside the subnet of a peer WireGuard encrypts goes into `twill.wg` instead of to its
-/// clear next hop: with encryption on, that peer's pods are reached encrypted whatever BGP
-/// says; one inside the subnet of a peer to encrypt that WireGuard cannot reach (no key) is
-/// not installed at all. Pure.
+/// overlapping this node's pod subnet or underlay subnet (of either family), default routes,
+/// next hops that are this node, next hops of the other family than the prefix (an IPv6
+/// route over an IPv4 session from a peer without an IPv6 next hop: an IPv4-mapped one),
+/// and prefixes the backend already routes (tunnel modes, WireGuard). A prefix inside the
+/// subnet of a peer WireGuard encrypts goes into `twill.wg` instead of to its clear next
+/// hop: with encryption on, that peer's pods are reached encrypted whatever BGP says; one
+/// inside the subnet of a peer to encrypt that WireGuard cannot reach (no key) is not
+/// installed at all. IPv6 routes, only on a node with an IPv6 pod subnet, leave by the
+/// underlay device: via the peer's global next hop, or its link-local one (RFC 2545) when
+/// it sent no global one, which is only meaningful on that device (every twill session runs
+/// over the underlay). Pure.
 pub fn learned_specs(
-    learned: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    learned: &BTreeMap<IpNet, IpAddr>,
     node: &LocalNode,
     desired: &DesiredState,
 ) -> Vec<RouteSpec> {
-    let underlay = node.public_net.trunc();
-    let carried: std::collections::HashSet<IpNet> = desired
+    let carried: HashSet<IpNet> = desired
         .routes
         .iter()
         .map(|r| r.dst)
@@ -178,30 +195,76 @@ pub fn learned_specs(
                 .filter(|p| !matches!(p.path, PeerPath::Skipped(_) | PeerPath::Bgp))
                 .map(|p| IpNet::V4(p.subnet)),
         )
+        .chain(desired.peers.iter().filter_map(|p| {
+            let by_backend = !matches!(p.path6, None | Some(PeerPath::Skipped(_) | PeerPath::Bgp));
+            p.subnet6.filter(|_| by_backend).map(IpNet::V6)
+        }))
         .collect();
     learned
         .iter()
-        .filter(|(dst, via)| {
-            dst.prefix_len() != 0
-                && !overlaps(**dst, node.subnet)
-                && !overlaps(**dst, underlay)
-                && **via != node.public_net.addr()
-                && !carried.contains(&IpNet::V4(**dst))
-                && (encrypted_subnet_of(desired, **dst).is_some()
-                    || !must_not_route_in_clear(desired, IpNet::V4(**dst)))
-        })
-        .map(|(dst, via)| match encrypted_subnet_of(desired, *dst) {
-            Some(subnet) => twill_backend::wireguard::route(*dst, subnet),
-            None => RouteSpec {
-                dst: (*dst).into(),
-                via: (*via).into(),
-                dev: node.underlay_dev.clone(),
-                // A next hop off the underlay subnet (a multi-hop iBGP peer) is only
-                // usable as an on-link gateway.
-                onlink: !node.public_net.contains(via),
-            },
+        .filter(|(dst, _)| !carried.contains(*dst))
+        .filter_map(|(dst, via)| match (*dst, *via) {
+            (IpNet::V4(dst), IpAddr::V4(via)) => learned_spec4(dst, via, node, desired),
+            (IpNet::V6(dst), IpAddr::V6(via)) => learned_spec6(dst, via, node, desired),
+            _ => None,
         })
         .collect()
+}
+
+fn learned_spec4(
+    dst: Ipv4Net,
+    via: Ipv4Addr,
+    node: &LocalNode,
+    desired: &DesiredState,
+) -> Option<RouteSpec> {
+    let usable = dst.prefix_len() != 0
+        && !overlaps(dst, node.subnet)
+        && !overlaps(dst, node.public_net.trunc())
+        && via != node.public_net.addr()
+        && (encrypted_subnet_of(desired, dst).is_some()
+            || !must_not_route_in_clear(desired, IpNet::V4(dst)));
+    if !usable {
+        return None;
+    }
+    Some(match encrypted_subnet_of(desired, dst) {
+        Some(subnet) => twill_backend::wireguard::route(dst, subnet),
+        None => RouteSpec {
+            dst: dst.into(),
+            via: via.into(),
+            dev: node.underlay_dev.clone(),
+            // A next hop off the underlay subnet (a multi-hop iBGP peer) is only
+            // usable as an on-link gateway.
+            onlink: !node.public_net.contains(&via),
+        },
+    })
+}
+
+fn learned_spec6(
+    dst: Ipv6Net,
+    via: Ipv6Addr,
+    node: &LocalNode,
+    desired: &DesiredState,
+) -> Option<RouteSpec> {
+    // Only a dual-stack node (one with an IPv6 pod subnet) takes IPv6 routes: an IPv4-only
+    // cluster's kernels stay as they were whatever IPv6 routes its routers offer.
+    let ours = node.subnet6?;
+    let link_local = via.is_unicast_link_local();
+    let usable = dst.prefix_len() != 0
+        && !overlaps6(dst, ours)
+        && node
+            .public_net6
+            .is_none_or(|underlay| !overlaps6(dst, underlay.trunc()) && via != underlay.addr())
+        && !(via.is_unspecified() || via.is_loopback() || via.is_multicast())
+        && via.to_ipv4_mapped().is_none()
+        && !must_not_route_in_clear(desired, IpNet::V6(dst));
+    usable.then(|| RouteSpec {
+        dst: dst.into(),
+        via: via.into(),
+        dev: node.underlay_dev.clone(),
+        // As for IPv4: a global next hop off the IPv6 underlay subnet is an on-link
+        // gateway; a link-local one is on the link by definition.
+        onlink: !link_local && !node.public_net6.is_some_and(|n| n.contains(&via)),
+    })
 }
 
 /// A route the agent has programmed, and whether it came from BGP.
@@ -217,22 +280,19 @@ pub struct Programmed {
 /// never overwritten), one it owns is replaced, and only routes that came from BGP are ever
 /// deleted here. `programmed` is updated to the result. Pure.
 pub fn route_delta(
-    changed: &BTreeSet<Ipv4Net>,
-    learned: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    changed: &BTreeSet<IpNet>,
+    learned: &BTreeMap<IpNet, IpAddr>,
     node: &LocalNode,
     desired: &DesiredState,
-    programmed: &mut HashMap<Ipv4Net, Programmed>,
+    programmed: &mut HashMap<IpNet, Programmed>,
 ) -> Plan {
-    let subset: BTreeMap<Ipv4Net, Ipv4Addr> = changed
+    let subset: BTreeMap<IpNet, IpAddr> = changed
         .iter()
         .filter_map(|p| learned.get(p).map(|nh| (*p, *nh)))
         .collect();
-    let mut want: HashMap<Ipv4Net, RouteSpec> = learned_specs(&subset, node, desired)
+    let mut want: HashMap<IpNet, RouteSpec> = learned_specs(&subset, node, desired)
         .into_iter()
-        .filter_map(|r| match r.dst {
-            IpNet::V4(dst) => Some((dst, r)),
-            IpNet::V6(_) => None,
-        })
+        .map(|r| (r.dst, r))
         .collect();
     let mut plan = Plan::default();
     for p in changed {
@@ -307,6 +367,8 @@ pub struct BgpSide {
     cfg: BgpConfig,
     me: String,
     my_ip: Ipv4Addr,
+    /// This node's IPv6 underlay address, when it has one.
+    my_ip6: Option<Ipv6Addr>,
     pub speaker: Speaker,
     events: Option<mpsc::UnboundedReceiver<SpeakerEvent>>,
     /// Peers given to the speaker.
@@ -317,33 +379,54 @@ pub struct BgpSide {
 }
 
 impl BgpSide {
-    /// Starts the speaker for this node: listening on its underlay address, originating its
-    /// pod subnet, and (after a restart) asking peers to keep its routes until End-of-RIB.
+    /// Starts the speaker for this node: listening on its underlay addresses (IPv4, and
+    /// IPv6 when it has one), originating its pod subnets (the IPv6 one with its IPv6
+    /// underlay address as next hop, plus the underlay link's link-local address for peers
+    /// on that link, RFC 2545), and (after a restart) asking peers to keep its routes until
+    /// End-of-RIB.
     pub async fn start(
         cfg: BgpConfig,
         node: &LocalNode,
         restarting: bool,
     ) -> anyhow::Result<BgpSide> {
         let my_ip = node.public_net.addr();
+        let my_ip6 = node.public_net6.map(|n| n.addr());
         let asn = cfg.node_as(&node.name);
         let mut sc = SpeakerConfig::new(asn, my_ip);
         sc.listen = Some(SocketAddr::new(IpAddr::V4(my_ip), cfg.listen_port));
+        sc.listen_also = my_ip6
+            .map(|ip6| SocketAddr::new(IpAddr::V6(ip6), cfg.listen_port))
+            .into_iter()
+            .collect();
+        sc.next_hop_v6 = my_ip6;
         sc.cluster_id = cfg.cluster_id;
         sc.hold_time = cfg.hold_time;
         sc.connect_retry = CONNECT_RETRY;
         sc.graceful_restart.enabled = cfg.graceful_restart;
         sc.graceful_restart.restarting = restarting && cfg.graceful_restart;
-        // Aggregated: the node's block, never per pod.
+        // Aggregated: the node's blocks, never per pod.
         sc.local_routes.push((IpNet::V4(node.subnet), None));
+        if let Some(subnet6) = node.subnet6 {
+            if my_ip6.is_none() {
+                warn!(
+                    %subnet6,
+                    "bgp: this node has no IPv6 underlay address: its IPv6 subnet goes out \
+                     with an IPv4-mapped next hop, which peers do not install"
+                );
+            }
+            sc.local_routes.push((IpNet::V6(subnet6), None));
+        }
         let (speaker, events) = start_on_own_thread(sc).await?;
         info!(
             asn, router_id = %my_ip, port = cfg.listen_port, restarting,
+            ipv6 = ?my_ip6, subnet6 = ?node.subnet6,
             "bgp speaker running"
         );
         Ok(BgpSide {
             cfg,
             me: node.name.clone(),
             my_ip,
+            my_ip6,
             speaker,
             events: Some(events),
             running: BTreeMap::new(),
@@ -364,8 +447,11 @@ impl BgpSide {
         leases: &[Lease],
         store: &[BgpPeer],
     ) -> (Vec<IpAddr>, Vec<IpAddr>) {
-        let mut want = topology(&self.cfg, &self.me, leases, store);
+        let mut want = topology(&self.cfg, &self.me, self.my_ip6.is_some(), leases, store);
         want.remove(&IpAddr::V4(self.my_ip));
+        if let Some(ip6) = self.my_ip6 {
+            want.remove(&IpAddr::V6(ip6));
+        }
         // Each session's key, read now. A key that cannot be read: a running session keeps
         // the one it has; a new one waits (never a session without the key it should have).
         let mut keys = HashMap::new();
@@ -408,9 +494,11 @@ impl BgpSide {
             p.rr_client = w.kind == PeerKind::RrClient;
             p.port = w.port;
             p.graceful_restart = self.cfg.graceful_restart;
-            if addr.is_ipv4() {
-                p.local_address = Some(IpAddr::V4(self.my_ip));
-            }
+            // From the underlay address of the session's family (the one peers know).
+            p.local_address = match addr {
+                IpAddr::V4(_) => Some(IpAddr::V4(self.my_ip)),
+                IpAddr::V6(_) => self.my_ip6.map(IpAddr::V6),
+            };
             p.password = password;
             p.ttl_security = w.auth.ttl_security;
             let _ = self.speaker.add_peer(p);
@@ -503,11 +591,11 @@ pub struct Retained {
 }
 
 /// The routes of `observed` that twill writes (unicast, via a gateway and a link, default
-/// metric and TOS): those a restarted agent keeps.
+/// metric and TOS of their family): those a restarted agent keeps.
 pub fn kept_routes(observed: &[ObservedRoute]) -> Vec<RouteSpec> {
     observed
         .iter()
-        .filter(|o| o.unicast && o.metric == 0 && o.tos == 0)
+        .filter(|o| o.unicast && o.is_primary())
         .filter_map(|o| {
             Some(RouteSpec {
                 dst: o.dst,
@@ -580,7 +668,7 @@ mod tests {
     fn full_mesh_with_per_node_as() {
         let mut cfg = BgpConfig::default();
         cfg.nodes.insert("h2".into(), BgpNode { as_number: 65002 });
-        let t = topology(&cfg, "h1", &leases(), &[]);
+        let t = topology(&cfg, "h1", false, &leases(), &[]);
         assert_eq!(t.len(), 2);
         let h2 = &t[&ip("192.168.1.12")];
         assert_eq!(
@@ -612,12 +700,12 @@ mod tests {
             ..BgpConfig::default()
         };
         // The reflector: every other node and the iBGP router are clients; eBGP stays external.
-        let rr = topology(&cfg, "h1", &leases(), &[]);
+        let rr = topology(&cfg, "h1", false, &leases(), &[]);
         assert_eq!(rr[&ip("192.168.1.12")].kind, PeerKind::RrClient);
         assert_eq!(rr[&ip("192.168.1.200")].kind, PeerKind::RrClient);
         assert_eq!(rr[&ip("192.168.1.1")].kind, PeerKind::External);
         // A client: only the reflector (and global external peers), not the other client.
-        let c = topology(&cfg, "h2", &leases(), &[]);
+        let c = topology(&cfg, "h2", false, &leases(), &[]);
         assert_eq!(
             c.keys().copied().collect::<Vec<_>>(),
             vec![ip("192.168.1.1"), ip("192.168.1.11")]
@@ -628,7 +716,7 @@ mod tests {
             node_to_node_mesh: false,
             ..BgpConfig::default()
         };
-        assert!(topology(&none, "h1", &leases(), &[]).is_empty());
+        assert!(topology(&none, "h1", false, &leases(), &[]).is_empty());
     }
 
     #[test]
@@ -672,7 +760,7 @@ mod tests {
             }],
             ..BgpConfig::default()
         };
-        let t = topology(&cfg, "h1", &leases(), &[]);
+        let t = topology(&cfg, "h1", false, &leases(), &[]);
         assert_eq!(t[&ip("192.168.1.12")].auth, inline);
         assert!(t[&ip("10.0.0.1")].auth.ttl_security);
         assert!(!t[&ip("10.0.0.1")].auth.has_password());
@@ -704,10 +792,10 @@ mod tests {
                 auth: BgpAuth::default(),
             },
         ];
-        let t = topology(&cfg, "h1", &leases(), &store);
+        let t = topology(&cfg, "h1", false, &leases(), &store);
         assert_eq!(t.len(), 1);
         assert_eq!(t[&ip("10.0.0.1")].remote_as, 65000);
-        assert_eq!(topology(&cfg, "h2", &leases(), &store).len(), 2);
+        assert_eq!(topology(&cfg, "h2", false, &leases(), &store).len(), 2);
     }
 
     fn node() -> LocalNode {
@@ -851,7 +939,7 @@ mod tests {
         }
     }
 
-    fn set(prefixes: &[&str]) -> BTreeSet<Ipv4Net> {
+    fn set(prefixes: &[&str]) -> BTreeSet<IpNet> {
         prefixes.iter().map(|p| p.parse().unwrap()).collect()
     }
 
@@ -978,5 +1066,188 @@ mod tests {
         assert!(!retained.holds(true, start));
         assert!(!retained.holds(false, until));
         assert!(!retained.holds(false, until + 1_000));
+    }
+
+    fn node6() -> LocalNode {
+        LocalNode {
+            subnet6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::11/64".parse().unwrap()),
+            ..node()
+        }
+    }
+
+    fn lease6(name: &str, subnet: &str, ip: &str, ip6: Option<&str>) -> Lease {
+        Lease {
+            subnet6: Some(
+                subnet
+                    .replace("10.244.", "fd00:10:244:")
+                    .replace(".0/24", "::/64")
+                    .parse()
+                    .unwrap(),
+            ),
+            public_net6: ip6.map(|a| format!("{a}/64").parse().unwrap()),
+            ..lease(name, subnet, ip)
+        }
+    }
+
+    #[test]
+    fn nodes_with_ipv6_underlays_peer_over_ipv6_too() {
+        let leases = vec![
+            lease6("h1", "10.244.1.0/24", "192.168.1.11", Some("fd00:1::11")),
+            lease6("h2", "10.244.2.0/24", "192.168.1.12", Some("fd00:1::12")),
+            // An IPv4-only underlay: its IPv6 routes come over the IPv4 session.
+            lease6("h3", "10.244.3.0/24", "192.168.1.13", None),
+        ];
+        let cfg = BgpConfig {
+            peers: vec![BgpPeer {
+                address: ip("fd00:1::1"),
+                as_number: 65000,
+                node: None,
+                auth: BgpAuth::default(),
+            }],
+            ..BgpConfig::default()
+        };
+        let t = topology(&cfg, "h1", true, &leases, &[]);
+        assert_eq!(
+            t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["192.168.1.12", "192.168.1.13", "fd00:1::1", "fd00:1::12"]
+        );
+        let h2 = &t[&ip("fd00:1::12")];
+        assert_eq!(
+            (h2.kind, h2.node.as_deref()),
+            (PeerKind::NodeMesh, Some("h2"))
+        );
+        assert_eq!(h2, &t[&ip("192.168.1.12")]);
+        assert_eq!(t[&ip("fd00:1::1")].kind, PeerKind::External);
+        // Without an IPv6 underlay of our own: IPv4 sessions only (and the configured
+        // router, which is the operator's to route to).
+        let t = topology(&cfg, "h1", false, &leases, &[]);
+        assert_eq!(
+            t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["192.168.1.12", "192.168.1.13", "fd00:1::1"]
+        );
+        // Reflectors and their clients over IPv6 as over IPv4.
+        let rr = BgpConfig {
+            node_to_node_mesh: false,
+            route_reflectors: vec!["h1".into()],
+            ..BgpConfig::default()
+        };
+        let t = topology(&rr, "h2", true, &leases, &[]);
+        assert_eq!(
+            t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["192.168.1.11", "fd00:1::11"]
+        );
+        assert_eq!(t[&ip("fd00:1::11")].kind, PeerKind::RouteReflector);
+        assert_eq!(
+            topology(&rr, "h1", true, &leases, &[])[&ip("fd00:1::12")].kind,
+            PeerKind::RrClient
+        );
+    }
+
+    #[test]
+    fn learned_ipv6_routes_become_kernel_routes_safely() {
+        let mut learned: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        for (p, nh) in [
+            ("fd00:10:244:2::/64", "fd00:1::12"), // a peer's block: installed
+            ("fd00:50::/64", "fd00:2::1"),        // off-subnet next hop: onlink
+            ("fd00:51::/64", "fe80::12"),         // link-local only (RFC 2545): on eth0
+            ("fd00:10:244:1::/64", "fd00:1::12"), // our own block: never
+            ("fd00:10:244::/56", "fd00:1::12"),   // covers our block: never
+            ("fd00:1::/64", "fd00:1::1"),         // the underlay itself: never
+            ("::/0", "fd00:1::1"),                // the default route: never
+            ("fd00:60::/64", "fd00:1::11"),       // via ourselves: never
+            ("fd00:61::/64", "::ffff:192.168.1.12"), // IPv4-mapped (no IPv6 next hop): never
+            ("fd00:62::/64", "192.168.1.12"),     // the other family: never
+            ("10.70.0.0/24", "fd00:1::12"),       // the other family: never
+            ("fd00:10:244:3::/64", "fd00:1::13"), // carried by the backend: not twice
+            ("10.244.2.0/24", "192.168.1.12"),    // IPv4 as ever
+        ] {
+            learned.insert(p.parse().unwrap(), nh.parse().unwrap());
+        }
+        let mut desired = DesiredState::default();
+        desired.peers.push(PeerPlan {
+            node: "h3".into(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            public_ip: "192.168.1.13".parse().unwrap(),
+            path: PeerPath::Vxlan,
+            subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            path6: Some(PeerPath::Vxlan),
+        });
+        // A peer whose IPv6 part is BGP's does not stop BGP's route.
+        desired.peers.push(PeerPlan {
+            node: "h2".into(),
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            public_ip: "192.168.1.12".parse().unwrap(),
+            path: PeerPath::Bgp,
+            subnet6: Some("fd00:10:244:2::/64".parse().unwrap()),
+            path6: Some(PeerPath::Bgp),
+        });
+        let specs = learned_specs(&learned, &node6(), &desired);
+        let got: Vec<(String, String, bool)> = specs
+            .iter()
+            .map(|r| (r.dst.to_string(), r.via.to_string(), r.onlink))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.244.2.0/24".into(), "192.168.1.12".into(), false),
+                ("fd00:10:244:2::/64".into(), "fd00:1::12".into(), false),
+                ("fd00:50::/64".into(), "fd00:2::1".into(), true),
+                ("fd00:51::/64".into(), "fe80::12".into(), false),
+            ]
+        );
+        assert!(specs.iter().all(|r| r.dev == "eth0"));
+        // A node without an IPv6 underlay still installs what has a usable next hop.
+        let no_underlay6 = LocalNode {
+            public_net6: None,
+            ..node6()
+        };
+        let specs = learned_specs(&learned, &no_underlay6, &desired);
+        assert!(
+            specs
+                .iter()
+                .any(|r| r.dst.to_string() == "fd00:60::/64" && r.onlink)
+        );
+        // An IPv4-only node installs no IPv6 route at all.
+        let specs = learned_specs(&learned, &node(), &desired);
+        assert!(specs.iter().all(|r| r.dst.addr().is_ipv4()), "{specs:?}");
+        // With WireGuard (which carries IPv4 only so far) no IPv6 route goes in clear.
+        desired.wireguard = Some(twill_types::desired::WireguardDevice {
+            name: "twill.wg".into(),
+            port: 51820,
+            mtu: 1420,
+            local: "192.168.1.11".parse().unwrap(),
+            persistent_keepalive: 0,
+        });
+        let specs = learned_specs(&learned, &node6(), &desired);
+        assert!(specs.iter().all(|r| r.dst.addr().is_ipv4()), "{specs:?}");
+    }
+
+    #[test]
+    fn ipv6_deltas_and_restarts_follow_the_ipv4_rules() {
+        let desired = DesiredState::default();
+        let mut programmed = HashMap::new();
+        let mut learned: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        learned.insert(
+            "fd00:10:244:2::/64".parse().unwrap(),
+            "fd00:1::12".parse().unwrap(),
+        );
+        let changed = set(&["fd00:10:244:2::/64"]);
+        let plan = route_delta(&changed, &learned, &node6(), &desired, &mut programmed);
+        let want = RouteSpec {
+            dst: "fd00:10:244:2::/64".parse().unwrap(),
+            via: "fd00:1::12".parse().unwrap(),
+            dev: "eth0".into(),
+            onlink: false,
+        };
+        assert_eq!(plan.add_routes, vec![want.clone()]);
+        // Withdrawn: BGP's route goes (as the kernel reads it back, metric 1024).
+        learned.clear();
+        let plan = route_delta(&changed, &learned, &node6(), &desired, &mut programmed);
+        let gone = ObservedRoute::from_spec(&want);
+        assert_eq!(gone.metric, 1024);
+        assert_eq!(plan.delete_routes, vec![gone.clone()]);
+        // A restarted agent keeps the IPv6 routes of its predecessor too.
+        assert_eq!(kept_routes(&[gone]), vec![want]);
     }
 }

@@ -124,6 +124,7 @@ const SCENARIOS: &[&str] = &[
     "recorded_bgp_restart",
     "bgp_encrypted",
     "dual_stack_encrypted",
+    "bgp_dualstack",
 ];
 
 #[test]
@@ -193,4 +194,13 @@ fn bgp_encrypted() {
 #[test]
 fn dual_stack_encrypted() {
     check("dual_stack_encrypted");
+}
+
+/// Dual-stack BGP: the IPv6 routes learned (over an IPv6 session, or with a link-local next
+/// hop) go into the desired state and the deltas next to the IPv4 ones, and never one for
+/// this node's own IPv6 subnet or with an IPv4-mapped next hop; the host guard keeps pods
+/// off the BGP port over IPv6 too.
+#[test]
+fn bgp_dualstack() {
+    check("bgp_dualstack");
 }

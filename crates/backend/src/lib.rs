@@ -84,7 +84,7 @@ fn plain_backend(
     let settings = &config.backend;
     match settings.kind {
         BackendKind::HostGw => Ok(Box::new(HostGw::new(ipv6_pools(config)))),
-        BackendKind::Bgp => Ok(Box::new(Bgp)),
+        BackendKind::Bgp => Ok(Box::new(Bgp::new(ipv6_pools(config)))),
         BackendKind::Vxlan => Ok(Box::new(
             Vxlan::new(settings.vni, settings.port, settings.direct_routing)?
                 .with_ipv6_pools(ipv6_pools(config)),

@@ -69,11 +69,6 @@ impl Peer<'_> {
         }
     }
 
-    /// The peer's plan for a backend that carries IPv4 only.
-    pub fn plan(&self, path: PeerPath) -> PeerPlan {
-        self.plan6(path, None)
-    }
-
     /// The peer's plan with its IPv6 path (None: the peer has no IPv6 part); its IPv6 subnet
     /// is listed when that path is programmed.
     pub fn plan6(&self, path: PeerPath, path6: Option<PeerPath>) -> PeerPlan {

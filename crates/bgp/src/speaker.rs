@@ -3,8 +3,9 @@
 //! - One core task owns the [`Rib`] and the peer table. Commands from the agent and reports
 //!   from sessions come in; UPDATE contents go out to sessions and [`SpeakerEvent`]s to the
 //!   agent. Because only this task touches the RIB, its order of events is the order of truth.
-//! - One listener task accepts connections and hands them to the core, which passes them to
-//!   the peer's session or refuses them (NOTIFICATION Cease / Connection Rejected).
+//! - One listener task per listening address accepts connections and hands them to the core,
+//!   which passes them to the peer's session or refuses them (NOTIFICATION Cease /
+//!   Connection Rejected).
 //! - One session task per configured peer runs the [`Fsm`] over one connection at a time
 //!   (two briefly, during a collision), with its timers as deadlines.
 
@@ -143,6 +144,10 @@ pub struct SpeakerConfig {
     pub router_id: Ipv4Addr,
     /// Where to accept connections; None for none at all.
     pub listen: Option<SocketAddr>,
+    /// Further addresses to accept connections on, each with a listener of its own (a
+    /// node's IPv6 underlay address next to its IPv4 one): every peer's TCP-MD5 key goes on
+    /// each listener its connections can arrive at.
+    pub listen_also: Vec<SocketAddr>,
     /// Route-reflector cluster ID (router ID when unset); used when a peer is a client.
     pub cluster_id: Option<Ipv4Addr>,
     pub hold_time: u16,
@@ -166,6 +171,7 @@ impl SpeakerConfig {
             asn,
             router_id,
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 179))),
+            listen_also: Vec::new(),
             cluster_id: None,
             hold_time: 90,
             connect_retry: Duration::from_secs(5),
@@ -227,7 +233,8 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Speaker {
     tx: mpsc::UnboundedSender<Command>,
-    listen: Option<SocketAddr>,
+    /// The bound listen addresses, `listen` first.
+    listen: Vec<SocketAddr>,
 }
 
 impl Speaker {
@@ -241,31 +248,38 @@ impl Speaker {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let mut listen = None;
-        let mut listener = None;
-        if let Some(addr) = cfg.listen {
+        let mut listen = Vec::new();
+        let mut listeners = Vec::new();
+        for &addr in cfg.listen.iter().chain(&cfg.listen_also) {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| BgpError::Listen { addr, source })?;
             // Keep every SYN, so the TTL of a connection from a GTSM peer can be checked, and
             // answer with TTL 255.
             sockopt::set_listener_gtsm(&l).map_err(|source| BgpError::Listen { addr, source })?;
-            listen = Some(
+            listen.push(
                 l.local_addr()
                     .map_err(|source| BgpError::Listen { addr, source })?,
             );
-            let l = Arc::new(l);
-            listener = Some(l.clone());
-            tokio::spawn(accept_loop(l, in_tx));
+            listeners.push(Arc::new(l));
         }
-        let core = Core::new(cfg, ev_tx, listener);
+        // Accepting starts once every address is bound (a failed bind starts nothing).
+        for l in &listeners {
+            tokio::spawn(accept_loop(l.clone(), in_tx.clone()));
+        }
+        let core = Core::new(cfg, ev_tx, listeners);
         tokio::spawn(core.run(rx, in_rx));
         Ok((Speaker { tx, listen }, ev_rx))
     }
 
     /// The bound listen address (with the real port when 0 was asked for).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen
+        self.listen.first().copied()
+    }
+
+    /// Every bound listen address: `listen`, then `listen_also`.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
     }
 
     fn send(&self, c: Command) -> Result<(), BgpError> {
@@ -376,15 +390,15 @@ struct Core {
     events: mpsc::UnboundedSender<SpeakerEvent>,
     report_tx: mpsc::UnboundedSender<Report>,
     report_rx: Option<mpsc::UnboundedReceiver<Report>>,
-    /// The listening socket, for the peers' MD5 keys.
-    listener: Option<Arc<TcpListener>>,
+    /// The listening sockets, for the peers' MD5 keys.
+    listeners: Vec<Arc<TcpListener>>,
 }
 
 impl Core {
     fn new(
         cfg: SpeakerConfig,
         events: mpsc::UnboundedSender<SpeakerEvent>,
-        listener: Option<Arc<TcpListener>>,
+        listeners: Vec<Arc<TcpListener>>,
     ) -> Core {
         let rib = Rib::new(RibConfig {
             asn: cfg.asn,
@@ -399,7 +413,7 @@ impl Core {
             events,
             report_tx,
             report_rx: Some(report_rx),
-            listener,
+            listeners,
         }
     }
 
@@ -480,18 +494,34 @@ impl Core {
         let _ = p.tx.send(ToSession::Inbound(s));
     }
 
-    /// Sets (or removes) the listener's MD5 key for `addr`; true when the listener has it.
+    /// Sets (or removes) the MD5 key for `addr` on every listener its connections can arrive
+    /// at: those of its family, and an IPv6 wildcard one (which takes IPv4 connections too);
+    /// true when all of them have it.
     fn key_listener(&self, addr: IpAddr, key: Option<&Password>) -> bool {
-        let Some(l) = &self.listener else {
-            return key.is_none();
-        };
-        match sockopt::set_md5_key(l.as_ref(), addr, key.map(Password::as_bytes)) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("bgp {addr}: cannot set the listener's TCP-MD5 key: {e}");
-                false
+        let mut keyed = key.is_none();
+        for l in &self.listeners {
+            let Ok(local) = l.local_addr() else {
+                continue;
+            };
+            let reaches = match (local, addr) {
+                (SocketAddr::V4(_), IpAddr::V4(_)) | (SocketAddr::V6(_), IpAddr::V6(_)) => true,
+                (SocketAddr::V6(l6), IpAddr::V4(_)) => l6.ip().is_unspecified(),
+                (SocketAddr::V4(_), IpAddr::V6(_)) => false,
+            };
+            if !reaches {
+                continue;
+            }
+            match sockopt::set_md5_key(l.as_ref(), addr, key.map(Password::as_bytes)) {
+                Ok(()) => keyed = true,
+                Err(e) => {
+                    tracing::error!(
+                        "bgp {addr}: cannot set the TCP-MD5 key of the listener on {local}: {e}"
+                    );
+                    return false;
+                }
             }
         }
+        keyed
     }
 
     fn stop_all(&mut self) {

@@ -156,7 +156,11 @@ async fn raw_connect(
     key: Option<&[u8]>,
     ttl: Option<u32>,
 ) -> std::io::Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
+    let sock = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     sock.bind(SocketAddr::new(from, 0))?;
     if let Some(k) = key {
         sockopt::set_md5_key(&sock, to.ip(), Some(k))?;
@@ -238,6 +242,51 @@ async fn unsigned_connection_to_keyed_listener_never_reaches_the_speaker() {
         read_msg(&mut c, T).await,
         Some(Incoming::Notification(_))
     ));
+    s.shutdown().await.unwrap();
+}
+
+/// A speaker listening on an IPv4 and an IPv6 address (a dual-stack node's underlay
+/// addresses): each keyed peer's connections are checked on the listener of its family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_hold_on_every_listener_of_the_peers_family() {
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let mut cfg = twill_bgp::SpeakerConfig::new(65000, Ipv4Addr::new(10, 0, 0, 110));
+    cfg.listen = Some(SocketAddr::new(ip(110), 0));
+    cfg.listen_also = vec![SocketAddr::new(v6, 0)];
+    let (s, mut ev) = Speaker::start(cfg).await.unwrap();
+    let [to4, to6] = s.listen_addrs() else {
+        panic!("two listeners: {:?}", s.listen_addrs());
+    };
+    let (to4, to6) = (*to4, *to6);
+    assert!(to4.is_ipv4() && to6.is_ipv6(), "{to4} {to6}");
+    for (peer, key) in [(ip(111), "key-over-ipv4"), (v6, "key-over-ipv6")] {
+        let mut p = PeerConfig::new(peer, 65000);
+        p.passive = true;
+        p.password = pw(key);
+        s.add_peer(p).unwrap();
+        wait_state(&s, peer, State::Active, &mut ev).await;
+    }
+    for (peer, to, key, other_key) in [
+        (ip(111), to4, "key-over-ipv4", "key-over-ipv6"),
+        (v6, to6, "key-over-ipv6", "key-over-ipv4"),
+    ] {
+        // Unsigned, or signed with the other peer's key: dropped by the kernel.
+        let e = raw_connect(peer, to, None, None).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{peer}: {e}");
+        let e = raw_connect(peer, to, Some(other_key.as_bytes()), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{peer}: {e}");
+        // Its own key: the speaker answers with its OPEN.
+        let mut c = raw_connect(peer, to, Some(key.as_bytes()), None)
+            .await
+            .unwrap_or_else(|e| panic!("{peer} with its key: {e}"));
+        c.write_all(&open_as(65000, 111)).await.unwrap();
+        assert!(
+            matches!(read_msg(&mut c, T).await, Some(Incoming::Open(_))),
+            "{peer}"
+        );
+    }
     s.shutdown().await.unwrap();
 }
 

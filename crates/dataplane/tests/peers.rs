@@ -736,6 +736,55 @@ fn two_dual_hosts(tag: &str) -> (Netns, Netns) {
     (a, b)
 }
 
+/// BGP's IPv6 routes whose peer sent only a link-local next hop (RFC 2545): via that address
+/// on the underlay device. They carry traffic, and read back as written (re-applying is a
+/// no-op).
+#[test]
+#[ignore = "needs root"]
+fn ipv6_routes_via_link_local_next_hops_carry_traffic() {
+    require_root();
+    let (a, b) = two_dual_hosts("ll6");
+    for (ns, n) in [(&a, 1), (&b, 2)] {
+        ns.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("fe80::{n}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+    }
+    let state = |dst: &str, via: &str| DesiredState {
+        routes: vec![RouteSpec {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+            dev: "eth0".into(),
+            onlink: false,
+        }],
+        ..DesiredState::default()
+    };
+    converge_ok(&a, &state("fd00:244:2::/64", "fe80::2"));
+    converge_ok(&b, &state("fd00:244:1::/64", "fe80::1"));
+    assert_eq!(
+        twill_routes6(&a),
+        vec![(
+            "fd00:244:2::/64".into(),
+            "fe80::2".into(),
+            "eth0".into(),
+            false
+        )]
+    );
+    assert!(
+        ping_from(&a, "fd00:244:1::1", "fd00:244:2::1"),
+        "a -> b via b's link-local address"
+    );
+    // Again: nothing to do.
+    let round = converge_ok(&a, &state("fd00:244:2::/64", "fe80::2"));
+    assert!(round.plan.is_empty(), "{}", round.plan);
+}
+
 /// The global IPv6 addresses (`addr/prefix`) of `dev`.
 fn ipv6_global(ns: &Netns, dev: &str) -> Vec<String> {
     ns.addresses(dev)

@@ -436,8 +436,9 @@ pub fn cluster_yaml(backend: Backend, direct_routing: bool, bgp_yaml: &str) -> S
 
 /// twill's own cluster config in YAML, which labs with a `bgp` section or with `--encrypt`
 /// need: the backend, the `wireguard` switch that encrypts node-to-node pod traffic whatever
-/// the backend (with `encrypt`), the lab's pod network as one pool, and the `bgp` section
-/// (`bgp_yaml`, its body in YAML, indented under `bgp:`).
+/// the backend (with `encrypt`), the lab's pod network as one pool (a dual-stack lab's IPv6
+/// one as a second), and the `bgp` section (`bgp_yaml`, its body in YAML, indented under
+/// `bgp:`).
 pub fn twill_yaml(
     backend: Backend,
     direct_routing: bool,
@@ -728,6 +729,19 @@ mod tests {
             "backend: bgp\npools:\n  - name: default\n    cidr: 10.244.0.0/16\n    blockSize: 24\nbgp:\n  asNumber: 65000\n  peers:\n    - {address: 1.2.3.4, asNumber: 1}\n"
         );
         assert!(cluster_yaml(Backend::Bgp, false, "").ends_with("bgp:\n  {}\n"));
+        // A dual-stack lab's IPv6 pod network is a second pool, which bgp carries.
+        let y = twill_yaml(
+            Backend::Bgp,
+            false,
+            None,
+            Some("holdTime: 3"),
+            IpFamily::Dual,
+        );
+        let c =
+            twill_types::cluster::ClusterConfig::parse(&y).unwrap_or_else(|e| panic!("{y}: {e}"));
+        assert_eq!(c.ipv6_pools.len(), 1, "{y}");
+        assert_eq!(c.ipv6_pools[0].cidr.to_string(), POD_NETWORK6);
+        assert_eq!(c.ipv6_pools[0].block_size, SUBNET_LEN6);
         let y = cluster_yaml(
             Backend::Bgp,
             false,

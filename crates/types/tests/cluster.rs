@@ -1520,16 +1520,18 @@ fn twill_ipv6_refusals() {
             ],
         ),
         (
-            "backend = \"bgp\"",
+            "backend = \"bgp\"\n[wireguard]\nenabled = true",
             "cidr = \"fd00::/56\"",
-            "pools[1].cidr",
-            &["bgp carries IPv4 only"],
+            "wireguard",
+            &[
+                "BGP-learned IPv6 routes do not go through WireGuard yet, and pool b: cidr fd00::/56 is IPv6",
+            ],
         ),
         (
-            "[bgp]\nasNumber = 64512",
+            "[bgp]\nasNumber = 64512\n[wireguard]\nenabled = true",
             "cidr = \"fd00::/56\"",
-            "pools[1].cidr",
-            &["bgp carries IPv4 only"],
+            "wireguard",
+            &["BGP-learned IPv6 routes do not go through WireGuard yet"],
         ),
     ] {
         refused_at(&toml_dual(top, four, pool6), field, needles);
@@ -1667,20 +1669,31 @@ fn ipv6_helpers() {
         Some("pods6")
     );
     assert_eq!(c.pool6_of(net6("fd00:10:244::/48")), None);
-    for kind in BackendKind::ALL {
-        assert_eq!(
-            kind.carries_ipv6(),
-            matches!(
-                kind,
-                BackendKind::HostGw
-                    | BackendKind::Vxlan
-                    | BackendKind::Udp
-                    | BackendKind::Ipip
-                    | BackendKind::Wireguard
-            ),
-            "{kind}"
-        );
+}
+
+#[test]
+fn bgp_carries_ipv6_pools() {
+    // MP-BGP advertises the nodes' IPv6 subnets: IPv6 pools with the bgp backend, in either
+    // way of asking for it, and IPv6 route reflectors and peers.
+    for top in [
+        "backend = \"bgp\"",
+        "[bgp]\nasNumber = 64512\nnodeToNodeMesh = false\nrouteReflectors = [\"h1\"]\n\
+         [[bgp.peers]]\naddress = \"fd00:1::1\"\nasNumber = 65000",
+    ] {
+        let text = toml_dual(top, "10.244.0.0/16", "cidr = \"fd00::/56\"");
+        let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+        assert_eq!(c.backend.kind, BackendKind::Bgp, "{text}");
+        assert_eq!(c.ipv6_pools.len(), 1, "{text}");
     }
+    // BGP-learned IPv6 routes do not go through WireGuard yet.
+    refused(
+        &toml_dual(
+            "backend = \"bgp\"\n[wireguard]\nenabled = true",
+            "10.244.0.0/16",
+            "cidr = \"fd00::/56\"",
+        ),
+        &["BGP-learned IPv6 routes do not go through WireGuard yet"],
+    );
 }
 
 #[test]
@@ -1771,13 +1784,9 @@ fn arb_dual_stack_config() -> impl Strategy<Value = ClusterConfig> {
         })
         .prop_map(|(mut config, pools6, host_gw)| {
             config.ipv6_pools = pools6;
-            // Only host-gw, vxlan, udp, ipip and wireguard carry IPv6.
-            if !config.backend.kind.carries_ipv6() {
-                config.backend = Backend::with_defaults(if host_gw {
-                    BackendKind::HostGw
-                } else {
-                    BackendKind::Vxlan
-                });
+            // Every backend carries IPv6; half the cases move to host-gw, the plainest path.
+            if host_gw {
+                config.backend = Backend::with_defaults(BackendKind::HostGw);
             }
             config
         })

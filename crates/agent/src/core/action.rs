@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use twill_dataplane::reconcile::Plan;
 use twill_types::bgp_auth::BgpAuth;
@@ -206,11 +206,12 @@ fn render_desired(out: &mut String, d: &DesiredState) {
     for p in &d.peers {
         let _ = writeln!(
             out,
-            "  peer {} {} at {}: {}",
+            "  peer {} {} at {}: {}{}",
             p.node,
             p.subnet,
             p.public_ip,
-            path(&p.path)
+            path(&p.path),
+            ipv6_part(p.subnet6, p.path6.as_ref())
         );
     }
     for r in &d.routes {
@@ -292,6 +293,23 @@ fn render_desired(out: &mut String, d: &DesiredState) {
             list(&g.elements.control_hosts),
             senders.join(" ")
         );
+        if !g.rules.pools6.is_empty() {
+            let _ = writeln!(
+                out,
+                "  host guard ipv6: pods [{}] control hosts [{}]",
+                list(&g.rules.pools6),
+                list(&g.elements.control_hosts6)
+            );
+        }
+    }
+}
+
+/// A peer's IPv6 part for the renders ("" when it has none).
+fn ipv6_part(subnet6: Option<Ipv6Net>, path6: Option<&PeerPath>) -> String {
+    match (subnet6, path6) {
+        (_, None) => String::new(),
+        (Some(s), Some(p)) => format!("; ipv6 {s}: {}", path(p)),
+        (None, Some(p)) => format!("; ipv6: {}", path(p)),
     }
 }
 
@@ -318,10 +336,11 @@ fn render_status(out: &mut String, s: &Status) {
         };
         let _ = writeln!(
             out,
-            "  peer {} {} {}: {state}",
+            "  peer {} {} {}: {state}{}",
             p.node,
             p.subnet,
-            path(&p.path)
+            path(&p.path),
+            ipv6_part(p.subnet6, p.path6.as_ref())
         );
     }
     if let Some(p) = &s.policy {

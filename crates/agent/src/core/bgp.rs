@@ -4,9 +4,9 @@
 //! reads) is I/O and stays in [`crate::bgp::BgpSide`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use twill_backend::LocalNode;
 use twill_bgp::State;
 use twill_dataplane::reconcile::Plan;
@@ -25,14 +25,14 @@ const SETTLE_QUIET: Millis = 1_000;
 pub struct BgpCore {
     /// External peers from the store, by key.
     store_peers: BTreeMap<String, BgpPeer>,
-    /// Best IPv4 routes learned from peers: prefix → next hop.
-    learned: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Best routes learned from peers, IPv4 and IPv6: prefix → next hop.
+    learned: BTreeMap<IpNet, IpAddr>,
     /// Prefixes of `learned` that changed since they were last programmed.
-    pending: BTreeSet<Ipv4Net>,
+    pending: BTreeSet<IpNet>,
     /// Every route the agent programmed, as of the last reconcile and the deltas since.
-    programmed: HashMap<Ipv4Net, Programmed>,
+    programmed: HashMap<IpNet, Programmed>,
     /// The BGP prefixes of the last reconcile's desired state.
-    reconciled_bgp: BTreeSet<Ipv4Net>,
+    reconciled_bgp: BTreeSet<IpNet>,
     started: Millis,
     last_change: Millis,
     /// The speaker's sessions and their states.
@@ -178,13 +178,7 @@ impl BgpCore {
     /// programs every pending change).
     pub fn add_routes(&mut self, node: &LocalNode, desired: &mut DesiredState) {
         let specs = learned_specs(&self.learned, node, desired);
-        self.reconciled_bgp = specs
-            .iter()
-            .filter_map(|r| match r.dst {
-                IpNet::V4(dst) => Some(dst),
-                IpNet::V6(_) => None,
-            })
-            .collect();
+        self.reconciled_bgp = specs.iter().map(|r| r.dst).collect();
         self.pending.clear();
         desired.routes.extend(specs);
     }
@@ -194,15 +188,12 @@ impl BgpCore {
         self.programmed = desired
             .routes
             .iter()
-            .filter_map(|r| {
-                // BGP carries IPv4 routes only (so far): the rest are the backends'.
-                let IpNet::V4(dst) = r.dst else { return None };
-                let from_bgp = self.reconciled_bgp.contains(&dst);
+            .map(|r| {
                 let p = Programmed {
                     spec: r.clone(),
-                    from_bgp,
+                    from_bgp: self.reconciled_bgp.contains(&r.dst),
                 };
-                Some((dst, p))
+                (r.dst, p)
             })
             .collect();
     }

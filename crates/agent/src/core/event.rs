@@ -3,7 +3,7 @@
 //! happened, so the core never reads a clock; all of it (de)serializes, so a real agent's
 //! inputs can be recorded (`TWILL_RECORD_EVENTS`) and replayed.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
@@ -161,8 +161,8 @@ impl From<twill_store::MirrorEvent> for StoreEvent {
 #[serde(rename_all = "snake_case")]
 pub enum SpeakerChange {
     /// Best routes changed: the next hop of each prefix learned from a peer (None: no route
-    /// from a peer any more).
-    BestRoutes(Vec<(Ipv4Net, Option<Ipv4Addr>)>),
+    /// from a peer any more), IPv4 and IPv6 unicast alike.
+    BestRoutes(Vec<(IpNet, Option<IpAddr>)>),
     PeerState {
         peer: IpAddr,
         state: twill_bgp::State,
@@ -171,21 +171,15 @@ pub enum SpeakerChange {
 
 impl From<twill_bgp::SpeakerEvent> for SpeakerChange {
     fn from(ev: twill_bgp::SpeakerEvent) -> SpeakerChange {
-        use ipnet::IpNet;
         match ev {
+            // Which of them can be installed (a next hop of the prefix's family, not this
+            // node, ...) is the core's decision.
             twill_bgp::SpeakerEvent::BestRoutes(changes) => SpeakerChange::BestRoutes(
                 changes
                     .iter()
-                    .filter_map(|change| {
-                        // IPv6 pods are not supported yet.
-                        let IpNet::V4(prefix) = change.prefix else {
-                            return None;
-                        };
-                        let hop = twill_bgp::learned_route(change).and_then(|(_, nh)| match nh {
-                            IpAddr::V4(nh) => Some(nh),
-                            IpAddr::V6(_) => None,
-                        });
-                        Some((prefix, hop))
+                    .map(|change| {
+                        let hop = twill_bgp::learned_route(change).map(|(_, nh)| nh);
+                        (change.prefix, hop)
                     })
                     .collect(),
             ),

@@ -182,4 +182,62 @@ pools: [{name: p, cidr: 10.244.0.0/16}]
         let guard = desired.host_guard.unwrap();
         assert!(guard.rules.tunnel_udp.contains(&51820), "{guard:?}");
     }
+
+    #[test]
+    fn a_dual_stack_bgp_node_keeps_pods_off_the_bgp_port_over_ipv6_too() {
+        let cfg = config(
+            "backend: bgp
+pools: [{name: p, cidr: 10.244.0.0/16}, {name: p6, cidr: 'fd00:10:244::/56'}]
+bgp: {listenPort: 1790}
+",
+        );
+        let dual = LocalNode {
+            subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            public_net6: Some("fd00:100::11/64".parse().unwrap()),
+            ..node()
+        };
+        let peer = Lease {
+            node: "n2".into(),
+            subnet: "10.244.4.0/24".parse().unwrap(),
+            public_net: "192.168.100.12/24".parse().unwrap(),
+            backend: twill_types::cluster::BackendKind::Bgp,
+            vtep_mac: None,
+            wireguard_public_key: None,
+            subnet6: Some("fd00:10:244:4::/64".parse().unwrap()),
+            public_net6: Some("fd00:100::12/64".parse().unwrap()),
+            vtep_mac6: None,
+        };
+        let mut desired = DesiredState::default();
+        host_objects(&cfg, &dual, &[peer], &[], &mut desired);
+        let guard = desired.host_guard.expect("host protection");
+        // The speaker's ports, closed to every pod of either family.
+        assert!(
+            [179, 1790]
+                .iter()
+                .all(|p| guard.rules.control_tcp.contains(p)),
+            "{guard:?}"
+        );
+        assert_eq!(
+            guard.rules.pools6,
+            vec!["fd00:10:244::/56".parse::<ipnet::Ipv6Net>().unwrap()]
+        );
+        let hosts6: Vec<String> = guard
+            .elements
+            .control_hosts6
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(hosts6, ["fd00:100::11", "fd00:100::12"]);
+        // As nftables has it: an IPv6 pod's connection to any node's BGP port is dropped
+        // before NAT, and to this node's on input.
+        use twill_dataplane::hostguard::Render;
+        let nft = guard.table_script();
+        for rule in [
+            "prerouting ip6 saddr fd00:10:244::/56 jump pod_out",
+            "pod_out ip6 daddr @control_hosts6 tcp dport @control_tcp counter drop",
+            "pod_in tcp dport @control_tcp counter drop",
+        ] {
+            assert!(nft.contains(rule), "{rule} is not in\n{nft}");
+        }
+    }
 }

@@ -32,6 +32,13 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
                 (PeerPath::Bgp, None) if !index.routes.contains_key(&IpNet::V4(p.subnet)) => {
                     Some("no route learned by BGP yet".to_string())
                 }
+                (_, None)
+                    if p.path6 == Some(PeerPath::Bgp)
+                        && p.subnet6
+                            .is_some_and(|s| !index.routes.contains_key(&IpNet::V6(s))) =>
+                {
+                    Some("no IPv6 route learned by BGP yet".to_string())
+                }
                 (_, None) => index.missing_for_peer(&subnets).map(|missing| {
                     with_kernel_reasons(missing, &index.keys_of_peer(&subnets), &index.refused)
                 }),

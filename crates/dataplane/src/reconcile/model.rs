@@ -76,7 +76,7 @@ impl ObservedRoute {
 
     /// True when a route for the same destination written by twill would replace this one
     /// (same destination, TOS and metric, which is the kernel's identity of a route).
-    pub(super) fn is_primary(&self) -> bool {
+    pub fn is_primary(&self) -> bool {
         self.metric == default_metric(&self.dst) && self.tos == 0
     }
 }

@@ -275,19 +275,6 @@ impl BackendKind {
         )
     }
 
-    /// Whether the backend carries pods' IPv6 traffic too (so far host-gw, vxlan, udp, ipip
-    /// and wireguard; bgp carries IPv4 only, and a config with IPv6 pools is refused with it).
-    pub fn carries_ipv6(self) -> bool {
-        matches!(
-            self,
-            BackendKind::HostGw
-                | BackendKind::Vxlan
-                | BackendKind::Udp
-                | BackendKind::Ipip
-                | BackendKind::Wireguard
-        )
-    }
-
     pub(super) fn list() -> String {
         BackendKind::ALL.map(BackendKind::name).join(", ")
     }

@@ -50,10 +50,10 @@ impl ClusterConfig {
     /// only); without modes it follows the IPv4 pools, with `vxlanMode` it must agree with
     /// them.
     ///
-    /// Dual-stack configs (either form) need the host-gw, vxlan, udp, ipip or wireguard backend
-    /// (the `wireguard` block on any of them carries both families too), and at least as many
-    /// leasable IPv6 node subnets as IPv4 ones: a node's IPv6 subnet is the one at its IPv4
-    /// subnet's index.
+    /// Dual-stack configs (either form) run on every backend (the `wireguard` block carries
+    /// both families too, except beside BGP: learned IPv6 routes do not go through WireGuard
+    /// yet), and need at least as many leasable IPv6 node subnets as IPv4 ones: a node's IPv6
+    /// subnet is the one at its IPv4 subnet's index.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim_start().starts_with('{') {

@@ -433,14 +433,15 @@ fn validate_ipv6(
     };
     let at6 = places.at6(fields, 0, &first6.name);
     let cidr6 = fields.pool6.cidr;
-    let kind = config.backend.kind;
-    if !kind.carries_ipv6() {
+    if config.wireguard.is_some()
+        && (config.backend.kind == BackendKind::Bgp || config.bgp.is_some())
+    {
         return fail(ConfigError::conflict(
+            "wireguard",
             at6.field(cidr6),
-            fields.kind,
             format!(
-                "{at6}{cidr6} {} is IPv6, and IPv6 pools need the host-gw, vxlan, udp or ipip \
-                 backend for now: {kind} carries IPv4 only",
+                "BGP-learned IPv6 routes do not go through WireGuard yet, and {at6}{cidr6} {} is \
+                 IPv6: remove the wireguard section, the bgp section or the IPv6 pools",
                 first6.cidr
             ),
         ));
