@@ -315,7 +315,13 @@ impl Tunnel {
             stop_fd,
         });
         let kernel = if cfg.kernel_path && !matches!(cfg.encap, Encap::Wireguard { .. }) {
-            match offload::KernelPath::load(&cfg.device, cfg.encap, cfg.local_ip, local_subnet) {
+            match offload::KernelPath::load(
+                &cfg.device,
+                cfg.encap,
+                cfg.local_ip,
+                local_subnet,
+                local_subnet6,
+            ) {
                 Ok(k) => Some(k),
                 Err(e) => {
                     tracing::warn!(error = %e, "kernel fast path unavailable; the engine carries all traffic");

@@ -4,10 +4,15 @@
 //! super-packets stay whole (raw sockets cannot send them; that capped the userspace ipip
 //! path at a quarter of kernel VXLAN). A third one keeps them whole up to bridged pods (below).
 //!
+//! Both inner families: IPv4, and on a dual-stack tunnel IPv6 (udp payload, or protocol 41
+//! as Linux's `sit` for ipip), each with its own route and peer maps; the outer headers are
+//! IPv4 (an IPv6 underlay is the engine's).
+//!
 //! The userspace engine stays the slow path and the safety net: whatever the programs do not
 //! handle (unknown peers, spoofed sources, options, fragments) passes through untouched and
 //! reaches the engine, which checks and counts it as before. The programs make the same
-//! checks as the engine, from maps this module keeps equal to the engine's peer table.
+//! checks as the engine, from maps this module keeps equal to the engine's peer table
+//! ([`Wanted`] applies its rules).
 //!
 //! Attaching and detaching go through netlink, which acts in the calling thread's network
 //! namespace; a [`KernelPath`] remembers the namespace it was loaded in and always attaches
@@ -36,7 +41,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{SchedClassifier, TcAttachType};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::Peer;
 
@@ -69,6 +74,100 @@ fn be(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
 }
 
+/// `struct config` of bpf/offload.c, as 32-bit words in the programs' byte order.
+type Config = [u32; 16];
+
+/// An IPv6 address as four 32-bit words in network byte order, as the programs read it.
+fn be6(addr: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = addr.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+fn config(
+    local_ip: Ipv4Addr,
+    local_subnet: Ipv4Net,
+    local_subnet6: Option<Ipv6Net>,
+    underlay_index: u32,
+    tun_index: u32,
+    kind: u32,
+    port: u16,
+) -> Config {
+    let mut c = [0u32; 16];
+    c[..7].copy_from_slice(&[
+        be(local_ip),
+        be(local_subnet.network()),
+        be(local_subnet.netmask()),
+        underlay_index,
+        tun_index,
+        kind,
+        u32::from(port),
+    ]);
+    if let Some(net6) = local_subnet6 {
+        c[7] = 1;
+        c[8..12].copy_from_slice(&be6(net6.network()));
+        c[12..16].copy_from_slice(&be6(net6.netmask()));
+    }
+    c
+}
+
+/// What the maps hold for a peer list, by the engine's rules (`peers::PeerTable`): the first
+/// peer with an underlay address decides which subnets that address may send from, and the
+/// first claim of a subnet decides where it is routed. IPv6 only on a dual-stack tunnel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Wanted {
+    peers: HashMap<Ipv4Addr, Ipv4Net>,
+    peers6: HashMap<Ipv4Addr, Ipv6Net>,
+    routes: HashMap<Ipv4Net, Ipv4Addr>,
+    routes6: HashMap<Ipv6Net, Ipv4Addr>,
+}
+
+impl Wanted {
+    fn of(peers: &[Peer], ipv6: bool) -> Wanted {
+        let mut w = Wanted::default();
+        let mut seen = HashSet::new();
+        for p in peers {
+            let first = seen.insert(p.underlay);
+            w.routes.entry(p.subnet.trunc()).or_insert(p.underlay);
+            if first {
+                w.peers.insert(p.underlay, p.subnet.trunc());
+            }
+            if let Some(net6) = p.subnet6.filter(|_| ipv6).map(|n| n.trunc()) {
+                w.routes6.entry(net6).or_insert(p.underlay);
+                if first {
+                    w.peers6.insert(p.underlay, net6);
+                }
+            }
+        }
+        w
+    }
+}
+
+/// The keys of `installed` that `wanted` does not have.
+fn gone<K: Clone + Eq + std::hash::Hash, V>(
+    installed: &HashMap<K, V>,
+    wanted: &HashMap<K, V>,
+) -> Vec<K> {
+    installed
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .cloned()
+        .collect()
+}
+
+/// The entries of `wanted` that `installed` does not hold (new or changed).
+fn changed<K: Clone + Eq + std::hash::Hash, V: Clone + PartialEq>(
+    installed: &HashMap<K, V>,
+    wanted: &HashMap<K, V>,
+) -> Vec<(K, V)> {
+    wanted
+        .iter()
+        .filter(|(k, v)| installed.get(k) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Loaded programs and the maps they read, for one TUN device and one underlay device.
 pub(crate) struct KernelPath {
     /// The namespace of the devices (where `load` ran).
@@ -78,9 +177,13 @@ pub(crate) struct KernelPath {
     underlay: String,
     routes: LpmTrie<MapData, u32, u32>,
     peers: BpfHashMap<MapData, u32, [u32; 2]>,
+    routes6: LpmTrie<MapData, [u32; 4], u32>,
+    peers6: BpfHashMap<MapData, u32, [u32; 8]>,
     counters: PerCpuHashMap<MapData, u32, [u64; 4]>,
-    /// The underlay addresses and subnets currently in the maps.
-    installed: HashMap<Ipv4Addr, Ipv4Net>,
+    /// What the maps hold now.
+    installed: Wanted,
+    /// Whether IPv6 is carried (a dual-stack tunnel).
+    ipv6: bool,
     attached: bool,
     local_subnet: Ipv4Net,
     /// The bridge-port thread and its stop signal (dropping the sender stops the thread).
@@ -104,6 +207,7 @@ impl KernelPath {
         encap: crate::Encap,
         local_ip: Ipv4Addr,
         local_subnet: Ipv4Net,
+        local_subnet6: Option<Ipv6Net>,
     ) -> Result<KernelPath, OffloadError> {
         let netns =
             twill_netlink::netns::Netns::open(std::path::Path::new("/proc/thread-self/ns/net"))
@@ -134,21 +238,21 @@ impl KernelPath {
             ebpf.take_map(name)
                 .ok_or(OffloadError::Bpf("map missing", name.to_string()))
         };
-        let mut config: Array<MapData, [u32; 7]> = take(&mut ebpf, "twill_config")?
+        let mut config_map: Array<MapData, Config> = take(&mut ebpf, "twill_config")?
             .try_into()
             .map_err(bpf("config map"))?;
-        config
+        config_map
             .set(
                 0,
-                [
-                    be(local_ip),
-                    be(local_subnet.network()),
-                    be(local_subnet.netmask()),
+                config(
+                    local_ip,
+                    local_subnet,
+                    local_subnet6,
                     underlay_index,
                     tun_index,
                     kind,
-                    u32::from(port),
-                ],
+                    port,
+                ),
                 0,
             )
             .map_err(bpf("writing the config map"))?;
@@ -159,6 +263,12 @@ impl KernelPath {
             peers: take(&mut ebpf, "twill_peers")?
                 .try_into()
                 .map_err(bpf("peers map"))?,
+            routes6: take(&mut ebpf, "twill_routes6")?
+                .try_into()
+                .map_err(bpf("IPv6 routes map"))?,
+            peers6: take(&mut ebpf, "twill_peers6")?
+                .try_into()
+                .map_err(bpf("IPv6 peers map"))?,
             counters: take(&mut ebpf, "twill_counters")?
                 .try_into()
                 .map_err(bpf("counters map"))?,
@@ -166,7 +276,8 @@ impl KernelPath {
             ebpf: Arc::new(Mutex::new(ebpf)),
             tun: tun.to_string(),
             underlay,
-            installed: HashMap::new(),
+            installed: Wanted::default(),
+            ipv6: local_subnet6.is_some(),
             attached: false,
             local_subnet,
             port_sync: None,
@@ -178,36 +289,40 @@ impl KernelPath {
     }
 
     /// Makes the maps hold exactly `peers`, then attaches the programs if they are not yet.
-    /// Additions enter the peer maps before the route that leads to them; removals leave the
-    /// route first, so a program never finds a route without its peer.
+    /// Additions enter the peer maps before the routes that lead to them; removals leave the
+    /// routes first, so a program never finds a route without its peer.
     pub(crate) fn set_peers(&mut self, peers: &[Peer]) -> Result<(), OffloadError> {
-        let mut wanted: HashMap<Ipv4Addr, Ipv4Net> = HashMap::new();
-        let mut subnets = HashSet::new();
-        for p in peers {
-            // Same rule as the engine's table: the first claim of an address or subnet wins.
-            if !wanted.contains_key(&p.underlay) && subnets.insert(p.subnet.trunc()) {
-                wanted.insert(p.underlay, p.subnet.trunc());
-            }
+        let wanted = Wanted::of(peers, self.ipv6);
+        let old = &self.installed;
+        for net in gone(&old.routes, &wanted.routes) {
+            let _ = self.routes.remove(&route_key(net));
         }
-        let stale: Vec<(Ipv4Addr, Ipv4Net)> = self
-            .installed
-            .iter()
-            .filter(|(addr, net)| wanted.get(addr) != Some(net))
-            .map(|(a, n)| (*a, *n))
-            .collect();
-        for (addr, net) in &stale {
-            let _ = self.routes.remove(&route_key(*net));
-            if !wanted.contains_key(addr) {
-                let _ = self.peers.remove(&be(*addr));
-                let _ = self.counters.remove(&be(*addr));
-            }
-            self.installed.remove(addr);
+        for net in gone(&old.routes6, &wanted.routes6) {
+            let _ = self.routes6.remove(&route_key6(net));
         }
-        for (addr, net) in &wanted {
-            if self.installed.get(addr) == Some(net) {
-                continue;
-            }
-            if self.counters.get(&be(*addr), 0).is_err() {
+        for addr in gone(&old.peers6, &wanted.peers6) {
+            let _ = self.peers6.remove(&be(addr));
+        }
+        for addr in gone(&old.peers, &wanted.peers) {
+            let _ = self.peers.remove(&be(addr));
+            let _ = self.counters.remove(&be(addr));
+        }
+        // What is removed is no longer installed, whatever fails below.
+        self.installed
+            .routes
+            .retain(|n, _| wanted.routes.contains_key(n));
+        self.installed
+            .routes6
+            .retain(|n, _| wanted.routes6.contains_key(n));
+        self.installed
+            .peers6
+            .retain(|a, _| wanted.peers6.contains_key(a));
+        self.installed
+            .peers
+            .retain(|a, _| wanted.peers.contains_key(a));
+
+        for (addr, net) in changed(&self.installed.peers, &wanted.peers) {
+            if self.counters.get(&be(addr), 0).is_err() {
                 let zero = aya::maps::PerCpuValues::try_from(vec![
                     [0u64; 4];
                     aya::util::nr_cpus().map_err(
@@ -216,16 +331,34 @@ impl KernelPath {
                 ])
                 .map_err(bpf("counter values"))?;
                 self.counters
-                    .insert(be(*addr), zero, 0)
+                    .insert(be(addr), zero, 0)
                     .map_err(bpf("counters map"))?;
             }
             self.peers
-                .insert(be(*addr), [be(net.network()), be(net.netmask())], 0)
+                .insert(be(addr), [be(net.network()), be(net.netmask())], 0)
                 .map_err(bpf("peers map"))?;
+            self.installed.peers.insert(addr, net);
+        }
+        for (addr, net) in changed(&self.installed.peers6, &wanted.peers6) {
+            let mut value = [0u32; 8];
+            value[..4].copy_from_slice(&be6(net.network()));
+            value[4..].copy_from_slice(&be6(net.netmask()));
+            self.peers6
+                .insert(be(addr), value, 0)
+                .map_err(bpf("IPv6 peers map"))?;
+            self.installed.peers6.insert(addr, net);
+        }
+        for (net, addr) in changed(&self.installed.routes, &wanted.routes) {
             self.routes
-                .insert(&route_key(*net), be(*addr), 0)
+                .insert(&route_key(net), be(addr), 0)
                 .map_err(bpf("routes map"))?;
-            self.installed.insert(*addr, *net);
+            self.installed.routes.insert(net, addr);
+        }
+        for (net, addr) in changed(&self.installed.routes6, &wanted.routes6) {
+            self.routes6
+                .insert(&route_key6(net), be(addr), 0)
+                .map_err(bpf("IPv6 routes map"))?;
+            self.installed.routes6.insert(net, addr);
         }
         if !self.attached {
             let KernelPath {
@@ -461,7 +594,7 @@ impl KernelPath {
     /// Traffic per peer underlay address, summed over CPUs.
     pub(crate) fn counters(&self) -> HashMap<Ipv4Addr, KernelCounters> {
         let mut out = HashMap::new();
-        for addr in self.installed.keys() {
+        for addr in self.installed.peers.keys() {
             if let Ok(values) = self.counters.get(&be(*addr), 0) {
                 let mut c = KernelCounters::default();
                 for v in values.iter() {
@@ -479,6 +612,10 @@ impl KernelPath {
 
 fn route_key(net: Ipv4Net) -> Key<u32> {
     Key::new(u32::from(net.prefix_len()), be(net.network()))
+}
+
+fn route_key6(net: Ipv6Net) -> Key<[u32; 4]> {
+    Key::new(u32::from(net.prefix_len()), be6(net.network()))
 }
 
 /// The interface that holds `addr` in the calling thread's network namespace.
@@ -536,4 +673,101 @@ pub(crate) fn detach(tun: &str) {
         detach_underlay(name);
         detach_bridge(name);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(node: &str, subnet: &str, subnet6: Option<&str>, underlay: [u8; 4]) -> Peer {
+        Peer {
+            node: node.into(),
+            subnet: subnet.parse().unwrap(),
+            subnet6: subnet6.map(|s| s.parse().unwrap()),
+            underlay: underlay.into(),
+            public_key: None,
+        }
+    }
+
+    #[test]
+    fn maps_follow_the_engines_first_claim_rules() {
+        let peers = [
+            peer("a", "10.0.1.0/24", Some("fd00:1::/64"), [192, 0, 2, 1]),
+            // Claims a's subnets again from another address: routed to a, but b may send
+            // from its own subnets (the engine admits by the sender's entry).
+            peer("b", "10.0.1.0/24", Some("fd00:1::/64"), [192, 0, 2, 2]),
+            // The same address as a: a's entry decides what it may send.
+            peer("c", "10.0.3.0/24", Some("fd00:3::/64"), [192, 0, 2, 1]),
+            // No IPv6 subnet: no IPv6 from or to it.
+            peer("d", "10.0.4.1/24", None, [192, 0, 2, 4]),
+        ];
+        let w = Wanted::of(&peers, true);
+        let a: Ipv4Addr = [192, 0, 2, 1].into();
+        let b: Ipv4Addr = [192, 0, 2, 2].into();
+        let d: Ipv4Addr = [192, 0, 2, 4].into();
+        let n4 = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let n6 = |s: &str| s.parse::<Ipv6Net>().unwrap();
+        assert_eq!(
+            w.peers,
+            HashMap::from([
+                (a, n4("10.0.1.0/24")),
+                (b, n4("10.0.1.0/24")),
+                (d, n4("10.0.4.0/24")),
+            ])
+        );
+        assert_eq!(
+            w.peers6,
+            HashMap::from([(a, n6("fd00:1::/64")), (b, n6("fd00:1::/64"))])
+        );
+        assert_eq!(
+            w.routes,
+            HashMap::from([
+                (n4("10.0.1.0/24"), a),
+                (n4("10.0.3.0/24"), a),
+                (n4("10.0.4.0/24"), d),
+            ])
+        );
+        assert_eq!(
+            w.routes6,
+            HashMap::from([(n6("fd00:1::/64"), a), (n6("fd00:3::/64"), a)])
+        );
+        // An IPv4-only tunnel carries no IPv6: the engine discards it.
+        let v4 = Wanted::of(&peers, false);
+        assert!(v4.peers6.is_empty() && v4.routes6.is_empty());
+        assert_eq!(v4.peers, w.peers);
+    }
+
+    #[test]
+    fn config_matches_the_programs_layout() {
+        let c = config(
+            [192, 0, 2, 1].into(),
+            "10.0.1.0/24".parse().unwrap(),
+            Some("fd00:1:2::/56".parse().unwrap()),
+            3,
+            4,
+            1,
+            8285,
+        );
+        let bytes: Vec<u8> = c.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes[..12], [192, 0, 2, 1, 10, 0, 1, 0, 255, 255, 255, 0]);
+        assert_eq!(c[3..8], [3, 4, 1, 8285, 1]);
+        assert_eq!(
+            bytes[32..48],
+            [0xfd, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            bytes[48..64],
+            [0xff; 7].iter().chain(&[0; 9]).copied().collect::<Vec<_>>()[..]
+        );
+        let v4 = config(
+            [192, 0, 2, 1].into(),
+            "10.0.1.0/24".parse().unwrap(),
+            None,
+            3,
+            4,
+            0,
+            0,
+        );
+        assert_eq!(v4[7..], [0; 9]);
+    }
 }
