@@ -88,6 +88,10 @@ pub fn topology(
     let my_as = cfg.node_as(me);
     let i_reflect = cfg.is_reflector(me);
     for l in leases.iter().filter(|l| l.node != me) {
+        // Sessions run over IPv4 (a lease without an IPv4 address is not admitted with BGP).
+        let Some(address) = l.public_ip() else {
+            continue;
+        };
         let kind = if cfg.node_to_node_mesh {
             PeerKind::NodeMesh
         } else if cfg.is_reflector(&l.node) {
@@ -97,7 +101,7 @@ pub fn topology(
         } else {
             continue;
         };
-        want.entry(IpAddr::V4(l.public_ip())).or_insert(WantPeer {
+        want.entry(IpAddr::V4(address)).or_insert(WantPeer {
             remote_as: cfg.node_as(&l.node),
             kind,
             node: Some(l.node.clone()),
@@ -553,8 +557,8 @@ mod tests {
     fn lease(name: &str, subnet: &str, ip: &str) -> Lease {
         Lease {
             node: name.into(),
-            subnet: subnet.parse().unwrap(),
-            public_net: format!("{ip}/24").parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
+            public_net: Some(format!("{ip}/24").parse().unwrap()),
             backend: BackendKind::Bgp,
             vtep_mac: None,
             wireguard_public_key: None,

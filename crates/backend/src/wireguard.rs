@@ -192,9 +192,9 @@ fn encrypt(
         if !wanted {
             continue;
         }
-        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.lease.subnet);
+        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.subnet);
         let lease = peer.lease;
-        moved.insert(lease.subnet);
+        moved.insert(peer.subnet);
         plan.path = match (&lease.wireguard_public_key, peer_key(peer)) {
             (None, _) => PeerPath::Skipped(
                 "wireguard: the peer publishes no WireGuard public key (not running WireGuard \
@@ -212,15 +212,15 @@ fn encrypt(
             (Some(text), Some(_)) => {
                 state.wireguard_peers.push(WireguardPeer {
                     node: lease.node.clone(),
-                    subnet: lease.subnet,
-                    underlay: lease.public_ip(),
+                    subnet: peer.subnet,
+                    underlay: peer.public_ip,
                     public_key: text.clone(),
                 });
                 PeerPath::Wireguard
             }
         };
         if matches!(plan.path, PeerPath::Skipped(_)) {
-            state.wireguard_blocked.push(lease.subnet);
+            state.wireguard_blocked.push(peer.subnet);
         }
     }
     drop_clear_objects(&mut state, &moved);
