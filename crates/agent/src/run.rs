@@ -122,11 +122,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let node_path = node::node_file(&opts.data_dir);
     let previous: Option<NodeFile> = files::read_json(&node_path).unwrap_or(None);
-    let previous_subnet = previous
-        .filter(|n| n.node == opts.node_name)
-        .map(|n| IpNet::V4(n.subnet));
+    let previous = previous.filter(|n| n.node == opts.node_name);
     // A node file of ours means an agent ran here before: this start is a restart.
-    let restarting = previous_subnet.is_some();
+    let restarting = previous.is_some();
+    // The subnet it held: the IPv4 one, or in an IPv6-only cluster the IPv6 one.
+    let previous_subnet =
+        previous.and_then(|n| n.subnet.map(IpNet::V4).or_else(|| n.subnet6.map(IpNet::V6)));
     // A leave marker of an earlier `twill node leave` must not make this run leave.
     lease::clear_leave_marker(&store, &opts.node_name).await?;
     // WireGuard: this node's key (made at the first start, the same after a restart), whose
@@ -153,7 +154,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     info!(subnet = %node.subnet, subnet6 = ?node.subnet6, key = %held.key, "lease held");
     let node_file = NodeFile {
         node: opts.node_name.clone(),
-        subnet: node.subnet,
+        subnet: Some(node.subnet),
         mtu: backend.pod_mtu(&node),
         backend: config.backend.kind,
         cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
@@ -709,7 +710,7 @@ impl Agent {
         if (subnet, held.lease.subnet6) != (self.node.subnet, self.node.subnet6) {
             self.node.subnet = subnet;
             self.node.subnet6 = held.lease.subnet6;
-            self.node_file.subnet = subnet;
+            self.node_file.subnet = Some(subnet);
             self.node_file.subnet6 = held.lease.subnet6;
             files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }
