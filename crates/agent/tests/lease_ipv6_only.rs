@@ -3,7 +3,7 @@
 //! (`/twill/leases/0.0.0.0-0&<subnet>-<len>`, as Flannel names it); nodes joining at once get
 //! distinct subnets, a restart keeps the subnet, a full pool is a clear error, `node leave`
 //! frees a subnet, an unrenewed lease expires and is leased again; peers' records are admitted
-//! only when they fit the cluster.
+//! only when they fit the cluster. etcd is reached over IPv4 and over IPv6 (`etcd://[::1]:PORT`).
 
 mod common;
 
@@ -140,6 +140,15 @@ async fn etcd_ipv6_only_leases() {
     let store = Store::connect(&etcd.url()).await.unwrap();
     joins_and_restart(store.clone()).await;
     full_leave_and_expiry(Store::connect(&etcd.url()).await.unwrap()).await;
+}
+
+/// A node on an IPv6-only underlay names its etcd by an IPv6 address.
+#[tokio::test]
+async fn etcd_over_ipv6_ipv6_only_leases() {
+    let etcd = EtcdServer::start_ipv6();
+    assert!(etcd.url().starts_with("etcd://[::1]:"), "{}", etcd.url());
+    let store = Store::connect(&etcd.url()).await.unwrap();
+    joins_and_restart(store).await;
 }
 
 #[tokio::test]

@@ -208,6 +208,11 @@ fn store_endpoints_from_urls() {
         ["10.0.0.1:2379", "10.0.0.2:2381"]
     );
     assert_eq!(eps("etcds://https://10.0.0.3:2379/"), ["10.0.0.3:2379"]);
+    // IPv6 endpoints (a node of an IPv6-only underlay).
+    assert_eq!(
+        eps("etcd://[fd00:1::1]:2379,http://[::1]:2381/"),
+        ["[fd00:1::1]:2379", "[::1]:2381"]
+    );
     assert!(eps("embedded").is_empty());
     assert!(eps("embedded:/var/lib/twill/store.redb").is_empty());
 }
