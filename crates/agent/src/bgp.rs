@@ -97,6 +97,11 @@ pub fn topology(
     let my_as = cfg.node_as(me);
     let i_reflect = cfg.is_reflector(me);
     for l in leases.iter().filter(|l| l.node != me) {
+        // An IPv4 session always (a lease without an IPv4 address is not admitted with BGP),
+        // and an IPv6 one too when both ends have an IPv6 underlay.
+        let Some(address) = l.public_ip() else {
+            continue;
+        };
         let kind = if cfg.node_to_node_mesh {
             PeerKind::NodeMesh
         } else if cfg.is_reflector(&l.node) {
@@ -116,7 +121,7 @@ pub fn topology(
         if let Some(ip6) = l.public_ip6().filter(|_| underlay6) {
             want.entry(IpAddr::V6(ip6)).or_insert(peer.clone());
         }
-        want.entry(IpAddr::V4(l.public_ip())).or_insert(peer);
+        want.entry(IpAddr::V4(address)).or_insert(peer);
     }
     let external = cfg.peers.iter().chain(store_peers);
     for p in external.filter(|p| p.node.as_deref().is_none_or(|n| n == me)) {
@@ -641,8 +646,8 @@ mod tests {
     fn lease(name: &str, subnet: &str, ip: &str) -> Lease {
         Lease {
             node: name.into(),
-            subnet: subnet.parse().unwrap(),
-            public_net: format!("{ip}/24").parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
+            public_net: Some(format!("{ip}/24").parse().unwrap()),
             backend: BackendKind::Bgp,
             vtep_mac: None,
             wireguard_public_key: None,

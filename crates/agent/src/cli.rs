@@ -112,20 +112,25 @@ pub async fn cluster_init(
         None => Store::connect_or_create_with(&store_at.url, &auth).await?,
     };
     store.put(CONFIG_KEY, value.as_bytes(), None).await?;
-    // "2 pool(s)" as before; a dual-stack config adds its IPv6 pools: "1 pool(s) + 1 IPv6".
-    let ipv6 = match config.ipv6_pools.len() {
-        0 => String::new(),
-        n => format!(" + {n} IPv6"),
-    };
     println!(
-        "cluster config written to {}: {} pool(s){ipv6}, backend {}",
+        "cluster config written to {}: {}, backend {}",
         store.describe(),
-        config.pools.len(),
+        pools_summary(&config),
         serde_json::to_value(config.backend.kind)?
             .as_str()
             .unwrap_or("?")
     );
     Ok(0)
+}
+
+/// The pools of `cluster init`'s summary: "2 pool(s)" as before; a dual-stack config adds its
+/// IPv6 pools ("1 pool(s) + 1 IPv6"), an IPv6-only one has only those.
+fn pools_summary(config: &ClusterConfig) -> String {
+    match (config.pools.len(), config.ipv6_pools.len()) {
+        (n, 0) => format!("{n} pool(s)"),
+        (0, n6) => format!("{n6} IPv6 pool(s), IPv6-only"),
+        (n, n6) => format!("{n} pool(s) + {n6} IPv6"),
+    }
 }
 
 /// The backends this build's agent runs.
@@ -841,7 +846,26 @@ pub async fn bgp_peer_del(
 
 #[cfg(test)]
 mod tests {
-    use super::PeerPasswordArgs;
+    use super::{PeerPasswordArgs, pools_summary};
+    use twill_types::cluster::ClusterConfig;
+
+    #[test]
+    fn pools_summary_counts_each_family() {
+        let summary = |text: &str| pools_summary(&ClusterConfig::parse(text).unwrap());
+        assert_eq!(summary(r#"{"Network":"10.244.0.0/16"}"#), "1 pool(s)");
+        assert_eq!(
+            summary(
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#
+            ),
+            "1 pool(s) + 1 IPv6"
+        );
+        assert_eq!(
+            summary(
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#
+            ),
+            "1 IPv6 pool(s), IPv6-only"
+        );
+    }
 
     #[test]
     fn peer_password_args() {

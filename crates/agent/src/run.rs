@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -83,6 +83,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     files::private_dir(&opts.data_dir)?;
     let store = connect(&opts.store, &opts.etcd).await?;
     let config = wait_for_config(&store).await?;
+    if config.pools.is_empty() {
+        // Leases of IPv6-only clusters work (crate::lease); the backends, the host guard and
+        // the plugin's node file still need this node's IPv4 subnet.
+        bail!(
+            "this cluster is IPv6-only (it has no IPv4 pool), and this agent does not run \
+             IPv6-only nodes yet: add an IPv4 pool (dual-stack)"
+        );
+    }
     let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let underlay = underlay::discover(opts.iface.as_deref(), opts.public_ip)?;
     // Checked whatever the cluster (a wrong --public-ipv6 is an error, not ignored), used
@@ -114,11 +122,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let node_path = node::node_file(&opts.data_dir);
     let previous: Option<NodeFile> = files::read_json(&node_path).unwrap_or(None);
-    let previous_subnet = previous
-        .filter(|n| n.node == opts.node_name)
-        .map(|n| n.subnet);
+    let previous = previous.filter(|n| n.node == opts.node_name);
     // A node file of ours means an agent ran here before: this start is a restart.
-    let restarting = previous_subnet.is_some();
+    let restarting = previous.is_some();
+    // The subnet it held: the IPv4 one, or in an IPv6-only cluster the IPv6 one.
+    let previous_subnet =
+        previous.and_then(|n| n.subnet.map(IpNet::V4).or_else(|| n.subnet6.map(IpNet::V6)));
     // A leave marker of an earlier `twill node leave` must not make this run leave.
     lease::clear_leave_marker(&store, &opts.node_name).await?;
     // WireGuard: this node's key (made at the first start, the same after a restart), whose
@@ -137,12 +146,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.lease_ttl,
     )
     .await?;
-    node.subnet = held.lease.subnet;
+    node.subnet = held
+        .lease
+        .subnet
+        .with_context(|| format!("{} holds no IPv4 subnet", held.key))?;
     node.subnet6 = held.lease.subnet6;
     info!(subnet = %node.subnet, subnet6 = ?node.subnet6, key = %held.key, "lease held");
     let node_file = NodeFile {
         node: opts.node_name.clone(),
-        subnet: node.subnet,
+        subnet: Some(node.subnet),
         mtu: backend.pod_mtu(&node),
         backend: config.backend.kind,
         cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
@@ -687,14 +699,18 @@ impl Agent {
             &self.store,
             &self.config,
             lease,
-            Some(subnet),
+            Some(IpNet::V4(subnet)),
             self.opts.lease_ttl,
         )
         .await?;
-        if (held.lease.subnet, held.lease.subnet6) != (self.node.subnet, self.node.subnet6) {
-            self.node.subnet = held.lease.subnet;
+        let subnet = held
+            .lease
+            .subnet
+            .with_context(|| format!("{} holds no IPv4 subnet", held.key))?;
+        if (subnet, held.lease.subnet6) != (self.node.subnet, self.node.subnet6) {
+            self.node.subnet = subnet;
             self.node.subnet6 = held.lease.subnet6;
-            self.node_file.subnet = held.lease.subnet;
+            self.node_file.subnet = Some(subnet);
             self.node_file.subnet6 = held.lease.subnet6;
             files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }

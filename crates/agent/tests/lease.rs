@@ -22,12 +22,9 @@ async fn twenty_concurrent_joins(store: Store) {
     let cfg = config(r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
     let mut subnets = HashSet::new();
     for held in join_at_once(&store, &cfg, 20, wanted).await {
-        assert!(cfg.pools[0].cidr.contains(&held.lease.subnet));
-        assert!(
-            subnets.insert(held.lease.subnet),
-            "subnet {} given twice",
-            held.lease.subnet
-        );
+        let subnet = held.lease.subnet.unwrap();
+        assert!(cfg.pools[0].cidr.contains(&subnet));
+        assert!(subnets.insert(subnet), "subnet {subnet} given twice");
     }
     let (kvs, _) = store.list(LEASES_PREFIX).await.unwrap();
     assert_eq!(kvs.len(), 20);
@@ -66,7 +63,7 @@ async fn restart_reuses_leave_frees_full_errs(store: Store) {
         "{msg}"
     );
     let released = lease::release_node(&store, "a").await.unwrap();
-    assert_eq!(released, vec![first.lease.subnet]);
+    assert_eq!(released, vec![first.lease.key_subnet().unwrap()]);
     // The leave is marked, so a's running agent leaves instead of leasing again; an agent
     // started later clears the mark and joins.
     assert!(lease::leave_marker(&store, "a").await.unwrap());
@@ -79,7 +76,7 @@ async fn restart_reuses_leave_frees_full_errs(store: Store) {
     assert_eq!(b.lease.subnet, first.lease.subnet);
     // A node that comes back after leaving, with its old subnet taken, gets another or an error.
     assert!(
-        lease::acquire(&store, &cfg, wanted("a"), Some(first.lease.subnet), TTL)
+        lease::acquire(&store, &cfg, wanted("a"), first.lease.key_subnet(), TTL)
             .await
             .is_err()
     );
@@ -92,7 +89,7 @@ async fn duplicate_node_name_is_refused(store: Store) {
         .await
         .unwrap();
     let mut other = wanted("twin");
-    other.public_net = "192.168.0.77/24".parse().unwrap();
+    other.public_net = Some("192.168.0.77/24".parse().unwrap());
     let err = lease::acquire(&store, &cfg, other, None, TTL)
         .await
         .unwrap_err();
@@ -129,7 +126,7 @@ async fn unrenewed_lease_expires(store: Store) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The node's preferred (previous) subnet is given back to it when free.
-    let back = lease::acquire(&store, &cfg, wanted("short"), Some(held.lease.subnet), TTL)
+    let back = lease::acquire(&store, &cfg, wanted("short"), held.lease.key_subnet(), TTL)
         .await
         .unwrap();
     assert_eq!(back.lease.subnet, held.lease.subnet);

@@ -64,7 +64,7 @@ async fn joins_restart_and_upgrade(store: Store) {
         let subnet6 = record
             .subnet6
             .expect("a dual-stack lease has an IPv6 subnet");
-        assert_eq!(Some(subnet6), subnet6_for(&cfg, record.subnet));
+        assert_eq!(Some(subnet6), subnet6_for(&cfg, record.subnet.unwrap()));
         assert!(cfg.ipv6_pools[0].cidr.contains(&subnet6), "{subnet6}");
         assert!(subnets6.insert(subnet6), "{subnet6} given twice");
         assert_eq!(record.public_net6, wanted("x").public_net6);
@@ -86,7 +86,7 @@ async fn joins_restart_and_upgrade(store: Store) {
     // An older agent's lease, without an IPv6 subnet: the upgraded agent completes it in place.
     let subnet: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
     let mut old = wanted("old");
-    (old.subnet, old.subnet6, old.public_net6) = (subnet, None, None);
+    (old.subnet, old.subnet6, old.public_net6) = (Some(subnet), None, None);
     let store_lease = store.grant_lease(TTL).await.unwrap();
     store
         .put(
@@ -101,13 +101,13 @@ async fn joins_restart_and_upgrade(store: Store) {
         .unwrap();
     assert_eq!(upgraded.key, lease_key(subnet));
     let record = stored(&store, &cfg, &upgraded.key).await;
-    assert_eq!(record.subnet, subnet);
+    assert_eq!(record.subnet, Some(subnet));
     assert_eq!(record.subnet6, Some("fd00:10:0:c8::/64".parse().unwrap()));
 
     // A record whose IPv6 subnet is not the derived one (forged, or another config's) is not
     // admitted: it would route someone else's pods to that node.
     let mut forged = record.clone();
-    forged.subnet6 = Some(subnet6_for(&cfg, first.lease.subnet).unwrap());
+    forged.subnet6 = Some(subnet6_for(&cfg, first.lease.subnet.unwrap()).unwrap());
     let key = lease_key(subnet);
     let err = lease::admit_entry(&cfg, &key, &serde_json::to_vec(&forged).unwrap()).unwrap_err();
     assert!(err.contains("is not the IPv6 subnet"), "{err}");

@@ -77,8 +77,8 @@ mod tests {
     fn lease(name: &str, subnet: &str, public: &str) -> Lease {
         Lease {
             node: name.into(),
-            subnet: subnet.parse::<Ipv4Net>().unwrap(),
-            public_net: public.parse().unwrap(),
+            subnet: Some(subnet.parse::<Ipv4Net>().unwrap()),
+            public_net: Some(public.parse().unwrap()),
             backend: BackendKind::Bgp,
             vtep_mac: None,
             wireguard_public_key: None,

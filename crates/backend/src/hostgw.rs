@@ -48,7 +48,7 @@ impl Backend for HostGw {
                 None => PeerPath::Skipped(format!(
                     "host-gw: peer {} is not on this node's L2 segment {}; use vxlan or \
                      DirectRouting",
-                    peer.lease.public_ip(),
+                    peer.public_ip,
                     node.public_net.trunc()
                 )),
             };

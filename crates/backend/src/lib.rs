@@ -131,8 +131,8 @@ fn lease_of(
 ) -> Lease {
     Lease {
         node: node.name.clone(),
-        subnet: node.subnet,
-        public_net: node.public_net,
+        subnet: Some(node.subnet),
+        public_net: Some(node.public_net),
         backend,
         vtep_mac,
         // The agent adds it: the key is its, not the backend's.

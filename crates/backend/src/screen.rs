@@ -6,13 +6,17 @@
 //! would route pod traffic into the underlay, to this node itself or on top of another
 //! peer's subnet is refused rather than programmed.
 //!
+//! Only leases with an IPv4 subnet and an IPv4 underlay address become peers here: the agent
+//! admits no other lease in a cluster with IPv4 pools (an IPv6-only lease, or a node without
+//! an IPv4 underlay, has no IPv4 path for these backends to program).
+//!
 //! The IPv6 part of a lease (its IPv6 subnet and underlay address) is screened on its own
 //! ([`screen6`], for the backends that carry IPv6): when it is unusable only that part is
 //! ignored, with the reason, and the peer's IPv4 part is programmed as ever.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv6Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use twill_types::cluster::{MAX_BLOCK_SIZE6, overlaps};
 use twill_types::desired::{PeerPath, PeerPlan, RouteSpec};
 use twill_types::lease::Lease;
@@ -22,6 +26,9 @@ use crate::LocalNode;
 /// A peer's lease, and why it cannot be programmed at all (if it cannot).
 pub(crate) struct Peer<'a> {
     pub lease: &'a Lease,
+    /// The lease's IPv4 subnet and underlay address.
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
     pub problem: Option<String>,
     /// Its IPv6 subnet once [`screen6`] admitted it, or why its IPv6 part is ignored; None
     /// when the lease has no IPv6 subnet (or the backend carries no IPv6).
@@ -31,13 +38,13 @@ pub(crate) struct Peer<'a> {
 impl Peer<'_> {
     /// The peer shares the node's L2 segment, so a plain route via its address works.
     pub fn on_segment(&self, node: &LocalNode) -> bool {
-        node.public_net.contains(&self.lease.public_ip())
+        node.public_net.contains(&self.public_ip)
     }
 
     pub fn direct_route(&self, node: &LocalNode) -> RouteSpec {
         RouteSpec {
-            dst: self.lease.subnet.into(),
-            via: self.lease.public_ip().into(),
+            dst: self.subnet.into(),
+            via: self.public_ip.into(),
             dev: node.underlay_dev.clone(),
             onlink: false,
         }
@@ -77,8 +84,8 @@ impl Peer<'_> {
             .is_some_and(|p| !matches!(p, PeerPath::Skipped(_)));
         PeerPlan {
             node: self.lease.node.clone(),
-            subnet: self.lease.subnet,
-            public_ip: self.lease.public_ip(),
+            subnet: self.subnet,
+            public_ip: self.public_ip,
             path,
             subnet6: self.lease.subnet6.filter(|_| programmed6),
             path6,
@@ -86,18 +93,26 @@ impl Peer<'_> {
     }
 }
 
-/// The peers sorted by subnet, without this node's own lease (the one with its subnet) and
-/// without exact duplicates.
+/// The peers sorted by subnet, without this node's own lease (the one with its subnet),
+/// without exact duplicates and without leases lacking an IPv4 subnet or underlay address.
 pub(crate) fn screen<'a>(node: &LocalNode, peers: &'a [Lease]) -> Vec<Peer<'a>> {
-    let mut leases: Vec<&Lease> = peers.iter().filter(|l| l.subnet != node.subnet).collect();
+    let mut leases: Vec<&Lease> = peers
+        .iter()
+        .filter(|l| l.subnet != Some(node.subnet))
+        .collect();
     leases.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     leases.dedup();
     let mut peers: Vec<Peer> = leases
         .into_iter()
-        .map(|lease| Peer {
-            lease,
-            problem: problem(node, lease),
-            v6: None,
+        .filter_map(|lease| {
+            let (subnet, public_ip) = (lease.subnet?, lease.public_ip()?);
+            Some(Peer {
+                lease,
+                subnet,
+                public_ip,
+                problem: problem(node, lease, subnet, public_ip),
+                v6: None,
+            })
         })
         .collect();
     mark_overlaps(&mut peers);
@@ -107,9 +122,9 @@ pub(crate) fn screen<'a>(node: &LocalNode, peers: &'a [Lease]) -> Vec<Peer<'a>> 
 /// A total order (so equal inputs in any order give equal outputs), subnet first.
 fn sort_key(l: &Lease) -> impl Ord + '_ {
     (
-        (u32::from(l.subnet.network()), l.subnet.prefix_len()),
+        l.subnet.map(|s| (u32::from(s.network()), s.prefix_len())),
         &l.node,
-        (l.public_net.addr(), l.public_net.prefix_len()),
+        l.public_net.map(|n| (n.addr(), n.prefix_len())),
         l.backend.name(),
         l.vtep_mac,
         (l.subnet6, l.public_net6, l.vtep_mac6),
@@ -117,9 +132,7 @@ fn sort_key(l: &Lease) -> impl Ord + '_ {
 }
 
 /// What makes a lease unusable on its own.
-fn problem(node: &LocalNode, lease: &Lease) -> Option<String> {
-    let subnet = lease.subnet;
-    let ip = lease.public_ip();
+fn problem(node: &LocalNode, lease: &Lease, subnet: Ipv4Net, ip: Ipv4Addr) -> Option<String> {
     let segment = node.public_net.trunc();
     let problem = if lease.node == node.name {
         "the lease carries this node's own name (a stale lease of this node?)".to_string()
@@ -165,7 +178,7 @@ fn mark_overlaps(peers: &mut [Peer]) {
         .enumerate()
         .filter(|(_, peer)| peer.problem.is_none())
         .map(|(i, peer)| {
-            let subnet = peer.lease.subnet;
+            let subnet = peer.subnet;
             (
                 i,
                 u128::from(u32::from(subnet.network())),
@@ -178,11 +191,11 @@ fn mark_overlaps(peers: &mut [Peer]) {
             let others: Vec<String> = run
                 .iter()
                 .filter(|&&j| j != i)
-                .map(|&j| format!("{} ({})", peers[j].lease.node, peers[j].lease.subnet))
+                .map(|&j| format!("{} ({})", peers[j].lease.node, peers[j].subnet))
                 .collect();
             peers[i].problem = Some(format!(
                 "subnet {} overlaps the subnet of {}; neither is programmed until one leaves",
-                peers[i].lease.subnet,
+                peers[i].subnet,
                 others.join(", ")
             ));
         }

@@ -93,11 +93,11 @@ impl Tunnel {
                 "{kind}: the peer runs the {} backend and cannot decapsulate {kind}",
                 lease.backend
             ))
-        } else if by_address[&lease.public_ip()].len() > 1 {
+        } else if by_address[&peer.public_ip].len() > 1 {
             Some(format!(
                 "{kind}: underlay address {} is published by several nodes ({})",
-                lease.public_ip(),
-                by_address[&lease.public_ip()].join(", ")
+                peer.public_ip,
+                by_address[&peer.public_ip].join(", ")
             ))
         } else {
             None
@@ -119,7 +119,7 @@ impl Backend for Tunnel {
         let mut by_address: BTreeMap<Ipv4Addr, Vec<&str>> = BTreeMap::new();
         for peer in peers.iter().filter(|p| p.problem.is_none()) {
             by_address
-                .entry(peer.lease.public_ip())
+                .entry(peer.public_ip)
                 .or_default()
                 .push(&peer.lease.node);
         }
@@ -150,8 +150,8 @@ impl Backend for Tunnel {
                 PeerPath::Skipped(reason.clone())
             } else {
                 state.routes.push(RouteSpec {
-                    dst: lease.subnet.into(),
-                    via: lease.subnet.network().into(),
+                    dst: peer.subnet.into(),
+                    via: peer.subnet.network().into(),
                     dev: DEVICE.to_string(),
                     onlink: true,
                 });
@@ -188,8 +188,8 @@ impl Backend for Tunnel {
             if path == self.path() || tunnelled6.is_some() {
                 state.tunnel_peers.push(TunnelPeer {
                     node: lease.node.clone(),
-                    subnet: lease.subnet,
-                    underlay: lease.public_ip(),
+                    subnet: peer.subnet,
+                    underlay: peer.public_ip,
                     subnet6: tunnelled6,
                 });
             }

@@ -306,7 +306,7 @@ impl Backend for Vxlan {
         let mut on_vtep4 = Vec::new();
         let mut on_vtep6 = Vec::new();
         for (i, peer) in peers.iter().enumerate() {
-            let ip4 = IpAddr::V4(peer.lease.public_ip());
+            let ip4 = IpAddr::V4(peer.public_ip);
             if let Plan::Encap(mac) = plans[i] {
                 on_vtep4.push((i, mac, ip4));
             }
@@ -360,7 +360,7 @@ impl Backend for Vxlan {
                 }
             };
         for ((peer, plan), plan6) in peers.iter().zip(plans).zip(plans6) {
-            let ip4 = IpAddr::V4(peer.lease.public_ip());
+            let ip4 = IpAddr::V4(peer.public_ip);
             let path = match plan {
                 Plan::Skip(reason) => PeerPath::Skipped(reason),
                 Plan::Direct => {
@@ -368,11 +368,11 @@ impl Backend for Vxlan {
                     PeerPath::Direct
                 }
                 Plan::Encap(mac) => {
-                    let gateway: Ipv4Addr = peer.lease.subnet.network();
+                    let gateway: Ipv4Addr = peer.subnet.network();
                     encap(
                         &mut state,
                         &dev,
-                        peer.lease.subnet.into(),
+                        peer.subnet.into(),
                         gateway.into(),
                         mac,
                         ip4,

@@ -230,9 +230,9 @@ fn encrypt(
         if !wanted {
             continue;
         }
-        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.lease.subnet);
+        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.subnet);
         let lease = peer.lease;
-        moved.insert(lease.subnet);
+        moved.insert(peer.subnet);
         // The IPv6 subnet, once screened; the inner backend planned nothing for one that
         // was refused (it screened it the same way).
         let subnet6 = match &peer.v6 {
@@ -260,8 +260,8 @@ fn encrypt(
                 let carried6 = subnet6.filter(|_| mtu >= IPV6_MIN_MTU);
                 state.wireguard_peers.push(WireguardPeer {
                     node: lease.node.clone(),
-                    subnet: lease.subnet,
-                    underlay: lease.public_ip(),
+                    subnet: peer.subnet,
+                    underlay: peer.public_ip,
                     public_key: text.clone(),
                     subnet6: carried6,
                 });
@@ -269,7 +269,7 @@ fn encrypt(
             }
         };
         if let PeerPath::Skipped(_) = &plan.path {
-            state.wireguard_blocked.push(lease.subnet);
+            state.wireguard_blocked.push(peer.subnet);
         }
         plan.path6 = peer.v6.as_ref().map(|v6| match (v6, &plan.path) {
             (Err(reason), _) => PeerPath::Skipped(reason.clone()),

@@ -134,8 +134,8 @@ fn local_leases() {
         l,
         Lease {
             node: "node-a".into(),
-            subnet: n.subnet,
-            public_net: n.public_net,
+            subnet: Some(n.subnet),
+            public_net: Some(n.public_net),
             backend: BackendKind::Vxlan,
             vtep_mac: Some("ee:a1:74:b0:d8:83".parse().unwrap()),
             wireguard_public_key: None,
@@ -332,7 +332,7 @@ fn bad_leases_are_skipped_with_a_reason() {
     }
     // Only the good peer is programmed.
     assert_eq!(state.routes.len(), 1);
-    assert_eq!(state.routes[0].dst, good.subnet.into());
+    assert_eq!(state.routes[0].dst, good.subnet.unwrap().into());
     assert_eq!(state.neighbours.len(), 1);
     assert_eq!(state.fdb.len(), 1);
     assert_eq!(state.peers.len(), broken.len());
@@ -410,8 +410,8 @@ fn arb_lease() -> impl Strategy<Value = Lease> {
             .unwrap();
             Lease {
                 node: format!("node-{}", (b'a' + name) as char),
-                subnet,
-                public_net,
+                subnet: Some(subnet),
+                public_net: Some(public_net),
                 backend: if vx {
                     BackendKind::Vxlan
                 } else {

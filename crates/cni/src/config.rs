@@ -327,10 +327,17 @@ impl NetConf {
                     )));
                 }
                 Some(node) => {
-                    // IPv4 first: the result lists the pod's addresses in this order.
-                    let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(node.subnet))
+                    // IPv4 first: the result lists the pod's addresses in this order. A node
+                    // of an IPv6-only cluster has only its IPv6 subnet.
+                    let subnets: Vec<IpNet> = (node.subnet.map(IpNet::V4).into_iter())
                         .chain(node.subnet6.map(IpNet::V6))
                         .collect();
+                    if subnets.is_empty() {
+                        return Err(invalid(format!(
+                            "node file {} has neither subnet nor subnet6",
+                            node::node_file(&data_dir).display()
+                        )));
+                    }
                     for subnet in &subnets {
                         check_not_reserved(subnet).map_err(|m| {
                             invalid(format!(

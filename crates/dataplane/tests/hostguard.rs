@@ -20,8 +20,8 @@ fn net(s: &str) -> Ipv4Net {
 fn lease(node: &str, subnet: &str, public: &str) -> Lease {
     Lease {
         node: node.into(),
-        subnet: net(subnet),
-        public_net: net(public),
+        subnet: Some(net(subnet)),
+        public_net: Some(net(public)),
         backend: BackendKind::Vxlan,
         vtep_mac: None,
         wireguard_public_key: None,
@@ -208,6 +208,11 @@ fn store_endpoints_from_urls() {
         ["10.0.0.1:2379", "10.0.0.2:2381"]
     );
     assert_eq!(eps("etcds://https://10.0.0.3:2379/"), ["10.0.0.3:2379"]);
+    // IPv6 endpoints (a node of an IPv6-only underlay).
+    assert_eq!(
+        eps("etcd://[fd00:1::1]:2379,http://[::1]:2381/"),
+        ["[fd00:1::1]:2379", "[::1]:2381"]
+    );
     assert!(eps("embedded").is_empty());
     assert!(eps("embedded:/var/lib/twill/store.redb").is_empty());
 }
@@ -309,7 +314,7 @@ fn dual_spec(peers: &[Lease]) -> Spec {
 fn dual_peers() -> Vec<Lease> {
     let mut peers = peers();
     for p in &mut peers {
-        let n = p.subnet.network().octets()[2];
+        let n = p.subnet.unwrap().network().octets()[2];
         p.subnet6 = Some(format!("fd00:10:244:{n}::/64").parse().unwrap());
         if p.node != "h3" {
             p.public_net6 = Some(format!("fd00:100::1{n}/64").parse().unwrap());

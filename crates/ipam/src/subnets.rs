@@ -1,6 +1,7 @@
 //! Node subnets cut from the cluster's pools: which subnets a pool offers a node, and which one
 //! a joining node tries to lease, and the IPv6 subnet that goes with a node's IPv4 subnet in a
-//! dual-stack cluster.
+//! dual-stack cluster. In an IPv6-only cluster (no IPv4 pool) the IPv6 subnet is chosen
+//! directly from the IPv6 pools, the same way ([`pick_subnet6`]).
 //!
 //! Pure: the caller passes the subnets already leased (from the store) and a seed; the store's
 //! compare-and-swap on the lease key settles the race when two nodes still pick the same one.
@@ -60,7 +61,8 @@ pub fn pick_subnet(
         let cut = Cut::of(pool)?;
         let mixed = mix(seed ^ mix(i as u64));
         let mut index = mixed % cut.count;
-        let stride = coprime_stride(mix(mixed), cut.count);
+        let stride = coprime_stride(mix(mixed).into(), cut.count.into());
+        let stride = u64::try_from(stride).expect("a stride is below the count");
         for _ in 0..cut.count {
             let subnet = cut.nth(index);
             if !taken.overlaps(subnet) {
@@ -116,13 +118,114 @@ fn index4_of(config: &ClusterConfig, subnet4: Ipv4Net) -> Option<u128> {
 /// The `index`-th candidate of `pool`; `index` is below `pool.subnet_count()`, so the result
 /// lies between `subnet_min` and `subnet_max`.
 fn nth6(pool: &Pool6, index: u128) -> Option<Ipv6Net> {
-    let shift = 128 - u32::from(pool.block_size);
-    // A /0 block has one candidate, the whole space (and `<< 128` would overflow).
-    let addr = match shift {
-        128 => 0,
-        _ => ((u128::from(pool.subnet_min.network()) >> shift) + index) << shift,
-    };
-    Ipv6Net::new(Ipv6Addr::from(addr), pool.block_size).ok()
+    Cut6::of(pool).map(|cut| cut.nth(index))
+}
+
+/// Whether `subnet` is one of `pool`'s node subnets: of its block size, aligned, between
+/// `subnet_min` and `subnet_max`.
+pub fn is_candidate6(pool: &Pool6, subnet: Ipv6Net) -> bool {
+    Cut6::of(pool).is_some_and(|c| c.index_of(subnet).is_some())
+}
+
+/// Every node subnet of an IPv6 `pool`, from `subnet_min` to `subnet_max` in address order.
+/// Lazy: a /48 cut into /112s is not materialized.
+pub fn candidates6(pool: &Pool6) -> impl Iterator<Item = Ipv6Net> + use<> {
+    Cut6::of(pool)
+        .into_iter()
+        .flat_map(|cut| (0..cut.count).map(move |i| cut.nth(i)))
+}
+
+/// [`pick_subnet`] for an IPv6-only cluster: the IPv6 subnet a joining node should try to
+/// lease from `config.ipv6_pools`, or `None` when every IPv6 pool is full. Same rules:
+/// `preferred` wins when it is a free candidate, otherwise each pool is walked in a
+/// seed-derived order and the first candidate that overlaps nothing in `taken` is chosen;
+/// entries of `taken` outside every IPv6 pool are ignored.
+pub fn pick_subnet6(
+    config: &ClusterConfig,
+    taken: &HashSet<Ipv6Net>,
+    preferred: Option<Ipv6Net>,
+    seed: u64,
+) -> Option<Ipv6Net> {
+    let inside: Vec<(u128, u128)> = taken
+        .iter()
+        .filter(|t| counts_as_taken6(config, **t))
+        .map(|t| (u128::from(t.network()), u128::from(t.broadcast())))
+        .collect();
+    let taken = Taken::from_ranges(inside);
+    let overlaps =
+        |n: Ipv6Net| taken.overlaps_range(u128::from(n.network()), u128::from(n.broadcast()));
+    if let Some(subnet) = preferred
+        && !overlaps(subnet)
+        && config.ipv6_pools.iter().any(|p| is_candidate6(p, subnet))
+    {
+        return Some(subnet);
+    }
+    config.ipv6_pools.iter().enumerate().find_map(|(i, pool)| {
+        let cut = Cut6::of(pool)?;
+        let mixed = mix(seed ^ mix(i as u64));
+        let random = (u128::from(mixed) << 64) | u128::from(mix(mixed));
+        let mut index = random % cut.count;
+        let stride = coprime_stride(random.rotate_left(64), cut.count);
+        // A huge pool is never walked to its end: the walk stops at the first free candidate.
+        let mut left = cut.count;
+        while left > 0 {
+            let subnet = cut.nth(index);
+            if !overlaps(subnet) {
+                return Some(subnet);
+            }
+            index = (index + stride) % cut.count;
+            left -= 1;
+        }
+        None
+    })
+}
+
+/// [`counts_as_taken`] for the IPv6 pools.
+pub fn counts_as_taken6(config: &ClusterConfig, subnet: Ipv6Net) -> bool {
+    config.ipv6_pools.iter().any(|p| p.cidr.contains(&subnet))
+}
+
+/// An IPv6 pool's candidates as arithmetic, as [`Cut`] for IPv4: `count` blocks from the
+/// `first`-th block of the address space.
+#[derive(Clone, Copy)]
+struct Cut6 {
+    first: u128,
+    block: u8,
+    count: u128,
+}
+
+impl Cut6 {
+    /// `None` for a pool with no candidates (an invalid pool: validated configs have some).
+    fn of(pool: &Pool6) -> Option<Cut6> {
+        let count = pool.subnet_count();
+        let min = pool.subnet_min;
+        (count > 0 && min.addr() == min.network()).then(|| Cut6 {
+            first: block_index(min.network(), pool.block_size),
+            block: pool.block_size,
+            count,
+        })
+    }
+
+    fn nth(self, i: u128) -> Ipv6Net {
+        // A /0 block is the whole space (and `<< 128` would overflow).
+        let addr = (self.first + i)
+            .checked_shl(128 - u32::from(self.block))
+            .unwrap_or(0);
+        Ipv6Net::new(Ipv6Addr::from(addr), self.block).expect("block is a prefix length")
+    }
+
+    fn index_of(self, subnet: Ipv6Net) -> Option<u128> {
+        let aligned = subnet.addr() == subnet.network();
+        let offset = block_index(subnet.addr(), self.block).checked_sub(self.first)?;
+        (subnet.prefix_len() == self.block && aligned && offset < self.count).then_some(offset)
+    }
+}
+
+/// Which `block`-sized block of the IPv6 space `addr` lies in.
+fn block_index(addr: Ipv6Addr, block: u8) -> u128 {
+    u128::from(addr)
+        .checked_shr(128 - u32::from(block))
+        .unwrap_or(0)
 }
 
 /// A pool's candidates as arithmetic: `count` blocks of `2^(32 - block)` addresses from
@@ -164,17 +267,20 @@ impl Cut {
 }
 
 /// The taken subnets as sorted, merged address intervals, to test overlap whatever the
-/// prefix lengths.
-struct Taken(Vec<(u64, u64)>);
+/// prefix lengths (IPv4 addresses widened to `u128`, so both families share it).
+struct Taken(Vec<(u128, u128)>);
 
 impl Taken {
     fn new(taken: &HashSet<Ipv4Net>) -> Taken {
-        let mut ranges: Vec<(u64, u64)> = taken.iter().map(|n| span(*n)).collect();
+        Taken::from_ranges(taken.iter().map(|n| span(*n)).collect())
+    }
+
+    fn from_ranges(mut ranges: Vec<(u128, u128)>) -> Taken {
         ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
         for (start, end) in ranges {
             match merged.last_mut() {
-                Some(last) if start <= last.1 + 1 => last.1 = last.1.max(end),
+                Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
                 _ => merged.push((start, end)),
             }
         }
@@ -183,22 +289,26 @@ impl Taken {
 
     fn overlaps(&self, subnet: Ipv4Net) -> bool {
         let (start, end) = span(subnet);
+        self.overlaps_range(start, end)
+    }
+
+    fn overlaps_range(&self, start: u128, end: u128) -> bool {
         let i = self.0.partition_point(|r| r.1 < start);
         self.0.get(i).is_some_and(|r| r.0 <= end)
     }
 }
 
 /// First and last address of `net` (host bits ignored).
-fn span(net: Ipv4Net) -> (u64, u64) {
+fn span(net: Ipv4Net) -> (u128, u128) {
     (
-        u64::from(u32::from(net.network())),
-        u64::from(u32::from(net.broadcast())),
+        u128::from(u32::from(net.network())),
+        u128::from(u32::from(net.broadcast())),
     )
 }
 
 /// A stride in `1..count` (1 when `count` is 1) sharing no factor with `count`, so that
 /// stepping by it visits every index once.
-fn coprime_stride(random: u64, count: u64) -> u64 {
+fn coprime_stride(random: u128, count: u128) -> u128 {
     if count <= 2 {
         return 1;
     }
@@ -209,7 +319,7 @@ fn coprime_stride(random: u64, count: u64) -> u64 {
     stride
 }
 
-fn gcd(mut a: u64, mut b: u64) -> u64 {
+fn gcd(mut a: u128, mut b: u128) -> u128 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
@@ -422,7 +532,7 @@ mod tests {
     #[test]
     fn strides_are_coprime() {
         for count in 1..200 {
-            for random in [0, 1, 7, 12345, u64::MAX] {
+            for random in [0, 1, 7, 12345, u128::from(u64::MAX), u128::MAX] {
                 let s = coprime_stride(random, count);
                 assert!(s >= 1 && (count == 1 || s < count), "{count} {s}");
                 assert_eq!(gcd(s, count), 1, "{count} {s}");
@@ -579,6 +689,83 @@ mod tests {
         })
     }
 
+    fn config6(pools6: Vec<Pool6>) -> ClusterConfig {
+        let c = ClusterConfig {
+            pools: Vec::new(),
+            ipv6_pools: pools6,
+            backend: Backend::with_defaults(BackendKind::Vxlan),
+            bgp: None,
+            wireguard: None,
+            host_access: Default::default(),
+        };
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn ipv6_only_picks_from_the_ipv6_pools_until_full() {
+        let c = config6(vec![
+            pool6("x", 120, "fd00::100", "fd00::300"),
+            pool6("y", 64, "fd01:0:0:10::", "fd01:0:0:11::"),
+        ]);
+        assert!(is_candidate6(&c.ipv6_pools[0], net6("fd00::200/120")));
+        for not in [
+            "fd00::/120",
+            "fd00::400/120",
+            "fd00::280/121",
+            "fd00::201/120",
+        ] {
+            assert!(!is_candidate6(&c.ipv6_pools[0], net6(not)), "{not}");
+        }
+        let preferred = net6("fd01:0:0:11::/64");
+        assert_eq!(
+            pick_subnet6(&c, &HashSet::new(), Some(preferred), 1),
+            Some(preferred)
+        );
+        let mut taken = HashSet::new();
+        for seed in 0..5 {
+            let got = pick_subnet6(&c, &taken, None, seed).unwrap();
+            // The first pool fills first.
+            let first = taken.len() < 3;
+            assert_eq!(is_candidate6(&c.ipv6_pools[0], got), first, "{got}");
+            assert_eq!(is_candidate6(&c.ipv6_pools[1], got), !first, "{got}");
+            assert!(taken.insert(got), "{got} picked twice");
+        }
+        assert_eq!(pick_subnet6(&c, &taken, None, 9), None);
+        // Taken preferred: another one (none left here).
+        assert_eq!(pick_subnet6(&c, &taken, Some(preferred), 9), None);
+        // Stray keys outside the pools hold nothing back; a wider one inside does.
+        let stray: HashSet<Ipv6Net> = [net6("::/0"), net6("fd02::/64")].into();
+        assert!(pick_subnet6(&c, &stray, None, 3).is_some());
+        assert!(!counts_as_taken6(&c, net6("::/0")));
+        let wide: HashSet<Ipv6Net> = [net6("fd00::/118"), net6("fd01::/48")].into();
+        assert_eq!(pick_subnet6(&c, &wide, None, 3), None);
+    }
+
+    #[test]
+    fn ipv6_huge_pool_is_sampled_not_enumerated() {
+        let c = config6(vec![pool6(
+            "big",
+            122,
+            "fd00::",
+            "fd00:0:0:ffff:ffff:ffff:ffff:ffc0",
+        )]);
+        assert_eq!(
+            candidates6(&c.ipv6_pools[0]).nth(2),
+            Some(net6("fd00::80/122"))
+        );
+        let mut taken = HashSet::new();
+        for seed in 0..500 {
+            let got = pick_subnet6(&c, &taken, None, seed).unwrap();
+            assert!(is_candidate6(&c.ipv6_pools[0], got), "{got}");
+            assert!(taken.insert(got), "{got} picked twice");
+        }
+        assert_eq!(
+            pick_subnet6(&c, &HashSet::new(), None, 42),
+            pick_subnet6(&c, &HashSet::new(), None, 42)
+        );
+    }
+
     proptest! {
         #[test]
         fn picks_a_free_candidate_iff_one_exists((c, taken, preferred, seed) in arb_case()) {
@@ -645,6 +832,33 @@ mod tests {
             for t in taken {
                 if !c.pools.iter().any(|p| is_candidate(p, t)) {
                     prop_assert_eq!(subnet6_for(&c, t), None, "{}", t);
+                }
+            }
+        }
+
+        #[test]
+        fn ipv6_picks_a_free_candidate_iff_one_exists(
+            pools6 in arb_pools6().prop_filter("some pool", |p| !p.is_empty()),
+            taken in proptest::collection::vec((0u128..64, 0usize..4, 100u8..=124), 0..40),
+            seed in any::<u64>(),
+        ) {
+            let c = ClusterConfig { pools: Vec::new(), ipv6_pools: pools6, ..config(vec![pool("a", "10.1.0.0/24", 26, "10.1.0.64", "10.1.0.192")]) };
+            // Taken subnets near the start of the pools, of any length.
+            let taken: HashSet<Ipv6Net> = taken
+                .into_iter()
+                .map(|(n, i, len)| {
+                    let base = u128::from(Ipv6Addr::new(0xfd00, i as u16, 0, 0, 0, 0, 0, 0));
+                    Ipv6Net::new(Ipv6Addr::from(base + (n << (128 - u32::from(len)))), len).unwrap().trunc()
+                })
+                .collect();
+            let free = |n: Ipv6Net| !taken.iter().filter(|t| counts_as_taken6(&c, **t)).any(|t| t.contains(&n.network()) || n.contains(&t.network()));
+            // Small pools only are enumerated here.
+            let small = c.ipv6_pools.iter().all(|p| p.subnet_count() < 4096);
+            match pick_subnet6(&c, &taken, None, seed) {
+                None => prop_assert!(small && !c.ipv6_pools.iter().flat_map(candidates6).any(free)),
+                Some(got) => {
+                    prop_assert!(free(got), "{} overlaps a taken subnet", got);
+                    prop_assert!(c.ipv6_pools.iter().any(|p| is_candidate6(p, got)), "{} is no candidate", got);
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! runs) the pipe closes and the wrapper stops etcd, so no etcd outlives its test.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ exit "$status"
 pub struct EtcdServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
+    /// The loopback address of the client port: 127.0.0.1, or ::1 ([`EtcdServer::start_ipv6`]).
+    client_host: IpAddr,
     client_port: u16,
     peer_port: u16,
     /// Plain HTTP on loopback for `/health` (etcd's `--listen-metrics-urls`), whatever the
@@ -75,8 +77,8 @@ fn etcd_binary(configured: Option<std::ffi::OsString>) -> Result<PathBuf, String
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+fn free_port(host: IpAddr) -> u16 {
+    TcpListener::bind((host, 0))
         .and_then(|l| l.local_addr())
         .expect("binding a loopback port")
         .port()
@@ -87,16 +89,22 @@ impl EtcdServer {
     /// serves. Blocks the calling thread (about a second). Panics, saying why, when etcd is
     /// not installed or does not come up.
     pub fn start() -> EtcdServer {
-        Self::start_with(false)
+        Self::start_with(false, Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`EtcdServer::start`] with the client port on the IPv6 loopback address: the store URL
+    /// is `etcd://[::1]:PORT`, as a node of an IPv6-only underlay names its etcd.
+    pub fn start_ipv6() -> EtcdServer {
+        Self::start_with(false, Ipv6Addr::LOCALHOST.into())
     }
 
     /// [`EtcdServer::start`] with TLS on the client port and `--client-cert-auth`: a CA made
     /// for this server signs its certificate and one client certificate ([`EtcdServer::auth`]).
     pub fn start_tls() -> EtcdServer {
-        Self::start_with(true)
+        Self::start_with(true, Ipv4Addr::LOCALHOST.into())
     }
 
-    fn start_with(tls: bool) -> EtcdServer {
+    fn start_with(tls: bool, client_host: IpAddr) -> EtcdServer {
         let bin = etcd_binary(std::env::var_os(ETCD_BIN_ENV)).unwrap_or_else(|e| panic!("{e}"));
         let mut last_error = String::new();
         // Another process may grab a port between our probe and etcd's bind: try new ones.
@@ -116,9 +124,10 @@ impl EtcdServer {
             let mut server = EtcdServer {
                 bin: bin.clone(),
                 dir,
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
+                client_host,
+                client_port: free_port(client_host),
+                peer_port: free_port(Ipv4Addr::LOCALHOST.into()),
+                metrics_port: free_port(Ipv4Addr::LOCALHOST.into()),
                 pki,
                 running: None,
             };
@@ -135,10 +144,14 @@ impl EtcdServer {
         panic!("{last_error}");
     }
 
-    /// The store URL of this server, `etcd://127.0.0.1:PORT` (TLS or not: see
-    /// [`EtcdServer::auth`]).
+    /// The store URL of this server, `etcd://127.0.0.1:PORT` (or `etcd://[::1]:PORT`; TLS or
+    /// not: see [`EtcdServer::auth`]).
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.client_port)
+        format!("etcd://{}", self.client_addr())
+    }
+
+    fn client_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.client_host, self.client_port)
     }
 
     /// The credentials a client needs: the CA and client certificate with TLS, nothing
@@ -195,7 +208,7 @@ impl EtcdServer {
             .map_err(|e| format!("opening the etcd log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("etcd log: {e}"))?;
         let scheme = if self.pki.is_some() { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let client = format!("{scheme}://{}", self.client_addr());
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data = self.data_dir();
         let tls_args: Vec<String> = match &self.pki {
@@ -241,9 +254,9 @@ impl EtcdServer {
             if exited || Instant::now() > deadline {
                 running.finish("kill", STOP_WAIT);
                 return Err(format!(
-                    "etcd ({}) on 127.0.0.1:{} {}; its log ends:\n{}",
+                    "etcd ({}) on {} {}; its log ends:\n{}",
                     self.bin.display(),
-                    self.client_port,
+                    self.client_addr(),
                     if exited {
                         "exited during startup".to_string()
                     } else {

@@ -5,6 +5,7 @@
 //! |----------------------------------------------|-----------------------------------------|-------------------------------------|
 //! | `/twill/config`                              | the cluster config ([`ClusterConfig`])  | `twill cluster init`                |
 //! | `/twill/leases/<a.b.c.d>-<len>`              | a node subnet's [`Lease`], on a store lease with a TTL the node's agent keeps alive (Flannel's layout, under twill's prefix) | the node's agent |
+//! | `/twill/leases/0.0.0.0-0&<ipv6>-<len>`       | the same in an IPv6-only cluster, keyed by the node's IPv6 subnet (Flannel's key for a lease without IPv4 subnet) | the node's agent |
 //! | `/twill/leaving/<node>`                      | a leave marker: the node's agent leaves only when it finds one, a lease that disappears without it is leased again | `twill node leave` |
 //! | `/twill/bgp/peers/<address>[@<node>]`        | an external BGP peer ([`BgpPeer`]) for every node, or for one | `twill bgp peer add`  |
 //! | `/twill/policy/k8s/<namespace>/<name>`       | a Kubernetes NetworkPolicy              | `twill policy apply`                |
@@ -19,7 +20,7 @@
 //! [`Lease`]: crate::lease::Lease
 //! [`BgpPeer`]: crate::cluster::BgpPeer
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Key of the cluster config.
 pub const CONFIG_KEY: &str = "/twill/config";
@@ -58,12 +59,53 @@ pub fn lease_key(subnet: Ipv4Net) -> String {
     )
 }
 
-/// The subnet named by a lease key, if the key is one.
+/// The subnet named by a lease key, if the key is one of an IPv4 subnet.
 pub fn subnet_of_key(key: &str) -> Option<Ipv4Net> {
     let rest = key.strip_prefix(LEASES_PREFIX)?;
     let (addr, len) = rest.split_once('-')?;
     let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
     (net.network() == net.addr()).then_some(net)
+}
+
+/// What stands for the missing IPv4 subnet in the key of an IPv6-only lease: Flannel names
+/// such a lease `0.0.0.0-0&<IPv6 subnet>` (its empty IPv4 subnet, then the IPv6 one).
+const NO_IPV4_SUBNET: &str = "0.0.0.0-0&";
+
+/// The store key of a node's IPv6 subnet's lease in an IPv6-only cluster, as Flannel names
+/// it: `/twill/leases/0.0.0.0-0&fd00:10:244:3::-64` (the address in its canonical text).
+pub fn lease_key6(subnet6: Ipv6Net) -> String {
+    format!(
+        "{LEASES_PREFIX}{NO_IPV4_SUBNET}{}-{}",
+        subnet6.network(),
+        subnet6.prefix_len()
+    )
+}
+
+/// The IPv6 subnet named by an IPv6-only lease key, if the key is one exactly as
+/// [`lease_key6`] writes it (one subnet has one key: another spelling of the address, or
+/// host bits, is no lease key).
+pub fn subnet6_of_key(key: &str) -> Option<Ipv6Net> {
+    let rest = key
+        .strip_prefix(LEASES_PREFIX)?
+        .strip_prefix(NO_IPV4_SUBNET)?;
+    let (addr, len) = rest.rsplit_once('-')?;
+    let net = Ipv6Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    (net.network() == net.addr() && lease_key6(net) == key).then_some(net)
+}
+
+/// The store key of a lease keyed by `subnet` ([`Lease::key_subnet`](crate::lease::Lease::key_subnet)).
+pub fn lease_key_of(subnet: IpNet) -> String {
+    match subnet {
+        IpNet::V4(subnet) => lease_key(subnet),
+        IpNet::V6(subnet6) => lease_key6(subnet6),
+    }
+}
+
+/// The subnet named by a lease key of either kind.
+pub fn key_subnet_of_key(key: &str) -> Option<IpNet> {
+    subnet_of_key(key)
+        .map(IpNet::V4)
+        .or_else(|| subnet6_of_key(key).map(IpNet::V6))
 }
 
 /// The leave marker of `node`.
@@ -103,6 +145,31 @@ mod tests {
         assert_eq!(subnet_of_key("/twill/leases/10.244.3.1-24"), None);
         assert_eq!(subnet_of_key("/twill/config"), None);
         assert_eq!(subnet_of_key("/twill/leases/x-24"), None);
+    }
+
+    #[test]
+    fn ipv6_only_lease_keys_round_trip_as_flannel_names_them() {
+        let net: Ipv6Net = "fd00:10:244:3::/64".parse().unwrap();
+        let key = lease_key6(net);
+        assert_eq!(key, "/twill/leases/0.0.0.0-0&fd00:10:244:3::-64");
+        assert_eq!(subnet6_of_key(&key), Some(net));
+        assert_eq!(key_subnet_of_key(&key), Some(IpNet::V6(net)));
+        assert_eq!(lease_key_of(IpNet::V6(net)), key);
+        // Not an IPv4 lease key (an older agent ignores it).
+        assert_eq!(subnet_of_key(&key), None);
+        for not in [
+            "/twill/leases/0.0.0.0-0&fd00:10:244:3::1-64",
+            "/twill/leases/0.0.0.0-0&fd00:10:244:03::-64",
+            "/twill/leases/0.0.0.0-0&fd00:0010:244:3:0:0:0:0-64",
+            "/twill/leases/0.0.0.0-0&fd00:10:244:3::-129",
+            "/twill/leases/0.0.0.0-0&fd00:10:244:3::",
+            "/twill/leases/10.0.0.0-8&fd00:10:244:3::-64",
+            "/twill/leases/fd00:10:244:3::-64",
+        ] {
+            assert_eq!(key_subnet_of_key(not), None, "{not}");
+        }
+        let v4: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(key_subnet_of_key(&lease_key(v4)), Some(IpNet::V4(v4)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
@@ -15,11 +15,14 @@ use crate::cluster::BackendKind;
 pub struct Lease {
     /// The node's name (unique in the cluster).
     pub node: String,
-    /// The node's pod subnet.
-    pub subnet: Ipv4Net,
-    /// The node's underlay address, with the prefix of its underlay subnet: peers whose
-    /// `public_ip` lies in a node's `public_net` share its L2 segment.
-    pub public_net: Ipv4Net,
+    /// The node's IPv4 pod subnet; none in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// The node's IPv4 underlay address, with the prefix of its underlay subnet: peers whose
+    /// `public_ip` lies in a node's `public_net` share its L2 segment. None for a node with
+    /// an IPv6 underlay only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_net: Option<Ipv4Net>,
     /// The backend this node programs.
     pub backend: BackendKind,
     /// The MAC address of the node's VXLAN device (vxlan backend).
@@ -30,8 +33,9 @@ pub struct Lease {
     /// malformed one) is not programmed at all: never in clear instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_public_key: Option<String>,
-    /// The node's IPv6 pod subnet in a dual-stack cluster, leased with `subnet` in this one
-    /// record (Flannel's `IPv6Subnet`).
+    /// The node's IPv6 pod subnet: in a dual-stack cluster leased with `subnet` in this one
+    /// record, in an IPv6-only cluster the subnet the lease is keyed by (Flannel's
+    /// `IPv6Subnet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
     /// The node's IPv6 underlay address with its prefix (Flannel's `PublicIPv6`), when it has
@@ -44,9 +48,20 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The node's underlay address.
-    pub fn public_ip(&self) -> Ipv4Addr {
-        self.public_net.addr()
+    /// The subnet that names the lease's store key
+    /// ([`lease_key_of`](crate::keys::lease_key_of)): the IPv4 subnet, or in an IPv6-only
+    /// cluster the IPv6 one. None for a lease with neither (which no store key can hold).
+    pub fn key_subnet(&self) -> Option<IpNet> {
+        match (self.subnet, self.subnet6) {
+            (Some(subnet), _) => Some(IpNet::V4(subnet)),
+            (None, Some(subnet6)) => Some(IpNet::V6(subnet6)),
+            (None, None) => None,
+        }
+    }
+
+    /// The node's IPv4 underlay address, when it has one.
+    pub fn public_ip(&self) -> Option<Ipv4Addr> {
+        self.public_net.map(|n| n.addr())
     }
 
     /// The node's IPv6 underlay address, when it has one.
@@ -63,8 +78,8 @@ mod tests {
     fn lease_json_is_stable() {
         let lease = Lease {
             node: "n1".into(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            public_net: "192.168.1.10/24".parse().unwrap(),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
+            public_net: Some("192.168.1.10/24".parse().unwrap()),
             backend: BackendKind::Vxlan,
             vtep_mac: Some("02:00:00:00:00:01".parse().unwrap()),
             wireguard_public_key: None,
@@ -78,10 +93,8 @@ mod tests {
             r#"{"node":"n1","subnet":"10.244.3.0/24","publicNet":"192.168.1.10/24","backend":"vxlan","vtepMac":"02:00:00:00:00:01"}"#
         );
         assert_eq!(serde_json::from_str::<Lease>(&json).unwrap(), lease);
-        assert_eq!(
-            lease.public_ip(),
-            "192.168.1.10".parse::<Ipv4Addr>().unwrap()
-        );
+        assert_eq!(lease.public_ip(), Some("192.168.1.10".parse().unwrap()));
+        assert_eq!(lease.key_subnet(), Some("10.244.3.0/24".parse().unwrap()));
     }
 
     #[test]
@@ -91,5 +104,27 @@ mod tests {
         assert_eq!(lease.subnet6, Some("fd00:10:244:3::/64".parse().unwrap()));
         assert_eq!(lease.public_ip6(), Some("fd00:1::10".parse().unwrap()));
         assert_eq!(serde_json::to_string(&lease).unwrap(), json);
+        // Dual-stack: keyed by the IPv4 subnet.
+        assert_eq!(lease.key_subnet(), Some("10.244.3.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_only_lease_json_has_no_ipv4_fields() {
+        let json = r#"{"node":"n1","backend":"host-gw","subnet6":"fd00:10:244:3::/64","publicNet6":"fd00:1::10/64"}"#;
+        let lease: Lease = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (lease.subnet, lease.public_net, lease.public_ip()),
+            (None, None, None)
+        );
+        assert_eq!(
+            lease.key_subnet(),
+            Some("fd00:10:244:3::/64".parse().unwrap())
+        );
+        assert_eq!(serde_json::to_string(&lease).unwrap(), json);
+        let neither = Lease {
+            subnet6: None,
+            ..lease
+        };
+        assert_eq!(neither.key_subnet(), None);
     }
 }

@@ -57,14 +57,18 @@ pub struct AgentReply {
 #[serde(rename_all = "camelCase")]
 pub struct NodeFile {
     pub node: String,
-    /// Pods on this node get addresses from here.
-    pub subnet: Ipv4Net,
+    /// Pods on this node get IPv4 addresses from here; none on a node of an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// MTU for pod interfaces (the underlay's minus the encapsulation overhead).
     pub mtu: u32,
     pub backend: BackendKind,
-    /// All pools of the cluster (traffic to them is never masqueraded).
+    /// All IPv4 pools of the cluster (traffic to them is never masqueraded); none in an
+    /// IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_networks: Vec<Ipv4Net>,
-    /// The node's IPv6 pod subnet in a dual-stack cluster: pods get an address from each.
+    /// The node's IPv6 pod subnet in a dual-stack cluster (pods get an address from each) or
+    /// an IPv6-only one (pods get only this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
     /// All IPv6 pools of the cluster.

@@ -288,10 +288,7 @@ fn flannel_refusals() {
     );
     refused(
         &flannel(n, r#", "EnableIPv4": false"#),
-        &[
-            "EnableIPv4 is false: IPv6-only clusters (EnableIPv4: false) are not supported yet; \
-             use dual-stack",
-        ],
+        &["EnableIPv4 is false but EnableIPv6 is not true: an IPv6-only cluster needs"],
     );
     refused(
         &flannel("fd00::/56", ""),
@@ -573,10 +570,6 @@ fn twill_refusals() {
     refused(
         "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.1/16\"\n",
         &["pool a: cidr 10.244.0.1/16 has host bits set; did you mean 10.244.0.0/16?"],
-    );
-    refused(
-        "[[pools]]\nname = \"a\"\ncidr = \"fd00::/56\"\n",
-        &["pools: every pool is IPv6, and IPv6-only clusters are not supported yet"],
     );
     refused(
         "[[pools]]\nname = \"a\"\ncidr = \"10.244.0.0\"\n",
@@ -1077,14 +1070,10 @@ fn flannel_ipv6_refusals() {
     let n = "10.244.0.0/16";
     for (rest, field, needles) in [
         (
-            r#", "EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56""#,
-            "EnableIPv4",
-            &["IPv6-only clusters (EnableIPv4: false) are not supported yet; use dual-stack"][..],
-        ),
-        (
             "",
             "IPv6Network",
-            &[r#"IPv6Network is missing: EnableIPv6 needs e.g. "IPv6Network": "fd00:10:244::/56""#],
+            &[r#"IPv6Network is missing: EnableIPv6 needs e.g. "IPv6Network": "fd00:10:244::/56""#]
+                [..],
         ),
         (
             r#", "IPv6Network": "10.245.0.0/16""#,
@@ -1645,13 +1634,14 @@ fn normalized_dual_stack_json_round_trips_and_is_validated() {
         assert_eq!(e.field(), Some(field), "{e}");
         assert!(e.to_string().contains(needle), "{e}");
     }
-    // IPv6 pools alone are an IPv6-only cluster.
+    // IPv6 pools alone are an IPv6-only cluster; no pool at all is nothing.
     let mut only6 = c.clone();
     only6.pools.clear();
+    only6.validate().unwrap();
+    only6.ipv6_pools.clear();
     let e = only6.validate().unwrap_err();
     assert!(
-        e.to_string()
-            .contains("IPv6-only clusters are not supported yet"),
+        e.to_string().contains("at least one pool is required"),
         "{e}"
     );
 }
@@ -1825,4 +1815,125 @@ proptest! {
         let counts = format!("the IPv6 pools hold {keep} node subnets but the IPv4 pools hold {total4}");
         prop_assert!(e.contains(&counts), "{}", e);
     }
+}
+
+// ---- IPv6-only clusters (issue 15) ----------------------------------------------------------
+
+const FLANNEL_IPV6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+
+const TOML_IPV6_ONLY: &str = r#"
+backend = "vxlan"
+[[pools]]
+name = "pods6"
+cidr = "fd00:10:244::/56"
+blockSize = 80
+"#;
+
+#[test]
+fn flannel_ipv6_only_golden() {
+    let c = parse(FLANNEL_IPV6_ONLY);
+    golden("flannel-ipv6-only.json", &c);
+    assert!(c.pools.is_empty());
+    assert_eq!(c.ipv6_pools.len(), 1);
+    assert_eq!(c.ipv6_pools[0].subnet_min, net6("fd00:10:244:1::/64"));
+    assert_eq!(ConfigForm::of(FLANNEL_IPV6_ONLY), ConfigForm::Flannel);
+    // The IPv4 keys are checked for form and unused, as in flanneld.
+    let with_network = FLANNEL_IPV6_ONLY.replace(
+        "\"EnableIPv4\":false",
+        "\"EnableIPv4\":false,\"Network\":\"10.244.0.0/16\",\"SubnetLen\":24",
+    );
+    assert_eq!(parse(&with_network), c);
+    // The normalized form reads back the same.
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(ClusterConfig::from_json(&json).unwrap(), c);
+}
+
+#[test]
+fn twill_ipv6_only_golden() {
+    let c = parse(TOML_IPV6_ONLY);
+    golden("toml-ipv6-only.json", &c);
+    assert!(c.pools.is_empty());
+    assert_eq!(c.ipv6_pools[0].block_size, 80);
+    assert_eq!(c.backend.kind, BackendKind::Vxlan);
+}
+
+#[test]
+fn ipv6_only_refusals() {
+    for (text, field, needles) in [
+        (
+            r#"{"EnableIPv4": false, "Backend": {"Type": "vxlan"}}"#,
+            "EnableIPv4",
+            &["EnableIPv4 is false but EnableIPv6 is not true"][..],
+        ),
+        (
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "Backend": {"Type": "vxlan"}}"#,
+            "IPv6Network",
+            &["IPv6Network is missing"][..],
+        ),
+        (
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Network": "10.1.0.0", "Backend": {"Type": "vxlan"}}"#,
+            "Network",
+            &["is not an IPv4 network in CIDR form"][..],
+        ),
+        (
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "SubnetMin": "x", "Backend": {"Type": "vxlan"}}"#,
+            "SubnetMin",
+            &["SubnetMin"][..],
+        ),
+        (
+            r#"{"EnableIPv4": "no", "EnableIPv6": true, "IPv6Network": "fd00::/56"}"#,
+            "EnableIPv4",
+            &["EnableIPv4 must be true or false"][..],
+        ),
+        (
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "IPv6SubnetLen": 123, "Backend": {"Type": "vxlan"}}"#,
+            "IPv6SubnetLen",
+            &["IPv6SubnetLen"][..],
+        ),
+    ] {
+        refused_at(text, field, needles);
+    }
+    // Backends that need an IPv4 underlay (for now), by Flannel's and twill's names.
+    for kind in ["udp", "ipip", "wireguard"] {
+        let text = format!(
+            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{kind}"}}}}"#
+        );
+        let e = ClusterConfig::parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("needs an IPv4 underlay for now") || e.contains("carries IPv4 only"),
+            "{kind}: {e}"
+        );
+    }
+    // A missing Backend is udp in Flannel's form.
+    refused(
+        r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56"}"#,
+        &[
+            "the udp backend needs an IPv4 underlay for now",
+            "IPv6-only",
+        ],
+    );
+    // The check itself, whatever later changes let past the dual-stack ones.
+    let mut c = parse(TOML_IPV6_ONLY);
+    for kind in [BackendKind::Udp, BackendKind::Ipip] {
+        c.backend = twill_types::cluster::Backend::with_defaults(kind);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "the {kind} backend needs an IPv4 underlay for now"
+            )),
+            "{e}"
+        );
+    }
+    let mut c = parse(TOML_IPV6_ONLY);
+    c.bgp = Some(Default::default());
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.field(), Some("bgp"), "{e}");
+    assert!(
+        e.to_string().contains("BGP needs an IPv4 underlay for now"),
+        "{e}"
+    );
+    refused(
+        &TOML_IPV6_ONLY.replace("\"vxlan\"", "\"udp\""),
+        &["the udp backend needs an IPv4 underlay for now"],
+    );
 }

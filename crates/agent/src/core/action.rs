@@ -138,7 +138,7 @@ impl Action {
                     out,
                     "publish lease: {} {} wireguard key {}",
                     lease.node,
-                    lease.subnet,
+                    lease.key_subnet().map_or("-".into(), |s| s.to_string()),
                     twill_types::wg_key::short(key)
                 );
             }

@@ -450,10 +450,14 @@ impl Core {
             Some(Waiting::Reacquire { lost, next }) => (lost, next),
             _ => (false, Next::Reconcile { dirty: false }),
         };
+        // This node's pods live in an IPv4 subnet (the agent runs no IPv6-only cluster).
+        let result = result.and_then(|held| match held.lease.subnet {
+            Some(now) => Ok((held, now)),
+            None => Err(format!("{} holds no IPv4 subnet", held.key)),
+        });
         let ok = match result {
-            Ok(held) => {
+            Ok((held, now)) => {
                 let before = self.node.subnet;
-                let now = held.lease.subnet;
                 if now != before {
                     // Pods already running hold addresses of the old subnet: say so loudly.
                     out.push(Action::Log(
@@ -697,8 +701,8 @@ mod tests {
     fn lease(name: &str, i: u8) -> Lease {
         Lease {
             node: name.into(),
-            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-            public_net: format!("192.168.1.{i}/24").parse().unwrap(),
+            subnet: Some(format!("10.244.{i}.0/24").parse().unwrap()),
+            public_net: Some(format!("192.168.1.{i}/24").parse().unwrap()),
             backend: BackendKind::Vxlan,
             vtep_mac: Some(vtep_mac(name, 1)),
             wireguard_public_key: None,
@@ -726,8 +730,8 @@ mod tests {
             config,
             node: NodeSetup {
                 name: "n1".into(),
-                subnet: own.subnet,
-                public_net: own.public_net,
+                subnet: own.subnet.unwrap(),
+                public_net: own.public_net.unwrap(),
                 underlay_dev: "eth0".into(),
                 underlay_mtu: 1500,
             },

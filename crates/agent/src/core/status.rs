@@ -190,8 +190,8 @@ mod tests {
         };
         let lease = |name: &str, i: u8, public6: Option<&str>| Lease {
             node: name.into(),
-            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-            public_net: format!("192.168.2.{i}/24").parse().unwrap(),
+            subnet: Some(format!("10.244.{i}.0/24").parse().unwrap()),
+            public_net: Some(format!("192.168.2.{i}/24").parse().unwrap()),
             backend: BackendKind::Vxlan,
             vtep_mac: Some(vtep_mac(name, 1)),
             wireguard_public_key: None,

@@ -17,8 +17,8 @@ pub const TTL: Duration = Duration::from_secs(60);
 pub fn wanted(node: &str) -> Lease {
     Lease {
         node: node.to_string(),
-        subnet: "0.0.0.0/0".parse().unwrap(),
-        public_net: "192.168.0.10/24".parse().unwrap(),
+        subnet: None,
+        public_net: Some("192.168.0.10/24".parse().unwrap()),
         backend: BackendKind::HostGw,
         vtep_mac: None,
         wireguard_public_key: None,

@@ -37,8 +37,8 @@ pub fn lease(
 ) -> Lease {
     Lease {
         node: name.into(),
-        subnet: net(subnet),
-        public_net: net(public),
+        subnet: Some(net(subnet)),
+        public_net: Some(net(public)),
         backend,
         vtep_mac: (backend == BackendKind::Vxlan).then(|| vtep_mac(name, 1)),
         wireguard_public_key: wireguard_key,

@@ -245,7 +245,7 @@ mod tests {
         );
         let e = refused(r#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#);
         assert!(
-            matches!(&e, ConfigError::Unsupported { field, .. } if field == "EnableIPv4"),
+            matches!(&e, ConfigError::Conflict { field, .. } if field == "EnableIPv4"),
             "{e:?}"
         );
 

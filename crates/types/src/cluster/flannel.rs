@@ -98,6 +98,8 @@ pub(super) fn parse_flannel(
     let (mut network, mut subnet_len, mut min, mut max, mut backend, mut bgp) =
         (None, None, None, None, None, None);
     let mut ipv6 = Flannel6::default();
+    // `EnableIPv4` as written (its key's spelling, for messages); true when missing.
+    let mut enable_ipv4 = None;
     for (key, value) in object {
         if value.is_null() {
             continue;
@@ -114,18 +116,7 @@ pub(super) fn parse_flannel(
                     .map_err(|e| ConfigError::syntax(key, e))?;
                 bgp = Some(from_raw_bgp(raw)?);
             }
-            "enableipv4" => {
-                if !flannel_bool(key, value)? {
-                    return fail(ConfigError::unsupported(
-                        key,
-                        format!(
-                            "{key} is false: IPv6-only clusters (EnableIPv4: false) are not \
-                             supported yet; use dual-stack (a Network, and EnableIPv6: true with \
-                             an IPv6Network)"
-                        ),
-                    ));
-                }
-            }
+            "enableipv4" => enable_ipv4 = Some((key.as_str(), flannel_bool(key, value)?)),
             "enableipv6" => ipv6.enabled = flannel_bool(key, value)?,
             "ipv6network" => ipv6.network = Some(flannel_str(key, value)?),
             "ipv6subnetlen" => ipv6.subnet_len = Some(flannel_uint(key, value)?),
@@ -148,6 +139,52 @@ pub(super) fn parse_flannel(
 
     let (backend, wireguard, families, fields) = flannel_backend(backend)?;
     check_wireguard_families(&families, ipv6.enabled, backend.port)?;
+    let pools = match enable_ipv4 {
+        Some((key, false)) => {
+            // IPv6-only, as flanneld reads it: the IPv4 keys are checked for form and unused.
+            if !ipv6.enabled {
+                return fail(ConfigError::conflict(
+                    key,
+                    "EnableIPv6",
+                    format!(
+                        "{key} is false but EnableIPv6 is not true: an IPv6-only cluster needs \
+                         \"EnableIPv6\": true and an IPv6Network such as fd00:10:244::/56"
+                    ),
+                ));
+            }
+            if let Some(network) = network {
+                flannel_network(network)?;
+            }
+            for (field, text) in [("SubnetMin", min), ("SubnetMax", max)] {
+                if let Some(text) = text {
+                    parse_addr(&At::top(), field, text)?;
+                }
+            }
+            Vec::new()
+        }
+        _ => vec![flannel_pool4(network, subnet_len, min, max, fields)?],
+    };
+    let config = ClusterConfig {
+        pools,
+        ipv6_pools: flannel_pool6(&ipv6, fields)?.into_iter().collect(),
+        bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
+        backend,
+        wireguard,
+        // Flannel's form has no such keys: the defaults (Drop, no ports).
+        host_access: HostAccess::default(),
+    };
+    validate(&config, fields, &PoolPlaces::normalized())?;
+    Ok(config)
+}
+
+/// The IPv4 pool of `Network`, `SubnetLen`, `SubnetMin` and `SubnetMax`.
+fn flannel_pool4(
+    network: Option<&str>,
+    subnet_len: Option<u64>,
+    min: Option<&str>,
+    max: Option<&str>,
+    fields: &Fields,
+) -> Result<Pool, ConfigError> {
     let Some(network) = network else {
         return fail(ConfigError::missing(
             "Network",
@@ -172,25 +209,14 @@ pub(super) fn parse_flannel(
         Some(text) => Ok(Ipv4Net::new(parse_addr(&top, field, text)?, block)
             .expect("block sizes are checked to be at most 30")),
     };
-    let pool = Pool {
+    Ok(Pool {
         name: "default".into(),
         cidr,
         block_size: block,
         subnet_min: bound("SubnetMin", min, default_min)?,
         subnet_max: bound("SubnetMax", max, default_max)?,
         nat_outgoing: true,
-    };
-    let config = ClusterConfig {
-        pools: vec![pool],
-        ipv6_pools: flannel_pool6(&ipv6, fields)?.into_iter().collect(),
-        bgp: bgp.or_else(|| (backend.kind == BackendKind::Bgp).then(BgpConfig::default)),
-        backend,
-        wireguard,
-        // Flannel's form has no such keys: the defaults (Drop, no ports).
-        host_access: HostAccess::default(),
-    };
-    validate(&config, fields, &PoolPlaces::normalized())?;
-    Ok(config)
+    })
 }
 
 /// `Network`, which is IPv4: an IPv6 network there is pointed to its own key.

@@ -26,8 +26,9 @@ impl ClusterConfig {
     /// `IPv6SubnetLen` (default 64, or the prefix + 2 when `IPv6Network` is longer than /62;
     /// an explicit one leaves at least four subnets and is at most /122), `IPv6SubnetMin` and
     /// `IPv6SubnetMax` (defaults as for IPv4), NAT outgoing on; without it the IPv6 keys are
-    /// checked for form and ignored, as flanneld does. `"EnableIPv4": false` (an IPv6-only
-    /// cluster) is refused for now.
+    /// checked for form and ignored, as flanneld does. `"EnableIPv4": false` with
+    /// `"EnableIPv6": true` is an IPv6-only cluster: no IPv4 pool (the IPv4 keys are checked
+    /// for form and unused).
     ///
     /// **twill's own form** (keys: `backend`, `vni`, `port`, `directRouting`, `wireguard`,
     /// `pools`; per
@@ -43,8 +44,8 @@ impl ClusterConfig {
     /// CrossSubnet, `persistentKeepalive`, `presharedKey`) encrypts node-to-node pod traffic
     /// on any backend, or holds the wireguard backend's settings.
     ///
-    /// A pool whose `cidr` is IPv6 is an IPv6 pool (dual-stack; at least one pool must be
-    /// IPv4): `blockSize` defaults to 64 (or the prefix + 2 for pools longer than /62) and
+    /// A pool whose `cidr` is IPv6 is an IPv6 pool (dual-stack; with IPv6 pools only, an
+    /// IPv6-only cluster): `blockSize` defaults to 64 (or the prefix + 2 for pools longer than /62) and
     /// may be anything from the prefix + 1 to /122; `subnetMin`, `subnetMax` and
     /// `natOutgoing` are as for IPv4. Its `ipipMode` may only be `Never` (IPIP carries IPv4
     /// only); without modes it follows the IPv4 pools, with `vxlanMode` it must agree with
@@ -53,7 +54,9 @@ impl ClusterConfig {
     /// Dual-stack configs (either form) run on every backend (the `wireguard` block carries
     /// both families too, except beside BGP: learned IPv6 routes do not go through WireGuard
     /// yet), and need at least as many leasable IPv6 node subnets as IPv4 ones: a node's IPv6
-    /// subnet is the one at its IPv4 subnet's index.
+    /// subnet is the one at its IPv4 subnet's index. IPv6-only configs need host-gw or vxlan
+    /// (the other backends need an IPv4 underlay for now), without `wireguard` or `bgp`
+    /// sections.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim_start().starts_with('{') {

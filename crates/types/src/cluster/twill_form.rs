@@ -19,7 +19,7 @@ use super::model::{
     Backend, BackendKind, ClusterConfig, EncapMode, Pool, Pool6, Wireguard, default_bounds,
     default_bounds6,
 };
-use super::validate::{IPV6_ONLY_REFUSED, validate};
+use super::validate::validate;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -241,10 +241,6 @@ pub(super) fn from_twill(raw: RawTwill) -> Result<ClusterConfig, ConfigError> {
             }
         }
     }
-    if pools.is_empty() {
-        return fail(ConfigError::missing("pools", IPV6_ONLY_REFUSED));
-    }
-
     let implied = if modes_set {
         let first = &modes[0];
         if let Some(other) = modes.iter().find(|m| m.implied() != first.implied()) {

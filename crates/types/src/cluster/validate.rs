@@ -19,10 +19,6 @@ use super::model::{
     Pool, Pool6,
 };
 
-/// Why a config with IPv6 pools only is refused (every form says the same).
-pub(super) const IPV6_ONLY_REFUSED: &str = "pools: every pool is IPv6, and IPv6-only clusters \
-                                            are not supported yet: add an IPv4 pool (dual-stack)";
-
 impl ClusterConfig {
     /// Checks the invariants every accepted config has (fields named as in the normalized
     /// form and in twill's TOML/YAML).
@@ -264,14 +260,10 @@ pub(super) fn validate(
     fields: &Fields,
     places: &PoolPlaces,
 ) -> Result<(), ConfigError> {
-    if config.pools.is_empty() {
+    if config.pools.is_empty() && !config.has_ipv6() {
         return fail(ConfigError::missing(
             "pools",
-            if config.has_ipv6() {
-                IPV6_ONLY_REFUSED
-            } else {
-                "pools: at least one pool is required"
-            },
+            "pools: at least one pool is required",
         ));
     }
     let views4 = config.pools.iter().enumerate().map(|(i, pool)| {
@@ -316,6 +308,7 @@ pub(super) fn validate(
     validate_backend(&config.backend, fields)?;
     validate_wireguard(config, fields)?;
     validate_ipv6(config, fields, places)?;
+    validate_ipv6_only(config, fields, places)?;
     validate_host_access(config)?;
     match &config.bgp {
         Some(bgp) => bgp.validate(),
@@ -485,6 +478,49 @@ fn validate_ipv6(
             at4.field(fields.pool.cidr),
             problem,
         ));
+    }
+    Ok(())
+}
+
+/// What an IPv6-only cluster (IPv6 pools, no IPv4 pool) asks of the rest: a backend that
+/// runs over an IPv6 underlay. host-gw routes via the peers' IPv6 addresses and vxlan has its
+/// IPv6 VTEP; udp, ipip, wireguard and BGP need an IPv4 underlay for now, so they and the
+/// `wireguard` and `bgp` sections are refused.
+fn validate_ipv6_only(
+    config: &ClusterConfig,
+    fields: &Fields,
+    places: &PoolPlaces,
+) -> Result<(), ConfigError> {
+    let Some(first6) = config
+        .ipv6_pools
+        .first()
+        .filter(|_| config.pools.is_empty())
+    else {
+        return Ok(());
+    };
+    let at6 = places.at6(fields, 0, &first6.name);
+    let cidr6 = fields.pool6.cidr;
+    let kind = config.backend.kind;
+    let needs_ipv4 = |what: String, field: &str| {
+        fail(ConfigError::conflict(
+            field,
+            at6.field(cidr6),
+            format!(
+                "{what} needs an IPv4 underlay for now, and this cluster is IPv6-only (every \
+                 pool is IPv6, {at6}{cidr6} {}): use the host-gw or vxlan backend, or add an \
+                 IPv4 pool (dual-stack)",
+                first6.cidr
+            ),
+        ))
+    };
+    if !matches!(kind, BackendKind::HostGw | BackendKind::Vxlan) {
+        return needs_ipv4(format!("the {kind} backend"), fields.kind);
+    }
+    if config.wireguard.is_some() {
+        return needs_ipv4("wireguard encryption".into(), "wireguard");
+    }
+    if config.bgp.is_some() {
+        return needs_ipv4("BGP".into(), "bgp");
     }
     Ok(())
 }

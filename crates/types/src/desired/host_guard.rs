@@ -88,10 +88,10 @@ impl HostGuardSpec {
         control_tcp.dedup();
         let vxlan = config.backend.kind == BackendKind::Vxlan;
         let mut vxlan_peers = BTreeSet::new();
-        for p in peers.iter().filter(|p| p.subnet != node_subnet) {
-            control_hosts.insert(p.public_ip());
-            if vxlan {
-                vxlan_peers.insert((p.public_ip(), p.subnet.trunc()));
+        for p in peers.iter().filter(|p| p.subnet != Some(node_subnet)) {
+            control_hosts.extend(p.public_ip());
+            if vxlan && let (Some(ip), Some(subnet)) = (p.public_ip(), p.subnet) {
+                vxlan_peers.insert((ip, subnet.trunc()));
             }
         }
         let mut allow_ports = config.host_access.workload_to_host_ports.clone();
@@ -146,13 +146,18 @@ impl HostGuardSpec {
         }
         let vxlan = self.rules.vxlan_port.is_some();
         let own = self.rules.node_subnet;
-        for p in peers.iter().filter(|p| p.subnet.trunc() != own) {
+        for p in peers
+            .iter()
+            .filter(|p| p.subnet.map(|s| s.trunc()) != Some(own))
+        {
             let public6 = p.public_ip6();
             e.control_hosts6.extend(public6);
             let Some(subnet6) = p.subnet6.filter(|_| vxlan) else {
                 continue;
             };
-            e.vxlan_peers46.insert((p.public_ip(), subnet6.trunc()));
+            if let Some(addr) = p.public_ip() {
+                e.vxlan_peers46.insert((addr, subnet6.trunc()));
+            }
             if let Some(addr) = public6 {
                 e.vxlan_peers6.insert((addr, subnet6.trunc()));
             }
