@@ -44,7 +44,8 @@ impl WgEngine {
             // The config refuses IPv6 pools with WireGuard (backend or encryption) for now: the
             // engine carries IPv4 pod traffic only here.
             local_subnet6: None,
-            local_ip: spec.local,
+            local_ip: Some(spec.local),
+            local_ip6: None,
             queues: 0,
             kernel_path: false,
             wireguard: Some(WireguardConfig {
@@ -74,7 +75,7 @@ impl WgEngine {
                 Some(twill_tunnel::Peer {
                     node: p.node.clone(),
                     subnet: p.subnet,
-                    underlay: p.underlay,
+                    underlay: p.underlay.into(),
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
                     subnet6: None,
                 })

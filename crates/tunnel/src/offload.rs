@@ -184,9 +184,13 @@ impl KernelPath {
         let mut wanted: HashMap<Ipv4Addr, Ipv4Net> = HashMap::new();
         let mut subnets = HashSet::new();
         for p in peers {
+            // Peers over an IPv6 underlay are the engine's alone.
+            let std::net::IpAddr::V4(underlay) = p.underlay else {
+                continue;
+            };
             // Same rule as the engine's table: the first claim of an address or subnet wins.
-            if !wanted.contains_key(&p.underlay) && subnets.insert(p.subnet.trunc()) {
-                wanted.insert(p.underlay, p.subnet.trunc());
+            if !wanted.contains_key(&underlay) && subnets.insert(p.subnet.trunc()) {
+                wanted.insert(underlay, p.subnet.trunc());
             }
         }
         let stale: Vec<(Ipv4Addr, Ipv4Net)> = self
