@@ -30,9 +30,11 @@ fn iperf(lab: &Lab, dst: &str, secs: u64) -> f64 {
         .p1
         .exec(&["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map_or(0.0, |b| b / 1e9)
+    let rate = v["end"]["sum_received"]["bits_per_second"].as_f64();
+    if rate.is_none() {
+        println!("iperf3 to {dst} failed: {}", v["error"]);
+    }
+    rate.map_or(0.0, |b| b / 1e9)
 }
 
 fn median(v: &mut [f64]) -> (f64, f64, f64) {
@@ -123,6 +125,10 @@ fn ipv6_vs_ipv4_through_the_engine() {
                 b.2,
                 b.1 / a.1
             );
+            let (d1, d2) = (t1.stats().drops, t2.stats().drops);
+            if d1.total() + d2.total() > 0 {
+                println!("  drops: h1 {d1:?}, h2 {d2:?}");
+            }
             assert!(
                 a.1 > 0.0 && b.1 > 0.0,
                 "traffic must flow: {:?}",
