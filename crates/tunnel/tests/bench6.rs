@@ -24,17 +24,25 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// iperf3 (one stream) from p1 to `dst`: received Gbit/s.
+/// iperf3 (one stream) from p1 to `dst`: received Gbit/s (0 when it failed). A server still
+/// finishing the previous test says it is busy: asked again until it is not (up to 10 s).
 fn iperf(lab: &Lab, dst: &str, secs: u64) -> f64 {
-    let out = lab
-        .p1
-        .exec(&["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let rate = v["end"]["sum_received"]["bits_per_second"].as_f64();
-    if rate.is_none() {
-        println!("iperf3 to {dst} failed: {}", v["error"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = lab
+            .p1
+            .exec(&["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(rate) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return rate / 1e9;
+        }
+        let error = v["error"].as_str().unwrap_or_default().to_string();
+        if !error.contains("busy") || std::time::Instant::now() > deadline {
+            println!("iperf3 to {dst} failed: {error}");
+            return 0.0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    rate.map_or(0.0, |b| b / 1e9)
 }
 
 fn median(v: &mut [f64]) -> (f64, f64, f64) {
