@@ -1,6 +1,9 @@
 //! The agent's side of the userspace tunnel (udp and ipip backends): starting the engine for
 //! the desired TUN device, feeding it the tunnelled peers, and turning its counters into status.
 //!
+//! Each peer comes with the underlay address the backend plan chose for it (IPv4 when both
+//! ends have one, else IPv6); the engine opens sockets of the families this node has.
+//!
 //! The engine keeps its TUN device persistent, so the routes into it survive an agent restart;
 //! a restarted agent re-attaches within its first reconcile and traffic resumes.
 
@@ -38,7 +41,9 @@ impl Engine {
             mtu: spec.mtu,
             local_subnet,
             local_subnet6,
-            local_ip: spec.local,
+            // 0.0.0.0: this node has no IPv4 underlay (its peers are reached over IPv6).
+            local_ip: Some(spec.local).filter(|ip| !ip.is_unspecified()),
+            local_ip6: spec.local6,
             queues: 0,
             kernel_path,
             wireguard: None,

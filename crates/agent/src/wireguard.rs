@@ -45,7 +45,8 @@ impl WgEngine {
             mtu: spec.mtu,
             local_subnet,
             local_subnet6,
-            local_ip: spec.local,
+            local_ip: Some(spec.local),
+            local_ip6: None,
             queues: 0,
             kernel_path: false,
             wireguard: Some(WireguardConfig {
@@ -84,7 +85,7 @@ impl WgEngine {
                 Some(twill_tunnel::Peer {
                     node: p.node.clone(),
                     subnet: p.subnet,
-                    underlay: p.underlay,
+                    underlay: p.underlay.into(),
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
                     subnet6: p.subnet6,
                 })

@@ -9,8 +9,14 @@
 //! next hop means nothing to a TUN device (no ARP); it keeps routes in the same shape as the
 //! VXLAN ones, and the engine picks the peer by the packet's destination.
 //!
-//! Dual stack: the underlay stays IPv4 (the peer's IPv4 underlay address), and a peer's IPv6
-//! subnet goes through the same TUN device, routed like the IPv4 one (`<subnet6> via <subnet6
+//! Which underlay, per peer ([`peer_underlay`]): IPv4 when both ends have an IPv4 underlay
+//! address (always so far), else IPv6 when both have an IPv6 one (a node without IPv4 underlay:
+//! IPv6-only clusters); udp then travels in IPv6 UDP and ipip as Linux's `ip6tnl` (next header
+//! 4 or 41), 20 bytes more per packet, so the tunnel's MTU is 20 lower while any peer is
+//! reached over IPv6 (the pods' MTU too on a node without IPv4 underlay).
+//!
+//! Dual stack: a peer's IPv6 subnet goes through the same TUN device (over the peer's
+//! underlay), routed like the IPv4 one (`<subnet6> via <subnet6
 //! network address> dev twill.tun onlink`). With DirectRouting, a peer whose IPv6 underlay
 //! address is on this node's IPv6 segment gets a plain IPv6 route via that address instead
 //! (as vxlan does). Both ends decide by the same facts, so traffic is symmetric. Linux keeps
@@ -18,7 +24,7 @@
 //! skipped with the reason.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv6Net;
 use twill_types::cluster::BackendKind;
@@ -35,6 +41,50 @@ pub const DEVICE: &str = "twill.tun";
 
 /// The smallest MTU of a link that carries IPv6 (RFC 8200); Linux disables IPv6 below it.
 pub const IPV6_MIN_MTU: u32 = 1280;
+
+/// What an IPv6 outer header costs over an IPv4 one (40 − 20 bytes).
+pub const IPV6_UNDERLAY_EXTRA: u32 = 20;
+
+/// The underlay addresses one end has: IPv4, IPv6, either or both.
+pub type UnderlayAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+/// The underlay a tunnelled peer is reached over, from both ends' addresses: IPv4 when both
+/// have one (the IPv4 behaviour of every cluster so far), else IPv6 when both have one; else
+/// why neither can work. Both ends decide by the same facts, so both pick the same family.
+pub fn peer_underlay(local: UnderlayAddrs, peer: UnderlayAddrs) -> Result<IpAddr, String> {
+    match (local, peer) {
+        ((Some(_), _), (Some(v4), _)) => Ok(v4.into()),
+        ((_, Some(_)), (_, Some(v6))) => Ok(v6.into()),
+        ((None, None), _) => Err("this node has no underlay address".into()),
+        (_, (None, None)) => Err("the peer publishes no underlay address".into()),
+        ((Some(_), _), (None, _)) => {
+            Err("the peer has no IPv4 underlay address and this node no IPv6 one".into())
+        }
+        ((None, _), _) => {
+            Err("this node has no IPv4 underlay address and the peer no IPv6 one".into())
+        }
+    }
+}
+
+/// This node's underlay addresses (an unspecified IPv4 address is none).
+fn node_underlay(node: &LocalNode) -> UnderlayAddrs {
+    let v4 = node.public_net.addr();
+    (
+        (!v4.is_unspecified()).then_some(v4),
+        node.public_net6.map(|n| n.addr()),
+    )
+}
+
+/// A peer's underlay addresses; an IPv6 one only when it could be a unicast host's other than
+/// ours (the screen checks it only with an IPv6 subnet).
+fn lease_underlay(lease: &Lease, node: &LocalNode) -> UnderlayAddrs {
+    let v4 = lease.public_ip();
+    let ours6 = node.public_net6.map(|n| n.addr());
+    let v6 = lease.public_ip6().filter(|ip6| {
+        !(ip6.is_unspecified() || ip6.is_loopback() || ip6.is_multicast() || Some(*ip6) == ours6)
+    });
+    (v4.filter(|v4| !v4.is_unspecified()), v6)
+}
 
 /// The userspace tunnel backend (udp or ipip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,29 +129,35 @@ impl Tunnel {
         }
     }
 
-    /// Why a peer cannot be tunnelled to, if it cannot: it must run this backend, and be the
-    /// only node at its underlay address (the engine knows a peer by that address).
+    /// Why a peer cannot be tunnelled to, if it cannot: it must run this backend, share an
+    /// underlay family with this node, and be the only node at its underlay address (the
+    /// engine knows a peer by that address).
     fn untunnellable(
         &self,
         peer: &Peer,
-        by_address: &BTreeMap<Ipv4Addr, Vec<&str>>,
+        underlay: &Result<IpAddr, String>,
+        by_address: &BTreeMap<IpAddr, Vec<&str>>,
     ) -> Option<String> {
         let kind = self.kind();
         let lease = peer.lease;
-        if lease.backend != kind {
-            Some(format!(
+        match underlay {
+            _ if lease.backend != kind => Some(format!(
                 "{kind}: the peer runs the {} backend and cannot decapsulate {kind}",
                 lease.backend
-            ))
-        } else if by_address[&peer.public_ip].len() > 1 {
-            Some(format!(
-                "{kind}: underlay address {} is published by several nodes ({})",
-                peer.public_ip,
-                by_address[&peer.public_ip].join(", ")
-            ))
-        } else {
-            None
+            )),
+            Err(reason) => Some(format!("{kind}: {reason}")),
+            Ok(addr) if by_address[addr].len() > 1 => Some(format!(
+                "{kind}: underlay address {addr} is published by several nodes ({})",
+                by_address[addr].join(", ")
+            )),
+            Ok(_) => None,
         }
+    }
+
+    /// The tunnel's MTU: the underlay's minus the encapsulation, over IPv6 when `ipv6`.
+    fn mtu(&self, node: &LocalNode, ipv6: bool) -> u32 {
+        let extra = if ipv6 { IPV6_UNDERLAY_EXTRA } else { 0 };
+        node.underlay_mtu.saturating_sub(self.overhead() + extra)
     }
 }
 
@@ -114,36 +170,48 @@ impl Backend for Tunnel {
         let kind = self.kind();
         let mut peers = screen(node, peers);
         screen6(node, &self.ipv6_pools, &mut peers);
+        let local = node_underlay(node);
+        let underlays: Vec<Result<IpAddr, String>> = peers
+            .iter()
+            .map(|p| peer_underlay(local, lease_underlay(p.lease, node)))
+            .collect();
         // The engine knows a peer by its underlay address: two tunnelled peers at one address
         // could not be told apart on receive, so neither is programmed.
-        let mut by_address: BTreeMap<Ipv4Addr, Vec<&str>> = BTreeMap::new();
-        for peer in peers.iter().filter(|p| p.problem.is_none()) {
-            by_address
-                .entry(peer.public_ip)
-                .or_default()
-                .push(&peer.lease.node);
+        let mut by_address: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
+        for (peer, underlay) in peers.iter().zip(&underlays) {
+            if let (None, Ok(addr)) = (&peer.problem, underlay) {
+                by_address.entry(*addr).or_default().push(&peer.lease.node);
+            }
         }
-        let mtu = self.pod_mtu(node);
+        // IPv6 outer headers for some peer: the tunnel's MTU is that of the IPv6 underlay.
+        let over_ipv6 = peers
+            .iter()
+            .zip(&underlays)
+            .any(|(p, u)| p.problem.is_none() && matches!(u, Ok(IpAddr::V6(_))));
+        let mtu = self.mtu(node, over_ipv6 || local.0.is_none());
         let mut state = DesiredState {
             tunnel: Some(TunnelDevice {
                 name: DEVICE.to_string(),
                 encap: self.encap,
                 mtu,
-                local: node.public_net.addr(),
+                local: local.0.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                local6: local.1.filter(|_| over_ipv6),
             }),
             ..DesiredState::default()
         };
-        for peer in &peers {
+        for (peer, underlay) in peers.iter().zip(&underlays) {
             let lease = peer.lease;
             // A refused lease is not in `by_address` (and its IPv6 part is refused too).
             let untunnellable = peer
                 .problem
                 .is_none()
-                .then(|| self.untunnellable(peer, &by_address))
+                .then(|| self.untunnellable(peer, underlay, &by_address))
                 .flatten();
+            // DirectRouting's IPv4 route needs an IPv4 underlay at both ends.
+            let ipv4_underlay = matches!(underlay, Ok(IpAddr::V4(_)));
             let path = if let Some(problem) = &peer.problem {
                 PeerPath::Skipped(problem.clone())
-            } else if self.direct_routing && peer.on_segment(node) {
+            } else if self.direct_routing && ipv4_underlay && peer.on_segment(node) {
                 state.routes.push(peer.direct_route(node));
                 PeerPath::Direct
             } else if let Some(reason) = &untunnellable {
@@ -184,12 +252,15 @@ impl Backend for Tunnel {
                     },
                 },
             });
-            // The engine needs the peer when either family goes through it.
-            if path == self.path() || tunnelled6.is_some() {
+            // The engine needs the peer when either family goes through it (which it only
+            // does with an underlay address).
+            if (path == self.path() || tunnelled6.is_some())
+                && let Ok(underlay) = underlay
+            {
                 state.tunnel_peers.push(TunnelPeer {
                     node: lease.node.clone(),
                     subnet: peer.subnet,
-                    underlay: peer.public_ip,
+                    underlay: *underlay,
                     subnet6: tunnelled6,
                 });
             }
@@ -198,7 +269,10 @@ impl Backend for Tunnel {
         state
     }
 
+    /// Over IPv6 only on a node without an IPv4 underlay address: a dual-stack node whose
+    /// peer lacks IPv4 gets a smaller tunnel MTU (see [`Backend::desired`]) and its pods learn
+    /// it by path MTU discovery.
     fn pod_mtu(&self, node: &LocalNode) -> u32 {
-        node.underlay_mtu.saturating_sub(self.overhead())
+        self.mtu(node, node_underlay(node).0.is_none())
     }
 }

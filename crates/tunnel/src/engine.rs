@@ -19,7 +19,7 @@ use tun_rs::{
 
 use crate::Shared;
 use crate::buf::{BUF_CAPACITY, PktBuf};
-use crate::carrier::{Carrier, HEADROOM, RxBatch, TX_BATCH, TxItem};
+use crate::carrier::{Carrier, Fds, HEADROOM, RxBatch, TX_BATCH, TxItem};
 use crate::peers::{PeerTable, Tally};
 use crate::wire::{self, DropReason, InnerHeader};
 
@@ -66,12 +66,7 @@ const SPIN_US: u64 = 100;
 
 /// Called when the worker's input ran dry: spins (yielding) while it was active within
 /// [`SPIN`], then sleeps until the TUN device or the socket is readable or the tunnel stops. True when it stopped.
-fn idle(
-    tun: BorrowedFd<'_>,
-    socks: (BorrowedFd<'_>, Option<BorrowedFd<'_>>),
-    shared: &Shared,
-    last_active: Instant,
-) -> bool {
+fn idle(tun: BorrowedFd<'_>, socks: Fds<'_>, shared: &Shared, last_active: Instant) -> bool {
     if shared.stop.load(Ordering::Relaxed) {
         return true;
     }
@@ -83,10 +78,16 @@ fn idle(
     let mut fds = [
         PollFd::new(tun, PollFlags::POLLIN),
         PollFd::new(stop, PollFlags::POLLIN),
-        PollFd::new(socks.0, PollFlags::POLLIN),
-        PollFd::new(socks.1.unwrap_or(stop), PollFlags::POLLIN),
+        PollFd::new(stop, PollFlags::POLLIN),
+        PollFd::new(stop, PollFlags::POLLIN),
+        PollFd::new(stop, PollFlags::POLLIN),
+        PollFd::new(stop, PollFlags::POLLIN),
     ];
-    let n = if socks.1.is_some() { 4 } else { 3 };
+    let mut n = 2;
+    for sock in socks.into_iter().flatten() {
+        fds[n] = PollFd::new(sock, PollFlags::POLLIN);
+        n += 1;
+    }
     match poll(&mut fds[..n], PollTimeout::from(500u16)) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => {}

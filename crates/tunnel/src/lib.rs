@@ -7,6 +7,11 @@
 //! in batches with `sendmmsg` and UDP GSO), and underlay → TUN (receive in batches with
 //! `recvmmsg` and UDP GRO, validate, coalesce TCP segments back into super-packets, write).
 //!
+//! The underlay is IPv4 or IPv6 per peer ([`Peer::underlay`]): a node has a socket of each
+//! family it has an address of ([`TunnelConfig::local_ip`], [`TunnelConfig::local_ip6`]).
+//! Over IPv6, udp keeps Flannel's framing and ipip is Linux's `ip6tnl` (`mode any`: next header
+//! 4 for IPv4 inside, 41 for IPv6 inside).
+//!
 //! The receive side is a port open to the network, so every datagram is checked before its
 //! inner packet reaches the kernel: outer source must be a peer's underlay address, inner
 //! source inside that peer's subnet (of the inner packet's family: IPv4, or IPv6 on a
@@ -35,7 +40,7 @@ mod wg_peer;
 pub mod wire;
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +50,7 @@ use arc_swap::ArcSwap;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-use crate::carrier::{Carrier, IpipCarrier, UdpCarrier};
+use crate::carrier::{Carrier, IpipCarrier, UdpCarrier, UdpCarriers};
 use crate::peers::{DropAtomics, PeerTable};
 pub use crate::wire::DropReason;
 
@@ -59,7 +64,9 @@ pub enum Encap {
     /// IPv6) packet.
     Udp { port: u16 },
     /// IPv4-in-IPv4 (protocol 4), compatible with Linux's `ipip` driver; dual-stack, IPv6 pod
-    /// packets as IPv6-in-IPv4 (protocol 41), compatible with Linux's `sit`.
+    /// packets as IPv6-in-IPv4 (protocol 41), compatible with Linux's `sit`. Over an IPv6
+    /// underlay, IPv4 or IPv6 in IPv6 (next header 4 or 41), compatible with Linux's `ip6tnl`
+    /// in `mode any`.
     Ipip,
     /// WireGuard over UDP, interoperable with standard WireGuard; needs
     /// [`TunnelConfig::wireguard`].
@@ -75,12 +82,22 @@ impl Default for Encap {
 }
 
 impl Encap {
-    /// Bytes added to each inner packet on the underlay: TUN MTU = underlay MTU − this.
+    /// Bytes added to each inner packet on an IPv4 underlay: TUN MTU = underlay MTU − this.
     pub fn overhead(&self) -> u32 {
         match self {
             Encap::Udp { .. } => wire::UDP_OVERHEAD,
             Encap::Ipip => wire::IPIP_OVERHEAD,
             Encap::Wireguard { .. } => wg::OVERHEAD,
+        }
+    }
+
+    /// Bytes added to each inner packet on an IPv6 underlay (20 more than on IPv4): a tunnel
+    /// with IPv6-underlay peers needs TUN MTU = underlay MTU − this.
+    pub fn overhead6(&self) -> u32 {
+        match self {
+            Encap::Udp { .. } => wire::UDP6_OVERHEAD,
+            Encap::Ipip => wire::IPIP6_OVERHEAD,
+            Encap::Wireguard { .. } => wg::OVERHEAD + 20,
         }
     }
 
@@ -107,8 +124,12 @@ pub struct TunnelConfig {
     /// too (udp: the inner IPv6 packet as the payload; ipip: protocol 41). `None`: IPv4 only,
     /// IPv6 stays disabled on the device.
     pub local_subnet6: Option<Ipv6Net>,
-    /// Underlay address to bind and send from.
-    pub local_ip: Ipv4Addr,
+    /// IPv4 underlay address to bind and send from (None: this node has no IPv4 underlay,
+    /// and peers must have IPv6 underlay addresses). WireGuard and the kernel fast path need
+    /// one.
+    pub local_ip: Option<Ipv4Addr>,
+    /// IPv6 underlay address to bind and send from, for peers whose underlay is IPv6.
+    pub local_ip6: Option<Ipv6Addr>,
     /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
     pub queues: usize,
     /// Use the kernel fast path (tc BPF) where the kernel takes it; the engine alone
@@ -119,7 +140,9 @@ pub struct TunnelConfig {
 }
 
 /// Another node: packets for `subnet` go to `underlay`, and only `underlay` may send packets
-/// from `subnet`.
+/// from `subnet`. The underlay address's family picks the socket: an IPv6 one needs
+/// [`TunnelConfig::local_ip6`], an IPv4 one [`TunnelConfig::local_ip`] (a peer the node has no
+/// socket for is unreachable: its packets count as send errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub node: String,
@@ -128,7 +151,7 @@ pub struct Peer {
     /// `underlay` may send IPv6 packets from it. Without one, the peer sends and receives no
     /// IPv6.
     pub subnet6: Option<Ipv6Net>,
-    pub underlay: Ipv4Addr,
+    pub underlay: IpAddr,
     /// The node's WireGuard public key; a WireGuard tunnel ignores peers without one. Its
     /// endpoint starts as `underlay:port` and then follows authenticated packets.
     pub public_key: Option<wg::PublicKey>,
@@ -142,7 +165,7 @@ pub struct PeerStats {
     pub subnet: Ipv4Net,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
-    pub underlay: Ipv4Addr,
+    pub underlay: IpAddr,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -290,7 +313,17 @@ impl Tunnel {
                     "wireguard encapsulation without a wireguard configuration".into(),
                 ));
             }
+            (Encap::Wireguard { .. }, _) if cfg.local_ip.is_none() => {
+                return Err(TunnelError::Config(
+                    "wireguard needs an IPv4 underlay address".into(),
+                ));
+            }
             _ => {}
+        }
+        if cfg.local_ip.is_none() && cfg.local_ip6.is_none() {
+            return Err(TunnelError::Config(
+                "no underlay address: local_ip, local_ip6 or both".into(),
+            ));
         }
         let queues = match cfg.queues {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -314,11 +347,15 @@ impl Tunnel {
             stop: AtomicBool::new(false),
             stop_fd,
         });
-        let kernel = if cfg.kernel_path && !matches!(cfg.encap, Encap::Wireguard { .. }) {
+        // The kernel fast path carries IPv4-underlay peers only.
+        let kernel_ip = cfg
+            .local_ip
+            .filter(|_| cfg.kernel_path && !matches!(cfg.encap, Encap::Wireguard { .. }));
+        let kernel = if let Some(local_ip) = kernel_ip {
             match offload::KernelPath::load(
                 &cfg.device,
                 cfg.encap,
-                cfg.local_ip,
+                local_ip,
                 local_subnet,
                 local_subnet6,
             ) {
@@ -349,7 +386,7 @@ impl Tunnel {
         match cfg.encap {
             Encap::Udp { port } => {
                 let carriers = (0..queues)
-                    .map(|_| UdpCarrier::open(cfg.local_ip, port))
+                    .map(|_| UdpCarriers::open(cfg.local_ip, cfg.local_ip6, port))
                     .collect::<Result<Vec<_>, _>>()?;
                 if queues > 1 {
                     carrier::shard_udp(&carriers[0], queues)?;
@@ -358,13 +395,23 @@ impl Tunnel {
             }
             Encap::Ipip => {
                 let carriers = (0..queues)
-                    .map(|q| IpipCarrier::open(cfg.local_ip, q, queues, local_subnet6.is_some()))
+                    .map(|q| {
+                        IpipCarrier::open(
+                            (cfg.local_ip, cfg.local_ip6),
+                            q,
+                            queues,
+                            local_subnet6.is_some(),
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 tunnel.spawn(tuns, carriers)?;
             }
             Encap::Wireguard { port } => {
+                let local_ip = cfg
+                    .local_ip
+                    .ok_or_else(|| TunnelError::Config("wireguard without local_ip".into()))?;
                 let sockets = (0..queues)
-                    .map(|_| UdpCarrier::open(cfg.local_ip, port))
+                    .map(|_| UdpCarrier::open(local_ip.into(), port))
                     .collect::<Result<Vec<_>, _>>()?;
                 let control = sockets[0]
                     .sock
@@ -474,10 +521,10 @@ impl Tunnel {
             .entries
             .iter()
             .map(|e| {
-                let k = kernel_counters
-                    .get(&e.peer.underlay)
-                    .copied()
-                    .unwrap_or_default();
+                let k = match e.peer.underlay {
+                    IpAddr::V4(a) => kernel_counters.get(&a).copied().unwrap_or_default(),
+                    IpAddr::V6(_) => Default::default(),
+                };
                 PeerStats {
                     node: e.peer.node.clone(),
                     subnet: e.peer.subnet,

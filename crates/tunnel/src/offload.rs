@@ -128,15 +128,19 @@ impl Wanted {
         let mut w = Wanted::default();
         let mut seen = HashSet::new();
         for p in peers {
-            let first = seen.insert(p.underlay);
-            w.routes.entry(p.subnet.trunc()).or_insert(p.underlay);
+            // Peers over an IPv6 underlay are the engine's alone.
+            let std::net::IpAddr::V4(underlay) = p.underlay else {
+                continue;
+            };
+            let first = seen.insert(underlay);
+            w.routes.entry(p.subnet.trunc()).or_insert(underlay);
             if first {
-                w.peers.insert(p.underlay, p.subnet.trunc());
+                w.peers.insert(underlay, p.subnet.trunc());
             }
             if let Some(net6) = p.subnet6.filter(|_| ipv6).map(|n| n.trunc()) {
-                w.routes6.entry(net6).or_insert(p.underlay);
+                w.routes6.entry(net6).or_insert(underlay);
                 if first {
-                    w.peers6.insert(p.underlay, net6);
+                    w.peers6.insert(underlay, net6);
                 }
             }
         }

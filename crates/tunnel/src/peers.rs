@@ -2,12 +2,12 @@
 //!
 //! `set_peers` builds a new immutable [`PeerTable`] and swaps it in atomically (arc-swap), so
 //! the fast path never takes a lock: a worker loads the current table once per batch. Lookups
-//! are by underlay address (receive: who sent this?) and by longest-prefix match of the inner
+//! are by underlay address of either family (receive: who sent this?) and by longest-prefix match of the inner
 //! destination over the peers' subnets of its family (send: where does this go?).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,7 +55,7 @@ pub(crate) struct PeerCounters {
 pub(crate) struct PeerEntry {
     pub peer: Peer,
     /// Where to send: underlay address and the tunnel port (0 for ipip).
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub counters: Arc<PeerCounters>,
     /// The WireGuard peer state (WireGuard tunnels only).
     pub wg: Option<Arc<WgPeer>>,
@@ -66,6 +66,8 @@ pub(crate) struct PeerEntry {
 pub(crate) struct PeerTable {
     pub entries: Vec<PeerEntry>,
     by_underlay: FastMap<usize>,
+    /// Peers with an IPv6 underlay address.
+    by_underlay6: FastMap6<usize>,
     /// One map per distinct prefix length, longest first.
     by_prefix: Vec<(u8, FastMap<usize>)>,
     /// The same for the peers' IPv6 subnets.
@@ -94,10 +96,10 @@ impl PeerTable {
                 .get(peer.node.as_str())
                 .map(|c| Arc::clone(c))
                 .unwrap_or_default();
-            table
-                .by_underlay
-                .entry(u32::from(peer.underlay))
-                .or_insert(idx);
+            match peer.underlay {
+                IpAddr::V4(a) => table.by_underlay.entry(u32::from(a)).or_insert(idx),
+                IpAddr::V6(a) => table.by_underlay6.entry(u128::from(a)).or_insert(idx),
+            };
             let subnet = peer.subnet.trunc();
             let len = subnet.prefix_len();
             let slot = match table.by_prefix.iter().position(|(l, _)| *l == len) {
@@ -127,7 +129,7 @@ impl PeerTable {
             }
             table.entries.push(PeerEntry {
                 peer: peer.clone(),
-                addr: SocketAddrV4::new(peer.underlay, port),
+                addr: SocketAddr::new(peer.underlay, port),
                 counters,
                 wg: None,
             });
@@ -141,9 +143,18 @@ impl PeerTable {
         self.entries.len()
     }
 
-    /// The peer whose underlay address is `ip`.
+    /// The peer whose (IPv4) underlay address is `ip`.
     pub(crate) fn by_underlay(&self, ip: Ipv4Addr) -> Option<usize> {
         self.by_underlay.get(&u32::from(ip)).copied()
+    }
+
+    /// The peer whose underlay address, of either family, is `ip`. An IPv4-mapped IPv6
+    /// address is not the IPv4 address: a peer is known by the family it was given.
+    pub(crate) fn by_source(&self, ip: IpAddr) -> Option<usize> {
+        match ip {
+            IpAddr::V4(a) => self.by_underlay(a),
+            IpAddr::V6(a) => self.by_underlay6.get(&u128::from(a)).copied(),
+        }
     }
 
     /// The WireGuard peer a message with this receiver index is for: the index we gave the
@@ -298,7 +309,7 @@ mod tests {
             node: node.into(),
             subnet: subnet.parse().unwrap(),
             subnet6: None,
-            underlay: Ipv4Addr::from(underlay),
+            underlay: Ipv4Addr::from(underlay).into(),
             public_key: None,
         }
     }
@@ -318,6 +329,31 @@ mod tests {
         assert_eq!(t.by_destination(Ipv4Addr::new(10, 1, 2, 9)), Some(1));
         assert_eq!(t.by_destination(Ipv4Addr::new(10, 1, 3, 9)), Some(0));
         assert_eq!(t.by_destination(Ipv4Addr::new(10, 2, 0, 1)), None);
+    }
+
+    #[test]
+    fn ipv6_underlay_peers_are_known_by_their_ipv6_address_only() {
+        let v6 = |p: Peer, a: &str| Peer {
+            underlay: a.parse().unwrap(),
+            ..p
+        };
+        let t = PeerTable::build(
+            &[
+                peer("a", "10.1.0.0/24", [192, 168, 0, 1]),
+                v6(peer("b", "10.1.1.0/24", [0, 0, 0, 0]), "fd00:77::2"),
+                v6(peer("c", "10.1.2.0/24", [0, 0, 0, 0]), "::ffff:192.168.0.3"),
+            ],
+            8285,
+            None,
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(t.by_source(ip("192.168.0.1")), Some(0));
+        assert_eq!(t.by_source(ip("fd00:77::2")), Some(1));
+        assert_eq!(t.by_source(ip("fd00:77::3")), None);
+        assert_eq!(t.by_source(ip("::ffff:192.168.0.1")), None);
+        assert_eq!(t.by_source(ip("192.168.0.3")), None);
+        assert_eq!(t.entries[1].addr, "[fd00:77::2]:8285".parse().unwrap());
+        assert_eq!(t.by_destination(Ipv4Addr::new(10, 1, 1, 7)), Some(1));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Batched socket I/O: `sendmmsg(2)` with a per-message UDP GSO segment size, and
-//! `recvmmsg(2)` returning each datagram's source and UDP GRO segment size.
+//! `recvmmsg(2)` returning each datagram's source and UDP GRO segment size, for sockets of
+//! either family (IPv4 or IPv6 addresses in the same preallocated slots).
 //!
 //! This is the crate's only `unsafe` code. nix's `sendmmsg` shares one set of control messages
 //! across all messages (we need a GSO size per message) and its result iterator reads source
 //! addresses the kernel never wrote for a send; socket2 has no `*mmsg` at all. So this module
-//! owns preallocated `mmsghdr`/`sockaddr_in`/control arrays and fills them per call: no heap
+//! owns preallocated `mmsghdr`/socket address/control arrays and fills them per call: no heap
 //! allocation per packet or per batch. Pointers stored in the arrays are only dereferenced by
 //! the kernel during the call that set them.
 
@@ -13,7 +14,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::marker::PhantomData;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
 
@@ -22,21 +23,40 @@ use std::ptr;
 #[derive(Clone, Copy)]
 struct RecvControl([u8; 64]);
 
-/// The control message carrying a UDP_SEGMENT size; its layout is `CMSG_SPACE(2)` bytes: the
-/// header then the u16 (padding up to the 8-byte alignment follows).
+/// One control message of a sent message: a UDP_SEGMENT size (u16) or an IPV6_TCLASS (int);
+/// its layout is `CMSG_SPACE(4)` bytes: the header then the value (padding up to the 8-byte
+/// alignment follows).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GsoControl {
+struct SendControl {
     hdr: libc::cmsghdr,
-    segment: u16,
-    _pad: [u8; 6],
+    data: [u8; 8],
+}
+
+/// The per-message option of a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendOpt {
+    None,
+    /// Ask the kernel to split the payload into UDP datagrams of this size (UDP GSO).
+    Segment(u16),
+    /// The IPv6 traffic class of the packet the kernel builds (raw IPv6 sockets).
+    TrafficClass(u8),
+}
+
+/// A socket address of either family, where the kernel reads or writes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union SockName {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
 }
 
 /// What `recvmmsg` reported for one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecvMeta {
     pub len: usize,
-    pub src: Ipv4Addr,
+    /// The sender (`0.0.0.0` when the kernel gave no address of a known family).
+    pub src: IpAddr,
     pub src_port: u16,
     /// Segment size when the kernel coalesced several datagrams (UDP_GRO).
     pub gro_segment: Option<u16>,
@@ -48,7 +68,7 @@ impl Default for RecvMeta {
     fn default() -> RecvMeta {
         RecvMeta {
             len: 0,
-            src: Ipv4Addr::UNSPECIFIED,
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             src_port: 0,
             gro_segment: None,
             truncated: false,
@@ -61,24 +81,68 @@ impl Default for RecvMeta {
 /// worker makes its own.
 pub(crate) struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
-    names: Vec<libc::sockaddr_in>,
+    names: Vec<SockName>,
     recv_control: Vec<RecvControl>,
-    send_control: Vec<GsoControl>,
+    send_control: Vec<SendControl>,
 }
 
-fn zero_sockaddr() -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all-zero bytes are a valid value.
+fn zero_sockaddr() -> SockName {
+    // SAFETY: both sockaddr structs are plain old data; all-zero bytes are a valid value.
     unsafe { mem::zeroed() }
 }
 
-fn to_sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+/// `a` in the kernel's layout, and the length of that layout.
+fn to_sockaddr(a: SocketAddr) -> (SockName, libc::socklen_t) {
     let mut s = zero_sockaddr();
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr = libc::in_addr {
-        s_addr: u32::from_ne_bytes(a.ip().octets()),
-    };
-    s
+    match a {
+        SocketAddr::V4(a) => {
+            s.v4 = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            (s, mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            s.v6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            (s, mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+/// The address the kernel wrote into `s`.
+fn from_sockaddr(s: &SockName) -> (IpAddr, u16) {
+    // SAFETY: every variant starts with the family field, and the slot was zeroed or filled
+    // by the kernel; the variant read is the one the family names.
+    unsafe {
+        match libc::c_int::from(s.v4.sin_family) {
+            libc::AF_INET => (
+                IpAddr::V4(Ipv4Addr::from(s.v4.sin_addr.s_addr.to_ne_bytes())),
+                u16::from_be(s.v4.sin_port),
+            ),
+            libc::AF_INET6 => {
+                let a = SocketAddrV6::new(
+                    Ipv6Addr::from(s.v6.sin6_addr.s6_addr),
+                    u16::from_be(s.v6.sin6_port),
+                    0,
+                    s.v6.sin6_scope_id,
+                );
+                (IpAddr::V6(*a.ip()), a.port())
+            }
+            _ => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        }
+    }
 }
 
 impl Mmsg {
@@ -92,10 +156,9 @@ impl Mmsg {
             names: vec![zero_sockaddr(); capacity],
             recv_control: vec![RecvControl([0; 64]); capacity],
             send_control: vec![
-                GsoControl {
+                SendControl {
                     hdr: cmsg,
-                    segment: 0,
-                    _pad: [0; 6]
+                    data: [0; 8]
                 };
                 capacity
             ],
@@ -125,8 +188,9 @@ impl Mmsg {
         }
         for (i, buf) in bufs.iter_mut().enumerate().take(n) {
             let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            self.names[i] = zero_sockaddr();
+            h.msg_name = (&mut self.names[i] as *mut SockName).cast();
+            h.msg_namelen = mem::size_of::<SockName>() as libc::socklen_t;
             // IoSliceMut is guaranteed ABI-compatible with iovec on Unix.
             h.msg_iov = (buf as *mut IoSliceMut<'_>).cast();
             h.msg_iovlen = 1;
@@ -153,15 +217,7 @@ impl Mmsg {
         let r = r as usize;
         for (i, m) in meta.iter_mut().enumerate().take(r) {
             let h = &self.hdrs[i].msg_hdr;
-            let name = &self.names[i];
-            let (src, src_port) = if name.sin_family == libc::AF_INET as libc::sa_family_t {
-                (
-                    Ipv4Addr::from(name.sin_addr.s_addr.to_ne_bytes()),
-                    u16::from_be(name.sin_port),
-                )
-            } else {
-                (Ipv4Addr::UNSPECIFIED, 0)
-            };
+            let (src, src_port) = from_sockaddr(&self.names[i]);
             *m = RecvMeta {
                 len: self.hdrs[i].msg_len as usize,
                 src,
@@ -207,30 +263,51 @@ impl<'a> SendBatch<'_, 'a> {
         self.len
     }
 
-    /// Adds a message to `dst` made of `iov`; a non-zero `segment` asks the kernel to split
-    /// the payload into datagrams of that size (UDP_SEGMENT). False when the batch is full.
-    pub(crate) fn push(&mut self, dst: SocketAddrV4, iov: &'a [IoSlice<'a>], segment: u16) -> bool {
+    /// Adds a message to `dst` made of `iov`, with `opt`: a UDP GSO segment size (the kernel
+    /// splits the payload into datagrams of that size) or an IPv6 traffic class. False when
+    /// the batch is full.
+    pub(crate) fn push(
+        &mut self,
+        dst: impl Into<SocketAddr>,
+        iov: &'a [IoSlice<'a>],
+        opt: SendOpt,
+    ) -> bool {
         let i = self.len;
         if i >= self.m.hdrs.len() {
             return false;
         }
-        self.m.names[i] = to_sockaddr(dst);
+        let (name, namelen) = to_sockaddr(dst.into());
+        self.m.names[i] = name;
         let ctl = &mut self.m.send_control[i];
         let h = &mut self.m.hdrs[i].msg_hdr;
-        h.msg_name = (&mut self.m.names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut self.m.names[i] as *mut SockName).cast();
+        h.msg_namelen = namelen;
         // IoSlice is guaranteed ABI-compatible with iovec on Unix; the kernel only reads it.
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = iov.len() as _;
-        if segment != 0 {
+        let control = match opt {
+            SendOpt::None => None,
+            SendOpt::Segment(0) => None,
+            SendOpt::Segment(size) => Some((libc::SOL_UDP, libc::UDP_SEGMENT, 2, {
+                let mut d = [0u8; 8];
+                d[..2].copy_from_slice(&size.to_ne_bytes());
+                d
+            })),
+            SendOpt::TrafficClass(tc) => Some((libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 4, {
+                let mut d = [0u8; 8];
+                d[..4].copy_from_slice(&libc::c_int::from(tc).to_ne_bytes());
+                d
+            })),
+        };
+        if let Some((level, kind, bytes, data)) = control {
             // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic on the length.
-            let (len, space) = unsafe { (libc::CMSG_LEN(2), libc::CMSG_SPACE(2)) };
-            debug_assert_eq!(space as usize, mem::size_of::<GsoControl>());
+            let (len, space) = unsafe { (libc::CMSG_LEN(bytes), libc::CMSG_SPACE(bytes)) };
+            debug_assert!(space as usize <= mem::size_of::<SendControl>());
             ctl.hdr.cmsg_len = len as _;
-            ctl.hdr.cmsg_level = libc::SOL_UDP;
-            ctl.hdr.cmsg_type = libc::UDP_SEGMENT;
-            ctl.segment = segment;
-            h.msg_control = (ctl as *mut GsoControl).cast();
+            ctl.hdr.cmsg_level = level;
+            ctl.hdr.cmsg_type = kind;
+            ctl.data = data;
+            h.msg_control = (ctl as *mut SendControl).cast();
             h.msg_controllen = space as _;
         } else {
             h.msg_control = ptr::null_mut();
@@ -276,10 +353,7 @@ mod tests {
     fn sends_and_receives_batches_on_loopback() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dst = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let dst = rx.local_addr().unwrap();
         let a = [1u8; 100];
         let b = [2u8; 100];
         let c = [3u8; 40];
@@ -288,8 +362,8 @@ mod tests {
         let gso = [IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
         let mut m = Mmsg::new(8);
         let mut batch = m.send_batch();
-        assert!(batch.push(dst, &one, 0));
-        assert!(batch.push(dst, &gso, 100));
+        assert!(batch.push(dst, &one, SendOpt::None));
+        assert!(batch.push(dst, &gso, SendOpt::Segment(100)));
         assert_eq!(batch.send(tx.as_fd(), 0).unwrap(), 2);
 
         let mut bufs = vec![vec![0u8; 2048]; 8];
@@ -312,7 +386,7 @@ mod tests {
         assert_eq!(lens, vec![100, 100, 100, 40]);
         assert!(
             got.iter()
-                .all(|m| m.src == Ipv4Addr::LOCALHOST && !m.truncated)
+                .all(|m| m.src == IpAddr::V4(Ipv4Addr::LOCALHOST) && !m.truncated)
         );
     }
 }

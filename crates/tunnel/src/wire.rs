@@ -10,6 +10,13 @@
 //!   RFC 4213). The outer header follows Linux's defaults for a tunnel made with
 //!   `ip link add type ipip` / `type sit` (see [`encode_ipv4_outer`]).
 //!
+//! - **ipip** over an IPv6 underlay (Linux's `ip6tnl`, `mode any`, RFC 2473): an outer IPv6
+//!   header with next header 4 (IPv4 inside) or 41 (IPv6 inside). The kernel builds that header
+//!   for a raw IPv6 socket and strips it (and any extension header, such as `ip6tnl`'s Tunnel
+//!   Encapsulation Limit option) on receive, so the engine only sees the inner packet here
+//!   ([`decode_ip6tnl_payload`]). We send no encapsulation limit option (as `ip6tnl
+//!   encaplimit none`): a real `ip6tnl` accepts packets with or without one.
+//!
 //! Inner IPv6 packets are carried as they are: extension headers and fragments are neither
 //! parsed nor changed. The receive checks use the fixed header's source and destination, which
 //! no extension header can change (a routing header's final destination is only a further
@@ -32,6 +39,12 @@ pub const IPV6_HEADER_LEN: usize = 40;
 pub const UDP_OVERHEAD: u32 = 28;
 /// Bytes the ipip framing adds in front of an inner packet (outer IPv4).
 pub const IPIP_OVERHEAD: u32 = 20;
+/// Bytes the udp framing adds over an IPv6 underlay (outer IPv6 + UDP).
+pub const UDP6_OVERHEAD: u32 = 48;
+/// Bytes the ipip framing adds over an IPv6 underlay (outer IPv6, no extension header).
+pub const IPIP6_OVERHEAD: u32 = 40;
+/// The hop limit of the outer IPv6 header: `ip6tnl`'s default (`hoplimit 64`).
+pub const IP6TNL_HOP_LIMIT: u32 = 64;
 
 const FLAG_DF: u16 = 0x4000;
 const ECN_MASK: u8 = 0x03;
@@ -397,6 +410,29 @@ pub fn encode_ipv4_outer(
     out[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
+/// The traffic class of the outer IPv6 header for an inner packet of either family, as
+/// `ip6tnl` sets it by default (`tclass 0`, flow label 0): DSCP 0 with the inner ECN bits
+/// encapsulated (CE becomes ECT(0), RFC 6040 normal mode).
+pub fn ip6tnl_traffic_class(inner: &InnerHeader) -> u8 {
+    outer_ecn(inner.tos())
+}
+
+/// Decodes what a raw IPv6 socket of protocol `next_header` (4 or 41) returns over an IPv6
+/// underlay: the inner packet alone (the kernel stripped the outer header and its extension
+/// headers), IPv4 for 4 and IPv6 for 41; trailing bytes past the inner length are ignored.
+pub fn decode_ip6tnl_payload(next_header: u8, payload: &[u8]) -> Result<AnyInner, WireError> {
+    let header = match next_header {
+        IPPROTO_IPIP => InnerHeader::V4(parse_ipv4(payload)?),
+        IPPROTO_IPV6 => InnerHeader::V6(parse_ipv6(payload)?),
+        _ => return Err(WireError::NotIpip),
+    };
+    Ok(AnyInner {
+        header,
+        offset: 0,
+        len: header.total_len(),
+    })
+}
+
 /// The receive-path policy for a decoded inner packet from a known peer: its source must lie
 /// in the sender's subnet and its destination in ours.
 pub fn admit(
@@ -714,11 +750,44 @@ mod tests {
         assert_eq!(parse_ipv6(&inner[..43]), Err(WireError::BadTotalLength));
     }
 
+    #[test]
+    fn ip6tnl_payload_must_match_the_next_header() {
+        let (src, dst) = ("fd00:1::2".parse().unwrap(), "fd00:2::2".parse().unwrap());
+        let mut v6 = Vec::new();
+        build_ipv6(src, dst, 58, 64, &[128, 0, 0, 0], &mut v6);
+        v6[1] = 0x30; // traffic class 0x03: CE
+        let mut v4 = Vec::new();
+        build_ipv4(
+            Ipv4Addr::new(10, 0, 1, 2),
+            Ipv4Addr::new(10, 0, 2, 2),
+            1,
+            64,
+            &[8, 0, 0, 0],
+            &mut v4,
+        );
+        let d6 = decode_ip6tnl_payload(IPPROTO_IPV6, &v6).unwrap();
+        assert_eq!((d6.offset, d6.len), (0, 44));
+        assert_eq!(ip6tnl_traffic_class(&d6.header), ECN_ECT0);
+        let d4 = decode_ip6tnl_payload(IPPROTO_IPIP, &v4).unwrap();
+        assert_eq!((d4.offset, d4.len), (0, 24));
+        assert_eq!(ip6tnl_traffic_class(&d4.header), 0);
+        // IPv6 announced as IPv4 (next header 4) or the other way round is malformed.
+        assert!(decode_ip6tnl_payload(IPPROTO_IPIP, &v6).is_err());
+        assert!(decode_ip6tnl_payload(IPPROTO_IPV6, &v4).is_err());
+        assert!(decode_ip6tnl_payload(17, &v4).is_err());
+        // Trailing bytes past the inner length are ignored, truncation is not.
+        v4.extend_from_slice(&[0; 7]);
+        assert_eq!(decode_ip6tnl_payload(IPPROTO_IPIP, &v4).unwrap().len, 24);
+        assert!(decode_ip6tnl_payload(IPPROTO_IPV6, &v6[..43]).is_err());
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let _ = decode_udp_payload_any(&bytes);
             let _ = decode_ipip_any(&bytes);
+            let _ = decode_ip6tnl_payload(4, &bytes);
+            let _ = decode_ip6tnl_payload(41, &bytes);
             let (p6, l6) = ("fd00:1::/64".parse().unwrap(), "::/0".parse().unwrap());
             let _ = receive_check_any(true, &bytes, (&net("10.0.1.0/24"), Some(&p6)), (&net("10.0.2.0/24"), Some(&l6)));
             let _ = parse_ipv4(&bytes);

@@ -14,10 +14,9 @@
 mod common;
 
 use std::net::SocketAddrV4;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{H1, H2, Lab, capture_eth0};
+use common::{H1, H2, Lab, capture_eth0, pcap_frames};
 use socket2::{Domain, Protocol, Socket, Type};
 use twill_testkit::TempDir;
 use twill_tunnel::wire::{self, build_ipv6};
@@ -30,42 +29,6 @@ const DEV: &str = "twill.tun";
 const P1_6: &str = "fd00:1::2";
 const P2_6: &str = "fd00:2::2";
 const PATTERN: [u8; 4] = [0xc0, 0xff, 0xee, 0x11];
-
-/// Adds the IPv6 side to the lab's pods and hosts (no DAD: addresses are usable at once).
-fn add_ipv6(lab: &Lab) {
-    for (host, pod, n) in [(&lab.h1, &lab.p1, 1), (&lab.h2, &lab.p2, 2)] {
-        host.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        host.ok(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("fd00:{n}::1/64"),
-            "dev",
-            &format!("vp{n}"),
-            "nodad",
-        ]);
-        pod.ok(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("fd00:{n}::2/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        pod.ok(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("fd00:{n}::1"),
-        ]);
-    }
-}
 
 fn config(encap: Encap, host: u8, queues: usize) -> TunnelConfig {
     TunnelConfig {
@@ -142,7 +105,7 @@ fn wait_reachable6(lab: &Lab) -> bool {
 
 fn both_families_flow(encap: Encap, tag: &str) {
     let lab = Lab::new(tag, false);
-    add_ipv6(&lab);
+    lab.add_pods6();
     let (t1, t2) = start_pair(&lab, encap, 2);
     assert!(wait_reachable6(&lab), "ping -6 p1 -> p2: {:?}", t1.stats());
     assert!(ping6_five_times(&lab), "ping -6 -c 5 p1 -> p2");
@@ -206,7 +169,7 @@ const PINGS: u64 = 20;
 /// dropped.
 fn ipv6_takes_the_kernel_path(encap: Encap, tag: &str) {
     let lab = Lab::new(tag, false);
-    add_ipv6(&lab);
+    lab.add_pods6();
     let (t1, t2) = start_pair_with(&lab, encap, 1, true);
     assert!(lab.wait_reachable(Duration::from_secs(10)));
     assert!(
@@ -309,7 +272,7 @@ fn bridge_pod2(lab: &Lab) {
 /// which would segment them in software). The engine carries none of it.
 fn ipv6_super_packets_stay_whole(encap: Encap, tag: &str) {
     let lab = Lab::new(tag, false);
-    add_ipv6(&lab);
+    lab.add_pods6();
     bridge_pod2(&lab);
     let (_t1, _t2) = start_pair_with(&lab, encap, 1, true);
     assert!(wait_reachable6(&lab));
@@ -385,26 +348,6 @@ fn ipv6_super_packets_stay_whole_through_udp() {
 #[ignore = "needs root"]
 fn ipv6_super_packets_stay_whole_through_ipip() {
     ipv6_super_packets_stay_whole(Encap::Ipip, "g6i");
-}
-
-/// The frames of a pcap file (microsecond format, little-endian, as tcpdump -w writes here).
-fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
-    let b = std::fs::read(path).unwrap_or_default();
-    if b.len() < 24 || b[..4] != 0xa1b2_c3d4u32.to_le_bytes() {
-        return Vec::new();
-    }
-    let mut frames = Vec::new();
-    let mut at = 24;
-    while at + 16 <= b.len() {
-        let incl = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-        at += 16;
-        if at + incl > b.len() {
-            break;
-        }
-        frames.push(b[at..at + incl].to_vec());
-        at += incl;
-    }
-    frames
 }
 
 /// An echo request of our pattern from p1 to p2, as an IPv6 packet.
@@ -527,7 +470,7 @@ fn tunnelled_echo_requests(lab: &Lab, ipip: bool, tclass: &str, tag: &str) -> Ve
 
 fn ipv6_wire_format(encap: Encap, tag: &str) {
     let lab = Lab::new(tag, false);
-    add_ipv6(&lab);
+    lab.add_pods6();
     let (_t1, _t2) = start_pair(&lab, encap, 1);
     assert!(wait_reachable6(&lab));
     tunnelled_echo_requests(&lab, encap == Encap::Ipip, "0", tag);
@@ -559,7 +502,7 @@ fn ipv6_kernel_path_wire_format(encap: Encap, tag: &str) {
     for kernel_path in [false, true] {
         let tag = format!("{tag}{}", if kernel_path { "k" } else { "e" });
         let lab = Lab::new(&tag, false);
-        add_ipv6(&lab);
+        lab.add_pods6();
         let (_t1, _t2) = start_pair_with(&lab, encap, 1, kernel_path);
         assert!(wait_reachable6(&lab));
         let engine_rx = engine_io(&lab, 2).0;
@@ -679,7 +622,7 @@ fn wait_drops(
 fn forged_ipv6_is_dropped_and_counted(encap: Encap, tag: &str, kernel_path: bool) {
     let ipip = encap == Encap::Ipip;
     let lab = Lab::new(tag, true);
-    add_ipv6(&lab);
+    lab.add_pods6();
     let (_t1, t2) = start_pair_with(&lab, encap, 1, kernel_path);
     assert!(wait_reachable6(&lab));
     let x = lab.x.as_ref().unwrap();

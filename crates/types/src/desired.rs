@@ -7,7 +7,7 @@
 //! (sysctls, the TUN device's address, masquerading, host protection: [`host_guard`]).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -133,8 +133,12 @@ pub struct TunnelDevice {
     pub name: String,
     pub encap: TunnelEncap,
     pub mtu: u32,
-    /// Underlay address encapsulated packets are sent from.
+    /// IPv4 underlay address encapsulated packets are sent from (`0.0.0.0`: the node has no
+    /// IPv4 underlay, and every peer is reached over IPv6).
     pub local: Ipv4Addr,
+    /// IPv6 underlay address, when a peer is reached over the IPv6 underlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local6: Option<Ipv6Addr>,
 }
 
 /// A peer reached through the userspace tunnel.
@@ -143,9 +147,11 @@ pub struct TunnelDevice {
 pub struct TunnelPeer {
     pub node: String,
     pub subnet: Ipv4Net,
-    pub underlay: Ipv4Addr,
+    /// Where its packets go and come from: its IPv4 underlay address when both ends have
+    /// one, else its IPv6 one.
+    pub underlay: IpAddr,
     /// Its IPv6 pod subnet, when its IPv6 traffic goes through the tunnel too (dual stack,
-    /// over the same IPv4 underlay).
+    /// over the same underlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
 }

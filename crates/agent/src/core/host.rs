@@ -146,6 +146,7 @@ mod tests {
                 encap: TunnelEncap::Udp { port: 8285 },
                 mtu: 1472,
                 local: "192.168.100.11".parse().unwrap(),
+                local6: None,
             }),
             ..DesiredState::default()
         };

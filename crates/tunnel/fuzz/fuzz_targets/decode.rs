@@ -1,7 +1,8 @@
 //! Fuzz target: the receive-path validation (udp payload and ipip packet decoding plus the
 //! peer/local subnet policy) on arbitrary bytes. It must never panic, and whatever it accepts
 //! must lie within the input and satisfy the policy; for both inner families (IPv6 over the
-//! IPv4 underlay: udp payload or protocol 41).
+//! IPv4 underlay: udp payload or protocol 41), and what a raw IPv6 socket returns over an IPv6
+//! underlay (`ip6tnl`: the inner packet alone, next header 4 or 41).
 #![no_main]
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -9,6 +10,13 @@ use libfuzzer_sys::fuzz_target;
 use twill_tunnel::wire;
 
 fuzz_target!(|data: &[u8]| {
+    for next_header in [wire::IPPROTO_IPIP, wire::IPPROTO_IPV6] {
+        if let Ok(inner) = wire::decode_ip6tnl_payload(next_header, data) {
+            assert!(inner.offset == 0 && inner.len <= data.len());
+            assert_eq!(inner.header.tunnel_protocol(), next_header);
+            assert_eq!(wire::parse_inner(&data[..inner.len]), Ok(inner.header));
+        }
+    }
     let peer: Ipv4Net = "10.244.1.0/24".parse().unwrap();
     let local: Ipv4Net = "10.244.2.0/24".parse().unwrap();
     let any: Ipv4Net = "0.0.0.0/0".parse().unwrap();

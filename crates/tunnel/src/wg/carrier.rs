@@ -7,8 +7,8 @@
 //! socket, so they stay in order.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddrV4;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::net::{IpAddr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use boringtun::noise::TunnResult;
@@ -17,7 +17,7 @@ use super::ingress::{self, Sink};
 use super::state::{CONTROL_BUF, WgShared};
 use crate::buf::PktBuf;
 use crate::carrier::{
-    Carrier, Datagram, HEADROOM, MsgInfo, RxBatch, TX_BATCH, TxItem, UdpCarrier, UdpRx,
+    Carrier, Datagram, Fds, HEADROOM, MsgInfo, RxBatch, TX_BATCH, TxItem, UdpCarrier, UdpRx,
 };
 use crate::peers::{PeerTable, Tally};
 use crate::sys::Mmsg;
@@ -96,8 +96,8 @@ impl Carrier for WgCarrier {
         }
     }
 
-    fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
-        (self.udp.sock.as_fd(), None)
+    fn fds(&self) -> Fds<'_> {
+        [Some(self.udp.sock.as_fd()), None, None, None]
     }
 
     fn send(
@@ -177,7 +177,7 @@ impl Carrier for WgCarrier {
             table.entries[p]
                 .wg
                 .as_ref()
-                .map_or(table.entries[p].addr, |w| w.endpoint())
+                .map_or(table.entries[p].addr, |w| w.endpoint().into())
         };
         self.udp
             .send_datagrams(mmsg, msgs, dgrams, &iov, endpoint, tally);
@@ -195,7 +195,12 @@ impl Carrier for WgCarrier {
             }
             let seg = usize::from(m.gro_segment.unwrap_or(0));
             let seg = if seg == 0 { m.len.max(1) } else { seg };
-            let src = SocketAddrV4::new(m.src, m.src_port);
+            // The WireGuard socket is IPv4 (TunnelConfig::local_ip).
+            let IpAddr::V4(src) = m.src else {
+                rx.tally.drop(DropReason::UnknownPeer, 1);
+                continue;
+            };
+            let src = SocketAddrV4::new(src, m.src_port);
             let mut sink = EngineSink {
                 rx,
                 sock: &self.udp,

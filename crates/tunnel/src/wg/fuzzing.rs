@@ -100,7 +100,7 @@ impl Harness {
                 node: "peer".into(),
                 subnet,
                 subnet6: None,
-                underlay: *PEER_ADDR.ip(),
+                underlay: (*PEER_ADDR.ip()).into(),
                 public_key: Some(theirs.public_key()),
             }],
             PEER_ADDR.port(),

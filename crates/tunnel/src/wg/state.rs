@@ -131,7 +131,11 @@ impl WgShared {
             if by_key.contains_key(&key) {
                 continue;
             }
-            let configured = SocketAddrV4::new(e.peer.underlay, self.port);
+            // WireGuard runs over IPv4 only so far: a peer with an IPv6 underlay is skipped.
+            let std::net::IpAddr::V4(underlay) = e.peer.underlay else {
+                continue;
+            };
+            let configured = SocketAddrV4::new(underlay, self.port);
             let wg = match kept.get(&key) {
                 Some(w) => {
                     w.configure(configured);
@@ -260,7 +264,7 @@ mod tests {
             node: node.into(),
             subnet: format!("10.244.{n}.0/24").parse().unwrap(),
             subnet6: None,
-            underlay: Ipv4Addr::new(127, 0, 0, n),
+            underlay: Ipv4Addr::new(127, 0, 0, n).into(),
             public_key: Some(key),
         }
     }

@@ -1,10 +1,11 @@
 //! A two-host lab for the tunnel tests: hosts `h1`, `h2` (and optionally an attacker `x`) on
 //! one bridge in namespace `sw` (underlay 192.168.77.0/24, MTU 1500), and a pod behind each
 //! host (`p1` 10.244.1.2 behind h1, `p2` 10.244.2.2 behind h2), routed through the host.
+//! [`Lab::add_underlay6`] gives the hosts IPv6 underlay addresses too (fd00:77::/64).
 
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use twill_tunnel::{DEFAULT_UDP_PORT, Encap, Peer, Tunnel, TunnelConfig};
 pub const H1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 pub const H2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 pub const X: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 3);
+pub const H1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+pub const H2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+pub const X_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3);
 pub const P1: &str = "10.244.1.2";
 pub const P2: &str = "10.244.2.2";
 pub const NET1: &str = "10.244.1.0/24";
@@ -90,6 +94,61 @@ impl Lab {
         }
     }
 
+    /// Adds the IPv6 side to the lab's pods and hosts (p1 fd00:1::2/64, p2 fd00:2::2/64) (no DAD: addresses are usable at once).
+    pub fn add_pods6(&self) {
+        for (host, pod, n) in [(&self.h1, &self.p1, 1), (&self.h2, &self.p2, 2)] {
+            host.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            host.ok(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("fd00:{n}::1/64"),
+                "dev",
+                &format!("vp{n}"),
+                "nodad",
+            ]);
+            pod.ok(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("fd00:{n}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            pod.ok(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{n}::1"),
+            ]);
+        }
+    }
+
+    /// Gives the hosts (and the attacker) IPv6 underlay addresses on eth0, usable at once (no
+    /// DAD): h1 fd00:77::1, h2 fd00:77::2, x fd00:77::3.
+    pub fn add_underlay6(&self) {
+        let hosts = [(&self.h1, H1_6), (&self.h2, H2_6)];
+        for (ns, ip) in hosts.into_iter().chain(self.x.as_ref().map(|x| (x, X_6))) {
+            ns.ok(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+            ns.ok(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        }
+    }
+
     /// Runs `f` on a thread inside `ns` (what the agent does for its own namespace).
     pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
         twill_netlink::netns::Netns::open(Path::new(&ns.path()))
@@ -105,7 +164,8 @@ impl Lab {
             mtu: 1500 - encap.overhead(),
             local_subnet: format!("10.244.{host}.0/24").parse().unwrap(),
             local_subnet6: None,
-            local_ip: if host == 1 { H1 } else { H2 },
+            local_ip: Some(if host == 1 { H1 } else { H2 }),
+            local_ip6: None,
             queues,
             kernel_path: false,
             wireguard: None,
@@ -117,7 +177,7 @@ impl Lab {
             node: format!("h{host}"),
             subnet: format!("10.244.{host}.0/24").parse().unwrap(),
             subnet6: None,
-            underlay: if host == 1 { H1 } else { H2 },
+            underlay: if host == 1 { H1 } else { H2 }.into(),
             public_key: None,
         }
     }
@@ -392,4 +452,24 @@ pub fn capture_eth0(ns: &Netns, file: &Path, filter: &str) -> Background {
         file.to_str().unwrap(),
         filter,
     ])
+}
+
+/// The frames of a pcap file (microsecond format, little-endian, as tcpdump -w writes here).
+pub fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap_or_default();
+    if b.len() < 24 || b[..4] != 0xa1b2_c3d4u32.to_le_bytes() {
+        return Vec::new();
+    }
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let incl = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16;
+        if at + incl > b.len() {
+            break;
+        }
+        frames.push(b[at..at + incl].to_vec());
+        at += incl;
+    }
+    frames
 }
