@@ -198,8 +198,8 @@ bgp: {listenPort: 1790}
         };
         let peer = Lease {
             node: "n2".into(),
-            subnet: "10.244.4.0/24".parse().unwrap(),
-            public_net: "192.168.100.12/24".parse().unwrap(),
+            subnet: Some("10.244.4.0/24".parse().unwrap()),
+            public_net: Some("192.168.100.12/24".parse().unwrap()),
             backend: twill_types::cluster::BackendKind::Bgp,
             vtep_mac: None,
             wireguard_public_key: None,
