@@ -1,22 +1,28 @@
 //! Routing IPv6 pods by BGP in dual-stack labs, against real BIRD 2 (issue 15): the node mesh
 //! over IPv6 sessions, BIRD as top-of-rack over IPv6 sessions (learning the nodes' IPv6
-//! subnets, announcing an IPv6 route of its own), BIRD reflecting the nodes' IPv6 routes, and
-//! the protections: a wrong TCP-MD5 password over IPv6 gives no session, and a pod cannot
-//! reach any node's BGP port over IPv6. Root only (`--include-ignored`); each test has its own
-//! lab, removed by a guard pass or fail.
+//! subnets, announcing an IPv6 route of its own), BIRD reflecting the nodes' IPv6 routes, the
+//! protections: a wrong TCP-MD5 password over IPv6 gives no session, and a pod cannot reach
+//! any node's BGP port over IPv6; and BGP with WireGuard (`--encrypt`): learned IPv6 routes
+//! into other nodes' subnets go into `twill.wg`, and the underlay carries only WireGuard. Root
+//! only (`--include-ignored`); each test has its own lab, removed by a guard pass or fail.
 //!
 //! Assertions read real state: `ip -6 route show proto 117` in the hosts, `birdc show route`
-//! and `show protocols`, `twill bgp status --json`, ping -6 between pods, TCP from a pod.
+//! and `show protocols`, `twill bgp status --json`, ping -6 between pods, TCP from a pod, an
+//! underlay capture decoded by scapy (tests/wireguard6/wire_check.py; needs tcpdump and
+//! python3-scapy).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use twill_lab::{Backend, IpFamily, Lab, LabSpec, Underlay};
+use twill_lab::{Backend, EncryptMode, IpFamily, Lab, LabSpec, Underlay};
 use twill_testkit::{random_suffix, require_root};
 
 mod bgp_common;
 use bgp_common::{BIRD_KERNEL6, TWILL, bird_peer, bird_peer6, dump_logs, up, wait_until};
+mod lab_common;
+mod wireguard6;
+use wireguard6::wire_proof6;
 
 const T30: Duration = Duration::from_secs(30);
 /// How long a session that must not come up is watched (several connect retries and hold
@@ -56,8 +62,8 @@ fn subnet6(lab: &Lab, i: u32) -> String {
         .unwrap_or_else(|| panic!("h{i} has no IPv6 subnet"))
 }
 
-/// `ip -6 route show proto 117` of host `i`: (destination, gateway).
-fn twill_routes6(lab: &Lab, i: u32) -> Vec<(String, String)> {
+/// `ip -6 route show proto 117` of host `i`: (destination, gateway, device).
+fn twill_routes6_on(lab: &Lab, i: u32) -> Vec<(String, String, String)> {
     let out = lab
         .exec(
             &format!("h{i}"),
@@ -65,15 +71,19 @@ fn twill_routes6(lab: &Lab, i: u32) -> Vec<(String, String)> {
         )
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let field = |r: &Value, key: &str| r[key].as_str().unwrap_or("").to_string();
     v.as_array()
         .into_iter()
         .flatten()
-        .map(|r| {
-            (
-                r["dst"].as_str().unwrap_or("").to_string(),
-                r["gateway"].as_str().unwrap_or("").to_string(),
-            )
-        })
+        .map(|r| (field(r, "dst"), field(r, "gateway"), field(r, "dev")))
+        .collect()
+}
+
+/// `ip -6 route show proto 117` of host `i`: (destination, gateway).
+fn twill_routes6(lab: &Lab, i: u32) -> Vec<(String, String)> {
+    twill_routes6_on(lab, i)
+        .into_iter()
+        .map(|(d, g, _)| (d, g))
         .collect()
 }
 
@@ -436,4 +446,111 @@ fn twill_node_reflects_ipv6_routes() {
         assert_eq!(session(&lab, i, "fd00:100::11"), "Established");
     }
     assert_ping6_all(&lab);
+}
+
+/// The node mesh with WireGuard on (`--encrypt`), dual stack: BIRD (AS 65000, over IPv6
+/// sessions with every node) announces, once it knows the nodes' IPv6 subnets, the half of
+/// each that holds its pods (a /65) and a prefix outside the cluster. Every node installs the
+/// /65s inside the other nodes' IPv6 subnets into `twill.wg` (via the subnet's network
+/// address, not BIRD's next hop), never the one inside its own, and the outside prefix in
+/// clear via BIRD; its IPv6 packets to the other nodes' pods take those routes; pods ping -6
+/// across nodes, and a capture of the underlay holds WireGuard UDP and no pod packet in clear.
+#[test]
+#[ignore = "needs root"]
+fn encrypted_mesh_sends_learned_ipv6_routes_through_wireguard() {
+    require_root();
+    let (name, _g) = name();
+    let mut router =
+        format!("protocol static out6 {{ ipv6; route fd00:99::/64 blackhole; }}\n{BIRD_KERNEL6}");
+    for i in 1..=3u32 {
+        router += &bird_peer6(
+            &format!("h{i}"),
+            "fd00:100::1",
+            65000,
+            &format!("fd00:100::{}", 10 + i),
+            64512,
+            "",
+        );
+    }
+    let spec = dual(&name)
+        .encrypt(EncryptMode::Always)
+        .bird_router(router)
+        .bgp("holdTime: 3\npeers:\n  - {address: \"fd00:100::1\", asNumber: 65000}");
+    let lab = up(&spec);
+    let subnets6: Vec<String> = (1..=3).map(|i| subnet6(&lab, i)).collect();
+    // The pods' halves of the nodes' subnets, announced by BIRD from now on.
+    let halves: Vec<String> = subnets6
+        .iter()
+        .map(|s| {
+            let network = s
+                .strip_suffix("/64")
+                .unwrap_or_else(|| panic!("{s}: not a /64"));
+            format!("{network}/65")
+        })
+        .collect();
+    let bird = lab
+        .state()
+        .birds
+        .iter()
+        .find(|b| b.name == "router")
+        .expect("the lab's BIRD")
+        .clone();
+    let mut conf = std::fs::read_to_string(&bird.conf).unwrap();
+    conf += "protocol static halves6 {\n  ipv6;\n";
+    for half in &halves {
+        conf += &format!("  route {half} blackhole;\n");
+    }
+    conf += "}\n";
+    std::fs::write(&bird.conf, conf).unwrap();
+    let out = lab.birdc("router", &["configure"]).unwrap();
+    assert!(out.contains("Reconfigured"), "{out}");
+
+    for i in 1..=3u32 {
+        wait_route6(&lab, i, "fd00:99::/64", "fd00:100::1");
+        for j in (1..=3u32).filter(|j| *j != i) {
+            let (half, subnet) = (&halves[j as usize - 1], &subnets6[j as usize - 1]);
+            let gateway = subnet.trim_end_matches("/64");
+            wait_until(&format!("h{i}: {half} into twill.wg"), T30, || {
+                twill_routes6_on(&lab, i).contains(&(
+                    half.clone(),
+                    gateway.to_string(),
+                    "twill.wg".into(),
+                ))
+            });
+            // The other node's subnet itself: WireGuard's route, as without BGP.
+            let out = lab
+                .exec(
+                    &format!("h{i}"),
+                    &["ip", "-6", "-j", "route", "show", subnet],
+                )
+                .unwrap();
+            let routes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert!(
+                routes.len() == 1 && routes[0]["dev"] == "twill.wg",
+                "h{i} -> {subnet}: {routes:?}"
+            );
+            // Its pods are reached by the learned route.
+            let pod6 = lab
+                .pods()
+                .iter()
+                .find(|p| p.host == j)
+                .and_then(|p| p.ip6)
+                .unwrap()
+                .to_string();
+            let out = lab
+                .exec(&format!("h{i}"), &["ip", "-6", "-j", "route", "get", &pod6])
+                .unwrap();
+            let got: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            assert_eq!(got[0]["dev"], "twill.wg", "h{i} -> {pod6}: {got}");
+        }
+        // Never a route into its own subnet, from BIRD or anyone.
+        let own = &halves[i as usize - 1];
+        assert!(
+            twill_routes6(&lab, i).iter().all(|(d, _)| d != own),
+            "h{i} routes its own {own}: {:?}",
+            twill_routes6(&lab, i)
+        );
+    }
+    assert_ping6_all(&lab);
+    wire_proof6(&lab, &[]);
 }

@@ -7,22 +7,19 @@
 //! /usr/bin/python3).
 
 mod lab_common;
+mod wireguard6;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
-use lab_common::{Guard, UnderlayCapture, spawn_in, wait_for};
+use lab_common::{Guard, spawn_in, wait_for};
 use serde_json::Value;
 use twill_lab::{Backend, EncryptMode, IpFamily, Lab, LabSpec, Outcome, Underlay};
 use twill_testkit::{random_suffix, require_root};
+use wireguard6::{PORT, wire_proof6};
 
 const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-const PORT: u16 = 51820;
-const WIRE_CHECK: &str = include_str!("wireguard6/wire_check.py");
-/// The Debian python with scapy (a python3 earlier on PATH may lack it).
-const SCAPY_PYTHON: &str = "/usr/bin/python3";
 
 /// A dual-stack lab of `nodes` hosts with one pod each.
 fn spec(backend: Backend, underlay: Underlay, nodes: u32) -> LabSpec {
@@ -89,113 +86,6 @@ fn paths(lab: &Lab, from: u32, to: u32) -> (String, Option<String>) {
         .find(|p| p.node == format!("h{to}"))
         .unwrap_or_else(|| panic!("h{from} does not know h{to}: {s:?}"));
     (p.path.via.clone(), p.path6.as_ref().map(|p| p.via.clone()))
-}
-
-/// A TCP echo server on [::]:7777 for marker exchanges (runs until killed or 60 s).
-const ECHO6: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 7777)); s.listen(16); s.settimeout(60)
-while True:
-    c, _ = s.accept(); c.settimeout(5)
-    b = c.recv(4096)
-    c.sendall(b); c.close()
-"#;
-
-/// Sends the marker to [ip]:7777 and expects it back.
-const SEND_MARKER6: &str = r#"
-import socket, sys, time
-ip, marker = sys.argv[1], sys.argv[2].encode()
-deadline = time.monotonic() + 10
-while True:
-    try:
-        c = socket.create_connection((ip, 7777), timeout=2); break
-    except OSError:
-        if time.monotonic() > deadline: raise
-        time.sleep(0.1)
-c.sendall(marker * 20)
-got = b""
-while len(got) < len(marker) * 20:
-    b = c.recv(4096)
-    if not b: break
-    got += b
-assert got == marker * 20, got
-"#;
-
-/// Runs IPv6 marker traffic between every pair of pods on different hosts (TCP echo and
-/// pings whose payload is the marker) while the underlay is captured, then decodes the
-/// capture; `clear_pairs` are the host pairs whose traffic may be clear (both underlay
-/// families of each).
-fn wire_proof6(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
-    let marker = format!("twillwg6{}", random_suffix(6));
-    let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
-    let capture = UnderlayCapture::start(lab, "not port 2379 and not port 2380");
-    let servers: Vec<Child> = lab
-        .pods()
-        .iter()
-        .map(|p| spawn_in(lab, &p.name, &["python3", "-c", ECHO6]))
-        .collect();
-    for a in lab.pods() {
-        for b in lab.pods().iter().filter(|b| b.host != a.host) {
-            let dst = b
-                .ip6
-                .expect("pods of a dual-stack lab have IPv6")
-                .to_string();
-            let out = lab
-                .exec(&a.name, &["python3", "-c", SEND_MARKER6, &dst, &marker])
-                .unwrap();
-            assert!(out.status.success(), "{} -> {}: {out:?}", a.name, b.name);
-            let ping = lab
-                .exec(
-                    &a.name,
-                    &[
-                        "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-p", &hex, &dst,
-                    ],
-                )
-                .unwrap();
-            assert!(ping.status.success(), "{} -> {}: {ping:?}", a.name, b.name);
-        }
-    }
-    for mut s in servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    let pcap = capture.stop();
-    let mut cmd = Command::new(SCAPY_PYTHON);
-    cmd.args(["-c", WIRE_CHECK])
-        .arg(&pcap.0)
-        .arg(PORT.to_string())
-        .arg(&marker)
-        .arg(twill_lab::plan::POD_NETWORK6);
-    for (a, b) in clear_pairs {
-        let (ha, hb) = (lab.state().host(*a).unwrap(), lab.state().host(*b).unwrap());
-        cmd.arg(format!("{}-{}", ha.ip, hb.ip));
-        if let (Some(a6), Some(b6)) = (ha.ip6, hb.ip6) {
-            cmd.arg(format!("{a6}-{b6}"));
-        }
-    }
-    let out = cmd.output().expect("run the capture check");
-    assert!(
-        out.status.success(),
-        "the capture check failed (needs python3-scapy): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("{}: wire {report}", lab.name());
-    assert_eq!(report["notWireguardCount"], 0, "{report}");
-    assert_eq!(
-        report["clearPod6Count"], 0,
-        "pod IPv6 packets in the clear: {report}"
-    );
-    assert_eq!(
-        report["markerCount"], 0,
-        "the marker crossed in clear: {report}"
-    );
-    assert!(
-        report["wgTypes"]["4"].as_u64().unwrap_or(0) > 0,
-        "no WireGuard transport message on the wire: {report}"
-    );
-    report
 }
 
 #[test]

@@ -32,7 +32,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use twill_backend::LocalNode;
-use twill_backend::wireguard::{encrypted_subnet_of, must_not_route_in_clear};
+use twill_backend::wireguard::{
+    encrypted_subnet_of, encrypted_subnet6_of, must_not_route_in_clear,
+};
 use twill_bgp::{PeerConfig, Source, Speaker, SpeakerConfig, SpeakerEvent};
 use twill_dataplane::reconcile::{ObservedRoute, Plan};
 use twill_types::bgp_auth::{BgpAuth, PasswordSource};
@@ -177,13 +179,13 @@ pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, S
 /// next hops that are this node, next hops of the other family than the prefix (an IPv6
 /// route over an IPv4 session from a peer without an IPv6 next hop: an IPv4-mapped one),
 /// and prefixes the backend already routes (tunnel modes, WireGuard). A prefix inside the
-/// subnet of a peer WireGuard encrypts goes into `twill.wg` instead of to its clear next
-/// hop: with encryption on, that peer's pods are reached encrypted whatever BGP says; one
-/// inside the subnet of a peer to encrypt that WireGuard cannot reach (no key) is not
-/// installed at all. IPv6 routes, only on a node with an IPv6 pod subnet, leave by the
-/// underlay device: via the peer's global next hop, or its link-local one (RFC 2545) when
-/// it sent no global one, which is only meaningful on that device (every twill session runs
-/// over the underlay). Pure.
+/// subnet (of its family) of a peer WireGuard encrypts goes into `twill.wg` instead of to
+/// its clear next hop: with encryption on, that peer's pods are reached encrypted whatever
+/// BGP says; one inside the subnet of a peer to encrypt that WireGuard cannot reach (no key;
+/// for IPv6 also a device MTU below 1280) is not installed at all. IPv6 routes, only on a
+/// node with an IPv6 pod subnet, leave by the underlay device: via the peer's global next
+/// hop, or its link-local one (RFC 2545) when it sent no global one, which is only
+/// meaningful on that device (every twill session runs over the underlay). Pure.
 pub fn learned_specs(
     learned: &BTreeMap<IpNet, IpAddr>,
     node: &LocalNode,
@@ -253,13 +255,23 @@ fn learned_spec6(
     // Only a dual-stack node (one with an IPv6 pod subnet) takes IPv6 routes: an IPv4-only
     // cluster's kernels stay as they were whatever IPv6 routes its routers offer.
     let ours = node.subnet6?;
-    let link_local = via.is_unicast_link_local();
-    let usable = dst.prefix_len() != 0
+    // Never the default route, nor one into this node's subnets or via this node itself.
+    let not_ours = dst.prefix_len() != 0
         && !overlaps6(dst, ours)
         && node
             .public_net6
-            .is_none_or(|underlay| !overlaps6(dst, underlay.trunc()) && via != underlay.addr())
-        && !(via.is_unspecified() || via.is_loopback() || via.is_multicast())
+            .is_none_or(|underlay| !overlaps6(dst, underlay.trunc()) && via != underlay.addr());
+    if !not_ours {
+        return None;
+    }
+    // Inside an encrypted peer's IPv6 subnet: into twill.wg, as for IPv4. The lease says
+    // which peer holds the subnet, so the BGP next hop is not used (it may be an IPv4-mapped
+    // one, from a peer that has no IPv6 underlay: WireGuard carries IPv6 over IPv4).
+    if let Some(subnet6) = encrypted_subnet6_of(desired, dst) {
+        return Some(twill_backend::wireguard::route6_within(dst, subnet6));
+    }
+    let link_local = via.is_unicast_link_local();
+    let usable = !(via.is_unspecified() || via.is_loopback() || via.is_multicast())
         && via.to_ipv4_mapped().is_none()
         && !must_not_route_in_clear(desired, IpNet::V6(dst));
     usable.then(|| RouteSpec {
@@ -1216,16 +1228,141 @@ mod tests {
         // An IPv4-only node installs no IPv6 route at all.
         let specs = learned_specs(&learned, &node(), &desired);
         assert!(specs.iter().all(|r| r.dst.addr().is_ipv4()), "{specs:?}");
-        // With WireGuard (which carries IPv4 only so far) no IPv6 route goes in clear.
-        desired.wireguard = Some(twill_types::desired::WireguardDevice {
-            name: "twill.wg".into(),
-            port: 51820,
-            mtu: 1420,
-            local: "192.168.1.11".parse().unwrap(),
-            persistent_keepalive: 0,
-        });
+    }
+
+    /// A dual-stack desired state with WireGuard as the backend leaves it: h2 encrypted in
+    /// both families (its routes into twill.wg), h4 without a key (blocked in both), h5
+    /// encrypted for IPv4 while its IPv6 is blocked (as with a device MTU below 1280).
+    fn encrypted_dual_stack() -> DesiredState {
+        let net = |s: &str| -> Ipv4Net { s.parse().unwrap() };
+        let net6 = |s: &str| -> Ipv6Net { s.parse().unwrap() };
+        let mut desired = DesiredState::default();
+        for (node, subnet, subnet6, key) in [
+            ("h2", "10.244.2.0/24", Some("fd00:10:244:2::/64"), 2),
+            ("h5", "10.244.5.0/24", None, 5),
+        ] {
+            desired
+                .routes
+                .push(twill_backend::wireguard::route(net(subnet), net(subnet)));
+            desired
+                .routes
+                .extend(subnet6.map(|s| twill_backend::wireguard::route6(net6(s))));
+            desired
+                .wireguard_peers
+                .push(twill_types::desired::WireguardPeer {
+                    node: node.into(),
+                    subnet: net(subnet),
+                    underlay: "192.168.1.12".parse().unwrap(),
+                    public_key: twill_types::wg_key::encode(&[key; 32]),
+                    subnet6: subnet6.map(net6),
+                });
+        }
+        desired.wireguard_blocked.push(net("10.244.4.0/24"));
+        desired.wireguard_blocked6 = vec![net6("fd00:10:244:4::/64"), net6("fd00:10:244:5::/64")];
+        desired
+    }
+
+    #[test]
+    fn with_encryption_learned_ipv6_routes_into_a_peers_subnet_go_through_wireguard() {
+        let mut learned: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        for (p, nh) in [
+            ("fd00:10:244:2::/64", "fd00:1::12"), // the encrypted peer's block: the backend's
+            ("fd00:10:244:2:40::/80", "fd00:1::12"), // inside it: into twill.wg
+            ("fd00:10:244:2:41::/80", "::ffff:192.168.1.12"), // whatever the next hop
+            ("fd00:10:244:2:42::/80", "fe80::12"),
+            ("fd00:10:244:4::/64", "fd00:1::14"), // a peer to encrypt without a key: nowhere
+            ("fd00:10:244:4:80::/80", "fd00:1::14"),
+            ("fd00:10:244:5:80::/80", "fd00:1::15"), // IPv6 blocked, IPv4 encrypted: nowhere
+            ("fd00:10:244:1:80::/80", "fd00:1::12"), // inside our own block: never
+            ("fd00:10:244:2:43::/80", "fd00:1::11"), // via ourselves: never
+            ("fd00:50::/64", "fd00:1::1"),           // outside every peer's subnet: clear
+            ("10.244.2.64/26", "192.168.1.12"),      // IPv4 as before
+        ] {
+            learned.insert(p.parse().unwrap(), nh.parse().unwrap());
+        }
+        let desired = encrypted_dual_stack();
+        let wg = |dst: &str, via: &str| RouteSpec {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+            dev: "twill.wg".into(),
+            onlink: true,
+        };
         let specs = learned_specs(&learned, &node6(), &desired);
-        assert!(specs.iter().all(|r| r.dst.addr().is_ipv4()), "{specs:?}");
+        assert_eq!(
+            specs,
+            vec![
+                wg("10.244.2.64/26", "10.244.2.0"),
+                wg("fd00:10:244:2:40::/80", "fd00:10:244:2::"),
+                wg("fd00:10:244:2:41::/80", "fd00:10:244:2::"),
+                wg("fd00:10:244:2:42::/80", "fd00:10:244:2::"),
+                RouteSpec {
+                    dst: "fd00:50::/64".parse().unwrap(),
+                    via: "fd00:1::1".parse().unwrap(),
+                    dev: "eth0".into(),
+                    onlink: false,
+                },
+            ]
+        );
+        // The streaming path follows the same rules.
+        let mut programmed = HashMap::new();
+        let changed = learned.keys().copied().collect();
+        let plan = route_delta(&changed, &learned, &node6(), &desired, &mut programmed);
+        let mut added = plan.add_routes.clone();
+        added.sort();
+        let mut want = specs.clone();
+        want.sort();
+        assert_eq!(added, want);
+        // Once h2's IPv6 subnet is blocked (as when the device MTU falls below 1280), its
+        // IPv6 routes leave the kernel rather than stay, or come back in clear; its IPv4
+        // route stays in twill.wg.
+        let mut blocked = desired.clone();
+        let h2_subnet6: Ipv6Net = "fd00:10:244:2::/64".parse().unwrap();
+        for peer in &mut blocked.wireguard_peers {
+            peer.subnet6 = None;
+        }
+        blocked.routes.retain(|r| r.dst != IpNet::V6(h2_subnet6));
+        blocked.wireguard_blocked6.push(h2_subnet6);
+        let plan = route_delta(&changed, &learned, &node6(), &blocked, &mut programmed);
+        assert!(
+            plan.add_routes.is_empty() && plan.replace_routes.is_empty(),
+            "{plan:?}"
+        );
+        let mut gone: Vec<String> = plan
+            .delete_routes
+            .iter()
+            .map(|r| r.dst.to_string())
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                "fd00:10:244:2:40::/80",
+                "fd00:10:244:2:41::/80",
+                "fd00:10:244:2:42::/80"
+            ]
+        );
+        // Routes a previous agent left in clear into those subnets are not kept either; its
+        // routes into twill.wg are.
+        let retained = Retained {
+            routes: vec![
+                spec("fd00:10:244:2:80::/80", "fd00:1::12"),
+                spec("fd00:10:244:4::/64", "fd00:1::14"),
+                spec("fd00:10:244:5::/64", "fd00:1::15"),
+                wg("fd00:10:244:2:81::/80", "fd00:10:244:2::"),
+                spec("fd00:60::/64", "fd00:1::1"),
+            ],
+            until: 30_000,
+        };
+        let mut with_retained = desired.clone();
+        retained.add_missing(&mut with_retained);
+        let kept: Vec<String> = with_retained.routes[desired.routes.len()..]
+            .iter()
+            .map(|r| r.dst.to_string())
+            .collect();
+        assert_eq!(kept, ["fd00:10:244:2:81::/80", "fd00:60::/64"]);
+        // An IPv4-only node takes none of it.
+        let specs = learned_specs(&learned, &node(), &desired);
+        assert_eq!(specs, vec![wg("10.244.2.64/26", "10.244.2.0")]);
     }
 
     #[test]

@@ -125,6 +125,7 @@ const SCENARIOS: &[&str] = &[
     "bgp_encrypted",
     "dual_stack_encrypted",
     "bgp_dualstack",
+    "bgp_dualstack_encrypted",
 ];
 
 #[test]
@@ -203,4 +204,14 @@ fn dual_stack_encrypted() {
 #[test]
 fn bgp_dualstack() {
     check("bgp_dualstack");
+}
+
+/// Dual-stack BGP with WireGuard: learned IPv6 routes inside an encrypted peer's IPv6 subnet
+/// go into twill.wg next to the IPv4 ones (whatever their next hop: a global, link-local or
+/// IPv4-mapped one), those into a peer without a key yet go nowhere in either family until
+/// its key arrives, routes outside every peer's subnets stay clear, and a withdrawn one is
+/// deleted from twill.wg.
+#[test]
+fn bgp_dualstack_encrypted() {
+    check("bgp_dualstack_encrypted");
 }

@@ -16,7 +16,9 @@
 //! reason in status: the secure default, it stays unreachable rather than reachable in clear.
 //!
 //! BGP's learned routes are added by the agent's core after this: it sends the prefixes that
-//! lie inside an encrypted peer's subnet to `twill.wg` too (see [`encrypted_subnet_of`]).
+//! lie inside an encrypted peer's subnet (of either family) to `twill.wg` too (see
+//! [`encrypted_subnet_of`] and [`encrypted_subnet6_of`]), and never a clear route into a
+//! subnet WireGuard reaches or should reach ([`must_not_route_in_clear`]).
 //!
 //! Dual stack: the device carries both families (over the IPv4 underlay). An encrypted peer's
 //! IPv6 subnet, once screened like every backend screens it, is one of its allowed IPs and is
@@ -158,6 +160,17 @@ pub fn encrypted_subnet_of(desired: &DesiredState, prefix: Ipv4Net) -> Option<Ip
         .find(|subnet| subnet.contains(&prefix))
 }
 
+/// The IPv6 subnet WireGuard carries for one of the peers of `desired` that holds `prefix`,
+/// if any: where a route BGP learned for `prefix` must go through `twill.wg` rather than its
+/// clear next hop (as [`encrypted_subnet_of`] for IPv4).
+pub fn encrypted_subnet6_of(desired: &DesiredState, prefix: Ipv6Net) -> Option<Ipv6Net> {
+    desired
+        .wireguard_peers
+        .iter()
+        .filter_map(|p| p.subnet6)
+        .find(|subnet6| subnet6.contains(&prefix))
+}
+
 /// Whether a clear route to `prefix` (one the backend did not plan: learned by BGP, kept
 /// from a previous agent) would carry traffic that must be encrypted: `prefix` lies inside
 /// the subnet (of its family) of a peer WireGuard reaches or should reach.
@@ -170,12 +183,13 @@ pub fn must_not_route_in_clear(desired: &DesiredState, prefix: IpNet) -> bool {
                     .iter()
                     .any(|subnet| subnet.contains(&prefix))
         }
-        IpNet::V6(prefix) => desired
-            .wireguard_peers
-            .iter()
-            .filter_map(|p| p.subnet6)
-            .chain(desired.wireguard_blocked6.iter().copied())
-            .any(|subnet6| subnet6.contains(&prefix)),
+        IpNet::V6(prefix) => {
+            encrypted_subnet6_of(desired, prefix).is_some()
+                || desired
+                    .wireguard_blocked6
+                    .iter()
+                    .any(|subnet6| subnet6.contains(&prefix))
+        }
     }
 }
 
@@ -191,8 +205,13 @@ pub fn route(dst: Ipv4Net, subnet: Ipv4Net) -> RouteSpec {
 
 /// The route into the WireGuard device for a peer's IPv6 subnet.
 pub fn route6(subnet6: Ipv6Net) -> RouteSpec {
+    route6_within(subnet6, subnet6)
+}
+
+/// The route into the WireGuard device for `dst`, inside the peer's IPv6 subnet `subnet6`.
+pub fn route6_within(dst: Ipv6Net, subnet6: Ipv6Net) -> RouteSpec {
     RouteSpec {
-        dst: subnet6.into(),
+        dst: dst.into(),
         via: subnet6.network().into(),
         dev: DEVICE.to_string(),
         onlink: true,

@@ -2,9 +2,10 @@
 //! through `twill.wg` (its IPv6 subnet is one of its allowed IPs), on the wireguard backend
 //! and with encryption on host-gw, vxlan, udp and ipip; no clear IPv6 object of an encrypted
 //! peer survives; CrossSubnet decides per peer for both families; peers WireGuard cannot carry
-//! (no key, a device MTU below IPv6's minimum) are blocked in both families; and the property
-//! that, whatever the leases, no encrypted or blocked IPv6 subnet keeps a clear route. Golden
-//! desired states in `tests/golden/wg-dual-*.json` (`TWILL_BLESS=1` rewrites them).
+//! (no key, a device MTU below IPv6's minimum) are blocked in both families; beside BGP, the
+//! encrypted IPv6 subnet a learned prefix lies in; and the property that, whatever the leases,
+//! no encrypted or blocked IPv6 subnet keeps a clear route. Golden desired states in
+//! `tests/golden/wg-dual-*.json` (`TWILL_BLESS=1` rewrites them).
 
 mod common;
 
@@ -12,7 +13,7 @@ use common::{golden, lease, lease6, net, net6, node6, routes};
 use ipnet::IpNet;
 use proptest::prelude::*;
 use twill_backend::for_config;
-use twill_backend::wireguard::{DEVICE, must_not_route_in_clear};
+use twill_backend::wireguard::{DEVICE, encrypted_subnet6_of, must_not_route_in_clear};
 use twill_types::cluster::{BackendKind, ClusterConfig};
 use twill_types::desired::{DesiredState, PeerPath};
 use twill_types::lease::Lease;
@@ -328,6 +329,47 @@ fn no_route_learned_elsewhere_may_reach_an_encrypted_or_blocked_ipv6_subnet_in_c
         &state,
         IpNet::V4(net("10.244.4.0/24"))
     ));
+}
+
+#[test]
+fn encryption_on_bgp_takes_both_families_and_finds_the_subnet_of_a_learned_prefix() {
+    for top in [
+        "backend: bgp\nbgp: {}\nwireguard: {enabled: true}",
+        "backend: vxlan\nbgp: {asNumber: 64512}\nwireguard: {enabled: true}",
+    ] {
+        let kind = config(top).backend.kind;
+        let state = desired(top, kind);
+        assert_no_clear_path(&state);
+        assert_eq!(
+            wg_peers(&state),
+            [
+                "node-b 10.244.2.0/24 Some(fd00:10:244:2::/64)",
+                "node-c 10.244.3.0/24 Some(fd00:10:244:3::/64)",
+                "node-f 10.244.6.0/24 None",
+                "node-h 10.244.8.0/24 None",
+            ],
+            "{top}"
+        );
+        assert_eq!(state.wireguard_blocked6, [net6("fd00:10:244:4::/64")]);
+        // Where the agent sends a route BGP learned: into the subnet that holds it.
+        assert_eq!(
+            encrypted_subnet6_of(&state, net6("fd00:10:244:3:8000::/65")),
+            Some(net6("fd00:10:244:3::/64")),
+            "{top}"
+        );
+        for not_encrypted in [
+            "fd00:10:244:4::/64",
+            "fd00:10:244:4:1::/80",
+            "fd00:10:244::/48",
+            "2001:db8::/64",
+        ] {
+            assert_eq!(
+                encrypted_subnet6_of(&state, net6(not_encrypted)),
+                None,
+                "{top}: {not_encrypted}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -170,7 +170,7 @@ impl LabSpec {
     }
 
     /// Dual-stack labs are what the agent can do with IPv6 today: host-gw, vxlan, udp, ipip or
-    /// any backend (bgp with BIRD routers too), clear or encrypted except BGP with WireGuard.
+    /// any backend (bgp with BIRD routers too), clear or encrypted.
     fn validate_ip_family(&self) -> Result<()> {
         let family = self.ip_family;
         ensure!(
@@ -185,14 +185,6 @@ impl LabSpec {
         ensure!(
             family != IpFamily::Ipv6,
             "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
-        );
-        if family != IpFamily::Dual {
-            return Ok(());
-        }
-        ensure!(
-            self.encrypt.is_none() || (self.backend != Backend::Bgp && self.bgp.is_none()),
-            "--ip-family dual: BGP-learned IPv6 routes do not go through WireGuard yet \
-             (--encrypt with BGP)"
         );
         Ok(())
     }
@@ -277,12 +269,11 @@ mod tests {
             .encrypt(EncryptMode::Always)
             .validate()
             .unwrap();
-        let err = dual(Backend::Bgp)
+        dual(Backend::Bgp)
             .bgp("asNumber: 1")
             .encrypt(EncryptMode::Always)
             .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("--encrypt with BGP"), "{err}");
+            .unwrap();
         let err = LabSpec::new("x")
             .ip_family(IpFamily::Ipv6)
             .validate()

@@ -1508,20 +1508,6 @@ fn twill_ipv6_refusals() {
                 "need at least 255",
             ],
         ),
-        (
-            "backend = \"bgp\"\n[wireguard]\nenabled = true",
-            "cidr = \"fd00::/56\"",
-            "wireguard",
-            &[
-                "BGP-learned IPv6 routes do not go through WireGuard yet, and pool b: cidr fd00::/56 is IPv6",
-            ],
-        ),
-        (
-            "[bgp]\nasNumber = 64512\n[wireguard]\nenabled = true",
-            "cidr = \"fd00::/56\"",
-            "wireguard",
-            &["BGP-learned IPv6 routes do not go through WireGuard yet"],
-        ),
     ] {
         refused_at(&toml_dual(top, four, pool6), field, needles);
     }
@@ -1675,15 +1661,17 @@ fn bgp_carries_ipv6_pools() {
         assert_eq!(c.backend.kind, BackendKind::Bgp, "{text}");
         assert_eq!(c.ipv6_pools.len(), 1, "{text}");
     }
-    // BGP-learned IPv6 routes do not go through WireGuard yet.
-    refused(
-        &toml_dual(
-            "backend = \"bgp\"\n[wireguard]\nenabled = true",
-            "10.244.0.0/16",
-            "cidr = \"fd00::/56\"",
-        ),
-        &["BGP-learned IPv6 routes do not go through WireGuard yet"],
-    );
+    // With WireGuard beside BGP (either way of asking for BGP) learned IPv6 routes go
+    // through WireGuard as IPv4 ones do.
+    for top in [
+        "backend = \"bgp\"\n[wireguard]\nenabled = true",
+        "[bgp]\nasNumber = 64512\n[wireguard]\nenabled = true",
+    ] {
+        let text = toml_dual(top, "10.244.0.0/16", "cidr = \"fd00::/56\"");
+        let c = ClusterConfig::parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+        assert!(c.wireguard.is_some() && c.bgp.is_some(), "{text}");
+        assert_eq!(c.ipv6_pools.len(), 1, "{text}");
+    }
 }
 
 #[test]

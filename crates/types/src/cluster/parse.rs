@@ -52,9 +52,9 @@ impl ClusterConfig {
     /// them.
     ///
     /// Dual-stack configs (either form) run on every backend (the `wireguard` block carries
-    /// both families too, except beside BGP: learned IPv6 routes do not go through WireGuard
-    /// yet), and need at least as many leasable IPv6 node subnets as IPv4 ones: a node's IPv6
-    /// subnet is the one at its IPv4 subnet's index. IPv6-only configs need host-gw or vxlan
+    /// both families too, BGP-learned routes included), and need at least as many leasable
+    /// IPv6 node subnets as IPv4 ones: a node's IPv6 subnet is the one at its IPv4 subnet's
+    /// index. IPv6-only configs need host-gw or vxlan
     /// (the other backends need an IPv4 underlay for now), without `wireguard` or `bgp`
     /// sections.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {

@@ -412,10 +412,11 @@ fn validate_pool(at: &At, names: &PoolFields, pool: &PoolView) -> Result<(), Con
     Ok(())
 }
 
-/// What IPv6 pools ask of the rest: a backend that carries IPv6 (WireGuard encryption,
-/// on any of them, carries both families), and at least as many IPv6 node subnets as IPv4 ones, because a node's IPv6
-/// subnet is the one at its IPv4 subnet's index (the `n`th leasable IPv4 subnet across the
-/// IPv4 pools in order goes with the `n`th leasable IPv6 subnet across the IPv6 pools).
+/// What IPv6 pools ask of the rest (every backend carries IPv6, and WireGuard encryption,
+/// on any of them, carries both families, BGP-learned routes too): at least as many IPv6
+/// node subnets as IPv4 ones, because a node's IPv6 subnet is the one at its IPv4 subnet's
+/// index (the `n`th leasable IPv4 subnet across the IPv4 pools in order goes with the `n`th
+/// leasable IPv6 subnet across the IPv6 pools).
 fn validate_ipv6(
     config: &ClusterConfig,
     fields: &Fields,
@@ -426,19 +427,6 @@ fn validate_ipv6(
     };
     let at6 = places.at6(fields, 0, &first6.name);
     let cidr6 = fields.pool6.cidr;
-    if config.wireguard.is_some()
-        && (config.backend.kind == BackendKind::Bgp || config.bgp.is_some())
-    {
-        return fail(ConfigError::conflict(
-            "wireguard",
-            at6.field(cidr6),
-            format!(
-                "BGP-learned IPv6 routes do not go through WireGuard yet, and {at6}{cidr6} {} is \
-                 IPv6: remove the wireguard section, the bgp section or the IPv6 pools",
-                first6.cidr
-            ),
-        ));
-    }
     let total4 = config
         .pools
         .iter()
