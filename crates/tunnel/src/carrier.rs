@@ -711,7 +711,9 @@ impl Carrier for UdpCarriers {
 
 /// One receive result of several sockets: an error other than `WouldBlock` if any socket
 /// had one, else Ok if any socket had packets, else `WouldBlock`.
-fn merge_results<const N: usize>(results: [Option<io::Result<()>>; N]) -> io::Result<()> {
+pub(crate) fn merge_results<const N: usize>(
+    results: [Option<io::Result<()>>; N],
+) -> io::Result<()> {
     let mut any = false;
     for r in results.into_iter().flatten() {
         match r {

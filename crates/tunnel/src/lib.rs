@@ -97,7 +97,7 @@ impl Encap {
         match self {
             Encap::Udp { .. } => wire::UDP6_OVERHEAD,
             Encap::Ipip => wire::IPIP6_OVERHEAD,
-            Encap::Wireguard { .. } => wg::OVERHEAD + 20,
+            Encap::Wireguard { .. } => wg::OVERHEAD6,
         }
     }
 
@@ -125,10 +125,10 @@ pub struct TunnelConfig {
     /// IPv6 stays disabled on the device.
     pub local_subnet6: Option<Ipv6Net>,
     /// IPv4 underlay address to bind and send from (None: this node has no IPv4 underlay,
-    /// and peers must have IPv6 underlay addresses). WireGuard and the kernel fast path need
-    /// one.
+    /// and peers must have IPv6 underlay addresses). The kernel fast path needs one.
     pub local_ip: Option<Ipv4Addr>,
-    /// IPv6 underlay address to bind and send from, for peers whose underlay is IPv6.
+    /// IPv6 underlay address to bind and send from, for peers whose underlay is IPv6
+    /// (WireGuard: and for peers that roam to an IPv6 endpoint).
     pub local_ip6: Option<Ipv6Addr>,
     /// Worker queues (0 = number of CPUs): TUN queues, sockets and worker pairs.
     pub queues: usize,
@@ -313,11 +313,6 @@ impl Tunnel {
                     "wireguard encapsulation without a wireguard configuration".into(),
                 ));
             }
-            (Encap::Wireguard { .. }, _) if cfg.local_ip.is_none() => {
-                return Err(TunnelError::Config(
-                    "wireguard needs an IPv4 underlay address".into(),
-                ));
-            }
             _ => {}
         }
         if cfg.local_ip.is_none() && cfg.local_ip6.is_none() {
@@ -407,19 +402,28 @@ impl Tunnel {
                 tunnel.spawn(tuns, carriers)?;
             }
             Encap::Wireguard { port } => {
-                let local_ip = cfg
-                    .local_ip
-                    .ok_or_else(|| TunnelError::Config("wireguard without local_ip".into()))?;
                 let sockets = (0..queues)
-                    .map(|_| UdpCarrier::open(local_ip.into(), port))
+                    .map(|_| -> Result<_, TunnelError> {
+                        let open = |ip: IpAddr| UdpCarrier::open(ip, port);
+                        Ok((
+                            cfg.local_ip.map(|a| open(a.into())).transpose()?,
+                            cfg.local_ip6.map(|a| open(a.into())).transpose()?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
-                let control = sockets[0]
-                    .sock
-                    .try_clone()
-                    .map_err(|source| TunnelError::Io {
-                        op: "duplicate the WireGuard socket".into(),
-                        source,
-                    })?;
+                let dup = |s: &Option<UdpCarrier>| {
+                    s.as_ref()
+                        .map(|c| c.sock.try_clone())
+                        .transpose()
+                        .map_err(|source| TunnelError::Io {
+                            op: "duplicate the WireGuard socket".into(),
+                            source,
+                        })
+                };
+                let control = wg::state::ControlSockets {
+                    v4: dup(&sockets[0].0)?,
+                    v6: dup(&sockets[0].1)?,
+                };
                 let wg_cfg = cfg
                     .wireguard
                     .as_ref()

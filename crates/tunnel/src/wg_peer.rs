@@ -1,12 +1,14 @@
 //! One WireGuard peer's protocol state, as the peer table holds it: its boringtun `Tunn`
-//! behind a lock, and its endpoint (configured, then roaming on authenticated packets). Kept
-//! apart from `wg` so that the peer table can hold it without depending on the carrier.
+//! behind a lock, and its endpoint (configured, then roaming on authenticated packets, of
+//! either underlay family). Kept apart from `wg` so that the peer table can hold it without
+//! depending on the carrier.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use boringtun::noise::Tunn;
 
 use crate::wg_keys::PublicKey;
@@ -19,9 +21,10 @@ pub(crate) struct WgPeer {
     /// Empty once the peer is removed.
     tunn: Mutex<Option<Tunn>>,
     /// Where to send: `underlay:port` at first, then wherever the last authenticated packet
-    /// came from.
-    endpoint: AtomicU64,
-    configured: AtomicU64,
+    /// came from (IPv4 or IPv6: a peer may roam across families, as WireGuard allows). Read
+    /// lock-free by every send batch; written only when it changes.
+    endpoint: ArcSwap<SocketAddr>,
+    configured: ArcSwap<SocketAddr>,
     created: Instant,
     /// Milliseconds after `created` of the last handshake started on a hint (see
     /// `ingress::stale_session_hint`), plus one; 0 for never.
@@ -29,13 +32,13 @@ pub(crate) struct WgPeer {
 }
 
 impl WgPeer {
-    pub(crate) fn new(key: PublicKey, index: u32, tunn: Tunn, at: SocketAddrV4) -> WgPeer {
+    pub(crate) fn new(key: PublicKey, index: u32, tunn: Tunn, at: SocketAddr) -> WgPeer {
         WgPeer {
             key,
             index,
             tunn: Mutex::new(Some(tunn)),
-            endpoint: AtomicU64::new(pack(at)),
-            configured: AtomicU64::new(pack(at)),
+            endpoint: ArcSwap::from_pointee(at),
+            configured: ArcSwap::from_pointee(at),
             created: Instant::now(),
             hinted_at: AtomicU64::new(0),
         }
@@ -56,23 +59,21 @@ impl WgPeer {
         self.tunn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn endpoint(&self) -> SocketAddrV4 {
-        unpack(self.endpoint.load(Ordering::Relaxed))
+    pub(crate) fn endpoint(&self) -> SocketAddr {
+        **self.endpoint.load()
     }
 
     /// Standard WireGuard roaming: called only after a packet authenticated by the peer.
-    pub(crate) fn authenticated_from(&self, src: SocketAddrV4) {
-        let v = pack(src);
-        if self.endpoint.load(Ordering::Relaxed) != v {
-            self.endpoint.store(v, Ordering::Relaxed);
+    pub(crate) fn authenticated_from(&self, src: SocketAddr) {
+        if **self.endpoint.load() != src {
+            self.endpoint.store(Arc::new(src));
         }
     }
 
     /// A new configured address replaces a roamed endpoint; the same one keeps it.
-    pub(crate) fn configure(&self, addr: SocketAddrV4) {
-        let v = pack(addr);
-        if self.configured.swap(v, Ordering::Relaxed) != v {
-            self.endpoint.store(v, Ordering::Relaxed);
+    pub(crate) fn configure(&self, addr: SocketAddr) {
+        if *self.configured.swap(Arc::new(addr)) != addr {
+            self.endpoint.store(Arc::new(addr));
         }
     }
 
@@ -83,12 +84,4 @@ impl WgPeer {
             .and_then(|t| t.stats().0)
             .map(|d| d.as_secs())
     }
-}
-
-fn pack(a: SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
-}
-
-fn unpack(v: u64) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from((v >> 16) as u32), v as u16)
 }

@@ -260,7 +260,7 @@ fn pods_talk_and_only_wireguard_crosses_the_underlay() {
     assert_eq!(s1.encap, "wireguard");
     let w = s1.peers[0].wireguard.as_ref().expect("wireguard stats");
     assert_eq!(w.public_key, k2.public_key());
-    assert_eq!(w.endpoint, Some(SocketAddrV4::new(H2, PORT)));
+    assert_eq!(w.endpoint, Some(SocketAddrV4::new(H2, PORT).into()));
     assert!(w.last_handshake_secs.is_some_and(|s| s < 60));
     assert_eq!(
         json["peers"][0]["wireguard"]["publicKey"],
@@ -357,7 +357,7 @@ fn interoperates_with_wireguard_go() {
     );
     let s = t1.stats();
     let w = s.peers[0].wireguard.as_ref().unwrap();
-    assert_eq!(w.endpoint, Some(SocketAddrV4::new(H2, PORT)));
+    assert_eq!(w.endpoint, Some(SocketAddrV4::new(H2, PORT).into()));
     assert!(w.last_handshake_secs.is_some());
     assert_eq!(s.drops.total(), 0, "{:?}", s.drops);
 
@@ -506,7 +506,7 @@ fn hostile_datagrams_are_dropped_by_reason_while_pods_keep_talking() {
     assert_eq!(t1.stats().drops.total(), 0, "{:?}", t1.stats().drops);
     // The peer did not roam to the attacker.
     let w = t2.stats().peers[0].wireguard.clone().unwrap();
-    assert_eq!(w.endpoint, Some(SocketAddrV4::new(H1, PORT)));
+    assert_eq!(w.endpoint, Some(SocketAddrV4::new(H1, PORT).into()));
 }
 
 /// Longest run of zero-throughput intervals in an iperf3 JSON report, in seconds, and the

@@ -1,13 +1,18 @@
-//! The WireGuard carrier: one UDP socket of the port's SO_REUSEPORT group per queue (opened
-//! and batched exactly like the udp carrier's), with each peer's `Tunn` encrypting on the way
-//! out and [`super::ingress`] deciding on the way in.
+//! The WireGuard carrier: per queue, one UDP socket of the port's SO_REUSEPORT group for each
+//! underlay family the node has (opened and batched exactly like the udp carrier's, GSO and
+//! GRO where the kernel allows, for IPv6 as for IPv4), with each peer's `Tunn` encrypting on
+//! the way out and [`super::ingress`] deciding on the way in.
+//!
+//! A send batch goes out by the family of each peer's endpoint, read once per batch: a peer
+//! that roams mid-batch keeps its datagrams on one socket, so no address ever reaches a
+//! socket of the other family.
 //!
 //! The udp carrier's reuseport BPF program is not attached: it hashes inner addresses, which
 //! WireGuard encrypts. The kernel's default 4-tuple hash keeps each peer's datagrams on one
 //! socket, so they stay in order.
 
 use std::io::{self, IoSlice};
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -18,6 +23,7 @@ use super::state::{CONTROL_BUF, WgShared};
 use crate::buf::PktBuf;
 use crate::carrier::{
     Carrier, Datagram, Fds, HEADROOM, MsgInfo, RxBatch, TX_BATCH, TxItem, UdpCarrier, UdpRx,
+    merge_results,
 };
 use crate::peers::{PeerTable, Tally};
 use crate::sys::Mmsg;
@@ -31,7 +37,9 @@ const HANDSHAKE_INIT_LEN: usize = 148;
 const MSG_DATA: u8 = 4;
 
 pub(crate) struct WgCarrier {
-    udp: UdpCarrier,
+    /// The queue's socket of each underlay family the node has (at least one).
+    v4: Option<UdpCarrier>,
+    v6: Option<UdpCarrier>,
     wg: Arc<WgShared>,
     /// Largest inner packet a send batch holds (the TX pool's buffer size).
     max_inner: usize,
@@ -40,9 +48,14 @@ pub(crate) struct WgCarrier {
 }
 
 impl WgCarrier {
-    pub(crate) fn new(udp: UdpCarrier, wg: Arc<WgShared>, mtu: usize) -> WgCarrier {
+    pub(crate) fn new(
+        (v4, v6): (Option<UdpCarrier>, Option<UdpCarrier>),
+        wg: Arc<WgShared>,
+        mtu: usize,
+    ) -> WgCarrier {
         WgCarrier {
-            udp,
+            v4,
+            v6,
             wg,
             max_inner: mtu.max(1500) + 64,
             mtu,
@@ -51,6 +64,14 @@ impl WgCarrier {
 
     fn slot_len(&self) -> usize {
         (self.max_inner + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN)
+    }
+
+    /// The socket that sends to `to`, if the node has an underlay address of its family.
+    fn socket_for(&self, to: &SocketAddr) -> Option<&UdpCarrier> {
+        match to {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
     }
 }
 
@@ -67,6 +88,11 @@ pub(crate) struct WgTx {
     dgrams: Vec<Datagram>,
     /// `TX_BATCH` slots of `slot_len` bytes: the encrypted datagrams of a batch.
     out: Vec<u8>,
+    /// Each peer of the batch with its endpoint, read once (at its first run).
+    targets: Vec<(usize, SocketAddr)>,
+    /// The datagrams (indexes into `dgrams`) of one underlay family, and their entries.
+    picked: Vec<usize>,
+    family: Vec<Datagram>,
 }
 
 pub(crate) struct WgRx {
@@ -86,6 +112,9 @@ impl Carrier for WgCarrier {
             msgs: Vec::with_capacity(TX_BATCH),
             dgrams: Vec::with_capacity(TX_BATCH),
             out: vec![0u8; TX_BATCH * self.slot_len()],
+            targets: Vec::with_capacity(TX_BATCH),
+            picked: Vec::with_capacity(TX_BATCH),
+            family: Vec::with_capacity(TX_BATCH),
         }
     }
 
@@ -97,7 +126,12 @@ impl Carrier for WgCarrier {
     }
 
     fn fds(&self) -> Fds<'_> {
-        [Some(self.udp.sock.as_fd()), None, None, None]
+        [
+            self.v4.as_ref().map(|c| c.sock.as_fd()),
+            self.v6.as_ref().map(|c| c.sock.as_fd()),
+            None,
+            None,
+        ]
     }
 
     fn send(
@@ -113,9 +147,13 @@ impl Carrier for WgCarrier {
             msgs,
             dgrams,
             out,
+            targets,
+            picked,
+            family,
         } = st;
         let slot_len = self.slot_len();
         dgrams.clear();
+        targets.clear();
         let mut slots = out.chunks_exact_mut(slot_len);
         let mut start = 0;
         while start < items.len() {
@@ -136,6 +174,9 @@ impl Carrier for WgCarrier {
                 tally.drop(DropReason::UnknownKey, run.len() as u64);
                 continue;
             };
+            if !targets.iter().any(|(p, _)| *p == peer) {
+                targets.push((peer, wg.endpoint()));
+            }
             for it in run {
                 let Some(slot) = slots.next() else { break };
                 if it.len > self.max_inner {
@@ -164,30 +205,54 @@ impl Carrier for WgCarrier {
                 }
             }
         }
-        let out: &[u8] = out;
-        let mut offsets = out.chunks_exact(slot_len);
-        let iov: [IoSlice<'_>; TX_BATCH] = std::array::from_fn(|i| {
-            let slot = offsets.next();
-            match (dgrams.get(i), slot) {
-                (Some(d), Some(s)) => IoSlice::new(&s[..d.len]),
-                _ => IoSlice::new(&[]),
-            }
-        });
-        let endpoint = |p: usize| {
-            table.entries[p]
-                .wg
-                .as_ref()
-                .map_or(table.entries[p].addr, |w| w.endpoint().into())
+        let target = |p: usize| {
+            targets
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, to)| *to)
+                .expect("every peer of the batch has its endpoint")
         };
-        self.udp
-            .send_datagrams(mmsg, msgs, dgrams, &iov, endpoint, tally);
+        let out: &[u8] = out;
+        for (v6, sock) in [(false, &self.v4), (true, &self.v6)] {
+            picked.clear();
+            picked.extend((0..dgrams.len()).filter(|&k| target(dgrams[k].peer).is_ipv6() == v6));
+            if picked.is_empty() {
+                continue;
+            }
+            let Some(sock) = sock else {
+                // An endpoint of a family this node has no underlay address of.
+                let packets = picked.iter().filter(|&&k| dgrams[k].inner > 0).count();
+                tally.drop(DropReason::SendError, packets as u64);
+                continue;
+            };
+            family.clear();
+            family.extend(picked.iter().map(|&k| dgrams[k]));
+            let iov: [IoSlice<'_>; TX_BATCH] = std::array::from_fn(|i| match picked.get(i) {
+                Some(&k) => {
+                    let slot = &out[k * slot_len..(k + 1) * slot_len];
+                    IoSlice::new(&slot[..dgrams[k].len])
+                }
+                None => IoSlice::new(&[]),
+            });
+            sock.send_datagrams(mmsg, msgs, family, &iov, target, tally);
+        }
     }
 
     fn recv(&self, st: &mut WgRx, rx: &mut RxBatch<'_>) -> io::Result<()> {
-        let r = self.udp.recv_batch(&mut st.udp)?;
+        let v4 = self.v4.as_ref().map(|sock| self.recv_from(sock, st, rx));
+        let v6 = self.v6.as_ref().map(|sock| self.recv_from(sock, st, rx));
+        merge_results([v4, v6])
+    }
+}
+
+impl WgCarrier {
+    /// Receives one batch from `sock` (of either family) and passes each datagram, with its
+    /// source, to the receive path.
+    fn recv_from(&self, sock: &UdpCarrier, st: &mut WgRx, rx: &mut RxBatch<'_>) -> io::Result<()> {
+        let WgRx { udp, scratch } = st;
+        let r = sock.recv_batch(udp)?;
         let identity = self.wg.identity.load();
         let table = rx.table;
-        let WgRx { udp, scratch } = st;
         for (m, buf) in udp.meta.iter().zip(udp.bufs.iter()).take(r) {
             if m.truncated {
                 rx.tally.drop(DropReason::Malformed, 1);
@@ -195,16 +260,8 @@ impl Carrier for WgCarrier {
             }
             let seg = usize::from(m.gro_segment.unwrap_or(0));
             let seg = if seg == 0 { m.len.max(1) } else { seg };
-            // The WireGuard socket is IPv4 (TunnelConfig::local_ip).
-            let IpAddr::V4(src) = m.src else {
-                rx.tally.drop(DropReason::UnknownPeer, 1);
-                continue;
-            };
-            let src = SocketAddrV4::new(src, m.src_port);
-            let mut sink = EngineSink {
-                rx,
-                sock: &self.udp,
-            };
+            let src = SocketAddr::new(m.src, m.src_port);
+            let mut sink = EngineSink { rx, carrier: self };
             ingress::receive(
                 table,
                 &identity,
@@ -219,10 +276,10 @@ impl Carrier for WgCarrier {
     }
 }
 
-/// Receive results into the TUN batch; replies straight out of the socket.
+/// Receive results into the TUN batch; replies straight out of the socket of their family.
 struct EngineSink<'r, 'b> {
     rx: &'r mut RxBatch<'b>,
-    sock: &'r UdpCarrier,
+    carrier: &'r WgCarrier,
 }
 
 impl Sink for EngineSink<'_, '_> {
@@ -250,8 +307,12 @@ impl Sink for EngineSink<'_, '_> {
         }
     }
 
-    fn send(&mut self, to: SocketAddrV4, datagram: &[u8], peer: Option<usize>) {
-        match self.sock.sock.send_to(datagram, &to.into()) {
+    fn send(&mut self, to: SocketAddr, datagram: &[u8], peer: Option<usize>) {
+        let Some(sock) = self.carrier.socket_for(&to) else {
+            self.rx.tally.drop(DropReason::SendError, 1);
+            return;
+        };
+        match sock.sock.send_to(datagram, &to.into()) {
             Ok(_) => {
                 if let Some(p) = peer {
                     let inner = datagram.len().saturating_sub(DATA_OVERHEAD);

@@ -3,7 +3,7 @@
 //! established session, with a sink that applies the inner-address policy and records the
 //! outcome instead of writing to sockets or a TUN device.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use boringtun::noise::{Tunn, TunnResult};
@@ -71,7 +71,7 @@ impl Sink for RecordingSink {
         }
     }
 
-    fn send(&mut self, _to: SocketAddrV4, datagram: &[u8], _peer: Option<usize>) {
+    fn send(&mut self, _to: SocketAddr, datagram: &[u8], _peer: Option<usize>) {
         self.outcome.sent += 1;
         self.last_sent.clear();
         self.last_sent.extend_from_slice(datagram);
@@ -118,7 +118,7 @@ impl Harness {
             theirs.public_key(),
             PEER_INDEX,
             tunn,
-            PEER_ADDR,
+            PEER_ADDR.into(),
         )));
         table.wg_by_index.insert(PEER_INDEX, 0);
         table.wg_by_key.insert(theirs.public_key(), 0);
@@ -171,7 +171,7 @@ impl Harness {
             &mut self.scratch,
             data,
             data.len(),
-            PEER_ADDR,
+            PEER_ADDR.into(),
             &mut self.sink,
         );
     }

@@ -9,7 +9,7 @@
 //! the peer: an initiation by the static key it carries (`parse_handshake_anon`), every other
 //! message by our receiver index; only then the peer's `Tunn` (replay window before AEAD).
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::MutexGuard;
 
 use boringtun::noise::errors::WireGuardError;
@@ -33,7 +33,7 @@ pub(crate) trait Sink {
     /// receive policy and keep it.
     fn deliver(&mut self, peer: usize, len: usize);
     /// Sends `datagram` to `to`; `peer` when it carries pod traffic of that peer (counted).
-    fn send(&mut self, to: SocketAddrV4, datagram: &[u8], peer: Option<usize>);
+    fn send(&mut self, to: SocketAddr, datagram: &[u8], peer: Option<usize>);
     fn drop(&mut self, reason: DropReason);
 }
 
@@ -59,7 +59,7 @@ pub(crate) fn reason(e: &WireGuardError) -> DropReason {
 }
 
 /// Processes the datagrams `buf` holds (several of `segment` bytes each when the kernel
-/// coalesced them, UDP GRO), all from `src`. Consecutive data messages of one peer are
+/// coalesced them, UDP GRO), all from `src` (of either underlay family). Consecutive data messages of one peer are
 /// handled under one lock of its `Tunn`.
 pub(crate) fn receive(
     table: &PeerTable,
@@ -67,7 +67,7 @@ pub(crate) fn receive(
     scratch: &mut [u8],
     buf: &[u8],
     segment: usize,
-    src: SocketAddrV4,
+    src: SocketAddr,
     sink: &mut impl Sink,
 ) {
     if buf.is_empty() {
@@ -76,26 +76,25 @@ pub(crate) fn receive(
     }
     let mut held: Option<(usize, MutexGuard<'_, Option<Tunn>>)> = None;
     for dgram in buf.chunks(segment.max(1)) {
-        let packet =
-            match identity
-                .limiter
-                .verify_packet(Some(IpAddr::V4(*src.ip())), dgram, scratch)
-            {
-                Ok(p) => p,
-                Err(TunnResult::WriteToNetwork(cookie)) => {
-                    sink.send(src, cookie, None);
-                    sink.drop(DropReason::CookieSent);
-                    continue;
-                }
-                Err(TunnResult::Err(e)) => {
-                    sink.drop(reason(&e));
-                    continue;
-                }
-                Err(_) => {
-                    sink.drop(DropReason::Malformed);
-                    continue;
-                }
-            };
+        let packet = match identity
+            .limiter
+            .verify_packet(Some(src.ip()), dgram, scratch)
+        {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                sink.send(src, cookie, None);
+                sink.drop(DropReason::CookieSent);
+                continue;
+            }
+            Err(TunnResult::Err(e)) => {
+                sink.drop(reason(&e));
+                continue;
+            }
+            Err(_) => {
+                sink.drop(DropReason::Malformed);
+                continue;
+            }
+        };
         let (peer, data) = match &packet {
             Packet::HandshakeInit(p) => {
                 match parse_handshake_anon(&identity.secret, &identity.public, p) {
@@ -142,7 +141,7 @@ pub(crate) fn receive(
         };
         // boringtun verifies the message again (cheap: mac1 is already known good); that
         // counts a handshake twice towards the rate limit, which only halves the limit.
-        let src_ip = Some(IpAddr::V4(*src.ip()));
+        let src_ip = Some(src.ip());
         if data {
             match tunn.decapsulate(src_ip, dgram, sink.room()) {
                 TunnResult::WriteToTunnelV4(inner, _) | TunnResult::WriteToTunnelV6(inner, _) => {
@@ -205,12 +204,12 @@ pub(crate) fn receive(
 /// once a second per peer.
 fn stale_session_hint(
     table: &PeerTable,
-    src: SocketAddrV4,
+    src: SocketAddr,
     scratch: &mut [u8],
     sink: &mut impl Sink,
 ) {
     let Some(wg) = table
-        .by_underlay(*src.ip())
+        .by_source(src.ip())
         .and_then(|i| table.entries[i].wg.as_ref())
     else {
         return;
@@ -223,7 +222,7 @@ fn stale_session_hint(
     }
 }
 
-fn initiate(tunn: &mut Tunn, to: SocketAddrV4, scratch: &mut [u8], sink: &mut impl Sink) {
+fn initiate(tunn: &mut Tunn, to: SocketAddr, scratch: &mut [u8], sink: &mut impl Sink) {
     if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(scratch, false) {
         sink.send(to, msg, None);
     }

@@ -12,6 +12,11 @@
 //! authenticated ([`ingress`]), pass the same inner-address policy as the other carriers,
 //! and are written to the TUN device coalesced. Every drop is counted by reason.
 //!
+//! The underlay is IPv4, IPv6 or both: the carrier has a socket group on the WireGuard port
+//! for each family the node has an address of, and a peer's endpoint is of either family
+//! (its configured underlay address, then wherever its last authenticated packet came from,
+//! as standard WireGuard roams).
+//!
 //! Modules: `state` (identity, the peers' `Tunn`s, timers), `ingress` (socket-free receive path), `carrier` (the sockets), `fuzzing` (a harness for
 //! the fuzz target); the key types live in `crate::wg_keys` and one peer's state in
 //! `crate::wg_peer`, which the peer table holds. There is no kernel fast path for WireGuard.
@@ -23,7 +28,7 @@ pub(crate) mod ingress;
 pub(crate) mod state;
 
 use std::fmt;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
@@ -35,6 +40,9 @@ pub const DEFAULT_PORT: u16 = 51820;
 
 /// Bytes WireGuard adds on the underlay: outer IPv4 20 + UDP 8 + message header 16 + tag 16.
 pub const OVERHEAD: u32 = 60;
+
+/// The same over an IPv6 underlay (outer IPv6 header 40).
+pub const OVERHEAD6: u32 = OVERHEAD + 20;
 
 /// This node's WireGuard settings ([`crate::TunnelConfig::wireguard`]).
 #[derive(Clone, PartialEq, Eq)]
@@ -61,8 +69,9 @@ impl fmt::Debug for WireguardConfig {
 #[serde(rename_all = "camelCase")]
 pub struct WgPeerStats {
     pub public_key: PublicKey,
-    /// Where its packets go now (the configured address until it roams).
-    pub endpoint: Option<SocketAddrV4>,
+    /// Where its packets go now (the configured address until it roams, to an address of
+    /// either family).
+    pub endpoint: Option<SocketAddr>,
     /// Seconds since the current session's handshake; none without a session.
     pub last_handshake_secs: Option<u64>,
 }

@@ -9,7 +9,7 @@
 //! immediately.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -66,13 +66,29 @@ pub(crate) struct WgShared {
     keepalive: u16,
     port: u16,
     next_index: Mutex<u32>,
-    /// A duplicate of the first queue's socket, for messages sent outside a worker's batch
+    /// Duplicates of the first queue's sockets, for messages sent outside a worker's batch
     /// (timers, handshakes started by rotation), so they leave from the WireGuard port.
-    control: Socket,
+    control: ControlSockets,
+}
+
+/// One socket per underlay family the node has (IPv4, IPv6).
+pub(crate) struct ControlSockets {
+    pub v4: Option<Socket>,
+    pub v6: Option<Socket>,
+}
+
+impl ControlSockets {
+    /// The socket that sends to `to`, if the node has its family.
+    pub(crate) fn for_dest(&self, to: &SocketAddr) -> Option<&Socket> {
+        match to {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
 }
 
 impl WgShared {
-    pub(crate) fn new(cfg: &WireguardConfig, port: u16, control: Socket) -> WgShared {
+    pub(crate) fn new(cfg: &WireguardConfig, port: u16, control: ControlSockets) -> WgShared {
         let mut start = [0u8; 4];
         {
             use ring::rand::SecureRandom;
@@ -131,11 +147,9 @@ impl WgShared {
             if by_key.contains_key(&key) {
                 continue;
             }
-            // WireGuard runs over IPv4 only so far: a peer with an IPv6 underlay is skipped.
-            let std::net::IpAddr::V4(underlay) = e.peer.underlay else {
-                continue;
-            };
-            let configured = SocketAddrV4::new(underlay, self.port);
+            // Either family; a peer of a family this node has no socket for is kept (its
+            // sends count as errors) so that it can still roam to one it has.
+            let configured = SocketAddr::new(e.peer.underlay, self.port);
             let wg = match kept.get(&key) {
                 Some(w) => {
                     w.configure(configured);
@@ -219,8 +233,12 @@ impl WgShared {
         }
     }
 
-    fn send_control(&self, msg: &[u8], to: SocketAddrV4) {
-        if let Err(e) = self.control.send_to(msg, &to.into()) {
+    fn send_control(&self, msg: &[u8], to: SocketAddr) {
+        let Some(sock) = self.control.for_dest(&to) else {
+            tracing::debug!(%to, "WireGuard control send: no underlay address of its family");
+            return;
+        };
+        if let Err(e) = sock.send_to(msg, &to.into()) {
             tracing::debug!(error = %e, %to, "WireGuard control send failed");
         }
     }
@@ -255,7 +273,7 @@ impl WgShared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     use crate::Peer;
 
@@ -277,7 +295,12 @@ mod tests {
 
     #[test]
     fn unchanged_keys_keep_their_state_and_removed_ones_lose_it() {
-        let control = Socket::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let control = ControlSockets {
+            v4: Some(Socket::from(
+                std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            )),
+            v6: None,
+        };
         let cfg = WireguardConfig {
             private_key: PrivateKey::generate(),
             preshared_key: None,
@@ -327,7 +350,25 @@ mod tests {
         assert!(wa.lock().is_none(), "the old key's session is gone");
         assert_eq!(
             wa2.endpoint(),
-            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 51820)
+            SocketAddr::from(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 51820))
+        );
+
+        // A peer known by its IPv6 underlay address starts at that address.
+        let six = Peer {
+            underlay: Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2).into(),
+            ..peer("a", 1, a2)
+        };
+        let (t4, _) = table(&wg, &[six], &t3);
+        let wa6 = t4.entries[0].wg.as_ref().unwrap();
+        assert!(Arc::ptr_eq(wa6, t3.entries[0].wg.as_ref().unwrap()));
+        assert_eq!(
+            wa6.endpoint(),
+            SocketAddr::from(SocketAddrV6::new(
+                Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2),
+                51820,
+                0,
+                0
+            ))
         );
     }
 
@@ -342,9 +383,15 @@ mod tests {
             1,
             None,
         );
-        let configured = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 51820);
+        let configured: SocketAddr = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 51820).into();
         let w = WgPeer::new(tunn_key.public_key(), 1, tunn, configured);
-        let roamed = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000);
+        let roamed: SocketAddr = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000).into();
+        w.authenticated_from(roamed);
+        assert_eq!(w.endpoint(), roamed);
+        // Across families too: the next authenticated packet came over IPv6.
+        let roamed6: SocketAddr = "[2001:db8::7]:40001".parse().unwrap();
+        w.authenticated_from(roamed6);
+        assert_eq!(w.endpoint(), roamed6);
         w.authenticated_from(roamed);
         assert_eq!(w.endpoint(), roamed);
         w.configure(configured);
@@ -353,7 +400,7 @@ mod tests {
             roamed,
             "the same configuration keeps the roamed one"
         );
-        let moved = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 51820);
+        let moved: SocketAddr = "[2001:db8::9]:51820".parse().unwrap();
         w.configure(moved);
         assert_eq!(w.endpoint(), moved);
         assert!(w.may_hint());
