@@ -3,6 +3,10 @@
 //! fed the peers with their public keys, switched to a rotated private key, and turned into
 //! status (per peer: key, endpoint, last handshake, bytes; drops by reason).
 //!
+//! Each peer comes with the underlay address the backend plan chose for it (IPv4 when both
+//! ends have one, else IPv6); the engine listens on the WireGuard port on each underlay
+//! address the device spec gives it, so peers may also roam to either family.
+//!
 //! Like the udp/ipip engine, its TUN device is persistent: routes into it survive an agent
 //! restart, and the next agent re-attaches with the same key (read from the key file), so
 //! peers' sessions resume with a new handshake.
@@ -45,8 +49,9 @@ impl WgEngine {
             mtu: spec.mtu,
             local_subnet,
             local_subnet6,
-            local_ip: Some(spec.local),
-            local_ip6: None,
+            // 0.0.0.0: this node has no IPv4 underlay (its peers are reached over IPv6).
+            local_ip: Some(spec.local).filter(|ip| !ip.is_unspecified()),
+            local_ip6: spec.local6,
             queues: 0,
             kernel_path: false,
             wireguard: Some(WireguardConfig {
@@ -85,7 +90,7 @@ impl WgEngine {
                 Some(twill_tunnel::Peer {
                     node: p.node.clone(),
                     subnet: p.subnet,
-                    underlay: p.underlay.into(),
+                    underlay: p.underlay,
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
                     subnet6: p.subnet6,
                 })

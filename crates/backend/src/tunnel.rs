@@ -67,7 +67,7 @@ pub fn peer_underlay(local: UnderlayAddrs, peer: UnderlayAddrs) -> Result<IpAddr
 }
 
 /// This node's underlay addresses (an unspecified IPv4 address is none).
-fn node_underlay(node: &LocalNode) -> UnderlayAddrs {
+pub(crate) fn node_underlay(node: &LocalNode) -> UnderlayAddrs {
     let v4 = node.public_net.addr();
     (
         (!v4.is_unspecified()).then_some(v4),
@@ -77,7 +77,7 @@ fn node_underlay(node: &LocalNode) -> UnderlayAddrs {
 
 /// A peer's underlay addresses; an IPv6 one only when it could be a unicast host's other than
 /// ours (the screen checks it only with an IPv6 subnet).
-fn lease_underlay(lease: &Lease, node: &LocalNode) -> UnderlayAddrs {
+pub(crate) fn lease_underlay(lease: &Lease, node: &LocalNode) -> UnderlayAddrs {
     let v4 = lease.public_ip();
     let ours6 = node.public_net6.map(|n| n.addr());
     let v6 = lease.public_ip6().filter(|ip6| {

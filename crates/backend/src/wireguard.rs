@@ -20,7 +20,14 @@
 //! [`encrypted_subnet_of`] and [`encrypted_subnet6_of`]), and never a clear route into a
 //! subnet WireGuard reaches or should reach ([`must_not_route_in_clear`]).
 //!
-//! Dual stack: the device carries both families (over the IPv4 underlay). An encrypted peer's
+//! Underlay: each peer is reached over IPv4 when both ends have an IPv4 underlay address, else
+//! over IPv6 when both have an IPv6 one ([`crate::tunnel::peer_underlay`], as udp and ipip
+//! choose; a dual-stack pair keeps IPv4); a peer with no family in common is skipped with the
+//! reason (and blocked, never sent in clear). While any peer is reached over IPv6 (or the node
+//! has no IPv4 underlay) the engine gets the node's IPv6 underlay address and the device MTU
+//! is 20 bytes smaller, for the IPv6 outer header.
+//!
+//! Dual stack: the device carries both families (over either underlay). An encrypted peer's
 //! IPv6 subnet, once screened like every backend screens it, is one of its allowed IPs and is
 //! routed into `twill.wg` the same way (`<subnet6> via <subnet6 network address> dev twill.wg
 //! onlink`); its clear IPv6 objects (host-gw or direct route, VXLAN route, neighbour and FDB
@@ -41,7 +48,9 @@ use twill_types::wg_key;
 
 use crate::hostgw::HostGw;
 use crate::screen::{Peer, screen, screen6};
-use crate::tunnel::IPV6_MIN_MTU;
+use crate::tunnel::{
+    IPV6_MIN_MTU, IPV6_UNDERLAY_EXTRA, lease_underlay, node_underlay, peer_underlay,
+};
 use crate::{Backend, LocalNode, lease_of};
 
 /// Name of the WireGuard engine's TUN device.
@@ -70,22 +79,36 @@ impl From<&twill_types::cluster::Wireguard> for Settings {
 }
 
 impl Settings {
-    /// The WireGuard device this node should have.
-    pub fn device(&self, node: &LocalNode) -> WireguardDevice {
+    /// The WireGuard device this node should have; `over_ipv6`: some peer is reached over
+    /// the IPv6 underlay (a node without IPv4 underlay reaches every peer so).
+    pub fn device(&self, node: &LocalNode, over_ipv6: bool) -> WireguardDevice {
+        let (local4, local6) = node_underlay(node);
+        let ipv6 = over_ipv6 || local4.is_none();
         WireguardDevice {
             name: DEVICE.to_string(),
             port: self.port,
-            mtu: self.device_mtu(node),
+            mtu: self.device_mtu(node, ipv6),
             local: node.public_net.addr(),
+            local6: local6.filter(|_| ipv6),
             persistent_keepalive: self.persistent_keepalive,
         }
     }
 
-    fn device_mtu(&self, node: &LocalNode) -> u32 {
+    /// The configured MTU, or the underlay's less WireGuard's overhead (over IPv6 when
+    /// `ipv6`).
+    fn device_mtu(&self, node: &LocalNode, ipv6: bool) -> u32 {
+        let extra = if ipv6 { IPV6_UNDERLAY_EXTRA } else { 0 };
         self.mtu.unwrap_or_else(|| {
             node.underlay_mtu
-                .saturating_sub(BackendKind::Wireguard.mtu_overhead())
+                .saturating_sub(BackendKind::Wireguard.mtu_overhead() + extra)
         })
+    }
+
+    /// The device MTU pods can count on: over IPv6 only on a node without IPv4 underlay (a
+    /// dual-stack node whose peer lacks IPv4 gets a smaller device MTU, and its pods learn it
+    /// by path MTU discovery, as with udp and ipip).
+    fn pod_mtu(&self, node: &LocalNode) -> u32 {
+        self.device_mtu(node, node_underlay(node).0.is_none())
     }
 }
 
@@ -116,7 +139,7 @@ impl Backend for Wireguard {
     }
 
     fn pod_mtu(&self, node: &LocalNode) -> u32 {
-        self.settings.device_mtu(node)
+        self.settings.pod_mtu(node)
     }
 }
 
@@ -146,7 +169,7 @@ impl Backend for Encrypted {
 
     /// Pods cannot know which peers are encrypted: the smaller of the two.
     fn pod_mtu(&self, node: &LocalNode) -> u32 {
-        self.inner.pod_mtu(node).min(self.settings.device_mtu(node))
+        self.inner.pod_mtu(node).min(self.settings.pod_mtu(node))
     }
 }
 
@@ -230,11 +253,21 @@ fn encrypt(
     let mut peers = screen(node, leases);
     screen6(node, ipv6_pools, &mut peers);
     debug_assert_eq!(peers.len(), state.peers.len());
-    let mtu = settings.device_mtu(node);
     let wanted: Vec<bool> = peers
         .iter()
         .map(|p| p.problem.is_none() && !(settings.cross_subnet && p.on_segment(node)))
         .collect();
+    let local = node_underlay(node);
+    let underlays: Vec<Result<IpAddr, String>> = peers
+        .iter()
+        .map(|p| peer_underlay(local, lease_underlay(p.lease, node)))
+        .collect();
+    let over_ipv6 = wanted
+        .iter()
+        .zip(&underlays)
+        .any(|(wanted, u)| *wanted && matches!(u, Ok(IpAddr::V6(_))));
+    let device = settings.device(node, over_ipv6);
+    let mtu = device.mtu;
     // WireGuard knows a peer by its key: two peers with one key could not be told apart
     // (nor could a peer claiming to be another), so neither is programmed.
     let mut holders: BTreeMap<[u8; 32], Vec<&str>> = BTreeMap::new();
@@ -245,7 +278,12 @@ fn encrypt(
     }
     let mut moved: HashSet<Ipv4Net> = HashSet::new();
     let mut moved6: HashSet<Ipv6Net> = HashSet::new();
-    for ((peer, plan), wanted) in peers.iter().zip(&mut state.peers).zip(wanted) {
+    for (((peer, plan), wanted), underlay) in peers
+        .iter()
+        .zip(&mut state.peers)
+        .zip(wanted)
+        .zip(&underlays)
+    {
         if !wanted {
             continue;
         }
@@ -261,26 +299,29 @@ fn encrypt(
             }
             _ => None,
         };
-        plan.path = match (&lease.wireguard_public_key, peer_key(peer)) {
-            (None, _) => PeerPath::Skipped(
+        plan.path = match (&lease.wireguard_public_key, peer_key(peer), underlay) {
+            (None, _, _) => PeerPath::Skipped(
                 "wireguard: the peer publishes no WireGuard public key (not running WireGuard \
                  yet?); its traffic is never sent in clear instead"
                     .into(),
             ),
-            (Some(_), None) => PeerPath::Skipped(
+            (Some(_), None, _) => PeerPath::Skipped(
                 "wireguard: the peer's public key is not 32 bytes of standard base64".into(),
             ),
-            (Some(text), Some(key)) if holders[&key].len() > 1 => PeerPath::Skipped(format!(
+            (Some(text), Some(key), _) if holders[&key].len() > 1 => PeerPath::Skipped(format!(
                 "wireguard: public key {} is published by several nodes ({})",
                 wg_key::short(text),
                 holders[&key].join(", ")
             )),
-            (Some(text), Some(_)) => {
+            (Some(_), Some(_), Err(reason)) => PeerPath::Skipped(format!(
+                "wireguard: {reason}; its traffic is never sent in clear instead"
+            )),
+            (Some(text), Some(_), Ok(underlay)) => {
                 let carried6 = subnet6.filter(|_| mtu >= IPV6_MIN_MTU);
                 state.wireguard_peers.push(WireguardPeer {
                     node: lease.node.clone(),
                     subnet: peer.subnet,
-                    underlay: peer.public_ip,
+                    underlay: *underlay,
                     public_key: text.clone(),
                     subnet6: carried6,
                 });
@@ -315,7 +356,7 @@ fn encrypt(
     state
         .routes
         .sort_by_key(|r| (r.dst.network(), r.dst.prefix_len()));
-    state.wireguard = Some(settings.device(node));
+    state.wireguard = Some(device);
     state
 }
 

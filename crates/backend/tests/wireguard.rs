@@ -318,7 +318,7 @@ fn settings_from_the_config() {
             persistent_keepalive: 5
         }
     );
-    assert_eq!(settings.device(&node()).mtu, 1300);
+    assert_eq!(settings.device(&node(), false).mtu, 1300);
 }
 
 fn arb_lease() -> impl Strategy<Value = Lease> {

@@ -167,8 +167,13 @@ pub struct WireguardDevice {
     /// The UDP port the node listens on and peers send to.
     pub port: u16,
     pub mtu: u32,
-    /// The node's underlay address (WireGuard's source address).
+    /// The node's IPv4 underlay address (WireGuard's source address; `0.0.0.0`: the node has
+    /// no IPv4 underlay, and every peer is reached over IPv6).
     pub local: Ipv4Addr,
+    /// The node's IPv6 underlay address, when a peer is reached over the IPv6 underlay (or
+    /// the node has no IPv4 one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local6: Option<Ipv6Addr>,
     /// Seconds between keepalives to each peer; 0: off.
     pub persistent_keepalive: u16,
 }
@@ -180,7 +185,8 @@ pub struct WireguardDevice {
 pub struct WireguardPeer {
     pub node: String,
     pub subnet: Ipv4Net,
-    pub underlay: Ipv4Addr,
+    /// Its IPv4 underlay address when both ends have one, else its IPv6 one.
+    pub underlay: IpAddr,
     /// Its public key, standard base64 as in its lease.
     pub public_key: String,
     /// Its IPv6 pod subnet when WireGuard carries its IPv6 traffic too (dual-stack): then
