@@ -129,7 +129,7 @@ impl Backend for Tunnel {
                 name: DEVICE.to_string(),
                 encap: self.encap,
                 mtu,
-                local: node.public_net.addr(),
+                local: node.public_net4().addr(),
             }),
             ..DesiredState::default()
         };

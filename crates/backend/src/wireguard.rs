@@ -74,7 +74,7 @@ impl Settings {
             name: DEVICE.to_string(),
             port: self.port,
             mtu: self.device_mtu(node),
-            local: node.public_net.addr(),
+            local: node.public_net4().addr(),
             persistent_keepalive: self.persistent_keepalive,
         }
     }
@@ -230,7 +230,7 @@ fn encrypt(
         if !wanted {
             continue;
         }
-        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.subnet);
+        debug_assert!(plan.node == peer.lease.node && plan.subnet == Some(peer.subnet));
         let lease = peer.lease;
         moved.insert(peer.subnet);
         // The IPv6 subnet, once screened; the inner backend planned nothing for one that
