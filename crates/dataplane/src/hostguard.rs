@@ -775,6 +775,39 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_only_nodes_rules_have_no_ipv4_pod_rules() {
+        let rules = Rules {
+            pools: Vec::new(),
+            node_subnet: None,
+            workload_to_host: Default::default(),
+            allow_ports: Vec::new(),
+            control_tcp: vec![2379],
+            tunnel_udp: vec![8472],
+            vxlan_port: Some(8472),
+            pools6: vec!["fd00:10:244::/56".parse().unwrap()],
+            node_subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+        };
+        let script = rules_script(&rules);
+        let ipv4: Vec<&str> = script
+            .lines()
+            .filter(|l| l.contains("ip saddr") || l.contains("ip daddr") || l.contains("icmp type"))
+            .filter(|l| !l.contains("typeof"))
+            .collect();
+        assert!(ipv4.is_empty(), "{ipv4:?}\n{script}");
+        for rule in [
+            "ip6 saddr fd00:10:244:3::/64 jump workload_in",
+            "ip6 saddr fd00:10:244::/56 jump pod_in",
+            "ip6 saddr fd00:10:244::/56 jump pod_out",
+            "ip6 daddr @control_hosts6 tcp dport @control_tcp counter drop",
+            "@vxlan_peers6 accept",
+        ] {
+            assert!(script.contains(rule), "{rule} is not in\n{script}");
+        }
+        assert!(!script.contains("@vxlan_peers accept"), "{script}");
+        assert!(!script.contains("@vxlan_peers46"), "{script}");
+    }
+
+    #[test]
     fn the_fingerprint_names_the_rules_not_the_elements() {
         let spec = |hosts: &[&str], node_subnet: &str| Spec {
             rules: Rules {
