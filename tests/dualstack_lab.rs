@@ -572,7 +572,7 @@ fn unsupported_ip_families_are_refused() {
     for (args, says) in [
         (
             "--backend vxlan --ip-family ipv6",
-            "--ip-family ipv6: IPv6-only clusters are not supported yet",
+            "--ip-family ipv6: the lab does not build IPv6-only clusters yet",
         ),
         (
             "--backend bgp --ip-family dual --encrypt",
