@@ -125,6 +125,7 @@ const SCENARIOS: &[&str] = &[
     "bgp_encrypted",
     "dual_stack_encrypted",
     "bgp_dualstack",
+    "ipv6_only",
 ];
 
 #[test]
@@ -203,4 +204,13 @@ fn dual_stack_encrypted() {
 #[test]
 fn bgp_dualstack() {
     check("bgp_dualstack");
+}
+
+/// A node of an IPv6-only vxlan cluster (no IPv4 subnet or underlay): only `twill6.1`, peers
+/// by their IPv6 subnet (on the segment, routed, without an IPv6 underlay: skipped), no IPv4
+/// forwarding or guard rules; its lease is taken and it leases another IPv6 subnet; a peer
+/// leaves.
+#[test]
+fn ipv6_only() {
+    check("ipv6_only");
 }
