@@ -200,7 +200,7 @@ pub fn learned_specs(
                 .peers
                 .iter()
                 .filter(|p| !matches!(p.path, PeerPath::Skipped(_) | PeerPath::Bgp))
-                .map(|p| IpNet::V4(p.subnet)),
+                .filter_map(|p| p.subnet.map(IpNet::V4)),
         )
         .chain(desired.peers.iter().filter_map(|p| {
             let by_backend = !matches!(p.path6, None | Some(PeerPath::Skipped(_) | PeerPath::Bgp));
@@ -225,9 +225,9 @@ fn learned_spec4(
     desired: &DesiredState,
 ) -> Option<RouteSpec> {
     let usable = dst.prefix_len() != 0
-        && !overlaps(dst, node.subnet)
-        && !overlaps(dst, node.public_net.trunc())
-        && via != node.public_net.addr()
+        && !overlaps(dst, node.subnet4())
+        && !overlaps(dst, node.public_net4().trunc())
+        && via != node.public_net4().addr()
         && (encrypted_subnet_of(desired, dst).is_some()
             || !must_not_route_in_clear(desired, IpNet::V4(dst)));
     if !usable {
@@ -241,7 +241,7 @@ fn learned_spec4(
             dev: node.underlay_dev.clone(),
             // A next hop off the underlay subnet (a multi-hop iBGP peer) is only
             // usable as an on-link gateway.
-            onlink: !node.public_net.contains(&via),
+            onlink: !node.public_net4().contains(&via),
         },
     })
 }
@@ -406,7 +406,7 @@ impl BgpSide {
         node: &LocalNode,
         restarting: bool,
     ) -> anyhow::Result<BgpSide> {
-        let my_ip = node.public_net.addr();
+        let my_ip = node.public_net4().addr();
         let my_ip6 = node.public_net6.map(|n| n.addr());
         let asn = cfg.node_as(&node.name);
         let mut sc = SpeakerConfig::new(asn, my_ip);
@@ -422,7 +422,7 @@ impl BgpSide {
         sc.graceful_restart.enabled = cfg.graceful_restart;
         sc.graceful_restart.restarting = restarting && cfg.graceful_restart;
         // Aggregated: the node's blocks, never per pod.
-        sc.local_routes.push((IpNet::V4(node.subnet), None));
+        sc.local_routes.push((IpNet::V4(node.subnet4()), None));
         if let Some(subnet6) = node.subnet6 {
             if my_ip6.is_none() {
                 warn!(
@@ -818,8 +818,8 @@ mod tests {
     fn node() -> LocalNode {
         LocalNode {
             name: "h1".into(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            public_net: "192.168.1.11/24".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
+            public_net: Some("192.168.1.11/24".parse().unwrap()),
             underlay_dev: "eth0".into(),
             underlay_mtu: 1500,
             subnet6: None,
@@ -845,8 +845,8 @@ mod tests {
         let mut desired = DesiredState::default();
         desired.peers.push(PeerPlan {
             node: "h3".into(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            public_ip: "192.168.1.13".parse().unwrap(),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
+            public_ip: Some("192.168.1.13".parse().unwrap()),
             path: PeerPath::Vxlan,
             subnet6: None,
             path6: None,
@@ -882,8 +882,8 @@ mod tests {
         let mut desired = DesiredState::default();
         desired.peers.push(PeerPlan {
             node: "h2".into(),
-            subnet: net("10.244.2.0/24"),
-            public_ip: "192.168.1.12".parse().unwrap(),
+            subnet: Some(net("10.244.2.0/24")),
+            public_ip: Some("192.168.1.12".parse().unwrap()),
             path: PeerPath::Wireguard,
             subnet6: None,
             path6: None,
@@ -1184,8 +1184,8 @@ mod tests {
         let mut desired = DesiredState::default();
         desired.peers.push(PeerPlan {
             node: "h3".into(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            public_ip: "192.168.1.13".parse().unwrap(),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
+            public_ip: Some("192.168.1.13".parse().unwrap()),
             path: PeerPath::Vxlan,
             subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
             path6: Some(PeerPath::Vxlan),
@@ -1193,8 +1193,8 @@ mod tests {
         // A peer whose IPv6 part is BGP's does not stop BGP's route.
         desired.peers.push(PeerPlan {
             node: "h2".into(),
-            subnet: "10.244.2.0/24".parse().unwrap(),
-            public_ip: "192.168.1.12".parse().unwrap(),
+            subnet: Some("10.244.2.0/24".parse().unwrap()),
+            public_ip: Some("192.168.1.12".parse().unwrap()),
             path: PeerPath::Bgp,
             subnet6: Some("fd00:10:244:2::/64".parse().unwrap()),
             path6: Some(PeerPath::Bgp),

@@ -353,14 +353,19 @@ pub async fn status(
         return Ok(0);
     }
     let backend = serde_json::to_value(status.backend)?;
-    println!(
-        "node {}  subnet {}  backend {}  public {}",
-        status.node,
-        status.subnet,
-        backend.as_str().unwrap_or("?"),
-        status.public_ip
-    );
-    // Dual-stack nodes only: an IPv4-only node's output is unchanged.
+    match status.subnet.zip(status.public_ip) {
+        Some((subnet, public_ip)) => println!(
+            "node {}  subnet {subnet}  backend {}  public {public_ip}",
+            status.node,
+            backend.as_str().unwrap_or("?"),
+        ),
+        None => println!(
+            "node {}  IPv6-only  backend {}",
+            status.node,
+            backend.as_str().unwrap_or("?"),
+        ),
+    }
+    // Nodes with IPv6 only: an IPv4-only node's output is unchanged.
     if status.subnet6.is_some() || status.public_ip6.is_some() {
         let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
         println!(
@@ -410,14 +415,21 @@ pub async fn status(
         if let Some(wg) = &p.wireguard {
             note = format!("{}, {note}", wireguard_session(wg));
         }
-        if let Some(subnet6) = p.subnet6 {
-            note = format!("ipv6 {subnet6} {note}");
-        }
+        // A peer of an IPv6-only cluster shows its IPv6 subnet in the SUBNET column.
+        let subnet = match (p.subnet, p.subnet6) {
+            (Some(subnet), Some(subnet6)) => {
+                note = format!("ipv6 {subnet6} {note}");
+                subnet.to_string()
+            }
+            (Some(subnet), None) => subnet.to_string(),
+            (None, Some(subnet6)) => subnet6.to_string(),
+            (None, None) => "-".into(),
+        };
         println!(
             "{:<16} {:<18} {:<16} {:<8} {:<10} {}{}",
             p.node,
-            p.subnet.to_string(),
-            p.public_ip.to_string(),
+            subnet,
+            p.public_ip.map_or("-".into(), |ip| ip.to_string()),
             via,
             if p.programmed { "yes" } else { "no" },
             note,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -73,25 +73,32 @@ pub struct AgentOptions {
     pub kernel_path: bool,
 }
 
-/// Runs the agent until SIGTERM/SIGINT or `twill node leave` (Ok) or a fatal error (Err: the
-/// process exits non-zero, so a supervisor's `Restart=on-failure` restarts it).
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    let started = Instant::now();
-    // Files and directories the agent (or a library it calls) creates are private even where
-    // a mode is not given explicitly; the agent's own state sets its modes explicitly anyway.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    files::private_dir(&opts.data_dir)?;
-    let store = connect(&opts.store, &opts.etcd).await?;
-    let config = wait_for_config(&store).await?;
-    if config.pools.is_empty() {
-        // Leases of IPv6-only clusters work (crate::lease); the backends, the host guard and
-        // the plugin's node file still need this node's IPv4 subnet.
-        bail!(
-            "this cluster is IPv6-only (it has no IPv4 pool), and this agent does not run \
-             IPv6-only nodes yet: add an IPv4 pool (dual-stack)"
-        );
+/// This node before it leases, in an IPv6-only cluster: only an IPv6 underlay (`--public-ipv6`
+/// or the first usable global IPv6 address of the underlay interface), no IPv4 at all.
+fn ipv6_only_node(opts: &AgentOptions) -> anyhow::Result<LocalNode> {
+    if let Some(ip) = opts.public_ip {
+        warn!("--public-ip {ip} is ignored: the cluster is IPv6-only");
     }
-    let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let underlay = underlay::discover6(opts.iface.as_deref(), opts.public_ipv6)?;
+    info!(
+        iface = %underlay.iface, address6 = %underlay.net6, mtu = underlay.mtu,
+        "IPv6-only underlay found"
+    );
+    Ok(LocalNode {
+        name: opts.node_name.clone(),
+        subnet: None,
+        public_net: None,
+        underlay_dev: underlay.iface,
+        underlay_mtu: underlay.mtu,
+        // The lease gives the IPv6 subnet.
+        subnet6: None,
+        public_net6: Some(underlay.net6),
+    })
+}
+
+/// This node before it leases, in a cluster with IPv4 pools: its IPv4 underlay, and its IPv6
+/// one when the cluster is dual-stack and the interface has one.
+fn dual_or_ipv4_node(opts: &AgentOptions, config: &ClusterConfig) -> anyhow::Result<LocalNode> {
     let underlay = underlay::discover(opts.iface.as_deref(), opts.public_ip)?;
     // Checked whatever the cluster (a wrong --public-ipv6 is an error, not ignored), used
     // only where pods have IPv6 addresses.
@@ -110,15 +117,33 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             underlay.iface
         );
     }
-    let mut node = LocalNode {
+    Ok(LocalNode {
         name: opts.node_name.clone(),
-        subnet: Ipv4Net::default(),
-        public_net: underlay.net,
-        underlay_dev: underlay.iface.clone(),
+        // The lease gives the subnets (the IPv6 one goes with the IPv4 one).
+        subnet: None,
+        public_net: Some(underlay.net),
+        underlay_dev: underlay.iface,
         underlay_mtu: underlay.mtu,
-        // The lease says which IPv6 subnet goes with the IPv4 one.
         subnet6: None,
         public_net6,
+    })
+}
+
+/// Runs the agent until SIGTERM/SIGINT or `twill node leave` (Ok) or a fatal error (Err: the
+/// process exits non-zero, so a supervisor's `Restart=on-failure` restarts it).
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Files and directories the agent (or a library it calls) creates are private even where
+    // a mode is not given explicitly; the agent's own state sets its modes explicitly anyway.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    files::private_dir(&opts.data_dir)?;
+    let store = connect(&opts.store, &opts.etcd).await?;
+    let config = wait_for_config(&store).await?;
+    let backend = twill_backend::for_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut node = if config.pools.is_empty() {
+        ipv6_only_node(&opts)?
+    } else {
+        dual_or_ipv4_node(&opts, &config)?
     };
     let node_path = node::node_file(&opts.data_dir);
     let previous: Option<NodeFile> = files::read_json(&node_path).unwrap_or(None);
@@ -146,15 +171,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.lease_ttl,
     )
     .await?;
-    node.subnet = held
-        .lease
-        .subnet
-        .with_context(|| format!("{} holds no IPv4 subnet", held.key))?;
+    node.subnet = held.lease.subnet;
     node.subnet6 = held.lease.subnet6;
-    info!(subnet = %node.subnet, subnet6 = ?node.subnet6, key = %held.key, "lease held");
+    if node.public_net.is_some() && node.subnet.is_none() {
+        bail!("{} holds no IPv4 subnet", held.key);
+    }
+    if node.public_net.is_none() && node.subnet6.is_none() {
+        bail!("{} holds no IPv6 subnet", held.key);
+    }
+    info!(subnet = ?node.subnet, subnet6 = ?node.subnet6, key = %held.key, "lease held");
     let node_file = NodeFile {
         node: opts.node_name.clone(),
-        subnet: Some(node.subnet),
+        subnet: node.subnet,
         mtu: backend.pod_mtu(&node),
         backend: config.backend.kind,
         cluster_networks: config.pools.iter().map(|p| p.cidr).collect(),
@@ -694,23 +722,29 @@ impl Agent {
 
     /// Takes the same subnet again if it is still free (a new one otherwise), with a new store
     /// lease; the old store lease, if it still lives, keeps nothing any more and is revoked.
-    async fn reacquire(&mut self, lease: Lease, subnet: Ipv4Net) -> anyhow::Result<LeaseHeld> {
+    async fn reacquire(&mut self, lease: Lease, subnet: IpNet) -> anyhow::Result<LeaseHeld> {
         let held = lease::acquire(
             &self.store,
             &self.config,
             lease,
-            Some(IpNet::V4(subnet)),
+            Some(subnet),
             self.opts.lease_ttl,
         )
         .await?;
-        let subnet = held
-            .lease
-            .subnet
-            .with_context(|| format!("{} holds no IPv4 subnet", held.key))?;
+        // The same families as before (the core checks it too).
+        let subnet = held.lease.subnet;
+        if subnet.is_some() != self.node.subnet.is_some()
+            || held.lease.subnet6.is_none() && subnet.is_none()
+        {
+            bail!(
+                "{} does not hold a subnet of this node's families",
+                held.key
+            );
+        }
         if (subnet, held.lease.subnet6) != (self.node.subnet, self.node.subnet6) {
             self.node.subnet = subnet;
             self.node.subnet6 = held.lease.subnet6;
-            self.node_file.subnet = Some(subnet);
+            self.node_file.subnet = subnet;
             self.node_file.subnet6 = held.lease.subnet6;
             files::write_json(&node::node_file(&self.opts.data_dir), &self.node_file)?;
         }
@@ -763,13 +797,15 @@ impl Agent {
     /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
     /// the current peers (before routes into it are added, so the first packet finds its peer).
     async fn ensure_tunnel(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
-        let (subnet, subnet6) = (self.node.subnet, self.node.subnet6);
+        // Only nodes with IPv4 run the tunnel (the config keeps it out of IPv6-only clusters).
+        let subnet6 = self.node.subnet6;
         match (&desired.tunnel, &self.tunnel) {
-            (Some(spec), Some(engine)) if engine.runs(spec, subnet, subnet6) => {}
+            (Some(spec), Some(engine)) if engine.runs(spec, self.node.subnet4(), subnet6) => {}
             (Some(spec), _) => {
                 if let Some(old) = self.tunnel.take() {
                     old.shutdown();
                 }
+                let subnet = self.node.subnet4();
                 let engine = Engine::start(spec, subnet, subnet6, self.opts.kernel_path)?;
                 engine.set_peers(&desired.tunnel_peers);
                 info!(device = %spec.name, "tunnel engine running");
@@ -793,9 +829,10 @@ impl Agent {
     /// the current peers with their keys (before the routes into it are added). Without
     /// WireGuard, a device an earlier run left (the config changed) is removed once.
     async fn ensure_wireguard(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
-        let (subnet, subnet6) = (self.node.subnet, self.node.subnet6);
+        // Only nodes with IPv4 run WireGuard (the config keeps it out of IPv6-only clusters).
+        let subnet6 = self.node.subnet6;
         match (&desired.wireguard, &self.wireguard) {
-            (Some(spec), Some(engine)) if engine.runs(spec, subnet, subnet6) => {}
+            (Some(spec), Some(engine)) if engine.runs(spec, self.node.subnet4(), subnet6) => {}
             (Some(spec), _) => {
                 if let Some(old) = self.wireguard.take() {
                     old.shutdown();
@@ -808,6 +845,7 @@ impl Agent {
                     .wireguard()
                     .and_then(|wg| wg.preshared_key)
                     .and_then(|psk| twill_types::wg_key::decode(psk.expose()));
+                let subnet = self.node.subnet4();
                 let engine = WgEngine::start(spec, subnet, subnet6, key.clone(), psk)?;
                 engine.set_peers(&desired.wireguard_peers);
                 info!(
@@ -915,9 +953,9 @@ impl Agent {
         });
         let mut status = AgentStatus {
             node: self.node.name.clone(),
-            subnet: core.subnet,
+            subnet: self.node.subnet,
             backend: self.config.backend.kind,
-            public_ip: self.node.public_net.addr(),
+            public_ip: self.node.public_net.map(|n| n.addr()),
             subnet6: self.node.subnet6,
             public_ip6: self.node.public_net6.map(|n| n.addr()),
             store: self.store.describe(),

@@ -126,6 +126,7 @@ const SCENARIOS: &[&str] = &[
     "dual_stack_encrypted",
     "bgp_dualstack",
     "bgp_dualstack_encrypted",
+    "ipv6_only",
 ];
 
 #[test]
@@ -214,4 +215,13 @@ fn bgp_dualstack() {
 #[test]
 fn bgp_dualstack_encrypted() {
     check("bgp_dualstack_encrypted");
+}
+
+/// A node of an IPv6-only vxlan cluster (no IPv4 subnet or underlay): only `twill6.1`, peers
+/// by their IPv6 subnet (on the segment, routed, without an IPv6 underlay: skipped), no IPv4
+/// forwarding or guard rules; its lease is taken and it leases another IPv6 subnet; a peer
+/// leaves.
+#[test]
+fn ipv6_only() {
+    check("ipv6_only");
 }

@@ -65,8 +65,8 @@ mod tests {
     fn node() -> LocalNode {
         LocalNode {
             name: "h1".into(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            public_net: "192.168.1.11/24".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
+            public_net: Some("192.168.1.11/24".parse().unwrap()),
             underlay_dev: "eth0".into(),
             underlay_mtu: 1500,
             subnet6: None,

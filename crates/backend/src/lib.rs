@@ -32,11 +32,11 @@ pub use wireguard::{Encrypted, Wireguard};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalNode {
     pub name: String,
-    /// The node's pod subnet (its lease).
-    pub subnet: Ipv4Net,
+    /// The node's pod subnet (its lease); None on an IPv6-only node.
+    pub subnet: Option<Ipv4Net>,
     /// The underlay address with the prefix of its subnet: peers inside it share the node's
-    /// L2 segment.
-    pub public_net: Ipv4Net,
+    /// L2 segment. None on an IPv6-only node (which has only `public_net6`).
+    pub public_net: Option<Ipv4Net>,
     /// The underlay link (`eth0`).
     pub underlay_dev: String,
     pub underlay_mtu: u32,
@@ -44,6 +44,34 @@ pub struct LocalNode {
     pub subnet6: Option<Ipv6Net>,
     /// The node's IPv6 underlay address with its prefix, when it has one.
     pub public_net6: Option<Ipv6Net>,
+}
+
+/// Why a node has its IPv4 parts whenever udp, ipip, wireguard or bgp plan for it.
+const IPV4_INVARIANT: &str = "only nodes of IPv6-only clusters lack IPv4, and the config \
+     refuses every backend but host-gw and vxlan (and BGP, WireGuard) for those";
+
+impl LocalNode {
+    /// The node's IPv4 pod subnet and underlay address, when it has them (every node of a
+    /// cluster with IPv4 pools does).
+    pub fn ipv4(&self) -> Option<(Ipv4Net, Ipv4Net)> {
+        self.subnet.zip(self.public_net)
+    }
+
+    /// The IPv4 pod subnet of a node whose backend needs one (udp, ipip, wireguard, bgp).
+    pub fn subnet4(&self) -> Ipv4Net {
+        self.subnet.expect(IPV4_INVARIANT)
+    }
+
+    /// The IPv4 underlay of a node whose backend needs one (udp, ipip, wireguard, bgp).
+    pub fn public_net4(&self) -> Ipv4Net {
+        self.public_net.expect(IPV4_INVARIANT)
+    }
+
+    /// The node has no IPv4 underlay: it is a node of an IPv6-only cluster (a node of a
+    /// cluster with IPv4 pools has one from the start, and its IPv4 subnet once leased).
+    pub fn is_ipv6_only(&self) -> bool {
+        self.public_net.is_none()
+    }
 }
 
 /// One mode of carrying traffic between nodes.
@@ -131,8 +159,8 @@ fn lease_of(
 ) -> Lease {
     Lease {
         node: node.name.clone(),
-        subnet: Some(node.subnet),
-        public_net: Some(node.public_net),
+        subnet: node.subnet,
+        public_net: node.public_net,
         backend,
         vtep_mac,
         // The agent adds it: the key is its, not the backend's.

@@ -13,6 +13,9 @@
 //! The IPv6 part of a lease (its IPv6 subnet and underlay address) is screened on its own
 //! ([`screen6`], for the backends that carry IPv6): when it is unusable only that part is
 //! ignored, with the reason, and the peer's IPv4 part is programmed as ever.
+//!
+//! A node of an IPv6-only cluster has no IPv4 part: its peers are screened by their IPv6
+//! subnet and IPv6 underlay address alone ([`screen_ipv6_only`], host-gw and vxlan).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -38,7 +41,8 @@ pub(crate) struct Peer<'a> {
 impl Peer<'_> {
     /// The peer shares the node's L2 segment, so a plain route via its address works.
     pub fn on_segment(&self, node: &LocalNode) -> bool {
-        node.public_net.contains(&self.public_ip)
+        node.public_net
+            .is_some_and(|net| net.contains(&self.public_ip))
     }
 
     pub fn direct_route(&self, node: &LocalNode) -> RouteSpec {
@@ -52,18 +56,12 @@ impl Peer<'_> {
 
     /// The peer's IPv6 underlay address when both ends have one, or why not.
     pub fn underlay6(&self, node: &LocalNode) -> Result<Ipv6Addr, String> {
-        match (node.public_net6, self.lease.public_ip6()) {
-            (None, _) => Err("this node has no IPv6 underlay address".into()),
-            (_, None) => Err("the peer publishes no IPv6 underlay address".into()),
-            (Some(_), Some(ip6)) => Ok(ip6),
-        }
+        underlay6(node, self.lease)
     }
 
     /// The peer's IPv6 underlay address is on this node's IPv6 segment.
     pub fn on_segment6(&self, node: &LocalNode) -> bool {
-        node.public_net6
-            .zip(self.lease.public_ip6())
-            .is_some_and(|(net, ip6)| net.contains(&ip6))
+        on_segment6(node, self.lease)
     }
 
     /// A plain route to the peer's IPv6 subnet via its IPv6 underlay address.
@@ -84,8 +82,8 @@ impl Peer<'_> {
             .is_some_and(|p| !matches!(p, PeerPath::Skipped(_)));
         PeerPlan {
             node: self.lease.node.clone(),
-            subnet: self.subnet,
-            public_ip: self.public_ip,
+            subnet: Some(self.subnet),
+            public_ip: Some(self.public_ip),
             path,
             subnet6: self.lease.subnet6.filter(|_| programmed6),
             path6,
@@ -95,11 +93,12 @@ impl Peer<'_> {
 
 /// The peers sorted by subnet, without this node's own lease (the one with its subnet),
 /// without exact duplicates and without leases lacking an IPv4 subnet or underlay address.
+/// A node without IPv4 (IPv6-only) has no IPv4 peers: see [`screen_ipv6_only`].
 pub(crate) fn screen<'a>(node: &LocalNode, peers: &'a [Lease]) -> Vec<Peer<'a>> {
-    let mut leases: Vec<&Lease> = peers
-        .iter()
-        .filter(|l| l.subnet != Some(node.subnet))
-        .collect();
+    let Some(ours) = node.ipv4() else {
+        return Vec::new();
+    };
+    let mut leases: Vec<&Lease> = peers.iter().filter(|l| l.subnet != Some(ours.0)).collect();
     leases.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     leases.dedup();
     let mut peers: Vec<Peer> = leases
@@ -110,7 +109,7 @@ pub(crate) fn screen<'a>(node: &LocalNode, peers: &'a [Lease]) -> Vec<Peer<'a>> 
                 lease,
                 subnet,
                 public_ip,
-                problem: problem(node, lease, subnet, public_ip),
+                problem: problem(node, ours, lease, subnet, public_ip),
                 v6: None,
             })
         })
@@ -131,33 +130,36 @@ fn sort_key(l: &Lease) -> impl Ord + '_ {
     )
 }
 
-/// What makes a lease unusable on its own.
-fn problem(node: &LocalNode, lease: &Lease, subnet: Ipv4Net, ip: Ipv4Addr) -> Option<String> {
-    let segment = node.public_net.trunc();
+/// What makes a lease unusable on its own, for a node with this IPv4 subnet and underlay.
+fn problem(
+    node: &LocalNode,
+    (node_subnet, public_net): (Ipv4Net, Ipv4Net),
+    lease: &Lease,
+    subnet: Ipv4Net,
+    ip: Ipv4Addr,
+) -> Option<String> {
+    let segment = public_net.trunc();
     let problem = if lease.node == node.name {
         "the lease carries this node's own name (a stale lease of this node?)".to_string()
     } else if subnet.addr() != subnet.network() {
         format!("subnet {subnet} has host bits set")
     } else if subnet.prefix_len() > 30 {
         format!("subnet {subnet} is longer than /30")
-    } else if overlaps(subnet, node.subnet) {
-        format!(
-            "subnet {subnet} overlaps this node's subnet {}",
-            node.subnet
-        )
-    } else if subnet.contains(&node.public_net.addr()) {
+    } else if overlaps(subnet, node_subnet) {
+        format!("subnet {subnet} overlaps this node's subnet {node_subnet}")
+    } else if subnet.contains(&public_net.addr()) {
         // The route would swallow the underlay traffic that carries everything else.
         format!(
             "subnet {subnet} contains this node's underlay address {}",
-            node.public_net.addr()
+            public_net.addr()
         )
     } else if !is_host_address(ip) {
         format!("underlay address {ip} is not a unicast host address")
-    } else if ip == node.public_net.addr() {
+    } else if ip == public_net.addr() {
         format!("underlay address {ip} is this node's own")
     } else if segment.prefix_len() <= 30 && (ip == segment.network() || ip == segment.broadcast()) {
         format!("underlay address {ip} is the network or broadcast address of {segment}")
-    } else if subnet.contains(&ip) || node.subnet.contains(&ip) {
+    } else if subnet.contains(&ip) || node_subnet.contains(&ip) {
         format!("underlay address {ip} lies inside a pod subnet")
     } else {
         return None;
@@ -280,10 +282,22 @@ fn problem6(
 /// Peers whose IPv6 subnets overlap each other: none of those IPv6 parts is programmed (as
 /// [`mark_overlaps`] for IPv4).
 fn mark_overlaps6(peers: &mut [Peer]) {
-    let mut ranges: Vec<(usize, u128, u128)> = peers
+    let leases: Vec<&Lease> = peers.iter().map(|p| p.lease).collect();
+    let mut verdicts: Vec<Option<Result<Ipv6Net, String>>> =
+        peers.iter_mut().map(|p| p.v6.take()).collect();
+    mark_overlapping6(&leases, &mut verdicts);
+    for (peer, v6) in peers.iter_mut().zip(verdicts) {
+        peer.v6 = v6;
+    }
+}
+
+/// Turns the admitted IPv6 subnets (`verdicts[i]`, of `leases[i]`) that overlap each other
+/// into refusals naming the others.
+fn mark_overlapping6(leases: &[&Lease], verdicts: &mut [Option<Result<Ipv6Net, String>>]) {
+    let mut ranges: Vec<(usize, u128, u128)> = verdicts
         .iter()
         .enumerate()
-        .filter_map(|(i, peer)| match &peer.v6 {
+        .filter_map(|(i, v6)| match v6 {
             Some(Ok(subnet6)) => Some((
                 i,
                 u128::from(subnet6.network()),
@@ -294,14 +308,14 @@ fn mark_overlaps6(peers: &mut [Peer]) {
         .collect();
     ranges.sort_unstable_by_key(|&(i, start, _)| (start, i));
     for run in overlap_runs(ranges) {
-        let subnet6_of = |j: usize| peers[j].lease.subnet6.expect("screened peers have one");
+        let subnet6_of = |j: usize| leases[j].subnet6.expect("screened peers have one");
         let reasons: Vec<(usize, String)> = run
             .iter()
             .map(|&i| {
                 let others: Vec<String> = run
                     .iter()
                     .filter(|&&j| j != i)
-                    .map(|&j| format!("{} ({})", peers[j].lease.node, subnet6_of(j)))
+                    .map(|&j| format!("{} ({})", leases[j].node, subnet6_of(j)))
                     .collect();
                 let reason = format!(
                     "IPv6 subnet {} overlaps the IPv6 subnet of {}; neither is programmed \
@@ -313,7 +327,113 @@ fn mark_overlaps6(peers: &mut [Peer]) {
             })
             .collect();
         for (i, reason) in reasons {
-            peers[i].v6 = Some(Err(reason));
+            verdicts[i] = Some(Err(reason));
         }
     }
+}
+
+/// A peer of an IPv6-only node: its lease, its IPv6 subnet, and why that cannot be
+/// programmed (if it cannot).
+pub(crate) struct Peer6<'a> {
+    pub lease: &'a Lease,
+    pub subnet6: Ipv6Net,
+    pub problem: Option<String>,
+}
+
+impl Peer6<'_> {
+    /// The peer's IPv6 underlay address when both ends have one, or why not.
+    pub fn underlay6(&self, node: &LocalNode) -> Result<Ipv6Addr, String> {
+        underlay6(node, self.lease)
+    }
+
+    /// The peer's IPv6 underlay address is on this node's IPv6 segment.
+    pub fn on_segment6(&self, node: &LocalNode) -> bool {
+        on_segment6(node, self.lease)
+    }
+
+    /// A plain route to the peer's IPv6 subnet via its IPv6 underlay address.
+    pub fn direct_route6(&self, node: &LocalNode, via: Ipv6Addr) -> RouteSpec {
+        RouteSpec {
+            dst: self.subnet6.into(),
+            via: via.into(),
+            dev: node.underlay_dev.clone(),
+            onlink: false,
+        }
+    }
+
+    /// The peer's plan: it has only an IPv6 part, so its `path` is its IPv6 path (and
+    /// `path6` the same); its IPv6 subnet is listed when that path is programmed.
+    pub fn plan(&self, path6: PeerPath) -> PeerPlan {
+        let programmed = !matches!(path6, PeerPath::Skipped(_));
+        PeerPlan {
+            node: self.lease.node.clone(),
+            subnet: None,
+            public_ip: None,
+            path: path6.clone(),
+            subnet6: programmed.then_some(self.subnet6),
+            path6: Some(path6),
+        }
+    }
+}
+
+/// The peers of an IPv6-only node (one without IPv4): sorted by IPv6 subnet, without this
+/// node's own lease (the one with its IPv6 subnet), without exact duplicates and without
+/// leases lacking an IPv6 subnet; each screened as [`screen6`] screens IPv6 parts, and a
+/// peer without an IPv6 underlay address refused (nothing else could carry its traffic).
+pub(crate) fn screen_ipv6_only<'a>(
+    node: &LocalNode,
+    pools6: &[Ipv6Net],
+    peers: &'a [Lease],
+) -> Vec<Peer6<'a>> {
+    let mut leases: Vec<&Lease> = peers
+        .iter()
+        .filter(|l| l.subnet6.is_some() && l.subnet6 != node.subnet6)
+        .collect();
+    leases.sort_by(|a, b| {
+        let key = |l: &Lease| l.subnet6.map(|s| (u128::from(s.network()), s.prefix_len()));
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| sort_key(a).cmp(&sort_key(b)))
+    });
+    leases.dedup();
+    let mut verdicts: Vec<Option<Result<Ipv6Net, String>>> = leases
+        .iter()
+        .map(|lease| {
+            let subnet6 = lease.subnet6.expect("filtered above");
+            let problem = if lease.node == node.name {
+                Some("the lease carries this node's own name (a stale lease of this node?)".into())
+            } else if lease.public_ip6().is_none() {
+                Some("the peer publishes no IPv6 underlay address".into())
+            } else {
+                problem6(node, pools6, lease, subnet6)
+            };
+            Some(problem.map_or(Ok(subnet6), Err))
+        })
+        .collect();
+    mark_overlapping6(&leases, &mut verdicts);
+    leases
+        .into_iter()
+        .zip(verdicts)
+        .map(|(lease, verdict)| Peer6 {
+            lease,
+            subnet6: lease.subnet6.expect("filtered above"),
+            problem: verdict.and_then(Result::err),
+        })
+        .collect()
+}
+
+/// A peer's IPv6 underlay address when both ends have one, or why not.
+fn underlay6(node: &LocalNode, lease: &Lease) -> Result<Ipv6Addr, String> {
+    match (node.public_net6, lease.public_ip6()) {
+        (None, _) => Err("this node has no IPv6 underlay address".into()),
+        (_, None) => Err("the peer publishes no IPv6 underlay address".into()),
+        (Some(_), Some(ip6)) => Ok(ip6),
+    }
+}
+
+/// A peer's IPv6 underlay address is on this node's IPv6 segment.
+fn on_segment6(node: &LocalNode, lease: &Lease) -> bool {
+    node.public_net6
+        .zip(lease.public_ip6())
+        .is_some_and(|(net, ip6)| net.contains(&ip6))
 }

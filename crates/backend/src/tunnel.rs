@@ -68,9 +68,10 @@ pub fn peer_underlay(local: UnderlayAddrs, peer: UnderlayAddrs) -> Result<IpAddr
 
 /// This node's underlay addresses (an unspecified IPv4 address is none).
 pub(crate) fn node_underlay(node: &LocalNode) -> UnderlayAddrs {
-    let v4 = node.public_net.addr();
     (
-        (!v4.is_unspecified()).then_some(v4),
+        node.public_net
+            .map(|n| n.addr())
+            .filter(|v4| !v4.is_unspecified()),
         node.public_net6.map(|n| n.addr()),
     )
 }

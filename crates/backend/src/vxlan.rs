@@ -22,6 +22,9 @@
 //! Both ends decide by the same facts, so traffic is symmetric. The IPv6 device exists
 //! whenever the node has an IPv6 subnet and an IPv6 underlay address, peers or not: peers must
 //! reach it before this node knows them (like `twill.<vni>`).
+//!
+//! An IPv6-only node (no IPv4 subnet or underlay) has only `twill6.<vni>`: each peer's IPv6
+//! subnet goes through it (or, with direct routing, a plain route on the IPv6 segment).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -33,7 +36,7 @@ use twill_types::desired::{DesiredState, FdbSpec, NeighSpec, PeerPath, RouteSpec
 use twill_types::hash::fnv1a;
 use twill_types::lease::Lease;
 
-use crate::screen::{Peer, screen, screen6};
+use crate::screen::{Peer6, screen, screen_ipv6_only, screen6};
 use crate::{Backend, LocalNode, UnsupportedBackend, lease_of};
 
 /// Bytes VXLAN over an IPv6 underlay adds: outer IPv6 (40), UDP (8), VXLAN (8) and the inner
@@ -77,21 +80,21 @@ impl Vxlan {
         device_name(self.vni)
     }
 
-    /// The VTEP device this node should have.
-    pub fn device(&self, node: &LocalNode) -> VxlanDevice {
-        VxlanDevice {
+    /// The VTEP device this node should have: none on an IPv6-only node.
+    pub fn device(&self, node: &LocalNode) -> Option<VxlanDevice> {
+        let (subnet, public_net) = node.ipv4()?;
+        Some(VxlanDevice {
             name: self.device_name(),
             vni: self.vni,
             port: self.port,
-            local: node.public_net.addr().into(),
+            local: public_net.addr().into(),
             underlay: node.underlay_dev.clone(),
             mac: vtep_mac(&node.name, self.vni),
             mtu: node
                 .underlay_mtu
                 .saturating_sub(BackendKind::Vxlan.mtu_overhead()),
-            address: (Ipv4Net::new(node.subnet.network(), 32).expect("/32 is a prefix length"))
-                .into(),
-        }
+            address: (Ipv4Net::new(subnet.network(), 32).expect("/32 is a prefix length")).into(),
+        })
     }
 
     /// The IPv6 VTEP device this node should have: only with an IPv6 subnet and an IPv6
@@ -109,6 +112,87 @@ impl Vxlan {
             address: (Ipv6Net::new(subnet6.network(), 128).expect("/128 is a prefix length"))
                 .into(),
         })
+    }
+}
+
+impl Vxlan {
+    /// The desired state of an IPv6-only node: `twill6.<vni>` alone, and each peer's IPv6
+    /// subnet through it (route, NDP neighbour, FDB entry to its IPv6 underlay address), or
+    /// with direct routing a plain route when the peer is on this node's IPv6 segment.
+    fn desired_ipv6_only(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
+        let mut state = DesiredState::default();
+        let Some(device6) = self.device6(node) else {
+            // The agent gives every IPv6-only node an IPv6 subnet and underlay address.
+            return state;
+        };
+        let peers: Vec<Peer6> = screen_ipv6_only(node, &self.ipv6_pools, peers);
+        let mut plans: Vec<Plan6> = peers
+            .iter()
+            .map(|peer| {
+                if let Some(problem) = &peer.problem {
+                    return Plan6::Skip(problem.clone());
+                }
+                let ip6 = match peer.underlay6(node) {
+                    Ok(ip6) => ip6,
+                    Err(reason) => return Plan6::Skip(format!("vxlan: {reason}")),
+                };
+                if self.direct_routing && peer.on_segment6(node) {
+                    return Plan6::Direct(ip6);
+                }
+                match usable_mac(peer.lease, peer.lease.vtep_mac6, device6.mac, Family::V6) {
+                    Ok(mac6) => Plan6::Vtep6(mac6, ip6),
+                    Err(reason) => Plan6::Skip(reason),
+                }
+            })
+            .collect();
+        let users = plans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, plan)| match plan {
+                Plan6::Vtep6(mac6, ip6) => Some((i, *mac6, IpAddr::V6(*ip6))),
+                _ => None,
+            })
+            .collect();
+        let leases: Vec<&Lease> = peers.iter().map(|p| p.lease).collect();
+        for (i, reason) in mac_conflicts(&leases, users, Family::V6) {
+            plans[i] = Plan6::Skip(reason);
+        }
+        let mut fdb_entries: HashSet<(MacAddr, Ipv6Addr)> = HashSet::with_capacity(peers.len());
+        for (peer, plan) in peers.iter().zip(plans) {
+            let path = match plan {
+                Plan6::Skip(reason) => PeerPath::Skipped(reason),
+                Plan6::Direct(ip6) => {
+                    state.routes.push(peer.direct_route6(node, ip6));
+                    PeerPath::Direct
+                }
+                Plan6::Vtep6(mac6, ip6) => {
+                    let gateway = IpAddr::V6(peer.subnet6.network());
+                    state.routes.push(RouteSpec {
+                        dst: peer.subnet6.into(),
+                        via: gateway,
+                        dev: device6.name.clone(),
+                        onlink: true,
+                    });
+                    state.neighbours.push(NeighSpec {
+                        dev: device6.name.clone(),
+                        ip: gateway,
+                        mac: mac6,
+                    });
+                    if fdb_entries.insert((mac6, ip6)) {
+                        state.fdb.push(FdbSpec {
+                            dev: device6.name.clone(),
+                            mac: mac6,
+                            dst: ip6.into(),
+                        });
+                    }
+                    PeerPath::Vxlan
+                }
+                Plan6::Vtep4(_) => unreachable!("an IPv6-only node has no IPv4 VTEP"),
+            };
+            state.peers.push(peer.plan(path));
+        }
+        state.vxlan6 = Some(device6);
+        state
     }
 }
 
@@ -182,19 +266,19 @@ impl Family {
 
 /// A peer's published VTEP MAC (`mac`) if this node can use it, or why not.
 fn usable_mac(
-    peer: &Peer,
+    lease: &Lease,
     mac: Option<MacAddr>,
     own: MacAddr,
     family: Family,
 ) -> Result<MacAddr, String> {
     let label = family.label();
     match mac {
-        None if peer.lease.backend == BackendKind::Vxlan => {
+        None if lease.backend == BackendKind::Vxlan => {
             Err(format!("vxlan: the lease has no {label}"))
         }
         None => Err(format!(
             "vxlan: the peer runs the {} backend and publishes no {label}",
-            peer.lease.backend
+            lease.backend
         )),
         Some(mac) if mac.0[0] & 1 == 1 || mac.0 == [0; 6] => {
             Err(format!("vxlan: {label} {mac} is not a unicast address"))
@@ -206,10 +290,10 @@ fn usable_mac(
 
 /// One MAC can have one FDB destination per device. The same node under two leases (same
 /// MAC, same address) is fine; the same MAC at two addresses is a conflict nobody can settle
-/// here: `users` are (peer index, MAC, destination), and the result says, for each peer index
-/// in a conflict, why it is skipped.
+/// here: `users` are (index in `leases`, MAC, destination), and the result says, for each
+/// index in a conflict, why it is skipped.
 fn mac_conflicts(
-    peers: &[Peer],
+    leases: &[&Lease],
     users: Vec<(usize, MacAddr, IpAddr)>,
     family: Family,
 ) -> BTreeMap<usize, String> {
@@ -230,7 +314,7 @@ fn mac_conflicts(
             let others: Vec<String> = users
                 .iter()
                 .filter(|&&(j, _)| j != i)
-                .map(|&(j, dst)| format!("{} ({dst})", peers[j].lease.node))
+                .map(|&(j, dst)| format!("{} ({dst})", leases[j].node))
                 .collect();
             conflicts.insert(
                 i,
@@ -250,7 +334,10 @@ impl Backend for Vxlan {
         lease_of(
             node,
             BackendKind::Vxlan,
-            Some(vtep_mac(&node.name, self.vni)),
+            // No IPv4 VTEP on an IPv6-only node (it has no IPv4 underlay).
+            node.public_net
+                .is_some()
+                .then(|| vtep_mac(&node.name, self.vni)),
             // The IPv6 subnet is derived when the lease is taken, after this lease is made:
             // the cluster having IPv6 pools is what says the IPv6 VTEP will exist.
             (node.subnet6.is_some() || !self.ipv6_pools.is_empty())
@@ -259,14 +346,20 @@ impl Backend for Vxlan {
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
-        let device = self.device(node);
+        if node.is_ipv6_only() {
+            return self.desired_ipv6_only(node, peers);
+        }
+        let Some(device) = self.device(node) else {
+            // Not leased yet: nothing to program.
+            return DesiredState::default();
+        };
         let device6 = self.device6(node);
         let own6 = vtep_mac6(&node.name, self.vni);
         let mut peers = screen(node, peers);
         screen6(node, &self.ipv6_pools, &mut peers);
         let vtep4: Vec<Result<MacAddr, String>> = peers
             .iter()
-            .map(|peer| usable_mac(peer, peer.lease.vtep_mac, device.mac, Family::V4))
+            .map(|peer| usable_mac(peer.lease, peer.lease.vtep_mac, device.mac, Family::V4))
             .collect();
         let mut plans: Vec<Plan> = peers
             .iter()
@@ -289,7 +382,7 @@ impl Backend for Vxlan {
                         Plan6::Direct(ip6)
                     }
                     (Ok(_), Ok(ip6)) => {
-                        match usable_mac(peer, peer.lease.vtep_mac6, own6, Family::V6) {
+                        match usable_mac(peer.lease, peer.lease.vtep_mac6, own6, Family::V6) {
                             Ok(mac6) => Plan6::Vtep6(mac6, ip6),
                             Err(reason) => Plan6::Skip(reason),
                         }
@@ -316,7 +409,8 @@ impl Backend for Vxlan {
                 _ => {}
             }
         }
-        for (i, reason) in mac_conflicts(&peers, on_vtep4, Family::V4) {
+        let leases: Vec<&Lease> = peers.iter().map(|p| p.lease).collect();
+        for (i, reason) in mac_conflicts(&leases, on_vtep4, Family::V4) {
             if matches!(plans[i], Plan::Encap(_)) {
                 plans[i] = Plan::Skip(reason.clone());
             }
@@ -324,7 +418,7 @@ impl Backend for Vxlan {
                 plans6[i] = Some(Plan6::Skip(reason));
             }
         }
-        for (i, reason) in mac_conflicts(&peers, on_vtep6, Family::V6) {
+        for (i, reason) in mac_conflicts(&leases, on_vtep6, Family::V6) {
             plans6[i] = Some(Plan6::Skip(reason));
         }
 

@@ -88,7 +88,9 @@ impl Settings {
             name: DEVICE.to_string(),
             port: self.port,
             mtu: self.device_mtu(node, ipv6),
-            local: node.public_net.addr(),
+            local: node
+                .public_net
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED, |n| n.addr()),
             local6: local6.filter(|_| ipv6),
             persistent_keepalive: self.persistent_keepalive,
         }
@@ -287,7 +289,7 @@ fn encrypt(
         if !wanted {
             continue;
         }
-        debug_assert!(plan.node == peer.lease.node && plan.subnet == peer.subnet);
+        debug_assert!(plan.node == peer.lease.node && plan.subnet == Some(peer.subnet));
         let lease = peer.lease;
         moved.insert(peer.subnet);
         // The IPv6 subnet, once screened; the inner backend planned nothing for one that

@@ -134,8 +134,8 @@ fn local_leases() {
         l,
         Lease {
             node: "node-a".into(),
-            subnet: Some(n.subnet),
-            public_net: Some(n.public_net),
+            subnet: n.subnet,
+            public_net: n.public_net,
             backend: BackendKind::Vxlan,
             vtep_mac: Some("ee:a1:74:b0:d8:83".parse().unwrap()),
             wireguard_public_key: None,
@@ -152,7 +152,7 @@ fn local_leases() {
     assert_eq!((l.backend, l.vtep_mac), (BackendKind::HostGw, None));
     // Before the agent has a subnet: still a lease (to fill in), no panic.
     let mut unleased = n.clone();
-    unleased.subnet = Ipv4Net::default();
+    unleased.subnet = None;
     assert_eq!(
         vxlan(false).local_lease(&unleased).vtep_mac,
         Some(vtep_mac("node-a", 1))
@@ -448,7 +448,7 @@ proptest! {
             prop_assert_eq!(&backend.desired(&n, &shuffled), &state);
 
             // Sorted by subnet; never our own subnet; routes only for programmed peers.
-            let subnets: Vec<_> = state.peers.iter().map(|p| (p.subnet.network(), p.subnet.prefix_len())).collect();
+            let subnets: Vec<_> = state.peers.iter().map(|p| (p.subnet.unwrap().network(), p.subnet.unwrap().prefix_len())).collect();
             let mut sorted = subnets.clone();
             sorted.sort();
             prop_assert_eq!(&subnets, &sorted);
@@ -456,9 +456,9 @@ proptest! {
             let programmed: Vec<_> = state.peers.iter().filter(|p| !matches!(p.path, PeerPath::Skipped(_))).collect();
             prop_assert_eq!(state.routes.len(), programmed.len());
             for (route, peer) in state.routes.iter().zip(&programmed) {
-                prop_assert_eq!(route.dst, IpNet::V4(peer.subnet));
-                prop_assert!(!route.dst.contains(&IpAddr::V4(n.public_net.addr())));
-                prop_assert!(route.dst.network() != n.subnet.network());
+                prop_assert_eq!(route.dst, IpNet::V4(peer.subnet.unwrap()));
+                prop_assert!(!route.dst.contains(&IpAddr::V4(n.public_net4().addr())));
+                prop_assert!(route.dst.network() != n.subnet4().network());
             }
             // Programmed subnets never overlap each other.
             for (i, a) in state.routes.iter().enumerate() {

@@ -132,7 +132,7 @@ fn wireguard_backend_golden() {
     let device = state.wireguard.clone().expect("the WireGuard device");
     assert_eq!((device.name.as_str(), device.port), (DEVICE, 51821));
     assert_eq!(device.persistent_keepalive, 25);
-    assert_eq!(device.local, node().public_net.addr());
+    assert_eq!(device.local, node().public_net4().addr());
     // 1500 less IPv4 20 + UDP 8 + WireGuard 32, for the device and the pods alike.
     assert_eq!((device.mtu, mtu), (1440, 1440));
     // Every peer with a good key, on the segment or not.

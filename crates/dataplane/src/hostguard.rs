@@ -288,23 +288,35 @@ fn rules_script(r: &Rules) -> String {
         WorkloadToHost::Drop => "counter drop",
         WorkloadToHost::Accept => "counter accept",
     };
-    add(
-            "workload_in",
-            vec![
-                "jump pod_in".into(),
-                "meta l4proto { tcp, udp } th dport 53 accept".into(),
-                format!("icmp type echo-request ip daddr {} accept", r.node_subnet),
-                "icmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".into(),
-                "meta l4proto . th dport @allow_ports accept".into(),
-                verdict.into(),
-            ],
-        );
-    let mut prerouting = vec![format!("ip saddr {} jump pod_out", set_expr(&r.pools))];
-    let mut pod_out = vec![
+    let mut workload_in = vec![
+        "jump pod_in".into(),
+        "meta l4proto { tcp, udp } th dport 53 accept".into(),
+    ];
+    if let Some(node_subnet) = r.node_subnet {
+        workload_in.push(format!(
+            "icmp type echo-request ip daddr {node_subnet} accept"
+        ));
+    }
+    workload_in.extend([
+        "icmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".into(),
+        "meta l4proto . th dport @allow_ports accept".into(),
+        verdict.into(),
+    ]);
+    add("workload_in", workload_in);
+    // An IPv6-only node has no IPv4 pools: no IPv4 pod sources to send to pod_out.
+    let mut prerouting: Vec<String> = (!r.pools.is_empty())
+        .then(|| format!("ip saddr {} jump pod_out", set_expr(&r.pools)))
+        .into_iter()
+        .collect();
+    let mut pod_out: Vec<String> = vec![
         "udp dport @tunnel_udp counter drop".into(),
         "meta l4proto ipencap counter drop".into(),
-        format!("ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"),
     ];
+    if !r.pools.is_empty() {
+        pod_out.push(format!(
+            "ip daddr @{CONTROL_HOSTS_SET} tcp dport @control_tcp counter drop"
+        ));
+    }
     if dual_stack(r) {
         pod_out.push(format!("meta l4proto {SIT_PROTOCOL} counter drop"));
         prerouting.push(format!("ip6 saddr {} jump pod_out", set_expr(&r.pools6)));
@@ -334,8 +346,12 @@ fn input_rules(r: &Rules) -> Vec<String> {
         "iifname \"{}*\" jump workload_in",
         crate::firewall::IFNAME_PREFIX
     ));
-    rules.push(format!("ip saddr {} jump workload_in", r.node_subnet));
-    rules.push(format!("ip saddr {} jump pod_in", set_expr(&r.pools)));
+    if let Some(node_subnet) = r.node_subnet {
+        rules.push(format!("ip saddr {node_subnet} jump workload_in"));
+    }
+    if !r.pools.is_empty() {
+        rules.push(format!("ip saddr {} jump pod_in", set_expr(&r.pools)));
+    }
     if dual_stack(r) {
         if let Some(subnet6) = r.node_subnet6 {
             rules.push(format!("ip6 saddr {subnet6} jump workload_in"));
@@ -363,6 +379,13 @@ fn vxlan_rules(r: &Rules) -> Vec<String> {
         ];
     }
     let inner6 = format!("@th,{VXLAN_INNER_SOURCE6_BITS},128");
+    if r.node_subnet.is_none() {
+        // An IPv6-only node: IPv6 pod packets over the IPv6 underlay, nothing else.
+        return vec![
+            format!("{ethertype} 0x86dd ip6 saddr . {inner6} @{VXLAN_PEERS6_SET} accept"),
+            "counter drop".into(),
+        ];
+    }
     vec![
         format!(
             "{ethertype} 0x0800 ip saddr . @th,{VXLAN_INNER_SOURCE_BITS},32 @{VXLAN_PEERS_SET} accept"
@@ -752,11 +775,44 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_only_nodes_rules_have_no_ipv4_pod_rules() {
+        let rules = Rules {
+            pools: Vec::new(),
+            node_subnet: None,
+            workload_to_host: Default::default(),
+            allow_ports: Vec::new(),
+            control_tcp: vec![2379],
+            tunnel_udp: vec![8472],
+            vxlan_port: Some(8472),
+            pools6: vec!["fd00:10:244::/56".parse().unwrap()],
+            node_subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+        };
+        let script = rules_script(&rules);
+        let ipv4: Vec<&str> = script
+            .lines()
+            .filter(|l| l.contains("ip saddr") || l.contains("ip daddr") || l.contains("icmp type"))
+            .filter(|l| !l.contains("typeof"))
+            .collect();
+        assert!(ipv4.is_empty(), "{ipv4:?}\n{script}");
+        for rule in [
+            "ip6 saddr fd00:10:244:3::/64 jump workload_in",
+            "ip6 saddr fd00:10:244::/56 jump pod_in",
+            "ip6 saddr fd00:10:244::/56 jump pod_out",
+            "ip6 daddr @control_hosts6 tcp dport @control_tcp counter drop",
+            "@vxlan_peers6 accept",
+        ] {
+            assert!(script.contains(rule), "{rule} is not in\n{script}");
+        }
+        assert!(!script.contains("@vxlan_peers accept"), "{script}");
+        assert!(!script.contains("@vxlan_peers46"), "{script}");
+    }
+
+    #[test]
     fn the_fingerprint_names_the_rules_not_the_elements() {
         let spec = |hosts: &[&str], node_subnet: &str| Spec {
             rules: Rules {
                 pools: vec!["10.244.0.0/16".parse().unwrap()],
-                node_subnet: node_subnet.parse().unwrap(),
+                node_subnet: Some(node_subnet.parse().unwrap()),
                 workload_to_host: Default::default(),
                 allow_ports: Vec::new(),
                 control_tcp: vec![179],

@@ -54,7 +54,7 @@ fn guard() -> HostGuardSpec {
     HostGuardSpec {
         rules: Rules {
             pools: vec!["10.244.0.0/16".parse().unwrap()],
-            node_subnet: "10.244.1.0/24".parse().unwrap(),
+            node_subnet: Some("10.244.1.0/24".parse().unwrap()),
             workload_to_host: Default::default(),
             allow_ports: vec!["tcp:22".parse().unwrap()],
             control_tcp: vec![179, 2379, 2380],

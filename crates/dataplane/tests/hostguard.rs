@@ -56,8 +56,8 @@ fn vxlan_spec() -> Spec {
     );
     Spec::for_node(
         &c,
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &peers(),
         &etcd(),
     )
@@ -82,8 +82,8 @@ fn udp_accept_bgp_table_matches_golden() {
     ];
     let spec = Spec::for_node(
         &c,
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &peers(),
         &endpoints,
     );
@@ -100,7 +100,7 @@ fn spec_from_config_and_peers() {
     let spec = vxlan_spec();
     let r = &spec.rules;
     assert_eq!(r.pools, vec![net("10.244.0.0/16")]);
-    assert_eq!(r.node_subnet, net("10.244.1.0/24"));
+    assert_eq!(r.node_subnet, Some(net("10.244.1.0/24")));
     assert_eq!(r.vxlan_port, Some(8472));
     assert_eq!(r.control_tcp, vec![179, 2379, 2380]);
     assert_eq!(r.tunnel_udp, vec![8285, 8472]);
@@ -149,8 +149,8 @@ fn peers_change_only_elements() {
         &config(
             "workloadToHostPorts = [\"tcp:22\"]\n[[pools]]\nname = \"pods\"\ncidr = \"10.244.0.0/16\"\n",
         ),
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &fewer,
         &etcd(),
     );
@@ -162,8 +162,8 @@ fn peers_change_only_elements() {
             "workloadToHostPorts = [\"udp:123\", \"tcp:22\", \"tcp:30000-32767\"]\n\
              [[pools]]\nname = \"pods\"\ncidr = \"10.244.0.0/16\"\n",
         ),
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &fewer,
         &etcd(),
     );
@@ -183,8 +183,8 @@ fn host_gw_has_no_vxlan_check() {
     let c = config("backend = \"host-gw\"\n[[pools]]\nname = \"p\"\ncidr = \"10.244.0.0/16\"\n");
     let spec = Spec::for_node(
         &c,
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &peers(),
         &[],
     );
@@ -247,8 +247,8 @@ fn apply_update_repair_remove() {
             "workloadToHostPorts = [\"udp:123\", \"tcp:22\", \"tcp:30000-32767\"]\n\
              [[pools]]\nname = \"pods\"\ncidr = \"10.244.0.0/16\"\n",
         ),
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &fewer,
         &etcd(),
     );
@@ -267,8 +267,8 @@ fn apply_update_repair_remove() {
         &config(
             "workloadToHost = \"Accept\"\n[[pools]]\nname = \"pods\"\ncidr = \"10.244.0.0/16\"\n",
         ),
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         &fewer,
         &etcd(),
     );
@@ -297,8 +297,8 @@ fn dual_spec(peers: &[Lease]) -> Spec {
     endpoints.push("[fd00:100::1]:2379".parse().unwrap());
     Spec::for_node(
         &c,
-        net("10.244.1.0/24"),
-        Ipv4Addr::new(192, 168, 100, 11),
+        Some(net("10.244.1.0/24")),
+        Some(Ipv4Addr::new(192, 168, 100, 11)),
         peers,
         &endpoints,
     )

@@ -94,8 +94,8 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = Underlay::L2)]
     pub underlay: Underlay,
     /// ipv4: IPv4 only. dual: every underlay link and every pod gets an IPv6 address too
-    /// (every backend, --encrypt too). ipv6: IPv6-only clusters (not supported
-    /// yet).
+    /// (every backend, --encrypt too). ipv6: IPv6-only clusters (the agent runs them with
+    /// host-gw and vxlan; the lab does not build them yet).
     #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
     pub ip_family: IpFamily,
     /// How the CNI plugin attaches pods: bridge (Flannel's layout) or routed (Calico's).

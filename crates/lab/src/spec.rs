@@ -184,7 +184,7 @@ impl LabSpec {
         );
         ensure!(
             family != IpFamily::Ipv6,
-            "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
+            "--ip-family ipv6: the lab does not build IPv6-only clusters yet (use --ip-family dual)"
         );
         Ok(())
     }
@@ -280,7 +280,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--ip-family ipv6: IPv6-only clusters are not supported yet (use --ip-family dual)"
+            "--ip-family ipv6: the lab does not build IPv6-only clusters yet (use --ip-family dual)"
         );
         let mixed = dual(Backend::Vxlan).ipv4_underlay_hosts([2]);
         mixed.validate().unwrap();

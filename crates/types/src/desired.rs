@@ -101,8 +101,12 @@ pub enum PeerPath {
 #[serde(rename_all = "camelCase")]
 pub struct PeerPlan {
     pub node: String,
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    /// The peer's IPv4 pod subnet and underlay address; None for a peer of an IPv6-only
+    /// cluster (its `path` is then its IPv6 path, the same as `path6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<Ipv4Addr>,
     pub path: PeerPath,
     /// The peer's IPv6 pod subnet, when its IPv6 part is programmed (`path6` is not
     /// skipped).

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::BackendKind;
@@ -85,8 +85,11 @@ pub struct NodeFile {
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     pub node: String,
-    pub subnet: Ipv4Net,
-    pub public_ip: std::net::Ipv4Addr,
+    /// Its IPv4 pod subnet and underlay address (none in an IPv6-only cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<std::net::Ipv4Addr>,
     pub path: crate::desired::PeerPath,
     /// Its IPv6 pod subnet, in a dual-stack cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,9 +167,12 @@ pub struct TunnelStatus {
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatus {
     pub node: String,
-    pub subnet: Ipv4Net,
+    /// The node's IPv4 pod subnet and underlay address (none on an IPv6-only node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     pub backend: BackendKind,
-    pub public_ip: std::net::Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<std::net::Ipv4Addr>,
     /// The node's IPv6 pod subnet and IPv6 underlay address, when it has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
@@ -208,12 +214,13 @@ pub struct LeaseEvent {
     /// `deleted` (the key was removed while the store lease lived), `taken` (another node's
     /// lease is under the key), `expired` (the store lease ran out).
     pub event: String,
-    /// The subnet the node held.
-    pub subnet: Ipv4Net,
+    /// The subnet the node held (its lease's key: the IPv4 one, the IPv6 one on an
+    /// IPv6-only node).
+    pub subnet: IpNet,
     /// The subnet the node holds again (the same one when it was still free); None while
     /// leasing again has not succeeded yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leased_again: Option<Ipv4Net>,
+    pub leased_again: Option<IpNet>,
     /// What the agent did, for people.
     pub message: String,
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use serde::Serialize;
 use twill_dataplane::reconcile::Plan;
 use twill_types::bgp_auth::BgpAuth;
@@ -34,11 +34,11 @@ pub enum Action {
     RenewLease,
     /// Renew again in a second rather than a third of the TTL later.
     RenewSoon,
-    /// Lease again, preferring `subnet`, publishing `lease`. Answered:
-    /// [`super::Event::Reacquired`].
+    /// Lease again, preferring `subnet` (the held lease's key subnet: IPv4, or IPv6 on an
+    /// IPv6-only node), publishing `lease`. Answered: [`super::Event::Reacquired`].
     Reacquire {
         lease: Lease,
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// Write `lease` (our lease with a new WireGuard public key) under the key we hold, with
     /// the store lease we hold. Answered: [`super::Event::LeasePublished`].
@@ -82,7 +82,8 @@ pub enum Level {
 /// The core's part of status.json.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
-    pub subnet: Ipv4Net,
+    /// The node's key subnet (IPv4; IPv6 on an IPv6-only node).
+    pub subnet: IpNet,
     pub in_sync: bool,
     pub peers: Vec<PeerStatus>,
     pub policy: Option<PolicyStatus>,
@@ -208,8 +209,8 @@ fn render_desired(out: &mut String, d: &DesiredState) {
             out,
             "  peer {} {} at {}: {}{}",
             p.node,
-            p.subnet,
-            p.public_ip,
+            or_dash(p.subnet),
+            or_dash(p.public_ip),
             path(&p.path),
             ipv6_part(p.subnet6, p.path6.as_ref())
         );
@@ -322,6 +323,11 @@ fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
         .join(" ")
 }
 
+/// An IPv4 part a peer of an IPv6-only cluster lacks shows as `-`.
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or("-".into(), |v| v.to_string())
+}
+
 fn render_status(out: &mut String, s: &Status) {
     let _ = writeln!(
         out,
@@ -338,7 +344,7 @@ fn render_status(out: &mut String, s: &Status) {
             out,
             "  peer {} {} {}: {state}{}",
             p.node,
-            p.subnet,
+            or_dash(p.subnet),
             path(&p.path),
             ipv6_part(p.subnet6, p.path6.as_ref())
         );

@@ -43,8 +43,12 @@ pub struct Start {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSetup {
     pub name: String,
-    pub subnet: Ipv4Net,
-    pub public_net: Ipv4Net,
+    /// The node's IPv4 pod subnet and underlay address; None on an IPv6-only node (whose
+    /// IPv6 ones are its lease's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_net: Option<Ipv4Net>,
     pub underlay_dev: String,
     pub underlay_mtu: u32,
 }

@@ -1,5 +1,5 @@
 //! The node's own objects in the one desired state: the sysctls the agent needs (IPv4
-//! forwarding, and IPv6 forwarding on dual-stack nodes), the TUN
+//! forwarding unless the node is IPv6-only, and IPv6 forwarding on nodes with IPv6), the TUN
 //! device's address, the masquerade chain of the cluster's pools, and the host protection
 //! table. Pure: computed from the cluster config, the node, its peers and the store's
 //! endpoints; the backends compute the peers' part, this adds the rest (in
@@ -23,9 +23,12 @@ pub fn host_objects(
     store_endpoints: &[SocketAddr],
     desired: &mut DesiredState,
 ) {
-    desired
-        .sysctls
-        .insert("net.ipv4.ip_forward".to_string(), "1".to_string());
+    if !node.is_ipv6_only() {
+        // An IPv6-only node leaves the host's IPv4 settings alone.
+        desired
+            .sysctls
+            .insert("net.ipv4.ip_forward".to_string(), "1".to_string());
+    }
     if node.subnet6.is_some() {
         // Pods' IPv6 traffic is routed too (only in dual-stack clusters: IPv4-only nodes
         // leave the host's IPv6 settings alone).
@@ -42,7 +45,7 @@ pub fn host_objects(
         .chain(wg_device)
         .map(|dev| AddressSpec {
             dev,
-            address: Ipv4Net::new(node.subnet.network(), 32).expect("/32 is valid"),
+            address: Ipv4Net::new(node.subnet4().network(), 32).expect("/32 is valid"),
         })
         .collect();
     desired.addresses.extend(addresses);
@@ -60,7 +63,7 @@ pub fn host_objects(
         HostGuardSpec::for_node(
             config,
             node.subnet,
-            node.public_net.addr(),
+            node.public_net.map(|n| n.addr()),
             peers,
             store_endpoints,
         )
@@ -82,8 +85,8 @@ mod tests {
     fn node() -> LocalNode {
         LocalNode {
             name: "n1".into(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            public_net: "192.168.100.11/24".parse().unwrap(),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
+            public_net: Some("192.168.100.11/24".parse().unwrap()),
             underlay_dev: "eth0".into(),
             underlay_mtu: 1500,
             subnet6: None,
@@ -240,5 +243,68 @@ bgp: {listenPort: 1790}
         ] {
             assert!(nft.contains(rule), "{rule} is not in\n{nft}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_only_node_gets_ipv6_forwarding_nat_and_guard_only() {
+        let cfg = config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        let node = LocalNode {
+            subnet: None,
+            public_net: None,
+            subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::11/64".parse().unwrap()),
+            ..node()
+        };
+        let peer = Lease {
+            node: "n2".into(),
+            subnet: None,
+            public_net: None,
+            backend: twill_types::cluster::BackendKind::Vxlan,
+            vtep_mac: None,
+            wireguard_public_key: None,
+            subnet6: Some("fd00:10:244:4::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::12/64".parse().unwrap()),
+            vtep_mac6: None,
+        };
+        let etcd = ["[fd00:1::1]:2379".parse().unwrap()];
+        let mut desired = DesiredState::default();
+        host_objects(&cfg, &node, &[peer], &etcd, &mut desired);
+        assert!(
+            !desired.sysctls.contains_key("net.ipv4.ip_forward"),
+            "IPv6-only: IPv4 settings are left alone: {:?}",
+            desired.sysctls
+        );
+        assert_eq!(desired.sysctls["net.ipv6.conf.all.forwarding"], "1");
+        assert_eq!(
+            desired.masquerade,
+            vec![IpNet::V6("fd00:10:244::/56".parse().unwrap())]
+        );
+        let guard = desired.host_guard.expect("host protection");
+        assert_eq!(guard.rules.node_subnet, None);
+        assert!(guard.rules.pools.is_empty());
+        assert_eq!(guard.rules.node_subnet6, node.subnet6);
+        assert!(guard.elements.control_hosts.is_empty());
+        assert!(guard.elements.vxlan_peers.is_empty());
+        assert_eq!(
+            guard.elements.control_hosts6,
+            ["fd00:1::1", "fd00:1::11", "fd00:1::12"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect()
+        );
+        assert_eq!(
+            guard.elements.vxlan_peers6,
+            [(
+                "fd00:1::12".parse().unwrap(),
+                "fd00:10:244:4::/64".parse().unwrap()
+            )]
+            .into_iter()
+            .collect()
+        );
+        // The rules' JSON has no IPv4 node subnet (and a dual-stack one is unchanged).
+        let json = serde_json::to_value(&guard.rules).unwrap();
+        assert!(json.get("nodeSubnet").is_none(), "{json}");
     }
 }

@@ -171,9 +171,14 @@ impl Core {
         self.bgp_check_at
     }
 
-    /// This node's subnet now (it changes when leasing again finds it taken).
-    pub fn subnet(&self) -> ipnet::Ipv4Net {
-        self.node.subnet
+    /// This node's subnet now, the one its lease is keyed by: IPv4, or IPv6 on an IPv6-only
+    /// node (it changes when leasing again finds it taken).
+    pub fn subnet(&self) -> ipnet::IpNet {
+        match (self.node.subnet, self.node.subnet6) {
+            (Some(subnet), _) => subnet.into(),
+            (None, Some(subnet6)) => subnet6.into(),
+            (None, None) => unreachable!("every held lease has a subnet of one family"),
+        }
     }
 
     /// Applies one input; returns what to do, in order.
@@ -420,13 +425,13 @@ impl Core {
             Level::Warn,
             format!(
                 "{message}; leasing again, the dataplane stays as it is subnet={} event={event}",
-                self.node.subnet
+                self.subnet()
             ),
         ));
         self.lease_events.push(LeaseEvent {
             at: self.unix,
             event,
-            subnet: self.node.subnet,
+            subnet: self.subnet(),
             leased_again: None,
             message: format!("{message}; leasing again"),
         });
@@ -441,7 +446,7 @@ impl Core {
         self.waiting = Some(Waiting::Reacquire { lost, next });
         out.push(Action::Reacquire {
             lease: self.held_lease.clone(),
-            subnet: self.node.subnet,
+            subnet: self.subnet(),
         });
     }
 
@@ -450,14 +455,16 @@ impl Core {
             Some(Waiting::Reacquire { lost, next }) => (lost, next),
             _ => (false, Next::Reconcile { dirty: false }),
         };
-        // This node's pods live in an IPv4 subnet (the agent runs no IPv6-only cluster).
-        let result = result.and_then(|held| match held.lease.subnet {
-            Some(now) => Ok((held, now)),
-            None => Err(format!("{} holds no IPv4 subnet", held.key)),
+        // The lease is keyed by the subnet of the family the node's pods live in first:
+        // IPv4, or IPv6 on an IPv6-only node; it must be the same family as before.
+        let before = self.subnet();
+        let result = result.and_then(|held| match held.lease.key_subnet() {
+            Some(now) if now.addr().is_ipv4() == before.addr().is_ipv4() => Ok((held, now)),
+            _ if before.addr().is_ipv4() => Err(format!("{} holds no IPv4 subnet", held.key)),
+            _ => Err(format!("{} holds no IPv6 subnet", held.key)),
         });
         let ok = match result {
             Ok((held, now)) => {
-                let before = self.node.subnet;
                 if now != before {
                     // Pods already running hold addresses of the old subnet: say so loudly.
                     out.push(Action::Log(
@@ -467,8 +474,8 @@ impl Core {
                              one old={before} new={now}"
                         ),
                     ));
-                    self.node.subnet = now;
                 }
+                self.node.subnet = held.lease.subnet;
                 // The IPv6 subnet follows the IPv4 one when leasing again moved it.
                 self.node.subnet6 = held.lease.subnet6;
                 self.node.public_net6 = held.lease.public_net6;
@@ -682,7 +689,7 @@ impl Core {
 
     fn write_status(&self) -> Action {
         Action::WriteStatus(Status {
-            subnet: self.node.subnet,
+            subnet: self.subnet(),
             in_sync: self.in_sync,
             peers: self.last_peers.clone(),
             policy: Some(self.policy.clone()),
@@ -730,8 +737,8 @@ mod tests {
             config,
             node: NodeSetup {
                 name: "n1".into(),
-                subnet: own.subnet.unwrap(),
-                public_net: own.public_net.unwrap(),
+                subnet: Some(own.subnet.unwrap()),
+                public_net: Some(own.public_net.unwrap()),
                 underlay_dev: "eth0".into(),
                 underlay_mtu: 1500,
             },

@@ -23,13 +23,16 @@ pub fn peer_status(desired: &DesiredState, outcome: &ReconcileOutcome) -> Vec<Pe
         .map(|p| {
             // The peer's subnets whose objects are planned: IPv4 (unless skipped, when
             // nothing is looked at) and IPv6 when its IPv6 part is programmed.
-            let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(p.subnet))
+            let subnets: Vec<IpNet> = (p.subnet.map(IpNet::V4).into_iter())
                 .chain(p.subnet6.map(IpNet::V6))
                 .collect();
             let error = match (&p.path, &outcome.failed) {
                 (PeerPath::Skipped(_), _) => None,
                 (_, Some(_)) => Some("the kernel state could not be read".to_string()),
-                (PeerPath::Bgp, None) if !index.routes.contains_key(&IpNet::V4(p.subnet)) => {
+                (PeerPath::Bgp, None)
+                    if p.subnet
+                        .is_some_and(|s| !index.routes.contains_key(&IpNet::V4(s))) =>
+                {
                     Some("no route learned by BGP yet".to_string())
                 }
                 (_, None)
@@ -181,8 +184,8 @@ mod tests {
     fn dual_state() -> DesiredState {
         let node = LocalNode {
             name: "node-a".into(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            public_net: "192.168.1.10/24".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
+            public_net: Some("192.168.1.10/24".parse().unwrap()),
             underlay_dev: "eth0".into(),
             underlay_mtu: 1500,
             subnet6: Some("fd00:10:244:1::/64".parse().unwrap()),
@@ -207,6 +210,65 @@ mod tests {
             .unwrap()
             .with_ipv6_pools(vec!["fd00:10:244::/48".parse().unwrap()])
             .desired(&node, &peers)
+    }
+
+    /// An IPv6-only vxlan node and its peer node-b (fd00:10:244:2::/64 at fd00:1::11).
+    fn ipv6_only_state() -> DesiredState {
+        let node = LocalNode {
+            name: "node-a".into(),
+            subnet: None,
+            public_net: None,
+            underlay_dev: "eth0".into(),
+            underlay_mtu: 1500,
+            subnet6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::10/64".parse().unwrap()),
+        };
+        let peer = Lease {
+            node: "node-b".into(),
+            subnet: None,
+            public_net: None,
+            backend: BackendKind::Vxlan,
+            vtep_mac: None,
+            wireguard_public_key: None,
+            subnet6: Some("fd00:10:244:2::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::11/64".parse().unwrap()),
+            vtep_mac6: Some(vtep_mac6("node-b", 1)),
+        };
+        Vxlan::new(1, 8472, false)
+            .unwrap()
+            .with_ipv6_pools(vec!["fd00:10:244::/48".parse().unwrap()])
+            .desired(&node, &[peer])
+    }
+
+    #[test]
+    fn an_ipv6_only_peer_is_reported_by_its_ipv6_objects_without_ipv4_fields() {
+        let desired = ipv6_only_state();
+        let status = peer_status(&desired, &ReconcileOutcome::default());
+        assert_eq!(status.len(), 1);
+        assert!(status[0].programmed, "{status:?}");
+        assert_eq!((status[0].subnet, status[0].public_ip), (None, None));
+        assert_eq!(status[0].path, PeerPath::Vxlan);
+        let json = serde_json::to_value(&status[0]).unwrap();
+        assert!(
+            json.get("subnet").is_none() && json.get("publicIp").is_none(),
+            "{json}"
+        );
+        assert_eq!(json["subnet6"], "fd00:10:244:2::/64");
+
+        let b6: IpNet = "fd00:10:244:2::/64".parse().unwrap();
+        let outcome = ReconcileOutcome {
+            missing: vec![Missing::Route {
+                dst: b6,
+                via: "fd00:10:244:2::".parse().unwrap(),
+            }],
+            ..ReconcileOutcome::default()
+        };
+        let status = peer_status(&desired, &outcome);
+        assert!(!status[0].programmed);
+        assert_eq!(
+            status[0].error.as_deref(),
+            Some("missing: route fd00:10:244:2::/64 via fd00:10:244:2::")
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub fn net(s: &str) -> Ipv4Net {
 pub fn node() -> LocalNode {
     LocalNode {
         name: "node-a".into(),
-        subnet: net("10.244.1.0/24"),
-        public_net: net("192.168.1.10/24"),
+        subnet: Some(net("10.244.1.0/24")),
+        public_net: Some(net("192.168.1.10/24")),
         underlay_dev: "eth0".into(),
         underlay_mtu: 1500,
         subnet6: None,

@@ -286,7 +286,7 @@ mod tests {
         HostGuardSpec {
             rules: Rules {
                 pools: vec!["10.244.0.0/16".parse().unwrap()],
-                node_subnet: "10.244.1.0/24".parse().unwrap(),
+                node_subnet: Some("10.244.1.0/24".parse().unwrap()),
                 workload_to_host: Default::default(),
                 allow_ports: Vec::new(),
                 control_tcp: vec![179, 2379],

@@ -18,8 +18,10 @@ use crate::lease::Lease;
 pub struct Rules {
     /// The cluster's pools: any pod's source.
     pub pools: Vec<Ipv4Net>,
-    /// This node's pod subnet: the sources of its own (bridged) pods.
-    pub node_subnet: Ipv4Net,
+    /// This node's pod subnet: the sources of its own (bridged) pods. None on an IPv6-only
+    /// node: the table then has no IPv4 rules for pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_subnet: Option<Ipv4Net>,
     pub workload_to_host: WorkloadToHost,
     pub allow_ports: Vec<HostPort>,
     /// Control-plane TCP ports (BGP, etcd, the store endpoints' ports).
@@ -67,17 +69,18 @@ pub struct HostGuardSpec {
 }
 
 impl HostGuardSpec {
-    /// The rule set of a node: its config, its subnet and underlay address, the peers'
-    /// leases (ours excluded or not, it is skipped) and the store's endpoints.
+    /// The rule set of a node: its config, its subnet and underlay address (none on an
+    /// IPv6-only node), the peers' leases (ours excluded or not, it is skipped) and the
+    /// store's endpoints.
     pub fn for_node(
         config: &ClusterConfig,
-        node_subnet: Ipv4Net,
-        node_addr: Ipv4Addr,
+        node_subnet: Option<Ipv4Net>,
+        node_addr: Option<Ipv4Addr>,
         peers: &[Lease],
         store_endpoints: &[SocketAddr],
     ) -> HostGuardSpec {
         let mut control_tcp = cluster::control_tcp_ports(config);
-        let mut control_hosts = BTreeSet::from([node_addr]);
+        let mut control_hosts: BTreeSet<Ipv4Addr> = node_addr.into_iter().collect();
         for ep in store_endpoints {
             if let SocketAddr::V4(v4) = ep {
                 control_hosts.insert(*v4.ip());
@@ -88,7 +91,11 @@ impl HostGuardSpec {
         control_tcp.dedup();
         let vxlan = config.backend.kind == BackendKind::Vxlan;
         let mut vxlan_peers = BTreeSet::new();
-        for p in peers.iter().filter(|p| p.subnet != Some(node_subnet)) {
+        let own = node_subnet.map(|n| n.trunc());
+        for p in peers
+            .iter()
+            .filter(|p| own.is_none() || p.subnet.map(|s| s.trunc()) != own)
+        {
             control_hosts.extend(p.public_ip());
             if vxlan && let (Some(ip), Some(subnet)) = (p.public_ip(), p.subnet) {
                 vxlan_peers.insert((ip, subnet.trunc()));
@@ -100,7 +107,7 @@ impl HostGuardSpec {
         HostGuardSpec {
             rules: Rules {
                 pools: Ipv4Net::aggregate(&config.pools.iter().map(|p| p.cidr).collect()),
-                node_subnet: node_subnet.trunc(),
+                node_subnet: own,
                 workload_to_host: config.host_access.workload_to_host,
                 allow_ports,
                 control_tcp,
@@ -146,10 +153,11 @@ impl HostGuardSpec {
         }
         let vxlan = self.rules.vxlan_port.is_some();
         let own = self.rules.node_subnet;
-        for p in peers
-            .iter()
-            .filter(|p| p.subnet.map(|s| s.trunc()) != Some(own))
-        {
+        let own6 = self.rules.node_subnet6;
+        for p in peers.iter().filter(|p| match own {
+            Some(own) => p.subnet.map(|s| s.trunc()) != Some(own),
+            None => own6.is_none() || p.subnet6.map(|s| s.trunc()) != own6,
+        }) {
             let public6 = p.public_ip6();
             e.control_hosts6.extend(public6);
             let Some(subnet6) = p.subnet6.filter(|_| vxlan) else {
