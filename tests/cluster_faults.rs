@@ -169,7 +169,7 @@ fn node_leave_clears_every_peer_even_one_whose_agent_was_down() {
         || kernel_has(&lab, "h1", &gone, &gone_mac) == (false, false, 0),
     );
     assert_eq!(kernel_has(&lab, "h1", &kept, &kept_mac), (true, true, 1));
-    let pod = |h: u32| lab.pods().iter().find(|p| p.host == h).unwrap().ip;
+    let pod = |h: u32| lab.pods().iter().find(|p| p.host == h).unwrap().ip4();
     assert!(ping(&lab, "h1-p1", pod(2)) && ping(&lab, "h3-p1", pod(1)));
 }
 
@@ -181,7 +181,7 @@ fn agent_sigkill_and_restart_lose_no_packet() {
     require_root();
     let (mut lab, _g) = lab(|s| s.nodes(2).backend(Backend::Vxlan).pods_per_node(1));
     lab.wait_converged(Duration::from_secs(20)).unwrap();
-    let dst = lab.pods().iter().find(|p| p.host == 2).unwrap().ip;
+    let dst = lab.pods().iter().find(|p| p.host == 2).unwrap().ip4();
     let link_before = json(&lab, "h1", &["ip", "-j", "-d", "link", "show", "twill.1"]);
     let applied = |lab: &Lab, i: usize| {
         std::fs::read_to_string(&lab.state().hosts[i - 1].log)
@@ -240,7 +240,7 @@ fn etcd_restart_agents_recover_and_follow_changes() {
         Duration::from_secs(15),
         || (1..=3).all(|i| !lab.host_status(i).unwrap().in_sync),
     );
-    let pod2 = lab.pods().iter().find(|p| p.host == 2).unwrap().ip;
+    let pod2 = lab.pods().iter().find(|p| p.host == 2).unwrap().ip4();
     assert!(
         ping(&lab, "h1-p1", pod2),
         "traffic stopped without the store"
@@ -302,7 +302,7 @@ fn pod_mtu_and_nat_outgoing() {
         !routes.to_string().contains("10.244."),
         "the underlay must not route pod subnets for this test to mean anything"
     );
-    let outside = lab.state().etcd.as_ref().unwrap().ip;
+    let outside = twill_lab::plan::store_ip(lab.state().underlay);
     assert!(
         ping(&lab, "h1-p1", outside),
         "pod cannot reach outside the cluster"

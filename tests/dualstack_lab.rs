@@ -6,46 +6,23 @@
 //! programs, a TCP stream over IPv6 between pods, IPv6 natOutgoing to a world namespace (the
 //! world sees the node's IPv6 underlay address, pods see each other's), and a capture decoded
 //! by scapy (tests/dualstack/wire_check.py) proving pod IPv6 crosses the underlay as VXLAN
-//! over IPv6 UDP 8472. Plus the refusals of what the lab cannot build yet (no root needed).
+//! over IPv6 UDP 8472. IPv6-only labs are tests/ipv6only_lab.rs.
 //! Needs tcpdump, iperf3 and python3-scapy (for /usr/bin/python3).
 
+mod dualstack;
 mod lab_common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Command;
 
-use lab_common::{Guard, UnderlayCapture, pod_ip6, spawn_in, spawn_in_ns, wait_for};
+use dualstack::*;
+use lab_common::{Guard, pod_ip6, spawn_in, wait_for};
 use serde_json::Value;
 use twill_lab::{Backend, IpFamily, Lab, LabSpec, Underlay};
-use twill_testkit::{random_suffix, require_root};
-
-const TWILL: &str = env!("CARGO_BIN_EXE_twill");
-const VXLAN_PORT: u16 = 8472;
-const WIRE_CHECK: &str = include_str!("dualstack/wire_check.py");
-const TUNNEL_WIRE_CHECK: &str = include_str!("dualstack/tunnel_wire_check.py");
-/// The udp backend's default port (Flannel's).
-const UDP_PORT: u16 = 8285;
-/// The Debian python with scapy (a python3 earlier on PATH may lack it).
-const SCAPY_PYTHON: &str = "/usr/bin/python3";
+use twill_testkit::require_root;
 
 /// A dual-stack lab of `nodes` hosts with one pod each.
 fn spec(backend: Backend, underlay: Underlay, nodes: u32) -> LabSpec {
-    LabSpec::new(format!("d{}", random_suffix(5)))
-        .nodes(nodes)
-        .backend(backend)
-        .underlay(underlay)
-        .ip_family(IpFamily::Dual)
-        .pods_per_node(1)
-}
-
-fn up(spec: LabSpec) -> (Lab, Guard) {
-    require_root();
-    let guard = Guard(spec.name.clone());
-    let lab = Lab::up(&spec, Path::new(TWILL)).unwrap_or_else(|e| panic!("lab up: {e:#}"));
-    lab.wait_converged(Duration::from_secs(30)).unwrap();
-    (lab, guard)
+    spec_of(IpFamily::Dual, backend, underlay, nodes)
 }
 
 /// Both matrices hold every pair they should, and the IPv6 one probed every pod.
@@ -76,51 +53,6 @@ fn assert_matrices(lab: &Lab) {
         m6.render()
     );
     eprintln!("{}:\n{}{}", lab.name(), m.render(), m6.render());
-}
-
-/// Host `i`'s IPv6 pod subnet, as its agent reports it.
-fn subnet6(lab: &Lab, i: u32) -> String {
-    lab.host_status(i)
-        .unwrap()
-        .subnet6
-        .unwrap_or_else(|| panic!("h{i} reports no IPv6 subnet"))
-}
-
-/// Host `i`'s IPv6 underlay address.
-fn host_ip6(lab: &Lab, i: u32) -> String {
-    lab.state().host(i).unwrap().ip6.unwrap().to_string()
-}
-
-/// Host `from`'s IPv6 routes to host `to`'s IPv6 pod subnet (`ip -6 -j route`).
-fn routes6(lab: &Lab, from: u32, to: u32) -> Vec<Value> {
-    let dst = subnet6(lab, to);
-    let out = lab
-        .exec(
-            &format!("h{from}"),
-            &["ip", "-6", "-j", "route", "show", &dst],
-        )
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-/// The one IPv6 route from host `from` to host `to`'s pods.
-fn route6(lab: &Lab, from: u32, to: u32) -> Value {
-    let routes = routes6(lab, from, to);
-    assert_eq!(routes.len(), 1, "h{from} -> h{to}: {routes:?}");
-    routes[0].clone()
-}
-
-/// The path host `from`'s agent reports for peer `to` (`direct`, `vxlan`, `skipped`, ...)
-/// and its reason.
-fn path(lab: &Lab, from: u32, to: u32) -> (String, Option<String>) {
-    let s = lab.host_status(from).unwrap();
-    let p = s
-        .peers
-        .iter()
-        .find(|p| p.node == format!("h{to}"))
-        .unwrap_or_else(|| panic!("h{from} does not know h{to}: {s:?}"));
-    (p.path.via.clone(), p.path.reason.clone())
 }
 
 #[test]
@@ -275,77 +207,11 @@ fn lab_ping_prints_both_families() {
     assert_eq!(json["ipv6"]["pods"][1]["ip"], pod_ip6(&lab, 2), "{json}");
 }
 
-/// Runs a one-connection TCP listener on `[::]:7777` in namespace `ns` and returns it once it
-/// listens; its next stdout line is the peer address it saw.
-const LISTEN: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 7777)); s.listen(1); s.settimeout(30)
-print("ready", flush=True)
-c, peer = s.accept()
-print(peer[0], flush=True)
-c.sendall(b"ok"); c.close()
-"#;
-
-/// Connects to `[ip]:7777` and expects `ok`.
-const CONNECT: &str = r#"
-import socket, sys
-c = socket.create_connection((sys.argv[1], 7777), timeout=5)
-got = c.recv(16)
-assert got == b"ok", got
-"#;
-
-/// Which source address a listener in namespace `ns` sees when `client` (a lab target)
-/// connects to `ip` over TCP.
-fn source_seen(lab: &Lab, ns: &str, client: &str, ip: &str) -> String {
-    let mut listener = spawn_in_ns(ns, &["python3", "-c", LISTEN]);
-    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-    let ready = lines.next().and_then(Result::ok);
-    assert_eq!(
-        ready.as_deref(),
-        Some("ready"),
-        "the listener did not start"
-    );
-    let out = lab.exec(client, &["python3", "-c", CONNECT, ip]).unwrap();
-    assert!(out.status.success(), "{client} -> [{ip}]:7777: {out:?}");
-    let peer = lines.next().and_then(Result::ok).unwrap_or_default();
-    let _ = listener.wait();
-    peer
-}
-
 #[test]
 #[ignore = "needs root"]
 fn nat_outgoing_ipv6_to_the_world() {
     let (mut lab, _g) = up(spec(Backend::Vxlan, Underlay::L2, 2));
-    let (world, _) = lab.add_outside_host(0).unwrap();
-    let world6 = lab.outside_host_ip6(0).unwrap().to_string();
-    // The world has no route to the pods' IPv6 network: replies only come back if the pod's
-    // source was masqueraded to its node's IPv6 underlay address.
-    let ping = lab
-        .exec(
-            "h1-p1",
-            &["ping", "-6", "-n", "-c", "3", "-W", "2", &world6],
-        )
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "h1-p1 -> world {world6}: {}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
-    assert_eq!(
-        source_seen(&lab, &world, "h1-p1", &world6),
-        host_ip6(&lab, 1)
-    );
-    assert_eq!(
-        source_seen(&lab, &world, "h2-p1", &world6),
-        host_ip6(&lab, 2)
-    );
-    // Between pods on two nodes the source stays the pod's own.
-    let h2_pod = lab.target_ns("h2-p1").unwrap();
-    assert_eq!(
-        source_seen(&lab, &h2_pod, "h1-p1", &pod_ip6(&lab, 2)),
-        pod_ip6(&lab, 1)
-    );
+    assert_nat_outgoing6(&mut lab);
 }
 
 #[test]
@@ -404,60 +270,7 @@ fn vxlan_carries_pod_ipv6_in_vxlan_over_ipv6() {
     assert_eq!(report["v6InV4"], 0, "pod IPv6 inside IPv4 VXLAN: {report}");
     assert_eq!(report["clearV6"], 0, "pod IPv6 in the clear: {report}");
     assert_eq!(report["vnis"], serde_json::json!([1]), "{report}");
-    let (h1, h2) = (host_ip6(&lab, 1), host_ip6(&lab, 2));
-    for pair in report["outer6"].as_array().unwrap() {
-        let pair: Vec<&str> = pair
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert!(
-            pair == [h1.as_str(), h2.as_str()] || pair == [h2.as_str(), h1.as_str()],
-            "outer IPv6 addresses are not the nodes' underlay: {report}"
-        );
-    }
-}
-
-/// Pings with a marker between h1's and h2's first pods over IPv6, both ways, while the
-/// underlay is captured, and decodes the capture with `wire_check.py`.
-fn wire_report(lab: &Lab) -> Value {
-    wire_report_by(lab, WIRE_CHECK, VXLAN_PORT)
-}
-
-/// [`wire_report`] decoded by `script` (called with the capture, `port`, both pods' IPv6
-/// addresses and the marker).
-fn wire_report_by(lab: &Lab, script: &str, port: u16) -> Value {
-    let (a, b) = (pod_ip6(lab, 1), pod_ip6(lab, 2));
-    let marker = format!("twill6{}", random_suffix(6));
-    let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
-    let capture = UnderlayCapture::start(lab, "not port 2379 and not port 2380");
-    for (from, to) in [("h1-p1", &b), ("h2-p1", &a)] {
-        let ping = lab
-            .exec(
-                from,
-                &[
-                    "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-p", &hex, to,
-                ],
-            )
-            .unwrap();
-        assert!(ping.status.success(), "{from} -> {to}: {ping:?}");
-    }
-    let pcap = capture.stop();
-    let out = Command::new(SCAPY_PYTHON)
-        .args(["-c", script])
-        .arg(&pcap.0)
-        .args([&port.to_string(), &a, &b, &marker])
-        .output()
-        .expect("run the capture check");
-    assert!(
-        out.status.success(),
-        "the capture check failed (needs python3-scapy): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("{}: wire {report}", lab.name());
-    report
+    assert_outer_pairs(&report, "outer6", &host_ip6(&lab, 1), &host_ip6(&lab, 2));
 }
 
 /// Pod IPv6 between two udp (or ipip) nodes crosses the IPv4 underlay inside the tunnel: as
@@ -482,20 +295,8 @@ fn udp_and_ipip_carry_pod_ipv6_over_the_ipv4_underlay() {
             report["clearV6"], 0,
             "{backend:?}: pod IPv6 in the clear: {report}"
         );
-        let host_ip = |i| lab.state().host(i).unwrap().ip.to_string();
-        let (h1, h2) = (host_ip(1), host_ip(2));
-        for pair in report["outer4"].as_array().unwrap() {
-            let pair: Vec<&str> = pair
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            assert!(
-                pair == [h1.as_str(), h2.as_str()] || pair == [h2.as_str(), h1.as_str()],
-                "{backend:?}: outer IPv4 addresses are not the nodes' underlay: {report}"
-            );
-        }
+        let host_ip = |i| lab.state().host(i).unwrap().ip4().to_string();
+        assert_outer_pairs(&report, "outer4", &host_ip(1), &host_ip(2));
     }
 }
 
@@ -562,34 +363,4 @@ fn dual_stack_underlay_reaches_across_the_router() {
         .output()
         .unwrap();
     assert!(ping.status.success(), "outside -> h2: {ping:?}");
-}
-
-/// What the lab cannot build yet is refused before anything is made, with a clear reason
-/// (no root needed: the spec is checked first).
-#[test]
-fn unsupported_ip_families_are_refused() {
-    let name = format!("d{}", random_suffix(5));
-    let (args, says) = (
-        "--backend vxlan --ip-family ipv6",
-        "--ip-family ipv6: the lab does not build IPv6-only clusters yet",
-    );
-    let out = Command::new(TWILL)
-        .args(["lab", "up", "--nodes", "2", "--name", &name])
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args}: accepted");
-    assert!(err.contains(says), "{args}: {err}");
-    assert!(!twill_lab::plan::state_dir(&name).exists(), "{args}");
-}
-
-/// Kills a child process (a server that would otherwise wait for a client) when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -100,9 +100,9 @@ fn vxlan_on_l2_up_ping_down() {
         let subnet = st[p.host as usize - 1].subnet.clone().unwrap();
         let prefix = format!("{}.", subnet.rsplit_once('.').unwrap().0);
         assert!(
-            p.ip.to_string().starts_with(&prefix),
+            p.ip4().to_string().starts_with(&prefix),
             "{} not in {subnet}",
-            p.ip
+            p.ip4()
         );
     }
     assert_eq!(via(&st, 1, "h2"), "vxlan");

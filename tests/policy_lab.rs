@@ -108,7 +108,7 @@ impl Cluster {
                         .ip6
                         .expect("a dual-stack pod has an IPv6 address")
                         .to_string(),
-                    _ => p.ip.to_string(),
+                    _ => p.ip4().to_string(),
                 };
                 c.pods.push(Pod {
                     ns: ns.into(),
@@ -619,7 +619,7 @@ fn cluster_policies_and_new_pods() {
         .unwrap();
     assert_eq!(ready.trim(), "serving", "probe server of y/e did not start");
     c.servers.push(server);
-    let target = format!("{}:80/tcp", e.ip);
+    let target = format!("{}:80/tcp", e.ip4());
     let out = Command::new("ip")
         .args([
             "netns",

@@ -223,7 +223,7 @@ fn unprivileged_user_cannot_reach_the_socket_or_forge_an_endpoint() {
     // 2. The records: not writable.
     let forged = format!(
         r#"{{"namespace":"default","name":"forged","labels":{{"role":"admin"}},"addresses":["{}"],"node":"h1","interface":"tw0"}}"#,
-        lab.pods()[0].ip
+        lab.pods()[0].ip4()
     );
     let write_record = format!(
         "open({:?}, 'w').write({forged:?})",
@@ -424,7 +424,7 @@ fn idle_connections_and_a_huge_line_do_not_stop_a_pod_add() {
     assert!(end.contains("closed by the agent"), "{end}");
     assert!(field(&end, "line") < 64 << 20, "{end}");
     assert!(lab.agent_alive(1));
-    assert!(!pod.ip.is_unspecified());
+    assert!(!pod.ip4().is_unspecified());
     assert_matrix(&lab, "after the attack");
 }
 
@@ -466,7 +466,7 @@ fn lease_deleted_behind_the_agents_back_is_leased_again() {
         .iter()
         .find(|p| p.host == 1)
         .unwrap()
-        .ip
+        .ip4()
         .to_string();
     // (It ends by itself after 8 s, pass or fail.)
     let pinger = Command::new("ip")
@@ -582,7 +582,7 @@ fn pod_added_while_etcd_is_down_is_published_when_it_returns() {
         || {
             published_of(&lab, "h1")
                 .get("/twill/endpoints/default/offline")
-                .is_some_and(|v| v["addresses"][0] == pod.ip.to_string())
+                .is_some_and(|v| v["addresses"][0] == pod.ip4().to_string())
         },
     );
     wait_for("h2 to know the pod", Duration::from_secs(20), || {
@@ -732,11 +732,11 @@ fn lease_taken_behind_the_agents_back_is_leased_anew() {
         .expect("a pod ADD after the re-lease");
     let net: Vec<&str> = new_subnet.split(['.', '/']).collect();
     assert!(
-        pod.ip
+        pod.ip4()
             .to_string()
             .starts_with(&format!("{}.{}.{}.", net[0], net[1], net[2])),
         "{} is not in {new_subnet}",
-        pod.ip
+        pod.ip4()
     );
     let h2_pod = lab.pods().iter().find(|p| p.host == 2).unwrap().clone();
     wait_for(
@@ -745,7 +745,7 @@ fn lease_taken_behind_the_agents_back_is_leased_anew() {
         || {
             lab.exec(
                 &h2_pod.name,
-                &["ping", "-c", "1", "-W", "1", &pod.ip.to_string()],
+                &["ping", "-c", "1", "-W", "1", &pod.ip4().to_string()],
             )
             .unwrap()
             .status

@@ -138,7 +138,7 @@ fn a_pod_cannot_reach_the_store_to_delete_its_cluster_policy() {
         .iter()
         .find(|p| p.name == SERVER)
         .unwrap()
-        .ip
+        .ip4()
         .to_string();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.target_ns(SERVER).unwrap()])

@@ -63,17 +63,17 @@ fn assert_matrix(lab: &Lab, when: &str) {
 }
 
 fn host_ip(lab: &Lab, i: u32) -> Ipv4Addr {
-    lab.hosts().iter().find(|h| h.index == i).unwrap().ip
+    lab.hosts().iter().find(|h| h.index == i).unwrap().ip4()
 }
 
 fn pod_ip(lab: &Lab, name: &str) -> Ipv4Addr {
-    lab.pods().iter().find(|p| p.name == name).unwrap().ip
+    lab.pods().iter().find(|p| p.name == name).unwrap().ip4()
 }
 
 /// The pod gateway of host `i` (bridge mode: the first address of its subnet).
 fn gateway(lab: &Lab, i: u32) -> Ipv4Addr {
     let pod = lab.pods().iter().find(|p| p.host == i).unwrap();
-    let (addr, len) = pod.address.split_once('/').unwrap();
+    let (addr, len) = pod.address.as_deref().unwrap().split_once('/').unwrap();
     let addr: Ipv4Addr = addr.parse().unwrap();
     let len: u32 = len.parse().unwrap();
     let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);

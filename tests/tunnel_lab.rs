@@ -116,7 +116,7 @@ fn garbage_case(backend: Backend, proto: &str) {
     require_root();
     let (lab, _g) = lab(backend, 2);
     let dst = pod_ip(&lab, 2);
-    let h1 = lab.state().hosts[0].ip.to_string();
+    let h1 = lab.state().hosts[0].ip4().to_string();
     let h1_pod = pod_ip(&lab, 1);
     let pinger = spawn_in(
         &lab,

@@ -98,7 +98,7 @@ fn wire_proof(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
         .collect();
     for a in lab.pods() {
         for b in lab.pods().iter().filter(|b| b.host != a.host) {
-            let dst = b.ip.to_string();
+            let dst = b.ip4().to_string();
             let out = lab
                 .exec(&a.name, &["python3", "-c", SEND_MARKER, &dst, &marker])
                 .unwrap();
@@ -117,7 +117,7 @@ fn wire_proof(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
         let _ = s.wait();
     }
     let pcap = capture.stop();
-    let ip = |i: u32| lab.state().host(i).unwrap().ip.to_string();
+    let ip = |i: u32| lab.state().host(i).unwrap().ip4().to_string();
     let mut cmd = Command::new(SCAPY_PYTHON);
     cmd.args(["-c", WIRE_CHECK])
         .arg(&pcap.0)
@@ -586,7 +586,7 @@ fn count(drops: &Value, k: &str) -> u64 {
 fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
     let (mut lab, _g) = up(spec(2).backend(Backend::Wireguard));
     let dst = pod_ip(&lab, 2);
-    let h1 = lab.state().host(1).unwrap().ip.to_string();
+    let h1 = lab.state().host(1).unwrap().ip4().to_string();
     // Real transport packets to h1, for replay (captured again if a loaded machine let the
     // capture miss them).
     let replays = TempPath(std::env::temp_dir().join(format!("{}-replays.hex", lab.name())));
@@ -724,7 +724,7 @@ fn hostile_datagrams_are_dropped_by_reason_and_pods_keep_talking() {
     for target in [h1.as_str(), gateway.as_str()] {
         send_300("h1-p1", target);
     }
-    let h2 = lab.state().host(2).unwrap().ip.to_string();
+    let h2 = lab.state().host(2).unwrap().ip4().to_string();
     send_300("h1-p1", &h2);
     // The control: the same datagrams from h1 (the node) to h2 are counted by h2.
     send_300("h1", &h2);

@@ -25,7 +25,7 @@ pub fn pod_ip(lab: &Lab, host: u32) -> String {
         .iter()
         .find(|p| p.host == host)
         .unwrap()
-        .ip
+        .ip4()
         .to_string()
 }
 

@@ -95,7 +95,7 @@ pub fn wire_proof6(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
         .arg(twill_lab::plan::POD_NETWORK6);
     for (a, b) in clear_pairs {
         let (ha, hb) = (lab.state().host(*a).unwrap(), lab.state().host(*b).unwrap());
-        cmd.arg(format!("{}-{}", ha.ip, hb.ip));
+        cmd.arg(format!("{}-{}", ha.ip4(), hb.ip4()));
         if let (Some(a6), Some(b6)) = (ha.ip6, hb.ip6) {
             cmd.arg(format!("{a6}-{b6}"));
         }

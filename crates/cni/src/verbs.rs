@@ -285,7 +285,10 @@ fn add_with_addresses(
         Some(m) => m,
         None => plumbing::default_mtu(host)?,
     };
-    plumbing::set_sysctl("net/ipv4/ip_forward", "1")?;
+    // Forwarding of the families the pods have: an IPv6-only node keeps IPv4 forwarding off.
+    if conf.ranges.iter().any(|r| r.addr().is_ipv4()) {
+        plumbing::set_sysctl("net/ipv4/ip_forward", "1")?;
+    }
     if conf.ranges.iter().any(|r| r.addr().is_ipv6()) {
         plumbing::set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
     }

@@ -94,8 +94,8 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = Underlay::L2)]
     pub underlay: Underlay,
     /// ipv4: IPv4 only. dual: every underlay link and every pod gets an IPv6 address too
-    /// (every backend, --encrypt too). ipv6: IPv6-only clusters (the agent runs them with
-    /// host-gw and vxlan; the lab does not build them yet).
+    /// (every backend, --encrypt too). ipv6: an IPv6-only cluster: underlay links and pods
+    /// have IPv6 addresses alone, the cluster only an IPv6 pool.
     #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
     pub ip_family: IpFamily,
     /// How the CNI plugin attaches pods: bridge (Flannel's layout) or routed (Calico's).
@@ -198,7 +198,10 @@ pub fn run(cmd: LabCommand, twill_exe: &Path) -> Result<i32> {
                 let json = Matrix::json_of(&m, m6.as_ref());
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
-                print!("{}", m.render());
+                // An IPv6-only lab's IPv4 matrix is empty: only `ping -6` is shown.
+                if lab.state().ip_family.has_ipv4() {
+                    print!("{}", m.render());
+                }
                 if let Some(m6) = &m6 {
                     print!("{}", m6.render());
                 }
@@ -252,10 +255,10 @@ fn store_hint(lab: &Lab) -> String {
 /// and subnet and each pod's IPv6 address; an IPv4 lab's text is what it always was.
 fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String {
     let st = lab.state();
-    let dual = if st.ip_family.has_ipv6() {
-        format!(" ({}, IPv6 pods in {})", st.ip_family, plan::POD_NETWORK6)
-    } else {
-        String::new()
+    let dual = match (st.ip_family.has_ipv4(), st.ip_family.has_ipv6()) {
+        (true, true) => format!(" ({}, IPv6 pods in {})", st.ip_family, plan::POD_NETWORK6),
+        (false, _) => format!(" (IPv6-only, pods in {})", plan::POD_NETWORK6),
+        (true, false) => String::new(),
     };
     let mut out = format!(
         "lab {}: {} hosts, backend {} (DirectRouting {}){}, underlay {}{dual}, {} pods, store {}",
@@ -286,14 +289,18 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             .as_ref()
             .ok()
             .and_then(|v| serde_json::from_value::<AgentStatus>(v.clone()).ok());
+        // An IPv6-only lab's hosts have only their IPv6 subnet and underlay address.
         let subnet = parsed
             .as_ref()
-            .and_then(|s| s.subnet.clone())
+            .and_then(|s| match st.ip_family.has_ipv4() {
+                true => s.subnet.clone(),
+                false => s.subnet6.clone(),
+            })
             .unwrap_or_else(|| "?".into());
         out += &format!(
             "{:<4} {:<15} subnet {:<15}",
             h.node,
-            h.ip.to_string(),
+            h.underlay_ip().to_string(),
             subnet
         );
         if full {
@@ -310,7 +317,7 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             out += &format!("  {agent} {sync}");
         }
         out.push('\n');
-        if st.ip_family.has_ipv6() {
+        if st.ip_family == IpFamily::Dual {
             let subnet6 = parsed.as_ref().and_then(|s| s.subnet6.as_deref());
             let ip6 = h
                 .ip6
@@ -353,9 +360,9 @@ fn describe(lab: &Lab, statuses: &[Result<Value, String>], full: bool) -> String
             .pods()
             .iter()
             .filter(|p| p.host == h.index)
-            .map(|p| match p.ip6 {
-                Some(ip6) => format!("{} {} {ip6}", p.name, p.ip),
-                None => format!("{} {}", p.name, p.ip),
+            .map(|p| match (p.ip, p.ip6) {
+                (Some(ip), Some(ip6)) => format!("{} {ip} {ip6}", p.name),
+                _ => format!("{} {}", p.name, p.any_ip()),
             })
             .collect();
         if !pods.is_empty() {
@@ -438,7 +445,7 @@ fn status_json(lab: &Lab, statuses: &[Result<Value, String>]) -> Value {
     if let Some(mode) = st.encrypt {
         out["encrypt"] = json!(mode);
     }
-    // Likewise only dual-stack labs have `ipFamily`.
+    // Likewise only dual-stack and IPv6-only labs have `ipFamily`.
     if !st.ip_family.is_ipv4() {
         out["ipFamily"] = json!(st.ip_family);
     }

@@ -3,7 +3,7 @@
 //! expected to reach each other. Nothing here touches the kernel, so all of it is unit-tested.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -181,7 +181,8 @@ pub enum IpFamily {
     /// IPv4 only: what every lab was before dual-stack.
     #[default]
     Ipv4,
-    /// IPv6 only (refused for now: the cluster still needs an IPv4 pool).
+    /// IPv6 only: the underlay links and the pods have IPv6 addresses alone, and the
+    /// cluster has only an IPv6 pool (Flannel's `EnableIPv4: false`).
     Ipv6,
     /// Both: every underlay link and every pod has an IPv4 and an IPv6 address.
     Dual,
@@ -199,6 +200,11 @@ impl IpFamily {
     /// Whether the underlay and the pods have IPv6 addresses.
     pub fn has_ipv6(self) -> bool {
         self != IpFamily::Ipv4
+    }
+
+    /// Whether the underlay and the pods have IPv4 addresses.
+    pub fn has_ipv4(self) -> bool {
+        self != IpFamily::Ipv6
     }
 
     /// For `skip_serializing_if`: IPv4 labs keep the records they always had.
@@ -393,24 +399,47 @@ pub fn store_ip(underlay: Underlay) -> Ipv4Addr {
     segments(underlay)[0].gateway
 }
 
+/// The address etcd listens on in a lab of `family`: [`store_ip`], or its IPv6 twin in an
+/// IPv6-only lab (whose hosts have no IPv4 underlay to reach it by).
+pub fn store_addr(underlay: Underlay, family: IpFamily) -> IpAddr {
+    if family.has_ipv4() {
+        store_ip(underlay).into()
+    } else {
+        segments(underlay)[0].gateway6.into()
+    }
+}
+
+/// `ip:port`, with an IPv6 address in brackets (as URLs and etcd's flags write it).
+pub fn host_port(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
 /// The store URL the agents and `cluster init` get: one node needs no etcd.
-pub fn store_url(lab: &str, nodes: u32, underlay: Underlay) -> String {
+pub fn store_url(lab: &str, nodes: u32, underlay: Underlay, family: IpFamily) -> String {
     if nodes == 1 {
         format!("embedded:{}", state_dir(lab).join("store.redb").display())
     } else {
-        format!("etcd://{}:{ETCD_PORT}", store_ip(underlay))
+        format!(
+            "etcd://{}",
+            host_port(store_addr(underlay, family), ETCD_PORT)
+        )
     }
 }
 
 /// Flannel's net-conf.json for the lab's cluster (the wireguard backend with its
 /// `ListenPort`; a dual-stack lab with Flannel's `EnableIPv6`, `IPv6Network` and
-/// `IPv6SubnetLen`, whose pool masquerades like the IPv4 one, as flanneld's `--ip-masq`).
+/// `IPv6SubnetLen`, whose pool masquerades like the IPv4 one, as flanneld's `--ip-masq`; an
+/// IPv6-only lab with those and `EnableIPv4: false` instead of `Network`).
 pub fn net_conf(backend: Backend, direct_routing: bool, ip_family: IpFamily) -> Value {
     let mut conf = json!({
-        "Network": POD_NETWORK,
-        "SubnetLen": SUBNET_LEN,
         "Backend": {"Type": backend.as_str(), "DirectRouting": direct_routing},
     });
+    if ip_family.has_ipv4() {
+        conf["Network"] = POD_NETWORK.into();
+        conf["SubnetLen"] = SUBNET_LEN.into();
+    } else {
+        conf["EnableIPv4"] = false.into();
+    }
     if backend == Backend::Wireguard {
         conf["Backend"]["ListenPort"] = WIREGUARD_PORT.into();
     }
@@ -455,9 +484,12 @@ pub fn twill_yaml(
             "wireguard:\n  enabled: true\n  listenPort: {WIREGUARD_PORT}\n  mode: {mode}\n"
         ));
     }
-    y.push_str(&format!(
-        "pools:\n  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\n"
-    ));
+    y.push_str("pools:\n");
+    if ip_family.has_ipv4() {
+        y.push_str(&format!(
+            "  - name: default\n    cidr: {POD_NETWORK}\n    blockSize: {SUBNET_LEN}\n"
+        ));
+    }
     if ip_family.has_ipv6() {
         y.push_str(&format!(
             "  - name: default6\n    cidr: {POD_NETWORK6}\n    blockSize: {SUBNET_LEN6}\n"
@@ -562,9 +594,9 @@ pub fn agent_args(
 /// policy apply` of a large file is then one transaction, as it is on a production etcd
 /// configured for it). With a PKI directory every client and peer URL is TLS and every client
 /// must show a certificate of the lab's CA (`--client-cert-auth`).
-pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path, pki: Option<&Path>) -> Vec<String> {
+pub fn etcd_args(ip: IpAddr, data_dir: &Path, pki: Option<&Path>) -> Vec<String> {
     let scheme = if pki.is_some() { "https" } else { "http" };
-    let client = format!("{scheme}://{ip}:{ETCD_PORT}");
+    let client = format!("{scheme}://{}", host_port(ip, ETCD_PORT));
     let peer = format!("{scheme}://127.0.0.1:2380");
     let mut args: Vec<String> = vec![
         "--name".into(),
@@ -616,7 +648,7 @@ pub fn etcd_args(ip: Ipv4Addr, data_dir: &Path, pki: Option<&Path>) -> Vec<Strin
 }
 
 /// The names etcd's certificate is valid for: its underlay address and loopback.
-pub fn etcd_server_names(ip: Ipv4Addr) -> Vec<String> {
+pub fn etcd_server_names(ip: IpAddr) -> Vec<String> {
     vec![ip.to_string(), "127.0.0.1".into(), "localhost".into()]
 }
 
@@ -641,11 +673,12 @@ pub fn etcdctl_args(pki: Option<&Path>) -> Vec<String> {
 
 /// The lines of the lab's env file: `twill` (TWILL_STORE, TWILL_ETCD_*) and `etcdctl`
 /// (ETCDCTL_*) reach the lab's store from a host namespace after `. FILE`.
-pub fn store_env(store_url: &str, etcd_ip: Option<Ipv4Addr>, pki: Option<&Path>) -> String {
+pub fn store_env(store_url: &str, etcd_ip: Option<IpAddr>, pki: Option<&Path>) -> String {
     let mut out = format!("export TWILL_STORE={store_url}\n");
     if let Some(ip) = etcd_ip {
         let scheme = if pki.is_some() { "https" } else { "http" };
-        out += &format!("export ETCDCTL_ENDPOINTS={scheme}://{ip}:{ETCD_PORT}\n");
+        let endpoint = host_port(ip, ETCD_PORT);
+        out += &format!("export ETCDCTL_ENDPOINTS={scheme}://{endpoint}\n");
     }
     if let Some(pki) = pki {
         let pki = Pki::at(pki);
@@ -847,13 +880,25 @@ mod tests {
     #[test]
     fn store_urls() {
         assert_eq!(
-            store_url("x", 1, Underlay::L2),
+            store_url("x", 1, Underlay::L2, IpFamily::Ipv4),
             "embedded:/run/twill/lab/x/store.redb"
         );
-        assert_eq!(store_url("x", 3, Underlay::L2), "etcd://192.168.100.1:2379");
         assert_eq!(
-            store_url("x", 2, Underlay::Routed),
+            store_url("x", 3, Underlay::L2, IpFamily::Ipv4),
+            "etcd://192.168.100.1:2379"
+        );
+        assert_eq!(
+            store_url("x", 2, Underlay::Routed, IpFamily::Dual),
             "etcd://192.168.1.1:2379"
+        );
+        // An IPv6-only lab's hosts reach etcd at the segment gateway's IPv6 twin.
+        assert_eq!(
+            store_url("x", 2, Underlay::Routed, IpFamily::Ipv6),
+            "etcd://[fd00:1::1]:2379"
+        );
+        assert_eq!(
+            store_url("x", 1, Underlay::L2, IpFamily::Ipv6),
+            "embedded:/run/twill/lab/x/store.redb"
         );
     }
 
@@ -883,12 +928,12 @@ mod tests {
              --etcd-certfile /p/client-h2.pem --etcd-keyfile /p/client-h2-key.pem \
              --node-name h2 --iface eth0 --data-dir /d"
         );
-        let e = etcd_args(Ipv4Addr::new(192, 168, 1, 1), Path::new("/e"), None).join(" ");
+        let e = etcd_args(Ipv4Addr::new(192, 168, 1, 1).into(), Path::new("/e"), None).join(" ");
         assert!(e.contains("--listen-client-urls http://192.168.1.1:2379,http://127.0.0.1:2379"));
         assert!(e.contains("--data-dir /e"));
         assert!(!e.contains("cert"));
         let e = etcd_args(
-            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(192, 168, 1, 1).into(),
             Path::new("/e"),
             Some(Path::new("/p")),
         )
@@ -903,7 +948,7 @@ mod tests {
         assert!(!e.contains("http://192.168.1.1"));
         let env = store_env(
             "etcd://192.168.1.1:2379",
-            Some(Ipv4Addr::new(192, 168, 1, 1)),
+            Some(Ipv4Addr::new(192, 168, 1, 1).into()),
             Some(Path::new("/p")),
         );
         assert!(env.contains("export ETCDCTL_ENDPOINTS=https://192.168.1.1:2379\n"));
@@ -1145,5 +1190,52 @@ mod dual_stack_tests {
             assert!(pool.nat_outgoing, "{text}");
             assert!(c.pools[0].nat_outgoing);
         }
+    }
+
+    /// An IPv6-only lab: Flannel's form without `Network` and with `EnableIPv4: false`,
+    /// twill's form with the IPv6 pool alone; both parse to a cluster without IPv4 pools;
+    /// etcd listens (and its certificate is valid) on the IPv6 gateway, in brackets where a
+    /// URL needs them.
+    #[test]
+    fn ipv6_only_configs() {
+        use twill_types::cluster::ClusterConfig;
+        assert!(IpFamily::Ipv6.has_ipv6() && !IpFamily::Ipv6.has_ipv4());
+        assert!(IpFamily::Dual.has_ipv4() && IpFamily::Ipv4.has_ipv4());
+        let flannel = net_conf(Backend::Vxlan, true, IpFamily::Ipv6);
+        assert_eq!(
+            flannel.to_string(),
+            r#"{"Backend":{"DirectRouting":true,"Type":"vxlan"},"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":64}"#
+        );
+        let c = ClusterConfig::parse(&flannel.to_string()).unwrap();
+        assert!(c.pools.is_empty() && c.ipv6_pools.len() == 1, "{flannel}");
+        assert!(c.ipv6_pools[0].nat_outgoing);
+        let yaml = twill_yaml(Backend::HostGw, false, None, None, IpFamily::Ipv6);
+        assert_eq!(
+            yaml,
+            "backend: host-gw\npools:\n  - name: default6\n    cidr: fd00:10:244::/56\n    blockSize: 64\n"
+        );
+        let c = ClusterConfig::parse(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        assert!(c.pools.is_empty() && c.ipv6_pools.len() == 1, "{yaml}");
+        let ip = store_addr(Underlay::L2, IpFamily::Ipv6);
+        assert_eq!(ip.to_string(), "fd00:100::1");
+        assert_eq!(
+            store_addr(Underlay::L2, IpFamily::Dual).to_string(),
+            "192.168.100.1"
+        );
+        let e = etcd_args(ip, Path::new("/e"), Some(Path::new("/p"))).join(" ");
+        assert!(
+            e.contains("--listen-client-urls https://[fd00:100::1]:2379,https://127.0.0.1:2379"),
+            "{e}"
+        );
+        assert!(
+            e.contains("--advertise-client-urls https://[fd00:100::1]:2379"),
+            "{e}"
+        );
+        assert_eq!(etcd_server_names(ip)[0], "fd00:100::1");
+        let env = store_env("etcd://[fd00:100::1]:2379", Some(ip), None);
+        assert!(
+            env.contains("export ETCDCTL_ENDPOINTS=http://[fd00:100::1]:2379\n"),
+            "{env}"
+        );
     }
 }

@@ -169,8 +169,9 @@ impl LabSpec {
         self.validate_ip_family()
     }
 
-    /// Dual-stack labs are what the agent can do with IPv6 today: host-gw, vxlan, udp, ipip or
-    /// any backend (bgp with BIRD routers too), clear or encrypted.
+    /// Dual-stack labs run every backend (bgp with BIRD routers too), clear or encrypted;
+    /// IPv6-only labs run what the agent runs in an IPv6-only cluster: host-gw and vxlan
+    /// (DirectRouting too), clear.
     fn validate_ip_family(&self) -> Result<()> {
         let family = self.ip_family;
         ensure!(
@@ -182,9 +183,23 @@ impl LabSpec {
                         .all(|i| (1..=self.nodes).contains(i))),
             "IPv4-only underlay hosts are for dual-stack labs, and must be hosts of the lab"
         );
+        if family != IpFamily::Ipv6 {
+            return Ok(());
+        }
         ensure!(
-            family != IpFamily::Ipv6,
-            "--ip-family ipv6: the lab does not build IPv6-only clusters yet (use --ip-family dual)"
+            matches!(self.backend, Backend::HostGw | Backend::Vxlan),
+            "--ip-family ipv6: the {} backend does not run IPv6-only clusters yet \
+             (use host-gw or vxlan, or --ip-family dual)",
+            self.backend
+        );
+        ensure!(
+            self.encrypt.is_none(),
+            "--ip-family ipv6: --encrypt does not run in IPv6-only clusters yet \
+             (use --ip-family dual)"
+        );
+        ensure!(
+            self.bird_router.is_none() && self.bgp.is_none(),
+            "--ip-family ipv6: BGP does not run in IPv6-only clusters yet (use --ip-family dual)"
         );
         Ok(())
     }
@@ -274,14 +289,36 @@ mod tests {
             .encrypt(EncryptMode::Always)
             .validate()
             .unwrap();
-        let err = LabSpec::new("x")
-            .ip_family(IpFamily::Ipv6)
+        let v6 = |b| LabSpec::new("x").backend(b).ip_family(IpFamily::Ipv6);
+        v6(Backend::Vxlan).validate().unwrap();
+        v6(Backend::HostGw)
+            .underlay(Underlay::Routed)
             .validate()
-            .unwrap_err();
+            .unwrap();
+        v6(Backend::Vxlan)
+            .direct_routing(true)
+            .pod_mode(PodMode::Routed)
+            .validate()
+            .unwrap();
+        let err = v6(Backend::Udp).validate().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--ip-family ipv6: the lab does not build IPv6-only clusters yet (use --ip-family dual)"
+            "--ip-family ipv6: the udp backend does not run IPv6-only clusters yet \
+             (use host-gw or vxlan, or --ip-family dual)"
         );
+        assert!(
+            v6(Backend::Vxlan)
+                .encrypt(EncryptMode::Always)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            v6(Backend::Vxlan)
+                .ipv4_underlay_hosts([1])
+                .validate()
+                .is_err()
+        );
+        assert!(v6(Backend::Vxlan).has_underlay6(2));
         let mixed = dual(Backend::Vxlan).ipv4_underlay_hosts([2]);
         mixed.validate().unwrap();
         assert!(mixed.has_underlay6(1) && !mixed.has_underlay6(2));

@@ -74,7 +74,9 @@ pub struct Etcd {
     pub pid: Option<u32>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
-    pub ip: Ipv4Addr,
+    /// Where its clients reach it: the first segment's IPv4 gateway, or its IPv6 twin in an
+    /// IPv6-only lab.
+    pub ip: IpAddr,
     /// The directory of the CA and certificates when etcd speaks TLS and asks every client
     /// for a certificate (the default); None for a plain etcd (`--plain-etcd`, or labs made
     /// before TLS).
@@ -90,16 +92,20 @@ pub struct Host {
     pub index: u32,
     pub node: String,
     pub netns: String,
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    /// Its IPv4 underlay address, prefix length and gateway (none in an IPv6-only lab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// The underlay bridge it is plugged into (its L2 segment).
     pub bridge: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub agent_pid: Option<u32>,
     /// Its IPv6 underlay address (prefix [`crate::plan::UNDERLAY_PREFIX6`]) and gateway, in
-    /// dual-stack labs.
+    /// dual-stack and IPv6-only labs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,14 +123,17 @@ pub struct Pod {
     /// `h<i>-p<j>`.
     pub name: String,
     pub netns: String,
-    pub ip: Ipv4Addr,
-    /// As the plugin returned it, with prefix length.
-    pub address: String,
+    /// Its IPv4 address, and as the plugin returned it (with prefix length); none in an
+    /// IPv6-only lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// The Kubernetes identity it was given (`namespace/name`), if any: the plugin got it in
     /// CNI_ARGS, with its labels in runtimeConfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
-    /// Its IPv6 address in dual-stack labs, and as the plugin returned it.
+    /// Its IPv6 address in dual-stack and IPv6-only labs, and as the plugin returned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,14 +141,16 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Pod `j` of host `i`, as the plugin's ADD result gave its address.
+    /// Pod `j` of host `i`, as the plugin's ADD result gave its IPv4 address (none in an
+    /// IPv6-only lab: see [`Pod::with_ipv6`]).
     pub fn attached(
         i: u32,
         j: u32,
         netns: String,
-        (address, ip): (String, Ipv4Addr),
+        v4: Option<(String, Ipv4Addr)>,
         identity: Option<String>,
     ) -> Pod {
+        let (address, ip) = v4.map(|(a, ip)| (Some(a), Some(ip))).unwrap_or_default();
         Pod {
             host: i,
             index: j,
@@ -153,6 +164,22 @@ impl Pod {
         }
     }
 
+    /// Its IPv4 address; pods of IPv4 and dual-stack labs have one (tests of such labs use
+    /// this).
+    pub fn ip4(&self) -> Ipv4Addr {
+        self.ip
+            .unwrap_or_else(|| panic!("pod {} has no IPv4 address (an IPv6-only lab)", self.name))
+    }
+
+    /// Its address: the IPv4 one, or the IPv6 one in an IPv6-only lab.
+    pub fn any_ip(&self) -> IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(ip), _) => ip.into(),
+            (None, Some(ip6)) => ip6.into(),
+            (None, None) => unreachable!("the lab records a pod only with an address"),
+        }
+    }
+
     /// The same pod with the IPv6 address the plugin gave it (as returned, and the address).
     pub fn with_ipv6(mut self, v6: Option<(String, Ipv6Addr)>) -> Pod {
         (self.address6, self.ip6) = v6.map(|(a, ip)| (Some(a), Some(ip))).unwrap_or_default();
@@ -162,8 +189,30 @@ impl Pod {
     /// Its address of `family`, if it has one.
     pub fn addr(&self, family: Family) -> Option<IpAddr> {
         match family {
-            Family::Ipv4 => Some(self.ip.into()),
+            Family::Ipv4 => self.ip.map(IpAddr::from),
             Family::Ipv6 => self.ip6.map(IpAddr::from),
+        }
+    }
+}
+
+impl Host {
+    /// Its IPv4 underlay address; hosts of IPv4 and dual-stack labs have one (tests of such
+    /// labs use this).
+    pub fn ip4(&self) -> Ipv4Addr {
+        self.ip.unwrap_or_else(|| {
+            panic!(
+                "host {} has no IPv4 underlay address (an IPv6-only lab)",
+                self.node
+            )
+        })
+    }
+
+    /// Its underlay address: the IPv4 one, or the IPv6 one in an IPv6-only lab.
+    pub fn underlay_ip(&self) -> IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(ip), _) => ip.into(),
+            (None, Some(ip6)) => ip6.into(),
+            (None, None) => unreachable!("the lab gives every host an underlay address"),
         }
     }
 }
@@ -227,16 +276,16 @@ mod tests {
                 pid: Some(42),
                 data_dir: "/run/twill/lab/t/etcd".into(),
                 log: "/run/twill/lab/t/etcd.log".into(),
-                ip: Ipv4Addr::new(192, 168, 1, 1),
+                ip: Ipv4Addr::new(192, 168, 1, 1).into(),
                 pki: None,
             }),
             hosts: vec![Host {
                 index: 1,
                 node: "h1".into(),
                 netns: "twl-t-h1".into(),
-                ip: Ipv4Addr::new(192, 168, 1, 11),
-                prefix_len: 24,
-                gateway: Ipv4Addr::new(192, 168, 1, 1),
+                ip: Some(Ipv4Addr::new(192, 168, 1, 11)),
+                prefix_len: Some(24),
+                gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),
                 bridge: "br1".into(),
                 data_dir: "/run/twill/lab/t/h1".into(),
                 log: "/run/twill/lab/t/h1/agent.log".into(),
@@ -250,8 +299,8 @@ mod tests {
                 index: 1,
                 name: "h1-p1".into(),
                 netns: "twl-t-h1-p1".into(),
-                ip: Ipv4Addr::new(10, 244, 7, 2),
-                address: "10.244.7.2/24".into(),
+                ip: Some(Ipv4Addr::new(10, 244, 7, 2)),
+                address: Some("10.244.7.2/24".into()),
                 identity: Some("x/a".into()),
                 ip6: None,
                 address6: None,
@@ -278,6 +327,9 @@ mod tests {
             r#""underlay": "routed""#,
             r#""agentPid": null"#,
             r#""directRouting": true"#,
+            r#""ip": "192.168.1.11""#,
+            r#""prefixLen": 24"#,
+            r#""address": "10.244.7.2/24""#,
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }
@@ -314,6 +366,38 @@ mod tests {
         );
         assert_eq!(pod.addr(Family::Ipv4).unwrap().to_string(), "10.244.7.2");
         assert_eq!(sample().pods[0].addr(Family::Ipv6), None);
+    }
+
+    /// An IPv6-only lab's hosts and pods have no IPv4 keys at all, and round-trip.
+    #[test]
+    fn ipv6_only_fields() {
+        let dir = twill_testkit::TempDir::new("lab-state");
+        let mut v6 = sample();
+        v6.ip_family = IpFamily::Ipv6;
+        let h = &mut v6.hosts[0];
+        (h.ip, h.prefix_len, h.gateway) = (None, None, None);
+        h.ip6 = Some("fd00:1::11".parse().unwrap());
+        h.gateway6 = Some("fd00:1::1".parse().unwrap());
+        v6.pods[0] = Pod::attached(1, 1, "twl-t-h1-p1".into(), None, None).with_ipv6(Some((
+            "fd00:10:244:7::2/64".into(),
+            "fd00:10:244:7::2".parse().unwrap(),
+        )));
+        v6.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap(), v6);
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        let parts = serde_json::to_string(&(&v6.hosts, &v6.pods)).unwrap();
+        for key in [r#""ip":"#, "prefixLen", r#""gateway":"#, r#""address":"#] {
+            assert!(
+                !parts.contains(key),
+                "{key} in an IPv6-only lab's hosts or pods: {parts}"
+            );
+        }
+        assert!(text.contains(r#""ipFamily": "ipv6""#), "{text}");
+        assert_eq!(v6.hosts[0].underlay_ip().to_string(), "fd00:1::11");
+        assert_eq!(v6.pods[0].any_ip().to_string(), "fd00:10:244:7::2");
+        assert_eq!(v6.pods[0].addr(Family::Ipv4), None);
+        assert_eq!(sample().hosts[0].underlay_ip().to_string(), "192.168.1.11");
+        assert_eq!(sample().pods[0].any_ip().to_string(), "10.244.7.2");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn l2_topology_hosts_reach_each_other_and_down_removes_it() {
         let target = h.node.as_str();
         assert!(
             stdout(&lab, target, &["ip", "-br", "addr", "show", "eth0"])
-                .contains(&format!("{}/24", h.ip))
+                .contains(&format!("{}/24", h.ip4()))
         );
         assert!(
             stdout(&lab, target, &["ip", "route"]).contains("default via 192.168.100.1 dev eth0")
@@ -114,10 +114,10 @@ fn l2_topology_hosts_reach_each_other_and_down_removes_it() {
         assert!(stdout(&lab, target, &["ip", "link", "show", "eth0"]).contains("mtu 1500"));
         for other in lab.hosts() {
             assert!(
-                ping(&lab, target, &other.ip.to_string()),
+                ping(&lab, target, &other.ip4().to_string()),
                 "{} -> {}",
                 h.node,
-                other.ip
+                other.ip4()
             );
         }
         assert!(ping(&lab, target, "192.168.100.1"));
@@ -140,7 +140,7 @@ fn routed_topology_crosses_the_router() {
     let (name, _g) = unique();
     let lab =
         Lab::build_topology(&LabSpec::new(&name).nodes(4).underlay(Underlay::Routed)).unwrap();
-    let ips: Vec<String> = lab.hosts().iter().map(|h| h.ip.to_string()).collect();
+    let ips: Vec<String> = lab.hosts().iter().map(|h| h.ip4().to_string()).collect();
     assert_eq!(
         ips,
         [
@@ -267,7 +267,7 @@ fn fake_up_l2_ping_faults_down() {
     assert_eq!(st.twill, exe);
     assert!(lab.etcd_alive());
     assert_eq!(st.pods.len(), 6);
-    let pod_ips: Vec<String> = st.pods.iter().map(|p| p.address.clone()).collect();
+    let pod_ips: Vec<String> = st.pods.iter().map(|p| p.address.clone().unwrap()).collect();
     assert_eq!(
         pod_ips,
         [
@@ -417,7 +417,7 @@ fn fake_up_routed_host_gw_skips_across_subnets() {
     assert_eq!(m.get("h1-p1", "h2-p1").unwrap().outcome, Outcome::Skipped);
     assert_eq!(m.get("h4-p1", "h3-p1").unwrap().outcome, Outcome::Skipped);
     // And those really are unreachable, not merely unprobed.
-    assert!(!ping(&lab, "h1-p1", &lab.pods()[1].ip.to_string()));
+    assert!(!ping(&lab, "h1-p1", &lab.pods()[1].ip4().to_string()));
     let text = m.render();
     assert!(
         text.contains("all 4 expected paths ok; 8 not expected"),

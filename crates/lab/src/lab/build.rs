@@ -112,7 +112,7 @@ impl Lab {
                 pod_mode: spec.pod_mode,
                 pods_per_node: spec.pods_per_node,
                 twill,
-                store: plan::store_url(name, spec.nodes, spec.underlay),
+                store: plan::store_url(name, spec.nodes, spec.underlay, spec.ip_family),
                 underlay_ns: plan::underlay_ns(name),
                 etcd: None,
                 hosts: Vec::new(),
@@ -168,24 +168,29 @@ impl Lab {
 
     /// The underlay namespace (bridges, and the router's forwarding) and one namespace per
     /// host with `eth0` plugged into its segment's bridge. In a dual-stack lab every one of
-    /// these links has an IPv6 address too, and the router forwards IPv6.
+    /// these links has an IPv6 address too, and the router forwards IPv6; in an IPv6-only lab
+    /// they have only their IPv6 addresses (loopback keeps 127.0.0.1, as on any host).
     fn build_hosts(&mut self, spec: &LabSpec) -> Result<()> {
         let u = self.state.underlay_ns.clone();
-        let dual = spec.ip_family.has_ipv6();
+        let (v4, v6) = (spec.ip_family.has_ipv4(), spec.ip_family.has_ipv6());
         sys::netns_add(&u)?;
         for seg in plan::segments(spec.underlay) {
-            let addr = format!("{}/{}", seg.gateway, seg.prefix_len);
             sys::ip(&["-n", &u, "link", "add", seg.bridge, "type", "bridge"])?;
-            sys::ip(&["-n", &u, "addr", "add", &addr, "dev", seg.bridge])?;
-            if dual {
+            if v4 {
+                let addr = format!("{}/{}", seg.gateway, seg.prefix_len);
+                sys::ip(&["-n", &u, "addr", "add", &addr, "dev", seg.bridge])?;
+            }
+            if v6 {
                 no_dad(&u, seg.bridge)?;
                 add_addr6(&u, seg.bridge, seg.gateway6)?;
             }
             sys::ip(&["-n", &u, "link", "set", seg.bridge, "up"])?;
         }
         if spec.underlay == Underlay::Routed {
-            sys::sysctl(&u, "net.ipv4.ip_forward=1")?;
-            if dual {
+            if v4 {
+                sys::sysctl(&u, "net.ipv4.ip_forward=1")?;
+            }
+            if v6 {
                 sys::sysctl(&u, "net.ipv6.conf.all.forwarding=1")?;
             }
         }
@@ -193,28 +198,23 @@ impl Lab {
             let a = plan::host_addr(spec.underlay, i);
             let ns = plan::host_ns(&spec.name, i);
             let data_dir = plan::host_dir(&spec.name, i);
-            let addr = format!("{}/{}", a.ip, a.prefix_len);
-            attach_host(&ns, &u, &a.port, a.bridge, &addr)?;
+            let addr = v4.then(|| format!("{}/{}", a.ip, a.prefix_len));
+            attach_host(&ns, &u, &a.port, a.bridge, addr.as_deref())?;
             let underlay6 = spec.has_underlay6(i);
             if underlay6 {
                 no_dad(&ns, plan::IFACE)?;
             }
             sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
-            sys::ip(&[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &a.gateway.to_string(),
-            ])?;
-            sys::sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            if v4 {
+                let gateway = a.gateway.to_string();
+                sys::ip(&["-n", &ns, "route", "add", "default", "via", &gateway])?;
+                sys::sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            }
             if underlay6 {
                 add_addr6(&ns, plan::IFACE, a.ip6)?;
                 add_default6(&ns, a.gateway6)?;
             }
-            if dual {
+            if v6 {
                 sys::sysctl(&ns, "net.ipv6.conf.all.forwarding=1")?;
             }
             std::fs::create_dir_all(&data_dir)
@@ -223,9 +223,9 @@ impl Lab {
                 index: i,
                 node: plan::node_name(i),
                 netns: ns,
-                ip: a.ip,
-                prefix_len: a.prefix_len,
-                gateway: a.gateway,
+                ip: v4.then_some(a.ip),
+                prefix_len: v4.then_some(a.prefix_len),
+                gateway: v4.then_some(a.gateway),
                 bridge: a.bridge.to_string(),
                 log: data_dir.join("agent.log"),
                 data_dir,
@@ -293,15 +293,15 @@ impl Lab {
     }
 
     /// One CNI ADD inside host `i`'s namespace, with a clean environment as a runtime gives;
-    /// the pod's IPv4 address and, in a dual-stack lab (where it must have one), its IPv6
-    /// address.
+    /// the pod's IPv4 address and its IPv6 address: each must be there exactly when the lab
+    /// has that family (IPv4 and dual-stack labs: IPv4; dual-stack and IPv6-only: IPv6).
     fn cni_add(
         &self,
         i: u32,
         j: u32,
         netns: &str,
         identity: Option<(&str, &str, &BTreeMap<String, String>)>,
-    ) -> Result<(CniAddress<Ipv4Addr>, Option<CniAddress<Ipv6Addr>>)> {
+    ) -> Result<PodAddresses> {
         let host = self.host(i)?;
         let twill = self.twill()?;
         let cni_path = twill.parent().unwrap_or(Path::new("/"));
@@ -333,13 +333,28 @@ impl Lab {
             stdout.trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        let v4 = parse_cni_result(&stdout).with_context(|| format!("CNI ADD of pod {pod}"))?;
+        let family = self.state.ip_family;
+        let v4 = if family.has_ipv4() {
+            Some(parse_cni_result(&stdout).with_context(|| format!("CNI ADD of pod {pod}"))?)
+        } else {
+            None
+        };
         let v6 = parse_cni_result6(&stdout);
         ensure!(
-            v6.is_some() || !self.state.ip_family.has_ipv6(),
-            "CNI ADD of pod {pod}: the plugin's result has no IPv6 address in a dual-stack lab \
+            v6.is_some() || !family.has_ipv6(),
+            "CNI ADD of pod {pod}: the plugin's result has no IPv6 address in a{} lab \
              (does {}'s node.json have an IPv6 subnet?): {}",
+            if family.has_ipv4() {
+                " dual-stack"
+            } else {
+                "n IPv6-only"
+            },
             host.node,
+            stdout.trim()
+        );
+        ensure!(
+            family.has_ipv4() || parse_cni_result(&stdout).is_err(),
+            "CNI ADD of pod {pod}: the plugin gave an IPv4 address in an IPv6-only lab: {}",
             stdout.trim()
         );
         Ok((v4, v6))
@@ -378,7 +393,9 @@ impl Lab {
     /// standard WireGuard peer, an attacker, a client, the world. The `n`-th one (from 0, at
     /// most 10) is at `.240 - n` of the segment with `eth0` up and a default route via the
     /// gateway (in a dual-stack lab also at [`Lab::outside_host_ip6`], with an IPv6 default
-    /// route); `down` removes it. Returns its namespace and IPv4 address.
+    /// route; in an IPv6-only lab only there); `down` removes it. Returns its namespace and
+    /// the IPv4 address of its place (not on its link in an IPv6-only lab, whose outside
+    /// hosts are reached at [`Lab::outside_host_ip6`]).
     pub fn add_outside_host(&mut self, n: u32) -> Result<(String, Ipv4Addr)> {
         ensure!(n < 10, "at most 10 outside hosts per lab");
         // Indices and addresses below the BIRD hosts' (240..231, .240 to .231).
@@ -398,7 +415,8 @@ impl Lab {
     }
 
     /// Host namespace `k` (an index above the agents' range) on the first segment at
-    /// `.last` with its default route (and its IPv6 twin in a dual-stack lab).
+    /// `.last` with its default route (and its IPv6 twin in a dual-stack lab; only that in an
+    /// IPv6-only lab).
     fn attach_outside_host(&mut self, k: u32, last: u8) -> Result<(String, Ipv4Addr)> {
         let seg = &plan::segments(self.state.underlay)[0];
         let [a, b, c, _] = seg.gateway.octets();
@@ -406,23 +424,19 @@ impl Lab {
         let ns = plan::host_ns(&self.state.name, k);
         let u = self.state.underlay_ns.clone();
         let port = format!("b{k}");
-        let addr = format!("{ip}/{}", seg.prefix_len);
-        attach_host(&ns, &u, &port, seg.bridge, &addr)?;
+        let v4 = self.state.ip_family.has_ipv4();
+        let addr = v4.then(|| format!("{ip}/{}", seg.prefix_len));
+        attach_host(&ns, &u, &port, seg.bridge, addr.as_deref())?;
         let dual = self.state.ip_family.has_ipv6();
         if dual {
             no_dad(&ns, plan::IFACE)?;
         }
         sys::ip(&["-n", &ns, "link", "set", plan::IFACE, "up"])?;
         sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        sys::ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &seg.gateway.to_string(),
-        ])?;
+        if v4 {
+            let gateway = seg.gateway.to_string();
+            sys::ip(&["-n", &ns, "route", "add", "default", "via", &gateway])?;
+        }
         if dual {
             add_addr6(&ns, plan::IFACE, plan::underlay6(ip))?;
             add_default6(&ns, seg.gateway6)?;
@@ -471,6 +485,9 @@ pub fn down(name: &str) -> Result<bool> {
 
 /// A pod address from a CNI result: `addr/prefix` as given, and the address.
 pub type CniAddress<A> = (String, A);
+
+/// A pod's IPv4 and IPv6 addresses from its CNI result, each when the lab has the family.
+type PodAddresses = (Option<CniAddress<Ipv4Addr>>, Option<CniAddress<Ipv6Addr>>);
 
 /// The pod's IPv4 address from a CNI result.
 pub fn parse_cni_result(stdout: &str) -> Result<CniAddress<Ipv4Addr>> {
@@ -531,8 +548,9 @@ fn add_default6(ns: &str, gateway: Ipv6Addr) -> Result<()> {
 }
 
 /// Makes host namespace `ns` and plugs it into the underlay: a veth whose `port` end sits in
-/// the underlay namespace `u` on `bridge`, and whose `eth0` end in `ns` gets `addr`.
-fn attach_host(ns: &str, u: &str, port: &str, bridge: &str, addr: &str) -> Result<()> {
+/// the underlay namespace `u` on `bridge`, and whose `eth0` end in `ns` gets `addr` (an IPv4
+/// `ADDR/LEN`; none in an IPv6-only lab, whose callers add the IPv6 address).
+fn attach_host(ns: &str, u: &str, port: &str, bridge: &str, addr: Option<&str>) -> Result<()> {
     sys::netns_add(ns)?;
     sys::ip(&[
         "link",
@@ -549,7 +567,9 @@ fn attach_host(ns: &str, u: &str, port: &str, bridge: &str, addr: &str) -> Resul
         ns,
     ])?;
     sys::ip(&["-n", u, "link", "set", port, "master", bridge, "up"])?;
-    sys::ip(&["-n", ns, "addr", "add", addr, "dev", plan::IFACE])?;
+    if let Some(addr) = addr {
+        sys::ip(&["-n", ns, "addr", "add", addr, "dev", plan::IFACE])?;
+    }
     Ok(())
 }
 

@@ -62,7 +62,7 @@ impl Lab {
             self.say(&format!("store: {}", self.state.store));
             return Ok(());
         }
-        let ip = plan::store_ip(spec.underlay);
+        let ip = plan::store_addr(spec.underlay, spec.ip_family);
         let pki = if spec.etcd_tls {
             let dir = self.dir.join(PKI_DIR);
             let mut clients: Vec<String> =
@@ -147,17 +147,17 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim()
         );
-        let pod6 = if self.state.ip_family.has_ipv6() {
-            format!(" and {}", plan::POD_NETWORK6)
-        } else {
-            String::new()
+        let family = self.state.ip_family;
+        let pools = match (family.has_ipv4(), family.has_ipv6()) {
+            (true, true) => format!("{} and {}", plan::POD_NETWORK, plan::POD_NETWORK6),
+            (false, _) => format!("{} (IPv6-only)", plan::POD_NETWORK6),
+            (true, false) => plan::POD_NETWORK.to_string(),
         };
         self.say(&format!(
-            "cluster: {POD}{pod6}, backend {} (DirectRouting {}){}",
+            "cluster: {pools}, backend {} (DirectRouting {}){}",
             self.state.backend,
             self.state.direct_routing,
             plan::encryption_note(self.state.encrypt),
-            POD = plan::POD_NETWORK
         ));
         Ok(())
     }
