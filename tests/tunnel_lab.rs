@@ -8,7 +8,7 @@ mod lab_common;
 use std::path::Path;
 use std::time::Duration;
 
-use lab_common::{Guard, ping_report, pod_ip, spawn_in, traffic_across};
+use lab_common::{Guard, backlog_drops, ping_report, pod_ip, spawn_in, traffic_across};
 use serde_json::Value;
 use twill_lab::{Backend, Lab, LabSpec, Signal};
 use twill_testkit::{random_suffix, require_root};
@@ -34,6 +34,7 @@ fn status(lab: &Lab, host: u32) -> Value {
 fn restart_case(backend: Backend) {
     require_root();
     let (mut lab, _g) = lab(backend, 2);
+    let backlog_before = backlog_drops();
     let (sent, received, gap_ms) = traffic_across(&mut lab, |lab| {
         lab.kill_agent(1, Signal::SIGKILL).unwrap();
         std::thread::sleep(Duration::from_millis(200));
@@ -42,9 +43,18 @@ fn restart_case(backend: Backend) {
         lab.kill_agent(2, Signal::SIGKILL).unwrap();
         lab.start_agent(2).unwrap();
     });
-    eprintln!("{backend:?}: {received}/{sent} ping replies, longest gap {gap_ms} ms");
+    let backlog = backlog_drops() - backlog_before;
+    eprintln!(
+        "{backend:?}: {received}/{sent} ping replies, longest gap {gap_ms} ms; \
+         {backlog} packets dropped by full input backlogs meanwhile"
+    );
     {
-        // The kernel fast path stays attached while an agent is dead: nothing is lost.
+        // The kernel fast path stays attached while an agent is dead: nothing is lost. A
+        // loaded machine (CI runs tests in parallel on 2 cores) overflows a CPU's input
+        // backlog now and then, which no restart causes; a reply missing while at least as
+        // many packets were dropped there is not counted against the restart. Anything
+        // twill drops (the tunnel device without a reader, a missing route, a filter
+        // between two programs) is not counted there and still fails.
         for host in [1, 2] {
             assert_eq!(
                 status(&lab, host)["tunnel"]["kernelPath"],
@@ -52,9 +62,11 @@ fn restart_case(backend: Backend) {
                 "{backend:?} runs on the kernel fast path"
             );
         }
-        assert_eq!(
-            received, sent,
-            "with the kernel fast path an agent restart must not lose a packet"
+        let lost = sent - received;
+        assert!(
+            lost == 0 || lost <= backlog,
+            "with the kernel fast path an agent restart must not lose a packet: {lost} lost, \
+             {backlog} dropped by the machine's input backlogs meanwhile"
         );
     }
 }
