@@ -848,6 +848,28 @@ mod tests {
             let _ = receive_check(false, &bytes, &net("0.0.0.0/0"), &net("0.0.0.0/0"));
         }
 
+        /// A node of an IPv6-only cluster (no IPv4 subnet at either end) takes no IPv4,
+        /// however valid, and nothing else from arbitrary bytes.
+        #[test]
+        fn an_ipv6_only_node_takes_no_ipv4(
+            (src, dst, proto, ttl, _tos, payload) in arb_packet(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let any6: Ipv6Net = "::/0".parse().unwrap();
+            let only6 = (None, Some(&any6));
+            let mut p = Vec::new();
+            build_ipv4(src, dst, proto, ttl, &payload, &mut p);
+            prop_assert_eq!(
+                receive_check_any(false, &p, only6, only6).map(|i| i.header),
+                Err(DropReason::Malformed)
+            );
+            for ipip in [false, true] {
+                if let Ok(inner) = receive_check_any(ipip, &bytes, only6, only6) {
+                    prop_assert!(matches!(inner.header, InnerHeader::V6(_)), "{:?}", inner);
+                }
+            }
+        }
+
         #[test]
         fn round_trips_valid_packets((src, dst, proto, ttl, tos, payload) in arb_packet()) {
             let mut p = Vec::new();
