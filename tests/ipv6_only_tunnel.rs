@@ -432,6 +432,17 @@ fn pods_talk_over_the_ipv6_underlay_and_forgeries_are_dropped(backend: &str, tag
         );
         assert_eq!(s["tunnel"]["device"], "twill.tun", "{s}");
     }
+    // `twill status` shows the node and its tunnelled peer.
+    let out = n2
+        .ns
+        .exec(&[TWILL, "status", "--data-dir", n2.data.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains(&format!("node n2  IPv6-only  backend {backend}")),
+        "{said}"
+    );
+    assert!(said.contains("n1"), "{said}");
     let pod_a = Netns::new(&format!("{tag}pa"));
     let pod_b = Netns::new(&format!("{tag}pb"));
     let a6 = n1.attach("pod-a", &pod_a);
