@@ -32,15 +32,18 @@ fn cluster_init_stores_an_ipv6_only_config_and_the_agent_runs_an_ipv6_only_node(
         path.to_str().unwrap().to_string()
     };
 
-    let udp = write(
-        "udp.json",
-        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#,
+    let wireguard = write(
+        "wireguard.json",
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard"}}"#,
     );
-    let out = twill_in(&ns, &["cluster", "init", "--store", &store, "-f", &udp]);
+    let out = twill_in(
+        &ns,
+        &["cluster", "init", "--store", &store, "-f", &wireguard],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("the udp backend needs an IPv4 underlay for now"),
+        err.contains("the wireguard backend needs an IPv4 underlay for now"),
         "{err}"
     );
 

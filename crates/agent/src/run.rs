@@ -797,15 +797,14 @@ impl Agent {
     /// Starts, restarts or stops the tunnel engine to match the desired state, and gives it
     /// the current peers (before routes into it are added, so the first packet finds its peer).
     async fn ensure_tunnel(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
-        // Only nodes with IPv4 run the tunnel (the config keeps it out of IPv6-only clusters).
-        let subnet6 = self.node.subnet6;
+        // A node of an IPv6-only cluster has no IPv4 subnet: its engine carries IPv6 alone.
+        let (subnet, subnet6) = (self.node.subnet, self.node.subnet6);
         match (&desired.tunnel, &self.tunnel) {
-            (Some(spec), Some(engine)) if engine.runs(spec, self.node.subnet4(), subnet6) => {}
+            (Some(spec), Some(engine)) if engine.runs(spec, subnet, subnet6) => {}
             (Some(spec), _) => {
                 if let Some(old) = self.tunnel.take() {
                     old.shutdown();
                 }
-                let subnet = self.node.subnet4();
                 let engine = Engine::start(spec, subnet, subnet6, self.opts.kernel_path)?;
                 engine.set_peers(&desired.tunnel_peers);
                 info!(device = %spec.name, "tunnel engine running");

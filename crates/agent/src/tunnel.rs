@@ -4,6 +4,9 @@
 //! Each peer comes with the underlay address the backend plan chose for it (IPv4 when both
 //! ends have one, else IPv6); the engine opens sockets of the families this node has.
 //!
+//! A node of an IPv6-only cluster has no IPv4 pod subnet: its engine runs with the IPv6 one
+//! alone (and its peers have only IPv6 subnets), carrying IPv6 pods over the IPv6 underlay.
+//!
 //! The engine keeps its TUN device persistent, so the routes into it survive an agent restart;
 //! a restarted agent re-attaches within its first reconcile and traffic resumes.
 
@@ -18,16 +21,17 @@ use twill_types::node::{PeerCounters, TunnelStatus};
 pub struct Engine {
     tunnel: twill_tunnel::Tunnel,
     spec: TunnelDevice,
-    local_subnet: Ipv4Net,
+    local_subnet: Option<Ipv4Net>,
     local_subnet6: Option<Ipv6Net>,
 }
 
 impl Engine {
     /// Starts (or re-attaches to) the tunnel in the agent's network namespace, for the node's
-    /// pod subnets (`local_subnet6` in a dual-stack cluster).
+    /// pod subnets (`local_subnet` in a cluster with IPv4 pools, `local_subnet6` in one with
+    /// IPv6 pools: dual-stack or IPv6-only).
     pub fn start(
         spec: &TunnelDevice,
-        local_subnet: Ipv4Net,
+        local_subnet: Option<Ipv4Net>,
         local_subnet6: Option<Ipv6Net>,
         kernel_path: bool,
     ) -> anyhow::Result<Engine> {
@@ -61,7 +65,7 @@ impl Engine {
     pub fn runs(
         &self,
         spec: &TunnelDevice,
-        local_subnet: Ipv4Net,
+        local_subnet: Option<Ipv4Net>,
         local_subnet6: Option<Ipv6Net>,
     ) -> bool {
         self.spec == *spec

@@ -47,7 +47,7 @@ impl WgEngine {
             encap: twill_tunnel::Encap::Wireguard { port: spec.port },
             device: spec.name.clone(),
             mtu: spec.mtu,
-            local_subnet,
+            local_subnet: Some(local_subnet),
             local_subnet6,
             // 0.0.0.0: this node has no IPv4 underlay (its peers are reached over IPv6).
             local_ip: Some(spec.local).filter(|ip| !ip.is_unspecified()),
@@ -89,7 +89,7 @@ impl WgEngine {
             .filter_map(|p| {
                 Some(twill_tunnel::Peer {
                     node: p.node.clone(),
-                    subnet: p.subnet,
+                    subnet: Some(p.subnet),
                     underlay: p.underlay,
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
                     subnet6: p.subnet6,

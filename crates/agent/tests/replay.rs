@@ -127,6 +127,7 @@ const SCENARIOS: &[&str] = &[
     "bgp_dualstack",
     "bgp_dualstack_encrypted",
     "ipv6_only",
+    "ipv6_only_ipip",
 ];
 
 #[test]
@@ -224,4 +225,14 @@ fn bgp_dualstack_encrypted() {
 #[test]
 fn ipv6_only() {
     check("ipv6_only");
+}
+
+/// A node of an IPv6-only ipip cluster with DirectRouting: the TUN device over the IPv6
+/// underlay (no IPv4 address on it), a plain route to the peer on its IPv6 segment, the
+/// routed peer through the tunnel (a tunnel peer known by its IPv6 subnet and underlay
+/// address), the one without an IPv6 underlay skipped; its lease is taken and it leases
+/// another IPv6 subnet; a peer leaves.
+#[test]
+fn ipv6_only_ipip() {
+    check("ipv6_only_ipip");
 }

@@ -15,7 +15,8 @@
 //! ignored, with the reason, and the peer's IPv4 part is programmed as ever.
 //!
 //! A node of an IPv6-only cluster has no IPv4 part: its peers are screened by their IPv6
-//! subnet and IPv6 underlay address alone ([`screen_ipv6_only`], host-gw and vxlan).
+//! subnet and IPv6 underlay address alone ([`screen_ipv6_only`], host-gw, vxlan,
+//! udp and ipip).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -22,6 +22,14 @@
 //! (as vxlan does). Both ends decide by the same facts, so traffic is symmetric. Linux keeps
 //! IPv6 off a link whose MTU is below 1280, so with a smaller tunnel MTU IPv6 parts are
 //! skipped with the reason.
+//!
+//! IPv6-only clusters: a node without IPv4 (no IPv4 subnet or underlay) has only that IPv6
+//! half. Its peers are screened by their IPv6 subnet and IPv6
+//! underlay address alone; each one's IPv6 subnet is routed into `twill.tun` and carried over
+//! its IPv6 underlay address (udp in IPv6 UDP, ipip as `ip6tnl`), or, with DirectRouting, gets
+//! a plain route via that address when it is on this node's IPv6 segment. The tunnel's MTU
+//! (and the pods') is the underlay's minus the encapsulation and the IPv6 outer header. Status
+//! shows each peer's IPv6 path as both `path` and `path6`, as host-gw and vxlan do.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -33,7 +41,7 @@ use twill_types::desired::{
 };
 use twill_types::lease::Lease;
 
-use crate::screen::{Peer, screen, screen6};
+use crate::screen::{Peer6, screen, screen_ipv6_only, screen6};
 use crate::{Backend, LocalNode, lease_of};
 
 /// Name of the TUN device.
@@ -135,12 +143,11 @@ impl Tunnel {
     /// engine knows a peer by that address).
     fn untunnellable(
         &self,
-        peer: &Peer,
+        lease: &Lease,
         underlay: &Result<IpAddr, String>,
         by_address: &BTreeMap<IpAddr, Vec<&str>>,
     ) -> Option<String> {
         let kind = self.kind();
-        let lease = peer.lease;
         match underlay {
             _ if lease.backend != kind => Some(format!(
                 "{kind}: the peer runs the {} backend and cannot decapsulate {kind}",
@@ -160,6 +167,80 @@ impl Tunnel {
         let extra = if ipv6 { IPV6_UNDERLAY_EXTRA } else { 0 };
         node.underlay_mtu.saturating_sub(self.overhead() + extra)
     }
+
+    /// The desired state of a node of an IPv6-only cluster: the TUN device over the IPv6
+    /// underlay, each peer's IPv6 subnet routed into it (or, with DirectRouting, via the
+    /// peer's IPv6 underlay address on this node's IPv6 segment), the tunnelled peers known
+    /// by their IPv6 underlay address. Peers that cannot be carried are skipped with the
+    /// reason (no IPv6 underlay address, another backend, an address shared with another
+    /// node, a tunnel MTU too small for IPv6).
+    fn desired_ipv6_only(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
+        let kind = self.kind();
+        let Some(local6) = node.public_net6.map(|n| n.addr()) else {
+            // The agent gives every IPv6-only node an IPv6 underlay address.
+            return DesiredState::default();
+        };
+        let peers: Vec<Peer6> = screen_ipv6_only(node, &self.ipv6_pools, peers);
+        let underlays: Vec<Result<IpAddr, String>> = peers
+            .iter()
+            .map(|p| p.underlay6(node).map(IpAddr::V6))
+            .collect();
+        // The engine knows a peer by its underlay address (see `desired`).
+        let mut by_address: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
+        for (peer, underlay) in peers.iter().zip(&underlays) {
+            if let (None, Ok(addr)) = (&peer.problem, underlay) {
+                by_address.entry(*addr).or_default().push(&peer.lease.node);
+            }
+        }
+        let mtu = self.mtu(node, true);
+        let mut state = DesiredState {
+            tunnel: Some(TunnelDevice {
+                name: DEVICE.to_string(),
+                encap: self.encap,
+                mtu,
+                local: Ipv4Addr::UNSPECIFIED,
+                local6: Some(local6),
+            }),
+            ..DesiredState::default()
+        };
+        for (peer, underlay) in peers.iter().zip(&underlays) {
+            let lease = peer.lease;
+            let path = if let Some(problem) = &peer.problem {
+                PeerPath::Skipped(problem.clone())
+            } else if let (true, Ok(IpAddr::V6(via))) =
+                (self.direct_routing && peer.on_segment6(node), underlay)
+            {
+                state.routes.push(peer.direct_route6(node, *via));
+                PeerPath::Direct
+            } else if let Some(reason) = self.untunnellable(lease, underlay, &by_address) {
+                PeerPath::Skipped(reason)
+            } else if mtu < IPV6_MIN_MTU {
+                PeerPath::Skipped(format!(
+                    "{kind}: the tunnel MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; \
+                     raise the underlay MTU"
+                ))
+            } else {
+                let subnet6 = peer.subnet6;
+                state.routes.push(RouteSpec {
+                    dst: subnet6.into(),
+                    via: subnet6.network().into(),
+                    dev: DEVICE.to_string(),
+                    onlink: true,
+                });
+                if let Ok(underlay) = underlay {
+                    state.tunnel_peers.push(TunnelPeer {
+                        node: lease.node.clone(),
+                        subnet: None,
+                        underlay: *underlay,
+                        subnet6: Some(subnet6),
+                    });
+                }
+                self.path()
+            };
+            state.peers.push(peer.plan(path));
+        }
+        state
+    }
 }
 
 impl Backend for Tunnel {
@@ -168,6 +249,9 @@ impl Backend for Tunnel {
     }
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
+        if node.is_ipv6_only() {
+            return self.desired_ipv6_only(node, peers);
+        }
         let kind = self.kind();
         let mut peers = screen(node, peers);
         screen6(node, &self.ipv6_pools, &mut peers);
@@ -206,7 +290,7 @@ impl Backend for Tunnel {
             let untunnellable = peer
                 .problem
                 .is_none()
-                .then(|| self.untunnellable(peer, underlay, &by_address))
+                .then(|| self.untunnellable(peer.lease, underlay, &by_address))
                 .flatten();
             // DirectRouting's IPv4 route needs an IPv4 underlay at both ends.
             let ipv4_underlay = matches!(underlay, Ok(IpAddr::V4(_)));
@@ -260,7 +344,7 @@ impl Backend for Tunnel {
             {
                 state.tunnel_peers.push(TunnelPeer {
                     node: lease.node.clone(),
-                    subnet: peer.subnet,
+                    subnet: Some(peer.subnet),
                     underlay: *underlay,
                     subnet6: tunnelled6,
                 });

@@ -381,8 +381,12 @@ fn drop_clear_objects(
         IpNet::V4(dst) => !moved.contains(&dst),
         IpNet::V6(dst) => !moved6.contains(&dst),
     });
-    // A tunnel peer carries both families of one node: it goes with its IPv4 subnet.
-    state.tunnel_peers.retain(|t| !moved.contains(&t.subnet));
+    // A tunnel peer carries both families of one node: it goes with its IPv4 subnet (its
+    // IPv6 one on a node of an IPv6-only cluster, which has no other).
+    state.tunnel_peers.retain(|t| match t.subnet {
+        Some(subnet) => !moved.contains(&subnet),
+        None => !t.subnet6.is_some_and(|s| moved6.contains(&s)),
+    });
     let gateways: HashSet<IpAddr> = moved
         .iter()
         .map(|s| IpAddr::from(s.network()))

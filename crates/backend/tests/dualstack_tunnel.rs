@@ -40,7 +40,15 @@ fn tunnel_peers(state: &DesiredState) -> Vec<String> {
     state
         .tunnel_peers
         .iter()
-        .map(|p| format!("{} {} {} {:?}", p.node, p.subnet, p.underlay, p.subnet6))
+        .map(|p| {
+            format!(
+                "{} {} {} {:?}",
+                p.node,
+                p.subnet.expect("an IPv4 subnet"),
+                p.underlay,
+                p.subnet6
+            )
+        })
         .collect()
 }
 

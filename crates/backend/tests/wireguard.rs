@@ -115,7 +115,12 @@ fn assert_no_clear_path(state: &DesiredState) {
             "{}",
             peer.node
         );
-        assert!(state.tunnel_peers.iter().all(|t| t.subnet != peer.subnet));
+        assert!(
+            state
+                .tunnel_peers
+                .iter()
+                .all(|t| t.subnet != Some(peer.subnet))
+        );
     }
     let macs: Vec<_> = state.neighbours.iter().map(|n| n.mac).collect();
     assert!(state.fdb.iter().all(|f| macs.contains(&f.mac)));

@@ -150,12 +150,14 @@ pub struct TunnelDevice {
 #[serde(rename_all = "camelCase")]
 pub struct TunnelPeer {
     pub node: String,
-    pub subnet: Ipv4Net,
+    /// Its IPv4 pod subnet; None for a node of an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// Where its packets go and come from: its IPv4 underlay address when both ends have
     /// one, else its IPv6 one.
     pub underlay: IpAddr,
-    /// Its IPv6 pod subnet, when its IPv6 traffic goes through the tunnel too (dual stack,
-    /// over the same underlay).
+    /// Its IPv6 pod subnet, when its IPv6 traffic goes through the tunnel (dual stack, over
+    /// the same underlay; IPv6-only: all its traffic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
 }

@@ -1882,7 +1882,8 @@ fn ipv6_only_refusals() {
         refused_at(text, field, needles);
     }
     // Backends that need an IPv4 underlay (for now), by Flannel's and twill's names.
-    for kind in ["udp", "ipip", "wireguard"] {
+    {
+        let kind = "wireguard";
         let text = format!(
             r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{kind}"}}}}"#
         );
@@ -1891,25 +1892,9 @@ fn ipv6_only_refusals() {
             e.contains("needs an IPv4 underlay for now") || e.contains("carries IPv4 only"),
             "{kind}: {e}"
         );
-    }
-    // A missing Backend is udp in Flannel's form.
-    refused(
-        r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56"}"#,
-        &[
-            "the udp backend needs an IPv4 underlay for now",
-            "IPv6-only",
-        ],
-    );
-    // The check itself, whatever later changes let past the dual-stack ones.
-    let mut c = parse(TOML_IPV6_ONLY);
-    for kind in [BackendKind::Udp, BackendKind::Ipip] {
-        c.backend = twill_types::cluster::Backend::with_defaults(kind);
-        let e = c.validate().unwrap_err().to_string();
         assert!(
-            e.contains(&format!(
-                "the {kind} backend needs an IPv4 underlay for now"
-            )),
-            "{e}"
+            e.contains("use the host-gw, vxlan, udp or ipip backend"),
+            "{kind}: {e}"
         );
     }
     let mut c = parse(TOML_IPV6_ONLY);
@@ -1920,8 +1905,33 @@ fn ipv6_only_refusals() {
         e.to_string().contains("BGP needs an IPv4 underlay for now"),
         "{e}"
     );
-    refused(
-        &TOML_IPV6_ONLY.replace("\"vxlan\"", "\"udp\""),
-        &["the udp backend needs an IPv4 underlay for now"],
-    );
+}
+
+/// udp and ipip run over an IPv6 underlay (ipip as `ip6tnl`): an IPv6-only cluster takes
+/// them, with or without DirectRouting, in Flannel's form and in twill's.
+#[test]
+fn ipv6_only_clusters_take_udp_and_ipip() {
+    for kind in ["udp", "ipip"] {
+        for direct in [false, true] {
+            let text = format!(
+                r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{kind}", "DirectRouting": {direct}}}}}"#
+            );
+            let c = parse(&text);
+            assert_eq!(c.backend.kind.name(), kind);
+            assert_eq!(c.backend.direct_routing, direct);
+            assert!(c.pools.is_empty() && c.ipv6_pools.len() == 1, "{c:?}");
+        }
+        let c = parse(&TOML_IPV6_ONLY.replace("\"vxlan\"", &format!("\"{kind}\"")));
+        assert_eq!(c.backend.kind.name(), kind);
+        c.validate().unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+    // A missing Backend is udp in Flannel's form.
+    let c = parse(r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56"}"#);
+    assert_eq!(c.backend.kind, BackendKind::Udp);
+    // The check itself, with the backend set after parsing.
+    let mut c = parse(TOML_IPV6_ONLY);
+    for kind in [BackendKind::Udp, BackendKind::Ipip] {
+        c.backend = twill_types::cluster::Backend::with_defaults(kind);
+        c.validate().unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
 }

@@ -232,11 +232,11 @@ fn render_desired(out: &mut String, d: &DesiredState) {
         let _ = writeln!(out, "  fdb {} dst {} dev {}", f.mac, f.dst, f.dev);
     }
     for t in &d.tunnel_peers {
-        let _ = writeln!(
-            out,
-            "  tunnel peer {} {} at {}",
-            t.node, t.subnet, t.underlay
-        );
+        // A peer of an IPv6-only cluster is known by its IPv6 subnet.
+        let subnet = t
+            .subnet
+            .map_or_else(|| or_dash(t.subnet6), |s| s.to_string());
+        let _ = writeln!(out, "  tunnel peer {} {} at {}", t.node, subnet, t.underlay);
     }
     if let Some(w) = &d.wireguard {
         let _ = writeln!(

@@ -1,6 +1,6 @@
 //! The node's own objects in the one desired state: the sysctls the agent needs (IPv4
 //! forwarding unless the node is IPv6-only, and IPv6 forwarding on nodes with IPv6), the TUN
-//! device's address, the masquerade chain of the cluster's pools, and the host protection
+//! devices' IPv4 address (none on an IPv6-only node), the masquerade chain of the cluster's pools, and the host protection
 //! table. Pure: computed from the cluster config, the node, its peers and the store's
 //! endpoints; the backends compute the peers' part, this adds the rest (in
 //! `Core::desired_state`), and the dataplane reconciler writes both.
@@ -41,13 +41,18 @@ pub fn host_objects(
     // source inside this node's subnet and passes the peers' inner-source check.
     let tun_devices = desired.tunnel.iter().map(|t| t.name.clone());
     let wg_device = desired.wireguard.iter().map(|w| w.name.clone());
-    let addresses: Vec<AddressSpec> = tun_devices
-        .chain(wg_device)
-        .map(|dev| AddressSpec {
-            dev,
-            address: Ipv4Net::new(node.subnet4().network(), 32).expect("/32 is valid"),
-        })
-        .collect();
+    // An IPv6-only node has no IPv4 subnet, so its devices get no address: the host's own
+    // IPv6 traffic to peers' pods takes its source by IPv6's rules, as on a dual-stack node.
+    let addresses: Vec<AddressSpec> = match node.subnet {
+        None => Vec::new(),
+        Some(subnet) => tun_devices
+            .chain(wg_device)
+            .map(|dev| AddressSpec {
+                dev,
+                address: Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"),
+            })
+            .collect(),
+    };
     desired.addresses.extend(addresses);
     // One chain for the cluster: pods of any pool talking to another pool keep their
     // address; leaving the cluster they are masqueraded, if any pool of their family asks.
@@ -306,5 +311,27 @@ bgp: {listenPort: 1790}
         // The rules' JSON has no IPv4 node subnet (and a dual-stack one is unchanged).
         let json = serde_json::to_value(&guard.rules).unwrap();
         assert!(json.get("nodeSubnet").is_none(), "{json}");
+    }
+
+    #[test]
+    fn an_ipv6_only_tunnel_node_gives_its_tun_device_no_address() {
+        let cfg = config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#,
+        );
+        let node = LocalNode {
+            subnet: None,
+            public_net: None,
+            subnet6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::11/64".parse().unwrap()),
+            ..node()
+        };
+        let backend = twill_backend::for_config(&cfg).unwrap();
+        let mut desired = backend.desired(&node, &[]);
+        assert!(desired.tunnel.is_some(), "{desired:?}");
+        host_objects(&cfg, &node, &[], &[], &mut desired);
+        assert!(desired.addresses.is_empty(), "{:?}", desired.addresses);
+        // Pods never reach the tunnel's port.
+        let guard = desired.host_guard.unwrap();
+        assert!(guard.rules.tunnel_udp.contains(&8285), "{guard:?}");
     }
 }
