@@ -1,9 +1,10 @@
 //! IPv6-only clusters in the lab (`--ip-family ipv6`), with real agents (root only): hosts
 //! whose underlay links have no IPv4 address, etcd reached over IPv6 with TLS, pods with only
-//! an IPv6 address, and the `ping -6` matrix for host-gw and vxlan on the L2 and the routed
-//! underlay (host-gw via the peers' IPv6 addresses and skipping cross-subnet peers with a
-//! reason, vxlan through the IPv6 VTEP alone, DirectRouting direct within a subnet and
-//! encapsulated across, routed pods); VXLAN over IPv6 on the wire (scapy); IPv6 natOutgoing
+//! an IPv6 address, and the `ping -6` matrix for host-gw, vxlan, udp and ipip on the L2 and
+//! the routed underlay (host-gw via the peers' IPv6 addresses and skipping cross-subnet peers
+//! with a reason, vxlan through the IPv6 VTEP alone, udp and ipip through the TUN device over
+//! the IPv6 underlay, DirectRouting direct within a subnet and encapsulated across, routed
+//! pods); VXLAN, IPv6 UDP and ip6tnl framing over IPv6 on the wire (scapy); IPv6 natOutgoing
 //! to a world namespace; `twill lab up/ping/status` on the command line. Plus the refusals of
 //! what the lab cannot build yet (no root needed).
 //! Needs tcpdump and python3-scapy (for /usr/bin/python3).
@@ -172,6 +173,75 @@ fn vxlan_ipv6_only_carries_pods_in_vxlan_over_ipv6() {
     assert_outer_pairs(&report, "outer6", &host_ip6(&lab, 1), &host_ip6(&lab, 2));
 }
 
+/// udp and ipip in an IPv6-only cluster: the pods' IPv6 goes through the TUN device over the
+/// IPv6 underlay (IPv6 UDP to 8285, or ip6tnl's next header 41), between the nodes' IPv6
+/// addresses, never in the clear and never over IPv4 (there is none).
+fn tunnel_ipv6_only_on_l2(backend: Backend, key: &str, via: &str) {
+    let (lab, _g) = up(spec(backend, Underlay::L2, 2).pods_per_node(2));
+    assert_eq!(assert_matrix6(&lab), 0);
+    for (from, to) in [(1, 2), (2, 1)] {
+        assert_eq!(
+            route6(&lab, from, to)["dev"],
+            "twill.tun",
+            "h{from} -> h{to}"
+        );
+        assert_eq!(path(&lab, from, to).0, via);
+        assert_no_ipv4_dataplane(&lab, from);
+    }
+    let report = wire_report_by(&lab, TUNNEL_WIRE_CHECK, UDP_PORT);
+    // 3 requests and 3 replies each way, each seen on at least one bridge port.
+    assert!(
+        report[key].as_u64().unwrap_or(0) >= 12,
+        "{backend:?}: pod IPv6 not in {key}: {report}"
+    );
+    let total: u64 = ["udp6", "ipip6", "udp6in6", "ipip6in6"]
+        .iter()
+        .map(|k| report[*k].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        total,
+        report[key].as_u64().unwrap(),
+        "{backend:?}: {report}"
+    );
+    assert_eq!(report["clearV6"], 0, "{backend:?}: in the clear: {report}");
+    assert_outer_pairs(&report, "outer6", &host_ip6(&lab, 1), &host_ip6(&lab, 2));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_ipv6_only_on_l2() {
+    tunnel_ipv6_only_on_l2(Backend::Udp, "udp6in6", "udp");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_ipv6_only_on_l2() {
+    tunnel_ipv6_only_on_l2(Backend::Ipip, "ipip6in6", "ipip");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_ipv6_only_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Udp, Underlay::Routed, 3));
+    assert_eq!(assert_matrix6(&lab), 0);
+    for to in [2, 3] {
+        assert_eq!(route6(&lab, 1, to)["dev"], "twill.tun");
+        assert_eq!(path(&lab, 1, to).0, "udp");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_direct_routing_ipv6_only_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Ipip, Underlay::Routed, 3).direct_routing(true));
+    assert_eq!(assert_matrix6(&lab), 0);
+    assert_eq!(path(&lab, 1, 3).0, "direct");
+    assert_eq!(route6(&lab, 1, 3)["gateway"], host_ip6(&lab, 3));
+    assert_eq!(path(&lab, 1, 2).0, "ipip");
+    assert_eq!(route6(&lab, 1, 2)["dev"], "twill.tun");
+    assert_eq!(route6(&lab, 2, 1)["dev"], "twill.tun");
+}
+
 /// natOutgoing of the IPv6 pool: a pod reaches a world namespace that has no route to the pod
 /// network, which sees the node's IPv6 underlay address; pods see each other's own address.
 #[test]
@@ -264,8 +334,8 @@ fn lab_cli_builds_an_ipv6_only_lab() {
 fn unsupported_ipv6_only_labs_are_refused() {
     for (args, says) in [
         (
-            "--backend udp --ip-family ipv6",
-            "--ip-family ipv6: the udp backend does not run IPv6-only clusters yet",
+            "--backend wireguard --ip-family ipv6",
+            "--ip-family ipv6: the wireguard backend does not run IPv6-only clusters yet",
         ),
         (
             "--backend vxlan --encrypt --ip-family ipv6",

@@ -6,6 +6,10 @@ the wire, for tests/dualstack_lab.rs:
             address to the other (either way) with the marker in it (Flannel's udp framing)
   ipip6     IPv4 packets of protocol 41 carrying such an IPv6 packet (IPv6 in IPv4)
   outer4    the (source, destination) pairs of the outer IPv4 headers of both
+  udp6in6   the same over an IPv6 underlay (IPv6-only clusters, tests/ipv6only_lab.rs): IPv6
+            UDP datagrams to or from PORT carrying such a packet
+  ipip6in6  IPv6 packets of next header 41 carrying such a packet (ip6tnl's framing)
+  outer6    the (source, destination) pairs of the outer IPv6 headers of those two
   clearV6   IPv6 packets between the two pod addresses directly on the underlay (not
             encapsulated)
 
@@ -39,18 +43,19 @@ def is_pod_packet(data):
     return {inner.src, inner.dst} == pods and marker in raw(inner.payload)
 
 
-out = {"packets": 0, "udp6": 0, "ipip6": 0, "clearV6": 0, "outer4": []}
+out = {"packets": 0, "udp6": 0, "ipip6": 0, "clearV6": 0, "outer4": [],
+       "udp6in6": 0, "ipip6in6": 0, "outer6": []}
 with PcapReader(pcap) as packets:
     for p in packets:
         out["packets"] += 1
         outer = outermost_ip(p)
         if outer is None:
             continue
-        if isinstance(outer, IPv6):
-            if {outer.src, outer.dst} == pods:
-                out["clearV6"] += 1
+        v6 = isinstance(outer, IPv6)
+        if v6 and {outer.src, outer.dst} == pods:
+            out["clearV6"] += 1
             continue
-        if outer.proto == 41:
+        if (outer.nh if v6 else outer.proto) == 41:
             kind = "ipip6"
             data = raw(outer.payload)
         elif UDP in outer and port in (outer[UDP].sport, outer[UDP].dport):
@@ -59,8 +64,9 @@ with PcapReader(pcap) as packets:
         else:
             continue
         if is_pod_packet(data):
-            out[kind] += 1
+            out[kind + ("in6" if v6 else "")] += 1
+            pairs = out["outer6" if v6 else "outer4"]
             pair = [outer.src, outer.dst]
-            if pair not in out["outer4"]:
-                out["outer4"].append(pair)
+            if pair not in pairs:
+                pairs.append(pair)
 print(json.dumps(out))

@@ -170,8 +170,8 @@ impl LabSpec {
     }
 
     /// Dual-stack labs run every backend (bgp with BIRD routers too), clear or encrypted;
-    /// IPv6-only labs run what the agent runs in an IPv6-only cluster: host-gw and vxlan
-    /// (DirectRouting too), clear.
+    /// IPv6-only labs run what the agent runs in an IPv6-only cluster: host-gw, vxlan, udp
+    /// and ipip (DirectRouting too), clear.
     fn validate_ip_family(&self) -> Result<()> {
         let family = self.ip_family;
         ensure!(
@@ -187,9 +187,12 @@ impl LabSpec {
             return Ok(());
         }
         ensure!(
-            matches!(self.backend, Backend::HostGw | Backend::Vxlan),
+            matches!(
+                self.backend,
+                Backend::HostGw | Backend::Vxlan | Backend::Udp | Backend::Ipip
+            ),
             "--ip-family ipv6: the {} backend does not run IPv6-only clusters yet \
-             (use host-gw or vxlan, or --ip-family dual)",
+             (use host-gw, vxlan, udp or ipip, or --ip-family dual)",
             self.backend
         );
         ensure!(
@@ -300,11 +303,13 @@ mod tests {
             .pod_mode(PodMode::Routed)
             .validate()
             .unwrap();
-        let err = v6(Backend::Udp).validate().unwrap_err();
+        v6(Backend::Udp).validate().unwrap();
+        v6(Backend::Ipip).direct_routing(true).validate().unwrap();
+        let err = v6(Backend::Wireguard).validate().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--ip-family ipv6: the udp backend does not run IPv6-only clusters yet \
-             (use host-gw or vxlan, or --ip-family dual)"
+            "--ip-family ipv6: the wireguard backend does not run IPv6-only clusters yet \
+             (use host-gw, vxlan, udp or ipip, or --ip-family dual)"
         );
         assert!(
             v6(Backend::Vxlan)
