@@ -1882,7 +1882,7 @@ fn ipv6_only_refusals() {
         refused_at(text, field, needles);
     }
     // Backends that need an IPv4 underlay (for now), by Flannel's and twill's names.
-    for kind in ["udp", "ipip", "wireguard"] {
+    for kind in ["udp", "ipip"] {
         let text = format!(
             r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{kind}"}}}}"#
         );
