@@ -89,7 +89,9 @@ impl WgEngine {
             .filter_map(|p| {
                 Some(twill_tunnel::Peer {
                     node: p.node.clone(),
-                    subnet: p.subnet,
+                    // The engine knows peers by an IPv4 subnet (for now): an IPv6-only
+                    // cluster's peer, which has none, waits for it.
+                    subnet: p.subnet?,
                     underlay: p.underlay,
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
                     subnet6: p.subnet6,

@@ -41,13 +41,18 @@ pub fn host_objects(
     // source inside this node's subnet and passes the peers' inner-source check.
     let tun_devices = desired.tunnel.iter().map(|t| t.name.clone());
     let wg_device = desired.wireguard.iter().map(|w| w.name.clone());
-    let addresses: Vec<AddressSpec> = tun_devices
-        .chain(wg_device)
-        .map(|dev| AddressSpec {
-            dev,
-            address: Ipv4Net::new(node.subnet4().network(), 32).expect("/32 is valid"),
-        })
-        .collect();
+    // An IPv6-only node has no IPv4 subnet, so its devices get no address: the host's own
+    // IPv6 traffic to peers' pods takes its source by IPv6's rules, as on a dual-stack node.
+    let addresses: Vec<AddressSpec> = match node.subnet {
+        None => Vec::new(),
+        Some(subnet) => tun_devices
+            .chain(wg_device)
+            .map(|dev| AddressSpec {
+                dev,
+                address: Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"),
+            })
+            .collect(),
+    };
     desired.addresses.extend(addresses);
     // One chain for the cluster: pods of any pool talking to another pool keep their
     // address; leaving the cluster they are masqueraded, if any pool of their family asks.
