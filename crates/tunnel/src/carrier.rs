@@ -123,7 +123,7 @@ pub(crate) struct RxBatch<'a> {
     pub n: usize,
     pub offset: usize,
     pub table: &'a PeerTable,
-    pub local: Ipv4Net,
+    pub local: Option<Ipv4Net>,
     pub local6: Option<Ipv6Net>,
     pub tally: &'a mut Tally,
     pub tun: &'a SyncDevice,
@@ -139,9 +139,9 @@ impl RxBatch<'_> {
         let p = &self.table.entries[peer].peer;
         match wire::admit_any(
             inner,
-            &p.subnet,
+            p.subnet.as_ref(),
             p.subnet6.as_ref(),
-            &self.local,
+            self.local.as_ref(),
             self.local6.as_ref(),
         ) {
             Ok(()) => {

@@ -12,11 +12,16 @@
 //! Over IPv6, udp keeps Flannel's framing and ipip is Linux's `ip6tnl` (`mode any`: next header
 //! 4 for IPv4 inside, 41 for IPv6 inside).
 //!
+//! The pods' families are those of the node's subnets: IPv4 ([`TunnelConfig::local_subnet`]),
+//! IPv6 ([`TunnelConfig::local_subnet6`]) or both. A node of an IPv6-only cluster has only an
+//! IPv6 subnet (and usually only an IPv6 underlay): its tunnel carries IPv6 alone, and its
+//! peers have only IPv6 subnets ([`Peer::subnet`] None).
+//!
 //! The receive side is a port open to the network, so every datagram is checked before its
 //! inner packet reaches the kernel: outer source must be a peer's underlay address, inner
-//! source inside that peer's subnet (of the inner packet's family: IPv4, or IPv6 on a
-//! dual-stack tunnel), inner destination inside ours. Everything else is dropped
-//! and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
+//! source inside that peer's subnet (of the inner packet's family: IPv4 or IPv6, each only
+//! where both ends have a subnet of it), inner destination inside ours. Everything else is
+//! dropped and counted by reason ([`DropCounters`]); nothing on the fast path allocates.
 //!
 //! A kernel fast path (`offload`: two tc BPF programs) carries the traffic of known peers
 //! without leaving the kernel, keeping GSO super-packets whole; the engine remains the slow
@@ -118,14 +123,17 @@ pub struct TunnelConfig {
     pub device: String,
     /// TUN MTU = underlay MTU − [`Encap::overhead`].
     pub mtu: u32,
-    /// This node's pod subnet: decapsulated packets must be addressed into it.
-    pub local_subnet: Ipv4Net,
-    /// This node's IPv6 pod subnet on a dual-stack cluster: the TUN device then carries IPv6
-    /// too (udp: the inner IPv6 packet as the payload; ipip: protocol 41). `None`: IPv4 only,
-    /// IPv6 stays disabled on the device.
+    /// This node's IPv4 pod subnet: decapsulated IPv4 packets must be addressed into it.
+    /// `None` on a node of an IPv6-only cluster: the tunnel carries no IPv4 (every IPv4 packet
+    /// received is malformed), and it needs `local_subnet6`.
+    pub local_subnet: Option<Ipv4Net>,
+    /// This node's IPv6 pod subnet on a dual-stack or IPv6-only cluster: the TUN device then
+    /// carries IPv6 (udp: the inner IPv6 packet as the payload; ipip: protocol 41). `None`:
+    /// IPv4 only, IPv6 stays disabled on the device.
     pub local_subnet6: Option<Ipv6Net>,
     /// IPv4 underlay address to bind and send from (None: this node has no IPv4 underlay,
-    /// and peers must have IPv6 underlay addresses). The kernel fast path needs one.
+    /// and peers must have IPv6 underlay addresses). The kernel fast path needs one, and an
+    /// IPv4 pod subnet.
     pub local_ip: Option<Ipv4Addr>,
     /// IPv6 underlay address to bind and send from, for peers whose underlay is IPv6
     /// (WireGuard: and for peers that roam to an IPv6 endpoint).
@@ -139,17 +147,19 @@ pub struct TunnelConfig {
     pub wireguard: Option<wg::WireguardConfig>,
 }
 
-/// Another node: packets for `subnet` go to `underlay`, and only `underlay` may send packets
-/// from `subnet`. The underlay address's family picks the socket: an IPv6 one needs
+/// Another node: packets for its subnets go to `underlay`, and only `underlay` may send
+/// packets from them. The underlay address's family picks the socket: an IPv6 one needs
 /// [`TunnelConfig::local_ip6`], an IPv4 one [`TunnelConfig::local_ip`] (a peer the node has no
 /// socket for is unreachable: its packets count as send errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub node: String,
-    pub subnet: Ipv4Net,
-    /// The node's IPv6 pod subnet (dual-stack): IPv6 packets for it go to `underlay`, and only
-    /// `underlay` may send IPv6 packets from it. Without one, the peer sends and receives no
-    /// IPv6.
+    /// The node's IPv4 pod subnet; None for a node of an IPv6-only cluster, which sends and
+    /// receives no IPv4.
+    pub subnet: Option<Ipv4Net>,
+    /// The node's IPv6 pod subnet (dual-stack, IPv6-only): IPv6 packets for it go to
+    /// `underlay`, and only `underlay` may send IPv6 packets from it. Without one, the peer
+    /// sends and receives no IPv6.
     pub subnet6: Option<Ipv6Net>,
     pub underlay: IpAddr,
     /// The node's WireGuard public key; a WireGuard tunnel ignores peers without one. Its
@@ -162,7 +172,8 @@ pub struct Peer {
 #[serde(rename_all = "camelCase")]
 pub struct PeerStats {
     pub node: String,
-    pub subnet: Ipv4Net,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
     pub underlay: IpAddr,
@@ -263,7 +274,7 @@ pub use offload::OffloadError;
 pub(crate) struct Shared {
     pub peers: ArcSwap<PeerTable>,
     pub drops: DropAtomics,
-    pub local_subnet: Ipv4Net,
+    pub local_subnet: Option<Ipv4Net>,
     pub local_subnet6: Option<Ipv6Net>,
     pub mtu: usize,
     pub stop: AtomicBool,
@@ -320,12 +331,17 @@ impl Tunnel {
                 "no underlay address: local_ip, local_ip6 or both".into(),
             ));
         }
+        if cfg.local_subnet.is_none() && cfg.local_subnet6.is_none() {
+            return Err(TunnelError::Config(
+                "no pod subnet: local_subnet, local_subnet6 or both".into(),
+            ));
+        }
         let queues = match cfg.queues {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
         .min(64);
-        let local_subnet = cfg.local_subnet.trunc();
+        let local_subnet = cfg.local_subnet.map(|n| n.trunc());
         let local_subnet6 = cfg.local_subnet6.map(|n| n.trunc());
         let (tuns, offload) = device::open(&cfg.device, cfg.mtu, queues, local_subnet6.is_some())?;
 
@@ -342,11 +358,12 @@ impl Tunnel {
             stop: AtomicBool::new(false),
             stop_fd,
         });
-        // The kernel fast path carries IPv4-underlay peers only.
+        // The kernel fast path carries IPv4-underlay peers of a node with IPv4 pods only.
         let kernel_ip = cfg
             .local_ip
+            .zip(local_subnet)
             .filter(|_| cfg.kernel_path && !matches!(cfg.encap, Encap::Wireguard { .. }));
-        let kernel = if let Some(local_ip) = kernel_ip {
+        let kernel = if let Some((local_ip, local_subnet)) = kernel_ip {
             match offload::KernelPath::load(
                 &cfg.device,
                 cfg.encap,

@@ -129,13 +129,14 @@ impl Wanted {
         let mut seen = HashSet::new();
         for p in peers {
             // Peers over an IPv6 underlay are the engine's alone.
-            let std::net::IpAddr::V4(underlay) = p.underlay else {
+            // So are peers without IPv4 pods (a kernel path runs only on a node with them).
+            let (std::net::IpAddr::V4(underlay), Some(subnet)) = (p.underlay, p.subnet) else {
                 continue;
             };
             let first = seen.insert(underlay);
-            w.routes.entry(p.subnet.trunc()).or_insert(underlay);
+            w.routes.entry(subnet.trunc()).or_insert(underlay);
             if first {
-                w.peers.insert(underlay, p.subnet.trunc());
+                w.peers.insert(underlay, subnet.trunc());
             }
             if let Some(net6) = p.subnet6.filter(|_| ipv6).map(|n| n.trunc()) {
                 w.routes6.entry(net6).or_insert(underlay);
@@ -686,7 +687,7 @@ mod tests {
     fn peer(node: &str, subnet: &str, subnet6: Option<&str>, underlay: [u8; 4]) -> Peer {
         Peer {
             node: node.into(),
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             subnet6: subnet6.map(|s| s.parse().unwrap()),
             underlay: underlay.into(),
             public_key: None,

@@ -100,19 +100,20 @@ impl PeerTable {
                 IpAddr::V4(a) => table.by_underlay.entry(u32::from(a)).or_insert(idx),
                 IpAddr::V6(a) => table.by_underlay6.entry(u128::from(a)).or_insert(idx),
             };
-            let subnet = peer.subnet.trunc();
-            let len = subnet.prefix_len();
-            let slot = match table.by_prefix.iter().position(|(l, _)| *l == len) {
-                Some(i) => i,
-                None => {
-                    table.by_prefix.push((len, FastMap::default()));
-                    table.by_prefix.len() - 1
-                }
-            };
-            table.by_prefix[slot]
-                .1
-                .entry(u32::from(subnet.network()))
-                .or_insert(idx);
+            if let Some(subnet) = peer.subnet.map(|n| n.trunc()) {
+                let len = subnet.prefix_len();
+                let slot = match table.by_prefix.iter().position(|(l, _)| *l == len) {
+                    Some(i) => i,
+                    None => {
+                        table.by_prefix.push((len, FastMap::default()));
+                        table.by_prefix.len() - 1
+                    }
+                };
+                table.by_prefix[slot]
+                    .1
+                    .entry(u32::from(subnet.network()))
+                    .or_insert(idx);
+            }
             if let Some(subnet6) = peer.subnet6.map(|n| n.trunc()) {
                 let len = subnet6.prefix_len();
                 let slot = match table.by_prefix6.iter().position(|(l, _)| *l == len) {
@@ -307,7 +308,7 @@ mod tests {
     fn peer(node: &str, subnet: &str, underlay: [u8; 4]) -> Peer {
         Peer {
             node: node.into(),
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             subnet6: None,
             underlay: Ipv4Addr::from(underlay).into(),
             public_key: None,

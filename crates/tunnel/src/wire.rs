@@ -451,17 +451,22 @@ pub fn admit(
 
 /// The receive-path policy for an inner packet of either family from a known peer: its source
 /// must lie in the sender's subnet of that family and its destination in ours. On a node
-/// without an IPv6 subnet, IPv6 is malformed (as on an IPv4-only tunnel, where only IPv4 is
-/// a packet); from a peer without one, any IPv6 source is spoofed.
+/// without a subnet of the packet's family, the packet is malformed (as on a single-family
+/// tunnel, where only that family is a packet: IPv4 on an IPv4-only cluster's node, IPv6 on
+/// an IPv6-only one's); from a peer without one, any source of that family is spoofed.
 pub fn admit_any(
     inner: &InnerHeader,
-    peer_subnet: &Ipv4Net,
+    peer_subnet: Option<&Ipv4Net>,
     peer_subnet6: Option<&Ipv6Net>,
-    local_subnet: &Ipv4Net,
+    local_subnet: Option<&Ipv4Net>,
     local_subnet6: Option<&Ipv6Net>,
 ) -> Result<(), DropReason> {
     match inner {
-        InnerHeader::V4(h) => admit(h, peer_subnet, local_subnet),
+        InnerHeader::V4(_) if local_subnet.is_none() => Err(DropReason::Malformed),
+        InnerHeader::V4(h) => match (peer_subnet, local_subnet) {
+            (Some(peer), Some(local)) => admit(h, peer, local),
+            _ => Err(DropReason::SpoofedInnerSource),
+        },
         InnerHeader::V6(_) if local_subnet6.is_none() => Err(DropReason::Malformed),
         InnerHeader::V6(h) => {
             if !peer_subnet6.is_some_and(|n| n.contains(&h.src)) {
@@ -531,12 +536,13 @@ pub fn build_ipv6(
 }
 
 /// [`receive_check`] for both inner families over an IPv4 underlay: decode per framing
-/// (udp payload, or a whole outer IPv4 packet with protocol 4 or 41), then [`admit_any`].
+/// (udp payload, or a whole outer IPv4 packet with protocol 4 or 41), then [`admit_any`]
+/// (a subnet of a family either end lacks is None).
 pub fn receive_check_any(
     ipip: bool,
     bytes: &[u8],
-    peer: (&Ipv4Net, Option<&Ipv6Net>),
-    local: (&Ipv4Net, Option<&Ipv6Net>),
+    peer: (Option<&Ipv4Net>, Option<&Ipv6Net>),
+    local: (Option<&Ipv4Net>, Option<&Ipv6Net>),
 ) -> Result<AnyInner, DropReason> {
     let inner = if ipip {
         decode_ipip_any(bytes).map_err(|_| DropReason::Malformed)?.1
@@ -729,22 +735,67 @@ mod tests {
         let v4 = net("10.0.1.0/24");
         let n6 = |s: &str| s.parse::<Ipv6Net>().unwrap();
         let (peer6, local6) = (n6("fd00:1::/64"), n6("fd00:2::/64"));
-        assert_eq!(admit_any(&h, &v4, Some(&peer6), &v4, Some(&local6)), Ok(()));
         assert_eq!(
-            admit_any(&h, &v4, None, &v4, Some(&local6)),
+            admit_any(&h, Some(&v4), Some(&peer6), Some(&v4), Some(&local6)),
+            Ok(())
+        );
+        assert_eq!(
+            admit_any(&h, Some(&v4), None, Some(&v4), Some(&local6)),
             Err(DropReason::SpoofedInnerSource)
         );
         assert_eq!(
-            admit_any(&h, &v4, Some(&n6("fd00:3::/64")), &v4, Some(&local6)),
+            admit_any(
+                &h,
+                Some(&v4),
+                Some(&n6("fd00:3::/64")),
+                Some(&v4),
+                Some(&local6)
+            ),
             Err(DropReason::SpoofedInnerSource)
         );
         assert_eq!(
-            admit_any(&h, &v4, Some(&peer6), &v4, Some(&peer6)),
+            admit_any(&h, Some(&v4), Some(&peer6), Some(&v4), Some(&peer6)),
             Err(DropReason::ForeignInnerDestination)
         );
         assert_eq!(
-            admit_any(&h, &v4, Some(&peer6), &v4, None),
+            admit_any(&h, Some(&v4), Some(&peer6), Some(&v4), None),
             Err(DropReason::Malformed)
+        );
+        // A node of an IPv6-only cluster (no IPv4 subnet) and its peers (none either): IPv6
+        // is checked as ever, and no IPv4 packet is one.
+        assert_eq!(
+            admit_any(&h, None, Some(&peer6), None, Some(&local6)),
+            Ok(())
+        );
+        assert_eq!(
+            admit_any(&h, None, Some(&peer6), None, Some(&peer6)),
+            Err(DropReason::ForeignInnerDestination)
+        );
+        let mut v4_bytes = Vec::new();
+        build_ipv4(
+            Ipv4Addr::new(10, 0, 1, 2),
+            Ipv4Addr::new(10, 0, 1, 3),
+            1,
+            64,
+            &[],
+            &mut v4_bytes,
+        );
+        let InnerHeader::V4(h4) = parse_inner(&v4_bytes).unwrap() else {
+            panic!("an IPv4 packet")
+        };
+        let v4_inner = InnerHeader::V4(h4);
+        assert_eq!(
+            admit_any(&v4_inner, None, Some(&peer6), None, Some(&local6)),
+            Err(DropReason::Malformed)
+        );
+        // On a node with IPv4 pods, IPv4 from a peer without any is spoofed.
+        assert_eq!(
+            admit_any(&v4_inner, None, Some(&peer6), Some(&v4), Some(&local6)),
+            Err(DropReason::SpoofedInnerSource)
+        );
+        assert_eq!(
+            admit_any(&v4_inner, Some(&v4), None, Some(&v4), None),
+            Ok(())
         );
         assert_eq!(parse_ipv6(&inner[..39]), Err(WireError::Truncated));
         assert_eq!(parse_ipv6(&inner[..43]), Err(WireError::BadTotalLength));
@@ -789,7 +840,7 @@ mod tests {
             let _ = decode_ip6tnl_payload(4, &bytes);
             let _ = decode_ip6tnl_payload(41, &bytes);
             let (p6, l6) = ("fd00:1::/64".parse().unwrap(), "::/0".parse().unwrap());
-            let _ = receive_check_any(true, &bytes, (&net("10.0.1.0/24"), Some(&p6)), (&net("10.0.2.0/24"), Some(&l6)));
+            let _ = receive_check_any(true, &bytes, (Some(&net("10.0.1.0/24")), Some(&p6)), (Some(&net("10.0.2.0/24")), Some(&l6)));
             let _ = parse_ipv4(&bytes);
             let _ = decode_udp_payload(&bytes);
             let _ = decode_ipip(&bytes);

@@ -58,7 +58,7 @@ fn peer_table_controls_traffic(encap: Encap, tag: &str, kernel_path: bool) {
         Lab::peer_of(1),
         twill_tunnel::Peer {
             node: "h3".into(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
             subnet6: None,
             underlay: "192.168.77.9".parse().unwrap(),
             public_key: None,

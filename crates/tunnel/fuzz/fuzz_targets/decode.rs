@@ -2,7 +2,8 @@
 //! peer/local subnet policy) on arbitrary bytes. It must never panic, and whatever it accepts
 //! must lie within the input and satisfy the policy; for both inner families (IPv6 over the
 //! IPv4 underlay: udp payload or protocol 41), and what a raw IPv6 socket returns over an IPv6
-//! underlay (`ip6tnl`: the inner packet alone, next header 4 or 41).
+//! underlay (`ip6tnl`: the inner packet alone, next header 4 or 41); and for a node of an
+//! IPv6-only cluster, which must accept no IPv4 at all.
 #![no_main]
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -33,9 +34,11 @@ fuzz_target!(|data: &[u8]| {
         let peer6: Ipv6Net = "fd00:1::/64".parse().unwrap();
         let local6: Ipv6Net = "fd00:2::/64".parse().unwrap();
         let any6: Ipv6Net = "::/0".parse().unwrap();
+        // Dual stack, everything open, and an IPv6-only node (no IPv4 subnet at either end).
         for (p, l) in [
-            ((&peer, Some(&peer6)), (&local, Some(&local6))),
-            ((&any, Some(&any6)), (&any, Some(&any6))),
+            ((Some(&peer), Some(&peer6)), (Some(&local), Some(&local6))),
+            ((Some(&any), Some(&any6)), (Some(&any), Some(&any6))),
+            ((None, Some(&any6)), (None, Some(&any6))),
         ] {
             if let Ok(inner) = wire::receive_check_any(ipip, data, p, l) {
                 assert!(inner.offset + inner.len <= data.len());
@@ -43,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
                 let dst = inner.header.dst();
                 let (ps, ls) = match (src, dst) {
                     (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
-                        (p.0.contains(&s), l.0.contains(&d))
+                        (p.0.is_some_and(|n| n.contains(&s)), l.0.is_some_and(|n| n.contains(&d)))
                     }
                     (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => (
                         p.1.is_some_and(|n| n.contains(&s)),

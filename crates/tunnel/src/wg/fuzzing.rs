@@ -98,7 +98,7 @@ impl Harness {
         let mut table = PeerTable::build(
             &[Peer {
                 node: "peer".into(),
-                subnet,
+                subnet: Some(subnet),
                 subnet6: None,
                 underlay: (*PEER_ADDR.ip()).into(),
                 public_key: Some(theirs.public_key()),

@@ -280,7 +280,7 @@ mod tests {
     fn peer(node: &str, n: u8, key: PublicKey) -> Peer {
         Peer {
             node: node.into(),
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
             subnet6: None,
             underlay: Ipv4Addr::new(127, 0, 0, n).into(),
             public_key: Some(key),

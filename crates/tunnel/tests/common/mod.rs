@@ -162,7 +162,7 @@ impl Lab {
             encap,
             device: device.into(),
             mtu: 1500 - encap.overhead(),
-            local_subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+            local_subnet: Some(format!("10.244.{host}.0/24").parse().unwrap()),
             local_subnet6: None,
             local_ip: Some(if host == 1 { H1 } else { H2 }),
             local_ip6: None,
@@ -175,7 +175,7 @@ impl Lab {
     pub fn peer_of(host: u8) -> Peer {
         Peer {
             node: format!("h{host}"),
-            subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+            subnet: Some(format!("10.244.{host}.0/24").parse().unwrap()),
             subnet6: None,
             underlay: if host == 1 { H1 } else { H2 }.into(),
             public_key: None,
