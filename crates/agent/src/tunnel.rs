@@ -39,7 +39,7 @@ impl Engine {
             encap,
             device: spec.name.clone(),
             mtu: spec.mtu,
-            local_subnet,
+            local_subnet: Some(local_subnet),
             local_subnet6,
             // 0.0.0.0: this node has no IPv4 underlay (its peers are reached over IPv6).
             local_ip: Some(spec.local).filter(|ip| !ip.is_unspecified()),
@@ -74,7 +74,7 @@ impl Engine {
             .iter()
             .map(|p| twill_tunnel::Peer {
                 node: p.node.clone(),
-                subnet: p.subnet,
+                subnet: Some(p.subnet),
                 underlay: p.underlay,
                 public_key: None,
                 subnet6: p.subnet6,
