@@ -1,9 +1,9 @@
 """Decodes an underlay capture (tcpdump -w, any link type) of a dual-stack lab with WireGuard
 and reports, as JSON, how pod IPv6 packets crossed the wire, for tests/wireguard6_lab.rs:
 
-  wgTypes       WireGuard messages on the port (over IPv4 UDP), by type (1 initiation,
-                2 response, 3 cookie, 4 transport); a UDP GSO super-datagram (captured on a
-                veth before segmentation) counts as its segments
+  wgTypes       WireGuard messages on the port (over UDP of either underlay family), by type
+                (1 initiation, 2 response, 3 cookie, 4 transport); a UDP GSO super-datagram
+                (captured on a veth before segmentation) counts as its segments
   notWireguard  datagrams on the port that are not well-formed WireGuard messages
   clearPod6     packets between hosts that must encrypt which carry a pod IPv6 packet in the
                 clear: an outer IPv6 header between pod addresses, or anywhere in the payload
@@ -11,6 +11,7 @@ and reports, as JSON, how pod IPv6 packets crossed the wire, for tests/wireguard
                 fits the rest
   marker        packets between such hosts whose bytes contain the marker
   clearAllowed  pod IPv6 packets seen in the clear between the host pairs allowed to be clear
+  notIpv6       packets whose outer header is IPv4 (an IPv6-only underlay has none)
 
 Usage: python3 wire_check.py PCAP PORT MARKER POD_NET6 [A-B ...]   (A-B: a pair of underlay
 addresses, of either family, whose traffic may be clear)
@@ -75,7 +76,7 @@ def outermost_ip(p):
 
 
 out = {"packets": 0, "wgTypes": {}, "notWireguard": [], "clearPod6": [], "marker": [],
-       "clearAllowed": 0}
+       "clearAllowed": 0, "notIpv6": []}
 with PcapReader(pcap) as packets:
     for p in packets:
         ip = outermost_ip(p)
@@ -85,7 +86,9 @@ with PcapReader(pcap) as packets:
         pair = frozenset((str(ipaddress.ip_address(ip.src)), str(ipaddress.ip_address(ip.dst))))
         what = "%s > %s %s" % (ip.src, ip.dst, p.summary())
         clear = (in_pods(ip.src) and in_pods(ip.dst)) or embedded_pod_packet6(raw(ip.payload))
-        if isinstance(ip, IP) and UDP in ip and port in (ip[UDP].sport, ip[UDP].dport):
+        if isinstance(ip, IP):
+            out["notIpv6"].append(what)
+        if UDP in ip and port in (ip[UDP].sport, ip[UDP].dport):
             messages = wireguard_messages(raw(ip[UDP].payload))
             if messages is None:
                 out["notWireguard"].append(what)
@@ -98,7 +101,7 @@ with PcapReader(pcap) as packets:
             out["clearPod6"].append(what)
         if marker in raw(ip):
             out["marker"].append(what)
-for k in ("notWireguard", "clearPod6", "marker"):
+for k in ("notWireguard", "clearPod6", "marker", "notIpv6"):
     out[k + "Count"] = len(out[k])
     out[k] = out[k][:5]   # examples are enough for a failure message
 print(json.dumps(out))

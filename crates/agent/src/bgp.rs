@@ -896,7 +896,7 @@ mod tests {
             .wireguard_peers
             .push(twill_types::desired::WireguardPeer {
                 node: "h2".into(),
-                subnet: net("10.244.2.0/24"),
+                subnet: Some(net("10.244.2.0/24")),
                 underlay: "192.168.1.12".parse().unwrap(),
                 public_key: twill_types::wg_key::encode(&[2; 32]),
                 subnet6: None,
@@ -1251,7 +1251,7 @@ mod tests {
                 .wireguard_peers
                 .push(twill_types::desired::WireguardPeer {
                     node: node.into(),
-                    subnet: net(subnet),
+                    subnet: Some(net(subnet)),
                     underlay: "192.168.1.12".parse().unwrap(),
                     public_key: twill_types::wg_key::encode(&[key; 32]),
                     subnet6: subnet6.map(net6),

@@ -828,10 +828,10 @@ impl Agent {
     /// the current peers with their keys (before the routes into it are added). Without
     /// WireGuard, a device an earlier run left (the config changed) is removed once.
     async fn ensure_wireguard(&mut self, desired: &DesiredState) -> anyhow::Result<()> {
-        // Only nodes with IPv4 run WireGuard (the config keeps it out of IPv6-only clusters).
-        let subnet6 = self.node.subnet6;
+        // An IPv6-only node has no IPv4 subnet: its engine carries IPv6 alone.
+        let (subnet, subnet6) = (self.node.subnet, self.node.subnet6);
         match (&desired.wireguard, &self.wireguard) {
-            (Some(spec), Some(engine)) if engine.runs(spec, self.node.subnet4(), subnet6) => {}
+            (Some(spec), Some(engine)) if engine.runs(spec, subnet, subnet6) => {}
             (Some(spec), _) => {
                 if let Some(old) = self.wireguard.take() {
                     old.shutdown();
@@ -844,7 +844,6 @@ impl Agent {
                     .wireguard()
                     .and_then(|wg| wg.preshared_key)
                     .and_then(|psk| twill_types::wg_key::decode(psk.expose()));
-                let subnet = self.node.subnet4();
                 let engine = WgEngine::start(spec, subnet, subnet6, key.clone(), psk)?;
                 engine.set_peers(&desired.wireguard_peers);
                 info!(

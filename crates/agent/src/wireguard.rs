@@ -7,6 +7,9 @@
 //! ends have one, else IPv6); the engine listens on the WireGuard port on each underlay
 //! address the device spec gives it, so peers may also roam to either family.
 //!
+//! On a node of an IPv6-only cluster the engine has no IPv4 subnet and no IPv4 underlay: it
+//! carries IPv6 pods alone, to peers known by their IPv6 subnet and reached over IPv6.
+//!
 //! Like the udp/ipip engine, its TUN device is persistent: routes into it survive an agent
 //! restart, and the next agent re-attaches with the same key (read from the key file), so
 //! peers' sessions resume with a new handshake.
@@ -26,7 +29,7 @@ use crate::tunnel::{counters_of, drops_by_reason};
 pub struct WgEngine {
     tunnel: twill_tunnel::Tunnel,
     spec: WireguardDevice,
-    local_subnet: Ipv4Net,
+    local_subnet: Option<Ipv4Net>,
     local_subnet6: Option<Ipv6Net>,
 }
 
@@ -35,10 +38,11 @@ pub type PeerView = (PeerCounters, WireguardPeerStatus);
 
 impl WgEngine {
     /// Starts (or re-attaches to) the WireGuard device with this node's key. With an IPv6
-    /// subnet (dual-stack), the device carries IPv6 pod traffic too.
+    /// subnet (dual-stack, IPv6-only), the device carries IPv6 pod traffic; without an IPv4
+    /// one (IPv6-only), only that.
     pub fn start(
         spec: &WireguardDevice,
-        local_subnet: Ipv4Net,
+        local_subnet: Option<Ipv4Net>,
         local_subnet6: Option<Ipv6Net>,
         key: PrivateKey,
         preshared_key: Option<[u8; 32]>,
@@ -47,7 +51,7 @@ impl WgEngine {
             encap: twill_tunnel::Encap::Wireguard { port: spec.port },
             device: spec.name.clone(),
             mtu: spec.mtu,
-            local_subnet: Some(local_subnet),
+            local_subnet,
             local_subnet6,
             // 0.0.0.0: this node has no IPv4 underlay (its peers are reached over IPv6).
             local_ip: Some(spec.local).filter(|ip| !ip.is_unspecified()),
@@ -73,7 +77,7 @@ impl WgEngine {
     pub fn runs(
         &self,
         spec: &WireguardDevice,
-        local_subnet: Ipv4Net,
+        local_subnet: Option<Ipv4Net>,
         local_subnet6: Option<Ipv6Net>,
     ) -> bool {
         self.spec == *spec
@@ -81,15 +85,15 @@ impl WgEngine {
             && self.local_subnet6 == local_subnet6
     }
 
-    /// The peers, their keys and allowed IPs (their subnet, and their IPv6 subnet when
-    /// WireGuard carries it; the backends passed only well-formed, distinct keys).
+    /// The peers, their keys and allowed IPs (their subnet of each family WireGuard carries;
+    /// the backends passed only well-formed, distinct keys).
     pub fn set_peers(&self, peers: &[WireguardPeer]) {
         let peers: Vec<twill_tunnel::Peer> = peers
             .iter()
             .filter_map(|p| {
                 Some(twill_tunnel::Peer {
                     node: p.node.clone(),
-                    subnet: Some(p.subnet),
+                    subnet: p.subnet,
                     underlay: p.underlay,
                     public_key: Some(PublicKey::from_str(&p.public_key).ok()?),
                     subnet6: p.subnet6,

@@ -128,6 +128,7 @@ const SCENARIOS: &[&str] = &[
     "bgp_dualstack_encrypted",
     "ipv6_only",
     "ipv6_only_ipip",
+    "ipv6_only_encrypted",
 ];
 
 #[test]
@@ -235,4 +236,15 @@ fn ipv6_only() {
 #[test]
 fn ipv6_only_ipip() {
     check("ipv6_only_ipip");
+}
+
+/// A node of an IPv6-only vxlan cluster with WireGuard (Always): `twill6.1` stays but carries
+/// nothing; the peer on the segment and the routed one go into `twill.wg` by their IPv6
+/// subnet, at their IPv6 underlay (the device has no IPv4 underlay address, `local6` its
+/// IPv6 one, and an MTU with the IPv6 outer header); the routed one is blocked until it
+/// publishes its key; the one without an IPv6 underlay is skipped; the node leases another
+/// IPv6 subnet; a peer leaves with its route.
+#[test]
+fn ipv6_only_encrypted() {
+    check("ipv6_only_encrypted");
 }

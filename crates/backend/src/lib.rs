@@ -46,9 +46,9 @@ pub struct LocalNode {
     pub public_net6: Option<Ipv6Net>,
 }
 
-/// Why a node has its IPv4 parts whenever wireguard or bgp plan for it.
+/// Why a node has its IPv4 parts whenever bgp plans for it.
 const IPV4_INVARIANT: &str = "only nodes of IPv6-only clusters lack IPv4, and the config \
-     refuses every backend but host-gw, vxlan, udp and ipip (and BGP, WireGuard) for those";
+     refuses BGP for those";
 
 impl LocalNode {
     /// The node's IPv4 pod subnet and underlay address, when it has them (every node of a
@@ -57,12 +57,12 @@ impl LocalNode {
         self.subnet.zip(self.public_net)
     }
 
-    /// The IPv4 pod subnet of a node whose backend needs one (wireguard, bgp).
+    /// The IPv4 pod subnet of a node whose backend needs one (bgp).
     pub fn subnet4(&self) -> Ipv4Net {
         self.subnet.expect(IPV4_INVARIANT)
     }
 
-    /// The IPv4 underlay of a node whose backend needs one (wireguard, bgp).
+    /// The IPv4 underlay of a node whose backend needs one (bgp).
     pub fn public_net4(&self) -> Ipv4Net {
         self.public_net.expect(IPV4_INVARIANT)
     }

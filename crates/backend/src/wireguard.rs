@@ -35,6 +35,15 @@
 //! peer (CrossSubnet by its IPv4 underlay address), so both of its families take the same
 //! path. Linux keeps IPv6 off a link whose MTU is below 1280: with a smaller device MTU the
 //! IPv6 parts are skipped with the reason, and blocked rather than sent in clear.
+//!
+//! IPv6-only (a node of a cluster with only IPv6 pools, which has no IPv4 subnet or
+//! underlay): peers are screened by their IPv6 subnet and IPv6 underlay address alone, as
+//! host-gw and vxlan screen them there. Each encrypted peer's IPv6 subnet is its only allowed
+//! IPs and is routed into `twill.wg`; its endpoint is its IPv6 underlay address; the device
+//! has no IPv4 underlay address (`local` is `0.0.0.0`, `local6` the node's IPv6 one) and an
+//! MTU 20 bytes smaller, for the IPv6 outer header. With CrossSubnet, the peers on this
+//! node's IPv6 segment keep the clear path. A peer without a usable key (or below IPv6's
+//! minimum MTU) is skipped with the reason and its IPv6 subnet blocked.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -47,7 +56,7 @@ use twill_types::lease::Lease;
 use twill_types::wg_key;
 
 use crate::hostgw::HostGw;
-use crate::screen::{Peer, screen, screen6};
+use crate::screen::{Peer6, screen, screen_ipv6_only, screen6};
 use crate::tunnel::{
     IPV6_MIN_MTU, IPV6_UNDERLAY_EXTRA, lease_underlay, node_underlay, peer_underlay,
 };
@@ -181,7 +190,7 @@ pub fn encrypted_subnet_of(desired: &DesiredState, prefix: Ipv4Net) -> Option<Ip
     desired
         .wireguard_peers
         .iter()
-        .map(|p| p.subnet)
+        .filter_map(|p| p.subnet)
         .find(|subnet| subnet.contains(&prefix))
 }
 
@@ -252,6 +261,9 @@ fn encrypt(
     leases: &[Lease],
     mut state: DesiredState,
 ) -> DesiredState {
+    if node.is_ipv6_only() {
+        return encrypt_ipv6_only(settings, ipv6_pools, node, leases, state);
+    }
     let mut peers = screen(node, leases);
     screen6(node, ipv6_pools, &mut peers);
     debug_assert_eq!(peers.len(), state.peers.len());
@@ -270,14 +282,13 @@ fn encrypt(
         .any(|(wanted, u)| *wanted && matches!(u, Ok(IpAddr::V6(_))));
     let device = settings.device(node, over_ipv6);
     let mtu = device.mtu;
-    // WireGuard knows a peer by its key: two peers with one key could not be told apart
-    // (nor could a peer claiming to be another), so neither is programmed.
-    let mut holders: BTreeMap<[u8; 32], Vec<&str>> = BTreeMap::new();
-    for (peer, _) in peers.iter().zip(&wanted).filter(|(_, w)| **w) {
-        if let Some(key) = peer_key(peer) {
-            holders.entry(key).or_default().push(&peer.lease.node);
-        }
-    }
+    let holders = key_holders(
+        peers
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| **w)
+            .map(|(p, _)| p.lease),
+    );
     let mut moved: HashSet<Ipv4Net> = HashSet::new();
     let mut moved6: HashSet<Ipv6Net> = HashSet::new();
     for (((peer, plan), wanted), underlay) in peers
@@ -301,30 +312,18 @@ fn encrypt(
             }
             _ => None,
         };
-        plan.path = match (&lease.wireguard_public_key, peer_key(peer), underlay) {
-            (None, _, _) => PeerPath::Skipped(
-                "wireguard: the peer publishes no WireGuard public key (not running WireGuard \
-                 yet?); its traffic is never sent in clear instead"
-                    .into(),
-            ),
-            (Some(_), None, _) => PeerPath::Skipped(
-                "wireguard: the peer's public key is not 32 bytes of standard base64".into(),
-            ),
-            (Some(text), Some(key), _) if holders[&key].len() > 1 => PeerPath::Skipped(format!(
-                "wireguard: public key {} is published by several nodes ({})",
-                wg_key::short(text),
-                holders[&key].join(", ")
-            )),
-            (Some(_), Some(_), Err(reason)) => PeerPath::Skipped(format!(
+        plan.path = match (usable_key(lease, &holders), underlay) {
+            (Err(reason), _) => PeerPath::Skipped(reason),
+            (Ok(_), Err(reason)) => PeerPath::Skipped(format!(
                 "wireguard: {reason}; its traffic is never sent in clear instead"
             )),
-            (Some(text), Some(_), Ok(underlay)) => {
+            (Ok(text), Ok(underlay)) => {
                 let carried6 = subnet6.filter(|_| mtu >= IPV6_MIN_MTU);
                 state.wireguard_peers.push(WireguardPeer {
                     node: lease.node.clone(),
-                    subnet: peer.subnet,
+                    subnet: Some(peer.subnet),
                     underlay: *underlay,
-                    public_key: text.clone(),
+                    public_key: text.to_string(),
                     subnet6: carried6,
                 });
                 PeerPath::Wireguard
@@ -350,8 +349,80 @@ fn encrypt(
         }
     }
     drop_clear_objects(&mut state, &moved, &moved6);
+    finish(state, device)
+}
+
+/// [`encrypt`] on an IPv6-only node: its peers (screened by IPv6 subnet and underlay alone,
+/// as the inner backend screened them) are reached over the IPv6 underlay, each with its IPv6
+/// subnet as its only allowed IPs; the device has no IPv4 underlay address, and its MTU
+/// leaves room for the IPv6 outer header. With CrossSubnet, the peers on this node's IPv6
+/// segment keep the clear path.
+fn encrypt_ipv6_only(
+    settings: &Settings,
+    ipv6_pools: &[Ipv6Net],
+    node: &LocalNode,
+    leases: &[Lease],
+    mut state: DesiredState,
+) -> DesiredState {
+    let peers: Vec<Peer6> = screen_ipv6_only(node, ipv6_pools, leases);
+    debug_assert_eq!(peers.len(), state.peers.len());
+    let wanted: Vec<bool> = peers
+        .iter()
+        .map(|p| p.problem.is_none() && !(settings.cross_subnet && p.on_segment6(node)))
+        .collect();
+    let device = settings.device(node, true);
+    let mtu = device.mtu;
+    let holders = key_holders(
+        peers
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| **w)
+            .map(|(p, _)| p.lease),
+    );
+    let mut moved6: HashSet<Ipv6Net> = HashSet::new();
+    for ((peer, plan), wanted) in peers.iter().zip(&mut state.peers).zip(wanted) {
+        if !wanted {
+            continue;
+        }
+        debug_assert!(plan.node == peer.lease.node && plan.path6.is_some());
+        moved6.insert(peer.subnet6);
+        let path = match (usable_key(peer.lease, &holders), peer.underlay6(node)) {
+            (Err(reason), _) => PeerPath::Skipped(reason),
+            (Ok(_), Err(reason)) => PeerPath::Skipped(format!(
+                "wireguard: {reason}; its traffic is never sent in clear instead"
+            )),
+            (Ok(_), Ok(_)) if mtu < IPV6_MIN_MTU => PeerPath::Skipped(format!(
+                "wireguard: the device MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; \
+                 raise the underlay MTU or the wireguard mtu (its traffic is never sent in \
+                 clear instead)"
+            )),
+            (Ok(text), Ok(underlay6)) => {
+                state.wireguard_peers.push(WireguardPeer {
+                    node: peer.lease.node.clone(),
+                    subnet: None,
+                    underlay: underlay6.into(),
+                    public_key: text.to_string(),
+                    subnet6: Some(peer.subnet6),
+                });
+                PeerPath::Wireguard
+            }
+        };
+        if let PeerPath::Skipped(_) = &path {
+            state.wireguard_blocked6.push(peer.subnet6);
+        }
+        *plan = peer.plan(path);
+    }
+    drop_clear_objects(&mut state, &HashSet::new(), &moved6);
+    finish(state, device)
+}
+
+/// The routes into the device for every WireGuard peer (its subnet of each family), all
+/// routes in subnet order, and the device.
+fn finish(mut state: DesiredState, device: WireguardDevice) -> DesiredState {
     for peer in &state.wireguard_peers {
-        state.routes.push(route(peer.subnet, peer.subnet));
+        state
+            .routes
+            .extend(peer.subnet.map(|subnet| route(subnet, subnet)));
         state.routes.extend(peer.subnet6.map(route6));
     }
     // In subnet order, as every backend lists them (a stable sort keeps the rest as it was).
@@ -362,9 +433,47 @@ fn encrypt(
     state
 }
 
+/// The nodes publishing each well-formed key among `leases` (the peers to encrypt).
+/// WireGuard knows a peer by its key: two peers with one key could not be told apart (nor
+/// could a peer claiming to be another), so neither is programmed ([`usable_key`]).
+fn key_holders<'a>(leases: impl Iterator<Item = &'a Lease>) -> BTreeMap<[u8; 32], Vec<&'a str>> {
+    let mut holders: BTreeMap<[u8; 32], Vec<&str>> = BTreeMap::new();
+    for lease in leases {
+        if let Some(key) = lease_key(lease) {
+            holders.entry(key).or_default().push(&lease.node);
+        }
+    }
+    holders
+}
+
+/// The public key (as its lease writes it) of a peer to encrypt, or why it has none usable:
+/// none published, malformed, or published by other nodes too (`holders`, of
+/// [`key_holders`]).
+fn usable_key<'a>(
+    lease: &'a Lease,
+    holders: &BTreeMap<[u8; 32], Vec<&str>>,
+) -> Result<&'a str, String> {
+    match (&lease.wireguard_public_key, lease_key(lease)) {
+        (None, _) => Err(
+            "wireguard: the peer publishes no WireGuard public key (not running WireGuard \
+             yet?); its traffic is never sent in clear instead"
+                .into(),
+        ),
+        (Some(_), None) => {
+            Err("wireguard: the peer's public key is not 32 bytes of standard base64".into())
+        }
+        (Some(text), Some(key)) if holders.get(&key).is_some_and(|h| h.len() > 1) => Err(format!(
+            "wireguard: public key {} is published by several nodes ({})",
+            wg_key::short(text),
+            holders[&key].join(", ")
+        )),
+        (Some(text), Some(_)) => Ok(text),
+    }
+}
+
 /// A peer's public key, when its lease carries a well-formed one.
-fn peer_key(peer: &Peer) -> Option<[u8; 32]> {
-    peer.lease
+fn lease_key(lease: &Lease) -> Option<[u8; 32]> {
+    lease
         .wireguard_public_key
         .as_deref()
         .and_then(wg_key::decode)

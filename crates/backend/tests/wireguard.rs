@@ -100,27 +100,22 @@ fn skipped(state: &DesiredState, node: &str) -> String {
 /// and no neighbour, FDB entry or tunnel peer of it remains.
 fn assert_no_clear_path(state: &DesiredState) {
     for peer in &state.wireguard_peers {
+        let subnet = peer
+            .subnet
+            .expect("peers of an IPv4 cluster have an IPv4 subnet");
         let routes: Vec<_> = state
             .routes
             .iter()
-            .filter(|r| r.dst == peer.subnet.into())
+            .filter(|r| r.dst == subnet.into())
             .collect();
         assert_eq!(routes.len(), 1, "{}: {routes:?}", peer.node);
         assert_eq!(routes[0].dev, DEVICE);
         assert!(
-            state
-                .neighbours
-                .iter()
-                .all(|n| n.ip != peer.subnet.network()),
+            state.neighbours.iter().all(|n| n.ip != subnet.network()),
             "{}",
             peer.node
         );
-        assert!(
-            state
-                .tunnel_peers
-                .iter()
-                .all(|t| t.subnet != Some(peer.subnet))
-        );
+        assert!(state.tunnel_peers.iter().all(|t| t.subnet != Some(subnet)));
     }
     let macs: Vec<_> = state.neighbours.iter().map(|n| n.mac).collect();
     assert!(state.fdb.iter().all(|f| macs.contains(&f.mac)));

@@ -112,7 +112,7 @@ fn wg_peers(state: &DesiredState) -> Vec<String> {
     state
         .wireguard_peers
         .iter()
-        .map(|p| format!("{} {} {:?}", p.node, p.subnet, p.subnet6))
+        .map(|p| format!("{} {} {:?}", p.node, p.subnet.unwrap(), p.subnet6))
         .collect()
 }
 
@@ -124,7 +124,10 @@ const NOT_IN_POOLS: &str = "IPv6 subnet fd00:99::/64 is not in the cluster's IPv
 /// subnet, into twill.wg, and no neighbour, FDB entry or tunnel peer of it.
 fn assert_no_clear_path(state: &DesiredState) {
     for peer in &state.wireguard_peers {
-        let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(peer.subnet))
+        let subnets: Vec<IpNet> = peer
+            .subnet
+            .map(IpNet::V4)
+            .into_iter()
             .chain(peer.subnet6.map(IpNet::V6))
             .collect();
         for subnet in subnets {
@@ -449,7 +452,7 @@ proptest! {
         // A peer's IPv6 subnet goes into twill.wg exactly when its plan says WireGuard, and
         // then it is listed as the peer's allowed IPv6 subnet.
         for plan in &state.peers {
-            let wg = state.wireguard_peers.iter().find(|p| p.node == plan.node && Some(p.subnet) == plan.subnet);
+            let wg = state.wireguard_peers.iter().find(|p| p.node == plan.node && p.subnet == plan.subnet);
             let carried = plan.path6 == Some(PeerPath::Wireguard);
             prop_assert_eq!(wg.and_then(|p| p.subnet6), plan.subnet6.filter(|_| carried));
             if carried {

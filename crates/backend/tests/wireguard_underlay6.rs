@@ -1,8 +1,8 @@
 //! WireGuard over an IPv6 underlay (issue 15): which underlay family each WireGuard peer's
 //! endpoint is (the rule of udp and ipip: IPv4 when both ends have IPv4 — a dual-stack pair
 //! keeps it — else IPv6 when both have IPv6), and what the engine is told. A node without an
-//! IPv4 underlay is a node of an IPv6-only cluster, whose config refuses WireGuard for now;
-//! the engine's side of it is proved in crates/tunnel/tests/wireguard_underlay6.rs.
+//! IPv4 underlay is a node of an IPv6-only cluster: see wireguard_ipv6_only.rs; the engine's
+//! side of it is proved in crates/tunnel/tests/wireguard_underlay6.rs.
 
 mod common;
 

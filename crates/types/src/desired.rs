@@ -184,19 +184,22 @@ pub struct WireguardDevice {
     pub persistent_keepalive: u16,
 }
 
-/// A peer reached through WireGuard: its pod subnet is its allowed IPs, its underlay address
-/// (at the device's port) the endpoint it starts at.
+/// A peer reached through WireGuard: its pod subnets are its allowed IPs, its underlay
+/// address (at the device's port) the endpoint it starts at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WireguardPeer {
     pub node: String,
-    pub subnet: Ipv4Net,
+    /// Its IPv4 pod subnet; None for a peer of an IPv6-only cluster (then `subnet6` is all
+    /// it carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// Its IPv4 underlay address when both ends have one, else its IPv6 one.
     pub underlay: IpAddr,
     /// Its public key, standard base64 as in its lease.
     pub public_key: String,
-    /// Its IPv6 pod subnet when WireGuard carries its IPv6 traffic too (dual-stack): then
-    /// also one of its allowed IPs.
+    /// Its IPv6 pod subnet when WireGuard carries its IPv6 traffic (dual-stack, IPv6-only):
+    /// then also one of its allowed IPs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
 }

@@ -1881,22 +1881,7 @@ fn ipv6_only_refusals() {
     ] {
         refused_at(text, field, needles);
     }
-    // Backends that need an IPv4 underlay (for now), by Flannel's and twill's names.
-    {
-        let kind = "wireguard";
-        let text = format!(
-            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {{"Type": "{kind}"}}}}"#
-        );
-        let e = ClusterConfig::parse(&text).unwrap_err().to_string();
-        assert!(
-            e.contains("needs an IPv4 underlay for now") || e.contains("carries IPv4 only"),
-            "{kind}: {e}"
-        );
-        assert!(
-            e.contains("use the host-gw, vxlan, udp or ipip backend"),
-            "{kind}: {e}"
-        );
-    }
+    // Every backend but bgp runs over an IPv6 underlay; the bgp section needs IPv4 for now.
     let mut c = parse(TOML_IPV6_ONLY);
     c.bgp = Some(Default::default());
     let e = c.validate().unwrap_err();

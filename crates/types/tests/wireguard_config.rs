@@ -378,3 +378,94 @@ fn twill_form_wireguard_on_a_dual_stack_cluster() {
         assert_eq!(c.ipv6_pools.len(), 1, "{backend}");
     }
 }
+
+/// An IPv6-only net-conf.json (`EnableIPv4: false`) with Flannel's wireguard backend.
+fn flannel_ipv6_only(extra: &str) -> String {
+    format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"wireguard"{extra}}}}}"#
+    )
+}
+
+/// Flannel's wireguard backend in an IPv6-only cluster, as flanneld runs it there: one
+/// device whatever the `Mode`; `separate` (flanneld's default) listens on `ListenPortV6`
+/// (flanneld's `flannel-wg-v6`), `auto` and `ipv6` on `ListenPort`; `ipv4` is refused.
+#[test]
+fn flannel_wireguard_in_an_ipv6_only_cluster() {
+    let port = |extra: &str| {
+        let c = parse(&flannel_ipv6_only(extra));
+        assert!(c.pools.is_empty(), "{extra}");
+        assert_eq!(c.ipv6_pools.len(), 1, "{extra}");
+        assert_eq!(c.backend.kind, BackendKind::Wireguard, "{extra}");
+        let wg = c.wireguard().unwrap();
+        assert_eq!(c.backend.port, wg.listen_port, "{extra}");
+        assert!(tunnel_udp_ports(&c).contains(&wg.listen_port), "{extra}");
+        wg.listen_port
+    };
+    // separate, spelled out or by default: flanneld's IPv6 device on ListenPortV6.
+    for extra in ["", r#","Mode":"separate""#, r#","ListenPort":51900"#] {
+        assert_eq!(port(extra), 51821, "{extra}");
+    }
+    assert_eq!(port(r#","ListenPortV6":51999"#), 51999);
+    assert_eq!(port(r#","Mode":"separate","ListenPortV6":0"#), 51821);
+    // auto and ipv6: the one device on ListenPort; ListenPortV6 means nothing.
+    for mode in ["auto", "ipv6"] {
+        assert_eq!(port(&format!(r#","Mode":"{mode}""#)), 51820, "{mode}");
+        assert_eq!(
+            port(&format!(
+                r#","Mode":"{mode}","ListenPort":51900,"ListenPortV6":51999"#
+            )),
+            51900,
+            "{mode}"
+        );
+    }
+    refused(
+        &flannel_ipv6_only(r#","Mode":"ipv4""#),
+        "Backend.Mode",
+        "ipv4 sends WireGuard to the peers' IPv4 addresses, and this cluster is IPv6-only",
+    );
+    // Messages about the port name the key it came from.
+    refused(
+        &flannel_ipv6_only(r#","ListenPortV6":2379"#),
+        "Backend.ListenPortV6",
+        "control-plane port",
+    );
+    // ipv6 stays refused where IPv4 pools give both ends an IPv4 underlay.
+    refused(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"wireguard","Mode":"ipv6"}}"#,
+        "Backend.Mode",
+        "ipv6 is for IPv6-only clusters",
+    );
+    golden(
+        "wireguard-flannel-ipv6-only.json",
+        &parse(&flannel_ipv6_only(r#","PersistentKeepaliveInterval":25"#)),
+    );
+}
+
+/// twill's form: an IPv6-only cluster takes the wireguard backend and the wireguard section
+/// on host-gw and vxlan (Always and CrossSubnet); udp, ipip and bgp are not this test's.
+#[test]
+fn twill_form_wireguard_in_an_ipv6_only_cluster() {
+    for backend in ["host-gw", "vxlan", "wireguard"] {
+        for mode in ["Always", "CrossSubnet"] {
+            let c = parse(&format!(
+                "backend: {backend}\nwireguard: {{enabled: true, mode: {mode}}}\npools:\n  - {{name: p6, cidr: 'fd00:10:244::/56'}}\n"
+            ));
+            assert!(c.pools.is_empty(), "{backend}");
+            let wg = c
+                .wireguard()
+                .unwrap_or_else(|| panic!("{backend}: no wireguard"));
+            assert_eq!(wg.listen_port, 51820, "{backend}");
+            assert_eq!(
+                wg.mode == EncapMode::CrossSubnet,
+                mode == "CrossSubnet",
+                "{backend} {mode}"
+            );
+        }
+    }
+    // The check itself, on a config built in code.
+    let mut c = parse("backend: vxlan\npools:\n  - {name: p6, cidr: 'fd00:10:244::/56'}\n");
+    c.wireguard = Some(Wireguard::with_port(51820));
+    c.validate().unwrap();
+    c.backend = twill_types::cluster::Backend::with_defaults(BackendKind::Wireguard);
+    c.validate().unwrap();
+}

@@ -239,19 +239,23 @@ fn render_desired(out: &mut String, d: &DesiredState) {
         let _ = writeln!(out, "  tunnel peer {} {} at {}", t.node, subnet, t.underlay);
     }
     if let Some(w) = &d.wireguard {
+        let local6 = w.local6.map(|a| format!(" local6 {a}")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "  wireguard {} port {} mtu {} local {} keepalive {}",
+            "  wireguard {} port {} mtu {} local {}{local6} keepalive {}",
             w.name, w.port, w.mtu, w.local, w.persistent_keepalive
         );
     }
     for w in &d.wireguard_peers {
-        let subnet6 = w.subnet6.map(|s| format!(" {s}")).unwrap_or_default();
+        // Its subnets, IPv4 first (an IPv6-only cluster's peers have only the IPv6 one).
+        let subnets: Vec<String> = (w.subnet.iter().map(ToString::to_string))
+            .chain(w.subnet6.iter().map(ToString::to_string))
+            .collect();
         let _ = writeln!(
             out,
-            "  wireguard peer {} {}{subnet6} at {} key {}",
+            "  wireguard peer {} {} at {} key {}",
             w.node,
-            w.subnet,
+            subnets.join(" "),
             w.underlay,
             twill_types::wg_key::short(&w.public_key)
         );

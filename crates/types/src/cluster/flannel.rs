@@ -24,6 +24,20 @@ const FLANNEL_WIREGUARD_FIELDS: Fields = Fields {
     ..FLANNEL_FIELDS
 };
 
+/// The wireguard backend of an IPv6-only cluster in flanneld's `separate` mode, whose one
+/// device (flanneld's `flannel-wg-v6`) listens on `ListenPortV6`.
+const FLANNEL_WIREGUARD6_FIELDS: Fields = Fields {
+    port: "Backend.ListenPortV6",
+    wireguard: super::fields::WireguardFields {
+        port: "Backend.ListenPortV6",
+        ..FLANNEL_FIELDS.wireguard
+    },
+    ..FLANNEL_FIELDS
+};
+
+/// flanneld's default `ListenPortV6`, the port of its IPv6 device in `separate` mode.
+const FLANNEL_DEFAULT_LISTEN_PORT_V6: u16 = 51821;
+
 const FLANNEL_KEYS: &str = "Network, SubnetLen, SubnetMin, SubnetMax, Backend, EnableIPv4, \
                             EnableIPv6, IPv6Network, IPv6SubnetLen, IPv6SubnetMin, \
                             IPv6SubnetMax, EnableNFTables, BGP";
@@ -137,8 +151,7 @@ pub(super) fn parse_flannel(
         }
     }
 
-    let (backend, wireguard, families, fields) = flannel_backend(backend)?;
-    check_wireguard_families(&families, ipv6.enabled, backend.port)?;
+    let (mut backend, mut wireguard, families, mut fields) = flannel_backend(backend)?;
     let pools = match enable_ipv4 {
         Some((key, false)) => {
             // IPv6-only, as flanneld reads it: the IPv4 keys are checked for form and unused.
@@ -164,6 +177,16 @@ pub(super) fn parse_flannel(
         }
         _ => vec![flannel_pool4(network, subnet_len, min, max, fields)?],
     };
+    // The backend's port is WireGuard's (the wireguard backend) or none of its business.
+    let ipv6_only = pools.is_empty();
+    if let Some(wg) = &mut wireguard
+        && let Some(port) =
+            check_wireguard_families(&families, ipv6_only, ipv6.enabled, backend.port)?
+    {
+        wg.listen_port = port;
+        backend.port = port;
+        fields = &FLANNEL_WIREGUARD6_FIELDS;
+    }
     let config = ClusterConfig {
         pools,
         ipv6_pools: flannel_pool6(&ipv6, fields)?.into_iter().collect(),
@@ -518,21 +541,48 @@ fn flannel_backend(
 }
 
 /// Flannel's `Mode` and `ListenPortV6` against what twill runs: one WireGuard device,
-/// `twill.wg` on `ListenPort`, carrying both families over the nodes' IPv4 underlay. So:
+/// `twill.wg`, carrying both families over either underlay (IPv4 wherever both ends have
+/// one). So, in a cluster with IPv4 pools:
 /// - `auto` and `ipv4` are exactly that (and no `Mode` means it too, although flanneld's
 ///   default is `separate`: twill has no second device to give a dual-stack cluster);
 /// - `separate` is refused on a dual-stack cluster, where it would mean a second device and
 ///   port for IPv6 (on an IPv4-only one it is the same single device, and accepted);
-/// - `ipv6` (peers at their IPv6 underlay address) is refused: WireGuard runs over the IPv4
-///   underlay;
+/// - `ipv6` (peers at their IPv6 underlay address even when both ends have IPv4) is refused;
 /// - `ListenPortV6` is accepted when it names `ListenPort`'s port, or when it means nothing
 ///   (IPv4 only, or with `auto` / `ipv4`, where flanneld ignores it too); otherwise it would
 ///   be a second port for IPv6 and is refused.
+///
+/// In an IPv6-only cluster (`ipv6_only`) flanneld makes one device too, and twill follows it:
+/// - `separate` (and no `Mode`, flanneld's default) makes only flanneld's IPv6 device, on
+///   `ListenPortV6` (51821 when missing or 0): twill's device listens there, so the port is
+///   returned (`ListenPort` then means nothing, as in flanneld);
+/// - `auto` and `ipv6` make the one device on `ListenPort`, peers at their IPv6 addresses
+///   (`ListenPortV6` means nothing);
+/// - `ipv4` is refused: it sends to the peers' IPv4 addresses, which they do not have.
+///
+/// Returns the WireGuard port when it is not `listen_port` (`ListenPort` or its default).
 fn check_wireguard_families(
     families: &FlannelWgFamilies,
+    ipv6_only: bool,
     enable_ipv6: bool,
     listen_port: u16,
-) -> Result<(), ConfigError> {
+) -> Result<Option<u16>, ConfigError> {
+    if ipv6_only {
+        return match &families.mode {
+            Some((name, FlannelWgMode::Ipv4)) => fail(ConfigError::unsupported(
+                name,
+                format!(
+                    "{name} ipv4 sends WireGuard to the peers' IPv4 addresses, and this cluster \
+                     is IPv6-only (EnableIPv4 false): use \"Mode\": \"ipv6\" or \"auto\""
+                ),
+            )),
+            Some((_, FlannelWgMode::Auto | FlannelWgMode::Ipv6)) => Ok(None),
+            None | Some((_, FlannelWgMode::Separate)) => Ok(Some(match families.listen_port_v6 {
+                None | Some((_, 0)) => FLANNEL_DEFAULT_LISTEN_PORT_V6,
+                Some((_, port)) => port,
+            })),
+        };
+    }
     let one_device = "twill carries both families through one WireGuard device (twill.wg) on \
                       Backend.ListenPort";
     match &families.mode {
@@ -550,8 +600,10 @@ fn check_wireguard_families(
             return fail(ConfigError::unsupported(
                 name,
                 format!(
-                    "{name} ipv6 sends WireGuard to the peers' IPv6 addresses; twill's WireGuard \
-                     runs over the IPv4 underlay: use \"Mode\": \"auto\" or \"ipv4\""
+                    "{name} ipv6 sends WireGuard to the peers' IPv6 addresses; in a cluster with \
+                     IPv4 pools twill's WireGuard runs over the IPv4 underlay wherever both ends \
+                     have one: use \"Mode\": \"auto\" or \"ipv4\" (ipv6 is for IPv6-only \
+                     clusters, EnableIPv4 false)"
                 ),
             ));
         }
@@ -574,5 +626,5 @@ fn check_wireguard_families(
             ),
         ));
     }
-    Ok(())
+    Ok(None)
 }

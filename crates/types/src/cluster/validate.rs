@@ -473,8 +473,9 @@ fn validate_ipv6(
 /// What an IPv6-only cluster (IPv6 pools, no IPv4 pool) asks of the rest: a backend that
 /// runs over an IPv6 underlay. host-gw routes via the peers' IPv6 addresses, vxlan has its
 /// IPv6 VTEP, udp and ipip run the userspace tunnel over the IPv6 underlay (ipip as Linux's
-/// `ip6tnl`); wireguard and BGP need an IPv4 underlay for now, so they and the `wireguard`
-/// and `bgp` sections are refused.
+/// `ip6tnl`), WireGuard (the wireguard backend, and the `wireguard` section on any of these)
+/// runs over the IPv6 underlay; BGP needs an IPv4 underlay for now, so the bgp backend and
+/// the `bgp` section are refused.
 fn validate_ipv6_only(
     config: &ClusterConfig,
     fields: &Fields,
@@ -496,20 +497,21 @@ fn validate_ipv6_only(
             at6.field(cidr6),
             format!(
                 "{what} needs an IPv4 underlay for now, and this cluster is IPv6-only (every \
-                 pool is IPv6, {at6}{cidr6} {}): use the host-gw, vxlan, udp or ipip backend, or \
-                 add an IPv4 pool (dual-stack)",
+                 pool is IPv6, {at6}{cidr6} {}): use the host-gw, vxlan, udp, ipip or \
+                 wireguard backend, or add an IPv4 pool (dual-stack)",
                 first6.cidr
             ),
         ))
     };
     if !matches!(
         kind,
-        BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Udp | BackendKind::Ipip
+        BackendKind::HostGw
+            | BackendKind::Vxlan
+            | BackendKind::Udp
+            | BackendKind::Ipip
+            | BackendKind::Wireguard
     ) {
         return needs_ipv4(format!("the {kind} backend"), fields.kind);
-    }
-    if config.wireguard.is_some() {
-        return needs_ipv4("wireguard encryption".into(), "wireguard");
     }
     if config.bgp.is_some() {
         return needs_ipv4("BGP".into(), "bgp");
