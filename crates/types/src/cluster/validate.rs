@@ -471,9 +471,11 @@ fn validate_ipv6(
 }
 
 /// What an IPv6-only cluster (IPv6 pools, no IPv4 pool) asks of the rest: a backend that
-/// runs over an IPv6 underlay. host-gw routes via the peers' IPv6 addresses and vxlan has its
-/// IPv6 VTEP; udp, ipip, wireguard and BGP need an IPv4 underlay for now, so they and the
-/// `wireguard` and `bgp` sections are refused.
+/// runs over an IPv6 underlay. host-gw routes via the peers' IPv6 addresses, vxlan has its
+/// IPv6 VTEP, and BGP peers over IPv6 (router IDs hashed from node names unless
+/// `bgp.nodes.NAME.routerId` says, see [`super::bgp`]), so its external peers must be IPv6
+/// routers; udp, ipip and wireguard need an IPv4 underlay for now, so they and the
+/// `wireguard` section are refused.
 fn validate_ipv6_only(
     config: &ClusterConfig,
     fields: &Fields,
@@ -501,14 +503,28 @@ fn validate_ipv6_only(
             ),
         ))
     };
-    if !matches!(kind, BackendKind::HostGw | BackendKind::Vxlan) {
+    if !matches!(
+        kind,
+        BackendKind::HostGw | BackendKind::Vxlan | BackendKind::Bgp
+    ) {
         return needs_ipv4(format!("the {kind} backend"), fields.kind);
     }
     if config.wireguard.is_some() {
         return needs_ipv4("wireguard encryption".into(), "wireguard");
     }
-    if config.bgp.is_some() {
-        return needs_ipv4("BGP".into(), "bgp");
+    // The nodes have no IPv4 address to reach an IPv4 router from.
+    let mut peers = config.bgp.iter().flat_map(|b| b.peers.iter().enumerate());
+    if let Some((i, peer)) = peers.find(|(_, p)| p.address.is_ipv4()) {
+        return fail(ConfigError::conflict(
+            format!("bgp.peers[{i}].address"),
+            at6.field(cidr6),
+            format!(
+                "bgp.peers[{i}].address {} is an IPv4 address, and this cluster is IPv6-only \
+                 (every pool is IPv6, {at6}{cidr6} {}): its nodes have no IPv4 underlay to \
+                 reach it; give the router's IPv6 address",
+                peer.address, first6.cidr
+            ),
+        ));
     }
     Ok(())
 }
