@@ -10,7 +10,9 @@
 //! - A dual-stack node without an IPv6 underlay address sends its IPv6 subnet over its IPv4
 //!   session with an IPv4-mapped next hop and its link-local one; its peer routes to it by
 //!   the link-local one, it routes to the peer by the peer's IPv6 address, and pods of the
-//!   two ping each other over IPv6.
+//!   two ping each other over IPv6. BIRD, as an IPv4-only eBGP router with `extended next
+//!   hop` on its IPv6 channel, takes that subnet via the node's IPv4 address (without it,
+//!   BIRD treats those routes as withdrawn: it reads the mapped address as an IPv4 one).
 //!
 //! Every namespace is made here with a unique name and removed (its processes killed) on
 //! drop, pass or fail.
@@ -241,6 +243,67 @@ fn etcd(sw: &Netns, client: &str, dir: &Path) -> Background {
     Background(child)
 }
 
+/// BIRD in a namespace of its own on the switch's bridge (port `port`), at `address`.
+struct Bird {
+    /// Kept for BIRD's life: dropping it ends BIRD and its link.
+    _ns: Netns,
+    sock: PathBuf,
+    _bird: Background,
+}
+
+impl Bird {
+    /// Starts BIRD with router ID `router_id` (given: BIRD cannot take one from an IPv6-only
+    /// namespace) and the protocols of `body`, its files in `dir`.
+    fn start(
+        tag: &str,
+        sw: &Netns,
+        address: &str,
+        dir: &Path,
+        router_id: &str,
+        body: &str,
+    ) -> Bird {
+        let ns = Netns::new(&format!("{tag}rr"));
+        veth(&ns, "eth0", sw, "prr");
+        sw.ok(&["ip", "link", "set", "prr", "master", "br0"]);
+        let mut add = vec!["ip", "addr", "add", address, "dev", "eth0"];
+        if address.contains(':') {
+            add.push("nodad");
+        }
+        ns.ok(&add);
+        let conf = format!("router id {router_id};\nprotocol device {{ scan time 1; }}\n{body}");
+        let conf_path = dir.join("bird.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let sock = dir.join("bird.ctl");
+        let pid = dir.join("bird.pid");
+        let bird = ns.spawn(&[
+            "bird",
+            "-f",
+            "-c",
+            conf_path.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+            "-P",
+            pid.to_str().unwrap(),
+        ]);
+        Bird {
+            _ns: ns,
+            sock,
+            _bird: bird,
+        }
+    }
+
+    /// `birdc -s SOCKET ARGS`: its output.
+    fn birdc(&self, args: &[&str]) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// `twill cluster init` from `node` (retried while etcd starts).
 fn cluster_init(node: &Node, store: &str, yaml: &str) {
     let file = node.data.path().join("cluster.yaml");
@@ -275,36 +338,12 @@ fn ipv6_only_nodes_route_pods_by_bgp_through_bird() {
 
     // BIRD: the route reflector of both nodes, over IPv6 only (its namespace has no IPv4,
     // so its router ID is given, as BIRD requires there).
-    let rr = Netns::new(&format!("{tag}rr"));
-    veth(&rr, "eth0", &sw, "prr");
-    sw.ok(&["ip", "link", "set", "prr", "master", "br0"]);
-    rr.ok(&["ip", "addr", "add", "fd00:1::1/64", "dev", "eth0", "nodad"]);
-    let mut conf = "router id 10.255.0.1;\nprotocol device { scan time 1; }\n".to_string();
+    let mut body = String::new();
     for (name, ip) in [("h1", "fd00:1::11"), ("h2", "fd00:1::12")] {
-        conf += &bird_peer6(name, "fd00:1::1", 64512, ip, 64512, "rr client;");
+        body += &bird_peer6(name, "fd00:1::1", 64512, ip, 64512, "rr client;");
     }
-    let bird_conf = dir.path().join("bird.conf");
-    let sock = dir.path().join("bird.ctl");
-    std::fs::write(&bird_conf, conf).unwrap();
-    let bird_pid = dir.path().join("bird.pid");
-    let _bird = rr.spawn(&[
-        "bird",
-        "-f",
-        "-c",
-        bird_conf.to_str().unwrap(),
-        "-s",
-        sock.to_str().unwrap(),
-        "-P",
-        bird_pid.to_str().unwrap(),
-    ]);
-    let birdc = |args: &[&str]| -> String {
-        let out = Command::new("birdc")
-            .args(["-s", sock.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let bird = Bird::start(tag, &sw, "fd00:1::1/64", dir.path(), "10.255.0.1", &body);
+    let birdc = |args: &[&str]| bird.birdc(args);
 
     let mut nodes: Vec<Node> = [("h1", "fd00:1::11"), ("h2", "fd00:1::12")]
         .into_iter()
@@ -481,10 +520,24 @@ fn a_dual_stack_node_without_an_ipv6_underlay_is_reached_by_its_link_local_addre
         },
         || format!("{}", nodes[0].ns.ip_json(&["-6", "addr"])),
     );
+    // BIRD as an eBGP router with only IPv4 on the link too, peering with h3 over IPv4 for
+    // both families.
+    let body = "protocol bgp h3 {\n  local 192.168.77.1 as 65000;\n  neighbor 192.168.77.13 as 64512;\n  \
+         hold time 3; connect retry time 1; connect delay time 1; error wait time 1, 2;\n  \
+         direct;\n  ipv4 { import all; export none; };\n  ipv6 { import all; export none; extended next hop on; };\n}\n";
+    let bird = Bird::start(
+        tag,
+        &sw,
+        "192.168.77.1/24",
+        dir.path(),
+        "192.168.77.1",
+        body,
+    );
     cluster_init(
         &nodes[0],
         store,
-        "backend: bgp\npools:\n  - {name: pods, cidr: 10.244.0.0/16}\n  - {name: pods6, cidr: \"fd00:10:244::/56\"}\nbgp: {}\n",
+        "backend: bgp\npools:\n  - {name: pods, cidr: 10.244.0.0/16}\n  - {name: pods6, cidr: \"fd00:10:244::/56\"}\n\
+         bgp:\n  peers:\n    - {address: 192.168.77.1, asNumber: 65000, node: h3}\n",
     );
     for n in &mut nodes {
         n.start_agent(store);
@@ -506,6 +559,22 @@ fn a_dual_stack_node_without_an_ipv6_underlay_is_reached_by_its_link_local_addre
         .find(|r| r["prefix"] == subnets[0].as_str())
         .unwrap_or_else(|| panic!("{status}"));
     assert_eq!(from_h3["nextHop"], "::ffff:192.168.77.13", "{status}");
+    // BIRD, told that IPv6 routes may have IPv4 next hops (`extended next hop`, RFC 4798's
+    // IPv4-mapped form for IPv6), takes h3's IPv6 subnet via h3's IPv4 address.
+    let bird_has = || {
+        let routes = bird.birdc(&["show", "route", "table", "master6"]);
+        let lines: Vec<&str> = routes.lines().collect();
+        lines
+            .windows(2)
+            .any(|w| {
+                w[0].starts_with(&format!("{} ", subnets[0]))
+                    && w[1].trim_start().starts_with("via 192.168.77.13 ")
+            })
+            .then_some(())
+    };
+    wait_for("BIRD to learn h3's IPv6 subnet", T60, bird_has, || {
+        bird.birdc(&["show", "route", "all"]) + &bird.birdc(&["show", "protocols", "all", "h3"])
+    });
 
     let (pa, pb) = (
         Netns::new(&format!("{tag}pa")),
