@@ -232,8 +232,9 @@ pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, S
 /// Kernel routes for the learned best routes, skipping what must not be touched: anything
 /// overlapping this node's pod subnet or underlay subnet (of either family), default routes,
 /// next hops that are this node, next hops of the other family than the prefix (an IPv6
-/// route over an IPv4 session from a peer without an IPv6 next hop: an IPv4-mapped one),
-/// and prefixes the backend already routes (tunnel modes, WireGuard). A prefix inside the
+/// route over an IPv4 session from a peer without an IPv6 next hop: an IPv4-mapped one, when
+/// no link-local one came with it, see [`twill_bgp::PathAttrs::installable_next_hop`]), IPv4
+/// routes on a node without IPv4 (IPv6-only), and prefixes the backend already routes (tunnel modes, WireGuard). A prefix inside the
 /// subnet (of its family) of a peer WireGuard encrypts goes into `twill.wg` instead of to
 /// its clear next hop: with encryption on, that peer's pods are reached encrypted whatever
 /// BGP says; one inside the subnet of a peer to encrypt that WireGuard cannot reach (no key;
