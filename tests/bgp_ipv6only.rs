@@ -6,7 +6,10 @@
 //!   IPv6) route by BGP through BIRD as their route reflector over IPv6 sessions: BIRD learns
 //!   both nodes' IPv6 subnets and sees their router IDs hashed from their node names, each
 //!   node's kernel holds the other's subnet via its IPv6 underlay address (protocol 117),
-//!   and pods ping each other over IPv6.
+//!   and pods ping each other over IPv6; no pod reaches a node's BGP port.
+//! - The same nodes in the default full mesh (twill to twill over IPv6), with BIRD as an
+//!   eBGP top-of-rack router by IPv6 address: it learns both subnets, and its own prefix is
+//!   installed by both nodes.
 //! - A dual-stack node without an IPv6 underlay address sends its IPv6 subnet over its IPv4
 //!   session with an IPv4-mapped next hop and its link-local one; its peer routes to it by
 //!   the link-local one, it routes to the peer by the peer's IPv6 address, and pods of the
@@ -326,6 +329,43 @@ fn cluster_init(node: &Node, store: &str, yaml: &str) {
     }
 }
 
+/// Nodes h1 (fd00:1::11) and h2 (fd00:1::12) on the switch, with no IPv4 address on their
+/// underlay links.
+fn ipv6_only_nodes(tag: &str, sw: &Netns) -> Vec<Node> {
+    let nodes: Vec<Node> = [("h1", "fd00:1::11"), ("h2", "fd00:1::12")]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, ip))| {
+            let n = Node::new(name, tag, sw, &format!("p{}", i + 1));
+            let address = format!("{ip}/64");
+            n.ns.ok(&["ip", "addr", "add", &address, "dev", "eth0", "nodad"]);
+            n
+        })
+        .collect();
+    for n in &nodes {
+        let v4 = n.ns.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+        assert!(
+            v4.as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["addr_info"].as_array().is_none_or(Vec::is_empty)),
+            "{v4}"
+        );
+    }
+    nodes
+}
+
+/// Whether `birdc show route` output has `prefix` from protocol `proto` via `via`.
+fn bird_route(routes: &str, prefix: &str, proto: &str, via: &str) -> bool {
+    // `PREFIX  unicast [PROTOCOL ...]`, then `\tvia ADDRESS on eth0`.
+    let lines: Vec<&str> = routes.lines().collect();
+    lines.windows(2).any(|w| {
+        w[0].starts_with(&format!("{prefix} "))
+            && w[0].contains(&format!("[{proto} "))
+            && w[1].trim_start().starts_with(&format!("via {via} "))
+    })
+}
+
 #[test]
 #[ignore = "needs root"]
 fn ipv6_only_nodes_route_pods_by_bgp_through_bird() {
@@ -345,34 +385,7 @@ fn ipv6_only_nodes_route_pods_by_bgp_through_bird() {
     let bird = Bird::start(tag, &sw, "fd00:1::1/64", dir.path(), "10.255.0.1", &body);
     let birdc = |args: &[&str]| bird.birdc(args);
 
-    let mut nodes: Vec<Node> = [("h1", "fd00:1::11"), ("h2", "fd00:1::12")]
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, ip))| {
-            let n = Node::new(name, tag, &sw, &format!("p{}", i + 1));
-            n.ns.ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{ip}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            n
-        })
-        .collect();
-    // No IPv4 address on any underlay link.
-    for n in &nodes {
-        let v4 = n.ns.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
-        assert!(
-            v4.as_array()
-                .unwrap()
-                .iter()
-                .all(|l| l["addr_info"].as_array().is_none_or(Vec::is_empty)),
-            "{v4}"
-        );
-    }
+    let mut nodes = ipv6_only_nodes(tag, &sw);
     // Not a mesh: BIRD reflects every route, so each node's kernel route comes through it.
     cluster_init(
         &nodes[0],
@@ -391,20 +404,13 @@ fn ipv6_only_nodes_route_pods_by_bgp_through_bird() {
     assert_eq!(nodes[1].bgp_route6(&subnets[0]), "fd00:1::11");
     // BIRD has both subnets, from the nodes' IPv6 addresses, and their hashed router IDs.
     let routes = birdc(&["show", "route"]);
-    let lines: Vec<&str> = routes.lines().collect();
     for ((subnet, via), node) in subnets
         .iter()
         .zip(["fd00:1::11", "fd00:1::12"])
         .zip(["h1", "h2"])
     {
-        // `PREFIX  unicast [PROTOCOL ...]`, then `\tvia ADDRESS on eth0`.
-        let learned = lines.windows(2).any(|w| {
-            w[0].starts_with(&format!("{subnet} "))
-                && w[0].contains(&format!("[{node} "))
-                && w[1].trim_start().starts_with(&format!("via {via} "))
-        });
         assert!(
-            learned,
+            bird_route(&routes, subnet, node, via),
             "BIRD lacks {subnet} from {node} via {via}:\n{routes}"
         );
     }
@@ -415,8 +421,21 @@ fn ipv6_only_nodes_route_pods_by_bgp_through_bird() {
             proto.contains("Established") && proto.contains(&format!("Neighbor ID:      {id}")),
             "{proto}"
         );
-        // The agent says the same.
-        let status = n.status();
+        // The agent says the same (its status file follows within a second or so): one
+        // session, with BIRD, up.
+        let status = wait_for(
+            &format!("{}'s status to show its session with BIRD", n.name),
+            T60,
+            || {
+                let status = n.status();
+                let up = status["bgp"]["peers"]
+                    .as_array()?
+                    .iter()
+                    .any(|p| p["state"] == "Established");
+                up.then_some(status)
+            },
+            || format!("{}", n.status()),
+        );
         assert_eq!(status["bgp"]["routerId"], id.as_str(), "{status}");
         let peers = status["bgp"]["peers"].as_array().unwrap();
         assert_eq!(peers.len(), 1, "{status}");
@@ -474,6 +493,96 @@ fn ipv6_only_nodes_route_pods_by_bgp_through_bird() {
         assert!(proto.contains("Established"), "{proto}");
     }
     assert!(pa.ping(&b6, 3), "pod-a to pod-b after the probes");
+}
+
+/// The default full mesh between IPv6-only nodes (twill to twill over IPv6, both ends with
+/// hashed router IDs), with BIRD as an eBGP top-of-rack router by IPv6 address: it learns
+/// both subnets and announces a prefix of its own, which both kernels install.
+#[test]
+#[ignore = "needs root"]
+fn ipv6_only_mesh_with_bird_as_top_of_rack() {
+    require_root();
+    let tag = "b6m";
+    let dir = TempDir::new("b6m");
+    let sw = switch(tag, "fd00:1::100/64");
+    let _etcd = etcd(&sw, "http://[fd00:1::100]:2379", dir.path());
+    let store = "etcd://[fd00:1::100]:2379";
+    let mut body = "protocol static own6 { ipv6; route fd00:99::/64 unreachable; }\n".to_string();
+    for (name, ip) in [("h1", "fd00:1::11"), ("h2", "fd00:1::12")] {
+        body += &bird_peer6(name, "fd00:1::1", 65000, ip, 64512, "");
+    }
+    let bird = Bird::start(tag, &sw, "fd00:1::1/64", dir.path(), "10.255.0.1", &body);
+    let mut nodes = ipv6_only_nodes(tag, &sw);
+    cluster_init(
+        &nodes[0],
+        store,
+        "pools:\n  - {name: pods6, cidr: \"fd00:10:244::/56\"}\n\
+         bgp:\n  peers:\n    - {address: \"fd00:1::1\", asNumber: 65000}\n",
+    );
+    for n in &mut nodes {
+        n.start_agent(store);
+    }
+    let subnets: Vec<String> = nodes.iter().map(Node::subnet6).collect();
+    // The mesh: each node routes the other's subnet via its address; BIRD's own prefix
+    // via BIRD.
+    assert_eq!(nodes[0].bgp_route6(&subnets[1]), "fd00:1::12");
+    assert_eq!(nodes[1].bgp_route6(&subnets[0]), "fd00:1::11");
+    for n in &nodes {
+        assert_eq!(n.bgp_route6("fd00:99::/64"), "fd00:1::1");
+        // Both sessions up: the mesh and the router (BIRD may pass a node's route on with
+        // its next hop unchanged before the mesh session is up, so the route alone does
+        // not show it).
+        let other = if n.name == "h1" {
+            "fd00:1::12"
+        } else {
+            "fd00:1::11"
+        };
+        wait_for(
+            &format!("{}'s sessions with BIRD and {other}", n.name),
+            T60,
+            || {
+                let status = n.status();
+                let mut up: Vec<String> = status["bgp"]["peers"]
+                    .as_array()?
+                    .iter()
+                    .filter(|p| p["state"] == "Established")
+                    .filter_map(|p| p["address"].as_str().map(str::to_string))
+                    .collect();
+                up.sort_unstable();
+                (up == ["fd00:1::1", other]).then_some(())
+            },
+            || format!("{}\nlog:\n{}", n.status(), n.log()),
+        );
+    }
+    let routes = wait_for(
+        "BIRD to learn both subnets",
+        T60,
+        || {
+            // Per session: each node re-advertises the other's subnet too (eBGP, next hop
+            // self), so BIRD's best path may be either; each node's own must be there.
+            let from = |node: &str| bird.birdc(&["show", "route", "protocol", node]);
+            let (h1, h2) = (from("h1"), from("h2"));
+            let both = bird_route(&h1, &subnets[0], "h1", "fd00:1::11")
+                && bird_route(&h2, &subnets[1], "h2", "fd00:1::12");
+            both.then_some(h1 + &h2)
+        },
+        || bird.birdc(&["show", "route", "all"]),
+    );
+    assert!(routes.contains("[AS64512i]"), "{routes}");
+
+    let (pa, pb) = (
+        Netns::new(&format!("{tag}pa")),
+        Netns::new(&format!("{tag}pb")),
+    );
+    let a6 = nodes[0].pod("pod-a", &pa);
+    let b6 = nodes[1].pod("pod-b", &pb);
+    wait_for(
+        "pod-a to ping pod-b over IPv6",
+        T60,
+        || pa.ping(&b6, 1).then_some(()),
+        || format!("{:?}", nodes[0].twill_routes6()),
+    );
+    assert!(pb.ping(&a6, 3), "pod-b to pod-a");
 }
 
 #[test]
@@ -547,17 +656,31 @@ fn a_dual_stack_node_without_an_ipv6_underlay_is_reached_by_its_link_local_addre
     // has no kernel route); h3 reaches h4's by h4's IPv6 address, on the link.
     assert_eq!(nodes[1].bgp_route6(&subnets[0]), h3_link_local);
     assert_eq!(nodes[0].bgp_route6(&subnets[1]), "fd00:77::14");
-    // Over the one session there is: IPv4.
-    let status = nodes[1].status();
+    // Over the one session there is, IPv4, h3 sent its IPv4 address mapped as the global
+    // next hop, as BIRD sends it (the status file follows the kernel within a second or so).
+    let h4 = &nodes[1];
+    let status = wait_for(
+        "h4's status to show h3's IPv6 route",
+        T60,
+        || {
+            let status = h4.status();
+            let from_h3 = status["bgp"]["routes"]
+                .as_array()?
+                .iter()
+                .any(|r| r["prefix"] == subnets[0].as_str());
+            from_h3.then_some(status)
+        },
+        || format!("{}", h4.status()),
+    );
     let peers = status["bgp"]["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 1, "{status}");
     assert_eq!(peers[0]["address"], "192.168.77.13", "{status}");
-    // What h3 sent: its IPv4 address mapped, as BIRD sends it.
-    let learned = status["bgp"]["routes"].as_array().unwrap();
-    let from_h3 = learned
+    let from_h3 = status["bgp"]["routes"]
+        .as_array()
+        .unwrap()
         .iter()
         .find(|r| r["prefix"] == subnets[0].as_str())
-        .unwrap_or_else(|| panic!("{status}"));
+        .unwrap();
     assert_eq!(from_h3["nextHop"], "::ffff:192.168.77.13", "{status}");
     // BIRD, told that IPv6 routes may have IPv4 next hops (`extended next hop`, RFC 4798's
     // IPv4-mapped form for IPv6), takes h3's IPv6 subnet via h3's IPv4 address.
