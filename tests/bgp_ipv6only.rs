@@ -719,3 +719,60 @@ fn a_dual_stack_node_without_an_ipv6_underlay_is_reached_by_its_link_local_addre
     );
     assert!(pb.ping(&a6, 3), "pod-b to pod-a");
 }
+
+/// `twill bgp peer add` refuses an IPv4 router for an IPv6-only cluster (no node could reach
+/// it) and stores an IPv6 one. No root: an embedded store in a temporary directory.
+#[test]
+fn bgp_peer_add_takes_only_ipv6_routers_in_an_ipv6_only_cluster() {
+    let dir = TempDir::new("b6cli");
+    let store = format!("embedded:{}", dir.path().join("store.redb").display());
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &file,
+        "pools:\n  - {name: pods6, cidr: \"fd00:10:244::/56\"}\nbgp: {}\n",
+    )
+    .unwrap();
+    let twill = |args: &[&str]| Command::new(TWILL).args(args).output().unwrap();
+    let file = file.to_str().unwrap();
+    let out = twill(&[
+        "cluster",
+        "init",
+        "--store",
+        &store,
+        "-f",
+        file,
+        "--allow-overlap",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = twill(&[
+        "bgp",
+        "peer",
+        "add",
+        "192.168.1.1",
+        "--as",
+        "65000",
+        "--store",
+        &store,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains("192.168.1.1 is an IPv4 address") && err.contains("IPv6-only"),
+        "{err}"
+    );
+    let out = twill(&[
+        "bgp",
+        "peer",
+        "add",
+        "fd00:1::1",
+        "--as",
+        "65000",
+        "--store",
+        &store,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fd00:1::1"),
+        "{out:?}"
+    );
+}
