@@ -1,5 +1,5 @@
 //! IPv6-only cluster configs through the CLI (issue 15): `twill cluster init` stores one and
-//! says so, refuses backends that need an IPv4 underlay, and `twill agent` runs a node of
+//! says so, refuses an IPv4 BGP router its nodes could not reach, and `twill agent` runs a node of
 //! such a cluster on an IPv6-only underlay: it leases an IPv6 subnet, writes the node file
 //! and status without IPv4 parts, and makes only the IPv6 VTEP. Each run is in a network
 //! namespace of its own (cluster init reads the host's networks).
@@ -32,18 +32,22 @@ fn cluster_init_stores_an_ipv6_only_config_and_the_agent_runs_an_ipv6_only_node(
         path.to_str().unwrap().to_string()
     };
 
-    let wireguard = write(
-        "wireguard.json",
-        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard"}}"#,
+    // Every backend runs IPv6-only, but the nodes cannot reach an IPv4 router.
+    let ipv4_router = write(
+        "bgp.yaml",
+        "backend: bgp\npools:\n  - {name: pods6, cidr: \"fd00:10:244::/56\"}\n\
+         bgp:\n  peers:\n    - {address: \"192.0.2.1\", asNumber: 65000}\n",
     );
     let out = twill_in(
         &ns,
-        &["cluster", "init", "--store", &store, "-f", &wireguard],
+        &["cluster", "init", "--store", &store, "-f", &ipv4_router],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("the wireguard backend needs an IPv4 underlay for now"),
+        err.contains(
+            "bgp.peers[0].address 192.0.2.1 is an IPv4 address, and this cluster is IPv6-only"
+        ),
         "{err}"
     );
 

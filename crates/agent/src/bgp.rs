@@ -15,6 +15,17 @@
 //! as next hop), listen on their IPv6 underlay address as well, and peer over IPv6 with nodes
 //! that have one; learned IPv6 routes take the same two ways into the kernel.
 //!
+//! A dual-stack node without an IPv6 underlay address sends its IPv6 subnet over its IPv4
+//! sessions with an IPv4-mapped next hop (`::ffff:a.b.c.d`, as BIRD does) plus, to peers on
+//! its link, its link-local address there (RFC 2545). Peers on that link route to it by the
+//! link-local one; elsewhere the route is not installed: Linux has no IPv6 route via an IPv4
+//! gateway (`RTA_VIA` is IPv4-only: "IPv6 does not support RTA_VIA attribute").
+//!
+//! A node of an IPv6-only cluster has no IPv4 at all: its speaker listens on its IPv6
+//! underlay address only, peers only over IPv6, advertises only its IPv6 subnet, and takes
+//! a router ID hashed from its node name unless the config pins one
+//! ([`BgpConfig::router_id`]); a peer that would share that ID is reported.
+//!
 //! The pure parts ([`topology`], [`learned_specs`], [`route_delta`]) are unit-tested here;
 //! [`BgpSide`] is the speaker's I/O (sessions, their keys, status reads).
 //!
@@ -82,16 +93,38 @@ pub struct WantPeer {
     pub auth: BgpAuth,
 }
 
+/// The underlay address families a node has: both, IPv4 alone (a dual-stack node without
+/// an IPv6 underlay address, or an IPv4-only cluster), or IPv6 alone (an IPv6-only cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlays {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Underlays {
+    pub const V4: Underlays = Underlays {
+        v4: true,
+        v6: false,
+    };
+    pub const V6: Underlays = Underlays {
+        v4: false,
+        v6: true,
+    };
+    pub const DUAL: Underlays = Underlays { v4: true, v6: true };
+}
+
 /// The peers node `me` should have: nodes by the mesh or the reflectors, then external
-/// peers of the config and of the store (global, or for `me`). With an IPv6 underlay
-/// (`underlay6`), a node that has one too is peered with over IPv6 as well: each session
-/// carries what its family can give a next hop to (IPv4 routes on the IPv4 one; IPv6
-/// routes on both, over the IPv4 one with the IPv6 next hop the sender advertises, RFC
-/// 2545), so either keeps the IPv6 routes up while the other is down. Pure.
+/// peers of the config and of the store (global, or for `me`). Nodes are peered with over
+/// every family both ends have an underlay address of: each session carries what its family
+/// can give a next hop to (IPv4 routes on the IPv4 one; IPv6 routes on both, over the IPv4
+/// one with the IPv6 next hop the sender advertises, RFC 2545), so either keeps the IPv6
+/// routes up while the other is down. Without an IPv4 underlay (an IPv6-only node) nothing
+/// is peered with over IPv4, external routers included; without an IPv6 one, configured
+/// IPv6 routers are still peered with (routing to them is the operator's). Pure.
 pub fn topology(
     cfg: &BgpConfig,
     me: &str,
-    underlay6: bool,
+    underlays: Underlays,
     leases: &[Lease],
     store_peers: &[BgpPeer],
 ) -> BTreeMap<IpAddr, WantPeer> {
@@ -99,11 +132,12 @@ pub fn topology(
     let my_as = cfg.node_as(me);
     let i_reflect = cfg.is_reflector(me);
     for l in leases.iter().filter(|l| l.node != me) {
-        // An IPv4 session always (a lease without an IPv4 address is not admitted with BGP),
-        // and an IPv6 one too when both ends have an IPv6 underlay.
-        let Some(address) = l.public_ip() else {
+        // A session per family both ends have an underlay address of.
+        let address = l.public_ip().filter(|_| underlays.v4);
+        let address6 = l.public_ip6().filter(|_| underlays.v6);
+        if address.is_none() && address6.is_none() {
             continue;
-        };
+        }
         let kind = if cfg.node_to_node_mesh {
             PeerKind::NodeMesh
         } else if cfg.is_reflector(&l.node) {
@@ -120,13 +154,19 @@ pub fn topology(
             port: cfg.listen_port,
             auth: cfg.auth.clone(),
         };
-        if let Some(ip6) = l.public_ip6().filter(|_| underlay6) {
+        if let Some(ip6) = address6 {
             want.entry(IpAddr::V6(ip6)).or_insert(peer.clone());
         }
-        want.entry(IpAddr::V4(address)).or_insert(peer);
+        if let Some(ip4) = address {
+            want.entry(IpAddr::V4(ip4)).or_insert(peer);
+        }
     }
     let external = cfg.peers.iter().chain(store_peers);
-    for p in external.filter(|p| p.node.as_deref().is_none_or(|n| n == me)) {
+    let reachable = |p: &&BgpPeer| underlays.v4 || p.address.is_ipv6();
+    for p in external
+        .filter(|p| p.node.as_deref().is_none_or(|n| n == me))
+        .filter(reachable)
+    {
         // A node's own address is never an external router; the config wins over the store.
         let kind = if i_reflect && p.as_number == my_as {
             // Routers in our AS that peer with a reflector are its clients (the usual
@@ -144,6 +184,21 @@ pub fn topology(
         });
     }
     want
+}
+
+/// The nodes among `leases` whose router ID ([`BgpConfig::router_id`], from their names and
+/// IPv4 underlay addresses) is `mine` too, node `me` aside. Pure.
+pub fn router_id_clashes(
+    cfg: &BgpConfig,
+    me: &str,
+    mine: Ipv4Addr,
+    leases: &[Lease],
+) -> Vec<String> {
+    leases
+        .iter()
+        .filter(|l| l.node != me && cfg.router_id(&l.node, l.public_ip()) == mine)
+        .map(|l| l.node.clone())
+        .collect()
 }
 
 /// A session's TCP-MD5 key, read now from where `auth` says (the config itself, a file on
@@ -177,8 +232,9 @@ pub fn resolve_password(auth: &BgpAuth) -> Result<Option<twill_bgp::Password>, S
 /// Kernel routes for the learned best routes, skipping what must not be touched: anything
 /// overlapping this node's pod subnet or underlay subnet (of either family), default routes,
 /// next hops that are this node, next hops of the other family than the prefix (an IPv6
-/// route over an IPv4 session from a peer without an IPv6 next hop: an IPv4-mapped one),
-/// and prefixes the backend already routes (tunnel modes, WireGuard). A prefix inside the
+/// route over an IPv4 session from a peer without an IPv6 next hop: an IPv4-mapped one, when
+/// no link-local one came with it, see [`twill_bgp::PathAttrs::installable_next_hop`]), IPv4
+/// routes on a node without IPv4 (IPv6-only), and prefixes the backend already routes (tunnel modes, WireGuard). A prefix inside the
 /// subnet (of its family) of a peer WireGuard encrypts goes into `twill.wg` instead of to
 /// its clear next hop: with encryption on, that peer's pods are reached encrypted whatever
 /// BGP says; one inside the subnet of a peer to encrypt that WireGuard cannot reach (no key;
@@ -211,6 +267,8 @@ pub fn learned_specs(
         .iter()
         .filter(|(dst, _)| !carried.contains(*dst))
         .filter_map(|(dst, via)| match (*dst, *via) {
+            // Only a node with IPv4 takes IPv4 routes (an IPv6-only one has nowhere to send
+            // them, nor a subnet they could collide with).
             (IpNet::V4(dst), IpAddr::V4(via)) => learned_spec4(dst, via, node, desired),
             (IpNet::V6(dst), IpAddr::V6(via)) => learned_spec6(dst, via, node, desired),
             _ => None,
@@ -224,10 +282,11 @@ fn learned_spec4(
     node: &LocalNode,
     desired: &DesiredState,
 ) -> Option<RouteSpec> {
+    let (subnet, public_net) = node.ipv4()?;
     let usable = dst.prefix_len() != 0
-        && !overlaps(dst, node.subnet4())
-        && !overlaps(dst, node.public_net4().trunc())
-        && via != node.public_net4().addr()
+        && !overlaps(dst, subnet)
+        && !overlaps(dst, public_net.trunc())
+        && via != public_net.addr()
         && (encrypted_subnet_of(desired, dst).is_some()
             || !must_not_route_in_clear(desired, IpNet::V4(dst)));
     if !usable {
@@ -241,7 +300,7 @@ fn learned_spec4(
             dev: node.underlay_dev.clone(),
             // A next hop off the underlay subnet (a multi-hop iBGP peer) is only
             // usable as an on-link gateway.
-            onlink: !node.public_net4().contains(&via),
+            onlink: !public_net.contains(&via),
         },
     })
 }
@@ -271,6 +330,9 @@ fn learned_spec6(
         return Some(twill_backend::wireguard::route6_within(dst, subnet6));
     }
     let link_local = via.is_unicast_link_local();
+    // An IPv4-mapped next hop (from a peer without an IPv6 underlay, with no link-local one
+    // because it is not on our link) cannot be routed to: Linux refuses IPv6 routes via an
+    // IPv4 gateway. Peers on our link send their link-local one too, which is used instead.
     let usable = !(via.is_unspecified() || via.is_loopback() || via.is_multicast())
         && via.to_ipv4_mapped().is_none()
         && !must_not_route_in_clear(desired, IpNet::V6(dst));
@@ -383,7 +445,8 @@ async fn start_on_own_thread(
 pub struct BgpSide {
     cfg: BgpConfig,
     me: String,
-    my_ip: Ipv4Addr,
+    /// This node's IPv4 underlay address; None on an IPv6-only node.
+    my_ip: Option<Ipv4Addr>,
     /// This node's IPv6 underlay address, when it has one.
     my_ip6: Option<Ipv6Addr>,
     pub speaker: Speaker,
@@ -392,29 +455,42 @@ pub struct BgpSide {
     running: BTreeMap<IpAddr, WantPeer>,
     /// Their TCP-MD5 keys as given (read again at every sync: a changed key re-adds the peer).
     running_keys: HashMap<IpAddr, Option<twill_bgp::Password>>,
+    /// This speaker's router ID, and the nodes already reported for sharing it.
+    router_id: Ipv4Addr,
+    id_clashes: BTreeSet<String>,
+    /// IPv4 routers already reported as unreachable from this IPv6-only node.
+    unreachable_reported: BTreeSet<IpAddr>,
     pub status: Option<BgpStatus>,
 }
 
 impl BgpSide {
-    /// Starts the speaker for this node: listening on its underlay addresses (IPv4, and
-    /// IPv6 when it has one), originating its pod subnets (the IPv6 one with its IPv6
-    /// underlay address as next hop, plus the underlay link's link-local address for peers
-    /// on that link, RFC 2545), and (after a restart) asking peers to keep its routes until
-    /// End-of-RIB.
+    /// Starts the speaker for this node: listening on its underlay addresses (IPv4 and IPv6,
+    /// whichever it has), originating its pod subnets (the IPv6 one with its IPv6 underlay
+    /// address as next hop, plus the underlay link's link-local address for peers on that
+    /// link, RFC 2545), and (after a restart) asking peers to keep its routes until
+    /// End-of-RIB. Its router ID is [`BgpConfig::router_id`]'s.
     pub async fn start(
         cfg: BgpConfig,
         node: &LocalNode,
         restarting: bool,
     ) -> anyhow::Result<BgpSide> {
-        let my_ip = node.public_net4().addr();
+        let my_ip = node.public_net.map(|n| n.addr());
         let my_ip6 = node.public_net6.map(|n| n.addr());
         let asn = cfg.node_as(&node.name);
-        let mut sc = SpeakerConfig::new(asn, my_ip);
-        sc.listen = Some(SocketAddr::new(IpAddr::V4(my_ip), cfg.listen_port));
-        sc.listen_also = my_ip6
-            .map(|ip6| SocketAddr::new(IpAddr::V6(ip6), cfg.listen_port))
+        let router_id = cfg.router_id(&node.name, my_ip);
+        let mut sc = SpeakerConfig::new(asn, router_id);
+        let listen = |ip: IpAddr| SocketAddr::new(ip, cfg.listen_port);
+        let mut listen_on = my_ip
+            .map(IpAddr::V4)
             .into_iter()
-            .collect();
+            .chain(my_ip6.map(IpAddr::V6))
+            .map(listen);
+        sc.listen = Some(
+            listen_on
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("this node has no underlay address"))?,
+        );
+        sc.listen_also = listen_on.collect();
         sc.next_hop_v6 = my_ip6;
         sc.cluster_id = cfg.cluster_id;
         sc.hold_time = cfg.hold_time;
@@ -422,20 +498,23 @@ impl BgpSide {
         sc.graceful_restart.enabled = cfg.graceful_restart;
         sc.graceful_restart.restarting = restarting && cfg.graceful_restart;
         // Aggregated: the node's blocks, never per pod.
-        sc.local_routes.push((IpNet::V4(node.subnet4()), None));
+        sc.local_routes
+            .extend(node.subnet.map(|subnet| (IpNet::V4(subnet), None)));
         if let Some(subnet6) = node.subnet6 {
             if my_ip6.is_none() {
                 warn!(
                     %subnet6,
                     "bgp: this node has no IPv6 underlay address: its IPv6 subnet goes out \
-                     with an IPv4-mapped next hop, which peers do not install"
+                     with an IPv4-mapped next hop and its link-local address, so peers on \
+                     its link route to it and others cannot (Linux routes no IPv6 via an \
+                     IPv4 gateway)"
                 );
             }
             sc.local_routes.push((IpNet::V6(subnet6), None));
         }
         let (speaker, events) = start_on_own_thread(sc).await?;
         info!(
-            asn, router_id = %my_ip, port = cfg.listen_port, restarting,
+            asn, %router_id, ipv4 = ?my_ip, port = cfg.listen_port, restarting,
             ipv6 = ?my_ip6, subnet6 = ?node.subnet6,
             "bgp speaker running"
         );
@@ -448,6 +527,9 @@ impl BgpSide {
             events: Some(events),
             running: BTreeMap::new(),
             running_keys: HashMap::new(),
+            router_id,
+            id_clashes: BTreeSet::new(),
+            unreachable_reported: BTreeSet::new(),
             status: None,
         })
     }
@@ -464,10 +546,41 @@ impl BgpSide {
         leases: &[Lease],
         store: &[BgpPeer],
     ) -> (Vec<IpAddr>, Vec<IpAddr>) {
-        let mut want = topology(&self.cfg, &self.me, self.my_ip6.is_some(), leases, store);
-        want.remove(&IpAddr::V4(self.my_ip));
-        if let Some(ip6) = self.my_ip6 {
-            want.remove(&IpAddr::V6(ip6));
+        let underlays = Underlays {
+            v4: self.my_ip.is_some(),
+            v6: self.my_ip6.is_some(),
+        };
+        let mut want = topology(&self.cfg, &self.me, underlays, leases, store);
+        for ip in self
+            .my_ip
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.my_ip6.map(IpAddr::V6))
+        {
+            want.remove(&ip);
+        }
+        // The config refuses IPv4 routers in an IPv6-only cluster; `twill bgp peer add` can
+        // still store one, which topology leaves out: say why once.
+        if self.my_ip.is_none() {
+            for p in store.iter().filter(|p| p.address.is_ipv4()) {
+                if self.unreachable_reported.insert(p.address) {
+                    warn!(
+                        peer = %p.address,
+                        "bgp: not peering with IPv4 router {}: this node has no IPv4 underlay \
+                         (the cluster is IPv6-only); add the router by its IPv6 address",
+                        p.address
+                    );
+                }
+            }
+        }
+        for node in router_id_clashes(&self.cfg, &self.me, self.router_id, leases) {
+            if self.id_clashes.insert(node.clone()) {
+                warn!(
+                    router_id = %self.router_id, %node,
+                    "bgp: node {node} has this node's router ID: sessions between them fail \
+                     and a reflector drops one's routes; set bgp.nodes.NAME.routerId for one"
+                );
+            }
         }
         // Each session's key, read now. A key that cannot be read: a running session keeps
         // the one it has; a new one waits (never a session without the key it should have).
@@ -513,7 +626,7 @@ impl BgpSide {
             p.graceful_restart = self.cfg.graceful_restart;
             // From the underlay address of the session's family (the one peers know).
             p.local_address = match addr {
-                IpAddr::V4(_) => Some(IpAddr::V4(self.my_ip)),
+                IpAddr::V4(_) => self.my_ip.map(IpAddr::V4),
                 IpAddr::V6(_) => self.my_ip6.map(IpAddr::V6),
             };
             p.password = password;
@@ -684,8 +797,14 @@ mod tests {
     #[test]
     fn full_mesh_with_per_node_as() {
         let mut cfg = BgpConfig::default();
-        cfg.nodes.insert("h2".into(), BgpNode { as_number: 65002 });
-        let t = topology(&cfg, "h1", false, &leases(), &[]);
+        cfg.nodes.insert(
+            "h2".into(),
+            BgpNode {
+                as_number: 65002,
+                router_id: None,
+            },
+        );
+        let t = topology(&cfg, "h1", Underlays::V4, &leases(), &[]);
         assert_eq!(t.len(), 2);
         let h2 = &t[&ip("192.168.1.12")];
         assert_eq!(
@@ -717,12 +836,12 @@ mod tests {
             ..BgpConfig::default()
         };
         // The reflector: every other node and the iBGP router are clients; eBGP stays external.
-        let rr = topology(&cfg, "h1", false, &leases(), &[]);
+        let rr = topology(&cfg, "h1", Underlays::V4, &leases(), &[]);
         assert_eq!(rr[&ip("192.168.1.12")].kind, PeerKind::RrClient);
         assert_eq!(rr[&ip("192.168.1.200")].kind, PeerKind::RrClient);
         assert_eq!(rr[&ip("192.168.1.1")].kind, PeerKind::External);
         // A client: only the reflector (and global external peers), not the other client.
-        let c = topology(&cfg, "h2", false, &leases(), &[]);
+        let c = topology(&cfg, "h2", Underlays::V4, &leases(), &[]);
         assert_eq!(
             c.keys().copied().collect::<Vec<_>>(),
             vec![ip("192.168.1.1"), ip("192.168.1.11")]
@@ -733,7 +852,7 @@ mod tests {
             node_to_node_mesh: false,
             ..BgpConfig::default()
         };
-        assert!(topology(&none, "h1", false, &leases(), &[]).is_empty());
+        assert!(topology(&none, "h1", Underlays::V4, &leases(), &[]).is_empty());
     }
 
     #[test]
@@ -777,7 +896,7 @@ mod tests {
             }],
             ..BgpConfig::default()
         };
-        let t = topology(&cfg, "h1", false, &leases(), &[]);
+        let t = topology(&cfg, "h1", Underlays::V4, &leases(), &[]);
         assert_eq!(t[&ip("192.168.1.12")].auth, inline);
         assert!(t[&ip("10.0.0.1")].auth.ttl_security);
         assert!(!t[&ip("10.0.0.1")].auth.has_password());
@@ -809,10 +928,13 @@ mod tests {
                 auth: BgpAuth::default(),
             },
         ];
-        let t = topology(&cfg, "h1", false, &leases(), &store);
+        let t = topology(&cfg, "h1", Underlays::V4, &leases(), &store);
         assert_eq!(t.len(), 1);
         assert_eq!(t[&ip("10.0.0.1")].remote_as, 65000);
-        assert_eq!(topology(&cfg, "h2", false, &leases(), &store).len(), 2);
+        assert_eq!(
+            topology(&cfg, "h2", Underlays::V4, &leases(), &store).len(),
+            2
+        );
     }
 
     fn node() -> LocalNode {
@@ -1124,7 +1246,7 @@ mod tests {
             }],
             ..BgpConfig::default()
         };
-        let t = topology(&cfg, "h1", true, &leases, &[]);
+        let t = topology(&cfg, "h1", Underlays::DUAL, &leases, &[]);
         assert_eq!(
             t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
             ["192.168.1.12", "192.168.1.13", "fd00:1::1", "fd00:1::12"]
@@ -1138,7 +1260,7 @@ mod tests {
         assert_eq!(t[&ip("fd00:1::1")].kind, PeerKind::External);
         // Without an IPv6 underlay of our own: IPv4 sessions only (and the configured
         // router, which is the operator's to route to).
-        let t = topology(&cfg, "h1", false, &leases, &[]);
+        let t = topology(&cfg, "h1", Underlays::V4, &leases, &[]);
         assert_eq!(
             t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
             ["192.168.1.12", "192.168.1.13", "fd00:1::1"]
@@ -1149,14 +1271,14 @@ mod tests {
             route_reflectors: vec!["h1".into()],
             ..BgpConfig::default()
         };
-        let t = topology(&rr, "h2", true, &leases, &[]);
+        let t = topology(&rr, "h2", Underlays::DUAL, &leases, &[]);
         assert_eq!(
             t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
             ["192.168.1.11", "fd00:1::11"]
         );
         assert_eq!(t[&ip("fd00:1::11")].kind, PeerKind::RouteReflector);
         assert_eq!(
-            topology(&rr, "h1", true, &leases, &[])[&ip("fd00:1::12")].kind,
+            topology(&rr, "h1", Underlays::DUAL, &leases, &[])[&ip("fd00:1::12")].kind,
             PeerKind::RrClient
         );
     }
@@ -1391,5 +1513,158 @@ mod tests {
         assert_eq!(plan.delete_routes, vec![gone.clone()]);
         // A restarted agent keeps the IPv6 routes of its predecessor too.
         assert_eq!(kept_routes(&[gone]), vec![want]);
+    }
+
+    /// A node of an IPv6-only cluster: no IPv4 subnet or underlay.
+    fn node_ipv6_only() -> LocalNode {
+        LocalNode {
+            subnet: None,
+            public_net: None,
+            ..node6()
+        }
+    }
+
+    fn lease_ipv6_only(name: &str, subnet6: &str, ip6: &str) -> Lease {
+        Lease {
+            subnet: None,
+            public_net: None,
+            subnet6: Some(subnet6.parse().unwrap()),
+            public_net6: Some(format!("{ip6}/64").parse().unwrap()),
+            ..lease(name, "10.0.0.0/24", "192.168.1.1")
+        }
+    }
+
+    #[test]
+    fn ipv6_only_nodes_peer_over_ipv6_alone() {
+        let leases = vec![
+            lease_ipv6_only("h1", "fd00:10:244:1::/64", "fd00:1::11"),
+            lease_ipv6_only("h2", "fd00:10:244:2::/64", "fd00:1::12"),
+            lease_ipv6_only("h3", "fd00:10:244:3::/64", "fd00:2::13"),
+        ];
+        // Routers by IPv6 address are peered with; an IPv4 one (from the store: the config
+        // refuses it) is not, as nothing could reach it.
+        let cfg = BgpConfig {
+            peers: vec![BgpPeer {
+                address: ip("fd00:1::1"),
+                as_number: 65000,
+                node: None,
+                auth: BgpAuth::default(),
+            }],
+            ..BgpConfig::default()
+        };
+        let store = [BgpPeer {
+            address: ip("192.168.1.1"),
+            as_number: 65000,
+            node: None,
+            auth: BgpAuth::default(),
+        }];
+        let t = topology(&cfg, "h1", Underlays::V6, &leases, &store);
+        assert_eq!(
+            t.keys().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["fd00:1::1", "fd00:1::12", "fd00:2::13"]
+        );
+        assert_eq!(t[&ip("fd00:2::13")].node.as_deref(), Some("h3"));
+        // Reflectors work the same over IPv6.
+        let rr = BgpConfig {
+            node_to_node_mesh: false,
+            route_reflectors: vec!["h1".into()],
+            ..BgpConfig::default()
+        };
+        let t = topology(&rr, "h3", Underlays::V6, &leases, &[]);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), [ip("fd00:1::11")]);
+        assert_eq!(t[&ip("fd00:1::11")].kind, PeerKind::RouteReflector);
+        // A dual-stack node keeps both sessions with the nodes that have both underlays, and
+        // only an IPv6 one with a node that has no IPv4 (which a dual-stack cluster does not
+        // admit, but a lease is another node's word).
+        let mut mixed = leases.clone();
+        mixed.push(lease6(
+            "h4",
+            "10.244.4.0/24",
+            "192.168.1.14",
+            Some("fd00:1::14"),
+        ));
+        let t = topology(&BgpConfig::default(), "h4", Underlays::DUAL, &mixed, &[]);
+        assert_eq!(t.len(), 3);
+        let t = topology(&BgpConfig::default(), "h1", Underlays::DUAL, &mixed, &[]);
+        assert!(t.contains_key(&ip("192.168.1.14")) && t.contains_key(&ip("fd00:1::14")));
+    }
+
+    #[test]
+    fn an_ipv6_only_node_installs_only_ipv6_routes() {
+        let mut learned: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        for (p, nh) in [
+            ("fd00:10:244:2::/64", "fd00:1::12"), // a peer's block: installed
+            ("fd00:10:244:3::/64", "fd00:2::13"), // off the segment: onlink
+            ("fd00:10:244:4::/64", "fe80::14"),   // link-local only: on the underlay
+            ("fd00:10:244:1::/64", "fd00:1::12"), // our own block: never
+            ("fd00:1::/64", "fd00:1::1"),         // the underlay: never
+            ("fd00:61::/64", "::ffff:192.168.1.12"), // IPv4-mapped: no kernel route for it
+            ("10.244.2.0/24", "192.168.1.12"),    // IPv4: nowhere to send it
+        ] {
+            learned.insert(p.parse().unwrap(), nh.parse().unwrap());
+        }
+        let node = node_ipv6_only();
+        let desired = DesiredState::default();
+        let specs = learned_specs(&learned, &node, &desired);
+        let got: Vec<(String, String, bool)> = specs
+            .iter()
+            .map(|r| (r.dst.to_string(), r.via.to_string(), r.onlink))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("fd00:10:244:2::/64".into(), "fd00:1::12".into(), false),
+                ("fd00:10:244:3::/64".into(), "fd00:2::13".into(), true),
+                ("fd00:10:244:4::/64".into(), "fe80::14".into(), false),
+            ]
+        );
+        // The streaming path agrees.
+        let mut programmed = HashMap::new();
+        let changed = learned.keys().copied().collect();
+        let mut added =
+            route_delta(&changed, &learned, &node, &desired, &mut programmed).add_routes;
+        added.sort();
+        let mut want = specs;
+        want.sort();
+        assert_eq!(added, want);
+    }
+
+    #[test]
+    fn router_id_clashes_are_found_by_the_same_rule() {
+        let h1 = twill_types::cluster::hashed_router_id("h1");
+        let leases = vec![
+            lease_ipv6_only("h1", "fd00:10:244:1::/64", "fd00:1::11"),
+            lease_ipv6_only("h2", "fd00:10:244:2::/64", "fd00:1::12"),
+        ];
+        let mut cfg = BgpConfig::default();
+        assert!(router_id_clashes(&cfg, "h1", h1, &leases).is_empty());
+        // h2 pinned to h1's hash: reported (by name), whichever node looks.
+        cfg.nodes.insert(
+            "h2".into(),
+            BgpNode {
+                as_number: 64512,
+                router_id: Some(h1),
+            },
+        );
+        assert_eq!(router_id_clashes(&cfg, "h1", h1, &leases), ["h2"]);
+        assert_eq!(router_id_clashes(&cfg, "h2", h1, &leases), ["h1"]);
+        // Dual-stack nodes are known by their IPv4 underlay address.
+        let dual = leases6_dual();
+        let id = ip4("192.168.1.12");
+        assert_eq!(
+            router_id_clashes(&BgpConfig::default(), "h9", id, &dual),
+            ["h2"]
+        );
+    }
+
+    fn leases6_dual() -> Vec<Lease> {
+        vec![
+            lease6("h1", "10.244.1.0/24", "192.168.1.11", Some("fd00:1::11")),
+            lease6("h2", "10.244.2.0/24", "192.168.1.12", None),
+        ]
+    }
+
+    fn ip4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
     }
 }

@@ -763,7 +763,8 @@ impl PeerPasswordArgs {
 
 /// `twill bgp peer add ADDRESS --as N [--node NAME] [--password-file F | --password-env V |
 /// --password-file-on-nodes P | --password-env-on-nodes V] [--ttl-security] --store S`: an
-/// external peer for every node (or one), which the agents apply live.
+/// external peer for every node (or one), which the agents apply live. An IPv6-only cluster
+/// takes only routers by IPv6 address (its nodes have no IPv4 to reach others).
 pub async fn bgp_peer_add(
     store_at: &StoreArgs,
     address: std::net::IpAddr,
@@ -803,6 +804,13 @@ pub async fn bgp_peer_add(
         bail!(
             "the cluster config in {} has no bgp section, so no agent runs BGP: add one \
              (e.g. `bgp: {{}}`) with `twill cluster init --force`",
+            store.describe()
+        );
+    }
+    if config.pools.is_empty() && address.is_ipv4() {
+        bail!(
+            "{address} is an IPv4 address, and the cluster in {} is IPv6-only: its nodes have \
+             no IPv4 underlay to reach it; add the router by its IPv6 address",
             store.describe()
         );
     }

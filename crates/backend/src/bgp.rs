@@ -3,14 +3,16 @@
 //! nothing for them: the routes come from the BGP speaker's Loc-RIB, which the agent adds to
 //! the desired state. Peers are listed with the path `bgp` so status shows every node; in a
 //! dual-stack cluster their IPv6 part too (advertised as IPv6 unicast over MP-BGP), once it
-//! passes the same screening as other backends give it.
+//! passes the same screening as other backends give it. A node of an IPv6-only cluster lists
+//! its peers by their IPv6 subnets alone, screened as host-gw and vxlan screen them there
+//! (the speaker peers with them over IPv6).
 
 use ipnet::Ipv6Net;
 use twill_types::cluster::BackendKind;
 use twill_types::desired::{DesiredState, PeerPath};
 use twill_types::lease::Lease;
 
-use crate::screen::{screen, screen6};
+use crate::screen::{screen, screen_ipv6_only, screen6};
 use crate::{Backend, LocalNode, lease_of};
 
 /// The bgp backend.
@@ -34,6 +36,16 @@ impl Backend for Bgp {
 
     fn desired(&self, node: &LocalNode, peers: &[Lease]) -> DesiredState {
         let mut state = DesiredState::default();
+        if node.is_ipv6_only() {
+            for peer in screen_ipv6_only(node, &self.ipv6_pools, peers) {
+                let path = peer
+                    .problem
+                    .clone()
+                    .map_or(PeerPath::Bgp, PeerPath::Skipped);
+                state.peers.push(peer.plan(path));
+            }
+            return state;
+        }
         let mut peers = screen(node, peers);
         screen6(node, &self.ipv6_pools, &mut peers);
         for peer in peers {
@@ -131,6 +143,44 @@ mod tests {
         assert_eq!(d.peers[2].path6, None);
         // The lease publishes both parts.
         let l = bgp.local_lease(&me);
+        assert_eq!((l.subnet6, l.public_net6), (me.subnet6, me.public_net6));
+    }
+
+    #[test]
+    fn ipv6_only_peers_are_listed_by_their_ipv6_subnets() {
+        let me = LocalNode {
+            subnet: None,
+            public_net: None,
+            subnet6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            public_net6: Some("fd00:1::11/64".parse().unwrap()),
+            ..node()
+        };
+        let lease6 = |name: &str, subnet6: &str, public6: Option<&str>| Lease {
+            subnet: None,
+            public_net: None,
+            subnet6: Some(subnet6.parse().unwrap()),
+            public_net6: public6.map(|p| p.parse().unwrap()),
+            ..lease(name, "10.0.0.0/24", "192.168.1.1/24")
+        };
+        let peers = [
+            lease6("h3", "fd00:10:244:3::/64", None),
+            lease6("h2", "fd00:10:244:2::/64", Some("fd00:2::12/64")),
+            lease6("h1", "fd00:10:244:1::/64", Some("fd00:1::11/64")),
+            lease6("h4", "fd99::/64", Some("fd00:1::14/64")),
+        ];
+        let bgp = Bgp::new(vec!["fd00:10:244::/56".parse().unwrap()]);
+        let d = bgp.desired(&me, &peers);
+        // Nothing programmed: the routes are BGP's, whatever segment the peer is on.
+        assert!(d.routes.is_empty(), "{:?}", d.routes);
+        let paths: Vec<_> = d.peers.iter().map(|p| (p.node.as_str(), &p.path)).collect();
+        assert_eq!(paths[0], ("h2", &PeerPath::Bgp));
+        assert_eq!(d.peers[0].path6, Some(PeerPath::Bgp));
+        assert_eq!((d.peers[0].subnet, d.peers[0].public_ip), (None, None));
+        assert!(matches!(paths[1], ("h3", PeerPath::Skipped(r)) if r.contains("no IPv6 underlay")));
+        assert!(matches!(paths[2], ("h4", PeerPath::Skipped(r)) if r.contains("pools")));
+        // Its lease has only the IPv6 parts.
+        let l = bgp.local_lease(&me);
+        assert_eq!((l.subnet, l.public_net), (None, None));
         assert_eq!((l.subnet6, l.public_net6), (me.subnet6, me.public_net6));
     }
 }

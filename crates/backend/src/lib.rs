@@ -46,9 +46,9 @@ pub struct LocalNode {
     pub public_net6: Option<Ipv6Net>,
 }
 
-/// Why a node has its IPv4 parts whenever bgp plans for it.
-const IPV4_INVARIANT: &str = "only nodes of IPv6-only clusters lack IPv4, and the config \
-     refuses BGP for those";
+/// Why a node has its IPv4 parts whenever these are called.
+const IPV4_INVARIANT: &str = "only nodes of IPv6-only clusters lack IPv4, and the callers \
+     plan IPv4 parts only for a node with an IPv4 subnet and underlay";
 
 impl LocalNode {
     /// The node's IPv4 pod subnet and underlay address, when it has them (every node of a
@@ -57,12 +57,12 @@ impl LocalNode {
         self.subnet.zip(self.public_net)
     }
 
-    /// The IPv4 pod subnet of a node whose backend needs one (bgp).
+    /// The IPv4 pod subnet of a node known to have one.
     pub fn subnet4(&self) -> Ipv4Net {
         self.subnet.expect(IPV4_INVARIANT)
     }
 
-    /// The IPv4 underlay of a node whose backend needs one (bgp).
+    /// The IPv4 underlay of a node known to have one.
     pub fn public_net4(&self) -> Ipv4Net {
         self.public_net.expect(IPV4_INVARIANT)
     }
@@ -142,9 +142,9 @@ fn plain_backend(
     }
 }
 
-/// The cluster's IPv6 pools: peers' IPv6 subnets outside them are ignored. host-gw, vxlan,
-/// udp, ipip and wireguard (as a backend or encryption on any of them) carry IPv6 (the config
-/// refuses IPv6 pools with bgp).
+/// The cluster's IPv6 pools: peers' IPv6 subnets outside them are ignored. Every backend
+/// carries IPv6 (wireguard as a backend or encryption on any of them; bgp by the routes its
+/// speaker learns).
 fn ipv6_pools(config: &ClusterConfig) -> Vec<Ipv6Net> {
     config.ipv6_pools.iter().map(|p| p.cidr).collect()
 }

@@ -121,10 +121,15 @@ impl PathAttrs {
 
     /// The next hop to install a learned route with: the global next hop, or, for an IPv6
     /// route that has none, the link-local one, which is only meaningful together with the
-    /// interface of the session the route came over.
+    /// interface of the session the route came over. A global next hop that is an IPv4
+    /// address mapped into IPv6 (`::ffff:a.b.c.d`: a sender without an IPv6 address on an
+    /// IPv4 session, as BIRD sends it) counts as none when a link-local one came with it:
+    /// Linux routes no IPv6 prefix via an IPv4 gateway, but does via the link-local one.
     pub fn installable_next_hop(&self) -> IpAddr {
         match (self.next_hop, self.next_hop_local) {
-            (IpAddr::V6(g), Some(ll)) if g.is_unspecified() => IpAddr::V6(ll),
+            (IpAddr::V6(g), Some(ll)) if g.is_unspecified() || g.to_ipv4_mapped().is_some() => {
+                IpAddr::V6(ll)
+            }
             (nh, _) => nh,
         }
     }

@@ -510,6 +510,29 @@ fn ipv6_next_hop_global_plus_link_local_is_32_octets_both_ways() {
 }
 
 #[test]
+fn an_ipv4_mapped_global_next_hop_gives_way_to_the_link_local_one() {
+    // What a sender without an IPv6 address sends over an IPv4 session on a shared link
+    // (BIRD does the same): ::ffff:192.0.2.7 plus its link-local address.
+    let mut a = sample_attrs("::ffff:192.0.2.7".parse().unwrap());
+    a.next_hop_local = Some("fe80::7".parse().unwrap());
+    let n: IpNet = "2001:db8:44::/64".parse().unwrap();
+    let msgs = encode_updates(&[(a.clone(), n)], &[], true).unwrap();
+    let got = &decode_all(&msgs, true)[0].announced[0].0;
+    assert_eq!(got.next_hop, "::ffff:192.0.2.7".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        got.installable_next_hop(),
+        "fe80::7".parse::<IpAddr>().unwrap()
+    );
+    // Without the link-local one (not on the sender's link) it stays what it is, for the
+    // installer to refuse.
+    a.next_hop_local = None;
+    assert_eq!(
+        a.installable_next_hop(),
+        "::ffff:192.0.2.7".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[test]
 fn lone_link_local_ipv6_next_hop_means_no_global_one() {
     // MP_REACH_NLRI, IPv6 unicast, a 16-octet next hop fe80::2, 2001:db8:44::/64.
     let mut attrs = GOOD_ATTRS[..13].to_vec(); // ORIGIN, AS_PATH

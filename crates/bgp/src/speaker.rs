@@ -1225,7 +1225,8 @@ async fn reject_collision(mut s: TcpStream) {
 
 /// For the agent: routes learned from peers in a best-route change (what to install), with
 /// [`PathAttrs::installable_next_hop`]: the global next hop, or for an IPv6 route that has
-/// none the link-local one, to be installed on the interface towards the peer it came from.
+/// none (or only an IPv4-mapped one) the link-local one, to be installed on the interface
+/// towards the peer it came from.
 pub fn learned_route(c: &BestChange) -> Option<(IpNet, IpAddr)> {
     c.best.as_ref().and_then(|r| match r.source {
         Source::Peer(_) => Some((c.prefix, r.attrs.installable_next_hop())),

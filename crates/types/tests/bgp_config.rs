@@ -3,7 +3,7 @@
 //!
 //! `TWILL_BLESS=1 cargo test -p twill-types` rewrites the golden files.
 
-use twill_types::cluster::{BackendKind, BgpConfig, ClusterConfig};
+use twill_types::cluster::{BackendKind, BgpConfig, ClusterConfig, RouterIdMode, hashed_router_id};
 
 const YAML_TOR: &str = r#"
 pools:
@@ -269,4 +269,133 @@ fn passwords_and_ttl_security() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("password") && !e.contains("918273645"), "{e}");
+}
+
+// ---- IPv6-only clusters and router IDs (issue 15) -------------------------------------------
+
+const YAML_IPV6_ONLY_BGP: &str = r#"
+backend: bgp
+pools:
+  - {name: pods6, cidr: "fd00:10:244::/56"}
+bgp:
+  nodeToNodeMesh: false
+  routeReflectors: [h1]
+  peers:
+    - {address: "fd00:1::1", asNumber: 65000}
+"#;
+
+#[test]
+fn ipv6_only_clusters_route_by_bgp() {
+    let c = parse(YAML_IPV6_ONLY_BGP);
+    assert!(c.pools.is_empty());
+    assert_eq!(c.backend.kind, BackendKind::Bgp);
+    let bgp = c.bgp.as_ref().unwrap();
+    assert_eq!(bgp.router_id, RouterIdMode::Address);
+    // The default needs no key in the normalized form (which reads back the same).
+    assert!(!c.to_json().contains("routerId"), "{}", c.to_json());
+    assert_eq!(ClusterConfig::from_json(&c.to_json()).unwrap(), c);
+    // A bgp section alone means routing by BGP there too; Flannel's form as well.
+    let c = parse("pools:\n  - {name: p6, cidr: \"fd00:10:244::/56\"}\nbgp: {}\n");
+    assert_eq!(c.backend.kind, BackendKind::Bgp);
+    let c = parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"bgp"},"BGP":{"asNumber":65010}}"#,
+    );
+    assert_eq!(c.backend.kind, BackendKind::Bgp);
+    // An IPv4 router cannot be reached from nodes without IPv4.
+    let e =
+        ClusterConfig::parse(&YAML_IPV6_ONLY_BGP.replace("fd00:1::1", "192.168.1.1")).unwrap_err();
+    assert_eq!(e.field(), Some("bgp.peers[0].address"), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("192.168.1.1 is an IPv4 address") && e.contains("IPv6-only"),
+        "{e}"
+    );
+    // Dual-stack clusters keep their IPv4 routers.
+    parse(
+        "pools:\n  - {name: p, cidr: 10.244.0.0/16}\n  - {name: p6, cidr: \"fd00:10:244::/56\"}\nbgp:\n  peers:\n    - {address: 192.168.1.1, asNumber: 65000}\n",
+    );
+}
+
+#[test]
+fn router_ids_by_address_by_hash_or_by_node() {
+    let c = parse(
+        "pools:\n  - {name: p6, cidr: \"fd00:10:244::/56\"}\nbgp:\n  asNumber: 65010\n  routerId: hash\n  nodes:\n    h1: {routerId: 10.255.0.1}\n    h2: {asNumber: 65002, routerId: 10.255.0.2}\n",
+    );
+    let bgp = c.bgp.clone().unwrap();
+    assert_eq!(bgp.router_id, RouterIdMode::Hash);
+    // An entry with only a router ID keeps the cluster's AS.
+    assert_eq!((bgp.node_as("h1"), bgp.node_as("h2")), (65010, 65002));
+    let ip = |s: &str| -> std::net::Ipv4Addr { s.parse().unwrap() };
+    // A node's own ID wins over its address and the hash.
+    assert_eq!(
+        bgp.router_id("h1", Some(ip("192.168.1.11"))),
+        ip("10.255.0.1")
+    );
+    assert_eq!(bgp.router_id("h2", None), ip("10.255.0.2"));
+    // `hash`: the hash even where there is an IPv4 underlay.
+    assert_eq!(
+        bgp.router_id("h3", Some(ip("192.168.1.13"))),
+        hashed_router_id("h3")
+    );
+    // Both keys appear in the normalized form and read back.
+    let json = c.to_json();
+    assert!(
+        json.contains(r#""routerId":"hash""#) && json.contains("10.255.0.1"),
+        "{json}"
+    );
+    assert_eq!(ClusterConfig::from_json(&json).unwrap(), c);
+    // The default: the IPv4 underlay address, the hash without one.
+    let d = BgpConfig::default();
+    assert_eq!(
+        d.router_id("h3", Some(ip("192.168.1.13"))),
+        ip("192.168.1.13")
+    );
+    assert_eq!(d.router_id("h3", None), hashed_router_id("h3"));
+}
+
+#[test]
+fn hashed_router_ids_are_fixed_and_spread() {
+    // Fixed forever (FNV-1a 64 folded): a change would reset every IPv6-only node's sessions.
+    assert_eq!(
+        hashed_router_id("h1"),
+        "189.229.128.213".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    assert_eq!(
+        hashed_router_id(""),
+        "79.208.191.193".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    // Never 0.0.0.0, and distinct for a thousand ordinary node names.
+    let ids: std::collections::HashSet<_> = (0..1000)
+        .map(|i| hashed_router_id(&format!("node-{i}.example.net")))
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    assert!(!ids.iter().any(|id| id.is_unspecified()));
+}
+
+#[test]
+fn router_id_refusals_name_the_field() {
+    let base = "pools:\n  - {name: p, cidr: 10.244.0.0/16}\nbgp:\n";
+    refused(
+        &format!("{base}  routerId: 10.0.0.1\n"),
+        &["bgp.routerId \"10.0.0.1\"", "bgp.nodes.NAME.routerId"],
+    );
+    refused(
+        &format!("{base}  nodes:\n    h1: {{routerId: fd00::1}}\n"),
+        &["bgp.nodes.h1.routerId", "not an IPv4 address"],
+    );
+    refused(
+        &format!("{base}  nodes:\n    h1: {{routerId: 0.0.0.0}}\n"),
+        &["bgp.nodes.h1.routerId 0.0.0.0", "non-zero"],
+    );
+    refused(
+        &format!(
+            "{base}  nodes:\n    h1: {{routerId: 10.0.0.1}}\n    h2: {{routerId: 10.0.0.1}}\n"
+        ),
+        &["bgp.nodes.h2.routerId 10.0.0.1 is node h1's router ID too"],
+    );
+    // Neither an AS nor a router ID: the entry says nothing.
+    refused(
+        &format!("{base}  nodes:\n    h1: {{}}\n"),
+        &["bgp.nodes.h1.asNumber is missing"],
+    );
 }

@@ -1,6 +1,14 @@
 //! The `bgp` section (routing by BGP, Calico-like): who peers with whom and with which AS
 //! numbers, its defaults and invariants, how any form's `bgp` keys are read, and the external
 //! peers `twill bgp peer add` keeps in the store.
+//!
+//! Router IDs: BGP needs a 32-bit one per speaker, which nodes with an IPv4 underlay take from
+//! that address (as Calico and BIRD do). A node of an IPv6-only cluster has none, so it
+//! derives one from its node name ([`hashed_router_id`], Calico's `CALICO_ROUTER_ID=hash`),
+//! stable across restarts and address changes; `bgp.routerId: hash` makes every node do so,
+//! and `bgp.nodes.NAME.routerId` pins one node's (for the rare hash collision, or operators
+//! who number their routers as BIRD asks in IPv6-only setups). [`BgpConfig::router_id`]
+//! decides.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{BgpAuth, RawSecret, Secret};
 use super::error::ConfigError;
 use super::fields::{At, fail, parse_addr};
+use crate::hash::fnv1a;
 use crate::keys::BGP_PEERS_PREFIX;
 
 /// Calico's default AS number for a cluster.
@@ -42,6 +51,27 @@ pub struct BgpConfig {
     /// `password`/`passwordFile`/`passwordEnv`, `ttlSecurity` (see [`BgpAuth`]).
     #[serde(flatten)]
     pub auth: BgpAuth,
+    /// How nodes without a `bgp.nodes.NAME.routerId` choose their router ID (`bgp.routerId`;
+    /// absent from the normalized form when it is the default).
+    #[serde(default, skip_serializing_if = "RouterIdMode::is_default")]
+    pub router_id: RouterIdMode,
+}
+
+/// How a node chooses its BGP router ID when `bgp.nodes.NAME.routerId` does not give it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterIdMode {
+    /// Its IPv4 underlay address; on a node without one (IPv6-only), the hash of its name.
+    #[default]
+    Address,
+    /// The hash of its node name on every node (`bgp.routerId: hash`).
+    Hash,
+}
+
+impl RouterIdMode {
+    fn is_default(&self) -> bool {
+        *self == RouterIdMode::default()
+    }
 }
 
 /// Per-node BGP settings.
@@ -49,6 +79,20 @@ pub struct BgpConfig {
 #[serde(rename_all = "camelCase")]
 pub struct BgpNode {
     pub as_number: u32,
+    /// This node's router ID, whatever its addresses (`bgp.nodes.NAME.routerId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<Ipv4Addr>,
+}
+
+/// The router ID a node derives from its name: 64-bit FNV-1a of the name's bytes, folded to
+/// 32 bits (the high half XORed into the low one), 0.0.0.1 in place of the invalid 0.0.0.0.
+/// Fixed forever: a changed ID would reset every session of every node after an upgrade.
+/// Distinct names collide with probability about n²/2³³ for n nodes (one in a million for
+/// 100 nodes); `bgp.nodes.NAME.routerId` settles a collision the agent reports.
+pub fn hashed_router_id(node: &str) -> Ipv4Addr {
+    let h = fnv1a(node.bytes());
+    let folded = (h ^ (h >> 32)) as u32;
+    Ipv4Addr::from(folded.max(1))
 }
 
 /// An external BGP peer.
@@ -78,6 +122,7 @@ impl Default for BgpConfig {
             nodes: BTreeMap::new(),
             peers: Vec::new(),
             auth: BgpAuth::default(),
+            router_id: RouterIdMode::default(),
         }
     }
 }
@@ -89,6 +134,19 @@ impl BgpConfig {
             .get(name)
             .map(|n| n.as_number)
             .unwrap_or(self.as_number)
+    }
+
+    /// The BGP router ID of node `name`, whose IPv4 underlay address is `ipv4_underlay` (None
+    /// on a node of an IPv6-only cluster): its `bgp.nodes` entry's, else that address unless
+    /// `bgp.routerId` is `hash`, else the hash of its name ([`hashed_router_id`]).
+    pub fn router_id(&self, name: &str, ipv4_underlay: Option<Ipv4Addr>) -> Ipv4Addr {
+        if let Some(id) = self.nodes.get(name).and_then(|n| n.router_id) {
+            return id;
+        }
+        match (self.router_id, ipv4_underlay) {
+            (RouterIdMode::Address, Some(address)) => address,
+            _ => hashed_router_id(name),
+        }
     }
 
     /// Whether node `name` is a route reflector.
@@ -155,6 +213,30 @@ impl BgpConfig {
                 ));
             }
             check_as(&format!("bgp.nodes.{name}.asNumber"), node.as_number)?;
+            if let Some(id) = node.router_id {
+                let field = format!("bgp.nodes.{name}.routerId");
+                if id.is_unspecified() {
+                    return fail(ConfigError::invalid(
+                        &field,
+                        format!("{field} 0.0.0.0 is not a router ID: BGP needs a non-zero one"),
+                    ));
+                }
+                // Two speakers with one ID refuse each other's sessions, and a reflector
+                // drops one's routes as the other's loops.
+                if let Some((other, _)) = self
+                    .nodes
+                    .iter()
+                    .find(|(other, n)| *other < name && n.router_id == Some(id))
+                {
+                    return fail(ConfigError::conflict(
+                        &field,
+                        format!("bgp.nodes.{other}.routerId"),
+                        format!(
+                            "{field} {id} is node {other}'s router ID too: each node needs its own"
+                        ),
+                    ));
+                }
+            }
         }
         self.auth.validate("bgp.")?;
         let mut peers = std::collections::HashSet::new();
@@ -270,12 +352,14 @@ pub(super) struct RawBgp {
     password_file: Option<String>,
     password_env: Option<String>,
     ttl_security: Option<bool>,
+    router_id: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawBgpNode {
     as_number: Option<i64>,
+    router_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -344,16 +428,45 @@ pub(super) fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
             )
         })?,
     };
+    let cluster_as = match raw.as_number {
+        None => d.as_number,
+        Some(n) => as_number("bgp.asNumber", n)?,
+    };
+    let router_id = match raw.router_id.as_deref() {
+        None => RouterIdMode::default(),
+        Some("hash") => RouterIdMode::Hash,
+        Some(other) => {
+            return fail(ConfigError::invalid(
+                "bgp.routerId",
+                format!(
+                    "bgp.routerId {other:?} is not a way to choose router IDs: the only one is \
+                     \"hash\" (every node hashes its name; without the key a node takes its IPv4 \
+                     underlay address, or hashes its name when it has none); one node's own ID \
+                     goes in bgp.nodes.NAME.routerId"
+                ),
+            ));
+        }
+    };
     let mut nodes = BTreeMap::new();
     for (name, n) in raw.nodes.unwrap_or_default() {
         let field = format!("bgp.nodes.{name}.asNumber");
-        let Some(asn) = n.as_number else {
-            return fail(ConfigError::missing(&field, format!("{field} is missing")));
+        let node_as = match (n.as_number, &n.router_id) {
+            (Some(asn), _) => as_number(&field, asn)?,
+            // An entry only for the router ID keeps the cluster's AS.
+            (None, Some(_)) => cluster_as,
+            (None, None) => {
+                return fail(ConfigError::missing(&field, format!("{field} is missing")));
+            }
         };
+        let router_id = n
+            .router_id
+            .map(|t| parse_addr(&At::top(), &format!("bgp.nodes.{name}.routerId"), &t))
+            .transpose()?;
         nodes.insert(
             name,
             BgpNode {
-                as_number: as_number(&field, asn)?,
+                as_number: node_as,
+                router_id,
             },
         );
     }
@@ -381,10 +494,7 @@ pub(super) fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
         });
     }
     let config = BgpConfig {
-        as_number: match raw.as_number {
-            None => d.as_number,
-            Some(n) => as_number("bgp.asNumber", n)?,
-        },
+        as_number: cluster_as,
         node_to_node_mesh: mesh,
         route_reflectors,
         cluster_id,
@@ -399,6 +509,7 @@ pub(super) fn from_raw_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
             raw.password_env,
             raw.ttl_security,
         ),
+        router_id,
     };
     config.validate()?;
     Ok(config)

@@ -35,7 +35,8 @@ mod validate;
 
 pub use auth::{BgpAuth, Secret};
 pub use bgp::{
-    BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME, redact,
+    BgpConfig, BgpNode, BgpPeer, DEFAULT_AS, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME, RouterIdMode,
+    hashed_router_id, redact,
 };
 pub use control_ports::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, control_tcp_ports, tunnel_udp_ports};
 pub use error::ConfigError;

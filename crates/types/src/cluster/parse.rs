@@ -54,9 +54,8 @@ impl ClusterConfig {
     /// Dual-stack configs (either form) run on every backend (the `wireguard` block carries
     /// both families too, BGP-learned routes included), and need at least as many leasable
     /// IPv6 node subnets as IPv4 ones: a node's IPv6 subnet is the one at its IPv4 subnet's
-    /// index. IPv6-only configs need host-gw or vxlan
-    /// (the other backends need an IPv4 underlay for now), without `wireguard` or `bgp`
-    /// sections.
+    /// index. IPv6-only configs run on every backend too (over the nodes' IPv6 underlay); their
+    /// BGP peers must be IPv6 routers.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim_start().starts_with('{') {

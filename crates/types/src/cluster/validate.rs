@@ -470,12 +470,13 @@ fn validate_ipv6(
     Ok(())
 }
 
-/// What an IPv6-only cluster (IPv6 pools, no IPv4 pool) asks of the rest: a backend that
-/// runs over an IPv6 underlay. host-gw routes via the peers' IPv6 addresses, vxlan has its
+/// What an IPv6-only cluster (IPv6 pools, no IPv4 pool) asks of the rest. Every backend runs
+/// over an IPv6 underlay: host-gw routes via the peers' IPv6 addresses, vxlan has its
 /// IPv6 VTEP, udp and ipip run the userspace tunnel over the IPv6 underlay (ipip as Linux's
 /// `ip6tnl`), WireGuard (the wireguard backend, and the `wireguard` section on any of these)
-/// runs over the IPv6 underlay; BGP needs an IPv4 underlay for now, so the bgp backend and
-/// the `bgp` section are refused.
+/// runs over the IPv6 underlay, and BGP peers over IPv6 (router IDs hashed from node names
+/// unless `bgp.nodes.NAME.routerId` says, see [`super::bgp`]), so its external peers must be
+/// IPv6 routers.
 fn validate_ipv6_only(
     config: &ClusterConfig,
     fields: &Fields,
@@ -490,31 +491,19 @@ fn validate_ipv6_only(
     };
     let at6 = places.at6(fields, 0, &first6.name);
     let cidr6 = fields.pool6.cidr;
-    let kind = config.backend.kind;
-    let needs_ipv4 = |what: String, field: &str| {
-        fail(ConfigError::conflict(
-            field,
+    // The nodes have no IPv4 address to reach an IPv4 router from.
+    let mut peers = config.bgp.iter().flat_map(|b| b.peers.iter().enumerate());
+    if let Some((i, peer)) = peers.find(|(_, p)| p.address.is_ipv4()) {
+        return fail(ConfigError::conflict(
+            format!("bgp.peers[{i}].address"),
             at6.field(cidr6),
             format!(
-                "{what} needs an IPv4 underlay for now, and this cluster is IPv6-only (every \
-                 pool is IPv6, {at6}{cidr6} {}): use the host-gw, vxlan, udp, ipip or \
-                 wireguard backend, or add an IPv4 pool (dual-stack)",
-                first6.cidr
+                "bgp.peers[{i}].address {} is an IPv4 address, and this cluster is IPv6-only \
+                 (every pool is IPv6, {at6}{cidr6} {}): its nodes have no IPv4 underlay to \
+                 reach it; give the router's IPv6 address",
+                peer.address, first6.cidr
             ),
-        ))
-    };
-    if !matches!(
-        kind,
-        BackendKind::HostGw
-            | BackendKind::Vxlan
-            | BackendKind::Udp
-            | BackendKind::Ipip
-            | BackendKind::Wireguard
-    ) {
-        return needs_ipv4(format!("the {kind} backend"), fields.kind);
-    }
-    if config.bgp.is_some() {
-        return needs_ipv4("BGP".into(), "bgp");
+        ));
     }
     Ok(())
 }
