@@ -343,6 +343,62 @@ fn tor_over_ipv6_sessions() {
     assert_ping6_all(&lab);
 }
 
+/// An IPv6-only cluster (`--ip-family ipv6`: no IPv4 on any underlay link) routed by BGP
+/// with BIRD as top-of-rack across the routed underlay: sessions over IPv6 alone, router IDs
+/// hashed from the node names (no IPv4 address to take one from). BIRD learns every node's
+/// IPv6 block from the node's AS and announces fd00:99::/64; the nodes install it and each
+/// other's blocks via the router; pods in different subnets ping -6 each other.
+#[test]
+#[ignore = "needs root"]
+fn tor_in_an_ipv6_only_cluster() {
+    require_root();
+    let (name, _g) = name();
+    let mut tor =
+        format!("protocol static tor6 {{ ipv6; route fd00:99::/64 blackhole; }}\n{BIRD_KERNEL6}");
+    let mut peers = String::new();
+    for i in 1..=3u32 {
+        let seg = if i % 2 == 1 { 1 } else { 2 };
+        let (gw6, ip6) = (format!("fd00:{seg}::1"), format!("fd00:{seg}::{}", 10 + i));
+        tor += &bird_peer6(&format!("h{i}v6"), &gw6, 65000, &ip6, 65000 + i, "");
+        peers += &format!("\n  - {{address: \"{gw6}\", asNumber: 65000, node: h{i}}}");
+    }
+    let spec = dual(&name)
+        .ip_family(IpFamily::Ipv6)
+        .underlay(Underlay::Routed)
+        .bird_router(tor)
+        .bgp(format!(
+            "nodeToNodeMesh: false\nholdTime: 3\nnodes:\n  h1: {{asNumber: 65001}}\n  \
+             h2: {{asNumber: 65002}}\n  h3: {{asNumber: 65003}}\npeers:{peers}"
+        ));
+    let lab = up(&spec);
+    for h in lab.hosts() {
+        assert!(h.ip.is_none(), "{} has an IPv4 underlay address", h.node);
+    }
+    let subnets6: Vec<String> = (1..=3).map(|i| subnet6(&lab, i)).collect();
+    for (i, s) in subnets6.iter().enumerate() {
+        wait_until(&format!("{s} in BIRD"), T30, || bird_has(&lab, s));
+        let r = lab.birdc("router", &["show", "route", s, "all"]).unwrap();
+        assert!(r.contains(&format!("BGP.as_path: {}", 65001 + i)), "{r}");
+    }
+    for i in 1..=3u32 {
+        let gw6 = if i % 2 == 1 { "fd00:1::1" } else { "fd00:2::1" };
+        wait_route6(&lab, i, "fd00:99::/64", gw6);
+        assert_eq!(session(&lab, i, gw6), "Established", "h{i}");
+    }
+    wait_route6(&lab, 1, &subnets6[1], "fd00:1::1");
+    wait_route6(&lab, 2, &subnets6[0], "fd00:2::1");
+    wait_route6(&lab, 2, &subnets6[2], "fd00:2::1");
+    // Hashed router IDs: BIRD sees three different ones, none of them an underlay address.
+    let protocols = lab.birdc("router", &["show", "protocols", "all"]).unwrap();
+    let ids: std::collections::BTreeSet<&str> = protocols
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Neighbor ID:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(ids.len(), 3, "{protocols}");
+    assert_ping6_all(&lab);
+}
+
 /// Three nodes on the l2 underlay, iBGP AS 64512, mesh off; the BIRD in the underlay
 /// namespace reflects their routes, the IPv6 ones over IPv6 sessions: each node routes
 /// straight to the others' IPv6 blocks via their IPv6 underlay addresses (the reflector

@@ -52,6 +52,12 @@ assert got == marker * 20, got
 /// capture; `clear_pairs` are the host pairs whose traffic may be clear (both underlay
 /// families of each).
 pub fn wire_proof6(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
+    wire_proof6_on(lab, clear_pairs, PORT)
+}
+
+/// [`wire_proof6`] with WireGuard on `port` (an IPv6-only Flannel config without `Mode` listens
+/// on `ListenPortV6`, 51821, as flanneld's `separate` does).
+pub fn wire_proof6_on(lab: &Lab, clear_pairs: &[(u32, u32)], port: u16) -> Value {
     let marker = format!("twillwg6{}", random_suffix(6));
     let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
     // The store's and BGP's own sessions are control traffic between hosts, not pod packets.
@@ -90,12 +96,14 @@ pub fn wire_proof6(lab: &Lab, clear_pairs: &[(u32, u32)]) -> Value {
     let mut cmd = Command::new(SCAPY_PYTHON);
     cmd.args(["-c", WIRE_CHECK])
         .arg(&pcap.0)
-        .arg(PORT.to_string())
+        .arg(port.to_string())
         .arg(&marker)
         .arg(twill_lab::plan::POD_NETWORK6);
     for (a, b) in clear_pairs {
         let (ha, hb) = (lab.state().host(*a).unwrap(), lab.state().host(*b).unwrap());
-        cmd.arg(format!("{}-{}", ha.ip4(), hb.ip4()));
+        if let (Some(a4), Some(b4)) = (ha.ip, hb.ip) {
+            cmd.arg(format!("{a4}-{b4}"));
+        }
         if let (Some(a6), Some(b6)) = (ha.ip6, hb.ip6) {
             cmd.arg(format!("{a6}-{b6}"));
         }

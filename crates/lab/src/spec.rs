@@ -169,40 +169,17 @@ impl LabSpec {
         self.validate_ip_family()
     }
 
-    /// Dual-stack labs run every backend (bgp with BIRD routers too), clear or encrypted;
-    /// IPv6-only labs run what the agent runs in an IPv6-only cluster: host-gw, vxlan, udp
-    /// and ipip (DirectRouting too), clear.
+    /// Dual-stack and IPv6-only labs run every backend (bgp with BIRD routers too), clear or
+    /// encrypted; only a dual-stack lab can leave some hosts' underlay without IPv6.
     fn validate_ip_family(&self) -> Result<()> {
-        let family = self.ip_family;
         ensure!(
             self.ipv4_underlay_hosts.is_empty()
-                || (family == IpFamily::Dual
+                || (self.ip_family == IpFamily::Dual
                     && self
                         .ipv4_underlay_hosts
                         .iter()
                         .all(|i| (1..=self.nodes).contains(i))),
             "IPv4-only underlay hosts are for dual-stack labs, and must be hosts of the lab"
-        );
-        if family != IpFamily::Ipv6 {
-            return Ok(());
-        }
-        ensure!(
-            matches!(
-                self.backend,
-                Backend::HostGw | Backend::Vxlan | Backend::Udp | Backend::Ipip
-            ),
-            "--ip-family ipv6: the {} backend does not run IPv6-only clusters yet \
-             (use host-gw, vxlan, udp or ipip, or --ip-family dual)",
-            self.backend
-        );
-        ensure!(
-            self.encrypt.is_none(),
-            "--ip-family ipv6: --encrypt does not run in IPv6-only clusters yet \
-             (use --ip-family dual)"
-        );
-        ensure!(
-            self.bird_router.is_none() && self.bgp.is_none(),
-            "--ip-family ipv6: BGP does not run in IPv6-only clusters yet (use --ip-family dual)"
         );
         Ok(())
     }
@@ -293,30 +270,29 @@ mod tests {
             .validate()
             .unwrap();
         let v6 = |b| LabSpec::new("x").backend(b).ip_family(IpFamily::Ipv6);
-        v6(Backend::Vxlan).validate().unwrap();
-        v6(Backend::HostGw)
-            .underlay(Underlay::Routed)
-            .validate()
-            .unwrap();
+        for b in [Backend::HostGw, Backend::Vxlan, Backend::Udp, Backend::Ipip] {
+            v6(b).validate().unwrap();
+            v6(b)
+                .underlay(Underlay::Routed)
+                .direct_routing(true)
+                .validate()
+                .unwrap();
+        }
         v6(Backend::Vxlan)
-            .direct_routing(true)
             .pod_mode(PodMode::Routed)
             .validate()
             .unwrap();
-        v6(Backend::Udp).validate().unwrap();
-        v6(Backend::Ipip).direct_routing(true).validate().unwrap();
-        let err = v6(Backend::Wireguard).validate().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "--ip-family ipv6: the wireguard backend does not run IPv6-only clusters yet \
-             (use host-gw, vxlan, udp or ipip, or --ip-family dual)"
-        );
-        assert!(
-            v6(Backend::Vxlan)
-                .encrypt(EncryptMode::Always)
-                .validate()
-                .is_err()
-        );
+        v6(Backend::Wireguard).validate().unwrap();
+        v6(Backend::HostGw)
+            .encrypt(EncryptMode::CrossSubnet)
+            .validate()
+            .unwrap();
+        v6(Backend::Bgp)
+            .underlay(Underlay::Routed)
+            .bgp("asNumber: 1")
+            .bird_router("")
+            .validate()
+            .unwrap();
         assert!(
             v6(Backend::Vxlan)
                 .ipv4_underlay_hosts([1])
