@@ -1,8 +1,9 @@
 //! Dual-stack clusters in the lab (`--ip-family dual`), with real agents (root only): the
-//! `ping` and `ping -6` matrices for host-gw, vxlan, udp and ipip on the L2 and the routed
-//! underlay (vxlan across the router over IPv6, DirectRouting of vxlan and ipip direct within a
-//! subnet and encapsulated across, udp and ipip through the tunnel device over the IPv4
-//! underlay, host-gw skipping cross-subnet peers with a reason), the IPv6 routes each agent
+//! `ping` and `ping -6` matrices for host-gw, vxlan, udp, ipip and wireguard on the L2 and the
+//! routed underlay (vxlan across the router over IPv6, DirectRouting of vxlan and ipip direct
+//! within a subnet and encapsulated across, udp and ipip through the tunnel device over the
+//! IPv4 underlay, wireguard through twill.wg, host-gw skipping cross-subnet peers with a
+//! reason; bgp is in bgp6_lab.rs, wireguard on l2 in wireguard6_lab.rs), the IPv6 routes each agent
 //! programs, a TCP stream over IPv6 between pods, IPv6 natOutgoing to a world namespace (the
 //! world sees the node's IPv6 underlay address, pods see each other's), and a capture decoded
 //! by scapy (tests/dualstack/wire_check.py) proving pod IPv6 crosses the underlay as VXLAN
@@ -136,6 +137,27 @@ fn udp_dual_stack_on_l2() {
 #[ignore = "needs root"]
 fn ipip_dual_stack_on_l2() {
     tunnel_dual_stack_on_l2(Backend::Ipip, "ipip");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_dual_stack_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Udp, Underlay::Routed, 3));
+    assert_matrices(&lab);
+    for to in [2, 3] {
+        assert_eq!(route6(&lab, 1, to)["dev"], "twill.tun");
+        assert_eq!(path(&lab, 1, to).0, "udp");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn wireguard_dual_stack_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Wireguard, Underlay::Routed, 3));
+    assert_matrices(&lab);
+    for to in [2, 3] {
+        assert_eq!(route6(&lab, 1, to)["dev"], "twill.wg", "h1 -> h{to}");
+    }
 }
 
 #[test]

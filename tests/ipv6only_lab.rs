@@ -5,9 +5,10 @@
 //! with a reason, vxlan through the IPv6 VTEP alone, udp and ipip through the TUN device over
 //! the IPv6 underlay, DirectRouting direct within a subnet and encapsulated across, routed
 //! pods); VXLAN, IPv6 UDP and ip6tnl framing over IPv6 on the wire (scapy); IPv6 natOutgoing
-//! to a world namespace; WireGuard (the backend, and CrossSubnet encryption on vxlan) with
-//! only WireGuard over IPv6 on the wire; `twill lab up/ping/status` on the command line.
-//! BGP in IPv6-only labs is in tests/bgp6_lab.rs.
+//! to a world namespace; WireGuard (the backend on both underlays, and CrossSubnet encryption
+//! on vxlan) with only WireGuard over IPv6 on the wire; BGP's mesh over IPv6 sessions (BIRD as
+//! top-of-rack of an IPv6-only cluster is in tests/bgp6_lab.rs); `twill lab up/ping/status` on
+//! the command line.
 //! Needs tcpdump and python3-scapy (for /usr/bin/python3).
 
 mod dualstack;
@@ -262,6 +263,40 @@ fn wireguard_ipv6_only_on_l2() {
     }
     let report = wireguard6::wire_proof6_on(&lab, &[], 51821);
     assert_eq!(report["notIpv6Count"], 0, "IPv4 on the underlay: {report}");
+}
+
+/// The wireguard backend across a router in an IPv6-only cluster: every peer, on either
+/// subnet, through `twill.wg` over the routed IPv6 underlay.
+#[test]
+#[ignore = "needs root"]
+fn wireguard_ipv6_only_across_a_router() {
+    let (lab, _g) = up(spec(Backend::Wireguard, Underlay::Routed, 3));
+    assert_eq!(assert_matrix6(&lab), 0);
+    for to in [2, 3] {
+        assert_eq!(route6(&lab, 1, to)["dev"], "twill.wg", "h1 -> h{to}");
+    }
+    assert_eq!(route6(&lab, 2, 1)["dev"], "twill.wg");
+}
+
+/// BGP's node-to-node mesh on the L2 underlay of an IPv6-only cluster: sessions over IPv6,
+/// each node's IPv6 block installed on the others via its IPv6 underlay address.
+#[test]
+#[ignore = "needs root"]
+fn bgp_mesh_ipv6_only_on_l2() {
+    let (lab, _g) = up(spec(Backend::Bgp, Underlay::L2, 3).bgp("holdTime: 3"));
+    // Learned routes appear as the sessions come up; the matrix waits for nothing else.
+    for (from, to) in [(1, 2), (1, 3), (2, 1), (3, 2)] {
+        lab_common::wait_for(
+            &format!("h{from}'s BGP route to h{to}"),
+            30,
+            || match routes6(&lab, from, to).first() {
+                Some(r) if r["gateway"] == host_ip6(&lab, to) => Ok(()),
+                r => Err(format!("{r:?}")),
+            },
+        );
+        assert_eq!(route6(&lab, from, to)["dev"], "eth0");
+    }
+    assert_eq!(assert_matrix6(&lab), 0);
 }
 
 /// WireGuard encryption (`--encrypt`, CrossSubnet) on vxlan in an IPv6-only cluster across a
