@@ -1,0 +1,1 @@
+//! Placeholder: filled in by the topology work of issue 16.
