@@ -66,16 +66,53 @@ pub fn ping_report(out: &str, interval_ms: u64) -> (u64, u64, u64) {
     (sent, nums[1], inner.max(head).max(tail) * interval_ms)
 }
 
-/// Packets the kernel dropped because a CPU's input backlog was full (`netdev_max_backlog`),
-/// summed over CPUs: the second column of /proc/net/softnet_stat, which counts for the whole
-/// machine whatever the namespace. On a loaded 2-core machine veth traffic overflows it now
-/// and then; a ping lost there was lost to the machine's load, not to what a test checks.
-pub fn backlog_drops() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
-        .sum()
+/// When each missing reply's request was sent (seconds since the epoch, as `ping -D` prints
+/// them), estimated from the timestamps of the replies around it: a `ping -D -i 0.01` run's
+/// output. A loss can then be placed before, during or after an event of the test.
+pub fn missing_send_times(out: &str, interval_s: f64) -> Vec<(u64, f64)> {
+    let replies: Vec<(u64, f64)> = out
+        .lines()
+        .filter_map(|l| {
+            let time = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((seq, time))
+        })
+        .collect();
+    let sent: u64 = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let got: std::collections::BTreeMap<u64, f64> = replies.into_iter().collect();
+    (1..=sent)
+        .filter(|seq| !got.contains_key(seq))
+        .map(|seq| {
+            let before = got.range(..seq).next_back();
+            let after = got.range(seq..).next();
+            let time = match (before, after) {
+                (Some((&a, &ta)), Some((&b, &tb))) => {
+                    ta + (seq - a) as f64 * (tb - ta) / (b - a) as f64
+                }
+                (Some((&a, &ta)), None) => ta + (seq - a) as f64 * interval_s,
+                (None, Some((&b, &tb))) => tb - (b - seq) as f64 * interval_s,
+                (None, None) => f64::NAN,
+            };
+            (seq, time)
+        })
+        .collect()
+}
+
+/// Seconds since the epoch, as `ping -D` stamps its lines.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Runs `during` while h1's first pod keeps a TCP connection (iperf3, 6 s at 50 Mbit/s, so the
@@ -83,6 +120,15 @@ pub fn backlog_drops() -> u64 {
 /// connection survived and that traffic resumed within 1 s. Returns the ping's (sent,
 /// received, longest gap in ms).
 pub fn traffic_across(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> (u64, u64, u64) {
+    let (counts, _) = traffic_across_with_output(lab, during);
+    counts
+}
+
+/// [`traffic_across`], with the ping's output too (for [`missing_send_times`]).
+pub fn traffic_across_with_output(
+    lab: &mut Lab,
+    during: impl FnOnce(&mut Lab),
+) -> ((u64, u64, u64), String) {
     let dst = pod_ip(lab, 2);
     let server = spawn_in(lab, "h2-p1", &["iperf3", "-s", "-1"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -116,7 +162,7 @@ pub fn traffic_across(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> (u64, u64
         String::from_utf8_lossy(&iperf.stdout)
     );
     let _ = server.wait_with_output();
-    (sent, received, gap_ms)
+    ((sent, received, gap_ms), text)
 }
 
 /// The IPv6 address of host `host`'s first pod (dual-stack labs).
