@@ -404,7 +404,11 @@ proptest! {
             let mut input = chunk;
             loop {
                 match decoder.decode(&mut input) {
-                    Ok(Some(frame)) => prop_assert!(frame.wire_len() <= limit as usize),
+                    Ok(Some(frame)) => {
+                        prop_assert!(frame.wire_len() <= limit as usize);
+                        let wire = frame.encode().unwrap();
+                        prop_assert_eq!(decode_all(&mut FrameDecoder::new(), &wire), Ok(vec![frame]));
+                    }
                     Ok(None) => { prop_assert!(input.is_empty()); break }
                     Err(_) => break,
                 }
@@ -413,7 +417,48 @@ proptest! {
         let _ = Hello::parse(&data);
         let mut with_magic = b"twill-mesh".to_vec();
         with_magic.extend_from_slice(&data);
-        let _ = Hello::parse(&with_magic);
+        // Whatever parses re-encodes to a hello that parses the same (what the agent shows
+        // in status is what the peer said, canonically).
+        if let Ok(Some((hello, used))) = Hello::parse(&with_magic) {
+            prop_assert!(used <= with_magic.len());
+            let again = Hello::parse(&hello.encode().unwrap()).unwrap().unwrap().0;
+            prop_assert_eq!(again, hello);
+        }
+    }
+
+    #[test]
+    fn parsed_hellos_from_plausible_bodies_re_encode(
+        versions in any::<[u16; 2]>(),
+        flags in any::<u8>(),
+        uid in any::<u64>(),
+        name in "[a-z0-9:]{0,12}",
+        nick in "[a-z0-9-]{0,12}",
+        trailer in proptest::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&versions[0].to_be_bytes());
+        body.extend_from_slice(&versions[1].to_be_bytes());
+        body.push(flags);
+        body.extend_from_slice(&uid.to_be_bytes());
+        body.push(name.len() as u8);
+        body.extend_from_slice(name.as_bytes());
+        body.push(nick.len() as u8);
+        body.extend_from_slice(nick.as_bytes());
+        body.extend_from_slice(&trailer);
+        let mut wire = MAGIC.to_vec();
+        wire.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&body);
+        match Hello::parse(&wire) {
+            Ok(Some((hello, used))) => {
+                prop_assert_eq!(used, wire.len());
+                prop_assert!(!name.is_empty() && versions[0] <= versions[1]);
+                prop_assert_eq!(hello.has_password, flags & 1 != 0);
+                let again = Hello::parse(&hello.encode().unwrap()).unwrap().unwrap().0;
+                prop_assert_eq!(again, hello);
+            }
+            Ok(None) => prop_assert!(false, "a whole hello asked for more"),
+            Err(_) => prop_assert!(name.is_empty() || versions[0] > versions[1]),
+        }
     }
 
     #[test]
