@@ -272,6 +272,18 @@ impl SecurityMode {
     }
 }
 
+/// What status and logs print: the clear mode says what it costs.
+impl fmt::Display for SecurityMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecurityMode::Clear => {
+                "UNENCRYPTED (no mesh password: anyone on the path can read and forge gossip)"
+            }
+            SecurityMode::Encrypted => "encrypted (password, Noise NNpsk0)",
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frames
 
@@ -552,23 +564,28 @@ fn record(message: &[u8]) -> Vec<u8> {
     out
 }
 
-fn noise_params() -> snow::params::NoiseParams {
-    // A constant that parses: the unwrap-free path keeps the "never panics" promise honest.
-    NOISE_PATTERN
-        .parse()
-        .unwrap_or_else(|_| unreachable!("NOISE_PATTERN is a valid Noise name"))
+fn noise_error(e: snow::Error) -> ProtoError {
+    ProtoError::Noise(e.to_string())
+}
+
+fn noise_params() -> Result<snow::params::NoiseParams, ProtoError> {
+    NOISE_PATTERN.parse().map_err(noise_error)
 }
 
 /// The `NNpsk0` handshake, one message each way. The initiator is the side that connected.
+/// After an error it stays failed: drop the connection.
 pub struct Handshake {
-    state: snow::HandshakeState,
+    /// `None` once finished or failed.
+    state: Option<snow::HandshakeState>,
+    initiator: bool,
     records: RecordDecoder,
 }
 
 impl fmt::Debug for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handshake")
-            .field("initiator", &self.state.is_initiator())
+            .field("initiator", &self.initiator)
+            .field("in_progress", &self.state.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -578,7 +595,8 @@ impl fmt::Debug for Handshake {
 pub enum HandshakeStep {
     /// More bytes needed from the peer.
     NeedMore,
-    /// Send these bytes; the handshake is done and `Transport` is ready.
+    /// Send these bytes (the responder's answer; empty for the initiator); the handshake is
+    /// done and the session ready.
     Done {
         send: Vec<u8>,
         transport: Box<Transport>,
@@ -588,17 +606,16 @@ pub enum HandshakeStep {
 impl Handshake {
     /// The connecting side. Returns the state and the first message to send.
     pub fn initiator(psk: &Psk, prologue: &[u8]) -> Result<(Handshake, Vec<u8>), ProtoError> {
-        let mut state = snow::Builder::new(noise_params())
+        let mut state = snow::Builder::new(noise_params()?)
             .psk(0, &psk.0)
             .and_then(|b| b.prologue(prologue))
             .and_then(|b| b.build_initiator())
-            .map_err(|e| ProtoError::Noise(e.to_string()))?;
+            .map_err(noise_error)?;
         let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
-        let n = state
-            .write_message(&[], &mut buf)
-            .map_err(|e| ProtoError::Noise(e.to_string()))?;
+        let n = state.write_message(&[], &mut buf).map_err(noise_error)?;
         let hs = Handshake {
-            state,
+            state: Some(state),
+            initiator: true,
             records: RecordDecoder::new(),
         };
         Ok((hs, record(&buf[..n])))
@@ -606,13 +623,14 @@ impl Handshake {
 
     /// The accepting side: waits for the initiator's message.
     pub fn responder(psk: &Psk, prologue: &[u8]) -> Result<Handshake, ProtoError> {
-        let state = snow::Builder::new(noise_params())
+        let state = snow::Builder::new(noise_params()?)
             .psk(0, &psk.0)
             .and_then(|b| b.prologue(prologue))
             .and_then(|b| b.build_responder())
-            .map_err(|e| ProtoError::Noise(e.to_string()))?;
+            .map_err(noise_error)?;
         Ok(Handshake {
-            state,
+            state: Some(state),
+            initiator: false,
             records: RecordDecoder::new(),
         })
     }
@@ -621,45 +639,36 @@ impl Handshake {
     /// [`ProtoError::HandshakeFailed`]: drop the connection, believe nothing it sent. Bytes
     /// after the handshake message stay in `input` (they are already sealed records).
     pub fn read(&mut self, input: &mut &[u8]) -> Result<HandshakeStep, ProtoError> {
+        if self.state.is_none() {
+            return Err(ProtoError::Poisoned);
+        }
         // Anything malformed before the keys exist is the same refusal as a wrong key.
-        let message = self
-            .records
-            .decode(input)
-            .map_err(|_| ProtoError::HandshakeFailed)?;
-        let Some(message) = message else {
-            return Ok(HandshakeStep::NeedMore);
+        let message = match self.records.decode(input) {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(HandshakeStep::NeedMore),
+            Err(_) => {
+                self.state = None;
+                return Err(ProtoError::HandshakeFailed);
+            }
+        };
+        // Taken out: finished or failed, the handshake is over either way.
+        let Some(mut state) = self.state.take() else {
+            return Err(ProtoError::Poisoned);
         };
         let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
-        let n = self
-            .state
+        let n = state
             .read_message(&message, &mut payload)
             .map_err(|_| ProtoError::HandshakeFailed)?;
         if n != 0 {
             return Err(ProtoError::HandshakeFailed);
         }
         let mut send = Vec::new();
-        if !self.state.is_initiator() {
+        if !self.initiator {
             let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
-            let n = self
-                .state
-                .write_message(&[], &mut buf)
-                .map_err(|e| ProtoError::Noise(e.to_string()))?;
+            let n = state.write_message(&[], &mut buf).map_err(noise_error)?;
             send = record(&buf[..n]);
         }
-        self.finish(send)
-    }
-
-    fn finish(&mut self, send: Vec<u8>) -> Result<HandshakeStep, ProtoError> {
-        // `into_transport_mode` consumes the state; swap in a throwaway responder.
-        let placeholder = snow::Builder::new(noise_params())
-            .psk(0, &[0u8; 32])
-            .and_then(|b| b.build_responder())
-            .map_err(|e| ProtoError::Noise(e.to_string()))?;
-        let state = std::mem::replace(&mut self.state, placeholder);
-        let initiator = state.is_initiator();
-        let noise = state
-            .into_transport_mode()
-            .map_err(|e| ProtoError::Noise(e.to_string()))?;
+        let noise = state.into_transport_mode().map_err(noise_error)?;
         Ok(HandshakeStep::Done {
             send,
             transport: Box::new(Transport {
@@ -667,7 +676,7 @@ impl Handshake {
                 records: RecordDecoder::new(),
                 frames: FrameDecoder::new(),
                 // The initiator saw the responder answer its fresh ephemeral key: live.
-                peer_confirmed: initiator,
+                peer_confirmed: self.initiator,
                 poisoned: false,
             }),
         })

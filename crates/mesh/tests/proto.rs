@@ -187,6 +187,7 @@ fn security_mode_refuses_a_password_on_one_side_only() {
         Err(ProtoError::PeerHasPassword)
     );
     assert!(!SecurityMode::Clear.is_encrypted());
+    assert!(SecurityMode::Clear.to_string().starts_with("UNENCRYPTED"));
 }
 
 /// Runs the handshake between two ends; returns (initiator, responder) transports.
@@ -269,6 +270,54 @@ fn wrong_password_fails_the_handshake_at_the_first_message() {
     assert_eq!(err, ProtoError::HandshakeFailed);
     let err = handshake(&psk("right"), &psk("wrong"), &p, &p).unwrap_err();
     assert_eq!(err, ProtoError::HandshakeFailed);
+}
+
+#[test]
+fn handshake_messages_fed_byte_by_byte_and_a_failed_handshake_stays_failed() {
+    let (ha, hb) = hellos();
+    let p = prologue(&ha, &hb);
+    let (mut init, first) = Handshake::initiator(&psk("right"), &p).unwrap();
+    let mut resp = Handshake::responder(&psk("right"), &p).unwrap();
+    let mut answer = None;
+    for byte in &first {
+        let mut one = std::slice::from_ref(byte);
+        match resp.read(&mut one).unwrap() {
+            HandshakeStep::NeedMore => assert!(answer.is_none()),
+            HandshakeStep::Done { send, transport } => answer = Some((send, transport)),
+        }
+    }
+    let (send, mut resp_t) = answer.expect("responder finished");
+    // The answer and a first sealed frame arrive together; the frame stays in the input.
+    let mut wire = send;
+    wire.extend(resp_t.seal(&Frame::Heartbeat).unwrap());
+    let mut input = &wire[..];
+    let mut init_t = loop {
+        if let HandshakeStep::Done { send, transport } = init.read(&mut input).unwrap() {
+            assert!(send.is_empty());
+            break transport;
+        }
+    };
+    assert_eq!(init_t.open(&mut input).unwrap(), Some(Frame::Heartbeat));
+    assert!(input.is_empty());
+    let sealed = init_t.seal(&Frame::Heartbeat).unwrap();
+    assert!(!resp_t.peer_confirmed());
+    assert_eq!(
+        resp_t.open(&mut &sealed[..]).unwrap(),
+        Some(Frame::Heartbeat)
+    );
+    assert!(resp_t.peer_confirmed());
+
+    let mut wrong = Handshake::responder(&psk("wrong"), &p).unwrap();
+    let (_, first) = Handshake::initiator(&psk("right"), &p).unwrap();
+    assert_eq!(
+        wrong.read(&mut &first[..]).unwrap_err(),
+        ProtoError::HandshakeFailed
+    );
+    let (_, retry) = Handshake::initiator(&psk("wrong"), &p).unwrap();
+    assert_eq!(
+        wrong.read(&mut &retry[..]).unwrap_err(),
+        ProtoError::Poisoned
+    );
 }
 
 #[test]
