@@ -305,9 +305,10 @@ impl Ring {
             return Ok(false);
         }
         if !self.is_claimed() {
-            // Nothing of ours to protect: we learn the split. (A peer that lost its
-            // persisted ring learns its own ranges back this way, as Weave does; if the
-            // sender's copy of them is stale, see the hazard on `transfer_from`.)
+            // Nothing of ours to protect: we learn the split. A peer that lost its data
+            // dir learns its own ranges back this way too, which is only safe if it gave
+            // nothing away that the sender has not heard of (Weave's weaveworks/weave#2084):
+            // the agent must persist the ring after every change, before gossiping it.
             self.seeds = other.seeds.clone();
             self.entries = other.entries.clone();
             return Ok(true);
