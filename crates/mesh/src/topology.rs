@@ -28,7 +28,7 @@
 //! The proto layer bounds the frame size, so deserialising cannot allocate without bound
 //! either.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -86,12 +86,6 @@ impl PeerEntry {
     /// The order in which entries for one name supersede each other.
     fn precedence(&self) -> (u64, u64) {
         (self.version, self.uid)
-    }
-
-    fn established_to(&self, other: PeerName) -> bool {
-        self.connections
-            .iter()
-            .any(|c| c.peer == other && c.established)
     }
 }
 
@@ -320,23 +314,35 @@ impl Topology {
     /// The neighbours of `name` over symmetric established connections, ascending: both
     /// entries are known, each lists the other, and both say established.
     pub fn symmetric_neighbours(&self, name: PeerName) -> Vec<PeerName> {
-        let Some(entry) = self.entries.get(&name) else {
-            return Vec::new();
-        };
-        let mut out: Vec<PeerName> = entry
-            .connections
-            .iter()
-            .filter(|c| c.established && c.peer != name)
-            .filter(|c| {
-                self.entries
-                    .get(&c.peer)
-                    .is_some_and(|other| other.established_to(name))
+        self.symmetric_adjacency().remove(&name).unwrap_or_default()
+    }
+
+    /// The whole symmetric established graph, each neighbour list ascending and deduplicated.
+    /// Built in one pass over all connections (linear in their number, which the bounds cap)
+    /// rather than by scanning the other end's list per connection.
+    fn symmetric_adjacency(&self) -> HashMap<PeerName, Vec<PeerName>> {
+        let established: HashSet<(PeerName, PeerName)> = self
+            .entries
+            .values()
+            .flat_map(|entry| {
+                entry
+                    .connections
+                    .iter()
+                    .filter(move |c| c.established && c.peer != entry.name)
+                    .map(move |c| (entry.name, c.peer))
             })
-            .map(|c| c.peer)
             .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        let mut adjacency: HashMap<PeerName, Vec<PeerName>> = HashMap::new();
+        for &(from, to) in &established {
+            // Both entries are known by construction: `to` listed `from` itself.
+            if established.contains(&(to, from)) {
+                adjacency.entry(from).or_default().push(to);
+            }
+        }
+        for neighbours in adjacency.values_mut() {
+            neighbours.sort_unstable();
+        }
+        adjacency
     }
 
     /// Breadth-first search from `root` over symmetric established connections, neighbours
@@ -347,10 +353,11 @@ impl Topology {
         if !self.entries.contains_key(&root) {
             return parent;
         }
+        let adjacency = self.symmetric_adjacency();
         parent.insert(root, root);
         let mut queue = VecDeque::from([root]);
         while let Some(name) = queue.pop_front() {
-            for next in self.symmetric_neighbours(name) {
+            for &next in adjacency.get(&name).map(Vec::as_slice).unwrap_or_default() {
                 if let std::collections::btree_map::Entry::Vacant(slot) = parent.entry(next) {
                     slot.insert(name);
                     queue.push_back(next);
