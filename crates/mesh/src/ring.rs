@@ -38,23 +38,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-/// A peer's stable identity.
-///
-/// A `u64` rather than a string: Weave names peers by a 48-bit value (a MAC address or one
-/// given with `--name`), which fits; it is `Copy`, compares and sorts cheaply (the ring sorts
-/// and compares owners on every merge), and has one canonical encoding, so two peers can
-/// never disagree about whether two names are equal (strings bring case and Unicode
-/// normalisation questions into a CRDT's equality). Human-friendly names (hostnames) belong
-/// to the topology, which maps them to a `PeerName`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PeerName(pub u64);
-
-impl fmt::Display for PeerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:012x}", self.0)
-    }
-}
+pub use crate::PeerName;
 
 /// One token of the ring: the addresses from `token` to the next token belong to `owner`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,10 +29,11 @@
 //! either.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::PeerName;
 
 /// The most peers a topology holds (known ones plus the new ones an update would add).
 /// Weave Net meshes are tens to hundreds of peers; this leaves headroom and caps memory.
@@ -43,19 +44,6 @@ pub const MAX_CONNECTIONS: usize = MAX_PEERS;
 
 /// The longest nickname (bytes) accepted from gossip.
 pub const MAX_NICKNAME_LEN: usize = 255;
-
-/// A peer's name: a 64-bit number (Weave Net derives it from a MAC address, 48 bits). A
-/// plain newtype so it can be unified later with the names the ring and proto use; on the
-/// wire it is the bare number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PeerName(pub u64);
-
-impl fmt::Display for PeerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:012x}", self.0)
-    }
-}
 
 /// One connection as the peer that holds it reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
