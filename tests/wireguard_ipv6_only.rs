@@ -357,36 +357,10 @@ fn assert_ipv6_only_wireguard(cluster: &Cluster, port: u16) {
 }
 
 /// A TCP echo server on [::]:7777 (runs until killed or 60 s).
-const ECHO6: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 7777)); s.listen(16); s.settimeout(60)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept(); c.settimeout(5)
-    b = c.recv(4096)
-    c.sendall(b); c.close()
-"#;
+const ECHO6: &str = include_str!("wireguard6/echo6.py");
 
 /// Sends the marker to [ip]:7777 and expects it back.
-const SEND_MARKER6: &str = r#"
-import socket, sys, time
-ip, marker = sys.argv[1], sys.argv[2].encode()
-deadline = time.monotonic() + 10
-while True:
-    try:
-        c = socket.create_connection((ip, 7777), timeout=2); break
-    except OSError:
-        if time.monotonic() > deadline: raise
-        time.sleep(0.1)
-c.sendall(marker * 20)
-got = b""
-while len(got) < len(marker) * 20:
-    b = c.recv(4096)
-    if not b: break
-    got += b
-assert got == marker * 20, got
-"#;
+const SEND_MARKER6: &str = include_str!("wireguard6/send_marker6.py");
 
 /// tcpdump on `dev` in `ns` writing to a file, until stopped.
 struct Capture {

@@ -17,35 +17,10 @@ const WIRE_CHECK: &str = include_str!("wire_check.py");
 const SCAPY_PYTHON: &str = "/usr/bin/python3";
 
 /// A TCP echo server on [::]:7777 for marker exchanges (runs until killed or 60 s).
-const ECHO6: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 7777)); s.listen(16); s.settimeout(60)
-while True:
-    c, _ = s.accept(); c.settimeout(5)
-    b = c.recv(4096)
-    c.sendall(b); c.close()
-"#;
+const ECHO6: &str = include_str!("echo6.py");
 
 /// Sends the marker to [ip]:7777 and expects it back.
-const SEND_MARKER6: &str = r#"
-import socket, sys, time
-ip, marker = sys.argv[1], sys.argv[2].encode()
-deadline = time.monotonic() + 10
-while True:
-    try:
-        c = socket.create_connection((ip, 7777), timeout=2); break
-    except OSError:
-        if time.monotonic() > deadline: raise
-        time.sleep(0.1)
-c.sendall(marker * 20)
-got = b""
-while len(got) < len(marker) * 20:
-    b = c.recv(4096)
-    if not b: break
-    got += b
-assert got == marker * 20, got
-"#;
+const SEND_MARKER6: &str = include_str!("send_marker6.py");
 
 /// Runs IPv6 marker traffic between every pair of pods on different hosts (TCP echo and
 /// pings whose payload is the marker) while the underlay is captured, then decodes the
